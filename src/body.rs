@@ -1,0 +1,211 @@
+//! Body types of the data path. Bodies stream: sift never buffers a body
+//! unless a filter asks. [`Limited`] enforces a route's body limit as bytes
+//! flow; [`Observed`] runs a completion hook (access log, metrics) when the
+//! response body ends or is dropped.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The one body type that flows through sift in both directions.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+pub fn full(b: impl Into<Bytes>) -> Body {
+    http_body_util::Full::new(b.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+pub fn empty() -> Body {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+pub fn boxed<B>(b: B) -> Body
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    b.map_err(Into::into).boxed_unsync()
+}
+
+/// What happened to a request body on its way upstream; read after a failed
+/// upstream call to tell a client fault from an upstream fault.
+#[derive(Debug, Default)]
+pub struct BodyState(AtomicU8);
+
+impl BodyState {
+    pub const OK: u8 = 0;
+    pub const TOO_LARGE: u8 = 1;
+    pub const CLIENT_ERROR: u8 = 2;
+
+    pub fn get(&self) -> u8 {
+        self.0.load(Ordering::Acquire)
+    }
+    fn set(&self, v: u8) {
+        self.0.store(v, Ordering::Release);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds the limit of {0} bytes")]
+pub struct TooLarge(pub u64);
+
+pin_project_lite::pin_project! {
+    /// A request body that fails once more than `limit` bytes have passed.
+    pub struct Limited<B> {
+        #[pin]
+        inner: B,
+        seen: u64,
+        limit: u64,
+        state: Arc<BodyState>,
+    }
+}
+
+impl<B> Limited<B> {
+    pub fn new(inner: B, limit: u64, state: Arc<BodyState>) -> Self {
+        Limited {
+            inner,
+            seen: 0,
+            limit,
+            state,
+        }
+    }
+}
+
+impl<B> http_body::Body for Limited<B>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    *this.seen += data.len() as u64;
+                    if *this.seen > *this.limit {
+                        this.state.set(BodyState::TOO_LARGE);
+                        return Poll::Ready(Some(Err(Box::new(TooLarge(*this.limit)))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.state.set(BodyState::CLIENT_ERROR);
+                Poll::Ready(Some(Err(e.into())))
+            }
+            other => other.map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Called once when a response body is done: `(bytes sent, completed)`;
+/// `completed` is false when the body failed or was dropped early.
+pub trait OnDone: Send + 'static {
+    fn done(self: Box<Self>, bytes: u64, completed: bool);
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that reports its size and fate when it ends.
+    pub struct Observed<B>
+    where
+        B: http_body::Body,
+    {
+        #[pin]
+        inner: B,
+        bytes: u64,
+        hook: Option<Box<dyn OnDone>>,
+    }
+
+    impl<B> PinnedDrop for Observed<B>
+    where
+        B: http_body::Body,
+    {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(h) = this.hook.take() {
+                // A body hyper never polled because it was already empty
+                // (a 204, a HEAD) completed normally.
+                let completed = this.inner.as_ref().get_ref().is_end_stream();
+                h.done(*this.bytes, completed);
+            }
+        }
+    }
+}
+
+impl<B: http_body::Body> Observed<B> {
+    pub fn new(inner: B, hook: Box<dyn OnDone>) -> Self {
+        Observed {
+            inner,
+            bytes: 0,
+            hook: Some(hook),
+        }
+    }
+}
+
+impl<B> http_body::Body for Observed<B>
+where
+    B: http_body::Body<Data = Bytes, Error = BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let r = this.inner.poll_frame(cx);
+        match &r {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    *this.bytes += d.len() as u64;
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(h) = this.hook.take() {
+                    h.done(*this.bytes, true);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(h) = this.hook.take() {
+                    h.done(*this.bytes, false);
+                }
+            }
+            Poll::Pending => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,594 @@
+//! File shapes → validated model. Every problem is collected as a
+//! [`ConfigError`] with its YAML path; nothing stops at the first one.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+
+use http::{HeaderName, HeaderValue, Method};
+
+use super::ConfigError;
+use super::file::*;
+use super::model::*;
+use super::units::{Bytes, Dur};
+
+/// Headers a route may not set or remove: they frame the message or belong to sift.
+const RESERVED_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "content-length",
+];
+
+struct Errs(Vec<ConfigError>);
+
+impl Errs {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigError {
+            path: path.into(),
+            line: None,
+            message: message.into(),
+        });
+    }
+}
+
+pub fn build(f: &FileConfig) -> Result<Config, Vec<ConfigError>> {
+    let mut e = Errs(Vec::new());
+
+    let workers = match f.workers {
+        Some(0) => {
+            e.push("workers", "must be at least 1");
+            None
+        }
+        Some(n) if n > 1024 => {
+            e.push("workers", format!("{n} is more than 1024"));
+            None
+        }
+        w => w,
+    };
+
+    let log = build_log(f.log.as_ref(), &mut e);
+    let admin = build_admin(f.admin.as_ref(), &mut e);
+    let r = f.reload.clone().unwrap_or_default();
+    let reload = ReloadConfig {
+        watch: r.watch.unwrap_or(true),
+        interval: positive(r.interval, Dur::millis(500), "reload.interval", &mut e),
+    };
+    let s = f.shutdown.clone().unwrap_or_default();
+    let shutdown = ShutdownConfig {
+        delay: s.delay.unwrap_or(Dur::secs(0)),
+        drain_timeout: s.drain_timeout.unwrap_or(Dur::secs(30)),
+    };
+
+    let clusters = build_clusters(&f.clusters, &mut e);
+    let cluster_names: HashSet<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
+    let routes = build_routes(&f.routes, &cluster_names, &f.clusters, &mut e);
+    let listeners = build_listeners(&f.listeners, &routes, &mut e);
+
+    if let Some(admin) = &admin {
+        for (i, l) in listeners.iter().enumerate() {
+            if l.address == admin.address {
+                e.push(
+                    format!("listeners[{i}].address"),
+                    format!("{} is also the admin address", l.address),
+                );
+            }
+        }
+    }
+
+    match admin {
+        Some(admin) if e.0.is_empty() => Ok(Config {
+            workers,
+            log,
+            admin,
+            reload,
+            shutdown,
+            listeners,
+            routes,
+            clusters,
+        }),
+        _ => Err(e.0),
+    }
+}
+
+fn positive(v: Option<Dur>, default: Dur, path: &str, e: &mut Errs) -> Dur {
+    match v {
+        Some(d) if d.0.is_zero() => {
+            e.push(path, "must be greater than 0");
+            default
+        }
+        Some(d) => d,
+        None => default,
+    }
+}
+
+fn build_log(l: Option<&LogFile>, e: &mut Errs) -> LogConfig {
+    let l = l.cloned().unwrap_or_default();
+    let level = l
+        .level
+        .unwrap_or_else(|| "info".into())
+        .to_ascii_lowercase();
+    if !["error", "warn", "info", "debug", "trace"].contains(&level.as_str()) {
+        e.push(
+            "log.level",
+            format!("{level:?} is not one of error, warn, info, debug, trace"),
+        );
+    }
+    LogConfig {
+        format: l.format.unwrap_or_default(),
+        level,
+        access_log: l.access_log.unwrap_or(true),
+    }
+}
+
+fn build_admin(a: Option<&AdminFile>, e: &mut Errs) -> Option<AdminConfig> {
+    let addr = a
+        .and_then(|a| a.address.clone())
+        .unwrap_or_else(|| "127.0.0.1:9901".into());
+    match addr.parse::<SocketAddr>() {
+        Ok(address) => Some(AdminConfig { address }),
+        Err(_) => {
+            e.push(
+                "admin.address",
+                format!("{addr:?} is not an IP:port socket address"),
+            );
+            None
+        }
+    }
+}
+
+fn build_listeners(ls: &[ListenerFile], routes: &[RouteSpec], e: &mut Errs) -> Vec<ListenerSpec> {
+    if ls.is_empty() {
+        e.push("listeners", "at least one listener is needed");
+    }
+    let mut names = HashSet::new();
+    let mut addrs = HashMap::new();
+    let route_index: HashMap<&str, usize> = routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.name.as_str(), i))
+        .collect();
+    let mut out = Vec::new();
+    for (i, l) in ls.iter().enumerate() {
+        let p = format!("listeners[{i}]");
+        check_name(&l.name, &format!("{p}.name"), &mut names, "listener", e);
+        let address = match l.address.parse::<SocketAddr>() {
+            Ok(a) => {
+                if let Some(j) = addrs.insert(a, i) {
+                    e.push(
+                        format!("{p}.address"),
+                        format!("{a} is already used by listeners[{j}]"),
+                    );
+                }
+                Some(a)
+            }
+            Err(_) => {
+                e.push(
+                    format!("{p}.address"),
+                    format!("{:?} is not an IP:port socket address", l.address),
+                );
+                None
+            }
+        };
+        let route_indices = match &l.routes {
+            None => (0..routes.len()).collect(),
+            Some(names) => {
+                let mut v = Vec::new();
+                for (j, n) in names.iter().enumerate() {
+                    match route_index.get(n.as_str()) {
+                        Some(&k) => v.push(k),
+                        None => e.push(
+                            format!("{p}.routes[{j}]"),
+                            format!("no route is named {n:?}"),
+                        ),
+                    }
+                }
+                v
+            }
+        };
+        let limits = build_limits(l.limits.as_ref(), &format!("{p}.limits"), e);
+        if let Some(address) = address {
+            out.push(ListenerSpec {
+                name: l.name.clone(),
+                address,
+                protocol: l.protocol.unwrap_or_default(),
+                route_indices,
+                routes: l.routes.clone(),
+                limits,
+                x_forwarded_for: l
+                    .forwarded
+                    .as_ref()
+                    .and_then(|f| f.x_forwarded_for)
+                    .unwrap_or_default(),
+            });
+        }
+    }
+    out
+}
+
+fn build_limits(l: Option<&LimitsFile>, p: &str, e: &mut Errs) -> Limits {
+    let d = Limits::default();
+    let Some(l) = l else { return d };
+    let max_header_bytes = match l.max_header_bytes {
+        Some(Bytes(b)) if !(1024..=1024 * 1024).contains(&b) => {
+            e.push(
+                format!("{p}.max_header_bytes"),
+                format!("{b} is outside 1KiB..=1MiB"),
+            );
+            d.max_header_bytes
+        }
+        Some(b) => b,
+        None => d.max_header_bytes,
+    };
+    let max_headers = match l.max_headers {
+        Some(n) if !(1..=10_000).contains(&n) => {
+            e.push(
+                format!("{p}.max_headers"),
+                format!("{n} is outside 1..=10000"),
+            );
+            d.max_headers
+        }
+        Some(n) => n,
+        None => d.max_headers,
+    };
+    let max_connections = match l.max_connections {
+        Some(0) => {
+            e.push(format!("{p}.max_connections"), "must be at least 1");
+            d.max_connections
+        }
+        Some(n) => n,
+        None => d.max_connections,
+    };
+    let max_concurrent_streams = match l.max_concurrent_streams {
+        Some(0) => {
+            e.push(format!("{p}.max_concurrent_streams"), "must be at least 1");
+            d.max_concurrent_streams
+        }
+        Some(n) => n,
+        None => d.max_concurrent_streams,
+    };
+    Limits {
+        max_header_bytes,
+        max_headers,
+        header_read_timeout: positive(
+            l.header_read_timeout,
+            d.header_read_timeout,
+            &format!("{p}.header_read_timeout"),
+            e,
+        ),
+        idle_timeout: positive(
+            l.idle_timeout,
+            d.idle_timeout,
+            &format!("{p}.idle_timeout"),
+            e,
+        ),
+        max_connections,
+        max_concurrent_streams,
+    }
+}
+
+fn check_name(name: &str, path: &str, seen: &mut HashSet<String>, what: &str, e: &mut Errs) {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !ok {
+        e.push(
+            path,
+            format!("{what} name {name:?} must be 1-64 characters of a-z, A-Z, 0-9, '-', '_', '.'"),
+        );
+    }
+    if !seen.insert(name.to_string()) {
+        e.push(path, format!("another {what} is already named {name:?}"));
+    }
+}
+
+fn build_routes(
+    rs: &[RouteFile],
+    clusters: &HashSet<&str>,
+    cluster_files: &[ClusterFile],
+    e: &mut Errs,
+) -> Vec<RouteSpec> {
+    let mut names = HashSet::new();
+    let mut out = Vec::new();
+    let known = || {
+        let mut v: Vec<&str> = cluster_files.iter().map(|c| c.name.as_str()).collect();
+        v.sort_unstable();
+        v.join(", ")
+    };
+    for (i, r) in rs.iter().enumerate() {
+        let p = format!("routes[{i}]");
+        check_name(&r.name, &format!("{p}.name"), &mut names, "route", e);
+        let matches = build_match(r.matches.as_ref(), &format!("{p}.match"), e);
+        let backends = match (&r.cluster, &r.clusters) {
+            (Some(c), None) => {
+                if !clusters.contains(c.as_str()) && !cluster_files.iter().any(|f| &f.name == c) {
+                    e.push(
+                        format!("{p}.cluster"),
+                        format!("no cluster is named {c:?} (clusters: {})", known()),
+                    );
+                }
+                vec![Backend {
+                    cluster: c.clone(),
+                    weight: 1,
+                }]
+            }
+            (None, Some(ws)) => {
+                if ws.is_empty() {
+                    e.push(format!("{p}.clusters"), "needs at least one cluster");
+                }
+                let mut seen = HashSet::new();
+                for (j, w) in ws.iter().enumerate() {
+                    if !cluster_files.iter().any(|f| f.name == w.name) {
+                        e.push(
+                            format!("{p}.clusters[{j}].name"),
+                            format!("no cluster is named {:?} (clusters: {})", w.name, known()),
+                        );
+                    }
+                    if !seen.insert(&w.name) {
+                        e.push(
+                            format!("{p}.clusters[{j}].name"),
+                            format!("cluster {:?} is listed twice", w.name),
+                        );
+                    }
+                    if w.weight > 10_000 {
+                        e.push(
+                            format!("{p}.clusters[{j}].weight"),
+                            format!("{} is more than 10000", w.weight),
+                        );
+                    }
+                }
+                if !ws.is_empty() && ws.iter().all(|w| w.weight == 0) {
+                    e.push(
+                        format!("{p}.clusters"),
+                        "all weights are 0: at least one must be positive",
+                    );
+                }
+                ws.iter()
+                    .map(|w| Backend {
+                        cluster: w.name.clone(),
+                        weight: w.weight,
+                    })
+                    .collect()
+            }
+            (Some(_), Some(_)) => {
+                e.push(&p, "has both `cluster` and `clusters`: give exactly one");
+                Vec::new()
+            }
+            (None, None) => {
+                e.push(&p, "needs `cluster` or `clusters`");
+                Vec::new()
+            }
+        };
+        let timeout = r
+            .timeout
+            .map(|t| positive(Some(t), t, &format!("{p}.timeout"), e));
+        out.push(RouteSpec {
+            name: r.name.clone(),
+            matches,
+            backends,
+            timeout,
+            max_request_body: r.max_request_body.unwrap_or(Bytes(10 * 1024 * 1024)),
+            request_headers: build_ops(
+                r.request_headers.as_ref(),
+                &format!("{p}.request_headers"),
+                e,
+            ),
+            response_headers: build_ops(
+                r.response_headers.as_ref(),
+                &format!("{p}.response_headers"),
+                e,
+            ),
+        });
+    }
+    out
+}
+
+fn build_match(m: Option<&MatchFile>, p: &str, e: &mut Errs) -> MatchSpec {
+    let Some(m) = m else {
+        return MatchSpec::default();
+    };
+    let mut hosts = Vec::new();
+    for (i, h) in m.host.iter().flatten().enumerate() {
+        let h = h.trim().to_ascii_lowercase();
+        let valid = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 253
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        };
+        if let Some(rest) = h.strip_prefix("*.") {
+            if valid(rest) {
+                hosts.push(HostMatch::Suffix(format!(".{rest}")));
+                continue;
+            }
+        } else if valid(&h) {
+            hosts.push(HostMatch::Exact(h));
+            continue;
+        }
+        e.push(
+            format!("{p}.host[{i}]"),
+            format!("{h:?} is not a host name (letters, digits, '-', '.'; a leading '*.' for subdomains)"),
+        );
+    }
+    let path = match &m.path {
+        None => PathMatch::default(),
+        Some(PathMatchFile::Exact(s)) | Some(PathMatchFile::Prefix(s)) if !s.starts_with('/') => {
+            e.push(format!("{p}.path"), format!("{s:?} must start with '/'"));
+            PathMatch::default()
+        }
+        Some(PathMatchFile::Exact(s)) => PathMatch::Exact(s.clone()),
+        Some(PathMatchFile::Prefix(s)) => PathMatch::Prefix(s.clone()),
+    };
+    let mut methods = Vec::new();
+    for (i, name) in m.methods.iter().flatten().enumerate() {
+        let up = name.to_ascii_uppercase();
+        match Method::from_bytes(up.as_bytes()) {
+            Ok(me) => methods.push(me),
+            Err(_) => e.push(
+                format!("{p}.methods[{i}]"),
+                format!("{name:?} is not an HTTP method"),
+            ),
+        }
+    }
+    let mut headers = Vec::new();
+    for (i, h) in m.headers.iter().flatten().enumerate() {
+        let hp = format!("{p}.headers[{i}]");
+        let name = match HeaderName::from_bytes(h.name.as_bytes()) {
+            Ok(n) => n,
+            Err(_) => {
+                e.push(
+                    format!("{hp}.name"),
+                    format!("{:?} is not a header name", h.name),
+                );
+                continue;
+            }
+        };
+        let rule = match (&h.exact, &h.prefix, h.present) {
+            (Some(v), None, None) => HeaderRule::Exact(v.clone()),
+            (None, Some(v), None) => HeaderRule::Prefix(v.clone()),
+            (None, None, Some(b)) => HeaderRule::Present(b),
+            _ => {
+                e.push(&hp, "give exactly one of `exact`, `prefix`, `present`");
+                continue;
+            }
+        };
+        headers.push(HeaderMatch { name, rule });
+    }
+    MatchSpec {
+        hosts,
+        path,
+        methods,
+        headers,
+    }
+}
+
+fn build_ops(o: Option<&HeaderOpsFile>, p: &str, e: &mut Errs) -> HeaderOps {
+    let Some(o) = o else {
+        return HeaderOps::default();
+    };
+    let name = |n: &str, path: String, e: &mut Errs| -> Option<HeaderName> {
+        match HeaderName::from_bytes(n.as_bytes()) {
+            Ok(h) if RESERVED_HEADERS.contains(&h.as_str()) => {
+                e.push(path, format!("{n:?} frames the message; sift manages it"));
+                None
+            }
+            Ok(h) => Some(h),
+            Err(_) => {
+                e.push(path, format!("{n:?} is not a header name"));
+                None
+            }
+        }
+    };
+    let pairs =
+        |m: &Option<std::collections::BTreeMap<String, String>>, what: &str, e: &mut Errs| {
+            let mut v = Vec::new();
+            for (k, val) in m.iter().flatten() {
+                let path = format!("{p}.{what}.{k}");
+                let Some(n) = name(k, path.clone(), e) else {
+                    continue;
+                };
+                match HeaderValue::from_str(val) {
+                    Ok(hv) => v.push((n, hv)),
+                    Err(_) => e.push(path, format!("{val:?} is not a valid header value")),
+                }
+            }
+            v
+        };
+    let set = pairs(&o.set, "set", e);
+    let add = pairs(&o.add, "add", e);
+    let mut remove = Vec::new();
+    for (i, r) in o.remove.iter().flatten().enumerate() {
+        if let Some(n) = name(r, format!("{p}.remove[{i}]"), e) {
+            remove.push(n);
+        }
+    }
+    HeaderOps { set, add, remove }
+}
+
+fn build_clusters(cs: &[ClusterFile], e: &mut Errs) -> Vec<ClusterSpec> {
+    let mut names = HashSet::new();
+    let mut out = Vec::new();
+    for (i, c) in cs.iter().enumerate() {
+        let p = format!("clusters[{i}]");
+        check_name(&c.name, &format!("{p}.name"), &mut names, "cluster", e);
+        if c.endpoints.is_empty() {
+            e.push(format!("{p}.endpoints"), "needs at least one endpoint");
+        }
+        let mut endpoints = Vec::new();
+        for (j, ep) in c.endpoints.iter().enumerate() {
+            match parse_endpoint(ep) {
+                Ok(x) => endpoints.push(x),
+                Err(m) => e.push(format!("{p}.endpoints[{j}]"), m),
+            }
+        }
+        let max_idle = c
+            .pool
+            .as_ref()
+            .and_then(|p| p.max_idle_per_endpoint)
+            .unwrap_or(128);
+        out.push(ClusterSpec {
+            name: c.name.clone(),
+            endpoints,
+            lb: c.lb.unwrap_or_default(),
+            protocol: c.protocol.unwrap_or_default(),
+            connect_timeout: positive(
+                c.connect_timeout,
+                Dur::secs(1),
+                &format!("{p}.connect_timeout"),
+                e,
+            ),
+            request_timeout: positive(
+                c.request_timeout,
+                Dur::secs(15),
+                &format!("{p}.request_timeout"),
+                e,
+            ),
+            idle_timeout: positive(
+                c.idle_timeout,
+                Dur::secs(60),
+                &format!("{p}.idle_timeout"),
+                e,
+            ),
+            max_idle_per_endpoint: max_idle,
+        });
+    }
+    out
+}
+
+/// `host:port`, `1.2.3.4:80` or `[::1]:80`.
+pub fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
+    let bad =
+        || format!("{s:?} is not host:port (e.g. \"10.0.0.7:8080\", \"app.svc:80\", \"[::1]:80\")");
+    if let Ok(sa) = s.parse::<SocketAddr>() {
+        if sa.port() == 0 {
+            return Err(format!("{s:?}: port 0 is not a port to connect to"));
+        }
+        let authority = sa.to_string().parse().map_err(|_| bad())?;
+        return Ok(Endpoint {
+            host: sa.ip().to_string(),
+            port: sa.port(),
+            authority,
+        });
+    }
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if !host_ok || port == 0 {
+        return Err(bad());
+    }
+    let authority = s.parse().map_err(|_| bad())?;
+    Ok(Endpoint {
+        host: host.to_ascii_lowercase(),
+        port,
+        authority,
+    })
+}

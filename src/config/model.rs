@@ -1,0 +1,233 @@
+//! The validated configuration. Built only by [`super::build`]; once built it
+//! cannot be invalid (every name resolves, every value is in range).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method};
+use serde::Serialize;
+use serde::ser::{SerializeMap, Serializer};
+
+use super::file::{DownstreamProtocol, LbPolicy, LogFormat, UpstreamProtocol, XffMode};
+use super::units::{Bytes, Dur};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Config {
+    /// Data-plane worker threads; `None` = one per CPU.
+    pub workers: Option<usize>,
+    pub log: LogConfig,
+    pub admin: AdminConfig,
+    pub reload: ReloadConfig,
+    pub shutdown: ShutdownConfig,
+    pub listeners: Vec<ListenerSpec>,
+    pub routes: Vec<RouteSpec>,
+    pub clusters: Vec<ClusterSpec>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+    pub access_log: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AdminConfig {
+    pub address: SocketAddr,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ReloadConfig {
+    pub watch: bool,
+    pub interval: Dur,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ShutdownConfig {
+    pub delay: Dur,
+    pub drain_timeout: Dur,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ListenerSpec {
+    pub name: String,
+    pub address: SocketAddr,
+    pub protocol: DownstreamProtocol,
+    /// Indices into [`Config::routes`], in match order.
+    #[serde(skip)]
+    pub route_indices: Vec<usize>,
+    /// Route names, as configured (None = all).
+    pub routes: Option<Vec<String>>,
+    pub limits: Limits,
+    pub x_forwarded_for: XffMode,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Limits {
+    pub max_header_bytes: Bytes,
+    pub max_headers: usize,
+    pub header_read_timeout: Dur,
+    pub idle_timeout: Dur,
+    pub max_connections: usize,
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: Bytes(64 * 1024),
+            max_headers: 100,
+            header_read_timeout: Dur::secs(10),
+            idle_timeout: Dur::secs(60),
+            max_connections: 10_000,
+            max_concurrent_streams: 100,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RouteSpec {
+    pub name: String,
+    #[serde(rename = "match")]
+    pub matches: MatchSpec,
+    /// Clusters with weights; a single-cluster route has one entry of weight 1.
+    pub backends: Vec<Backend>,
+    /// Time to the upstream response head; None = the cluster's request_timeout.
+    pub timeout: Option<Dur>,
+    pub max_request_body: Bytes,
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Backend {
+    pub cluster: String,
+    pub weight: u32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct MatchSpec {
+    pub hosts: Vec<HostMatch>,
+    pub path: PathMatch,
+    #[serde(serialize_with = "ser_methods")]
+    pub methods: Vec<Method>,
+    pub headers: Vec<HeaderMatch>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostMatch {
+    Exact(String),
+    /// `*.example.com` stored as `.example.com`.
+    Suffix(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathMatch {
+    Exact(String),
+    Prefix(String),
+}
+
+impl Default for PathMatch {
+    fn default() -> Self {
+        PathMatch::Prefix("/".into())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HeaderMatch {
+    #[serde(serialize_with = "ser_name")]
+    pub name: HeaderName,
+    pub rule: HeaderRule,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeaderRule {
+    Exact(String),
+    Prefix(String),
+    Present(bool),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct HeaderOps {
+    #[serde(serialize_with = "ser_pairs")]
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    #[serde(serialize_with = "ser_pairs")]
+    pub add: Vec<(HeaderName, HeaderValue)>,
+    #[serde(serialize_with = "ser_names")]
+    pub remove: Vec<HeaderName>,
+}
+
+impl HeaderOps {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+
+    /// Apply remove, then set, then add.
+    pub fn apply(&self, headers: &mut http::HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value) in &self.set {
+            headers.insert(name.clone(), value.clone());
+        }
+        for (name, value) in &self.add {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ClusterSpec {
+    pub name: String,
+    pub endpoints: Vec<Endpoint>,
+    pub lb: LbPolicy,
+    pub protocol: UpstreamProtocol,
+    pub connect_timeout: Dur,
+    pub request_timeout: Dur,
+    pub idle_timeout: Dur,
+    pub max_idle_per_endpoint: usize,
+}
+
+/// One upstream endpoint, `host:port` (an IP literal or a DNS name).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    /// `host:port` as an authority, ready for request URIs.
+    pub authority: http::uri::Authority,
+}
+
+impl Serialize for Endpoint {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.authority.as_str())
+    }
+}
+
+impl ClusterSpec {
+    pub fn timeout_for(&self, route: &RouteSpec) -> Duration {
+        route.timeout.unwrap_or(self.request_timeout).0
+    }
+}
+
+fn ser_methods<S: Serializer>(m: &[Method], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(m.iter().map(Method::as_str))
+}
+
+fn ser_name<S: Serializer>(n: &HeaderName, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(n.as_str())
+}
+
+fn ser_names<S: Serializer>(n: &[HeaderName], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(n.iter().map(HeaderName::as_str))
+}
+
+fn ser_pairs<S: Serializer>(p: &[(HeaderName, HeaderValue)], s: S) -> Result<S::Ok, S::Error> {
+    let mut map = s.serialize_map(Some(p.len()))?;
+    for (k, v) in p {
+        map.serialize_entry(k.as_str(), &String::from_utf8_lossy(v.as_bytes()))?;
+    }
+    map.end()
+}

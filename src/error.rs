@@ -1,0 +1,147 @@
+//! The one error type of the data path, and the one map from error to
+//! response: status, a short text body, and an `x-sift-error` header naming
+//! the cause. [`ErrorKind`] is the bounded label used in metrics.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::body::{self, Body};
+
+/// Why sift answered a request itself instead of the upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("malformed request: {0}")]
+    Malformed(&'static str),
+    #[error(
+        "request headers are larger than the listener allows ({limit} bytes or {max_headers} headers)"
+    )]
+    HeadersTooLarge { limit: u64, max_headers: usize },
+    #[error("request body is larger than the route allows ({limit} bytes)")]
+    BodyTooLarge { limit: u64 },
+    #[error("no route matches this request")]
+    NoRoute,
+    #[error("no healthy endpoint in cluster {cluster:?}")]
+    NoHealthyEndpoint { cluster: String },
+    #[error("cannot connect to upstream {endpoint} of cluster {cluster:?}: {reason}")]
+    UpstreamConnect {
+        cluster: String,
+        endpoint: String,
+        reason: String,
+    },
+    #[error("upstream did not send a response head within {0:?}")]
+    UpstreamTimeout(Duration),
+    #[error("upstream connection failed before a response: {0}")]
+    UpstreamReset(String),
+    #[error("client request body failed: {0}")]
+    ClientBody(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Bounded error label (metrics, `x-sift-error`, access logs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    MalformedRequest,
+    HeadersTooLarge,
+    BodyTooLarge,
+    NoRoute,
+    NoHealthyEndpoint,
+    UpstreamConnectFailure,
+    UpstreamTimeout,
+    UpstreamReset,
+    ClientBodyError,
+    Internal,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 10] = [
+        ErrorKind::MalformedRequest,
+        ErrorKind::HeadersTooLarge,
+        ErrorKind::BodyTooLarge,
+        ErrorKind::NoRoute,
+        ErrorKind::NoHealthyEndpoint,
+        ErrorKind::UpstreamConnectFailure,
+        ErrorKind::UpstreamTimeout,
+        ErrorKind::UpstreamReset,
+        ErrorKind::ClientBodyError,
+        ErrorKind::Internal,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::MalformedRequest => "malformed-request",
+            ErrorKind::HeadersTooLarge => "headers-too-large",
+            ErrorKind::BodyTooLarge => "body-too-large",
+            ErrorKind::NoRoute => "no-route",
+            ErrorKind::NoHealthyEndpoint => "no-healthy-endpoint",
+            ErrorKind::UpstreamConnectFailure => "upstream-connect-failure",
+            ErrorKind::UpstreamTimeout => "upstream-timeout",
+            ErrorKind::UpstreamReset => "upstream-reset",
+            ErrorKind::ClientBodyError => "client-body-error",
+            ErrorKind::Internal => "internal",
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorKind::MalformedRequest | ErrorKind::ClientBodyError => StatusCode::BAD_REQUEST,
+            ErrorKind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ErrorKind::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::NoRoute => StatusCode::NOT_FOUND,
+            ErrorKind::NoHealthyEndpoint => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::UpstreamConnectFailure | ErrorKind::UpstreamReset => StatusCode::BAD_GATEWAY,
+            ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl ProxyError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ProxyError::Malformed(_) => ErrorKind::MalformedRequest,
+            ProxyError::HeadersTooLarge { .. } => ErrorKind::HeadersTooLarge,
+            ProxyError::BodyTooLarge { .. } => ErrorKind::BodyTooLarge,
+            ProxyError::NoRoute => ErrorKind::NoRoute,
+            ProxyError::NoHealthyEndpoint { .. } => ErrorKind::NoHealthyEndpoint,
+            ProxyError::UpstreamConnect { .. } => ErrorKind::UpstreamConnectFailure,
+            ProxyError::UpstreamTimeout(_) => ErrorKind::UpstreamTimeout,
+            ProxyError::UpstreamReset(_) => ErrorKind::UpstreamReset,
+            ProxyError::ClientBody(_) => ErrorKind::ClientBodyError,
+            ProxyError::Internal(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// The response the client sees. The body names the cause in words a
+    /// client can act on; internal detail (endpoint addresses) stays in logs.
+    pub fn to_response(&self) -> Response<Body> {
+        let kind = self.kind();
+        let status = kind.status();
+        let detail = match self {
+            ProxyError::Malformed(why) => format!("malformed request: {why}"),
+            ProxyError::HeadersTooLarge { .. } => "request headers too large".into(),
+            ProxyError::BodyTooLarge { limit } => {
+                format!("request body too large (limit {limit} bytes)")
+            }
+            ProxyError::NoRoute => "no route for this request".into(),
+            ProxyError::NoHealthyEndpoint { .. } => "no healthy upstream".into(),
+            ProxyError::UpstreamConnect { .. } => "upstream connection failed".into(),
+            ProxyError::UpstreamTimeout(_) => "upstream timed out".into(),
+            ProxyError::UpstreamReset(_) => "upstream reset the connection".into(),
+            ProxyError::ClientBody(_) => "request body could not be read".into(),
+            ProxyError::Internal(_) => "internal error".into(),
+        };
+        let text = format!("{} {detail}\n", status.as_u16());
+        let mut resp = Response::new(body::full(Bytes::from(text)));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        h.insert("x-sift-error", HeaderValue::from_static(kind.as_str()));
+        resp
+    }
+}

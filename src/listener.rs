@@ -1,0 +1,216 @@
+//! Accept loops and connections: per-listener connection cap, HTTP/1.1 and
+//! HTTP/2 (auto-detected, prior knowledge on plain TCP), header read timeout,
+//! idle timeout, and graceful close when draining.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::config::file::DownstreamProtocol;
+use crate::config::model::ListenerSpec;
+use crate::drain::{Drain, Watch};
+use crate::proxy::{self, ConnInfo};
+use crate::state::Shared;
+
+/// Accept connections on `tcp` until draining begins.
+pub async fn serve(tcp: TcpListener, name: Arc<str>, shared: Arc<Shared>, drain: Drain) {
+    let open = Arc::new(AtomicUsize::new(0));
+    let mut watch = drain.watch();
+    let metrics = shared.metrics.clone();
+    let active = metrics.active_connections.with_label_values(&[&name]);
+    let accepted = metrics.connections.with_label_values(&[&name]);
+    let overflow = metrics.listener_overflow.with_label_values(&[&name]);
+    loop {
+        let (stream, remote) = tokio::select! {
+            r = tcp.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(listener = %name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = watch.signaled() => break,
+        };
+        let snap = shared.snapshot.load();
+        let Some(spec) = snap.listener(&name) else {
+            continue;
+        };
+        if open.load(Ordering::Relaxed) >= spec.limits.max_connections {
+            overflow.inc();
+            drop(stream);
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let builder = builder_for(spec);
+        let idle_timeout = spec.limits.idle_timeout.0;
+        drop(snap);
+        accepted.inc();
+        active.inc();
+        open.fetch_add(1, Ordering::Relaxed);
+        let conn = Arc::new(ConnInfo {
+            listener: name.clone(),
+            remote,
+            tls: false,
+        });
+        let token = drain.conn_token();
+        let (shared, open, active, watch) =
+            (shared.clone(), open.clone(), active.clone(), drain.watch());
+        tokio::spawn(async move {
+            serve_conn(stream, builder, idle_timeout, conn, shared.clone(), watch).await;
+            open.fetch_sub(1, Ordering::Relaxed);
+            active.dec();
+            drop(token);
+        });
+    }
+    tracing::info!(listener = %name, "listener closed");
+}
+
+fn builder_for(spec: &ListenerSpec) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    let head = spec.limits.max_header_bytes.0 as usize;
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(spec.limits.header_read_timeout.0)
+        .keep_alive(true)
+        // sift checks the head size itself (431 with x-sift-error); the
+        // codec's own limits sit above it and only catch grossly larger heads.
+        .max_buf_size((head * 2).max(16 * 1024))
+        .max_headers(spec.limits.max_headers * 2 + 8);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(spec.limits.max_concurrent_streams)
+        .max_header_list_size((head * 2).min(u32::MAX as usize) as u32)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    match spec.protocol {
+        DownstreamProtocol::H1 => b.http1_only(),
+        DownstreamProtocol::H2 => b.http2_only(),
+        DownstreamProtocol::Auto => b,
+    }
+}
+
+/// Tracks requests in flight on one connection and when it was last busy.
+struct Activity {
+    epoch: Instant,
+    inflight: AtomicUsize,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last_ms
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+    /// How long the connection has had no request in flight (zero if busy).
+    fn idle_for(&self) -> Duration {
+        if self.inflight.load(Ordering::Relaxed) > 0 {
+            return Duration::ZERO;
+        }
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(last)
+    }
+}
+
+struct InflightGuard(Arc<Activity>);
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn serve_conn(
+    stream: TcpStream,
+    builder: auto::Builder<TokioExecutor>,
+    idle_timeout: Duration,
+    conn: Arc<ConnInfo>,
+    shared: Arc<Shared>,
+    mut watch: Watch,
+) {
+    let activity = Arc::new(Activity {
+        epoch: Instant::now(),
+        inflight: AtomicUsize::new(0),
+        last_ms: AtomicU64::new(0),
+    });
+    let svc = {
+        let (shared, conn, activity) = (shared.clone(), conn.clone(), activity.clone());
+        service_fn(move |req| {
+            activity.inflight.fetch_add(1, Ordering::Relaxed);
+            let guard = InflightGuard(activity.clone());
+            let fut = proxy::handle(shared.clone(), conn.clone(), req);
+            async move {
+                let resp = fut.await;
+                drop(guard);
+                Ok::<_, std::convert::Infallible>(resp)
+            }
+        })
+    };
+    let io = TokioIo::new(stream);
+    let connection = builder.serve_connection_with_upgrades(io, svc);
+    tokio::pin!(connection);
+    let mut closing = false;
+    if watch.is_signaled() {
+        connection.as_mut().graceful_shutdown();
+        closing = true;
+    }
+    let mut next_check = idle_timeout;
+    loop {
+        tokio::select! {
+            r = connection.as_mut() => {
+                if let Err(e) = r {
+                    if !is_benign(&*e) {
+                        shared
+                            .metrics
+                            .downstream_protocol_errors
+                            .with_label_values(&[&conn.listener])
+                            .inc();
+                        tracing::debug!(listener = %conn.listener, remote = %conn.remote, error = %e, "connection error");
+                    }
+                }
+                break;
+            }
+            _ = watch.signaled(), if !closing => {
+                connection.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = tokio::time::sleep(next_check), if !closing => {
+                let idle = activity.idle_for();
+                if idle >= idle_timeout {
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                } else {
+                    next_check = idle_timeout - idle;
+                }
+            }
+        }
+    }
+}
+
+/// Errors that are a client simply going away, not a protocol fault.
+fn is_benign(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() || h.is_canceled() || h.is_closed() {
+                return true;
+            }
+            if h.is_timeout() || h.is_parse() || h.is_parse_too_large() {
+                return false;
+            }
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            if matches!(io.kind(), ConnectionReset | BrokenPipe | UnexpectedEof) {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
+}

@@ -1,0 +1,196 @@
+//! Prometheus metrics: one registry per running sift, prefix `sift_`, help
+//! text on every metric, and only bounded label values (listener, route and
+//! cluster names come from the config; error kinds from [`ErrorKind`]).
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::error::ErrorKind;
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub upstream_connect_errors: IntCounterVec,
+    pub errors: IntCounterVec,
+    pub active_connections: IntGaugeVec,
+    pub connections: IntCounterVec,
+    pub listener_overflow: IntCounterVec,
+    pub downstream_protocol_errors: IntCounterVec,
+    pub active_requests: IntGauge,
+    pub config_reloads: IntCounterVec,
+    pub config_last_reload_success: IntGauge,
+    pub upgrades: IntCounterVec,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+/// Seconds buckets from 0.5 ms to 30 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "sift_requests_total",
+                "Requests answered, by listener, route, cluster and status class (2xx..5xx). Route and cluster are \"none\" when sift answered before choosing one.",
+            ),
+            &["listener", "route", "cluster", "code_class"],
+        )
+        .expect("valid metric");
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "sift_request_duration_seconds",
+                "Time from receiving a request head to the end of the response body, by route and cluster.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route", "cluster"],
+        )
+        .expect("valid metric");
+        let upstream_connect_errors = IntCounterVec::new(
+            Opts::new(
+                "sift_upstream_connect_errors_total",
+                "Failed attempts to open a connection to an upstream endpoint, by cluster.",
+            ),
+            &["cluster"],
+        )
+        .expect("valid metric");
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "sift_errors_total",
+                "Requests sift answered itself because of an error, by kind (the x-sift-error value).",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let active_connections = IntGaugeVec::new(
+            Opts::new(
+                "sift_active_connections",
+                "Open downstream connections, by listener.",
+            ),
+            &["listener"],
+        )
+        .expect("valid metric");
+        let connections = IntCounterVec::new(
+            Opts::new(
+                "sift_connections_total",
+                "Downstream connections accepted, by listener.",
+            ),
+            &["listener"],
+        )
+        .expect("valid metric");
+        let listener_overflow = IntCounterVec::new(
+            Opts::new(
+                "sift_listener_overflow_total",
+                "Connections closed at accept because the listener was at max_connections.",
+            ),
+            &["listener"],
+        )
+        .expect("valid metric");
+        let downstream_protocol_errors = IntCounterVec::new(
+            Opts::new(
+                "sift_downstream_protocol_errors_total",
+                "Downstream connections that ended in an HTTP protocol error (unparseable request, header read timeout, oversized head answered by the HTTP codec), by listener.",
+            ),
+            &["listener"],
+        )
+        .expect("valid metric");
+        let active_requests = IntGauge::new(
+            "sift_active_requests",
+            "Requests in flight on the data path.",
+        )
+        .expect("valid metric");
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "sift_config_reloads_total",
+                "Config reload attempts by result: success, unchanged or failure (the old config keeps serving).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let config_last_reload_success = IntGauge::new(
+            "sift_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last config load that took effect.",
+        )
+        .expect("valid metric");
+        let upgrades = IntCounterVec::new(
+            Opts::new(
+                "sift_upgrades_total",
+                "HTTP upgrades (e.g. WebSocket) tunnelled, by route.",
+            ),
+            &["route"],
+        )
+        .expect("valid metric");
+        for m in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(request_duration.clone()),
+            Box::new(upstream_connect_errors.clone()),
+            Box::new(errors.clone()),
+            Box::new(active_connections.clone()),
+            Box::new(connections.clone()),
+            Box::new(listener_overflow.clone()),
+            Box::new(downstream_protocol_errors.clone()),
+            Box::new(active_requests.clone()),
+            Box::new(config_reloads.clone()),
+            Box::new(config_last_reload_success.clone()),
+            Box::new(upgrades.clone()),
+        ] {
+            registry.register(m).expect("metric names are unique");
+        }
+        for k in ErrorKind::ALL {
+            errors.with_label_values(&[k.as_str()]);
+        }
+        for r in ["success", "unchanged", "failure"] {
+            config_reloads.with_label_values(&[r]);
+        }
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            upstream_connect_errors,
+            errors,
+            active_connections,
+            connections,
+            listener_overflow,
+            downstream_protocol_errors,
+            active_requests,
+            config_reloads,
+            config_last_reload_success,
+            upgrades,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding into a Vec cannot fail");
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub fn code_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}

@@ -1,0 +1,556 @@
+//! The request pipeline. [`handle`] reads top-down: one stage per step,
+//! every failure a [`ProxyError`] mapped to a response in one place.
+//!
+//! 1. load the snapshot (once; the request keeps it to the end)
+//! 2. request hygiene: request id, `x-sift-*` removal, head size, Host
+//! 3. route match (host, path, method, headers)
+//! 4. body limit (Content-Length up front, streamed bytes as they pass)
+//! 5. backend choice: weighted cluster, then endpoint by LB policy
+//! 6. upstream request: hop-by-hop removal, X-Forwarded-*, header ops
+//! 7. send with the route's timeout; map failures to 502/504/413
+//! 8. response: hop-by-hop removal, header ops, request id; upgrades tunnelled
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderName};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use prometheus::Histogram;
+
+use crate::body::{self, Body, BodyState, Limited, OnDone};
+use crate::config::file::{UpstreamProtocol, XffMode};
+use crate::config::model::ListenerSpec;
+use crate::error::{ErrorKind, ProxyError};
+use crate::metrics::{Metrics, code_class};
+use crate::snapshot::Snapshot;
+use crate::state::Shared;
+
+/// What a request knows about the connection it came on.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub listener: Arc<str>,
+    pub remote: SocketAddr,
+    pub tls: bool,
+}
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "trailer",
+];
+
+/// Everything the access log and metrics need once the response is done.
+struct Outcome {
+    metrics: Arc<Metrics>,
+    access_log: bool,
+    start: Instant,
+    listener: Arc<str>,
+    remote: SocketAddr,
+    method: Method,
+    path: String,
+    host: String,
+    version: Version,
+    request_id: HeaderValue,
+    route: Option<String>,
+    cluster: Option<String>,
+    endpoint: Option<String>,
+    histogram: Option<Histogram>,
+    status: u16,
+    error: Option<(ErrorKind, String)>,
+}
+
+impl OnDone for Outcome {
+    fn done(self: Box<Self>, bytes: u64, completed: bool) {
+        let elapsed = self.start.elapsed();
+        let route = self.route.as_deref().unwrap_or("none");
+        let cluster = self.cluster.as_deref().unwrap_or("none");
+        self.metrics
+            .requests
+            .with_label_values(&[&self.listener, route, cluster, code_class(self.status)])
+            .inc();
+        if let Some(h) = &self.histogram {
+            h.observe(elapsed.as_secs_f64());
+        }
+        self.metrics.active_requests.dec();
+        if self.access_log {
+            tracing::info!(
+                target: "sift::access",
+                request_id = %String::from_utf8_lossy(self.request_id.as_bytes()),
+                listener = %self.listener,
+                remote = %self.remote,
+                method = %self.method,
+                host = %self.host,
+                path = %self.path,
+                protocol = ?self.version,
+                status = self.status,
+                route,
+                cluster,
+                endpoint = self.endpoint.as_deref().unwrap_or("-"),
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                bytes_sent = bytes,
+                completed,
+                error = self.error.as_ref().map_or("-", |(k, _)| k.as_str()),
+                error_detail = self.error.as_ref().map_or("", |(_, d)| d.as_str()),
+                "access"
+            );
+        }
+    }
+}
+
+/// Serve one request. Never fails: errors become responses.
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let start = Instant::now();
+    let snap = shared.snapshot.load_full();
+    shared.metrics.active_requests.inc();
+    let mut out = Box::new(Outcome {
+        metrics: shared.metrics.clone(),
+        access_log: snap.config.log.access_log,
+        start,
+        listener: conn.listener.clone(),
+        remote: conn.remote,
+        method: req.method().clone(),
+        path: req.uri().path().to_owned(),
+        host: String::new(),
+        version: req.version(),
+        request_id: HeaderValue::from_static("-"),
+        route: None,
+        cluster: None,
+        endpoint: None,
+        histogram: None,
+        status: 0,
+        error: None,
+    });
+    let resp = match proxy(&snap, &conn, req, &mut out).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            let kind = e.kind();
+            shared
+                .metrics
+                .errors
+                .with_label_values(&[kind.as_str()])
+                .inc();
+            tracing::debug!(error = %e, "request failed");
+            let mut resp = e.to_response();
+            out.error = Some((kind, e.to_string()));
+            if let Ok(v) = HeaderValue::from_bytes(out.request_id.as_bytes()) {
+                if out.request_id != "-" {
+                    resp.headers_mut().insert(X_REQUEST_ID.clone(), v);
+                }
+            }
+            resp
+        }
+    };
+    out.status = resp.status().as_u16();
+    let (parts, b) = resp.into_parts();
+    Response::from_parts(parts, body::boxed(body::Observed::new(b, out)))
+}
+
+async fn proxy(
+    snap: &Snapshot,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+    out: &mut Outcome,
+) -> Result<Response<Body>, ProxyError> {
+    let listener = snap
+        .listener(&conn.listener)
+        .ok_or_else(|| ProxyError::Internal(format!("listener {} has no config", conn.listener)))?;
+
+    // 2. Request hygiene.
+    let request_id = request_id(req.headers());
+    out.request_id = request_id.clone();
+    strip_sift_headers(req.headers_mut());
+    check_head_size(&req, listener)?;
+    let host = request_host(&req)?;
+    out.host = host.clone();
+    let path = req.uri().path();
+    if has_dot_segments(path) {
+        return Err(ProxyError::Malformed("path has '.' or '..' segments"));
+    }
+
+    // 3. Route.
+    let route = snap
+        .route_for(listener, &host, path, req.method(), req.headers())
+        .ok_or(ProxyError::NoRoute)?;
+    out.route = Some(route.spec.name.clone());
+
+    // 4. Body limit, up front when the length is declared.
+    let limit = route.spec.max_request_body.0;
+    if let Some(len) = content_length(req.headers())? {
+        if len > limit {
+            return Err(ProxyError::BodyTooLarge { limit });
+        }
+    }
+
+    // 5. Backend.
+    let (cluster, _, histogram) = route.pick_backend().ok_or(ProxyError::NoRoute)?;
+    out.cluster = Some(cluster.spec.name.clone());
+    out.histogram = Some(histogram.clone());
+    let (ep_index, _inflight) = cluster
+        .pick()
+        .ok_or_else(|| ProxyError::NoHealthyEndpoint {
+            cluster: cluster.spec.name.clone(),
+        })?;
+    let endpoint = &cluster.endpoints[ep_index].endpoint;
+    out.endpoint = Some(endpoint.authority.to_string());
+
+    // 6. Upstream request.
+    let upgrade = upgrade_protocol(&req);
+    let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    let (mut parts, incoming) = req.into_parts();
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let original_authority = parts.uri.authority().cloned();
+    parts.uri = Uri::builder()
+        .scheme("http")
+        .authority(endpoint.authority.clone())
+        .path_and_query(pq)
+        .build()
+        .map_err(|e| ProxyError::Internal(format!("upstream URI: {e}")))?;
+    parts.version = match cluster.spec.protocol {
+        UpstreamProtocol::Http1 => Version::HTTP_11,
+        UpstreamProtocol::Http2 => Version::HTTP_2,
+    };
+    let h = &mut parts.headers;
+    strip_hop_by_hop(h);
+    if let Some(proto) = &upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, proto.clone());
+    }
+    if !h.contains_key(header::HOST) {
+        if let Some(a) = &original_authority {
+            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                h.insert(header::HOST, v);
+            }
+        }
+    }
+    forwarded_headers(h, listener, conn, &original_authority);
+    h.insert(X_REQUEST_ID.clone(), request_id.clone());
+    route.spec.request_headers.apply(h);
+
+    let state = Arc::new(BodyState::default());
+    let upstream_body = if incoming.is_end_stream() {
+        body::empty()
+    } else {
+        body::boxed(Limited::new(incoming, limit, state.clone()))
+    };
+    let upstream_req = Request::from_parts(parts, upstream_body);
+
+    // 7. Send.
+    let timeout = cluster.spec.timeout_for(&route.spec);
+    let result = tokio::time::timeout(timeout, cluster.send(upstream_req)).await;
+    let mut resp = match result {
+        Err(_) => return Err(ProxyError::UpstreamTimeout(timeout)),
+        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) => {
+            return Err(match state.get() {
+                BodyState::TOO_LARGE => ProxyError::BodyTooLarge { limit },
+                BodyState::CLIENT_ERROR => ProxyError::ClientBody(error_chain(&e)),
+                _ if e.is_connect() => {
+                    out_connect_error(out, &cluster.spec.name);
+                    ProxyError::UpstreamConnect {
+                        cluster: cluster.spec.name.clone(),
+                        endpoint: endpoint.authority.to_string(),
+                        reason: error_chain(&e),
+                    }
+                }
+                _ => ProxyError::UpstreamReset(error_chain(&e)),
+            });
+        }
+    };
+
+    // 8. Response.
+    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(down) = downstream_upgrade {
+            let up = hyper::upgrade::on(&mut resp);
+            out.metrics
+                .upgrades
+                .with_label_values(&[route.spec.name.as_str()])
+                .inc();
+            tokio::spawn(async move {
+                let (Ok(d), Ok(u)) = (down.await, up.await) else {
+                    return;
+                };
+                let _ =
+                    tokio::io::copy_bidirectional(&mut TokioIo::new(d), &mut TokioIo::new(u)).await;
+            });
+        }
+        let (mut parts, b) = resp.into_parts();
+        route.spec.response_headers.apply(&mut parts.headers);
+        parts.headers.insert(X_REQUEST_ID.clone(), request_id);
+        return Ok(Response::from_parts(parts, body::boxed(b)));
+    }
+    let (mut parts, b) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    route.spec.response_headers.apply(&mut parts.headers);
+    parts.headers.insert(X_REQUEST_ID.clone(), request_id);
+    Ok(Response::from_parts(parts, body::boxed(b)))
+}
+
+fn out_connect_error(out: &Outcome, cluster: &str) {
+    out.metrics
+        .upstream_connect_errors
+        .with_label_values(&[cluster])
+        .inc();
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// The client's x-request-id when it is sane (1..=128 visible ASCII bytes),
+/// else a new random UUID v4.
+fn request_id(h: &HeaderMap) -> HeaderValue {
+    if let Some(v) = h.get(&X_REQUEST_ID) {
+        let b = v.as_bytes();
+        if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic()) {
+            return v.clone();
+        }
+    }
+    let r = fastrand::u128(..);
+    let r = (r & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
+    let hex = format!("{r:032x}");
+    let id = format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    );
+    HeaderValue::from_str(&id).expect("hex and dashes are a valid header value")
+}
+
+/// Only sift sets `x-sift-*` headers: drop any a client sent.
+fn strip_sift_headers(h: &mut HeaderMap) {
+    if !h.keys().any(|k| k.as_str().starts_with("x-sift-")) {
+        return;
+    }
+    let names: Vec<HeaderName> = h
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-sift-"))
+        .cloned()
+        .collect();
+    for n in names {
+        h.remove(n);
+    }
+}
+
+fn check_head_size(req: &Request<Incoming>, l: &ListenerSpec) -> Result<(), ProxyError> {
+    let too_large = ProxyError::HeadersTooLarge {
+        limit: l.limits.max_header_bytes.0,
+        max_headers: l.limits.max_headers,
+    };
+    if req.headers().len() > l.limits.max_headers {
+        return Err(too_large);
+    }
+    let mut n = req.method().as_str().len()
+        + req.uri().path_and_query().map_or(1, |p| p.as_str().len())
+        + 12;
+    for (k, v) in req.headers() {
+        n += k.as_str().len() + v.len() + 4;
+    }
+    if n as u64 > l.limits.max_header_bytes.0 {
+        return Err(too_large);
+    }
+    Ok(())
+}
+
+/// Lower-cased host without port, from the URI authority (HTTP/2,
+/// absolute-form) or the Host header. HTTP/1.1 without Host is malformed.
+fn request_host(req: &Request<Incoming>) -> Result<String, ProxyError> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let header_host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::Malformed("more than one Host header"));
+    }
+    let raw = if let Some(a) = req.uri().authority() {
+        a.as_str()
+    } else if let Some(h) = header_host {
+        h.to_str()
+            .map_err(|_| ProxyError::Malformed("Host header is not ASCII"))?
+    } else if req.version() == Version::HTTP_11 {
+        return Err(ProxyError::Malformed(
+            "HTTP/1.1 request without a Host header",
+        ));
+    } else {
+        ""
+    };
+    let host = if raw.starts_with('[') {
+        match raw.find(']') {
+            Some(i) => &raw[..=i],
+            None => return Err(ProxyError::Malformed("bad IPv6 literal in Host")),
+        }
+    } else {
+        raw.rsplit_once(':').map_or(raw, |(h, _)| h)
+    };
+    if host
+        .bytes()
+        .any(|b| !(b.is_ascii_alphanumeric() || b"-._:[]".contains(&b)))
+    {
+        return Err(ProxyError::Malformed("Host is not a host name"));
+    }
+    Ok(host.to_ascii_lowercase())
+}
+
+fn has_dot_segments(path: &str) -> bool {
+    path.split('/').any(|s| s == "." || s == "..")
+}
+
+fn content_length(h: &HeaderMap) -> Result<Option<u64>, ProxyError> {
+    match h.get(header::CONTENT_LENGTH) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .map(Some)
+            .ok_or(ProxyError::Malformed("Content-Length is not a number")),
+    }
+}
+
+/// `Some(protocol)` for an HTTP/1.1 upgrade request (e.g. WebSocket).
+fn upgrade_protocol(req: &Request<Incoming>) -> Option<HeaderValue> {
+    if req.version() != Version::HTTP_11 {
+        return None;
+    }
+    let conn_upgrade = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if !conn_upgrade {
+        return None;
+    }
+    req.headers().get(header::UPGRADE).cloned()
+}
+
+/// Remove hop-by-hop headers and any header the Connection header names.
+/// `TE: trailers` is kept (gRPC needs it); other TE values are dropped.
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        if n != header::TE {
+            h.remove(n);
+        }
+    }
+    for n in HOP_BY_HOP {
+        h.remove(*n);
+    }
+    let te_trailers = h
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    if !te_trailers {
+        h.remove(header::TE);
+    }
+}
+
+fn forwarded_headers(
+    h: &mut HeaderMap,
+    l: &ListenerSpec,
+    conn: &ConnInfo,
+    authority: &Option<http::uri::Authority>,
+) {
+    let ip = conn.remote.ip().to_string();
+    let xff = match (l.x_forwarded_for, h.get(&X_FORWARDED_FOR)) {
+        (XffMode::Append, Some(prev)) => match prev.to_str() {
+            Ok(p) if !p.trim().is_empty() => format!("{p}, {ip}"),
+            _ => ip,
+        },
+        _ => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        // Several XFF headers are folded into the one we set.
+        h.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    h.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+    );
+    let replace = l.x_forwarded_for == XffMode::Replace;
+    if replace || !h.contains_key(&X_FORWARDED_HOST) {
+        let host = h.get(header::HOST).cloned().or_else(|| {
+            authority
+                .as_ref()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        if let Some(v) = host {
+            h.insert(X_FORWARDED_HOST.clone(), v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_segments() {
+        assert!(has_dot_segments("/a/../b"));
+        assert!(has_dot_segments("/a/."));
+        assert!(!has_dot_segments("/a/..b/c.d"));
+    }
+
+    #[test]
+    fn request_ids_are_uuid_v4() {
+        let id = request_id(&HeaderMap::new());
+        let s = id.to_str().unwrap();
+        assert_eq!(s.len(), 36);
+        assert_eq!(&s[14..15], "4");
+        let mut h = HeaderMap::new();
+        h.insert("x-request-id", HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&h), "abc-123");
+        h.insert("x-request-id", HeaderValue::from_static("has space"));
+        assert_ne!(request_id(&h), "has space");
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("close, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("x-secret").is_none());
+        assert!(h.get("keep-alive").is_none());
+        assert!(h.get("connection").is_none());
+        assert_eq!(h.get("te").unwrap(), "trailers");
+        assert!(h.get("x-keep").is_some());
+    }
+}

@@ -1,0 +1,218 @@
+//! Hot reload: file watch (polling, so Kubernetes ConfigMap symlink swaps and
+//! editors' rename-on-save are seen), SIGHUP and POST /reload all end in
+//! [`Reloader::reload`]: parse → validate → build a snapshot → one
+//! `ArcSwap::store`. A bad config is rejected, logged and counted, and the
+//! old snapshot keeps serving.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::config::{self, Config, ConfigError, ConfigErrors};
+use crate::snapshot::Snapshot;
+use crate::state::Shared;
+
+#[derive(Clone, Debug)]
+pub enum Source {
+    File(PathBuf),
+    /// Built-in text (the dev default, the demo): nothing to re-read.
+    Inline(Arc<str>),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Applied { generation: u64 },
+    Unchanged,
+}
+
+pub struct Reloader {
+    source: Source,
+    shared: Arc<Shared>,
+    lock: Mutex<()>,
+}
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloader")
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl Source {
+    pub fn read(&self) -> Result<Arc<str>, ConfigErrors> {
+        match self {
+            Source::Inline(t) => Ok(t.clone()),
+            Source::File(p) => std::fs::read_to_string(p).map(Arc::from).map_err(|e| {
+                ConfigErrors(vec![ConfigError {
+                    path: "(file)".into(),
+                    line: None,
+                    message: format!("cannot read {}: {e}", p.display()),
+                }])
+            }),
+        }
+    }
+}
+
+impl Reloader {
+    pub fn new(source: Source, shared: Arc<Shared>) -> Self {
+        Reloader {
+            source,
+            shared,
+            lock: Mutex::new(()),
+        }
+    }
+
+    pub fn source(&self) -> &Source {
+        &self.source
+    }
+
+    /// Load the source again and, when it changed and is valid, publish a new
+    /// snapshot. `trigger` names the cause in logs (file, sighup, admin).
+    pub fn reload(&self, trigger: &'static str) -> Result<Outcome, ConfigErrors> {
+        let _serial = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let metrics = &self.shared.metrics;
+        let result = self.try_reload();
+        match &result {
+            Ok(Outcome::Applied { generation }) => {
+                metrics.config_reloads.with_label_values(&["success"]).inc();
+                metrics.config_last_reload_success.set(unix_now());
+                tracing::info!(trigger, generation, "config reloaded");
+            }
+            Ok(Outcome::Unchanged) => {
+                metrics
+                    .config_reloads
+                    .with_label_values(&["unchanged"])
+                    .inc();
+                tracing::debug!(trigger, "config unchanged");
+            }
+            Err(errs) => {
+                metrics.config_reloads.with_label_values(&["failure"]).inc();
+                for e in &errs.0 {
+                    tracing::error!(trigger, error = %e, "config reload rejected");
+                }
+                tracing::warn!(
+                    trigger,
+                    errors = errs.0.len(),
+                    "config reload rejected; the previous config keeps serving"
+                );
+            }
+        }
+        result
+    }
+
+    fn try_reload(&self) -> Result<Outcome, ConfigErrors> {
+        let text = self.source.read()?;
+        let current = self.shared.snapshot.load();
+        if *current.source == *text {
+            return Ok(Outcome::Unchanged);
+        }
+        let config = config::load_str(&text)?;
+        restart_only_changes(&current.config, &config)?;
+        let snap = Snapshot::build(config, text, Some(&current), &self.shared.metrics);
+        let generation = snap.generation;
+        self.shared.snapshot.store(Arc::new(snap));
+        Ok(Outcome::Applied { generation })
+    }
+
+    /// Poll the config file every `reload.interval` and reload when its
+    /// identity (resolved path, inode, size, mtime) changes. Runs until the
+    /// process ends; a no-op for inline sources or `reload.watch: false`.
+    pub async fn watch(self: Arc<Self>) {
+        let Source::File(path) = &self.source else {
+            return;
+        };
+        let mut last = fingerprint(path);
+        loop {
+            let (watch, interval) = {
+                let s = self.shared.snapshot.load();
+                (s.config.reload.watch, s.config.reload.interval.0)
+            };
+            tokio::time::sleep(interval).await;
+            if !watch {
+                continue;
+            }
+            let now = fingerprint(path);
+            if now != last {
+                last = now;
+                let this = self.clone();
+                // Reading and building run off the async workers.
+                let _ = tokio::task::spawn_blocking(move || this.reload("file")).await;
+            }
+        }
+    }
+}
+
+/// Changes that cannot take effect without a restart make the reload fail, so
+/// the running config and the file never silently disagree.
+fn restart_only_changes(old: &Config, new: &Config) -> Result<(), ConfigErrors> {
+    let mut errs = Vec::new();
+    let ident = |c: &Config| {
+        c.listeners
+            .iter()
+            .map(|l| (l.name.clone(), l.address, l.protocol))
+            .collect::<Vec<_>>()
+    };
+    if ident(old) != ident(new) {
+        errs.push(ConfigError {
+            path: "listeners".into(),
+            line: None,
+            message: "listener names, addresses or protocols changed: these need a restart".into(),
+        });
+    }
+    if old.admin != new.admin {
+        errs.push(ConfigError {
+            path: "admin.address".into(),
+            line: None,
+            message: "the admin address changed: this needs a restart".into(),
+        });
+    }
+    if old.workers != new.workers {
+        errs.push(ConfigError {
+            path: "workers".into(),
+            line: None,
+            message: "workers changed: this needs a restart".into(),
+        });
+    }
+    if old.log != new.log {
+        errs.push(ConfigError {
+            path: "log".into(),
+            line: None,
+            message: "log settings changed: these need a restart".into(),
+        });
+    }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigErrors(errs))
+    }
+}
+
+type Fingerprint = Option<(PathBuf, u64, u64, Option<SystemTime>)>;
+
+fn fingerprint(path: &std::path::Path) -> Fingerprint {
+    use std::os::unix::fs::MetadataExt;
+    let resolved = std::fs::canonicalize(path).ok()?;
+    let m = std::fs::metadata(&resolved).ok()?;
+    Some((resolved, m.ino(), m.len(), m.modified().ok()))
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs() as i64
+}
+
+/// Reload on SIGHUP until the process ends.
+pub async fn on_sighup(reloader: Arc<Reloader>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload by file change or POST /reload");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let r = reloader.clone();
+        let _ = tokio::task::spawn_blocking(move || r.reload("sighup")).await;
+    }
+}

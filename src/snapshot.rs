@@ -1,0 +1,161 @@
+//! The snapshot: everything that can change at run time, built into one
+//! immutable value and published through one `ArcSwap`. A request loads it
+//! once and keeps that `Arc` to its end, so a reload never changes a request
+//! in flight and never leaves half-applied state.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::{HeaderMap, Method};
+use prometheus::Histogram;
+
+use crate::config::Config;
+use crate::config::model::{HeaderRule, HostMatch, ListenerSpec, PathMatch, RouteSpec};
+use crate::metrics::Metrics;
+use crate::upstream::Cluster;
+
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    /// The YAML text this snapshot was built from.
+    pub source: Arc<str>,
+    pub routes: Vec<Route>,
+    pub clusters: HashMap<String, Arc<Cluster>>,
+    /// Monotonic generation, 1 for the first config.
+    pub generation: u64,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("generation", &self.generation)
+            .finish()
+    }
+}
+
+pub struct Route {
+    pub spec: RouteSpec,
+    /// (cluster, cumulative weight), for weighted picks.
+    pub backends: Vec<(Arc<Cluster>, u32, Histogram)>,
+    pub total_weight: u32,
+}
+
+impl Route {
+    /// Pick a backend cluster by weight.
+    pub fn pick_backend(&self) -> Option<&(Arc<Cluster>, u32, Histogram)> {
+        if self.backends.len() == 1 {
+            return self.backends.first();
+        }
+        if self.total_weight == 0 {
+            return None;
+        }
+        let x = fastrand::u32(..self.total_weight);
+        self.backends.iter().find(|(_, cum, _)| x < *cum)
+    }
+
+    fn matches(&self, host: &str, path: &str, method: &Method, headers: &HeaderMap) -> bool {
+        let m = &self.spec.matches;
+        if !m.hosts.is_empty()
+            && !m.hosts.iter().any(|h| match h {
+                HostMatch::Exact(e) => e == host,
+                HostMatch::Suffix(s) => host.len() > s.len() && host.ends_with(s.as_str()),
+            })
+        {
+            return false;
+        }
+        let path_ok = match &m.path {
+            PathMatch::Exact(e) => e == path,
+            PathMatch::Prefix(p) => {
+                path.starts_with(p.as_str())
+                    && (p.ends_with('/')
+                        || path.len() == p.len()
+                        || path.as_bytes().get(p.len()) == Some(&b'/'))
+            }
+        };
+        if !path_ok {
+            return false;
+        }
+        if !m.methods.is_empty() && !m.methods.contains(method) {
+            return false;
+        }
+        m.headers.iter().all(|hm| {
+            let v = headers.get(&hm.name);
+            match &hm.rule {
+                HeaderRule::Present(want) => v.is_some() == *want,
+                HeaderRule::Exact(e) => v.is_some_and(|v| v.as_bytes() == e.as_bytes()),
+                HeaderRule::Prefix(p) => v.is_some_and(|v| v.as_bytes().starts_with(p.as_bytes())),
+            }
+        })
+    }
+}
+
+impl Snapshot {
+    /// Build a snapshot, re-using the clusters (and so their connection
+    /// pools) of `prev` whose spec did not change.
+    pub fn build(
+        config: Config,
+        source: Arc<str>,
+        prev: Option<&Snapshot>,
+        metrics: &Metrics,
+    ) -> Snapshot {
+        let mut clusters = HashMap::new();
+        for spec in &config.clusters {
+            let reused = prev
+                .and_then(|p| p.clusters.get(&spec.name))
+                .filter(|c| c.spec == *spec)
+                .cloned();
+            let c = reused.unwrap_or_else(|| Cluster::new(spec.clone()));
+            clusters.insert(spec.name.clone(), c);
+        }
+        let routes = config
+            .routes
+            .iter()
+            .map(|spec| {
+                let mut cum = 0u32;
+                let backends = spec
+                    .backends
+                    .iter()
+                    .filter_map(|b| {
+                        let c = clusters.get(&b.cluster)?.clone();
+                        cum += b.weight;
+                        let h = metrics
+                            .request_duration
+                            .with_label_values(&[spec.name.as_str(), b.cluster.as_str()]);
+                        Some((c, cum, h))
+                    })
+                    .collect();
+                Route {
+                    spec: spec.clone(),
+                    backends,
+                    total_weight: cum,
+                }
+            })
+            .collect();
+        Snapshot {
+            config: Arc::new(config),
+            source,
+            routes,
+            clusters,
+            generation: prev.map_or(1, |p| p.generation + 1),
+        }
+    }
+
+    pub fn listener(&self, name: &str) -> Option<&ListenerSpec> {
+        self.config.listeners.iter().find(|l| l.name == name)
+    }
+
+    /// The first route of `listener` that matches.
+    pub fn route_for(
+        &self,
+        listener: &ListenerSpec,
+        host: &str,
+        path: &str,
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> Option<&Route> {
+        listener
+            .route_indices
+            .iter()
+            .filter_map(|&i| self.routes.get(i))
+            .find(|r| r.matches(host, path, method, headers))
+    }
+}
