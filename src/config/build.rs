@@ -70,7 +70,7 @@ pub fn build(f: &FileConfig) -> Result<Config, Vec<ConfigError>> {
 
     if let Some(admin) = &admin {
         for (i, l) in listeners.iter().enumerate() {
-            if l.address == admin.address {
+            if l.address == admin.address && l.address.port() != 0 {
                 e.push(
                     format!("listeners[{i}].address"),
                     format!("{} is also the admin address", l.address),
@@ -157,7 +157,9 @@ fn build_listeners(ls: &[ListenerFile], routes: &[RouteSpec], e: &mut Errs) -> V
         check_name(&l.name, &format!("{p}.name"), &mut names, "listener", e);
         let address = match l.address.parse::<SocketAddr>() {
             Ok(a) => {
-                if let Some(j) = addrs.insert(a, i) {
+                if a.port() == 0 {
+                    // Port 0 asks the OS for a free port: never a clash.
+                } else if let Some(j) = addrs.insert(a, i) {
                     e.push(
                         format!("{p}.address"),
                         format!("{a} is already used by listeners[{j}]"),
@@ -516,9 +518,8 @@ fn build_clusters(cs: &[ClusterFile], e: &mut Errs) -> Vec<ClusterSpec> {
     for (i, c) in cs.iter().enumerate() {
         let p = format!("clusters[{i}]");
         check_name(&c.name, &format!("{p}.name"), &mut names, "cluster", e);
-        if c.endpoints.is_empty() {
-            e.push(format!("{p}.endpoints"), "needs at least one endpoint");
-        }
+        // A cluster may have no endpoints (a placeholder, or all taken out
+        // of service): its requests get 503 no-healthy-endpoint, as in Envoy.
         let mut endpoints = Vec::new();
         for (j, ep) in c.endpoints.iter().enumerate() {
             match parse_endpoint(ep) {

@@ -288,7 +288,9 @@ pub enum UpstreamProtocol {
 pub struct ClusterFile {
     /// Unique name, used in routes, metrics and logs.
     pub name: String,
-    /// Endpoints as host:port. DNS names are resolved again for every new connection.
+    /// Endpoints as host:port. DNS names are resolved again for every new
+    /// connection. An empty list is allowed: requests then get 503.
+    #[serde(default)]
     pub endpoints: Vec<String>,
     /// round_robin (default) or least_request.
     #[serde(default)]

@@ -93,6 +93,11 @@ pub fn parse(text: &str) -> Result<(FileConfig, Node), ConfigErrors> {
     let root = marked_yaml::parse_yaml_with_options(0, text, opts).map_err(|e| {
         let msg = e.to_string();
         let line = first_line_number(&msg);
+        let msg = if msg.contains("anchor") || msg.contains("alias") {
+            format!("{msg} (YAML anchors and aliases are not supported)")
+        } else {
+            msg
+        };
         ConfigErrors(vec![ConfigError {
             path: "(yaml)".into(),
             line,
@@ -135,10 +140,7 @@ pub fn parse(text: &str) -> Result<(FileConfig, Node), ConfigErrors> {
     }
 }
 
-fn one<T: DeserializeOwned>(node: &Node, base: &str, errs: &mut Vec<ConfigError>) -> T
-where
-    T: Default,
-{
+fn one<T: DeserializeOwned + Default>(node: &Node, base: &str, errs: &mut Vec<ConfigError>) -> T {
     match marked_yaml::from_node::<T>(node) {
         Ok(v) => v,
         Err(e) => {
@@ -191,7 +193,12 @@ fn node_error(node: &Node, base: &str, e: marked_yaml::FromNodeError) -> ConfigE
     }
 }
 
+/// The line of a loader error: "36:10: ..." or "... line 36 ...".
 fn first_line_number(msg: &str) -> Option<usize> {
+    let lead: String = msg.chars().take_while(|c| c.is_ascii_digit()).collect();
+    if !lead.is_empty() && msg[lead.len()..].starts_with(':') {
+        return lead.parse().ok();
+    }
     let i = msg.find("line ")?;
     let digits: String = msg[i + 5..]
         .chars()

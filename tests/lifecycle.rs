@@ -1,0 +1,432 @@
+//! Lifecycle: hot reload (admin, file watch with ConfigMap-style symlink
+//! swaps, SIGHUP), bad configs, graceful drain, connection limits.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use http::Request;
+use http_body_util::BodyExt;
+use sift::body;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn config_with_header(up: std::net::SocketAddr, value: &str) -> String {
+    simple_config(
+        up,
+        &format!("    response_headers: {{ set: {{ x-generation: \"{value}\" }} }}\n"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hundred_reloads_under_load_fail_no_request() {
+    let up = Upstream::start(|req: Request<hyper::body::Incoming>| async move {
+        let _ = req.into_body().collect().await;
+        text_response(200, "ok")
+    })
+    .await;
+    let sift = Sift::start(&config_with_header(up.addr, "0"));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (stop, ok, failed, url) = (stop.clone(), ok.clone(), failed.clone(), sift.url("/"));
+        load.push(tokio::spawn(async move {
+            let client = http1_client();
+            while !stop.load(Ordering::Relaxed) {
+                let r = client
+                    .request(Request::post(&url).body(full("payload")).unwrap())
+                    .await;
+                match r {
+                    Ok(r) if r.status() == 200 => {
+                        let _ = r.into_body().collect().await;
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    for i in 1..=100 {
+        sift.write_config(&config_with_header(up.addr, &i.to_string()));
+        let (status, body) = post_text(&sift.admin_url("/reload")).await;
+        assert_eq!(status, 200, "{body}");
+        // applied, or already picked up by the file watcher
+        assert!(
+            body.contains("applied") || body.contains("unchanged"),
+            "{body}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+    let r = send(Request::get(sift.url("/")).body(body::empty()).unwrap()).await;
+    assert_eq!(r.headers()["x-generation"], "100");
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "no request fails during reloads"
+    );
+    assert!(ok.load(Ordering::Relaxed) > 100, "load ran throughout");
+    let (_, cfg) = get_text(&sift.admin_url("/config")).await;
+    let v: serde_json::Value = serde_json::from_str(&cfg).unwrap();
+    assert_eq!(v["generation"], 101);
+    assert_eq!(
+        sift.metric(r#"sift_config_reloads_total{result="success"}"#)
+            .await,
+        Some(100.0)
+    );
+    // The cluster did not change, so its pool survived: the upstream saw
+    // only the few connections the 4 clients needed, not one per reload.
+    let conns = up.connections.load(Ordering::Relaxed);
+    assert!(conns <= 8, "upstream connections: {conns}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn configmap_symlink_swap_is_picked_up_by_the_watcher() {
+    let a = Upstream::echo("a").await;
+    let b = Upstream::echo("b").await;
+    // Kubernetes' layout: sift.yaml -> ..data/sift.yaml, ..data -> ..v1
+    let dir = TempDir::new();
+    let v1 = dir.path("..v1");
+    std::fs::create_dir(&v1).unwrap();
+    std::fs::write(v1.join("sift.yaml"), simple_config(a.addr, "")).unwrap();
+    std::os::unix::fs::symlink("..v1", dir.path("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/sift.yaml", dir.path("sift.yaml")).unwrap();
+    let path = dir.path("sift.yaml");
+    let sift = Sift::start_at(dir, path).unwrap();
+    let name = |sift: &Sift| {
+        let url = sift.url("/");
+        async move {
+            let (_, b) = get_text(&url).await;
+            serde_json::from_str::<serde_json::Value>(&b).unwrap()["name"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    assert_eq!(name(&sift).await, "a");
+    // The swap: write ..v2, point a new link at it, rename over ..data.
+    let v2 = sift.dir.path("..v2");
+    std::fs::create_dir(&v2).unwrap();
+    std::fs::write(v2.join("sift.yaml"), simple_config(b.addr, "")).unwrap();
+    std::os::unix::fs::symlink("..v2", sift.dir.path("..data_tmp")).unwrap();
+    std::fs::rename(sift.dir.path("..data_tmp"), sift.dir.path("..data")).unwrap();
+    let t = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            name(&sift).await == "b"
+        })
+        .await,
+        "the swap is seen"
+    );
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(2), "picked up in {took:?}");
+    // An editor's rename-on-save is seen too, and a broken save is rejected
+    // while the old config keeps serving.
+    let tmp = sift.dir.path("sift.yaml.swp");
+    std::fs::write(
+        &tmp,
+        "listeners: [ {name: main, address: nope} ]\nbogus: 1\n",
+    )
+    .unwrap();
+    std::fs::remove_file(sift.dir.path("sift.yaml")).unwrap();
+    std::fs::rename(&tmp, sift.dir.path("sift.yaml")).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            sift.metric(r#"sift_config_reloads_total{result="failure"}"#)
+                .await
+                .unwrap_or(0.0)
+                >= 1.0
+        })
+        .await
+    );
+    assert_eq!(name(&sift).await, "b", "the old config keeps serving");
+    assert!(
+        sift.log_lines()
+            .iter()
+            .any(|l| l.contains("config reload rejected") && l.contains("bogus"))
+    );
+    std::fs::write(&tmp, simple_config(a.addr, "")).unwrap();
+    std::fs::rename(&tmp, sift.dir.path("sift.yaml")).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            name(&sift).await == "a"
+        })
+        .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_and_bad_reload_keeps_old_config() {
+    let up = Upstream::echo("a").await;
+    let mut cfg = config_with_header(up.addr, "one");
+    cfg.push_str("reload: { watch: false }\n");
+    let sift = Sift::start(&cfg);
+    sift.write_config(
+        &config_with_header(up.addr, "two")
+            .replace("clusters:", "reload: { watch: false }\nclusters:"),
+    );
+    sift.signal("HUP");
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            let r = send(Request::get(sift.url("/")).body(body::empty()).unwrap()).await;
+            r.headers()["x-generation"] == "two"
+        })
+        .await
+    );
+    // A bad config by POST /reload: 400 with every error, old config serves.
+    sift.write_config(
+        "listeners: [{name: main, address: \"127.0.0.1:0\"}]\nroutes: [{name: r, cluster: nope}]\nclusters: [{name: c, endpoints: [\"bad\"]}]\n",
+    );
+    let (status, body) = post_text(&sift.admin_url("/reload")).await;
+    assert_eq!(status, 400);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["result"], "rejected");
+    let errors = v["errors"].as_array().unwrap();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e["path"] == "routes[0].cluster" && e["line"] == 2),
+        "{body}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e["path"] == "clusters[0].endpoints[0]"),
+        "{body}"
+    );
+    let r = send(Request::get(sift.url("/")).body(body::empty()).unwrap()).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-generation"], "two");
+    // Changing a listener address needs a restart: rejected, not half-applied.
+    sift.write_config(
+        &config_with_header(up.addr, "three")
+            .replace("127.0.0.1:0\"\nroutes", "127.0.0.1:1\"\nroutes"),
+    );
+    let (status, body) = post_text(&sift.admin_url("/reload")).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("need a restart"), "{body}");
+    let r = send(Request::get(sift.url("/")).body(body::empty()).unwrap()).await;
+    assert_eq!(r.headers()["x-generation"], "two");
+    assert_eq!(
+        sift.metric(r#"sift_config_reloads_total{result="failure"}"#)
+            .await,
+        Some(2.0)
+    );
+}
+
+#[test]
+fn bad_config_at_start_exits_2_with_every_error() {
+    let dir = TempDir::new();
+    let path = dir.path("bad.yaml");
+    std::fs::write(
+        &path,
+        "listeners:\n  - name: main\n    address: \"127.0.0.1:0\"\n    limits: { idle_timeout: 5 }\nroutes:\n  - name: r\n    cluster: missing\nclusters: []\nextra: true\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(sift_bin())
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("line 4: listeners[0].limits.idle_timeout"),
+        "{err}"
+    );
+    assert!(err.contains("needs a unit"), "{err}");
+    assert!(err.contains("line 9: extra"), "{err}");
+    // `sift check` prints file:line: path: message for each, exit code 2.
+    let out = std::process::Command::new(sift_bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.yaml:4: listeners[0].limits.idle_timeout"),
+        "{err}"
+    );
+    assert!(err.contains("2 error(s)"), "{err}");
+    // Fix the parse errors: now the semantic one (unknown cluster) shows.
+    std::fs::write(
+        &path,
+        "listeners:\n  - name: main\n    address: \"127.0.0.1:0\"\nroutes:\n  - name: r\n    cluster: missing\nclusters: []\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(sift_bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.yaml:6: routes[0].cluster: no cluster is named \"missing\""),
+        "{err}"
+    );
+    // A port in use is a clear error too.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            "listeners: [{{name: main, address: \"{}\"}}]\nadmin: {{address: \"127.0.0.1:0\"}}\nroutes: []\n",
+            taken.local_addr().unwrap()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(sift_bin())
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot bind listener \"main\""));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_an_inflight_slow_request_then_exits_0() {
+    let up = Upstream::start(|req: Request<hyper::body::Incoming>| async move {
+        if req.uri().path() == "/slow" {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+        }
+        text_response(200, "done")
+    })
+    .await;
+    let cfg = simple_config(up.addr, "").replace(
+        "clusters:",
+        "shutdown: { delay: 300ms, drain_timeout: 10s }\nclusters:",
+    );
+    let mut sift = Sift::start(&cfg);
+    let url = sift.url("/slow");
+    let inflight = tokio::spawn(async move { get_text(&url).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sift.signal("TERM");
+    // Not ready while draining.
+    let (status, body) = get_text(&sift.admin_url("/readyz")).await;
+    assert_eq!((status, body.as_str()), (503, "draining\n"));
+    let (status, body) = inflight.await.unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "done"),
+        "the in-flight request completes"
+    );
+    let t = Instant::now();
+    let code = tokio::task::block_in_place(|| sift.wait_exit(Duration::from_secs(10)));
+    assert_eq!(code.and_then(|c| c.code()), Some(0));
+    assert!(t.elapsed() < Duration::from_secs(3));
+    // Listeners are closed.
+    assert!(tokio::net::TcpStream::connect(sift.addr()).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn limits_header_timeout_idle_timeout_and_max_connections() {
+    let up = Upstream::echo("a").await;
+    let cfg = simple_config(up.addr, "").replace(
+        "    address: \"127.0.0.1:0\"\n",
+        "    address: \"127.0.0.1:0\"\n    limits: { header_read_timeout: 500ms, idle_timeout: 700ms, max_connections: 3 }\n",
+    );
+    let sift = Sift::start(&cfg);
+    // Slowloris: a partial head is cut off after header_read_timeout.
+    let mut slow = tokio::net::TcpStream::connect(sift.addr()).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let t = Instant::now();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buf)).await;
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    drop(slow);
+    // Idle keep-alive connection is closed after idle_timeout.
+    let mut idle = tokio::net::TcpStream::connect(sift.addr()).await.unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 12];
+    idle.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    let t = Instant::now();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), idle.read_to_end(&mut rest)).await;
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    drop(idle);
+    // max_connections: 3 open, the 4th is closed at accept.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(sift.addr()).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut b = [0u8; 12];
+        s.read_exact(&mut b).await.unwrap();
+        held.push(s);
+    }
+    let mut extra = tokio::net::TcpStream::connect(sift.addr()).await.unwrap();
+    let _ = extra.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    let mut b = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(2), extra.read_to_end(&mut b)).await;
+    assert!(
+        matches!(n, Ok(Ok(0)) | Ok(Err(_))),
+        "the 4th connection is closed: {n:?} {b:?}"
+    );
+    assert_eq!(
+        sift.metric(r#"sift_listener_overflow_total{listener="main"}"#)
+            .await,
+        Some(1.0)
+    );
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_upstream_or_slow_client_does_not_stall_others() {
+    let up = Upstream::start(|req: Request<hyper::body::Incoming>| async move {
+        if req.uri().path() == "/hang" {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
+        text_response(200, "fast")
+    })
+    .await;
+    let cfg = simple_config(up.addr, "    timeout: 30s\n");
+    let sift = Sift::start(&format!("workers: 1\n{cfg}"));
+    // 20 requests hang on the upstream, 5 clients hold half-sent heads.
+    let mut hung = Vec::new();
+    for _ in 0..20 {
+        let url = sift.url("/hang");
+        hung.push(tokio::spawn(async move { get_text(&url).await }));
+    }
+    let mut slow = Vec::new();
+    for _ in 0..5 {
+        let mut s = tokio::net::TcpStream::connect(sift.addr()).await.unwrap();
+        s.write_all(b"GET /fast HTTP/1.1\r\nhost:").await.unwrap();
+        slow.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t = Instant::now();
+    for _ in 0..50 {
+        let (status, body) = get_text(&sift.url("/fast")).await;
+        assert_eq!((status, body.as_str()), (200, "fast"));
+    }
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    for h in hung {
+        h.abort();
+    }
+}

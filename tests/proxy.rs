@@ -1,0 +1,575 @@
+//! Data path: routing, the error map, header hygiene, HTTP/2, upgrades,
+//! streaming. Every test runs the real sift binary against real upstreams.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::BodyExt;
+use sift::body;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn json(b: &Bytes) -> serde_json::Value {
+    serde_json::from_slice(b).expect("upstream answers JSON")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn routes_on_host_path_method_and_headers_first_match_wins() {
+    let a = Upstream::echo("a").await;
+    let b = Upstream::echo("b").await;
+    let c = Upstream::echo("c").await;
+    let d = Upstream::echo("d").await;
+    let cfg = format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+routes:
+  - name: exact
+    match: {{ path: {{ exact: /exact }} }}
+    cluster: a
+  - name: api-post
+    match: {{ path: {{ prefix: /api }}, methods: [POST] }}
+    cluster: b
+  - name: hosted
+    match: {{ host: ["*.example.com"], headers: [{{ name: x-env, exact: beta }}] }}
+    cluster: c
+  - name: api
+    match: {{ path: {{ prefix: /api }} }}
+    cluster: d
+clusters:
+  - {{ name: a, endpoints: ["{}"] }}
+  - {{ name: b, endpoints: ["{}"] }}
+  - {{ name: c, endpoints: ["{}"] }}
+  - {{ name: d, endpoints: ["{}"] }}
+"#,
+        a.addr, b.addr, c.addr, d.addr
+    );
+    let sift = Sift::start(&cfg);
+    let go = |method: &str, path: &str, host: &str, env: Option<&str>| {
+        let mut r = Request::builder()
+            .method(method)
+            .uri(sift.url(path))
+            .header("host", host);
+        if let Some(e) = env {
+            r = r.header("x-env", e);
+        }
+        send(r.body(body::empty()).unwrap())
+    };
+    let name = |r: http::Response<Bytes>| {
+        if r.status() == 200 {
+            json(r.body())["name"].as_str().unwrap().to_string()
+        } else {
+            r.status().to_string()
+        }
+    };
+    assert_eq!(name(go("GET", "/exact", "x", None).await), "a");
+    assert_eq!(name(go("POST", "/api/v1", "x", None).await), "b");
+    assert_eq!(name(go("GET", "/api/v1", "x", None).await), "d");
+    assert_eq!(name(go("GET", "/api", "x", None).await), "d");
+    // Segment boundary: /apix is not under /api.
+    let r = go("GET", "/apix", "x", None).await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.headers()["x-sift-error"], "no-route");
+    assert_eq!(
+        name(go("GET", "/", "web.example.com:8080", Some("beta")).await),
+        "c"
+    );
+    assert_eq!(
+        name(go("GET", "/", "WEB.Example.com", Some("beta")).await),
+        "c"
+    );
+    assert_eq!(
+        go("GET", "/", "example.com", Some("beta")).await.status(),
+        404
+    );
+    assert_eq!(
+        go("GET", "/", "web.example.com", Some("prod"))
+            .await
+            .status(),
+        404
+    );
+    // Query strings do not affect path matching and are forwarded.
+    let r = go("GET", "/exact?q=1", "x", None).await;
+    assert_eq!(json(r.body())["uri"], "/exact?q=1");
+    assert_eq!(
+        sift.metric(r#"sift_errors_total{kind="no-route"}"#).await,
+        Some(3.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn error_map_status_body_and_header() {
+    let up = Upstream::start(|req: Request<hyper::body::Incoming>| async move {
+        if req.uri().path() == "/slow" {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+        let _ = req.into_body().collect().await;
+        text_response(200, "ok")
+    })
+    .await;
+    // A port that refuses connections: bind, note, close.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let cfg = format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners:
+  - name: main
+    address: "127.0.0.1:0"
+    limits: {{ max_header_bytes: 4KiB, max_headers: 20 }}
+routes:
+  - {{ name: refused, match: {{ path: {{ prefix: /refused }} }}, cluster: refused }}
+  - {{ name: empty, match: {{ path: {{ prefix: /empty }} }}, cluster: empty }}
+  - name: app
+    match: {{ path: {{ prefix: / }} }}
+    cluster: app
+    timeout: 300ms
+    max_request_body: 1KiB
+clusters:
+  - {{ name: app, endpoints: ["{}"] }}
+  - {{ name: refused, endpoints: ["{closed}"], connect_timeout: 500ms }}
+  - {{ name: empty, endpoints: [] }}
+"#,
+        up.addr
+    );
+    let sift = Sift::start(&cfg);
+    let check = |r: &http::Response<Bytes>, status: u16, kind: &str| {
+        assert_eq!(r.status(), status, "{r:?}");
+        assert_eq!(r.headers()["x-sift-error"], kind);
+        assert!(r.headers().contains_key("x-request-id"));
+        let text = String::from_utf8_lossy(r.body());
+        assert!(text.starts_with(&status.to_string()), "short body: {text}");
+    };
+    // 502: connection refused.
+    let r = send(
+        Request::get(sift.url("/refused"))
+            .body(body::empty())
+            .unwrap(),
+    )
+    .await;
+    check(&r, 502, "upstream-connect-failure");
+    // 503: no endpoint.
+    let r = send(
+        Request::get(sift.url("/empty"))
+            .body(body::empty())
+            .unwrap(),
+    )
+    .await;
+    check(&r, 503, "no-healthy-endpoint");
+    // 504: upstream slower than the route timeout.
+    let t = std::time::Instant::now();
+    let r = send(Request::get(sift.url("/slow")).body(body::empty()).unwrap()).await;
+    check(&r, 504, "upstream-timeout");
+    assert!(t.elapsed() < Duration::from_secs(3));
+    // 413: declared length over the route limit, and streamed (chunked) over it.
+    let r = send(
+        Request::post(sift.url("/up"))
+            .body(full(vec![b'x'; 2048]))
+            .unwrap(),
+    )
+    .await;
+    check(&r, 413, "body-too-large");
+    let (tx, stream_body) = channel_body(4);
+    tokio::spawn(async move {
+        for _ in 0..8 {
+            if tx.send(Bytes::from(vec![b'y'; 512])).await.is_err() {
+                break;
+            }
+        }
+    });
+    let r = send(Request::post(sift.url("/up")).body(stream_body).unwrap()).await;
+    check(&r, 413, "body-too-large");
+    // Under the limit passes.
+    let r = send(
+        Request::post(sift.url("/up"))
+            .body(full(vec![b'x'; 1000]))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    // 431: too many bytes of headers, and too many headers.
+    let r = send(
+        Request::get(sift.url("/"))
+            .header("x-big", "v".repeat(5000))
+            .body(body::empty())
+            .unwrap(),
+    )
+    .await;
+    check(&r, 431, "headers-too-large");
+    let mut req = Request::get(sift.url("/"));
+    for i in 0..25 {
+        req = req.header(format!("x-h{i}"), "1");
+    }
+    let r = send(req.body(body::empty()).unwrap()).await;
+    check(&r, 431, "headers-too-large");
+    // 400: HTTP/1.1 without Host, and a path with dot-segments (raw sockets).
+    let raw = raw_exchange(sift.addr(), b"GET / HTTP/1.1\r\nconnection: close\r\n\r\n").await;
+    assert!(raw.starts_with("HTTP/1.1 400"), "{raw}");
+    assert!(raw.contains("x-sift-error: malformed-request"), "{raw}");
+    let raw = raw_exchange(
+        sift.addr(),
+        b"GET /a/../admin HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(raw.starts_with("HTTP/1.1 400"), "{raw}");
+    // Garbage is answered 400 by the HTTP codec and counted.
+    let raw = raw_exchange(sift.addr(), b"NOT HTTP AT ALL\r\n\r\n").await;
+    assert!(raw.starts_with("HTTP/1.1 400"), "{raw}");
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            sift.metric(r#"sift_downstream_protocol_errors_total{listener="main"}"#)
+                .await
+                .unwrap_or(0.0)
+                >= 1.0
+        })
+        .await
+    );
+    for (kind, n) in [
+        ("upstream-connect-failure", 1.0),
+        ("no-healthy-endpoint", 1.0),
+        ("upstream-timeout", 1.0),
+        ("body-too-large", 2.0),
+        ("headers-too-large", 2.0),
+        ("malformed-request", 2.0),
+    ] {
+        assert_eq!(
+            sift.metric(&format!(r#"sift_errors_total{{kind="{kind}"}}"#))
+                .await,
+            Some(n),
+            "{kind}"
+        );
+    }
+    assert_eq!(
+        sift.metric(r#"sift_upstream_connect_errors_total{cluster="refused"}"#)
+            .await,
+        Some(1.0)
+    );
+}
+
+/// Write raw bytes, read until the server closes (or 3 s).
+async fn raw_exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut buf)).await;
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn header_hygiene_forwarded_headers_and_request_id() {
+    let up = Upstream::start(|_req: Request<hyper::body::Incoming>| async move {
+        let mut r = text_response(200, "ok");
+        let h = r.headers_mut();
+        h.insert("connection", "x-internal".parse().unwrap());
+        h.insert("x-internal", "secret".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("x-powered-by", "php".parse().unwrap());
+        r
+    })
+    .await;
+    let echo = Upstream::echo("echo").await;
+    let cfg = format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+routes:
+  - name: resp
+    match: {{ path: {{ prefix: /resp }} }}
+    cluster: up
+    response_headers:
+      set: {{ strict-transport-security: "max-age=31536000", x-frame-options: DENY }}
+      remove: [x-powered-by]
+  - name: echo
+    cluster: echo
+    request_headers:
+      set: {{ x-route: echo }}
+      add: {{ x-added: one }}
+      remove: [x-drop-me]
+clusters:
+  - {{ name: up, endpoints: ["{}"] }}
+  - {{ name: echo, endpoints: ["{}"] }}
+"#,
+        up.addr, echo.addr
+    );
+    let sift = Sift::start(&cfg);
+    let r = send(
+        Request::get(sift.url("/echo"))
+            .header("host", "shop.example")
+            .header("x-sift-spam-verdict", "ham")
+            .header("X-Sift-Anything", "1")
+            .header("connection", "keep-alive, x-hop")
+            .header("x-hop", "1")
+            .header("keep-alive", "timeout=5")
+            .header("te", "trailers")
+            .header("x-forwarded-for", "203.0.113.9")
+            .header("x-forwarded-proto", "https")
+            .header(
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            )
+            .header("x-drop-me", "1")
+            .header("x-added", "zero")
+            .body(body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let v = json(r.body());
+    let h = &v["headers"];
+    for gone in [
+        "x-sift-spam-verdict",
+        "x-sift-anything",
+        "x-hop",
+        "keep-alive",
+        "x-drop-me",
+    ] {
+        assert!(
+            h.get(gone).is_none(),
+            "{gone} must not reach the upstream: {h}"
+        );
+    }
+    assert_eq!(h["te"][0], "trailers");
+    assert_eq!(h["x-forwarded-for"][0], "203.0.113.9, 127.0.0.1");
+    assert_eq!(
+        h["x-forwarded-proto"][0], "http",
+        "sift sets the proto it saw"
+    );
+    assert_eq!(h["x-forwarded-host"][0], "shop.example");
+    assert_eq!(h["host"][0], "shop.example", "Host is preserved");
+    assert_eq!(
+        h["traceparent"][0],
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    );
+    assert_eq!(h["x-route"][0], "echo");
+    assert_eq!(h["x-added"], serde_json::json!(["zero", "one"]));
+    // A request id is generated (UUID v4), sent upstream and echoed back.
+    let rid = h["x-request-id"][0].as_str().unwrap();
+    assert_eq!(rid.len(), 36);
+    assert_eq!(r.headers()["x-request-id"], rid);
+    // A client's request id is propagated.
+    let r = send(
+        Request::get(sift.url("/echo"))
+            .header("x-request-id", "req-42")
+            .body(body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(json(r.body())["headers"]["x-request-id"][0], "req-42");
+    assert_eq!(r.headers()["x-request-id"], "req-42");
+    // Response side: hop-by-hop and Connection-named headers removed, ops applied.
+    let r = send(Request::get(sift.url("/resp")).body(body::empty()).unwrap()).await;
+    assert!(r.headers().get("x-internal").is_none());
+    assert!(r.headers().get("keep-alive").is_none());
+    assert!(r.headers().get("x-powered-by").is_none());
+    assert_eq!(r.headers()["strict-transport-security"], "max-age=31536000");
+    assert_eq!(r.headers()["x-frame-options"], "DENY");
+    // One JSON access-log line per request, with the request id.
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            sift.log_lines().iter().any(|l| {
+                l.contains("\"message\":\"access\"")
+                    && l.contains("req-42")
+                    && l.contains("\"status\":200")
+            })
+        })
+        .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replace_mode_distrusts_client_forwarded_for() {
+    let echo = Upstream::echo("echo").await;
+    let cfg = simple_config(echo.addr, "").replace(
+        "    address: \"127.0.0.1:0\"\n",
+        "    address: \"127.0.0.1:0\"\n    forwarded: { x_forwarded_for: replace }\n",
+    );
+    let sift = Sift::start(&cfg);
+    let r = send(
+        Request::get(sift.url("/"))
+            .header("x-forwarded-for", "6.6.6.6")
+            .header("x-forwarded-host", "evil.example")
+            .header("host", "good.example")
+            .body(body::empty())
+            .unwrap(),
+    )
+    .await;
+    let v = json(r.body());
+    assert_eq!(
+        v["headers"]["x-forwarded-for"],
+        serde_json::json!(["127.0.0.1"])
+    );
+    assert_eq!(
+        v["headers"]["x-forwarded-host"],
+        serde_json::json!(["good.example"])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_downstream_and_upstream() {
+    let echo = Upstream::echo("h2").await;
+    let cfg = simple_config(echo.addr, "").replace(
+        &format!("endpoints: [\"{}\"]", echo.addr),
+        &format!("endpoints: [\"{}\"]\n    protocol: http2", echo.addr),
+    );
+    let sift = Sift::start(&cfg);
+    let client = http2_client();
+    let mut handles = Vec::new();
+    for i in 0..20 {
+        let (c, url) = (client.clone(), sift.url(&format!("/h2/{i}")));
+        handles.push(tokio::spawn(async move {
+            let r = c
+                .request(Request::post(url).body(full(vec![b'a'; 1000 + i])).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(r.version(), http::Version::HTTP_2);
+            let b = r.into_body().collect().await.unwrap().to_bytes();
+            let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+            assert_eq!(v["version"], "HTTP/2.0");
+            assert_eq!(v["body_len"], 1000 + i);
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    // All 20 streams rode one downstream connection, and the upstream side
+    // multiplexed too.
+    assert_eq!(
+        sift.metric(r#"sift_connections_total{listener="main"}"#)
+            .await,
+        Some(1.0)
+    );
+    assert!(echo.connections.load(std::sync::atomic::Ordering::Relaxed) <= 2);
+    // HTTP/1.1 clients still work on the same (auto) listener.
+    let r = send(Request::get(sift.url("/h1")).body(body::empty()).unwrap()).await;
+    assert_eq!(json(r.body())["version"], "HTTP/2.0");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_upgrade_is_tunnelled() {
+    let up = Upstream::start(|mut req: Request<hyper::body::Incoming>| async move {
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = on.await {
+                let mut io = hyper_util::rt::TokioIo::new(upgraded);
+                let mut buf = [0u8; 1024];
+                loop {
+                    match io.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            let mut out = b"echo:".to_vec();
+                            out.extend_from_slice(&buf[..n]);
+                            if io.write_all(&out).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        let mut r = http::Response::new(body::empty());
+        *r.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+        r.headers_mut()
+            .insert("connection", "upgrade".parse().unwrap());
+        r.headers_mut()
+            .insert("upgrade", "websocket".parse().unwrap());
+        r.headers_mut().insert(
+            "sec-websocket-accept",
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".parse().unwrap(),
+        );
+        r
+    })
+    .await;
+    let sift = Sift::start(&simple_config(up.addr, ""));
+    let mut s = tokio::net::TcpStream::connect(sift.addr()).await.unwrap();
+    s.write_all(
+        b"GET /chat HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\
+sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    assert!(head.contains("sec-websocket-accept"), "{head}");
+    for msg in ["hello", "second frame"] {
+        s.write_all(msg.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 5 + msg.len()];
+        tokio::time::timeout(Duration::from_secs(3), s.read_exact(&mut buf))
+            .await
+            .expect("tunnel answers")
+            .unwrap();
+        assert_eq!(buf, format!("echo:{msg}").as_bytes());
+    }
+    assert_eq!(
+        sift.metric(r#"sift_upgrades_total{route="default"}"#).await,
+        Some(1.0)
+    );
+}
+
+/// 200 MB up and 200 MB down through sift; its peak RSS stays under 64 MB.
+#[tokio::test(flavor = "multi_thread")]
+async fn streams_200mb_each_way_in_bounded_memory() {
+    const SIZE: u64 = 200 * 1024 * 1024;
+    let up = Upstream::start(|req: Request<hyper::body::Incoming>| async move {
+        if req.method() == http::Method::POST {
+            // Count the upload as it streams in.
+            let mut b = req.into_body();
+            let mut n = 0u64;
+            while let Some(f) = b.frame().await {
+                if let Ok(d) = f.map(|f| f.into_data()) {
+                    n += d.map(|d| d.len() as u64).unwrap_or(0);
+                } else {
+                    break;
+                }
+            }
+            json_response(200, &serde_json::json!({ "received": n }))
+        } else {
+            http::Response::new(body::boxed(Generated { left: SIZE }))
+        }
+    })
+    .await;
+    let sift = Sift::start(&simple_config(up.addr, "    max_request_body: 1GiB\n"));
+    // Download.
+    let r = http1_client()
+        .request(Request::get(sift.url("/big")).body(body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut b = r.into_body();
+    let mut n = 0u64;
+    while let Some(f) = b.frame().await {
+        n += f.unwrap().into_data().map(|d| d.len() as u64).unwrap_or(0);
+    }
+    assert_eq!(n, SIZE, "every byte of the response arrives");
+    // Upload, chunked (no Content-Length), 64 KiB at a time.
+    let (tx, upload) = channel_body(8);
+    tokio::spawn(async move {
+        let chunk = Bytes::from(vec![b'u'; 65536]);
+        for _ in 0..(SIZE / 65536) {
+            if tx.send(chunk.clone()).await.is_err() {
+                break;
+            }
+        }
+    });
+    let r = send(Request::post(sift.url("/big")).body(upload).unwrap()).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(json(r.body())["received"], SIZE);
+    let peak_kb = sift.proc_status_kb("VmHWM");
+    assert!(peak_kb > 0, "read /proc/PID/status");
+    assert!(
+        peak_kb < 64 * 1024,
+        "sift's peak RSS was {peak_kb} kB moving 2 x 200 MB"
+    );
+    eprintln!("peak RSS while streaming 2 x 200 MB: {peak_kb} kB");
+}

@@ -1,0 +1,470 @@
+//! Test support: spawn the real `sift` binary on port 0, real upstream
+//! servers on 127.0.0.1 port 0, and clients. Nothing here is mocked.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use sift::body::{self, Body};
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        let p = std::env::temp_dir().join(format!(
+            "sift-test-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `sift run --config FILE` process.
+pub struct Sift {
+    pub child: Child,
+    pub dir: TempDir,
+    pub config_path: PathBuf,
+    pub listeners: HashMap<String, SocketAddr>,
+    pub admin: SocketAddr,
+    pub lines: Arc<Mutex<Vec<String>>>,
+}
+
+pub fn sift_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_sift")
+}
+
+impl Sift {
+    /// Start sift with `yaml` (listeners and admin should use port 0; logs
+    /// must be JSON so the bound ports can be read from them).
+    pub fn start(yaml: &str) -> Sift {
+        Self::try_start(yaml).expect("sift starts")
+    }
+
+    pub fn try_start(yaml: &str) -> Result<Sift, String> {
+        let dir = TempDir::new();
+        let config_path = dir.path("sift.yaml");
+        std::fs::write(&config_path, yaml).expect("write config");
+        Self::start_at(dir, config_path)
+    }
+
+    pub fn start_at(dir: TempDir, config_path: PathBuf) -> Result<Sift, String> {
+        let mut child = Command::new(sift_bin())
+            .args(["run", "--config"])
+            .arg(&config_path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("spawn sift: {e}"))?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    lines.lock().unwrap().push(line.clone());
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        let mut listeners = HashMap::new();
+        let mut admin = None;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match rx.recv_timeout(left) {
+                Ok(l) => l,
+                Err(_) => {
+                    let _ = child.kill();
+                    let out = child.wait_with_output().ok();
+                    let err = out
+                        .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+                        .unwrap_or_default();
+                    return Err(format!("sift did not become ready; stderr: {err}"));
+                }
+            };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            match v["message"].as_str() {
+                Some("listener bound") => {
+                    let name = v["listener"].as_str().unwrap_or_default().to_string();
+                    let addr = v["address"].as_str().unwrap_or_default().parse().unwrap();
+                    listeners.insert(name, addr);
+                }
+                Some("admin bound") => {
+                    admin = Some(v["address"].as_str().unwrap_or_default().parse().unwrap());
+                }
+                Some("sift ready") => break,
+                _ => {}
+            }
+        }
+        Ok(Sift {
+            child,
+            dir,
+            config_path,
+            listeners,
+            admin: admin.ok_or("no admin address logged")?,
+            lines,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        *self
+            .listeners
+            .values()
+            .next()
+            .expect("at least one listener")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr(), path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Wait up to `timeout` for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// A field of /proc/PID/status in kB (VmRSS, VmHWM).
+    pub fn proc_status_kb(&self, field: &str) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        s.lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub fn write_config(&self, yaml: &str) {
+        std::fs::write(&self.config_path, yaml).expect("write config");
+    }
+
+    pub fn log_lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// The value of one metric sample, e.g. `sift_errors_total{kind="no-route"}`.
+    pub async fn metric(&self, sample: &str) -> Option<f64> {
+        let text = get_text(&self.admin_url("/metrics")).await.1;
+        metric_value(&text, sample)
+    }
+}
+
+impl Drop for Sift {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Find `name{labels}` (labels in any order) in Prometheus text.
+pub fn metric_value(text: &str, sample: &str) -> Option<f64> {
+    let (name, labels) = match sample.find('{') {
+        Some(i) => (&sample[..i], &sample[i + 1..sample.len() - 1]),
+        None => (sample, ""),
+    };
+    let want: Vec<&str> = labels.split(',').filter(|s| !s.is_empty()).collect();
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ')?;
+        let (n, l) = match series.find('{') {
+            Some(i) => (&series[..i], &series[i + 1..series.len() - 1]),
+            None => (series, ""),
+        };
+        if n != name {
+            continue;
+        }
+        let have: Vec<&str> = l.split(',').collect();
+        if want.iter().all(|w| have.contains(w)) {
+            return value.parse().ok();
+        }
+    }
+    None
+}
+
+pub fn http1_client() -> Client<HttpConnector, Body> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+pub fn http2_client() -> Client<HttpConnector, Body> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new())
+}
+
+/// GET a URL; (status, body text).
+pub async fn get_text(url: &str) -> (u16, String) {
+    let r = http1_client()
+        .request(Request::get(url).body(body::empty()).unwrap())
+        .await
+        .expect("request");
+    let status = r.status().as_u16();
+    let b = r.into_body().collect().await.expect("body").to_bytes();
+    (status, String::from_utf8_lossy(&b).into_owned())
+}
+
+pub async fn post_text(url: &str) -> (u16, String) {
+    let r = http1_client()
+        .request(Request::post(url).body(body::empty()).unwrap())
+        .await
+        .expect("request");
+    let status = r.status().as_u16();
+    let b = r.into_body().collect().await.expect("body").to_bytes();
+    (status, String::from_utf8_lossy(&b).into_owned())
+}
+
+/// Send a request; the full response with its body collected.
+pub async fn send(req: Request<Body>) -> Response<Bytes> {
+    let r = http1_client().request(req).await.expect("request");
+    let (parts, b) = r.into_parts();
+    Response::from_parts(parts, b.collect().await.expect("body").to_bytes())
+}
+
+/// A real HTTP/1.1 + HTTP/2 server on 127.0.0.1:0.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub connections: Arc<AtomicUsize>,
+    pub requests: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Upstream {
+    pub async fn start<F, Fut>(handler: F) -> Upstream
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + Clone + 'static,
+        Fut: Future<Output = Response<Body>> + Send + 'static,
+    {
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (c, r) = (connections.clone(), requests.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = tcp.accept().await else {
+                    continue;
+                };
+                c.fetch_add(1, Ordering::Relaxed);
+                let (handler, r) = (handler.clone(), r.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        r.fetch_add(1, Ordering::Relaxed);
+                        let f = handler(req);
+                        async move { Ok::<_, Infallible>(f.await) }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Upstream {
+            addr,
+            connections,
+            requests,
+            task,
+        }
+    }
+
+    /// Answers with its name, the request line and headers as JSON.
+    pub async fn echo(name: &'static str) -> Upstream {
+        Upstream::start(move |req: Request<Incoming>| async move {
+            let mut headers = serde_json::Map::new();
+            for (k, v) in req.headers() {
+                headers
+                    .entry(k.as_str().to_string())
+                    .or_insert_with(|| serde_json::Value::Array(vec![]))
+                    .as_array_mut()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(v.as_bytes()).into());
+            }
+            let v = serde_json::json!({
+                "name": name,
+                "method": req.method().as_str(),
+                "uri": req.uri().to_string(),
+                "version": format!("{:?}", req.version()),
+                "headers": headers,
+            });
+            let n = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes().len())
+                .unwrap_or(0);
+            let mut v = v;
+            v["body_len"] = n.into();
+            json_response(200, &v)
+        })
+        .await
+    }
+}
+
+pub fn json_response(status: u16, v: &serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(body::full(Bytes::from(v.to_string())));
+    *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+    r.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    r
+}
+
+pub fn text_response(status: u16, s: &'static str) -> Response<Body> {
+    let mut r = Response::new(body::full(Bytes::from_static(s.as_bytes())));
+    *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+    r
+}
+
+pub fn full(s: impl Into<Bytes>) -> Body {
+    body::boxed(Full::new(s.into()))
+}
+
+/// A config with one listener and one cluster on `upstream`, plus `extra`
+/// YAML appended to the route (indented two spaces already).
+pub fn simple_config(upstream: SocketAddr, route_extra: &str) -> String {
+    format!(
+        r#"log: {{ format: json, level: info }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners:
+  - name: main
+    address: "127.0.0.1:0"
+routes:
+  - name: default
+    cluster: app
+{route_extra}
+clusters:
+  - name: app
+    endpoints: ["{upstream}"]
+"#
+    )
+}
+
+/// Poll `f` until it returns true or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    false
+}
+
+/// A streaming request body fed through a channel (no Content-Length, so
+/// HTTP/1.1 sends it chunked).
+pub fn channel_body(cap: usize) -> (tokio::sync::mpsc::Sender<Bytes>, Body) {
+    let (tx, rx) = tokio::sync::mpsc::channel(cap);
+    (tx, body::boxed(ChannelBody(rx)))
+}
+
+struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|o| o.map(|b| Ok(http_body::Frame::data(b))))
+    }
+}
+
+/// A response body of `total` bytes produced in 64 KiB chunks as the
+/// reader pulls them (never held in memory at once).
+pub struct Generated {
+    pub left: u64,
+}
+
+impl http_body::Body for Generated {
+    type Data = Bytes;
+    type Error = std::io::Error;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        static CHUNK: [u8; 65536] = [b'z'; 65536];
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        let n = self.left.min(CHUNK.len() as u64);
+        self.left -= n;
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from_static(
+            &CHUNK[..n as usize],
+        )))))
+    }
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.left)
+    }
+}
