@@ -129,18 +129,25 @@ fn json_response(status: StatusCode, v: Value) -> Response<Body> {
     r
 }
 
-/// Replace the values of secret-looking keys (`*key`, `*secret*`,
-/// `*password*`, `*token*`) with "[redacted]".
+/// Replace the values of secret-looking keys with "[redacted]": config keys
+/// and header names alike (`*key*`, `*secret*`, `*password*`, `*token*`,
+/// `authorization`, `cookie`, `*credential*`).
 pub fn redact(v: &mut Value) {
+    const SECRET: &[&str] = &[
+        "key",
+        "secret",
+        "password",
+        "passwd",
+        "token",
+        "authorization",
+        "cookie",
+        "credential",
+    ];
     match v {
         Value::Object(m) => {
             for (k, val) in m.iter_mut() {
                 let k = k.to_ascii_lowercase();
-                let secret = k == "key"
-                    || k.ends_with("_key")
-                    || k.contains("secret")
-                    || k.contains("password")
-                    || k.contains("token");
+                let secret = SECRET.iter().any(|s| k.contains(s));
                 if secret && !val.is_null() {
                     *val = Value::String("[redacted]".into());
                 } else {
@@ -166,5 +173,10 @@ mod tests {
         assert_eq!(v["tls"]["cert"], "/c.pem");
         assert_eq!(v["auth"][0]["token"], "[redacted]");
         assert_eq!(v["max_idle_per_endpoint"], 3);
+        let mut h = json!({"set": {"authorization": "Bearer x", "x-api-key": "k", "x-frame-options": "DENY"}});
+        redact(&mut h);
+        assert_eq!(h["set"]["authorization"], "[redacted]");
+        assert_eq!(h["set"]["x-api-key"], "[redacted]");
+        assert_eq!(h["set"]["x-frame-options"], "DENY");
     }
 }

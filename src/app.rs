@@ -119,12 +119,12 @@ async fn serve(opts: Options, text: Arc<str>, config: config::Config) -> Result<
     );
     tokio::select! {
         _ = tokio::time::sleep(delay) => {}
-        s = signals.next() => tracing::warn!(signal = s, "second signal: skipping the shutdown delay"),
+        s = signals.next() => tracing::warn!(signal = s, "another signal: skipping the shutdown delay"),
     }
     let left = tokio::select! {
         left = drain.drain(timeout) => left,
         s = signals.next() => {
-            tracing::warn!(signal = s, "second signal: stopping without waiting for the drain");
+            tracing::warn!(signal = s, "another signal: stopping without waiting for the drain");
             drain.open_connections()
         }
     };
@@ -147,6 +147,12 @@ fn spawn_admin_thread(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    // SIGHUP's default action ends the process: the handler is installed
+    // before this returns, so a reload signal is never fatal once ready.
+    let hup = {
+        let _ctx = rt.enter();
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?
+    };
     std::thread::Builder::new()
         .name("sift-admin".into())
         .spawn(move || {
@@ -159,7 +165,7 @@ fn spawn_admin_thread(
                     }
                 };
                 tokio::spawn(reloader.clone().watch());
-                tokio::spawn(crate::reload::on_sighup(reloader.clone()));
+                tokio::spawn(crate::reload::on_sighup(reloader.clone(), hup));
                 admin::serve(tcp, shared, reloader).await;
             });
         })?;

@@ -39,7 +39,10 @@ pub async fn serve(tcp: TcpListener, name: Arc<str>, shared: Arc<Shared>, drain:
             _ = watch.signaled() => break,
         };
         let snap = shared.snapshot.load();
-        let Some(spec) = snap.listener(&name) else {
+        let Some(index) = snap.listener_index(&name) else {
+            continue;
+        };
+        let Some(spec) = snap.listener(index) else {
             continue;
         };
         if open.load(Ordering::Relaxed) >= spec.limits.max_connections {
@@ -54,20 +57,27 @@ pub async fn serve(tcp: TcpListener, name: Arc<str>, shared: Arc<Shared>, drain:
         accepted.inc();
         active.inc();
         open.fetch_add(1, Ordering::Relaxed);
+        let slot = ConnSlot {
+            open: open.clone(),
+            active: active.clone(),
+            _token: drain.conn_token(),
+        };
         let conn = Arc::new(ConnInfo {
             listener: name.clone(),
+            listener_index: index,
             remote,
             tls: false,
+            slot: Some(Box::new(slot)),
         });
-        let token = drain.conn_token();
-        let (shared, open, active, watch) =
-            (shared.clone(), open.clone(), active.clone(), drain.watch());
-        tokio::spawn(async move {
-            serve_conn(stream, builder, idle_timeout, conn, shared.clone(), watch).await;
-            open.fetch_sub(1, Ordering::Relaxed);
-            active.dec();
-            drop(token);
-        });
+        let (shared, watch) = (shared.clone(), drain.watch());
+        tokio::spawn(serve_conn(
+            stream,
+            builder,
+            idle_timeout,
+            conn,
+            shared,
+            watch,
+        ));
     }
     tracing::info!(listener = %name, "listener closed");
 }
@@ -92,6 +102,21 @@ fn builder_for(spec: &ListenerSpec) -> auto::Builder<TokioExecutor> {
         DownstreamProtocol::H1 => b.http1_only(),
         DownstreamProtocol::H2 => b.http2_only(),
         DownstreamProtocol::Auto => b,
+    }
+}
+
+/// A connection's place in its listener's count and in the drain. Freed when
+/// the connection ends, or when the last tunnel (upgrade) made from it ends.
+struct ConnSlot {
+    open: Arc<AtomicUsize>,
+    active: prometheus::IntGauge,
+    _token: crate::drain::ConnToken,
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        self.active.dec();
     }
 }
 
@@ -142,13 +167,10 @@ async fn serve_conn(
         let (shared, conn, activity) = (shared.clone(), conn.clone(), activity.clone());
         service_fn(move |req| {
             activity.inflight.fetch_add(1, Ordering::Relaxed);
-            let guard = InflightGuard(activity.clone());
-            let fut = proxy::handle(shared.clone(), conn.clone(), req);
-            async move {
-                let resp = fut.await;
-                drop(guard);
-                Ok::<_, std::convert::Infallible>(resp)
-            }
+            // Dropped when the response body ends, not at the response head.
+            let guard: Box<dyn Send> = Box::new(InflightGuard(activity.clone()));
+            let fut = proxy::handle(shared.clone(), conn.clone(), req, Some(guard));
+            async move { Ok::<_, std::convert::Infallible>(fut.await) }
         })
     };
     let io = TokioIo::new(stream);
@@ -206,7 +228,11 @@ fn is_benign(e: &(dyn std::error::Error + 'static)) -> bool {
         }
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
             use std::io::ErrorKind::*;
-            if matches!(io.kind(), ConnectionReset | BrokenPipe | UnexpectedEof) {
+            // Interrupted: closed by idle timeout or drain before a request.
+            if matches!(
+                io.kind(),
+                ConnectionReset | BrokenPipe | UnexpectedEof | Interrupted
+            ) {
                 return true;
             }
         }

@@ -73,13 +73,14 @@ fn main() -> ExitCode {
 }
 
 fn serve(opts: Options) -> ExitCode {
+    let name = match &opts.source {
+        Source::File(p) => p.display().to_string(),
+        Source::Inline(_) => "(embedded config)".to_string(),
+    };
     match app::run(opts) {
         Ok(()) => ExitCode::SUCCESS,
         Err(AppError::Config(errs)) => {
-            eprintln!("sift: the config is invalid:");
-            for e in &errs.0 {
-                eprintln!("  {e}");
-            }
+            print_errors(&name, &errs);
             ExitCode::from(2)
         }
         Err(e) => {
@@ -102,14 +103,19 @@ fn check(path: &std::path::Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(errs) => {
-            for e in &errs.0 {
-                match e.line {
-                    Some(l) => eprintln!("{}:{l}: {}: {}", path.display(), e.path, e.message),
-                    None => eprintln!("{}: {}: {}", path.display(), e.path, e.message),
-                }
-            }
-            eprintln!("{}: {} error(s)", path.display(), errs.0.len());
+            print_errors(&path.display().to_string(), &errs);
             ExitCode::from(2)
         }
     }
+}
+
+/// `FILE:LINE: path: message`, one per error, then a count (stderr).
+fn print_errors(file: &str, errs: &config::ConfigErrors) {
+    for e in &errs.0 {
+        match e.line {
+            Some(l) => eprintln!("{file}:{l}: {}: {}", e.path, e.message),
+            None => eprintln!("{file}: {}: {}", e.path, e.message),
+        }
+    }
+    eprintln!("{file}: {} error(s)", errs.0.len());
 }

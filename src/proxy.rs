@@ -19,22 +19,24 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use prometheus::Histogram;
 
 use crate::body::{self, Body, BodyState, Limited, OnDone};
 use crate::config::file::{UpstreamProtocol, XffMode};
 use crate::config::model::ListenerSpec;
 use crate::error::{ErrorKind, ProxyError};
 use crate::metrics::{Metrics, code_class};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{BackendStats, Snapshot};
 use crate::state::Shared;
 
 /// What a request knows about the connection it came on.
-#[derive(Debug)]
 pub struct ConnInfo {
     pub listener: Arc<str>,
+    /// Position in `listeners` (stable: listener changes need a restart).
+    pub listener_index: usize,
     pub remote: SocketAddr,
     pub tls: bool,
+    /// Released when the connection and any tunnel made from it are gone.
+    pub slot: Option<Box<dyn Send + Sync>>,
 }
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -52,92 +54,126 @@ const HOP_BY_HOP: &[&str] = &[
     "trailer",
 ];
 
+impl std::fmt::Debug for ConnInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnInfo")
+            .field("listener", &self.listener)
+            .field("remote", &self.remote)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Everything the access log and metrics need once the response is done.
 struct Outcome {
     metrics: Arc<Metrics>,
-    access_log: bool,
     start: Instant,
     listener: Arc<str>,
+    listener_index: usize,
+    stats: Option<Arc<BackendStats>>,
+    status: u16,
+    error: Option<(ErrorKind, String)>,
+    /// Filled only when access logging is on.
+    log: Option<Box<LogFields>>,
+    /// Guards that must live until the response body ends: the endpoint's
+    /// in-flight count (least-request LB) and the connection's.
+    endpoint_guard: Option<crate::upstream::InflightGuard>,
+    _conn_guard: Option<Box<dyn Send>>,
+}
+
+struct LogFields {
     remote: SocketAddr,
     method: Method,
     path: String,
     host: String,
     version: Version,
     request_id: HeaderValue,
-    route: Option<String>,
-    cluster: Option<String>,
+    route: Option<Arc<str>>,
     endpoint: Option<String>,
-    histogram: Option<Histogram>,
-    status: u16,
-    error: Option<(ErrorKind, String)>,
 }
 
 impl OnDone for Outcome {
     fn done(self: Box<Self>, bytes: u64, completed: bool) {
         let elapsed = self.start.elapsed();
-        let route = self.route.as_deref().unwrap_or("none");
-        let cluster = self.cluster.as_deref().unwrap_or("none");
-        self.metrics
-            .requests
-            .with_label_values(&[&self.listener, route, cluster, code_class(self.status)])
-            .inc();
-        if let Some(h) = &self.histogram {
-            h.observe(elapsed.as_secs_f64());
+        match &self.stats {
+            Some(stats) => {
+                stats.count(self.listener_index, self.status);
+                stats.duration.observe(elapsed.as_secs_f64());
+            }
+            None => {
+                self.metrics
+                    .requests
+                    .with_label_values(&[&self.listener, "none", "none", code_class(self.status)])
+                    .inc();
+            }
         }
         self.metrics.active_requests.dec();
-        if self.access_log {
-            tracing::info!(
-                target: "sift::access",
-                request_id = %String::from_utf8_lossy(self.request_id.as_bytes()),
-                listener = %self.listener,
-                remote = %self.remote,
-                method = %self.method,
-                host = %self.host,
-                path = %self.path,
-                protocol = ?self.version,
-                status = self.status,
-                route,
-                cluster,
-                endpoint = self.endpoint.as_deref().unwrap_or("-"),
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
-                bytes_sent = bytes,
-                completed,
-                error = self.error.as_ref().map_or("-", |(k, _)| k.as_str()),
-                error_detail = self.error.as_ref().map_or("", |(_, d)| d.as_str()),
-                "access"
-            );
-        }
+        let Some(log) = &self.log else { return };
+        let route = log
+            .route
+            .as_deref()
+            .or(self.stats.as_ref().map(|s| &*s.route))
+            .unwrap_or("none");
+        let cluster = self.stats.as_ref().map_or("none", |s| &*s.cluster);
+        tracing::info!(
+            target: "sift::access",
+            request_id = %String::from_utf8_lossy(log.request_id.as_bytes()),
+            listener = %self.listener,
+            remote = %log.remote,
+            method = %log.method,
+            host = %log.host,
+            path = %log.path,
+            protocol = ?log.version,
+            status = self.status,
+            route,
+            cluster,
+            endpoint = log.endpoint.as_deref().unwrap_or("-"),
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            bytes_sent = bytes,
+            completed,
+            error = self.error.as_ref().map_or("-", |(k, _)| k.as_str()),
+            error_detail = self.error.as_ref().map_or("", |(_, d)| d.as_str()),
+            "access"
+        );
     }
 }
 
 /// Serve one request. Never fails: errors become responses.
+/// `conn_guard` is dropped when the response body ends (idle tracking).
 pub async fn handle(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
+    conn_guard: Option<Box<dyn Send>>,
 ) -> Response<Body> {
     let start = Instant::now();
     let snap = shared.snapshot.load_full();
     shared.metrics.active_requests.inc();
+    let log = snap.config.log.access_log.then(|| {
+        Box::new(LogFields {
+            remote: conn.remote,
+            method: req.method().clone(),
+            path: req.uri().path().to_owned(),
+            host: String::new(),
+            version: req.version(),
+            request_id: HeaderValue::from_static("-"),
+            route: None,
+            endpoint: None,
+        })
+    });
     let mut out = Box::new(Outcome {
         metrics: shared.metrics.clone(),
-        access_log: snap.config.log.access_log,
         start,
         listener: conn.listener.clone(),
-        remote: conn.remote,
-        method: req.method().clone(),
-        path: req.uri().path().to_owned(),
-        host: String::new(),
-        version: req.version(),
-        request_id: HeaderValue::from_static("-"),
-        route: None,
-        cluster: None,
-        endpoint: None,
-        histogram: None,
+        listener_index: conn.listener_index,
+        stats: None,
         status: 0,
         error: None,
+        log,
+        endpoint_guard: None,
+        _conn_guard: conn_guard,
     });
-    let resp = match proxy(&snap, &conn, req, &mut out).await {
+    let mut request_id = None;
+    let resp = match proxy(&snap, &conn, req, &mut out, &mut request_id).await {
         Ok(resp) => resp,
         Err(e) => {
             let kind = e.kind();
@@ -149,10 +185,8 @@ pub async fn handle(
             tracing::debug!(error = %e, "request failed");
             let mut resp = e.to_response();
             out.error = Some((kind, e.to_string()));
-            if let Ok(v) = HeaderValue::from_bytes(out.request_id.as_bytes()) {
-                if out.request_id != "-" {
-                    resp.headers_mut().insert(X_REQUEST_ID.clone(), v);
-                }
+            if let Some(id) = request_id {
+                resp.headers_mut().insert(X_REQUEST_ID.clone(), id);
             }
             resp
         }
@@ -164,21 +198,27 @@ pub async fn handle(
 
 async fn proxy(
     snap: &Snapshot,
-    conn: &ConnInfo,
+    conn: &Arc<ConnInfo>,
     mut req: Request<Incoming>,
     out: &mut Outcome,
+    rid: &mut Option<HeaderValue>,
 ) -> Result<Response<Body>, ProxyError> {
     let listener = snap
-        .listener(&conn.listener)
+        .listener(conn.listener_index)
         .ok_or_else(|| ProxyError::Internal(format!("listener {} has no config", conn.listener)))?;
 
     // 2. Request hygiene.
     let request_id = request_id(req.headers());
-    out.request_id = request_id.clone();
+    *rid = Some(request_id.clone());
+    if let Some(log) = &mut out.log {
+        log.request_id = request_id.clone();
+    }
     strip_sift_headers(req.headers_mut());
     check_head_size(&req, listener)?;
     let host = request_host(&req)?;
-    out.host = host.clone();
+    if let Some(log) = &mut out.log {
+        log.host.clone_from(&host);
+    }
     let path = req.uri().path();
     if has_dot_segments(path) {
         return Err(ProxyError::Malformed("path has '.' or '..' segments"));
@@ -188,7 +228,9 @@ async fn proxy(
     let route = snap
         .route_for(listener, &host, path, req.method(), req.headers())
         .ok_or(ProxyError::NoRoute)?;
-    out.route = Some(route.spec.name.clone());
+    if let Some(log) = &mut out.log {
+        log.route = Some(Arc::from(route.spec.name.as_str()));
+    }
 
     // 4. Body limit, up front when the length is declared.
     let limit = route.spec.max_request_body.0;
@@ -199,33 +241,37 @@ async fn proxy(
     }
 
     // 5. Backend.
-    let (cluster, _, histogram) = route.pick_backend().ok_or(ProxyError::NoRoute)?;
-    out.cluster = Some(cluster.spec.name.clone());
-    out.histogram = Some(histogram.clone());
-    let (ep_index, _inflight) = cluster
+    let backend = route
+        .pick_backend()
+        .ok_or_else(|| ProxyError::NoHealthyEndpoint {
+            cluster: format!("(route {} has no cluster with weight)", route.spec.name),
+        })?;
+    let cluster = &backend.cluster;
+    out.stats = Some(backend.stats.clone());
+    let (ep_index, inflight) = cluster
         .pick()
         .ok_or_else(|| ProxyError::NoHealthyEndpoint {
             cluster: cluster.spec.name.clone(),
         })?;
+    out.endpoint_guard = Some(inflight);
     let endpoint = &cluster.endpoints[ep_index].endpoint;
-    out.endpoint = Some(endpoint.authority.to_string());
+    if let Some(log) = &mut out.log {
+        log.endpoint = Some(endpoint.authority.to_string());
+    }
 
     // 6. Upstream request.
     let upgrade = upgrade_protocol(&req);
     let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, incoming) = req.into_parts();
-    let pq = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
-    let original_authority = parts.uri.authority().cloned();
-    parts.uri = Uri::builder()
-        .scheme("http")
-        .authority(endpoint.authority.clone())
-        .path_and_query(pq)
-        .build()
-        .map_err(|e| ProxyError::Internal(format!("upstream URI: {e}")))?;
+    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    let original_authority = uri.authority.take();
+    uri.scheme = Some(http::uri::Scheme::HTTP);
+    uri.authority = Some(endpoint.authority.clone());
+    if uri.path_and_query.is_none() {
+        uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    parts.uri =
+        Uri::from_parts(uri).map_err(|e| ProxyError::Internal(format!("upstream URI: {e}")))?;
     parts.version = match cluster.spec.protocol {
         UpstreamProtocol::Http1 => Version::HTTP_11,
         UpstreamProtocol::Http2 => Version::HTTP_2,
@@ -266,7 +312,10 @@ async fn proxy(
                 BodyState::TOO_LARGE => ProxyError::BodyTooLarge { limit },
                 BodyState::CLIENT_ERROR => ProxyError::ClientBody(error_chain(&e)),
                 _ if e.is_connect() => {
-                    out_connect_error(out, &cluster.spec.name);
+                    out.metrics
+                        .upstream_connect_errors
+                        .with_label_values(&[&cluster.spec.name])
+                        .inc();
                     ProxyError::UpstreamConnect {
                         cluster: cluster.spec.name.clone(),
                         endpoint: endpoint.authority.to_string(),
@@ -286,7 +335,11 @@ async fn proxy(
                 .upgrades
                 .with_label_values(&[route.spec.name.as_str()])
                 .inc();
+            let conn = conn.clone();
             tokio::spawn(async move {
+                // Holding the connection keeps it counted (active
+                // connections, max_connections, drain) while the tunnel runs.
+                let _conn = conn;
                 let (Ok(d), Ok(u)) = (down.await, up.await) else {
                     return;
                 };
@@ -295,22 +348,18 @@ async fn proxy(
             });
         }
         let (mut parts, b) = resp.into_parts();
+        strip_sift_headers(&mut parts.headers);
         route.spec.response_headers.apply(&mut parts.headers);
         parts.headers.insert(X_REQUEST_ID.clone(), request_id);
         return Ok(Response::from_parts(parts, body::boxed(b)));
     }
     let (mut parts, b) = resp.into_parts();
+    // Only sift sets x-sift-*: an upstream cannot forge x-sift-error.
+    strip_sift_headers(&mut parts.headers);
     strip_hop_by_hop(&mut parts.headers);
     route.spec.response_headers.apply(&mut parts.headers);
     parts.headers.insert(X_REQUEST_ID.clone(), request_id);
     Ok(Response::from_parts(parts, body::boxed(b)))
-}
-
-fn out_connect_error(out: &Outcome, cluster: &str) {
-    out.metrics
-        .upstream_connect_errors
-        .with_label_values(&[cluster])
-        .inc();
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -335,16 +384,17 @@ fn request_id(h: &HeaderMap) -> HeaderValue {
     }
     let r = fastrand::u128(..);
     let r = (r & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
-    let hex = format!("{r:032x}");
-    let id = format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    );
-    HeaderValue::from_str(&id).expect("hex and dashes are a valid header value")
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = [b'-'; 36];
+    let mut nibble = 32;
+    for (i, slot) in id.iter_mut().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            continue;
+        }
+        nibble -= 1;
+        *slot = HEX[((r >> (nibble * 4)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&id).expect("hex and dashes are a valid header value")
 }
 
 /// Only sift sets `x-sift-*` headers: drop any a client sent.
@@ -419,8 +469,28 @@ fn request_host(req: &Request<Incoming>) -> Result<String, ProxyError> {
     Ok(host.to_ascii_lowercase())
 }
 
+/// `.` or `..` segments, also percent-encoded (`%2e`, `%2E`), which an app
+/// that decodes paths would resolve past a route's prefix.
 fn has_dot_segments(path: &str) -> bool {
-    path.split('/').any(|s| s == "." || s == "..")
+    path.split('/').any(|seg| {
+        let mut rest = seg.as_bytes();
+        let mut dots = 0;
+        while !rest.is_empty() {
+            if rest[0] == b'.' {
+                rest = &rest[1..];
+            } else if rest.len() >= 3
+                && rest[0] == b'%'
+                && rest[1] == b'2'
+                && rest[2] | 0x20 == b'e'
+            {
+                rest = &rest[3..];
+            } else {
+                return false;
+            }
+            dots += 1;
+        }
+        dots == 1 || dots == 2
+    })
 }
 
 fn content_length(h: &HeaderMap) -> Result<Option<u64>, ProxyError> {
@@ -456,16 +526,32 @@ fn upgrade_protocol(req: &Request<Incoming>) -> Option<HeaderValue> {
 /// Remove hop-by-hop headers and any header the Connection header names.
 /// `TE: trailers` is kept (gRPC needs it); other TE values are dropped.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        if n != header::TE {
-            h.remove(n);
+    // One pass to see whether there is anything to do: most messages carry
+    // at most a Connection header.
+    let mut found = false;
+    for k in h.keys() {
+        if is_hop_by_hop(k) || k == header::TE {
+            found = true;
+            break;
+        }
+    }
+    if !found {
+        return;
+    }
+    if h.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive"))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for n in named {
+            if n != header::TE {
+                h.remove(n);
+            }
         }
     }
     for n in HOP_BY_HOP {
@@ -479,6 +565,15 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
+fn is_hop_by_hop(k: &HeaderName) -> bool {
+    k == header::CONNECTION
+        || k == header::TRANSFER_ENCODING
+        || k == header::UPGRADE
+        || k == header::TRAILER
+        || k.as_str() == "keep-alive"
+        || k.as_str() == "proxy-connection"
+}
+
 fn forwarded_headers(
     h: &mut HeaderMap,
     l: &ListenerSpec,
@@ -486,12 +581,23 @@ fn forwarded_headers(
     authority: &Option<http::uri::Authority>,
 ) {
     let ip = conn.remote.ip().to_string();
-    let xff = match (l.x_forwarded_for, h.get(&X_FORWARDED_FOR)) {
-        (XffMode::Append, Some(prev)) => match prev.to_str() {
-            Ok(p) if !p.trim().is_empty() => format!("{p}, {ip}"),
-            _ => ip,
-        },
-        _ => ip,
+    let xff = match l.x_forwarded_for {
+        XffMode::Append => {
+            // Fold every X-Forwarded-For the client sent, in order.
+            let mut chain = String::new();
+            for v in h.get_all(&X_FORWARDED_FOR) {
+                if let Ok(p) = v.to_str() {
+                    let p = p.trim();
+                    if !p.is_empty() {
+                        chain.push_str(p);
+                        chain.push_str(", ");
+                    }
+                }
+            }
+            chain.push_str(&ip);
+            chain
+        }
+        XffMode::Replace => ip,
     };
     if let Ok(v) = HeaderValue::from_str(&xff) {
         // Several XFF headers are folded into the one we set.
@@ -523,6 +629,11 @@ mod tests {
         assert!(has_dot_segments("/a/../b"));
         assert!(has_dot_segments("/a/."));
         assert!(!has_dot_segments("/a/..b/c.d"));
+        assert!(has_dot_segments("/api/%2e%2e/admin"));
+        assert!(has_dot_segments("/api/%2E./x"));
+        assert!(has_dot_segments("/api/.%2e"));
+        assert!(!has_dot_segments("/api/%2e%2e%2e"));
+        assert!(!has_dot_segments("/a//b"));
     }
 
     #[test]

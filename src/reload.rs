@@ -108,7 +108,8 @@ impl Reloader {
             return Ok(Outcome::Unchanged);
         }
         let config = config::load_str(&text)?;
-        restart_only_changes(&current.config, &config)?;
+        restart_only_changes(&current.config, &config)
+            .map_err(|e| config::with_lines(&text, e.0))?;
         let snap = Snapshot::build(config, text, Some(&current), &self.shared.metrics);
         let generation = snap.generation;
         self.shared.snapshot.store(Arc::new(snap));
@@ -157,7 +158,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Result<(), ConfigErrors> 
         errs.push(ConfigError {
             path: "listeners".into(),
             line: None,
-            message: "listener names, addresses or protocols changed: these need a restart".into(),
+            message:
+                "listener names, addresses, protocols or their order changed: these need a restart"
+                    .into(),
         });
     }
     if old.admin != new.admin {
@@ -174,11 +177,12 @@ fn restart_only_changes(old: &Config, new: &Config) -> Result<(), ConfigErrors> 
             message: "workers changed: this needs a restart".into(),
         });
     }
-    if old.log != new.log {
+    // access_log is read per request and may change; format and level not.
+    if old.log.format != new.log.format || old.log.level != new.log.level {
         errs.push(ConfigError {
             path: "log".into(),
             line: None,
-            message: "log settings changed: these need a restart".into(),
+            message: "log.format or log.level changed: these need a restart".into(),
         });
     }
     if errs.is_empty() {
@@ -205,12 +209,7 @@ fn unix_now() -> i64 {
 }
 
 /// Reload on SIGHUP until the process ends.
-pub async fn on_sighup(reloader: Arc<Reloader>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP; reload by file change or POST /reload");
-        return;
-    };
+pub async fn on_sighup(reloader: Arc<Reloader>, mut hup: tokio::signal::unix::Signal) {
     while hup.recv().await.is_some() {
         let r = reloader.clone();
         let _ = tokio::task::spawn_blocking(move || r.reload("sighup")).await;

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use http::{HeaderMap, Method};
-use prometheus::Histogram;
+use prometheus::{Histogram, IntCounter};
 
 use crate::config::Config;
 use crate::config::model::{HeaderRule, HostMatch, ListenerSpec, PathMatch, RouteSpec};
@@ -34,14 +34,39 @@ impl std::fmt::Debug for Snapshot {
 
 pub struct Route {
     pub spec: RouteSpec,
-    /// (cluster, cumulative weight), for weighted picks.
-    pub backends: Vec<(Arc<Cluster>, u32, Histogram)>,
+    /// Backends with cumulative weights, for weighted picks.
+    pub backends: Vec<Backend>,
     pub total_weight: u32,
+}
+
+/// One cluster of a route, with its metric handles resolved once per
+/// snapshot so the request path never hashes label values.
+pub struct Backend {
+    pub cluster: Arc<Cluster>,
+    pub cumulative_weight: u32,
+    pub stats: Arc<BackendStats>,
+}
+
+pub struct BackendStats {
+    pub route: Arc<str>,
+    pub cluster: Arc<str>,
+    pub duration: Histogram,
+    /// `requests[listener index][code class index]`.
+    pub requests: Vec<[IntCounter; 5]>,
+}
+
+impl BackendStats {
+    pub fn count(&self, listener: usize, status: u16) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        if let Some(c) = self.requests.get(listener) {
+            c[class].inc();
+        }
+    }
 }
 
 impl Route {
     /// Pick a backend cluster by weight.
-    pub fn pick_backend(&self) -> Option<&(Arc<Cluster>, u32, Histogram)> {
+    pub fn pick_backend(&self) -> Option<&Backend> {
         if self.backends.len() == 1 {
             return self.backends.first();
         }
@@ -49,7 +74,7 @@ impl Route {
             return None;
         }
         let x = fastrand::u32(..self.total_weight);
-        self.backends.iter().find(|(_, cum, _)| x < *cum)
+        self.backends.iter().find(|b| x < b.cumulative_weight)
     }
 
     fn matches(&self, host: &str, path: &str, method: &Method, headers: &HeaderMap) -> bool {
@@ -106,21 +131,40 @@ impl Snapshot {
             let c = reused.unwrap_or_else(|| Cluster::new(spec.clone()));
             clusters.insert(spec.name.clone(), c);
         }
+        let listener_names: Vec<&str> = config.listeners.iter().map(|l| l.name.as_str()).collect();
         let routes = config
             .routes
             .iter()
             .map(|spec| {
                 let mut cum = 0u32;
+                let route: Arc<str> = Arc::from(spec.name.as_str());
                 let backends = spec
                     .backends
                     .iter()
                     .filter_map(|b| {
-                        let c = clusters.get(&b.cluster)?.clone();
+                        let cluster = clusters.get(&b.cluster)?.clone();
                         cum += b.weight;
-                        let h = metrics
-                            .request_duration
-                            .with_label_values(&[spec.name.as_str(), b.cluster.as_str()]);
-                        Some((c, cum, h))
+                        let labels = |l: &str, class: &str| {
+                            metrics
+                                .requests
+                                .with_label_values(&[l, &spec.name, &b.cluster, class])
+                        };
+                        let stats = BackendStats {
+                            route: route.clone(),
+                            cluster: Arc::from(b.cluster.as_str()),
+                            duration: metrics
+                                .request_duration
+                                .with_label_values(&[spec.name.as_str(), b.cluster.as_str()]),
+                            requests: listener_names
+                                .iter()
+                                .map(|l| ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|c| labels(l, c)))
+                                .collect(),
+                        };
+                        Some(Backend {
+                            cluster,
+                            cumulative_weight: cum,
+                            stats: Arc::new(stats),
+                        })
                     })
                     .collect();
                 Route {
@@ -139,8 +183,13 @@ impl Snapshot {
         }
     }
 
-    pub fn listener(&self, name: &str) -> Option<&ListenerSpec> {
-        self.config.listeners.iter().find(|l| l.name == name)
+    /// The listener at `index` (listener order cannot change at reload).
+    pub fn listener(&self, index: usize) -> Option<&ListenerSpec> {
+        self.config.listeners.get(index)
+    }
+
+    pub fn listener_index(&self, name: &str) -> Option<usize> {
+        self.config.listeners.iter().position(|l| l.name == name)
     }
 
     /// The first route of `listener` that matches.

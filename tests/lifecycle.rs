@@ -240,11 +240,13 @@ fn bad_config_at_start_exits_2_with_every_error() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("line 4: listeners[0].limits.idle_timeout"),
+        err.contains("bad.yaml:4: listeners[0].limits.idle_timeout"),
         "{err}"
     );
     assert!(err.contains("needs a unit"), "{err}");
-    assert!(err.contains("line 9: extra"), "{err}");
+    assert!(err.contains("bad.yaml:9: extra"), "{err}");
+    // In file order.
+    assert!(err.find(":4:").unwrap() < err.find(":9:").unwrap(), "{err}");
     // `sift check` prints file:line: path: message for each, exit code 2.
     let out = std::process::Command::new(sift_bin())
         .args(["check", "--config"])

@@ -211,12 +211,11 @@ clusters:
     let raw = raw_exchange(sift.addr(), b"GET / HTTP/1.1\r\nconnection: close\r\n\r\n").await;
     assert!(raw.starts_with("HTTP/1.1 400"), "{raw}");
     assert!(raw.contains("x-sift-error: malformed-request"), "{raw}");
-    let raw = raw_exchange(
-        sift.addr(),
-        b"GET /a/../admin HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
-    )
-    .await;
-    assert!(raw.starts_with("HTTP/1.1 400"), "{raw}");
+    for path in ["/a/../admin", "/api/%2e%2e/admin", "/api/.%2E/admin"] {
+        let req = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+        let raw = raw_exchange(sift.addr(), req.as_bytes()).await;
+        assert!(raw.starts_with("HTTP/1.1 400"), "{path}: {raw}");
+    }
     // Garbage is answered 400 by the HTTP codec and counted.
     let raw = raw_exchange(sift.addr(), b"NOT HTTP AT ALL\r\n\r\n").await;
     assert!(raw.starts_with("HTTP/1.1 400"), "{raw}");
@@ -235,7 +234,7 @@ clusters:
         ("upstream-timeout", 1.0),
         ("body-too-large", 2.0),
         ("headers-too-large", 2.0),
-        ("malformed-request", 2.0),
+        ("malformed-request", 4.0),
     ] {
         assert_eq!(
             sift.metric(&format!(r#"sift_errors_total{{kind="{kind}"}}"#))
@@ -269,6 +268,7 @@ async fn header_hygiene_forwarded_headers_and_request_id() {
         h.insert("x-internal", "secret".parse().unwrap());
         h.insert("keep-alive", "timeout=5".parse().unwrap());
         h.insert("x-powered-by", "php".parse().unwrap());
+        h.insert("x-sift-error", "forged-by-upstream".parse().unwrap());
         r
     })
     .await;
@@ -307,6 +307,7 @@ clusters:
             .header("keep-alive", "timeout=5")
             .header("te", "trailers")
             .header("x-forwarded-for", "203.0.113.9")
+            .header("x-forwarded-for", "198.51.100.2, 192.0.2.1")
             .header("x-forwarded-proto", "https")
             .header(
                 "traceparent",
@@ -334,7 +335,11 @@ clusters:
         );
     }
     assert_eq!(h["te"][0], "trailers");
-    assert_eq!(h["x-forwarded-for"][0], "203.0.113.9, 127.0.0.1");
+    assert_eq!(
+        h["x-forwarded-for"],
+        serde_json::json!(["203.0.113.9, 198.51.100.2, 192.0.2.1, 127.0.0.1"]),
+        "every client XFF header is folded into one, in order"
+    );
     assert_eq!(
         h["x-forwarded-proto"][0], "http",
         "sift sets the proto it saw"
@@ -366,6 +371,10 @@ clusters:
     assert!(r.headers().get("x-internal").is_none());
     assert!(r.headers().get("keep-alive").is_none());
     assert!(r.headers().get("x-powered-by").is_none());
+    assert!(
+        r.headers().get("x-sift-error").is_none(),
+        "upstreams cannot set x-sift-*"
+    );
     assert_eq!(r.headers()["strict-transport-security"], "max-age=31536000");
     assert_eq!(r.headers()["x-frame-options"], "DENY");
     // One JSON access-log line per request, with the request id.
@@ -514,6 +523,22 @@ sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n
     assert_eq!(
         sift.metric(r#"sift_upgrades_total{route="default"}"#).await,
         Some(1.0)
+    );
+    // The tunnel still counts as an open connection after hyper let go of it.
+    assert_eq!(
+        sift.metric(r#"sift_active_connections{listener="main"}"#)
+            .await,
+        Some(1.0)
+    );
+    drop(s);
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            sift.metric(r#"sift_active_connections{listener="main"}"#)
+                .await
+                == Some(0.0)
+        })
+        .await,
+        "closing the tunnel frees the connection"
     );
 }
 

@@ -70,7 +70,11 @@ pub fn build(f: &FileConfig) -> Result<Config, Vec<ConfigError>> {
 
     if let Some(admin) = &admin {
         for (i, l) in listeners.iter().enumerate() {
-            if l.address == admin.address && l.address.port() != 0 {
+            let same_port = l.address.port() == admin.address.port() && l.address.port() != 0;
+            let overlap = l.address.ip() == admin.address.ip()
+                || l.address.ip().is_unspecified()
+                || admin.address.ip().is_unspecified();
+            if same_port && overlap {
                 e.push(
                     format!("listeners[{i}].address"),
                     format!("{} is also the admin address", l.address),
@@ -374,7 +378,17 @@ fn build_routes(
             matches,
             backends,
             timeout,
-            max_request_body: r.max_request_body.unwrap_or(Bytes(10 * 1024 * 1024)),
+            max_request_body: match r.max_request_body {
+                Some(Bytes(b)) if b > 1 << 40 => {
+                    e.push(
+                        format!("{p}.max_request_body"),
+                        format!("{b} is more than 1TiB"),
+                    );
+                    Bytes(10 * 1024 * 1024)
+                }
+                Some(b) => b,
+                None => Bytes(10 * 1024 * 1024),
+            },
             request_headers: build_ops(
                 r.request_headers.as_ref(),
                 &format!("{p}.request_headers"),

@@ -79,8 +79,27 @@ pub fn load_str(text: &str) -> Result<Config, ConfigErrors> {
         for e in &mut errs {
             e.line = line_of(&root, &e.path);
         }
+        sort(&mut errs);
         ConfigErrors(errs)
     })
+}
+
+/// Errors in file order (those without a line last).
+fn sort(errs: &mut [ConfigError]) {
+    errs.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
+}
+
+/// Attach lines to errors found outside the builder (e.g. at reload).
+pub fn with_lines(text: &str, mut errs: Vec<ConfigError>) -> ConfigErrors {
+    if let Ok((_, root)) = parse(text) {
+        for e in &mut errs {
+            if e.line.is_none() {
+                e.line = line_of(&root, &e.path);
+            }
+        }
+    }
+    sort(&mut errs);
+    ConfigErrors(errs)
 }
 
 /// Parse YAML text into the file shapes, collecting an error for every bad
@@ -136,6 +155,7 @@ pub fn parse(text: &str) -> Result<(FileConfig, Node), ConfigErrors> {
     if errs.is_empty() {
         Ok((out, root))
     } else {
+        sort(&mut errs);
         Err(ConfigErrors(errs))
     }
 }

@@ -24,16 +24,38 @@ impl Dur {
 
 /// Parse `250ms`, `15s`, `1.5s`, `2m`, `1h`. A bare number is refused: the
 /// unit is never guessed.
+/// Split `12.5xyz` into ("12.5", "xyz"); the number must be digits with an
+/// optional fraction (`.5` and `1.` are refused, as in the JSON Schema).
+fn split_number(t: &str) -> Result<(&str, &str), String> {
+    let end = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let num = &t[..end];
+    let ok = match num.split_once('.') {
+        None => !num.is_empty(),
+        Some((a, b)) => !a.is_empty() && !b.is_empty() && b.bytes().all(|c| c.is_ascii_digit()),
+    };
+    if t.starts_with('-') {
+        return Err(format!("{t:?} cannot be negative"));
+    }
+    if !ok {
+        return Err(format!("{t:?} does not start with a number like 15 or 1.5"));
+    }
+    Ok((num, &t[end..]))
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("duration {t:?} needs a unit: ms, s, m or h (e.g. \"15s\")"))?;
-    let (num, unit) = t.split_at(split);
+    let (num, unit) = split_number(t).map_err(|e| format!("duration {e}"))?;
+    if unit.is_empty() {
+        return Err(format!(
+            "duration {t:?} needs a unit: ms, s, m or h (e.g. \"{t}s\")"
+        ));
+    }
     let n: f64 = num
         .parse()
         .map_err(|_| format!("duration {t:?}: {num:?} is not a number"))?;
-    let scale = match unit.trim() {
+    let scale = match unit {
         "ms" => 0.001,
         "s" => 1.0,
         "m" => 60.0,
@@ -111,10 +133,7 @@ pub struct Bytes(pub u64);
 
 pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
+    let (num, unit) = split_number(t).map_err(|e| format!("size {e}"))?;
     let n: f64 = num
         .parse()
         .map_err(|_| format!("size {t:?}: {num:?} is not a number"))?;
@@ -210,6 +229,9 @@ mod tests {
         assert!(parse_duration("15").unwrap_err().contains("needs a unit"));
         assert!(parse_duration("3 days").is_err());
         assert!(parse_duration("ms").is_err());
+        assert!(parse_duration(".5s").is_err());
+        assert!(parse_duration("15 s").is_err());
+        assert!(parse_duration("-1s").unwrap_err().contains("negative"));
         assert_eq!(Dur::millis(1500).to_string(), "1500ms");
         assert_eq!(Dur::secs(30).to_string(), "30s");
     }
@@ -221,7 +243,8 @@ mod tests {
         assert_eq!(parse_bytes("10MiB").unwrap(), 10 * 1024 * 1024);
         assert_eq!(parse_bytes("1GB").unwrap(), 1_000_000_000);
         assert!(parse_bytes("10 parsecs").is_err());
-        assert!(parse_bytes("-1").is_err());
+        assert!(parse_bytes("-1").unwrap_err().contains("negative"));
+        assert_eq!(parse_bytes("10 MiB").unwrap(), 10 * 1024 * 1024);
         assert_eq!(Bytes(10 * 1024 * 1024).to_string(), "10MiB");
     }
 }
