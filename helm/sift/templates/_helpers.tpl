@@ -123,36 +123,26 @@ Admin listener port, from config.admin.address.
 {{- end }}
 
 {{/*
-Whole seconds (rounded up) in a sift duration: "30s", "500ms", "1m30s",
-"2m", "1h", or a bare number of seconds. Fails on anything else; set
-terminationGracePeriodSeconds explicitly in that case.
-Usage: include "sift.durationSeconds" "1m30s"  =>  90
+Whole seconds (rounded up) in a sift duration, with sift's own syntax:
+digits, an optional ".digits" fraction, one unit (ms, s, m, h):
+"30s", "500ms", "1.5s", "2m", "1h". Anything else fails the install, as
+sift itself would refuse it; set terminationGracePeriodSeconds explicitly
+to bypass.
+Usage: include "sift.durationSeconds" "1.5s"  =>  2
 */}}
 {{- define "sift.durationSeconds" -}}
-{{- $d := toString . | trim | nospace }}
-{{- $total := 0 }}
-{{- if regexMatch "^[0-9]+$" $d }}
-{{- $total = atoi $d }}
-{{- else if regexMatch "^([0-9]+(ms|s|m|h))+$" $d }}
-{{- $ms := 0 }}
-{{- range regexFindAll "[0-9]+(ms|s|m|h)" $d -1 }}
-{{- $n := regexFind "^[0-9]+" . | atoi }}
-{{- $unit := regexReplaceAll "^[0-9]+" . "" }}
-{{- if eq $unit "h" }}
-{{- $ms = add $ms (mul $n 3600000) }}
-{{- else if eq $unit "m" }}
-{{- $ms = add $ms (mul $n 60000) }}
-{{- else if eq $unit "s" }}
-{{- $ms = add $ms (mul $n 1000) }}
-{{- else }}
-{{- $ms = add $ms $n }}
+{{- $d := toString . | trim }}
+{{- if not (regexMatch "^[0-9]+(\\.[0-9]+)?(ms|s|m|h)$" $d) }}
+{{- fail (printf "sift: cannot parse duration %q (sift wants e.g. 5s, 500ms, 1.5s, 2m); or set terminationGracePeriodSeconds explicitly" $d) }}
 {{- end }}
+{{- $n := regexFind "^[0-9]+(\\.[0-9]+)?" $d | float64 }}
+{{- $unit := regexReplaceAll "^[0-9]+(\\.[0-9]+)?" $d "" }}
+{{- $scale := 1.0 }}
+{{- if eq $unit "ms" }}{{- $scale = 0.001 }}
+{{- else if eq $unit "m" }}{{- $scale = 60.0 }}
+{{- else if eq $unit "h" }}{{- $scale = 3600.0 }}
 {{- end }}
-{{- $total = div (add $ms 999) 1000 }}
-{{- else }}
-{{- fail (printf "sift: cannot parse duration %q (use e.g. 5s, 500ms, 1m30s); or set terminationGracePeriodSeconds explicitly" $d) }}
-{{- end }}
-{{- $total }}
+{{- mulf $n $scale | ceil | int }}
 {{- end }}
 
 {{/*
