@@ -54,6 +54,10 @@ async fn route(
             }
         }
         (&Method::GET, "/metrics") => {
+            let now = shared.clock.now();
+            for c in shared.snapshot.load().clusters.values() {
+                c.refresh_gauges(now);
+            }
             let mut r = text(StatusCode::OK, &shared.metrics.render());
             r.headers_mut().insert(
                 header::CONTENT_TYPE,

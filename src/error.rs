@@ -36,6 +36,18 @@ pub enum ProxyError {
     UpstreamReset(String),
     #[error("client request body failed: {0}")]
     ClientBody(String),
+    #[error("rate limit {policy:?} exceeded; retry in {} s", decision.retry_after)]
+    RateLimited {
+        policy: String,
+        decision: crate::policy::ratelimit::Decision,
+    },
+    #[error("route {route:?} is at max_inflight ({limit})")]
+    Overloaded { route: String, limit: usize },
+    #[error("cluster {cluster:?} circuit breaker open: max {threshold} reached")]
+    CircuitOpen {
+        cluster: String,
+        threshold: &'static str,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -52,11 +64,14 @@ pub enum ErrorKind {
     UpstreamTimeout,
     UpstreamReset,
     ClientBodyError,
+    RateLimited,
+    Overloaded,
+    CircuitOpen,
     Internal,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 10] = [
+    pub const ALL: [ErrorKind; 13] = [
         ErrorKind::MalformedRequest,
         ErrorKind::HeadersTooLarge,
         ErrorKind::BodyTooLarge,
@@ -66,6 +81,9 @@ impl ErrorKind {
         ErrorKind::UpstreamTimeout,
         ErrorKind::UpstreamReset,
         ErrorKind::ClientBodyError,
+        ErrorKind::RateLimited,
+        ErrorKind::Overloaded,
+        ErrorKind::CircuitOpen,
         ErrorKind::Internal,
     ];
 
@@ -80,6 +98,9 @@ impl ErrorKind {
             ErrorKind::UpstreamTimeout => "upstream-timeout",
             ErrorKind::UpstreamReset => "upstream-reset",
             ErrorKind::ClientBodyError => "client-body-error",
+            ErrorKind::RateLimited => "rate-limited",
+            ErrorKind::Overloaded => "overloaded",
+            ErrorKind::CircuitOpen => "circuit-open",
             ErrorKind::Internal => "internal",
         }
     }
@@ -90,7 +111,10 @@ impl ErrorKind {
             ErrorKind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ErrorKind::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::NoRoute => StatusCode::NOT_FOUND,
-            ErrorKind::NoHealthyEndpoint => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::NoHealthyEndpoint | ErrorKind::Overloaded | ErrorKind::CircuitOpen => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::UpstreamConnectFailure | ErrorKind::UpstreamReset => StatusCode::BAD_GATEWAY,
             ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -110,6 +134,9 @@ impl ProxyError {
             ProxyError::UpstreamTimeout(_) => ErrorKind::UpstreamTimeout,
             ProxyError::UpstreamReset(_) => ErrorKind::UpstreamReset,
             ProxyError::ClientBody(_) => ErrorKind::ClientBodyError,
+            ProxyError::RateLimited { .. } => ErrorKind::RateLimited,
+            ProxyError::Overloaded { .. } => ErrorKind::Overloaded,
+            ProxyError::CircuitOpen { .. } => ErrorKind::CircuitOpen,
             ProxyError::Internal(_) => ErrorKind::Internal,
         }
     }
@@ -131,6 +158,9 @@ impl ProxyError {
             ProxyError::UpstreamTimeout(_) => "upstream timed out".into(),
             ProxyError::UpstreamReset(_) => "upstream reset the connection".into(),
             ProxyError::ClientBody(_) => "request body could not be read".into(),
+            ProxyError::RateLimited { policy, .. } => format!("rate limit {policy} exceeded"),
+            ProxyError::Overloaded { .. } => "overloaded, retry later".into(),
+            ProxyError::CircuitOpen { .. } => "upstream circuit open, retry later".into(),
             ProxyError::Internal(_) => "internal error".into(),
         };
         let text = format!("{} {detail}\n", status.as_u16());
@@ -142,6 +172,34 @@ impl ProxyError {
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         h.insert("x-sift-error", HeaderValue::from_static(kind.as_str()));
+        if let ProxyError::RateLimited { policy, decision } = self {
+            for (k, v) in ratelimit_headers(policy, decision) {
+                h.insert(k, v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&decision.retry_after.to_string()) {
+                h.insert(header::RETRY_AFTER, v);
+            }
+        }
         resp
     }
+}
+
+/// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers)
+/// for one policy's decision: `"name";q=QUOTA;w=WINDOW` and
+/// `"name";r=REMAINING;t=SECONDS` (t: until a request is allowed again when
+/// denied, until the bucket is full when allowed).
+pub fn ratelimit_headers(
+    policy: &str,
+    d: &crate::policy::ratelimit::Decision,
+) -> [(http::HeaderName, HeaderValue); 2] {
+    let t = if d.allowed { d.reset } else { d.retry_after };
+    let name = policy.replace(['"', '\\'], "");
+    let pol = HeaderValue::from_str(&format!("\"{name}\";q={};w={}", d.quota, d.window))
+        .unwrap_or_else(|_| HeaderValue::from_static("\"limit\""));
+    let cur = HeaderValue::from_str(&format!("\"{name}\";r={};t={t}", d.remaining))
+        .unwrap_or_else(|_| HeaderValue::from_static("\"limit\""));
+    [
+        (http::HeaderName::from_static("ratelimit-policy"), pol),
+        (http::HeaderName::from_static("ratelimit"), cur),
+    ]
 }

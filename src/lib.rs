@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod app;
 pub mod body;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod drain;
@@ -17,6 +18,7 @@ pub mod error;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
+pub mod policy;
 pub mod proxy;
 pub mod reload;
 pub mod snapshot;

@@ -23,6 +23,12 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub config_last_reload_success: IntGauge,
     pub upgrades: IntCounterVec,
+    pub ratelimit_decisions: IntCounterVec,
+    pub circuit_overflow: IntCounterVec,
+    pub outlier_ejections: IntCounterVec,
+    pub endpoints_ejected: IntGaugeVec,
+    pub retries: IntCounterVec,
+    pub inflight: IntGaugeVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -130,6 +136,61 @@ impl Metrics {
             &["route"],
         )
         .expect("valid metric");
+        let ratelimit_decisions = IntCounterVec::new(
+            Opts::new(
+                "sift_ratelimit_decisions_total",
+                "Rate-limit decisions by route, policy and decision (allowed, denied, shadow_denied).",
+            ),
+            &["route", "policy", "decision"],
+        )
+        .expect("valid metric");
+        let circuit_overflow = IntCounterVec::new(
+            Opts::new(
+                "sift_circuit_overflow_total",
+                "Circuit-breaker overflows by cluster and threshold (connections: a request had to queue; pending, requests: a request got 503 circuit-open; retries: a retry was not sent).",
+            ),
+            &["cluster", "threshold"],
+        )
+        .expect("valid metric");
+        let outlier_ejections = IntCounterVec::new(
+            Opts::new(
+                "sift_outlier_ejections_total",
+                "Endpoints ejected by outlier detection, by cluster.",
+            ),
+            &["cluster"],
+        )
+        .expect("valid metric");
+        let endpoints_ejected = IntGaugeVec::new(
+            Opts::new(
+                "sift_endpoints_ejected",
+                "Endpoints ejected right now, by cluster (refreshed at scrape).",
+            ),
+            &["cluster"],
+        )
+        .expect("valid metric");
+        let retries = IntCounterVec::new(
+            Opts::new(
+                "sift_retries_total",
+                "Retry decisions by cluster and outcome (retried, budget_exhausted, attempts_exhausted, not_replayable).",
+            ),
+            &["cluster", "outcome"],
+        )
+        .expect("valid metric");
+        let inflight = IntGaugeVec::new(
+            Opts::new("sift_inflight", "Requests in flight, by route."),
+            &["route"],
+        )
+        .expect("valid metric");
+        for m in [
+            Box::new(ratelimit_decisions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(circuit_overflow.clone()),
+            Box::new(outlier_ejections.clone()),
+            Box::new(endpoints_ejected.clone()),
+            Box::new(retries.clone()),
+            Box::new(inflight.clone()),
+        ] {
+            registry.register(m).expect("metric names are unique");
+        }
         for m in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -166,6 +227,12 @@ impl Metrics {
             config_reloads,
             config_last_reload_success,
             upgrades,
+            ratelimit_decisions,
+            circuit_overflow,
+            outlier_ejections,
+            endpoints_ejected,
+            retries,
+            inflight,
         }
     }
 

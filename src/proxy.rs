@@ -17,6 +17,7 @@ use std::time::Instant;
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
 use http_body::Body as _;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
@@ -25,6 +26,8 @@ use crate::config::file::{UpstreamProtocol, XffMode};
 use crate::config::model::ListenerSpec;
 use crate::error::{ErrorKind, ProxyError};
 use crate::metrics::{Metrics, code_class};
+use crate::policy::outlier::Observed;
+use crate::policy::ratelimit::KeyPart;
 use crate::snapshot::{BackendStats, Snapshot};
 use crate::state::Shared;
 
@@ -78,6 +81,10 @@ struct Outcome {
     /// in-flight count (least-request LB) and the connection's.
     endpoint_guard: Option<crate::upstream::InflightGuard>,
     _conn_guard: Option<Box<dyn Send>>,
+    route_slot: Option<crate::snapshot::InflightSlot>,
+    cluster_slot: Option<crate::upstream::RequestSlot>,
+    conn_slot: crate::upstream::ConnSlot,
+    retry_permit: Option<crate::policy::retry::RetryPermit>,
 }
 
 struct LogFields {
@@ -171,9 +178,13 @@ pub async fn handle(
         log,
         endpoint_guard: None,
         _conn_guard: conn_guard,
+        route_slot: None,
+        cluster_slot: None,
+        conn_slot: None,
+        retry_permit: None,
     });
     let mut request_id = None;
-    let resp = match proxy(&snap, &conn, req, &mut out, &mut request_id).await {
+    let resp = match proxy(&snap, &shared.clock, &conn, req, &mut out, &mut request_id).await {
         Ok(resp) => resp,
         Err(e) => {
             let kind = e.kind();
@@ -198,6 +209,7 @@ pub async fn handle(
 
 async fn proxy(
     snap: &Snapshot,
+    clock: &crate::clock::Clock,
     conn: &Arc<ConnInfo>,
     mut req: Request<Incoming>,
     out: &mut Outcome,
@@ -232,15 +244,27 @@ async fn proxy(
         log.route = Some(Arc::from(route.spec.name.as_str()));
     }
 
-    // 4. Body limit, up front when the length is declared.
+    // 4. Admission: the route's concurrency limit, then rate limits (the
+    //    listener's, then the route's).
+    let slot = route
+        .inflight
+        .enter(route.spec.max_inflight)
+        .ok_or_else(|| ProxyError::Overloaded {
+            route: route.spec.name.clone(),
+            limit: route.spec.max_inflight.unwrap_or(0),
+        })?;
+    out.route_slot = Some(slot);
+    let now = clock.now();
+    let ratelimit_headers = rate_limit(snap, listener, conn, route, &req, now)?;
+
+    // 5. Body limit, up front when the length is declared.
     let limit = route.spec.max_request_body.0;
-    if let Some(len) = content_length(req.headers())? {
-        if len > limit {
-            return Err(ProxyError::BodyTooLarge { limit });
-        }
+    let declared = content_length(req.headers())?;
+    if declared.is_some_and(|len| len > limit) {
+        return Err(ProxyError::BodyTooLarge { limit });
     }
 
-    // 5. Backend.
+    // 6. Backend cluster and its circuit breaker (max_requests).
     let backend = route
         .pick_backend()
         .ok_or_else(|| ProxyError::NoHealthyEndpoint {
@@ -248,30 +272,18 @@ async fn proxy(
         })?;
     let cluster = &backend.cluster;
     out.stats = Some(backend.stats.clone());
-    let (ep_index, inflight) = cluster
-        .pick()
-        .ok_or_else(|| ProxyError::NoHealthyEndpoint {
-            cluster: cluster.spec.name.clone(),
-        })?;
-    out.endpoint_guard = Some(inflight);
-    let endpoint = &cluster.endpoints[ep_index].endpoint;
-    if let Some(log) = &mut out.log {
-        log.endpoint = Some(endpoint.authority.to_string());
-    }
+    out.cluster_slot = Some(cluster.request_slot()?);
 
-    // 6. Upstream request.
+    // 7. Upstream request head (the endpoint is set per attempt).
     let upgrade = upgrade_protocol(&req);
     let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, incoming) = req.into_parts();
     let mut uri = std::mem::take(&mut parts.uri).into_parts();
     let original_authority = uri.authority.take();
-    uri.scheme = Some(http::uri::Scheme::HTTP);
-    uri.authority = Some(endpoint.authority.clone());
-    if uri.path_and_query.is_none() {
-        uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-    }
-    parts.uri =
-        Uri::from_parts(uri).map_err(|e| ProxyError::Internal(format!("upstream URI: {e}")))?;
+    let path_and_query = uri
+        .path_and_query
+        .take()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     parts.version = match cluster.spec.protocol {
         UpstreamProtocol::Http1 => Version::HTTP_11,
         UpstreamProtocol::Http2 => Version::HTTP_2,
@@ -293,41 +305,167 @@ async fn proxy(
     h.insert(X_REQUEST_ID.clone(), request_id.clone());
     route.spec.request_headers.apply(h);
 
+    // The body: kept for replay when retries are on and it is small
+    // enough, else streamed (and then never retried once sent).
+    let retry = route
+        .spec
+        .retries
+        .as_ref()
+        .filter(|r| r.attempts > 0 && upgrade.is_none());
     let state = Arc::new(BodyState::default());
-    let upstream_body = if incoming.is_end_stream() {
-        body::empty()
+    let mut body = if incoming.is_end_stream() {
+        Plan::Replay(bytes::Bytes::new())
+    } else if let Some(r) = retry.filter(|r| declared.is_some_and(|len| len <= r.buffer_limit)) {
+        let collected = Limited::new(incoming, limit.min(r.buffer_limit), state.clone())
+            .collect()
+            .await;
+        match collected {
+            Ok(b) => Plan::Replay(b.to_bytes()),
+            Err(e) => {
+                return Err(match state.get() {
+                    BodyState::TOO_LARGE => ProxyError::BodyTooLarge { limit },
+                    _ => ProxyError::ClientBody(e.to_string()),
+                });
+            }
+        }
     } else {
-        body::boxed(Limited::new(incoming, limit, state.clone()))
+        Plan::Stream(Some(body::boxed(Limited::new(
+            incoming,
+            limit,
+            state.clone(),
+        ))))
     };
-    let upstream_req = Request::from_parts(parts, upstream_body);
 
-    // 7. Send.
+    // 8. Send, retrying what the route's policy allows within the budget.
     let timeout = cluster.spec.timeout_for(&route.spec);
-    let result = tokio::time::timeout(timeout, cluster.send(upstream_req)).await;
-    let mut resp = match result {
-        Err(_) => return Err(ProxyError::UpstreamTimeout(timeout)),
-        Ok(Ok(resp)) => resp,
-        Ok(Err(e)) => {
-            return Err(match state.get() {
-                BodyState::TOO_LARGE => ProxyError::BodyTooLarge { limit },
-                BodyState::CLIENT_ERROR => ProxyError::ClientBody(error_chain(&e)),
+    let deadline = Instant::now() + timeout;
+    let mut attempt = 0u32;
+    let mut previous = None;
+    let mut resp = loop {
+        let now = clock.now();
+        let (ep_index, ep_guard) =
+            cluster
+                .pick(now, previous)
+                .ok_or_else(|| ProxyError::NoHealthyEndpoint {
+                    cluster: cluster.spec.name.clone(),
+                })?;
+        let endpoint = &cluster.endpoints[ep_index].endpoint;
+        if let Some(log) = &mut out.log {
+            log.endpoint = Some(endpoint.authority.to_string());
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let try_timeout = retry
+            .and_then(|r| r.per_try_timeout)
+            .map_or(left, |t| t.min(left));
+        let conn_slot = match tokio::time::timeout(left, cluster.conn_slot()).await {
+            Ok(slot) => slot?,
+            Err(_) => return Err(ProxyError::UpstreamTimeout(timeout)),
+        };
+        let uri = Uri::from_parts({
+            let mut u = http::uri::Parts::default();
+            u.scheme = Some(http::uri::Scheme::HTTP);
+            u.authority = Some(endpoint.authority.clone());
+            u.path_and_query = Some(path_and_query.clone());
+            u
+        })
+        .map_err(|e| ProxyError::Internal(format!("upstream URI: {e}")))?;
+        let upstream_req = match &mut body {
+            Plan::Replay(b) => {
+                let mut r = Request::new(body::full(b.clone()));
+                *r.method_mut() = parts.method.clone();
+                *r.uri_mut() = uri;
+                *r.version_mut() = parts.version;
+                *r.headers_mut() = parts.headers.clone();
+                r
+            }
+            Plan::Stream(b) => {
+                let b = b
+                    .take()
+                    .ok_or_else(|| ProxyError::Internal("body sent twice".into()))?;
+                let mut r = Request::new(b);
+                *r.method_mut() = parts.method.clone();
+                *r.uri_mut() = uri;
+                *r.version_mut() = parts.version;
+                *r.headers_mut() = std::mem::take(&mut parts.headers);
+                r
+            }
+        };
+        let result = tokio::time::timeout(try_timeout, cluster.send(upstream_req)).await;
+        let now = clock.now();
+        // What happened, and whether the policy retries it.
+        let (outcome, retryable) = match result {
+            Ok(Ok(resp)) => {
+                let code = resp.status().as_u16();
+                let observed = if code >= 500 {
+                    Observed::Status5xx {
+                        gateway: matches!(code, 502..=504),
+                    }
+                } else {
+                    Observed::Success
+                };
+                cluster.observe(ep_index, observed, now);
+                let again = retry.is_some_and(|r| r.on_status.binary_search(&code).is_ok());
+                (Ok(resp), again)
+            }
+            Ok(Err(e)) => match state.get() {
+                BodyState::TOO_LARGE => return Err(ProxyError::BodyTooLarge { limit }),
+                BodyState::CLIENT_ERROR => return Err(ProxyError::ClientBody(error_chain(&e))),
                 _ if e.is_connect() => {
-                    out.metrics
-                        .upstream_connect_errors
-                        .with_label_values(&[&cluster.spec.name])
-                        .inc();
-                    ProxyError::UpstreamConnect {
+                    cluster.metrics.connect_errors.inc();
+                    cluster.observe(ep_index, Observed::LocalGatewayError, now);
+                    let err = ProxyError::UpstreamConnect {
                         cluster: cluster.spec.name.clone(),
                         endpoint: endpoint.authority.to_string(),
                         reason: error_chain(&e),
-                    }
+                    };
+                    (Err(err), retry.is_some_and(|r| r.on_connect_failure))
                 }
-                _ => ProxyError::UpstreamReset(error_chain(&e)),
-            });
-        }
+                _ => {
+                    cluster.observe(ep_index, Observed::LocalGatewayError, now);
+                    let err = ProxyError::UpstreamReset(error_chain(&e));
+                    (Err(err), retry.is_some_and(|r| r.on_reset))
+                }
+            },
+            Err(_) => {
+                cluster.observe(ep_index, Observed::LocalGatewayError, now);
+                let err = ProxyError::UpstreamTimeout(try_timeout);
+                (Err(err), retry.is_some_and(|r| r.on_timeout))
+            }
+        };
+        // Retry only what the policy names, with a replayable body, attempts
+        // and time left, and a permit from the cluster's retry budget.
+        let permit = match retry {
+            Some(r) if retryable => {
+                if !matches!(body, Plan::Replay(_)) {
+                    cluster.metrics.not_replayable.inc();
+                    None
+                } else if attempt >= r.attempts || Instant::now() >= deadline {
+                    cluster.metrics.attempts_exhausted.inc();
+                    None
+                } else {
+                    cluster.retry_permit().map(|p| (r, p))
+                }
+            }
+            _ => None,
+        };
+        let Some((r, permit)) = permit else {
+            out.endpoint_guard = Some(ep_guard);
+            out.conn_slot = conn_slot;
+            break outcome?;
+        };
+        // Retry: free this attempt's resources, back off, go again.
+        drop(outcome);
+        drop(ep_guard);
+        drop(conn_slot);
+        out.retry_permit = Some(permit);
+        attempt += 1;
+        cluster.metrics.retried.inc();
+        previous = Some(ep_index);
+        let pause = crate::policy::retry::backoff(r, attempt, fastrand::f64());
+        tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
     };
 
-    // 8. Response.
+    // 9. Response.
     if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
         if let Some(down) = downstream_upgrade {
             let up = hyper::upgrade::on(&mut resp);
@@ -359,7 +497,136 @@ async fn proxy(
     strip_hop_by_hop(&mut parts.headers);
     route.spec.response_headers.apply(&mut parts.headers);
     parts.headers.insert(X_REQUEST_ID.clone(), request_id);
+    if let Some(hs) = ratelimit_headers {
+        for (k, v) in hs {
+            parts.headers.insert(k, v);
+        }
+    }
     Ok(Response::from_parts(parts, body::boxed(b)))
+}
+
+/// How a request body goes upstream.
+enum Plan {
+    /// Kept in memory: can be sent again.
+    Replay(bytes::Bytes),
+    /// Streamed once.
+    Stream(Option<Body>),
+}
+
+/// Apply the listener's and the route's rate limits. A request rejected by
+/// one policy gets back the tokens the others took, and the 429 names the
+/// policy that fired. Returns the headers for an allowed response (the most
+/// restrictive policy that asks for them).
+fn rate_limit(
+    snap: &Snapshot,
+    listener: &ListenerSpec,
+    conn: &ConnInfo,
+    route: &crate::snapshot::Route,
+    req: &Request<Incoming>,
+    now: u64,
+) -> Result<Option<[(HeaderName, HeaderValue); 2]>, ProxyError> {
+    let listener_limits = snap
+        .listener_limits
+        .get(conn.listener_index)
+        .map_or(&[][..], |v| v.as_slice());
+    if listener_limits.is_empty() && route.limits.is_empty() {
+        return Ok(None);
+    }
+    let mut taken: Vec<(&crate::policy::ratelimit::Limiter, u64)> = Vec::new();
+    let mut best: Option<(&str, crate::policy::ratelimit::Decision)> = None;
+    let mut client_ip: Option<String> = None;
+    for limit in listener_limits.iter().chain(route.limits.iter()) {
+        let spec = &limit.limiter.spec;
+        let Some(value) = descriptor(&spec.key, listener, conn, route, req, &mut client_ip) else {
+            continue;
+        };
+        let key = limit.limiter.key(&value);
+        let d = limit.limiter.check(key, now);
+        let counters = limit.counters.get(route.index);
+        if d.allowed {
+            if let Some(c) = counters {
+                c[0].inc();
+            }
+            taken.push((&limit.limiter, key));
+            if spec.response_headers && best.is_none_or(|(_, b)| d.remaining < b.remaining) {
+                best = Some((spec.name.as_str(), d));
+            }
+        } else if spec.shadow {
+            if let Some(c) = counters {
+                c[2].inc();
+            }
+            tracing::info!(policy = %spec.name, route = %route.spec.name, key = %value, "rate limit would reject (shadow mode)");
+        } else {
+            if let Some(c) = counters {
+                c[1].inc();
+            }
+            for (l, k) in taken {
+                l.refund(k);
+            }
+            return Err(ProxyError::RateLimited {
+                policy: spec.name.clone(),
+                decision: d,
+            });
+        }
+    }
+    Ok(best.map(|(name, d)| crate::error::ratelimit_headers(name, &d)))
+}
+
+/// The descriptor value of a request for a policy's key parts, joined by
+/// `|`; `None` when a part is missing (the policy then does not apply).
+fn descriptor(
+    parts: &[KeyPart],
+    listener: &ListenerSpec,
+    conn: &ConnInfo,
+    route: &crate::snapshot::Route,
+    req: &Request<Incoming>,
+    client_ip: &mut Option<String>,
+) -> Option<String> {
+    let mut v = String::new();
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            v.push('|');
+        }
+        match p {
+            KeyPart::ClientIp => {
+                let ip = client_ip.get_or_insert_with(|| {
+                    trusted_client_ip(listener.trusted_hops, req.headers(), conn.remote)
+                });
+                v.push_str(ip);
+            }
+            // Workload identity comes with mTLS listeners.
+            KeyPart::Identity => return None,
+            KeyPart::Method => v.push_str(req.method().as_str()),
+            KeyPart::Path => v.push_str(req.uri().path()),
+            KeyPart::Route => v.push_str(&route.spec.name),
+            KeyPart::Header(name) => v.push_str(req.headers().get(name.as_str())?.to_str().ok()?),
+        }
+    }
+    Some(v)
+}
+
+/// The client address: the peer with no trusted hops; with N trusted
+/// proxies in front, the Nth address from the right of X-Forwarded-For
+/// (the one the outermost trusted proxy saw), or the leftmost if the header
+/// is shorter.
+pub fn trusted_client_ip(hops: u32, h: &HeaderMap, peer: SocketAddr) -> String {
+    if hops == 0 {
+        return peer.ip().to_string();
+    }
+    let all: Vec<&str> = h
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    let n = hops as usize;
+    match all.len() {
+        0 => peer.ip().to_string(),
+        len if len >= n => all[len - n].to_string(),
+        _ => all[0].to_string(),
+    }
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -7,11 +7,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use http::{HeaderMap, Method};
-use prometheus::{Histogram, IntCounter};
+use prometheus::{Histogram, IntCounter, IntGauge};
 
 use crate::config::Config;
 use crate::config::model::{HeaderRule, HostMatch, ListenerSpec, PathMatch, RouteSpec};
 use crate::metrics::Metrics;
+use crate::policy::ratelimit::{Limiter, RateLimitSpec};
 use crate::upstream::Cluster;
 
 pub struct Snapshot {
@@ -20,6 +21,8 @@ pub struct Snapshot {
     pub source: Arc<str>,
     pub routes: Vec<Route>,
     pub clusters: HashMap<String, Arc<Cluster>>,
+    /// Rate limits of each listener (by listener index).
+    pub listener_limits: Vec<Vec<Arc<Limit>>>,
     /// Monotonic generation, 1 for the first config.
     pub generation: u64,
 }
@@ -34,9 +37,51 @@ impl std::fmt::Debug for Snapshot {
 
 pub struct Route {
     pub spec: RouteSpec,
+    /// Position in `Snapshot::routes`.
+    pub index: usize,
     /// Backends with cumulative weights, for weighted picks.
     pub backends: Vec<Backend>,
     pub total_weight: u32,
+    pub limits: Vec<Arc<Limit>>,
+    /// Requests in flight on this route (kept across reloads by name).
+    pub inflight: Arc<RouteInflight>,
+}
+
+/// A rate-limit policy and its decision counters (for each route index:
+/// allowed, denied, shadow_denied).
+pub struct Limit {
+    pub limiter: Arc<Limiter>,
+    pub counters: Vec<[IntCounter; 3]>,
+}
+
+pub struct RouteInflight {
+    pub count: std::sync::atomic::AtomicUsize,
+    pub gauge: IntGauge,
+}
+
+/// Held while a request is in flight on a route.
+pub struct InflightSlot(Arc<RouteInflight>);
+
+impl Drop for InflightSlot {
+    fn drop(&mut self) {
+        self.0
+            .count
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.0.gauge.dec();
+    }
+}
+
+impl RouteInflight {
+    /// Count a request in; `None` when `max` are already in flight.
+    pub fn enter(self: &Arc<Self>, max: Option<usize>) -> Option<InflightSlot> {
+        let prev = self.count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.gauge.inc();
+        let slot = InflightSlot(self.clone());
+        match max {
+            Some(m) if prev >= m => None,
+            _ => Some(slot),
+        }
+    }
 }
 
 /// One cluster of a route, with its metric handles resolved once per
@@ -128,14 +173,59 @@ impl Snapshot {
                 .and_then(|p| p.clusters.get(&spec.name))
                 .filter(|c| c.spec == *spec)
                 .cloned();
-            let c = reused.unwrap_or_else(|| Cluster::new(spec.clone()));
+            let c = reused.unwrap_or_else(|| Cluster::new(spec.clone(), metrics));
             clusters.insert(spec.name.clone(), c);
         }
         let listener_names: Vec<&str> = config.listeners.iter().map(|l| l.name.as_str()).collect();
+        let route_names: Vec<&str> = config.routes.iter().map(|r| r.name.as_str()).collect();
+        // Re-use a limiter whose policy did not change: its buckets survive.
+        let prev_limiter = |scope: &str, spec: &RateLimitSpec| -> Option<Arc<Limiter>> {
+            let p = prev?;
+            let pool: Vec<&Arc<Limit>> = if let Some(l) = scope.strip_prefix("listener:") {
+                let i = p.listener_index(l)?;
+                p.listener_limits.get(i)?.iter().collect()
+            } else {
+                p.routes
+                    .iter()
+                    .find(|r| r.spec.name == scope)?
+                    .limits
+                    .iter()
+                    .collect()
+            };
+            pool.into_iter()
+                .find(|l| l.limiter.spec == *spec)
+                .map(|l| l.limiter.clone())
+        };
+        let make_limit = |scope: &str, spec: &RateLimitSpec| -> Arc<Limit> {
+            let limiter =
+                prev_limiter(scope, spec).unwrap_or_else(|| Arc::new(Limiter::new(spec.clone())));
+            let counters = route_names
+                .iter()
+                .map(|r| {
+                    ["allowed", "denied", "shadow_denied"].map(|d| {
+                        metrics
+                            .ratelimit_decisions
+                            .with_label_values(&[r, spec.name.as_str(), d])
+                    })
+                })
+                .collect();
+            Arc::new(Limit { limiter, counters })
+        };
+        let listener_limits = config
+            .listeners
+            .iter()
+            .map(|l| {
+                l.rate_limits
+                    .iter()
+                    .map(|spec| make_limit(&format!("listener:{}", l.name), spec))
+                    .collect()
+            })
+            .collect();
         let routes = config
             .routes
             .iter()
-            .map(|spec| {
+            .enumerate()
+            .map(|(index, spec)| {
                 let mut cum = 0u32;
                 let route: Arc<str> = Arc::from(spec.name.as_str());
                 let backends = spec
@@ -167,10 +257,27 @@ impl Snapshot {
                         })
                     })
                     .collect();
+                let limits = spec
+                    .rate_limits
+                    .iter()
+                    .map(|l| make_limit(&spec.name, l))
+                    .collect();
+                let inflight = prev
+                    .and_then(|p| p.routes.iter().find(|r| r.spec.name == spec.name))
+                    .map(|r| r.inflight.clone())
+                    .unwrap_or_else(|| {
+                        Arc::new(RouteInflight {
+                            count: std::sync::atomic::AtomicUsize::new(0),
+                            gauge: metrics.inflight.with_label_values(&[spec.name.as_str()]),
+                        })
+                    });
                 Route {
                     spec: spec.clone(),
+                    index,
                     backends,
                     total_weight: cum,
+                    limits,
+                    inflight,
                 }
             })
             .collect();
@@ -179,6 +286,7 @@ impl Snapshot {
             source,
             routes,
             clusters,
+            listener_limits,
             generation: prev.map_or(1, |p| p.generation + 1),
         }
     }

@@ -16,6 +16,8 @@ pub struct Shared {
     pub ready: AtomicBool,
     /// Shutdown has begun: /readyz fails, listeners close, connections drain.
     pub draining: AtomicBool,
+    /// The one clock every time-dependent policy reads.
+    pub clock: crate::clock::Clock,
 }
 
 impl std::fmt::Debug for Shared {
@@ -31,6 +33,7 @@ impl Shared {
             metrics,
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            clock: crate::clock::Clock::new(),
         })
     }
 

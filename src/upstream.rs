@@ -5,7 +5,7 @@
 //! spec is unchanged, so its pool and in-flight counters survive a reload.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use http::Request;
 use hyper::body::Incoming;
@@ -13,24 +13,64 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use prometheus::{IntCounter, IntGauge};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
 use crate::body::Body;
 use crate::config::file::{LbPolicy, UpstreamProtocol};
 use crate::config::model::{ClusterSpec, Endpoint};
+use crate::error::ProxyError;
+use crate::metrics::Metrics;
+use crate::policy::outlier::{Observed, Outlier};
+use crate::policy::retry::{Budget, RetryPermit};
 
 pub struct EndpointState {
     pub endpoint: Endpoint,
     /// Requests in flight to this endpoint (least-request LB).
     pub inflight: AtomicUsize,
-    /// Cleared by outlier detection / health checking.
-    pub healthy: AtomicBool,
+}
+
+/// Metric handles of one cluster, resolved once.
+pub struct ClusterMetrics {
+    pub overflow_connections: IntCounter,
+    pub overflow_pending: IntCounter,
+    pub overflow_requests: IntCounter,
+    pub overflow_retries: IntCounter,
+    pub ejections: IntCounter,
+    pub ejected: IntGauge,
+    pub retried: IntCounter,
+    pub budget_exhausted: IntCounter,
+    pub attempts_exhausted: IntCounter,
+    pub not_replayable: IntCounter,
+    pub connect_errors: IntCounter,
 }
 
 pub struct Cluster {
     pub spec: ClusterSpec,
     pub endpoints: Vec<EndpointState>,
+    pub outlier: Option<Outlier>,
+    pub budget: Budget,
+    pub metrics: ClusterMetrics,
     client: Client<HttpConnector, Body>,
     rr: AtomicUsize,
+    /// Requests in flight (max_requests; the retry budget's "active").
+    requests: Arc<AtomicUsize>,
+    /// HTTP/1.1: one permit per upstream connection in use (max_connections).
+    conn_slots: Option<Arc<Semaphore>>,
+    pending: AtomicUsize,
 }
+
+/// Held for the life of one request to the cluster (max_requests).
+pub struct RequestSlot(Arc<AtomicUsize>);
+
+impl Drop for RequestSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Held while a request occupies an HTTP/1.1 connection (max_connections).
+pub type ConnSlot = Option<OwnedSemaphorePermit>;
 
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -55,7 +95,7 @@ impl Drop for InflightGuard {
 }
 
 impl Cluster {
-    pub fn new(spec: ClusterSpec) -> Arc<Self> {
+    pub fn new(spec: ClusterSpec, m: &Metrics) -> Arc<Self> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(spec.connect_timeout.0));
         connector.set_nodelay(true);
@@ -71,34 +111,158 @@ impl Cluster {
             builder.http2_only(true);
         }
         let client = builder.build(connector);
-        let endpoints = spec
+        let endpoints: Vec<EndpointState> = spec
             .endpoints
             .iter()
             .map(|e| EndpointState {
                 endpoint: e.clone(),
                 inflight: AtomicUsize::new(0),
-                healthy: AtomicBool::new(true),
             })
             .collect();
+        let n = spec.name.as_str();
+        let overflow = |t: &str| m.circuit_overflow.with_label_values(&[n, t]);
+        let retries = |o: &str| m.retries.with_label_values(&[n, o]);
+        let metrics = ClusterMetrics {
+            overflow_connections: overflow("connections"),
+            overflow_pending: overflow("pending"),
+            overflow_requests: overflow("requests"),
+            overflow_retries: overflow("retries"),
+            ejections: m.outlier_ejections.with_label_values(&[n]),
+            ejected: m.endpoints_ejected.with_label_values(&[n]),
+            retried: retries("retried"),
+            budget_exhausted: retries("budget_exhausted"),
+            attempts_exhausted: retries("attempts_exhausted"),
+            not_replayable: retries("not_replayable"),
+            connect_errors: m.upstream_connect_errors.with_label_values(&[n]),
+        };
+        let outlier = spec
+            .outlier
+            .clone()
+            .map(|o| Outlier::new(o, endpoints.len()));
+        let conn_slots = (spec.protocol == UpstreamProtocol::Http1)
+            .then(|| Arc::new(Semaphore::new(spec.breakers.max_connections)));
         Arc::new(Cluster {
             spec,
             endpoints,
+            outlier,
+            budget: Budget::default(),
+            metrics,
             client,
             rr: AtomicUsize::new(0),
+            requests: Arc::new(AtomicUsize::new(0)),
+            conn_slots,
+            pending: AtomicUsize::new(0),
         })
+    }
+
+    /// Enter the cluster: 503 circuit-open past max_requests.
+    pub fn request_slot(&self) -> Result<RequestSlot, ProxyError> {
+        let max = self.spec.breakers.max_requests;
+        let prev = self.requests.fetch_add(1, Ordering::AcqRel);
+        let slot = RequestSlot(self.requests.clone());
+        if prev >= max {
+            self.metrics.overflow_requests.inc();
+            return Err(ProxyError::CircuitOpen {
+                cluster: self.spec.name.clone(),
+                threshold: "requests",
+            });
+        }
+        Ok(slot)
+    }
+
+    /// HTTP/1.1: wait for a connection slot (counted as pending), or 503
+    /// circuit-open when max_pending_requests are already waiting.
+    pub async fn conn_slot(&self) -> Result<ConnSlot, ProxyError> {
+        let Some(sem) = &self.conn_slots else {
+            return Ok(None);
+        };
+        if let Ok(p) = sem.clone().try_acquire_owned() {
+            return Ok(Some(p));
+        }
+        self.metrics.overflow_connections.inc();
+        let waiting = self.pending.fetch_add(1, Ordering::AcqRel);
+        struct Pending<'a>(&'a AtomicUsize);
+        impl Drop for Pending<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let _pending = Pending(&self.pending);
+        if waiting >= self.spec.breakers.max_pending_requests {
+            self.metrics.overflow_pending.inc();
+            return Err(ProxyError::CircuitOpen {
+                cluster: self.spec.name.clone(),
+                threshold: "pending",
+            });
+        }
+        sem.clone()
+            .acquire_owned()
+            .await
+            .map(Some)
+            .map_err(|_| ProxyError::Internal("connection slots closed".into()))
+    }
+
+    /// A permit for one retry: the budget when enabled, else max_retries.
+    pub fn retry_permit(&self) -> Option<RetryPermit> {
+        let active = self.requests.load(Ordering::Acquire);
+        let permit = match &self.spec.retry_budget {
+            Some(b) => self.budget.try_acquire(b, active),
+            None => self.budget.try_acquire(
+                &crate::policy::retry::BudgetSpec {
+                    percent: 0,
+                    min_concurrency: self.spec.breakers.max_retries as u32,
+                },
+                active,
+            ),
+        };
+        if permit.is_none() {
+            self.metrics.overflow_retries.inc();
+            self.metrics.budget_exhausted.inc();
+        }
+        permit
+    }
+
+    /// Feed outlier detection; counts and logs ejections.
+    pub fn observe(&self, index: usize, what: Observed, now: u64) {
+        let Some(o) = &self.outlier else { return };
+        if o.record(index, what, now) {
+            self.metrics.ejections.inc();
+            self.metrics.ejected.set(o.ejected(now) as i64);
+            tracing::warn!(
+                cluster = %self.spec.name,
+                endpoint = %self.endpoints[index].endpoint.authority,
+                outcome = ?what,
+                "endpoint ejected by outlier detection"
+            );
+        }
+    }
+
+    /// Refresh the ejected-endpoints gauge (at scrape time).
+    pub fn refresh_gauges(&self, now: u64) {
+        if let Some(o) = &self.outlier {
+            self.metrics.ejected.set(o.ejected(now) as i64);
+        }
     }
 
     pub fn name(&self) -> &str {
         &self.spec.name
     }
 
-    /// Choose an endpoint by the cluster's LB policy among healthy ones.
-    pub fn pick(self: &Arc<Self>) -> Option<(usize, InflightGuard)> {
+    /// Choose an endpoint by the cluster's LB policy among those not
+    /// ejected at `now`, avoiding `avoid` (a retry's previous endpoint) when
+    /// another one is available.
+    pub fn pick(
+        self: &Arc<Self>,
+        now: u64,
+        avoid: Option<usize>,
+    ) -> Option<(usize, InflightGuard)> {
         let n = self.endpoints.len();
         if n == 0 {
             return None;
         }
-        let healthy = |i: usize| self.endpoints[i].healthy.load(Ordering::Relaxed);
+        let up = |i: usize| self.outlier.as_ref().is_none_or(|o| o.available(i, now));
+        let others_up = avoid.is_some_and(|a| (0..n).any(|i| i != a && up(i)));
+        let healthy = |i: usize| up(i) && !(others_up && Some(i) == avoid);
         let index = match self.spec.lb {
             LbPolicy::RoundRobin => {
                 let start = self.rr.fetch_add(1, Ordering::Relaxed);

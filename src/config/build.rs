@@ -10,6 +10,9 @@ use super::ConfigError;
 use super::file::*;
 use super::model::*;
 use super::units::{Bytes, Dur};
+use crate::policy::outlier::{FailureRateSpec, OutlierSpec};
+use crate::policy::ratelimit::{KeyPart, Override, RateLimitSpec};
+use crate::policy::retry::{BudgetSpec, RetrySpec};
 
 /// Headers a route may not set or remove: they frame the message or belong to sift.
 const RESERVED_HEADERS: &[&str] = &[
@@ -209,6 +212,16 @@ fn build_listeners(ls: &[ListenerFile], routes: &[RouteSpec], e: &mut Errs) -> V
                     .as_ref()
                     .and_then(|f| f.x_forwarded_for)
                     .unwrap_or_default(),
+                trusted_hops: l
+                    .forwarded
+                    .as_ref()
+                    .and_then(|f| f.trusted_hops)
+                    .unwrap_or(0),
+                rate_limits: build_rate_limits(
+                    l.rate_limits.as_deref(),
+                    &format!("{p}.rate_limits"),
+                    e,
+                ),
             });
         }
     }
@@ -399,6 +412,22 @@ fn build_routes(
                 &format!("{p}.response_headers"),
                 e,
             ),
+            rate_limits: build_rate_limits(
+                r.rate_limits.as_deref(),
+                &format!("{p}.rate_limits"),
+                e,
+            ),
+            max_inflight: match r.max_inflight {
+                Some(0) => {
+                    e.push(format!("{p}.max_inflight"), "must be at least 1");
+                    None
+                }
+                m => m,
+            },
+            retries: r
+                .retries
+                .as_ref()
+                .map(|rt| build_retries(rt, &format!("{p}.retries"), e)),
         });
     }
     out
@@ -570,6 +599,16 @@ fn build_clusters(cs: &[ClusterFile], e: &mut Errs) -> Vec<ClusterSpec> {
                 e,
             ),
             max_idle_per_endpoint: max_idle,
+            breakers: build_breakers(
+                c.circuit_breakers.as_ref(),
+                &format!("{p}.circuit_breakers"),
+                e,
+            ),
+            outlier: c
+                .outlier_detection
+                .as_ref()
+                .map(|o| build_outlier(o, &format!("{p}.outlier_detection"), e)),
+            retry_budget: build_budget(c.retry_budget.as_ref(), &format!("{p}.retry_budget"), e),
         });
     }
     out
@@ -605,5 +644,253 @@ pub fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
         host: host.to_ascii_lowercase(),
         port,
         authority,
+    })
+}
+
+fn build_rate_limits(rs: Option<&[RateLimitFile]>, p: &str, e: &mut Errs) -> Vec<RateLimitSpec> {
+    let mut names = HashSet::new();
+    let mut out = Vec::new();
+    for (i, r) in rs.unwrap_or_default().iter().enumerate() {
+        let rp = format!("{p}[{i}]");
+        check_name(&r.name, &format!("{rp}.name"), &mut names, "rate limit", e);
+        if r.requests_per_unit == 0 {
+            e.push(format!("{rp}.requests_per_unit"), "must be at least 1");
+        }
+        let burst = r.burst.unwrap_or(r.requests_per_unit);
+        if burst == 0 {
+            e.push(format!("{rp}.burst"), "must be at least 1");
+        }
+        let unit_secs = match r.unit {
+            RateUnit::Second => 1,
+            RateUnit::Minute => 60,
+            RateUnit::Hour => 3600,
+            RateUnit::Day => 86400,
+        };
+        let mut key = Vec::new();
+        let parts = r.key.clone().unwrap_or_else(|| vec!["client_ip".into()]);
+        if parts.is_empty() {
+            e.push(format!("{rp}.key"), "needs at least one part");
+        }
+        for (j, k) in parts.iter().enumerate() {
+            let part = match k.as_str() {
+                "client_ip" => Some(KeyPart::ClientIp),
+                "identity" => Some(KeyPart::Identity),
+                "method" => Some(KeyPart::Method),
+                "path" => Some(KeyPart::Path),
+                "route" => Some(KeyPart::Route),
+                h if h.starts_with("header:") => {
+                    let name = h["header:".len()..].to_ascii_lowercase();
+                    match HeaderName::from_bytes(name.as_bytes()) {
+                        Ok(_) => Some(KeyPart::Header(name)),
+                        Err(_) => None,
+                    }
+                }
+                _ => None,
+            };
+            match part {
+                Some(p) => key.push(p),
+                None => e.push(
+                    format!("{rp}.key[{j}]"),
+                    format!(
+                        "{k:?} is not one of client_ip, identity, method, path, route, header:NAME"
+                    ),
+                ),
+            }
+        }
+        let mut values = HashSet::new();
+        let mut overrides = Vec::new();
+        for (j, o) in r.overrides.iter().flatten().enumerate() {
+            if !values.insert(o.value.clone()) {
+                e.push(
+                    format!("{rp}.overrides[{j}].value"),
+                    format!("{:?} is listed twice", o.value),
+                );
+            }
+            if o.requests_per_unit == 0 {
+                e.push(
+                    format!("{rp}.overrides[{j}].requests_per_unit"),
+                    "must be at least 1",
+                );
+            }
+            overrides.push(Override {
+                value: o.value.clone(),
+                requests_per_unit: o.requests_per_unit,
+                burst: o.burst.unwrap_or(o.requests_per_unit).max(1),
+            });
+        }
+        let max_keys = r.max_keys.unwrap_or(100_000);
+        if !(1..=10_000_000).contains(&max_keys) {
+            e.push(
+                format!("{rp}.max_keys"),
+                format!("{max_keys} is outside 1..=10000000"),
+            );
+        }
+        out.push(RateLimitSpec {
+            name: r.name.clone(),
+            requests_per_unit: r.requests_per_unit,
+            unit_secs,
+            burst: burst.max(1),
+            key,
+            overrides,
+            shadow: r.shadow.unwrap_or(false),
+            response_headers: r.response_headers.unwrap_or(false),
+            max_keys: max_keys.clamp(1, 10_000_000),
+        });
+    }
+    out
+}
+
+fn build_retries(r: &RetryFile, p: &str, e: &mut Errs) -> RetrySpec {
+    let attempts = r.attempts.unwrap_or(2);
+    if attempts > 10 {
+        e.push(
+            format!("{p}.attempts"),
+            format!("{attempts} is more than 10"),
+        );
+    }
+    let mut spec = RetrySpec {
+        attempts: attempts.min(10),
+        on_connect_failure: false,
+        on_reset: false,
+        on_timeout: false,
+        on_status: Vec::new(),
+        per_try_timeout: r
+            .per_try_timeout
+            .map(|d| positive(Some(d), d, &format!("{p}.per_try_timeout"), e).0),
+        backoff_base: positive(
+            r.backoff_base,
+            Dur::millis(25),
+            &format!("{p}.backoff_base"),
+            e,
+        )
+        .0,
+        backoff_max: positive(
+            r.backoff_max,
+            Dur::millis(250),
+            &format!("{p}.backoff_max"),
+            e,
+        )
+        .0,
+        buffer_limit: r.buffer_limit.unwrap_or(Bytes(64 * 1024)).0,
+    };
+    let on = r.on.clone().unwrap_or_else(|| {
+        vec![
+            "connect-failure".into(),
+            "reset".into(),
+            "gateway-error".into(),
+        ]
+    });
+    for (i, cond) in on.iter().enumerate() {
+        match cond.as_str() {
+            "connect-failure" => spec.on_connect_failure = true,
+            "reset" => spec.on_reset = true,
+            "timeout" => spec.on_timeout = true,
+            "5xx" => spec.on_status.extend(500..=599),
+            "gateway-error" => spec.on_status.extend([502, 503, 504]),
+            code => match code.parse::<u16>() {
+                Ok(c) if (100..=599).contains(&c) => spec.on_status.push(c),
+                _ => e.push(
+                    format!("{p}.on[{i}]"),
+                    format!("{code:?} is not connect-failure, reset, timeout, 5xx, gateway-error or a status code"),
+                ),
+            },
+        }
+    }
+    spec.on_status.sort_unstable();
+    spec.on_status.dedup();
+    spec
+}
+
+fn build_breakers(b: Option<&CircuitBreakersFile>, p: &str, e: &mut Errs) -> Breakers {
+    let d = Breakers::default();
+    let Some(b) = b else { return d };
+    let mut get = |v: Option<usize>, def: usize, name: &str| match v {
+        Some(0) => {
+            e.push(format!("{p}.{name}"), "must be at least 1");
+            def
+        }
+        Some(n) => n,
+        None => def,
+    };
+    Breakers {
+        max_connections: get(b.max_connections, d.max_connections, "max_connections"),
+        max_pending_requests: get(
+            b.max_pending_requests,
+            d.max_pending_requests,
+            "max_pending_requests",
+        ),
+        max_requests: get(b.max_requests, d.max_requests, "max_requests"),
+        max_retries: get(b.max_retries, d.max_retries, "max_retries"),
+    }
+}
+
+fn build_outlier(o: &OutlierFile, p: &str, e: &mut Errs) -> OutlierSpec {
+    let ns = |d: Dur| d.0.as_nanos().min(u64::MAX as u128) as u64;
+    let pct = o.max_ejection_percent.unwrap_or(10);
+    if pct > 100 {
+        e.push(
+            format!("{p}.max_ejection_percent"),
+            format!("{pct} is more than 100"),
+        );
+    }
+    let failure_rate = o.failure_rate.as_ref().map(|f| {
+        if !(1..=100).contains(&f.threshold_percent) {
+            e.push(
+                format!("{p}.failure_rate.threshold_percent"),
+                format!("{} is outside 1..=100", f.threshold_percent),
+            );
+        }
+        FailureRateSpec {
+            threshold_percent: f.threshold_percent.clamp(1, 100),
+            window: ns(positive(
+                f.window,
+                Dur::secs(30),
+                &format!("{p}.failure_rate.window"),
+                e,
+            )),
+            min_requests: f.min_requests.unwrap_or(20).max(1),
+        }
+    });
+    OutlierSpec {
+        consecutive_5xx: o.consecutive_5xx.unwrap_or(5),
+        consecutive_gateway_errors: o.consecutive_gateway_errors.unwrap_or(5),
+        interval: ns(positive(
+            o.interval,
+            Dur::secs(10),
+            &format!("{p}.interval"),
+            e,
+        )),
+        base_ejection_time: ns(positive(
+            o.base_ejection_time,
+            Dur::secs(30),
+            &format!("{p}.base_ejection_time"),
+            e,
+        )),
+        max_ejection_time: ns(positive(
+            o.max_ejection_time,
+            Dur::secs(300),
+            &format!("{p}.max_ejection_time"),
+            e,
+        )),
+        max_ejection_percent: pct.min(100),
+        failure_rate,
+    }
+}
+
+fn build_budget(b: Option<&RetryBudgetFile>, p: &str, e: &mut Errs) -> Option<BudgetSpec> {
+    let b = b.cloned().unwrap_or_default();
+    if b.enabled == Some(false) {
+        return None;
+    }
+    let percent = b.percent.unwrap_or(20);
+    if percent > 100 {
+        e.push(
+            format!("{p}.percent"),
+            format!("{percent} is more than 100"),
+        );
+    }
+    Some(BudgetSpec {
+        percent: percent.min(100),
+        min_concurrency: b.min_concurrency.unwrap_or(3),
     })
 }

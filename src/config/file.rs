@@ -125,6 +125,10 @@ pub struct ListenerFile {
     /// How X-Forwarded-For is treated.
     #[serde(default)]
     pub forwarded: Option<ForwardedFile>,
+    /// Rate limits applied to every request on this listener (after
+    /// routing, before the route's own).
+    #[serde(default)]
+    pub rate_limits: Option<Vec<RateLimitFile>>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
@@ -166,6 +170,91 @@ pub struct ForwardedFile {
     /// `append` (default) or `replace`.
     #[serde(default)]
     pub x_forwarded_for: Option<XffMode>,
+    /// Proxies in front of sift that append to X-Forwarded-For and are
+    /// trusted (default 0): the client IP used by rate limits is the
+    /// address this many hops from the right of X-Forwarded-For; with 0 it is
+    /// the peer address.
+    #[serde(default)]
+    pub trusted_hops: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RateUnit {
+    Second,
+    Minute,
+    Hour,
+    Day,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitFile {
+    /// Policy name: in RateLimit-Policy headers, metrics and logs.
+    pub name: String,
+    /// Tokens added per `unit`.
+    pub requests_per_unit: u64,
+    /// second, minute, hour or day.
+    pub unit: RateUnit,
+    /// Bucket size: requests allowed at once (default: requests_per_unit).
+    #[serde(default)]
+    pub burst: Option<u64>,
+    /// Descriptor parts forming the bucket key, alone or combined:
+    /// client_ip, identity, method, path, route, header:NAME (default [client_ip]).
+    /// A request missing a part (header absent, no identity) is not limited
+    /// by this policy.
+    #[serde(default)]
+    pub key: Option<Vec<String>>,
+    /// Per-key limits: `value` is the descriptor value, parts joined with `|`.
+    #[serde(default)]
+    pub overrides: Option<Vec<RateLimitOverrideFile>>,
+    /// Count and log what would be rejected, reject nothing (default false).
+    #[serde(default)]
+    pub shadow: Option<bool>,
+    /// Add RateLimit / RateLimit-Policy headers to allowed responses too (default false).
+    #[serde(default)]
+    pub response_headers: Option<bool>,
+    /// Most buckets kept in memory (default 100000); idle ones are evicted first.
+    #[serde(default)]
+    pub max_keys: Option<usize>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitOverrideFile {
+    /// The descriptor value this override applies to.
+    pub value: String,
+    pub requests_per_unit: u64,
+    /// Default: this override's requests_per_unit.
+    #[serde(default)]
+    pub burst: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryFile {
+    /// Retries after the first try (default 2 when `retries` is given).
+    #[serde(default)]
+    pub attempts: Option<u32>,
+    /// What is retried: connect-failure, reset, timeout, 5xx, gateway-error
+    /// (502/503/504), or status codes like "503" (default
+    /// [connect-failure, reset, gateway-error]).
+    #[serde(default)]
+    pub on: Option<Vec<String>>,
+    /// Timeout of each try (default: the route timeout).
+    #[serde(default)]
+    pub per_try_timeout: Option<Dur>,
+    /// First backoff (default 25ms); doubles per retry, full jitter.
+    #[serde(default)]
+    pub backoff_base: Option<Dur>,
+    /// Longest backoff (default 250ms).
+    #[serde(default)]
+    pub backoff_max: Option<Dur>,
+    /// Largest request body kept for replay (default 64KiB). A larger body
+    /// streams and its request is retried only if it never reached an
+    /// upstream (connect failure).
+    #[serde(default)]
+    pub buffer_limit: Option<Bytes>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
@@ -195,6 +284,15 @@ pub struct RouteFile {
     /// Header changes on the response sent to the client.
     #[serde(default)]
     pub response_headers: Option<HeaderOpsFile>,
+    /// Token-bucket rate limits for this route.
+    #[serde(default)]
+    pub rate_limits: Option<Vec<RateLimitFile>>,
+    /// Most requests in flight on this route; more get 503 overloaded.
+    #[serde(default)]
+    pub max_inflight: Option<usize>,
+    /// Retry policy (default: no retries).
+    #[serde(default)]
+    pub retries: Option<RetryFile>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
@@ -310,6 +408,86 @@ pub struct ClusterFile {
     /// Connection pool limits.
     #[serde(default)]
     pub pool: Option<PoolFile>,
+    /// Envoy-style thresholds; overflow gets 503 circuit-open.
+    #[serde(default)]
+    pub circuit_breakers: Option<CircuitBreakersFile>,
+    /// Passive health: eject endpoints that fail.
+    #[serde(default)]
+    pub outlier_detection: Option<OutlierFile>,
+    /// Retries in flight may not exceed this share of active requests.
+    #[serde(default)]
+    pub retry_budget: Option<RetryBudgetFile>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakersFile {
+    /// Most open upstream connections (HTTP/1.1; default 1024).
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// Most requests waiting for a connection (HTTP/1.1; default 1024).
+    #[serde(default)]
+    pub max_pending_requests: Option<usize>,
+    /// Most requests in flight to the cluster (default 1024).
+    #[serde(default)]
+    pub max_requests: Option<usize>,
+    /// Most retries in flight when retry_budget is disabled (default 3).
+    #[serde(default)]
+    pub max_retries: Option<usize>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierFile {
+    /// Eject after this many 5xx in a row (default 5; 0 = off).
+    #[serde(default)]
+    pub consecutive_5xx: Option<u32>,
+    /// Eject after this many gateway errors in a row: connect failure,
+    /// reset, timeout, 502/503/504 (default 5; 0 = off).
+    #[serde(default)]
+    pub consecutive_gateway_errors: Option<u32>,
+    /// The ejection count decays by one per interval spent healthy (default 10s).
+    #[serde(default)]
+    pub interval: Option<Dur>,
+    /// Ejection time = base × number of ejections (default 30s).
+    #[serde(default)]
+    pub base_ejection_time: Option<Dur>,
+    /// Cap on the ejection time (default 300s).
+    #[serde(default)]
+    pub max_ejection_time: Option<Dur>,
+    /// Most endpoints ejected at once, in percent (default 10; at least one may be).
+    #[serde(default)]
+    pub max_ejection_percent: Option<u32>,
+    /// Optional failure-rate breaker over a sliding window.
+    #[serde(default)]
+    pub failure_rate: Option<FailureRateFile>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FailureRateFile {
+    /// Eject when this share of requests failed (percent).
+    pub threshold_percent: u32,
+    /// Window length (default 30s).
+    #[serde(default)]
+    pub window: Option<Dur>,
+    /// No verdict with fewer requests in the window (default 20).
+    #[serde(default)]
+    pub min_requests: Option<u32>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudgetFile {
+    /// false: use circuit_breakers.max_retries instead (default true).
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// Share of active requests that may be retries (default 20).
+    #[serde(default)]
+    pub percent: Option<u32>,
+    /// Retries always allowed in flight regardless of load (default 3).
+    #[serde(default)]
+    pub min_concurrency: Option<u32>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]

@@ -10,6 +10,9 @@ use serde::ser::{SerializeMap, Serializer};
 
 use super::file::{DownstreamProtocol, LbPolicy, LogFormat, UpstreamProtocol, XffMode};
 use super::units::{Bytes, Dur};
+use crate::policy::outlier::OutlierSpec;
+use crate::policy::ratelimit::RateLimitSpec;
+use crate::policy::retry::{BudgetSpec, RetrySpec};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Config {
@@ -60,6 +63,9 @@ pub struct ListenerSpec {
     pub routes: Option<Vec<String>>,
     pub limits: Limits,
     pub x_forwarded_for: XffMode,
+    /// Trusted proxies appending to X-Forwarded-For (client IP for rate limits).
+    pub trusted_hops: u32,
+    pub rate_limits: Vec<RateLimitSpec>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -97,6 +103,9 @@ pub struct RouteSpec {
     pub max_request_body: Bytes,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
+    pub rate_limits: Vec<RateLimitSpec>,
+    pub max_inflight: Option<usize>,
+    pub retries: Option<RetrySpec>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -189,6 +198,30 @@ pub struct ClusterSpec {
     pub request_timeout: Dur,
     pub idle_timeout: Dur,
     pub max_idle_per_endpoint: usize,
+    pub breakers: Breakers,
+    pub outlier: Option<OutlierSpec>,
+    /// None: the budget is disabled and `breakers.max_retries` caps retries.
+    pub retry_budget: Option<BudgetSpec>,
+}
+
+/// Envoy's circuit-breaker thresholds (defaults 1024/1024/1024/3).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Breakers {
+    pub max_connections: usize,
+    pub max_pending_requests: usize,
+    pub max_requests: usize,
+    pub max_retries: usize,
+}
+
+impl Default for Breakers {
+    fn default() -> Self {
+        Breakers {
+            max_connections: 1024,
+            max_pending_requests: 1024,
+            max_requests: 1024,
+            max_retries: 3,
+        }
+    }
 }
 
 /// One upstream endpoint, `host:port` (an IP literal or a DNS name).

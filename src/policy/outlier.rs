@@ -1,0 +1,367 @@
+//! Passive outlier detection per cluster, with Envoy's meaning:
+//!
+//! - an endpoint is ejected after `consecutive_5xx` 5xx responses in a row,
+//!   or `consecutive_gateway_errors` gateway errors in a row (connect
+//!   failure, reset, timeout, 502/503/504), or, optionally, when its failure
+//!   rate over a sliding window passes a threshold with enough requests;
+//! - ejection time = base × number of ejections, capped at the max; the
+//!   number of ejections decays by one per `interval` spent healthy;
+//! - at most `max_ejection_percent` of the endpoints are ejected at once
+//!   (at least one may be);
+//! - an endpoint returns by itself when its time is up, on probation: its
+//!   first failure before a clean run of successes ejects it again at once,
+//!   for longer.
+//!
+//! The data path reads one atomic per endpoint ([`Outlier::available`]);
+//! `now` is a parameter (nanoseconds).
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct OutlierSpec {
+    /// 0 = off.
+    pub consecutive_5xx: u32,
+    /// 0 = off.
+    pub consecutive_gateway_errors: u32,
+    pub interval: u64,
+    pub base_ejection_time: u64,
+    pub max_ejection_time: u64,
+    pub max_ejection_percent: u32,
+    pub failure_rate: Option<FailureRateSpec>,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct FailureRateSpec {
+    pub threshold_percent: u32,
+    pub window: u64,
+    pub min_requests: u32,
+}
+
+/// What one request to an endpoint came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Observed {
+    Success,
+    /// A 5xx response; `gateway` for 502, 503, 504.
+    Status5xx {
+        gateway: bool,
+    },
+    /// Connect failure, reset, timeout: no response at all.
+    LocalGatewayError,
+}
+
+const WINDOW_BUCKETS: usize = 10;
+
+#[derive(Debug, Default)]
+struct State {
+    consecutive_5xx: u32,
+    consecutive_gateway: u32,
+    ejections: u32,
+    last_decay: u64,
+    /// Set when the endpoint came back from an ejection; cleared by a run of
+    /// successes.
+    probation: bool,
+    successes_since_return: u32,
+    ejected_until: u64,
+    /// Failure-rate window: (bucket start, total, failures).
+    window: [(u64, u32, u32); WINDOW_BUCKETS],
+}
+
+pub struct Outlier {
+    pub spec: OutlierSpec,
+    /// Per endpoint: ejected until (ns); 0 = never ejected.
+    until: Vec<AtomicU64>,
+    state: Vec<Mutex<State>>,
+}
+
+impl std::fmt::Debug for Outlier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outlier").field("spec", &self.spec).finish()
+    }
+}
+
+impl Outlier {
+    pub fn new(spec: OutlierSpec, endpoints: usize) -> Self {
+        Outlier {
+            spec,
+            until: (0..endpoints).map(|_| AtomicU64::new(0)).collect(),
+            state: (0..endpoints)
+                .map(|_| Mutex::new(State::default()))
+                .collect(),
+        }
+    }
+
+    /// May endpoint `i` take traffic at `now`?
+    pub fn available(&self, i: usize, now: u64) -> bool {
+        self.until
+            .get(i)
+            .is_none_or(|u| u.load(Ordering::Relaxed) <= now)
+    }
+
+    /// Endpoints ejected at `now`.
+    pub fn ejected(&self, now: u64) -> usize {
+        self.until
+            .iter()
+            .filter(|u| u.load(Ordering::Relaxed) > now)
+            .count()
+    }
+
+    /// Record an outcome; true when it ejected the endpoint.
+    pub fn record(&self, i: usize, what: Observed, now: u64) -> bool {
+        let Some(cell) = self.state.get(i) else {
+            return false;
+        };
+        let spec = &self.spec;
+        let mut s = cell.lock().unwrap_or_else(|p| p.into_inner());
+        if s.ejected_until > now {
+            // Still ejected (a request that was already in flight): ignore.
+            return false;
+        }
+        if s.ejected_until != 0 {
+            // Back from an ejection: on probation; healthy time counts from
+            // the moment it came back.
+            s.last_decay = s.ejected_until;
+            s.ejected_until = 0;
+            s.probation = true;
+            s.successes_since_return = 0;
+            s.consecutive_5xx = 0;
+            s.consecutive_gateway = 0;
+        }
+        // Decay the ejection count by one per interval spent healthy.
+        if s.ejections > 0 && spec.interval > 0 {
+            let steps = (now.saturating_sub(s.last_decay) / spec.interval) as u32;
+            if steps > 0 {
+                s.ejections = s.ejections.saturating_sub(steps);
+                s.last_decay = now;
+            }
+        }
+        let failed = !matches!(what, Observed::Success);
+        match what {
+            Observed::Success => {
+                s.consecutive_5xx = 0;
+                s.consecutive_gateway = 0;
+                s.successes_since_return += 1;
+                let clean = spec
+                    .consecutive_5xx
+                    .max(spec.consecutive_gateway_errors)
+                    .max(1);
+                if s.successes_since_return >= clean {
+                    s.probation = false;
+                }
+            }
+            Observed::Status5xx { gateway } => {
+                s.consecutive_5xx += 1;
+                if gateway {
+                    s.consecutive_gateway += 1;
+                } else {
+                    s.consecutive_gateway = 0;
+                }
+            }
+            Observed::LocalGatewayError => {
+                s.consecutive_gateway += 1;
+                s.consecutive_5xx += 1;
+            }
+        }
+        let rate_tripped = spec
+            .failure_rate
+            .as_ref()
+            .is_some_and(|fr| window_tripped(&mut s.window, fr, failed, now));
+        let trip = (failed && s.probation)
+            || (spec.consecutive_5xx > 0 && s.consecutive_5xx >= spec.consecutive_5xx)
+            || (spec.consecutive_gateway_errors > 0
+                && s.consecutive_gateway >= spec.consecutive_gateway_errors)
+            || rate_tripped;
+        if !trip {
+            return false;
+        }
+        // Respect max_ejection_percent (at least one endpoint may go).
+        let n = self.until.len();
+        let allowed = ((n as u64 * u64::from(spec.max_ejection_percent)) / 100).max(1) as usize;
+        if self.ejected(now) >= allowed {
+            return false;
+        }
+        s.ejections += 1;
+        let time = spec
+            .base_ejection_time
+            .saturating_mul(u64::from(s.ejections))
+            .min(spec.max_ejection_time.max(spec.base_ejection_time));
+        s.ejected_until = now + time.max(1);
+        s.consecutive_5xx = 0;
+        s.consecutive_gateway = 0;
+        s.window = Default::default();
+        s.last_decay = s.ejected_until;
+        self.until[i].store(s.ejected_until, Ordering::Relaxed);
+        true
+    }
+}
+
+/// Add an outcome to the sliding window; true when the failure rate over the
+/// window reaches the threshold with at least `min_requests`.
+fn window_tripped(
+    w: &mut [(u64, u32, u32); WINDOW_BUCKETS],
+    fr: &FailureRateSpec,
+    failed: bool,
+    now: u64,
+) -> bool {
+    let width = (fr.window / WINDOW_BUCKETS as u64).max(1);
+    let slot_start = now - now % width;
+    let idx = ((now / width) as usize) % WINDOW_BUCKETS;
+    if w[idx].0 != slot_start {
+        w[idx] = (slot_start, 0, 0);
+    }
+    w[idx].1 += 1;
+    w[idx].2 += u32::from(failed);
+    let from = now.saturating_sub(fr.window);
+    let (total, failures) = w
+        .iter()
+        .filter(|(start, _, _)| *start > from || (*start == 0 && from == 0))
+        .fold((0u32, 0u32), |(t, f), (_, bt, bf)| (t + bt, f + bf));
+    total >= fr.min_requests.max(1) && failures * 100 >= fr.threshold_percent * total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn spec() -> OutlierSpec {
+        OutlierSpec {
+            consecutive_5xx: 5,
+            consecutive_gateway_errors: 3,
+            interval: 10 * S,
+            base_ejection_time: 30 * S,
+            max_ejection_time: 300 * S,
+            max_ejection_percent: 50,
+            failure_rate: None,
+        }
+    }
+
+    const ERR: Observed = Observed::Status5xx { gateway: false };
+
+    #[test]
+    fn consecutive_5xx_ejects_and_time_returns_it() {
+        let o = Outlier::new(spec(), 4);
+        for _ in 0..4 {
+            assert!(!o.record(0, ERR, 0));
+        }
+        assert!(o.available(0, 0));
+        assert!(o.record(0, ERR, 0), "5th 5xx in a row ejects");
+        assert!(!o.available(0, 0));
+        assert_eq!(o.ejected(0), 1);
+        assert!(!o.available(0, 30 * S - 1));
+        assert!(o.available(0, 30 * S), "back after base_ejection_time");
+    }
+
+    #[test]
+    fn a_success_resets_the_run() {
+        let o = Outlier::new(spec(), 2);
+        for _ in 0..4 {
+            o.record(0, ERR, 0);
+        }
+        o.record(0, Observed::Success, 0);
+        for _ in 0..4 {
+            assert!(!o.record(0, ERR, 0));
+        }
+    }
+
+    #[test]
+    fn gateway_errors_have_their_own_threshold() {
+        let o = Outlier::new(spec(), 2);
+        assert!(!o.record(1, Observed::LocalGatewayError, 0));
+        assert!(!o.record(1, Observed::Status5xx { gateway: true }, 0));
+        assert!(o.record(1, Observed::LocalGatewayError, 0));
+    }
+
+    #[test]
+    fn returned_endpoint_is_ejected_again_faster_and_longer() {
+        let o = Outlier::new(spec(), 4);
+        for _ in 0..5 {
+            o.record(0, ERR, 0);
+        }
+        let back = 30 * S;
+        assert!(o.available(0, back));
+        // On probation: the first failure ejects again, for 2 × base.
+        assert!(o.record(0, ERR, back));
+        assert!(!o.available(0, back + 60 * S - 1));
+        assert!(o.available(0, back + 60 * S));
+        // A clean run of successes ends probation.
+        let t = back + 60 * S;
+        for _ in 0..5 {
+            o.record(0, Observed::Success, t);
+        }
+        assert!(!o.record(0, ERR, t));
+    }
+
+    #[test]
+    fn ejection_time_is_capped_and_count_decays() {
+        let mut sp = spec();
+        sp.max_ejection_time = 45 * S;
+        let o = Outlier::new(sp, 2);
+        let mut t = 0;
+        for round in 1..=3u64 {
+            for _ in 0..5 {
+                o.record(0, ERR, t);
+            }
+            let len = (30 * S * round).min(45 * S);
+            assert!(!o.available(0, t + len - 1), "round {round}");
+            assert!(o.available(0, t + len));
+            t += len;
+        }
+        // Long healthy stretch: the count decays back to zero, so the next
+        // ejection is a base one again.
+        t += 1000 * S;
+        for _ in 0..6 {
+            o.record(0, Observed::Success, t);
+        }
+        for _ in 0..5 {
+            o.record(0, ERR, t);
+        }
+        assert!(o.available(0, t + 30 * S));
+    }
+
+    #[test]
+    fn max_ejection_percent_keeps_endpoints_serving() {
+        let o = Outlier::new(spec(), 4); // 50 % of 4 = 2
+        for i in 0..4 {
+            for _ in 0..5 {
+                o.record(i, ERR, 0);
+            }
+        }
+        assert_eq!(o.ejected(0), 2);
+        // One endpoint of one may always be ejected.
+        let single = Outlier::new(spec(), 1);
+        for _ in 0..5 {
+            single.record(0, ERR, 0);
+        }
+        assert_eq!(single.ejected(0), 1);
+    }
+
+    #[test]
+    fn failure_rate_over_a_window() {
+        let mut sp = spec();
+        sp.consecutive_5xx = 0;
+        sp.consecutive_gateway_errors = 0;
+        sp.failure_rate = Some(FailureRateSpec {
+            threshold_percent: 50,
+            window: 10 * S,
+            min_requests: 10,
+        });
+        let o = Outlier::new(sp, 2);
+        // Alternating success/failure: 50 % once 10 requests are in.
+        let mut ejected_at = None;
+        for k in 0..20u64 {
+            let what = if k % 2 == 0 { Observed::Success } else { ERR };
+            if o.record(0, what, k * S / 10) {
+                ejected_at = Some(k);
+                break;
+            }
+        }
+        assert_eq!(ejected_at, Some(9), "ejected at the 10th request");
+        // Too few requests: no verdict.
+        let o = Outlier::new(o.spec.clone(), 2);
+        for k in 0..9u64 {
+            assert!(!o.record(0, ERR, k));
+        }
+    }
+}

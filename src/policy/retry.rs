@@ -1,0 +1,133 @@
+//! Retries: which failures are retried, exponential backoff with full
+//! jitter, and a retry budget (Envoy's: retries in flight may not exceed
+//! `percent` of the cluster's active requests, with a floor of
+//! `min_concurrency`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct RetrySpec {
+    /// Retries after the first try (0 = off).
+    pub attempts: u32,
+    pub on_connect_failure: bool,
+    pub on_reset: bool,
+    pub on_timeout: bool,
+    /// Response statuses that are retried (e.g. 503).
+    pub on_status: Vec<u16>,
+    pub per_try_timeout: Option<Duration>,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// Largest request body kept for replay; larger bodies stream and are
+    /// never retried once sent.
+    pub buffer_limit: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct BudgetSpec {
+    pub percent: u32,
+    pub min_concurrency: u32,
+}
+
+/// Delay before retry number `attempt` (1-based): uniform in
+/// [0, min(max, base × 2^(attempt-1))] ("full jitter"); `unit` in [0, 1).
+pub fn backoff(spec: &RetrySpec, attempt: u32, unit: f64) -> Duration {
+    let exp = spec
+        .backoff_base
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+    let cap = exp.min(spec.backoff_max);
+    cap.mul_f64(unit.clamp(0.0, 1.0))
+}
+
+/// A cluster's retry budget: counts retries in flight.
+#[derive(Debug, Default)]
+pub struct Budget {
+    inflight: Arc<AtomicUsize>,
+}
+
+/// Held while a retry is in flight.
+#[derive(Debug)]
+pub struct RetryPermit(Arc<AtomicUsize>);
+
+impl Drop for RetryPermit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Budget {
+    /// Take a permit if retries in flight stay within
+    /// max(min_concurrency, percent × active).
+    pub fn try_acquire(&self, spec: &BudgetSpec, active: usize) -> Option<RetryPermit> {
+        let allowed = (active * spec.percent as usize / 100).max(spec.min_concurrency as usize);
+        let mut cur = self.inflight.load(Ordering::Acquire);
+        loop {
+            if cur >= allowed {
+                return None;
+            }
+            match self.inflight.compare_exchange_weak(
+                cur,
+                cur + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Some(RetryPermit(self.inflight.clone())),
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> RetrySpec {
+        RetrySpec {
+            attempts: 3,
+            on_connect_failure: true,
+            on_reset: true,
+            on_timeout: true,
+            on_status: vec![503],
+            per_try_timeout: None,
+            backoff_base: Duration::from_millis(25),
+            backoff_max: Duration::from_millis(250),
+            buffer_limit: 65536,
+        }
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let s = spec();
+        assert_eq!(backoff(&s, 1, 1.0), Duration::from_millis(25));
+        assert_eq!(backoff(&s, 2, 1.0), Duration::from_millis(50));
+        assert_eq!(backoff(&s, 3, 1.0), Duration::from_millis(100));
+        assert_eq!(backoff(&s, 10, 1.0), Duration::from_millis(250));
+        assert_eq!(backoff(&s, 3, 0.5), Duration::from_millis(50));
+        assert_eq!(backoff(&s, 3, 0.0), Duration::ZERO);
+    }
+
+    #[test]
+    fn budget_is_a_share_of_active_requests_with_a_floor() {
+        let b = Budget::default();
+        let spec = BudgetSpec {
+            percent: 20,
+            min_concurrency: 3,
+        };
+        // 5 active: 20 % is 1, the floor is 3.
+        let held: Vec<_> = (0..3).map(|_| b.try_acquire(&spec, 5).unwrap()).collect();
+        assert!(b.try_acquire(&spec, 5).is_none());
+        // 50 active: 10 retries may fly.
+        let more: Vec<_> = (0..7).map(|_| b.try_acquire(&spec, 50).unwrap()).collect();
+        assert!(b.try_acquire(&spec, 50).is_none());
+        drop(held);
+        assert_eq!(b.inflight(), 7);
+        assert!(b.try_acquire(&spec, 50).is_some());
+        drop(more);
+    }
+}

@@ -1,0 +1,528 @@
+//! Traffic policy end to end: rate limits, concurrency limits, circuit
+//! breakers, outlier detection and retries, against real upstreams that can
+//! be told to fail (5xx, hang, reset, refuse).
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use sift::body;
+use support::*;
+
+fn config(clusters: &str, routes: &str) -> String {
+    format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners:
+  - name: main
+    address: "127.0.0.1:0"
+    forwarded: {{ trusted_hops: 1 }}
+routes:
+{routes}
+clusters:
+{clusters}
+"#
+    )
+}
+
+async fn get(sift: &Sift, path: &str, headers: &[(&str, &str)]) -> http::Response<Bytes> {
+    let mut r = Request::get(sift.url(path));
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    send(r.body(body::empty()).unwrap()).await
+}
+
+/// A TCP server that accepts and closes at once: a reset upstream.
+async fn resetting() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let t = tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            drop(s);
+        }
+    });
+    (addr, t)
+}
+
+/// A port nobody listens on: connections are refused.
+fn refused() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+async fn status_upstream(code: u16) -> Upstream {
+    Upstream::start(move |_req: Request<hyper::body::Incoming>| async move {
+        let mut r = text_response(200, "x");
+        *r.status_mut() = http::StatusCode::from_u16(code).unwrap();
+        r
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_limit_429_names_the_policy_with_retry_after_and_ratelimit_headers() {
+    let up = Upstream::echo("a").await;
+    let sift = Sift::start(&config(
+        &format!("  - {{ name: app, endpoints: [\"{}\"] }}", up.addr),
+        r#"  - name: api
+    cluster: app
+    rate_limits:
+      - { name: per-ip, requests_per_unit: 2, unit: minute, response_headers: true }"#,
+    ));
+    let ip = [("x-forwarded-for", "198.51.100.7")];
+    let r1 = get(&sift, "/", &ip).await;
+    assert_eq!(r1.status(), 200);
+    assert_eq!(r1.headers()["ratelimit-policy"], r#""per-ip";q=2;w=60"#);
+    assert_eq!(r1.headers()["ratelimit"], r#""per-ip";r=1;t=30"#);
+    let r2 = get(&sift, "/", &ip).await;
+    assert_eq!(r2.headers()["ratelimit"], r#""per-ip";r=0;t=60"#);
+    let r3 = get(&sift, "/", &ip).await;
+    assert_eq!(r3.status(), 429);
+    assert_eq!(r3.headers()["x-sift-error"], "rate-limited");
+    // 2 per minute: the next token comes in 30 s.
+    assert_eq!(r3.headers()["retry-after"], "30");
+    assert_eq!(r3.headers()["ratelimit-policy"], r#""per-ip";q=2;w=60"#);
+    assert_eq!(r3.headers()["ratelimit"], r#""per-ip";r=0;t=30"#);
+    assert!(String::from_utf8_lossy(r3.body()).contains("per-ip"));
+    // Another client (the address the trusted hop saw) has its own bucket.
+    let other = get(
+        &sift,
+        "/",
+        &[("x-forwarded-for", "203.0.113.1, 198.51.100.8")],
+    )
+    .await;
+    assert_eq!(other.status(), 200);
+    for (decision, n) in [("allowed", 3.0), ("denied", 1.0)] {
+        assert_eq!(
+            sift.metric(&format!(
+                r#"sift_ratelimit_decisions_total{{route="api",policy="per-ip",decision="{decision}"}}"#
+            ))
+            .await,
+            Some(n)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn descriptors_combine_and_overrides_raise_one_key() {
+    let up = Upstream::echo("a").await;
+    let sift = Sift::start(&config(
+        &format!("  - {{ name: app, endpoints: [\"{}\"] }}", up.addr),
+        r#"  - name: api
+    cluster: app
+    rate_limits:
+      - name: tenant
+        requests_per_unit: 1
+        unit: hour
+        key: [header:x-tenant, method]
+        overrides:
+          - { value: "gold|GET", requests_per_unit: 5 }"#,
+    ));
+    let count = |tenant: &'static str, method: &'static str| {
+        let url = sift.url("/");
+        async move {
+            let mut ok = 0;
+            for _ in 0..8 {
+                let r = send(
+                    Request::builder()
+                        .method(method)
+                        .uri(&url)
+                        .header("x-tenant", tenant)
+                        .body(body::empty())
+                        .unwrap(),
+                )
+                .await;
+                if r.status() == 200 {
+                    ok += 1;
+                }
+            }
+            ok
+        }
+    };
+    assert_eq!(count("gold", "GET").await, 5, "override: 5 per hour");
+    assert_eq!(
+        count("gold", "POST").await,
+        1,
+        "another method is another key"
+    );
+    assert_eq!(count("silver", "GET").await, 1);
+    // Without the header the descriptor is incomplete: not limited.
+    for _ in 0..5 {
+        assert_eq!(get(&sift, "/", &[]).await.status(), 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shadow_mode_counts_but_never_rejects_and_overlaps_refund() {
+    let up = Upstream::echo("a").await;
+    let sift = Sift::start(&config(
+        &format!("  - {{ name: app, endpoints: [\"{}\"] }}", up.addr),
+        r#"  - name: shadowed
+    match: { path: { prefix: /shadow } }
+    cluster: app
+    rate_limits:
+      - { name: tiny, requests_per_unit: 1, unit: hour, shadow: true }
+  - name: overlap
+    cluster: app
+    rate_limits:
+      - { name: wide, requests_per_unit: 10, unit: hour, response_headers: true }
+      - { name: narrow, requests_per_unit: 1, unit: hour, key: [header:x-user] }"#,
+    ));
+    for _ in 0..5 {
+        assert_eq!(get(&sift, "/shadow", &[]).await.status(), 200);
+    }
+    assert_eq!(
+        sift.metric(r#"sift_ratelimit_decisions_total{route="shadowed",policy="tiny",decision="shadow_denied"}"#)
+            .await,
+        Some(4.0)
+    );
+    // narrow fires on the 2nd request; wide must not pay for it.
+    let u = [("x-user", "u1")];
+    let r = get(&sift, "/", &u).await;
+    assert_eq!(r.headers()["ratelimit"], r#""wide";r=9;t=360"#);
+    let r = get(&sift, "/", &u).await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(
+        r.headers()["ratelimit-policy"],
+        r#""narrow";q=1;w=3600"#,
+        "the 429 names the policy that fired"
+    );
+    let r = get(&sift, "/", &[]).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["ratelimit"],
+        r#""wide";r=8;t=720"#,
+        "the rejected request's token came back"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn buckets_survive_a_reload_unless_their_policy_changed() {
+    let up = Upstream::echo("a").await;
+    let clusters = format!("  - {{ name: app, endpoints: [\"{}\"] }}", up.addr);
+    let cfg = |rpu: u32, tag: &str| {
+        config(
+            &clusters,
+            &format!(
+                r#"  - name: api
+    cluster: app
+    response_headers: {{ set: {{ x-tag: "{tag}" }} }}
+    rate_limits:
+      - {{ name: p, requests_per_unit: {rpu}, unit: hour }}"#
+            ),
+        )
+    };
+    let sift = Sift::start(&cfg(1, "one"));
+    assert_eq!(get(&sift, "/", &[]).await.status(), 200);
+    assert_eq!(get(&sift, "/", &[]).await.status(), 429);
+    // Unrelated change: the same policy keeps its bucket (still empty).
+    sift.write_config(&cfg(1, "two"));
+    assert_eq!(post_text(&sift.admin_url("/reload")).await.0, 200);
+    let r = get(&sift, "/", &[]).await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers().get("x-tag"), None, "429 comes from sift");
+    // Changed policy: a new bucket.
+    sift.write_config(&cfg(2, "three"));
+    assert_eq!(post_text(&sift.admin_url("/reload")).await.0, 200);
+    assert_eq!(get(&sift, "/", &[]).await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrency_limit_sheds_with_503_overloaded() {
+    let up = Upstream::start(|_req: Request<hyper::body::Incoming>| async move {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        text_response(200, "slow")
+    })
+    .await;
+    let sift = Sift::start(&config(
+        &format!("  - {{ name: app, endpoints: [\"{}\"] }}", up.addr),
+        "  - { name: api, cluster: app, max_inflight: 2 }",
+    ));
+    let mut hs = Vec::new();
+    for _ in 0..2 {
+        let url = sift.url("/");
+        hs.push(tokio::spawn(async move { get_text(&url).await.0 }));
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let r = get(&sift, "/", &[]).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["x-sift-error"], "overloaded");
+    for h in hs {
+        assert_eq!(h.await.unwrap(), 200);
+    }
+    assert_eq!(
+        sift.metric(r#"sift_inflight{route="api"}"#).await,
+        Some(0.0)
+    );
+    assert_eq!(get(&sift, "/", &[]).await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn circuit_breaker_thresholds_overflow_to_503() {
+    let up = Upstream::start(|_req: Request<hyper::body::Incoming>| async move {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        text_response(200, "slow")
+    })
+    .await;
+    let sift = Sift::start(&config(
+        &format!(
+            "  - {{ name: reqs, endpoints: [\"{0}\"], circuit_breakers: {{ max_requests: 2 }} }}\n  - {{ name: conns, endpoints: [\"{0}\"], circuit_breakers: {{ max_connections: 1, max_pending_requests: 1 }} }}",
+            up.addr
+        ),
+        "  - { name: r, match: { path: { prefix: /r } }, cluster: reqs }\n  - { name: c, cluster: conns }",
+    ));
+    // max_requests 2: the third concurrent request overflows.
+    let mut hs = Vec::new();
+    for _ in 0..2 {
+        let url = sift.url("/r");
+        hs.push(tokio::spawn(async move { get_text(&url).await.0 }));
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let r = get(&sift, "/r", &[]).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["x-sift-error"], "circuit-open");
+    for h in hs {
+        assert_eq!(h.await.unwrap(), 200);
+    }
+    // max_connections 1 + max_pending 1: one runs, one waits, one is refused.
+    let mut hs = Vec::new();
+    for _ in 0..2 {
+        let url = sift.url("/c");
+        hs.push(tokio::spawn(async move { get_text(&url).await.0 }));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = get(&sift, "/c", &[]).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["x-sift-error"], "circuit-open");
+    for h in hs {
+        assert_eq!(
+            h.await.unwrap(),
+            200,
+            "the queued request is served once a connection frees"
+        );
+    }
+    for (cluster, threshold, n) in [
+        ("reqs", "requests", 1.0),
+        ("conns", "pending", 1.0),
+        ("conns", "connections", 2.0),
+    ] {
+        assert_eq!(
+            sift.metric(&format!(
+                r#"sift_circuit_overflow_total{{cluster="{cluster}",threshold="{threshold}"}}"#
+            ))
+            .await,
+            Some(n),
+            "{cluster} {threshold}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn outlier_detection_ejects_returns_and_ejects_again_faster() {
+    let bad = status_upstream(500).await;
+    let good = Upstream::echo("good").await;
+    let sift = Sift::start(&config(
+        &format!(
+            r#"  - name: app
+    endpoints: ["{}", "{}"]
+    outlier_detection:
+      consecutive_5xx: 3
+      base_ejection_time: 600ms
+      max_ejection_percent: 50"#,
+            bad.addr, good.addr
+        ),
+        "  - { name: api, cluster: app }",
+    ));
+    // Round robin: the bad endpoint answers every other request until its
+    // third 5xx in a row ejects it.
+    let mut fails = 0;
+    for _ in 0..6 {
+        if get(&sift, "/", &[]).await.status() == 500 {
+            fails += 1;
+        }
+    }
+    assert_eq!(fails, 3);
+    assert_eq!(
+        sift.metric(r#"sift_outlier_ejections_total{cluster="app"}"#)
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        sift.metric(r#"sift_endpoints_ejected{cluster="app"}"#)
+            .await,
+        Some(1.0)
+    );
+    for _ in 0..10 {
+        assert_eq!(
+            get(&sift, "/", &[]).await.status(),
+            200,
+            "only the good endpoint serves"
+        );
+    }
+    // Back after 600 ms, on probation: its first 5xx ejects it again.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        sift.metric(r#"sift_endpoints_ejected{cluster="app"}"#)
+            .await,
+        Some(0.0)
+    );
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        statuses.push(get(&sift, "/", &[]).await.status().as_u16());
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 500).count(), 1);
+    assert_eq!(
+        sift.metric(r#"sift_outlier_ejections_total{cluster="app"}"#)
+            .await,
+        Some(2.0)
+    );
+    // Second ejection lasts 2 × base: still out after 700 ms.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    for _ in 0..6 {
+        assert_eq!(get(&sift, "/", &[]).await.status(), 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retries_recover_from_refused_reset_and_hung_endpoints() {
+    let good = Upstream::echo("good").await;
+    let (reset, _t) = resetting().await;
+    let hung = Upstream::start(|_req: Request<hyper::body::Incoming>| async move {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        text_response(200, "late")
+    })
+    .await;
+    let sift = Sift::start(&config(
+        &format!(
+            "  - {{ name: refused, endpoints: [\"{}\", \"{}\"] }}\n  - {{ name: reset, endpoints: [\"{}\", \"{}\"] }}\n  - {{ name: hung, endpoints: [\"{}\", \"{}\"] }}",
+            refused(),
+            good.addr,
+            reset,
+            good.addr,
+            hung.addr,
+            good.addr
+        ),
+        r#"  - name: refused
+    match: { path: { prefix: /refused } }
+    cluster: refused
+    retries: { attempts: 2, on: [connect-failure], backoff_base: 1ms }
+  - name: reset
+    match: { path: { prefix: /reset } }
+    cluster: reset
+    retries: { attempts: 2, on: [reset], backoff_base: 1ms }
+  - name: hung
+    match: { path: { prefix: /hung } }
+    cluster: hung
+    timeout: 5s
+    retries: { attempts: 2, on: [timeout], per_try_timeout: 200ms, backoff_base: 1ms }"#,
+    ));
+    for path in ["/refused", "/reset", "/hung"] {
+        for _ in 0..4 {
+            let r = get(&sift, path, &[]).await;
+            assert_eq!(r.status(), 200, "{path}");
+        }
+    }
+    for cluster in ["refused", "reset", "hung"] {
+        let n = sift
+            .metric(&format!(
+                r#"sift_retries_total{{cluster="{cluster}",outcome="retried"}}"#
+            ))
+            .await
+            .unwrap_or(0.0);
+        assert!(n >= 1.0, "{cluster}: {n} retries");
+    }
+    // A POST with a small body is replayed too (it was buffered).
+    let r = send(
+        Request::post(sift.url("/reset"))
+            .body(full("small body"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streamed_bodies_are_never_replayed() {
+    let (reset, _t) = resetting().await;
+    let sift = Sift::start(&config(
+        &format!("  - {{ name: reset, endpoints: [\"{reset}\"] }}"),
+        "  - { name: r, cluster: reset, retries: { attempts: 3, on: [reset], backoff_base: 1ms, buffer_limit: 1KiB } }",
+    ));
+    // 4 KiB > buffer_limit: streamed once, not retried.
+    let r = send(
+        Request::post(sift.url("/"))
+            .body(full(vec![b'x'; 4096]))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status(), 502);
+    assert_eq!(
+        sift.metric(r#"sift_retries_total{cluster="reset",outcome="not_replayable"}"#)
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        sift.metric(r#"sift_retries_total{cluster="reset",outcome="retried"}"#)
+            .await,
+        Some(0.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retry_budget_caps_retries_in_flight() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let flaky = Upstream::start(move |_req: Request<hyper::body::Incoming>| {
+        let c = c.clone();
+        async move {
+            c.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let mut r = text_response(200, "x");
+            *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+            r
+        }
+    })
+    .await;
+    let sift = Sift::start(&config(
+        &format!(
+            "  - {{ name: app, endpoints: [\"{}\"], retry_budget: {{ percent: 0, min_concurrency: 1 }} }}",
+            flaky.addr
+        ),
+        "  - { name: api, cluster: app, retries: { attempts: 1, on: [\"503\"], backoff_base: 1ms } }",
+    ));
+    // 6 requests at once all fail with 503 and all want a retry; the budget
+    // lets one retry fly at a time.
+    let mut hs = Vec::new();
+    for _ in 0..6 {
+        let url = sift.url("/");
+        hs.push(tokio::spawn(async move { get_text(&url).await.0 }));
+    }
+    for h in hs {
+        assert_eq!(h.await.unwrap(), 503);
+    }
+    let retried = sift
+        .metric(r#"sift_retries_total{cluster="app",outcome="retried"}"#)
+        .await
+        .unwrap();
+    let exhausted = sift
+        .metric(r#"sift_retries_total{cluster="app",outcome="budget_exhausted"}"#)
+        .await
+        .unwrap();
+    assert!(retried >= 1.0, "{retried}");
+    assert!(exhausted >= 3.0, "budget denied most retries: {exhausted}");
+    assert_eq!(retried + exhausted, 6.0);
+    assert_eq!(
+        calls.load(Ordering::SeqCst) as f64,
+        6.0 + retried,
+        "no retry storm"
+    );
+}
