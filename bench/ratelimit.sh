@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Rate-limit overhead: sift with a per-client-IP token bucket over 100k
+# distinct keys (X-Forwarded-For from one trusted hop) vs the same sift with
+# no limit, same load, one run. Prints req/s, p50/p99 and sift's RSS.
+#
+#   bench/ratelimit.sh [SIFT_BIN]     env: DURATION (10s) CONNS (50) KEYS (100000)
+#
+# Everything runs on 127.0.0.1 and stops by itself.
+set -euo pipefail
+cd "$(git -C "$(dirname "$0")" rev-parse --show-toplevel)"
+SIFT=${1:-target/release/sift}
+DURATION=${DURATION:-10s}
+CONNS=${CONNS:-50}
+KEYS=${KEYS:-100000}
+[ -x "$SIFT" ] || { echo "no sift binary at $SIFT (cargo build --release)" >&2; exit 1; }
+need=()
+command -v nginx >/dev/null || need+=(nginx)
+command -v wrk >/dev/null || need+=(wrk)
+command -v curl >/dev/null || need+=(curl)
+if [ ${#need[@]} -gt 0 ]; then apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; fi
+
+d=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.2; rm -rf "$d"; }
+trap cleanup EXIT INT TERM
+port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+BE=$(port); P=$(port); A=$(port)
+chmod 755 "$d"
+cat > "$d/backend.conf" <<NGX
+worker_processes 1; daemon off; pid $d/be.pid; error_log $d/be.err;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  client_body_temp_path $d/cb; proxy_temp_path $d/pt; fastcgi_temp_path $d/ft; uwsgi_temp_path $d/ut; scgi_temp_path $d/st;
+  server { listen 127.0.0.1:$BE; location / { return 200 "ok\n"; } } }
+NGX
+taskset -c 1 nginx -c "$d/backend.conf" -p "$d" & pids+=($!)
+cat > "$d/keys.lua" <<LUA
+local n = 0
+request = function()
+  n = n + 1
+  local k = n % $KEYS
+  local ip = string.format("10.%d.%d.%d", math.floor(k / 65536) % 256, math.floor(k / 256) % 256, k % 256)
+  return wrk.format("GET", "/", { ["X-Forwarded-For"] = ip })
+end
+LUA
+config() { # $1 = "" or the rate_limits block
+cat <<YAML
+workers: 1
+log: { format: json, level: warn, access_log: false }
+admin: { address: "127.0.0.1:$A" }
+listeners:
+  - name: bench
+    address: "127.0.0.1:$P"
+    forwarded: { trusted_hops: 1 }
+routes:
+  - name: all
+    cluster: backend
+$1
+clusters:
+  - { name: backend, endpoints: ["127.0.0.1:$BE"] }
+YAML
+}
+run() { # $1 label, $2 config file
+  taskset -c 0 "$SIFT" run --config "$2" > "$d/sift.log" 2>&1 & local sp=$!
+  for _ in $(seq 100); do curl -fs "http://127.0.0.1:$A/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+  taskset -c 1 wrk -t1 -c"$CONNS" -d2s -s "$d/keys.lua" "http://127.0.0.1:$P/" >/dev/null
+  local out; out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"$DURATION" --latency -s "$d/keys.lua" "http://127.0.0.1:$P/")
+  local rss; rss=$(awk '/VmRSS/{printf "%.1f", $2/1024}' "/proc/$sp/status")
+  local rps p50 p99 non2xx buckets
+  rps=$(echo "$out" | awk '/Requests\/sec/{print $2}')
+  p50=$(echo "$out" | awk '$1=="50%"{print $2}')
+  p99=$(echo "$out" | awk '$1=="99%"{print $2}')
+  non2xx=$(echo "$out" | awk '/Non-2xx/{print $NF}'); non2xx=${non2xx:-0}
+  buckets=$(curl -fs "http://127.0.0.1:$A/metrics" | awk '/^sift_ratelimit_decisions_total.*decision="allowed"/{s+=$2} END{print s+0}')
+  kill "$sp"; wait "$sp" 2>/dev/null || true
+  echo "| $1 | $rps | $p50 | $p99 | $non2xx | $buckets | $rss |"
+}
+config "" > "$d/off.yaml"
+config "    rate_limits:
+      - { name: per-ip, requests_per_unit: 1000, unit: second, key: [client_ip], max_keys: 200000 }" > "$d/on.yaml"
+echo "rate-limit overhead: $(date -u) | nproc $(nproc) | wrk -t1 -c$CONNS -d$DURATION, $KEYS client IPs via X-Forwarded-For (trusted_hops 1) | sift on core 0, wrk + backend nginx on core 1"
+echo
+echo "| run | req/s | p50 | p99 | non-2xx | allowed decisions | sift RSS MB after |"
+echo "|---|---:|---:|---:|---:|---:|---:|"
+run "no limit" "$d/off.yaml"
+run "per-IP limit, 100k keys" "$d/on.yaml"
