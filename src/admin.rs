@@ -41,8 +41,11 @@ async fn route(
     shared: &Shared,
     reloader: &Arc<Reloader>,
 ) -> Response<Body> {
-    let path = req.uri().path();
-    match (req.method(), path) {
+    let path = req.uri().path().to_string();
+    if path == "/canary" || path.starts_with("/canary/") {
+        return canary(req, &path, shared).await;
+    }
+    match (req.method(), path.as_str()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
             if shared.draining.load(Ordering::Acquire) {
@@ -55,8 +58,24 @@ async fn route(
         }
         (&Method::GET, "/metrics") => {
             let now = shared.clock.now();
-            for c in shared.snapshot.load().clusters.values() {
+            let snap = shared.snapshot.load();
+            for c in snap.clusters.values() {
                 c.refresh_gauges(now);
+            }
+            for r in &snap.routes {
+                let Some(c) = &r.canary else { continue };
+                for (b, w) in r.spec.backends.iter().zip(c.weights().iter()) {
+                    shared
+                        .metrics
+                        .canary_weight
+                        .with_label_values(&[r.spec.name.as_str(), b.cluster.as_str()])
+                        .set(i64::from(*w));
+                }
+                shared
+                    .metrics
+                    .canary_rollout_step
+                    .with_label_values(&[r.spec.name.as_str()])
+                    .set(c.step_index());
             }
             let mut r = text(StatusCode::OK, &shared.metrics.render());
             r.headers_mut().insert(
@@ -106,8 +125,199 @@ async fn route(
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /healthz /readyz /metrics /config, POST /reload\n",
+            "not found; try /healthz /readyz /metrics /config /canary, POST /reload\n",
         ),
+    }
+}
+
+/// GET /canary, PUT /canary/{route}, POST /canary/{route}/rollout,
+/// POST /canary/{route}/rollback.
+async fn canary(req: Request<Incoming>, path: &str, shared: &Shared) -> Response<Body> {
+    use http_body_util::BodyExt;
+    let snap = shared.snapshot.load_full();
+    let now = shared.clock.now();
+    let parts: Vec<&str> = path
+        .trim_start_matches("/canary")
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let method = req.method().clone();
+    if parts.is_empty() {
+        if method != Method::GET {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        }
+        let routes: Vec<Value> = snap
+            .routes
+            .iter()
+            .filter_map(|r| {
+                let c = r.canary.as_ref()?;
+                let st = c.status();
+                let names: Vec<&str> = r.spec.backends.iter().map(|b| b.cluster.as_str()).collect();
+                let weights: serde_json::Map<String, Value> = names
+                    .iter()
+                    .zip(st.weights.iter())
+                    .map(|(n, w)| (n.to_string(), json!(w)))
+                    .collect();
+                let stats: serde_json::Map<String, Value> = names
+                    .iter()
+                    .zip(st.stats.iter())
+                    .map(|(n, s)| (n.to_string(), json!(s)))
+                    .collect();
+                let ms = |t: u64| now.saturating_sub(t) / 1_000_000;
+                let phase = match &st.rollout {
+                    crate::canary::Phase::Running { step, weight, started_at, step_started_at } => json!({
+                        "state": "running", "step": step, "weight": weight,
+                        "started_ms_ago": ms(*started_at), "step_started_ms_ago": ms(*step_started_at)
+                    }),
+                    crate::canary::Phase::Promoted { at } => json!({"state": "promoted", "ms_ago": ms(*at)}),
+                    crate::canary::Phase::RolledBack { at, reason } => json!({"state": "rolled_back", "ms_ago": ms(*at), "reason": reason}),
+                    crate::canary::Phase::Idle => json!({"state": "idle"}),
+                };
+                Some(json!({
+                    "route": r.spec.name,
+                    "stable": c.spec.stable_name,
+                    "canary": c.spec.canary_name,
+                    "weights": weights,
+                    "source": st.source,
+                    "rollout": phase,
+                    "last_verdict": st.last_verdict,
+                    "window": stats,
+                }))
+            })
+            .collect();
+        return json_response(StatusCode::OK, json!({ "routes": routes }));
+    }
+    let name = parts[0];
+    let Some(route) = snap.routes.iter().find(|r| r.spec.name == name) else {
+        return text(StatusCode::NOT_FOUND, "no such route\n");
+    };
+    let Some(c) = &route.canary else {
+        return text(StatusCode::NOT_FOUND, "this route has no canary section\n");
+    };
+    match (method, parts.get(1).copied()) {
+        (Method::PUT, None) => {
+            let body = match http_body_util::Limited::new(req.into_body(), 64 * 1024)
+                .collect()
+                .await
+            {
+                Ok(b) => b.to_bytes(),
+                Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, "body over 64 KiB\n"),
+            };
+            let v: Value = match serde_json::from_slice(&body) {
+                Ok(v) => v,
+                Err(e) => return text(StatusCode::BAD_REQUEST, &format!("invalid JSON: {e}\n")),
+            };
+            let Some(map) = v.get("weights").and_then(Value::as_object) else {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "expected {\"weights\": {\"CLUSTER\": N, ...}}\n",
+                );
+            };
+            let mut weights = Vec::new();
+            for b in &route.spec.backends {
+                match map.get(&b.cluster).and_then(Value::as_u64) {
+                    Some(w) if w <= 10_000 => weights.push(w as u32),
+                    _ => {
+                        return text(
+                            StatusCode::BAD_REQUEST,
+                            &format!("weights needs an integer 0..=10000 for {:?}\n", b.cluster),
+                        );
+                    }
+                }
+            }
+            match c.set_weights(weights) {
+                Ok(()) => {
+                    tracing::info!(route = name, weights = %v["weights"], "canary weights set by the admin API");
+                    json_response(
+                        StatusCode::OK,
+                        json!({"route": name, "weights": v["weights"], "source": "admin"}),
+                    )
+                }
+                Err(e) => text(StatusCode::BAD_REQUEST, &format!("{e}\n")),
+            }
+        }
+        (Method::POST, Some("rollout")) => match c.start_rollout(now) {
+            Some(w) => {
+                tracing::info!(route = name, weight = w, "canary rollout started");
+                json_response(
+                    StatusCode::OK,
+                    json!({"route": name, "rollout": "running", "weight": w}),
+                )
+            }
+            None => text(
+                StatusCode::BAD_REQUEST,
+                "this canary has no rollout section\n",
+            ),
+        },
+        (Method::POST, Some("rollback")) => {
+            c.rollback(
+                now,
+                crate::canary::Verdict::Fail {
+                    metric: "manual",
+                    canary: 0.0,
+                    stable: 0.0,
+                    limit: 0.0,
+                },
+            );
+            tracing::warn!(route = name, "canary rolled back by the admin API");
+            json_response(
+                StatusCode::OK,
+                json!({"route": name, "rollout": "rolled_back"}),
+            )
+        }
+        _ => text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "use GET /canary, PUT /canary/ROUTE, POST /canary/ROUTE/rollout or /rollback\n",
+        ),
+    }
+}
+
+/// Drive every running rollout: a tick every 100 ms, off the data path.
+pub async fn canary_controller(shared: Arc<Shared>) {
+    let mut every = tokio::time::interval(std::time::Duration::from_millis(100));
+    loop {
+        every.tick().await;
+        let snap = shared.snapshot.load_full();
+        let now = shared.clock.now();
+        for r in &snap.routes {
+            let Some(c) = &r.canary else { continue };
+            let route = r.spec.name.as_str();
+            match c.tick(now) {
+                Some(crate::canary::Event::Stepped { weight }) => {
+                    tracing::info!(route, weight, "canary rollout: analysis passed, next step");
+                }
+                Some(crate::canary::Event::Promoted) => {
+                    shared
+                        .metrics
+                        .canary_promotions
+                        .with_label_values(&[route])
+                        .inc();
+                    tracing::info!(route, "canary rollout: promoted to 100 %");
+                }
+                Some(crate::canary::Event::RolledBack(crate::canary::Verdict::Fail {
+                    metric,
+                    canary,
+                    stable,
+                    limit,
+                })) => {
+                    shared
+                        .metrics
+                        .canary_rollbacks
+                        .with_label_values(&[route, metric])
+                        .inc();
+                    tracing::warn!(
+                        route,
+                        metric,
+                        canary,
+                        stable,
+                        limit,
+                        "canary rollout: analysis failed, rolled back to 0 %"
+                    );
+                }
+                Some(crate::canary::Event::RolledBack(_)) => {}
+                None => {}
+            }
+        }
     }
 }
 

@@ -88,8 +88,9 @@ async fn serve(opts: Options, text: Arc<str>, config: config::Config) -> Result<
     admin_tcp.set_nonblocking(true)?;
     tracing::info!(address = %admin_tcp.local_addr()?, "admin bound");
 
-    let snapshot = Snapshot::build(config, text, None, &metrics);
-    let shared = Shared::new(snapshot, metrics);
+    let clock = crate::clock::Clock::new();
+    let snapshot = Snapshot::build(config, text, None, &metrics, clock.now());
+    let shared = Shared::new(snapshot, metrics, clock);
     shared.metrics.config_last_reload_success.set(unix_now());
     let reloader = Arc::new(Reloader::new(opts.source, shared.clone()));
     spawn_admin_thread(admin_tcp, shared.clone(), reloader)?;
@@ -166,6 +167,7 @@ fn spawn_admin_thread(
                 };
                 tokio::spawn(reloader.clone().watch());
                 tokio::spawn(crate::reload::on_sighup(reloader.clone(), hup));
+                tokio::spawn(crate::admin::canary_controller(shared.clone()));
                 admin::serve(tcp, shared, reloader).await;
             });
         })?;

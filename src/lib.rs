@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod app;
 pub mod body;
+pub mod canary;
 pub mod clock;
 pub mod config;
 pub mod demo;

@@ -29,6 +29,10 @@ pub struct Metrics {
     pub endpoints_ejected: IntGaugeVec,
     pub retries: IntCounterVec,
     pub inflight: IntGaugeVec,
+    pub canary_weight: IntGaugeVec,
+    pub canary_rollout_step: IntGaugeVec,
+    pub canary_rollbacks: IntCounterVec,
+    pub canary_promotions: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -181,6 +185,46 @@ impl Metrics {
             &["route"],
         )
         .expect("valid metric");
+        let canary_weight = IntGaugeVec::new(
+            Opts::new(
+                "sift_canary_weight",
+                "Current weight of each version of a canary route (refreshed at scrape).",
+            ),
+            &["route", "version"],
+        )
+        .expect("valid metric");
+        let canary_rollout_step = IntGaugeVec::new(
+            Opts::new(
+                "sift_canary_rollout_step",
+                "Index of the running rollout step per canary route; -1 when no rollout runs (refreshed at scrape).",
+            ),
+            &["route"],
+        )
+        .expect("valid metric");
+        let canary_rollbacks = IntCounterVec::new(
+            Opts::new(
+                "sift_canary_rollbacks_total",
+                "Rollouts rolled back by the analysis, by route and failing metric.",
+            ),
+            &["route", "metric"],
+        )
+        .expect("valid metric");
+        let canary_promotions = IntCounterVec::new(
+            Opts::new(
+                "sift_canary_promotions_total",
+                "Rollouts that passed every step and promoted the canary to 100 %.",
+            ),
+            &["route"],
+        )
+        .expect("valid metric");
+        for m in [
+            Box::new(canary_weight.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(canary_rollout_step.clone()),
+            Box::new(canary_rollbacks.clone()),
+            Box::new(canary_promotions.clone()),
+        ] {
+            registry.register(m).expect("metric names are unique");
+        }
         for m in [
             Box::new(ratelimit_decisions.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(circuit_overflow.clone()),
@@ -233,6 +277,10 @@ impl Metrics {
             endpoints_ejected,
             retries,
             inflight,
+            canary_weight,
+            canary_rollout_step,
+            canary_rollbacks,
+            canary_promotions,
         }
     }
 

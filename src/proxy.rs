@@ -46,6 +46,7 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_SIFT_CANARY: HeaderName = HeaderName::from_static("x-sift-canary");
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded.
 const HOP_BY_HOP: &[&str] = &[
@@ -105,6 +106,9 @@ impl OnDone for Outcome {
             Some(stats) => {
                 stats.count(self.listener_index, self.status);
                 stats.duration.observe(elapsed.as_secs_f64());
+                if let Some(w) = &stats.window {
+                    w.record(self.status, elapsed.as_secs_f64());
+                }
             }
             None => {
                 self.metrics
@@ -225,6 +229,8 @@ async fn proxy(
     if let Some(log) = &mut out.log {
         log.request_id = request_id.clone();
     }
+    // A canary override in x-sift-canary is read before x-sift-* goes.
+    let forced = req.headers().get(&X_SIFT_CANARY).cloned();
     strip_sift_headers(req.headers_mut());
     check_head_size(&req, listener)?;
     let host = request_host(&req)?;
@@ -265,11 +271,13 @@ async fn proxy(
     }
 
     // 6. Backend cluster and its circuit breaker (max_requests).
-    let backend = route
-        .pick_backend()
-        .ok_or_else(|| ProxyError::NoHealthyEndpoint {
-            cluster: format!("(route {} has no cluster with weight)", route.spec.name),
-        })?;
+    let backend = match &route.canary {
+        Some(c) => canary_backend(route, c, listener, conn, &req, forced.as_ref()),
+        None => route.pick_backend(),
+    }
+    .ok_or_else(|| ProxyError::NoHealthyEndpoint {
+        cluster: format!("(route {} has no cluster with weight)", route.spec.name),
+    })?;
     let cluster = &backend.cluster;
     out.stats = Some(backend.stats.clone());
     out.cluster_slot = Some(cluster.request_slot()?);
@@ -502,7 +510,92 @@ async fn proxy(
             parts.headers.insert(k, v);
         }
     }
+    if let Some(name) = route
+        .canary
+        .as_ref()
+        .and_then(|c| c.spec.version_header.as_deref())
+    {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&cluster.spec.name),
+        ) {
+            parts.headers.insert(n, v);
+        }
+    }
     Ok(Response::from_parts(parts, body::boxed(b)))
+}
+
+/// The canary's choice: a permitted override, else the sticky key's point,
+/// else random, over the route's current (runtime) weights.
+fn canary_backend<'r>(
+    route: &'r crate::snapshot::Route,
+    c: &crate::canary::CanaryState,
+    listener: &ListenerSpec,
+    conn: &ConnInfo,
+    req: &Request<Incoming>,
+    forced: Option<&HeaderValue>,
+) -> Option<&'r crate::snapshot::Backend> {
+    use crate::canary::Sticky;
+    let spec = &c.spec;
+    if let Some(o) = &spec.override_header {
+        // Identity-restricted overrides need mTLS identities (none on plain TCP).
+        let allowed = o.identities.is_empty();
+        let value = if o.header == X_SIFT_CANARY.as_str() {
+            forced
+        } else {
+            req.headers().get(o.header.as_str())
+        };
+        if allowed {
+            match value.map(HeaderValue::as_bytes) {
+                Some(b"always") => return route.backends.get(spec.canary),
+                Some(b"never") => return route.backends.get(spec.stable),
+                _ => {}
+            }
+        }
+    }
+    let key: Option<String> = match &spec.sticky {
+        None | Some(Sticky::Identity) => None,
+        Some(Sticky::Header(h)) => req
+            .headers()
+            .get(h.as_str())
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        Some(Sticky::Cookie(name)) => cookie(req.headers(), name),
+        Some(Sticky::ClientIp) => Some(trusted_client_ip(
+            listener.trusted_hops,
+            req.headers(),
+            conn.remote,
+        )),
+    };
+    let weights = c.weights();
+    let i = crate::canary::pick(&weights, spec.canary, key.as_deref().map(stable_hash))?;
+    route.backends.get(i)
+}
+
+/// The value of cookie `name` in the Cookie header(s).
+fn cookie(h: &HeaderMap, name: &str) -> Option<String> {
+    h.get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
+/// A hash that is the same in every sift process (FNV-1a, then a
+/// splitmix64 finish), so a user lands on the same version behind any replica.
+pub fn stable_hash(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
 }
 
 /// How a request body goes upstream.

@@ -110,7 +110,8 @@ impl Reloader {
         let config = config::load_str(&text)?;
         restart_only_changes(&current.config, &config)
             .map_err(|e| config::with_lines(&text, e.0))?;
-        let snap = Snapshot::build(config, text, Some(&current), &self.shared.metrics);
+        let now = self.shared.clock.now();
+        let snap = Snapshot::build(config, text, Some(&current), &self.shared.metrics, now);
         let generation = snap.generation;
         self.shared.snapshot.store(Arc::new(snap));
         Ok(Outcome::Applied { generation })

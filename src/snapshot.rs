@@ -45,6 +45,9 @@ pub struct Route {
     pub limits: Vec<Arc<Limit>>,
     /// Requests in flight on this route (kept across reloads by name).
     pub inflight: Arc<RouteInflight>,
+    /// Canary state (runtime weights, windows, rollout), kept across
+    /// reloads while the route's file weights and canary spec are unchanged.
+    pub canary: Option<Arc<crate::canary::CanaryState>>,
 }
 
 /// A rate-limit policy and its decision counters (for each route index:
@@ -98,6 +101,8 @@ pub struct BackendStats {
     pub duration: Histogram,
     /// `requests[listener index][code class index]`.
     pub requests: Vec<[IntCounter; 5]>,
+    /// The canary analysis window of this version, if the route has a canary.
+    pub window: Option<Arc<crate::canary::Window>>,
 }
 
 impl BackendStats {
@@ -166,6 +171,7 @@ impl Snapshot {
         source: Arc<str>,
         prev: Option<&Snapshot>,
         metrics: &Metrics,
+        now: u64,
     ) -> Snapshot {
         let mut clusters = HashMap::new();
         for spec in &config.clusters {
@@ -226,12 +232,22 @@ impl Snapshot {
             .iter()
             .enumerate()
             .map(|(index, spec)| {
+                let file_weights: Vec<u32> = spec.backends.iter().map(|b| b.weight).collect();
+                let canary = spec.canary.as_ref().map(|c| {
+                    prev.and_then(|p| p.routes.iter().find(|r| r.spec.name == spec.name))
+                        .and_then(|r| r.canary.clone())
+                        .filter(|s| s.spec == *c && s.file_weights == file_weights)
+                        .unwrap_or_else(|| {
+                            crate::canary::CanaryState::new(c.clone(), file_weights.clone(), now)
+                        })
+                });
                 let mut cum = 0u32;
                 let route: Arc<str> = Arc::from(spec.name.as_str());
                 let backends = spec
                     .backends
                     .iter()
-                    .filter_map(|b| {
+                    .enumerate()
+                    .filter_map(|(bi, b)| {
                         let cluster = clusters.get(&b.cluster)?.clone();
                         cum += b.weight;
                         let labels = |l: &str, class: &str| {
@@ -249,6 +265,7 @@ impl Snapshot {
                                 .iter()
                                 .map(|l| ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|c| labels(l, c)))
                                 .collect(),
+                            window: canary.as_ref().and_then(|c| c.windows.get(bi).cloned()),
                         };
                         Some(Backend {
                             cluster,
@@ -278,6 +295,7 @@ impl Snapshot {
                     total_weight: cum,
                     limits,
                     inflight,
+                    canary,
                 }
             })
             .collect();

@@ -27,13 +27,13 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
-    pub fn new(snapshot: Snapshot, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(snapshot: Snapshot, metrics: Arc<Metrics>, clock: crate::clock::Clock) -> Arc<Self> {
         Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
-            clock: crate::clock::Clock::new(),
+            clock,
         })
     }
 

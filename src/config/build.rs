@@ -428,6 +428,10 @@ fn build_routes(
                 .retries
                 .as_ref()
                 .map(|rt| build_retries(rt, &format!("{p}.retries"), e)),
+            canary: r
+                .canary
+                .as_ref()
+                .and_then(|c| build_canary(c, r.clusters.as_deref(), &format!("{p}.canary"), e)),
         });
     }
     out
@@ -892,5 +896,151 @@ fn build_budget(b: Option<&RetryBudgetFile>, p: &str, e: &mut Errs) -> Option<Bu
     Some(BudgetSpec {
         percent: percent.min(100),
         min_concurrency: b.min_concurrency.unwrap_or(3),
+    })
+}
+
+fn build_canary(
+    c: &CanaryFile,
+    clusters: Option<&[WeightedClusterFile]>,
+    p: &str,
+    e: &mut Errs,
+) -> Option<crate::canary::CanarySpec> {
+    use crate::canary::{CanarySpec, OverrideSpec, RolloutSpec, Sticky};
+    let Some(ws) = clusters else {
+        e.push(
+            p,
+            "a canary needs the route's `clusters` (a weighted set), not `cluster`",
+        );
+        return None;
+    };
+    let index = |name: &str, what: &str, e: &mut Errs| {
+        let i = ws.iter().position(|w| w.name == name);
+        if i.is_none() {
+            e.push(
+                format!("{p}.{what}"),
+                format!("{name:?} is not one of this route's clusters"),
+            );
+        }
+        i
+    };
+    let stable = index(&c.stable, "stable", e);
+    let canary = index(&c.canary, "canary", e);
+    if c.stable == c.canary {
+        e.push(format!("{p}.canary"), "stable and canary must differ");
+    }
+    let sticky = match &c.sticky {
+        None => None,
+        Some(sf) => match (&sf.header, &sf.cookie, sf.identity, sf.client_ip) {
+            (Some(h), None, None, None) => Some(Sticky::Header(h.to_ascii_lowercase())),
+            (None, Some(k), None, None) => Some(Sticky::Cookie(k.clone())),
+            (None, None, Some(true), None) => Some(Sticky::Identity),
+            (None, None, None, Some(true)) => Some(Sticky::ClientIp),
+            _ => {
+                e.push(
+                    format!("{p}.sticky"),
+                    "give exactly one of header, cookie, identity: true, client_ip: true",
+                );
+                None
+            }
+        },
+    };
+    if let Some(Sticky::Header(h)) = &sticky {
+        if HeaderName::from_bytes(h.as_bytes()).is_err() {
+            e.push(
+                format!("{p}.sticky.header"),
+                format!("{h:?} is not a header name"),
+            );
+        }
+    }
+    let override_header = c.override_header.as_ref().map(|o| OverrideSpec {
+        header: o
+            .header
+            .clone()
+            .unwrap_or_else(|| "x-sift-canary".into())
+            .to_ascii_lowercase(),
+        identities: o.identities.clone().unwrap_or_default(),
+    });
+    if let Some(o) = &override_header {
+        if HeaderName::from_bytes(o.header.as_bytes()).is_err() {
+            e.push(
+                format!("{p}.override.header"),
+                format!("{:?} is not a header name", o.header),
+            );
+        }
+    }
+    let version_header = c.version_header.as_ref().map(|h| h.to_ascii_lowercase());
+    if let Some(h) = &version_header {
+        if HeaderName::from_bytes(h.as_bytes()).is_err() {
+            e.push(
+                format!("{p}.version_header"),
+                format!("{h:?} is not a header name"),
+            );
+        }
+    }
+    let rollout = c.rollout.as_ref().map(|r| {
+        let steps = r.steps.clone().unwrap_or_else(|| vec![10, 50, 100]);
+        if steps.is_empty()
+            || steps.iter().any(|s| *s == 0 || *s > 100)
+            || steps.windows(2).any(|w| w[0] >= w[1])
+        {
+            e.push(
+                format!("{p}.rollout.steps"),
+                "steps must rise strictly within 1..=100",
+            );
+        }
+        let ratio = |v: Option<f64>, d: f64, name: &str, e: &mut Errs| match v {
+            Some(x) if !(x.is_finite() && x >= 1.0) => {
+                e.push(
+                    format!("{p}.rollout.{name}"),
+                    format!("{x} must be at least 1.0"),
+                );
+                d
+            }
+            Some(x) => x,
+            None => d,
+        };
+        let p95_ratio = ratio(r.p95_ratio, 1.10, "p95_ratio", e);
+        let p99_ratio = ratio(r.p99_ratio, 1.15, "p99_ratio", e);
+        let pct = |v: Option<f64>, d: f64, name: &str, e: &mut Errs| match v {
+            Some(x) if !(x.is_finite() && (0.0..=100.0).contains(&x)) => {
+                e.push(
+                    format!("{p}.rollout.{name}"),
+                    format!("{x} is outside 0..=100"),
+                );
+                d
+            }
+            Some(x) => x,
+            None => d,
+        };
+        RolloutSpec {
+            steps,
+            interval: positive(
+                r.interval,
+                Dur::secs(300),
+                &format!("{p}.rollout.interval"),
+                e,
+            )
+            .0
+            .as_nanos() as u64,
+            min_requests: r.min_requests.unwrap_or(100).max(1),
+            max_5xx_delta: pct(r.max_5xx_delta, 0.5, "max_5xx_delta", e),
+            p95_ratio,
+            p99_ratio,
+            min_success_rate: pct(r.min_success_rate, 99.5, "min_success_rate", e),
+            latency_tolerance_ms: r
+                .latency_tolerance
+                .map_or(3.0, |d| d.0.as_secs_f64() * 1000.0),
+            start_on_load: r.start == Some(RolloutStart::OnLoad),
+        }
+    });
+    Some(CanarySpec {
+        stable: stable?,
+        canary: canary?,
+        stable_name: c.stable.clone(),
+        canary_name: c.canary.clone(),
+        sticky,
+        override_header,
+        version_header,
+        rollout,
     })
 }

@@ -293,6 +293,102 @@ pub struct RouteFile {
     /// Retry policy (default: no retries).
     #[serde(default)]
     pub retries: Option<RetryFile>,
+    /// Canary release of this route's `clusters` (stable + canary).
+    #[serde(default)]
+    pub canary: Option<CanaryFile>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryFile {
+    /// The stable version: one of the route's `clusters`.
+    pub stable: String,
+    /// The canary version: one of the route's `clusters`.
+    pub canary: String,
+    /// Keep each user on one version: exactly one of header, cookie,
+    /// identity, client_ip. Without it requests are split at random.
+    #[serde(default)]
+    pub sticky: Option<StickyFile>,
+    /// Let a request force a version with `HEADER: always|never`.
+    #[serde(default, rename = "override")]
+    pub override_header: Option<CanaryOverrideFile>,
+    /// Response header naming the version that answered (e.g. x-sift-version).
+    #[serde(default)]
+    pub version_header: Option<String>,
+    /// Progressive rollout with automatic rollback.
+    #[serde(default)]
+    pub rollout: Option<RolloutFile>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StickyFile {
+    /// Hash this request header's value.
+    #[serde(default)]
+    pub header: Option<String>,
+    /// Hash this cookie's value.
+    #[serde(default)]
+    pub cookie: Option<String>,
+    /// Hash the mTLS identity.
+    #[serde(default)]
+    pub identity: Option<bool>,
+    /// Hash the client IP (trusted X-Forwarded-For hops apply).
+    #[serde(default)]
+    pub client_ip: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryOverrideFile {
+    /// Header name (default x-sift-canary).
+    #[serde(default)]
+    pub header: Option<String>,
+    /// Only these mTLS identities may force a version (default: anyone).
+    #[serde(default)]
+    pub identities: Option<Vec<String>>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutStart {
+    /// Start when the route is (re)loaded with a changed canary.
+    OnLoad,
+    /// Start with POST /canary/{route}/rollout (default).
+    #[default]
+    Manual,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutFile {
+    /// Canary weights in percent (default [10, 50, 100]); reaching 100 promotes.
+    #[serde(default)]
+    pub steps: Option<Vec<u32>>,
+    /// Time per step before its analysis can pass (default 5m).
+    #[serde(default)]
+    pub interval: Option<Dur>,
+    /// Requests each version needs in the step before a verdict (default 100).
+    #[serde(default)]
+    pub min_requests: Option<u64>,
+    /// Canary 5xx rate may exceed stable's by this many points (default 0.5).
+    #[serde(default)]
+    pub max_5xx_delta: Option<f64>,
+    /// Canary p95 may be at most this times stable's (default 1.10).
+    #[serde(default)]
+    pub p95_ratio: Option<f64>,
+    /// Canary p99 may be at most this times stable's (default 1.15).
+    #[serde(default)]
+    pub p99_ratio: Option<f64>,
+    /// Canary success rate (non-5xx), percent (default 99.5).
+    #[serde(default)]
+    pub min_success_rate: Option<f64>,
+    /// A canary slower than stable by less than this never fails a latency
+    /// check (default 3ms): at a few ms, a ratio measures noise.
+    #[serde(default)]
+    pub latency_tolerance: Option<Dur>,
+    /// on_load or manual (default manual).
+    #[serde(default)]
+    pub start: Option<RolloutStart>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]

@@ -106,6 +106,7 @@ pub struct RouteSpec {
     pub rate_limits: Vec<RateLimitSpec>,
     pub max_inflight: Option<usize>,
     pub retries: Option<RetrySpec>,
+    pub canary: Option<crate::canary::CanarySpec>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

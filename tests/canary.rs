@@ -1,0 +1,425 @@
+//! Canary releases end to end: split proportions, stickiness, overrides,
+//! weight reloads under load, the admin API, and progressive rollouts that
+//! promote or roll back, against real upstreams.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::Request;
+use http_body_util::BodyExt;
+use sift::body;
+use support::*;
+
+/// An upstream that answers 200 after `delay_ms`, or 503 on every
+/// `fail_every`-th request (0 = never).
+async fn version(delay_ms: u64, fail_every: usize) -> Upstream {
+    let n = Arc::new(AtomicUsize::new(0));
+    Upstream::start(move |_req: Request<hyper::body::Incoming>| {
+        let n = n.clone();
+        async move {
+            if delay_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            }
+            let k = n.fetch_add(1, Ordering::SeqCst) + 1;
+            let mut r = text_response(200, "ok");
+            if fail_every > 0 && k % fail_every == 0 {
+                *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+            }
+            r
+        }
+    })
+    .await
+}
+
+fn config(
+    stable: std::net::SocketAddr,
+    canary: std::net::SocketAddr,
+    weights: (u32, u32),
+    extra: &str,
+) -> String {
+    format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+routes:
+  - name: plain
+    match: {{ path: {{ prefix: /plain }} }}
+    cluster: stable
+  - name: api
+    clusters:
+      - {{ name: stable, weight: {} }}
+      - {{ name: canary, weight: {} }}
+    canary:
+      stable: stable
+      canary: canary
+      version_header: x-version
+{extra}
+clusters:
+  - {{ name: stable, endpoints: ["{stable}"] }}
+  - {{ name: canary, endpoints: ["{canary}"] }}
+"#,
+        weights.0, weights.1
+    )
+}
+
+async fn version_of(sift: &Sift, headers: &[(&str, &str)]) -> String {
+    let mut r = Request::get(sift.url("/"));
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    let r = send(r.body(body::empty()).unwrap()).await;
+    assert_eq!(r.status(), 200);
+    r.headers()["x-version"].to_str().unwrap().to_string()
+}
+
+async fn canary_json(sift: &Sift) -> serde_json::Value {
+    let (_, b) = get_text(&sift.admin_url("/canary")).await;
+    let v: serde_json::Value = serde_json::from_str(&b).unwrap();
+    v["routes"][0].clone()
+}
+
+async fn put_weights(sift: &Sift, stable: u32, canary: u32) -> u16 {
+    let r = http1_client()
+        .request(
+            Request::put(sift.admin_url("/canary/api"))
+                .body(full(format!(
+                    r#"{{"weights": {{"stable": {stable}, "canary": {canary}}}}}"#
+                )))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    r.status().as_u16()
+}
+
+/// Send load from `n` tasks until `stop`; count (ok, failed).
+fn load(
+    sift: &Sift,
+    n: usize,
+    stop: Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<(usize, usize)>> {
+    (0..n)
+        .map(|_| {
+            let (url, stop) = (sift.url("/"), stop.clone());
+            tokio::spawn(async move {
+                let c = http1_client();
+                let (mut ok, mut failed) = (0, 0);
+                while !stop.load(Ordering::Relaxed) {
+                    match c
+                        .request(Request::get(&url).body(body::empty()).unwrap())
+                        .await
+                    {
+                        Ok(r) if r.status() != 502 && r.status() != 504 => {
+                            let _ = r.into_body().collect().await;
+                            ok += 1;
+                        }
+                        _ => failed += 1,
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn split_over_10000_requests_is_within_2_points() {
+    let (s, c) = (version(0, 0).await, version(0, 0).await);
+    let sift = Sift::start(&config(s.addr, c.addr, (90, 10), ""));
+    let mut hs = Vec::new();
+    for _ in 0..8 {
+        let url = sift.url("/");
+        hs.push(tokio::spawn(async move {
+            let cl = http1_client();
+            let mut canary = 0;
+            for _ in 0..1250 {
+                let r = cl
+                    .request(Request::get(&url).body(body::empty()).unwrap())
+                    .await
+                    .unwrap();
+                if r.headers()["x-version"] == "canary" {
+                    canary += 1;
+                }
+                let _ = r.into_body().collect().await;
+            }
+            canary
+        }));
+    }
+    let mut canary = 0;
+    for h in hs {
+        canary += h.await.unwrap();
+    }
+    let share = canary as f64 / 10_000.0 * 100.0;
+    assert!((share - 10.0).abs() <= 2.0, "canary share {share:.2} %");
+    eprintln!("canary share over 10000 requests: {share:.2} %");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sticky_users_stay_and_only_move_into_the_canary_as_it_grows() {
+    let (s, c) = (version(0, 0).await, version(0, 0).await);
+    let sift = Sift::start(&config(
+        s.addr,
+        c.addr,
+        (90, 10),
+        "      sticky: { header: x-user }",
+    ));
+    let users: Vec<String> = (0..300).map(|i| format!("user-{i}")).collect();
+    let mut before = HashMap::new();
+    for u in &users {
+        let v = version_of(&sift, &[("x-user", u)]).await;
+        // Same user, same version, every time.
+        assert_eq!(version_of(&sift, &[("x-user", u)]).await, v);
+        before.insert(u.clone(), v);
+    }
+    let in_canary = before.values().filter(|v| *v == "canary").count();
+    assert!((15..=50).contains(&in_canary), "{in_canary} of 300 at 10 %");
+    assert_eq!(put_weights(&sift, 50, 50).await, 200);
+    let mut moved_in = 0;
+    for u in &users {
+        let now = version_of(&sift, &[("x-user", u)]).await;
+        if before[u] == "canary" {
+            assert_eq!(now, "canary", "{u} left the canary when its weight rose");
+        } else if now == "canary" {
+            moved_in += 1;
+        }
+    }
+    assert!(moved_in > 60, "users moved into the canary: {moved_in}");
+    // And back down: users only leave the canary.
+    assert_eq!(put_weights(&sift, 95, 5).await, 200);
+    for u in &users {
+        if before[u] == "stable" {
+            assert_eq!(version_of(&sift, &[("x-user", u)]).await, "stable");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn override_header_forces_a_version_only_where_allowed() {
+    let (s, c) = (version(0, 0).await, version(0, 0).await);
+    let sift = Sift::start(&config(
+        s.addr,
+        c.addr,
+        (50, 50),
+        "      override: { header: x-sift-canary }",
+    ));
+    for _ in 0..20 {
+        assert_eq!(
+            version_of(&sift, &[("x-sift-canary", "always")]).await,
+            "canary"
+        );
+        assert_eq!(
+            version_of(&sift, &[("x-sift-canary", "never")]).await,
+            "stable"
+        );
+    }
+    // A route without an override section ignores (and strips) the header.
+    let s2 = version(0, 0).await;
+    let c2 = version(0, 0).await;
+    let plain = Sift::start(&config(s2.addr, c2.addr, (100, 0), ""));
+    for _ in 0..10 {
+        assert_eq!(
+            version_of(&plain, &[("x-sift-canary", "always")]).await,
+            "stable"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn weight_edits_in_the_file_apply_within_a_second_with_no_failed_request() {
+    let (s, c) = (version(0, 0).await, version(0, 0).await);
+    let sift = Sift::start(&config(s.addr, c.addr, (100, 0), ""));
+    let stop = Arc::new(AtomicBool::new(false));
+    let hs = load(&sift, 4, stop.clone());
+    for (sw, cw) in [(90, 10), (50, 50), (0, 100), (100, 0)] {
+        sift.write_config(&config(s.addr, c.addr, (sw, cw), ""));
+        let t = std::time::Instant::now();
+        let seen = eventually(Duration::from_secs(3), || async {
+            let v = canary_json(&sift).await;
+            v["weights"]["canary"] == cw && v["source"] == "file"
+        })
+        .await;
+        assert!(seen, "weights {sw}/{cw} applied");
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "took {:?}",
+            t.elapsed()
+        );
+    }
+    // At 100/0 every request goes to stable.
+    for _ in 0..20 {
+        assert_eq!(version_of(&sift, &[]).await, "stable");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, 0);
+    for h in hs {
+        let (o, f) = h.await.unwrap();
+        ok += o;
+        failed += f;
+    }
+    assert_eq!(failed, 0);
+    assert!(ok > 100);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_weights_hold_until_the_file_weights_change() {
+    let (s, c) = (version(0, 0).await, version(0, 0).await);
+    let cfg = |w: (u32, u32), tag: &str| {
+        config(s.addr, c.addr, w, "").replace(
+            "  - name: plain\n",
+            &format!("  - name: plain\n    response_headers: {{ set: {{ x-tag: \"{tag}\" }} }}\n"),
+        )
+    };
+    let sift = Sift::start(&cfg((90, 10), "a"));
+    assert_eq!(put_weights(&sift, 0, 100).await, 200);
+    let v = canary_json(&sift).await;
+    assert_eq!(
+        (v["weights"]["canary"].clone(), v["source"].clone()),
+        (100.into(), "admin".into())
+    );
+    // A reload that leaves this route's file weights alone keeps the admin's.
+    sift.write_config(&cfg((90, 10), "b"));
+    assert_eq!(post_text(&sift.admin_url("/reload")).await.0, 200);
+    let v = canary_json(&sift).await;
+    assert_eq!(
+        (v["weights"]["canary"].clone(), v["source"].clone()),
+        (100.into(), "admin".into())
+    );
+    // A reload that changes them: the file wins.
+    sift.write_config(&cfg((80, 20), "c"));
+    assert_eq!(post_text(&sift.admin_url("/reload")).await.0, 200);
+    let v = canary_json(&sift).await;
+    assert_eq!(
+        (v["weights"]["canary"].clone(), v["source"].clone()),
+        (20.into(), "file".into())
+    );
+    // Bad PUTs are refused.
+    let r = http1_client()
+        .request(
+            Request::put(sift.admin_url("/canary/api"))
+                .body(full("{nope"))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}
+
+fn rollout(extra: &str) -> String {
+    format!(
+        "      rollout: {{ steps: [20, 60, 100], interval: 400ms, min_requests: 60, start: on_load{extra} }}"
+    )
+}
+
+/// Run load until the rollout leaves the running state (or 20 s).
+async fn run_rollout(sift: &Sift) -> serde_json::Value {
+    let stop = Arc::new(AtomicBool::new(false));
+    let hs = load(sift, 4, stop.clone());
+    let mut last = serde_json::Value::Null;
+    for _ in 0..200 {
+        last = canary_json(sift).await;
+        if last["rollout"]["state"] != "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for h in hs {
+        let _ = h.await;
+    }
+    last
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rollout_promotes_a_healthy_canary() {
+    let (s, c) = (version(0, 0).await, version(0, 0).await);
+    let sift = Sift::start(&config(s.addr, c.addr, (100, 0), &rollout("")));
+    let v = run_rollout(&sift).await;
+    assert_eq!(v["rollout"]["state"], "promoted", "{v}");
+    assert_eq!(v["weights"]["canary"], 100);
+    assert_eq!(v["weights"]["stable"], 0);
+    assert_eq!(
+        sift.metric(r#"sift_canary_promotions_total{route="api"}"#)
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        sift.metric(r#"sift_canary_weight{route="api",version="canary"}"#)
+            .await,
+        Some(100.0)
+    );
+    for _ in 0..10 {
+        assert_eq!(version_of(&sift, &[]).await, "canary");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rollout_rolls_back_a_canary_with_2_percent_5xx() {
+    let (s, c) = (version(0, 0).await, version(0, 50).await);
+    let sift = Sift::start(&config(s.addr, c.addr, (100, 0), &rollout("")));
+    let v = run_rollout(&sift).await;
+    assert_eq!(v["rollout"]["state"], "rolled_back", "{v}");
+    let reason = &v["rollout"]["reason"];
+    assert!(
+        reason["metric"] == "5xx_rate_percent" || reason["metric"] == "success_rate_percent",
+        "{reason}"
+    );
+    assert_eq!(v["weights"]["canary"], 0);
+    assert!(
+        sift.log_lines()
+            .iter()
+            .any(|l| l.contains("analysis failed, rolled back")),
+        "the rollback is logged with its reason"
+    );
+    for _ in 0..10 {
+        assert_eq!(version_of(&sift, &[]).await, "stable");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rollout_rolls_back_a_canary_30_percent_slower() {
+    let (s, c) = (version(40, 0).await, version(52, 0).await);
+    let sift = Sift::start(&config(s.addr, c.addr, (100, 0), &rollout("")));
+    let v = run_rollout(&sift).await;
+    assert_eq!(v["rollout"]["state"], "rolled_back", "{v}");
+    let metric = v["rollout"]["reason"]["metric"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(metric == "p95_ms" || metric == "p99_ms", "{v}");
+    assert_eq!(
+        sift.metric(&format!(
+            r#"sift_canary_rollbacks_total{{route="api",metric="{metric}"}}"#
+        ))
+        .await,
+        Some(1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn not_enough_traffic_waits_at_the_step() {
+    let (s, c) = (version(0, 0).await, version(0, 0).await);
+    let sift = Sift::start(&config(
+        s.addr,
+        c.addr,
+        (100, 0),
+        "      rollout: { steps: [20, 60, 100], interval: 200ms, min_requests: 1000, start: on_load }",
+    ));
+    for _ in 0..30 {
+        version_of(&sift, &[]).await;
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let v = canary_json(&sift).await;
+    assert_eq!(v["rollout"]["state"], "running", "{v}");
+    assert_eq!(v["rollout"]["step"], 0);
+    assert_eq!(v["weights"]["canary"], 20);
+    assert_eq!(v["last_verdict"]["verdict"], "wait", "{v}");
+    assert_eq!(
+        sift.metric(r#"sift_canary_rollout_step{route="api"}"#)
+            .await,
+        Some(0.0)
+    );
+}
