@@ -62,6 +62,19 @@ async fn route(
             for c in snap.clusters.values() {
                 c.refresh_gauges(now);
             }
+            let unix = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            for (l, tls) in snap.config.listeners.iter().zip(snap.listener_tls.iter()) {
+                let Some(tls) = tls else { continue };
+                for (cert, not_after) in &tls.current().expiries {
+                    shared
+                        .metrics
+                        .tls_cert_expiry
+                        .with_label_values(&[l.name.as_str(), cert.as_str()])
+                        .set((not_after - unix) as f64);
+                }
+            }
             for r in &snap.routes {
                 let Some(c) = &r.canary else { continue };
                 for (b, w) in r.spec.backends.iter().zip(c.weights().iter()) {
@@ -269,6 +282,35 @@ async fn canary(req: Request<Incoming>, path: &str, shared: &Shared) -> Response
             StatusCode::METHOD_NOT_ALLOWED,
             "use GET /canary, PUT /canary/ROUTE, POST /canary/ROUTE/rollout or /rollback\n",
         ),
+    }
+}
+
+/// Watch every TLS listener's certificate, key, CA and CRL files (at the
+/// config's reload interval) and rotate them in place: new handshakes use
+/// the new material, open connections continue; a broken file is rejected,
+/// logged and counted, and the old material keeps serving.
+pub async fn tls_watcher(shared: Arc<Shared>) {
+    loop {
+        let interval = shared.snapshot.load().config.reload.interval.0;
+        tokio::time::sleep(interval).await;
+        let snap = shared.snapshot.load_full();
+        for (l, tls) in snap.config.listeners.iter().zip(snap.listener_tls.iter()) {
+            let Some(tls) = tls.clone() else { continue };
+            let name = l.name.clone();
+            let metrics = shared.metrics.clone();
+            let _ = tokio::task::spawn_blocking(move || match tls.rotate_if_changed() {
+                None => {}
+                Some(Ok(())) => {
+                    metrics.tls_reloads.with_label_values(&[&name, "success"]).inc();
+                    tracing::info!(listener = %name, "TLS material rotated");
+                }
+                Some(Err(e)) => {
+                    metrics.tls_reloads.with_label_values(&[&name, "failure"]).inc();
+                    tracing::error!(listener = %name, error = %e, "new TLS material rejected; the previous certificate keeps serving");
+                }
+            })
+            .await;
+        }
     }
 }
 

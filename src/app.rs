@@ -89,7 +89,8 @@ async fn serve(opts: Options, text: Arc<str>, config: config::Config) -> Result<
     tracing::info!(address = %admin_tcp.local_addr()?, "admin bound");
 
     let clock = crate::clock::Clock::new();
-    let snapshot = Snapshot::build(config, text, None, &metrics, clock.now());
+    let snapshot = Snapshot::build(config, text.clone(), None, &metrics, clock.now())
+        .map_err(|e| AppError::Config(config::with_lines(&text, e)))?;
     let shared = Shared::new(snapshot, metrics, clock);
     shared.metrics.config_last_reload_success.set(unix_now());
     let reloader = Arc::new(Reloader::new(opts.source, shared.clone()));
@@ -168,6 +169,7 @@ fn spawn_admin_thread(
                 tokio::spawn(reloader.clone().watch());
                 tokio::spawn(crate::reload::on_sighup(reloader.clone(), hup));
                 tokio::spawn(crate::admin::canary_controller(shared.clone()));
+                tokio::spawn(crate::admin::tls_watcher(shared.clone()));
                 admin::serve(tcp, shared, reloader).await;
             });
         })?;

@@ -41,6 +41,8 @@ pub enum ProxyError {
         policy: String,
         decision: crate::policy::ratelimit::Decision,
     },
+    #[error("identity {identity:?} may not use route {route:?}")]
+    IdentityDenied { route: String, identity: String },
     #[error("route {route:?} is at max_inflight ({limit})")]
     Overloaded { route: String, limit: usize },
     #[error("cluster {cluster:?} circuit breaker open: max {threshold} reached")]
@@ -67,11 +69,12 @@ pub enum ErrorKind {
     RateLimited,
     Overloaded,
     CircuitOpen,
+    IdentityDenied,
     Internal,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 13] = [
+    pub const ALL: [ErrorKind; 14] = [
         ErrorKind::MalformedRequest,
         ErrorKind::HeadersTooLarge,
         ErrorKind::BodyTooLarge,
@@ -84,6 +87,7 @@ impl ErrorKind {
         ErrorKind::RateLimited,
         ErrorKind::Overloaded,
         ErrorKind::CircuitOpen,
+        ErrorKind::IdentityDenied,
         ErrorKind::Internal,
     ];
 
@@ -101,6 +105,7 @@ impl ErrorKind {
             ErrorKind::RateLimited => "rate-limited",
             ErrorKind::Overloaded => "overloaded",
             ErrorKind::CircuitOpen => "circuit-open",
+            ErrorKind::IdentityDenied => "identity-denied",
             ErrorKind::Internal => "internal",
         }
     }
@@ -115,6 +120,7 @@ impl ErrorKind {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::IdentityDenied => StatusCode::FORBIDDEN,
             ErrorKind::UpstreamConnectFailure | ErrorKind::UpstreamReset => StatusCode::BAD_GATEWAY,
             ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -137,6 +143,7 @@ impl ProxyError {
             ProxyError::RateLimited { .. } => ErrorKind::RateLimited,
             ProxyError::Overloaded { .. } => ErrorKind::Overloaded,
             ProxyError::CircuitOpen { .. } => ErrorKind::CircuitOpen,
+            ProxyError::IdentityDenied { .. } => ErrorKind::IdentityDenied,
             ProxyError::Internal(_) => ErrorKind::Internal,
         }
     }
@@ -161,6 +168,7 @@ impl ProxyError {
             ProxyError::RateLimited { policy, .. } => format!("rate limit {policy} exceeded"),
             ProxyError::Overloaded { .. } => "overloaded, retry later".into(),
             ProxyError::CircuitOpen { .. } => "upstream circuit open, retry later".into(),
+            ProxyError::IdentityDenied { .. } => "caller identity not allowed on this route".into(),
             ProxyError::Internal(_) => "internal error".into(),
         };
         let text = format!("{} {detail}\n", status.as_u16());

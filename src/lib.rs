@@ -24,4 +24,5 @@ pub mod proxy;
 pub mod reload;
 pub mod snapshot;
 pub mod state;
+pub mod tls;
 pub mod upstream;

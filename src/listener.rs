@@ -53,6 +53,8 @@ pub async fn serve(tcp: TcpListener, name: Arc<str>, shared: Arc<Shared>, drain:
         let _ = stream.set_nodelay(true);
         let builder = builder_for(spec);
         let idle_timeout = spec.limits.idle_timeout.0;
+        let tls = snap.listener_tls.get(index).cloned().flatten();
+        let handshake_timeout = spec.limits.header_read_timeout.0;
         drop(snap);
         accepted.inc();
         active.inc();
@@ -62,22 +64,59 @@ pub async fn serve(tcp: TcpListener, name: Arc<str>, shared: Arc<Shared>, drain:
             active: active.clone(),
             _token: drain.conn_token(),
         };
-        let conn = Arc::new(ConnInfo {
-            listener: name.clone(),
-            listener_index: index,
-            remote,
-            tls: false,
-            slot: Some(Box::new(slot)),
+        let (shared, watch, name) = (shared.clone(), drain.watch(), name.clone());
+        tokio::spawn(async move {
+            let mut conn = ConnInfo {
+                listener: name.clone(),
+                listener_index: index,
+                remote,
+                tls: false,
+                identity: None,
+                xfcc: None,
+                slot: Some(Box::new(slot)),
+            };
+            let Some(tls) = tls else {
+                serve_conn(stream, builder, idle_timeout, Arc::new(conn), shared, watch).await;
+                return;
+            };
+            // The handshake runs here, in the connection's own task: a flood
+            // of failing handshakes never holds up the accept loop.
+            let loaded = tls.current();
+            let acceptor = tokio_rustls::TlsAcceptor::from(loaded.config.clone());
+            let m = shared.metrics.clone();
+            let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
+                .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    let reason = crate::tls::failure_reason(&e);
+                    m.tls_handshake_failures
+                        .with_label_values(&[&name, reason])
+                        .inc();
+                    tracing::debug!(listener = %name, %remote, reason, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    m.tls_handshake_failures
+                        .with_label_values(&[&name, "timeout"])
+                        .inc();
+                    return;
+                }
+            };
+            let (_, session) = stream.get_ref();
+            let identity = session
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|leaf| crate::tls::Identity::from_der(leaf.as_ref()));
+            let peer = identity.as_ref().map_or("none", |i| i.metric_label());
+            m.tls_handshakes.with_label_values(&[&name, peer]).inc();
+            conn.tls = true;
+            conn.xfcc = identity
+                .as_ref()
+                .and_then(|i| http::HeaderValue::from_str(&i.xfcc(loaded.own_uri.as_deref())).ok());
+            conn.identity = identity;
+            serve_tls_conn(stream, builder, idle_timeout, Arc::new(conn), shared, watch).await;
         });
-        let (shared, watch) = (shared.clone(), drain.watch());
-        tokio::spawn(serve_conn(
-            stream,
-            builder,
-            idle_timeout,
-            conn,
-            shared,
-            watch,
-        ));
     }
     tracing::info!(listener = %name, "listener closed");
 }
@@ -150,14 +189,54 @@ impl Drop for InflightGuard {
     }
 }
 
+async fn serve_tls_conn(
+    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    builder: auto::Builder<TokioExecutor>,
+    idle_timeout: Duration,
+    conn: Arc<ConnInfo>,
+    shared: Arc<Shared>,
+    watch: Watch,
+) {
+    serve_io(
+        TokioIo::new(stream),
+        builder,
+        idle_timeout,
+        conn,
+        shared,
+        watch,
+    )
+    .await;
+}
+
 async fn serve_conn(
     stream: TcpStream,
     builder: auto::Builder<TokioExecutor>,
     idle_timeout: Duration,
     conn: Arc<ConnInfo>,
     shared: Arc<Shared>,
-    mut watch: Watch,
+    watch: Watch,
 ) {
+    serve_io(
+        TokioIo::new(stream),
+        builder,
+        idle_timeout,
+        conn,
+        shared,
+        watch,
+    )
+    .await;
+}
+
+async fn serve_io<I>(
+    io: TokioIo<I>,
+    builder: auto::Builder<TokioExecutor>,
+    idle_timeout: Duration,
+    conn: Arc<ConnInfo>,
+    shared: Arc<Shared>,
+    mut watch: Watch,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Arc::new(Activity {
         epoch: Instant::now(),
         inflight: AtomicUsize::new(0),
@@ -173,7 +252,6 @@ async fn serve_conn(
             async move { Ok::<_, std::convert::Infallible>(fut.await) }
         })
     };
-    let io = TokioIo::new(stream);
     let connection = builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(connection);
     let mut closing = false;

@@ -33,6 +33,10 @@ pub struct Metrics {
     pub canary_rollout_step: IntGaugeVec,
     pub canary_rollbacks: IntCounterVec,
     pub canary_promotions: IntCounterVec,
+    pub tls_handshakes: IntCounterVec,
+    pub tls_handshake_failures: IntCounterVec,
+    pub tls_cert_expiry: prometheus::GaugeVec,
+    pub tls_reloads: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -217,6 +221,46 @@ impl Metrics {
             &["route"],
         )
         .expect("valid metric");
+        let tls_handshakes = IntCounterVec::new(
+            Opts::new(
+                "sift_tls_handshakes_total",
+                "Completed TLS handshakes by listener and peer: the client's trust domain, or dns/cn for non-SPIFFE certificates, or none without a client certificate.",
+            ),
+            &["listener", "peer"],
+        )
+        .expect("valid metric");
+        let tls_handshake_failures = IntCounterVec::new(
+            Opts::new(
+                "sift_tls_handshake_failures_total",
+                "Failed TLS handshakes by listener and reason (no_client_cert, unknown_ca, expired, not_yet_valid, revoked, bad_certificate, protocol, alert_received, timeout, closed, io, other).",
+            ),
+            &["listener", "reason"],
+        )
+        .expect("valid metric");
+        let tls_cert_expiry = prometheus::GaugeVec::new(
+            Opts::new(
+                "sift_tls_cert_expiry_seconds",
+                "Seconds until a listener certificate expires (negative: expired), refreshed at scrape.",
+            ),
+            &["listener", "cert"],
+        )
+        .expect("valid metric");
+        let tls_reloads = IntCounterVec::new(
+            Opts::new(
+                "sift_tls_reloads_total",
+                "Certificate / key / CA file changes by listener and result (success, failure: the old material keeps serving).",
+            ),
+            &["listener", "result"],
+        )
+        .expect("valid metric");
+        for m in [
+            Box::new(tls_handshakes.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(tls_handshake_failures.clone()),
+            Box::new(tls_cert_expiry.clone()),
+            Box::new(tls_reloads.clone()),
+        ] {
+            registry.register(m).expect("metric names are unique");
+        }
         for m in [
             Box::new(canary_weight.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(canary_rollout_step.clone()),
@@ -281,6 +325,10 @@ impl Metrics {
             canary_rollout_step,
             canary_rollbacks,
             canary_promotions,
+            tls_handshakes,
+            tls_handshake_failures,
+            tls_cert_expiry,
+            tls_reloads,
         }
     }
 

@@ -38,6 +38,10 @@ pub struct ConnInfo {
     pub listener_index: usize,
     pub remote: SocketAddr,
     pub tls: bool,
+    /// The verified client certificate's identity (mTLS).
+    pub identity: Option<crate::tls::Identity>,
+    /// XFCC value for the upstream, computed once per connection.
+    pub xfcc: Option<HeaderValue>,
     /// Released when the connection and any tunnel made from it are gone.
     pub slot: Option<Box<dyn Send + Sync>>,
 }
@@ -47,6 +51,7 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_SIFT_CANARY: HeaderName = HeaderName::from_static("x-sift-canary");
+static XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded.
 const HOP_BY_HOP: &[&str] = &[
@@ -97,6 +102,7 @@ struct LogFields {
     request_id: HeaderValue,
     route: Option<Arc<str>>,
     endpoint: Option<String>,
+    identity: Option<String>,
 }
 
 impl OnDone for Outcome {
@@ -138,6 +144,7 @@ impl OnDone for Outcome {
             route,
             cluster,
             endpoint = log.endpoint.as_deref().unwrap_or("-"),
+            identity = log.identity.as_deref().unwrap_or("-"),
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             bytes_sent = bytes,
             completed,
@@ -169,6 +176,7 @@ pub async fn handle(
             request_id: HeaderValue::from_static("-"),
             route: None,
             endpoint: None,
+            identity: conn.identity.as_ref().map(|i| i.id.clone()),
         })
     });
     let mut out = Box::new(Outcome {
@@ -250,8 +258,23 @@ async fn proxy(
         log.route = Some(Arc::from(route.spec.name.as_str()));
     }
 
-    // 4. Admission: the route's concurrency limit, then rate limits (the
-    //    listener's, then the route's).
+    // 4. Admission: identity authorization, the route's concurrency limit,
+    //    then rate limits (the listener's, then the route's).
+    if let Some(allowed) = &route.spec.allowed_identities {
+        let ok = conn
+            .identity
+            .as_ref()
+            .is_some_and(|id| allowed.iter().any(|m| m.matches(id)));
+        if !ok {
+            return Err(ProxyError::IdentityDenied {
+                route: route.spec.name.clone(),
+                identity: conn
+                    .identity
+                    .as_ref()
+                    .map_or("(none)".into(), |i| i.id.clone()),
+            });
+        }
+    }
     let slot = route
         .inflight
         .enter(route.spec.max_inflight)
@@ -310,6 +333,11 @@ async fn proxy(
         }
     }
     forwarded_headers(h, listener, conn, &original_authority);
+    // Only sift vouches for a client certificate: a client's XFCC never passes.
+    h.remove(&XFCC);
+    if let Some(x) = &conn.xfcc {
+        h.insert(XFCC.clone(), x.clone());
+    }
     h.insert(X_REQUEST_ID.clone(), request_id.clone());
     route.spec.request_headers.apply(h);
 
@@ -371,7 +399,11 @@ async fn proxy(
         };
         let uri = Uri::from_parts({
             let mut u = http::uri::Parts::default();
-            u.scheme = Some(http::uri::Scheme::HTTP);
+            u.scheme = Some(if cluster.spec.tls.is_some() {
+                http::uri::Scheme::HTTPS
+            } else {
+                http::uri::Scheme::HTTP
+            });
             u.authority = Some(endpoint.authority.clone());
             u.path_and_query = Some(path_and_query.clone());
             u
@@ -538,8 +570,11 @@ fn canary_backend<'r>(
     use crate::canary::Sticky;
     let spec = &c.spec;
     if let Some(o) = &spec.override_header {
-        // Identity-restricted overrides need mTLS identities (none on plain TCP).
-        let allowed = o.identities.is_empty();
+        let allowed = o.identities.is_empty()
+            || conn
+                .identity
+                .as_ref()
+                .is_some_and(|id| o.identities.contains(&id.id));
         let value = if o.header == X_SIFT_CANARY.as_str() {
             forced
         } else {
@@ -554,7 +589,8 @@ fn canary_backend<'r>(
         }
     }
     let key: Option<String> = match &spec.sticky {
-        None | Some(Sticky::Identity) => None,
+        None => None,
+        Some(Sticky::Identity) => conn.identity.as_ref().map(|i| i.id.clone()),
         Some(Sticky::Header(h)) => req
             .headers()
             .get(h.as_str())
@@ -687,8 +723,7 @@ fn descriptor(
                 });
                 v.push_str(ip);
             }
-            // Workload identity comes with mTLS listeners.
-            KeyPart::Identity => return None,
+            KeyPart::Identity => v.push_str(&conn.identity.as_ref()?.id),
             KeyPart::Method => v.push_str(req.method().as_str()),
             KeyPart::Path => v.push_str(req.uri().path()),
             KeyPart::Route => v.push_str(&route.spec.name),

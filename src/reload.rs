@@ -111,7 +111,14 @@ impl Reloader {
         restart_only_changes(&current.config, &config)
             .map_err(|e| config::with_lines(&text, e.0))?;
         let now = self.shared.clock.now();
-        let snap = Snapshot::build(config, text, Some(&current), &self.shared.metrics, now);
+        let snap = Snapshot::build(
+            config,
+            text.clone(),
+            Some(&current),
+            &self.shared.metrics,
+            now,
+        )
+        .map_err(|e| config::with_lines(&text, e))?;
         let generation = snap.generation;
         self.shared.snapshot.store(Arc::new(snap));
         Ok(Outcome::Applied { generation })

@@ -23,6 +23,8 @@ pub struct Snapshot {
     pub clusters: HashMap<String, Arc<Cluster>>,
     /// Rate limits of each listener (by listener index).
     pub listener_limits: Vec<Vec<Arc<Limit>>>,
+    /// TLS material of each listener (by listener index), rotated in place.
+    pub listener_tls: Vec<Option<Arc<crate::tls::ListenerTls>>>,
     /// Monotonic generation, 1 for the first config.
     pub generation: u64,
 }
@@ -172,15 +174,55 @@ impl Snapshot {
         prev: Option<&Snapshot>,
         metrics: &Metrics,
         now: u64,
-    ) -> Snapshot {
+    ) -> Result<Snapshot, Vec<crate::config::ConfigError>> {
+        let mut errors = Vec::new();
+        let err = |path: String, e: crate::tls::TlsError| crate::config::ConfigError {
+            path,
+            line: None,
+            message: e.to_string(),
+        };
         let mut clusters = HashMap::new();
-        for spec in &config.clusters {
+        for (i, spec) in config.clusters.iter().enumerate() {
             let reused = prev
                 .and_then(|p| p.clusters.get(&spec.name))
                 .filter(|c| c.spec == *spec)
                 .cloned();
-            let c = reused.unwrap_or_else(|| Cluster::new(spec.clone(), metrics));
-            clusters.insert(spec.name.clone(), c);
+            match reused
+                .map(Ok)
+                .unwrap_or_else(|| Cluster::new(spec.clone(), metrics))
+            {
+                Ok(c) => {
+                    clusters.insert(spec.name.clone(), c);
+                }
+                Err(e) => errors.push(err(format!("clusters[{i}].tls"), e)),
+            }
+        }
+        let mut listener_tls = Vec::new();
+        for (i, l) in config.listeners.iter().enumerate() {
+            let Some(spec) = &l.tls else {
+                listener_tls.push(None);
+                continue;
+            };
+            let reused = prev
+                .and_then(|p| {
+                    p.listener_index(&l.name)
+                        .and_then(|j| p.listener_tls.get(j))
+                })
+                .and_then(|t| t.clone())
+                .filter(|t| t.spec == *spec);
+            match reused
+                .map(Ok)
+                .unwrap_or_else(|| crate::tls::ListenerTls::new(spec.clone()))
+            {
+                Ok(t) => listener_tls.push(Some(t)),
+                Err(e) => {
+                    errors.push(err(format!("listeners[{i}].tls"), e));
+                    listener_tls.push(None);
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
         }
         let listener_names: Vec<&str> = config.listeners.iter().map(|l| l.name.as_str()).collect();
         let route_names: Vec<&str> = config.routes.iter().map(|r| r.name.as_str()).collect();
@@ -299,14 +341,15 @@ impl Snapshot {
                 }
             })
             .collect();
-        Snapshot {
+        Ok(Snapshot {
             config: Arc::new(config),
             source,
             routes,
             clusters,
             listener_limits,
+            listener_tls,
             generation: prev.map_or(1, |p| p.generation + 1),
-        }
+        })
     }
 
     /// The listener at `index` (listener order cannot change at reload).

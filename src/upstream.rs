@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use http::Request;
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -51,7 +52,7 @@ pub struct Cluster {
     pub outlier: Option<Outlier>,
     pub budget: Budget,
     pub metrics: ClusterMetrics,
-    client: Client<HttpConnector, Body>,
+    client: Client<HttpsConnector<HttpConnector>, Body>,
     rr: AtomicUsize,
     /// Requests in flight (max_requests; the retry budget's "active").
     requests: Arc<AtomicUsize>,
@@ -95,11 +96,34 @@ impl Drop for InflightGuard {
 }
 
 impl Cluster {
-    pub fn new(spec: ClusterSpec, m: &Metrics) -> Arc<Self> {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(spec.connect_timeout.0));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
+    pub fn new(spec: ClusterSpec, m: &Metrics) -> Result<Arc<Self>, crate::tls::TlsError> {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(spec.connect_timeout.0));
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        let tls = match &spec.tls {
+            Some(t) => crate::tls::client_config(t)?,
+            None => rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| crate::tls::TlsError::Config(e.to_string()))?
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth(),
+        };
+        let mut https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http();
+        if let Some(name) = spec.tls.as_ref().and_then(|t| t.server_name.clone()) {
+            let name = rustls::pki_types::ServerName::try_from(name)
+                .map_err(|e| crate::tls::TlsError::Config(format!("server_name: {e}")))?;
+            https =
+                https.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name));
+        }
+        let connector = match spec.protocol {
+            UpstreamProtocol::Http1 => https.enable_http1().wrap_connector(http),
+            UpstreamProtocol::Http2 => https.enable_http2().wrap_connector(http),
+        };
         let mut builder = Client::builder(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
@@ -141,7 +165,7 @@ impl Cluster {
             .map(|o| Outlier::new(o, endpoints.len()));
         let conn_slots = (spec.protocol == UpstreamProtocol::Http1)
             .then(|| Arc::new(Semaphore::new(spec.breakers.max_connections)));
-        Arc::new(Cluster {
+        Ok(Arc::new(Cluster {
             spec,
             endpoints,
             outlier,
@@ -152,7 +176,7 @@ impl Cluster {
             requests: Arc::new(AtomicUsize::new(0)),
             conn_slots,
             pending: AtomicUsize::new(0),
-        })
+        }))
     }
 
     /// Enter the cluster: 503 circuit-open past max_requests.

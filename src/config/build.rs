@@ -222,6 +222,9 @@ fn build_listeners(ls: &[ListenerFile], routes: &[RouteSpec], e: &mut Errs) -> V
                     &format!("{p}.rate_limits"),
                     e,
                 ),
+                tls: l.tls.as_ref().map(|t| {
+                    build_listener_tls(t, l.protocol.unwrap_or_default(), &format!("{p}.tls"), e)
+                }),
             });
         }
     }
@@ -432,6 +435,14 @@ fn build_routes(
                 .canary
                 .as_ref()
                 .and_then(|c| build_canary(c, r.clusters.as_deref(), &format!("{p}.canary"), e)),
+            allowed_identities: r.allowed_identities.as_ref().map(|ids| {
+                ids.iter()
+                    .enumerate()
+                    .filter_map(|(i, m)| {
+                        build_identity_match(m, &format!("{p}.allowed_identities[{i}]"), e)
+                    })
+                    .collect()
+            }),
         });
     }
     out
@@ -613,6 +624,17 @@ fn build_clusters(cs: &[ClusterFile], e: &mut Errs) -> Vec<ClusterSpec> {
                 .as_ref()
                 .map(|o| build_outlier(o, &format!("{p}.outlier_detection"), e)),
             retry_budget: build_budget(c.retry_budget.as_ref(), &format!("{p}.retry_budget"), e),
+            tls: c.tls.as_ref().map(|t| {
+                if t.cert.is_some() != t.key.is_some() {
+                    e.push(format!("{p}.tls"), "give both cert and key, or neither");
+                }
+                crate::tls::UpstreamTlsSpec {
+                    ca: t.ca.clone().into(),
+                    server_name: t.server_name.clone(),
+                    cert: t.cert.clone().map(Into::into),
+                    key: t.key.clone().map(Into::into),
+                }
+            }),
         });
     }
     out
@@ -1042,5 +1064,82 @@ fn build_canary(
         override_header,
         version_header,
         rollout,
+    })
+}
+
+fn build_listener_tls(
+    t: &ListenerTlsFile,
+    protocol: DownstreamProtocol,
+    p: &str,
+    e: &mut Errs,
+) -> crate::tls::ListenerTlsSpec {
+    use crate::tls::{CertSpec, ListenerTlsSpec, MtlsMode};
+    if t.certificates.is_empty() {
+        e.push(
+            format!("{p}.certificates"),
+            "needs at least one certificate",
+        );
+    }
+    let certificates = t
+        .certificates
+        .iter()
+        .map(|c| CertSpec {
+            cert: c.cert.clone().into(),
+            key: c.key.clone().into(),
+            server_names: c.server_names.clone().unwrap_or_default(),
+        })
+        .collect();
+    let ca_ = t.client_auth.as_ref();
+    let mode = match ca_ {
+        None => MtlsMode::Off,
+        Some(c) => match c.mode.unwrap_or_default() {
+            MtlsModeFile::Require => MtlsMode::Require,
+            MtlsModeFile::Optional => MtlsMode::Optional,
+            MtlsModeFile::Off => MtlsMode::Off,
+        },
+    };
+    let ca = ca_.and_then(|c| c.ca.clone()).map(Into::into);
+    if mode != MtlsMode::Off && ca.is_none() {
+        e.push(
+            format!("{p}.client_auth.ca"),
+            "mode require or optional needs a CA bundle",
+        );
+    }
+    let alpn = match protocol {
+        DownstreamProtocol::H1 => vec!["http/1.1".to_string()],
+        DownstreamProtocol::H2 => vec!["h2".to_string()],
+        DownstreamProtocol::Auto => vec!["h2".to_string(), "http/1.1".to_string()],
+    };
+    ListenerTlsSpec {
+        certificates,
+        mode,
+        ca,
+        crls: ca_
+            .and_then(|c| c.crls.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(Into::into)
+            .collect(),
+        alpn,
+    }
+}
+
+fn build_identity_match(m: &IdentityMatchFile, p: &str, e: &mut Errs) -> Option<IdentityMatch> {
+    Some(match m {
+        IdentityMatchFile::Exact(s) => IdentityMatch::Exact(s.clone()),
+        IdentityMatchFile::TrustDomain(s) => IdentityMatch::TrustDomain(s.clone()),
+        IdentityMatchFile::Prefix(s) => IdentityMatch::Prefix(s.clone()),
+        IdentityMatchFile::Namespace(s) => match s.split_once('/') {
+            Some((td, ns)) if !td.is_empty() && !ns.is_empty() && !ns.contains('/') => {
+                IdentityMatch::Namespace(td.to_string(), ns.to_string())
+            }
+            _ => {
+                e.push(
+                    format!("{p}.namespace"),
+                    format!("{s:?} is not TRUST_DOMAIN/NAMESPACE"),
+                );
+                return None;
+            }
+        },
     })
 }

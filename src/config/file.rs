@@ -129,6 +129,86 @@ pub struct ListenerFile {
     /// routing, before the route's own).
     #[serde(default)]
     pub rate_limits: Option<Vec<RateLimitFile>>,
+    /// Terminate TLS (and mTLS) on this listener.
+    #[serde(default)]
+    pub tls: Option<ListenerTlsFile>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTlsFile {
+    /// Certificate chains and keys (PEM: RSA, ECDSA or Ed25519). The first
+    /// without server_names is the default; others are chosen by SNI.
+    pub certificates: Vec<CertFile>,
+    /// Client certificates (mTLS).
+    #[serde(default)]
+    pub client_auth: Option<ClientAuthFile>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CertFile {
+    /// PEM certificate chain, leaf first.
+    pub cert: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
+    /// SNI names this certificate answers (`*.example.com` allowed).
+    #[serde(default)]
+    pub server_names: Option<Vec<String>>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MtlsModeFile {
+    /// Every client must present a valid certificate (default).
+    #[default]
+    Require,
+    /// Verify a certificate when presented; allow clients without one.
+    Optional,
+    /// Do not ask for client certificates.
+    Off,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClientAuthFile {
+    /// require (default), optional or off.
+    #[serde(default)]
+    pub mode: Option<MtlsModeFile>,
+    /// PEM bundle of the CAs client certificates must chain to.
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// PEM certificate revocation lists.
+    #[serde(default)]
+    pub crls: Option<Vec<String>>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum IdentityMatchFile {
+    /// This exact identity (e.g. spiffe://prod.example/ns/web/sa/frontend).
+    Exact(String),
+    /// Any SPIFFE ID in this trust domain.
+    TrustDomain(String),
+    /// Any SPIFFE ID in TRUST_DOMAIN/NAMESPACE.
+    Namespace(String),
+    /// Any identity starting with this.
+    Prefix(String),
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsFile {
+    /// PEM bundle of the CAs the upstream's certificate must chain to.
+    pub ca: String,
+    /// SNI and the name the upstream certificate must carry (default: the endpoint host).
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// Client certificate for mTLS to the upstream.
+    #[serde(default)]
+    pub cert: Option<String>,
+    #[serde(default)]
+    pub key: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
@@ -296,6 +376,10 @@ pub struct RouteFile {
     /// Canary release of this route's `clusters` (stable + canary).
     #[serde(default)]
     pub canary: Option<CanaryFile>,
+    /// Only callers with these mTLS identities may use this route (403
+    /// identity-denied otherwise). Default: anyone.
+    #[serde(default)]
+    pub allowed_identities: Option<Vec<IdentityMatchFile>>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
@@ -513,6 +597,9 @@ pub struct ClusterFile {
     /// Retries in flight may not exceed this share of active requests.
     #[serde(default)]
     pub retry_budget: Option<RetryBudgetFile>,
+    /// Originate TLS to the endpoints.
+    #[serde(default)]
+    pub tls: Option<UpstreamTlsFile>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]

@@ -66,6 +66,7 @@ pub struct ListenerSpec {
     /// Trusted proxies appending to X-Forwarded-For (client IP for rate limits).
     pub trusted_hops: u32,
     pub rate_limits: Vec<RateLimitSpec>,
+    pub tls: Option<crate::tls::ListenerTlsSpec>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -107,6 +108,32 @@ pub struct RouteSpec {
     pub max_inflight: Option<usize>,
     pub retries: Option<RetrySpec>,
     pub canary: Option<crate::canary::CanarySpec>,
+    /// None: anyone; Some: only matching identities.
+    pub allowed_identities: Option<Vec<IdentityMatch>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentityMatch {
+    Exact(String),
+    TrustDomain(String),
+    /// (trust domain, namespace)
+    Namespace(String, String),
+    Prefix(String),
+}
+
+impl IdentityMatch {
+    pub fn matches(&self, id: &crate::tls::Identity) -> bool {
+        match self {
+            IdentityMatch::Exact(e) => id.id == *e,
+            IdentityMatch::TrustDomain(td) => id.trust_domain.as_deref() == Some(td.as_str()),
+            IdentityMatch::Namespace(td, ns) => {
+                id.trust_domain.as_deref() == Some(td.as_str())
+                    && id.namespace.as_deref() == Some(ns.as_str())
+            }
+            IdentityMatch::Prefix(p) => id.id.starts_with(p.as_str()),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -203,6 +230,7 @@ pub struct ClusterSpec {
     pub outlier: Option<OutlierSpec>,
     /// None: the budget is disabled and `breakers.max_retries` caps retries.
     pub retry_budget: Option<BudgetSpec>,
+    pub tls: Option<crate::tls::UpstreamTlsSpec>,
 }
 
 /// Envoy's circuit-breaker thresholds (defaults 1024/1024/1024/3).

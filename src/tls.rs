@@ -1,0 +1,517 @@
+//! TLS with rustls (ring provider), owned directly, as ztunnel and
+//! linkerd2-proxy do:
+//!
+//! - listener [`ServerConfig`]s: PEM chains and keys (RSA, ECDSA, Ed25519),
+//!   SNI to choose among several certificates, TLS 1.2 and 1.3 only (rustls
+//!   offers only AEAD suites with ECDHE), ALPN h2 / http/1.1, client
+//!   certificates verified against a CA bundle with CRLs in `require` or
+//!   `optional` mode;
+//! - the caller's [`Identity`]: SPIFFE ID from the URI SAN, else DNS SAN,
+//!   else subject CN; the `x-forwarded-client-cert` value (Envoy's XFCC);
+//! - rotation: [`ListenerTls`] watches its files and swaps in a new config
+//!   when they change and load; a broken file is rejected and the old
+//!   config keeps serving;
+//! - upstream client configs (CA, optional client certificate).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{RootCertStore, ServerConfig};
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MtlsMode {
+    /// Every client must present a certificate from the CA (sidecar default).
+    #[default]
+    Require,
+    /// Verify a certificate when one is presented; allow clients without.
+    Optional,
+    /// Do not ask for client certificates.
+    Off,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CertSpec {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// SNI names this certificate answers; empty: the default certificate.
+    pub server_names: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ListenerTlsSpec {
+    pub certificates: Vec<CertSpec>,
+    pub mode: MtlsMode,
+    pub ca: Option<PathBuf>,
+    pub crls: Vec<PathBuf>,
+    /// ALPN protocols offered, in order.
+    pub alpn: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct UpstreamTlsSpec {
+    pub ca: PathBuf,
+    /// SNI and the name the server certificate must carry (default: the endpoint host).
+    pub server_name: Option<String>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {path}: {reason}")]
+    Read { path: PathBuf, reason: String },
+    #[error("{path}: no PEM certificate found")]
+    NoCert { path: PathBuf },
+    #[error("{path}: not a usable private key: {reason}")]
+    BadKey { path: PathBuf, reason: String },
+    #[error("{path}: the key does not match the certificate")]
+    KeyMismatch { path: PathBuf },
+    #[error("{path}: not a usable CA bundle: {reason}")]
+    BadCa { path: PathBuf, reason: String },
+    #[error("{path}: not a usable CRL: {reason}")]
+    BadCrl { path: PathBuf, reason: String },
+    #[error("TLS config: {0}")]
+    Config(String),
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn read_err(path: &Path, e: impl std::fmt::Display) -> TlsError {
+    TlsError::Read {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let bytes = std::fs::read(path).map_err(|e| read_err(path, e))?;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<_, _>>()
+        .map_err(|e| read_err(path, e))?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCert {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(certs)
+}
+
+fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let bytes = std::fs::read(path).map_err(|e| read_err(path, e))?;
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| TlsError::BadKey {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+/// Load a certificate chain and its key into a [`CertifiedKey`].
+pub fn certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
+    let chain = load_certs(cert)?;
+    let der = load_key(key)?;
+    let signing = provider()
+        .key_provider
+        .load_private_key(der)
+        .map_err(|e| TlsError::BadKey {
+            path: key.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    let ck = CertifiedKey::new(chain, signing);
+    ck.keys_match().map_err(|_| TlsError::KeyMismatch {
+        path: key.to_path_buf(),
+    })?;
+    Ok(ck)
+}
+
+fn root_store(path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for c in load_certs(path)? {
+        roots.add(c).map_err(|e| TlsError::BadCa {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(roots)
+}
+
+/// Chooses the certificate by SNI; the first unnamed (or first) one is the default.
+#[derive(Debug)]
+struct SniResolver {
+    named: Vec<(String, Arc<CertifiedKey>)>,
+    default: Arc<CertifiedKey>,
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if let Some(sni) = hello.server_name() {
+            let sni = sni.to_ascii_lowercase();
+            for (name, ck) in &self.named {
+                let hit = match name.strip_prefix("*.") {
+                    Some(suffix) => sni.split_once('.').is_some_and(|(_, rest)| rest == suffix),
+                    None => *name == sni,
+                };
+                if hit {
+                    return Some(ck.clone());
+                }
+            }
+        }
+        Some(self.default.clone())
+    }
+}
+
+/// A loaded listener config and facts about it for metrics.
+pub struct Loaded {
+    pub config: Arc<ServerConfig>,
+    /// (certificate label, not-after as Unix seconds).
+    pub expiries: Vec<(String, i64)>,
+    /// The listener's own URI SAN (XFCC `By`).
+    pub own_uri: Option<String>,
+}
+
+pub fn server_config(spec: &ListenerTlsSpec) -> Result<Loaded, TlsError> {
+    let mut named = Vec::new();
+    let mut default = None;
+    let mut expiries = Vec::new();
+    let mut own_uri = None;
+    for c in &spec.certificates {
+        let ck = Arc::new(certified_key(&c.cert, &c.key)?);
+        let label = c
+            .server_names
+            .first()
+            .cloned()
+            .unwrap_or_else(|| file_label(&c.cert));
+        if let Some(leaf) = ck.cert.first() {
+            if let Some(info) = CertInfo::parse(leaf.as_ref()) {
+                expiries.push((label.clone(), info.not_after));
+                if own_uri.is_none() {
+                    own_uri = info.uris.first().cloned();
+                }
+            }
+        }
+        if c.server_names.is_empty() && default.is_none() {
+            default = Some(ck.clone());
+        }
+        for n in &c.server_names {
+            named.push((n.to_ascii_lowercase(), ck.clone()));
+        }
+    }
+    let default = match default.or_else(|| named.first().map(|(_, ck)| ck.clone())) {
+        Some(d) => d,
+        None => return Err(TlsError::Config("no certificate configured".into())),
+    };
+    let resolver = Arc::new(SniResolver { named, default });
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let mut config = match (spec.mode, &spec.ca) {
+        (MtlsMode::Off, _) => builder.with_no_client_auth().with_cert_resolver(resolver),
+        (mode, Some(ca)) => {
+            let roots = Arc::new(root_store(ca)?);
+            let mut crls = Vec::new();
+            for p in &spec.crls {
+                let bytes = std::fs::read(p).map_err(|e| read_err(p, e))?;
+                let list: Vec<_> = CertificateRevocationListDer::pem_slice_iter(&bytes)
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| TlsError::BadCrl {
+                        path: p.clone(),
+                        reason: e.to_string(),
+                    })?;
+                crls.extend(list);
+            }
+            let mut v =
+                WebPkiClientVerifier::builder_with_provider(roots, provider()).with_crls(crls);
+            if mode == MtlsMode::Optional {
+                v = v.allow_unauthenticated();
+            }
+            let verifier = v.build().map_err(|e| TlsError::BadCa {
+                path: ca.clone(),
+                reason: e.to_string(),
+            })?;
+            builder
+                .with_client_cert_verifier(verifier)
+                .with_cert_resolver(resolver)
+        }
+        (_, None) => {
+            return Err(TlsError::Config(
+                "client_auth mode require/optional needs a `ca`".into(),
+            ));
+        }
+    };
+    config.alpn_protocols = spec.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Ok(Loaded {
+        config: Arc::new(config),
+        expiries,
+        own_uri,
+    })
+}
+
+fn file_label(p: &Path) -> String {
+    p.file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "cert".into())
+}
+
+/// Facts read from a certificate.
+#[derive(Clone, Debug, Default)]
+pub struct CertInfo {
+    pub uris: Vec<String>,
+    pub dns: Vec<String>,
+    pub cn: Option<String>,
+    pub not_after: i64,
+}
+
+impl CertInfo {
+    pub fn parse(der: &[u8]) -> Option<CertInfo> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        let mut info = CertInfo {
+            not_after: cert.validity().not_after.timestamp(),
+            cn: cert
+                .subject()
+                .iter_common_name()
+                .next()
+                .and_then(|cn| cn.as_str().ok())
+                .map(str::to_owned),
+            ..Default::default()
+        };
+        if let Ok(Some(san)) = cert.subject_alternative_name() {
+            for n in &san.value.general_names {
+                match n {
+                    x509_parser::extensions::GeneralName::URI(u) => info.uris.push((*u).to_owned()),
+                    x509_parser::extensions::GeneralName::DNSName(d) => {
+                        info.dns.push((*d).to_owned())
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Some(info)
+    }
+}
+
+/// Who is calling, from a verified client certificate.
+#[derive(Clone, Debug, Serialize)]
+pub struct Identity {
+    /// SPIFFE ID (or other URI SAN), else DNS SAN, else subject CN.
+    pub id: String,
+    pub trust_domain: Option<String>,
+    pub namespace: Option<String>,
+    pub uris: Vec<String>,
+    pub dns: Vec<String>,
+    /// SHA-256 of the certificate, hex.
+    pub hash: String,
+}
+
+impl Identity {
+    pub fn from_der(der: &[u8]) -> Option<Identity> {
+        let info = CertInfo::parse(der)?;
+        let id = info
+            .uris
+            .iter()
+            .find(|u| u.starts_with("spiffe://"))
+            .or(info.uris.first())
+            .or(info.dns.first())
+            .cloned()
+            .or(info.cn.clone())?;
+        let (trust_domain, namespace) = match id.strip_prefix("spiffe://") {
+            Some(rest) => {
+                let (td, path) = rest.split_once('/').unwrap_or((rest, ""));
+                let ns = path
+                    .strip_prefix("ns/")
+                    .map(|p| p.split('/').next().unwrap_or("").to_owned())
+                    .filter(|n| !n.is_empty());
+                (Some(td.to_owned()), ns)
+            }
+            None => (None, None),
+        };
+        let digest = ring::digest::digest(&ring::digest::SHA256, der);
+        let hash = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        Some(Identity {
+            id,
+            trust_domain,
+            namespace,
+            uris: info.uris,
+            dns: info.dns,
+            hash,
+        })
+    }
+
+    /// A bounded label for metrics: the trust domain, or the kind of name.
+    pub fn metric_label(&self) -> &str {
+        match &self.trust_domain {
+            Some(td) => td,
+            None if !self.dns.is_empty() => "dns",
+            None => "cn",
+        }
+    }
+
+    /// Envoy's `x-forwarded-client-cert` element: `By=…;Hash=…;URI=…;DNS=…`.
+    pub fn xfcc(&self, by: Option<&str>) -> String {
+        let q = |v: &str| {
+            if v.contains([',', ';', '=', '"']) {
+                format!("\"{}\"", v.replace('"', "\\\""))
+            } else {
+                v.to_owned()
+            }
+        };
+        let mut parts = Vec::new();
+        if let Some(b) = by {
+            parts.push(format!("By={}", q(b)));
+        }
+        parts.push(format!("Hash={}", self.hash));
+        if let Some(u) = self.uris.first() {
+            parts.push(format!("URI={}", q(u)));
+        }
+        for d in &self.dns {
+            parts.push(format!("DNS={}", q(d)));
+        }
+        parts.join(";")
+    }
+}
+
+/// The bounded reason label of a failed handshake.
+pub fn failure_reason(e: &std::io::Error) -> &'static str {
+    use rustls::{CertificateError as C, Error as E};
+    let Some(err) = e.get_ref().and_then(|i| i.downcast_ref::<E>()) else {
+        return match e.kind() {
+            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => "closed",
+            std::io::ErrorKind::InvalidData => "protocol",
+            _ => "io",
+        };
+    };
+    match err {
+        E::NoCertificatesPresented => "no_client_cert",
+        E::InvalidCertificate(c) => match c {
+            C::UnknownIssuer => "unknown_ca",
+            C::Expired | C::ExpiredContext { .. } => "expired",
+            C::NotValidYet | C::NotValidYetContext { .. } => "not_yet_valid",
+            C::Revoked => "revoked",
+            _ => "bad_certificate",
+        },
+        E::PeerIncompatible(_) | E::PeerMisbehaved(_) => "protocol",
+        E::AlertReceived(_) => "alert_received",
+        E::InappropriateMessage { .. }
+        | E::InappropriateHandshakeMessage { .. }
+        | E::InvalidMessage(_) => "protocol",
+        _ => "other",
+    }
+}
+
+type Fingerprint = Vec<Option<(PathBuf, u64, u64, Option<SystemTime>)>>;
+
+fn fingerprint(paths: &[&Path]) -> Fingerprint {
+    use std::os::unix::fs::MetadataExt;
+    paths
+        .iter()
+        .map(|p| {
+            let resolved = std::fs::canonicalize(p).ok()?;
+            let m = std::fs::metadata(&resolved).ok()?;
+            Some((resolved, m.ino(), m.len(), m.modified().ok()))
+        })
+        .collect()
+}
+
+/// A listener's TLS material, swapped in place when its files change.
+pub struct ListenerTls {
+    pub spec: ListenerTlsSpec,
+    current: ArcSwap<Loaded>,
+    seen: Mutex<Fingerprint>,
+}
+
+impl ListenerTls {
+    pub fn new(spec: ListenerTlsSpec) -> Result<Arc<Self>, TlsError> {
+        let seen = fingerprint(&Self::paths(&spec));
+        let loaded = server_config(&spec)?;
+        Ok(Arc::new(ListenerTls {
+            spec,
+            current: ArcSwap::from_pointee(loaded),
+            seen: Mutex::new(seen),
+        }))
+    }
+
+    fn paths(spec: &ListenerTlsSpec) -> Vec<&Path> {
+        let mut v: Vec<&Path> = Vec::new();
+        for c in &spec.certificates {
+            v.push(&c.cert);
+            v.push(&c.key);
+        }
+        if let Some(ca) = &spec.ca {
+            v.push(ca);
+        }
+        v.extend(spec.crls.iter().map(PathBuf::as_path));
+        v
+    }
+
+    pub fn current(&self) -> Arc<Loaded> {
+        self.current.load_full()
+    }
+
+    /// Reload when any file changed (symlink swaps included). `None`: no
+    /// change; `Some(Err)`: the new files were rejected, the old config serves.
+    pub fn rotate_if_changed(&self) -> Option<Result<(), TlsError>> {
+        let now = fingerprint(&Self::paths(&self.spec));
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if *seen == now {
+            return None;
+        }
+        *seen = now;
+        drop(seen);
+        Some(server_config(&self.spec).map(|l| self.current.store(Arc::new(l))))
+    }
+}
+
+/// A client config for an upstream cluster.
+pub fn client_config(spec: &UpstreamTlsSpec) -> Result<rustls::ClientConfig, TlsError> {
+    let roots = root_store(&spec.ca)?;
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_root_certificates(roots);
+    match (&spec.cert, &spec.key) {
+        (Some(c), Some(k)) => {
+            let chain = load_certs(c)?;
+            let key = load_key(k)?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| TlsError::BadKey {
+                    path: k.clone(),
+                    reason: e.to_string(),
+                })
+        }
+        (None, None) => Ok(builder.with_no_client_auth()),
+        _ => Err(TlsError::Config(
+            "give both cert and key, or neither".into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xfcc_quotes_values_with_separators() {
+        let id = Identity {
+            id: "spiffe://td/ns/a/sa/b".into(),
+            trust_domain: Some("td".into()),
+            namespace: Some("a".into()),
+            uris: vec!["spiffe://td/ns/a/sa/b".into()],
+            dns: vec!["a.example".into()],
+            hash: "ab12".into(),
+        };
+        assert_eq!(
+            id.xfcc(Some("spiffe://td/ns/sift/sa/proxy")),
+            "By=spiffe://td/ns/sift/sa/proxy;Hash=ab12;URI=spiffe://td/ns/a/sa/b;DNS=a.example"
+        );
+        assert_eq!(id.metric_label(), "td");
+    }
+}

@@ -1,0 +1,802 @@
+//! TLS and mTLS end to end with certificates generated here (rcgen): real
+//! handshakes on 127.0.0.1, each result asserted.
+
+mod support;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::BodyExt;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
+use sift::body;
+use support::*;
+
+struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    pem: String,
+}
+
+fn ca(name: &str) -> Ca {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.distinguished_name.push(DnType::CommonName, name);
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let cert = p.self_signed(&key).unwrap();
+    Ca {
+        pem: cert.pem(),
+        issuer: Issuer::new(p, key),
+    }
+}
+
+struct Leaf {
+    cert: String,
+    key: String,
+}
+
+#[derive(Clone, Copy)]
+enum Alg {
+    Ecdsa,
+    Ed25519,
+    Rsa,
+}
+
+fn leaf(
+    ca: &Ca,
+    dns: &[&str],
+    uri: Option<&str>,
+    cn: &str,
+    server: bool,
+    expired: bool,
+    alg: Alg,
+) -> Leaf {
+    let key = match alg {
+        Alg::Ecdsa => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap(),
+        Alg::Ed25519 => KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap(),
+        Alg::Rsa => {
+            // ring cannot generate RSA keys: openssl does.
+            let out = std::process::Command::new("openssl")
+                .args([
+                    "genpkey",
+                    "-algorithm",
+                    "RSA",
+                    "-pkeyopt",
+                    "rsa_keygen_bits:2048",
+                ])
+                .output()
+                .expect("openssl is installed");
+            let pem = String::from_utf8(out.stdout).unwrap();
+            KeyPair::from_pem_and_sign_algo(&pem, &rcgen::PKCS_RSA_SHA256).unwrap()
+        }
+    };
+    let mut p =
+        CertificateParams::new(dns.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    if server {
+        p.subject_alt_names
+            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    }
+    if let Some(u) = uri {
+        p.subject_alt_names
+            .push(SanType::URI(u.try_into().unwrap()));
+    }
+    p.distinguished_name.push(DnType::CommonName, cn);
+    p.extended_key_usages = vec![if server {
+        ExtendedKeyUsagePurpose::ServerAuth
+    } else {
+        ExtendedKeyUsagePurpose::ClientAuth
+    }];
+    if expired {
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    }
+    let cert = p.signed_by(&key, &ca.issuer).unwrap();
+    Leaf {
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    }
+}
+
+fn write(dir: &TempDir, name: &str, s: &str) -> PathBuf {
+    let p = dir.path(name);
+    std::fs::write(&p, s).unwrap();
+    p
+}
+
+/// A TLS client: trusts `ca_pem`, presents `client` if given, offers `alpn`.
+fn client_config(ca_pem: &str, client: Option<&Leaf>, alpn: &[&str]) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let b = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let mut cfg = match client {
+        Some(l) => {
+            let chain: Vec<_> = CertificateDer::pem_slice_iter(l.cert.as_bytes())
+                .map(|c| c.unwrap())
+                .collect();
+            let key = PrivateKeyDer::from_pem_slice(l.key.as_bytes()).unwrap();
+            b.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => b.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
+    Arc::new(cfg)
+}
+
+struct TlsResponse {
+    status: u16,
+    version: http::Version,
+    headers: http::HeaderMap,
+    body: Bytes,
+    /// CN of the certificate the server presented.
+    server_cn: String,
+}
+
+/// One request over a fresh TLS connection.
+async fn tls_get(
+    addr: std::net::SocketAddr,
+    sni: &str,
+    cfg: Arc<rustls::ClientConfig>,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<TlsResponse, String> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let connector = tokio_rustls::TlsConnector::from(cfg);
+    let name = ServerName::try_from(sni.to_string()).unwrap();
+    let tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let (_, session) = tls.get_ref();
+    let server_cn = session
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|d| sift::tls::CertInfo::parse(d.as_ref()))
+        .and_then(|i| i.cn)
+        .unwrap_or_default();
+    let h2 = session.alpn_protocol() == Some(b"h2");
+    let mut req = Request::get(format!("https://{sni}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(body::empty()).unwrap();
+    let resp = if h2 {
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        send.send_request(req)
+            .await
+            .map_err(|e| format!("request: {e}"))?
+    } else {
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let mut req = req;
+        req.headers_mut().insert("host", sni.parse().unwrap());
+        send.send_request(req)
+            .await
+            .map_err(|e| format!("request: {e}"))?
+    };
+    let status = resp.status().as_u16();
+    let version = resp.version();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok(TlsResponse {
+        status,
+        version,
+        headers,
+        body,
+        server_cn,
+    })
+}
+
+struct Setup {
+    ca: Ca,
+    other_ca: Ca,
+    dir: TempDir,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+}
+
+fn setup() -> Setup {
+    let other_ca = ca("other CA");
+    let ca = ca("mesh CA");
+    let dir = TempDir::new();
+    let server = leaf(
+        &ca,
+        &["localhost"],
+        Some("spiffe://prod.example/ns/sift/sa/proxy"),
+        "server-v1",
+        true,
+        false,
+        Alg::Ecdsa,
+    );
+    let server_cert = write(&dir, "server.pem", &server.cert);
+    let server_key = write(&dir, "server.key", &server.key);
+    write(&dir, "ca.pem", &ca.pem);
+    Setup {
+        ca,
+        other_ca,
+        dir,
+        server_cert,
+        server_key,
+    }
+}
+
+fn tls_config(s: &Setup, mode: &str, upstream: std::net::SocketAddr, extra_routes: &str) -> String {
+    format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+reload: {{ interval: 200ms }}
+listeners:
+  - name: main
+    address: "127.0.0.1:0"
+    tls:
+      certificates:
+        - {{ cert: "{}", key: "{}" }}
+      client_auth: {{ mode: {mode}, ca: "{}" }}
+routes:
+{extra_routes}
+  - name: open
+    cluster: app
+clusters:
+  - {{ name: app, endpoints: ["{upstream}"] }}
+"#,
+        s.server_cert.display(),
+        s.server_key.display(),
+        s.dir.path("ca.pem").display()
+    )
+}
+
+fn echo_json(r: &TlsResponse) -> serde_json::Value {
+    serde_json::from_slice(&r.body).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mtls_require_verifies_clients_and_passes_identity_as_xfcc() {
+    let s = setup();
+    let up = Upstream::echo("app").await;
+    let sift = Sift::start(&tls_config(
+        &s,
+        "require",
+        up.addr,
+        r#"  - name: web-only
+    match: { path: { prefix: /web } }
+    cluster: app
+    allowed_identities: [ { namespace: prod.example/web } ]
+  - name: legacy
+    match: { path: { prefix: /legacy } }
+    cluster: app
+    allowed_identities: [ { exact: legacy-client } ]"#,
+    ));
+    let addr = sift.addr();
+    let good = leaf(
+        &s.ca,
+        &[],
+        Some("spiffe://prod.example/ns/web/sa/frontend"),
+        "frontend",
+        false,
+        false,
+        Alg::Ecdsa,
+    );
+    let good_cfg = client_config(&s.ca.pem, Some(&good), &["http/1.1"]);
+    // A good client: 200, the upstream sees sift's XFCC, not the client's.
+    let r = tls_get(
+        addr,
+        "localhost",
+        good_cfg.clone(),
+        "/web/x",
+        &[("x-forwarded-client-cert", "By=evil;URI=spiffe://evil")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let v = echo_json(&r);
+    let xfcc = v["headers"]["x-forwarded-client-cert"].as_array().unwrap();
+    assert_eq!(xfcc.len(), 1, "{xfcc:?}");
+    let xfcc = xfcc[0].as_str().unwrap();
+    assert!(
+        xfcc.starts_with("By=spiffe://prod.example/ns/sift/sa/proxy;Hash="),
+        "{xfcc}"
+    );
+    assert!(
+        xfcc.ends_with(";URI=spiffe://prod.example/ns/web/sa/frontend"),
+        "{xfcc}"
+    );
+    assert!(!xfcc.contains("evil"));
+    assert_eq!(v["headers"]["x-forwarded-proto"][0], "https");
+    // A valid client from another namespace: the handshake works, the route says 403.
+    let other_ns = leaf(
+        &s.ca,
+        &[],
+        Some("spiffe://prod.example/ns/batch/sa/job"),
+        "job",
+        false,
+        false,
+        Alg::Ecdsa,
+    );
+    let cfg = client_config(&s.ca.pem, Some(&other_ns), &["http/1.1"]);
+    let r = tls_get(addr, "localhost", cfg.clone(), "/web/x", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 403);
+    assert_eq!(r.headers["x-sift-error"], "identity-denied");
+    assert_eq!(
+        tls_get(addr, "localhost", cfg, "/open", &[])
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    // No SAN: the subject CN is the identity.
+    let legacy = leaf(
+        &s.ca,
+        &[],
+        None,
+        "legacy-client",
+        false,
+        false,
+        Alg::Ed25519,
+    );
+    let cfg = client_config(&s.ca.pem, Some(&legacy), &["http/1.1"]);
+    let r = tls_get(addr, "localhost", cfg, "/legacy", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            sift.log_lines()
+                .iter()
+                .any(|l| l.contains("\"identity\":\"legacy-client\""))
+        })
+        .await,
+        "the access log carries the identity"
+    );
+    // Rejected handshakes, each counted by reason.
+    let foreign = leaf(
+        &s.other_ca,
+        &[],
+        Some("spiffe://prod.example/ns/web/sa/frontend"),
+        "x",
+        false,
+        false,
+        Alg::Ecdsa,
+    );
+    let expired = leaf(
+        &s.ca,
+        &[],
+        Some("spiffe://prod.example/ns/web/sa/frontend"),
+        "old",
+        false,
+        true,
+        Alg::Ecdsa,
+    );
+    for (who, cfg, reason) in [
+        (
+            "no cert",
+            client_config(&s.ca.pem, None, &["http/1.1"]),
+            "no_client_cert",
+        ),
+        (
+            "other CA",
+            client_config(&s.ca.pem, Some(&foreign), &["http/1.1"]),
+            "unknown_ca",
+        ),
+        (
+            "expired",
+            client_config(&s.ca.pem, Some(&expired), &["http/1.1"]),
+            "expired",
+        ),
+    ] {
+        let r = tls_get(addr, "localhost", cfg, "/open", &[]).await;
+        assert!(r.is_err(), "{who} must be refused");
+        assert!(
+            eventually(Duration::from_secs(2), || async {
+                sift.metric(&format!(
+                    r#"sift_tls_handshake_failures_total{{listener="main",reason="{reason}"}}"#
+                ))
+                .await
+                    == Some(1.0)
+            })
+            .await,
+            "{who}: reason {reason}"
+        );
+    }
+    assert!(
+        sift.metric(r#"sift_tls_handshakes_total{listener="main",peer="prod.example"}"#)
+            .await
+            .unwrap()
+            >= 2.0
+    );
+    let expiry = sift
+        .metric(r#"sift_tls_cert_expiry_seconds{listener="main",cert="server.pem"}"#)
+        .await
+        .unwrap();
+    assert!(expiry > 86_400.0, "{expiry}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn optional_mode_h2_alpn_and_sni_with_rsa_and_ed25519_keys() {
+    let s = setup();
+    let up = Upstream::echo("app").await;
+    let rsa = leaf(
+        &s.ca,
+        &["rsa.example"],
+        None,
+        "rsa-server",
+        true,
+        false,
+        Alg::Rsa,
+    );
+    let ed = leaf(
+        &s.ca,
+        &["ed.example"],
+        None,
+        "ed-server",
+        true,
+        false,
+        Alg::Ed25519,
+    );
+    let cfg = tls_config(&s, "optional", up.addr, "").replace(
+        "      client_auth:",
+        &format!(
+            "        - {{ cert: \"{}\", key: \"{}\", server_names: [rsa.example] }}\n        - {{ cert: \"{}\", key: \"{}\", server_names: [\"*.ed.example\", ed.example] }}\n      client_auth:",
+            write(&s.dir, "rsa.pem", &rsa.cert).display(),
+            write(&s.dir, "rsa.key", &rsa.key).display(),
+            write(&s.dir, "ed.pem", &ed.cert).display(),
+            write(&s.dir, "ed.key", &ed.key).display(),
+        ),
+    );
+    let sift = Sift::start(&cfg);
+    let addr = sift.addr();
+    // Optional: no client certificate is fine, and then there is no XFCC.
+    let anon = client_config(&s.ca.pem, None, &["h2", "http/1.1"]);
+    let r = tls_get(addr, "localhost", anon.clone(), "/", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.version, http::Version::HTTP_2, "ALPN chose h2");
+    assert!(
+        echo_json(&r)["headers"]
+            .get("x-forwarded-client-cert")
+            .is_none()
+    );
+    assert_eq!(r.server_cn, "server-v1", "the default certificate");
+    // SNI picks the RSA and the Ed25519 certificates.
+    assert_eq!(
+        tls_get(addr, "rsa.example", anon.clone(), "/", &[])
+            .await
+            .unwrap()
+            .server_cn,
+        "rsa-server"
+    );
+    assert_eq!(
+        tls_get(addr, "ed.example", anon.clone(), "/", &[])
+            .await
+            .unwrap()
+            .server_cn,
+        "ed-server"
+    );
+    // With a certificate: verified and forwarded.
+    let good = leaf(
+        &s.ca,
+        &["frontend.prod.example"],
+        None,
+        "frontend",
+        false,
+        false,
+        Alg::Ecdsa,
+    );
+    let cfg = client_config(&s.ca.pem, Some(&good), &["http/1.1"]);
+    let r = tls_get(addr, "localhost", cfg, "/", &[]).await.unwrap();
+    assert_eq!(r.version, http::Version::HTTP_11);
+    let xfcc = echo_json(&r)["headers"]["x-forwarded-client-cert"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(xfcc.contains("DNS=frontend.prod.example"), "{xfcc}");
+    // A certificate from another CA is still refused in optional mode.
+    let foreign = leaf(&s.other_ca, &[], None, "x", false, false, Alg::Ecdsa);
+    assert!(
+        tls_get(
+            addr,
+            "localhost",
+            client_config(&s.ca.pem, Some(&foreign), &[]),
+            "/",
+            &[]
+        )
+        .await
+        .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn certificates_rotate_while_requests_run_and_broken_files_are_rejected() {
+    let s = setup();
+    let up = Upstream::echo("app").await;
+    let sift = Sift::start(&tls_config(&s, "require", up.addr, ""));
+    let addr = sift.addr();
+    let client = leaf(
+        &s.ca,
+        &[],
+        Some("spiffe://prod.example/ns/web/sa/frontend"),
+        "frontend",
+        false,
+        false,
+        Alg::Ecdsa,
+    );
+    let cfg = client_config(&s.ca.pem, Some(&client), &["http/1.1"]);
+    // Load: a new connection (a full handshake) per request.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let seen_v2 = Arc::new(AtomicUsize::new(0));
+    let mut hs = Vec::new();
+    for _ in 0..3 {
+        let (stop, failed, seen_v2, cfg) =
+            (stop.clone(), failed.clone(), seen_v2.clone(), cfg.clone());
+        hs.push(tokio::spawn(async move {
+            let mut ok = 0;
+            while !stop.load(Ordering::Relaxed) {
+                match tls_get(addr, "localhost", cfg.clone(), "/", &[]).await {
+                    Ok(r) if r.status == 200 => {
+                        ok += 1;
+                        if r.server_cn == "server-v2" {
+                            seen_v2.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    _ => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            ok
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Rotate like cert-manager: write the new pair, then rename over.
+    let v2 = leaf(
+        &s.ca,
+        &["localhost"],
+        None,
+        "server-v2",
+        true,
+        false,
+        Alg::Ecdsa,
+    );
+    std::fs::write(s.dir.path("new.key"), &v2.key).unwrap();
+    std::fs::write(s.dir.path("new.pem"), &v2.cert).unwrap();
+    std::fs::rename(s.dir.path("new.key"), &s.server_key).unwrap();
+    std::fs::rename(s.dir.path("new.pem"), &s.server_cert).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            seen_v2.load(Ordering::Relaxed) > 5
+        })
+        .await,
+        "new handshakes see the new certificate"
+    );
+    // A broken certificate is rejected; the current one keeps serving.
+    std::fs::write(
+        s.dir.path("bad.pem"),
+        "-----BEGIN CERTIFICATE-----\nnot base64\n",
+    )
+    .unwrap();
+    std::fs::rename(s.dir.path("bad.pem"), &s.server_cert).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            sift.metric(r#"sift_tls_reloads_total{listener="main",result="failure"}"#)
+                .await
+                .unwrap_or(0.0)
+                >= 1.0
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut ok = 0;
+    for h in hs {
+        ok += h.await.unwrap();
+    }
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "no request failed across the rotation"
+    );
+    assert!(ok > 20, "{ok} requests");
+    let r = tls_get(addr, "localhost", cfg, "/", &[]).await.unwrap();
+    assert_eq!(
+        r.server_cn, "server-v2",
+        "the last good certificate still serves"
+    );
+    assert!(
+        sift.metric(r#"sift_tls_reloads_total{listener="main",result="success"}"#)
+            .await
+            .unwrap()
+            >= 1.0
+    );
+}
+
+/// An upstream that requires a client certificate and answers with its CN.
+async fn mtls_upstream(s: &Setup) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let server = leaf(
+        &s.ca,
+        &["localhost"],
+        None,
+        "upstream",
+        true,
+        false,
+        Alg::Ecdsa,
+    );
+    let ck = sift::tls::ListenerTlsSpec {
+        certificates: vec![sift::tls::CertSpec {
+            cert: write(&s.dir, "up.pem", &server.cert),
+            key: write(&s.dir, "up.key", &server.key),
+            server_names: vec![],
+        }],
+        mode: sift::tls::MtlsMode::Require,
+        ca: Some(s.dir.path("ca.pem")),
+        crls: vec![],
+        alpn: vec!["http/1.1".into()],
+    };
+    let cfg = sift::tls::server_config(&ck).unwrap().config;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let t = tokio::spawn(async move {
+        let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+        while let Ok((tcp, _)) = l.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let cn = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|d| sift::tls::CertInfo::parse(d.as_ref()))
+                    .and_then(|i| i.cn)
+                    .unwrap_or_default();
+                let svc = hyper::service::service_fn(move |_req| {
+                    let cn = cn.clone();
+                    async move { Ok::<_, std::convert::Infallible>(http::Response::new(full(cn))) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, t)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_mtls_origination() {
+    let s = setup();
+    let (up, _t) = mtls_upstream(&s).await;
+    let client = leaf(
+        &s.ca,
+        &[],
+        Some("spiffe://prod.example/ns/sift/sa/proxy"),
+        "sift-client",
+        false,
+        false,
+        Alg::Ecdsa,
+    );
+    let cfg = format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+routes:
+  - {{ name: with-cert, match: {{ path: {{ prefix: /with }} }}, cluster: mtls }}
+  - {{ name: without, cluster: tls-only }}
+clusters:
+  - name: mtls
+    endpoints: ["{up}"]
+    tls: {{ ca: "{ca}", server_name: localhost, cert: "{c}", key: "{k}" }}
+  - name: tls-only
+    endpoints: ["{up}"]
+    tls: {{ ca: "{ca}", server_name: localhost }}
+"#,
+        ca = s.dir.path("ca.pem").display(),
+        c = write(&s.dir, "client.pem", &client.cert).display(),
+        k = write(&s.dir, "client.key", &client.key).display(),
+    );
+    let sift = Sift::start(&cfg);
+    let (status, body) = get_text(&sift.url("/with")).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "sift-client"),
+        "the upstream saw sift's client certificate"
+    );
+    // Without a client certificate the upstream refuses the handshake: 502.
+    let r = send(
+        Request::get(sift.url("/without"))
+            .body(body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status(), 502);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_failing_handshakes_does_not_stop_good_clients() {
+    let s = setup();
+    let up = Upstream::echo("app").await;
+    let sift = Sift::start(&tls_config(&s, "require", up.addr, ""));
+    let addr = sift.addr();
+    // 200 connections that fail: garbage, or TLS without a certificate.
+    let mut bad = Vec::new();
+    for i in 0..200 {
+        let cfg = client_config(&s.ca.pem, None, &[]);
+        bad.push(tokio::spawn(async move {
+            if i % 2 == 0 {
+                if let Ok(mut t) = tokio::net::TcpStream::connect(addr).await {
+                    use tokio::io::AsyncWriteExt;
+                    let _ = t.write_all(b"\x16\x03\x01garbage-not-a-client-hello").await;
+                }
+            } else {
+                let _ = tls_get(addr, "localhost", cfg, "/", &[]).await;
+            }
+        }));
+    }
+    let good = leaf(
+        &s.ca,
+        &[],
+        Some("spiffe://prod.example/ns/web/sa/frontend"),
+        "frontend",
+        false,
+        false,
+        Alg::Ecdsa,
+    );
+    let cfg = client_config(&s.ca.pem, Some(&good), &["http/1.1"]);
+    for _ in 0..20 {
+        assert_eq!(
+            tls_get(addr, "localhost", cfg.clone(), "/", &[])
+                .await
+                .unwrap()
+                .status,
+            200
+        );
+    }
+    for b in bad {
+        let _ = b.await;
+    }
+    let mut failures = 0.0;
+    for r in ["no_client_cert", "protocol", "closed", "io", "other"] {
+        failures += sift
+            .metric(&format!(
+                r#"sift_tls_handshake_failures_total{{listener="main",reason="{r}"}}"#
+            ))
+            .await
+            .unwrap_or(0.0);
+    }
+    assert!(failures >= 150.0, "failed handshakes counted: {failures}");
+}
