@@ -1,0 +1,126 @@
+//! A small TLS load generator for bench/tls-compare.sh (wrk cannot present
+//! client certificates). Same code against every proxy, loopback only,
+//! bounded in time.
+//!
+//!   cargo bench --bench tls_load -- MODE ADDR SECONDS CONNS CA [CERT KEY]
+//!
+//! MODE `keepalive`: CONNS connections, each sending requests back to back
+//! (HTTP/1.1 over TLS); prints requests/s and p50/p99 latency.
+//! MODE `handshake`: CONNS tasks, each opening a new TLS connection (full
+//! handshake, resumption disabled) per request; prints handshakes/s.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+fn config(ca: &str, cert: Option<&str>, key: Option<&str>) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).expect("read CA") {
+        roots.add(c.expect("CA PEM")).expect("add CA");
+    }
+    let b = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots);
+    let mut cfg = match (cert, key) {
+        (Some(c), Some(k)) => {
+            let chain: Vec<_> = CertificateDer::pem_file_iter(c).expect("cert").map(|c| c.expect("cert PEM")).collect();
+            b.with_client_auth_cert(chain, PrivateKeyDer::from_pem_file(k).expect("key")).expect("client cert")
+        }
+        _ => b.with_no_client_auth(),
+    };
+    cfg.resumption = rustls::client::Resumption::disabled();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(cfg)
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Empty<bytes::Bytes>>;
+
+async fn connect(addr: &str, cfg: Arc<rustls::ClientConfig>) -> Option<Sender> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    tcp.set_nodelay(true).ok()?;
+    let tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(ServerName::try_from("localhost").ok()?, tcp)
+        .await
+        .ok()?;
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.ok()?;
+    tokio::spawn(conn);
+    Some(send)
+}
+
+async fn one(send: &mut Sender) -> bool {
+    let req = http::Request::get("/").header("host", "localhost").body(Empty::new()).expect("request");
+    match send.send_request(req).await {
+        Ok(r) => r.status().is_success() && r.into_body().collect().await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+fn main() {
+    let a: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    if a.len() < 5 {
+        eprintln!("usage: tls_load MODE ADDR SECONDS CONNS CA [CERT KEY]");
+        std::process::exit(2);
+    }
+    let (mode, addr) = (a[0].clone(), a[1].clone());
+    let secs: u64 = a[2].parse().expect("seconds");
+    let conns: usize = a[3].parse().expect("conns");
+    let cfg = config(&a[4], a.get(5).map(String::as_str), a.get(6).map(String::as_str));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async move {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let errors = Arc::new(AtomicU64::new(0));
+        let lat = Arc::new(std::sync::Mutex::new(Vec::<u32>::new()));
+        let mut tasks = Vec::new();
+        for _ in 0..conns {
+            let (stop, ok, errors, lat, cfg, addr, mode) =
+                (stop.clone(), ok.clone(), errors.clone(), lat.clone(), cfg.clone(), addr.clone(), mode.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut local = Vec::new();
+                let mut keep: Option<Sender> = None;
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    if mode == "handshake" || keep.is_none() {
+                        keep = connect(&addr, cfg.clone()).await;
+                    }
+                    let good = match keep.as_mut() {
+                        Some(s) => one(s).await,
+                        None => false,
+                    };
+                    if good {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                        local.push(t.elapsed().as_micros() as u32);
+                    } else {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        keep = None;
+                    }
+                }
+                lat.lock().expect("lock").extend(local);
+            }));
+        }
+        let start = Instant::now();
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        stop.store(true, Ordering::Relaxed);
+        let elapsed = start.elapsed().as_secs_f64();
+        for t in tasks {
+            let _ = t.await;
+        }
+        let mut l = lat.lock().expect("lock").clone();
+        l.sort_unstable();
+        let q = |p: f64| l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1))).copied().unwrap_or(0) as f64 / 1000.0;
+        println!(
+            "{} {:.0} {:.3} {:.3} {}",
+            mode,
+            ok.load(Ordering::Relaxed) as f64 / elapsed,
+            q(0.50),
+            q(0.99),
+            errors.load(Ordering::Relaxed)
+        );
+    });
+}
