@@ -41,6 +41,18 @@ enum Cmd {
     Schema,
     /// Print the embedded dev default config.
     DefaultConfig,
+    /// Train a classifier model.
+    Train {
+        #[command(subcommand)]
+        what: sift::classify::cli::TrainWhat,
+    },
+    /// Evaluate a classifier's recipe on public corpora.
+    Eval {
+        #[command(subcommand)]
+        what: sift::classify::cli::EvalWhat,
+    },
+    /// Classify files (or stdin): one JSON line per input.
+    Classify(sift::classify::cli::ClassifyArgs),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +81,9 @@ fn main() -> ExitCode {
             print!("{}", config::DEV_DEFAULT);
             ExitCode::SUCCESS
         }
+        Cmd::Train { what } => sift::classify::cli::run_train(what),
+        Cmd::Eval { what } => sift::classify::cli::run_eval(what),
+        Cmd::Classify(args) => sift::classify::cli::run_classify(args),
     }
 }
 

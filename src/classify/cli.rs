@@ -1,0 +1,530 @@
+//! `sift train spam`, `sift eval spam`, `sift classify`.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Args, Subcommand, ValueEnum};
+
+use super::data::{self, Corpus};
+use super::eval;
+use super::features::{self, FeatureConfig, Featurizer};
+use super::model::Model;
+use super::train::{self, Dataset, FitOptions, LearnOptions, TrainConfig};
+use super::{Classifier, text};
+
+pub const DEFAULT_MODEL: &str = "filters/spam/model.bin";
+const DEFAULT_SMS: &str = "../shared/data/spam/sms/SMSSpamCollection";
+
+#[derive(Debug, Subcommand)]
+pub enum TrainWhat {
+    /// Train the spam model (or, with --from and --data, adapt one).
+    Spam(TrainSpam),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EvalWhat {
+    /// Evaluate the spam model's training recipe on public corpora.
+    Spam(EvalSpam),
+}
+
+/// Which data trains the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TrainSet {
+    /// All of SpamAssassin and all of SMS (the shipped model).
+    All,
+    /// All of SpamAssassin.
+    Sa,
+    /// The time split's training part (easy-ham-1, hard-ham-1, spam-1).
+    TimeSplit,
+    /// All of SMS.
+    Sms,
+}
+
+/// Data and recipe knobs shared by train and eval.
+#[derive(Debug, Args)]
+pub struct Recipe {
+    /// Cache dir of filters/spam/fetch-data.sh (SpamAssassin under <dir>/spam-assassin).
+    #[arg(long, default_value = "target/data")]
+    pub data_dir: PathBuf,
+    /// SMS Spam Collection file.
+    #[arg(long, default_value = DEFAULT_SMS)]
+    pub sms: PathBuf,
+    /// Target ham false-positive rate for the threshold (set on training data).
+    #[arg(long, default_value_t = 0.01)]
+    pub target_fpr: f32,
+    /// log2 of the number of weight buckets.
+    #[arg(long, default_value_t = 20)]
+    pub bits: u8,
+    #[arg(long, default_value_t = 8)]
+    pub epochs: u32,
+    #[arg(long, default_value_t = 0.05)]
+    pub lr: f32,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Feature blocks: comma-separated of word,bigram,char,signal,fold.
+    #[arg(long, default_value = "word,bigram,char,signal,fold")]
+    pub features: String,
+    /// Featurize at most this many bytes of each text view.
+    #[arg(long, default_value_t = 32768)]
+    pub max_bytes: u32,
+    /// Value scale of the word block.
+    #[arg(long, default_value_t = 1.0)]
+    pub word_scale: f32,
+    /// Value scale of the char block.
+    #[arg(long, default_value_t = 0.25)]
+    pub char_scale: f32,
+    /// Folds for the out-of-fold calibration of the threshold.
+    #[arg(long, default_value_t = 5)]
+    pub calib_folds: usize,
+    /// Training loss.
+    #[arg(long, value_enum, default_value_t = train::Loss::Hinge)]
+    pub loss: train::Loss,
+    /// Disable averaging of SGD iterates.
+    #[arg(long)]
+    pub no_average: bool,
+}
+
+impl Recipe {
+    fn feature_config(&self) -> Result<FeatureConfig, String> {
+        let mut flags = 0;
+        for f in self
+            .features
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            flags |= match f {
+                "word" => features::FLAG_WORD,
+                "bigram" => features::FLAG_BIGRAM,
+                "char" => features::FLAG_CHAR,
+                "signal" => features::FLAG_SIGNAL,
+                "fold" => features::FLAG_FOLD_DIGITS,
+                other => return Err(format!("unknown feature block {other:?}")),
+            };
+        }
+        if !(10..=24).contains(&self.bits) {
+            return Err("--bits must be in 10..=24".into());
+        }
+        Ok(FeatureConfig {
+            bits: self.bits,
+            max_bytes: self.max_bytes.max(1),
+            flags,
+            word_scale: self.word_scale,
+            char_scale: self.char_scale,
+            ..FeatureConfig::default()
+        })
+    }
+
+    fn fit_options(&self) -> FitOptions {
+        FitOptions {
+            train: TrainConfig {
+                epochs: self.epochs,
+                lr: self.lr,
+                seed: self.seed,
+                balance: true,
+                average: !self.no_average,
+                anchor: 0.0,
+                loss: self.loss,
+            },
+            calib_folds: self.calib_folds,
+            target_fpr: self.target_fpr,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct TrainSpam {
+    #[command(flatten)]
+    pub recipe: Recipe,
+    /// Training data for a new model.
+    #[arg(long, value_enum, default_value_t = TrainSet::All)]
+    pub set: TrainSet,
+    /// Continue from this model (needs --data).
+    #[arg(long, requires = "data")]
+    pub from: Option<PathBuf>,
+    /// JSONL of {"text": ..., "label": "spam"|"ham"} to learn (with --from).
+    #[arg(long, requires = "from")]
+    pub data: Option<PathBuf>,
+    /// Incremental learning: passes over the batch.
+    #[arg(long, default_value_t = 5)]
+    pub learn_epochs: u32,
+    /// Incremental learning: AdaGrad base rate.
+    #[arg(long, default_value_t = 0.1)]
+    pub learn_lr: f32,
+    /// Incremental learning: pull toward the starting weights.
+    #[arg(long, default_value_t = 0.01)]
+    pub anchor: f32,
+    /// Output model file.
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Setting {
+    /// SpamAssassin time split.
+    Time,
+    /// Stratified 5-fold on SpamAssassin.
+    Kfold,
+    /// SMS 80/20, duplicates of training dropped.
+    Sms,
+    /// SpamAssassin-trained model on SMS, zero-shot and after 200 examples.
+    Adapt,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalSpam {
+    #[command(flatten)]
+    pub recipe: Recipe,
+    /// Which evaluations (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<Setting>,
+    /// Also time the serving path of --model (load, µs per KB).
+    #[arg(long)]
+    pub bench: bool,
+    /// Only the speed measurement.
+    #[arg(long)]
+    pub bench_only: bool,
+    /// Model for --bench.
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    pub model: PathBuf,
+    /// Examples learned in the adaptation evaluation.
+    #[arg(long, default_value_t = 200)]
+    pub n_learn: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct ClassifyArgs {
+    /// Filter to apply (only "spam" for now).
+    #[arg(long, default_value = "spam")]
+    pub filter: String,
+    /// Model file.
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    pub model: PathBuf,
+    /// Add the top contributing features.
+    #[arg(long)]
+    pub explain: bool,
+    /// How many features --explain lists.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+    /// Inputs (RFC 822 messages or plain text); stdin when none.
+    pub files: Vec<PathBuf>,
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("sift: {msg}");
+    ExitCode::FAILURE
+}
+
+struct Loaded {
+    corpus: Corpus,
+    ds: Dataset,
+}
+
+fn load(which: &str, recipe: &Recipe, fz: &Featurizer) -> Result<Loaded, data::DataError> {
+    let t = Instant::now();
+    let corpus = if which == "sa" {
+        data::load_spamassassin(&data::sa_dir(&recipe.data_dir))?
+    } else {
+        data::load_sms(&recipe.sms)?
+    };
+    let t_parse = t.elapsed();
+    let ds = Dataset::build(fz, &corpus.views, &corpus.labels);
+    eprintln!(
+        "loaded {which}: {} messages ({} spam), parse {:.1}s, featurize {:.1}s",
+        corpus.len(),
+        corpus.labels.iter().filter(|&&l| l).count(),
+        t_parse.as_secs_f64(),
+        (t.elapsed() - t_parse).as_secs_f64()
+    );
+    Ok(Loaded { corpus, ds })
+}
+
+pub fn run_train(what: TrainWhat) -> ExitCode {
+    let TrainWhat::Spam(args) = what;
+    if let (Some(from), Some(data_path)) = (&args.from, &args.data) {
+        return adapt(&args, from, data_path);
+    }
+    let fcfg = match args.recipe.feature_config() {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let fz = Featurizer::new(fcfg);
+    let opts = args.recipe.fit_options();
+    let t = Instant::now();
+    let mut ds = Dataset::new();
+    let mut parts = Vec::new();
+    let want_sa = matches!(args.set, TrainSet::All | TrainSet::Sa | TrainSet::TimeSplit);
+    let want_sms = matches!(args.set, TrainSet::All | TrainSet::Sms);
+    let mut c = features::Collect::default();
+    if want_sa {
+        let sa = match data::load_spamassassin(&data::sa_dir(&args.recipe.data_dir)) {
+            Ok(s) => s,
+            Err(e) => return fail(e),
+        };
+        let mut n = 0;
+        for i in 0..sa.len() {
+            if args.set == TrainSet::TimeSplit && sa.groups[i] > 2 {
+                continue;
+            }
+            ds.push(&fz, &sa.views[i], sa.labels[i], &mut c);
+            n += 1;
+        }
+        parts.push(if args.set == TrainSet::TimeSplit {
+            format!("SpamAssassin 0.2.3 time-split training part ({n} messages)")
+        } else {
+            format!("SpamAssassin 0.2.3 all groups ({n} messages)")
+        });
+    }
+    if want_sms {
+        let sms = match data::load_sms(&args.recipe.sms) {
+            Ok(s) => s,
+            Err(e) => return fail(e),
+        };
+        for i in 0..sms.len() {
+            ds.push(&fz, &sms.views[i], sms.labels[i], &mut c);
+        }
+        parts.push(format!("SMS Spam Collection v1 ({} messages)", sms.len()));
+    }
+    let rows: Vec<usize> = (0..ds.len()).collect();
+    let note = format!(
+        "{}; seed {}, epochs {}, lr {}, target ham FPR {}",
+        parts.join(" + "),
+        args.recipe.seed,
+        args.recipe.epochs,
+        args.recipe.lr,
+        args.recipe.target_fpr
+    );
+    let model = train::train_model(&ds, &rows, fcfg, &opts, &note);
+    if let Err(e) = model.save(&args.out) {
+        return fail(e);
+    }
+    println!(
+        "wrote {} ({} bytes of weights, {} ham + {} spam, threshold margin {:.4} = p {:.4}) in {:.1}s",
+        args.out.display(),
+        model.weight_bytes(),
+        model.meta.n_ham,
+        model.meta.n_spam,
+        model.threshold,
+        super::model::sigmoid(model.threshold),
+        t.elapsed().as_secs_f64()
+    );
+    ExitCode::SUCCESS
+}
+
+fn adapt(args: &TrainSpam, from: &Path, data_path: &Path) -> ExitCode {
+    let base = match Classifier::load(from) {
+        Ok(c) => c,
+        Err(e) => return fail(format_args!("{}: {e}", from.display())),
+    };
+    let batch = match data::load_jsonl(data_path) {
+        Ok(b) => b,
+        Err(e) => return fail(e),
+    };
+    let opts = LearnOptions {
+        epochs: args.learn_epochs,
+        lr: args.learn_lr,
+        anchor: args.anchor,
+        seed: args.recipe.seed,
+    };
+    let next = base.learn(&batch, &opts);
+    if let Err(e) = next.model().save(&args.out) {
+        return fail(e);
+    }
+    let spam = batch.iter().filter(|(_, l)| *l).count();
+    println!(
+        "wrote {} (learned {} examples: {} spam, {} ham, from {})",
+        args.out.display(),
+        batch.len(),
+        spam,
+        batch.len() - spam,
+        from.display()
+    );
+    ExitCode::SUCCESS
+}
+
+pub fn run_eval(what: EvalWhat) -> ExitCode {
+    let EvalWhat::Spam(args) = what;
+    let fcfg = match args.recipe.feature_config() {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let fz = Featurizer::new(fcfg);
+    let opts = args.recipe.fit_options();
+    let all = [Setting::Time, Setting::Kfold, Setting::Sms, Setting::Adapt];
+    let settings: Vec<Setting> = if args.bench_only {
+        Vec::new()
+    } else if args.only.is_empty() {
+        all.to_vec()
+    } else {
+        args.only.clone()
+    };
+    let need_sa = settings.iter().any(|s| *s != Setting::Sms);
+    let need_sms = settings
+        .iter()
+        .any(|s| matches!(s, Setting::Sms | Setting::Adapt));
+    let sa = if need_sa {
+        match load("sa", &args.recipe, &fz) {
+            Ok(l) => Some(l),
+            Err(e) => return fail(e),
+        }
+    } else {
+        None
+    };
+    let sms = if need_sms {
+        match load("sms", &args.recipe, &fz) {
+            Ok(l) => Some(l),
+            Err(e) => return fail(e),
+        }
+    } else {
+        None
+    };
+    println!(
+        "recipe: features {} bits {} max_bytes {} epochs {} lr {} seed {} target ham FPR {} (threshold from {}-fold out-of-fold margins on training data)",
+        args.recipe.features,
+        fcfg.bits,
+        fcfg.max_bytes,
+        opts.train.epochs,
+        opts.train.lr,
+        opts.train.seed,
+        opts.target_fpr,
+        opts.calib_folds
+    );
+    for s in &settings {
+        let t = Instant::now();
+        match (s, &sa, &sms) {
+            (Setting::Time, Some(sa), _) => {
+                let (model, m) = eval::time_split(&sa.corpus, &sa.ds, fcfg, &opts);
+                println!(
+                    "(a) SpamAssassin time split (train *-1, test easy-ham-2 + spam-2), body view: {m}  [threshold p {:.4}, {:.1}s]",
+                    super::model::sigmoid(model.threshold),
+                    t.elapsed().as_secs_f64()
+                );
+            }
+            (Setting::Kfold, Some(sa), _) => {
+                let m = eval::kfold(&sa.corpus, &sa.ds, fcfg, &opts, 5);
+                println!(
+                    "(b) SpamAssassin stratified 5-fold (mean of folds; counts summed): {m}  [{:.1}s]",
+                    t.elapsed().as_secs_f64()
+                );
+            }
+            (Setting::Sms, _, Some(sms)) => {
+                let (m, _) = eval::sms(&sms.corpus, &sms.ds, fcfg, &opts);
+                println!(
+                    "(c) SMS 80/20 stratified, test texts seen in training dropped: {m}  [{:.1}s]",
+                    t.elapsed().as_secs_f64()
+                );
+            }
+            (Setting::Adapt, Some(sa), Some(sms)) => {
+                let lo = LearnOptions::default();
+                let a = eval::adaptation(
+                    &sa.corpus,
+                    &sa.ds,
+                    &sms.corpus,
+                    &sms.ds,
+                    fcfg,
+                    &opts,
+                    &lo,
+                    args.n_learn,
+                );
+                println!(
+                    "(d) SpamAssassin-only model on SMS (test {} texts not among the learned ones):\n    zero-shot:              {}\n    after learning {:>4}:    {}  [{:.1}s]",
+                    a.n_test,
+                    a.zero_shot,
+                    a.n_learn,
+                    a.learned,
+                    t.elapsed().as_secs_f64()
+                );
+            }
+            _ => {}
+        }
+    }
+    if args.bench || args.bench_only {
+        let mut raws: Vec<Vec<u8>> = Vec::new();
+        let dir = data::sa_dir(&args.recipe.data_dir);
+        for g in ["easy-ham-2", "spam-2"] {
+            let Ok(rd) = std::fs::read_dir(dir.join(g)) else {
+                return fail(format_args!(
+                    "{}: {}",
+                    dir.join(g).display(),
+                    data::FETCH_HINT
+                ));
+            };
+            let mut files: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            files.sort();
+            for f in files {
+                if let Ok(b) = std::fs::read(&f) {
+                    raws.push(b);
+                }
+            }
+        }
+        match eval::bench(&args.model, &raws, 2.0) {
+            Ok(b) => println!(
+                "bench {}: load {:.1} ms, weights {} bytes; featurize+score {:.2} µs/KB of text view; raw message → verdict (MIME + featurize + score) {:.2} µs/KB of raw message; {} messages (easy-ham-2 + spam-2), one thread",
+                args.model.display(),
+                b.load_ms,
+                b.model_bytes,
+                b.view_us_per_kb,
+                b.raw_us_per_kb,
+                b.messages
+            ),
+            Err(e) => return fail(format_args!("{}: {e}", args.model.display())),
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+pub fn run_classify(args: ClassifyArgs) -> ExitCode {
+    if args.filter != "spam" {
+        return fail(format_args!(
+            "unknown filter {:?} (known: spam)",
+            args.filter
+        ));
+    }
+    let clf = match Classifier::load(&args.model) {
+        Ok(c) => c,
+        Err(e) => return fail(format_args!("{}: {e}", args.model.display())),
+    };
+    let mut inputs: Vec<(String, Result<Vec<u8>, std::io::Error>)> = Vec::new();
+    if args.files.is_empty() {
+        let mut buf = Vec::new();
+        let r = std::io::stdin().read_to_end(&mut buf).map(|_| buf);
+        inputs.push(("-".into(), r));
+    } else {
+        for f in &args.files {
+            inputs.push((f.display().to_string(), std::fs::read(f)));
+        }
+    }
+    let mut code = ExitCode::SUCCESS;
+    for (name, raw) in inputs {
+        let raw = match raw {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("sift: {name}: {e}");
+                code = ExitCode::FAILURE;
+                continue;
+            }
+        };
+        let view = text::view(&raw);
+        let s = clf.score(&view);
+        let mut line = serde_json::json!({
+            "input": name,
+            "filter": "spam",
+            "score": (f64::from(s.probability) * 1e6).round() / 1e6,
+            "verdict": if s.spam { "spam" } else { "ham" },
+            "threshold": (f64::from(clf.threshold_probability()) * 1e6).round() / 1e6,
+            "margin": (f64::from(s.margin) * 1e4).round() / 1e4,
+        });
+        if args.explain {
+            line["explain"] = serde_json::json!(clf.explain(&view, args.top));
+        }
+        println!("{line}");
+    }
+    code
+}
+
+/// For tests: load a model or say why not.
+pub fn load_model(path: &Path) -> Result<Model, String> {
+    Model::load(path).map_err(|e| format!("{}: {e}", path.display()))
+}

@@ -1,0 +1,410 @@
+//! Metrics and the evaluation protocols of `sift eval spam`.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use super::data::Corpus;
+use super::features::{FeatureConfig, Featurizer};
+use super::model::Model;
+use super::train::{self, Dataset, FitOptions, LearnOptions};
+
+/// Binary classification figures at one threshold (spam = positive).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Metrics {
+    pub n: usize,
+    pub tp: usize,
+    pub fp: usize,
+    pub tn: usize,
+    pub fn_: usize,
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+    pub accuracy: f64,
+    pub auc: f64,
+    pub ham_fpr: f64,
+}
+
+impl std::fmt::Display for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "P {:.4}  R {:.4}  F1 {:.4}  acc {:.4}  AUC {:.4}  ham FPR {:.2}%  (n {}, tp {} fp {} tn {} fn {})",
+            self.precision,
+            self.recall,
+            self.f1,
+            self.accuracy,
+            self.auc,
+            self.ham_fpr * 100.0,
+            self.n,
+            self.tp,
+            self.fp,
+            self.tn,
+            self.fn_
+        )
+    }
+}
+
+fn ratio(a: usize, b: usize) -> f64 {
+    if b == 0 { 0.0 } else { a as f64 / b as f64 }
+}
+
+/// Metrics for margins against labels at `threshold` (spam when ≥).
+pub fn metrics(margins: &[f32], labels: &[bool], threshold: f32) -> Metrics {
+    let mut m = Metrics {
+        n: margins.len(),
+        ..Metrics::default()
+    };
+    for (&s, &y) in margins.iter().zip(labels) {
+        match (s >= threshold, y) {
+            (true, true) => m.tp += 1,
+            (true, false) => m.fp += 1,
+            (false, false) => m.tn += 1,
+            (false, true) => m.fn_ += 1,
+        }
+    }
+    m.precision = ratio(m.tp, m.tp + m.fp);
+    m.recall = ratio(m.tp, m.tp + m.fn_);
+    m.f1 = if m.precision + m.recall > 0.0 {
+        2.0 * m.precision * m.recall / (m.precision + m.recall)
+    } else {
+        0.0
+    };
+    m.accuracy = ratio(m.tp + m.tn, m.n);
+    m.ham_fpr = ratio(m.fp, m.fp + m.tn);
+    m.auc = roc_auc(margins, labels);
+    m
+}
+
+/// ROC AUC by the rank-sum statistic (ties get average ranks).
+pub fn roc_auc(scores: &[f32], labels: &[bool]) -> f64 {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    let (mut pos, mut neg) = (0f64, 0f64);
+    let mut rank_sum = 0f64;
+    let mut i = 0;
+    while i < order.len() {
+        let mut j = i + 1;
+        while j < order.len() && scores[order[j]] == scores[order[i]] {
+            j += 1;
+        }
+        let avg_rank = (i + j + 1) as f64 / 2.0; // 1-based ranks i+1..=j
+        for &k in &order[i..j] {
+            if labels[k] {
+                rank_sum += avg_rank;
+                pos += 1.0;
+            } else {
+                neg += 1.0;
+            }
+        }
+        i = j;
+    }
+    if pos == 0.0 || neg == 0.0 {
+        return f64::NAN;
+    }
+    (rank_sum - pos * (pos + 1.0) / 2.0) / (pos * neg)
+}
+
+/// Diagnostic only (uses test labels, never for reported figures): the best
+/// F1 over thresholds whose test ham FPR is at most `max_fpr`.
+pub fn oracle_f1(margins: &[f32], labels: &[bool], max_fpr: f64) -> (f64, f32) {
+    let mut ts: Vec<f32> = margins.to_vec();
+    ts.sort_unstable_by(|a, b| a.total_cmp(b));
+    ts.dedup();
+    let mut best = (0.0, 0.0);
+    for t in ts {
+        let m = metrics_fast(margins, labels, t);
+        if m.ham_fpr <= max_fpr && m.f1 > best.0 {
+            best = (m.f1, t);
+        }
+    }
+    best
+}
+
+fn metrics_fast(margins: &[f32], labels: &[bool], threshold: f32) -> Metrics {
+    let mut m = Metrics::default();
+    for (&s, &y) in margins.iter().zip(labels) {
+        match (s >= threshold, y) {
+            (true, true) => m.tp += 1,
+            (true, false) => m.fp += 1,
+            (false, false) => m.tn += 1,
+            (false, true) => m.fn_ += 1,
+        }
+    }
+    let p = ratio(m.tp, m.tp + m.fp);
+    let r = ratio(m.tp, m.tp + m.fn_);
+    m.f1 = if p + r > 0.0 {
+        2.0 * p * r / (p + r)
+    } else {
+        0.0
+    };
+    m.ham_fpr = ratio(m.fp, m.fp + m.tn);
+    m
+}
+
+/// Margins of `rows` under `model` (quantised weights, as served).
+pub fn margins(model: &Model, ds: &Dataset, rows: &[usize]) -> Vec<f32> {
+    rows.iter()
+        .map(|&r| {
+            let (i, v) = ds.row(r);
+            model.margin_sparse(i, v)
+        })
+        .collect()
+}
+
+pub fn labels_of(ds: &Dataset, rows: &[usize]) -> Vec<bool> {
+    rows.iter().map(|&r| ds.labels[r]).collect()
+}
+
+/// (a) SpamAssassin time split: train on groups 0..=2 (easy-ham-1,
+/// hard-ham-1, spam-1), test on 3..=4 (easy-ham-2, spam-2).
+pub fn time_split(
+    sa: &Corpus,
+    ds: &Dataset,
+    fcfg: FeatureConfig,
+    opts: &FitOptions,
+) -> (Model, Metrics) {
+    let train_rows: Vec<usize> = (0..sa.len()).filter(|&i| sa.groups[i] <= 2).collect();
+    let test_rows: Vec<usize> = (0..sa.len()).filter(|&i| sa.groups[i] >= 3).collect();
+    let model = train::train_model(ds, &train_rows, fcfg, opts, "SpamAssassin time split: *-1");
+    let m = margins(&model, ds, &test_rows);
+    let labels = labels_of(ds, &test_rows);
+    if std::env::var_os("SIFT_EVAL_DIAG").is_some() {
+        let (f1, t) = oracle_f1(&m, &labels, 0.003);
+        eprintln!(
+            "    diag: oracle F1 at test FPR<=0.3% {f1:.4} (margin {t:.3}; calibrated {:.3})",
+            model.threshold
+        );
+        if std::env::var_os("SIFT_EVAL_DUMP").is_some() {
+            let mut order: Vec<usize> = (0..test_rows.len()).collect();
+            order.sort_by(|&a, &b| m[a].total_cmp(&m[b]));
+            for &k in order.iter().filter(|&&k| labels[k]).take(25) {
+                let r = test_rows[k];
+                let t: String = sa.views[r].text.chars().take(300).collect();
+                eprintln!(
+                    "FN {r} margin {:.2} len {} html {} links {}: {:?}",
+                    m[k],
+                    sa.views[r].text.len(),
+                    sa.views[r].html,
+                    sa.views[r].links.len(),
+                    t
+                );
+            }
+            for &k in order.iter().rev().filter(|&&k| !labels[k]).take(15) {
+                let r = test_rows[k];
+                let t: String = sa.views[r].text.chars().take(300).collect();
+                eprintln!(
+                    "FP {r} margin {:.2} len {}: {:?}",
+                    m[k],
+                    sa.views[r].text.len(),
+                    t
+                );
+            }
+        }
+    }
+    let met = metrics(&m, &labels, model.threshold);
+    (model, met)
+}
+
+/// (b) Stratified k-fold over all of SpamAssassin; mean of per-fold metrics.
+pub fn kfold(
+    sa: &Corpus,
+    ds: &Dataset,
+    fcfg: FeatureConfig,
+    opts: &FitOptions,
+    k: usize,
+) -> Metrics {
+    let rows: Vec<usize> = (0..sa.len()).collect();
+    let folds = train::stratified_folds(&ds.labels, &rows, k, opts.train.seed ^ 0xf01d);
+    let mut acc = Metrics::default();
+    for (j, test) in folds.iter().enumerate() {
+        let tr: Vec<usize> = folds
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != j)
+            .flat_map(|(_, f)| f.iter().copied())
+            .collect();
+        let model = train::train_model(ds, &tr, fcfg, opts, "fold");
+        let m = metrics(
+            &margins(&model, ds, test),
+            &labels_of(ds, test),
+            model.threshold,
+        );
+        acc.n += m.n;
+        acc.tp += m.tp;
+        acc.fp += m.fp;
+        acc.tn += m.tn;
+        acc.fn_ += m.fn_;
+        acc.precision += m.precision / k as f64;
+        acc.recall += m.recall / k as f64;
+        acc.f1 += m.f1 / k as f64;
+        acc.accuracy += m.accuracy / k as f64;
+        acc.auc += m.auc / k as f64;
+        acc.ham_fpr += m.ham_fpr / k as f64;
+    }
+    acc
+}
+
+/// A stratified split of `rows` into (train, test) with `test_frac` in test,
+/// and test texts that also occur in train dropped.
+pub fn split_dedup(corpus: &Corpus, test_frac: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let (mut train, mut test) = (Vec::new(), Vec::new());
+    for class in [false, true] {
+        let mut c: Vec<usize> = (0..corpus.len())
+            .filter(|&i| corpus.labels[i] == class)
+            .collect();
+        rng.shuffle(&mut c);
+        let n_test = (c.len() as f64 * test_frac).round() as usize;
+        test.extend_from_slice(&c[..n_test]);
+        train.extend_from_slice(&c[n_test..]);
+    }
+    train.sort_unstable();
+    test.sort_unstable();
+    let seen: HashSet<&str> = train
+        .iter()
+        .map(|&i| corpus.views[i].text.as_str())
+        .collect();
+    test.retain(|&i| !seen.contains(corpus.views[i].text.as_str()));
+    (train, test)
+}
+
+/// (c) SMS: stratified 80/20, test texts occurring in training dropped.
+pub fn sms(
+    corpus: &Corpus,
+    ds: &Dataset,
+    fcfg: FeatureConfig,
+    opts: &FitOptions,
+) -> (Metrics, usize) {
+    let (train_rows, test_rows) = split_dedup(corpus, 0.2, opts.train.seed ^ 0x5e5);
+    let model = train::train_model(ds, &train_rows, fcfg, opts, "SMS 80%");
+    let m = margins(&model, ds, &test_rows);
+    (
+        metrics(&m, &labels_of(ds, &test_rows), model.threshold),
+        test_rows.len(),
+    )
+}
+
+/// (d) Adaptation: a model trained on all of SpamAssassin, scored on SMS
+/// zero-shot and after learning `n_learn` SMS examples; the test set is the
+/// rest of SMS minus texts equal to a learned one.
+pub struct Adaptation {
+    pub zero_shot: Metrics,
+    pub learned: Metrics,
+    pub n_learn: usize,
+    pub n_test: usize,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn adaptation(
+    sa: &Corpus,
+    sa_ds: &Dataset,
+    sms: &Corpus,
+    sms_ds: &Dataset,
+    fcfg: FeatureConfig,
+    opts: &FitOptions,
+    learn: &LearnOptions,
+    n_learn: usize,
+) -> Adaptation {
+    let all: Vec<usize> = (0..sa.len()).collect();
+    let base = train::train_model(sa_ds, &all, fcfg, opts, "SpamAssassin all");
+    let frac = n_learn as f64 / sms.len().max(1) as f64;
+    let (test_rows, learn_rows) = split_dedup_rev(sms, frac, opts.train.seed ^ 0xada);
+    let labels = labels_of(sms_ds, &test_rows);
+    let zero = metrics(&margins(&base, sms_ds, &test_rows), &labels, base.threshold);
+    let batch: Vec<_> = learn_rows
+        .iter()
+        .map(|&i| (sms.views[i].clone(), sms.labels[i]))
+        .collect();
+    let adapted = train::learn(&base, &batch, learn);
+    let after = metrics(
+        &margins(&adapted, sms_ds, &test_rows),
+        &labels,
+        adapted.threshold,
+    );
+    Adaptation {
+        zero_shot: zero,
+        learned: after,
+        n_learn: learn_rows.len(),
+        n_test: test_rows.len(),
+    }
+}
+
+/// Like [`split_dedup`] but returns (rest, sample) with the sample of
+/// `frac` as the "training" side: rest texts equal to a sample text dropped.
+fn split_dedup_rev(corpus: &Corpus, frac: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let (mut sample, mut rest) = (Vec::new(), Vec::new());
+    for class in [false, true] {
+        let mut c: Vec<usize> = (0..corpus.len())
+            .filter(|&i| corpus.labels[i] == class)
+            .collect();
+        rng.shuffle(&mut c);
+        let n = (c.len() as f64 * frac).round() as usize;
+        sample.extend_from_slice(&c[..n]);
+        rest.extend_from_slice(&c[n..]);
+    }
+    sample.sort_unstable();
+    rest.sort_unstable();
+    let seen: HashSet<&str> = sample
+        .iter()
+        .map(|&i| corpus.views[i].text.as_str())
+        .collect();
+    rest.retain(|&i| !seen.contains(corpus.views[i].text.as_str()));
+    (rest, sample)
+}
+
+/// Speed of the serving path.
+#[derive(Debug, Clone, Copy)]
+pub struct Bench {
+    pub load_ms: f64,
+    pub model_bytes: usize,
+    pub view_us_per_kb: f64,
+    pub raw_us_per_kb: f64,
+    pub messages: usize,
+}
+
+/// Time model load, featurize+score on text views, and the whole path from
+/// raw bytes (MIME parse + featurize + score), one thread.
+pub fn bench(
+    model_path: &std::path::Path,
+    raws: &[Vec<u8>],
+    min_secs: f64,
+) -> Result<Bench, super::model::ModelError> {
+    let t = Instant::now();
+    let model = Model::load(model_path)?;
+    let fz = Featurizer::new(model.features);
+    let load_ms = t.elapsed().as_secs_f64() * 1e3;
+    let views: Vec<_> = raws.iter().map(|r| super::text::view(r)).collect();
+    let view_bytes: usize = views
+        .iter()
+        .map(|v| v.text.len().min(model.features.max_bytes as usize))
+        .sum();
+    let raw_bytes: usize = raws.iter().map(|r| r.len()).sum();
+    let mut sink = 0f32;
+    let mut rounds = 0u32;
+    let t = Instant::now();
+    while rounds == 0 || t.elapsed().as_secs_f64() < min_secs {
+        for v in &views {
+            sink += model.margin(&fz, v);
+        }
+        rounds += 1;
+    }
+    let view_us = t.elapsed().as_secs_f64() * 1e6 / f64::from(rounds);
+    let mut rounds2 = 0u32;
+    let t = Instant::now();
+    while rounds2 == 0 || t.elapsed().as_secs_f64() < min_secs {
+        for r in raws {
+            sink += model.margin(&fz, &super::text::view(r));
+        }
+        rounds2 += 1;
+    }
+    let raw_us = t.elapsed().as_secs_f64() * 1e6 / f64::from(rounds2);
+    std::hint::black_box(sink);
+    Ok(Bench {
+        load_ms,
+        model_bytes: model.weight_bytes(),
+        view_us_per_kb: view_us / (view_bytes as f64 / 1024.0),
+        raw_us_per_kb: raw_us / (raw_bytes as f64 / 1024.0),
+        messages: raws.len(),
+    })
+}

@@ -1,0 +1,528 @@
+//! The linear model and its file format.
+//!
+//! File layout (all integers little-endian):
+//!
+//! ```text
+//! magic      8 bytes  "SIFTLIN\0"
+//! version    u32      1
+//! wtype      u32      0 = f32 weights, 1 = i8 weights × scale
+//! bits       u32      log2 of the bucket count (10..=24)
+//! max_bytes  u32      featurizer: text prefix length
+//! flags      u32      featurizer: FLAG_* bits
+//! seed       u64      featurizer: hash seed
+//! word_scale f32      featurizer: word block value scale
+//! char_scale f32      featurizer: char block value scale
+//! bias       f32
+//! threshold  f32      decision threshold on the margin (logit)
+//! scale      f32      i8 weights: value = q × scale (1.0 for f32)
+//! n_ham      u32      training set size, ham
+//! n_spam     u32      training set size, spam
+//! target_fpr f32      ham false-positive rate the threshold was set for
+//! note_len   u32      ≤ 4096
+//! note       note_len bytes of UTF-8 (what the model was trained on)
+//! weights    2^bits × (4 | 1) bytes
+//! checksum   u64      FNV-1a 64 of every byte before it
+//! ```
+//!
+//! Loading checks the magic, the version, every length and the checksum: a
+//! truncated or corrupt file is a [`ModelError`], never a panic.
+
+use std::path::Path;
+
+use super::features::{FeatureConfig, Featurizer, Origin, Sink};
+use super::text::TextView;
+
+pub const MAGIC: &[u8; 8] = b"SIFTLIN\0";
+pub const VERSION: u32 = 1;
+const MAX_NOTE: usize = 4096;
+
+/// Why a model file was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("cannot read model file {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("not a sift model file (bad magic)")]
+    BadMagic,
+    #[error("unsupported model file version {0} (this sift reads version {VERSION})")]
+    Version(u32),
+    #[error("model file truncated: needed {needed} bytes at offset {offset}, file has {len}")]
+    Truncated {
+        needed: usize,
+        offset: usize,
+        len: usize,
+    },
+    #[error(
+        "model file checksum mismatch (stored {stored:016x}, computed {computed:016x}): the file is corrupt"
+    )]
+    Checksum { stored: u64, computed: u64 },
+    #[error("invalid model file: {0}")]
+    Invalid(String),
+}
+
+/// Weight table.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Weights {
+    F32(Vec<f32>),
+    I8 { q: Vec<i8>, scale: f32 },
+}
+
+impl Weights {
+    pub fn len(&self) -> usize {
+        match self {
+            Weights::F32(w) => w.len(),
+            Weights::I8 { q, .. } => q.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    #[inline]
+    pub fn get(&self, i: usize) -> f32 {
+        match self {
+            Weights::F32(w) => w.get(i).copied().unwrap_or(0.0),
+            Weights::I8 { q, scale } => f32::from(q.get(i).copied().unwrap_or(0)) * scale,
+        }
+    }
+
+    /// As f32 (dequantised).
+    pub fn to_f32(&self) -> Vec<f32> {
+        match self {
+            Weights::F32(w) => w.clone(),
+            Weights::I8 { q, scale } => q.iter().map(|&v| f32::from(v) * scale).collect(),
+        }
+    }
+
+    /// Quantise to i8 with a symmetric scale set by the largest magnitude
+    /// after clipping the most extreme 1e-5 of the non-zero weights.
+    pub fn quantize(w: &[f32]) -> Weights {
+        let mut mags: Vec<f32> = w.iter().map(|v| v.abs()).filter(|v| *v > 0.0).collect();
+        let clip = if mags.is_empty() {
+            1.0
+        } else {
+            let k = ((mags.len() as f64) * (1.0 - 1e-5)) as usize;
+            let k = k.min(mags.len() - 1);
+            let (_, v, _) = mags.select_nth_unstable_by(k, |a, b| a.total_cmp(b));
+            *v
+        };
+        let scale = if clip > 0.0 { clip / 127.0 } else { 1.0 };
+        let q = w
+            .iter()
+            .map(|&v| (v / scale).round().clamp(-127.0, 127.0) as i8)
+            .collect();
+        Weights::I8 { q, scale }
+    }
+}
+
+/// What a model was trained on (informational, kept in the file).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Meta {
+    pub n_ham: u32,
+    pub n_spam: u32,
+    pub target_fpr: f32,
+    pub note: String,
+}
+
+/// A linear model over the featurizer's buckets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Model {
+    pub features: FeatureConfig,
+    pub bias: f32,
+    /// Spam when margin ≥ threshold.
+    pub threshold: f32,
+    pub weights: Weights,
+    pub meta: Meta,
+}
+
+/// One message's score.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Score {
+    /// Raw linear margin (logit).
+    pub margin: f32,
+    /// sigmoid(margin), in 0..1.
+    pub probability: f32,
+    pub spam: bool,
+}
+
+pub fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// Sums weights per block, per occurrence: nothing allocated. Separate
+/// named accumulators (not an array indexed by block) keep them in
+/// registers in the hot loop.
+struct ScoreI8<'a> {
+    q: &'a [i8],
+    word: i32,
+    chr: i32,
+    sig: i32,
+    n_word: u32,
+    n_chr: u32,
+}
+
+impl Sink for ScoreI8<'_> {
+    #[inline(always)]
+    fn emit(&mut self, f: super::features::Feature) {
+        let w = i32::from(self.q.get(f.bucket as usize).copied().unwrap_or(0));
+        match f.origin {
+            Origin::Char { .. } => {
+                self.chr += w;
+                self.n_chr += 1;
+            }
+            Origin::Word { .. } => {
+                self.word += w;
+                self.n_word += 1;
+            }
+            Origin::Signal(_) => self.sig += w,
+        }
+    }
+}
+
+struct ScoreF32<'a> {
+    w: &'a [f32],
+    word: f32,
+    chr: f32,
+    sig: f32,
+    n_word: u32,
+    n_chr: u32,
+}
+
+impl Sink for ScoreF32<'_> {
+    #[inline(always)]
+    fn emit(&mut self, f: super::features::Feature) {
+        let w = self.w.get(f.bucket as usize).copied().unwrap_or(0.0);
+        match f.origin {
+            Origin::Char { .. } => {
+                self.chr += w;
+                self.n_chr += 1;
+            }
+            Origin::Word { .. } => {
+                self.word += w;
+                self.n_word += 1;
+            }
+            Origin::Signal(_) => self.sig += w,
+        }
+    }
+}
+
+fn combine(acc: [f32; 3], n: [u32; 3], f: &FeatureConfig) -> f32 {
+    let norm = |a: f32, n: u32| if n == 0 { 0.0 } else { a / (n as f32).sqrt() };
+    f.word_scale * norm(acc[0], n[0]) + f.char_scale * norm(acc[1], n[1]) + acc[2]
+}
+
+impl Model {
+    /// The margin of a text view, via the serving path.
+    pub fn margin(&self, fz: &Featurizer, view: &TextView) -> f32 {
+        match &self.weights {
+            Weights::I8 { q, scale } => {
+                let mut s = ScoreI8 {
+                    q,
+                    word: 0,
+                    chr: 0,
+                    sig: 0,
+                    n_word: 0,
+                    n_chr: 0,
+                };
+                fz.run(view, &mut s);
+                let acc = [s.word, s.chr, s.sig].map(|a| a as f32 * scale);
+                self.bias + combine(acc, [s.n_word, s.n_chr, 0], &self.features)
+            }
+            Weights::F32(w) => {
+                let mut s = ScoreF32 {
+                    w,
+                    word: 0.0,
+                    chr: 0.0,
+                    sig: 0.0,
+                    n_word: 0,
+                    n_chr: 0,
+                };
+                fz.run(view, &mut s);
+                self.bias
+                    + combine(
+                        [s.word, s.chr, s.sig],
+                        [s.n_word, s.n_chr, 0],
+                        &self.features,
+                    )
+            }
+        }
+    }
+
+    pub fn score(&self, fz: &Featurizer, view: &TextView) -> Score {
+        let margin = self.margin(fz, view);
+        Score {
+            margin,
+            probability: sigmoid(margin),
+            spam: margin >= self.threshold,
+        }
+    }
+
+    /// Margin of an already featurized sparse vector (training/eval path).
+    pub fn margin_sparse(&self, idx: &[u32], val: &[f32]) -> f32 {
+        let mut m = self.bias;
+        for (&i, &v) in idx.iter().zip(val) {
+            m += self.weights.get(i as usize) * v;
+        }
+        m
+    }
+
+    /// Serialise to bytes (see the module docs for the layout).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let (wtype, scale) = match &self.weights {
+            Weights::F32(_) => (0u32, 1.0f32),
+            Weights::I8 { scale, .. } => (1u32, *scale),
+        };
+        let note = truncate_note(&self.meta.note);
+        let mut out = Vec::with_capacity(80 + note.len() + self.weights.len() * 4);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&wtype.to_le_bytes());
+        out.extend_from_slice(&u32::from(self.features.bits).to_le_bytes());
+        out.extend_from_slice(&self.features.max_bytes.to_le_bytes());
+        out.extend_from_slice(&self.features.flags.to_le_bytes());
+        out.extend_from_slice(&self.features.seed.to_le_bytes());
+        out.extend_from_slice(&self.features.word_scale.to_le_bytes());
+        out.extend_from_slice(&self.features.char_scale.to_le_bytes());
+        out.extend_from_slice(&self.bias.to_le_bytes());
+        out.extend_from_slice(&self.threshold.to_le_bytes());
+        out.extend_from_slice(&scale.to_le_bytes());
+        out.extend_from_slice(&self.meta.n_ham.to_le_bytes());
+        out.extend_from_slice(&self.meta.n_spam.to_le_bytes());
+        out.extend_from_slice(&self.meta.target_fpr.to_le_bytes());
+        out.extend_from_slice(&(note.len() as u32).to_le_bytes());
+        out.extend_from_slice(note.as_bytes());
+        match &self.weights {
+            Weights::F32(w) => w
+                .iter()
+                .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+            Weights::I8 { q, .. } => out.extend(q.iter().map(|&v| v as u8)),
+        }
+        let sum = fnv1a64(&out);
+        out.extend_from_slice(&sum.to_le_bytes());
+        out
+    }
+
+    /// Parse and validate a model file's bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Model, ModelError> {
+        let mut r = Reader { b: bytes, pos: 0 };
+        if r.take(8)? != MAGIC {
+            return Err(ModelError::BadMagic);
+        }
+        let version = r.u32()?;
+        if version != VERSION {
+            return Err(ModelError::Version(version));
+        }
+        // Checksum first: a flipped bit anywhere is "corrupt", not a confusing field error.
+        if bytes.len() < 8 + 4 + 8 {
+            return Err(ModelError::Truncated {
+                needed: 20,
+                offset: 0,
+                len: bytes.len(),
+            });
+        }
+        let (body, tail) = bytes.split_at(bytes.len() - 8);
+        let mut stored = [0u8; 8];
+        stored.copy_from_slice(tail);
+        let stored = u64::from_le_bytes(stored);
+        let computed = fnv1a64(body);
+        let wtype = r.u32()?;
+        let bits = r.u32()?;
+        let max_bytes = r.u32()?;
+        let flags = r.u32()?;
+        let seed = r.u64()?;
+        let word_scale = r.f32()?;
+        let char_scale = r.f32()?;
+        let bias = r.f32()?;
+        let threshold = r.f32()?;
+        let scale = r.f32()?;
+        let n_ham = r.u32()?;
+        let n_spam = r.u32()?;
+        let target_fpr = r.f32()?;
+        let note_len = r.u32()? as usize;
+        if note_len > MAX_NOTE {
+            return Err(ModelError::Invalid(format!(
+                "note length {note_len} > {MAX_NOTE}"
+            )));
+        }
+        let note = String::from_utf8_lossy(r.take(note_len)?).into_owned();
+        if !(10..=24).contains(&bits) {
+            return Err(ModelError::Invalid(format!(
+                "bucket bits {bits} outside 10..=24"
+            )));
+        }
+        let n = 1usize << bits;
+        let width = match wtype {
+            0 => 4,
+            1 => 1,
+            t => return Err(ModelError::Invalid(format!("unknown weight type {t}"))),
+        };
+        let expected_len = r.pos + n * width + 8;
+        if bytes.len() < expected_len {
+            return Err(ModelError::Truncated {
+                needed: n * width + 8,
+                offset: r.pos,
+                len: bytes.len(),
+            });
+        }
+        if bytes.len() > expected_len {
+            return Err(ModelError::Invalid(format!(
+                "{} trailing bytes after the weights",
+                bytes.len() - expected_len
+            )));
+        }
+        if stored != computed {
+            return Err(ModelError::Checksum { stored, computed });
+        }
+        let raw = r.take(n * width)?;
+        let weights = if wtype == 0 {
+            let w: Vec<f32> = raw
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            if w.iter().any(|v| !v.is_finite()) {
+                return Err(ModelError::Invalid("non-finite weight".into()));
+            }
+            Weights::F32(w)
+        } else {
+            if !(scale.is_finite() && scale > 0.0) {
+                return Err(ModelError::Invalid(format!("bad weight scale {scale}")));
+            }
+            Weights::I8 {
+                q: raw.iter().map(|&b| b as i8).collect(),
+                scale,
+            }
+        };
+        if !bias.is_finite() || !threshold.is_finite() {
+            return Err(ModelError::Invalid("non-finite bias or threshold".into()));
+        }
+        if ![word_scale, char_scale]
+            .iter()
+            .all(|v| v.is_finite() && *v >= 0.0)
+        {
+            return Err(ModelError::Invalid("bad block scale".into()));
+        }
+        if max_bytes == 0 {
+            return Err(ModelError::Invalid("max_bytes is 0".into()));
+        }
+        Ok(Model {
+            features: FeatureConfig {
+                bits: bits as u8,
+                max_bytes,
+                flags,
+                seed,
+                word_scale,
+                char_scale,
+            },
+            bias,
+            threshold,
+            weights,
+            meta: Meta {
+                n_ham,
+                n_spam,
+                target_fpr,
+                note,
+            },
+        })
+    }
+
+    pub fn load(path: &Path) -> Result<Model, ModelError> {
+        let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Model::from_bytes(&bytes)
+    }
+
+    /// Write atomically (temp file in the same directory, then rename).
+    pub fn save(&self, path: &Path) -> Result<(), ModelError> {
+        let io = |source| ModelError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = std::path::PathBuf::from(tmp);
+        std::fs::write(&tmp, self.to_bytes()).map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)
+    }
+
+    /// Bytes of memory the weights take.
+    pub fn weight_bytes(&self) -> usize {
+        match &self.weights {
+            Weights::F32(w) => w.len() * 4,
+            Weights::I8 { q, .. } => q.len(),
+        }
+    }
+}
+
+fn truncate_note(s: &str) -> &str {
+    if s.len() <= MAX_NOTE {
+        return s;
+    }
+    let mut cut = MAX_NOTE;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &s[..cut]
+}
+
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    // Eight lanes, so a few MB hash in well under a millisecond each.
+    let mut lanes = [0xcbf2_9ce4_8422_2325u64; 8];
+    let chunks = bytes.chunks_exact(8);
+    let rem = chunks.remainder();
+    for c in chunks {
+        for (l, &b) in lanes.iter_mut().zip(c) {
+            *l = (*l ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for l in lanes {
+        for b in l.to_le_bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    for &b in rem {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^ bytes.len() as u64
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], ModelError> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.b.len());
+        match end {
+            Some(e) => {
+                let s = &self.b[self.pos..e];
+                self.pos = e;
+                Ok(s)
+            }
+            None => Err(ModelError::Truncated {
+                needed: n,
+                offset: self.pos,
+                len: self.b.len(),
+            }),
+        }
+    }
+    fn u32(&mut self) -> Result<u32, ModelError> {
+        let s = self.take(4)?;
+        Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, ModelError> {
+        let s = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(s);
+        Ok(u64::from_le_bytes(a))
+    }
+    fn f32(&mut self) -> Result<f32, ModelError> {
+        Ok(f32::from_bits(self.u32()?))
+    }
+}

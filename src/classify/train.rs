@@ -1,0 +1,406 @@
+//! Training: logistic regression by AdaGrad SGD over the hashed features,
+//! class-balanced, deterministic for a seed; the decision threshold is set
+//! for a target ham false-positive rate from out-of-fold margins on the
+//! training data (never on test data). Also incremental learning from a
+//! labelled batch, anchored to the current model.
+
+use super::features::{Collect, FeatureConfig, Featurizer};
+use super::model::{Meta, Model, Weights};
+use super::text::TextView;
+
+/// Featurized examples: one packed sparse matrix.
+#[derive(Debug, Default, Clone)]
+pub struct Dataset {
+    offsets: Vec<usize>,
+    idx: Vec<u32>,
+    val: Vec<f32>,
+    pub labels: Vec<bool>,
+}
+
+impl Dataset {
+    pub fn new() -> Dataset {
+        Dataset {
+            offsets: vec![0],
+            ..Dataset::default()
+        }
+    }
+
+    /// Featurize every view (labels: true = spam).
+    pub fn build(fz: &Featurizer, views: &[TextView], labels: &[bool]) -> Dataset {
+        let mut ds = Dataset::new();
+        let mut c = Collect::default();
+        for (v, &l) in views.iter().zip(labels) {
+            ds.push(fz, v, l, &mut c);
+        }
+        ds
+    }
+
+    pub fn push(&mut self, fz: &Featurizer, view: &TextView, spam: bool, c: &mut Collect) {
+        if self.offsets.is_empty() {
+            self.offsets.push(0);
+        }
+        fz.run(view, c);
+        let f = fz.config();
+        c.finish([f.word_scale, f.char_scale], &mut self.idx, &mut self.val);
+        self.offsets.push(self.idx.len());
+        self.labels.push(spam);
+    }
+
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    pub fn row(&self, i: usize) -> (&[u32], &[f32]) {
+        let (a, b) = (self.offsets[i], self.offsets[i + 1]);
+        (&self.idx[a..b], &self.val[a..b])
+    }
+}
+
+/// SGD settings.
+#[derive(Debug, Clone, Copy)]
+pub struct TrainConfig {
+    pub epochs: u32,
+    /// AdaGrad base learning rate.
+    pub lr: f32,
+    pub seed: u64,
+    /// Weight the classes to equal total weight.
+    pub balance: bool,
+    /// Polyak averaging of the iterates.
+    pub average: bool,
+    /// Proximal pull toward the starting weights (incremental learning only).
+    pub anchor: f32,
+    pub loss: Loss,
+}
+
+/// Training loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Loss {
+    /// Logistic regression.
+    #[default]
+    Log,
+    /// Linear SVM (hinge).
+    Hinge,
+    /// Modified Huber (smoothed hinge, still probabilistic-ish).
+    Mhuber,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            epochs: 8,
+            lr: 0.05,
+            seed: 42,
+            balance: true,
+            average: true,
+            anchor: 0.0,
+            loss: Loss::Hinge,
+        }
+    }
+}
+
+/// f32 weights + bias during training.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub w: Vec<f32>,
+    pub bias: f32,
+}
+
+impl Linear {
+    pub fn zeros(bits: u8) -> Linear {
+        Linear {
+            w: vec![0.0; 1usize << bits],
+            bias: 0.0,
+        }
+    }
+
+    pub fn margin(&self, idx: &[u32], val: &[f32]) -> f32 {
+        let mut m = self.bias;
+        for (&i, &v) in idx.iter().zip(val) {
+            m += self.w.get(i as usize).copied().unwrap_or(0.0) * v;
+        }
+        m
+    }
+}
+
+/// Train on `rows` of `ds`, starting from `init` (zeros for a fresh model).
+pub fn fit(ds: &Dataset, rows: &[usize], init: Linear, cfg: &TrainConfig) -> Linear {
+    let mut m = init;
+    let anchor_w = if cfg.anchor > 0.0 {
+        Some(m.w.clone())
+    } else {
+        None
+    };
+    let n = m.w.len();
+    let mut g2 = vec![0f32; n];
+    let mut g2b = 0f32;
+    // Averaging (sparse trick): avg = w - u / c.
+    let mut u = if cfg.average {
+        vec![0f32; n]
+    } else {
+        Vec::new()
+    };
+    let mut ub = 0f32;
+    let mut c: f32 = 1.0;
+    let n_spam = rows.iter().filter(|&&r| ds.labels[r]).count().max(1) as f32;
+    let n_ham = (rows.len() as f32 - n_spam).max(1.0);
+    let total = rows.len() as f32;
+    let (w_spam, w_ham) = if cfg.balance {
+        (total / (2.0 * n_spam), total / (2.0 * n_ham))
+    } else {
+        (1.0, 1.0)
+    };
+    let mut order: Vec<usize> = rows.to_vec();
+    let mut rng = fastrand::Rng::with_seed(cfg.seed);
+    const EPS: f32 = 1e-6;
+    for _ in 0..cfg.epochs {
+        rng.shuffle(&mut order);
+        for &r in &order {
+            let (idx, val) = ds.row(r);
+            let y = ds.labels[r];
+            let margin = m.margin(idx, val);
+            let cw = if y { w_spam } else { w_ham };
+            let ys = if y { 1.0 } else { -1.0 };
+            let z = ys * margin;
+            let g = match cfg.loss {
+                Loss::Log => (super::model::sigmoid(margin) - if y { 1.0 } else { 0.0 }) * cw,
+                Loss::Hinge => {
+                    if z < 1.0 {
+                        -ys * cw
+                    } else {
+                        0.0
+                    }
+                }
+                Loss::Mhuber => {
+                    if z >= 1.0 {
+                        0.0
+                    } else if z >= -1.0 {
+                        -2.0 * (1.0 - z) * ys * cw
+                    } else {
+                        -4.0 * ys * cw
+                    }
+                }
+            };
+            if g == 0.0 && cfg.anchor == 0.0 {
+                c += 1.0;
+                continue;
+            }
+            for (&i, &v) in idx.iter().zip(val) {
+                let i = i as usize;
+                let mut gi = g * v;
+                if let Some(a) = &anchor_w {
+                    gi += cfg.anchor * (m.w[i] - a[i]);
+                }
+                if gi == 0.0 {
+                    continue;
+                }
+                g2[i] += gi * gi;
+                let d = -cfg.lr * gi / (g2[i].sqrt() + EPS);
+                m.w[i] += d;
+                if cfg.average {
+                    u[i] += c * d;
+                }
+            }
+            g2b += g * g;
+            let db = -cfg.lr * g / (g2b.sqrt() + EPS);
+            m.bias += db;
+            ub += c * db;
+            c += 1.0;
+        }
+    }
+    if cfg.average {
+        for (w, u) in m.w.iter_mut().zip(&u) {
+            *w -= u / c;
+        }
+        m.bias -= ub / c;
+    }
+    m
+}
+
+/// Stratified k folds of `rows` (deterministic for `seed`).
+pub fn stratified_folds(labels: &[bool], rows: &[usize], k: usize, seed: u64) -> Vec<Vec<usize>> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut folds = vec![Vec::new(); k.max(1)];
+    for class in [false, true] {
+        let mut c: Vec<usize> = rows
+            .iter()
+            .copied()
+            .filter(|&r| labels[r] == class)
+            .collect();
+        rng.shuffle(&mut c);
+        for (j, r) in c.into_iter().enumerate() {
+            folds[j % k.max(1)].push(r);
+        }
+    }
+    for f in &mut folds {
+        f.sort_unstable();
+    }
+    folds
+}
+
+/// Quantise trained weights into a [`Model`].
+pub fn to_model(lin: &Linear, fcfg: FeatureConfig, threshold: f32, meta: Meta) -> Model {
+    Model {
+        features: fcfg,
+        bias: lin.bias,
+        threshold,
+        weights: Weights::quantize(&lin.w),
+        meta,
+    }
+}
+
+/// The threshold on the margin so that at most `target_fpr` of the given
+/// ham margins are at or above it.
+pub fn threshold_for_fpr(ham_margins: &[f32], target_fpr: f32) -> f32 {
+    if ham_margins.is_empty() {
+        return 0.0;
+    }
+    let mut h = ham_margins.to_vec();
+    h.sort_unstable_by(|a, b| b.total_cmp(a)); // descending
+    let allowed = ((target_fpr.max(0.0) as f64) * h.len() as f64).floor() as usize;
+    if allowed >= h.len() {
+        return h[h.len() - 1];
+    }
+    // Just above the (allowed+1)-th highest ham margin.
+    let t = h[allowed];
+    t + t.abs().max(1.0) * 1e-4
+}
+
+/// Training options for a full model (SGD + calibration).
+#[derive(Debug, Clone, Copy)]
+pub struct FitOptions {
+    pub train: TrainConfig,
+    /// Folds for out-of-fold calibration margins.
+    pub calib_folds: usize,
+    pub target_fpr: f32,
+}
+
+impl Default for FitOptions {
+    fn default() -> Self {
+        FitOptions {
+            train: TrainConfig::default(),
+            calib_folds: 5,
+            target_fpr: 0.01,
+        }
+    }
+}
+
+/// Train a model on `rows`: out-of-fold margins (k folds within `rows`)
+/// set the threshold, then one fit on all of `rows`. The OOF margins are
+/// computed with quantised weights, as served.
+pub fn train_model(
+    ds: &Dataset,
+    rows: &[usize],
+    fcfg: FeatureConfig,
+    opts: &FitOptions,
+    note: &str,
+) -> Model {
+    let mut ham_oof = Vec::new();
+    if opts.calib_folds >= 2 {
+        let folds = stratified_folds(&ds.labels, rows, opts.calib_folds, opts.train.seed ^ 0xca1);
+        for (k, held) in folds.iter().enumerate() {
+            let train_rows: Vec<usize> = folds
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != k)
+                .flat_map(|(_, f)| f.iter().copied())
+                .collect();
+            let lin = fit(ds, &train_rows, Linear::zeros(fcfg.bits), &opts.train);
+            let m = to_model(&lin, fcfg, 0.0, Meta::default());
+            for &r in held {
+                if !ds.labels[r] {
+                    let (i, v) = ds.row(r);
+                    ham_oof.push(m.margin_sparse(i, v));
+                }
+            }
+        }
+    }
+    let lin = fit(ds, rows, Linear::zeros(fcfg.bits), &opts.train);
+    let threshold = if ham_oof.is_empty() {
+        0.0
+    } else {
+        threshold_for_fpr(&ham_oof, opts.target_fpr)
+    };
+    let n_spam = rows.iter().filter(|&&r| ds.labels[r]).count() as u32;
+    let meta = Meta {
+        n_ham: rows.len() as u32 - n_spam,
+        n_spam,
+        target_fpr: opts.target_fpr,
+        note: note.to_owned(),
+    };
+    to_model(&lin, fcfg, threshold, meta)
+}
+
+/// Settings for incremental learning from a labelled batch.
+#[derive(Debug, Clone, Copy)]
+pub struct LearnOptions {
+    pub epochs: u32,
+    pub lr: f32,
+    /// Proximal pull toward the current weights: how strongly the batch is
+    /// kept from rewriting what the model knew.
+    pub anchor: f32,
+    pub seed: u64,
+}
+
+impl Default for LearnOptions {
+    fn default() -> Self {
+        LearnOptions {
+            epochs: 5,
+            lr: 0.1,
+            anchor: 0.01,
+            seed: 7,
+        }
+    }
+}
+
+/// Continue training `model` on a labelled batch; returns the new model
+/// (same featurizer, same threshold). The update is AdaGrad logistic
+/// regression with fresh accumulators, balanced classes, no averaging, and a
+/// proximal term `anchor · (w − w₀)` on every weight the batch touches, so
+/// a small batch moves the model toward the operator's traffic without
+/// rewriting the weights learned from the public corpora.
+pub fn learn(model: &Model, batch: &[(TextView, bool)], opts: &LearnOptions) -> Model {
+    let fz = Featurizer::new(model.features);
+    let mut ds = Dataset::new();
+    let mut c = Collect::default();
+    for (v, l) in batch {
+        ds.push(&fz, v, *l, &mut c);
+    }
+    let rows: Vec<usize> = (0..ds.len()).collect();
+    let init = Linear {
+        w: model.weights.to_f32(),
+        bias: model.bias,
+    };
+    let cfg = TrainConfig {
+        epochs: opts.epochs,
+        lr: opts.lr,
+        seed: opts.seed,
+        balance: true,
+        average: false,
+        anchor: opts.anchor,
+        loss: Loss::Log,
+    };
+    let lin = if rows.is_empty() {
+        init
+    } else {
+        fit(&ds, &rows, init, &cfg)
+    };
+    let n_spam = batch.iter().filter(|(_, l)| *l).count() as u32;
+    let mut meta = model.meta.clone();
+    meta.n_spam += n_spam;
+    meta.n_ham += batch.len() as u32 - n_spam;
+    let weights = match model.weights {
+        Weights::F32(_) => Weights::F32(lin.w),
+        Weights::I8 { .. } => Weights::quantize(&lin.w),
+    };
+    Model {
+        features: model.features,
+        bias: lin.bias,
+        threshold: model.threshold,
+        weights,
+        meta,
+    }
+}
