@@ -645,7 +645,8 @@ enum Plan {
 /// Apply the listener's and the route's rate limits. A request rejected by
 /// one policy gets back the tokens the others took, and the 429 names the
 /// policy that fired. Returns the headers for an allowed response (the most
-/// restrictive policy that asks for them).
+/// restrictive policy that asks for them). The allowed path allocates
+/// nothing: descriptor parts are hashed in place.
 fn rate_limit(
     snap: &Snapshot,
     listener: &ListenerSpec,
@@ -661,22 +662,30 @@ fn rate_limit(
     if listener_limits.is_empty() && route.limits.is_empty() {
         return Ok(None);
     }
-    let mut taken: Vec<(&crate::policy::ratelimit::Limiter, u64)> = Vec::new();
+    let mut ip_buf = IpBuf::new();
+    let client_ip: &[u8] = if needs_client_ip(listener_limits, &route.limits) {
+        trusted_client_ip_bytes(
+            listener.trusted_hops,
+            req.headers(),
+            conn.remote,
+            &mut ip_buf,
+        )
+    } else {
+        &[]
+    };
     let mut best: Option<(&str, crate::policy::ratelimit::Decision)> = None;
-    let mut client_ip: Option<String> = None;
-    for limit in listener_limits.iter().chain(route.limits.iter()) {
+    let all = || listener_limits.iter().chain(route.limits.iter());
+    for (n, limit) in all().enumerate() {
         let spec = &limit.limiter.spec;
-        let Some(value) = descriptor(&spec.key, listener, conn, route, req, &mut client_ip) else {
+        let Some(key) = descriptor_key(limit, conn, route, req, client_ip) else {
             continue;
         };
-        let key = limit.limiter.key(&value);
         let d = limit.limiter.check(key, now);
         let counters = limit.counters.get(route.index);
         if d.allowed {
             if let Some(c) = counters {
                 c[0].inc();
             }
-            taken.push((&limit.limiter, key));
             if spec.response_headers && best.is_none_or(|(_, b)| d.remaining < b.remaining) {
                 best = Some((spec.name.as_str(), d));
             }
@@ -684,13 +693,19 @@ fn rate_limit(
             if let Some(c) = counters {
                 c[2].inc();
             }
-            tracing::info!(policy = %spec.name, route = %route.spec.name, key = %value, "rate limit would reject (shadow mode)");
+            tracing::info!(policy = %spec.name, route = %route.spec.name, "rate limit would reject (shadow mode)");
         } else {
             if let Some(c) = counters {
                 c[1].inc();
             }
-            for (l, k) in taken {
-                l.refund(k);
+            // Give back what the policies before this one took.
+            for earlier in all().take(n) {
+                if earlier.limiter.spec.shadow {
+                    continue;
+                }
+                if let Some(k) = descriptor_key(earlier, conn, route, req, client_ip) {
+                    earlier.limiter.refund(k);
+                }
             }
             return Err(ProxyError::RateLimited {
                 policy: spec.name.clone(),
@@ -701,36 +716,100 @@ fn rate_limit(
     Ok(best.map(|(name, d)| crate::error::ratelimit_headers(name, &d)))
 }
 
-/// The descriptor value of a request for a policy's key parts, joined by
-/// `|`; `None` when a part is missing (the policy then does not apply).
-fn descriptor(
-    parts: &[KeyPart],
-    listener: &ListenerSpec,
+fn needs_client_ip(a: &[Arc<crate::snapshot::Limit>], b: &[Arc<crate::snapshot::Limit>]) -> bool {
+    a.iter()
+        .chain(b.iter())
+        .any(|l| l.limiter.spec.key.contains(&KeyPart::ClientIp))
+}
+
+/// The bucket key of a request for a policy, hashed from its descriptor
+/// parts; `None` when a part is missing (the policy then does not apply).
+fn descriptor_key(
+    limit: &crate::snapshot::Limit,
     conn: &ConnInfo,
     route: &crate::snapshot::Route,
     req: &Request<Incoming>,
-    client_ip: &mut Option<String>,
-) -> Option<String> {
-    let mut v = String::new();
-    for (i, p) in parts.iter().enumerate() {
-        if i > 0 {
-            v.push('|');
-        }
-        match p {
-            KeyPart::ClientIp => {
-                let ip = client_ip.get_or_insert_with(|| {
-                    trusted_client_ip(listener.trusted_hops, req.headers(), conn.remote)
-                });
-                v.push_str(ip);
-            }
-            KeyPart::Identity => v.push_str(&conn.identity.as_ref()?.id),
-            KeyPart::Method => v.push_str(req.method().as_str()),
-            KeyPart::Path => v.push_str(req.uri().path()),
-            KeyPart::Route => v.push_str(&route.spec.name),
-            KeyPart::Header(name) => v.push_str(req.headers().get(name.as_str())?.to_str().ok()?),
+    client_ip: &[u8],
+) -> Option<u64> {
+    let parts = &limit.limiter.spec.key;
+    let mut vals: [&[u8]; 8] = [&[]; 8];
+    if parts.len() > vals.len() {
+        return None;
+    }
+    for (slot, p) in vals.iter_mut().zip(parts.iter()) {
+        *slot = match p {
+            KeyPart::ClientIp => client_ip,
+            KeyPart::Identity => conn.identity.as_ref()?.id.as_bytes(),
+            KeyPart::Method => req.method().as_str().as_bytes(),
+            KeyPart::Path => req.uri().path().as_bytes(),
+            KeyPart::Route => route.spec.name.as_bytes(),
+            KeyPart::Header(name) => req.headers().get(name.as_str())?.as_bytes(),
+        };
+    }
+    Some(
+        limit
+            .limiter
+            .key_of_parts(vals[..parts.len()].iter().copied()),
+    )
+}
+
+/// Room to format a peer IP without allocating.
+struct IpBuf {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl IpBuf {
+    fn new() -> Self {
+        IpBuf {
+            buf: [0; 64],
+            len: 0,
         }
     }
-    Some(v)
+}
+
+/// [`trusted_client_ip`] without allocation in the common cases: a slice of
+/// the X-Forwarded-For header, or the peer address formatted into `buf`.
+fn trusted_client_ip_bytes<'a>(
+    hops: u32,
+    h: &'a HeaderMap,
+    peer: SocketAddr,
+    buf: &'a mut IpBuf,
+) -> &'a [u8] {
+    use std::io::Write;
+    let mut values = h.get_all(&X_FORWARDED_FOR).iter();
+    if hops > 0 {
+        if let (Some(only), None) = (values.next(), values.next()) {
+            // One header: walk it from the right.
+            let n = hops as usize;
+            let mut parts = only
+                .as_bytes()
+                .rsplit(|b| *b == b',')
+                .map(|p| p.trim_ascii())
+                .filter(|p| !p.is_empty());
+            let mut last = None;
+            for i in 0..n {
+                match parts.next() {
+                    Some(p) if i + 1 == n => return p,
+                    Some(p) => last = Some(p),
+                    None => break,
+                }
+            }
+            if let Some(leftmost) = last {
+                return leftmost;
+            }
+        } else {
+            let s = trusted_client_ip(hops, h, peer);
+            let len = s.len().min(buf.buf.len());
+            buf.buf[..len].copy_from_slice(&s.as_bytes()[..len]);
+            buf.len = len;
+            return &buf.buf[..buf.len];
+        }
+    }
+    let mut cur = std::io::Cursor::new(&mut buf.buf[..]);
+    let _ = write!(cur, "{}", peer.ip());
+    buf.len = cur.position() as usize;
+    &buf.buf[..buf.len]
 }
 
 /// The client address: the peer with no trusted hops; with N trusted
@@ -1058,5 +1137,41 @@ mod tests {
         assert!(h.get("connection").is_none());
         assert_eq!(h.get("te").unwrap(), "trailers");
         assert!(h.get("x-keep").is_some());
+    }
+}
+
+#[cfg(test)]
+mod client_ip_tests {
+    use super::*;
+
+    #[test]
+    fn trusted_hops_pick_from_the_right_without_allocating() {
+        let peer: SocketAddr = "10.0.0.9:5000".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("203.0.113.1, 198.51.100.7"),
+        );
+        for (hops, want) in [
+            (0, "10.0.0.9"),
+            (1, "198.51.100.7"),
+            (2, "203.0.113.1"),
+            (5, "203.0.113.1"),
+        ] {
+            let mut b = IpBuf::new();
+            assert_eq!(
+                trusted_client_ip_bytes(hops, &h, peer, &mut b),
+                want.as_bytes(),
+                "hops {hops}"
+            );
+            assert_eq!(trusted_client_ip(hops, &h, peer), want);
+        }
+        h.append("x-forwarded-for", HeaderValue::from_static("192.0.2.5"));
+        let mut b = IpBuf::new();
+        assert_eq!(trusted_client_ip_bytes(1, &h, peer, &mut b), b"192.0.2.5");
+        assert_eq!(
+            trusted_client_ip_bytes(2, &h, peer, &mut b),
+            b"198.51.100.7"
+        );
     }
 }

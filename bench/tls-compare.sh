@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# TLS and mTLS: sift vs nginx as TLS-terminating reverse proxies in front of
+# the same backend, same certificate and key type (ECDSA P-256), one worker
+# each, same load generator (bench/tls_load.rs), one invocation:
+#   - TLS keep-alive throughput, mTLS keep-alive throughput (HTTP/1.1);
+#   - new full handshakes per second (no resumption: nginx session cache and
+#     tickets off, client resumption disabled), TLS and mTLS.
+#
+#   bench/tls-compare.sh [SIFT_BIN]     env: DURATION (10), CONNS (50), HS_CONNS (16),
+#                                       LOAD (a prebuilt tls_load binary)
+#
+# Loopback only; stops by itself.
+set -euo pipefail
+cd "$(git -C "$(dirname "$0")" rev-parse --show-toplevel)"
+SIFT=${1:-target/release/sift}
+DURATION=${DURATION:-10}
+CONNS=${CONNS:-50}
+HS_CONNS=${HS_CONNS:-16}
+[ -x "$SIFT" ] || { echo "no sift binary at $SIFT (cargo build --release)" >&2; exit 1; }
+need=()
+command -v nginx >/dev/null || need+=(nginx)
+command -v openssl >/dev/null || need+=(openssl)
+command -v curl >/dev/null || need+=(curl)
+if [ ${#need[@]} -gt 0 ]; then apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; fi
+LOAD=${LOAD:-$(cargo bench --bench tls_load --no-run --message-format=json 2>/dev/null \
+  | python3 -c 'import sys,json
+for l in sys.stdin:
+    m=json.loads(l)
+    if m.get("reason")=="compiler-artifact" and m.get("target",{}).get("name")=="tls_load" and m.get("executable"): print(m["executable"])' | tail -1)}
+[ -x "$LOAD" ] || { echo "cannot build bench/tls_load.rs" >&2; exit 1; }
+
+d=$(mktemp -d); chmod 755 "$d"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.3; rm -rf "$d"; }
+trap cleanup EXIT INT TERM
+port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+
+# One CA, one ECDSA P-256 server certificate and one client certificate for both proxies.
+( cd "$d"
+  openssl ecparam -name prime256v1 -genkey -noout -out ca.key
+  openssl req -x509 -new -key ca.key -sha256 -days 2 -subj "/CN=bench CA" -out ca.pem
+  for who in server client; do
+    openssl ecparam -name prime256v1 -genkey -noout -out $who.key
+    openssl req -new -key $who.key -subj "/CN=$who" -out $who.csr
+  done
+  printf "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n" > s.cnf
+  printf "subjectAltName=URI:spiffe://bench.example/ns/load/sa/client\nextendedKeyUsage=clientAuth\n" > c.cnf
+  openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -sha256 -extfile s.cnf -out server.pem
+  openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -sha256 -extfile c.cnf -out client.pem
+) >/dev/null 2>&1
+chmod 644 "$d"/*
+
+BE=$(port)
+cat > "$d/backend.conf" <<NGX
+worker_processes 1; daemon off; pid $d/be.pid; error_log $d/be.err;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  client_body_temp_path $d/cb; proxy_temp_path $d/pt; fastcgi_temp_path $d/ft; uwsgi_temp_path $d/ut; scgi_temp_path $d/st;
+  server { listen 127.0.0.1:$BE; location / { return 200 "ok\n"; } } }
+NGX
+taskset -c 1 nginx -c "$d/backend.conf" -p "$d" & pids+=($!)
+
+ST=$(port); SM=$(port); SA=$(port); NT=$(port); NM=$(port)
+cat > "$d/sift.yaml" <<YAML
+workers: 1
+log: { format: json, level: warn, access_log: false }
+admin: { address: "127.0.0.1:$SA" }
+listeners:
+  - name: tls
+    address: "127.0.0.1:$ST"
+    protocol: h1
+    tls: { certificates: [ { cert: "$d/server.pem", key: "$d/server.key" } ] }
+  - name: mtls
+    address: "127.0.0.1:$SM"
+    protocol: h1
+    tls:
+      certificates: [ { cert: "$d/server.pem", key: "$d/server.key" } ]
+      client_auth: { mode: require, ca: "$d/ca.pem" }
+routes: [ { name: all, cluster: backend } ]
+clusters: [ { name: backend, endpoints: ["127.0.0.1:$BE"] } ]
+YAML
+cat > "$d/nginx.conf" <<NGX
+worker_processes 1; daemon off; pid $d/nx.pid; error_log $d/nx.err;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  client_body_temp_path $d/cb2; proxy_temp_path $d/pt2; fastcgi_temp_path $d/ft2; uwsgi_temp_path $d/ut2; scgi_temp_path $d/st2;
+  upstream be { server 127.0.0.1:$BE; keepalive 64; }
+  ssl_certificate $d/server.pem; ssl_certificate_key $d/server.key;
+  ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache off; ssl_session_tickets off;
+  server { listen 127.0.0.1:$NT ssl;
+    location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+  server { listen 127.0.0.1:$NM ssl; ssl_client_certificate $d/ca.pem; ssl_verify_client on;
+    location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+NGX
+
+rss() { local t=0; for p in "$@"; do t=$((t + $(awk '/VmRSS/{print $2}' "/proc/$p/status" 2>/dev/null || echo 0))); done; echo "scale=1; $t/1024" | bc; }
+measure() { # $1 proxy label, $2 pids var, $3 tls port, $4 mtls port
+  local label=$1 tport=$3 mport=$4
+  local client=("$d/client.pem" "$d/client.key")
+  taskset -c 1 "$LOAD" keepalive "127.0.0.1:$tport" 2 "$CONNS" "$d/ca.pem" >/dev/null
+  read -r _ ka50 p50 p99 e1 < <(taskset -c 1 "$LOAD" keepalive "127.0.0.1:$tport" "$DURATION" "$CONNS" "$d/ca.pem")
+  read -r _ mka m50 m99 e2 < <(taskset -c 1 "$LOAD" keepalive "127.0.0.1:$mport" "$DURATION" "$CONNS" "$d/ca.pem" "${client[@]}")
+  read -r _ hs _ _ e3 < <(taskset -c 1 "$LOAD" handshake "127.0.0.1:$tport" "$DURATION" "$HS_CONNS" "$d/ca.pem")
+  read -r _ mhs _ _ e4 < <(taskset -c 1 "$LOAD" handshake "127.0.0.1:$mport" "$DURATION" "$HS_CONNS" "$d/ca.pem" "${client[@]}")
+  echo "| $label | $ka50 | $p50 / $p99 | $mka | $m50 / $m99 | $hs | $mhs | $((e1+e2+e3+e4)) | $(rss $2) |"
+}
+
+echo "TLS / mTLS: $(date -u) | nproc $(nproc) | $(nginx -v 2>&1) | $($SIFT --version) | ECDSA P-256 server and client certs"
+echo "load: bench/tls_load.rs, keep-alive ${CONNS} conns, handshakes ${HS_CONNS} tasks, ${DURATION}s each | proxy on core 0, load + backend nginx on core 1"
+echo
+echo "| proxy | TLS req/s | TLS p50 / p99 ms | mTLS req/s | mTLS p50 / p99 ms | TLS handshakes/s | mTLS handshakes/s | errors | RSS MB after |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+taskset -c 0 "$SIFT" run --config "$d/sift.yaml" > "$d/sift.log" 2>&1 & sp=$!; pids+=($sp)
+for _ in $(seq 100); do curl -fs "http://127.0.0.1:$SA/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+measure sift "$sp" "$ST" "$SM"
+kill "$sp"; wait "$sp" 2>/dev/null || true
+taskset -c 0 nginx -c "$d/nginx.conf" -p "$d" & np=$!; pids+=($np)
+sleep 1
+measure nginx "$np $(pgrep -P "$np" | tr '\n' ' ')" "$NT" "$NM"
