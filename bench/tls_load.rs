@@ -23,14 +23,20 @@ fn config(ca: &str, cert: Option<&str>, key: Option<&str>) -> Arc<rustls::Client
     for c in CertificateDer::pem_file_iter(ca).expect("read CA") {
         roots.add(c.expect("CA PEM")).expect("add CA");
     }
-    let b = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots);
+    let b = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots);
     let mut cfg = match (cert, key) {
         (Some(c), Some(k)) => {
-            let chain: Vec<_> = CertificateDer::pem_file_iter(c).expect("cert").map(|c| c.expect("cert PEM")).collect();
-            b.with_client_auth_cert(chain, PrivateKeyDer::from_pem_file(k).expect("key")).expect("client cert")
+            let chain: Vec<_> = CertificateDer::pem_file_iter(c)
+                .expect("cert")
+                .map(|c| c.expect("cert PEM"))
+                .collect();
+            b.with_client_auth_cert(chain, PrivateKeyDer::from_pem_file(k).expect("key"))
+                .expect("client cert")
         }
         _ => b.with_no_client_auth(),
     };
@@ -48,13 +54,18 @@ async fn connect(addr: &str, cfg: Arc<rustls::ClientConfig>) -> Option<Sender> {
         .connect(ServerName::try_from("localhost").ok()?, tcp)
         .await
         .ok()?;
-    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.ok()?;
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .ok()?;
     tokio::spawn(conn);
     Some(send)
 }
 
 async fn one(send: &mut Sender) -> bool {
-    let req = http::Request::get("/").header("host", "localhost").body(Empty::new()).expect("request");
+    let req = http::Request::get("/")
+        .header("host", "localhost")
+        .body(Empty::new())
+        .expect("request");
     match send.send_request(req).await {
         Ok(r) => r.status().is_success() && r.into_body().collect().await.is_ok(),
         Err(_) => false,
@@ -62,7 +73,10 @@ async fn one(send: &mut Sender) -> bool {
 }
 
 fn main() {
-    let a: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let a: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     if a.len() < 5 {
         eprintln!("usage: tls_load MODE ADDR SECONDS CONNS CA [CERT KEY]");
         std::process::exit(2);
@@ -70,8 +84,15 @@ fn main() {
     let (mode, addr) = (a[0].clone(), a[1].clone());
     let secs: u64 = a[2].parse().expect("seconds");
     let conns: usize = a[3].parse().expect("conns");
-    let cfg = config(&a[4], a.get(5).map(String::as_str), a.get(6).map(String::as_str));
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let cfg = config(
+        &a[4],
+        a.get(5).map(String::as_str),
+        a.get(6).map(String::as_str),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(async move {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicU64::new(0));
@@ -79,8 +100,15 @@ fn main() {
         let lat = Arc::new(std::sync::Mutex::new(Vec::<u32>::new()));
         let mut tasks = Vec::new();
         for _ in 0..conns {
-            let (stop, ok, errors, lat, cfg, addr, mode) =
-                (stop.clone(), ok.clone(), errors.clone(), lat.clone(), cfg.clone(), addr.clone(), mode.clone());
+            let (stop, ok, errors, lat, cfg, addr, mode) = (
+                stop.clone(),
+                ok.clone(),
+                errors.clone(),
+                lat.clone(),
+                cfg.clone(),
+                addr.clone(),
+                mode.clone(),
+            );
             tasks.push(tokio::spawn(async move {
                 let mut local = Vec::new();
                 let mut keep: Option<Sender> = None;
@@ -113,7 +141,12 @@ fn main() {
         }
         let mut l = lat.lock().expect("lock").clone();
         l.sort_unstable();
-        let q = |p: f64| l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1))).copied().unwrap_or(0) as f64 / 1000.0;
+        let q = |p: f64| {
+            l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0) as f64
+                / 1000.0
+        };
         println!(
             "{} {:.0} {:.3} {:.3} {}",
             mode,

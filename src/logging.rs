@@ -12,8 +12,12 @@ use crate::config::model::LogConfig;
 
 /// Keep the returned guard alive until exit: it flushes the writer.
 pub fn init(cfg: &LogConfig) -> tracing_appender::non_blocking::WorkerGuard {
+    // The writer's queue is preallocated (32 bytes a slot) and touched at
+    // start: the default 128 000 lines cost 4 MB of resident memory. 8 192
+    // lines are plenty; when full, writers wait (lossless), never drop.
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
+        .buffered_lines_limit(8_192)
         .finish(std::io::stdout());
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("{},hyper=warn,h2=warn", cfg.level)));
