@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 use crate::config::file::DownstreamProtocol;
 use crate::config::model::ListenerSpec;
@@ -76,7 +76,8 @@ pub async fn serve(tcp: TcpListener, name: Arc<str>, shared: Arc<Shared>, drain:
                 slot: Some(Box::new(slot)),
             };
             let Some(tls) = tls else {
-                serve_conn(stream, builder, idle_timeout, Arc::new(conn), shared, watch).await;
+                let io = TokioIo::new(stream);
+                serve_io(io, builder, idle_timeout, Arc::new(conn), shared, watch).await;
                 return;
             };
             // The handshake runs here, in the connection's own task: a flood
@@ -115,7 +116,8 @@ pub async fn serve(tcp: TcpListener, name: Arc<str>, shared: Arc<Shared>, drain:
                 .as_ref()
                 .and_then(|i| http::HeaderValue::from_str(&i.xfcc(loaded.own_uri.as_deref())).ok());
             conn.identity = identity;
-            serve_tls_conn(stream, builder, idle_timeout, Arc::new(conn), shared, watch).await;
+            let io = TokioIo::new(stream);
+            serve_io(io, builder, idle_timeout, Arc::new(conn), shared, watch).await;
         });
     }
     tracing::info!(listener = %name, "listener closed");
@@ -189,44 +191,7 @@ impl Drop for InflightGuard {
     }
 }
 
-async fn serve_tls_conn(
-    stream: tokio_rustls::server::TlsStream<TcpStream>,
-    builder: auto::Builder<TokioExecutor>,
-    idle_timeout: Duration,
-    conn: Arc<ConnInfo>,
-    shared: Arc<Shared>,
-    watch: Watch,
-) {
-    serve_io(
-        TokioIo::new(stream),
-        builder,
-        idle_timeout,
-        conn,
-        shared,
-        watch,
-    )
-    .await;
-}
-
-async fn serve_conn(
-    stream: TcpStream,
-    builder: auto::Builder<TokioExecutor>,
-    idle_timeout: Duration,
-    conn: Arc<ConnInfo>,
-    shared: Arc<Shared>,
-    watch: Watch,
-) {
-    serve_io(
-        TokioIo::new(stream),
-        builder,
-        idle_timeout,
-        conn,
-        shared,
-        watch,
-    )
-    .await;
-}
-
+/// Serve HTTP on one accepted connection (plain TCP or TLS) until it ends.
 async fn serve_io<I>(
     io: TokioIo<I>,
     builder: auto::Builder<TokioExecutor>,

@@ -800,3 +800,75 @@ async fn a_flood_of_failing_handshakes_does_not_stop_good_clients() {
     }
     assert!(failures >= 150.0, "failed handshakes counted: {failures}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revoked_client_certificates_are_refused_by_the_crl() {
+    let s = setup();
+    let up = Upstream::echo("app").await;
+    let client = |serial: u64| {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.serial_number = Some(rcgen::SerialNumber::from(serial));
+        p.subject_alt_names.push(SanType::URI(
+            format!("spiffe://prod.example/ns/web/sa/c{serial}")
+                .try_into()
+                .unwrap(),
+        ));
+        p.distinguished_name
+            .push(DnType::CommonName, format!("client-{serial}"));
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = p.signed_by(&key, &s.ca.issuer).unwrap();
+        Leaf {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    };
+    let crl = rcgen::CertificateRevocationListParams {
+        this_update: rcgen::date_time_ymd(2026, 1, 1),
+        next_update: rcgen::date_time_ymd(2036, 1, 1),
+        crl_number: rcgen::SerialNumber::from(1u64),
+        issuing_distribution_point: None,
+        revoked_certs: vec![rcgen::RevokedCertParams {
+            serial_number: rcgen::SerialNumber::from(4242u64),
+            revocation_time: rcgen::date_time_ymd(2026, 6, 1),
+            reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+            invalidity_date: None,
+        }],
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(&s.ca.issuer)
+    .unwrap();
+    let crl_path = write(&s.dir, "ca.crl", &crl.pem().unwrap());
+    let cfg = tls_config(&s, "require", up.addr, "").replace(
+        &format!("ca: \"{}\" }}", s.dir.path("ca.pem").display()),
+        &format!(
+            "ca: \"{}\", crls: [\"{}\"] }}",
+            s.dir.path("ca.pem").display(),
+            crl_path.display()
+        ),
+    );
+    assert!(cfg.contains("crls:"), "{cfg}");
+    let sift = Sift::start(&cfg);
+    let good = client_config(&s.ca.pem, Some(&client(7)), &["http/1.1"]);
+    assert_eq!(
+        tls_get(sift.addr(), "localhost", good, "/", &[])
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    let revoked = client_config(&s.ca.pem, Some(&client(4242)), &["http/1.1"]);
+    assert!(
+        tls_get(sift.addr(), "localhost", revoked, "/", &[])
+            .await
+            .is_err()
+    );
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            sift.metric(r#"sift_tls_handshake_failures_total{listener="main",reason="revoked"}"#)
+                .await
+                == Some(1.0)
+        })
+        .await
+    );
+}
