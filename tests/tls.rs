@@ -872,3 +872,73 @@ async fn revoked_client_certificates_are_refused_by_the_crl() {
         .await
     );
 }
+
+/// cert-manager / kubelet style: tls.crt -> ..data/tls.crt, ..data -> ..v1,
+/// rotated by pointing ..data at a new directory with one rename.
+#[tokio::test(flavor = "multi_thread")]
+async fn certificates_rotate_by_symlink_swap() {
+    let s = setup();
+    let up = Upstream::echo("app").await;
+    let v1 = s.dir.path("..v1");
+    std::fs::create_dir(&v1).unwrap();
+    std::fs::copy(&s.server_cert, v1.join("tls.crt")).unwrap();
+    std::fs::copy(&s.server_key, v1.join("tls.key")).unwrap();
+    std::os::unix::fs::symlink("..v1", s.dir.path("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/tls.crt", s.dir.path("tls.crt")).unwrap();
+    std::os::unix::fs::symlink("..data/tls.key", s.dir.path("tls.key")).unwrap();
+    let cfg = tls_config(&s, "require", up.addr, "")
+        .replace(
+            &s.server_cert.display().to_string(),
+            &s.dir.path("tls.crt").display().to_string(),
+        )
+        .replace(
+            &s.server_key.display().to_string(),
+            &s.dir.path("tls.key").display().to_string(),
+        );
+    let sift = Sift::start(&cfg);
+    let client = leaf(
+        &s.ca,
+        &[],
+        Some("spiffe://prod.example/ns/web/sa/frontend"),
+        "frontend",
+        false,
+        false,
+        Alg::Ecdsa,
+    );
+    let cc = client_config(&s.ca.pem, Some(&client), &["http/1.1"]);
+    assert_eq!(
+        tls_get(sift.addr(), "localhost", cc.clone(), "/", &[])
+            .await
+            .unwrap()
+            .server_cn,
+        "server-v1"
+    );
+    let v2 = s.dir.path("..v2");
+    std::fs::create_dir(&v2).unwrap();
+    let new = leaf(
+        &s.ca,
+        &["localhost"],
+        None,
+        "server-v2",
+        true,
+        false,
+        Alg::Ed25519,
+    );
+    std::fs::write(v2.join("tls.crt"), &new.cert).unwrap();
+    std::fs::write(v2.join("tls.key"), &new.key).unwrap();
+    std::os::unix::fs::symlink("..v2", s.dir.path("..data_tmp")).unwrap();
+    std::fs::rename(s.dir.path("..data_tmp"), s.dir.path("..data")).unwrap();
+    let addr = sift.addr();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let cc = cc.clone();
+            async move {
+                tls_get(addr, "localhost", cc, "/", &[])
+                    .await
+                    .is_ok_and(|r| r.server_cn == "server-v2")
+            }
+        })
+        .await,
+        "the swapped certificate serves new handshakes"
+    );
+}
