@@ -36,6 +36,12 @@ routes:
     clusters:
       - { name: stable, weight: 80 }
       - { name: canary, weight: 20 }
+    canary:
+      stable: stable
+      canary: canary
+      sticky: { header: x-user }
+      override: { header: x-sift-canary }
+      version_header: x-sift-version
     response_headers:
       set:
         strict-transport-security: "max-age=31536000; includeSubDomains"
@@ -54,7 +60,11 @@ echo upstreams \"stable\" (127.0.0.1:3000) and \"canary\" (127.0.0.1:3001).
 Try:
   curl -i http://127.0.0.1:8080/hello                  # 80% stable, 20% canary
   for i in $(seq 20); do curl -s http://127.0.0.1:8080/ | head -1; done
-  curl -i -H 'x-canary: yes' http://127.0.0.1:8080/    # always canary
+  curl -i -H 'x-canary: yes' http://127.0.0.1:8080/    # always canary (header route)
+  curl -si -H 'x-user: alice' http://127.0.0.1:8080/ | grep x-sift-version   # sticky per user
+  curl -si -H 'x-sift-canary: never' http://127.0.0.1:8080/ | grep x-sift-version
+  curl -s http://127.0.0.1:9901/canary                 # weights, rollout, per-version stats
+  curl -s -XPUT -d '{\"weights\":{\"stable\":50,\"canary\":50}}' http://127.0.0.1:9901/canary/default
   curl -i -H 'x-sift-spoof: 1' http://127.0.0.1:8080/  # x-sift-* never reaches the app
   curl -s http://127.0.0.1:9901/metrics | grep sift_requests_total
   curl -s http://127.0.0.1:9901/config
