@@ -223,6 +223,19 @@ async fn sighup_reloads_and_bad_reload_keeps_old_config() {
     );
 }
 
+/// Run `sift CMD --config PATH`; (exit code, stderr).
+fn sift_with_config(cmd: &str, path: &std::path::Path) -> (Option<i32>, String) {
+    let out = std::process::Command::new(sift_bin())
+        .args([cmd, "--config"])
+        .arg(path)
+        .output()
+        .expect("run sift");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn bad_config_at_start_exits_2_with_every_error() {
     let dir = TempDir::new();
@@ -232,13 +245,8 @@ fn bad_config_at_start_exits_2_with_every_error() {
         "listeners:\n  - name: main\n    address: \"127.0.0.1:0\"\n    limits: { idle_timeout: 5 }\nroutes:\n  - name: r\n    cluster: missing\nclusters: []\nextra: true\n",
     )
     .unwrap();
-    let out = std::process::Command::new(sift_bin())
-        .args(["run", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = sift_with_config("run", &path);
+    assert_eq!(code, Some(2));
     assert!(
         err.contains("bad.yaml:4: listeners[0].limits.idle_timeout"),
         "{err}"
@@ -248,13 +256,8 @@ fn bad_config_at_start_exits_2_with_every_error() {
     // In file order.
     assert!(err.find(":4:").unwrap() < err.find(":9:").unwrap(), "{err}");
     // `sift check` prints file:line: path: message for each, exit code 2.
-    let out = std::process::Command::new(sift_bin())
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = sift_with_config("check", &path);
+    assert_eq!(code, Some(2));
     assert!(
         err.contains("bad.yaml:4: listeners[0].limits.idle_timeout"),
         "{err}"
@@ -266,13 +269,8 @@ fn bad_config_at_start_exits_2_with_every_error() {
         "listeners:\n  - name: main\n    address: \"127.0.0.1:0\"\nroutes:\n  - name: r\n    cluster: missing\nclusters: []\n",
     )
     .unwrap();
-    let out = std::process::Command::new(sift_bin())
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = sift_with_config("check", &path);
+    assert_eq!(code, Some(2));
     assert!(
         err.contains("bad.yaml:6: routes[0].cluster: no cluster is named \"missing\""),
         "{err}"
@@ -287,13 +285,9 @@ fn bad_config_at_start_exits_2_with_every_error() {
         ),
     )
     .unwrap();
-    let out = std::process::Command::new(sift_bin())
-        .args(["run", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot bind listener \"main\""));
+    let (code, err) = sift_with_config("run", &path);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("cannot bind listener \"main\""), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
