@@ -38,6 +38,25 @@ async fn get(sift: &Sift, path: &str, headers: &[(&str, &str)]) -> http::Respons
     send(r.body(body::empty()).unwrap()).await
 }
 
+/// An upstream that answers 200 after 400 ms.
+async fn slow_upstream() -> Upstream {
+    Upstream::start(|_req: Request<hyper::body::Incoming>| async move {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        text_response(200, "slow")
+    })
+    .await
+}
+
+/// Start `n` concurrent GETs of `path`; each yields its status.
+fn spawn_gets(sift: &Sift, path: &str, n: usize) -> Vec<tokio::task::JoinHandle<u16>> {
+    (0..n)
+        .map(|_| {
+            let url = sift.url(path);
+            tokio::spawn(async move { get_text(&url).await.0 })
+        })
+        .collect()
+}
+
 /// A TCP server that accepts and closes at once: a reset upstream.
 async fn resetting() -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -237,20 +256,12 @@ async fn buckets_survive_a_reload_unless_their_policy_changed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrency_limit_sheds_with_503_overloaded() {
-    let up = Upstream::start(|_req: Request<hyper::body::Incoming>| async move {
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        text_response(200, "slow")
-    })
-    .await;
+    let up = slow_upstream().await;
     let sift = Sift::start(&config(
         &format!("  - {{ name: app, endpoints: [\"{}\"] }}", up.addr),
         "  - { name: api, cluster: app, max_inflight: 2 }",
     ));
-    let mut hs = Vec::new();
-    for _ in 0..2 {
-        let url = sift.url("/");
-        hs.push(tokio::spawn(async move { get_text(&url).await.0 }));
-    }
+    let hs = spawn_gets(&sift, "/", 2);
     tokio::time::sleep(Duration::from_millis(150)).await;
     let r = get(&sift, "/", &[]).await;
     assert_eq!(r.status(), 503);
@@ -267,11 +278,7 @@ async fn concurrency_limit_sheds_with_503_overloaded() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn circuit_breaker_thresholds_overflow_to_503() {
-    let up = Upstream::start(|_req: Request<hyper::body::Incoming>| async move {
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        text_response(200, "slow")
-    })
-    .await;
+    let up = slow_upstream().await;
     let sift = Sift::start(&config(
         &format!(
             "  - {{ name: reqs, endpoints: [\"{0}\"], circuit_breakers: {{ max_requests: 2 }} }}\n  - {{ name: conns, endpoints: [\"{0}\"], circuit_breakers: {{ max_connections: 1, max_pending_requests: 1 }} }}",
@@ -280,11 +287,7 @@ async fn circuit_breaker_thresholds_overflow_to_503() {
         "  - { name: r, match: { path: { prefix: /r } }, cluster: reqs }\n  - { name: c, cluster: conns }",
     ));
     // max_requests 2: the third concurrent request overflows.
-    let mut hs = Vec::new();
-    for _ in 0..2 {
-        let url = sift.url("/r");
-        hs.push(tokio::spawn(async move { get_text(&url).await.0 }));
-    }
+    let hs = spawn_gets(&sift, "/r", 2);
     tokio::time::sleep(Duration::from_millis(150)).await;
     let r = get(&sift, "/r", &[]).await;
     assert_eq!(r.status(), 503);

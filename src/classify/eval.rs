@@ -244,27 +244,38 @@ pub fn kfold(
     acc
 }
 
-/// A stratified split of `rows` into (train, test) with `test_frac` in test,
-/// and test texts that also occur in train dropped.
-pub fn split_dedup(corpus: &Corpus, test_frac: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+/// A stratified random split: (the first `frac` of each class, the rest).
+fn stratified(corpus: &Corpus, frac: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
     let mut rng = fastrand::Rng::with_seed(seed);
-    let (mut train, mut test) = (Vec::new(), Vec::new());
+    let (mut first, mut rest) = (Vec::new(), Vec::new());
     for class in [false, true] {
         let mut c: Vec<usize> = (0..corpus.len())
             .filter(|&i| corpus.labels[i] == class)
             .collect();
         rng.shuffle(&mut c);
-        let n_test = (c.len() as f64 * test_frac).round() as usize;
-        test.extend_from_slice(&c[..n_test]);
-        train.extend_from_slice(&c[n_test..]);
+        let n = (c.len() as f64 * frac).round() as usize;
+        first.extend_from_slice(&c[..n]);
+        rest.extend_from_slice(&c[n..]);
     }
-    train.sort_unstable();
-    test.sort_unstable();
-    let seen: HashSet<&str> = train
+    first.sort_unstable();
+    rest.sort_unstable();
+    (first, rest)
+}
+
+/// Drop from `side` every row whose text also occurs in `other`.
+fn drop_texts_in(corpus: &Corpus, side: &mut Vec<usize>, other: &[usize]) {
+    let seen: HashSet<&str> = other
         .iter()
         .map(|&i| corpus.views[i].text.as_str())
         .collect();
-    test.retain(|&i| !seen.contains(corpus.views[i].text.as_str()));
+    side.retain(|&i| !seen.contains(corpus.views[i].text.as_str()));
+}
+
+/// A stratified split of `rows` into (train, test) with `test_frac` in test,
+/// and test texts that also occur in train dropped.
+pub fn split_dedup(corpus: &Corpus, test_frac: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let (mut test, train) = stratified(corpus, test_frac, seed);
+    drop_texts_in(corpus, &mut test, &train);
     (train, test)
 }
 
@@ -332,24 +343,8 @@ pub fn adaptation(
 /// Like [`split_dedup`] but returns (rest, sample) with the sample of
 /// `frac` as the "training" side: rest texts equal to a sample text dropped.
 fn split_dedup_rev(corpus: &Corpus, frac: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
-    let mut rng = fastrand::Rng::with_seed(seed);
-    let (mut sample, mut rest) = (Vec::new(), Vec::new());
-    for class in [false, true] {
-        let mut c: Vec<usize> = (0..corpus.len())
-            .filter(|&i| corpus.labels[i] == class)
-            .collect();
-        rng.shuffle(&mut c);
-        let n = (c.len() as f64 * frac).round() as usize;
-        sample.extend_from_slice(&c[..n]);
-        rest.extend_from_slice(&c[n..]);
-    }
-    sample.sort_unstable();
-    rest.sort_unstable();
-    let seen: HashSet<&str> = sample
-        .iter()
-        .map(|&i| corpus.views[i].text.as_str())
-        .collect();
-    rest.retain(|&i| !seen.contains(corpus.views[i].text.as_str()));
+    let (sample, mut rest) = stratified(corpus, frac, seed);
+    drop_texts_in(corpus, &mut rest, &sample);
     (rest, sample)
 }
 
