@@ -45,6 +45,9 @@ async fn route(
     if path == "/canary" || path.starts_with("/canary/") {
         return canary(req, &path, shared).await;
     }
+    if path == "/filters" || path.starts_with("/filters/") {
+        return filters(req, &path, shared).await;
+    }
     match (req.method(), path.as_str()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
@@ -307,6 +310,113 @@ pub async fn tls_watcher(shared: Arc<Shared>) {
                 Some(Err(e)) => {
                     metrics.tls_reloads.with_label_values(&[&name, "failure"]).inc();
                     tracing::error!(listener = %name, error = %e, "new TLS material rejected; the previous certificate keeps serving");
+                }
+            })
+            .await;
+        }
+    }
+}
+
+/// Largest body `POST /filters/{name}/learn` accepts.
+const MAX_LEARN_BODY: usize = 64 << 20;
+
+/// GET /filters; POST /filters/{name}/learn (JSONL labelled examples).
+async fn filters(req: Request<Incoming>, path: &str, shared: &Shared) -> Response<Body> {
+    use http_body_util::BodyExt;
+    let snap = shared.snapshot.load_full();
+    let rest = path.trim_start_matches("/filters").trim_start_matches('/');
+    if rest.is_empty() {
+        if req.method() != Method::GET {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        }
+        let mut names: Vec<&String> = snap.filters.keys().collect();
+        names.sort();
+        let list: Vec<Value> = names
+            .into_iter()
+            .map(|n| {
+                let f = &snap.filters[n];
+                json!({
+                    "name": n,
+                    "kind": f.spec().kind,
+                    "model": f.model_source(),
+                    "learned_model": f.spec().learned_model,
+                })
+            })
+            .collect();
+        return json_response(StatusCode::OK, json!({ "filters": list }));
+    }
+    let Some(name) = rest.strip_suffix("/learn") else {
+        return text(StatusCode::NOT_FOUND, "no such admin endpoint\n");
+    };
+    if req.method() != Method::POST {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    }
+    let Some(filter) = snap.filters.get(name).cloned() else {
+        return json_response(
+            StatusCode::NOT_FOUND,
+            json!({ "error": format!("no filter is named {name:?}") }),
+        );
+    };
+    let limited = http_body_util::Limited::new(req.into_body(), MAX_LEARN_BODY);
+    let body = match limited.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return json_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({ "error": format!("cannot read the examples: {e}") }),
+            );
+        }
+    };
+    let metrics = shared.metrics.clone();
+    let res = tokio::task::spawn_blocking(move || filter.learn(&body)).await;
+    match res {
+        Ok(Ok(report)) => {
+            let l = &metrics.filters.learned;
+            l.with_label_values(&[name, "spam"])
+                .inc_by(report.spam as u64);
+            l.with_label_values(&[name, "ham"])
+                .inc_by(report.ham as u64);
+            tracing::info!(filter = name, examples = report.examples, saved_to = %report.saved_to, "filter learned from examples");
+            json_response(StatusCode::OK, json!(report))
+        }
+        Ok(Err(e)) => {
+            let status = match e {
+                crate::filter::FilterError::BadExamples(_) => StatusCode::BAD_REQUEST,
+                crate::filter::FilterError::LearnUnsupported(_) => StatusCode::CONFLICT,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            json_response(status, json!({ "error": e.to_string() }))
+        }
+        Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "learn task failed\n"),
+    }
+}
+
+/// Watch every filter's model file: a new valid model is swapped in, a
+/// broken one is rejected (logged, counted) and the old one keeps serving.
+pub async fn filter_watcher(shared: Arc<Shared>) {
+    loop {
+        let interval = shared.snapshot.load().config.reload.interval.0;
+        tokio::time::sleep(interval).await;
+        let snap = shared.snapshot.load_full();
+        for (name, f) in &snap.filters {
+            let (f, name, metrics) = (f.clone(), name.clone(), shared.metrics.clone());
+            let _ = tokio::task::spawn_blocking(move || match f.reload_if_changed() {
+                None => {}
+                Some(Ok(source)) => {
+                    metrics
+                        .filters
+                        .model_reloads
+                        .with_label_values(&[&name, "success"])
+                        .inc();
+                    tracing::info!(filter = %name, model = %source, "filter model reloaded");
+                }
+                Some(Err(e)) => {
+                    metrics
+                        .filters
+                        .model_reloads
+                        .with_label_values(&[&name, "failure"])
+                        .inc();
+                    tracing::error!(filter = %name, error = %e, "new model rejected; the previous model keeps serving");
                 }
             })
             .await;

@@ -170,6 +170,7 @@ fn spawn_admin_thread(
                 tokio::spawn(crate::reload::on_sighup(reloader.clone(), hup));
                 tokio::spawn(crate::admin::canary_controller(shared.clone()));
                 tokio::spawn(crate::admin::tls_watcher(shared.clone()));
+                tokio::spawn(crate::admin::filter_watcher(shared.clone()));
                 admin::serve(tcp, shared, reloader).await;
             });
         })?;

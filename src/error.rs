@@ -50,6 +50,27 @@ pub enum ProxyError {
         cluster: String,
         threshold: &'static str,
     },
+    #[error("filter {filter:?} blocked the request ({verdict})")]
+    FilterBlocked {
+        filter: String,
+        verdict: &'static str,
+        status: u16,
+        message: String,
+        score: f32,
+    },
+    #[error("filter {filter:?}: pool saturated and on_overload is fail_closed")]
+    FilterOverloaded { filter: String },
+    #[error(
+        "filter {filter:?}: body longer than max_inspect_bytes ({limit}) and on_oversize is reject"
+    )]
+    InspectTooLarge { filter: String, limit: u64 },
+    #[error("filter {filter:?}: compressed body expands past {limit} bytes")]
+    DecompressionLimit { filter: String, limit: u64 },
+    #[error("filter {filter:?} cannot classify this body: {reason}")]
+    Unclassifiable {
+        filter: String,
+        reason: &'static str,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -70,11 +91,17 @@ pub enum ErrorKind {
     Overloaded,
     CircuitOpen,
     IdentityDenied,
+    FilterBlocked,
+    FilterOverloaded,
+    InspectTooLarge,
+    DecompressionLimit,
+    UnsupportedMediaType,
+    Unclassifiable,
     Internal,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 14] = [
+    pub const ALL: [ErrorKind; 20] = [
         ErrorKind::MalformedRequest,
         ErrorKind::HeadersTooLarge,
         ErrorKind::BodyTooLarge,
@@ -88,6 +115,12 @@ impl ErrorKind {
         ErrorKind::Overloaded,
         ErrorKind::CircuitOpen,
         ErrorKind::IdentityDenied,
+        ErrorKind::FilterBlocked,
+        ErrorKind::FilterOverloaded,
+        ErrorKind::InspectTooLarge,
+        ErrorKind::DecompressionLimit,
+        ErrorKind::UnsupportedMediaType,
+        ErrorKind::Unclassifiable,
         ErrorKind::Internal,
     ];
 
@@ -106,6 +139,12 @@ impl ErrorKind {
             ErrorKind::Overloaded => "overloaded",
             ErrorKind::CircuitOpen => "circuit-open",
             ErrorKind::IdentityDenied => "identity-denied",
+            ErrorKind::FilterBlocked => "filter-blocked",
+            ErrorKind::FilterOverloaded => "filter-overloaded",
+            ErrorKind::InspectTooLarge => "inspect-too-large",
+            ErrorKind::DecompressionLimit => "decompression-limit",
+            ErrorKind::UnsupportedMediaType => "unsupported-media-type",
+            ErrorKind::Unclassifiable => "unclassifiable",
             ErrorKind::Internal => "internal",
         }
     }
@@ -116,9 +155,16 @@ impl ErrorKind {
             ErrorKind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ErrorKind::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::NoRoute => StatusCode::NOT_FOUND,
-            ErrorKind::NoHealthyEndpoint | ErrorKind::Overloaded | ErrorKind::CircuitOpen => {
-                StatusCode::SERVICE_UNAVAILABLE
+            ErrorKind::NoHealthyEndpoint
+            | ErrorKind::Overloaded
+            | ErrorKind::CircuitOpen
+            | ErrorKind::FilterOverloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::FilterBlocked => StatusCode::FORBIDDEN,
+            ErrorKind::InspectTooLarge | ErrorKind::DecompressionLimit => {
+                StatusCode::PAYLOAD_TOO_LARGE
             }
+            ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorKind::Unclassifiable => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::IdentityDenied => StatusCode::FORBIDDEN,
             ErrorKind::UpstreamConnectFailure | ErrorKind::UpstreamReset => StatusCode::BAD_GATEWAY,
@@ -144,6 +190,14 @@ impl ProxyError {
             ProxyError::Overloaded { .. } => ErrorKind::Overloaded,
             ProxyError::CircuitOpen { .. } => ErrorKind::CircuitOpen,
             ProxyError::IdentityDenied { .. } => ErrorKind::IdentityDenied,
+            ProxyError::FilterBlocked { .. } => ErrorKind::FilterBlocked,
+            ProxyError::FilterOverloaded { .. } => ErrorKind::FilterOverloaded,
+            ProxyError::InspectTooLarge { .. } => ErrorKind::InspectTooLarge,
+            ProxyError::DecompressionLimit { .. } => ErrorKind::DecompressionLimit,
+            ProxyError::Unclassifiable { reason, .. } => match *reason {
+                "content_type" | "encoding" => ErrorKind::UnsupportedMediaType,
+                _ => ErrorKind::Unclassifiable,
+            },
             ProxyError::Internal(_) => ErrorKind::Internal,
         }
     }
@@ -152,6 +206,31 @@ impl ProxyError {
     /// client can act on; internal detail (endpoint addresses) stays in logs.
     pub fn to_response(&self) -> Response<Body> {
         let kind = self.kind();
+        if let ProxyError::FilterBlocked {
+            filter,
+            verdict,
+            status,
+            message,
+            score,
+        } = self
+        {
+            let body = serde_json::json!({
+                "error": kind.as_str(),
+                "message": message,
+                "filter": filter,
+                "verdict": verdict,
+                "score": score,
+            });
+            let mut resp = Response::new(body::full(Bytes::from(format!("{body}\n"))));
+            *resp.status_mut() = StatusCode::from_u16(*status).unwrap_or(StatusCode::FORBIDDEN);
+            let h = resp.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            h.insert("x-sift-error", HeaderValue::from_static(kind.as_str()));
+            return resp;
+        }
         let status = kind.status();
         let detail = match self {
             ProxyError::Malformed(why) => format!("malformed request: {why}"),
@@ -169,6 +248,17 @@ impl ProxyError {
             ProxyError::Overloaded { .. } => "overloaded, retry later".into(),
             ProxyError::CircuitOpen { .. } => "upstream circuit open, retry later".into(),
             ProxyError::IdentityDenied { .. } => "caller identity not allowed on this route".into(),
+            ProxyError::FilterBlocked { message, .. } => message.clone(),
+            ProxyError::FilterOverloaded { .. } => "request filter overloaded, retry later".into(),
+            ProxyError::InspectTooLarge { limit, .. } => {
+                format!("request body too large to inspect (limit {limit} bytes)")
+            }
+            ProxyError::DecompressionLimit { limit, .. } => {
+                format!("compressed request body expands past {limit} bytes")
+            }
+            ProxyError::Unclassifiable { reason, .. } => {
+                format!("body cannot be classified ({reason})")
+            }
             ProxyError::Internal(_) => "internal error".into(),
         };
         let text = format!("{} {detail}\n", status.as_u16());

@@ -17,6 +17,7 @@ pub mod config;
 pub mod demo;
 pub mod drain;
 pub mod error;
+pub mod filter;
 pub mod listener;
 pub mod logging;
 pub mod metrics;

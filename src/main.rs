@@ -106,7 +106,27 @@ fn serve(opts: Options) -> ExitCode {
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
-    match config::load_file(path) {
+    // Models are loaded too: a broken model file is a config error.
+    let loaded = config::load_file(path).and_then(|c| {
+        let errs: Vec<config::ConfigError> = c
+            .filters
+            .iter()
+            .enumerate()
+            .filter_map(|(i, f)| {
+                sift::filter::build(f).err().map(|e| config::ConfigError {
+                    path: format!("filters[{i}].model"),
+                    line: None,
+                    message: e.to_string(),
+                })
+            })
+            .collect();
+        if errs.is_empty() {
+            Ok(c)
+        } else {
+            Err(config::ConfigErrors(errs))
+        }
+    });
+    match loaded {
         Ok(c) => {
             println!(
                 "{}: ok ({} listener(s), {} route(s), {} cluster(s))",

@@ -37,6 +37,100 @@ pub struct Metrics {
     pub tls_handshake_failures: IntCounterVec,
     pub tls_cert_expiry: prometheus::GaugeVec,
     pub tls_reloads: IntCounterVec,
+    pub filters: FilterMetrics,
+}
+
+/// The body filters' metrics.
+pub struct FilterMetrics {
+    pub verdicts: IntCounterVec,
+    pub duration: HistogramVec,
+    pub skipped: IntCounterVec,
+    pub overload: IntCounterVec,
+    pub model_reloads: IntCounterVec,
+    pub learned: IntCounterVec,
+    pub pool_queued: IntGauge,
+}
+
+impl FilterMetrics {
+    fn new(registry: &Registry) -> FilterMetrics {
+        let verdicts = IntCounterVec::new(
+            Opts::new(
+                "sift_filter_verdicts_total",
+                "Body filter verdicts by filter, route and verdict (spam/ham, or a CI-log class), in every mode (shadow included).",
+            ),
+            &["filter", "route", "verdict"],
+        )
+        .expect("valid metric");
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "sift_filter_duration_seconds",
+                "Time a filter spent on one body in the filter pool (decoding, extraction, classification), by filter.",
+            )
+            .buckets(vec![
+                0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+                0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
+            &["filter"],
+        )
+        .expect("valid metric");
+        let skipped = IntCounterVec::new(
+            Opts::new(
+                "sift_filter_skipped_total",
+                "Bodies a filter did not classify, by filter and reason: content_type, encoding, empty, oversize, overload, decode_error, extract_error.",
+            ),
+            &["filter", "reason"],
+        )
+        .expect("valid metric");
+        let overload = IntCounterVec::new(
+            Opts::new(
+                "sift_filter_overload_total",
+                "Inspections refused because the filter pool was saturated, by filter and action (fail_open, fail_closed, shadow_dropped).",
+            ),
+            &["filter", "action"],
+        )
+        .expect("valid metric");
+        let model_reloads = IntCounterVec::new(
+            Opts::new(
+                "sift_filter_model_reloads_total",
+                "Model file changes picked up, by filter and result (success, failure: the old model keeps serving).",
+            ),
+            &["filter", "result"],
+        )
+        .expect("valid metric");
+        let learned = IntCounterVec::new(
+            Opts::new(
+                "sift_filter_learned_examples_total",
+                "Labelled examples learned at run time (POST /filters/{name}/learn), by filter and label.",
+            ),
+            &["filter", "label"],
+        )
+        .expect("valid metric");
+        let pool_queued = IntGauge::new(
+            "sift_filter_pool_queued",
+            "Inspections waiting for or running on a filter pool thread.",
+        )
+        .expect("valid metric");
+        for m in [
+            Box::new(verdicts.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(duration.clone()),
+            Box::new(skipped.clone()),
+            Box::new(overload.clone()),
+            Box::new(model_reloads.clone()),
+            Box::new(learned.clone()),
+            Box::new(pool_queued.clone()),
+        ] {
+            registry.register(m).expect("metric names are unique");
+        }
+        FilterMetrics {
+            verdicts,
+            duration,
+            skipped,
+            overload,
+            model_reloads,
+            learned,
+            pool_queued,
+        }
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -301,7 +395,9 @@ impl Metrics {
         for r in ["success", "unchanged", "failure"] {
             config_reloads.with_label_values(&[r]);
         }
+        let filters = FilterMetrics::new(&registry);
         Metrics {
+            filters,
             registry,
             requests,
             request_duration,

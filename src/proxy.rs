@@ -103,6 +103,8 @@ struct LogFields {
     route: Option<Arc<str>>,
     endpoint: Option<String>,
     identity: Option<String>,
+    /// Filter verdicts, `name=verdict(score)`.
+    filters: Option<String>,
 }
 
 impl OnDone for Outcome {
@@ -145,6 +147,7 @@ impl OnDone for Outcome {
             cluster,
             endpoint = log.endpoint.as_deref().unwrap_or("-"),
             identity = log.identity.as_deref().unwrap_or("-"),
+            filters = log.filters.as_deref().unwrap_or("-"),
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             bytes_sent = bytes,
             completed,
@@ -177,6 +180,7 @@ pub async fn handle(
             route: None,
             endpoint: None,
             identity: conn.identity.as_ref().map(|i| i.id.clone()),
+            filters: None,
         })
     });
     let mut out = Box::new(Outcome {
@@ -196,7 +200,17 @@ pub async fn handle(
         retry_permit: None,
     });
     let mut request_id = None;
-    let resp = match proxy(&snap, &shared.clock, &conn, req, &mut out, &mut request_id).await {
+    let resp = match proxy(
+        &snap,
+        &shared.clock,
+        &shared.filter_pool,
+        &conn,
+        req,
+        &mut out,
+        &mut request_id,
+    )
+    .await
+    {
         Ok(resp) => resp,
         Err(e) => {
             let kind = e.kind();
@@ -222,6 +236,7 @@ pub async fn handle(
 async fn proxy(
     snap: &Snapshot,
     clock: &crate::clock::Clock,
+    pool: &Arc<crate::filter::pool::Pool>,
     conn: &Arc<ConnInfo>,
     mut req: Request<Incoming>,
     out: &mut Outcome,
@@ -293,10 +308,89 @@ async fn proxy(
         return Err(ProxyError::BodyTooLarge { limit });
     }
 
-    // 6. Backend cluster and its circuit breaker (max_requests).
-    let backend = match &route.canary {
-        Some(c) => canary_backend(route, c, listener, conn, &req, forced.as_ref()),
-        None => route.pick_backend(),
+    // 5b. Body filters. An answer route replies with its filter's verdict;
+    //     block and annotate filters read a held prefix of the body before
+    //     anything is forwarded (shadow filters come with the body, below).
+    let info = (!route.filters.is_empty() || route.answer.is_some())
+        .then(|| filter_request_info(&req, route, conn));
+    if let (Some(f), Some(info)) = (&route.answer, &info) {
+        let v = crate::filter::chain::answer(
+            pool,
+            &out.metrics.filters,
+            &route.spec.name,
+            info,
+            f,
+            req.body_mut(),
+            limit,
+        )
+        .await?;
+        if let Some(log) = &mut out.log {
+            log.filters = Some(format!("{}={}({:.4})", v.filter, v.verdict, v.score));
+        }
+        let json = serde_json::to_vec(&v).map_err(|e| ProxyError::Internal(e.to_string()))?;
+        let mut resp = Response::new(body::full(json));
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(X_REQUEST_ID.clone(), request_id);
+        route.spec.response_headers.apply(h);
+        return Ok(resp);
+    }
+    let mut held = None;
+    let mut decision = crate::filter::chain::Decision::default();
+    let held_filters: Vec<&crate::snapshot::RouteFilter> = route
+        .filters
+        .iter()
+        .filter(|f| f.spec.usage.mode != crate::config::file::FilterMode::Shadow)
+        .collect();
+    if let (false, Some(info)) = (held_filters.is_empty() || req.body().is_end_stream(), &info) {
+        let cap = held_filters
+            .iter()
+            .map(|f| f.spec.usage.max_inspect_bytes)
+            .max()
+            .unwrap_or(0);
+        let h = crate::filter::chain::hold(req.body_mut(), cap, limit).await?;
+        decision = match crate::filter::chain::run_held(
+            pool,
+            &out.metrics.filters,
+            &route.spec.name,
+            info,
+            &h,
+            &held_filters,
+        )
+        .await
+        {
+            Ok(d) => d,
+            Err(e) => {
+                if let (
+                    Some(log),
+                    ProxyError::FilterBlocked {
+                        filter,
+                        verdict,
+                        score,
+                        ..
+                    },
+                ) = (&mut out.log, &e)
+                {
+                    log.filters = Some(format!("{filter}={verdict}({score:.4})"));
+                }
+                return Err(e);
+            }
+        };
+        held = Some(h);
+    }
+    if let (Some(log), false) = (&mut out.log, decision.summary.is_empty()) {
+        log.filters = Some(decision.summary.join(" "));
+    }
+
+    // 6. Backend cluster and its circuit breaker (max_requests); a filter
+    //    rule may send the request to another cluster.
+    let backend = match (&decision.cluster, &route.canary) {
+        (Some(c), _) => route.rule_backends.get(c),
+        (None, Some(c)) => canary_backend(route, c, listener, conn, &req, forced.as_ref()),
+        (None, None) => route.pick_backend(),
     }
     .ok_or_else(|| ProxyError::NoHealthyEndpoint {
         cluster: format!("(route {} has no cluster with weight)", route.spec.name),
@@ -340,6 +434,10 @@ async fn proxy(
     }
     h.insert(X_REQUEST_ID.clone(), request_id.clone());
     route.spec.request_headers.apply(h);
+    // Verdict headers: only sift sets x-sift-* (the client's were removed).
+    for (k, v) in decision.headers {
+        h.insert(k, v);
+    }
 
     // The body: kept for replay when retries are on and it is small
     // enough, else streamed (and then never retried once sent).
@@ -349,7 +447,17 @@ async fn proxy(
         .as_ref()
         .filter(|r| r.attempts > 0 && upgrade.is_none());
     let state = Arc::new(BodyState::default());
-    let mut body = if incoming.is_end_stream() {
+    let mut body = if let Some(h) = held {
+        if h.complete && h.trailers.is_none() {
+            Plan::Replay(h.data)
+        } else {
+            let left = limit.saturating_sub(h.data.len() as u64);
+            let rest = (!h.complete).then(|| Limited::new(incoming, left, state.clone()));
+            Plan::Stream(Some(body::boxed(crate::filter::chain::Prefixed::new(
+                h.data, h.trailers, rest,
+            ))))
+        }
+    } else if incoming.is_end_stream() {
         Plan::Replay(bytes::Bytes::new())
     } else if let Some(r) = retry.filter(|r| declared.is_some_and(|len| len <= r.buffer_limit)) {
         let collected = Limited::new(incoming, limit.min(r.buffer_limit), state.clone())
@@ -371,6 +479,42 @@ async fn proxy(
             state.clone(),
         ))))
     };
+
+    // Shadow filters get a copy of the body as it goes; never in its way.
+    if let Some(info) = info {
+        let shadows: Vec<_> = route
+            .filters
+            .iter()
+            .filter(|f| f.spec.usage.mode == crate::config::file::FilterMode::Shadow)
+            .map(|f| (f.filter.clone(), f.spec.usage.clone()))
+            .collect();
+        let has_body = match &body {
+            Plan::Replay(b) => !b.is_empty(),
+            Plan::Stream(_) => true,
+        };
+        if let (false, true) = (shadows.is_empty(), has_body) {
+            let tx = crate::filter::chain::shadow(
+                pool.clone(),
+                out.metrics.clone(),
+                Arc::from(route.spec.name.as_str()),
+                info,
+                String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
+                shadows,
+            );
+            if let Some(tx) = tx {
+                match &mut body {
+                    Plan::Replay(b) => {
+                        let _ = tx.try_send(b.clone());
+                    }
+                    Plan::Stream(b) => {
+                        if let Some(inner) = b.take() {
+                            *b = Some(body::boxed(crate::filter::chain::Tee::new(inner, tx)));
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     // 8. Send, retrying what the route's policy allows within the budget.
     let timeout = cluster.spec.timeout_for(&route.spec);
@@ -555,6 +699,28 @@ async fn proxy(
         }
     }
     Ok(Response::from_parts(parts, body::boxed(b)))
+}
+
+/// What the filters know of a request.
+fn filter_request_info(
+    req: &Request<Incoming>,
+    route: &crate::snapshot::Route,
+    conn: &ConnInfo,
+) -> crate::filter::RequestInfo {
+    let h = |n: header::HeaderName| {
+        req.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    crate::filter::RequestInfo {
+        route: Arc::from(route.spec.name.as_str()),
+        method: req.method().to_string(),
+        path: req.uri().path().to_owned(),
+        content_type: h(header::CONTENT_TYPE),
+        content_encoding: h(header::CONTENT_ENCODING),
+        identity: conn.identity.as_ref().map(|i| i.id.clone()),
+    }
 }
 
 /// The canary's choice: a permitted override, else the sticky key's point,

@@ -178,6 +178,13 @@ fn restart_only_changes(old: &Config, new: &Config) -> Result<(), ConfigErrors> 
             message: "the admin address changed: this needs a restart".into(),
         });
     }
+    if old.filter_pool != new.filter_pool {
+        errs.push(ConfigError {
+            path: "filter_pool".into(),
+            line: None,
+            message: "filter_pool changed: this needs a restart".into(),
+        });
+    }
     if old.workers != new.workers {
         errs.push(ConfigError {
             path: "workers".into(),

@@ -25,6 +25,8 @@ pub struct Snapshot {
     pub listener_limits: Vec<Vec<Arc<Limit>>>,
     /// TLS material of each listener (by listener index), rotated in place.
     pub listener_tls: Vec<Option<Arc<crate::tls::ListenerTls>>>,
+    /// Body filters by name (kept across reloads while their spec is unchanged).
+    pub filters: HashMap<String, Arc<dyn crate::filter::Filter>>,
     /// Monotonic generation, 1 for the first config.
     pub generation: u64,
 }
@@ -50,6 +52,18 @@ pub struct Route {
     /// Canary state (runtime weights, windows, rollout), kept across
     /// reloads while the route's file weights and canary spec are unchanged.
     pub canary: Option<Arc<crate::canary::CanaryState>>,
+    /// The route's body filters, in order.
+    pub filters: Vec<RouteFilter>,
+    /// Clusters that filter rules can send a request to.
+    pub rule_backends: HashMap<String, Backend>,
+    /// The filter whose verdict answers requests (answer routes).
+    pub answer: Option<Arc<dyn crate::filter::Filter>>,
+}
+
+/// A filter as one route uses it.
+pub struct RouteFilter {
+    pub spec: crate::config::model::RouteFilterSpec,
+    pub filter: Arc<dyn crate::filter::Filter>,
 }
 
 /// A rate-limit policy and its decision counters (for each route index:
@@ -221,6 +235,23 @@ impl Snapshot {
                 }
             }
         }
+        let mut filters: HashMap<String, Arc<dyn crate::filter::Filter>> = HashMap::new();
+        for (i, spec) in config.filters.iter().enumerate() {
+            let reused = prev
+                .and_then(|p| p.filters.get(&spec.name))
+                .filter(|f| f.spec() == spec)
+                .cloned();
+            match reused.map(Ok).unwrap_or_else(|| crate::filter::build(spec)) {
+                Ok(f) => {
+                    filters.insert(spec.name.clone(), f);
+                }
+                Err(e) => errors.push(crate::config::ConfigError {
+                    path: format!("filters[{i}].model"),
+                    line: None,
+                    message: e.to_string(),
+                }),
+            }
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -285,37 +316,65 @@ impl Snapshot {
                 });
                 let mut cum = 0u32;
                 let route: Arc<str> = Arc::from(spec.name.as_str());
+                let make_backend = |name: &str, cum: u32, window| {
+                    let cluster = clusters.get(name)?.clone();
+                    let labels = |l: &str, class: &str| {
+                        metrics
+                            .requests
+                            .with_label_values(&[l, &spec.name, name, class])
+                    };
+                    let stats = BackendStats {
+                        route: route.clone(),
+                        cluster: Arc::from(name),
+                        duration: metrics
+                            .request_duration
+                            .with_label_values(&[spec.name.as_str(), name]),
+                        requests: listener_names
+                            .iter()
+                            .map(|l| ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|c| labels(l, c)))
+                            .collect(),
+                        window,
+                    };
+                    Some(Backend {
+                        cluster,
+                        cumulative_weight: cum,
+                        stats: Arc::new(stats),
+                    })
+                };
                 let backends = spec
                     .backends
                     .iter()
                     .enumerate()
                     .filter_map(|(bi, b)| {
-                        let cluster = clusters.get(&b.cluster)?.clone();
                         cum += b.weight;
-                        let labels = |l: &str, class: &str| {
-                            metrics
-                                .requests
-                                .with_label_values(&[l, &spec.name, &b.cluster, class])
-                        };
-                        let stats = BackendStats {
-                            route: route.clone(),
-                            cluster: Arc::from(b.cluster.as_str()),
-                            duration: metrics
-                                .request_duration
-                                .with_label_values(&[spec.name.as_str(), b.cluster.as_str()]),
-                            requests: listener_names
-                                .iter()
-                                .map(|l| ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|c| labels(l, c)))
-                                .collect(),
-                            window: canary.as_ref().and_then(|c| c.windows.get(bi).cloned()),
-                        };
-                        Some(Backend {
-                            cluster,
-                            cumulative_weight: cum,
-                            stats: Arc::new(stats),
+                        make_backend(
+                            &b.cluster,
+                            cum,
+                            canary.as_ref().and_then(|c| c.windows.get(bi).cloned()),
+                        )
+                    })
+                    .collect();
+                let mut rule_backends = HashMap::new();
+                for rf in &spec.filters {
+                    for rule in &rf.rules {
+                        if let crate::config::model::RuleAction::Cluster(c) = &rule.action {
+                            if let Some(b) = make_backend(c, 1, None) {
+                                rule_backends.insert(c.clone(), b);
+                            }
+                        }
+                    }
+                }
+                let route_filters = spec
+                    .filters
+                    .iter()
+                    .filter_map(|rf| {
+                        Some(RouteFilter {
+                            spec: rf.clone(),
+                            filter: filters.get(&rf.filter)?.clone(),
                         })
                     })
                     .collect();
+                let answer = spec.answer.as_ref().and_then(|a| filters.get(a).cloned());
                 let limits = spec
                     .rate_limits
                     .iter()
@@ -338,6 +397,9 @@ impl Snapshot {
                     limits,
                     inflight,
                     canary,
+                    filters: route_filters,
+                    rule_backends,
+                    answer,
                 }
             })
             .collect();
@@ -348,6 +410,7 @@ impl Snapshot {
             clusters,
             listener_limits,
             listener_tls,
+            filters,
             generation: prev.map_or(1, |p| p.generation + 1),
         })
     }

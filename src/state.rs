@@ -18,6 +18,8 @@ pub struct Shared {
     pub draining: AtomicBool,
     /// The one clock every time-dependent policy reads.
     pub clock: crate::clock::Clock,
+    /// The threads that run body filters (sized at start).
+    pub filter_pool: Arc<crate::filter::pool::Pool>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -28,7 +30,14 @@ impl std::fmt::Debug for Shared {
 
 impl Shared {
     pub fn new(snapshot: Snapshot, metrics: Arc<Metrics>, clock: crate::clock::Clock) -> Arc<Self> {
+        let fp = &snapshot.config.filter_pool;
+        let threads = fp.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
+        });
+        let filter_pool =
+            crate::filter::pool::Pool::new(threads, fp.queue, metrics.filters.pool_queued.clone());
         Arc::new(Shared {
+            filter_pool,
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
             ready: AtomicBool::new(false),

@@ -68,7 +68,23 @@ pub fn build(f: &FileConfig) -> Result<Config, Vec<ConfigError>> {
 
     let clusters = build_clusters(&f.clusters, &mut e);
     let cluster_names: HashSet<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
-    let routes = build_routes(&f.routes, &cluster_names, &f.clusters, &mut e);
+    let filters = build_filters(&f.filters, &mut e);
+    let routes = build_routes(&f.routes, &cluster_names, &f.clusters, &filters, &mut e);
+    let fp = f.filter_pool.clone().unwrap_or_default();
+    let filter_pool = FilterPoolSpec {
+        threads: match fp.threads {
+            Some(0) => {
+                e.push("filter_pool.threads", "must be at least 1");
+                None
+            }
+            Some(n) if n > 1024 => {
+                e.push("filter_pool.threads", format!("{n} is more than 1024"));
+                None
+            }
+            t => t,
+        },
+        queue: fp.queue.unwrap_or(1024).min(1 << 20),
+    };
     let listeners = build_listeners(&f.listeners, &routes, &mut e);
 
     if let Some(admin) = &admin {
@@ -96,6 +112,8 @@ pub fn build(f: &FileConfig) -> Result<Config, Vec<ConfigError>> {
             listeners,
             routes,
             clusters,
+            filters,
+            filter_pool,
         }),
         _ => Err(e.0),
     }
@@ -309,10 +327,271 @@ fn check_name(name: &str, path: &str, seen: &mut HashSet<String>, what: &str, e:
     }
 }
 
+/// The verdicts a kind of filter gives (what `rules[].when` may name).
+pub fn verdicts_of(kind: FilterKind) -> &'static [&'static str] {
+    match kind {
+        FilterKind::Spam | FilterKind::Onnx => &["spam", "ham"],
+        FilterKind::Cilog => &[
+            "timeout",
+            "oom",
+            "infra",
+            "dependency",
+            "compile",
+            "lint",
+            "test",
+            "config",
+            "unknown",
+        ],
+    }
+}
+
+fn build_filters(fs: &[FilterFile], e: &mut Errs) -> Vec<FilterSpec> {
+    let mut names = HashSet::new();
+    let mut out = Vec::new();
+    for (i, f) in fs.iter().enumerate() {
+        let p = format!("filters[{i}]");
+        check_name(&f.name, &format!("{p}.name"), &mut names, "filter", e);
+        let model = match f.model.as_deref().map(str::trim) {
+            None | Some("builtin") => {
+                if f.kind == FilterKind::Onnx {
+                    e.push(
+                        format!("{p}.model"),
+                        "kind onnx needs a model file (.onnx); there is no builtin ONNX model",
+                    );
+                }
+                ModelSource::Builtin
+            }
+            Some("") => {
+                e.push(format!("{p}.model"), "is empty");
+                ModelSource::Builtin
+            }
+            Some(path) => ModelSource::File(path.into()),
+        };
+        if f.runtime.is_some() && f.kind != FilterKind::Onnx {
+            e.push(
+                format!("{p}.runtime"),
+                "only kind onnx uses an ONNX Runtime library",
+            );
+        }
+        let threshold = match f.threshold {
+            Some(t) if !(t > 0.0 && t < 1.0) => {
+                e.push(
+                    format!("{p}.threshold"),
+                    format!("{t} is not between 0 and 1"),
+                );
+                None
+            }
+            t => t.map(|t| t as f32),
+        };
+        let learned_model = match (f.kind, &f.learned_model, &model) {
+            (FilterKind::Onnx, Some(_), _) => {
+                e.push(
+                    format!("{p}.learned_model"),
+                    "an ONNX model cannot learn at run time (retrain it offline)",
+                );
+                None
+            }
+            (FilterKind::Onnx, None, _) => None,
+            (_, Some(l), _) => Some(l.into()),
+            (_, None, ModelSource::File(m)) => {
+                let mut s = m.clone().into_os_string();
+                s.push(".learned");
+                Some(s.into())
+            }
+            (_, None, ModelSource::Builtin) => {
+                Some(format!("filters/{}.learned.bin", f.name).into())
+            }
+        };
+        let cilog = f.kind == FilterKind::Cilog;
+        let usage = FilterUsage {
+            mode: f.mode.unwrap_or_default(),
+            max_inspect_bytes: inspect_limit(
+                f.max_inspect_bytes,
+                if cilog { 8 << 20 } else { 64 << 10 },
+                &format!("{p}.max_inspect_bytes"),
+                e,
+            ),
+            on_oversize: f.on_oversize.unwrap_or_default(),
+            on_overload: f.on_overload.unwrap_or_default(),
+        };
+        let max_decompressed_bytes = match f.max_decompressed_bytes {
+            Some(Bytes(0)) => {
+                e.push(
+                    format!("{p}.max_decompressed_bytes"),
+                    "must be greater than 0",
+                );
+                16 << 20
+            }
+            Some(Bytes(b)) => b.min(1 << 40),
+            None => (16u64 << 20).max(usage.max_inspect_bytes),
+        };
+        let x = f.extract.clone().unwrap_or_default();
+        for (j, ptr) in x.json_pointers.iter().flatten().enumerate() {
+            if !(ptr.is_empty() || ptr.starts_with('/')) {
+                e.push(
+                    format!("{p}.extract.json_pointers[{j}]"),
+                    format!("{ptr:?} is not a JSON pointer (it must start with '/')"),
+                );
+            }
+        }
+        let b = f.block.clone().unwrap_or_default();
+        let block_status = match b.status {
+            Some(s) if !(400..=599).contains(&s) => {
+                e.push(
+                    format!("{p}.block.status"),
+                    format!("{s} is not a 4xx or 5xx status"),
+                );
+                403
+            }
+            s => s.unwrap_or(403),
+        };
+        let header_prefix = f
+            .header_prefix
+            .clone()
+            .unwrap_or_else(|| {
+                if cilog {
+                    "x-sift-ci".into()
+                } else {
+                    "x-sift-spam".into()
+                }
+            })
+            .to_ascii_lowercase();
+        if HeaderName::from_bytes(format!("{header_prefix}-verdict").as_bytes()).is_err() {
+            e.push(
+                format!("{p}.header_prefix"),
+                format!("{header_prefix:?} does not make valid header names"),
+            );
+        }
+        out.push(FilterSpec {
+            name: f.name.clone(),
+            kind: f.kind,
+            model,
+            runtime: f.runtime.as_ref().map(Into::into),
+            threshold,
+            learned_model,
+            usage,
+            max_decompressed_bytes,
+            json_pointers: x.json_pointers,
+            form_fields: x.form_fields,
+            block_status,
+            block_message: b
+                .message
+                .unwrap_or_else(|| format!("request blocked by filter {}", f.name)),
+            header_prefix,
+        });
+    }
+    out
+}
+
+fn inspect_limit(v: Option<Bytes>, default: u64, p: &str, e: &mut Errs) -> u64 {
+    match v {
+        Some(Bytes(0)) => {
+            e.push(p, "must be greater than 0");
+            default
+        }
+        Some(Bytes(b)) if b > 1 << 30 => {
+            e.push(p, format!("{b} is more than 1GiB"));
+            default
+        }
+        Some(Bytes(b)) => b,
+        None => default,
+    }
+}
+
+fn build_route_filters(
+    r: &RouteFile,
+    p: &str,
+    filters: &[FilterSpec],
+    clusters: &[ClusterFile],
+    e: &mut Errs,
+) -> Vec<RouteFilterSpec> {
+    let known = || {
+        let v: Vec<&str> = filters.iter().map(|f| f.name.as_str()).collect();
+        if v.is_empty() {
+            "none are defined".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    let mut out = Vec::new();
+    for (j, rf) in r.filters.iter().flatten().enumerate() {
+        let q = format!("{p}.filters[{j}]");
+        let Some(f) = filters.iter().find(|f| f.name == rf.filter) else {
+            e.push(
+                format!("{q}.filter"),
+                format!("no filter is named {:?} (filters: {})", rf.filter, known()),
+            );
+            continue;
+        };
+        let usage = FilterUsage {
+            mode: rf.mode.unwrap_or(f.usage.mode),
+            max_inspect_bytes: rf.max_inspect_bytes.map_or(f.usage.max_inspect_bytes, |b| {
+                inspect_limit(
+                    Some(b),
+                    f.usage.max_inspect_bytes,
+                    &format!("{q}.max_inspect_bytes"),
+                    e,
+                )
+            }),
+            on_oversize: rf.on_oversize.unwrap_or(f.usage.on_oversize),
+            on_overload: rf.on_overload.unwrap_or(f.usage.on_overload),
+        };
+        let mut rules = Vec::new();
+        for (k, rule) in rf.rules.iter().flatten().enumerate() {
+            let rp = format!("{q}.rules[{k}]");
+            if usage.mode != FilterMode::Block {
+                e.push(&rp, "rules act before forwarding: they need mode block");
+            }
+            let vocab = verdicts_of(f.kind);
+            if rule.when.is_empty() {
+                e.push(format!("{rp}.when"), "needs at least one verdict");
+            }
+            for (w, v) in rule.when.iter().enumerate() {
+                if !vocab.contains(&v.as_str()) {
+                    e.push(
+                        format!("{rp}.when[{w}]"),
+                        format!(
+                            "{v:?} is not a verdict of this filter ({})",
+                            vocab.join(", ")
+                        ),
+                    );
+                }
+            }
+            let action = match (rule.reject, &rule.cluster) {
+                (true, None) => RuleAction::Reject,
+                (false, Some(c)) => {
+                    if !clusters.iter().any(|cf| &cf.name == c) {
+                        e.push(
+                            format!("{rp}.cluster"),
+                            format!("no cluster is named {c:?}"),
+                        );
+                    }
+                    RuleAction::Cluster(c.clone())
+                }
+                _ => {
+                    e.push(&rp, "give exactly one of `reject: true` and `cluster`");
+                    continue;
+                }
+            };
+            rules.push(VerdictRule {
+                when: rule.when.clone(),
+                action,
+            });
+        }
+        out.push(RouteFilterSpec {
+            filter: f.name.clone(),
+            usage,
+            rules,
+        });
+    }
+    out
+}
+
 fn build_routes(
     rs: &[RouteFile],
     clusters: &HashSet<&str>,
     cluster_files: &[ClusterFile],
+    filters: &[FilterSpec],
     e: &mut Errs,
 ) -> Vec<RouteSpec> {
     let mut names = HashSet::new();
@@ -326,7 +605,23 @@ fn build_routes(
         let p = format!("routes[{i}]");
         check_name(&r.name, &format!("{p}.name"), &mut names, "route", e);
         let matches = build_match(r.matches.as_ref(), &format!("{p}.match"), e);
+        let answer = r.answer.as_ref().and_then(|a| {
+            if filters.iter().any(|f| &f.name == a) {
+                Some(a.clone())
+            } else {
+                e.push(format!("{p}.answer"), format!("no filter is named {a:?}"));
+                None
+            }
+        });
         let backends = match (&r.cluster, &r.clusters) {
+            (None, None) if r.answer.is_some() => Vec::new(),
+            (Some(_), _) | (_, Some(_)) if r.answer.is_some() => {
+                e.push(
+                    &p,
+                    "an `answer` route has no upstream: remove `cluster`/`clusters`",
+                );
+                Vec::new()
+            }
             (Some(c), None) => {
                 if !clusters.contains(c.as_str()) && !cluster_files.iter().any(|f| &f.name == c) {
                     e.push(
@@ -443,6 +738,8 @@ fn build_routes(
                     })
                     .collect()
             }),
+            filters: build_route_filters(r, &p, filters, cluster_files, e),
+            answer,
         });
     }
     out

@@ -37,6 +37,190 @@ pub struct FileConfig {
     /// Upstream clusters that routes forward to.
     #[serde(default)]
     pub clusters: Vec<ClusterFile>,
+    /// Body filters (classifiers) that routes can use by name.
+    #[serde(default)]
+    pub filters: Vec<FilterFile>,
+    /// The threads that run filters, off the network threads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter_pool: Option<FilterPoolFile>,
+}
+
+/// The bounded pool that runs classifiers (restart to change it).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FilterPoolFile {
+    /// Threads classifying bodies. Default: the number of CPUs.
+    #[serde(default)]
+    pub threads: Option<usize>,
+    /// Inspections waiting for a thread; beyond it a filter's `on_overload`
+    /// decides (default 1024).
+    #[serde(default)]
+    pub queue: Option<usize>,
+}
+
+/// What a filter's model is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FilterKind {
+    /// The spam/scam text classifier (sift's linear model file).
+    Spam,
+    /// A spam/scam classifier as an ONNX model fed by sift's featurizer.
+    Onnx,
+    /// The CI build log classifier.
+    Cilog,
+}
+
+/// How a route uses a filter.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FilterMode {
+    /// Decide before forwarding: the body is held (up to
+    /// `max_inspect_bytes`), a bad verdict gets the block response, a good
+    /// one is forwarded unchanged with the verdict headers.
+    Block,
+    /// Forward with the verdict as request headers; never block.
+    #[default]
+    Annotate,
+    /// Forward the body untouched as it streams; classify a copy off the
+    /// request path; the verdict only goes to metrics and logs.
+    Shadow,
+}
+
+/// What happens when a body is longer than `max_inspect_bytes`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnOversize {
+    /// Forward without a verdict (counted as skipped, reason oversize).
+    Skip,
+    /// Classify the first `max_inspect_bytes`, forward the whole body.
+    #[default]
+    InspectPrefix,
+    /// Answer 413.
+    Reject,
+}
+
+/// What happens when the filter pool is saturated.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnOverload {
+    /// Forward without a verdict.
+    #[default]
+    FailOpen,
+    /// Answer 503 filter-overloaded.
+    FailClosed,
+}
+
+/// A named filter: its model and defaults for the routes that use it.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FilterFile {
+    /// Unique name (metrics, logs, the admin API, routes' `filters`).
+    pub name: String,
+    /// spam, onnx or cilog.
+    pub kind: FilterKind,
+    /// Model file. `builtin` (the default) is the model compiled into sift
+    /// (spam and cilog). Watched: a new valid file is swapped in, a broken
+    /// one is rejected and the old model keeps serving.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// ONNX Runtime library (libonnxruntime.so) for kind onnx. Default:
+    /// the `ORT_DYLIB_PATH` environment variable.
+    #[serde(default)]
+    pub runtime: Option<String>,
+    /// Spam probability at or above which a body is spam. Default: the
+    /// model's calibrated threshold.
+    #[serde(default)]
+    pub threshold: Option<f64>,
+    /// Where `POST /filters/{name}/learn` (admin) saves the updated model,
+    /// which is then loaded in preference to `model` (also after a restart).
+    /// Default: the model path + `.learned` (`filters/<name>.learned.bin` for
+    /// a builtin model).
+    #[serde(default)]
+    pub learned_model: Option<String>,
+    /// Default mode for routes (annotate).
+    #[serde(default)]
+    pub mode: Option<FilterMode>,
+    /// Most body bytes (after decoding) a filter inspects (default 64KiB;
+    /// cilog default 8MiB).
+    #[serde(default)]
+    pub max_inspect_bytes: Option<Bytes>,
+    /// Longer bodies: skip, inspect_prefix (default) or reject (413).
+    #[serde(default)]
+    pub on_oversize: Option<OnOversize>,
+    /// Pool saturated: fail_open (default) or fail_closed (503).
+    #[serde(default)]
+    pub on_overload: Option<OnOverload>,
+    /// Most bytes a compressed body may expand to; more is 413 (default 16MiB).
+    #[serde(default)]
+    pub max_decompressed_bytes: Option<Bytes>,
+    /// Which text of a body is classified.
+    #[serde(default)]
+    pub extract: Option<ExtractFile>,
+    /// Status and message of a block (default 403).
+    #[serde(default)]
+    pub block: Option<BlockFile>,
+    /// Prefix of the verdict headers (default x-sift-spam, cilog x-sift-ci).
+    #[serde(default)]
+    pub header_prefix: Option<String>,
+}
+
+/// Which parts of a body are text to classify.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExtractFile {
+    /// JSON pointers (RFC 6901) of the strings to classify, e.g. `/message`.
+    /// Default: every string value in the document.
+    #[serde(default)]
+    pub json_pointers: Option<Vec<String>>,
+    /// Form fields (urlencoded and multipart) to classify. Default: every
+    /// field that is not a file.
+    #[serde(default)]
+    pub form_fields: Option<Vec<String>>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BlockFile {
+    /// HTTP status of the block response (400–599, default 403).
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// Message in the JSON body (default "request blocked by filter NAME").
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// A filter on a route; unset fields take the filter's values.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFilterFile {
+    /// The filter's name (see `filters`).
+    pub filter: String,
+    #[serde(default)]
+    pub mode: Option<FilterMode>,
+    #[serde(default)]
+    pub max_inspect_bytes: Option<Bytes>,
+    #[serde(default)]
+    pub on_oversize: Option<OnOversize>,
+    #[serde(default)]
+    pub on_overload: Option<OnOverload>,
+    /// What a verdict does beyond headers (block mode; cilog classes):
+    /// reject it, or send it to another cluster.
+    #[serde(default)]
+    pub rules: Option<Vec<VerdictRuleFile>>,
+}
+
+/// `when` a verdict is one of these, `reject` or `cluster: NAME`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerdictRuleFile {
+    /// Verdicts this rule applies to (e.g. spam; cilog classes such as infra).
+    pub when: Vec<String>,
+    /// Answer with the filter's block response.
+    #[serde(default)]
+    pub reject: bool,
+    /// Forward to this cluster instead of the route's.
+    #[serde(default)]
+    pub cluster: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
@@ -380,6 +564,13 @@ pub struct RouteFile {
     /// identity-denied otherwise). Default: anyone.
     #[serde(default)]
     pub allowed_identities: Option<Vec<IdentityMatchFile>>,
+    /// Body filters, in order (see `filters`).
+    #[serde(default)]
+    pub filters: Option<Vec<RouteFilterFile>>,
+    /// Answer every request with this filter's verdict as JSON, without an
+    /// upstream (then `cluster` is not needed).
+    #[serde(default)]
+    pub answer: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]

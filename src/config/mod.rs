@@ -143,11 +143,13 @@ pub fn parse(text: &str) -> Result<(FileConfig, Node), ConfigErrors> {
             "listeners" => out.listeners = many(value, k, &mut errs),
             "routes" => out.routes = many(value, k, &mut errs),
             "clusters" => out.clusters = many(value, k, &mut errs),
+            "filters" => out.filters = many(value, k, &mut errs),
+            "filter_pool" => out.filter_pool = Some(one(value, k, &mut errs)),
             _ => errs.push(ConfigError {
                 path: k.to_string(),
                 line,
                 message: format!(
-                    "unknown key {k:?}; expected one of workers, log, admin, reload, shutdown, listeners, routes, clusters"
+                    "unknown key {k:?}; expected one of workers, log, admin, reload, shutdown, listeners, routes, clusters, filters, filter_pool"
                 ),
             }),
         }

@@ -8,7 +8,10 @@ use http::{HeaderName, HeaderValue, Method};
 use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
 
-use super::file::{DownstreamProtocol, LbPolicy, LogFormat, UpstreamProtocol, XffMode};
+use super::file::{
+    DownstreamProtocol, FilterKind, FilterMode, LbPolicy, LogFormat, OnOverload, OnOversize,
+    UpstreamProtocol, XffMode,
+};
 use super::units::{Bytes, Dur};
 use crate::policy::outlier::OutlierSpec;
 use crate::policy::ratelimit::RateLimitSpec;
@@ -25,6 +28,72 @@ pub struct Config {
     pub listeners: Vec<ListenerSpec>,
     pub routes: Vec<RouteSpec>,
     pub clusters: Vec<ClusterSpec>,
+    pub filters: Vec<FilterSpec>,
+    pub filter_pool: FilterPoolSpec,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FilterPoolSpec {
+    /// None = one per CPU.
+    pub threads: Option<usize>,
+    pub queue: usize,
+}
+
+/// Where a model comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelSource {
+    /// Compiled into the binary.
+    Builtin,
+    File(std::path::PathBuf),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FilterSpec {
+    pub name: String,
+    pub kind: FilterKind,
+    pub model: ModelSource,
+    pub runtime: Option<std::path::PathBuf>,
+    /// Probability threshold override.
+    pub threshold: Option<f32>,
+    /// Where learning persists (None: learning is not supported by the kind).
+    pub learned_model: Option<std::path::PathBuf>,
+    pub usage: FilterUsage,
+    pub max_decompressed_bytes: u64,
+    pub json_pointers: Option<Vec<String>>,
+    pub form_fields: Option<Vec<String>>,
+    pub block_status: u16,
+    pub block_message: String,
+    pub header_prefix: String,
+}
+
+/// How a route runs a filter.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FilterUsage {
+    pub mode: FilterMode,
+    pub max_inspect_bytes: u64,
+    pub on_oversize: OnOversize,
+    pub on_overload: OnOverload,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RouteFilterSpec {
+    pub filter: String,
+    pub usage: FilterUsage,
+    pub rules: Vec<VerdictRule>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct VerdictRule {
+    pub when: Vec<String>,
+    pub action: RuleAction,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleAction {
+    Reject,
+    Cluster(String),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -110,6 +179,9 @@ pub struct RouteSpec {
     pub canary: Option<crate::canary::CanarySpec>,
     /// None: anyone; Some: only matching identities.
     pub allowed_identities: Option<Vec<IdentityMatch>>,
+    pub filters: Vec<RouteFilterSpec>,
+    /// Answer with this filter's verdict (no upstream; `backends` is empty).
+    pub answer: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

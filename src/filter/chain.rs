@@ -1,0 +1,607 @@
+//! Running a route's filters on a request: block and annotate filters on a
+//! held prefix of the body before forwarding, shadow filters on a copy taken
+//! as the body streams, and answer routes that reply with a verdict. Every
+//! inspection runs on the bounded [`Pool`]; nothing here blocks a network
+//! thread.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
+use tokio::sync::mpsc;
+
+use super::pool::Pool;
+use super::{Filter, Inspection, RequestInfo, Skip, Unclassified, Verdict};
+use crate::config::file::{FilterMode, OnOverload};
+use crate::config::model::{FilterUsage, RuleAction};
+use crate::error::ProxyError;
+use crate::metrics::FilterMetrics;
+use crate::snapshot::RouteFilter;
+
+/// A body's first bytes, read and held for inspection.
+#[derive(Debug, Default)]
+pub struct Held {
+    pub data: Bytes,
+    /// The body ended within what was read.
+    pub complete: bool,
+    pub trailers: Option<HeaderMap>,
+}
+
+/// Read up to just past `cap` bytes of `body` (the whole body if it is no
+/// longer). `route_limit` is the route's max_request_body.
+pub async fn hold<B>(body: &mut B, cap: u64, route_limit: u64) -> Result<Held, ProxyError>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let mut buf = BytesMut::new();
+    let mut held = Held::default();
+    loop {
+        if buf.len() as u64 > cap {
+            break;
+        }
+        match body.frame().await {
+            None => {
+                held.complete = true;
+                break;
+            }
+            Some(Err(e)) => return Err(ProxyError::ClientBody(e.to_string())),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(d) => {
+                    if (buf.len() + d.len()) as u64 > route_limit {
+                        return Err(ProxyError::BodyTooLarge { limit: route_limit });
+                    }
+                    buf.extend_from_slice(&d);
+                }
+                Err(frame) => {
+                    if let Ok(t) = frame.into_trailers() {
+                        held.trailers = Some(t);
+                        held.complete = true;
+                        break;
+                    }
+                }
+            },
+        }
+    }
+    held.data = buf.freeze();
+    Ok(held)
+}
+
+/// What the block and annotate filters decided for a forwarded request.
+#[derive(Debug, Default)]
+pub struct Decision {
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// A rule sends the request to this cluster.
+    pub cluster: Option<String>,
+    /// `filter=verdict(score)` for the access log.
+    pub summary: Vec<String>,
+}
+
+/// Run the held-body filters (block, annotate) in order.
+pub async fn run_held(
+    pool: &Pool,
+    metrics: &FilterMetrics,
+    route: &str,
+    info: &RequestInfo,
+    held: &Held,
+    filters: &[&RouteFilter],
+) -> Result<Decision, ProxyError> {
+    let mut d = Decision::default();
+    for rf in filters {
+        let f = &rf.filter;
+        let name = f.spec().name.as_str();
+        let Some(insp) = start(f.as_ref(), info, &rf.spec.usage, metrics) else {
+            continue;
+        };
+        let data = held.data.clone();
+        let truncated = !held.complete;
+        let job = pool.spawn(move || {
+            let t = Instant::now();
+            let mut insp = insp;
+            insp.feed(&data);
+            (insp.finish(truncated), t.elapsed())
+        });
+        let rx = match job {
+            Ok(rx) => rx,
+            Err(_) => match rf.spec.usage.on_overload {
+                OnOverload::FailOpen => {
+                    metrics
+                        .overload
+                        .with_label_values(&[name, "fail_open"])
+                        .inc();
+                    metrics.skipped.with_label_values(&[name, "overload"]).inc();
+                    d.summary.push(format!("{name}=overload"));
+                    continue;
+                }
+                OnOverload::FailClosed => {
+                    metrics
+                        .overload
+                        .with_label_values(&[name, "fail_closed"])
+                        .inc();
+                    return Err(ProxyError::FilterOverloaded {
+                        filter: name.to_string(),
+                    });
+                }
+            },
+        };
+        let (result, took) = rx
+            .await
+            .map_err(|_| ProxyError::Internal(format!("filter {name} failed")))?;
+        metrics
+            .duration
+            .with_label_values(&[name])
+            .observe(took.as_secs_f64());
+        let v = match result {
+            Ok(v) => v,
+            Err(u) => {
+                unclassified(metrics, name, u, &mut d.summary)?;
+                continue;
+            }
+        };
+        metrics
+            .verdicts
+            .with_label_values(&[name, route, v.verdict])
+            .inc();
+        d.summary
+            .push(format!("{name}={}({:.4})", v.verdict, v.score));
+        if rf.spec.usage.mode == FilterMode::Block {
+            let rule = rf
+                .spec
+                .rules
+                .iter()
+                .find(|r| r.when.iter().any(|w| w == v.verdict));
+            let reject = match rule.map(|r| &r.action) {
+                Some(RuleAction::Reject) => true,
+                Some(RuleAction::Cluster(c)) => {
+                    d.cluster.get_or_insert_with(|| c.clone());
+                    false
+                }
+                None => rf.spec.rules.is_empty() && v.flagged,
+            };
+            if reject {
+                return Err(ProxyError::FilterBlocked {
+                    filter: name.to_string(),
+                    verdict: v.verdict,
+                    status: f.spec().block_status,
+                    message: f.spec().block_message.clone(),
+                    score: v.score,
+                });
+            }
+        }
+        d.headers.extend(v.headers);
+    }
+    Ok(d)
+}
+
+/// An inspection for this request, or `None` (counted) when it does not apply.
+fn start(
+    f: &dyn Filter,
+    info: &RequestInfo,
+    usage: &FilterUsage,
+    metrics: &FilterMetrics,
+) -> Option<Inspection> {
+    let name = f.spec().name.as_str();
+    let r = f.inspector(info).and_then(|i| {
+        Inspection::new(
+            i,
+            info.content_encoding.as_deref(),
+            usage,
+            f.spec().max_decompressed_bytes,
+        )
+    });
+    match r {
+        Ok(i) => Some(i),
+        Err(skip) => {
+            metrics
+                .skipped
+                .with_label_values(&[name, skip.as_str()])
+                .inc();
+            None
+        }
+    }
+}
+
+fn unclassified(
+    metrics: &FilterMetrics,
+    name: &str,
+    u: Unclassified,
+    summary: &mut Vec<String>,
+) -> Result<(), ProxyError> {
+    match u {
+        Unclassified::Skip(s) => {
+            metrics.skipped.with_label_values(&[name, s.as_str()]).inc();
+            summary.push(format!("{name}=skipped:{}", s.as_str()));
+            Ok(())
+        }
+        Unclassified::Oversize { limit } => {
+            metrics.skipped.with_label_values(&[name, "oversize"]).inc();
+            Err(ProxyError::InspectTooLarge {
+                filter: name.to_string(),
+                limit,
+            })
+        }
+        Unclassified::Decompression { limit } => {
+            metrics
+                .skipped
+                .with_label_values(&[name, "decode_error"])
+                .inc();
+            Err(ProxyError::DecompressionLimit {
+                filter: name.to_string(),
+                limit,
+            })
+        }
+    }
+}
+
+/// Batches handed to the pool while streaming.
+const BATCH: usize = 256 * 1024;
+
+/// Answer a request with a filter's verdict: the body is streamed through
+/// the inspection (bounded memory whatever its length).
+pub async fn answer<B>(
+    pool: &Pool,
+    metrics: &FilterMetrics,
+    route: &str,
+    info: &RequestInfo,
+    filter: &Arc<dyn Filter>,
+    body: &mut B,
+    route_limit: u64,
+) -> Result<Verdict, ProxyError>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let spec = filter.spec();
+    let name = spec.name.as_str();
+    let unclassifiable = |s: Skip| ProxyError::Unclassifiable {
+        filter: name.to_string(),
+        reason: s.as_str(),
+    };
+    let overloaded = || {
+        metrics
+            .overload
+            .with_label_values(&[name, "fail_closed"])
+            .inc();
+        ProxyError::FilterOverloaded {
+            filter: name.to_string(),
+        }
+    };
+    let usage = FilterUsage {
+        mode: FilterMode::Block,
+        ..spec.usage.clone()
+    };
+    let mut insp = filter
+        .inspector(info)
+        .and_then(|i| {
+            Inspection::new(
+                i,
+                info.content_encoding.as_deref(),
+                &usage,
+                spec.max_decompressed_bytes,
+            )
+        })
+        .map_err(|s| {
+            metrics.skipped.with_label_values(&[name, s.as_str()]).inc();
+            unclassifiable(s)
+        })?;
+    let mut total = 0u64;
+    let mut batch = BytesMut::new();
+    let mut busy = std::time::Duration::ZERO;
+    let mut truncated = false;
+    loop {
+        let frame = body.frame().await;
+        let end = match frame {
+            None => true,
+            Some(Err(e)) => return Err(ProxyError::ClientBody(e.to_string())),
+            Some(Ok(f)) => {
+                if let Ok(d) = f.into_data() {
+                    total += d.len() as u64;
+                    if total > route_limit {
+                        return Err(ProxyError::BodyTooLarge { limit: route_limit });
+                    }
+                    batch.extend_from_slice(&d);
+                }
+                false
+            }
+        };
+        if batch.len() >= BATCH || (end && !batch.is_empty()) {
+            let data = std::mem::take(&mut batch).freeze();
+            let rx = pool
+                .spawn(move || {
+                    let t = Instant::now();
+                    insp.feed(&data);
+                    (insp, t.elapsed())
+                })
+                .map_err(|_| overloaded())?;
+            let (back, took) = rx
+                .await
+                .map_err(|_| ProxyError::Internal(format!("filter {name} failed")))?;
+            insp = back;
+            busy += took;
+            if !insp.wants_more() && !end {
+                // Past the limit: what follows cannot change the verdict.
+                truncated = true;
+                break;
+            }
+        }
+        if end {
+            break;
+        }
+    }
+    let rx = pool
+        .spawn(move || {
+            let t = Instant::now();
+            (insp.finish(truncated), t.elapsed())
+        })
+        .map_err(|_| overloaded())?;
+    let (result, took) = rx
+        .await
+        .map_err(|_| ProxyError::Internal(format!("filter {name} failed")))?;
+    metrics
+        .duration
+        .with_label_values(&[name])
+        .observe((busy + took).as_secs_f64());
+    match result {
+        Ok(v) => {
+            metrics
+                .verdicts
+                .with_label_values(&[name, route, v.verdict])
+                .inc();
+            Ok(v)
+        }
+        Err(Unclassified::Skip(s)) => {
+            metrics.skipped.with_label_values(&[name, s.as_str()]).inc();
+            Err(unclassifiable(s))
+        }
+        Err(u) => {
+            let mut ignore = Vec::new();
+            unclassified(metrics, name, u, &mut ignore)?;
+            Err(unclassifiable(Skip::Oversize))
+        }
+    }
+}
+
+/// Start the shadow filters of a request: returns the sender the body's
+/// [`Tee`] copies chunks into. The inspections run off the request path;
+/// their verdicts go to metrics and the log only.
+pub fn shadow(
+    pool: Arc<Pool>,
+    metrics: Arc<crate::metrics::Metrics>,
+    route: Arc<str>,
+    info: RequestInfo,
+    request_id: String,
+    filters: Vec<(Arc<dyn Filter>, FilterUsage)>,
+) -> Option<mpsc::Sender<Bytes>> {
+    let fm = &metrics.filters;
+    let mut running: Vec<(String, Inspection)> = filters
+        .iter()
+        .filter_map(|(f, u)| start(f.as_ref(), &info, u, fm).map(|i| (f.spec().name.clone(), i)))
+        .collect();
+    if running.is_empty() {
+        return None;
+    }
+    let (tx, mut rx) = mpsc::channel::<Bytes>(64);
+    tokio::spawn(async move {
+        let fm = &metrics.filters;
+        let mut batch = BytesMut::new();
+        let mut busy = std::time::Duration::ZERO;
+        let mut truncated = false;
+        loop {
+            let next = rx.recv().await;
+            let end = next.is_none();
+            if let Some(b) = next {
+                batch.extend_from_slice(&b);
+            }
+            if batch.len() >= BATCH || (end && !batch.is_empty()) {
+                let data = std::mem::take(&mut batch).freeze();
+                let names: Vec<String> = running.iter().map(|(n, _)| n.clone()).collect();
+                let job = pool.spawn(move || {
+                    let t = Instant::now();
+                    for (_, i) in running.iter_mut() {
+                        if i.wants_more() {
+                            i.feed(&data);
+                        }
+                    }
+                    (running, t.elapsed())
+                });
+                let Ok(job) = job else {
+                    for n in &names {
+                        fm.overload.with_label_values(&[n, "shadow_dropped"]).inc();
+                        fm.skipped.with_label_values(&[n, "overload"]).inc();
+                    }
+                    return;
+                };
+                let Ok((back, took)) = job.await else { return };
+                running = back;
+                busy += took;
+                if !end && running.iter().all(|(_, i)| !i.wants_more()) {
+                    truncated = true;
+                    break;
+                }
+            }
+            if end {
+                break;
+            }
+        }
+        drop(rx);
+        let names: Vec<String> = running.iter().map(|(n, _)| n.clone()).collect();
+        let job = pool.spawn(move || {
+            let t = Instant::now();
+            let out: Vec<(String, Result<Verdict, Unclassified>)> = running
+                .into_iter()
+                .map(|(n, i)| (n, i.finish(truncated)))
+                .collect();
+            (out, t.elapsed())
+        });
+        let Ok(job) = job else {
+            for n in &names {
+                fm.overload.with_label_values(&[n, "shadow_dropped"]).inc();
+                fm.skipped.with_label_values(&[n, "overload"]).inc();
+            }
+            return;
+        };
+        let Ok((out, took)) = job.await else { return };
+        let per = (busy + took).as_secs_f64() / out.len().max(1) as f64;
+        for (name, r) in out {
+            fm.duration.with_label_values(&[&name]).observe(per);
+            match r {
+                Ok(v) => {
+                    fm.verdicts
+                        .with_label_values(&[name.as_str(), &*route, v.verdict])
+                        .inc();
+                    tracing::info!(
+                        target: "sift::filter",
+                        request_id = %request_id,
+                        route = %route,
+                        filter = %name,
+                        mode = "shadow",
+                        verdict = v.verdict,
+                        score = v.score,
+                        "shadow verdict"
+                    );
+                }
+                Err(Unclassified::Skip(s)) => {
+                    fm.skipped.with_label_values(&[&name, s.as_str()]).inc();
+                }
+                Err(Unclassified::Oversize { .. }) => {
+                    fm.skipped.with_label_values(&[&name, "oversize"]).inc();
+                }
+                Err(Unclassified::Decompression { .. }) => {
+                    fm.skipped.with_label_values(&[&name, "decode_error"]).inc();
+                }
+            }
+        }
+    });
+    Some(tx)
+}
+
+pin_project_lite::pin_project! {
+    /// A body that passes through unchanged while copying its data frames
+    /// to a shadow inspection. A full copy channel drops the copy, never
+    /// slows the body.
+    pub struct Tee<B> {
+        #[pin]
+        inner: B,
+        tx: Option<mpsc::Sender<Bytes>>,
+    }
+}
+
+impl<B> Tee<B> {
+    pub fn new(inner: B, tx: mpsc::Sender<Bytes>) -> Tee<B> {
+        Tee {
+            inner,
+            tx: Some(tx),
+        }
+    }
+}
+
+impl<B> HttpBody for Tee<B>
+where
+    B: HttpBody<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        let r = this.inner.poll_frame(cx);
+        match &r {
+            Poll::Ready(Some(Ok(f))) => {
+                if let (Some(d), Some(tx)) = (f.data_ref(), this.tx.as_ref()) {
+                    if tx.try_send(d.clone()).is_err() {
+                        // Full or gone: the shadow copy stops here.
+                        *this.tx = None;
+                    }
+                }
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
+                *this.tx = None;
+            }
+            Poll::Pending => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Held bytes (and trailers) first, then the rest of the body.
+    pub struct Prefixed<B> {
+        head: Option<Bytes>,
+        trailers: Option<HeaderMap>,
+        #[pin]
+        rest: Option<B>,
+    }
+}
+
+impl<B> Prefixed<B> {
+    pub fn new(head: Bytes, trailers: Option<HeaderMap>, rest: Option<B>) -> Prefixed<B> {
+        Prefixed {
+            head: (!head.is_empty()).then_some(head),
+            trailers,
+            rest,
+        }
+    }
+}
+
+impl<B> HttpBody for Prefixed<B>
+where
+    B: HttpBody<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        if let Some(h) = this.head.take() {
+            return Poll::Ready(Some(Ok(Frame::data(h))));
+        }
+        if let Some(t) = this.trailers.take() {
+            return Poll::Ready(Some(Ok(Frame::trailers(t))));
+        }
+        match this.rest.as_pin_mut() {
+            Some(rest) => rest.poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.head.is_none()
+            && self.trailers.is_none()
+            && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let head = self.head.as_ref().map_or(0, |h| h.len() as u64);
+        match &self.rest {
+            Some(r) => {
+                let h = r.size_hint();
+                let mut s = SizeHint::new();
+                s.set_lower(h.lower() + head);
+                if let Some(u) = h.upper() {
+                    s.set_upper(u + head);
+                }
+                s
+            }
+            None => SizeHint::with_exact(head),
+        }
+    }
+}

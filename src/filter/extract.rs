@@ -1,0 +1,336 @@
+//! Text extraction by content type: what part of a body a text classifier
+//! reads. text/plain as is; JSON (configured pointers, or every string);
+//! urlencoded and multipart forms (configured fields, or every non-file
+//! field); message/rfc822 (Subject and text parts, decoded). Anything else
+//! is not text we know how to read: skipped and counted.
+
+use crate::classify::text::{self, TextView};
+
+/// The body shapes sift reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BodyKind {
+    Plain { charset: Option<String> },
+    Json,
+    Form,
+    Multipart { boundary: String },
+    Rfc822,
+}
+
+/// The kind of a body from its Content-Type (`None`: unsupported). A
+/// request without a Content-Type is read as text/plain.
+pub fn body_kind(content_type: Option<&str>) -> Option<BodyKind> {
+    let Some(ct) = content_type else {
+        return Some(BodyKind::Plain { charset: None });
+    };
+    let mut parts = ct.split(';');
+    let mime = parts.next()?.trim().to_ascii_lowercase();
+    let param = |name: &str| {
+        ct.split(';').skip(1).find_map(|p| {
+            let (k, v) = p.split_once('=')?;
+            (k.trim().eq_ignore_ascii_case(name)).then(|| v.trim().trim_matches('"').to_string())
+        })
+    };
+    match mime.as_str() {
+        "text/plain" | "text/markdown" | "text/csv" => Some(BodyKind::Plain {
+            charset: param("charset"),
+        }),
+        "message/rfc822" => Some(BodyKind::Rfc822),
+        "application/x-www-form-urlencoded" => Some(BodyKind::Form),
+        "multipart/form-data" => param("boundary")
+            .filter(|b| !b.is_empty() && b.len() <= 200)
+            .map(|boundary| BodyKind::Multipart { boundary }),
+        m if m == "application/json" || (m.starts_with("application/") && m.ends_with("+json")) => {
+            Some(BodyKind::Json)
+        }
+        _ => None,
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ExtractError {
+    #[error("body is not valid JSON: {0}")]
+    Json(String),
+    #[error("multipart body has no part with the boundary")]
+    Multipart,
+}
+
+/// The text view of a body.
+pub fn extract(
+    kind: &BodyKind,
+    body: &[u8],
+    json_pointers: Option<&[String]>,
+    form_fields: Option<&[String]>,
+) -> Result<TextView, ExtractError> {
+    match kind {
+        BodyKind::Plain { charset } => Ok(TextView::plain(&text::decode_charset(
+            body,
+            charset.as_deref(),
+        ))),
+        BodyKind::Rfc822 => Ok(text::view(body)),
+        BodyKind::Json => {
+            let v: serde_json::Value =
+                serde_json::from_slice(body).map_err(|e| ExtractError::Json(e.to_string()))?;
+            let mut out = String::new();
+            match json_pointers {
+                Some(ptrs) => {
+                    for p in ptrs {
+                        if let Some(x) = v.pointer(p) {
+                            strings(x, &mut out);
+                        }
+                    }
+                }
+                None => strings(&v, &mut out),
+            }
+            Ok(TextView::plain(&out))
+        }
+        BodyKind::Form => {
+            let mut out = String::new();
+            for pair in body.split(|&b| b == b'&') {
+                let (k, v) = match pair.iter().position(|&b| b == b'=') {
+                    Some(i) => (&pair[..i], &pair[i + 1..]),
+                    None => (pair, &b""[..]),
+                };
+                let k = form_decode(k);
+                if wanted(form_fields, &k) {
+                    push_line(&mut out, &form_decode(v));
+                }
+            }
+            Ok(TextView::plain(&out))
+        }
+        BodyKind::Multipart { boundary } => multipart(body, boundary, form_fields),
+    }
+}
+
+fn wanted(fields: Option<&[String]>, name: &str) -> bool {
+    fields.is_none_or(|f| f.iter().any(|x| x == name))
+}
+
+fn push_line(out: &mut String, s: &str) {
+    if s.trim().is_empty() {
+        return;
+    }
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    out.push_str(s);
+}
+
+/// Every string value (keys are schema, not content).
+fn strings(v: &serde_json::Value, out: &mut String) {
+    match v {
+        serde_json::Value::String(s) => push_line(out, s),
+        serde_json::Value::Array(a) => a.iter().for_each(|x| strings(x, out)),
+        serde_json::Value::Object(o) => o.values().for_each(|x| strings(x, out)),
+        _ => {}
+    }
+}
+
+/// application/x-www-form-urlencoded decoding: `+` is a space, `%XX` a byte.
+fn form_decode(s: &[u8]) -> String {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        match s[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < s.len() => match (hex(s[i + 1]), hex(s[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// multipart/form-data (RFC 7578): the text of the wanted non-file fields.
+fn multipart(
+    body: &[u8],
+    boundary: &str,
+    fields: Option<&[String]>,
+) -> Result<TextView, ExtractError> {
+    let delim = format!("--{boundary}");
+    let d = delim.as_bytes();
+    let mut out = String::new();
+    let mut found = false;
+    let mut rest = body;
+    // Skip the preamble up to the first delimiter.
+    let Some(first) = find(rest, d) else {
+        return Err(ExtractError::Multipart);
+    };
+    rest = &rest[first + d.len()..];
+    loop {
+        if rest.starts_with(b"--") {
+            break; // close delimiter
+        }
+        // The part runs to the next delimiter (or the end of a truncated body).
+        let end = find(rest, d).unwrap_or(rest.len());
+        let part = &rest[..end];
+        let part = part.strip_prefix(b"\r\n").unwrap_or(part);
+        let part = part.strip_suffix(b"\r\n").unwrap_or(part);
+        found = true;
+        let (head, content) = match find(part, b"\r\n\r\n") {
+            Some(i) => (&part[..i], &part[i + 4..]),
+            None => match find(part, b"\n\n") {
+                Some(i) => (&part[..i], &part[i + 2..]),
+                None => (part, &b""[..]),
+            },
+        };
+        let head = String::from_utf8_lossy(head);
+        let mut name = None;
+        let mut is_file = false;
+        let mut ctype: Option<String> = None;
+        let mut cte: Option<String> = None;
+        for line in head.lines() {
+            let Some((k, v)) = line.split_once(':') else {
+                continue;
+            };
+            let k = k.trim().to_ascii_lowercase();
+            match k.as_str() {
+                "content-disposition" => {
+                    for p in v.split(';').skip(1) {
+                        if let Some((pk, pv)) = p.split_once('=') {
+                            let pv = pv.trim().trim_matches('"').to_string();
+                            match pk.trim().to_ascii_lowercase().as_str() {
+                                "name" => name = Some(pv),
+                                "filename" | "filename*" => is_file = true,
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+                "content-type" => ctype = Some(v.trim().to_string()),
+                "content-transfer-encoding" => cte = Some(v.trim().to_string()),
+                _ => {}
+            }
+        }
+        let named = name.as_deref().is_some_and(|n| wanted(fields, n));
+        // Files are read only when a field list names them and they are text.
+        let text_file = ctype
+            .as_deref()
+            .is_none_or(|c| c.to_ascii_lowercase().starts_with("text/"));
+        if named && (!is_file || (fields.is_some() && text_file)) {
+            let decoded = text::decode_transfer(content, cte.as_deref());
+            let charset = ctype.as_deref().and_then(|c| match body_kind(Some(c)) {
+                Some(BodyKind::Plain { charset }) => charset,
+                _ => None,
+            });
+            push_line(
+                &mut out,
+                &text::decode_charset(&decoded, charset.as_deref()),
+            );
+        }
+        if end >= rest.len() {
+            break;
+        }
+        rest = &rest[end + d.len()..];
+    }
+    if !found {
+        return Err(ExtractError::Multipart);
+    }
+    Ok(TextView::plain(&out))
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() || hay.len() < needle.len() {
+        return None;
+    }
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(ct: &str, body: &[u8], ptrs: Option<&[String]>, fields: Option<&[String]>) -> String {
+        let k = body_kind(Some(ct)).expect("supported");
+        extract(&k, body, ptrs, fields).unwrap().text
+    }
+
+    #[test]
+    fn kinds() {
+        assert_eq!(
+            body_kind(Some("text/plain; charset=ISO-8859-1")),
+            Some(BodyKind::Plain {
+                charset: Some("ISO-8859-1".into())
+            })
+        );
+        assert_eq!(
+            body_kind(Some("application/problem+json")),
+            Some(BodyKind::Json)
+        );
+        assert_eq!(body_kind(Some("image/png")), None);
+        assert_eq!(body_kind(Some("multipart/form-data")), None, "no boundary");
+        assert_eq!(body_kind(None), Some(BodyKind::Plain { charset: None }));
+    }
+
+    #[test]
+    fn plain_with_charset() {
+        assert_eq!(
+            text("text/plain; charset=iso-8859-1", b"caf\xe9", None, None),
+            "café"
+        );
+    }
+
+    #[test]
+    fn json_all_strings_or_pointers() {
+        let body =
+            br#"{"user":"ann","msg":{"subject":"WIN","body":"cash now"},"n":3,"tags":["a","b"]}"#;
+        let all = text("application/json", body, None, None);
+        for w in ["ann", "WIN", "cash now", "a", "b"] {
+            assert!(all.contains(w), "{all:?} lacks {w}");
+        }
+        let p = vec!["/msg/body".to_string(), "/missing".to_string()];
+        assert_eq!(text("application/json", body, Some(&p), None), "cash now");
+        let k = body_kind(Some("application/json")).unwrap();
+        assert!(extract(&k, b"{not json", None, None).is_err());
+    }
+
+    #[test]
+    fn urlencoded_fields() {
+        let body = b"name=Ann+Lee&comment=Free%20%24%24%24+now%21&token=x%ZZ";
+        assert_eq!(
+            text("application/x-www-form-urlencoded", body, None, None),
+            "Ann Lee\nFree $$$ now!\nx%ZZ"
+        );
+        let f = vec!["comment".to_string()];
+        assert_eq!(
+            text("application/x-www-form-urlencoded", body, None, Some(&f)),
+            "Free $$$ now!"
+        );
+    }
+
+    #[test]
+    fn multipart_fields_files_and_encodings() {
+        let body = b"preamble\r\n--XyZ\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\nHello\r\n--XyZ\r\nContent-Disposition: form-data; name=\"body\"\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\nV2luIGEgZnJlZSBpUGhvbmU=\r\n--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.bin\"\r\nContent-Type: application/octet-stream\r\n\r\n\x00\x01binary\r\n--XyZ--\r\n";
+        let ct = "multipart/form-data; boundary=XyZ";
+        assert_eq!(text(ct, body, None, None), "Hello\nWin a free iPhone");
+        let f = vec!["body".to_string()];
+        assert_eq!(text(ct, body, None, Some(&f)), "Win a free iPhone");
+        let k = body_kind(Some(ct)).unwrap();
+        assert_eq!(
+            extract(&k, b"no delimiter here", None, None),
+            Err(ExtractError::Multipart)
+        );
+    }
+
+    #[test]
+    fn rfc822_reads_subject_and_decoded_parts() {
+        let msg = b"From: a@b.c\r\nSubject: =?utf-8?B?V2lubmVy?=\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\nClaim your priz=\r\ne now\r\n";
+        let t = text("message/rfc822", msg, None, None);
+        assert!(t.contains("Winner"), "{t:?}");
+        assert!(t.contains("Claim your prize now"), "{t:?}");
+    }
+}

@@ -1,0 +1,495 @@
+//! Body filters: classifiers on the request path.
+//!
+//! A [`Filter`] looks at a request's headers and decides whether it can read
+//! the body ([`Filter::inspector`]); an [`Inspector`] is then fed the
+//! decoded body bytes and gives a [`Verdict`]. The same trait serves the
+//! proxy (block, annotate, shadow, answer) and the Envoy external
+//! processing servers: nothing here knows about hyper.
+//!
+//! The chain-level mechanics live here too, so every filter gets them for
+//! free: Content-Encoding decoding with a decompression cap
+//! ([`Inspection`]), the `max_inspect_bytes` bound and `on_oversize`, and
+//! the bounded [`pool::Pool`] that runs the CPU work.
+
+pub mod chain;
+pub mod extract;
+pub mod pool;
+pub mod spam;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use http::{HeaderName, HeaderValue};
+use serde::Serialize;
+
+use crate::config::file::{FilterKind, OnOversize};
+use crate::config::model::{FilterSpec, FilterUsage};
+
+/// What a filter knows of a request (owned: inspections run on other threads).
+#[derive(Clone, Debug, Default)]
+pub struct RequestInfo {
+    pub route: Arc<str>,
+    pub method: String,
+    pub path: String,
+    pub content_type: Option<String>,
+    pub content_encoding: Option<String>,
+    pub identity: Option<String>,
+}
+
+/// A filter's decision on one body.
+#[derive(Clone, Debug, Serialize)]
+pub struct Verdict {
+    pub filter: String,
+    /// A bounded label: `spam`/`ham`, or a CI-log class.
+    pub verdict: &'static str,
+    /// What block mode rejects when the route has no rules (spam: true).
+    pub flagged: bool,
+    /// Spam probability, or the class's confidence.
+    pub score: f32,
+    /// Extra fields for the JSON answer and logs (e.g. evidence).
+    #[serde(flatten)]
+    pub detail: serde_json::Map<String, serde_json::Value>,
+    /// Request headers for the upstream (annotate and block modes).
+    #[serde(skip)]
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// Why a body was not classified (the `reason` label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Skip {
+    ContentType,
+    Encoding,
+    Empty,
+    Oversize,
+    Overload,
+    DecodeError,
+    ExtractError,
+}
+
+impl Skip {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Skip::ContentType => "content_type",
+            Skip::Encoding => "encoding",
+            Skip::Empty => "empty",
+            Skip::Oversize => "oversize",
+            Skip::Overload => "overload",
+            Skip::DecodeError => "decode_error",
+            Skip::ExtractError => "extract_error",
+        }
+    }
+}
+
+/// An inspection that did not give a verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unclassified {
+    /// Not classified; the request goes on.
+    Skip(Skip),
+    /// Longer than `max_inspect_bytes` with `on_oversize: reject` (413).
+    Oversize { limit: u64 },
+    /// A compressed body expands past `max_decompressed_bytes` (413).
+    Decompression { limit: u64 },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    #[error("filter {filter:?}: model {path}: {reason}")]
+    Model {
+        filter: String,
+        path: String,
+        reason: String,
+    },
+    #[error("filter {0:?} cannot learn at run time")]
+    LearnUnsupported(String),
+    #[error("bad examples: {0}")]
+    BadExamples(String),
+    #[error("cannot save the learned model to {path}: {reason}")]
+    Persist { path: String, reason: String },
+}
+
+/// What `POST /filters/{name}/learn` reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct LearnReport {
+    pub filter: String,
+    pub examples: usize,
+    pub spam: usize,
+    pub ham: usize,
+    pub saved_to: String,
+}
+
+pub trait Filter: Send + Sync {
+    fn spec(&self) -> &FilterSpec;
+
+    /// Start inspecting a body, or say why this request is not for us.
+    fn inspector(&self, req: &RequestInfo) -> Result<Box<dyn Inspector>, Skip>;
+
+    /// Learn labelled examples (JSONL), persist, swap the model in.
+    fn learn(&self, _jsonl: &[u8]) -> Result<LearnReport, FilterError> {
+        Err(FilterError::LearnUnsupported(self.spec().name.clone()))
+    }
+
+    /// Reload the model if its file changed. `None`: no change.
+    fn reload_if_changed(&self) -> Option<Result<String, FilterError>> {
+        None
+    }
+
+    /// Where the model in use came from (for logs and the admin API).
+    fn model_source(&self) -> String;
+}
+
+/// Reads one body. `feed` gets decoded bytes in order, at most
+/// `max_inspect_bytes` in all.
+pub trait Inspector: Send {
+    fn feed(&mut self, chunk: &[u8]);
+    fn finish(self: Box<Self>) -> Result<Verdict, Skip>;
+}
+
+/// Build the filter a spec describes, loading its model.
+pub fn build(spec: &FilterSpec) -> Result<Arc<dyn Filter>, FilterError> {
+    match spec.kind {
+        FilterKind::Spam => Ok(Arc::new(spam::SpamFilter::new(spec.clone())?)),
+        FilterKind::Onnx | FilterKind::Cilog => Err(FilterError::Model {
+            filter: spec.name.clone(),
+            path: "-".into(),
+            reason: format!("kind {:?} is not available in this build", spec.kind),
+        }),
+    }
+}
+
+/// A header value made safe: printable ASCII only, at most `max` bytes.
+pub fn header_value(s: &str, max: usize) -> HeaderValue {
+    let mut out = String::with_capacity(s.len().min(max));
+    for c in s.chars() {
+        if out.len() >= max {
+            break;
+        }
+        let c = if c == '\t' { ' ' } else { c };
+        if (' '..='~').contains(&c) {
+            out.push(c);
+        } else if !c.is_control() {
+            out.push('?');
+        }
+    }
+    HeaderValue::from_str(out.trim()).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// File identity for change detection (symlink swaps included).
+pub(crate) type Fingerprint = Vec<Option<(PathBuf, u64, u64, Option<std::time::SystemTime>)>>;
+
+pub(crate) fn fingerprint(paths: &[&Path]) -> Fingerprint {
+    use std::os::unix::fs::MetadataExt;
+    paths
+        .iter()
+        .map(|p| {
+            let resolved = std::fs::canonicalize(p).ok()?;
+            let m = std::fs::metadata(&resolved).ok()?;
+            Some((resolved, m.ino(), m.len(), m.modified().ok()))
+        })
+        .collect()
+}
+
+/// One body's inspection: Content-Encoding decoding, the inspect limit and
+/// the decompression cap around a filter's [`Inspector`].
+pub struct Inspection {
+    dec: Decoder,
+    on_oversize: OnOversize,
+    failed: bool,
+}
+
+enum Decoder {
+    Identity(Sink),
+    Gzip(flate2::write::GzDecoder<Sink>),
+    Zlib(flate2::write::ZlibDecoder<Sink>),
+    Deflate(flate2::write::DeflateDecoder<Sink>),
+    /// `deflate` before its first bytes: zlib-wrapped (RFC 9110) or raw.
+    DeflatePending(Option<Sink>),
+    Brotli(Box<brotli_decompressor::DecompressorWriter<Sink>>),
+}
+
+struct Sink {
+    inner: Option<Box<dyn Inspector>>,
+    limit: u64,
+    fed: u64,
+    total: u64,
+    cap: u64,
+    oversize: bool,
+    capped: bool,
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.total += buf.len() as u64;
+        if self.total > self.cap {
+            self.capped = true;
+            return Err(std::io::Error::other("decompression limit"));
+        }
+        let room = self.limit - self.fed;
+        let take = (buf.len() as u64).min(room) as usize;
+        if let (true, Some(inner)) = (take > 0, self.inner.as_mut()) {
+            inner.feed(&buf[..take]);
+            self.fed += take as u64;
+        }
+        if buf.len() > take {
+            self.oversize = true;
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Inspection {
+    /// Wrap `inner` for a body with `content_encoding`; `None` (and a
+    /// [`Skip::Encoding`]) for an encoding sift cannot decode.
+    pub fn new(
+        inner: Box<dyn Inspector>,
+        content_encoding: Option<&str>,
+        usage: &FilterUsage,
+        max_decompressed: u64,
+    ) -> Result<Inspection, Skip> {
+        let enc = content_encoding
+            .map(|e| e.trim().to_ascii_lowercase())
+            .unwrap_or_default();
+        let identity = enc.is_empty() || enc == "identity";
+        let sink = Sink {
+            inner: Some(inner),
+            limit: usage.max_inspect_bytes,
+            fed: 0,
+            total: 0,
+            cap: if identity { u64::MAX } else { max_decompressed },
+            oversize: false,
+            capped: false,
+        };
+        let dec = match enc.as_str() {
+            _ if identity => Decoder::Identity(sink),
+            "gzip" | "x-gzip" => Decoder::Gzip(flate2::write::GzDecoder::new(sink)),
+            "deflate" => Decoder::DeflatePending(Some(sink)),
+            "br" => Decoder::Brotli(Box::new(brotli_decompressor::DecompressorWriter::new(
+                sink, 8192,
+            ))),
+            _ => return Err(Skip::Encoding),
+        };
+        Ok(Inspection {
+            dec,
+            on_oversize: usage.on_oversize,
+            failed: false,
+        })
+    }
+
+    /// Feed wire bytes (still encoded).
+    pub fn feed(&mut self, wire: &[u8]) {
+        if self.failed || wire.is_empty() {
+            return;
+        }
+        if let Decoder::DeflatePending(sink) = &mut self.dec {
+            let Some(sink) = sink.take() else { return };
+            let zlib = wire.len() >= 2
+                && wire[0] & 0x0f == 8
+                && (u16::from(wire[0]) << 8 | u16::from(wire[1])) % 31 == 0;
+            self.dec = if zlib {
+                Decoder::Zlib(flate2::write::ZlibDecoder::new(sink))
+            } else {
+                Decoder::Deflate(flate2::write::DeflateDecoder::new(sink))
+            };
+        }
+        let r = match &mut self.dec {
+            Decoder::Identity(s) => s.write_all(wire),
+            Decoder::Gzip(d) => d.write_all(wire),
+            Decoder::Zlib(d) => d.write_all(wire),
+            Decoder::Deflate(d) => d.write_all(wire),
+            Decoder::Brotli(d) => d.write_all(wire),
+            Decoder::DeflatePending(_) => Ok(()),
+        };
+        if r.is_err() {
+            self.failed = true;
+        }
+    }
+
+    /// Whether feeding more bytes can change the outcome.
+    pub fn wants_more(&self) -> bool {
+        if self.failed {
+            return false;
+        }
+        let s = match &self.dec {
+            Decoder::Identity(s) => s,
+            Decoder::Gzip(d) => d.get_ref(),
+            Decoder::Zlib(d) => d.get_ref(),
+            Decoder::Deflate(d) => d.get_ref(),
+            Decoder::Brotli(d) => d.get_ref(),
+            Decoder::DeflatePending(s) => match s {
+                Some(s) => s,
+                None => return false,
+            },
+        };
+        // Past the limit only the decompression cap still needs counting.
+        !(s.oversize && s.cap == u64::MAX)
+    }
+
+    fn sink_mut(&mut self) -> Option<&mut Sink> {
+        Some(match &mut self.dec {
+            Decoder::Identity(s) => s,
+            Decoder::Gzip(d) => d.get_mut(),
+            Decoder::Zlib(d) => d.get_mut(),
+            Decoder::Deflate(d) => d.get_mut(),
+            Decoder::Brotli(d) => d.get_mut(),
+            Decoder::DeflatePending(s) => s.as_mut()?,
+        })
+    }
+
+    /// The verdict. `truncated`: the body went on past what was fed.
+    pub fn finish(mut self, truncated: bool) -> Result<Verdict, Unclassified> {
+        let finished = match &mut self.dec {
+            Decoder::Identity(_) | Decoder::DeflatePending(_) => Ok(()),
+            Decoder::Gzip(d) => d.try_finish(),
+            Decoder::Zlib(d) => d.try_finish(),
+            Decoder::Deflate(d) => d.try_finish(),
+            Decoder::Brotli(d) => d.flush(),
+        };
+        let failed = self.failed;
+        let on_oversize = self.on_oversize;
+        let Some(sink) = self.sink_mut() else {
+            return Err(Unclassified::Skip(Skip::Empty));
+        };
+        if sink.capped {
+            return Err(Unclassified::Decompression { limit: sink.cap });
+        }
+        // A truncated prefix of a compressed body cannot finish cleanly.
+        if failed || (finished.is_err() && !truncated) {
+            return Err(Unclassified::Skip(Skip::DecodeError));
+        }
+        if sink.total == 0 && !truncated {
+            return Err(Unclassified::Skip(Skip::Empty));
+        }
+        if sink.oversize || truncated {
+            match on_oversize {
+                OnOversize::Skip => return Err(Unclassified::Skip(Skip::Oversize)),
+                OnOversize::Reject => return Err(Unclassified::Oversize { limit: sink.limit }),
+                OnOversize::InspectPrefix => {}
+            }
+        }
+        match sink.inner.take() {
+            Some(inner) => inner.finish().map_err(Unclassified::Skip),
+            None => Err(Unclassified::Skip(Skip::Empty)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::file::{FilterMode, OnOverload};
+
+    struct Count(Vec<u8>);
+    impl Inspector for Count {
+        fn feed(&mut self, chunk: &[u8]) {
+            self.0.extend_from_slice(chunk);
+        }
+        fn finish(self: Box<Self>) -> Result<Verdict, Skip> {
+            let mut detail = serde_json::Map::new();
+            detail.insert(
+                "text".into(),
+                String::from_utf8_lossy(&self.0).into_owned().into(),
+            );
+            Ok(Verdict {
+                filter: "t".into(),
+                verdict: "ham",
+                flagged: false,
+                score: self.0.len() as f32,
+                detail,
+                headers: Vec::new(),
+            })
+        }
+    }
+
+    fn usage(limit: u64, on_oversize: OnOversize) -> FilterUsage {
+        FilterUsage {
+            mode: FilterMode::Block,
+            max_inspect_bytes: limit,
+            on_oversize,
+            on_overload: OnOverload::FailOpen,
+        }
+    }
+
+    fn run(
+        enc: Option<&str>,
+        wire: &[u8],
+        u: &FilterUsage,
+        cap: u64,
+    ) -> Result<Verdict, Unclassified> {
+        let mut i = Inspection::new(Box::new(Count(Vec::new())), enc, u, cap).unwrap();
+        for c in wire.chunks(7) {
+            i.feed(c);
+        }
+        i.finish(false)
+    }
+
+    fn gzip(b: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(b).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn decodes_gzip_zlib_and_raw_deflate() {
+        let text = b"hello hello hello world".repeat(10);
+        let u = usage(1 << 20, OnOversize::Reject);
+        let v = run(Some("gzip"), &gzip(&text), &u, 1 << 20).unwrap();
+        assert_eq!(v.score as usize, text.len());
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        z.write_all(&text).unwrap();
+        let v = run(Some("deflate"), &z.finish().unwrap(), &u, 1 << 20).unwrap();
+        assert_eq!(v.score as usize, text.len());
+        let mut d = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        d.write_all(&text).unwrap();
+        let v = run(Some("deflate"), &d.finish().unwrap(), &u, 1 << 20).unwrap();
+        assert_eq!(v.score as usize, text.len());
+    }
+
+    #[test]
+    fn a_zip_bomb_hits_the_cap_not_memory() {
+        let bomb = gzip(&vec![0u8; 50 << 20]);
+        assert!(bomb.len() < 100 << 10, "50 MiB of zeros compresses small");
+        let u = usage(64 << 10, OnOversize::InspectPrefix);
+        let r = run(Some("gzip"), &bomb, &u, 1 << 20);
+        assert_eq!(
+            r.unwrap_err(),
+            Unclassified::Decompression { limit: 1 << 20 }
+        );
+    }
+
+    #[test]
+    fn oversize_policies() {
+        let body = vec![b'a'; 100];
+        let v = run(None, &body, &usage(10, OnOversize::InspectPrefix), 0).unwrap();
+        assert_eq!(v.score, 10.0, "only the prefix is inspected");
+        let r = run(None, &body, &usage(10, OnOversize::Skip), 0);
+        assert_eq!(r.unwrap_err(), Unclassified::Skip(Skip::Oversize));
+        let r = run(None, &body, &usage(10, OnOversize::Reject), 0);
+        assert_eq!(r.unwrap_err(), Unclassified::Oversize { limit: 10 });
+        let v = run(None, &body, &usage(100, OnOversize::Reject), 0).unwrap();
+        assert_eq!(v.score, 100.0, "exactly the limit is not oversize");
+    }
+
+    #[test]
+    fn corrupt_and_unknown_encodings() {
+        let u = usage(1 << 20, OnOversize::Reject);
+        let r = run(Some("gzip"), b"this is not gzip at all", &u, 1 << 20);
+        assert_eq!(r.unwrap_err(), Unclassified::Skip(Skip::DecodeError));
+        let r = Inspection::new(Box::new(Count(Vec::new())), Some("zstd"), &u, 1);
+        assert_eq!(r.err(), Some(Skip::Encoding));
+        let r = run(None, b"", &u, 0);
+        assert_eq!(r.unwrap_err(), Unclassified::Skip(Skip::Empty));
+    }
+
+    #[test]
+    fn header_values_are_sanitised() {
+        assert_eq!(
+            header_value("ok line\r\nx-evil: 1", 100),
+            "ok linex-evil: 1"
+        );
+        assert_eq!(header_value("été", 100), "?t?");
+        assert_eq!(header_value(&"a".repeat(500), 16).len(), 16);
+    }
+}

@@ -1,0 +1,855 @@
+//! Body filters end to end: a real sift process, real upstreams, the
+//! shipped spam model, and real texts from the SMS Spam Collection
+//! (../shared/data/spam/sms, read in place).
+
+mod support;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use sift::body;
+use support::*;
+
+/// Real SMS texts: (spam, ham), each at least `min_len` bytes.
+fn sms(min_len: usize) -> (Vec<String>, Vec<String>) {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/data/spam/sms/SMSSpamCollection"
+    );
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{path}: {e} (the SMS Spam Collection is read in place)"));
+    let (mut spam, mut ham) = (Vec::new(), Vec::new());
+    for line in text.lines() {
+        let Some((label, t)) = line.split_once('\t') else {
+            continue;
+        };
+        if t.len() < min_len {
+            continue;
+        }
+        match label {
+            "spam" => spam.push(t.to_string()),
+            "ham" => ham.push(t.to_string()),
+            _ => {}
+        }
+    }
+    (spam, ham)
+}
+
+/// A spam and a ham text the shipped model gets right with a margin.
+fn clear_examples() -> (String, String) {
+    let (spam, ham) = sms(80);
+    let s = spam
+        .into_iter()
+        .find(|t| t.contains("prize") && t.contains("claim"))
+        .expect("a prize-claim spam text");
+    let h = ham
+        .into_iter()
+        .find(|t| t.contains("tomorrow") && !t.contains("free"))
+        .expect("an everyday ham text");
+    (s, h)
+}
+
+/// An upstream that answers with the request body, and the request headers
+/// as JSON in `x-echo-headers`.
+async fn mirror() -> Upstream {
+    Upstream::start(|req: Request<Incoming>| async move {
+        let mut headers = serde_json::Map::new();
+        for (k, v) in req.headers() {
+            headers.insert(
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into(),
+            );
+        }
+        let b = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let mut r = http::Response::new(body::full(b));
+        r.headers_mut().insert(
+            "x-echo-headers",
+            serde_json::Value::Object(headers)
+                .to_string()
+                .parse()
+                .unwrap(),
+        );
+        r
+    })
+    .await
+}
+
+fn config(up: SocketAddr, filter: &str, route_filters: &str, top: &str) -> String {
+    format!(
+        r#"log: {{ format: json, access_log: true }}
+admin: {{ address: "127.0.0.1:0" }}
+reload: {{ interval: 100ms }}
+{top}
+listeners:
+  - name: main
+    address: "127.0.0.1:0"
+filters:
+  - name: spam
+    kind: spam
+{filter}
+routes:
+  - name: inbox
+    cluster: app
+    filters:
+{route_filters}
+clusters:
+  - name: app
+    endpoints: ["{up}"]
+"#
+    )
+}
+
+async fn post(
+    sift: &Sift,
+    ctype: Option<&str>,
+    extra: &[(&str, &str)],
+    b: impl Into<Bytes>,
+) -> http::Response<Bytes> {
+    let mut r = Request::post(sift.url("/submit"));
+    if let Some(ct) = ctype {
+        r = r.header("content-type", ct);
+    }
+    for (k, v) in extra {
+        r = r.header(*k, *v);
+    }
+    send(r.body(full(b.into())).unwrap()).await
+}
+
+fn echoed(resp: &http::Response<Bytes>) -> serde_json::Value {
+    let h = resp
+        .headers()
+        .get("x-echo-headers")
+        .unwrap_or_else(|| panic!("not from the upstream: {resp:?}"));
+    serde_json::from_slice(h.as_bytes()).unwrap()
+}
+
+fn json(b: &Bytes) -> serde_json::Value {
+    serde_json::from_slice(b).unwrap_or_else(|_| panic!("not JSON: {b:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn block_mode_stops_spam_before_the_upstream() {
+    let up = mirror().await;
+    let sift = Sift::start(&config(
+        up.addr,
+        "    block: { status: 422, message: looks like spam }",
+        "      - { filter: spam, mode: block }",
+        "",
+    ));
+    let (spam, ham) = clear_examples();
+
+    let r = post(&sift, Some("text/plain"), &[], spam.clone()).await;
+    assert_eq!(r.status(), 422, "{r:?}");
+    assert_eq!(r.headers()["x-sift-error"], "filter-blocked");
+    let v = json(r.body());
+    assert_eq!(v["verdict"], "spam");
+    assert_eq!(v["filter"], "spam");
+    assert_eq!(v["message"], "looks like spam");
+    assert!(v["score"].as_f64().unwrap() > 0.5);
+    assert_eq!(
+        up.requests.load(Ordering::Relaxed),
+        0,
+        "the upstream never saw it"
+    );
+
+    // Ham is forwarded unchanged, with the verdict for the app.
+    let r = post(&sift, Some("text/plain; charset=utf-8"), &[], ham.clone()).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.body(), ham.as_bytes(), "body forwarded unchanged");
+    let h = echoed(&r);
+    assert_eq!(h["x-sift-spam-verdict"], "ham");
+    let score: f64 = h["x-sift-spam-score"].as_str().unwrap().parse().unwrap();
+    assert!((0.0..0.5).contains(&score), "{score}");
+    assert_eq!(up.requests.load(Ordering::Relaxed), 1);
+
+    assert_eq!(
+        sift.metric(r#"sift_filter_verdicts_total{filter="spam",route="inbox",verdict="spam"}"#)
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        sift.metric(r#"sift_filter_verdicts_total{filter="spam",route="inbox",verdict="ham"}"#)
+            .await,
+        Some(1.0)
+    );
+    assert!(
+        sift.metric(r#"sift_filter_duration_seconds_count{filter="spam"}"#)
+            .await
+            .unwrap()
+            >= 2.0
+    );
+    // The access log names the verdict.
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            sift.log_lines()
+                .iter()
+                .any(|l| l.contains("\"filters\":\"spam=spam("))
+        })
+        .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn annotate_mode_adds_headers_and_clients_cannot_forge_them() {
+    let up = mirror().await;
+    let sift = Sift::start(&config(
+        up.addr,
+        "",
+        "      - { filter: spam, mode: annotate }",
+        "",
+    ));
+    let (spam, _) = clear_examples();
+    let r = post(
+        &sift,
+        Some("text/plain"),
+        &[("x-sift-spam-verdict", "ham"), ("x-sift-spam-score", "0.0")],
+        spam.clone(),
+    )
+    .await;
+    assert_eq!(r.status(), 200, "annotate never blocks");
+    assert_eq!(r.body(), spam.as_bytes());
+    let h = echoed(&r);
+    assert_eq!(
+        h["x-sift-spam-verdict"], "spam",
+        "the client's copy was replaced"
+    );
+    assert_ne!(h["x-sift-spam-score"], "0.0");
+
+    // A request without a body passes untouched and uncounted.
+    let r = send(Request::get(sift.url("/")).body(body::empty()).unwrap()).await;
+    assert_eq!(r.status(), 200);
+    assert!(echoed(&r).get("x-sift-spam-verdict").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shadow_mode_forwards_untouched_and_reports_in_metrics() {
+    let up = mirror().await;
+    let sift = Sift::start(&config(
+        up.addr,
+        "",
+        "      - { filter: spam, mode: shadow }",
+        "",
+    ));
+    let (spam, _) = clear_examples();
+    // A streamed (chunked) body: shadow never holds it back.
+    let (tx, b) = channel_body(4);
+    let req = Request::post(sift.url("/submit"))
+        .header("content-type", "text/plain")
+        .body(b)
+        .unwrap();
+    let call = tokio::spawn(send(req));
+    let mut sent = Vec::new();
+    for chunk in spam.as_bytes().chunks(16) {
+        tx.send(Bytes::copy_from_slice(chunk)).await.unwrap();
+        sent.extend_from_slice(chunk);
+    }
+    drop(tx);
+    let r = call.await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.body().as_ref(), &sent[..], "the body is unchanged");
+    let h = echoed(&r);
+    assert!(
+        h.get("x-sift-spam-verdict").is_none(),
+        "shadow adds no headers"
+    );
+    let sample = r#"sift_filter_verdicts_total{filter="spam",route="inbox",verdict="spam"}"#;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            sift.metric(sample).await == Some(1.0)
+        })
+        .await,
+        "the shadow verdict reaches the metrics"
+    );
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            sift.log_lines()
+                .iter()
+                .any(|l| l.contains("shadow verdict"))
+        })
+        .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn content_types_json_form_multipart_rfc822_and_unknown() {
+    let up = mirror().await;
+    let filter = "    extract: { json_pointers: [\"/message/body\"], form_fields: [comment] }";
+    let sift = Sift::start(&config(
+        up.addr,
+        filter,
+        "      - { filter: spam, mode: block }",
+        "",
+    ));
+    let (spam, ham) = clear_examples();
+    let verdict = |r: &http::Response<Bytes>| -> String {
+        if r.status() == 403 {
+            return json(r.body())["verdict"].as_str().unwrap().to_string();
+        }
+        echoed(r)["x-sift-spam-verdict"]
+            .as_str()
+            .unwrap_or("none")
+            .to_string()
+    };
+
+    // JSON: only the configured pointer is read.
+    let doc = serde_json::json!({ "user": spam, "message": { "body": ham } });
+    let r = post(&sift, Some("application/json"), &[], doc.to_string()).await;
+    assert_eq!(verdict(&r), "ham", "the spam text is outside the pointer");
+    let doc = serde_json::json!({ "user": ham, "message": { "body": spam } });
+    let r = post(&sift, Some("application/json"), &[], doc.to_string()).await;
+    assert_eq!(verdict(&r), "spam");
+
+    // Forms: the configured field.
+    let enc = |s: &str| -> String {
+        s.bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' => (b as char).to_string(),
+                b' ' => "+".into(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    };
+    let form = format!("name={}&comment={}", enc(&ham), enc(&spam));
+    let r = post(&sift, Some("application/x-www-form-urlencoded"), &[], form).await;
+    assert_eq!(verdict(&r), "spam");
+    let form = format!("name={}&comment={}", enc(&spam), enc(&ham));
+    let r = post(&sift, Some("application/x-www-form-urlencoded"), &[], form).await;
+    assert_eq!(verdict(&r), "ham");
+
+    let mp = format!(
+        "--b0undary\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\nhello\r\n--b0undary\r\nContent-Disposition: form-data; name=\"comment\"\r\n\r\n{spam}\r\n--b0undary--\r\n"
+    );
+    let r = post(
+        &sift,
+        Some("multipart/form-data; boundary=b0undary"),
+        &[],
+        mp,
+    )
+    .await;
+    assert_eq!(verdict(&r), "spam");
+
+    // message/rfc822: Subject and a base64 text part.
+    let b64 = base64(spam.as_bytes());
+    let mail = format!(
+        "From: x@example.com\r\nSubject: hello\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n{b64}\r\n"
+    );
+    let r = post(&sift, Some("message/rfc822"), &[], mail).await;
+    assert_eq!(verdict(&r), "spam");
+
+    // Unknown types pass unclassified and are counted.
+    let r = post(&sift, Some("image/png"), &[], spam.clone()).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(verdict(&r), "none");
+    assert_eq!(
+        sift.metric(r#"sift_filter_skipped_total{filter="spam",reason="content_type"}"#)
+            .await,
+        Some(1.0)
+    );
+    // Broken JSON: not classified (counted), still forwarded.
+    let r = post(&sift, Some("application/json"), &[], "{\"message\": ").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        sift.metric(r#"sift_filter_skipped_total{filter="spam",reason="extract_error"}"#)
+            .await,
+        Some(1.0)
+    );
+}
+
+fn base64(b: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in b.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversize_bodies_skip_inspect_prefix_or_reject() {
+    let up = mirror().await;
+    let routes = r#"      - { filter: spam, mode: block, max_inspect_bytes: 1KiB }"#;
+    let (spam, ham) = clear_examples();
+    // 2 KB of spam first, then 20 KB of ham.
+    let long = format!(
+        "{}{}",
+        format!("{spam}\n").repeat(2048 / spam.len() + 1),
+        format!("{ham}\n").repeat(20_000 / ham.len())
+    );
+
+    let sift = Sift::start(&config(
+        up.addr,
+        "    on_oversize: inspect_prefix",
+        routes,
+        "",
+    ));
+    let r = post(&sift, Some("text/plain"), &[], long.clone()).await;
+    assert_eq!(r.status(), 403, "the prefix holds the spam");
+    // A long ham body is forwarded whole after its prefix is inspected.
+    let long_ham = format!("{ham}\n").repeat(20_000 / ham.len());
+    let r = post(&sift, Some("text/plain"), &[], long_ham.clone()).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.body().len(), long_ham.len(), "nothing truncated");
+    assert_eq!(echoed(&r)["x-sift-spam-verdict"], "ham");
+    drop(sift);
+
+    let sift = Sift::start(&config(up.addr, "    on_oversize: skip", routes, ""));
+    let r = post(&sift, Some("text/plain"), &[], long.clone()).await;
+    assert_eq!(r.status(), 200, "skipped, not blocked");
+    assert_eq!(r.body().len(), long.len());
+    assert!(echoed(&r).get("x-sift-spam-verdict").is_none());
+    assert_eq!(
+        sift.metric(r#"sift_filter_skipped_total{filter="spam",reason="oversize"}"#)
+            .await,
+        Some(1.0)
+    );
+    drop(sift);
+
+    let sift = Sift::start(&config(up.addr, "    on_oversize: reject", routes, ""));
+    let r = post(&sift, Some("text/plain"), &[], long.clone()).await;
+    assert_eq!(r.status(), 413);
+    assert_eq!(r.headers()["x-sift-error"], "inspect-too-large");
+    let r = post(&sift, Some("text/plain"), &[], ham.clone()).await;
+    assert_eq!(r.status(), 200, "short bodies are fine");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn compressed_bodies_are_decoded_and_bombs_refused() {
+    let up = mirror().await;
+    let sift = Sift::start(&config(
+        up.addr,
+        "    max_decompressed_bytes: 1MiB",
+        "      - { filter: spam, mode: block }",
+        "",
+    ));
+    let (spam, ham) = clear_examples();
+    let gz = |b: &[u8]| {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(b).unwrap();
+        e.finish().unwrap()
+    };
+    let r = post(
+        &sift,
+        Some("text/plain"),
+        &[("content-encoding", "gzip")],
+        gz(spam.as_bytes()),
+    )
+    .await;
+    assert_eq!(r.status(), 403, "gzip spam is read");
+    let body = gz(ham.as_bytes());
+    let r = post(
+        &sift,
+        Some("text/plain"),
+        &[("content-encoding", "gzip")],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.body().as_ref(), &body[..], "forwarded still compressed");
+
+    let mut br = Vec::new();
+    {
+        let mut w = brotli::CompressorWriter::new(&mut br, 4096, 5, 22);
+        w.write_all(spam.as_bytes()).unwrap();
+    }
+    let r = post(&sift, Some("text/plain"), &[("content-encoding", "br")], br).await;
+    assert_eq!(r.status(), 403, "brotli spam is read");
+
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    z.write_all(spam.as_bytes()).unwrap();
+    let r = post(
+        &sift,
+        Some("text/plain"),
+        &[("content-encoding", "deflate")],
+        z.finish().unwrap(),
+    )
+    .await;
+    assert_eq!(r.status(), 403, "deflate spam is read");
+
+    // 64 MiB of zeros in ~64 KB: refused at the cap, not buffered.
+    let bomb = gz(&vec![0u8; 64 << 20]);
+    let rss_before = sift.proc_status_kb("VmHWM");
+    let r = post(
+        &sift,
+        Some("text/plain"),
+        &[("content-encoding", "gzip")],
+        bomb,
+    )
+    .await;
+    assert_eq!(r.status(), 413);
+    assert_eq!(r.headers()["x-sift-error"], "decompression-limit");
+    let grew = sift.proc_status_kb("VmHWM").saturating_sub(rss_before);
+    assert!(grew < 16 * 1024, "peak RSS grew {grew} KB on a zip bomb");
+
+    // An encoding sift cannot read passes unclassified, counted.
+    let r = post(
+        &sift,
+        Some("text/plain"),
+        &[("content-encoding", "zstd")],
+        spam.clone(),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        sift.metric(r#"sift_filter_skipped_total{filter="spam",reason="encoding"}"#)
+            .await,
+        Some(1.0)
+    );
+}
+
+/// 24 concurrent 256 KB bodies against one filter thread with no queue:
+/// some find the pool busy.
+async fn flood(sift: &Sift, body: &str) -> Vec<(u16, bool)> {
+    let mut calls = Vec::new();
+    for _ in 0..24 {
+        let url = sift.url("/submit");
+        let b = body.to_string();
+        calls.push(tokio::spawn(async move {
+            let r = send(
+                Request::post(url)
+                    .header("content-type", "text/plain")
+                    .body(full(b))
+                    .unwrap(),
+            )
+            .await;
+            let annotated = r.headers().get("x-echo-headers").is_some_and(|h| {
+                String::from_utf8_lossy(h.as_bytes()).contains("x-sift-spam-verdict")
+            });
+            (r.status().as_u16(), annotated)
+        }));
+    }
+    let mut out = Vec::new();
+    for c in calls {
+        out.push(c.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn saturated_pool_fails_open_or_closed() {
+    let up = mirror().await;
+    let (_, ham) = clear_examples();
+    let body = format!("{ham}\n").repeat((256 << 10) / ham.len());
+    let pool = "filter_pool: { threads: 1, queue: 0 }";
+    let route = "      - { filter: spam, mode: annotate, max_inspect_bytes: 256KiB }";
+
+    let sift = Sift::start(&config(up.addr, "    on_overload: fail_open", route, pool));
+    let out = flood(&sift, &body).await;
+    assert!(
+        out.iter().all(|(s, _)| *s == 200),
+        "fail_open forwards all: {out:?}"
+    );
+    let unannotated = out.iter().filter(|(_, a)| !a).count();
+    let overloaded = sift
+        .metric(r#"sift_filter_overload_total{filter="spam",action="fail_open"}"#)
+        .await
+        .unwrap_or(0.0);
+    assert!(
+        unannotated >= 1,
+        "some requests found the pool busy: {out:?}"
+    );
+    assert_eq!(overloaded as usize, unannotated, "each one counted");
+    drop(sift);
+
+    let sift = Sift::start(&config(
+        up.addr,
+        "    on_overload: fail_closed",
+        route,
+        pool,
+    ));
+    let out = flood(&sift, &body).await;
+    let refused = out.iter().filter(|(s, _)| *s == 503).count();
+    assert!(refused >= 1, "{out:?}");
+    assert!(
+        out.iter().all(|(s, a)| *s == 503 || (*s == 200 && *a)),
+        "{out:?}"
+    );
+    assert_eq!(
+        sift.metric(r#"sift_filter_overload_total{filter="spam",action="fail_closed"}"#)
+            .await,
+        Some(refused as f64)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn model_file_hot_swap_and_corrupt_file_rejected() {
+    let up = mirror().await;
+    let dir = TempDir::new();
+    let model = dir.path("spam.bin");
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/filters/spam/model.bin");
+    std::fs::copy(shipped, &model).unwrap();
+    let yaml = config(
+        up.addr,
+        &format!("    model: {}", model.display()),
+        "      - { filter: spam, mode: annotate }",
+        "",
+    );
+    let cfg = dir.path("sift.yaml");
+    std::fs::write(&cfg, &yaml).unwrap();
+    let sift = Sift::start_at(dir, cfg).unwrap();
+    let (_, ham) = clear_examples();
+    let verdict = || async {
+        let r = post(&sift, Some("text/plain"), &[], ham.clone()).await;
+        echoed(&r)["x-sift-spam-verdict"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(verdict().await, "ham");
+
+    // A model whose threshold calls everything spam, swapped in by rename.
+    let mut m = sift::classify::Model::load(&model).unwrap();
+    m.threshold = -1e6;
+    let tmp = model.with_extension("new");
+    m.save(&tmp).unwrap();
+    std::fs::rename(&tmp, &model).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            verdict().await == "spam"
+        })
+        .await,
+        "the new model serves"
+    );
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            sift.metric(r#"sift_filter_model_reloads_total{filter="spam",result="success"}"#)
+                .await
+                == Some(1.0)
+        })
+        .await
+    );
+
+    // A truncated file is rejected; the last good model keeps serving.
+    let bytes = std::fs::read(&model).unwrap();
+    std::fs::write(&tmp, &bytes[..bytes.len() / 2]).unwrap();
+    std::fs::rename(&tmp, &model).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            sift.metric(r#"sift_filter_model_reloads_total{filter="spam",result="failure"}"#)
+                .await
+                == Some(1.0)
+        })
+        .await
+    );
+    assert_eq!(verdict().await, "spam", "the previous model still serves");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_model_or_filter_config_is_a_clear_error() {
+    let dir = TempDir::new();
+    let junk = dir.path("junk.bin");
+    std::fs::write(&junk, b"not a model").unwrap();
+    let up: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let yaml = config(
+        up,
+        &format!("    model: {}", junk.display()),
+        "      - { filter: spam }",
+        "",
+    );
+    let cfg = dir.path("bad.yaml");
+    std::fs::write(&cfg, &yaml).unwrap();
+    let out = std::process::Command::new(sift_bin())
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("filters[0].model") && err.contains("junk.bin"),
+        "{err}"
+    );
+
+    let yaml = config(up, "", "      - { filter: nope, mode: block }", "");
+    std::fs::write(&cfg, &yaml).unwrap();
+    let out = std::process::Command::new(sift_bin())
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no filter is named \"nope\""), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn answer_route_replies_with_the_verdict() {
+    let yaml = r#"log: { format: json }
+admin: { address: "127.0.0.1:0" }
+listeners:
+  - name: main
+    address: "127.0.0.1:0"
+filters:
+  - name: spam
+    kind: spam
+routes:
+  - name: classify
+    answer: spam
+"#;
+    let sift = Sift::start(yaml);
+    let (spam, ham) = clear_examples();
+    let r = post(&sift, Some("text/plain"), &[], spam).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let v = json(r.body());
+    assert_eq!(v["verdict"], "spam");
+    assert_eq!(v["filter"], "spam");
+    let r = post(&sift, Some("text/plain"), &[], ham).await;
+    assert_eq!(json(r.body())["verdict"], "ham");
+    let r = post(&sift, Some("image/png"), &[], "x").await;
+    assert_eq!(r.status(), 415);
+    let r = post(&sift, Some("text/plain"), &[], "").await;
+    assert_eq!(r.status(), 422);
+}
+
+/// Learning through the admin endpoint: a model that does not know a kind
+/// of message learns it from labelled examples, persists the update next to
+/// the model file, and keeps it after a restart. Scored on held-out texts.
+#[tokio::test(flavor = "multi_thread")]
+async fn learning_from_examples_improves_held_out_and_persists() {
+    let up = mirror().await;
+    let dir = TempDir::new();
+    let model = dir.path("base.bin");
+    // The starting model: the shipped one, told nothing is spam (a model
+    // that does not know this platform's spam).
+    let mut m = sift::classify::Model::from_bytes(
+        &std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/filters/spam/model.bin"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    m.bias -= 4.0;
+    m.save(&model).unwrap();
+    let yaml = config(
+        up.addr,
+        &format!("    model: {}", model.display()),
+        "      - { filter: spam, mode: annotate }",
+        "",
+    );
+    let cfg = dir.path("sift.yaml");
+    std::fs::write(&cfg, &yaml).unwrap();
+    let learned_path = dir.path("base.bin.learned");
+    let mut sift = Sift::start_at(dir, cfg.clone()).unwrap();
+
+    let (spam, ham) = sms(20);
+    let (train_s, test_s) = spam.split_at(150);
+    let (train_h, test_h) = ham.split_at(150);
+    let test: Vec<(&String, bool)> = test_s
+        .iter()
+        .take(150)
+        .map(|t| (t, true))
+        .chain(test_h.iter().take(150).map(|t| (t, false)))
+        .collect();
+    async fn f1(sift: &Sift, test: &[(&String, bool)]) -> f64 {
+        let (mut tp, mut fp, mut fn_) = (0.0f64, 0.0f64, 0.0f64);
+        for (t, spam) in test {
+            let r = post(sift, Some("text/plain"), &[], (*t).clone()).await;
+            let said = echoed(&r)["x-sift-spam-verdict"] == "spam";
+            match (said, spam) {
+                (true, true) => tp += 1.0,
+                (true, false) => fp += 1.0,
+                (false, true) => fn_ += 1.0,
+                _ => {}
+            }
+        }
+        2.0 * tp / (2.0 * tp + fp + fn_).max(1.0)
+    }
+    let before = f1(&sift, &test).await;
+
+    let mut jsonl = String::new();
+    for (t, l) in train_s
+        .iter()
+        .map(|t| (t, "spam"))
+        .chain(train_h.iter().map(|t| (t, "ham")))
+    {
+        jsonl.push_str(&serde_json::json!({ "text": t, "label": l }).to_string());
+        jsonl.push('\n');
+    }
+    let r = send(
+        Request::post(sift.admin_url("/filters/spam/learn"))
+            .body(full(jsonl))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status(), 200, "{:?}", r.body());
+    let rep = json(r.body());
+    assert_eq!(rep["examples"], 300);
+    assert!(learned_path.exists(), "persisted next to the model");
+    let after = f1(&sift, &test).await;
+    assert!(
+        after > before + 0.2,
+        "held-out F1 {before:.3} → {after:.3} should improve"
+    );
+
+    // Bad examples are a 400 and change nothing.
+    let r = send(
+        Request::post(sift.admin_url("/filters/spam/learn"))
+            .body(full("{\"text\": \"x\", \"label\": \"maybe\"}\n"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status(), 400);
+    let r = send(
+        Request::post(sift.admin_url("/filters/nope/learn"))
+            .body(full(""))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status(), 404);
+
+    // After a restart the learned model is the one loaded.
+    sift.signal("TERM");
+    sift.wait_exit(Duration::from_secs(10));
+    let dir2 = TempDir::new();
+    let cfg2 = dir2.path("sift.yaml");
+    std::fs::copy(&cfg, &cfg2).unwrap();
+    let sift = Sift::start_at(dir2, cfg2).unwrap();
+    let again = f1(&sift, &test).await;
+    assert!((again - after).abs() < 1e-9, "restart: {after} → {again}");
+    let r = get_text(&sift.admin_url("/filters")).await;
+    assert!(r.1.contains("base.bin.learned"), "{}", r.1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn filters_work_over_http2_and_with_retries() {
+    let up = mirror().await;
+    let yaml = config(
+        up.addr,
+        "",
+        "      - { filter: spam, mode: annotate }\n    retries: { attempts: 2 }",
+        "",
+    );
+    let sift = Sift::start(&yaml);
+    let (spam, _) = clear_examples();
+    let req = Request::post(sift.url("/x"))
+        .version(http::Version::HTTP_2)
+        .header("content-type", "text/plain")
+        .body(full(spam.clone()))
+        .unwrap();
+    let resp = http2_client().request(req).await.unwrap();
+    let (parts, b) = resp.into_parts();
+    let r = http::Response::from_parts(parts, b.collect().await.unwrap().to_bytes());
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.body(), spam.as_bytes());
+    assert_eq!(echoed(&r)["x-sift-spam-verdict"], "spam");
+}
