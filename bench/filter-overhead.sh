@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# Filter overhead through the proxy, one invocation, alternating runs:
+#
+#  1. spam: POST 2 KB bodies of real SMS text to a route with no filter and to
+#     the same route with the spam filter in annotate mode; throughput ratio
+#     (median of ROUNDS alternating rounds) and p50/p99.
+#  2. cilog (if the cilog filter is built in): POST a real ~1 MB CI log to a
+#     route with no filter and with the cilog filter in annotate mode, at low
+#     concurrency; the p99 latency it adds.
+#
+#   bench/filter-overhead.sh [SIFT_BIN]
+#   env: DURATION (10s) CONNS (50) ROUNDS (3) LOG_CONNS (4)
+#
+# Placement: sift (1 worker + 1 filter thread) on core 0; wrk and the backend
+# nginx on core 1. Everything runs on 127.0.0.1 and stops by itself.
+set -euo pipefail
+cd "$(git -C "$(dirname "$0")" rev-parse --show-toplevel)"
+SIFT=${1:-target/release/sift}
+DURATION=${DURATION:-10s}
+CONNS=${CONNS:-50}
+ROUNDS=${ROUNDS:-3}
+LOG_CONNS=${LOG_CONNS:-4}
+DATA=${SIFT_SHARED_DATA:-../shared/data}
+[ -x "$SIFT" ] || { echo "no sift binary at $SIFT (cargo build --release)" >&2; exit 1; }
+need=()
+command -v nginx >/dev/null || need+=(nginx)
+command -v wrk >/dev/null || need+=(wrk)
+command -v curl >/dev/null || need+=(curl)
+if [ ${#need[@]} -gt 0 ]; then apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; fi
+
+d=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.2; rm -rf "$d"; }
+trap cleanup EXIT INT TERM
+port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+BE=$(port); P=$(port); A=$(port)
+chmod 755 "$d"
+cat > "$d/backend.conf" <<NGX
+worker_processes 1; daemon off; pid $d/be.pid; error_log $d/be.err;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000; client_max_body_size 64m;
+  client_body_temp_path $d/cb; proxy_temp_path $d/pt; fastcgi_temp_path $d/ft; uwsgi_temp_path $d/ut; scgi_temp_path $d/st;
+  server { listen 127.0.0.1:$BE; location / { return 200 "ok\n"; } } }
+NGX
+taskset -c 1 nginx -c "$d/backend.conf" -p "$d" & pids+=($!)
+
+# 2 KB of real SMS text: spam and ham lines alternating, cut at 2048 bytes.
+python3 - "$DATA/spam/sms/SMSSpamCollection" > "$d/body.txt" <<'PY'
+import sys
+lines = [l.split("\t", 1) for l in open(sys.argv[1], encoding="utf-8", errors="replace")]
+spam = [t.strip() for k, t in lines if k == "spam"]
+ham = [t.strip() for k, t in lines if k == "ham"]
+out = []
+i = 0
+while sum(len(x) + 1 for x in out) < 2048:
+    out.append(spam[i] if i % 2 else ham[i])
+    i += 1
+sys.stdout.write("\n".join(out)[:2048])
+PY
+# A real CI log close to 1 MB (the largest below 1.2 MB in the set).
+LOG=$(find "$DATA/cilogs/logs" -name '*.log' -size -1200k -size +800k 2>/dev/null | sort | head -1 || true)
+
+lua() { # $1 body file, $2 path
+cat <<LUA
+local f = io.open("$1", "rb"); local body = f:read("*a"); f:close()
+wrk.method = "POST"; wrk.body = body
+wrk.headers["Content-Type"] = "text/plain"
+request = function() return wrk.format(nil, "$2") end
+LUA
+}
+lua "$d/body.txt" /off > "$d/off.lua"
+lua "$d/body.txt" /spam > "$d/spam.lua"
+[ -n "$LOG" ] && { lua "$LOG" /logoff > "$d/logoff.lua"; lua "$LOG" /cilog > "$d/cilog.lua"; }
+
+CILOG=""
+if "$SIFT" classify --help 2>&1 | grep -q cilog && [ -n "$LOG" ]; then CILOG=1; fi
+cat > "$d/sift.yaml" <<YAML
+workers: 1
+log: { format: json, level: warn, access_log: false }
+admin: { address: "127.0.0.1:$A" }
+filter_pool: { threads: 1 }
+listeners:
+  - name: bench
+    address: "127.0.0.1:$P"
+filters:
+  - { name: spam, kind: spam }
+$( [ -n "$CILOG" ] && echo "  - { name: cilog, kind: cilog }" )
+routes:
+  - { name: off, match: { path: { exact: /off } }, cluster: backend }
+  - { name: spam, match: { path: { exact: /spam } }, cluster: backend, filters: [ { filter: spam, mode: annotate } ] }
+  - { name: logoff, match: { path: { exact: /logoff } }, cluster: backend, max_request_body: 64MiB }
+$( [ -n "$CILOG" ] && echo "  - { name: cilog, match: { path: { exact: /cilog } }, cluster: backend, max_request_body: 64MiB, filters: [ { filter: cilog, mode: annotate } ] }" )
+clusters:
+  - { name: backend, endpoints: ["127.0.0.1:$BE"] }
+YAML
+taskset -c 0 "$SIFT" run --config "$d/sift.yaml" > "$d/sift.log" 2>&1 & SP=$!; pids+=($SP)
+for _ in $(seq 100); do curl -fs "http://127.0.0.1:$A/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+curl -fs "http://127.0.0.1:$A/readyz" >/dev/null || { cat "$d/sift.log" >&2; exit 1; }
+
+LAST_RPS=0
+run() { # $1 label, $2 lua, $3 conns
+  taskset -c 1 wrk -t1 -c"$3" -d2s -s "$2" "http://127.0.0.1:$P/" >/dev/null
+  local out; out=$(taskset -c 1 wrk -t1 -c"$3" -d"$DURATION" --latency -s "$2" "http://127.0.0.1:$P/")
+  local rps p50 p99 non2xx
+  rps=$(echo "$out" | awk '/Requests\/sec/{print $2}')
+  p50=$(echo "$out" | awk '$1=="50%"{print $2}')
+  p99=$(echo "$out" | awk '$1=="99%"{print $2}')
+  non2xx=$(echo "$out" | awk '/Non-2xx/{print $NF}'); non2xx=${non2xx:-0}
+  echo "| $1 | $rps | $p50 | $p99 | $non2xx |"
+  LAST_RPS=$rps; LAST_P99=$p99
+}
+ms() { # wrk latency (e.g. 1.23ms, 850.00us, 1.2s) -> ms
+  python3 -c "import sys,re;v=sys.argv[1];m=re.match(r'([0-9.]+)(us|ms|s)',v);n=float(m[1]);print({'us':n/1000,'ms':n,'s':n*1000}[m[2]])" "$1"
+}
+echo "filter overhead: $(date -u) | nproc $(nproc) | sift: 1 worker + 1 filter thread on core 0; wrk -t1 + backend nginx on core 1"
+echo
+echo "spam filter, annotate mode, 2 KB real SMS text bodies, wrk -c$CONNS -d$DURATION:"
+echo
+echo "| run | req/s | p50 | p99 | non-2xx |"
+echo "|---|---:|---:|---:|---:|"
+ratios=()
+for r in $(seq "$ROUNDS"); do
+  run "round $r: no filter" "$d/off.lua" "$CONNS"; off=$LAST_RPS
+  run "round $r: spam annotate" "$d/spam.lua" "$CONNS"; on=$LAST_RPS
+  ratios+=("$(python3 -c "print(round($on / $off * 100, 1))")")
+done
+echo
+echo "annotate / no-filter throughput per round: ${ratios[*]} % | median: $(printf '%s\n' "${ratios[@]}" | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}') %"
+verdicts=$(curl -fs "http://127.0.0.1:$A/metrics" | awk '/^sift_filter_verdicts_total\{filter="spam"/{s+=$2} END{print s+0}')
+echo "spam verdicts counted: $verdicts"
+if [ -n "$CILOG" ]; then
+  echo
+  echo "cilog filter, annotate mode, $(basename "$LOG") ($(stat -c %s "$LOG") bytes), wrk -c$LOG_CONNS -d$DURATION:"
+  echo
+  echo "| run | req/s | p50 | p99 | non-2xx |"
+  echo "|---|---:|---:|---:|---:|"
+  adds=()
+  for r in $(seq "$ROUNDS"); do
+    run "round $r: no filter" "$d/logoff.lua" "$LOG_CONNS"; a=$(ms "$LAST_P99")
+    run "round $r: cilog annotate" "$d/cilog.lua" "$LOG_CONNS"; b=$(ms "$LAST_P99")
+    adds+=("$(python3 -c "print(round($b - $a, 2))")")
+  done
+  echo
+  echo "p99 added by cilog per round (ms): ${adds[*]} | median: $(printf '%s\n' "${adds[@]}" | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}') ms"
+fi
