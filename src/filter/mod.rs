@@ -189,6 +189,65 @@ pub(crate) fn fingerprint(paths: &[&Path]) -> Fingerprint {
         .collect()
 }
 
+/// A filter's model behind its own atomic pointer, with the files it came
+/// from watched for changes. An inspection keeps the `Arc` it started with.
+pub(crate) struct ModelSlot<M> {
+    paths: Vec<PathBuf>,
+    current: arc_swap::ArcSwap<Loaded<M>>,
+    seen: std::sync::Mutex<Fingerprint>,
+}
+
+pub(crate) struct Loaded<M> {
+    pub model: M,
+    /// Where it came from (a path, or `builtin`).
+    pub source: String,
+}
+
+impl<M> ModelSlot<M> {
+    pub fn new(paths: Vec<PathBuf>, loaded: Loaded<M>) -> ModelSlot<M> {
+        let seen = fingerprint(&paths.iter().map(PathBuf::as_path).collect::<Vec<_>>());
+        ModelSlot {
+            paths,
+            current: arc_swap::ArcSwap::from_pointee(loaded),
+            seen: std::sync::Mutex::new(seen),
+        }
+    }
+
+    pub fn current(&self) -> Arc<Loaded<M>> {
+        self.current.load_full()
+    }
+
+    fn fingerprint(&self) -> Fingerprint {
+        fingerprint(&self.paths.iter().map(PathBuf::as_path).collect::<Vec<_>>())
+    }
+
+    /// Load again with `load` if a watched file changed.
+    pub fn reload_if_changed(
+        &self,
+        load: impl FnOnce() -> Result<Loaded<M>, FilterError>,
+    ) -> Option<Result<String, FilterError>> {
+        let now = self.fingerprint();
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            if *seen == now {
+                return None;
+            }
+            *seen = now;
+        }
+        Some(load().map(|l| {
+            let source = l.source.clone();
+            self.current.store(Arc::new(l));
+            source
+        }))
+    }
+
+    /// Swap in a model this process just wrote (its files are not reloaded).
+    pub fn store_written(&self, l: Loaded<M>) {
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = self.fingerprint();
+        self.current.store(Arc::new(l));
+    }
+}
+
 /// One body's inspection: Content-Encoding decoding, the inspect limit and
 /// the decompression cap around a filter's [`Inspector`].
 pub struct Inspection {

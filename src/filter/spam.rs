@@ -7,11 +7,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use arc_swap::ArcSwap;
 use http::{HeaderName, HeaderValue};
 
 use super::extract::{self, BodyKind};
-use super::{Filter, FilterError, Fingerprint, Inspector, LearnReport, RequestInfo, Skip, Verdict};
+use super::{
+    Filter, FilterError, Inspector, LearnReport, Loaded, ModelSlot, RequestInfo, Skip, Verdict,
+};
 use crate::classify::{Classifier, LearnOptions, Model};
 use crate::config::model::{FilterSpec, ModelSource};
 
@@ -21,8 +22,7 @@ pub static BUILTIN_MODEL: &[u8] = include_bytes!("../../filters/spam/model.bin")
 pub struct SpamFilter {
     spec: FilterSpec,
     shared: Arc<Headers>,
-    current: ArcSwap<Loaded>,
-    seen: Mutex<Fingerprint>,
+    slot: ModelSlot<Classifier>,
     /// One learn at a time: each starts from the model the last one saved.
     learning: Mutex<()>,
 }
@@ -32,15 +32,10 @@ struct Headers {
     verdict: HeaderName,
 }
 
-struct Loaded {
-    clf: Classifier,
-    source: String,
-}
-
 impl SpamFilter {
     pub fn new(spec: FilterSpec) -> Result<SpamFilter, FilterError> {
-        let seen = super::fingerprint(&watched(&spec));
         let loaded = load(&spec)?;
+        let slot = ModelSlot::new(watched(&spec), loaded);
         let h = |suffix: &str| {
             HeaderName::from_bytes(format!("{}-{suffix}", spec.header_prefix).as_bytes()).map_err(
                 |e| FilterError::Model {
@@ -57,30 +52,30 @@ impl SpamFilter {
         Ok(SpamFilter {
             spec,
             shared,
-            current: ArcSwap::from_pointee(loaded),
-            seen: Mutex::new(seen),
+            slot,
             learning: Mutex::new(()),
         })
     }
 
     pub fn classifier(&self) -> Classifier {
-        self.current.load().clf.clone()
+        self.slot.current().model.clone()
     }
 }
 
-fn watched(spec: &FilterSpec) -> Vec<&Path> {
+/// The files a filter's model comes from: its model file and its learned file.
+pub(crate) fn watched(spec: &FilterSpec) -> Vec<PathBuf> {
     let mut v = Vec::new();
     if let ModelSource::File(p) = &spec.model {
-        v.push(p.as_path());
+        v.push(p.clone());
     }
     if let Some(l) = &spec.learned_model {
-        v.push(l.as_path());
+        v.push(l.clone());
     }
     v
 }
 
 /// The learned model if one was saved, else the configured one.
-fn load(spec: &FilterSpec) -> Result<Loaded, FilterError> {
+fn load(spec: &FilterSpec) -> Result<Loaded<Classifier>, FilterError> {
     let err = |path: &Path, reason: String| FilterError::Model {
         filter: spec.name.clone(),
         path: path.display().to_string(),
@@ -94,7 +89,7 @@ fn load(spec: &FilterSpec) -> Result<Loaded, FilterError> {
             )
         })?;
         return Ok(Loaded {
-            clf,
+            model: clf,
             source: l.display().to_string(),
         });
     }
@@ -103,12 +98,12 @@ fn load(spec: &FilterSpec) -> Result<Loaded, FilterError> {
             let m = Model::from_bytes(BUILTIN_MODEL)
                 .map_err(|e| err(Path::new("builtin"), e.to_string()))?;
             Ok(Loaded {
-                clf: Classifier::new(m),
+                model: Classifier::new(m),
                 source: "builtin".into(),
             })
         }
         ModelSource::File(p) => Ok(Loaded {
-            clf: Classifier::load(p).map_err(|e| err(p, e.to_string()))?,
+            model: Classifier::load(p).map_err(|e| err(p, e.to_string()))?,
             source: p.display().to_string(),
         }),
     }
@@ -120,13 +115,13 @@ impl Filter for SpamFilter {
     }
 
     fn model_source(&self) -> String {
-        self.current.load().source.clone()
+        self.slot.current().source.clone()
     }
 
     fn inspector(&self, req: &RequestInfo) -> Result<Box<dyn Inspector>, Skip> {
         let kind = extract::body_kind(req.content_type.as_deref()).ok_or(Skip::ContentType)?;
         Ok(Box::new(SpamInspector {
-            model: self.current.load_full(),
+            model: self.slot.current(),
             headers: self.shared.clone(),
             spec: Arc::new(InspectSpec {
                 name: self.spec.name.clone(),
@@ -140,19 +135,7 @@ impl Filter for SpamFilter {
     }
 
     fn reload_if_changed(&self) -> Option<Result<String, FilterError>> {
-        let now = super::fingerprint(&watched(&self.spec));
-        {
-            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-            if *seen == now {
-                return None;
-            }
-            *seen = now;
-        }
-        Some(load(&self.spec).map(|l| {
-            let source = l.source.clone();
-            self.current.store(Arc::new(l));
-            source
-        }))
+        self.slot.reload_if_changed(|| load(&self.spec))
     }
 
     fn learn(&self, jsonl: &[u8]) -> Result<LearnReport, FilterError> {
@@ -165,8 +148,8 @@ impl Filter for SpamFilter {
             return Err(FilterError::BadExamples("no examples in the body".into()));
         }
         let spam = batch.iter().filter(|(_, s)| *s).count();
-        let current = self.current.load_full();
-        let learned = current.clf.learn(&batch, &LearnOptions::default());
+        let current = self.slot.current();
+        let learned = current.model.learn(&batch, &LearnOptions::default());
         let path: PathBuf = self
             .spec
             .learned_model
@@ -186,12 +169,10 @@ impl Filter for SpamFilter {
                 reason: e.to_string(),
             })?;
         // What we just wrote is what serves: the watcher need not reload it.
-        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) =
-            super::fingerprint(&watched(&self.spec));
-        self.current.store(Arc::new(Loaded {
-            clf: learned,
+        self.slot.store_written(Loaded {
+            model: learned,
             source: path.display().to_string(),
-        }));
+        });
         Ok(LearnReport {
             filter: self.spec.name.clone(),
             examples: batch.len(),
@@ -210,7 +191,7 @@ struct InspectSpec {
 }
 
 struct SpamInspector {
-    model: Arc<Loaded>,
+    model: Arc<Loaded<Classifier>>,
     headers: Arc<Headers>,
     spec: Arc<InspectSpec>,
     kind: BodyKind,
@@ -233,7 +214,7 @@ impl Inspector for SpamInspector {
         if view.text.trim().is_empty() && view.links.is_empty() {
             return Err(Skip::Empty);
         }
-        let score = self.model.clf.score(&view);
+        let score = self.model.model.score(&view);
         let spam = match self.spec.threshold {
             Some(t) => score.probability >= t,
             None => score.spam,
