@@ -79,10 +79,10 @@ fn data_dir() -> PathBuf {
 
 /// ~50 real texts: 5 messages from each SpamAssassin group (spread over the
 /// group) and 25 SMS lines (spread over the file).
-fn real_texts() -> Vec<(String, Vec<u8>)> {
+fn real_texts() -> Vec<(String, Vec<u8>, bool)> {
     let sa = data::sa_dir(&data_dir());
     let mut out = Vec::new();
-    for (g, _) in data::SA_GROUPS {
+    for (g, spam) in data::SA_GROUPS {
         let mut files: Vec<PathBuf> = std::fs::read_dir(sa.join(g))
             .unwrap_or_else(|e| {
                 panic!(
@@ -96,7 +96,7 @@ fn real_texts() -> Vec<(String, Vec<u8>)> {
         files.sort();
         for k in 0..5 {
             let f = &files[k * files.len() / 5 + 3];
-            out.push((f.display().to_string(), std::fs::read(f).unwrap()));
+            out.push((f.display().to_string(), std::fs::read(f).unwrap(), spam));
         }
     }
     let sms_path = root().join("../shared/data/spam/sms/SMSSpamCollection");
@@ -108,8 +108,8 @@ fn real_texts() -> Vec<(String, Vec<u8>)> {
         .collect();
     for k in 0..25 {
         let l = lines[k * lines.len() / 25 + 7];
-        let (_, t) = l.split_once('\t').unwrap();
-        out.push((format!("sms:{}", k), t.as_bytes().to_vec()));
+        let (label, t) = l.split_once('\t').unwrap();
+        out.push((format!("sms:{k}"), t.as_bytes().to_vec(), label == "spam"));
     }
     out
 }
@@ -131,7 +131,7 @@ fn parity_with_onnxruntime_in_python() {
     assert!(texts.len() >= 50);
     let mut w = FeatureWriter::new(Featurizer::new(clf.feature_config()), Vec::new());
     let mut rust = Vec::new();
-    for (name, raw) in &texts {
+    for (name, raw, _) in &texts {
         let view = text::view(raw);
         w.push(&view, None, None, name);
         let s = clf.score_raw(raw).unwrap();
@@ -167,7 +167,9 @@ fn parity_with_onnxruntime_in_python() {
     assert!((thr - f64::from(clf.threshold_probability())).abs() < 1e-6);
     let mut worst = 0f64;
     let mut spam = 0;
-    for ((name, _), (s, p)) in texts.iter().zip(rust.iter().zip(&py)) {
+    let mut right = 0;
+    for ((name, _, label), (s, p)) in texts.iter().zip(rust.iter().zip(&py)) {
+        right += usize::from(s.spam == *label);
         let d = (f64::from(s.probability) - p).abs();
         worst = worst.max(d);
         assert!(d <= 1e-4, "{name}: sift {} vs Python {p}", s.probability);
@@ -177,7 +179,7 @@ fn parity_with_onnxruntime_in_python() {
         spam += usize::from(s.spam);
     }
     eprintln!(
-        "parity: {} texts, {spam} spam verdicts, max |Δp| = {worst:.2e}",
+        "parity: {} texts, {spam} spam verdicts ({right} right), max |Δp| = {worst:.2e}",
         texts.len()
     );
     // The texts hold both classes: a model that says one thing would not pass.
@@ -197,7 +199,7 @@ fn scores_from_threads_agree() {
     let texts = std::sync::Arc::new(real_texts());
     let want: Vec<f32> = texts
         .iter()
-        .map(|(_, r)| clf.score_raw(r).unwrap().probability)
+        .map(|(_, r, _)| clf.score_raw(r).unwrap().probability)
         .collect();
     let hs: Vec<_> = (0..4)
         .map(|_| {
@@ -205,7 +207,7 @@ fn scores_from_threads_agree() {
             std::thread::spawn(move || {
                 texts
                     .iter()
-                    .map(|(_, r)| clf.score_raw(r).unwrap().probability)
+                    .map(|(_, r, _)| clf.score_raw(r).unwrap().probability)
                     .collect::<Vec<f32>>()
             })
         })
@@ -222,6 +224,13 @@ fn missing_runtime_is_a_clear_error() {
     assert!(matches!(e, OnnxError::RuntimeMissing { .. }), "{e:?}");
     assert!(e.to_string().contains("not found"), "{e}");
     assert!(e.to_string().contains("setup-runtime.sh"), "{e}");
+
+    // Once this process has loaded the runtime, another library path is
+    // refused, not silently replaced by the loaded one.
+    let _ = load();
+    let other = root().join("Cargo.toml");
+    let e = OnnxClassifier::load(&model_path(), Some(&other)).unwrap_err();
+    assert!(matches!(e, OnnxError::RuntimeConflict { .. }), "{e:?}");
 }
 
 fn sift() -> Command {
