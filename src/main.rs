@@ -53,6 +53,13 @@ enum Cmd {
     },
     /// Classify files (or stdin): one JSON line per input.
     Classify(sift::classify::cli::ClassifyArgs),
+    /// Export a classifier's featurized training data (for the ONNX model).
+    ExportFeatures {
+        #[command(subcommand)]
+        what: sift::classify::onnx_cli::ExportWhat,
+    },
+    /// Evaluate an ONNX spam model: time-split quality and serving speed.
+    EvalOnnx(sift::classify::onnx_cli::EvalOnnxArgs),
 }
 
 fn main() -> ExitCode {
@@ -84,6 +91,8 @@ fn main() -> ExitCode {
         Cmd::Train { what } => sift::classify::cli::run_train(what),
         Cmd::Eval { what } => sift::classify::cli::run_eval(what),
         Cmd::Classify(args) => sift::classify::cli::run_classify(args),
+        Cmd::ExportFeatures { what } => sift::classify::onnx_cli::run_export(what),
+        Cmd::EvalOnnx(args) => sift::classify::onnx_cli::run_eval_onnx(args),
     }
 }
 

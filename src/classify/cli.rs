@@ -199,9 +199,12 @@ pub struct ClassifyArgs {
     /// Filter to apply (only "spam" for now).
     #[arg(long, default_value = "spam")]
     pub filter: String,
-    /// Model file.
+    /// Model file (a `.onnx` file selects the ONNX Runtime backend).
     #[arg(long, default_value = DEFAULT_MODEL)]
     pub model: PathBuf,
+    /// libonnxruntime.so for a `.onnx` model (default: $ORT_DYLIB_PATH).
+    #[arg(long)]
+    pub runtime: Option<PathBuf>,
     /// Add the top contributing features.
     #[arg(long)]
     pub explain: bool,
@@ -481,6 +484,9 @@ pub fn run_classify(args: ClassifyArgs) -> ExitCode {
             "unknown filter {:?} (known: spam)",
             args.filter
         ));
+    }
+    if args.model.extension().is_some_and(|e| e == "onnx") {
+        return super::onnx_cli::run_classify_onnx(&args);
     }
     let clf = match Classifier::load(&args.model) {
         Ok(c) => c,

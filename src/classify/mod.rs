@@ -7,7 +7,9 @@
 //! - [`train`]: AdaGrad logistic regression, threshold calibration on
 //!   training data, incremental learning from a labelled batch;
 //! - [`eval`]: metrics and the evaluation protocols;
-//! - [`data`]: corpora loaders; [`cli`]: `sift train|eval|classify`.
+//! - [`data`]: corpora loaders; [`cli`]: `sift train|eval|classify`;
+//! - [`onnx`]: the same featurizer in front of an ONNX model run by ONNX
+//!   Runtime; [`export`] and [`onnx_cli`]: `sift export-features|eval-onnx`.
 //!
 //! A [`Classifier`] is plain data: load once, share by `Arc`, score from any
 //! thread. Scoring allocates nothing per token.
@@ -15,8 +17,11 @@
 pub mod cli;
 pub mod data;
 pub mod eval;
+pub mod export;
 pub mod features;
 pub mod model;
+pub mod onnx;
+pub mod onnx_cli;
 pub mod text;
 pub mod train;
 
@@ -25,6 +30,7 @@ use std::path::Path;
 
 pub use features::{FeatureConfig, Featurizer};
 pub use model::{Model, ModelError, Score};
+pub use onnx::{OnnxClassifier, OnnxError};
 pub use text::TextView;
 pub use train::LearnOptions;
 
