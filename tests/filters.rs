@@ -853,3 +853,69 @@ async fn filters_work_over_http2_and_with_retries() {
     assert_eq!(r.body(), spam.as_bytes());
     assert_eq!(echoed(&r)["x-sift-spam-verdict"], "spam");
 }
+
+/// The ONNX Runtime library: `ORT_DYLIB_PATH` (tests/run.sh sets it), else
+/// what filters/spam/onnx/setup-runtime.sh installs from PyPI.
+fn onnx_runtime() -> String {
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
+        return p.to_string_lossy().into_owned();
+    }
+    let out = std::process::Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/filters/spam/onnx/setup-runtime.sh"
+    ))
+    .output()
+    .expect("run setup-runtime.sh");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn onnx_model_serves_on_the_request_path() {
+    let up = mirror().await;
+    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/filters/spam/model.onnx");
+    let yaml = config(up.addr, "", "      - { filter: spam, mode: annotate }", "").replace(
+        "    kind: spam\n",
+        &format!(
+            "    kind: onnx\n    model: {model}\n    runtime: {}\n",
+            onnx_runtime()
+        ),
+    );
+    let sift = Sift::start(&yaml);
+    let (spam, ham) = clear_examples();
+    let r = post(&sift, Some("text/plain"), &[], spam).await;
+    assert_eq!(echoed(&r)["x-sift-spam-verdict"], "spam");
+    let r = post(&sift, Some("text/plain"), &[], ham).await;
+    assert_eq!(echoed(&r)["x-sift-spam-verdict"], "ham");
+    // An ONNX model cannot learn at run time: a clear 409.
+    let r = send(
+        Request::post(sift.admin_url("/filters/spam/learn"))
+            .body(full("{\"text\": \"x\", \"label\": \"spam\"}\n"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status(), 409);
+
+    // A missing runtime library is a config error, not a panic.
+    let dir = TempDir::new();
+    let cfg = dir.path("bad.yaml");
+    let bad = yaml.replace(&onnx_runtime(), "/nonexistent/libonnxruntime.so");
+    std::fs::write(&cfg, bad).unwrap();
+    let out = std::process::Command::new(sift_bin())
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .env_remove("ORT_DYLIB_PATH")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("filters[0].model") && err.contains("/nonexistent/libonnxruntime.so"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}

