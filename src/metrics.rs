@@ -76,7 +76,7 @@ impl FilterMetrics {
         let skipped = IntCounterVec::new(
             Opts::new(
                 "sift_filter_skipped_total",
-                "Bodies a filter did not classify, by filter and reason: content_type, encoding, empty, oversize, overload, decode_error, extract_error.",
+                "Bodies a filter did not classify, by filter and reason: content_type, encoding, empty, oversize, overload, decode_error, extract_error, model_error.",
             ),
             &["filter", "reason"],
         )
