@@ -47,6 +47,12 @@ pub struct CilogRecipe {
     /// Learn a feature only if it occurs in this many repositories.
     #[arg(long, default_value_t = Recipe::default().min_groups)]
     pub min_groups: u32,
+    /// Plain SGD for the line scorer (default AdaGrad).
+    #[arg(long)]
+    pub line_sgd: bool,
+    /// Plain SGD for the class scorer (default AdaGrad).
+    #[arg(long)]
+    pub class_sgd: bool,
 }
 
 impl CilogRecipe {
@@ -64,6 +70,8 @@ impl CilogRecipe {
             l2: self.l2,
             seed: self.seed,
             min_groups: self.min_groups,
+            line_sgd: self.line_sgd,
+            class_sgd: self.class_sgd,
         })
     }
 
@@ -100,6 +108,10 @@ pub struct EvalCilog {
     /// Diagnostic: train on all logs and score on them (not a CV figure).
     #[arg(long)]
     pub in_sample: bool,
+    /// Diagnostic: the class scorer alone, trained and tested on the human
+    /// chunks instead of the found evidence (grouped CV).
+    #[arg(long)]
+    pub chunk_oracle: bool,
     /// Print one line per misclassified log.
     #[arg(long)]
     pub errors: bool,
@@ -208,6 +220,9 @@ pub fn run_eval(args: EvalCilog) -> ExitCode {
         }
         println!("IN-SAMPLE (training set = test set):");
         rep
+    } else if args.chunk_oracle {
+        println!("CHUNK ORACLE (class scorer on the human chunks):");
+        train::oracle_cv(&data, k, &r)
     } else {
         train::cross_validate(&data, &sets, k, &r)
     };

@@ -6,7 +6,9 @@
 //! only its last component plus a `<path>` token, so directory layouts (repo
 //! names, home directories) are not memorised. Tokens longer than
 //! [`MAX_TOKEN`] become `<long>` (hashes, base64). Features are unigrams,
-//! bigrams of word tokens, an indentation bucket and a length bucket.
+//! an indentation bucket and a length bucket (word bigrams were tried and
+//! generalised worse to unseen repositories: 36.7 % vs 40.9 % evidence in
+//! the chunk under grouped CV).
 
 /// Longest token hashed as itself.
 pub const MAX_TOKEN: usize = 32;
@@ -20,6 +22,8 @@ const FNV_PRIME: u32 = 0x0100_0193;
 pub const SEED_LINE: u32 = 0x9e37_79b9;
 pub const SEED_CLASS_LINE: u32 = 0x85eb_ca6b;
 pub const SEED_CLASS_CTX: u32 = 0xc2b2_ae35;
+pub const SEED_CLASS_CMD: u32 = 0x27d4_eb2f;
+pub const SEED_CLASS_CUE: u32 = 0x1656_67b1;
 
 #[inline]
 fn mix(mut h: u32) -> u32 {
@@ -71,7 +75,6 @@ pub fn for_each_feature<F: FnMut(u32)>(s: &[u8], mut f: F) -> u32 {
     };
     f(mix(0x2000 + lb));
     n += 2;
-    let mut prev: u32 = 0;
     let mut tokens = 0usize;
     let mut i = indent;
     let len = s.len();
@@ -111,13 +114,7 @@ pub fn for_each_feature<F: FnMut(u32)>(s: &[u8], mut f: F) -> u32 {
                     j += 1;
                 }
                 let h = if j - ts > MAX_TOKEN { 0x4000 } else { h };
-                let u = mix(h);
-                f(u);
-                if prev != 0 {
-                    f(mix(prev.wrapping_mul(0x2c1b_3c6d) ^ h ^ 0x5bd1_e995));
-                    n += 1;
-                }
-                prev = h;
+                f(mix(h));
                 n += 1;
                 tokens += 1;
             } else {
@@ -161,6 +158,288 @@ pub fn pos_bucket(after: u64) -> usize {
 /// For tests and rules: hash of a literal lower-case token.
 pub fn token_hash(tok: &str) -> u32 {
     mix(hash_str(tok.as_bytes()))
+}
+
+/// Lexicon cues: phrases from the class definitions of the labelling guide
+/// (LABELLING.md), one list per class (index = [`Class`](super::Class)
+/// order). They are *features*: the class scorer learns how much each
+/// class's cues count, in the evidence, its context and the step's command.
+/// Shared across repositories, they carry what 600 logs cannot teach a
+/// bag of words.
+pub const CUES: [&[&str]; 9] = [
+    // timeout
+    &[
+        "timeout",
+        "timed out",
+        "time limit",
+        "no output has been received",
+        "timetrap",
+        "exceeded the maximum",
+        "took longer than",
+        "stalled",
+        "hung",
+        "exited with 124",
+        "deadline exceeded",
+    ],
+    // oom
+    &[
+        "out of memory",
+        "outofmemoryerror",
+        "cannot allocate memory",
+        "memoryerror",
+        "killed",
+        "memory exhausted",
+        "heap out of memory",
+    ],
+    // infra
+    &[
+        "connection",
+        "connect",
+        "ssl",
+        "certificate",
+        "network",
+        "docker",
+        "daemon",
+        "cancelled",
+        "canceled",
+        "no space left",
+        "disk",
+        "clone",
+        "cloning",
+        "remote branch",
+        "unreachable",
+        "503",
+        "502",
+        "service unavailable",
+        "rate limit",
+        "deploy",
+        "upload",
+        "emulator",
+        "simulator",
+        "disconnected",
+        "socket",
+        "econnreset",
+        "etimedout",
+        "could not resolve host",
+        "temporary failure",
+    ],
+    // dependency
+    &[
+        "npm err",
+        "install",
+        "dependency",
+        "dependencies",
+        "resolve",
+        "resolving",
+        "version",
+        "package",
+        "gem ",
+        "bundle",
+        "bundler",
+        "pip",
+        "could not find",
+        "404",
+        "maven",
+        "gradle",
+        "download",
+        "fetch",
+        "registry",
+        "requirement",
+        "conflict",
+        "lockfile",
+        "cabal",
+        "composer",
+        "cpan",
+        "opam",
+        "brew",
+        "apt-get",
+        "unable to locate",
+        "no matching",
+        "module not found",
+        "go get",
+        "checksum",
+        "cannot find module",
+        "modulenotfounderror",
+        "importerror",
+        "no module named",
+    ],
+    // compile
+    &[
+        "error:",
+        "compil",
+        "cannot find symbol",
+        "undefined reference",
+        "syntax error",
+        "linker",
+        "ld returned",
+        "make: ***",
+        "build failed",
+        "not in scope",
+        "type error",
+        "cannot be applied",
+        "undeclared",
+        "implicit declaration",
+        "unresolved",
+        "does not exist",
+        "webpack",
+        "tsc",
+        "rustc",
+        "javac",
+        "gcc",
+        "clang",
+        "error cs",
+        "error ts",
+        "couldn't match",
+        "no instance",
+        "cannot convert",
+        "mismatched types",
+        "expected type",
+    ],
+    // lint
+    &[
+        "lint",
+        "rubocop",
+        "eslint",
+        "flake8",
+        "pylint",
+        "gofmt",
+        "goimports",
+        "clang-format",
+        "checkstyle",
+        "swiftlint",
+        "tslint",
+        "stylelint",
+        "jshint",
+        "jscs",
+        "perlcritic",
+        "critic",
+        "shellcheck",
+        "pep8",
+        "pycodestyle",
+        "prettier",
+        "markdownlint",
+        "offense",
+        "style",
+        "whitespace",
+        "trailing",
+        "indent",
+        "line too long",
+        "format",
+        "spell",
+        "license",
+        "broken link",
+        "links",
+        "redirect",
+        "awesome",
+        "docstring",
+        "unused",
+        "size limit",
+        "binary compat",
+        "mima",
+        "not formatted",
+        "vet",
+    ],
+    // test
+    &[
+        "test",
+        "assert",
+        "expected",
+        "actual",
+        "fail",
+        "spec",
+        "passed",
+        "pending",
+        "examples",
+        "not ok",
+        "\u{2717}",
+        "traceback",
+        "exception",
+        "should",
+        "got:",
+        "to equal",
+        "to be",
+        "failures:",
+        "errors:",
+    ],
+    // config
+    &[
+        "command not found",
+        "no such file or directory",
+        "permission denied",
+        "not set",
+        "missing",
+        "unknown option",
+        "invalid",
+        "not found",
+        "unsupported",
+        "undefined variable",
+        "no rule to make target",
+        "usage:",
+        "cannot access",
+        "is not recognized",
+        "illegal",
+        "unrecognized",
+        "not defined",
+        "no rakefile",
+        ".yml",
+        "environment variable",
+    ],
+    // unknown
+    &[
+        "exited with 1",
+        "exited with 2",
+        "exit code 1",
+        "exit code 2",
+        "exit status 1",
+        "failed with exit code",
+        "process exited with code",
+        "error 1",
+        "error 2",
+    ],
+];
+
+static CUE_AC: std::sync::LazyLock<(aho_corasick::AhoCorasick, Vec<u8>)> =
+    std::sync::LazyLock::new(|| {
+        let mut pats = Vec::new();
+        let mut class = Vec::new();
+        for (c, list) in CUES.iter().enumerate() {
+            for p in *list {
+                pats.push(*p);
+                class.push(c as u8);
+            }
+        }
+        let ac = aho_corasick::AhoCorasick::builder()
+            .ascii_case_insensitive(true)
+            .build(&pats)
+            .expect("the cue lexicon is a valid pattern set");
+        (ac, class)
+    });
+
+/// Per class, how many cue phrases of that class occur in `line`.
+pub fn cue_counts(line: &[u8]) -> [u8; 9] {
+    let (ac, class) = &*CUE_AC;
+    let mut out = [0u8; 9];
+    for m in ac.find_overlapping_iter(line) {
+        let c = class[m.pattern().as_usize()] as usize;
+        out[c] = out[c].saturating_add(1);
+    }
+    out
+}
+
+/// Feature hash of a cue: class `c` seen in slot `kind` (0 evidence,
+/// 1 context, 2 command).
+pub fn cue_feature(c: usize, kind: u32) -> u32 {
+    mix(0x6000 + (c as u32) * 8 + kind)
+}
+
+/// A line that echoes the command of a build step: `$ cmd` (Travis, GitLab),
+/// `+ cmd` (shell `set -x`, Jenkins sh), `Run cmd` (GitHub Actions group
+/// header), `> cmd` (npm scripts).
+pub fn is_command(line: &[u8]) -> bool {
+    line.starts_with(b"$ ")
+        || line.starts_with(b"+ ")
+        || line.starts_with(b"Run ")
+        || line.starts_with(b"> ")
 }
 
 #[cfg(test)]

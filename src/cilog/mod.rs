@@ -28,7 +28,9 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use features::{SEED_CLASS_CTX, SEED_CLASS_LINE, SEED_LINE, bucket, pos_bucket};
+use features::{
+    SEED_CLASS_CMD, SEED_CLASS_CTX, SEED_CLASS_CUE, SEED_CLASS_LINE, SEED_LINE, bucket, pos_bucket,
+};
 use model::Params;
 use normalize::LineSplitter;
 
@@ -47,6 +49,8 @@ pub const TOP_N: usize = 3;
 pub const RULE_TAIL: usize = 30;
 
 pub const N_CLASSES: usize = 9;
+/// Value of a lexicon cue feature relative to the (unit-norm) bag of words.
+pub const CUE_SCALE: f32 = 0.5;
 
 /// The failure class of a CI log (see the data's LABELLING.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -276,6 +280,7 @@ struct Cand {
     line: Kept,
     before: Vec<(u64, Vec<u8>)>,
     after: Vec<(u64, Vec<u8>)>,
+    cmd: Option<(u64, Vec<u8>)>,
 }
 
 /// One chosen line at the end of a scan, for classification and training.
@@ -287,6 +292,8 @@ pub struct Picked {
     pub text: Vec<u8>,
     pub before: Vec<(u64, Vec<u8>)>,
     pub after: Vec<(u64, Vec<u8>)>,
+    /// The last step command echoed before the line (`$ make test`, ...).
+    pub cmd: Option<(u64, Vec<u8>)>,
 }
 
 /// Everything a finished scan knows, before the class decision.
@@ -324,7 +331,13 @@ struct State {
     /// Next slot in `tail`; `tail_n` = lines ever pushed.
     tail_at: usize,
     tail_n: u64,
+    /// Ring of the last command lines, and its next slot.
+    cmds: Vec<Kept>,
+    cmd_at: usize,
 }
+
+/// Command lines remembered.
+const CMDS: usize = 8;
 
 impl<'a> Scanner<'a> {
     fn new(p: &'a Params) -> Scanner<'a> {
@@ -338,6 +351,8 @@ impl<'a> Scanner<'a> {
                 tail: Vec::with_capacity(TAIL),
                 tail_at: 0,
                 tail_n: 0,
+                cmds: Vec::with_capacity(CMDS),
+                cmd_at: 0,
             },
             bytes: 0,
         }
@@ -418,6 +433,7 @@ impl State {
                 line: k,
                 before,
                 after: Vec::new(),
+                cmd: self.cmd_before(no),
             };
             let slot = if self.cands.len() < TOP_K {
                 self.cands.push(cand);
@@ -441,6 +457,16 @@ impl State {
                 self.min = (i, m);
             }
         }
+        if features::is_command(line) {
+            if self.cmds.len() < CMDS {
+                let mut k = Kept::default();
+                k.set(no, 0.0, line);
+                self.cmds.push(k);
+            } else {
+                self.cmds[self.cmd_at].set(no, 0.0, line);
+            }
+            self.cmd_at = (self.cmd_at + 1) % CMDS;
+        }
         // Tail ring.
         if self.tail.len() < TAIL {
             let mut k = Kept::default();
@@ -458,6 +484,15 @@ impl State {
         let n = self.tail.len();
         let start = if n < TAIL { 0 } else { self.tail_at };
         (0..n).map(move |i| &self.tail[(start + i) % n.max(1)])
+    }
+
+    /// The latest remembered command line before line `no`.
+    fn cmd_before(&self, no: u64) -> Option<(u64, Vec<u8>)> {
+        self.cmds
+            .iter()
+            .filter(|k| k.no < no)
+            .max_by_key(|k| k.no)
+            .map(|k| (k.no, k.text.clone()))
     }
 
     /// The last CTX_BEFORE lines (before the one being added).
@@ -506,6 +541,7 @@ impl State {
                             .iter()
                             .map(|k| (k.no, k.text.clone()))
                             .collect(),
+                        cmd: self.cmd_before(tail[i].no),
                     }
                 }
                 Src::Cand(i) => {
@@ -516,6 +552,7 @@ impl State {
                         text: c.line.text.clone(),
                         before: c.before.clone(),
                         after: c.after.clone(),
+                        cmd: c.cmd.clone(),
                     }
                 }
             }
@@ -577,6 +614,7 @@ impl State {
                         text,
                         before: Vec::new(),
                         after: Vec::new(),
+                        cmd: None,
                     }
                 });
             (h, picked)
@@ -623,9 +661,9 @@ pub fn class_features(p: &Params, top: &[Picked]) -> Vec<(u32, f32)> {
     let m = top.iter().fold(f32::NEG_INFINITY, |m, t| m.max(t.score));
     let ws: Vec<f32> = top.iter().map(|t| (t.score - m).exp()).collect();
     let z: f32 = ws.iter().sum();
+    let shares: Vec<f32> = ws.iter().map(|w| w / z).collect();
     let bits = p.class_bits;
-    for (t, w) in top.iter().zip(ws) {
-        let w = w / z;
+    for (t, &w) in top.iter().zip(&shares) {
         let mut add = |line: &[u8], seed: u32, scale: f32| {
             let start = out.len();
             let n = features::for_each_feature(line, |h| out.push((bucket(h, seed, bits), 0.0)));
@@ -638,11 +676,44 @@ pub fn class_features(p: &Params, top: &[Picked]) -> Vec<(u32, f32)> {
         for (_, c) in t.before.iter().chain(t.after.iter()) {
             add(c, SEED_CLASS_CTX, w * 0.5);
         }
+        if let Some((_, c)) = &t.cmd {
+            add(c, SEED_CLASS_CMD, w * 0.5);
+        }
     }
     let norm = out.iter().map(|e| e.1 * e.1).sum::<f32>().sqrt();
     if norm > 0.0 {
         for e in &mut out {
             e.1 /= norm;
+        }
+    }
+    // Lexicon cues: per class and slot, the weighted share of lines with a cue.
+    let mut cues = [[0f32; N_CLASSES]; 3];
+    for (t, w) in top.iter().zip(&shares) {
+        let mut put = |line: &[u8], slot: usize, scale: f32| {
+            let c = features::cue_counts(line);
+            for (k, &n) in c.iter().enumerate() {
+                if n > 0 {
+                    cues[slot][k] += w * scale;
+                }
+            }
+        };
+        put(&t.text, 0, 1.0);
+        let nctx = (t.before.len() + t.after.len()).max(1) as f32;
+        for (_, c) in t.before.iter().chain(t.after.iter()) {
+            put(c, 1, 1.0 / nctx);
+        }
+        if let Some((_, c)) = &t.cmd {
+            put(c, 2, 1.0);
+        }
+    }
+    for (slot, row) in cues.iter().enumerate() {
+        for (k, &v) in row.iter().enumerate() {
+            if v > 0.0 {
+                out.push((
+                    bucket(features::cue_feature(k, slot as u32), SEED_CLASS_CUE, bits),
+                    v * CUE_SCALE,
+                ));
+            }
         }
     }
     out
