@@ -44,14 +44,32 @@ fn hash_str(s: &[u8]) -> u32 {
     s.iter().fold(FNV_OFFSET, |h, &b| fnv(h, b))
 }
 
-#[inline]
-fn is_word(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80
-}
+/// Byte classes: 0 space, 1 punctuation (a token of its own), else the
+/// byte as hashed (lower-cased; digits folded to `0`; non-ASCII kept).
+static MAP: [u8; 256] = {
+    let mut m = [1u8; 256];
+    let mut b = 0usize;
+    while b < 256 {
+        let c = b as u8;
+        m[b] = if c == b' ' {
+            0
+        } else if c.is_ascii_digit() {
+            b'0'
+        } else if c.is_ascii_uppercase() {
+            c.to_ascii_lowercase()
+        } else if c.is_ascii_lowercase() || c == b'_' || c >= 0x80 {
+            c
+        } else {
+            1
+        };
+        b += 1;
+    }
+    m
+};
 
 /// Call `f(hash)` for every feature of the normalised line `s`; returns the
-/// number of features. Hashes are unseeded: combine with a block seed via
-/// [`bucket`].
+/// number of features. Hashes are unmixed: [`bucket`] mixes them with a
+/// block seed.
 #[inline]
 pub fn for_each_feature<F: FnMut(u32)>(s: &[u8], mut f: F) -> u32 {
     let mut n = 0u32;
@@ -64,7 +82,7 @@ pub fn for_each_feature<F: FnMut(u32)>(s: &[u8], mut f: F) -> u32 {
         5..=8 => 3,
         _ => 4,
     };
-    f(mix(0x1000 + ib));
+    f(0x1000 + ib);
     let lb = match s.len() {
         0..=8 => 0,
         9..=24 => 1,
@@ -73,7 +91,7 @@ pub fn for_each_feature<F: FnMut(u32)>(s: &[u8], mut f: F) -> u32 {
         121..=300 => 4,
         _ => 5,
     };
-    f(mix(0x2000 + lb));
+    f(0x2000 + lb);
     n += 2;
     let mut tokens = 0usize;
     let mut i = indent;
@@ -88,9 +106,9 @@ pub fn for_each_feature<F: FnMut(u32)>(s: &[u8], mut f: F) -> u32 {
         while i < len && s[i] == b' ' {
             i += 1;
         }
-        if let Some(p) = memchr::memrchr2(b'/', b'\\', field) {
-            if field.len() > 1 {
-                f(mix(0x3000));
+        if field.len() > 1 {
+            if let Some(p) = memchr::memrchr2(b'/', b'\\', field) {
+                f(0x3000);
                 n += 1;
                 field = &field[p + 1..];
             }
@@ -99,26 +117,23 @@ pub fn for_each_feature<F: FnMut(u32)>(s: &[u8], mut f: F) -> u32 {
         let mut j = 0;
         let fl = field.len();
         while j < fl && tokens < MAX_TOKENS {
-            let b = field[j];
-            if is_word(b) {
+            let m = MAP[field[j] as usize];
+            if m >= 2 {
                 let ts = j;
                 let mut h = FNV_OFFSET;
-                while j < fl && is_word(field[j]) {
-                    let c = field[j];
-                    let c = if c.is_ascii_digit() {
-                        b'0'
-                    } else {
-                        c.to_ascii_lowercase()
-                    };
-                    h = fnv(h, c);
+                while j < fl {
+                    let m = MAP[field[j] as usize];
+                    if m < 2 {
+                        break;
+                    }
+                    h = fnv(h, m);
                     j += 1;
                 }
-                let h = if j - ts > MAX_TOKEN { 0x4000 } else { h };
-                f(mix(h));
+                f(if j - ts > MAX_TOKEN { 0x4000 } else { h });
                 n += 1;
                 tokens += 1;
             } else {
-                f(mix(0x5000 + u32::from(b)));
+                f(0x5000 + u32::from(field[j]));
                 n += 1;
                 j += 1;
             }
@@ -155,9 +170,9 @@ pub fn pos_bucket(after: u64) -> usize {
     }
 }
 
-/// For tests and rules: hash of a literal lower-case token.
+/// For tests: hash of a literal lower-case token.
 pub fn token_hash(tok: &str) -> u32 {
-    mix(hash_str(tok.as_bytes()))
+    hash_str(tok.as_bytes())
 }
 
 /// Lexicon cues: phrases from the class definitions of the labelling guide
@@ -429,7 +444,7 @@ pub fn cue_counts(line: &[u8]) -> [u8; 9] {
 /// Feature hash of a cue: class `c` seen in slot `kind` (0 evidence,
 /// 1 context, 2 command).
 pub fn cue_feature(c: usize, kind: u32) -> u32 {
-    mix(0x6000 + (c as u32) * 8 + kind)
+    0x6000 + (c as u32) * 8 + kind
 }
 
 /// A line that echoes the command of a build step: `$ cmd` (Travis, GitLab),
