@@ -415,8 +415,8 @@ pub fn train_classes(
             softmax(&mut z);
             let y = labels[i].index();
             let wt = cw[y];
-            for c in 0..N_CLASSES {
-                let g = wt * (z[c] - if c == y { 1.0 } else { 0.0 });
+            for (c, &zc) in z.iter().enumerate() {
+                let g = wt * (zc - if c == y { 1.0 } else { 0.0 });
                 if g.abs() < 1e-6 {
                     continue;
                 }
