@@ -226,8 +226,13 @@ pub fn run_eval(args: EvalCilog) -> ExitCode {
     } else {
         train::cross_validate(&data, &sets, k, &r)
     };
+    let what = if args.in_sample {
+        "in-sample (trained on the test logs)".to_string()
+    } else {
+        format!("grouped {k}-fold CV by repository")
+    };
     println!(
-        "grouped {k}-fold CV by repository ({} logs, seed {}): accuracy {:.3}, macro-F1 (classes with >= 5 examples) {:.3}, evidence inside the human chunk {:.1}% ({}/{} logs with a chunk)  [{:.1}s]",
+        "{what} ({} logs, seed {}): accuracy {:.3}, macro-F1 (classes with >= 5 examples) {:.3}, evidence inside the human chunk {:.1}% ({}/{} logs with a chunk)  [{:.1}s]",
         rep.n,
         r.seed,
         rep.accuracy(),
@@ -307,13 +312,22 @@ pub fn run_classify(model: &Path, files: &[PathBuf]) -> ExitCode {
     let mut code = ExitCode::SUCCESS;
     let mut out = |name: &str, r: std::io::Result<super::Verdict>| match r {
         Ok(v) => {
-            let mut j = serde_json::json!({ "file": name });
-            if let (Some(o), Ok(serde_json::Value::Object(vo))) =
-                (j.as_object_mut(), serde_json::to_value(&v))
-            {
-                o.extend(vo);
+            #[derive(serde::Serialize)]
+            struct Line<'a> {
+                file: &'a str,
+                #[serde(flatten)]
+                verdict: &'a super::Verdict,
             }
-            println!("{j}");
+            match serde_json::to_string(&Line {
+                file: name,
+                verdict: &v,
+            }) {
+                Ok(j) => println!("{j}"),
+                Err(e) => {
+                    eprintln!("sift: {name}: {e}");
+                    code = ExitCode::FAILURE;
+                }
+            }
         }
         Err(e) => {
             eprintln!("sift: {name}: {e}");

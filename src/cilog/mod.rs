@@ -248,13 +248,13 @@ impl CilogModel {
 
 #[inline]
 fn line_score(p: &Params, line: &[u8]) -> f32 {
-    let w = &p.line_w;
+    let w = &p.line_q;
     let bits = p.line_bits;
-    let mut sum = 0f32;
+    let mut sum = 0i32;
     let n = features::for_each_feature(line, |h| {
-        sum += w[bucket(h, SEED_LINE, bits) as usize];
+        sum += i32::from(w[bucket(h, SEED_LINE, bits) as usize]);
     });
-    sum / (n.max(1) as f32).sqrt()
+    sum as f32 * p.line_scale / (n.max(1) as f32).sqrt()
 }
 
 /// A kept line.

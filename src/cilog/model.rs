@@ -34,7 +34,12 @@ const MAX_NOTE: usize = 4096;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Params {
     pub line_bits: u8,
+    /// Line weights (training side; serving reads `line_q`).
     pub line_w: Vec<f32>,
+    /// The quantised line weights as stored: value = q × `line_scale`. A
+    /// 2^18-byte table stays in the L2 cache on the hot path.
+    pub line_q: Vec<i8>,
+    pub line_scale: f32,
     pub pos_w: [f32; POS_BUCKETS],
     pub class_bits: u8,
     /// `class_w[bucket * N_CLASSES + class]`.
@@ -149,11 +154,8 @@ impl Params {
         }
         let mut r = Reader { b: body, at: r.at };
         let ls = r.f32()?;
-        let line_w = r
-            .take(line_n)?
-            .iter()
-            .map(|&q| f32::from(q as i8) * ls)
-            .collect();
+        let line_q: Vec<i8> = r.take(line_n)?.iter().map(|&q| q as i8).collect();
+        let line_w = line_q.iter().map(|&q| f32::from(q) * ls).collect();
         let mut pos_w = [0f32; POS_BUCKETS];
         for p in &mut pos_w {
             *p = r.f32()?;
@@ -192,6 +194,8 @@ impl Params {
         Ok(Params {
             line_bits: line_bits as u8,
             line_w,
+            line_q,
+            line_scale: ls,
             pos_w,
             class_bits: class_bits as u8,
             class_w,
@@ -230,6 +234,8 @@ impl Params {
         Params {
             line_bits,
             line_w: vec![0.0; 1 << line_bits],
+            line_q: vec![0; 1 << line_bits],
+            line_scale: 1.0,
             pos_w: [0.0; POS_BUCKETS],
             class_bits,
             class_w: vec![0.0; (1 << class_bits) * N_CLASSES],
