@@ -232,6 +232,12 @@ impl CilogModel {
         Scanner::new(&self.p)
     }
 
+    /// A scanner that owns a share of the model (for inspections that move
+    /// between threads).
+    pub fn owned_scanner(&self) -> Scanner<'static> {
+        Scanner::with(PRef::Shared(self.p.clone()))
+    }
+
     /// Classify a whole log held in memory.
     pub fn classify(&self, log: &[u8]) -> Verdict {
         let mut s = self.scanner();
@@ -313,7 +319,7 @@ pub struct Scanned {
 /// buffer of [`normalize::MAX_LINE`] bytes, whatever the input length.
 #[derive(Debug)]
 pub struct Scanner<'a> {
-    p: &'a Params,
+    p: PRef<'a>,
     split: LineSplitter,
     st: State,
     bytes: u64,
@@ -339,8 +345,30 @@ struct State {
 /// Command lines remembered.
 const CMDS: usize = 8;
 
+/// The model a scanner reads: borrowed, or shared (an owned scanner that
+/// can move to another thread on its own).
+#[derive(Debug, Clone)]
+enum PRef<'a> {
+    Borrowed(&'a Params),
+    Shared(Arc<Params>),
+}
+
+impl std::ops::Deref for PRef<'_> {
+    type Target = Params;
+    fn deref(&self) -> &Params {
+        match self {
+            PRef::Borrowed(p) => p,
+            PRef::Shared(p) => p,
+        }
+    }
+}
+
 impl<'a> Scanner<'a> {
     fn new(p: &'a Params) -> Scanner<'a> {
+        Scanner::with(PRef::Borrowed(p))
+    }
+
+    fn with(p: PRef<'a>) -> Scanner<'a> {
         Scanner {
             p,
             split: LineSplitter::new(),
@@ -362,7 +390,7 @@ impl<'a> Scanner<'a> {
     /// characters or escape sequences anywhere.
     pub fn feed(&mut self, chunk: &[u8]) {
         self.bytes += chunk.len() as u64;
-        let p = self.p;
+        let p = &*self.p;
         let st = &mut self.st;
         self.split
             .feed(chunk, &mut |no, line| st.on_line(p, no, line));
@@ -393,15 +421,16 @@ impl<'a> Scanner<'a> {
 
     /// End of the log: the verdict.
     pub fn finish(self) -> Verdict {
-        let p = self.p;
+        let p = self.p.clone();
         let s = self.finish_scan();
-        decide(p, s)
+        decide(&p, s)
     }
 
     /// End of the log: the chosen lines and class features, without the
     /// class decision (training uses this).
     pub fn finish_scan(mut self) -> Scanned {
-        let p = self.p;
+        let p = self.p.clone();
+        let p = &*p;
         {
             let st = &mut self.st;
             self.split.finish(&mut |no, line| st.on_line(p, no, line));
