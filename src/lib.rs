@@ -11,6 +11,7 @@ pub mod admin;
 pub mod app;
 pub mod body;
 pub mod canary;
+pub mod cilog;
 pub mod classify;
 pub mod clock;
 pub mod config;

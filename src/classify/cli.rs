@@ -21,12 +21,16 @@ const DEFAULT_SMS: &str = "../shared/data/spam/sms/SMSSpamCollection";
 pub enum TrainWhat {
     /// Train the spam model (or, with --from and --data, adapt one).
     Spam(TrainSpam),
+    /// Train the CI-log failure classifier from labelled logs.
+    Cilog(crate::cilog::cli::TrainCilog),
 }
 
 #[derive(Debug, Subcommand)]
 pub enum EvalWhat {
     /// Evaluate the spam model's training recipe on public corpora.
     Spam(EvalSpam),
+    /// Grouped (by repository) cross-validation of the CI-log recipe.
+    Cilog(crate::cilog::cli::EvalCilog),
 }
 
 /// Which data trains the model.
@@ -196,12 +200,13 @@ pub struct EvalSpam {
 
 #[derive(Debug, Args)]
 pub struct ClassifyArgs {
-    /// Filter to apply (only "spam" for now).
+    /// Filter to apply: "spam" or "cilog".
     #[arg(long, default_value = "spam")]
     pub filter: String,
-    /// Model file (a `.onnx` file selects the ONNX Runtime backend).
-    #[arg(long, default_value = DEFAULT_MODEL)]
-    pub model: PathBuf,
+    /// Model file (default: filters/<filter>/model.bin; a `.onnx` file
+    /// selects the ONNX Runtime backend).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
     /// libonnxruntime.so for a `.onnx` model (default: $ORT_DYLIB_PATH).
     #[arg(long)]
     pub runtime: Option<PathBuf>,
@@ -245,7 +250,10 @@ fn load(which: &str, recipe: &Recipe, fz: &Featurizer) -> Result<Loaded, data::D
 }
 
 pub fn run_train(what: TrainWhat) -> ExitCode {
-    let TrainWhat::Spam(args) = what;
+    let args = match what {
+        TrainWhat::Spam(args) => args,
+        TrainWhat::Cilog(args) => return crate::cilog::cli::run_train(args),
+    };
     if let (Some(from), Some(data_path)) = (&args.from, &args.data) {
         return adapt(&args, from, data_path);
     }
@@ -348,7 +356,10 @@ fn adapt(args: &TrainSpam, from: &Path, data_path: &Path) -> ExitCode {
 }
 
 pub fn run_eval(what: EvalWhat) -> ExitCode {
-    let EvalWhat::Spam(args) = what;
+    let args = match what {
+        EvalWhat::Spam(args) => args,
+        EvalWhat::Cilog(args) => return crate::cilog::cli::run_eval(args),
+    };
     let fcfg = match args.recipe.feature_config() {
         Ok(c) => c,
         Err(e) => return fail(e),
@@ -479,18 +490,28 @@ pub fn run_eval(what: EvalWhat) -> ExitCode {
 }
 
 pub fn run_classify(args: ClassifyArgs) -> ExitCode {
+    if args.filter == "cilog" {
+        let model = args
+            .model
+            .unwrap_or_else(|| PathBuf::from(crate::cilog::cli::DEFAULT_MODEL));
+        return crate::cilog::cli::run_classify(&model, &args.files);
+    }
     if args.filter != "spam" {
         return fail(format_args!(
-            "unknown filter {:?} (known: spam)",
+            "unknown filter {:?} (known: spam, cilog)",
             args.filter
         ));
     }
-    if args.model.extension().is_some_and(|e| e == "onnx") {
-        return super::onnx_cli::run_classify_onnx(&args);
+    let model = args
+        .model
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_MODEL));
+    if model.extension().is_some_and(|e| e == "onnx") {
+        return super::onnx_cli::run_classify_onnx(&args, &model);
     }
-    let clf = match Classifier::load(&args.model) {
+    let clf = match Classifier::load(&model) {
         Ok(c) => c,
-        Err(e) => return fail(format_args!("{}: {e}", args.model.display())),
+        Err(e) => return fail(format_args!("{}: {e}", model.display())),
     };
     let mut inputs: Vec<(String, Result<Vec<u8>, std::io::Error>)> = Vec::new();
     if args.files.is_empty() {

@@ -305,11 +305,11 @@ fn bench(
 
 /// `sift classify --model X.onnx`: the same JSON lines as the native model
 /// (no `margin` rounding differences, no `--explain`).
-pub fn run_classify_onnx(args: &super::cli::ClassifyArgs) -> ExitCode {
+pub fn run_classify_onnx(args: &super::cli::ClassifyArgs, model: &std::path::Path) -> ExitCode {
     if args.explain {
         return fail("--explain is not available for ONNX models");
     }
-    let clf = match OnnxClassifier::load_with(&args.model, args.runtime.as_deref(), 1) {
+    let clf = match OnnxClassifier::load_with(model, args.runtime.as_deref(), 1) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };

@@ -392,6 +392,14 @@ fn build_filters(fs: &[FilterFile], e: &mut Errs) -> Vec<FilterSpec> {
                 None
             }
             (FilterKind::Onnx, None, _) => None,
+            (FilterKind::Cilog, Some(_), _) => {
+                e.push(
+                    format!("{p}.learned_model"),
+                    "the CI-log model does not learn at run time (retrain with `sift train cilog`)",
+                );
+                None
+            }
+            (FilterKind::Cilog, None, _) => None,
             (_, Some(l), _) => Some(l.into()),
             (_, None, ModelSource::File(m)) => {
                 let mut s = m.clone().into_os_string();

@@ -12,6 +12,7 @@
 //! the bounded [`pool::Pool`] that runs the CPU work.
 
 pub mod chain;
+pub mod cilog;
 pub mod extract;
 pub mod pool;
 pub mod spam;
@@ -151,11 +152,7 @@ pub trait Inspector: Send {
 pub fn build(spec: &FilterSpec) -> Result<Arc<dyn Filter>, FilterError> {
     match spec.kind {
         FilterKind::Spam | FilterKind::Onnx => Ok(Arc::new(spam::SpamFilter::new(spec.clone())?)),
-        FilterKind::Cilog => Err(FilterError::Model {
-            filter: spec.name.clone(),
-            path: "-".into(),
-            reason: format!("kind {:?} is not available in this build", spec.kind),
-        }),
+        FilterKind::Cilog => Ok(Arc::new(cilog::CilogFilter::new(spec.clone())?)),
     }
 }
 

@@ -1,0 +1,381 @@
+//! `sift train cilog`, `sift eval cilog`, `sift classify --filter cilog`.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Args;
+
+use super::train::{self, Example, LineSet, Recipe};
+use super::{CilogModel, Class};
+
+pub const DEFAULT_MODEL: &str = "filters/cilog/model.bin";
+
+/// Data and recipe knobs shared by train and eval.
+#[derive(Debug, Args)]
+pub struct CilogRecipe {
+    /// Labelled-log folder with labels.csv and logs/ (default:
+    /// $SIFT_CILOG_DATA, else <crate>/../shared/data/cilogs).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// A labels CSV (columns path, label; optional id, repo,
+    /// chunk_first_line, chunk_last_line); default <data>/labels.csv.
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
+    /// Folder the CSV's paths are relative to; default <labels dir>/logs.
+    #[arg(long)]
+    pub logs: Option<PathBuf>,
+    /// log2 of the line scorer's buckets.
+    #[arg(long, default_value_t = Recipe::default().line_bits)]
+    pub line_bits: u8,
+    /// log2 of the class scorer's buckets.
+    #[arg(long, default_value_t = Recipe::default().class_bits)]
+    pub class_bits: u8,
+    #[arg(long, default_value_t = Recipe::default().line_epochs)]
+    pub line_epochs: u32,
+    #[arg(long, default_value_t = Recipe::default().line_lr)]
+    pub line_lr: f32,
+    #[arg(long, default_value_t = Recipe::default().class_epochs)]
+    pub class_epochs: u32,
+    #[arg(long, default_value_t = Recipe::default().class_lr)]
+    pub class_lr: f32,
+    #[arg(long, default_value_t = Recipe::default().l2)]
+    pub l2: f32,
+    #[arg(long, default_value_t = Recipe::default().seed)]
+    pub seed: u64,
+    /// Learn a feature only if it occurs in this many repositories.
+    #[arg(long, default_value_t = Recipe::default().min_groups)]
+    pub min_groups: u32,
+    /// Plain SGD for the line scorer (default AdaGrad).
+    #[arg(long)]
+    pub line_sgd: bool,
+    /// Plain SGD for the class scorer (default AdaGrad).
+    #[arg(long)]
+    pub class_sgd: bool,
+}
+
+impl CilogRecipe {
+    fn recipe(&self) -> Result<Recipe, String> {
+        if !(10..=22).contains(&self.line_bits) || !(10..=20).contains(&self.class_bits) {
+            return Err("--line-bits must be in 10..=22 and --class-bits in 10..=20".into());
+        }
+        Ok(Recipe {
+            line_bits: self.line_bits,
+            class_bits: self.class_bits,
+            line_epochs: self.line_epochs,
+            line_lr: self.line_lr,
+            class_epochs: self.class_epochs,
+            class_lr: self.class_lr,
+            l2: self.l2,
+            seed: self.seed,
+            min_groups: self.min_groups,
+            line_sgd: self.line_sgd,
+            class_sgd: self.class_sgd,
+        })
+    }
+
+    fn paths(&self) -> (PathBuf, PathBuf) {
+        let data = self.data.clone().unwrap_or_else(train::default_data_dir);
+        let labels = self
+            .labels
+            .clone()
+            .unwrap_or_else(|| data.join("labels.csv"));
+        let logs = self
+            .logs
+            .clone()
+            .unwrap_or_else(|| labels.parent().unwrap_or(Path::new(".")).join("logs"));
+        (labels, logs)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct TrainCilog {
+    #[command(flatten)]
+    pub recipe: CilogRecipe,
+    /// Output model file.
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalCilog {
+    #[command(flatten)]
+    pub recipe: CilogRecipe,
+    /// Folds (grouped by repository).
+    #[arg(long, default_value_t = 5)]
+    pub folds: usize,
+    /// Diagnostic: train on all logs and score on them (not a CV figure).
+    #[arg(long)]
+    pub in_sample: bool,
+    /// Diagnostic: the class scorer alone, trained and tested on the human
+    /// chunks instead of the found evidence (grouped CV).
+    #[arg(long)]
+    pub chunk_oracle: bool,
+    /// Print one line per misclassified log.
+    #[arg(long)]
+    pub errors: bool,
+    /// Also time --model on the data (load, MB/s, one thread).
+    #[arg(long)]
+    pub bench: bool,
+    /// Model for --bench.
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    pub model: PathBuf,
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("sift: {msg}");
+    ExitCode::FAILURE
+}
+
+fn load_data(r: &CilogRecipe, bits: u8) -> Result<(Vec<Example>, Vec<LineSet>), String> {
+    let t = Instant::now();
+    let (labels, logs) = r.paths();
+    let data = train::load_labelled(&labels, &logs).map_err(|e| e.to_string())?;
+    if data.is_empty() {
+        return Err(format!("{}: no labelled logs", labels.display()));
+    }
+    let sets: Vec<LineSet> = data.iter().map(|e| train::line_set(e, bits)).collect();
+    let bytes: usize = data.iter().map(|e| e.bytes.len()).sum();
+    eprintln!(
+        "loaded {} logs ({:.1} MB, {} groups) from {} in {:.1}s",
+        data.len(),
+        bytes as f64 / 1e6,
+        {
+            let mut g: Vec<&str> = data.iter().map(|e| e.group.as_str()).collect();
+            g.sort_unstable();
+            g.dedup();
+            g.len()
+        },
+        labels.display(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok((data, sets))
+}
+
+pub fn run_train(args: TrainCilog) -> ExitCode {
+    let r = match args.recipe.recipe() {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    let (data, sets) = match load_data(&args.recipe, r.line_bits) {
+        Ok(d) => d,
+        Err(e) => return fail(e),
+    };
+    let t = Instant::now();
+    let mut counts = [0usize; super::N_CLASSES];
+    for e in &data {
+        counts[e.label.index()] += 1;
+    }
+    let dist: Vec<String> = Class::ALL
+        .iter()
+        .filter(|c| counts[c.index()] > 0)
+        .map(|c| format!("{} {}", c.as_str(), counts[c.index()]))
+        .collect();
+    let note = format!(
+        "{} labelled CI logs ({}); line_bits {} class_bits {} line_epochs {} line_lr {} class_epochs {} class_lr {} l2 {} seed {}",
+        data.len(),
+        dist.join(", "),
+        r.line_bits,
+        r.class_bits,
+        r.line_epochs,
+        r.line_lr,
+        r.class_epochs,
+        r.class_lr,
+        r.l2,
+        r.seed
+    );
+    let rows: Vec<usize> = (0..data.len()).collect();
+    let m = train::train(&data, &sets, &rows, &r, &note);
+    if let Err(e) = m.save(&args.out) {
+        return fail(e);
+    }
+    println!(
+        "wrote {} ({} bytes) in {:.1}s: {}",
+        args.out.display(),
+        m.to_bytes().len(),
+        t.elapsed().as_secs_f64(),
+        note
+    );
+    ExitCode::SUCCESS
+}
+
+pub fn run_eval(args: EvalCilog) -> ExitCode {
+    let r = match args.recipe.recipe() {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    let (data, sets) = match load_data(&args.recipe, r.line_bits) {
+        Ok(d) => d,
+        Err(e) => return fail(e),
+    };
+    let t = Instant::now();
+    let k = args.folds.max(2);
+    let rep = if args.in_sample {
+        let rows: Vec<usize> = (0..data.len()).collect();
+        let m = train::train(&data, &sets, &rows, &r, "in-sample");
+        let mut rep = train::Report::default();
+        for (i, e) in data.iter().enumerate() {
+            rep.add(i, e, m.classify(&e.bytes));
+        }
+        println!("IN-SAMPLE (training set = test set):");
+        rep
+    } else if args.chunk_oracle {
+        println!("CHUNK ORACLE (class scorer on the human chunks):");
+        train::oracle_cv(&data, k, &r)
+    } else {
+        train::cross_validate(&data, &sets, k, &r)
+    };
+    let what = if args.in_sample {
+        "in-sample (trained on the test logs)".to_string()
+    } else {
+        format!("grouped {k}-fold CV by repository")
+    };
+    println!(
+        "{what} ({} logs, seed {}): accuracy {:.3}, macro-F1 (classes with >= 5 examples) {:.3}, evidence inside the human chunk {:.1}% ({}/{} logs with a chunk)  [{:.1}s]",
+        rep.n,
+        r.seed,
+        rep.accuracy(),
+        rep.macro_f1(5),
+        100.0 * rep.evidence_share(),
+        rep.evidence_in_chunk,
+        rep.with_chunk,
+        t.elapsed().as_secs_f64()
+    );
+    print!("{}", rep.table());
+    println!("confusion (rows true, columns predicted, order as above):");
+    for (c, row) in Class::ALL.iter().zip(rep.confusion.iter()) {
+        let cells: Vec<String> = row.iter().map(|v| format!("{v:>4}")).collect();
+        println!("{:<11}{}", c.as_str(), cells.join(""));
+    }
+    if args.errors {
+        for (i, v) in &rep.predictions {
+            let e = &data[*i];
+            let inside = e.chunk.is_some_and(|(a, b)| (a..=b).contains(&v.line));
+            if v.class != e.label || !inside {
+                println!(
+                    "{} {} true {} pred {} ({:.2}) line {} chunk {:?}{}: {}",
+                    e.id,
+                    e.group,
+                    e.label,
+                    v.class,
+                    v.confidence,
+                    v.line,
+                    e.chunk,
+                    if inside { "" } else { " OUTSIDE" },
+                    v.text.chars().take(120).collect::<String>()
+                );
+            }
+        }
+    }
+    if args.bench {
+        match bench(&args.model, &data) {
+            Ok(s) => println!("{s}"),
+            Err(e) => return fail(e),
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// Load time and throughput of a model file on the logs, one thread.
+pub fn bench(model: &Path, data: &[Example]) -> Result<String, String> {
+    let t = Instant::now();
+    let m = CilogModel::load(model).map_err(|e| format!("{}: {e}", model.display()))?;
+    let load_ms = t.elapsed().as_secs_f64() * 1e3;
+    let bytes: usize = data.iter().map(|e| e.bytes.len()).sum();
+    let t = Instant::now();
+    let mut rounds = 0;
+    while rounds == 0 || t.elapsed().as_secs_f64() < 2.0 {
+        for e in data {
+            std::hint::black_box(m.classify(&e.bytes));
+        }
+        rounds += 1;
+    }
+    let mbps = (bytes * rounds) as f64 / 1e6 / t.elapsed().as_secs_f64();
+    Ok(format!(
+        "bench {}: {} bytes, load {:.1} ms; {:.0} MB/s over {} logs ({:.1} MB), one thread",
+        model.display(),
+        std::fs::metadata(model).map(|m| m.len()).unwrap_or(0),
+        load_ms,
+        mbps,
+        data.len(),
+        bytes as f64 / 1e6
+    ))
+}
+
+/// `sift classify --filter cilog`: one JSON line per input (stdin when none).
+pub fn run_classify(model: &Path, files: &[PathBuf]) -> ExitCode {
+    let m = match CilogModel::load(model) {
+        Ok(m) => m,
+        Err(e) => return fail(format_args!("{}: {e}", model.display())),
+    };
+    let mut code = ExitCode::SUCCESS;
+    let mut out = |name: &str, r: std::io::Result<super::Verdict>| match r {
+        Ok(v) => {
+            #[derive(serde::Serialize)]
+            struct Line<'a> {
+                file: &'a str,
+                #[serde(flatten)]
+                verdict: &'a super::Verdict,
+            }
+            match serde_json::to_string(&Line {
+                file: name,
+                verdict: &v,
+            }) {
+                Ok(j) => println!("{j}"),
+                Err(e) => {
+                    eprintln!("sift: {name}: {e}");
+                    code = ExitCode::FAILURE;
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("sift: {name}: {e}");
+            code = ExitCode::FAILURE;
+        }
+    };
+    if files.is_empty() {
+        out("-", scan_reader(&m, std::io::stdin().lock()));
+    } else {
+        for f in files {
+            let r = std::fs::File::open(f).and_then(|fh| scan_reader(&m, fh));
+            out(&f.display().to_string(), r);
+        }
+    }
+    code
+}
+
+/// Stream a reader through a scanner (gunzipping gzip input), in 64 KB reads.
+pub fn scan_reader<R: Read>(m: &CilogModel, mut r: R) -> std::io::Result<super::Verdict> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut head = 0;
+    // Fill at least 2 bytes to look for the gzip magic.
+    while head < 2 {
+        let n = r.read(&mut buf[head..])?;
+        if n == 0 {
+            break;
+        }
+        head += n;
+    }
+    let prefix = buf[..head].to_vec();
+    let chained = std::io::Cursor::new(prefix).chain(r);
+    if buf[..head].starts_with(&[0x1f, 0x8b]) {
+        stream(m, flate2::read::MultiGzDecoder::new(chained), &mut buf)
+    } else {
+        stream(m, chained, &mut buf)
+    }
+}
+
+fn stream<R: Read>(m: &CilogModel, mut r: R, buf: &mut [u8]) -> std::io::Result<super::Verdict> {
+    let mut s = m.scanner();
+    loop {
+        let n = match r.read(buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        s.feed(&buf[..n]);
+    }
+    Ok(s.finish())
+}

@@ -1,0 +1,881 @@
+//! Why did this CI build fail? A streaming classifier for CI logs.
+//!
+//! Pipeline, one pass over the bytes, memory bounded whatever the length:
+//! 1. [`normalize`]: split into the lines a terminal would show (`\r`
+//!    progress collapsed), strip ANSI codes, timestamps and fold markers;
+//!    line numbers stay those of the original log.
+//! 2. Line scorer (learned from the human failure chunks): hashed token
+//!    features of each line → a content score. The scanner keeps the best
+//!    [`TOP_K`] lines with their context and a tail window of the last
+//!    [`TAIL`] lines.
+//! 3. At the end, a learned position weight (lines from the end) is added;
+//!    the best lines and their context feed a multiclass linear model
+//!    (learned from the labels) → class and confidence.
+//! 4. A few rules ([`rules`]) for out-of-memory and non-Travis timeout
+//!    wordings, checked near the end and around the evidence only.
+
+pub mod cli;
+pub mod features;
+pub mod model;
+pub mod normalize;
+pub mod rules;
+pub mod train;
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use features::{
+    SEED_CLASS_CMD, SEED_CLASS_CTX, SEED_CLASS_CUE, SEED_CLASS_LINE, SEED_LINE, bucket, pos_bucket,
+};
+use model::Params;
+use normalize::LineSplitter;
+
+/// Best lines kept by content score.
+pub const TOP_K: usize = 32;
+/// Last lines kept (≥ the distance at which position weights stop changing).
+pub const TAIL: usize = 256;
+/// Non-blank lines of context kept before and after a candidate.
+pub const CTX_BEFORE: usize = 3;
+pub const CTX_AFTER: usize = 6;
+/// Bytes of a line kept for evidence and context.
+pub const KEEP: usize = 1024;
+/// Lines whose features make the class decision.
+pub const TOP_N: usize = 3;
+/// Lines at the end checked by the rules.
+pub const RULE_TAIL: usize = 30;
+
+pub const N_CLASSES: usize = 9;
+/// Value of a lexicon cue feature relative to the (unit-norm) bag of words.
+pub const CUE_SCALE: f32 = 0.5;
+
+/// The failure class of a CI log (see the data's LABELLING.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Class {
+    /// The job or a step ran out of time.
+    Timeout,
+    /// Out of memory.
+    Oom,
+    /// The CI platform or an unrelated external service failed.
+    Infra,
+    /// Installing or resolving dependencies or the toolchain failed.
+    Dependency,
+    /// Building the project's own code failed.
+    Compile,
+    /// A static check failed.
+    Lint,
+    /// Tests ran and failed.
+    Test,
+    /// The build's own scripts or configuration are wrong.
+    Config,
+    /// No basis for a decision.
+    Unknown,
+}
+
+impl Class {
+    pub const ALL: [Class; N_CLASSES] = [
+        Class::Timeout,
+        Class::Oom,
+        Class::Infra,
+        Class::Dependency,
+        Class::Compile,
+        Class::Lint,
+        Class::Test,
+        Class::Config,
+        Class::Unknown,
+    ];
+
+    /// The lower-case name used in labels and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Class::Timeout => "timeout",
+            Class::Oom => "oom",
+            Class::Infra => "infra",
+            Class::Dependency => "dependency",
+            Class::Compile => "compile",
+            Class::Lint => "lint",
+            Class::Test => "test",
+            Class::Config => "config",
+            Class::Unknown => "unknown",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for Class {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A class name that is not one of [`Class::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown CI-log class {0:?} (known: timeout, oom, infra, dependency, compile, lint, test, config, unknown)"
+)]
+pub struct ParseClassError(pub String);
+
+impl FromStr for Class {
+    type Err = ParseClassError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim();
+        Class::ALL
+            .into_iter()
+            .find(|c| c.as_str().eq_ignore_ascii_case(t))
+            .ok_or_else(|| ParseClassError(s.to_string()))
+    }
+}
+
+/// What the classifier says about one log.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Verdict {
+    pub class: Class,
+    /// Probability of `class` under the model (0..=1).
+    pub confidence: f32,
+    /// 1-based line number of the evidence in the original log; 0 if none.
+    pub line: u64,
+    /// The evidence line, normalised (at most [`KEEP`] bytes).
+    pub text: String,
+    /// A few normalised non-blank lines around the evidence, with their numbers.
+    pub context: Vec<(u64, String)>,
+}
+
+impl Verdict {
+    fn empty() -> Verdict {
+        Verdict {
+            class: Class::Unknown,
+            confidence: 0.0,
+            line: 0,
+            text: String::new(),
+            context: Vec::new(),
+        }
+    }
+}
+
+/// Why a model could not be loaded or saved.
+#[derive(Debug, thiserror::Error)]
+pub enum CilogError {
+    #[error("cannot read or write CI-log model file {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("not a sift CI-log model file (bad magic; expected \"SIFTCIL\")")]
+    BadMagic,
+    #[error("unsupported CI-log model file version {0} (this sift reads version {v})", v = model::VERSION)]
+    Version(u32),
+    #[error(
+        "CI-log model file truncated: needed {needed} bytes at offset {offset}, file has {len}; retrain with `sift train cilog`"
+    )]
+    Truncated {
+        needed: usize,
+        offset: usize,
+        len: usize,
+    },
+    #[error(
+        "CI-log model file checksum mismatch (stored {stored:016x}, computed {computed:016x}): the file is corrupt"
+    )]
+    Checksum { stored: u64, computed: u64 },
+    #[error("invalid CI-log model file: {0}")]
+    Invalid(String),
+}
+
+/// A trained CI-log classifier. Cheap to clone (shared weights).
+#[derive(Debug, Clone)]
+pub struct CilogModel {
+    p: Arc<Params>,
+}
+
+impl CilogModel {
+    /// Load a model file (checksummed; corrupt or truncated files are errors).
+    pub fn load(path: &Path) -> Result<CilogModel, CilogError> {
+        Params::load(path).map(CilogModel::from_params)
+    }
+
+    /// Parse a model from the bytes of a model file.
+    pub fn from_bytes(b: &[u8]) -> Result<CilogModel, CilogError> {
+        Params::from_bytes(b).map(CilogModel::from_params)
+    }
+
+    /// Write the model file (atomically: temp file + rename).
+    pub fn save(&self, path: &Path) -> Result<(), CilogError> {
+        self.p.save(path)
+    }
+
+    /// The bytes of the model file.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.p.to_bytes()
+    }
+
+    pub fn from_params(p: Params) -> CilogModel {
+        CilogModel { p: Arc::new(p) }
+    }
+
+    pub fn params(&self) -> &Params {
+        &self.p
+    }
+
+    /// What the model was trained on.
+    pub fn note(&self) -> &str {
+        &self.p.note
+    }
+
+    /// A streaming scanner over one log.
+    pub fn scanner(&self) -> Scanner<'_> {
+        Scanner::new(&self.p)
+    }
+
+    /// A scanner that owns a share of the model (for inspections that move
+    /// between threads).
+    pub fn owned_scanner(&self) -> Scanner<'static> {
+        Scanner::with(PRef::Shared(self.p.clone()))
+    }
+
+    /// Classify a whole log held in memory.
+    pub fn classify(&self, log: &[u8]) -> Verdict {
+        let mut s = self.scanner();
+        s.feed(log);
+        s.finish()
+    }
+
+    /// Content score of one normalised line (no position term).
+    #[inline]
+    pub fn line_score(&self, line: &[u8]) -> f32 {
+        line_score(&self.p, line)
+    }
+}
+
+#[inline]
+fn line_score(p: &Params, line: &[u8]) -> f32 {
+    let w = &p.line_q;
+    let bits = p.line_bits;
+    let mut sum = 0i32;
+    let n = features::for_each_feature(line, |h| {
+        sum += i32::from(w[bucket(h, SEED_LINE, bits) as usize]);
+    });
+    sum as f32 * p.line_scale / (n.max(1) as f32).sqrt()
+}
+
+/// A kept line.
+#[derive(Debug, Clone, Default)]
+struct Kept {
+    no: u64,
+    score: f32,
+    text: Vec<u8>,
+}
+
+impl Kept {
+    fn set(&mut self, no: u64, score: f32, s: &[u8]) {
+        self.no = no;
+        self.score = score;
+        self.text.clear();
+        self.text.extend_from_slice(&s[..s.len().min(KEEP)]);
+    }
+}
+
+/// A candidate evidence line with its context.
+#[derive(Debug, Clone)]
+struct Cand {
+    line: Kept,
+    before: Vec<(u64, Vec<u8>)>,
+    after: Vec<(u64, Vec<u8>)>,
+    cmd: Option<(u64, Vec<u8>)>,
+}
+
+/// One chosen line at the end of a scan, for classification and training.
+#[derive(Debug, Clone)]
+pub struct Picked {
+    pub no: u64,
+    /// Content + position score.
+    pub score: f32,
+    pub text: Vec<u8>,
+    pub before: Vec<(u64, Vec<u8>)>,
+    pub after: Vec<(u64, Vec<u8>)>,
+    /// The last step command echoed before the line (`$ make test`, ...).
+    pub cmd: Option<(u64, Vec<u8>)>,
+}
+
+/// Everything a finished scan knows, before the class decision.
+#[derive(Debug, Clone)]
+pub struct Scanned {
+    pub total_lines: u64,
+    /// Best lines, best first (at most [`TOP_N`]).
+    pub top: Vec<Picked>,
+    /// Class features (bucket, value) of the top lines.
+    pub class_features: Vec<(u32, f32)>,
+    /// A rule hit: the rule, and the line (with context) it fired on.
+    pub rule: Option<(rules::RuleHit, Picked)>,
+}
+
+/// Streaming classifier state for one log. Memory is bounded: at most
+/// [`TOP_K`] candidates with context, a [`TAIL`]-line ring and one line
+/// buffer of [`normalize::MAX_LINE`] bytes, whatever the input length.
+#[derive(Debug)]
+pub struct Scanner<'a> {
+    p: PRef<'a>,
+    split: LineSplitter,
+    st: State,
+    bytes: u64,
+}
+
+#[derive(Debug)]
+struct State {
+    cands: Vec<Cand>,
+    /// Index and score of the weakest candidate once `cands` is full.
+    min: (usize, f32),
+    /// Candidates still collecting after-context.
+    pending: Vec<usize>,
+    /// Ring of the last non-blank lines (tail window; also before-context).
+    tail: Vec<Kept>,
+    /// Next slot in `tail`; `tail_n` = lines ever pushed.
+    tail_at: usize,
+    tail_n: u64,
+    /// Ring of the last command lines, and its next slot.
+    cmds: Vec<Kept>,
+    cmd_at: usize,
+}
+
+/// Command lines remembered.
+const CMDS: usize = 8;
+
+/// The model a scanner reads: borrowed, or shared (an owned scanner that
+/// can move to another thread on its own).
+#[derive(Debug, Clone)]
+enum PRef<'a> {
+    Borrowed(&'a Params),
+    Shared(Arc<Params>),
+}
+
+impl std::ops::Deref for PRef<'_> {
+    type Target = Params;
+    fn deref(&self) -> &Params {
+        match self {
+            PRef::Borrowed(p) => p,
+            PRef::Shared(p) => p,
+        }
+    }
+}
+
+impl<'a> Scanner<'a> {
+    fn new(p: &'a Params) -> Scanner<'a> {
+        Scanner::with(PRef::Borrowed(p))
+    }
+
+    fn with(p: PRef<'a>) -> Scanner<'a> {
+        Scanner {
+            p,
+            split: LineSplitter::new(),
+            st: State {
+                cands: Vec::with_capacity(TOP_K),
+                min: (0, f32::NEG_INFINITY),
+                pending: Vec::with_capacity(TOP_K),
+                tail: Vec::with_capacity(TAIL),
+                tail_at: 0,
+                tail_n: 0,
+                cmds: Vec::with_capacity(CMDS),
+                cmd_at: 0,
+            },
+            bytes: 0,
+        }
+    }
+
+    /// Feed the next bytes of the log; chunks may split lines, UTF-8
+    /// characters or escape sequences anywhere.
+    pub fn feed(&mut self, chunk: &[u8]) {
+        self.bytes += chunk.len() as u64;
+        let p = &*self.p;
+        let st = &mut self.st;
+        self.split
+            .feed(chunk, &mut |no, line| st.on_line(p, no, line));
+    }
+
+    /// Bytes fed so far.
+    pub fn bytes_seen(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Heap bytes held by the scanner's buffers (bounded by construction).
+    pub fn retained_bytes(&self) -> usize {
+        let kept = |k: &Kept| k.text.capacity() + std::mem::size_of::<Kept>();
+        let ctx = |v: &Vec<(u64, Vec<u8>)>| {
+            v.capacity() * std::mem::size_of::<(u64, Vec<u8>)>()
+                + v.iter().map(|(_, t)| t.capacity()).sum::<usize>()
+        };
+        self.split.retained()
+            + self.st.tail.iter().map(kept).sum::<usize>()
+            + self
+                .st
+                .cands
+                .iter()
+                .map(|c| kept(&c.line) + ctx(&c.before) + ctx(&c.after))
+                .sum::<usize>()
+            + self.st.pending.capacity() * std::mem::size_of::<usize>()
+    }
+
+    /// End of the log: the verdict.
+    pub fn finish(self) -> Verdict {
+        let p = self.p.clone();
+        let s = self.finish_scan();
+        decide(&p, s)
+    }
+
+    /// End of the log: the chosen lines and class features, without the
+    /// class decision (training uses this).
+    pub fn finish_scan(mut self) -> Scanned {
+        let p = self.p.clone();
+        let p = &*p;
+        {
+            let st = &mut self.st;
+            self.split.finish(&mut |no, line| st.on_line(p, no, line));
+        }
+        let total = self.split.total_lines();
+        self.st.scanned(p, total)
+    }
+}
+
+impl State {
+    fn on_line(&mut self, p: &Params, no: u64, line: &[u8]) {
+        let score = line_score(p, line);
+        let keep = &line[..line.len().min(KEEP)];
+        // After-context of earlier candidates.
+        if !self.pending.is_empty() {
+            let cands = &mut self.cands;
+            self.pending.retain(|&i| {
+                let c = &mut cands[i];
+                c.after.push((no, keep.to_vec()));
+                c.after.len() < CTX_AFTER
+            });
+        }
+        // Candidate set.
+        if self.cands.len() < TOP_K || score > self.min.1 {
+            let before = self.before();
+            let mut k = Kept::default();
+            k.set(no, score, line);
+            let cand = Cand {
+                line: k,
+                before,
+                after: Vec::new(),
+                cmd: self.cmd_before(no),
+            };
+            let slot = if self.cands.len() < TOP_K {
+                self.cands.push(cand);
+                self.cands.len() - 1
+            } else {
+                let i = self.min.0;
+                self.cands[i] = cand;
+                i
+            };
+            if !self.pending.contains(&slot) {
+                self.pending.push(slot);
+            }
+            if self.cands.len() == TOP_K {
+                let (i, m) = self
+                    .cands
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| (i, c.line.score))
+                    .min_by(|a, b| a.1.total_cmp(&b.1))
+                    .expect("TOP_K > 0");
+                self.min = (i, m);
+            }
+        }
+        if features::is_command(line) {
+            if self.cmds.len() < CMDS {
+                let mut k = Kept::default();
+                k.set(no, 0.0, line);
+                self.cmds.push(k);
+            } else {
+                self.cmds[self.cmd_at].set(no, 0.0, line);
+            }
+            self.cmd_at = (self.cmd_at + 1) % CMDS;
+        }
+        // Tail ring.
+        if self.tail.len() < TAIL {
+            let mut k = Kept::default();
+            k.set(no, score, line);
+            self.tail.push(k);
+        } else {
+            self.tail[self.tail_at].set(no, score, line);
+        }
+        self.tail_at = (self.tail_at + 1) % TAIL;
+        self.tail_n += 1;
+    }
+
+    /// The tail ring in order, oldest first.
+    fn tail_ordered(&self) -> impl Iterator<Item = &Kept> {
+        let n = self.tail.len();
+        let start = if n < TAIL { 0 } else { self.tail_at };
+        (0..n).map(move |i| &self.tail[(start + i) % n.max(1)])
+    }
+
+    /// The latest remembered command line before line `no`.
+    fn cmd_before(&self, no: u64) -> Option<(u64, Vec<u8>)> {
+        self.cmds
+            .iter()
+            .filter(|k| k.no < no)
+            .max_by_key(|k| k.no)
+            .map(|k| (k.no, k.text.clone()))
+    }
+
+    /// The last CTX_BEFORE lines (before the one being added).
+    fn before(&self) -> Vec<(u64, Vec<u8>)> {
+        let n = self.tail.len();
+        let k = CTX_BEFORE.min(n);
+        let mut v = Vec::with_capacity(k);
+        for j in (1..=k).rev() {
+            let idx = (self.tail_at + TAIL - j) % TAIL;
+            if let Some(t) = self.tail.get(idx) {
+                v.push((t.no, t.text.clone()));
+            }
+        }
+        v
+    }
+
+    fn scanned(self, p: &Params, total: u64) -> Scanned {
+        let pos = |no: u64| p.pos_w[pos_bucket(total.saturating_sub(no))];
+        let tail: Vec<&Kept> = self.tail_ordered().collect();
+        let tail_first = tail.first().map_or(u64::MAX, |k| k.no);
+        // Every line's final score: tail lines, and earlier candidates.
+        let mut all: Vec<(f32, Src)> = Vec::with_capacity(tail.len() + self.cands.len());
+        for (i, k) in tail.iter().enumerate() {
+            all.push((k.score + pos(k.no), Src::Tail(i)));
+        }
+        for (i, c) in self.cands.iter().enumerate() {
+            if c.line.no < tail_first {
+                all.push((c.line.score + pos(c.line.no), Src::Cand(i)));
+            }
+        }
+        all.sort_by(|a, b| {
+            b.0.total_cmp(&a.0)
+                .then_with(|| a.1.no(&tail, &self.cands).cmp(&b.1.no(&tail, &self.cands)))
+        });
+        let pick = |score: f32, src: Src| -> Picked {
+            match src {
+                Src::Tail(i) => {
+                    let lo = i.saturating_sub(CTX_BEFORE);
+                    let hi = (i + 1 + CTX_AFTER).min(tail.len());
+                    Picked {
+                        no: tail[i].no,
+                        score,
+                        text: tail[i].text.clone(),
+                        before: tail[lo..i].iter().map(|k| (k.no, k.text.clone())).collect(),
+                        after: tail[i + 1..hi]
+                            .iter()
+                            .map(|k| (k.no, k.text.clone()))
+                            .collect(),
+                        cmd: self.cmd_before(tail[i].no),
+                    }
+                }
+                Src::Cand(i) => {
+                    let c = &self.cands[i];
+                    Picked {
+                        no: c.line.no,
+                        score,
+                        text: c.line.text.clone(),
+                        before: c.before.clone(),
+                        after: c.after.clone(),
+                        cmd: c.cmd.clone(),
+                    }
+                }
+            }
+        };
+        let top: Vec<Picked> = all
+            .iter()
+            .take(TOP_N)
+            .map(|&(s, src)| pick(s, src))
+            .collect();
+        let class_features = class_features(p, &top);
+        // Rules: around the best line, then the last lines.
+        let mut scratch = Vec::new();
+        let mut rule = None;
+        if let Some(best) = top.first() {
+            let window = best
+                .before
+                .iter()
+                .map(|(n, t)| (*n, t))
+                .chain(std::iter::once((best.no, &best.text)))
+                .chain(best.after.iter().map(|(n, t)| (*n, t)));
+            for (n, t) in window {
+                if let Some(h) = rules::check(t, &mut scratch) {
+                    if rule_better(h, &rule) {
+                        rule = Some((h, n));
+                    }
+                }
+            }
+        }
+        for k in tail.iter().rev().take(RULE_TAIL) {
+            if let Some(h) = rules::check(&k.text, &mut scratch) {
+                if rule_better(h, &rule) {
+                    rule = Some((h, k.no));
+                }
+            }
+        }
+        let rule = rule.map(|(h, no)| {
+            let picked = top
+                .iter()
+                .find(|t| t.no == no)
+                .cloned()
+                .or_else(|| {
+                    tail.iter()
+                        .position(|k| k.no == no)
+                        .map(|i| pick(tail[i].score + pos(no), Src::Tail(i)))
+                })
+                .unwrap_or_else(|| {
+                    // In the context of the best line but outside the tail.
+                    let best = &top[0];
+                    let text = best
+                        .before
+                        .iter()
+                        .chain(best.after.iter())
+                        .find(|(n, _)| *n == no)
+                        .map(|(_, t)| t.clone())
+                        .unwrap_or_default();
+                    Picked {
+                        no,
+                        score: 0.0,
+                        text,
+                        before: Vec::new(),
+                        after: Vec::new(),
+                        cmd: None,
+                    }
+                });
+            (h, picked)
+        });
+        Scanned {
+            total_lines: total,
+            top,
+            class_features,
+            rule,
+        }
+    }
+}
+
+/// Timeout outranks oom (the labelling precedence); the first hit of a kind wins.
+fn rule_better(h: rules::RuleHit, cur: &Option<(rules::RuleHit, u64)>) -> bool {
+    match cur {
+        None => true,
+        Some((c, _)) => h == rules::RuleHit::Timeout && *c == rules::RuleHit::Oom,
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Src {
+    Tail(usize),
+    Cand(usize),
+}
+
+impl Src {
+    fn no(&self, tail: &[&Kept], cands: &[Cand]) -> u64 {
+        match *self {
+            Src::Tail(i) => tail[i].no,
+            Src::Cand(i) => cands[i].line.no,
+        }
+    }
+}
+
+/// Class features of the best lines: the line itself and its context, each
+/// weighted by the line's share of the (softmaxed) scores; L2-normalised.
+pub fn class_features(p: &Params, top: &[Picked]) -> Vec<(u32, f32)> {
+    let mut out: Vec<(u32, f32)> = Vec::with_capacity(256);
+    if top.is_empty() {
+        return out;
+    }
+    let m = top.iter().fold(f32::NEG_INFINITY, |m, t| m.max(t.score));
+    let ws: Vec<f32> = top.iter().map(|t| (t.score - m).exp()).collect();
+    let z: f32 = ws.iter().sum();
+    let shares: Vec<f32> = ws.iter().map(|w| w / z).collect();
+    let bits = p.class_bits;
+    for (t, &w) in top.iter().zip(&shares) {
+        let mut add = |line: &[u8], seed: u32, scale: f32| {
+            let start = out.len();
+            let n = features::for_each_feature(line, |h| out.push((bucket(h, seed, bits), 0.0)));
+            let v = scale / (n.max(1) as f32).sqrt();
+            for e in &mut out[start..] {
+                e.1 = v;
+            }
+        };
+        add(&t.text, SEED_CLASS_LINE, w);
+        for (_, c) in t.before.iter().chain(t.after.iter()) {
+            add(c, SEED_CLASS_CTX, w * 0.5);
+        }
+        if let Some((_, c)) = &t.cmd {
+            add(c, SEED_CLASS_CMD, w * 0.5);
+        }
+    }
+    let norm = out.iter().map(|e| e.1 * e.1).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        for e in &mut out {
+            e.1 /= norm;
+        }
+    }
+    // Lexicon cues: per class and slot, the weighted share of lines with a cue.
+    let mut cues = [[0f32; N_CLASSES]; 3];
+    for (t, w) in top.iter().zip(&shares) {
+        let mut put = |line: &[u8], slot: usize, scale: f32| {
+            let c = features::cue_counts(line);
+            for (k, &n) in c.iter().enumerate() {
+                if n > 0 {
+                    cues[slot][k] += w * scale;
+                }
+            }
+        };
+        put(&t.text, 0, 1.0);
+        let nctx = (t.before.len() + t.after.len()).max(1) as f32;
+        for (_, c) in t.before.iter().chain(t.after.iter()) {
+            put(c, 1, 1.0 / nctx);
+        }
+        if let Some((_, c)) = &t.cmd {
+            put(c, 2, 1.0);
+        }
+    }
+    for (slot, row) in cues.iter().enumerate() {
+        for (k, &v) in row.iter().enumerate() {
+            if v > 0.0 {
+                out.push((
+                    bucket(features::cue_feature(k, slot as u32), SEED_CLASS_CUE, bits),
+                    v * CUE_SCALE,
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Class probabilities from class features.
+pub fn class_probs(p: &Params, feats: &[(u32, f32)]) -> [f32; N_CLASSES] {
+    let mut z = p.class_b;
+    for &(b, v) in feats {
+        let row = &p.class_w[b as usize * N_CLASSES..(b as usize + 1) * N_CLASSES];
+        for (zc, w) in z.iter_mut().zip(row) {
+            *zc += v * w;
+        }
+    }
+    softmax(&mut z);
+    z
+}
+
+pub fn softmax(z: &mut [f32]) {
+    let m = z.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut s = 0.0;
+    for v in z.iter_mut() {
+        *v = (*v - m).exp();
+        s += *v;
+    }
+    for v in z.iter_mut() {
+        *v /= s;
+    }
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The decision: rules first where they fire, else the learned classes.
+pub fn decide(p: &Params, s: Scanned) -> Verdict {
+    let Some(best) = s.top.first() else {
+        return Verdict::empty();
+    };
+    let probs = class_probs(p, &s.class_features);
+    let (ci, conf) =
+        probs
+            .iter()
+            .enumerate()
+            .fold((Class::Unknown.index(), f32::MIN), |a, (i, &v)| {
+                if v > a.1 { (i, v) } else { a }
+            });
+    let mut class = Class::ALL[ci];
+    let mut conf = conf;
+    let mut ev = best;
+    if let Some((hit, picked)) = &s.rule {
+        class = match hit {
+            rules::RuleHit::Timeout => Class::Timeout,
+            rules::RuleHit::Oom => Class::Oom,
+        };
+        conf = conf.max(0.9).max(probs[class.index()]);
+        if !picked.text.is_empty() {
+            ev = picked;
+        }
+    }
+    let context = ev
+        .before
+        .iter()
+        .chain(ev.after.iter())
+        .map(|(n, t)| (*n, lossy(t)))
+        .collect::<Vec<_>>();
+    let mut context = context;
+    context.sort_by_key(|c| c.0);
+    Verdict {
+        class,
+        confidence: conf,
+        line: ev.no,
+        text: lossy(&ev.text),
+        context,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn class_names_round_trip() {
+        for c in Class::ALL {
+            assert_eq!(c.as_str().parse::<Class>().unwrap(), c);
+        }
+        assert!("segfault".parse::<Class>().is_err());
+    }
+
+    #[test]
+    fn zero_model_on_bad_input_is_sane() {
+        let m = CilogModel::from_params(Params::zeros(10, 10));
+        let v = m.classify(b"");
+        assert_eq!((v.class, v.line), (Class::Unknown, 0));
+        let junk: Vec<u8> = (0..200_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        let v = m.classify(&junk);
+        assert!(v.confidence.is_finite());
+        let long = vec![b'x'; 10 << 20];
+        let v = m.classify(&long);
+        assert_eq!(v.line, 1);
+        assert_eq!(v.text.len(), KEEP);
+    }
+
+    #[test]
+    fn verdict_json_shape() {
+        let v = Verdict {
+            class: Class::Oom,
+            confidence: 0.5,
+            line: 3,
+            text: "Killed".into(),
+            context: vec![(2, "x".into())],
+        };
+        let j = serde_json::to_string(&v).unwrap();
+        assert_eq!(
+            j,
+            r#"{"class":"oom","confidence":0.5,"line":3,"text":"Killed","context":[[2,"x"]]}"#
+        );
+    }
+
+    #[test]
+    fn scanner_and_classify_agree_across_chunkings() {
+        let m = CilogModel::from_params(Params::zeros(10, 10));
+        let log = b"a\r\nb\x1b[31m err\x1b[0m\nKilled\n$ done\n".repeat(50);
+        let whole = m.classify(&log);
+        for step in [1, 3, 7, 64] {
+            let mut s = m.scanner();
+            for c in log.chunks(step) {
+                s.feed(c);
+            }
+            assert_eq!(s.bytes_seen(), log.len() as u64);
+            assert_eq!(s.finish(), whole);
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! The few hand rules that complement the learned model where the data is
+//! thin: out-of-memory (no example in the training set) and the timeout
+//! wording of CI systems the training logs do not come from. They are
+//! checked only on the lines near the end of the log and around the chosen
+//! evidence, never on the whole log: a `Killed` compiler early in a build
+//! that went on (koalaman/shellcheck's logs) is not the failure.
+
+/// Which rule matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleHit {
+    Timeout,
+    Oom,
+}
+
+/// Literal (lower-case) phrases of out-of-memory failures.
+const OOM_PHRASES: &[&str] = &[
+    // JVM: "Exception in thread "main" java.lang.OutOfMemoryError: Java heap space".
+    "java.lang.outofmemoryerror",
+    // Node.js/V8: "FATAL ERROR: Reached heap limit Allocation failed - JavaScript heap out of memory".
+    "javascript heap out of memory",
+    // ENOMEM from libc: "bash: fork: Cannot allocate memory", "mmap ... Cannot allocate memory".
+    "cannot allocate memory",
+    // Kernel OOM killer, git, GHC, cc1plus: "Out of memory: Killed process 1234 (java)",
+    // "fatal: Out of memory, malloc failed", "ghc: out of memory",
+    // "virtual memory exhausted: Cannot allocate memory".
+    "out of memory",
+    "memory exhausted",
+    // Go build killed by the OOM killer: "signal: killed".
+    "signal: killed",
+];
+
+/// Literal (lower-case) phrases of a job or step running out of time.
+const TIMEOUT_PHRASES: &[&str] = &[
+    // Travis: "No output has been received in the last 10m0s, this potentially indicates a stalled build".
+    "no output has been received in the last",
+    // Travis: "The job exceeded the maximum time limit for jobs, and has been terminated."
+    "exceeded the maximum time limit",
+    // GitHub Actions: "The job running on runner X has exceeded the maximum execution time of 360 minutes."
+    "exceeded the maximum execution time",
+    // GitLab: "ERROR: Job failed: execution took longer than 1h0m0s seconds".
+    "execution took longer than",
+    // Jenkins build-timeout plugin: "Build timed out (after 10 minutes). Marking the build as failed."
+    "build timed out (after",
+];
+
+/// Check one normalised line. `scratch` is reused for the lower-case copy.
+pub fn check(line: &[u8], scratch: &mut Vec<u8>) -> Option<RuleHit> {
+    scratch.clear();
+    scratch.extend(line.iter().map(u8::to_ascii_lowercase));
+    let low: &[u8] = scratch;
+    if TIMEOUT_PHRASES
+        .iter()
+        .any(|p| memchr::memmem::find(low, p.as_bytes()).is_some())
+    {
+        return Some(RuleHit::Timeout);
+    }
+    if OOM_PHRASES
+        .iter()
+        .any(|p| memchr::memmem::find(low, p.as_bytes()).is_some())
+        || killed(line)
+        || exit_137(low)
+    {
+        return Some(RuleHit::Oom);
+    }
+    None
+}
+
+/// Python's `MemoryError` and the shell's report of a SIGKILLed job
+/// ("Killed", "line 9:  16 Killed  cabal build", "Killed: 9").
+fn killed(line: &[u8]) -> bool {
+    let t = line.trim_ascii();
+    if t == b"Killed" || t.starts_with(b"Killed: 9") || t.starts_with(b"MemoryError") {
+        return true;
+    }
+    if memchr::memmem::find(line, b"MemoryError").is_some_and(|p| {
+        p == 0 || !line[p - 1].is_ascii_alphanumeric() || line[..p].ends_with(b"OutOf")
+    }) {
+        return true;
+    }
+    // "<pid> Killed <command>" as printed by bash for a job.
+    let mut it = line.split(|&b| b == b' ').filter(|w| !w.is_empty());
+    let mut prev: Option<&[u8]> = None;
+    for w in it.by_ref() {
+        if w == b"Killed" {
+            return prev.is_some_and(|p| p.iter().all(u8::is_ascii_digit));
+        }
+        prev = Some(w);
+    }
+    false
+}
+
+/// Exit status 137 (128 + SIGKILL): "exit code 137", "exited with 137",
+/// "make: *** [all] Error 137", "Process completed with exit code 137.".
+fn exit_137(low: &[u8]) -> bool {
+    let mut from = 0;
+    while let Some(p) = memchr::memmem::find(&low[from..], b"137") {
+        let at = from + p;
+        let end = at + 3;
+        let before = &low[..at];
+        let bounded = low.get(end).is_none_or(|c| !c.is_ascii_digit());
+        if bounded
+            && (before.ends_with(b"code ")
+                || before.ends_with(b"status ")
+                || before.ends_with(b"exited with ")
+                || before.ends_with(b"error "))
+        {
+            return true;
+        }
+        from = end;
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hit(s: &str) -> Option<RuleHit> {
+        check(s.as_bytes(), &mut Vec::new())
+    }
+
+    #[test]
+    fn oom_wordings() {
+        for s in [
+            "Exception in thread \"main\" java.lang.OutOfMemoryError: Java heap space",
+            "FATAL ERROR: Reached heap limit Allocation failed - JavaScript heap out of memory",
+            "bash: fork: Cannot allocate memory",
+            "/usr/bin/compile-shellcheck: line 9:    16 Killed                  cabal build",
+            "Killed",
+            "MemoryError",
+            "E   MemoryError: Unable to allocate 8.00 GiB",
+            "make: *** [all] Error 137",
+            "##[error]Process completed with exit code 137.",
+            "signal: killed",
+        ] {
+            assert_eq!(hit(s), Some(RuleHit::Oom), "{s}");
+        }
+    }
+
+    #[test]
+    fn timeout_wordings() {
+        for s in [
+            "No output has been received in the last 10m0s, this potentially indicates a stalled build or something wrong with the build itself.",
+            "The job exceeded the maximum time limit for jobs, and has been terminated.",
+            "The job running on runner GitHub Actions 2 has exceeded the maximum execution time of 360 minutes.",
+            "ERROR: Job failed: execution took longer than 1h0m0s seconds",
+            "Build timed out (after 10 minutes). Marking the build as failed.",
+        ] {
+            assert_eq!(hit(s), Some(RuleHit::Timeout), "{s}");
+        }
+    }
+
+    #[test]
+    fn near_misses() {
+        for s in [
+            "test_killed_process ... ok",
+            "The process was killed by the user",
+            "Processed 1370 files",
+            "exit code 1",
+            "1 test failed in 137 ms",
+            "MyMemoryErrorHandler initialised",
+        ] {
+            assert_eq!(hit(s), None, "{s}");
+        }
+    }
+}

@@ -1,0 +1,710 @@
+//! Learning the CI-log model from labelled logs, and grouped cross-validation.
+//!
+//! Data: a `labels.csv` with a header naming at least `path` and `label`
+//! (optional: `id`, `repo`, `chunk_first_line`, `chunk_last_line`); `path`
+//! is relative to a logs directory. This is the layout of
+//! `../shared/data/cilogs` and what `sift train cilog --labels` reads.
+//!
+//! 1. Line scorer: for every log with a chunk, a listwise softmax over its
+//!    non-blank lines (content features + position bucket) whose target is
+//!    "some line of the human chunk"; AdaGrad.
+//! 2. Class scorer: the serving [`Scanner`](super::Scanner) runs with the
+//!    learned line scorer over each training log; the class features of its
+//!    best lines, plus those of the human chunk (a second, clean example per
+//!    log), are the input of a multiclass softmax regression; AdaGrad,
+//!    class-balanced weights.
+
+use std::path::{Path, PathBuf};
+
+use super::features::{self, POS_BUCKETS, SEED_LINE, bucket, pos_bucket};
+use super::model::Params;
+use super::normalize::LineSplitter;
+use super::{CilogModel, Class, N_CLASSES, Verdict, class_probs, softmax};
+
+/// The data directory: `$SIFT_CILOG_DATA`, else `<crate>/../shared/data/cilogs`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("SIFT_CILOG_DATA") {
+        return PathBuf::from(d);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/cilogs")
+}
+
+/// Why labelled data could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error(
+        "cannot read {path}: {source} (set SIFT_CILOG_DATA or --data to the labelled CI-log folder)"
+    )]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {msg}")]
+    Bad {
+        path: String,
+        line: usize,
+        msg: String,
+    },
+}
+
+/// One labelled log.
+#[derive(Debug, Clone)]
+pub struct Example {
+    pub id: String,
+    pub path: String,
+    /// Grouping key for cross-validation (the repository).
+    pub group: String,
+    pub label: Class,
+    /// Human failure chunk, 1-based inclusive line range.
+    pub chunk: Option<(u64, u64)>,
+    pub bytes: Vec<u8>,
+}
+
+/// Split one CSV record (RFC 4180 quotes).
+fn csv_fields(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut q = false;
+    let mut it = line.chars().peekable();
+    while let Some(c) = it.next() {
+        match (q, c) {
+            (true, '"') if it.peek() == Some(&'"') => {
+                cur.push('"');
+                it.next();
+            }
+            (true, '"') => q = false,
+            (false, '"') => q = true,
+            (false, ',') => out.push(std::mem::take(&mut cur)),
+            _ => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out
+}
+
+/// Read `labels` (CSV) and the logs under `logs_dir`; gzip logs are accepted.
+pub fn load_labelled(labels: &Path, logs_dir: &Path) -> Result<Vec<Example>, DataError> {
+    let text = std::fs::read_to_string(labels).map_err(|source| DataError::Io {
+        path: labels.display().to_string(),
+        source,
+    })?;
+    let lp = labels.display().to_string();
+    let mut lines = text.lines();
+    let header = csv_fields(lines.next().unwrap_or(""));
+    let col = |name: &str| header.iter().position(|h| h.trim() == name);
+    let (Some(c_path), Some(c_label)) = (col("path"), col("label")) else {
+        return Err(DataError::Bad {
+            path: lp,
+            line: 1,
+            msg: "header needs the columns path and label".into(),
+        });
+    };
+    let (c_id, c_repo) = (col("id"), col("repo"));
+    let (c_first, c_last) = (col("chunk_first_line"), col("chunk_last_line"));
+    let mut out = Vec::new();
+    for (i, l) in lines.enumerate() {
+        if l.trim().is_empty() {
+            continue;
+        }
+        let lineno = i + 2;
+        let f = csv_fields(l);
+        let get = |c: Option<usize>| c.and_then(|c| f.get(c)).map(|s| s.trim().to_string());
+        let bad = |msg: String| DataError::Bad {
+            path: lp.clone(),
+            line: lineno,
+            msg,
+        };
+        let path = get(Some(c_path)).unwrap_or_default();
+        let label: Class = get(Some(c_label))
+            .unwrap_or_default()
+            .parse()
+            .map_err(|e| bad(format!("{e}")))?;
+        let num = |c| -> Result<Option<u64>, DataError> {
+            match get(c) {
+                None => Ok(None),
+                Some(s) if s.is_empty() => Ok(None),
+                Some(s) => s
+                    .parse()
+                    .map(Some)
+                    .map_err(|_| bad(format!("not a line number: {s:?}"))),
+            }
+        };
+        let chunk = match (num(c_first)?, num(c_last)?) {
+            (Some(a), Some(b)) if a >= 1 && b >= a => Some((a, b)),
+            _ => None,
+        };
+        let full = logs_dir.join(&path);
+        let bytes = read_log(&full).map_err(|source| DataError::Io {
+            path: full.display().to_string(),
+            source,
+        })?;
+        let group = get(c_repo).filter(|s| !s.is_empty()).unwrap_or_else(|| {
+            Path::new(&path)
+                .parent()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        });
+        out.push(Example {
+            id: get(c_id).unwrap_or_else(|| path.clone()),
+            path,
+            group,
+            label,
+            chunk,
+            bytes,
+        });
+    }
+    Ok(out)
+}
+
+/// Read a file, gunzipping it when it starts with the gzip magic.
+pub fn read_log(path: &Path) -> std::io::Result<Vec<u8>> {
+    let b = std::fs::read(path)?;
+    maybe_gunzip(b)
+}
+
+/// Gunzip when `b` starts with the gzip magic bytes.
+pub fn maybe_gunzip(b: Vec<u8>) -> std::io::Result<Vec<u8>> {
+    if b.starts_with(&[0x1f, 0x8b]) {
+        use std::io::Read;
+        let mut out = Vec::new();
+        flate2::read::MultiGzDecoder::new(&b[..]).read_to_end(&mut out)?;
+        Ok(out)
+    } else {
+        Ok(b)
+    }
+}
+
+/// Training knobs.
+#[derive(Debug, Clone, Copy)]
+pub struct Recipe {
+    pub line_bits: u8,
+    pub class_bits: u8,
+    pub line_epochs: u32,
+    pub line_lr: f32,
+    pub class_epochs: u32,
+    pub class_lr: f32,
+    pub l2: f32,
+    pub seed: u64,
+    /// A feature is learned only if it occurs in logs of at least this many
+    /// groups (repositories) of the training data: no memorising one repo.
+    pub min_groups: u32,
+    /// Plain SGD for the line scorer (else AdaGrad).
+    pub line_sgd: bool,
+    /// Plain SGD for the class scorer (else AdaGrad).
+    pub class_sgd: bool,
+}
+
+impl Default for Recipe {
+    fn default() -> Self {
+        Recipe {
+            line_bits: 18,
+            class_bits: 16,
+            line_epochs: 8,
+            line_lr: 0.2,
+            class_epochs: 20,
+            class_lr: 0.3,
+            l2: 1e-6,
+            seed: 42,
+            min_groups: 3,
+            line_sgd: false,
+            class_sgd: false,
+        }
+    }
+}
+
+/// Precomputed line features of one log.
+#[derive(Debug, Clone, Default)]
+pub struct LineSet {
+    /// Per line: feature range in `feats`, scale, position bucket, in-chunk.
+    pub lines: Vec<(u32, u32, f32, u8, bool)>,
+    pub feats: Vec<u32>,
+}
+
+/// Line features for the line scorer (bucketed for `bits`).
+pub fn line_set(ex: &Example, bits: u8) -> LineSet {
+    let mut sp = LineSplitter::new();
+    let mut raw: Vec<(u64, u32, u32, f32)> = Vec::new();
+    let mut feats = Vec::new();
+    {
+        let mut emit = |no: u64, s: &[u8]| {
+            let start = feats.len() as u32;
+            let n = features::for_each_feature(s, |h| feats.push(bucket(h, SEED_LINE, bits)));
+            raw.push((
+                no,
+                start,
+                feats.len() as u32,
+                1.0 / (n.max(1) as f32).sqrt(),
+            ));
+        };
+        sp.feed(&ex.bytes, &mut emit);
+        sp.finish(&mut emit);
+    }
+    let total = sp.total_lines();
+    let lines = raw
+        .into_iter()
+        .map(|(no, a, b, s)| {
+            let inside = ex.chunk.is_some_and(|(f, l)| (f..=l).contains(&no));
+            (a, b, s, pos_bucket(total.saturating_sub(no)) as u8, inside)
+        })
+        .collect();
+    LineSet { lines, feats }
+}
+
+struct AdaGrad {
+    w: Vec<f32>,
+    g: Vec<f32>,
+    /// Plain SGD instead (frequent features move more than rare ones).
+    sgd: bool,
+}
+
+impl AdaGrad {
+    fn new(n: usize) -> Self {
+        AdaGrad {
+            w: vec![0.0; n],
+            g: vec![0.0; n],
+            sgd: false,
+        }
+    }
+
+    #[inline]
+    fn step(&mut self, i: usize, grad: f32, lr: f32, l2: f32) {
+        let grad = grad + l2 * self.w[i];
+        if self.sgd {
+            self.w[i] -= lr * grad;
+            return;
+        }
+        self.g[i] += grad * grad;
+        self.w[i] -= lr * grad / (self.g[i] + 1e-8).sqrt();
+    }
+}
+
+/// Buckets seen in at least `min` distinct groups among `rows`.
+fn group_mask<'a, I>(n: usize, rows: &[usize], groups: &[u32], feats: I, min: u32) -> Vec<bool>
+where
+    I: Fn(usize) -> Box<dyn Iterator<Item = u32> + 'a>,
+{
+    let mut last = vec![u32::MAX; n];
+    let mut count = vec![0u32; n];
+    let mut order: Vec<usize> = rows.to_vec();
+    order.sort_by_key(|&i| groups[i]);
+    for &i in &order {
+        let g = groups[i];
+        for b in feats(i) {
+            let b = b as usize;
+            if last[b] != g {
+                last[b] = g;
+                count[b] += 1;
+            }
+        }
+    }
+    count.into_iter().map(|c| c >= min).collect()
+}
+
+/// Learn the line scorer on `rows` of `sets`.
+pub fn train_lines(
+    sets: &[LineSet],
+    groups: &[u32],
+    rows: &[usize],
+    r: &Recipe,
+) -> (Vec<f32>, [f32; POS_BUCKETS]) {
+    let mut w = AdaGrad::new(1 << r.line_bits);
+    w.sgd = r.line_sgd;
+    let mask = group_mask(
+        1 << r.line_bits,
+        rows,
+        groups,
+        |i| Box::new(sets[i].feats.iter().copied()),
+        r.min_groups,
+    );
+    let mut pw = AdaGrad::new(POS_BUCKETS);
+    let mut rng = fastrand::Rng::with_seed(r.seed);
+    let mut order: Vec<usize> = rows
+        .iter()
+        .copied()
+        .filter(|&i| sets[i].lines.iter().any(|l| l.4))
+        .collect();
+    let mut s: Vec<f32> = Vec::new();
+    let mut q: Vec<f32> = Vec::new();
+    for _ in 0..r.line_epochs {
+        rng.shuffle(&mut order);
+        for &i in &order {
+            let set = &sets[i];
+            s.clear();
+            for &(a, b, sc, pb, _) in &set.lines {
+                let c: f32 = set.feats[a as usize..b as usize]
+                    .iter()
+                    .map(|&f| w.w[f as usize])
+                    .sum();
+                s.push(c * sc + pw.w[pb as usize]);
+            }
+            q.clear();
+            q.extend(
+                set.lines
+                    .iter()
+                    .zip(&s)
+                    .map(|(l, &v)| if l.4 { v } else { f32::NEG_INFINITY }),
+            );
+            softmax(&mut s);
+            softmax(&mut q);
+            for (j, &(a, b, sc, pb, _)) in set.lines.iter().enumerate() {
+                let g = s[j] - if q[j].is_finite() { q[j] } else { 0.0 };
+                if g.abs() < 1e-5 {
+                    continue;
+                }
+                for &f in &set.feats[a as usize..b as usize] {
+                    if mask[f as usize] {
+                        w.step(f as usize, g * sc, r.line_lr, r.l2);
+                    }
+                }
+                pw.step(pb as usize, g, r.line_lr, 0.0);
+            }
+        }
+    }
+    let mut pos = [0f32; POS_BUCKETS];
+    pos.copy_from_slice(&pw.w);
+    (w.w, pos)
+}
+
+/// Learn the class scorer from class features.
+pub fn train_classes(
+    feats: &[Vec<(u32, f32)>],
+    labels: &[Class],
+    groups: &[u32],
+    r: &Recipe,
+) -> (Vec<f32>, [f32; N_CLASSES]) {
+    let mut w = AdaGrad::new((1 << r.class_bits) * N_CLASSES);
+    w.sgd = r.class_sgd;
+    let rows: Vec<usize> = (0..labels.len()).collect();
+    let mask = group_mask(
+        1 << r.class_bits,
+        &rows,
+        groups,
+        |i| Box::new(feats[i].iter().map(|f| f.0)),
+        r.min_groups,
+    );
+    let mut b = AdaGrad::new(N_CLASSES);
+    let mut count = [0usize; N_CLASSES];
+    for l in labels {
+        count[l.index()] += 1;
+    }
+    let n = labels.len().max(1) as f32;
+    // Balanced weights, softened (square root).
+    let cw: Vec<f32> = count
+        .iter()
+        .map(|&c| {
+            if c == 0 {
+                0.0
+            } else {
+                (n / (N_CLASSES as f32 * c as f32)).sqrt()
+            }
+        })
+        .collect();
+    let mut rng = fastrand::Rng::with_seed(r.seed ^ 0x5eed);
+    let mut order: Vec<usize> = (0..labels.len()).collect();
+    let mut z = [0f32; N_CLASSES];
+    for _ in 0..r.class_epochs {
+        rng.shuffle(&mut order);
+        for &i in &order {
+            z.copy_from_slice(&b.w);
+            for &(k, v) in &feats[i] {
+                let row = k as usize * N_CLASSES;
+                for (c, zc) in z.iter_mut().enumerate() {
+                    *zc += v * w.w[row + c];
+                }
+            }
+            softmax(&mut z);
+            let y = labels[i].index();
+            let wt = cw[y];
+            for (c, &zc) in z.iter().enumerate() {
+                let g = wt * (zc - if c == y { 1.0 } else { 0.0 });
+                if g.abs() < 1e-6 {
+                    continue;
+                }
+                for &(k, v) in &feats[i] {
+                    if mask[k as usize] {
+                        w.step(k as usize * N_CLASSES + c, g * v, r.class_lr, r.l2);
+                    }
+                }
+                b.step(c, g, r.class_lr, 0.0);
+            }
+        }
+    }
+    let mut bias = [0f32; N_CLASSES];
+    bias.copy_from_slice(&b.w);
+    (w.w, bias)
+}
+
+/// Train a model on `rows` (indices into `data` and `sets`).
+pub fn train(
+    data: &[Example],
+    sets: &[LineSet],
+    rows: &[usize],
+    r: &Recipe,
+    note: &str,
+) -> CilogModel {
+    let groups = group_ids(data);
+    let (line_w, pos_w) = train_lines(sets, &groups, rows, r);
+    let mut p = Params::zeros(r.line_bits, r.class_bits);
+    p.line_w = line_w;
+    p.pos_w = pos_w;
+    p.note = note.to_string();
+    // Quantise the line scorer first so the class scorer learns from the
+    // evidence the shipped model will pick.
+    let p = Params::from_bytes(&p.to_bytes()).expect("fresh model round-trips");
+    let m = CilogModel::from_params(p);
+    let feats: Vec<Vec<(u32, f32)>> = rows
+        .iter()
+        .map(|&i| {
+            let mut s = m.scanner();
+            s.feed(&data[i].bytes);
+            s.finish_scan().class_features
+        })
+        .collect();
+    let mut feats = feats;
+    let mut labels: Vec<Class> = rows.iter().map(|&i| data[i].label).collect();
+    let mut row_groups: Vec<u32> = rows.iter().map(|&i| groups[i]).collect();
+    // The human chunks as extra examples: the clean version of what the
+    // evidence should look like (+3 points of grouped-CV accuracy).
+    {
+        for &i in rows {
+            if let Some(t) = chunk_picked(&data[i]) {
+                feats.push(super::class_features(m.params(), &t));
+                labels.push(data[i].label);
+                row_groups.push(groups[i]);
+            }
+        }
+    }
+    let (class_w, class_b) = train_classes(&feats, &labels, &row_groups, r);
+    let mut p = (*m.p).clone();
+    p.class_w = class_w;
+    p.class_b = class_b;
+    // What ships is what is evaluated: round-trip through the file format.
+    CilogModel::from_bytes(&p.to_bytes()).expect("fresh model round-trips")
+}
+
+/// A number per distinct group.
+pub fn group_ids(data: &[Example]) -> Vec<u32> {
+    let mut names: Vec<&str> = data.iter().map(|e| e.group.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    data.iter()
+        .map(|e| names.binary_search(&e.group.as_str()).unwrap_or(0) as u32)
+        .collect()
+}
+
+/// The human chunk as picked lines (up to [`TOP_N`](super::TOP_N) pieces
+/// of one line plus its following lines), or None without a chunk.
+pub fn chunk_picked(ex: &Example) -> Option<Vec<super::Picked>> {
+    let (a, b) = ex.chunk?;
+    let mut lines: Vec<(u64, Vec<u8>)> = Vec::new();
+    let mut sp = LineSplitter::new();
+    let mut emit = |no: u64, s: &[u8]| {
+        if (a..=b).contains(&no) && lines.len() < 64 {
+            lines.push((no, s[..s.len().min(super::KEEP)].to_vec()));
+        }
+    };
+    sp.feed(&ex.bytes, &mut emit);
+    sp.finish(&mut emit);
+    if lines.is_empty() {
+        return None;
+    }
+    let per = 1 + super::CTX_AFTER;
+    Some(
+        lines
+            .chunks(per)
+            .take(super::TOP_N)
+            .map(|c| super::Picked {
+                no: c[0].0,
+                score: 0.0,
+                text: c[0].1.clone(),
+                before: Vec::new(),
+                after: c[1..].to_vec(),
+                cmd: None,
+            })
+            .collect(),
+    )
+}
+
+/// Folds by group: each group's examples all go to one fold.
+pub fn group_folds(data: &[Example], k: usize, seed: u64) -> Vec<usize> {
+    let mut groups: Vec<&str> = data.iter().map(|e| e.group.as_str()).collect();
+    groups.sort_unstable();
+    groups.dedup();
+    let mut rng = fastrand::Rng::with_seed(seed);
+    rng.shuffle(&mut groups);
+    data.iter()
+        .map(|e| {
+            groups
+                .iter()
+                .position(|g| *g == e.group)
+                .expect("group listed")
+                % k.max(1)
+        })
+        .collect()
+}
+
+/// Evaluation results.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub n: usize,
+    pub correct: usize,
+    /// confusion[true][pred]
+    pub confusion: [[usize; N_CLASSES]; N_CLASSES],
+    pub with_chunk: usize,
+    pub evidence_in_chunk: usize,
+    pub predictions: Vec<(usize, Verdict)>,
+}
+
+impl Report {
+    pub fn accuracy(&self) -> f64 {
+        self.correct as f64 / self.n.max(1) as f64
+    }
+
+    pub fn evidence_share(&self) -> f64 {
+        self.evidence_in_chunk as f64 / self.with_chunk.max(1) as f64
+    }
+
+    /// (support, precision, recall, f1) of a class.
+    pub fn per_class(&self, c: usize) -> (usize, f64, f64, f64) {
+        let tp = self.confusion[c][c] as f64;
+        let support: usize = self.confusion[c].iter().sum();
+        let predicted: usize = (0..N_CLASSES).map(|t| self.confusion[t][c]).sum();
+        let p = if predicted > 0 {
+            tp / predicted as f64
+        } else {
+            0.0
+        };
+        let r = if support > 0 {
+            tp / support as f64
+        } else {
+            0.0
+        };
+        let f = if p + r > 0.0 {
+            2.0 * p * r / (p + r)
+        } else {
+            0.0
+        };
+        (support, p, r, f)
+    }
+
+    /// Macro-F1 over classes with at least `min_support` examples.
+    pub fn macro_f1(&self, min_support: usize) -> f64 {
+        let fs: Vec<f64> = (0..N_CLASSES)
+            .map(|c| self.per_class(c))
+            .filter(|x| x.0 >= min_support)
+            .map(|x| x.3)
+            .collect();
+        fs.iter().sum::<f64>() / fs.len().max(1) as f64
+    }
+
+    pub fn add(&mut self, i: usize, ex: &Example, v: Verdict) {
+        self.n += 1;
+        if v.class == ex.label {
+            self.correct += 1;
+        }
+        self.confusion[ex.label.index()][v.class.index()] += 1;
+        if let Some((a, b)) = ex.chunk {
+            self.with_chunk += 1;
+            if (a..=b).contains(&v.line) {
+                self.evidence_in_chunk += 1;
+            }
+        }
+        self.predictions.push((i, v));
+    }
+
+    /// The human-readable table.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        s.push_str("class       support  precision  recall     F1\n");
+        for c in Class::ALL {
+            let (n, p, r, f) = self.per_class(c.index());
+            s.push_str(&format!(
+                "{:<11} {:>7}  {:>9.3}  {:>6.3}  {:>5.3}\n",
+                c.as_str(),
+                n,
+                p,
+                r,
+                f
+            ));
+        }
+        s
+    }
+}
+
+/// Grouped k-fold cross-validation of the recipe.
+pub fn cross_validate(data: &[Example], sets: &[LineSet], k: usize, r: &Recipe) -> Report {
+    let folds = group_folds(data, k, r.seed);
+    let mut rep = Report::default();
+    for f in 0..k {
+        let train_rows: Vec<usize> = (0..data.len()).filter(|&i| folds[i] != f).collect();
+        let m = train(data, sets, &train_rows, r, "cv");
+        for i in (0..data.len()).filter(|&i| folds[i] == f) {
+            let v = m.classify(&data[i].bytes);
+            rep.add(i, &data[i], v);
+        }
+    }
+    rep.predictions.sort_by_key(|p| p.0);
+    rep
+}
+
+/// Diagnostic: the class scorer trained and tested on the human chunks.
+pub fn oracle_cv(data: &[Example], k: usize, r: &Recipe) -> Report {
+    let folds = group_folds(data, k, r.seed);
+    let groups = group_ids(data);
+    let p0 = Params::zeros(r.line_bits, r.class_bits);
+    let feats: Vec<Option<Vec<(u32, f32)>>> = data
+        .iter()
+        .map(|e| chunk_picked(e).map(|t| super::class_features(&p0, &t)))
+        .collect();
+    let mut rep = Report::default();
+    for f in 0..k {
+        let tr: Vec<usize> = (0..data.len())
+            .filter(|&i| folds[i] != f && feats[i].is_some())
+            .collect();
+        let fx: Vec<Vec<(u32, f32)>> = tr
+            .iter()
+            .map(|&i| feats[i].clone().unwrap_or_default())
+            .collect();
+        let lab: Vec<Class> = tr.iter().map(|&i| data[i].label).collect();
+        let g: Vec<u32> = tr.iter().map(|&i| groups[i]).collect();
+        let (w, b) = train_classes(&fx, &lab, &g, r);
+        let mut p = p0.clone();
+        p.class_w = w;
+        p.class_b = b;
+        for i in (0..data.len()).filter(|&i| folds[i] == f) {
+            let Some(fi) = &feats[i] else { continue };
+            let pr = class_probs(&p, fi);
+            let ci = (0..N_CLASSES).fold(0, |a, c| if pr[c] > pr[a] { c } else { a });
+            let v = Verdict {
+                class: Class::ALL[ci],
+                confidence: pr[ci],
+                line: data[i].chunk.map_or(0, |c| c.0),
+                text: String::new(),
+                context: Vec::new(),
+            };
+            rep.add(i, &data[i], v);
+        }
+    }
+    rep
+}
+
+/// Class probabilities of a scanned log (for diagnostics).
+pub fn probs_of(m: &CilogModel, log: &[u8]) -> [f32; N_CLASSES] {
+    let mut s = m.scanner();
+    s.feed(log);
+    let sc = s.finish_scan();
+    class_probs(m.params(), &sc.class_features)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_quotes() {
+        assert_eq!(
+            csv_fields(r#"a,"b,""c""",,d"#),
+            vec!["a", "b,\"c\"", "", "d"]
+        );
+    }
+}

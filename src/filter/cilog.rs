@@ -1,0 +1,224 @@
+//! The CI-log filter: labels a build log by failure class and points at the
+//! line that broke it (`src/cilog` is the model). The log streams through a
+//! bounded scanner, so its memory does not grow with the log.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use http::{HeaderName, HeaderValue};
+
+use super::{Filter, FilterError, Inspector, Loaded, ModelSlot, RequestInfo, Skip, Verdict};
+use crate::cilog::{CilogModel, Scanner};
+use crate::config::model::{FilterSpec, ModelSource};
+
+/// The CI-log model compiled into sift (`model: builtin`).
+pub static BUILTIN_MODEL: &[u8] = include_bytes!("../../filters/cilog/model.bin");
+
+/// Longest evidence header value.
+const EVIDENCE_MAX: usize = 200;
+
+pub struct CilogFilter {
+    spec: FilterSpec,
+    names: Arc<Names>,
+    slot: ModelSlot<CilogModel>,
+}
+
+struct Names {
+    class: HeaderName,
+    confidence: HeaderName,
+    evidence: HeaderName,
+}
+
+fn load(spec: &FilterSpec) -> Result<Loaded<CilogModel>, FilterError> {
+    let err = |path: &Path, reason: String| FilterError::Model {
+        filter: spec.name.clone(),
+        path: path.display().to_string(),
+        reason,
+    };
+    match &spec.model {
+        ModelSource::Builtin => Ok(Loaded {
+            model: CilogModel::from_bytes(BUILTIN_MODEL)
+                .map_err(|e| err(Path::new("builtin"), e.to_string()))?,
+            source: "builtin".into(),
+        }),
+        ModelSource::File(p) => Ok(Loaded {
+            model: CilogModel::load(p).map_err(|e| err(p, e.to_string()))?,
+            source: p.display().to_string(),
+        }),
+    }
+}
+
+impl CilogFilter {
+    pub fn new(spec: FilterSpec) -> Result<CilogFilter, FilterError> {
+        let loaded = load(&spec)?;
+        let slot = ModelSlot::new(super::spam::watched(&spec), loaded);
+        let h = |suffix: &str| {
+            HeaderName::from_bytes(format!("{}-{suffix}", spec.header_prefix).as_bytes()).map_err(
+                |e| FilterError::Model {
+                    filter: spec.name.clone(),
+                    path: "-".into(),
+                    reason: format!("header_prefix: {e}"),
+                },
+            )
+        };
+        let names = Arc::new(Names {
+            class: h("class")?,
+            confidence: h("confidence")?,
+            evidence: h("evidence-line")?,
+        });
+        Ok(CilogFilter { spec, names, slot })
+    }
+}
+
+impl Filter for CilogFilter {
+    fn spec(&self) -> &FilterSpec {
+        &self.spec
+    }
+
+    fn model_source(&self) -> String {
+        self.slot.current().source.clone()
+    }
+
+    fn reload_if_changed(&self) -> Option<Result<String, FilterError>> {
+        self.slot.reload_if_changed(|| load(&self.spec))
+    }
+
+    fn inspector(&self, req: &RequestInfo) -> Result<Box<dyn Inspector>, Skip> {
+        let mime = req.content_type.as_deref().map(|c| {
+            c.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
+        let json = match mime.as_deref() {
+            None => false,
+            Some(m) if m.starts_with("text/") || m == "application/octet-stream" => false,
+            Some(m)
+                if m == "application/json"
+                    || (m.starts_with("application/") && m.ends_with("+json")) =>
+            {
+                true
+            }
+            Some(_) => return Err(Skip::ContentType),
+        };
+        let model = self.slot.current().model.clone();
+        let how = if json {
+            How::Json {
+                buf: Vec::new(),
+                pointers: self.spec.json_pointers.clone(),
+                model,
+            }
+        } else {
+            How::Stream(model.owned_scanner())
+        };
+        Ok(Box::new(CilogInspector {
+            name: self.spec.name.clone(),
+            names: self.names.clone(),
+            how,
+        }))
+    }
+}
+
+enum How {
+    /// A plain-text log, scanned as it streams.
+    Stream(Scanner<'static>),
+    /// A JSON document holding the log in a field.
+    Json {
+        buf: Vec<u8>,
+        pointers: Option<Vec<String>>,
+        model: CilogModel,
+    },
+}
+
+struct CilogInspector {
+    name: String,
+    names: Arc<Names>,
+    how: How,
+}
+
+/// The log in a JSON document: the first pointer naming a string, else the
+/// longest string value anywhere.
+fn log_in_json(doc: &serde_json::Value, pointers: Option<&[String]>) -> Option<String> {
+    if let Some(ps) = pointers {
+        return ps
+            .iter()
+            .find_map(|p| doc.pointer(p).and_then(|v| v.as_str()).map(str::to_owned));
+    }
+    fn longest<'a>(v: &'a serde_json::Value, best: &mut Option<&'a str>) {
+        match v {
+            serde_json::Value::String(s) => {
+                if best.is_none_or(|b| s.len() > b.len()) {
+                    *best = Some(s);
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| longest(x, best)),
+            serde_json::Value::Object(o) => o.values().for_each(|x| longest(x, best)),
+            _ => {}
+        }
+    }
+    let mut best = None;
+    longest(doc, &mut best);
+    best.map(str::to_owned)
+}
+
+impl Inspector for CilogInspector {
+    fn feed(&mut self, chunk: &[u8]) {
+        match &mut self.how {
+            How::Stream(s) => s.feed(chunk),
+            How::Json { buf, .. } => buf.extend_from_slice(chunk),
+        }
+    }
+
+    fn finish(self: Box<Self>) -> Result<Verdict, Skip> {
+        let v = match self.how {
+            How::Stream(s) => s.finish(),
+            How::Json {
+                buf,
+                pointers,
+                model,
+            } => {
+                let doc: serde_json::Value =
+                    serde_json::from_slice(&buf).map_err(|_| Skip::ExtractError)?;
+                let log = log_in_json(&doc, pointers.as_deref()).ok_or(Skip::ExtractError)?;
+                model.classify(log.as_bytes())
+            }
+        };
+        let class = v.class.as_str();
+        let conf = (v.confidence * 1000.0).round() / 1000.0;
+        let headers = vec![
+            (self.names.class.clone(), HeaderValue::from_static(class)),
+            (
+                self.names.confidence.clone(),
+                HeaderValue::from_str(&format!("{conf:.3}"))
+                    .unwrap_or(HeaderValue::from_static("0")),
+            ),
+            (
+                self.names.evidence.clone(),
+                super::header_value(&format!("{}: {}", v.line, v.text), EVIDENCE_MAX),
+            ),
+        ];
+        let mut detail = serde_json::Map::new();
+        detail.insert("class".into(), class.into());
+        detail.insert("confidence".into(), conf.into());
+        detail.insert("line".into(), v.line.into());
+        detail.insert("text".into(), v.text.clone().into());
+        detail.insert(
+            "context".into(),
+            serde_json::Value::Array(
+                v.context
+                    .iter()
+                    .map(|(n, t)| serde_json::json!({ "line": n, "text": t }))
+                    .collect(),
+            ),
+        );
+        Ok(Verdict {
+            filter: self.name,
+            verdict: class,
+            flagged: false,
+            score: conf,
+            detail,
+            headers,
+        })
+    }
+}

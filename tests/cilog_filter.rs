@@ -1,0 +1,291 @@
+//! The CI-log filter through the proxy: answer routes, annotate headers,
+//! block rules, gzip and JSON bodies, a 50 MB log in bounded memory. Real
+//! logs from ../shared/data/cilogs, read in place.
+
+mod support;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use sift::body;
+use support::*;
+
+fn data() -> std::path::PathBuf {
+    std::env::var_os("SIFT_CILOG_DATA")
+        .map(Into::into)
+        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/cilogs").into())
+}
+
+/// A real log of the set with the given label (the first in labels.csv).
+fn log_labelled(label: &str) -> Vec<u8> {
+    let csv = std::fs::read_to_string(data().join("labels.csv")).expect("labels.csv");
+    let path = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect::<Vec<_>>())
+        .find(|f| f.get(4) == Some(&label))
+        .map(|f| f[1].to_string())
+        .expect("a log with that label");
+    std::fs::read(data().join("logs").join(path)).unwrap()
+}
+
+/// What `sift classify --filter cilog` says of `log` (the oracle the proxy
+/// must agree with).
+fn cli_verdict(log: &[u8]) -> serde_json::Value {
+    let mut child = std::process::Command::new(sift_bin())
+        .args(["classify", "--filter", "cilog"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(log).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    serde_json::from_slice(&out.stdout).expect("one JSON line")
+}
+
+async fn mirror(name: &'static str) -> Upstream {
+    Upstream::start(move |req: Request<Incoming>| async move {
+        let mut headers = serde_json::Map::new();
+        for (k, v) in req.headers() {
+            headers.insert(
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into(),
+            );
+        }
+        let n = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes().len())
+            .unwrap_or(0);
+        json_response(
+            200,
+            &serde_json::json!({ "name": name, "headers": headers, "body_len": n }),
+        )
+    })
+    .await
+}
+
+fn config(app: SocketAddr, other: SocketAddr, route_filters: &str) -> String {
+    format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners:
+  - name: main
+    address: "127.0.0.1:0"
+filters:
+  - name: cilog
+    kind: cilog
+    max_inspect_bytes: 64MiB
+    extract: {{ json_pointers: ["/build/log"] }}
+routes:
+  - name: classify
+    match: {{ path: {{ prefix: /classify }} }}
+    answer: cilog
+    max_request_body: 100MiB
+  - name: logs
+    cluster: app
+    max_request_body: 100MiB
+    filters:
+{route_filters}
+clusters:
+  - name: app
+    endpoints: ["{app}"]
+  - name: other
+    endpoints: ["{other}"]
+"#
+    )
+}
+
+async fn post(
+    sift: &Sift,
+    path: &str,
+    headers: &[(&str, &str)],
+    b: impl Into<Bytes>,
+) -> http::Response<Bytes> {
+    let mut r = Request::post(sift.url(path));
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    send(r.body(full(b.into())).unwrap()).await
+}
+
+fn json(b: &Bytes) -> serde_json::Value {
+    serde_json::from_slice(b).unwrap_or_else(|_| panic!("not JSON: {b:?}"))
+}
+
+fn gzip(b: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(b).unwrap();
+    e.finish().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn answer_route_matches_the_cli_for_plain_gzip_and_json() {
+    let (app, other) = (mirror("app").await, mirror("other").await);
+    let sift = Sift::start(&config(app.addr, other.addr, "      - { filter: cilog }"));
+    for label in ["test", "compile", "dependency", "lint"] {
+        let log = log_labelled(label);
+        let want = cli_verdict(&log);
+        let r = post(
+            &sift,
+            "/classify",
+            &[("content-type", "text/plain")],
+            log.clone(),
+        )
+        .await;
+        assert_eq!(r.status(), 200, "{label}: {:?}", r.body());
+        let v = json(r.body());
+        assert_eq!(v["filter"], "cilog");
+        assert_eq!(v["verdict"], want["class"], "{label}");
+        assert_eq!(v["class"], want["class"], "{label}");
+        assert_eq!(v["line"], want["line"], "{label}");
+        assert_eq!(v["text"], want["text"], "{label}");
+        assert!(v["context"].as_array().is_some_and(|c| !c.is_empty()));
+
+        let r = post(
+            &sift,
+            "/classify",
+            &[("content-type", "text/plain"), ("content-encoding", "gzip")],
+            gzip(&log),
+        )
+        .await;
+        assert_eq!(json(r.body())["line"], want["line"], "{label}: gzip");
+
+        let doc = serde_json::json!({ "build": { "id": 7, "log": String::from_utf8_lossy(&log) } });
+        let r = post(
+            &sift,
+            "/classify",
+            &[("content-type", "application/json")],
+            doc.to_string(),
+        )
+        .await;
+        assert_eq!(json(r.body())["class"], want["class"], "{label}: json");
+    }
+    assert_eq!(
+        app.requests.load(Ordering::Relaxed),
+        0,
+        "answer routes have no upstream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn annotate_headers_and_block_rules() {
+    let (app, other) = (mirror("app").await, mirror("other").await);
+    let log = log_labelled("test");
+    let want = cli_verdict(&log);
+    let class = want["class"].as_str().unwrap().to_string();
+
+    let sift = Sift::start(&config(
+        app.addr,
+        other.addr,
+        "      - { filter: cilog, mode: annotate }",
+    ));
+    let r = post(
+        &sift,
+        "/logs",
+        &[("content-type", "text/plain"), ("x-sift-ci-class", "oom")],
+        log.clone(),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let v = json(r.body());
+    assert_eq!(v["body_len"], log.len(), "the log is forwarded whole");
+    let h = &v["headers"];
+    assert_eq!(
+        h["x-sift-ci-class"],
+        class.as_str(),
+        "the client's header was replaced"
+    );
+    let conf: f64 = h["x-sift-ci-confidence"].as_str().unwrap().parse().unwrap();
+    assert!((0.0..=1.0).contains(&conf));
+    let ev = h["x-sift-ci-evidence-line"].as_str().unwrap();
+    assert!(ev.starts_with(&format!("{}: ", want["line"])), "{ev}");
+    assert!(
+        ev.len() <= 200 && ev.bytes().all(|b| (b' '..=b'~').contains(&b)),
+        "{ev:?}"
+    );
+    drop(sift);
+
+    // Block rules: this class goes to another cluster; another is rejected.
+    let rules = format!(
+        "      - filter: cilog\n        mode: block\n        rules:\n          - {{ when: [{class}], cluster: other }}\n          - {{ when: [unknown], reject: true }}"
+    );
+    let sift = Sift::start(&config(app.addr, other.addr, &rules));
+    let r = post(
+        &sift,
+        "/logs",
+        &[("content-type", "text/plain")],
+        log.clone(),
+    )
+    .await;
+    assert_eq!(json(r.body())["name"], "other", "routed by the rule");
+    let noise: Vec<u8> = b"hello\nworld\n".repeat(10);
+    let n = cli_verdict(&noise);
+    let r = post(&sift, "/logs", &[("content-type", "text/plain")], noise).await;
+    if n["class"] == "unknown" {
+        assert_eq!(r.status(), 403, "unknown is rejected");
+        assert_eq!(json(r.body())["verdict"], "unknown");
+    } else {
+        assert_eq!(json(r.body())["name"], "app");
+    }
+    drop(sift);
+
+    let rules = format!(
+        "      - filter: cilog\n        mode: block\n        rules: [ {{ when: [{class}], reject: true }} ]"
+    );
+    let sift = Sift::start(&config(app.addr, other.addr, &rules));
+    let before = app.requests.load(Ordering::Relaxed);
+    let r = post(&sift, "/logs", &[("content-type", "text/plain")], log).await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(r.headers()["x-sift-error"], "filter-blocked");
+    assert_eq!(
+        app.requests.load(Ordering::Relaxed),
+        before,
+        "never reached the app"
+    );
+}
+
+/// A 50 MB log streamed to an answer route: scanned as it arrives, with
+/// sift's peak memory far below the log's size.
+#[tokio::test(flavor = "multi_thread")]
+async fn fifty_megabyte_log_in_bounded_memory() {
+    let (app, other) = (mirror("app").await, mirror("other").await);
+    let sift = Sift::start(&config(app.addr, other.addr, "      - { filter: cilog }"));
+    let log = log_labelled("test");
+    let want = cli_verdict(&log);
+    let rss0 = sift.proc_status_kb("VmRSS");
+    let (tx, b) = channel_body(8);
+    let req = Request::post(sift.url("/classify"))
+        .header("content-type", "text/plain")
+        .body(b)
+        .unwrap();
+    let call = tokio::spawn(send(req));
+    // 50 MB of build noise, then the real failing log at the end.
+    let filler =
+        b"[INFO] Downloading artifact 42 of 9000 from https://repo.example.org/maven2 ... done\n"
+            .repeat(1024);
+    let mut sent = 0usize;
+    while sent < 50 << 20 {
+        tx.send(Bytes::from(filler.clone())).await.unwrap();
+        sent += filler.len();
+    }
+    tx.send(Bytes::from(log.clone())).await.unwrap();
+    drop(tx);
+    let r = call.await.unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.body());
+    let v = json(r.body());
+    assert_eq!(v["class"], want["class"], "the failure at the end is found");
+    let peak = sift.proc_status_kb("VmHWM");
+    assert!(
+        peak < rss0 + 40 * 1024,
+        "peak RSS {peak} KB after a 50 MB log (start {rss0} KB)"
+    );
+    let _ = body::empty();
+}
