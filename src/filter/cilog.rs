@@ -147,10 +147,8 @@ fn log_in_json(doc: &serde_json::Value, pointers: Option<&[String]>) -> Option<S
     }
     fn longest<'a>(v: &'a serde_json::Value, best: &mut Option<&'a str>) {
         match v {
-            serde_json::Value::String(s) => {
-                if best.is_none_or(|b| s.len() > b.len()) {
-                    *best = Some(s);
-                }
+            serde_json::Value::String(s) if best.is_none_or(|b| s.len() > b.len()) => {
+                *best = Some(s);
             }
             serde_json::Value::Array(a) => a.iter().for_each(|x| longest(x, best)),
             serde_json::Value::Object(o) => o.values().for_each(|x| longest(x, best)),
