@@ -65,7 +65,7 @@ pub struct Recipe {
     pub seed: u64,
     /// Feature blocks: comma-separated of word,bigram,char (3-5-grams) or
     /// char3/char4/char5 (only those sizes),signal,fold.
-    #[arg(long, default_value = "word,bigram,char,signal,fold")]
+    #[arg(long, default_value = "word,bigram,char4,signal,fold")]
     pub features: String,
     /// Featurize at most this many bytes of each text view.
     #[arg(long, default_value_t = 32768)]
