@@ -57,7 +57,7 @@ pub struct Recipe {
     /// log2 of the number of weight buckets.
     #[arg(long, default_value_t = 20)]
     pub bits: u8,
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 16)]
     pub epochs: u32,
     #[arg(long, default_value_t = 0.05)]
     pub lr: f32,

@@ -96,7 +96,7 @@ pub enum Loss {
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
-            epochs: 8,
+            epochs: 16,
             lr: 0.05,
             seed: 42,
             balance: true,
