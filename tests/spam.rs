@@ -171,6 +171,236 @@ fn serving_path_matches_training_vectors() {
     }
 }
 
+#[test]
+fn word_features_and_their_spans() {
+    use sift::classify::features::Origin;
+    let fz = Featurizer::new(FeatureConfig::default());
+    let text =
+        "Hello,   WORLD hello internationalization INTERNATIONALIZATION internationalizatiom";
+    let mut r = Rec(Vec::new());
+    fz.run(&TextView::plain(text), &mut r);
+    let words: Vec<(u32, &str)> = r
+        .0
+        .iter()
+        .filter_map(|f| match f.origin {
+            Origin::Word { start, end } => Some((f.bucket, &text[start as usize..end as usize])),
+            _ => None,
+        })
+        .collect();
+    let uni: Vec<&(u32, &str)> = words.iter().filter(|(_, s)| !s.contains(' ')).collect();
+    let names: Vec<&str> = uni.iter().map(|(_, s)| *s).collect();
+    assert_eq!(
+        names,
+        [
+            "Hello",
+            "WORLD",
+            "hello",
+            "internationalization",
+            "INTERNATIONALIZATION",
+            "internationalizatiom"
+        ]
+    );
+    // Case folded, long tokens hashed in full (chunks of 8 bytes).
+    assert_eq!(uni[0].0, uni[2].0);
+    assert_eq!(uni[3].0, uni[4].0);
+    assert_ne!(uni[3].0, uni[5].0);
+    assert_ne!(uni[0].0, uni[1].0);
+    // Bigrams span both tokens, across the collapsed whitespace.
+    assert!(words.iter().any(|(_, s)| *s == "Hello,   WORLD"));
+    // Char n-grams: spans of 3 to 5 bytes of non-space text.
+    for f in &r.0 {
+        if let Origin::Char { start, end } = f.origin {
+            let s = &text[start as usize..end as usize];
+            assert!(!s.is_empty() && s.len() <= 8, "{s:?}");
+        }
+    }
+}
+
+#[test]
+fn cue_and_number_signals() {
+    use sift::classify::features::{Origin, Signal};
+    let fz = Featurizer::new(FeatureConfig::default());
+    let signals = |t: &str| {
+        let mut r = Rec(Vec::new());
+        fz.run(&TextView::plain(t), &mut r);
+        r.0.iter()
+            .filter_map(|f| match f.origin {
+                Origin::Signal(s) => Some(s),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let s =
+        signals("URGENT! Claim your CASH prize now: call 09061701461 or txt WIN to 80086, £5/wk");
+    for want in [
+        Signal::Money(2),
+        Signal::Urgency(2),
+        Signal::MoneyAndUrgency,
+        Signal::LongNumber,
+        Signal::ShortCode,
+        Signal::CurrencyAmount(1),
+    ] {
+        assert!(s.contains(&want), "{want:?} missing from {s:?}");
+    }
+    let s = signals("see you at lunch tomorrow, room 4021 on floor 2");
+    assert!(
+        !s.iter()
+            .any(|x| matches!(x, Signal::LongNumber | Signal::ShortCode | Signal::Money(_))),
+        "{s:?}"
+    );
+    let s =
+        signals("Verify your password at http://paypa1-secure.com/login or http://192.168.1.5/x");
+    for want in [
+        Signal::UrlLookalike,
+        Signal::UrlIp,
+        Signal::CredentialAndLink,
+    ] {
+        assert!(s.contains(&want), "{want:?} missing from {s:?}");
+    }
+}
+
+#[test]
+fn threshold_for_best_oof_f1_respects_the_fpr_cap() {
+    // Margins with labels: the best F1 is at 0.5 (3 spam, 1 ham above).
+    let m = [0.9, 0.8, 0.6, 0.5, 0.4, 0.1, -0.2, -0.5];
+    let l = [true, true, false, true, false, false, false, true];
+    let t = train::threshold_best_f1(&m, &l, 0.5);
+    assert_eq!(t, 0.5);
+    // With no ham allowed above, it cannot go below 0.6's ham.
+    let t = train::threshold_best_f1(&m, &l, 0.0);
+    assert!(t > 0.6 && t <= 0.8, "{t}");
+}
+
+/// Writes `dir/{spam,ham}/N.txt` from the toy examples.
+fn write_label_dir(dir: &std::path::Path) {
+    let (views, labels) = toy();
+    for (i, (v, l)) in views.iter().zip(&labels).enumerate().take(8) {
+        let sub = dir.join(if *l { "spam" } else { "ham" });
+        std::fs::create_dir_all(&sub).unwrap();
+        std::fs::write(sub.join(format!("{i}.txt")), &v.text).unwrap();
+    }
+    // Hidden files are skipped; nested directories are read.
+    std::fs::write(dir.join("spam/.DS_Store"), "junk").unwrap();
+    std::fs::create_dir_all(dir.join("ham/2026")).unwrap();
+    std::fs::write(
+        dir.join("ham/2026/x.eml"),
+        "Subject: minutes\n\nNotes from today's design review attached.",
+    )
+    .unwrap();
+}
+
+#[test]
+fn directory_per_label_loads() {
+    let dir = std::env::temp_dir().join(format!("sift-spam-dir-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    write_label_dir(&dir);
+    let b = data::load_label_dir(&dir).expect("label dir");
+    assert_eq!(b.len(), 9);
+    assert_eq!(b.iter().filter(|(_, l)| *l).count(), 4);
+    assert!(
+        b.iter()
+            .any(|(v, l)| !*l && v.text.contains("design review"))
+    );
+    assert!(data::load_label_dir(&dir.join("nope")).is_err());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+fn sift(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_sift"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run sift")
+}
+
+#[test]
+fn cli_train_from_dir_learn_and_classify() {
+    let dir = std::env::temp_dir().join(format!("sift-spam-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let labels = dir.join("labels");
+    write_label_dir(&labels);
+    let m1 = dir.join("m1.bin");
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    // A new model from a directory per label.
+    let o = sift(&[
+        "train",
+        "spam",
+        "--label-dir",
+        &s(&labels),
+        "--bits",
+        "14",
+        "--calib-folds",
+        "0",
+        "--out",
+        &s(&m1),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Learn more from JSONL and from a directory, continuing from it.
+    let jsonl = dir.join("more.jsonl");
+    std::fs::write(
+        &jsonl,
+        "{\"text\": \"Exclusive crypto airdrop, connect your wallet now\", \"label\": \"spam\"}\n\
+         {\"text\": \"the wallet sync finished on the test node\", \"label\": \"ham\"}\n",
+    )
+    .unwrap();
+    let m2 = dir.join("m2.bin");
+    let o = sift(&[
+        "train",
+        "spam",
+        "--from",
+        &s(&m1),
+        "--data",
+        &s(&jsonl),
+        "--label-dir",
+        &s(&labels),
+        "--out",
+        &s(&m2),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("learned 11 examples"));
+    // --from without examples is an error, not a silent copy.
+    let o = sift(&[
+        "train",
+        "spam",
+        "--from",
+        &s(&m1),
+        "--out",
+        &s(&dir.join("m3.bin")),
+    ]);
+    assert!(!o.status.success());
+    // classify: one JSON line per input, with --explain.
+    let msg = dir.join("msg.txt");
+    std::fs::write(
+        &msg,
+        "WINNER!! claim your $1000 prize now at http://192.168.10.5/claim",
+    )
+    .unwrap();
+    let ham = dir.join("ham.txt");
+    std::fs::write(&ham, "Are we still meeting for lunch tomorrow at noon?").unwrap();
+    let o = sift(&[
+        "classify",
+        "--filter",
+        "spam",
+        "--model",
+        &s(&m2),
+        "--explain",
+        &s(&msg),
+        &s(&ham),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["verdict"], "spam");
+    assert_eq!(lines[1]["verdict"], "ham");
+    assert!(lines[0]["score"].as_f64().unwrap() > lines[1]["score"].as_f64().unwrap());
+    assert!(!lines[0]["explain"].as_array().unwrap().is_empty());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 const MIME_B64: &[u8] = b"From: Alice <alice@example.org>\r\n\
 To: bob@example.net\r\n\
 Subject: =?utf-8?B?Q2Fmw6kgbWVldGluZw==?=\r\n\

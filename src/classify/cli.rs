@@ -61,14 +61,15 @@ pub struct Recipe {
     /// log2 of the number of weight buckets.
     #[arg(long, default_value_t = 20)]
     pub bits: u8,
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 16)]
     pub epochs: u32,
     #[arg(long, default_value_t = 0.05)]
     pub lr: f32,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    /// Feature blocks: comma-separated of word,bigram,char,signal,fold.
-    #[arg(long, default_value = "word,bigram,char,signal,fold")]
+    /// Feature blocks: comma-separated of word,bigram,char (3-5-grams) or
+    /// char3/char4/char5 (only those sizes),signal,fold.
+    #[arg(long, default_value = "word,bigram,char4,signal,fold")]
     pub features: String,
     /// Featurize at most this many bytes of each text view.
     #[arg(long, default_value_t = 32768)]
@@ -88,6 +89,15 @@ pub struct Recipe {
     /// Disable averaging of SGD iterates.
     #[arg(long)]
     pub no_average: bool,
+    /// Threshold choice on the out-of-fold training margins.
+    #[arg(long, value_enum, default_value_t = train::Calib::F1)]
+    pub calib: train::Calib,
+    /// Average this many SGD runs (different seeds) into one model.
+    #[arg(long, default_value_t = 4)]
+    pub ensemble: u32,
+    /// Alternate the loss with modified Huber across the ensemble.
+    #[arg(long)]
+    pub mix: bool,
 }
 
 impl Recipe {
@@ -103,6 +113,9 @@ impl Recipe {
                 "word" => features::FLAG_WORD,
                 "bigram" => features::FLAG_BIGRAM,
                 "char" => features::FLAG_CHAR,
+                "char3" => features::FLAG_CHAR | features::FLAG_CHAR3,
+                "char4" => features::FLAG_CHAR | features::FLAG_CHAR4,
+                "char5" => features::FLAG_CHAR | features::FLAG_CHAR5,
                 "signal" => features::FLAG_SIGNAL,
                 "fold" => features::FLAG_FOLD_DIGITS,
                 other => return Err(format!("unknown feature block {other:?}")),
@@ -131,9 +144,12 @@ impl Recipe {
                 average: !self.no_average,
                 anchor: 0.0,
                 loss: self.loss,
+                ensemble: self.ensemble,
+                mix: self.mix,
             },
             calib_folds: self.calib_folds,
             target_fpr: self.target_fpr,
+            calib: self.calib,
         }
     }
 }
@@ -145,12 +161,19 @@ pub struct TrainSpam {
     /// Training data for a new model.
     #[arg(long, value_enum, default_value_t = TrainSet::All)]
     pub set: TrainSet,
-    /// Continue from this model (needs --data).
-    #[arg(long, requires = "data")]
+    /// Continue from this model (needs --data or --label-dir): the model
+    /// keeps its featurizer and threshold and learns the examples.
+    #[arg(long)]
     pub from: Option<PathBuf>,
-    /// JSONL of {"text": ..., "label": "spam"|"ham"} to learn (with --from).
-    #[arg(long, requires = "from")]
+    /// JSONL of {"text": ..., "label": "spam"|"ham"} lines. With --from,
+    /// learned into that model; without, a new model is trained on it.
+    #[arg(long)]
     pub data: Option<PathBuf>,
+    /// A directory per label: <DIR>/spam/* and <DIR>/ham/* (one message or
+    /// text per file, subdirectories included). With --from, learned into
+    /// that model; without, a new model is trained on it (and --data).
+    #[arg(long, value_name = "DIR")]
+    pub label_dir: Option<PathBuf>,
     /// Incremental learning: passes over the batch.
     #[arg(long, default_value_t = 5)]
     pub learn_epochs: u32,
@@ -249,13 +272,38 @@ fn load(which: &str, recipe: &Recipe, fz: &Featurizer) -> Result<Loaded, data::D
     Ok(Loaded { corpus, ds })
 }
 
+/// The labelled examples of --data and --label-dir, and a description.
+fn user_examples(args: &TrainSpam) -> Result<(Vec<(text::TextView, bool)>, String), String> {
+    let mut batch = Vec::new();
+    let mut what = Vec::new();
+    if let Some(p) = &args.data {
+        let b = data::load_jsonl(p).map_err(|e| e.to_string())?;
+        what.push(format!("{} ({} examples)", p.display(), b.len()));
+        batch.extend(b);
+    }
+    if let Some(d) = &args.label_dir {
+        let b = data::load_label_dir(d).map_err(|e| e.to_string())?;
+        what.push(format!(
+            "{}/{{spam,ham}} ({} examples)",
+            d.display(),
+            b.len()
+        ));
+        batch.extend(b);
+    }
+    Ok((batch, what.join(" + ")))
+}
+
 pub fn run_train(what: TrainWhat) -> ExitCode {
     let args = match what {
         TrainWhat::Spam(args) => args,
         TrainWhat::Cilog(args) => return crate::cilog::cli::run_train(args),
     };
-    if let (Some(from), Some(data_path)) = (&args.from, &args.data) {
-        return adapt(&args, from, data_path);
+    let user = args.data.is_some() || args.label_dir.is_some();
+    if let Some(from) = &args.from {
+        if !user {
+            return fail("--from needs --data FILE.jsonl or --label-dir DIR");
+        }
+        return adapt(&args, from);
     }
     let fcfg = match args.recipe.feature_config() {
         Ok(c) => c,
@@ -266,9 +314,25 @@ pub fn run_train(what: TrainWhat) -> ExitCode {
     let t = Instant::now();
     let mut ds = Dataset::new();
     let mut parts = Vec::new();
-    let want_sa = matches!(args.set, TrainSet::All | TrainSet::Sa | TrainSet::TimeSplit);
-    let want_sms = matches!(args.set, TrainSet::All | TrainSet::Sms);
     let mut c = features::Collect::default();
+    if user {
+        // A new model on the operator's own examples only.
+        let (batch, what) = match user_examples(&args) {
+            Ok(b) => b,
+            Err(e) => return fail(e),
+        };
+        if batch.iter().all(|(_, l)| *l) || batch.iter().all(|(_, l)| !*l) {
+            return fail(format_args!(
+                "{what}: need both spam and ham examples to train a model"
+            ));
+        }
+        for (v, l) in &batch {
+            ds.push(&fz, v, *l, &mut c);
+        }
+        parts.push(what);
+    }
+    let want_sa = !user && matches!(args.set, TrainSet::All | TrainSet::Sa | TrainSet::TimeSplit);
+    let want_sms = !user && matches!(args.set, TrainSet::All | TrainSet::Sms);
     if want_sa {
         let sa = match data::load_spamassassin(&data::sa_dir(&args.recipe.data_dir)) {
             Ok(s) => s,
@@ -300,11 +364,14 @@ pub fn run_train(what: TrainWhat) -> ExitCode {
     }
     let rows: Vec<usize> = (0..ds.len()).collect();
     let note = format!(
-        "{}; seed {}, epochs {}, lr {}, target ham FPR {}",
+        "{}; seed {}, epochs {}, lr {}, loss {:?}, ensemble {}, threshold {:?} at OOF ham FPR <= {}",
         parts.join(" + "),
         args.recipe.seed,
         args.recipe.epochs,
         args.recipe.lr,
+        args.recipe.loss,
+        args.recipe.ensemble,
+        args.recipe.calib,
         args.recipe.target_fpr
     );
     let model = train::train_model(&ds, &rows, fcfg, &opts, &note);
@@ -324,13 +391,13 @@ pub fn run_train(what: TrainWhat) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn adapt(args: &TrainSpam, from: &Path, data_path: &Path) -> ExitCode {
+fn adapt(args: &TrainSpam, from: &Path) -> ExitCode {
     let base = match Classifier::load(from) {
         Ok(c) => c,
         Err(e) => return fail(format_args!("{}: {e}", from.display())),
     };
-    let batch = match data::load_jsonl(data_path) {
-        Ok(b) => b,
+    let batch = match user_examples(args) {
+        Ok((b, _)) => b,
         Err(e) => return fail(e),
     };
     let opts = LearnOptions {
@@ -395,13 +462,16 @@ pub fn run_eval(what: EvalWhat) -> ExitCode {
         None
     };
     println!(
-        "recipe: features {} bits {} max_bytes {} epochs {} lr {} seed {} target ham FPR {} (threshold from {}-fold out-of-fold margins on training data)",
+        "recipe: features {} bits {} max_bytes {} loss {:?} epochs {} lr {} seed {} ensemble {} (threshold {:?} at OOF ham FPR <= {}, from {}-fold out-of-fold margins on training data)",
         args.recipe.features,
         fcfg.bits,
         fcfg.max_bytes,
+        opts.train.loss,
         opts.train.epochs,
         opts.train.lr,
         opts.train.seed,
+        opts.train.ensemble,
+        opts.calib,
         opts.target_fpr,
         opts.calib_folds
     );
@@ -475,11 +545,13 @@ pub fn run_eval(what: EvalWhat) -> ExitCode {
         }
         match eval::bench(&args.model, &raws, 2.0) {
             Ok(b) => println!(
-                "bench {}: load {:.1} ms, weights {} bytes; featurize+score {:.2} µs/KB of text view; raw message → verdict (MIME + featurize + score) {:.2} µs/KB of raw message; {} messages (easy-ham-2 + spam-2), one thread",
+                "bench {}: load {:.1} ms, weights {} bytes; featurize+score {:.2} µs/KB of text view on CPU ({:.2} wall); raw message → verdict (MIME + featurize + score) {:.2} µs/KB of raw message on CPU ({:.2} wall); {} messages (easy-ham-2 + spam-2), one thread",
                 args.model.display(),
                 b.load_ms,
                 b.model_bytes,
+                b.view_cpu_us_per_kb,
                 b.view_us_per_kb,
+                b.raw_cpu_us_per_kb,
                 b.raw_us_per_kb,
                 b.messages
             ),

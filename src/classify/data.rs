@@ -194,3 +194,61 @@ pub fn load_jsonl(path: &Path) -> Result<Vec<(TextView, bool)>, DataError> {
     })?;
     parse_jsonl(&s, path)
 }
+
+/// Labelled examples from a directory per label: every regular file under
+/// `dir/spam/` is spam and every one under `dir/ham/` is ham (also in
+/// subdirectories; hidden files skipped), each read through [`text::view`]
+/// (RFC 822 message or plain text). Files are taken in path order, so
+/// training from a directory is deterministic.
+pub fn load_label_dir(dir: &Path) -> Result<Vec<(TextView, bool)>, DataError> {
+    let mut out = Vec::new();
+    let mut found = false;
+    for (name, spam) in [("ham", false), ("spam", true)] {
+        let sub = dir.join(name);
+        if !sub.is_dir() {
+            continue;
+        }
+        found = true;
+        let mut files = Vec::new();
+        walk(&sub, &mut files)?;
+        files.sort();
+        for f in files {
+            let raw = std::fs::read(&f).map_err(|source| DataError::Io {
+                path: f.clone(),
+                source,
+            })?;
+            out.push((text::view(&raw), spam));
+        }
+    }
+    if !found {
+        return Err(DataError::Missing {
+            what: "labelled directories",
+            path: dir.to_owned(),
+            hint: "expected <dir>/spam/ and/or <dir>/ham/ with one message per file",
+        });
+    }
+    Ok(out)
+}
+
+fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(), DataError> {
+    let rd = std::fs::read_dir(dir).map_err(|source| DataError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
+    for e in rd {
+        let e = e.map_err(|source| DataError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let p = e.path();
+        if e.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        if p.is_dir() {
+            walk(&p, files)?;
+        } else if p.is_file() {
+            files.push(p);
+        }
+    }
+    Ok(())
+}

@@ -3,13 +3,16 @@
 //! Three blocks of hashed features, all into one weight table of `2^bits`
 //! buckets:
 //! - **word**: unigrams and bigrams of tokens (runs of ASCII alphanumerics
-//!   or non-ASCII bytes, ASCII lower-cased, digits folded to `0`);
-//! - **char**: byte 3-, 4- and 5-grams of the lower-cased text with
-//!   whitespace runs collapsed (digits folded the same way);
+//!   or non-ASCII bytes, ASCII lower-cased, digits folded to `0`), hashed
+//!   8 bytes at a time;
+//! - **char**: byte n-grams of the lower-cased text with whitespace runs
+//!   collapsed (digits folded the same way): 4-grams by default, any of 3, 4
+//!   and 5 by flags ([`FLAG_CHAR3`] ...; [`FLAG_CHAR`] alone means all three);
 //! - **signal**: a few hand-made cues meant to carry across corpora (URL hosts
 //!   that are IP literals, punycode, look-alikes of brands or shorteners,
 //!   `user@host` URLs, link text naming another domain than its href, requests
-//!   for money / credentials / urgency, shouting, image-only HTML).
+//!   for money / credentials / urgency, premium-rate numbers and short codes,
+//!   shouting, image-only HTML).
 //!
 //! A message's value for a word or char feature is `count / sqrt(n)`, with
 //! `n` the number of features of that block in the message; signals count 1.
@@ -42,6 +45,10 @@ pub const FLAG_BIGRAM: u32 = 2;
 pub const FLAG_CHAR: u32 = 4;
 pub const FLAG_SIGNAL: u32 = 8;
 pub const FLAG_FOLD_DIGITS: u32 = 16;
+/// Char n-gram sizes (with [`FLAG_CHAR`]); none of them means 3, 4 and 5.
+pub const FLAG_CHAR3: u32 = 32;
+pub const FLAG_CHAR4: u32 = 64;
+pub const FLAG_CHAR5: u32 = 128;
 pub const ALL_FLAGS: u32 = FLAG_WORD | FLAG_BIGRAM | FLAG_CHAR | FLAG_SIGNAL | FLAG_FOLD_DIGITS;
 
 impl Default for FeatureConfig {
@@ -49,7 +56,9 @@ impl Default for FeatureConfig {
         FeatureConfig {
             bits: 20,
             max_bytes: 32 * 1024,
-            flags: ALL_FLAGS,
+            // Char 4-grams only: one weight lookup per byte instead of three,
+            // and a better time split (F1 0.966 vs 0.964 at 0.14 % FPR).
+            flags: ALL_FLAGS | FLAG_CHAR4,
             seed: 0x5157_7f1e_2024_0001,
             word_scale: 1.0,
             char_scale: 0.25,
@@ -86,6 +95,10 @@ pub enum Signal {
     Exclaim(u8),
     ImageOnly,
     Html,
+    /// A run of 9 or more digits (premium-rate and callback numbers).
+    LongNumber,
+    /// "... to 80086": a 4-6 digit short code after "to".
+    ShortCode,
 }
 
 impl Signal {
@@ -109,6 +122,8 @@ impl Signal {
             Signal::Exclaim(l) => (16, l),
             Signal::ImageOnly => (17, 0),
             Signal::Html => (18, 0),
+            Signal::LongNumber => (19, 0),
+            Signal::ShortCode => (20, 0),
         };
         (k << 8) | u64::from(l)
     }
@@ -134,6 +149,8 @@ impl Signal {
             Signal::Exclaim(l) => format!("exclaim:{l}"),
             Signal::ImageOnly => "image_only_html".into(),
             Signal::Html => "html".into(),
+            Signal::LongNumber => "long_number".into(),
+            Signal::ShortCode => "short_code".into(),
         }
     }
 }
@@ -340,9 +357,6 @@ const SEED_BIGRAM: u64 = 0x62_6967_7261_6d32;
 const SEED_CHAR: u64 = 0x63_6861_7233;
 const SEED_SIGNAL: u64 = 0x73_6967_6e61_6c34;
 
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
-
 #[inline(always)]
 fn mix(x: u64) -> u64 {
     let x = (x ^ (x >> 31)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -364,11 +378,56 @@ fn is_word_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b >= 0x80
 }
 
-/// Word hash of a token (FNV-1a over folded bytes, at most 48 of them).
+// Byte classes of the scanner's lookup table.
+const C_WORD: u8 = 1;
+const C_UPPER: u8 = 2;
+const C_LOWER: u8 = 4;
+const C_DIGIT: u8 = 8;
+const C_EXCL: u8 = 16;
+
+/// Packed per-byte increments of the class counts, indexed by the
+/// `C_UPPER | C_LOWER | C_EXCL` bits: 21 bits each for upper, lower and
+/// `!` (the scanner flushes them every 2^20 bytes, so none overflows).
+const COUNT_INC: [u64; 32] = {
+    let mut t = [0u64; 32];
+    let mut i = 0;
+    while i < 32 {
+        let c = i as u8;
+        let mut v = 0u64;
+        if c & C_UPPER != 0 {
+            v += 1;
+        }
+        if c & C_LOWER != 0 {
+            v += 1 << 21;
+        }
+        if c & C_EXCL != 0 {
+            v += 1 << 42;
+        }
+        t[i] = v;
+        i += 1;
+    }
+    t
+};
+
+/// One step of the word hash: fold an 8-byte chunk into the state.
+#[inline(always)]
+fn chunk_mix(h: u64, chunk: u64) -> u64 {
+    (h ^ chunk)
+        .wrapping_mul(0xd6e8_feb8_6659_fd93)
+        .rotate_left(29)
+}
+
+/// Word hash of a token: its folded bytes packed 8 at a time (first byte
+/// most significant), each chunk mixed into the state. The scanner computes
+/// the same value from its byte window without a per-byte multiply.
 fn token_hash(tok: &[u8], digits: bool) -> u64 {
-    let mut h = FNV_OFFSET;
-    for &b in tok.iter().take(48) {
-        h = (h ^ u64::from(fold(b, digits))).wrapping_mul(FNV_PRIME);
+    let mut h = 0u64;
+    for chunk in tok.chunks(8) {
+        let mut c = 0u64;
+        for &b in chunk {
+            c = (c << 8) | u64::from(fold(b, digits));
+        }
+        h = chunk_mix(h, c);
     }
     h
 }
@@ -389,6 +448,15 @@ pub struct Featurizer {
     cue_mask: usize,
     /// 4096-bit Bloom filter over cue hashes: most tokens stop here.
     cue_bloom: Vec<u64>,
+    /// Per byte: its `C_*` classes, and its normalised form (ASCII
+    /// lower-cased, digits folded if configured, whitespace and controls as
+    /// a space).
+    class: [u8; 256],
+    norm: [u8; 256],
+    /// Char n-gram sizes in use: bit n set for n-grams of n bytes.
+    char_ns: u32,
+    /// Word hash of "to" (short codes).
+    to_hash: u64,
 }
 
 impl Featurizer {
@@ -402,7 +470,42 @@ impl Featurizer {
             cue_vals: vec![None; size],
             cue_mask: size - 1,
             cue_bloom: vec![0; 64],
+            class: [0; 256],
+            norm: [0; 256],
+            char_ns: 0,
+            to_hash: token_hash(b"to", digits),
         };
+        for b in 0..=255u8 {
+            let i = usize::from(b);
+            f.norm[i] = if b <= b' ' { b' ' } else { fold(b, digits) };
+            let mut c = 0;
+            if is_word_byte(b) {
+                c |= C_WORD;
+            }
+            if b.is_ascii_uppercase() {
+                c |= C_UPPER;
+            }
+            if b.is_ascii_lowercase() {
+                c |= C_LOWER;
+            }
+            if b.is_ascii_digit() {
+                c |= C_DIGIT;
+            }
+            if b == b'!' {
+                c |= C_EXCL;
+            }
+            f.class[i] = c;
+        }
+        if cfg.flags & FLAG_CHAR != 0 {
+            for (flag, n) in [(FLAG_CHAR3, 3), (FLAG_CHAR4, 4), (FLAG_CHAR5, 5)] {
+                if cfg.flags & flag != 0 {
+                    f.char_ns |= 1 << n;
+                }
+            }
+            if f.char_ns == 0 {
+                f.char_ns = (1 << 3) | (1 << 4) | (1 << 5);
+            }
+        }
         let lists = [
             (MONEY, Cue::Money),
             (CREDENTIAL, Cue::Credential),
@@ -428,6 +531,16 @@ impl Featurizer {
 
     pub fn config(&self) -> &FeatureConfig {
         &self.cfg
+    }
+
+    /// Bytes of the featurizer's own tables (cue table, Bloom filter, byte
+    /// classes). The scanner's per-thread scratch comes on top: about 5
+    /// bytes per featurized byte, at most `5 * max_bytes`, kept per thread.
+    pub fn state_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.cue_keys.len() * 8
+            + self.cue_vals.len() * std::mem::size_of::<Option<Cue>>()
+            + self.cue_bloom.len() * 8
     }
 
     fn insert_cue(&mut self, h: u64, cue: Cue) {
@@ -472,139 +585,152 @@ impl Featurizer {
     }
 
     /// Emit every feature of `view` into `sink`.
+    #[inline(always)]
     pub fn run<S: Sink>(&self, view: &TextView, sink: &mut S) {
         let text = view.text.as_bytes();
         let text = &text[..text.len().min(self.cfg.max_bytes as usize)];
-        let flags = self.cfg.flags;
-        let digits = flags & FLAG_FOLD_DIGITS != 0;
         let mut stats = Stats::default();
-        if flags & (FLAG_WORD | FLAG_BIGRAM | FLAG_SIGNAL) != 0 {
-            self.words(text, digits, sink, &mut stats);
-        }
-        if flags & FLAG_CHAR != 0 || flags & FLAG_SIGNAL != 0 {
-            self.chars(text, digits, flags & FLAG_CHAR != 0, sink, &mut stats);
-        }
-        if flags & FLAG_SIGNAL != 0 {
+        // Per-thread scratch buffers (reused: no allocation per message in
+        // steady state); a sink that re-enters `run` gets fresh ones.
+        SCRATCH.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut sc) => self.scan(text, &mut sc, sink, &mut stats),
+            Err(_) => self.scan(text, &mut Scratch::default(), sink, &mut stats),
+        });
+        if self.cfg.flags & FLAG_SIGNAL != 0 {
             self.signals(view, text, &stats, sink);
         }
     }
 
-    fn words<S: Sink>(&self, text: &[u8], digits: bool, sink: &mut S, st: &mut Stats) {
-        let uni = self.cfg.flags & FLAG_WORD != 0;
-        let bi = self.cfg.flags & FLAG_BIGRAM != 0;
-        let sig = self.cfg.flags & FLAG_SIGNAL != 0;
-        let mut prev: Option<(u64, u32)> = None;
-        let mut i = 0;
+    /// Pass 1, branch-free per byte: normalise, collapse whitespace runs,
+    /// mark word bytes in a bit mask, count classes. Pass 2: word tokens
+    /// from the bit mask (one iteration per token, not per byte). Pass 3:
+    /// char n-grams over the collapsed bytes, one weight lookup per size.
+    #[inline(always)]
+    fn scan<S: Sink>(&self, text: &[u8], sc: &mut Scratch, sink: &mut S, st: &mut Stats) {
         let n = text.len();
-        while i < n {
-            if !is_word_byte(text[i]) {
-                i += 1;
-                continue;
+        sc.norm.clear();
+        sc.norm.resize(n + 8, 0);
+        sc.pos.clear();
+        sc.pos.resize(n + 1, 0);
+        sc.mask.clear();
+        sc.mask.resize(n / 64 + 2, 0);
+        let norm = &mut sc.norm[..];
+        let pos = &mut sc.pos[..];
+        let mask = &mut sc.mask[..];
+        let mut out = 0usize;
+        let mut last_space = true;
+        let mut counts = 0u64;
+        let mut mw = 0u64;
+        for (i, &raw) in text.iter().enumerate() {
+            let cls = self.class[usize::from(raw)];
+            let b = self.norm[usize::from(raw)];
+            counts += COUNT_INC[usize::from(cls & (C_UPPER | C_LOWER | C_EXCL))];
+            if i & 0xF_FFFF == 0xF_FFFF {
+                flush_counts(&mut counts, st);
             }
-            let start = i;
-            let mut h = FNV_OFFSET;
-            while i < n && is_word_byte(text[i]) {
-                if i - start < 48 {
-                    h = (h ^ u64::from(fold(text[i], digits))).wrapping_mul(FNV_PRIME);
-                }
-                i += 1;
+            let space = b == b' ';
+            norm[out] = b;
+            pos[out] = i as u32;
+            // The current mask word lives in a register; a plain store
+            // (not a read-modify-write through memory) each byte.
+            mw |= u64::from(cls & C_WORD) << (out & 63);
+            mask[out >> 6] = mw;
+            out += usize::from(!(space & last_space));
+            last_space = space;
+            if out & 63 == 0 {
+                mw = 0;
             }
-            let end = i as u32;
-            if uni {
-                sink.emit(Feature {
-                    bucket: self.bucket(h, SEED_WORD),
-                    origin: Origin::Word {
-                        start: start as u32,
-                        end,
-                    },
-                });
-            }
-            let bh = prev.map(|(p, _)| bigram_hash(p, h));
-            if let (true, Some(bh), Some((_, ps))) = (bi, bh, prev) {
-                sink.emit(Feature {
-                    bucket: self.bucket(bh, SEED_BIGRAM),
-                    origin: Origin::Word { start: ps, end },
-                });
-            }
-            if sig {
-                let c = self.cue(h).or_else(|| bh.and_then(|b| self.cue(b)));
-                match c {
-                    Some(Cue::Money) => st.money += 1,
-                    Some(Cue::Credential) => st.credential += 1,
-                    Some(Cue::Urgency) => st.urgency += 1,
-                    Some(Cue::Url) if st.urls.len() < MAX_URLS => {
-                        if let Some(u) = url_at(text, start) {
-                            st.urls.push(u);
-                        }
+        }
+        flush_counts(&mut counts, st);
+        // `out` bytes of collapsed text; pos[out] marks the end.
+        pos[out] = n as u32;
+        norm[out..].fill(0);
+        let m = out;
+        let flags = self.cfg.flags;
+        if flags & (FLAG_WORD | FLAG_BIGRAM | FLAG_SIGNAL) != 0 {
+            let modes = (
+                flags & FLAG_WORD != 0,
+                flags & FLAG_BIGRAM != 0,
+                flags & FLAG_SIGNAL != 0,
+            );
+            let words = m.div_ceil(64);
+            // A mask bit can be set past `m` only by a dropped byte, and
+            // dropped bytes are spaces (no bit): nothing to clear.
+            let mut prev: Option<(u64, u32)> = None;
+            let mut cur_start = 0usize;
+            for k in 0..words {
+                let w = mask[k];
+                let prev_top = if k > 0 { mask[k - 1] >> 63 } else { 0 };
+                let next_low = mask.get(k + 1).map_or(0, |x| x & 1);
+                let mut starts = w & !((w << 1) | prev_top);
+                let mut ends = w & !((w >> 1) | (next_low << 63));
+                while ends != 0 {
+                    let e = ends.trailing_zeros() as usize;
+                    ends &= ends - 1;
+                    if starts != 0 && (starts.trailing_zeros() as usize) <= e {
+                        cur_start = 64 * k + starts.trailing_zeros() as usize;
+                        starts &= starts - 1;
                     }
-                    Some(Cue::Url) | None => {}
+                    let end = 64 * k + e + 1;
+                    let h = hash_norm(norm, cur_start, end);
+                    self.token(
+                        text,
+                        h,
+                        pos[cur_start] as usize,
+                        pos[end - 1] as usize + 1,
+                        &mut prev,
+                        modes,
+                        sink,
+                        st,
+                    );
+                }
+                if starts != 0 {
+                    cur_start = 64 * k + starts.trailing_zeros() as usize;
                 }
             }
-            prev = Some((h, start as u32));
+        }
+        if self.char_ns != 0 {
+            self.scan_chars(&norm[..m], pos, sink);
         }
     }
 
-    fn chars<S: Sink>(&self, text: &[u8], digits: bool, emit: bool, sink: &mut S, st: &mut Stats) {
-        // Window of the last five normalised bytes and where each started.
+    /// Char n-grams of the collapsed, normalised bytes, with a virtual space
+    /// before the first one.
+    #[inline(always)]
+    fn scan_chars<S: Sink>(&self, norm: &[u8], pos: &[u32], sink: &mut S) {
+        let (c3, c4, c5) = (
+            self.char_ns & (1 << 3) != 0,
+            self.char_ns & (1 << 4) != 0,
+            self.char_ns & (1 << 5) != 0,
+        );
         let mut win: u64 = u64::from(b' ');
-        let mut len = 1usize;
-        let mut pos = [0u32; 8];
-        let mut last_space = true;
-        let mut prev_raw = b' ';
-        for (i, &raw) in text.iter().enumerate() {
-            let b = if raw <= b' ' { b' ' } else { fold(raw, digits) };
-            // Cheap statistics for the signals.
-            if raw.is_ascii_uppercase() {
-                st.upper += 1;
-            } else if raw.is_ascii_lowercase() {
-                st.lower += 1;
-            } else if raw == b'!' {
-                st.exclaim += 1;
-            } else if raw.is_ascii_digit()
-                && (prev_raw == b'$' || prev_raw == 0xA3 || prev_raw == 0xAC)
-            {
-                // "$5", "£5" (C2 A3), "€5" (E2 82 AC)
-                st.currency += 1;
-            }
-            prev_raw = raw;
-            if b == b' ' {
-                if last_space {
-                    continue;
-                }
-                last_space = true;
-            } else {
-                last_space = false;
-            }
-            if !emit {
-                continue;
-            }
+        for (i, &b) in norm.iter().enumerate() {
             win = (win << 8) | u64::from(b);
-            pos[len & 7] = i as u32;
-            len += 1;
-            let end = i as u32 + 1;
-            if len >= 3 {
+            let end = pos[i] + 1;
+            // The stream so far is i + 2 bytes long (with the virtual space).
+            if c3 && i >= 1 {
                 sink.emit(Feature {
                     bucket: self.bucket((win & 0xFF_FFFF) | (3 << 56), SEED_CHAR),
                     origin: Origin::Char {
-                        start: pos[(len - 3) & 7],
+                        start: pos[(i + 1).saturating_sub(3)],
                         end,
                     },
                 });
             }
-            if len >= 4 {
+            if c4 && i >= 2 {
                 sink.emit(Feature {
                     bucket: self.bucket((win & 0xFFFF_FFFF) | (4 << 56), SEED_CHAR),
                     origin: Origin::Char {
-                        start: pos[(len - 4) & 7],
+                        start: pos[(i + 1).saturating_sub(4)],
                         end,
                     },
                 });
             }
-            if len >= 5 {
+            if c5 && i >= 3 {
                 sink.emit(Feature {
                     bucket: self.bucket((win & 0xFF_FFFF_FFFF) | (5 << 56), SEED_CHAR),
                     origin: Origin::Char {
-                        start: pos[(len - 5) & 7],
+                        start: pos[(i + 1).saturating_sub(5)],
                         end,
                     },
                 });
@@ -612,6 +738,79 @@ impl Featurizer {
         }
     }
 
+    /// A token `text[start..end]` with hash `h` ended: word features and cues.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn token<S: Sink>(
+        &self,
+        text: &[u8],
+        h: u64,
+        start: usize,
+        end: usize,
+        prev: &mut Option<(u64, u32)>,
+        (uni, bi, sig): (bool, bool, bool),
+        sink: &mut S,
+        st: &mut Stats,
+    ) {
+        // "$5", "£5" (C2 A3), "€5" (E2 82 AC): `$` ends the previous token,
+        // the others are word bytes and start this one.
+        if sig {
+            let t = &text[start..end];
+            let digit_at = |k: usize| t.get(k).is_some_and(u8::is_ascii_digit);
+            if (start > 0 && text[start - 1] == b'$' && digit_at(0))
+                || (t.starts_with(&[0xC2, 0xA3]) && digit_at(2))
+                || (t.starts_with(&[0xE2, 0x82, 0xAC]) && digit_at(3))
+            {
+                st.currency += 1;
+            }
+        }
+        let end = end as u32;
+        if uni {
+            sink.emit(Feature {
+                bucket: self.bucket(h, SEED_WORD),
+                origin: Origin::Word {
+                    start: start as u32,
+                    end,
+                },
+            });
+        }
+        let bh = prev.map(|(p, _)| bigram_hash(p, h));
+        if let (true, Some(bh), Some((_, ps))) = (bi, bh, *prev) {
+            sink.emit(Feature {
+                bucket: self.bucket(bh, SEED_BIGRAM),
+                origin: Origin::Word { start: ps, end },
+            });
+        }
+        if sig && text[start].is_ascii_digit() {
+            let tok = &text[start..end as usize];
+            if tok.iter().all(u8::is_ascii_digit) {
+                if tok.len() >= 9 {
+                    st.long_number = true;
+                } else if (4..=6).contains(&tok.len())
+                    && prev.is_some_and(|(p, _)| p == self.to_hash)
+                {
+                    st.short_code = true;
+                }
+            }
+        }
+        if sig {
+            let c = self.cue(h).or_else(|| bh.and_then(|b| self.cue(b)));
+            match c {
+                Some(Cue::Money) => st.money += 1,
+                Some(Cue::Credential) => st.credential += 1,
+                Some(Cue::Urgency) => st.urgency += 1,
+                Some(Cue::Url) if st.urls.len() < MAX_URLS => {
+                    if let Some(u) = url_at(text, start) {
+                        st.urls.push(u);
+                    }
+                }
+                Some(Cue::Url) | None => {}
+            }
+        }
+        *prev = Some((h, start as u32));
+    }
+
+    #[inline(never)]
     fn signals<S: Sink>(&self, view: &TextView, text: &[u8], st: &Stats, sink: &mut S) {
         let mut emit = |s: Signal| {
             sink.emit(Feature {
@@ -720,10 +919,58 @@ impl Featurizer {
         if view.html {
             emit(Signal::Html);
         }
+        if st.long_number {
+            emit(Signal::LongNumber);
+        }
+        if st.short_code {
+            emit(Signal::ShortCode);
+        }
     }
 }
 
 const MAX_URLS: usize = 64;
+
+/// Reusable per-thread buffers of the scanner.
+#[derive(Default)]
+struct Scratch {
+    /// Collapsed, normalised text, 8 zero bytes of padding after it.
+    norm: Vec<u8>,
+    /// Offset in the text view of each collapsed byte (and of the end).
+    pos: Vec<u32>,
+    /// Bit per collapsed byte: a word byte.
+    mask: Vec<u64>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+/// [`token_hash`] of `norm[start..end]` (already normalised), read 8 bytes
+/// at a time (`norm` has 8 bytes of padding).
+#[inline(always)]
+fn hash_norm(norm: &[u8], start: usize, end: usize) -> u64 {
+    let mut h = 0u64;
+    let mut p = start;
+    while end - p >= 8 {
+        let c = u64::from_be_bytes(norm[p..p + 8].try_into().unwrap_or([0; 8]));
+        h = chunk_mix(h, c);
+        p += 8;
+    }
+    if p < end {
+        let r = end - p;
+        let c = u64::from_be_bytes(norm[p..p + 8].try_into().unwrap_or([0; 8]));
+        h = chunk_mix(h, c >> (8 * (8 - r)));
+    }
+    h
+}
+
+fn flush_counts(counts: &mut u64, st: &mut Stats) {
+    const M: u64 = (1 << 21) - 1;
+    st.upper += (*counts & M) as u32;
+    st.lower += ((*counts >> 21) & M) as u32;
+    st.exclaim += ((*counts >> 42) & M) as u32;
+    *counts = 0;
+}
 
 #[derive(Default)]
 struct Stats {
@@ -734,6 +981,8 @@ struct Stats {
     upper: u32,
     lower: u32,
     exclaim: u32,
+    long_number: bool,
+    short_code: bool,
     urls: Vec<UrlHost>,
 }
 
@@ -846,23 +1095,36 @@ fn is_ip_literal(host: &str) -> bool {
 /// The registrable part of a host, approximately: the last two labels, or
 /// three under common second-level suffixes (co.uk, com.au, ...).
 pub fn registrable(host: &str) -> &str {
-    let labels: Vec<&str> = host.trim_end_matches('.').rsplitn(4, '.').collect();
-    let take = if labels.len() >= 3
-        && matches!(
-            labels[1],
-            "co" | "com" | "net" | "org" | "ac" | "gov" | "edu"
-        )
-        && labels[0].len() == 2
-    {
-        3
-    } else {
-        2
-    };
-    if labels.len() <= take {
+    let host = host.trim_end_matches('.');
+    // Byte offsets just after the last three dots (labels from the right).
+    let mut dots = [usize::MAX; 3];
+    let mut k = 0;
+    for (i, b) in host.bytes().enumerate().rev() {
+        if b == b'.' {
+            dots[k] = i;
+            k += 1;
+            if k == 3 {
+                break;
+            }
+        }
+    }
+    if k == 0 {
         return host;
     }
-    let keep: usize = labels[..take].iter().map(|l| l.len()).sum::<usize>() + take - 1;
-    &host[host.len() - keep..]
+    let tld = &host[dots[0] + 1..];
+    let second = if k >= 2 {
+        &host[dots[1] + 1..dots[0]]
+    } else {
+        &host[..dots[0]]
+    };
+    let three = k >= 2
+        && tld.len() == 2
+        && matches!(second, "co" | "com" | "net" | "org" | "ac" | "gov" | "edu");
+    let take = if three { 3 } else { 2 };
+    if k < take {
+        return host;
+    }
+    &host[dots[take - 1] + 1..]
 }
 
 /// A brand named in the host (possibly with digits for letters) where the
@@ -871,23 +1133,25 @@ pub fn registrable(host: &str) -> &str {
 fn is_lookalike(host: &str) -> bool {
     let reg = registrable(host);
     let reg_name = reg.split('.').next().unwrap_or(reg);
-    let folded: String = host
-        .chars()
-        .map(|c| match c {
-            '0' => 'o',
-            '1' => 'l',
-            '3' => 'e',
-            '5' => 's',
-            '4' => 'a',
-            '@' => 'a',
+    let mut buf = [0u8; 256];
+    let h = host.as_bytes();
+    let n = h.len().min(buf.len());
+    for (d, &c) in buf.iter_mut().zip(&h[..n]) {
+        *d = match c {
+            b'0' => b'o',
+            b'1' => b'l',
+            b'3' => b'e',
+            b'5' => b's',
+            b'4' | b'@' => b'a',
             c => c,
-        })
-        .collect();
+        };
+    }
+    let folded = &buf[..n];
     for b in BRANDS {
-        if b.len() < 4 {
+        if b.len() < 4 || b.len() > n {
             continue; // short names (irs, dhl) hit too many innocent hosts
         }
-        if folded.contains(b) && reg_name != *b {
+        if reg_name != *b && folded.windows(b.len()).any(|w| w == b.as_bytes()) {
             return true;
         }
     }
@@ -898,6 +1162,9 @@ fn is_lookalike(host: &str) -> bool {
 fn link_text_mismatch(text: &str, href_host: &str, scratch: &mut String) -> bool {
     let href_reg = registrable(href_host);
     for word in text.split(|c: char| c.is_whitespace() || c == '<' || c == '>' || c == '"') {
+        if !word.contains('.') {
+            continue;
+        }
         let w = word
             .trim_start_matches("http://")
             .trim_start_matches("https://")
@@ -919,10 +1186,17 @@ fn link_text_mismatch(text: &str, href_host: &str, scratch: &mut String) -> bool
             continue;
         }
         // Needs to look like a host: "www." or a known-ish TLD.
-        let lower_tld = tld.to_ascii_lowercase();
-        if !(host.to_ascii_lowercase().starts_with("www.")
+        let mut tld_buf = [0u8; 8];
+        let lower_tld = if tld.len() <= 8 {
+            tld_buf[..tld.len()].copy_from_slice(tld.as_bytes());
+            tld_buf[..tld.len()].make_ascii_lowercase();
+            std::str::from_utf8(&tld_buf[..tld.len()]).unwrap_or("")
+        } else {
+            ""
+        };
+        if !(host.len() >= 4 && host[..4].eq_ignore_ascii_case("www.")
             || matches!(
-                lower_tld.as_str(),
+                lower_tld,
                 "com"
                     | "net"
                     | "org"
@@ -940,7 +1214,8 @@ fn link_text_mismatch(text: &str, href_host: &str, scratch: &mut String) -> bool
             continue;
         }
         scratch.clear();
-        scratch.push_str(&host.to_ascii_lowercase());
+        scratch.push_str(host);
+        scratch.make_ascii_lowercase();
         if registrable(scratch) != href_reg {
             return true;
         }

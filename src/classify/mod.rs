@@ -65,6 +65,10 @@ impl Classifier {
         &self.model
     }
 
+    pub fn featurizer(&self) -> &Featurizer {
+        &self.fz
+    }
+
     /// Score a text view.
     pub fn score(&self, view: &TextView) -> Score {
         self.model.score(&self.fz, view)

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! magic      8 bytes  "SIFTLIN\0"
-//! version    u32      1
+//! version    u32      2 (1: the FNV word hash of before 2026-11-23)
 //! wtype      u32      0 = f32 weights, 1 = i8 weights × scale
 //! bits       u32      log2 of the bucket count (10..=24)
 //! max_bytes  u32      featurizer: text prefix length
@@ -33,7 +33,7 @@ use super::features::{FeatureConfig, Featurizer, Origin, Sink};
 use super::text::TextView;
 
 pub const MAGIC: &[u8; 8] = b"SIFTLIN\0";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 const MAX_NOTE: usize = 4096;
 
 /// Why a model file was rejected.

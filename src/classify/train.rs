@@ -74,6 +74,11 @@ pub struct TrainConfig {
     /// Proximal pull toward the starting weights (incremental learning only).
     pub anchor: f32,
     pub loss: Loss,
+    /// Fresh models averaged into one (seeds `seed`, `seed + 1`, ...;
+    /// with [`TrainConfig::mix`] the odd ones use the modified Huber loss).
+    pub ensemble: u32,
+    /// Alternate hinge/log loss with modified Huber across the ensemble.
+    pub mix: bool,
 }
 
 /// Training loss.
@@ -91,13 +96,15 @@ pub enum Loss {
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
-            epochs: 8,
+            epochs: 16,
             lr: 0.05,
             seed: 42,
             balance: true,
             average: true,
             anchor: 0.0,
             loss: Loss::Hinge,
+            ensemble: 4,
+            mix: false,
         }
     }
 }
@@ -220,6 +227,30 @@ pub fn fit(ds: &Dataset, rows: &[usize], init: Linear, cfg: &TrainConfig) -> Lin
     m
 }
 
+/// A fresh model: the average of `cfg.ensemble` SGD runs with different
+/// seeds (and losses, with `cfg.mix`). Still one linear model, so serving
+/// costs the same; averaging cuts the variance of the ranking's tail.
+pub fn fit_fresh(ds: &Dataset, rows: &[usize], bits: u8, cfg: &TrainConfig) -> Linear {
+    let k = cfg.ensemble.max(1);
+    let mut acc = Linear::zeros(bits);
+    for j in 0..k {
+        let mut c = *cfg;
+        c.seed = cfg.seed.wrapping_add(u64::from(j));
+        if cfg.mix && j % 2 == 1 {
+            c.loss = Loss::Mhuber;
+        }
+        let m = fit(ds, rows, Linear::zeros(bits), &c);
+        if k == 1 {
+            return m;
+        }
+        for (a, w) in acc.w.iter_mut().zip(&m.w) {
+            *a += w / k as f32;
+        }
+        acc.bias += m.bias / k as f32;
+    }
+    acc
+}
+
 /// Stratified k folds of `rows` (deterministic for `seed`).
 pub fn stratified_folds(labels: &[bool], rows: &[usize], k: usize, seed: u64) -> Vec<Vec<usize>> {
     let mut rng = fastrand::Rng::with_seed(seed);
@@ -269,6 +300,56 @@ pub fn threshold_for_fpr(ham_margins: &[f32], target_fpr: f32) -> f32 {
     t + t.abs().max(1.0) * 1e-4
 }
 
+/// How the threshold is chosen from the out-of-fold training margins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Calib {
+    /// The lowest threshold whose OOF ham FPR is at most the target.
+    #[default]
+    Fpr,
+    /// The threshold with the best OOF F1 among those whose OOF ham FPR is
+    /// at most the target.
+    F1,
+}
+
+/// The threshold with the best F1 over `margins` (labels: spam) among
+/// those whose ham FPR is at most `target_fpr`; ties go to the higher one.
+pub fn threshold_best_f1(margins: &[f32], labels: &[bool], target_fpr: f32) -> f32 {
+    let floor = threshold_for_fpr(
+        &margins
+            .iter()
+            .zip(labels)
+            .filter(|(_, l)| !**l)
+            .map(|(m, _)| *m)
+            .collect::<Vec<_>>(),
+        target_fpr,
+    );
+    let mut order: Vec<usize> = (0..margins.len()).collect();
+    order.sort_unstable_by(|&a, &b| margins[b].total_cmp(&margins[a])); // descending
+    let n_spam = labels.iter().filter(|l| **l).count();
+    let (mut tp, mut fp) = (0usize, 0usize);
+    let mut best = (-1.0f64, floor);
+    let mut i = 0;
+    while i < order.len() {
+        let t = margins[order[i]];
+        if t < floor {
+            break;
+        }
+        while i < order.len() && margins[order[i]] == t {
+            if labels[order[i]] {
+                tp += 1;
+            } else {
+                fp += 1;
+            }
+            i += 1;
+        }
+        let f1 = 2.0 * tp as f64 / (2 * tp + fp + (n_spam - tp)) as f64;
+        if f1 > best.0 {
+            best = (f1, t);
+        }
+    }
+    best.1
+}
+
 /// Training options for a full model (SGD + calibration).
 #[derive(Debug, Clone, Copy)]
 pub struct FitOptions {
@@ -276,6 +357,7 @@ pub struct FitOptions {
     /// Folds for out-of-fold calibration margins.
     pub calib_folds: usize,
     pub target_fpr: f32,
+    pub calib: Calib,
 }
 
 impl Default for FitOptions {
@@ -284,6 +366,7 @@ impl Default for FitOptions {
             train: TrainConfig::default(),
             calib_folds: 5,
             target_fpr: 0.01,
+            calib: Calib::F1,
         }
     }
 }
@@ -299,6 +382,7 @@ pub fn train_model(
     note: &str,
 ) -> Model {
     let mut ham_oof = Vec::new();
+    let mut all_oof: Vec<(f32, bool)> = Vec::new();
     if opts.calib_folds >= 2 {
         let folds = stratified_folds(&ds.labels, rows, opts.calib_folds, opts.train.seed ^ 0xca1);
         for (k, held) in folds.iter().enumerate() {
@@ -308,19 +392,24 @@ pub fn train_model(
                 .filter(|(j, _)| *j != k)
                 .flat_map(|(_, f)| f.iter().copied())
                 .collect();
-            let lin = fit(ds, &train_rows, Linear::zeros(fcfg.bits), &opts.train);
+            let lin = fit_fresh(ds, &train_rows, fcfg.bits, &opts.train);
             let m = to_model(&lin, fcfg, 0.0, Meta::default());
             for &r in held {
+                let (i, v) = ds.row(r);
+                let mg = m.margin_sparse(i, v);
+                all_oof.push((mg, ds.labels[r]));
                 if !ds.labels[r] {
-                    let (i, v) = ds.row(r);
-                    ham_oof.push(m.margin_sparse(i, v));
+                    ham_oof.push(mg);
                 }
             }
         }
     }
-    let lin = fit(ds, rows, Linear::zeros(fcfg.bits), &opts.train);
+    let lin = fit_fresh(ds, rows, fcfg.bits, &opts.train);
     let threshold = if ham_oof.is_empty() {
         0.0
+    } else if opts.calib == Calib::F1 {
+        let (m, l): (Vec<f32>, Vec<bool>) = all_oof.into_iter().unzip();
+        threshold_best_f1(&m, &l, opts.target_fpr)
     } else {
         threshold_for_fpr(&ham_oof, opts.target_fpr)
     };
@@ -382,6 +471,8 @@ pub fn learn(model: &Model, batch: &[(TextView, bool)], opts: &LearnOptions) -> 
         average: false,
         anchor: opts.anchor,
         loss: Loss::Log,
+        ensemble: 1,
+        mix: false,
     };
     let lin = if rows.is_empty() {
         init
