@@ -100,42 +100,26 @@ pub async fn run_held(
         };
         let data = held.data.clone();
         let truncated = !held.complete;
-        let job = pool.spawn(move || {
+        let run = move || {
             let t = Instant::now();
             let mut insp = insp;
             insp.feed(&data);
             (insp.finish(truncated), t.elapsed())
-        });
-        let rx = match job {
-            Ok(rx) => rx,
-            Err(_) => match rf.spec.usage.on_overload {
-                OnOverload::FailOpen => {
-                    metrics
-                        .overload
-                        .with_label_values(&[name, "fail_open"])
-                        .inc();
-                    metrics.skipped.with_label_values(&[name, "overload"]).inc();
-                    d.summary.push(format!("{name}=overload"));
-                    continue;
-                }
-                OnOverload::FailClosed => {
-                    metrics
-                        .overload
-                        .with_label_values(&[name, "fail_closed"])
-                        .inc();
-                    return Err(ProxyError::FilterOverloaded {
-                        filter: name.to_string(),
-                    });
-                }
-            },
         };
-        let (result, took) = rx
-            .await
-            .map_err(|_| ProxyError::Internal(format!("filter {name} failed")))?;
-        metrics
-            .duration
-            .with_label_values(&[name])
-            .observe(took.as_secs_f64());
+        // A small body costs less to classify than to hand to another
+        // thread and back (two context switches): it runs here, within a
+        // bounded budget (tens of microseconds), like parsing a request.
+        let (result, took) = if held.data.len() <= INLINE_MAX && held.complete {
+            run()
+        } else {
+            pool_run(pool, run, rf, name, metrics).await?
+        };
+        if !matches!(result, Err(Unclassified::Skip(Skip::Overload))) {
+            metrics
+                .duration
+                .with_label_values(&[name])
+                .observe(took.as_secs_f64());
+        }
         let v = match result {
             Ok(v) => v,
             Err(u) => {
@@ -176,6 +160,42 @@ pub async fn run_held(
         d.headers.extend(v.headers);
     }
     Ok(d)
+}
+
+/// Bodies up to this size are classified on the request's own thread.
+const INLINE_MAX: usize = 8 * 1024;
+
+type Outcome = (Result<Verdict, Unclassified>, std::time::Duration);
+
+/// Run an inspection on the pool; a saturated pool is the filter's
+/// `on_overload` decision (fail-open comes back as an overload skip).
+async fn pool_run(
+    pool: &Pool,
+    run: impl FnOnce() -> Outcome + Send + 'static,
+    rf: &RouteFilter,
+    name: &str,
+    metrics: &FilterMetrics,
+) -> Result<Outcome, ProxyError> {
+    match pool.spawn(run) {
+        Ok(rx) => rx
+            .await
+            .map_err(|_| ProxyError::Internal(format!("filter {name} failed"))),
+        Err(_) => match rf.spec.usage.on_overload {
+            OnOverload::FailOpen => {
+                metrics.overload.with_label_values(&[name, "fail_open"]).inc();
+                Ok((
+                    Err(Unclassified::Skip(Skip::Overload)),
+                    std::time::Duration::ZERO,
+                ))
+            }
+            OnOverload::FailClosed => {
+                metrics.overload.with_label_values(&[name, "fail_closed"]).inc();
+                Err(ProxyError::FilterOverloaded {
+                    filter: name.to_string(),
+                })
+            }
+        },
+    }
 }
 
 /// An inspection for this request, or `None` (counted) when it does not apply.
