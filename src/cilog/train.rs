@@ -205,7 +205,7 @@ impl Default for Recipe {
             line_lr: 0.2,
             class_epochs: 40,
             class_lr: 0.3,
-            l2: 1e-6,
+            l2: 1e-4,
             class_l2: 0.01,
             seed: 42,
             min_groups: 3,
