@@ -331,7 +331,9 @@ pub fn pos_bucket(after: u64) -> usize {
 /// Jenkins `script returned exit code 2`. Not Travis's final `Done. Your
 /// build exited with 1.` (it follows the teardown).
 pub fn is_fail_marker(line: &[u8]) -> bool {
-    if memchr::memmem::find(line, b"exit").is_none() || line.starts_with(b"Done. Your build") {
+    static EXIT: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"exit"));
+    if line.len() < 11 || EXIT.find(line).is_none() || line.starts_with(b"Done. Your build") {
         return false;
     }
     for pat in [&b"exited with "[..], b"exit code "] {
