@@ -78,8 +78,8 @@ fn each_class_on_a_real_excerpt() {
         ("L0766", Class::Config, true),
         ("L0701", Class::Lint, true),
         ("L0138", Class::Infra, true),
-        ("L0288", Class::Timeout, false),
-        ("L0771", Class::Unknown, true),
+        ("L0128", Class::Timeout, false),
+        ("L0771", Class::Unknown, false),
     ];
     for (id, class, inside) in cases {
         let ex = data.iter().find(|e| e.id == id).expect("id in labels.csv");
@@ -459,7 +459,8 @@ fn grouped_cv(folds: usize) -> train::Report {
 }
 
 /// Regression guard at the measured level (grouped 5-fold CV by
-/// repository: accuracy 0.49, macro-F1 0.32, evidence 40 % when written).
+/// repository, seed 42: accuracy 0.592, macro-F1 0.396, evidence 50.2 % when
+/// written, 2026-11-23).
 #[test]
 fn grouped_cv_quality_guard() {
     let rep = grouped_cv(5);
@@ -470,19 +471,19 @@ fn grouped_cv_quality_guard() {
         rep.evidence_share()
     );
     assert_eq!(rep.n, 637);
-    assert!(rep.accuracy() >= 0.45, "accuracy {:.3}", rep.accuracy());
-    assert!(rep.macro_f1(5) >= 0.28, "macro-F1 {:.3}", rep.macro_f1(5));
+    assert!(rep.accuracy() >= 0.57, "accuracy {:.3}", rep.accuracy());
+    assert!(rep.macro_f1(5) >= 0.37, "macro-F1 {:.3}", rep.macro_f1(5));
     assert!(
-        rep.evidence_share() >= 0.36,
+        rep.evidence_share() >= 0.48,
         "evidence {:.3}",
         rep.evidence_share()
     );
 }
 
-/// The issue's quality bar. Not reached yet: grouped-CV accuracy is 0.49
+/// The issue's quality bar. Not reached yet: grouped-CV accuracy is 0.59
 /// (see filters/cilog/README.md); run with `--ignored` to check.
 #[test]
-#[ignore = "issue 7 target (grouped-CV accuracy >= 0.80) not reached: measured 0.49"]
+#[ignore = "issue 7 target (grouped-CV accuracy >= 0.80) not reached: measured 0.59"]
 fn grouped_cv_reaches_target() {
     let rep = grouped_cv(5);
     assert!(rep.accuracy() >= 0.80, "accuracy {:.3}", rep.accuracy());

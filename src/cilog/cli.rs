@@ -42,6 +42,9 @@ pub struct CilogRecipe {
     pub class_lr: f32,
     #[arg(long, default_value_t = Recipe::default().l2)]
     pub l2: f32,
+    /// L2 of the class scorer (strong: few repositories to learn from).
+    #[arg(long, default_value_t = Recipe::default().class_l2)]
+    pub class_l2: f32,
     #[arg(long, default_value_t = Recipe::default().seed)]
     pub seed: u64,
     /// Learn a feature only if it occurs in this many repositories.
@@ -68,6 +71,7 @@ impl CilogRecipe {
             class_epochs: self.class_epochs,
             class_lr: self.class_lr,
             l2: self.l2,
+            class_l2: self.class_l2,
             seed: self.seed,
             min_groups: self.min_groups,
             line_sgd: self.line_sgd,
@@ -173,7 +177,7 @@ pub fn run_train(args: TrainCilog) -> ExitCode {
         .map(|c| format!("{} {}", c.as_str(), counts[c.index()]))
         .collect();
     let note = format!(
-        "{} labelled CI logs ({}); line_bits {} class_bits {} line_epochs {} line_lr {} class_epochs {} class_lr {} l2 {} seed {}",
+        "{} labelled CI logs ({}); line_bits {} class_bits {} line_epochs {} line_lr {} class_epochs {} class_lr {} l2 {} class_l2 {} seed {}",
         data.len(),
         dist.join(", "),
         r.line_bits,
@@ -183,6 +187,7 @@ pub fn run_train(args: TrainCilog) -> ExitCode {
         r.class_epochs,
         r.class_lr,
         r.l2,
+        r.class_l2,
         r.seed
     );
     let rows: Vec<usize> = (0..data.len()).collect();

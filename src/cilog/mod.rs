@@ -29,7 +29,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use features::{
-    SEED_CLASS_CMD, SEED_CLASS_CTX, SEED_CLASS_CUE, SEED_CLASS_LINE, SEED_LINE, bucket, pos_bucket,
+    SEED_CLASS_CMD, SEED_CLASS_CTX, SEED_CLASS_CUE, SEED_CLASS_LINE, SEED_LINE, bucket,
 };
 use model::Params;
 use normalize::LineSplitter;
@@ -340,6 +340,8 @@ struct State {
     /// Ring of the last command lines, and its next slot.
     cmds: Vec<Kept>,
     cmd_at: usize,
+    /// Where the failing step is.
+    marks: features::Marks,
 }
 
 /// Command lines remembered.
@@ -381,6 +383,7 @@ impl<'a> Scanner<'a> {
                 tail_n: 0,
                 cmds: Vec::with_capacity(CMDS),
                 cmd_at: 0,
+                marks: features::Marks::default(),
             },
             bytes: 0,
         }
@@ -443,6 +446,7 @@ impl<'a> Scanner<'a> {
 impl State {
     fn on_line(&mut self, p: &Params, no: u64, line: &[u8]) {
         let score = line_score(p, line);
+        self.marks.on_line(no, line);
         let keep = &line[..line.len().min(KEEP)];
         // After-context of earlier candidates.
         if !self.pending.is_empty() {
@@ -539,7 +543,8 @@ impl State {
     }
 
     fn scanned(self, p: &Params, total: u64) -> Scanned {
-        let pos = |no: u64| p.pos_w[pos_bucket(total.saturating_sub(no))];
+        let marks = self.marks;
+        let pos = |no: u64| p.pos_w[marks.pos(no, total)];
         let tail: Vec<&Kept> = self.tail_ordered().collect();
         let tail_first = tail.first().map_or(u64::MAX, |k| k.no);
         // Every line's final score: tail lines, and earlier candidates.

@@ -27,7 +27,7 @@ use super::features::POS_BUCKETS;
 use super::{Class, N_CLASSES};
 
 pub const MAGIC: &[u8; 8] = b"SIFTCIL\0";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 const MAX_NOTE: usize = 4096;
 
 /// The learned parameters, dequantised.

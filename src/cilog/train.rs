@@ -16,7 +16,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::features::{self, POS_BUCKETS, SEED_LINE, bucket, pos_bucket};
+use super::features::{self, POS_BUCKETS, SEED_LINE, bucket};
 use super::model::Params;
 use super::normalize::LineSplitter;
 use super::{CilogModel, Class, N_CLASSES, Verdict, class_probs, softmax};
@@ -184,6 +184,8 @@ pub struct Recipe {
     pub class_epochs: u32,
     pub class_lr: f32,
     pub l2: f32,
+    /// L2 of the class scorer.
+    pub class_l2: f32,
     pub seed: u64,
     /// A feature is learned only if it occurs in logs of at least this many
     /// groups (repositories) of the training data: no memorising one repo.
@@ -201,9 +203,10 @@ impl Default for Recipe {
             class_bits: 16,
             line_epochs: 8,
             line_lr: 0.2,
-            class_epochs: 20,
+            class_epochs: 40,
             class_lr: 0.3,
-            l2: 1e-6,
+            l2: 1e-4,
+            class_l2: 0.01,
             seed: 42,
             min_groups: 3,
             line_sgd: false,
@@ -225,8 +228,10 @@ pub fn line_set(ex: &Example, bits: u8) -> LineSet {
     let mut sp = LineSplitter::new();
     let mut raw: Vec<(u64, u32, u32, f32)> = Vec::new();
     let mut feats = Vec::new();
+    let mut marks = features::Marks::default();
     {
         let mut emit = |no: u64, s: &[u8]| {
+            marks.on_line(no, s);
             let start = feats.len() as u32;
             let n = features::for_each_feature(s, |h| feats.push(bucket(h, SEED_LINE, bits)));
             raw.push((
@@ -244,7 +249,7 @@ pub fn line_set(ex: &Example, bits: u8) -> LineSet {
         .into_iter()
         .map(|(no, a, b, s)| {
             let inside = ex.chunk.is_some_and(|(f, l)| (f..=l).contains(&no));
-            (a, b, s, pos_bucket(total.saturating_sub(no)) as u8, inside)
+            (a, b, s, marks.pos(no, total) as u8, inside)
         })
         .collect();
     LineSet { lines, feats }
@@ -422,7 +427,7 @@ pub fn train_classes(
                 }
                 for &(k, v) in &feats[i] {
                     if mask[k as usize] {
-                        w.step(k as usize * N_CLASSES + c, g * v, r.class_lr, r.l2);
+                        w.step(k as usize * N_CLASSES + c, g * v, r.class_lr, r.class_l2);
                     }
                 }
                 b.step(c, g, r.class_lr, 0.0);
