@@ -182,14 +182,20 @@ async fn pool_run(
             .map_err(|_| ProxyError::Internal(format!("filter {name} failed"))),
         Err(_) => match rf.spec.usage.on_overload {
             OnOverload::FailOpen => {
-                metrics.overload.with_label_values(&[name, "fail_open"]).inc();
+                metrics
+                    .overload
+                    .with_label_values(&[name, "fail_open"])
+                    .inc();
                 Ok((
                     Err(Unclassified::Skip(Skip::Overload)),
                     std::time::Duration::ZERO,
                 ))
             }
             OnOverload::FailClosed => {
-                metrics.overload.with_label_values(&[name, "fail_closed"]).inc();
+                metrics
+                    .overload
+                    .with_label_values(&[name, "fail_closed"])
+                    .inc();
                 Err(ProxyError::FilterOverloaded {
                     filter: name.to_string(),
                 })
