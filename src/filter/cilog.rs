@@ -110,7 +110,7 @@ impl Filter for CilogFilter {
                 model,
             }
         } else {
-            How::Stream(model.owned_scanner())
+            How::Stream(Box::new(model.owned_scanner()))
         };
         Ok(Box::new(CilogInspector {
             name: self.spec.name.clone(),
@@ -122,7 +122,7 @@ impl Filter for CilogFilter {
 
 enum How {
     /// A plain-text log, scanned as it streams.
-    Stream(Scanner<'static>),
+    Stream(Box<Scanner<'static>>),
     /// A JSON document holding the log in a field.
     Json {
         buf: Vec<u8>,
