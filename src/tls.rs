@@ -15,7 +15,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
@@ -406,19 +405,7 @@ pub fn failure_reason(e: &std::io::Error) -> &'static str {
     }
 }
 
-type Fingerprint = Vec<Option<(PathBuf, u64, u64, Option<SystemTime>)>>;
-
-fn fingerprint(paths: &[&Path]) -> Fingerprint {
-    use std::os::unix::fs::MetadataExt;
-    paths
-        .iter()
-        .map(|p| {
-            let resolved = std::fs::canonicalize(p).ok()?;
-            let m = std::fs::metadata(&resolved).ok()?;
-            Some((resolved, m.ino(), m.len(), m.modified().ok()))
-        })
-        .collect()
-}
+use crate::filter::{Fingerprint, fingerprint};
 
 /// A listener's TLS material, swapped in place when its files change.
 pub struct ListenerTls {

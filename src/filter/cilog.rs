@@ -52,15 +52,7 @@ impl CilogFilter {
     pub fn new(spec: FilterSpec) -> Result<CilogFilter, FilterError> {
         let loaded = load(&spec)?;
         let slot = ModelSlot::new(super::spam::watched(&spec), loaded);
-        let h = |suffix: &str| {
-            HeaderName::from_bytes(format!("{}-{suffix}", spec.header_prefix).as_bytes()).map_err(
-                |e| FilterError::Model {
-                    filter: spec.name.clone(),
-                    path: "-".into(),
-                    reason: format!("header_prefix: {e}"),
-                },
-            )
-        };
+        let h = |suffix: &str| super::header_name(&spec, suffix);
         let names = Arc::new(Names {
             class: h("class")?,
             confidence: h("confidence")?,

@@ -156,6 +156,17 @@ pub fn build(spec: &FilterSpec) -> Result<Arc<dyn Filter>, FilterError> {
     }
 }
 
+/// `<header_prefix>-<suffix>` as a header name.
+pub(crate) fn header_name(spec: &FilterSpec, suffix: &str) -> Result<HeaderName, FilterError> {
+    HeaderName::from_bytes(format!("{}-{suffix}", spec.header_prefix).as_bytes()).map_err(|e| {
+        FilterError::Model {
+            filter: spec.name.clone(),
+            path: "-".into(),
+            reason: format!("header_prefix: {e}"),
+        }
+    })
+}
+
 /// A header value made safe: printable ASCII only, at most `max` bytes.
 pub fn header_value(s: &str, max: usize) -> HeaderValue {
     let mut out = String::with_capacity(s.len().min(max));
@@ -173,7 +184,8 @@ pub fn header_value(s: &str, max: usize) -> HeaderValue {
     HeaderValue::from_str(out.trim()).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
-/// File identity for change detection (symlink swaps included).
+/// File identity for change detection (symlink swaps included); also used
+/// by the TLS material watcher.
 pub(crate) type Fingerprint = Vec<Option<(PathBuf, u64, u64, Option<std::time::SystemTime>)>>;
 
 pub(crate) fn fingerprint(paths: &[&Path]) -> Fingerprint {

@@ -57,15 +57,7 @@ impl SpamFilter {
     pub fn new(spec: FilterSpec) -> Result<SpamFilter, FilterError> {
         let loaded = load(&spec)?;
         let slot = ModelSlot::new(watched(&spec), loaded);
-        let h = |suffix: &str| {
-            HeaderName::from_bytes(format!("{}-{suffix}", spec.header_prefix).as_bytes()).map_err(
-                |e| FilterError::Model {
-                    filter: spec.name.clone(),
-                    path: "-".into(),
-                    reason: format!("header_prefix: {e}"),
-                },
-            )
-        };
+        let h = |suffix: &str| super::header_name(&spec, suffix);
         let shared = Arc::new(Headers {
             score: h("score")?,
             verdict: h("verdict")?,
