@@ -190,7 +190,9 @@ impl Inspector for CilogInspector {
         ];
         let mut detail = serde_json::Map::new();
         detail.insert("class".into(), class.into());
-        detail.insert("confidence".into(), conf.into());
+        // Rounded in f64 so the JSON carries 0.931, not 0.9309999942779541.
+        let conf64 = (f64::from(v.confidence) * 1000.0).round() / 1000.0;
+        detail.insert("confidence".into(), conf64.into());
         detail.insert("line".into(), v.line.into());
         detail.insert("text".into(), v.text.clone().into());
         detail.insert(

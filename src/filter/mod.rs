@@ -46,7 +46,8 @@ pub struct Verdict {
     pub verdict: &'static str,
     /// What block mode rejects when the route has no rules (spam: true).
     pub flagged: bool,
-    /// Spam probability, or the class's confidence.
+    /// Spam probability, or the class's confidence (rounded).
+    #[serde(serialize_with = "short_f32")]
     pub score: f32,
     /// Extra fields for the JSON answer and logs (e.g. evidence).
     #[serde(flatten)]
@@ -54,6 +55,13 @@ pub struct Verdict {
     /// Request headers for the upstream (annotate and block modes).
     #[serde(skip)]
     pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// An f32 as the shortest decimal that reads back as it (0.931, not
+/// 0.9309999942779541).
+fn short_f32<S: serde::Serializer>(v: &f32, s: S) -> Result<S::Ok, S::Error> {
+    let d: f64 = format!("{v}").parse().unwrap_or(f64::from(*v));
+    s.serialize_f64(d)
 }
 
 /// Why a body was not classified (the `reason` label).

@@ -258,7 +258,8 @@ impl Inspector for SpamInspector {
             ),
         ];
         let mut detail = serde_json::Map::new();
-        detail.insert("margin".into(), serde_json::json!(score.margin));
+        let margin = (f64::from(score.margin) * 10_000.0).round() / 10_000.0;
+        detail.insert("margin".into(), serde_json::json!(margin));
         Ok(Verdict {
             filter: self.spec.name.clone(),
             verdict,
