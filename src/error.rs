@@ -219,8 +219,7 @@ impl ProxyError {
                 "message": message,
                 "filter": filter,
                 "verdict": verdict,
-                // The f32 as its shortest decimal (0.9579, not 0.95789998).
-                "score": format!("{score}").parse::<f64>().unwrap_or(f64::from(*score)),
+                "score": crate::filter::short_f64(*score),
             });
             let mut resp = Response::new(body::full(Bytes::from(format!("{body}\n"))));
             *resp.status_mut() = StatusCode::from_u16(*status).unwrap_or(StatusCode::FORBIDDEN);

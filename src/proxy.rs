@@ -311,8 +311,11 @@ async fn proxy(
     // 5b. Body filters. An answer route replies with its filter's verdict;
     //     block and annotate filters read a held prefix of the body before
     //     anything is forwarded (shadow filters come with the body, below).
-    let info = (!route.filters.is_empty() || route.answer.is_some())
-        .then(|| filter_request_info(&req, route, conn));
+    // Built only when a filter can run: a bodiless request on a filtered
+    // route allocates nothing here.
+    let info = (route.answer.is_some()
+        || (!route.filters.is_empty() && !req.body().is_end_stream()))
+    .then(|| filter_request_info(&req, route, conn));
     if let (Some(f), Some(info)) = (&route.answer, &info) {
         let v = crate::filter::chain::answer(
             pool,

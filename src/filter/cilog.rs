@@ -51,7 +51,7 @@ fn load(spec: &FilterSpec) -> Result<Loaded<CilogModel>, FilterError> {
 impl CilogFilter {
     pub fn new(spec: FilterSpec) -> Result<CilogFilter, FilterError> {
         let loaded = load(&spec)?;
-        let slot = ModelSlot::new(super::spam::watched(&spec), loaded);
+        let slot = ModelSlot::new(super::watched(&spec), loaded);
         let h = |suffix: &str| super::header_name(&spec, suffix);
         let names = Arc::new(Names {
             class: h("class")?,
@@ -190,9 +190,7 @@ impl Inspector for CilogInspector {
         ];
         let mut detail = serde_json::Map::new();
         detail.insert("class".into(), class.into());
-        // Rounded in f64 so the JSON carries 0.931, not 0.9309999942779541.
-        let conf64 = (f64::from(v.confidence) * 1000.0).round() / 1000.0;
-        detail.insert("confidence".into(), conf64.into());
+        detail.insert("confidence".into(), super::short_f64(conf).into());
         detail.insert("line".into(), v.line.into());
         detail.insert("text".into(), v.text.clone().into());
         detail.insert(

@@ -25,7 +25,7 @@ use http::{HeaderName, HeaderValue};
 use serde::Serialize;
 
 use crate::config::file::{FilterKind, OnOversize};
-use crate::config::model::{FilterSpec, FilterUsage};
+use crate::config::model::{FilterSpec, FilterUsage, ModelSource};
 
 /// What a filter knows of a request (owned: inspections run on other threads).
 #[derive(Clone, Debug, Default)]
@@ -60,8 +60,12 @@ pub struct Verdict {
 /// An f32 as the shortest decimal that reads back as it (0.931, not
 /// 0.9309999942779541).
 fn short_f32<S: serde::Serializer>(v: &f32, s: S) -> Result<S::Ok, S::Error> {
-    let d: f64 = format!("{v}").parse().unwrap_or(f64::from(*v));
-    s.serialize_f64(d)
+    s.serialize_f64(short_f64(*v))
+}
+
+/// The f64 whose shortest decimal is the f32's (for JSON).
+pub fn short_f64(v: f32) -> f64 {
+    format!("{v}").parse().unwrap_or(f64::from(v))
 }
 
 /// Why a body was not classified (the `reason` label).
@@ -190,6 +194,18 @@ pub fn header_value(s: &str, max: usize) -> HeaderValue {
         }
     }
     HeaderValue::from_str(out.trim()).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// The files a filter's model comes from: its model file and its learned file.
+pub(crate) fn watched(spec: &FilterSpec) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    if let ModelSource::File(p) = &spec.model {
+        v.push(p.clone());
+    }
+    if let Some(l) = &spec.learned_model {
+        v.push(l.clone());
+    }
+    v
 }
 
 /// File identity for change detection (symlink swaps included); also used

@@ -36,9 +36,10 @@ impl Pool {
         let threads = threads.max(1);
         let (tx, rx) = sync_channel::<Job>(queue);
         let rx = Arc::new(Mutex::new(rx));
+        let mut started = 0;
         for i in 0..threads {
             let rx: Arc<Mutex<Receiver<Job>>> = rx.clone();
-            std::thread::Builder::new()
+            let spawned = std::thread::Builder::new()
                 .name(format!("sift-filter-{i}"))
                 .spawn(move || {
                     loop {
@@ -51,12 +52,21 @@ impl Pool {
                             Err(_) => return,
                         }
                     }
-                })
-                .expect("spawning a filter thread");
+                });
+            match spawned {
+                Ok(_) => started += 1,
+                // The OS refused a thread (limits): run with what started;
+                // with none, every inspection meets a full pool and the
+                // filters' on_overload decides.
+                Err(e) => {
+                    tracing::error!(error = %e, started, wanted = threads, "cannot start a filter thread");
+                    break;
+                }
+            }
         }
         Arc::new(Pool {
             tx,
-            threads,
+            threads: started,
             queued,
         })
     }

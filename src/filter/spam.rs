@@ -56,7 +56,7 @@ struct Headers {
 impl SpamFilter {
     pub fn new(spec: FilterSpec) -> Result<SpamFilter, FilterError> {
         let loaded = load(&spec)?;
-        let slot = ModelSlot::new(watched(&spec), loaded);
+        let slot = ModelSlot::new(super::watched(&spec), loaded);
         let h = |suffix: &str| super::header_name(&spec, suffix);
         let shared = Arc::new(Headers {
             score: h("score")?,
@@ -69,18 +69,6 @@ impl SpamFilter {
             learning: Mutex::new(()),
         })
     }
-}
-
-/// The files a filter's model comes from: its model file and its learned file.
-pub(crate) fn watched(spec: &FilterSpec) -> Vec<PathBuf> {
-    let mut v = Vec::new();
-    if let ModelSource::File(p) = &spec.model {
-        v.push(p.clone());
-    }
-    if let Some(l) = &spec.learned_model {
-        v.push(l.clone());
-    }
-    v
 }
 
 /// The learned model if one was saved, else the configured one.
@@ -258,8 +246,8 @@ impl Inspector for SpamInspector {
             ),
         ];
         let mut detail = serde_json::Map::new();
-        let margin = (f64::from(score.margin) * 10_000.0).round() / 10_000.0;
-        detail.insert("margin".into(), serde_json::json!(margin));
+        let margin = (score.margin * 10_000.0).round() / 10_000.0;
+        detail.insert("margin".into(), super::short_f64(margin).into());
         Ok(Verdict {
             filter: self.spec.name.clone(),
             verdict,
