@@ -132,6 +132,14 @@ impl Reloader {
             return;
         };
         let mut last = fingerprint(path);
+        // The file may have changed between the first load and this task's
+        // start: then its text differs from what the snapshot was built from.
+        let differs =
+            std::fs::read_to_string(path).is_ok_and(|t| *t != *self.shared.snapshot.load().source);
+        if differs {
+            let this = self.clone();
+            let _ = tokio::task::spawn_blocking(move || this.reload("file")).await;
+        }
         loop {
             let (watch, interval) = {
                 let s = self.shared.snapshot.load();
