@@ -5,9 +5,12 @@
 #   - TLS keep-alive throughput, mTLS keep-alive throughput (HTTP/1.1);
 #   - new full handshakes per second (no resumption: nginx session cache and
 #     tickets off, client resumption disabled), TLS and mTLS.
+# A third row, "floor", is bench/floor_proxy.rs: hyper + rustls with no proxy
+# logic at all, the ceiling any proxy built on sift's stack can reach.
 #
 #   bench/tls-compare.sh [SIFT_BIN]     env: DURATION (10), CONNS (50), HS_CONNS (16),
-#                                       LOAD (a prebuilt tls_load binary)
+#                                       LOAD (a prebuilt tls_load binary),
+#                                       FLOOR (a prebuilt floor_proxy binary)
 #
 # Loopback only; stops by itself.
 set -euo pipefail
@@ -28,6 +31,12 @@ for l in sys.stdin:
     m=json.loads(l)
     if m.get("reason")=="compiler-artifact" and m.get("target",{}).get("name")=="tls_load" and m.get("executable"): print(m["executable"])' | tail -1)}
 [ -x "$LOAD" ] || { echo "cannot build bench/tls_load.rs" >&2; exit 1; }
+FLOOR=${FLOOR:-$(cargo bench --bench floor_proxy --no-run --message-format=json 2>/dev/null \
+  | python3 -c 'import sys,json
+for l in sys.stdin:
+    m=json.loads(l)
+    if m.get("reason")=="compiler-artifact" and m.get("target",{}).get("name")=="floor_proxy" and m.get("executable"): print(m["executable"])' | tail -1)}
+[ -x "$FLOOR" ] || { echo "cannot build bench/floor_proxy.rs" >&2; exit 1; }
 
 d=$(mktemp -d); chmod 755 "$d"
 pids=()
@@ -60,7 +69,7 @@ http { access_log off; keepalive_requests 1000000;
 NGX
 taskset -c 1 nginx -c "$d/backend.conf" -p "$d" & pids+=($!)
 
-ST=$(port); SM=$(port); SA=$(port); NT=$(port); NM=$(port)
+ST=$(port); SM=$(port); SA=$(port); NT=$(port); NM=$(port); FT=$(port); FM=$(port)
 cat > "$d/sift.yaml" <<YAML
 workers: 1
 log: { format: json, level: warn, access_log: false }
@@ -117,3 +126,8 @@ kill "$sp"; wait "$sp" 2>/dev/null || true
 taskset -c 0 nginx -c "$d/nginx.conf" -p "$d" & np=$!; pids+=($np)
 sleep 1
 measure nginx "$np $(pgrep -P "$np" | tr '\n' ' ')" "$NT" "$NM"
+kill "$np" $(pgrep -P "$np") 2>/dev/null || true; sleep 0.5
+taskset -c 0 "$FLOOR" "127.0.0.1:$FT" "127.0.0.1:$BE" "$d/server.pem" "$d/server.key" & f1=$!; pids+=($f1)
+taskset -c 0 "$FLOOR" "127.0.0.1:$FM" "127.0.0.1:$BE" "$d/server.pem" "$d/server.key" "$d/ca.pem" & f2=$!; pids+=($f2)
+sleep 0.5
+measure "floor (hyper + rustls, no logic)" "$f1 $f2" "$FT" "$FM"

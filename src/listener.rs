@@ -16,6 +16,7 @@ use crate::config::model::ListenerSpec;
 use crate::drain::{Drain, Watch};
 use crate::proxy::{self, ConnInfo};
 use crate::state::Shared;
+use http::HeaderValue;
 
 /// Accept connections on `tcp` until draining begins.
 pub async fn serve(tcp: TcpListener, name: Arc<str>, shared: Arc<Shared>, drain: Drain) {
@@ -70,6 +71,8 @@ pub async fn serve(tcp: TcpListener, name: Arc<str>, shared: Arc<Shared>, drain:
                 listener: name.clone(),
                 listener_index: index,
                 remote,
+                remote_ip: HeaderValue::try_from(remote.ip().to_string())
+                    .unwrap_or(HeaderValue::from_static("unknown")),
                 tls: false,
                 identity: None,
                 xfcc: None,
@@ -213,7 +216,14 @@ async fn serve_io<I>(
             activity.inflight.fetch_add(1, Ordering::Relaxed);
             // Dropped when the response body ends, not at the response head.
             let guard: Box<dyn Send> = Box::new(InflightGuard(activity.clone()));
-            let fut = proxy::handle(shared.clone(), conn.clone(), req, Some(guard));
+            // Boxed: the request future is large, and hyper moves the
+            // service's future into its own slot (a copy of all of it).
+            let fut = Box::pin(proxy::handle(
+                shared.clone(),
+                conn.clone(),
+                req,
+                Some(guard),
+            ));
             async move { Ok::<_, std::convert::Infallible>(fut.await) }
         })
     };

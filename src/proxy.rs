@@ -37,6 +37,8 @@ pub struct ConnInfo {
     /// Position in `listeners` (stable: listener changes need a restart).
     pub listener_index: usize,
     pub remote: SocketAddr,
+    /// The peer's IP as a header value (X-Forwarded-For), made once.
+    pub remote_ip: HeaderValue,
     pub tls: bool,
     /// The verified client certificate's identity (mTLS).
     pub identity: Option<crate::tls::Identity>,
@@ -577,7 +579,7 @@ async fn proxy(
                 r
             }
         };
-        let result = tokio::time::timeout(try_timeout, cluster.send(upstream_req)).await;
+        let result = tokio::time::timeout(try_timeout, cluster.send(ep_index, upstream_req)).await;
         let now = clock.now();
         // What happened, and whether the policy retries it.
         let (outcome, retryable) = match result {
@@ -597,7 +599,7 @@ async fn proxy(
             Ok(Err(e)) => match state.get() {
                 BodyState::TOO_LARGE => return Err(ProxyError::BodyTooLarge { limit }),
                 BodyState::CLIENT_ERROR => return Err(ProxyError::ClientBody(error_chain(&e))),
-                _ if e.is_connect() => {
+                _ if matches!(e, crate::upstream::SendError::Connect(_)) => {
                     cluster.metrics.connect_errors.inc();
                     cluster.observe(ep_index, Observed::LocalGatewayError, now);
                     let err = ProxyError::UpstreamConnect {
@@ -676,7 +678,7 @@ async fn proxy(
         strip_sift_headers(&mut parts.headers);
         route.spec.response_headers.apply(&mut parts.headers);
         parts.headers.insert(X_REQUEST_ID.clone(), request_id);
-        return Ok(Response::from_parts(parts, body::boxed(b)));
+        return Ok(Response::from_parts(parts, b));
     }
     let (mut parts, b) = resp.into_parts();
     // Only sift sets x-sift-*: an upstream cannot forge x-sift-error.
@@ -701,7 +703,7 @@ async fn proxy(
             parts.headers.insert(n, v);
         }
     }
-    Ok(Response::from_parts(parts, body::boxed(b)))
+    Ok(Response::from_parts(parts, b))
 }
 
 /// What the filters know of a request.
@@ -1169,19 +1171,21 @@ fn upgrade_protocol(req: &Request<Incoming>) -> Option<HeaderValue> {
 /// Remove hop-by-hop headers and any header the Connection header names.
 /// `TE: trailers` is kept (gRPC needs it); other TE values are dropped.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
-    // One pass to see whether there is anything to do: most messages carry
-    // at most a Connection header.
-    let mut found = false;
+    // One pass notes which hop-by-hop headers are present (bit i for
+    // HOP_BY_HOP[i], bit 6 for TE): most messages carry at most a
+    // Connection header, and only present names are looked up again.
+    let mut present = 0u8;
     for k in h.keys() {
-        if is_hop_by_hop(k) || k == header::TE {
-            found = true;
-            break;
+        if let Some(i) = HOP_BY_HOP.iter().position(|n| k.as_str() == *n) {
+            present |= 1 << i;
+        } else if k == header::TE {
+            present |= 1 << 6;
         }
     }
-    if !found {
+    if present == 0 {
         return;
     }
-    if h.contains_key(header::CONNECTION) {
+    if present & 1 != 0 {
         let named: Vec<HeaderName> = h
             .get_all(header::CONNECTION)
             .iter()
@@ -1197,24 +1201,19 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
             }
         }
     }
-    for n in HOP_BY_HOP {
-        h.remove(*n);
+    for (i, n) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            h.remove(*n);
+        }
     }
-    let te_trailers = h
-        .get(header::TE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    if !te_trailers {
-        h.remove(header::TE);
+    if present & (1 << 6) != 0 {
+        let te_trailers = h
+            .get(header::TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+        if !te_trailers {
+            h.remove(header::TE);
+        }
     }
-}
-
-fn is_hop_by_hop(k: &HeaderName) -> bool {
-    k == header::CONNECTION
-        || k == header::TRANSFER_ENCODING
-        || k == header::UPGRADE
-        || k == header::TRAILER
-        || k.as_str() == "keep-alive"
-        || k.as_str() == "proxy-connection"
 }
 
 fn forwarded_headers(
@@ -1223,9 +1222,8 @@ fn forwarded_headers(
     conn: &ConnInfo,
     authority: &Option<http::uri::Authority>,
 ) {
-    let ip = conn.remote.ip().to_string();
     let xff = match l.x_forwarded_for {
-        XffMode::Append => {
+        XffMode::Append if h.contains_key(&X_FORWARDED_FOR) => {
             // Fold every X-Forwarded-For the client sent, in order.
             let mut chain = String::new();
             for v in h.get_all(&X_FORWARDED_FOR) {
@@ -1237,12 +1235,13 @@ fn forwarded_headers(
                     }
                 }
             }
-            chain.push_str(&ip);
-            chain
+            chain.push_str(conn.remote_ip.to_str().unwrap_or_default());
+            HeaderValue::from_str(&chain).ok()
         }
-        XffMode::Replace => ip,
+        // Nothing to append to: the peer's address, made once per connection.
+        XffMode::Append | XffMode::Replace => Some(conn.remote_ip.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Some(v) = xff {
         // Several XFF headers are folded into the one we set.
         h.insert(X_FORWARDED_FOR.clone(), v);
     }

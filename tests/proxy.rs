@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -597,4 +598,128 @@ async fn streams_200mb_each_way_in_bounded_memory() {
         "sift's peak RSS was {peak_kb} kB moving 2 x 200 MB"
     );
     eprintln!("peak RSS while streaming 2 x 200 MB: {peak_kb} kB");
+}
+
+/// A raw HTTP/1.1 upstream: answers every request on a connection with a
+/// small keep-alive response, closes each connection `close_after` after
+/// its first response (a server dropping idle keep-alive connections), and
+/// reports when a peer closes a connection first.
+async fn raw_upstream(
+    close_after: Option<Duration>,
+) -> (
+    std::net::SocketAddr,
+    Arc<std::sync::atomic::AtomicUsize>,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (eof_tx, eof_rx) = tokio::sync::mpsc::unbounded_channel();
+    let c = conns.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = tcp.accept().await else {
+                return;
+            };
+            c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let eof_tx = eof_tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let n = s.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        let _ = eof_tx.send(());
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .await;
+                        if let Some(d) = close_after {
+                            tokio::time::sleep(d).await;
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, conns, eof_rx)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_pool_reuses_recovers_and_expires() {
+    use std::sync::atomic::Ordering::SeqCst;
+    // Keep-alive reuse, including bodiless responses (204, HEAD), whose
+    // body hyper never polls: one upstream connection for all of them.
+    let up = Upstream::start(|req: Request<hyper::body::Incoming>| async move {
+        if req.uri().path() == "/none" {
+            http::Response::builder()
+                .status(204)
+                .body(body::empty())
+                .unwrap()
+        } else {
+            text_response(200, "hello")
+        }
+    })
+    .await;
+    let sift = Sift::start(&simple_config(up.addr, ""));
+    for i in 0..30 {
+        let (method, path) = match i % 3 {
+            0 => ("GET", "/text"),
+            1 => ("GET", "/none"),
+            _ => ("HEAD", "/text"),
+        };
+        let r = send(
+            Request::builder()
+                .method(method)
+                .uri(sift.url(path))
+                .body(body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert!(r.status().is_success(), "{method} {path}: {}", r.status());
+    }
+    assert_eq!(up.requests.load(SeqCst), 30);
+    assert_eq!(
+        up.connections.load(SeqCst),
+        1,
+        "sequential requests share one connection"
+    );
+    drop(sift);
+
+    // An upstream that closes each connection 50 ms after answering: the
+    // pooled connection is stale by the next request, which still succeeds
+    // on a new one.
+    let (addr, conns, _eof) = raw_upstream(Some(Duration::from_millis(50))).await;
+    let sift = Sift::start(&simple_config(addr, ""));
+    for _ in 0..3 {
+        let (code, body) = get_text(&sift.url("/")).await;
+        assert_eq!((code, body.as_str()), (200, "ok"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(conns.load(SeqCst), 3);
+    drop(sift);
+
+    // idle_timeout: sift closes a pooled connection that sat idle too long,
+    // and keeps one that did not.
+    for (idle, expect_close) in [("300ms", true), ("60s", false)] {
+        let (addr, conns, mut eof) = raw_upstream(None).await;
+        let cfg = simple_config(addr, "").replace(
+            &format!("endpoints: [\"{addr}\"]"),
+            &format!("endpoints: [\"{addr}\"]\n    idle_timeout: {idle}"),
+        );
+        let sift = Sift::start(&cfg);
+        let (code, _) = get_text(&sift.url("/")).await;
+        assert_eq!(code, 200);
+        let closed = tokio::time::timeout(Duration::from_secs(2), eof.recv())
+            .await
+            .is_ok();
+        assert_eq!(closed, expect_close, "idle_timeout {idle}");
+        assert_eq!(conns.load(SeqCst), 1);
+    }
 }

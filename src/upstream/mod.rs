@@ -1,6 +1,6 @@
 //! Upstream clusters: endpoints, load balancing and the connection pool.
 //!
-//! A [`Cluster`] owns one hyper client (and so one pool); the snapshot
+//! A [`Cluster`] owns one connection [`Pool`]; the snapshot
 //! builder re-uses the same `Arc<Cluster>` across reloads while the cluster's
 //! spec is unchanged, so its pool and in-flight counters survive a reload.
 
@@ -8,11 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use http::Request;
-use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::pki_types::ServerName;
 
 use prometheus::{IntCounter, IntGauge};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -24,6 +20,9 @@ use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::policy::outlier::{Observed, Outlier};
 use crate::policy::retry::{Budget, RetryPermit};
+
+pub mod pool;
+pub use pool::{Pool, PoolConfig, SendError};
 
 pub struct EndpointState {
     pub endpoint: Endpoint,
@@ -52,7 +51,7 @@ pub struct Cluster {
     pub outlier: Option<Outlier>,
     pub budget: Budget,
     pub metrics: ClusterMetrics,
-    client: Client<HttpsConnector<HttpConnector>, Body>,
+    pool: Arc<Pool>,
     rr: AtomicUsize,
     /// Requests in flight (max_requests; the retry budget's "active").
     requests: Arc<AtomicUsize>,
@@ -97,44 +96,34 @@ impl Drop for InflightGuard {
 
 impl Cluster {
     pub fn new(spec: ClusterSpec, m: &Metrics) -> Result<Arc<Self>, crate::tls::TlsError> {
-        let mut http = HttpConnector::new();
-        http.set_connect_timeout(Some(spec.connect_timeout.0));
-        http.set_nodelay(true);
-        http.enforce_http(false);
         let tls = match &spec.tls {
-            Some(t) => crate::tls::client_config(t)?,
-            None => rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| crate::tls::TlsError::Config(e.to_string()))?
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth(),
+            Some(t) => {
+                let mut cfg = crate::tls::client_config(t)?;
+                cfg.alpn_protocols = match spec.protocol {
+                    UpstreamProtocol::Http1 => vec![b"http/1.1".to_vec()],
+                    UpstreamProtocol::Http2 => vec![b"h2".to_vec()],
+                };
+                let sni =
+                    match &t.server_name {
+                        Some(n) => Some(ServerName::try_from(n.clone()).map_err(|e| {
+                            crate::tls::TlsError::Config(format!("server_name: {e}"))
+                        })?),
+                        None => None,
+                    };
+                Some((tokio_rustls::TlsConnector::from(Arc::new(cfg)), sni))
+            }
+            None => None,
         };
-        let mut https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http();
-        if let Some(name) = spec.tls.as_ref().and_then(|t| t.server_name.clone()) {
-            let name = rustls::pki_types::ServerName::try_from(name)
-                .map_err(|e| crate::tls::TlsError::Config(format!("server_name: {e}")))?;
-            https =
-                https.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name));
-        }
-        let connector = match spec.protocol {
-            UpstreamProtocol::Http1 => https.enable_http1().wrap_connector(http),
-            UpstreamProtocol::Http2 => https.enable_http2().wrap_connector(http),
-        };
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(spec.idle_timeout.0)
-            .pool_max_idle_per_host(spec.max_idle_per_endpoint)
-            .set_host(false);
-        if spec.protocol == UpstreamProtocol::Http2 {
-            builder.http2_only(true);
-        }
-        let client = builder.build(connector);
+        let pool = Pool::new(
+            PoolConfig {
+                protocol: spec.protocol,
+                connect_timeout: spec.connect_timeout.0,
+                idle_timeout: spec.idle_timeout.0,
+                max_idle_per_endpoint: spec.max_idle_per_endpoint,
+                tls,
+            },
+            spec.endpoints.len(),
+        );
         let endpoints: Vec<EndpointState> = spec
             .endpoints
             .iter()
@@ -171,7 +160,7 @@ impl Cluster {
             outlier,
             budget: Budget::default(),
             metrics,
-            client,
+            pool,
             rr: AtomicUsize::new(0),
             requests: Arc::new(AtomicUsize::new(0)),
             conn_slots,
@@ -334,11 +323,19 @@ impl Cluster {
         ))
     }
 
-    /// Send a request whose URI already names the endpoint.
+    /// Send a request to endpoint `index`; its URI already names the
+    /// endpoint (absolute form).
     pub async fn send(
         &self,
+        index: usize,
         req: Request<Body>,
-    ) -> Result<http::Response<Incoming>, hyper_util::client::legacy::Error> {
-        self.client.request(req).await
+    ) -> Result<http::Response<Body>, SendError> {
+        let endpoint = &self.endpoints[index].endpoint;
+        self.pool.send(index, endpoint, req).await
+    }
+
+    /// Idle HTTP/1.1 connections kept for endpoint `index`.
+    pub fn idle_connections(&self, index: usize) -> usize {
+        self.pool.idle(index)
     }
 }

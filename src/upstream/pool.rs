@@ -1,0 +1,454 @@
+//! The upstream connection pool: one per cluster, idle connections kept per
+//! endpoint, built on `hyper::client::conn` directly.
+//!
+//! - **HTTP/1.1**: a connection carries one request at a time. It goes back
+//!   to its endpoint's idle list when the response body has ended (not when
+//!   the head arrives), so a checkout never waits behind a response still
+//!   streaming. Idle lists are LIFO (the warmest connection first), capped at
+//!   `max_idle_per_endpoint`, and entries idle longer than `idle_timeout` are
+//!   closed (on checkout, on checkin, and by a sweeper task while the pool
+//!   lives). A request that a reused connection could not even start (the
+//!   server closed it while it sat idle) is sent again on a fresh
+//!   connection, as hyper-util's pool does; anything else is the caller's
+//!   to retry under the route's policy.
+//! - **HTTP/2**: one multiplexed connection per endpoint, shared by every
+//!   request, replaced when it closes.
+//!
+//! Compared with hyper-util's pooled client this spawns no task per request
+//! and does no keyed map lookup: the endpoint index selects the list.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Request;
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
+
+use crate::body::Body;
+use crate::config::file::UpstreamProtocol;
+use crate::config::model::Endpoint;
+
+/// Why a request got no response from the upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No connection could be made (TCP, TLS or HTTP/2 handshake).
+    #[error("connect: {0}")]
+    Connect(String),
+    /// The connection failed while the request or response was in flight.
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+}
+
+/// Static settings of a cluster's pool.
+pub struct PoolConfig {
+    pub protocol: UpstreamProtocol,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_idle_per_endpoint: usize,
+    /// With TLS: the client config (ALPN set here) and the SNI override.
+    pub tls: Option<(tokio_rustls::TlsConnector, Option<ServerName<'static>>)>,
+}
+
+struct Idle {
+    send: http1::SendRequest<Body>,
+    since: Instant,
+}
+
+#[derive(Default)]
+struct Slot {
+    /// HTTP/1.1 idle connections, oldest first.
+    idle: VecDeque<Idle>,
+    /// The HTTP/2 connection.
+    h2: Option<http2::SendRequest<Body>>,
+}
+
+pub struct Pool {
+    cfg: PoolConfig,
+    slots: Vec<Mutex<Slot>>,
+    /// HTTP/2: one connect at a time per endpoint, so a burst of first
+    /// requests shares one new connection.
+    h2_connect: Vec<tokio::sync::Mutex<()>>,
+    sweeper: AtomicBool,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("endpoints", &self.slots.len())
+            .finish()
+    }
+}
+
+impl Pool {
+    pub fn new(cfg: PoolConfig, endpoints: usize) -> Arc<Pool> {
+        Arc::new(Pool {
+            cfg,
+            slots: (0..endpoints).map(|_| Mutex::default()).collect(),
+            h2_connect: (0..endpoints)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+            sweeper: AtomicBool::new(false),
+        })
+    }
+
+    /// Idle HTTP/1.1 connections to endpoint `index` (for tests and the
+    /// admin view).
+    pub fn idle(&self, index: usize) -> usize {
+        self.slots
+            .get(index)
+            .and_then(|s| s.lock().ok().map(|s| s.idle.len()))
+            .unwrap_or(0)
+    }
+
+    /// Send `req` (an absolute URI naming the endpoint) to endpoint `index`.
+    pub async fn send(
+        self: &Arc<Self>,
+        index: usize,
+        endpoint: &Endpoint,
+        req: Request<Body>,
+    ) -> Result<http::Response<Body>, SendError> {
+        match self.cfg.protocol {
+            UpstreamProtocol::Http1 => self.send_h1(index, endpoint, req).await,
+            UpstreamProtocol::Http2 => self.send_h2(index, endpoint, req).await,
+        }
+    }
+
+    async fn send_h1(
+        self: &Arc<Self>,
+        index: usize,
+        endpoint: &Endpoint,
+        mut req: Request<Body>,
+    ) -> Result<http::Response<Body>, SendError> {
+        // HTTP/1.1 requests carry the origin form; Host is already set.
+        if let Some(pq) = req.uri().path_and_query().cloned() {
+            *req.uri_mut() = http::Uri::from(pq);
+        }
+        let mut req = req;
+        loop {
+            let (mut send, reused) = match self.checkout(index).await {
+                Some(s) => (s, true),
+                None => (self.connect_h1(endpoint).await?, false),
+            };
+            match send.try_send_request(req).await {
+                Ok(resp) => {
+                    let (parts, body) = resp.into_parts();
+                    let body = Returning {
+                        inner: body,
+                        home: Some((Arc::downgrade(self), index, send)),
+                    };
+                    return Ok(http::Response::from_parts(parts, crate::body::boxed(body)));
+                }
+                Err(mut e) => match e.take_message() {
+                    // Never written: a stale pooled connection. Go again on
+                    // a new one (once: a fresh connection is not retried).
+                    Some(r) if reused => req = r,
+                    _ => return Err(SendError::Http(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// A ready idle connection to endpoint `index`, if any.
+    async fn checkout(&self, index: usize) -> Option<http1::SendRequest<Body>> {
+        loop {
+            let idle = {
+                let mut slot = self.slots.get(index)?.lock().ok()?;
+                slot.idle.pop_back()?
+            };
+            if idle.since.elapsed() >= self.cfg.idle_timeout || idle.send.is_closed() {
+                continue;
+            }
+            let mut send = idle.send;
+            // Usually ready at once; a response that just ended may need the
+            // connection task to run once more.
+            if send.ready().await.is_ok() {
+                return Some(send);
+            }
+        }
+    }
+
+    fn checkin(self: &Arc<Self>, index: usize, send: http1::SendRequest<Body>) {
+        if send.is_closed() || self.cfg.max_idle_per_endpoint == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let Some(Ok(mut slot)) = self.slots.get(index).map(Mutex::lock) else {
+            return;
+        };
+        prune(&mut slot.idle, now, self.cfg.idle_timeout);
+        if slot.idle.len() >= self.cfg.max_idle_per_endpoint {
+            slot.idle.pop_front();
+        }
+        slot.idle.push_back(Idle { send, since: now });
+        drop(slot);
+        self.start_sweeper();
+    }
+
+    /// Close idle connections past `idle_timeout` even when no request
+    /// comes to do it: a task per pool, ending with the pool.
+    fn start_sweeper(self: &Arc<Self>) {
+        if self.sweeper.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            self.sweeper.store(false, Ordering::Release);
+            return;
+        };
+        let weak = Arc::downgrade(self);
+        let every = (self.cfg.idle_timeout / 2).max(Duration::from_millis(100));
+        rt.spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(pool) = weak.upgrade() else { return };
+                let now = Instant::now();
+                for s in &pool.slots {
+                    if let Ok(mut s) = s.lock() {
+                        prune(&mut s.idle, now, pool.cfg.idle_timeout);
+                    }
+                }
+            }
+        });
+    }
+
+    async fn send_h2(
+        &self,
+        index: usize,
+        endpoint: &Endpoint,
+        req: Request<Body>,
+    ) -> Result<http::Response<Body>, SendError> {
+        let cached = || {
+            self.slots
+                .get(index)
+                .and_then(|s| s.lock().ok())
+                .and_then(|s| s.h2.clone())
+                .filter(|s| !s.is_closed())
+        };
+        let mut send = match cached() {
+            Some(s) => s,
+            None => {
+                let Some(gate) = self.h2_connect.get(index) else {
+                    return Err(SendError::Connect("no such endpoint".into()));
+                };
+                let _gate = gate.lock().await;
+                match cached() {
+                    Some(s) => s,
+                    None => {
+                        let s = self.connect_h2(endpoint).await?;
+                        if let Some(Ok(mut slot)) = self.slots.get(index).map(Mutex::lock) {
+                            slot.h2 = Some(s.clone());
+                        }
+                        s
+                    }
+                }
+            }
+        };
+        send.ready().await?;
+        let resp = send.send_request(req).await?;
+        Ok(resp.map(crate::body::boxed))
+    }
+
+    async fn connect_io(&self, endpoint: &Endpoint) -> Result<Io, SendError> {
+        let addr = (endpoint.host.as_str(), endpoint.port);
+        let tcp = match tokio::time::timeout(
+            self.cfg.connect_timeout,
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => return Err(SendError::Connect(e.to_string())),
+            Err(_) => {
+                return Err(SendError::Connect(format!(
+                    "timed out after {:?}",
+                    self.cfg.connect_timeout
+                )));
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let Some((tls, sni)) = &self.cfg.tls else {
+            return Ok(Io::Plain(tcp));
+        };
+        let name = match sni {
+            Some(n) => n.clone(),
+            None => ServerName::try_from(endpoint.host.clone())
+                .map_err(|e| SendError::Connect(format!("server name {}: {e}", endpoint.host)))?,
+        };
+        match tokio::time::timeout(self.cfg.connect_timeout, tls.connect(name, tcp)).await {
+            Ok(Ok(s)) => Ok(Io::Tls(Box::new(s))),
+            Ok(Err(e)) => Err(SendError::Connect(format!("TLS: {e}"))),
+            Err(_) => Err(SendError::Connect(format!(
+                "TLS handshake timed out after {:?}",
+                self.cfg.connect_timeout
+            ))),
+        }
+    }
+
+    async fn connect_h1(&self, endpoint: &Endpoint) -> Result<http1::SendRequest<Body>, SendError> {
+        let io = self.connect_io(endpoint).await?;
+        let (send, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| SendError::Connect(e.to_string()))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended");
+            }
+        });
+        Ok(send)
+    }
+
+    async fn connect_h2(&self, endpoint: &Endpoint) -> Result<http2::SendRequest<Body>, SendError> {
+        let io = self.connect_io(endpoint).await?;
+        let (send, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| SendError::Connect(e.to_string()))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream connection ended");
+            }
+        });
+        Ok(send)
+    }
+}
+
+fn prune(idle: &mut VecDeque<Idle>, now: Instant, timeout: Duration) {
+    while idle
+        .front()
+        .is_some_and(|i| now.duration_since(i.since) >= timeout || i.send.is_closed())
+    {
+        idle.pop_front();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An upstream response body that hands its HTTP/1.1 connection back to
+    /// the pool when it has been read to the end. Dropped early, it takes
+    /// the connection with it (hyper closes a connection whose response
+    /// was not read).
+    struct Returning {
+        #[pin]
+        inner: Incoming,
+        home: Option<(Weak<Pool>, usize, http1::SendRequest<Body>)>,
+    }
+    impl PinnedDrop for Returning {
+        // hyper stops polling a body that says it has ended (a known
+        // length fully read, or none at all): hand the connection back here.
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if http_body::Body::is_end_stream(&*this.inner) {
+                give_back(this.home);
+            }
+        }
+    }
+}
+
+fn give_back(home: &mut Option<(Weak<Pool>, usize, http1::SendRequest<Body>)>) {
+    if let Some((pool, index, send)) = home.take() {
+        if let Some(pool) = pool.upgrade() {
+            pool.checkin(index, send);
+        }
+    }
+}
+
+impl http_body::Body for Returning {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let mut this = self.project();
+        let r = this.inner.as_mut().poll_frame(cx);
+        match &r {
+            Poll::Ready(None) => give_back(this.home),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => give_back(this.home),
+            Poll::Ready(Some(Ok(f))) if f.is_trailers() => give_back(this.home),
+            Poll::Ready(Some(Err(_))) => drop(this.home.take()),
+            _ => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A plain or TLS upstream stream.
+enum Io {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
+}
+
+impl tokio::io::AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
