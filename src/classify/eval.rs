@@ -458,7 +458,8 @@ pub fn sms_valid(
 
 /// Validation for (d): the SpamAssassin-only model learns `n_learn`
 /// examples drawn from the SMS training part (the 80 % of (c)) and is
-/// scored on the rest of that part; the SMS test part is never read.
+/// scored on the rest of that part, for `draws` independent draws (counts
+/// pooled: one draw of 200 is noisy); the SMS test part is never read.
 #[allow(clippy::too_many_arguments)]
 pub fn adaptation_valid(
     sa: &Corpus,
@@ -469,11 +470,37 @@ pub fn adaptation_valid(
     opts: &FitOptions,
     learn: &LearnOptions,
     n_learn: usize,
+    draws: usize,
 ) -> Metrics {
     let all: Vec<usize> = (0..sa.len()).collect();
     let base = train::train_model(sa_ds, &all, fcfg, opts, "SpamAssassin all");
     let (outer_train, _test) = split_dedup(sms, 0.2, opts.train.seed ^ 0x5e5);
-    let mut rng = fastrand::Rng::with_seed(opts.train.seed ^ 0xada ^ 0x7a1);
+    let parts: Vec<Metrics> = (0..draws.max(1) as u64)
+        .map(|d| {
+            adapt_draw(
+                &base,
+                sms,
+                sms_ds,
+                &outer_train,
+                learn,
+                n_learn,
+                opts.train.seed ^ 0xada ^ 0x7a1 ^ (d << 32),
+            )
+        })
+        .collect();
+    pool(&parts)
+}
+
+fn adapt_draw(
+    base: &Model,
+    sms: &Corpus,
+    sms_ds: &Dataset,
+    outer_train: &[usize],
+    learn: &LearnOptions,
+    n_learn: usize,
+    seed: u64,
+) -> Metrics {
+    let mut rng = fastrand::Rng::with_seed(seed);
     let mut learn_rows = Vec::new();
     let mut rest = Vec::new();
     for class in [false, true] {
@@ -495,7 +522,7 @@ pub fn adaptation_valid(
         .iter()
         .map(|&i| (sms.views[i].clone(), sms.labels[i]))
         .collect();
-    let adapted = train::learn(&base, &batch, learn);
+    let adapted = train::learn(base, &batch, learn);
     metrics(
         &margins(&adapted, sms_ds, &rest),
         &labels_of(sms_ds, &rest),

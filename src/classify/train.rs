@@ -119,9 +119,9 @@ impl Default for TrainConfig {
             average: true,
             anchor: 0.0,
             loss: Loss::Hinge,
-            ensemble: 4,
+            ensemble: 8,
             mix: false,
-            spam_weight: 1.0,
+            spam_weight: 0.5,
         }
     }
 }
