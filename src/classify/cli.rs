@@ -470,9 +470,7 @@ pub fn run_eval(what: EvalWhat) -> ExitCode {
         settings
     };
     let sms_with_sa = args.recipe.sms_with_sa;
-    let need_sa = settings
-        .iter()
-        .any(|s| *s != Setting::Sms || sms_with_sa);
+    let need_sa = settings.iter().any(|s| *s != Setting::Sms || sms_with_sa);
     let need_sms = settings
         .iter()
         .any(|s| matches!(s, Setting::Sms | Setting::Adapt));

@@ -510,8 +510,8 @@ fn adapt_draw(
             .filter(|&r| sms.labels[r] == class)
             .collect();
         rng.shuffle(&mut c);
-        let k = (c.len() as f64 * n_learn as f64 / outer_train.len().max(1) as f64).round()
-            as usize;
+        let k =
+            (c.len() as f64 * n_learn as f64 / outer_train.len().max(1) as f64).round() as usize;
         learn_rows.extend_from_slice(&c[..k]);
         rest.extend_from_slice(&c[k..]);
     }
