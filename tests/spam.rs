@@ -562,6 +562,27 @@ fn auc_and_metrics() {
     assert!((eval::roc_auc(&[1.0, 1.0], &[true, false]) - 0.5).abs() < 1e-9);
 }
 
+#[test]
+fn dataset_append_keeps_rows_and_pool_sums_counts() {
+    let (v, l) = toy();
+    let fz = Featurizer::new(small_cfg());
+    let a = Dataset::build(&fz, &v[..3], &l[..3]);
+    let b = Dataset::build(&fz, &v[3..], &l[3..]);
+    let whole = Dataset::build(&fz, &v, &l);
+    let mut joined = a.clone();
+    joined.append(&b);
+    assert_eq!(joined.len(), whole.len());
+    for i in 0..whole.len() {
+        assert_eq!(joined.row(i), whole.row(i), "row {i}");
+        assert_eq!(joined.labels[i], whole.labels[i]);
+    }
+    let m1 = eval::metrics(&[0.9, 0.1], &[true, true], 0.5);
+    let m2 = eval::metrics(&[0.9, 0.1], &[false, false], 0.5);
+    let p = eval::pool(&[m1, m2]);
+    assert_eq!((p.tp, p.fp, p.tn, p.fn_, p.n), (1, 1, 1, 1, 4));
+    assert!((p.f1 - 0.5).abs() < 1e-9 && (p.ham_fpr - 0.5).abs() < 1e-9);
+}
+
 /// Quality guard: the SpamAssassin time split must keep F1 ≥ 0.95. Needs
 /// the corpus (tests/run.sh runs filters/spam/fetch-data.sh first); fails,
 /// never skips, when it is missing.

@@ -280,14 +280,22 @@ pub fn split_dedup(corpus: &Corpus, test_frac: f64, seed: u64) -> (Vec<usize>, V
 }
 
 /// (c) SMS: stratified 80/20, test texts occurring in training dropped.
+///
+/// `ds` holds the SMS texts as its first `corpus.len()` rows; `extra` rows
+/// of `ds` (e.g. all of SpamAssassin, appended after them) are added to
+/// training only. The threshold is then calibrated on the SMS rows' out-of-
+/// fold margins alone.
 pub fn sms(
     corpus: &Corpus,
     ds: &Dataset,
     fcfg: FeatureConfig,
     opts: &FitOptions,
+    extra: &[usize],
 ) -> (Metrics, usize) {
-    let (train_rows, test_rows) = split_dedup(corpus, 0.2, opts.train.seed ^ 0x5e5);
-    let model = train::train_model(ds, &train_rows, fcfg, opts, "SMS 80%");
+    let (mut train_rows, test_rows) = split_dedup(corpus, 0.2, opts.train.seed ^ 0x5e5);
+    train_rows.extend_from_slice(extra);
+    let n = corpus.len();
+    let model = train::train_model_calib(ds, &train_rows, fcfg, opts, "SMS 80%", &|r| r < n);
     let m = margins(&model, ds, &test_rows);
     if std::env::var_os("SIFT_EVAL_DUMP").is_some() {
         for (k, &r) in test_rows.iter().enumerate() {
@@ -346,6 +354,180 @@ pub fn adaptation(
         n_learn: learn_rows.len(),
         n_test: test_rows.len(),
     }
+}
+
+/// Validation figures: counts pooled over the validation slices (P, R, F1,
+/// accuracy and FPR from the pooled counts), ROC AUC the mean of slices.
+pub fn pool(parts: &[Metrics]) -> Metrics {
+    let mut m = Metrics::default();
+    for p in parts {
+        m.n += p.n;
+        m.tp += p.tp;
+        m.fp += p.fp;
+        m.tn += p.tn;
+        m.fn_ += p.fn_;
+        m.auc += p.auc / parts.len().max(1) as f64;
+    }
+    m.precision = ratio(m.tp, m.tp + m.fp);
+    m.recall = ratio(m.tp, m.tp + m.fn_);
+    m.f1 = ratio(2 * m.tp, 2 * m.tp + m.fp + m.fn_);
+    m.accuracy = ratio(m.tp + m.tn, m.n);
+    m.ham_fpr = ratio(m.fp, m.fp + m.tn);
+    m
+}
+
+/// Validation for (a), from the time split's training part only, shaped
+/// like the test (later easy ham and later spam, no hard ham): within
+/// easy-ham-1 and spam-1, files in name order (SpamAssassin names are
+/// sequence numbers, so roughly arrival order). Two forward slices: train on
+/// the first 60 % of each and validate on the next 20 %, then train on the
+/// first 80 % and validate on the last 20 %; all of hard-ham-1 is in every
+/// training part, as in the test. The test groups (easy-ham-2, spam-2) are
+/// never read.
+pub fn time_split_valid(
+    sa: &Corpus,
+    ds: &Dataset,
+    fcfg: FeatureConfig,
+    opts: &FitOptions,
+) -> Metrics {
+    // Position of each row within its group, as a fraction.
+    let mut frac = vec![f64::NAN; sa.len()];
+    for g in [0u8, 2] {
+        let rows: Vec<usize> = (0..sa.len()).filter(|&i| sa.groups[i] == g).collect();
+        for (k, &r) in rows.iter().enumerate() {
+            frac[r] = k as f64 / rows.len() as f64;
+        }
+    }
+    // hard-ham-1: always trained on.
+    for (i, f) in frac.iter_mut().enumerate() {
+        if sa.groups[i] == 1 {
+            *f = -1.0;
+        }
+    }
+    let mut parts = Vec::new();
+    for (lo, hi) in [(0.6, 0.8), (0.8, 1.0)] {
+        let tr: Vec<usize> = (0..sa.len())
+            .filter(|&i| sa.groups[i] <= 2 && frac[i] < lo)
+            .collect();
+        let va: Vec<usize> = (0..sa.len())
+            .filter(|&i| sa.groups[i] != 1 && sa.groups[i] <= 2 && frac[i] >= lo && frac[i] < hi)
+            .collect();
+        let model = train::train_model(ds, &tr, fcfg, opts, "time-split validation");
+        parts.push(metrics(
+            &margins(&model, ds, &va),
+            &labels_of(ds, &va),
+            model.threshold,
+        ));
+    }
+    pool(&parts)
+}
+
+/// Validation for (c), from the SMS training part (the 80 %) only: inner
+/// stratified 5-fold; each validation fold drops texts that occur in its
+/// inner training part; `extra` rows join every inner training part.
+pub fn sms_valid(
+    corpus: &Corpus,
+    ds: &Dataset,
+    fcfg: FeatureConfig,
+    opts: &FitOptions,
+    extra: &[usize],
+) -> Metrics {
+    let (outer_train, _test) = split_dedup(corpus, 0.2, opts.train.seed ^ 0x5e5);
+    let folds = train::stratified_folds(&ds.labels, &outer_train, 5, opts.train.seed ^ 0x7a1);
+    let n = corpus.len();
+    let mut parts = Vec::new();
+    for (j, va) in folds.iter().enumerate() {
+        let mut tr: Vec<usize> = folds
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != j)
+            .flat_map(|(_, f)| f.iter().copied())
+            .collect();
+        let mut va = va.clone();
+        drop_texts_in(corpus, &mut va, &tr);
+        tr.extend_from_slice(extra);
+        let model = train::train_model_calib(ds, &tr, fcfg, opts, "SMS validation", &|r| r < n);
+        parts.push(metrics(
+            &margins(&model, ds, &va),
+            &labels_of(ds, &va),
+            model.threshold,
+        ));
+    }
+    pool(&parts)
+}
+
+/// Validation for (d): the SpamAssassin-only model learns `n_learn`
+/// examples drawn from the SMS training part (the 80 % of (c)) and is
+/// scored on the rest of that part, for `draws` independent draws (counts
+/// pooled: one draw of 200 is noisy); the SMS test part is never read.
+#[allow(clippy::too_many_arguments)]
+pub fn adaptation_valid(
+    sa: &Corpus,
+    sa_ds: &Dataset,
+    sms: &Corpus,
+    sms_ds: &Dataset,
+    fcfg: FeatureConfig,
+    opts: &FitOptions,
+    learn: &LearnOptions,
+    n_learn: usize,
+    draws: usize,
+) -> Metrics {
+    let all: Vec<usize> = (0..sa.len()).collect();
+    let base = train::train_model(sa_ds, &all, fcfg, opts, "SpamAssassin all");
+    let (outer_train, _test) = split_dedup(sms, 0.2, opts.train.seed ^ 0x5e5);
+    let parts: Vec<Metrics> = (0..draws.max(1) as u64)
+        .map(|d| {
+            adapt_draw(
+                &base,
+                sms,
+                sms_ds,
+                &outer_train,
+                learn,
+                n_learn,
+                opts.train.seed ^ 0xada ^ 0x7a1 ^ (d << 32),
+            )
+        })
+        .collect();
+    pool(&parts)
+}
+
+fn adapt_draw(
+    base: &Model,
+    sms: &Corpus,
+    sms_ds: &Dataset,
+    outer_train: &[usize],
+    learn: &LearnOptions,
+    n_learn: usize,
+    seed: u64,
+) -> Metrics {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut learn_rows = Vec::new();
+    let mut rest = Vec::new();
+    for class in [false, true] {
+        let mut c: Vec<usize> = outer_train
+            .iter()
+            .copied()
+            .filter(|&r| sms.labels[r] == class)
+            .collect();
+        rng.shuffle(&mut c);
+        let k =
+            (c.len() as f64 * n_learn as f64 / outer_train.len().max(1) as f64).round() as usize;
+        learn_rows.extend_from_slice(&c[..k]);
+        rest.extend_from_slice(&c[k..]);
+    }
+    learn_rows.sort_unstable();
+    rest.sort_unstable();
+    drop_texts_in(sms, &mut rest, &learn_rows);
+    let batch: Vec<_> = learn_rows
+        .iter()
+        .map(|&i| (sms.views[i].clone(), sms.labels[i]))
+        .collect();
+    let adapted = train::learn(base, &batch, learn);
+    metrics(
+        &margins(&adapted, sms_ds, &rest),
+        &labels_of(sms_ds, &rest),
+        adapted.threshold,
+    )
 }
 
 /// Like [`split_dedup`] but returns (rest, sample) with the sample of

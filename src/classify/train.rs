@@ -50,6 +50,20 @@ impl Dataset {
         self.labels.len()
     }
 
+    /// Append every row of `other` (featurized with the same featurizer);
+    /// its row `i` becomes row `self.len() + i`.
+    pub fn append(&mut self, other: &Dataset) {
+        if self.offsets.is_empty() {
+            self.offsets.push(0);
+        }
+        let base = self.idx.len();
+        self.idx.extend_from_slice(&other.idx);
+        self.val.extend_from_slice(&other.val);
+        self.offsets
+            .extend(other.offsets.iter().skip(1).map(|o| o + base));
+        self.labels.extend_from_slice(&other.labels);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }
@@ -79,6 +93,8 @@ pub struct TrainConfig {
     pub ensemble: u32,
     /// Alternate hinge/log loss with modified Huber across the ensemble.
     pub mix: bool,
+    /// Multiplies the spam class weight (after balancing).
+    pub spam_weight: f32,
 }
 
 /// Training loss.
@@ -103,8 +119,9 @@ impl Default for TrainConfig {
             average: true,
             anchor: 0.0,
             loss: Loss::Hinge,
-            ensemble: 4,
+            ensemble: 8,
             mix: false,
+            spam_weight: 0.5,
         }
     }
 }
@@ -160,6 +177,7 @@ pub fn fit(ds: &Dataset, rows: &[usize], init: Linear, cfg: &TrainConfig) -> Lin
     } else {
         (1.0, 1.0)
     };
+    let w_spam = w_spam * cfg.spam_weight;
     let mut order: Vec<usize> = rows.to_vec();
     let mut rng = fastrand::Rng::with_seed(cfg.seed);
     const EPS: f32 = 1e-6;
@@ -381,6 +399,20 @@ pub fn train_model(
     opts: &FitOptions,
     note: &str,
 ) -> Model {
+    train_model_calib(ds, rows, fcfg, opts, note, &|_| true)
+}
+
+/// [`train_model`] with the threshold calibrated on the out-of-fold margins
+/// of the rows for which `calib` holds only (e.g. the target corpus when
+/// another corpus is added to training); the folds still span all `rows`.
+pub fn train_model_calib(
+    ds: &Dataset,
+    rows: &[usize],
+    fcfg: FeatureConfig,
+    opts: &FitOptions,
+    note: &str,
+    calib: &dyn Fn(usize) -> bool,
+) -> Model {
     let mut ham_oof = Vec::new();
     let mut all_oof: Vec<(f32, bool)> = Vec::new();
     if opts.calib_folds >= 2 {
@@ -394,7 +426,7 @@ pub fn train_model(
                 .collect();
             let lin = fit_fresh(ds, &train_rows, fcfg.bits, &opts.train);
             let m = to_model(&lin, fcfg, 0.0, Meta::default());
-            for &r in held {
+            for &r in held.iter().filter(|&&r| calib(r)) {
                 let (i, v) = ds.row(r);
                 let mg = m.margin_sparse(i, v);
                 all_oof.push((mg, ds.labels[r]));
@@ -473,6 +505,7 @@ pub fn learn(model: &Model, batch: &[(TextView, bool)], opts: &LearnOptions) -> 
         loss: Loss::Log,
         ensemble: 1,
         mix: false,
+        spam_weight: 1.0,
     };
     let lin = if rows.is_empty() {
         init
