@@ -183,7 +183,35 @@ impl Feature {
 
 /// Receives feature occurrences.
 pub trait Sink {
+    /// Whether the sink reads the spans of word and char features
+    /// ([`Origin::Word`] and [`Origin::Char`] `start..end`). A sink that
+    /// needs only buckets and blocks (the scorers, [`Collect`]) says `false`:
+    /// the featurizer then keeps no byte positions and gives empty spans
+    /// (`0..0`), and it may hand over a block's features in batches; the
+    /// buckets, their counts and their order are the same either way.
+    const SPANS: bool = true;
     fn emit(&mut self, f: Feature);
+    /// Word features with empty spans, in order (the no-spans path hands
+    /// them over in batches); the default is [`Sink::emit`] for each.
+    #[inline(always)]
+    fn emit_words(&mut self, buckets: &[u32]) {
+        for &bucket in buckets {
+            self.emit(Feature {
+                bucket,
+                origin: Origin::Word { start: 0, end: 0 },
+            });
+        }
+    }
+    /// Char features with empty spans, in order, like [`Sink::emit_words`].
+    #[inline(always)]
+    fn emit_chars(&mut self, buckets: &[u32]) {
+        for &bucket in buckets {
+            self.emit(Feature {
+                bucket,
+                origin: Origin::Char { start: 0, end: 0 },
+            });
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -378,37 +406,6 @@ fn is_word_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b >= 0x80
 }
 
-// Byte classes of the scanner's lookup table.
-const C_WORD: u8 = 1;
-const C_UPPER: u8 = 2;
-const C_LOWER: u8 = 4;
-const C_DIGIT: u8 = 8;
-const C_EXCL: u8 = 16;
-
-/// Packed per-byte increments of the class counts, indexed by the
-/// `C_UPPER | C_LOWER | C_EXCL` bits: 21 bits each for upper, lower and
-/// `!` (the scanner flushes them every 2^20 bytes, so none overflows).
-const COUNT_INC: [u64; 32] = {
-    let mut t = [0u64; 32];
-    let mut i = 0;
-    while i < 32 {
-        let c = i as u8;
-        let mut v = 0u64;
-        if c & C_UPPER != 0 {
-            v += 1;
-        }
-        if c & C_LOWER != 0 {
-            v += 1 << 21;
-        }
-        if c & C_EXCL != 0 {
-            v += 1 << 42;
-        }
-        t[i] = v;
-        i += 1;
-    }
-    t
-};
-
 /// One step of the word hash: fold an 8-byte chunk into the state.
 #[inline(always)]
 fn chunk_mix(h: u64, chunk: u64) -> u64 {
@@ -448,11 +445,10 @@ pub struct Featurizer {
     cue_mask: usize,
     /// 4096-bit Bloom filter over cue hashes: most tokens stop here.
     cue_bloom: Vec<u64>,
-    /// Per byte: its `C_*` classes, and its normalised form (ASCII
-    /// lower-cased, digits folded if configured, whitespace and controls as
-    /// a space).
-    class: [u8; 256],
-    norm: [u8; 256],
+    /// Per byte: its normalised form (ASCII lower-cased, digits folded if
+    /// configured, whitespace and controls as a space) in the low 8 bits,
+    /// and bit 8 set for a word byte.
+    byte_tab: [u16; 256],
     /// Char n-gram sizes in use: bit n set for n-grams of n bytes.
     char_ns: u32,
     /// Word hash of "to" (short codes).
@@ -470,31 +466,13 @@ impl Featurizer {
             cue_vals: vec![None; size],
             cue_mask: size - 1,
             cue_bloom: vec![0; 64],
-            class: [0; 256],
-            norm: [0; 256],
+            byte_tab: [0; 256],
             char_ns: 0,
             to_hash: token_hash(b"to", digits),
         };
         for b in 0..=255u8 {
-            let i = usize::from(b);
-            f.norm[i] = if b <= b' ' { b' ' } else { fold(b, digits) };
-            let mut c = 0;
-            if is_word_byte(b) {
-                c |= C_WORD;
-            }
-            if b.is_ascii_uppercase() {
-                c |= C_UPPER;
-            }
-            if b.is_ascii_lowercase() {
-                c |= C_LOWER;
-            }
-            if b.is_ascii_digit() {
-                c |= C_DIGIT;
-            }
-            if b == b'!' {
-                c |= C_EXCL;
-            }
-            f.class[i] = c;
+            let norm = if b <= b' ' { b' ' } else { fold(b, digits) };
+            f.byte_tab[usize::from(b)] = u16::from(norm) | (u16::from(is_word_byte(b)) << 8);
         }
         if cfg.flags & FLAG_CHAR != 0 {
             for (flag, n) in [(FLAG_CHAR3, 3), (FLAG_CHAR4, 4), (FLAG_CHAR5, 5)] {
@@ -534,8 +512,9 @@ impl Featurizer {
     }
 
     /// Bytes of the featurizer's own tables (cue table, Bloom filter, byte
-    /// classes). The scanner's per-thread scratch comes on top: about 5
-    /// bytes per featurized byte, at most `5 * max_bytes`, kept per thread.
+    /// table). The scanner's per-thread scratch comes on top, kept per
+    /// thread: about 1.6 bytes per featurized byte when scoring or
+    /// training, 4 more per byte for sinks that read spans (`explain`).
     pub fn state_bytes(&self) -> usize {
         std::mem::size_of::<Self>()
             + self.cue_keys.len() * 8
@@ -602,50 +581,39 @@ impl Featurizer {
     }
 
     /// Pass 1, branch-free per byte: normalise, collapse whitespace runs,
-    /// mark word bytes in a bit mask, count classes. Pass 2: word tokens
-    /// from the bit mask (one iteration per token, not per byte). Pass 3:
-    /// char n-grams over the collapsed bytes, one weight lookup per size.
+    /// mark word bytes in a bit mask (class counts come from a separate,
+    /// vectorised loop). Pass 2: word tokens from the bit mask (one
+    /// iteration per token, not per byte). Pass 3: char n-grams over the
+    /// collapsed bytes, one weight lookup per size.
+    ///
+    /// With a sink that needs no spans (`S::SPANS == false`: the scorers,
+    /// [`Collect`]) the scanner keeps no per-byte positions, works on the
+    /// normalised bytes only, and hands the sink its word and char buckets
+    /// in batches: a short loop of independent weight loads, so many of
+    /// them (mostly L2 misses on a 1 MB table) are in flight at once.
     #[inline(always)]
     fn scan<S: Sink>(&self, text: &[u8], sc: &mut Scratch, sink: &mut S, st: &mut Stats) {
         let n = text.len();
+        count_classes(text, st);
         sc.norm.clear();
         sc.norm.resize(n + 8, 0);
-        sc.pos.clear();
-        sc.pos.resize(n + 1, 0);
         sc.mask.clear();
         sc.mask.resize(n / 64 + 2, 0);
+        if S::SPANS {
+            sc.pos.clear();
+            sc.pos.resize(n + 1, 0);
+        }
         let norm = &mut sc.norm[..];
         let pos = &mut sc.pos[..];
         let mask = &mut sc.mask[..];
-        let mut out = 0usize;
-        let mut last_space = true;
-        let mut counts = 0u64;
-        let mut mw = 0u64;
-        for (i, &raw) in text.iter().enumerate() {
-            let cls = self.class[usize::from(raw)];
-            let b = self.norm[usize::from(raw)];
-            counts += COUNT_INC[usize::from(cls & (C_UPPER | C_LOWER | C_EXCL))];
-            if i & 0xF_FFFF == 0xF_FFFF {
-                flush_counts(&mut counts, st);
-            }
-            let space = b == b' ';
-            norm[out] = b;
-            pos[out] = i as u32;
-            // The current mask word lives in a register; a plain store
-            // (not a read-modify-write through memory) each byte.
-            mw |= u64::from(cls & C_WORD) << (out & 63);
-            mask[out >> 6] = mw;
-            out += usize::from(!(space & last_space));
-            last_space = space;
-            if out & 63 == 0 {
-                mw = 0;
-            }
-        }
-        flush_counts(&mut counts, st);
-        // `out` bytes of collapsed text; pos[out] marks the end.
-        pos[out] = n as u32;
-        norm[out..].fill(0);
-        let m = out;
+        let m = if S::SPANS {
+            self.collapse_spans(text, norm, pos)
+        } else {
+            self.collapse(text, norm, &mut sc.ckpt)
+        };
+        let ckpt = &sc.ckpt[..];
+        // Bytes past `m` are zero (no word bit).
+        word_mask(&norm[..m.div_ceil(8) * 8], mask);
         let flags = self.cfg.flags;
         if flags & (FLAG_WORD | FLAG_BIGRAM | FLAG_SIGNAL) != 0 {
             let modes = (
@@ -656,7 +624,14 @@ impl Featurizer {
             let words = m.div_ceil(64);
             // A mask bit can be set past `m` only by a dropped byte, and
             // dropped bytes are spaces (no bit): nothing to clear.
-            let mut prev: Option<(u64, u32)> = None;
+            // Kept apart from `tk`: `find` is not inlined, and a pointer
+            // into `tk` passed to it would keep `tk.len` in memory.
+            let mut raw = RawCursor::default();
+            let mut tk = Tokens {
+                prev: None,
+                buf: [0; WORD_BATCH],
+                len: 0,
+            };
             let mut cur_start = 0usize;
             for k in 0..words {
                 let w = mask[k];
@@ -674,28 +649,128 @@ impl Featurizer {
                     let end = 64 * k + e + 1;
                     let h = hash_norm(norm, cur_start, end);
                     self.token(
-                        text,
-                        h,
-                        pos[cur_start] as usize,
-                        pos[end - 1] as usize + 1,
-                        &mut prev,
-                        modes,
-                        sink,
+                        text, norm, pos, ckpt, h, cur_start, end, &mut tk, &mut raw, modes, sink,
                         st,
                     );
                 }
                 if starts != 0 {
                     cur_start = 64 * k + starts.trailing_zeros() as usize;
                 }
+                // At most 64 features per mask word.
+                if !S::SPANS && tk.len > WORD_BATCH - 64 {
+                    tk.flush(sink);
+                }
+            }
+            if !S::SPANS {
+                tk.flush(sink);
             }
         }
-        if self.char_ns != 0 {
+        if self.char_ns == 1 << 4 && !S::SPANS {
+            self.scan_char4(&norm[..m], sink);
+        } else if self.char_ns != 0 {
             self.scan_chars(&norm[..m], pos, sink);
         }
     }
 
+    /// Pass 1 with positions: normalise, collapse whitespace runs to one
+    /// space (dropping leading whitespace), record each kept byte's offset
+    /// in the text. Returns the collapsed length; `norm` is zero after it.
+    #[inline(always)]
+    fn collapse_spans(&self, text: &[u8], norm: &mut [u8], pos: &mut [u32]) -> usize {
+        let mut out = 0usize;
+        let mut last_space = true;
+        for (i, &raw) in text.iter().enumerate() {
+            let b = self.byte_tab[usize::from(raw)] as u8;
+            let space = b == b' ';
+            norm[out] = b;
+            pos[out] = i as u32;
+            out += usize::from(!(space & last_space));
+            last_space = space;
+        }
+        // pos[out] marks the end.
+        pos[out] = text.len() as u32;
+        norm[out..].fill(0);
+        out
+    }
+
+    /// Pass 1 without positions, 8 bytes at a time: normalise the 8 bytes
+    /// as one u64 ([`swar_norm`]); when none of them is dropped (a space
+    /// after a space), store all 8 at once, else compact them one by one.
+    #[inline(always)]
+    fn collapse(&self, text: &[u8], norm: &mut [u8], ckpt: &mut Vec<u32>) -> usize {
+        let digits = self.cfg.flags & FLAG_FOLD_DIGITS != 0;
+        let mut out = 0usize;
+        // High bit of the last lane: the previous byte was a space (true
+        // before the text, so leading whitespace is dropped).
+        let mut last_space = H;
+        let chunks = text.chunks_exact(8);
+        let tail = chunks.remainder();
+        ckpt.clear();
+        ckpt.reserve(text.len() / 8 + 1);
+        for c in chunks {
+            ckpt.push(out as u32);
+            let x = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+            let (nx, sp) = swar_norm(x, digits);
+            let drop = sp & ((sp << 8) | (last_space >> 56));
+            last_space = sp;
+            let bytes = nx.to_le_bytes();
+            if drop == 0 {
+                norm[out..out + 8].copy_from_slice(&bytes);
+                out += 8;
+            } else {
+                let keep = !drop & H;
+                for (j, &b) in bytes.iter().enumerate() {
+                    norm[out] = b;
+                    out += ((keep >> (8 * j + 7)) & 1) as usize;
+                }
+            }
+        }
+        ckpt.push(out as u32);
+        let mut last_space = last_space >> 63 != 0;
+        for &raw in tail {
+            let b = self.byte_tab[usize::from(raw)] as u8;
+            let space = b == b' ';
+            norm[out] = b;
+            out += usize::from(!(space & last_space));
+            last_space = space;
+        }
+        norm[out..].fill(0);
+        out
+    }
+
+    /// Char 4-grams only, no spans (the serving configuration): bucket
+    /// indices of a block of bytes first, then the block's weights, so the
+    /// loads do not wait on each other or on the hashing.
+    #[inline(always)]
+    fn scan_char4<S: Sink>(&self, norm: &[u8], sink: &mut S) {
+        if norm.len() < 3 {
+            return;
+        }
+        // bucket(win | 4 << 56, SEED_CHAR) with the seeds folded into one
+        // constant (the window has no bits in the top byte).
+        let key = (4u64 << 56) ^ SEED_CHAR ^ self.cfg.seed;
+        let shift = self.shift;
+        let idx =
+            |w: u32| ((u64::from(w) ^ key).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> shift) as u32;
+        // The first gram: a virtual space and the first three bytes.
+        let first = u32::from_be_bytes([b' ', norm[0], norm[1], norm[2]]);
+        sink.emit_chars(&[idx(first)]);
+        let mut buf = [0u32; 64];
+        // Grams ending at norm[3..]: windows of 4 bytes, 64 per block.
+        let mut i = 3;
+        while i < norm.len() {
+            let end = (i + 64).min(norm.len());
+            let n = end - i;
+            for (slot, w) in buf[..n].iter_mut().zip(norm[i - 3..end].windows(4)) {
+                *slot = idx(u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
+            }
+            sink.emit_chars(&buf[..n]);
+            i = end;
+        }
+    }
+
     /// Char n-grams of the collapsed, normalised bytes, with a virtual space
-    /// before the first one.
+    /// before the first one (any sizes, spans if the sink wants them).
     #[inline(always)]
     fn scan_chars<S: Sink>(&self, norm: &[u8], pos: &[u32], sink: &mut S) {
         let (c3, c4, c5) = (
@@ -703,91 +778,109 @@ impl Featurizer {
             self.char_ns & (1 << 4) != 0,
             self.char_ns & (1 << 5) != 0,
         );
+        let origin = |i: usize, n: usize| {
+            if S::SPANS {
+                Origin::Char {
+                    start: pos[(i + 1).saturating_sub(n)],
+                    end: pos[i] + 1,
+                }
+            } else {
+                Origin::Char { start: 0, end: 0 }
+            }
+        };
         let mut win: u64 = u64::from(b' ');
         for (i, &b) in norm.iter().enumerate() {
             win = (win << 8) | u64::from(b);
-            let end = pos[i] + 1;
             // The stream so far is i + 2 bytes long (with the virtual space).
             if c3 && i >= 1 {
                 sink.emit(Feature {
                     bucket: self.bucket((win & 0xFF_FFFF) | (3 << 56), SEED_CHAR),
-                    origin: Origin::Char {
-                        start: pos[(i + 1).saturating_sub(3)],
-                        end,
-                    },
+                    origin: origin(i, 3),
                 });
             }
             if c4 && i >= 2 {
                 sink.emit(Feature {
                     bucket: self.bucket((win & 0xFFFF_FFFF) | (4 << 56), SEED_CHAR),
-                    origin: Origin::Char {
-                        start: pos[(i + 1).saturating_sub(4)],
-                        end,
-                    },
+                    origin: origin(i, 4),
                 });
             }
             if c5 && i >= 3 {
                 sink.emit(Feature {
                     bucket: self.bucket((win & 0xFF_FFFF_FFFF) | (5 << 56), SEED_CHAR),
-                    origin: Origin::Char {
-                        start: pos[(i + 1).saturating_sub(5)],
-                        end,
-                    },
+                    origin: origin(i, 5),
                 });
             }
         }
     }
 
-    /// A token `text[start..end]` with hash `h` ended: word features and cues.
+    /// A token `norm[s..e]` with hash `h` ended: word features and cues.
+    /// Everything but the spans and the URL host is read from the
+    /// normalised bytes: inside a token they are the text's bytes folded
+    /// (same length, same digits, same non-ASCII bytes), and the byte
+    /// before a token is `$` in `norm` exactly when it is in the text
+    /// (only whitespace is dropped).
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn token<S: Sink>(
         &self,
         text: &[u8],
+        norm: &[u8],
+        pos: &[u32],
+        ckpt: &[u32],
         h: u64,
-        start: usize,
-        end: usize,
-        prev: &mut Option<(u64, u32)>,
+        s: usize,
+        e: usize,
+        tk: &mut Tokens,
+        raw: &mut RawCursor,
         (uni, bi, sig): (bool, bool, bool),
         sink: &mut S,
         st: &mut Stats,
     ) {
+        let first = norm[s];
         // "$5", "£5" (C2 A3), "€5" (E2 82 AC): `$` ends the previous token,
         // the others are word bytes and start this one.
-        if sig {
-            let t = &text[start..end];
+        if sig && matches!(first, b'0'..=b'9' | 0xC2 | 0xE2) {
+            let t = &norm[s..e];
             let digit_at = |k: usize| t.get(k).is_some_and(u8::is_ascii_digit);
-            if (start > 0 && text[start - 1] == b'$' && digit_at(0))
+            if (s > 0 && norm[s - 1] == b'$' && digit_at(0))
                 || (t.starts_with(&[0xC2, 0xA3]) && digit_at(2))
                 || (t.starts_with(&[0xE2, 0x82, 0xAC]) && digit_at(3))
             {
                 st.currency += 1;
             }
         }
-        let end = end as u32;
+        // Spans in the text view (only for sinks that read them).
+        let (start, end) = if S::SPANS {
+            (pos[s], pos[e - 1] + 1)
+        } else {
+            (0, 0)
+        };
         if uni {
-            sink.emit(Feature {
-                bucket: self.bucket(h, SEED_WORD),
-                origin: Origin::Word {
-                    start: start as u32,
-                    end,
+            tk.emit(
+                sink,
+                Feature {
+                    bucket: self.bucket(h, SEED_WORD),
+                    origin: Origin::Word { start, end },
                 },
-            });
+            );
         }
-        let bh = prev.map(|(p, _)| bigram_hash(p, h));
-        if let (true, Some(bh), Some((_, ps))) = (bi, bh, *prev) {
-            sink.emit(Feature {
-                bucket: self.bucket(bh, SEED_BIGRAM),
-                origin: Origin::Word { start: ps, end },
-            });
+        let bh = tk.prev.map(|(p, _)| bigram_hash(p, h));
+        if let (true, Some(bh), Some((_, ps))) = (bi, bh, tk.prev) {
+            tk.emit(
+                sink,
+                Feature {
+                    bucket: self.bucket(bh, SEED_BIGRAM),
+                    origin: Origin::Word { start: ps, end },
+                },
+            );
         }
-        if sig && text[start].is_ascii_digit() {
-            let tok = &text[start..end as usize];
+        if sig && first.is_ascii_digit() {
+            let tok = &norm[s..e];
             if tok.iter().all(u8::is_ascii_digit) {
                 if tok.len() >= 9 {
                     st.long_number = true;
                 } else if (4..=6).contains(&tok.len())
-                    && prev.is_some_and(|(p, _)| p == self.to_hash)
+                    && tk.prev.is_some_and(|(p, _)| p == self.to_hash)
                 {
                     st.short_code = true;
                 }
@@ -800,14 +893,19 @@ impl Featurizer {
                 Some(Cue::Credential) => st.credential += 1,
                 Some(Cue::Urgency) => st.urgency += 1,
                 Some(Cue::Url) if st.urls.len() < MAX_URLS => {
-                    if let Some(u) = url_at(text, start) {
+                    let at = if S::SPANS {
+                        pos[s] as usize
+                    } else {
+                        raw.find(self, text, ckpt, s)
+                    };
+                    if let Some(u) = url_at(text, at) {
                         st.urls.push(u);
                     }
                 }
                 Some(Cue::Url) | None => {}
             }
         }
-        *prev = Some((h, start as u32));
+        tk.prev = Some((h, start));
     }
 
     #[inline(never)]
@@ -928,6 +1026,166 @@ impl Featurizer {
     }
 }
 
+/// Word features are handed to a no-spans sink in batches of up to this
+/// many buckets.
+const WORD_BATCH: usize = 256;
+
+/// Pass-2 state: the previous token (hash, span start), the batch of word
+/// buckets.
+struct Tokens {
+    prev: Option<(u64, u32)>,
+    buf: [u32; WORD_BATCH],
+    len: usize,
+}
+
+impl Tokens {
+    #[inline(always)]
+    fn emit<S: Sink>(&mut self, sink: &mut S, f: Feature) {
+        if S::SPANS {
+            sink.emit(f);
+        } else {
+            self.buf[self.len] = f.bucket;
+            self.len += 1;
+        }
+    }
+
+    #[inline(always)]
+    fn flush<S: Sink>(&mut self, sink: &mut S) {
+        sink.emit_words(&self.buf[..self.len]);
+        self.len = 0;
+    }
+}
+
+/// Text position of a collapsed byte, found by replaying the collapse from
+/// the last one asked for. Used only for URL cues without spans; they come
+/// in text order, so a message is replayed at most once.
+struct RawCursor {
+    /// Next text byte to look at.
+    raw: usize,
+    /// Bytes kept among `text[..raw]`.
+    kept: usize,
+    last_space: bool,
+}
+
+impl Default for RawCursor {
+    fn default() -> Self {
+        RawCursor {
+            raw: 0,
+            kept: 0,
+            last_space: true,
+        }
+    }
+}
+
+impl RawCursor {
+    /// Position in `text` of collapsed byte `s` (not before the last one
+    /// asked for); `ckpt` from [`Featurizer::collapse`].
+    #[inline(never)]
+    fn find(&mut self, fz: &Featurizer, text: &[u8], ckpt: &[u32], s: usize) -> usize {
+        // The last 8-byte chunk with at most `s` collapsed bytes before it:
+        // the byte is in it or after it.
+        let c = ckpt.partition_point(|&k| k as usize <= s).saturating_sub(1);
+        if 8 * c > self.raw {
+            self.raw = 8 * c;
+            self.kept = ckpt[c] as usize;
+            self.last_space = c == 0
+                || text
+                    .get(8 * c - 1)
+                    .is_none_or(|&b| fz.byte_tab[usize::from(b)] as u8 == b' ');
+        }
+        while let Some(&b) = text.get(self.raw) {
+            let space = fz.byte_tab[usize::from(b)] as u8 == b' ';
+            let keep = !(space & self.last_space);
+            self.last_space = space;
+            self.raw += 1;
+            if keep {
+                self.kept += 1;
+                if self.kept == s + 1 {
+                    return self.raw - 1;
+                }
+            }
+        }
+        text.len()
+    }
+}
+
+const L8: u64 = 0x0101_0101_0101_0101;
+const H: u64 = 0x8080_8080_8080_8080;
+
+/// Per byte lane of `x7` (each lane < 0x80): high bit set where the lane
+/// is >= `c` (1 ..= 0x80). No carry crosses lanes.
+#[inline(always)]
+fn ge7(x7: u64, c: u8) -> u64 {
+    x7.wrapping_add(L8 * u64::from(0x80 - c)) & H
+}
+
+/// Eight bytes normalised at once, exactly as [`Featurizer`]'s byte table
+/// does one (ASCII lower-cased, digits to `0` if `digits`, bytes up to
+/// 0x20 to a space, the rest unchanged), and the lanes that are spaces
+/// (high bit set).
+#[inline(always)]
+fn swar_norm(x: u64, digits: bool) -> (u64, u64) {
+    let x7 = x & !H;
+    let asc = !x & H;
+    let space = asc & !ge7(x7, 0x21);
+    let upper = asc & ge7(x7, b'A') & !ge7(x7, b'Z' + 1);
+    let full = |m: u64| (m >> 7) * 0xFF;
+    // Spaces and controls: 0x20; upper case: set 0x20.
+    let mut n = (x & !full(space)) | (space >> 2) | (upper >> 2);
+    if digits {
+        let digit = asc & ge7(x7, b'0') & !ge7(x7, b'9' + 1);
+        n = (n & !full(digit)) | (digit >> 2) | (digit >> 3);
+    }
+    (n, space)
+}
+
+/// Word-byte lanes (high bit) of eight normalised bytes: non-ASCII, `0-9`
+/// or `a-z` (normalised bytes have no upper case).
+#[inline(always)]
+fn swar_word(n: u64) -> u64 {
+    let x7 = n & !H;
+    let asc = !n & H;
+    let digit = ge7(x7, b'0') & !ge7(x7, b'9' + 1);
+    let lower = ge7(x7, b'a') & !ge7(x7, b'z' + 1);
+    (n & H) | (asc & (digit | lower))
+}
+
+/// The high bits of the eight lanes as an 8-bit mask (lane j → bit j).
+#[inline(always)]
+fn lane_bits(m: u64) -> u64 {
+    ((m >> 7) & L8).wrapping_mul(0x0102_0408_1020_4080) >> 56
+}
+
+/// Bit per normalised byte: a word byte. `norm` is a multiple of 8 bytes
+/// long; `mask` is zero and long enough.
+#[inline(always)]
+fn word_mask(norm: &[u8], mask: &mut [u64]) {
+    for (block, w) in norm.chunks(64).zip(mask.iter_mut()) {
+        let mut bits = 0u64;
+        for (j, c) in block.chunks_exact(8).enumerate() {
+            let x = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+            bits |= lane_bits(swar_word(x)) << (8 * j);
+        }
+        *w = bits;
+    }
+}
+
+/// Upper-case letters, lower-case letters and `!` of the text (a loop the
+/// compiler vectorises: byte counters per block of 255 bytes).
+fn count_classes(text: &[u8], st: &mut Stats) {
+    for chunk in text.chunks(255) {
+        let (mut u, mut l, mut x) = (0u8, 0u8, 0u8);
+        for &b in chunk {
+            u += u8::from(b.is_ascii_uppercase());
+            l += u8::from(b.is_ascii_lowercase());
+            x += u8::from(b == b'!');
+        }
+        st.upper += u32::from(u);
+        st.lower += u32::from(l);
+        st.exclaim += u32::from(x);
+    }
+}
+
 const MAX_URLS: usize = 64;
 
 /// Reusable per-thread buffers of the scanner.
@@ -939,6 +1197,9 @@ struct Scratch {
     pos: Vec<u32>,
     /// Bit per collapsed byte: a word byte.
     mask: Vec<u64>,
+    /// Without spans: collapsed bytes before each 8-byte chunk of the text
+    /// (and before the tail), to find a URL's text position.
+    ckpt: Vec<u32>,
 }
 
 thread_local! {
@@ -962,14 +1223,6 @@ fn hash_norm(norm: &[u8], start: usize, end: usize) -> u64 {
         h = chunk_mix(h, c >> (8 * (8 - r)));
     }
     h
-}
-
-fn flush_counts(counts: &mut u64, st: &mut Stats) {
-    const M: u64 = (1 << 21) - 1;
-    st.upper += (*counts & M) as u32;
-    st.lower += ((*counts >> 21) & M) as u32;
-    st.exclaim += ((*counts >> 42) & M) as u32;
-    *counts = 0;
 }
 
 #[derive(Default)]
@@ -1151,7 +1404,10 @@ fn is_lookalike(host: &str) -> bool {
         if b.len() < 4 || b.len() > n {
             continue; // short names (irs, dhl) hit too many innocent hosts
         }
-        if reg_name != *b && folded.windows(b.len()).any(|w| w == b.as_bytes()) {
+        let bb = b.as_bytes();
+        // First two bytes before the whole compare (a memcmp call each).
+        let hit = |w: &[u8]| w[0] == bb[0] && w[1] == bb[1] && w == bb;
+        if reg_name != *b && folded.windows(bb.len()).any(hit) {
             return true;
         }
     }
@@ -1233,6 +1489,7 @@ pub struct Collect {
 }
 
 impl Sink for Collect {
+    const SPANS: bool = false;
     #[inline]
     fn emit(&mut self, f: Feature) {
         match f.origin {
@@ -1272,6 +1529,317 @@ impl Collect {
                 i = j;
             }
             buf.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "features_ref.rs"]
+mod reference;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::text;
+
+    /// Records everything (spans included).
+    struct Rec(Vec<Feature>);
+    impl Sink for Rec {
+        fn emit(&mut self, f: Feature) {
+            self.0.push(f);
+        }
+    }
+
+    /// Records buckets and blocks, like the scorers and `Collect`: the
+    /// no-spans path.
+    struct NoSpans(Vec<(u32, Block)>);
+    impl Sink for NoSpans {
+        const SPANS: bool = false;
+        fn emit(&mut self, f: Feature) {
+            self.0.push((f.bucket, f.block()));
+        }
+    }
+
+    fn configs() -> Vec<FeatureConfig> {
+        let d = FeatureConfig::default();
+        vec![
+            d,
+            // All char sizes, no digit folding, other bits and seed.
+            FeatureConfig {
+                flags: FLAG_WORD | FLAG_BIGRAM | FLAG_CHAR | FLAG_SIGNAL,
+                bits: 18,
+                seed: 7,
+                ..d
+            },
+            FeatureConfig {
+                flags: FLAG_CHAR | FLAG_CHAR3 | FLAG_CHAR5 | FLAG_FOLD_DIGITS,
+                ..d
+            },
+            FeatureConfig {
+                flags: FLAG_SIGNAL | FLAG_WORD,
+                max_bytes: 100,
+                ..d
+            },
+        ]
+    }
+
+    /// Pseudo-random texts over an alphabet of pieces that exercise the
+    /// collapse, the tokens, the currency and number checks and URLs.
+    fn random_texts(n: usize) -> Vec<String> {
+        const PIECES: &[&str] = &[
+            " ",
+            " ",
+            "  ",
+            "\n",
+            "\r\n",
+            "\t",
+            "\x01",
+            "a",
+            "B",
+            "claim",
+            "FREE",
+            "prize",
+            "now",
+            "to",
+            "80086",
+            "09061701461",
+            "$",
+            "$5",
+            "£50",
+            "€100",
+            "é",
+            "ü",
+            "!",
+            "!!",
+            ".",
+            ",",
+            "-",
+            "http://",
+            "https://",
+            "www.",
+            "bit.ly/x",
+            "Paypal.com.x.net",
+            "1.2.3.4",
+            "user@",
+            ":8080",
+            "/",
+            "internationalization",
+            "wire",
+            "transfer",
+            "log",
+            "in",
+            "0",
+            "x",
+            "\u{7f}",
+            "\u{a0}",
+        ];
+        let mut s = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |m: usize| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s % m as u64) as usize
+        };
+        (0..n)
+            .map(|_| {
+                let len = next(120);
+                (0..len).map(|_| PIECES[next(PIECES.len())]).collect()
+            })
+            .collect()
+    }
+
+    fn fixed_texts() -> Vec<String> {
+        let mut v: Vec<String> = [
+            "",
+            " ",
+            "   ",
+            "a",
+            "ab",
+            "abc",
+            "abcd",
+            "  leading and trailing  ",
+            "$5 and $ 5 and £50 €100 £ € $x",
+            "URGENT! Claim your CASH prize now: call 09061701461 or txt WIN to 80086, £5/wk",
+            "see http://Foo.COM:8080/x or  www.bar.org\n\n\nor https://user@1.2.3.4/ and HTTP://xn--pypal-4ve.com",
+            "internationalization INTERNATIONALIZATION internationalizatiom abcdefgh abcdefghi",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.push("a".repeat(64));
+        v.push("a".repeat(63) + " b");
+        v.push(" ".repeat(70) + "x http://a.b/");
+        // Past max_bytes, URLs at the end after whitespace runs.
+        v.push("word   \n\t ".repeat(5000) + " http://bit.ly/abc www.paypal.secure.net");
+        v
+    }
+
+    fn real_views() -> Vec<TextView> {
+        let mut views = Vec::new();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let sms = root.join("../shared/data/spam/sms/SMSSpamCollection");
+        if let Ok(s) = std::fs::read_to_string(&sms) {
+            for line in s.lines() {
+                let t = line.split_once('\t').map_or(line, |(_, t)| t);
+                views.push(TextView::plain(t));
+            }
+        } else {
+            eprintln!("no SMS corpus at {}", sms.display());
+        }
+        let data = std::env::var_os("SIFT_DATA_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| root.join("target/data"));
+        let sa = data.join("spam-assassin");
+        let mut n = 0;
+        for g in ["easy-ham-1", "hard-ham-1", "spam-1", "easy-ham-2", "spam-2"] {
+            let Ok(rd) = std::fs::read_dir(sa.join(g)) else {
+                continue;
+            };
+            let mut files: Vec<_> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            files.sort();
+            for f in files.iter().step_by(3) {
+                if let Ok(raw) = std::fs::read(f) {
+                    views.push(text::view(&raw));
+                    n += 1;
+                }
+            }
+        }
+        if n == 0 {
+            eprintln!("no SpamAssassin corpus under {}", sa.display());
+        }
+        views
+    }
+
+    fn check(fz: &Featurizer, v: &TextView) {
+        let mut want = Rec(Vec::new());
+        fz.ref_run(v, &mut want);
+        // No spans first: the thread's scratch then holds the positions of
+        // the previous text, which the no-spans path must not use.
+        let mut ns = NoSpans(Vec::new());
+        fz.run(v, &mut ns);
+        let mut got = Rec(Vec::new());
+        fz.run(v, &mut got);
+        assert!(
+            want.0 == got.0,
+            "features differ for {:?}",
+            &v.text[..v.text.len().min(200)]
+        );
+        let want: Vec<(u32, Block)> = want.0.iter().map(|f| (f.bucket, f.block())).collect();
+        assert!(
+            want == ns.0,
+            "no-spans features differ for {:?}",
+            &v.text[..v.text.len().min(200)]
+        );
+    }
+
+    #[test]
+    fn fast_scanner_matches_reference_on_synthetic_texts() {
+        for cfg in configs() {
+            let fz = Featurizer::new(cfg);
+            for t in fixed_texts().iter().chain(&random_texts(3000)) {
+                check(&fz, &TextView::plain(t));
+            }
+        }
+    }
+
+    #[test]
+    fn fast_scanner_matches_reference_on_corpora() {
+        let views = real_views();
+        for (k, cfg) in configs().into_iter().enumerate() {
+            let fz = Featurizer::new(cfg);
+            // The shipped configuration on everything, the others on a part.
+            let step = if k == 0 { 1 } else { 7 };
+            for v in views.iter().step_by(step) {
+                check(&fz, v);
+            }
+        }
+    }
+
+    /// The shipped model's margins through the serving path equal the
+    /// margins from the reference scanner's features, bit for bit.
+    #[test]
+    fn shipped_model_margins_unchanged() {
+        use crate::classify::model::{Model, Weights};
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("filters/spam/model.bin");
+        let Ok(model) = Model::load(&path) else {
+            eprintln!("no model at {}", path.display());
+            return;
+        };
+        let Weights::I8 { q, scale } = &model.weights else {
+            panic!("the shipped model has i8 weights");
+        };
+        let fz = Featurizer::new(model.features);
+        let mut views = real_views();
+        views.extend(fixed_texts().iter().map(|t| TextView::plain(t)));
+        for v in &views {
+            let mut r = Rec(Vec::new());
+            fz.ref_run(v, &mut r);
+            let (mut acc, mut n) = ([0i32; 3], [0u32; 3]);
+            for f in &r.0 {
+                let k = match f.block() {
+                    Block::Word => 0,
+                    Block::Char => 1,
+                    Block::Signal => 2,
+                };
+                acc[k] += i32::from(q[f.bucket as usize]);
+                n[k] += 1;
+            }
+            let acc = acc.map(|a| a as f32 * scale);
+            let norm = |a: f32, n: u32| if n == 0 { 0.0 } else { a / (n as f32).sqrt() };
+            let f = &model.features;
+            let want = model.bias
+                + (f.word_scale * norm(acc[0], n[0]) + f.char_scale * norm(acc[1], n[1]) + acc[2]);
+            assert_eq!(model.margin(&fz, v).to_bits(), want.to_bits());
+        }
+    }
+
+    #[test]
+    fn swar_normalisation_matches_the_byte_table() {
+        for digits in [false, true] {
+            let fz = Featurizer::new(FeatureConfig {
+                flags: if digits { ALL_FLAGS } else { FLAG_WORD },
+                ..FeatureConfig::default()
+            });
+            for b in 0..=255u8 {
+                for lane in 0..8 {
+                    // The byte in one lane, varied neighbours in the others.
+                    let mut bytes = [b' ', b'A', 0xC3, b'9', b'z', 0, b'!', 0x7f];
+                    bytes.rotate_left(usize::from(b) % 8);
+                    bytes[lane] = b;
+                    let (n, sp) = swar_norm(u64::from_le_bytes(bytes), digits);
+                    let w = swar_word(n);
+                    for (j, &x) in bytes.iter().enumerate() {
+                        let e = fz.byte_tab[usize::from(x)];
+                        assert_eq!(n.to_le_bytes()[j], e as u8, "byte {x:#x}");
+                        assert_eq!(sp >> (8 * j + 7) & 1, u64::from(e as u8 == b' '));
+                        assert_eq!(w >> (8 * j + 7) & 1, u64::from(e >> 8), "byte {x:#x}");
+                    }
+                    assert_eq!(lane_bits(w).count_ones(), w.count_ones());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn raw_cursor_finds_collapsed_positions() {
+        let fz = Featurizer::new(FeatureConfig::default());
+        let texts: Vec<String> = fixed_texts().into_iter().chain(random_texts(300)).collect();
+        for (k, t) in texts.iter().enumerate() {
+            let text = t.as_bytes();
+            let n = text.len();
+            let (mut norm, mut pos, mut ckpt) = (vec![0; n + 8], vec![0; n + 1], Vec::new());
+            let m = fz.collapse_spans(text, &mut norm, &mut pos);
+            let mut norm2 = vec![0; n + 8];
+            assert_eq!(fz.collapse(text, &mut norm2, &mut ckpt), m);
+            assert_eq!(norm, norm2);
+            // Increasing targets, with steps of 1 to 40 bytes.
+            let mut c = RawCursor::default();
+            let mut s = k % 3;
+            while s < m {
+                assert_eq!(c.find(&fz, text, &ckpt, s), pos[s] as usize, "{t:?} at {s}");
+                s += 1 + (s * 7 + k) % 40;
+            }
+            assert_eq!(c.find(&fz, text, &ckpt, m), n);
         }
     }
 }
