@@ -8,9 +8,12 @@
 //!    features of each line → a content score. The scanner keeps the best
 //!    [`TOP_K`] lines with their context and a tail window of the last
 //!    [`TAIL`] lines.
-//! 3. At the end, a learned position weight (lines from the end) is added;
-//!    the best lines and their context feed a multiclass linear model
-//!    (learned from the labels) → class and confidence.
+//! 3. At the end, once the failing step is known, a second stage adds a
+//!    learned position weight (place relative to the failing step) and the
+//!    weights of the line's content features crossed with its zone
+//!    ([`features::zone`]); the best lines and their context feed a
+//!    multiclass linear model (learned from the labels) → class and
+//!    confidence.
 //! 4. A few rules ([`rules`]) for out-of-memory and non-Travis timeout
 //!    wordings, checked near the end and around the evidence only.
 
