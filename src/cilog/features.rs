@@ -300,6 +300,27 @@ pub fn bucket(h: u32, seed: u32, bits: u8) -> u32 {
     mix(h ^ seed) >> (32 - u32::from(bits))
 }
 
+/// Zones for the second-stage (content × position) features, from a
+/// position bucket: no marker, teardown, inside the failing step near its
+/// marker (≤ 8 lines), inside the failing step further up, before it.
+pub const ZONES: usize = 5;
+
+/// Zone of a position bucket (see [`ZONES`]).
+#[inline]
+pub fn zone(pos_bucket: usize) -> usize {
+    let region = pos_bucket / DIST_BUCKETS;
+    match region {
+        2 if pos_bucket % DIST_BUCKETS > 5 => 4,
+        r => r,
+    }
+}
+
+/// Seed mixed into a feature hash to cross it with a zone.
+#[inline]
+pub fn zone_hash(h: u32, zone: usize) -> u32 {
+    h ^ (0x2545_f491u32.wrapping_mul(zone as u32 + 1))
+}
+
 /// Distance buckets per region (see [`Marks::pos`]).
 pub const DIST_BUCKETS: usize = 12;
 /// Position buckets: 4 regions × [`DIST_BUCKETS`].

@@ -8,9 +8,12 @@
 //!    features of each line → a content score. The scanner keeps the best
 //!    [`TOP_K`] lines with their context and a tail window of the last
 //!    [`TAIL`] lines.
-//! 3. At the end, a learned position weight (lines from the end) is added;
-//!    the best lines and their context feed a multiclass linear model
-//!    (learned from the labels) → class and confidence.
+//! 3. At the end, once the failing step is known, a second stage adds a
+//!    learned position weight (place relative to the failing step) and the
+//!    weights of the line's content features crossed with its zone
+//!    ([`features::zone`]); the best lines and their context feed a
+//!    multiclass linear model (learned from the labels) → class and
+//!    confidence.
 //! 4. A few rules ([`rules`]) for out-of-memory and non-Travis timeout
 //!    wordings, checked near the end and around the evidence only.
 
@@ -259,6 +262,18 @@ fn line_score(p: &Params, line: &[u8]) -> f32 {
     let mut sum = 0i32;
     let n = features::for_each_feature(line, |h| {
         sum += i32::from(w[bucket(h, SEED_LINE, bits) as usize]);
+    });
+    sum as f32 * p.line_scale / (n.max(1) as f32).sqrt()
+}
+
+/// Score of a line's content × zone features (normalised as the
+/// content score).
+fn zone_score(p: &Params, line: &[u8], zone: usize) -> f32 {
+    let w = &p.line_q;
+    let bits = p.line_bits;
+    let mut sum = 0i32;
+    let n = features::for_each_feature(line, |h| {
+        sum += i32::from(w[bucket(features::zone_hash(h, zone), SEED_LINE, bits) as usize]);
     });
     sum as f32 * p.line_scale / (n.max(1) as f32).sqrt()
 }
@@ -544,17 +559,22 @@ impl State {
 
     fn scanned(self, p: &Params, total: u64) -> Scanned {
         let marks = self.marks;
-        let pos = |no: u64| p.pos_w[marks.pos(no, total)];
+        // Second stage, once the failing step is known: the position
+        // weight plus the content × zone features of the line.
+        let stage2 = |no: u64, text: &[u8]| {
+            let pb = marks.pos(no, total);
+            p.pos_w[pb] + zone_score(p, text, features::zone(pb))
+        };
         let tail: Vec<&Kept> = self.tail_ordered().collect();
         let tail_first = tail.first().map_or(u64::MAX, |k| k.no);
         // Every line's final score: tail lines, and earlier candidates.
         let mut all: Vec<(f32, Src)> = Vec::with_capacity(tail.len() + self.cands.len());
         for (i, k) in tail.iter().enumerate() {
-            all.push((k.score + pos(k.no), Src::Tail(i)));
+            all.push((k.score + stage2(k.no, &k.text), Src::Tail(i)));
         }
         for (i, c) in self.cands.iter().enumerate() {
             if c.line.no < tail_first {
-                all.push((c.line.score + pos(c.line.no), Src::Cand(i)));
+                all.push((c.line.score + stage2(c.line.no, &c.line.text), Src::Cand(i)));
             }
         }
         all.sort_by(|a, b| {
@@ -630,7 +650,7 @@ impl State {
                 .or_else(|| {
                     tail.iter()
                         .position(|k| k.no == no)
-                        .map(|i| pick(tail[i].score + pos(no), Src::Tail(i)))
+                        .map(|i| pick(tail[i].score + stage2(no, &tail[i].text), Src::Tail(i)))
                 })
                 .unwrap_or_else(|| {
                     // In the context of the best line but outside the tail.

@@ -4,11 +4,11 @@
 //!
 //! ```text
 //! magic       8 bytes  "SIFTCIL\0"
-//! version     u32      1
+//! version     u32      3 (2: no zone features; refused)
 //! line_bits   u32      log2 of the line scorer's buckets (10..=22)
 //! class_bits  u32      log2 of the class scorer's buckets (10..=20)
 //! n_classes   u32      9
-//! pos_buckets u32      12
+//! pos_buckets u32      48
 //! line_scale  f32      line weights: value = q × line_scale
 //! line_q      2^line_bits × i8
 //! pos_w       pos_buckets × f32
@@ -27,7 +27,7 @@ use super::features::POS_BUCKETS;
 use super::{Class, N_CLASSES};
 
 pub const MAGIC: &[u8; 8] = b"SIFTCIL\0";
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 const MAX_NOTE: usize = 4096;
 
 /// The learned parameters, dequantised.

@@ -227,17 +227,19 @@ pub struct LineSet {
 pub fn line_set(ex: &Example, bits: u8) -> LineSet {
     let mut sp = LineSplitter::new();
     let mut raw: Vec<(u64, u32, u32, f32)> = Vec::new();
-    let mut feats = Vec::new();
+    let mut hashes = Vec::new();
     let mut marks = features::Marks::default();
     {
         let mut emit = |no: u64, s: &[u8]| {
             marks.on_line(no, s);
-            let start = feats.len() as u32;
-            let n = features::for_each_feature(s, |h| feats.push(bucket(h, SEED_LINE, bits)));
+            let start = hashes.len() as u32;
+            // The zone features are computed on the kept text, as at
+            // inference.
+            let n = features::for_each_feature(&s[..s.len().min(super::KEEP)], |h| hashes.push(h));
             raw.push((
                 no,
                 start,
-                feats.len() as u32,
+                hashes.len() as u32,
                 1.0 / (n.max(1) as f32).sqrt(),
             ));
         };
@@ -245,11 +247,23 @@ pub fn line_set(ex: &Example, bits: u8) -> LineSet {
         sp.finish(&mut emit);
     }
     let total = sp.total_lines();
+    let mut feats = Vec::with_capacity(hashes.len() * 2);
     let lines = raw
         .into_iter()
         .map(|(no, a, b, s)| {
             let inside = ex.chunk.is_some_and(|(f, l)| (f..=l).contains(&no));
-            (a, b, s, marks.pos(no, total) as u8, inside)
+            let pb = marks.pos(no, total);
+            let start = feats.len() as u32;
+            let hs = &hashes[a as usize..b as usize];
+            // Content features, then the same crossed with the line's zone
+            // (the second stage of the scanner), one scale for both.
+            let z = features::zone(pb);
+            feats.extend(hs.iter().map(|&h| bucket(h, SEED_LINE, bits)));
+            feats.extend(
+                hs.iter()
+                    .map(|&h| bucket(features::zone_hash(h, z), SEED_LINE, bits)),
+            );
+            (start, feats.len() as u32, s, pb as u8, inside)
         })
         .collect();
     LineSet { lines, feats }
