@@ -218,6 +218,8 @@ async fn serve_io<I>(
             let guard: Box<dyn Send> = Box::new(InflightGuard(activity.clone()));
             // Boxed: the request future is large, and hyper moves the
             // service's future into its own slot (a copy of all of it).
+            // (4.5 KB measured in an optimised build; was 5.5 KB before the
+            // filter and connect awaits were boxed).
             let fut = Box::pin(proxy::handle(
                 shared.clone(),
                 conn.clone(),

@@ -319,7 +319,10 @@ async fn proxy(
         || (!route.filters.is_empty() && !req.body().is_end_stream()))
     .then(|| filter_request_info(&req, route, conn));
     if let (Some(f), Some(info)) = (&route.answer, &info) {
-        let v = crate::filter::chain::answer(
+        // Boxed, like every await off the plain forwarding path: the
+        // request future's size is its largest await state, and hyper
+        // holds one per request.
+        let v = Box::pin(crate::filter::chain::answer(
             pool,
             &out.metrics.filters,
             &route.spec.name,
@@ -327,7 +330,7 @@ async fn proxy(
             f,
             req.body_mut(),
             limit,
-        )
+        ))
         .await?;
         if let Some(log) = &mut out.log {
             log.filters = Some(format!("{}={}({:.4})", v.filter, v.verdict, v.score));
@@ -356,15 +359,15 @@ async fn proxy(
             .map(|f| f.spec.usage.max_inspect_bytes)
             .max()
             .unwrap_or(0);
-        let h = crate::filter::chain::hold(req.body_mut(), cap, limit).await?;
-        decision = match crate::filter::chain::run_held(
+        let h = Box::pin(crate::filter::chain::hold(req.body_mut(), cap, limit)).await?;
+        decision = match Box::pin(crate::filter::chain::run_held(
             pool,
             &out.metrics.filters,
             &route.spec.name,
             info,
             &h,
             &held_filters,
-        )
+        ))
         .await
         {
             Ok(d) => d,
@@ -465,9 +468,9 @@ async fn proxy(
     } else if incoming.is_end_stream() {
         Plan::Replay(bytes::Bytes::new())
     } else if let Some(r) = retry.filter(|r| declared.is_some_and(|len| len <= r.buffer_limit)) {
-        let collected = Limited::new(incoming, limit.min(r.buffer_limit), state.clone())
-            .collect()
-            .await;
+        let collected =
+            Box::pin(Limited::new(incoming, limit.min(r.buffer_limit), state.clone()).collect())
+                .await;
         match collected {
             Ok(b) => Plan::Replay(b.to_bytes()),
             Err(e) => {

@@ -135,7 +135,8 @@ impl Pool {
         loop {
             let (mut send, reused) = match self.checkout(index).await {
                 Some(s) => (s, true),
-                None => (self.connect_h1(endpoint).await?, false),
+                // Boxed: connecting (TCP, TLS) is a large, rare await state.
+                None => (Box::pin(self.connect_h1(endpoint)).await?, false),
             };
             match send.try_send_request(req).await {
                 Ok(resp) => {
@@ -241,7 +242,7 @@ impl Pool {
                 match cached() {
                     Some(s) => s,
                     None => {
-                        let s = self.connect_h2(endpoint).await?;
+                        let s = Box::pin(self.connect_h2(endpoint)).await?;
                         if let Some(Ok(mut slot)) = self.slots.get(index).map(Mutex::lock) {
                             slot.h2 = Some(s.clone());
                         }
