@@ -8,7 +8,7 @@
 # A third row, "floor", is bench/floor_proxy.rs: hyper + rustls with no proxy
 # logic at all, the ceiling any proxy built on sift's stack can reach.
 #
-#   bench/tls-compare.sh [SIFT_BIN]     env: DURATION (10), CONNS (50), HS_CONNS (16),
+#   bench/tls-compare.sh [SIFT_BIN]     env: DURATION (10), ROUNDS (3), CONNS (50), HS_CONNS (16),
 #                                       LOAD (a prebuilt tls_load binary),
 #                                       FLOOR (a prebuilt floor_proxy binary)
 #
@@ -17,6 +17,7 @@ set -euo pipefail
 cd "$(git -C "$(dirname "$0")" rev-parse --show-toplevel)"
 SIFT=${1:-target/release/sift}
 DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-3}
 CONNS=${CONNS:-50}
 HS_CONNS=${HS_CONNS:-16}
 [ -x "$SIFT" ] || { echo "no sift binary at $SIFT (cargo build --release)" >&2; exit 1; }
@@ -114,20 +115,48 @@ measure() { # $1 proxy label, $2 pids var, $3 tls port, $4 mtls port
   echo "| $label | $ka50 | $p50 / $p99 | $mka | $m50 / $m99 | $hs | $mhs | $((e1+e2+e3+e4)) | $(rss $2) |"
 }
 
-echo "TLS / mTLS: $(date -u) | nproc $(nproc) | $(nginx -v 2>&1) | $($SIFT --version) | ECDSA P-256 server and client certs"
-echo "load: bench/tls_load.rs, keep-alive ${CONNS} conns, handshakes ${HS_CONNS} tasks, ${DURATION}s each | proxy on core 0, load + backend nginx on core 1"
-echo
-echo "| proxy | TLS req/s | TLS p50 / p99 ms | mTLS req/s | mTLS p50 / p99 ms | TLS handshakes/s | mTLS handshakes/s | errors | RSS MB after |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+# All three run at once, each on core 0 (only the one under load works), and
+# the rounds alternate sift / nginx / floor so that drift in the machine's
+# speed hits all three alike; the summary gives each one's median.
 taskset -c 0 "$SIFT" run --config "$d/sift.yaml" > "$d/sift.log" 2>&1 & sp=$!; pids+=($sp)
-for _ in $(seq 100); do curl -fs "http://127.0.0.1:$SA/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
-measure sift "$sp" "$ST" "$SM"
-kill "$sp"; wait "$sp" 2>/dev/null || true
 taskset -c 0 nginx -c "$d/nginx.conf" -p "$d" & np=$!; pids+=($np)
-sleep 1
-measure nginx "$np $(pgrep -P "$np" | tr '\n' ' ')" "$NT" "$NM"
-kill "$np" $(pgrep -P "$np") 2>/dev/null || true; sleep 0.5
 taskset -c 0 "$FLOOR" "127.0.0.1:$FT" "127.0.0.1:$BE" "$d/server.pem" "$d/server.key" & f1=$!; pids+=($f1)
 taskset -c 0 "$FLOOR" "127.0.0.1:$FM" "127.0.0.1:$BE" "$d/server.pem" "$d/server.key" "$d/ca.pem" & f2=$!; pids+=($f2)
-sleep 0.5
-measure "floor (hyper + rustls, no logic)" "$f1 $f2" "$FT" "$FM"
+for _ in $(seq 100); do curl -fs "http://127.0.0.1:$SA/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+sleep 1
+
+echo "TLS / mTLS: $(date -u) | nproc $(nproc) | $(nginx -v 2>&1) | $($SIFT --version) | ECDSA P-256 server and client certs"
+echo "load: bench/tls_load.rs, keep-alive ${CONNS} conns, handshakes ${HS_CONNS} tasks, ${DURATION}s each, ${ROUNDS} alternating rounds | proxies on core 0, load + backend nginx on core 1"
+echo
+echo "| round | proxy | TLS req/s | TLS p50 / p99 ms | mTLS req/s | mTLS p50 / p99 ms | TLS handshakes/s | mTLS handshakes/s | errors | RSS MB after |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+: > "$d/results"
+for r in $(seq "$ROUNDS"); do
+  for who in sift nginx floor; do
+    case $who in
+      sift) row=$(measure sift "$sp" "$ST" "$SM") ;;
+      nginx) row=$(measure nginx "$np $(pgrep -P "$np" | tr '\n' ' ')" "$NT" "$NM") ;;
+      floor) row=$(measure "floor (hyper + rustls, no logic)" "$f1 $f2" "$FT" "$FM") ;;
+    esac
+    echo "| $r $row"
+    echo "$who $row" >> "$d/results"
+  done
+done
+echo
+python3 - "$d/results" <<'PY'
+import sys, statistics
+rows = {}
+for line in open(sys.argv[1]):
+    who, rest = line.split(" ", 1)
+    cells = [c.strip() for c in rest.strip().strip("|").split("|")]
+    rows.setdefault(who, []).append((float(cells[1]), float(cells[3]), float(cells[5]), float(cells[6])))
+med = {w: [statistics.median(v[i] for v in r) for i in range(4)] for w, r in rows.items()}
+print("medians over rounds (req/s): TLS keep-alive, mTLS keep-alive, TLS handshakes, mTLS handshakes")
+for w, m in med.items():
+    print(f"  {w:6} " + "  ".join(f"{x:8.0f}" for x in m))
+s, n = med["sift"], med["nginx"]
+print("sift / nginx: " + ", ".join(f"{name} {100*a/b:.0f} %" for name, a, b in zip(["TLS", "mTLS", "TLS hs", "mTLS hs"], s, n)))
+per = [100 * a[0] / b[0] for a, b in zip(rows["sift"], rows["nginx"])]
+perm = [100 * a[1] / b[1] for a, b in zip(rows["sift"], rows["nginx"])]
+print("sift / nginx per round, TLS keep-alive: " + " ".join(f"{p:.0f}%" for p in per) + " | mTLS: " + " ".join(f"{p:.0f}%" for p in perm))
+PY
