@@ -26,17 +26,15 @@ command -v nginx >/dev/null || need+=(nginx)
 command -v openssl >/dev/null || need+=(openssl)
 command -v curl >/dev/null || need+=(curl)
 if [ ${#need[@]} -gt 0 ]; then apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; fi
-LOAD=${LOAD:-$(cargo bench --bench tls_load --no-run --message-format=json 2>/dev/null \
-  | python3 -c 'import sys,json
+bench_bin() { # $1 bench target: build it (release) and print its executable
+  cargo bench --bench "$1" --no-run --message-format=json 2>/dev/null | python3 -c 'import sys,json
 for l in sys.stdin:
     m=json.loads(l)
-    if m.get("reason")=="compiler-artifact" and m.get("target",{}).get("name")=="tls_load" and m.get("executable"): print(m["executable"])' | tail -1)}
+    if m.get("reason")=="compiler-artifact" and m.get("target",{}).get("name")==sys.argv[1] and m.get("executable"): print(m["executable"])' "$1" | tail -1
+}
+LOAD=${LOAD:-$(bench_bin tls_load)}
 [ -x "$LOAD" ] || { echo "cannot build bench/tls_load.rs" >&2; exit 1; }
-FLOOR=${FLOOR:-$(cargo bench --bench floor_proxy --no-run --message-format=json 2>/dev/null \
-  | python3 -c 'import sys,json
-for l in sys.stdin:
-    m=json.loads(l)
-    if m.get("reason")=="compiler-artifact" and m.get("target",{}).get("name")=="floor_proxy" and m.get("executable"): print(m["executable"])' | tail -1)}
+FLOOR=${FLOOR:-$(bench_bin floor_proxy)}
 [ -x "$FLOOR" ] || { echo "cannot build bench/floor_proxy.rs" >&2; exit 1; }
 
 d=$(mktemp -d); chmod 755 "$d"
