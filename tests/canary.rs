@@ -336,7 +336,15 @@ async fn run_rollout(sift: &Sift) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn rollout_promotes_a_healthy_canary() {
     let (s, c) = (version(0, 0).await, version(0, 0).await);
-    let sift = Sift::start(&config(s.addr, c.addr, (100, 0), &rollout("")));
+    // Two identical upstreams answer in well under a millisecond; what a
+    // loaded CI machine adds to either p95 (seen: 6.6 vs 10.7 ms) is noise,
+    // not a regression, so the latency check gets room for it here.
+    let sift = Sift::start(&config(
+        s.addr,
+        c.addr,
+        (100, 0),
+        &rollout(", latency_tolerance: 25ms"),
+    ));
     let v = run_rollout(&sift).await;
     assert_eq!(v["rollout"]["state"], "promoted", "{v}");
     assert_eq!(v["weights"]["canary"], 100);
