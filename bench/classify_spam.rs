@@ -2,7 +2,8 @@
 //! SpamAssassin messages, the whole raw-message path, and model load.
 //!
 //! `cargo bench --bench classify_spam` (needs `filters/spam/fetch-data.sh`
-//! or `SIFT_DATA_DIR`; skips with a message when the corpus is absent).
+//! or `SIFT_DATA_DIR`; skips with a message when the corpus is absent;
+//! `SIFT_SPAM_MODEL` benches another model file than filters/spam/model.bin).
 //! Criterion's throughput is in bytes of text view (or raw message) per
 //! second: µs/KB = 1e6 / (KiB/s).
 
@@ -36,7 +37,9 @@ fn messages() -> Option<Vec<Vec<u8>>> {
 }
 
 fn bench(c: &mut Criterion) {
-    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("filters/spam/model.bin");
+    let model = std::env::var_os("SIFT_SPAM_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("filters/spam/model.bin"));
     let clf = match Classifier::load(&model) {
         Ok(m) => m,
         Err(e) => {

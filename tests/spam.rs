@@ -7,7 +7,7 @@ use sift::classify::eval;
 use sift::classify::features::{Collect, Feature, FeatureConfig, Featurizer, Sink};
 use sift::classify::model::{Model, ModelError};
 use sift::classify::text::{self, TextView};
-use sift::classify::train::{self, Dataset, FitOptions, LearnOptions};
+use sift::classify::train::{self, Dataset, FitOptions, LearnCalib, LearnOptions};
 
 fn small_cfg() -> FeatureConfig {
     FeatureConfig {
@@ -551,6 +551,78 @@ fn learning_a_batch_moves_the_model() {
             &LearnOptions::default()
         )
         .is_err()
+    );
+}
+
+/// A batch of a "new corpus": parcel-fee scams against parcel notices,
+/// `n` of each.
+fn parcel_batch(n: usize) -> Vec<(TextView, bool)> {
+    let mut b = Vec::new();
+    for i in 0..n {
+        b.push((
+            TextView::plain(&format!(
+                "Your parcel {i} is held at customs, pay the {i}.99 fee now at http://parcel-{i}.example/pay"
+            )),
+            true,
+        ));
+        b.push((
+            TextView::plain(&format!(
+                "parcel {i} arrived at the depot this morning, signed for by reception"
+            )),
+            false,
+        ));
+    }
+    b
+}
+
+#[test]
+fn learning_recalibrates_the_threshold_only_with_enough_examples() {
+    let base = toy_model();
+    let keep = LearnOptions {
+        calib: LearnCalib::Keep,
+        ..LearnOptions::default()
+    };
+    let f1 = LearnOptions {
+        calib: LearnCalib::F1,
+        ..LearnOptions::default()
+    };
+    let fpr = LearnOptions {
+        calib: LearnCalib::Fpr,
+        ..LearnOptions::default()
+    };
+    let batch = parcel_batch(12);
+    // Keep: same threshold, different weights.
+    let kept = train::learn(&base, &batch, &keep);
+    assert_eq!(kept.threshold, base.threshold);
+    assert_ne!(kept.weights, base.weights);
+    // Too few examples of a class: the threshold is kept.
+    let small = train::learn(&base, &parcel_batch(5), &f1);
+    assert_eq!(small.threshold, base.threshold);
+    // Enough: re-set from out-of-fold margins of the batch; the same
+    // weights as with Keep (calibration does not change the update).
+    for opts in [f1, fpr] {
+        let m = train::learn(&base, &batch, &opts);
+        assert_eq!(m.weights, kept.weights);
+        assert_eq!(m.bias, kept.bias);
+        assert!(m.threshold.is_finite());
+        assert_ne!(m.threshold, base.threshold, "{:?}", opts.calib);
+        // It separates the batch it was set on at most the target FPR.
+        let fz = Featurizer::new(m.features);
+        let fp = batch
+            .iter()
+            .filter(|(v, l)| !*l && m.score(&fz, v).spam)
+            .count();
+        assert!(fp <= 1, "{:?}: {fp} ham of 12 flagged", opts.calib);
+        // And it persists: the file carries it, the next learn starts from it.
+        let back = Model::from_bytes(&m.to_bytes()).expect("round trip");
+        assert_eq!(back.threshold, m.threshold);
+        let next = train::learn(&back, &parcel_batch(3), &opts);
+        assert_eq!(next.threshold, m.threshold);
+    }
+    // Deterministic.
+    assert_eq!(
+        train::learn(&base, &batch, &f1),
+        train::learn(&base, &batch, &f1)
     );
 }
 

@@ -192,6 +192,12 @@ pub struct TrainSpam {
     /// Incremental learning: pull toward the starting weights.
     #[arg(long, default_value_t = 0.01)]
     pub anchor: f32,
+    /// Incremental learning: how the threshold is set afterwards.
+    #[arg(long, value_enum, default_value_t = LearnOptions::default().calib)]
+    pub learn_calib: train::LearnCalib,
+    /// Incremental learning: multiply the spam class weight.
+    #[arg(long, default_value_t = LearnOptions::default().spam_weight)]
+    pub learn_spam_weight: f32,
     /// Output model file.
     #[arg(long, default_value = DEFAULT_MODEL)]
     pub out: PathBuf,
@@ -228,6 +234,14 @@ pub struct EvalSpam {
     /// Examples learned in the adaptation evaluation.
     #[arg(long, default_value_t = 200)]
     pub n_learn: usize,
+    /// Adaptation: threshold setting(s) after learning (with --validate, a
+    /// list is evaluated against one base model; the test uses the first).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub learn_calib: Vec<train::LearnCalib>,
+    /// Adaptation: spam class weight(s) of learning (crossed with
+    /// --learn-calib under --validate; the test uses the first).
+    #[arg(long, value_delimiter = ',')]
+    pub learn_spam_weight: Vec<f32>,
     /// Selection protocol: report validation figures carved out of each
     /// evaluation's training part instead of test figures; no test data is
     /// read or scored. (a): forward slices of *-1 by file order; (c) and
@@ -425,6 +439,9 @@ fn adapt(args: &TrainSpam, from: &Path) -> ExitCode {
         lr: args.learn_lr,
         anchor: args.anchor,
         seed: args.recipe.seed,
+        spam_weight: args.learn_spam_weight,
+        calib: args.learn_calib,
+        ..LearnOptions::default()
     };
     let next = base.learn(&batch, &opts);
     if let Err(e) = next.model().save(&args.out) {
@@ -440,6 +457,33 @@ fn adapt(args: &TrainSpam, from: &Path) -> ExitCode {
         from.display()
     );
     ExitCode::SUCCESS
+}
+
+/// The learning settings of the adaptation evaluation: every
+/// --learn-calib × --learn-spam-weight pair (defaults where not given).
+fn learn_variants(args: &EvalSpam) -> Vec<LearnOptions> {
+    let d = LearnOptions::default();
+    let calibs = if args.learn_calib.is_empty() {
+        vec![d.calib]
+    } else {
+        args.learn_calib.clone()
+    };
+    let weights = if args.learn_spam_weight.is_empty() {
+        vec![d.spam_weight]
+    } else {
+        args.learn_spam_weight.clone()
+    };
+    let mut v = Vec::new();
+    for &calib in &calibs {
+        for &spam_weight in &weights {
+            v.push(LearnOptions {
+                calib,
+                spam_weight,
+                ..d
+            });
+        }
+    }
+    v
 }
 
 pub fn run_eval(what: EvalWhat) -> ExitCode {
@@ -546,22 +590,27 @@ pub fn run_eval(what: EvalWhat) -> ExitCode {
                 );
             }
             (Setting::Adapt, Some(sa), Some(sms)) if args.validate => {
-                let m = eval::adaptation_valid(
+                let variants = learn_variants(&args);
+                let ms = eval::adaptation_valid(
                     &sa.corpus,
                     &sa.ds,
                     &sms.corpus,
                     &sms.ds,
                     fcfg,
                     &opts,
-                    &LearnOptions::default(),
+                    &variants,
                     args.n_learn,
                     5,
                 );
-                println!(
-                    "(d-val) SpamAssassin model after learning {} texts of the SMS 80 %, scored on the rest of it (5 draws, pooled): {m}  [{:.1}s]",
-                    args.n_learn,
-                    t.elapsed().as_secs_f64()
-                );
+                for (lo, m) in variants.iter().zip(ms) {
+                    println!(
+                        "(d-val) SpamAssassin model after learning {} texts of the SMS 80 % (learn calib {:?}, spam weight {}), scored on the rest of it (5 draws, pooled): {m}  [{:.1}s]",
+                        args.n_learn,
+                        lo.calib,
+                        lo.spam_weight,
+                        t.elapsed().as_secs_f64()
+                    );
+                }
             }
             (Setting::Time, Some(sa), _) => {
                 let (model, m) = eval::time_split(&sa.corpus, &sa.ds, fcfg, &opts);
@@ -590,7 +639,7 @@ pub fn run_eval(what: EvalWhat) -> ExitCode {
                 );
             }
             (Setting::Adapt, Some(sa), Some(sms)) => {
-                let lo = LearnOptions::default();
+                let lo = learn_variants(&args)[0];
                 let a = eval::adaptation(
                     &sa.corpus,
                     &sa.ds,

@@ -460,6 +460,7 @@ pub fn sms_valid(
 /// examples drawn from the SMS training part (the 80 % of (c)) and is
 /// scored on the rest of that part, for `draws` independent draws (counts
 /// pooled: one draw of 200 is noisy); the SMS test part is never read.
+/// One pooled figure per entry of `learn` (the base model is trained once).
 #[allow(clippy::too_many_arguments)]
 pub fn adaptation_valid(
     sa: &Corpus,
@@ -468,27 +469,32 @@ pub fn adaptation_valid(
     sms_ds: &Dataset,
     fcfg: FeatureConfig,
     opts: &FitOptions,
-    learn: &LearnOptions,
+    learn: &[LearnOptions],
     n_learn: usize,
     draws: usize,
-) -> Metrics {
+) -> Vec<Metrics> {
     let all: Vec<usize> = (0..sa.len()).collect();
     let base = train::train_model(sa_ds, &all, fcfg, opts, "SpamAssassin all");
     let (outer_train, _test) = split_dedup(sms, 0.2, opts.train.seed ^ 0x5e5);
-    let parts: Vec<Metrics> = (0..draws.max(1) as u64)
-        .map(|d| {
-            adapt_draw(
-                &base,
-                sms,
-                sms_ds,
-                &outer_train,
-                learn,
-                n_learn,
-                opts.train.seed ^ 0xada ^ 0x7a1 ^ (d << 32),
-            )
+    learn
+        .iter()
+        .map(|lo| {
+            let parts: Vec<Metrics> = (0..draws.max(1) as u64)
+                .map(|d| {
+                    adapt_draw(
+                        &base,
+                        sms,
+                        sms_ds,
+                        &outer_train,
+                        lo,
+                        n_learn,
+                        opts.train.seed ^ 0xada ^ 0x7a1 ^ (d << 32),
+                    )
+                })
+                .collect();
+            pool(&parts)
         })
-        .collect();
-    pool(&parts)
+        .collect()
 }
 
 fn adapt_draw(

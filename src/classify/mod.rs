@@ -32,7 +32,7 @@ pub use features::{FeatureConfig, Featurizer};
 pub use model::{Model, ModelError, Score};
 pub use onnx::{OnnxClassifier, OnnxError};
 pub use text::TextView;
-pub use train::LearnOptions;
+pub use train::{LearnCalib, LearnOptions};
 
 use features::{Feature, Origin, Sink};
 

@@ -455,6 +455,22 @@ pub fn train_model_calib(
     to_model(&lin, fcfg, threshold, meta)
 }
 
+/// How `learn` sets the threshold of the learned model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LearnCalib {
+    /// Keep the current threshold.
+    Keep,
+    /// Out-of-fold margins of the batch (k folds, each learned from the
+    /// current model on the other folds): the threshold with the best F1
+    /// among those keeping at most the model's target share of the batch's
+    /// ham above it.
+    #[default]
+    F1,
+    /// Out-of-fold margins of the batch: the lowest threshold keeping at
+    /// most the model's target share of the batch's ham above it.
+    Fpr,
+}
+
 /// Settings for incremental learning from a labelled batch.
 #[derive(Debug, Clone, Copy)]
 pub struct LearnOptions {
@@ -464,6 +480,15 @@ pub struct LearnOptions {
     /// kept from rewriting what the model knew.
     pub anchor: f32,
     pub seed: u64,
+    /// Multiplies the spam class weight (after class balancing).
+    pub spam_weight: f32,
+    /// How the learned model's threshold is set.
+    pub calib: LearnCalib,
+    /// Folds for the out-of-fold batch margins.
+    pub calib_folds: usize,
+    /// The threshold is re-set only when the batch has at least this many
+    /// examples of each class; otherwise it is kept.
+    pub calib_min_per_class: usize,
 }
 
 impl Default for LearnOptions {
@@ -473,16 +498,29 @@ impl Default for LearnOptions {
             lr: 0.1,
             anchor: 0.01,
             seed: 7,
+            spam_weight: 0.5,
+            calib: LearnCalib::F1,
+            calib_folds: 5,
+            calib_min_per_class: 10,
         }
     }
 }
 
 /// Continue training `model` on a labelled batch; returns the new model
-/// (same featurizer, same threshold). The update is AdaGrad logistic
-/// regression with fresh accumulators, balanced classes, no averaging, and a
-/// proximal term `anchor · (w − w₀)` on every weight the batch touches, so
-/// a small batch moves the model toward the operator's traffic without
-/// rewriting the weights learned from the public corpora.
+/// (same featurizer). The update is AdaGrad logistic regression with fresh
+/// accumulators, balanced classes, no averaging, and a proximal term
+/// `anchor · (w − w₀)` on every weight the batch touches, so a small batch
+/// moves the model toward the operator's traffic without rewriting the
+/// weights learned from the public corpora.
+///
+/// The update moves every margin of the operator's traffic, so the old
+/// threshold no longer holds its ham false-positive rate. With
+/// [`LearnCalib::F1`] or [`LearnCalib::Fpr`] and enough examples of each
+/// class, the threshold is re-set from out-of-fold margins of the batch
+/// (each fold scored by a model learned, from the same starting model, on
+/// the other folds, with quantised weights as served), at the model's
+/// target ham FPR. Smaller batches keep the threshold. The new threshold
+/// is stored in the model like any other, so the next learn starts from it.
 pub fn learn(model: &Model, batch: &[(TextView, bool)], opts: &LearnOptions) -> Model {
     let fz = Featurizer::new(model.features);
     let mut ds = Dataset::new();
@@ -505,26 +543,75 @@ pub fn learn(model: &Model, batch: &[(TextView, bool)], opts: &LearnOptions) -> 
         loss: Loss::Log,
         ensemble: 1,
         mix: false,
-        spam_weight: 1.0,
+        spam_weight: opts.spam_weight,
     };
+    let requantize = |w: Vec<f32>| match model.weights {
+        Weights::F32(_) => Weights::F32(w),
+        Weights::I8 { .. } => Weights::quantize(&w),
+    };
+    let n_spam = batch.iter().filter(|(_, l)| *l).count();
+    let n_ham = batch.len() - n_spam;
+    let mut threshold = model.threshold;
+    let min = opts.calib_min_per_class.max(2);
+    if opts.calib != LearnCalib::Keep && n_spam >= min && n_ham >= min {
+        let k = opts.calib_folds.max(2).min(min);
+        let folds = stratified_folds(&ds.labels, &rows, k, opts.seed ^ 0xca1);
+        let (mut oof, mut labels) = (Vec::with_capacity(rows.len()), Vec::new());
+        for (j, held) in folds.iter().enumerate() {
+            let tr: Vec<usize> = folds
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != j)
+                .flat_map(|(_, f)| f.iter().copied())
+                .collect();
+            let lin = fit(&ds, &tr, init.clone(), &cfg);
+            let m = Model {
+                features: model.features,
+                bias: lin.bias,
+                threshold: 0.0,
+                weights: requantize(lin.w),
+                meta: Meta::default(),
+            };
+            for &r in held {
+                let (i, v) = ds.row(r);
+                oof.push(m.margin_sparse(i, v));
+                labels.push(ds.labels[r]);
+            }
+        }
+        let target = model.meta.target_fpr;
+        let target = if target.is_finite() && target > 0.0 && target < 1.0 {
+            target
+        } else {
+            0.01
+        };
+        let t = if opts.calib == LearnCalib::F1 {
+            threshold_best_f1(&oof, &labels, target)
+        } else {
+            let ham: Vec<f32> = oof
+                .iter()
+                .zip(&labels)
+                .filter(|(_, l)| !**l)
+                .map(|(m, _)| *m)
+                .collect();
+            threshold_for_fpr(&ham, target)
+        };
+        if t.is_finite() {
+            threshold = t;
+        }
+    }
     let lin = if rows.is_empty() {
         init
     } else {
         fit(&ds, &rows, init, &cfg)
     };
-    let n_spam = batch.iter().filter(|(_, l)| *l).count() as u32;
     let mut meta = model.meta.clone();
-    meta.n_spam += n_spam;
-    meta.n_ham += batch.len() as u32 - n_spam;
-    let weights = match model.weights {
-        Weights::F32(_) => Weights::F32(lin.w),
-        Weights::I8 { .. } => Weights::quantize(&lin.w),
-    };
+    meta.n_spam += n_spam as u32;
+    meta.n_ham += n_ham as u32;
     Model {
         features: model.features,
         bias: lin.bias,
-        threshold: model.threshold,
-        weights,
+        threshold,
+        weights: requantize(lin.w),
         meta,
     }
 }
