@@ -59,7 +59,7 @@ pub struct Recipe {
     #[arg(long, default_value_t = 0.01)]
     pub target_fpr: f32,
     /// log2 of the number of weight buckets.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 18)]
     pub bits: u8,
     #[arg(long, default_value_t = 16)]
     pub epochs: u32,

@@ -54,7 +54,10 @@ pub const ALL_FLAGS: u32 = FLAG_WORD | FLAG_BIGRAM | FLAG_CHAR | FLAG_SIGNAL | F
 impl Default for FeatureConfig {
     fn default() -> Self {
         FeatureConfig {
-            bits: 20,
+            // 2^18 buckets (256 KB of i8 weights): the table fits this
+            // CPU's L2 with room to spare; same validation quality as 2^20
+            // within a message or two, faster (filters/spam/README.md).
+            bits: 18,
             max_bytes: 32 * 1024,
             // Char 4-grams only: one weight lookup per byte instead of three,
             // and a better time split (F1 0.966 vs 0.964 at 0.14 % FPR).
