@@ -1333,15 +1333,16 @@ fn is_ip_literal(host: &str) -> bool {
         return true;
     }
     // Dotted quad, or a bare decimal / hex integer host (http://3232235777/).
-    let parts: Vec<&str> = host.split('.').collect();
-    if parts.len() == 4
-        && parts
-            .iter()
+    // Counted in place (no allocation per URL).
+    let n_parts = host.bytes().filter(|&b| b == b'.').count() + 1;
+    if n_parts == 4
+        && host
+            .split('.')
             .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
     {
         return true;
     }
-    parts.len() == 1
+    n_parts == 1
         && (host.bytes().all(|b| b.is_ascii_digit()) && host.len() >= 8
             || host.starts_with("0x")
                 && host.len() > 2
@@ -1820,6 +1821,16 @@ mod tests {
                     assert_eq!(lane_bits(w).count_ones(), w.count_ones());
                 }
             }
+        }
+    }
+
+    #[test]
+    fn ip_literal_hosts() {
+        for h in ["1.2.3.4", "[::1]", "3232235777", "0x7f000001", "192.168.10.5"] {
+            assert!(is_ip_literal(h), "{h}");
+        }
+        for h in ["1.2.3", "1.2.3.4.5", "1..3.4", "a.2.3.4", "1234567", "0x", "example.com", ""] {
+            assert!(!is_ip_literal(h), "{h}");
         }
     }
 
