@@ -357,7 +357,10 @@ fn cli_train_from_dir_learn_and_classify() {
         &s(&m2),
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("learned 11 examples"));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("learned 11 examples"), "{out}");
+    // Fewer than 10 examples of a class: the threshold is kept.
+    assert!(out.contains(" kept)"), "{out}");
     // --from without examples is an error, not a silent copy.
     let o = sift(&[
         "train",

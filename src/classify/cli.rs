@@ -448,13 +448,20 @@ fn adapt(args: &TrainSpam, from: &Path) -> ExitCode {
         return fail(e);
     }
     let spam = batch.iter().filter(|(_, l)| *l).count();
+    let (t0, t1) = (base.model().threshold, next.model().threshold);
     println!(
-        "wrote {} (learned {} examples: {} spam, {} ham, from {})",
+        "wrote {} (learned {} examples: {} spam, {} ham, from {}; threshold margin {:.4} {})",
         args.out.display(),
         batch.len(),
         spam,
         batch.len() - spam,
-        from.display()
+        from.display(),
+        t1,
+        if t0 == t1 {
+            "kept".to_owned()
+        } else {
+            format!("re-set from {t0:.4}")
+        }
     );
     ExitCode::SUCCESS
 }
