@@ -983,6 +983,44 @@ mod tests {
     }
 
     #[test]
+    fn rerank_features_see_the_block_start() {
+        let c = |no, score| RerankCand {
+            no,
+            score,
+            zone: 2,
+            command: false,
+        };
+        // Best: a summary at line 120; a block of failure lines at 100..102.
+        let cands = [c(120, 5.0), c(100, 4.5), c(101, 4.0), c(102, 3.9)];
+        let mut f = [0f32; RERANK_F];
+        rerank_features(&cands, 0, &mut f);
+        assert_eq!(f[0], 0.0);
+        assert_eq!(f[1], 1.0); // rank 0
+        assert_eq!(f[15], 0.0); // not the earliest
+        assert_eq!(f[14], 1.0); // all others are earlier
+        rerank_features(&cands, 1, &mut f);
+        assert_eq!(f[0], -0.5);
+        assert_eq!(f[15], 1.0); // the earliest
+        assert_eq!(f[6 + 2], 1.0); // 2 candidates within 10 lines after
+        assert_eq!(f[10], 1.0); // none just before
+        assert_eq!(f[21 + 1], 1.0); // one better candidate within 30 after
+        assert_eq!(f[16 + 2], 1.0); // zone 2
+        // Out of range: all zero, no panic.
+        rerank_features(&cands, 9, &mut f);
+        assert!(f.iter().all(|&v| v == 0.0));
+    }
+
+    #[test]
+    fn old_model_versions_are_refused() {
+        let mut b = Params::zeros(10, 10).to_bytes();
+        assert!(CilogModel::from_bytes(&b).is_ok());
+        b[8..12].copy_from_slice(&3u32.to_le_bytes());
+        let e = CilogModel::from_bytes(&b).unwrap_err();
+        assert!(matches!(e, CilogError::Version(3)), "{e}");
+        assert!(e.to_string().contains("retrain"));
+    }
+
+    #[test]
     fn verdict_json_shape() {
         let v = Verdict {
             class: Class::Oom,
