@@ -387,13 +387,16 @@ pub fn train_lines(
     (w.w, pos)
 }
 
+/// One log's re-ranker candidates: base scores, features, in the chunk.
+type RerankList = (Vec<f32>, Vec<[f32; RERANK_F]>, Vec<bool>);
+
 /// Learn the evidence re-ranker: listwise softmax over each log's
 /// candidates (score + weights · features) whose target is "a line of the
 /// human chunk"; logs with no candidate in the chunk are skipped.
 pub fn train_rerank(lists: &[(Vec<RerankCand>, (u64, u64))], r: &Recipe) -> [f32; RERANK_F] {
     let (epochs, lr, l2) = (20, 0.05, 1e-3);
     let mut w = AdaGrad::new(RERANK_F);
-    let prepared: Vec<(Vec<f32>, Vec<[f32; RERANK_F]>, Vec<bool>)> = lists
+    let prepared: Vec<RerankList> = lists
         .iter()
         .filter(|(c, (a, b))| c.iter().any(|x| (*a..=*b).contains(&x.no)))
         .map(|(c, (a, b))| {
