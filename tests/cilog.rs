@@ -458,10 +458,10 @@ fn grouped_cv(folds: usize) -> train::Report {
     train::cross_validate(&data, &sets, folds, &r)
 }
 
-/// Regression guard at the measured level (grouped 5-fold CV by
-/// repository, seed 42: accuracy 0.582, macro-F1 0.369, evidence 50.7 % when
-/// written, 2026-11-23, with the content × zone second stage; seeds 1 and
-/// 7 are in filters/cilog/README.md).
+/// Regression guard just below the measured level (grouped 5-fold CV by
+/// repository, seed 42: accuracy 0.582, macro-F1 0.369, evidence 51.7 % when
+/// written, 2026-11-23, with the evidence re-ranker; seeds 1 and 7 are in
+/// filters/cilog/README.md).
 #[test]
 fn grouped_cv_quality_guard() {
     let rep = grouped_cv(5);
@@ -475,7 +475,7 @@ fn grouped_cv_quality_guard() {
     assert!(rep.accuracy() >= 0.57, "accuracy {:.3}", rep.accuracy());
     assert!(rep.macro_f1(5) >= 0.36, "macro-F1 {:.3}", rep.macro_f1(5));
     assert!(
-        rep.evidence_share() >= 0.50,
+        rep.evidence_share() >= 0.51,
         "evidence {:.3}",
         rep.evidence_share()
     );

@@ -382,14 +382,17 @@ pub struct Marks {
 
 impl Marks {
     /// Feed line `no` (1-based, in order).
+    /// Returns true when the line is a failed-step marker.
     #[inline]
-    pub fn on_line(&mut self, no: u64, line: &[u8]) {
+    pub fn on_line(&mut self, no: u64, line: &[u8]) -> bool {
         if is_command(line) {
             self.last_cmd = no;
         } else if is_fail_marker(line) {
             self.fail = Some(no);
             self.fail_cmd = self.last_cmd;
+            return true;
         }
+        false
     }
 
     /// Position bucket of line `no` in a log of `total` lines. Regions: no

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! magic       8 bytes  "SIFTCIL\0"
-//! version     u32      3 (2: no zone features; refused)
+//! version     u32      4 (3: no re-ranker; 2: no zone features; refused)
 //! line_bits   u32      log2 of the line scorer's buckets (10..=22)
 //! class_bits  u32      log2 of the class scorer's buckets (10..=20)
 //! n_classes   u32      9
@@ -15,6 +15,8 @@
 //! class_scale f32
 //! class_q     2^class_bits × n_classes × i8   (bucket-major)
 //! class_b     n_classes × f32
+//! rerank_n    u32      re-ranker weights (RERANK_F)
+//! rerank_w    rerank_n × f32
 //! note_len    u32      ≤ 4096
 //! note        UTF-8
 //! checksum    u64      FNV-1a 64 of every byte before it
@@ -24,10 +26,10 @@ use std::path::Path;
 
 use super::CilogError;
 use super::features::POS_BUCKETS;
-use super::{Class, N_CLASSES};
+use super::{Class, N_CLASSES, RERANK_F};
 
 pub const MAGIC: &[u8; 8] = b"SIFTCIL\0";
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 const MAX_NOTE: usize = 4096;
 
 /// The learned parameters, dequantised.
@@ -45,6 +47,8 @@ pub struct Params {
     /// `class_w[bucket * N_CLASSES + class]`.
     pub class_w: Vec<f32>,
     pub class_b: [f32; N_CLASSES],
+    /// Weights of the evidence re-ranker's features ([`super::rerank_features`]).
+    pub rerank_w: [f32; RERANK_F],
     pub note: String,
 }
 
@@ -96,6 +100,10 @@ impl Params {
         for v in self.class_b {
             out.extend_from_slice(&v.to_le_bytes());
         }
+        out.extend_from_slice(&(RERANK_F as u32).to_le_bytes());
+        for v in self.rerank_w {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
         let note = &self.note.as_bytes()[..self.note.len().min(MAX_NOTE)];
         let note = String::from_utf8_lossy(note);
         out.extend_from_slice(&(note.len() as u32).to_le_bytes());
@@ -139,7 +147,17 @@ impl Params {
         let (body, tail) = b.split_at(b.len() - 8);
         let line_n = 1usize << line_bits;
         let class_n = (1usize << class_bits) * N_CLASSES;
-        let expect = 8 + 5 * 4 + 4 + line_n + 4 * POS_BUCKETS + 4 + class_n + 4 * N_CLASSES + 4;
+        let expect = 8
+            + 5 * 4
+            + 4
+            + line_n
+            + 4 * POS_BUCKETS
+            + 4
+            + class_n
+            + 4 * N_CLASSES
+            + 4
+            + 4 * RERANK_F
+            + 4;
         if body.len() < expect {
             return Err(CilogError::Truncated {
                 needed: expect + 8,
@@ -170,6 +188,16 @@ impl Params {
         for c in &mut class_b {
             *c = r.f32()?;
         }
+        let rerank_n = r.u32()?;
+        if rerank_n as usize != RERANK_F {
+            return Err(CilogError::Invalid(format!(
+                "{rerank_n} re-ranker weights (this sift reads {RERANK_F})"
+            )));
+        }
+        let mut rerank_w = [0f32; RERANK_F];
+        for v in &mut rerank_w {
+            *v = r.f32()?;
+        }
         let note_len = r.u32()? as usize;
         if note_len > MAX_NOTE {
             return Err(CilogError::Invalid(format!("note of {note_len} bytes")));
@@ -187,6 +215,7 @@ impl Params {
             .iter()
             .chain(pos_w.iter())
             .chain(class_b.iter())
+            .chain(rerank_w.iter())
             .all(|v| v.is_finite());
         if !all_finite {
             return Err(CilogError::Invalid("non-finite parameter".into()));
@@ -200,6 +229,7 @@ impl Params {
             class_bits: class_bits as u8,
             class_w,
             class_b,
+            rerank_w,
             note,
         })
     }
@@ -240,6 +270,7 @@ impl Params {
             class_bits,
             class_w: vec![0.0; (1 << class_bits) * N_CLASSES],
             class_b,
+            rerank_w: [0.0; RERANK_F],
             note: String::new(),
         }
     }

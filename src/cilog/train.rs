@@ -19,7 +19,10 @@ use std::path::{Path, PathBuf};
 use super::features::{self, POS_BUCKETS, SEED_LINE, bucket};
 use super::model::Params;
 use super::normalize::LineSplitter;
-use super::{CilogModel, Class, N_CLASSES, Verdict, class_probs, softmax};
+use super::{
+    CilogModel, Class, N_CLASSES, RERANK_F, RerankCand, Verdict, class_probs, rerank_features,
+    softmax,
+};
 
 /// The data directory: `$SIFT_CILOG_DATA`, else `<crate>/../shared/data/cilogs`.
 pub fn default_data_dir() -> PathBuf {
@@ -384,6 +387,70 @@ pub fn train_lines(
     (w.w, pos)
 }
 
+/// One log's re-ranker candidates: base scores, features, in the chunk.
+type RerankList = (Vec<f32>, Vec<[f32; RERANK_F]>, Vec<bool>);
+
+/// Learn the evidence re-ranker: listwise softmax over each log's
+/// candidates (score + weights · features) whose target is "a line of the
+/// human chunk"; logs with no candidate in the chunk are skipped.
+pub fn train_rerank(lists: &[(Vec<RerankCand>, (u64, u64))], r: &Recipe) -> [f32; RERANK_F] {
+    let (epochs, lr, l2) = (20, 0.05, 1e-3);
+    let mut w = AdaGrad::new(RERANK_F);
+    let prepared: Vec<RerankList> = lists
+        .iter()
+        .filter(|(c, (a, b))| c.iter().any(|x| (*a..=*b).contains(&x.no)))
+        .map(|(c, (a, b))| {
+            let mut fs = Vec::with_capacity(c.len());
+            for i in 0..c.len() {
+                let mut f = [0f32; RERANK_F];
+                rerank_features(c, i, &mut f);
+                fs.push(f);
+            }
+            let base = c.iter().map(|x| x.score).collect();
+            let inside = c.iter().map(|x| (*a..=*b).contains(&x.no)).collect();
+            (base, fs, inside)
+        })
+        .collect();
+    let mut rng = fastrand::Rng::with_seed(r.seed ^ 0x7e7a);
+    let mut order: Vec<usize> = (0..prepared.len()).collect();
+    let mut s = Vec::new();
+    let mut q = Vec::new();
+    for _ in 0..epochs {
+        rng.shuffle(&mut order);
+        for &k in &order {
+            let (base, fs, inside) = &prepared[k];
+            s.clear();
+            s.extend(
+                base.iter()
+                    .zip(fs)
+                    .map(|(b, f)| b + f.iter().zip(&w.w).map(|(a, c)| a * c).sum::<f32>()),
+            );
+            q.clear();
+            q.extend(
+                s.iter()
+                    .zip(inside)
+                    .map(|(&v, &i)| if i { v } else { f32::NEG_INFINITY }),
+            );
+            softmax(&mut s);
+            softmax(&mut q);
+            for (j, f) in fs.iter().enumerate() {
+                let g = s[j] - if q[j].is_finite() { q[j] } else { 0.0 };
+                if g.abs() < 1e-6 {
+                    continue;
+                }
+                for (d, &v) in f.iter().enumerate() {
+                    if v != 0.0 {
+                        w.step(d, g * v, lr, l2);
+                    }
+                }
+            }
+        }
+    }
+    let mut out = [0f32; RERANK_F];
+    out.copy_from_slice(&w.w);
+    out
+}
+
 /// Learn the class scorer from class features.
 pub fn train_classes(
     feats: &[Vec<(u32, f32)>],
@@ -471,6 +538,25 @@ pub fn train(
     // evidence the shipped model will pick.
     let p = Params::from_bytes(&p.to_bytes()).expect("fresh model round-trips");
     let m = CilogModel::from_params(p);
+    // The evidence re-ranker, on the candidates the quantised line scorer
+    // finds in the training logs.
+    // (In-sample candidates: a cross-fitted variant, candidates of each
+    // half of the repositories from a line scorer trained on the other
+    // half, was worse: see the model card.)
+    let m = {
+        let lists: Vec<(Vec<RerankCand>, (u64, u64))> = rows
+            .iter()
+            .filter_map(|&i| {
+                let chunk = data[i].chunk?;
+                let mut s = m.scanner();
+                s.feed(&data[i].bytes);
+                Some((s.finish_scan().cands, chunk))
+            })
+            .collect();
+        let mut p = (*m.p).clone();
+        p.rerank_w = train_rerank(&lists, r);
+        CilogModel::from_bytes(&p.to_bytes()).expect("fresh model round-trips")
+    };
     let feats: Vec<Vec<(u32, f32)>> = rows
         .iter()
         .map(|&i| {
