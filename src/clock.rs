@@ -23,7 +23,12 @@ impl Clock {
     }
 
     pub fn now(&self) -> u64 {
-        self.start.elapsed().as_nanos() as u64
+        self.at(Instant::now())
+    }
+
+    /// The clock's reading at `t` (a time already taken: no clock read).
+    pub fn at(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.start).as_nanos() as u64
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -164,33 +164,64 @@ impl Drop for ConnSlot {
     }
 }
 
-/// Tracks requests in flight on one connection and when it was last busy.
+/// Requests in flight on one connection, and how many have started. No
+/// clock is read per request: the connection's watcher samples these.
+#[derive(Default)]
 struct Activity {
-    epoch: Instant,
     inflight: AtomicUsize,
-    last_ms: AtomicU64,
-}
-
-impl Activity {
-    fn touch(&self) {
-        self.last_ms
-            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-    /// How long the connection has had no request in flight (zero if busy).
-    fn idle_for(&self) -> Duration {
-        if self.inflight.load(Ordering::Relaxed) > 0 {
-            return Duration::ZERO;
-        }
-        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-        self.epoch.elapsed().saturating_sub(last)
-    }
+    started: AtomicU64,
 }
 
 struct InflightGuard(Arc<Activity>);
 impl Drop for InflightGuard {
     fn drop(&mut self) {
-        self.0.touch();
         self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Checks of a connection's activity per `idle_timeout`.
+const IDLE_TICKS: u32 = 4;
+
+/// A connection's watcher, in a task of its own so that the connection's
+/// hot path never polls it: resolves `close` when draining begins, or once
+/// the connection has had no request in flight and none started for
+/// `idle_timeout`. It samples the activity every `idle_timeout / 4` and
+/// needs five quiet samples in a row, so an idle connection closes between
+/// 1 and 1.25 × `idle_timeout` after its last response ended.
+async fn watch_conn(
+    mut watch: Watch,
+    activity: Arc<Activity>,
+    idle_timeout: Duration,
+    close: tokio::sync::oneshot::Sender<()>,
+) {
+    let tick = (idle_timeout / IDLE_TICKS).max(Duration::from_millis(1));
+    let mut seen = u64::MAX;
+    let mut quiet = 0;
+    loop {
+        tokio::select! {
+            _ = watch.signaled() => break,
+            _ = tokio::time::sleep(tick) => {
+                let started = activity.started.load(Ordering::Relaxed);
+                if activity.inflight.load(Ordering::Relaxed) == 0 && started == seen {
+                    quiet += 1;
+                    if quiet > IDLE_TICKS {
+                        break;
+                    }
+                } else {
+                    quiet = 0;
+                    seen = started;
+                }
+            }
+        }
+    }
+    let _ = close.send(());
+}
+
+/// Aborts the watcher when the connection ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -201,19 +232,16 @@ async fn serve_io<I>(
     idle_timeout: Duration,
     conn: Arc<ConnInfo>,
     shared: Arc<Shared>,
-    mut watch: Watch,
+    watch: Watch,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = Arc::new(Activity {
-        epoch: Instant::now(),
-        inflight: AtomicUsize::new(0),
-        last_ms: AtomicU64::new(0),
-    });
+    let activity = Arc::new(Activity::default());
     let svc = {
         let (shared, conn, activity) = (shared.clone(), conn.clone(), activity.clone());
         service_fn(move |req| {
             activity.inflight.fetch_add(1, Ordering::Relaxed);
+            activity.started.fetch_add(1, Ordering::Relaxed);
             // Dropped when the response body ends, not at the response head.
             let guard: Box<dyn Send> = Box::new(InflightGuard(activity.clone()));
             // Boxed: the request future is large, and hyper moves the
@@ -232,13 +260,22 @@ async fn serve_io<I>(
     let connection = builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(connection);
     let mut closing = false;
-    if watch.is_signaled() {
+    let (close_tx, mut close_rx) = tokio::sync::oneshot::channel();
+    let _watcher = if watch.is_signaled() {
         connection.as_mut().graceful_shutdown();
         closing = true;
-    }
-    let mut next_check = idle_timeout;
+        None
+    } else {
+        Some(AbortOnDrop(tokio::spawn(watch_conn(
+            watch,
+            activity,
+            idle_timeout,
+            close_tx,
+        ))))
+    };
     loop {
         tokio::select! {
+            biased;
             r = connection.as_mut() => {
                 if let Err(e) = r {
                     if !is_benign(&*e) {
@@ -252,18 +289,9 @@ async fn serve_io<I>(
                 }
                 break;
             }
-            _ = watch.signaled(), if !closing => {
+            _ = &mut close_rx, if !closing => {
                 connection.as_mut().graceful_shutdown();
                 closing = true;
-            }
-            _ = tokio::time::sleep(next_check), if !closing => {
-                let idle = activity.idle_for();
-                if idle >= idle_timeout {
-                    connection.as_mut().graceful_shutdown();
-                    closing = true;
-                } else {
-                    next_check = idle_timeout - idle;
-                }
             }
         }
     }

@@ -249,14 +249,20 @@ async fn proxy(
         .ok_or_else(|| ProxyError::Internal(format!("listener {} has no config", conn.listener)))?;
 
     // 2. Request hygiene.
-    let request_id = request_id(req.headers());
+    let seen = Seen::scan(req.headers());
+    let request_id = request_id(req.headers(), seen.request_id);
     *rid = Some(request_id.clone());
     if let Some(log) = &mut out.log {
         log.request_id = request_id.clone();
     }
     // A canary override in x-sift-canary is read before x-sift-* goes.
-    let forced = req.headers().get(&X_SIFT_CANARY).cloned();
-    strip_sift_headers(req.headers_mut());
+    let forced = seen
+        .canary
+        .then(|| req.headers().get(&X_SIFT_CANARY).cloned())
+        .flatten();
+    if seen.sift {
+        strip_sift_headers(req.headers_mut());
+    }
     check_head_size(&req, listener)?;
     let host = request_host(&req)?;
     if let Some(log) = &mut out.log {
@@ -300,7 +306,9 @@ async fn proxy(
             limit: route.spec.max_inflight.unwrap_or(0),
         })?;
     out.route_slot = Some(slot);
-    let now = clock.now();
+    // One clock read serves admission and the first attempt: the request's
+    // start (policies take time as a parameter).
+    let mut now = clock.at(out.start);
     let ratelimit_headers = rate_limit(snap, listener, conn, route, &req, now)?;
 
     // 5. Body limit, up front when the length is declared.
@@ -347,6 +355,7 @@ async fn proxy(
         return Ok(resp);
     }
     let mut held = None;
+    let mut body_awaited = false;
     let mut decision = crate::filter::chain::Decision::default();
     let held_filters: Vec<&crate::snapshot::RouteFilter> = route
         .filters
@@ -388,6 +397,7 @@ async fn proxy(
             }
         };
         held = Some(h);
+        body_awaited = true;
     }
     if let (Some(log), false) = (&mut out.log, decision.summary.is_empty()) {
         log.filters = Some(decision.summary.join(" "));
@@ -434,9 +444,11 @@ async fn proxy(
             }
         }
     }
-    forwarded_headers(h, listener, conn, &original_authority);
+    forwarded_headers(h, listener, conn, &original_authority, &seen);
     // Only sift vouches for a client certificate: a client's XFCC never passes.
-    h.remove(&XFCC);
+    if seen.xfcc {
+        h.remove(&XFCC);
+    }
     if let Some(x) = &conn.xfcc {
         h.insert(XFCC.clone(), x.clone());
     }
@@ -471,6 +483,7 @@ async fn proxy(
         let collected =
             Box::pin(Limited::new(incoming, limit.min(r.buffer_limit), state.clone()).collect())
                 .await;
+        body_awaited = true;
         match collected {
             Ok(b) => Plan::Replay(b.to_bytes()),
             Err(e) => {
@@ -526,11 +539,21 @@ async fn proxy(
 
     // 8. Send, retrying what the route's policy allows within the budget.
     let timeout = cluster.spec.timeout_for(&route.spec);
-    let deadline = Instant::now() + timeout;
+    // The route's timeout counts from when the request is ready to send:
+    // its start, unless its body was awaited above (held for filters or
+    // collected for retries). Deadlines are absolute: no attempt reads the
+    // clock to know what time is left.
+    let ready = if body_awaited {
+        Instant::now()
+    } else {
+        out.start
+    };
+    let deadline = ready + timeout;
+    let deadline_at = tokio::time::Instant::from_std(deadline);
     let mut attempt = 0u32;
     let mut previous = None;
+    let mut began = ready;
     let mut resp = loop {
-        let now = clock.now();
         let (ep_index, ep_guard) =
             cluster
                 .pick(now, previous)
@@ -541,11 +564,14 @@ async fn proxy(
         if let Some(log) = &mut out.log {
             log.endpoint = Some(endpoint.authority.to_string());
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        let try_timeout = retry
-            .and_then(|r| r.per_try_timeout)
-            .map_or(left, |t| t.min(left));
-        let conn_slot = match tokio::time::timeout(left, cluster.conn_slot()).await {
+        let try_deadline = match retry.and_then(|r| r.per_try_timeout) {
+            Some(t) => {
+                began = Instant::now();
+                (began + t).min(deadline)
+            }
+            None => deadline,
+        };
+        let conn_slot = match tokio::time::timeout_at(deadline_at, cluster.conn_slot()).await {
             Ok(slot) => slot?,
             Err(_) => return Err(ProxyError::UpstreamTimeout(timeout)),
         };
@@ -582,8 +608,12 @@ async fn proxy(
                 r
             }
         };
-        let result = tokio::time::timeout(try_timeout, cluster.send(ep_index, upstream_req)).await;
-        let now = clock.now();
+        let result = tokio::time::timeout_at(
+            tokio::time::Instant::from_std(try_deadline),
+            cluster.send(ep_index, upstream_req),
+        )
+        .await;
+        now = clock.now();
         // What happened, and whether the policy retries it.
         let (outcome, retryable) = match result {
             Ok(Ok(resp)) => {
@@ -620,7 +650,8 @@ async fn proxy(
             },
             Err(_) => {
                 cluster.observe(ep_index, Observed::LocalGatewayError, now);
-                let err = ProxyError::UpstreamTimeout(try_timeout);
+                let err =
+                    ProxyError::UpstreamTimeout(try_deadline.saturating_duration_since(began));
                 (Err(err), retry.is_some_and(|r| r.on_timeout))
             }
         };
@@ -655,6 +686,8 @@ async fn proxy(
         previous = Some(ep_index);
         let pause = crate::policy::retry::backoff(r, attempt, fastrand::f64());
         tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
+        began = Instant::now();
+        now = clock.at(began);
     };
 
     // 9. Response.
@@ -1023,26 +1056,70 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// The client's x-request-id when it is sane (1..=128 visible ASCII bytes),
 /// else a new random UUID v4.
-fn request_id(h: &HeaderMap) -> HeaderValue {
-    if let Some(v) = h.get(&X_REQUEST_ID) {
+fn request_id(h: &HeaderMap, present: bool) -> HeaderValue {
+    if let Some(v) = present.then(|| h.get(&X_REQUEST_ID)).flatten() {
         let b = v.as_bytes();
         if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic()) {
             return v.clone();
         }
     }
-    let r = fastrand::u128(..);
-    let r = (r & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
+    // 16 random bytes with the version (4) and variant (10) bits set,
+    // written as 8-4-4-4-12 hex digits: two table lookups per byte.
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&fastrand::u64(..).to_le_bytes());
+    bytes[8..].copy_from_slice(&fastrand::u64(..).to_le_bytes());
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut id = [b'-'; 36];
-    let mut nibble = 32;
-    for (i, slot) in id.iter_mut().enumerate() {
-        if matches!(i, 8 | 13 | 18 | 23) {
-            continue;
+    let mut at = 0;
+    for (i, b) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            at += 1;
         }
-        nibble -= 1;
-        *slot = HEX[((r >> (nibble * 4)) & 0xf) as usize];
+        id[at] = HEX[usize::from(b >> 4)];
+        id[at + 1] = HEX[usize::from(b & 0xf)];
+        at += 2;
     }
     HeaderValue::from_bytes(&id).expect("hex and dashes are a valid header value")
+}
+
+/// Which of the headers sift acts on a request carries, found in one pass
+/// over the names: an absent one then costs no hashed lookup (custom header
+/// names are hashed byte by byte).
+#[derive(Debug, Default)]
+struct Seen {
+    request_id: bool,
+    canary: bool,
+    /// Any `x-sift-*` header.
+    sift: bool,
+    xff: bool,
+    xfh: bool,
+    xfcc: bool,
+}
+
+impl Seen {
+    fn scan(h: &HeaderMap) -> Seen {
+        let mut s = Seen::default();
+        for k in h.keys() {
+            let n = k.as_str();
+            if !n.starts_with("x-") {
+                continue;
+            }
+            match n {
+                "x-request-id" => s.request_id = true,
+                "x-forwarded-for" => s.xff = true,
+                "x-forwarded-host" => s.xfh = true,
+                "x-forwarded-client-cert" => s.xfcc = true,
+                _ if n.starts_with("x-sift-") => {
+                    s.sift = true;
+                    s.canary |= n == "x-sift-canary";
+                }
+                _ => {}
+            }
+        }
+        s
+    }
 }
 
 /// Only sift sets `x-sift-*` headers: drop any a client sent.
@@ -1224,9 +1301,10 @@ fn forwarded_headers(
     l: &ListenerSpec,
     conn: &ConnInfo,
     authority: &Option<http::uri::Authority>,
+    seen: &Seen,
 ) {
     let xff = match l.x_forwarded_for {
-        XffMode::Append if h.contains_key(&X_FORWARDED_FOR) => {
+        XffMode::Append if seen.xff => {
             // Fold every X-Forwarded-For the client sent, in order.
             let mut chain = String::new();
             for v in h.get_all(&X_FORWARDED_FOR) {
@@ -1253,7 +1331,7 @@ fn forwarded_headers(
         HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
     );
     let replace = l.x_forwarded_for == XffMode::Replace;
-    if replace || !h.contains_key(&X_FORWARDED_HOST) {
+    if replace || !seen.xfh {
         let host = h.get(header::HOST).cloned().or_else(|| {
             authority
                 .as_ref()
@@ -1283,15 +1361,45 @@ mod tests {
 
     #[test]
     fn request_ids_are_uuid_v4() {
-        let id = request_id(&HeaderMap::new());
+        let id = request_id(&HeaderMap::new(), false);
         let s = id.to_str().unwrap();
         assert_eq!(s.len(), 36);
         assert_eq!(&s[14..15], "4");
+        assert!(matches!(&s[19..20], "8" | "9" | "a" | "b"), "{s}");
+        for (i, c) in s.char_indices() {
+            assert_eq!(c == '-', matches!(i, 8 | 13 | 18 | 23), "{s}");
+            assert!(c == '-' || c.is_ascii_hexdigit(), "{s}");
+        }
+        assert_ne!(request_id(&HeaderMap::new(), false), id);
         let mut h = HeaderMap::new();
         h.insert("x-request-id", HeaderValue::from_static("abc-123"));
-        assert_eq!(request_id(&h), "abc-123");
+        assert_eq!(request_id(&h, true), "abc-123");
         h.insert("x-request-id", HeaderValue::from_static("has space"));
-        assert_ne!(request_id(&h), "has space");
+        assert_ne!(request_id(&h, true), "has space");
+    }
+
+    #[test]
+    fn scan_finds_the_headers_sift_acts_on() {
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("a"));
+        h.insert("x-other", HeaderValue::from_static("1"));
+        let s = Seen::scan(&h);
+        assert!(!(s.request_id || s.canary || s.sift || s.xff || s.xfh || s.xfcc));
+        for n in [
+            "x-request-id",
+            "x-forwarded-for",
+            "x-forwarded-host",
+            "x-forwarded-client-cert",
+            "x-sift-canary",
+        ] {
+            h.insert(n, HeaderValue::from_static("1"));
+        }
+        let s = Seen::scan(&h);
+        assert!(s.request_id && s.canary && s.sift && s.xff && s.xfh && s.xfcc);
+        let mut h = HeaderMap::new();
+        h.insert("x-sift-spam-score", HeaderValue::from_static("1"));
+        let s = Seen::scan(&h);
+        assert!(s.sift && !s.canary);
     }
 
     #[test]
