@@ -217,12 +217,7 @@ pub fn kfold(
     let folds = train::stratified_folds(&ds.labels, &rows, k, opts.train.seed ^ 0xf01d);
     let mut acc = Metrics::default();
     for (j, test) in folds.iter().enumerate() {
-        let tr: Vec<usize> = folds
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != j)
-            .flat_map(|(_, f)| f.iter().copied())
-            .collect();
+        let tr: Vec<usize> = train::other_folds(&folds, j);
         let model = train::train_model(ds, &tr, fcfg, opts, "fold");
         let m = metrics(
             &margins(&model, ds, test),
@@ -437,12 +432,7 @@ pub fn sms_valid(
     let n = corpus.len();
     let mut parts = Vec::new();
     for (j, va) in folds.iter().enumerate() {
-        let mut tr: Vec<usize> = folds
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != j)
-            .flat_map(|(_, f)| f.iter().copied())
-            .collect();
+        let mut tr: Vec<usize> = train::other_folds(&folds, j);
         let mut va = va.clone();
         drop_texts_in(corpus, &mut va, &tr);
         tr.extend_from_slice(extra);

@@ -269,6 +269,16 @@ pub fn fit_fresh(ds: &Dataset, rows: &[usize], bits: u8, cfg: &TrainConfig) -> L
     acc
 }
 
+/// The rows of every fold but `held`: the training part of a k-fold split.
+pub fn other_folds(folds: &[Vec<usize>], held: usize) -> Vec<usize> {
+    folds
+        .iter()
+        .enumerate()
+        .filter(|(j, _)| *j != held)
+        .flat_map(|(_, f)| f.iter().copied())
+        .collect()
+}
+
 /// Stratified k folds of `rows` (deterministic for `seed`).
 pub fn stratified_folds(labels: &[bool], rows: &[usize], k: usize, seed: u64) -> Vec<Vec<usize>> {
     let mut rng = fastrand::Rng::with_seed(seed);
@@ -418,12 +428,7 @@ pub fn train_model_calib(
     if opts.calib_folds >= 2 {
         let folds = stratified_folds(&ds.labels, rows, opts.calib_folds, opts.train.seed ^ 0xca1);
         for (k, held) in folds.iter().enumerate() {
-            let train_rows: Vec<usize> = folds
-                .iter()
-                .enumerate()
-                .filter(|(j, _)| *j != k)
-                .flat_map(|(_, f)| f.iter().copied())
-                .collect();
+            let train_rows: Vec<usize> = other_folds(&folds, k);
             let lin = fit_fresh(ds, &train_rows, fcfg.bits, &opts.train);
             let m = to_model(&lin, fcfg, 0.0, Meta::default());
             for &r in held.iter().filter(|&&r| calib(r)) {
@@ -558,12 +563,7 @@ pub fn learn(model: &Model, batch: &[(TextView, bool)], opts: &LearnOptions) -> 
         let folds = stratified_folds(&ds.labels, &rows, k, opts.seed ^ 0xca1);
         let (mut oof, mut labels) = (Vec::with_capacity(rows.len()), Vec::new());
         for (j, held) in folds.iter().enumerate() {
-            let tr: Vec<usize> = folds
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| *i != j)
-                .flat_map(|(_, f)| f.iter().copied())
-                .collect();
+            let tr: Vec<usize> = other_folds(&folds, j);
             let lin = fit(&ds, &tr, init.clone(), &cfg);
             let m = Model {
                 features: model.features,
