@@ -126,24 +126,27 @@ where
 /// Called once when a response body is done: `(bytes sent, completed)`;
 /// `completed` is false when the body failed or was dropped early.
 pub trait OnDone: Send + 'static {
-    fn done(self: Box<Self>, bytes: u64, completed: bool);
+    fn done(self, bytes: u64, completed: bool);
 }
 
 pin_project_lite::pin_project! {
     /// A response body that reports its size and fate when it ends.
-    pub struct Observed<B>
+    pub struct Observed<B, H>
     where
         B: http_body::Body,
+        H: OnDone,
     {
         #[pin]
         inner: B,
         bytes: u64,
-        hook: Option<Box<dyn OnDone>>,
+        // Held inline (not boxed): the response body is boxed once, with it.
+        hook: Option<H>,
     }
 
-    impl<B> PinnedDrop for Observed<B>
+    impl<B, H> PinnedDrop for Observed<B, H>
     where
         B: http_body::Body,
+        H: OnDone,
     {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
@@ -157,8 +160,8 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<B: http_body::Body> Observed<B> {
-    pub fn new(inner: B, hook: Box<dyn OnDone>) -> Self {
+impl<B: http_body::Body, H: OnDone> Observed<B, H> {
+    pub fn new(inner: B, hook: H) -> Self {
         Observed {
             inner,
             bytes: 0,
@@ -167,9 +170,10 @@ impl<B: http_body::Body> Observed<B> {
     }
 }
 
-impl<B> http_body::Body for Observed<B>
+impl<B, H> http_body::Body for Observed<B, H>
 where
     B: http_body::Body<Data = Bytes, Error = BoxError>,
+    H: OnDone,
 {
     type Data = Bytes;
     type Error = BoxError;

@@ -1,14 +1,24 @@
 //! Accept loops and connections: per-listener connection cap, HTTP/1.1 and
-//! HTTP/2 (auto-detected, prior knowledge on plain TCP), header read timeout,
-//! idle timeout, and graceful close when draining.
+//! HTTP/2 (chosen by ALPN on TLS; by the listener's protocol, or sniffed
+//! for prior-knowledge HTTP/2 on plain TCP), header read timeout, idle
+//! timeout, and graceful close when draining.
+//!
+//! Per request, the connection does as little as it can: no timer is armed
+//! (the header read and idle timeouts are kept by one watcher task per
+//! connection that samples counters), and the request future's allocation
+//! is reused from one request to the next (see [`FutureSlot`]).
 
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 
 use crate::config::file::DownstreamProtocol;
@@ -52,8 +62,7 @@ pub async fn serve(tcp: TcpListener, name: Arc<str>, shared: Arc<Shared>, drain:
             continue;
         }
         let _ = stream.set_nodelay(true);
-        let builder = builder_for(spec);
-        let idle_timeout = spec.limits.idle_timeout.0;
+        let protocols = Protocols::for_listener(spec);
         let tls = snap.listener_tls.get(index).cloned().flatten();
         let handshake_timeout = spec.limits.header_read_timeout.0;
         drop(snap);
@@ -79,8 +88,23 @@ pub async fn serve(tcp: TcpListener, name: Arc<str>, shared: Arc<Shared>, drain:
                 slot: Some(Box::new(slot)),
             };
             let Some(tls) = tls else {
-                let io = TokioIo::new(stream);
-                serve_io(io, builder, idle_timeout, Arc::new(conn), shared, watch).await;
+                let proto = match protocols.mode {
+                    DownstreamProtocol::Auto => {
+                        let mut w = watch.clone();
+                        let sniff = tokio::time::timeout(protocols.idle_timeout, sniff_h2(&stream));
+                        tokio::select! {
+                            r = sniff => match r {
+                                Ok(true) => DownstreamProtocol::H2,
+                                Ok(false) => DownstreamProtocol::H1,
+                                // Silent for idle_timeout: closed.
+                                Err(_) => return,
+                            },
+                            _ = w.signaled() => return,
+                        }
+                    }
+                    p => p,
+                };
+                serve_io(stream, &protocols, proto, Arc::new(conn), shared, watch).await;
                 return;
             };
             // The handshake runs here, in the connection's own task: a flood
@@ -119,33 +143,78 @@ pub async fn serve(tcp: TcpListener, name: Arc<str>, shared: Arc<Shared>, drain:
                 .as_ref()
                 .and_then(|i| http::HeaderValue::from_str(&i.xfcc(loaded.own_uri.as_deref())).ok());
             conn.identity = identity;
-            let io = TokioIo::new(stream);
-            serve_io(io, builder, idle_timeout, Arc::new(conn), shared, watch).await;
+            // HTTP/2 over TLS is negotiated by ALPN (RFC 9113 §3.2); a
+            // client that offers no ALPN speaks the listener's protocol, and
+            // HTTP/1.1 on an `auto` listener.
+            let proto = match protocols.choose(session.alpn_protocol()) {
+                DownstreamProtocol::Auto => DownstreamProtocol::H1,
+                p => p,
+            };
+            serve_io(stream, &protocols, proto, Arc::new(conn), shared, watch).await;
         });
     }
     tracing::info!(listener = %name, "listener closed");
 }
 
-fn builder_for(spec: &ListenerSpec) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    let head = spec.limits.max_header_bytes.0 as usize;
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(spec.limits.header_read_timeout.0)
-        .keep_alive(true)
-        // sift checks the head size itself (431 with x-sift-error); the
-        // codec's own limits sit above it and only catch grossly larger heads.
-        .max_buf_size((head * 2).max(16 * 1024))
-        .max_headers(spec.limits.max_headers * 2 + 8);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(spec.limits.max_concurrent_streams)
-        .max_header_list_size((head * 2).min(u32::MAX as usize) as u32)
-        .keep_alive_interval(Some(Duration::from_secs(30)));
-    match spec.protocol {
-        DownstreamProtocol::H1 => b.http1_only(),
-        DownstreamProtocol::H2 => b.http2_only(),
-        DownstreamProtocol::Auto => b,
+/// How a listener speaks HTTP on its connections, built once per accept
+/// from the snapshot's listener spec.
+struct Protocols {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+    mode: DownstreamProtocol,
+    /// HTTP/1.1: how long a started request head may take.
+    header_read_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+impl Protocols {
+    fn for_listener(spec: &ListenerSpec) -> Self {
+        let head = spec.limits.max_header_bytes.0 as usize;
+        let mut h1 = http1::Builder::new();
+        // No codec timer: hyper would arm (and box) a header read timer per
+        // request; the connection's watcher keeps that timeout instead.
+        h1.keep_alive(true)
+            // sift checks the head size itself (431 with x-sift-error); the
+            // codec's own limits sit above it and only catch grossly larger heads.
+            .max_buf_size((head * 2).max(16 * 1024))
+            .max_headers(codec_max_headers(spec.limits.max_headers));
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_concurrent_streams(spec.limits.max_concurrent_streams)
+            .max_header_list_size((head * 2).min(u32::MAX as usize) as u32)
+            .keep_alive_interval(Some(Duration::from_secs(30)));
+        Protocols {
+            h1,
+            h2,
+            mode: spec.protocol,
+            header_read_timeout: spec.limits.header_read_timeout.0,
+            idle_timeout: spec.limits.idle_timeout.0,
+        }
+    }
+
+    /// The protocol of a connection: ALPN's choice on TLS, else the
+    /// listener's (`auto` sniffs the HTTP/2 preface).
+    fn choose(&self, alpn: Option<&[u8]>) -> DownstreamProtocol {
+        match alpn {
+            Some(b"h2") => DownstreamProtocol::H2,
+            Some(b"http/1.1") => DownstreamProtocol::H1,
+            _ => self.mode,
+        }
+    }
+}
+
+/// The HTTP/1.1 codec's header count limit for a listener's `max_headers`.
+/// Up to 100 the codec parses on the stack; above, it allocates two arrays
+/// of that many entries per request (measured: about 1.4k instructions per
+/// request). So it is 100 unless `max_headers` is larger (then twice it,
+/// plus 8). sift's own check (431 with `x-sift-error`) fires first for
+/// counts between `max_headers` and the codec's limit; beyond it the codec
+/// answers a bare 431.
+pub fn codec_max_headers(max_headers: usize) -> usize {
+    if max_headers <= 100 {
+        100
+    } else {
+        max_headers * 2 + 8
     }
 }
 
@@ -164,57 +233,91 @@ impl Drop for ConnSlot {
     }
 }
 
-/// Requests in flight on one connection, and how many have started. No
-/// clock is read per request: the connection's watcher samples these.
+/// Requests in flight on one connection, how many have started, and the
+/// bytes read from it. No clock is read and no timer is armed per request:
+/// the connection's watcher samples these.
 #[derive(Default)]
 struct Activity {
     inflight: AtomicUsize,
     started: AtomicU64,
+    bytes_read: AtomicU64,
 }
 
-struct InflightGuard(Arc<Activity>);
+/// A request in flight on its connection; dropped when the response body
+/// ends (it rides in the request's `Outcome`).
+pub struct InflightGuard(Arc<Activity>);
 impl Drop for InflightGuard {
     fn drop(&mut self) {
         self.0.inflight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-/// Checks of a connection's activity per `idle_timeout`.
+/// Samples of a connection's activity per timeout.
 const IDLE_TICKS: u32 = 4;
 
+/// How the watcher ends a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Close {
+    /// Draining or idle: finish what is in flight, then close.
+    Graceful,
+    /// A request head started and did not complete in time (slowloris):
+    /// closed at once, without a response.
+    HeadTimeout,
+}
+
 /// A connection's watcher, in a task of its own so that the connection's
-/// hot path never polls it: resolves `close` when draining begins, or once
-/// the connection has had no request in flight and none started for
-/// `idle_timeout`. It samples the activity every `idle_timeout / 4` and
-/// needs five quiet samples in a row, so an idle connection closes between
-/// 1 and 1.25 × `idle_timeout` after its last response ended.
+/// hot path never polls it. It resolves `close`:
+/// - `Graceful` when draining begins, or once the connection has had no
+///   request in flight and none started for `idle_timeout`;
+/// - `HeadTimeout` (HTTP/1.1 only, `head_timeout` set) when bytes of a new
+///   request have arrived but no request has started for `head_timeout`.
+///
+/// It samples every quarter of the shorter timeout, so an idle connection
+/// closes between 1 and 1.25 × `idle_timeout` after its last response
+/// ended, and a stalled head between 1 and 1.5 × `head_timeout` after its
+/// first bytes.
 async fn watch_conn(
     mut watch: Watch,
     activity: Arc<Activity>,
     idle_timeout: Duration,
-    close: tokio::sync::oneshot::Sender<()>,
+    head_timeout: Option<Duration>,
+    close: tokio::sync::oneshot::Sender<Close>,
 ) {
-    let tick = (idle_timeout / IDLE_TICKS).max(Duration::from_millis(1));
-    let mut seen = u64::MAX;
-    let mut quiet = 0;
-    loop {
+    let shortest = head_timeout.map_or(idle_timeout, |h| h.min(idle_timeout));
+    let tick = (shortest / IDLE_TICKS).max(Duration::from_millis(1));
+    // What the connection had done at the last sample with activity.
+    let (mut started_seen, mut bytes_seen) = (0u64, 0u64);
+    let mut was_busy = false;
+    let (mut quiet, mut head_wait) = (Duration::ZERO, Duration::ZERO);
+    let why = loop {
         tokio::select! {
-            _ = watch.signaled() => break,
-            _ = tokio::time::sleep(tick) => {
-                let started = activity.started.load(Ordering::Relaxed);
-                if activity.inflight.load(Ordering::Relaxed) == 0 && started == seen {
-                    quiet += 1;
-                    if quiet > IDLE_TICKS {
-                        break;
-                    }
-                } else {
-                    quiet = 0;
-                    seen = started;
-                }
-            }
+            _ = watch.signaled() => break Close::Graceful,
+            _ = tokio::time::sleep(tick) => {}
         }
-    }
-    let _ = close.send(());
+        let started = activity.started.load(Ordering::Relaxed);
+        let bytes = activity.bytes_read.load(Ordering::Relaxed);
+        if activity.inflight.load(Ordering::Relaxed) > 0 || started != started_seen {
+            (started_seen, bytes_seen, was_busy) = (started, bytes, true);
+            (quiet, head_wait) = (Duration::ZERO, Duration::ZERO);
+            continue;
+        }
+        if was_busy {
+            // The first quiet sample: bytes that came in with the request
+            // that just ended (the tail of its body) are not a new head.
+            (bytes_seen, was_busy) = (bytes, false);
+        }
+        quiet += tick;
+        if bytes != bytes_seen {
+            head_wait += tick;
+        }
+        if head_timeout.is_some_and(|h| head_wait > h) {
+            break Close::HeadTimeout;
+        }
+        if quiet > idle_timeout {
+            break Close::Graceful;
+        }
+    };
+    let _ = close.send(why);
 }
 
 /// Aborts the watcher when the connection ends.
@@ -225,72 +328,260 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// The HTTP/2 client preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Prior-knowledge HTTP/2 on plain TCP: does the client's first data start
+/// with the HTTP/2 preface? It peeks, so nothing is consumed. A client that
+/// has sent only a prefix of the preface is checked again every 5 ms (the
+/// caller bounds the wait).
+async fn sniff_h2(tcp: &tokio::net::TcpStream) -> bool {
+    let mut buf = [0u8; 24];
+    loop {
+        let n = match tcp.peek(&mut buf).await {
+            Ok(n) => n,
+            Err(_) => return false,
+        };
+        if n == 0 || buf[..n] != H2_PREFACE[..n] {
+            return false;
+        }
+        if n == H2_PREFACE.len() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A connection's byte stream, counting what is read (for the watcher's
+    /// header read timeout).
+    struct Counted<I> {
+        #[pin]
+        inner: I,
+        activity: Arc<Activity>,
+    }
+}
+
+impl<I: AsyncRead> AsyncRead for Counted<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let r = this.inner.poll_read(cx, buf);
+        let n = buf.filled().len().saturating_sub(before);
+        if n > 0 {
+            this.activity
+                .bytes_read
+                .fetch_add(n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<I: AsyncWrite> AsyncWrite for Counted<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.project().inner.poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.project().inner.poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+}
+
+/// A request future's home on its connection. The request future is large
+/// (a few KB: every stage of the pipeline), too large for the allocator's
+/// fast per-size caches, so allocating and freeing one per request costs
+/// more than the rest of the allocations of a request together. HTTP/1.1
+/// serves one request at a time, so the connection keeps one allocation and
+/// writes each request's future into it (`Pin::set`, safe code); requests
+/// beyond the first in flight at once (HTTP/2) get their own.
+struct FutureSlot<F> {
+    home: Mutex<Option<Pin<Box<Option<F>>>>>,
+}
+
+impl<F: Future> FutureSlot<F> {
+    fn new() -> Arc<Self> {
+        Arc::new(FutureSlot {
+            home: Mutex::new(None),
+        })
+    }
+
+    /// The future `make` returns, in the connection's allocation (or a new
+    /// one if it is taken). Made inside, so it can be written in place.
+    fn place(self: &Arc<Self>, make: impl FnOnce() -> F) -> Reused<F> {
+        let mut b = self
+            .home
+            .lock()
+            .ok()
+            .and_then(|mut h| h.take())
+            .unwrap_or_else(|| Box::pin(None));
+        b.as_mut().set(Some(make()));
+        Reused {
+            b: Some(b),
+            slot: self.clone(),
+        }
+    }
+}
+
+/// A request future running in a reused allocation; gives the allocation
+/// back when the future completes or is dropped.
+struct Reused<F: Future> {
+    b: Option<Pin<Box<Option<F>>>>,
+    slot: Arc<FutureSlot<F>>,
+}
+
+impl<F: Future> Reused<F> {
+    fn give_back(&mut self) {
+        if let Some(mut b) = self.b.take() {
+            b.as_mut().set(None);
+            if let Ok(mut home) = self.slot.home.lock() {
+                if home.is_none() {
+                    *home = Some(b);
+                }
+            }
+        }
+    }
+}
+
+impl<F: Future> Future for Reused<F> {
+    type Output = Result<F::Output, std::convert::Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // Reused is Unpin: it holds only a Box and an Arc.
+        let Some(fut) = self.b.as_mut().and_then(|b| b.as_mut().as_pin_mut()) else {
+            // Polled after completion: hyper never does.
+            return Poll::Pending;
+        };
+        let out = std::task::ready!(fut.poll(cx));
+        self.give_back();
+        Poll::Ready(Ok(out))
+    }
+}
+
+impl<F: Future> Drop for Reused<F> {
+    fn drop(&mut self) {
+        self.give_back();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// One served connection, HTTP/1.1 (with upgrades) or HTTP/2.
+    #[project = ConnProj]
+    enum Conn<I, S>
+    where
+        S: hyper::service::HttpService<hyper::body::Incoming>,
+    {
+        H1 { #[pin] c: http1::UpgradeableConnection<I, S> },
+        H2 { #[pin] c: http2::Connection<I, S, TokioExecutor> },
+    }
+}
+
 /// Serve HTTP on one accepted connection (plain TCP or TLS) until it ends.
 async fn serve_io<I>(
-    io: TokioIo<I>,
-    builder: auto::Builder<TokioExecutor>,
-    idle_timeout: Duration,
+    io: I,
+    protocols: &Protocols,
+    proto: DownstreamProtocol,
     conn: Arc<ConnInfo>,
     shared: Arc<Shared>,
     watch: Watch,
 ) where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity::default());
+    let io = TokioIo::new(Counted {
+        inner: io,
+        activity: activity.clone(),
+    });
+    let slot = FutureSlot::new();
     let svc = {
         let (shared, conn, activity) = (shared.clone(), conn.clone(), activity.clone());
         service_fn(move |req| {
             activity.inflight.fetch_add(1, Ordering::Relaxed);
             activity.started.fetch_add(1, Ordering::Relaxed);
             // Dropped when the response body ends, not at the response head.
-            let guard: Box<dyn Send> = Box::new(InflightGuard(activity.clone()));
-            // Boxed: the request future is large, and hyper moves the
-            // service's future into its own slot (a copy of all of it).
-            // (4.5 KB measured in an optimised build; was 5.5 KB before the
-            // filter and connect awaits were boxed).
-            let fut = Box::pin(proxy::handle(
-                shared.clone(),
-                conn.clone(),
-                req,
-                Some(guard),
-            ));
-            async move { Ok::<_, std::convert::Infallible>(fut.await) }
+            let guard = InflightGuard(activity.clone());
+            slot.place(|| proxy::handle(shared.clone(), conn.clone(), req, Some(guard)))
         })
     };
-    let connection = builder.serve_connection_with_upgrades(io, svc);
+    let h1 = proto != DownstreamProtocol::H2;
+    let connection = if h1 {
+        Conn::H1 {
+            c: protocols.h1.serve_connection(io, svc).with_upgrades(),
+        }
+    } else {
+        Conn::H2 {
+            c: protocols.h2.serve_connection(io, svc),
+        }
+    };
     tokio::pin!(connection);
+    let graceful = |c: Pin<&mut Conn<_, _>>| match c.project() {
+        ConnProj::H1 { c } => c.graceful_shutdown(),
+        ConnProj::H2 { c } => c.graceful_shutdown(),
+    };
     let mut closing = false;
     let (close_tx, mut close_rx) = tokio::sync::oneshot::channel();
     let _watcher = if watch.is_signaled() {
-        connection.as_mut().graceful_shutdown();
+        graceful(connection.as_mut());
         closing = true;
         None
     } else {
         Some(AbortOnDrop(tokio::spawn(watch_conn(
             watch,
             activity,
-            idle_timeout,
+            protocols.idle_timeout,
+            h1.then_some(protocols.header_read_timeout),
             close_tx,
         ))))
+    };
+    let count_error = || {
+        shared
+            .metrics
+            .downstream_protocol_errors
+            .with_label_values(&[&conn.listener])
+            .inc();
     };
     loop {
         tokio::select! {
             biased;
-            r = connection.as_mut() => {
+            r = std::future::poll_fn(|cx| match connection.as_mut().project() {
+                ConnProj::H1 { c } => c.poll(cx),
+                ConnProj::H2 { c } => c.poll(cx),
+            }) => {
                 if let Err(e) = r {
-                    if !is_benign(&*e) {
-                        shared
-                            .metrics
-                            .downstream_protocol_errors
-                            .with_label_values(&[&conn.listener])
-                            .inc();
+                    if !is_benign(&e) {
+                        count_error();
                         tracing::debug!(listener = %conn.listener, remote = %conn.remote, error = %e, "connection error");
                     }
                 }
                 break;
             }
-            _ = &mut close_rx, if !closing => {
-                connection.as_mut().graceful_shutdown();
+            why = &mut close_rx, if !closing => {
+                if why == Ok(Close::HeadTimeout) {
+                    // Slowloris: no response, the connection is dropped.
+                    count_error();
+                    tracing::debug!(listener = %conn.listener, remote = %conn.remote, "request head read timed out");
+                    break;
+                }
+                graceful(connection.as_mut());
                 closing = true;
             }
         }

@@ -513,3 +513,83 @@ async fn http2_max_concurrent_streams_is_enforced() {
         "peak concurrency at the upstream: {peak}"
     );
 }
+
+/// Read one HTTP/1.1 response (head and a Content-Length body) from `s`.
+async fn read_response(s: &mut tokio::net::TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .expect("response in time")
+            .expect("read");
+        assert!(n > 0, "connection closed before a whole response");
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len = text[..end]
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                return text;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn header_read_timeout_counts_from_a_head_s_first_byte() {
+    // The header read timeout is kept by the connection's watcher (no timer
+    // per request): an idle keep-alive connection lives to idle_timeout, a
+    // head that has started must complete within header_read_timeout.
+    let up = Upstream::echo("a").await;
+    let cfg = simple_config(up.addr, "").replace(
+        "    address: \"127.0.0.1:0\"\n",
+        "    address: \"127.0.0.1:0\"\n    protocol: h1\n    limits: { header_read_timeout: 300ms, idle_timeout: 3s }\n",
+    );
+    let sift = Sift::start(&cfg);
+    let mut s = tokio::net::TcpStream::connect(sift.addr()).await.unwrap();
+    s.write_all(b"GET /one HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"));
+    // Idle for 4 × header_read_timeout: still open, and serves again.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    s.write_all(b"GET /two HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"));
+    let before = sift
+        .metric(r#"sift_downstream_protocol_errors_total{listener="main"}"#)
+        .await
+        .unwrap_or(0.0);
+    // A head that starts and stalls on the same connection is cut off at
+    // header_read_timeout (1–1.5 ×), long before idle_timeout, with no response.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    s.write_all(b"GET /three HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let t = Instant::now();
+    let mut rest = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    let took = t.elapsed();
+    assert!(
+        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+        "closed: {r:?} {rest:?}"
+    );
+    assert!(rest.is_empty(), "no response to a stalled head: {rest:?}");
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_millis(1500),
+        "{took:?}"
+    );
+    let after = sift
+        .metric(r#"sift_downstream_protocol_errors_total{listener="main"}"#)
+        .await
+        .unwrap_or(0.0);
+    assert_eq!(after, before + 1.0, "the stalled head is counted");
+}

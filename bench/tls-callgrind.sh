@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Instructions per TLS keep-alive request, load-independent: a proxy (sift,
+# or the floor proxy) runs under valgrind's callgrind in front of a backend
+# nginx; bench/tls_load.rs drives CONNS keep-alive connections; the counters
+# are zeroed after a warm-up and dumped after the measured run, and the
+# total user-space instructions are divided by the requests served.
+#
+#   bench/tls-callgrind.sh [SIFT_BIN]   env: WHO (sift|floor), SECONDS_RUN (6),
+#                                       CONNS (10), MTLS (0|1), OUT (callgrind file),
+#                                       LOAD, FLOOR (prebuilt bench binaries)
+#
+# Prints "instructions/request N (I instructions over R requests)". With OUT
+# set, the dump stays there for callgrind_annotate. Loopback only; stops by
+# itself.
+set -euo pipefail
+cd "$(git -C "$(dirname "$0")" rev-parse --show-toplevel)"
+SIFT=${1:-target/release/sift}
+WHO=${WHO:-sift}
+SECONDS_RUN=${SECONDS_RUN:-6}
+CONNS=${CONNS:-10}
+MTLS=${MTLS:-0}
+need=()
+command -v nginx >/dev/null || need+=(nginx)
+command -v valgrind >/dev/null || need+=(valgrind)
+command -v openssl >/dev/null || need+=(openssl)
+command -v curl >/dev/null || need+=(curl)
+if [ ${#need[@]} -gt 0 ]; then apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; fi
+bench_bin() {
+  cargo bench --bench "$1" --no-run --message-format=json 2>/dev/null | python3 -c 'import sys,json
+for l in sys.stdin:
+    m=json.loads(l)
+    if m.get("reason")=="compiler-artifact" and m.get("target",{}).get("name")==sys.argv[1] and m.get("executable"): print(m["executable"])' "$1" | tail -1
+}
+LOAD=${LOAD:-$(bench_bin tls_load)}
+[ "$WHO" = floor ] && FLOOR=${FLOOR:-$(bench_bin floor_proxy)}
+
+d=$(mktemp -d); chmod 755 "$d"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.3; rm -rf "$d"; }
+trap cleanup EXIT INT TERM
+port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+( cd "$d"
+  openssl ecparam -name prime256v1 -genkey -noout -out ca.key
+  openssl req -x509 -new -key ca.key -sha256 -days 2 -subj "/CN=bench CA" -out ca.pem
+  for who in server client; do
+    openssl ecparam -name prime256v1 -genkey -noout -out $who.key
+    openssl req -new -key $who.key -subj "/CN=$who" -out $who.csr
+  done
+  printf "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n" > s.cnf
+  printf "subjectAltName=URI:spiffe://bench.example/ns/load/sa/client\nextendedKeyUsage=clientAuth\n" > c.cnf
+  openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -sha256 -extfile s.cnf -out server.pem
+  openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -sha256 -extfile c.cnf -out client.pem
+) >/dev/null 2>&1
+chmod 644 "$d"/*
+
+BE=$(port); P=$(port); A=$(port)
+cat > "$d/backend.conf" <<NGX
+worker_processes 1; daemon off; pid $d/be.pid; error_log $d/be.err;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  client_body_temp_path $d/cb; proxy_temp_path $d/pt; fastcgi_temp_path $d/ft; uwsgi_temp_path $d/ut; scgi_temp_path $d/st;
+  server { listen 127.0.0.1:$BE; location / { return 200 "ok\n"; } } }
+NGX
+nginx -c "$d/backend.conf" -p "$d" & pids+=($!)
+client_auth=""
+[ "$MTLS" = 1 ] && client_auth="client_auth: { mode: require, ca: \"$d/ca.pem\" }"
+cat > "$d/sift.yaml" <<YAML
+workers: 1
+log: { format: json, level: warn, access_log: false }
+admin: { address: "127.0.0.1:$A" }
+listeners:
+  - name: tls
+    address: "127.0.0.1:$P"
+    protocol: h1
+    tls:
+      certificates: [ { cert: "$d/server.pem", key: "$d/server.key" } ]
+      $client_auth
+routes: [ { name: all, cluster: backend } ]
+clusters: [ { name: backend, endpoints: ["127.0.0.1:$BE"] } ]
+YAML
+out=${OUT:-$d/callgrind.out}
+case $WHO in
+  sift) cmd=("$SIFT" run --config "$d/sift.yaml") ;;
+  floor)
+    cmd=("$FLOOR" "127.0.0.1:$P" "127.0.0.1:$BE" "$d/server.pem" "$d/server.key")
+    [ "$MTLS" = 1 ] && cmd+=("$d/ca.pem") ;;
+  *) echo "WHO is sift or floor" >&2; exit 2 ;;
+esac
+valgrind --tool=callgrind --callgrind-out-file="$out" "${cmd[@]}" > "$d/proxy.log" 2>&1 & vp=$!; pids+=($vp)
+for _ in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/$P) 2>/dev/null && break; sleep 0.1; done
+client=()
+[ "$MTLS" = 1 ] && client=("$d/client.pem" "$d/client.key")
+"$LOAD" keepalive "127.0.0.1:$P" 2 "$CONNS" "$d/ca.pem" "${client[@]}" >/dev/null
+callgrind_control -z "$vp" >/dev/null
+read -r _ rps _ _ errs < <("$LOAD" keepalive "127.0.0.1:$P" "$SECONDS_RUN" "$CONNS" "$d/ca.pem" "${client[@]}")
+callgrind_control -d "$vp" >/dev/null
+sleep 1
+kill -TERM "$vp" 2>/dev/null || true
+wait "$vp" 2>/dev/null || true
+# The dump taken by callgrind_control -d is the file with the highest part number.
+dump=$(ls -1 "$out"* | grep -v '\.[0-9]*$' | head -1)
+part=$(ls -1 "$out".* 2>/dev/null | sort -t. -k3 -n | tail -1 || true)
+[ -n "$part" ] && dump=$part
+ir=$(grep -m1 '^summary:' "$dump" | awk '{print $2}')
+reqs=$(python3 -c "print(round(float('$rps') * $SECONDS_RUN))")
+echo "$WHO: instructions/request $((ir / reqs)) ($ir instructions over $reqs requests, $errs errors) dump $dump"
