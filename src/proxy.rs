@@ -258,7 +258,7 @@ async fn proxy(
     check_head_size(&req, listener)?;
     let host = request_host(&req)?;
     if let Some(log) = &mut out.log {
-        log.host.clone_from(&host);
+        log.host = host.to_string();
     }
     let path = req.uri().path();
     if has_dot_segments(path) {
@@ -410,7 +410,7 @@ async fn proxy(
     out.cluster_slot = Some(cluster.request_slot()?);
 
     // 7. Upstream request head (the endpoint is set per attempt).
-    let upgrade = upgrade_protocol(&req);
+    let upgrade = seen.connection.then(|| upgrade_protocol(&req)).flatten();
     let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, incoming) = req.into_parts();
     let mut uri = std::mem::take(&mut parts.uri).into_parts();
@@ -1105,7 +1105,10 @@ fn request_id(h: &HeaderMap, present: bool) -> HeaderValue {
         id[at + 1] = HEX[usize::from(b & 0xf)];
         at += 2;
     }
-    HeaderValue::from_bytes(&id).expect("hex and dashes are a valid header value")
+    // One allocation, shared by the upstream request, the response and
+    // the log (Bytes::from_owner: clones only count references).
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(id))
+        .expect("hex and dashes are a valid header value")
 }
 
 /// Which of the headers sift acts on a request carries, found in one pass
@@ -1113,6 +1116,8 @@ fn request_id(h: &HeaderMap, present: bool) -> HeaderValue {
 /// names are hashed byte by byte).
 #[derive(Debug, Default)]
 struct Seen {
+    /// A Connection header (an upgrade needs one).
+    connection: bool,
     request_id: bool,
     canary: bool,
     /// Any `x-sift-*` header.
@@ -1126,6 +1131,10 @@ impl Seen {
     fn scan(h: &HeaderMap) -> Seen {
         let mut s = Seen::default();
         for k in h.keys() {
+            if k == header::CONNECTION {
+                s.connection = true;
+                continue;
+            }
             let n = k.as_str();
             if !n.starts_with("x-") {
                 continue;
@@ -1183,7 +1192,7 @@ fn check_head_size(req: &Request<Incoming>, l: &ListenerSpec) -> Result<(), Prox
 
 /// Lower-cased host without port, from the URI authority (HTTP/2,
 /// absolute-form) or the Host header. HTTP/1.1 without Host is malformed.
-fn request_host(req: &Request<Incoming>) -> Result<String, ProxyError> {
+fn request_host(req: &Request<Incoming>) -> Result<std::borrow::Cow<'_, str>, ProxyError> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let header_host = hosts.next();
     if hosts.next().is_some() {
@@ -1207,7 +1216,9 @@ fn request_host(req: &Request<Incoming>) -> Result<String, ProxyError> {
             None => return Err(ProxyError::Malformed("bad IPv6 literal in Host")),
         }
     } else {
-        raw.rsplit_once(':').map_or(raw, |(h, _)| h)
+        raw.bytes()
+            .rposition(|b| b == b':')
+            .map_or(raw, |i| &raw[..i])
     };
     if host
         .bytes()
@@ -1215,7 +1226,12 @@ fn request_host(req: &Request<Incoming>) -> Result<String, ProxyError> {
     {
         return Err(ProxyError::Malformed("Host is not a host name"));
     }
-    Ok(host.to_ascii_lowercase())
+    // Usually lower case already: then borrowed, not copied.
+    Ok(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(host)
+    })
 }
 
 /// `.` or `..` segments, also percent-encoded (`%2e`, `%2E`), which an app
