@@ -130,8 +130,6 @@ impl Recipe {
                 "char5" => features::FLAG_CHAR | features::FLAG_CHAR5,
                 "signal" => features::FLAG_SIGNAL,
                 "fold" => features::FLAG_FOLD_DIGITS,
-                "trigram" => features::FLAG_TRIGRAM,
-                "skip" => features::FLAG_SKIP,
                 other => return Err(format!("unknown feature block {other:?}")),
             };
         }

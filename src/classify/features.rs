@@ -49,10 +49,6 @@ pub const FLAG_FOLD_DIGITS: u32 = 16;
 pub const FLAG_CHAR3: u32 = 32;
 pub const FLAG_CHAR4: u32 = 64;
 pub const FLAG_CHAR5: u32 = 128;
-/// Word trigrams (one more lookup per token).
-pub const FLAG_TRIGRAM: u32 = 256;
-/// Skip-bigrams: words i-2 and i (one more lookup per token).
-pub const FLAG_SKIP: u32 = 512;
 pub const ALL_FLAGS: u32 = FLAG_WORD | FLAG_BIGRAM | FLAG_CHAR | FLAG_SIGNAL | FLAG_FOLD_DIGITS;
 
 impl Default for FeatureConfig {
@@ -391,8 +387,6 @@ const SEED_WORD: u64 = 0x77_6f72_6431;
 const SEED_BIGRAM: u64 = 0x62_6967_7261_6d32;
 const SEED_CHAR: u64 = 0x63_6861_7233;
 const SEED_SIGNAL: u64 = 0x73_6967_6e61_6c34;
-const SEED_TRIGRAM: u64 = 0x74_7269_6772_616d;
-const SEED_SKIP: u64 = 0x73_6b69_7032;
 
 #[inline(always)]
 fn mix(x: u64) -> u64 {
@@ -638,7 +632,6 @@ impl Featurizer {
             let mut raw = RawCursor::default();
             let mut tk = Tokens {
                 prev: None,
-                prev2: None,
                 buf: [0; WORD_BATCH],
                 len: 0,
             };
@@ -666,8 +659,8 @@ impl Featurizer {
                 if starts != 0 {
                     cur_start = 64 * k + starts.trailing_zeros() as usize;
                 }
-                // At most 32 tokens, 96 features per mask word.
-                if !S::SPANS && tk.len > WORD_BATCH - 96 {
+                // At most 64 features per mask word.
+                if !S::SPANS && tk.len > WORD_BATCH - 64 {
                     tk.flush(sink);
                 }
             }
@@ -884,27 +877,6 @@ impl Featurizer {
                 },
             );
         }
-        if let (Some((p2, ps2)), Some((p1, _))) = (tk.prev2, tk.prev) {
-            let f = self.cfg.flags;
-            if f & FLAG_TRIGRAM != 0 {
-                tk.emit(
-                    sink,
-                    Feature {
-                        bucket: self.bucket(bigram_hash(bigram_hash(p2, p1), h), SEED_TRIGRAM),
-                        origin: Origin::Word { start: ps2, end },
-                    },
-                );
-            }
-            if f & FLAG_SKIP != 0 {
-                tk.emit(
-                    sink,
-                    Feature {
-                        bucket: self.bucket(bigram_hash(p2, h), SEED_SKIP),
-                        origin: Origin::Word { start: ps2, end },
-                    },
-                );
-            }
-        }
         if sig && first.is_ascii_digit() {
             let tok = &norm[s..e];
             if tok.iter().all(u8::is_ascii_digit) {
@@ -936,7 +908,6 @@ impl Featurizer {
                 Some(Cue::Url) | None => {}
             }
         }
-        tk.prev2 = tk.prev;
         tk.prev = Some((h, start));
     }
 
@@ -1066,7 +1037,6 @@ const WORD_BATCH: usize = 256;
 /// buckets.
 struct Tokens {
     prev: Option<(u64, u32)>,
-    prev2: Option<(u64, u32)>,
     buf: [u32; WORD_BATCH],
     len: usize,
 }
@@ -1538,17 +1508,19 @@ impl Collect {
     /// Append the sparse vector to `idx`/`val` and reset; `scales` are the
     /// word and char block scales of the [`FeatureConfig`].
     pub fn finish(&mut self, scales: [f32; 2], idx: &mut Vec<u32>, val: &mut Vec<f32>) {
-        for (buf, scale, block_word) in [
-            (&mut self.word, Some(scales[0]), true),
-            (&mut self.chr, Some(scales[1]), false),
-            (&mut self.sig, None, false),
+        for (buf, scale) in [
+            (&mut self.word, Some(scales[0])),
+            (&mut self.chr, Some(scales[1])),
+            (&mut self.sig, None),
         ] {
             if buf.is_empty() {
                 continue;
             }
-            let xf = screen_mode();
+            let scale = match scale {
+                Some(s) => s / (buf.len() as f32).sqrt(),
+                None => 1.0,
+            };
             buf.sort_unstable();
-            let start = idx.len();
             let mut i = 0;
             while i < buf.len() {
                 let b = buf[i];
@@ -1557,46 +1529,12 @@ impl Collect {
                     j += 1;
                 }
                 idx.push(b);
-                val.push((j - i) as f32);
+                val.push((j - i) as f32 * scale);
                 i = j;
-            }
-            let n = buf.len() as f32;
-            let vals = &mut val[start..];
-            if let Some(s) = scale {
-                let apply_log = xf == "log" || (xf == "wlog" && block_word);
-                let apply_bin = xf == "wbin" && block_word;
-                if apply_log {
-                    let mut ss = 0.0f32;
-                    for v in vals.iter_mut() {
-                        *v = v.ln_1p();
-                        ss += *v * *v;
-                    }
-                    let k = s / ss.sqrt();
-                    vals.iter_mut().for_each(|v| *v *= k);
-                } else if apply_bin {
-                    let k = s / (vals.len() as f32).sqrt();
-                    vals.iter_mut().for_each(|v| *v = k);
-                } else if xf == "l2" {
-                    let ss: f32 = vals.iter().map(|v| v * v).sum();
-                    let k = s / ss.sqrt();
-                    vals.iter_mut().for_each(|v| *v *= k);
-                } else if let Some(p) = xf.strip_prefix('p').and_then(|p| p.parse::<f32>().ok()) {
-                    let k = s / n.powf(p);
-                    vals.iter_mut().for_each(|v| *v *= k);
-                } else {
-                    let k = s / n.sqrt();
-                    vals.iter_mut().for_each(|v| *v *= k);
-                }
             }
             buf.clear();
         }
     }
-}
-
-fn screen_mode() -> String {
-    static M: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    M.get_or_init(|| std::env::var("SIFT_SCREEN").unwrap_or_default())
-        .clone()
 }
 
 #[cfg(test)]
