@@ -563,13 +563,7 @@ impl Featurizer {
     /// per-block seed and the multiply spread them well enough.
     #[inline(always)]
     fn bucket(&self, h: u64, seed: u64) -> u32 {
-        let x = (h ^ seed ^ self.cfg.seed).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        if screen_signed() {
-            // Round S screen: bit 31 carries a sign from the next hash bit.
-            ((x >> self.shift) as u32) | ((((x >> (self.shift - 1)) & 1) as u32) << 31)
-        } else {
-            (x >> self.shift) as u32
-        }
+        ((h ^ seed ^ self.cfg.seed).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> self.shift) as u32
     }
 
     /// Emit every feature of `view` into `sink`.
@@ -759,15 +753,8 @@ impl Featurizer {
         // constant (the window has no bits in the top byte).
         let key = (4u64 << 56) ^ SEED_CHAR ^ self.cfg.seed;
         let shift = self.shift;
-        let signed = screen_signed();
-        let idx = |w: u32| {
-            let x = (u64::from(w) ^ key).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-            if signed {
-                ((x >> shift) as u32) | ((((x >> (shift - 1)) & 1) as u32) << 31)
-            } else {
-                (x >> shift) as u32
-            }
-        };
+        let idx =
+            |w: u32| ((u64::from(w) ^ key).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> shift) as u32;
         // The first gram: a virtual space and the first three bytes.
         let first = u32::from_be_bytes([b' ', norm[0], norm[1], norm[2]]);
         sink.emit_chars(&[idx(first)]);
@@ -1541,21 +1528,13 @@ impl Collect {
                 while j < buf.len() && buf[j] == b {
                     j += 1;
                 }
-                // Round S screen: bit 31 is the feature's sign.
-                idx.push(b & 0x7fff_ffff);
-                let sign = if b >> 31 == 1 { -1.0 } else { 1.0 };
-                val.push(sign * (j - i) as f32 * scale);
+                idx.push(b);
+                val.push((j - i) as f32 * scale);
                 i = j;
             }
             buf.clear();
         }
     }
-}
-
-/// Round S screen (training side only): SIFT_SCREEN_SIGNED=1.
-fn screen_signed() -> bool {
-    static M: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *M.get_or_init(|| std::env::var_os("SIFT_SCREEN_SIGNED").is_some())
 }
 
 #[cfg(test)]
