@@ -271,6 +271,122 @@ fn threshold_for_best_oof_f1_respects_the_fpr_cap() {
     assert!(t > 0.6 && t <= 0.8, "{t}");
 }
 
+#[test]
+fn calibration_rules_read_the_oof_margins() {
+    use train::Calib;
+    let m = [0.9, 0.8, 0.6, 0.5, 0.4, 0.1, -0.2, -0.5];
+    let l = [true, true, false, true, false, false, false, true];
+    // `f1` and `fpr` are the two older rules.
+    assert_eq!(train::threshold_from_oof(&m, &l, Calib::F1, 0.5), 0.5);
+    let fpr = train::threshold_from_oof(&m, &l, Calib::Fpr, 0.0);
+    assert_eq!(fpr, train::threshold_for_fpr(&[0.6, 0.4, 0.1, -0.2], 0.0));
+    // F1 at 0.9: 0.4, 0.8: 0.667, 0.6: 0.571, 0.5: 0.75, 0.4: 0.667, ...:
+    // `f1low` takes the lowest within 0.005 of the best, here the best.
+    assert_eq!(train::threshold_from_oof(&m, &l, Calib::F1low, 0.5), 0.5);
+    // F1 ties at 0.8 and 0.3 (2/3): `f1` takes the higher, `f1low` the lower.
+    let m2 = [0.9, 0.8, 0.7, 0.6, 0.3, 0.2, 0.1, 0.0, -0.1, -0.2, -0.5];
+    let l2 = [
+        true, true, false, false, true, false, false, false, false, false, true,
+    ];
+    assert_eq!(train::threshold_from_oof(&m2, &l2, Calib::F1, 1.0), 0.8);
+    assert_eq!(train::threshold_from_oof(&m2, &l2, Calib::F1low, 1.0), 0.3);
+    // Never below the FPR floor.
+    let floor = train::threshold_from_oof(&m2, &l2, Calib::Fpr, 0.0);
+    for c in [Calib::F1, Calib::F1low, Calib::Platt, Calib::Platt50] {
+        assert!(
+            train::threshold_from_oof(&m2, &l2, c, 0.0) >= floor,
+            "{c:?}"
+        );
+    }
+}
+
+#[test]
+fn platt_fit_recovers_a_logistic_curve() {
+    // Labels drawn from p = sigmoid(2m - 1) on a grid, many per margin.
+    let (mut m, mut l) = (Vec::new(), Vec::new());
+    for k in -40..=40 {
+        let x = k as f32 / 10.0;
+        let p = 1.0 / (1.0 + (-(2.0 * f64::from(x) - 1.0)).exp());
+        let pos = (p * 200.0).round() as usize;
+        for j in 0..200 {
+            m.push(x);
+            l.push(j < pos);
+        }
+    }
+    let (a, b) = train::platt_fit(&m, &l);
+    assert!(
+        (a - 2.0).abs() < 0.05 && (b + 1.0).abs() < 0.05,
+        "a {a} b {b}"
+    );
+    // The p = 0.5 cut is then at m = 0.5.
+    let t = train::threshold_from_oof(&m, &l, train::Calib::Platt50, 1.0);
+    assert!((t - 0.5).abs() < 0.03, "{t}");
+}
+
+#[test]
+fn nb_svm_ratios_and_folded_weights() {
+    let (v, l) = toy();
+    let fz = Featurizer::new(small_cfg());
+    let ds = Dataset::build(&fz, &v, &l);
+    let rows: Vec<usize> = (0..ds.len()).collect();
+    let n = 1usize << small_cfg().bits;
+    let r = train::nb_ratios(&ds, &rows, n, 1.0);
+    // A bucket seen only in spam rows has r > 0, only in ham r < 0; every
+    // bucket seen in none has the same r (the two classes' α shares).
+    let mut in_spam = vec![false; n];
+    let mut in_ham = vec![false; n];
+    for &row in &rows {
+        let (idx, _) = ds.row(row);
+        for &i in idx {
+            if ds.labels[row] {
+                in_spam[i as usize] = true;
+            } else {
+                in_ham[i as usize] = true;
+            }
+        }
+    }
+    let (mut pos, mut neg) = (0, 0);
+    let mut unseen = Vec::new();
+    for i in 0..n {
+        match (in_spam[i], in_ham[i]) {
+            (true, false) => {
+                assert!(r[i] > 0.0, "{i}: {}", r[i]);
+                pos += 1;
+            }
+            (false, true) => {
+                assert!(r[i] < 0.0, "{i}: {}", r[i]);
+                neg += 1;
+            }
+            (false, false) => unseen.push(r[i]),
+            _ => {}
+        }
+    }
+    assert!(pos > 0 && neg > 0);
+    assert!(unseen.len() > 100 && unseen.iter().all(|&x| x == unseen[0]));
+    // The folded model is one table over the unscaled features and
+    // separates the toy data.
+    let cfg = train::TrainConfig {
+        nb: 1.0,
+        ensemble: 2,
+        ..train::TrainConfig::default()
+    };
+    let lin = train::fit_fresh(&ds, &rows, small_cfg().bits, &cfg);
+    let plain = train::fit_fresh(
+        &ds,
+        &rows,
+        small_cfg().bits,
+        &train::TrainConfig {
+            ensemble: 2,
+            ..train::TrainConfig::default()
+        },
+    );
+    assert_ne!(lin.w, plain.w, "--nb changed nothing");
+    for &row in &rows {
+        let (idx, val) = ds.row(row);
+        assert_eq!(lin.margin(idx, val) > 0.0, ds.labels[row], "row {row}");
+    }
+}
+
 /// Writes `dir/{spam,ham}/N.txt` from the toy examples.
 fn write_label_dir(dir: &std::path::Path) {
     let (views, labels) = toy();

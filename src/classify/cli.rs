@@ -106,6 +106,10 @@ pub struct Recipe {
     /// threshold is calibrated on the SMS rows' out-of-fold margins).
     #[arg(long)]
     pub sms_with_sa: bool,
+    /// NB-SVM: scale features by the training log-count ratio (this is its
+    /// smoothing α; 0 = off) and fold the ratio into the weights.
+    #[arg(long, default_value_t = 0.0)]
+    pub nb: f32,
 }
 
 impl Recipe {
@@ -155,6 +159,7 @@ impl Recipe {
                 ensemble: self.ensemble,
                 mix: self.mix,
                 spam_weight: self.spam_weight,
+                nb: self.nb,
             },
             calib_folds: self.calib_folds,
             target_fpr: self.target_fpr,
@@ -248,6 +253,11 @@ pub struct EvalSpam {
     /// (d): inner splits of the SMS 80 %; (b) is not run.
     #[arg(long)]
     pub validate: bool,
+    /// With --validate: also score (a-val) and (c-val) under these
+    /// threshold rules, `RULE:TARGET_FPR` (e.g. `fpr:0.003,platt:0.01`),
+    /// read from the same models' out-of-fold margins.
+    #[arg(long, value_delimiter = ',')]
+    pub calib_alt: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -504,6 +514,20 @@ pub fn run_eval(what: EvalWhat) -> ExitCode {
     };
     let fz = Featurizer::new(fcfg);
     let opts = args.recipe.fit_options();
+    let mut rules: Vec<eval::CalibRule> = Vec::new();
+    for r in &args.calib_alt {
+        let (name, target) = r.split_once(':').unwrap_or((r.as_str(), "0.01"));
+        let Ok(c) = train::Calib::from_str(name, true) else {
+            return fail(format_args!("--calib-alt: unknown rule {name:?}"));
+        };
+        let Ok(t) = target.parse::<f32>() else {
+            return fail(format_args!("--calib-alt: bad target FPR {target:?}"));
+        };
+        rules.push((c, t));
+    }
+    if !rules.is_empty() && !args.validate {
+        return fail("--calib-alt needs --validate");
+    }
     let all = [Setting::Time, Setting::Kfold, Setting::Sms, Setting::Adapt];
     let settings: Vec<Setting> = if args.bench_only {
         Vec::new()
@@ -579,22 +603,30 @@ pub fn run_eval(what: EvalWhat) -> ExitCode {
         let t = Instant::now();
         match (s, &sa, &sms) {
             (Setting::Time, Some(sa), _) if args.validate => {
-                let m = eval::time_split_valid(&sa.corpus, &sa.ds, fcfg, &opts);
+                let ms = eval::time_split_valid_rules(&sa.corpus, &sa.ds, fcfg, &opts, &rules);
                 println!(
-                    "(a-val) time split validation (easy-ham-1, spam-1 by file order: train first 60 %/80 % + hard-ham-1, validate next 20 %, pooled): {m}  [{:.1}s]",
+                    "(a-val) time split validation (easy-ham-1, spam-1 by file order: train first 60 %/80 % + hard-ham-1, validate next 20 %, pooled): {}  [{:.1}s]",
+                    ms[0],
                     t.elapsed().as_secs_f64()
                 );
+                for (r, m) in rules.iter().zip(&ms[1..]) {
+                    println!("(a-val)   calib {:?}:{}: {m}", r.0, r.1);
+                }
             }
             (Setting::Sms, _, Some(sms)) if args.validate => {
                 let (ds, extra) = match &sms_train {
                     Some((ds, extra)) => (ds, extra.as_slice()),
                     None => (&sms.ds, &[][..]),
                 };
-                let m = eval::sms_valid(&sms.corpus, ds, fcfg, &opts, extra);
+                let ms = eval::sms_valid_rules(&sms.corpus, ds, fcfg, &opts, extra, &rules);
                 println!(
-                    "(c-val) SMS validation (inner stratified 5-fold of the SMS 80 %, pooled): {m}  [{:.1}s]",
+                    "(c-val) SMS validation (inner stratified 5-fold of the SMS 80 %, pooled): {}  [{:.1}s]",
+                    ms[0],
                     t.elapsed().as_secs_f64()
                 );
+                for (r, m) in rules.iter().zip(&ms[1..]) {
+                    println!("(c-val)   calib {:?}:{}: {m}", r.0, r.1);
+                }
             }
             (Setting::Adapt, Some(sa), Some(sms)) if args.validate => {
                 let variants = learn_variants(&args);

@@ -385,6 +385,30 @@ pub fn time_split_valid(
     fcfg: FeatureConfig,
     opts: &FitOptions,
 ) -> Metrics {
+    time_split_valid_rules(sa, ds, fcfg, opts, &[])[0]
+}
+
+/// The threshold of each validation model under `rule` (the model's own
+/// when `rule` is `None`), read from that model's OOF margins.
+fn rule_threshold(model: &Model, oof: &(Vec<f32>, Vec<bool>), rule: Option<CalibRule>) -> f32 {
+    match rule {
+        None => model.threshold,
+        Some((c, t)) => train::threshold_from_oof(&oof.0, &oof.1, c, t),
+    }
+}
+
+/// A calibration rule and its OOF ham FPR target.
+pub type CalibRule = (train::Calib, f32);
+
+/// [`time_split_valid`] under the recipe's own calibration (first entry)
+/// and then under each of `rules`, all from the same trained models.
+pub fn time_split_valid_rules(
+    sa: &Corpus,
+    ds: &Dataset,
+    fcfg: FeatureConfig,
+    opts: &FitOptions,
+    rules: &[CalibRule],
+) -> Vec<Metrics> {
     // Position of each row within its group, as a fraction.
     let mut frac = vec![f64::NAN; sa.len()];
     for g in [0u8, 2] {
@@ -399,7 +423,10 @@ pub fn time_split_valid(
             *f = -1.0;
         }
     }
-    let mut parts = Vec::new();
+    let all_rules: Vec<Option<CalibRule>> = std::iter::once(None)
+        .chain(rules.iter().copied().map(Some))
+        .collect();
+    let mut parts = vec![Vec::new(); all_rules.len()];
     for (lo, hi) in [(0.6, 0.8), (0.8, 1.0)] {
         let tr: Vec<usize> = (0..sa.len())
             .filter(|&i| sa.groups[i] <= 2 && frac[i] < lo)
@@ -407,14 +434,15 @@ pub fn time_split_valid(
         let va: Vec<usize> = (0..sa.len())
             .filter(|&i| sa.groups[i] != 1 && sa.groups[i] <= 2 && frac[i] >= lo && frac[i] < hi)
             .collect();
-        let model = train::train_model(ds, &tr, fcfg, opts, "time-split validation");
-        parts.push(metrics(
-            &margins(&model, ds, &va),
-            &labels_of(ds, &va),
-            model.threshold,
-        ));
+        let (model, om, ol) =
+            train::train_model_oof(ds, &tr, fcfg, opts, "time-split validation", &|_| true);
+        let oof = (om, ol);
+        let (m, l) = (margins(&model, ds, &va), labels_of(ds, &va));
+        for (p, r) in parts.iter_mut().zip(&all_rules) {
+            p.push(metrics(&m, &l, rule_threshold(&model, &oof, *r)));
+        }
     }
-    pool(&parts)
+    parts.iter().map(|p| pool(p)).collect()
 }
 
 /// Validation for (c), from the SMS training part (the 80 %) only: inner
@@ -427,23 +455,40 @@ pub fn sms_valid(
     opts: &FitOptions,
     extra: &[usize],
 ) -> Metrics {
+    sms_valid_rules(corpus, ds, fcfg, opts, extra, &[])[0]
+}
+
+/// [`sms_valid`] under the recipe's own calibration (first entry) and then
+/// under each of `rules`, all from the same trained models.
+pub fn sms_valid_rules(
+    corpus: &Corpus,
+    ds: &Dataset,
+    fcfg: FeatureConfig,
+    opts: &FitOptions,
+    extra: &[usize],
+    rules: &[CalibRule],
+) -> Vec<Metrics> {
     let (outer_train, _test) = split_dedup(corpus, 0.2, opts.train.seed ^ 0x5e5);
     let folds = train::stratified_folds(&ds.labels, &outer_train, 5, opts.train.seed ^ 0x7a1);
     let n = corpus.len();
-    let mut parts = Vec::new();
+    let all_rules: Vec<Option<CalibRule>> = std::iter::once(None)
+        .chain(rules.iter().copied().map(Some))
+        .collect();
+    let mut parts = vec![Vec::new(); all_rules.len()];
     for (j, va) in folds.iter().enumerate() {
         let mut tr: Vec<usize> = train::other_folds(&folds, j);
         let mut va = va.clone();
         drop_texts_in(corpus, &mut va, &tr);
         tr.extend_from_slice(extra);
-        let model = train::train_model_calib(ds, &tr, fcfg, opts, "SMS validation", &|r| r < n);
-        parts.push(metrics(
-            &margins(&model, ds, &va),
-            &labels_of(ds, &va),
-            model.threshold,
-        ));
+        let (model, om, ol) =
+            train::train_model_oof(ds, &tr, fcfg, opts, "SMS validation", &|r| r < n);
+        let oof = (om, ol);
+        let (m, l) = (margins(&model, ds, &va), labels_of(ds, &va));
+        for (p, r) in parts.iter_mut().zip(&all_rules) {
+            p.push(metrics(&m, &l, rule_threshold(&model, &oof, *r)));
+        }
     }
-    pool(&parts)
+    parts.iter().map(|p| pool(p)).collect()
 }
 
 /// Validation for (d): the SpamAssassin-only model learns `n_learn`

@@ -95,6 +95,11 @@ pub struct TrainConfig {
     pub mix: bool,
     /// Multiplies the spam class weight (after balancing).
     pub spam_weight: f32,
+    /// NB-SVM (Wang & Manning 2012) when > 0: train on features scaled by
+    /// the log-count ratio r of the training rows (this value is the
+    /// smoothing α), then fold r into the weights, so the served model is
+    /// still one linear table over the same features.
+    pub nb: f32,
 }
 
 /// Training loss.
@@ -122,6 +127,7 @@ impl Default for TrainConfig {
             ensemble: 8,
             mix: false,
             spam_weight: 0.5,
+            nb: 0.0,
         }
     }
 }
@@ -152,6 +158,40 @@ impl Linear {
 
 /// Train on `rows` of `ds`, starting from `init` (zeros for a fresh model).
 pub fn fit(ds: &Dataset, rows: &[usize], init: Linear, cfg: &TrainConfig) -> Linear {
+    fit_scaled(ds, rows, init, cfg, None)
+}
+
+/// NB-SVM log-count ratios per bucket over `rows`: r = log((p/|p|₁) /
+/// (q/|q|₁)) with p = α + the number of spam rows having the bucket, q the
+/// same over ham (binarized counts, as Wang & Manning).
+pub fn nb_ratios(ds: &Dataset, rows: &[usize], n: usize, alpha: f32) -> Vec<f32> {
+    let mut p = vec![f64::from(alpha); n];
+    let mut q = vec![f64::from(alpha); n];
+    for &r in rows {
+        let (idx, val) = ds.row(r);
+        let acc = if ds.labels[r] { &mut p } else { &mut q };
+        for (&i, &v) in idx.iter().zip(val) {
+            if let Some(a) = acc.get_mut(i as usize) {
+                *a += f64::from(u8::from(v != 0.0));
+            }
+        }
+    }
+    let (sp, sq) = (p.iter().sum::<f64>(), q.iter().sum::<f64>());
+    p.iter()
+        .zip(&q)
+        .map(|(a, b)| ((a / sp) / (b / sq)).ln() as f32)
+        .collect()
+}
+
+/// [`fit`] on feature values multiplied by `scale[bucket]` (when given);
+/// the returned weights are in that scaled space.
+fn fit_scaled(
+    ds: &Dataset,
+    rows: &[usize],
+    init: Linear,
+    cfg: &TrainConfig,
+    scale: Option<&[f32]>,
+) -> Linear {
     let mut m = init;
     let anchor_w = if cfg.anchor > 0.0 {
         Some(m.w.clone())
@@ -186,7 +226,20 @@ pub fn fit(ds: &Dataset, rows: &[usize], init: Linear, cfg: &TrainConfig) -> Lin
         for &r in &order {
             let (idx, val) = ds.row(r);
             let y = ds.labels[r];
-            let margin = m.margin(idx, val);
+            let sv = |i: u32, v: f32| match scale {
+                Some(s) => v * s.get(i as usize).copied().unwrap_or(0.0),
+                None => v,
+            };
+            let margin = match scale {
+                Some(_) => {
+                    let mut mg = m.bias;
+                    for (&i, &v) in idx.iter().zip(val) {
+                        mg += m.w.get(i as usize).copied().unwrap_or(0.0) * sv(i, v);
+                    }
+                    mg
+                }
+                None => m.margin(idx, val),
+            };
             let cw = if y { w_spam } else { w_ham };
             let ys = if y { 1.0 } else { -1.0 };
             let z = ys * margin;
@@ -214,6 +267,7 @@ pub fn fit(ds: &Dataset, rows: &[usize], init: Linear, cfg: &TrainConfig) -> Lin
                 continue;
             }
             for (&i, &v) in idx.iter().zip(val) {
+                let v = sv(i, v);
                 let i = i as usize;
                 let mut gi = g * v;
                 if let Some(a) = &anchor_w {
@@ -251,13 +305,19 @@ pub fn fit(ds: &Dataset, rows: &[usize], init: Linear, cfg: &TrainConfig) -> Lin
 pub fn fit_fresh(ds: &Dataset, rows: &[usize], bits: u8, cfg: &TrainConfig) -> Linear {
     let k = cfg.ensemble.max(1);
     let mut acc = Linear::zeros(bits);
+    let nb = (cfg.nb > 0.0).then(|| nb_ratios(ds, rows, 1usize << bits, cfg.nb));
     for j in 0..k {
         let mut c = *cfg;
         c.seed = cfg.seed.wrapping_add(u64::from(j));
         if cfg.mix && j % 2 == 1 {
             c.loss = Loss::Mhuber;
         }
-        let m = fit(ds, rows, Linear::zeros(bits), &c);
+        let mut m = fit_scaled(ds, rows, Linear::zeros(bits), &c, nb.as_deref());
+        if let Some(r) = &nb {
+            for (w, r) in m.w.iter_mut().zip(r) {
+                *w *= r;
+            }
+        }
         if k == 1 {
             return m;
         }
@@ -337,6 +397,130 @@ pub enum Calib {
     /// The threshold with the best OOF F1 among those whose OOF ham FPR is
     /// at most the target.
     F1,
+    /// The lowest threshold whose OOF F1 is within [`F1LOW_TOL`] of the
+    /// best, among those whose OOF ham FPR is at most the target.
+    F1low,
+    /// Platt scaling of the OOF margins, cut at p = F1*/2 (F1* the best OOF
+    /// F1: the F1-optimal probability cut), not below the FPR floor.
+    Platt,
+    /// Platt scaling of the OOF margins cut at p = 0.5, not below the FPR
+    /// floor.
+    Platt50,
+}
+
+/// How far below the best OOF F1 [`Calib::F1low`] may go.
+pub const F1LOW_TOL: f64 = 0.005;
+
+/// Platt scaling: `(a, b)` of p = sigmoid(a·m + b) fitted to `labels` by
+/// Newton's method on the log loss, with Platt's smoothed targets.
+pub fn platt_fit(margins: &[f32], labels: &[bool]) -> (f64, f64) {
+    let np = labels.iter().filter(|l| **l).count() as f64;
+    let nn = labels.len() as f64 - np;
+    let (tp, tn) = ((np + 1.0) / (np + 2.0), 1.0 / (nn + 2.0));
+    let (mut a, mut b) = (1.0f64, 0.0f64);
+    for _ in 0..100 {
+        let (mut h11, mut h22, mut h21, mut g1, mut g2) = (1e-12, 1e-12, 0.0, 0.0, 0.0);
+        for (&m, &l) in margins.iter().zip(labels) {
+            let m = f64::from(m);
+            let t = if l { tp } else { tn };
+            let p = 1.0 / (1.0 + (-(a * m + b)).exp());
+            let d = p - t;
+            let w = (p * (1.0 - p)).max(1e-12);
+            g1 += d * m;
+            g2 += d;
+            h11 += w * m * m;
+            h22 += w;
+            h21 += w * m;
+        }
+        let det = h11 * h22 - h21 * h21;
+        if det.abs() < 1e-300 {
+            break;
+        }
+        let da = (h22 * g1 - h21 * g2) / det;
+        let db = (h11 * g2 - h21 * g1) / det;
+        a -= da;
+        b -= db;
+        if da.abs() < 1e-10 && db.abs() < 1e-10 {
+            break;
+        }
+    }
+    (a, b)
+}
+
+/// The threshold on the margin that `calib` reads off out-of-fold margins
+/// (labels: spam), never below the one keeping at most `target_fpr` of
+/// their ham above it.
+pub fn threshold_from_oof(margins: &[f32], labels: &[bool], calib: Calib, target_fpr: f32) -> f32 {
+    let ham: Vec<f32> = margins
+        .iter()
+        .zip(labels)
+        .filter(|(_, l)| !**l)
+        .map(|(m, _)| *m)
+        .collect();
+    if ham.is_empty() {
+        return 0.0;
+    }
+    let floor = threshold_for_fpr(&ham, target_fpr);
+    match calib {
+        Calib::Fpr => floor,
+        Calib::F1 => threshold_best_f1(margins, labels, target_fpr),
+        Calib::F1low => {
+            let curve = f1_curve(margins, labels, floor);
+            let best = curve.iter().map(|c| c.0).fold(-1.0, f64::max);
+            curve
+                .iter()
+                .filter(|c| c.0 >= best - F1LOW_TOL)
+                .map(|c| c.1)
+                .fold(f32::INFINITY, f32::min)
+        }
+        Calib::Platt | Calib::Platt50 => {
+            let (a, b) = platt_fit(margins, labels);
+            let p = if calib == Calib::Platt {
+                let best = f1_curve(margins, labels, floor)
+                    .iter()
+                    .map(|c| c.0)
+                    .fold(0.0, f64::max);
+                (best / 2.0).clamp(1e-6, 0.5)
+            } else {
+                0.5
+            };
+            if a.is_nan() || a <= 0.0 {
+                return threshold_best_f1(margins, labels, target_fpr);
+            }
+            let t = (((p / (1.0 - p)).ln() - b) / a) as f32;
+            t.max(floor)
+        }
+    }
+}
+
+/// (F1, threshold) at every distinct margin at or above `floor`, highest
+/// threshold first.
+fn f1_curve(margins: &[f32], labels: &[bool], floor: f32) -> Vec<(f64, f32)> {
+    let mut order: Vec<usize> = (0..margins.len()).collect();
+    order.sort_unstable_by(|&a, &b| margins[b].total_cmp(&margins[a])); // descending
+    let n_spam = labels.iter().filter(|l| **l).count();
+    let (mut tp, mut fp) = (0usize, 0usize);
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < order.len() {
+        let t = margins[order[i]];
+        if t < floor {
+            break;
+        }
+        while i < order.len() && margins[order[i]] == t {
+            if labels[order[i]] {
+                tp += 1;
+            } else {
+                fp += 1;
+            }
+            i += 1;
+        }
+        out.push((2.0 * tp as f64 / (2 * tp + fp + (n_spam - tp)) as f64, t));
+    }
+    if out.is_empty() {
+        out.push((0.0, floor));
+    }
+    out
 }
 
 /// The threshold with the best F1 over `margins` (labels: spam) among
@@ -423,6 +607,19 @@ pub fn train_model_calib(
     note: &str,
     calib: &dyn Fn(usize) -> bool,
 ) -> Model {
+    train_model_oof(ds, rows, fcfg, opts, note, calib).0
+}
+
+/// [`train_model_calib`] that also returns the out-of-fold margins and
+/// labels the threshold was read from (so other rules can be compared).
+pub fn train_model_oof(
+    ds: &Dataset,
+    rows: &[usize],
+    fcfg: FeatureConfig,
+    opts: &FitOptions,
+    note: &str,
+    calib: &dyn Fn(usize) -> bool,
+) -> (Model, Vec<f32>, Vec<bool>) {
     let mut ham_oof = Vec::new();
     let mut all_oof: Vec<(f32, bool)> = Vec::new();
     if opts.calib_folds >= 2 {
@@ -442,13 +639,11 @@ pub fn train_model_calib(
         }
     }
     let lin = fit_fresh(ds, rows, fcfg.bits, &opts.train);
+    let (oof_m, oof_l): (Vec<f32>, Vec<bool>) = all_oof.into_iter().unzip();
     let threshold = if ham_oof.is_empty() {
         0.0
-    } else if opts.calib == Calib::F1 {
-        let (m, l): (Vec<f32>, Vec<bool>) = all_oof.into_iter().unzip();
-        threshold_best_f1(&m, &l, opts.target_fpr)
     } else {
-        threshold_for_fpr(&ham_oof, opts.target_fpr)
+        threshold_from_oof(&oof_m, &oof_l, opts.calib, opts.target_fpr)
     };
     let n_spam = rows.iter().filter(|&&r| ds.labels[r]).count() as u32;
     let meta = Meta {
@@ -457,7 +652,7 @@ pub fn train_model_calib(
         target_fpr: opts.target_fpr,
         note: note.to_owned(),
     };
-    to_model(&lin, fcfg, threshold, meta)
+    (to_model(&lin, fcfg, threshold, meta), oof_m, oof_l)
 }
 
 /// How `learn` sets the threshold of the learned model.
@@ -549,6 +744,7 @@ pub fn learn(model: &Model, batch: &[(TextView, bool)], opts: &LearnOptions) -> 
         ensemble: 1,
         mix: false,
         spam_weight: opts.spam_weight,
+        nb: 0.0,
     };
     let requantize = |w: Vec<f32>| match model.weights {
         Weights::F32(_) => Weights::F32(w),
