@@ -462,9 +462,9 @@ fn grouped_cv(folds: usize) -> train::Report {
 }
 
 /// Regression guard just below the measured level (grouped 5-fold CV by
-/// repository, seed 42: accuracy 0.620, macro-F1 0.434, evidence 52.0 % when
-/// written, 2026-12-04, with the failure-signature class features; seeds 1
-/// and 7 are in filters/cilog/README.md).
+/// repository, seed 42: accuracy 0.620, macro-F1 0.437, evidence 57.7 % when
+/// written, 2026-12-04, with the failure-signature features; seeds 1 and 7
+/// are in filters/cilog/README.md).
 #[test]
 fn grouped_cv_quality_guard() {
     let rep = grouped_cv(5);
@@ -476,19 +476,19 @@ fn grouped_cv_quality_guard() {
     );
     assert_eq!(rep.n, 637);
     assert!(rep.accuracy() >= 0.61, "accuracy {:.3}", rep.accuracy());
-    assert!(rep.macro_f1(5) >= 0.42, "macro-F1 {:.3}", rep.macro_f1(5));
+    assert!(rep.macro_f1(5) >= 0.43, "macro-F1 {:.3}", rep.macro_f1(5));
     assert!(
-        rep.evidence_share() >= 0.515,
+        rep.evidence_share() >= 0.57,
         "evidence {:.3}",
         rep.evidence_share()
     );
 }
 
 /// The issue's quality bar. Not reached yet: grouped-CV accuracy is 0.62,
-/// macro-F1 0.43, evidence 52 % (see filters/cilog/README.md); run with
-/// `--ignored` to check.
+/// macro-F1 0.44, evidence 58 % (seed 42; see filters/cilog/README.md); run
+/// with `--ignored` to check.
 #[test]
-#[ignore = "issue 7 targets (accuracy >= 0.85, macro-F1 >= 0.75, evidence >= 80 %) not reached: measured 0.62 / 0.43 / 52 %"]
+#[ignore = "issue 7 targets (accuracy >= 0.85, macro-F1 >= 0.75, evidence >= 80 %) not reached: measured 0.62 / 0.44 / 58 %"]
 fn grouped_cv_reaches_target() {
     let rep = grouped_cv(5);
     assert!(rep.accuracy() >= 0.85, "accuracy {:.3}", rep.accuracy());

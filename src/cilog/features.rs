@@ -968,6 +968,9 @@ pub const SIG_SLOTS: u32 = 5;
 static SIG_AC: std::sync::LazyLock<aho_corasick::AhoCorasick> = std::sync::LazyLock::new(|| {
     aho_corasick::AhoCorasick::builder()
         .ascii_case_insensitive(true)
+        // A full DFA: matched only on the few hundred lines kept per log,
+        // its build cost (once per process) buys a faster scan.
+        .kind(Some(aho_corasick::AhoCorasickKind::DFA))
         .build(SIGS.iter().map(|s| s.0))
         .expect("the signature list is a valid pattern set")
 });
@@ -1013,6 +1016,31 @@ fn has_location(line: &[u8]) -> bool {
 /// Feature hash of signature `i` in slot `slot`.
 pub fn sig_feature(i: usize, slot: u32) -> u32 {
     0x0010_0000 + (i as u32) * 8 + slot
+}
+
+/// Second-stage line features from the failure signatures of a line in
+/// zone `zone`: each signature and its family, both crossed with the zone
+/// (computed only at the end of a scan, on the kept lines, like the other
+/// zone features).
+#[inline]
+pub fn for_each_sig_line_feature<F: FnMut(u32)>(line: &[u8], zone: usize, mut f: F) {
+    for_each_sig(line, |i| {
+        f(sig_line_pattern(i, zone));
+        f(sig_line_family(sig_family(i), zone));
+    });
+}
+
+/// Hash of signature `i` in zone `zone` as a second-stage line feature.
+#[inline]
+pub fn sig_line_pattern(i: usize, zone: usize) -> u32 {
+    zone_hash(0x0030_0000 + i as u32, zone)
+}
+
+/// Hash of signature family `fam` in zone `zone` as a second-stage line
+/// feature.
+#[inline]
+pub fn sig_line_family(fam: usize, zone: usize) -> u32 {
+    zone_hash(0x0040_0000 + fam as u32, zone)
 }
 
 /// Families of [`SIGS`] (the structural location signature is `loc`).
@@ -1086,6 +1114,32 @@ mod tests {
             feats("/home/travis/build/foo/bar/x.c:12: error"),
             feats("/builds/other/proj/x.c:99: error")
         );
+    }
+
+    fn families(line: &str) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        for_each_sig(line.as_bytes(), |i| v.push(SIG_FAMILIES[sig_family(i)]));
+        v
+    }
+
+    #[test]
+    fn signatures_name_the_failure_kind() {
+        let f = families("src/main.rs:3:5: error[E0425]: cannot find value `x`");
+        assert!(f.contains(&"compile") && f.contains(&"loc"), "{f:?}");
+        assert!(families("lib/a.rb:1:1: C: Style/FrozenStringLiteralComment").contains(&"lint"));
+        assert!(families("npm ERR! code E404").contains(&"dependency"));
+        assert!(families("bash: rake: command not found").contains(&"config"));
+        assert!(families("Error: timeout of 2000ms exceeded.").contains(&"timeout"));
+        // Case-insensitive, each signature once per line.
+        let mut n = 0;
+        for_each_sig(b"RUBOCOP rubocop Rubocop", |_| n += 1);
+        assert_eq!(n, 1);
+        assert!(families("all good here").is_empty());
+        // Every signature has a family; feature hashes do not collide.
+        for i in 0..=SIGS.len() {
+            assert!(sig_family(i) < SIG_FAMILIES.len());
+        }
+        assert_ne!(sig_feature(SIGS.len(), 4), sig_family_feature(0, 0));
     }
 
     #[test]

@@ -286,14 +286,18 @@ fn line_score(p: &Params, line: &[u8]) -> f32 {
     sum as f32 * p.line_scale / (n.max(1) as f32).sqrt()
 }
 
-/// Score of a line's content × zone features (normalised as the
-/// content score).
+/// Score of a line's content × zone features and its failure-signature ×
+/// zone features (normalised as the content score).
 fn zone_score(p: &Params, line: &[u8], zone: usize) -> f32 {
     let w = &p.line_q;
     let bits = p.line_bits;
     let mut sum = 0i32;
     let n = features::for_each_feature(line, |h| {
         sum += i32::from(w[bucket(features::zone_hash(h, zone), SEED_LINE, bits) as usize]);
+    });
+    // The line's failure signatures (pattern and family, × zone).
+    features::for_each_sig_line_feature(line, zone, |h| {
+        sum += i32::from(w[bucket(h, SEED_LINE, bits) as usize]);
     });
     sum as f32 * p.line_scale / (n.max(1) as f32).sqrt()
 }

@@ -237,9 +237,13 @@ pub fn line_set(ex: &Example, bits: u8) -> LineSet {
     let mut raw: Vec<(u64, u32, u32, f32)> = Vec::new();
     let mut hashes = Vec::new();
     let mut marks = features::Marks::default();
+    let mut sigs: Vec<Vec<usize>> = Vec::new();
     {
         let mut emit = |no: u64, s: &[u8]| {
             marks.on_line(no, s);
+            let mut v = Vec::new();
+            features::for_each_sig(&s[..s.len().min(super::KEEP)], |i| v.push(i));
+            sigs.push(v);
             let start = hashes.len() as u32;
             // The zone features are computed on the kept text, as at
             // inference.
@@ -258,7 +262,8 @@ pub fn line_set(ex: &Example, bits: u8) -> LineSet {
     let mut feats = Vec::with_capacity(hashes.len() * 2);
     let lines = raw
         .into_iter()
-        .map(|(no, a, b, s)| {
+        .zip(sigs)
+        .map(|((no, a, b, s), sg)| {
             let inside = ex.chunk.is_some_and(|(f, l)| (f..=l).contains(&no));
             let pb = marks.pos(no, total);
             let start = feats.len() as u32;
@@ -271,6 +276,15 @@ pub fn line_set(ex: &Example, bits: u8) -> LineSet {
                 hs.iter()
                     .map(|&h| bucket(features::zone_hash(h, z), SEED_LINE, bits)),
             );
+            // And the line's failure signatures × zone (second stage).
+            for &i in &sg {
+                feats.push(bucket(features::sig_line_pattern(i, z), SEED_LINE, bits));
+                feats.push(bucket(
+                    features::sig_line_family(features::sig_family(i), z),
+                    SEED_LINE,
+                    bits,
+                ));
+            }
             (start, feats.len() as u32, s, pb as u8, inside)
         })
         .collect();
@@ -562,7 +576,9 @@ pub fn train(
         p.rerank_w = train_rerank(&lists, r);
         CilogModel::from_bytes(&p.to_bytes()).expect("fresh model round-trips")
     };
-    let scans: Vec<(Vec<(u32, f32)>, Vec<(u32, f32)>)> = rows
+    // Per training log: (class features, failing-step features).
+    type Feats = Vec<(u32, f32)>;
+    let scans: Vec<(Feats, Feats)> = rows
         .iter()
         .map(|&i| {
             let mut s = m.scanner();
