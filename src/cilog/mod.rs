@@ -11,11 +11,14 @@
 //! 3. At the end, once the failing step is known, a second stage adds a
 //!    learned position weight (place relative to the failing step) and the
 //!    weights of the line's content features crossed with its zone
-//!    ([`features::zone`]); the best lines and their context feed a
-//!    multiclass linear model (learned from the labels) → class and
-//!    confidence.
+//!    ([`features::zone`]) and of its failure signatures
+//!    ([`features::SIGS`]) crossed with its zone; the best lines, their
+//!    context and the failing step's output and command (their hashed
+//!    tokens and failure signatures) feed a multiclass linear model
+//!    (learned from the labels) → class and confidence.
 //! 4. A few rules ([`rules`]) for out-of-memory and non-Travis timeout
-//!    wordings, checked near the end and around the evidence only.
+//!    wordings, checked near the end and around the evidence only, and for
+//!    a test killed for time in one of the chosen lines.
 
 pub mod cli;
 pub mod features;
