@@ -79,7 +79,10 @@ fn each_class_on_a_real_excerpt() {
         ("L0701", Class::Lint, true),
         ("L0138", Class::Infra, true),
         ("L0128", Class::Timeout, false),
-        ("L0771", Class::Unknown, false),
+        // (L0771, a vim-plug log whose chunk is "Success/Total: 136/138"
+        // and the exit line, was the unknown case until the signature
+        // features of 2026-12-04: the model now calls it test.)
+        ("L0011", Class::Unknown, false),
     ];
     for (id, class, inside) in cases {
         let ex = data.iter().find(|e| e.id == id).expect("id in labels.csv");
@@ -459,9 +462,9 @@ fn grouped_cv(folds: usize) -> train::Report {
 }
 
 /// Regression guard just below the measured level (grouped 5-fold CV by
-/// repository, seed 42: accuracy 0.582, macro-F1 0.369, evidence 51.7 % when
-/// written, 2026-11-23, with the evidence re-ranker; seeds 1 and 7 are in
-/// filters/cilog/README.md).
+/// repository, seed 42: accuracy 0.620, macro-F1 0.437, evidence 57.7 % when
+/// written, 2026-12-04, with the failure-signature features; seeds 1 and 7
+/// are in filters/cilog/README.md).
 #[test]
 fn grouped_cv_quality_guard() {
     let rep = grouped_cv(5);
@@ -472,20 +475,27 @@ fn grouped_cv_quality_guard() {
         rep.evidence_share()
     );
     assert_eq!(rep.n, 637);
-    assert!(rep.accuracy() >= 0.57, "accuracy {:.3}", rep.accuracy());
-    assert!(rep.macro_f1(5) >= 0.36, "macro-F1 {:.3}", rep.macro_f1(5));
+    assert!(rep.accuracy() >= 0.61, "accuracy {:.3}", rep.accuracy());
+    assert!(rep.macro_f1(5) >= 0.43, "macro-F1 {:.3}", rep.macro_f1(5));
     assert!(
-        rep.evidence_share() >= 0.51,
+        rep.evidence_share() >= 0.57,
         "evidence {:.3}",
         rep.evidence_share()
     );
 }
 
-/// The issue's quality bar. Not reached yet: grouped-CV accuracy is 0.58
-/// (see filters/cilog/README.md); run with `--ignored` to check.
+/// The issue's quality bar. Not reached yet: grouped-CV accuracy is 0.62,
+/// macro-F1 0.44, evidence 58 % (seed 42; see filters/cilog/README.md); run
+/// with `--ignored` to check.
 #[test]
-#[ignore = "issue 7 target (grouped-CV accuracy >= 0.80) not reached: measured 0.58"]
+#[ignore = "issue 7 targets (accuracy >= 0.85, macro-F1 >= 0.75, evidence >= 80 %) not reached: measured 0.62 / 0.44 / 58 %"]
 fn grouped_cv_reaches_target() {
     let rep = grouped_cv(5);
-    assert!(rep.accuracy() >= 0.80, "accuracy {:.3}", rep.accuracy());
+    assert!(rep.accuracy() >= 0.85, "accuracy {:.3}", rep.accuracy());
+    assert!(rep.macro_f1(5) >= 0.75, "macro-F1 {:.3}", rep.macro_f1(5));
+    assert!(
+        rep.evidence_share() >= 0.80,
+        "evidence {:.3}",
+        rep.evidence_share()
+    );
 }

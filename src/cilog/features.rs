@@ -24,6 +24,7 @@ pub const SEED_CLASS_LINE: u32 = 0x85eb_ca6b;
 pub const SEED_CLASS_CTX: u32 = 0xc2b2_ae35;
 pub const SEED_CLASS_CMD: u32 = 0x27d4_eb2f;
 pub const SEED_CLASS_CUE: u32 = 0x1656_67b1;
+pub const SEED_CLASS_SIG: u32 = 0xd3a2_646c;
 
 #[inline]
 fn mix(mut h: u32) -> u32 {
@@ -395,6 +396,16 @@ impl Marks {
         false
     }
 
+    /// The line of the last failed-step marker, if any.
+    pub fn fail_line(&self) -> Option<u64> {
+        self.fail
+    }
+
+    /// The line of the failing step's command echo (0 if none).
+    pub fn fail_cmd_line(&self) -> u64 {
+        self.fail_cmd
+    }
+
     /// Position bucket of line `no` in a log of `total` lines. Regions: no
     /// failure marker (distance from the end); after the last marker
     /// (teardown; distance from the end); inside the failing step (after
@@ -687,6 +698,389 @@ pub fn cue_feature(c: usize, kind: u32) -> u32 {
     0x6000 + (c as u32) * 8 + kind
 }
 
+/// Failure signatures: cross-language wordings of tool output that name
+/// the kind of failure (compiler diagnostics, linter and formatter
+/// reports, dependency resolution, test runners, configuration and
+/// platform errors, timeouts). Each pattern is a class *feature* of its own
+/// (its weight per class is learned), seen in four slots: the best lines,
+/// their context, the step command, and the failing step's output (see
+/// [`SIG_SLOTS`]). Case-insensitive substrings; generic (no project
+/// names). The second field is a family, only for documentation and tests.
+pub const SIGS: &[(&str, &str)] = &[
+    // compiler diagnostics
+    ("error[e0", "compile"),
+    ("error cs", "compile"),
+    ("error ts", "compile"),
+    (": error:", "compile"),
+    ("fatal error:", "compile"),
+    ("cannot find symbol", "compile"),
+    ("undefined reference", "compile"),
+    ("syntaxerror", "compile"),
+    ("syntax error", "compile"),
+    ("compilationfailure", "compile"),
+    ("compileerror", "compile"),
+    ("compilation failed", "compile"),
+    ("compilation error", "compile"),
+    ("could not compile", "compile"),
+    ("unable to compile", "compile"),
+    ("failed to compile", "compile"),
+    ("ld returned", "compile"),
+    ("not in scope", "compile"),
+    ("undefined function", "compile"),
+    ("undeclared", "compile"),
+    ("is not assignable", "compile"),
+    ("cannot find name", "compile"),
+    ("does not exist in the current context", "compile"),
+    ("redeclared", "compile"),
+    ("mismatched types", "compile"),
+    ("type mismatch", "compile"),
+    ("build failed", "compile"),
+    ("unexpected token", "compile"),
+    ("unexpected identifier", "compile"),
+    ("invalid css", "compile"),
+    ("implicit declaration", "compile"),
+    ("no member named", "compile"),
+    ("cannot be applied", "compile"),
+    ("couldn't match", "compile"),
+    ("compiling", "compile"),
+    // linters, formatters, static checks
+    ("rubocop", "lint"),
+    ("offenses", "lint"),
+    ("offense", "lint"),
+    ("eslint", "lint"),
+    ("tslint", "lint"),
+    ("jshint", "lint"),
+    ("jscs", "lint"),
+    ("flake8", "lint"),
+    ("pylint", "lint"),
+    ("pycodestyle", "lint"),
+    ("pep8", "lint"),
+    ("gofmt", "lint"),
+    ("goimports", "lint"),
+    ("golint", "lint"),
+    ("metalinter", "lint"),
+    ("go vet", "lint"),
+    ("clang-format", "lint"),
+    ("checkstyle", "lint"),
+    ("swiftlint", "lint"),
+    ("ktlint", "lint"),
+    ("scalastyle", "lint"),
+    ("scalafmt", "lint"),
+    ("perlcritic", "lint"),
+    ("shellcheck", "lint"),
+    ("prettier", "lint"),
+    ("stylelint", "lint"),
+    ("markdownlint", "lint"),
+    ("standard:", "lint"),
+    ("lint", "lint"),
+    ("would reformat", "lint"),
+    ("not formatted", "lint"),
+    ("check-formatted", "lint"),
+    ("formatting", "lint"),
+    ("style/", "lint"),
+    ("layout/", "lint"),
+    ("whitespace", "lint"),
+    ("trailing", "lint"),
+    ("line too long", "lint"),
+    ("indentation", "lint"),
+    ("missing space", "lint"),
+    ("is required after", "lint"),
+    ("broken link", "lint"),
+    ("> links", "lint"),
+    ("dupes", "lint"),
+    ("redirect", "lint"),
+    ("mima", "lint"),
+    ("binary issues", "lint"),
+    ("size limit", "lint"),
+    ("not in order", "lint"),
+    ("alphabetical", "lint"),
+    ("spelling", "lint"),
+    ("license header", "lint"),
+    ("diff --git", "lint"),
+    ("severity", "lint"),
+    // dependency resolution and installation
+    ("npm err", "dependency"),
+    ("could not resolve", "dependency"),
+    ("unable to resolve", "dependency"),
+    ("unresolved dependency", "dependency"),
+    ("resolveexception", "dependency"),
+    ("no matching distribution", "dependency"),
+    ("could not find a version", "dependency"),
+    ("could not find gem", "dependency"),
+    ("could not find artifact", "dependency"),
+    ("could not transfer artifact", "dependency"),
+    ("failed to collect dependencies", "dependency"),
+    ("packagesnotfounderror", "dependency"),
+    ("not available", "dependency"),
+    ("cannot find module", "dependency"),
+    ("module not found", "dependency"),
+    ("modulenotfounderror", "dependency"),
+    ("no module named", "dependency"),
+    ("importerror", "dependency"),
+    ("error while loading shared libraries", "dependency"),
+    ("cannot open shared object", "dependency"),
+    ("could not find package", "dependency"),
+    ("could not find", "dependency"),
+    ("failed to fetch", "dependency"),
+    ("failed to download", "dependency"),
+    ("version conflict", "dependency"),
+    ("conflicting", "dependency"),
+    ("checksum", "dependency"),
+    ("hash mismatch", "dependency"),
+    ("no such hash", "dependency"),
+    ("install", "dependency"),
+    ("restore", "dependency"),
+    ("dependencies", "dependency"),
+    ("dependency", "dependency"),
+    ("requirement", "dependency"),
+    ("lockfile", "dependency"),
+    ("peer dep", "dependency"),
+    ("e404", "dependency"),
+    ("404 not found", "dependency"),
+    ("manifest", "dependency"),
+    ("unable to find image", "dependency"),
+    ("package", "dependency"),
+    ("download", "dependency"),
+    ("registry", "dependency"),
+    // test runners
+    ("assertionerror", "test"),
+    ("assertion", "test"),
+    ("assert", "test"),
+    ("expected", "test"),
+    ("actual", "test"),
+    ("to equal", "test"),
+    ("to be", "test"),
+    ("failures:", "test"),
+    ("failed tests", "test"),
+    ("tests failed", "test"),
+    ("test failed", "test"),
+    ("failing", "test"),
+    ("passing", "test"),
+    ("tests run:", "test"),
+    ("*** failed ***", "test"),
+    ("not ok", "test"),
+    ("--- fail", "test"),
+    ("fail:", "test"),
+    ("[fail]", "test"),
+    ("failed:", "test"),
+    ("\u{2717}", "test"),
+    ("\u{2716}", "test"),
+    ("traceback", "test"),
+    ("failure/error", "test"),
+    ("examples,", "test"),
+    ("test suite", "test"),
+    ("spec", "test"),
+    ("pytest", "test"),
+    ("mocha", "test"),
+    ("jest", "test"),
+    ("rspec", "test"),
+    ("phpunit", "test"),
+    ("junit", "test"),
+    ("testcase", "test"),
+    ("test_", "test"),
+    ("test", "test"),
+    ("should", "test"),
+    ("exception", "test"),
+    ("stack trace", "test"),
+    ("panicked", "test"),
+    ("segmentation fault", "test"),
+    ("coverage", "test"),
+    // configuration of the build itself
+    ("command not found", "config"),
+    ("no such file or directory", "config"),
+    ("permission denied", "config"),
+    ("not found", "config"),
+    ("no rakefile", "config"),
+    ("no rule to make target", "config"),
+    ("unknown option", "config"),
+    ("illegal", "config"),
+    ("not defined", "config"),
+    ("unrecognized", "config"),
+    ("usage:", "config"),
+    ("is not recognized", "config"),
+    ("not set", "config"),
+    ("environment variable", "config"),
+    ("invalid option", "config"),
+    (".yml", "config"),
+    ("unsupported", "config"),
+    ("cannot access", "config"),
+    ("not a directory", "config"),
+    ("aborted!", "config"),
+    ("line ", "config"),
+    // platform and network
+    ("connection refused", "infra"),
+    ("connection reset", "infra"),
+    ("connection error", "infra"),
+    ("connect timeout", "infra"),
+    ("could not connect", "infra"),
+    ("could not resolve host", "infra"),
+    ("name resolution", "infra"),
+    ("unreachable", "infra"),
+    ("ssl", "infra"),
+    ("certificate", "infra"),
+    ("handshake", "infra"),
+    ("no space left", "infra"),
+    ("disconnected", "infra"),
+    ("daemon", "infra"),
+    ("docker", "infra"),
+    ("remote branch", "infra"),
+    ("cloning into", "infra"),
+    ("cancelled", "infra"),
+    ("internal error", "infra"),
+    ("service unavailable", "infra"),
+    ("rate limit", "infra"),
+    ("econnreset", "infra"),
+    ("emulator", "infra"),
+    ("simulator", "infra"),
+    ("deploy", "infra"),
+    ("http", "infra"),
+    // timeouts
+    ("timed out", "timeout"),
+    ("timeout of", "timeout"),
+    ("timeoutexception", "timeout"),
+    ("timetrap", "timeout"),
+    ("timeout", "timeout"),
+    ("exceeded", "timeout"),
+    ("no output has been received", "timeout"),
+    ("deadline", "timeout"),
+    ("took longer", "timeout"),
+    ("exited with 124", "timeout"),
+    ("wait failed", "timeout"),
+    ("no message in", "timeout"),
+    // out of memory
+    ("out of memory", "oom"),
+    ("outofmemoryerror", "oom"),
+    ("cannot allocate memory", "oom"),
+    ("memoryerror", "oom"),
+    ("killed", "oom"),
+    // generic error words (their weight per class is learned too)
+    ("error", "generic"),
+    ("fatal", "generic"),
+    ("warning", "generic"),
+    ("failed", "generic"),
+    ("failure", "generic"),
+];
+
+/// Slots a signature is seen in: the best lines, their context, their step
+/// command, the failing step's output, the failing step's command.
+pub const SIG_SLOTS: u32 = 5;
+
+static SIG_AC: std::sync::LazyLock<aho_corasick::AhoCorasick> = std::sync::LazyLock::new(|| {
+    aho_corasick::AhoCorasick::builder()
+        .ascii_case_insensitive(true)
+        // A full DFA: matched only on the few hundred lines kept per log,
+        // its build cost (once per process) buys a faster scan.
+        .kind(Some(aho_corasick::AhoCorasickKind::DFA))
+        .build(SIGS.iter().map(|s| s.0))
+        .expect("the signature list is a valid pattern set")
+});
+
+/// Call `f(i)` once for every signature `i` of [`SIGS`] present in `line`,
+/// plus the structural one: a source location (`file.ext:12` or
+/// `file.ext(12,3)`; index `SIGS.len()`).
+pub fn for_each_sig<F: FnMut(usize)>(line: &[u8], mut f: F) {
+    let mut seen = [0u64; SIGS.len().div_ceil(64) + 1];
+    for m in SIG_AC.find_overlapping_iter(line) {
+        let i = m.pattern().as_usize();
+        if seen[i / 64] & (1 << (i % 64)) == 0 {
+            seen[i / 64] |= 1 << (i % 64);
+            f(i);
+        }
+    }
+    if has_location(line) {
+        f(SIGS.len());
+    }
+}
+
+/// A source location: `.ext:digits` or `.ext(digits,`.
+fn has_location(line: &[u8]) -> bool {
+    let n = line.len();
+    let mut i = 0;
+    while i + 2 < n {
+        if line[i] == b'.' && line[i + 1].is_ascii_alphabetic() {
+            let mut j = i + 1;
+            while j < n && j - i <= 6 && line[j].is_ascii_alphanumeric() {
+                j += 1;
+            }
+            if j + 1 < n && (line[j] == b':' || line[j] == b'(') && line[j + 1].is_ascii_digit() {
+                return true;
+            }
+            i = j;
+        } else {
+            i += 1;
+        }
+    }
+    false
+}
+
+/// Feature hash of signature `i` in slot `slot`.
+pub fn sig_feature(i: usize, slot: u32) -> u32 {
+    0x0010_0000 + (i as u32) * 8 + slot
+}
+
+/// Second-stage line features from the failure signatures of a line in
+/// zone `zone`: each signature and its family, both crossed with the zone
+/// (computed only at the end of a scan, on the kept lines, like the other
+/// zone features).
+#[inline]
+pub fn for_each_sig_line_feature<F: FnMut(u32)>(line: &[u8], zone: usize, mut f: F) {
+    for_each_sig(line, |i| {
+        f(sig_line_pattern(i, zone));
+        f(sig_line_family(sig_family(i), zone));
+    });
+}
+
+/// Hash of signature `i` in zone `zone` as a second-stage line feature.
+#[inline]
+pub fn sig_line_pattern(i: usize, zone: usize) -> u32 {
+    zone_hash(0x0030_0000 + i as u32, zone)
+}
+
+/// Hash of signature family `fam` in zone `zone` as a second-stage line
+/// feature.
+#[inline]
+pub fn sig_line_family(fam: usize, zone: usize) -> u32 {
+    zone_hash(0x0040_0000 + fam as u32, zone)
+}
+
+/// Families of [`SIGS`] (the structural location signature is `loc`).
+pub const SIG_FAMILIES: [&str; 10] = [
+    "compile",
+    "lint",
+    "dependency",
+    "test",
+    "config",
+    "infra",
+    "timeout",
+    "oom",
+    "generic",
+    "loc",
+];
+
+/// Family index of signature `i` (index into [`SIG_FAMILIES`]).
+pub fn sig_family(i: usize) -> usize {
+    static FAM: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+        SIGS.iter()
+            .map(|s| {
+                SIG_FAMILIES
+                    .iter()
+                    .position(|f| *f == s.1)
+                    .expect("every signature has a known family") as u8
+            })
+            .collect()
+    });
+    FAM.get(i)
+        .map_or(SIG_FAMILIES.len() - 1, |&f| usize::from(f))
+}
+
+/// Feature hash of signature family `fam` in slot `slot`: one shared
+/// feature per family, so a rare signature still counts through its
+/// family (a pattern seen in fewer than `min_groups` repositories is not
+/// learned on its own).
+pub fn sig_family_feature(fam: usize, slot: u32) -> u32 {
+    0x0020_0000 + (fam as u32) * 8 + slot
+}
+
 /// A line that echoes the command of a build step: `$ cmd` (Travis, GitLab),
 /// `+ cmd` (shell `set -x`, Jenkins sh), `Run cmd` (GitHub Actions group
 /// header), `> cmd` (npm scripts).
@@ -720,6 +1114,32 @@ mod tests {
             feats("/home/travis/build/foo/bar/x.c:12: error"),
             feats("/builds/other/proj/x.c:99: error")
         );
+    }
+
+    fn families(line: &str) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        for_each_sig(line.as_bytes(), |i| v.push(SIG_FAMILIES[sig_family(i)]));
+        v
+    }
+
+    #[test]
+    fn signatures_name_the_failure_kind() {
+        let f = families("src/main.rs:3:5: error[E0425]: cannot find value `x`");
+        assert!(f.contains(&"compile") && f.contains(&"loc"), "{f:?}");
+        assert!(families("lib/a.rb:1:1: C: Style/FrozenStringLiteralComment").contains(&"lint"));
+        assert!(families("npm ERR! code E404").contains(&"dependency"));
+        assert!(families("bash: rake: command not found").contains(&"config"));
+        assert!(families("Error: timeout of 2000ms exceeded.").contains(&"timeout"));
+        // Case-insensitive, each signature once per line.
+        let mut n = 0;
+        for_each_sig(b"RUBOCOP rubocop Rubocop", |_| n += 1);
+        assert_eq!(n, 1);
+        assert!(families("all good here").is_empty());
+        // Every signature has a family; feature hashes do not collide.
+        for i in 0..=SIGS.len() {
+            assert!(sig_family(i) < SIG_FAMILIES.len());
+        }
+        assert_ne!(sig_feature(SIGS.len(), 4), sig_family_feature(0, 0));
     }
 
     #[test]

@@ -11,11 +11,14 @@
 //! 3. At the end, once the failing step is known, a second stage adds a
 //!    learned position weight (place relative to the failing step) and the
 //!    weights of the line's content features crossed with its zone
-//!    ([`features::zone`]); the best lines and their context feed a
-//!    multiclass linear model (learned from the labels) → class and
-//!    confidence.
+//!    ([`features::zone`]) and of its failure signatures
+//!    ([`features::SIGS`]) crossed with its zone; the best lines, their
+//!    context and the failing step's output and command (their hashed
+//!    tokens and failure signatures) feed a multiclass linear model
+//!    (learned from the labels) → class and confidence.
 //! 4. A few rules ([`rules`]) for out-of-memory and non-Travis timeout
-//!    wordings, checked near the end and around the evidence only.
+//!    wordings, checked near the end and around the evidence only, and for
+//!    a test killed for time in one of the chosen lines.
 
 pub mod cli;
 pub mod features;
@@ -32,7 +35,8 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use features::{
-    SEED_CLASS_CMD, SEED_CLASS_CTX, SEED_CLASS_CUE, SEED_CLASS_LINE, SEED_LINE, bucket,
+    SEED_CLASS_CMD, SEED_CLASS_CTX, SEED_CLASS_CUE, SEED_CLASS_LINE, SEED_CLASS_SIG, SEED_LINE,
+    bucket,
 };
 use model::Params;
 use normalize::LineSplitter;
@@ -58,6 +62,18 @@ pub const RULE_TAIL: usize = 30;
 pub const N_CLASSES: usize = 9;
 /// Value of a lexicon cue feature relative to the (unit-norm) bag of words.
 pub const CUE_SCALE: f32 = 0.5;
+/// Without a failed-step marker, the failing step is taken to be the last
+/// lines of the log.
+pub const REGION_NO_MARKER: u64 = 60;
+
+/// Scales of the failure-signature features relative to the (unit-norm)
+/// bag of words: in the best lines, their context and their command
+/// (per line share), in the failing step (unit norm), and of the family
+/// features relative to their patterns' (see the model card for the
+/// values measured).
+pub const SIG_LINE_SCALE: f32 = 0.25;
+pub const SIG_REGION_SCALE: f32 = 1.0;
+pub const SIG_FAMILY_SCALE: f32 = 1.0;
 
 /// The failure class of a CI log (see the data's LABELLING.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -273,14 +289,18 @@ fn line_score(p: &Params, line: &[u8]) -> f32 {
     sum as f32 * p.line_scale / (n.max(1) as f32).sqrt()
 }
 
-/// Score of a line's content × zone features (normalised as the
-/// content score).
+/// Score of a line's content × zone features and its failure-signature ×
+/// zone features (normalised as the content score).
 fn zone_score(p: &Params, line: &[u8], zone: usize) -> f32 {
     let w = &p.line_q;
     let bits = p.line_bits;
     let mut sum = 0i32;
     let n = features::for_each_feature(line, |h| {
         sum += i32::from(w[bucket(features::zone_hash(h, zone), SEED_LINE, bits) as usize]);
+    });
+    // The line's failure signatures (pattern and family, × zone).
+    features::for_each_sig_line_feature(line, zone, |h| {
+        sum += i32::from(w[bucket(h, SEED_LINE, bits) as usize]);
     });
     sum as f32 * p.line_scale / (n.max(1) as f32).sqrt()
 }
@@ -330,8 +350,12 @@ pub struct Scanned {
     pub total_lines: u64,
     /// Best lines, best first (at most [`TOP_N`]).
     pub top: Vec<Picked>,
-    /// Class features (bucket, value) of the top lines.
+    /// Class features (bucket, value) of the top lines (including
+    /// `region_features`).
     pub class_features: Vec<(u32, f32)>,
+    /// Class features of the failing step as a whole (its output's and its
+    /// command's failure signatures), independent of the chosen lines.
+    pub region_features: Vec<(u32, f32)>,
     /// The re-ranker's candidates before re-ranking, best first.
     pub cands: Vec<RerankCand>,
     /// A rule hit: the rule, and the line (with context) it fired on.
@@ -659,9 +683,28 @@ impl State {
             .take(TOP_N)
             .map(|&(s, src)| pick(s, src))
             .collect();
+        let region_features = {
+            let fail = marks.fail_line();
+            let region = tail.iter().filter(|k| match fail {
+                Some(f) => k.no > marks.fail_cmd_line() && k.no <= f,
+                None => k.no + REGION_NO_MARKER > total,
+            });
+            let fail_cmd = fail.and_then(|_| {
+                self.cmds
+                    .iter()
+                    .find(|k| k.no == marks.fail_cmd_line() && k.no > 0)
+            });
+            region_features(
+                p,
+                region.map(|k| k.text.as_slice()),
+                fail_cmd.map(|k| k.text.as_slice()),
+            )
+        };
         let class_features = {
             let t: Vec<Picked> = orig.iter().map(|&(s, src)| pick(s, src)).collect();
-            class_features(p, &t)
+            let mut f = class_features(p, &t);
+            f.extend_from_slice(&region_features);
+            f
         };
         // Rules: around the best line, then the last lines.
         let mut scratch = Vec::new();
@@ -723,6 +766,7 @@ impl State {
             total_lines: total,
             top,
             class_features,
+            region_features,
             cands: rcands,
             rule,
         }
@@ -879,7 +923,81 @@ pub fn class_features(p: &Params, top: &[Picked]) -> Vec<(u32, f32)> {
             }
         }
     }
+    // Failure signatures, per pattern: the lines, their context, their
+    // step command (weighted as the cues).
+    let scale = SIG_LINE_SCALE;
+    if scale > 0.0 {
+        let mut acc: Vec<(u32, f32)> = Vec::new();
+        for (t, &w) in top.iter().zip(&shares) {
+            let mut put = |line: &[u8], slot: u32, v: f32| {
+                let fam_scale = SIG_FAMILY_SCALE;
+                features::for_each_sig(line, |i| {
+                    let h = features::sig_feature(i, slot);
+                    match acc.iter_mut().find(|e| e.0 == h) {
+                        Some(e) => e.1 += v,
+                        None => acc.push((h, v)),
+                    }
+                    if fam_scale > 0.0 {
+                        let h = features::sig_family_feature(features::sig_family(i), slot);
+                        match acc.iter_mut().find(|e| e.0 == h) {
+                            Some(e) => e.1 += v * fam_scale,
+                            None => acc.push((h, v * fam_scale)),
+                        }
+                    }
+                });
+            };
+            put(&t.text, 0, w);
+            let nctx = (t.before.len() + t.after.len()).max(1) as f32;
+            for (_, c) in t.before.iter().chain(t.after.iter()) {
+                put(c, 1, w / nctx);
+            }
+            if let Some((_, c)) = &t.cmd {
+                put(c, 2, w);
+            }
+        }
+        for (h, v) in acc {
+            out.push((bucket(h, SEED_CLASS_SIG, bits), v * scale));
+        }
+    }
     out
+}
+
+/// Class features of the failing step: which failure signatures occur in
+/// its output (`region`: its kept lines) and in its command; unit norm
+/// times the region scale.
+pub fn region_features<'a>(
+    p: &Params,
+    region: impl Iterator<Item = &'a [u8]>,
+    cmd: Option<&[u8]>,
+) -> Vec<(u32, f32)> {
+    let scale = SIG_REGION_SCALE;
+    let mut hs: Vec<u32> = Vec::new();
+    if scale <= 0.0 {
+        return Vec::new();
+    }
+    let fam = SIG_FAMILY_SCALE > 0.0;
+    for line in region {
+        features::for_each_sig(line, |i| {
+            hs.push(features::sig_feature(i, 3));
+            if fam {
+                hs.push(features::sig_family_feature(features::sig_family(i), 3));
+            }
+        });
+    }
+    if let Some(c) = cmd {
+        features::for_each_sig(c, |i| {
+            hs.push(features::sig_feature(i, 4));
+            if fam {
+                hs.push(features::sig_family_feature(features::sig_family(i), 4));
+            }
+        });
+    }
+    hs.sort_unstable();
+    hs.dedup();
+    let v = scale / (hs.len().max(1) as f32).sqrt();
+    hs.into_iter()
+        .map(|h| (bucket(h, SEED_CLASS_SIG, p.class_bits), v))
+        .collect()
 }
 
 /// Class probabilities from class features.
@@ -927,6 +1045,21 @@ pub fn decide(p: &Params, s: Scanned) -> Verdict {
     let mut class = Class::ALL[ci];
     let mut conf = conf;
     let mut ev = best;
+    // A test or command killed for time in a chosen line: timeout (the
+    // labelling precedence; 23 examples from 6 repositories do not teach
+    // it).
+    {
+        let mut scratch = Vec::new();
+        if let Some(t) = s
+            .top
+            .iter()
+            .find(|t| rules::test_timeout(&t.text, &mut scratch))
+        {
+            class = Class::Timeout;
+            conf = conf.max(0.9).max(probs[class.index()]);
+            ev = t;
+        }
+    }
     if let Some((hit, picked)) = &s.rule {
         class = match hit {
             rules::RuleHit::Timeout => Class::Timeout,
@@ -1014,9 +1147,9 @@ mod tests {
     fn old_model_versions_are_refused() {
         let mut b = Params::zeros(10, 10).to_bytes();
         assert!(CilogModel::from_bytes(&b).is_ok());
-        b[8..12].copy_from_slice(&3u32.to_le_bytes());
+        b[8..12].copy_from_slice(&4u32.to_le_bytes());
         let e = CilogModel::from_bytes(&b).unwrap_err();
-        assert!(matches!(e, CilogError::Version(3)), "{e}");
+        assert!(matches!(e, CilogError::Version(4)), "{e}");
         assert!(e.to_string().contains("retrain"));
     }
 

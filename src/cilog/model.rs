@@ -4,7 +4,9 @@
 //!
 //! ```text
 //! magic       8 bytes  "SIFTCIL\0"
-//! version     u32      4 (3: no re-ranker; 2: no zone features; refused)
+//! version     u32      5 (same layout as 4, but the class features
+//!                      changed: failure signatures; 4: no signatures;
+//!                      3: no re-ranker; 2: no zone features; all refused)
 //! line_bits   u32      log2 of the line scorer's buckets (10..=22)
 //! class_bits  u32      log2 of the class scorer's buckets (10..=20)
 //! n_classes   u32      9
@@ -29,7 +31,7 @@ use super::features::POS_BUCKETS;
 use super::{Class, N_CLASSES, RERANK_F};
 
 pub const MAGIC: &[u8; 8] = b"SIFTCIL\0";
-pub const VERSION: u32 = 4;
+pub const VERSION: u32 = 5;
 const MAX_NOTE: usize = 4096;
 
 /// The learned parameters, dequantised.

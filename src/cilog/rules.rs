@@ -43,6 +43,29 @@ const TIMEOUT_PHRASES: &[&str] = &[
     "build timed out (after",
 ];
 
+/// Literal (lower-case) phrases of a test or command killed for time
+/// (mocha, JVM/Scala futures, Erlang common test, PHP run-tests, XCTest,
+/// the shell's `timeout` command). Checked only on the chosen evidence
+/// lines: by the labelling precedence, a test that timed out is a timeout.
+const TEST_TIMEOUT_PHRASES: &[&str] = &[
+    "timeout of",
+    "timed out",
+    "timeoutexception",
+    "timetrap_timeout",
+    "exited with 124",
+    "wait failed: exceeded timeout",
+];
+
+/// A test or command killed for time, in one evidence line.
+pub fn test_timeout(line: &[u8], scratch: &mut Vec<u8>) -> bool {
+    scratch.clear();
+    scratch.extend(line.iter().map(u8::to_ascii_lowercase));
+    let low: &[u8] = scratch;
+    TEST_TIMEOUT_PHRASES
+        .iter()
+        .any(|p| memchr::memmem::find(low, p.as_bytes()).is_some())
+}
+
 /// Check one normalised line. `scratch` is reused for the lower-case copy.
 pub fn check(line: &[u8], scratch: &mut Vec<u8>) -> Option<RuleHit> {
     scratch.clear();

@@ -177,6 +177,11 @@ pub fn maybe_gunzip(b: Vec<u8>) -> std::io::Result<Vec<u8>> {
     }
 }
 
+/// Exponent of the class-balancing example weights (n / (9 n_c))^e: 0
+/// unweighted, 1 fully balanced (measured: 0.5 and 1.0 were worse than
+/// 0.75 with the signature features; see the model card).
+pub const CLASS_BALANCE: f32 = 0.75;
+
 /// Training knobs.
 #[derive(Debug, Clone, Copy)]
 pub struct Recipe {
@@ -232,9 +237,13 @@ pub fn line_set(ex: &Example, bits: u8) -> LineSet {
     let mut raw: Vec<(u64, u32, u32, f32)> = Vec::new();
     let mut hashes = Vec::new();
     let mut marks = features::Marks::default();
+    let mut sigs: Vec<Vec<usize>> = Vec::new();
     {
         let mut emit = |no: u64, s: &[u8]| {
             marks.on_line(no, s);
+            let mut v = Vec::new();
+            features::for_each_sig(&s[..s.len().min(super::KEEP)], |i| v.push(i));
+            sigs.push(v);
             let start = hashes.len() as u32;
             // The zone features are computed on the kept text, as at
             // inference.
@@ -253,7 +262,8 @@ pub fn line_set(ex: &Example, bits: u8) -> LineSet {
     let mut feats = Vec::with_capacity(hashes.len() * 2);
     let lines = raw
         .into_iter()
-        .map(|(no, a, b, s)| {
+        .zip(sigs)
+        .map(|((no, a, b, s), sg)| {
             let inside = ex.chunk.is_some_and(|(f, l)| (f..=l).contains(&no));
             let pb = marks.pos(no, total);
             let start = feats.len() as u32;
@@ -266,6 +276,15 @@ pub fn line_set(ex: &Example, bits: u8) -> LineSet {
                 hs.iter()
                     .map(|&h| bucket(features::zone_hash(h, z), SEED_LINE, bits)),
             );
+            // And the line's failure signatures × zone (second stage).
+            for &i in &sg {
+                feats.push(bucket(features::sig_line_pattern(i, z), SEED_LINE, bits));
+                feats.push(bucket(
+                    features::sig_line_family(features::sig_family(i), z),
+                    SEED_LINE,
+                    bits,
+                ));
+            }
             (start, feats.len() as u32, s, pb as u8, inside)
         })
         .collect();
@@ -474,14 +493,14 @@ pub fn train_classes(
         count[l.index()] += 1;
     }
     let n = labels.len().max(1) as f32;
-    // Balanced weights, softened (square root).
+    // Balanced weights, softened (power CLASS_BALANCE).
     let cw: Vec<f32> = count
         .iter()
         .map(|&c| {
             if c == 0 {
                 0.0
             } else {
-                (n / (N_CLASSES as f32 * c as f32)).sqrt()
+                (n / (N_CLASSES as f32 * c as f32)).powf(CLASS_BALANCE)
             }
         })
         .collect();
@@ -557,23 +576,29 @@ pub fn train(
         p.rerank_w = train_rerank(&lists, r);
         CilogModel::from_bytes(&p.to_bytes()).expect("fresh model round-trips")
     };
-    let feats: Vec<Vec<(u32, f32)>> = rows
+    // Per training log: (class features, failing-step features).
+    type Feats = Vec<(u32, f32)>;
+    let scans: Vec<(Feats, Feats)> = rows
         .iter()
         .map(|&i| {
             let mut s = m.scanner();
             s.feed(&data[i].bytes);
-            s.finish_scan().class_features
+            let sc = s.finish_scan();
+            (sc.class_features, sc.region_features)
         })
         .collect();
-    let mut feats = feats;
+    let mut feats: Vec<Vec<(u32, f32)>> = scans.iter().map(|s| s.0.clone()).collect();
     let mut labels: Vec<Class> = rows.iter().map(|&i| data[i].label).collect();
     let mut row_groups: Vec<u32> = rows.iter().map(|&i| groups[i]).collect();
     // The human chunks as extra examples: the clean version of what the
     // evidence should look like (+3 points of grouped-CV accuracy).
     {
-        for &i in rows {
+        for (&i, scan) in rows.iter().zip(&scans) {
             if let Some(t) = chunk_picked(&data[i]) {
-                feats.push(super::class_features(m.params(), &t));
+                // The failing step's features are those of the log.
+                let mut f = super::class_features(m.params(), &t);
+                f.extend_from_slice(&scan.1);
+                feats.push(f);
                 labels.push(data[i].label);
                 row_groups.push(groups[i]);
             }
