@@ -102,15 +102,21 @@ http { access_log off; keepalive_requests 1000000;
 NGX
 
 rss() { local t=0; for p in "$@"; do t=$((t + $(awk '/VmRSS/{print $2}' "/proc/$p/status" 2>/dev/null || echo 0))); done; echo "scale=1; $t/1024" | bc; }
-measure() { # $1 proxy label, $2 pids var, $3 tls port, $4 mtls port
-  local label=$1 tport=$3 mport=$4
+cpu_ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; echo "$t"; }
+# CPU time the proxy spent per request (user + system, from /proc, 10 ms ticks).
+cpu_us() { python3 -c "print(f'{($2 - $1) * 1e6 / $(getconf CLK_TCK) / max(1, $3 * $DURATION):.1f}')"; }
+measure() { # $1 proxy label, $2 pids, $3 tls port, $4 mtls port
+  local label=$1 tport=$3 mport=$4 c0 c1 c2
   local client=("$d/client.pem" "$d/client.key")
   taskset -c 1 "$LOAD" keepalive "127.0.0.1:$tport" 2 "$CONNS" "$d/ca.pem" >/dev/null
+  c0=$(cpu_ticks $2)
   read -r _ ka50 p50 p99 e1 < <(taskset -c 1 "$LOAD" keepalive "127.0.0.1:$tport" "$DURATION" "$CONNS" "$d/ca.pem")
+  c1=$(cpu_ticks $2)
   read -r _ mka m50 m99 e2 < <(taskset -c 1 "$LOAD" keepalive "127.0.0.1:$mport" "$DURATION" "$CONNS" "$d/ca.pem" "${client[@]}")
+  c2=$(cpu_ticks $2)
   read -r _ hs _ _ e3 < <(taskset -c 1 "$LOAD" handshake "127.0.0.1:$tport" "$DURATION" "$HS_CONNS" "$d/ca.pem")
   read -r _ mhs _ _ e4 < <(taskset -c 1 "$LOAD" handshake "127.0.0.1:$mport" "$DURATION" "$HS_CONNS" "$d/ca.pem" "${client[@]}")
-  echo "| $label | $ka50 | $p50 / $p99 | $mka | $m50 / $m99 | $hs | $mhs | $((e1+e2+e3+e4)) | $(rss $2) |"
+  echo "| $label | $ka50 | $p50 / $p99 | $(cpu_us "$c0" "$c1" "$ka50") | $mka | $m50 / $m99 | $(cpu_us "$c1" "$c2" "$mka") | $hs | $mhs | $((e1+e2+e3+e4)) | $(rss $2) |"
 }
 
 # All three run at once, each on core 0 (only the one under load works), and
@@ -126,8 +132,8 @@ sleep 1
 echo "TLS / mTLS: $(date -u) | nproc $(nproc) | $(nginx -v 2>&1) | $($SIFT --version) | ECDSA P-256 server and client certs"
 echo "load: bench/tls_load.rs, keep-alive ${CONNS} conns, handshakes ${HS_CONNS} tasks, ${DURATION}s each, ${ROUNDS} alternating rounds | proxies on core 0, load + backend nginx on core 1"
 echo
-echo "| round | proxy | TLS req/s | TLS p50 / p99 ms | mTLS req/s | mTLS p50 / p99 ms | TLS handshakes/s | mTLS handshakes/s | errors | RSS MB after |"
-echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| round | proxy | TLS req/s | TLS p50 / p99 ms | TLS CPU µs/req | mTLS req/s | mTLS p50 / p99 ms | mTLS CPU µs/req | TLS handshakes/s | mTLS handshakes/s | errors | RSS MB after |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 : > "$d/results"
 for r in $(seq "$ROUNDS"); do
   for who in sift nginx floor; do
@@ -147,13 +153,14 @@ rows = {}
 for line in open(sys.argv[1]):
     who, rest = line.split(" ", 1)
     cells = [c.strip() for c in rest.strip().strip("|").split("|")]
-    rows.setdefault(who, []).append((float(cells[1]), float(cells[3]), float(cells[5]), float(cells[6])))
-med = {w: [statistics.median(v[i] for v in r) for i in range(4)] for w, r in rows.items()}
-print("medians over rounds (req/s): TLS keep-alive, mTLS keep-alive, TLS handshakes, mTLS handshakes")
+    rows.setdefault(who, []).append((float(cells[1]), float(cells[4]), float(cells[7]), float(cells[8]), float(cells[3]), float(cells[6])))
+med = {w: [statistics.median(v[i] for v in r) for i in range(6)] for w, r in rows.items()}
+print("medians over rounds (req/s): TLS keep-alive, mTLS keep-alive, TLS handshakes, mTLS handshakes | CPU µs per keep-alive request: TLS, mTLS")
 for w, m in med.items():
-    print(f"  {w:6} " + "  ".join(f"{x:8.0f}" for x in m))
+    print(f"  {w:6} " + "  ".join(f"{x:8.0f}" for x in m[:4]) + " | " + "  ".join(f"{x:6.1f}" for x in m[4:]))
 s, n = med["sift"], med["nginx"]
 print("sift / nginx: " + ", ".join(f"{name} {100*a/b:.0f} %" for name, a, b in zip(["TLS", "mTLS", "TLS hs", "mTLS hs"], s, n)))
+print("nginx CPU per request / sift CPU per request: " + ", ".join(f"{name} {100*b/a:.0f} %" for name, a, b in zip(["TLS", "mTLS"], s[4:], n[4:])))
 per = [100 * a[0] / b[0] for a, b in zip(rows["sift"], rows["nginx"])]
 perm = [100 * a[1] / b[1] for a, b in zip(rows["sift"], rows["nginx"])]
 print("sift / nginx per round, TLS keep-alive: " + " ".join(f"{p:.0f}%" for p in per) + " | mTLS: " + " ".join(f"{p:.0f}%" for p in perm))
