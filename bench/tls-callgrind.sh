@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Instructions per TLS keep-alive request, load-independent: a proxy (sift,
-# or the floor proxy) runs under valgrind's callgrind in front of a backend
+# the floor proxy, or nginx as one process) runs under valgrind's callgrind in front of a backend
 # nginx; bench/tls_load.rs drives CONNS keep-alive connections; the counters
 # are zeroed after a warm-up and dumped after the measured run, and the
 # total user-space instructions are divided by the requests served.
 #
-#   bench/tls-callgrind.sh [SIFT_BIN]   env: WHO (sift|floor), SECONDS_RUN (6),
+#   bench/tls-callgrind.sh [SIFT_BIN]   env: WHO (sift|floor|nginx), SECONDS_RUN (6),
 #                                       CONNS (10), MTLS (0|1), OUT (callgrind file),
 #                                       LOAD, FLOOR (prebuilt bench binaries)
 #
@@ -84,7 +84,23 @@ case $WHO in
   floor)
     cmd=("$FLOOR" "127.0.0.1:$P" "127.0.0.1:$BE" "$d/server.pem" "$d/server.key")
     [ "$MTLS" = 1 ] && cmd+=("$d/ca.pem") ;;
-  *) echo "WHO is sift or floor" >&2; exit 2 ;;
+  nginx)
+    # One process (no master), so valgrind sees the worker itself.
+    verify=""
+    [ "$MTLS" = 1 ] && verify="ssl_client_certificate $d/ca.pem; ssl_verify_client on;"
+    cat > "$d/nginx.conf" <<NGX
+master_process off; daemon off; pid $d/nx.pid; error_log $d/nx.err;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  client_body_temp_path $d/cb2; proxy_temp_path $d/pt2; fastcgi_temp_path $d/ft2; uwsgi_temp_path $d/ut2; scgi_temp_path $d/st2;
+  upstream be { server 127.0.0.1:$BE; keepalive 64; }
+  ssl_certificate $d/server.pem; ssl_certificate_key $d/server.key;
+  ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache off; ssl_session_tickets off;
+  server { listen 127.0.0.1:$P ssl; $verify
+    location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+NGX
+    cmd=(nginx -c "$d/nginx.conf" -p "$d") ;;
+  *) echo "WHO is sift, floor or nginx" >&2; exit 2 ;;
 esac
 valgrind --tool=callgrind --callgrind-out-file="$out" "${cmd[@]}" > "$d/proxy.log" 2>&1 & vp=$!; pids+=($vp)
 for _ in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/$P) 2>/dev/null && break; sleep 0.1; done
