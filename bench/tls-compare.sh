@@ -26,12 +26,7 @@ command -v nginx >/dev/null || need+=(nginx)
 command -v openssl >/dev/null || need+=(openssl)
 command -v curl >/dev/null || need+=(curl)
 if [ ${#need[@]} -gt 0 ]; then apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; fi
-bench_bin() { # $1 bench target: build it (release) and print its executable
-  cargo bench --bench "$1" --no-run --message-format=json 2>/dev/null | python3 -c 'import sys,json
-for l in sys.stdin:
-    m=json.loads(l)
-    if m.get("reason")=="compiler-artifact" and m.get("target",{}).get("name")==sys.argv[1] and m.get("executable"): print(m["executable"])' "$1" | tail -1
-}
+. bench/tls-common.sh
 LOAD=${LOAD:-$(bench_bin tls_load)}
 [ -x "$LOAD" ] || { echo "cannot build bench/tls_load.rs" >&2; exit 1; }
 FLOOR=${FLOOR:-$(bench_bin floor_proxy)}
@@ -41,31 +36,11 @@ d=$(mktemp -d); chmod 755 "$d"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.3; rm -rf "$d"; }
 trap cleanup EXIT INT TERM
-port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 
-# One CA, one ECDSA P-256 server certificate and one client certificate for both proxies.
-( cd "$d"
-  openssl ecparam -name prime256v1 -genkey -noout -out ca.key
-  openssl req -x509 -new -key ca.key -sha256 -days 2 -subj "/CN=bench CA" -out ca.pem
-  for who in server client; do
-    openssl ecparam -name prime256v1 -genkey -noout -out $who.key
-    openssl req -new -key $who.key -subj "/CN=$who" -out $who.csr
-  done
-  printf "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n" > s.cnf
-  printf "subjectAltName=URI:spiffe://bench.example/ns/load/sa/client\nextendedKeyUsage=clientAuth\n" > c.cnf
-  openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -sha256 -extfile s.cnf -out server.pem
-  openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -sha256 -extfile c.cnf -out client.pem
-) >/dev/null 2>&1
-chmod 644 "$d"/*
+make_certs
 
 BE=$(port)
-cat > "$d/backend.conf" <<NGX
-worker_processes 1; daemon off; pid $d/be.pid; error_log $d/be.err;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  client_body_temp_path $d/cb; proxy_temp_path $d/pt; fastcgi_temp_path $d/ft; uwsgi_temp_path $d/ut; scgi_temp_path $d/st;
-  server { listen 127.0.0.1:$BE; location / { return 200 "ok\n"; } } }
-NGX
+backend_conf "$BE"
 taskset -c 1 nginx -c "$d/backend.conf" -p "$d" & pids+=($!)
 
 ST=$(port); SM=$(port); SA=$(port); NT=$(port); NM=$(port); FT=$(port); FM=$(port)

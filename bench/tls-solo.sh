@@ -16,37 +16,18 @@ SIFT=${1:-target/release/sift}
 DURATION=${DURATION:-5}
 ROUNDS=${ROUNDS:-2}
 for t in nginx openssl; do command -v $t >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx openssl >/dev/null; }; done
-bench_bin() {
-  cargo bench --bench "$1" --no-run --message-format=json 2>/dev/null | python3 -c 'import sys,json
-for l in sys.stdin:
-    m=json.loads(l)
-    if m.get("reason")=="compiler-artifact" and m.get("target",{}).get("name")==sys.argv[1] and m.get("executable"): print(m["executable"])' "$1" | tail -1
-}
+. bench/tls-common.sh
 LOAD=${LOAD:-$(bench_bin tls_load)}
 FLOOR=${FLOOR:-$(bench_bin floor_proxy)}
 d=$(mktemp -d); chmod 755 "$d"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.3; rm -rf "$d"; }
 trap cleanup EXIT INT TERM
-port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-( cd "$d"
-  openssl ecparam -name prime256v1 -genkey -noout -out ca.key
-  openssl req -x509 -new -key ca.key -sha256 -days 2 -subj "/CN=bench CA" -out ca.pem
-  openssl ecparam -name prime256v1 -genkey -noout -out server.key
-  openssl req -new -key server.key -subj "/CN=server" -out server.csr
-  printf "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n" > s.cnf
-  openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -sha256 -extfile s.cnf -out server.pem
-) >/dev/null 2>&1
-chmod 644 "$d"/*
+make_certs
 BE=$(port); P=$(port); A=$(port)
 temp_paths() { echo "client_body_temp_path $d/cb$1; proxy_temp_path $d/pt$1; fastcgi_temp_path $d/ft$1; uwsgi_temp_path $d/ut$1; scgi_temp_path $d/st$1;"; }
-cat > "$d/be.conf" <<NGX
-worker_processes 1; daemon off; pid $d/be.pid; error_log $d/be.err;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000; $(temp_paths 1)
-  server { listen 127.0.0.1:$BE; location / { return 200 "ok\n"; } } }
-NGX
-taskset -c 1 nginx -c "$d/be.conf" -p "$d" & pids+=($!)
+backend_conf "$BE"
+taskset -c 1 nginx -c "$d/backend.conf" -p "$d" & pids+=($!)
 cat > "$d/sift.yaml" <<YAML
 workers: 1
 log: { format: json, level: warn, access_log: false }

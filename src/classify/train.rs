@@ -535,26 +535,10 @@ pub fn threshold_best_f1(margins: &[f32], labels: &[bool], target_fpr: f32) -> f
             .collect::<Vec<_>>(),
         target_fpr,
     );
-    let mut order: Vec<usize> = (0..margins.len()).collect();
-    order.sort_unstable_by(|&a, &b| margins[b].total_cmp(&margins[a])); // descending
-    let n_spam = labels.iter().filter(|l| **l).count();
-    let (mut tp, mut fp) = (0usize, 0usize);
+    // The curve runs from the highest threshold down: the first best F1
+    // is the highest threshold among ties.
     let mut best = (-1.0f64, floor);
-    let mut i = 0;
-    while i < order.len() {
-        let t = margins[order[i]];
-        if t < floor {
-            break;
-        }
-        while i < order.len() && margins[order[i]] == t {
-            if labels[order[i]] {
-                tp += 1;
-            } else {
-                fp += 1;
-            }
-            i += 1;
-        }
-        let f1 = 2.0 * tp as f64 / (2 * tp + fp + (n_spam - tp)) as f64;
+    for (f1, t) in f1_curve(margins, labels, floor) {
         if f1 > best.0 {
             best = (f1, t);
         }
