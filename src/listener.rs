@@ -210,7 +210,7 @@ impl Protocols {
 /// plus 8). sift's own check (431 with `x-sift-error`) fires first for
 /// counts between `max_headers` and the codec's limit; beyond it the codec
 /// answers a bare 431.
-pub fn codec_max_headers(max_headers: usize) -> usize {
+fn codec_max_headers(max_headers: usize) -> usize {
     if max_headers <= 100 {
         100
     } else {

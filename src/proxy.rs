@@ -410,7 +410,9 @@ async fn proxy(
     out.cluster_slot = Some(cluster.request_slot()?);
 
     // 7. Upstream request head (the endpoint is set per attempt).
-    let upgrade = seen.connection.then(|| upgrade_protocol(&req)).flatten();
+    let upgrade = (seen.hop & hop::CONNECTION != 0)
+        .then(|| upgrade_protocol(&req))
+        .flatten();
     let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, incoming) = req.into_parts();
     let mut uri = std::mem::take(&mut parts.uri).into_parts();
@@ -424,7 +426,9 @@ async fn proxy(
         UpstreamProtocol::Http2 => Version::HTTP_2,
     };
     let h = &mut parts.headers;
-    strip_hop_by_hop(h);
+    // The scan at the start saw which hop-by-hop headers there are (only
+    // x-sift-* has been removed since).
+    strip_hop_by_hop_present(h, seen.hop);
     // Room for what sift adds (X-Forwarded-*, XFCC, x-request-id, route
     // headers) in one step: the client's map was sized for its own headers.
     h.reserve(6 + route.spec.request_headers.set.len() + route.spec.request_headers.add.len());
@@ -731,9 +735,18 @@ async fn proxy(
         return Ok(Response::from_parts(parts, b));
     }
     let (mut parts, b) = resp.into_parts();
-    // Only sift sets x-sift-*: an upstream cannot forge x-sift-error.
-    strip_sift_headers(&mut parts.headers);
-    strip_hop_by_hop(&mut parts.headers);
+    // Only sift sets x-sift-*: an upstream cannot forge x-sift-error. One
+    // pass over the names finds both kinds of header to remove.
+    let (hop_bits, sift) = parts.headers.keys().fold((0, false), |(bits, sift), k| {
+        (
+            bits | hop::bit(k),
+            sift || k.as_str().starts_with("x-sift-"),
+        )
+    });
+    if sift {
+        remove_sift_headers(&mut parts.headers);
+    }
+    strip_hop_by_hop_present(&mut parts.headers, hop_bits);
     route.spec.response_headers.apply(&mut parts.headers);
     parts.headers.insert(X_REQUEST_ID.clone(), request_id);
     if let Some(hs) = ratelimit_headers {
@@ -1116,8 +1129,8 @@ fn request_id(h: &HeaderMap, present: bool) -> HeaderValue {
 /// names are hashed byte by byte).
 #[derive(Debug, Default)]
 struct Seen {
-    /// A Connection header (an upgrade needs one).
-    connection: bool,
+    /// Hop-by-hop headers present (bits of [`hop`]).
+    hop: u8,
     request_id: bool,
     canary: bool,
     /// Any `x-sift-*` header.
@@ -1131,8 +1144,9 @@ impl Seen {
     fn scan(h: &HeaderMap) -> Seen {
         let mut s = Seen::default();
         for k in h.keys() {
-            if k == header::CONNECTION {
-                s.connection = true;
+            let bit = hop::bit(k);
+            if bit != 0 {
+                s.hop |= bit;
                 continue;
             }
             let n = k.as_str();
@@ -1157,9 +1171,13 @@ impl Seen {
 
 /// Only sift sets `x-sift-*` headers: drop any a client sent.
 fn strip_sift_headers(h: &mut HeaderMap) {
-    if !h.keys().any(|k| k.as_str().starts_with("x-sift-")) {
-        return;
+    if h.keys().any(|k| k.as_str().starts_with("x-sift-")) {
+        remove_sift_headers(h);
     }
+}
+
+/// Remove every `x-sift-*` header (the caller knows there is one).
+fn remove_sift_headers(h: &mut HeaderMap) {
     let names: Vec<HeaderName> = h
         .keys()
         .filter(|k| k.as_str().starts_with("x-sift-"))
@@ -1292,22 +1310,24 @@ fn upgrade_protocol(req: &Request<Incoming>) -> Option<HeaderValue> {
     req.headers().get(header::UPGRADE).cloned()
 }
 
-/// Remove hop-by-hop headers and any header the Connection header names.
-/// `TE: trailers` is kept (gRPC needs it); other TE values are dropped.
-fn strip_hop_by_hop(h: &mut HeaderMap) {
-    // One pass notes which hop-by-hop headers are present (bits below):
-    // most messages carry at most a Connection header, and only present
-    // names are looked up again. Standard names compare as integers.
-    const CONNECTION: u8 = 1;
-    const TRANSFER_ENCODING: u8 = 2;
-    const UPGRADE: u8 = 4;
-    const TRAILER: u8 = 8;
-    const TE: u8 = 16;
-    const KEEP_ALIVE: u8 = 32;
-    const PROXY_CONNECTION: u8 = 64;
-    let mut present = 0u8;
-    for k in h.keys() {
-        present |= if k == header::CONNECTION {
+/// Hop-by-hop header bits, noted in one pass over a message's names (the
+/// request's is [`Seen::scan`], the response's is shared with the
+/// `x-sift-*` check): most messages carry at most a
+/// Connection header, and only present names are looked up again.
+mod hop {
+    use http::header::{self, HeaderName};
+    pub const CONNECTION: u8 = 1;
+    pub const TRANSFER_ENCODING: u8 = 2;
+    pub const UPGRADE: u8 = 4;
+    pub const TRAILER: u8 = 8;
+    pub const TE: u8 = 16;
+    pub const KEEP_ALIVE: u8 = 32;
+    pub const PROXY_CONNECTION: u8 = 64;
+
+    /// The bit of header `k` (0 if it is not hop-by-hop). Standard names
+    /// compare as integers.
+    pub fn bit(k: &HeaderName) -> u8 {
+        if k == header::CONNECTION {
             CONNECTION
         } else if k == header::TRANSFER_ENCODING {
             TRANSFER_ENCODING
@@ -1323,8 +1343,15 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
                 b"proxy-connection" => PROXY_CONNECTION,
                 _ => 0,
             }
-        };
+        }
     }
+}
+
+/// Remove hop-by-hop headers and any header the Connection header names,
+/// given the [`hop`] bits of the headers present.
+/// `TE: trailers` is kept (gRPC needs it); other TE values are dropped.
+fn strip_hop_by_hop_present(h: &mut HeaderMap, present: u8) {
+    use hop::*;
     if present == 0 {
         return;
     }
@@ -1492,7 +1519,9 @@ mod tests {
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("te", HeaderValue::from_static("trailers"));
         h.insert("x-keep", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h);
+        // As on the request path: the bits come from the header scan.
+        let present = Seen::scan(&h).hop;
+        strip_hop_by_hop_present(&mut h, present);
         assert!(h.get("x-secret").is_none());
         assert!(h.get("keep-alive").is_none());
         assert!(h.get("connection").is_none());
