@@ -42,3 +42,49 @@ http { access_log off; keepalive_requests 1000000;
   server { listen 127.0.0.1:$1; location / { return 200 "ok\n"; } } }
 NGX
 }
+
+# A scratch directory $d (readable by nginx's workers), the array pids of
+# processes to kill on exit, and the certificates of make_certs in $d.
+bench_setup() {
+  d=$(mktemp -d); chmod 755 "$d"
+  pids=()
+  trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.3; rm -rf "$d"' EXIT INT TERM
+  make_certs
+}
+
+# nginx as a TLS-terminating proxy to the backend on port $BE, config in $1.
+# $2 is the process line ("worker_processes 1" or "master_process off"),
+# $3 a TLS port and $4 an mTLS port (client certificate required); either
+# may be empty. No session cache or tickets: every handshake is full.
+nginx_proxy_conf() {
+  local loc='location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; }'
+  {
+    echo "$2; daemon off; pid $d/nx.pid; error_log $d/nx.err;"
+    echo "events { worker_connections 4096; }"
+    echo "http { access_log off; keepalive_requests 1000000;"
+    echo "  client_body_temp_path $d/cb2; proxy_temp_path $d/pt2; fastcgi_temp_path $d/ft2; uwsgi_temp_path $d/ut2; scgi_temp_path $d/st2;"
+    echo "  upstream be { server 127.0.0.1:$BE; keepalive 64; }"
+    echo "  ssl_certificate $d/server.pem; ssl_certificate_key $d/server.key;"
+    echo "  ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache off; ssl_session_tickets off;"
+    [ -z "$3" ] || echo "  server { listen 127.0.0.1:$3 ssl; $loc }"
+    [ -z "${4:-}" ] || echo "  server { listen 127.0.0.1:$4 ssl; ssl_client_certificate $d/ca.pem; ssl_verify_client on; $loc }"
+    echo "}"
+  } > "$1"
+}
+
+# sift with one worker in front of the backend on port $BE, config in $1:
+# admin on port $2, a TLS listener on $3 and an mTLS listener on $4 (either
+# may be empty).
+sift_conf() {
+  local tls="tls: { certificates: [ { cert: \"$d/server.pem\", key: \"$d/server.key\" } ]"
+  {
+    echo "workers: 1"
+    echo "log: { format: json, level: warn, access_log: false }"
+    echo "admin: { address: \"127.0.0.1:$2\" }"
+    echo "listeners:"
+    [ -z "$3" ] || echo "  - { name: tls, address: \"127.0.0.1:$3\", protocol: h1, $tls } }"
+    [ -z "${4:-}" ] || echo "  - { name: mtls, address: \"127.0.0.1:$4\", protocol: h1, $tls, client_auth: { mode: require, ca: \"$d/ca.pem\" } } }"
+    echo "routes: [ { name: all, cluster: backend } ]"
+    echo "clusters: [ { name: backend, endpoints: [\"127.0.0.1:$BE\"] } ]"
+  } > "$1"
+}

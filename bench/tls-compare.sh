@@ -32,49 +32,15 @@ LOAD=${LOAD:-$(bench_bin tls_load)}
 FLOOR=${FLOOR:-$(bench_bin floor_proxy)}
 [ -x "$FLOOR" ] || { echo "cannot build bench/floor_proxy.rs" >&2; exit 1; }
 
-d=$(mktemp -d); chmod 755 "$d"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.3; rm -rf "$d"; }
-trap cleanup EXIT INT TERM
-
-make_certs
+bench_setup
 
 BE=$(port)
 backend_conf "$BE"
 taskset -c 1 nginx -c "$d/backend.conf" -p "$d" & pids+=($!)
 
 ST=$(port); SM=$(port); SA=$(port); NT=$(port); NM=$(port); FT=$(port); FM=$(port)
-cat > "$d/sift.yaml" <<YAML
-workers: 1
-log: { format: json, level: warn, access_log: false }
-admin: { address: "127.0.0.1:$SA" }
-listeners:
-  - name: tls
-    address: "127.0.0.1:$ST"
-    protocol: h1
-    tls: { certificates: [ { cert: "$d/server.pem", key: "$d/server.key" } ] }
-  - name: mtls
-    address: "127.0.0.1:$SM"
-    protocol: h1
-    tls:
-      certificates: [ { cert: "$d/server.pem", key: "$d/server.key" } ]
-      client_auth: { mode: require, ca: "$d/ca.pem" }
-routes: [ { name: all, cluster: backend } ]
-clusters: [ { name: backend, endpoints: ["127.0.0.1:$BE"] } ]
-YAML
-cat > "$d/nginx.conf" <<NGX
-worker_processes 1; daemon off; pid $d/nx.pid; error_log $d/nx.err;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  client_body_temp_path $d/cb2; proxy_temp_path $d/pt2; fastcgi_temp_path $d/ft2; uwsgi_temp_path $d/ut2; scgi_temp_path $d/st2;
-  upstream be { server 127.0.0.1:$BE; keepalive 64; }
-  ssl_certificate $d/server.pem; ssl_certificate_key $d/server.key;
-  ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache off; ssl_session_tickets off;
-  server { listen 127.0.0.1:$NT ssl;
-    location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; } }
-  server { listen 127.0.0.1:$NM ssl; ssl_client_certificate $d/ca.pem; ssl_verify_client on;
-    location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
-NGX
+sift_conf "$d/sift.yaml" "$SA" "$ST" "$SM"
+nginx_proxy_conf "$d/nginx.conf" "worker_processes 1" "$NT" "$NM"
 
 rss() { local t=0; for p in "$@"; do t=$((t + $(awk '/VmRSS/{print $2}' "/proc/$p/status" 2>/dev/null || echo 0))); done; echo "scale=1; $t/1024" | bc; }
 cpu_ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; echo "$t"; }

@@ -19,32 +19,12 @@ for t in nginx openssl; do command -v $t >/dev/null || { apt-get update -qq && a
 . bench/tls-common.sh
 LOAD=${LOAD:-$(bench_bin tls_load)}
 FLOOR=${FLOOR:-$(bench_bin floor_proxy)}
-d=$(mktemp -d); chmod 755 "$d"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.3; rm -rf "$d"; }
-trap cleanup EXIT INT TERM
-make_certs
+bench_setup
 BE=$(port); P=$(port); A=$(port)
-temp_paths() { echo "client_body_temp_path $d/cb$1; proxy_temp_path $d/pt$1; fastcgi_temp_path $d/ft$1; uwsgi_temp_path $d/ut$1; scgi_temp_path $d/st$1;"; }
 backend_conf "$BE"
 taskset -c 1 nginx -c "$d/backend.conf" -p "$d" & pids+=($!)
-cat > "$d/sift.yaml" <<YAML
-workers: 1
-log: { format: json, level: warn, access_log: false }
-admin: { address: "127.0.0.1:$A" }
-listeners: [ { name: tls, address: "127.0.0.1:$P", protocol: h1, tls: { certificates: [ { cert: "$d/server.pem", key: "$d/server.key" } ] } } ]
-routes: [ { name: all, cluster: backend } ]
-clusters: [ { name: backend, endpoints: ["127.0.0.1:$BE"] } ]
-YAML
-cat > "$d/nx.conf" <<NGX
-worker_processes 1; daemon off; pid $d/nx.pid; error_log $d/nx.err;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000; $(temp_paths 2)
-  upstream be { server 127.0.0.1:$BE; keepalive 64; }
-  ssl_certificate $d/server.pem; ssl_certificate_key $d/server.key; ssl_protocols TLSv1.2 TLSv1.3;
-  ssl_session_cache off; ssl_session_tickets off;
-  server { listen 127.0.0.1:$P ssl; location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
-NGX
+sift_conf "$d/sift.yaml" "$A" "$P"
+nginx_proxy_conf "$d/nx.conf" "worker_processes 1" "$P"
 keepalive() { # $1 pid whose CPU is counted
   local a b r
   a=$(awk '{print $14 + $15}' "/proc/$1/stat")

@@ -8,9 +8,17 @@
 //! (HTTP/1.1 over TLS); prints requests/s and p50/p99 latency.
 //! MODE `handshake`: CONNS tasks, each opening a new TLS connection (full
 //! handshake, resumption disabled) per request; prints handshakes/s.
+//!
+//! For load-independent counts (bench/tls-callgrind.sh), env
+//! `TLS_LOAD_WARM=S` first runs S seconds of the same load, then pauses it,
+//! runs the shell command `TLS_LOAD_MARK` (e.g. zero a profiler's counters)
+//! and only then starts the measured SECONDS; at their end the load pauses
+//! again and `TLS_LOAD_END` runs before any connection closes. The printed
+//! figures cover the measured part only, so in keepalive mode no handshake
+//! falls inside it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Empty};
@@ -72,6 +80,28 @@ async fn one(send: &mut Sender) -> bool {
     }
 }
 
+/// Run the shell command in env var `var`, if set, and wait for it.
+fn hook(var: &str) {
+    if let Ok(cmd) = std::env::var(var) {
+        let st = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&cmd)
+            .status();
+        if !st.is_ok_and(|s| s.success()) {
+            eprintln!("tls_load: {var} command failed: {cmd}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Pause the load: set `pause` and wait until no request is in flight.
+async fn quiesce(pause: &AtomicBool, busy: &AtomicUsize) {
+    pause.store(true, Ordering::SeqCst);
+    while busy.load(Ordering::SeqCst) > 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 fn main() {
     let a: Vec<String> = std::env::args()
         .skip(1)
@@ -84,6 +114,10 @@ fn main() {
     let (mode, addr) = (a[0].clone(), a[1].clone());
     let secs: u64 = a[2].parse().expect("seconds");
     let conns: usize = a[3].parse().expect("conns");
+    let warm: u64 = std::env::var("TLS_LOAD_WARM")
+        .ok()
+        .map(|s| s.parse().expect("TLS_LOAD_WARM: seconds"))
+        .unwrap_or(0);
     let cfg = config(
         &a[4],
         a.get(5).map(String::as_str),
@@ -98,6 +132,11 @@ fn main() {
         let ok = Arc::new(AtomicU64::new(0));
         let errors = Arc::new(AtomicU64::new(0));
         let lat = Arc::new(std::sync::Mutex::new(Vec::<u32>::new()));
+        // Warm-up pause: requests wait while `pause` is set; `busy` counts
+        // those in flight; `epoch` tells tasks to forget warm-up latencies.
+        let pause = Arc::new(AtomicBool::new(false));
+        let busy = Arc::new(AtomicUsize::new(0));
+        let epoch = Arc::new(AtomicU64::new(0));
         let mut tasks = Vec::new();
         for _ in 0..conns {
             let (stop, ok, errors, lat, cfg, addr, mode) = (
@@ -109,10 +148,23 @@ fn main() {
                 addr.clone(),
                 mode.clone(),
             );
+            let (pause, busy, epoch) = (pause.clone(), busy.clone(), epoch.clone());
             tasks.push(tokio::spawn(async move {
                 let mut local = Vec::new();
+                let mut seen = 0;
                 let mut keep: Option<Sender> = None;
                 while !stop.load(Ordering::Relaxed) {
+                    busy.fetch_add(1, Ordering::SeqCst);
+                    if pause.load(Ordering::SeqCst) {
+                        busy.fetch_sub(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        continue;
+                    }
+                    let e = epoch.load(Ordering::SeqCst);
+                    if e != seen {
+                        local.clear();
+                        seen = e;
+                    }
                     let t = Instant::now();
                     if mode == "handshake" || keep.is_none() {
                         keep = connect(&addr, cfg.clone()).await;
@@ -128,14 +180,37 @@ fn main() {
                         errors.fetch_add(1, Ordering::Relaxed);
                         keep = None;
                     }
+                    busy.fetch_sub(1, Ordering::SeqCst);
                 }
                 lat.lock().expect("lock").extend(local);
             }));
         }
+        if warm > 0 {
+            tokio::time::sleep(Duration::from_secs(warm)).await;
+            quiesce(&pause, &busy).await;
+            hook("TLS_LOAD_MARK");
+            ok.store(0, Ordering::SeqCst);
+            errors.store(0, Ordering::SeqCst);
+            epoch.store(1, Ordering::SeqCst);
+            pause.store(false, Ordering::SeqCst);
+        }
         let start = Instant::now();
         tokio::time::sleep(Duration::from_secs(secs)).await;
+        let elapsed;
+        if warm > 0 {
+            quiesce(&pause, &busy).await;
+            elapsed = start.elapsed().as_secs_f64();
+            hook("TLS_LOAD_END");
+            eprintln!(
+                "tls_load: {} requests in {elapsed:.3} s after {warm} s of warm-up",
+                ok.load(Ordering::SeqCst)
+            );
+        } else {
+            elapsed = start.elapsed().as_secs_f64();
+        }
+        let (done, failed) = (ok.load(Ordering::SeqCst), errors.load(Ordering::SeqCst));
         stop.store(true, Ordering::Relaxed);
-        let elapsed = start.elapsed().as_secs_f64();
+        pause.store(false, Ordering::SeqCst);
         for t in tasks {
             let _ = t.await;
         }
@@ -150,10 +225,10 @@ fn main() {
         println!(
             "{} {:.0} {:.3} {:.3} {}",
             mode,
-            ok.load(Ordering::Relaxed) as f64 / elapsed,
+            done as f64 / elapsed,
             q(0.50),
             q(0.99),
-            errors.load(Ordering::Relaxed)
+            failed
         );
     });
 }
