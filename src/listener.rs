@@ -138,6 +138,9 @@ pub async fn serve(tcp: TcpListener, name: Arc<str>, shared: Arc<Shared>, drain:
                 .and_then(|leaf| crate::tls::Identity::from_der(leaf.as_ref()));
             let peer = identity.as_ref().map_or("none", |i| i.metric_label());
             m.tls_handshakes.with_label_values(&[&name, peer]).inc();
+            if session.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                m.tls_resumed_handshakes.with_label_values(&[&name]).inc();
+            }
             conn.tls = true;
             conn.xfcc = identity
                 .as_ref()

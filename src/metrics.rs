@@ -35,6 +35,7 @@ pub struct Metrics {
     pub canary_promotions: IntCounterVec,
     pub tls_handshakes: IntCounterVec,
     pub tls_handshake_failures: IntCounterVec,
+    pub tls_resumed_handshakes: IntCounterVec,
     pub tls_cert_expiry: prometheus::GaugeVec,
     pub tls_reloads: IntCounterVec,
     pub filters: FilterMetrics,
@@ -331,6 +332,14 @@ impl Metrics {
             &["listener", "reason"],
         )
         .expect("valid metric");
+        let tls_resumed_handshakes = IntCounterVec::new(
+            Opts::new(
+                "sift_tls_resumed_handshakes_total",
+                "Completed TLS handshakes that resumed an earlier session (ticket or session cache), by listener; also counted in sift_tls_handshakes_total.",
+            ),
+            &["listener"],
+        )
+        .expect("valid metric");
         let tls_cert_expiry = prometheus::GaugeVec::new(
             Opts::new(
                 "sift_tls_cert_expiry_seconds",
@@ -350,6 +359,7 @@ impl Metrics {
         for m in [
             Box::new(tls_handshakes.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(tls_handshake_failures.clone()),
+            Box::new(tls_resumed_handshakes.clone()),
             Box::new(tls_cert_expiry.clone()),
             Box::new(tls_reloads.clone()),
         ] {
@@ -423,6 +433,7 @@ impl Metrics {
             canary_promotions,
             tls_handshakes,
             tls_handshake_failures,
+            tls_resumed_handshakes,
             tls_cert_expiry,
             tls_reloads,
         }

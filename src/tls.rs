@@ -53,6 +53,10 @@ pub struct ListenerTlsSpec {
     pub crls: Vec<PathBuf>,
     /// ALPN protocols offered, in order.
     pub alpn: Vec<String>,
+    /// Stateless session tickets on.
+    pub tickets: bool,
+    /// Stateful session cache entries (0: none).
+    pub session_cache: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -247,6 +251,18 @@ pub fn server_config(spec: &ListenerTlsSpec) -> Result<Loaded, TlsError> {
         }
     };
     config.alpn_protocols = spec.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    // Resumption state belongs to this config alone: a reload (new
+    // certificate, CA or CRL) starts with none, so no session made under the
+    // old material resumes under the new.
+    config.session_storage = if spec.session_cache == 0 {
+        Arc::new(rustls::server::NoServerSessionStorage {})
+    } else {
+        rustls::server::ServerSessionMemoryCache::new(spec.session_cache)
+    };
+    if spec.tickets {
+        config.ticketer = rustls::crypto::ring::Ticketer::new()
+            .map_err(|e| TlsError::Config(format!("session tickets: {e}")))?;
+    }
     Ok(Loaded {
         config: Arc::new(config),
         expiries,

@@ -148,6 +148,8 @@ struct TlsResponse {
     body: Bytes,
     /// CN of the certificate the server presented.
     server_cn: String,
+    /// The handshake resumed an earlier session.
+    resumed: bool,
 }
 
 /// One request over a fresh TLS connection.
@@ -175,6 +177,7 @@ async fn tls_get(
         .and_then(|i| i.cn)
         .unwrap_or_default();
     let h2 = session.alpn_protocol() == Some(b"h2");
+    let resumed = session.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
     let mut req = Request::get(format!("https://{sni}{path}"));
     for (k, v) in headers {
         req = req.header(*k, *v);
@@ -215,6 +218,7 @@ async fn tls_get(
         headers,
         body,
         server_cn,
+        resumed,
     })
 }
 
@@ -664,6 +668,8 @@ async fn mtls_upstream(s: &Setup) -> (std::net::SocketAddr, tokio::task::JoinHan
         ca: Some(s.dir.path("ca.pem")),
         crls: vec![],
         alpn: vec!["http/1.1".into()],
+        tickets: false,
+        session_cache: 0,
     };
     let cfg = sift::tls::server_config(&ck).unwrap().config;
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -940,5 +946,143 @@ async fn certificates_rotate_by_symlink_swap() {
         })
         .await,
         "the swapped certificate serves new handshakes"
+    );
+}
+
+/// A client config like [`client_config`] limited to TLS 1.2.
+fn client_config_tls12(ca_pem: &str, client: &Leaf) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let chain: Vec<_> = CertificateDer::pem_slice_iter(client.cert.as_bytes())
+        .map(|c| c.unwrap())
+        .collect();
+    let key = PrivateKeyDer::from_pem_slice(client.key.as_bytes()).unwrap();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS12])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .unwrap();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(cfg)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resumed_sessions_keep_the_client_identity_and_can_be_turned_off() {
+    let s = setup();
+    let up = Upstream::echo("app").await;
+    let client = leaf(
+        &s.ca,
+        &[],
+        Some("spiffe://prod.example/ns/web/sa/frontend"),
+        "frontend",
+        false,
+        false,
+        Alg::Ecdsa,
+    );
+    let identity_of = |r: &TlsResponse| {
+        let v = echo_json(r);
+        v["headers"]["x-forwarded-client-cert"][0]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+
+    // Default: tickets on. TLS 1.3 and TLS 1.2 clients resume, and a resumed
+    // connection carries the identity of the certificate of the first.
+    let sift = Sift::start(&tls_config(&s, "require", up.addr, ""));
+    for (version, cfg) in [
+        (
+            "TLS 1.3",
+            client_config(&s.ca.pem, Some(&client), &["http/1.1"]),
+        ),
+        ("TLS 1.2", client_config_tls12(&s.ca.pem, &client)),
+    ] {
+        let first = tls_get(sift.addr(), "localhost", cfg.clone(), "/a", &[])
+            .await
+            .unwrap();
+        assert_eq!(first.status, 200);
+        assert!(!first.resumed, "{version}: the first handshake is full");
+        let xfcc = identity_of(&first);
+        assert!(
+            xfcc.ends_with(";URI=spiffe://prod.example/ns/web/sa/frontend"),
+            "{version}: {xfcc}"
+        );
+        let second = tls_get(sift.addr(), "localhost", cfg.clone(), "/b", &[])
+            .await
+            .unwrap();
+        assert_eq!(second.status, 200);
+        assert!(second.resumed, "{version}: the second handshake resumes");
+        assert_eq!(identity_of(&second), xfcc, "{version}");
+    }
+    assert_eq!(
+        sift.metric(r#"sift_tls_resumed_handshakes_total{listener="main"}"#)
+            .await,
+        Some(2.0)
+    );
+
+    // No session cache: tickets alone resume both versions.
+    let yaml = tls_config(&s, "require", up.addr, "").replace(
+        "      client_auth:",
+        "      session_resumption: { cache_size: 0 }\n      client_auth:",
+    );
+    let tickets_only = Sift::start(&yaml);
+    for cfg in [
+        client_config(&s.ca.pem, Some(&client), &["http/1.1"]),
+        client_config_tls12(&s.ca.pem, &client),
+    ] {
+        let first = tls_get(tickets_only.addr(), "localhost", cfg.clone(), "/t", &[])
+            .await
+            .unwrap();
+        let second = tls_get(tickets_only.addr(), "localhost", cfg, "/t", &[])
+            .await
+            .unwrap();
+        assert!(!first.resumed && second.resumed);
+        assert_eq!(identity_of(&second), identity_of(&first));
+    }
+
+    // Tickets and cache off: every handshake is full.
+    let yaml = tls_config(&s, "require", up.addr, "").replace(
+        "      client_auth:",
+        "      session_resumption: { tickets: false, cache_size: 0 }\n      client_auth:",
+    );
+    let off = Sift::start(&yaml);
+    for cfg in [
+        client_config(&s.ca.pem, Some(&client), &["http/1.1"]),
+        client_config_tls12(&s.ca.pem, &client),
+    ] {
+        for _ in 0..2 {
+            let r = tls_get(off.addr(), "localhost", cfg.clone(), "/c", &[])
+                .await
+                .unwrap();
+            assert_eq!(r.status, 200);
+            assert!(!r.resumed);
+        }
+    }
+    assert_eq!(
+        off.metric(r#"sift_tls_resumed_handshakes_total{listener="main"}"#)
+            .await,
+        None,
+        "no resumed handshake is counted"
+    );
+    assert_eq!(
+        off.metric(r#"sift_tls_handshakes_total{listener="main"}"#)
+            .await,
+        Some(4.0)
+    );
+
+    // A config that asks for too large a cache is refused with its path.
+    let bad = tls_config(&s, "require", up.addr, "").replace(
+        "      client_auth:",
+        "      session_resumption: { cache_size: 5000000 }\n      client_auth:",
+    );
+    let err = Sift::try_start(&bad).err().expect("refused");
+    assert!(
+        err.contains("session_resumption.cache_size") && err.contains("at most 1000000"),
+        "{err}"
     );
 }

@@ -1372,6 +1372,9 @@ fn build_canary(
     })
 }
 
+/// Upper bound of a listener's TLS session cache (about 1 KB per session).
+const MAX_SESSION_CACHE: usize = 1_000_000;
+
 fn build_listener_tls(
     t: &ListenerTlsFile,
     protocol: DownstreamProtocol,
@@ -1415,7 +1418,17 @@ fn build_listener_tls(
         DownstreamProtocol::H2 => vec!["h2".to_string()],
         DownstreamProtocol::Auto => vec!["h2".to_string(), "http/1.1".to_string()],
     };
+    let resumption = t.session_resumption.clone().unwrap_or_default();
+    let session_cache = resumption.cache_size.unwrap_or(256);
+    if session_cache > MAX_SESSION_CACHE {
+        e.push(
+            format!("{p}.session_resumption.cache_size"),
+            format!("at most {MAX_SESSION_CACHE}"),
+        );
+    }
     ListenerTlsSpec {
+        tickets: resumption.tickets.unwrap_or(true),
+        session_cache: session_cache.min(MAX_SESSION_CACHE),
         certificates,
         mode,
         ca,

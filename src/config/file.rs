@@ -327,6 +327,23 @@ pub struct ListenerTlsFile {
     /// Client certificates (mTLS).
     #[serde(default)]
     pub client_auth: Option<ClientAuthFile>,
+    /// TLS session resumption (abbreviated handshakes for returning clients).
+    #[serde(default)]
+    pub session_resumption: Option<SessionResumptionFile>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionResumptionFile {
+    /// Stateless session tickets (TLS 1.3 and 1.2): keys are random, held in
+    /// memory only, rotated every 6 hours; a ticket lives at most 12 hours.
+    /// Default true (as nginx and Envoy).
+    #[serde(default)]
+    pub tickets: Option<bool>,
+    /// Sessions kept in memory for stateful resumption (TLS 1.2 session IDs,
+    /// and TLS 1.3 when tickets are off). 0 turns it off. Default 256.
+    #[serde(default)]
+    pub cache_size: Option<usize>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
