@@ -74,9 +74,9 @@ nginx_proxy_conf() {
 
 # sift with one worker in front of the backend on port $BE, config in $1:
 # admin on port $2, a TLS listener on $3 and an mTLS listener on $4 (either
-# may be empty).
+# may be empty). Session tickets and cache off, as in nginx_proxy_conf.
 sift_conf() {
-  local tls="tls: { certificates: [ { cert: \"$d/server.pem\", key: \"$d/server.key\" } ]"
+  local tls="tls: { certificates: [ { cert: \"$d/server.pem\", key: \"$d/server.key\" } ], session_resumption: { tickets: false, cache_size: 0 }"
   {
     echo "workers: 1"
     echo "log: { format: json, level: warn, access_log: false }"
