@@ -189,6 +189,15 @@ static MAP: [u8; 256] = {
     m
 };
 
+/// Field scan classes: 1 space (ends a field), 2 path separator, else 0.
+static FIELD: [u8; 256] = {
+    let mut m = [0u8; 256];
+    m[b' ' as usize] = 1;
+    m[b'/' as usize] = 2;
+    m[b'\\' as usize] = 2;
+    m
+};
+
 /// Call `f(hash)` for every feature of the normalised line `s`; returns the
 /// number of features. Hashes are unmixed: [`bucket`] mixes them with a
 /// block seed.
@@ -224,20 +233,29 @@ pub fn for_each_feature<F: FnMut(u32)>(s: &[u8], mut f: F) -> u32 {
     let len = s.len();
     while i < len && tokens < MAX_TOKENS {
         // One whitespace-separated field.
+        // One whitespace-separated field, and its last path separator
+        // found in the same pass.
         let start = i;
-        while i < len && s[i] != b' ' {
-            i += 1;
+        let mut sep = usize::MAX;
+        while i < len {
+            match FIELD[s[i] as usize] {
+                0 => i += 1,
+                1 => break,
+                _ => {
+                    sep = i;
+                    i += 1;
+                }
+            }
         }
-        let mut field = &s[start..i];
+        let end = i;
+        let mut field = &s[start..end];
         while i < len && s[i] == b' ' {
             i += 1;
         }
-        if field.len() > 1 {
-            if let Some(p) = memchr::memrchr2(b'/', b'\\', field) {
-                f(0x3000);
-                n += 1;
-                field = &field[p + 1..];
-            }
+        if field.len() > 1 && sep != usize::MAX {
+            f(0x3000);
+            n += 1;
+            field = &s[sep + 1..end];
         }
         // Tokens within the field.
         let mut j = 0;
@@ -358,9 +376,16 @@ pub fn is_fail_marker(line: &[u8]) -> bool {
     if line.len() < 11 || EXIT.find(line).is_none() || line.starts_with(b"Done. Your build") {
         return false;
     }
-    for pat in [&b"exited with "[..], b"exit code "] {
-        if let Some(i) = memchr::memmem::find(line, pat) {
-            if let Some(&d) = line.get(i + pat.len()) {
+    static PATS: std::sync::LazyLock<[memchr::memmem::Finder<'static>; 2]> =
+        std::sync::LazyLock::new(|| {
+            [
+                memchr::memmem::Finder::new(b"exited with "),
+                memchr::memmem::Finder::new(b"exit code "),
+            ]
+        });
+    for pat in PATS.iter() {
+        if let Some(i) = pat.find(line) {
+            if let Some(&d) = line.get(i + pat.needle().len()) {
                 if (b'1'..=b'9').contains(&d) {
                     return true;
                 }
