@@ -529,7 +529,7 @@ impl State {
             let cand = Cand {
                 line: k,
                 before,
-                after: Vec::new(),
+                after: Vec::with_capacity(CTX_AFTER),
                 cmd: self.cmd_before(no),
             };
             let slot = if self.cands.len() < TOP_K {
