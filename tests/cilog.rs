@@ -309,6 +309,45 @@ fn cli_reads_gzip_and_plain_alike() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// Scanning as the body streams gives the verdict of the whole log at once:
+/// every real log, fed in random chunk sizes (1 byte to 256 KB, mixed within
+/// a log, so chunks split lines, `\r\n` pairs, escape sequences and UTF-8
+/// characters), has the same class, confidence, evidence line and context.
+#[test]
+fn real_logs_in_random_chunks_match_one_shot() {
+    let data = all_data();
+    let m = model();
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut chunks = 0usize;
+    for e in &data {
+        let whole = m.classify(&e.bytes);
+        let mut s = m.scanner();
+        let mut rest: &[u8] = &e.bytes;
+        while !rest.is_empty() {
+            let r = next();
+            let max = match r % 4 {
+                0 => 16,
+                1 => 4096,
+                2 => 65_536,
+                _ => 262_144,
+            };
+            let n = (((r >> 8) % max) as usize + 1).min(rest.len());
+            s.feed(&rest[..n]);
+            rest = &rest[n..];
+            chunks += 1;
+        }
+        assert_eq!(s.bytes_seen(), e.bytes.len() as u64);
+        assert_eq!(s.finish(), whole, "{}", e.path);
+    }
+    assert!(chunks > data.len() * 4, "{chunks} chunks");
+}
+
 /// A 50 MB log built from real logs, fed in odd-sized chunks: the
 /// scanner's own buffers stay under 4 MB.
 #[test]

@@ -290,8 +290,10 @@ fn line_score(p: &Params, line: &[u8]) -> f32 {
 }
 
 /// Score of a line's content × zone features and its failure-signature ×
-/// zone features (normalised as the content score).
-fn zone_score(p: &Params, line: &[u8], zone: usize) -> f32 {
+/// zone features (normalised as the content score). `sigs`: the line's
+/// failure signatures ([`features::for_each_sig`] of `line`), found once
+/// per kept line at the end of a scan.
+fn zone_score(p: &Params, line: &[u8], sigs: &[u16], zone: usize) -> f32 {
     let w = &p.line_q;
     let bits = p.line_bits;
     let mut sum = 0i32;
@@ -299,10 +301,24 @@ fn zone_score(p: &Params, line: &[u8], zone: usize) -> f32 {
         sum += i32::from(w[bucket(features::zone_hash(h, zone), SEED_LINE, bits) as usize]);
     });
     // The line's failure signatures (pattern and family, × zone).
-    features::for_each_sig_line_feature(line, zone, |h| {
-        sum += i32::from(w[bucket(h, SEED_LINE, bits) as usize]);
-    });
+    for &i in sigs {
+        let i = usize::from(i);
+        for h in [
+            features::sig_line_pattern(i, zone),
+            features::sig_line_family(features::sig_family(i), zone),
+        ] {
+            sum += i32::from(w[bucket(h, SEED_LINE, bits) as usize]);
+        }
+    }
     sum as f32 * p.line_scale / (n.max(1) as f32).sqrt()
+}
+
+// Signature indices are kept as u16.
+const _: () = assert!(features::SIGS.len() < u16::MAX as usize);
+
+/// The failure signatures of a line, appended to `out`.
+fn sigs_of(line: &[u8], out: &mut Vec<u16>) {
+    features::for_each_sig(line, |i| out.push(i as u16));
 }
 
 /// A kept line.
@@ -513,7 +529,7 @@ impl State {
             let cand = Cand {
                 line: k,
                 before,
-                after: Vec::new(),
+                after: Vec::with_capacity(CTX_AFTER),
                 cmd: self.cmd_before(no),
             };
             let slot = if self.cands.len() < TOP_K {
@@ -594,20 +610,33 @@ impl State {
         let marks = self.marks;
         // Second stage, once the failing step is known: the position
         // weight plus the content × zone features of the line.
-        let stage2 = |no: u64, text: &[u8]| {
-            let pb = marks.pos(no, total);
-            p.pos_w[pb] + zone_score(p, text, features::zone(pb))
+        let stage2 = |k: &Kept, sigs: &[u16]| {
+            let pb = marks.pos(k.no, total);
+            p.pos_w[pb] + zone_score(p, &k.text, sigs, features::zone(pb))
         };
         let tail: Vec<&Kept> = self.tail_ordered().collect();
         let tail_first = tail.first().map_or(u64::MAX, |k| k.no);
+        // The failure signatures of the tail lines, found once (the second
+        // stage and the failing step's features read them).
+        let mut sig_idx: Vec<u16> = Vec::new();
+        let mut sig_at: Vec<(usize, usize)> = Vec::with_capacity(tail.len());
+        for k in &tail {
+            let a = sig_idx.len();
+            sigs_of(&k.text, &mut sig_idx);
+            sig_at.push((a, sig_idx.len()));
+        }
+        let tail_sigs = |i: usize| &sig_idx[sig_at[i].0..sig_at[i].1];
         // Every line's final score: tail lines, and earlier candidates.
         let mut all: Vec<(f32, Src)> = Vec::with_capacity(tail.len() + self.cands.len());
         for (i, k) in tail.iter().enumerate() {
-            all.push((k.score + stage2(k.no, &k.text), Src::Tail(i)));
+            all.push((k.score + stage2(k, tail_sigs(i)), Src::Tail(i)));
         }
+        let mut sigs = Vec::new();
         for (i, c) in self.cands.iter().enumerate() {
             if c.line.no < tail_first {
-                all.push((c.line.score + stage2(c.line.no, &c.line.text), Src::Cand(i)));
+                sigs.clear();
+                sigs_of(&c.line.text, &mut sigs);
+                all.push((c.line.score + stage2(&c.line, &sigs), Src::Cand(i)));
             }
         }
         all.sort_by(|a, b| {
@@ -685,20 +714,20 @@ impl State {
             .collect();
         let region_features = {
             let fail = marks.fail_line();
-            let region = tail.iter().filter(|k| match fail {
-                Some(f) => k.no > marks.fail_cmd_line() && k.no <= f,
-                None => k.no + REGION_NO_MARKER > total,
-            });
+            let region = tail
+                .iter()
+                .enumerate()
+                .filter(|(_, k)| match fail {
+                    Some(f) => k.no > marks.fail_cmd_line() && k.no <= f,
+                    None => k.no + REGION_NO_MARKER > total,
+                })
+                .map(|(i, _)| tail_sigs(i));
             let fail_cmd = fail.and_then(|_| {
                 self.cmds
                     .iter()
                     .find(|k| k.no == marks.fail_cmd_line() && k.no > 0)
             });
-            region_features(
-                p,
-                region.map(|k| k.text.as_slice()),
-                fail_cmd.map(|k| k.text.as_slice()),
-            )
+            region_features_of_sigs(p, region, fail_cmd.map(|k| k.text.as_slice()))
         };
         let class_features = {
             let t: Vec<Picked> = orig.iter().map(|&(s, src)| pick(s, src)).collect();
@@ -739,7 +768,7 @@ impl State {
                 .or_else(|| {
                     tail.iter()
                         .position(|k| k.no == no)
-                        .map(|i| pick(tail[i].score + stage2(no, &tail[i].text), Src::Tail(i)))
+                        .map(|i| pick(tail[i].score + stage2(tail[i], tail_sigs(i)), Src::Tail(i)))
                 })
                 .unwrap_or_else(|| {
                     // In the context of the best line but outside the tail.
@@ -970,19 +999,36 @@ pub fn region_features<'a>(
     region: impl Iterator<Item = &'a [u8]>,
     cmd: Option<&[u8]>,
 ) -> Vec<(u32, f32)> {
+    let sigs: Vec<Vec<u16>> = region
+        .map(|line| {
+            let mut v = Vec::new();
+            sigs_of(line, &mut v);
+            v
+        })
+        .collect();
+    region_features_of_sigs(p, sigs.iter().map(Vec::as_slice), cmd)
+}
+
+/// [`region_features`] from the failure signatures of the region's lines.
+fn region_features_of_sigs<'a>(
+    p: &Params,
+    region: impl Iterator<Item = &'a [u16]>,
+    cmd: Option<&[u8]>,
+) -> Vec<(u32, f32)> {
     let scale = SIG_REGION_SCALE;
     let mut hs: Vec<u32> = Vec::new();
     if scale <= 0.0 {
         return Vec::new();
     }
     let fam = SIG_FAMILY_SCALE > 0.0;
-    for line in region {
-        features::for_each_sig(line, |i| {
+    for sigs in region {
+        for &i in sigs {
+            let i = usize::from(i);
             hs.push(features::sig_feature(i, 3));
             if fam {
                 hs.push(features::sig_family_feature(features::sig_family(i), 3));
             }
-        });
+        }
     }
     if let Some(c) = cmd {
         features::for_each_sig(c, |i| {

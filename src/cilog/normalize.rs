@@ -199,6 +199,30 @@ fn skip_escape(seg: &[u8], i: usize) -> usize {
     }
 }
 
+/// Index of the first control byte (`< 0x20` or DEL) at or after `i`, or
+/// the length: eight bytes at a time, then byte by byte within the word
+/// that holds one.
+#[inline]
+fn plain_end(seg: &[u8], mut i: usize) -> usize {
+    const L: u64 = 0x0101_0101_0101_0101;
+    while let Some(w) = seg.get(i..i + 8) {
+        let x = u64::from_le_bytes(w.try_into().expect("8 bytes"));
+        // A byte below 0x20 (exact for presence when the bound is <= 0x80),
+        // a byte equal to 0x7f (a zero byte of x ^ 0x7f..).
+        let below = x.wrapping_sub(L * 0x20) & !x & (L * 0x80);
+        let y = x ^ (L * 0x7f);
+        let del = y.wrapping_sub(L) & !y & (L * 0x80);
+        if below | del != 0 {
+            break;
+        }
+        i += 8;
+    }
+    while i < seg.len() && (seg[i] >= 0x20 && seg[i] != 0x7f) {
+        i += 1;
+    }
+    i
+}
+
 /// Normalise one displayed segment into `out` (cleared first). An empty
 /// output means a blank or marker line.
 pub fn normalize_segment(seg: &[u8], out: &mut Vec<u8>) {
@@ -208,9 +232,7 @@ pub fn normalize_segment(seg: &[u8], out: &mut Vec<u8>) {
     while i < seg.len() {
         // Copy the run of plain bytes at once.
         let start = i;
-        while i < seg.len() && (seg[i] >= 0x20 && seg[i] != 0x7f) {
-            i += 1;
-        }
+        i = plain_end(seg, i);
         out.extend_from_slice(&seg[start..i]);
         if i >= seg.len() {
             break;
@@ -405,6 +427,33 @@ mod tests {
         let mut o = Vec::new();
         normalize_segment(s.as_bytes(), &mut o);
         String::from_utf8(o).unwrap()
+    }
+
+    #[test]
+    fn plain_end_matches_the_byte_loop() {
+        let naive = |s: &[u8], mut i: usize| {
+            while i < s.len() && s[i] >= 0x20 && s[i] != 0x7f {
+                i += 1;
+            }
+            i
+        };
+        // Every byte value at every place of a 20-byte run, from each start.
+        for b in 0..=255u8 {
+            for at in 0..20 {
+                let mut s = vec![b'a'; 20];
+                s[at] = b;
+                for (k, c) in [0x80u8, 0xff, 0x20, 0x7e].into_iter().enumerate() {
+                    s[(at + 7 + k) % 20] = c;
+                }
+                for from in 0..=s.len() {
+                    assert_eq!(
+                        plain_end(&s, from),
+                        naive(&s, from),
+                        "{b:#x} at {at} from {from}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -61,28 +61,31 @@ pub fn test_timeout(line: &[u8], scratch: &mut Vec<u8>) -> bool {
     scratch.clear();
     scratch.extend(line.iter().map(u8::to_ascii_lowercase));
     let low: &[u8] = scratch;
-    TEST_TIMEOUT_PHRASES
-        .iter()
-        .any(|p| memchr::memmem::find(low, p.as_bytes()).is_some())
+    TEST_TIMEOUT_AC.is_match(low)
 }
+
+/// Any of a list of phrases (one automaton per list, built once per process
+/// instead of a substring searcher per phrase and line).
+fn phrases(list: &[&str]) -> aho_corasick::AhoCorasick {
+    aho_corasick::AhoCorasick::new(list).expect("the rule phrases are valid patterns")
+}
+
+static TIMEOUT_AC: std::sync::LazyLock<aho_corasick::AhoCorasick> =
+    std::sync::LazyLock::new(|| phrases(TIMEOUT_PHRASES));
+static OOM_AC: std::sync::LazyLock<aho_corasick::AhoCorasick> =
+    std::sync::LazyLock::new(|| phrases(OOM_PHRASES));
+static TEST_TIMEOUT_AC: std::sync::LazyLock<aho_corasick::AhoCorasick> =
+    std::sync::LazyLock::new(|| phrases(TEST_TIMEOUT_PHRASES));
 
 /// Check one normalised line. `scratch` is reused for the lower-case copy.
 pub fn check(line: &[u8], scratch: &mut Vec<u8>) -> Option<RuleHit> {
     scratch.clear();
     scratch.extend(line.iter().map(u8::to_ascii_lowercase));
     let low: &[u8] = scratch;
-    if TIMEOUT_PHRASES
-        .iter()
-        .any(|p| memchr::memmem::find(low, p.as_bytes()).is_some())
-    {
+    if TIMEOUT_AC.is_match(low) {
         return Some(RuleHit::Timeout);
     }
-    if OOM_PHRASES
-        .iter()
-        .any(|p| memchr::memmem::find(low, p.as_bytes()).is_some())
-        || killed(line)
-        || exit_137(low)
-    {
+    if OOM_AC.is_match(low) || killed(line) || exit_137(low) {
         return Some(RuleHit::Oom);
     }
     None
@@ -95,7 +98,9 @@ fn killed(line: &[u8]) -> bool {
     if t == b"Killed" || t.starts_with(b"Killed: 9") || t.starts_with(b"MemoryError") {
         return true;
     }
-    if memchr::memmem::find(line, b"MemoryError").is_some_and(|p| {
+    static MEMORY_ERROR: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"MemoryError"));
+    if MEMORY_ERROR.find(line).is_some_and(|p| {
         p == 0 || !line[p - 1].is_ascii_alphanumeric() || line[..p].ends_with(b"OutOf")
     }) {
         return true;
@@ -116,7 +121,9 @@ fn killed(line: &[u8]) -> bool {
 /// "make: *** [all] Error 137", "Process completed with exit code 137.".
 fn exit_137(low: &[u8]) -> bool {
     let mut from = 0;
-    while let Some(p) = memchr::memmem::find(&low[from..], b"137") {
+    static N137: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"137"));
+    while let Some(p) = N137.find(&low[from..]) {
         let at = from + p;
         let end = at + 3;
         let before = &low[..at];
