@@ -1797,6 +1797,50 @@ mod tests {
         }
     }
 
+    /// `SIFT_DUMP_MARGINS=FILE cargo test --profile quick --lib dump_margins
+    /// -- --ignored`: per message (SMS lines, then every SpamAssassin message)
+    /// the shipped model's margin bits and a hash of the sparse features
+    /// (the training and ONNX path), to compare two versions of the code.
+    #[test]
+    #[ignore]
+    fn dump_margins() {
+        use crate::classify::model::Model;
+        use std::io::Write;
+        let Some(out) = std::env::var_os("SIFT_DUMP_MARGINS") else {
+            return;
+        };
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let model = Model::load(&root.join("filters/spam/model.bin")).unwrap();
+        let fz = Featurizer::new(model.features);
+        let mut views = Vec::new();
+        let sms = root.join("../shared/data/spam/sms/SMSSpamCollection");
+        for line in std::fs::read_to_string(sms).unwrap().lines() {
+            let t = line.split_once('\t').map_or(line, |(_, t)| t);
+            views.push(TextView::plain(t));
+        }
+        let data = std::env::var_os("SIFT_DATA_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| root.join("target/data"));
+        for g in ["easy-ham-1", "hard-ham-1", "spam-1", "easy-ham-2", "spam-2"] {
+            let rd = std::fs::read_dir(data.join("spam-assassin").join(g)).unwrap();
+            let mut files: Vec<_> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            files.sort();
+            for f in files {
+                views.push(text::view(&std::fs::read(f).unwrap()));
+            }
+        }
+        let mut w = std::io::BufWriter::new(std::fs::File::create(out).unwrap());
+        for (i, v) in views.iter().enumerate() {
+            let m = model.margin(&fz, v);
+            let (idx, val) = crate::classify::onnx::sparse_features(&fz, v);
+            let mut h = 0xcbf2_9ce4_8422_2325u64;
+            for (&k, &x) in idx.iter().zip(&val) {
+                h = mix(h ^ u64::from(k) ^ (u64::from(x.to_bits()) << 32));
+            }
+            writeln!(w, "{i}\t{:08x}\t{m}\t{h:016x}", m.to_bits()).unwrap();
+        }
+    }
+
     #[test]
     fn swar_normalisation_matches_the_byte_table() {
         for digits in [false, true] {
