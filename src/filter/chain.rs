@@ -131,8 +131,17 @@ pub async fn run_held(
             .verdicts
             .with_label_values(&[name, route, v.verdict])
             .inc();
-        d.summary
-            .push(format!("{name}={}({:.4})", v.verdict, v.score));
+        // `{name}={verdict}({score:.4})` without the float formatter.
+        let mut digits = [0u8; 64];
+        let score = super::fixed4(v.score, &mut digits);
+        let mut s = String::with_capacity(name.len() + v.verdict.len() + score.len() + 3);
+        s.push_str(name);
+        s.push('=');
+        s.push_str(v.verdict);
+        s.push('(');
+        s.push_str(std::str::from_utf8(score).unwrap_or("?"));
+        s.push(')');
+        d.summary.push(s);
         if rf.spec.usage.mode == FilterMode::Block {
             let rule = rf
                 .spec
