@@ -6,6 +6,11 @@
 //! `SIFT_SPAM_MODEL` benches another model file than filters/spam/model.bin).
 //! Criterion's throughput is in bytes of text view (or raw message) per
 //! second: µs/KB = 1e6 / (KiB/s).
+//!
+//! `score_sms_2kb` scores the 2 KB body of `bench/filter-overhead.sh` (real
+//! SMS text, spam and ham lines alternating; `SIFT_SMS` names the corpus
+//! file). `SIFT_BENCH_LOOP=N` scores that body N times and exits, without
+//! criterion: a fixed workload for `valgrind --tool=callgrind`.
 
 use std::path::{Path, PathBuf};
 
@@ -36,6 +41,40 @@ fn messages() -> Option<Vec<Vec<u8>>> {
     (!out.is_empty()).then_some(out)
 }
 
+/// The 2 KB body of `bench/filter-overhead.sh`: SMS texts, ham and spam
+/// alternating (the i-th of each list), joined by newlines, cut at 2,048
+/// characters.
+fn sms_2kb() -> Option<String> {
+    let path = std::env::var_os("SIFT_SMS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/spam/sms/SMSSpamCollection")
+        });
+    let raw = std::fs::read(path).ok()?;
+    let all = String::from_utf8_lossy(&raw);
+    let (mut spam, mut ham) = (Vec::new(), Vec::new());
+    for line in all.split_inclusive('\n') {
+        if let Some((k, t)) = line.split_once('\t') {
+            match k {
+                "spam" => spam.push(t.trim()),
+                "ham" => ham.push(t.trim()),
+                _ => {}
+            }
+        }
+    }
+    let mut out: Vec<&str> = Vec::new();
+    let mut i = 0;
+    while out.iter().map(|x| x.chars().count() + 1).sum::<usize>() < 2048 {
+        out.push(if i % 2 == 1 {
+            spam.get(i)?
+        } else {
+            ham.get(i)?
+        });
+        i += 1;
+    }
+    Some(out.join("\n").chars().take(2048).collect())
+}
+
 fn bench(c: &mut Criterion) {
     let model = std::env::var_os("SIFT_SPAM_MODEL")
         .map(PathBuf::from)
@@ -47,6 +86,32 @@ fn bench(c: &mut Criterion) {
             return;
         }
     };
+    let sms = sms_2kb();
+    if let Some(n) = std::env::var("SIFT_BENCH_LOOP")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+    {
+        let Some(body) = sms else {
+            eprintln!("classify_spam: no SMS corpus (SIFT_SMS)");
+            return;
+        };
+        let view = text::TextView::plain(&body);
+        let mut s = 0f32;
+        for _ in 0..n {
+            s += clf.score(black_box(&view)).margin;
+        }
+        eprintln!("classify_spam: {n} × {} bytes, margin sum {s}", body.len());
+        std::process::exit(0);
+    }
+    if let Some(body) = &sms {
+        let view = text::TextView::plain(body);
+        let mut g = c.benchmark_group("classify_spam");
+        g.throughput(Throughput::Bytes(body.len() as u64));
+        g.bench_function("score_sms_2kb", |b| {
+            b.iter(|| clf.score(black_box(&view)).margin)
+        });
+        g.finish();
+    }
     c.bench_function("classify_spam/load_model", |b| {
         b.iter(|| Classifier::load(black_box(&model)).map(|c| c.model().threshold))
     });

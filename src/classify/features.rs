@@ -215,6 +215,25 @@ pub trait Sink {
             });
         }
     }
+    /// Char features with empty spans, in order: one per 4-byte window of
+    /// `bytes`, in bucket `bucket(window as a big-endian u32)`, computed as
+    /// the sink reads them (a scorer sums the weights in the loop that
+    /// hashes the windows); the default hands them to [`Sink::emit_chars`]
+    /// in blocks of 64.
+    #[inline(always)]
+    fn emit_char4<F: Fn(u32) -> u32>(&mut self, bytes: &[u8], bucket: F) {
+        let mut buf = [0u32; 64];
+        let mut i = 3;
+        while i < bytes.len() {
+            let end = (i + 64).min(bytes.len());
+            let n = end - i;
+            for (slot, w) in buf[..n].iter_mut().zip(bytes[i - 3..end].windows(4)) {
+                *slot = bucket(u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
+            }
+            self.emit_chars(&buf[..n]);
+            i = end;
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -447,7 +466,7 @@ pub struct Featurizer {
     cue_vals: Vec<Option<Cue>>,
     cue_mask: usize,
     /// 4096-bit Bloom filter over cue hashes: most tokens stop here.
-    cue_bloom: Vec<u64>,
+    cue_bloom: [u64; 64],
     /// Per byte: its normalised form (ASCII lower-cased, digits folded if
     /// configured, whitespace and controls as a space) in the low 8 bits,
     /// and bit 8 set for a word byte.
@@ -468,7 +487,7 @@ impl Featurizer {
             cue_keys: vec![0; size],
             cue_vals: vec![None; size],
             cue_mask: size - 1,
-            cue_bloom: vec![0; 64],
+            cue_bloom: [0; 64],
             byte_tab: [0; 256],
             char_ns: 0,
             to_hash: token_hash(b"to", digits),
@@ -522,7 +541,6 @@ impl Featurizer {
         std::mem::size_of::<Self>()
             + self.cue_keys.len() * 8
             + self.cue_vals.len() * std::mem::size_of::<Option<Cue>>()
-            + self.cue_bloom.len() * 8
     }
 
     fn insert_cue(&mut self, h: u64, cue: Cue) {
@@ -598,15 +616,18 @@ impl Featurizer {
     fn scan<S: Sink>(&self, text: &[u8], sc: &mut Scratch, sink: &mut S, st: &mut Stats) {
         let n = text.len();
         count_classes(text, st);
-        sc.norm.clear();
-        sc.norm.resize(n + 8, 0);
+        // Pass 1 writes every byte of norm[..n + 8] (zeros after the
+        // collapsed text): no need to clear it first.
+        if sc.norm.len() < n + 8 {
+            sc.norm.resize(n + 8, 0);
+        }
         sc.mask.clear();
         sc.mask.resize(n / 64 + 2, 0);
         if S::SPANS {
             sc.pos.clear();
             sc.pos.resize(n + 1, 0);
         }
-        let norm = &mut sc.norm[..];
+        let norm = &mut sc.norm[..n + 8];
         let pos = &mut sc.pos[..];
         let mask = &mut sc.mask[..];
         let m = if S::SPANS {
@@ -624,6 +645,36 @@ impl Featurizer {
                 flags & FLAG_BIGRAM != 0,
                 flags & FLAG_SIGNAL != 0,
             );
+            if !S::SPANS {
+                let tok = &mut sc.tok;
+                self.words_batched(text, norm, ckpt, mask, m, modes, tok, sink, st);
+            } else {
+                self.words_spans(text, norm, pos, ckpt, mask, m, modes, sink, st);
+            }
+        }
+        if self.char_ns == 1 << 4 && !S::SPANS {
+            self.scan_char4(&norm[..m], sink);
+        } else if self.char_ns != 0 {
+            self.scan_chars(&norm[..m], pos, sink);
+        }
+    }
+
+    /// Pass 2 for sinks that read spans: each token's features as it ends.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn words_spans<S: Sink>(
+        &self,
+        text: &[u8],
+        norm: &[u8],
+        pos: &[u32],
+        ckpt: &[u32],
+        mask: &[u64],
+        m: usize,
+        modes: (bool, bool, bool),
+        sink: &mut S,
+        st: &mut Stats,
+    ) {
+        {
             let words = m.div_ceil(64);
             // A mask bit can be set past `m` only by a dropped byte, and
             // dropped bytes are spaces (no bit): nothing to clear.
@@ -668,10 +719,203 @@ impl Featurizer {
                 tk.flush(sink);
             }
         }
-        if self.char_ns == 1 << 4 && !S::SPANS {
-            self.scan_char4(&norm[..m], sink);
-        } else if self.char_ns != 0 {
-            self.scan_chars(&norm[..m], pos, sink);
+    }
+
+    /// Pass 2 without spans (the scorers, [`Collect`]), in batches of
+    /// tokens: boundaries and hashes first (a tight loop over the bit
+    /// mask), then the batch's word buckets in one loop, then its cues and
+    /// number checks in another. Same features in the same order as
+    /// [`Featurizer::words_spans`]; short loops keep their state in
+    /// registers.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn words_batched<S: Sink>(
+        &self,
+        text: &[u8],
+        norm: &[u8],
+        ckpt: &[u32],
+        mask: &[u64],
+        m: usize,
+        modes: (bool, bool, bool),
+        b: &mut TokBatch,
+        sink: &mut S,
+        st: &mut Stats,
+    ) {
+        let words = m.div_ceil(64);
+        let mut raw = RawCursor::default();
+        // The batch's length in a register; `b.len` is set for the flush.
+        let mut len = 0usize;
+        let mut prev: Option<u64> = None;
+        let mut cur_start = 0usize;
+        for k in 0..words {
+            let w = mask[k];
+            let prev_top = if k > 0 { mask[k - 1] >> 63 } else { 0 };
+            let next_low = mask.get(k + 1).map_or(0, |x| x & 1);
+            let mut starts = w & !((w << 1) | prev_top);
+            let mut ends = w & !((w >> 1) | (next_low << 63));
+            while ends != 0 {
+                let e = ends.trailing_zeros() as usize;
+                ends &= ends - 1;
+                if starts != 0 && (starts.trailing_zeros() as usize) <= e {
+                    cur_start = 64 * k + starts.trailing_zeros() as usize;
+                    starts &= starts - 1;
+                }
+                let end = 64 * k + e + 1;
+                if len < TOK_BATCH {
+                    b.start[len] = cur_start as u32;
+                    b.end[len] = end as u32;
+                    b.hash[len] = hash_norm(norm, cur_start, end);
+                    len += 1;
+                }
+            }
+            if starts != 0 {
+                cur_start = 64 * k + starts.trailing_zeros() as usize;
+            }
+            // At most 32 tokens end in a mask word.
+            if len > TOK_BATCH - 32 {
+                b.len = len;
+                self.flush_tokens(b, &mut prev, text, norm, ckpt, &mut raw, modes, sink, st);
+                len = 0;
+            }
+        }
+        b.len = len;
+        self.flush_tokens(b, &mut prev, text, norm, ckpt, &mut raw, modes, sink, st);
+        b.len = 0;
+    }
+
+    /// A batch of tokens: word buckets (unigram, then the bigram with the
+    /// token before, per token), then cues, currency and number checks.
+    /// `prev`: the hash of the token before the batch; updated.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn flush_tokens<S: Sink>(
+        &self,
+        b: &mut TokBatch,
+        prev: &mut Option<u64>,
+        text: &[u8],
+        norm: &[u8],
+        ckpt: &[u32],
+        raw: &mut RawCursor,
+        (uni, bi, sig): (bool, bool, bool),
+        sink: &mut S,
+        st: &mut Stats,
+    ) {
+        let n = b.len.min(TOK_BATCH);
+        if n == 0 {
+            return;
+        }
+        let hs = &b.hash[..n];
+        let p0 = *prev;
+        *prev = Some(hs[n - 1]);
+        let wk = SEED_WORD ^ self.cfg.seed;
+        let bk = SEED_BIGRAM ^ self.cfg.seed;
+        let shift = self.shift;
+        let idx = |h: u64| (h.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> shift) as u32;
+        let out = &mut b.out;
+        if uni && bi {
+            // The shipped configuration: per token its unigram, then its
+            // bigram with the token before (none for the first token).
+            let (mut k, rest, mut p) = match p0 {
+                Some(p) => (0, hs, p),
+                None => {
+                    out[0] = idx(hs[0] ^ wk);
+                    (1, &hs[1..], hs[0])
+                }
+            };
+            for (&h, o) in rest.iter().zip(out[k..].chunks_exact_mut(2)) {
+                o[0] = idx(h ^ wk);
+                o[1] = idx(bigram_hash(p, h) ^ bk);
+                p = h;
+                k += 2;
+            }
+            sink.emit_words(&out[..k]);
+        } else if uni || bi {
+            let mut k = 0;
+            let mut p = p0;
+            for &h in hs {
+                if uni {
+                    out[k] = idx(h ^ wk);
+                    k += 1;
+                }
+                if let (true, Some(q)) = (bi, p) {
+                    out[k] = idx(bigram_hash(q, h) ^ bk);
+                    k += 1;
+                }
+                p = Some(h);
+            }
+            sink.emit_words(&out[..k]);
+        }
+        if !sig {
+            return;
+        }
+        // Most tokens start with a letter and miss the cue Bloom filter
+        // (unigram and bigram): one short test each; the rest go to
+        // `token_signals`.
+        let bloom = &self.cue_bloom;
+        let maybe_cue = |h: u64| (bloom[(h >> 58) as usize] >> ((h >> 52) & 63)) & 1 != 0;
+        let mut p = p0;
+        for ((&s, &e), &h) in b.start[..n].iter().zip(&b.end[..n]).zip(hs) {
+            let first = norm.get(s as usize).copied().unwrap_or(0);
+            if matches!(first, b'0'..=b'9' | 0xC2 | 0xE2)
+                || maybe_cue(h)
+                || p.is_some_and(|q| maybe_cue(bigram_hash(q, h)))
+            {
+                self.token_signals(s as usize, e as usize, h, p, text, norm, ckpt, raw, st);
+            }
+            p = Some(h);
+        }
+    }
+
+    /// The signals of one token `norm[s..e]` with hash `h` (`p`: the hash
+    /// of the token before): currency amounts, long numbers and short
+    /// codes, cue words and bigrams, URLs.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    fn token_signals(
+        &self,
+        s: usize,
+        e: usize,
+        h: u64,
+        p: Option<u64>,
+        text: &[u8],
+        norm: &[u8],
+        ckpt: &[u32],
+        raw: &mut RawCursor,
+        st: &mut Stats,
+    ) {
+        let first = norm[s];
+        if matches!(first, b'0'..=b'9' | 0xC2 | 0xE2) {
+            let t = &norm[s..e];
+            let digit_at = |k: usize| t.get(k).is_some_and(u8::is_ascii_digit);
+            if (s > 0 && norm[s - 1] == b'$' && digit_at(0))
+                || (t.starts_with(&[0xC2, 0xA3]) && digit_at(2))
+                || (t.starts_with(&[0xE2, 0x82, 0xAC]) && digit_at(3))
+            {
+                st.currency += 1;
+            }
+            if first.is_ascii_digit() && t.iter().all(u8::is_ascii_digit) {
+                if t.len() >= 9 {
+                    st.long_number = true;
+                } else if (4..=6).contains(&t.len()) && p == Some(self.to_hash) {
+                    st.short_code = true;
+                }
+            }
+        }
+        let c = match self.cue(h) {
+            Some(c) => Some(c),
+            None => p.and_then(|q| self.cue(bigram_hash(q, h))),
+        };
+        match c {
+            None => {}
+            Some(Cue::Money) => st.money += 1,
+            Some(Cue::Credential) => st.credential += 1,
+            Some(Cue::Urgency) => st.urgency += 1,
+            Some(Cue::Url) if st.urls.len() < MAX_URLS => {
+                if let Some(u) = url_at(text, raw.find(self, text, ckpt, s)) {
+                    st.urls.push(u);
+                }
+            }
+            Some(Cue::Url) => {}
         }
     }
 
@@ -708,10 +952,15 @@ impl Featurizer {
         let mut last_space = H;
         let chunks = text.chunks_exact(8);
         let tail = chunks.remainder();
-        ckpt.clear();
-        ckpt.reserve(text.len() / 8 + 1);
-        for c in chunks {
-            ckpt.push(out as u32);
+        // Written in place (resized only when the length changes).
+        ckpt.resize(text.len() / 8 + 1, 0);
+        let mut none = 0u32;
+        let (ck_last, ck) = match ckpt.split_last_mut() {
+            Some((l, c)) => (l, c),
+            None => (&mut none, &mut [][..]),
+        };
+        for (c, k) in chunks.zip(ck.iter_mut()) {
+            *k = out as u32;
             let x = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
             let (nx, sp) = swar_norm(x, digits);
             let drop = sp & ((sp << 8) | (last_space >> 56));
@@ -728,7 +977,7 @@ impl Featurizer {
                 }
             }
         }
-        ckpt.push(out as u32);
+        *ck_last = out as u32;
         let mut last_space = last_space >> 63 != 0;
         for &raw in tail {
             let b = self.byte_tab[usize::from(raw)] as u8;
@@ -758,18 +1007,9 @@ impl Featurizer {
         // The first gram: a virtual space and the first three bytes.
         let first = u32::from_be_bytes([b' ', norm[0], norm[1], norm[2]]);
         sink.emit_chars(&[idx(first)]);
-        let mut buf = [0u32; 64];
-        // Grams ending at norm[3..]: windows of 4 bytes, 64 per block.
-        let mut i = 3;
-        while i < norm.len() {
-            let end = (i + 64).min(norm.len());
-            let n = end - i;
-            for (slot, w) in buf[..n].iter_mut().zip(norm[i - 3..end].windows(4)) {
-                *slot = idx(u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
-            }
-            sink.emit_chars(&buf[..n]);
-            i = end;
-        }
+        // Grams ending at norm[3..]: windows of 4 bytes, bucketed as the
+        // sink consumes them (a scorer sums their weights in the same loop).
+        sink.emit_char4(norm, idx);
     }
 
     /// Char n-grams of the collapsed, normalised bytes, with a virtual space
@@ -1033,6 +1273,31 @@ impl Featurizer {
 /// many buckets.
 const WORD_BATCH: usize = 256;
 
+/// Tokens handed over per batch by [`Featurizer::words_batched`].
+const TOK_BATCH: usize = 256;
+
+/// A batch of tokens: spans in the collapsed bytes and word hashes, and
+/// room for their word buckets (kept in the thread's scratch).
+struct TokBatch {
+    start: [u32; TOK_BATCH],
+    end: [u32; TOK_BATCH],
+    hash: [u64; TOK_BATCH],
+    len: usize,
+    out: [u32; 2 * TOK_BATCH],
+}
+
+impl Default for TokBatch {
+    fn default() -> Self {
+        TokBatch {
+            start: [0; TOK_BATCH],
+            end: [0; TOK_BATCH],
+            hash: [0; TOK_BATCH],
+            len: 0,
+            out: [0; 2 * TOK_BATCH],
+        }
+    }
+}
+
 /// Pass-2 state: the previous token (hash, span start), the batch of word
 /// buckets.
 struct Tokens {
@@ -1203,6 +1468,8 @@ struct Scratch {
     /// Without spans: collapsed bytes before each 8-byte chunk of the text
     /// (and before the tail), to find a URL's text position.
     ckpt: Vec<u32>,
+    /// Token batches of the no-spans path.
+    tok: Box<TokBatch>,
 }
 
 thread_local! {
@@ -1794,6 +2061,50 @@ mod tests {
             let want = model.bias
                 + (f.word_scale * norm(acc[0], n[0]) + f.char_scale * norm(acc[1], n[1]) + acc[2]);
             assert_eq!(model.margin(&fz, v).to_bits(), want.to_bits());
+        }
+    }
+
+    /// `SIFT_DUMP_MARGINS=FILE cargo test --profile quick --lib dump_margins
+    /// -- --ignored`: per message (SMS lines, then every SpamAssassin message)
+    /// the shipped model's margin bits and a hash of the sparse features
+    /// (the training and ONNX path), to compare two versions of the code.
+    #[test]
+    #[ignore]
+    fn dump_margins() {
+        use crate::classify::model::Model;
+        use std::io::Write;
+        let Some(out) = std::env::var_os("SIFT_DUMP_MARGINS") else {
+            return;
+        };
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let model = Model::load(&root.join("filters/spam/model.bin")).unwrap();
+        let fz = Featurizer::new(model.features);
+        let mut views = Vec::new();
+        let sms = root.join("../shared/data/spam/sms/SMSSpamCollection");
+        for line in std::fs::read_to_string(sms).unwrap().lines() {
+            let t = line.split_once('\t').map_or(line, |(_, t)| t);
+            views.push(TextView::plain(t));
+        }
+        let data = std::env::var_os("SIFT_DATA_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| root.join("target/data"));
+        for g in ["easy-ham-1", "hard-ham-1", "spam-1", "easy-ham-2", "spam-2"] {
+            let rd = std::fs::read_dir(data.join("spam-assassin").join(g)).unwrap();
+            let mut files: Vec<_> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            files.sort();
+            for f in files {
+                views.push(text::view(&std::fs::read(f).unwrap()));
+            }
+        }
+        let mut w = std::io::BufWriter::new(std::fs::File::create(out).unwrap());
+        for (i, v) in views.iter().enumerate() {
+            let m = model.margin(&fz, v);
+            let (idx, val) = crate::classify::onnx::sparse_features(&fz, v);
+            let mut h = 0xcbf2_9ce4_8422_2325u64;
+            for (&k, &x) in idx.iter().zip(&val) {
+                h = mix(h ^ u64::from(k) ^ (u64::from(x.to_bits()) << 32));
+            }
+            writeln!(w, "{i}\t{:08x}\t{m}\t{h:016x}", m.to_bits()).unwrap();
         }
     }
 

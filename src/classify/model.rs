@@ -157,6 +157,9 @@ pub fn sigmoid(x: f32) -> f32 {
 /// registers in the hot loop.
 struct ScoreI8<'a> {
     q: &'a [i8],
+    /// The table has exactly 2^bits weights, so every bucket the
+    /// featurizer gives is inside it: [`sum_i8`] may mask indices.
+    pow2: bool,
     word: i32,
     chr: i32,
     sig: i32,
@@ -184,21 +187,127 @@ impl Sink for ScoreI8<'_> {
 
     #[inline(always)]
     fn emit_words(&mut self, buckets: &[u32]) {
-        self.word += sum_i8(self.q, buckets);
+        self.word += if self.pow2 {
+            sum_i8(self.q, buckets)
+        } else {
+            sum_i8_any(self.q, buckets)
+        };
         self.n_word += buckets.len() as u32;
     }
 
     #[inline(always)]
     fn emit_chars(&mut self, buckets: &[u32]) {
-        self.chr += sum_i8(self.q, buckets);
+        self.chr += if self.pow2 {
+            sum_i8(self.q, buckets)
+        } else {
+            sum_i8_any(self.q, buckets)
+        };
         self.n_chr += buckets.len() as u32;
     }
+
+    #[inline(always)]
+    fn emit_char4<F: Fn(u32) -> u32>(&mut self, bytes: &[u8], bucket: F) {
+        self.chr += if self.pow2 {
+            sum_i8_char4(self.q, bytes, bucket)
+        } else {
+            sum_windows(bytes, |w| {
+                i32::from(self.q.get(bucket(w) as usize).copied().unwrap_or(0))
+            })
+        };
+        self.n_chr += bytes.len().saturating_sub(3) as u32;
+    }
+}
+
+/// Sum of the weights of the 4-byte windows of `bytes` (bucket
+/// `bucket(window)`), computed in the loop that hashes the windows (no
+/// bounds check for tables of 2^16 to 2^22 weights; the buckets are below
+/// the table size, see [`ScoreI8::pow2`]).
+#[inline(always)]
+fn sum_i8_char4<F: Fn(u32) -> u32>(q: &[i8], bytes: &[u8], bucket: F) -> i32 {
+    macro_rules! fixed {
+        ($($bits:literal)*) => {
+            match q.len() {
+                $(len if len == 1 << $bits => {
+                    if let Ok(t) = <&[i8; 1 << $bits]>::try_from(q) {
+                        return sum_windows(bytes, |w| {
+                            i32::from(t[bucket(w) as usize & ((1 << $bits) - 1)])
+                        });
+                    }
+                })*
+                _ => {}
+            }
+        };
+    }
+    fixed!(16 17 18 19 20 21 22);
+    sum_windows(bytes, |w| {
+        i32::from(q.get(bucket(w) as usize).copied().unwrap_or(0))
+    })
+}
+
+/// Sum of `weight(window)` over the 4-byte windows of `bytes` (big-endian
+/// u32s), four windows per 8-byte load.
+#[inline(always)]
+fn sum_windows<F: Fn(u32) -> i32>(bytes: &[u8], weight: F) -> i32 {
+    let mut acc = [0i32; 4];
+    let mut i = 0;
+    while i + 8 <= bytes.len() {
+        let mut c = [0u8; 8];
+        c.copy_from_slice(&bytes[i..i + 8]);
+        let x = u64::from_be_bytes(c);
+        acc[0] += weight((x >> 32) as u32);
+        acc[1] += weight((x >> 24) as u32);
+        acc[2] += weight((x >> 16) as u32);
+        acc[3] += weight((x >> 8) as u32);
+        i += 4;
+    }
+    for w in bytes[i..].windows(4) {
+        acc[0] += weight(u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
+    }
+    acc.iter().sum()
 }
 
 /// Sum of the weights of `buckets` (0 outside the table): four
 /// accumulators in registers, nothing but independent loads in the loop.
+/// Tables of 2^16 to 2^22 weights are summed by [`sum_i8_pow2`] (no bounds
+/// check per load), others by [`sum_i8_any`].
 #[inline(always)]
 fn sum_i8(q: &[i8], buckets: &[u32]) -> i32 {
+    macro_rules! fixed {
+        ($($bits:literal)*) => {
+            match q.len() {
+                $(n if n == 1 << $bits => match q.try_into() {
+                    Ok(t) => sum_i8_pow2::<{ 1 << $bits }>(t, buckets),
+                    Err(_) => sum_i8_any(q, buckets),
+                },)*
+                _ => sum_i8_any(q, buckets),
+            }
+        };
+    }
+    fixed!(16 17 18 19 20 21 22)
+}
+
+/// [`sum_i8`] for a table of `N` (a power of two) weights. Callers give
+/// buckets below `N` only ([`ScoreI8::pow2`]), so masking the index
+/// changes nothing but lets the compiler drop the bounds check.
+#[inline(always)]
+fn sum_i8_pow2<const N: usize>(q: &[i8; N], buckets: &[u32]) -> i32 {
+    let w = |b: u32| i32::from(q[b as usize & (N - 1)]);
+    let mut acc = [0i32; 4];
+    let chunks = buckets.chunks_exact(4);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (a, &b) in acc.iter_mut().zip(c) {
+            *a += w(b);
+        }
+    }
+    for &b in rest {
+        acc[0] += w(b);
+    }
+    acc.iter().sum()
+}
+
+#[inline(always)]
+fn sum_i8_any(q: &[i8], buckets: &[u32]) -> i32 {
     let w = |b: u32| i32::from(q.get(b as usize).copied().unwrap_or(0));
     let mut acc = [0i32; 4];
     let chunks = buckets.chunks_exact(4);
@@ -254,6 +363,7 @@ impl Model {
             Weights::I8 { q, scale } => {
                 let mut s = ScoreI8 {
                     q,
+                    pow2: q.len() == 1usize << self.features.bits.clamp(1, 31),
                     word: 0,
                     chr: 0,
                     sig: 0,

@@ -572,6 +572,16 @@ pub fn decode_charset(bytes: &[u8], charset: Option<&str>) -> String {
     }
 }
 
+/// [`decode_charset`] of bytes the caller owns: UTF-8 input is taken as
+/// is (no copy).
+pub fn decode_charset_owned(bytes: Vec<u8>, charset: Option<&str>) -> String {
+    let cs = charset.unwrap_or("").trim().trim_matches('"');
+    if cs.is_empty() || cs.eq_ignore_ascii_case("utf-8") || cs.eq_ignore_ascii_case("utf8") {
+        return String::from_utf8(bytes).unwrap_or_else(|e| decode_cp1252(e.as_bytes()));
+    }
+    decode_charset(&bytes, charset)
+}
+
 /// Decode RFC 2047 encoded words (`=?charset?B|Q?text?=`) in a header value.
 pub fn decode_words(v: &str) -> String {
     let mut out = String::with_capacity(v.len());

@@ -39,10 +39,15 @@ where
     B: HttpBody<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
+    // A body that arrives in one data frame (the common small body) is
+    // held as that frame, without a copy; later frames are appended to
+    // a buffer that starts with it.
+    let mut first: Option<Bytes> = None;
     let mut buf = BytesMut::new();
     let mut held = Held::default();
     loop {
-        if buf.len() as u64 > cap {
+        let len = first.as_ref().map_or(0, Bytes::len) + buf.len();
+        if len as u64 > cap {
             break;
         }
         match body.frame().await {
@@ -53,10 +58,17 @@ where
             Some(Err(e)) => return Err(ProxyError::ClientBody(e.to_string())),
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(d) => {
-                    if (buf.len() + d.len()) as u64 > route_limit {
+                    if (len + d.len()) as u64 > route_limit {
                         return Err(ProxyError::BodyTooLarge { limit: route_limit });
                     }
-                    buf.extend_from_slice(&d);
+                    if len == 0 && first.is_none() {
+                        first = Some(d);
+                    } else {
+                        if let Some(f) = first.take() {
+                            buf.extend_from_slice(&f);
+                        }
+                        buf.extend_from_slice(&d);
+                    }
                 }
                 Err(frame) => {
                     if let Ok(t) = frame.into_trailers() {
@@ -68,7 +80,10 @@ where
             },
         }
     }
-    held.data = buf.freeze();
+    held.data = match first {
+        Some(f) => f,
+        None => buf.freeze(),
+    };
     Ok(held)
 }
 
@@ -131,8 +146,17 @@ pub async fn run_held(
             .verdicts
             .with_label_values(&[name, route, v.verdict])
             .inc();
-        d.summary
-            .push(format!("{name}={}({:.4})", v.verdict, v.score));
+        // `{name}={verdict}({score:.4})` without the float formatter.
+        let mut digits = [0u8; 64];
+        let score = super::fixed4(v.score, &mut digits);
+        let mut s = String::with_capacity(name.len() + v.verdict.len() + score.len() + 3);
+        s.push_str(name);
+        s.push('=');
+        s.push_str(v.verdict);
+        s.push('(');
+        s.push_str(std::str::from_utf8(score).unwrap_or("?"));
+        s.push(')');
+        d.summary.push(s);
         if rf.spec.usage.mode == FilterMode::Block {
             let rule = rf
                 .spec

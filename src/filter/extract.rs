@@ -22,6 +22,10 @@ pub fn body_kind(content_type: Option<&str>) -> Option<BodyKind> {
     let Some(ct) = content_type else {
         return Some(BodyKind::Plain { charset: None });
     };
+    // The common case without parameters, without allocating.
+    if ct.eq_ignore_ascii_case("text/plain") {
+        return Some(BodyKind::Plain { charset: None });
+    }
     let mut parts = ct.split(';');
     let mime = parts.next()?.trim().to_ascii_lowercase();
     let param = |name: &str| {
@@ -54,6 +58,23 @@ pub enum ExtractError {
     Multipart,
 }
 
+/// [`extract`] of a body the caller owns: a UTF-8 text/plain body becomes
+/// the view's text without a copy.
+pub fn extract_owned(
+    kind: &BodyKind,
+    body: Vec<u8>,
+    json_pointers: Option<&[String]>,
+    form_fields: Option<&[String]>,
+) -> Result<TextView, ExtractError> {
+    match kind {
+        BodyKind::Plain { charset } => Ok(TextView {
+            text: text::decode_charset_owned(body, charset.as_deref()),
+            ..TextView::default()
+        }),
+        _ => extract(kind, &body, json_pointers, form_fields),
+    }
+}
+
 /// The text view of a body.
 pub fn extract(
     kind: &BodyKind,
@@ -62,10 +83,10 @@ pub fn extract(
     form_fields: Option<&[String]>,
 ) -> Result<TextView, ExtractError> {
     match kind {
-        BodyKind::Plain { charset } => Ok(TextView::plain(&text::decode_charset(
-            body,
-            charset.as_deref(),
-        ))),
+        BodyKind::Plain { charset } => Ok(TextView {
+            text: text::decode_charset(body, charset.as_deref()),
+            ..TextView::default()
+        }),
         BodyKind::Rfc822 => Ok(text::view(body)),
         BodyKind::Json => {
             let v: serde_json::Value =

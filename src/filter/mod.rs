@@ -68,6 +68,47 @@ pub fn short_f64(v: f32) -> f64 {
     format!("{v}").parse().unwrap_or(f64::from(v))
 }
 
+/// `v` as `format!("{v:.4}")` writes it, without the float formatter when
+/// `v` is in 0..=1 and within 2.5e-5 of a multiple of 1e-4 (a rounded
+/// score: then the 4 decimals are those of that multiple); other values
+/// go through the formatter.
+pub fn fixed4(v: f32, buf: &mut [u8; 64]) -> &[u8] {
+    // Exact: 24 bits of mantissa times 10^4 fit an f64.
+    let x = f64::from(v) * 10_000.0;
+    let k = x.round();
+    if v.is_sign_positive() && (0.0..=10_000.0).contains(&k) && (x - k).abs() < 0.25 {
+        let k = k as u32;
+        let int = k / 10_000;
+        let frac = k % 10_000;
+        buf[0] = b'0' + int as u8;
+        buf[1] = b'.';
+        for (i, d) in [1000, 100, 10, 1].iter().enumerate() {
+            buf[2 + i] = b'0' + ((frac / d) % 10) as u8;
+        }
+        return &buf[..6];
+    }
+    use std::io::Write;
+    let mut w = &mut buf[..];
+    let _ = write!(w, "{v:.4}");
+    let n = 64 - w.len();
+    &buf[..n]
+}
+
+/// [`short_f64`] of a value rounded to 4 decimals (`(x * 1e4).round() /
+/// 1e4` in f32), without formatting and parsing when it has at most 6
+/// significant digits: then the f32's shortest decimal is `k / 10^4` and
+/// the nearest f64 to it is the correctly rounded `k as f64 / 1e4`.
+pub fn short_f64_4(v: f32) -> f64 {
+    let k = (f64::from(v) * 10_000.0).round();
+    let d = k / 10_000.0;
+    // `v` must be the f32 nearest to k / 10^4 (checked, not assumed).
+    if k.abs() < 1_000_000.0 && d as f32 == v {
+        d.copysign(f64::from(v))
+    } else {
+        short_f64(v)
+    }
+}
+
 /// Why a body was not classified (the `reason` label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Skip {
@@ -575,6 +616,52 @@ mod tests {
         assert_eq!(r.err(), Some(Skip::Encoding));
         let r = run(None, b"", &u, 0);
         assert_eq!(r.unwrap_err(), Unclassified::Skip(Skip::Empty));
+    }
+
+    #[test]
+    fn fast_score_formatting_matches_the_formatter() {
+        let mut vals: Vec<f32> = (0..=10_000).map(|k| k as f32 / 10_000.0).collect();
+        let mut s = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..200_000 {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            let x = (s >> 40) as f32 / (1u64 << 24) as f32;
+            vals.push(x);
+            vals.push((x * 10_000.0).round() / 10_000.0);
+            let m = (x - 0.5) * 400.0;
+            vals.push(m);
+            vals.push((m * 10_000.0).round() / 10_000.0);
+            vals.push(f32::from_bits((s >> 32) as u32));
+        }
+        vals.extend([
+            -0.0,
+            0.0,
+            1.0,
+            -1.0,
+            1e10,
+            -1e10,
+            f32::NAN,
+            f32::INFINITY,
+            99.99995,
+        ]);
+        for v in vals {
+            let mut buf = [0u8; 64];
+            let want = format!("{v:.4}");
+            if want.len() <= 64 {
+                assert_eq!(
+                    std::str::from_utf8(fixed4(v, &mut buf)).unwrap(),
+                    want,
+                    "{v}"
+                );
+            }
+            let r = (v * 10_000.0).round() / 10_000.0;
+            let (a, b) = (short_f64_4(r), short_f64(r));
+            assert!(
+                a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
+                "{r}"
+            );
+        }
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub static BUILTIN_MODEL: &[u8] = include_bytes!("../../filters/spam/model.bin")
 pub struct SpamFilter {
     spec: FilterSpec,
     shared: Arc<Headers>,
+    /// What every inspection reads of the spec, built once.
+    inspect: Arc<InspectSpec>,
     slot: ModelSlot<Backend>,
     /// One learn at a time: each starts from the model the last one saved.
     learning: Mutex<()>,
@@ -62,9 +64,16 @@ impl SpamFilter {
             score: h("score")?,
             verdict: h("verdict")?,
         });
+        let inspect = Arc::new(InspectSpec {
+            name: spec.name.clone(),
+            threshold: spec.threshold,
+            json_pointers: spec.json_pointers.clone(),
+            form_fields: spec.form_fields.clone(),
+        });
         Ok(SpamFilter {
             spec,
             shared,
+            inspect,
             slot,
             learning: Mutex::new(()),
         })
@@ -134,12 +143,7 @@ impl Filter for SpamFilter {
         Ok(Box::new(SpamInspector {
             model: self.slot.current(),
             headers: self.shared.clone(),
-            spec: Arc::new(InspectSpec {
-                name: self.spec.name.clone(),
-                threshold: self.spec.threshold,
-                json_pointers: self.spec.json_pointers.clone(),
-                form_fields: self.spec.form_fields.clone(),
-            }),
+            spec: self.inspect.clone(),
             kind,
             buf: Vec::new(),
         }))
@@ -218,38 +222,43 @@ impl Inspector for SpamInspector {
     }
 
     fn finish(self: Box<Self>) -> Result<Verdict, Skip> {
-        let view = extract::extract(
-            &self.kind,
-            &self.buf,
-            self.spec.json_pointers.as_deref(),
-            self.spec.form_fields.as_deref(),
+        let this = *self;
+        let view = extract::extract_owned(
+            &this.kind,
+            this.buf,
+            this.spec.json_pointers.as_deref(),
+            this.spec.form_fields.as_deref(),
         )
         .map_err(|_| Skip::ExtractError)?;
         if view.text.trim().is_empty() && view.links.is_empty() {
             return Err(Skip::Empty);
         }
-        let score = self.model.model.score(&view)?;
-        let spam = match self.spec.threshold {
+        let score = this.model.model.score(&view)?;
+        let spam = match this.spec.threshold {
             Some(t) => score.probability >= t,
             None => score.spam,
         };
         let verdict = if spam { "spam" } else { "ham" };
         let p = (score.probability * 10_000.0).round() / 10_000.0;
+        // `{p:.4}` without the float formatter (same text: p is within
+        // 1e-7 of a multiple of 1e-4).
+        let mut digits = [0u8; 64];
+        let p_text = super::fixed4(p, &mut digits);
         let headers = vec![
             (
-                self.headers.score.clone(),
-                HeaderValue::from_str(&format!("{p:.4}")).unwrap_or(HeaderValue::from_static("0")),
+                this.headers.score.clone(),
+                HeaderValue::from_bytes(p_text).unwrap_or(HeaderValue::from_static("0")),
             ),
             (
-                self.headers.verdict.clone(),
+                this.headers.verdict.clone(),
                 HeaderValue::from_static(verdict),
             ),
         ];
         let mut detail = serde_json::Map::new();
         let margin = (score.margin * 10_000.0).round() / 10_000.0;
-        detail.insert("margin".into(), super::short_f64(margin).into());
+        detail.insert("margin".into(), super::short_f64_4(margin).into());
         Ok(Verdict {
-            filter: self.spec.name.clone(),
+            filter: this.spec.name.clone(),
             verdict,
             flagged: spam,
             score: p,
