@@ -40,20 +40,10 @@ if [ ${#need[@]} -gt 0 ]; then apt-get update -qq && apt-get install -y -qq "${n
 LOG=${LOG:-$(find "$DATA/cilogs/logs" -name '*.log' -size -1200k -size +800k 2>/dev/null | sort | head -1 || true)}
 [ -n "$LOG" ] && [ -f "$LOG" ] || { echo "no CI log of about 1 MB under $DATA/cilogs/logs" >&2; exit 1; }
 
-d=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.2; rm -rf "$d"; }
-trap cleanup EXIT INT TERM
-port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+. bench/common.sh
+scratch
 BE=$(port); P=$(port); A=$(port)
-chmod 755 "$d"
-cat > "$d/backend.conf" <<NGX
-worker_processes 1; daemon off; pid $d/be.pid; error_log $d/be.err;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000; client_max_body_size 64m;
-  client_body_temp_path $d/cb; proxy_temp_path $d/pt; fastcgi_temp_path $d/ft; uwsgi_temp_path $d/ut; scgi_temp_path $d/st;
-  server { listen 127.0.0.1:$BE; location / { return 200 "ok\n"; } } }
-NGX
+backend_conf "$BE" "client_max_body_size 64m;"
 taskset -c 1 nginx -c "$d/backend.conf" -p "$d" & pids+=($!)
 cat > "$d/sift.yaml" <<YAML
 workers: 1

@@ -26,7 +26,7 @@ command -v nginx >/dev/null || need+=(nginx)
 command -v openssl >/dev/null || need+=(openssl)
 command -v curl >/dev/null || need+=(curl)
 if [ ${#need[@]} -gt 0 ]; then apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; fi
-. bench/tls-common.sh
+. bench/common.sh
 LOAD=${LOAD:-$(bench_bin tls_load)}
 [ -x "$LOAD" ] || { echo "cannot build bench/tls_load.rs" >&2; exit 1; }
 FLOOR=${FLOOR:-$(bench_bin floor_proxy)}

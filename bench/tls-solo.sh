@@ -16,7 +16,7 @@ SIFT=${1:-target/release/sift}
 DURATION=${DURATION:-5}
 ROUNDS=${ROUNDS:-2}
 for t in nginx openssl; do command -v $t >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx openssl >/dev/null; }; done
-. bench/tls-common.sh
+. bench/common.sh
 LOAD=${LOAD:-$(bench_bin tls_load)}
 FLOOR=${FLOOR:-$(bench_bin floor_proxy)}
 bench_setup

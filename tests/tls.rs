@@ -1025,43 +1025,34 @@ async fn resumed_sessions_keep_the_client_identity_and_can_be_turned_off() {
         Some(2.0)
     );
 
+    // A listener with `session_resumption: OPTS`; both client versions.
+    let with_resumption = |opts: &str| {
+        tls_config(&s, "require", up.addr, "").replace(
+            "      client_auth:",
+            &format!("      session_resumption: {opts}\n      client_auth:"),
+        )
+    };
+    let both_versions = || {
+        [
+            client_config(&s.ca.pem, Some(&client), &["http/1.1"]),
+            client_config_tls12(&s.ca.pem, &client),
+        ]
+    };
+
     // No session cache: tickets alone resume both versions.
-    let yaml = tls_config(&s, "require", up.addr, "").replace(
-        "      client_auth:",
-        "      session_resumption: { cache_size: 0 }\n      client_auth:",
-    );
-    let tickets_only = Sift::start(&yaml);
-    for cfg in [
-        client_config(&s.ca.pem, Some(&client), &["http/1.1"]),
-        client_config_tls12(&s.ca.pem, &client),
-    ] {
-        let first = tls_get(tickets_only.addr(), "localhost", cfg.clone(), "/t", &[])
-            .await
-            .unwrap();
-        let second = tls_get(tickets_only.addr(), "localhost", cfg, "/t", &[])
-            .await
-            .unwrap();
+    let tickets_only = Sift::start(&with_resumption("{ cache_size: 0 }"));
+    for cfg in both_versions() {
+        let (first, second) = two_gets(tickets_only.addr(), cfg).await;
         assert!(!first.resumed && second.resumed);
         assert_eq!(identity_of(&second), identity_of(&first));
     }
 
     // Tickets and cache off: every handshake is full.
-    let yaml = tls_config(&s, "require", up.addr, "").replace(
-        "      client_auth:",
-        "      session_resumption: { tickets: false, cache_size: 0 }\n      client_auth:",
-    );
-    let off = Sift::start(&yaml);
-    for cfg in [
-        client_config(&s.ca.pem, Some(&client), &["http/1.1"]),
-        client_config_tls12(&s.ca.pem, &client),
-    ] {
-        for _ in 0..2 {
-            let r = tls_get(off.addr(), "localhost", cfg.clone(), "/c", &[])
-                .await
-                .unwrap();
-            assert_eq!(r.status, 200);
-            assert!(!r.resumed);
-        }
+    let off = Sift::start(&with_resumption("{ tickets: false, cache_size: 0 }"));
+    for cfg in both_versions() {
+        let (first, second) = two_gets(off.addr(), cfg).await;
+        assert_eq!((first.status, second.status), (200, 200));
+        assert!(!first.resumed && !second.resumed);
     }
     assert_eq!(
         off.metric(r#"sift_tls_resumed_handshakes_total{listener="main"}"#)
@@ -1076,13 +1067,23 @@ async fn resumed_sessions_keep_the_client_identity_and_can_be_turned_off() {
     );
 
     // A config that asks for too large a cache is refused with its path.
-    let bad = tls_config(&s, "require", up.addr, "").replace(
-        "      client_auth:",
-        "      session_resumption: { cache_size: 5000000 }\n      client_auth:",
-    );
-    let err = Sift::try_start(&bad).err().expect("refused");
+    let err = Sift::try_start(&with_resumption("{ cache_size: 5000000 }"))
+        .err()
+        .expect("refused");
     assert!(
         err.contains("session_resumption.cache_size") && err.contains("at most 1000000"),
         "{err}"
     );
+}
+
+/// Two requests, each on a new connection with the same client config.
+async fn two_gets(
+    addr: std::net::SocketAddr,
+    cfg: Arc<rustls::ClientConfig>,
+) -> (TlsResponse, TlsResponse) {
+    let first = tls_get(addr, "localhost", cfg.clone(), "/r", &[])
+        .await
+        .unwrap();
+    let second = tls_get(addr, "localhost", cfg, "/r", &[]).await.unwrap();
+    (first, second)
 }

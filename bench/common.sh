@@ -1,5 +1,5 @@
-# Shared by the TLS benchmarks (tls-compare.sh, tls-callgrind.sh,
-# tls-solo.sh): sourced, not run. Needs $d (a scratch directory).
+# Shared by the benchmark scripts: sourced, not run. Functions that write
+# files use $d (the scratch directory of scratch or bench_setup).
 
 # Build bench target $1 (release) and print its executable.
 bench_bin() {
@@ -32,23 +32,29 @@ make_certs() {
 }
 
 # The backend every proxy forwards to: one nginx worker on port $1
-# answering "200 ok"; config in $d/backend.conf (run it yourself).
+# answering "200 ok", with extra http-level directives $2 (e.g. a body
+# size); config in $d/backend.conf (run it yourself).
 backend_conf() {
   cat > "$d/backend.conf" <<NGX
 worker_processes 1; daemon off; pid $d/be.pid; error_log $d/be.err;
 events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
+http { access_log off; keepalive_requests 1000000; ${2:-}
   client_body_temp_path $d/cb; proxy_temp_path $d/pt; fastcgi_temp_path $d/ft; uwsgi_temp_path $d/ut; scgi_temp_path $d/st;
   server { listen 127.0.0.1:$1; location / { return 200 "ok\n"; } } }
 NGX
 }
 
-# A scratch directory $d (readable by nginx's workers), the array pids of
-# processes to kill on exit, and the certificates of make_certs in $d.
-bench_setup() {
+# A scratch directory $d (readable by nginx's workers) and the array pids
+# of processes to kill on exit.
+scratch() {
   d=$(mktemp -d); chmod 755 "$d"
   pids=()
   trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.3; rm -rf "$d"' EXIT INT TERM
+}
+
+# scratch, and the certificates of make_certs in $d.
+bench_setup() {
+  scratch
   make_certs
 }
 
