@@ -31,16 +31,12 @@ WRK_DURATION=${WRK_DURATION:-10s}
 LOG_CONNS=${LOG_CONNS:-4}
 DATA=${SIFT_SHARED_DATA:-../shared/data}
 [ -x "$SIFT" ] || { echo "no sift binary at $SIFT (cargo build --release)" >&2; exit 1; }
-need=()
-command -v nginx >/dev/null || need+=(nginx)
-command -v wrk >/dev/null || need+=(wrk)
-command -v curl >/dev/null || need+=(curl)
-if [ ${#need[@]} -gt 0 ]; then apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; fi
+. bench/common.sh
+need_tools nginx wrk curl
 # The log of bench/filter-overhead.sh (the first, in path order, of 0.8-1.2 MB).
 LOG=${LOG:-$(find "$DATA/cilogs/logs" -name '*.log' -size -1200k -size +800k 2>/dev/null | sort | head -1 || true)}
 [ -n "$LOG" ] && [ -f "$LOG" ] || { echo "no CI log of about 1 MB under $DATA/cilogs/logs" >&2; exit 1; }
 
-. bench/common.sh
 scratch
 BE=$(port); P=$(port); A=$(port)
 backend_conf "$BE" "client_max_body_size 64m;"

@@ -1,6 +1,13 @@
 # Shared by the benchmark scripts: sourced, not run. Functions that write
 # files use $d (the scratch directory of scratch or bench_setup).
 
+# Install (Debian) the packages of the named commands that are missing.
+need_tools() {
+  local m=() t
+  for t in "$@"; do command -v "$t" >/dev/null || m+=("$t"); done
+  if [ ${#m[@]} -gt 0 ]; then apt-get update -qq && apt-get install -y -qq "${m[@]}" >/dev/null; fi
+}
+
 # Build bench target $1 (release) and print its executable.
 bench_bin() {
   cargo bench --bench "$1" --no-run --message-format=json 2>/dev/null | python3 -c 'import sys,json

@@ -17,13 +17,9 @@ CONNS=${CONNS:-50}
 KEYS=${KEYS:-100000}
 ROUNDS=${ROUNDS:-3}
 [ -x "$SIFT" ] || { echo "no sift binary at $SIFT (cargo build --release)" >&2; exit 1; }
-need=()
-command -v nginx >/dev/null || need+=(nginx)
-command -v wrk >/dev/null || need+=(wrk)
-command -v curl >/dev/null || need+=(curl)
-if [ ${#need[@]} -gt 0 ]; then apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; fi
-
 . bench/common.sh
+need_tools nginx wrk curl
+
 scratch
 BE=$(port); P=$(port); A=$(port)
 backend_conf "$BE"

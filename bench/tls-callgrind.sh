@@ -20,13 +20,8 @@ WHO=${WHO:-sift}
 SECONDS_RUN=${SECONDS_RUN:-6}
 CONNS=${CONNS:-10}
 MTLS=${MTLS:-0}
-need=()
-command -v nginx >/dev/null || need+=(nginx)
-command -v valgrind >/dev/null || need+=(valgrind)
-command -v openssl >/dev/null || need+=(openssl)
-command -v curl >/dev/null || need+=(curl)
-if [ ${#need[@]} -gt 0 ]; then apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; fi
 . bench/common.sh
+need_tools nginx valgrind openssl curl
 LOAD=${LOAD:-$(bench_bin tls_load)}
 [ "$WHO" = floor ] && FLOOR=${FLOOR:-$(bench_bin floor_proxy)}
 

@@ -21,12 +21,8 @@ ROUNDS=${ROUNDS:-3}
 CONNS=${CONNS:-50}
 HS_CONNS=${HS_CONNS:-16}
 [ -x "$SIFT" ] || { echo "no sift binary at $SIFT (cargo build --release)" >&2; exit 1; }
-need=()
-command -v nginx >/dev/null || need+=(nginx)
-command -v openssl >/dev/null || need+=(openssl)
-command -v curl >/dev/null || need+=(curl)
-if [ ${#need[@]} -gt 0 ]; then apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; fi
 . bench/common.sh
+need_tools nginx openssl curl
 LOAD=${LOAD:-$(bench_bin tls_load)}
 [ -x "$LOAD" ] || { echo "cannot build bench/tls_load.rs" >&2; exit 1; }
 FLOOR=${FLOOR:-$(bench_bin floor_proxy)}

@@ -21,8 +21,8 @@ DURATION=${DURATION:-3}
 CONNS=${CONNS:-50}
 HS=${HS:-0}
 [ -x "$SIFT" ] || { echo "no sift binary at $SIFT (cargo build --release)" >&2; exit 1; }
-for t in nginx openssl curl; do command -v $t >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx openssl curl >/dev/null; break; }; done
 . bench/common.sh
+need_tools nginx openssl curl
 LOAD=${LOAD:-$(bench_bin tls_load)}
 [ -x "$LOAD" ] || { echo "cannot build bench/tls_load.rs" >&2; exit 1; }
 bench_setup

@@ -15,8 +15,8 @@ cd "$(git -C "$(dirname "$0")" rev-parse --show-toplevel)"
 SIFT=${1:-target/release/sift}
 DURATION=${DURATION:-5}
 ROUNDS=${ROUNDS:-2}
-for t in nginx openssl; do command -v $t >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx openssl >/dev/null; }; done
 . bench/common.sh
+need_tools nginx openssl
 LOAD=${LOAD:-$(bench_bin tls_load)}
 FLOOR=${FLOOR:-$(bench_bin floor_proxy)}
 bench_setup

@@ -115,6 +115,20 @@ fn write(dir: &TempDir, name: &str, s: &str) -> PathBuf {
     p
 }
 
+/// The usual good client: spiffe://prod.example/ns/web/sa/frontend, CN
+/// frontend, ECDSA, issued by `ca`.
+fn frontend(ca: &Ca) -> Leaf {
+    leaf(
+        ca,
+        &[],
+        Some("spiffe://prod.example/ns/web/sa/frontend"),
+        "frontend",
+        false,
+        false,
+        Alg::Ecdsa,
+    )
+}
+
 /// A TLS client: trusts `ca_pem`, presents `client` if given, offers `alpn`.
 fn client_config(ca_pem: &str, client: Option<&Leaf>, alpn: &[&str]) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
@@ -302,15 +316,7 @@ async fn mtls_require_verifies_clients_and_passes_identity_as_xfcc() {
     allowed_identities: [ { exact: legacy-client } ]"#,
     ));
     let addr = sift.addr();
-    let good = leaf(
-        &s.ca,
-        &[],
-        Some("spiffe://prod.example/ns/web/sa/frontend"),
-        "frontend",
-        false,
-        false,
-        Alg::Ecdsa,
-    );
+    let good = frontend(&s.ca);
     let good_cfg = client_config(&s.ca.pem, Some(&good), &["http/1.1"]);
     // A good client: 200, the upstream sees sift's XFCC, not the client's.
     let r = tls_get(
@@ -548,15 +554,7 @@ async fn certificates_rotate_while_requests_run_and_broken_files_are_rejected() 
     let up = Upstream::echo("app").await;
     let sift = Sift::start(&tls_config(&s, "require", up.addr, ""));
     let addr = sift.addr();
-    let client = leaf(
-        &s.ca,
-        &[],
-        Some("spiffe://prod.example/ns/web/sa/frontend"),
-        "frontend",
-        false,
-        false,
-        Alg::Ecdsa,
-    );
+    let client = frontend(&s.ca);
     let cfg = client_config(&s.ca.pem, Some(&client), &["http/1.1"]);
     // Load: a new connection (a full handshake) per request.
     let stop = Arc::new(AtomicBool::new(false));
@@ -773,15 +771,7 @@ async fn a_flood_of_failing_handshakes_does_not_stop_good_clients() {
             }
         }));
     }
-    let good = leaf(
-        &s.ca,
-        &[],
-        Some("spiffe://prod.example/ns/web/sa/frontend"),
-        "frontend",
-        false,
-        false,
-        Alg::Ecdsa,
-    );
+    let good = frontend(&s.ca);
     let cfg = client_config(&s.ca.pem, Some(&good), &["http/1.1"]);
     for _ in 0..20 {
         assert_eq!(
@@ -902,15 +892,7 @@ async fn certificates_rotate_by_symlink_swap() {
             &s.dir.path("tls.key").display().to_string(),
         );
     let sift = Sift::start(&cfg);
-    let client = leaf(
-        &s.ca,
-        &[],
-        Some("spiffe://prod.example/ns/web/sa/frontend"),
-        "frontend",
-        false,
-        false,
-        Alg::Ecdsa,
-    );
+    let client = frontend(&s.ca);
     let cc = client_config(&s.ca.pem, Some(&client), &["http/1.1"]);
     assert_eq!(
         tls_get(sift.addr(), "localhost", cc.clone(), "/", &[])
@@ -975,15 +957,7 @@ fn client_config_tls12(ca_pem: &str, client: &Leaf) -> Arc<rustls::ClientConfig>
 async fn resumed_sessions_keep_the_client_identity_and_can_be_turned_off() {
     let s = setup();
     let up = Upstream::echo("app").await;
-    let client = leaf(
-        &s.ca,
-        &[],
-        Some("spiffe://prod.example/ns/web/sa/frontend"),
-        "frontend",
-        false,
-        false,
-        Alg::Ecdsa,
-    );
+    let client = frontend(&s.ca);
     let identity_of = |r: &TlsResponse| {
         let v = echo_json(r);
         v["headers"]["x-forwarded-client-cert"][0]
