@@ -994,6 +994,13 @@ pub const SIG_SLOTS: u32 = 5;
 /// lines kept per log, its build cost (once per process) buys a faster scan.
 /// Walked byte by byte below (no prefilter: every position is visited, the
 /// matches come in the order of an overlapping search).
+/// Build this module's pattern automata now (the cue automaton and the
+/// signature DFA), not on the first log that needs them.
+pub fn warm() {
+    std::sync::LazyLock::force(&CUE_AC);
+    std::sync::LazyLock::force(&SIG_DFA);
+}
+
 static SIG_DFA: std::sync::LazyLock<aho_corasick::dfa::DFA> = std::sync::LazyLock::new(|| {
     aho_corasick::dfa::DFA::builder()
         .ascii_case_insensitive(true)

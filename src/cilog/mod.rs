@@ -27,6 +27,13 @@ pub mod normalize;
 pub mod rules;
 pub mod train;
 
+/// Build the classifier's pattern automata (signature DFA, cue and rule
+/// phrases: a few milliseconds, once per process) ahead of the first log.
+pub fn warm() {
+    features::warm();
+    rules::warm();
+}
+
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;

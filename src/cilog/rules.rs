@@ -70,6 +70,13 @@ fn phrases(list: &[&str]) -> aho_corasick::AhoCorasick {
     aho_corasick::AhoCorasick::new(list).expect("the rule phrases are valid patterns")
 }
 
+/// Build the rules' phrase automata now, not on the first log.
+pub fn warm() {
+    for ac in [&TIMEOUT_AC, &OOM_AC, &TEST_TIMEOUT_AC] {
+        std::sync::LazyLock::force(ac);
+    }
+}
+
 static TIMEOUT_AC: std::sync::LazyLock<aho_corasick::AhoCorasick> =
     std::sync::LazyLock::new(|| phrases(TIMEOUT_PHRASES));
 static OOM_AC: std::sync::LazyLock<aho_corasick::AhoCorasick> =

@@ -407,6 +407,32 @@ const SEED_BIGRAM: u64 = 0x62_6967_7261_6d32;
 const SEED_CHAR: u64 = 0x63_6861_7233;
 const SEED_SIGNAL: u64 = 0x73_6967_6e61_6c34;
 
+/// The tokens that end in word `k` of the token-byte bit mask (bit i set:
+/// byte i of the normalised text belongs to a token), as `(start, end)`
+/// byte ranges in order. A token that starts in an earlier word starts at
+/// `*cur_start`; one that runs on into the next word leaves its start
+/// there.
+#[inline(always)]
+fn spans_in_word(mask: &[u64], k: usize, cur_start: &mut usize, mut f: impl FnMut(usize, usize)) {
+    let w = mask[k];
+    let prev_top = if k > 0 { mask[k - 1] >> 63 } else { 0 };
+    let next_low = mask.get(k + 1).map_or(0, |x| x & 1);
+    let mut starts = w & !((w << 1) | prev_top);
+    let mut ends = w & !((w >> 1) | (next_low << 63));
+    while ends != 0 {
+        let e = ends.trailing_zeros() as usize;
+        ends &= ends - 1;
+        if starts != 0 && (starts.trailing_zeros() as usize) <= e {
+            *cur_start = 64 * k + starts.trailing_zeros() as usize;
+            starts &= starts - 1;
+        }
+        f(*cur_start, 64 * k + e + 1);
+    }
+    if starts != 0 {
+        *cur_start = 64 * k + starts.trailing_zeros() as usize;
+    }
+}
+
 #[inline(always)]
 fn mix(x: u64) -> u64 {
     let x = (x ^ (x >> 31)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -688,28 +714,12 @@ impl Featurizer {
             };
             let mut cur_start = 0usize;
             for k in 0..words {
-                let w = mask[k];
-                let prev_top = if k > 0 { mask[k - 1] >> 63 } else { 0 };
-                let next_low = mask.get(k + 1).map_or(0, |x| x & 1);
-                let mut starts = w & !((w << 1) | prev_top);
-                let mut ends = w & !((w >> 1) | (next_low << 63));
-                while ends != 0 {
-                    let e = ends.trailing_zeros() as usize;
-                    ends &= ends - 1;
-                    if starts != 0 && (starts.trailing_zeros() as usize) <= e {
-                        cur_start = 64 * k + starts.trailing_zeros() as usize;
-                        starts &= starts - 1;
-                    }
-                    let end = 64 * k + e + 1;
-                    let h = hash_norm(norm, cur_start, end);
+                spans_in_word(mask, k, &mut cur_start, |start, end| {
+                    let h = hash_norm(norm, start, end);
                     self.token(
-                        text, norm, pos, ckpt, h, cur_start, end, &mut tk, &mut raw, modes, sink,
-                        st,
+                        text, norm, pos, ckpt, h, start, end, &mut tk, &mut raw, modes, sink, st,
                     );
-                }
-                if starts != 0 {
-                    cur_start = 64 * k + starts.trailing_zeros() as usize;
-                }
+                });
                 // At most 64 features per mask word.
                 if !S::SPANS && tk.len > WORD_BATCH - 64 {
                     tk.flush(sink);
@@ -748,29 +758,14 @@ impl Featurizer {
         let mut prev: Option<u64> = None;
         let mut cur_start = 0usize;
         for k in 0..words {
-            let w = mask[k];
-            let prev_top = if k > 0 { mask[k - 1] >> 63 } else { 0 };
-            let next_low = mask.get(k + 1).map_or(0, |x| x & 1);
-            let mut starts = w & !((w << 1) | prev_top);
-            let mut ends = w & !((w >> 1) | (next_low << 63));
-            while ends != 0 {
-                let e = ends.trailing_zeros() as usize;
-                ends &= ends - 1;
-                if starts != 0 && (starts.trailing_zeros() as usize) <= e {
-                    cur_start = 64 * k + starts.trailing_zeros() as usize;
-                    starts &= starts - 1;
-                }
-                let end = 64 * k + e + 1;
+            spans_in_word(mask, k, &mut cur_start, |start, end| {
                 if len < TOK_BATCH {
-                    b.start[len] = cur_start as u32;
+                    b.start[len] = start as u32;
                     b.end[len] = end as u32;
-                    b.hash[len] = hash_norm(norm, cur_start, end);
+                    b.hash[len] = hash_norm(norm, start, end);
                     len += 1;
                 }
-            }
-            if starts != 0 {
-                cur_start = 64 * k + starts.trailing_zeros() as usize;
-            }
+            });
             // At most 32 tokens end in a mask word.
             if len > TOK_BATCH - 32 {
                 b.len = len;

@@ -48,17 +48,11 @@ fn load(spec: &FilterSpec) -> Result<Loaded<CilogModel>, FilterError> {
     }
 }
 
-/// A tiny log that takes every path of the classifier: classifying it once
-/// builds the pattern automata (signature DFA, cue and rule phrases; built
-/// once per process, a few milliseconds) when the filter is set up, not on
-/// the first request.
-const WARM_LOG: &[u8] = b"$ make test\nsrc/a.c:1:2: error: x undeclared\nKilled\n\
-    Error: Timeout of 2000ms exceeded\nThe command \"make test\" exited with 2.\n";
-
 impl CilogFilter {
     pub fn new(spec: FilterSpec) -> Result<CilogFilter, FilterError> {
         let loaded = load(&spec)?;
-        std::hint::black_box(loaded.model.classify(WARM_LOG));
+        // The automata are built at set-up, not on the first request.
+        crate::cilog::warm();
         let slot = ModelSlot::new(super::watched(&spec), loaded);
         let h = |suffix: &str| super::header_name(&spec, suffix);
         let names = Arc::new(Names {
