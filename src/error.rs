@@ -71,6 +71,8 @@ pub enum ProxyError {
         filter: String,
         reason: &'static str,
     },
+    #[error("cannot spool the request body: {0}")]
+    Spool(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -97,11 +99,12 @@ pub enum ErrorKind {
     DecompressionLimit,
     UnsupportedMediaType,
     Unclassifiable,
+    SpoolFailed,
     Internal,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 20] = [
+    pub const ALL: [ErrorKind; 21] = [
         ErrorKind::MalformedRequest,
         ErrorKind::HeadersTooLarge,
         ErrorKind::BodyTooLarge,
@@ -121,6 +124,7 @@ impl ErrorKind {
         ErrorKind::DecompressionLimit,
         ErrorKind::UnsupportedMediaType,
         ErrorKind::Unclassifiable,
+        ErrorKind::SpoolFailed,
         ErrorKind::Internal,
     ];
 
@@ -145,6 +149,7 @@ impl ErrorKind {
             ErrorKind::DecompressionLimit => "decompression-limit",
             ErrorKind::UnsupportedMediaType => "unsupported-media-type",
             ErrorKind::Unclassifiable => "unclassifiable",
+            ErrorKind::SpoolFailed => "spool-failed",
             ErrorKind::Internal => "internal",
         }
     }
@@ -169,7 +174,7 @@ impl ErrorKind {
             ErrorKind::IdentityDenied => StatusCode::FORBIDDEN,
             ErrorKind::UpstreamConnectFailure | ErrorKind::UpstreamReset => StatusCode::BAD_GATEWAY,
             ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::SpoolFailed | ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
@@ -198,6 +203,7 @@ impl ProxyError {
                 "content_type" | "encoding" => ErrorKind::UnsupportedMediaType,
                 _ => ErrorKind::Unclassifiable,
             },
+            ProxyError::Spool(_) => ErrorKind::SpoolFailed,
             ProxyError::Internal(_) => ErrorKind::Internal,
         }
     }
@@ -259,6 +265,7 @@ impl ProxyError {
             ProxyError::Unclassifiable { reason, .. } => {
                 format!("body cannot be classified ({reason})")
             }
+            ProxyError::Spool(_) => "request body could not be buffered".into(),
             ProxyError::Internal(_) => "internal error".into(),
         };
         let text = format!("{} {detail}\n", status.as_u16());

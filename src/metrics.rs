@@ -50,6 +50,7 @@ pub struct FilterMetrics {
     pub model_reloads: IntCounterVec,
     pub learned: IntCounterVec,
     pub pool_queued: IntGauge,
+    pub spooled: IntCounterVec,
 }
 
 impl FilterMetrics {
@@ -111,8 +112,17 @@ impl FilterMetrics {
             "Inspections waiting for or running on a filter pool thread.",
         )
         .expect("valid metric");
+        let spooled = IntCounterVec::new(
+            Opts::new(
+                "sift_filter_spooled_bytes_total",
+                "Body bytes past max_inspect_bytes written to a spool file (on_oversize: spool), by route.",
+            ),
+            &["route"],
+        )
+        .expect("valid metric");
         for m in [
             Box::new(verdicts.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(spooled.clone()),
             Box::new(duration.clone()),
             Box::new(skipped.clone()),
             Box::new(overload.clone()),
@@ -130,6 +140,7 @@ impl FilterMetrics {
             model_reloads,
             learned,
             pool_queued,
+            spooled,
         }
     }
 }

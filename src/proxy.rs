@@ -347,6 +347,7 @@ async fn proxy(
         return Ok(resp);
     }
     let mut held = None;
+    let mut spilled = None;
     let mut body_awaited = false;
     let mut decision = crate::filter::chain::Decision::default();
     let held_filters: Vec<&crate::snapshot::RouteFilter> = route
@@ -360,17 +361,39 @@ async fn proxy(
             .map(|f| f.spec.usage.max_inspect_bytes)
             .max()
             .unwrap_or(0);
-        let h = Box::pin(crate::filter::chain::hold(req.body_mut(), cap, limit)).await?;
-        decision = match Box::pin(crate::filter::chain::run_held(
-            pool,
-            &out.metrics.filters,
-            &route.spec.name,
-            info,
-            &h,
-            &held_filters,
-        ))
-        .await
-        {
+        let spools = held_filters
+            .iter()
+            .any(|f| f.spec.usage.on_oversize == crate::config::file::OnOversize::Spool);
+        let r = if spools {
+            Box::pin(crate::filter::chain::run_spooled(
+                pool,
+                &out.metrics.filters,
+                &route.spec.name,
+                info,
+                req.body_mut(),
+                &held_filters,
+                limit,
+            ))
+            .await
+            .map(|(d, s)| {
+                spilled = Some(s);
+                d
+            })
+        } else {
+            let h = Box::pin(crate::filter::chain::hold(req.body_mut(), cap, limit)).await?;
+            let r = Box::pin(crate::filter::chain::run_held(
+                pool,
+                &out.metrics.filters,
+                &route.spec.name,
+                info,
+                &h,
+                &held_filters,
+            ))
+            .await;
+            held = Some(h);
+            r
+        };
+        decision = match r {
             Ok(d) => d,
             Err(e) => {
                 if let (
@@ -388,7 +411,6 @@ async fn proxy(
                 return Err(e);
             }
         };
-        held = Some(h);
         body_awaited = true;
     }
     if let (Some(log), false) = (&mut out.log, decision.summary.is_empty()) {
@@ -468,7 +490,31 @@ async fn proxy(
     // Read only after a failed send, to tell a client fault from an upstream
     // one; a bodiless request never needs it (and allocates none).
     let mut state: Option<Arc<BodyState>> = None;
-    let mut body = if let Some(h) = held {
+    let mut body = if let Some(s) = spilled {
+        let replay = s.complete && s.file.is_none() && s.trailers.is_none() && s.tail.is_empty();
+        if replay && s.head.len() <= 1 {
+            Plan::Replay(s.head.into_iter().next().unwrap_or_default())
+        } else if replay {
+            // Held in memory whole (at most max_inspect_bytes): kept for
+            // replay, as a body held without spooling is.
+            let mut b = bytes::BytesMut::with_capacity(s.read as usize);
+            for c in &s.head {
+                b.extend_from_slice(c);
+            }
+            Plan::Replay(b.freeze())
+        } else {
+            let reader = match s.file.map(|f| f.into_reader()).transpose() {
+                Ok(r) => r,
+                Err(e) => return Err(ProxyError::Spool(e.to_string())),
+            };
+            let left = limit.saturating_sub(s.read);
+            let rest =
+                (!s.complete).then(|| Limited::new(incoming, left, shared_state(&mut state)));
+            Plan::Stream(Some(body::boxed(crate::filter::spool::Spooled::new(
+                s.head, reader, s.tail, s.trailers, rest,
+            ))))
+        }
+    } else if let Some(h) = held {
         if h.complete && h.trailers.is_none() {
             Plan::Replay(h.data)
         } else {

@@ -292,3 +292,185 @@ async fn fifty_megabyte_log_in_bounded_memory() {
     );
     let _ = body::empty();
 }
+
+/// An upstream that answers with the headers it got, the body's length and
+/// an FNV-1a hash of the body (so a reordered or altered body shows).
+async fn hashing(name: &'static str) -> Upstream {
+    Upstream::start(move |req: Request<Incoming>| async move {
+        let mut headers = serde_json::Map::new();
+        for (k, v) in req.headers() {
+            headers.insert(
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into(),
+            );
+        }
+        let mut body = req.into_body();
+        let (mut n, mut h) = (0u64, 0xcbf2_9ce4_8422_2325u64);
+        while let Some(f) = body.frame().await {
+            let Ok(f) = f else {
+                return json_response(500, &serde_json::json!({ "error": "body" }));
+            };
+            if let Ok(d) = f.into_data() {
+                n += d.len() as u64;
+                h = fnv(h, &d);
+            }
+        }
+        json_response(
+            200,
+            &serde_json::json!({ "name": name, "headers": headers, "body_len": n, "fnv": format!("{h:016x}") }),
+        )
+    })
+    .await
+}
+
+fn fnv(mut h: u64, b: &[u8]) -> u64 {
+    for &x in b {
+        h = (h ^ u64::from(x)).wrapping_mul(0x100_0000_01b3);
+    }
+    h
+}
+
+/// A 50 MB log in annotate and block mode (the cilog default
+/// `on_oversize: spool`): 1 MiB is held in memory, the rest goes to an
+/// unlinked spool file while the scanner reads all of it, so the failure at
+/// the end labels the request; the upstream gets the whole body, byte for
+/// byte; sift's memory stays far below the log's size and no file is left.
+#[tokio::test(flavor = "multi_thread")]
+async fn fifty_megabyte_log_annotated_and_blocked_through_a_spool_file() {
+    let (app, other) = (hashing("app").await, hashing("other").await);
+    let spool = tempdir_in_target("spool-test");
+    let log = log_labelled("test");
+    let want = cli_verdict(&log);
+    let class = want["class"].as_str().unwrap().to_string();
+    let filler =
+        b"[INFO] Downloading artifact 42 of 9000 from https://repo.example.org/maven2 ... done\n"
+            .repeat(1024);
+    let mut whole_len = 0u64;
+    let mut whole_fnv = 0xcbf2_9ce4_8422_2325u64;
+    while whole_len < 50 << 20 {
+        whole_len += filler.len() as u64;
+        whole_fnv = fnv(whole_fnv, &filler);
+    }
+    whole_len += log.len() as u64;
+    whole_fnv = fnv(whole_fnv, &log);
+    let yaml = |mode: &str, rules: &str| {
+        format!(
+            r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners:
+  - name: main
+    address: "127.0.0.1:0"
+filters:
+  - name: cilog
+    kind: cilog
+    spool_dir: "{}"
+routes:
+  - name: logs
+    cluster: app
+    max_request_body: 100MiB
+    filters:
+      - {{ filter: cilog, mode: {mode}, max_inspect_bytes: 1MiB{rules} }}
+clusters:
+  - name: app
+    endpoints: ["{}"]
+  - name: other
+    endpoints: ["{}"]
+"#,
+            spool.display(),
+            app.addr,
+            other.addr
+        )
+    };
+    let stream = |sift: &Sift| {
+        let (tx, b) = channel_body(8);
+        let req = Request::post(sift.url("/logs"))
+            .header("content-type", "text/plain")
+            .body(b)
+            .unwrap();
+        let call = tokio::spawn(send(req));
+        let (filler, log) = (Bytes::from(filler.clone()), Bytes::from(log.clone()));
+        tokio::spawn(async move {
+            let mut sent = 0usize;
+            while sent < 50 << 20 {
+                if tx.send(filler.clone()).await.is_err() {
+                    return; // sift answered early (an error)
+                }
+                sent += filler.len();
+            }
+            let _ = tx.send(log).await;
+        });
+        call
+    };
+
+    let sift = Sift::start(&yaml("annotate", ""));
+    let rss0 = sift.proc_status_kb("VmRSS");
+    let r = stream(&sift).await.unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.body());
+    let v = json(r.body());
+    assert_eq!(v["body_len"], whole_len, "the whole log is forwarded");
+    assert_eq!(v["fnv"], format!("{whole_fnv:016x}"), "byte for byte");
+    assert_eq!(
+        v["headers"]["x-sift-ci-class"], class,
+        "the failure at the end labels the request"
+    );
+    let peak = sift.proc_status_kb("VmHWM");
+    assert!(
+        peak < rss0 + 40 * 1024,
+        "peak RSS {peak} KB after a 50 MB log (start {rss0} KB)"
+    );
+    let spooled = sift
+        .metric("sift_filter_spooled_bytes_total{route=\"logs\"}")
+        .await
+        .unwrap_or(0.0);
+    assert_eq!(spooled as u64, whole_len - (1 << 20), "all past 1 MiB");
+    assert_eq!(
+        std::fs::read_dir(&spool).unwrap().count(),
+        0,
+        "no file left"
+    );
+    drop(sift);
+
+    // Block mode: a rule on the class seen at the very end sends the
+    // request elsewhere; a reject rule stops it before the app sees a byte.
+    let sift = Sift::start(&yaml(
+        "block",
+        &format!(", rules: [ {{ when: [{class}], cluster: other }} ]"),
+    ));
+    let v = json(stream(&sift).await.unwrap().body());
+    assert_eq!(v["name"], "other", "routed by the class at the end");
+    assert_eq!(v["fnv"], format!("{whole_fnv:016x}"));
+    drop(sift);
+    let sift = Sift::start(&yaml(
+        "block",
+        &format!(", rules: [ {{ when: [{class}], reject: true }} ]"),
+    ));
+    let before = app.requests.load(Ordering::Relaxed);
+    let r = stream(&sift).await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(r.headers()["x-sift-error"], "filter-blocked");
+    assert_eq!(app.requests.load(Ordering::Relaxed), before);
+    assert_eq!(
+        std::fs::read_dir(&spool).unwrap().count(),
+        0,
+        "no file left"
+    );
+    drop(sift);
+
+    // A spool directory that vanished: a clear 500, never a shorter body.
+    let sift = Sift::start(&yaml("annotate", ""));
+    std::fs::remove_dir(&spool).unwrap();
+    let before = app.requests.load(Ordering::Relaxed);
+    let r = stream(&sift).await.unwrap();
+    assert_eq!(r.status(), 500, "{:?}", r.body());
+    assert_eq!(r.headers()["x-sift-error"], "spool-failed");
+    assert_eq!(app.requests.load(Ordering::Relaxed), before);
+}
+
+/// A fresh directory under target/ (removed first if left by a crash).
+fn tempdir_in_target(name: &str) -> std::path::PathBuf {
+    let d = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}

@@ -419,9 +419,23 @@ fn build_filters(fs: &[FilterFile], e: &mut Errs) -> Vec<FilterSpec> {
                 &format!("{p}.max_inspect_bytes"),
                 e,
             ),
-            on_oversize: f.on_oversize.unwrap_or_default(),
+            on_oversize: f.on_oversize.unwrap_or(if cilog {
+                OnOversize::Spool
+            } else {
+                OnOversize::InspectPrefix
+            }),
             on_overload: f.on_overload.unwrap_or_default(),
         };
+        let spool_dir: std::path::PathBuf = f
+            .spool_dir
+            .as_ref()
+            .map_or_else(std::env::temp_dir, Into::into);
+        if f.spool_dir.is_some() && !spool_dir.is_dir() {
+            e.push(
+                format!("{p}.spool_dir"),
+                format!("{} is not a directory", spool_dir.display()),
+            );
+        }
         let max_decompressed_bytes = match f.max_decompressed_bytes {
             Some(Bytes(0)) => {
                 e.push(
@@ -486,6 +500,7 @@ fn build_filters(fs: &[FilterFile], e: &mut Errs) -> Vec<FilterSpec> {
                 .message
                 .unwrap_or_else(|| format!("request blocked by filter {}", f.name)),
             header_prefix,
+            spool_dir,
         });
     }
     out

@@ -97,6 +97,13 @@ pub enum OnOversize {
     InspectPrefix,
     /// Answer 413.
     Reject,
+    /// Keep the first `max_inspect_bytes` in memory and the rest in an
+    /// unlinked temporary file in the filter's `spool_dir` (as nginx buffers
+    /// request bodies to disk), classify the body as it streams (a streaming
+    /// filter, cilog on a plain-text log, reads all of it; others read the
+    /// first `max_inspect_bytes`), then forward the whole body. The cilog
+    /// default: a build log's failure is near its end.
+    Spool,
 }
 
 /// What happens when the filter pool is saturated.
@@ -144,9 +151,14 @@ pub struct FilterFile {
     /// cilog default 8MiB).
     #[serde(default)]
     pub max_inspect_bytes: Option<Bytes>,
-    /// Longer bodies: skip, inspect_prefix (default) or reject (413).
+    /// Longer bodies: skip, inspect_prefix (default; cilog: spool), reject
+    /// (413) or spool (to disk, classified whole, then forwarded).
     #[serde(default)]
     pub on_oversize: Option<OnOversize>,
+    /// Directory for `on_oversize: spool` files (default: `$TMPDIR`, else
+    /// /tmp). Files are unlinked as soon as they are created.
+    #[serde(default)]
+    pub spool_dir: Option<String>,
     /// Pool saturated: fail_open (default) or fail_closed (503).
     #[serde(default)]
     pub on_overload: Option<OnOverload>,

@@ -65,6 +65,9 @@ pub struct FilterSpec {
     pub block_status: u16,
     pub block_message: String,
     pub header_prefix: String,
+    /// Where `on_oversize: spool` keeps the part of a body past
+    /// `max_inspect_bytes`.
+    pub spool_dir: std::path::PathBuf,
 }
 
 /// How a route runs a filter.

@@ -16,8 +16,9 @@ use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 
 use super::pool::Pool;
+use super::spool::SpoolFile;
 use super::{Filter, Inspection, RequestInfo, Skip, Unclassified, Verdict};
-use crate::config::file::{FilterMode, OnOverload};
+use crate::config::file::{FilterMode, OnOverload, OnOversize};
 use crate::config::model::{FilterUsage, RuleAction};
 use crate::error::ProxyError;
 use crate::metrics::FilterMetrics;
@@ -129,59 +130,318 @@ pub async fn run_held(
         } else {
             pool_run(pool, run, rf, name, metrics).await?
         };
-        if !matches!(result, Err(Unclassified::Skip(Skip::Overload))) {
-            metrics
-                .duration
-                .with_label_values(&[name])
-                .observe(took.as_secs_f64());
-        }
-        let v = match result {
-            Ok(v) => v,
-            Err(u) => {
-                unclassified(metrics, name, u, &mut d.summary)?;
-                continue;
-            }
-        };
+        apply(&mut d, metrics, route, rf, result, took)?;
+    }
+    Ok(d)
+}
+
+/// Record one filter's outcome and act on it: metrics, the access-log
+/// summary, headers for the upstream, and in block mode its rules.
+fn apply(
+    d: &mut Decision,
+    metrics: &FilterMetrics,
+    route: &str,
+    rf: &RouteFilter,
+    result: Result<Verdict, Unclassified>,
+    took: std::time::Duration,
+) -> Result<(), ProxyError> {
+    let f = &rf.filter;
+    let name = f.spec().name.as_str();
+    if !matches!(result, Err(Unclassified::Skip(Skip::Overload))) {
         metrics
-            .verdicts
-            .with_label_values(&[name, route, v.verdict])
-            .inc();
-        // `{name}={verdict}({score:.4})` without the float formatter.
-        let mut digits = [0u8; 64];
-        let score = super::fixed4(v.score, &mut digits);
-        let mut s = String::with_capacity(name.len() + v.verdict.len() + score.len() + 3);
-        s.push_str(name);
-        s.push('=');
-        s.push_str(v.verdict);
-        s.push('(');
-        s.push_str(std::str::from_utf8(score).unwrap_or("?"));
-        s.push(')');
-        d.summary.push(s);
-        if rf.spec.usage.mode == FilterMode::Block {
-            let rule = rf
-                .spec
-                .rules
-                .iter()
-                .find(|r| r.when.iter().any(|w| w == v.verdict));
-            let reject = match rule.map(|r| &r.action) {
-                Some(RuleAction::Reject) => true,
-                Some(RuleAction::Cluster(c)) => {
-                    d.cluster.get_or_insert_with(|| c.clone());
+            .duration
+            .with_label_values(&[name])
+            .observe(took.as_secs_f64());
+    }
+    let v = match result {
+        Ok(v) => v,
+        Err(u) => {
+            unclassified(metrics, name, u, &mut d.summary)?;
+            return Ok(());
+        }
+    };
+    metrics
+        .verdicts
+        .with_label_values(&[name, route, v.verdict])
+        .inc();
+    // `{name}={verdict}({score:.4})` without the float formatter.
+    let mut digits = [0u8; 64];
+    let score = super::fixed4(v.score, &mut digits);
+    let mut s = String::with_capacity(name.len() + v.verdict.len() + score.len() + 3);
+    s.push_str(name);
+    s.push('=');
+    s.push_str(v.verdict);
+    s.push('(');
+    s.push_str(std::str::from_utf8(score).unwrap_or("?"));
+    s.push(')');
+    d.summary.push(s);
+    if rf.spec.usage.mode == FilterMode::Block {
+        let rule = rf
+            .spec
+            .rules
+            .iter()
+            .find(|r| r.when.iter().any(|w| w == v.verdict));
+        let reject = match rule.map(|r| &r.action) {
+            Some(RuleAction::Reject) => true,
+            Some(RuleAction::Cluster(c)) => {
+                d.cluster.get_or_insert_with(|| c.clone());
+                false
+            }
+            None => rf.spec.rules.is_empty() && v.flagged,
+        };
+        if reject {
+            return Err(ProxyError::FilterBlocked {
+                filter: name.to_string(),
+                verdict: v.verdict,
+                status: f.spec().block_status,
+                message: f.spec().block_message.clone(),
+                score: v.score,
+            });
+        }
+    }
+    d.headers.extend(v.headers);
+    Ok(())
+}
+
+/// A body held for `on_oversize: spool` filters, ready to forward.
+#[derive(Debug, Default)]
+pub struct Spilled {
+    /// Up to `max_inspect_bytes`, in memory.
+    pub head: Vec<Bytes>,
+    /// What went past it, on disk.
+    pub file: Option<SpoolFile>,
+    /// Read but not yet written to the file (the filters stopped early).
+    pub tail: Vec<Bytes>,
+    pub trailers: Option<HeaderMap>,
+    /// The body ended within what was read (else the rest follows from the
+    /// client's stream).
+    pub complete: bool,
+    /// Bytes read so far.
+    pub read: u64,
+}
+
+/// Run the held-body filters of a route that spools (a filter's
+/// `on_oversize` is `spool`): the body is inspected as it streams, in
+/// batches on the pool, while its first `max_inspect_bytes` are held in
+/// memory and the rest is written to a spool file on the pool (memory per
+/// request stays bounded, whatever the body's length up to the route's
+/// `max_request_body`). A saturated pool is each filter's `on_overload`;
+/// when every filter is gone (fail-open), the body is forwarded as held so
+/// far plus the rest of the stream, unclassified.
+pub async fn run_spooled<B>(
+    pool: &Pool,
+    metrics: &FilterMetrics,
+    route: &str,
+    info: &RequestInfo,
+    body: &mut B,
+    filters: &[&RouteFilter],
+    route_limit: u64,
+) -> Result<(Decision, Spilled), ProxyError>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let mut out: Vec<Option<Outcome>> = filters.iter().map(|_| None).collect();
+    let mut running: Vec<(usize, Inspection)> = filters
+        .iter()
+        .enumerate()
+        .filter_map(|(i, rf)| {
+            start(rf.filter.as_ref(), info, &rf.spec.usage, metrics).map(|x| (i, x))
+        })
+        .collect();
+    let mut held = Spilled::default();
+    if running.is_empty() {
+        return Ok((Decision::default(), held));
+    }
+    let cap = filters
+        .iter()
+        .map(|f| f.spec.usage.max_inspect_bytes)
+        .max()
+        .unwrap_or(0);
+    let dir = filters
+        .iter()
+        .find(|f| f.spec.usage.on_oversize == OnOversize::Spool)
+        .map_or_else(std::env::temp_dir, |f| f.filter.spec().spool_dir.clone());
+    let spooled = metrics.spooled.with_label_values(&[route]);
+    let file: Arc<std::sync::Mutex<Option<SpoolFile>>> = Arc::default();
+    let mut in_memory = 0u64;
+    let mut batch: Vec<Bytes> = Vec::new();
+    let mut batch_len = 0usize;
+    let mut spill_len = 0usize;
+    let mut busy = std::time::Duration::ZERO;
+    loop {
+        let end = match body.frame().await {
+            None => true,
+            Some(Err(e)) => return Err(ProxyError::ClientBody(e.to_string())),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(d) => {
+                    held.read += d.len() as u64;
+                    if held.read > route_limit {
+                        return Err(ProxyError::BodyTooLarge { limit: route_limit });
+                    }
+                    batch_len += d.len();
+                    batch.push(d.clone());
+                    let room = (cap - in_memory) as usize;
+                    if d.len() <= room {
+                        in_memory += d.len() as u64;
+                        held.head.push(d);
+                    } else {
+                        if room > 0 {
+                            held.head.push(d.slice(..room));
+                            in_memory = cap;
+                        }
+                        spill_len += d.len() - room;
+                        held.tail.push(d.slice(room..));
+                    }
                     false
                 }
-                None => rf.spec.rules.is_empty() && v.flagged,
+                Err(frame) => {
+                    if let Ok(t) = frame.into_trailers() {
+                        held.trailers = Some(t);
+                        true
+                    } else {
+                        false
+                    }
+                }
+            },
+        };
+        if batch_len >= BATCH || spill_len >= BATCH || (end && batch_len + spill_len > 0) {
+            let data = std::mem::take(&mut batch);
+            // The spill stays in `held.tail` until it is on disk: a refused
+            // job loses no byte.
+            let spill = held.tail.clone();
+            let insp = std::mem::take(&mut running);
+            let shared = file.clone();
+            let dir = dir.clone();
+            let job = move || {
+                let t = Instant::now();
+                let mut insp = insp;
+                for (_, i) in insp.iter_mut() {
+                    for d in &data {
+                        if i.wants_more() {
+                            i.feed(d);
+                        }
+                    }
+                }
+                let written = if spill.is_empty() {
+                    Ok(())
+                } else {
+                    let mut f = shared.lock().unwrap_or_else(|p| p.into_inner());
+                    match &mut *f {
+                        Some(f) => f.write(&spill),
+                        None => SpoolFile::create(&dir).and_then(|x| f.insert(x).write(&spill)),
+                    }
+                };
+                (insp, written, t.elapsed())
             };
-            if reject {
-                return Err(ProxyError::FilterBlocked {
-                    filter: name.to_string(),
-                    verdict: v.verdict,
-                    status: f.spec().block_status,
-                    message: f.spec().block_message.clone(),
-                    score: v.score,
-                });
+            match pool.spawn(job) {
+                Ok(rx) => {
+                    let (back, written, took) = rx
+                        .await
+                        .map_err(|_| ProxyError::Internal("spooling filter job failed".into()))?;
+                    written.map_err(|e| ProxyError::Spool(e.to_string()))?;
+                    spooled.inc_by(spill_len as u64);
+                    held.tail.clear();
+                    running = back;
+                    busy += took;
+                }
+                Err(_) => {
+                    // The job (and the inspections in it) is gone.
+                    overloaded(filters, metrics, &mut out)?;
+                    held.complete = end;
+                    let d = decide(filters, metrics, route, out)?;
+                    held.file = take_file(&file);
+                    return Ok((d, held));
+                }
+            }
+            batch_len = 0;
+            spill_len = 0;
+        }
+        if end {
+            break;
+        }
+    }
+    held.complete = true;
+    held.file = take_file(&file);
+    let n = running.len().max(1) as u32;
+    let job = move || {
+        let t = Instant::now();
+        let r: Vec<(usize, Result<Verdict, Unclassified>)> = running
+            .into_iter()
+            .map(|(i, x)| (i, x.finish(false)))
+            .collect();
+        (r, t.elapsed())
+    };
+    match pool.spawn(job) {
+        Ok(rx) => {
+            let (results, took) = rx
+                .await
+                .map_err(|_| ProxyError::Internal("filter job failed".into()))?;
+            let each = (busy + took) / n;
+            for (i, r) in results {
+                out[i] = Some((r, each));
             }
         }
-        d.headers.extend(v.headers);
+        Err(_) => overloaded(filters, metrics, &mut out)?,
+    }
+    let d = decide(filters, metrics, route, out)?;
+    Ok((d, held))
+}
+
+fn take_file(f: &std::sync::Mutex<Option<SpoolFile>>) -> Option<SpoolFile> {
+    f.lock().unwrap_or_else(|p| p.into_inner()).take()
+}
+
+/// The pool refused a spooling route's job: fail-closed filters answer
+/// 503, fail-open ones go unclassified (counted).
+fn overloaded(
+    filters: &[&RouteFilter],
+    metrics: &FilterMetrics,
+    out: &mut [Option<Outcome>],
+) -> Result<(), ProxyError> {
+    for (i, rf) in filters.iter().enumerate() {
+        if out[i].is_some() {
+            continue;
+        }
+        let name = rf.filter.spec().name.as_str();
+        match rf.spec.usage.on_overload {
+            OnOverload::FailClosed => {
+                metrics
+                    .overload
+                    .with_label_values(&[name, "fail_closed"])
+                    .inc();
+                return Err(ProxyError::FilterOverloaded {
+                    filter: name.to_string(),
+                });
+            }
+            OnOverload::FailOpen => {
+                metrics
+                    .overload
+                    .with_label_values(&[name, "fail_open"])
+                    .inc();
+                out[i] = Some((
+                    Err(Unclassified::Skip(Skip::Overload)),
+                    std::time::Duration::ZERO,
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Apply the outcomes in the route's filter order (a filter that did not
+/// start was counted as skipped already).
+fn decide(
+    filters: &[&RouteFilter],
+    metrics: &FilterMetrics,
+    route: &str,
+    out: Vec<Option<Outcome>>,
+) -> Result<Decision, ProxyError> {
+    let mut d = Decision::default();
+    for (rf, o) in filters.iter().zip(out) {
+        if let Some((result, took)) = o {
+            apply(&mut d, metrics, route, rf, result, took)?;
+        }
     }
     Ok(d)
 }

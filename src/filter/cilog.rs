@@ -155,6 +155,10 @@ fn log_in_json(doc: &serde_json::Value, pointers: Option<&[String]>) -> Option<S
 }
 
 impl Inspector for CilogInspector {
+    fn bounded(&self) -> bool {
+        matches!(self.how, How::Stream(_))
+    }
+
     fn feed(&mut self, chunk: &[u8]) {
         match &mut self.how {
             How::Stream(s) => s.feed(chunk),

@@ -16,6 +16,7 @@ pub mod cilog;
 pub mod extract;
 pub mod pool;
 pub mod spam;
+pub mod spool;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -199,6 +200,11 @@ pub trait Filter: Send + Sync {
 pub trait Inspector: Send {
     fn feed(&mut self, chunk: &[u8]);
     fn finish(self: Box<Self>) -> Result<Verdict, Skip>;
+    /// Its memory stays bounded however much it is fed (a streaming
+    /// scanner): with `on_oversize: spool` it reads the whole body.
+    fn bounded(&self) -> bool {
+        false
+    }
 }
 
 /// Build the filter a spec describes, loading its model.
@@ -388,9 +394,14 @@ impl Inspection {
             .map(|e| e.trim().to_ascii_lowercase())
             .unwrap_or_default();
         let identity = enc.is_empty() || enc == "identity";
+        let whole = usage.on_oversize == OnOversize::Spool && inner.bounded();
         let sink = Sink {
             inner: Some(inner),
-            limit: usage.max_inspect_bytes,
+            limit: if whole {
+                u64::MAX
+            } else {
+                usage.max_inspect_bytes
+            },
             fed: 0,
             total: 0,
             cap: if identity { u64::MAX } else { max_decompressed },
@@ -501,7 +512,7 @@ impl Inspection {
             match on_oversize {
                 OnOversize::Skip => return Err(Unclassified::Skip(Skip::Oversize)),
                 OnOversize::Reject => return Err(Unclassified::Oversize { limit: sink.limit }),
-                OnOversize::InspectPrefix => {}
+                OnOversize::InspectPrefix | OnOversize::Spool => {}
             }
         }
         match sink.inner.take() {
