@@ -364,13 +364,16 @@ async fn proxy(
         let spools = held_filters
             .iter()
             .any(|f| f.spec.usage.on_oversize == crate::config::file::OnOversize::Spool);
+        // The body is taken out for the filters and put back after: on an
+        // error it is drained off the request path (lingering close).
+        let (parts, mut incoming) = req.into_parts();
         let r = if spools {
             Box::pin(crate::filter::chain::run_spooled(
                 pool,
                 &out.metrics.filters,
                 &route.spec.name,
                 info,
-                req.body_mut(),
+                &mut incoming,
                 &held_filters,
                 limit,
             ))
@@ -380,18 +383,22 @@ async fn proxy(
                 d
             })
         } else {
-            let h = Box::pin(crate::filter::chain::hold(req.body_mut(), cap, limit)).await?;
-            let r = Box::pin(crate::filter::chain::run_held(
-                pool,
-                &out.metrics.filters,
-                &route.spec.name,
-                info,
-                &h,
-                &held_filters,
-            ))
-            .await;
-            held = Some(h);
-            r
+            match Box::pin(crate::filter::chain::hold(&mut incoming, cap, limit)).await {
+                Ok(h) => {
+                    let r = Box::pin(crate::filter::chain::run_held(
+                        pool,
+                        &out.metrics.filters,
+                        &route.spec.name,
+                        info,
+                        &h,
+                        &held_filters,
+                    ))
+                    .await;
+                    held = Some(h);
+                    r
+                }
+                Err(e) => Err(e),
+            }
         };
         decision = match r {
             Ok(d) => d,
@@ -408,9 +415,11 @@ async fn proxy(
                 {
                     log.filters = Some(format!("{filter}={verdict}({score:.4})"));
                 }
+                linger(incoming);
                 return Err(e);
             }
         };
+        req = Request::from_parts(parts, incoming);
         body_awaited = true;
     }
     if let (Some(log), false) = (&mut out.log, decision.summary.is_empty()) {
@@ -1496,6 +1505,27 @@ fn forwarded_headers(
             h.insert(X_FORWARDED_HOST.clone(), v);
         }
     }
+}
+
+/// Read and discard what is left of a request body that sift answered
+/// early (a filter blocked on a prefix, a spool write failed), as nginx's
+/// lingering close does: the client, still sending, then reads the answer
+/// instead of a connection reset. Bounded: at most 30 s in all and 5 s
+/// without a frame; the bytes are dropped as they come.
+fn linger(mut body: Incoming) {
+    if body.is_end_stream() {
+        return;
+    }
+    tokio::spawn(async move {
+        let until = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let next = tokio::time::timeout(std::time::Duration::from_secs(5), body.frame());
+            match tokio::time::timeout_at(until, next).await {
+                Ok(Ok(Some(Ok(_)))) => {}
+                _ => return,
+            }
+        }
+    });
 }
 
 #[cfg(test)]

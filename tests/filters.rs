@@ -430,6 +430,93 @@ async fn oversize_bodies_skip_inspect_prefix_or_reject() {
     assert_eq!(r.headers()["x-sift-error"], "inspect-too-large");
     let r = post(&sift, Some("text/plain"), &[], ham.clone()).await;
     assert_eq!(r.status(), 200, "short bodies are fine");
+    drop(sift);
+
+    // spool: 1 KiB in memory, the rest on disk; the spam filter (which
+    // buffers its text) reads the first 1 KiB, as with inspect_prefix.
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("filters-spool-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let sift = Sift::start(&config(
+        up.addr,
+        &format!(
+            "    on_oversize: spool\n    spool_dir: \"{}\"",
+            dir.display()
+        ),
+        routes,
+        "",
+    ));
+    let r = post(&sift, Some("text/plain"), &[], long.clone()).await;
+    assert_eq!(r.status(), 403, "the prefix holds the spam");
+    let r = post(&sift, Some("text/plain"), &[], long_ham.clone()).await;
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.body() == long_ham.as_bytes(),
+        "forwarded whole, unchanged"
+    );
+    assert_eq!(echoed(&r)["x-sift-spam-verdict"], "ham");
+    let spooled = sift
+        .metric(r#"sift_filter_spooled_bytes_total{route="inbox"}"#)
+        .await;
+    assert_eq!(spooled, Some((long.len() + long_ham.len() - 2048) as f64));
+    // Past the spam filter's limit nothing more is spooled: a 3 MB body
+    // stops being read into the file after the first batch, and the rest
+    // streams through.
+    let huge = format!("{ham}\n").repeat(3_000_000 / ham.len());
+    let r = post(&sift, Some("text/plain"), &[], huge.clone()).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.body() == huge.as_bytes(), "forwarded whole, unchanged");
+    let more = sift
+        .metric(r#"sift_filter_spooled_bytes_total{route="inbox"}"#)
+        .await
+        .unwrap()
+        - spooled.unwrap();
+    assert!(
+        more < 1_000_000.0,
+        "{more} bytes spooled of a {} byte body",
+        huge.len()
+    );
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "no file left");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A body blocked on its prefix while the client is still sending: the
+/// client reads the 403 (sift drains the rest, as nginx's lingering close
+/// does), not a connection reset.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_still_sending_reads_the_block_response() {
+    let up = mirror().await;
+    let routes = r#"      - { filter: spam, mode: block, max_inspect_bytes: 1KiB }"#;
+    let (spam, ham) = clear_examples();
+    let sift = Sift::start(&config(up.addr, "", routes, ""));
+    for _ in 0..5 {
+        let (tx, b) = channel_body(4);
+        let req = Request::post(sift.url("/submit"))
+            .header("content-type", "text/plain")
+            .body(b)
+            .unwrap();
+        let call = tokio::spawn(send(req));
+        let (spam, ham) = (
+            Bytes::from(format!("{spam}\n").repeat(2048 / spam.len() + 1)),
+            Bytes::from(format!("{ham}\n").repeat(65_536 / ham.len())),
+        );
+        tokio::spawn(async move {
+            if tx.send(spam).await.is_err() {
+                return;
+            }
+            // 20 MB more, far past what sift reads before answering.
+            for _ in 0..320 {
+                if tx.send(ham.clone()).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let r = call.await.unwrap();
+        assert_eq!(r.status(), 403);
+        assert_eq!(r.headers()["x-sift-error"], "filter-blocked");
+    }
+    assert_eq!(up.requests.load(std::sync::atomic::Ordering::Relaxed), 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -225,7 +225,10 @@ pub struct Spilled {
 /// batches on the pool, while its first `max_inspect_bytes` are held in
 /// memory and the rest is written to a spool file on the pool (memory per
 /// request stays bounded, whatever the body's length up to the route's
-/// `max_request_body`). A saturated pool is each filter's `on_overload`;
+/// `max_request_body`). Once every inspection has read all it will (a
+/// non-streaming filter past its `max_inspect_bytes`), reading stops and
+/// the rest of the body streams through after the verdict, unspooled.
+/// A saturated pool is each filter's `on_overload`;
 /// when every filter is gone (fail-open), the body is forwarded as held so
 /// far plus the rest of the stream, unclassified.
 pub async fn run_spooled<B>(
@@ -269,6 +272,7 @@ where
     let mut batch_len = 0usize;
     let mut spill_len = 0usize;
     let mut busy = std::time::Duration::ZERO;
+    let mut jobs = 0usize;
     loop {
         let end = match body.frame().await {
             None => true,
@@ -305,6 +309,25 @@ where
                 }
             },
         };
+        // A small body that is all here (nothing spilled, no job yet)
+        // is classified on this thread, as run_held does.
+        if end && spill_len == 0 && jobs == 0 && held.read as usize <= INLINE_MAX {
+            let t = Instant::now();
+            let n = running.len().max(1) as u32;
+            for (i, mut x) in std::mem::take(&mut running) {
+                for d in &batch {
+                    x.feed(d);
+                }
+                out[i] = Some((x.finish(false), std::time::Duration::ZERO));
+            }
+            let each = t.elapsed() / n;
+            for o in out.iter_mut().flatten() {
+                o.1 = each;
+            }
+            held.complete = true;
+            let d = decide(filters, metrics, route, out)?;
+            return Ok((d, held));
+        }
         if batch_len >= BATCH || spill_len >= BATCH || (end && batch_len + spill_len > 0) {
             let data = std::mem::take(&mut batch);
             // The spill stays in `held.tail` until it is on disk: a refused
@@ -344,6 +367,7 @@ where
                     held.tail.clear();
                     running = back;
                     busy += took;
+                    jobs += 1;
                 }
                 Err(_) => {
                     // The job (and the inspections in it) is gone.
@@ -356,19 +380,25 @@ where
             }
             batch_len = 0;
             spill_len = 0;
+            if !end && running.iter().all(|(_, i)| !i.wants_more()) {
+                // Every filter has read all it will: the rest of the body
+                // streams through after the verdict, nothing more spooled.
+                break;
+            }
         }
         if end {
+            held.complete = true;
             break;
         }
     }
-    held.complete = true;
     held.file = take_file(&file);
     let n = running.len().max(1) as u32;
+    let truncated = !held.complete;
     let job = move || {
         let t = Instant::now();
         let r: Vec<(usize, Result<Verdict, Unclassified>)> = running
             .into_iter()
-            .map(|(i, x)| (i, x.finish(false)))
+            .map(|(i, x)| (i, x.finish(truncated)))
             .collect();
         (r, t.elapsed())
     };
