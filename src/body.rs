@@ -60,6 +60,78 @@ impl BodyState {
 #[error("request body exceeds the limit of {0} bytes")]
 pub struct TooLarge(pub u64);
 
+/// A downstream request body that, dropped before its end on HTTP/1.x
+/// (sift answered early: a 404, a 429, a 413, a filter block, a spool
+/// failure, an upstream that answered without reading it), is read and
+/// discarded off the request path, as nginx's lingering close does: the
+/// client, still sending, then reads the answer instead of a connection
+/// reset. Bounded: 30 s in all and 5 s without a frame. HTTP/2 needs no
+/// drain (the stream is reset, the connection goes on).
+#[derive(Debug)]
+pub struct Lingering {
+    inner: Option<hyper::body::Incoming>,
+    h1: bool,
+}
+
+impl Lingering {
+    pub fn new(inner: hyper::body::Incoming, version: http::Version) -> Lingering {
+        Lingering {
+            inner: Some(inner),
+            h1: version <= http::Version::HTTP_11,
+        }
+    }
+}
+
+impl http_body::Body for Lingering {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.inner.as_mut() {
+            Some(b) => Pin::new(b).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| http_body::SizeHint::with_exact(0), |b| b.size_hint())
+    }
+}
+
+impl Drop for Lingering {
+    fn drop(&mut self) {
+        let Some(mut body) = self.inner.take() else {
+            return;
+        };
+        if !self.h1 || http_body::Body::is_end_stream(&body) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            use http_body_util::BodyExt;
+            let until = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+            loop {
+                let next = tokio::time::timeout(std::time::Duration::from_secs(5), body.frame());
+                match tokio::time::timeout_at(until, next).await {
+                    Ok(Ok(Some(Ok(_)))) => {}
+                    _ => return,
+                }
+            }
+        });
+    }
+}
+
 pin_project_lite::pin_project! {
     /// A request body that fails once more than `limit` bytes have passed.
     pub struct Limited<B> {

@@ -21,7 +21,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use crate::body::{self, Body, BodyState, Limited, OnDone};
+use crate::body::{self, Body, BodyState, Limited, Lingering, OnDone};
 use crate::config::file::{UpstreamProtocol, XffMode};
 use crate::config::model::ListenerSpec;
 use crate::error::{ErrorKind, ProxyError};
@@ -159,6 +159,8 @@ pub async fn handle(
     conn_guard: Option<crate::listener::InflightGuard>,
 ) -> Response<Body> {
     let start = Instant::now();
+    let version = req.version();
+    let req = req.map(|b| Lingering::new(b, version));
     let snap = shared.snapshot.load_full();
     shared.metrics.active_requests.inc();
     let log = snap.config.log.access_log.then(|| {
@@ -232,7 +234,7 @@ async fn proxy(
     clock: &crate::clock::Clock,
     pool: &Arc<crate::filter::pool::Pool>,
     conn: &Arc<ConnInfo>,
-    mut req: Request<Incoming>,
+    mut req: Request<Lingering>,
     out: &mut Outcome,
     rid: &mut Option<HeaderValue>,
 ) -> Result<Response<Body>, ProxyError> {
@@ -364,8 +366,7 @@ async fn proxy(
         let spools = held_filters
             .iter()
             .any(|f| f.spec.usage.on_oversize == crate::config::file::OnOversize::Spool);
-        // The body is taken out for the filters and put back after: on an
-        // error it is drained off the request path (lingering close).
+        // The body is taken out for the filters and put back after.
         let (parts, mut incoming) = req.into_parts();
         let r = if spools {
             Box::pin(crate::filter::chain::run_spooled(
@@ -415,7 +416,8 @@ async fn proxy(
                 {
                     log.filters = Some(format!("{filter}={verdict}({score:.4})"));
                 }
-                linger(incoming);
+                // Dropped: a body not read to its end is drained
+                // (body::Lingering), so the client reads the answer.
                 return Err(e);
             }
         };
@@ -826,7 +828,7 @@ async fn proxy(
 
 /// What the filters know of a request.
 fn filter_request_info(
-    req: &Request<Incoming>,
+    req: &Request<Lingering>,
     route: &crate::snapshot::Route,
     conn: &ConnInfo,
 ) -> crate::filter::RequestInfo {
@@ -853,7 +855,7 @@ fn canary_backend<'r>(
     c: &crate::canary::CanaryState,
     listener: &ListenerSpec,
     conn: &ConnInfo,
-    req: &Request<Incoming>,
+    req: &Request<Lingering>,
     forced: Option<&HeaderValue>,
 ) -> Option<&'r crate::snapshot::Backend> {
     use crate::canary::Sticky;
@@ -951,7 +953,7 @@ fn rate_limit(
     listener: &ListenerSpec,
     conn: &ConnInfo,
     route: &crate::snapshot::Route,
-    req: &Request<Incoming>,
+    req: &Request<Lingering>,
     now: u64,
 ) -> Result<Option<[(HeaderName, HeaderValue); 2]>, ProxyError> {
     let listener_limits = snap
@@ -1027,7 +1029,7 @@ fn descriptor_key(
     limit: &crate::snapshot::Limit,
     conn: &ConnInfo,
     route: &crate::snapshot::Route,
-    req: &Request<Incoming>,
+    req: &Request<Lingering>,
     client_ip: &[u8],
 ) -> Option<u64> {
     let parts = &limit.limiter.spec.key;
@@ -1243,7 +1245,7 @@ fn remove_sift_headers(h: &mut HeaderMap) {
     }
 }
 
-fn check_head_size(req: &Request<Incoming>, l: &ListenerSpec) -> Result<(), ProxyError> {
+fn check_head_size(req: &Request<Lingering>, l: &ListenerSpec) -> Result<(), ProxyError> {
     let too_large = ProxyError::HeadersTooLarge {
         limit: l.limits.max_header_bytes.0,
         max_headers: l.limits.max_headers,
@@ -1265,7 +1267,7 @@ fn check_head_size(req: &Request<Incoming>, l: &ListenerSpec) -> Result<(), Prox
 
 /// Lower-cased host without port, from the URI authority (HTTP/2,
 /// absolute-form) or the Host header. HTTP/1.1 without Host is malformed.
-fn request_host(req: &Request<Incoming>) -> Result<std::borrow::Cow<'_, str>, ProxyError> {
+fn request_host(req: &Request<Lingering>) -> Result<std::borrow::Cow<'_, str>, ProxyError> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let header_host = hosts.next();
     if hosts.next().is_some() {
@@ -1348,7 +1350,7 @@ fn content_length(h: &HeaderMap) -> Result<Option<u64>, ProxyError> {
 }
 
 /// `Some(protocol)` for an HTTP/1.1 upgrade request (e.g. WebSocket).
-fn upgrade_protocol(req: &Request<Incoming>) -> Option<HeaderValue> {
+fn upgrade_protocol(req: &Request<Lingering>) -> Option<HeaderValue> {
     if req.version() != Version::HTTP_11 {
         return None;
     }
@@ -1505,27 +1507,6 @@ fn forwarded_headers(
             h.insert(X_FORWARDED_HOST.clone(), v);
         }
     }
-}
-
-/// Read and discard what is left of a request body that sift answered
-/// early (a filter blocked on a prefix, a spool write failed), as nginx's
-/// lingering close does: the client, still sending, then reads the answer
-/// instead of a connection reset. Bounded: at most 30 s in all and 5 s
-/// without a frame; the bytes are dropped as they come.
-fn linger(mut body: Incoming) {
-    if body.is_end_stream() {
-        return;
-    }
-    tokio::spawn(async move {
-        let until = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-        loop {
-            let next = tokio::time::timeout(std::time::Duration::from_secs(5), body.frame());
-            match tokio::time::timeout_at(until, next).await {
-                Ok(Ok(Some(Ok(_)))) => {}
-                _ => return,
-            }
-        }
-    });
 }
 
 #[cfg(test)]

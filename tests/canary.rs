@@ -376,10 +376,14 @@ async fn rollout_rolls_back_a_canary_with_2_percent_5xx() {
         "{reason}"
     );
     assert_eq!(v["weights"]["canary"], 0);
+    // The state is visible before the log line has crossed the pipe.
     assert!(
-        sift.log_lines()
-            .iter()
-            .any(|l| l.contains("analysis failed, rolled back")),
+        eventually(Duration::from_secs(3), || async {
+            sift.log_lines()
+                .iter()
+                .any(|l| l.contains("analysis failed, rolled back"))
+        })
+        .await,
         "the rollback is logged with its reason"
     );
     for _ in 0..10 {

@@ -723,3 +723,71 @@ async fn upstream_pool_reuses_recovers_and_expires() {
         assert_eq!(conns.load(SeqCst), 1);
     }
 }
+
+/// Answers given before the request body was read (404 no route, 413 over
+/// the route limit, 502 refused) reach a client that is still sending a
+/// 20 MB upload: sift drains the rest (lingering close) instead of
+/// closing on unread data, which the client would see as a reset. The
+/// connection then serves the next request.
+#[tokio::test(flavor = "multi_thread")]
+async fn early_answers_reach_a_client_still_uploading() {
+    let up = Upstream::echo("app").await;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let cfg = format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners:
+  - name: main
+    address: "127.0.0.1:0"
+routes:
+  - {{ name: refused, match: {{ path: {{ prefix: /refused }} }}, cluster: refused }}
+  - name: small
+    match: {{ path: {{ prefix: /small }} }}
+    cluster: app
+    max_request_body: 64KiB
+clusters:
+  - {{ name: app, endpoints: ["{}"] }}
+  - {{ name: refused, endpoints: ["{closed}"], connect_timeout: 500ms }}
+"#,
+        up.addr
+    );
+    let sift = Sift::start(&cfg);
+    let client = http1_client();
+    for (path, status, kind) in [
+        ("/nowhere", 404, "no-route"),
+        ("/small", 413, "body-too-large"),
+        ("/refused", 502, "upstream-connect-failure"),
+    ] {
+        for _ in 0..3 {
+            let (tx, upload) = channel_body(4);
+            tokio::spawn(async move {
+                let chunk = Bytes::from(vec![b'z'; 64 * 1024]);
+                for _ in 0..320 {
+                    if tx.send(chunk.clone()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            let r = client
+                .request(Request::post(sift.url(path)).body(upload).unwrap())
+                .await
+                .unwrap_or_else(|e| panic!("{path}: {e:?} instead of {status}"));
+            assert_eq!(r.status(), status, "{path}");
+            assert_eq!(r.headers()["x-sift-error"], kind, "{path}");
+            let _ = r.into_body().collect().await;
+        }
+    }
+    // The same client (pooled connections) still works.
+    let r = client
+        .request(
+            Request::post(sift.url("/small"))
+                .body(full(&b"fine"[..]))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
