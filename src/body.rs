@@ -195,6 +195,21 @@ where
     }
 }
 
+/// The size hint of `len` known bytes followed by a body with hint `rest`.
+pub fn hint_after(len: u64, rest: Option<SizeHint>) -> SizeHint {
+    match rest {
+        Some(h) => {
+            let mut s = SizeHint::new();
+            s.set_lower(h.lower() + len);
+            if let Some(u) = h.upper() {
+                s.set_upper(u + len);
+            }
+            s
+        }
+        None => SizeHint::with_exact(len),
+    }
+}
+
 /// Called once when a response body is done: `(bytes sent, completed)`;
 /// `completed` is false when the body failed or was dropped early.
 pub trait OnDone: Send + 'static {

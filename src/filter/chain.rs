@@ -931,17 +931,6 @@ where
 
     fn size_hint(&self) -> SizeHint {
         let head = self.head.as_ref().map_or(0, |h| h.len() as u64);
-        match &self.rest {
-            Some(r) => {
-                let h = r.size_hint();
-                let mut s = SizeHint::new();
-                s.set_lower(h.lower() + head);
-                if let Some(u) = h.upper() {
-                    s.set_upper(u + head);
-                }
-                s
-            }
-            None => SizeHint::with_exact(head),
-        }
+        crate::body::hint_after(head, self.rest.as_ref().map(|r| r.size_hint()))
     }
 }

@@ -228,18 +228,7 @@ where
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.rest {
-            Some(r) => {
-                let h = r.size_hint();
-                let mut s = SizeHint::new();
-                s.set_lower(h.lower() + self.len);
-                if let Some(u) = h.upper() {
-                    s.set_upper(u + self.len);
-                }
-                s
-            }
-            None => SizeHint::with_exact(self.len),
-        }
+        crate::body::hint_after(self.len, self.rest.as_ref().map(|r| r.size_hint()))
     }
 }
 
