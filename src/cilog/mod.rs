@@ -61,6 +61,12 @@ pub const KEEP: usize = 1024;
 pub const TOP_N: usize = 3;
 /// Candidates (best by content + position) the evidence re-ranker orders.
 pub const RERANK_K: usize = 8;
+/// Candidate lines (best by content + position, before re-ranking) whose
+/// own class probabilities are averaged (weighted by their score shares)
+/// into the decision, and the weight of that average against the pooled
+/// features of the [`TOP_N`] best lines (see the model card, 5th revision).
+pub const PER_LINE_K: usize = 8;
+pub const PER_LINE_MIX: f32 = 0.5;
 /// Features of the evidence re-ranker (see [`rerank_features`]).
 pub const RERANK_F: usize = 28;
 /// Lines at the end checked by the rules.
@@ -381,6 +387,10 @@ pub struct Scanned {
     pub region_features: Vec<(u32, f32)>,
     /// The re-ranker's candidates before re-ranking, best first.
     pub cands: Vec<RerankCand>,
+    /// The best [`PER_LINE_K`] lines before re-ranking, best first: each
+    /// line's share of their softmaxed scores and its own class features
+    /// (the line, its context and command, and `region_features`).
+    pub per_line: Vec<(f32, Vec<(u32, f32)>)>,
     /// A rule hit: the rule, and the line (with context) it fired on.
     pub rule: Option<(rules::RuleHit, Picked)>,
 }
@@ -672,7 +682,7 @@ impl State {
             .collect();
         // The class decision reads the lines in their order before
         // re-ranking (measured: re-ranked lines lowered the accuracy).
-        let orig: Vec<(f32, Src)> = all.iter().take(TOP_N).copied().collect();
+        let orig: Vec<(f32, Src)> = all.iter().take(TOP_N.max(PER_LINE_K)).copied().collect();
         if p.rerank_w.iter().any(|&w| w != 0.0) {
             let mut f = [0f32; RERANK_F];
             for (i, e) in all.iter_mut().enumerate().take(rcands.len()) {
@@ -737,10 +747,30 @@ impl State {
             region_features_of_sigs(p, region, fail_cmd.map(|k| k.text.as_slice()))
         };
         let class_features = {
-            let t: Vec<Picked> = orig.iter().map(|&(s, src)| pick(s, src)).collect();
+            let t: Vec<Picked> = orig
+                .iter()
+                .take(TOP_N)
+                .map(|&(s, src)| pick(s, src))
+                .collect();
             let mut f = class_features(p, &t);
             f.extend_from_slice(&region_features);
             f
+        };
+        // Each of the best lines on its own (the decision averages their
+        // class probabilities with the pooled ones).
+        let per_line = {
+            let c = &orig[..orig.len().min(PER_LINE_K)];
+            let m = c.iter().fold(f32::NEG_INFINITY, |m, t| m.max(t.0));
+            let ws: Vec<f32> = c.iter().map(|t| (t.0 - m).exp()).collect();
+            let z: f32 = ws.iter().sum();
+            c.iter()
+                .zip(ws)
+                .map(|(&(sc, src), w)| {
+                    let mut f = self::class_features(p, &[pick(sc, src)]);
+                    f.extend_from_slice(&region_features);
+                    (w / z, f)
+                })
+                .collect()
         };
         // Rules: around the best line, then the last lines.
         let mut scratch = Vec::new();
@@ -804,6 +834,7 @@ impl State {
             class_features,
             region_features,
             cands: rcands,
+            per_line,
             rule,
         }
     }
@@ -1053,6 +1084,26 @@ fn region_features_of_sigs<'a>(
         .collect()
 }
 
+/// Class probabilities of a finished scan: those of the pooled features of
+/// the best lines, averaged ([`PER_LINE_MIX`]) with the share-weighted mean
+/// of each candidate line's own probabilities.
+pub fn scanned_probs(p: &Params, s: &Scanned) -> [f32; N_CLASSES] {
+    let mut probs = class_probs(p, &s.class_features);
+    if s.per_line.is_empty() {
+        return probs;
+    }
+    let mut acc = [0f32; N_CLASSES];
+    for (w, f) in &s.per_line {
+        for (a, q) in acc.iter_mut().zip(class_probs(p, f)) {
+            *a += w * q;
+        }
+    }
+    for (x, a) in probs.iter_mut().zip(acc) {
+        *x = (1.0 - PER_LINE_MIX) * *x + PER_LINE_MIX * a;
+    }
+    probs
+}
+
 /// Class probabilities from class features.
 pub fn class_probs(p: &Params, feats: &[(u32, f32)]) -> [f32; N_CLASSES] {
     let mut z = p.class_b;
@@ -1087,7 +1138,7 @@ pub fn decide(p: &Params, s: Scanned) -> Verdict {
     let Some(best) = s.top.first() else {
         return Verdict::empty();
     };
-    let probs = class_probs(p, &s.class_features);
+    let probs = scanned_probs(p, &s);
     let (ci, conf) =
         probs
             .iter()
