@@ -62,11 +62,9 @@ pub const TOP_N: usize = 3;
 /// Candidates (best by content + position) the evidence re-ranker orders.
 pub const RERANK_K: usize = 8;
 /// Candidate lines (best by content + position, before re-ranking) whose
-/// own class probabilities are averaged (weighted by their score shares)
-/// into the decision, and the weight of that average against the pooled
-/// features of the [`TOP_N`] best lines (see the model card, 5th revision).
+/// own class probabilities make the decision: per class, the most any of
+/// them gives it (see [`scanned_probs`] and the model card, 5th revision).
 pub const PER_LINE_K: usize = 8;
-pub const PER_LINE_MIX: f32 = 0.5;
 /// Features of the evidence re-ranker (see [`rerank_features`]).
 pub const RERANK_F: usize = 28;
 /// Lines at the end checked by the rules.
@@ -388,9 +386,9 @@ pub struct Scanned {
     /// The re-ranker's candidates before re-ranking, best first.
     pub cands: Vec<RerankCand>,
     /// The best [`PER_LINE_K`] lines before re-ranking, best first: each
-    /// line's share of their softmaxed scores and its own class features
-    /// (the line, its context and command, and `region_features`).
-    pub per_line: Vec<(f32, Vec<(u32, f32)>)>,
+    /// line's own class features (the line, its context and command, and
+    /// `region_features`).
+    pub per_line: Vec<Vec<(u32, f32)>>,
     /// A rule hit: the rule, and the line (with context) it fired on.
     pub rule: Option<(rules::RuleHit, Picked)>,
 }
@@ -756,22 +754,17 @@ impl State {
             f.extend_from_slice(&region_features);
             f
         };
-        // Each of the best lines on its own (the decision averages their
-        // class probabilities with the pooled ones).
-        let per_line = {
-            let c = &orig[..orig.len().min(PER_LINE_K)];
-            let m = c.iter().fold(f32::NEG_INFINITY, |m, t| m.max(t.0));
-            let ws: Vec<f32> = c.iter().map(|t| (t.0 - m).exp()).collect();
-            let z: f32 = ws.iter().sum();
-            c.iter()
-                .zip(ws)
-                .map(|(&(sc, src), w)| {
-                    let mut f = self::class_features(p, &[pick(sc, src)]);
-                    f.extend_from_slice(&region_features);
-                    (w / z, f)
-                })
-                .collect()
-        };
+        // Each of the best lines on its own (the decision takes, per class,
+        // the most any of them gives it).
+        let per_line = orig
+            .iter()
+            .take(PER_LINE_K)
+            .map(|&(sc, src)| {
+                let mut f = self::class_features(p, &[pick(sc, src)]);
+                f.extend_from_slice(&region_features);
+                f
+            })
+            .collect();
         // Rules: around the best line, then the last lines.
         let mut scratch = Vec::new();
         let mut rule = None;
@@ -1084,22 +1077,28 @@ fn region_features_of_sigs<'a>(
         .collect()
 }
 
-/// Class probabilities of a finished scan: those of the pooled features of
-/// the best lines, averaged ([`PER_LINE_MIX`]) with the share-weighted mean
-/// of each candidate line's own probabilities.
+/// Class probabilities of a finished scan: each of the best
+/// [`PER_LINE_K`] lines is scored on its own (its class features and the
+/// failing step's), each class gets the highest probability any line gives
+/// it, renormalised. A class that one candidate line names clearly is not
+/// outvoted by the pooled words of the others (measured: better than the
+/// pooled features of the [`TOP_N`] best lines and than their mean; see
+/// the model card). Without candidates, the pooled features decide.
 pub fn scanned_probs(p: &Params, s: &Scanned) -> [f32; N_CLASSES] {
-    let mut probs = class_probs(p, &s.class_features);
     if s.per_line.is_empty() {
-        return probs;
+        return class_probs(p, &s.class_features);
     }
-    let mut acc = [0f32; N_CLASSES];
-    for (w, f) in &s.per_line {
-        for (a, q) in acc.iter_mut().zip(class_probs(p, f)) {
-            *a += w * q;
+    let mut probs = [0f32; N_CLASSES];
+    for f in &s.per_line {
+        for (a, q) in probs.iter_mut().zip(class_probs(p, f)) {
+            *a = a.max(q);
         }
     }
-    for (x, a) in probs.iter_mut().zip(acc) {
-        *x = (1.0 - PER_LINE_MIX) * *x + PER_LINE_MIX * a;
+    let z: f32 = probs.iter().sum();
+    if z > 0.0 {
+        for a in probs.iter_mut() {
+            *a /= z;
+        }
     }
     probs
 }
