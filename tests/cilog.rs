@@ -501,9 +501,9 @@ fn grouped_cv(folds: usize) -> train::Report {
 }
 
 /// Regression guard just below the measured level (grouped 5-fold CV by
-/// repository, seed 42: accuracy 0.620, macro-F1 0.437, evidence 57.7 % when
-/// written, 2026-12-04, with the failure-signature features; seeds 1 and 7
-/// are in filters/cilog/README.md).
+/// repository, seed 42: accuracy 0.659, macro-F1 0.501, evidence 57.7 % when
+/// written, 2026-12-04, 5th revision: per-class max over the best lines;
+/// seeds 1 and 7 are in filters/cilog/README.md).
 #[test]
 fn grouped_cv_quality_guard() {
     let rep = grouped_cv(5);
@@ -514,8 +514,8 @@ fn grouped_cv_quality_guard() {
         rep.evidence_share()
     );
     assert_eq!(rep.n, 637);
-    assert!(rep.accuracy() >= 0.61, "accuracy {:.3}", rep.accuracy());
-    assert!(rep.macro_f1(5) >= 0.43, "macro-F1 {:.3}", rep.macro_f1(5));
+    assert!(rep.accuracy() >= 0.65, "accuracy {:.3}", rep.accuracy());
+    assert!(rep.macro_f1(5) >= 0.49, "macro-F1 {:.3}", rep.macro_f1(5));
     assert!(
         rep.evidence_share() >= 0.57,
         "evidence {:.3}",
@@ -523,11 +523,11 @@ fn grouped_cv_quality_guard() {
     );
 }
 
-/// The issue's quality bar. Not reached yet: grouped-CV accuracy is 0.62,
-/// macro-F1 0.44, evidence 58 % (seed 42; see filters/cilog/README.md); run
+/// The issue's quality bar. Not reached yet: grouped-CV accuracy is 0.66,
+/// macro-F1 0.50, evidence 58 % (seed 42; see filters/cilog/README.md); run
 /// with `--ignored` to check.
 #[test]
-#[ignore = "issue 7 targets (accuracy >= 0.85, macro-F1 >= 0.75, evidence >= 80 %) not reached: measured 0.62 / 0.44 / 58 %"]
+#[ignore = "issue 7 targets (accuracy >= 0.85, macro-F1 >= 0.75, evidence >= 80 %) not reached: measured 0.66 / 0.50 / 58 %"]
 fn grouped_cv_reaches_target() {
     let rep = grouped_cv(5);
     assert!(rep.accuracy() >= 0.85, "accuracy {:.3}", rep.accuracy());

@@ -61,6 +61,10 @@ pub const KEEP: usize = 1024;
 pub const TOP_N: usize = 3;
 /// Candidates (best by content + position) the evidence re-ranker orders.
 pub const RERANK_K: usize = 8;
+/// Candidate lines (best by content + position, before re-ranking) whose
+/// own class probabilities make the decision: per class, the most any of
+/// them gives it (see [`scanned_probs`] and the model card, 5th revision).
+pub const PER_LINE_K: usize = 8;
 /// Features of the evidence re-ranker (see [`rerank_features`]).
 pub const RERANK_F: usize = 28;
 /// Lines at the end checked by the rules.
@@ -381,6 +385,10 @@ pub struct Scanned {
     pub region_features: Vec<(u32, f32)>,
     /// The re-ranker's candidates before re-ranking, best first.
     pub cands: Vec<RerankCand>,
+    /// The best [`PER_LINE_K`] lines before re-ranking, best first: each
+    /// line's own class features (the line, its context and command, and
+    /// `region_features`).
+    pub per_line: Vec<Vec<(u32, f32)>>,
     /// A rule hit: the rule, and the line (with context) it fired on.
     pub rule: Option<(rules::RuleHit, Picked)>,
 }
@@ -672,7 +680,7 @@ impl State {
             .collect();
         // The class decision reads the lines in their order before
         // re-ranking (measured: re-ranked lines lowered the accuracy).
-        let orig: Vec<(f32, Src)> = all.iter().take(TOP_N).copied().collect();
+        let orig: Vec<(f32, Src)> = all.iter().take(TOP_N.max(PER_LINE_K)).copied().collect();
         if p.rerank_w.iter().any(|&w| w != 0.0) {
             let mut f = [0f32; RERANK_F];
             for (i, e) in all.iter_mut().enumerate().take(rcands.len()) {
@@ -737,11 +745,26 @@ impl State {
             region_features_of_sigs(p, region, fail_cmd.map(|k| k.text.as_slice()))
         };
         let class_features = {
-            let t: Vec<Picked> = orig.iter().map(|&(s, src)| pick(s, src)).collect();
+            let t: Vec<Picked> = orig
+                .iter()
+                .take(TOP_N)
+                .map(|&(s, src)| pick(s, src))
+                .collect();
             let mut f = class_features(p, &t);
             f.extend_from_slice(&region_features);
             f
         };
+        // Each of the best lines on its own (the decision takes, per class,
+        // the most any of them gives it).
+        let per_line = orig
+            .iter()
+            .take(PER_LINE_K)
+            .map(|&(sc, src)| {
+                let mut f = self::class_features(p, &[pick(sc, src)]);
+                f.extend_from_slice(&region_features);
+                f
+            })
+            .collect();
         // Rules: around the best line, then the last lines.
         let mut scratch = Vec::new();
         let mut rule = None;
@@ -804,6 +827,7 @@ impl State {
             class_features,
             region_features,
             cands: rcands,
+            per_line,
             rule,
         }
     }
@@ -1053,6 +1077,32 @@ fn region_features_of_sigs<'a>(
         .collect()
 }
 
+/// Class probabilities of a finished scan: each of the best
+/// [`PER_LINE_K`] lines is scored on its own (its class features and the
+/// failing step's), each class gets the highest probability any line gives
+/// it, renormalised. A class that one candidate line names clearly is not
+/// outvoted by the pooled words of the others (measured: better than the
+/// pooled features of the [`TOP_N`] best lines and than their mean; see
+/// the model card). Without candidates, the pooled features decide.
+pub fn scanned_probs(p: &Params, s: &Scanned) -> [f32; N_CLASSES] {
+    if s.per_line.is_empty() {
+        return class_probs(p, &s.class_features);
+    }
+    let mut probs = [0f32; N_CLASSES];
+    for f in &s.per_line {
+        for (a, q) in probs.iter_mut().zip(class_probs(p, f)) {
+            *a = a.max(q);
+        }
+    }
+    let z: f32 = probs.iter().sum();
+    if z > 0.0 {
+        for a in probs.iter_mut() {
+            *a /= z;
+        }
+    }
+    probs
+}
+
 /// Class probabilities from class features.
 pub fn class_probs(p: &Params, feats: &[(u32, f32)]) -> [f32; N_CLASSES] {
     let mut z = p.class_b;
@@ -1087,7 +1137,7 @@ pub fn decide(p: &Params, s: Scanned) -> Verdict {
     let Some(best) = s.top.first() else {
         return Verdict::empty();
     };
-    let probs = class_probs(p, &s.class_features);
+    let probs = scanned_probs(p, &s);
     let (ci, conf) =
         probs
             .iter()

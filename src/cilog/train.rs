@@ -823,7 +823,7 @@ pub fn probs_of(m: &CilogModel, log: &[u8]) -> [f32; N_CLASSES] {
     let mut s = m.scanner();
     s.feed(log);
     let sc = s.finish_scan();
-    class_probs(m.params(), &sc.class_features)
+    super::scanned_probs(m.params(), &sc)
 }
 
 #[cfg(test)]
