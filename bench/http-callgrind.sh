@@ -9,6 +9,8 @@
 #   env: N (2200) N0 (200) BODY (a file to POST; default: GET)
 #        ROUTE_EXTRA (YAML appended to the route, e.g. a filter list)
 #        FILTERS (YAML of a top-level filters: list)
+#        KEEP (a directory: the callgrind dumps are copied there, named
+#        after the binary and the request count, for callgrind_annotate)
 #
 # Several binaries are measured in turn on the same workload, for a
 # before/after comparison. Everything runs on 127.0.0.1 and stops by itself.
@@ -51,6 +53,7 @@ count() { # sift binary, requests -> instructions
     curl -sf -o /dev/null "http://127.0.0.1:$p/r[1-$n]"
   fi
   kill -TERM "$vp"; wait "$vp" || true
+  [ -z "${KEEP:-}" ] || cp "$out" "$KEEP/$(basename "$bin").$n.cg"
   awk '/^summary:|^totals:/ {print $2; exit}' "$out"
 }
 
