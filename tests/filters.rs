@@ -775,6 +775,27 @@ async fn bad_model_or_filter_config_is_a_clear_error() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no filter is named \"nope\""), "{err}");
+
+    // A spool directory that does not exist.
+    let yaml = config(
+        up,
+        "    on_oversize: spool\n    spool_dir: /nonexistent/sift-spool",
+        "      - { filter: spam }",
+        "",
+    );
+    std::fs::write(&cfg, &yaml).unwrap();
+    let out = std::process::Command::new(sift_bin())
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("filters[0].spool_dir")
+            && err.contains("/nonexistent/sift-spool is not a directory"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
