@@ -501,9 +501,9 @@ fn grouped_cv(folds: usize) -> train::Report {
 }
 
 /// Regression guard just below the measured level (grouped 5-fold CV by
-/// repository, seed 42: accuracy 0.659, macro-F1 0.501, evidence 57.7 % when
-/// written, 2026-12-04, 5th revision: per-class max over the best lines;
-/// seeds 1 and 7 are in filters/cilog/README.md).
+/// repository, seed 42: accuracy 0.659, macro-F1 0.501, evidence 60.9 % when
+/// written, 2026-12-04, 6th revision: evidence penalised by the line's
+/// class entropy; seeds 1 and 7 are in filters/cilog/README.md).
 #[test]
 fn grouped_cv_quality_guard() {
     let rep = grouped_cv(5);
@@ -517,7 +517,7 @@ fn grouped_cv_quality_guard() {
     assert!(rep.accuracy() >= 0.65, "accuracy {:.3}", rep.accuracy());
     assert!(rep.macro_f1(5) >= 0.49, "macro-F1 {:.3}", rep.macro_f1(5));
     assert!(
-        rep.evidence_share() >= 0.57,
+        rep.evidence_share() >= 0.60,
         "evidence {:.3}",
         rep.evidence_share()
     );
