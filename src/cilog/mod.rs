@@ -71,6 +71,10 @@ pub const RERANK_F: usize = 28;
 /// when choosing the evidence (see [`decide`]; 3, 4, 5, 8 measured, see
 /// the model card).
 pub const EV_ENTROPY: f32 = 5.0;
+/// Weight of the evidence line's own class distribution in the decision,
+/// against the per-class maximum over the candidate lines (0.2, 0.3, 0.4,
+/// 0.6 measured, see the model card).
+pub const EV_MIX: f32 = 0.3;
 /// Lines at the end checked by the rules.
 pub const RULE_TAIL: usize = 30;
 
@@ -1103,13 +1107,42 @@ fn region_features_of_sigs<'a>(
 /// it, renormalised. A class that one candidate line names clearly is not
 /// outvoted by the pooled words of the others (measured: better than the
 /// pooled features of the [`TOP_N`] best lines and than their mean; see
-/// the model card). Without candidates, the pooled features decide.
+/// the model card); the evidence line's own distribution is mixed in
+/// (6th revision, [`decision`]). Without candidates, the pooled features
+/// decide.
 pub fn scanned_probs(p: &Params, s: &Scanned) -> [f32; N_CLASSES] {
-    if s.per_line.is_empty() {
-        return class_probs(p, &s.class_features);
+    decision(p, s).0
+}
+
+/// Class probabilities and the evidence line (an index into
+/// `s.per_line_picks`) of a finished scan. Per class, the most any of the
+/// candidate lines gives it; the evidence is the candidate with the best
+/// re-ranked score minus [`EV_ENTROPY`] × the entropy of its own class
+/// distribution (a line that names its failure kind clearly is more often
+/// the human-chosen one), and its own distribution weighs [`EV_MIX`] in
+/// the probabilities (see the model card, 6th revision).
+fn decision(p: &Params, s: &Scanned) -> ([f32; N_CLASSES], Option<usize>) {
+    let line_probs: Vec<[f32; N_CLASSES]> = s.per_line.iter().map(|f| class_probs(p, f)).collect();
+    if line_probs.is_empty() {
+        return (class_probs(p, &s.class_features), None);
     }
-    let lp: Vec<[f32; N_CLASSES]> = s.per_line.iter().map(|f| class_probs(p, f)).collect();
-    max_probs(&lp)
+    let mut probs = max_probs(&line_probs);
+    let mut ev_line: Option<usize> = None;
+    let mut bv = f32::NEG_INFINITY;
+    for (j, (q, t)) in line_probs.iter().zip(&s.per_line_picks).enumerate() {
+        let v = t.score - EV_ENTROPY * entropy(q);
+        let earlier = ev_line.is_some_and(|k| t.no < s.per_line_picks[k].no);
+        if v > bv || (v == bv && earlier) {
+            bv = v;
+            ev_line = Some(j);
+        }
+    }
+    if let Some(j) = ev_line {
+        for (x, &y) in probs.iter_mut().zip(&line_probs[j]) {
+            *x = (1.0 - EV_MIX) * *x + EV_MIX * y;
+        }
+    }
+    (probs, ev_line)
 }
 
 /// Per class, the highest probability any line gives it, renormalised.
@@ -1171,12 +1204,8 @@ pub fn decide(p: &Params, s: Scanned) -> Verdict {
     let Some(best) = s.top.first() else {
         return Verdict::empty();
     };
-    let line_probs: Vec<[f32; N_CLASSES]> = s.per_line.iter().map(|f| class_probs(p, f)).collect();
-    let probs = if line_probs.is_empty() {
-        class_probs(p, &s.class_features)
-    } else {
-        max_probs(&line_probs)
-    };
+    // The rules below still read `s.top` (the re-ranked lines).
+    let (probs, ev_line) = decision(p, &s);
     let (ci, conf) =
         probs
             .iter()
@@ -1187,19 +1216,8 @@ pub fn decide(p: &Params, s: Scanned) -> Verdict {
     let mut class = Class::ALL[ci];
     let mut conf = conf;
     let mut ev = best;
-    // Evidence: among the same lines, the re-ranked score minus the
-    // entropy of the line's own class distribution (a line that names its
-    // failure kind clearly is more often the human-chosen one; see the
-    // model card, 6th revision). The rules below still read `s.top`.
-    {
-        let mut bv = f32::NEG_INFINITY;
-        for (q, t) in line_probs.iter().zip(&s.per_line_picks) {
-            let v = t.score - EV_ENTROPY * entropy(q);
-            if v > bv || (v == bv && t.no < ev.no) {
-                bv = v;
-                ev = t;
-            }
-        }
+    if let Some(j) = ev_line {
+        ev = &s.per_line_picks[j];
     }
     // A test or command killed for time in a chosen line: timeout (the
     // labelling precedence; 23 examples from 6 repositories do not teach
