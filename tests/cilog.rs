@@ -501,9 +501,10 @@ fn grouped_cv(folds: usize) -> train::Report {
 }
 
 /// Regression guard just below the measured level (grouped 5-fold CV by
-/// repository, seed 42: accuracy 0.659, macro-F1 0.501, evidence 57.7 % when
-/// written, 2026-12-04, 5th revision: per-class max over the best lines;
-/// seeds 1 and 7 are in filters/cilog/README.md).
+/// repository, seed 42: accuracy 0.667, macro-F1 0.510, evidence 60.9 % when
+/// written, 2026-12-04, 6th revision: evidence penalised by the line's
+/// class entropy, its distribution mixed into the decision; seeds 1 and 7
+/// are in filters/cilog/README.md).
 #[test]
 fn grouped_cv_quality_guard() {
     let rep = grouped_cv(5);
@@ -514,10 +515,10 @@ fn grouped_cv_quality_guard() {
         rep.evidence_share()
     );
     assert_eq!(rep.n, 637);
-    assert!(rep.accuracy() >= 0.65, "accuracy {:.3}", rep.accuracy());
-    assert!(rep.macro_f1(5) >= 0.49, "macro-F1 {:.3}", rep.macro_f1(5));
+    assert!(rep.accuracy() >= 0.66, "accuracy {:.3}", rep.accuracy());
+    assert!(rep.macro_f1(5) >= 0.50, "macro-F1 {:.3}", rep.macro_f1(5));
     assert!(
-        rep.evidence_share() >= 0.57,
+        rep.evidence_share() >= 0.60,
         "evidence {:.3}",
         rep.evidence_share()
     );

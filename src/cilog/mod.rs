@@ -67,6 +67,14 @@ pub const RERANK_K: usize = 8;
 pub const PER_LINE_K: usize = 8;
 /// Features of the evidence re-ranker (see [`rerank_features`]).
 pub const RERANK_F: usize = 28;
+/// Weight of a candidate line's class entropy against its re-ranked score
+/// when choosing the evidence (see [`decide`]; 3, 4, 5, 8 measured, see
+/// the model card).
+pub const EV_ENTROPY: f32 = 5.0;
+/// Weight of the evidence line's own class distribution in the decision,
+/// against the per-class maximum over the candidate lines (0.2, 0.3, 0.4,
+/// 0.6 measured, see the model card).
+pub const EV_MIX: f32 = 0.3;
 /// Lines at the end checked by the rules.
 pub const RULE_TAIL: usize = 30;
 
@@ -389,6 +397,9 @@ pub struct Scanned {
     /// line's own class features (the line, its context and command, and
     /// `region_features`).
     pub per_line: Vec<Vec<(u32, f32)>>,
+    /// The lines of `per_line`, in the same order, with their score after
+    /// re-ranking (the evidence order) in `score`.
+    pub per_line_picks: Vec<Picked>,
     /// A rule hit: the rule, and the line (with context) it fired on.
     pub rule: Option<(rules::RuleHit, Picked)>,
 }
@@ -765,6 +776,18 @@ impl State {
                 f
             })
             .collect();
+        let per_line_picks = orig
+            .iter()
+            .take(PER_LINE_K)
+            .map(|&(sc, src)| {
+                let no = src.no(&tail, &self.cands);
+                let rs = all
+                    .iter()
+                    .find(|e| e.1.no(&tail, &self.cands) == no)
+                    .map_or(sc, |e| e.0);
+                pick(rs, src)
+            })
+            .collect();
         // Rules: around the best line, then the last lines.
         let mut scratch = Vec::new();
         let mut rule = None;
@@ -828,6 +851,7 @@ impl State {
             region_features,
             cands: rcands,
             per_line,
+            per_line_picks,
             rule,
         }
     }
@@ -1083,15 +1107,50 @@ fn region_features_of_sigs<'a>(
 /// it, renormalised. A class that one candidate line names clearly is not
 /// outvoted by the pooled words of the others (measured: better than the
 /// pooled features of the [`TOP_N`] best lines and than their mean; see
-/// the model card). Without candidates, the pooled features decide.
+/// the model card); the evidence line's own distribution is mixed in
+/// (6th revision, [`decision`]). Without candidates, the pooled features
+/// decide.
 pub fn scanned_probs(p: &Params, s: &Scanned) -> [f32; N_CLASSES] {
-    if s.per_line.is_empty() {
-        return class_probs(p, &s.class_features);
+    decision(p, s).0
+}
+
+/// Class probabilities and the evidence line (an index into
+/// `s.per_line_picks`) of a finished scan. Per class, the most any of the
+/// candidate lines gives it; the evidence is the candidate with the best
+/// re-ranked score minus [`EV_ENTROPY`] × the entropy of its own class
+/// distribution (a line that names its failure kind clearly is more often
+/// the human-chosen one), and its own distribution weighs [`EV_MIX`] in
+/// the probabilities (see the model card, 6th revision).
+fn decision(p: &Params, s: &Scanned) -> ([f32; N_CLASSES], Option<usize>) {
+    let line_probs: Vec<[f32; N_CLASSES]> = s.per_line.iter().map(|f| class_probs(p, f)).collect();
+    if line_probs.is_empty() {
+        return (class_probs(p, &s.class_features), None);
     }
+    let mut probs = max_probs(&line_probs);
+    let mut ev_line: Option<usize> = None;
+    let mut bv = f32::NEG_INFINITY;
+    for (j, (q, t)) in line_probs.iter().zip(&s.per_line_picks).enumerate() {
+        let v = t.score - EV_ENTROPY * entropy(q);
+        let earlier = ev_line.is_some_and(|k| t.no < s.per_line_picks[k].no);
+        if v > bv || (v == bv && earlier) {
+            bv = v;
+            ev_line = Some(j);
+        }
+    }
+    if let Some(j) = ev_line {
+        for (x, &y) in probs.iter_mut().zip(&line_probs[j]) {
+            *x = (1.0 - EV_MIX) * *x + EV_MIX * y;
+        }
+    }
+    (probs, ev_line)
+}
+
+/// Per class, the highest probability any line gives it, renormalised.
+fn max_probs(lines: &[[f32; N_CLASSES]]) -> [f32; N_CLASSES] {
     let mut probs = [0f32; N_CLASSES];
-    for f in &s.per_line {
-        for (a, q) in probs.iter_mut().zip(class_probs(p, f)) {
-            *a = a.max(q);
+    for q in lines {
+        for (a, &v) in probs.iter_mut().zip(q) {
+            *a = a.max(v);
         }
     }
     let z: f32 = probs.iter().sum();
@@ -1101,6 +1160,14 @@ pub fn scanned_probs(p: &Params, s: &Scanned) -> [f32; N_CLASSES] {
         }
     }
     probs
+}
+
+/// Entropy (nats) of a class distribution.
+fn entropy(q: &[f32; N_CLASSES]) -> f32 {
+    -q.iter()
+        .filter(|&&x| x > 0.0)
+        .map(|&x| x * x.ln())
+        .sum::<f32>()
 }
 
 /// Class probabilities from class features.
@@ -1137,7 +1204,8 @@ pub fn decide(p: &Params, s: Scanned) -> Verdict {
     let Some(best) = s.top.first() else {
         return Verdict::empty();
     };
-    let probs = scanned_probs(p, &s);
+    // The rules below still read `s.top` (the re-ranked lines).
+    let (probs, ev_line) = decision(p, &s);
     let (ci, conf) =
         probs
             .iter()
@@ -1148,6 +1216,9 @@ pub fn decide(p: &Params, s: Scanned) -> Verdict {
     let mut class = Class::ALL[ci];
     let mut conf = conf;
     let mut ev = best;
+    if let Some(j) = ev_line {
+        ev = &s.per_line_picks[j];
+    }
     // A test or command killed for time in a chosen line: timeout (the
     // labelling precedence; 23 examples from 6 repositories do not teach
     // it).
