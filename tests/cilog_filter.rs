@@ -49,15 +49,22 @@ fn cli_verdict(log: &[u8]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("one JSON line")
 }
 
-async fn mirror(name: &'static str) -> Upstream {
-    Upstream::start(move |req: Request<Incoming>| async move {
-        let mut headers = serde_json::Map::new();
-        for (k, v) in req.headers() {
-            headers.insert(
+/// A request's headers as a JSON object.
+fn headers_of(req: &Request<Incoming>) -> serde_json::Map<String, serde_json::Value> {
+    req.headers()
+        .iter()
+        .map(|(k, v)| {
+            (
                 k.as_str().to_string(),
                 String::from_utf8_lossy(v.as_bytes()).into(),
-            );
-        }
+            )
+        })
+        .collect()
+}
+
+async fn mirror(name: &'static str) -> Upstream {
+    Upstream::start(move |req: Request<Incoming>| async move {
+        let headers = headers_of(&req);
         let n = req
             .into_body()
             .collect()
@@ -297,13 +304,7 @@ async fn fifty_megabyte_log_in_bounded_memory() {
 /// an FNV-1a hash of the body (so a reordered or altered body shows).
 async fn hashing(name: &'static str) -> Upstream {
     Upstream::start(move |req: Request<Incoming>| async move {
-        let mut headers = serde_json::Map::new();
-        for (k, v) in req.headers() {
-            headers.insert(
-                k.as_str().to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into(),
-            );
-        }
+        let headers = headers_of(&req);
         let mut body = req.into_body();
         let (mut n, mut h) = (0u64, 0xcbf2_9ce4_8422_2325u64);
         while let Some(f) = body.frame().await {

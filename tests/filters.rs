@@ -746,51 +746,41 @@ async fn bad_model_or_filter_config_is_a_clear_error() {
     let junk = dir.path("junk.bin");
     std::fs::write(&junk, b"not a model").unwrap();
     let up: SocketAddr = "127.0.0.1:9".parse().unwrap();
-    let yaml = config(
-        up,
+    let cfg = dir.path("bad.yaml");
+    // `sift check` on a config with these filter and route-filter lines:
+    // its exit code and stderr.
+    let check = |filter: &str, route: &str| {
+        std::fs::write(&cfg, config(up, filter, route, "")).unwrap();
+        let out = std::process::Command::new(sift_bin())
+            .args(["check", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let (code, err) = check(
         &format!("    model: {}", junk.display()),
         "      - { filter: spam }",
-        "",
     );
-    let cfg = dir.path("bad.yaml");
-    std::fs::write(&cfg, &yaml).unwrap();
-    let out = std::process::Command::new(sift_bin())
-        .args(["check", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(code, Some(2), "{err}");
     assert!(
         err.contains("filters[0].model") && err.contains("junk.bin"),
         "{err}"
     );
 
-    let yaml = config(up, "", "      - { filter: nope, mode: block }", "");
-    std::fs::write(&cfg, &yaml).unwrap();
-    let out = std::process::Command::new(sift_bin())
-        .args(["check", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (_, err) = check("", "      - { filter: nope, mode: block }");
     assert!(err.contains("no filter is named \"nope\""), "{err}");
 
     // A spool directory that does not exist.
-    let yaml = config(
-        up,
+    let (code, err) = check(
         "    on_oversize: spool\n    spool_dir: /nonexistent/sift-spool",
         "      - { filter: spam }",
-        "",
     );
-    std::fs::write(&cfg, &yaml).unwrap();
-    let out = std::process::Command::new(sift_bin())
-        .args(["check", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(code, Some(2), "{err}");
     assert!(
         err.contains("filters[0].spool_dir")
             && err.contains("/nonexistent/sift-spool is not a directory"),
