@@ -366,15 +366,13 @@ async fn proxy(
         let spools = held_filters
             .iter()
             .any(|f| f.spec.usage.on_oversize == crate::config::file::OnOversize::Spool);
-        // The body is taken out for the filters and put back after.
-        let (parts, mut incoming) = req.into_parts();
         let r = if spools {
             Box::pin(crate::filter::chain::run_spooled(
                 pool,
                 &out.metrics.filters,
                 &route.spec.name,
                 info,
-                &mut incoming,
+                req.body_mut(),
                 &held_filters,
                 limit,
             ))
@@ -384,7 +382,7 @@ async fn proxy(
                 d
             })
         } else {
-            match Box::pin(crate::filter::chain::hold(&mut incoming, cap, limit)).await {
+            match Box::pin(crate::filter::chain::hold(req.body_mut(), cap, limit)).await {
                 Ok(h) => {
                     let r = Box::pin(crate::filter::chain::run_held(
                         pool,
@@ -416,12 +414,12 @@ async fn proxy(
                 {
                     log.filters = Some(format!("{filter}={verdict}({score:.4})"));
                 }
-                // Dropped: a body not read to its end is drained
-                // (body::Lingering), so the client reads the answer.
+                // The request is dropped with its body: a body not read
+                // to its end is drained (body::Lingering), so the client
+                // reads the answer.
                 return Err(e);
             }
         };
-        req = Request::from_parts(parts, incoming);
         body_awaited = true;
     }
     if let (Some(log), false) = (&mut out.log, decision.summary.is_empty()) {
@@ -532,8 +530,12 @@ async fn proxy(
             let left = limit.saturating_sub(h.data.len() as u64);
             let rest =
                 (!h.complete).then(|| Limited::new(incoming, left, shared_state(&mut state)));
-            Plan::Stream(Some(body::boxed(crate::filter::chain::Prefixed::new(
-                h.data, h.trailers, rest,
+            Plan::Stream(Some(body::boxed(crate::filter::spool::Spooled::new(
+                vec![h.data],
+                None,
+                Vec::new(),
+                h.trailers,
+                rest,
             ))))
         }
     } else if incoming.is_end_stream() {

@@ -422,38 +422,16 @@ fn take_file(f: &std::sync::Mutex<Option<SpoolFile>>) -> Option<SpoolFile> {
     f.lock().unwrap_or_else(|p| p.into_inner()).take()
 }
 
-/// The pool refused a spooling route's job: fail-closed filters answer
-/// 503, fail-open ones go unclassified (counted).
+/// The pool refused a spooling route's job: every filter still without an
+/// outcome gets its `on_overload` decision ([`refused`]).
 fn overloaded(
     filters: &[&RouteFilter],
     metrics: &FilterMetrics,
     out: &mut [Option<Outcome>],
 ) -> Result<(), ProxyError> {
-    for (i, rf) in filters.iter().enumerate() {
-        if out[i].is_some() {
-            continue;
-        }
-        let name = rf.filter.spec().name.as_str();
-        match rf.spec.usage.on_overload {
-            OnOverload::FailClosed => {
-                metrics
-                    .overload
-                    .with_label_values(&[name, "fail_closed"])
-                    .inc();
-                return Err(ProxyError::FilterOverloaded {
-                    filter: name.to_string(),
-                });
-            }
-            OnOverload::FailOpen => {
-                metrics
-                    .overload
-                    .with_label_values(&[name, "fail_open"])
-                    .inc();
-                out[i] = Some((
-                    Err(Unclassified::Skip(Skip::Overload)),
-                    std::time::Duration::ZERO,
-                ));
-            }
+    for (o, rf) in out.iter_mut().zip(filters) {
+        if o.is_none() {
+            *o = Some(refused(rf, metrics)?);
         }
     }
     Ok(())
@@ -494,27 +472,34 @@ async fn pool_run(
         Ok(rx) => rx
             .await
             .map_err(|_| ProxyError::Internal(format!("filter {name} failed"))),
-        Err(_) => match rf.spec.usage.on_overload {
-            OnOverload::FailOpen => {
-                metrics
-                    .overload
-                    .with_label_values(&[name, "fail_open"])
-                    .inc();
-                Ok((
-                    Err(Unclassified::Skip(Skip::Overload)),
-                    std::time::Duration::ZERO,
-                ))
-            }
-            OnOverload::FailClosed => {
-                metrics
-                    .overload
-                    .with_label_values(&[name, "fail_closed"])
-                    .inc();
-                Err(ProxyError::FilterOverloaded {
-                    filter: name.to_string(),
-                })
-            }
-        },
+        Err(_) => refused(rf, metrics),
+    }
+}
+
+/// The pool refused a filter's job: its `on_overload` decides (fail-open
+/// comes back as an overload skip, fail-closed as 503), counted.
+fn refused(rf: &RouteFilter, metrics: &FilterMetrics) -> Result<Outcome, ProxyError> {
+    let name = rf.filter.spec().name.as_str();
+    match rf.spec.usage.on_overload {
+        OnOverload::FailOpen => {
+            metrics
+                .overload
+                .with_label_values(&[name, "fail_open"])
+                .inc();
+            Ok((
+                Err(Unclassified::Skip(Skip::Overload)),
+                std::time::Duration::ZERO,
+            ))
+        }
+        OnOverload::FailClosed => {
+            metrics
+                .overload
+                .with_label_values(&[name, "fail_closed"])
+                .inc();
+            Err(ProxyError::FilterOverloaded {
+                filter: name.to_string(),
+            })
+        }
     }
 }
 
@@ -876,61 +861,5 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// Held bytes (and trailers) first, then the rest of the body.
-    pub struct Prefixed<B> {
-        head: Option<Bytes>,
-        trailers: Option<HeaderMap>,
-        #[pin]
-        rest: Option<B>,
-    }
-}
-
-impl<B> Prefixed<B> {
-    pub fn new(head: Bytes, trailers: Option<HeaderMap>, rest: Option<B>) -> Prefixed<B> {
-        Prefixed {
-            head: (!head.is_empty()).then_some(head),
-            trailers,
-            rest,
-        }
-    }
-}
-
-impl<B> HttpBody for Prefixed<B>
-where
-    B: HttpBody<Data = Bytes>,
-{
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let this = self.project();
-        if let Some(h) = this.head.take() {
-            return Poll::Ready(Some(Ok(Frame::data(h))));
-        }
-        if let Some(t) = this.trailers.take() {
-            return Poll::Ready(Some(Ok(Frame::trailers(t))));
-        }
-        match this.rest.as_pin_mut() {
-            Some(rest) => rest.poll_frame(cx),
-            None => Poll::Ready(None),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.head.is_none()
-            && self.trailers.is_none()
-            && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        let head = self.head.as_ref().map_or(0, |h| h.len() as u64);
-        crate::body::hint_after(head, self.rest.as_ref().map(|r| r.size_hint()))
     }
 }

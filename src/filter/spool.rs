@@ -134,7 +134,8 @@ impl SpoolReader {
 
 pin_project_lite::pin_project! {
     /// A held body: the in-memory head, the spool file, the bytes read
-    /// but not yet spooled, trailers, then whatever is still unread.
+    /// but not yet spooled, trailers, then whatever is still unread (also
+    /// the body of a prefix held without spooling: head, trailers, rest).
     pub struct Spooled<B> {
         head: VecDeque<Bytes>,
         file: Option<SpoolReader>,
@@ -161,7 +162,7 @@ impl<B> Spooled<B> {
             .sum::<u64>()
             + file.as_ref().map_or(0, |f| f.left);
         Spooled {
-            head: head.into(),
+            head: head.into_iter().filter(|b| !b.is_empty()).collect(),
             file,
             tail: tail.into(),
             trailers,
