@@ -634,6 +634,67 @@ Content-Transfer-Encoding: quoted-printable\n\
     );
 }
 
+/// The declared charsets' families: MIME parts and RFC 2047 words of the
+/// Subject give the `charset:*` signals; the western defaults give none.
+#[test]
+fn declared_charsets_give_family_signals() {
+    let msg = b"From: a@example.com\n\
+Subject: =?koi8-r?B?8NLJ18XU?= offer\n\
+MIME-Version: 1.0\n\
+Content-Type: multipart/mixed; boundary=b1\n\
+\n\
+--b1\n\
+Content-Type: text/plain; charset=\"GB2312\"\n\
+\n\
+\xc4\xe3\xba\xc3\n\
+--b1\n\
+Content-Type: text/plain; charset=iso-8859-1\n\
+\n\
+hello\n\
+--b1--\n";
+    let v = text::view(msg);
+    assert_eq!(v.charsets, text::CHARSET_CJK | text::CHARSET_CYRILLIC);
+    let names = |v: &TextView| {
+        let mut r = Rec(Vec::new());
+        Featurizer::new(FeatureConfig::default()).run(v, &mut r);
+        r.0.iter()
+            .filter_map(|f| match f.origin {
+                sift::classify::features::Origin::Signal(s) => Some(s.name()),
+                _ => None,
+            })
+            .filter(|n| n.starts_with("charset:"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(&v), ["charset:cjk", "charset:cyrillic"]);
+    // Western defaults and undeclared text: none.
+    for cs in ["us-ascii", "ISO-8859-1", "windows-1252", "", "latin1"] {
+        assert_eq!(text::charset_family(cs), 0, "{cs}");
+    }
+    assert!(
+        names(&text::view(
+            b"Subject: hi\nContent-Type: text/plain; charset=us-ascii\n\nhello\n"
+        ))
+        .is_empty()
+    );
+    assert_eq!(text::charset_family("Shift_JIS"), text::CHARSET_CJK);
+    assert_eq!(text::charset_family("big5"), text::CHARSET_CJK);
+    assert_eq!(text::charset_family("windows-1251"), text::CHARSET_CYRILLIC);
+    assert_eq!(text::charset_family("iso-8859-9"), text::CHARSET_OTHER);
+    assert_eq!(text::charset_family("UTF-8"), text::CHARSET_UTF8);
+    assert_eq!(text::charset_family("x-made-up"), text::CHARSET_UNKNOWN);
+    // Without the flag (models trained before it): no charset feature.
+    let old = FeatureConfig {
+        flags: FeatureConfig::default().flags & !sift::classify::features::FLAG_CHARSET,
+        ..FeatureConfig::default()
+    };
+    let mut r = Rec(Vec::new());
+    Featurizer::new(old).run(&v, &mut r);
+    assert!(!r.0.iter().any(|f| matches!(
+        f.origin,
+        sift::classify::features::Origin::Signal(sift::classify::features::Signal::Charset(_))
+    )));
+}
+
 #[test]
 fn plain_text_is_taken_as_is() {
     let v = text::view(b"Hi: are we on for 5pm?\nsee you");

@@ -68,8 +68,9 @@ pub struct Recipe {
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Feature blocks: comma-separated of word,bigram,char (3-5-grams) or
-    /// char3/char4/char5 (only those sizes),signal,fold.
-    #[arg(long, default_value = "word,bigram,char4,signal,fold")]
+    /// char3/char4/char5 (only those sizes),signal,fold,charset (with signal:
+    /// the declared charsets' families).
+    #[arg(long, default_value = "word,bigram,char4,signal,fold,charset")]
     pub features: String,
     /// Featurize at most this many bytes of each text view.
     #[arg(long, default_value_t = 32768)]
@@ -130,6 +131,7 @@ impl Recipe {
                 "char5" => features::FLAG_CHAR | features::FLAG_CHAR5,
                 "signal" => features::FLAG_SIGNAL,
                 "fold" => features::FLAG_FOLD_DIGITS,
+                "charset" => features::FLAG_CHARSET,
                 other => return Err(format!("unknown feature block {other:?}")),
             };
         }

@@ -49,6 +49,10 @@ pub const FLAG_FOLD_DIGITS: u32 = 16;
 pub const FLAG_CHAR3: u32 = 32;
 pub const FLAG_CHAR4: u32 = 64;
 pub const FLAG_CHAR5: u32 = 128;
+/// With [`FLAG_SIGNAL`]: one signal per family of the charsets the text
+/// declared (CJK, Cyrillic, other non-western, UTF-8, unknown), like
+/// SpamAssassin's "far away charset" rules; the weight is learned.
+pub const FLAG_CHARSET: u32 = 256;
 pub const ALL_FLAGS: u32 = FLAG_WORD | FLAG_BIGRAM | FLAG_CHAR | FLAG_SIGNAL | FLAG_FOLD_DIGITS;
 
 impl Default for FeatureConfig {
@@ -61,7 +65,7 @@ impl Default for FeatureConfig {
             max_bytes: 32 * 1024,
             // Char 4-grams only: one weight lookup per byte instead of three,
             // and a better time split (F1 0.966 vs 0.964 at 0.14 % FPR).
-            flags: ALL_FLAGS | FLAG_CHAR4,
+            flags: ALL_FLAGS | FLAG_CHAR4 | FLAG_CHARSET,
             seed: 0x5157_7f1e_2024_0001,
             word_scale: 1.0,
             char_scale: 0.25,
@@ -102,6 +106,8 @@ pub enum Signal {
     LongNumber,
     /// "... to 80086": a 4-6 digit short code after "to".
     ShortCode,
+    /// A declared charset of this family (a `text::CHARSET_*` bit).
+    Charset(u8),
 }
 
 impl Signal {
@@ -127,6 +133,7 @@ impl Signal {
             Signal::Html => (18, 0),
             Signal::LongNumber => (19, 0),
             Signal::ShortCode => (20, 0),
+            Signal::Charset(f) => (21, f),
         };
         (k << 8) | u64::from(l)
     }
@@ -154,6 +161,16 @@ impl Signal {
             Signal::Html => "html".into(),
             Signal::LongNumber => "long_number".into(),
             Signal::ShortCode => "short_code".into(),
+            Signal::Charset(f) => format!(
+                "charset:{}",
+                match f {
+                    super::text::CHARSET_CJK => "cjk",
+                    super::text::CHARSET_CYRILLIC => "cyrillic",
+                    super::text::CHARSET_OTHER => "other_non_western",
+                    super::text::CHARSET_UTF8 => "utf8",
+                    _ => "unknown",
+                }
+            ),
         }
     }
 }
@@ -1260,6 +1277,13 @@ impl Featurizer {
         }
         if st.short_code {
             emit(Signal::ShortCode);
+        }
+        if self.cfg.flags & FLAG_CHARSET != 0 {
+            let mut c = view.charsets;
+            while c != 0 {
+                emit(Signal::Charset(1 << c.trailing_zeros()));
+                c &= c - 1;
+            }
         }
     }
 }

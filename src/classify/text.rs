@@ -35,6 +35,86 @@ pub struct TextView {
     pub images: u32,
     /// Whether any part was HTML.
     pub html: bool,
+    /// Families of the charsets the text declared ([`charset_family`] bits:
+    /// text parts, RFC 2047 words of the Subject, an HTTP body's charset).
+    pub charsets: u8,
+}
+
+/// Charset families, as bits of [`TextView::charsets`]. The western
+/// defaults (us-ascii, the latin-1 family, windows-1252) and no charset
+/// have none.
+pub const CHARSET_CJK: u8 = 1;
+pub const CHARSET_CYRILLIC: u8 = 2;
+/// Other single-byte non-western charsets (central European, Greek,
+/// Turkish, Baltic, Arabic, Hebrew, Thai, Vietnamese).
+pub const CHARSET_OTHER: u8 = 4;
+pub const CHARSET_UTF8: u8 = 8;
+/// A charset name this list does not know.
+pub const CHARSET_UNKNOWN: u8 = 16;
+
+/// The family bit of a declared charset name (0 for the western defaults).
+pub fn charset_family(name: &str) -> u8 {
+    let n = name.trim().trim_matches('"').to_ascii_lowercase();
+    let n = n.as_str();
+    match n {
+        "" | "us-ascii" | "ascii" | "iso-8859-1" | "iso8859-1" | "latin1" | "latin-1"
+        | "iso-8859-15" | "iso8859-15" | "windows-1252" | "cp1252" | "x-user-defined"
+        | "default" | "us" | "ansi_x3.4-1968" => 0,
+        "utf-8" | "utf8" | "utf-16" | "utf-7" => CHARSET_UTF8,
+        "koi8-r" | "koi8-u" | "windows-1251" | "cp1251" | "iso-8859-5" | "ibm866" | "cp866"
+        | "x-mac-cyrillic" => CHARSET_CYRILLIC,
+        _ if n.starts_with("gb")
+            || n.starts_with("big5")
+            || n.contains("2022-jp")
+            || n.contains("2022-kr")
+            || n.contains("2022-cn")
+            || n.contains("shift")
+            || n.contains("sjis")
+            || n.starts_with("euc-")
+            || n.starts_with("ks_c")
+            || n.starts_with("ksc")
+            || n.starts_with("x-euc")
+            || n.starts_with("x-gbk")
+            || n.starts_with("hz-")
+            || n.starts_with("csgb")
+            || matches!(
+                n,
+                "cp936"
+                    | "cp949"
+                    | "cp950"
+                    | "windows-936"
+                    | "windows-949"
+                    | "windows-950"
+                    | "x-sjis"
+            ) =>
+        {
+            CHARSET_CJK
+        }
+        _ if n.starts_with("iso-8859-")
+            || n.starts_with("iso8859-")
+            || n.starts_with("windows-125")
+            || n.starts_with("cp125")
+            || n.starts_with("tis-620")
+            || n.starts_with("viscii") =>
+        {
+            CHARSET_OTHER
+        }
+        _ => CHARSET_UNKNOWN,
+    }
+}
+
+/// The families of the charsets of RFC 2047 words (`=?charset?`) in a
+/// header value.
+fn word_charsets(v: &str) -> u8 {
+    let mut bits = 0;
+    let mut rest = v;
+    while let Some(i) = rest.find("=?") {
+        rest = &rest[i + 2..];
+        if let Some(q) = rest.find('?') {
+            bits |= charset_family(rest[..q].split('*').next().unwrap_or(""));
+        }
+    }
+    bits
 }
 
 impl TextView {
@@ -271,6 +351,7 @@ fn mail_view(raw: &[u8]) -> TextView {
 fn walk_message(raw: &[u8], depth: usize, parts: &mut usize, out: &mut TextView) {
     let (h, body) = split_message(raw);
     if let Some(s) = h.get("subject") {
+        out.charsets |= word_charsets(s);
         out.text.push_str(&decode_words(s));
         out.text.push('\n');
     }
@@ -342,6 +423,7 @@ fn walk_entity(
 fn add_text(body: &[u8], h: &Headers, ct: &ContentType, out: &mut TextView) {
     let decoded = decode_transfer(body, h.get("content-transfer-encoding"));
     let text = decode_charset(&decoded, ct.charset.as_deref());
+    out.charsets |= ct.charset.as_deref().map_or(0, charset_family);
     let is_html = ct.mime == "text/html" || (ct.mime == "text/plain" && sniff_html(&text));
     if is_html {
         out.html = true;

@@ -69,6 +69,7 @@ pub fn extract_owned(
     match kind {
         BodyKind::Plain { charset } => Ok(TextView {
             text: text::decode_charset_owned(body, charset.as_deref()),
+            charsets: charset.as_deref().map_or(0, text::charset_family),
             ..TextView::default()
         }),
         _ => extract(kind, &body, json_pointers, form_fields),
@@ -85,6 +86,7 @@ pub fn extract(
     match kind {
         BodyKind::Plain { charset } => Ok(TextView {
             text: text::decode_charset(body, charset.as_deref()),
+            charsets: charset.as_deref().map_or(0, text::charset_family),
             ..TextView::default()
         }),
         BodyKind::Rfc822 => Ok(text::view(body)),
