@@ -216,12 +216,13 @@ pub trait Sink {
         }
     }
     /// Char features with empty spans, in order: one per 4-byte window of
-    /// `bytes`, in bucket `bucket(window as a big-endian u32)`, computed as
-    /// the sink reads them (a scorer sums the weights in the loop that
-    /// hashes the windows); the default hands them to [`Sink::emit_chars`]
-    /// in blocks of 64.
+    /// `bytes`, in bucket `hash.bucket(window as a big-endian u32)`,
+    /// computed as the sink reads them (a scorer sums the weights in the
+    /// loop that hashes the windows); the default hands them to
+    /// [`Sink::emit_chars`] in blocks of 64.
     #[inline(always)]
-    fn emit_char4<F: Fn(u32) -> u32>(&mut self, bytes: &[u8], bucket: F) {
+    fn emit_char4(&mut self, bytes: &[u8], hash: Char4Hash) {
+        let bucket = |w: u32| hash.bucket(w);
         let mut buf = [0u32; 64];
         let mut i = 3;
         while i < bytes.len() {
@@ -233,6 +234,23 @@ pub trait Sink {
             self.emit_chars(&buf[..n]);
             i = end;
         }
+    }
+}
+
+/// The bucket of a char 4-gram window (its 4 bytes as a big-endian u32):
+/// the top `64 - shift` bits of `(window ^ key) * 0x9e37_79b9_7f4a_7c15`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Char4Hash {
+    pub key: u64,
+    pub shift: u32,
+}
+
+impl Char4Hash {
+    pub const MUL: u64 = 0x9e37_79b9_7f4a_7c15;
+
+    #[inline(always)]
+    pub fn bucket(self, w: u32) -> u32 {
+        ((u64::from(w) ^ self.key).wrapping_mul(Self::MUL) >> self.shift) as u32
     }
 }
 
@@ -995,16 +1013,16 @@ impl Featurizer {
         }
         // bucket(win | 4 << 56, SEED_CHAR) with the seeds folded into one
         // constant (the window has no bits in the top byte).
-        let key = (4u64 << 56) ^ SEED_CHAR ^ self.cfg.seed;
-        let shift = self.shift;
-        let idx =
-            |w: u32| ((u64::from(w) ^ key).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> shift) as u32;
+        let hash = Char4Hash {
+            key: (4u64 << 56) ^ SEED_CHAR ^ self.cfg.seed,
+            shift: self.shift,
+        };
         // The first gram: a virtual space and the first three bytes.
         let first = u32::from_be_bytes([b' ', norm[0], norm[1], norm[2]]);
-        sink.emit_chars(&[idx(first)]);
+        sink.emit_chars(&[hash.bucket(first)]);
         // Grams ending at norm[3..]: windows of 4 bytes, bucketed as the
         // sink consumes them (a scorer sums their weights in the same loop).
-        sink.emit_char4(norm, idx);
+        sink.emit_char4(norm, hash);
     }
 
     /// Char n-grams of the collapsed, normalised bytes, with a virtual space
