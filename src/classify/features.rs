@@ -509,8 +509,9 @@ pub struct Featurizer {
     cue_keys: Vec<u64>,
     cue_vals: Vec<Option<Cue>>,
     cue_mask: usize,
-    /// 4096-bit Bloom filter over cue hashes: most tokens stop here.
-    cue_bloom: [u64; 64],
+    /// 64-Kbit Bloom filter over cue hashes (top 16 bits): most tokens stop
+    /// here, and few that are not cues get past it.
+    cue_bloom: Box<[u64; 1024]>,
     /// Per byte: its normalised form (ASCII lower-cased, digits folded if
     /// configured, whitespace and controls as a space) in the low 8 bits,
     /// and bit 8 set for a word byte.
@@ -531,7 +532,7 @@ impl Featurizer {
             cue_keys: vec![0; size],
             cue_vals: vec![None; size],
             cue_mask: size - 1,
-            cue_bloom: [0; 64],
+            cue_bloom: Box::new([0; 1024]),
             byte_tab: [0; 256],
             char_ns: 0,
             to_hash: token_hash(b"to", digits),
@@ -585,10 +586,11 @@ impl Featurizer {
         std::mem::size_of::<Self>()
             + self.cue_keys.len() * 8
             + self.cue_vals.len() * std::mem::size_of::<Option<Cue>>()
+            + std::mem::size_of_val(&*self.cue_bloom)
     }
 
     fn insert_cue(&mut self, h: u64, cue: Cue) {
-        let bit = (h >> 52) as usize;
+        let bit = (h >> 48) as usize;
         self.cue_bloom[bit >> 6] |= 1 << (bit & 63);
         let mut i = (mix(h) as usize) & self.cue_mask;
         loop {
@@ -606,7 +608,7 @@ impl Featurizer {
 
     #[inline(always)]
     fn cue(&self, h: u64) -> Option<Cue> {
-        let bit = (h >> 52) as usize;
+        let bit = (h >> 48) as usize;
         if self.cue_bloom[bit >> 6] & (1 << (bit & 63)) == 0 {
             return None;
         }
@@ -780,7 +782,7 @@ impl Featurizer {
                 if len < TOK_BATCH {
                     b.start[len] = start as u32;
                     b.end[len] = end as u32;
-                    b.hash[len] = hash_norm(norm, start, end);
+                    (b.hash[len], b.first[len]) = hash_norm_first(norm, start, end);
                     len += 1;
                 }
             });
@@ -825,23 +827,49 @@ impl Featurizer {
         let shift = self.shift;
         let idx = |h: u64| (h.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> shift) as u32;
         let out = &mut b.out;
+        // Most tokens start with a letter and miss the cue Bloom filter
+        // (unigram and bigram): one short test each; the rest go to
+        // `token_signals`.
+        let bloom = &*self.cue_bloom;
+        let maybe_cue = |h: u64| (bloom[(h >> 54) as usize] >> ((h >> 48) & 63)) & 1 != 0;
+        let special = |first: u8| matches!(first, b'0'..=b'9' | 0xC2 | 0xE2);
         if uni && bi {
             // The shipped configuration: per token its unigram, then its
-            // bigram with the token before (none for the first token).
+            // bigram with the token before (none for the first token). The
+            // signal tests share the loop (and the bigram hash): tokens go
+            // to `token_signals` in order, as in the loop below.
             let (mut k, rest, mut p) = match p0 {
                 Some(p) => (0, hs, p),
                 None => {
                     out[0] = idx(hs[0] ^ wk);
+                    if sig && (special(b.first[0]) | maybe_cue(hs[0])) {
+                        let (s, e) = (b.start[0] as usize, b.end[0] as usize);
+                        self.token_signals(s, e, hs[0], None, text, norm, ckpt, raw, st);
+                    }
                     (1, &hs[1..], hs[0])
                 }
             };
-            for (&h, o) in rest.iter().zip(out[k..].chunks_exact_mut(2)) {
+            let t0 = k;
+            let firsts = &b.first[t0..n];
+            for (j, ((&h, &first), o)) in rest
+                .iter()
+                .zip(firsts)
+                .zip(out[k..].chunks_exact_mut(2))
+                .enumerate()
+            {
+                let bh = bigram_hash(p, h);
                 o[0] = idx(h ^ wk);
-                o[1] = idx(bigram_hash(p, h) ^ bk);
+                o[1] = idx(bh ^ bk);
+                if sig && (special(first) | maybe_cue(h) | maybe_cue(bh)) {
+                    let t = t0 + j;
+                    let (s, e) = (b.start[t] as usize, b.end[t] as usize);
+                    self.token_signals(s, e, h, Some(p), text, norm, ckpt, raw, st);
+                }
                 p = h;
                 k += 2;
             }
             sink.emit_words(&out[..k]);
+            return;
         } else if uni || bi {
             let mut k = 0;
             let mut p = p0;
@@ -861,18 +889,14 @@ impl Featurizer {
         if !sig {
             return;
         }
-        // Most tokens start with a letter and miss the cue Bloom filter
-        // (unigram and bigram): one short test each; the rest go to
-        // `token_signals`.
-        let bloom = &self.cue_bloom;
-        let maybe_cue = |h: u64| (bloom[(h >> 58) as usize] >> ((h >> 52) & 63)) & 1 != 0;
         let mut p = p0;
-        for ((&s, &e), &h) in b.start[..n].iter().zip(&b.end[..n]).zip(hs) {
-            let first = norm.get(s as usize).copied().unwrap_or(0);
-            if matches!(first, b'0'..=b'9' | 0xC2 | 0xE2)
-                || maybe_cue(h)
-                || p.is_some_and(|q| maybe_cue(bigram_hash(q, h)))
-            {
+        for (((&s, &e), &h), &first) in b.start[..n]
+            .iter()
+            .zip(&b.end[..n])
+            .zip(hs)
+            .zip(&b.first[..n])
+        {
+            if special(first) || maybe_cue(h) || p.is_some_and(|q| maybe_cue(bigram_hash(q, h))) {
                 self.token_signals(s as usize, e as usize, h, p, text, norm, ckpt, raw, st);
             }
             p = Some(h);
@@ -1289,12 +1313,13 @@ const WORD_BATCH: usize = 256;
 /// Tokens handed over per batch by [`Featurizer::words_batched`].
 const TOK_BATCH: usize = 256;
 
-/// A batch of tokens: spans in the collapsed bytes and word hashes, and
-/// room for their word buckets (kept in the thread's scratch).
+/// A batch of tokens: spans in the collapsed bytes, word hashes and first
+/// bytes, and room for their word buckets (kept in the thread's scratch).
 struct TokBatch {
     start: [u32; TOK_BATCH],
     end: [u32; TOK_BATCH],
     hash: [u64; TOK_BATCH],
+    first: [u8; TOK_BATCH],
     len: usize,
     out: [u32; 2 * TOK_BATCH],
 }
@@ -1305,6 +1330,7 @@ impl Default for TokBatch {
             start: [0; TOK_BATCH],
             end: [0; TOK_BATCH],
             hash: [0; TOK_BATCH],
+            first: [0; TOK_BATCH],
             len: 0,
             out: [0; 2 * TOK_BATCH],
         }
@@ -1506,6 +1532,37 @@ fn hash_norm(norm: &[u8], start: usize, end: usize) -> u64 {
         h = chunk_mix(h, c >> (8 * (8 - r)));
     }
     h
+}
+
+/// [`hash_norm`] of a token, and its first byte (the top byte of its first
+/// 8-byte load: no load of its own).
+#[inline(always)]
+fn hash_norm_first(norm: &[u8], start: usize, end: usize) -> (u64, u8) {
+    let be8 = |p: usize| {
+        u64::from_be_bytes(
+            norm.get(p..)
+                .and_then(|s| s.first_chunk::<8>())
+                .copied()
+                .unwrap_or([0; 8]),
+        )
+    };
+    let c0 = be8(start);
+    let first = (c0 >> 56) as u8;
+    let len = end - start;
+    if len <= 8 {
+        // Tokens are never empty: the shift is 0 to 56.
+        return (chunk_mix(0, c0 >> (8 * (8 - len))), first);
+    }
+    let mut h = chunk_mix(0, c0);
+    let mut p = start + 8;
+    while end - p >= 8 {
+        h = chunk_mix(h, be8(p));
+        p += 8;
+    }
+    if p < end {
+        h = chunk_mix(h, be8(p) >> (8 * (8 - (end - p))));
+    }
+    (h, first)
 }
 
 #[derive(Default)]
