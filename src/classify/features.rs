@@ -537,6 +537,8 @@ impl Featurizer {
             char_ns: 0,
             to_hash: token_hash(b"to", digits),
         };
+        // Built here, not on the first URL a scan meets.
+        std::sync::LazyLock::force(&BRAND_AC);
         for b in 0..=255u8 {
             let norm = if b <= b' ' { b' ' } else { fold(b, digits) };
             f.byte_tab[usize::from(b)] = u16::from(norm) | (u16::from(is_word_byte(b)) << 8);
@@ -1741,19 +1743,22 @@ fn is_lookalike(host: &str) -> bool {
         };
     }
     let folded = &buf[..n];
-    for b in BRANDS {
-        if b.len() < 4 || b.len() > n {
-            continue; // short names (irs, dhl) hit too many innocent hosts
-        }
-        let bb = b.as_bytes();
-        // First two bytes before the whole compare (a memcmp call each).
-        let hit = |w: &[u8]| w[0] == bb[0] && w[1] == bb[1] && w == bb;
-        if reg_name != *b && folded.windows(bb.len()).any(hit) {
-            return true;
-        }
-    }
-    false
+    // Every occurrence of every brand of 4 bytes or more (short names,
+    // irs, dhl, hit too many innocent hosts), in one pass over the host.
+    let (ac, names) = &*BRAND_AC;
+    ac.find_overlapping_iter(folded)
+        .any(|m| names.get(m.pattern().as_usize()) != Some(&reg_name))
 }
+
+/// An automaton over the brands of 4 bytes or more, and their names by
+/// pattern number.
+static BRAND_AC: std::sync::LazyLock<(aho_corasick::AhoCorasick, Vec<&'static str>)> =
+    std::sync::LazyLock::new(|| {
+        let names: Vec<&'static str> = BRANDS.iter().copied().filter(|b| b.len() >= 4).collect();
+        let ac = aho_corasick::AhoCorasick::new(&names)
+            .unwrap_or_else(|e| panic!("brand automaton: {e}"));
+        (ac, names)
+    });
 
 /// Whether link text names a domain other than the href's.
 fn link_text_mismatch(text: &str, href_host: &str, scratch: &mut String) -> bool {
