@@ -1443,7 +1443,9 @@ fn swar_norm(x: u64, digits: bool) -> (u64, u64) {
     let mut n = (x & !full(space)) | (space >> 2) | (upper >> 2);
     if digits {
         let digit = asc & ge7(x7, b'0') & !ge7(x7, b'9' + 1);
-        n = (n & !full(digit)) | (digit >> 2) | (digit >> 3);
+        // '0'..='9' is 0x30..=0x39: clear the low 4 bits of those lanes
+        // (0x10 - 0x01 = 0x0F per lane, no borrow across lanes).
+        n &= !((digit >> 3) - (digit >> 7));
     }
     (n, space)
 }
