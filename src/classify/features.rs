@@ -979,32 +979,39 @@ impl Featurizer {
         out
     }
 
-    /// Pass 1 without positions, 8 bytes at a time: normalise the 8 bytes
-    /// as one u64 ([`swar_norm`]); when none of them is dropped (a space
-    /// after a space), store all 8 at once, else compact them one by one.
+    /// Pass 1 without positions, in two loops: normalise every byte in
+    /// place into `norm` ([`normalise`]: no table, so the compiler
+    /// vectorises it), then drop the spaces that follow a space 8 bytes at
+    /// a time ([`space_lanes`]); when none of the 8 is dropped, store all 8
+    /// at once, else compact them one by one. The compaction writes at or
+    /// before the bytes it has read, so it works in place.
     #[inline(always)]
     fn collapse(&self, text: &[u8], norm: &mut [u8], ckpt: &mut Vec<u32>) -> usize {
         let digits = self.cfg.flags & FLAG_FOLD_DIGITS != 0;
+        let n = text.len();
+        normalise(text, &mut norm[..n], digits);
         let mut out = 0usize;
         // High bit of the last lane: the previous byte was a space (true
         // before the text, so leading whitespace is dropped).
         let mut last_space = H;
-        let chunks = text.chunks_exact(8);
-        let tail = chunks.remainder();
         // Written in place (resized only when the length changes).
-        ckpt.resize(text.len() / 8 + 1, 0);
+        ckpt.resize(n / 8 + 1, 0);
         let mut none = 0u32;
         let (ck_last, ck) = match ckpt.split_last_mut() {
             Some((l, c)) => (l, c),
             None => (&mut none, &mut [][..]),
         };
-        for (c, k) in chunks.zip(ck.iter_mut()) {
+        let mut i = 0usize;
+        for k in ck.iter_mut() {
             *k = out as u32;
-            let x = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-            let (nx, sp) = swar_norm(x, digits);
+            let Some(c) = norm.get(i..).and_then(|r| r.first_chunk::<8>()) else {
+                break;
+            };
+            let x = u64::from_le_bytes(*c);
+            let sp = space_lanes(x);
             let drop = sp & ((sp << 8) | (last_space >> 56));
             last_space = sp;
-            let bytes = nx.to_le_bytes();
+            let bytes = x.to_le_bytes();
             if drop == 0 {
                 norm[out..out + 8].copy_from_slice(&bytes);
                 out += 8;
@@ -1015,11 +1022,12 @@ impl Featurizer {
                     out += ((keep >> (8 * j + 7)) & 1) as usize;
                 }
             }
+            i += 8;
         }
         *ck_last = out as u32;
         let mut last_space = last_space >> 63 != 0;
-        for &raw in tail {
-            let b = self.byte_tab[usize::from(raw)] as u8;
+        for j in i..n {
+            let b = norm[j];
             let space = b == b' ';
             norm[out] = b;
             out += usize::from(!(space & last_space));
@@ -1421,44 +1429,48 @@ impl RawCursor {
 const L8: u64 = 0x0101_0101_0101_0101;
 const H: u64 = 0x8080_8080_8080_8080;
 
-/// Per byte lane of `x7` (each lane < 0x80): high bit set where the lane
-/// is >= `c` (1 ..= 0x80). No carry crosses lanes.
+/// A byte normalised as [`Featurizer`]'s byte table does it (ASCII
+/// lower-cased, digits to `0` if `digits`, bytes up to 0x20 to a space,
+/// the rest unchanged), with compares and selects only: a loop of these
+/// is vector code.
 #[inline(always)]
-fn ge7(x7: u64, c: u8) -> u64 {
-    x7.wrapping_add(L8 * u64::from(0x80 - c)) & H
+fn norm_byte(b: u8, digits: bool) -> u8 {
+    let v = if b.wrapping_sub(b'A') < 26 {
+        b | 0x20
+    } else {
+        b
+    };
+    let v = if digits && b.wrapping_sub(b'0') < 10 {
+        b'0'
+    } else {
+        v
+    };
+    if b <= b' ' { b' ' } else { v }
 }
 
-/// Eight bytes normalised at once, exactly as [`Featurizer`]'s byte table
-/// does one (ASCII lower-cased, digits to `0` if `digits`, bytes up to
-/// 0x20 to a space, the rest unchanged), and the lanes that are spaces
-/// (high bit set).
+/// A normalised byte is a word byte: non-ASCII, `0-9` or `a-z`
+/// (normalised bytes have no upper case).
 #[inline(always)]
-fn swar_norm(x: u64, digits: bool) -> (u64, u64) {
-    let x7 = x & !H;
-    let asc = !x & H;
-    let space = asc & !ge7(x7, 0x21);
-    let upper = asc & ge7(x7, b'A') & !ge7(x7, b'Z' + 1);
-    let full = |m: u64| (m >> 7) * 0xFF;
-    // Spaces and controls: 0x20; upper case: set 0x20.
-    let mut n = (x & !full(space)) | (space >> 2) | (upper >> 2);
-    if digits {
-        let digit = asc & ge7(x7, b'0') & !ge7(x7, b'9' + 1);
-        // '0'..='9' is 0x30..=0x39: clear the low 4 bits of those lanes
-        // (0x10 - 0x01 = 0x0F per lane, no borrow across lanes).
-        n &= !((digit >> 3) - (digit >> 7));
+fn is_word_norm(b: u8) -> bool {
+    (b >= 0x80) | (b.wrapping_sub(b'0') < 10) | (b.wrapping_sub(b'a') < 26)
+}
+
+/// `out[i] = norm_byte(text[i])` (the compiler vectorises it).
+#[inline(always)]
+fn normalise(text: &[u8], out: &mut [u8], digits: bool) {
+    for (o, &b) in out.iter_mut().zip(text) {
+        *o = norm_byte(b, digits);
     }
-    (n, space)
 }
 
-/// Word-byte lanes (high bit) of eight normalised bytes: non-ASCII, `0-9`
-/// or `a-z` (normalised bytes have no upper case).
+/// Lanes (high bit) of eight normalised bytes that are spaces: exactly the
+/// lanes equal to 0x20 (no other byte normalises to 0x20). Zero-lane test
+/// of `x ^ 0x20..20`, exact per lane (no carry crosses lanes).
 #[inline(always)]
-fn swar_word(n: u64) -> u64 {
-    let x7 = n & !H;
-    let asc = !n & H;
-    let digit = ge7(x7, b'0') & !ge7(x7, b'9' + 1);
-    let lower = ge7(x7, b'a') & !ge7(x7, b'z' + 1);
-    (n & H) | (asc & (digit | lower))
+fn space_lanes(x: u64) -> u64 {
+    let y = x ^ (L8 * 0x20);
+    let nonzero = ((y & !H).wrapping_add(!H) | y) & H;
+    !nonzero & H
 }
 
 /// The high bits of the eight lanes as an 8-bit mask (lane j → bit j).
@@ -1472,10 +1484,16 @@ fn lane_bits(m: u64) -> u64 {
 #[inline(always)]
 fn word_mask(norm: &[u8], mask: &mut [u64]) {
     for (block, w) in norm.chunks(64).zip(mask.iter_mut()) {
+        // One flag byte (0x80 or 0) per byte first (vector code), then
+        // eight flags at a time to bits.
+        let mut f = [0u8; 64];
+        for (o, &b) in f.iter_mut().zip(block) {
+            *o = u8::from(is_word_norm(b)) << 7;
+        }
         let mut bits = 0u64;
-        for (j, c) in block.chunks_exact(8).enumerate() {
+        for (j, c) in f.chunks_exact(8).enumerate() {
             let x = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-            bits |= lane_bits(swar_word(x)) << (8 * j);
+            bits |= lane_bits(x) << (8 * j);
         }
         *w = bits;
     }
@@ -2186,27 +2204,27 @@ mod tests {
     }
 
     #[test]
-    fn swar_normalisation_matches_the_byte_table() {
+    fn normalisation_matches_the_byte_table() {
         for digits in [false, true] {
             let fz = Featurizer::new(FeatureConfig {
                 flags: if digits { ALL_FLAGS } else { FLAG_WORD },
                 ..FeatureConfig::default()
             });
             for b in 0..=255u8 {
+                let e = fz.byte_tab[usize::from(b)];
+                let n = norm_byte(b, digits);
+                assert_eq!(n, e as u8, "byte {b:#x}");
+                assert_eq!(is_word_norm(n), e >> 8 != 0, "byte {b:#x}");
+                // Each lane of space_lanes, with varied neighbours.
                 for lane in 0..8 {
-                    // The byte in one lane, varied neighbours in the others.
-                    let mut bytes = [b' ', b'A', 0xC3, b'9', b'z', 0, b'!', 0x7f];
+                    let mut bytes = [b' ', b'a', 0xC3, b'0', b'z', b'!', 0x7f, b' '];
                     bytes.rotate_left(usize::from(b) % 8);
-                    bytes[lane] = b;
-                    let (n, sp) = swar_norm(u64::from_le_bytes(bytes), digits);
-                    let w = swar_word(n);
+                    bytes[lane] = n;
+                    let sp = space_lanes(u64::from_le_bytes(bytes));
                     for (j, &x) in bytes.iter().enumerate() {
-                        let e = fz.byte_tab[usize::from(x)];
-                        assert_eq!(n.to_le_bytes()[j], e as u8, "byte {x:#x}");
-                        assert_eq!(sp >> (8 * j + 7) & 1, u64::from(e as u8 == b' '));
-                        assert_eq!(w >> (8 * j + 7) & 1, u64::from(e >> 8), "byte {x:#x}");
+                        assert_eq!(sp >> (8 * j + 7) & 1, u64::from(x == b' '), "{bytes:?}");
                     }
-                    assert_eq!(lane_bits(w).count_ones(), w.count_ones());
+                    assert_eq!(sp & !H, 0);
                 }
             }
         }
