@@ -802,9 +802,11 @@ impl Featurizer {
 
     /// A batch of tokens: word buckets (unigram, then the bigram with the
     /// token before, per token), then cues, currency and number checks.
-    /// `prev`: the hash of the token before the batch; updated.
+    /// `prev`: the hash of the token before the batch; updated. Not
+    /// inlined (one call per batch of up to 256 tokens): on its own, the
+    /// loop keeps more of its state in registers.
     #[allow(clippy::too_many_arguments)]
-    #[inline(always)]
+    #[inline(never)]
     fn flush_tokens<S: Sink>(
         &self,
         b: &mut TokBatch,

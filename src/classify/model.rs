@@ -231,11 +231,9 @@ fn sum_i8_char4(q: &[i8], bytes: &[u8], hash: Char4Hash) -> i32 {
             match q.len() {
                 $(len if len == 1 << $bits && hash.shift == 64 - $bits => {
                     if let Ok(t) = <&[i8; 1 << $bits]>::try_from(q) {
-                        let key = hash.key;
-                        return sum_windows(bytes, |w| {
-                            let h = (u64::from(w) ^ key).wrapping_mul(Char4Hash::MUL);
-                            i32::from(t[(h >> (64 - $bits)) as usize])
-                        });
+                        return sum_i8_char4_pow2::<{ 1 << $bits }, { 64 - $bits }>(
+                            t, bytes, hash.key,
+                        );
                     }
                 })*
                 _ => {}
@@ -245,6 +243,18 @@ fn sum_i8_char4(q: &[i8], bytes: &[u8], hash: Char4Hash) -> i32 {
     fixed!(16 17 18 19 20 21 22);
     sum_windows(bytes, |w| {
         i32::from(q.get(hash.bucket(w) as usize).copied().unwrap_or(0))
+    })
+}
+
+/// [`sum_i8_char4`] for a table of `N` weights and a hash of shift `SHIFT`
+/// (`N` = 2^(64 - SHIFT), so every index is in the table). Not inlined:
+/// in a function of its own the loop keeps the table, key and multiplier
+/// in registers (inlined into the scanner, it reloaded them per window).
+#[inline(never)]
+fn sum_i8_char4_pow2<const N: usize, const SHIFT: u32>(q: &[i8; N], bytes: &[u8], key: u64) -> i32 {
+    sum_windows(bytes, |w| {
+        let h = (u64::from(w) ^ key).wrapping_mul(Char4Hash::MUL);
+        i32::from(q[(h >> SHIFT) as usize])
     })
 }
 
