@@ -1457,11 +1457,19 @@ fn is_word_norm(b: u8) -> bool {
     (b >= 0x80) | (b.wrapping_sub(b'0') < 10) | (b.wrapping_sub(b'a') < 26)
 }
 
-/// `out[i] = norm_byte(text[i])` (the compiler vectorises it).
+/// `out[i] = norm_byte(text[i])` (the compiler vectorises it; one loop
+/// per value of `digits`, so neither tests it per step).
 #[inline(always)]
 fn normalise(text: &[u8], out: &mut [u8], digits: bool) {
-    for (o, &b) in out.iter_mut().zip(text) {
-        *o = norm_byte(b, digits);
+    fn each<const DIGITS: bool>(text: &[u8], out: &mut [u8]) {
+        for (o, &b) in out.iter_mut().zip(text) {
+            *o = norm_byte(b, DIGITS);
+        }
+    }
+    if digits {
+        each::<true>(text, out);
+    } else {
+        each::<false>(text, out);
     }
 }
 
