@@ -233,12 +233,13 @@ pub trait Sink {
         }
     }
     /// Char features with empty spans, in order: one per 4-byte window of
-    /// `bytes`, in bucket `bucket(window as a big-endian u32)`, computed as
-    /// the sink reads them (a scorer sums the weights in the loop that
-    /// hashes the windows); the default hands them to [`Sink::emit_chars`]
-    /// in blocks of 64.
+    /// `bytes`, in bucket `hash.bucket(window as a big-endian u32)`,
+    /// computed as the sink reads them (a scorer sums the weights in the
+    /// loop that hashes the windows); the default hands them to
+    /// [`Sink::emit_chars`] in blocks of 64.
     #[inline(always)]
-    fn emit_char4<F: Fn(u32) -> u32>(&mut self, bytes: &[u8], bucket: F) {
+    fn emit_char4(&mut self, bytes: &[u8], hash: Char4Hash) {
+        let bucket = |w: u32| hash.bucket(w);
         let mut buf = [0u32; 64];
         let mut i = 3;
         while i < bytes.len() {
@@ -250,6 +251,23 @@ pub trait Sink {
             self.emit_chars(&buf[..n]);
             i = end;
         }
+    }
+}
+
+/// The bucket of a char 4-gram window (its 4 bytes as a big-endian u32):
+/// the top `64 - shift` bits of `(window ^ key) * 0x9e37_79b9_7f4a_7c15`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Char4Hash {
+    pub key: u64,
+    pub shift: u32,
+}
+
+impl Char4Hash {
+    pub const MUL: u64 = 0x9e37_79b9_7f4a_7c15;
+
+    #[inline(always)]
+    pub fn bucket(self, w: u32) -> u32 {
+        ((u64::from(w) ^ self.key).wrapping_mul(Self::MUL) >> self.shift) as u32
     }
 }
 
@@ -508,8 +526,9 @@ pub struct Featurizer {
     cue_keys: Vec<u64>,
     cue_vals: Vec<Option<Cue>>,
     cue_mask: usize,
-    /// 4096-bit Bloom filter over cue hashes: most tokens stop here.
-    cue_bloom: [u64; 64],
+    /// 64-Kbit Bloom filter over cue hashes (top 16 bits): most tokens stop
+    /// here, and few that are not cues get past it.
+    cue_bloom: Box<[u64; 1024]>,
     /// Per byte: its normalised form (ASCII lower-cased, digits folded if
     /// configured, whitespace and controls as a space) in the low 8 bits,
     /// and bit 8 set for a word byte.
@@ -530,11 +549,13 @@ impl Featurizer {
             cue_keys: vec![0; size],
             cue_vals: vec![None; size],
             cue_mask: size - 1,
-            cue_bloom: [0; 64],
+            cue_bloom: Box::new([0; 1024]),
             byte_tab: [0; 256],
             char_ns: 0,
             to_hash: token_hash(b"to", digits),
         };
+        // Built here, not on the first URL a scan meets.
+        std::sync::LazyLock::force(&BRAND_AC);
         for b in 0..=255u8 {
             let norm = if b <= b' ' { b' ' } else { fold(b, digits) };
             f.byte_tab[usize::from(b)] = u16::from(norm) | (u16::from(is_word_byte(b)) << 8);
@@ -584,10 +605,11 @@ impl Featurizer {
         std::mem::size_of::<Self>()
             + self.cue_keys.len() * 8
             + self.cue_vals.len() * std::mem::size_of::<Option<Cue>>()
+            + std::mem::size_of_val(&*self.cue_bloom)
     }
 
     fn insert_cue(&mut self, h: u64, cue: Cue) {
-        let bit = (h >> 52) as usize;
+        let bit = (h >> 48) as usize;
         self.cue_bloom[bit >> 6] |= 1 << (bit & 63);
         let mut i = (mix(h) as usize) & self.cue_mask;
         loop {
@@ -605,7 +627,7 @@ impl Featurizer {
 
     #[inline(always)]
     fn cue(&self, h: u64) -> Option<Cue> {
-        let bit = (h >> 52) as usize;
+        let bit = (h >> 48) as usize;
         if self.cue_bloom[bit >> 6] & (1 << (bit & 63)) == 0 {
             return None;
         }
@@ -779,7 +801,7 @@ impl Featurizer {
                 if len < TOK_BATCH {
                     b.start[len] = start as u32;
                     b.end[len] = end as u32;
-                    b.hash[len] = hash_norm(norm, start, end);
+                    (b.hash[len], b.first[len]) = hash_norm_first(norm, start, end);
                     len += 1;
                 }
             });
@@ -797,9 +819,11 @@ impl Featurizer {
 
     /// A batch of tokens: word buckets (unigram, then the bigram with the
     /// token before, per token), then cues, currency and number checks.
-    /// `prev`: the hash of the token before the batch; updated.
+    /// `prev`: the hash of the token before the batch; updated. Not
+    /// inlined (one call per batch of up to 256 tokens): on its own, the
+    /// loop keeps more of its state in registers.
     #[allow(clippy::too_many_arguments)]
-    #[inline(always)]
+    #[inline(never)]
     fn flush_tokens<S: Sink>(
         &self,
         b: &mut TokBatch,
@@ -824,23 +848,49 @@ impl Featurizer {
         let shift = self.shift;
         let idx = |h: u64| (h.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> shift) as u32;
         let out = &mut b.out;
+        // Most tokens start with a letter and miss the cue Bloom filter
+        // (unigram and bigram): one short test each; the rest go to
+        // `token_signals`.
+        let bloom = &*self.cue_bloom;
+        let maybe_cue = |h: u64| (bloom[(h >> 54) as usize] >> ((h >> 48) & 63)) & 1 != 0;
+        let special = |first: u8| matches!(first, b'0'..=b'9' | 0xC2 | 0xE2);
         if uni && bi {
             // The shipped configuration: per token its unigram, then its
-            // bigram with the token before (none for the first token).
+            // bigram with the token before (none for the first token). The
+            // signal tests share the loop (and the bigram hash): tokens go
+            // to `token_signals` in order, as in the loop below.
             let (mut k, rest, mut p) = match p0 {
                 Some(p) => (0, hs, p),
                 None => {
                     out[0] = idx(hs[0] ^ wk);
+                    if sig && (special(b.first[0]) | maybe_cue(hs[0])) {
+                        let (s, e) = (b.start[0] as usize, b.end[0] as usize);
+                        self.token_signals(s, e, hs[0], None, text, norm, ckpt, raw, st);
+                    }
                     (1, &hs[1..], hs[0])
                 }
             };
-            for (&h, o) in rest.iter().zip(out[k..].chunks_exact_mut(2)) {
+            let t0 = k;
+            let firsts = &b.first[t0..n];
+            for (j, ((&h, &first), o)) in rest
+                .iter()
+                .zip(firsts)
+                .zip(out[k..].chunks_exact_mut(2))
+                .enumerate()
+            {
+                let bh = bigram_hash(p, h);
                 o[0] = idx(h ^ wk);
-                o[1] = idx(bigram_hash(p, h) ^ bk);
+                o[1] = idx(bh ^ bk);
+                if sig && (special(first) | maybe_cue(h) | maybe_cue(bh)) {
+                    let t = t0 + j;
+                    let (s, e) = (b.start[t] as usize, b.end[t] as usize);
+                    self.token_signals(s, e, h, Some(p), text, norm, ckpt, raw, st);
+                }
                 p = h;
                 k += 2;
             }
             sink.emit_words(&out[..k]);
+            return;
         } else if uni || bi {
             let mut k = 0;
             let mut p = p0;
@@ -860,18 +910,14 @@ impl Featurizer {
         if !sig {
             return;
         }
-        // Most tokens start with a letter and miss the cue Bloom filter
-        // (unigram and bigram): one short test each; the rest go to
-        // `token_signals`.
-        let bloom = &self.cue_bloom;
-        let maybe_cue = |h: u64| (bloom[(h >> 58) as usize] >> ((h >> 52) & 63)) & 1 != 0;
         let mut p = p0;
-        for ((&s, &e), &h) in b.start[..n].iter().zip(&b.end[..n]).zip(hs) {
-            let first = norm.get(s as usize).copied().unwrap_or(0);
-            if matches!(first, b'0'..=b'9' | 0xC2 | 0xE2)
-                || maybe_cue(h)
-                || p.is_some_and(|q| maybe_cue(bigram_hash(q, h)))
-            {
+        for (((&s, &e), &h), &first) in b.start[..n]
+            .iter()
+            .zip(&b.end[..n])
+            .zip(hs)
+            .zip(&b.first[..n])
+        {
+            if special(first) || maybe_cue(h) || p.is_some_and(|q| maybe_cue(bigram_hash(q, h))) {
                 self.token_signals(s as usize, e as usize, h, p, text, norm, ckpt, raw, st);
             }
             p = Some(h);
@@ -952,32 +998,39 @@ impl Featurizer {
         out
     }
 
-    /// Pass 1 without positions, 8 bytes at a time: normalise the 8 bytes
-    /// as one u64 ([`swar_norm`]); when none of them is dropped (a space
-    /// after a space), store all 8 at once, else compact them one by one.
+    /// Pass 1 without positions, in two loops: normalise every byte in
+    /// place into `norm` ([`normalise`]: no table, so the compiler
+    /// vectorises it), then drop the spaces that follow a space 8 bytes at
+    /// a time ([`space_lanes`]); when none of the 8 is dropped, store all 8
+    /// at once, else compact them one by one. The compaction writes at or
+    /// before the bytes it has read, so it works in place.
     #[inline(always)]
     fn collapse(&self, text: &[u8], norm: &mut [u8], ckpt: &mut Vec<u32>) -> usize {
         let digits = self.cfg.flags & FLAG_FOLD_DIGITS != 0;
+        let n = text.len();
+        normalise(text, &mut norm[..n], digits);
         let mut out = 0usize;
         // High bit of the last lane: the previous byte was a space (true
         // before the text, so leading whitespace is dropped).
         let mut last_space = H;
-        let chunks = text.chunks_exact(8);
-        let tail = chunks.remainder();
         // Written in place (resized only when the length changes).
-        ckpt.resize(text.len() / 8 + 1, 0);
+        ckpt.resize(n / 8 + 1, 0);
         let mut none = 0u32;
         let (ck_last, ck) = match ckpt.split_last_mut() {
             Some((l, c)) => (l, c),
             None => (&mut none, &mut [][..]),
         };
-        for (c, k) in chunks.zip(ck.iter_mut()) {
+        let mut i = 0usize;
+        for k in ck.iter_mut() {
             *k = out as u32;
-            let x = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-            let (nx, sp) = swar_norm(x, digits);
+            let Some(c) = norm.get(i..).and_then(|r| r.first_chunk::<8>()) else {
+                break;
+            };
+            let x = u64::from_le_bytes(*c);
+            let sp = space_lanes(x);
             let drop = sp & ((sp << 8) | (last_space >> 56));
             last_space = sp;
-            let bytes = nx.to_le_bytes();
+            let bytes = x.to_le_bytes();
             if drop == 0 {
                 norm[out..out + 8].copy_from_slice(&bytes);
                 out += 8;
@@ -988,11 +1041,12 @@ impl Featurizer {
                     out += ((keep >> (8 * j + 7)) & 1) as usize;
                 }
             }
+            i += 8;
         }
         *ck_last = out as u32;
         let mut last_space = last_space >> 63 != 0;
-        for &raw in tail {
-            let b = self.byte_tab[usize::from(raw)] as u8;
+        for j in i..n {
+            let b = norm[j];
             let space = b == b' ';
             norm[out] = b;
             out += usize::from(!(space & last_space));
@@ -1012,16 +1066,16 @@ impl Featurizer {
         }
         // bucket(win | 4 << 56, SEED_CHAR) with the seeds folded into one
         // constant (the window has no bits in the top byte).
-        let key = (4u64 << 56) ^ SEED_CHAR ^ self.cfg.seed;
-        let shift = self.shift;
-        let idx =
-            |w: u32| ((u64::from(w) ^ key).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> shift) as u32;
+        let hash = Char4Hash {
+            key: (4u64 << 56) ^ SEED_CHAR ^ self.cfg.seed,
+            shift: self.shift,
+        };
         // The first gram: a virtual space and the first three bytes.
         let first = u32::from_be_bytes([b' ', norm[0], norm[1], norm[2]]);
-        sink.emit_chars(&[idx(first)]);
+        sink.emit_chars(&[hash.bucket(first)]);
         // Grams ending at norm[3..]: windows of 4 bytes, bucketed as the
         // sink consumes them (a scorer sums their weights in the same loop).
-        sink.emit_char4(norm, idx);
+        sink.emit_char4(norm, hash);
     }
 
     /// Char n-grams of the collapsed, normalised bytes, with a virtual space
@@ -1295,12 +1349,13 @@ const WORD_BATCH: usize = 256;
 /// Tokens handed over per batch by [`Featurizer::words_batched`].
 const TOK_BATCH: usize = 256;
 
-/// A batch of tokens: spans in the collapsed bytes and word hashes, and
-/// room for their word buckets (kept in the thread's scratch).
+/// A batch of tokens: spans in the collapsed bytes, word hashes and first
+/// bytes, and room for their word buckets (kept in the thread's scratch).
 struct TokBatch {
     start: [u32; TOK_BATCH],
     end: [u32; TOK_BATCH],
     hash: [u64; TOK_BATCH],
+    first: [u8; TOK_BATCH],
     len: usize,
     out: [u32; 2 * TOK_BATCH],
 }
@@ -1311,6 +1366,7 @@ impl Default for TokBatch {
             start: [0; TOK_BATCH],
             end: [0; TOK_BATCH],
             hash: [0; TOK_BATCH],
+            first: [0; TOK_BATCH],
             len: 0,
             out: [0; 2 * TOK_BATCH],
         }
@@ -1399,42 +1455,56 @@ impl RawCursor {
 const L8: u64 = 0x0101_0101_0101_0101;
 const H: u64 = 0x8080_8080_8080_8080;
 
-/// Per byte lane of `x7` (each lane < 0x80): high bit set where the lane
-/// is >= `c` (1 ..= 0x80). No carry crosses lanes.
+/// A byte normalised as [`Featurizer`]'s byte table does it (ASCII
+/// lower-cased, digits to `0` if `digits`, bytes up to 0x20 to a space,
+/// the rest unchanged), with compares and selects only: a loop of these
+/// is vector code.
 #[inline(always)]
-fn ge7(x7: u64, c: u8) -> u64 {
-    x7.wrapping_add(L8 * u64::from(0x80 - c)) & H
+fn norm_byte(b: u8, digits: bool) -> u8 {
+    let v = if b.wrapping_sub(b'A') < 26 {
+        b | 0x20
+    } else {
+        b
+    };
+    let v = if digits && b.wrapping_sub(b'0') < 10 {
+        b'0'
+    } else {
+        v
+    };
+    if b <= b' ' { b' ' } else { v }
 }
 
-/// Eight bytes normalised at once, exactly as [`Featurizer`]'s byte table
-/// does one (ASCII lower-cased, digits to `0` if `digits`, bytes up to
-/// 0x20 to a space, the rest unchanged), and the lanes that are spaces
-/// (high bit set).
+/// A normalised byte is a word byte: non-ASCII, `0-9` or `a-z`
+/// (normalised bytes have no upper case).
 #[inline(always)]
-fn swar_norm(x: u64, digits: bool) -> (u64, u64) {
-    let x7 = x & !H;
-    let asc = !x & H;
-    let space = asc & !ge7(x7, 0x21);
-    let upper = asc & ge7(x7, b'A') & !ge7(x7, b'Z' + 1);
-    let full = |m: u64| (m >> 7) * 0xFF;
-    // Spaces and controls: 0x20; upper case: set 0x20.
-    let mut n = (x & !full(space)) | (space >> 2) | (upper >> 2);
-    if digits {
-        let digit = asc & ge7(x7, b'0') & !ge7(x7, b'9' + 1);
-        n = (n & !full(digit)) | (digit >> 2) | (digit >> 3);
+fn is_word_norm(b: u8) -> bool {
+    (b >= 0x80) | (b.wrapping_sub(b'0') < 10) | (b.wrapping_sub(b'a') < 26)
+}
+
+/// `out[i] = norm_byte(text[i])` (the compiler vectorises it; one loop
+/// per value of `digits`, so neither tests it per step).
+#[inline(always)]
+fn normalise(text: &[u8], out: &mut [u8], digits: bool) {
+    fn each<const DIGITS: bool>(text: &[u8], out: &mut [u8]) {
+        for (o, &b) in out.iter_mut().zip(text) {
+            *o = norm_byte(b, DIGITS);
+        }
     }
-    (n, space)
+    if digits {
+        each::<true>(text, out);
+    } else {
+        each::<false>(text, out);
+    }
 }
 
-/// Word-byte lanes (high bit) of eight normalised bytes: non-ASCII, `0-9`
-/// or `a-z` (normalised bytes have no upper case).
+/// Lanes (high bit) of eight normalised bytes that are spaces: exactly the
+/// lanes equal to 0x20 (no other byte normalises to 0x20). Zero-lane test
+/// of `x ^ 0x20..20`, exact per lane (no carry crosses lanes).
 #[inline(always)]
-fn swar_word(n: u64) -> u64 {
-    let x7 = n & !H;
-    let asc = !n & H;
-    let digit = ge7(x7, b'0') & !ge7(x7, b'9' + 1);
-    let lower = ge7(x7, b'a') & !ge7(x7, b'z' + 1);
-    (n & H) | (asc & (digit | lower))
+fn space_lanes(x: u64) -> u64 {
+    let y = x ^ (L8 * 0x20);
+    let nonzero = ((y & !H).wrapping_add(!H) | y) & H;
+    !nonzero & H
 }
 
 /// The high bits of the eight lanes as an 8-bit mask (lane j → bit j).
@@ -1448,10 +1518,16 @@ fn lane_bits(m: u64) -> u64 {
 #[inline(always)]
 fn word_mask(norm: &[u8], mask: &mut [u64]) {
     for (block, w) in norm.chunks(64).zip(mask.iter_mut()) {
+        // One flag byte (0x80 or 0) per byte first (vector code), then
+        // eight flags at a time to bits.
+        let mut f = [0u8; 64];
+        for (o, &b) in f.iter_mut().zip(block) {
+            *o = u8::from(is_word_norm(b)) << 7;
+        }
         let mut bits = 0u64;
-        for (j, c) in block.chunks_exact(8).enumerate() {
+        for (j, c) in f.chunks_exact(8).enumerate() {
             let x = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-            bits |= lane_bits(swar_word(x)) << (8 * j);
+            bits |= lane_bits(x) << (8 * j);
         }
         *w = bits;
     }
@@ -1512,6 +1588,37 @@ fn hash_norm(norm: &[u8], start: usize, end: usize) -> u64 {
         h = chunk_mix(h, c >> (8 * (8 - r)));
     }
     h
+}
+
+/// [`hash_norm`] of a token, and its first byte (the top byte of its first
+/// 8-byte load: no load of its own).
+#[inline(always)]
+fn hash_norm_first(norm: &[u8], start: usize, end: usize) -> (u64, u8) {
+    let be8 = |p: usize| {
+        u64::from_be_bytes(
+            norm.get(p..)
+                .and_then(|s| s.first_chunk::<8>())
+                .copied()
+                .unwrap_or([0; 8]),
+        )
+    };
+    let c0 = be8(start);
+    let first = (c0 >> 56) as u8;
+    let len = end - start;
+    if len <= 8 {
+        // Tokens are never empty: the shift is 0 to 56.
+        return (chunk_mix(0, c0 >> (8 * (8 - len))), first);
+    }
+    let mut h = chunk_mix(0, c0);
+    let mut p = start + 8;
+    while end - p >= 8 {
+        h = chunk_mix(h, be8(p));
+        p += 8;
+    }
+    if p < end {
+        h = chunk_mix(h, be8(p) >> (8 * (8 - (end - p))));
+    }
+    (h, first)
 }
 
 #[derive(Default)]
@@ -1690,19 +1797,22 @@ fn is_lookalike(host: &str) -> bool {
         };
     }
     let folded = &buf[..n];
-    for b in BRANDS {
-        if b.len() < 4 || b.len() > n {
-            continue; // short names (irs, dhl) hit too many innocent hosts
-        }
-        let bb = b.as_bytes();
-        // First two bytes before the whole compare (a memcmp call each).
-        let hit = |w: &[u8]| w[0] == bb[0] && w[1] == bb[1] && w == bb;
-        if reg_name != *b && folded.windows(bb.len()).any(hit) {
-            return true;
-        }
-    }
-    false
+    // Every occurrence of every brand of 4 bytes or more (short names,
+    // irs, dhl, hit too many innocent hosts), in one pass over the host.
+    let (ac, names) = &*BRAND_AC;
+    ac.find_overlapping_iter(folded)
+        .any(|m| names.get(m.pattern().as_usize()) != Some(&reg_name))
 }
+
+/// An automaton over the brands of 4 bytes or more, and their names by
+/// pattern number.
+static BRAND_AC: std::sync::LazyLock<(aho_corasick::AhoCorasick, Vec<&'static str>)> =
+    std::sync::LazyLock::new(|| {
+        let names: Vec<&'static str> = BRANDS.iter().copied().filter(|b| b.len() >= 4).collect();
+        let ac = aho_corasick::AhoCorasick::new(&names)
+            .unwrap_or_else(|e| panic!("brand automaton: {e}"));
+        (ac, names)
+    });
 
 /// Whether link text names a domain other than the href's.
 fn link_text_mismatch(text: &str, href_host: &str, scratch: &mut String) -> bool {
@@ -2128,27 +2238,27 @@ mod tests {
     }
 
     #[test]
-    fn swar_normalisation_matches_the_byte_table() {
+    fn normalisation_matches_the_byte_table() {
         for digits in [false, true] {
             let fz = Featurizer::new(FeatureConfig {
                 flags: if digits { ALL_FLAGS } else { FLAG_WORD },
                 ..FeatureConfig::default()
             });
             for b in 0..=255u8 {
+                let e = fz.byte_tab[usize::from(b)];
+                let n = norm_byte(b, digits);
+                assert_eq!(n, e as u8, "byte {b:#x}");
+                assert_eq!(is_word_norm(n), e >> 8 != 0, "byte {b:#x}");
+                // Each lane of space_lanes, with varied neighbours.
                 for lane in 0..8 {
-                    // The byte in one lane, varied neighbours in the others.
-                    let mut bytes = [b' ', b'A', 0xC3, b'9', b'z', 0, b'!', 0x7f];
+                    let mut bytes = [b' ', b'a', 0xC3, b'0', b'z', b'!', 0x7f, b' '];
                     bytes.rotate_left(usize::from(b) % 8);
-                    bytes[lane] = b;
-                    let (n, sp) = swar_norm(u64::from_le_bytes(bytes), digits);
-                    let w = swar_word(n);
+                    bytes[lane] = n;
+                    let sp = space_lanes(u64::from_le_bytes(bytes));
                     for (j, &x) in bytes.iter().enumerate() {
-                        let e = fz.byte_tab[usize::from(x)];
-                        assert_eq!(n.to_le_bytes()[j], e as u8, "byte {x:#x}");
-                        assert_eq!(sp >> (8 * j + 7) & 1, u64::from(e as u8 == b' '));
-                        assert_eq!(w >> (8 * j + 7) & 1, u64::from(e >> 8), "byte {x:#x}");
+                        assert_eq!(sp >> (8 * j + 7) & 1, u64::from(x == b' '), "{bytes:?}");
                     }
-                    assert_eq!(lane_bits(w).count_ones(), w.count_ones());
+                    assert_eq!(sp & !H, 0);
                 }
             }
         }

@@ -29,7 +29,7 @@
 
 use std::path::Path;
 
-use super::features::{FeatureConfig, Featurizer, Origin, Sink};
+use super::features::{Char4Hash, FeatureConfig, Featurizer, Origin, Sink};
 use super::text::TextView;
 
 pub const MAGIC: &[u8; 8] = b"SIFTLIN\0";
@@ -206,12 +206,12 @@ impl Sink for ScoreI8<'_> {
     }
 
     #[inline(always)]
-    fn emit_char4<F: Fn(u32) -> u32>(&mut self, bytes: &[u8], bucket: F) {
+    fn emit_char4(&mut self, bytes: &[u8], hash: Char4Hash) {
         self.chr += if self.pow2 {
-            sum_i8_char4(self.q, bytes, bucket)
+            sum_i8_char4(self.q, bytes, hash)
         } else {
             sum_windows(bytes, |w| {
-                i32::from(self.q.get(bucket(w) as usize).copied().unwrap_or(0))
+                i32::from(self.q.get(hash.bucket(w) as usize).copied().unwrap_or(0))
             })
         };
         self.n_chr += bytes.len().saturating_sub(3) as u32;
@@ -219,19 +219,21 @@ impl Sink for ScoreI8<'_> {
 }
 
 /// Sum of the weights of the 4-byte windows of `bytes` (bucket
-/// `bucket(window)`), computed in the loop that hashes the windows (no
-/// bounds check for tables of 2^16 to 2^22 weights; the buckets are below
-/// the table size, see [`ScoreI8::pow2`]).
+/// `hash.bucket(window)`), computed in the loop that hashes the windows.
+/// For tables of 2^16 to 2^22 weights whose size matches the hash (2^bits
+/// weights, shift 64 - bits: see [`ScoreI8::pow2`]) the shift is a
+/// constant, so the index is below the table size by construction: no
+/// bounds check and no mask per window.
 #[inline(always)]
-fn sum_i8_char4<F: Fn(u32) -> u32>(q: &[i8], bytes: &[u8], bucket: F) -> i32 {
+fn sum_i8_char4(q: &[i8], bytes: &[u8], hash: Char4Hash) -> i32 {
     macro_rules! fixed {
         ($($bits:literal)*) => {
             match q.len() {
-                $(len if len == 1 << $bits => {
+                $(len if len == 1 << $bits && hash.shift == 64 - $bits => {
                     if let Ok(t) = <&[i8; 1 << $bits]>::try_from(q) {
-                        return sum_windows(bytes, |w| {
-                            i32::from(t[bucket(w) as usize & ((1 << $bits) - 1)])
-                        });
+                        return sum_i8_char4_pow2::<{ 1 << $bits }, { 64 - $bits }>(
+                            t, bytes, hash.key,
+                        );
                     }
                 })*
                 _ => {}
@@ -240,27 +242,42 @@ fn sum_i8_char4<F: Fn(u32) -> u32>(q: &[i8], bytes: &[u8], bucket: F) -> i32 {
     }
     fixed!(16 17 18 19 20 21 22);
     sum_windows(bytes, |w| {
-        i32::from(q.get(bucket(w) as usize).copied().unwrap_or(0))
+        i32::from(q.get(hash.bucket(w) as usize).copied().unwrap_or(0))
+    })
+}
+
+/// [`sum_i8_char4`] for a table of `N` weights and a hash of shift `SHIFT`
+/// (`N` = 2^(64 - SHIFT), so every index is in the table). Not inlined:
+/// in a function of its own the loop keeps the table, key and multiplier
+/// in registers (inlined into the scanner, it reloaded them per window).
+#[inline(never)]
+fn sum_i8_char4_pow2<const N: usize, const SHIFT: u32>(q: &[i8; N], bytes: &[u8], key: u64) -> i32 {
+    sum_windows(bytes, |w| {
+        let h = (u64::from(w) ^ key).wrapping_mul(Char4Hash::MUL);
+        i32::from(q[(h >> SHIFT) as usize])
     })
 }
 
 /// Sum of `weight(window)` over the 4-byte windows of `bytes` (big-endian
-/// u32s), four windows per 8-byte load.
+/// u32s): eight windows per step, each a 4-byte load (no shifts to pick a
+/// window out of a wider load, no zero-extension), into four accumulators
+/// (integer sums: the order does not change the result).
 #[inline(always)]
 fn sum_windows<F: Fn(u32) -> i32>(bytes: &[u8], weight: F) -> i32 {
     let mut acc = [0i32; 4];
-    let mut i = 0;
-    while i + 8 <= bytes.len() {
-        let mut c = [0u8; 8];
-        c.copy_from_slice(&bytes[i..i + 8]);
-        let x = u64::from_be_bytes(c);
-        acc[0] += weight((x >> 32) as u32);
-        acc[1] += weight((x >> 24) as u32);
-        acc[2] += weight((x >> 16) as u32);
-        acc[3] += weight((x >> 8) as u32);
-        i += 4;
+    let mut rest = bytes;
+    // The windows starting at the first 8 bytes of `rest` lie in its first 11.
+    while let Some((c, _)) = rest.split_first_chunk::<11>() {
+        for k in 0..8 {
+            // A copy of 4 bytes, so one 4-byte load (bytes picked one by
+            // one would be loaded once each and shifted together).
+            let mut w = [0u8; 4];
+            w.copy_from_slice(&c[k..k + 4]);
+            acc[k % 4] += weight(u32::from_be_bytes(w));
+        }
+        rest = &rest[8..];
     }
-    for w in bytes[i..].windows(4) {
+    for w in rest.windows(4) {
         acc[0] += weight(u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
     }
     acc.iter().sum()
