@@ -1129,8 +1129,11 @@ fn decision(p: &Params, s: &Scanned) -> ([f32; N_CLASSES], Option<usize>) {
     let mut probs = max_probs(&line_probs);
     let mut ev_line: Option<usize> = None;
     let mut bv = f32::NEG_INFINITY;
-    for (j, (q, t)) in line_probs.iter().zip(&s.per_line_picks).enumerate() {
-        let v = t.score - EV_ENTROPY * entropy(q);
+    // The entropies come from the evidence class scorer (7th revision: the
+    // class scorer's distributions chose worse lines).
+    let ev_probs = s.per_line.iter().map(|f| scores_probs(&p.ev_w, &p.ev_b, f));
+    for (j, (q, t)) in ev_probs.zip(&s.per_line_picks).enumerate() {
+        let v = t.score - EV_ENTROPY * entropy(&q);
         let earlier = ev_line.is_some_and(|k| t.no < s.per_line_picks[k].no);
         if v > bv || (v == bv && earlier) {
             bv = v;
@@ -1172,9 +1175,15 @@ fn entropy(q: &[f32; N_CLASSES]) -> f32 {
 
 /// Class probabilities from class features.
 pub fn class_probs(p: &Params, feats: &[(u32, f32)]) -> [f32; N_CLASSES] {
-    let mut z = p.class_b;
+    scores_probs(&p.class_w, &p.class_b, feats)
+}
+
+/// Softmax of a class table (`w[bucket * N_CLASSES + class]`, bias `b`)
+/// over class features.
+fn scores_probs(w: &[f32], b: &[f32; N_CLASSES], feats: &[(u32, f32)]) -> [f32; N_CLASSES] {
+    let mut z = *b;
     for &(b, v) in feats {
-        let row = &p.class_w[b as usize * N_CLASSES..(b as usize + 1) * N_CLASSES];
+        let row = &w[b as usize * N_CLASSES..(b as usize + 1) * N_CLASSES];
         for (zc, w) in z.iter_mut().zip(row) {
             *zc += v * w;
         }
@@ -1321,9 +1330,9 @@ mod tests {
     fn old_model_versions_are_refused() {
         let mut b = Params::zeros(10, 10).to_bytes();
         assert!(CilogModel::from_bytes(&b).is_ok());
-        b[8..12].copy_from_slice(&4u32.to_le_bytes());
+        b[8..12].copy_from_slice(&5u32.to_le_bytes());
         let e = CilogModel::from_bytes(&b).unwrap_err();
-        assert!(matches!(e, CilogError::Version(4)), "{e}");
+        assert!(matches!(e, CilogError::Version(5)), "{e}");
         assert!(e.to_string().contains("retrain"));
     }
 

@@ -4,9 +4,9 @@
 //!
 //! ```text
 //! magic       8 bytes  "SIFTCIL\0"
-//! version     u32      5 (same layout as 4, but the class features
-//!                      changed: failure signatures; 4: no signatures;
-//!                      3: no re-ranker; 2: no zone features; all refused)
+//! version     u32      6 (5 plus the evidence class scorer; 5: one class
+//!                      table; 4: no signatures; 3: no re-ranker; 2: no
+//!                      zone features; all refused)
 //! line_bits   u32      log2 of the line scorer's buckets (10..=22)
 //! class_bits  u32      log2 of the class scorer's buckets (10..=20)
 //! n_classes   u32      9
@@ -17,6 +17,9 @@
 //! class_scale f32
 //! class_q     2^class_bits × n_classes × i8   (bucket-major)
 //! class_b     n_classes × f32
+//! ev_scale    f32      the evidence class scorer (same shape)
+//! ev_q        2^class_bits × n_classes × i8
+//! ev_b        n_classes × f32
 //! rerank_n    u32      re-ranker weights (RERANK_F)
 //! rerank_w    rerank_n × f32
 //! note_len    u32      ≤ 4096
@@ -31,7 +34,7 @@ use super::features::POS_BUCKETS;
 use super::{Class, N_CLASSES, RERANK_F};
 
 pub const MAGIC: &[u8; 8] = b"SIFTCIL\0";
-pub const VERSION: u32 = 5;
+pub const VERSION: u32 = 6;
 const MAX_NOTE: usize = 4096;
 
 /// The learned parameters, dequantised.
@@ -49,6 +52,10 @@ pub struct Params {
     /// `class_w[bucket * N_CLASSES + class]`.
     pub class_w: Vec<f32>,
     pub class_b: [f32; N_CLASSES],
+    /// The evidence class scorer (same layout as `class_w`): its per-line
+    /// distributions choose the evidence line ([`super::EV_ENTROPY`]).
+    pub ev_w: Vec<f32>,
+    pub ev_b: [f32; N_CLASSES],
     /// Weights of the evidence re-ranker's features ([`super::rerank_features`]).
     pub rerank_w: [f32; RERANK_F],
     pub note: String,
@@ -100,6 +107,12 @@ impl Params {
         out.extend_from_slice(&cs.to_le_bytes());
         out.extend(cq.iter().map(|&q| q as u8));
         for v in self.class_b {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        let (es, eq) = quantize(&self.ev_w);
+        out.extend_from_slice(&es.to_le_bytes());
+        out.extend(eq.iter().map(|&q| q as u8));
+        for v in self.ev_b {
             out.extend_from_slice(&v.to_le_bytes());
         }
         out.extend_from_slice(&(RERANK_F as u32).to_le_bytes());
@@ -158,6 +171,9 @@ impl Params {
             + class_n
             + 4 * N_CLASSES
             + 4
+            + class_n
+            + 4 * N_CLASSES
+            + 4
             + 4 * RERANK_F
             + 4;
         if body.len() < expect {
@@ -190,6 +206,16 @@ impl Params {
         for c in &mut class_b {
             *c = r.f32()?;
         }
+        let es = r.f32()?;
+        let ev_w = r
+            .take(class_n)?
+            .iter()
+            .map(|&q| f32::from(q as i8) * es)
+            .collect();
+        let mut ev_b = [0f32; N_CLASSES];
+        for c in &mut ev_b {
+            *c = r.f32()?;
+        }
         let rerank_n = r.u32()?;
         if rerank_n as usize != RERANK_F {
             return Err(CilogError::Invalid(format!(
@@ -213,10 +239,11 @@ impl Params {
                 body.len() - r.at
             )));
         }
-        let all_finite = [ls, cs]
+        let all_finite = [ls, cs, es]
             .iter()
             .chain(pos_w.iter())
             .chain(class_b.iter())
+            .chain(ev_b.iter())
             .chain(rerank_w.iter())
             .all(|v| v.is_finite());
         if !all_finite {
@@ -231,6 +258,8 @@ impl Params {
             class_bits: class_bits as u8,
             class_w,
             class_b,
+            ev_w,
+            ev_b,
             rerank_w,
             note,
         })
@@ -272,6 +301,8 @@ impl Params {
             class_bits,
             class_w: vec![0.0; (1 << class_bits) * N_CLASSES],
             class_b,
+            ev_w: vec![0.0; (1 << class_bits) * N_CLASSES],
+            ev_b: class_b,
             rerank_w: [0.0; RERANK_F],
             note: String::new(),
         }

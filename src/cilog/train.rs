@@ -182,6 +182,16 @@ pub fn maybe_gunzip(b: Vec<u8>) -> std::io::Result<Vec<u8>> {
 /// 0.75 with the signature features; see the model card).
 pub const CLASS_BALANCE: f32 = 0.75;
 
+/// Group-aware L2 of the class scorer: a feature seen in g training
+/// repositories has L2 `class_l2` × (8 / g)^CLASS_GROUP_L2, so features of
+/// few repositories are held back and those of many are freer (7th
+/// revision; 0 is the uniform L2 of the 6th).
+pub const CLASS_GROUP_L2: f32 = 0.5;
+
+/// The class scorer is the average of this many class scorers trained in
+/// different example orders (7th revision).
+pub const CLASS_BAG: u64 = 3;
+
 /// Training knobs.
 #[derive(Debug, Clone, Copy)]
 pub struct Recipe {
@@ -470,12 +480,40 @@ pub fn train_rerank(lists: &[(Vec<RerankCand>, (u64, u64))], r: &Recipe) -> [f32
     out
 }
 
-/// Learn the class scorer from class features.
+/// The class scorer: the mean of [`CLASS_BAG`] softmax regressions with
+/// group-aware L2 ([`CLASS_GROUP_L2`]), each in its own example order.
+pub fn train_class_scorer(
+    feats: &[Vec<(u32, f32)>],
+    labels: &[Class],
+    groups: &[u32],
+    r: &Recipe,
+) -> (Vec<f32>, [f32; N_CLASSES]) {
+    let mut w = vec![0f32; (1 << r.class_bits) * N_CLASSES];
+    let mut b = [0f32; N_CLASSES];
+    for k in 0..CLASS_BAG {
+        let rk = Recipe {
+            seed: r.seed.wrapping_add(1000 * k),
+            ..*r
+        };
+        let (wk, bk) = train_classes(feats, labels, groups, &rk, CLASS_GROUP_L2);
+        for (a, v) in w.iter_mut().zip(&wk) {
+            *a += v / CLASS_BAG as f32;
+        }
+        for (a, v) in b.iter_mut().zip(&bk) {
+            *a += v / CLASS_BAG as f32;
+        }
+    }
+    (w, b)
+}
+
+/// Learn one softmax regression from class features; `group_l2` is the
+/// exponent of the group-aware L2 ([`CLASS_GROUP_L2`]; 0: uniform).
 pub fn train_classes(
     feats: &[Vec<(u32, f32)>],
     labels: &[Class],
     groups: &[u32],
     r: &Recipe,
+    group_l2: f32,
 ) -> (Vec<f32>, [f32; N_CLASSES]) {
     let mut w = AdaGrad::new((1 << r.class_bits) * N_CLASSES);
     w.sgd = r.class_sgd;
@@ -487,6 +525,27 @@ pub fn train_classes(
         |i| Box::new(feats[i].iter().map(|f| f.0)),
         r.min_groups,
     );
+    // Per bucket: L2 multiplier from the number of training groups it
+    // occurs in.
+    let l2m: Vec<f32> = {
+        let n = 1usize << r.class_bits;
+        let mut last = vec![u32::MAX; n];
+        let mut ng = vec![0u32; n];
+        let mut order = rows.clone();
+        order.sort_by_key(|&i| groups[i]);
+        for &i in &order {
+            for &(k, _) in &feats[i] {
+                let k = k as usize;
+                if last[k] != groups[i] {
+                    last[k] = groups[i];
+                    ng[k] += 1;
+                }
+            }
+        }
+        ng.iter()
+            .map(|&g| r.class_l2 * (8.0 / g.max(1) as f32).powf(group_l2))
+            .collect()
+    };
     let mut b = AdaGrad::new(N_CLASSES);
     let mut count = [0usize; N_CLASSES];
     for l in labels {
@@ -527,7 +586,8 @@ pub fn train_classes(
                 }
                 for &(k, v) in &feats[i] {
                     if mask[k as usize] {
-                        w.step(k as usize * N_CLASSES + c, g * v, r.class_lr, r.class_l2);
+                        let l2 = l2m[k as usize];
+                        w.step(k as usize * N_CLASSES + c, g * v, r.class_lr, l2);
                     }
                 }
                 b.step(c, g, r.class_lr, 0.0);
@@ -604,10 +664,15 @@ pub fn train(
             }
         }
     }
-    let (class_w, class_b) = train_classes(&feats, &labels, &row_groups, r);
+    let (class_w, class_b) = train_class_scorer(&feats, &labels, &row_groups, r);
+    // The evidence class scorer: the 6th revision's (one regression,
+    // uniform L2); its per-line entropies choose the evidence line better.
+    let (ev_w, ev_b) = train_classes(&feats, &labels, &row_groups, r, 0.0);
     let mut p = (*m.p).clone();
     p.class_w = class_w;
     p.class_b = class_b;
+    p.ev_w = ev_w;
+    p.ev_b = ev_b;
     // What ships is what is evaluated: round-trip through the file format.
     CilogModel::from_bytes(&p.to_bytes()).expect("fresh model round-trips")
 }
@@ -797,7 +862,7 @@ pub fn oracle_cv(data: &[Example], k: usize, r: &Recipe) -> Report {
             .collect();
         let lab: Vec<Class> = tr.iter().map(|&i| data[i].label).collect();
         let g: Vec<u32> = tr.iter().map(|&i| groups[i]).collect();
-        let (w, b) = train_classes(&fx, &lab, &g, r);
+        let (w, b) = train_class_scorer(&fx, &lab, &g, r);
         let mut p = p0.clone();
         p.class_w = w;
         p.class_b = b;
