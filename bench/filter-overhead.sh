@@ -3,7 +3,10 @@
 #
 #  1. spam: POST 2 KB bodies of real SMS text to a route with no filter and to
 #     the same route with the spam filter in annotate mode; throughput ratio
-#     (median of ROUNDS alternating rounds) and p50/p99.
+#     (median of ROUNDS alternating rounds) and p50/p99; also sift's CPU time
+#     per request in each run (from /proc), whose no-filter/annotate ratio is
+#     the throughput share when sift's core is the limit, and which moves far
+#     less than req/s with whatever else the machine runs.
 #  2. cilog (if the cilog filter is built in): POST a real ~1 MB CI log to a
 #     route with no filter and with the cilog filter in annotate mode, at low
 #     concurrency; the p99 latency it adds.
@@ -86,14 +89,23 @@ curl -fs "http://127.0.0.1:$A/readyz" >/dev/null || { cat "$d/sift.log" >&2; exi
 LAST_RPS=0
 run() { # $1 label, $2 lua, $3 conns
   taskset -c 1 wrk -t1 -c"$3" -d2s -s "$2" "http://127.0.0.1:$P/" >/dev/null
-  local out; out=$(taskset -c 1 wrk -t1 -c"$3" -d"$DURATION" --latency -s "$2" "http://127.0.0.1:$P/")
-  local rps p50 p99 non2xx
+  local c0 c1 out; c0=$(cpu_ticks)
+  out=$(taskset -c 1 wrk -t1 -c"$3" -d"$DURATION" --latency -s "$2" "http://127.0.0.1:$P/")
+  c1=$(cpu_ticks)
+  local rps p50 p99 non2xx reqs
   rps=$(echo "$out" | awk '/Requests\/sec/{print $2}')
+  reqs=$(echo "$out" | awk '/requests in/{print $1}')
+  # sift's CPU time (user + system, all its threads) per request: unlike
+  # req/s, it does not move with what else the machine is doing.
+  LAST_CPU=$(python3 -c "print(round(($c1 - $c0) / $(getconf CLK_TCK) * 1e6 / $reqs, 1))")
   p50=$(echo "$out" | awk '$1=="50%"{print $2}')
   p99=$(echo "$out" | awk '$1=="99%"{print $2}')
   non2xx=$(echo "$out" | awk '/Non-2xx/{print $NF}'); non2xx=${non2xx:-0}
-  echo "| $1 | $rps | $p50 | $p99 | $non2xx |"
+  echo "| $1 | $rps | $p50 | $p99 | $non2xx | $LAST_CPU |"
   LAST_RPS=$rps; LAST_P99=$p99
+}
+cpu_ticks() { # sift's utime + stime, in clock ticks
+  awk '{print $14 + $15}' "/proc/$SP/stat"
 }
 ms() { # wrk latency (e.g. 1.23ms, 850.00us, 1.2s) -> ms
   python3 -c "import sys,re;v=sys.argv[1];m=re.match(r'([0-9.]+)(us|ms|s)',v);n=float(m[1]);print({'us':n/1000,'ms':n,'s':n*1000}[m[2]])" "$1"
@@ -102,24 +114,28 @@ echo "filter overhead: $(date -u) | nproc $(nproc) | sift: 1 worker + 1 filter t
 echo
 echo "spam filter, annotate mode, 2 KB real SMS text bodies, wrk -c$CONNS -d$DURATION:"
 echo
-echo "| run | req/s | p50 | p99 | non-2xx |"
-echo "|---|---:|---:|---:|---:|"
+echo "| run | req/s | p50 | p99 | non-2xx | sift CPU µs/req |"
+echo "|---|---:|---:|---:|---:|---:|"
 ratios=()
+cpus=()
 for r in $(seq "$ROUNDS"); do
-  run "round $r: no filter" "$d/off.lua" "$CONNS"; off=$LAST_RPS
-  run "round $r: spam annotate" "$d/spam.lua" "$CONNS"; on=$LAST_RPS
+  run "round $r: no filter" "$d/off.lua" "$CONNS"; off=$LAST_RPS; coff=$LAST_CPU
+  run "round $r: spam annotate" "$d/spam.lua" "$CONNS"; on=$LAST_RPS; con=$LAST_CPU
   ratios+=("$(python3 -c "print(round($on / $off * 100, 1))")")
+  cpus+=("$(python3 -c "print(round($coff / $con * 100, 1))")")
 done
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 echo
-echo "annotate / no-filter throughput per round: ${ratios[*]} % | median: $(printf '%s\n' "${ratios[@]}" | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}') %"
+echo "annotate / no-filter throughput per round: ${ratios[*]} % | median: $(median "${ratios[@]}") %"
+echo "no-filter / annotate sift CPU per request (the throughput share when sift's core is the limit): ${cpus[*]} % | median: $(median "${cpus[@]}") %"
 verdicts=$(curl -fs "http://127.0.0.1:$A/metrics" | awk '/^sift_filter_verdicts_total\{filter="spam"/{s+=$2} END{print s+0}')
 echo "spam verdicts counted: $verdicts"
 if [ -n "$CILOG" ]; then
   echo
   echo "cilog filter, annotate mode, $(basename "$LOG") ($(stat -c %s "$LOG") bytes), wrk -c$LOG_CONNS -d$DURATION:"
   echo
-  echo "| run | req/s | p50 | p99 | non-2xx |"
-  echo "|---|---:|---:|---:|---:|"
+  echo "| run | req/s | p50 | p99 | non-2xx | sift CPU µs/req |"
+  echo "|---|---:|---:|---:|---:|---:|"
   adds=()
   for r in $(seq "$ROUNDS"); do
     run "round $r: no filter" "$d/logoff.lua" "$LOG_CONNS"; a=$(ms "$LAST_P99")
