@@ -196,26 +196,8 @@ impl Params {
         for p in &mut pos_w {
             *p = r.f32()?;
         }
-        let cs = r.f32()?;
-        let class_w = r
-            .take(class_n)?
-            .iter()
-            .map(|&q| f32::from(q as i8) * cs)
-            .collect();
-        let mut class_b = [0f32; N_CLASSES];
-        for c in &mut class_b {
-            *c = r.f32()?;
-        }
-        let es = r.f32()?;
-        let ev_w = r
-            .take(class_n)?
-            .iter()
-            .map(|&q| f32::from(q as i8) * es)
-            .collect();
-        let mut ev_b = [0f32; N_CLASSES];
-        for c in &mut ev_b {
-            *c = r.f32()?;
-        }
+        let (class_w, class_b) = r.class_table(class_n)?;
+        let (ev_w, ev_b) = r.class_table(class_n)?;
         let rerank_n = r.u32()?;
         if rerank_n as usize != RERANK_F {
             return Err(CilogError::Invalid(format!(
@@ -239,8 +221,7 @@ impl Params {
                 body.len() - r.at
             )));
         }
-        let all_finite = [ls, cs, es]
-            .iter()
+        let all_finite = std::iter::once(&ls)
             .chain(pos_w.iter())
             .chain(class_b.iter())
             .chain(ev_b.iter())
@@ -335,6 +316,25 @@ impl<'a> Reader<'a> {
         Ok(u32::from_le_bytes(
             self.take(4)?.try_into().expect("4 bytes"),
         ))
+    }
+
+    /// A class table: its i8 scale (finite), `n` i8 weights, then the
+    /// class biases.
+    fn class_table(&mut self, n: usize) -> Result<(Vec<f32>, [f32; N_CLASSES]), CilogError> {
+        let scale = self.f32()?;
+        if !scale.is_finite() {
+            return Err(CilogError::Invalid("non-finite parameter".into()));
+        }
+        let w = self
+            .take(n)?
+            .iter()
+            .map(|&q| f32::from(q as i8) * scale)
+            .collect();
+        let mut b = [0f32; N_CLASSES];
+        for c in &mut b {
+            *c = self.f32()?;
+        }
+        Ok((w, b))
     }
 
     fn f32(&mut self) -> Result<f32, CilogError> {
