@@ -334,6 +334,18 @@ fn group_mask<'a, I>(n: usize, rows: &[usize], groups: &[u32], feats: I, min: u3
 where
     I: Fn(usize) -> Box<dyn Iterator<Item = u32> + 'a>,
 {
+    group_counts(n, rows, groups, feats)
+        .into_iter()
+        .map(|c| c >= min)
+        .collect()
+}
+
+/// Per bucket, the number of distinct groups (repositories) among `rows`
+/// whose features include it.
+fn group_counts<'a, I>(n: usize, rows: &[usize], groups: &[u32], feats: I) -> Vec<u32>
+where
+    I: Fn(usize) -> Box<dyn Iterator<Item = u32> + 'a>,
+{
     let mut last = vec![u32::MAX; n];
     let mut count = vec![0u32; n];
     let mut order: Vec<usize> = rows.to_vec();
@@ -348,7 +360,7 @@ where
             }
         }
     }
-    count.into_iter().map(|c| c >= min).collect()
+    count
 }
 
 /// Learn the line scorer on `rows` of `sets`.
@@ -518,34 +530,16 @@ pub fn train_classes(
     let mut w = AdaGrad::new((1 << r.class_bits) * N_CLASSES);
     w.sgd = r.class_sgd;
     let rows: Vec<usize> = (0..labels.len()).collect();
-    let mask = group_mask(
-        1 << r.class_bits,
-        &rows,
-        groups,
-        |i| Box::new(feats[i].iter().map(|f| f.0)),
-        r.min_groups,
-    );
-    // Per bucket: L2 multiplier from the number of training groups it
-    // occurs in.
-    let l2m: Vec<f32> = {
-        let n = 1usize << r.class_bits;
-        let mut last = vec![u32::MAX; n];
-        let mut ng = vec![0u32; n];
-        let mut order = rows.clone();
-        order.sort_by_key(|&i| groups[i]);
-        for &i in &order {
-            for &(k, _) in &feats[i] {
-                let k = k as usize;
-                if last[k] != groups[i] {
-                    last[k] = groups[i];
-                    ng[k] += 1;
-                }
-            }
-        }
-        ng.iter()
-            .map(|&g| r.class_l2 * (8.0 / g.max(1) as f32).powf(group_l2))
-            .collect()
-    };
+    // Per bucket: the number of training groups it occurs in, which gates
+    // it (`min_groups`) and sets its L2 multiplier.
+    let ng = group_counts(1 << r.class_bits, &rows, groups, |i| {
+        Box::new(feats[i].iter().map(|f| f.0))
+    });
+    let mask: Vec<bool> = ng.iter().map(|&g| g >= r.min_groups).collect();
+    let l2m: Vec<f32> = ng
+        .iter()
+        .map(|&g| r.class_l2 * (8.0 / g.max(1) as f32).powf(group_l2))
+        .collect();
     let mut b = AdaGrad::new(N_CLASSES);
     let mut count = [0usize; N_CLASSES];
     for l in labels {

@@ -44,8 +44,9 @@ impl std::fmt::Display for Metrics {
     }
 }
 
-/// One evaluation repeated over several random splits: counts pooled, and
-/// the spread of the per-split F1.
+/// One evaluation repeated over several random splits: counts pooled
+/// ([`pool`]: AUC the mean of the splits'), and the spread of the per-split
+/// F1.
 pub struct Repeated {
     pub pooled: Metrics,
     pub f1_mean: f64,
@@ -55,30 +56,9 @@ pub struct Repeated {
 
 impl Repeated {
     pub fn of(runs: &[Metrics]) -> Repeated {
-        let sum = |f: fn(&Metrics) -> usize| runs.iter().map(f).sum::<usize>();
-        let (tp, fp, tn, fn_) = (sum(|m| m.tp), sum(|m| m.fp), sum(|m| m.tn), sum(|m| m.fn_));
-        let precision = ratio(tp, tp + fp);
-        let recall = ratio(tp, tp + fn_);
         let f1s = runs.iter().map(|m| m.f1);
         Repeated {
-            pooled: Metrics {
-                n: tp + fp + tn + fn_,
-                tp,
-                fp,
-                tn,
-                fn_,
-                precision,
-                recall,
-                f1: if precision + recall > 0.0 {
-                    2.0 * precision * recall / (precision + recall)
-                } else {
-                    0.0
-                },
-                accuracy: ratio(tp + tn, tp + fp + tn + fn_),
-                // Not pooled: the mean of the splits'.
-                auc: runs.iter().map(|m| m.auc).sum::<f64>() / runs.len().max(1) as f64,
-                ham_fpr: ratio(fp, fp + tn),
-            },
+            pooled: pool(runs),
             f1_mean: f1s.clone().sum::<f64>() / runs.len().max(1) as f64,
             f1_min: f1s.clone().fold(f64::INFINITY, f64::min),
             f1_max: f1s.fold(f64::NEG_INFINITY, f64::max),

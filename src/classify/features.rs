@@ -484,7 +484,9 @@ fn fold(b: u8, digits: bool) -> u8 {
     }
 }
 
-#[inline(always)]
+/// A word byte of raw text (the reference definition: tests and
+/// `features_ref`; serving reads [`is_word_norm`] of the normalised byte).
+#[cfg(test)]
 fn is_word_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b >= 0x80
 }
@@ -557,8 +559,8 @@ impl Featurizer {
         // Built here, not on the first URL a scan meets.
         std::sync::LazyLock::force(&BRAND_AC);
         for b in 0..=255u8 {
-            let norm = if b <= b' ' { b' ' } else { fold(b, digits) };
-            f.byte_tab[usize::from(b)] = u16::from(norm) | (u16::from(is_word_byte(b)) << 8);
+            let norm = norm_byte(b, digits);
+            f.byte_tab[usize::from(b)] = u16::from(norm) | (u16::from(is_word_norm(norm)) << 8);
         }
         if cfg.flags & FLAG_CHAR != 0 {
             for (flag, n) in [(FLAG_CHAR3, 3), (FLAG_CHAR4, 4), (FLAG_CHAR5, 5)] {
@@ -2245,9 +2247,14 @@ mod tests {
                 ..FeatureConfig::default()
             });
             for b in 0..=255u8 {
+                // The byte table and the vectorised loop both come from
+                // norm_byte; it must equal the token hash's definition.
                 let e = fz.byte_tab[usize::from(b)];
                 let n = norm_byte(b, digits);
                 assert_eq!(n, e as u8, "byte {b:#x}");
+                let def = if b <= b' ' { b' ' } else { fold(b, digits) };
+                assert_eq!(n, def, "byte {b:#x}");
+                assert_eq!(is_word_norm(n), is_word_byte(b), "byte {b:#x}");
                 assert_eq!(is_word_norm(n), e >> 8 != 0, "byte {b:#x}");
                 // Each lane of space_lanes, with varied neighbours.
                 for lane in 0..8 {
