@@ -220,6 +220,9 @@ pub enum Setting {
     Sms,
     /// SpamAssassin-trained model on SMS, zero-shot and after 200 examples.
     Adapt,
+    /// Zero-shot across corpora, both ways: trained on all of one corpus,
+    /// scored on all of the other (a stand-in for corpora never seen).
+    Transfer,
 }
 
 #[derive(Debug, Args)]
@@ -536,7 +539,13 @@ pub fn run_eval(what: EvalWhat) -> ExitCode {
     if !rules.is_empty() && !args.validate {
         return fail("--calib-alt needs --validate");
     }
-    let all = [Setting::Time, Setting::Kfold, Setting::Sms, Setting::Adapt];
+    let all = [
+        Setting::Time,
+        Setting::Kfold,
+        Setting::Sms,
+        Setting::Adapt,
+        Setting::Transfer,
+    ];
     let settings: Vec<Setting> = if args.bench_only {
         Vec::new()
     } else if args.only.is_empty() {
@@ -556,7 +565,7 @@ pub fn run_eval(what: EvalWhat) -> ExitCode {
     let need_sa = settings.iter().any(|s| *s != Setting::Sms || sms_with_sa);
     let need_sms = settings
         .iter()
-        .any(|s| matches!(s, Setting::Sms | Setting::Adapt));
+        .any(|s| matches!(s, Setting::Sms | Setting::Adapt | Setting::Transfer));
     let sa = if need_sa {
         match load("sa", &args.recipe, &fz) {
             Ok(l) => Some(l),
@@ -719,6 +728,32 @@ pub fn run_eval(what: EvalWhat) -> ExitCode {
                     a.zero_shot,
                     a.n_learn,
                     a.learned,
+                    t.elapsed().as_secs_f64()
+                );
+            }
+            (Setting::Transfer, Some(sa), Some(sms)) => {
+                let (to_sms, to_sa) = eval::transfer(
+                    &sa.corpus,
+                    &sa.ds,
+                    &sms.corpus,
+                    &sms.ds,
+                    fcfg,
+                    &opts,
+                    args.validate,
+                );
+                println!(
+                    "(t{}) zero-shot across corpora{}:",
+                    if args.validate { "-val" } else { "" },
+                    if args.validate {
+                        " (training parts only: SpamAssassin *-1, the SMS 80 %)"
+                    } else {
+                        ""
+                    }
+                );
+                println!(
+                    "    SpamAssassin -> SMS:    {to_sms}\n    SMS -> SpamAssassin:    {to_sa}\n    mean F1 {:.4}, mean AUC {:.4}  [{:.1}s]",
+                    (to_sms.f1 + to_sa.f1) / 2.0,
+                    (to_sms.auc + to_sa.auc) / 2.0,
                     t.elapsed().as_secs_f64()
                 );
             }

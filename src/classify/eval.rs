@@ -383,6 +383,43 @@ pub fn adaptation(
     }
 }
 
+/// Zero-shot transfer, both ways: a model trained on all of SpamAssassin
+/// scored on all of SMS, and one trained on all of SMS scored on all of
+/// SpamAssassin; each threshold set on its own training corpus. A stand-in
+/// for the corpora a deployment's traffic resembles and no model saw. With
+/// `validate`, only the training parts of (a) and (c) are read (SpamAssassin
+/// *-1, the SMS 80 %), so it can guide a choice without touching a test set.
+pub fn transfer(
+    sa: &Corpus,
+    sa_ds: &Dataset,
+    sms: &Corpus,
+    sms_ds: &Dataset,
+    fcfg: FeatureConfig,
+    opts: &FitOptions,
+    validate: bool,
+) -> (Metrics, Metrics) {
+    let sa_rows: Vec<usize> = (0..sa.len())
+        .filter(|&i| !validate || sa.groups[i] <= 2)
+        .collect();
+    let sms_rows: Vec<usize> = if validate {
+        split_dedup(sms, 0.2, opts.train.seed ^ 0x5e5).0
+    } else {
+        (0..sms.len()).collect()
+    };
+    let one_way = |from: &Dataset, from_rows: &[usize], to: &Dataset, to_rows: &[usize], note| {
+        let model = train::train_model(from, from_rows, fcfg, opts, note);
+        metrics(
+            &margins(&model, to, to_rows),
+            &labels_of(to, to_rows),
+            model.threshold,
+        )
+    };
+    (
+        one_way(sa_ds, &sa_rows, sms_ds, &sms_rows, "SpamAssassin"),
+        one_way(sms_ds, &sms_rows, sa_ds, &sa_rows, "SMS"),
+    )
+}
+
 /// Validation figures: counts pooled over the validation slices (P, R, F1,
 /// accuracy and FPR from the pooled counts), ROC AUC the mean of slices.
 pub fn pool(parts: &[Metrics]) -> Metrics {
@@ -516,6 +553,17 @@ pub fn sms_valid_rules(
             train::train_model_oof(ds, &tr, fcfg, opts, "SMS validation", &|r| r < n);
         let oof = (om, ol);
         let (m, l) = (margins(&model, ds, &va), labels_of(ds, &va));
+        if std::env::var_os("SIFT_VAL_DUMP").is_some() {
+            for (k, &r) in va.iter().enumerate() {
+                if (m[k] >= model.threshold) != l[k] {
+                    let kind = if l[k] { "FN" } else { "FP" };
+                    eprintln!(
+                        "{kind} {:.2} (t {:.2}): {:?}",
+                        m[k], model.threshold, corpus.views[r].text
+                    );
+                }
+            }
+        }
         for (p, r) in parts.iter_mut().zip(&all_rules) {
             p.push(metrics(&m, &l, rule_threshold(&model, &oof, *r)));
         }
