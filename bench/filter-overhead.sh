@@ -13,6 +13,9 @@
 #
 #   bench/filter-overhead.sh [SIFT_BIN]
 #   env: DURATION (10s) CONNS (50) ROUNDS (3) LOG_CONNS (4)
+#        ACCESS_LOG (false; true: sift writes its JSON access log, as it does
+#        by default, to a file, as a container's stdout would go)
+#        SPAM_ONLY (unset; 1: skip the cilog part)
 #
 # Placement: sift (1 worker + 1 filter thread) on core 0; wrk and the backend
 # nginx on core 1. Everything runs on 127.0.0.1 and stops by itself.
@@ -23,6 +26,7 @@ DURATION=${DURATION:-10s}
 CONNS=${CONNS:-50}
 ROUNDS=${ROUNDS:-3}
 LOG_CONNS=${LOG_CONNS:-4}
+ACCESS_LOG=${ACCESS_LOG:-false}
 DATA=${SIFT_SHARED_DATA:-../shared/data}
 [ -x "$SIFT" ] || { echo "no sift binary at $SIFT (cargo build --release)" >&2; exit 1; }
 . bench/common.sh
@@ -62,10 +66,10 @@ lua "$d/body.txt" /spam > "$d/spam.lua"
 [ -n "$LOG" ] && { lua "$LOG" /logoff > "$d/logoff.lua"; lua "$LOG" /cilog > "$d/cilog.lua"; }
 
 CILOG=""
-if "$SIFT" classify --help 2>&1 | grep -q cilog && [ -n "$LOG" ]; then CILOG=1; fi
+if [ -z "${SPAM_ONLY:-}" ] && "$SIFT" classify --help 2>&1 | grep -q cilog && [ -n "$LOG" ]; then CILOG=1; fi
 cat > "$d/sift.yaml" <<YAML
 workers: 1
-log: { format: json, level: warn, access_log: false }
+log: { format: json, level: warn, access_log: $ACCESS_LOG }
 admin: { address: "127.0.0.1:$A" }
 filter_pool: { threads: 1 }
 listeners:
@@ -110,7 +114,7 @@ cpu_ticks() { # sift's utime + stime, in clock ticks
 ms() { # wrk latency (e.g. 1.23ms, 850.00us, 1.2s) -> ms
   python3 -c "import sys,re;v=sys.argv[1];m=re.match(r'([0-9.]+)(us|ms|s)',v);n=float(m[1]);print({'us':n/1000,'ms':n,'s':n*1000}[m[2]])" "$1"
 }
-echo "filter overhead: $(date -u) | nproc $(nproc) | sift: 1 worker + 1 filter thread on core 0; wrk -t1 + backend nginx on core 1"
+echo "filter overhead: $(date -u) | nproc $(nproc) | sift: 1 worker + 1 filter thread on core 0; wrk -t1 + backend nginx on core 1 | access log: $ACCESS_LOG"
 echo
 echo "spam filter, annotate mode, 2 KB real SMS text bodies, wrk -c$CONNS -d$DURATION:"
 echo
