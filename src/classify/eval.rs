@@ -507,11 +507,26 @@ pub fn time_split_valid_rules(
             train::train_model_oof(ds, &tr, fcfg, opts, "time-split validation", &|_| true);
         let oof = (om, ol);
         let (m, l) = (margins(&model, ds, &va), labels_of(ds, &va));
+        if std::env::var_os("SIFT_VAL_DUMP").is_some() {
+            dump_errors(&m, &l, model.threshold, |k| &sa.views[va[k]].text);
+        }
         for (p, r) in parts.iter_mut().zip(&all_rules) {
             p.push(metrics(&m, &l, rule_threshold(&model, &oof, *r)));
         }
     }
     parts.iter().map(|p| pool(p)).collect()
+}
+
+/// Print the errors of one validation model (`SIFT_VAL_DUMP`): kind,
+/// margin, threshold and the text's first 300 characters.
+fn dump_errors<'a>(m: &[f32], l: &[bool], threshold: f32, text: impl Fn(usize) -> &'a str) {
+    for (k, (&mk, &lk)) in m.iter().zip(l).enumerate() {
+        if (mk >= threshold) != lk {
+            let kind = if lk { "FN" } else { "FP" };
+            let t: String = text(k).chars().take(300).collect();
+            eprintln!("{kind} {mk:.2} (t {threshold:.2}): {t:?}");
+        }
+    }
 }
 
 /// Validation for (c), from the SMS training part (the 80 %) only: inner
@@ -554,15 +569,7 @@ pub fn sms_valid_rules(
         let oof = (om, ol);
         let (m, l) = (margins(&model, ds, &va), labels_of(ds, &va));
         if std::env::var_os("SIFT_VAL_DUMP").is_some() {
-            for (k, &r) in va.iter().enumerate() {
-                if (m[k] >= model.threshold) != l[k] {
-                    let kind = if l[k] { "FN" } else { "FP" };
-                    eprintln!(
-                        "{kind} {:.2} (t {:.2}): {:?}",
-                        m[k], model.threshold, corpus.views[r].text
-                    );
-                }
-            }
+            dump_errors(&m, &l, model.threshold, |k| &corpus.views[va[k]].text);
         }
         for (p, r) in parts.iter_mut().zip(&all_rules) {
             p.push(metrics(&m, &l, rule_threshold(&model, &oof, *r)));
