@@ -115,26 +115,7 @@ pub struct Recipe {
 
 impl Recipe {
     fn feature_config(&self) -> Result<FeatureConfig, String> {
-        let mut flags = 0;
-        for f in self
-            .features
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-        {
-            flags |= match f {
-                "word" => features::FLAG_WORD,
-                "bigram" => features::FLAG_BIGRAM,
-                "char" => features::FLAG_CHAR,
-                "char3" => features::FLAG_CHAR | features::FLAG_CHAR3,
-                "char4" => features::FLAG_CHAR | features::FLAG_CHAR4,
-                "char5" => features::FLAG_CHAR | features::FLAG_CHAR5,
-                "signal" => features::FLAG_SIGNAL,
-                "fold" => features::FLAG_FOLD_DIGITS,
-                "charset" => features::FLAG_CHARSET,
-                other => return Err(format!("unknown feature block {other:?}")),
-            };
-        }
+        let flags = features::parse_flags(&self.features)?;
         if !(10..=24).contains(&self.bits) {
             return Err("--bits must be in 10..=24".into());
         }

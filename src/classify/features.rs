@@ -55,6 +55,28 @@ pub const FLAG_CHAR5: u32 = 128;
 pub const FLAG_CHARSET: u32 = 256;
 pub const ALL_FLAGS: u32 = FLAG_WORD | FLAG_BIGRAM | FLAG_CHAR | FLAG_SIGNAL | FLAG_FOLD_DIGITS;
 
+/// The `FLAG_*` bits of a comma-separated list of feature block names, as
+/// the command line takes them: `word,bigram,char` (3-, 4- and 5-grams) or
+/// `char3` / `char4` / `char5`, `signal`, `fold`, `charset`.
+pub fn parse_flags(list: &str) -> Result<u32, String> {
+    let mut flags = 0;
+    for f in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        flags |= match f {
+            "word" => FLAG_WORD,
+            "bigram" => FLAG_BIGRAM,
+            "char" => FLAG_CHAR,
+            "char3" => FLAG_CHAR | FLAG_CHAR3,
+            "char4" => FLAG_CHAR | FLAG_CHAR4,
+            "char5" => FLAG_CHAR | FLAG_CHAR5,
+            "signal" => FLAG_SIGNAL,
+            "fold" => FLAG_FOLD_DIGITS,
+            "charset" => FLAG_CHARSET,
+            other => return Err(format!("unknown feature block {other:?}")),
+        };
+    }
+    Ok(flags)
+}
+
 impl Default for FeatureConfig {
     fn default() -> Self {
         FeatureConfig {

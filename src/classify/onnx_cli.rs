@@ -45,7 +45,8 @@ pub struct ExportSpam {
     /// log2 of the number of hash buckets (the model's input width D = 2^bits).
     #[arg(long, default_value_t = 14)]
     pub bits: u8,
-    /// Feature blocks: comma-separated of word,bigram,char,signal,fold.
+    /// Feature blocks (as `sift train spam --features`): comma-separated of word, bigram,
+    /// char (3-, 4- and 5-grams) or char3/char4/char5, signal, fold, charset.
     #[arg(long, default_value = "word,bigram,char,signal,fold")]
     pub features: String,
     /// Featurize at most this many bytes of each text view.
@@ -66,22 +67,7 @@ pub struct ExportSpam {
 
 impl ExportSpam {
     fn feature_config(&self) -> Result<FeatureConfig, String> {
-        let mut flags = 0;
-        for f in self
-            .features
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-        {
-            flags |= match f {
-                "word" => features::FLAG_WORD,
-                "bigram" => features::FLAG_BIGRAM,
-                "char" => features::FLAG_CHAR,
-                "signal" => features::FLAG_SIGNAL,
-                "fold" => features::FLAG_FOLD_DIGITS,
-                other => return Err(format!("unknown feature block {other:?}")),
-            };
-        }
+        let flags = features::parse_flags(&self.features)?;
         if !(8..=24).contains(&self.bits) {
             return Err("--bits must be in 8..=24".into());
         }
