@@ -557,7 +557,8 @@ fn flush_b64(acc: u32, n: u32, out: &mut Vec<u8>) {
     }
 }
 
-fn hex(b: u8) -> Option<u8> {
+/// The value of one hexadecimal digit (quoted-printable, URL escapes).
+pub fn hex(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),
         b'a'..=b'f' => Some(b - b'a' + 10),

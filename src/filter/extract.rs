@@ -155,7 +155,7 @@ fn form_decode(s: &[u8]) -> String {
     while i < s.len() {
         match s[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < s.len() => match (hex(s[i + 1]), hex(s[i + 2])) {
+            b'%' if i + 2 < s.len() => match (text::hex(s[i + 1]), text::hex(s[i + 2])) {
                 (Some(h), Some(l)) => {
                     out.push(h << 4 | l);
                     i += 2;
@@ -167,15 +167,6 @@ fn form_decode(s: &[u8]) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
 }
 
 /// multipart/form-data (RFC 7578): the text of the wanted non-file fields.
