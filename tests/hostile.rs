@@ -325,3 +325,106 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         }
     }
 }
+
+/// Config text is operator input, but a typo or a bad merge must still be
+/// an error with a path and line, never a panic: the shipped configs and
+/// the full example of docs/configuration.md, mutated with the tokens YAML
+/// and sift's value parsers key on.
+#[test]
+fn mutated_configs_never_panic_the_loader() {
+    const YAML_TOKENS: &[&str] = &[
+        ": ",
+        "- ",
+        "{",
+        "}",
+        "[",
+        "]",
+        ",",
+        "\"",
+        "'",
+        "#",
+        "\n  ",
+        "\n    - ",
+        "\t",
+        "&a ",
+        "*a",
+        "!!binary ",
+        "~",
+        "null",
+        "-1",
+        "0",
+        "1e400",
+        "99999999999999999999999",
+        "18446744073709551616",
+        "NaN",
+        "-5ms",
+        "1000000000h",
+        "0s",
+        "1.5KiB",
+        "99999999TiB",
+        "[::1]:",
+        "0.0.0.0:99999",
+        "*.",
+        "/",
+        "weight: ",
+        "cluster: ",
+        "clusters: ",
+        "routes: ",
+        "filters: ",
+        "mode: ",
+        "\u{feff}",
+        "\u{0}",
+    ];
+    let mut seeds: Vec<String> = ["dev.yaml", "edge.yaml", "sidecar.yaml"]
+        .iter()
+        .map(|f| std::fs::read_to_string(root().join("config").join(f)).expect("shipped config"))
+        .collect();
+    let doc = std::fs::read_to_string(root().join("docs/configuration.md")).expect("docs");
+    let example = doc
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|s| s.split("```").next())
+        .expect("docs/configuration.md has a YAML example");
+    seeds.push(example.to_string());
+    for s in &seeds {
+        assert!(
+            sift::config::load_str(s).is_ok(),
+            "a seed config does not load:\n{s}"
+        );
+    }
+    let mut rng = Rng(0x5eed_0005);
+    let n = iters(3000);
+    let mut rejected = 0;
+    for i in 0..n {
+        let seed = &seeds[i % seeds.len()];
+        let mut text = seed.clone();
+        for _ in 0..1 + rng.below(4) {
+            let mut at = rng.below(text.len() + 1);
+            while !text.is_char_boundary(at) {
+                at -= 1;
+            }
+            match rng.below(3) {
+                0 => text.insert_str(at, YAML_TOKENS[rng.below(YAML_TOKENS.len())]),
+                1 => {
+                    let mut end = (at + rng.below(40)).min(text.len());
+                    while !text.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    text.replace_range(at..end, "");
+                }
+                _ => text.truncate(at),
+            }
+        }
+        if let Err(e) = sift::config::load_str(&text) {
+            rejected += 1;
+            assert!(!e.to_string().is_empty(), "iteration {i}: an empty error");
+        }
+    }
+    eprintln!("{rejected} of {n} mutated configs rejected");
+    // Most mutations break something; a loader that accepted everything
+    // would not be checking.
+    assert!(
+        rejected * 2 > n,
+        "only {rejected} of {n} mutated configs were rejected"
+    );
+}
