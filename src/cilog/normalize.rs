@@ -251,9 +251,14 @@ pub fn normalize_segment(seg: &[u8], out: &mut Vec<u8>) {
     while out.last() == Some(&b' ') {
         out.pop();
     }
-    // 3. Timestamp prefixes, then markers.
-    let cut = timestamp_prefix(out);
-    if cut > 0 {
+    // 3. Timestamp prefixes (the CI's, then the tool's own, as in
+    // `2024-01-02T03:04:05Z 2019-07-08 22:26:27.059 xcodebuild ...`), then
+    // markers.
+    for _ in 0..2 {
+        let cut = timestamp_prefix(out);
+        if cut == 0 {
+            break;
+        }
         out.drain(..cut);
     }
     strip_markers(out);
@@ -532,6 +537,15 @@ mod tests {
         );
         assert_eq!(norm("2024-01-02T03:04:05.123456Z 01E error: x"), "error: x");
         assert_eq!(norm("10 tests: 3 failed"), "10 tests: 3 failed");
+        // The CI's stamp, then the tool's own.
+        assert_eq!(
+            norm("[2024-01-02T03:04:05.123Z] 2019-07-08 22:26:27.059 xcodebuild[3101] error"),
+            "xcodebuild[3101] error"
+        );
+        assert_eq!(
+            norm("2024-01-02T03:04:05.1234567Z 12:34:56 BUILD FAILED"),
+            "BUILD FAILED"
+        );
     }
 
     #[test]
