@@ -428,3 +428,44 @@ fn mutated_configs_never_panic_the_loader() {
         "only {rejected} of {n} mutated configs were rejected"
     );
 }
+
+/// `POST /filters/{name}/learn` takes JSONL from an operator's tooling: a
+/// mutated batch is learned or refused with an error naming the line, and a
+/// learned model still scores finitely.
+#[test]
+fn mutated_learn_batches_never_panic() {
+    let clf = Classifier::load(&root().join("filters/spam/model.bin")).expect("spam model loads");
+    let seed = concat!(
+        r#"{"text": "WINNER!! Claim your £900 prize now: call 09061701461", "label": "spam"}"#,
+        "\n",
+        r#"{"text": "Are we still on for lunch at 1?", "label": "ham"}"#,
+        "\n",
+        r#"{"text": "Subject: invoice\n\nPlease find the \u00e9t\u00e9 report attached", "label": "ham"}"#,
+        "\n",
+        r#"{"text": "", "label": "spam"}"#,
+        "\n"
+    )
+    .repeat(4);
+    let opts = sift::classify::train::LearnOptions::default();
+    let probe = text::TextView::plain("Claim your free prize now, txt WIN to 80086");
+    let mut rng = Rng(0x5eed_0007);
+    let (mut ok, mut refused) = (0, 0);
+    for i in 0..iters(400) {
+        let m = mutate(&mut rng, seed.as_bytes(), 16 * 1024);
+        let Ok(jsonl) = std::str::from_utf8(&m) else {
+            continue;
+        };
+        match clf.learn_jsonl(jsonl, &opts) {
+            Ok(c) => {
+                ok += 1;
+                assert!(c.score(&probe).margin.is_finite(), "iteration {i}");
+            }
+            Err(e) => {
+                refused += 1;
+                assert!(!e.to_string().is_empty(), "iteration {i}: an empty error");
+            }
+        }
+    }
+    eprintln!("learn: {ok} batches learned, {refused} refused");
+    assert!(ok > 0 && refused > 0, "{ok} learned, {refused} refused");
+}
