@@ -469,3 +469,86 @@ fn mutated_learn_batches_never_panic() {
     eprintln!("learn: {ok} batches learned, {refused} refused");
     assert!(ok > 0 && refused > 0, "{ok} learned, {refused} refused");
 }
+
+/// FNV-1a 64, the cilog model file's checksum.
+fn fnv64(b: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &x in b {
+        h ^= u64::from(x);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// A model file is checked by its checksum first, so random damage is
+/// "corrupt" at once. These mutate the header fields and lengths *and
+/// re-seal the checksum*, as a crafted or mis-generated file would be:
+/// the parsers must still refuse or load it without a panic or a huge
+/// allocation, and a model that loads must score finitely.
+#[test]
+fn resealed_model_files_never_panic_the_loaders() {
+    let spam = std::fs::read(root().join("filters/spam/model.bin")).expect("spam model");
+    let cilog = std::fs::read(root().join("filters/cilog/model.bin")).expect("cilog model");
+    let probe = text::TextView::plain("Claim your free prize now, txt WIN to 80086");
+    let log =
+        b"$ make\ncc -c a.c\na.c:3: error: expected ';'\nThe command \"make\" exited with 2.\n";
+    let mut rng = Rng(0x5eed_0008);
+    let (mut spam_loaded, mut cilog_loaded) = (0, 0);
+    for i in 0..iters(150) {
+        for (k, file) in [&spam, &cilog].into_iter().enumerate() {
+            let body = &file[..file.len() - 8];
+            let mut m = body.to_vec();
+            for _ in 0..1 + rng.below(3) {
+                // Mostly the header (the first 96 bytes), sometimes anywhere.
+                let span = if rng.below(4) == 0 {
+                    m.len()
+                } else {
+                    96.min(m.len())
+                };
+                let at = rng.below(span);
+                match rng.below(4) {
+                    0 => m[at] = rng.next() as u8,
+                    1 => {
+                        let v = [0u32, 1, 7, 24, 31, 32, 255, u32::MAX][rng.below(8)];
+                        let end = (at + 4).min(m.len());
+                        m[at..end].copy_from_slice(&v.to_le_bytes()[..end - at]);
+                    }
+                    2 => m.truncate(at.max(8)),
+                    _ => {
+                        let extra = vec![rng.next() as u8; rng.below(64)];
+                        m.splice(at..at, extra);
+                    }
+                }
+            }
+            let sum = if k == 0 {
+                sift::classify::model::fnv1a64(&m)
+            } else {
+                fnv64(&m)
+            };
+            m.extend_from_slice(&sum.to_le_bytes());
+            if k == 0 {
+                if let Ok(model) = sift::classify::model::Model::from_bytes(&m) {
+                    spam_loaded += 1;
+                    let c = Classifier::new(model);
+                    let s = c.score(&probe);
+                    // A crafted scale may push the margin to ±inf (a
+                    // verdict still), never to NaN (no verdict at all).
+                    assert!(
+                        !s.margin.is_nan() && (0.0..=1.0).contains(&s.probability),
+                        "iteration {i}: margin {}",
+                        s.margin
+                    );
+                }
+            } else if let Ok(model) = CilogModel::from_bytes(&m) {
+                cilog_loaded += 1;
+                let v = model.classify(log);
+                assert!(
+                    (0.0..=1.0).contains(&v.confidence),
+                    "iteration {i}: confidence {}",
+                    v.confidence
+                );
+            }
+        }
+    }
+    eprintln!("resealed: {spam_loaded} spam and {cilog_loaded} cilog files loaded");
+}
