@@ -62,8 +62,9 @@ pub const TOP_N: usize = 3;
 /// Candidates (best by content + position) the evidence re-ranker orders.
 pub const RERANK_K: usize = 8;
 /// Candidate lines (best by content + position, before re-ranking) whose
-/// own class probabilities make the decision: per class, the most any of
-/// them gives it (see [`scanned_probs`] and the model card, 5th revision).
+/// own class probabilities make the decision: per class, nearly the most
+/// any of them gives it (see [`scanned_probs`] and the model card, 5th and
+/// 8th revisions).
 pub const PER_LINE_K: usize = 8;
 /// Features of the evidence re-ranker (see [`rerank_features`]).
 pub const RERANK_F: usize = 28;
@@ -72,9 +73,14 @@ pub const RERANK_F: usize = 28;
 /// the model card).
 pub const EV_ENTROPY: f32 = 5.0;
 /// Weight of the evidence line's own class distribution in the decision,
-/// against the per-class maximum over the candidate lines (0.2, 0.3, 0.4,
+/// against the pooled candidate lines ([`POOL_P`]; 0.2, 0.3, 0.4,
 /// 0.6 measured, see the model card).
 pub const EV_MIX: f32 = 0.3;
+/// Exponent of the power mean that pools the candidate lines' class
+/// probabilities (per class, (Σ q^p)^(1/p), renormalised): close to the
+/// per-class maximum (p = ∞, 5th to 7th revisions), a little softer (4, 8,
+/// 16, 32 measured, see the model card, 8th revision).
+pub const POOL_P: f32 = 16.0;
 /// Lines at the end checked by the rules.
 pub const RULE_TAIL: usize = 30;
 
@@ -1103,9 +1109,10 @@ fn region_features_of_sigs<'a>(
 
 /// Class probabilities of a finished scan: each of the best
 /// [`PER_LINE_K`] lines is scored on its own (its class features and the
-/// failing step's), each class gets the highest probability any line gives
-/// it, renormalised. A class that one candidate line names clearly is not
-/// outvoted by the pooled words of the others (measured: better than the
+/// failing step's), each class gets nearly the highest probability any
+/// line gives it (a power mean, [`POOL_P`]), renormalised. A class that
+/// one candidate line names clearly is not outvoted by the pooled words of
+/// the others (measured: better than the
 /// pooled features of the [`TOP_N`] best lines and than their mean; see
 /// the model card); the evidence line's own distribution is mixed in
 /// (6th revision, [`decision`]). Without candidates, the pooled features
@@ -1115,9 +1122,9 @@ pub fn scanned_probs(p: &Params, s: &Scanned) -> [f32; N_CLASSES] {
 }
 
 /// Class probabilities and the evidence line (an index into
-/// `s.per_line_picks`) of a finished scan. Per class, the most any of the
-/// candidate lines gives it; the evidence is the candidate with the best
-/// re-ranked score minus [`EV_ENTROPY`] × the entropy of its own class
+/// `s.per_line_picks`) of a finished scan. Per class, nearly the most any
+/// of the candidate lines gives it ([`pool_probs`]); the evidence is the
+/// candidate with the best re-ranked score minus [`EV_ENTROPY`] × the entropy of its own class
 /// distribution (a line that names its failure kind clearly is more often
 /// the human-chosen one), and its own distribution weighs [`EV_MIX`] in
 /// the probabilities (see the model card, 6th revision).
@@ -1126,7 +1133,7 @@ fn decision(p: &Params, s: &Scanned) -> ([f32; N_CLASSES], Option<usize>) {
     if line_probs.is_empty() {
         return (class_probs(p, &s.class_features), None);
     }
-    let mut probs = max_probs(&line_probs);
+    let mut probs = pool_probs(&line_probs);
     let mut ev_line: Option<usize> = None;
     let mut bv = f32::NEG_INFINITY;
     // The entropies come from the evidence class scorer (7th revision: the
@@ -1148,13 +1155,17 @@ fn decision(p: &Params, s: &Scanned) -> ([f32; N_CLASSES], Option<usize>) {
     (probs, ev_line)
 }
 
-/// Per class, the highest probability any line gives it, renormalised.
-fn max_probs(lines: &[[f32; N_CLASSES]]) -> [f32; N_CLASSES] {
+/// Per class, the power mean ([`POOL_P`]) of the probabilities the lines
+/// give it (nearly the highest), renormalised.
+fn pool_probs(lines: &[[f32; N_CLASSES]]) -> [f32; N_CLASSES] {
     let mut probs = [0f32; N_CLASSES];
     for q in lines {
         for (a, &v) in probs.iter_mut().zip(q) {
-            *a = a.max(v);
+            *a += v.powf(POOL_P);
         }
+    }
+    for a in probs.iter_mut() {
+        *a = a.powf(1.0 / POOL_P);
     }
     let z: f32 = probs.iter().sum();
     if z > 0.0 {
@@ -1273,6 +1284,25 @@ pub fn decide(p: &Params, s: Scanned) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pooled_probs_follow_the_clearest_line() {
+        let mut a = [0.0f32; N_CLASSES];
+        a[0] = 0.9;
+        a[1] = 0.1;
+        let mut b = [0.0f32; N_CLASSES];
+        b[0] = 0.2;
+        b[1] = 0.8;
+        let one = pool_probs(&[a]);
+        assert!((one[0] - 0.9).abs() < 1e-5 && (one[1] - 0.1).abs() < 1e-5);
+        // Two lines at 0.8 for class 1 do not outvote one line at 0.9 for
+        // class 0 much (nearly a maximum), but count a little more than one.
+        let p1 = pool_probs(&[a, b]);
+        let p2 = pool_probs(&[a, b, b]);
+        assert!(p1[0] > p1[1]);
+        assert!(p2[1] > p1[1]);
+        assert!((p1.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+    }
 
     #[test]
     fn class_names_round_trip() {
