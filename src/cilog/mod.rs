@@ -67,7 +67,7 @@ pub const RERANK_K: usize = 8;
 /// 8th revisions).
 pub const PER_LINE_K: usize = 8;
 /// Features of the evidence re-ranker (see [`rerank_features`]).
-pub const RERANK_F: usize = 28;
+pub const RERANK_F: usize = 35;
 /// Weight of a candidate line's class entropy against its re-ranked score
 /// when choosing the evidence (see [`decide`]; 3, 4, 5, 8 measured, see
 /// the model card).
@@ -692,6 +692,7 @@ impl State {
                     score,
                     zone: features::zone(marks.pos(no, total)) as u8,
                     command: features::is_command(text),
+                    shape: line_shape(text),
                 }
             })
             .collect();
@@ -873,13 +874,56 @@ pub struct RerankCand {
     pub zone: u8,
     /// The line echoes a step command (`$ make`).
     pub command: bool,
+    /// [`line_shape`] of the line.
+    pub shape: u8,
+}
+
+/// The shape of a line, without its tokens: bits 0–1 its number of words
+/// of letters (0, 1–2, 3–5, 6+), bit 2 more punctuation than letters and
+/// digits (separators, progress dots), bit 3 a failure signature
+/// ([`features::SIGS`]), bit 4 indented.
+pub fn line_shape(text: &[u8]) -> u8 {
+    let (mut words, mut inword, mut alnum, mut punct) = (0u32, false, 0u32, 0u32);
+    for &b in text {
+        if b.is_ascii_alphabetic() {
+            if !inword {
+                words += 1;
+            }
+            inword = true;
+        } else {
+            inword = false;
+        }
+        if b.is_ascii_alphanumeric() {
+            alnum += 1;
+        } else if !b.is_ascii_whitespace() {
+            punct += 1;
+        }
+    }
+    let mut sh = match words {
+        0 => 0,
+        1..=2 => 1,
+        3..=5 => 2,
+        _ => 3,
+    };
+    if punct > alnum {
+        sh |= 4;
+    }
+    let mut sig = false;
+    features::for_each_sig(text, |_| sig = true);
+    if sig {
+        sh |= 8;
+    }
+    if text.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
+        sh |= 16;
+    }
+    sh
 }
 
 /// Features of candidate `i` among `c` (best first): its score gap to the
 /// best, its rank, how many candidates lie just before and after it
 /// (within 10 lines) and how many better ones within 30 lines, its order
-/// by line number, its zone, whether it is a command echo. Generic: no
-/// token of the line is used.
+/// by line number, its zone, whether it is a command echo, its
+/// [`line_shape`] (8th revision). Generic: no token of the line is used.
 pub fn rerank_features(c: &[RerankCand], i: usize, f: &mut [f32; RERANK_F]) {
     f.fill(0.0);
     let Some(me) = c.get(i) else { return };
@@ -923,6 +967,10 @@ pub fn rerank_features(c: &[RerankCand], i: usize, f: &mut [f32; RERANK_F]) {
     f[21 + better_after.min(2)] = 1.0;
     f[24 + better_before.min(2)] = 1.0;
     f[27] = f32::from(u8::from(me.command));
+    f[28 + usize::from(me.shape & 3)] = 1.0;
+    f[32] = f32::from(me.shape >> 2 & 1);
+    f[33] = f32::from(me.shape >> 3 & 1);
+    f[34] = f32::from(me.shape >> 4 & 1);
 }
 
 /// Timeout outranks oom (the labelling precedence); the first hit of a kind wins.
@@ -1224,7 +1272,8 @@ pub fn decide(p: &Params, s: Scanned) -> Verdict {
     let Some(best) = s.top.first() else {
         return Verdict::empty();
     };
-    // The rules below still read `s.top` (the re-ranked lines).
+    // The oom and timeout rules read the context of `s.top[0]` (the best
+    // re-ranked line) and the last lines (`s.rule`).
     let (probs, ev_line) = decision(p, &s);
     let (ci, conf) =
         probs
@@ -1239,14 +1288,16 @@ pub fn decide(p: &Params, s: Scanned) -> Verdict {
     if let Some(j) = ev_line {
         ev = &s.per_line_picks[j];
     }
-    // A test or command killed for time in a chosen line: timeout (the
-    // labelling precedence; 23 examples from 6 repositories do not teach
-    // it).
+    // A test or command killed for time in one of the lines the class
+    // decision reads (the best before re-ranking; 8th revision, so that
+    // the re-ranker does not change the class): timeout (the labelling
+    // precedence; 23 examples from 6 repositories do not teach it).
     {
         let mut scratch = Vec::new();
         if let Some(t) = s
-            .top
+            .per_line_picks
             .iter()
+            .take(TOP_N)
             .find(|t| rules::test_timeout(&t.text, &mut scratch))
         {
             class = Class::Timeout;
@@ -1284,6 +1335,15 @@ pub fn decide(p: &Params, s: Scanned) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn line_shape_is_token_free() {
+        assert_eq!(line_shape(b""), 0);
+        assert_eq!(line_shape(b"- - - - - - - -"), 4);
+        assert_eq!(line_shape(b"....................F....."), 1 | 4);
+        assert_eq!(line_shape(b"    at foo.bar(Baz.java:12)"), 2 | 16 | 8);
+        assert_eq!(line_shape(b"error: could not compile the crate now"), 3 | 8);
+    }
 
     #[test]
     fn pooled_probs_follow_the_clearest_line() {
@@ -1335,6 +1395,7 @@ mod tests {
             score,
             zone: 2,
             command: false,
+            shape: 0,
         };
         // Best: a summary at line 120; a block of failure lines at 100..102.
         let cands = [c(120, 5.0), c(100, 4.5), c(101, 4.0), c(102, 3.9)];
@@ -1360,9 +1421,9 @@ mod tests {
     fn old_model_versions_are_refused() {
         let mut b = Params::zeros(10, 10).to_bytes();
         assert!(CilogModel::from_bytes(&b).is_ok());
-        b[8..12].copy_from_slice(&5u32.to_le_bytes());
+        b[8..12].copy_from_slice(&6u32.to_le_bytes());
         let e = CilogModel::from_bytes(&b).unwrap_err();
-        assert!(matches!(e, CilogError::Version(5)), "{e}");
+        assert!(matches!(e, CilogError::Version(6)), "{e}");
         assert!(e.to_string().contains("retrain"));
     }
 
