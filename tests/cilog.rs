@@ -501,9 +501,9 @@ fn grouped_cv(folds: usize) -> train::Report {
 }
 
 /// Regression guard just below the measured level (grouped 5-fold CV by
-/// repository, seed 42: accuracy 0.694, macro-F1 0.543, evidence 60.9 % when
-/// written, 2026-12-05, 7th revision: bagged class scorer with group-aware
-/// L2, a separate evidence class scorer; seeds 1 and 7 are in
+/// repository, seed 42: accuracy 0.694, macro-F1 0.543, evidence 61.4 % when
+/// written, 2026-12-05, 8th revision: power-mean pooling of the candidate
+/// lines, the line's shape in the evidence re-ranker; seeds 1 and 7 are in
 /// filters/cilog/README.md).
 #[test]
 fn grouped_cv_quality_guard() {
@@ -518,17 +518,17 @@ fn grouped_cv_quality_guard() {
     assert!(rep.accuracy() >= 0.69, "accuracy {:.3}", rep.accuracy());
     assert!(rep.macro_f1(5) >= 0.54, "macro-F1 {:.3}", rep.macro_f1(5));
     assert!(
-        rep.evidence_share() >= 0.60,
+        rep.evidence_share() >= 0.61,
         "evidence {:.3}",
         rep.evidence_share()
     );
 }
 
 /// The issue's quality bar. Not reached yet: grouped-CV accuracy is 0.694,
-/// macro-F1 0.543, evidence 60.9 % (seed 42, 7th revision; see
+/// macro-F1 0.543, evidence 61.4 % (seed 42, 8th revision; see
 /// filters/cilog/README.md); run with `--ignored` to check.
 #[test]
-#[ignore = "issue 7 targets (accuracy >= 0.85, macro-F1 >= 0.75, evidence >= 80 %) not reached: measured 0.694 / 0.543 / 60.9 % (seed 42)"]
+#[ignore = "issue 7 targets (accuracy >= 0.85, macro-F1 >= 0.75, evidence >= 80 %) not reached: measured 0.694 / 0.543 / 61.4 % (seed 42)"]
 fn grouped_cv_reaches_target() {
     let rep = grouped_cv(5);
     assert!(rep.accuracy() >= 0.85, "accuracy {:.3}", rep.accuracy());

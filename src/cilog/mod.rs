@@ -62,19 +62,25 @@ pub const TOP_N: usize = 3;
 /// Candidates (best by content + position) the evidence re-ranker orders.
 pub const RERANK_K: usize = 8;
 /// Candidate lines (best by content + position, before re-ranking) whose
-/// own class probabilities make the decision: per class, the most any of
-/// them gives it (see [`scanned_probs`] and the model card, 5th revision).
+/// own class probabilities make the decision: per class, nearly the most
+/// any of them gives it (see [`scanned_probs`] and the model card, 5th and
+/// 8th revisions).
 pub const PER_LINE_K: usize = 8;
 /// Features of the evidence re-ranker (see [`rerank_features`]).
-pub const RERANK_F: usize = 28;
+pub const RERANK_F: usize = 35;
 /// Weight of a candidate line's class entropy against its re-ranked score
 /// when choosing the evidence (see [`decide`]; 3, 4, 5, 8 measured, see
 /// the model card).
 pub const EV_ENTROPY: f32 = 5.0;
 /// Weight of the evidence line's own class distribution in the decision,
-/// against the per-class maximum over the candidate lines (0.2, 0.3, 0.4,
+/// against the pooled candidate lines ([`POOL_P`]; 0.2, 0.3, 0.4,
 /// 0.6 measured, see the model card).
 pub const EV_MIX: f32 = 0.3;
+/// Exponent of the power mean that pools the candidate lines' class
+/// probabilities (per class, (Σ q^p)^(1/p), renormalised): close to the
+/// per-class maximum (p = ∞, 5th to 7th revisions), a little softer (4, 8,
+/// 16, 32 measured, see the model card, 8th revision).
+pub const POOL_P: f32 = 16.0;
 /// Lines at the end checked by the rules.
 pub const RULE_TAIL: usize = 30;
 
@@ -686,6 +692,7 @@ impl State {
                     score,
                     zone: features::zone(marks.pos(no, total)) as u8,
                     command: features::is_command(text),
+                    shape: line_shape(text),
                 }
             })
             .collect();
@@ -867,13 +874,56 @@ pub struct RerankCand {
     pub zone: u8,
     /// The line echoes a step command (`$ make`).
     pub command: bool,
+    /// [`line_shape`] of the line.
+    pub shape: u8,
+}
+
+/// The shape of a line, without its tokens: bits 0–1 its number of words
+/// of letters (0, 1–2, 3–5, 6+), bit 2 more punctuation than letters and
+/// digits (separators, progress dots), bit 3 a failure signature
+/// ([`features::SIGS`]), bit 4 indented.
+pub fn line_shape(text: &[u8]) -> u8 {
+    let (mut words, mut inword, mut alnum, mut punct) = (0u32, false, 0u32, 0u32);
+    for &b in text {
+        if b.is_ascii_alphabetic() {
+            if !inword {
+                words += 1;
+            }
+            inword = true;
+        } else {
+            inword = false;
+        }
+        if b.is_ascii_alphanumeric() {
+            alnum += 1;
+        } else if !b.is_ascii_whitespace() {
+            punct += 1;
+        }
+    }
+    let mut sh = match words {
+        0 => 0,
+        1..=2 => 1,
+        3..=5 => 2,
+        _ => 3,
+    };
+    if punct > alnum {
+        sh |= 4;
+    }
+    let mut sig = false;
+    features::for_each_sig(text, |_| sig = true);
+    if sig {
+        sh |= 8;
+    }
+    if text.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
+        sh |= 16;
+    }
+    sh
 }
 
 /// Features of candidate `i` among `c` (best first): its score gap to the
 /// best, its rank, how many candidates lie just before and after it
 /// (within 10 lines) and how many better ones within 30 lines, its order
-/// by line number, its zone, whether it is a command echo. Generic: no
-/// token of the line is used.
+/// by line number, its zone, whether it is a command echo, its
+/// [`line_shape`] (8th revision). Generic: no token of the line is used.
 pub fn rerank_features(c: &[RerankCand], i: usize, f: &mut [f32; RERANK_F]) {
     f.fill(0.0);
     let Some(me) = c.get(i) else { return };
@@ -917,6 +967,10 @@ pub fn rerank_features(c: &[RerankCand], i: usize, f: &mut [f32; RERANK_F]) {
     f[21 + better_after.min(2)] = 1.0;
     f[24 + better_before.min(2)] = 1.0;
     f[27] = f32::from(u8::from(me.command));
+    f[28 + usize::from(me.shape & 3)] = 1.0;
+    f[32] = f32::from(me.shape >> 2 & 1);
+    f[33] = f32::from(me.shape >> 3 & 1);
+    f[34] = f32::from(me.shape >> 4 & 1);
 }
 
 /// Timeout outranks oom (the labelling precedence); the first hit of a kind wins.
@@ -1103,9 +1157,10 @@ fn region_features_of_sigs<'a>(
 
 /// Class probabilities of a finished scan: each of the best
 /// [`PER_LINE_K`] lines is scored on its own (its class features and the
-/// failing step's), each class gets the highest probability any line gives
-/// it, renormalised. A class that one candidate line names clearly is not
-/// outvoted by the pooled words of the others (measured: better than the
+/// failing step's), each class gets nearly the highest probability any
+/// line gives it (a power mean, [`POOL_P`]), renormalised. A class that
+/// one candidate line names clearly is not outvoted by the pooled words of
+/// the others (measured: better than the
 /// pooled features of the [`TOP_N`] best lines and than their mean; see
 /// the model card); the evidence line's own distribution is mixed in
 /// (6th revision, [`decision`]). Without candidates, the pooled features
@@ -1115,9 +1170,9 @@ pub fn scanned_probs(p: &Params, s: &Scanned) -> [f32; N_CLASSES] {
 }
 
 /// Class probabilities and the evidence line (an index into
-/// `s.per_line_picks`) of a finished scan. Per class, the most any of the
-/// candidate lines gives it; the evidence is the candidate with the best
-/// re-ranked score minus [`EV_ENTROPY`] × the entropy of its own class
+/// `s.per_line_picks`) of a finished scan. Per class, nearly the most any
+/// of the candidate lines gives it ([`pool_probs`]); the evidence is the
+/// candidate with the best re-ranked score minus [`EV_ENTROPY`] × the entropy of its own class
 /// distribution (a line that names its failure kind clearly is more often
 /// the human-chosen one), and its own distribution weighs [`EV_MIX`] in
 /// the probabilities (see the model card, 6th revision).
@@ -1126,7 +1181,7 @@ fn decision(p: &Params, s: &Scanned) -> ([f32; N_CLASSES], Option<usize>) {
     if line_probs.is_empty() {
         return (class_probs(p, &s.class_features), None);
     }
-    let mut probs = max_probs(&line_probs);
+    let mut probs = pool_probs(&line_probs);
     let mut ev_line: Option<usize> = None;
     let mut bv = f32::NEG_INFINITY;
     // The entropies come from the evidence class scorer (7th revision: the
@@ -1148,13 +1203,17 @@ fn decision(p: &Params, s: &Scanned) -> ([f32; N_CLASSES], Option<usize>) {
     (probs, ev_line)
 }
 
-/// Per class, the highest probability any line gives it, renormalised.
-fn max_probs(lines: &[[f32; N_CLASSES]]) -> [f32; N_CLASSES] {
+/// Per class, the power mean ([`POOL_P`]) of the probabilities the lines
+/// give it (nearly the highest), renormalised.
+fn pool_probs(lines: &[[f32; N_CLASSES]]) -> [f32; N_CLASSES] {
     let mut probs = [0f32; N_CLASSES];
     for q in lines {
         for (a, &v) in probs.iter_mut().zip(q) {
-            *a = a.max(v);
+            *a += v.powf(POOL_P);
         }
+    }
+    for a in probs.iter_mut() {
+        *a = a.powf(1.0 / POOL_P);
     }
     let z: f32 = probs.iter().sum();
     if z > 0.0 {
@@ -1213,7 +1272,8 @@ pub fn decide(p: &Params, s: Scanned) -> Verdict {
     let Some(best) = s.top.first() else {
         return Verdict::empty();
     };
-    // The rules below still read `s.top` (the re-ranked lines).
+    // The oom and timeout rules read the context of `s.top[0]` (the best
+    // re-ranked line) and the last lines (`s.rule`).
     let (probs, ev_line) = decision(p, &s);
     let (ci, conf) =
         probs
@@ -1228,14 +1288,16 @@ pub fn decide(p: &Params, s: Scanned) -> Verdict {
     if let Some(j) = ev_line {
         ev = &s.per_line_picks[j];
     }
-    // A test or command killed for time in a chosen line: timeout (the
-    // labelling precedence; 23 examples from 6 repositories do not teach
-    // it).
+    // A test or command killed for time in one of the lines the class
+    // decision reads (the best before re-ranking; 8th revision, so that
+    // the re-ranker does not change the class): timeout (the labelling
+    // precedence; 23 examples from 6 repositories do not teach it).
     {
         let mut scratch = Vec::new();
         if let Some(t) = s
-            .top
+            .per_line_picks
             .iter()
+            .take(TOP_N)
             .find(|t| rules::test_timeout(&t.text, &mut scratch))
         {
             class = Class::Timeout;
@@ -1275,6 +1337,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn line_shape_is_token_free() {
+        assert_eq!(line_shape(b""), 0);
+        assert_eq!(line_shape(b"- - - - - - - -"), 4);
+        assert_eq!(line_shape(b"....................F....."), 1 | 4);
+        assert_eq!(line_shape(b"    at foo.bar(Baz.java:12)"), 2 | 16 | 8);
+        assert_eq!(line_shape(b"error: could not compile the crate now"), 3 | 8);
+    }
+
+    #[test]
+    fn pooled_probs_follow_the_clearest_line() {
+        let mut a = [0.0f32; N_CLASSES];
+        a[0] = 0.9;
+        a[1] = 0.1;
+        let mut b = [0.0f32; N_CLASSES];
+        b[0] = 0.2;
+        b[1] = 0.8;
+        let one = pool_probs(&[a]);
+        assert!((one[0] - 0.9).abs() < 1e-5 && (one[1] - 0.1).abs() < 1e-5);
+        // Two lines at 0.8 for class 1 do not outvote one line at 0.9 for
+        // class 0 much (nearly a maximum), but count a little more than one.
+        let p1 = pool_probs(&[a, b]);
+        let p2 = pool_probs(&[a, b, b]);
+        assert!(p1[0] > p1[1]);
+        assert!(p2[1] > p1[1]);
+        assert!((p1.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+    }
+
+    #[test]
     fn class_names_round_trip() {
         for c in Class::ALL {
             assert_eq!(c.as_str().parse::<Class>().unwrap(), c);
@@ -1305,6 +1395,7 @@ mod tests {
             score,
             zone: 2,
             command: false,
+            shape: 0,
         };
         // Best: a summary at line 120; a block of failure lines at 100..102.
         let cands = [c(120, 5.0), c(100, 4.5), c(101, 4.0), c(102, 3.9)];
@@ -1330,9 +1421,9 @@ mod tests {
     fn old_model_versions_are_refused() {
         let mut b = Params::zeros(10, 10).to_bytes();
         assert!(CilogModel::from_bytes(&b).is_ok());
-        b[8..12].copy_from_slice(&5u32.to_le_bytes());
+        b[8..12].copy_from_slice(&6u32.to_le_bytes());
         let e = CilogModel::from_bytes(&b).unwrap_err();
-        assert!(matches!(e, CilogError::Version(5)), "{e}");
+        assert!(matches!(e, CilogError::Version(6)), "{e}");
         assert!(e.to_string().contains("retrain"));
     }
 

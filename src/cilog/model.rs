@@ -4,9 +4,10 @@
 //!
 //! ```text
 //! magic       8 bytes  "SIFTCIL\0"
-//! version     u32      6 (5 plus the evidence class scorer; 5: one class
-//!                      table; 4: no signatures; 3: no re-ranker; 2: no
-//!                      zone features; all refused)
+//! version     u32      7 (6 with 35 re-ranker features, the line
+//!                      shape; 6: 28; 5: one class table; 4: no
+//!                      signatures; 3: no re-ranker; 2: no zone features;
+//!                      all refused)
 //! line_bits   u32      log2 of the line scorer's buckets (10..=22)
 //! class_bits  u32      log2 of the class scorer's buckets (10..=20)
 //! n_classes   u32      9
@@ -34,7 +35,7 @@ use super::features::POS_BUCKETS;
 use super::{Class, N_CLASSES, RERANK_F};
 
 pub const MAGIC: &[u8; 8] = b"SIFTCIL\0";
-pub const VERSION: u32 = 6;
+pub const VERSION: u32 = 7;
 const MAX_NOTE: usize = 4096;
 
 /// The learned parameters, dequantised.
