@@ -6,7 +6,9 @@
 //! and measure how often the verdict (class and evidence line) is the same
 //! as on the original: normalisation should make the wrapping invisible.
 
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::PathBuf;
 
 use sift::cilog::CilogModel;
 
@@ -25,7 +27,7 @@ fn logs() -> Vec<(PathBuf, Vec<u8>)> {
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("../shared/data/cilogs"));
     let mut paths = Vec::new();
-    walk(&data.join("logs"), &mut paths);
+    support::files_below(&data.join("logs"), &mut paths);
     paths.sort();
     assert!(
         paths.len() >= 600,
@@ -41,20 +43,6 @@ fn logs() -> Vec<(PathBuf, Vec<u8>)> {
         })
         .filter(|(_, b)| b.len() <= 2 << 20)
         .collect()
-}
-
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-    for e in std::fs::read_dir(dir)
-        .expect("logs dir")
-        .filter_map(Result::ok)
-    {
-        let p = e.path();
-        if p.is_dir() {
-            walk(&p, out);
-        } else {
-            out.push(p);
-        }
-    }
 }
 
 /// Split into lines the way the classifier numbers them (`\n`, `\r\n` or a

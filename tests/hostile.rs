@@ -8,33 +8,15 @@
 //! Seeded, so a failure names the seed and iteration that reproduce it.
 //! `SIFT_HOSTILE_ITERS` multiplies the iterations for a longer hunt.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 
 use sift::cilog::CilogModel;
 use sift::classify::Classifier;
 use sift::classify::text;
 use sift::filter::extract::{self, BodyKind};
-
-/// xorshift64*: deterministic, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next() % n as u64) as usize
-        }
-    }
-}
+use support::{Rng, files_below, hostile_iters, mutate};
 
 /// What the parsers key on: MIME, RFC 2047, quoted-printable, base64,
 /// HTML and entities, URLs, JSON, form encoding, CI markers and escapes,
@@ -102,50 +84,6 @@ const TOKENS: &[&[u8]] = &[
     b"\xf0\x9f\x92",
 ];
 
-fn mutate(rng: &mut Rng, seed: &[u8], max_len: usize) -> Vec<u8> {
-    let mut v = seed.to_vec();
-    for _ in 0..1 + rng.below(8) {
-        let at = rng.below(v.len() + 1);
-        match rng.below(6) {
-            0 if !v.is_empty() => {
-                let i = at.min(v.len() - 1);
-                v[i] = rng.next() as u8;
-            }
-            1 => v.truncate(at),
-            2 => {
-                let t = TOKENS[rng.below(TOKENS.len())];
-                v.splice(at..at, t.iter().copied());
-            }
-            3 if !v.is_empty() => {
-                // Repeat a slice (nesting, long runs).
-                let a = rng.below(v.len());
-                let b = (a + 1 + rng.below(256)).min(v.len());
-                let piece = v[a..b].repeat(1 + rng.below(16));
-                v.splice(at..at, piece);
-            }
-            4 if !v.is_empty() => {
-                let a = rng.below(v.len());
-                let b = (a + rng.below(64)).min(v.len());
-                v.drain(a..b);
-            }
-            _ => {
-                let t = TOKENS[rng.below(TOKENS.len())];
-                v.extend_from_slice(t);
-            }
-        }
-    }
-    v.truncate(max_len);
-    v
-}
-
-fn iters(base: usize) -> usize {
-    let k = std::env::var("SIFT_HOSTILE_ITERS")
-        .ok()
-        .and_then(|s| s.parse::<usize>().ok())
-        .unwrap_or(1);
-    base * k.max(1)
-}
-
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -192,10 +130,10 @@ fn mutated_mail_never_panics_the_spam_path() {
     let clf = Classifier::load(&root().join("filters/spam/model.bin")).expect("spam model loads");
     let seeds = mail_seeds();
     let mut rng = Rng(0x5eed_0001);
-    let n = iters(5000);
+    let n = hostile_iters(5000);
     for i in 0..n {
         let seed = &seeds[i % seeds.len()];
-        let raw = mutate(&mut rng, seed, 256 * 1024);
+        let raw = mutate(&mut rng, seed, TOKENS, 8, 256 * 1024);
         let v = text::view(&raw);
         assert!(
             v.text.len() <= text::MAX_VIEW_BYTES,
@@ -238,11 +176,11 @@ fn mutated_bodies_never_panic_the_extractors() {
     let pointers = ["/message/text".to_string(), "/list/0/text".to_string()];
     let fields = ["message".to_string()];
     let mut rng = Rng(0x5eed_0002);
-    let n = iters(3000);
+    let n = hostile_iters(3000);
     for i in 0..n {
         let kind = &kinds[i % kinds.len()];
         let seed = seeds[rng.below(seeds.len())];
-        let body = mutate(&mut rng, seed, 64 * 1024);
+        let body = mutate(&mut rng, seed, TOKENS, 8, 64 * 1024);
         for (p, f) in [(None, None), (Some(&pointers[..]), Some(&fields[..]))] {
             if let Ok(v) = extract::extract(kind, &body, p, f) {
                 assert!(
@@ -258,8 +196,8 @@ fn mutated_bodies_never_panic_the_extractors() {
     // Content-Type headers themselves are client input.
     let mut rng = Rng(0x5eed_0003);
     let ct_seed: &[u8] = b"multipart/form-data; boundary=\"x y\"; charset=utf-8";
-    for _ in 0..iters(2000) {
-        let ct = mutate(&mut rng, ct_seed, 512);
+    for _ in 0..hostile_iters(2000) {
+        let ct = mutate(&mut rng, ct_seed, TOKENS, 8, 512);
         let _ = extract::body_kind(Some(&String::from_utf8_lossy(&ct)));
     }
 }
@@ -273,7 +211,7 @@ fn mutated_logs_never_panic_the_cilog_scanner() {
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("../shared/data/cilogs"));
     let mut logs = Vec::new();
-    walk(&data.join("logs"), &mut logs);
+    files_below(&data.join("logs"), &mut logs);
     logs.sort();
     let seeds: Vec<Vec<u8>> = logs
         .iter()
@@ -286,9 +224,9 @@ fn mutated_logs_never_panic_the_cilog_scanner() {
         data.display()
     );
     let mut rng = Rng(0x5eed_0004);
-    let n = iters(60);
+    let n = hostile_iters(60);
     for i in 0..n {
-        let log = mutate(&mut rng, &seeds[i % seeds.len()], 512 * 1024);
+        let log = mutate(&mut rng, &seeds[i % seeds.len()], TOKENS, 8, 512 * 1024);
         let mut sc = model.scanner();
         let mut at = 0;
         while at < log.len() {
@@ -312,18 +250,6 @@ fn read_prefix(p: &Path, max: usize) -> Vec<u8> {
     let mut b = std::fs::read(p).expect("read a log");
     b.truncate(max);
     b
-}
-
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-    let rd = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-    for e in rd.filter_map(Result::ok) {
-        let p = e.path();
-        if p.is_dir() {
-            walk(&p, out);
-        } else {
-            out.push(p);
-        }
-    }
 }
 
 /// Config text is operator input, but a typo or a bad merge must still be
@@ -393,7 +319,7 @@ fn mutated_configs_never_panic_the_loader() {
         );
     }
     let mut rng = Rng(0x5eed_0005);
-    let n = iters(3000);
+    let n = hostile_iters(3000);
     let mut rejected = 0;
     for i in 0..n {
         let seed = &seeds[i % seeds.len()];
@@ -450,8 +376,8 @@ fn mutated_learn_batches_never_panic() {
     let probe = text::TextView::plain("Claim your free prize now, txt WIN to 80086");
     let mut rng = Rng(0x5eed_0007);
     let (mut ok, mut refused) = (0, 0);
-    for i in 0..iters(400) {
-        let m = mutate(&mut rng, seed.as_bytes(), 16 * 1024);
+    for i in 0..hostile_iters(400) {
+        let m = mutate(&mut rng, seed.as_bytes(), TOKENS, 8, 16 * 1024);
         let Ok(jsonl) = std::str::from_utf8(&m) else {
             continue;
         };
@@ -494,7 +420,7 @@ fn resealed_model_files_never_panic_the_loaders() {
         b"$ make\ncc -c a.c\na.c:3: error: expected ';'\nThe command \"make\" exited with 2.\n";
     let mut rng = Rng(0x5eed_0008);
     let (mut spam_loaded, mut cilog_loaded) = (0, 0);
-    for i in 0..iters(150) {
+    for i in 0..hostile_iters(150) {
         for (k, file) in [&spam, &cilog].into_iter().enumerate() {
             let body = &file[..file.len() - 8];
             let mut m = body.to_vec();

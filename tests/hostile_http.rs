@@ -15,28 +15,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use support::{Sift, Upstream};
-
-/// xorshift64*: deterministic, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next() % n as u64) as usize
-        }
-    }
-}
+use support::{Rng, Sift, Upstream, hostile_iters, mutate};
 
 const TOKENS: &[&[u8]] = &[
     b"\r\n",
@@ -80,36 +59,6 @@ const TOKENS: &[&[u8]] = &[
     b"\x00\x00\x00\x04\x00\x00\x00\x00\x00",
     b"\x00\x00\x10\x01\x05\x00\x00\x00\x01",
 ];
-
-fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
-    let mut v = seed.to_vec();
-    for _ in 0..1 + rng.below(6) {
-        let at = rng.below(v.len() + 1);
-        match rng.below(6) {
-            0 if !v.is_empty() => {
-                let i = at.min(v.len() - 1);
-                v[i] = rng.next() as u8;
-            }
-            1 => v.truncate(at),
-            2 | 3 => {
-                let t = TOKENS[rng.below(TOKENS.len())];
-                v.splice(at..at, t.iter().copied());
-            }
-            4 if !v.is_empty() => {
-                let a = rng.below(v.len());
-                let b = (a + 1 + rng.below(128)).min(v.len());
-                let piece = v[a..b].repeat(1 + rng.below(64));
-                v.splice(at..at, piece);
-            }
-            _ => {
-                let a = rng.below(v.len() + 1);
-                let b = (a + rng.below(32)).min(v.len());
-                v.drain(a..b);
-            }
-        }
-    }
-    v
-}
 
 fn gzip(b: &[u8]) -> Vec<u8> {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
@@ -262,12 +211,7 @@ async fn mutated_requests_never_panic_the_proxy() {
             );
         }
     }
-    let n = std::env::var("SIFT_HOSTILE_ITERS")
-        .ok()
-        .and_then(|s| s.parse::<usize>().ok())
-        .unwrap_or(1)
-        .max(1)
-        * 480;
+    let n = hostile_iters(480);
     let mut rng = Rng(0x5eed_0006);
     let mut answered = 0usize;
     // 16 connections at a time; a mutated request that is incomplete gets
@@ -276,7 +220,7 @@ async fn mutated_requests_never_panic_the_proxy() {
         let tasks: Vec<_> = (0..16)
             .map(|_| {
                 let seed = &seeds[rng.below(seeds.len())];
-                let req = mutate(&mut rng, seed);
+                let req = mutate(&mut rng, seed, TOKENS, 6, 1 << 20);
                 tokio::spawn(raw(addr, req, Duration::from_millis(300)))
             })
             .collect();

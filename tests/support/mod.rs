@@ -468,3 +468,93 @@ impl http_body::Body for Generated {
         http_body::SizeHint::with_exact(self.left)
     }
 }
+
+/// xorshift64*: a deterministic generator for the mutation tests (no
+/// dependency; a failure names its seed and iteration).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        if n == 0 {
+            0
+        } else {
+            (self.next() % n as u64) as usize
+        }
+    }
+}
+
+/// `seed` mutated 1 to `max_rounds` times: a byte flipped, the rest cut
+/// off, one of `tokens` spliced in or appended, a slice repeated up to 32
+/// times (nesting, long runs) or up to 64 bytes dropped; at most `max_len`
+/// bytes are returned.
+pub fn mutate(
+    rng: &mut Rng,
+    seed: &[u8],
+    tokens: &[&[u8]],
+    max_rounds: usize,
+    max_len: usize,
+) -> Vec<u8> {
+    let mut v = seed.to_vec();
+    for _ in 0..1 + rng.below(max_rounds) {
+        let at = rng.below(v.len() + 1);
+        match rng.below(7) {
+            0 if !v.is_empty() => {
+                let i = at.min(v.len() - 1);
+                v[i] = rng.next() as u8;
+            }
+            1 => v.truncate(at),
+            2 | 3 => {
+                let t = tokens[rng.below(tokens.len())];
+                v.splice(at..at, t.iter().copied());
+            }
+            4 if !v.is_empty() => {
+                let a = rng.below(v.len());
+                let b = (a + 1 + rng.below(256)).min(v.len());
+                let piece = v[a..b].repeat(1 + rng.below(32));
+                v.splice(at..at, piece);
+            }
+            5 if !v.is_empty() => {
+                let a = rng.below(v.len());
+                let b = (a + rng.below(64)).min(v.len());
+                v.drain(a..b);
+            }
+            _ => {
+                let t = tokens[rng.below(tokens.len())];
+                v.extend_from_slice(t);
+            }
+        }
+    }
+    v.truncate(max_len);
+    v
+}
+
+/// `base` iterations of a mutation test, times `SIFT_HOSTILE_ITERS`.
+pub fn hostile_iters(base: usize) -> usize {
+    let k = std::env::var("SIFT_HOSTILE_ITERS")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .unwrap_or(1);
+    base * k.max(1)
+}
+
+/// Every file below `dir`, recursively (the CI-log data set is one folder
+/// per language and repository).
+pub fn files_below(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
+    let rd = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    for e in rd.filter_map(Result::ok) {
+        let p = e.path();
+        if p.is_dir() {
+            files_below(&p, out);
+        } else {
+            out.push(p);
+        }
+    }
+}
