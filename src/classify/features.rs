@@ -778,7 +778,7 @@ impl Featurizer {
             let mut cur_start = 0usize;
             for k in 0..words {
                 spans_in_word(mask, k, &mut cur_start, |start, end| {
-                    let h = hash_norm(norm, start, end);
+                    let h = hash_norm_first(norm, start, end).0;
                     self.token(
                         text, norm, pos, ckpt, h, start, end, &mut tk, &mut raw, modes, sink, st,
                     );
@@ -1595,26 +1595,8 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
-/// [`token_hash`] of `norm[start..end]` (already normalised), read 8 bytes
-/// at a time (`norm` has 8 bytes of padding).
-#[inline(always)]
-fn hash_norm(norm: &[u8], start: usize, end: usize) -> u64 {
-    let mut h = 0u64;
-    let mut p = start;
-    while end - p >= 8 {
-        let c = u64::from_be_bytes(norm[p..p + 8].try_into().unwrap_or([0; 8]));
-        h = chunk_mix(h, c);
-        p += 8;
-    }
-    if p < end {
-        let r = end - p;
-        let c = u64::from_be_bytes(norm[p..p + 8].try_into().unwrap_or([0; 8]));
-        h = chunk_mix(h, c >> (8 * (8 - r)));
-    }
-    h
-}
-
-/// [`hash_norm`] of a token, and its first byte (the top byte of its first
+/// [`token_hash`] of the token `norm[start..end]` (already normalised),
+/// read 8 bytes at a time, and its first byte (the top byte of its first
 /// 8-byte load: no load of its own).
 #[inline(always)]
 fn hash_norm_first(norm: &[u8], start: usize, end: usize) -> (u64, u8) {
