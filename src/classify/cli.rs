@@ -111,6 +111,11 @@ pub struct Recipe {
     /// smoothing α; 0 = off) and fold the ratio into the weights.
     #[arg(long, default_value_t = 0.0)]
     pub nb: f32,
+    /// Add Naive Bayes weights to the SVM's: γ · r, γ chosen by
+    /// out-of-fold ROC AUC from 0, 0.01, 0.03, 0.1, 0.3 (model card, round
+    /// P2; off by default).
+    #[arg(long)]
+    pub nb_mix: bool,
 }
 
 impl Recipe {
@@ -147,6 +152,7 @@ impl Recipe {
             calib_folds: self.calib_folds,
             target_fpr: self.target_fpr,
             calib: self.calib,
+            nb_mix: self.nb_mix,
         }
     }
 }
