@@ -16,7 +16,7 @@ use sift::cilog::CilogModel;
 use sift::classify::Classifier;
 use sift::classify::text;
 use sift::filter::extract::{self, BodyKind};
-use support::{Rng, files_below, hostile_iters, mutate};
+use support::{files_below, hostile_iters, hostile_rng, mutate};
 
 /// What the parsers key on: MIME, RFC 2047, quoted-printable, base64,
 /// HTML and entities, URLs, JSON, form encoding, CI markers and escapes,
@@ -129,7 +129,7 @@ fn mail_seeds() -> Vec<Vec<u8>> {
 fn mutated_mail_never_panics_the_spam_path() {
     let clf = Classifier::load(&root().join("filters/spam/model.bin")).expect("spam model loads");
     let seeds = mail_seeds();
-    let mut rng = Rng(0x5eed_0001);
+    let mut rng = hostile_rng(0x5eed_0001);
     let n = hostile_iters(5000);
     for i in 0..n {
         let seed = &seeds[i % seeds.len()];
@@ -175,7 +175,7 @@ fn mutated_bodies_never_panic_the_extractors() {
     ];
     let pointers = ["/message/text".to_string(), "/list/0/text".to_string()];
     let fields = ["message".to_string()];
-    let mut rng = Rng(0x5eed_0002);
+    let mut rng = hostile_rng(0x5eed_0002);
     let n = hostile_iters(3000);
     for i in 0..n {
         let kind = &kinds[i % kinds.len()];
@@ -194,7 +194,7 @@ fn mutated_bodies_never_panic_the_extractors() {
         }
     }
     // Content-Type headers themselves are client input.
-    let mut rng = Rng(0x5eed_0003);
+    let mut rng = hostile_rng(0x5eed_0003);
     let ct_seed: &[u8] = b"multipart/form-data; boundary=\"x y\"; charset=utf-8";
     for _ in 0..hostile_iters(2000) {
         let ct = mutate(&mut rng, ct_seed, TOKENS, 8, 512);
@@ -223,7 +223,7 @@ fn mutated_logs_never_panic_the_cilog_scanner() {
         "expected real logs in {}",
         data.display()
     );
-    let mut rng = Rng(0x5eed_0004);
+    let mut rng = hostile_rng(0x5eed_0004);
     let n = hostile_iters(60);
     for i in 0..n {
         let log = mutate(&mut rng, &seeds[i % seeds.len()], TOKENS, 8, 512 * 1024);
@@ -318,7 +318,7 @@ fn mutated_configs_never_panic_the_loader() {
             "a seed config does not load:\n{s}"
         );
     }
-    let mut rng = Rng(0x5eed_0005);
+    let mut rng = hostile_rng(0x5eed_0005);
     let n = hostile_iters(3000);
     let mut rejected = 0;
     for i in 0..n {
@@ -374,7 +374,7 @@ fn mutated_learn_batches_never_panic() {
     .repeat(4);
     let opts = sift::classify::train::LearnOptions::default();
     let probe = text::TextView::plain("Claim your free prize now, txt WIN to 80086");
-    let mut rng = Rng(0x5eed_0007);
+    let mut rng = hostile_rng(0x5eed_0007);
     let (mut ok, mut refused) = (0, 0);
     for i in 0..hostile_iters(400) {
         let m = mutate(&mut rng, seed.as_bytes(), TOKENS, 8, 16 * 1024);
@@ -418,7 +418,7 @@ fn resealed_model_files_never_panic_the_loaders() {
     let probe = text::TextView::plain("Claim your free prize now, txt WIN to 80086");
     let log =
         b"$ make\ncc -c a.c\na.c:3: error: expected ';'\nThe command \"make\" exited with 2.\n";
-    let mut rng = Rng(0x5eed_0008);
+    let mut rng = hostile_rng(0x5eed_0008);
     let (mut spam_loaded, mut cilog_loaded) = (0, 0);
     for i in 0..hostile_iters(150) {
         for (k, file) in [&spam, &cilog].into_iter().enumerate() {

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use support::{Rng, Sift, Upstream, hostile_iters, mutate};
+use support::{Sift, Upstream, hostile_iters, hostile_rng, mutate};
 
 const TOKENS: &[&[u8]] = &[
     b"\r\n",
@@ -212,7 +212,7 @@ async fn mutated_requests_never_panic_the_proxy() {
         }
     }
     let n = hostile_iters(480);
-    let mut rng = Rng(0x5eed_0006);
+    let mut rng = hostile_rng(0x5eed_0006);
     let mut answered = 0usize;
     // 16 connections at a time; a mutated request that is incomplete gets
     // no answer until sift's header or idle timeout, so each waits 300 ms.

@@ -536,6 +536,24 @@ pub fn mutate(
     v
 }
 
+/// The generator of a mutation test: `seed`, or `seed` mixed with
+/// `SIFT_HOSTILE_SEED` when it is set (so a long run can explore inputs
+/// that the default seeds, which CI uses, never make). A failure prints
+/// the seed it ran with.
+pub fn hostile_rng(seed: u64) -> Rng {
+    let extra = std::env::var("SIFT_HOSTILE_SEED")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(0);
+    // XOR with one value keeps the tests' seeds distinct; xorshift needs
+    // a state other than 0.
+    let s = (seed ^ extra.wrapping_mul(0x9e37_79b9_7f4a_7c15)).max(1);
+    if extra != 0 {
+        eprintln!("mutation seed {s:#x} (SIFT_HOSTILE_SEED={extra})");
+    }
+    Rng(s)
+}
+
 /// `base` iterations of a mutation test, times `SIFT_HOSTILE_ITERS`.
 pub fn hostile_iters(base: usize) -> usize {
     let k = std::env::var("SIFT_HOSTILE_ITERS")
