@@ -105,15 +105,29 @@ fn rewrite(log: &[u8], f: Format) -> Vec<u8> {
         let code = travis_marker(line);
         let cmd = line.strip_prefix(b"$ ");
         match f {
-            Format::GithubActions => {
-                let stamp = format!("2023-11-14T22:{mm:02}:{ss:02}.{:07}Z ", k % 10_000_000);
+            Format::GithubActions | Format::Jenkins => {
+                let gh = matches!(f, Format::GithubActions);
+                let stamp = if gh {
+                    format!("2023-11-14T22:{mm:02}:{ss:02}.{:07}Z ", k % 10_000_000)
+                } else {
+                    format!("[2023-11-14T22:{mm:02}:{ss:02}.{:03}Z] ", k % 1000)
+                };
                 out.extend_from_slice(stamp.as_bytes());
                 match (code, cmd) {
                     (Some(c), _) => out.extend_from_slice(
-                        format!("##[error]Process completed with exit code {c}.").as_bytes(),
+                        if gh {
+                            format!("##[error]Process completed with exit code {c}.")
+                        } else {
+                            format!("ERROR: script returned exit code {c}")
+                        }
+                        .as_bytes(),
                     ),
                     (None, Some(cmd)) => {
-                        out.extend_from_slice(b"##[group]Run ");
+                        out.extend_from_slice(if gh {
+                            &b"##[group]Run "[..]
+                        } else {
+                            &b"+ "[..]
+                        });
                         out.extend_from_slice(cmd);
                     }
                     (None, None) => out.extend_from_slice(line),
@@ -135,20 +149,6 @@ fn rewrite(log: &[u8], f: Format) -> Vec<u8> {
                 }
                 (None, None) => out.extend_from_slice(line),
             },
-            Format::Jenkins => {
-                let stamp = format!("[2023-11-14T22:{mm:02}:{ss:02}.{:03}Z] ", k % 1000);
-                out.extend_from_slice(stamp.as_bytes());
-                match (code, cmd) {
-                    (Some(c), _) => out.extend_from_slice(
-                        format!("ERROR: script returned exit code {c}").as_bytes(),
-                    ),
-                    (None, Some(cmd)) => {
-                        out.extend_from_slice(b"+ ");
-                        out.extend_from_slice(cmd);
-                    }
-                    (None, None) => out.extend_from_slice(line),
-                }
-            }
         }
         out.extend_from_slice(if end.is_empty() { b"" } else { b"\n" });
     }

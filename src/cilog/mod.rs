@@ -664,10 +664,14 @@ impl State {
             all.push((k.score + stage2(k, tail_sigs(i)), Src::Tail(i)));
         }
         let mut sigs = Vec::new();
+        // Whether each earlier candidate has a failure signature (its
+        // shape, below, reads it rather than matching the line again).
+        let mut cand_sig = vec![false; self.cands.len()];
         for (i, c) in self.cands.iter().enumerate() {
             if c.line.no < tail_first {
                 sigs.clear();
                 sigs_of(&c.line.text, &mut sigs);
+                cand_sig[i] = !sigs.is_empty();
                 all.push((c.line.score + stage2(&c.line, &sigs), Src::Cand(i)));
             }
         }
@@ -683,16 +687,16 @@ impl State {
             .iter()
             .take(RERANK_K)
             .map(|&(score, src)| {
-                let (no, text) = match src {
-                    Src::Tail(i) => (tail[i].no, &tail[i].text),
-                    Src::Cand(i) => (self.cands[i].line.no, &self.cands[i].line.text),
+                let (no, text, has_sig) = match src {
+                    Src::Tail(i) => (tail[i].no, &tail[i].text, !tail_sigs(i).is_empty()),
+                    Src::Cand(i) => (self.cands[i].line.no, &self.cands[i].line.text, cand_sig[i]),
                 };
                 RerankCand {
                     no,
                     score,
                     zone: features::zone(marks.pos(no, total)) as u8,
                     command: features::is_command(text),
-                    shape: line_shape(text),
+                    shape: line_shape(text, has_sig),
                 }
             })
             .collect();
@@ -880,9 +884,10 @@ pub struct RerankCand {
 
 /// The shape of a line, without its tokens: bits 0–1 its number of words
 /// of letters (0, 1–2, 3–5, 6+), bit 2 more punctuation than letters and
-/// digits (separators, progress dots), bit 3 a failure signature
-/// ([`features::SIGS`]), bit 4 indented.
-pub fn line_shape(text: &[u8]) -> u8 {
+/// digits (separators, progress dots), bit 3 `has_sig`: the line has a
+/// failure signature ([`features::SIGS`], already found by the caller),
+/// bit 4 indented.
+pub fn line_shape(text: &[u8], has_sig: bool) -> u8 {
     let (mut words, mut inword, mut alnum, mut punct) = (0u32, false, 0u32, 0u32);
     for &b in text {
         if b.is_ascii_alphabetic() {
@@ -908,9 +913,7 @@ pub fn line_shape(text: &[u8]) -> u8 {
     if punct > alnum {
         sh |= 4;
     }
-    let mut sig = false;
-    features::for_each_sig(text, |_| sig = true);
-    if sig {
+    if has_sig {
         sh |= 8;
     }
     if text.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
@@ -1338,11 +1341,16 @@ mod tests {
 
     #[test]
     fn line_shape_is_token_free() {
-        assert_eq!(line_shape(b""), 0);
-        assert_eq!(line_shape(b"- - - - - - - -"), 4);
-        assert_eq!(line_shape(b"....................F....."), 1 | 4);
-        assert_eq!(line_shape(b"    at foo.bar(Baz.java:12)"), 2 | 16 | 8);
-        assert_eq!(line_shape(b"error: could not compile the crate now"), 3 | 8);
+        let shape = |t: &[u8]| {
+            let mut sigs = Vec::new();
+            sigs_of(t, &mut sigs);
+            line_shape(t, !sigs.is_empty())
+        };
+        assert_eq!(shape(b""), 0);
+        assert_eq!(shape(b"- - - - - - - -"), 4);
+        assert_eq!(shape(b"....................F....."), 1 | 4);
+        assert_eq!(shape(b"    at foo.bar(Baz.java:12)"), 2 | 16 | 8);
+        assert_eq!(shape(b"error: could not compile the crate now"), 3 | 8);
     }
 
     #[test]

@@ -184,15 +184,17 @@ pub fn nb_ratios(ds: &Dataset, rows: &[usize], n: usize, alpha: f32) -> Vec<f32>
 }
 
 /// `lin` with `gamma · r` added to its weights (Naive Bayes interpolation:
-/// still one linear table over the same features).
-fn nb_mixed(lin: &Linear, r: &[f32], gamma: f32) -> Linear {
-    let mut out = lin.clone();
-    if gamma != 0.0 {
-        for (w, r) in out.w.iter_mut().zip(r) {
-            *w += gamma * r;
-        }
+/// still one linear table over the same features); `lin` itself (no copy)
+/// when `gamma` is 0, the default path.
+fn nb_mixed<'a>(lin: &'a Linear, r: &[f32], gamma: f32) -> std::borrow::Cow<'a, Linear> {
+    if gamma == 0.0 {
+        return std::borrow::Cow::Borrowed(lin);
     }
-    out
+    let mut out = lin.clone();
+    for (w, r) in out.w.iter_mut().zip(r) {
+        *w += gamma * r;
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// [`fit`] on feature values multiplied by `scale[bucket]` (when given);
@@ -669,7 +671,7 @@ pub fn train_model_oof(
     let oof_m = std::mem::take(&mut oof[pick]);
     let mut lin = fit_fresh(ds, rows, fcfg.bits, &opts.train);
     if gamma != 0.0 {
-        lin = nb_mixed(&lin, &nb_ratios(ds, rows, n_buckets, 1.0), gamma);
+        lin = nb_mixed(&lin, &nb_ratios(ds, rows, n_buckets, 1.0), gamma).into_owned();
     }
     let threshold = if oof_l.iter().all(|&l| l) {
         0.0
