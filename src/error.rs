@@ -14,6 +14,8 @@ use crate::body::{self, Body};
 pub enum ProxyError {
     #[error("malformed request: {0}")]
     Malformed(&'static str),
+    #[error("not implemented: {0}")]
+    NotImplemented(&'static str),
     #[error(
         "request headers are larger than the listener allows ({limit} bytes or {max_headers} headers)"
     )]
@@ -81,6 +83,7 @@ pub enum ProxyError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ErrorKind {
     MalformedRequest,
+    NotImplemented,
     HeadersTooLarge,
     BodyTooLarge,
     NoRoute,
@@ -104,8 +107,9 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 21] = [
+    pub const ALL: [ErrorKind; 22] = [
         ErrorKind::MalformedRequest,
+        ErrorKind::NotImplemented,
         ErrorKind::HeadersTooLarge,
         ErrorKind::BodyTooLarge,
         ErrorKind::NoRoute,
@@ -131,6 +135,7 @@ impl ErrorKind {
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorKind::MalformedRequest => "malformed-request",
+            ErrorKind::NotImplemented => "not-implemented",
             ErrorKind::HeadersTooLarge => "headers-too-large",
             ErrorKind::BodyTooLarge => "body-too-large",
             ErrorKind::NoRoute => "no-route",
@@ -157,6 +162,7 @@ impl ErrorKind {
     pub fn status(self) -> StatusCode {
         match self {
             ErrorKind::MalformedRequest | ErrorKind::ClientBodyError => StatusCode::BAD_REQUEST,
+            ErrorKind::NotImplemented => StatusCode::NOT_IMPLEMENTED,
             ErrorKind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ErrorKind::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::NoRoute => StatusCode::NOT_FOUND,
@@ -183,6 +189,7 @@ impl ProxyError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             ProxyError::Malformed(_) => ErrorKind::MalformedRequest,
+            ProxyError::NotImplemented(_) => ErrorKind::NotImplemented,
             ProxyError::HeadersTooLarge { .. } => ErrorKind::HeadersTooLarge,
             ProxyError::BodyTooLarge { .. } => ErrorKind::BodyTooLarge,
             ProxyError::NoRoute => ErrorKind::NoRoute,
@@ -240,6 +247,7 @@ impl ProxyError {
         let status = kind.status();
         let detail = match self {
             ProxyError::Malformed(why) => format!("malformed request: {why}"),
+            ProxyError::NotImplemented(what) => format!("not implemented: {what}"),
             ProxyError::HeadersTooLarge { .. } => "request headers too large".into(),
             ProxyError::BodyTooLarge { limit } => {
                 format!("request body too large (limit {limit} bytes)")

@@ -319,7 +319,8 @@ async fn proxy(
     // route allocates nothing here.
     let info = (route.answer.is_some()
         || (!route.filters.is_empty() && !req.body().is_end_stream()))
-    .then(|| filter_request_info(&req, route, conn));
+    .then(|| filter_request_info(&req, route, conn))
+    .transpose()?;
     if let (Some(f), Some(info)) = (&route.answer, &info) {
         // Boxed, like every await off the plain forwarding path: the
         // request future's size is its largest await state, and hyper
@@ -591,9 +592,7 @@ async fn proxy(
             );
             if let Some(tx) = tx {
                 match &mut body {
-                    Plan::Replay(b) => {
-                        let _ = tx.try_send(b.clone());
-                    }
+                    Plan::Replay(b) => tx.send_all(b.clone()),
                     Plan::Stream(b) => {
                         if let Some(inner) = b.take() {
                             *b = Some(body::boxed(crate::filter::chain::Tee::new(inner, tx)));
@@ -833,21 +832,48 @@ fn filter_request_info(
     req: &Request<Lingering>,
     route: &crate::snapshot::Route,
     conn: &ConnInfo,
-) -> crate::filter::RequestInfo {
-    let h = |n: header::HeaderName| {
-        req.headers()
-            .get(n)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
+) -> Result<crate::filter::RequestInfo, ProxyError> {
+    // Every value of a header, not just the first: an upstream reads them
+    // all, so the filter must too (a second Content-Encoding line hid a
+    // gzip body from the filter). Bytes that are not UTF-8 become U+FFFD,
+    // which names no type or coding sift knows (a skip, counted).
+    let all = |n: header::HeaderName| {
+        let mut vals = req
+            .headers()
+            .get_all(n)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_owned());
+        let first = vals.next()?;
+        Some((first, vals.collect::<Vec<_>>()))
     };
-    crate::filter::RequestInfo {
+    // Content-Type is a single value (RFC 9110 §8.3): repeated lines that
+    // disagree leave the body's type ambiguous between sift and the app.
+    let content_type = match all(header::CONTENT_TYPE) {
+        Some((first, rest)) => {
+            if rest.iter().any(|v| !v.eq_ignore_ascii_case(&first)) {
+                return Err(ProxyError::Malformed(
+                    "conflicting Content-Type header lines",
+                ));
+            }
+            Some(first)
+        }
+        None => None,
+    };
+    // Content-Encoding is a list: repeated lines join with commas.
+    let content_encoding = all(header::CONTENT_ENCODING).map(|(first, rest)| {
+        std::iter::once(first)
+            .chain(rest)
+            .collect::<Vec<_>>()
+            .join(", ")
+    });
+    Ok(crate::filter::RequestInfo {
         route: Arc::from(route.spec.name.as_str()),
         method: req.method().to_string(),
         path: req.uri().path().to_owned(),
-        content_type: h(header::CONTENT_TYPE),
-        content_encoding: h(header::CONTENT_ENCODING),
+        content_type,
+        content_encoding,
         identity: conn.identity.as_ref().map(|i| i.id.clone()),
-    }
+    })
 }
 
 /// The canary's choice: a permitted override, else the sticky key's point,
@@ -1340,6 +1366,21 @@ fn has_dot_segments(path: &str) -> bool {
 }
 
 fn content_length(h: &HeaderMap) -> Result<Option<u64>, ProxyError> {
+    // A transfer coding other than chunked (`gzip, chunked`) would be lost
+    // when sift re-frames the body for the upstream, which would then read
+    // compressed bytes as the content: 501, as RFC 9112 §6.1 advises (and
+    // nginx answers).
+    let other_coding = h
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case(b"chunked"));
+    if other_coding {
+        return Err(ProxyError::NotImplemented(
+            "Transfer-Encoding other than chunked",
+        ));
+    }
     match h.get(header::CONTENT_LENGTH) {
         None => Ok(None),
         Some(v) => v

@@ -603,6 +603,190 @@ async fn compressed_bodies_are_decoded_and_bombs_refused() {
     );
 }
 
+/// Framing a client controls must not hide a body from a block filter or
+/// make it score only part of it: repeated Content-Encoding lines (read
+/// together, as the app reads them), conflicting Content-Type lines,
+/// multi-member gzip, a transfer coding sift cannot keep, and a mail whose
+/// spam part lies past the MIME limits (found by an audit, 2026-12-05).
+#[tokio::test(flavor = "multi_thread")]
+async fn framing_tricks_do_not_hide_a_body_from_the_filter() {
+    let up = mirror().await;
+    let sift = Sift::start(&config(
+        up.addr,
+        "",
+        "      - { filter: spam, mode: block }",
+        "",
+    ));
+    let (spam, ham) = clear_examples();
+    let gz = |b: &[u8]| {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(b).unwrap();
+        e.finish().unwrap()
+    };
+    // Two Content-Encoding lines: `identity, gzip` is gzip.
+    for pair in [["identity", "gzip"], ["gzip", "identity"]] {
+        let r = post(
+            &sift,
+            Some("text/plain"),
+            &[("content-encoding", pair[0]), ("content-encoding", pair[1])],
+            gz(spam.as_bytes()),
+        )
+        .await;
+        assert_eq!(r.status(), 403, "Content-Encoding lines {pair:?}");
+    }
+    // Two real codings in a list: not decoded, skipped and counted.
+    let r = post(
+        &sift,
+        Some("text/plain"),
+        &[("content-encoding", "gzip"), ("content-encoding", "br")],
+        gz(ham.as_bytes()),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        sift.metric(r#"sift_filter_skipped_total{filter="spam",reason="encoding"}"#)
+            .await,
+        Some(1.0)
+    );
+    // Conflicting Content-Type lines: the app and sift could read the body
+    // as different types, so the request is refused.
+    let r = post(
+        &sift,
+        None,
+        &[
+            ("content-type", "image/png"),
+            ("content-type", "text/plain"),
+        ],
+        spam.clone(),
+    )
+    .await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.headers()["x-sift-error"], "malformed-request");
+    // The same type twice is one type.
+    let r = post(
+        &sift,
+        None,
+        &[
+            ("content-type", "text/plain"),
+            ("content-type", "text/plain"),
+        ],
+        spam.clone(),
+    )
+    .await;
+    assert_eq!(r.status(), 403);
+    // Multi-member gzip (RFC 1952): the spam is in the second member.
+    let mut two = gz(b"hello ");
+    two.extend_from_slice(&gz(spam.as_bytes()));
+    let r = post(
+        &sift,
+        Some("text/plain"),
+        &[("content-encoding", "gzip")],
+        two,
+    )
+    .await;
+    assert_eq!(r.status(), 403, "the second gzip member is read");
+
+    // A mail with the spam part after 70 empty parts: past the MIME part
+    // limit, so it is not scored (skipped, counted), never called ham.
+    let mut mail = String::from(
+        "From: a@example.com\r\nSubject: hi\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n",
+    );
+    for _ in 0..70 {
+        mail.push_str("--b\r\nContent-Type: text/plain\r\n\r\nx\r\n");
+    }
+    mail.push_str(&format!(
+        "--b\r\nContent-Type: text/plain\r\n\r\n{spam}\r\n--b--\r\n"
+    ));
+    let ham_before = sift
+        .metric(r#"sift_filter_verdicts_total{filter="spam",route="inbox",verdict="ham"}"#)
+        .await;
+    let r = post(&sift, Some("message/rfc822"), &[], mail).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        sift.metric(r#"sift_filter_skipped_total{filter="spam",reason="extract_error"}"#)
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        sift.metric(r#"sift_filter_verdicts_total{filter="spam",route="inbox",verdict="ham"}"#)
+            .await,
+        ham_before,
+        "not scored as ham"
+    );
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            sift.log_lines()
+                .iter()
+                .any(|l| l.contains("spam=skipped:extract_error"))
+        })
+        .await,
+        "the access log names the skip"
+    );
+
+    // A transfer coding sift would drop when it re-frames the body: 501.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::net::TcpStream::connect(sift.addr()).await.unwrap();
+    let chunk = gz(spam.as_bytes());
+    let mut req = format!(
+        "POST /submit HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n\
+         Transfer-Encoding: gzip, chunked\r\n\r\n{:x}\r\n",
+        chunk.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&chunk);
+    req.extend_from_slice(b"\r\n0\r\n\r\n");
+    c.write_all(&req).await.unwrap();
+    let mut head = vec![0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut head))
+        .await
+        .unwrap()
+        .unwrap();
+    let head = String::from_utf8_lossy(&head[..n]);
+    assert!(head.starts_with("HTTP/1.1 501"), "{head}");
+    assert!(head.contains("not-implemented"), "{head}");
+}
+
+/// A shadow copy that lost part of the body (here the client stops
+/// mid-body) is not scored as if it were whole: skipped `incomplete`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cut_shadow_copy_is_not_scored() {
+    let up = mirror().await;
+    let sift = Sift::start(&config(
+        up.addr,
+        "",
+        "      - { filter: spam, mode: shadow }",
+        "",
+    ));
+    let (spam, _) = clear_examples();
+    use tokio::io::AsyncWriteExt;
+    let mut c = tokio::net::TcpStream::connect(sift.addr()).await.unwrap();
+    let head = format!(
+        "POST /submit HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n\
+         Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{spam}\r\n",
+        spam.len()
+    );
+    c.write_all(head.as_bytes()).await.unwrap();
+    c.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(c); // the body never ends
+    let sample = r#"sift_filter_skipped_total{filter="spam",reason="incomplete"}"#;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            sift.metric(sample).await == Some(1.0)
+        })
+        .await,
+        "the cut copy is counted incomplete"
+    );
+    assert_eq!(
+        sift.metric(r#"sift_filter_verdicts_total{filter="spam",route="inbox",verdict="spam"}"#)
+            .await
+            .unwrap_or(0.0),
+        0.0,
+        "and not scored"
+    );
+}
+
 /// 24 concurrent 256 KB bodies against one filter thread with no queue:
 /// some find the pool busy.
 async fn flood(sift: &Sift, body: &str) -> Vec<(u16, bool)> {

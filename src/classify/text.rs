@@ -13,8 +13,8 @@
 
 /// Most text a view keeps; the rest of a huge message is dropped.
 pub const MAX_VIEW_BYTES: usize = 256 * 1024;
-const MAX_DEPTH: usize = 8;
-const MAX_PARTS: usize = 64;
+pub const MAX_DEPTH: usize = 8;
+pub const MAX_PARTS: usize = 64;
 const MAX_LINKS: usize = 256;
 
 /// A link from HTML: where it goes and what it says.
@@ -38,6 +38,12 @@ pub struct TextView {
     /// Families of the charsets the text declared ([`charset_family`] bits:
     /// text parts, RFC 2047 words of the Subject, an HTTP body's charset).
     pub charsets: u8,
+    /// The message nests deeper than [`MAX_DEPTH`] or has more than
+    /// [`MAX_PARTS`] parts: the parts past the limit were not read. The
+    /// proxy's filters do not score such a view (a spam part hidden behind
+    /// 70 empty ones must not pass as ham); training and `sift classify`
+    /// read what was kept.
+    pub cut: bool,
 }
 
 /// Charset families, as bits of [`TextView::charsets`]. The western
@@ -367,7 +373,11 @@ fn walk_entity(
     default: &str,
 ) {
     *parts += 1;
-    if depth > MAX_DEPTH || *parts > MAX_PARTS || out.text.len() >= MAX_VIEW_BYTES {
+    if depth > MAX_DEPTH || *parts > MAX_PARTS {
+        out.cut = true;
+        return;
+    }
+    if out.text.len() >= MAX_VIEW_BYTES {
         return;
     }
     let mut ct = content_type(h, default);
@@ -384,7 +394,11 @@ fn walk_entity(
             add_text(body, h, &ct, out);
             return;
         };
-        let sub = split_multipart(body, boundary);
+        let mut sub = split_multipart(body, boundary);
+        if sub.len() > MAX_PARTS {
+            out.cut = true;
+            sub.truncate(MAX_PARTS);
+        }
         if sub.is_empty() {
             add_text(body, h, &ct, out);
             return;
@@ -488,7 +502,8 @@ fn split_multipart<'a>(body: &'a [u8], boundary: &str) -> Vec<&'a [u8]> {
                 return out;
             }
             start = Some((end + 1).min(body.len()));
-            if out.len() >= MAX_PARTS {
+            // One more than the limit, so the caller sees that parts were cut.
+            if out.len() > MAX_PARTS {
                 return out;
             }
         }

@@ -6,6 +6,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -111,7 +112,7 @@ pub async fn run_held(
     for rf in filters {
         let f = &rf.filter;
         let name = f.spec().name.as_str();
-        let Some(insp) = start(f.as_ref(), info, &rf.spec.usage, metrics) else {
+        let Some(insp) = start(f.as_ref(), info, &rf.spec.usage, metrics, &mut d.summary) else {
             continue;
         };
         let data = held.data.clone();
@@ -244,12 +245,47 @@ where
     B: HttpBody<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
+    // Filters that skipped at once (content type, encoding) lead the
+    // access log's summary, as on the held path.
+    let mut pre = Vec::new();
+    let r = spooled_inner(
+        pool,
+        metrics,
+        route,
+        info,
+        body,
+        filters,
+        route_limit,
+        &mut pre,
+    )
+    .await;
+    r.map(|(mut d, held)| {
+        d.summary.splice(0..0, pre);
+        (d, held)
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn spooled_inner<B>(
+    pool: &Pool,
+    metrics: &FilterMetrics,
+    route: &str,
+    info: &RequestInfo,
+    body: &mut B,
+    filters: &[&RouteFilter],
+    route_limit: u64,
+    pre: &mut Vec<String>,
+) -> Result<(Decision, Spilled), ProxyError>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     let mut out: Vec<Option<Outcome>> = filters.iter().map(|_| None).collect();
     let mut running: Vec<(usize, Inspection)> = filters
         .iter()
         .enumerate()
         .filter_map(|(i, rf)| {
-            start(rf.filter.as_ref(), info, &rf.spec.usage, metrics).map(|x| (i, x))
+            start(rf.filter.as_ref(), info, &rf.spec.usage, metrics, pre).map(|x| (i, x))
         })
         .collect();
     let mut held = Spilled::default();
@@ -504,11 +540,15 @@ fn refused(rf: &RouteFilter, metrics: &FilterMetrics) -> Result<Outcome, ProxyEr
 }
 
 /// An inspection for this request, or `None` (counted) when it does not apply.
+/// Start a filter's inspection of a body; a filter that skips it at once
+/// (content type, encoding) is counted and noted in `summary` (the access
+/// log's `filters` field).
 fn start(
     f: &dyn Filter,
     info: &RequestInfo,
     usage: &FilterUsage,
     metrics: &FilterMetrics,
+    summary: &mut Vec<String>,
 ) -> Option<Inspection> {
     let name = f.spec().name.as_str();
     let r = f.inspector(info).and_then(|i| {
@@ -526,6 +566,7 @@ fn start(
                 .skipped
                 .with_label_values(&[name, skip.as_str()])
                 .inc();
+            summary.push(format!("{name}=skipped:{}", skip.as_str()));
             None
         }
     }
@@ -701,16 +742,24 @@ pub fn shadow(
     info: RequestInfo,
     request_id: String,
     filters: Vec<(Arc<dyn Filter>, FilterUsage)>,
-) -> Option<mpsc::Sender<Bytes>> {
+) -> Option<ShadowTx> {
     let fm = &metrics.filters;
     let mut running: Vec<(String, Inspection)> = filters
         .iter()
-        .filter_map(|(f, u)| start(f.as_ref(), &info, u, fm).map(|i| (f.spec().name.clone(), i)))
+        .filter_map(|(f, u)| {
+            // Shadow verdicts go to metrics and logs only.
+            start(f.as_ref(), &info, u, fm, &mut Vec::new()).map(|i| (f.spec().name.clone(), i))
+        })
         .collect();
     if running.is_empty() {
         return None;
     }
     let (tx, mut rx) = mpsc::channel::<Bytes>(64);
+    let state = Arc::new(AtomicU8::new(COPY_OPEN));
+    let copy = ShadowTx {
+        tx,
+        state: state.clone(),
+    };
     tokio::spawn(async move {
         let fm = &metrics.filters;
         let mut batch = BytesMut::new();
@@ -754,6 +803,24 @@ pub fn shadow(
             }
         }
         drop(rx);
+        // The channel closed: a verdict is only honest if the copy had the
+        // whole body, or every inspection already had all it reads.
+        if !truncated && state.load(Ordering::Acquire) != COPY_COMPLETE {
+            if running.iter().all(|(_, i)| !i.wants_more()) {
+                truncated = true;
+            } else {
+                let dropped = state.load(Ordering::Acquire) == COPY_DROPPED;
+                for (n, _) in &running {
+                    if dropped {
+                        fm.overload.with_label_values(&[n, "shadow_dropped"]).inc();
+                    }
+                    fm.skipped
+                        .with_label_values(&[n, Skip::Incomplete.as_str()])
+                        .inc();
+                }
+                return;
+            }
+        }
         let names: Vec<String> = running.iter().map(|(n, _)| n.clone()).collect();
         let job = pool.spawn(move || {
             let t = Instant::now();
@@ -802,22 +869,58 @@ pub fn shadow(
             }
         }
     });
-    Some(tx)
+    Some(copy)
+}
+
+/// The copy is still being sent.
+const COPY_OPEN: u8 = 0;
+/// The whole body was sent.
+const COPY_COMPLETE: u8 = 1;
+/// A chunk did not fit the channel (the inspection fell behind): the copy
+/// is missing the rest.
+const COPY_DROPPED: u8 = 2;
+
+/// The sending end of a shadow copy. The inspection gives a verdict only
+/// when the sender marked the copy complete (or it already had all it
+/// reads); a copy cut short by a full channel or a failed client body is
+/// counted `incomplete` (and `shadow_dropped` for the channel), never
+/// scored as if it were the whole body.
+pub struct ShadowTx {
+    tx: mpsc::Sender<Bytes>,
+    state: Arc<AtomicU8>,
+}
+
+impl ShadowTx {
+    /// Send a whole body held in memory.
+    pub fn send_all(self, body: Bytes) {
+        let st = match self.tx.try_send(body) {
+            Ok(()) => COPY_COMPLETE,
+            Err(_) => COPY_DROPPED,
+        };
+        self.state.store(st, Ordering::Release);
+    }
+
+    fn mark(&self, st: u8) {
+        // Only the first outcome counts (a drop stays a drop).
+        let _ = self
+            .state
+            .compare_exchange(COPY_OPEN, st, Ordering::AcqRel, Ordering::Acquire);
+    }
 }
 
 pin_project_lite::pin_project! {
     /// A body that passes through unchanged while copying its data frames
-    /// to a shadow inspection. A full copy channel drops the copy, never
-    /// slows the body.
+    /// to a shadow inspection. A full copy channel drops the copy (the
+    /// inspection then counts it `incomplete`), never slows the body.
     pub struct Tee<B> {
         #[pin]
         inner: B,
-        tx: Option<mpsc::Sender<Bytes>>,
+        tx: Option<ShadowTx>,
     }
 }
 
 impl<B> Tee<B> {
-    pub fn new(inner: B, tx: mpsc::Sender<Bytes>) -> Tee<B> {
+    pub fn new(inner: B, tx: ShadowTx) -> Tee<B> {
         Tee {
             inner,
             tx: Some(tx),
@@ -836,18 +939,32 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let this = self.project();
-        let r = this.inner.poll_frame(cx);
+        let mut this = self.project();
+        let r = this.inner.as_mut().poll_frame(cx);
         match &r {
             Poll::Ready(Some(Ok(f))) => {
                 if let (Some(d), Some(tx)) = (f.data_ref(), this.tx.as_ref()) {
-                    if tx.try_send(d.clone()).is_err() {
+                    if tx.tx.try_send(d.clone()).is_err() {
                         // Full or gone: the shadow copy stops here.
+                        tx.mark(COPY_DROPPED);
                         *this.tx = None;
                     }
                 }
+                // A consumer may stop polling once the body says it ended.
+                if this.inner.is_end_stream() {
+                    if let Some(tx) = this.tx.take() {
+                        tx.mark(COPY_COMPLETE);
+                    }
+                }
             }
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
+            Poll::Ready(None) => {
+                if let Some(tx) = this.tx.take() {
+                    tx.mark(COPY_COMPLETE);
+                }
+            }
+            // The client's body failed: the copy is incomplete (the state
+            // stays open, which the inspection reads as incomplete).
+            Poll::Ready(Some(Err(_))) => {
                 *this.tx = None;
             }
             Poll::Pending => {}

@@ -56,6 +56,12 @@ pub enum ExtractError {
     Json(String),
     #[error("multipart body has no part with the boundary")]
     Multipart,
+    #[error(
+        "mail nests deeper than {} levels or has more than {} parts",
+        text::MAX_DEPTH,
+        text::MAX_PARTS
+    )]
+    MailLimits,
 }
 
 /// [`extract`] of a body the caller owns: a UTF-8 text/plain body becomes
@@ -89,7 +95,13 @@ pub fn extract(
             charsets: charset.as_deref().map_or(0, text::charset_family),
             ..TextView::default()
         }),
-        BodyKind::Rfc822 => Ok(text::view(body)),
+        BodyKind::Rfc822 => {
+            let v = text::view(body);
+            if v.cut {
+                return Err(ExtractError::MailLimits);
+            }
+            Ok(v)
+        }
         BodyKind::Json => {
             let v: serde_json::Value =
                 serde_json::from_slice(body).map_err(|e| ExtractError::Json(e.to_string()))?;

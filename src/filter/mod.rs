@@ -121,6 +121,9 @@ pub enum Skip {
     DecodeError,
     ExtractError,
     ModelError,
+    /// A shadow copy that lost part of the body (its channel was full, or
+    /// the client's body failed): not scored.
+    Incomplete,
 }
 
 impl Skip {
@@ -134,6 +137,7 @@ impl Skip {
             Skip::DecodeError => "decode_error",
             Skip::ExtractError => "extract_error",
             Skip::ModelError => "model_error",
+            Skip::Incomplete => "incomplete",
         }
     }
 }
@@ -340,7 +344,8 @@ pub struct Inspection {
 
 enum Decoder {
     Identity(Sink),
-    Gzip(flate2::write::GzDecoder<Sink>),
+    /// Every member of a multi-member gzip stream (RFC 1952 allows them).
+    Gzip(flate2::write::MultiGzDecoder<Sink>),
     Zlib(flate2::write::ZlibDecoder<Sink>),
     Deflate(flate2::write::DeflateDecoder<Sink>),
     /// `deflate` before its first bytes: zlib-wrapped (RFC 9110) or raw.
@@ -390,10 +395,19 @@ impl Inspection {
         usage: &FilterUsage,
         max_decompressed: u64,
     ) -> Result<Inspection, Skip> {
-        let enc = content_encoding
-            .map(|e| e.trim().to_ascii_lowercase())
-            .unwrap_or_default();
-        let identity = enc.is_empty() || enc == "identity";
+        // Content-Encoding is a list (RFC 9110 §8.4; repeated headers are
+        // joined with commas by the caller): `identity` entries are no-ops;
+        // more than one real coding is not decoded (a skip, counted).
+        let enc = content_encoding.unwrap_or_default().to_ascii_lowercase();
+        let mut codings = enc
+            .split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty() && *c != "identity");
+        let enc = codings.next().unwrap_or_default();
+        if codings.next().is_some() {
+            return Err(Skip::Encoding);
+        }
+        let identity = enc.is_empty();
         let whole = usage.on_oversize == OnOversize::Spool && inner.bounded();
         let sink = Sink {
             inner: Some(inner),
@@ -408,9 +422,9 @@ impl Inspection {
             oversize: false,
             capped: false,
         };
-        let dec = match enc.as_str() {
+        let dec = match enc {
             _ if identity => Decoder::Identity(sink),
-            "gzip" | "x-gzip" => Decoder::Gzip(flate2::write::GzDecoder::new(sink)),
+            "gzip" | "x-gzip" => Decoder::Gzip(flate2::write::MultiGzDecoder::new(sink)),
             "deflate" => Decoder::DeflatePending(Some(sink)),
             "br" => Decoder::Brotli(Box::new(brotli_decompressor::DecompressorWriter::new(
                 sink, 8192,
