@@ -182,6 +182,46 @@ async fn answer_route_matches_the_cli_for_plain_gzip_and_json() {
     );
 }
 
+/// A JSON body whose log field is far longer than `max_inspect_bytes`: the
+/// field's string streams into the scanner (spooled, bounded memory), so
+/// the verdict is the whole log's, as for a plain-text log.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_json_log_longer_than_the_inspect_limit_is_read_whole() {
+    let (app, other) = (mirror("app").await, mirror("other").await);
+    let sift = Sift::start(&config(
+        app.addr,
+        other.addr,
+        "      - { filter: cilog, mode: annotate, max_inspect_bytes: 64KiB }",
+    ));
+    // The first "test" log (113 KB), whose failure lies past its first
+    // 64 KiB: a prefix-only read could not find it.
+    let log = log_labelled("test");
+    let want = cli_verdict(&log);
+    let lines_in_limit = log[..64 << 10].iter().filter(|&&b| b == b'\n').count() as u64;
+    assert!(
+        want["line"].as_u64().unwrap() > lines_in_limit + 1,
+        "the evidence lies past the limit"
+    );
+    let doc = serde_json::json!({
+        "build": { "id": 7, "log": String::from_utf8_lossy(&log), "status": "failed" }
+    });
+    let body = doc.to_string();
+    let r = post(
+        &sift,
+        "/logs",
+        &[("content-type", "application/json")],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let v = json(r.body());
+    assert_eq!(v["body_len"], body.len(), "the document is forwarded whole");
+    let h = &v["headers"];
+    assert_eq!(h["x-sift-ci-class"], want["class"]);
+    let ev = h["x-sift-ci-evidence-line"].as_str().unwrap();
+    assert!(ev.starts_with(&format!("{}: ", want["line"])), "{ev}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn annotate_headers_and_block_rules() {
     let (app, other) = (mirror("app").await, mirror("other").await);

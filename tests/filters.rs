@@ -747,6 +747,39 @@ async fn framing_tricks_do_not_hide_a_body_from_the_filter() {
     assert!(head.contains("not-implemented"), "{head}");
 }
 
+/// `inspect_prefix` on a JSON body longer than the limit reads the strings
+/// of its prefix (the document cannot be parsed whole).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_json_prefix_is_inspected() {
+    let up = mirror().await;
+    let sift = Sift::start(&config(
+        up.addr,
+        "    extract: { json_pointers: [\"/message\"] }",
+        "      - { filter: spam, mode: block, max_inspect_bytes: 4KiB }",
+        "",
+    ));
+    let (spam, ham) = clear_examples();
+    let pad = "x".repeat(70_000);
+    let r = post(
+        &sift,
+        Some("application/json"),
+        &[],
+        serde_json::json!({ "message": spam, "pad": pad }).to_string(),
+    )
+    .await;
+    assert_eq!(r.status(), 403, "the message in the prefix is read");
+    let body = serde_json::json!({ "message": ham, "pad": pad }).to_string();
+    let r = post(&sift, Some("application/json"), &[], body.clone()).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.body().len(), body.len(), "forwarded whole");
+    assert_eq!(
+        sift.metric(r#"sift_filter_skipped_total{filter="spam",reason="extract_error"}"#)
+            .await
+            .unwrap_or(0.0),
+        0.0
+    );
+}
+
 /// A shadow copy that lost part of the body (here the client stops
 /// mid-body) is not scored as if it were whole: skipped `incomplete`.
 #[tokio::test(flavor = "multi_thread")]

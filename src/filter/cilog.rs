@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue};
 
+use super::json_stream::{JsonStrings, StrSink};
 use super::{Filter, FilterError, Inspector, Loaded, ModelSlot, RequestInfo, Skip, Verdict};
 use crate::cilog::{CilogModel, Scanner};
 use crate::config::model::{FilterSpec, ModelSource};
@@ -98,10 +99,22 @@ impl Filter for CilogFilter {
         };
         let model = self.slot.current().model.clone();
         let how = if json {
-            How::Json {
-                buf: Vec::new(),
-                pointers: self.spec.json_pointers.clone(),
-                model,
+            match self.spec.json_pointers.as_deref() {
+                // The log's field is named: stream its string into the
+                // scanner as the document arrives (bounded memory, any
+                // length, like a plain-text log).
+                Some(ps) if !ps.is_empty() => How::JsonStream {
+                    walker: JsonStrings::new(Some(ps), true),
+                    logs: LogFields {
+                        scanners: (0..ps.len()).map(|_| None).collect(),
+                        model,
+                    },
+                },
+                _ => How::Json {
+                    buf: Vec::new(),
+                    pointers: self.spec.json_pointers.clone(),
+                    model,
+                },
             }
         } else {
             How::Stream(Box::new(model.owned_scanner()))
@@ -110,6 +123,7 @@ impl Filter for CilogFilter {
             name: self.spec.name.clone(),
             names: self.names.clone(),
             how,
+            cut: false,
         }))
     }
 }
@@ -117,7 +131,12 @@ impl Filter for CilogFilter {
 enum How {
     /// A plain-text log, scanned as it streams.
     Stream(Box<Scanner<'static>>),
-    /// A JSON document holding the log in a field.
+    /// A JSON document whose log field is named by pointers, streamed.
+    JsonStream {
+        walker: JsonStrings,
+        logs: LogFields,
+    },
+    /// A JSON document holding the log in some field (the longest string).
     Json {
         buf: Vec<u8>,
         pointers: Option<Vec<String>>,
@@ -125,10 +144,48 @@ enum How {
     },
 }
 
+/// One scanner per configured pointer, started when its string begins.
+struct LogFields {
+    scanners: Vec<Option<Box<Scanner<'static>>>>,
+    model: CilogModel,
+}
+
+impl StrSink for LogFields {
+    fn bytes(&mut self, which: Option<usize>, b: &[u8]) {
+        let Some(slot) = which.and_then(|i| self.scanners.get_mut(i)) else {
+            return;
+        };
+        slot.get_or_insert_with(|| Box::new(self.model.owned_scanner()))
+            .feed(b);
+    }
+    fn end(&mut self, _: Option<usize>) {}
+}
+
+/// The longest string of a JSON prefix (the log, when no pointer names it).
+#[derive(Default)]
+struct Longest {
+    best: Vec<u8>,
+    cur: Vec<u8>,
+}
+
+impl StrSink for Longest {
+    fn bytes(&mut self, _: Option<usize>, b: &[u8]) {
+        self.cur.extend_from_slice(b);
+        if self.cur.len() > self.best.len() {
+            self.best.clone_from(&self.cur);
+        }
+    }
+    fn end(&mut self, _: Option<usize>) {
+        self.cur.clear();
+    }
+}
+
 struct CilogInspector {
     name: String,
     names: Arc<Names>,
     how: How,
+    /// What was fed is a prefix of the body.
+    cut: bool,
 }
 
 /// The log in a JSON document: the first pointer naming a string, else the
@@ -156,12 +213,17 @@ fn log_in_json(doc: &serde_json::Value, pointers: Option<&[String]>) -> Option<S
 
 impl Inspector for CilogInspector {
     fn bounded(&self) -> bool {
-        matches!(self.how, How::Stream(_))
+        matches!(self.how, How::Stream(_) | How::JsonStream { .. })
+    }
+
+    fn cut(&mut self) {
+        self.cut = true;
     }
 
     fn feed(&mut self, chunk: &[u8]) {
         match &mut self.how {
             How::Stream(s) => s.feed(chunk),
+            How::JsonStream { walker, logs } => walker.feed(chunk, logs),
             How::Json { buf, .. } => buf.extend_from_slice(chunk),
         }
     }
@@ -169,16 +231,42 @@ impl Inspector for CilogInspector {
     fn finish(self: Box<Self>) -> Result<Verdict, Skip> {
         let v = match self.how {
             How::Stream(s) => s.finish(),
+            How::JsonStream { walker, logs } => {
+                // Broken JSON, or a whole body that ends inside the
+                // document, is not a log; a prefix (cut) may end anywhere.
+                if walker.failed() || !(self.cut || walker.complete()) {
+                    return Err(Skip::ExtractError);
+                }
+                // The first pointer (in configured order) that named a string.
+                let s = logs
+                    .scanners
+                    .into_iter()
+                    .flatten()
+                    .next()
+                    .ok_or(Skip::ExtractError)?;
+                s.finish()
+            }
             How::Json {
                 buf,
                 pointers,
                 model,
-            } => {
-                let doc: serde_json::Value =
-                    serde_json::from_slice(&buf).map_err(|_| Skip::ExtractError)?;
-                let log = log_in_json(&doc, pointers.as_deref()).ok_or(Skip::ExtractError)?;
-                model.classify(log.as_bytes())
-            }
+            } => match serde_json::from_slice::<serde_json::Value>(&buf) {
+                Ok(doc) => {
+                    let log = log_in_json(&doc, pointers.as_deref()).ok_or(Skip::ExtractError)?;
+                    model.classify(log.as_bytes())
+                }
+                // A prefix (`inspect_prefix`): its longest string.
+                Err(_) if self.cut => {
+                    let mut w = JsonStrings::new(None, false);
+                    let mut l = Longest::default();
+                    w.feed(&buf, &mut l);
+                    if w.failed() || l.best.is_empty() {
+                        return Err(Skip::ExtractError);
+                    }
+                    model.classify(&l.best)
+                }
+                Err(_) => return Err(Skip::ExtractError),
+            },
         };
         let class = v.class.as_str();
         let conf = (v.confidence * 1000.0).round() / 1000.0;

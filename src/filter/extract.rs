@@ -140,6 +140,63 @@ fn wanted(fields: Option<&[String]>, name: &str) -> bool {
     fields.is_none_or(|f| f.iter().any(|x| x == name))
 }
 
+/// [`extract`] of a JSON body that may be a prefix of the client's
+/// (`cut`: the body went on past `max_inspect_bytes`): a prefix that ends
+/// inside the document gives the strings it holds.
+pub fn extract_json(
+    body: &[u8],
+    json_pointers: Option<&[String]>,
+    cut: bool,
+) -> Result<TextView, ExtractError> {
+    match extract(&BodyKind::Json, body, json_pointers, None) {
+        Err(ExtractError::Json(_)) if cut => json_prefix(body, json_pointers),
+        r => r,
+    }
+}
+
+/// The wanted strings of a JSON prefix: per pointer in the configured
+/// order (document order within one), as for a whole document; without
+/// pointers, every string in document order.
+fn json_prefix(body: &[u8], json_pointers: Option<&[String]>) -> Result<TextView, ExtractError> {
+    struct Lines {
+        per: Vec<String>,
+        cur: Vec<u8>,
+        which: Option<usize>,
+    }
+    impl super::json_stream::StrSink for Lines {
+        fn bytes(&mut self, which: Option<usize>, b: &[u8]) {
+            self.which = which;
+            self.cur.extend_from_slice(b);
+        }
+        fn end(&mut self, which: Option<usize>) {
+            let s = String::from_utf8_lossy(&self.cur).into_owned();
+            self.cur.clear();
+            push_line(&mut self.per[which.unwrap_or(0)], &s);
+        }
+    }
+    let n = json_pointers.map_or(1, <[String]>::len).max(1);
+    let mut lines = Lines {
+        per: vec![String::new(); n],
+        cur: Vec::new(),
+        which: None,
+    };
+    let mut w = super::json_stream::JsonStrings::new(json_pointers, false);
+    w.feed(body, &mut lines);
+    if w.failed() {
+        return Err(ExtractError::Json("not JSON".into()));
+    }
+    // The string the prefix cuts off counts too.
+    if !lines.cur.is_empty() {
+        let s = String::from_utf8_lossy(&lines.cur).into_owned();
+        push_line(&mut lines.per[lines.which.unwrap_or(0)], &s);
+    }
+    let mut out = String::new();
+    for p in &lines.per {
+        push_line(&mut out, p);
+    }
+    Ok(TextView::plain(&out))
+}
+
 fn push_line(out: &mut String, s: &str) {
     if s.trim().is_empty() {
         return;

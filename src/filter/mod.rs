@@ -14,6 +14,7 @@
 pub mod chain;
 pub mod cilog;
 pub mod extract;
+pub mod json_stream;
 pub mod pool;
 pub mod spam;
 pub mod spool;
@@ -203,6 +204,10 @@ pub trait Filter: Send + Sync {
 /// `max_inspect_bytes` in all.
 pub trait Inspector: Send {
     fn feed(&mut self, chunk: &[u8]);
+    /// The body went on past what was fed (`inspect_prefix`): what the
+    /// inspector holds is a prefix, which a JSON parser must not reject as
+    /// broken.
+    fn cut(&mut self) {}
     fn finish(self: Box<Self>) -> Result<Verdict, Skip>;
     /// Its memory stays bounded however much it is fed (a streaming
     /// scanner): with `on_oversize: spool` it reads the whole body.
@@ -529,8 +534,14 @@ impl Inspection {
                 OnOversize::InspectPrefix | OnOversize::Spool => {}
             }
         }
+        let cut = sink.oversize || truncated;
         match sink.inner.take() {
-            Some(inner) => inner.finish().map_err(Unclassified::Skip),
+            Some(mut inner) => {
+                if cut {
+                    inner.cut();
+                }
+                inner.finish().map_err(Unclassified::Skip)
+            }
             None => Err(Unclassified::Skip(Skip::Empty)),
         }
     }

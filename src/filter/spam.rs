@@ -146,6 +146,7 @@ impl Filter for SpamFilter {
             spec: self.inspect.clone(),
             kind,
             buf: Vec::new(),
+            cut: false,
         }))
     }
 
@@ -214,21 +215,32 @@ struct SpamInspector {
     spec: Arc<InspectSpec>,
     kind: BodyKind,
     buf: Vec<u8>,
+    /// What was fed is a prefix of the body.
+    cut: bool,
 }
 
 impl Inspector for SpamInspector {
+    fn cut(&mut self) {
+        self.cut = true;
+    }
+
     fn feed(&mut self, chunk: &[u8]) {
         self.buf.extend_from_slice(chunk);
     }
 
     fn finish(self: Box<Self>) -> Result<Verdict, Skip> {
         let this = *self;
-        let view = extract::extract_owned(
-            &this.kind,
-            this.buf,
-            this.spec.json_pointers.as_deref(),
-            this.spec.form_fields.as_deref(),
-        )
+        let view = match this.kind {
+            BodyKind::Json => {
+                extract::extract_json(&this.buf, this.spec.json_pointers.as_deref(), this.cut)
+            }
+            _ => extract::extract_owned(
+                &this.kind,
+                this.buf,
+                this.spec.json_pointers.as_deref(),
+                this.spec.form_fields.as_deref(),
+            ),
+        }
         .map_err(|_| Skip::ExtractError)?;
         if view.text.trim().is_empty() && view.links.is_empty() {
             return Err(Skip::Empty);
