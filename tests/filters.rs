@@ -780,6 +780,69 @@ async fn a_json_prefix_is_inspected() {
     );
 }
 
+/// `on_unreadable: reject`: in block mode a body the filter cannot read is
+/// refused (415 / 422), so sending what sift cannot read is no way past
+/// it; the default forwards it, counted.
+#[tokio::test(flavor = "multi_thread")]
+async fn unreadable_bodies_can_be_refused_in_block_mode() {
+    let up = mirror().await;
+    let sift = Sift::start(&config(
+        up.addr,
+        "    on_unreadable: reject",
+        "      - { filter: spam, mode: block }",
+        "",
+    ));
+    let (spam, ham) = clear_examples();
+    for (ct, ce, body, status, kind) in [
+        (
+            "image/png",
+            None,
+            ham.clone().into_bytes(),
+            415,
+            "unsupported-media-type",
+        ),
+        (
+            "text/plain",
+            Some("zstd"),
+            ham.clone().into_bytes(),
+            415,
+            "unsupported-media-type",
+        ),
+        (
+            "text/plain",
+            Some("gzip"),
+            b"not gzip at all".to_vec(),
+            422,
+            "unclassifiable",
+        ),
+        (
+            "application/json",
+            None,
+            b"{\"message\": nope}".to_vec(),
+            422,
+            "unclassifiable",
+        ),
+    ] {
+        let mut h = vec![];
+        if let Some(e) = ce {
+            h.push(("content-encoding", e));
+        }
+        let r = post(&sift, Some(ct), &h, body).await;
+        assert_eq!(r.status(), status, "{ct} {ce:?}");
+        assert_eq!(r.headers()["x-sift-error"], kind, "{ct} {ce:?}");
+    }
+    // Readable bodies are unaffected.
+    let r = post(&sift, Some("text/plain"), &[], ham).await;
+    assert_eq!(r.status(), 200);
+    let r = post(&sift, Some("text/plain"), &[], spam).await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(
+        up.requests.load(Ordering::Relaxed),
+        1,
+        "only the ham got through"
+    );
+}
+
 /// A shadow copy that lost part of the body (here the client stops
 /// mid-body) is not scored as if it were whole: skipped `incomplete`.
 #[tokio::test(flavor = "multi_thread")]

@@ -425,6 +425,7 @@ fn build_filters(fs: &[FilterFile], e: &mut Errs) -> Vec<FilterSpec> {
                 OnOversize::InspectPrefix
             }),
             on_overload: f.on_overload.unwrap_or_default(),
+            on_unreadable: f.on_unreadable.unwrap_or_default(),
         };
         let spool_dir: std::path::PathBuf = f
             .spool_dir
@@ -558,6 +559,7 @@ fn build_route_filters(
             }),
             on_oversize: rf.on_oversize.unwrap_or(f.usage.on_oversize),
             on_overload: rf.on_overload.unwrap_or(f.usage.on_overload),
+            on_unreadable: rf.on_unreadable.unwrap_or(f.usage.on_unreadable),
         };
         let mut rules = Vec::new();
         for (k, rule) in rf.rules.iter().flatten().enumerate() {

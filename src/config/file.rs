@@ -117,6 +117,19 @@ pub enum OnOverload {
     FailClosed,
 }
 
+/// What a block filter does with a body it cannot read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnUnreadable {
+    /// Forward without a verdict (counted by skip reason).
+    #[default]
+    Forward,
+    /// Refuse it: 415 `unsupported-media-type` for a content type or
+    /// encoding sift does not read, 422 `unclassifiable` for a body that
+    /// does not decode or parse. Only in block mode.
+    Reject,
+}
+
 /// A named filter: its model and defaults for the routes that use it.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -162,6 +175,11 @@ pub struct FilterFile {
     /// Pool saturated: fail_open (default) or fail_closed (503).
     #[serde(default)]
     pub on_overload: Option<OnOverload>,
+    /// Block mode, a body the filter cannot read (unknown content type or
+    /// encoding, broken compression, unparseable JSON or mail past the MIME
+    /// limits): forward (default) or reject (415 / 422).
+    #[serde(default)]
+    pub on_unreadable: Option<OnUnreadable>,
     /// Most bytes a compressed body may expand to; more is 413 (default 16MiB).
     #[serde(default)]
     pub max_decompressed_bytes: Option<Bytes>,
@@ -215,6 +233,8 @@ pub struct RouteFilterFile {
     pub on_oversize: Option<OnOversize>,
     #[serde(default)]
     pub on_overload: Option<OnOverload>,
+    #[serde(default)]
+    pub on_unreadable: Option<OnUnreadable>,
     /// What a verdict does beyond headers (block mode; cilog classes):
     /// reject it, or send it to another cluster.
     #[serde(default)]

@@ -10,7 +10,7 @@ use serde::ser::{SerializeMap, Serializer};
 
 use super::file::{
     DownstreamProtocol, FilterKind, FilterMode, LbPolicy, LogFormat, OnOverload, OnOversize,
-    UpstreamProtocol, XffMode,
+    OnUnreadable, UpstreamProtocol, XffMode,
 };
 use super::units::{Bytes, Dur};
 use crate::policy::outlier::OutlierSpec;
@@ -77,6 +77,7 @@ pub struct FilterUsage {
     pub max_inspect_bytes: u64,
     pub on_oversize: OnOversize,
     pub on_overload: OnOverload,
+    pub on_unreadable: OnUnreadable,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

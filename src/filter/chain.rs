@@ -112,7 +112,7 @@ pub async fn run_held(
     for rf in filters {
         let f = &rf.filter;
         let name = f.spec().name.as_str();
-        let Some(insp) = start(f.as_ref(), info, &rf.spec.usage, metrics, &mut d.summary) else {
+        let Some(insp) = start(f.as_ref(), info, &rf.spec.usage, metrics, &mut d.summary)? else {
             continue;
         };
         let data = held.data.clone();
@@ -158,6 +158,9 @@ fn apply(
         Ok(v) => v,
         Err(u) => {
             unclassified(metrics, name, u, &mut d.summary)?;
+            if let Unclassified::Skip(s) = u {
+                unreadable(name, &rf.spec.usage, s)?;
+            }
             return Ok(());
         }
     };
@@ -281,13 +284,12 @@ where
     B::Error: std::fmt::Display,
 {
     let mut out: Vec<Option<Outcome>> = filters.iter().map(|_| None).collect();
-    let mut running: Vec<(usize, Inspection)> = filters
-        .iter()
-        .enumerate()
-        .filter_map(|(i, rf)| {
-            start(rf.filter.as_ref(), info, &rf.spec.usage, metrics, pre).map(|x| (i, x))
-        })
-        .collect();
+    let mut running: Vec<(usize, Inspection)> = Vec::new();
+    for (i, rf) in filters.iter().enumerate() {
+        if let Some(x) = start(rf.filter.as_ref(), info, &rf.spec.usage, metrics, pre)? {
+            running.push((i, x));
+        }
+    }
     let mut held = Spilled::default();
     if running.is_empty() {
         return Ok((Decision::default(), held));
@@ -549,7 +551,7 @@ fn start(
     usage: &FilterUsage,
     metrics: &FilterMetrics,
     summary: &mut Vec<String>,
-) -> Option<Inspection> {
+) -> Result<Option<Inspection>, ProxyError> {
     let name = f.spec().name.as_str();
     let r = f.inspector(info).and_then(|i| {
         Inspection::new(
@@ -560,16 +562,37 @@ fn start(
         )
     });
     match r {
-        Ok(i) => Some(i),
+        Ok(i) => Ok(Some(i)),
         Err(skip) => {
             metrics
                 .skipped
                 .with_label_values(&[name, skip.as_str()])
                 .inc();
             summary.push(format!("{name}=skipped:{}", skip.as_str()));
-            None
+            unreadable(name, usage, skip)?;
+            Ok(None)
         }
     }
+}
+
+/// `on_unreadable: reject` in block mode: a body the filter cannot read
+/// (type, encoding, broken compression, unparseable) is refused instead of
+/// forwarded unclassified.
+fn unreadable(name: &str, usage: &FilterUsage, skip: Skip) -> Result<(), ProxyError> {
+    let unreadable = matches!(
+        skip,
+        Skip::ContentType | Skip::Encoding | Skip::DecodeError | Skip::ExtractError
+    );
+    if unreadable
+        && usage.mode == FilterMode::Block
+        && usage.on_unreadable == crate::config::file::OnUnreadable::Reject
+    {
+        return Err(ProxyError::Unclassifiable {
+            filter: name.to_string(),
+            reason: skip.as_str(),
+        });
+    }
+    Ok(())
 }
 
 fn unclassified(
@@ -748,7 +771,14 @@ pub fn shadow(
         .iter()
         .filter_map(|(f, u)| {
             // Shadow verdicts go to metrics and logs only.
-            start(f.as_ref(), &info, u, fm, &mut Vec::new()).map(|i| (f.spec().name.clone(), i))
+            let u = FilterUsage {
+                mode: FilterMode::Shadow,
+                ..u.clone()
+            };
+            start(f.as_ref(), &info, &u, fm, &mut Vec::new())
+                .ok()
+                .flatten()
+                .map(|i| (f.spec().name.clone(), i))
         })
         .collect();
     if running.is_empty() {

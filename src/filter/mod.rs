@@ -580,6 +580,7 @@ mod tests {
             max_inspect_bytes: limit,
             on_oversize,
             on_overload: OnOverload::FailOpen,
+            on_unreadable: Default::default(),
         }
     }
 
