@@ -1419,10 +1419,12 @@ mod hop {
     pub const CONNECTION: u8 = 1;
     pub const TRANSFER_ENCODING: u8 = 2;
     pub const UPGRADE: u8 = 4;
-    pub const TRAILER: u8 = 8;
     pub const TE: u8 = 16;
     pub const KEEP_ALIVE: u8 = 32;
     pub const PROXY_CONNECTION: u8 = 64;
+    // Not here: `Trailer`, which is end to end (RFC 9110 §6.6.2; hyper's
+    // HTTP/1.1 client sends only the trailer fields it declares, so
+    // removing it dropped request trailers).
 
     /// The bit of header `k` (0 if it is not hop-by-hop). Standard names
     /// compare as integers.
@@ -1433,8 +1435,6 @@ mod hop {
             TRANSFER_ENCODING
         } else if k == header::UPGRADE {
             UPGRADE
-        } else if k == header::TRAILER {
-            TRAILER
         } else if k == header::TE {
             TE
         } else {
@@ -1485,9 +1485,6 @@ fn strip_hop_by_hop_present(h: &mut HeaderMap, present: u8) {
     }
     if present & UPGRADE != 0 {
         h.remove(header::UPGRADE);
-    }
-    if present & TRAILER != 0 {
-        h.remove(header::TRAILER);
     }
     if present & KEEP_ALIVE != 0 {
         h.remove("keep-alive");

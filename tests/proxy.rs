@@ -260,6 +260,47 @@ async fn raw_exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
+/// Request trailers (chunked, declared in `Trailer`) reach the upstream:
+/// `Trailer` is end to end, and an HTTP/1.1 sender only sends the fields
+/// it declares.
+#[tokio::test(flavor = "multi_thread")]
+async fn request_trailers_reach_the_upstream() {
+    let up = Upstream::start(|req: Request<hyper::body::Incoming>| async move {
+        let declared = req
+            .headers()
+            .get("trailer")
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_default();
+        let c = req.into_body().collect().await.unwrap();
+        let got = c
+            .trailers()
+            .and_then(|t| t.get("x-checksum"))
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_else(|| "none".into());
+        let mut r = http::Response::new(body::full(c.to_bytes()));
+        r.headers_mut()
+            .insert("x-got-trailer", got.parse().unwrap());
+        r.headers_mut().insert(
+            "x-got-declared",
+            declared
+                .parse()
+                .unwrap_or(http::HeaderValue::from_static("?")),
+        );
+        r
+    })
+    .await;
+    let sift = Sift::start(&simple_config(up.addr, ""));
+    let out = raw_exchange(
+        sift.addr(),
+        b"POST /t HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\
+          Trailer: x-checksum\r\n\r\n5\r\nhello\r\n0\r\nx-checksum: abc\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("x-got-trailer: abc"), "{out}");
+    assert!(out.contains("hello"), "{out}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn header_hygiene_forwarded_headers_and_request_id() {
     let up = Upstream::start(|_req: Request<hyper::body::Incoming>| async move {
