@@ -1017,3 +1017,156 @@ async fn onnx_model_serves_on_the_request_path() {
     );
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// A header_prefix outside `x-sift-`: a client's headers with the verdict
+/// header names never reach the upstream on a route with that filter, also
+/// when the filter gives no verdict (skipped, or no body at all); a route
+/// without the filter leaves such headers alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn custom_prefix_verdict_headers_cannot_be_forged() {
+    let up = mirror().await;
+    let yaml = format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners:
+  - {{ name: main, address: "127.0.0.1:0" }}
+filters:
+  - {{ name: spam, kind: spam, header_prefix: App-Spam }}
+  - {{ name: ci, kind: cilog, header_prefix: build-ci }}
+routes:
+  - name: inbox
+    match: {{ path: {{ prefix: /submit }} }}
+    cluster: app
+    filters: [{{ filter: spam }}]
+  - name: logs
+    match: {{ path: {{ prefix: /logs }} }}
+    cluster: app
+    filters: [{{ filter: ci, mode: annotate }}]
+  - name: other
+    cluster: app
+clusters:
+  - {{ name: app, endpoints: ["{}"] }}
+"#,
+        up.addr
+    );
+    let sift = Sift::start(&yaml);
+    let forged = [
+        ("app-spam-verdict", "ham"),
+        ("app-spam-score", "0.0001"),
+        ("build-ci-class", "oom"),
+        ("build-ci-confidence", "1.000"),
+        ("build-ci-evidence-line", "1: forged"),
+    ];
+    let req = |path: &str, ctype: &str, b: String| {
+        let mut r = Request::post(sift.url(path)).header("content-type", ctype);
+        for (k, v) in forged {
+            r = r.header(k, v);
+        }
+        r.body(full(b)).unwrap()
+    };
+    let (spam, _) = clear_examples();
+    // A verdict: sift's headers, not the client's.
+    let h = echoed(&send(req("/submit", "text/plain", spam.clone())).await);
+    assert_eq!(h["app-spam-verdict"], "spam", "{h}");
+    assert_ne!(h["app-spam-score"], "0.0001");
+    // Skipped (a content type the filter does not read): none at all.
+    let h = echoed(&send(req("/submit", "image/png", spam.clone())).await);
+    assert!(h.get("app-spam-verdict").is_none(), "{h}");
+    assert!(h.get("app-spam-score").is_none(), "{h}");
+    // No body: the filter does not run, the client's copies still go.
+    let mut r = Request::get(sift.url("/submit"));
+    for (k, v) in forged {
+        r = r.header(k, v);
+    }
+    let h = echoed(&send(r.body(body::empty()).unwrap()).await);
+    assert!(h.get("app-spam-verdict").is_none(), "{h}");
+    // The cilog filter's names on its route.
+    let h = echoed(&send(req("/logs", "image/png", "x".into())).await);
+    for name in [
+        "build-ci-class",
+        "build-ci-confidence",
+        "build-ci-evidence-line",
+    ] {
+        assert!(h.get(name).is_none(), "{name}: {h}");
+    }
+    let log = "error[E0425]: cannot find value `x` in this scope\n --> src/main.rs:2:5\n";
+    let h = echoed(&send(req("/logs", "text/plain", log.into())).await);
+    assert_ne!(h["build-ci-class"], "oom", "{h}");
+    assert_ne!(h["build-ci-evidence-line"], "1: forged", "{h}");
+    // Another route: these are just the client's headers there.
+    let h = echoed(&send(req("/other", "text/plain", "hi".into())).await);
+    assert_eq!(h["app-spam-verdict"], "ham");
+    assert_eq!(h["build-ci-class"], "oom");
+}
+
+/// `sift check` reports the filter option conflicts: a decompression cap
+/// below the inspect limit, options a cilog filter ignores, two filters
+/// writing the same verdict headers on a route, an unusable header_prefix.
+#[test]
+fn sift_check_reports_filter_option_conflicts() {
+    let dir = TempDir::new();
+    let cfg = dir.path("bad.yaml");
+    let check = |filters: &str, route_filters: &str| {
+        let yaml = format!(
+            "listeners:\n  - {{ name: main, address: \"127.0.0.1:0\" }}\n\
+             filters:\n{filters}\nroutes:\n  - name: inbox\n    cluster: app\n    filters:\n\
+             {route_filters}\nclusters:\n  - {{ name: app, endpoints: [\"127.0.0.1:9\"] }}\n"
+        );
+        std::fs::write(&cfg, yaml).unwrap();
+        let out = std::process::Command::new(sift_bin())
+            .args(["check", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = check(
+        "  - { name: spam, kind: spam, max_inspect_bytes: 1MiB, max_decompressed_bytes: 64KiB }",
+        "      - { filter: spam }",
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("filters[0].max_decompressed_bytes: filter \"spam\": max_decompressed_bytes 64KiB is smaller than its max_inspect_bytes 1MiB"),
+        "{err}"
+    );
+    let (code, err) = check(
+        "  - { name: ci, kind: cilog, threshold: 0.8, extract: { form_fields: [log] } }",
+        "      - { filter: ci }",
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("filters[0].threshold: option threshold has no effect on a cilog filter"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "filters[0].extract.form_fields: option extract.form_fields has no effect on a cilog filter"
+        ),
+        "{err}"
+    );
+    let (code, err) = check(
+        "  - { name: a, kind: spam }\n  - { name: b, kind: spam }",
+        "      - { filter: a }\n      - { filter: b, mode: block }",
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains(
+            "routes[0].filters[1]: filter \"b\" writes the same verdict headers as filter \"a\""
+        ),
+        "{err}"
+    );
+    for (prefix, what) in [("\"\"", "is empty"), ("host", "\"host\" namespace")] {
+        let (code, err) = check(
+            &format!("  - {{ name: a, kind: spam, header_prefix: {prefix} }}"),
+            "      - { filter: a }",
+        );
+        assert_eq!(code, Some(2), "{err}");
+        assert!(
+            err.contains("filters[0].header_prefix") && err.contains(what),
+            "{err}"
+        );
+    }
+}
