@@ -1101,7 +1101,8 @@ clusters:
 
 /// `sift check` reports the filter option conflicts: a decompression cap
 /// below the inspect limit, options a cilog filter ignores, two filters
-/// writing the same verdict headers on a route, an unusable header_prefix.
+/// writing the same verdict headers on a route, an unusable header_prefix,
+/// a learned_model in a directory that does not exist.
 #[test]
 fn sift_check_reports_filter_option_conflicts() {
     let dir = TempDir::new();
@@ -1169,4 +1170,171 @@ fn sift_check_reports_filter_option_conflicts() {
             "{err}"
         );
     }
+    let (code, err) = check(
+        "  - { name: a, kind: spam, learned_model: /nonexistent/dir/x.bin }",
+        "      - { filter: a }",
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("filters[0].learned_model: the directory /nonexistent/dir of /nonexistent/dir/x.bin does not exist"),
+        "{err}"
+    );
+    assert!(!std::path::Path::new("/nonexistent/dir").exists());
+}
+
+/// A learn whose learned_model directory is gone answers 500 with a JSON
+/// error naming the path, and creates no directory.
+#[tokio::test(flavor = "multi_thread")]
+async fn learn_into_a_missing_directory_is_an_error() {
+    let up = mirror().await;
+    let dir = TempDir::new();
+    let keep = dir.path("learned");
+    std::fs::create_dir(&keep).unwrap();
+    let learned = keep.join("spam.bin");
+    let yaml = config(
+        up.addr,
+        &format!("    learned_model: {}", learned.display()),
+        "      - { filter: spam }",
+        "",
+    );
+    let cfg = dir.path("sift.yaml");
+    std::fs::write(&cfg, &yaml).unwrap();
+    let sift = Sift::start_at(dir, cfg).unwrap();
+    std::fs::remove_dir(&keep).unwrap();
+    let r = send(
+        Request::post(sift.admin_url("/filters/spam/learn"))
+            .body(full(
+                "{\"text\": \"win a prize now\", \"label\": \"spam\"}\n",
+            ))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status(), 500, "{:?}", r.body());
+    let v = json(r.body());
+    let e = v["error"].as_str().unwrap();
+    assert!(
+        e.contains(&learned.display().to_string()) && e.contains("does not exist"),
+        "{e}"
+    );
+    assert!(!keep.exists(), "no directory is created");
+    // The model in use is unchanged.
+    let (spam, ham) = clear_examples();
+    assert_eq!(
+        echoed(&post(&sift, Some("text/plain"), &[], spam).await)["x-sift-spam-verdict"],
+        "spam"
+    );
+    assert_eq!(
+        echoed(&post(&sift, Some("text/plain"), &[], ham).await)["x-sift-spam-verdict"],
+        "ham"
+    );
+}
+
+/// After a learn, a new configured model file is read but the learned model
+/// keeps serving (learned wins): logged so and counted as
+/// `shadowed_by_learned`, never as a plain success; a broken new file is a
+/// failure; deleting the learned file serves the model file.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_model_file_under_a_learned_model_is_shadowed() {
+    let up = mirror().await;
+    let dir = TempDir::new();
+    let model = dir.path("spam.bin");
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/filters/spam/model.bin");
+    std::fs::copy(shipped, &model).unwrap();
+    let learned = dir.path("spam.bin.learned");
+    let yaml = config(
+        up.addr,
+        &format!("    model: {}", model.display()),
+        "      - { filter: spam, mode: annotate }",
+        "",
+    );
+    let cfg = dir.path("sift.yaml");
+    std::fs::write(&cfg, &yaml).unwrap();
+    let sift = Sift::start_at(dir, cfg).unwrap();
+    let (_, ham) = clear_examples();
+    let verdict = || async {
+        let r = post(&sift, Some("text/plain"), &[], ham.clone()).await;
+        echoed(&r)["x-sift-spam-verdict"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let r = send(
+        Request::post(sift.admin_url("/filters/spam/learn"))
+            .body(full(
+                "{\"text\": \"Your parcel is held, pay the 1.99 fee at http://dhl-track.example/pay\", \"label\": \"spam\"}\n\
+                 {\"text\": \"Build 4411 deployed to staging, see the dashboard\", \"label\": \"ham\"}\n",
+            ))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status(), 200, "{:?}", r.body());
+    assert!(learned.exists());
+    assert_eq!(verdict().await, "ham");
+    // Let the watcher see the files as they are now.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let reloads = |result: &'static str| {
+        let sift = &sift;
+        async move {
+            sift.metric(&format!(
+                r#"sift_filter_model_reloads_total{{filter="spam",result="{result}"}}"#
+            ))
+            .await
+            .unwrap_or(0.0)
+        }
+    };
+
+    // A valid model that calls everything spam replaces the model file.
+    let mut m = sift::classify::Model::load(&model).unwrap();
+    m.threshold = -1e6;
+    let tmp = model.with_extension("new");
+    m.save(&tmp).unwrap();
+    std::fs::rename(&tmp, &model).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            reloads("shadowed_by_learned").await == 1.0
+        })
+        .await,
+        "counted as shadowed"
+    );
+    assert_eq!(reloads("success").await, 0.0, "not a plain success");
+    assert_eq!(verdict().await, "ham", "the learned model keeps serving");
+    assert!(
+        sift.log_lines().iter().any(|l| l
+            .contains("new model file read, but the learned model keeps serving")
+            && l.contains("spam.bin.learned")),
+        "{:#?}",
+        sift.log_lines()
+    );
+
+    // A broken model file is read and rejected.
+    let good = std::fs::read(&model).unwrap();
+    std::fs::write(&tmp, &good[..good.len() / 2]).unwrap();
+    std::fs::rename(&tmp, &model).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            reloads("failure").await == 1.0
+        })
+        .await,
+        "a broken model file is a failure"
+    );
+    assert_eq!(verdict().await, "ham");
+
+    // Back to a valid file, then the learned file goes: the file serves.
+    std::fs::write(&tmp, &good).unwrap();
+    std::fs::rename(&tmp, &model).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            reloads("shadowed_by_learned").await == 2.0
+        })
+        .await
+    );
+    std::fs::remove_file(&learned).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            verdict().await == "spam"
+        })
+        .await,
+        "the model file serves once the learned file is gone"
+    );
+    assert_eq!(reloads("success").await, 1.0);
 }

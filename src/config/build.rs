@@ -417,7 +417,24 @@ fn build_filters(fs: &[FilterFile], e: &mut Errs) -> Vec<FilterSpec> {
                 None
             }
             (FilterKind::Cilog, None, _) => None,
-            (_, Some(l), _) => Some(l.into()),
+            (_, Some(l), _) => {
+                // Learning writes the file there and never creates
+                // directories (as spool_dir, it must exist).
+                let l = std::path::PathBuf::from(l);
+                if let Some(dir) = l.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    if !dir.is_dir() {
+                        e.push(
+                            format!("{p}.learned_model"),
+                            format!(
+                                "the directory {} of {} does not exist (sift does not create it)",
+                                dir.display(),
+                                l.display()
+                            ),
+                        );
+                    }
+                }
+                Some(l)
+            }
             (_, None, ModelSource::File(m)) => {
                 let mut s = m.clone().into_os_string();
                 s.push(".learned");
@@ -1819,5 +1836,30 @@ mod tests {
                 "hostile-ci-evidence-line"
             ]
         );
+    }
+
+    #[test]
+    fn learned_model_directory_must_exist() {
+        let errs = errors(&cfg(
+            "  - { name: a, kind: spam, learned_model: /nonexistent/dir/x.bin }\n",
+            "      - { filter: a }\n",
+        ));
+        assert!(
+            has(
+                &errs,
+                "filters[0].learned_model",
+                "the directory /nonexistent/dir of /nonexistent/dir/x.bin does not exist"
+            ),
+            "{errs:?}"
+        );
+        let dir = std::env::temp_dir();
+        load_str(&cfg(
+            &format!(
+                "  - {{ name: a, kind: spam, learned_model: {}/x.bin }}\n",
+                dir.display()
+            ),
+            "      - { filter: a }\n",
+        ))
+        .unwrap();
     }
 }
