@@ -1,6 +1,7 @@
 //! The admin listener, on its own thread and runtime, never on the data
 //! path: /healthz, /readyz, /metrics, /config, POST /reload.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -393,22 +394,61 @@ async fn filters(req: Request<Incoming>, path: &str, shared: &Shared) -> Respons
 
 /// Watch every filter's model file: a new valid model is swapped in, a
 /// broken one is rejected (logged, counted) and the old one keeps serving.
+/// A new configured `model` file while a learned model serves is read but
+/// does not serve (the learned model wins): logged so, and counted as
+/// `shadowed_by_learned`, not as a success.
 pub async fn filter_watcher(shared: Arc<Shared>) {
+    // Each filter's configured model file as last seen, by filter name (and
+    // the filter instance, rebuilt by a config reload that changes it).
+    let mut configured: HashMap<String, (usize, crate::filter::Fingerprint)> = HashMap::new();
     loop {
         let interval = shared.snapshot.load().config.reload.interval.0;
         tokio::time::sleep(interval).await;
         let snap = shared.snapshot.load_full();
+        configured.retain(|name, _| snap.filters.contains_key(name));
         for (name, f) in &snap.filters {
+            let model_file = match &f.spec().model {
+                crate::config::model::ModelSource::File(p) => Some(p.clone()),
+                crate::config::model::ModelSource::Builtin => None,
+            };
+            let id = Arc::as_ptr(f) as *const () as usize;
+            let now = model_file
+                .as_deref()
+                .map(|p| crate::filter::fingerprint(&[p]))
+                .unwrap_or_default();
+            let model_changed = matches!(
+                configured.insert(name.clone(), (id, now.clone())),
+                Some((prev_id, prev)) if prev_id == id && prev != now
+            );
             let (f, name, metrics) = (f.clone(), name.clone(), shared.metrics.clone());
             let _ = tokio::task::spawn_blocking(move || match f.reload_if_changed() {
                 None => {}
                 Some(Ok(source)) => {
+                    let shadowed = model_changed
+                        && model_file
+                            .as_ref()
+                            .is_some_and(|m| m.display().to_string() != source);
+                    let result = if shadowed {
+                        "shadowed_by_learned"
+                    } else {
+                        "success"
+                    };
                     metrics
                         .filters
                         .model_reloads
-                        .with_label_values(&[&name, "success"])
+                        .with_label_values(&[&name, result])
                         .inc();
-                    tracing::info!(filter = %name, model = %source, "filter model reloaded");
+                    if shadowed {
+                        let file = model_file.unwrap_or_default();
+                        tracing::warn!(
+                            filter = %name,
+                            model = %file.display(),
+                            serving = %source,
+                            "new model file read, but the learned model keeps serving (the learned model wins; delete it to serve the model file)"
+                        );
+                    } else {
+                        tracing::info!(filter = %name, model = %source, "filter model reloaded");
+                    }
                 }
                 Some(Err(e)) => {
                     metrics

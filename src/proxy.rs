@@ -484,6 +484,9 @@ async fn proxy(
         h.insert(XFCC.clone(), x.clone());
     }
     h.insert(X_REQUEST_ID.clone(), request_id.clone());
+    // A client's headers named like this route's verdict headers (a
+    // header_prefix outside x-sift-) never reach the upstream.
+    route.spec.strip_verdict_headers(h);
     route.spec.request_headers.apply(h);
     // Verdict headers: only sift sets x-sift-* (the client's were removed).
     for (k, v) in decision.headers {

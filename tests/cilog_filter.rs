@@ -155,6 +155,10 @@ async fn answer_route_matches_the_cli_for_plain_gzip_and_json() {
         assert_eq!(v["line"], want["line"], "{label}");
         assert_eq!(v["text"], want["text"], "{label}");
         assert!(v["context"].as_array().is_some_and(|c| !c.is_empty()));
+        // The CLI's line has the answer's shape: same confidence, same
+        // context (`{"line", "text"}` objects).
+        assert_eq!(v["confidence"], want["confidence"], "{label}");
+        assert_eq!(v["context"], want["context"], "{label}");
 
         let r = post(
             &sift,

@@ -1297,3 +1297,324 @@ async fn onnx_model_serves_on_the_request_path() {
     );
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// A header_prefix outside `x-sift-`: a client's headers with the verdict
+/// header names never reach the upstream on a route with that filter, also
+/// when the filter gives no verdict (skipped, or no body at all); a route
+/// without the filter leaves such headers alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn custom_prefix_verdict_headers_cannot_be_forged() {
+    let up = mirror().await;
+    let yaml = format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners:
+  - {{ name: main, address: "127.0.0.1:0" }}
+filters:
+  - {{ name: spam, kind: spam, header_prefix: App-Spam }}
+  - {{ name: ci, kind: cilog, header_prefix: build-ci }}
+routes:
+  - name: inbox
+    match: {{ path: {{ prefix: /submit }} }}
+    cluster: app
+    filters: [{{ filter: spam }}]
+  - name: logs
+    match: {{ path: {{ prefix: /logs }} }}
+    cluster: app
+    filters: [{{ filter: ci, mode: annotate }}]
+  - name: other
+    cluster: app
+clusters:
+  - {{ name: app, endpoints: ["{}"] }}
+"#,
+        up.addr
+    );
+    let sift = Sift::start(&yaml);
+    let forged = [
+        ("app-spam-verdict", "ham"),
+        ("app-spam-score", "0.0001"),
+        ("build-ci-class", "oom"),
+        ("build-ci-confidence", "1.000"),
+        ("build-ci-evidence-line", "1: forged"),
+    ];
+    let req = |path: &str, ctype: &str, b: String| {
+        let mut r = Request::post(sift.url(path)).header("content-type", ctype);
+        for (k, v) in forged {
+            r = r.header(k, v);
+        }
+        r.body(full(b)).unwrap()
+    };
+    let (spam, _) = clear_examples();
+    // A verdict: sift's headers, not the client's.
+    let h = echoed(&send(req("/submit", "text/plain", spam.clone())).await);
+    assert_eq!(h["app-spam-verdict"], "spam", "{h}");
+    assert_ne!(h["app-spam-score"], "0.0001");
+    // Skipped (a content type the filter does not read): none at all.
+    let h = echoed(&send(req("/submit", "image/png", spam.clone())).await);
+    assert!(h.get("app-spam-verdict").is_none(), "{h}");
+    assert!(h.get("app-spam-score").is_none(), "{h}");
+    // No body: the filter does not run, the client's copies still go.
+    let mut r = Request::get(sift.url("/submit"));
+    for (k, v) in forged {
+        r = r.header(k, v);
+    }
+    let h = echoed(&send(r.body(body::empty()).unwrap()).await);
+    assert!(h.get("app-spam-verdict").is_none(), "{h}");
+    // The cilog filter's names on its route.
+    let h = echoed(&send(req("/logs", "image/png", "x".into())).await);
+    for name in [
+        "build-ci-class",
+        "build-ci-confidence",
+        "build-ci-evidence-line",
+    ] {
+        assert!(h.get(name).is_none(), "{name}: {h}");
+    }
+    let log = "error[E0425]: cannot find value `x` in this scope\n --> src/main.rs:2:5\n";
+    let h = echoed(&send(req("/logs", "text/plain", log.into())).await);
+    assert_ne!(h["build-ci-class"], "oom", "{h}");
+    assert_ne!(h["build-ci-evidence-line"], "1: forged", "{h}");
+    // Another route: these are just the client's headers there.
+    let h = echoed(&send(req("/other", "text/plain", "hi".into())).await);
+    assert_eq!(h["app-spam-verdict"], "ham");
+    assert_eq!(h["build-ci-class"], "oom");
+}
+
+/// `sift check` reports the filter option conflicts: a decompression cap
+/// below the inspect limit, options a cilog filter ignores, two filters
+/// writing the same verdict headers on a route, an unusable header_prefix,
+/// a learned_model in a directory that does not exist.
+#[test]
+fn sift_check_reports_filter_option_conflicts() {
+    let dir = TempDir::new();
+    let cfg = dir.path("bad.yaml");
+    let check = |filters: &str, route_filters: &str| {
+        let yaml = format!(
+            "listeners:\n  - {{ name: main, address: \"127.0.0.1:0\" }}\n\
+             filters:\n{filters}\nroutes:\n  - name: inbox\n    cluster: app\n    filters:\n\
+             {route_filters}\nclusters:\n  - {{ name: app, endpoints: [\"127.0.0.1:9\"] }}\n"
+        );
+        std::fs::write(&cfg, yaml).unwrap();
+        let out = std::process::Command::new(sift_bin())
+            .args(["check", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = check(
+        "  - { name: spam, kind: spam, max_inspect_bytes: 1MiB, max_decompressed_bytes: 64KiB }",
+        "      - { filter: spam }",
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("filters[0].max_decompressed_bytes: filter \"spam\": max_decompressed_bytes 64KiB is smaller than its max_inspect_bytes 1MiB"),
+        "{err}"
+    );
+    let (code, err) = check(
+        "  - { name: ci, kind: cilog, threshold: 0.8, extract: { form_fields: [log] } }",
+        "      - { filter: ci }",
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("filters[0].threshold: option threshold has no effect on a cilog filter"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "filters[0].extract.form_fields: option extract.form_fields has no effect on a cilog filter"
+        ),
+        "{err}"
+    );
+    let (code, err) = check(
+        "  - { name: a, kind: spam }\n  - { name: b, kind: spam }",
+        "      - { filter: a }\n      - { filter: b, mode: block }",
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains(
+            "routes[0].filters[1]: filter \"b\" writes the same verdict headers as filter \"a\""
+        ),
+        "{err}"
+    );
+    for (prefix, what) in [("\"\"", "is empty"), ("host", "\"host\" namespace")] {
+        let (code, err) = check(
+            &format!("  - {{ name: a, kind: spam, header_prefix: {prefix} }}"),
+            "      - { filter: a }",
+        );
+        assert_eq!(code, Some(2), "{err}");
+        assert!(
+            err.contains("filters[0].header_prefix") && err.contains(what),
+            "{err}"
+        );
+    }
+    let (code, err) = check(
+        "  - { name: a, kind: spam, learned_model: /nonexistent/dir/x.bin }",
+        "      - { filter: a }",
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("filters[0].learned_model: the directory /nonexistent/dir of /nonexistent/dir/x.bin does not exist"),
+        "{err}"
+    );
+    assert!(!std::path::Path::new("/nonexistent/dir").exists());
+}
+
+/// A learn whose learned_model directory is gone answers 500 with a JSON
+/// error naming the path, and creates no directory.
+#[tokio::test(flavor = "multi_thread")]
+async fn learn_into_a_missing_directory_is_an_error() {
+    let up = mirror().await;
+    let dir = TempDir::new();
+    let keep = dir.path("learned");
+    std::fs::create_dir(&keep).unwrap();
+    let learned = keep.join("spam.bin");
+    let yaml = config(
+        up.addr,
+        &format!("    learned_model: {}", learned.display()),
+        "      - { filter: spam }",
+        "",
+    );
+    let cfg = dir.path("sift.yaml");
+    std::fs::write(&cfg, &yaml).unwrap();
+    let sift = Sift::start_at(dir, cfg).unwrap();
+    std::fs::remove_dir(&keep).unwrap();
+    let r = send(
+        Request::post(sift.admin_url("/filters/spam/learn"))
+            .body(full(
+                "{\"text\": \"win a prize now\", \"label\": \"spam\"}\n",
+            ))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status(), 500, "{:?}", r.body());
+    let v = json(r.body());
+    let e = v["error"].as_str().unwrap();
+    assert!(
+        e.contains(&learned.display().to_string()) && e.contains("does not exist"),
+        "{e}"
+    );
+    assert!(!keep.exists(), "no directory is created");
+    // The model in use is unchanged.
+    let (spam, ham) = clear_examples();
+    assert_eq!(
+        echoed(&post(&sift, Some("text/plain"), &[], spam).await)["x-sift-spam-verdict"],
+        "spam"
+    );
+    assert_eq!(
+        echoed(&post(&sift, Some("text/plain"), &[], ham).await)["x-sift-spam-verdict"],
+        "ham"
+    );
+}
+
+/// After a learn, a new configured model file is read but the learned model
+/// keeps serving (learned wins): logged so and counted as
+/// `shadowed_by_learned`, never as a plain success; a broken new file is a
+/// failure; deleting the learned file serves the model file.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_model_file_under_a_learned_model_is_shadowed() {
+    let up = mirror().await;
+    let dir = TempDir::new();
+    let model = dir.path("spam.bin");
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/filters/spam/model.bin");
+    std::fs::copy(shipped, &model).unwrap();
+    let learned = dir.path("spam.bin.learned");
+    let yaml = config(
+        up.addr,
+        &format!("    model: {}", model.display()),
+        "      - { filter: spam, mode: annotate }",
+        "",
+    );
+    let cfg = dir.path("sift.yaml");
+    std::fs::write(&cfg, &yaml).unwrap();
+    let sift = Sift::start_at(dir, cfg).unwrap();
+    let (_, ham) = clear_examples();
+    let verdict = || async {
+        let r = post(&sift, Some("text/plain"), &[], ham.clone()).await;
+        echoed(&r)["x-sift-spam-verdict"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let r = send(
+        Request::post(sift.admin_url("/filters/spam/learn"))
+            .body(full(
+                "{\"text\": \"Your parcel is held, pay the 1.99 fee at http://dhl-track.example/pay\", \"label\": \"spam\"}\n\
+                 {\"text\": \"Build 4411 deployed to staging, see the dashboard\", \"label\": \"ham\"}\n",
+            ))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status(), 200, "{:?}", r.body());
+    assert!(learned.exists());
+    assert_eq!(verdict().await, "ham");
+    // Let the watcher see the files as they are now.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let reloads = |result: &'static str| {
+        let sift = &sift;
+        async move {
+            sift.metric(&format!(
+                r#"sift_filter_model_reloads_total{{filter="spam",result="{result}"}}"#
+            ))
+            .await
+            .unwrap_or(0.0)
+        }
+    };
+
+    // A valid model that calls everything spam replaces the model file.
+    let mut m = sift::classify::Model::load(&model).unwrap();
+    m.threshold = -1e6;
+    let tmp = model.with_extension("new");
+    m.save(&tmp).unwrap();
+    std::fs::rename(&tmp, &model).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            reloads("shadowed_by_learned").await == 1.0
+        })
+        .await,
+        "counted as shadowed"
+    );
+    assert_eq!(reloads("success").await, 0.0, "not a plain success");
+    assert_eq!(verdict().await, "ham", "the learned model keeps serving");
+    assert!(
+        sift.log_lines().iter().any(|l| l
+            .contains("new model file read, but the learned model keeps serving")
+            && l.contains("spam.bin.learned")),
+        "{:#?}",
+        sift.log_lines()
+    );
+
+    // A broken model file is read and rejected.
+    let good = std::fs::read(&model).unwrap();
+    std::fs::write(&tmp, &good[..good.len() / 2]).unwrap();
+    std::fs::rename(&tmp, &model).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            reloads("failure").await == 1.0
+        })
+        .await,
+        "a broken model file is a failure"
+    );
+    assert_eq!(verdict().await, "ham");
+
+    // Back to a valid file, then the learned file goes: the file serves.
+    std::fs::write(&tmp, &good).unwrap();
+    std::fs::rename(&tmp, &model).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            reloads("shadowed_by_learned").await == 2.0
+        })
+        .await
+    );
+    std::fs::remove_file(&learned).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            verdict().await == "spam"
+        })
+        .await,
+        "the model file serves once the learned file is gone"
+    );
+    assert_eq!(reloads("success").await, 1.0);
+}

@@ -325,49 +325,57 @@ pub fn bench(model: &Path, data: &[Example]) -> Result<String, String> {
 }
 
 /// `sift classify --filter cilog`: one JSON line per input (stdin when none).
+/// `sift classify --filter cilog`: one JSON line per input, in the shape
+/// of the answer route's verdict (`context` as `{"line", "text"}` objects).
 pub fn run_classify(model: &Path, files: &[PathBuf]) -> ExitCode {
-    let m = match CilogModel::load(model) {
+    use crate::classify::cli::{input_names, is_builtin, open_input, skipped_line};
+    let loaded = if is_builtin(model) {
+        CilogModel::from_bytes(crate::filter::cilog::BUILTIN_MODEL)
+            .map_err(|e| format!("builtin: {e}"))
+    } else {
+        CilogModel::load(model).map_err(|e| format!("{}: {e}", model.display()))
+    };
+    let m = match loaded {
         Ok(m) => m,
-        Err(e) => return fail(format_args!("{}: {e}", model.display())),
+        Err(e) => return fail(e),
     };
     let mut code = ExitCode::SUCCESS;
-    let mut out = |name: &str, r: std::io::Result<super::Verdict>| match r {
-        Ok(v) => {
-            #[derive(serde::Serialize)]
-            struct Line<'a> {
-                file: &'a str,
-                #[serde(flatten)]
-                verdict: &'a super::Verdict,
+    for input in input_names(files) {
+        let name = input.display().to_string();
+        match open_input(&input).and_then(|r| scan_reader(&m, r)) {
+            Ok(Some(v)) => println!("{}", verdict_line(&name, &v)),
+            Ok(None) => println!("{}", skipped_line(&name, "cilog", "empty")),
+            Err(e) => {
+                eprintln!("sift: {name}: {e}");
+                code = ExitCode::FAILURE;
             }
-            match serde_json::to_string(&Line {
-                file: name,
-                verdict: &v,
-            }) {
-                Ok(j) => println!("{j}"),
-                Err(e) => {
-                    eprintln!("sift: {name}: {e}");
-                    code = ExitCode::FAILURE;
-                }
-            }
-        }
-        Err(e) => {
-            eprintln!("sift: {name}: {e}");
-            code = ExitCode::FAILURE;
-        }
-    };
-    if files.is_empty() {
-        out("-", scan_reader(&m, std::io::stdin().lock()));
-    } else {
-        for f in files {
-            let r = std::fs::File::open(f).and_then(|fh| scan_reader(&m, fh));
-            out(&f.display().to_string(), r);
         }
     }
     code
 }
 
-/// Stream a reader through a scanner (gunzipping gzip input), in 64 KB reads.
-pub fn scan_reader<R: Read>(m: &CilogModel, mut r: R) -> std::io::Result<super::Verdict> {
+/// The JSON line of a verdict: the fields of the answer route's verdict
+/// (confidence rounded to 3 decimals as there) and the input's name.
+pub fn verdict_line(name: &str, v: &super::Verdict) -> serde_json::Value {
+    let conf = (v.confidence * 1000.0).round() / 1000.0;
+    serde_json::json!({
+        "file": name,
+        "filter": "cilog",
+        "class": v.class.as_str(),
+        "confidence": crate::filter::short_f64(conf),
+        "line": v.line,
+        "text": v.text,
+        "context": v
+            .context
+            .iter()
+            .map(|(n, t)| serde_json::json!({ "line": n, "text": t }))
+            .collect::<Vec<_>>(),
+    })
+}
+
+/// Stream a reader through a scanner (gunzipping gzip input), in 64 KB
+/// reads. `None`: the input (once decoded) is empty, which the server skips.
+pub fn scan_reader<R: Read>(m: &CilogModel, mut r: R) -> std::io::Result<Option<super::Verdict>> {
     let mut buf = vec![0u8; 64 * 1024];
     let mut head = 0;
     // Fill at least 2 bytes to look for the gzip magic.
@@ -387,8 +395,13 @@ pub fn scan_reader<R: Read>(m: &CilogModel, mut r: R) -> std::io::Result<super::
     }
 }
 
-fn stream<R: Read>(m: &CilogModel, mut r: R, buf: &mut [u8]) -> std::io::Result<super::Verdict> {
+fn stream<R: Read>(
+    m: &CilogModel,
+    mut r: R,
+    buf: &mut [u8],
+) -> std::io::Result<Option<super::Verdict>> {
     let mut s = m.scanner();
+    let mut seen = 0u64;
     loop {
         let n = match r.read(buf) {
             Ok(0) => break,
@@ -396,7 +409,8 @@ fn stream<R: Read>(m: &CilogModel, mut r: R, buf: &mut [u8]) -> std::io::Result<
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
+        seen += n as u64;
         s.feed(&buf[..n]);
     }
-    Ok(s.finish())
+    Ok((seen > 0).then(|| s.finish()))
 }

@@ -13,6 +13,7 @@ use super::features::{self, FeatureConfig, Featurizer};
 use super::model::Model;
 use super::train::{self, Dataset, FitOptions, LearnOptions, TrainConfig};
 use super::{Classifier, text};
+use crate::config::model::DEFAULT_MAX_DECOMPRESSED;
 
 pub const DEFAULT_MODEL: &str = "filters/spam/model.bin";
 const DEFAULT_SMS: &str = "../shared/data/spam/sms/SMSSpamCollection";
@@ -263,21 +264,86 @@ pub struct ClassifyArgs {
     /// Filter to apply: "spam" or "cilog".
     #[arg(long, default_value = "spam")]
     pub filter: String,
-    /// Model file (default: filters/<filter>/model.bin; a `.onnx` file
-    /// selects the ONNX Runtime backend).
-    #[arg(long)]
-    pub model: Option<PathBuf>,
+    /// Model: `builtin` (the default: the model compiled into sift, as the
+    /// server's `model: builtin`) or a model file (a `.onnx` file selects
+    /// the ONNX Runtime backend).
+    #[arg(long, default_value = "builtin")]
+    pub model: PathBuf,
     /// libonnxruntime.so for a `.onnx` model (default: $ORT_DYLIB_PATH).
     #[arg(long)]
     pub runtime: Option<PathBuf>,
-    /// Add the top contributing features.
+    /// Add the top contributing features (spam only).
     #[arg(long)]
     pub explain: bool,
     /// How many features --explain lists.
     #[arg(long, default_value_t = 10)]
     pub top: usize,
-    /// Inputs (RFC 822 messages or plain text); stdin when none.
+    /// Inputs (RFC 822 messages or plain text; CI logs for cilog), plain or
+    /// gzip; `-` is stdin, as is no input at all.
     pub files: Vec<PathBuf>,
+}
+
+/// `--model builtin`: the model compiled into the binary.
+pub fn is_builtin(model: &Path) -> bool {
+    model == Path::new("builtin")
+}
+
+/// The inputs `sift classify` reads: the files given (`-` is stdin), or
+/// stdin when none is.
+pub fn input_names(files: &[PathBuf]) -> Vec<PathBuf> {
+    if files.is_empty() {
+        vec![PathBuf::from("-")]
+    } else {
+        files.to_vec()
+    }
+}
+
+/// Open one input: stdin for `-`, else the file.
+pub fn open_input(name: &Path) -> std::io::Result<Box<dyn Read>> {
+    if name == Path::new("-") {
+        Ok(Box::new(std::io::stdin().lock()))
+    } else {
+        Ok(Box::new(std::fs::File::open(name)?))
+    }
+}
+
+/// Read a whole input; gzip (magic bytes 1f 8b) is decoded, and may expand
+/// to at most `cap` bytes (an error past it, as the server's
+/// `max_decompressed_bytes`).
+pub fn read_input(mut r: impl Read, cap: u64) -> std::io::Result<Vec<u8>> {
+    let mut raw = Vec::new();
+    r.read_to_end(&mut raw)?;
+    if !raw.starts_with(&[0x1f, 0x8b]) {
+        return Ok(raw);
+    }
+    let mut out = Vec::new();
+    flate2::read::MultiGzDecoder::new(raw.as_slice())
+        .take(cap.saturating_add(1))
+        .read_to_end(&mut out)?;
+    if out.len() as u64 > cap {
+        return Err(std::io::Error::other(format!(
+            "gzip input expands past {} (the spam filter's max_decompressed_bytes)",
+            crate::config::units::Bytes(cap)
+        )));
+    }
+    Ok(out)
+}
+
+/// The line `sift classify` prints for an input it does not classify, with
+/// the server's skip reason (e.g. `empty`).
+pub fn skipped_line(name: &str, filter: &str, reason: &str) -> serde_json::Value {
+    serde_json::json!({ "file": name, "filter": filter, "skipped": reason })
+}
+
+/// A text the spam filter skips as `empty` (nothing but white space, no link).
+pub fn is_empty_view(view: &text::TextView) -> bool {
+    view.text.trim().is_empty() && view.links.is_empty()
+}
+
+/// A usage error (exit code 2, as clap's).
+pub fn usage(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("sift: {msg}");
+    ExitCode::from(2)
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -786,41 +852,38 @@ pub fn run_eval(what: EvalWhat) -> ExitCode {
 
 pub fn run_classify(args: ClassifyArgs) -> ExitCode {
     if args.filter == "cilog" {
-        let model = args
-            .model
-            .unwrap_or_else(|| PathBuf::from(crate::cilog::cli::DEFAULT_MODEL));
-        return crate::cilog::cli::run_classify(&model, &args.files);
+        if args.explain {
+            return usage(
+                "--explain is only for --filter spam (a cilog line carries its evidence: \
+                 line, text and context)",
+            );
+        }
+        return crate::cilog::cli::run_classify(&args.model, &args.files);
     }
     if args.filter != "spam" {
-        return fail(format_args!(
+        return usage(format_args!(
             "unknown filter {:?} (known: spam, cilog)",
             args.filter
         ));
     }
-    let model = args
-        .model
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_MODEL));
-    if model.extension().is_some_and(|e| e == "onnx") {
-        return super::onnx_cli::run_classify_onnx(&args, &model);
+    if args.model.extension().is_some_and(|e| e == "onnx") {
+        return super::onnx_cli::run_classify_onnx(&args, &args.model);
     }
-    let clf = match Classifier::load(&model) {
-        Ok(c) => c,
-        Err(e) => return fail(format_args!("{}: {e}", model.display())),
-    };
-    let mut inputs: Vec<(String, Result<Vec<u8>, std::io::Error>)> = Vec::new();
-    if args.files.is_empty() {
-        let mut buf = Vec::new();
-        let r = std::io::stdin().read_to_end(&mut buf).map(|_| buf);
-        inputs.push(("-".into(), r));
+    let loaded = if is_builtin(&args.model) {
+        Model::from_bytes(crate::filter::spam::BUILTIN_MODEL)
+            .map(Classifier::new)
+            .map_err(|e| format!("builtin: {e}"))
     } else {
-        for f in &args.files {
-            inputs.push((f.display().to_string(), std::fs::read(f)));
-        }
-    }
+        Classifier::load(&args.model).map_err(|e| format!("{}: {e}", args.model.display()))
+    };
+    let clf = match loaded {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
     let mut code = ExitCode::SUCCESS;
-    for (name, raw) in inputs {
-        let raw = match raw {
+    for input in input_names(&args.files) {
+        let name = input.display().to_string();
+        let raw = match open_input(&input).and_then(|r| read_input(r, DEFAULT_MAX_DECOMPRESSED)) {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("sift: {name}: {e}");
@@ -829,9 +892,13 @@ pub fn run_classify(args: ClassifyArgs) -> ExitCode {
             }
         };
         let view = text::view(&raw);
+        if is_empty_view(&view) {
+            println!("{}", skipped_line(&name, "spam", "empty"));
+            continue;
+        }
         let s = clf.score(&view);
         let mut line = serde_json::json!({
-            "input": name,
+            "file": name,
             "filter": "spam",
             "score": (f64::from(s.probability) * 1e6).round() / 1e6,
             "verdict": if s.spam { "spam" } else { "ham" },

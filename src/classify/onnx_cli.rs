@@ -292,30 +292,31 @@ fn bench(
 /// `sift classify --model X.onnx`: the same JSON lines as the native model
 /// (no `margin` rounding differences, no `--explain`).
 pub fn run_classify_onnx(args: &super::cli::ClassifyArgs, model: &std::path::Path) -> ExitCode {
+    use super::cli::{input_names, is_empty_view, open_input, read_input, skipped_line};
     if args.explain {
-        return fail("--explain is not available for ONNX models");
+        return super::cli::usage("--explain is not available for ONNX models");
     }
     let clf = match OnnxClassifier::load_with(model, args.runtime.as_deref(), 1) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    let mut inputs: Vec<(String, std::io::Result<Vec<u8>>)> = Vec::new();
-    if args.files.is_empty() {
-        use std::io::Read;
-        let mut buf = Vec::new();
-        let r = std::io::stdin().read_to_end(&mut buf).map(|_| buf);
-        inputs.push(("-".into(), r));
-    } else {
-        for f in &args.files {
-            inputs.push((f.display().to_string(), std::fs::read(f)));
-        }
-    }
     let mut code = ExitCode::SUCCESS;
-    for (name, raw) in inputs {
-        let s = match raw
-            .map_err(|e| e.to_string())
-            .and_then(|r| clf.score_raw(&r).map_err(|e| e.to_string()))
-        {
+    for input in input_names(&args.files) {
+        let name = input.display().to_string();
+        let cap = crate::config::model::DEFAULT_MAX_DECOMPRESSED;
+        let view = match open_input(&input).and_then(|r| read_input(r, cap)) {
+            Ok(raw) => super::text::view(&raw),
+            Err(e) => {
+                eprintln!("sift: {name}: {e}");
+                code = ExitCode::FAILURE;
+                continue;
+            }
+        };
+        if is_empty_view(&view) {
+            println!("{}", skipped_line(&name, "spam", "empty"));
+            continue;
+        }
+        let s = match clf.score(&view) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("sift: {name}: {e}");
@@ -324,7 +325,7 @@ pub fn run_classify_onnx(args: &super::cli::ClassifyArgs, model: &std::path::Pat
             }
         };
         let line = serde_json::json!({
-            "input": name,
+            "file": name,
             "filter": "spam",
             "backend": "onnx",
             "score": (f64::from(s.probability) * 1e6).round() / 1e6,

@@ -373,6 +373,23 @@ fn build_filters(fs: &[FilterFile], e: &mut Errs) -> Vec<FilterSpec> {
                 "only kind onnx uses an ONNX Runtime library",
             );
         }
+        let cilog = f.kind == FilterKind::Cilog;
+        // Options only the spam and onnx kinds read: on a cilog filter they
+        // would be accepted and ignored, so they are refused.
+        if cilog && f.threshold.is_some() {
+            e.push(
+                format!("{p}.threshold"),
+                "option threshold has no effect on a cilog filter (it is the spam probability \
+                 of kinds spam and onnx; a CI log gets the most probable class)",
+            );
+        }
+        if cilog && f.extract.as_ref().is_some_and(|x| x.form_fields.is_some()) {
+            e.push(
+                format!("{p}.extract.form_fields"),
+                "option extract.form_fields has no effect on a cilog filter (it reads a \
+                 plain-text log, or the log in a JSON field named by extract.json_pointers)",
+            );
+        }
         let threshold = match f.threshold {
             Some(t) if !(t > 0.0 && t < 1.0) => {
                 e.push(
@@ -400,7 +417,24 @@ fn build_filters(fs: &[FilterFile], e: &mut Errs) -> Vec<FilterSpec> {
                 None
             }
             (FilterKind::Cilog, None, _) => None,
-            (_, Some(l), _) => Some(l.into()),
+            (_, Some(l), _) => {
+                // Learning writes the file there and never creates
+                // directories (as spool_dir, it must exist).
+                let l = std::path::PathBuf::from(l);
+                if let Some(dir) = l.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    if !dir.is_dir() {
+                        e.push(
+                            format!("{p}.learned_model"),
+                            format!(
+                                "the directory {} of {} does not exist (sift does not create it)",
+                                dir.display(),
+                                l.display()
+                            ),
+                        );
+                    }
+                }
+                Some(l)
+            }
             (_, None, ModelSource::File(m)) => {
                 let mut s = m.clone().into_os_string();
                 s.push(".learned");
@@ -410,7 +444,6 @@ fn build_filters(fs: &[FilterFile], e: &mut Errs) -> Vec<FilterSpec> {
                 Some(format!("filters/{}.learned.bin", f.name).into())
             }
         };
-        let cilog = f.kind == FilterKind::Cilog;
         let usage = FilterUsage {
             mode: f.mode.unwrap_or_default(),
             max_inspect_bytes: inspect_limit(
@@ -445,8 +478,21 @@ fn build_filters(fs: &[FilterFile], e: &mut Errs) -> Vec<FilterSpec> {
                 );
                 16 << 20
             }
+            Some(Bytes(b)) if b < usage.max_inspect_bytes => {
+                e.push(
+                    format!("{p}.max_decompressed_bytes"),
+                    format!(
+                        "filter {:?}: max_decompressed_bytes {} is smaller than its \
+                         max_inspect_bytes {}; it must be at least max_inspect_bytes",
+                        f.name,
+                        Bytes(b),
+                        Bytes(usage.max_inspect_bytes)
+                    ),
+                );
+                usage.max_inspect_bytes
+            }
             Some(Bytes(b)) => b.min(1 << 40),
-            None => (16u64 << 20).max(usage.max_inspect_bytes),
+            None => DEFAULT_MAX_DECOMPRESSED.max(usage.max_inspect_bytes),
         };
         let x = f.extract.clone().unwrap_or_default();
         for (j, ptr) in x.json_pointers.iter().flatten().enumerate() {
@@ -479,11 +525,8 @@ fn build_filters(fs: &[FilterFile], e: &mut Errs) -> Vec<FilterSpec> {
                 }
             })
             .to_ascii_lowercase();
-        if HeaderName::from_bytes(format!("{header_prefix}-verdict").as_bytes()).is_err() {
-            e.push(
-                format!("{p}.header_prefix"),
-                format!("{header_prefix:?} does not make valid header names"),
-            );
+        if let Err(msg) = check_header_prefix(&header_prefix) {
+            e.push(format!("{p}.header_prefix"), msg);
         }
         out.push(FilterSpec {
             name: f.name.clone(),
@@ -505,6 +548,49 @@ fn build_filters(fs: &[FilterFile], e: &mut Errs) -> Vec<FilterSpec> {
         });
     }
     out
+}
+
+/// Header namespaces a verdict header prefix may not write into: the
+/// message's framing and routing, and what sift itself sets upstream.
+const RESERVED_PREFIXES: &[&str] = &[
+    "host",
+    "content",
+    "transfer",
+    "connection",
+    "keep-alive",
+    "proxy",
+    "te",
+    "trailer",
+    "upgrade",
+    "forwarded",
+    "x-forwarded",
+    "x-request-id",
+    "via",
+];
+
+/// A `header_prefix` is usable: not empty, valid in header names, and not in
+/// a standard header's namespace.
+fn check_header_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.trim().is_empty() {
+        return Err("is empty: verdict headers need a prefix (e.g. x-sift-spam)".into());
+    }
+    if HeaderName::from_bytes(format!("{prefix}-verdict").as_bytes()).is_err()
+        || HeaderName::from_bytes(prefix.as_bytes()).is_err()
+    {
+        return Err(format!("{prefix:?} does not make valid header names"));
+    }
+    if let Some(ns) = RESERVED_PREFIXES.iter().find(|ns| {
+        prefix == **ns
+            || prefix
+                .strip_prefix(**ns)
+                .is_some_and(|r| r.starts_with('-'))
+    }) {
+        return Err(format!(
+            "{prefix:?} would make headers in the standard {ns:?} namespace (e.g. \
+             {prefix}-verdict); use a prefix of your own such as x-sift-spam"
+        ));
+    }
+    Ok(())
 }
 
 fn inspect_limit(v: Option<Bytes>, default: u64, p: &str, e: &mut Errs) -> u64 {
@@ -547,6 +633,20 @@ fn build_route_filters(
             );
             continue;
         };
+        if let Some(Bytes(b)) = rf.max_inspect_bytes {
+            if b > f.max_decompressed_bytes {
+                e.push(
+                    format!("{q}.max_inspect_bytes"),
+                    format!(
+                        "{} is more than filter {:?}'s max_decompressed_bytes {}; raise \
+                         max_decompressed_bytes on the filter to at least max_inspect_bytes",
+                        Bytes(b),
+                        f.name,
+                        Bytes(f.max_decompressed_bytes)
+                    ),
+                );
+            }
+        }
         let usage = FilterUsage {
             mode: rf.mode.unwrap_or(f.usage.mode),
             max_inspect_bytes: rf.max_inspect_bytes.map_or(f.usage.max_inspect_bytes, |b| {
@@ -608,6 +708,72 @@ fn build_route_filters(
             usage,
             rules,
         });
+    }
+    // Two filters writing the same verdict headers: the upstream would see
+    // only the last one's verdict.
+    let mut writers: HashMap<String, &str> = HashMap::new();
+    for (j, rf) in out.iter().enumerate() {
+        if rf.usage.mode == FilterMode::Shadow {
+            continue;
+        }
+        let Some(f) = filters.iter().find(|f| f.name == rf.filter) else {
+            continue;
+        };
+        let names = f.verdict_header_names();
+        let clash: Vec<(&str, &str)> = names
+            .iter()
+            .filter_map(|n| writers.get(n).map(|w| (n.as_str(), *w)))
+            .collect();
+        if let Some((_, other)) = clash.first() {
+            if *other == f.name {
+                e.push(
+                    format!("{p}.filters[{j}]"),
+                    format!(
+                        "filter {:?} is listed twice on this route (outside shadow mode): its \
+                         second verdict headers would replace the first",
+                        f.name
+                    ),
+                );
+                continue;
+            }
+            let which: Vec<&str> = clash.iter().map(|(n, _)| *n).collect();
+            e.push(
+                format!("{p}.filters[{j}]"),
+                format!(
+                    "filter {:?} writes the same verdict headers as filter {other:?} on this \
+                     route ({}): the upstream would see only one verdict; give one of them \
+                     another header_prefix",
+                    f.name,
+                    which.join(", ")
+                ),
+            );
+            continue;
+        }
+        for n in names {
+            writers.insert(n, f.name.as_str());
+        }
+    }
+    out
+}
+
+/// The verdict header names of a route's filters a client may not send
+/// (those outside `x-sift-*`, which is removed from every request).
+fn route_verdict_headers(route: &[RouteFilterSpec], filters: &[FilterSpec]) -> Vec<HeaderName> {
+    let mut out: Vec<HeaderName> = Vec::new();
+    for rf in route {
+        let Some(f) = filters.iter().find(|f| f.name == rf.filter) else {
+            continue;
+        };
+        for n in f.verdict_header_names() {
+            if n.starts_with("x-sift-") {
+                continue;
+            }
+            if let Ok(h) = HeaderName::from_bytes(n.as_bytes()) {
+                if !out.contains(&h) {
+                    out.push(h);
+                }
+            }
+        }
     }
     out
 }
@@ -763,9 +929,13 @@ fn build_routes(
                     })
                     .collect()
             }),
+            verdict_headers: Vec::new(),
             filters: build_route_filters(r, &p, filters, cluster_files, e),
             answer,
         });
+        if let Some(last) = out.last_mut() {
+            last.verdict_headers = route_verdict_headers(&last.filters, filters);
+        }
     }
     out
 }
@@ -1477,4 +1647,221 @@ fn build_identity_match(m: &IdentityMatchFile, p: &str, e: &mut Errs) -> Option<
             }
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{ConfigError, load_str};
+
+    /// A config with these filters and this route's filter list.
+    fn cfg(filters: &str, route_filters: &str) -> String {
+        format!(
+            "listeners:\n  - {{ name: main, address: \"127.0.0.1:0\" }}\n\
+             filters:\n{filters}\
+             routes:\n  - name: r\n    cluster: app\n    filters:\n{route_filters}\
+             clusters:\n  - {{ name: app, endpoints: [\"127.0.0.1:1\"] }}\n"
+        )
+    }
+
+    fn errors(text: &str) -> Vec<ConfigError> {
+        match load_str(text) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0,
+        }
+    }
+
+    fn has(errs: &[ConfigError], path: &str, needle: &str) -> bool {
+        errs.iter()
+            .any(|e| e.path == path && e.message.contains(needle))
+    }
+
+    #[test]
+    fn max_decompressed_below_max_inspect_is_an_error() {
+        let errs = errors(&cfg(
+            "  - { name: spam, kind: spam, max_inspect_bytes: 1MiB, max_decompressed_bytes: 64KiB }\n",
+            "      - { filter: spam }\n",
+        ));
+        assert!(
+            has(
+                &errs,
+                "filters[0].max_decompressed_bytes",
+                "filter \"spam\": max_decompressed_bytes 64KiB is smaller than its max_inspect_bytes 1MiB"
+            ),
+            "{errs:?}"
+        );
+        // Equal is fine; the default follows max_inspect_bytes.
+        let c = load_str(&cfg(
+            "  - { name: spam, kind: spam, max_inspect_bytes: 1MiB, max_decompressed_bytes: 1MiB }\n\
+             \x20 - { name: big, kind: spam, max_inspect_bytes: 32MiB }\n",
+            "      - { filter: spam }\n",
+        ))
+        .unwrap();
+        assert_eq!(c.filters[0].max_decompressed_bytes, 1 << 20);
+        assert_eq!(c.filters[1].max_decompressed_bytes, 32 << 20);
+        // A route raising max_inspect_bytes past the filter's cap.
+        let errs = errors(&cfg(
+            "  - { name: spam, kind: spam }\n",
+            "      - { filter: spam, max_inspect_bytes: 32MiB }\n",
+        ));
+        assert!(
+            has(
+                &errs,
+                "routes[0].filters[0].max_inspect_bytes",
+                "32MiB is more than filter \"spam\"'s max_decompressed_bytes 16MiB"
+            ),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn options_a_cilog_filter_ignores_are_errors() {
+        let errs = errors(&cfg(
+            "  - name: ci\n    kind: cilog\n    threshold: 0.5\n    extract: { form_fields: [log] }\n",
+            "      - { filter: ci }\n",
+        ));
+        assert!(
+            has(
+                &errs,
+                "filters[0].threshold",
+                "option threshold has no effect on a cilog filter"
+            ),
+            "{errs:?}"
+        );
+        assert!(
+            has(
+                &errs,
+                "filters[0].extract.form_fields",
+                "option extract.form_fields has no effect on a cilog filter"
+            ),
+            "{errs:?}"
+        );
+        // What cilog does read is accepted.
+        load_str(&cfg(
+            "  - name: ci\n    kind: cilog\n    extract: { json_pointers: [/log] }\n    \
+             block: { status: 422, message: no }\n    header_prefix: x-sift-build\n    \
+             max_decompressed_bytes: 64MiB\n    on_oversize: spool\n    mode: block\n",
+            "      - { filter: ci, rules: [{ when: [unknown], reject: true }] }\n",
+        ))
+        .unwrap();
+        // And spam still takes both.
+        load_str(&cfg(
+            "  - { name: spam, kind: spam, threshold: 0.5, extract: { form_fields: [c] } }\n",
+            "      - { filter: spam }\n",
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn verdict_header_collisions_on_a_route_are_errors() {
+        let two = "  - { name: a, kind: spam }\n  - { name: b, kind: spam }\n";
+        let errs = errors(&cfg(two, "      - { filter: a }\n      - { filter: b }\n"));
+        assert!(
+            has(
+                &errs,
+                "routes[0].filters[1]",
+                "filter \"b\" writes the same verdict headers as filter \"a\" on this route \
+                 (x-sift-spam-score, x-sift-spam-verdict)"
+            ),
+            "{errs:?}"
+        );
+        let errs = errors(&cfg(
+            two,
+            "      - { filter: a }\n      - { filter: a, mode: block }\n",
+        ));
+        assert!(
+            has(&errs, "routes[0].filters[1]", "listed twice"),
+            "{errs:?}"
+        );
+        // A shadow filter writes no headers; another prefix does not clash.
+        load_str(&cfg(
+            two,
+            "      - { filter: a }\n      - { filter: b, mode: shadow }\n",
+        ))
+        .unwrap();
+        load_str(&cfg(
+            "  - { name: a, kind: spam }\n  - { name: b, kind: spam, header_prefix: x-sift-b }\n",
+            "      - { filter: a }\n      - { filter: b }\n",
+        ))
+        .unwrap();
+        // Different routes may use the same prefix.
+        load_str(&cfg(two, "      - { filter: a }\n").replace(
+            "clusters:",
+            "  - { name: r2, cluster: app, filters: [{ filter: b }] }\nclusters:",
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn header_prefix_must_be_usable() {
+        for (prefix, needle) in [
+            ("\"\"", "is empty"),
+            ("\"  \"", "is empty"),
+            ("host", "standard \"host\" namespace"),
+            ("content", "standard \"content\" namespace"),
+            ("content-x", "standard \"content\" namespace"),
+            ("transfer-enc", "standard \"transfer\" namespace"),
+            ("connection", "standard \"connection\" namespace"),
+            ("x-forwarded", "standard \"x-forwarded\" namespace"),
+            ("\"a b\"", "does not make valid header names"),
+        ] {
+            let errs = errors(&cfg(
+                &format!("  - {{ name: a, kind: spam, header_prefix: {prefix} }}\n"),
+                "      - { filter: a }\n",
+            ));
+            assert!(
+                has(&errs, "filters[0].header_prefix", needle),
+                "{prefix}: {errs:?}"
+            );
+        }
+        // Not a namespace: only whole dash-separated words count.
+        let c = load_str(&cfg(
+            "  - { name: a, kind: spam, header_prefix: App-Spam }\n  \
+             - { name: c, kind: cilog, header_prefix: hostile-ci }\n  \
+             - { name: d, kind: spam }\n",
+            "      - { filter: a }\n      - { filter: c }\n      - { filter: d, mode: shadow }\n",
+        ))
+        .unwrap();
+        let names: Vec<&str> = c.routes[0]
+            .verdict_headers
+            .iter()
+            .map(|h| h.as_str())
+            .collect();
+        // Lower-cased; x-sift-* is left to the global strip; every filter of
+        // the route counts, shadow ones too.
+        assert_eq!(
+            names,
+            [
+                "app-spam-score",
+                "app-spam-verdict",
+                "hostile-ci-class",
+                "hostile-ci-confidence",
+                "hostile-ci-evidence-line"
+            ]
+        );
+    }
+
+    #[test]
+    fn learned_model_directory_must_exist() {
+        let errs = errors(&cfg(
+            "  - { name: a, kind: spam, learned_model: /nonexistent/dir/x.bin }\n",
+            "      - { filter: a }\n",
+        ));
+        assert!(
+            has(
+                &errs,
+                "filters[0].learned_model",
+                "the directory /nonexistent/dir of /nonexistent/dir/x.bin does not exist"
+            ),
+            "{errs:?}"
+        );
+        let dir = std::env::temp_dir();
+        load_str(&cfg(
+            &format!(
+                "  - {{ name: a, kind: spam, learned_model: {}/x.bin }}\n",
+                dir.display()
+            ),
+            "      - { filter: a }\n",
+        ))
+        .unwrap();
+    }
 }

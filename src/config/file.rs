@@ -148,13 +148,13 @@ pub struct FilterFile {
     #[serde(default)]
     pub runtime: Option<String>,
     /// Spam probability at or above which a body is spam. Default: the
-    /// model's calibrated threshold.
+    /// model's calibrated threshold. Kinds spam and onnx (an error on cilog).
     #[serde(default)]
     pub threshold: Option<f64>,
     /// Where `POST /filters/{name}/learn` (admin) saves the updated model,
     /// which is then loaded in preference to `model` (also after a restart).
     /// Default: the model path + `.learned` (`filters/<name>.learned.bin` for
-    /// a builtin model).
+    /// a builtin model). Its directory must exist: sift does not create it.
     #[serde(default)]
     pub learned_model: Option<String>,
     /// Default mode for routes (annotate).
@@ -180,7 +180,8 @@ pub struct FilterFile {
     /// limits): forward (default) or reject (415 / 422).
     #[serde(default)]
     pub on_unreadable: Option<OnUnreadable>,
-    /// Most bytes a compressed body may expand to; more is 413 (default 16MiB).
+    /// Most bytes a compressed body may expand to; more is 413 (default 16MiB,
+    /// or max_inspect_bytes if larger). At least max_inspect_bytes.
     #[serde(default)]
     pub max_decompressed_bytes: Option<Bytes>,
     /// Which text of a body is classified.
@@ -190,6 +191,9 @@ pub struct FilterFile {
     #[serde(default)]
     pub block: Option<BlockFile>,
     /// Prefix of the verdict headers (default x-sift-spam, cilog x-sift-ci).
+    /// Not empty, not a standard header's namespace (host, content-*,
+    /// transfer-*, connection, ...); two filters of a route may not share
+    /// it. Outside x-sift-, clients' headers with these names are removed.
     #[serde(default)]
     pub header_prefix: Option<String>,
 }
@@ -203,7 +207,7 @@ pub struct ExtractFile {
     #[serde(default)]
     pub json_pointers: Option<Vec<String>>,
     /// Form fields (urlencoded and multipart) to classify. Default: every
-    /// field that is not a file.
+    /// field that is not a file. Kinds spam and onnx (an error on cilog).
     #[serde(default)]
     pub form_fields: Option<Vec<String>>,
 }

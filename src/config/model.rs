@@ -39,6 +39,10 @@ pub struct FilterPoolSpec {
     pub queue: usize,
 }
 
+/// `max_decompressed_bytes` when a filter does not set it (raised to the
+/// filter's `max_inspect_bytes` when that is larger).
+pub const DEFAULT_MAX_DECOMPRESSED: u64 = 16 << 20;
+
 /// Where a model comes from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -68,6 +72,26 @@ pub struct FilterSpec {
     /// Where `on_oversize: spool` keeps the part of a body past
     /// `max_inspect_bytes`.
     pub spool_dir: std::path::PathBuf,
+}
+
+/// Suffixes of the verdict headers a kind of filter writes
+/// (`{header_prefix}-{suffix}`).
+pub fn verdict_header_suffixes(kind: FilterKind) -> &'static [&'static str] {
+    match kind {
+        FilterKind::Spam | FilterKind::Onnx => &["score", "verdict"],
+        FilterKind::Cilog => &["class", "confidence", "evidence-line"],
+    }
+}
+
+impl FilterSpec {
+    /// The request headers this filter writes for the upstream (block and
+    /// annotate modes), lower case.
+    pub fn verdict_header_names(&self) -> Vec<String> {
+        verdict_header_suffixes(self.kind)
+            .iter()
+            .map(|s| format!("{}-{s}", self.header_prefix))
+            .collect()
+    }
 }
 
 /// How a route runs a filter.
@@ -186,6 +210,21 @@ pub struct RouteSpec {
     pub filters: Vec<RouteFilterSpec>,
     /// Answer with this filter's verdict (no upstream; `backends` is empty).
     pub answer: Option<String>,
+    /// Verdict header names of this route's filters that only sift may set:
+    /// a client's are removed before the request goes upstream, whether or
+    /// not a filter gives a verdict. `x-sift-*` names are left out (every
+    /// client `x-sift-*` header is removed already).
+    #[serde(skip)]
+    pub verdict_headers: Vec<HeaderName>,
+}
+
+impl RouteSpec {
+    /// Remove the client's headers named like this route's verdict headers.
+    pub fn strip_verdict_headers(&self, headers: &mut http::HeaderMap) {
+        for name in &self.verdict_headers {
+            headers.remove(name);
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

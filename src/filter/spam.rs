@@ -48,6 +48,9 @@ pub struct SpamFilter {
     slot: ModelSlot<Backend>,
     /// One learn at a time: each starts from the model the last one saved.
     learning: Mutex<()>,
+    /// The configured model file as last seen (to tell its changes from
+    /// the learned file's).
+    configured_seen: Mutex<super::Fingerprint>,
 }
 
 struct Headers {
@@ -70,13 +73,35 @@ impl SpamFilter {
             json_pointers: spec.json_pointers.clone(),
             form_fields: spec.form_fields.clone(),
         });
+        let configured_seen = Mutex::new(configured_fingerprint(&spec));
         Ok(SpamFilter {
             spec,
             shared,
             inspect,
             slot,
             learning: Mutex::new(()),
+            configured_seen,
         })
+    }
+
+    /// Whether the configured model file changed since the last look.
+    fn configured_changed(&self) -> bool {
+        let now = configured_fingerprint(&self.spec);
+        let mut seen = self
+            .configured_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let changed = *seen != now;
+        *seen = now;
+        changed
+    }
+}
+
+/// The configured model file's identity (empty for a builtin model).
+fn configured_fingerprint(spec: &FilterSpec) -> super::Fingerprint {
+    match &spec.model {
+        ModelSource::File(p) => super::fingerprint(&[p.as_path()]),
+        ModelSource::Builtin => Vec::new(),
     }
 }
 
@@ -151,7 +176,24 @@ impl Filter for SpamFilter {
     }
 
     fn reload_if_changed(&self) -> Option<Result<String, FilterError>> {
-        self.slot.reload_if_changed(|| load(&self.spec))
+        let configured_changed = self.configured_changed();
+        self.slot.reload_if_changed(|| {
+            let loaded = load(&self.spec)?;
+            // The learned model wins over the configured file, but a new
+            // configured file is still read, so a broken one is reported
+            // (the admin watcher logs and counts a readable one as
+            // `shadowed_by_learned`).
+            if let (true, ModelSource::File(p)) = (configured_changed, &self.spec.model) {
+                if loaded.source != p.display().to_string() && self.spec.kind == FilterKind::Spam {
+                    Classifier::load(p).map_err(|e| FilterError::Model {
+                        filter: self.spec.name.clone(),
+                        path: p.display().to_string(),
+                        reason: format!("{e} (the learned model {} keeps serving)", loaded.source),
+                    })?;
+                }
+            }
+            Ok(loaded)
+        })
     }
 
     fn learn(&self, jsonl: &[u8]) -> Result<LearnReport, FilterError> {
@@ -174,11 +216,20 @@ impl Filter for SpamFilter {
             .learned_model
             .clone()
             .ok_or_else(|| FilterError::LearnUnsupported(self.spec.name.clone()))?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| FilterError::Persist {
+        // Directories are never created: a missing one is an error naming
+        // the path (an explicit learned_model's is checked at load too).
+        if let Some(dir) = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty() && !d.is_dir())
+        {
+            return Err(FilterError::Persist {
                 path: path.display().to_string(),
-                reason: e.to_string(),
-            })?;
+                reason: format!(
+                    "the directory {} does not exist (sift does not create it; point \
+                     learned_model at a file in an existing directory)",
+                    dir.display()
+                ),
+            });
         }
         learned
             .model()
