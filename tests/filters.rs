@@ -366,6 +366,12 @@ async fn content_types_json_form_multipart_rfc822_and_unknown() {
     );
 }
 
+fn gz(b: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(b).unwrap();
+    e.finish().unwrap()
+}
+
 fn base64(b: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
@@ -529,11 +535,6 @@ async fn compressed_bodies_are_decoded_and_bombs_refused() {
         "",
     ));
     let (spam, ham) = clear_examples();
-    let gz = |b: &[u8]| {
-        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        e.write_all(b).unwrap();
-        e.finish().unwrap()
-    };
     let r = post(
         &sift,
         Some("text/plain"),
@@ -618,11 +619,6 @@ async fn framing_tricks_do_not_hide_a_body_from_the_filter() {
         "",
     ));
     let (spam, ham) = clear_examples();
-    let gz = |b: &[u8]| {
-        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        e.write_all(b).unwrap();
-        e.finish().unwrap()
-    };
     // Two Content-Encoding lines: `identity, gzip` is gzip.
     for pair in [["identity", "gzip"], ["gzip", "identity"]] {
         let r = post(
@@ -957,9 +953,9 @@ async fn saturated_pool_fails_open_or_closed() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn model_file_hot_swap_and_corrupt_file_rejected() {
-    let up = mirror().await;
+/// sift with the spam filter in annotate mode on a copy of the shipped
+/// model in its own directory; the copy's path.
+fn on_a_model_copy(up: &Upstream) -> (Sift, std::path::PathBuf) {
     let dir = TempDir::new();
     let model = dir.path("spam.bin");
     let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/filters/spam/model.bin");
@@ -972,15 +968,24 @@ async fn model_file_hot_swap_and_corrupt_file_rejected() {
     );
     let cfg = dir.path("sift.yaml");
     std::fs::write(&cfg, &yaml).unwrap();
-    let sift = Sift::start_at(dir, cfg).unwrap();
+    (Sift::start_at(dir, cfg).unwrap(), model)
+}
+
+/// The verdict header the upstream sees for `text`.
+async fn verdict_of(sift: &Sift, text: &str) -> String {
+    let r = post(sift, Some("text/plain"), &[], text.to_string()).await;
+    echoed(&r)["x-sift-spam-verdict"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn model_file_hot_swap_and_corrupt_file_rejected() {
+    let up = mirror().await;
+    let (sift, model) = on_a_model_copy(&up);
     let (_, ham) = clear_examples();
-    let verdict = || async {
-        let r = post(&sift, Some("text/plain"), &[], ham.clone()).await;
-        echoed(&r)["x-sift-spam-verdict"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
+    let verdict = || verdict_of(&sift, &ham);
     assert_eq!(verdict().await, "ham");
 
     // A model whose threshold calls everything spam, swapped in by rename.
@@ -1516,28 +1521,10 @@ async fn learn_into_a_missing_directory_is_an_error() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_new_model_file_under_a_learned_model_is_shadowed() {
     let up = mirror().await;
-    let dir = TempDir::new();
-    let model = dir.path("spam.bin");
-    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/filters/spam/model.bin");
-    std::fs::copy(shipped, &model).unwrap();
-    let learned = dir.path("spam.bin.learned");
-    let yaml = config(
-        up.addr,
-        &format!("    model: {}", model.display()),
-        "      - { filter: spam, mode: annotate }",
-        "",
-    );
-    let cfg = dir.path("sift.yaml");
-    std::fs::write(&cfg, &yaml).unwrap();
-    let sift = Sift::start_at(dir, cfg).unwrap();
+    let (sift, model) = on_a_model_copy(&up);
+    let learned = model.with_extension("bin.learned");
     let (_, ham) = clear_examples();
-    let verdict = || async {
-        let r = post(&sift, Some("text/plain"), &[], ham.clone()).await;
-        echoed(&r)["x-sift-spam-verdict"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
+    let verdict = || verdict_of(&sift, &ham);
     let r = send(
         Request::post(sift.admin_url("/filters/spam/learn"))
             .body(full(

@@ -248,51 +248,23 @@ where
     B: HttpBody<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
+    let mut out: Vec<Option<Outcome>> = filters.iter().map(|_| None).collect();
     // Filters that skipped at once (content type, encoding) lead the
     // access log's summary, as on the held path.
     let mut pre = Vec::new();
-    let r = spooled_inner(
-        pool,
-        metrics,
-        route,
-        info,
-        body,
-        filters,
-        route_limit,
-        &mut pre,
-    )
-    .await;
-    r.map(|(mut d, held)| {
-        d.summary.splice(0..0, pre);
-        (d, held)
-    })
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn spooled_inner<B>(
-    pool: &Pool,
-    metrics: &FilterMetrics,
-    route: &str,
-    info: &RequestInfo,
-    body: &mut B,
-    filters: &[&RouteFilter],
-    route_limit: u64,
-    pre: &mut Vec<String>,
-) -> Result<(Decision, Spilled), ProxyError>
-where
-    B: HttpBody<Data = Bytes> + Unpin,
-    B::Error: std::fmt::Display,
-{
-    let mut out: Vec<Option<Outcome>> = filters.iter().map(|_| None).collect();
     let mut running: Vec<(usize, Inspection)> = Vec::new();
     for (i, rf) in filters.iter().enumerate() {
-        if let Some(x) = start(rf.filter.as_ref(), info, &rf.spec.usage, metrics, pre)? {
+        if let Some(x) = start(rf.filter.as_ref(), info, &rf.spec.usage, metrics, &mut pre)? {
             running.push((i, x));
         }
     }
     let mut held = Spilled::default();
     if running.is_empty() {
-        return Ok((Decision::default(), held));
+        let d = Decision {
+            summary: pre,
+            ..Decision::default()
+        };
+        return Ok((d, held));
     }
     let cap = filters
         .iter()
@@ -363,7 +335,7 @@ where
                 o.1 = each;
             }
             held.complete = true;
-            let d = decide(filters, metrics, route, out)?;
+            let d = decide(filters, metrics, route, out, pre)?;
             return Ok((d, held));
         }
         if batch_len >= BATCH || spill_len >= BATCH || (end && batch_len + spill_len > 0) {
@@ -411,7 +383,7 @@ where
                     // The job (and the inspections in it) is gone.
                     overloaded(filters, metrics, &mut out)?;
                     held.complete = end;
-                    let d = decide(filters, metrics, route, out)?;
+                    let d = decide(filters, metrics, route, out, pre)?;
                     held.file = take_file(&file);
                     return Ok((d, held));
                 }
@@ -452,7 +424,7 @@ where
         }
         Err(_) => overloaded(filters, metrics, &mut out)?,
     }
-    let d = decide(filters, metrics, route, out)?;
+    let d = decide(filters, metrics, route, out, pre)?;
     Ok((d, held))
 }
 
@@ -482,8 +454,12 @@ fn decide(
     metrics: &FilterMetrics,
     route: &str,
     out: Vec<Option<Outcome>>,
+    pre: Vec<String>,
 ) -> Result<Decision, ProxyError> {
-    let mut d = Decision::default();
+    let mut d = Decision {
+        summary: pre,
+        ..Decision::default()
+    };
     for (rf, o) in filters.iter().zip(out) {
         if let Some((result, took)) = o {
             apply(&mut d, metrics, route, rf, result, took)?;
