@@ -314,6 +314,49 @@ fn line_score(p: &Params, line: &[u8]) -> f32 {
     sum as f32 * p.line_scale / (n.max(1) as f32).sqrt()
 }
 
+/// First feature hash [`PunctW`] caches: the punctuation features
+/// (`0x5000 + byte`, `0x5100 + byte` for the line's first one).
+const PUNCT_BASE: u32 = 0x5000;
+/// Hashes it caches, from [`PUNCT_BASE`].
+const PUNCT_N: usize = 0x200;
+/// Not looked up yet (line weights are `i8`).
+const PUNCT_UNSET: i16 = i16::MIN;
+
+/// The line weights of the punctuation features, looked up on first use by
+/// a scanner: a third of a line's features are punctuation, of a few
+/// dozen kinds, and each would cost a hash mix. Exact: the weight of a
+/// feature is a function of its hash alone, whichever part of the line
+/// produced it, and the scanner's model does not change.
+#[derive(Debug)]
+struct PunctW([i16; PUNCT_N]);
+
+impl PunctW {
+    fn new() -> PunctW {
+        PunctW([PUNCT_UNSET; PUNCT_N])
+    }
+}
+
+/// [`line_score`] with the scanner's punctuation weights cache (same result).
+#[inline]
+fn line_score_cached(p: &Params, punct: &mut PunctW, line: &[u8]) -> f32 {
+    let w = &p.line_q;
+    let bits = p.line_bits;
+    let mut sum = 0i32;
+    let n = features::for_each_feature(line, |h| {
+        let k = h.wrapping_sub(PUNCT_BASE) as usize;
+        sum += if k < PUNCT_N {
+            let c = &mut punct.0[k];
+            if *c == PUNCT_UNSET {
+                *c = i16::from(w[bucket(h, SEED_LINE, bits) as usize]);
+            }
+            i32::from(*c)
+        } else {
+            i32::from(w[bucket(h, SEED_LINE, bits) as usize])
+        };
+    });
+    sum as f32 * p.line_scale / (n.max(1) as f32).sqrt()
+}
+
 /// Score of a line's content × zone features and its failure-signature ×
 /// zone features (normalised as the content score). `sigs`: the line's
 /// failure signatures ([`features::for_each_sig`] of `line`), found once
@@ -438,6 +481,8 @@ struct State {
     cmd_at: usize,
     /// Where the failing step is.
     marks: features::Marks,
+    /// Line weights of the punctuation features.
+    punct: PunctW,
 }
 
 /// Command lines remembered.
@@ -480,6 +525,7 @@ impl<'a> Scanner<'a> {
                 cmds: Vec::with_capacity(CMDS),
                 cmd_at: 0,
                 marks: features::Marks::default(),
+                punct: PunctW::new(),
             },
             bytes: 0,
         }
@@ -541,7 +587,7 @@ impl<'a> Scanner<'a> {
 
 impl State {
     fn on_line(&mut self, p: &Params, no: u64, line: &[u8]) {
-        let score = line_score(p, line);
+        let score = line_score_cached(p, &mut self.punct, line);
         self.marks.on_line(no, line);
         let keep = &line[..line.len().min(KEEP)];
         // After-context of earlier candidates.
@@ -1449,6 +1495,34 @@ mod tests {
             j,
             r#"{"class":"oom","confidence":0.5,"line":3,"text":"Killed","context":[[2,"x"]]}"#
         );
+    }
+
+    #[test]
+    fn cached_punctuation_weights_give_the_same_score() {
+        let mut p = Params::zeros(10, 10);
+        let mut x = 0x9e37_79b9u32;
+        for q in p.line_q.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            *q = x as i8;
+        }
+        let mut punct = PunctW::new();
+        let lines: [&[u8]; 5] = [
+            b"[ERROR] a/b/c.rs:12:5: error: x -- *** (y) ==> z!",
+            b"--- FAIL: TestX (0.01s) ### [1/2] ~ `q` ; \"r\" {s} <t> | u & v ^ w",
+            b"npm ERR! code E404 @scope/pkg@1.2.3 ? % $ # + = ,",
+            b"",
+            b"::: \\ '' ...",
+        ];
+        for _ in 0..2 {
+            for l in lines {
+                let a = line_score(&p, l);
+                let b = line_score_cached(&p, &mut punct, l);
+                assert_eq!(a.to_bits(), b.to_bits(), "{}", String::from_utf8_lossy(l));
+            }
+        }
+        assert!(punct.0.iter().any(|&c| c != PUNCT_UNSET));
     }
 
     #[test]

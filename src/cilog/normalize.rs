@@ -200,19 +200,33 @@ fn skip_escape(seg: &[u8], i: usize) -> usize {
 }
 
 /// Index of the first control byte (`< 0x20` or DEL) at or after `i`, or
-/// the length: eight bytes at a time, then byte by byte within the word
-/// that holds one.
+/// the length: sixteen then eight bytes at a time, then byte by byte within
+/// the word that holds one.
 #[inline]
 fn plain_end(seg: &[u8], mut i: usize) -> usize {
     const L: u64 = 0x0101_0101_0101_0101;
-    while let Some(w) = seg.get(i..i + 8) {
-        let x = u64::from_le_bytes(w.try_into().expect("8 bytes"));
-        // A byte below 0x20 (exact for presence when the bound is <= 0x80),
-        // a byte equal to 0x7f (a zero byte of x ^ 0x7f..).
+    // High bit set in some byte iff the word holds a control byte: a byte
+    // below 0x20 (exact for presence when the bound is <= 0x80), a byte
+    // equal to 0x7f (a zero byte of x ^ 0x7f..).
+    let control = |x: u64| {
         let below = x.wrapping_sub(L * 0x20) & !x & (L * 0x80);
         let y = x ^ (L * 0x7f);
         let del = y.wrapping_sub(L) & !y & (L * 0x80);
-        if below | del != 0 {
+        below | del
+    };
+    // Two words per round (one loop test for both); a round that holds a
+    // control byte leaves it to the one-word loop.
+    while let Some(w) = seg.get(i..i + 16) {
+        let x = u64::from_le_bytes(w[..8].try_into().expect("8 bytes"));
+        let z = u64::from_le_bytes(w[8..].try_into().expect("8 bytes"));
+        if control(x) | control(z) != 0 {
+            break;
+        }
+        i += 16;
+    }
+    while let Some(w) = seg.get(i..i + 8) {
+        let x = u64::from_le_bytes(w.try_into().expect("8 bytes"));
+        if control(x) != 0 {
             break;
         }
         i += 8;
