@@ -292,14 +292,15 @@ fn scan_field(s: &[u8], i: usize, last_sep: usize) -> (usize, usize) {
     (end, sep)
 }
 
-/// FNV hash of the token that starts at `field[j]` (a word byte) and ends
-/// at the first byte of `field` that is not one (or the end of `field`),
-/// with that end. Four bytes per round while four are left: one bounds
-/// check per round instead of one per byte; the same bytes are hashed in
-/// the same order as one at a time.
+/// FNV hash of the token that starts at `field[j]` (a word byte, `m` its
+/// [`MAP`] value, already looked up) and ends at the first byte of `field`
+/// that is not one (or the end of `field`), with that end. Four bytes per
+/// round while four are left: one bounds check per round instead of one
+/// per byte; the same bytes are hashed in the same order as one at a time.
 #[inline(always)]
-fn hash_token(field: &[u8], mut j: usize) -> (u32, usize) {
-    let mut h = FNV_OFFSET;
+fn hash_token(field: &[u8], j: usize, m: u8) -> (u32, usize) {
+    let mut h = fnv(FNV_OFFSET, m);
+    let mut j = j + 1;
     while let Some(w) = field.get(j..j + 4) {
         for (k, &b) in w.iter().enumerate() {
             let m = MAP[b as usize];
@@ -321,11 +322,41 @@ fn hash_token(field: &[u8], mut j: usize) -> (u32, usize) {
     (h, j)
 }
 
+/// What receives the features of a line from [`features_into`], in order.
+pub trait FeatureSink {
+    /// A feature hash.
+    fn feature(&mut self, h: u32);
+    /// A feature that is one of a few constants rather than the hash of a
+    /// token (shape, path, punctuation, cue groups: all below 0x8000), so
+    /// a sink may remember what it computed for it. The same as
+    /// [`feature`](Self::feature) unless the sink says otherwise.
+    #[inline]
+    fn fixed(&mut self, h: u32) {
+        self.feature(h);
+    }
+}
+
+/// A closure as a [`FeatureSink`].
+struct Each<F>(F);
+
+impl<F: FnMut(u32)> FeatureSink for Each<F> {
+    #[inline]
+    fn feature(&mut self, h: u32) {
+        (self.0)(h);
+    }
+}
+
 /// Call `f(hash)` for every feature of the normalised line `s`; returns the
 /// number of features. Hashes are unmixed: [`bucket`] mixes them with a
 /// block seed.
 #[inline]
-pub fn for_each_feature<F: FnMut(u32)>(s: &[u8], mut f: F) -> u32 {
+pub fn for_each_feature<F: FnMut(u32)>(s: &[u8], f: F) -> u32 {
+    features_into(s, &mut Each(f))
+}
+
+/// [`for_each_feature`] into a [`FeatureSink`].
+#[inline]
+pub fn features_into<S: FeatureSink>(s: &[u8], sink: &mut S) -> u32 {
     let mut n = 0u32;
     // Shape: indentation and length buckets.
     let indent = s.iter().take_while(|&&b| b == b' ').count();
@@ -336,7 +367,7 @@ pub fn for_each_feature<F: FnMut(u32)>(s: &[u8], mut f: F) -> u32 {
         5..=8 => 3,
         _ => 4,
     };
-    f(0x1000 + ib);
+    sink.fixed(0x1000 + ib);
     let lb = match s.len() {
         0..=8 => 0,
         9..=24 => 1,
@@ -345,7 +376,7 @@ pub fn for_each_feature<F: FnMut(u32)>(s: &[u8], mut f: F) -> u32 {
         121..=300 => 4,
         _ => 5,
     };
-    f(0x2000 + lb);
+    sink.fixed(0x2000 + lb);
     n += 2;
     let mut tokens = 0usize;
     // Cue groups present (bits 1..=9), as first token (bits 17..=25),
@@ -368,7 +399,7 @@ pub fn for_each_feature<F: FnMut(u32)>(s: &[u8], mut f: F) -> u32 {
             // Where the field ends, and its last path separator.
             let (end, sep) = scan_field(s, i, last_sep);
             if end - start > 1 && sep != usize::MAX {
-                f(0x3000);
+                sink.fixed(0x3000);
                 n += 1;
                 (sep + 1, end)
             } else {
@@ -385,12 +416,12 @@ pub fn for_each_feature<F: FnMut(u32)>(s: &[u8], mut f: F) -> u32 {
             if m >= 2 {
                 let ts = j;
                 let h;
-                (h, j) = hash_token(field, j);
+                (h, j) = hash_token(field, j, m);
                 if j - ts > MAX_TOKEN {
-                    f(0x4000);
+                    sink.fixed(0x4000);
                     prev = 0;
                 } else {
-                    f(h);
+                    sink.feature(h);
                     prev = cue_group(h);
                     if prev != 0 {
                         groups |= 1 << prev;
@@ -410,11 +441,11 @@ pub fn for_each_feature<F: FnMut(u32)>(s: &[u8], mut f: F) -> u32 {
                 }
                 if tokens == 0 && j == from {
                     // First punctuation of the line (`[`, `-`, `>`, `*`, ...).
-                    f(0x5100 + u32::from(field[j]));
+                    sink.fixed(0x5100 + u32::from(field[j]));
                     n += 1;
                 }
                 prev = 0;
-                f(0x5000 + u32::from(field[j]));
+                sink.fixed(0x5000 + u32::from(field[j]));
                 n += 1;
                 j += 1;
             }
@@ -428,7 +459,7 @@ pub fn for_each_feature<F: FnMut(u32)>(s: &[u8], mut f: F) -> u32 {
     }
     while groups != 0 {
         let b = groups.trailing_zeros();
-        f(0x7000 + b);
+        sink.fixed(0x7000 + b);
         n += 1;
         groups &= groups - 1;
     }

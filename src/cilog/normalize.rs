@@ -280,6 +280,10 @@ pub fn normalize_segment(seg: &[u8], out: &mut Vec<u8>) {
 
 /// Length of a CI timestamp prefix at the start of `s` (0 if none).
 fn timestamp_prefix(s: &[u8]) -> usize {
+    // Every form below starts with `[` or a digit: most lines are done here.
+    if !matches!(s.first(), Some(b'[' | b'0'..=b'9')) {
+        return 0;
+    }
     let digits = |from: usize, n: usize| -> bool {
         s.len() >= from + n && s[from..from + n].iter().all(u8::is_ascii_digit)
     };
@@ -390,6 +394,10 @@ fn iso8601(s: &[u8]) -> Option<usize> {
 /// Remove fold/group markers; a pure marker line becomes empty.
 fn strip_markers(out: &mut Vec<u8>) {
     let s: &[u8] = out;
+    // Every marker below starts with one of these: most lines are done here.
+    if !matches!(s.first(), Some(b't' | b's' | b'#' | b':' | b'[')) {
+        return;
+    }
     // Travis: the whole segment is the marker.
     if s.starts_with(b"travis_fold:") || s.starts_with(b"travis_time:") {
         out.clear();
