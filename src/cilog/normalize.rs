@@ -81,6 +81,28 @@ impl LineSplitter {
                     self.after_cr = false;
                     return;
                 }
+                Some(i)
+                    if self.cur.is_empty()
+                        && self.shown_no == 0
+                        && (data[i] == b'\n' || data.get(i + 1) == Some(&b'\n')) =>
+                {
+                    // A physical line of one segment ending in `\n` or
+                    // `\r\n`, whole in `data` (the common case): nothing of
+                    // it is buffered and nothing before it shows, so it is
+                    // what the terminal shows if it shows anything.
+                    // Normalised from `data` directly, as the general path
+                    // below would after copying it (a `\r\n` ends one line).
+                    let seg = &data[..i.min(MAX_LINE)];
+                    if has_visible(seg) {
+                        normalize_segment(seg, &mut self.norm);
+                        if !self.norm.is_empty() {
+                            emit(self.line_no, &self.norm);
+                        }
+                    }
+                    self.after_cr = false;
+                    self.line_no += 1;
+                    data = &data[i + 1 + usize::from(data[i] == b'\r')..];
+                }
                 Some(i) => {
                     self.push(&data[..i]);
                     if data[i] == b'\n' {
@@ -530,6 +552,40 @@ mod tests {
                 (4, "ok ✓".into())
             ]
         );
+    }
+
+    #[test]
+    fn whole_lines_and_split_lines_agree() {
+        // Lines whole in a chunk take the direct path; fed a byte at a
+        // time, only blank ones do.
+        let mut input = Vec::new();
+        for k in 0..200u32 {
+            input.extend_from_slice(
+                [
+                    &b"plain line\n"[..],
+                    b"\x1b[31merror\x1b[0m: x\r\n",
+                    b"  \t \n",
+                    b"10%\r50%\r100%\n",
+                    b"\r\n",
+                    b"\rlone\rcr\n",
+                    b"\x1b[0K\rshown\n",
+                ][k as usize % 7],
+            );
+            if k % 13 == 0 {
+                input.extend(std::iter::repeat_n(b'y', MAX_LINE + 5));
+                input.push(b'\n');
+            }
+        }
+        let whole = lines(&input);
+        let mut sp = LineSplitter::new();
+        let mut v = Vec::new();
+        let mut emit = |n: u64, s: &[u8]| v.push((n, String::from_utf8_lossy(s).into_owned()));
+        for c in input.chunks(1) {
+            sp.feed(c, &mut emit);
+        }
+        sp.finish(&mut emit);
+        assert_eq!(v, whole);
+        assert!(whole.len() > 150);
     }
 
     #[test]
