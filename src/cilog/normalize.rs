@@ -222,34 +222,38 @@ fn skip_escape(seg: &[u8], i: usize) -> usize {
 }
 
 /// Index of the first control byte (`< 0x20` or DEL) at or after `i`, or
-/// the length: sixteen then eight bytes at a time, then byte by byte within
-/// the word that holds one.
+/// the length: sixteen bytes at a time, then eight, then byte by byte for
+/// the last few.
 #[inline]
 fn plain_end(seg: &[u8], mut i: usize) -> usize {
     const L: u64 = 0x0101_0101_0101_0101;
-    // High bit set in some byte iff the word holds a control byte: a byte
-    // below 0x20 (exact for presence when the bound is <= 0x80), a byte
-    // equal to 0x7f (a zero byte of x ^ 0x7f..).
+    // The high bit of a byte is set for a byte below 0x20, and for a byte
+    // equal to 0x7f (a zero byte of x ^ 0x7f..). Both tests can err only
+    // above a true hit (a borrow carries up from it), so the lowest bit set
+    // marks the first control byte exactly.
     let control = |x: u64| {
         let below = x.wrapping_sub(L * 0x20) & !x & (L * 0x80);
         let y = x ^ (L * 0x7f);
         let del = y.wrapping_sub(L) & !y & (L * 0x80);
         below | del
     };
-    // Two words per round (one loop test for both); a round that holds a
-    // control byte leaves it to the one-word loop.
+    let first = |m: u64| m.trailing_zeros() as usize / 8;
     while let Some(w) = seg.get(i..i + 16) {
-        let x = u64::from_le_bytes(w[..8].try_into().expect("8 bytes"));
-        let z = u64::from_le_bytes(w[8..].try_into().expect("8 bytes"));
-        if control(x) | control(z) != 0 {
-            break;
+        let x = control(u64::from_le_bytes(w[..8].try_into().expect("8 bytes")));
+        let z = control(u64::from_le_bytes(w[8..].try_into().expect("8 bytes")));
+        if x | z != 0 {
+            return if x != 0 {
+                i + first(x)
+            } else {
+                i + 8 + first(z)
+            };
         }
         i += 16;
     }
-    while let Some(w) = seg.get(i..i + 8) {
-        let x = u64::from_le_bytes(w.try_into().expect("8 bytes"));
-        if control(x) != 0 {
-            break;
+    if let Some(w) = seg.get(i..i + 8) {
+        let x = control(u64::from_le_bytes(w.try_into().expect("8 bytes")));
+        if x != 0 {
+            return i + first(x);
         }
         i += 8;
     }
