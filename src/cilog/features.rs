@@ -153,9 +153,36 @@ const fn mix_const(mut h: u32) -> u32 {
     h
 }
 
+/// Bits of a token hash that index [`CUE_FILTER`]: its top 12 (the best
+/// mixed bits of an FNV product).
+#[inline]
+const fn cue_filter_bit(h: u32) -> u32 {
+    h >> 20
+}
+
+/// A one-hash Bloom filter of the [`CUE_WORDS`] hashes: 4096 bits, 66 set
+/// at most. Most tokens are not cue words and skip the table probe (about
+/// 20 instructions) after a single bit test. Exact: a cue word's bit is
+/// always set, and a token whose bit is clear is no cue word, for which
+/// the probe finds an empty slot and returns 0 anyway.
+static CUE_FILTER: [u64; 64] = {
+    let mut m = [0u64; 64];
+    let mut i = 0;
+    while i < CUE_WORDS.len() {
+        let b = cue_filter_bit(hash_const(CUE_WORDS[i].0.as_bytes()));
+        m[(b / 64) as usize] |= 1 << (b % 64);
+        i += 1;
+    }
+    m
+};
+
 /// Cue group of a token hash (0 = none).
 #[inline]
 fn cue_group(h: u32) -> u8 {
+    let b = cue_filter_bit(h);
+    if CUE_FILTER[(b / 64) as usize] >> (b % 64) & 1 == 0 {
+        return 0;
+    }
     let mut j = (mix_const(h) as usize) % CUE_SLOTS;
     loop {
         let (k, g) = CUE_TABLE[j];
@@ -189,20 +216,147 @@ static MAP: [u8; 256] = {
     m
 };
 
-/// Field scan classes: 1 space (ends a field), 2 path separator, else 0.
-static FIELD: [u8; 256] = {
-    let mut m = [0u8; 256];
-    m[b' ' as usize] = 1;
-    m[b'/' as usize] = 2;
-    m[b'\\' as usize] = 2;
-    m
-};
+/// `0x01` in every byte of a word.
+const ONES: u64 = 0x0101_0101_0101_0101;
+/// The low seven bits of every byte.
+const LOW7: u64 = ONES * 0x7f;
+
+/// Eight bytes of `s` from `i < s.len()` as a little-endian word (byte `k`
+/// = `s[i + k]`), zero bytes past the end. Near the end of a line of at
+/// least eight bytes, the line's last word is shifted down instead of
+/// copied: the shift brings in zero bytes above the line's end.
+#[inline]
+fn word_at(s: &[u8], i: usize) -> u64 {
+    if let Some(w) = s.get(i..i + 8) {
+        u64::from_le_bytes(w.try_into().expect("8 bytes"))
+    } else if s.len() >= 8 {
+        let w = &s[s.len() - 8..];
+        // 1 ..= 7 bytes of the word come before `i`.
+        u64::from_le_bytes(w.try_into().expect("8 bytes")) >> (8 * (i + 8 - s.len()))
+    } else {
+        let mut b = [0u8; 8];
+        b[..s.len() - i].copy_from_slice(&s[i..]);
+        u64::from_le_bytes(b)
+    }
+}
+
+/// Where the whitespace-separated field starting at `i < s.len()` ends (its
+/// first space, or the end of the line) and its last path separator (`/`
+/// or `\`; `usize::MAX` if none). `last_sep` is the line's last separator,
+/// at or after `i`.
+///
+/// The first eight bytes are tested at once (most fields are shorter):
+/// byte equality without carries between bytes: for `y = x ^ c` (c < 0x80
+/// in every byte), `(y & 0x7f) + 0x7f` has its high bit set exactly when
+/// the low seven bits of `y` are not all zero, and cannot carry into the
+/// next byte; the high bit of `y` is that of `x`. So the high bit of
+/// `!((y & 0x7f) + 0x7f) & !x` is set exactly where the byte equals `c`.
+/// (The usual `(y - 0x01..) & !y` trick flags false zero bytes above a
+/// true one: a `.` after a `/` would count as a separator.) The zero bytes
+/// past the end of the line are neither a space nor a separator.
+///
+/// A longer field (a path, mostly) ends at the next space, found by
+/// `memchr`. If it holds `last_sep`, that is its last separator (there is
+/// none after it in the line); else its last one is in the rest of the
+/// field (`memrchr2`) or in the first eight bytes.
+#[inline]
+fn scan_field(s: &[u8], i: usize, last_sep: usize) -> (usize, usize) {
+    let x = word_at(s, i);
+    let lo = x & LOW7;
+    // High bits of the bytes below 0x80 (a candidate for any of the three).
+    let ascii = !x & !LOW7;
+    let space = !((lo ^ (ONES * u64::from(b' '))) + LOW7) & ascii;
+    let slash = !((lo ^ (ONES * u64::from(b'/'))) + LOW7);
+    let back = !((lo ^ (ONES * u64::from(b'\\'))) + LOW7);
+    // Separators before the first space (all eight bytes if none:
+    // `0 ^ (0 - 1)` is all ones; else the bits up to the space's own high
+    // bit, and the space itself is no separator).
+    let seps = (slash | back) & ascii & (space ^ space.wrapping_sub(1));
+    let sep = if seps != 0 {
+        i + (63 - seps.leading_zeros() as usize) / 8
+    } else {
+        usize::MAX
+    };
+    if space != 0 {
+        return (i + space.trailing_zeros() as usize / 8, sep);
+    }
+    let rest = i + 8;
+    if rest >= s.len() {
+        return (s.len(), sep);
+    }
+    let end = memchr::memchr(b' ', &s[rest..]).map_or(s.len(), |k| rest + k);
+    if last_sep < end {
+        return (end, last_sep);
+    }
+    let sep = memchr::memrchr2(b'/', b'\\', &s[rest..end]).map_or(sep, |k| rest + k);
+    (end, sep)
+}
+
+/// FNV hash of the token that starts at `field[j]` (a word byte, `m` its
+/// [`MAP`] value, already looked up) and ends at the first byte of `field`
+/// that is not one (or the end of `field`), with that end. Four bytes per
+/// round while four are left: one bounds check per round instead of one
+/// per byte; the same bytes are hashed in the same order as one at a time.
+#[inline(always)]
+fn hash_token(field: &[u8], j: usize, m: u8) -> (u32, usize) {
+    let mut h = fnv(FNV_OFFSET, m);
+    let mut j = j + 1;
+    while let Some(w) = field.get(j..j + 4) {
+        for (k, &b) in w.iter().enumerate() {
+            let m = MAP[b as usize];
+            if m < 2 {
+                return (h, j + k);
+            }
+            h = fnv(h, m);
+        }
+        j += 4;
+    }
+    while let Some(&b) = field.get(j) {
+        let m = MAP[b as usize];
+        if m < 2 {
+            break;
+        }
+        h = fnv(h, m);
+        j += 1;
+    }
+    (h, j)
+}
+
+/// What receives the features of a line from [`features_into`], in order.
+pub trait FeatureSink {
+    /// A feature hash.
+    fn feature(&mut self, h: u32);
+    /// A feature that is one of a few constants rather than the hash of a
+    /// token (shape, path, punctuation, cue groups: all below 0x8000), so
+    /// a sink may remember what it computed for it. The same as
+    /// [`feature`](Self::feature) unless the sink says otherwise.
+    #[inline]
+    fn fixed(&mut self, h: u32) {
+        self.feature(h);
+    }
+}
+
+/// A closure as a [`FeatureSink`].
+struct Each<F>(F);
+
+impl<F: FnMut(u32)> FeatureSink for Each<F> {
+    #[inline]
+    fn feature(&mut self, h: u32) {
+        (self.0)(h);
+    }
+}
 
 /// Call `f(hash)` for every feature of the normalised line `s`; returns the
 /// number of features. Hashes are unmixed: [`bucket`] mixes them with a
 /// block seed.
 #[inline]
-pub fn for_each_feature<F: FnMut(u32)>(s: &[u8], mut f: F) -> u32 {
+pub fn for_each_feature<F: FnMut(u32)>(s: &[u8], f: F) -> u32 {
+    features_into(s, &mut Each(f))
+}
+
+/// [`for_each_feature`] into a [`FeatureSink`].
+#[inline]
+pub fn features_into<S: FeatureSink>(s: &[u8], sink: &mut S) -> u32 {
     let mut n = 0u32;
     // Shape: indentation and length buckets.
     let indent = s.iter().take_while(|&&b| b == b' ').count();
@@ -213,7 +367,7 @@ pub fn for_each_feature<F: FnMut(u32)>(s: &[u8], mut f: F) -> u32 {
         5..=8 => 3,
         _ => 4,
     };
-    f(0x1000 + ib);
+    sink.fixed(0x1000 + ib);
     let lb = match s.len() {
         0..=8 => 0,
         9..=24 => 1,
@@ -222,7 +376,7 @@ pub fn for_each_feature<F: FnMut(u32)>(s: &[u8], mut f: F) -> u32 {
         121..=300 => 4,
         _ => 5,
     };
-    f(0x2000 + lb);
+    sink.fixed(0x2000 + lb);
     n += 2;
     let mut tokens = 0usize;
     // Cue groups present (bits 1..=9), as first token (bits 17..=25),
@@ -231,53 +385,43 @@ pub fn for_each_feature<F: FnMut(u32)>(s: &[u8], mut f: F) -> u32 {
     let mut prev = 0u8;
     let mut i = indent;
     let len = s.len();
+    // The line's last path separator. A field that starts after it has
+    // none, so it needs no field scan: its tokens are read straight from
+    // the line up to the space that ends it. Only the fields up to the one
+    // holding the last separator are scanned first (to find their own last
+    // separator) — on a line with no path, none is.
+    let last_sep = memchr::memrchr2(b'/', b'\\', &s[i..]).map(|k| i + k);
     while i < len && tokens < MAX_TOKENS {
-        // One whitespace-separated field.
-        // One whitespace-separated field, and its last path separator
-        // found in the same pass.
+        // One whitespace-separated field: its tokens are those of
+        // `s[from..bound]` up to the first space.
         let start = i;
-        let mut sep = usize::MAX;
-        while i < len {
-            match FIELD[s[i] as usize] {
-                0 => i += 1,
-                1 => break,
-                _ => {
-                    sep = i;
-                    i += 1;
-                }
+        let (from, bound) = if let Some(last_sep) = last_sep.filter(|&p| start <= p) {
+            // Where the field ends, and its last path separator.
+            let (end, sep) = scan_field(s, i, last_sep);
+            if end - start > 1 && sep != usize::MAX {
+                sink.fixed(0x3000);
+                n += 1;
+                (sep + 1, end)
+            } else {
+                (start, end)
             }
-        }
-        let end = i;
-        let mut field = &s[start..end];
-        while i < len && s[i] == b' ' {
-            i += 1;
-        }
-        if field.len() > 1 && sep != usize::MAX {
-            f(0x3000);
-            n += 1;
-            field = &s[sep + 1..end];
-        }
+        } else {
+            (start, len)
+        };
         // Tokens within the field.
-        let mut j = 0;
-        let fl = field.len();
-        while j < fl && tokens < MAX_TOKENS {
+        let field = &s[..bound];
+        let mut j = from;
+        while j < field.len() && tokens < MAX_TOKENS {
             let m = MAP[field[j] as usize];
             if m >= 2 {
                 let ts = j;
-                let mut h = FNV_OFFSET;
-                while j < fl {
-                    let m = MAP[field[j] as usize];
-                    if m < 2 {
-                        break;
-                    }
-                    h = fnv(h, m);
-                    j += 1;
-                }
+                let h;
+                (h, j) = hash_token(field, j, m);
                 if j - ts > MAX_TOKEN {
-                    f(0x4000);
+                    sink.fixed(0x4000);
                     prev = 0;
                 } else {
-                    f(h);
+                    sink.feature(h);
                     prev = cue_group(h);
                     if prev != 0 {
                         groups |= 1 << prev;
@@ -288,25 +432,34 @@ pub fn for_each_feature<F: FnMut(u32)>(s: &[u8], mut f: F) -> u32 {
                 }
                 n += 1;
                 tokens += 1;
+            } else if m == 0 {
+                // The space that ends the field.
+                break;
             } else {
                 if field[j] == b':' && prev == 2 {
                     groups |= 1 << 31;
                 }
-                if tokens == 0 && j == 0 {
+                if tokens == 0 && j == from {
                     // First punctuation of the line (`[`, `-`, `>`, `*`, ...).
-                    f(0x5100 + u32::from(field[j]));
+                    sink.fixed(0x5100 + u32::from(field[j]));
                     n += 1;
                 }
                 prev = 0;
-                f(0x5000 + u32::from(field[j]));
+                sink.fixed(0x5000 + u32::from(field[j]));
                 n += 1;
                 j += 1;
             }
         }
+        // `j` is at the field's end (`bound`, or its space), or the token
+        // limit stopped the field early and the loop ends here anyway.
+        i = j;
+        while i < len && s[i] == b' ' {
+            i += 1;
+        }
     }
     while groups != 0 {
         let b = groups.trailing_zeros();
-        f(0x7000 + b);
+        sink.fixed(0x7000 + b);
         n += 1;
         groups &= groups - 1;
     }
@@ -1192,6 +1345,226 @@ mod tests {
             assert!(sig_family(i) < SIG_FAMILIES.len());
         }
         assert_ne!(sig_feature(SIGS.len(), 4), sig_family_feature(0, 0));
+    }
+
+    #[test]
+    fn scan_field_matches_the_byte_loop() {
+        // The byte loop it replaces: the first space, the last `/` or `\`.
+        let naive = |s: &[u8], mut i: usize| {
+            let mut sep = usize::MAX;
+            while i < s.len() && s[i] != b' ' {
+                if s[i] == b'/' || s[i] == b'\\' {
+                    sep = i;
+                }
+                i += 1;
+            }
+            (i, sep)
+        };
+        // Every byte value at every place of lines of 1..=40 bytes, with
+        // separators and spaces around it, from each start up to the
+        // line's last separator.
+        for len in 1..=40 {
+            for b in 0..=255u8 {
+                for at in 0..len {
+                    let mut s = vec![b'a'; len];
+                    for (k, c) in [b'/', b'.', b' ', b'\\', 0x80, 0xaf]
+                        .into_iter()
+                        .enumerate()
+                    {
+                        s[(at + 3 * k + 1) % len] = c;
+                    }
+                    s[at] = b;
+                    let last = s.iter().rposition(|&c| c == b'/' || c == b'\\');
+                    for from in 0..=last.unwrap_or(0) {
+                        if s[from] == b' ' || last.is_none() {
+                            continue;
+                        }
+                        assert_eq!(
+                            scan_field(&s, from, last.unwrap_or(0)),
+                            naive(&s, from),
+                            "{b:#x} at {at} from {from} in {s:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn cue_filter_passes_every_cue_word() {
+        for &(w, g) in CUE_WORDS {
+            assert_eq!(cue_group(token_hash(w)), g, "{w}");
+        }
+        assert_eq!(cue_group(token_hash("zebra")), 0);
+    }
+
+    /// The byte-at-a-time [`for_each_feature`] that the word-at-a-time one
+    /// replaced, kept as the reference it must agree with feature for
+    /// feature.
+    fn reference_features<F: FnMut(u32)>(s: &[u8], mut f: F) -> u32 {
+        /// Field scan classes: 1 space (ends a field), 2 path separator, else 0.
+        static FIELD: [u8; 256] = {
+            let mut m = [0u8; 256];
+            m[b' ' as usize] = 1;
+            m[b'/' as usize] = 2;
+            m[b'\\' as usize] = 2;
+            m
+        };
+        let mut n = 0u32;
+        // Shape: indentation and length buckets.
+        let indent = s.iter().take_while(|&&b| b == b' ').count();
+        let ib = match indent {
+            0 => 0,
+            1..=2 => 1,
+            3..=4 => 2,
+            5..=8 => 3,
+            _ => 4,
+        };
+        f(0x1000 + ib);
+        let lb = match s.len() {
+            0..=8 => 0,
+            9..=24 => 1,
+            25..=60 => 2,
+            61..=120 => 3,
+            121..=300 => 4,
+            _ => 5,
+        };
+        f(0x2000 + lb);
+        n += 2;
+        let mut tokens = 0usize;
+        // Cue groups present (bits 1..=9), as first token (bits 17..=25),
+        // an error word followed by `:` (bit 31).
+        let mut groups = 0u32;
+        let mut prev = 0u8;
+        let mut i = indent;
+        let len = s.len();
+        while i < len && tokens < MAX_TOKENS {
+            // One whitespace-separated field.
+            // One whitespace-separated field, and its last path separator
+            // found in the same pass.
+            let start = i;
+            let mut sep = usize::MAX;
+            while i < len {
+                match FIELD[s[i] as usize] {
+                    0 => i += 1,
+                    1 => break,
+                    _ => {
+                        sep = i;
+                        i += 1;
+                    }
+                }
+            }
+            let end = i;
+            let mut field = &s[start..end];
+            while i < len && s[i] == b' ' {
+                i += 1;
+            }
+            if field.len() > 1 && sep != usize::MAX {
+                f(0x3000);
+                n += 1;
+                field = &s[sep + 1..end];
+            }
+            // Tokens within the field.
+            let mut j = 0;
+            let fl = field.len();
+            while j < fl && tokens < MAX_TOKENS {
+                let m = MAP[field[j] as usize];
+                if m >= 2 {
+                    let ts = j;
+                    let mut h = FNV_OFFSET;
+                    while j < fl {
+                        let m = MAP[field[j] as usize];
+                        if m < 2 {
+                            break;
+                        }
+                        h = fnv(h, m);
+                        j += 1;
+                    }
+                    if j - ts > MAX_TOKEN {
+                        f(0x4000);
+                        prev = 0;
+                    } else {
+                        f(h);
+                        prev = cue_group(h);
+                        if prev != 0 {
+                            groups |= 1 << prev;
+                            if tokens == 0 {
+                                groups |= 1 << (prev + 16);
+                            }
+                        }
+                    }
+                    n += 1;
+                    tokens += 1;
+                } else {
+                    if field[j] == b':' && prev == 2 {
+                        groups |= 1 << 31;
+                    }
+                    if tokens == 0 && j == 0 {
+                        // First punctuation of the line (`[`, `-`, `>`, `*`, ...).
+                        f(0x5100 + u32::from(field[j]));
+                        n += 1;
+                    }
+                    prev = 0;
+                    f(0x5000 + u32::from(field[j]));
+                    n += 1;
+                    j += 1;
+                }
+            }
+        }
+        while groups != 0 {
+            let b = groups.trailing_zeros();
+            f(0x7000 + b);
+            n += 1;
+            groups &= groups - 1;
+        }
+        n
+    }
+
+    #[test]
+    fn features_match_the_reference_scanner() {
+        let pieces: [&[u8]; 24] = [
+            b" ",
+            b"  ",
+            b"/",
+            b"\\",
+            b"a/b",
+            b"x.c:12:",
+            b"error",
+            b"Error:",
+            b"fail",
+            b"-",
+            b"[",
+            b"::",
+            b"\xc3\xa9t\xc3\xa9",
+            b"0123456789",
+            b"FOO_bar",
+            b"abcdefghijklmnopqrstuvwxyz0123456789",
+            b"/home/travis/build/x/y.rb",
+            b"C:\\src\\a.cs(3,4)",
+            b".",
+            b"//",
+            b"\xa0",
+            b"\xaf",
+            b"\xdc",
+            b"passed",
+        ];
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: usize| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng % n as u64) as usize
+        };
+        for _ in 0..20_000 {
+            let mut line = Vec::new();
+            for _ in 0..next(90) {
+                line.extend_from_slice(pieces[next(pieces.len())]);
+            }
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            let na = for_each_feature(&line, |h| a.push(h));
+            let nb = reference_features(&line, |h| b.push(h));
+            assert_eq!((na, &a), (nb, &b), "{:?}", String::from_utf8_lossy(&line));
+        }
     }
 
     #[test]

@@ -314,6 +314,84 @@ fn line_score(p: &Params, line: &[u8]) -> f32 {
     sum as f32 * p.line_scale / (n.max(1) as f32).sqrt()
 }
 
+/// Slots of [`FixedW`]: the punctuation features (`0x5000 + byte`,
+/// `0x5100 + byte`), then the other constant ones (`0x1000`..`0x7000`
+/// blocks, 32 each).
+const FIXED_N: usize = 0x200 + 8 * 32;
+/// Not looked up yet (line weights are `i8`).
+const FIXED_UNSET: i16 = i16::MIN;
+
+/// The slot of a constant feature in [`FixedW`], one per hash (`None`: not
+/// cached). The punctuation block first; else a hash below 0x8000 with
+/// only its block (bits 12..=14) and its low five bits set: shape buckets,
+/// `<path>`, `<long>`, cue groups.
+#[inline]
+fn fixed_slot(h: u32) -> Option<usize> {
+    let k = h.wrapping_sub(0x5000);
+    if k < 0x200 {
+        Some(k as usize)
+    } else if h < 0x8000 && h & 0x0fe0 == 0 {
+        Some(0x200 + ((h >> 12) * 32 + (h & 31)) as usize)
+    } else {
+        None
+    }
+}
+
+/// The line weights of the constant features, looked up on first use by a
+/// scanner: a third of a line's features are punctuation, of a few dozen
+/// kinds, and two more are shape buckets; each would cost a hash mix.
+/// Exact: the weight of a feature is a function of its hash alone, and the
+/// scanner's model does not change.
+#[derive(Debug)]
+struct FixedW([i16; FIXED_N]);
+
+impl FixedW {
+    fn new() -> FixedW {
+        FixedW([FIXED_UNSET; FIXED_N])
+    }
+}
+
+/// Sums the line weights of a line's features ([`line_score`]'s sum),
+/// through a scanner's [`FixedW`].
+struct LineSum<'a> {
+    w: &'a [i8],
+    bits: u8,
+    fixed: &'a mut FixedW,
+    sum: i32,
+}
+
+impl features::FeatureSink for LineSum<'_> {
+    #[inline]
+    fn feature(&mut self, h: u32) {
+        self.sum += i32::from(self.w[bucket(h, SEED_LINE, self.bits) as usize]);
+    }
+
+    #[inline]
+    fn fixed(&mut self, h: u32) {
+        let Some(k) = fixed_slot(h) else {
+            return self.feature(h);
+        };
+        let c = &mut self.fixed.0[k];
+        if *c == FIXED_UNSET {
+            *c = i16::from(self.w[bucket(h, SEED_LINE, self.bits) as usize]);
+        }
+        self.sum += i32::from(*c);
+    }
+}
+
+/// [`line_score`] with a scanner's constant-feature weights (same result).
+#[inline]
+fn line_score_cached(p: &Params, fixed: &mut FixedW, line: &[u8]) -> f32 {
+    let mut sink = LineSum {
+        w: &p.line_q,
+        bits: p.line_bits,
+        fixed,
+        sum: 0,
+    };
+    let n = features::features_into(line, &mut sink);
+    sink.sum as f32 * p.line_scale / (n.max(1) as f32).sqrt()
+}
+
 /// Score of a line's content × zone features and its failure-signature ×
 /// zone features (normalised as the content score). `sigs`: the line's
 /// failure signatures ([`features::for_each_sig`] of `line`), found once
@@ -438,6 +516,8 @@ struct State {
     cmd_at: usize,
     /// Where the failing step is.
     marks: features::Marks,
+    /// Line weights of the constant features.
+    fixed: FixedW,
 }
 
 /// Command lines remembered.
@@ -480,6 +560,7 @@ impl<'a> Scanner<'a> {
                 cmds: Vec::with_capacity(CMDS),
                 cmd_at: 0,
                 marks: features::Marks::default(),
+                fixed: FixedW::new(),
             },
             bytes: 0,
         }
@@ -541,7 +622,7 @@ impl<'a> Scanner<'a> {
 
 impl State {
     fn on_line(&mut self, p: &Params, no: u64, line: &[u8]) {
-        let score = line_score(p, line);
+        let score = line_score_cached(p, &mut self.fixed, line);
         self.marks.on_line(no, line);
         let keep = &line[..line.len().min(KEEP)];
         // After-context of earlier candidates.
@@ -1449,6 +1530,49 @@ mod tests {
             j,
             r#"{"class":"oom","confidence":0.5,"line":3,"text":"Killed","context":[[2,"x"]]}"#
         );
+    }
+
+    #[test]
+    fn cached_constant_weights_give_the_same_score() {
+        let mut p = Params::zeros(10, 10);
+        let mut x = 0x9e37_79b9u32;
+        for q in p.line_q.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            *q = x as i8;
+        }
+        let mut fixed = FixedW::new();
+        let lines: [&[u8]; 5] = [
+            b"[ERROR] a/b/c.rs:12:5: error: x -- *** (y) ==> z!",
+            b"--- FAIL: TestX (0.01s) ### [1/2] ~ `q` ; \"r\" {s} <t> | u & v ^ w",
+            b"npm ERR! code E404 @scope/pkg@1.2.3 ? % $ # + = , 0123456789abcdef0123456789abcdef0",
+            b"",
+            b"::: \\ '' ...",
+        ];
+        for _ in 0..2 {
+            for l in lines {
+                let a = line_score(&p, l);
+                let b = line_score_cached(&p, &mut fixed, l);
+                assert_eq!(a.to_bits(), b.to_bits(), "{}", String::from_utf8_lossy(l));
+            }
+        }
+        assert!(fixed.0.iter().any(|&c| c != FIXED_UNSET));
+        // One slot per constant feature.
+        let mut seen = std::collections::HashMap::new();
+        for h in (0x1000..0x1005)
+            .chain(0x2000..0x2006)
+            .chain([0x3000, 0x4000])
+            .chain(0x5000..0x5200)
+            .chain(0x7000..0x7020)
+        {
+            let k = fixed_slot(h).expect("cached");
+            assert!(k < FIXED_N);
+            assert_eq!(seen.insert(k, h), None, "{h:#x}");
+        }
+        assert_eq!(fixed_slot(0x5200), None);
+        assert_eq!(fixed_slot(0x1020), None);
+        assert_eq!(fixed_slot(0x8000), None);
     }
 
     #[test]

@@ -81,6 +81,28 @@ impl LineSplitter {
                     self.after_cr = false;
                     return;
                 }
+                Some(i)
+                    if self.cur.is_empty()
+                        && self.shown_no == 0
+                        && (data[i] == b'\n' || data.get(i + 1) == Some(&b'\n')) =>
+                {
+                    // A physical line of one segment ending in `\n` or
+                    // `\r\n`, whole in `data` (the common case): nothing of
+                    // it is buffered and nothing before it shows, so it is
+                    // what the terminal shows if it shows anything.
+                    // Normalised from `data` directly, as the general path
+                    // below would after copying it (a `\r\n` ends one line).
+                    let seg = &data[..i.min(MAX_LINE)];
+                    if has_visible(seg) {
+                        normalize_segment(seg, &mut self.norm);
+                        if !self.norm.is_empty() {
+                            emit(self.line_no, &self.norm);
+                        }
+                    }
+                    self.after_cr = false;
+                    self.line_no += 1;
+                    data = &data[i + 1 + usize::from(data[i] == b'\r')..];
+                }
                 Some(i) => {
                     self.push(&data[..i]);
                     if data[i] == b'\n' {
@@ -200,20 +222,38 @@ fn skip_escape(seg: &[u8], i: usize) -> usize {
 }
 
 /// Index of the first control byte (`< 0x20` or DEL) at or after `i`, or
-/// the length: eight bytes at a time, then byte by byte within the word
-/// that holds one.
+/// the length: sixteen bytes at a time, then eight, then byte by byte for
+/// the last few.
 #[inline]
 fn plain_end(seg: &[u8], mut i: usize) -> usize {
     const L: u64 = 0x0101_0101_0101_0101;
-    while let Some(w) = seg.get(i..i + 8) {
-        let x = u64::from_le_bytes(w.try_into().expect("8 bytes"));
-        // A byte below 0x20 (exact for presence when the bound is <= 0x80),
-        // a byte equal to 0x7f (a zero byte of x ^ 0x7f..).
+    // The high bit of a byte is set for a byte below 0x20, and for a byte
+    // equal to 0x7f (a zero byte of x ^ 0x7f..). Both tests can err only
+    // above a true hit (a borrow carries up from it), so the lowest bit set
+    // marks the first control byte exactly.
+    let control = |x: u64| {
         let below = x.wrapping_sub(L * 0x20) & !x & (L * 0x80);
         let y = x ^ (L * 0x7f);
         let del = y.wrapping_sub(L) & !y & (L * 0x80);
-        if below | del != 0 {
-            break;
+        below | del
+    };
+    let first = |m: u64| m.trailing_zeros() as usize / 8;
+    while let Some(w) = seg.get(i..i + 16) {
+        let x = control(u64::from_le_bytes(w[..8].try_into().expect("8 bytes")));
+        let z = control(u64::from_le_bytes(w[8..].try_into().expect("8 bytes")));
+        if x | z != 0 {
+            return if x != 0 {
+                i + first(x)
+            } else {
+                i + 8 + first(z)
+            };
+        }
+        i += 16;
+    }
+    if let Some(w) = seg.get(i..i + 8) {
+        let x = control(u64::from_le_bytes(w.try_into().expect("8 bytes")));
+        if x != 0 {
+            return i + first(x);
         }
         i += 8;
     }
@@ -266,6 +306,10 @@ pub fn normalize_segment(seg: &[u8], out: &mut Vec<u8>) {
 
 /// Length of a CI timestamp prefix at the start of `s` (0 if none).
 fn timestamp_prefix(s: &[u8]) -> usize {
+    // Every form below starts with `[` or a digit: most lines are done here.
+    if !matches!(s.first(), Some(b'[' | b'0'..=b'9')) {
+        return 0;
+    }
     let digits = |from: usize, n: usize| -> bool {
         s.len() >= from + n && s[from..from + n].iter().all(u8::is_ascii_digit)
     };
@@ -376,6 +420,10 @@ fn iso8601(s: &[u8]) -> Option<usize> {
 /// Remove fold/group markers; a pure marker line becomes empty.
 fn strip_markers(out: &mut Vec<u8>) {
     let s: &[u8] = out;
+    // Every marker below starts with one of these: most lines are done here.
+    if !matches!(s.first(), Some(b't' | b's' | b'#' | b':' | b'[')) {
+        return;
+    }
     // Travis: the whole segment is the marker.
     if s.starts_with(b"travis_fold:") || s.starts_with(b"travis_time:") {
         out.clear();
@@ -508,6 +556,40 @@ mod tests {
                 (4, "ok ✓".into())
             ]
         );
+    }
+
+    #[test]
+    fn whole_lines_and_split_lines_agree() {
+        // Lines whole in a chunk take the direct path; fed a byte at a
+        // time, only blank ones do.
+        let mut input = Vec::new();
+        for k in 0..200u32 {
+            input.extend_from_slice(
+                [
+                    &b"plain line\n"[..],
+                    b"\x1b[31merror\x1b[0m: x\r\n",
+                    b"  \t \n",
+                    b"10%\r50%\r100%\n",
+                    b"\r\n",
+                    b"\rlone\rcr\n",
+                    b"\x1b[0K\rshown\n",
+                ][k as usize % 7],
+            );
+            if k % 13 == 0 {
+                input.extend(std::iter::repeat_n(b'y', MAX_LINE + 5));
+                input.push(b'\n');
+            }
+        }
+        let whole = lines(&input);
+        let mut sp = LineSplitter::new();
+        let mut v = Vec::new();
+        let mut emit = |n: u64, s: &[u8]| v.push((n, String::from_utf8_lossy(s).into_owned()));
+        for c in input.chunks(1) {
+            sp.feed(c, &mut emit);
+        }
+        sp.finish(&mut emit);
+        assert_eq!(v, whole);
+        assert!(whole.len() > 150);
     }
 
     #[test]
