@@ -517,10 +517,10 @@ fn refused(rf: &RouteFilter, metrics: &FilterMetrics) -> Result<Outcome, ProxyEr
     }
 }
 
-/// An inspection for this request, or `None` (counted) when it does not apply.
-/// Start a filter's inspection of a body; a filter that skips it at once
-/// (content type, encoding) is counted and noted in `summary` (the access
-/// log's `filters` field).
+/// Start a filter's inspection of a body: `None` when it does not apply at
+/// once (content type, encoding), counted and noted in `summary` (the
+/// access log's `filters` field); an error when the filter refuses what it
+/// cannot read (`on_unreadable: reject`).
 fn start(
     f: &dyn Filter,
     info: &RequestInfo,
