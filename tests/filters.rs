@@ -366,6 +366,20 @@ async fn content_types_json_form_multipart_rfc822_and_unknown() {
     );
 }
 
+/// `sift check` on `yaml` (written to `cfg`): its exit code and stderr.
+fn sift_check(cfg: &std::path::Path, yaml: &str) -> (Option<i32>, String) {
+    std::fs::write(cfg, yaml).unwrap();
+    let out = std::process::Command::new(sift_bin())
+        .args(["check", "--config"])
+        .arg(cfg)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 fn gz(b: &[u8]) -> Vec<u8> {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     e.write_all(b).unwrap();
@@ -1034,18 +1048,7 @@ async fn bad_model_or_filter_config_is_a_clear_error() {
     let cfg = dir.path("bad.yaml");
     // `sift check` on a config with these filter and route-filter lines:
     // its exit code and stderr.
-    let check = |filter: &str, route: &str| {
-        std::fs::write(&cfg, config(up, filter, route, "")).unwrap();
-        let out = std::process::Command::new(sift_bin())
-            .args(["check", "--config"])
-            .arg(&cfg)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let check = |filter: &str, route: &str| sift_check(&cfg, &config(up, filter, route, ""));
 
     let (code, err) = check(
         &format!("    model: {}", junk.display()),
@@ -1398,16 +1401,7 @@ fn sift_check_reports_filter_option_conflicts() {
              filters:\n{filters}\nroutes:\n  - name: inbox\n    cluster: app\n    filters:\n\
              {route_filters}\nclusters:\n  - {{ name: app, endpoints: [\"127.0.0.1:9\"] }}\n"
         );
-        std::fs::write(&cfg, yaml).unwrap();
-        let out = std::process::Command::new(sift_bin())
-            .args(["check", "--config"])
-            .arg(&cfg)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        sift_check(&cfg, &yaml)
     };
     let (code, err) = check(
         "  - { name: spam, kind: spam, max_inspect_bytes: 1MiB, max_decompressed_bytes: 64KiB }",
