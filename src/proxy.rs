@@ -307,6 +307,7 @@ async fn proxy(
 
     // 5. Body limit, up front when the length is declared.
     let limit = route.spec.max_request_body.0;
+    transfer_codings(req.headers())?;
     let declared = content_length(req.headers())?;
     if declared.is_some_and(|len| len > limit) {
         return Err(ProxyError::BodyTooLarge { limit });
@@ -1368,11 +1369,11 @@ fn has_dot_segments(path: &str) -> bool {
     })
 }
 
-fn content_length(h: &HeaderMap) -> Result<Option<u64>, ProxyError> {
-    // A transfer coding other than chunked (`gzip, chunked`) would be lost
-    // when sift re-frames the body for the upstream, which would then read
-    // compressed bytes as the content: 501, as RFC 9112 §6.1 advises (and
-    // nginx answers).
+/// A transfer coding other than chunked (`gzip, chunked`) would be lost
+/// when sift re-frames the body for the upstream, which would then read
+/// compressed bytes as the content: 501, as RFC 9112 §6.1 advises (and
+/// nginx answers).
+fn transfer_codings(h: &HeaderMap) -> Result<(), ProxyError> {
     let other_coding = h
         .get_all(header::TRANSFER_ENCODING)
         .iter()
@@ -1384,6 +1385,10 @@ fn content_length(h: &HeaderMap) -> Result<Option<u64>, ProxyError> {
             "Transfer-Encoding other than chunked",
         ));
     }
+    Ok(())
+}
+
+fn content_length(h: &HeaderMap) -> Result<Option<u64>, ProxyError> {
     match h.get(header::CONTENT_LENGTH) {
         None => Ok(None),
         Some(v) => v

@@ -227,15 +227,19 @@ const LOW7: u64 = ONES * 0x7f;
 /// copied: the shift brings in zero bytes above the line's end.
 #[inline]
 fn word_at(s: &[u8], i: usize) -> u64 {
-    if let Some(w) = s.get(i..i + 8) {
-        u64::from_le_bytes(w.try_into().expect("8 bytes"))
-    } else if s.len() >= 8 {
-        let w = &s[s.len() - 8..];
-        // 1 ..= 7 bytes of the word come before `i`.
-        u64::from_le_bytes(w.try_into().expect("8 bytes")) >> (8 * (i + 8 - s.len()))
+    // No index or conversion here can panic, whatever `i` (past the end,
+    // every byte of the word is zero).
+    let tail = s.get(i..).unwrap_or_default();
+    if let Some(w) = tail.first_chunk::<8>() {
+        u64::from_le_bytes(*w)
+    } else if let Some(w) = s.last_chunk::<8>() {
+        // 1 ..= 7 bytes of the word come before `i` (a shift of 64 or
+        // more, for `i` past the end, gives 0).
+        let shift = (i + 8 - s.len()).saturating_mul(8).min(64) as u32;
+        u64::from_le_bytes(*w).checked_shr(shift).unwrap_or(0)
     } else {
         let mut b = [0u8; 8];
-        b[..s.len() - i].copy_from_slice(&s[i..]);
+        b[..tail.len()].copy_from_slice(tail);
         u64::from_le_bytes(b)
     }
 }

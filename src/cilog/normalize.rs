@@ -238,9 +238,11 @@ fn plain_end(seg: &[u8], mut i: usize) -> usize {
         below | del
     };
     let first = |m: u64| m.trailing_zeros() as usize / 8;
-    while let Some(w) = seg.get(i..i + 16) {
-        let x = control(u64::from_le_bytes(w[..8].try_into().expect("8 bytes")));
-        let z = control(u64::from_le_bytes(w[8..].try_into().expect("8 bytes")));
+    while let Some(w) = seg.get(i..).and_then(<[u8]>::first_chunk::<16>) {
+        // Little endian: bytes 0..8 are the low half, 8..16 the high.
+        let v = u128::from_le_bytes(*w);
+        let x = control(v as u64);
+        let z = control((v >> 64) as u64);
         if x | z != 0 {
             return if x != 0 {
                 i + first(x)
@@ -250,8 +252,8 @@ fn plain_end(seg: &[u8], mut i: usize) -> usize {
         }
         i += 16;
     }
-    if let Some(w) = seg.get(i..i + 8) {
-        let x = control(u64::from_le_bytes(w.try_into().expect("8 bytes")));
+    if let Some(w) = seg.get(i..).and_then(<[u8]>::first_chunk::<8>) {
+        let x = control(u64::from_le_bytes(*w));
         if x != 0 {
             return i + first(x);
         }

@@ -171,12 +171,21 @@ struct Longest {
 impl StrSink for Longest {
     fn bytes(&mut self, _: Option<usize>, b: &[u8]) {
         self.cur.extend_from_slice(b);
-        if self.cur.len() > self.best.len() {
-            self.best.clone_from(&self.cur);
-        }
     }
     fn end(&mut self, _: Option<usize>) {
+        // Kept by swapping buffers at each string's end: no copy.
+        if self.cur.len() > self.best.len() {
+            std::mem::swap(&mut self.best, &mut self.cur);
+        }
         self.cur.clear();
+    }
+}
+
+impl Longest {
+    /// The longest string, the one the prefix cuts off included.
+    fn into_best(mut self) -> Vec<u8> {
+        self.end(None);
+        self.best
     }
 }
 
@@ -260,10 +269,11 @@ impl Inspector for CilogInspector {
                     let mut w = JsonStrings::new(None, false);
                     let mut l = Longest::default();
                     w.feed(&buf, &mut l);
-                    if w.failed() || l.best.is_empty() {
+                    let best = l.into_best();
+                    if w.failed() || best.is_empty() {
                         return Err(Skip::ExtractError);
                     }
-                    model.classify(&l.best)
+                    model.classify(&best)
                 }
                 Err(_) => return Err(Skip::ExtractError),
             },

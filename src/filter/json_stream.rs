@@ -73,8 +73,6 @@ pub struct JsonStrings {
     /// `\uXXXX` value being read, and a pending high surrogate.
     hex: u32,
     high: Option<u32>,
-    /// Whether the top-level value began.
-    started: bool,
 }
 
 impl JsonStrings {
@@ -102,7 +100,6 @@ impl JsonStrings {
             want: None,
             hex: 0,
             high: None,
-            started: false,
         }
     }
 
@@ -290,13 +287,11 @@ impl JsonStrings {
                 State::Value => match b {
                     _ if b.is_ascii_whitespace() => {}
                     b'"' => {
-                        self.started = true;
                         self.want = self.wanted();
                         self.in_key = false;
                         self.state = State::Str;
                     }
                     b'{' | b'[' => {
-                        self.started = true;
                         if self.path.len() >= MAX_DEPTH {
                             self.fail();
                             return;
@@ -317,7 +312,6 @@ impl JsonStrings {
                         self.value_done();
                     }
                     b'-' | b'0'..=b'9' | b't' | b'f' | b'n' => {
-                        self.started = true;
                         self.state = State::Literal;
                     }
                     _ => {
