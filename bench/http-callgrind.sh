@@ -47,6 +47,8 @@ count() { # sift binary, requests -> instructions
     curl -sf -o /dev/null "http://127.0.0.1:$a/readyz" && break
     sleep 0.1
   done
+  curl -sf -o /dev/null "http://127.0.0.1:$a/readyz" || {
+    echo "sift did not start:" >&2; cat "$d/sift.log" >&2; return 1; }
   if [ -n "$BODY" ]; then
     curl -sf -o /dev/null -H 'content-type: text/plain' --data-binary @"$BODY" "http://127.0.0.1:$p/r[1-$n]"
   else
@@ -61,5 +63,6 @@ echo "http-callgrind: $(date -u) | N=$N N0=$N0 | body: ${BODY:-none (GET)} | rou
 for bin in "$@"; do
   hi=$(count "$bin" "$N")
   lo=$(count "$bin" "$N0")
+  [ -n "$hi" ] && [ -n "$lo" ] || exit 1
   echo "$bin: $(( (hi - lo) / (N - N0) )) instructions per request ($hi for $N, $lo for $N0)"
 done

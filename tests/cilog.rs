@@ -497,7 +497,7 @@ fn grouped_cv(folds: usize) -> train::Report {
         .iter()
         .map(|e| train::line_set(e, r.line_bits))
         .collect();
-    train::cross_validate(&data, &sets, folds, &r)
+    train::cross_validate(&data, &sets, folds, &r, train::Split::Repos)
 }
 
 /// Regression guard just below the measured level (grouped 5-fold CV by
@@ -565,4 +565,142 @@ fn order_salt_moves_only_the_class_scorer() {
     assert_eq!(pa.pos_w, pb.pos_w);
     assert_ne!(pa.class_w, pb.class_w, "the class scorer's order must move");
     assert_eq!(a.to_bytes(), again.to_bytes(), "training is deterministic");
+}
+
+/// `--split logs` deals each class's logs round robin over the folds (class
+/// shares within one log per fold, repositories shared); `--split repos`
+/// never puts one repository in two folds.
+#[test]
+fn log_folds_are_stratified_and_repo_folds_are_grouped() {
+    use std::collections::{HashMap, HashSet};
+    let data = all_data();
+    let k = 5;
+    let logs = train::folds_for(&data, k, 42, train::Split::Logs);
+    let mut per_class: HashMap<String, Vec<usize>> = HashMap::new();
+    let mut sizes = vec![0usize; k];
+    for (e, &f) in data.iter().zip(&logs) {
+        per_class
+            .entry(e.label.as_str().to_string())
+            .or_insert_with(|| vec![0; k])[f] += 1;
+        sizes[f] += 1;
+    }
+    for (c, counts) in &per_class {
+        let (lo, hi) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+        assert!(hi - lo <= 1, "class {c} spread over folds {counts:?}");
+    }
+    assert!(
+        sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1,
+        "{sizes:?}"
+    );
+    let repo_folds = |folds: &[usize]| {
+        let mut m: HashMap<&str, HashSet<usize>> = HashMap::new();
+        for (e, &f) in data.iter().zip(folds) {
+            m.entry(e.group.as_str()).or_default().insert(f);
+        }
+        m.values().map(HashSet::len).max().unwrap()
+    };
+    assert!(repo_folds(&logs) > 1, "log folds share repositories");
+    let repos = train::folds_for(&data, k, 42, train::Split::Repos);
+    assert_eq!(repo_folds(&repos), 1, "repository folds are grouped");
+}
+
+/// `--also DIR` adds a second labelled-log folder (its own labels.csv and
+/// logs/) to the training data; a folder without labels is a clear error.
+#[test]
+fn train_also_adds_a_second_labelled_folder() {
+    let data = all_data();
+    let src = data_dir();
+    let tmp = std::env::temp_dir().join(format!("sift-cilog-also-{}", std::process::id()));
+    let (a, b) = (tmp.join("a"), tmp.join("b"));
+    // Two small folders of real logs (4 and 3), copied out of the shared
+    // data set into a temporary directory for this test only.
+    for (dir, rows) in [(&a, &data[..4]), (&b, &data[4..7])] {
+        std::fs::create_dir_all(dir.join("logs")).unwrap();
+        let mut csv = String::from("path,label,repo,chunk_first_line,chunk_last_line\n");
+        for (k, e) in rows.iter().enumerate() {
+            let name = format!("{k}.log");
+            std::fs::copy(src.join("logs").join(&e.path), dir.join("logs").join(&name)).unwrap();
+            let (f, l) = e.chunk.unwrap_or((1, 1));
+            csv.push_str(&format!(
+                "{name},{},{},{f},{l}\n",
+                e.label.as_str(),
+                e.group
+            ));
+        }
+        std::fs::write(dir.join("labels.csv"), csv).unwrap();
+    }
+    let out_model = tmp.join("model.bin");
+    let out = sift()
+        .args(["train", "cilog", "--data"])
+        .arg(&a)
+        .arg("--also")
+        .arg(&b)
+        .arg("--out")
+        .arg(&out_model)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("loaded 7 logs"), "{err}");
+    CilogModel::load(&out_model).expect("the trained model loads");
+    let out = sift()
+        .args(["train", "cilog", "--data"])
+        .arg(&a)
+        .arg("--also")
+        .arg(tmp.join("missing"))
+        .arg("--out")
+        .arg(&out_model)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("missing/labels.csv") && !err.contains("panicked"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&tmp).ok();
+}
+
+/// `--adapt N`: both reports score the same logs, namely each held-out
+/// repository's logs past its first N (which join training instead).
+#[test]
+fn adapt_scores_only_logs_past_each_repositorys_first_n() {
+    use std::collections::HashMap;
+    let all = all_data();
+    // Four repositories with at least 6 logs each: a small, fast CV.
+    let mut count: HashMap<&str, usize> = HashMap::new();
+    for e in &all {
+        *count.entry(e.group.as_str()).or_default() += 1;
+    }
+    let mut repos: Vec<&str> = count
+        .iter()
+        .filter(|(_, n)| **n >= 6)
+        .map(|(g, _)| *g)
+        .collect();
+    repos.sort_unstable();
+    repos.truncate(4);
+    let data: Vec<Example> = all
+        .iter()
+        .filter(|e| repos.contains(&e.group.as_str()))
+        .cloned()
+        .collect();
+    let r = Recipe::default();
+    let sets: Vec<_> = data
+        .iter()
+        .map(|e| train::line_set(e, r.line_bits))
+        .collect();
+    let n = 2;
+    let (zero, adapted) = train::adapt_cv(&data, &sets, 2, &r, n);
+    let mut rank: HashMap<&str, usize> = HashMap::new();
+    let expected: Vec<usize> = (0..data.len())
+        .filter(|&i| {
+            let k = rank.entry(data[i].group.as_str()).or_default();
+            *k += 1;
+            *k > n
+        })
+        .collect();
+    let scored = |rep: &train::Report| rep.predictions.iter().map(|p| p.0).collect::<Vec<_>>();
+    assert_eq!(scored(&zero), expected);
+    assert_eq!(scored(&adapted), expected);
+    assert_eq!(zero.n, data.len() - n * repos.len());
 }

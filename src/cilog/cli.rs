@@ -26,6 +26,11 @@ pub struct CilogRecipe {
     /// Folder the CSV's paths are relative to; default <labels dir>/logs.
     #[arg(long)]
     pub logs: Option<PathBuf>,
+    /// More labelled logs, added to the data above: a folder with its own
+    /// labels.csv and logs/ (repeatable), e.g. your repositories' failed
+    /// builds beside the shipped data set.
+    #[arg(long, value_name = "DIR")]
+    pub also: Vec<PathBuf>,
     /// log2 of the line scorer's buckets.
     #[arg(long, default_value_t = Recipe::default().line_bits)]
     pub line_bits: u8,
@@ -115,6 +120,18 @@ pub struct EvalCilog {
     /// Folds (grouped by repository).
     #[arg(long, default_value_t = 5)]
     pub folds: usize,
+    /// How folds are drawn: `repos` (grouped by repository, the issue's
+    /// protocol) or `logs` (stratified by class, repositories shared
+    /// between train and test: what retraining on your own repositories'
+    /// logs gives; a diagnostic).
+    #[arg(long, default_value = "repos", value_parser = ["repos", "logs"])]
+    pub split: String,
+    /// Adaptation: each held-out repository also gives its first N logs
+    /// to training (as an operator labelling a few logs of a new
+    /// repository); prints the zero-shot and the adapted figures over the
+    /// same remaining logs. Grouped folds only.
+    #[arg(long, value_name = "N")]
+    pub adapt: Option<usize>,
     /// Diagnostic: train on all logs and score on them (not a CV figure).
     #[arg(long)]
     pub in_sample: bool,
@@ -141,9 +158,17 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 fn load_data(r: &CilogRecipe, bits: u8) -> Result<(Vec<Example>, Vec<LineSet>), String> {
     let t = Instant::now();
     let (labels, logs) = r.paths();
-    let data = train::load_labelled(&labels, &logs).map_err(|e| e.to_string())?;
+    let mut data = train::load_labelled(&labels, &logs).map_err(|e| e.to_string())?;
     if data.is_empty() {
         return Err(format!("{}: no labelled logs", labels.display()));
+    }
+    for dir in &r.also {
+        let (l, g) = (dir.join("labels.csv"), dir.join("logs"));
+        let more = train::load_labelled(&l, &g).map_err(|e| e.to_string())?;
+        if more.is_empty() {
+            return Err(format!("{}: no labelled logs", l.display()));
+        }
+        data.extend(more);
     }
     let sets: Vec<LineSet> = data.iter().map(|e| train::line_set(e, bits)).collect();
     let bytes: usize = data.iter().map(|e| e.bytes.len()).sum();
@@ -157,7 +182,10 @@ fn load_data(r: &CilogRecipe, bits: u8) -> Result<(Vec<Example>, Vec<LineSet>), 
             g.dedup();
             g.len()
         },
-        labels.display(),
+        std::iter::once(labels.display().to_string())
+            .chain(r.also.iter().map(|d| d.display().to_string()))
+            .collect::<Vec<_>>()
+            .join(" + "),
         t.elapsed().as_secs_f64()
     );
     Ok((data, sets))
@@ -227,6 +255,38 @@ pub fn run_eval(args: EvalCilog) -> ExitCode {
     };
     let t = Instant::now();
     let k = args.folds.max(2);
+    let split = if args.split == "logs" {
+        train::Split::Logs
+    } else {
+        train::Split::Repos
+    };
+    if let Some(n) = args.adapt {
+        if split != train::Split::Repos || args.in_sample || args.chunk_oracle {
+            return fail(
+                "--adapt works on grouped folds only (no --split logs, --in-sample, --chunk-oracle)",
+            );
+        }
+        let (zero, adapted) = train::adapt_cv(&data, &sets, k, &r, n);
+        for (what, rep) in [("zero-shot", &zero), ("after learning", &adapted)] {
+            println!(
+                "grouped {k}-fold CV, held-out repositories' first {n} logs {} training (seed {}, {} logs scored): accuracy {:.3}, macro-F1 (classes with >= 5 examples) {:.3}, evidence inside the human chunk {:.1}% ({}/{})  [{what}]",
+                if what == "zero-shot" {
+                    "kept out of"
+                } else {
+                    "added to"
+                },
+                r.seed,
+                rep.n,
+                rep.accuracy(),
+                rep.macro_f1(5),
+                100.0 * rep.evidence_share(),
+                rep.evidence_in_chunk,
+                rep.with_chunk,
+            );
+        }
+        println!("[{:.1}s]", t.elapsed().as_secs_f64());
+        return ExitCode::SUCCESS;
+    }
     let rep = if args.in_sample {
         let rows: Vec<usize> = (0..data.len()).collect();
         let m = train::train(&data, &sets, &rows, &r, "in-sample");
@@ -238,12 +298,14 @@ pub fn run_eval(args: EvalCilog) -> ExitCode {
         rep
     } else if args.chunk_oracle {
         println!("CHUNK ORACLE (class scorer on the human chunks):");
-        train::oracle_cv(&data, k, &r)
+        train::oracle_cv(&data, k, &r, split)
     } else {
-        train::cross_validate(&data, &sets, k, &r)
+        train::cross_validate(&data, &sets, k, &r, split)
     };
     let what = if args.in_sample {
         "in-sample (trained on the test logs)".to_string()
+    } else if split == train::Split::Logs {
+        format!("{k}-fold CV over logs, stratified by class, repositories shared")
     } else {
         format!("grouped {k}-fold CV by repository")
     };

@@ -740,6 +740,46 @@ pub fn group_folds(data: &[Example], k: usize, seed: u64) -> Vec<usize> {
         .collect()
 }
 
+/// How the evaluation's folds are drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Split {
+    /// Folds grouped by repository: no repository in both train and test
+    /// (the protocol; what a repository sift never saw gets).
+    #[default]
+    Repos,
+    /// Folds over logs, stratified by class, repositories shared between
+    /// train and test: what an operator who retrains on labelled logs of
+    /// their own repositories can expect (a diagnostic, not the target).
+    Logs,
+}
+
+/// Fold of each log under `split`.
+pub fn folds_for(data: &[Example], k: usize, seed: u64, split: Split) -> Vec<usize> {
+    match split {
+        Split::Repos => group_folds(data, k, seed),
+        Split::Logs => class_folds(data, k, seed),
+    }
+}
+
+/// Stratified folds over logs: each class's logs, shuffled, dealt round
+/// robin (the next class starts where the last one stopped, so the folds'
+/// sizes differ by at most one).
+pub fn class_folds(data: &[Example], k: usize, seed: u64) -> Vec<usize> {
+    let k = k.max(1);
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut folds = vec![0; data.len()];
+    let mut next = 0usize;
+    for c in Class::ALL {
+        let mut rows: Vec<usize> = (0..data.len()).filter(|&i| data[i].label == c).collect();
+        rng.shuffle(&mut rows);
+        for i in rows {
+            folds[i] = next % k;
+            next += 1;
+        }
+    }
+    folds
+}
+
 /// Evaluation results.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
@@ -829,8 +869,14 @@ impl Report {
 }
 
 /// Grouped k-fold cross-validation of the recipe.
-pub fn cross_validate(data: &[Example], sets: &[LineSet], k: usize, r: &Recipe) -> Report {
-    let folds = group_folds(data, k, r.seed);
+pub fn cross_validate(
+    data: &[Example],
+    sets: &[LineSet],
+    k: usize,
+    r: &Recipe,
+    split: Split,
+) -> Report {
+    let folds = folds_for(data, k, r.seed, split);
     let mut rep = Report::default();
     for f in 0..k {
         let train_rows: Vec<usize> = (0..data.len()).filter(|&i| folds[i] != f).collect();
@@ -844,9 +890,57 @@ pub fn cross_validate(data: &[Example], sets: &[LineSet], k: usize, r: &Recipe) 
     rep
 }
 
-/// Diagnostic: the class scorer trained and tested on the human chunks.
-pub fn oracle_cv(data: &[Example], k: usize, r: &Recipe) -> Report {
+/// Adaptation to new repositories: grouped CV by repository, where each
+/// held-out repository also gives its first `adapt` logs (in data order)
+/// to training, as an operator who labels a few of a new repository's logs
+/// would. Returns the zero-shot report (the plain grouped-CV model) and the
+/// adapted one, both over the same logs: the held-out logs past each
+/// repository's first `adapt` (repositories with no more logs drop out).
+pub fn adapt_cv(
+    data: &[Example],
+    sets: &[LineSet],
+    k: usize,
+    r: &Recipe,
+    adapt: usize,
+) -> (Report, Report) {
     let folds = group_folds(data, k, r.seed);
+    let mut seen_in_repo: std::collections::HashMap<&str, usize> = Default::default();
+    let seen: Vec<bool> = data
+        .iter()
+        .map(|e| {
+            let n = seen_in_repo.entry(e.group.as_str()).or_default();
+            *n += 1;
+            *n <= adapt
+        })
+        .collect();
+    let (mut zero, mut adapted) = (Report::default(), Report::default());
+    for f in 0..k {
+        let base: Vec<usize> = (0..data.len()).filter(|&i| folds[i] != f).collect();
+        let extra: Vec<usize> = (0..data.len())
+            .filter(|&i| folds[i] == f && seen[i])
+            .collect();
+        let test: Vec<usize> = (0..data.len())
+            .filter(|&i| folds[i] == f && !seen[i])
+            .collect();
+        if test.is_empty() {
+            continue;
+        }
+        let m0 = train(data, sets, &base, r, "cv zero-shot");
+        let rows: Vec<usize> = base.iter().chain(&extra).copied().collect();
+        let m1 = train(data, sets, &rows, r, "cv adapted");
+        for &i in &test {
+            zero.add(i, &data[i], m0.classify(&data[i].bytes));
+            adapted.add(i, &data[i], m1.classify(&data[i].bytes));
+        }
+    }
+    zero.predictions.sort_by_key(|p| p.0);
+    adapted.predictions.sort_by_key(|p| p.0);
+    (zero, adapted)
+}
+
+/// Diagnostic: the class scorer trained and tested on the human chunks.
+pub fn oracle_cv(data: &[Example], k: usize, r: &Recipe, split: Split) -> Report {
+    let folds = folds_for(data, k, r.seed, split);
     let groups = group_ids(data);
     let p0 = Params::zeros(r.line_bits, r.class_bits);
     let feats: Vec<Option<Vec<(u32, f32)>>> = data
