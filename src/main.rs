@@ -88,14 +88,14 @@ fn main() -> ExitCode {
             demo: true,
         }),
         Cmd::Check { config } => check(&config),
-        Cmd::Schema => {
-            print!("{}", config::json_schema());
-            ExitCode::SUCCESS
-        }
-        Cmd::DefaultConfig => {
-            print!("{}", config::DEV_DEFAULT);
-            ExitCode::SUCCESS
-        }
+        Cmd::Schema => match sift::classify::cli::out(config::json_schema()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => sift::classify::cli::stdout_failed(e),
+        },
+        Cmd::DefaultConfig => match sift::classify::cli::out(config::DEV_DEFAULT) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => sift::classify::cli::stdout_failed(e),
+        },
         Cmd::Train { what } => sift::classify::cli::run_train(what),
         Cmd::Eval { what } => sift::classify::cli::run_eval(what),
         Cmd::Classify(args) => sift::classify::cli::run_classify(args),

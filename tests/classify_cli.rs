@@ -306,3 +306,44 @@ fn cilog_lines_have_the_answer_routes_shape() {
     ));
     assert_eq!(gz[0], *v);
 }
+
+/// A reader that stops early (`sift classify ... | head -1`) ends the
+/// command quietly with success: no panic, no backtrace on stderr.
+#[test]
+fn a_closed_stdout_stops_classify_quietly() {
+    use std::io::{BufRead, BufReader, Read};
+    let dir = TempDir::new();
+    let text = dir.path("a.txt");
+    std::fs::write(&text, "Win a prize now! Call 09061701461 to claim.\n").unwrap();
+    // Enough inputs that sift is still writing when the reader goes away
+    // (far more output than a pipe buffer holds).
+    let files: Vec<String> = (0..5_000).map(|_| s(&text)).collect();
+    for filter in ["spam", "cilog"] {
+        let mut child = Command::new(sift_bin())
+            .args(["classify", "--filter", filter])
+            .args(&files)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run sift");
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        // The reader (and the pipe's read end) is dropped here.
+        assert!(
+            first.contains(&format!("\"filter\":\"{filter}\"")),
+            "{first}"
+        );
+        let status = child.wait().unwrap();
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert!(status.success(), "{filter}: {status:?}: {err}");
+        assert!(!err.contains("panicked"), "{filter}: {err}");
+    }
+}

@@ -390,7 +390,9 @@ pub fn bench(model: &Path, data: &[Example]) -> Result<String, String> {
 /// `sift classify --filter cilog`: one JSON line per input, in the shape
 /// of the answer route's verdict (`context` as `{"line", "text"}` objects).
 pub fn run_classify(model: &Path, files: &[PathBuf]) -> ExitCode {
-    use crate::classify::cli::{input_names, is_builtin, open_input, skipped_line};
+    use crate::classify::cli::{
+        input_names, is_builtin, open_input, out_line, skipped_line, stdout_failed,
+    };
     let loaded = if is_builtin(model) {
         CilogModel::from_bytes(crate::filter::cilog::BUILTIN_MODEL)
             .map_err(|e| format!("builtin: {e}"))
@@ -404,13 +406,17 @@ pub fn run_classify(model: &Path, files: &[PathBuf]) -> ExitCode {
     let mut code = ExitCode::SUCCESS;
     for input in input_names(files) {
         let name = input.display().to_string();
-        match open_input(&input).and_then(|r| scan_reader(&m, r)) {
-            Ok(Some(v)) => println!("{}", verdict_line(&name, &v)),
-            Ok(None) => println!("{}", skipped_line(&name, "cilog", "empty")),
+        let written = match open_input(&input).and_then(|r| scan_reader(&m, r)) {
+            Ok(Some(v)) => out_line(verdict_line(&name, &v)),
+            Ok(None) => out_line(skipped_line(&name, "cilog", "empty")),
             Err(e) => {
                 eprintln!("sift: {name}: {e}");
                 code = ExitCode::FAILURE;
+                Ok(())
             }
+        };
+        if let Err(e) = written {
+            return stdout_failed(e);
         }
     }
     code

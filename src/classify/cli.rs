@@ -329,6 +329,32 @@ pub fn read_input(mut r: impl Read, cap: u64) -> std::io::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Write `text` to stdout. A closed stdout (`sift classify ... | head -1`)
+/// is an error the caller turns into a quiet stop with [`stdout_failed`],
+/// not a panic as `println!` would make it.
+pub fn out(text: impl std::fmt::Display) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    write!(o, "{text}")?;
+    o.flush()
+}
+
+/// [`out`] with a newline.
+pub fn out_line(line: impl std::fmt::Display) -> std::io::Result<()> {
+    out(format_args!("{line}\n"))
+}
+
+/// The exit status after a failed stdout write: success when the reader
+/// went away (broken pipe: it has read what it wanted, as with `head`),
+/// else the error on stderr and failure.
+pub fn stdout_failed(e: std::io::Error) -> ExitCode {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        ExitCode::SUCCESS
+    } else {
+        fail(format!("stdout: {e}"))
+    }
+}
+
 /// The line `sift classify` prints for an input it does not classify, with
 /// the server's skip reason (e.g. `empty`).
 pub fn skipped_line(name: &str, filter: &str, reason: &str) -> serde_json::Value {
@@ -893,7 +919,9 @@ pub fn run_classify(args: ClassifyArgs) -> ExitCode {
         };
         let view = text::view(&raw);
         if is_empty_view(&view) {
-            println!("{}", skipped_line(&name, "spam", "empty"));
+            if let Err(e) = out_line(skipped_line(&name, "spam", "empty")) {
+                return stdout_failed(e);
+            }
             continue;
         }
         let s = clf.score(&view);
@@ -908,7 +936,9 @@ pub fn run_classify(args: ClassifyArgs) -> ExitCode {
         if args.explain {
             line["explain"] = serde_json::json!(clf.explain(&view, args.top));
         }
-        println!("{line}");
+        if let Err(e) = out_line(line) {
+            return stdout_failed(e);
+        }
     }
     code
 }

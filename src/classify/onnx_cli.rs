@@ -313,7 +313,9 @@ pub fn run_classify_onnx(args: &super::cli::ClassifyArgs, model: &std::path::Pat
             }
         };
         if is_empty_view(&view) {
-            println!("{}", skipped_line(&name, "spam", "empty"));
+            if let Err(e) = super::cli::out_line(skipped_line(&name, "spam", "empty")) {
+                return super::cli::stdout_failed(e);
+            }
             continue;
         }
         let s = match clf.score(&view) {
@@ -333,7 +335,9 @@ pub fn run_classify_onnx(args: &super::cli::ClassifyArgs, model: &std::path::Pat
             "threshold": (f64::from(clf.threshold_probability()) * 1e6).round() / 1e6,
             "margin": (f64::from(s.margin) * 1e4).round() / 1e4,
         });
-        println!("{line}");
+        if let Err(e) = super::cli::out_line(line) {
+            return super::cli::stdout_failed(e);
+        }
     }
     code
 }
