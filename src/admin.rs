@@ -373,17 +373,18 @@ async fn filters(req: Request<Incoming>, path: &str, shared: &Shared) -> Respons
     match res {
         Ok(Ok(report)) => {
             let l = &metrics.filters.learned;
-            l.with_label_values(&[name, "spam"])
-                .inc_by(report.spam as u64);
-            l.with_label_values(&[name, "ham"])
-                .inc_by(report.ham as u64);
+            for (label, n) in report.by_label() {
+                l.with_label_values(&[name, label.as_str()])
+                    .inc_by(n as u64);
+            }
             tracing::info!(filter = name, examples = report.examples, saved_to = %report.saved_to, "filter learned from examples");
             json_response(StatusCode::OK, json!(report))
         }
         Ok(Err(e)) => {
             let status = match e {
                 crate::filter::FilterError::BadExamples(_) => StatusCode::BAD_REQUEST,
-                crate::filter::FilterError::LearnUnsupported(_) => StatusCode::CONFLICT,
+                crate::filter::FilterError::LearnUnsupported(_)
+                | crate::filter::FilterError::LearnNeedsData(_) => StatusCode::CONFLICT,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             };
             json_response(status, json!({ "error": e.to_string() }))

@@ -519,3 +519,228 @@ fn tempdir_in_target(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// Labelled logs of the set as `(path, label, repo, first, last)`, in
+/// labels.csv order.
+fn labelled_rows() -> Vec<(String, String, String, String, String)> {
+    let csv = std::fs::read_to_string(data().join("labels.csv")).expect("labels.csv");
+    csv.lines()
+        .skip(1)
+        .map(|l| l.split(',').collect::<Vec<_>>())
+        .filter(|f| f.len() >= 10)
+        .map(|f| {
+            let n = f.len();
+            (
+                f[1].to_string(),
+                f[4].to_string(),
+                f[3].to_string(),
+                f[n - 3].to_string(),
+                f[n - 2].to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The verdict fields the answer route and the CLI share.
+fn core(v: &serde_json::Value) -> serde_json::Value {
+    let mut o = serde_json::Map::new();
+    for k in ["class", "confidence", "line", "text", "context"] {
+        o.insert(k.into(), v[k].clone());
+    }
+    o.into()
+}
+
+/// `POST /filters/{name}/learn` on a cilog filter with `learn_data`:
+/// retrains on that folder plus the posted logs (kept in a store beside the
+/// learned model), answers with the report, serves the new model at once
+/// and after a restart; the served model is byte for byte what `sift train
+/// cilog --data DIR --also STORE` builds offline. Bad examples are a 400
+/// that changes nothing; a cilog filter without learn_data answers 409.
+#[tokio::test(flavor = "multi_thread")]
+async fn cilog_learns_from_labelled_logs_and_persists() {
+    let rows = labelled_rows();
+    let dir = TempDir::new();
+    // learn_data: the first 3 logs of each of the first 5 repositories.
+    let base = dir.path("base");
+    std::fs::create_dir_all(base.join("logs")).unwrap();
+    let mut csv = String::from("path,label,repo,chunk_first_line,chunk_last_line\n");
+    let mut per_repo: std::collections::HashMap<&str, usize> = Default::default();
+    let mut repos: Vec<&str> = Vec::new();
+    for (path, label, repo, a, b) in &rows {
+        let n = per_repo.entry(repo).or_default();
+        if *n >= 3 || (!repos.contains(&repo.as_str()) && repos.len() >= 5) {
+            continue;
+        }
+        if !repos.contains(&repo.as_str()) {
+            repos.push(repo);
+        }
+        *n += 1;
+        let name = format!("{}-{n}.log", repos.len());
+        std::fs::copy(
+            data().join("logs").join(path),
+            base.join("logs").join(&name),
+        )
+        .unwrap();
+        csv.push_str(&format!("{name},{label},{repo},{a},{b}\n"));
+    }
+    std::fs::write(base.join("labels.csv"), &csv).unwrap();
+    let n_base = csv.lines().count() - 1;
+    // The batch: 4 logs of a repository the base does not have.
+    let other = rows
+        .iter()
+        .map(|r| r.2.as_str())
+        .find(|r| !repos.contains(r))
+        .unwrap();
+    let mut jsonl = String::new();
+    for (path, label, repo, a, b) in rows.iter().filter(|r| r.2 == other).take(4) {
+        let log = String::from_utf8_lossy(&std::fs::read(data().join("logs").join(path)).unwrap())
+            .into_owned();
+        let mut o = serde_json::json!({ "log": log, "label": label, "repo": repo });
+        if let (Ok(a), Ok(b)) = (a.parse::<u64>(), b.parse::<u64>()) {
+            o["chunk_first_line"] = a.into();
+            o["chunk_last_line"] = b.into();
+        }
+        jsonl.push_str(&o.to_string());
+        jsonl.push('\n');
+    }
+    let learned = dir.path("cilog.learned.bin");
+    let store = dir.path("cilog.learned.bin.examples.jsonl");
+    let yaml = format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners:
+  - name: main
+    address: "127.0.0.1:0"
+filters:
+  - name: cilog
+    kind: cilog
+    learn_data: {}
+    learned_model: {}
+  - name: fixed
+    kind: cilog
+routes:
+  - name: classify
+    match: {{ path: {{ prefix: /classify }} }}
+    answer: cilog
+    max_request_body: 100MiB
+"#,
+        base.display(),
+        learned.display()
+    );
+    let cfg = dir.path("sift.yaml");
+    std::fs::write(&cfg, &yaml).unwrap();
+    let probe = std::fs::read(data().join("logs").join(&rows[rows.len() - 1].0)).unwrap();
+    let mut sift = Sift::start_at(dir, cfg.clone()).unwrap();
+    let before = json(post(&sift, "/classify", &[], probe.clone()).await.body());
+    assert_eq!(
+        core(&before),
+        core(&cli_verdict(&probe)),
+        "builtin model serves first"
+    );
+
+    let r = send(
+        Request::post(sift.admin_url("/filters/cilog/learn"))
+            .body(full(jsonl.clone()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status(), 200, "{:?}", r.body());
+    let rep = json(r.body());
+    assert_eq!(rep["examples"], 4, "{rep}");
+    assert_eq!(rep["trained_on"], n_base + 4, "{rep}");
+    let per_class: u64 = rep["classes"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(per_class, 4, "{rep}");
+    assert!(learned.exists() && store.exists());
+    let r = get_text(&sift.admin_url("/filters")).await;
+    assert!(
+        r.1.contains("cilog.learned.bin\""),
+        "serves the learned model: {}",
+        r.1
+    );
+    assert_eq!(std::fs::read_to_string(&store).unwrap().lines().count(), 4);
+
+    // The served model is what the offline command builds from the same data.
+    let offline = store.with_file_name("offline.bin");
+    let out = std::process::Command::new(sift_bin())
+        .args(["train", "cilog", "--data"])
+        .arg(&base)
+        .arg("--also")
+        .arg(&store)
+        .arg("--out")
+        .arg(&offline)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(&offline).unwrap(),
+        std::fs::read(&learned).unwrap(),
+        "learned model = sift train cilog --data base --also store"
+    );
+    // ... and it answers: the answer route agrees with the CLI on it.
+    let served = json(post(&sift, "/classify", &[], probe.clone()).await.body());
+    let cli = std::process::Command::new(sift_bin())
+        .args(["classify", "--filter", "cilog", "--model"])
+        .arg(&learned)
+        .arg(data().join("logs").join(&rows[rows.len() - 1].0))
+        .output()
+        .unwrap();
+    let cli: serde_json::Value = serde_json::from_slice(&cli.stdout).unwrap();
+    assert_eq!(core(&served), core(&cli), "the learned model serves");
+    let metrics = get_text(&sift.admin_url("/metrics")).await.1;
+    assert!(
+        metrics.contains("sift_filter_learned_examples_total{filter=\"cilog\""),
+        "{metrics}"
+    );
+
+    // Bad examples: 400, nothing learned or stored.
+    for bad in [
+        "{\"log\": \"x\", \"label\": \"maybe\"}\n",
+        "{\"label\": \"test\"}\n",
+        "{\"log\": \"x\", \"label\": \"test\", \"chunk_first_line\": 3}\n",
+        "not json\n",
+        "",
+    ] {
+        let r = send(
+            Request::post(sift.admin_url("/filters/cilog/learn"))
+                .body(full(bad))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(r.status(), 400, "{bad:?}: {:?}", r.body());
+    }
+    assert_eq!(std::fs::read_to_string(&store).unwrap().lines().count(), 4);
+    // A cilog filter without learn_data cannot learn.
+    let r = send(
+        Request::post(sift.admin_url("/filters/fixed/learn"))
+            .body(full(jsonl))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status(), 409, "{:?}", r.body());
+    assert!(
+        String::from_utf8_lossy(r.body()).contains("learn_data"),
+        "{:?}",
+        r.body()
+    );
+
+    // After a restart the learned model is the one loaded.
+    sift.signal("TERM");
+    sift.wait_exit(std::time::Duration::from_secs(10));
+    let dir2 = TempDir::new();
+    let cfg2 = dir2.path("sift.yaml");
+    std::fs::copy(&cfg, &cfg2).unwrap();
+    let sift = Sift::start_at(dir2, cfg2).unwrap();
+    let r = get_text(&sift.admin_url("/filters")).await;
+    assert!(r.1.contains("cilog.learned.bin\""), "{}", r.1);
+    let again = json(post(&sift, "/classify", &[], probe).await.body());
+    assert_eq!(again, served, "restart keeps the learned model");
+}

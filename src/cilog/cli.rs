@@ -26,10 +26,12 @@ pub struct CilogRecipe {
     /// Folder the CSV's paths are relative to; default <labels dir>/logs.
     #[arg(long)]
     pub logs: Option<PathBuf>,
-    /// More labelled logs, added to the data above: a folder with its own
-    /// labels.csv and logs/ (repeatable), e.g. your repositories' failed
-    /// builds beside the shipped data set.
-    #[arg(long, value_name = "DIR")]
+    /// More labelled logs, added to the data above (repeatable): a folder
+    /// with its own labels.csv and logs/, or a JSONL file of
+    /// `{"log", "label", "repo"?, "chunk_first_line"?, "chunk_last_line"?}`
+    /// lines (the learn endpoint's format and store), e.g. your
+    /// repositories' failed builds beside the shipped data set.
+    #[arg(long, value_name = "DIR|FILE")]
     pub also: Vec<PathBuf>,
     /// log2 of the line scorer's buckets.
     #[arg(long, default_value_t = Recipe::default().line_bits)]
@@ -162,13 +164,12 @@ fn load_data(r: &CilogRecipe, bits: u8) -> Result<(Vec<Example>, Vec<LineSet>), 
     if data.is_empty() {
         return Err(format!("{}: no labelled logs", labels.display()));
     }
-    for dir in &r.also {
-        let (l, g) = (dir.join("labels.csv"), dir.join("logs"));
-        let more = train::load_labelled(&l, &g).map_err(|e| e.to_string())?;
-        if more.is_empty() {
-            return Err(format!("{}: no labelled logs", l.display()));
+    for more in &r.also {
+        let logs = train::load_any(more).map_err(|e| e.to_string())?;
+        if logs.is_empty() {
+            return Err(format!("{}: no labelled logs", more.display()));
         }
-        data.extend(more);
+        data.extend(logs);
     }
     let sets: Vec<LineSet> = data.iter().map(|e| train::line_set(e, bits)).collect();
     let bytes: usize = data.iter().map(|e| e.bytes.len()).sum();
@@ -201,36 +202,7 @@ pub fn run_train(args: TrainCilog) -> ExitCode {
         Err(e) => return fail(e),
     };
     let t = Instant::now();
-    let mut counts = [0usize; super::N_CLASSES];
-    for e in &data {
-        counts[e.label.index()] += 1;
-    }
-    let dist: Vec<String> = Class::ALL
-        .iter()
-        .filter(|c| counts[c.index()] > 0)
-        .map(|c| format!("{} {}", c.as_str(), counts[c.index()]))
-        .collect();
-    let note = format!(
-        "{} labelled CI logs ({}); line_bits {} class_bits {} line_epochs {} line_lr {} class_epochs {} class_lr {} l2 {} class_l2 {} seed {}",
-        data.len(),
-        dist.join(", "),
-        r.line_bits,
-        r.class_bits,
-        r.line_epochs,
-        r.line_lr,
-        r.class_epochs,
-        r.class_lr,
-        r.l2,
-        r.class_l2,
-        r.seed
-    );
-    let note = if r.order_salt != 0 {
-        format!("{note} order_salt {}", r.order_salt)
-    } else {
-        note
-    };
-    let rows: Vec<usize> = (0..data.len()).collect();
-    let m = train::train(&data, &sets, &rows, &r, &note);
+    let (m, note) = train::train_all(&data, &sets, &r);
     if let Err(e) = m.save(&args.out) {
         return fail(e);
     }

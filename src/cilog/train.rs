@@ -159,6 +159,152 @@ pub fn load_labelled(labels: &Path, logs_dir: &Path) -> Result<Vec<Example>, Dat
     Ok(out)
 }
 
+/// The model `sift train cilog` writes: every log of `data` trained on,
+/// with a note describing the data and the recipe (stored in the file).
+pub fn train_all(data: &[Example], sets: &[LineSet], r: &Recipe) -> (CilogModel, String) {
+    let mut counts = [0usize; N_CLASSES];
+    for e in data {
+        counts[e.label.index()] += 1;
+    }
+    let dist: Vec<String> = Class::ALL
+        .iter()
+        .filter(|c| counts[c.index()] > 0)
+        .map(|c| format!("{} {}", c.as_str(), counts[c.index()]))
+        .collect();
+    let note = format!(
+        "{} labelled CI logs ({}); line_bits {} class_bits {} line_epochs {} line_lr {} class_epochs {} class_lr {} l2 {} class_l2 {} seed {}",
+        data.len(),
+        dist.join(", "),
+        r.line_bits,
+        r.class_bits,
+        r.line_epochs,
+        r.line_lr,
+        r.class_epochs,
+        r.class_lr,
+        r.l2,
+        r.class_l2,
+        r.seed
+    );
+    let note = if r.order_salt != 0 {
+        format!("{note} order_salt {}", r.order_salt)
+    } else {
+        note
+    };
+    let rows: Vec<usize> = (0..data.len()).collect();
+    (train(data, sets, &rows, r, &note), note)
+}
+
+/// Labelled logs as JSON lines, the format of `POST /filters/{name}/learn`
+/// for a cilog filter and of `sift train cilog --also FILE.jsonl`: one
+/// object per line, `{"log": "...", "label": "test"}` plus optionally
+/// `"repo"` (the grouping key; default `learned`) and `"chunk_first_line"`,
+/// `"chunk_last_line"` (1-based, inclusive: where the failure is). Blank
+/// lines are skipped; any other bad line is an error naming it (`source`
+/// and the line number). Ids are `learned-N` in order.
+pub fn parse_jsonl(text: &str, source: &str) -> Result<Vec<Example>, DataError> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |msg: String| DataError::Bad {
+            path: source.to_string(),
+            line: i + 1,
+            msg,
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| bad(format!("not JSON: {e}")))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| bad("not a JSON object".into()))?;
+        for k in obj.keys() {
+            if !matches!(
+                k.as_str(),
+                "log" | "label" | "repo" | "chunk_first_line" | "chunk_last_line"
+            ) {
+                return Err(bad(format!(
+                    "unknown field {k:?} (fields: log, label, repo, chunk_first_line, chunk_last_line)"
+                )));
+            }
+        }
+        let log = obj
+            .get("log")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| bad("needs \"log\": the log text, a string".into()))?;
+        if log.trim().is_empty() {
+            return Err(bad("\"log\" is empty".into()));
+        }
+        let label: Class = obj
+            .get("label")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| bad("needs \"label\": one of the classes, a string".into()))?
+            .parse()
+            .map_err(|e| bad(format!("{e}")))?;
+        let group = match obj.get("repo") {
+            None => "learned".to_string(),
+            Some(r) => match r.as_str() {
+                Some(r) if !r.trim().is_empty() => r.trim().to_string(),
+                _ => return Err(bad("\"repo\" must be a non-empty string".into())),
+            },
+        };
+        let num = |k: &str| -> Result<Option<u64>, DataError> {
+            match obj.get(k) {
+                None => Ok(None),
+                Some(n) => n
+                    .as_u64()
+                    .filter(|n| *n >= 1)
+                    .map(Some)
+                    .ok_or_else(|| bad(format!("{k:?} must be a line number (1 or more)"))),
+            }
+        };
+        let chunk = match (num("chunk_first_line")?, num("chunk_last_line")?) {
+            (None, None) => None,
+            (Some(a), Some(b)) if b >= a => Some((a, b)),
+            _ => {
+                return Err(bad(
+                    "chunk_first_line and chunk_last_line go together, first <= last".into(),
+                ));
+            }
+        };
+        out.push(Example {
+            id: format!("learned-{}", out.len() + 1),
+            path: String::new(),
+            group,
+            label,
+            chunk,
+            bytes: log.as_bytes().to_vec(),
+        });
+    }
+    Ok(out)
+}
+
+/// The JSON line [`parse_jsonl`] reads back as `e`.
+pub fn jsonl_line(e: &Example) -> String {
+    let mut o = serde_json::json!({
+        "log": String::from_utf8_lossy(&e.bytes),
+        "label": e.label.as_str(),
+        "repo": e.group,
+    });
+    if let Some((a, b)) = e.chunk {
+        o["chunk_first_line"] = a.into();
+        o["chunk_last_line"] = b.into();
+    }
+    o.to_string()
+}
+
+/// Labelled logs from a folder (`labels.csv` and `logs/`) or a JSONL file
+/// in the [`parse_jsonl`] format.
+pub fn load_any(path: &Path) -> Result<Vec<Example>, DataError> {
+    if path.is_dir() {
+        return load_labelled(&path.join("labels.csv"), &path.join("logs"));
+    }
+    let text = std::fs::read_to_string(path).map_err(|source| DataError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse_jsonl(&text, &path.display().to_string())
+}
+
 /// Read a file, gunzipping it when it starts with the gzip magic.
 pub fn read_log(path: &Path) -> std::io::Result<Vec<u8>> {
     let b = std::fs::read(path)?;

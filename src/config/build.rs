@@ -400,6 +400,32 @@ fn build_filters(fs: &[FilterFile], e: &mut Errs) -> Vec<FilterSpec> {
             }
             t => t.map(|t| t as f32),
         };
+        // cilog learns by retraining on a labelled-log folder.
+        let learn_data = match (f.kind, &f.learn_data) {
+            (_, None) => None,
+            (FilterKind::Cilog, Some(d)) => {
+                let d = std::path::PathBuf::from(d);
+                if d.join("labels.csv").is_file() {
+                    Some(d)
+                } else {
+                    e.push(
+                        format!("{p}.learn_data"),
+                        format!(
+                            "{} has no labels.csv (a labelled-log folder: labels.csv and logs/)",
+                            d.display()
+                        ),
+                    );
+                    None
+                }
+            }
+            (_, Some(_)) => {
+                e.push(
+                    format!("{p}.learn_data"),
+                    "learn_data is for kind cilog (a spam model learns from its own weights)",
+                );
+                None
+            }
+        };
         let learned_model = match (f.kind, &f.learned_model, &model) {
             (FilterKind::Onnx, Some(_), _) => {
                 e.push(
@@ -409,14 +435,14 @@ fn build_filters(fs: &[FilterFile], e: &mut Errs) -> Vec<FilterSpec> {
                 None
             }
             (FilterKind::Onnx, None, _) => None,
-            (FilterKind::Cilog, Some(_), _) => {
+            (FilterKind::Cilog, Some(_), _) if learn_data.is_none() && f.learn_data.is_none() => {
                 e.push(
                     format!("{p}.learned_model"),
-                    "the CI-log model does not learn at run time (retrain with `sift train cilog`)",
+                    "a cilog filter learns only with learn_data (the labelled logs it retrains on)",
                 );
                 None
             }
-            (FilterKind::Cilog, None, _) => None,
+            (FilterKind::Cilog, None, _) if learn_data.is_none() => None,
             (_, Some(l), _) => {
                 // Learning writes the file there and never creates
                 // directories (as spool_dir, it must exist).
@@ -535,6 +561,7 @@ fn build_filters(fs: &[FilterFile], e: &mut Errs) -> Vec<FilterSpec> {
             runtime: f.runtime.as_ref().map(Into::into),
             threshold,
             learned_model,
+            learn_data,
             usage,
             max_decompressed_bytes,
             json_pointers: x.json_pointers,
@@ -1863,5 +1890,59 @@ mod tests {
             "      - { filter: a }\n",
         ))
         .unwrap();
+    }
+
+    #[test]
+    fn learn_data_is_a_labelled_folder_for_cilog_only() {
+        let dir = std::env::temp_dir().join(format!("sift-learn-data-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let d = dir.display();
+        // No labels.csv yet.
+        let errs = errors(&cfg(
+            &format!("  - {{ name: a, kind: cilog, learn_data: {d} }}\n"),
+            "      - { filter: a }\n",
+        ));
+        assert!(
+            has(&errs, "filters[0].learn_data", "has no labels.csv"),
+            "{errs:?}"
+        );
+        std::fs::write(dir.join("labels.csv"), "path,label\n").unwrap();
+        let c = load_str(&cfg(
+            &format!("  - {{ name: a, kind: cilog, learn_data: {d}, learned_model: {d}/m.bin }}\n"),
+            "      - { filter: a }\n",
+        ))
+        .unwrap();
+        let f = &c.filters[0];
+        assert_eq!(f.learn_data.as_deref(), Some(dir.as_path()));
+        assert_eq!(
+            f.learned_model.as_deref(),
+            Some(dir.join("m.bin").as_path())
+        );
+        // Spam learns from its own weights: learn_data is an error there.
+        let errs = errors(&cfg(
+            &format!("  - {{ name: a, kind: spam, learn_data: {d} }}\n"),
+            "      - { filter: a }\n",
+        ));
+        assert!(
+            has(&errs, "filters[0].learn_data", "is for kind cilog"),
+            "{errs:?}"
+        );
+        // A cilog learned_model without learn_data does nothing: an error.
+        let errs = errors(&cfg(
+            &format!("  - {{ name: a, kind: cilog, learned_model: {d}/m.bin }}\n"),
+            "      - { filter: a }\n",
+        ));
+        assert!(
+            has(&errs, "filters[0].learned_model", "only with learn_data"),
+            "{errs:?}"
+        );
+        // Without either, a cilog filter does not learn (no learned file).
+        let c = load_str(&cfg(
+            "  - { name: a, kind: cilog }\n",
+            "      - { filter: a }\n",
+        ))
+        .unwrap();
+        assert!(c.filters[0].learned_model.is_none());
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -157,6 +157,14 @@ pub struct FilterFile {
     /// a builtin model). Its directory must exist: sift does not create it.
     #[serde(default)]
     pub learned_model: Option<String>,
+    /// Kind cilog: a labelled-log folder (`labels.csv` and `logs/`, as
+    /// `sift train cilog --data` reads). With it, `POST
+    /// /filters/{name}/learn` retrains the CI-log model on this data plus
+    /// every log learned so far (kept beside `learned_model` in
+    /// `<learned_model>.examples.jsonl`) and swaps the result in. Without
+    /// it a cilog filter does not learn at run time.
+    #[serde(default)]
+    pub learn_data: Option<String>,
     /// Default mode for routes (annotate).
     #[serde(default)]
     pub mode: Option<FilterMode>,

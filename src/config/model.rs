@@ -62,6 +62,9 @@ pub struct FilterSpec {
     pub threshold: Option<f32>,
     /// Where learning persists (None: learning is not supported by the kind).
     pub learned_model: Option<std::path::PathBuf>,
+    /// Kind cilog: the labelled-log folder a learn retrains on (None: the
+    /// filter does not learn at run time).
+    pub learn_data: Option<std::path::PathBuf>,
     pub usage: FilterUsage,
     pub max_decompressed_bytes: u64,
     pub json_pointers: Option<Vec<String>>,

@@ -2,13 +2,15 @@
 //! line that broke it (`src/cilog` is the model). The log streams through a
 //! bounded scanner, so its memory does not grow with the log.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use http::{HeaderName, HeaderValue};
 
 use super::json_stream::{JsonStrings, StrSink};
-use super::{Filter, FilterError, Inspector, Loaded, ModelSlot, RequestInfo, Skip, Verdict};
+use super::{
+    Filter, FilterError, Inspector, LearnReport, Loaded, ModelSlot, RequestInfo, Skip, Verdict,
+};
 use crate::cilog::{CilogModel, Scanner};
 use crate::config::model::{FilterSpec, ModelSource};
 
@@ -22,6 +24,8 @@ pub struct CilogFilter {
     spec: FilterSpec,
     names: Arc<Names>,
     slot: ModelSlot<CilogModel>,
+    /// One learn at a time: each retrains on the store the last one wrote.
+    learning: Mutex<()>,
 }
 
 struct Names {
@@ -36,6 +40,19 @@ fn load(spec: &FilterSpec) -> Result<Loaded<CilogModel>, FilterError> {
         path: path.display().to_string(),
         reason,
     };
+    // A learned model (only with learn_data) wins over the configured one,
+    // also after a restart; delete it to go back.
+    if let Some(l) = spec.learned_model.as_deref().filter(|l| l.exists()) {
+        return Ok(Loaded {
+            model: CilogModel::load(l).map_err(|e| {
+                err(
+                    l,
+                    format!("{e} (this is the learned model; delete it to use the configured one)"),
+                )
+            })?,
+            source: l.display().to_string(),
+        });
+    }
     match &spec.model {
         ModelSource::Builtin => Ok(Loaded {
             model: CilogModel::from_bytes(BUILTIN_MODEL)
@@ -61,7 +78,169 @@ impl CilogFilter {
             confidence: h("confidence")?,
             evidence: h("evidence-line")?,
         });
-        Ok(CilogFilter { spec, names, slot })
+        Ok(CilogFilter {
+            spec,
+            names,
+            slot,
+            learning: Mutex::new(()),
+        })
+    }
+}
+
+/// Where a cilog filter keeps the logs it has learned: beside the learned
+/// model, `<learned_model>.examples.jsonl` (the `--also FILE.jsonl` format).
+pub fn examples_store(learned_model: &Path) -> PathBuf {
+    let mut s = learned_model.as_os_str().to_owned();
+    s.push(".examples.jsonl");
+    PathBuf::from(s)
+}
+
+/// The logs learned so far. A last line without its newline is a write
+/// cut short (a crash mid-append): it is left out, not an error.
+fn read_store(path: &Path) -> Result<Vec<crate::cilog::train::Example>, FilterError> {
+    let bad = |reason: String| FilterError::LearnData {
+        path: path.display().to_string(),
+        reason,
+    };
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(bad(e.to_string())),
+    };
+    let whole = match text.rfind('\n') {
+        Some(i) => &text[..=i],
+        None => "",
+    };
+    crate::cilog::train::parse_jsonl(whole, &path.display().to_string())
+        .map_err(|e| bad(e.to_string()))
+}
+
+impl CilogFilter {
+    /// Retrain on learn_data + the stored logs + `batch` in a child process
+    /// (`sift train cilog`: the proxy's memory does not grow with the data
+    /// set, and the model is the offline command's, byte for byte); then
+    /// append `batch` to the store, put the model in place, swap it in.
+    fn retrain(
+        &self,
+        data_dir: &Path,
+        learned: &Path,
+        batch: Vec<crate::cilog::train::Example>,
+    ) -> Result<LearnReport, FilterError> {
+        use crate::cilog::train;
+        use std::io::Write;
+        let persist = |path: &Path, reason: String| FilterError::Persist {
+            path: path.display().to_string(),
+            reason,
+        };
+        // Directories are never created (as for spam's learned model).
+        if let Some(dir) = learned
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty() && !d.is_dir())
+        {
+            return Err(persist(
+                learned,
+                format!(
+                    "the directory {} does not exist (sift does not create it; point \
+                     learned_model at a file in an existing directory)",
+                    dir.display()
+                ),
+            ));
+        }
+        let store = examples_store(learned);
+        // The stored logs must read back before anything is added to them.
+        read_store(&store)?;
+        let with = |suffix: &str| {
+            let mut s = learned.as_os_str().to_owned();
+            s.push(suffix);
+            PathBuf::from(s)
+        };
+        let (pending, out) = (with(".pending.jsonl"), with(".new"));
+        let lines: String = batch.iter().map(|e| train::jsonl_line(e) + "\n").collect();
+        std::fs::write(&pending, &lines).map_err(|e| persist(&pending, e.to_string()))?;
+        let cleanup = || {
+            let _ = std::fs::remove_file(&pending);
+            let _ = std::fs::remove_file(&out);
+        };
+        let exe = std::env::current_exe().map_err(|e| persist(learned, e.to_string()))?;
+        let mut cmd = std::process::Command::new(exe);
+        cmd.args(["train", "cilog", "--data"]).arg(data_dir);
+        if store.exists() {
+            cmd.arg("--also").arg(&store);
+        }
+        let run = cmd
+            .arg("--also")
+            .arg(&pending)
+            .arg("--out")
+            .arg(&out)
+            .stdin(std::process::Stdio::null())
+            .output();
+        let run = match run {
+            Ok(r) => r,
+            Err(e) => {
+                cleanup();
+                return Err(persist(
+                    learned,
+                    format!("cannot run sift train cilog: {e}"),
+                ));
+            }
+        };
+        if !run.status.success() {
+            cleanup();
+            let err = String::from_utf8_lossy(&run.stderr);
+            let last = err
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
+            return Err(FilterError::LearnData {
+                path: data_dir.display().to_string(),
+                reason: format!("retraining failed ({}): {last}", run.status),
+            });
+        }
+        let model = match CilogModel::load(&out) {
+            Ok(m) => m,
+            Err(e) => {
+                cleanup();
+                return Err(persist(&out, e.to_string()));
+            }
+        };
+        // The examples first (appended, synced), then the model (renamed
+        // into place): a failure between the two leaves the store ahead of
+        // the model, and the next learn trains on it all.
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&store)
+            .and_then(|mut f| f.write_all(lines.as_bytes()).and_then(|()| f.sync_data()));
+        if let Err(e) = appended {
+            cleanup();
+            return Err(persist(&store, e.to_string()));
+        }
+        let _ = std::fs::remove_file(&pending);
+        std::fs::rename(&out, learned).map_err(|e| persist(learned, e.to_string()))?;
+        self.slot.store_written(Loaded {
+            model,
+            source: learned.display().to_string(),
+        });
+        let mut classes = std::collections::BTreeMap::new();
+        for e in &batch {
+            *classes.entry(e.label.as_str().to_string()).or_insert(0) += 1;
+        }
+        // `sift train cilog` prints "wrote F (B bytes) in Ts: N labelled CI logs ...".
+        let stdout = String::from_utf8_lossy(&run.stdout);
+        let trained_on = stdout
+            .split_once(": ")
+            .and_then(|(_, note)| note.split_whitespace().next())
+            .and_then(|n| n.parse().ok());
+        Ok(LearnReport {
+            filter: self.spec.name.clone(),
+            examples: batch.len(),
+            spam: None,
+            ham: None,
+            classes,
+            trained_on,
+            saved_to: learned.display().to_string(),
+        })
     }
 }
 
@@ -76,6 +255,24 @@ impl Filter for CilogFilter {
 
     fn reload_if_changed(&self) -> Option<Result<String, FilterError>> {
         self.slot.reload_if_changed(|| load(&self.spec))
+    }
+
+    /// Learn labelled logs (JSONL, see [`crate::cilog::train::parse_jsonl`]):
+    /// retrain on learn_data plus every log learned so far, persist, swap.
+    fn learn(&self, jsonl: &[u8]) -> Result<LearnReport, FilterError> {
+        let _one = self.learning.lock().unwrap_or_else(|p| p.into_inner());
+        let (Some(data_dir), Some(learned)) = (&self.spec.learn_data, &self.spec.learned_model)
+        else {
+            return Err(FilterError::LearnNeedsData(self.spec.name.clone()));
+        };
+        let text = std::str::from_utf8(jsonl)
+            .map_err(|_| FilterError::BadExamples("body is not UTF-8".into()))?;
+        let batch = crate::cilog::train::parse_jsonl(text, "<request>")
+            .map_err(|e| FilterError::BadExamples(e.to_string()))?;
+        if batch.is_empty() {
+            return Err(FilterError::BadExamples("no examples in the body".into()));
+        }
+        self.retrain(data_dir, learned, batch)
     }
 
     fn inspector(&self, req: &RequestInfo) -> Result<Box<dyn Inspector>, Skip> {

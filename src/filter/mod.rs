@@ -164,6 +164,10 @@ pub enum FilterError {
     },
     #[error("filter {0:?} cannot learn at run time")]
     LearnUnsupported(String),
+    #[error("filter {0:?} learns by retraining on labelled logs: set its learn_data")]
+    LearnNeedsData(String),
+    #[error("cannot read the labelled logs of learn_data {path}: {reason}")]
+    LearnData { path: String, reason: String },
     #[error("bad examples: {0}")]
     BadExamples(String),
     #[error("cannot save the learned model to {path}: {reason}")]
@@ -175,9 +179,30 @@ pub enum FilterError {
 pub struct LearnReport {
     pub filter: String,
     pub examples: usize,
-    pub spam: usize,
-    pub ham: usize,
+    /// Spam filters: the batch's spam and ham counts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spam: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ham: Option<usize>,
+    /// CI-log filters: the batch's logs per class.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub classes: std::collections::BTreeMap<String, usize>,
+    /// CI-log filters: every labelled log the model was retrained on
+    /// (learn_data plus all logs learned so far).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trained_on: Option<usize>,
     pub saved_to: String,
+}
+
+impl LearnReport {
+    /// Examples of the batch by label (`sift_filter_learned_examples_total`).
+    pub fn by_label(&self) -> Vec<(String, usize)> {
+        let mut v: Vec<(String, usize)> =
+            self.classes.iter().map(|(k, n)| (k.clone(), *n)).collect();
+        v.extend(self.spam.map(|n| ("spam".to_string(), n)));
+        v.extend(self.ham.map(|n| ("ham".to_string(), n)));
+        v
+    }
 }
 
 pub trait Filter: Send + Sync {

@@ -246,8 +246,10 @@ impl Filter for SpamFilter {
         Ok(LearnReport {
             filter: self.spec.name.clone(),
             examples: batch.len(),
-            spam,
-            ham: batch.len() - spam,
+            spam: Some(spam),
+            ham: Some(batch.len() - spam),
+            classes: Default::default(),
+            trained_on: None,
             saved_to: path.display().to_string(),
         })
     }
