@@ -78,7 +78,7 @@ impl FilterMetrics {
         let skipped = IntCounterVec::new(
             Opts::new(
                 "sift_filter_skipped_total",
-                "Bodies a filter did not classify, by filter and reason: content_type, encoding, empty, oversize, overload, decode_error, extract_error, model_error.",
+                "Bodies a filter did not classify, by filter and reason: content_type, encoding, empty, oversize, overload, decode_error, extract_error, model_error, incomplete.",
             ),
             &["filter", "reason"],
         )
@@ -94,7 +94,7 @@ impl FilterMetrics {
         let model_reloads = IntCounterVec::new(
             Opts::new(
                 "sift_filter_model_reloads_total",
-                "Model file changes picked up, by filter and result (success, failure: the old model keeps serving).",
+                "Model file changes picked up, by filter and result (success; failure: the old model keeps serving; shadowed_by_learned: read, but the learned model keeps serving).",
             ),
             &["filter", "result"],
         )

@@ -347,3 +347,28 @@ fn a_closed_stdout_stops_classify_quietly() {
         assert!(!err.contains("panicked"), "{filter}: {err}");
     }
 }
+
+/// `sift train spam --from builtin` continues from the compiled-in model,
+/// as `sift classify --model builtin` reads it.
+#[test]
+fn train_from_builtin_continues_the_shipped_model() {
+    let dir = TempDir::new();
+    let data = dir.path("labels.jsonl");
+    std::fs::write(
+        &data,
+        "{\"text\": \"Your parcel is held, pay the 1.99 fee at http://dhl-track.example/pay\", \"label\": \"spam\"}\n\
+         {\"text\": \"Build 4411 deployed to staging, see the dashboard\", \"label\": \"ham\"}\n",
+    )
+    .unwrap();
+    let out = dir.path("next.bin");
+    let o = Command::new(sift_bin())
+        .args(["train", "spam", "--from", "builtin", "--data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("learned 2 examples"));
+    sift::classify::Model::load(&out).expect("the learned model loads");
+}

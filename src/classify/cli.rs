@@ -165,8 +165,10 @@ pub struct TrainSpam {
     /// Training data for a new model.
     #[arg(long, value_enum, default_value_t = TrainSet::All)]
     pub set: TrainSet,
-    /// Continue from this model (needs --data or --label-dir): the model
-    /// keeps its featurizer and threshold and learns the examples.
+    /// Continue from this model file, or `builtin` (needs --data or
+    /// --label-dir): the model keeps its featurizer and learns the
+    /// examples; its threshold is re-set from the batch as --learn-calib
+    /// says (default f1, with at least 10 spam and 10 ham), else kept.
     #[arg(long)]
     pub from: Option<PathBuf>,
     /// JSONL of {"text": ..., "label": "spam"|"ham"} lines. With --from,
@@ -526,7 +528,12 @@ pub fn run_train(what: TrainWhat) -> ExitCode {
 }
 
 fn adapt(args: &TrainSpam, from: &Path) -> ExitCode {
-    let base = match Classifier::load(from) {
+    let loaded = if is_builtin(from) {
+        Model::from_bytes(crate::filter::spam::BUILTIN_MODEL).map(Classifier::new)
+    } else {
+        Classifier::load(from)
+    };
+    let base = match loaded {
         Ok(c) => c,
         Err(e) => return fail(format_args!("{}: {e}", from.display())),
     };
