@@ -229,8 +229,8 @@ impl CilogFilter {
         // `sift train cilog` prints "wrote F (B bytes) in Ts: N labelled CI logs ...".
         let stdout = String::from_utf8_lossy(&run.stdout);
         let trained_on = stdout
-            .split_once(": ")
-            .and_then(|(_, note)| note.split_whitespace().next())
+            .find(" labelled CI logs")
+            .and_then(|i| stdout[..i].split_whitespace().next_back())
             .and_then(|n| n.parse().ok());
         Ok(LearnReport {
             filter: self.spec.name.clone(),
