@@ -744,3 +744,42 @@ routes:
     let again = json(post(&sift, "/classify", &[], probe).await.body());
     assert_eq!(again, served, "restart keeps the learned model");
 }
+
+/// A rule's `min_score`: a verdict whose score (a class's confidence) is
+/// below it falls through to the next rule; at or above it, the rule acts.
+#[tokio::test(flavor = "multi_thread")]
+async fn rules_act_only_above_their_min_score() {
+    let (app, other) = (mirror("app").await, mirror("other").await);
+    let log = log_labelled("test");
+    let want = cli_verdict(&log);
+    let class = want["class"].as_str().unwrap().to_string();
+    let conf = want["confidence"].as_f64().unwrap();
+    assert!(conf < 1.0, "a log with a confidence below 1: {want}");
+    let above = (conf + 1.0) / 2.0;
+    let rules = |min: f64| {
+        format!(
+            "      - filter: cilog\n        mode: block\n        rules:\n          - {{ when: [{class}], min_score: {min}, reject: true }}\n          - {{ when: [{class}], cluster: other }}"
+        )
+    };
+    // Below the first rule's floor: the second rule sends it elsewhere.
+    let sift = Sift::start(&config(app.addr, other.addr, &rules(above)));
+    let r = post(
+        &sift,
+        "/logs",
+        &[("content-type", "text/plain")],
+        log.clone(),
+    )
+    .await;
+    assert_eq!(r.status(), 200, "{:?}", r.body());
+    assert_eq!(
+        json(r.body())["name"],
+        "other",
+        "fell through to the next rule"
+    );
+    drop(sift);
+    // At the floor: the first rule rejects.
+    let sift = Sift::start(&config(app.addr, other.addr, &rules(conf)));
+    let r = post(&sift, "/logs", &[("content-type", "text/plain")], log).await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(json(r.body())["verdict"], class.as_str());
+}

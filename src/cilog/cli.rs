@@ -298,6 +298,9 @@ pub fn run_eval(args: EvalCilog) -> ExitCode {
         t.elapsed().as_secs_f64()
     );
     print!("{}", rep.table());
+    if !args.chunk_oracle {
+        print!("{}", rep.coverage_table(&data));
+    }
     println!("confusion (rows true, columns predicted, order as above):");
     for (c, row) in Class::ALL.iter().zip(rep.confusion.iter()) {
         let cells: Vec<String> = row.iter().map(|v| format!("{v:>4}")).collect();

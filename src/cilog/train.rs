@@ -995,6 +995,37 @@ impl Report {
         self.predictions.push((i, v));
     }
 
+    /// Selective accuracy: for each confidence floor, the share of logs
+    /// whose verdict reaches it (coverage) and the accuracy on those (and
+    /// how often the evidence line is inside their chunk): what a rule
+    /// with `min_confidence` acts on.
+    pub fn coverage_table(&self, data: &[Example]) -> String {
+        let mut s = String::from("confidence >=  coverage  accuracy  evidence in chunk\n");
+        for floor in [0.0f32, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8] {
+            let (mut n, mut ok, mut wc, mut inside) = (0usize, 0usize, 0usize, 0usize);
+            for (i, v) in &self.predictions {
+                if v.confidence < floor {
+                    continue;
+                }
+                let Some(e) = data.get(*i) else { continue };
+                n += 1;
+                ok += usize::from(v.class == e.label);
+                if let Some((a, b)) = e.chunk {
+                    wc += 1;
+                    inside += usize::from((a..=b).contains(&v.line));
+                }
+            }
+            let frac = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+            s.push_str(&format!(
+                "{floor:>13.1}  {:>8.3}  {:>8.3}  {:>17.3}\n",
+                frac(n, self.predictions.len()),
+                frac(ok, n),
+                frac(inside, wc)
+            ));
+        }
+        s
+    }
+
     /// The human-readable table.
     pub fn table(&self) -> String {
         let mut s = String::new();

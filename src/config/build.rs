@@ -725,8 +725,20 @@ fn build_route_filters(
                     continue;
                 }
             };
+            let min_score = match rule.min_score {
+                None => 0.0,
+                Some(m) if (0.0..=1.0).contains(&m) => m as f32,
+                Some(m) => {
+                    e.push(
+                        format!("{rp}.min_score"),
+                        format!("{m} is not between 0 and 1"),
+                    );
+                    continue;
+                }
+            };
             rules.push(VerdictRule {
                 when: rule.when.clone(),
+                min_score,
                 action,
             });
         }
@@ -1890,6 +1902,29 @@ mod tests {
             "      - { filter: a }\n",
         ))
         .unwrap();
+    }
+
+    #[test]
+    fn rule_min_score_is_between_0_and_1() {
+        let filters = "  - { name: ci, kind: cilog }\n";
+        let errs = errors(&cfg(
+            filters,
+            "      - { filter: ci, mode: block, rules: [{ when: [infra], min_score: 1.5, reject: true }] }\n",
+        ));
+        assert!(
+            has(
+                &errs,
+                "routes[0].filters[0].rules[0].min_score",
+                "1.5 is not between 0 and 1"
+            ),
+            "{errs:?}"
+        );
+        let c = load_str(&cfg(
+            filters,
+            "      - { filter: ci, mode: block, rules: [{ when: [infra], min_score: 0.6, reject: true }] }\n",
+        ))
+        .unwrap();
+        assert_eq!(c.routes[0].filters[0].rules[0].min_score, 0.6);
     }
 
     #[test]

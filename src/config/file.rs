@@ -265,6 +265,11 @@ pub struct VerdictRuleFile {
     /// Forward to this cluster instead of the route's.
     #[serde(default)]
     pub cluster: Option<String>,
+    /// Act only when the verdict's score is at least this (0 to 1; default
+    /// 0): a cilog class's confidence, a spam verdict's spam probability.
+    /// A verdict below it falls through to the next rule.
+    #[serde(default)]
+    pub min_score: Option<f64>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]

@@ -117,6 +117,8 @@ pub struct RouteFilterSpec {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct VerdictRule {
     pub when: Vec<String>,
+    /// The rule acts on a verdict whose score is at least this.
+    pub min_score: f32,
     pub action: RuleAction,
 }
 

@@ -184,7 +184,7 @@ fn apply(
             .spec
             .rules
             .iter()
-            .find(|r| r.when.iter().any(|w| w == v.verdict));
+            .find(|r| r.when.iter().any(|w| w == v.verdict) && v.score >= r.min_score);
         let reject = match rule.map(|r| &r.action) {
             Some(RuleAction::Reject) => true,
             Some(RuleAction::Cluster(c)) => {
