@@ -83,6 +83,8 @@ struct Outcome {
     cluster_slot: Option<crate::upstream::RequestSlot>,
     conn_slot: crate::upstream::ConnSlot,
     retry_permit: Option<crate::policy::retry::RetryPermit>,
+    /// Counted and logged (once).
+    finished: bool,
 }
 
 struct LogFields {
@@ -100,7 +102,34 @@ struct LogFields {
 }
 
 impl OnDone for Outcome {
-    fn done(self, bytes: u64, completed: bool) {
+    fn done(mut self, bytes: u64, completed: bool) {
+        self.finish(bytes, completed);
+    }
+}
+
+/// A request dropped before it had a response (the client closed its
+/// connection or reset its HTTP/2 stream while sift waited) is still
+/// counted and logged, as 499 like nginx, so the gauges go back down.
+impl Drop for Outcome {
+    fn drop(&mut self) {
+        if !self.finished {
+            if self.status == 0 {
+                self.status = CLIENT_CLOSED;
+            }
+            self.finish(0, false);
+        }
+    }
+}
+
+/// nginx's status for a request the client closed before the response.
+const CLIENT_CLOSED: u16 = 499;
+
+impl Outcome {
+    fn finish(&mut self, bytes: u64, completed: bool) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
         let elapsed = self.start.elapsed();
         match &self.stats {
             Some(stats) => {
@@ -194,6 +223,7 @@ pub async fn handle(
         cluster_slot: None,
         conn_slot: None,
         retry_permit: None,
+        finished: false,
     };
     let mut request_id = None;
     let resp = match proxy(

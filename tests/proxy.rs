@@ -845,3 +845,55 @@ clusters:
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+/// A client that gives up while sift waits for the upstream (timeout,
+/// closed tab, HTTP/2 stream reset) still ends its request: the gauge of
+/// requests in flight goes back down, the request is counted, and the
+/// access log has its line (status 499, `completed: false`, as nginx logs
+/// a client that closed the request).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_gives_up_is_counted_and_logged() {
+    let up = Upstream::start(|_req: Request<hyper::body::Incoming>| async move {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        text_response(200, "late\n")
+    })
+    .await;
+    let sift = Sift::start(&simple_config(up.addr, ""));
+    // HTTP/1.1: the client closes its connection while sift waits.
+    let mut s = tokio::net::TcpStream::connect(sift.addr()).await.unwrap();
+    s.write_all(b"GET /h1 HTTP/1.1\r\nhost: app\r\n\r\n")
+        .await
+        .unwrap();
+    // HTTP/2: the client drops its request (RST_STREAM).
+    let h2 = http2_client();
+    let gone = tokio::time::timeout(
+        Duration::from_millis(300),
+        h2.request(Request::get(sift.url("/h2")).body(body::empty()).unwrap()),
+    )
+    .await;
+    assert!(gone.is_err(), "the upstream is slow");
+    drop(s);
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            sift.metric("sift_active_requests").await == Some(0.0)
+        })
+        .await,
+        "sift_active_requests went back to 0 ({:?})",
+        sift.metric("sift_active_requests").await
+    );
+    let counted = sift
+        .metric(r#"sift_requests_total{route="default",code_class="4xx"}"#)
+        .await;
+    assert_eq!(counted, Some(2.0), "both requests are counted");
+    let lines = sift.log_lines();
+    for path in ["/h1", "/h2"] {
+        let line = lines
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["message"] == "access" && v["path"] == path)
+            .unwrap_or_else(|| panic!("an access-log line for {path}"));
+        assert_eq!(line["status"], 499, "{line}");
+        assert_eq!(line["completed"], false, "{line}");
+        assert_eq!(line["route"], "default", "{line}");
+    }
+}
