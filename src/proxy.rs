@@ -499,11 +499,13 @@ async fn proxy(
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         h.insert(header::UPGRADE, proto.clone());
     }
-    if !h.contains_key(header::HOST) {
-        if let Some(a) = &original_authority {
-            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
-                h.insert(header::HOST, v);
-            }
+    // The request was routed on the URI's authority when it had one
+    // (HTTP/2 :authority, HTTP/1.1 absolute form): RFC 9112 §3.2.2 says it
+    // replaces Host, so the upstream gets the host the route matched, never
+    // a differing Host line.
+    if let Some(a) = &original_authority {
+        if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+            h.insert(header::HOST, v);
         }
     }
     forwarded_headers(h, listener, conn, &original_authority, &seen);

@@ -897,3 +897,37 @@ async fn a_client_that_gives_up_is_counted_and_logged() {
         assert_eq!(line["route"], "default", "{line}");
     }
 }
+
+/// An absolute-form request (`GET http://a.example/x`) is routed on the
+/// URI's host, which RFC 9112 §3.2.2 says replaces the Host header; the
+/// upstream gets that host too, not the client's differing Host line, so
+/// the route and the app agree on the virtual host.
+#[tokio::test(flavor = "multi_thread")]
+async fn absolute_form_host_wins_over_the_host_header_upstream() {
+    let a = Upstream::echo("a").await;
+    let b = Upstream::echo("b").await;
+    let cfg = format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+routes:
+  - {{ name: a, match: {{ host: [a.example] }}, cluster: a }}
+  - {{ name: b, match: {{ host: [b.example] }}, cluster: b }}
+clusters:
+  - {{ name: a, endpoints: ["{}"] }}
+  - {{ name: b, endpoints: ["{}"] }}
+"#,
+        a.addr, b.addr
+    );
+    let sift = Sift::start(&cfg);
+    let raw = raw_exchange(
+        sift.addr(),
+        b"GET http://a.example/x HTTP/1.1\r\nHost: b.example\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    let body = raw.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {raw}"));
+    assert_eq!(v["name"], "a", "routed on the URI's host");
+    assert_eq!(v["headers"]["host"][0], "a.example", "{v}");
+    assert_eq!(v["headers"]["x-forwarded-host"][0], "a.example", "{v}");
+}
