@@ -381,14 +381,21 @@ pub struct Identity {
 impl Identity {
     pub fn from_der(der: &[u8]) -> Option<Identity> {
         let info = CertInfo::parse(der)?;
+        // A SPIFFE ID is only ever a URI SAN (X509-SVID). A DNS name or CN
+        // that reads like one is no name at all: taken as the identity it
+        // would pass for that SPIFFE ID (authorization, overrides, metrics).
+        let plain = |n: &&String| {
+            !n.get(..7)
+                .is_some_and(|s| s.eq_ignore_ascii_case("spiffe:"))
+        };
         let id = info
             .uris
             .iter()
             .find(|u| u.starts_with("spiffe://"))
             .or(info.uris.first())
-            .or(info.dns.first())
-            .cloned()
-            .or(info.cn.clone())?;
+            .or(info.dns.iter().find(plain))
+            .or(info.cn.as_ref().filter(plain))
+            .cloned()?;
         let (trust_domain, namespace) = match id.strip_prefix("spiffe://") {
             Some(rest) => {
                 let (td, path) = rest.split_once('/').unwrap_or((rest, ""));

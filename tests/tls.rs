@@ -1138,3 +1138,52 @@ async fn rotation_waits_for_a_valid_certificate() {
     );
     assert_eq!(sift.metric(failures).await, Some(2.0), "counted once each");
 }
+
+/// A SPIFFE ID comes only from a URI SAN (X509-SVID spec). A certificate
+/// from the same CA whose subject CN merely reads like one
+/// (`CN=spiffe://prod.example/ns/web/sa/frontend`, no SAN) has no identity:
+/// every `allowed_identities` kind refuses it, and its metric label is
+/// `none`, not the trust domain. A real SVID still passes.
+#[tokio::test(flavor = "multi_thread")]
+async fn spiffe_ids_come_only_from_uri_sans() {
+    let s = setup();
+    let up = Upstream::echo("app").await;
+    let sift = Sift::start(&tls_config(
+        &s,
+        "require",
+        up.addr,
+        r#"  - name: ns
+    match: { path: { prefix: /ns } }
+    cluster: app
+    allowed_identities: [ { namespace: prod.example/web } ]
+  - name: td
+    match: { path: { prefix: /td } }
+    cluster: app
+    allowed_identities: [ { trust_domain: prod.example } ]
+  - name: exact
+    match: { path: { prefix: /exact } }
+    cluster: app
+    allowed_identities: [ { exact: "spiffe://prod.example/ns/web/sa/frontend" } ]
+  - name: prefix
+    match: { path: { prefix: /prefix } }
+    cluster: app
+    allowed_identities: [ { prefix: "spiffe://prod.example/" } ]"#,
+    ));
+    let addr = sift.addr();
+    let id = "spiffe://prod.example/ns/web/sa/frontend";
+    let by_cn = leaf(&s.ca, &[], None, id, false, false, Alg::Ecdsa);
+    let svid = frontend(&s.ca);
+    for path in ["/ns", "/td", "/exact", "/prefix"] {
+        let cfg = client_config(&s.ca.pem, Some(&by_cn), &["http/1.1"]);
+        let r = tls_get(addr, "localhost", cfg, path, &[]).await.unwrap();
+        assert_eq!(r.status, 403, "{path}: a CN is not a SPIFFE ID");
+        let cfg = client_config(&s.ca.pem, Some(&svid), &["http/1.1"]);
+        let r = tls_get(addr, "localhost", cfg, path, &[]).await.unwrap();
+        assert_eq!(r.status, 200, "{path}: the SVID passes");
+    }
+    assert_eq!(
+        sift.metric(r#"sift_tls_handshakes_total{listener="main",peer="none"}"#)
+            .await,
+        Some(4.0)
+    );
+}
