@@ -529,3 +529,32 @@ async fn retry_budget_caps_retries_in_flight() {
         "no retry storm"
     );
 }
+
+/// RateLimit and RateLimit-Policy are Structured Fields, whose integers
+/// have at most 15 digits (RFC 9651 §3.3.1): a client's parser rejects the
+/// whole field otherwise. An extreme (but accepted) quota shows capped
+/// values rather than an unparseable header.
+#[tokio::test(flavor = "multi_thread")]
+async fn ratelimit_header_integers_fit_structured_fields() {
+    let up = Upstream::echo("a").await;
+    let sift = Sift::start(&config(
+        &format!("  - {{ name: app, endpoints: [\"{}\"] }}", up.addr),
+        r#"  - name: api
+    cluster: app
+    rate_limits:
+      - { name: huge, requests_per_unit: 1, burst: 18446744073709551615, unit: day, response_headers: true }"#,
+    ));
+    let r = get(&sift, "/", &[]).await;
+    assert_eq!(r.status(), 200);
+    for h in ["ratelimit-policy", "ratelimit"] {
+        let v = r.headers()[h].to_str().unwrap();
+        for param in v.split(';').skip(1) {
+            let (k, n) = param.split_once('=').unwrap();
+            assert!(
+                n.len() <= 15 && n.bytes().all(|b| b.is_ascii_digit()),
+                "{h}: {k}={n} is not a Structured Field integer"
+            );
+        }
+    }
+    assert_eq!(r.headers()["ratelimit-policy"], r#""huge";q=1;w=86400"#);
+}
