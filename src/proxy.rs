@@ -777,6 +777,11 @@ async fn proxy(
                 } else if attempt >= r.attempts || Instant::now() >= deadline {
                     cluster.metrics.attempts_exhausted.inc();
                     None
+                } else if !cluster.any_available(now) {
+                    // This try got the last endpoint ejected: the client
+                    // gets its answer, not a 503 that would hide it.
+                    cluster.metrics.no_endpoint.inc();
+                    None
                 } else {
                     cluster.retry_permit().map(|p| (r, p))
                 }

@@ -558,3 +558,45 @@ async fn ratelimit_header_integers_fit_structured_fields() {
     }
     assert_eq!(r.headers()["ratelimit-policy"], r#""huge";q=1;w=86400"#);
 }
+
+/// A retry needs an endpoint to go to. When the failed try just got the
+/// last available endpoint ejected (a one-endpoint cluster), there is no
+/// retry: the client gets the upstream's own answer (status and body),
+/// not a 503 no-healthy-endpoint that hides it, and the decision is
+/// counted as `no_endpoint`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_with_no_endpoint_left_returns_the_upstream_answer() {
+    let up = Upstream::start(|_req: Request<hyper::body::Incoming>| async move {
+        text_response(500, "app says no\n")
+    })
+    .await;
+    let sift = Sift::start(&config(
+        &format!(
+            r#"  - name: app
+    endpoints: ["{}"]
+    outlier_detection: {{ consecutive_5xx: 1, base_ejection_time: 30s }}"#,
+            up.addr
+        ),
+        r#"  - name: api
+    cluster: app
+    retries: { attempts: 2, on: [5xx] }"#,
+    ));
+    let r = get(&sift, "/", &[]).await;
+    assert_eq!(r.status(), 500);
+    assert!(
+        r.headers().get("x-sift-error").is_none(),
+        "{:?}",
+        r.headers()
+    );
+    assert_eq!(&r.body()[..], b"app says no\n");
+    assert_eq!(
+        sift.metric(r#"sift_retries_total{cluster="app",outcome="no_endpoint"}"#)
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        sift.metric(r#"sift_retries_total{cluster="app",outcome="retried"}"#)
+            .await,
+        Some(0.0)
+    );
+}

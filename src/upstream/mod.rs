@@ -42,6 +42,7 @@ pub struct ClusterMetrics {
     pub budget_exhausted: IntCounter,
     pub attempts_exhausted: IntCounter,
     pub not_replayable: IntCounter,
+    pub no_endpoint: IntCounter,
     pub connect_errors: IntCounter,
 }
 
@@ -146,6 +147,7 @@ impl Cluster {
             budget_exhausted: retries("budget_exhausted"),
             attempts_exhausted: retries("attempts_exhausted"),
             not_replayable: retries("not_replayable"),
+            no_endpoint: retries("no_endpoint"),
             connect_errors: m.upstream_connect_errors.with_label_values(&[n]),
         };
         let outlier = spec
@@ -255,6 +257,16 @@ impl Cluster {
         if let Some(o) = &self.outlier {
             self.metrics.ejected.set(o.ejected(now) as i64);
         }
+    }
+
+    /// Some endpoint is not ejected at `now` (a retry has somewhere to go).
+    pub fn any_available(&self, now: u64) -> bool {
+        let n = self.endpoints.len();
+        n > 0
+            && self
+                .outlier
+                .as_ref()
+                .is_none_or(|o| (0..n).any(|i| o.available(i, now)))
     }
 
     pub fn name(&self) -> &str {
