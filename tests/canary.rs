@@ -479,3 +479,33 @@ async fn not_enough_traffic_waits_at_the_step() {
         Some(0.0)
     );
 }
+
+/// A rollout is analysed at each step below 100 % and promoted by passing
+/// the last of them. `steps: [100]` has no such step: it would put the
+/// canary at 100 % unanalysed, with stable at 0 % so the analysis waits
+/// for stable traffic forever. It is a config error.
+#[test]
+fn a_rollout_needs_a_step_below_100() {
+    let cfg = |steps: &str| {
+        format!(
+            r#"listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+routes:
+  - name: api
+    clusters: [{{ name: s, weight: 100 }}, {{ name: c, weight: 0 }}]
+    canary: {{ stable: s, canary: c, rollout: {{ steps: {steps} }} }}
+clusters:
+  - {{ name: s, endpoints: ["127.0.0.1:1"] }}
+  - {{ name: c, endpoints: ["127.0.0.1:1"] }}
+"#
+        )
+    };
+    let err = sift::config::load_str(&cfg("[100]"))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("routes[0].canary.rollout.steps"), "{err:?}");
+    assert!(err.contains("below 100"), "{err:?}");
+    for ok in ["[50, 100]", "[10, 50]", "[10, 50, 100]"] {
+        assert!(sift::config::load_str(&cfg(ok)).is_ok(), "{ok}");
+    }
+}

@@ -1501,6 +1501,13 @@ fn build_canary(
                 format!("{p}.rollout.steps"),
                 "steps must rise strictly within 1..=100",
             );
+        } else if steps.first().is_some_and(|s| *s >= 100) {
+            // Analysis runs at steps below 100; [100] would send all
+            // traffic to the canary unanalysed (and stable none to compare).
+            e.push(
+                format!("{p}.rollout.steps"),
+                "needs at least one step below 100 (e.g. [10, 50, 100])",
+            );
         }
         let ratio = |v: Option<f64>, d: f64, name: &str, e: &mut Errs| match v {
             Some(x) if !(x.is_finite() && x >= 1.0) => {
