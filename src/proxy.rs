@@ -525,6 +525,18 @@ async fn proxy(
     for (k, v) in decision.headers {
         h.insert(k, v);
     }
+    // An HTTP/2 upstream gets the request's host as :authority (RFC 9113
+    // §8.3.1), not the endpoint's address, and no Host header beside it;
+    // the connection goes to the endpoint all the same.
+    let h2_authority = match cluster.spec.protocol {
+        UpstreamProtocol::Http2 => h
+            .get(header::HOST)
+            .and_then(|v| http::uri::Authority::try_from(v.as_bytes()).ok()),
+        UpstreamProtocol::Http1 => None,
+    };
+    if h2_authority.is_some() {
+        h.remove(header::HOST);
+    }
 
     // The body: kept for replay when retries are on and it is small
     // enough, else streamed (and then never retried once sent).
@@ -684,7 +696,11 @@ async fn proxy(
             } else {
                 http::uri::Scheme::HTTP
             });
-            u.authority = Some(endpoint.authority.clone());
+            u.authority = Some(
+                h2_authority
+                    .clone()
+                    .unwrap_or_else(|| endpoint.authority.clone()),
+            );
             u.path_and_query = Some(path_and_query.clone());
             u
         })

@@ -931,3 +931,33 @@ clusters:
     assert_eq!(v["headers"]["host"][0], "a.example", "{v}");
     assert_eq!(v["headers"]["x-forwarded-host"][0], "a.example", "{v}");
 }
+
+/// Over an HTTP/2 upstream the request's host travels as `:authority`
+/// (RFC 9113 §8.3.1: an intermediary builds it from the original request),
+/// not the endpoint's address, and no differing Host header rides along:
+/// an HTTP/2 app (or a second sift) sees the host the client asked for.
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_upstreams_get_the_request_host_as_authority() {
+    let echo = Upstream::echo("h2").await;
+    let cfg = simple_config(echo.addr, "").replace(
+        &format!("endpoints: [\"{}\"]", echo.addr),
+        &format!("endpoints: [\"{}\"]\n    protocol: http2", echo.addr),
+    );
+    let sift = Sift::start(&cfg);
+    let r = send(
+        Request::get(sift.url("/x?q=1"))
+            .header("host", "app.example:8443")
+            .body(body::empty())
+            .unwrap(),
+    )
+    .await;
+    let v = json(r.body());
+    assert_eq!(v["version"], "HTTP/2.0");
+    assert_eq!(v["uri"], "http://app.example:8443/x?q=1", "{v}");
+    let hosts = v["headers"]["host"].as_array().cloned().unwrap_or_default();
+    assert!(
+        hosts.iter().all(|h| h == "app.example:8443"),
+        "no differing Host header: {v}"
+    );
+    assert_eq!(v["headers"]["x-forwarded-host"][0], "app.example:8443");
+}
