@@ -885,6 +885,20 @@ async fn a_client_that_gives_up_is_counted_and_logged() {
         .metric(r#"sift_requests_total{route="default",code_class="4xx"}"#)
         .await;
     assert_eq!(counted, Some(2.0), "both requests are counted");
+    // Log lines go out through a writer thread: wait for both.
+    let logged = |path: &str| {
+        sift.log_lines().iter().any(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .is_ok_and(|v| v["message"] == "access" && v["path"] == path)
+        })
+    };
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            logged("/h1") && logged("/h2")
+        })
+        .await,
+        "an access-log line for each"
+    );
     let lines = sift.log_lines();
     for path in ["/h1", "/h2"] {
         let line = lines
