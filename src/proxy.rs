@@ -705,7 +705,7 @@ async fn proxy(
             u
         })
         .map_err(|e| ProxyError::Internal(format!("upstream URI: {e}")))?;
-        let upstream_req = match &mut body {
+        let mut upstream_req = match &mut body {
             Plan::Replay(b) => {
                 // An empty body boxes a zero-sized type: no allocation.
                 let mut r = Request::new(if b.is_empty() {
@@ -736,6 +736,13 @@ async fn proxy(
                 r
             }
         };
+        // HTTP/1.1 requires Host; an HTTP/1.0 client may have sent none:
+        // then the endpoint's address, as nginx's proxy_pass does.
+        if parts.version == Version::HTTP_11 && !upstream_req.headers().contains_key(header::HOST) {
+            if let Ok(v) = HeaderValue::from_str(endpoint.authority.as_str()) {
+                upstream_req.headers_mut().insert(header::HOST, v);
+            }
+        }
         let result = tokio::time::timeout_at(
             tokio::time::Instant::from_std(try_deadline),
             cluster.send(ep_index, upstream_req),

@@ -975,3 +975,18 @@ async fn http2_upstreams_get_the_request_host_as_authority() {
     );
     assert_eq!(v["headers"]["x-forwarded-host"][0], "app.example:8443");
 }
+
+/// An HTTP/1.0 request may come without Host, but sift speaks HTTP/1.1
+/// upstream, where Host is required (RFC 9112 §3.2; nginx answers 400
+/// without it). sift then sends the endpoint's address, as nginx's
+/// proxy_pass does by default.
+#[tokio::test(flavor = "multi_thread")]
+async fn http10_requests_without_host_get_one_upstream() {
+    let echo = Upstream::echo("app").await;
+    let sift = Sift::start(&simple_config(echo.addr, ""));
+    let raw = raw_exchange(sift.addr(), b"GET /old HTTP/1.0\r\n\r\n").await;
+    let body = raw.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {raw}"));
+    assert_eq!(v["version"], "HTTP/1.1");
+    assert_eq!(v["headers"]["host"][0], echo.addr.to_string(), "{v}");
+}
