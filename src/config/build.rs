@@ -1009,6 +1009,15 @@ fn build_match(m: Option<&MatchFile>, p: &str, e: &mut Errs) -> MatchSpec {
                 continue;
             }
         };
+        if name.as_str().starts_with("x-sift-") && rule != HeaderRule::Present(false) {
+            e.push(
+                format!("{hp}.name"),
+                format!(
+                    "{:?}: x-sift-* headers are removed from client requests before routing, so this condition never holds",
+                    h.name
+                ),
+            );
+        }
         headers.push(HeaderMatch { name, rule });
     }
     MatchSpec {
