@@ -1187,3 +1187,42 @@ async fn spiffe_ids_come_only_from_uri_sans() {
         Some(4.0)
     );
 }
+
+/// `sift check` loads the TLS material `sift run` would (listener
+/// certificate, key and CA; cluster CA, client certificate and SNI name):
+/// a config that cannot start is not reported ok.
+#[test]
+fn sift_check_loads_tls_files() {
+    let dir = TempDir::new();
+    let cfg = dir.path("sift.yaml");
+    std::fs::write(
+        &cfg,
+        r#"listeners:
+  - name: main
+    address: "127.0.0.1:0"
+    tls:
+      certificates: [{ cert: /nonexistent/server.pem, key: /nonexistent/server.key }]
+      client_auth: { mode: off }
+clusters:
+  - name: app
+    endpoints: ["127.0.0.1:1"]
+    tls: { ca: /nonexistent/ca.pem }
+"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new(sift_bin())
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(":4: listeners[0].tls: cannot read /nonexistent/server.pem"),
+        "{err}"
+    );
+    assert!(
+        err.contains(":10: clusters[0].tls: cannot read /nonexistent/ca.pem"),
+        "{err}"
+    );
+}

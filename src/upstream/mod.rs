@@ -95,26 +95,33 @@ impl Drop for InflightGuard {
     }
 }
 
+/// A cluster's TLS connector and SNI name, from its files (`None`: plain).
+/// `sift check` calls it too, so a config it passes can start.
+pub fn tls_connector(
+    spec: &ClusterSpec,
+) -> Result<Option<(tokio_rustls::TlsConnector, Option<ServerName<'static>>)>, crate::tls::TlsError>
+{
+    let Some(t) = &spec.tls else {
+        return Ok(None);
+    };
+    let mut cfg = crate::tls::client_config(t)?;
+    cfg.alpn_protocols = match spec.protocol {
+        UpstreamProtocol::Http1 => vec![b"http/1.1".to_vec()],
+        UpstreamProtocol::Http2 => vec![b"h2".to_vec()],
+    };
+    let sni = match &t.server_name {
+        Some(n) => Some(
+            ServerName::try_from(n.clone())
+                .map_err(|e| crate::tls::TlsError::Config(format!("server_name: {e}")))?,
+        ),
+        None => None,
+    };
+    Ok(Some((tokio_rustls::TlsConnector::from(Arc::new(cfg)), sni)))
+}
+
 impl Cluster {
     pub fn new(spec: ClusterSpec, m: &Metrics) -> Result<Arc<Self>, crate::tls::TlsError> {
-        let tls = match &spec.tls {
-            Some(t) => {
-                let mut cfg = crate::tls::client_config(t)?;
-                cfg.alpn_protocols = match spec.protocol {
-                    UpstreamProtocol::Http1 => vec![b"http/1.1".to_vec()],
-                    UpstreamProtocol::Http2 => vec![b"h2".to_vec()],
-                };
-                let sni =
-                    match &t.server_name {
-                        Some(n) => Some(ServerName::try_from(n.clone()).map_err(|e| {
-                            crate::tls::TlsError::Config(format!("server_name: {e}"))
-                        })?),
-                        None => None,
-                    };
-                Some((tokio_rustls::TlsConnector::from(Arc::new(cfg)), sni))
-            }
-            None => None,
-        };
+        let tls = tls_connector(&spec)?;
         let pool = Pool::new(
             PoolConfig {
                 protocol: spec.protocol,
