@@ -83,6 +83,9 @@ struct Outcome {
     cluster_slot: Option<crate::upstream::RequestSlot>,
     conn_slot: crate::upstream::ConnSlot,
     retry_permit: Option<crate::policy::retry::RetryPermit>,
+    /// The matched route's place in the snapshot (its response headers go
+    /// on sift's own answers too).
+    route_index: Option<usize>,
     /// Counted and logged (once).
     finished: bool,
 }
@@ -223,6 +226,7 @@ pub async fn handle(
         cluster_slot: None,
         conn_slot: None,
         retry_permit: None,
+        route_index: None,
         finished: false,
     };
     let mut request_id = None;
@@ -247,6 +251,14 @@ pub async fn handle(
                 .inc();
             tracing::debug!(error = %e, "request failed");
             let mut resp = e.to_response();
+            // The route's response headers (an edge route's HSTS, CSP, ...)
+            // go on sift's answers for it too, as Envoy's local replies
+            // get them; x-sift-error stays what sift says.
+            if let Some(r) = out.route_index.and_then(|i| snap.routes.get(i)) {
+                let h = resp.headers_mut();
+                r.spec.response_headers.apply(h);
+                h.insert("x-sift-error", HeaderValue::from_static(kind.as_str()));
+            }
             out.error = Some((kind, e.to_string()));
             if let Some(id) = request_id {
                 resp.headers_mut().insert(X_REQUEST_ID.clone(), id);
@@ -304,6 +316,7 @@ async fn proxy(
     if let Some(log) = &mut out.log {
         log.route = Some(Arc::from(route.spec.name.as_str()));
     }
+    out.route_index = Some(route.index);
 
     // 4. Admission: identity authorization, the route's concurrency limit,
     //    then rate limits (the listener's, then the route's).

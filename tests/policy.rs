@@ -247,7 +247,14 @@ async fn buckets_survive_a_reload_unless_their_policy_changed() {
     assert_eq!(post_text(&sift.admin_url("/reload")).await.0, 200);
     let r = get(&sift, "/", &[]).await;
     assert_eq!(r.status(), 429);
-    assert_eq!(r.headers().get("x-tag"), None, "429 comes from sift");
+    assert_eq!(
+        r.headers()["x-sift-error"],
+        "rate-limited",
+        "429 comes from sift"
+    );
+    // ... with the reloaded route's response headers (they go on sift's
+    // answers for the route too).
+    assert_eq!(r.headers()["x-tag"], "two");
     // Changed policy: a new bucket.
     sift.write_config(&cfg(2, "three"));
     assert_eq!(post_text(&sift.admin_url("/reload")).await.0, 200);

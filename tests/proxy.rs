@@ -990,3 +990,62 @@ async fn http10_requests_without_host_get_one_upstream() {
     assert_eq!(v["version"], "HTTP/1.1");
     assert_eq!(v["headers"]["host"][0], echo.addr.to_string(), "{v}");
 }
+
+/// A route's `response_headers` (an edge route's HSTS, nosniff, CSP) are on
+/// every response of that route, also the ones sift makes itself (413,
+/// 502, 429, ...), as Envoy applies a route's response headers to its
+/// local replies. Responses before any route matched (404) have none.
+#[tokio::test(flavor = "multi_thread")]
+async fn route_response_headers_are_on_sift_answers_too() {
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let cfg = format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+routes:
+  - name: edge
+    match: {{ path: {{ prefix: /app }} }}
+    cluster: refused
+    max_request_body: 1KiB
+    response_headers:
+      set: {{ strict-transport-security: "max-age=63072000", x-content-type-options: nosniff }}
+clusters:
+  - {{ name: refused, endpoints: ["{closed}"], connect_timeout: 500ms }}
+"#
+    );
+    let sift = Sift::start(&cfg);
+    let refused = send(
+        Request::get(sift.url("/app/x"))
+            .body(body::empty())
+            .unwrap(),
+    )
+    .await;
+    let too_big = send(
+        Request::post(sift.url("/app/x"))
+            .body(full(vec![b'a'; 4096]))
+            .unwrap(),
+    )
+    .await;
+    for (r, status) in [(&refused, 502), (&too_big, 413)] {
+        assert_eq!(r.status(), status);
+        assert_eq!(
+            r.headers()["strict-transport-security"],
+            "max-age=63072000",
+            "{status}: {:?}",
+            r.headers()
+        );
+        assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+        assert!(r.headers().contains_key("x-sift-error"));
+    }
+    let none = send(
+        Request::get(sift.url("/other"))
+            .body(body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(none.status(), 404);
+    assert!(!none.headers().contains_key("strict-transport-security"));
+}
