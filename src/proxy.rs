@@ -1488,7 +1488,16 @@ fn upgrade_protocol(req: &Request<Lingering>) -> Option<HeaderValue> {
     if !conn_upgrade {
         return None;
     }
-    req.headers().get(header::UPGRADE).cloned()
+    let proto = req.headers().get(header::UPGRADE)?;
+    // Never h2c (RFC 9113 §3.1 deprecates it): an upstream that accepts
+    // it would tunnel HTTP/2 requests sift never sees, past routes,
+    // authorization, rate limits and filters ("h2c smuggling"). The
+    // request goes on as a plain one.
+    let h2c = proto
+        .as_bytes()
+        .split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"h2c"));
+    (!h2c).then(|| proto.clone())
 }
 
 /// Hop-by-hop header bits, noted in one pass over a message's names (the

@@ -1049,3 +1049,31 @@ clusters:
     assert_eq!(none.status(), 404);
     assert!(!none.headers().contains_key("strict-transport-security"));
 }
+
+/// `Upgrade: h2c` is never passed on. An upstream that accepts it (Go's
+/// h2c, Jetty, Apache) would turn the connection into an HTTP/2 tunnel
+/// whose requests sift never sees: routes, allowed_identities, rate
+/// limits and filters bypassed ("h2c smuggling"). RFC 9113 §3.1
+/// deprecates that upgrade; the request goes on as a plain one.
+#[tokio::test(flavor = "multi_thread")]
+async fn h2c_upgrades_are_not_passed_upstream() {
+    let echo = Upstream::echo("app").await;
+    let sift = Sift::start(&simple_config(echo.addr, ""));
+    for upgrade in ["h2c", "H2C", "websocket, h2c"] {
+        let raw = raw_exchange(
+            sift.addr(),
+            format!(
+                "GET /public HTTP/1.1\r\nhost: a\r\nconnection: Upgrade, close\r\nupgrade: {upgrade}\r\n\
+                 http2-settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+        assert!(raw.starts_with("HTTP/1.1 200"), "{upgrade}: {raw}");
+        let body = raw.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let v: serde_json::Value =
+            serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {raw}"));
+        assert!(v["headers"].get("upgrade").is_none(), "{upgrade}: {v}");
+        assert!(v["headers"].get("connection").is_none(), "{upgrade}: {v}");
+    }
+}
