@@ -1396,9 +1396,13 @@ fn request_host(req: &Request<Lingering>) -> Result<std::borrow::Cow<'_, str>, P
             None => return Err(ProxyError::Malformed("bad IPv6 literal in Host")),
         }
     } else {
-        raw.bytes()
+        let name = raw
+            .bytes()
             .rposition(|b| b == b':')
-            .map_or(raw, |i| &raw[..i])
+            .map_or(raw, |i| &raw[..i]);
+        // `a.example.` (fully qualified) is `a.example`: the same routes,
+        // so a trailing dot cannot step around a host route's policies.
+        name.strip_suffix('.').unwrap_or(name)
     };
     if host
         .bytes()

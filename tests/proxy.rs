@@ -1077,3 +1077,50 @@ async fn h2c_upgrades_are_not_passed_upstream() {
         assert!(v["headers"].get("connection").is_none(), "{upgrade}: {v}");
     }
 }
+
+/// `admin.example.` (a fully qualified name, trailing dot) is the same
+/// host as `admin.example` to DNS and to most apps, so it matches the same
+/// routes: otherwise the dot would step around a host route's identity
+/// rules, rate limits and filters onto a catch-all route.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trailing_dot_in_the_host_matches_the_same_route() {
+    let a = Upstream::echo("a").await;
+    let b = Upstream::echo("b").await;
+    let cfg = format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+routes:
+  - {{ name: admin, match: {{ host: [admin.example, "*.api.example"] }}, cluster: a }}
+  - {{ name: default, cluster: b }}
+clusters:
+  - {{ name: a, endpoints: ["{}"] }}
+  - {{ name: b, endpoints: ["{}"] }}
+"#,
+        a.addr, b.addr
+    );
+    let sift = Sift::start(&cfg);
+    for host in [
+        "admin.example",
+        "admin.example.",
+        "ADMIN.EXAMPLE.:8080",
+        "x.api.example.",
+    ] {
+        let r = send(
+            Request::get(sift.url("/"))
+                .header("host", host)
+                .body(body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(json(r.body())["name"], "a", "{host}");
+    }
+    let r = send(
+        Request::get(sift.url("/"))
+            .header("host", "other.example.")
+            .body(body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(json(r.body())["name"], "b");
+}
