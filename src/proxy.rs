@@ -300,6 +300,20 @@ async fn proxy(
         strip_sift_headers(req.headers_mut());
     }
     check_head_size(&req, listener)?;
+    // One form of each path for routes, policies and the upstream alike.
+    if let Some(p) = normalize_path(req.uri().path()) {
+        let pq = match req.uri().query() {
+            Some(q) => format!("{p}?{q}"),
+            None => p,
+        };
+        let mut parts = req.uri().clone().into_parts();
+        parts.path_and_query = Some(
+            http::uri::PathAndQuery::try_from(pq)
+                .map_err(|_| ProxyError::Malformed("path is not a valid URI path"))?,
+        );
+        *req.uri_mut() = Uri::from_parts(parts)
+            .map_err(|_| ProxyError::Malformed("path is not a valid URI path"))?;
+    }
     let host = request_host(&req)?;
     if let Some(log) = &mut out.log {
         log.host = host.to_string();
@@ -1416,6 +1430,43 @@ fn request_host(req: &Request<Lingering>) -> Result<std::borrow::Cow<'_, str>, P
     } else {
         std::borrow::Cow::Borrowed(host)
     })
+}
+
+/// The path with percent-encoded unreserved characters decoded (`%61` is
+/// `a`, RFC 3986 §6.2.2.2) and runs of `/` merged (nginx's merge_slashes),
+/// or `None` when it has neither. Apps (and Python's http.server) read
+/// `/%61dmin` and `//admin` as `/admin`: routing on another form would let
+/// them step around the `/admin` route. `%2F` and other escapes stay.
+fn normalize_path(path: &str) -> Option<String> {
+    let b = path.as_bytes();
+    let unreserved_at = |i: usize| -> Option<u8> {
+        if b.get(i) != Some(&b'%') {
+            return None;
+        }
+        let hex = |x: &u8| (*x as char).to_digit(16);
+        let v = hex(b.get(i + 1)?)? * 16 + hex(b.get(i + 2)?)?;
+        let c = u8::try_from(v).ok()?;
+        (c.is_ascii_alphanumeric() || b"-._~".contains(&c)).then_some(c)
+    };
+    let escapes =
+        memchr::memchr(b'%', b).is_some() && (0..b.len()).any(|i| unreserved_at(i).is_some());
+    if !escapes && memchr::memmem::find(b, b"//").is_none() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if let Some(c) = unreserved_at(i) {
+            out.push(c);
+            i += 3;
+            continue;
+        }
+        if !(b[i] == b'/' && out.last() == Some(&b'/')) {
+            out.push(b[i]);
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
 }
 
 /// `.` or `..` segments, also percent-encoded (`%2e`, `%2E`), which an app

@@ -1124,3 +1124,45 @@ clusters:
     .await;
     assert_eq!(json(r.body())["name"], "b");
 }
+
+/// Paths are normalized before routing, and sent upstream that way, so the
+/// route and the app agree on what was asked for: percent-encoded
+/// unreserved characters are decoded (`/%61dmin` is `/admin`, RFC 3986
+/// §6.2.2.2) and runs of slashes merged (`//admin` is `/admin`, nginx's
+/// merge_slashes; Python's http.server does the same). Otherwise either
+/// form steps around the `/admin` route onto a catch-all, while the app
+/// serves /admin. Encoded slashes (`%2F`) and the query are left alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn paths_are_normalized_before_routing() {
+    let a = Upstream::echo("a").await;
+    let b = Upstream::echo("b").await;
+    let cfg = format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+routes:
+  - {{ name: admin, match: {{ path: {{ prefix: /admin }} }}, cluster: a }}
+  - {{ name: default, cluster: b }}
+clusters:
+  - {{ name: a, endpoints: ["{}"] }}
+  - {{ name: b, endpoints: ["{}"] }}
+"#,
+        a.addr, b.addr
+    );
+    let sift = Sift::start(&cfg);
+    for (path, name, upstream) in [
+        ("/admin/x", "a", "/admin/x"),
+        ("/%61dmin/x", "a", "/admin/x"),
+        ("/%61%64%6D%69%6E", "a", "/admin"),
+        ("//admin", "a", "/admin"),
+        ("/admin//x///y", "a", "/admin/x/y"),
+        ("/%61dmin?q=%61&r=//", "a", "/admin?q=%61&r=//"),
+        ("/admin%2Fx", "b", "/admin%2Fx"),
+        ("/a%7Eb%20c", "b", "/a~b%20c"),
+    ] {
+        let r = send(Request::get(sift.url(path)).body(body::empty()).unwrap()).await;
+        let v = json(r.body());
+        assert_eq!(v["name"], name, "{path}: {v}");
+        assert_eq!(v["uri"], upstream, "{path}: {v}");
+    }
+}
