@@ -211,7 +211,14 @@ async fn canary(req: Request<Incoming>, path: &str, shared: &Shared) -> Response
     let Some(c) = &route.canary else {
         return text(StatusCode::NOT_FOUND, "this route has no canary section\n");
     };
-    match (method, parts.get(1).copied()) {
+    let action = parts.get(1).copied();
+    if parts.len() > 2 || action.is_some_and(|a| a != "rollout" && a != "rollback") {
+        return text(
+            StatusCode::NOT_FOUND,
+            "not found; use PUT /canary/ROUTE, POST /canary/ROUTE/rollout or /rollback\n",
+        );
+    }
+    match (method, action) {
         (Method::PUT, None) => {
             let body = match http_body_util::Limited::new(req.into_body(), 64 * 1024)
                 .collect()
@@ -230,6 +237,24 @@ async fn canary(req: Request<Incoming>, path: &str, shared: &Shared) -> Response
                     "expected {\"weights\": {\"CLUSTER\": N, ...}}\n",
                 );
             };
+            if let Some(k) = map
+                .keys()
+                .find(|k| !route.spec.backends.iter().any(|b| &b.cluster == *k))
+            {
+                let names: Vec<&str> = route
+                    .spec
+                    .backends
+                    .iter()
+                    .map(|b| b.cluster.as_str())
+                    .collect();
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    &format!(
+                        "weights names {k:?}, which is not a cluster of this route ({})\n",
+                        names.join(", ")
+                    ),
+                );
+            }
             let mut weights = Vec::new();
             for b in &route.spec.backends {
                 match map.get(&b.cluster).and_then(Value::as_u64) {

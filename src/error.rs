@@ -305,11 +305,14 @@ pub fn ratelimit_headers(
     policy: &str,
     d: &crate::policy::ratelimit::Decision,
 ) -> [(http::HeaderName, HeaderValue); 2] {
-    let t = if d.allowed { d.reset } else { d.retry_after };
+    // Structured Field integers have at most 15 digits (RFC 9651 §3.3.1);
+    // a larger one would make the client's parser drop the whole field.
+    let sf = |n: u64| n.min(999_999_999_999_999);
+    let t = sf(if d.allowed { d.reset } else { d.retry_after });
     let name = policy.replace(['"', '\\'], "");
-    let pol = HeaderValue::from_str(&format!("\"{name}\";q={};w={}", d.quota, d.window))
+    let pol = HeaderValue::from_str(&format!("\"{name}\";q={};w={}", sf(d.quota), sf(d.window)))
         .unwrap_or_else(|_| HeaderValue::from_static("\"limit\""));
-    let cur = HeaderValue::from_str(&format!("\"{name}\";r={};t={t}", d.remaining))
+    let cur = HeaderValue::from_str(&format!("\"{name}\";r={};t={t}", sf(d.remaining)))
         .unwrap_or_else(|_| HeaderValue::from_static("\"limit\""));
     [
         (http::HeaderName::from_static("ratelimit-policy"), pol),

@@ -123,24 +123,35 @@ fn serve(opts: Options) -> ExitCode {
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
-    // Models are loaded too: a broken model file is a config error.
+    // Models and TLS files are loaded too, as `sift run` does: a broken
+    // model, certificate, key or CA file is a config error.
     let loaded = config::load_file(path).and_then(|c| {
-        let errs: Vec<config::ConfigError> = c
-            .filters
-            .iter()
-            .enumerate()
-            .filter_map(|(i, f)| {
-                sift::filter::build(f).err().map(|e| config::ConfigError {
-                    path: format!("filters[{i}].model"),
-                    line: None,
-                    message: e.to_string(),
-                })
-            })
-            .collect();
+        let error = |path: String, e: &dyn std::fmt::Display| config::ConfigError {
+            path,
+            line: None,
+            message: e.to_string(),
+        };
+        let mut errs: Vec<config::ConfigError> = Vec::new();
+        for (i, l) in c.listeners.iter().enumerate() {
+            if let Some(Err(e)) = l.tls.as_ref().map(sift::tls::server_config) {
+                errs.push(error(format!("listeners[{i}].tls"), &e));
+            }
+        }
+        for (i, cl) in c.clusters.iter().enumerate() {
+            if let Err(e) = sift::upstream::tls_connector(cl) {
+                errs.push(error(format!("clusters[{i}].tls"), &e));
+            }
+        }
+        for (i, f) in c.filters.iter().enumerate() {
+            if let Err(e) = sift::filter::build(f) {
+                errs.push(error(format!("filters[{i}].model"), &e));
+            }
+        }
         if errs.is_empty() {
             Ok(c)
         } else {
-            Err(config::ConfigErrors(errs))
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            Err(config::with_lines(&text, errs))
         }
     });
     match loaded {

@@ -83,6 +83,11 @@ struct Outcome {
     cluster_slot: Option<crate::upstream::RequestSlot>,
     conn_slot: crate::upstream::ConnSlot,
     retry_permit: Option<crate::policy::retry::RetryPermit>,
+    /// The matched route's place in the snapshot (its response headers go
+    /// on sift's own answers too).
+    route_index: Option<usize>,
+    /// Counted and logged (once).
+    finished: bool,
 }
 
 struct LogFields {
@@ -100,7 +105,34 @@ struct LogFields {
 }
 
 impl OnDone for Outcome {
-    fn done(self, bytes: u64, completed: bool) {
+    fn done(mut self, bytes: u64, completed: bool) {
+        self.finish(bytes, completed);
+    }
+}
+
+/// A request dropped before it had a response (the client closed its
+/// connection or reset its HTTP/2 stream while sift waited) is still
+/// counted and logged, as 499 like nginx, so the gauges go back down.
+impl Drop for Outcome {
+    fn drop(&mut self) {
+        if !self.finished {
+            if self.status == 0 {
+                self.status = CLIENT_CLOSED;
+            }
+            self.finish(0, false);
+        }
+    }
+}
+
+/// nginx's status for a request the client closed before the response.
+const CLIENT_CLOSED: u16 = 499;
+
+impl Outcome {
+    fn finish(&mut self, bytes: u64, completed: bool) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
         let elapsed = self.start.elapsed();
         match &self.stats {
             Some(stats) => {
@@ -194,6 +226,8 @@ pub async fn handle(
         cluster_slot: None,
         conn_slot: None,
         retry_permit: None,
+        route_index: None,
+        finished: false,
     };
     let mut request_id = None;
     let resp = match proxy(
@@ -217,6 +251,14 @@ pub async fn handle(
                 .inc();
             tracing::debug!(error = %e, "request failed");
             let mut resp = e.to_response();
+            // The route's response headers (an edge route's HSTS, CSP, ...)
+            // go on sift's answers for it too, as Envoy's local replies
+            // get them; x-sift-error stays what sift says.
+            if let Some(r) = out.route_index.and_then(|i| snap.routes.get(i)) {
+                let h = resp.headers_mut();
+                r.spec.response_headers.apply(h);
+                h.insert("x-sift-error", HeaderValue::from_static(kind.as_str()));
+            }
             out.error = Some((kind, e.to_string()));
             if let Some(id) = request_id {
                 resp.headers_mut().insert(X_REQUEST_ID.clone(), id);
@@ -258,6 +300,20 @@ async fn proxy(
         strip_sift_headers(req.headers_mut());
     }
     check_head_size(&req, listener)?;
+    // One form of each path for routes, policies and the upstream alike.
+    if let Some(p) = normalize_path(req.uri().path()) {
+        let pq = match req.uri().query() {
+            Some(q) => format!("{p}?{q}"),
+            None => p,
+        };
+        let mut parts = req.uri().clone().into_parts();
+        parts.path_and_query = Some(
+            http::uri::PathAndQuery::try_from(pq)
+                .map_err(|_| ProxyError::Malformed("path is not a valid URI path"))?,
+        );
+        *req.uri_mut() = Uri::from_parts(parts)
+            .map_err(|_| ProxyError::Malformed("path is not a valid URI path"))?;
+    }
     let host = request_host(&req)?;
     if let Some(log) = &mut out.log {
         log.host = host.to_string();
@@ -274,6 +330,7 @@ async fn proxy(
     if let Some(log) = &mut out.log {
         log.route = Some(Arc::from(route.spec.name.as_str()));
     }
+    out.route_index = Some(route.index);
 
     // 4. Admission: identity authorization, the route's concurrency limit,
     //    then rate limits (the listener's, then the route's).
@@ -469,11 +526,13 @@ async fn proxy(
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         h.insert(header::UPGRADE, proto.clone());
     }
-    if !h.contains_key(header::HOST) {
-        if let Some(a) = &original_authority {
-            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
-                h.insert(header::HOST, v);
-            }
+    // The request was routed on the URI's authority when it had one
+    // (HTTP/2 :authority, HTTP/1.1 absolute form): RFC 9112 §3.2.2 says it
+    // replaces Host, so the upstream gets the host the route matched, never
+    // a differing Host line.
+    if let Some(a) = &original_authority {
+        if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+            h.insert(header::HOST, v);
         }
     }
     forwarded_headers(h, listener, conn, &original_authority, &seen);
@@ -492,6 +551,18 @@ async fn proxy(
     // Verdict headers: only sift sets x-sift-* (the client's were removed).
     for (k, v) in decision.headers {
         h.insert(k, v);
+    }
+    // An HTTP/2 upstream gets the request's host as :authority (RFC 9113
+    // §8.3.1), not the endpoint's address, and no Host header beside it;
+    // the connection goes to the endpoint all the same.
+    let h2_authority = match cluster.spec.protocol {
+        UpstreamProtocol::Http2 => h
+            .get(header::HOST)
+            .and_then(|v| http::uri::Authority::try_from(v.as_bytes()).ok()),
+        UpstreamProtocol::Http1 => None,
+    };
+    if h2_authority.is_some() {
+        h.remove(header::HOST);
     }
 
     // The body: kept for replay when retries are on and it is small
@@ -652,12 +723,16 @@ async fn proxy(
             } else {
                 http::uri::Scheme::HTTP
             });
-            u.authority = Some(endpoint.authority.clone());
+            u.authority = Some(
+                h2_authority
+                    .clone()
+                    .unwrap_or_else(|| endpoint.authority.clone()),
+            );
             u.path_and_query = Some(path_and_query.clone());
             u
         })
         .map_err(|e| ProxyError::Internal(format!("upstream URI: {e}")))?;
-        let upstream_req = match &mut body {
+        let mut upstream_req = match &mut body {
             Plan::Replay(b) => {
                 // An empty body boxes a zero-sized type: no allocation.
                 let mut r = Request::new(if b.is_empty() {
@@ -688,6 +763,13 @@ async fn proxy(
                 r
             }
         };
+        // HTTP/1.1 requires Host; an HTTP/1.0 client may have sent none:
+        // then the endpoint's address, as nginx's proxy_pass does.
+        if parts.version == Version::HTTP_11 && !upstream_req.headers().contains_key(header::HOST) {
+            if let Ok(v) = HeaderValue::from_str(endpoint.authority.as_str()) {
+                upstream_req.headers_mut().insert(header::HOST, v);
+            }
+        }
         let result = tokio::time::timeout_at(
             tokio::time::Instant::from_std(try_deadline),
             cluster.send(ep_index, upstream_req),
@@ -744,6 +826,11 @@ async fn proxy(
                     None
                 } else if attempt >= r.attempts || Instant::now() >= deadline {
                     cluster.metrics.attempts_exhausted.inc();
+                    None
+                } else if !cluster.any_available(now) {
+                    // This try got the last endpoint ejected: the client
+                    // gets its answer, not a 503 that would hide it.
+                    cluster.metrics.no_endpoint.inc();
                     None
                 } else {
                     cluster.retry_permit().map(|p| (r, p))
@@ -1323,9 +1410,13 @@ fn request_host(req: &Request<Lingering>) -> Result<std::borrow::Cow<'_, str>, P
             None => return Err(ProxyError::Malformed("bad IPv6 literal in Host")),
         }
     } else {
-        raw.bytes()
+        let name = raw
+            .bytes()
             .rposition(|b| b == b':')
-            .map_or(raw, |i| &raw[..i])
+            .map_or(raw, |i| &raw[..i]);
+        // `a.example.` (fully qualified) is `a.example`: the same routes,
+        // so a trailing dot cannot step around a host route's policies.
+        name.strip_suffix('.').unwrap_or(name)
     };
     if host
         .bytes()
@@ -1339,6 +1430,43 @@ fn request_host(req: &Request<Lingering>) -> Result<std::borrow::Cow<'_, str>, P
     } else {
         std::borrow::Cow::Borrowed(host)
     })
+}
+
+/// The path with percent-encoded unreserved characters decoded (`%61` is
+/// `a`, RFC 3986 §6.2.2.2) and runs of `/` merged (nginx's merge_slashes),
+/// or `None` when it has neither. Apps (and Python's http.server) read
+/// `/%61dmin` and `//admin` as `/admin`: routing on another form would let
+/// them step around the `/admin` route. `%2F` and other escapes stay.
+fn normalize_path(path: &str) -> Option<String> {
+    let b = path.as_bytes();
+    let unreserved_at = |i: usize| -> Option<u8> {
+        if b.get(i) != Some(&b'%') {
+            return None;
+        }
+        let hex = |x: &u8| (*x as char).to_digit(16);
+        let v = hex(b.get(i + 1)?)? * 16 + hex(b.get(i + 2)?)?;
+        let c = u8::try_from(v).ok()?;
+        (c.is_ascii_alphanumeric() || b"-._~".contains(&c)).then_some(c)
+    };
+    let escapes =
+        memchr::memchr(b'%', b).is_some() && (0..b.len()).any(|i| unreserved_at(i).is_some());
+    if !escapes && memchr::memmem::find(b, b"//").is_none() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if let Some(c) = unreserved_at(i) {
+            out.push(c);
+            i += 3;
+            continue;
+        }
+        if !(b[i] == b'/' && out.last() == Some(&b'/')) {
+            out.push(b[i]);
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
 }
 
 /// `.` or `..` segments, also percent-encoded (`%2e`, `%2E`), which an app
@@ -1415,7 +1543,16 @@ fn upgrade_protocol(req: &Request<Lingering>) -> Option<HeaderValue> {
     if !conn_upgrade {
         return None;
     }
-    req.headers().get(header::UPGRADE).cloned()
+    let proto = req.headers().get(header::UPGRADE)?;
+    // Never h2c (RFC 9113 §3.1 deprecates it): an upstream that accepts
+    // it would tunnel HTTP/2 requests sift never sees, past routes,
+    // authorization, rate limits and filters ("h2c smuggling"). The
+    // request goes on as a plain one.
+    let h2c = proto
+        .as_bytes()
+        .split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"h2c"));
+    (!h2c).then(|| proto.clone())
 }
 
 /// Hop-by-hop header bits, noted in one pass over a message's names (the

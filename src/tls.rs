@@ -84,6 +84,22 @@ pub enum TlsError {
     BadCrl { path: PathBuf, reason: String },
     #[error("TLS config: {0}")]
     Config(String),
+    #[error("{label}: the certificate has expired ({until})")]
+    Expired { label: String, until: String },
+    #[error("{label}: the certificate is not valid before {from}; it will be taken then")]
+    NotYetValid { label: String, from: String },
+}
+
+/// A Unix time as a certificate shows it (`Jan  1 00:00:00 2027 +00:00`).
+fn show_time(t: i64) -> String {
+    x509_parser::time::ASN1Time::from_timestamp(t).map_or_else(|_| t.to_string(), |a| a.to_string())
+}
+
+/// Seconds since the Unix epoch, now.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -177,6 +193,8 @@ pub struct Loaded {
     pub config: Arc<ServerConfig>,
     /// (certificate label, not-after as Unix seconds).
     pub expiries: Vec<(String, i64)>,
+    /// (certificate label, not-before as Unix seconds).
+    pub starts: Vec<(String, i64)>,
     /// The listener's own URI SAN (XFCC `By`).
     pub own_uri: Option<String>,
 }
@@ -185,6 +203,7 @@ pub fn server_config(spec: &ListenerTlsSpec) -> Result<Loaded, TlsError> {
     let mut named = Vec::new();
     let mut default = None;
     let mut expiries = Vec::new();
+    let mut starts = Vec::new();
     let mut own_uri = None;
     for c in &spec.certificates {
         let ck = Arc::new(certified_key(&c.cert, &c.key)?);
@@ -196,6 +215,7 @@ pub fn server_config(spec: &ListenerTlsSpec) -> Result<Loaded, TlsError> {
         if let Some(leaf) = ck.cert.first() {
             if let Some(info) = CertInfo::parse(leaf.as_ref()) {
                 expiries.push((label.clone(), info.not_after));
+                starts.push((label.clone(), info.not_before));
                 if own_uri.is_none() {
                     own_uri = info.uris.first().cloned();
                 }
@@ -266,8 +286,38 @@ pub fn server_config(spec: &ListenerTlsSpec) -> Result<Loaded, TlsError> {
     Ok(Loaded {
         config: Arc::new(config),
         expiries,
+        starts,
         own_uri,
     })
+}
+
+impl Loaded {
+    /// Every certificate is valid at `now` (Unix seconds). Otherwise the
+    /// error, and for one not valid yet, when it will be.
+    fn check_valid_at(&self, now: i64) -> Result<(), (TlsError, Option<i64>)> {
+        if let Some((label, until)) = self.expiries.iter().find(|(_, t)| *t < now) {
+            let e = TlsError::Expired {
+                label: label.clone(),
+                until: show_time(*until),
+            };
+            return Err((e, None));
+        }
+        match self
+            .starts
+            .iter()
+            .filter(|(_, t)| *t > now)
+            .max_by_key(|(_, t)| *t)
+        {
+            Some((label, from)) => {
+                let e = TlsError::NotYetValid {
+                    label: label.clone(),
+                    from: show_time(*from),
+                };
+                Err((e, Some(*from)))
+            }
+            None => Ok(()),
+        }
+    }
 }
 
 fn file_label(p: &Path) -> String {
@@ -282,6 +332,7 @@ pub struct CertInfo {
     pub uris: Vec<String>,
     pub dns: Vec<String>,
     pub cn: Option<String>,
+    pub not_before: i64,
     pub not_after: i64,
 }
 
@@ -289,6 +340,7 @@ impl CertInfo {
     pub fn parse(der: &[u8]) -> Option<CertInfo> {
         let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
         let mut info = CertInfo {
+            not_before: cert.validity().not_before.timestamp(),
             not_after: cert.validity().not_after.timestamp(),
             cn: cert
                 .subject()
@@ -329,14 +381,21 @@ pub struct Identity {
 impl Identity {
     pub fn from_der(der: &[u8]) -> Option<Identity> {
         let info = CertInfo::parse(der)?;
+        // A SPIFFE ID is only ever a URI SAN (X509-SVID). A DNS name or CN
+        // that reads like one is no name at all: taken as the identity it
+        // would pass for that SPIFFE ID (authorization, overrides, metrics).
+        let plain = |n: &&String| {
+            !n.get(..7)
+                .is_some_and(|s| s.eq_ignore_ascii_case("spiffe:"))
+        };
         let id = info
             .uris
             .iter()
             .find(|u| u.starts_with("spiffe://"))
             .or(info.uris.first())
-            .or(info.dns.first())
-            .cloned()
-            .or(info.cn.clone())?;
+            .or(info.dns.iter().find(plain))
+            .or(info.cn.as_ref().filter(plain))
+            .cloned()?;
         let (trust_domain, namespace) = match id.strip_prefix("spiffe://") {
             Some(rest) => {
                 let (td, path) = rest.split_once('/').unwrap_or((rest, ""));
@@ -427,7 +486,9 @@ use crate::filter::{Fingerprint, fingerprint};
 pub struct ListenerTls {
     pub spec: ListenerTlsSpec,
     current: ArcSwap<Loaded>,
-    seen: Mutex<Fingerprint>,
+    /// The files' state last read, and when a rejected certificate that was
+    /// not valid yet becomes valid (then it is read again).
+    seen: Mutex<(Fingerprint, Option<i64>)>,
 }
 
 impl ListenerTls {
@@ -437,7 +498,7 @@ impl ListenerTls {
         Ok(Arc::new(ListenerTls {
             spec,
             current: ArcSwap::from_pointee(loaded),
-            seen: Mutex::new(seen),
+            seen: Mutex::new((seen, None)),
         }))
     }
 
@@ -460,15 +521,31 @@ impl ListenerTls {
 
     /// Reload when any file changed (symlink swaps included). `None`: no
     /// change; `Some(Err)`: the new files were rejected, the old config serves.
+    /// A certificate outside its validity is rejected too (it would fail
+    /// every handshake); one not valid yet is read again once it is.
     pub fn rotate_if_changed(&self) -> Option<Result<(), TlsError>> {
-        let now = fingerprint(&Self::paths(&self.spec));
+        let files = fingerprint(&Self::paths(&self.spec));
+        let now = unix_now();
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if *seen == now {
+        let due = seen.1.is_some_and(|t| t <= now);
+        if seen.0 == files && !due {
             return None;
         }
-        *seen = now;
+        *seen = (files, None);
         drop(seen);
-        Some(server_config(&self.spec).map(|l| self.current.store(Arc::new(l))))
+        let loaded = match server_config(&self.spec) {
+            Ok(l) => l,
+            Err(e) => return Some(Err(e)),
+        };
+        if let Err((e, valid_from)) = loaded.check_valid_at(now) {
+            if valid_from.is_some() {
+                let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+                seen.1 = valid_from;
+            }
+            return Some(Err(e));
+        }
+        self.current.store(Arc::new(loaded));
+        Some(Ok(()))
     }
 }
 

@@ -308,6 +308,50 @@ async fn admin_weights_hold_until_the_file_weights_change() {
     assert_eq!(r.status(), 400);
 }
 
+/// The admin API refuses what it would not do as asked: a weight for a
+/// cluster that is not in the route (a typo such as "canery") is a 400,
+/// not silently dropped and echoed back as applied; a path with extra
+/// segments is a 404, not a rollback.
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_api_refuses_unknown_clusters_and_paths() {
+    let (s, c) = (version(0, 0).await, version(0, 0).await);
+    let sift = Sift::start(&config(s.addr, c.addr, (90, 10), ""));
+    let call = |method: http::Method, path: &'static str, body: &'static str| {
+        let url = sift.admin_url(path);
+        async move {
+            let r = http1_client()
+                .request(
+                    Request::builder()
+                        .method(method)
+                        .uri(url)
+                        .body(full(body))
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let b = r.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&b).into_owned())
+        }
+    };
+    let (status, text) = call(
+        http::Method::PUT,
+        "/canary/api",
+        r#"{"weights": {"stable": 50, "canary": 50, "canery": 50}}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("canery"), "{text}");
+    for path in ["/canary/api/rollback/now", "/canary/api/bogus"] {
+        let (status, text) = call(http::Method::POST, path, "").await;
+        assert_eq!(status, 404, "{path}: {text}");
+    }
+    let v = canary_json(&sift).await;
+    assert_eq!(v["weights"]["canary"], 10, "{v}");
+    assert_eq!(v["source"], "file", "{v}");
+    assert_eq!(v["rollout"]["state"], "idle", "{v}");
+}
+
 fn rollout(extra: &str) -> String {
     format!(
         "      rollout: {{ steps: [20, 60, 100], interval: 400ms, min_requests: 60, start: on_load{extra} }}"
@@ -434,4 +478,34 @@ async fn not_enough_traffic_waits_at_the_step() {
             .await,
         Some(0.0)
     );
+}
+
+/// A rollout is analysed at each step below 100 % and promoted by passing
+/// the last of them. `steps: [100]` has no such step: it would put the
+/// canary at 100 % unanalysed, with stable at 0 % so the analysis waits
+/// for stable traffic forever. It is a config error.
+#[test]
+fn a_rollout_needs_a_step_below_100() {
+    let cfg = |steps: &str| {
+        format!(
+            r#"listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+routes:
+  - name: api
+    clusters: [{{ name: s, weight: 100 }}, {{ name: c, weight: 0 }}]
+    canary: {{ stable: s, canary: c, rollout: {{ steps: {steps} }} }}
+clusters:
+  - {{ name: s, endpoints: ["127.0.0.1:1"] }}
+  - {{ name: c, endpoints: ["127.0.0.1:1"] }}
+"#
+        )
+    };
+    let err = sift::config::load_str(&cfg("[100]"))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("routes[0].canary.rollout.steps"), "{err:?}");
+    assert!(err.contains("below 100"), "{err:?}");
+    for ok in ["[50, 100]", "[10, 50]", "[10, 50, 100]"] {
+        assert!(sift::config::load_str(&cfg(ok)).is_ok(), "{ok}");
+    }
 }

@@ -37,3 +37,35 @@ fn shipped_schema_matches_the_types() {
     assert_eq!(v["additionalProperties"], false);
     assert!(v["properties"]["routes"].is_object());
 }
+
+/// sift removes every `x-sift-*` header from client requests before
+/// routing, so a route condition on one could never hold and the route
+/// would silently never match. Such a condition is a config error
+/// (`present: false`, always true, is allowed).
+#[test]
+fn route_conditions_on_x_sift_headers_are_refused() {
+    let cfg = |cond: &str| {
+        format!(
+            r#"listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+routes:
+  - name: r
+    match: {{ headers: [{{ name: X-Sift-User, {cond} }}] }}
+    cluster: c
+clusters:
+  - {{ name: c, endpoints: ["127.0.0.1:1"] }}
+"#
+        )
+    };
+    for cond in [r#"exact: "1""#, r#"prefix: "a""#, "present: true"] {
+        let err = sift::config::load_str(&cfg(cond))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("routes[0].match.headers[0].name"),
+            "{cond}: {err:?}"
+        );
+        assert!(err.contains("x-sift-"), "{cond}: {err:?}");
+    }
+    assert!(sift::config::load_str(&cfg("present: false")).is_ok());
+}

@@ -247,7 +247,14 @@ async fn buckets_survive_a_reload_unless_their_policy_changed() {
     assert_eq!(post_text(&sift.admin_url("/reload")).await.0, 200);
     let r = get(&sift, "/", &[]).await;
     assert_eq!(r.status(), 429);
-    assert_eq!(r.headers().get("x-tag"), None, "429 comes from sift");
+    assert_eq!(
+        r.headers()["x-sift-error"],
+        "rate-limited",
+        "429 comes from sift"
+    );
+    // ... with the reloaded route's response headers (they go on sift's
+    // answers for the route too).
+    assert_eq!(r.headers()["x-tag"], "two");
     // Changed policy: a new bucket.
     sift.write_config(&cfg(2, "three"));
     assert_eq!(post_text(&sift.admin_url("/reload")).await.0, 200);
@@ -527,5 +534,76 @@ async fn retry_budget_caps_retries_in_flight() {
         calls.load(Ordering::SeqCst) as f64,
         6.0 + retried,
         "no retry storm"
+    );
+}
+
+/// RateLimit and RateLimit-Policy are Structured Fields, whose integers
+/// have at most 15 digits (RFC 9651 §3.3.1): a client's parser rejects the
+/// whole field otherwise. An extreme (but accepted) quota shows capped
+/// values rather than an unparseable header.
+#[tokio::test(flavor = "multi_thread")]
+async fn ratelimit_header_integers_fit_structured_fields() {
+    let up = Upstream::echo("a").await;
+    let sift = Sift::start(&config(
+        &format!("  - {{ name: app, endpoints: [\"{}\"] }}", up.addr),
+        r#"  - name: api
+    cluster: app
+    rate_limits:
+      - { name: huge, requests_per_unit: 1, burst: 18446744073709551615, unit: day, response_headers: true }"#,
+    ));
+    let r = get(&sift, "/", &[]).await;
+    assert_eq!(r.status(), 200);
+    for h in ["ratelimit-policy", "ratelimit"] {
+        let v = r.headers()[h].to_str().unwrap();
+        for param in v.split(';').skip(1) {
+            let (k, n) = param.split_once('=').unwrap();
+            assert!(
+                n.len() <= 15 && n.bytes().all(|b| b.is_ascii_digit()),
+                "{h}: {k}={n} is not a Structured Field integer"
+            );
+        }
+    }
+    assert_eq!(r.headers()["ratelimit-policy"], r#""huge";q=1;w=86400"#);
+}
+
+/// A retry needs an endpoint to go to. When the failed try just got the
+/// last available endpoint ejected (a one-endpoint cluster), there is no
+/// retry: the client gets the upstream's own answer (status and body),
+/// not a 503 no-healthy-endpoint that hides it, and the decision is
+/// counted as `no_endpoint`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_with_no_endpoint_left_returns_the_upstream_answer() {
+    let up = Upstream::start(|_req: Request<hyper::body::Incoming>| async move {
+        text_response(500, "app says no\n")
+    })
+    .await;
+    let sift = Sift::start(&config(
+        &format!(
+            r#"  - name: app
+    endpoints: ["{}"]
+    outlier_detection: {{ consecutive_5xx: 1, base_ejection_time: 30s }}"#,
+            up.addr
+        ),
+        r#"  - name: api
+    cluster: app
+    retries: { attempts: 2, on: [5xx] }"#,
+    ));
+    let r = get(&sift, "/", &[]).await;
+    assert_eq!(r.status(), 500);
+    assert!(
+        r.headers().get("x-sift-error").is_none(),
+        "{:?}",
+        r.headers()
+    );
+    assert_eq!(&r.body()[..], b"app says no\n");
+    assert_eq!(
+        sift.metric(r#"sift_retries_total{cluster="app",outcome="no_endpoint"}"#)
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        sift.metric(r#"sift_retries_total{cluster="app",outcome="retried"}"#)
+            .await,
+        Some(0.0)
     );
 }

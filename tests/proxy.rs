@@ -845,3 +845,324 @@ clusters:
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+/// A client that gives up while sift waits for the upstream (timeout,
+/// closed tab, HTTP/2 stream reset) still ends its request: the gauge of
+/// requests in flight goes back down, the request is counted, and the
+/// access log has its line (status 499, `completed: false`, as nginx logs
+/// a client that closed the request).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_gives_up_is_counted_and_logged() {
+    let up = Upstream::start(|_req: Request<hyper::body::Incoming>| async move {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        text_response(200, "late\n")
+    })
+    .await;
+    let sift = Sift::start(&simple_config(up.addr, ""));
+    // HTTP/1.1: the client closes its connection while sift waits.
+    let mut s = tokio::net::TcpStream::connect(sift.addr()).await.unwrap();
+    s.write_all(b"GET /h1 HTTP/1.1\r\nhost: app\r\n\r\n")
+        .await
+        .unwrap();
+    // HTTP/2: the client drops its request (RST_STREAM).
+    let h2 = http2_client();
+    let gone = tokio::time::timeout(
+        Duration::from_millis(300),
+        h2.request(Request::get(sift.url("/h2")).body(body::empty()).unwrap()),
+    )
+    .await;
+    assert!(gone.is_err(), "the upstream is slow");
+    drop(s);
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            sift.metric("sift_active_requests").await == Some(0.0)
+        })
+        .await,
+        "sift_active_requests went back to 0 ({:?})",
+        sift.metric("sift_active_requests").await
+    );
+    let counted = sift
+        .metric(r#"sift_requests_total{route="default",code_class="4xx"}"#)
+        .await;
+    assert_eq!(counted, Some(2.0), "both requests are counted");
+    // Log lines go out through a writer thread: wait for both.
+    let logged = |path: &str| {
+        sift.log_lines().iter().any(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .is_ok_and(|v| v["message"] == "access" && v["path"] == path)
+        })
+    };
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            logged("/h1") && logged("/h2")
+        })
+        .await,
+        "an access-log line for each"
+    );
+    let lines = sift.log_lines();
+    for path in ["/h1", "/h2"] {
+        let line = lines
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["message"] == "access" && v["path"] == path)
+            .unwrap_or_else(|| panic!("an access-log line for {path}"));
+        assert_eq!(line["status"], 499, "{line}");
+        assert_eq!(line["completed"], false, "{line}");
+        assert_eq!(line["route"], "default", "{line}");
+    }
+}
+
+/// An absolute-form request (`GET http://a.example/x`) is routed on the
+/// URI's host, which RFC 9112 §3.2.2 says replaces the Host header; the
+/// upstream gets that host too, not the client's differing Host line, so
+/// the route and the app agree on the virtual host.
+#[tokio::test(flavor = "multi_thread")]
+async fn absolute_form_host_wins_over_the_host_header_upstream() {
+    let a = Upstream::echo("a").await;
+    let b = Upstream::echo("b").await;
+    let cfg = format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+routes:
+  - {{ name: a, match: {{ host: [a.example] }}, cluster: a }}
+  - {{ name: b, match: {{ host: [b.example] }}, cluster: b }}
+clusters:
+  - {{ name: a, endpoints: ["{}"] }}
+  - {{ name: b, endpoints: ["{}"] }}
+"#,
+        a.addr, b.addr
+    );
+    let sift = Sift::start(&cfg);
+    let raw = raw_exchange(
+        sift.addr(),
+        b"GET http://a.example/x HTTP/1.1\r\nHost: b.example\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    let body = raw.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {raw}"));
+    assert_eq!(v["name"], "a", "routed on the URI's host");
+    assert_eq!(v["headers"]["host"][0], "a.example", "{v}");
+    assert_eq!(v["headers"]["x-forwarded-host"][0], "a.example", "{v}");
+}
+
+/// Over an HTTP/2 upstream the request's host travels as `:authority`
+/// (RFC 9113 §8.3.1: an intermediary builds it from the original request),
+/// not the endpoint's address, and no differing Host header rides along:
+/// an HTTP/2 app (or a second sift) sees the host the client asked for.
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_upstreams_get_the_request_host_as_authority() {
+    let echo = Upstream::echo("h2").await;
+    let cfg = simple_config(echo.addr, "").replace(
+        &format!("endpoints: [\"{}\"]", echo.addr),
+        &format!("endpoints: [\"{}\"]\n    protocol: http2", echo.addr),
+    );
+    let sift = Sift::start(&cfg);
+    let r = send(
+        Request::get(sift.url("/x?q=1"))
+            .header("host", "app.example:8443")
+            .body(body::empty())
+            .unwrap(),
+    )
+    .await;
+    let v = json(r.body());
+    assert_eq!(v["version"], "HTTP/2.0");
+    assert_eq!(v["uri"], "http://app.example:8443/x?q=1", "{v}");
+    let hosts = v["headers"]["host"].as_array().cloned().unwrap_or_default();
+    assert!(
+        hosts.iter().all(|h| h == "app.example:8443"),
+        "no differing Host header: {v}"
+    );
+    assert_eq!(v["headers"]["x-forwarded-host"][0], "app.example:8443");
+}
+
+/// An HTTP/1.0 request may come without Host, but sift speaks HTTP/1.1
+/// upstream, where Host is required (RFC 9112 §3.2; nginx answers 400
+/// without it). sift then sends the endpoint's address, as nginx's
+/// proxy_pass does by default.
+#[tokio::test(flavor = "multi_thread")]
+async fn http10_requests_without_host_get_one_upstream() {
+    let echo = Upstream::echo("app").await;
+    let sift = Sift::start(&simple_config(echo.addr, ""));
+    let raw = raw_exchange(sift.addr(), b"GET /old HTTP/1.0\r\n\r\n").await;
+    let body = raw.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {raw}"));
+    assert_eq!(v["version"], "HTTP/1.1");
+    assert_eq!(v["headers"]["host"][0], echo.addr.to_string(), "{v}");
+}
+
+/// A route's `response_headers` (an edge route's HSTS, nosniff, CSP) are on
+/// every response of that route, also the ones sift makes itself (413,
+/// 502, 429, ...), as Envoy applies a route's response headers to its
+/// local replies. Responses before any route matched (404) have none.
+#[tokio::test(flavor = "multi_thread")]
+async fn route_response_headers_are_on_sift_answers_too() {
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let cfg = format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+routes:
+  - name: edge
+    match: {{ path: {{ prefix: /app }} }}
+    cluster: refused
+    max_request_body: 1KiB
+    response_headers:
+      set: {{ strict-transport-security: "max-age=63072000", x-content-type-options: nosniff }}
+clusters:
+  - {{ name: refused, endpoints: ["{closed}"], connect_timeout: 500ms }}
+"#
+    );
+    let sift = Sift::start(&cfg);
+    let refused = send(
+        Request::get(sift.url("/app/x"))
+            .body(body::empty())
+            .unwrap(),
+    )
+    .await;
+    let too_big = send(
+        Request::post(sift.url("/app/x"))
+            .body(full(vec![b'a'; 4096]))
+            .unwrap(),
+    )
+    .await;
+    for (r, status) in [(&refused, 502), (&too_big, 413)] {
+        assert_eq!(r.status(), status);
+        assert_eq!(
+            r.headers()["strict-transport-security"],
+            "max-age=63072000",
+            "{status}: {:?}",
+            r.headers()
+        );
+        assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+        assert!(r.headers().contains_key("x-sift-error"));
+    }
+    let none = send(
+        Request::get(sift.url("/other"))
+            .body(body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(none.status(), 404);
+    assert!(!none.headers().contains_key("strict-transport-security"));
+}
+
+/// `Upgrade: h2c` is never passed on. An upstream that accepts it (Go's
+/// h2c, Jetty, Apache) would turn the connection into an HTTP/2 tunnel
+/// whose requests sift never sees: routes, allowed_identities, rate
+/// limits and filters bypassed ("h2c smuggling"). RFC 9113 §3.1
+/// deprecates that upgrade; the request goes on as a plain one.
+#[tokio::test(flavor = "multi_thread")]
+async fn h2c_upgrades_are_not_passed_upstream() {
+    let echo = Upstream::echo("app").await;
+    let sift = Sift::start(&simple_config(echo.addr, ""));
+    for upgrade in ["h2c", "H2C", "websocket, h2c"] {
+        let raw = raw_exchange(
+            sift.addr(),
+            format!(
+                "GET /public HTTP/1.1\r\nhost: a\r\nconnection: Upgrade, close\r\nupgrade: {upgrade}\r\n\
+                 http2-settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+        assert!(raw.starts_with("HTTP/1.1 200"), "{upgrade}: {raw}");
+        let body = raw.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let v: serde_json::Value =
+            serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {raw}"));
+        assert!(v["headers"].get("upgrade").is_none(), "{upgrade}: {v}");
+        assert!(v["headers"].get("connection").is_none(), "{upgrade}: {v}");
+    }
+}
+
+/// `admin.example.` (a fully qualified name, trailing dot) is the same
+/// host as `admin.example` to DNS and to most apps, so it matches the same
+/// routes: otherwise the dot would step around a host route's identity
+/// rules, rate limits and filters onto a catch-all route.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trailing_dot_in_the_host_matches_the_same_route() {
+    let a = Upstream::echo("a").await;
+    let b = Upstream::echo("b").await;
+    let cfg = format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+routes:
+  - {{ name: admin, match: {{ host: [admin.example, "*.api.example"] }}, cluster: a }}
+  - {{ name: default, cluster: b }}
+clusters:
+  - {{ name: a, endpoints: ["{}"] }}
+  - {{ name: b, endpoints: ["{}"] }}
+"#,
+        a.addr, b.addr
+    );
+    let sift = Sift::start(&cfg);
+    for host in [
+        "admin.example",
+        "admin.example.",
+        "ADMIN.EXAMPLE.:8080",
+        "x.api.example.",
+    ] {
+        let r = send(
+            Request::get(sift.url("/"))
+                .header("host", host)
+                .body(body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(json(r.body())["name"], "a", "{host}");
+    }
+    let r = send(
+        Request::get(sift.url("/"))
+            .header("host", "other.example.")
+            .body(body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(json(r.body())["name"], "b");
+}
+
+/// Paths are normalized before routing, and sent upstream that way, so the
+/// route and the app agree on what was asked for: percent-encoded
+/// unreserved characters are decoded (`/%61dmin` is `/admin`, RFC 3986
+/// §6.2.2.2) and runs of slashes merged (`//admin` is `/admin`, nginx's
+/// merge_slashes; Python's http.server does the same). Otherwise either
+/// form steps around the `/admin` route onto a catch-all, while the app
+/// serves /admin. Encoded slashes (`%2F`) and the query are left alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn paths_are_normalized_before_routing() {
+    let a = Upstream::echo("a").await;
+    let b = Upstream::echo("b").await;
+    let cfg = format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+routes:
+  - {{ name: admin, match: {{ path: {{ prefix: /admin }} }}, cluster: a }}
+  - {{ name: default, cluster: b }}
+clusters:
+  - {{ name: a, endpoints: ["{}"] }}
+  - {{ name: b, endpoints: ["{}"] }}
+"#,
+        a.addr, b.addr
+    );
+    let sift = Sift::start(&cfg);
+    for (path, name, upstream) in [
+        ("/admin/x", "a", "/admin/x"),
+        ("/%61dmin/x", "a", "/admin/x"),
+        ("/%61%64%6D%69%6E", "a", "/admin"),
+        ("//admin", "a", "/admin"),
+        ("/admin//x///y", "a", "/admin/x/y"),
+        ("/%61dmin?q=%61&r=//", "a", "/admin?q=%61&r=//"),
+        ("/admin%2Fx", "b", "/admin%2Fx"),
+        ("/a%7Eb%20c", "b", "/a~b%20c"),
+    ] {
+        let r = send(Request::get(sift.url(path)).body(body::empty()).unwrap()).await;
+        let v = json(r.body());
+        assert_eq!(v["name"], name, "{path}: {v}");
+        assert_eq!(v["uri"], upstream, "{path}: {v}");
+    }
+}

@@ -1061,3 +1061,168 @@ async fn two_gets(
     let second = tls_get(addr, "localhost", cfg, "/r", &[]).await.unwrap();
     (first, second)
 }
+
+/// A server certificate signed by `ca` for localhost with the key in
+/// `key_pem`, valid from `from` to `until` (seconds from now, may be < 0).
+fn server_cert_valid(ca: &Ca, key_pem: &str, cn: &str, from: i64, until: i64) -> String {
+    let key = KeyPair::from_pem(key_pem).unwrap();
+    let mut p = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    p.subject_alt_names
+        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    p.distinguished_name.push(DnType::CommonName, cn);
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let epoch = rcgen::date_time_ymd(1970, 1, 1);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    p.not_before = epoch + Duration::from_secs((now + from) as u64);
+    p.not_after = epoch + Duration::from_secs((now + until) as u64);
+    p.signed_by(&key, &ca.issuer).unwrap().pem()
+}
+
+/// A rotation to a certificate outside its validity (expired, or not valid
+/// yet) is rejected and counted, and the current certificate keeps serving:
+/// swapping in either would fail every new handshake. A certificate not
+/// valid yet is taken as soon as it is, with no further file change.
+#[tokio::test(flavor = "multi_thread")]
+async fn rotation_waits_for_a_valid_certificate() {
+    let s = setup();
+    let up = Upstream::echo("app").await;
+    let sift = Sift::start(&tls_config(&s, "require", up.addr, ""));
+    let addr = sift.addr();
+    let client = frontend(&s.ca);
+    let cfg = client_config(&s.ca.pem, Some(&client), &["http/1.1"]);
+    let key_pem = std::fs::read_to_string(&s.server_key).unwrap();
+    let failures = r#"sift_tls_reloads_total{listener="main",result="failure"}"#;
+    let rotate = |pem: String| {
+        std::fs::write(s.dir.path("new.pem"), pem).unwrap();
+        std::fs::rename(s.dir.path("new.pem"), &s.server_cert).unwrap();
+    };
+    // Expired an hour ago.
+    rotate(server_cert_valid(
+        &s.ca, &key_pem, "expired", -86_400, -3_600,
+    ));
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            sift.metric(failures).await.unwrap_or(0.0) >= 1.0
+        })
+        .await,
+        "an expired certificate is rejected"
+    );
+    let r = tls_get(addr, "localhost", cfg.clone(), "/", &[]).await;
+    assert_eq!(
+        r.map(|r| r.server_cn),
+        Ok("server-v1".to_string()),
+        "the valid certificate keeps serving"
+    );
+    // Valid in 3 seconds.
+    rotate(server_cert_valid(&s.ca, &key_pem, "server-v3", 3, 86_400));
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            sift.metric(failures).await.unwrap_or(0.0) >= 2.0
+        })
+        .await,
+        "a certificate not valid yet is rejected"
+    );
+    let r = tls_get(addr, "localhost", cfg.clone(), "/", &[]).await;
+    assert_eq!(r.map(|r| r.server_cn), Ok("server-v1".to_string()));
+    assert!(
+        eventually(Duration::from_secs(8), || async {
+            tls_get(addr, "localhost", cfg.clone(), "/", &[])
+                .await
+                .is_ok_and(|r| r.server_cn == "server-v3")
+        })
+        .await,
+        "the new certificate serves once it is valid"
+    );
+    assert_eq!(sift.metric(failures).await, Some(2.0), "counted once each");
+}
+
+/// A SPIFFE ID comes only from a URI SAN (X509-SVID spec). A certificate
+/// from the same CA whose subject CN merely reads like one
+/// (`CN=spiffe://prod.example/ns/web/sa/frontend`, no SAN) has no identity:
+/// every `allowed_identities` kind refuses it, and its metric label is
+/// `none`, not the trust domain. A real SVID still passes.
+#[tokio::test(flavor = "multi_thread")]
+async fn spiffe_ids_come_only_from_uri_sans() {
+    let s = setup();
+    let up = Upstream::echo("app").await;
+    let sift = Sift::start(&tls_config(
+        &s,
+        "require",
+        up.addr,
+        r#"  - name: ns
+    match: { path: { prefix: /ns } }
+    cluster: app
+    allowed_identities: [ { namespace: prod.example/web } ]
+  - name: td
+    match: { path: { prefix: /td } }
+    cluster: app
+    allowed_identities: [ { trust_domain: prod.example } ]
+  - name: exact
+    match: { path: { prefix: /exact } }
+    cluster: app
+    allowed_identities: [ { exact: "spiffe://prod.example/ns/web/sa/frontend" } ]
+  - name: prefix
+    match: { path: { prefix: /prefix } }
+    cluster: app
+    allowed_identities: [ { prefix: "spiffe://prod.example/" } ]"#,
+    ));
+    let addr = sift.addr();
+    let id = "spiffe://prod.example/ns/web/sa/frontend";
+    let by_cn = leaf(&s.ca, &[], None, id, false, false, Alg::Ecdsa);
+    let svid = frontend(&s.ca);
+    for path in ["/ns", "/td", "/exact", "/prefix"] {
+        let cfg = client_config(&s.ca.pem, Some(&by_cn), &["http/1.1"]);
+        let r = tls_get(addr, "localhost", cfg, path, &[]).await.unwrap();
+        assert_eq!(r.status, 403, "{path}: a CN is not a SPIFFE ID");
+        let cfg = client_config(&s.ca.pem, Some(&svid), &["http/1.1"]);
+        let r = tls_get(addr, "localhost", cfg, path, &[]).await.unwrap();
+        assert_eq!(r.status, 200, "{path}: the SVID passes");
+    }
+    assert_eq!(
+        sift.metric(r#"sift_tls_handshakes_total{listener="main",peer="none"}"#)
+            .await,
+        Some(4.0)
+    );
+}
+
+/// `sift check` loads the TLS material `sift run` would (listener
+/// certificate, key and CA; cluster CA, client certificate and SNI name):
+/// a config that cannot start is not reported ok.
+#[test]
+fn sift_check_loads_tls_files() {
+    let dir = TempDir::new();
+    let cfg = dir.path("sift.yaml");
+    std::fs::write(
+        &cfg,
+        r#"listeners:
+  - name: main
+    address: "127.0.0.1:0"
+    tls:
+      certificates: [{ cert: /nonexistent/server.pem, key: /nonexistent/server.key }]
+      client_auth: { mode: off }
+clusters:
+  - name: app
+    endpoints: ["127.0.0.1:1"]
+    tls: { ca: /nonexistent/ca.pem }
+"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new(sift_bin())
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(":4: listeners[0].tls: cannot read /nonexistent/server.pem"),
+        "{err}"
+    );
+    assert!(
+        err.contains(":10: clusters[0].tls: cannot read /nonexistent/ca.pem"),
+        "{err}"
+    );
+}

@@ -1048,6 +1048,15 @@ fn build_match(m: Option<&MatchFile>, p: &str, e: &mut Errs) -> MatchSpec {
                 continue;
             }
         };
+        if name.as_str().starts_with("x-sift-") && rule != HeaderRule::Present(false) {
+            e.push(
+                format!("{hp}.name"),
+                format!(
+                    "{:?}: x-sift-* headers are removed from client requests before routing, so this condition never holds",
+                    h.name
+                ),
+            );
+        }
         headers.push(HeaderMatch { name, rule });
     }
     MatchSpec {
@@ -1539,6 +1548,13 @@ fn build_canary(
             e.push(
                 format!("{p}.rollout.steps"),
                 "steps must rise strictly within 1..=100",
+            );
+        } else if steps.first().is_some_and(|s| *s >= 100) {
+            // Analysis runs at steps below 100; [100] would send all
+            // traffic to the canary unanalysed (and stable none to compare).
+            e.push(
+                format!("{p}.rollout.steps"),
+                "needs at least one step below 100 (e.g. [10, 50, 100])",
             );
         }
         let ratio = |v: Option<f64>, d: f64, name: &str, e: &mut Errs| match v {

@@ -42,6 +42,7 @@ pub struct ClusterMetrics {
     pub budget_exhausted: IntCounter,
     pub attempts_exhausted: IntCounter,
     pub not_replayable: IntCounter,
+    pub no_endpoint: IntCounter,
     pub connect_errors: IntCounter,
 }
 
@@ -94,26 +95,33 @@ impl Drop for InflightGuard {
     }
 }
 
+/// A cluster's TLS connector and SNI name, from its files (`None`: plain).
+/// `sift check` calls it too, so a config it passes can start.
+pub fn tls_connector(
+    spec: &ClusterSpec,
+) -> Result<Option<(tokio_rustls::TlsConnector, Option<ServerName<'static>>)>, crate::tls::TlsError>
+{
+    let Some(t) = &spec.tls else {
+        return Ok(None);
+    };
+    let mut cfg = crate::tls::client_config(t)?;
+    cfg.alpn_protocols = match spec.protocol {
+        UpstreamProtocol::Http1 => vec![b"http/1.1".to_vec()],
+        UpstreamProtocol::Http2 => vec![b"h2".to_vec()],
+    };
+    let sni = match &t.server_name {
+        Some(n) => Some(
+            ServerName::try_from(n.clone())
+                .map_err(|e| crate::tls::TlsError::Config(format!("server_name: {e}")))?,
+        ),
+        None => None,
+    };
+    Ok(Some((tokio_rustls::TlsConnector::from(Arc::new(cfg)), sni)))
+}
+
 impl Cluster {
     pub fn new(spec: ClusterSpec, m: &Metrics) -> Result<Arc<Self>, crate::tls::TlsError> {
-        let tls = match &spec.tls {
-            Some(t) => {
-                let mut cfg = crate::tls::client_config(t)?;
-                cfg.alpn_protocols = match spec.protocol {
-                    UpstreamProtocol::Http1 => vec![b"http/1.1".to_vec()],
-                    UpstreamProtocol::Http2 => vec![b"h2".to_vec()],
-                };
-                let sni =
-                    match &t.server_name {
-                        Some(n) => Some(ServerName::try_from(n.clone()).map_err(|e| {
-                            crate::tls::TlsError::Config(format!("server_name: {e}"))
-                        })?),
-                        None => None,
-                    };
-                Some((tokio_rustls::TlsConnector::from(Arc::new(cfg)), sni))
-            }
-            None => None,
-        };
+        let tls = tls_connector(&spec)?;
         let pool = Pool::new(
             PoolConfig {
                 protocol: spec.protocol,
@@ -146,6 +154,7 @@ impl Cluster {
             budget_exhausted: retries("budget_exhausted"),
             attempts_exhausted: retries("attempts_exhausted"),
             not_replayable: retries("not_replayable"),
+            no_endpoint: retries("no_endpoint"),
             connect_errors: m.upstream_connect_errors.with_label_values(&[n]),
         };
         let outlier = spec
@@ -255,6 +264,16 @@ impl Cluster {
         if let Some(o) = &self.outlier {
             self.metrics.ejected.set(o.ejected(now) as i64);
         }
+    }
+
+    /// Some endpoint is not ejected at `now` (a retry has somewhere to go).
+    pub fn any_available(&self, now: u64) -> bool {
+        let n = self.endpoints.len();
+        n > 0
+            && self
+                .outlier
+                .as_ref()
+                .is_none_or(|o| (0..n).any(|i| o.available(i, now)))
     }
 
     pub fn name(&self) -> &str {
