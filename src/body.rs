@@ -214,6 +214,10 @@ pub fn hint_after(len: u64, rest: Option<SizeHint>) -> SizeHint {
 /// `completed` is false when the body failed or was dropped early.
 pub trait OnDone: Send + 'static {
     fn done(self, bytes: u64, completed: bool);
+    /// Longest wait for the body's next frame (None: no limit).
+    fn read_timeout(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 pin_project_lite::pin_project! {
@@ -228,6 +232,10 @@ pin_project_lite::pin_project! {
         bytes: u64,
         // Held inline (not boxed): the response body is boxed once, with it.
         hook: Option<H>,
+        // The read timeout, and its timer: armed only when the inner body
+        // is not ready (a body that arrives with its head never has one).
+        read_timeout: Option<std::time::Duration>,
+        timer: Option<Pin<Box<tokio::time::Sleep>>>,
     }
 
     impl<B, H> PinnedDrop for Observed<B, H>
@@ -252,7 +260,9 @@ impl<B: http_body::Body, H: OnDone> Observed<B, H> {
         Observed {
             inner,
             bytes: 0,
+            read_timeout: hook.read_timeout(),
             hook: Some(hook),
+            timer: None,
         }
     }
 }
@@ -276,6 +286,9 @@ where
                 if let Some(d) = frame.data_ref() {
                     *this.bytes += d.len() as u64;
                 }
+                if let (Some(t), Some(d)) = (this.timer.as_mut(), *this.read_timeout) {
+                    t.as_mut().reset(tokio::time::Instant::now() + d);
+                }
             }
             Poll::Ready(None) => {
                 if let Some(h) = this.hook.take() {
@@ -287,7 +300,23 @@ where
                     h.done(*this.bytes, false);
                 }
             }
-            Poll::Pending => {}
+            Poll::Pending => {
+                if let Some(d) = *this.read_timeout {
+                    let t = this
+                        .timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(d)));
+                    if t.as_mut().poll(cx).is_ready() {
+                        if let Some(h) = this.hook.take() {
+                            h.done(*this.bytes, false);
+                        }
+                        return Poll::Ready(Some(Err(format!(
+                            "upstream response body: nothing for {} (read_timeout)",
+                            crate::config::units::Dur(d)
+                        )
+                        .into())));
+                    }
+                }
+            }
         }
         r
     }

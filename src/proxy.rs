@@ -88,6 +88,9 @@ struct Outcome {
     route_index: Option<usize>,
     /// Counted and logged (once).
     finished: bool,
+    /// The cluster's read_timeout for the response body (None: sift's own
+    /// answer, no upstream).
+    read_timeout: Option<std::time::Duration>,
 }
 
 struct LogFields {
@@ -107,6 +110,10 @@ struct LogFields {
 impl OnDone for Outcome {
     fn done(mut self, bytes: u64, completed: bool) {
         self.finish(bytes, completed);
+    }
+
+    fn read_timeout(&self) -> Option<std::time::Duration> {
+        self.read_timeout
     }
 }
 
@@ -228,6 +235,7 @@ pub async fn handle(
         retry_permit: None,
         route_index: None,
         finished: false,
+        read_timeout: None,
     };
     let mut request_id = None;
     let resp = match proxy(
@@ -496,6 +504,7 @@ async fn proxy(
         cluster: format!("(route {} has no cluster with weight)", route.spec.name),
     })?;
     let cluster = &backend.cluster;
+    out.read_timeout = Some(cluster.spec.read_timeout.0);
     out.stats = Some(backend.stats.clone());
     out.cluster_slot = Some(cluster.request_slot()?);
 

@@ -1166,3 +1166,61 @@ clusters:
         assert_eq!(v["uri"], upstream, "{path}: {v}");
     }
 }
+
+/// An upstream that sends a response head and part of its body, then
+/// stalls: the cluster's `read_timeout` cuts the response, so the client
+/// sees an incomplete body (an error, never a silently short one) instead
+/// of waiting forever, and the access log says it did not complete.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_response_body_is_cut_by_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = tcp.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789")
+                    .await;
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            });
+        }
+    });
+    let yaml = simple_config(addr, "").replace(
+        &format!("    endpoints: [\"{addr}\"]\n"),
+        &format!("    endpoints: [\"{addr}\"]\n    read_timeout: 300ms\n"),
+    );
+    assert!(yaml.contains("read_timeout"), "{yaml}");
+    let sift = Sift::start(&yaml);
+    let t = std::time::Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(10), async {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Empty<bytes::Bytes>>();
+        let resp = client
+            .get(sift.url("/").parse().unwrap())
+            .await
+            .expect("the head arrives");
+        assert_eq!(resp.status(), 200);
+        http_body_util::BodyExt::collect(resp.into_body()).await
+    })
+    .await
+    .expect("the response ends within 10 s (read_timeout 300 ms), not after 30 s");
+    assert!(r.is_err(), "the body is cut with an error, not ended short");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    // The access log line says it did not complete.
+    let cut = || {
+        sift.log_lines().iter().any(|l| {
+            serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| {
+                v["message"] == "access" && v["status"] == 200 && v["completed"] == false
+            })
+        })
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || async { cut() }).await,
+        "{:?}",
+        sift.log_lines()
+    );
+}

@@ -1153,6 +1153,12 @@ fn build_clusters(cs: &[ClusterFile], e: &mut Errs) -> Vec<ClusterSpec> {
                 &format!("{p}.idle_timeout"),
                 e,
             ),
+            read_timeout: positive(
+                c.read_timeout,
+                Dur::secs(300),
+                &format!("{p}.read_timeout"),
+                e,
+            ),
             max_idle_per_endpoint: max_idle,
             breakers: build_breakers(
                 c.circuit_breakers.as_ref(),

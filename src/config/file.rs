@@ -842,6 +842,12 @@ pub struct ClusterFile {
     /// Idle pooled connections are closed after this (default 60s).
     #[serde(default)]
     pub idle_timeout: Option<Dur>,
+    /// Longest wait for the next piece of a response body once its head
+    /// has arrived (default 300s, as Envoy's stream idle timeout; nginx's
+    /// proxy_read_timeout). Over it the response is cut (the client sees
+    /// an incomplete body, never a silently short one).
+    #[serde(default)]
+    pub read_timeout: Option<Dur>,
     /// Connection pool limits.
     #[serde(default)]
     pub pool: Option<PoolFile>,

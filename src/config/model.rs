@@ -345,6 +345,8 @@ pub struct ClusterSpec {
     pub connect_timeout: Dur,
     pub request_timeout: Dur,
     pub idle_timeout: Dur,
+    /// Longest wait for the next piece of a response body.
+    pub read_timeout: Dur,
     pub max_idle_per_endpoint: usize,
     pub breakers: Breakers,
     pub outlier: Option<OutlierSpec>,
