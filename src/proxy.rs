@@ -512,6 +512,13 @@ async fn proxy(
     let upgrade = (seen.hop & hop::CONNECTION != 0)
         .then(|| upgrade_protocol(&req))
         .flatten();
+    if upgrade.is_some() && cluster.spec.protocol == UpstreamProtocol::Http2 {
+        // HTTP/2 has no Upgrade (RFC 9113 §8.6): forwarded, the request
+        // would lose it and the client get a plain answer instead of 101.
+        return Err(ProxyError::NotImplemented(
+            "a protocol upgrade (WebSocket) to an http2 cluster; give the cluster protocol: http1",
+        ));
+    }
     let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, incoming) = req.into_parts();
     let mut uri = std::mem::take(&mut parts.uri).into_parts();

@@ -1224,3 +1224,41 @@ async fn a_stalled_response_body_is_cut_by_read_timeout() {
         sift.log_lines()
     );
 }
+
+/// HTTP/2 has no Upgrade: a WebSocket request to a route whose cluster
+/// speaks http2 is a clear 501 naming the fix, not a plain 200 that drops
+/// the upgrade, and the upstream never sees it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upgrade_to_an_http2_cluster_is_501() {
+    let up = Upstream::start(|_req: Request<hyper::body::Incoming>| async move {
+        text_response(200, "plain")
+    })
+    .await;
+    let yaml = simple_config(up.addr, "").replace(
+        &format!("    endpoints: [\"{}\"]\n", up.addr),
+        &format!("    endpoints: [\"{}\"]\n    protocol: http2\n", up.addr),
+    );
+    assert!(yaml.contains("protocol: http2"), "{yaml}");
+    let sift = Sift::start(&yaml);
+    let mut s = tokio::net::TcpStream::connect(sift.addr()).await.unwrap();
+    s.write_all(
+        b"GET /chat HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\
+sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 501"), "{head}");
+    assert!(head.contains("x-sift-error: not-implemented"), "{head}");
+    assert_eq!(
+        up.requests.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "never forwarded"
+    );
+}
