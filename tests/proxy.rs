@@ -549,20 +549,7 @@ async fn websocket_upgrade_is_tunnelled() {
     })
     .await;
     let sift = Sift::start(&simple_config(up.addr, ""));
-    let mut s = tokio::net::TcpStream::connect(sift.addr()).await.unwrap();
-    s.write_all(
-        b"GET /chat HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\
-sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut byte).await.unwrap();
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head).to_lowercase();
+    let (mut s, head) = websocket_request(&sift).await;
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: websocket"), "{head}");
     assert!(head.contains("sec-websocket-accept"), "{head}");
@@ -1240,6 +1227,19 @@ async fn an_upgrade_to_an_http2_cluster_is_501() {
     );
     assert!(yaml.contains("protocol: http2"), "{yaml}");
     let sift = Sift::start(&yaml);
+    let (_s, head) = websocket_request(&sift).await;
+    assert!(head.starts_with("http/1.1 501"), "{head}");
+    assert!(head.contains("x-sift-error: not-implemented"), "{head}");
+    assert_eq!(
+        up.requests.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "never forwarded"
+    );
+}
+
+/// Send a WebSocket upgrade request to sift on a raw connection; the
+/// connection and the response head, lower-cased.
+async fn websocket_request(sift: &Sift) -> (tokio::net::TcpStream, String) {
     let mut s = tokio::net::TcpStream::connect(sift.addr()).await.unwrap();
     s.write_all(
         b"GET /chat HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\
@@ -1253,12 +1253,5 @@ sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n
         s.read_exact(&mut byte).await.unwrap();
         head.push(byte[0]);
     }
-    let head = String::from_utf8_lossy(&head).to_lowercase();
-    assert!(head.starts_with("http/1.1 501"), "{head}");
-    assert!(head.contains("x-sift-error: not-implemented"), "{head}");
-    assert_eq!(
-        up.requests.load(std::sync::atomic::Ordering::SeqCst),
-        0,
-        "never forwarded"
-    );
+    (s, String::from_utf8_lossy(&head).to_lowercase())
 }
