@@ -366,6 +366,7 @@ async fn filters(req: Request<Incoming>, path: &str, shared: &Shared) -> Respons
                     "kind": f.spec().kind,
                     "model": f.model_source(),
                     "learned_model": f.spec().learned_model,
+                    "learn_data": f.spec().learn_data,
                 })
             })
             .collect();
