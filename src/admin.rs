@@ -345,6 +345,8 @@ pub async fn tls_watcher(shared: Arc<Shared>) {
 
 /// Largest body `POST /filters/{name}/learn` accepts.
 const MAX_LEARN_BODY: usize = 64 << 20;
+/// Largest decoded size of a gzip learn body.
+const MAX_LEARN_DECODED: usize = 256 << 20;
 
 /// GET /filters; POST /filters/{name}/learn (JSONL labelled examples).
 async fn filters(req: Request<Incoming>, path: &str, shared: &Shared) -> Response<Body> {
@@ -384,6 +386,23 @@ async fn filters(req: Request<Incoming>, path: &str, shared: &Shared) -> Respons
             json!({ "error": format!("no filter is named {name:?}") }),
         );
     };
+    // Labelled CI logs are large and compress well: a gzip body is read
+    // too (decoded up to MAX_LEARN_DECODED).
+    let gzip = match req
+        .headers()
+        .get(http::header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("identity") => false,
+        Some("gzip") | Some("x-gzip") => true,
+        Some(other) => {
+            return json_response(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                json!({ "error": format!("content-encoding {other:?}: send the JSONL plain or gzip") }),
+            );
+        }
+    };
     let limited = http_body_util::Limited::new(req.into_body(), MAX_LEARN_BODY);
     let body = match limited.collect().await {
         Ok(b) => b.to_bytes(),
@@ -394,8 +413,23 @@ async fn filters(req: Request<Incoming>, path: &str, shared: &Shared) -> Respons
             );
         }
     };
+
     let metrics = shared.metrics.clone();
-    let res = tokio::task::spawn_blocking(move || filter.learn(&body)).await;
+    // Decoding and learning run off the admin thread.
+    let res = tokio::task::spawn_blocking(move || {
+        let body = if gzip {
+            gunzip_learn_body(&body)?
+        } else {
+            body
+        };
+        Ok(filter.learn(&body))
+    })
+    .await;
+    let res = match res {
+        Ok(Err((status, msg))) => return json_response(status, json!({ "error": msg })),
+        Ok(Ok(r)) => Ok(r),
+        Err(e) => Err(e),
+    };
     match res {
         Ok(Ok(report)) => {
             let l = &metrics.filters.learned;
@@ -417,6 +451,29 @@ async fn filters(req: Request<Incoming>, path: &str, shared: &Shared) -> Respons
         }
         Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "learn task failed\n"),
     }
+}
+
+/// A gzip learn body, decoded (at most MAX_LEARN_DECODED bytes), or the
+/// status and message for the client.
+fn gunzip_learn_body(body: &[u8]) -> Result<bytes::Bytes, (StatusCode, String)> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::read::MultiGzDecoder::new(body)
+        .take(MAX_LEARN_DECODED as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| {
+            (
+                StatusCode::BAD_REQUEST,
+                format!("the gzip body does not decode: {e}"),
+            )
+        })?;
+    if out.len() > MAX_LEARN_DECODED {
+        return Err((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the gzip body expands past {MAX_LEARN_DECODED} bytes"),
+        ));
+    }
+    Ok(bytes::Bytes::from(out))
 }
 
 /// Watch every filter's model file: a new valid model is swapped in, a

@@ -1599,3 +1599,47 @@ async fn a_new_model_file_under_a_learned_model_is_shadowed() {
     );
     assert_eq!(reloads("success").await, 1.0);
 }
+
+/// A learn body may be gzip (`Content-Encoding: gzip`, as labelled CI logs
+/// are best sent): decoded off the admin thread; broken gzip is a 400, an
+/// encoding sift does not read a 415, and neither learns anything.
+#[tokio::test(flavor = "multi_thread")]
+async fn learn_reads_a_gzip_body() {
+    let up = mirror().await;
+    let dir = TempDir::new();
+    let learned = dir.path("spam.learned.bin");
+    let yaml = config(
+        up.addr,
+        &format!("    learned_model: {}", learned.display()),
+        "      - { filter: spam }",
+        "",
+    );
+    let cfg = dir.path("sift.yaml");
+    std::fs::write(&cfg, &yaml).unwrap();
+    let sift = Sift::start_at(dir, cfg).unwrap();
+    let learn = |enc: &'static str, b: Vec<u8>| {
+        let url = sift.admin_url("/filters/spam/learn");
+        async move {
+            send(
+                Request::post(url)
+                    .header("content-encoding", enc)
+                    .body(full(b))
+                    .unwrap(),
+            )
+            .await
+        }
+    };
+    let jsonl = "{\"text\": \"win a prize now\", \"label\": \"spam\"}\n\
+                 {\"text\": \"see you at lunch\", \"label\": \"ham\"}\n";
+    let r = learn("br", jsonl.as_bytes().to_vec()).await;
+    assert_eq!(r.status(), 415, "{:?}", r.body());
+    let r = learn("gzip", b"\x1f\x8b\x08\x00broken".to_vec()).await;
+    assert_eq!(r.status(), 400, "{:?}", r.body());
+    assert!(!learned.exists(), "nothing learned");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(jsonl.as_bytes()).unwrap();
+    let r = learn("gzip", gz.finish().unwrap()).await;
+    assert_eq!(r.status(), 200, "{:?}", r.body());
+    assert_eq!(json(r.body())["examples"], 2);
+    assert!(learned.exists());
+}
