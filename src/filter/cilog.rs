@@ -95,24 +95,39 @@ pub fn examples_store(learned_model: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// The logs learned so far. A last line without its newline is a write
-/// cut short (a crash mid-append): it is left out, not an error.
-fn read_store(path: &Path) -> Result<Vec<crate::cilog::train::Example>, FilterError> {
-    let bad = |reason: String| FilterError::LearnData {
-        path: path.display().to_string(),
-        reason,
+/// Cut a torn last line (a crash mid-append: every append ends with a
+/// newline) off the store, so the learns after it read only whole lines;
+/// the batch that was being appended is lost, nothing else. Reads
+/// backwards from the end only as far as that line (no parse, nothing
+/// of the store held in memory).
+fn trim_torn_tail(path: &Path) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
     };
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(bad(e.to_string())),
-    };
-    let whole = match text.rfind('\n') {
-        Some(i) => &text[..=i],
-        None => "",
-    };
-    crate::cilog::train::parse_jsonl(whole, &path.display().to_string())
-        .map_err(|e| bad(e.to_string()))
+    let mut end = f.metadata()?.len();
+    let mut buf = vec![0u8; 64 << 10];
+    let mut first = true;
+    while end > 0 {
+        let n = buf.len().min(end as usize);
+        f.seek(SeekFrom::Start(end - n as u64))?;
+        f.read_exact(&mut buf[..n])?;
+        if first && buf[n - 1] == b'\n' {
+            return Ok(());
+        }
+        first = false;
+        if let Some(i) = memchr::memrchr(b'\n', &buf[..n]) {
+            return f.set_len(end - n as u64 + i as u64 + 1);
+        }
+        end -= n as u64;
+    }
+    f.set_len(0)
 }
 
 impl CilogFilter {
@@ -147,8 +162,9 @@ impl CilogFilter {
             ));
         }
         let store = examples_store(learned);
-        // The stored logs must read back before anything is added to them.
-        read_store(&store)?;
+        // Only whole lines go to training (the child parses them and
+        // names any bad one).
+        trim_torn_tail(&store).map_err(|e| persist(&store, e.to_string()))?;
         let with = |suffix: &str| {
             let mut s = learned.as_os_str().to_owned();
             s.push(suffix);
@@ -511,5 +527,39 @@ impl Inspector for CilogInspector {
             detail,
             headers,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::trim_torn_tail;
+
+    #[test]
+    fn a_torn_last_line_is_cut_and_whole_lines_stay() {
+        let dir = std::env::temp_dir().join(format!("sift-torn-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("store.jsonl");
+        // Whole lines: untouched. A long torn line (past one 64 KiB read):
+        // cut back to the last newline. No newline at all: emptied.
+        let long = "x".repeat(200_000);
+        for (content, want) in [
+            (
+                "{\"a\":1}\n{\"b\":2}\n".to_string(),
+                "{\"a\":1}\n{\"b\":2}\n".to_string(),
+            ),
+            (
+                format!("{{\"a\":1}}\n{{\"log\":\"{long}"),
+                "{\"a\":1}\n".to_string(),
+            ),
+            (format!("{{\"log\":\"{long}"), String::new()),
+            (String::new(), String::new()),
+        ] {
+            std::fs::write(&p, &content).unwrap();
+            trim_torn_tail(&p).unwrap();
+            assert_eq!(std::fs::read_to_string(&p).unwrap(), want);
+        }
+        std::fs::remove_file(&p).unwrap();
+        trim_torn_tail(&p).unwrap(); // a missing store is no error
+        std::fs::remove_dir_all(&dir).ok();
     }
 }
