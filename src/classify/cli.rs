@@ -527,15 +527,21 @@ pub fn run_train(what: TrainWhat) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn adapt(args: &TrainSpam, from: &Path) -> ExitCode {
-    let loaded = if is_builtin(from) {
-        Model::from_bytes(crate::filter::spam::BUILTIN_MODEL).map(Classifier::new)
+/// The spam model `builtin` (compiled in) or a model file names.
+fn load_spam_model(model: &Path) -> Result<Classifier, String> {
+    if is_builtin(model) {
+        Model::from_bytes(crate::filter::spam::BUILTIN_MODEL)
+            .map(Classifier::new)
+            .map_err(|e| format!("builtin: {e}"))
     } else {
-        Classifier::load(from)
-    };
-    let base = match loaded {
+        Classifier::load(model).map_err(|e| format!("{}: {e}", model.display()))
+    }
+}
+
+fn adapt(args: &TrainSpam, from: &Path) -> ExitCode {
+    let base = match load_spam_model(from) {
         Ok(c) => c,
-        Err(e) => return fail(format_args!("{}: {e}", from.display())),
+        Err(e) => return fail(e),
     };
     let batch = match user_examples(args) {
         Ok((b, _)) => b,
@@ -902,14 +908,7 @@ pub fn run_classify(args: ClassifyArgs) -> ExitCode {
     if args.model.extension().is_some_and(|e| e == "onnx") {
         return super::onnx_cli::run_classify_onnx(&args, &args.model);
     }
-    let loaded = if is_builtin(&args.model) {
-        Model::from_bytes(crate::filter::spam::BUILTIN_MODEL)
-            .map(Classifier::new)
-            .map_err(|e| format!("builtin: {e}"))
-    } else {
-        Classifier::load(&args.model).map_err(|e| format!("{}: {e}", args.model.display()))
-    };
-    let clf = match loaded {
+    let clf = match load_spam_model(&args.model) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
