@@ -285,7 +285,7 @@ impl Metrics {
         let retries = IntCounterVec::new(
             Opts::new(
                 "sift_retries_total",
-                "Retry decisions by cluster and outcome (retried, budget_exhausted, attempts_exhausted, not_replayable, no_endpoint).",
+                "Retry decisions by cluster and outcome (retried, budget_exhausted, attempts_exhausted, not_replayable, non_idempotent, no_endpoint).",
             ),
             &["cluster", "outcome"],
         )

@@ -588,6 +588,10 @@ async fn proxy(
         .retries
         .as_ref()
         .filter(|r| r.attempts > 0 && upgrade.is_none());
+    // A POST or PATCH that reached the upstream may have taken effect:
+    // retried only after a failed connect unless the route allows it.
+    let sent_is_final = retry.is_some_and(|r| !r.non_idempotent)
+        && !crate::policy::retry::idempotent(&parts.method);
     // Read only after a failed send, to tell a client fault from an upstream
     // one; a bodiless request never needs it (and allocates none).
     let mut state: Option<Arc<BodyState>> = None;
@@ -793,6 +797,7 @@ async fn proxy(
         .await;
         now = clock.now();
         // What happened, and whether the policy retries it.
+        let mut connect_failed = false;
         let (outcome, retryable) = match result {
             Ok(Ok(resp)) => {
                 let code = resp.status().as_u16();
@@ -813,6 +818,7 @@ async fn proxy(
                 _ if matches!(e, crate::upstream::SendError::Connect(_)) => {
                     cluster.metrics.connect_errors.inc();
                     cluster.observe(ep_index, Observed::LocalGatewayError, now);
+                    connect_failed = true;
                     let err = ProxyError::UpstreamConnect {
                         cluster: cluster.spec.name.clone(),
                         endpoint: endpoint.authority.to_string(),
@@ -837,7 +843,10 @@ async fn proxy(
         // and time left, and a permit from the cluster's retry budget.
         let permit = match retry {
             Some(r) if retryable => {
-                if !matches!(body, Plan::Replay(_)) {
+                if sent_is_final && !connect_failed {
+                    cluster.metrics.non_idempotent.inc();
+                    None
+                } else if !matches!(body, Plan::Replay(_)) {
                     cluster.metrics.not_replayable.inc();
                     None
                 } else if attempt >= r.attempts || Instant::now() >= deadline {

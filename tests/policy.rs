@@ -450,14 +450,103 @@ async fn retries_recover_from_refused_reset_and_hung_endpoints() {
             .unwrap_or(0.0);
         assert!(n >= 1.0, "{cluster}: {n} retries");
     }
-    // A POST with a small body is replayed too (it was buffered).
+    // A POST with a small body that never reached an upstream is replayed
+    // (it was buffered).
     let r = send(
-        Request::post(sift.url("/reset"))
+        Request::post(sift.url("/refused"))
             .body(full("small body"))
             .unwrap(),
     )
     .await;
     assert_eq!(r.status(), 200);
+}
+
+/// A POST or PATCH that reached the upstream may have taken effect there:
+/// retried only after a failed connect, unless the route says
+/// `non_idempotent: true`; PUT and DELETE are idempotent and retried.
+#[tokio::test(flavor = "multi_thread")]
+async fn non_idempotent_requests_are_not_retried_once_sent() {
+    let (reset, _t) = resetting().await;
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    // Answers 503 to every request, counting what reached it.
+    let busy = Upstream::start(move |_req: Request<hyper::body::Incoming>| {
+        let h = h.clone();
+        async move {
+            h.fetch_add(1, Ordering::SeqCst);
+            let mut r = text_response(200, "busy");
+            *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+            r
+        }
+    })
+    .await;
+    let good = Upstream::echo("good").await;
+    let sift = Sift::start(&config(
+        &format!(
+            "  - {{ name: reset, endpoints: [\"{reset}\", \"{}\"] }}\n  - {{ name: busy, endpoints: [\"{}\"] }}",
+            good.addr, busy.addr
+        ),
+        r#"  - name: safe
+    match: { path: { prefix: /safe } }
+    cluster: reset
+    retries: { attempts: 3, on: [reset], backoff_base: 1ms }
+  - name: opt-in
+    match: { path: { prefix: /opt-in } }
+    cluster: reset
+    retries: { attempts: 3, on: [reset], backoff_base: 1ms, non_idempotent: true }
+  - name: busy
+    match: { path: { prefix: /busy } }
+    cluster: busy
+    retries: { attempts: 2, on: ["503"], backoff_base: 1ms }"#,
+    ));
+    let post = |path: &str, method: &str| {
+        Request::builder()
+            .method(method)
+            .uri(sift.url(path))
+            .body(full("order #1"))
+            .unwrap()
+    };
+    // Round robin: the resetting endpoint takes every other first try, so
+    // 4 requests in a row meet it twice.
+    let metric =
+        |outcome: &str| format!(r#"sift_retries_total{{cluster="reset",outcome="{outcome}"}}"#);
+    let mut failed = 0;
+    for m in ["POST", "PATCH"] {
+        let mut statuses = Vec::new();
+        for _ in 0..4 {
+            statuses.push(send(post("/safe", m)).await.status().as_u16());
+        }
+        let n = statuses.iter().filter(|s| **s == 502).count();
+        assert_eq!(n, 2, "{m}: {statuses:?}");
+        assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 2, "{m}");
+        failed += n;
+    }
+    assert_eq!(
+        sift.metric(&metric("non_idempotent")).await,
+        Some(failed as f64)
+    );
+    assert_eq!(sift.metric(&metric("retried")).await, Some(0.0));
+    // Idempotent methods are retried past the reset.
+    for m in ["PUT", "DELETE", "GET"] {
+        for _ in 0..4 {
+            assert_eq!(send(post("/safe", m)).await.status(), 200, "{m}");
+        }
+    }
+    let retried = sift.metric(&metric("retried")).await.unwrap_or(0.0);
+    assert!(retried >= 1.0, "{retried}");
+    // With non_idempotent: true, POSTs are retried too.
+    for _ in 0..6 {
+        assert_eq!(send(post("/opt-in", "POST")).await.status(), 200);
+    }
+    assert!(sift.metric(&metric("retried")).await.unwrap_or(0.0) > retried);
+    // A 503 to a POST is the upstream's answer: passed on after one try.
+    let r = send(post("/busy", "POST")).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    // The same 503 to a GET is retried twice.
+    let r = send(post("/busy", "GET")).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(hits.load(Ordering::SeqCst), 4);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -467,9 +556,10 @@ async fn streamed_bodies_are_never_replayed() {
         &format!("  - {{ name: reset, endpoints: [\"{reset}\"] }}"),
         "  - { name: r, cluster: reset, retries: { attempts: 3, on: [reset], backoff_base: 1ms, buffer_limit: 1KiB } }",
     ));
-    // 4 KiB > buffer_limit: streamed once, not retried.
+    // 4 KiB > buffer_limit: streamed once, not retried (a PUT: a POST
+    // would not be retried once sent anyway).
     let r = send(
-        Request::post(sift.url("/"))
+        Request::put(sift.url("/"))
             .body(full(vec![b'x'; 4096]))
             .unwrap(),
     )

@@ -1344,6 +1344,7 @@ fn build_retries(r: &RetryFile, p: &str, e: &mut Errs) -> RetrySpec {
         )
         .0,
         buffer_limit: r.buffer_limit.unwrap_or(Bytes(64 * 1024)).0,
+        non_idempotent: r.non_idempotent.unwrap_or(false),
     };
     let on = r.on.clone().unwrap_or_else(|| {
         vec![

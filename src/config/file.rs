@@ -580,11 +580,17 @@ pub struct RetryFile {
     /// Longest backoff (default 250ms).
     #[serde(default)]
     pub backoff_max: Option<Dur>,
-    /// Largest request body kept for replay (default 64KiB). A larger body
-    /// streams and its request is retried only if it never reached an
-    /// upstream (connect failure).
+    /// Largest request body kept for replay (default 64KiB). A larger or
+    /// chunked body streams once and its request is never retried.
     #[serde(default)]
     pub buffer_limit: Option<Bytes>,
+    /// Also retry requests with a non-idempotent method (POST, PATCH and
+    /// any method RFC 9110 does not define as idempotent) on reset, timeout
+    /// or a retried status, when the upstream may already have acted on
+    /// them (default false: such requests are retried only after a failed
+    /// connect, as nginx does without `non_idempotent`).
+    #[serde(default)]
+    pub non_idempotent: Option<bool>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]

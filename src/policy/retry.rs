@@ -22,6 +22,20 @@ pub struct RetrySpec {
     /// Largest request body kept for replay; larger bodies stream and are
     /// never retried once sent.
     pub buffer_limit: u64,
+    /// Also retry requests whose method is not idempotent (POST, PATCH, …)
+    /// after they reached an upstream. Off: only a failed connect (the
+    /// request never left sift) retries them, as nginx does.
+    pub non_idempotent: bool,
+}
+
+/// Methods RFC 9110 §9.2.2 defines as idempotent; any other method
+/// (POST, PATCH, CONNECT, extensions) may change state each time it runs.
+pub fn idempotent(m: &http::Method) -> bool {
+    use http::Method;
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
 }
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -98,6 +112,17 @@ mod tests {
             backoff_base: Duration::from_millis(25),
             backoff_max: Duration::from_millis(250),
             buffer_limit: 65536,
+            non_idempotent: false,
+        }
+    }
+
+    #[test]
+    fn idempotent_methods_are_rfc_9110s() {
+        for m in ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"] {
+            assert!(idempotent(&m.parse().unwrap()), "{m}");
+        }
+        for m in ["POST", "PATCH", "CONNECT", "LOCK", "PURGE"] {
+            assert!(!idempotent(&m.parse().unwrap()), "{m}");
         }
     }
 

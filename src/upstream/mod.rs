@@ -42,6 +42,7 @@ pub struct ClusterMetrics {
     pub budget_exhausted: IntCounter,
     pub attempts_exhausted: IntCounter,
     pub not_replayable: IntCounter,
+    pub non_idempotent: IntCounter,
     pub no_endpoint: IntCounter,
     pub connect_errors: IntCounter,
 }
@@ -154,6 +155,7 @@ impl Cluster {
             budget_exhausted: retries("budget_exhausted"),
             attempts_exhausted: retries("attempts_exhausted"),
             not_replayable: retries("not_replayable"),
+            non_idempotent: retries("non_idempotent"),
             no_endpoint: retries("no_endpoint"),
             connect_errors: m.upstream_connect_errors.with_label_values(&[n]),
         };
