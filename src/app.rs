@@ -103,7 +103,9 @@ async fn serve(opts: Options, text: Arc<str>, config: config::Config) -> Result<
     shared.ready.store(true, Ordering::Release);
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "sift ready");
     if opts.demo {
-        println!("{}", demo::TRY);
+        // A hint for the person at the terminal: a closed stdout must not
+        // stop (or panic) the server.
+        let _ = crate::classify::cli::out_line(demo::TRY);
     }
 
     let mut signals = Signals::new()?;

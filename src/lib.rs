@@ -7,6 +7,18 @@
 //! docs/architecture.md.
 #![forbid(unsafe_code)]
 
+/// `println!` for the command-line reports: a closed stdout (`sift eval
+/// spam | head`) ends the process quietly with success, as `head`'s
+/// readers expect, instead of `println!`'s panic; any other write error
+/// ends it with the error and failure. Every caller prints after its work
+/// is saved (a trained model is written before its summary line).
+#[macro_export]
+macro_rules! say {
+    ($($t:tt)*) => {
+        $crate::classify::cli::say_line(format_args!($($t)*))
+    };
+}
+
 pub mod admin;
 pub mod app;
 pub mod body;

@@ -156,7 +156,7 @@ fn check(path: &std::path::Path) -> ExitCode {
     });
     match loaded {
         Ok(c) => {
-            println!(
+            sift::say!(
                 "{}: ok ({} listener(s), {} route(s), {} cluster(s))",
                 path.display(),
                 c.listeners.len(),

@@ -372,3 +372,62 @@ fn train_from_builtin_continues_the_shipped_model() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("learned 2 examples"));
     sift::classify::Model::load(&out).expect("the learned model loads");
 }
+
+/// The report commands (train, eval, check) print with `say!`: a reader
+/// that went away before the report is no panic and no failure, and the
+/// work (here a trained model) is done and saved before the report.
+#[test]
+fn a_closed_stdout_does_not_fail_train_or_check() {
+    use std::io::Read;
+    let dir = TempDir::new();
+    let data = dir.path("labels.jsonl");
+    std::fs::write(
+        &data,
+        "{\"text\": \"Claim your prize at http://198.51.100.7/win now\", \"label\": \"spam\"}\n\
+         {\"text\": \"The release notes are in the wiki\", \"label\": \"ham\"}\n",
+    )
+    .unwrap();
+    let out = dir.path("next.bin");
+    let config = dir.path("sift.yaml");
+    std::fs::write(
+        &config,
+        "listeners: [ { name: main, address: \"127.0.0.1:0\" } ]\n\
+         routes: [ { name: all, cluster: app } ]\n\
+         clusters: [ { name: app, endpoints: [\"127.0.0.1:9\"] } ]\n",
+    )
+    .unwrap();
+    let runs: [Vec<std::ffi::OsString>; 2] = [
+        vec![
+            "train".into(),
+            "spam".into(),
+            "--from".into(),
+            "builtin".into(),
+            "--data".into(),
+            data.clone().into(),
+            "--out".into(),
+            out.clone().into(),
+        ],
+        vec!["check".into(), "--config".into(), config.clone().into()],
+    ];
+    for args in runs {
+        let mut child = Command::new(sift_bin())
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run sift");
+        // The only reader goes away before sift writes its report.
+        drop(child.stdout.take());
+        let status = child.wait().unwrap();
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert!(status.success(), "{args:?}: {status:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+    sift::classify::Model::load(&out).expect("the model was saved");
+}

@@ -206,7 +206,7 @@ pub fn run_train(args: TrainCilog) -> ExitCode {
     if let Err(e) = m.save(&args.out) {
         return fail(e);
     }
-    println!(
+    crate::say!(
         "wrote {} ({} bytes) in {:.1}s: {}",
         args.out.display(),
         m.to_bytes().len(),
@@ -240,7 +240,7 @@ pub fn run_eval(args: EvalCilog) -> ExitCode {
         }
         let (zero, adapted) = train::adapt_cv(&data, &sets, k, &r, n);
         for (what, rep) in [("zero-shot", &zero), ("after learning", &adapted)] {
-            println!(
+            crate::say!(
                 "grouped {k}-fold CV, held-out repositories' first {n} logs {} training (seed {}, {} logs scored): accuracy {:.3}, macro-F1 (classes with >= 5 examples) {:.3}, evidence inside the human chunk {:.1}% ({}/{})  [{what}]",
                 if what == "zero-shot" {
                     "kept out of"
@@ -256,7 +256,7 @@ pub fn run_eval(args: EvalCilog) -> ExitCode {
                 rep.with_chunk,
             );
         }
-        println!("[{:.1}s]", t.elapsed().as_secs_f64());
+        crate::say!("[{:.1}s]", t.elapsed().as_secs_f64());
         return ExitCode::SUCCESS;
     }
     let rep = if args.in_sample {
@@ -266,10 +266,10 @@ pub fn run_eval(args: EvalCilog) -> ExitCode {
         for (i, e) in data.iter().enumerate() {
             rep.add(i, e, m.classify(&e.bytes));
         }
-        println!("IN-SAMPLE (training set = test set):");
+        crate::say!("IN-SAMPLE (training set = test set):");
         rep
     } else if args.chunk_oracle {
-        println!("CHUNK ORACLE (class scorer on the human chunks):");
+        crate::say!("CHUNK ORACLE (class scorer on the human chunks):");
         train::oracle_cv(&data, k, &r, split)
     } else {
         train::cross_validate(&data, &sets, k, &r, split)
@@ -286,7 +286,7 @@ pub fn run_eval(args: EvalCilog) -> ExitCode {
     } else {
         what
     };
-    println!(
+    crate::say!(
         "{what} ({} logs, seed {}): accuracy {:.3}, macro-F1 (classes with >= 5 examples) {:.3}, evidence inside the human chunk {:.1}% ({}/{} logs with a chunk)  [{:.1}s]",
         rep.n,
         r.seed,
@@ -301,17 +301,17 @@ pub fn run_eval(args: EvalCilog) -> ExitCode {
     if !args.chunk_oracle {
         print!("{}", rep.coverage_table(&data));
     }
-    println!("confusion (rows true, columns predicted, order as above):");
+    crate::say!("confusion (rows true, columns predicted, order as above):");
     for (c, row) in Class::ALL.iter().zip(rep.confusion.iter()) {
         let cells: Vec<String> = row.iter().map(|v| format!("{v:>4}")).collect();
-        println!("{:<11}{}", c.as_str(), cells.join(""));
+        crate::say!("{:<11}{}", c.as_str(), cells.join(""));
     }
     if args.errors {
         for (i, v) in &rep.predictions {
             let e = &data[*i];
             let inside = e.chunk.is_some_and(|(a, b)| (a..=b).contains(&v.line));
             if v.class != e.label || !inside {
-                println!(
+                crate::say!(
                     "{} {} true {} pred {} ({:.2}) line {} chunk {:?}{}: {}",
                     e.id,
                     e.group,
@@ -328,7 +328,7 @@ pub fn run_eval(args: EvalCilog) -> ExitCode {
     }
     if args.bench {
         match bench(&args.model, &data) {
-            Ok(s) => println!("{s}"),
+            Ok(s) => crate::say!("{s}"),
             Err(e) => return fail(e),
         }
     }

@@ -346,6 +346,18 @@ pub fn out_line(line: impl std::fmt::Display) -> std::io::Result<()> {
     out(format_args!("{line}\n"))
 }
 
+/// What [`say!`](crate::say) prints with: a line, or the end of the process
+/// when stdout is gone.
+pub fn say_line(line: std::fmt::Arguments<'_>) {
+    if let Err(e) = out_line(line) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("sift: stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
 /// The exit status after a failed stdout write: success when the reader
 /// went away (broken pipe: it has read what it wanted, as with `head`),
 /// else the error on stderr and failure.
@@ -514,7 +526,7 @@ pub fn run_train(what: TrainWhat) -> ExitCode {
     if let Err(e) = model.save(&args.out) {
         return fail(e);
     }
-    println!(
+    crate::say!(
         "wrote {} ({} bytes of weights, {} ham + {} spam, threshold margin {:.4} = p {:.4}) in {:.1}s",
         args.out.display(),
         model.weight_bytes(),
@@ -562,7 +574,7 @@ fn adapt(args: &TrainSpam, from: &Path) -> ExitCode {
     }
     let spam = batch.iter().filter(|(_, l)| *l).count();
     let (t0, t1) = (base.model().threshold, next.model().threshold);
-    println!(
+    crate::say!(
         "wrote {} (learned {} examples: {} spam, {} ham, from {}; threshold margin {:.4} {})",
         args.out.display(),
         batch.len(),
@@ -674,7 +686,7 @@ pub fn run_eval(what: EvalWhat) -> ExitCode {
     } else {
         None
     };
-    println!(
+    crate::say!(
         "recipe: features {} bits {} max_bytes {} word scale {} char scale {} loss {:?} epochs {} lr {} seed {} ensemble {} spam weight {} sms+sa {} (threshold {:?} at OOF ham FPR <= {}, from {}-fold out-of-fold margins on training data){}",
         args.recipe.features,
         fcfg.bits,
@@ -713,13 +725,13 @@ pub fn run_eval(what: EvalWhat) -> ExitCode {
         match (s, &sa, &sms) {
             (Setting::Time, Some(sa), _) if args.validate => {
                 let ms = eval::time_split_valid_rules(&sa.corpus, &sa.ds, fcfg, &opts, &rules);
-                println!(
+                crate::say!(
                     "(a-val) time split validation (easy-ham-1, spam-1 by file order: train first 60 %/80 % + hard-ham-1, validate next 20 %, pooled): {}  [{:.1}s]",
                     ms[0],
                     t.elapsed().as_secs_f64()
                 );
                 for (r, m) in rules.iter().zip(&ms[1..]) {
-                    println!("(a-val)   calib {:?}:{}: {m}", r.0, r.1);
+                    crate::say!("(a-val)   calib {:?}:{}: {m}", r.0, r.1);
                 }
             }
             (Setting::Sms, _, Some(sms)) if args.validate => {
@@ -728,13 +740,13 @@ pub fn run_eval(what: EvalWhat) -> ExitCode {
                     None => (&sms.ds, &[][..]),
                 };
                 let ms = eval::sms_valid_rules(&sms.corpus, ds, fcfg, &opts, extra, &rules);
-                println!(
+                crate::say!(
                     "(c-val) SMS validation (inner stratified 5-fold of the SMS 80 %, pooled): {}  [{:.1}s]",
                     ms[0],
                     t.elapsed().as_secs_f64()
                 );
                 for (r, m) in rules.iter().zip(&ms[1..]) {
-                    println!("(c-val)   calib {:?}:{}: {m}", r.0, r.1);
+                    crate::say!("(c-val)   calib {:?}:{}: {m}", r.0, r.1);
                 }
             }
             (Setting::Adapt, Some(sa), Some(sms)) if args.validate => {
@@ -751,7 +763,7 @@ pub fn run_eval(what: EvalWhat) -> ExitCode {
                     5,
                 );
                 for (lo, m) in variants.iter().zip(ms) {
-                    println!(
+                    crate::say!(
                         "(d-val) SpamAssassin model after learning {} texts of the SMS 80 % (learn calib {:?}, spam weight {}), scored on the rest of it (5 draws, pooled): {m}  [{:.1}s]",
                         args.n_learn,
                         lo.calib,
@@ -762,7 +774,7 @@ pub fn run_eval(what: EvalWhat) -> ExitCode {
             }
             (Setting::Time, Some(sa), _) => {
                 let (model, m) = eval::time_split(&sa.corpus, &sa.ds, fcfg, &opts);
-                println!(
+                crate::say!(
                     "(a) SpamAssassin time split (train *-1, test easy-ham-2 + spam-2), body view: {m}  [threshold p {:.4}, {:.1}s]",
                     super::model::sigmoid(model.threshold),
                     t.elapsed().as_secs_f64()
@@ -770,7 +782,7 @@ pub fn run_eval(what: EvalWhat) -> ExitCode {
             }
             (Setting::Kfold, Some(sa), _) => {
                 let m = eval::kfold(&sa.corpus, &sa.ds, fcfg, &opts, 5);
-                println!(
+                crate::say!(
                     "(b) SpamAssassin stratified 5-fold (mean of folds; counts summed): {m}  [{:.1}s]",
                     t.elapsed().as_secs_f64()
                 );
@@ -781,7 +793,7 @@ pub fn run_eval(what: EvalWhat) -> ExitCode {
                     None => (&sms.ds, &[][..]),
                 };
                 let (m, _) = eval::sms(&sms.corpus, ds, fcfg, &opts, extra);
-                println!(
+                crate::say!(
                     "(c) SMS 80/20 stratified, test texts seen in training dropped: {m}  [{:.1}s]",
                     t.elapsed().as_secs_f64()
                 );
@@ -793,7 +805,7 @@ pub fn run_eval(what: EvalWhat) -> ExitCode {
                         runs.push(eval::sms(&sms.corpus, ds, fcfg, &o, extra).0);
                     }
                     let r = eval::Repeated::of(&runs);
-                    println!(
+                    crate::say!(
                         "(c) repeated over {} random 80/20 splits (seeds {}..={}): {r}  [{:.1}s]",
                         runs.len(),
                         opts.train.seed,
@@ -814,7 +826,7 @@ pub fn run_eval(what: EvalWhat) -> ExitCode {
                     &lo,
                     args.n_learn,
                 );
-                println!(
+                crate::say!(
                     "(d) SpamAssassin-only model on SMS (test {} texts not among the learned ones):\n    zero-shot:              {}\n    after learning {:>4}:    {}  [{:.1}s]",
                     a.n_test,
                     a.zero_shot,
@@ -833,7 +845,7 @@ pub fn run_eval(what: EvalWhat) -> ExitCode {
                     &opts,
                     args.validate,
                 );
-                println!(
+                crate::say!(
                     "(t{}) zero-shot across corpora{}:",
                     if args.validate { "-val" } else { "" },
                     if args.validate {
@@ -842,7 +854,7 @@ pub fn run_eval(what: EvalWhat) -> ExitCode {
                         ""
                     }
                 );
-                println!(
+                crate::say!(
                     "    SpamAssassin -> SMS:    {to_sms}\n    SMS -> SpamAssassin:    {to_sa}\n    mean F1 {:.4}, mean AUC {:.4}  [{:.1}s]",
                     (to_sms.f1 + to_sa.f1) / 2.0,
                     (to_sms.auc + to_sa.auc) / 2.0,
@@ -872,7 +884,7 @@ pub fn run_eval(what: EvalWhat) -> ExitCode {
             }
         }
         match eval::bench(&args.model, &raws, 2.0) {
-            Ok(b) => println!(
+            Ok(b) => crate::say!(
                 "bench {}: load {:.1} ms, weights {} bytes; featurize+score {:.2} µs/KB of text view on CPU ({:.2} wall); raw message → verdict (MIME + featurize + score) {:.2} µs/KB of raw message on CPU ({:.2} wall); {} messages (easy-ham-2 + spam-2), one thread",
                 args.model.display(),
                 b.load_ms,

@@ -143,7 +143,7 @@ pub fn run_export(what: ExportWhat) -> ExitCode {
     if let Err(e) = w.write(&args.out) {
         return fail(format_args!("{}: {e}", args.out.display()));
     }
-    println!(
+    crate::say!(
         "wrote {} ({} rows, bits {}) in {:.1}s",
         args.out.display(),
         w.len(),
@@ -212,7 +212,7 @@ pub fn run_eval_onnx(args: EvalOnnxArgs) -> ExitCode {
         Err(e) => return fail(e),
     };
     let thr = clf.threshold_probability();
-    println!(
+    crate::say!(
         "model {}: D {}, bits {}, threshold p {:.4}; load {:.1} ms the first time (runtime library + session), {:.1} ms again (session only)",
         args.model.display(),
         clf.dim(),
@@ -230,12 +230,12 @@ pub fn run_eval_onnx(args: EvalOnnxArgs) -> ExitCode {
             }
         }
         let m = eval::metrics(&margins, &labels, logit(thr));
-        println!(
+        crate::say!(
             "time split test (easy-ham-2 + spam-2), raw message → verdict through ONNX Runtime: {m}"
         );
     }
     match bench(&clf, &raws, args.min_secs) {
-        Ok((view_us, raw_us, model_us)) => println!(
+        Ok((view_us, raw_us, model_us)) => crate::say!(
             "bench: featurize+dense+infer {view_us:.2} µs/KB of text view; raw message → verdict {raw_us:.2} µs/KB of raw message; inference alone {model_us:.1} µs per message; {} messages, one thread",
             raws.len()
         ),
