@@ -19,14 +19,34 @@ pub const STABLE_ADDR: &str = "127.0.0.1:3000";
 pub const CANARY_ADDR: &str = "127.0.0.1:3001";
 
 /// The demo's sift config: a canary split 80/20, a header that forces the
-/// canary, and edge security headers on every response.
+/// canary, edge security headers on every response, and the two built-in
+/// classifiers on the request path (spam: annotate, block and an answer
+/// route; CI logs: an answer route).
 pub const CONFIG: &str = r#"
 log: { format: text, level: info, access_log: true }
 admin: { address: "127.0.0.1:9901" }
 listeners:
   - name: main
     address: "127.0.0.1:8080"
+filters:
+  - { name: spam, kind: spam }
+  - { name: cilog, kind: cilog }
 routes:
+  - name: comments
+    match: { path: { prefix: /comments } }
+    cluster: stable
+    filters: [ { filter: spam, mode: annotate } ]
+  - name: contact
+    match: { path: { prefix: /contact } }
+    cluster: stable
+    filters: [ { filter: spam, mode: block } ]
+  - name: classify-spam
+    match: { path: { exact: /classify/spam } }
+    answer: spam
+  - name: classify-ci
+    match: { path: { exact: /classify/ci } }
+    answer: cilog
+    max_request_body: 100MiB
   - name: force-canary
     match:
       headers: [{ name: x-canary, exact: "yes" }]
@@ -68,6 +88,12 @@ Try:
   curl -i -H 'x-sift-spoof: 1' http://127.0.0.1:8080/  # x-sift-* never reaches the app
   curl -s http://127.0.0.1:9901/metrics | grep sift_requests_total
   curl -s http://127.0.0.1:9901/config
+Classifiers on the request path (built-in models):
+  curl -s -d 'WINNER! Claim your £900 prize: call 09061701461 now' http://127.0.0.1:8080/comments | grep x-sift-spam
+  curl -si -d 'Your account is suspended. Verify your password at http://192.0.2.7/secure' http://127.0.0.1:8080/contact
+  curl -s -d 'See you at lunch tomorrow?' http://127.0.0.1:8080/classify/spam
+  printf 'npm ERR! 404 Not Found - GET https://registry.npmjs.org/left-pad-x\n' | curl -s -H 'content-type: text/plain' --data-binary @- http://127.0.0.1:8080/classify/ci
+  curl -s http://127.0.0.1:9901/filters                # the filters and their models
 Stop with Ctrl-C (sift drains in-flight requests, then exits).
 ";
 

@@ -1643,3 +1643,65 @@ async fn learn_reads_a_gzip_body() {
     assert_eq!(json(r.body())["examples"], 2);
     assert!(learned.exists());
 }
+
+/// `sift demo`'s config and the classifier lines of its "Try:" text, with
+/// the demo's own echo upstreams on free ports: the spam text is labelled
+/// on /comments, the phishing text blocked on /contact, the ham text
+/// answered as ham, the npm log answered as `dependency`. The texts are the
+/// ones the "Try:" lines send (`curl -d`, urlencoded without `=`).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_demo_classifies_what_its_try_lines_send() {
+    let stable = sift::demo::spawn_echo("stable", "127.0.0.1:0")
+        .await
+        .unwrap();
+    let canary = sift::demo::spawn_echo("canary", "127.0.0.1:0")
+        .await
+        .unwrap();
+    let yaml = sift::demo::CONFIG
+        .replace("format: text", "format: json")
+        .replace("127.0.0.1:8080", "127.0.0.1:0")
+        .replace("127.0.0.1:9901", "127.0.0.1:0")
+        .replace(sift::demo::STABLE_ADDR, &stable.to_string())
+        .replace(sift::demo::CANARY_ADDR, &canary.to_string());
+    let sift = Sift::start(&yaml);
+    let form = |path: &str, text: &str| {
+        Request::post(sift.url(path))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(full(text.to_string()))
+            .unwrap()
+    };
+    let spam = "WINNER! Claim your £900 prize: call 09061701461 now";
+    assert!(sift::demo::TRY.contains(spam));
+    let r = send(form("/comments", spam)).await;
+    assert_eq!(r.status(), 200);
+    let echo = String::from_utf8_lossy(r.body()).into_owned();
+    assert!(echo.contains("upstream: stable"), "{echo}");
+    assert!(echo.contains("x-sift-spam-verdict: spam"), "{echo}");
+
+    let phish = "Your account is suspended. Verify your password at http://192.0.2.7/secure";
+    assert!(sift::demo::TRY.contains(phish));
+    let r = send(form("/contact", phish)).await;
+    assert_eq!(r.status(), 403);
+    let v: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
+    assert_eq!(v["verdict"], "spam");
+
+    let ham = "See you at lunch tomorrow?";
+    assert!(sift::demo::TRY.contains(ham));
+    let r = send(form("/classify/spam", ham)).await;
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
+    assert_eq!(v["verdict"], "ham", "{v}");
+
+    let log = "npm ERR! 404 Not Found - GET https://registry.npmjs.org/left-pad-x\n";
+    assert!(sift::demo::TRY.contains(log.trim_end()));
+    let r = send(
+        Request::post(sift.url("/classify/ci"))
+            .header("content-type", "text/plain")
+            .body(full(log))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
+    assert_eq!(v["class"], "dependency", "{v}");
+}

@@ -123,6 +123,11 @@ pub fn extract(
             for pair in body.split(|&b| b == b'&') {
                 let (k, v) = match pair.iter().position(|&b| b == b'=') {
                     Some(i) => (&pair[..i], &pair[i + 1..]),
+                    // No `=`: not a field but bare text, as `curl -d 'text'`
+                    // sends it (typed urlencoded by default). Read when every
+                    // field is read, so such a body is classified rather
+                    // than forwarded as empty.
+                    None if form_fields.is_none() => (&b""[..], pair),
                     None => (pair, &b""[..]),
                 };
                 let k = form_decode(k);
@@ -392,6 +397,16 @@ mod tests {
         assert_eq!(
             text("application/x-www-form-urlencoded", body, None, Some(&f)),
             "Free $$$ now!"
+        );
+        // `curl -d 'text'`: bare text, no field; read unless fields are named.
+        let bare = b"WINNER! Claim your prize, call 09061701461&comment=hi&flag";
+        assert_eq!(
+            text("application/x-www-form-urlencoded", bare, None, None),
+            "WINNER! Claim your prize, call 09061701461\nhi\nflag"
+        );
+        assert_eq!(
+            text("application/x-www-form-urlencoded", bare, None, Some(&f)),
+            "hi"
         );
     }
 
