@@ -311,7 +311,7 @@ fn cilog_lines_have_the_answer_routes_shape() {
 /// command quietly with success: no panic, no backtrace on stderr.
 #[test]
 fn a_closed_stdout_stops_classify_quietly() {
-    use std::io::{BufRead, BufReader, Read};
+    use std::io::{BufRead, BufReader};
     let dir = TempDir::new();
     let text = dir.path("a.txt");
     std::fs::write(&text, "Win a prize now! Call 09061701461 to claim.\n").unwrap();
@@ -335,17 +335,23 @@ fn a_closed_stdout_stops_classify_quietly() {
             first.contains(&format!("\"filter\":\"{filter}\"")),
             "{first}"
         );
-        let status = child.wait().unwrap();
-        let mut err = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
-        assert!(status.success(), "{filter}: {status:?}: {err}");
-        assert!(!err.contains("panicked"), "{filter}: {err}");
+        exits_quietly(child, filter);
     }
+}
+
+/// Wait for `child` (its stdout reader gone): success, no panic on stderr.
+fn exits_quietly(mut child: std::process::Child, what: &str) {
+    use std::io::Read;
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "{what}: {status:?}: {err}");
+    assert!(!err.contains("panicked"), "{what}: {err}");
 }
 
 /// `sift train spam --from builtin` continues from the compiled-in model,
@@ -378,7 +384,6 @@ fn train_from_builtin_continues_the_shipped_model() {
 /// work (here a trained model) is done and saved before the report.
 #[test]
 fn a_closed_stdout_does_not_fail_train_or_check() {
-    use std::io::Read;
     let dir = TempDir::new();
     let data = dir.path("labels.jsonl");
     std::fs::write(
@@ -418,16 +423,7 @@ fn a_closed_stdout_does_not_fail_train_or_check() {
             .expect("run sift");
         // The only reader goes away before sift writes its report.
         drop(child.stdout.take());
-        let status = child.wait().unwrap();
-        let mut err = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
-        assert!(status.success(), "{args:?}: {status:?}: {err}");
-        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        exits_quietly(child, &format!("{args:?}"));
     }
     sift::classify::Model::load(&out).expect("the model was saved");
 }

@@ -77,6 +77,24 @@ fn refused() -> SocketAddr {
         .unwrap()
 }
 
+/// Answers 503 to every request after `delay`, counting what reached it.
+async fn counting_503(delay: Duration) -> (Upstream, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let up = Upstream::start(move |_req: Request<hyper::body::Incoming>| {
+        let c = c.clone();
+        async move {
+            c.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(delay).await;
+            let mut r = text_response(200, "x");
+            *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+            r
+        }
+    })
+    .await;
+    (up, calls)
+}
+
 async fn status_upstream(code: u16) -> Upstream {
     Upstream::start(move |_req: Request<hyper::body::Incoming>| async move {
         let mut r = text_response(200, "x");
@@ -467,19 +485,7 @@ async fn retries_recover_from_refused_reset_and_hung_endpoints() {
 #[tokio::test(flavor = "multi_thread")]
 async fn non_idempotent_requests_are_not_retried_once_sent() {
     let (reset, _t) = resetting().await;
-    let hits = Arc::new(AtomicUsize::new(0));
-    let h = hits.clone();
-    // Answers 503 to every request, counting what reached it.
-    let busy = Upstream::start(move |_req: Request<hyper::body::Incoming>| {
-        let h = h.clone();
-        async move {
-            h.fetch_add(1, Ordering::SeqCst);
-            let mut r = text_response(200, "busy");
-            *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
-            r
-        }
-    })
-    .await;
+    let (busy, hits) = counting_503(Duration::ZERO).await;
     let good = Upstream::echo("good").await;
     let sift = Sift::start(&config(
         &format!(
@@ -579,19 +585,7 @@ async fn streamed_bodies_are_never_replayed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn retry_budget_caps_retries_in_flight() {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let c = calls.clone();
-    let flaky = Upstream::start(move |_req: Request<hyper::body::Incoming>| {
-        let c = c.clone();
-        async move {
-            c.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let mut r = text_response(200, "x");
-            *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
-            r
-        }
-    })
-    .await;
+    let (flaky, calls) = counting_503(Duration::from_millis(300)).await;
     let sift = Sift::start(&config(
         &format!(
             "  - {{ name: app, endpoints: [\"{}\"], retry_budget: {{ percent: 0, min_concurrency: 1 }} }}",
