@@ -215,7 +215,8 @@ pub struct ExtractFile {
     #[serde(default)]
     pub json_pointers: Option<Vec<String>>,
     /// Form fields (urlencoded and multipart) to classify. Default: every
-    /// field that is not a file. Kinds spam and onnx (an error on cilog).
+    /// field that is not a file, and urlencoded text with no `=` (what
+    /// `curl -d 'text'` sends). Kinds spam and onnx (an error on cilog).
     #[serde(default)]
     pub form_fields: Option<Vec<String>>,
 }
