@@ -254,6 +254,29 @@ pub trait Sink {
             });
         }
     }
+    /// Word features with empty spans of tokens of word hashes `hs`, in
+    /// order: per token its unigram, then its bigram with the token before
+    /// (`prev` for the first; none if `prev` is `None`), buckets as `hash`
+    /// gives them (a scorer sums the weights in the loop that hashes the
+    /// tokens); the default hands them to [`Sink::emit_words`] in blocks.
+    #[inline(always)]
+    fn emit_word_pairs(&mut self, hs: &[u64], prev: Option<u64>, hash: WordHash) {
+        let mut buf = [0u32; 128];
+        let mut p = prev;
+        for c in hs.chunks(64) {
+            let mut k = 0;
+            for &h in c {
+                buf[k] = hash.uni(h);
+                k += 1;
+                if let Some(q) = p {
+                    buf[k] = hash.bi(q, h);
+                    k += 1;
+                }
+                p = Some(h);
+            }
+            self.emit_words(&buf[..k]);
+        }
+    }
     /// Char features with empty spans, in order: one per 4-byte window of
     /// `bytes`, in bucket `hash.bucket(window as a big-endian u32)`,
     /// computed as the sink reads them (a scorer sums the weights in the
@@ -273,6 +296,37 @@ pub trait Sink {
             self.emit_chars(&buf[..n]);
             i = end;
         }
+    }
+}
+
+/// The word buckets of tokens from their word hashes: unigram
+/// `bucket(h ^ uni_key)`, bigram `bucket(bigram(p, h) ^ bi_key)` with `p`
+/// the hash of the token before, where `bucket(x)` is the top
+/// `64 - shift` bits of `x * 0x9e37_79b9_7f4a_7c15`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WordHash {
+    pub uni_key: u64,
+    pub bi_key: u64,
+    pub shift: u32,
+}
+
+impl WordHash {
+    pub const MUL: u64 = 0x9e37_79b9_7f4a_7c15;
+
+    /// The bigram hash of the tokens of hashes `p` then `h`.
+    #[inline(always)]
+    pub fn bigram(p: u64, h: u64) -> u64 {
+        bigram_hash(p, h)
+    }
+
+    #[inline(always)]
+    pub fn uni(self, h: u64) -> u32 {
+        ((h ^ self.uni_key).wrapping_mul(Self::MUL) >> self.shift) as u32
+    }
+
+    #[inline(always)]
+    pub fn bi(self, p: u64, h: u64) -> u32 {
+        ((bigram_hash(p, h) ^ self.bi_key).wrapping_mul(Self::MUL) >> self.shift) as u32
     }
 }
 
@@ -464,11 +518,39 @@ const SEED_BIGRAM: u64 = 0x62_6967_7261_6d32;
 const SEED_CHAR: u64 = 0x63_6861_7233;
 const SEED_SIGNAL: u64 = 0x73_6967_6e61_6c34;
 
+/// Bits of a word hash (its top ones) indexing [`Featurizer::cue_tab`]:
+/// 32 KB, and about one token in 400 that is no cue gets past it.
+const CUE_TAB_BITS: u32 = 15;
+/// [`Featurizer::cue_tab`]: some cue hash has these top bits.
+const CUE_ANY: u8 = 1;
+/// [`Featurizer::cue_tab`]: the first word of some cue phrase of two or
+/// more words has these top bits.
+const CUE_PREFIX: u8 = 2;
+
+/// Per first byte of a token: [`CUE_ANY`] if the token may be a currency
+/// amount or a number (it starts with a digit, `£` or `€`: 0xC2, 0xE2).
+static SPECIAL_FIRST: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        if matches!(b as u8, b'0'..=b'9' | 0xC2 | 0xE2) {
+            t[b] = CUE_ANY;
+        }
+        b += 1;
+    }
+    t
+};
+
+#[inline(always)]
+fn cue_tab_index(h: u64) -> usize {
+    (h >> (64 - CUE_TAB_BITS)) as usize
+}
+
 /// The tokens that end in word `k` of the token-byte bit mask (bit i set:
 /// byte i of the normalised text belongs to a token), as `(start, end)`
 /// byte ranges in order. A token that starts in an earlier word starts at
 /// `*cur_start`; one that runs on into the next word leaves its start
-/// there.
+/// there. (`Featurizer::words_batched` has the same loop inlined.)
 #[inline(always)]
 fn spans_in_word(mask: &[u64], k: usize, cur_start: &mut usize, mut f: impl FnMut(usize, usize)) {
     let w = mask[k];
@@ -476,17 +558,29 @@ fn spans_in_word(mask: &[u64], k: usize, cur_start: &mut usize, mut f: impl FnMu
     let next_low = mask.get(k + 1).map_or(0, |x| x & 1);
     let mut starts = w & !((w << 1) | prev_top);
     let mut ends = w & !((w >> 1) | (next_low << 63));
-    while ends != 0 {
-        let e = ends.trailing_zeros() as usize;
-        ends &= ends - 1;
-        if starts != 0 && (starts.trailing_zeros() as usize) <= e {
-            *cur_start = 64 * k + starts.trailing_zeros() as usize;
-            starts &= starts - 1;
+    let base = 64 * k;
+    if w & prev_top & 1 != 0 {
+        // A token runs on from the word before: the first end is its end
+        // (none: it covers the whole word, and no other token starts).
+        if ends == 0 {
+            return;
         }
-        f(*cur_start, 64 * k + e + 1);
+        f(*cur_start, base + ends.trailing_zeros() as usize + 1);
+        ends &= ends - 1;
+    }
+    // The other tokens start and end here, in turn: the i-th end closes
+    // the i-th start (one start may be left, of a token that runs on).
+    while ends != 0 {
+        let (s, e) = (
+            starts.trailing_zeros() as usize,
+            ends.trailing_zeros() as usize,
+        );
+        starts &= starts - 1;
+        ends &= ends - 1;
+        f(base + s, base + e + 1);
     }
     if starts != 0 {
-        *cur_start = 64 * k + starts.trailing_zeros() as usize;
+        *cur_start = base + starts.trailing_zeros() as usize;
     }
 }
 
@@ -553,6 +647,12 @@ pub struct Featurizer {
     /// 64-Kbit Bloom filter over cue hashes (top 16 bits): most tokens stop
     /// here, and few that are not cues get past it.
     cue_bloom: Box<[u64; 1024]>,
+    /// Per top [`CUE_TAB_BITS`] bits of a token's word hash: [`CUE_ANY`]
+    /// if a cue hash has them (the unigram test of the batched path, one
+    /// byte load), [`CUE_PREFIX`] if the first word of a phrase of two or
+    /// more words has them (the bigram with the next token is tested only
+    /// after such a token).
+    cue_tab: Box<[u8; 1 << CUE_TAB_BITS]>,
     /// Per byte: its normalised form (ASCII lower-cased, digits folded if
     /// configured, whitespace and controls as a space) in the low 8 bits,
     /// and bit 8 set for a word byte.
@@ -574,6 +674,7 @@ impl Featurizer {
             cue_vals: vec![None; size],
             cue_mask: size - 1,
             cue_bloom: Box::new([0; 1024]),
+            cue_tab: Box::new([0; 1 << CUE_TAB_BITS]),
             byte_tab: [0; 256],
             char_ns: 0,
             to_hash: token_hash(b"to", digits),
@@ -603,6 +704,7 @@ impl Featurizer {
         for (list, cue) in lists {
             for phrase in list {
                 let mut h = 0u64;
+                let (mut first, mut words) = (0u64, 0);
                 for (i, w) in phrase
                     .split(|c: char| !c.is_ascii_alphanumeric())
                     .filter(|w| !w.is_empty())
@@ -610,8 +712,15 @@ impl Featurizer {
                 {
                     let t = token_hash(w.as_bytes(), digits);
                     h = if i == 0 { t } else { bigram_hash(h, t) };
+                    if i == 0 {
+                        first = t;
+                    }
+                    words += 1;
                 }
                 f.insert_cue(h, cue);
+                if words >= 2 {
+                    f.cue_tab[cue_tab_index(first)] |= CUE_PREFIX;
+                }
             }
         }
         f
@@ -630,11 +739,13 @@ impl Featurizer {
             + self.cue_keys.len() * 8
             + self.cue_vals.len() * std::mem::size_of::<Option<Cue>>()
             + std::mem::size_of_val(&*self.cue_bloom)
+            + std::mem::size_of_val(&*self.cue_tab)
     }
 
     fn insert_cue(&mut self, h: u64, cue: Cue) {
         let bit = (h >> 48) as usize;
         self.cue_bloom[bit >> 6] |= 1 << (bit & 63);
+        self.cue_tab[cue_tab_index(h)] |= CUE_ANY;
         let mut i = (mix(h) as usize) & self.cue_mask;
         loop {
             if self.cue_vals[i].is_none() {
@@ -704,7 +815,9 @@ impl Featurizer {
     #[inline(always)]
     fn scan<S: Sink>(&self, text: &[u8], sc: &mut Scratch, sink: &mut S, st: &mut Stats) {
         let n = text.len();
-        count_classes(text, st);
+        if S::SPANS {
+            count_classes(text, st);
+        }
         // Pass 1 writes every byte of norm[..n + 8] (zeros after the
         // collapsed text): no need to clear it first.
         if sc.norm.len() < n + 8 {
@@ -722,7 +835,7 @@ impl Featurizer {
         let m = if S::SPANS {
             self.collapse_spans(text, norm, pos)
         } else {
-            self.collapse(text, norm, &mut sc.ckpt)
+            self.collapse(text, norm, &mut sc.ckpt, st)
         };
         let ckpt = &sc.ckpt[..];
         // Bytes past `m` are zero (no word bit).
@@ -795,9 +908,11 @@ impl Featurizer {
     }
 
     /// Pass 2 without spans (the scorers, [`Collect`]), in batches of
-    /// tokens: boundaries and hashes first (a tight loop over the bit
-    /// mask), then the batch's word buckets in one loop, then its cues and
-    /// number checks in another. Same features in the same order as
+    /// tokens: boundaries first (a tight loop over the bit mask), then in
+    /// [`Featurizer::flush_tokens`] the batch's hashes, its word features
+    /// (handed to [`Sink::emit_word_pairs`]: a scorer sums their weights as
+    /// it hashes them), then its cues and number checks, each in a loop of
+    /// its own. Same features in the same order as
     /// [`Featurizer::words_spans`]; short loops keep their state in
     /// registers.
     #[allow(clippy::too_many_arguments)]
@@ -820,15 +935,46 @@ impl Featurizer {
         let mut len = 0usize;
         let mut prev: Option<u64> = None;
         let mut cur_start = 0usize;
+        // One token's span into the batch (a function, not a closure:
+        // inlined at both of its call sites). Its hash comes later, in
+        // `flush_tokens`: a loop of its own, with few registers live.
+        #[inline(always)]
+        fn push(b: &mut TokBatch, len: &mut usize, start: usize, end: usize) {
+            if *len < TOK_BATCH {
+                b.start[*len] = start as u32;
+                b.end[*len] = end as u32;
+                *len += 1;
+            }
+        }
         for k in 0..words {
-            spans_in_word(mask, k, &mut cur_start, |start, end| {
-                if len < TOK_BATCH {
-                    b.start[len] = start as u32;
-                    b.end[len] = end as u32;
-                    (b.hash[len], b.first[len]) = hash_norm_first(norm, start, end);
-                    len += 1;
+            // The tokens that end in mask word k, as `spans_in_word` finds
+            // them, with its closure's two call sites inlined.
+            let w = mask[k];
+            let prev_top = if k > 0 { mask[k - 1] >> 63 } else { 0 };
+            let next_low = mask.get(k + 1).map_or(0, |x| x & 1);
+            let mut starts = w & !((w << 1) | prev_top);
+            let mut ends = w & !((w >> 1) | (next_low << 63));
+            let base = 64 * k;
+            if w & prev_top & 1 != 0 {
+                if ends == 0 {
+                    continue;
                 }
-            });
+                let end = base + ends.trailing_zeros() as usize + 1;
+                push(b, &mut len, cur_start, end);
+                ends &= ends - 1;
+            }
+            while ends != 0 {
+                let (s, e) = (
+                    starts.trailing_zeros() as usize,
+                    ends.trailing_zeros() as usize,
+                );
+                starts &= starts - 1;
+                ends &= ends - 1;
+                push(b, &mut len, base + s, base + e + 1);
+            }
+            if starts != 0 {
+                cur_start = base + starts.trailing_zeros() as usize;
+            }
             // At most 32 tokens end in a mask word.
             if len > TOK_BATCH - 32 {
                 b.len = len;
@@ -841,11 +987,11 @@ impl Featurizer {
         b.len = 0;
     }
 
-    /// A batch of tokens: word buckets (unigram, then the bigram with the
-    /// token before, per token), then cues, currency and number checks.
-    /// `prev`: the hash of the token before the batch; updated. Not
-    /// inlined (one call per batch of up to 256 tokens): on its own, the
-    /// loop keeps more of its state in registers.
+    /// A batch of tokens: their hashes, word buckets (unigram, then the
+    /// bigram with the token before, per token), then cues, currency and
+    /// number checks. `prev`: the hash of the token before the batch;
+    /// updated. Not inlined (one call per batch of up to 256 tokens): on
+    /// its own, each loop keeps more of its state in registers.
     #[allow(clippy::too_many_arguments)]
     #[inline(never)]
     fn flush_tokens<S: Sink>(
@@ -864,6 +1010,15 @@ impl Featurizer {
         if n == 0 {
             return;
         }
+        for ((h, f), (&s, &e)) in b.hash[..n]
+            .iter_mut()
+            .zip(&mut b.special[..n])
+            .zip(b.start[..n].iter().zip(&b.end[..n]))
+        {
+            let first;
+            (*h, first) = hash_norm_first(norm, s as usize, e as usize);
+            *f = SPECIAL_FIRST[usize::from(first)];
+        }
         let hs = &b.hash[..n];
         let p0 = *prev;
         *prev = Some(hs[n - 1]);
@@ -872,49 +1027,17 @@ impl Featurizer {
         let shift = self.shift;
         let idx = |h: u64| (h.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> shift) as u32;
         let out = &mut b.out;
-        // Most tokens start with a letter and miss the cue Bloom filter
-        // (unigram and bigram): one short test each; the rest go to
-        // `token_signals`.
-        let bloom = &*self.cue_bloom;
-        let maybe_cue = |h: u64| (bloom[(h >> 54) as usize] >> ((h >> 48) & 63)) & 1 != 0;
-        let special = |first: u8| matches!(first, b'0'..=b'9' | 0xC2 | 0xE2);
         if uni && bi {
             // The shipped configuration: per token its unigram, then its
-            // bigram with the token before (none for the first token). The
-            // signal tests share the loop (and the bigram hash): tokens go
-            // to `token_signals` in order, as in the loop below.
-            let (mut k, rest, mut p) = match p0 {
-                Some(p) => (0, hs, p),
-                None => {
-                    out[0] = idx(hs[0] ^ wk);
-                    if sig && (special(b.first[0]) | maybe_cue(hs[0])) {
-                        let (s, e) = (b.start[0] as usize, b.end[0] as usize);
-                        self.token_signals(s, e, hs[0], None, text, norm, ckpt, raw, st);
-                    }
-                    (1, &hs[1..], hs[0])
-                }
+            // bigram with the token before (none for the first token),
+            // bucketed as the sink reads them (a scorer sums the weights
+            // in the loop that hashes them).
+            let hash = WordHash {
+                uni_key: wk,
+                bi_key: bk,
+                shift,
             };
-            let t0 = k;
-            let firsts = &b.first[t0..n];
-            for (j, ((&h, &first), o)) in rest
-                .iter()
-                .zip(firsts)
-                .zip(out[k..].chunks_exact_mut(2))
-                .enumerate()
-            {
-                let bh = bigram_hash(p, h);
-                o[0] = idx(h ^ wk);
-                o[1] = idx(bh ^ bk);
-                if sig && (special(first) | maybe_cue(h) | maybe_cue(bh)) {
-                    let t = t0 + j;
-                    let (s, e) = (b.start[t] as usize, b.end[t] as usize);
-                    self.token_signals(s, e, h, Some(p), text, norm, ckpt, raw, st);
-                }
-                p = h;
-                k += 2;
-            }
-            sink.emit_words(&out[..k]);
-            return;
+            sink.emit_word_pairs(hs, p0, hash);
         } else if uni || bi {
             let mut k = 0;
             let mut p = p0;
@@ -934,37 +1057,52 @@ impl Featurizer {
         if !sig {
             return;
         }
-        let mut p = p0;
-        for (((&s, &e), &h), &first) in b.start[..n]
-            .iter()
-            .zip(&b.end[..n])
-            .zip(hs)
-            .zip(&b.first[..n])
-        {
-            if special(first) || maybe_cue(h) || p.is_some_and(|q| maybe_cue(bigram_hash(q, h))) {
-                self.token_signals(s as usize, e as usize, h, p, text, norm, ckpt, raw, st);
+        // Tokens that may have signals go to `token_signals`, in order:
+        // those that start with a digit, `£` or `€` (0xC2, 0xE2), those
+        // whose hash may be a cue (one byte of `cue_tab`), and those whose
+        // bigram with the token before may be a cue. A cue bigram's first
+        // word is the first word of a cue phrase, so the bigram's Bloom
+        // test is only made after a token marked as one (`CUE_PREFIX`):
+        // most tokens need one table load.
+        let tab = &*self.cue_tab;
+        let bloom = &*self.cue_bloom;
+        let maybe_cue = |h: u64| (bloom[(h >> 54) as usize] >> ((h >> 48) & 63)) & 1 != 0;
+        let mut cx = SigCx {
+            text,
+            norm,
+            ckpt,
+            raw,
+            st,
+        };
+        let (mut p, mut after_prefix) = match p0 {
+            Some(p) => (p, tab[cue_tab_index(p)] & CUE_PREFIX != 0),
+            None => (0, false),
+        };
+        for (t, (&h, &special)) in hs.iter().zip(&b.special[..n]).enumerate() {
+            let e = tab[cue_tab_index(h)];
+            if (e | special) & CUE_ANY != 0 || (after_prefix && maybe_cue(bigram_hash(p, h))) {
+                // The token before: in this batch, or the one before it.
+                let q = if t == 0 { p0 } else { Some(p) };
+                let (s, end) = (b.start[t] as usize, b.end[t] as usize);
+                self.token_signals(&mut cx, s, end, h, q);
             }
-            p = Some(h);
+            after_prefix = e & CUE_PREFIX != 0;
+            p = h;
         }
     }
 
     /// The signals of one token `norm[s..e]` with hash `h` (`p`: the hash
     /// of the token before): currency amounts, long numbers and short
     /// codes, cue words and bigrams, URLs.
-    #[allow(clippy::too_many_arguments)]
     #[inline(never)]
-    fn token_signals(
-        &self,
-        s: usize,
-        e: usize,
-        h: u64,
-        p: Option<u64>,
-        text: &[u8],
-        norm: &[u8],
-        ckpt: &[u32],
-        raw: &mut RawCursor,
-        st: &mut Stats,
-    ) {
+    fn token_signals(&self, cx: &mut SigCx, s: usize, e: usize, h: u64, p: Option<u64>) {
+        let SigCx {
+            text,
+            norm,
+            ckpt,
+            raw,
+            st,
+        } = cx;
         let first = norm[s];
         if matches!(first, b'0'..=b'9' | 0xC2 | 0xE2) {
             let t = &norm[s..e];
@@ -1023,16 +1161,29 @@ impl Featurizer {
     }
 
     /// Pass 1 without positions, in two loops: normalise every byte in
-    /// place into `norm` ([`normalise`]: no table, so the compiler
-    /// vectorises it), then drop the spaces that follow a space 8 bytes at
-    /// a time ([`space_lanes`]); when none of the 8 is dropped, store all 8
-    /// at once, else compact them one by one. The compaction writes at or
-    /// before the bytes it has read, so it works in place.
+    /// place into `norm` and count the text's letter classes into `st`
+    /// ([`normalise_count`]: no table, so the compiler vectorises it), then
+    /// drop the spaces that follow a space 8 bytes at a time
+    /// ([`space_lanes`]); when none of the 8 is dropped, store all 8 at
+    /// once, else compact them one by one. The compaction writes at or
+    /// before the bytes it has read, so it works in place. A text with no
+    /// whitespace to drop (none at its start, none after whitespace: most
+    /// short messages) skips the compaction ([`drops_any`]).
     #[inline(always)]
-    fn collapse(&self, text: &[u8], norm: &mut [u8], ckpt: &mut Vec<u32>) -> usize {
+    fn collapse(&self, text: &[u8], norm: &mut [u8], ckpt: &mut Vec<u32>, st: &mut Stats) -> usize {
         let digits = self.cfg.flags & FLAG_FOLD_DIGITS != 0;
         let n = text.len();
-        normalise(text, &mut norm[..n], digits);
+        normalise_count(text, &mut norm[..n], digits, st);
+        if !drops_any(text) {
+            // The collapsed text is the normalised text: chunk c has 8c
+            // bytes before it.
+            ckpt.resize(n / 8 + 1, 0);
+            for (c, k) in ckpt.iter_mut().enumerate() {
+                *k = (8 * c) as u32;
+            }
+            norm[n..].fill(0);
+            return n;
+        }
         let mut out = 0usize;
         // High bit of the last lane: the previous byte was a space (true
         // before the text, so leading whitespace is dropped).
@@ -1373,13 +1524,14 @@ const WORD_BATCH: usize = 256;
 /// Tokens handed over per batch by [`Featurizer::words_batched`].
 const TOK_BATCH: usize = 256;
 
-/// A batch of tokens: spans in the collapsed bytes, word hashes and first
-/// bytes, and room for their word buckets (kept in the thread's scratch).
+/// A batch of tokens: spans in the collapsed bytes, word hashes and
+/// [`SPECIAL_FIRST`] of their first bytes, and room for their word buckets
+/// (kept in the thread's scratch).
 struct TokBatch {
     start: [u32; TOK_BATCH],
     end: [u32; TOK_BATCH],
     hash: [u64; TOK_BATCH],
-    first: [u8; TOK_BATCH],
+    special: [u8; TOK_BATCH],
     len: usize,
     out: [u32; 2 * TOK_BATCH],
 }
@@ -1390,11 +1542,21 @@ impl Default for TokBatch {
             start: [0; TOK_BATCH],
             end: [0; TOK_BATCH],
             hash: [0; TOK_BATCH],
-            first: [0; TOK_BATCH],
+            special: [0; TOK_BATCH],
             len: 0,
             out: [0; 2 * TOK_BATCH],
         }
     }
+}
+
+/// What [`Featurizer::token_signals`] reads and updates besides the token:
+/// one pointer to pass instead of five.
+struct SigCx<'a> {
+    text: &'a [u8],
+    norm: &'a [u8],
+    ckpt: &'a [u32],
+    raw: &'a mut RawCursor,
+    st: &'a mut Stats,
 }
 
 /// Pass-2 state: the previous token (hash, span start), the batch of word
@@ -1481,44 +1643,74 @@ const H: u64 = 0x8080_8080_8080_8080;
 
 /// A byte normalised as [`Featurizer`]'s byte table does it (ASCII
 /// lower-cased, digits to `0` if `digits`, bytes up to 0x20 to a space,
-/// the rest unchanged), with compares and selects only: a loop of these
-/// is vector code.
+/// the rest unchanged), with compares and bit operations only: a loop of
+/// these is vector code. The range tests are an add and a signed compare
+/// each, and no select is needed: bytes up to 0x20 become 0x20 by a max,
+/// upper-case letters gain 0x20 by an or, and digits (0x30 to 0x39) lose
+/// their low four bits.
 #[inline(always)]
 fn norm_byte(b: u8, digits: bool) -> u8 {
-    let v = if b.wrapping_sub(b'A') < 26 {
-        b | 0x20
-    } else {
-        b
-    };
-    let v = if digits && b.wrapping_sub(b'0') < 10 {
-        b'0'
-    } else {
-        v
-    };
-    if b <= b' ' { b' ' } else { v }
+    let digit = digits && in_range(b, b'0', 10);
+    (b.max(b' ') | (u8::from(in_range(b, b'A', 26)) << 5)) & !(u8::from(digit) * 0x0f)
+}
+
+/// `lo <= b < lo + len` (`lo >= 1`, `len <= 128`) as an add and a signed
+/// compare: one of each in vector code (an unsigned compare is three).
+#[inline(always)]
+fn in_range(b: u8, lo: u8, len: u8) -> bool {
+    (b.wrapping_add(0x80u8.wrapping_sub(lo)) as i8) < (i8::MIN as u8).wrapping_add(len) as i8
 }
 
 /// A normalised byte is a word byte: non-ASCII, `0-9` or `a-z`
 /// (normalised bytes have no upper case).
 #[inline(always)]
 fn is_word_norm(b: u8) -> bool {
-    (b >= 0x80) | (b.wrapping_sub(b'0') < 10) | (b.wrapping_sub(b'a') < 26)
+    (b >= 0x80) | in_range(b, b'0', 10) | in_range(b, b'a', 26)
 }
 
-/// `out[i] = norm_byte(text[i])` (the compiler vectorises it; one loop
-/// per value of `digits`, so neither tests it per step).
+/// `out[i] = norm_byte(text[i])`, and [`count_classes`] of `text` into
+/// `st`, in one loop the compiler vectorises (byte counters per block of
+/// 224 bytes, a multiple of the vector step: no scalar tail per block; one
+/// loop per value of `digits`, so neither tests it per step).
 #[inline(always)]
-fn normalise(text: &[u8], out: &mut [u8], digits: bool) {
-    fn each<const DIGITS: bool>(text: &[u8], out: &mut [u8]) {
-        for (o, &b) in out.iter_mut().zip(text) {
-            *o = norm_byte(b, DIGITS);
+fn normalise_count(text: &[u8], out: &mut [u8], digits: bool, st: &mut Stats) {
+    fn each<const DIGITS: bool>(text: &[u8], out: &mut [u8], st: &mut Stats) {
+        for (t, o) in text.chunks(224).zip(out.chunks_mut(224)) {
+            let (mut u, mut l, mut x) = (0u8, 0u8, 0u8);
+            for (o, &b) in o.iter_mut().zip(t) {
+                *o = norm_byte(b, DIGITS);
+                // The upper-case test is norm_byte's: computed once.
+                u += u8::from(in_range(b, b'A', 26));
+                l += u8::from(in_range(b, b'a', 26));
+                x += u8::from(b == b'!');
+            }
+            st.upper += u32::from(u);
+            st.lower += u32::from(l);
+            st.exclaim += u32::from(x);
         }
     }
     if digits {
-        each::<true>(text, out);
+        each::<true>(text, out, st);
     } else {
-        each::<false>(text, out);
+        each::<false>(text, out, st);
     }
+}
+
+/// Whether collapsing `text` drops a byte: whitespace (a byte up to 0x20,
+/// normalised to a space) at its start or after whitespace. A loop the
+/// compiler vectorises.
+#[inline(always)]
+fn drops_any(text: &[u8]) -> bool {
+    let Some((&first, rest)) = text.split_first() else {
+        return false;
+    };
+    // Two bytes in a row are whitespace when the larger is: the smallest
+    // such maximum over all pairs decides (a max and a min per vector).
+    let mut d = first;
+    for (&p, &b) in text.iter().zip(rest) {
+        d = d.min(p.max(b));
+    }
+    d <= b' '
 }
 
 /// Lanes (high bit) of eight normalised bytes that are spaces: exactly the
@@ -1541,19 +1733,33 @@ fn lane_bits(m: u64) -> u64 {
 /// long; `mask` is zero and long enough.
 #[inline(always)]
 fn word_mask(norm: &[u8], mask: &mut [u64]) {
-    for (block, w) in norm.chunks(64).zip(mask.iter_mut()) {
-        // One flag byte (0x80 or 0) per byte first (vector code), then
-        // eight flags at a time to bits.
+    // One flag byte (0x80 or 0) per byte first (vector code), then eight
+    // flags at a time to bits. Whole blocks of 64 bytes (every flag
+    // written: no array to clear), then the rest padded with zeros.
+    #[inline(always)]
+    fn block(b: &[u8; 64]) -> u64 {
         let mut f = [0u8; 64];
-        for (o, &b) in f.iter_mut().zip(block) {
-            *o = u8::from(is_word_norm(b)) << 7;
+        for (o, &x) in f.iter_mut().zip(b) {
+            *o = u8::from(is_word_norm(x)) << 7;
         }
         let mut bits = 0u64;
         for (j, c) in f.chunks_exact(8).enumerate() {
             let x = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
             bits |= lane_bits(x) << (8 * j);
         }
-        *w = bits;
+        bits
+    }
+    let mut blocks = norm.chunks_exact(64);
+    for (c, w) in (&mut blocks).zip(mask.iter_mut()) {
+        if let Ok(c) = c.try_into() {
+            *w = block(c);
+        }
+    }
+    let rest = blocks.remainder();
+    if let (false, Some(w)) = (rest.is_empty(), mask.get_mut(norm.len() / 64)) {
+        let mut pad = [0u8; 64];
+        pad[..rest.len()].copy_from_slice(rest);
+        *w = block(&pad);
     }
 }
 
@@ -1600,13 +1806,12 @@ thread_local! {
 /// 8-byte load: no load of its own).
 #[inline(always)]
 fn hash_norm_first(norm: &[u8], start: usize, end: usize) -> (u64, u8) {
+    // In bounds: every load starts inside the token, and `norm` has 8
+    // bytes after the collapsed text.
     let be8 = |p: usize| {
-        u64::from_be_bytes(
-            norm.get(p..)
-                .and_then(|s| s.first_chunk::<8>())
-                .copied()
-                .unwrap_or([0; 8]),
-        )
+        let mut c = [0u8; 8];
+        c.copy_from_slice(&norm[p..p + 8]);
+        u64::from_be_bytes(c)
     };
     let c0 = be8(start);
     let first = (c0 >> 56) as u8;
@@ -2310,7 +2515,8 @@ mod tests {
             let (mut norm, mut pos, mut ckpt) = (vec![0; n + 8], vec![0; n + 1], Vec::new());
             let m = fz.collapse_spans(text, &mut norm, &mut pos);
             let mut norm2 = vec![0; n + 8];
-            assert_eq!(fz.collapse(text, &mut norm2, &mut ckpt), m);
+            let mut st = Stats::default();
+            assert_eq!(fz.collapse(text, &mut norm2, &mut ckpt, &mut st), m);
             assert_eq!(norm, norm2);
             // Increasing targets, with steps of 1 to 40 bytes.
             let mut c = RawCursor::default();

@@ -29,7 +29,7 @@
 
 use std::path::Path;
 
-use super::features::{Char4Hash, FeatureConfig, Featurizer, Origin, Sink};
+use super::features::{Char4Hash, FeatureConfig, Featurizer, Origin, Sink, WordHash};
 use super::text::TextView;
 
 pub const MAGIC: &[u8; 8] = b"SIFTLIN\0";
@@ -206,6 +206,21 @@ impl Sink for ScoreI8<'_> {
     }
 
     #[inline(always)]
+    fn emit_word_pairs(&mut self, hs: &[u64], prev: Option<u64>, hash: WordHash) {
+        let Some(n) = (2 * hs.len()).checked_sub(usize::from(prev.is_none())) else {
+            return;
+        };
+        self.word += if self.pow2 {
+            sum_i8_words(self.q, hs, prev, hash)
+        } else {
+            sum_words(hs, prev, hash, |b| {
+                i32::from(self.q.get(b as usize).copied().unwrap_or(0))
+            })
+        };
+        self.n_word += n as u32;
+    }
+
+    #[inline(always)]
     fn emit_char4(&mut self, bytes: &[u8], hash: Char4Hash) {
         self.chr += if self.pow2 {
             sum_i8_char4(self.q, bytes, hash)
@@ -216,6 +231,74 @@ impl Sink for ScoreI8<'_> {
         };
         self.n_chr += bytes.len().saturating_sub(3) as u32;
     }
+}
+
+/// Sum of the weights of the word features of tokens of hashes `hs`
+/// ([`Sink::emit_word_pairs`]), computed in the loop that hashes them; for
+/// tables of 2^16 to 2^22 weights that match the hash (as in
+/// [`sum_i8_char4`]) with a constant shift and no bounds check.
+#[inline(always)]
+fn sum_i8_words(q: &[i8], hs: &[u64], prev: Option<u64>, hash: WordHash) -> i32 {
+    macro_rules! fixed {
+        ($($bits:literal)*) => {
+            match q.len() {
+                $(len if len == 1 << $bits && hash.shift == 64 - $bits => {
+                    if let Ok(t) = <&[i8; 1 << $bits]>::try_from(q) {
+                        return sum_i8_words_pow2::<{ 1 << $bits }, { 64 - $bits }>(
+                            t, hs, prev, hash.uni_key, hash.bi_key,
+                        );
+                    }
+                })*
+                _ => {}
+            }
+        };
+    }
+    fixed!(16 17 18 19 20 21 22);
+    sum_words(hs, prev, hash, |b| {
+        i32::from(q.get(b as usize).copied().unwrap_or(0))
+    })
+}
+
+/// [`sum_i8_words`] for a table of `N` = 2^(64 - `SHIFT`) weights: every
+/// index is in the table. Not inlined: on its own, the loop keeps the
+/// table, keys and multiplier in registers.
+#[inline(never)]
+fn sum_i8_words_pow2<const N: usize, const SHIFT: u32>(
+    q: &[i8; N],
+    hs: &[u64],
+    prev: Option<u64>,
+    uni_key: u64,
+    bi_key: u64,
+) -> i32 {
+    let w = |x: u64| i32::from(q[(x.wrapping_mul(WordHash::MUL) >> SHIFT) as usize]);
+    let (mut p, rest, mut uni) = match (prev, hs.split_first()) {
+        (Some(p), _) => (p, hs, 0),
+        (None, Some((&h, rest))) => (h, rest, w(h ^ uni_key)),
+        (None, None) => return 0,
+    };
+    let mut bi = 0;
+    for &h in rest {
+        uni += w(h ^ uni_key);
+        bi += w(WordHash::bigram(p, h) ^ bi_key);
+        p = h;
+    }
+    uni + bi
+}
+
+/// Sum of `weight(bucket)` over the word features of tokens of hashes
+/// `hs` ([`Sink::emit_word_pairs`]).
+#[inline(always)]
+fn sum_words<F: Fn(u32) -> i32>(hs: &[u64], prev: Option<u64>, hash: WordHash, weight: F) -> i32 {
+    let mut acc = 0;
+    let mut p = prev;
+    for &h in hs {
+        acc += weight(hash.uni(h));
+        if let Some(q) = p {
+            acc += weight(hash.bi(q, h));
+        }
+        p = Some(h);
+    }
+    acc
 }
 
 /// Sum of the weights of the 4-byte windows of `bytes` (bucket
