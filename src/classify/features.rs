@@ -550,7 +550,7 @@ fn cue_tab_index(h: u64) -> usize {
 /// byte i of the normalised text belongs to a token), as `(start, end)`
 /// byte ranges in order. A token that starts in an earlier word starts at
 /// `*cur_start`; one that runs on into the next word leaves its start
-/// there. (`Featurizer::words_batched` has the same loop inlined.)
+/// there.
 #[inline(always)]
 fn spans_in_word(mask: &[u64], k: usize, cur_start: &mut usize, mut f: impl FnMut(usize, usize)) {
     let w = mask[k];
@@ -947,34 +947,7 @@ impl Featurizer {
             }
         }
         for k in 0..words {
-            // The tokens that end in mask word k, as `spans_in_word` finds
-            // them, with its closure's two call sites inlined.
-            let w = mask[k];
-            let prev_top = if k > 0 { mask[k - 1] >> 63 } else { 0 };
-            let next_low = mask.get(k + 1).map_or(0, |x| x & 1);
-            let mut starts = w & !((w << 1) | prev_top);
-            let mut ends = w & !((w >> 1) | (next_low << 63));
-            let base = 64 * k;
-            if w & prev_top & 1 != 0 {
-                if ends == 0 {
-                    continue;
-                }
-                let end = base + ends.trailing_zeros() as usize + 1;
-                push(b, &mut len, cur_start, end);
-                ends &= ends - 1;
-            }
-            while ends != 0 {
-                let (s, e) = (
-                    starts.trailing_zeros() as usize,
-                    ends.trailing_zeros() as usize,
-                );
-                starts &= starts - 1;
-                ends &= ends - 1;
-                push(b, &mut len, base + s, base + e + 1);
-            }
-            if starts != 0 {
-                cur_start = base + starts.trailing_zeros() as usize;
-            }
+            spans_in_word(mask, k, &mut cur_start, |s, e| push(b, &mut len, s, e));
             // At most 32 tokens end in a mask word.
             if len > TOK_BATCH - 32 {
                 b.len = len;
