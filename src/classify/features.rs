@@ -644,12 +644,9 @@ pub struct Featurizer {
     cue_keys: Vec<u64>,
     cue_vals: Vec<Option<Cue>>,
     cue_mask: usize,
-    /// 64-Kbit Bloom filter over cue hashes (top 16 bits): most tokens stop
-    /// here, and few that are not cues get past it.
-    cue_bloom: Box<[u64; 1024]>,
-    /// Per top [`CUE_TAB_BITS`] bits of a token's word hash: [`CUE_ANY`]
-    /// if a cue hash has them (the unigram test of the batched path, one
-    /// byte load), [`CUE_PREFIX`] if the first word of a phrase of two or
+    /// Per top [`CUE_TAB_BITS`] bits of a hash: [`CUE_ANY`] if a cue hash
+    /// (unigram or bigram) has them, the filter in front of every exact
+    /// lookup (most tokens stop here, one byte load); [`CUE_PREFIX`] if the first word of a phrase of two or
     /// more words has them (the bigram with the next token is tested only
     /// after such a token).
     cue_tab: Box<[u8; 1 << CUE_TAB_BITS]>,
@@ -673,7 +670,6 @@ impl Featurizer {
             cue_keys: vec![0; size],
             cue_vals: vec![None; size],
             cue_mask: size - 1,
-            cue_bloom: Box::new([0; 1024]),
             cue_tab: Box::new([0; 1 << CUE_TAB_BITS]),
             byte_tab: [0; 256],
             char_ns: 0,
@@ -730,7 +726,7 @@ impl Featurizer {
         &self.cfg
     }
 
-    /// Bytes of the featurizer's own tables (cue table, Bloom filter, byte
+    /// Bytes of the featurizer's own tables (cue tables, byte
     /// table). The scanner's per-thread scratch comes on top, kept per
     /// thread: about 1.6 bytes per featurized byte when scoring or
     /// training, 4 more per byte for sinks that read spans (`explain`).
@@ -738,13 +734,10 @@ impl Featurizer {
         std::mem::size_of::<Self>()
             + self.cue_keys.len() * 8
             + self.cue_vals.len() * std::mem::size_of::<Option<Cue>>()
-            + std::mem::size_of_val(&*self.cue_bloom)
             + std::mem::size_of_val(&*self.cue_tab)
     }
 
     fn insert_cue(&mut self, h: u64, cue: Cue) {
-        let bit = (h >> 48) as usize;
-        self.cue_bloom[bit >> 6] |= 1 << (bit & 63);
         self.cue_tab[cue_tab_index(h)] |= CUE_ANY;
         let mut i = (mix(h) as usize) & self.cue_mask;
         loop {
@@ -762,8 +755,7 @@ impl Featurizer {
 
     #[inline(always)]
     fn cue(&self, h: u64) -> Option<Cue> {
-        let bit = (h >> 48) as usize;
-        if self.cue_bloom[bit >> 6] & (1 << (bit & 63)) == 0 {
+        if self.cue_tab[cue_tab_index(h)] & CUE_ANY == 0 {
             return None;
         }
         let mut i = (mix(h) as usize) & self.cue_mask;
@@ -1034,12 +1026,11 @@ impl Featurizer {
         // those that start with a digit, `£` or `€` (0xC2, 0xE2), those
         // whose hash may be a cue (one byte of `cue_tab`), and those whose
         // bigram with the token before may be a cue. A cue bigram's first
-        // word is the first word of a cue phrase, so the bigram's Bloom
+        // word is the first word of a cue phrase, so the bigram's table
         // test is only made after a token marked as one (`CUE_PREFIX`):
         // most tokens need one table load.
         let tab = &*self.cue_tab;
-        let bloom = &*self.cue_bloom;
-        let maybe_cue = |h: u64| (bloom[(h >> 54) as usize] >> ((h >> 48) & 63)) & 1 != 0;
+        let maybe_cue = |h: u64| tab[cue_tab_index(h)] & CUE_ANY != 0;
         let mut cx = SigCx {
             text,
             norm,
