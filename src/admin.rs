@@ -1,5 +1,5 @@
 //! The admin listener, on its own thread and runtime, never on the data
-//! path: /healthz, /readyz, /metrics, /config, POST /reload.
+//! path: the endpoints of [`INDEX`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,6 +37,22 @@ pub async fn serve(tcp: tokio::net::TcpListener, shared: Arc<Shared>, reloader: 
     }
 }
 
+/// `GET /`: every admin endpoint, one a line (also the 404 hint).
+pub const INDEX: &str = "\
+sift admin endpoints:
+  GET  /healthz                    liveness: 200 ok
+  GET  /readyz                     readiness: 503 while starting or draining
+  GET  /metrics                    Prometheus text format
+  GET  /config                     the running config (secrets redacted) and its generation
+  POST /reload                     re-read the config file; a bad one is rejected, the old one keeps serving
+  GET  /canary                     canary weights, rollout state and per-version stats
+  PUT  /canary/ROUTE               set weights: {\"weights\":{\"stable\":90,\"canary\":10}}
+  POST /canary/ROUTE/rollout       start (or restart) the rollout at its first step
+  POST /canary/ROUTE/rollback      canary weight to 0 % now
+  GET  /filters                    the filters and their models
+  POST /filters/NAME/learn         JSONL of {\"text\",\"label\"} (spam) or {\"log\",\"label\"} (cilog) examples
+";
+
 async fn route(
     req: Request<Incoming>,
     shared: &Shared,
@@ -50,6 +66,7 @@ async fn route(
         return filters(req, &path, shared).await;
     }
     match (req.method(), path.as_str()) {
+        (&Method::GET, "/") => text(StatusCode::OK, INDEX),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
             if shared.draining.load(Ordering::Acquire) {
@@ -137,13 +154,10 @@ async fn route(
                 Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "reload task failed\n"),
             }
         }
-        (_, "/healthz" | "/readyz" | "/metrics" | "/config" | "/reload") => {
+        (_, "/" | "/healthz" | "/readyz" | "/metrics" | "/config" | "/reload") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "not found; try /healthz /readyz /metrics /config /canary, POST /reload\n",
-        ),
+        _ => text(StatusCode::NOT_FOUND, &format!("not found\n{INDEX}")),
     }
 }
 

@@ -92,7 +92,7 @@ Classifiers on the request path (built-in models):
   curl -s -d 'WINNER! Claim your £900 prize: call 09061701461 now' http://127.0.0.1:8080/comments | grep x-sift-spam
   curl -si -d 'Your account is suspended. Verify your password at http://192.0.2.7/secure' http://127.0.0.1:8080/contact
   curl -s -d 'See you at lunch tomorrow?' http://127.0.0.1:8080/classify/spam
-  printf 'npm ERR! 404 Not Found - GET https://registry.npmjs.org/left-pad-x\n' | curl -s -H 'content-type: text/plain' --data-binary @- http://127.0.0.1:8080/classify/ci
+  printf 'npm ERR! 404 Not Found - GET https://registry.npmjs.org/left-pad-x\\n' | curl -s -H 'content-type: text/plain' --data-binary @- http://127.0.0.1:8080/classify/ci
   curl -s http://127.0.0.1:9901/filters                # the filters and their models
 Stop with Ctrl-C (sift drains in-flight requests, then exits).
 ";

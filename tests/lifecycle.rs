@@ -593,3 +593,49 @@ async fn header_read_timeout_counts_from_a_head_s_first_byte() {
         .unwrap_or(0.0);
     assert_eq!(after, before + 1.0, "the stalled head is counted");
 }
+
+/// The admin listener answers each endpoint it lists at `GET /`, a wrong
+/// method with 405, and an unknown path with 404 and the same list.
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_endpoints_answer_and_list_themselves() {
+    let up = Upstream::echo("app").await;
+    let sift = Sift::start(&simple_config(up.addr, ""));
+    let (status, index) = get_text(&sift.admin_url("/")).await;
+    assert_eq!(status, 200, "{index}");
+    // Every GET endpoint in the list answers 200.
+    let gets: Vec<&str> = index
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("GET "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(gets.len() >= 6, "{index}");
+    for path in &gets {
+        let (status, body) = get_text(&sift.admin_url(path)).await;
+        assert_eq!(status, 200, "GET {path}: {body}");
+    }
+    for path in [
+        "/healthz", "/readyz", "/metrics", "/config", "/reload", "/filters", "/canary",
+    ] {
+        assert!(
+            index.contains(path),
+            "{path} missing from the index:\n{index}"
+        );
+    }
+    assert_eq!(
+        get_text(&sift.admin_url("/healthz")).await,
+        (200, "ok\n".to_string())
+    );
+    assert_eq!(
+        get_text(&sift.admin_url("/readyz")).await,
+        (200, "ready\n".to_string())
+    );
+    assert_eq!(post_text(&sift.admin_url("/healthz")).await.0, 405);
+    assert_eq!(post_text(&sift.admin_url("/")).await.0, 405);
+    assert_eq!(get_text(&sift.admin_url("/reload")).await.0, 405);
+    let (status, body) = get_text(&sift.admin_url("/nope")).await;
+    assert_eq!(status, 404);
+    assert!(
+        body.starts_with("not found\n") && body.contains(&index),
+        "{body}"
+    );
+}
