@@ -389,7 +389,7 @@ async fn filters(req: Request<Incoming>, path: &str, shared: &Shared) -> Respons
         return json_response(StatusCode::OK, json!({ "filters": list }));
     }
     let Some(name) = rest.strip_suffix("/learn") else {
-        return text(StatusCode::NOT_FOUND, "no such admin endpoint\n");
+        return text(StatusCode::NOT_FOUND, &format!("not found\n{INDEX}"));
     };
     if req.method() != Method::POST {
         return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
