@@ -568,7 +568,9 @@ impl Inspection {
             Decoder::Gzip(d) => d.try_finish(),
             Decoder::Zlib(d) => d.try_finish(),
             Decoder::Deflate(d) => d.try_finish(),
-            Decoder::Brotli(d) => d.flush(),
+            // `close`, not `flush`: it hands on what the decoder still
+            // holds, and fails on a stream that did not end.
+            Decoder::Brotli(d) => d.close(),
         };
         let failed = self.failed;
         let on_oversize = self.on_oversize;
@@ -709,6 +711,50 @@ mod tests {
             i.finish(false),
             Err(Unclassified::Skip(Skip::DecodeError))
         ));
+    }
+
+    #[test]
+    fn brotli_must_end_and_hands_on_all_it_decoded() {
+        // Found by the `decode` fuzz target: a brotli body cut short was
+        // classified as if whole (finish only flushed the sink, which
+        // never asks the decoder whether the stream ended), on fewer bytes
+        // when fed at once than in small chunks (the decoder still held
+        // output).
+        let text: Vec<u8> = (0..2000)
+            .flat_map(|i| format!("line {i} of a long message\n").into_bytes())
+            .collect();
+        let mut br = Vec::new();
+        {
+            let mut w = brotli::CompressorWriter::new(&mut br, 4096, 5, 22);
+            w.write_all(&text).unwrap();
+        }
+        let u = usage(1 << 20, OnOversize::InspectPrefix);
+        let feed = |wire: &[u8], step: usize, truncated: bool| {
+            let mut i =
+                Inspection::new(Box::new(Count(Vec::new())), Some("br"), &u, 1 << 20).unwrap();
+            for c in wire.chunks(step) {
+                i.feed(c);
+            }
+            i.finish(truncated)
+        };
+        let cut = &br[..br.len() / 2];
+        for step in [1, 7, 4096, br.len()] {
+            let v = feed(&br, step, false).unwrap();
+            assert_eq!(v.score as usize, text.len(), "whole, chunks of {step}");
+            // Cut short: unreadable, not a verdict on a part.
+            let r = feed(cut, step, false);
+            assert!(
+                matches!(r, Err(Unclassified::Skip(Skip::DecodeError))),
+                "cut, chunks of {step}: {:?}",
+                r.map(|v| v.score)
+            );
+            // A prefix the caller knows is one (inspect_prefix) gives a
+            // verdict on part of the text. How much depends on the chunking:
+            // brotli-decompressor keeps output in its ring buffer until more
+            // input comes, and gives it up at the stream's end only.
+            let v = feed(cut, step, true).unwrap();
+            assert!(v.score > 0.0 && v.score < text.len() as f32);
+        }
     }
 
     #[test]
