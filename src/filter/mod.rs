@@ -378,8 +378,9 @@ enum Decoder {
     Gzip(flate2::write::MultiGzDecoder<Sink>),
     Zlib(flate2::write::ZlibDecoder<Sink>),
     Deflate(flate2::write::DeflateDecoder<Sink>),
-    /// `deflate` before its first bytes: zlib-wrapped (RFC 9110) or raw.
-    DeflatePending(Option<Sink>),
+    /// `deflate` before its first two bytes: zlib-wrapped (RFC 9110) or
+    /// raw. The first byte is held here when it comes alone.
+    DeflatePending(Option<Sink>, Option<u8>),
     Brotli(Box<brotli_decompressor::DecompressorWriter<Sink>>),
 }
 
@@ -455,7 +456,7 @@ impl Inspection {
         let dec = match enc {
             _ if identity => Decoder::Identity(sink),
             "gzip" | "x-gzip" => Decoder::Gzip(flate2::write::MultiGzDecoder::new(sink)),
-            "deflate" => Decoder::DeflatePending(Some(sink)),
+            "deflate" => Decoder::DeflatePending(Some(sink), None),
             "br" => Decoder::Brotli(Box::new(brotli_decompressor::DecompressorWriter::new(
                 sink, 8192,
             ))),
@@ -469,20 +470,23 @@ impl Inspection {
     }
 
     /// Feed wire bytes (still encoded).
-    pub fn feed(&mut self, wire: &[u8]) {
+    pub fn feed(&mut self, mut wire: &[u8]) {
         if self.failed || wire.is_empty() {
             return;
         }
-        if let Decoder::DeflatePending(sink) = &mut self.dec {
-            let Some(sink) = sink.take() else { return };
-            let zlib = wire.len() >= 2
-                && wire[0] & 0x0f == 8
-                && (u16::from(wire[0]) << 8 | u16::from(wire[1])) % 31 == 0;
-            self.dec = if zlib {
-                Decoder::Zlib(flate2::write::ZlibDecoder::new(sink))
-            } else {
-                Decoder::Deflate(flate2::write::DeflateDecoder::new(sink))
-            };
+        if let Decoder::DeflatePending(_, held) = &mut self.dec {
+            // The zlib header is two bytes, which may come in two chunks.
+            if held.is_none() {
+                *held = Some(wire[0]);
+                wire = &wire[1..];
+                if wire.is_empty() {
+                    return;
+                }
+            }
+            self.settle_deflate(Some(wire[0]));
+            if self.failed {
+                return;
+            }
         }
         let r = match &mut self.dec {
             Decoder::Identity(s) => s.write_all(wire),
@@ -490,7 +494,34 @@ impl Inspection {
             Decoder::Zlib(d) => d.write_all(wire),
             Decoder::Deflate(d) => d.write_all(wire),
             Decoder::Brotli(d) => d.write_all(wire),
-            Decoder::DeflatePending(_) => Ok(()),
+            Decoder::DeflatePending(..) => Ok(()),
+        };
+        if r.is_err() {
+            self.failed = true;
+        }
+    }
+
+    /// `deflate`: once the byte after the held first byte is known (`None`:
+    /// the body ended), pick zlib or raw deflate and feed the held byte.
+    fn settle_deflate(&mut self, second: Option<u8>) {
+        let Decoder::DeflatePending(sink, held) = &mut self.dec else {
+            return;
+        };
+        let Some(first) = *held else { return };
+        let Some(sink) = sink.take() else { return };
+        let zlib = second.is_some_and(|second| {
+            first & 0x0f == 8 && (u16::from(first) << 8 | u16::from(second)) % 31 == 0
+        });
+        let r = if zlib {
+            let mut d = flate2::write::ZlibDecoder::new(sink);
+            let r = d.write_all(&[first]);
+            self.dec = Decoder::Zlib(d);
+            r
+        } else {
+            let mut d = flate2::write::DeflateDecoder::new(sink);
+            let r = d.write_all(&[first]);
+            self.dec = Decoder::Deflate(d);
+            r
         };
         if r.is_err() {
             self.failed = true;
@@ -508,7 +539,7 @@ impl Inspection {
             Decoder::Zlib(d) => d.get_ref(),
             Decoder::Deflate(d) => d.get_ref(),
             Decoder::Brotli(d) => d.get_ref(),
-            Decoder::DeflatePending(s) => match s {
+            Decoder::DeflatePending(s, _) => match s {
                 Some(s) => s,
                 None => return false,
             },
@@ -524,18 +555,22 @@ impl Inspection {
             Decoder::Zlib(d) => d.get_mut(),
             Decoder::Deflate(d) => d.get_mut(),
             Decoder::Brotli(d) => d.get_mut(),
-            Decoder::DeflatePending(s) => s.as_mut()?,
+            Decoder::DeflatePending(s, _) => s.as_mut()?,
         })
     }
 
     /// The verdict. `truncated`: the body went on past what was fed.
     pub fn finish(mut self, truncated: bool) -> Result<Verdict, Unclassified> {
+        // A one-byte `deflate` body is raw deflate (and not a whole stream).
+        self.settle_deflate(None);
         let finished = match &mut self.dec {
-            Decoder::Identity(_) | Decoder::DeflatePending(_) => Ok(()),
+            Decoder::Identity(_) | Decoder::DeflatePending(..) => Ok(()),
             Decoder::Gzip(d) => d.try_finish(),
             Decoder::Zlib(d) => d.try_finish(),
             Decoder::Deflate(d) => d.try_finish(),
-            Decoder::Brotli(d) => d.flush(),
+            // `close`, not `flush`: it hands on what the decoder still
+            // holds, and fails on a stream that did not end.
+            Decoder::Brotli(d) => d.close(),
         };
         let failed = self.failed;
         let on_oversize = self.on_oversize;
@@ -642,6 +677,84 @@ mod tests {
         d.write_all(&text).unwrap();
         let v = run(Some("deflate"), &d.finish().unwrap(), &u, 1 << 20).unwrap();
         assert_eq!(v.score as usize, text.len());
+    }
+
+    #[test]
+    fn deflate_decodes_whatever_the_first_chunk() {
+        // A zlib-wrapped `deflate` body (found by the `decode` fuzz target)
+        // whose first chunk is one byte: the zlib header was judged on that
+        // byte alone, so the body was read as raw deflate and skipped as a
+        // decode error (fed at once it decodes).
+        let wire: &[u8] = &[
+            0x78, 0x9c, 0x73, 0xc9, 0xcf, 0x2b, 0x51, 0xc8, 0xce, 0xcb, 0x2f, 0x57, 0xa8, 0xcc,
+            0x2f, 0x55, 0x48, 0x2a, 0xca, 0xcc, 0x4b, 0x57, 0x28, 0xce, 0xcf, 0x4d, 0x55, 0x48,
+            0xcb, 0xcf, 0x4f, 0x01, 0x00, 0xa0, 0x83, 0x0a, 0xc0,
+        ];
+        let u = usage(1 << 20, OnOversize::Reject);
+        for split in [1, 2, 3, wire.len()] {
+            let mut i =
+                Inspection::new(Box::new(Count(Vec::new())), Some("deflate"), &u, 1 << 20).unwrap();
+            for c in wire.chunks(split) {
+                i.feed(c);
+            }
+            let v = i.finish(false).unwrap();
+            assert_eq!(
+                v.detail["text"], "Dont know you bring some food",
+                "chunks of {split}"
+            );
+        }
+        // A lone byte is still raw deflate: not a whole stream.
+        let mut i =
+            Inspection::new(Box::new(Count(Vec::new())), Some("deflate"), &u, 1 << 20).unwrap();
+        i.feed(&[0x78]);
+        assert!(matches!(
+            i.finish(false),
+            Err(Unclassified::Skip(Skip::DecodeError))
+        ));
+    }
+
+    #[test]
+    fn brotli_must_end_and_hands_on_all_it_decoded() {
+        // Found by the `decode` fuzz target: a brotli body cut short was
+        // classified as if whole (finish only flushed the sink, which
+        // never asks the decoder whether the stream ended), on fewer bytes
+        // when fed at once than in small chunks (the decoder still held
+        // output).
+        let text: Vec<u8> = (0..2000)
+            .flat_map(|i| format!("line {i} of a long message\n").into_bytes())
+            .collect();
+        let mut br = Vec::new();
+        {
+            let mut w = brotli::CompressorWriter::new(&mut br, 4096, 5, 22);
+            w.write_all(&text).unwrap();
+        }
+        let u = usage(1 << 20, OnOversize::InspectPrefix);
+        let feed = |wire: &[u8], step: usize, truncated: bool| {
+            let mut i =
+                Inspection::new(Box::new(Count(Vec::new())), Some("br"), &u, 1 << 20).unwrap();
+            for c in wire.chunks(step) {
+                i.feed(c);
+            }
+            i.finish(truncated)
+        };
+        let cut = &br[..br.len() / 2];
+        for step in [1, 7, 4096, br.len()] {
+            let v = feed(&br, step, false).unwrap();
+            assert_eq!(v.score as usize, text.len(), "whole, chunks of {step}");
+            // Cut short: unreadable, not a verdict on a part.
+            let r = feed(cut, step, false);
+            assert!(
+                matches!(r, Err(Unclassified::Skip(Skip::DecodeError))),
+                "cut, chunks of {step}: {:?}",
+                r.map(|v| v.score)
+            );
+            // A prefix the caller knows is one (inspect_prefix) gives a
+            // verdict on part of the text. How much depends on the chunking:
+            // brotli-decompressor keeps output in its ring buffer until more
+            // input comes, and gives it up at the stream's end only.
+            let v = feed(cut, step, true).unwrap();
+            assert!(v.score > 0.0 && v.score < text.len() as f32);
+        }
     }
 
     #[test]

@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Build the fuzz targets' seed corpora from real data, at run time (never
+# commit them): tests/fuzz/corpus/<target>/.
+#
+#   SMS texts        ../shared/data/spam/sms/SMSSpamCollection (relative to the repo)
+#   SpamAssassin     $SIFT_DATA_DIR/spam-assassin, else target/data/spam-assassin
+#                    (fetched with filters/spam/fetch-data.sh when missing)
+#   CI logs          ../shared/data/cilogs/logs/
+#   models           filters/spam/model.bin, filters/cilog/model.bin
+#   configs          config/*.yaml and the ```yaml blocks of README.md and docs/*.md
+#
+# Idempotent; a target's corpus is rebuilt from scratch only with --clean.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+OUT=tests/fuzz/corpus
+SHARED=${SIFT_SHARED_DATA:-../shared/data}
+DATA=${SIFT_DATA_DIR:-target/data}
+[[ ${1:-} == --clean ]] && rm -rf "$OUT"
+mkdir -p "$OUT"/{mail_view,extract,cilog,models,decode,config}
+
+if [[ ! -d $DATA/spam-assassin ]]; then
+    filters/spam/fetch-data.sh
+fi
+
+python3 - "$ROOT" "$OUT" "$SHARED" "$DATA" <<'PY'
+import glob, gzip, hashlib, os, random, re, sys, zlib
+root, out, shared, data = sys.argv[1:]
+rnd = random.Random(1)
+os.chdir(root)
+
+def put(target, blob):
+    name = hashlib.sha1(blob).hexdigest()
+    with open(os.path.join(out, target, name), "wb") as f:
+        f.write(blob)
+
+MAX = 64 << 10
+
+# Mail: SpamAssassin messages (a sample per group) and SMS texts.
+mails = []
+for group in sorted(glob.glob(os.path.join(data, "spam-assassin", "*"))):
+    files = sorted(glob.glob(os.path.join(group, "*.txt")))
+    for p in rnd.sample(files, min(60, len(files))):
+        mails.append(open(p, "rb").read()[:MAX])
+sms = []
+with open(os.path.join(shared, "spam/sms/SMSSpamCollection"), "rb") as f:
+    lines = f.read().splitlines()
+for l in rnd.sample(lines, min(100, len(lines))):
+    sms.append(l.split(b"\t", 1)[-1])
+for m in mails + sms:
+    put("mail_view", m)
+
+# Extract: "<content-type>[\t<pointer or field>...]\n<body>".
+def esc(s):
+    return s.decode("utf-8", "replace").replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
+for i, t in enumerate(sms[:40]):
+    import urllib.parse
+    put("extract", b"text/plain; charset=utf-8\n" + t)
+    put("extract", b"application/json\n" + ('{"message": "%s", "n": [1, 2.5e3, true, null]}' % esc(t)).encode())
+    put("extract", b"application/json\t/message\t/meta/0\n" + ('{"meta": ["%s", {"x": "\\u00e9\\ud83d\\ude00"}], "message": "%s"}' % (esc(t[:20]), esc(t))).encode())
+    put("extract", b"application/x-www-form-urlencoded\tcomment\n" + b"name=x&comment=" + urllib.parse.quote_plus(t).encode())
+    b = b"XyZ%d" % i
+    put("extract", b"multipart/form-data; boundary=\"" + b + b"\"\tmsg\n--" + b + b"\r\nContent-Disposition: form-data; name=\"msg\"\r\n\r\n" + t + b"\r\n--" + b + b"\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a.txt\"\r\nContent-Type: text/plain\r\n\r\nfile\r\n--" + b + b"--\r\n")
+for m in mails[:40]:
+    put("extract", b"message/rfc822\n" + m)
+
+# CI logs: whole logs (up to 64 KiB: head and tail) and some chunked-JSON-ish lines.
+logs = sorted(glob.glob(os.path.join(shared, "cilogs/logs/**/*.log"), recursive=True))
+for p in rnd.sample(logs, min(150, len(logs))):
+    b = open(p, "rb").read()
+    put("cilog", b if len(b) <= MAX else b[: MAX // 2] + b[-MAX // 2 :])
+
+# Models: the shipped files.
+for p in ["filters/spam/model.bin", "filters/cilog/model.bin"]:
+    put("models", open(p, "rb").read())
+
+# Decode: byte 0 encoding (0 gzip, 1 deflate, 2 br, 3 none), byte 1 limits,
+# byte 2 chunk step; then the encoded body.
+def brotli_stored(b):
+    # Brotli without a library: uncompressed meta-blocks (RFC 7932 9.2).
+    bits = []
+    def w(v, n):
+        for k in range(n):
+            bits.append((v >> k) & 1)
+    w(0, 1)  # WBITS = 16
+    for i in range(0, len(b), 65536):
+        part = b[i : i + 65536]
+        w(0, 1)  # ISLAST
+        w(0, 2)  # MNIBBLES = 4
+        w(len(part) - 1, 16)
+        w(1, 1)  # ISUNCOMPRESSED
+        while len(bits) % 8:
+            bits.append(0)
+        for byte in part:
+            w(byte, 8)
+    w(1, 1); w(1, 1)  # ISLAST, ISLASTEMPTY
+    while len(bits) % 8:
+        bits.append(0)
+    return bytes(sum(bits[i + k] << k for k in range(8)) for i in range(0, len(bits), 8))
+for i, m in enumerate(mails[:30] + sms[:10]):
+    l = rnd.randrange(256)
+    step = bytes([rnd.choice([1, 2, 7, 64, 255])])
+    put("decode", bytes([0, l]) + step + gzip.compress(m))
+    put("decode", bytes([1, l]) + step + zlib.compress(m))
+    c = zlib.compressobj(6, zlib.DEFLATED, -15)
+    put("decode", bytes([1, l]) + step + c.compress(m) + c.flush())
+    put("decode", bytes([2, l]) + step + brotli_stored(m))
+    put("decode", bytes([3, l]) + step + m)
+put("decode", bytes([0, 0x0f, 5]) + gzip.compress(b"a" * 300000))  # a small bomb
+
+# Config: shipped configs and the YAML blocks of the docs.
+for p in sorted(glob.glob("config/*.yaml")):
+    put("config", open(p, "rb").read())
+for p in ["README.md"] + sorted(glob.glob("docs/*.md")) + sorted(glob.glob("filters/*/README.md")):
+    text = open(p, encoding="utf-8").read()
+    for block in re.findall(r"```ya?ml\n(.*?)```", text, re.S):
+        put("config", block.encode())
+PY
+for t in mail_view extract cilog models decode config; do
+    echo "seed: $OUT/$t: $(find "$OUT/$t" -type f | wc -l) files"
+done
