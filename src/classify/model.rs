@@ -210,25 +210,14 @@ impl Sink for ScoreI8<'_> {
         let Some(n) = (2 * hs.len()).checked_sub(usize::from(prev.is_none())) else {
             return;
         };
-        self.word += if self.pow2 {
-            sum_i8_words(self.q, hs, prev, hash)
-        } else {
-            sum_words(hs, prev, hash, |b| {
-                i32::from(self.q.get(b as usize).copied().unwrap_or(0))
-            })
-        };
+        // The dispatcher falls back to the bounds-checked loop itself.
+        self.word += sum_i8_words(self.q, hs, prev, hash);
         self.n_word += n as u32;
     }
 
     #[inline(always)]
     fn emit_char4(&mut self, bytes: &[u8], hash: Char4Hash) {
-        self.chr += if self.pow2 {
-            sum_i8_char4(self.q, bytes, hash)
-        } else {
-            sum_windows(bytes, |w| {
-                i32::from(self.q.get(hash.bucket(w) as usize).copied().unwrap_or(0))
-            })
-        };
+        self.chr += sum_i8_char4(self.q, bytes, hash);
         self.n_chr += bytes.len().saturating_sub(3) as u32;
     }
 }
