@@ -309,7 +309,7 @@ async fn proxy(
     }
     check_head_size(&req, listener)?;
     // One form of each path for routes, policies and the upstream alike.
-    if let Some(p) = normalize_path(req.uri().path()) {
+    if let Some(p) = normalize_path(req.uri().path())? {
         let pq = match req.uri().query() {
             Some(q) => format!("{p}?{q}"),
             None => p,
@@ -1462,27 +1462,41 @@ fn request_host(req: &Request<Lingering>) -> Result<std::borrow::Cow<'_, str>, P
 /// or `None` when it has neither. Apps (and Python's http.server) read
 /// `/%61dmin` and `//admin` as `/admin`: routing on another form would let
 /// them step around the `/admin` route. `%2F` and other escapes stay.
-fn normalize_path(path: &str) -> Option<String> {
+///
+/// A `%` not followed by two hex digits is refused (400, as nginx does):
+/// RFC 3986 has no such path, and decoding around it would make new
+/// escapes (`/%%36%31dmin` would become `/%61dmin`, routed as that and
+/// read as `/admin` by the app). With every `%` the start of a valid
+/// escape, each escape kept keeps its own two digits, so the result is
+/// its own normal form: routed and sent upstream as the app reads it.
+fn normalize_path(path: &str) -> Result<Option<String>, ProxyError> {
     let b = path.as_bytes();
-    let unreserved_at = |i: usize| -> Option<u8> {
-        if b.get(i) != Some(&b'%') {
-            return None;
-        }
+    let escape_at = |i: usize| -> Option<u8> {
         let hex = |x: &u8| (*x as char).to_digit(16);
         let v = hex(b.get(i + 1)?)? * 16 + hex(b.get(i + 2)?)?;
-        let c = u8::try_from(v).ok()?;
-        (c.is_ascii_alphanumeric() || b"-._~".contains(&c)).then_some(c)
+        u8::try_from(v).ok()
     };
-    let escapes =
-        memchr::memchr(b'%', b).is_some() && (0..b.len()).any(|i| unreserved_at(i).is_some());
+    let unreserved = |c: u8| c.is_ascii_alphanumeric() || b"-._~".contains(&c);
+    let mut escapes = false;
+    for i in memchr::memchr_iter(b'%', b) {
+        match escape_at(i) {
+            None => return Err(ProxyError::Malformed("bad percent-encoding in path")),
+            Some(c) => escapes |= unreserved(c),
+        }
+    }
     if !escapes && memchr::memmem::find(b, b"//").is_none() {
-        return None;
+        return Ok(None);
     }
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if let Some(c) = unreserved_at(i) {
-            out.push(c);
+        if b[i] == b'%' {
+            // A valid escape (checked above): decoded if unreserved, else
+            // kept with its two digits.
+            match escape_at(i) {
+                Some(c) if unreserved(c) => out.push(c),
+                _ => out.extend_from_slice(&b[i..(i + 3).min(b.len())]),
+            }
             i += 3;
             continue;
         }
@@ -1491,7 +1505,7 @@ fn normalize_path(path: &str) -> Option<String> {
         }
         i += 1;
     }
-    String::from_utf8(out).ok()
+    Ok(String::from_utf8(out).ok())
 }
 
 /// `.` or `..` segments, also percent-encoded (`%2e`, `%2E`), which an app
@@ -1733,6 +1747,42 @@ mod tests {
         assert!(has_dot_segments("/api/.%2e"));
         assert!(!has_dot_segments("/api/%2e%2e%2e"));
         assert!(!has_dot_segments("/a//b"));
+    }
+
+    /// Every path over a small alphabet of escapes, digits, dots and
+    /// slashes (all 9^7 of up to 7 bytes): a path is refused, or its
+    /// normal form is its own normal form (routing and the app read one
+    /// path), with no `//` and no escape of an unreserved character left.
+    #[test]
+    fn normalized_paths_are_their_own_normal_form() {
+        let alphabet = b"%2561e./F";
+        let mut refused = 0;
+        let mut changed = 0;
+        let mut buf = Vec::new();
+        for len in 1..=7u32 {
+            for mut k in 0..9usize.pow(len) {
+                buf.clear();
+                buf.push(b'/');
+                for _ in 0..len {
+                    buf.push(alphabet[k % 9]);
+                    k /= 9;
+                }
+                let p = std::str::from_utf8(&buf).unwrap();
+                let Ok(n) = normalize_path(p) else {
+                    refused += 1;
+                    continue;
+                };
+                let Some(n) = n else { continue };
+                changed += 1;
+                assert_eq!(normalize_path(&n).ok(), Some(None), "{p} -> {n}");
+            }
+        }
+        assert!(refused > 0 && changed > 0, "{refused} {changed}");
+        assert!(normalize_path("/%%36%31dmin").is_err());
+        assert!(normalize_path("/a%2").is_err());
+        assert!(normalize_path("/a%zz").is_err());
+        assert_eq!(normalize_path("/%2561").ok(), Some(None));
+        assert_eq!(normalize_path("/%2F%61").unwrap().as_deref(), Some("/%2Fa"));
     }
 
     #[test]

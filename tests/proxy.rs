@@ -1152,6 +1152,30 @@ clusters:
         assert_eq!(v["name"], name, "{path}: {v}");
         assert_eq!(v["uri"], upstream, "{path}: {v}");
     }
+    // A `%` that starts no escape is refused: decoding around it would
+    // make a new escape (`/%61dmin` from `/%%36%31dmin`), routed to the
+    // catch-all and read as /admin by the app. Neither upstream sees it.
+    let count = |u: &Upstream| u.requests.load(std::sync::atomic::Ordering::Relaxed);
+    let (a0, b0) = (count(&a), count(&b));
+    for path in ["/%%36%31dmin/x", "/%6%61dmin", "/admin%", "/x%zz"] {
+        let req = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+        let raw = raw_exchange(sift.addr(), req.as_bytes()).await;
+        assert!(raw.starts_with("HTTP/1.1 400"), "{path}: {raw}");
+        assert!(
+            raw.contains("x-sift-error: malformed-request"),
+            "{path}: {raw}"
+        );
+        assert!(raw.contains("percent-encoding"), "{path}: {raw}");
+    }
+    assert_eq!((count(&a), count(&b)), (a0, b0));
+    // In the query a `%` is the app's business: passed on as it came.
+    let raw = raw_exchange(
+        sift.addr(),
+        b"GET /x?q=100%&r=%%36 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    assert!(raw.contains("/x?q=100%&r=%%36"), "{raw}");
 }
 
 /// An upstream that sends a response head and part of its body, then
