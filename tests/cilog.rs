@@ -233,6 +233,43 @@ fn travis_format_and_progress() {
     );
 }
 
+/// The same failure written by another CI gets the same verdict: every
+/// 4th real log (Travis CI), rewritten as GitHub Actions, GitLab and
+/// Jenkins would have written it (the CI's markers, step echoes and
+/// timestamps; tool output and line numbers kept, `sift::cilog::reformat`).
+/// The shipped model has seen these logs (in Travis form), so this guards
+/// the framing, not the quality; `sift eval cilog --as all` gives the
+/// cross-validated figures. Before another CI's failed-step marker read as
+/// Travis's, GitLab's `ERROR: Job failed: exit code 1` drew the evidence
+/// to itself: here GitLab kept the class of 96.9 % and the line of 93.8 %
+/// of the logs, Jenkins 97.5 % and 94.4 % (now 98.1 / 97.5 and 98.8 /
+/// 97.5 %; GitHub 98.8 / 98.1 %).
+#[test]
+fn other_ci_formats_keep_the_verdict() {
+    const CLASS_SAME: f64 = 0.975;
+    const LINE_SAME: f64 = 0.96;
+    use sift::cilog::reformat::{CiFormat, from_travis};
+    let m = model();
+    let data = all_data();
+    let sample: Vec<&Example> = data.iter().step_by(4).collect();
+    let orig: Vec<_> = sample.iter().map(|e| m.classify(&e.bytes)).collect();
+    for to in CiFormat::ALL {
+        let (mut class, mut line) = (0, 0);
+        for (e, a) in sample.iter().zip(&orig) {
+            let b = m.classify(&from_travis(&e.bytes, to));
+            class += usize::from(a.class == b.class);
+            line += usize::from(a.line == b.line);
+        }
+        let n = sample.len() as f64;
+        let (c, l) = (class as f64 / n, line as f64 / n);
+        eprintln!("{to:?}: class {c:.3} evidence line {l:.3} of {n} logs");
+        assert!(
+            c >= CLASS_SAME && l >= LINE_SAME,
+            "{to:?}: class {c:.3} line {l:.3}"
+        );
+    }
+}
+
 /// The evidence line number of a full verdict is the original log's line,
 /// through timestamps, folds and CR progress (the rule line is the evidence).
 #[test]

@@ -141,6 +141,13 @@ pub struct EvalCilog {
     /// chunks instead of the found evidence (grouped CV).
     #[arg(long)]
     pub chunk_oracle: bool,
+    /// Also score the held-out logs as another CI system would have
+    /// written them (`github`, `gitlab`, `jenkins`, or `all`: the CI's own
+    /// lines and timestamps rewritten, tool output and line numbers kept;
+    /// training stays on the Travis originals). Prints the figures of each
+    /// and how often the class and the evidence line stay the same.
+    #[arg(long = "as", value_name = "FORMAT", value_parser = ["github", "gitlab", "jenkins", "all"])]
+    pub as_format: Option<String>,
     /// Print one line per misclassified log.
     #[arg(long)]
     pub errors: bool,
@@ -150,6 +157,72 @@ pub struct EvalCilog {
     /// Model for --bench.
     #[arg(long, default_value = DEFAULT_MODEL)]
     pub model: PathBuf,
+}
+
+/// `sift eval cilog --as FORMAT`: the same CV models score each held-out
+/// log as it is and rewritten into each of `to`; the figures of each, and
+/// how often the verdict stays the same.
+fn eval_as(
+    data: &[Example],
+    sets: &[LineSet],
+    k: usize,
+    r: &train::Recipe,
+    split: train::Split,
+    to: &[super::reformat::CiFormat],
+    errors: bool,
+) -> ExitCode {
+    let t = Instant::now();
+    let views: Vec<_> = std::iter::once(None)
+        .chain(to.iter().copied().map(Some))
+        .collect();
+    let reps = train::cross_validate_as(data, sets, k, r, split, &views);
+    let folds = if split == train::Split::Logs {
+        format!("{k}-fold CV over logs")
+    } else {
+        format!("grouped {k}-fold CV by repository")
+    };
+    let orig = &reps[0];
+    for (view, rep) in views.iter().zip(&reps) {
+        crate::say!(
+            "{folds} (seed {}), held-out logs as {}: accuracy {:.3}, macro-F1 (classes with >= 5 examples) {:.3}, evidence inside the human chunk {:.1}% ({}/{})",
+            r.seed,
+            view.map_or("travis (as labelled)", |f| f.as_str()),
+            rep.accuracy(),
+            rep.macro_f1(5),
+            100.0 * rep.evidence_share(),
+            rep.evidence_in_chunk,
+            rep.with_chunk,
+        );
+    }
+    for (f, conv) in to.iter().zip(&reps[1..]) {
+        let (mut same_class, mut same_line) = (0, 0);
+        for ((i, a), (_, b)) in orig.predictions.iter().zip(&conv.predictions) {
+            same_class += usize::from(a.class == b.class);
+            same_line += usize::from(a.line == b.line);
+            if errors && (a.class != b.class || a.line != b.line) {
+                crate::say!(
+                    "{} {}: travis {} line {} | {} {} line {}: {}",
+                    data[*i].id,
+                    data[*i].group,
+                    a.class,
+                    a.line,
+                    f.as_str(),
+                    b.class,
+                    b.line,
+                    b.text.chars().take(100).collect::<String>()
+                );
+            }
+        }
+        crate::say!(
+            "the same verdict as travis, as {}: class {same_class}/{n} ({:.1}%), evidence line {same_line}/{n} ({:.1}%)",
+            f.as_str(),
+            100.0 * same_class as f64 / orig.n.max(1) as f64,
+            100.0 * same_line as f64 / orig.n.max(1) as f64,
+            n = orig.n,
+        );
+    }
+    crate::say!("[{:.1}s]", t.elapsed().as_secs_f64());
+    ExitCode::SUCCESS
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -258,6 +331,17 @@ pub fn run_eval(args: EvalCilog) -> ExitCode {
         }
         crate::say!("[{:.1}s]", t.elapsed().as_secs_f64());
         return ExitCode::SUCCESS;
+    }
+    if let Some(fmt) = args.as_format.as_deref() {
+        let to = match super::reformat::CiFormat::parse(fmt) {
+            Some(f) => vec![f],
+            None if fmt == "all" => super::reformat::CiFormat::ALL.to_vec(),
+            None => return fail(format!("--as {fmt}: not a CI format")),
+        };
+        if args.in_sample || args.chunk_oracle {
+            return fail("--as works on cross-validation only (no --in-sample, --chunk-oracle)");
+        }
+        return eval_as(&data, &sets, k, &r, split, &to, args.errors);
     }
     let rep = if args.in_sample {
         let rows: Vec<usize> = (0..data.len()).collect();

@@ -359,8 +359,48 @@ pub fn for_each_feature<F: FnMut(u32)>(s: &[u8], f: F) -> u32 {
 }
 
 /// [`for_each_feature`] into a [`FeatureSink`].
+///
+/// Another CI's failed-step marker reads as Travis's (see [`ci_framing`]):
+/// the models learn from Travis logs, and what they learn of its marker
+/// then carries to GitHub Actions, GitLab and Jenkins logs (`sift eval
+/// cilog --as all` measures it).
 #[inline]
 pub fn features_into<S: FeatureSink>(s: &[u8], sink: &mut S) -> u32 {
+    if let Some(t) = ci_framing(s) {
+        return raw_features_into(t, sink);
+    }
+    raw_features_into(s, sink)
+}
+
+/// Another CI's failed-step marker (GitHub Actions `Process completed with
+/// exit code N.`, GitLab `ERROR: Job failed: exit code N`, Jenkins `ERROR:
+/// script returned exit code N`) as Travis writes it, for features, cues,
+/// signatures and shape; `None` for any other line (Travis's own marker
+/// included). Those CIs do not name the failed command: the quotes stay
+/// empty. A tool's own "exited with N" is not the CI's framing.
+pub fn ci_framing(s: &[u8]) -> Option<&'static [u8]> {
+    const CI: [&[u8]; 5] = [
+        b"Process completed with exit code ",
+        b"ERROR: Job failed: exit code ",
+        b"Job failed: exit code ",
+        b"ERROR: script returned exit code ",
+        b"script returned exit code ",
+    ];
+    (matches!(s.first(), Some(b'P' | b'E' | b'J' | b's'))
+        && CI.iter().any(|p| s.starts_with(p))
+        && is_fail_marker(s))
+    .then_some(b"The command \"\" exited with 1.")
+}
+
+/// What a line says for cues and signatures: another CI's failed-step
+/// marker as Travis's (see [`ci_framing`]).
+#[inline]
+fn tool_words(line: &[u8]) -> &[u8] {
+    ci_framing(line).unwrap_or(line)
+}
+
+#[inline]
+fn raw_features_into<S: FeatureSink>(s: &[u8], sink: &mut S) -> u32 {
     let mut n = 0u32;
     // Shape: indentation and length buckets.
     let indent = s.iter().take_while(|&&b| b == b' ').count();
@@ -867,6 +907,7 @@ static CUE_AC: std::sync::LazyLock<(aho_corasick::AhoCorasick, Vec<u8>)> =
 pub fn cue_counts(line: &[u8]) -> [u8; 9] {
     let (ac, class) = &*CUE_AC;
     let mut out = [0u8; 9];
+    let line = tool_words(line);
     for m in ac.find_overlapping_iter(line) {
         let c = class[m.pattern().as_usize()] as usize;
         out[c] = out[c].saturating_add(1);
@@ -1174,6 +1215,7 @@ static SIG_DFA: std::sync::LazyLock<aho_corasick::dfa::DFA> = std::sync::LazyLoc
 pub fn for_each_sig<F: FnMut(usize)>(line: &[u8], mut f: F) {
     use aho_corasick::Anchored;
     use aho_corasick::automaton::Automaton;
+    let line = tool_words(line);
     let dfa = &*SIG_DFA;
     let mut seen = [0u64; SIGS.len().div_ceil(64) + 1];
     let mut sid = dfa
@@ -1309,6 +1351,28 @@ mod tests {
         let n = for_each_feature(s.as_bytes(), |h| v.push(h));
         assert_eq!(n as usize, v.len());
         v
+    }
+
+    /// The CI's framing has one form: the same features whatever the CI.
+    #[test]
+    fn ci_framing_has_one_form() {
+        let travis = feats("The command \"\" exited with 1.");
+        for m in [
+            "Process completed with exit code 2.",
+            "ERROR: Job failed: exit code 1",
+            "ERROR: script returned exit code 127",
+        ] {
+            assert_eq!(feats(m), travis, "{m}");
+            assert_eq!(
+                cue_counts(m.as_bytes()),
+                cue_counts(b"The command \"\" exited with 1.")
+            );
+        }
+        // Travis's own marker keeps its words, with the command it names;
+        // a tool's own "exited with" and an exit 0 are not the CI's.
+        assert_ne!(feats("The command \"npm run lint\" exited with 1."), travis);
+        assert_eq!(ci_framing(b"ERROR: \"lint:js\" exited with 1."), None);
+        assert_eq!(ci_framing(b"Process completed with exit code 0."), None);
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod cli;
 pub mod features;
 pub mod model;
 pub mod normalize;
+pub mod reformat;
 pub mod rules;
 pub mod train;
 
@@ -969,6 +970,8 @@ pub struct RerankCand {
 /// failure signature ([`features::SIGS`], already found by the caller),
 /// bit 4 indented.
 pub fn line_shape(text: &[u8], has_sig: bool) -> u8 {
+    // Another CI's failed-step marker has the shape of Travis's.
+    let text = features::ci_framing(text).unwrap_or(text);
     let (mut words, mut inword, mut alnum, mut punct) = (0u32, false, 0u32, 0u32);
     for &b in text {
         if b.is_ascii_alphabetic() {

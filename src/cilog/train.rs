@@ -1053,18 +1053,41 @@ pub fn cross_validate(
     r: &Recipe,
     split: Split,
 ) -> Report {
+    let mut reps = cross_validate_as(data, sets, k, r, split, &[None]);
+    reps.swap_remove(0)
+}
+
+/// [`cross_validate`] with each held-out log also scored as another CI
+/// system would have written it (`Some(format)`, see
+/// [`super::reformat`]; `None`: as it is). Training stays on the logs as
+/// they are; one report per view, over the same models.
+pub fn cross_validate_as(
+    data: &[Example],
+    sets: &[LineSet],
+    k: usize,
+    r: &Recipe,
+    split: Split,
+    views: &[Option<super::reformat::CiFormat>],
+) -> Vec<Report> {
     let folds = folds_for(data, k, r.seed, split);
-    let mut rep = Report::default();
+    let mut reps = vec![Report::default(); views.len()];
     for f in 0..k {
         let train_rows: Vec<usize> = (0..data.len()).filter(|&i| folds[i] != f).collect();
         let m = train(data, sets, &train_rows, r, "cv");
         for i in (0..data.len()).filter(|&i| folds[i] == f) {
-            let v = m.classify(&data[i].bytes);
-            rep.add(i, &data[i], v);
+            for (rep, &view) in reps.iter_mut().zip(views) {
+                let v = match view {
+                    None => m.classify(&data[i].bytes),
+                    Some(to) => m.classify(&super::reformat::from_travis(&data[i].bytes, to)),
+                };
+                rep.add(i, &data[i], v);
+            }
         }
     }
-    rep.predictions.sort_by_key(|p| p.0);
-    rep
+    for rep in &mut reps {
+        rep.predictions.sort_by_key(|p| p.0);
+    }
+    reps
 }
 
 /// Adaptation to new repositories: grouped CV by repository, where each
