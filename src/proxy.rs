@@ -1509,31 +1509,49 @@ fn normalize_path(path: &str) -> Result<Option<String>, ProxyError> {
 }
 
 /// `.` or `..` segments, also percent-encoded (`%2e`, `%2E`), which an app
-/// that decodes paths would resolve past a route's prefix.
+/// that decodes paths would resolve past a route's prefix. A segment ends
+/// at `/`, and also at `\\` and at an encoded slash or backslash (`%2F`,
+/// `%5C`): an app that decodes the path before resolving dot segments
+/// (Python's http.server; nginx too) reads `/x/..%2Fadmin` as `/admin`.
 fn has_dot_segments(path: &str) -> bool {
+    let b = path.as_bytes();
     // Most paths have neither '.' nor '%': one vectorised scan says so.
-    if memchr::memchr2(b'.', b'%', path.as_bytes()).is_none() {
+    if memchr::memchr2(b'.', b'%', b).is_none() {
         return false;
     }
-    path.split('/').any(|seg| {
-        let mut rest = seg.as_bytes();
-        let mut dots = 0;
-        while !rest.is_empty() {
-            if rest[0] == b'.' {
-                rest = &rest[1..];
-            } else if rest.len() >= 3
-                && rest[0] == b'%'
-                && rest[1] == b'2'
-                && rest[2] | 0x20 == b'e'
-            {
-                rest = &rest[3..];
-            } else {
-                return false;
+    let escape = |i: usize, hi: u8, lo: u8| {
+        b.len() >= i + 3 && b[i] == b'%' && b[i + 1] == hi && b[i + 2] | 0x20 == lo
+    };
+    // Dots in the segment so far, and whether it has anything else.
+    let mut dots = 0;
+    let mut other = false;
+    let mut i = 0;
+    while i <= b.len() {
+        let separator = if i == b.len() || b[i] == b'/' || b[i] == b'\\' {
+            1
+        } else if escape(i, b'2', b'f') || escape(i, b'5', b'c') {
+            3
+        } else {
+            0
+        };
+        if separator > 0 {
+            if !other && (dots == 1 || dots == 2) {
+                return true;
             }
+            (dots, other) = (0, false);
+            i += separator;
+        } else if b[i] == b'.' {
             dots += 1;
+            i += 1;
+        } else if escape(i, b'2', b'e') {
+            dots += 1;
+            i += 3;
+        } else {
+            other = true;
+            i += 1;
         }
-        dots == 1 || dots == 2
-    })
+    }
+    false
 }
 
 /// A transfer coding other than chunked (`gzip, chunked`) would be lost
@@ -1747,6 +1765,14 @@ mod tests {
         assert!(has_dot_segments("/api/.%2e"));
         assert!(!has_dot_segments("/api/%2e%2e%2e"));
         assert!(!has_dot_segments("/a//b"));
+        assert!(has_dot_segments("/x/..%2Fadmin"));
+        assert!(has_dot_segments("/x%2f.%2fy"));
+        assert!(has_dot_segments("/x\\..\\admin"));
+        assert!(has_dot_segments("/x/..%5cadmin"));
+        assert!(has_dot_segments(".."));
+        assert!(!has_dot_segments("/x/..a%2Fb"));
+        assert!(!has_dot_segments("/x%2F..."));
+        assert!(!has_dot_segments(""));
     }
 
     /// Every path over a small alphabet of escapes, digits, dots and

@@ -1279,3 +1279,58 @@ sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n
     }
     (s, String::from_utf8_lossy(&head).to_lowercase())
 }
+
+/// A dot segment is refused also when an encoded slash or a backslash
+/// (raw or encoded) delimits it: an app that decodes the path and then
+/// resolves dot segments (Python's http.server: unquote, then normpath;
+/// nginx decodes `%2F` before resolving `..` too) reads
+/// `/x/..%2Fadmin` as `/admin`, while sift would route it on `/x`
+/// (here the catch-all), stepping around the `/admin` route.
+#[tokio::test(flavor = "multi_thread")]
+async fn dot_segments_behind_encoded_slashes_are_refused() {
+    let a = Upstream::echo("a").await;
+    let b = Upstream::echo("b").await;
+    let cfg = format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+routes:
+  - {{ name: admin, match: {{ path: {{ prefix: /admin }} }}, cluster: a }}
+  - {{ name: default, cluster: b }}
+clusters:
+  - {{ name: a, endpoints: ["{}"] }}
+  - {{ name: b, endpoints: ["{}"] }}
+"#,
+        a.addr, b.addr
+    );
+    let sift = Sift::start(&cfg);
+    let count = |u: &Upstream| u.requests.load(std::sync::atomic::Ordering::Relaxed);
+    let (a0, b0) = (count(&a), count(&b));
+    for path in [
+        "/x/..%2Fadmin",
+        "/x/..%2fadmin",
+        "/x%2F..%2Fadmin",
+        "/x/%2e%2e%2Fadmin",
+        "/x%2F%2E%2E/admin",
+        "/x/.%2F..%2Fadmin",
+        "/x/..%5Cadmin",
+        "/x\\..\\admin",
+    ] {
+        let req = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+        let raw = raw_exchange(sift.addr(), req.as_bytes()).await;
+        assert!(raw.starts_with("HTTP/1.1 400"), "{path}: {raw}");
+        assert!(raw.contains("segments"), "{path}: {raw}");
+    }
+    assert_eq!((count(&a), count(&b)), (a0, b0));
+    // Dots inside a segment, and encoded slashes without dot segments,
+    // still pass.
+    for (path, name) in [
+        ("/x/..a%2Fb", "b"),
+        ("/admin/a.%2F.b", "a"),
+        ("/x%2F...", "b"),
+    ] {
+        let r = send(Request::get(sift.url(path)).body(body::empty()).unwrap()).await;
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(json(r.body())["name"], name, "{path}");
+    }
+}
