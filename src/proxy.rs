@@ -1429,26 +1429,54 @@ fn request_host(req: &Request<Lingering>) -> Result<std::borrow::Cow<'_, str>, P
     } else {
         ""
     };
-    let host = if raw.starts_with('[') {
+    // A host name or IP literal, then at most a port of digits (RFC 3986
+    // §3.2.2-3): anything else beside the name (`a.example:80@b.example`,
+    // `a.example:1:2`, `[::1]b`) is read by some apps as another host.
+    let (name, port) = if raw.starts_with('[') {
         match raw.find(']') {
-            Some(i) => &raw[..=i],
+            Some(i) => (&raw[..=i], &raw[i + 1..]),
             None => return Err(ProxyError::Malformed("bad IPv6 literal in Host")),
         }
     } else {
-        let name = raw
-            .bytes()
-            .rposition(|b| b == b':')
-            .map_or(raw, |i| &raw[..i]);
-        // `a.example.` (fully qualified) is `a.example`: the same routes,
-        // so a trailing dot cannot step around a host route's policies.
-        name.strip_suffix('.').unwrap_or(name)
+        raw.split_at(raw.find(':').unwrap_or(raw.len()))
     };
-    if host
-        .bytes()
-        .any(|b| !(b.is_ascii_alphanumeric() || b"-._:[]".contains(&b)))
-    {
+    let port_ok = port.is_empty()
+        || port.strip_prefix(':').is_some_and(|p| {
+            p.bytes().all(|b| b.is_ascii_digit()) && (p.is_empty() || p.parse::<u16>().is_ok())
+        });
+    if !port_ok {
+        return Err(ProxyError::Malformed("Host has a bad port"));
+    }
+    if name.is_empty() && !raw.is_empty() {
         return Err(ProxyError::Malformed("Host is not a host name"));
     }
+    let host = if let Some(literal) = name.strip_prefix('[') {
+        let inner = literal.strip_suffix(']').unwrap_or(literal);
+        if inner.is_empty()
+            || !inner
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
+            return Err(ProxyError::Malformed("bad IPv6 literal in Host"));
+        }
+        name
+    } else {
+        // `a.example.` (fully qualified) is `a.example`: the same routes,
+        // so a trailing dot cannot step around a host route's policies.
+        // More dots, or an empty label anywhere, are refused (as nginx
+        // does): an app that strips them would read another host.
+        let host = name.strip_suffix('.').unwrap_or(name);
+        if !name.is_empty() && host.split('.').any(str::is_empty) {
+            return Err(ProxyError::Malformed("Host has an empty label"));
+        }
+        if host
+            .bytes()
+            .any(|b| !(b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
+        {
+            return Err(ProxyError::Malformed("Host is not a host name"));
+        }
+        host
+    };
     // Usually lower case already: then borrowed, not copied.
     Ok(if host.bytes().any(|b| b.is_ascii_uppercase()) {
         std::borrow::Cow::Owned(host.to_ascii_lowercase())

@@ -1334,3 +1334,70 @@ clusters:
         assert_eq!(json(r.body())["name"], name, "{path}");
     }
 }
+
+/// The Host (or URI authority) is a host name or IP literal and an
+/// optional numeric port, nothing else: sift routes on the name, while an
+/// app that parses `public.example:80@admin.example` as a URL authority
+/// reads the host `admin.example`, and one that strips trailing dots
+/// reads `admin.example..` as `admin.example`. Either would step around
+/// the `admin.example` route's policies, so such hosts are refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn hosts_with_junk_beside_the_name_are_refused() {
+    let a = Upstream::echo("a").await;
+    let b = Upstream::echo("b").await;
+    let cfg = format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+routes:
+  - {{ name: admin, match: {{ host: [admin.example] }}, cluster: a }}
+  - {{ name: default, cluster: b }}
+clusters:
+  - {{ name: a, endpoints: ["{}"] }}
+  - {{ name: b, endpoints: ["{}"] }}
+"#,
+        a.addr, b.addr
+    );
+    let sift = Sift::start(&cfg);
+    let count = |u: &Upstream| u.requests.load(std::sync::atomic::Ordering::Relaxed);
+    let (a0, b0) = (count(&a), count(&b));
+    for (target, host) in [
+        ("/", "public.example:80@admin.example"),
+        ("/", "public.example:@admin.example"),
+        ("/", "admin.example:1:2"),
+        ("/", "public.example:x"),
+        ("/", "public.example:123456"),
+        ("/", "[::1]@admin.example"),
+        ("/", "[::1]admin.example"),
+        ("/", "admin.example.."),
+        ("/", "admin..example"),
+        ("/", ".admin.example"),
+        ("/", ":80"),
+        ("http://public.example:80@admin.example/", "admin.example"),
+    ] {
+        let req = format!("GET {target} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+        let raw = raw_exchange(sift.addr(), req.as_bytes()).await;
+        assert!(raw.starts_with("HTTP/1.1 400"), "{target} {host}: {raw}");
+    }
+    assert_eq!((count(&a), count(&b)), (a0, b0));
+    // Still fine: ports, IP literals, one trailing dot, an empty port.
+    for (host, name) in [
+        ("admin.example:8080", "a"),
+        ("admin.example.", "a"),
+        ("admin.example:", "a"),
+        ("[::1]:80", "b"),
+        ("[::1]", "b"),
+        ("127.0.0.1:9", "b"),
+        ("under_score.example", "b"),
+    ] {
+        let r = send(
+            Request::get(sift.url("/"))
+                .header("host", host)
+                .body(body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(r.status(), 200, "{host}");
+        assert_eq!(json(r.body())["name"], name, "{host}");
+    }
+}
