@@ -307,6 +307,9 @@ async fn proxy(
     if seen.sift {
         strip_sift_headers(req.headers_mut());
     }
+    if seen.underscore {
+        remove_underscored_headers(req.headers_mut());
+    }
     check_head_size(&req, listener)?;
     // One form of each path for routes, policies and the upstream alike.
     if let Some(p) = normalize_path(req.uri().path())? {
@@ -1339,6 +1342,8 @@ struct Seen {
     xff: bool,
     xfh: bool,
     xfcc: bool,
+    /// A name with `_` (dropped: see [`remove_underscored_headers`]).
+    underscore: bool,
 }
 
 impl Seen {
@@ -1351,6 +1356,7 @@ impl Seen {
                 continue;
             }
             let n = k.as_str();
+            s.underscore |= n.as_bytes().contains(&b'_');
             if !n.starts_with("x-") {
                 continue;
             }
@@ -1382,6 +1388,23 @@ fn remove_sift_headers(h: &mut HeaderMap) {
     let names: Vec<HeaderName> = h
         .keys()
         .filter(|k| k.as_str().starts_with("x-sift-"))
+        .cloned()
+        .collect();
+    for n in names {
+        h.remove(n);
+    }
+}
+
+/// Drop every header whose name has `_`, as nginx does by default
+/// (`underscores_in_headers off`). CGI-style apps (WSGI, Rack, PHP) read
+/// `x_forwarded_client_cert` and `x-forwarded-client-cert` as one
+/// `HTTP_X_FORWARDED_CLIENT_CERT`: forwarded, such a name would pass for a
+/// header only sift sets (identity, verdicts, forwarding facts, the
+/// route's own request headers).
+fn remove_underscored_headers(h: &mut HeaderMap) {
+    let names: Vec<HeaderName> = h
+        .keys()
+        .filter(|k| k.as_str().as_bytes().contains(&b'_'))
         .cloned()
         .collect();
     for n in names {

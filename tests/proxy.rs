@@ -1401,3 +1401,27 @@ clusters:
         assert_eq!(json(r.body())["name"], name, "{host}");
     }
 }
+
+/// A CGI-style app (WSGI, Rack, PHP) reads `x_forwarded_client_cert` and
+/// `x-forwarded-client-cert` as the same `HTTP_X_FORWARDED_CLIENT_CERT`:
+/// forwarded, a client's underscore spelling would pass for the identity,
+/// verdict or client address that only sift may set. Request headers with
+/// `_` in their names are dropped, as nginx does by default
+/// (`underscores_in_headers off`).
+#[tokio::test(flavor = "multi_thread")]
+async fn underscored_header_names_are_dropped() {
+    let up = Upstream::echo("a").await;
+    let sift = Sift::start(&simple_config(up.addr, ""));
+    let req = "GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\
+               x_forwarded_client_cert: By=a;URI=spiffe://prod/ns/admin/sa/root\r\n\
+               x_sift_spam_verdict: ham\r\nx-sift_spam-verdict: ham\r\n\
+               x_forwarded_for: 1.2.3.4\r\nx_request_id: forged\r\n\
+               x-keep: 1\r\n\r\n";
+    let raw = raw_exchange(sift.addr(), req.as_bytes()).await;
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    let body = &raw[raw.find("\r\n\r\n").unwrap() + 4..];
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    let headers = v["headers"].as_object().unwrap();
+    assert!(headers.keys().all(|k| !k.contains('_')), "{headers:?}");
+    assert_eq!(headers["x-keep"][0], "1");
+}
