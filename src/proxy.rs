@@ -974,6 +974,18 @@ fn filter_request_info(
                     "conflicting Content-Type header lines",
                 ));
             }
+            // A parameter given twice (`boundary=a; boundary=b`) is as
+            // ambiguous: parsers differ on which one counts.
+            let params = crate::filter::extract::media_params(&first);
+            if params
+                .iter()
+                .enumerate()
+                .any(|(i, (k, _))| params[..i].iter().any(|(j, _)| j == k))
+            {
+                return Err(ProxyError::Malformed(
+                    "a Content-Type parameter given twice",
+                ));
+            }
             Some(first)
         }
         None => None,
