@@ -1738,8 +1738,10 @@ fn strip_hop_by_hop_present(h: &mut HeaderMap, present: u8) {
                 }
             }
         }
+        // Never Host: the upstream gets the host the route matched (and
+        // X-Forwarded-Host is made from it), whatever the client names.
         for n in named {
-            if n != header::TE {
+            if n != header::TE && n != header::HOST {
                 h.remove(n);
             }
         }
@@ -1925,6 +1927,8 @@ mod tests {
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("te", HeaderValue::from_static("trailers"));
         h.insert("x-keep", HeaderValue::from_static("1"));
+        h.append("connection", HeaderValue::from_static("Host"));
+        h.insert("host", HeaderValue::from_static("a.example"));
         // As on the request path: the bits come from the header scan.
         let present = Seen::scan(&h).hop;
         strip_hop_by_hop_present(&mut h, present);
@@ -1933,6 +1937,7 @@ mod tests {
         assert!(h.get("connection").is_none());
         assert_eq!(h.get("te").unwrap(), "trailers");
         assert!(h.get("x-keep").is_some());
+        assert_eq!(h.get("host").unwrap(), "a.example");
     }
 }
 

@@ -1425,3 +1425,38 @@ async fn underscored_header_names_are_dropped() {
     assert!(headers.keys().all(|k| !k.contains('_')), "{headers:?}");
     assert_eq!(headers["x-keep"][0], "1");
 }
+
+/// A client's `Connection` header may name hop-by-hop headers, but not
+/// Host: the upstream must get the host the request was routed on. Named,
+/// Host was removed, so the app got the endpoint's address instead, and
+/// on a `replace` listener the client's own X-Forwarded-Host (which sift
+/// sets from Host) went through as sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn connection_cannot_remove_the_routed_host() {
+    let echo = Upstream::echo("echo").await;
+    let cfg = simple_config(echo.addr, "").replace(
+        "    address: \"127.0.0.1:0\"\n",
+        "    address: \"127.0.0.1:0\"\n    forwarded: { x_forwarded_for: replace }\n",
+    );
+    let sift = Sift::start(&cfg);
+    for connection in ["close, host", "keep-alive, Host, close"] {
+        let req = format!(
+            "GET / HTTP/1.1\r\nhost: good.example\r\nconnection: {connection}\r\n\
+             x-forwarded-host: evil.example\r\n\r\n"
+        );
+        let raw = raw_exchange(sift.addr(), req.as_bytes()).await;
+        assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+        let body = &raw[raw.find("\r\n\r\n").unwrap() + 4..];
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(
+            v["headers"]["host"],
+            serde_json::json!(["good.example"]),
+            "{v}"
+        );
+        assert_eq!(
+            v["headers"]["x-forwarded-host"],
+            serde_json::json!(["good.example"]),
+            "{v}"
+        );
+    }
+}
