@@ -1576,6 +1576,7 @@ fn normalize_path(path: &str) -> Result<Option<String>, ProxyError> {
 /// at `/`, and also at `\\` and at an encoded slash or backslash (`%2F`,
 /// `%5C`): an app that decodes the path before resolving dot segments
 /// (Python's http.server; nginx too) reads `/x/..%2Fadmin` as `/admin`.
+/// A segment's `;` parameters do not hide its dots (`..;x`, Tomcat).
 fn has_dot_segments(path: &str) -> bool {
     let b = path.as_bytes();
     // Most paths have neither '.' nor '%': one vectorised scan says so.
@@ -1603,6 +1604,14 @@ fn has_dot_segments(path: &str) -> bool {
             }
             (dots, other) = (0, false);
             i += separator;
+        } else if b[i] == b';' {
+            // Parameters (`..;x`): servlet containers drop them and then
+            // resolve the dots before them.
+            if !other && (dots == 1 || dots == 2) {
+                return true;
+            }
+            other = true;
+            i += 1;
         } else if b[i] == b'.' {
             dots += 1;
             i += 1;
@@ -1838,6 +1847,10 @@ mod tests {
         assert!(!has_dot_segments("/x/..a%2Fb"));
         assert!(!has_dot_segments("/x%2F..."));
         assert!(!has_dot_segments(""));
+        assert!(has_dot_segments("/api/..;/admin"));
+        assert!(has_dot_segments("/api/.;x"));
+        assert!(!has_dot_segments("/api/a;..;/x"));
+        assert!(!has_dot_segments("/api/...;/x"));
     }
 
     /// Every path over a small alphabet of escapes, digits, dots and

@@ -1460,3 +1460,27 @@ async fn connection_cannot_remove_the_routed_host() {
         );
     }
 }
+
+/// `..;x` is a dot segment for servlet containers (Tomcat drops a
+/// segment's `;` parameters before resolving dot segments), so
+/// `/api/..;/admin` would match the `/api` route and reach `/admin`:
+/// refused like `..`.
+#[tokio::test(flavor = "multi_thread")]
+async fn dot_segments_with_parameters_are_refused() {
+    let up = Upstream::echo("a").await;
+    let sift = Sift::start(&simple_config(up.addr, ""));
+    for path in [
+        "/api/..;/admin",
+        "/api/..;x=1/admin",
+        "/api/.;/x",
+        "/api/%2e%2e;/admin",
+    ] {
+        let req = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+        let raw = raw_exchange(sift.addr(), req.as_bytes()).await;
+        assert!(raw.starts_with("HTTP/1.1 400"), "{path}: {raw}");
+    }
+    for path in ["/api/a;b/c", "/api/...;/x", "/api/..a;/x"] {
+        let r = send(Request::get(sift.url(path)).body(body::empty()).unwrap()).await;
+        assert_eq!(r.status(), 200, "{path}");
+    }
+}
