@@ -1228,8 +1228,12 @@ impl IpBuf {
     }
 }
 
-/// [`trusted_client_ip`] without allocation in the common cases: a slice of
-/// the X-Forwarded-For header, or the peer address formatted into `buf`.
+/// The client address as bytes, without allocating: the peer with no
+/// trusted hops; with N trusted proxies in front, the Nth address from the
+/// right of X-Forwarded-For (every line, in order, read as one list: the
+/// one the outermost trusted proxy saw), or the leftmost if the list is
+/// shorter. Read as bytes, so a line with bytes that are not visible ASCII
+/// (from the client's part of the chain) still counts.
 fn trusted_client_ip_bytes<'a>(
     hops: u32,
     h: &'a HeaderMap,
@@ -1237,33 +1241,25 @@ fn trusted_client_ip_bytes<'a>(
     buf: &'a mut IpBuf,
 ) -> &'a [u8] {
     use std::io::Write;
-    let mut values = h.get_all(&X_FORWARDED_FOR).iter();
     if hops > 0 {
-        if let (Some(only), None) = (values.next(), values.next()) {
-            // One header: walk it from the right.
-            let n = hops as usize;
-            let mut parts = only
-                .as_bytes()
-                .rsplit(|b| *b == b',')
-                .map(|p| p.trim_ascii())
-                .filter(|p| !p.is_empty());
-            let mut last = None;
-            for i in 0..n {
-                match parts.next() {
-                    Some(p) if i + 1 == n => return p,
-                    Some(p) => last = Some(p),
-                    None => break,
-                }
+        let n = hops as usize;
+        let mut parts = h
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .rev()
+            .flat_map(|v| v.as_bytes().rsplit(|b| *b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|p| !p.is_empty());
+        let mut last = None;
+        for i in 0..n {
+            match parts.next() {
+                Some(p) if i + 1 == n => return p,
+                Some(p) => last = Some(p),
+                None => break,
             }
-            if let Some(leftmost) = last {
-                return leftmost;
-            }
-        } else {
-            let s = trusted_client_ip(hops, h, peer);
-            let len = s.len().min(buf.buf.len());
-            buf.buf[..len].copy_from_slice(&s.as_bytes()[..len]);
-            buf.len = len;
-            return &buf.buf[..buf.len];
+        }
+        if let Some(leftmost) = last {
+            return leftmost;
         }
     }
     let mut cur = std::io::Cursor::new(&mut buf.buf[..]);
@@ -1272,28 +1268,11 @@ fn trusted_client_ip_bytes<'a>(
     &buf.buf[..buf.len]
 }
 
-/// The client address: the peer with no trusted hops; with N trusted
-/// proxies in front, the Nth address from the right of X-Forwarded-For
-/// (the one the outermost trusted proxy saw), or the leftmost if the header
-/// is shorter.
+/// [`trusted_client_ip_bytes`] as a string (rate limits and sticky
+/// canaries read the same address).
 pub fn trusted_client_ip(hops: u32, h: &HeaderMap, peer: SocketAddr) -> String {
-    if hops == 0 {
-        return peer.ip().to_string();
-    }
-    let all: Vec<&str> = h
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect();
-    let n = hops as usize;
-    match all.len() {
-        0 => peer.ip().to_string(),
-        len if len >= n => all[len - n].to_string(),
-        _ => all[0].to_string(),
-    }
+    let mut buf = IpBuf::new();
+    String::from_utf8_lossy(trusted_client_ip_bytes(hops, h, peer, &mut buf)).into_owned()
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -1987,5 +1966,17 @@ mod client_ip_tests {
             trusted_client_ip_bytes(2, &h, peer, &mut b),
             b"198.51.100.7"
         );
+        // A line with a byte that is not visible ASCII still counts, read
+        // the same way by both.
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"evil\xff, 203.0.113.9").unwrap(),
+        );
+        assert_eq!(trusted_client_ip_bytes(1, &h, peer, &mut b), b"203.0.113.9");
+        assert_eq!(trusted_client_ip(1, &h, peer), "203.0.113.9");
+        assert_eq!(trusted_client_ip(2, &h, peer), "evil\u{fffd}");
+        h.insert("x-forwarded-for", HeaderValue::from_static(" , "));
+        assert_eq!(trusted_client_ip(1, &h, peer), "10.0.0.9");
     }
 }
