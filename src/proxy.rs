@@ -307,6 +307,9 @@ async fn proxy(
     if seen.sift {
         strip_sift_headers(req.headers_mut());
     }
+    if seen.underscore {
+        remove_underscored_headers(req.headers_mut());
+    }
     check_head_size(&req, listener)?;
     // One form of each path for routes, policies and the upstream alike.
     if let Some(p) = normalize_path(req.uri().path())? {
@@ -971,6 +974,18 @@ fn filter_request_info(
                     "conflicting Content-Type header lines",
                 ));
             }
+            // A parameter given twice (`boundary=a; boundary=b`) is as
+            // ambiguous: parsers differ on which one counts.
+            let params = crate::filter::extract::media_params(&first);
+            if params
+                .iter()
+                .enumerate()
+                .any(|(i, (k, _))| params[..i].iter().any(|(j, _)| j == k))
+            {
+                return Err(ProxyError::Malformed(
+                    "a Content-Type parameter given twice",
+                ));
+            }
             Some(first)
         }
         None => None,
@@ -1213,8 +1228,12 @@ impl IpBuf {
     }
 }
 
-/// [`trusted_client_ip`] without allocation in the common cases: a slice of
-/// the X-Forwarded-For header, or the peer address formatted into `buf`.
+/// The client address as bytes, without allocating: the peer with no
+/// trusted hops; with N trusted proxies in front, the Nth address from the
+/// right of X-Forwarded-For (every line, in order, read as one list: the
+/// one the outermost trusted proxy saw), or the leftmost if the list is
+/// shorter. Read as bytes, so a line with bytes that are not visible ASCII
+/// (from the client's part of the chain) still counts.
 fn trusted_client_ip_bytes<'a>(
     hops: u32,
     h: &'a HeaderMap,
@@ -1222,33 +1241,25 @@ fn trusted_client_ip_bytes<'a>(
     buf: &'a mut IpBuf,
 ) -> &'a [u8] {
     use std::io::Write;
-    let mut values = h.get_all(&X_FORWARDED_FOR).iter();
     if hops > 0 {
-        if let (Some(only), None) = (values.next(), values.next()) {
-            // One header: walk it from the right.
-            let n = hops as usize;
-            let mut parts = only
-                .as_bytes()
-                .rsplit(|b| *b == b',')
-                .map(|p| p.trim_ascii())
-                .filter(|p| !p.is_empty());
-            let mut last = None;
-            for i in 0..n {
-                match parts.next() {
-                    Some(p) if i + 1 == n => return p,
-                    Some(p) => last = Some(p),
-                    None => break,
-                }
+        let n = hops as usize;
+        let mut parts = h
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .rev()
+            .flat_map(|v| v.as_bytes().rsplit(|b| *b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|p| !p.is_empty());
+        let mut last = None;
+        for i in 0..n {
+            match parts.next() {
+                Some(p) if i + 1 == n => return p,
+                Some(p) => last = Some(p),
+                None => break,
             }
-            if let Some(leftmost) = last {
-                return leftmost;
-            }
-        } else {
-            let s = trusted_client_ip(hops, h, peer);
-            let len = s.len().min(buf.buf.len());
-            buf.buf[..len].copy_from_slice(&s.as_bytes()[..len]);
-            buf.len = len;
-            return &buf.buf[..buf.len];
+        }
+        if let Some(leftmost) = last {
+            return leftmost;
         }
     }
     let mut cur = std::io::Cursor::new(&mut buf.buf[..]);
@@ -1257,28 +1268,11 @@ fn trusted_client_ip_bytes<'a>(
     &buf.buf[..buf.len]
 }
 
-/// The client address: the peer with no trusted hops; with N trusted
-/// proxies in front, the Nth address from the right of X-Forwarded-For
-/// (the one the outermost trusted proxy saw), or the leftmost if the header
-/// is shorter.
+/// [`trusted_client_ip_bytes`] as a string (rate limits and sticky
+/// canaries read the same address).
 pub fn trusted_client_ip(hops: u32, h: &HeaderMap, peer: SocketAddr) -> String {
-    if hops == 0 {
-        return peer.ip().to_string();
-    }
-    let all: Vec<&str> = h
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect();
-    let n = hops as usize;
-    match all.len() {
-        0 => peer.ip().to_string(),
-        len if len >= n => all[len - n].to_string(),
-        _ => all[0].to_string(),
-    }
+    let mut buf = IpBuf::new();
+    String::from_utf8_lossy(trusted_client_ip_bytes(hops, h, peer, &mut buf)).into_owned()
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -1339,6 +1333,8 @@ struct Seen {
     xff: bool,
     xfh: bool,
     xfcc: bool,
+    /// A name with `_` (dropped: see [`remove_underscored_headers`]).
+    underscore: bool,
 }
 
 impl Seen {
@@ -1351,6 +1347,7 @@ impl Seen {
                 continue;
             }
             let n = k.as_str();
+            s.underscore |= n.as_bytes().contains(&b'_');
             if !n.starts_with("x-") {
                 continue;
             }
@@ -1382,6 +1379,23 @@ fn remove_sift_headers(h: &mut HeaderMap) {
     let names: Vec<HeaderName> = h
         .keys()
         .filter(|k| k.as_str().starts_with("x-sift-"))
+        .cloned()
+        .collect();
+    for n in names {
+        h.remove(n);
+    }
+}
+
+/// Drop every header whose name has `_`, as nginx does by default
+/// (`underscores_in_headers off`). CGI-style apps (WSGI, Rack, PHP) read
+/// `x_forwarded_client_cert` and `x-forwarded-client-cert` as one
+/// `HTTP_X_FORWARDED_CLIENT_CERT`: forwarded, such a name would pass for a
+/// header only sift sets (identity, verdicts, forwarding facts, the
+/// route's own request headers).
+fn remove_underscored_headers(h: &mut HeaderMap) {
+    let names: Vec<HeaderName> = h
+        .keys()
+        .filter(|k| k.as_str().as_bytes().contains(&b'_'))
         .cloned()
         .collect();
     for n in names {
@@ -1429,26 +1443,54 @@ fn request_host(req: &Request<Lingering>) -> Result<std::borrow::Cow<'_, str>, P
     } else {
         ""
     };
-    let host = if raw.starts_with('[') {
+    // A host name or IP literal, then at most a port of digits (RFC 3986
+    // §3.2.2-3): anything else beside the name (`a.example:80@b.example`,
+    // `a.example:1:2`, `[::1]b`) is read by some apps as another host.
+    let (name, port) = if raw.starts_with('[') {
         match raw.find(']') {
-            Some(i) => &raw[..=i],
+            Some(i) => (&raw[..=i], &raw[i + 1..]),
             None => return Err(ProxyError::Malformed("bad IPv6 literal in Host")),
         }
     } else {
-        let name = raw
-            .bytes()
-            .rposition(|b| b == b':')
-            .map_or(raw, |i| &raw[..i]);
-        // `a.example.` (fully qualified) is `a.example`: the same routes,
-        // so a trailing dot cannot step around a host route's policies.
-        name.strip_suffix('.').unwrap_or(name)
+        raw.split_at(raw.find(':').unwrap_or(raw.len()))
     };
-    if host
-        .bytes()
-        .any(|b| !(b.is_ascii_alphanumeric() || b"-._:[]".contains(&b)))
-    {
+    let port_ok = port.is_empty()
+        || port.strip_prefix(':').is_some_and(|p| {
+            p.bytes().all(|b| b.is_ascii_digit()) && (p.is_empty() || p.parse::<u16>().is_ok())
+        });
+    if !port_ok {
+        return Err(ProxyError::Malformed("Host has a bad port"));
+    }
+    if name.is_empty() && !raw.is_empty() {
         return Err(ProxyError::Malformed("Host is not a host name"));
     }
+    let host = if let Some(literal) = name.strip_prefix('[') {
+        let inner = literal.strip_suffix(']').unwrap_or(literal);
+        if inner.is_empty()
+            || !inner
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
+            return Err(ProxyError::Malformed("bad IPv6 literal in Host"));
+        }
+        name
+    } else {
+        // `a.example.` (fully qualified) is `a.example`: the same routes,
+        // so a trailing dot cannot step around a host route's policies.
+        // More dots, or an empty label anywhere, are refused (as nginx
+        // does): an app that strips them would read another host.
+        let host = name.strip_suffix('.').unwrap_or(name);
+        if !name.is_empty() && host.split('.').any(str::is_empty) {
+            return Err(ProxyError::Malformed("Host has an empty label"));
+        }
+        if host
+            .bytes()
+            .any(|b| !(b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
+        {
+            return Err(ProxyError::Malformed("Host is not a host name"));
+        }
+        host
+    };
     // Usually lower case already: then borrowed, not copied.
     Ok(if host.bytes().any(|b| b.is_ascii_uppercase()) {
         std::borrow::Cow::Owned(host.to_ascii_lowercase())
@@ -1509,31 +1551,58 @@ fn normalize_path(path: &str) -> Result<Option<String>, ProxyError> {
 }
 
 /// `.` or `..` segments, also percent-encoded (`%2e`, `%2E`), which an app
-/// that decodes paths would resolve past a route's prefix.
+/// that decodes paths would resolve past a route's prefix. A segment ends
+/// at `/`, and also at `\\` and at an encoded slash or backslash (`%2F`,
+/// `%5C`): an app that decodes the path before resolving dot segments
+/// (Python's http.server; nginx too) reads `/x/..%2Fadmin` as `/admin`.
+/// A segment's `;` parameters do not hide its dots (`..;x`, Tomcat).
 fn has_dot_segments(path: &str) -> bool {
+    let b = path.as_bytes();
     // Most paths have neither '.' nor '%': one vectorised scan says so.
-    if memchr::memchr2(b'.', b'%', path.as_bytes()).is_none() {
+    if memchr::memchr2(b'.', b'%', b).is_none() {
         return false;
     }
-    path.split('/').any(|seg| {
-        let mut rest = seg.as_bytes();
-        let mut dots = 0;
-        while !rest.is_empty() {
-            if rest[0] == b'.' {
-                rest = &rest[1..];
-            } else if rest.len() >= 3
-                && rest[0] == b'%'
-                && rest[1] == b'2'
-                && rest[2] | 0x20 == b'e'
-            {
-                rest = &rest[3..];
-            } else {
-                return false;
+    let escape = |i: usize, hi: u8, lo: u8| {
+        b.len() >= i + 3 && b[i] == b'%' && b[i + 1] == hi && b[i + 2] | 0x20 == lo
+    };
+    // Dots in the segment so far, and whether it has anything else.
+    let mut dots = 0;
+    let mut other = false;
+    let mut i = 0;
+    while i <= b.len() {
+        let separator = if i == b.len() || b[i] == b'/' || b[i] == b'\\' {
+            1
+        } else if escape(i, b'2', b'f') || escape(i, b'5', b'c') {
+            3
+        } else {
+            0
+        };
+        if separator > 0 {
+            if !other && (dots == 1 || dots == 2) {
+                return true;
             }
+            (dots, other) = (0, false);
+            i += separator;
+        } else if b[i] == b';' {
+            // Parameters (`..;x`): servlet containers drop them and then
+            // resolve the dots before them.
+            if !other && (dots == 1 || dots == 2) {
+                return true;
+            }
+            other = true;
+            i += 1;
+        } else if b[i] == b'.' {
             dots += 1;
+            i += 1;
+        } else if escape(i, b'2', b'e') {
+            dots += 1;
+            i += 3;
+        } else {
+            other = true;
+            i += 1;
         }
-        dots == 1 || dots == 2
-    })
+    }
+    false
 }
 
 /// A transfer coding other than chunked (`gzip, chunked`) would be lost
@@ -1657,8 +1726,10 @@ fn strip_hop_by_hop_present(h: &mut HeaderMap, present: u8) {
                 }
             }
         }
+        // Never Host: the upstream gets the host the route matched (and
+        // X-Forwarded-Host is made from it), whatever the client names.
         for n in named {
-            if n != header::TE {
+            if n != header::TE && n != header::HOST {
                 h.remove(n);
             }
         }
@@ -1747,6 +1818,18 @@ mod tests {
         assert!(has_dot_segments("/api/.%2e"));
         assert!(!has_dot_segments("/api/%2e%2e%2e"));
         assert!(!has_dot_segments("/a//b"));
+        assert!(has_dot_segments("/x/..%2Fadmin"));
+        assert!(has_dot_segments("/x%2f.%2fy"));
+        assert!(has_dot_segments("/x\\..\\admin"));
+        assert!(has_dot_segments("/x/..%5cadmin"));
+        assert!(has_dot_segments(".."));
+        assert!(!has_dot_segments("/x/..a%2Fb"));
+        assert!(!has_dot_segments("/x%2F..."));
+        assert!(!has_dot_segments(""));
+        assert!(has_dot_segments("/api/..;/admin"));
+        assert!(has_dot_segments("/api/.;x"));
+        assert!(!has_dot_segments("/api/a;..;/x"));
+        assert!(!has_dot_segments("/api/...;/x"));
     }
 
     /// Every path over a small alphabet of escapes, digits, dots and
@@ -1836,6 +1919,8 @@ mod tests {
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("te", HeaderValue::from_static("trailers"));
         h.insert("x-keep", HeaderValue::from_static("1"));
+        h.append("connection", HeaderValue::from_static("Host"));
+        h.insert("host", HeaderValue::from_static("a.example"));
         // As on the request path: the bits come from the header scan.
         let present = Seen::scan(&h).hop;
         strip_hop_by_hop_present(&mut h, present);
@@ -1844,6 +1929,7 @@ mod tests {
         assert!(h.get("connection").is_none());
         assert_eq!(h.get("te").unwrap(), "trailers");
         assert!(h.get("x-keep").is_some());
+        assert_eq!(h.get("host").unwrap(), "a.example");
     }
 }
 
@@ -1880,5 +1966,17 @@ mod client_ip_tests {
             trusted_client_ip_bytes(2, &h, peer, &mut b),
             b"198.51.100.7"
         );
+        // A line with a byte that is not visible ASCII still counts, read
+        // the same way by both.
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"evil\xff, 203.0.113.9").unwrap(),
+        );
+        assert_eq!(trusted_client_ip_bytes(1, &h, peer, &mut b), b"203.0.113.9");
+        assert_eq!(trusted_client_ip(1, &h, peer), "203.0.113.9");
+        assert_eq!(trusted_client_ip(2, &h, peer), "evil\u{fffd}");
+        h.insert("x-forwarded-for", HeaderValue::from_static(" , "));
+        assert_eq!(trusted_client_ip(1, &h, peer), "10.0.0.9");
     }
 }

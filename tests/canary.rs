@@ -509,3 +509,59 @@ clusters:
         assert!(sift::config::load_str(&cfg(ok)).is_ok(), "{ok}");
     }
 }
+
+/// A sticky `client_ip` canary reads X-Forwarded-For as rate limits do:
+/// an X-Forwarded-For line with a byte that is not visible ASCII (from
+/// the client's part of the chain) still yields the address the trusted
+/// proxy appended. It used to drop the whole line and stick every such
+/// client to the peer's (the proxy's) address, unlike the rate limits'
+/// reading of the same header.
+#[tokio::test(flavor = "multi_thread")]
+async fn sticky_client_ip_reads_a_forwarded_for_line_with_odd_bytes() {
+    let stable = version(0, 0).await;
+    let canary = version(0, 0).await;
+    let cfg = config(
+        stable.addr,
+        canary.addr,
+        (50, 50),
+        "      sticky: { client_ip: true }",
+    )
+    .replace(
+        "listeners: [{ name: main, address: \"127.0.0.1:0\" }]",
+        "listeners: [{ name: main, address: \"127.0.0.1:0\", forwarded: { trusted_hops: 1 } }]",
+    );
+    let sift = Sift::start(&cfg);
+    async fn raw_version(sift: &Sift, xff: &[u8]) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(sift.addr()).await.unwrap();
+        let mut req =
+            b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\nx-forwarded-for: ".to_vec();
+        req.extend_from_slice(xff);
+        req.extend_from_slice(b"\r\n\r\n");
+        s.write_all(&req).await.unwrap();
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut buf)).await;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        text.lines()
+            .find_map(|l| l.strip_prefix("x-version: "))
+            .unwrap_or_else(|| panic!("{text}"))
+            .to_string()
+    }
+    // The peer's own version, then a client address that lands on the
+    // other one (the split is by a hash of the address).
+    let peer = version_of(&sift, &[]).await;
+    let mut found = None;
+    for n in 1..64 {
+        let ip = format!("198.51.100.{n}");
+        if version_of(&sift, &[("x-forwarded-for", ip.as_str())]).await != peer {
+            found = Some(ip);
+            break;
+        }
+    }
+    let ip = found.expect("an address on the other version");
+    let want = version_of(&sift, &[("x-forwarded-for", ip.as_str())]).await;
+    let mut xff = b"evil\xff, ".to_vec();
+    xff.extend_from_slice(ip.as_bytes());
+    assert_eq!(raw_version(&sift, &xff).await, want, "{ip}");
+}

@@ -1705,3 +1705,66 @@ async fn the_demo_classifies_what_its_try_lines_send() {
     let v: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
     assert_eq!(v["class"], "dependency", "{v}");
 }
+
+/// Content-Type parameters are read as an app reads them: a quoted value
+/// is one value (`boundary="x;y"` is `x;y`, not `x`), and a parameter
+/// given twice (`boundary=a; boundary=b`) is refused like conflicting
+/// Content-Type lines, since parsers differ on which one counts
+/// (Werkzeug and python-multipart take the last; sift took the first).
+/// Otherwise the filter reads one body and the app another: here, ham
+/// for sift and spam for the app, forwarded in block mode.
+#[tokio::test(flavor = "multi_thread")]
+async fn content_type_parameters_cannot_split_what_filter_and_app_read() {
+    let up = mirror().await;
+    let sift = Sift::start(&config(
+        up.addr,
+        "",
+        "      - { filter: spam, mode: block }",
+        "",
+    ));
+    let (spam, ham) = clear_examples();
+    let part = |b: &str, text: &str| {
+        format!("--{b}\r\nContent-Disposition: form-data; name=\"m\"\r\n\r\n{text}\r\n--{b}--\r\n")
+    };
+    // Two boundaries: sift read the `a` parts, the app the `b` parts.
+    let body = format!("{}{}", part("a", &ham), part("b", &spam));
+    for ct in [
+        "multipart/form-data; boundary=a; boundary=b",
+        "multipart/form-data; boundary=a; BOUNDARY=\"b\"",
+    ] {
+        let r = post(&sift, Some(ct), &[], body.clone()).await;
+        assert_eq!(r.status(), 400, "{ct}: {r:?}");
+        assert_eq!(r.headers()["x-sift-error"], "malformed-request");
+    }
+    // A charset given twice: decoded one way by sift, another by the app.
+    let r = post(
+        &sift,
+        Some("text/plain; charset=utf-16le; charset=utf-8"),
+        &[],
+        spam.clone(),
+    )
+    .await;
+    assert_eq!(r.status(), 400, "{r:?}");
+    // A quoted boundary with `;` in it: sift cut it at the `;` and stopped
+    // at `--x--` inside the field, which the app reads whole.
+    let body = format!(
+        "--x;y\r\nContent-Disposition: form-data; name=\"m\"\r\n\r\n--x--\r\n{spam}\r\n--x;y--\r\n"
+    );
+    let r = post(
+        &sift,
+        Some("multipart/form-data; boundary=\"x;y\""),
+        &[],
+        body,
+    )
+    .await;
+    assert_eq!(r.status(), 403, "{r:?}");
+    assert_eq!(up.requests.load(Ordering::Relaxed), 0);
+    // One boundary, quoted or not, is read as before.
+    for ct in [
+        "multipart/form-data; boundary=b",
+        "multipart/form-data; boundary=\"b\"; charset=utf-8",
+    ] {
+        let r = post(&sift, Some(ct), &[], part("b", &spam)).await;
+        assert_eq!(r.status(), 403, "{ct}");
+    }
+}

@@ -1279,3 +1279,208 @@ sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n
     }
     (s, String::from_utf8_lossy(&head).to_lowercase())
 }
+
+/// A dot segment is refused also when an encoded slash or a backslash
+/// (raw or encoded) delimits it: an app that decodes the path and then
+/// resolves dot segments (Python's http.server: unquote, then normpath;
+/// nginx decodes `%2F` before resolving `..` too) reads
+/// `/x/..%2Fadmin` as `/admin`, while sift would route it on `/x`
+/// (here the catch-all), stepping around the `/admin` route.
+#[tokio::test(flavor = "multi_thread")]
+async fn dot_segments_behind_encoded_slashes_are_refused() {
+    let a = Upstream::echo("a").await;
+    let b = Upstream::echo("b").await;
+    let cfg = format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+routes:
+  - {{ name: admin, match: {{ path: {{ prefix: /admin }} }}, cluster: a }}
+  - {{ name: default, cluster: b }}
+clusters:
+  - {{ name: a, endpoints: ["{}"] }}
+  - {{ name: b, endpoints: ["{}"] }}
+"#,
+        a.addr, b.addr
+    );
+    let sift = Sift::start(&cfg);
+    let count = |u: &Upstream| u.requests.load(std::sync::atomic::Ordering::Relaxed);
+    let (a0, b0) = (count(&a), count(&b));
+    for path in [
+        "/x/..%2Fadmin",
+        "/x/..%2fadmin",
+        "/x%2F..%2Fadmin",
+        "/x/%2e%2e%2Fadmin",
+        "/x%2F%2E%2E/admin",
+        "/x/.%2F..%2Fadmin",
+        "/x/..%5Cadmin",
+        "/x\\..\\admin",
+    ] {
+        let req = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+        let raw = raw_exchange(sift.addr(), req.as_bytes()).await;
+        assert!(raw.starts_with("HTTP/1.1 400"), "{path}: {raw}");
+        assert!(raw.contains("segments"), "{path}: {raw}");
+    }
+    assert_eq!((count(&a), count(&b)), (a0, b0));
+    // Dots inside a segment, and encoded slashes without dot segments,
+    // still pass.
+    for (path, name) in [
+        ("/x/..a%2Fb", "b"),
+        ("/admin/a.%2F.b", "a"),
+        ("/x%2F...", "b"),
+    ] {
+        let r = send(Request::get(sift.url(path)).body(body::empty()).unwrap()).await;
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(json(r.body())["name"], name, "{path}");
+    }
+}
+
+/// The Host (or URI authority) is a host name or IP literal and an
+/// optional numeric port, nothing else: sift routes on the name, while an
+/// app that parses `public.example:80@admin.example` as a URL authority
+/// reads the host `admin.example`, and one that strips trailing dots
+/// reads `admin.example..` as `admin.example`. Either would step around
+/// the `admin.example` route's policies, so such hosts are refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn hosts_with_junk_beside_the_name_are_refused() {
+    let a = Upstream::echo("a").await;
+    let b = Upstream::echo("b").await;
+    let cfg = format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+routes:
+  - {{ name: admin, match: {{ host: [admin.example] }}, cluster: a }}
+  - {{ name: default, cluster: b }}
+clusters:
+  - {{ name: a, endpoints: ["{}"] }}
+  - {{ name: b, endpoints: ["{}"] }}
+"#,
+        a.addr, b.addr
+    );
+    let sift = Sift::start(&cfg);
+    let count = |u: &Upstream| u.requests.load(std::sync::atomic::Ordering::Relaxed);
+    let (a0, b0) = (count(&a), count(&b));
+    for (target, host) in [
+        ("/", "public.example:80@admin.example"),
+        ("/", "public.example:@admin.example"),
+        ("/", "admin.example:1:2"),
+        ("/", "public.example:x"),
+        ("/", "public.example:123456"),
+        ("/", "[::1]@admin.example"),
+        ("/", "[::1]admin.example"),
+        ("/", "admin.example.."),
+        ("/", "admin..example"),
+        ("/", ".admin.example"),
+        ("/", ":80"),
+        ("http://public.example:80@admin.example/", "admin.example"),
+    ] {
+        let req = format!("GET {target} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+        let raw = raw_exchange(sift.addr(), req.as_bytes()).await;
+        assert!(raw.starts_with("HTTP/1.1 400"), "{target} {host}: {raw}");
+    }
+    assert_eq!((count(&a), count(&b)), (a0, b0));
+    // Still fine: ports, IP literals, one trailing dot, an empty port.
+    for (host, name) in [
+        ("admin.example:8080", "a"),
+        ("admin.example.", "a"),
+        ("admin.example:", "a"),
+        ("[::1]:80", "b"),
+        ("[::1]", "b"),
+        ("127.0.0.1:9", "b"),
+        ("under_score.example", "b"),
+    ] {
+        let r = send(
+            Request::get(sift.url("/"))
+                .header("host", host)
+                .body(body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(r.status(), 200, "{host}");
+        assert_eq!(json(r.body())["name"], name, "{host}");
+    }
+}
+
+/// A CGI-style app (WSGI, Rack, PHP) reads `x_forwarded_client_cert` and
+/// `x-forwarded-client-cert` as the same `HTTP_X_FORWARDED_CLIENT_CERT`:
+/// forwarded, a client's underscore spelling would pass for the identity,
+/// verdict or client address that only sift may set. Request headers with
+/// `_` in their names are dropped, as nginx does by default
+/// (`underscores_in_headers off`).
+#[tokio::test(flavor = "multi_thread")]
+async fn underscored_header_names_are_dropped() {
+    let up = Upstream::echo("a").await;
+    let sift = Sift::start(&simple_config(up.addr, ""));
+    let req = "GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\
+               x_forwarded_client_cert: By=a;URI=spiffe://prod/ns/admin/sa/root\r\n\
+               x_sift_spam_verdict: ham\r\nx-sift_spam-verdict: ham\r\n\
+               x_forwarded_for: 1.2.3.4\r\nx_request_id: forged\r\n\
+               x-keep: 1\r\n\r\n";
+    let raw = raw_exchange(sift.addr(), req.as_bytes()).await;
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    let body = &raw[raw.find("\r\n\r\n").unwrap() + 4..];
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    let headers = v["headers"].as_object().unwrap();
+    assert!(headers.keys().all(|k| !k.contains('_')), "{headers:?}");
+    assert_eq!(headers["x-keep"][0], "1");
+}
+
+/// A client's `Connection` header may name hop-by-hop headers, but not
+/// Host: the upstream must get the host the request was routed on. Named,
+/// Host was removed, so the app got the endpoint's address instead, and
+/// on a `replace` listener the client's own X-Forwarded-Host (which sift
+/// sets from Host) went through as sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn connection_cannot_remove_the_routed_host() {
+    let echo = Upstream::echo("echo").await;
+    let cfg = simple_config(echo.addr, "").replace(
+        "    address: \"127.0.0.1:0\"\n",
+        "    address: \"127.0.0.1:0\"\n    forwarded: { x_forwarded_for: replace }\n",
+    );
+    let sift = Sift::start(&cfg);
+    for connection in ["close, host", "keep-alive, Host, close"] {
+        let req = format!(
+            "GET / HTTP/1.1\r\nhost: good.example\r\nconnection: {connection}\r\n\
+             x-forwarded-host: evil.example\r\n\r\n"
+        );
+        let raw = raw_exchange(sift.addr(), req.as_bytes()).await;
+        assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+        let body = &raw[raw.find("\r\n\r\n").unwrap() + 4..];
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(
+            v["headers"]["host"],
+            serde_json::json!(["good.example"]),
+            "{v}"
+        );
+        assert_eq!(
+            v["headers"]["x-forwarded-host"],
+            serde_json::json!(["good.example"]),
+            "{v}"
+        );
+    }
+}
+
+/// `..;x` is a dot segment for servlet containers (Tomcat drops a
+/// segment's `;` parameters before resolving dot segments), so
+/// `/api/..;/admin` would match the `/api` route and reach `/admin`:
+/// refused like `..`.
+#[tokio::test(flavor = "multi_thread")]
+async fn dot_segments_with_parameters_are_refused() {
+    let up = Upstream::echo("a").await;
+    let sift = Sift::start(&simple_config(up.addr, ""));
+    for path in [
+        "/api/..;/admin",
+        "/api/..;x=1/admin",
+        "/api/.;/x",
+        "/api/%2e%2e;/admin",
+    ] {
+        let req = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+        let raw = raw_exchange(sift.addr(), req.as_bytes()).await;
+        assert!(raw.starts_with("HTTP/1.1 400"), "{path}: {raw}");
+    }
+    for path in ["/api/a;b/c", "/api/...;/x", "/api/..a;/x"] {
+        let r = send(Request::get(sift.url(path)).body(body::empty()).unwrap()).await;
+        assert_eq!(r.status(), 200, "{path}");
+    }
+}

@@ -1057,6 +1057,15 @@ fn build_match(m: Option<&MatchFile>, p: &str, e: &mut Errs) -> MatchSpec {
                 ),
             );
         }
+        if name.as_str().contains('_') && rule != HeaderRule::Present(false) {
+            e.push(
+                format!("{hp}.name"),
+                format!(
+                    "{:?}: headers with '_' in their names are removed from client requests before routing, so this condition never holds",
+                    h.name
+                ),
+            );
+        }
         headers.push(HeaderMatch { name, rule });
     }
     MatchSpec {
@@ -1252,15 +1261,23 @@ fn build_rate_limits(rs: Option<&[RateLimitFile]>, p: &str, e: &mut Errs) -> Vec
                 "route" => Some(KeyPart::Route),
                 h if h.starts_with("header:") => {
                     let name = h["header:".len()..].to_ascii_lowercase();
+                    // Names with '_' are removed from client requests: a
+                    // policy keyed on one would never apply.
                     match HeaderName::from_bytes(name.as_bytes()) {
-                        Ok(_) => Some(KeyPart::Header(name)),
-                        Err(_) => None,
+                        Ok(_) if !name.contains('_') => Some(KeyPart::Header(name)),
+                        _ => None,
                     }
                 }
                 _ => None,
             };
             match part {
                 Some(p) => key.push(p),
+                None if k.starts_with("header:") && k.contains('_') => e.push(
+                    format!("{rp}.key[{j}]"),
+                    format!(
+                        "{k:?}: headers with '_' in their names are removed from client requests, so this part is never there"
+                    ),
+                ),
                 None => e.push(
                     format!("{rp}.key[{j}]"),
                     format!(
@@ -1735,6 +1752,31 @@ mod tests {
     fn has(errs: &[ConfigError], path: &str, needle: &str) -> bool {
         errs.iter()
             .any(|e| e.path == path && e.message.contains(needle))
+    }
+
+    /// Client headers with '_' in their names never reach routing.
+    #[test]
+    fn underscored_header_names_in_matches_and_keys_are_errors() {
+        let errs = errors(
+            "listeners:\n  - { name: main, address: \"127.0.0.1:0\" }\n\
+             routes:\n  - name: r\n    cluster: app\n    \
+             match: { headers: [{ name: x_tenant, exact: a }, { name: x_b, present: false }] }\n    \
+             rate_limits: [{ name: p, requests_per_unit: 1, unit: second, key: [\"header:x_tenant\"] }]\n\
+             clusters:\n  - { name: app, endpoints: [\"127.0.0.1:1\"] }\n",
+        );
+        assert!(
+            has(&errs, "routes[0].match.headers[0].name", "'_'"),
+            "{errs:?}"
+        );
+        assert!(
+            !errs.iter().any(|e| e.path.contains("headers[1]")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.path.ends_with("key[0]") && e.message.contains("'_'")),
+            "{errs:?}"
+        );
     }
 
     #[test]

@@ -28,11 +28,12 @@ pub fn body_kind(content_type: Option<&str>) -> Option<BodyKind> {
     }
     let mut parts = ct.split(';');
     let mime = parts.next()?.trim().to_ascii_lowercase();
+    let params = media_params(ct);
     let param = |name: &str| {
-        ct.split(';').skip(1).find_map(|p| {
-            let (k, v) = p.split_once('=')?;
-            (k.trim().eq_ignore_ascii_case(name)).then(|| v.trim().trim_matches('"').to_string())
-        })
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
     };
     match mime.as_str() {
         "text/plain" | "text/markdown" | "text/csv" => Some(BodyKind::Plain {
@@ -48,6 +49,57 @@ pub fn body_kind(content_type: Option<&str>) -> Option<BodyKind> {
         }
         _ => None,
     }
+}
+
+/// The parameters of a media type (`type/sub; name=value; ...`), names
+/// lower-cased, in order. A value is a token or a quoted string (RFC 9110
+/// §5.6.4, §5.6.6): `boundary="x;y"` is `x;y`, as an app reads it.
+pub fn media_params(ct: &str) -> Vec<(String, String)> {
+    let b = ct.as_bytes();
+    let mut out = Vec::new();
+    let Some(mut i) = memchr::memchr(b';', b) else {
+        return out;
+    };
+    while i < b.len() {
+        // At a ';': the name runs to '=' or the next ';'.
+        i += 1;
+        let start = i;
+        while i < b.len() && b[i] != b'=' && b[i] != b';' {
+            i += 1;
+        }
+        let name = ct[start..i].trim().to_ascii_lowercase();
+        let mut value = Vec::new();
+        if i < b.len() && b[i] == b'=' {
+            i += 1;
+            while i < b.len() && (b[i] == b' ' || b[i] == b'\t') {
+                i += 1;
+            }
+            if i < b.len() && b[i] == b'"' {
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    if b[i] == b'\\' && i + 1 < b.len() {
+                        i += 1;
+                    }
+                    value.push(b[i]);
+                    i += 1;
+                }
+                // Past the closing quote, up to the next ';'.
+                while i < b.len() && b[i] != b';' {
+                    i += 1;
+                }
+            } else {
+                let s = i;
+                while i < b.len() && b[i] != b';' {
+                    i += 1;
+                }
+                value.extend_from_slice(ct[s..i].trim().as_bytes());
+            }
+        }
+        if !name.is_empty() {
+            out.push((name, String::from_utf8_lossy(&value).into_owned()));
+        }
+    }
+    out
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -362,6 +414,33 @@ mod tests {
         assert_eq!(body_kind(Some("image/png")), None);
         assert_eq!(body_kind(Some("multipart/form-data")), None, "no boundary");
         assert_eq!(body_kind(None), Some(BodyKind::Plain { charset: None }));
+    }
+
+    #[test]
+    fn media_type_parameters() {
+        let p = |ct: &str| media_params(ct);
+        assert_eq!(
+            p("multipart/form-data; Boundary=\"x;y\" ; charset = utf-8"),
+            [
+                ("boundary".to_string(), "x;y".to_string()),
+                ("charset".to_string(), "utf-8".to_string())
+            ]
+        );
+        assert_eq!(
+            p("a/b; q=\"a\\\"b\""),
+            [("q".to_string(), "a\"b".to_string())]
+        );
+        assert_eq!(
+            p("a/b; x; ;y=\"open"),
+            [("x".into(), String::new()), ("y".into(), "open".into())]
+        );
+        assert!(p("text/plain").is_empty());
+        assert_eq!(
+            body_kind(Some("multipart/form-data; boundary=\"x;y\"")),
+            Some(BodyKind::Multipart {
+                boundary: "x;y".into()
+            })
+        );
     }
 
     #[test]
