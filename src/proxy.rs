@@ -22,7 +22,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::body::{self, Body, BodyState, Limited, Lingering, OnDone};
-use crate::config::file::{UpstreamProtocol, XffMode};
+use crate::config::file::{EscapedSlashes, UpstreamProtocol, XffMode};
 use crate::config::model::ListenerSpec;
 use crate::error::{ErrorKind, ProxyError};
 use crate::metrics::{Metrics, code_class};
@@ -312,7 +312,7 @@ async fn proxy(
     }
     check_head_size(&req, listener)?;
     // One form of each path for routes, policies and the upstream alike.
-    if let Some(p) = normalize_path(req.uri().path())? {
+    if let Some(p) = normalize_path(req.uri().path(), listener.escaped_slashes)? {
         let pq = match req.uri().query() {
             Some(q) => format!("{p}?{q}"),
             None => p,
@@ -1511,19 +1511,29 @@ fn request_host(req: &Request<Lingering>) -> Result<std::borrow::Cow<'_, str>, P
 /// read as `/admin` by the app). With every `%` the start of a valid
 /// escape, each escape kept keeps its own two digits, so the result is
 /// its own normal form: routed and sent upstream as the app reads it.
-fn normalize_path(path: &str) -> Result<Option<String>, ProxyError> {
+///
+/// Escaped slashes (`%2F`, `%5C`) follow the listener's `escaped_slashes`:
+/// kept as sent, refused (400), or decoded like the unreserved ones (a
+/// decoded `/` merges with its neighbours too).
+fn normalize_path(path: &str, slashes: EscapedSlashes) -> Result<Option<String>, ProxyError> {
     let b = path.as_bytes();
     let escape_at = |i: usize| -> Option<u8> {
         let hex = |x: &u8| (*x as char).to_digit(16);
         let v = hex(b.get(i + 1)?)? * 16 + hex(b.get(i + 2)?)?;
         u8::try_from(v).ok()
     };
-    let unreserved = |c: u8| c.is_ascii_alphanumeric() || b"-._~".contains(&c);
+    let unescape = slashes == EscapedSlashes::Unescape;
+    let decoded = |c: u8| {
+        c.is_ascii_alphanumeric() || b"-._~".contains(&c) || (unescape && (c == b'/' || c == b'\\'))
+    };
     let mut escapes = false;
     for i in memchr::memchr_iter(b'%', b) {
         match escape_at(i) {
             None => return Err(ProxyError::Malformed("bad percent-encoding in path")),
-            Some(c) => escapes |= unreserved(c),
+            Some(b'/' | b'\\') if slashes == EscapedSlashes::Reject => {
+                return Err(ProxyError::Malformed("escaped slash in path"));
+            }
+            Some(c) => escapes |= decoded(c),
         }
     }
     if !escapes && memchr::memmem::find(b, b"//").is_none() {
@@ -1536,7 +1546,8 @@ fn normalize_path(path: &str) -> Result<Option<String>, ProxyError> {
             // A valid escape (checked above): decoded if unreserved, else
             // kept with its two digits.
             match escape_at(i) {
-                Some(c) if unreserved(c) => out.push(c),
+                Some(b'/') if unescape && out.last() == Some(&b'/') => {}
+                Some(c) if decoded(c) => out.push(c),
                 _ => out.extend_from_slice(&b[i..(i + 3).min(b.len())]),
             }
             i += 3;
@@ -1833,39 +1844,73 @@ mod tests {
     }
 
     /// Every path over a small alphabet of escapes, digits, dots and
-    /// slashes (all 9^7 of up to 7 bytes): a path is refused, or its
+    /// slashes (all 10^6 of up to 6 bytes): a path is refused, or its
     /// normal form is its own normal form (routing and the app read one
     /// path), with no `//` and no escape of an unreserved character left.
     #[test]
     fn normalized_paths_are_their_own_normal_form() {
-        let alphabet = b"%2561e./F";
+        let alphabet = b"%2561e./Fc";
         let mut refused = 0;
         let mut changed = 0;
         let mut buf = Vec::new();
-        for len in 1..=7u32 {
-            for mut k in 0..9usize.pow(len) {
+        for len in 1..=6u32 {
+            for mut k in 0..10usize.pow(len) {
                 buf.clear();
                 buf.push(b'/');
                 for _ in 0..len {
-                    buf.push(alphabet[k % 9]);
-                    k /= 9;
+                    buf.push(alphabet[k % 10]);
+                    k /= 10;
                 }
                 let p = std::str::from_utf8(&buf).unwrap();
-                let Ok(n) = normalize_path(p) else {
+                let Ok(n) = normalize_path(p, EscapedSlashes::Keep) else {
                     refused += 1;
                     continue;
                 };
+                // Unescaped, the normal form has no escaped slash left,
+                // and refused, a path with one is an error.
+                let slash = |s: &str| {
+                    let l = s.to_ascii_lowercase();
+                    l.contains("%2f") || l.contains("%5c")
+                };
+                match normalize_path(p, EscapedSlashes::Unescape) {
+                    Ok(Some(u)) => {
+                        assert!(!slash(&u), "{p} -> {u}");
+                        assert!(!u.contains("//"), "{p} -> {u}");
+                        assert_eq!(
+                            normalize_path(&u, EscapedSlashes::Unescape).ok(),
+                            Some(None),
+                            "{p} -> {u}"
+                        );
+                    }
+                    Ok(None) => assert!(!slash(p), "{p}"),
+                    Err(e) => panic!("{p}: {e}"),
+                }
+                assert_eq!(
+                    normalize_path(p, EscapedSlashes::Reject).is_err(),
+                    slash(p),
+                    "{p}"
+                );
                 let Some(n) = n else { continue };
                 changed += 1;
-                assert_eq!(normalize_path(&n).ok(), Some(None), "{p} -> {n}");
+                assert_eq!(
+                    normalize_path(&n, EscapedSlashes::Keep).ok(),
+                    Some(None),
+                    "{p} -> {n}"
+                );
             }
         }
         assert!(refused > 0 && changed > 0, "{refused} {changed}");
-        assert!(normalize_path("/%%36%31dmin").is_err());
-        assert!(normalize_path("/a%2").is_err());
-        assert!(normalize_path("/a%zz").is_err());
-        assert_eq!(normalize_path("/%2561").ok(), Some(None));
-        assert_eq!(normalize_path("/%2F%61").unwrap().as_deref(), Some("/%2Fa"));
+        let keep = |p: &str| normalize_path(p, EscapedSlashes::Keep);
+        assert!(keep("/%%36%31dmin").is_err());
+        assert!(keep("/a%2").is_err());
+        assert!(keep("/a%zz").is_err());
+        assert_eq!(keep("/%2561").ok(), Some(None));
+        assert_eq!(keep("/%2F%61").unwrap().as_deref(), Some("/%2Fa"));
+        let unescape = |p: &str| normalize_path(p, EscapedSlashes::Unescape);
+        assert_eq!(unescape("/admin%2Fx").unwrap().as_deref(), Some("/admin/x"));
+        assert_eq!(unescape("/%2F%2fadmin").unwrap().as_deref(), Some("/admin"));
+        assert_eq!(unescape("/a%5Cb").unwrap().as_deref(), Some("/a\\b"));
+        assert!(normalize_path("/a%2fb", EscapedSlashes::Reject).is_err());
     }
 
     #[test]

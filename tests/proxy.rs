@@ -1178,6 +1178,68 @@ clusters:
     assert!(raw.contains("/x?q=100%&r=%%36"), "{raw}");
 }
 
+/// A raw HTTP/1.1 GET of `path` (sent as is), read to the end.
+async fn get_raw(addr: std::net::SocketAddr, path: &str) -> String {
+    let req = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+    raw_exchange(addr, req.as_bytes()).await
+}
+
+/// `listeners[].escaped_slashes`: `/admin%2Fx` is routed as sent (keep,
+/// the default: the catch-all), refused (reject: 400), or decoded before
+/// routing and forwarded decoded (unescape: the /admin route, and the app
+/// gets `/admin/x`), as Envoy's `path_with_escaped_slashes_action`. Dot
+/// segments behind an escaped slash are refused in every mode.
+#[tokio::test(flavor = "multi_thread")]
+async fn escaped_slashes_keep_reject_or_unescape() {
+    let a = Upstream::echo("a").await;
+    let b = Upstream::echo("b").await;
+    for mode in ["keep", "reject", "unescape"] {
+        let cfg = format!(
+            r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners: [{{ name: main, address: "127.0.0.1:0", escaped_slashes: {mode} }}]
+routes:
+  - {{ name: admin, match: {{ path: {{ prefix: /admin }} }}, cluster: a }}
+  - {{ name: default, cluster: b }}
+clusters:
+  - {{ name: a, endpoints: ["{}"] }}
+  - {{ name: b, endpoints: ["{}"] }}
+"#,
+            a.addr, b.addr
+        );
+        let sift = Sift::start(&cfg);
+        let get = |path: &'static str| get_raw(sift.addr(), path);
+        let raw = get("/admin%2Fx").await;
+        match mode {
+            "keep" => {
+                assert!(raw.starts_with("HTTP/1.1 200"), "{mode}: {raw}");
+                assert!(
+                    raw.contains(r#""name":"b""#) && raw.contains(r#""uri":"/admin%2Fx""#),
+                    "{mode}: {raw}"
+                );
+            }
+            "reject" => {
+                assert!(raw.starts_with("HTTP/1.1 400"), "{mode}: {raw}");
+                assert!(raw.contains("escaped slash in path"), "{mode}: {raw}");
+            }
+            _ => {
+                assert!(raw.starts_with("HTTP/1.1 200"), "{mode}: {raw}");
+                assert!(
+                    raw.contains(r#""name":"a""#) && raw.contains(r#""uri":"/admin/x""#),
+                    "{mode}: {raw}"
+                );
+                let raw = get("/%2F%2fadmin%5Cx").await;
+                assert!(raw.contains(r#""uri":"/admin\\x""#), "{mode}: {raw}");
+            }
+        }
+        let raw = get("/x/..%2Fadmin").await;
+        assert!(raw.starts_with("HTTP/1.1 400"), "{mode}: {raw}");
+        // Other escapes are untouched in every mode.
+        let raw = get("/b%20c").await;
+        assert!(raw.contains(r#""uri":"/b%20c""#), "{mode}: {raw}");
+    }
+}
+
 /// An upstream that sends a response head and part of its body, then
 /// stalls: the cluster's `read_timeout` cuts the response, so the client
 /// sees an incomplete body (an error, never a silently short one) instead

@@ -366,6 +366,25 @@ pub struct ListenerFile {
     /// Terminate TLS (and mTLS) on this listener.
     #[serde(default)]
     pub tls: Option<ListenerTlsFile>,
+    /// Escaped slashes (`%2F`, `%5C`) in request paths: `keep` (default:
+    /// routed and forwarded as sent), `reject` (400) or `unescape` (decoded
+    /// to `/` and `\` before routing and forwarded so). Envoy's
+    /// `path_with_escaped_slashes_action`.
+    #[serde(default)]
+    pub escaped_slashes: Option<EscapedSlashes>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EscapedSlashes {
+    /// Routed and forwarded as sent (`/admin%2Fx` is not under `/admin`).
+    #[default]
+    Keep,
+    /// 400 `malformed-request`: for apps that decode `%2F` to `/`.
+    Reject,
+    /// Decoded before routing, and forwarded decoded: the route and the
+    /// app read `/admin/x`.
+    Unescape,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]

@@ -169,6 +169,7 @@ pub struct ListenerSpec {
     pub trusted_hops: u32,
     pub rate_limits: Vec<RateLimitSpec>,
     pub tls: Option<crate::tls::ListenerTlsSpec>,
+    pub escaped_slashes: super::file::EscapedSlashes,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
