@@ -1071,22 +1071,8 @@ async fn h2c_upgrades_are_not_passed_upstream() {
 /// rules, rate limits and filters onto a catch-all route.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_trailing_dot_in_the_host_matches_the_same_route() {
-    let a = Upstream::echo("a").await;
-    let b = Upstream::echo("b").await;
-    let cfg = format!(
-        r#"log: {{ format: json }}
-admin: {{ address: "127.0.0.1:0" }}
-listeners: [{{ name: main, address: "127.0.0.1:0" }}]
-routes:
-  - {{ name: admin, match: {{ host: [admin.example, "*.api.example"] }}, cluster: a }}
-  - {{ name: default, cluster: b }}
-clusters:
-  - {{ name: a, endpoints: ["{}"] }}
-  - {{ name: b, endpoints: ["{}"] }}
-"#,
-        a.addr, b.addr
-    );
-    let sift = Sift::start(&cfg);
+    let (_a, _b, sift) =
+        admin_and_catch_all(r#"{ host: [admin.example, "*.api.example"] }"#, "").await;
     for host in [
         "admin.example",
         "admin.example.",
@@ -1112,6 +1098,49 @@ clusters:
     assert_eq!(json(r.body())["name"], "b");
 }
 
+/// sift in front of two echo upstreams: `a` behind a route whose match is
+/// `admin_match` (YAML), `b` behind the catch-all; `listener_extra` is
+/// YAML added to the listener's map (`, escaped_slashes: reject`).
+async fn admin_and_catch_all(
+    admin_match: &str,
+    listener_extra: &str,
+) -> (Upstream, Upstream, Sift) {
+    let a = Upstream::echo("a").await;
+    let b = Upstream::echo("b").await;
+    let cfg = format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners: [{{ name: main, address: "127.0.0.1:0"{listener_extra} }}]
+routes:
+  - {{ name: admin, match: {admin_match}, cluster: a }}
+  - {{ name: default, cluster: b }}
+clusters:
+  - {{ name: a, endpoints: ["{}"] }}
+  - {{ name: b, endpoints: ["{}"] }}
+"#,
+        a.addr, b.addr
+    );
+    let sift = Sift::start(&cfg);
+    (a, b, sift)
+}
+
+/// Each raw GET `(target, Host)` gets 400 `malformed-request` naming
+/// `why`, and neither upstream sees one.
+async fn all_refused(sift: &Sift, ups: [&Upstream; 2], reqs: &[(String, String)], why: &str) {
+    let count = |u: &Upstream| u.requests.load(std::sync::atomic::Ordering::Relaxed);
+    let before = ups.map(count);
+    for (target, host) in reqs {
+        let req = format!("GET {target} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+        let raw = raw_exchange(sift.addr(), req.as_bytes()).await;
+        assert!(raw.starts_with("HTTP/1.1 400"), "{target} {host}: {raw}");
+        assert!(
+            raw.contains("x-sift-error: malformed-request") && raw.contains(why),
+            "{target} {host}: {raw}"
+        );
+    }
+    assert_eq!(ups.map(count), before);
+}
+
 /// Paths are normalized before routing, and sent upstream that way, so the
 /// route and the app agree on what was asked for: percent-encoded
 /// unreserved characters are decoded (`/%61dmin` is `/admin`, RFC 3986
@@ -1121,22 +1150,7 @@ clusters:
 /// serves /admin. Encoded slashes (`%2F`) and the query are left alone.
 #[tokio::test(flavor = "multi_thread")]
 async fn paths_are_normalized_before_routing() {
-    let a = Upstream::echo("a").await;
-    let b = Upstream::echo("b").await;
-    let cfg = format!(
-        r#"log: {{ format: json }}
-admin: {{ address: "127.0.0.1:0" }}
-listeners: [{{ name: main, address: "127.0.0.1:0" }}]
-routes:
-  - {{ name: admin, match: {{ path: {{ prefix: /admin }} }}, cluster: a }}
-  - {{ name: default, cluster: b }}
-clusters:
-  - {{ name: a, endpoints: ["{}"] }}
-  - {{ name: b, endpoints: ["{}"] }}
-"#,
-        a.addr, b.addr
-    );
-    let sift = Sift::start(&cfg);
+    let (a, b, sift) = admin_and_catch_all("{ path: { prefix: /admin } }", "").await;
     for (path, name, upstream) in [
         ("/admin/x", "a", "/admin/x"),
         ("/%61dmin/x", "a", "/admin/x"),
@@ -1155,19 +1169,10 @@ clusters:
     // A `%` that starts no escape is refused: decoding around it would
     // make a new escape (`/%61dmin` from `/%%36%31dmin`), routed to the
     // catch-all and read as /admin by the app. Neither upstream sees it.
-    let count = |u: &Upstream| u.requests.load(std::sync::atomic::Ordering::Relaxed);
-    let (a0, b0) = (count(&a), count(&b));
-    for path in ["/%%36%31dmin/x", "/%6%61dmin", "/admin%", "/x%zz"] {
-        let req = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
-        let raw = raw_exchange(sift.addr(), req.as_bytes()).await;
-        assert!(raw.starts_with("HTTP/1.1 400"), "{path}: {raw}");
-        assert!(
-            raw.contains("x-sift-error: malformed-request"),
-            "{path}: {raw}"
-        );
-        assert!(raw.contains("percent-encoding"), "{path}: {raw}");
-    }
-    assert_eq!((count(&a), count(&b)), (a0, b0));
+    let bad: Vec<_> = ["/%%36%31dmin/x", "/%6%61dmin", "/admin%", "/x%zz"]
+        .map(|p| (p.to_string(), "x".to_string()))
+        .into();
+    all_refused(&sift, [&a, &b], &bad, "percent-encoding").await;
     // In the query a `%` is the app's business: passed on as it came.
     let raw = raw_exchange(
         sift.addr(),
@@ -1191,23 +1196,9 @@ async fn get_raw(addr: std::net::SocketAddr, path: &str) -> String {
 /// segments behind an escaped slash are refused in every mode.
 #[tokio::test(flavor = "multi_thread")]
 async fn escaped_slashes_keep_reject_or_unescape() {
-    let a = Upstream::echo("a").await;
-    let b = Upstream::echo("b").await;
     for mode in ["keep", "reject", "unescape"] {
-        let cfg = format!(
-            r#"log: {{ format: json }}
-admin: {{ address: "127.0.0.1:0" }}
-listeners: [{{ name: main, address: "127.0.0.1:0", escaped_slashes: {mode} }}]
-routes:
-  - {{ name: admin, match: {{ path: {{ prefix: /admin }} }}, cluster: a }}
-  - {{ name: default, cluster: b }}
-clusters:
-  - {{ name: a, endpoints: ["{}"] }}
-  - {{ name: b, endpoints: ["{}"] }}
-"#,
-            a.addr, b.addr
-        );
-        let sift = Sift::start(&cfg);
+        let extra = format!(", escaped_slashes: {mode}");
+        let (_a, _b, sift) = admin_and_catch_all("{ path: { prefix: /admin } }", &extra).await;
         let get = |path: &'static str| get_raw(sift.addr(), path);
         let raw = get("/admin%2Fx").await;
         match mode {
@@ -1350,25 +1341,8 @@ sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n
 /// (here the catch-all), stepping around the `/admin` route.
 #[tokio::test(flavor = "multi_thread")]
 async fn dot_segments_behind_encoded_slashes_are_refused() {
-    let a = Upstream::echo("a").await;
-    let b = Upstream::echo("b").await;
-    let cfg = format!(
-        r#"log: {{ format: json }}
-admin: {{ address: "127.0.0.1:0" }}
-listeners: [{{ name: main, address: "127.0.0.1:0" }}]
-routes:
-  - {{ name: admin, match: {{ path: {{ prefix: /admin }} }}, cluster: a }}
-  - {{ name: default, cluster: b }}
-clusters:
-  - {{ name: a, endpoints: ["{}"] }}
-  - {{ name: b, endpoints: ["{}"] }}
-"#,
-        a.addr, b.addr
-    );
-    let sift = Sift::start(&cfg);
-    let count = |u: &Upstream| u.requests.load(std::sync::atomic::Ordering::Relaxed);
-    let (a0, b0) = (count(&a), count(&b));
-    for path in [
+    let (a, b, sift) = admin_and_catch_all("{ path: { prefix: /admin } }", "").await;
+    let bad: Vec<_> = [
         "/x/..%2Fadmin",
         "/x/..%2fadmin",
         "/x%2F..%2Fadmin",
@@ -1377,13 +1351,10 @@ clusters:
         "/x/.%2F..%2Fadmin",
         "/x/..%5Cadmin",
         "/x\\..\\admin",
-    ] {
-        let req = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
-        let raw = raw_exchange(sift.addr(), req.as_bytes()).await;
-        assert!(raw.starts_with("HTTP/1.1 400"), "{path}: {raw}");
-        assert!(raw.contains("segments"), "{path}: {raw}");
-    }
-    assert_eq!((count(&a), count(&b)), (a0, b0));
+    ]
+    .map(|p| (p.to_string(), "x".to_string()))
+    .into();
+    all_refused(&sift, [&a, &b], &bad, "segments").await;
     // Dots inside a segment, and encoded slashes without dot segments,
     // still pass.
     for (path, name) in [
@@ -1405,25 +1376,8 @@ clusters:
 /// the `admin.example` route's policies, so such hosts are refused.
 #[tokio::test(flavor = "multi_thread")]
 async fn hosts_with_junk_beside_the_name_are_refused() {
-    let a = Upstream::echo("a").await;
-    let b = Upstream::echo("b").await;
-    let cfg = format!(
-        r#"log: {{ format: json }}
-admin: {{ address: "127.0.0.1:0" }}
-listeners: [{{ name: main, address: "127.0.0.1:0" }}]
-routes:
-  - {{ name: admin, match: {{ host: [admin.example] }}, cluster: a }}
-  - {{ name: default, cluster: b }}
-clusters:
-  - {{ name: a, endpoints: ["{}"] }}
-  - {{ name: b, endpoints: ["{}"] }}
-"#,
-        a.addr, b.addr
-    );
-    let sift = Sift::start(&cfg);
-    let count = |u: &Upstream| u.requests.load(std::sync::atomic::Ordering::Relaxed);
-    let (a0, b0) = (count(&a), count(&b));
-    for (target, host) in [
+    let (a, b, sift) = admin_and_catch_all("{ host: [admin.example] }", "").await;
+    let bad: Vec<_> = [
         ("/", "public.example:80@admin.example"),
         ("/", "public.example:@admin.example"),
         ("/", "admin.example:1:2"),
@@ -1436,12 +1390,10 @@ clusters:
         ("/", ".admin.example"),
         ("/", ":80"),
         ("http://public.example:80@admin.example/", "admin.example"),
-    ] {
-        let req = format!("GET {target} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
-        let raw = raw_exchange(sift.addr(), req.as_bytes()).await;
-        assert!(raw.starts_with("HTTP/1.1 400"), "{target} {host}: {raw}");
-    }
-    assert_eq!((count(&a), count(&b)), (a0, b0));
+    ]
+    .map(|(t, h)| (t.to_string(), h.to_string()))
+    .into();
+    all_refused(&sift, [&a, &b], &bad, "Host").await;
     // Still fine: ports, IP literals, one trailing dot, an empty port.
     for (host, name) in [
         ("admin.example:8080", "a"),
