@@ -1347,7 +1347,8 @@ impl Seen {
                 continue;
             }
             let n = k.as_str();
-            s.underscore |= n.as_bytes().contains(&b'_');
+            // A short loop: names are a few bytes, a memchr call costs more.
+            s.underscore |= n.bytes().any(|b| b == b'_');
             if !n.starts_with("x-") {
                 continue;
             }
@@ -1447,12 +1448,12 @@ fn request_host(req: &Request<Lingering>) -> Result<std::borrow::Cow<'_, str>, P
     // §3.2.2-3): anything else beside the name (`a.example:80@b.example`,
     // `a.example:1:2`, `[::1]b`) is read by some apps as another host.
     let (name, port) = if raw.starts_with('[') {
-        match raw.find(']') {
-            Some(i) => (&raw[..=i], &raw[i + 1..]),
+        match memchr::memchr(b']', raw.as_bytes()) {
+            Some(i) => raw.split_at(i + 1),
             None => return Err(ProxyError::Malformed("bad IPv6 literal in Host")),
         }
     } else {
-        raw.split_at(raw.find(':').unwrap_or(raw.len()))
+        raw.split_at(memchr::memchr(b':', raw.as_bytes()).unwrap_or(raw.len()))
     };
     let port_ok = port.is_empty()
         || port.strip_prefix(':').is_some_and(|p| {
@@ -1464,7 +1465,7 @@ fn request_host(req: &Request<Lingering>) -> Result<std::borrow::Cow<'_, str>, P
     if name.is_empty() && !raw.is_empty() {
         return Err(ProxyError::Malformed("Host is not a host name"));
     }
-    let host = if let Some(literal) = name.strip_prefix('[') {
+    let (host, upper) = if let Some(literal) = name.strip_prefix('[') {
         let inner = literal.strip_suffix(']').unwrap_or(literal);
         if inner.is_empty()
             || !inner
@@ -1473,26 +1474,33 @@ fn request_host(req: &Request<Lingering>) -> Result<std::borrow::Cow<'_, str>, P
         {
             return Err(ProxyError::Malformed("bad IPv6 literal in Host"));
         }
-        name
+        (name, name.bytes().any(|b| b.is_ascii_uppercase()))
     } else {
         // `a.example.` (fully qualified) is `a.example`: the same routes,
         // so a trailing dot cannot step around a host route's policies.
         // More dots, or an empty label anywhere, are refused (as nginx
-        // does): an app that strips them would read another host.
+        // does): an app that strips them would read another host. One
+        // pass over the bytes: labels, characters and case.
         let host = name.strip_suffix('.').unwrap_or(name);
-        if !name.is_empty() && host.split('.').any(str::is_empty) {
-            return Err(ProxyError::Malformed("Host has an empty label"));
+        let empty_label = Err(ProxyError::Malformed("Host has an empty label"));
+        let (mut label_start, mut upper) = (true, false);
+        for &c in host.as_bytes() {
+            match c {
+                b'.' if label_start => return empty_label,
+                b'.' => label_start = true,
+                b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => label_start = false,
+                b'A'..=b'Z' => (label_start, upper) = (false, true),
+                _ => return Err(ProxyError::Malformed("Host is not a host name")),
+            }
         }
-        if host
-            .bytes()
-            .any(|b| !(b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
-        {
-            return Err(ProxyError::Malformed("Host is not a host name"));
+        // `.` alone, or `a..` (a trailing dot after an empty label).
+        if !name.is_empty() && label_start {
+            return empty_label;
         }
-        host
+        (host, upper)
     };
     // Usually lower case already: then borrowed, not copied.
-    Ok(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+    Ok(if upper {
         std::borrow::Cow::Owned(host.to_ascii_lowercase())
     } else {
         std::borrow::Cow::Borrowed(host)
