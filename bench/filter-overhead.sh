@@ -16,6 +16,8 @@
 #        ACCESS_LOG (false; true: sift writes its JSON access log, as it does
 #        by default, to a file, as a container's stdout would go)
 #        SPAM_ONLY (unset; 1: skip the cilog part)
+#        MODEL_B (unset; a spam model file: each round also runs the
+#        annotate route with that model, e.g. one with a smaller table)
 #
 # Placement: sift (1 worker + 1 filter thread) on core 0; wrk and the backend
 # nginx on core 1. Everything runs on 127.0.0.1 and stops by itself.
@@ -63,6 +65,7 @@ LUA
 }
 lua "$d/body.txt" /off > "$d/off.lua"
 lua "$d/body.txt" /spam > "$d/spam.lua"
+lua "$d/body.txt" /spamb > "$d/spamb.lua"
 [ -n "$LOG" ] && { lua "$LOG" /logoff > "$d/logoff.lua"; lua "$LOG" /cilog > "$d/cilog.lua"; }
 
 CILOG=""
@@ -77,10 +80,12 @@ listeners:
     address: "127.0.0.1:$P"
 filters:
   - { name: spam, kind: spam }
+$( [ -n "${MODEL_B:-}" ] && echo "  - { name: spamb, kind: spam, model: \"$MODEL_B\" }" )
 $( [ -n "$CILOG" ] && echo "  - { name: cilog, kind: cilog }" )
 routes:
   - { name: off, match: { path: { exact: /off } }, cluster: backend }
   - { name: spam, match: { path: { exact: /spam } }, cluster: backend, filters: [ { filter: spam, mode: annotate } ] }
+$( [ -n "${MODEL_B:-}" ] && echo "  - { name: spamb, match: { path: { exact: /spamb } }, cluster: backend, filters: [ { filter: spamb, mode: annotate } ] }" )
   - { name: logoff, match: { path: { exact: /logoff } }, cluster: backend, max_request_body: 64MiB }
 $( [ -n "$CILOG" ] && echo "  - { name: cilog, match: { path: { exact: /cilog } }, cluster: backend, max_request_body: 64MiB, filters: [ { filter: cilog, mode: annotate } ] }" )
 clusters:
@@ -128,16 +133,26 @@ echo "| run | req/s | p50 | p99 | non-2xx | sift CPU µs/req | of which user |"
 echo "|---|---:|---:|---:|---:|---:|---:|"
 ratios=()
 cpus=()
+ratios_b=()
+cpus_b=()
 for r in $(seq "$ROUNDS"); do
   run "round $r: no filter" "$d/off.lua" "$CONNS"; off=$LAST_RPS; coff=$LAST_CPU
   run "round $r: spam annotate" "$d/spam.lua" "$CONNS"; on=$LAST_RPS; con=$LAST_CPU
   ratios+=("$(python3 -c "print(round($on / $off * 100, 1))")")
   cpus+=("$(python3 -c "print(round($coff / $con * 100, 1))")")
+  if [ -n "${MODEL_B:-}" ]; then
+    run "round $r: spam annotate, MODEL_B" "$d/spamb.lua" "$CONNS"
+    ratios_b+=("$(python3 -c "print(round($LAST_RPS / $off * 100, 1))")")
+    cpus_b+=("$(python3 -c "print(round($coff / $LAST_CPU * 100, 1))")")
+  fi
 done
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 echo
 echo "annotate / no-filter throughput per round: ${ratios[*]} % | median: $(median "${ratios[@]}") %"
 echo "no-filter / annotate sift CPU per request (the throughput share when sift's core is the limit): ${cpus[*]} % | median: $(median "${cpus[@]}") %"
+if [ -n "${MODEL_B:-}" ]; then
+  echo "MODEL_B ($MODEL_B): annotate / no-filter throughput ${ratios_b[*]} % | median $(median "${ratios_b[@]}") %; CPU share ${cpus_b[*]} % | median $(median "${cpus_b[@]}") %"
+fi
 verdicts=$(curl -fs "http://127.0.0.1:$A/metrics" | awk '/^sift_filter_verdicts_total\{filter="spam"/{s+=$2} END{print s+0}')
 echo "spam verdicts counted: $verdicts"
 if [ -n "$CILOG" ]; then
