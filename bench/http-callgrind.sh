@@ -7,6 +7,7 @@
 #
 #   bench/http-callgrind.sh [SIFT_BIN...]
 #   env: N (2200) N0 (200) BODY (a file to POST; default: GET)
+#        CT (the POST's Content-Type; default text/plain)
 #        ROUTE_EXTRA (YAML appended to the route, e.g. a filter list)
 #        FILTERS (YAML of a top-level filters: list)
 #        KEEP (a directory: the callgrind dumps are copied there, named
@@ -50,7 +51,7 @@ count() { # sift binary, requests -> instructions
   curl -sf -o /dev/null "http://127.0.0.1:$a/readyz" || {
     echo "sift did not start:" >&2; cat "$d/sift.log" >&2; return 1; }
   if [ -n "$BODY" ]; then
-    curl -sf -o /dev/null -H 'content-type: text/plain' --data-binary @"$BODY" "http://127.0.0.1:$p/r[1-$n]"
+    curl -sf -o /dev/null -H "content-type: ${CT:-text/plain}" --data-binary @"$BODY" "http://127.0.0.1:$p/r[1-$n]"
   else
     curl -sf -o /dev/null "http://127.0.0.1:$p/r[1-$n]"
   fi

@@ -976,11 +976,10 @@ fn filter_request_info(
             }
             // A parameter given twice (`boundary=a; boundary=b`) is as
             // ambiguous: parsers differ on which one counts.
-            let params = crate::filter::extract::media_params(&first);
-            if params
-                .iter()
+            let params = || crate::filter::extract::media_params(&first);
+            if params()
                 .enumerate()
-                .any(|(i, (k, _))| params[..i].iter().any(|(j, _)| j == k))
+                .any(|(i, (k, _))| params().take(i).any(|(j, _)| j.eq_ignore_ascii_case(k)))
             {
                 return Err(ProxyError::Malformed(
                     "a Content-Type parameter given twice",

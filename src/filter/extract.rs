@@ -26,14 +26,11 @@ pub fn body_kind(content_type: Option<&str>) -> Option<BodyKind> {
     if ct.eq_ignore_ascii_case("text/plain") {
         return Some(BodyKind::Plain { charset: None });
     }
-    let mut parts = ct.split(';');
-    let mime = parts.next()?.trim().to_ascii_lowercase();
-    let params = media_params(ct);
+    let mime = ct.split(';').next()?.trim().to_ascii_lowercase();
     let param = |name: &str| {
-        params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
+        media_params(ct)
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.into_owned())
     };
     match mime.as_str() {
         "text/plain" | "text/markdown" | "text/csv" => Some(BodyKind::Plain {
@@ -51,55 +48,85 @@ pub fn body_kind(content_type: Option<&str>) -> Option<BodyKind> {
     }
 }
 
-/// The parameters of a media type (`type/sub; name=value; ...`), names
-/// lower-cased, in order. A value is a token or a quoted string (RFC 9110
-/// §5.6.4, §5.6.6): `boundary="x;y"` is `x;y`, as an app reads it.
-pub fn media_params(ct: &str) -> Vec<(String, String)> {
-    let b = ct.as_bytes();
-    let mut out = Vec::new();
-    let Some(mut i) = memchr::memchr(b';', b) else {
-        return out;
-    };
-    while i < b.len() {
-        // At a ';': the name runs to '=' or the next ';'.
-        i += 1;
-        let start = i;
-        while i < b.len() && b[i] != b'=' && b[i] != b';' {
-            i += 1;
-        }
-        let name = ct[start..i].trim().to_ascii_lowercase();
-        let mut value = Vec::new();
-        if i < b.len() && b[i] == b'=' {
-            i += 1;
-            while i < b.len() && (b[i] == b' ' || b[i] == b'\t') {
+/// The parameters of a media type (`type/sub; name=value; ...`), in order,
+/// as `(name, value)`: names as sent (compare them ignoring ASCII case), a
+/// value a token or a quoted string (RFC 9110 §5.6.4, §5.6.6):
+/// `boundary="x;y"` is `x;y`, as an app reads it. Borrowed from `ct`
+/// (copied only for a quoted value with `\` escapes); parameters without
+/// a name are skipped.
+pub fn media_params(ct: &str) -> MediaParams<'_> {
+    let at = memchr::memchr(b';', ct.as_bytes()).unwrap_or(ct.len());
+    MediaParams { ct, at }
+}
+
+/// Iterator of [`media_params`].
+pub struct MediaParams<'a> {
+    ct: &'a str,
+    /// At a `;` (or the end).
+    at: usize,
+}
+
+impl<'a> Iterator for MediaParams<'a> {
+    type Item = (&'a str, std::borrow::Cow<'a, str>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (ct, b) = (self.ct, self.ct.as_bytes());
+        while self.at < b.len() {
+            // At a ';': the name runs to '=' or the next ';'.
+            let mut i = self.at + 1;
+            let start = i;
+            while i < b.len() && b[i] != b'=' && b[i] != b';' {
                 i += 1;
             }
-            if i < b.len() && b[i] == b'"' {
+            let name = ct[start..i].trim();
+            let mut value = std::borrow::Cow::Borrowed("");
+            if i < b.len() && b[i] == b'=' {
                 i += 1;
-                while i < b.len() && b[i] != b'"' {
-                    if b[i] == b'\\' && i + 1 < b.len() {
+                while i < b.len() && (b[i] == b' ' || b[i] == b'\t') {
+                    i += 1;
+                }
+                if i < b.len() && b[i] == b'"' {
+                    i += 1;
+                    let s = i;
+                    let mut escaped = Vec::new();
+                    let mut has_escape = false;
+                    while i < b.len() && b[i] != b'"' {
+                        if b[i] == b'\\' && i + 1 < b.len() {
+                            if !has_escape {
+                                escaped.extend_from_slice(&b[s..i]);
+                                has_escape = true;
+                            }
+                            i += 1;
+                        }
+                        if has_escape {
+                            escaped.push(b[i]);
+                        }
                         i += 1;
                     }
-                    value.push(b[i]);
-                    i += 1;
+                    value = if has_escape {
+                        std::borrow::Cow::Owned(String::from_utf8_lossy(&escaped).into_owned())
+                    } else {
+                        std::borrow::Cow::Borrowed(&ct[s..i])
+                    };
+                    // Past the closing quote, up to the next ';'.
+                    while i < b.len() && b[i] != b';' {
+                        i += 1;
+                    }
+                } else {
+                    let s = i;
+                    while i < b.len() && b[i] != b';' {
+                        i += 1;
+                    }
+                    value = std::borrow::Cow::Borrowed(ct[s..i].trim());
                 }
-                // Past the closing quote, up to the next ';'.
-                while i < b.len() && b[i] != b';' {
-                    i += 1;
-                }
-            } else {
-                let s = i;
-                while i < b.len() && b[i] != b';' {
-                    i += 1;
-                }
-                value.extend_from_slice(ct[s..i].trim().as_bytes());
+            }
+            self.at = i;
+            if !name.is_empty() {
+                return Some((name, value));
             }
         }
-        if !name.is_empty() {
-            out.push((name, String::from_utf8_lossy(&value).into_owned()));
-        }
+        None
     }
-    out
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -418,7 +445,11 @@ mod tests {
 
     #[test]
     fn media_type_parameters() {
-        let p = |ct: &str| media_params(ct);
+        let p = |ct: &str| {
+            media_params(ct)
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.into_owned()))
+                .collect::<Vec<_>>()
+        };
         assert_eq!(
             p("multipart/form-data; Boundary=\"x;y\" ; charset = utf-8"),
             [

@@ -1,7 +1,7 @@
 //! CI-log classification with the builtin model: one-shot `classify` and
 //! the streaming `scanner` fed in arbitrary chunks must agree (the scanner
-//! reads "whatever the chunking"), and the line splitter and `normalize`
-//! on their own.
+//! reads "whatever the chunking"), the line splitter and `normalize` on
+//! their own, and `reformat::from_travis` (the line count is kept).
 #![no_main]
 
 use std::sync::LazyLock;
@@ -66,6 +66,17 @@ fuzz_target!(|data: &[u8]| {
     );
     for (_, l) in &whole.0 {
         assert!(!l.is_empty() && l.len() <= sift::cilog::normalize::MAX_LINE);
+    }
+
+    // The log as another CI would have written it keeps its line count,
+    // so line numbers (and labelled chunks) stay valid.
+    for to in sift::cilog::reformat::CiFormat::ALL {
+        let r = sift::cilog::reformat::from_travis(data, to);
+        assert_eq!(
+            lines(std::iter::once(&r[..])).1,
+            whole.1,
+            "{to:?} changed the line count"
+        );
     }
 
     // normalize on its own: no control bytes out, never longer.
