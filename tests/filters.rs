@@ -1706,6 +1706,68 @@ async fn the_demo_classifies_what_its_try_lines_send() {
     assert_eq!(v["class"], "dependency", "{v}");
 }
 
+/// A multipart part that declares `Content-Transfer-Encoding: base64`
+/// (RFC 7578 §4.7 deprecates it, and many form parsers ignore it) but
+/// holds plain text: the lenient base64 decoder turned the spam into
+/// bytes of noise, classified ham and forwarded, while an app that
+/// ignores the header reads the spam. Text that is not base64 is read as
+/// it is; real base64 is still decoded.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_base64_label_does_not_hide_plain_text_in_a_form() {
+    let up = mirror().await;
+    let sift = Sift::start(&config(
+        up.addr,
+        "",
+        "      - { filter: spam, mode: block }",
+        "",
+    ));
+    let (spam, _ham) = clear_examples();
+    let part = |text: &str| {
+        format!(
+            "--b\r\nContent-Disposition: form-data; name=\"m\"\r\n\
+             Content-Transfer-Encoding: base64\r\n\r\n{text}\r\n--b--\r\n"
+        )
+    };
+    let ct = Some("multipart/form-data; boundary=b");
+    let r = post(&sift, ct, &[], part(&spam)).await;
+    assert_eq!(r.status(), 403, "plain text labelled base64: {r:?}");
+    // Without punctuation, every character is in the base64 alphabet
+    // but the spaces between words.
+    let bare: String = spam
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == ' ')
+        .collect();
+    let r = post(&sift, ct, &[], part(&bare)).await;
+    assert_eq!(r.status(), 403, "bare words labelled base64: {r:?}");
+    // Real base64 of the same text: decoded, blocked too.
+    let b64 = base64_encode(spam.as_bytes());
+    let r = post(&sift, ct, &[], part(&b64)).await;
+    assert_eq!(r.status(), 403, "base64: {r:?}");
+    assert_eq!(up.requests.load(Ordering::Relaxed), 0);
+}
+
+/// Standard base64 with padding and 76-column lines.
+fn base64_encode(b: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for (k, c) in b.chunks(3).enumerate() {
+        if k > 0 && k % 19 == 0 {
+            out.push_str("\r\n");
+        }
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 /// Content-Type parameters are read as an app reads them: a quoted value
 /// is one value (`boundary="x;y"` is `x;y`, not `x`), and a parameter
 /// given twice (`boundary=a; boundary=b`) is refused like conflicting

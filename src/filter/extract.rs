@@ -389,7 +389,18 @@ fn multipart(
             .as_deref()
             .is_none_or(|c| c.to_ascii_lowercase().starts_with("text/"));
         if named && (!is_file || (fields.is_some() && text_file)) {
-            let decoded = text::decode_transfer(content, cte.as_deref());
+            // RFC 7578 §4.7 deprecates Content-Transfer-Encoding in forms
+            // and many parsers ignore it: a part labelled base64 that is
+            // not base64 is read as the app reads it, as it is (decoded
+            // leniently it would be noise, and its text unseen).
+            let base64 = cte
+                .as_deref()
+                .is_some_and(|c| c.trim().eq_ignore_ascii_case("base64"));
+            let decoded = if base64 && !looks_base64(content) {
+                content.to_vec()
+            } else {
+                text::decode_transfer(content, cte.as_deref())
+            };
             let charset = ctype.as_deref().and_then(|c| match body_kind(Some(c)) {
                 Some(BodyKind::Plain { charset }) => charset,
                 _ => None,
@@ -408,6 +419,26 @@ fn multipart(
         return Err(ExtractError::Multipart);
     }
     Ok(TextView::plain(&out))
+}
+
+/// Base64 text: the alphabet (standard or URL-safe) in lines (no spaces
+/// within: words of prose have them), `=` only as padding at the end, and
+/// a whole number of 4-character groups.
+fn looks_base64(b: &[u8]) -> bool {
+    let b = b.trim_ascii();
+    let body = b
+        .strip_suffix(b"==")
+        .or_else(|| b.strip_suffix(b"="))
+        .unwrap_or(b);
+    let mut chars = b.len() - body.len();
+    for &c in body {
+        if c.is_ascii_alphanumeric() || b"+/-_".contains(&c) {
+            chars += 1;
+        } else if c != b'\r' && c != b'\n' {
+            return false;
+        }
+    }
+    chars % 4 == 0
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -441,6 +472,16 @@ mod tests {
         assert_eq!(body_kind(Some("image/png")), None);
         assert_eq!(body_kind(Some("multipart/form-data")), None, "no boundary");
         assert_eq!(body_kind(None), Some(BodyKind::Plain { charset: None }));
+    }
+
+    #[test]
+    fn base64_or_prose() {
+        assert!(looks_base64(b"V2luIGEgZnJlZSBpUGhvbmU=\r\n"));
+        assert!(looks_base64(b"QUJD\r\nREVG\r\n"));
+        assert!(!looks_base64(b"Win a free iPhone"));
+        assert!(!looks_base64(b"WIN cash now call"));
+        assert!(!looks_base64(b"Hello"));
+        assert!(!looks_base64(b"QUJD=REVG"));
     }
 
     #[test]
