@@ -266,8 +266,7 @@ impl Params {
             }
         }
         let tmp = path.with_extension("bin.tmp");
-        std::fs::write(&tmp, self.to_bytes()).map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)
+        crate::classify::model::write_durably(&tmp, path, &self.to_bytes()).map_err(io)
     }
 
     /// A model with all-zero weights (every log is `unknown`).

@@ -676,9 +676,7 @@ impl Model {
         };
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(".tmp");
-        let tmp = std::path::PathBuf::from(tmp);
-        std::fs::write(&tmp, self.to_bytes()).map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)
+        write_durably(&std::path::PathBuf::from(tmp), path, &self.to_bytes()).map_err(io)
     }
 
     /// Bytes of memory the weights take.
@@ -756,5 +754,33 @@ impl<'a> Reader<'a> {
     }
     fn f32(&mut self) -> Result<f32, ModelError> {
         Ok(f32::from_bits(self.u32()?))
+    }
+}
+
+/// Write `bytes` to `path` so that a crash or power loss leaves either the
+/// old file or the new one, never a torn or empty one: written to `tmp`
+/// (same directory), flushed to disk, renamed over `path`, and the rename
+/// itself flushed by syncing the directory (as etcd and SQLite do).
+pub(crate) fn write_durably(tmp: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(tmp, path)?;
+    sync_dir_of(path);
+    Ok(())
+}
+
+/// Flush a directory entry change (a rename) in `path`'s directory. Best
+/// effort: some file systems cannot open or sync a directory, and the data
+/// itself is already on disk.
+pub(crate) fn sync_dir_of(path: &Path) {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
     }
 }

@@ -234,6 +234,7 @@ impl CilogFilter {
         }
         let _ = std::fs::remove_file(&pending);
         std::fs::rename(&out, learned).map_err(|e| persist(learned, e.to_string()))?;
+        crate::classify::model::sync_dir_of(learned);
         self.slot.store_written(Loaded {
             model,
             source: learned.display().to_string(),
