@@ -373,6 +373,20 @@ async fn proxy(
     let mut now = clock.at(out.start);
     let ratelimit_headers = rate_limit(snap, listener, conn, route, &req, now)?;
 
+    // 4b. Routes that answer themselves, after admission (Envoy's router
+    //     answers redirects and direct responses after its rate limits).
+    //     The request body is not read.
+    if route.spec.redirect.is_some() || route.spec.direct_response.is_some() {
+        let mut resp = local_answer(&route.spec, &req, &host, conn.tls)?;
+        let h = resp.headers_mut();
+        route.spec.response_headers.apply(h);
+        h.insert(X_REQUEST_ID.clone(), request_id);
+        for (k, v) in ratelimit_headers.into_iter().flatten() {
+            h.insert(k, v);
+        }
+        return Ok(resp);
+    }
+
     // 5. Body limit, up front when the length is declared.
     let limit = route.spec.max_request_body.0;
     transfer_codings(req.headers())?;
@@ -526,10 +540,23 @@ async fn proxy(
     let (mut parts, incoming) = req.into_parts();
     let mut uri = std::mem::take(&mut parts.uri).into_parts();
     let original_authority = uri.authority.take();
-    let path_and_query = uri
+    let mut path_and_query = uri
         .path_and_query
         .take()
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    if let Some(new_prefix) = &route.spec.rewrite_prefix {
+        let mut pq = crate::config::model::rewrite_prefix(
+            &route.spec.matches.path,
+            path_and_query.path(),
+            new_prefix,
+        );
+        if let Some(q) = path_and_query.query() {
+            pq.push('?');
+            pq.push_str(q);
+        }
+        path_and_query = http::uri::PathAndQuery::try_from(pq)
+            .map_err(|_| ProxyError::Internal("rewritten path is not a URI path".into()))?;
+    }
     parts.version = match cluster.spec.protocol {
         UpstreamProtocol::Http1 => Version::HTTP_11,
         UpstreamProtocol::Http2 => Version::HTTP_2,
@@ -1425,6 +1452,90 @@ fn check_head_size(req: &Request<Lingering>, l: &ListenerSpec) -> Result<(), Pro
 
 /// Lower-cased host without port, from the URI authority (HTTP/2,
 /// absolute-form) or the Host header. HTTP/1.1 without Host is malformed.
+/// The answer of a `redirect` or `direct_response` route.
+fn local_answer(
+    spec: &crate::config::model::RouteSpec,
+    req: &Request<Lingering>,
+    host: &str,
+    tls: bool,
+) -> Result<Response<Body>, ProxyError> {
+    if let Some(d) = &spec.direct_response {
+        let mut resp = Response::new(body::full(d.body.clone()));
+        *resp.status_mut() = http::StatusCode::from_u16(d.status)
+            .map_err(|_| ProxyError::Internal(format!("direct_response status {}", d.status)))?;
+        if !d.body.is_empty() {
+            let ct = HeaderValue::from_str(&d.content_type)
+                .map_err(|_| ProxyError::Internal("direct_response content_type".into()))?;
+            resp.headers_mut().insert(header::CONTENT_TYPE, ct);
+        }
+        return Ok(resp);
+    }
+    let Some(r) = &spec.redirect else {
+        return Err(ProxyError::Internal("route has no local answer".into()));
+    };
+    let path = req.uri().path();
+    let new_path = match &r.path {
+        Some(crate::config::model::RedirectPath::Full(p)) => std::borrow::Cow::Borrowed(p.as_str()),
+        Some(crate::config::model::RedirectPath::Prefix(p)) => std::borrow::Cow::Owned(
+            crate::config::model::rewrite_prefix(&spec.matches.path, path, p),
+        ),
+        None => std::borrow::Cow::Borrowed(path),
+    };
+    let https = r.https.unwrap_or(tls);
+    let port = match r.port {
+        Some(p) => Some(p),
+        // A new scheme or host gets its default port, not the old one.
+        None if r.https.is_some() || r.host.is_some() => None,
+        None => request_port(req),
+    }
+    .filter(|&p| p != if https { 443 } else { 80 });
+    let mut loc = String::with_capacity(64 + new_path.len());
+    let target_host = r.host.as_deref().unwrap_or(host);
+    if target_host.is_empty() {
+        // HTTP/1.0 without Host: only a relative redirect can be given.
+        if r.https.is_some() || r.port.is_some() {
+            return Err(ProxyError::Malformed(
+                "a redirect to another scheme or port needs the request's Host",
+            ));
+        }
+    } else {
+        loc.push_str(if https { "https://" } else { "http://" });
+        loc.push_str(target_host);
+        if let Some(p) = port {
+            loc.push(':');
+            loc.push_str(&p.to_string());
+        }
+    }
+    loc.push_str(&new_path);
+    if let (false, Some(q)) = (r.strip_query, req.uri().query()) {
+        loc.push('?');
+        loc.push_str(q);
+    }
+    let mut resp = Response::new(body::empty());
+    *resp.status_mut() = http::StatusCode::from_u16(r.code)
+        .map_err(|_| ProxyError::Internal(format!("redirect code {}", r.code)))?;
+    resp.headers_mut().insert(
+        header::LOCATION,
+        HeaderValue::from_str(&loc)
+            .map_err(|_| ProxyError::Malformed("redirect target is not a valid header value"))?,
+    );
+    Ok(resp)
+}
+
+/// The port the request named (URI authority, else Host), if any. Called
+/// after `request_host` has checked its form.
+fn request_port(req: &Request<Lingering>) -> Option<u16> {
+    let raw = match req.uri().authority() {
+        Some(a) => a.as_str(),
+        None => req.headers().get(header::HOST)?.to_str().ok()?,
+    };
+    let after_name = match raw.rfind(']') {
+        Some(i) => &raw[i + 1..],
+        None => raw,
+    };
+    after_name.rsplit_once(':')?.1.parse().ok()
+}
+
 fn request_host(req: &Request<Lingering>) -> Result<std::borrow::Cow<'_, str>, ProxyError> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let header_host = hosts.next();

@@ -69,3 +69,81 @@ clusters:
     }
     assert!(sift::config::load_str(&cfg("present: false")).is_ok());
 }
+
+/// Route actions: exactly one of forwarding, `answer`, `redirect` and
+/// `direct_response`; rewrite and redirect paths must be sent as written
+/// (sift's normal form), and a redirect must change something.
+#[test]
+fn route_actions_are_checked() {
+    let cfg = |route: &str| {
+        format!(
+            r#"listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+routes:
+  - {{ name: r, {route} }}
+clusters:
+  - {{ name: c, endpoints: ["127.0.0.1:1"] }}
+"#
+        )
+    };
+    let err = |route: &str| {
+        sift::config::load_str(&cfg(route))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    for (route, want) in [
+        (
+            "cluster: c, redirect: { scheme: https }",
+            "a route with `redirect` has no upstream",
+        ),
+        (
+            "redirect: { scheme: https }, direct_response: { status: 200 }",
+            "has redirect and direct_response: give exactly one action",
+        ),
+        ("redirect: {}", "changes nothing"),
+        ("redirect: { scheme: ftp }", "routes[0].redirect.scheme"),
+        ("redirect: { code: 200, path: /x }", "not a redirect status"),
+        (
+            "redirect: { path: /a, prefix: /b }",
+            "both `path` and `prefix`",
+        ),
+        (
+            "redirect: { host: \"a.example:80\" }",
+            "routes[0].redirect.host",
+        ),
+        ("redirect: { path: /a/../b }", "'.' or '..' segments"),
+        ("redirect: { path: \"/a?b\" }", "query or fragment"),
+        ("cluster: c, rewrite: { prefix: v1 }", "must start with '/'"),
+        ("cluster: c, rewrite: { prefix: /a%2Fb }", "'%' escapes"),
+        ("cluster: c, rewrite: { prefix: //a }", "'//'"),
+        (
+            "rewrite: { prefix: /a }, direct_response: { status: 200 }",
+            "routes[0].rewrite",
+        ),
+        ("direct_response: { status: 99 }", "not in 200..=599"),
+        (
+            "direct_response: { status: 204, body: x }",
+            "a 204 response has no body",
+        ),
+        (
+            "direct_response: { status: 200 }, retries: { attempts: 2 }",
+            "no upstream to retry",
+        ),
+        ("timeout: 1s", "needs `cluster` or `clusters`"),
+    ] {
+        let e = err(route);
+        assert!(e.contains(want), "{route}: want {want:?}, got {e:?}");
+    }
+    for ok in [
+        "cluster: c, rewrite: { prefix: / }",
+        "redirect: { scheme: https }",
+        "redirect: { host: new.example, port: 8443, prefix: /v2, code: 308, strip_query: true }",
+        "direct_response: { status: 503, body: down for maintenance, content_type: text/html }",
+    ] {
+        assert!(
+            sift::config::load_str(&cfg(ok)).is_ok(),
+            "{ok}: {}",
+            err(ok)
+        );
+    }
+}

@@ -1498,3 +1498,90 @@ async fn dot_segments_with_parameters_are_refused() {
         assert_eq!(r.status(), 200, "{path}");
     }
 }
+
+/// Envoy's route actions beside forwarding: `rewrite.prefix` (Envoy's
+/// prefix_rewrite) changes the path the upstream gets, `redirect` answers
+/// 301/308 with a Location built from the request, and `direct_response`
+/// answers with a fixed status and body; none of the local answers reaches
+/// the upstream, and the route's response headers are on them.
+#[tokio::test(flavor = "multi_thread")]
+async fn rewrites_redirects_and_direct_responses() {
+    let up = Upstream::echo("app").await;
+    let cfg = format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+routes:
+  - {{ name: api, match: {{ path: {{ prefix: /api }} }}, cluster: app, rewrite: {{ prefix: / }} }}
+  - {{ name: svc, match: {{ path: {{ prefix: /svc/ }} }}, cluster: app, rewrite: {{ prefix: /v2 }} }}
+  - {{ name: moved, match: {{ path: {{ exact: /old }} }}, redirect: {{ path: /new, code: 308 }} }}
+  - {{ name: to-https, match: {{ host: [plain.example] }}, redirect: {{ scheme: https }} }}
+  - {{ name: docs, match: {{ path: {{ prefix: /docs }} }}, redirect: {{ host: docs.example, prefix: /manual, strip_query: true }} }}
+  - name: health
+    match: {{ path: {{ exact: /healthz }} }}
+    direct_response: {{ status: 200, body: "ok\n" }}
+    response_headers: {{ set: {{ x-served-by: sift }} }}
+  - {{ name: gone, match: {{ path: {{ prefix: /gone }} }}, direct_response: {{ status: 410 }} }}
+  - {{ name: rest, cluster: app }}
+clusters:
+  - {{ name: app, endpoints: ["{}"] }}
+"#,
+        up.addr
+    );
+    let sift = Sift::start(&cfg);
+    let get = |path: &str, host: Option<&str>| {
+        let mut r = Request::builder().uri(sift.url(path));
+        if let Some(h) = host {
+            r = r.header("host", h);
+        }
+        send(r.body(body::empty()).unwrap())
+    };
+    let upstream_uri = |r: http::Response<Bytes>| {
+        assert_eq!(r.status(), 200);
+        json(r.body())["uri"].as_str().unwrap().to_string()
+    };
+    // Rewrites: the matched prefix is replaced, the rest and the query kept.
+    assert_eq!(
+        upstream_uri(get("/api/users?x=1", None).await),
+        "/users?x=1"
+    );
+    assert_eq!(upstream_uri(get("/api", None).await), "/");
+    assert_eq!(upstream_uri(get("/svc/a/b", None).await), "/v2/a/b");
+    // Normalised before the rewrite: the upstream gets the normal form.
+    assert_eq!(upstream_uri(get("/%61pi//users", None).await), "/users");
+    assert_eq!(upstream_uri(get("/apix", None).await), "/apix");
+    // Redirects.
+    let r = get("/old?q=1", None).await;
+    assert_eq!(r.status(), 308);
+    assert_eq!(
+        r.headers()["location"],
+        format!("http://127.0.0.1:{}/new?q=1", sift.addr().port()).as_str()
+    );
+    assert!(r.headers().contains_key("x-request-id"));
+    let r = get("/a/b?c=d", Some("Plain.Example:8080")).await;
+    assert_eq!(r.status(), 301);
+    assert_eq!(r.headers()["location"], "https://plain.example/a/b?c=d");
+    let r = get("/docs/intro?x=1", None).await;
+    assert_eq!(r.status(), 301);
+    assert_eq!(r.headers()["location"], "http://docs.example/manual/intro");
+    // Direct responses.
+    let r = get("/healthz", None).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.body().as_ref(), b"ok\n");
+    assert_eq!(r.headers()["content-type"], "text/plain; charset=utf-8");
+    assert_eq!(r.headers()["x-served-by"], "sift");
+    let r = get("/gone/x", None).await;
+    assert_eq!(r.status(), 410);
+    assert!(r.body().is_empty());
+    assert!(!r.headers().contains_key("content-type"));
+    // A body sent to a local answer is not read, and the answer still comes.
+    let r = send(
+        Request::post(sift.url("/healthz"))
+            .body(body::full(vec![b'x'; 100_000]))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    // Only the forwarded requests reached the app.
+    assert_eq!(up.requests.load(std::sync::atomic::Ordering::Relaxed), 5);
+}

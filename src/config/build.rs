@@ -36,6 +36,10 @@ impl Errs {
             message: message.into(),
         });
     }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
 }
 
 pub fn build(f: &FileConfig) -> Result<Config, Vec<ConfigError>> {
@@ -844,12 +848,61 @@ fn build_routes(
                 None
             }
         });
+        // The route's action: forward (cluster/clusters), or answer itself.
+        let local = [
+            ("answer", r.answer.is_some()),
+            ("redirect", r.redirect.is_some()),
+            ("direct_response", r.direct_response.is_some()),
+        ];
+        let local: Vec<&str> = local.iter().filter(|a| a.1).map(|a| a.0).collect();
+        if local.len() > 1 {
+            e.push(
+                &p,
+                format!("has {}: give exactly one action", local.join(" and ")),
+            );
+        }
+        let local = local.first().copied();
+        if let Some(a) = local.filter(|a| *a != "answer") {
+            if r.filters.as_ref().is_some_and(|f| !f.is_empty()) {
+                e.push(
+                    format!("{p}.filters"),
+                    format!("a route with `{a}` reads no body: its filters would never run"),
+                );
+            }
+            if r.retries.is_some() {
+                e.push(
+                    format!("{p}.retries"),
+                    format!("a route with `{a}` has no upstream to retry"),
+                );
+            }
+        }
+        if r.rewrite.is_some() && local.is_some() {
+            e.push(
+                format!("{p}.rewrite"),
+                "only a forwarding route (cluster/clusters) rewrites paths; a redirect has its own `prefix`",
+            );
+        }
+        let rewrite_prefix = r.rewrite.as_ref().and_then(|rw| {
+            check_path_literal(&rw.prefix, &format!("{p}.rewrite.prefix"), e)
+                .then(|| rw.prefix.clone())
+        });
+        let redirect = r
+            .redirect
+            .as_ref()
+            .and_then(|rd| build_redirect(rd, &format!("{p}.redirect"), e));
+        let direct_response = r
+            .direct_response
+            .as_ref()
+            .and_then(|d| build_direct_response(d, &format!("{p}.direct_response"), e));
         let backends = match (&r.cluster, &r.clusters) {
-            (None, None) if r.answer.is_some() => Vec::new(),
-            (Some(_), _) | (_, Some(_)) if r.answer.is_some() => {
+            (None, None) if local.is_some() => Vec::new(),
+            (Some(_), _) | (_, Some(_)) if local.is_some() => {
                 e.push(
                     &p,
-                    "an `answer` route has no upstream: remove `cluster`/`clusters`",
+                    format!(
+                        "a route with `{}` has no upstream: remove `cluster`/`clusters`",
+                        local.unwrap_or_default()
+                    ),
                 );
                 Vec::new()
             }
@@ -908,7 +961,10 @@ fn build_routes(
                 Vec::new()
             }
             (None, None) => {
-                e.push(&p, "needs `cluster` or `clusters`");
+                e.push(
+                    &p,
+                    "needs `cluster` or `clusters` (or one of `answer`, `redirect`, `direct_response`)",
+                );
                 Vec::new()
             }
         };
@@ -972,12 +1028,165 @@ fn build_routes(
             verdict_headers: Vec::new(),
             filters: build_route_filters(r, &p, filters, cluster_files, e),
             answer,
+            rewrite_prefix,
+            redirect,
+            direct_response,
         });
         if let Some(last) = out.last_mut() {
             last.verdict_headers = route_verdict_headers(&last.filters, filters);
         }
     }
     out
+}
+
+/// A path written in the config to be sent as is (a rewrite or redirect
+/// target): it must already be in the form sift gives every path (see
+/// `normalize_path`), or the app would read another path than the one
+/// written: starts with `/`, URI path characters only, no `%` escapes, no
+/// `//`, no `.` or `..` segments, no query.
+fn check_path_literal(s: &str, p: &str, e: &mut Errs) -> bool {
+    let why = if !s.starts_with('/') {
+        Some("must start with '/'")
+    } else if let Some(c) = s
+        .bytes()
+        .find(|&b| !(b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/".contains(&b)))
+    {
+        Some(match c {
+            b'%' => "may not have '%' escapes (write the characters)",
+            b'?' | b'#' => "may not have a query or fragment",
+            _ => "has a character that is not allowed in a URI path",
+        })
+    } else if s.contains("//") {
+        Some("may not have '//'")
+    } else if s.split('/').any(|seg| seg == "." || seg == "..") {
+        Some("may not have '.' or '..' segments")
+    } else {
+        None
+    };
+    if let Some(why) = why {
+        e.push(p, format!("{s:?} {why}"));
+    }
+    why.is_none()
+}
+
+fn build_redirect(r: &RedirectFile, p: &str, e: &mut Errs) -> Option<RedirectSpec> {
+    let ok_before = e.len();
+    let https = match r.scheme.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None => None,
+        Some("https") => Some(true),
+        Some("http") => Some(false),
+        Some(other) => {
+            e.push(
+                format!("{p}.scheme"),
+                format!("{other:?} is not `http` or `https`"),
+            );
+            None
+        }
+    };
+    let host = r.host.as_ref().map(|h| h.trim().to_ascii_lowercase());
+    if let Some(h) = &host {
+        let ok = !h.is_empty()
+            && h.len() <= 253
+            && h.split('.').all(|l| {
+                !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !ok {
+            e.push(
+                format!("{p}.host"),
+                format!(
+                    "{h:?} is not a host name (letters, digits, '-', '.'; no port: use `port`)"
+                ),
+            );
+        }
+    }
+    if r.port == Some(0) {
+        e.push(format!("{p}.port"), "0 is not a port");
+    }
+    let path = match (&r.path, &r.prefix) {
+        (Some(_), Some(_)) => {
+            e.push(p, "has both `path` and `prefix`: give at most one");
+            None
+        }
+        (Some(x), None) => {
+            check_path_literal(x, &format!("{p}.path"), e).then(|| RedirectPath::Full(x.clone()))
+        }
+        (None, Some(x)) => check_path_literal(x, &format!("{p}.prefix"), e)
+            .then(|| RedirectPath::Prefix(x.clone())),
+        (None, None) => None,
+    };
+    let code = r.code.unwrap_or(301);
+    if ![301, 302, 303, 307, 308].contains(&code) {
+        e.push(
+            format!("{p}.code"),
+            format!("{code} is not a redirect status (301, 302, 303, 307, 308)"),
+        );
+    }
+    if r.scheme.is_none()
+        && r.host.is_none()
+        && r.port.is_none()
+        && r.path.is_none()
+        && r.prefix.is_none()
+    {
+        e.push(
+            p,
+            "changes nothing (give `scheme`, `host`, `port`, `path` or `prefix`): it would redirect to itself",
+        );
+    }
+    (e.len() == ok_before).then(|| RedirectSpec {
+        https,
+        host,
+        port: r.port,
+        path,
+        code,
+        strip_query: r.strip_query.unwrap_or(false),
+    })
+}
+
+/// Envoy's default cap on a direct response body is 4KiB; sift's is larger
+/// (error and maintenance pages) but still bounded: the body is copied
+/// into every response.
+const MAX_DIRECT_BODY: usize = 64 * 1024;
+
+fn build_direct_response(
+    d: &DirectResponseFile,
+    p: &str,
+    e: &mut Errs,
+) -> Option<DirectResponseSpec> {
+    let ok_before = e.len();
+    if !(200..=599).contains(&d.status) {
+        e.push(
+            format!("{p}.status"),
+            format!("{} is not in 200..=599", d.status),
+        );
+    }
+    let body = d.body.clone().unwrap_or_default();
+    if body.len() > MAX_DIRECT_BODY {
+        e.push(
+            format!("{p}.body"),
+            format!("{} bytes is more than 64KiB", body.len()),
+        );
+    }
+    if !body.is_empty() && (d.status == 204 || d.status == 304) {
+        e.push(
+            format!("{p}.body"),
+            format!("a {} response has no body", d.status),
+        );
+    }
+    let content_type = d
+        .content_type
+        .clone()
+        .unwrap_or_else(|| "text/plain; charset=utf-8".into());
+    if HeaderValue::from_str(&content_type).is_err() || content_type.is_empty() {
+        e.push(
+            format!("{p}.content_type"),
+            format!("{content_type:?} is not a valid header value"),
+        );
+    }
+    (e.len() == ok_before).then_some(DirectResponseSpec {
+        status: d.status,
+        body,
+        content_type,
+    })
 }
 
 fn build_match(m: Option<&MatchFile>, p: &str, e: &mut Errs) -> MatchSpec {

@@ -663,6 +663,65 @@ pub struct RouteFile {
     /// upstream (then `cluster` is not needed).
     #[serde(default)]
     pub answer: Option<String>,
+    /// Replace the matched path prefix before forwarding (Envoy's
+    /// prefix_rewrite): `{prefix: /}` on a `/api` route sends `/api/users`
+    /// upstream as `/users`.
+    #[serde(default)]
+    pub rewrite: Option<RewriteFile>,
+    /// Answer with a redirect instead of forwarding (no cluster), e.g.
+    /// `{scheme: https}` for HTTP to HTTPS.
+    #[serde(default)]
+    pub redirect: Option<RedirectFile>,
+    /// Answer with this status and body instead of forwarding (no cluster).
+    #[serde(default)]
+    pub direct_response: Option<DirectResponseFile>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RewriteFile {
+    /// What replaces the part of the path that the route's path match
+    /// matched (the whole path for an `exact` match).
+    pub prefix: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectFile {
+    /// `http` or `https` (default: the request's).
+    #[serde(default)]
+    pub scheme: Option<String>,
+    /// Host name (default: the request's).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Port (default: the request's, or none when `scheme` or `host` is given).
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Replace the whole path.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Replace the matched path prefix (as `rewrite.prefix`).
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// 301 (default), 302, 303, 307 or 308.
+    #[serde(default)]
+    pub code: Option<u16>,
+    /// Drop the query string (default: keep it).
+    #[serde(default)]
+    pub strip_query: Option<bool>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DirectResponseFile {
+    /// Status code, 200..=599.
+    pub status: u16,
+    /// Response body (default: empty; at most 64KiB).
+    #[serde(default)]
+    pub body: Option<String>,
+    /// Content-Type of the body (default `text/plain; charset=utf-8`).
+    #[serde(default)]
+    pub content_type: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]

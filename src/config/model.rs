@@ -216,6 +216,12 @@ pub struct RouteSpec {
     pub filters: Vec<RouteFilterSpec>,
     /// Answer with this filter's verdict (no upstream; `backends` is empty).
     pub answer: Option<String>,
+    /// Replaces the matched path prefix in the request sent upstream.
+    pub rewrite_prefix: Option<String>,
+    /// Answer with a redirect (no upstream; `backends` is empty).
+    pub redirect: Option<RedirectSpec>,
+    /// Answer with a fixed response (no upstream; `backends` is empty).
+    pub direct_response: Option<DirectResponseSpec>,
     /// Verdict header names of this route's filters that only sift may set:
     /// a client's are removed before the request goes upstream, whether or
     /// not a filter gives a verdict. `x-sift-*` names are left out (every
@@ -231,6 +237,57 @@ impl RouteSpec {
             headers.remove(name);
         }
     }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RedirectSpec {
+    /// `Some(true)`: https, `Some(false)`: http, `None`: the request's.
+    pub https: Option<bool>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub path: Option<RedirectPath>,
+    pub code: u16,
+    pub strip_query: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RedirectPath {
+    /// The whole path.
+    Full(String),
+    /// The matched prefix.
+    Prefix(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DirectResponseSpec {
+    pub status: u16,
+    pub body: String,
+    pub content_type: String,
+}
+
+/// The path sent on for `path` when the route's path match `m` matched it
+/// and `new_prefix` replaces the matched part (Envoy's prefix_rewrite,
+/// made segment-safe): the rest of the path keeps its leading `/`, and a
+/// trailing `/` of `new_prefix` is not doubled. `/api` → `/`: `/api/x` is
+/// `/x`, `/api` is `/`. `/api/` → `/v2`: `/api/x` is `/v2/x`.
+pub fn rewrite_prefix(m: &PathMatch, path: &str, new_prefix: &str) -> String {
+    let (matched, slash) = match m {
+        PathMatch::Exact(e) => (e.len().min(path.len()), false),
+        PathMatch::Prefix(p) => (p.len().min(path.len()), p.ends_with('/')),
+    };
+    let rest = path.get(matched..).unwrap_or("");
+    let base = new_prefix.trim_end_matches('/');
+    let mut out = String::with_capacity(base.len() + rest.len() + 2);
+    out.push_str(base);
+    if slash {
+        out.push('/');
+    }
+    out.push_str(rest);
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
