@@ -30,6 +30,7 @@ pub mod config;
 pub mod demo;
 pub mod drain;
 pub mod error;
+pub mod field;
 pub mod filter;
 pub mod listener;
 pub mod logging;

@@ -10,6 +10,7 @@
 //! 7. send with the route's timeout; map failures to 502/504/413
 //! 8. response: hop-by-hop removal, header ops, request id; upgrades tunnelled
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -302,8 +303,9 @@ async fn proxy(
     // A canary override in x-sift-canary is read before x-sift-* goes.
     let forced = seen
         .canary
-        .then(|| req.headers().get(&X_SIFT_CANARY).cloned())
-        .flatten();
+        .then(|| crate::field::joined(req.headers(), &X_SIFT_CANARY))
+        .flatten()
+        .and_then(|v| Forced::of(&v));
     if seen.sift {
         strip_sift_headers(req.headers_mut());
     }
@@ -514,7 +516,7 @@ async fn proxy(
     //    rule may send the request to another cluster.
     let backend = match (&decision.cluster, &route.canary) {
         (Some(c), _) => route.rule_backends.get(c),
-        (None, Some(c)) => canary_backend(route, c, listener, conn, &req, forced.as_ref()),
+        (None, Some(c)) => canary_backend(route, c, listener, conn, &req, forced),
         (None, None) => route.pick_backend(),
     }
     .ok_or_else(|| ProxyError::NoHealthyEndpoint {
@@ -1041,7 +1043,7 @@ fn canary_backend<'r>(
     listener: &ListenerSpec,
     conn: &ConnInfo,
     req: &Request<Lingering>,
-    forced: Option<&HeaderValue>,
+    forced: Option<Forced>,
 ) -> Option<&'r crate::snapshot::Backend> {
     use crate::canary::Sticky;
     let spec = &c.spec;
@@ -1054,24 +1056,23 @@ fn canary_backend<'r>(
         let value = if o.header == X_SIFT_CANARY.as_str() {
             forced
         } else {
-            req.headers().get(o.header.as_str())
+            crate::field::joined(req.headers(), o.header.as_str()).and_then(|v| Forced::of(&v))
         };
         if allowed {
-            match value.map(HeaderValue::as_bytes) {
-                Some(b"always") => return route.backends.get(spec.canary),
-                Some(b"never") => return route.backends.get(spec.stable),
-                _ => {}
+            match value {
+                Some(Forced::Always) => return route.backends.get(spec.canary),
+                Some(Forced::Never) => return route.backends.get(spec.stable),
+                None => {}
             }
         }
     }
     let key: Option<String> = match &spec.sticky {
         None => None,
         Some(Sticky::Identity) => conn.identity.as_ref().map(|i| i.id.clone()),
-        Some(Sticky::Header(h)) => req
-            .headers()
-            .get(h.as_str())
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
+        // Several lines are one key, joined by "," (as route conditions).
+        Some(Sticky::Header(h)) => crate::field::joined(req.headers(), h.as_str())
+            .filter(|v| v.iter().all(|b| *b == b'\t' || (b' '..=b'~').contains(b)))
+            .and_then(|v| String::from_utf8(v.into_owned()).ok()),
         Some(Sticky::Cookie(name)) => cookie(req.headers(), name),
         Some(Sticky::ClientIp) => Some(trusted_client_ip(
             listener.trusted_hops,
@@ -1082,6 +1083,26 @@ fn canary_backend<'r>(
     let weights = c.weights();
     let i = crate::canary::pick(&weights, spec.canary, key.as_deref().map(stable_hash))?;
     route.backends.get(i)
+}
+
+/// A canary override header's word. Its lines are read joined by ","
+/// (as route conditions read them), so a request with several lines
+/// (`always` and `never`, or even `always` twice) names no version and
+/// the override is ignored: the split decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Forced {
+    Always,
+    Never,
+}
+
+impl Forced {
+    fn of(v: &[u8]) -> Option<Forced> {
+        match v {
+            b"always" => Some(Forced::Always),
+            b"never" => Some(Forced::Never),
+            _ => None,
+        }
+    }
 }
 
 /// The value of cookie `name` in the Cookie header(s).
@@ -1218,24 +1239,28 @@ fn descriptor_key(
     client_ip: &[u8],
 ) -> Option<u64> {
     let parts = &limit.limiter.spec.key;
-    let mut vals: [&[u8]; 8] = [&[]; 8];
+    let mut vals: [Cow<'_, [u8]>; 8] = Default::default();
     if parts.len() > vals.len() {
         return None;
     }
     for (slot, p) in vals.iter_mut().zip(parts.iter()) {
         *slot = match p {
-            KeyPart::ClientIp => client_ip,
-            KeyPart::Identity => conn.identity.as_ref()?.id.as_bytes(),
-            KeyPart::Method => req.method().as_str().as_bytes(),
-            KeyPart::Path => req.uri().path().as_bytes(),
-            KeyPart::Route => route.spec.name.as_bytes(),
-            KeyPart::Header(name) => req.headers().get(name.as_str())?.as_bytes(),
+            KeyPart::ClientIp => Cow::Borrowed(client_ip),
+            KeyPart::Identity => Cow::Borrowed(conn.identity.as_ref()?.id.as_bytes()),
+            KeyPart::Method => Cow::Borrowed(req.method().as_str().as_bytes()),
+            KeyPart::Path => Cow::Borrowed(req.uri().path().as_bytes()),
+            KeyPart::Route => Cow::Borrowed(route.spec.name.as_bytes()),
+            // Several lines are one value joined by "," (as route
+            // conditions): the bucket is the whole value, not whichever
+            // line comes first, so a line put first spends no one else's
+            // bucket. Allocates only then.
+            KeyPart::Header(name) => crate::field::joined(req.headers(), name.as_str())?,
         };
     }
     Some(
         limit
             .limiter
-            .key_of_parts(vals[..parts.len()].iter().copied()),
+            .key_of_parts(vals[..parts.len()].iter().map(|v| &**v)),
     )
 }
 
@@ -1877,9 +1902,10 @@ fn strip_hop_by_hop_present(h: &mut HeaderMap, present: u8) {
         h.remove("proxy-connection");
     }
     if present & TE != 0 {
-        let te_trailers = h
-            .get(header::TE)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+        // Every line must say so: `te: trailers` then `te: gzip` is
+        // `trailers,gzip`, and goes.
+        let te_trailers = crate::field::joined(h, header::TE)
+            .is_some_and(|v| v.eq_ignore_ascii_case(b"trailers"));
         if !te_trailers {
             h.remove(header::TE);
         }
@@ -2093,6 +2119,18 @@ mod tests {
         assert_eq!(h.get("te").unwrap(), "trailers");
         assert!(h.get("x-keep").is_some());
         assert_eq!(h.get("host").unwrap(), "a.example");
+    }
+
+    /// TE is kept only when all its lines, joined, say `trailers`: a
+    /// second line after `trailers` used to ride along to the upstream.
+    #[test]
+    fn te_is_kept_only_when_every_line_says_trailers() {
+        let mut h = HeaderMap::new();
+        h.append("te", HeaderValue::from_static("trailers"));
+        h.append("te", HeaderValue::from_static("gzip"));
+        let present = Seen::scan(&h).hop;
+        strip_hop_by_hop_present(&mut h, present);
+        assert!(h.get("te").is_none());
     }
 }
 

@@ -168,12 +168,15 @@ impl Route {
         if !m.methods.is_empty() && !m.methods.contains(method) {
             return false;
         }
+        // Several lines of a name are matched as one value, joined by ","
+        // (Envoy since CVE-2020-25017): the first line alone may not be
+        // what the upstream reads.
         m.headers.iter().all(|hm| {
-            let v = headers.get(&hm.name);
+            let v = crate::field::joined(headers, &hm.name);
             match &hm.rule {
                 HeaderRule::Present(want) => v.is_some() == *want,
-                HeaderRule::Exact(e) => v.is_some_and(|v| v.as_bytes() == e.as_bytes()),
-                HeaderRule::Prefix(p) => v.is_some_and(|v| v.as_bytes().starts_with(p.as_bytes())),
+                HeaderRule::Exact(e) => v.is_some_and(|v| *v == *e.as_bytes()),
+                HeaderRule::Prefix(p) => v.is_some_and(|v| v.starts_with(p.as_bytes())),
             }
         })
     }

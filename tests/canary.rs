@@ -565,3 +565,94 @@ async fn sticky_client_ip_reads_a_forwarded_for_line_with_odd_bytes() {
     xff.extend_from_slice(ip.as_bytes());
     assert_eq!(raw_version(&sift, &xff).await, want, "{ip}");
 }
+
+/// The version for a GET with `lines` (raw header lines, each ending in
+/// CRLF) sent as raw bytes, so repeated lines reach sift as sent.
+async fn raw_version_with(sift: &Sift, lines: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(sift.addr()).await.unwrap();
+    let req = format!("GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n{lines}\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    assert!(text.starts_with("HTTP/1.1 200"), "{lines:?}: {text}");
+    text.lines()
+        .find_map(|l| l.strip_prefix("x-version: "))
+        .unwrap_or_else(|| panic!("{text}"))
+        .to_string()
+}
+
+/// An override header on several lines is read joined by ","
+/// (CVE-2020-25017, as route conditions): `always` then `never` is
+/// `always,never`, which names no version, so the override is ignored
+/// and the split decides (here all stable). Read by its first line, the
+/// request was forced into the canary whatever its other lines said.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_override_on_several_lines_is_ignored() {
+    let (s, c) = (version(0, 0).await, version(0, 0).await);
+    let sift = Sift::start(&config(
+        s.addr,
+        c.addr,
+        (100, 0),
+        "      override: { header: x-sift-canary }",
+    ));
+    assert_eq!(
+        raw_version_with(&sift, "x-sift-canary: always\r\n").await,
+        "canary"
+    );
+    for lines in [
+        "x-sift-canary: always\r\nx-sift-canary: never\r\n",
+        "x-sift-canary: always\r\nx-sift-canary: always\r\n",
+        "x-sift-canary: always\r\nx-sift-canary: \r\n",
+    ] {
+        assert_eq!(raw_version_with(&sift, lines).await, "stable", "{lines:?}");
+    }
+    // The same for an override header of another name.
+    let (s2, c2) = (version(0, 0).await, version(0, 0).await);
+    let other = Sift::start(&config(
+        s2.addr,
+        c2.addr,
+        (100, 0),
+        "      override: { header: x-force }",
+    ));
+    assert_eq!(
+        raw_version_with(&other, "x-force: always\r\n").await,
+        "canary"
+    );
+    assert_eq!(
+        raw_version_with(&other, "x-force: always\r\nx-force: never\r\n").await,
+        "stable"
+    );
+}
+
+/// A sticky header on several lines is one key, the lines joined by ","
+/// (as route conditions and rate limits read them): the same version as
+/// the one-line joined value, not the first line's.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sticky_header_on_several_lines_is_its_joined_value() {
+    let (s, c) = (version(0, 0).await, version(0, 0).await);
+    let sift = Sift::start(&config(
+        s.addr,
+        c.addr,
+        (50, 50),
+        "      sticky: { header: x-user }",
+    ));
+    // Users u and v where `u,v` lands elsewhere than `u` (the split is by
+    // a hash of the key).
+    let mut found = None;
+    for n in 0..64 {
+        let (u, v) = (format!("user-{n}"), format!("user-{}", n + 100));
+        let first = version_of(&sift, &[("x-user", u.as_str())]).await;
+        let joined = version_of(&sift, &[("x-user", format!("{u},{v}").as_str())]).await;
+        if first != joined {
+            found = Some((u, v, joined));
+            break;
+        }
+    }
+    let (u, v, want) = found.expect("a pair whose joined value lands elsewhere");
+    for _ in 0..5 {
+        let lines = format!("x-user: {u}\r\nx-user: {v}\r\n");
+        assert_eq!(raw_version_with(&sift, &lines).await, want, "{u} {v}");
+    }
+}

@@ -691,3 +691,55 @@ async fn a_retry_with_no_endpoint_left_returns_the_upstream_answer() {
         Some(0.0)
     );
 }
+
+/// Send a GET with `lines` (raw header lines, each ending in CRLF) as
+/// raw bytes, so repeated lines reach sift as sent; the status.
+async fn raw_status(sift: &Sift, lines: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(sift.addr()).await.unwrap();
+    let req = format!("GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n{lines}\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf);
+    text.strip_prefix("HTTP/1.1 ")
+        .and_then(|t| t.get(..3))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("{lines:?}: {text}"))
+}
+
+/// A rate limit keyed on a header keys on all its lines joined by ","
+/// (CVE-2020-25017, as route conditions): `x-tenant: a` then
+/// `x-tenant: b` is bucket `a,b`. Read by its first line, it spent
+/// tenant `a`'s bucket, and a client could pick the bucket by the line
+/// it puts first while the app reads another.
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_limit_keys_on_a_headers_lines_joined() {
+    let up = Upstream::echo("a").await;
+    let sift = Sift::start(&config(
+        &format!("  - {{ name: app, endpoints: [\"{}\"] }}", up.addr),
+        r#"  - name: api
+    cluster: app
+    rate_limits:
+      - { name: tenant, requests_per_unit: 1, unit: hour, key: [header:x-tenant] }"#,
+    ));
+    // Bucket `a,b` spent by the two-line request ...
+    assert_eq!(
+        raw_status(&sift, "x-tenant: a\r\nx-tenant: b\r\n").await,
+        200
+    );
+    // ... not tenant a's: its one request still passes, once.
+    assert_eq!(raw_status(&sift, "x-tenant: a\r\n").await, 200);
+    assert_eq!(raw_status(&sift, "x-tenant: a\r\n").await, 429);
+    // Prepending a line to a spent bucket's value is another value ...
+    assert_eq!(
+        raw_status(&sift, "x-tenant: b\r\nx-tenant: a\r\n").await,
+        200
+    );
+    // ... and the two lines are the same key as their joined value.
+    assert_eq!(
+        raw_status(&sift, "x-tenant: a\r\nx-tenant: b\r\n").await,
+        429
+    );
+    assert_eq!(raw_status(&sift, "x-tenant: a,b\r\n").await, 429);
+}

@@ -1499,6 +1499,70 @@ async fn dot_segments_with_parameters_are_refused() {
     }
 }
 
+/// A name on several lines (`x-tenant: a`, `x-tenant: b`) is matched as
+/// its lines joined by "," (`a,b`), as Envoy matches since
+/// CVE-2020-25017: reading the first line alone routed on `a` while the
+/// app may read `b` or `a, b`. Raw bytes, so the lines reach sift as sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn duplicated_header_lines_match_routes_as_their_joined_value() {
+    let a = Upstream::echo("a").await;
+    let b = Upstream::echo("b").await;
+    let c = Upstream::echo("c").await;
+    let d = Upstream::echo("d").await;
+    let cfg = format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+routes:
+  - name: tenant-a
+    match: {{ headers: [{{ name: x-tenant, exact: a }}] }}
+    cluster: a
+  - name: tenant-b-c
+    match: {{ headers: [{{ name: x-tenant, exact: "b,c" }}] }}
+    cluster: b
+  - name: role-admin
+    match: {{ headers: [{{ name: x-role, prefix: admin }}] }}
+    cluster: c
+  - name: default
+    cluster: d
+clusters:
+  - {{ name: a, endpoints: ["{}"] }}
+  - {{ name: b, endpoints: ["{}"] }}
+  - {{ name: c, endpoints: ["{}"] }}
+  - {{ name: d, endpoints: ["{}"] }}
+"#,
+        a.addr, b.addr, c.addr, d.addr
+    );
+    let sift = Sift::start(&cfg);
+    let go = |lines: &'static str| {
+        let addr = sift.addr();
+        async move {
+            let req = format!("GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n{lines}\r\n");
+            let raw = raw_exchange(addr, req.as_bytes()).await;
+            assert!(raw.starts_with("HTTP/1.1 200"), "{lines:?}: {raw}");
+            let body = &raw[raw.find("\r\n\r\n").unwrap() + 4..];
+            serde_json::from_str::<serde_json::Value>(body).unwrap()
+        }
+    };
+    assert_eq!(go("x-tenant: a\r\n").await["name"], "a");
+    // `a,b` is not `a`: the first line alone no longer picks the route.
+    let v = go("x-tenant: a\r\nx-tenant: b\r\n").await;
+    assert_eq!(v["name"], "d", "{v}");
+    // The upstream still gets both lines as sent.
+    assert_eq!(v["headers"]["x-tenant"], serde_json::json!(["a", "b"]));
+    // Other lines (a different header between) change nothing.
+    assert_eq!(
+        go("x-tenant: b\r\nx-other: 1\r\nx-tenant: c\r\n").await["name"],
+        "b"
+    );
+    assert_eq!(go("x-tenant: b,c\r\n").await["name"], "b");
+    assert_eq!(go("x-tenant: c\r\nx-tenant: b\r\n").await["name"], "d");
+    // A prefix holds for the joined value: `admin,user` starts with admin,
+    // `user,admin` does not.
+    assert_eq!(go("x-role: admin\r\nx-role: user\r\n").await["name"], "c");
+    assert_eq!(go("x-role: user\r\nx-role: admin\r\n").await["name"], "d");
+}
+
 /// Envoy's route actions beside forwarding: `rewrite.prefix` (Envoy's
 /// prefix_rewrite) changes the path the upstream gets, `redirect` answers
 /// 301/308 with a Location built from the request, and `direct_response`
