@@ -1808,3 +1808,108 @@ async fn content_type_parameters_cannot_split_what_filter_and_app_read() {
         assert_eq!(r.status(), 403, "{ct}");
     }
 }
+
+/// A reader sees the same words when they are written with invisible
+/// characters between the letters, in fullwidth or mathematical bold
+/// forms, or with Cyrillic letters that look like Latin ones; the shipped
+/// model (featurizer flag `unicode`) reads the same words too, so each
+/// disguise of a spam text gets exactly the plain text's score. Before the
+/// flag, `f\u{200b}r\u{200b}e\u{200b}e` was one unknown token.
+#[tokio::test(flavor = "multi_thread")]
+async fn unicode_disguises_do_not_change_the_score() {
+    let up = mirror().await;
+    let sift = Sift::start(&config(
+        up.addr,
+        "",
+        "      - { filter: spam, mode: annotate }",
+        "",
+    ));
+    let (spam, _) = clear_examples();
+    let score = |text: String| {
+        let sift = &sift;
+        async move {
+            let r = post(sift, Some("text/plain; charset=utf-8"), &[], text).await;
+            assert_eq!(r.status(), 200);
+            let h = echoed(&r);
+            (
+                h["x-sift-spam-score"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                h["x-sift-spam-verdict"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        }
+    };
+    let plain = score(spam.clone()).await;
+    assert_eq!(plain.1, "spam");
+    let map = |f: &dyn Fn(char) -> String| spam.chars().map(f).collect::<String>();
+    let disguises = [
+        (
+            "zero-width spaces",
+            map(&|c| {
+                if c.is_alphanumeric() {
+                    format!("{c}\u{200b}")
+                } else {
+                    c.to_string()
+                }
+            }),
+        ),
+        (
+            "soft hyphens and joiners",
+            map(&|c| {
+                if c.is_ascii_lowercase() {
+                    format!("{c}\u{ad}\u{2060}")
+                } else {
+                    c.to_string()
+                }
+            }),
+        ),
+        (
+            "fullwidth",
+            map(&|c| match c {
+                '!'..='~' => char::from_u32(c as u32 - 0x21 + 0xFF01)
+                    .map(String::from)
+                    .unwrap_or_default(),
+                _ => c.to_string(),
+            }),
+        ),
+        (
+            "mathematical bold",
+            map(&|c| {
+                match c {
+                    'A'..='Z' => char::from_u32(0x1D400 + (c as u32 - 'A' as u32)),
+                    'a'..='z' => char::from_u32(0x1D41A + (c as u32 - 'a' as u32)),
+                    '0'..='9' => char::from_u32(0x1D7CE + (c as u32 - '0' as u32)),
+                    _ => Some(c),
+                }
+                .map(String::from)
+                .unwrap_or_default()
+            }),
+        ),
+        (
+            "Cyrillic look-alikes",
+            map(&|c| {
+                match c {
+                    'a' => 'а',
+                    'e' => 'е',
+                    'o' => 'о',
+                    'p' => 'р',
+                    'c' => 'с',
+                    'A' => 'А',
+                    'E' => 'Е',
+                    'O' => 'О',
+                    'C' => 'С',
+                    c => c,
+                }
+                .to_string()
+            }),
+        ),
+    ];
+    for (name, text) in disguises {
+        assert_ne!(text, spam, "{name}: the disguise changed nothing");
+        assert_eq!(score(text).await, plain, "{name}");
+    }
+}

@@ -104,6 +104,14 @@ fn corrupt_or_truncated_model_is_an_error() {
     assert!(Model::from_bytes(&b).is_err());
     let err = Model::load(std::path::Path::new("/nonexistent/sift/model.bin")).unwrap_err();
     assert!(err.to_string().contains("/nonexistent/sift/model.bin"));
+    // A featurizer flag this sift does not know (a newer sift's model,
+    // checksum intact): refused, not served with the wrong features.
+    let mut newer = toy_model();
+    newer.features.flags |= 1 << 20;
+    let err = Model::from_bytes(&newer.to_bytes())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown to this sift"), "{err}");
 }
 
 struct Rec(Vec<Feature>);

@@ -70,8 +70,9 @@ pub struct Recipe {
     pub seed: u64,
     /// Feature blocks: comma-separated of word,bigram,char (3-5-grams) or
     /// char3/char4/char5 (only those sizes),signal,fold,charset (with signal:
-    /// the declared charsets' families).
-    #[arg(long, default_value = "word,bigram,char4,signal,fold,charset")]
+    /// the declared charsets' families),unicode (undo invisible characters,
+    /// fullwidth/mathematical letters and Latin look-alikes first).
+    #[arg(long, default_value = "word,bigram,char4,signal,fold,charset,unicode")]
     pub features: String,
     /// Featurize at most this many bytes of each text view.
     #[arg(long, default_value_t = 32768)]

@@ -24,6 +24,7 @@ pub mod onnx;
 pub mod onnx_cli;
 pub mod text;
 pub mod train;
+pub mod unicode;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -102,7 +103,9 @@ impl Classifier {
                 Origin::Signal(_) => {}
             }
         }
-        let text = view.text.as_bytes();
+        // Spans index the text the featurizer read (folded, with `unicode`).
+        let folded = self.fz.folded(&view.text);
+        let text = folded.as_bytes();
         let snippet = |s: u32, e: u32| {
             let s = (s as usize).min(text.len());
             let e = (e as usize).clamp(s, text.len());

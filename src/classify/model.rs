@@ -585,6 +585,12 @@ impl Model {
                 "bucket bits {bits} outside 10..=24"
             )));
         }
+        let unknown = flags & !crate::classify::features::KNOWN_FLAGS;
+        if unknown != 0 {
+            return Err(ModelError::Invalid(format!(
+                "featurizer flags {unknown:#x} unknown to this sift (the model was made by a newer version)"
+            )));
+        }
         let n = 1usize << bits;
         let width = match wtype {
             0 => 4,

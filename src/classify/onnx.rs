@@ -366,6 +366,12 @@ impl OnnxClassifier {
                 ))
             })?;
         drop(md);
+        let unknown = fmeta.flags & !super::features::KNOWN_FLAGS;
+        if unknown != 0 {
+            return Err(meta_err(format!(
+                "featurizer flags {unknown:#x} unknown to this sift (the model was made by a newer version)"
+            )));
+        }
 
         let mut pool = vec![Mutex::new(first)];
         for _ in 1..sessions.max(1) {
