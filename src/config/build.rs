@@ -1031,9 +1031,85 @@ fn build_routes(
             rewrite_prefix,
             redirect,
             direct_response,
+            mirror: build_mirrors(r, &p, local, cluster_files, e),
         });
         if let Some(last) = out.last_mut() {
             last.verdict_headers = route_verdict_headers(&last.filters, filters);
+        }
+    }
+    out
+}
+
+/// A route's mirrors: each names a cluster, a share and a body limit;
+/// only a forwarding route mirrors (a local answer has no upstream request
+/// to copy).
+fn build_mirrors(
+    r: &RouteFile,
+    p: &str,
+    local: Option<&str>,
+    cluster_files: &[ClusterFile],
+    e: &mut Errs,
+) -> Vec<MirrorSpec> {
+    let Some(ms) = &r.mirror else {
+        return Vec::new();
+    };
+    if let Some(a) = local {
+        if !ms.is_empty() {
+            e.push(
+                format!("{p}.mirror"),
+                format!(
+                    "a route with `{a}` answers itself: it sends no request upstream to mirror"
+                ),
+            );
+        }
+        return Vec::new();
+    }
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for (j, m) in ms.iter().enumerate() {
+        let mp = format!("{p}.mirror[{j}]");
+        let mut ok = true;
+        if !cluster_files.iter().any(|f| f.name == m.cluster) {
+            let mut known: Vec<&str> = cluster_files.iter().map(|c| c.name.as_str()).collect();
+            known.sort_unstable();
+            e.push(
+                format!("{mp}.cluster"),
+                format!(
+                    "no cluster is named {:?} (clusters: {})",
+                    m.cluster,
+                    known.join(", ")
+                ),
+            );
+            ok = false;
+        } else if !seen.insert(m.cluster.as_str()) {
+            e.push(
+                format!("{mp}.cluster"),
+                format!("cluster {:?} is mirrored twice", m.cluster),
+            );
+            ok = false;
+        }
+        let percent = m.percent.unwrap_or(100.0);
+        if !(percent.is_finite() && (0.0..=100.0).contains(&percent)) {
+            e.push(
+                format!("{mp}.percent"),
+                format!("{percent} is not between 0 and 100"),
+            );
+            ok = false;
+        }
+        let max_body = m.max_body.map_or(MirrorSpec::DEFAULT_MAX_BODY, |b| b.0);
+        if max_body > MirrorSpec::MAX_MAX_BODY {
+            e.push(
+                format!("{mp}.max_body"),
+                format!("{max_body} is more than 16MiB (each copy is held in memory)"),
+            );
+            ok = false;
+        }
+        if ok {
+            out.push(MirrorSpec {
+                cluster: m.cluster.clone(),
+                per_million: (percent * 10_000.0).round() as u32,
+                max_body,
+            });
         }
     }
     out

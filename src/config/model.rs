@@ -222,6 +222,8 @@ pub struct RouteSpec {
     pub redirect: Option<RedirectSpec>,
     /// Answer with a fixed response (no upstream; `backends` is empty).
     pub direct_response: Option<DirectResponseSpec>,
+    /// Clusters that get a copy of a share of the requests.
+    pub mirror: Vec<MirrorSpec>,
     /// Verdict header names of this route's filters that only sift may set:
     /// a client's are removed before the request goes upstream, whether or
     /// not a filter gives a verdict. `x-sift-*` names are left out (every
@@ -236,6 +238,29 @@ impl RouteSpec {
         for name in &self.verdict_headers {
             headers.remove(name);
         }
+    }
+}
+
+/// One mirror of a route: copies of a share of its requests go to
+/// `cluster`, whose answers are dropped.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MirrorSpec {
+    pub cluster: String,
+    /// The share mirrored, in millionths (100% = 1_000_000).
+    pub per_million: u32,
+    /// Largest body copied; a longer one is not mirrored.
+    pub max_body: u64,
+}
+
+impl MirrorSpec {
+    /// Default `max_body` (as the retry buffer's).
+    pub const DEFAULT_MAX_BODY: u64 = 64 * 1024;
+    /// Largest `max_body` accepted.
+    pub const MAX_MAX_BODY: u64 = 16 * 1024 * 1024;
+
+    /// Whether a request whose id hashes to `h` is mirrored.
+    pub fn sampled(&self, h: u64) -> bool {
+        self.per_million >= 1_000_000 || (h % 1_000_000) < u64::from(self.per_million)
     }
 }
 
