@@ -2331,4 +2331,76 @@ mod tests {
         assert!(c.filters[0].learned_model.is_none());
         std::fs::remove_dir_all(&dir).ok();
     }
+
+    /// A route with `route` YAML (flow mapping inside) and clusters a, b.
+    fn mirror_cfg(route: &str) -> String {
+        format!(
+            "listeners:\n  - {{ name: main, address: \"127.0.0.1:0\" }}\n\
+             routes:\n  - {{ name: r, {route} }}\n\
+             clusters:\n  - {{ name: a, endpoints: [\"127.0.0.1:1\"] }}\n\
+             \x20 - {{ name: b, endpoints: [\"127.0.0.1:2\"] }}\n"
+        )
+    }
+
+    #[test]
+    fn mirror_errors_name_their_path() {
+        let cases = [
+            (
+                "cluster: a, mirror: [{ cluster: x }]",
+                "routes[0].mirror[0].cluster",
+                "no cluster is named \"x\" (clusters: a, b)",
+            ),
+            (
+                "cluster: a, mirror: [{ cluster: b }, { cluster: b }]",
+                "routes[0].mirror[1].cluster",
+                "mirrored twice",
+            ),
+            (
+                "cluster: a, mirror: [{ cluster: b, percent: 101 }]",
+                "routes[0].mirror[0].percent",
+                "101 is not between 0 and 100",
+            ),
+            (
+                "cluster: a, mirror: [{ cluster: b, percent: -1 }]",
+                "routes[0].mirror[0].percent",
+                "not between 0 and 100",
+            ),
+            (
+                "cluster: a, mirror: [{ cluster: b, max_body: 1GiB }]",
+                "routes[0].mirror[0].max_body",
+                "more than 16MiB",
+            ),
+            (
+                "redirect: { scheme: https }, mirror: [{ cluster: b }]",
+                "routes[0].mirror",
+                "a route with `redirect` answers itself",
+            ),
+            (
+                "direct_response: { status: 204 }, mirror: [{ cluster: b }]",
+                "routes[0].mirror",
+                "a route with `direct_response` answers itself",
+            ),
+        ];
+        for (route, path, needle) in cases {
+            let errs = errors(&mirror_cfg(route));
+            assert!(has(&errs, path, needle), "{route}: {errs:?}");
+        }
+    }
+
+    #[test]
+    fn mirror_defaults_and_shares() {
+        let c = load_str(&mirror_cfg(
+            "cluster: a, mirror: [{ cluster: b }, { cluster: a, percent: 0.5, max_body: 1MiB }]",
+        ))
+        .unwrap();
+        let m = &c.routes[0].mirror;
+        assert_eq!(
+            (m[0].cluster.as_str(), m[0].per_million, m[0].max_body),
+            ("b", 1_000_000, 64 * 1024)
+        );
+        assert_eq!(
+            (m[1].cluster.as_str(), m[1].per_million, m[1].max_body),
+            ("a", 5_000, 1024 * 1024)
+        );
+    }
 }
