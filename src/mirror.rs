@@ -152,11 +152,10 @@ impl Job {
                 }
             },
         };
-        let _slot = self.slot;
-        let cluster = self.cluster;
-        let head = self.head;
-        let clock = self.clock;
-        let r = tokio::time::timeout(timeout, send(&cluster, &head, body, clock)).await;
+        let r =
+            tokio::time::timeout(timeout, send(&self.cluster, &self.head, body, self.clock)).await;
+        // The slot is free before the result shows in the metrics.
+        drop(self.slot);
         match r {
             Ok(Ok(())) => counters.sent.inc(),
             Ok(Err(Failure::Overload)) => counters.overload.inc(),

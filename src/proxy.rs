@@ -7,6 +7,8 @@
 //! 4. body limit (Content-Length up front, streamed bytes as they pass)
 //! 5. backend choice: weighted cluster, then endpoint by LB policy
 //! 6. upstream request: hop-by-hop removal, X-Forwarded-*, header ops
+//!    then mirrors: a copy to each sampled mirror cluster, off the path
+//!    ([`crate::mirror`])
 //! 7. send with the route's timeout; map failures to 502/504/413
 //! 8. response: hop-by-hop removal, header ops, request id; upgrades tunnelled
 

@@ -94,6 +94,14 @@ clusters:
     )
 }
 
+/// As [`config`], with the shadow cluster's max_requests at `max`.
+fn config_breaker(primary: SocketAddr, shadow: SocketAddr, max: usize) -> String {
+    config(primary, shadow, "percent: 100", "").replace(
+        "request_timeout: 1s }",
+        &format!("request_timeout: 1s, circuit_breakers: {{ max_requests: {max} }} }}"),
+    )
+}
+
 fn mirror_metric(result: &str) -> String {
     format!(r#"sift_mirror_requests_total{{route="api",cluster="shadow",result="{result}"}}"#)
 }
@@ -356,4 +364,23 @@ async fn mirrors_follow_a_reload() {
     let got = seen(&slog);
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].uri, "/v2/b");
+}
+
+#[tokio::test]
+async fn a_full_mirror_breaker_drops_copies_not_requests() {
+    let (p, plog) = recorder("primary", Duration::ZERO).await;
+    // Holds each copy 5 s (cut at the shadow's 1 s request_timeout).
+    let (s, slog) = recorder("shadow", Duration::from_secs(5)).await;
+    let sift = Sift::start(&config_breaker(p.addr, s.addr, 1));
+    for _ in 0..3 {
+        let (status, text) = get_text(&sift.url("/api/o")).await;
+        assert_eq!((status, text.as_str()), (200, "primary"));
+    }
+    assert_eq!(seen(&plog).len(), 3);
+    assert!(metric_is(&sift, "dropped_overload", 2.0).await);
+    assert!(metric_is(&sift, "failed", 1.0).await);
+    assert_eq!(seen(&slog).len(), 1);
+    // The slot is back once the copy timed out: the next one goes.
+    assert_eq!(get_text(&sift.url("/api/o")).await.0, 200);
+    assert!(wait_for(&slog, 2).await);
 }
