@@ -384,3 +384,103 @@ async fn a_full_mirror_breaker_drops_copies_not_requests() {
     assert_eq!(get_text(&sift.url("/api/o")).await.0, 200);
     assert!(wait_for(&slog, 2).await);
 }
+
+#[tokio::test]
+async fn a_body_refused_midway_is_not_mirrored() {
+    let (p, _plog) = recorder("primary", Duration::ZERO).await;
+    let (s, slog) = recorder("shadow", Duration::ZERO).await;
+    let sift = Sift::start(&config(
+        p.addr,
+        s.addr,
+        "max_body: 64KiB",
+        "    max_request_body: 1KiB",
+    ));
+    // Chunked, over the route's max_request_body: 413 once it streams past.
+    let (tx, b) = channel_body(8);
+    let client = tokio::spawn(send(Request::post(sift.url("/api/big")).body(b).unwrap()));
+    for _ in 0..8 {
+        if tx.send(Bytes::from(vec![b'z'; 512])).await.is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    assert_eq!(client.await.unwrap().status(), 413);
+    assert!(metric_is(&sift, "aborted", 1.0).await);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(seen(&slog).is_empty(), "{:?}", seen(&slog));
+}
+
+/// An upstream that records the request's authority (URI or Host) and version.
+async fn authority_recorder() -> (Upstream, Arc<Mutex<Vec<(String, String)>>>) {
+    let log: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let l = log.clone();
+    let up = Upstream::start(move |req: Request<hyper::body::Incoming>| {
+        let l = l.clone();
+        async move {
+            let authority = req
+                .uri()
+                .authority()
+                .map(|a| a.to_string())
+                .or_else(|| {
+                    req.headers()
+                        .get("host")
+                        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                })
+                .unwrap_or_default();
+            l.lock()
+                .unwrap()
+                .push((authority, format!("{:?}", req.version())));
+            text_response(200, "ok")
+        }
+    })
+    .await;
+    (up, log)
+}
+
+#[tokio::test]
+async fn http2_clusters_get_the_shadow_authority() {
+    let (p, plog) = authority_recorder().await;
+    let (a, alog) = authority_recorder().await;
+    let (b, blog) = authority_recorder().await;
+    let sift = Sift::start(&format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+routes:
+  - name: api
+    cluster: primary
+    mirror: [{{ cluster: m1 }}, {{ cluster: m2 }}]
+clusters:
+  - {{ name: primary, protocol: http2, endpoints: ["{}"] }}
+  - {{ name: m1, protocol: http1, endpoints: ["{}"] }}
+  - {{ name: m2, protocol: http2, endpoints: ["{}"] }}
+"#,
+        p.addr, a.addr, b.addr
+    ));
+    let r = send(
+        Request::get(sift.url("/x"))
+            .header("host", "api.example.com:8443")
+            .body(body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let ok = eventually(Duration::from_secs(5), || async {
+        alog.lock().unwrap().len() == 1 && blog.lock().unwrap().len() == 1
+    })
+    .await;
+    assert!(ok);
+    let want = |a: &str, v: &str| vec![(a.to_string(), v.to_string())];
+    assert_eq!(
+        *plog.lock().unwrap(),
+        want("api.example.com:8443", "HTTP/2.0")
+    );
+    assert_eq!(
+        *alog.lock().unwrap(),
+        want("api.example.com-shadow:8443", "HTTP/1.1")
+    );
+    assert_eq!(
+        *blog.lock().unwrap(),
+        want("api.example.com-shadow:8443", "HTTP/2.0")
+    );
+}
