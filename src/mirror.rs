@@ -259,6 +259,9 @@ async fn send(
 struct Copies {
     buf: BytesMut,
     cap: u64,
+    /// The declared length: the copy is whole once it has that many bytes
+    /// (a consumer that wrote them need not poll the body to its end).
+    expect: Option<u64>,
     txs: Vec<CopyTx>,
 }
 
@@ -277,8 +280,8 @@ pub fn channel() -> (CopyTx, CopyRx) {
 
 pin_project_lite::pin_project! {
     /// A body that passes through unchanged while copying its data into a
-    /// buffer of at most `cap` bytes; when it ends, the whole copy goes to
-    /// the mirrors. Past `cap`, the copy is dropped (`TooLarge`); a failed
+    /// buffer of at most `cap` bytes; when it ends (or has its declared
+    /// length), the whole copy goes to the mirrors. Past `cap`, the copy is dropped (`TooLarge`); a failed
     /// body or one dropped before its end sends nothing (`Aborted`).
     /// Copying never waits: the primary is never slowed by a mirror.
     pub struct CopyBody<B> {
@@ -297,12 +300,15 @@ pin_project_lite::pin_project! {
 }
 
 impl<B> CopyBody<B> {
-    pub fn new(inner: B, cap: u64, txs: Vec<CopyTx>) -> CopyBody<B> {
+    /// `declared`: the body's Content-Length, if it has one.
+    pub fn new(inner: B, cap: u64, declared: Option<u64>, txs: Vec<CopyTx>) -> CopyBody<B> {
+        let room = declared.unwrap_or(0).min(cap);
         CopyBody {
             inner,
             copies: Some(Copies {
-                buf: BytesMut::new(),
+                buf: BytesMut::with_capacity(usize::try_from(room).unwrap_or(0)),
                 cap,
+                expect: declared,
                 txs,
             }),
         }
@@ -332,8 +338,13 @@ where
                         c.buf.extend_from_slice(d);
                     }
                 }
-                // A consumer may stop polling once the body says it ended.
-                if this.inner.is_end_stream() {
+                let whole = this
+                    .copies
+                    .as_ref()
+                    .is_some_and(|c| c.expect == Some(c.buf.len() as u64));
+                // A consumer may stop polling once the body says it ended,
+                // or once it wrote the declared length.
+                if whole || this.inner.is_end_stream() {
                     if let Some(mut c) = this.copies.take() {
                         let b = std::mem::take(&mut c.buf).freeze();
                         c.finish(Ok(b));
@@ -473,22 +484,76 @@ mod tests {
     async fn copy_sends_the_whole_body_or_nothing() {
         // Whole: the primary reads everything, the mirror gets the same.
         let (tx, rx) = channel();
-        let body = CopyBody::new(Full::new(Bytes::from_static(b"hello")), 5, vec![tx]);
+        let body = CopyBody::new(Full::new(Bytes::from_static(b"hello")), 5, None, vec![tx]);
         let got = body.collect().await.map(|b| b.to_bytes());
         assert_eq!(got.ok().as_deref(), Some(&b"hello"[..]));
         assert_eq!(rx.await.ok(), Some(Ok(Bytes::from_static(b"hello"))));
 
         // Too large: the primary still gets everything, the mirror nothing.
         let (tx, rx) = channel();
-        let body = CopyBody::new(Full::new(Bytes::from_static(b"hello!")), 5, vec![tx]);
+        let body = CopyBody::new(Full::new(Bytes::from_static(b"hello!")), 5, None, vec![tx]);
         let got = body.collect().await.map(|b| b.to_bytes());
         assert_eq!(got.ok().as_deref(), Some(&b"hello!"[..]));
         assert_eq!(rx.await.ok(), Some(Err(Cut::TooLarge)));
 
         // Dropped before its end: aborted.
         let (tx, rx) = channel();
-        let body = CopyBody::new(Full::new(Bytes::from_static(b"hi")), 5, vec![tx]);
+        let body = CopyBody::new(Full::new(Bytes::from_static(b"hi")), 5, None, vec![tx]);
         drop(body);
         assert_eq!(rx.await.ok(), Some(Err(Cut::Aborted)));
+
+        // A body that has its declared length is whole, even when its
+        // consumer stops before seeing the end (an HTTP/1.1 upstream
+        // connection stops polling once Content-Length bytes are written).
+        let (tx, rx) = channel();
+        let (mut stx, b) = ChannelBody::pair();
+        let mut body = Box::pin(CopyBody::new(b, 16, Some(4), vec![tx]));
+        stx.push(Bytes::from_static(b"ab"));
+        stx.push(Bytes::from_static(b"cd"));
+        for _ in 0..2 {
+            assert!(body.frame().await.is_some());
+        }
+        drop(body);
+        assert_eq!(rx.await.ok(), Some(Ok(Bytes::from_static(b"abcd"))));
+
+        // Short of it when dropped: aborted.
+        let (tx, rx) = channel();
+        let (mut stx, b) = ChannelBody::pair();
+        let mut body = Box::pin(CopyBody::new(b, 16, Some(4), vec![tx]));
+        stx.push(Bytes::from_static(b"abc"));
+        assert!(body.frame().await.is_some());
+        drop(body);
+        assert_eq!(rx.await.ok(), Some(Err(Cut::Aborted)));
+    }
+
+    /// A body that yields queued chunks and never says it ended.
+    struct ChannelBody(std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<Bytes>>>);
+
+    impl ChannelBody {
+        fn pair() -> (ChannelBody, ChannelBody) {
+            let q = std::sync::Arc::default();
+            (ChannelBody(std::sync::Arc::clone(&q)), ChannelBody(q))
+        }
+
+        fn push(&mut self, b: Bytes) {
+            if let Ok(mut q) = self.0.lock() {
+                q.push_back(b);
+            }
+        }
+    }
+
+    impl HttpBody for ChannelBody {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            match self.0.lock().ok().and_then(|mut q| q.pop_front()) {
+                Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
+                None => Poll::Pending,
+            }
+        }
     }
 }

@@ -772,6 +772,7 @@ async fn proxy(
                     *b = Some(body::boxed(crate::mirror::CopyBody::new(
                         inner,
                         started.cap,
+                        declared,
                         started.txs,
                     )));
                 }
