@@ -187,6 +187,14 @@ async fn mirror_gets_the_request_as_sent_upstream() {
     }
     assert!(metric_is(&sift, "sent", 3.0).await);
     assert_eq!(sift.metric(&mirror_metric("failed")).await, Some(0.0));
+    // /config shows the mirror as written.
+    let (_, cfg) = get_text(&sift.admin_url("/config")).await;
+    let cfg: serde_json::Value = serde_json::from_str(&cfg).unwrap();
+    assert_eq!(
+        cfg["config"]["routes"][0]["mirror"],
+        serde_json::json!([{"cluster": "shadow", "percent": 100.0, "max_body": "64KiB"}]),
+        "{cfg}"
+    );
     // The access log says a copy was made.
     let logged = sift.log_lines().iter().any(|l| {
         serde_json::from_str::<serde_json::Value>(l)
@@ -200,7 +208,13 @@ async fn slow_or_dead_mirror_costs_the_client_nothing() {
     let (p, _plog) = recorder("primary", Duration::ZERO).await;
     // Answers after 5 s; the shadow cluster's request_timeout is 1 s.
     let (s, slog) = recorder("shadow", Duration::from_secs(5)).await;
-    let sift = Sift::start(&config(p.addr, s.addr, "percent: 100", ""));
+    // Copies in flight take none of the route's max_inflight.
+    let sift = Sift::start(&config(
+        p.addr,
+        s.addr,
+        "percent: 100",
+        "    max_inflight: 1",
+    ));
     for i in 0..3 {
         let t = Instant::now();
         let r = send(

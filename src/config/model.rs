@@ -246,9 +246,12 @@ impl RouteSpec {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct MirrorSpec {
     pub cluster: String,
-    /// The share mirrored, in millionths (100% = 1_000_000).
+    /// The share mirrored, in millionths (100% = 1_000_000); shown in
+    /// `/config` as the percent it was written as.
+    #[serde(rename = "percent", serialize_with = "ser_per_million")]
     pub per_million: u32,
     /// Largest body copied; a longer one is not mirrored.
+    #[serde(serialize_with = "ser_bytes")]
     pub max_body: u64,
 }
 
@@ -477,6 +480,14 @@ impl ClusterSpec {
     pub fn timeout_for(&self, route: &RouteSpec) -> Duration {
         route.timeout.unwrap_or(self.request_timeout).0
     }
+}
+
+fn ser_per_million<S: Serializer>(p: &u32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(f64::from(*p) / 10_000.0)
+}
+
+fn ser_bytes<S: Serializer>(b: &u64, s: S) -> Result<S::Ok, S::Error> {
+    Bytes(*b).serialize(s)
 }
 
 fn ser_methods<S: Serializer>(m: &[Method], s: S) -> Result<S::Ok, S::Error> {
