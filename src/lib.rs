@@ -35,6 +35,7 @@ pub mod filter;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
+pub mod mirror;
 pub mod policy;
 pub mod proxy;
 pub mod reload;

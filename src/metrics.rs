@@ -23,6 +23,7 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub config_last_reload_success: IntGauge,
     pub upgrades: IntCounterVec,
+    pub mirror_requests: IntCounterVec,
     pub ratelimit_decisions: IntCounterVec,
     pub circuit_overflow: IntCounterVec,
     pub outlier_ejections: IntCounterVec,
@@ -250,6 +251,14 @@ impl Metrics {
             &["route"],
         )
         .expect("valid metric");
+        let mirror_requests = IntCounterVec::new(
+            Opts::new(
+                "sift_mirror_requests_total",
+                "Mirrored (shadow) request copies by route, mirror cluster and result: sent (the mirror answered, any status), failed (connect error, reset, timeout, no endpoint), aborted (the client's body failed or was cut off before it ended), skipped_too_large (body over max_body), dropped_overload (the mirror cluster's circuit breaker was full).",
+            ),
+            &["route", "cluster", "result"],
+        )
+        .expect("valid metric");
         let ratelimit_decisions = IntCounterVec::new(
             Opts::new(
                 "sift_ratelimit_decisions_total",
@@ -407,6 +416,7 @@ impl Metrics {
             Box::new(config_reloads.clone()),
             Box::new(config_last_reload_success.clone()),
             Box::new(upgrades.clone()),
+            Box::new(mirror_requests.clone()),
         ] {
             registry.register(m).expect("metric names are unique");
         }
@@ -432,6 +442,7 @@ impl Metrics {
             config_reloads,
             config_last_reload_success,
             upgrades,
+            mirror_requests,
             ratelimit_decisions,
             circuit_overflow,
             outlier_ejections,

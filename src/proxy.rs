@@ -7,6 +7,8 @@
 //! 4. body limit (Content-Length up front, streamed bytes as they pass)
 //! 5. backend choice: weighted cluster, then endpoint by LB policy
 //! 6. upstream request: hop-by-hop removal, X-Forwarded-*, header ops
+//!    then mirrors: a copy to each sampled mirror cluster, off the path
+//!    ([`crate::mirror`])
 //! 7. send with the route's timeout; map failures to 502/504/413
 //! 8. response: hop-by-hop removal, header ops, request id; upgrades tunnelled
 
@@ -106,6 +108,8 @@ struct LogFields {
     identity: Option<String>,
     /// Filter verdicts, `name=verdict(score)`.
     filters: Option<String>,
+    /// Mirror copies started for the request.
+    mirrored: u32,
 }
 
 impl OnDone for Outcome {
@@ -180,6 +184,7 @@ impl Outcome {
             endpoint = log.endpoint.as_deref().unwrap_or("-"),
             identity = log.identity.as_deref().unwrap_or("-"),
             filters = log.filters.as_deref().unwrap_or("-"),
+            mirrored = log.mirrored,
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             bytes_sent = bytes,
             completed,
@@ -215,6 +220,7 @@ pub async fn handle(
             endpoint: None,
             identity: conn.identity.as_ref().map(|i| i.id.clone()),
             filters: None,
+            mirrored: 0,
         })
     });
     // Inline in the request future (whose allocation the connection reuses)
@@ -730,6 +736,53 @@ async fn proxy(
         }
     }
 
+    // 7b. Mirrors: a copy of the request as sent upstream to each sampled
+    //     mirror cluster, after admission and filters (a refused request is
+    //     never mirrored); fire and forget, in tasks of their own. A streamed
+    //     body is copied as the primary reads it, never held back for them.
+    if !route.mirrors.is_empty() && upgrade.is_none() {
+        let known = match &body {
+            Plan::Replay(b) => Some(b),
+            Plan::Stream(_) => None,
+        };
+        let started = crate::mirror::start(
+            &route.mirrors,
+            stable_hash_bytes(request_id.as_bytes()),
+            || {
+                let mut headers = parts.headers.clone();
+                // An HTTP/2 primary carries the host as :authority only.
+                if let Some(a) = &h2_authority {
+                    if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                        headers.insert(header::HOST, v);
+                    }
+                }
+                crate::mirror::Head {
+                    method: parts.method.clone(),
+                    path_and_query: path_and_query.clone(),
+                    headers,
+                }
+            },
+            known,
+            declared,
+            *clock,
+        );
+        if !started.txs.is_empty() {
+            if let Plan::Stream(b) = &mut body {
+                if let Some(inner) = b.take() {
+                    *b = Some(body::boxed(crate::mirror::CopyBody::new(
+                        inner,
+                        started.cap,
+                        declared,
+                        started.txs,
+                    )));
+                }
+            }
+        }
+        if let Some(log) = &mut out.log {
+            log.mirrored = started.count;
+        }
+    }
+
     // 8. Send, retrying what the route's policy allows within the budget.
     let timeout = cluster.spec.timeout_for(&route.spec);
     // The route's timeout counts from when the request is ready to send:
@@ -1119,8 +1172,13 @@ fn cookie(h: &HeaderMap, name: &str) -> Option<String> {
 /// A hash that is the same in every sift process (FNV-1a, then a
 /// splitmix64 finish), so a user lands on the same version behind any replica.
 pub fn stable_hash(s: &str) -> u64 {
+    stable_hash_bytes(s.as_bytes())
+}
+
+/// [`stable_hash`] of bytes (a request id, for mirror sampling).
+pub fn stable_hash_bytes(s: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in s.bytes() {
+    for &b in s {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }

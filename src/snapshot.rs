@@ -58,6 +58,8 @@ pub struct Route {
     pub rule_backends: HashMap<String, Backend>,
     /// The filter whose verdict answers requests (answer routes).
     pub answer: Option<Arc<dyn crate::filter::Filter>>,
+    /// Clusters that get a copy of a share of the requests.
+    pub mirrors: Vec<crate::mirror::Mirror>,
 }
 
 /// A filter as one route uses it.
@@ -378,6 +380,19 @@ impl Snapshot {
                     })
                     .collect();
                 let answer = spec.answer.as_ref().and_then(|a| filters.get(a).cloned());
+                let mirrors = spec
+                    .mirror
+                    .iter()
+                    .filter_map(|m| {
+                        let cluster = clusters.get(&m.cluster)?.clone();
+                        Some(crate::mirror::Mirror::new(
+                            &spec.name,
+                            m.clone(),
+                            cluster,
+                            metrics,
+                        ))
+                    })
+                    .collect();
                 let limits = spec
                     .rate_limits
                     .iter()
@@ -403,6 +418,7 @@ impl Snapshot {
                     filters: route_filters,
                     rule_backends,
                     answer,
+                    mirrors,
                 }
             })
             .collect();

@@ -1031,9 +1031,85 @@ fn build_routes(
             rewrite_prefix,
             redirect,
             direct_response,
+            mirror: build_mirrors(r, &p, local, cluster_files, e),
         });
         if let Some(last) = out.last_mut() {
             last.verdict_headers = route_verdict_headers(&last.filters, filters);
+        }
+    }
+    out
+}
+
+/// A route's mirrors: each names a cluster, a share and a body limit;
+/// only a forwarding route mirrors (a local answer has no upstream request
+/// to copy).
+fn build_mirrors(
+    r: &RouteFile,
+    p: &str,
+    local: Option<&str>,
+    cluster_files: &[ClusterFile],
+    e: &mut Errs,
+) -> Vec<MirrorSpec> {
+    let Some(ms) = &r.mirror else {
+        return Vec::new();
+    };
+    if let Some(a) = local {
+        if !ms.is_empty() {
+            e.push(
+                format!("{p}.mirror"),
+                format!(
+                    "a route with `{a}` answers itself: it sends no request upstream to mirror"
+                ),
+            );
+        }
+        return Vec::new();
+    }
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for (j, m) in ms.iter().enumerate() {
+        let mp = format!("{p}.mirror[{j}]");
+        let mut ok = true;
+        if !cluster_files.iter().any(|f| f.name == m.cluster) {
+            let mut known: Vec<&str> = cluster_files.iter().map(|c| c.name.as_str()).collect();
+            known.sort_unstable();
+            e.push(
+                format!("{mp}.cluster"),
+                format!(
+                    "no cluster is named {:?} (clusters: {})",
+                    m.cluster,
+                    known.join(", ")
+                ),
+            );
+            ok = false;
+        } else if !seen.insert(m.cluster.as_str()) {
+            e.push(
+                format!("{mp}.cluster"),
+                format!("cluster {:?} is mirrored twice", m.cluster),
+            );
+            ok = false;
+        }
+        let percent = m.percent.unwrap_or(100.0);
+        if !(percent.is_finite() && (0.0..=100.0).contains(&percent)) {
+            e.push(
+                format!("{mp}.percent"),
+                format!("{percent} is not between 0 and 100"),
+            );
+            ok = false;
+        }
+        let max_body = m.max_body.map_or(MirrorSpec::DEFAULT_MAX_BODY, |b| b.0);
+        if max_body > MirrorSpec::MAX_MAX_BODY {
+            e.push(
+                format!("{mp}.max_body"),
+                format!("{max_body} is more than 16MiB (each copy is held in memory)"),
+            );
+            ok = false;
+        }
+        if ok {
+            out.push(MirrorSpec {
+                cluster: m.cluster.clone(),
+                per_million: (percent * 10_000.0).round() as u32,
+                max_body,
+            });
         }
     }
     out
@@ -2254,5 +2330,77 @@ mod tests {
         .unwrap();
         assert!(c.filters[0].learned_model.is_none());
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// A route with `route` YAML (flow mapping inside) and clusters a, b.
+    fn mirror_cfg(route: &str) -> String {
+        format!(
+            "listeners:\n  - {{ name: main, address: \"127.0.0.1:0\" }}\n\
+             routes:\n  - {{ name: r, {route} }}\n\
+             clusters:\n  - {{ name: a, endpoints: [\"127.0.0.1:1\"] }}\n\
+             \x20 - {{ name: b, endpoints: [\"127.0.0.1:2\"] }}\n"
+        )
+    }
+
+    #[test]
+    fn mirror_errors_name_their_path() {
+        let cases = [
+            (
+                "cluster: a, mirror: [{ cluster: x }]",
+                "routes[0].mirror[0].cluster",
+                "no cluster is named \"x\" (clusters: a, b)",
+            ),
+            (
+                "cluster: a, mirror: [{ cluster: b }, { cluster: b }]",
+                "routes[0].mirror[1].cluster",
+                "mirrored twice",
+            ),
+            (
+                "cluster: a, mirror: [{ cluster: b, percent: 101 }]",
+                "routes[0].mirror[0].percent",
+                "101 is not between 0 and 100",
+            ),
+            (
+                "cluster: a, mirror: [{ cluster: b, percent: -1 }]",
+                "routes[0].mirror[0].percent",
+                "not between 0 and 100",
+            ),
+            (
+                "cluster: a, mirror: [{ cluster: b, max_body: 1GiB }]",
+                "routes[0].mirror[0].max_body",
+                "more than 16MiB",
+            ),
+            (
+                "redirect: { scheme: https }, mirror: [{ cluster: b }]",
+                "routes[0].mirror",
+                "a route with `redirect` answers itself",
+            ),
+            (
+                "direct_response: { status: 204 }, mirror: [{ cluster: b }]",
+                "routes[0].mirror",
+                "a route with `direct_response` answers itself",
+            ),
+        ];
+        for (route, path, needle) in cases {
+            let errs = errors(&mirror_cfg(route));
+            assert!(has(&errs, path, needle), "{route}: {errs:?}");
+        }
+    }
+
+    #[test]
+    fn mirror_defaults_and_shares() {
+        let c = load_str(&mirror_cfg(
+            "cluster: a, mirror: [{ cluster: b }, { cluster: a, percent: 0.5, max_body: 1MiB }]",
+        ))
+        .unwrap();
+        let m = &c.routes[0].mirror;
+        assert_eq!(
+            (m[0].cluster.as_str(), m[0].per_million, m[0].max_body),
+            ("b", 1_000_000, 64 * 1024)
+        );
+        assert_eq!(
+            (m[1].cluster.as_str(), m[1].per_million, m[1].max_body),
+            ("a", 5_000, 1024 * 1024)
+        );
     }
 }

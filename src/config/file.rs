@@ -675,6 +675,28 @@ pub struct RouteFile {
     /// Answer with this status and body instead of forwarding (no cluster).
     #[serde(default)]
     pub direct_response: Option<DirectResponseFile>,
+    /// Send a copy of a share of this route's requests to other clusters
+    /// and drop their answers (shadow traffic, as Envoy's
+    /// request_mirror_policies). Only on a forwarding route.
+    #[serde(default)]
+    pub mirror: Option<Vec<MirrorFile>>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorFile {
+    /// The cluster that gets the copies (its answers are read and dropped).
+    pub cluster: String,
+    /// Share of the route's requests copied, 0 to 100 (default 100;
+    /// fractions like 0.5 allowed). Sampled by the request id, so one id
+    /// is always mirrored or never.
+    #[serde(default)]
+    pub percent: Option<f64>,
+    /// Largest request body copied (default 64KiB, at most 16MiB). A
+    /// request with a longer body is not mirrored (counted
+    /// `skipped_too_large`): the mirror never gets a cut body.
+    #[serde(default)]
+    pub max_body: Option<Bytes>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]

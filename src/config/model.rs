@@ -222,6 +222,8 @@ pub struct RouteSpec {
     pub redirect: Option<RedirectSpec>,
     /// Answer with a fixed response (no upstream; `backends` is empty).
     pub direct_response: Option<DirectResponseSpec>,
+    /// Clusters that get a copy of a share of the requests.
+    pub mirror: Vec<MirrorSpec>,
     /// Verdict header names of this route's filters that only sift may set:
     /// a client's are removed before the request goes upstream, whether or
     /// not a filter gives a verdict. `x-sift-*` names are left out (every
@@ -236,6 +238,32 @@ impl RouteSpec {
         for name in &self.verdict_headers {
             headers.remove(name);
         }
+    }
+}
+
+/// One mirror of a route: copies of a share of its requests go to
+/// `cluster`, whose answers are dropped.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MirrorSpec {
+    pub cluster: String,
+    /// The share mirrored, in millionths (100% = 1_000_000); shown in
+    /// `/config` as the percent it was written as.
+    #[serde(rename = "percent", serialize_with = "ser_per_million")]
+    pub per_million: u32,
+    /// Largest body copied; a longer one is not mirrored.
+    #[serde(serialize_with = "ser_bytes")]
+    pub max_body: u64,
+}
+
+impl MirrorSpec {
+    /// Default `max_body` (as the retry buffer's).
+    pub const DEFAULT_MAX_BODY: u64 = 64 * 1024;
+    /// Largest `max_body` accepted.
+    pub const MAX_MAX_BODY: u64 = 16 * 1024 * 1024;
+
+    /// Whether a request whose id hashes to `h` is mirrored.
+    pub fn sampled(&self, h: u64) -> bool {
+        self.per_million >= 1_000_000 || (h % 1_000_000) < u64::from(self.per_million)
     }
 }
 
@@ -452,6 +480,14 @@ impl ClusterSpec {
     pub fn timeout_for(&self, route: &RouteSpec) -> Duration {
         route.timeout.unwrap_or(self.request_timeout).0
     }
+}
+
+fn ser_per_million<S: Serializer>(p: &u32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(f64::from(*p) / 10_000.0)
+}
+
+fn ser_bytes<S: Serializer>(b: &u64, s: S) -> Result<S::Ok, S::Error> {
+    Bytes(*b).serialize(s)
 }
 
 fn ser_methods<S: Serializer>(m: &[Method], s: S) -> Result<S::Ok, S::Error> {
