@@ -873,3 +873,42 @@ fn time_split_quality() {
         m.ham_fpr
     );
 }
+
+/// Inline HTML tags do not split words, as a browser draws them: spam
+/// that cuts its words with `<font>`, `<span>`, `<b>` or comments
+/// (`Vi<font>ag</font>ra`, a trick as old as the corpus) reads and scores
+/// as the same words unsplit; block tags and table cells still separate.
+#[test]
+fn inline_html_tags_do_not_split_words() {
+    let mail = |html: &str| {
+        format!(
+            "From: a@example.com\r\nSubject: hello\r\nMIME-Version: 1.0\r\n\
+             Content-Type: text/html; charset=utf-8\r\n\r\n<html><body>{html}</body></html>\r\n"
+        )
+    };
+    let plain = "<p>WINNER!! As a valued network customer you have been selected to \
+                 receive a prize reward! To claim call 09061701461 now.</p>";
+    let split = "<p>WIN<font color=red>NER</font>!! As a va<b>lued</b> net<span>work</span> \
+                 cus<!-- x -->tomer you have been sel<i>ected</i> to rec<font size=1>eive</font> \
+                 a pr<span style=\"x\">ize</span> rew<u>ard</u>! To cl<b>aim</b> call \
+                 0906<span></span>1701461 now.</p>";
+    let (a, b) = (
+        text::view(mail(plain).as_bytes()),
+        text::view(mail(split).as_bytes()),
+    );
+    assert_eq!(
+        a.text.split_whitespace().collect::<Vec<_>>(),
+        b.text.split_whitespace().collect::<Vec<_>>()
+    );
+    let c = Classifier::new(Model::from_bytes(sift::filter::spam::BUILTIN_MODEL).unwrap());
+    assert_eq!(c.score(&a).margin, c.score(&b).margin);
+    assert!(c.score(&b).spam);
+    // Cells and blocks still separate words.
+    let v = text::view(
+        mail("<table><tr><td>one</td><td>two</td></tr></table><div>three</div>").as_bytes(),
+    );
+    assert_eq!(
+        v.text.split_whitespace().collect::<Vec<_>>(),
+        ["hello", "one", "two", "three"]
+    );
+}

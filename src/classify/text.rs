@@ -814,7 +814,9 @@ pub fn html_to_text(html: &str, out: &mut TextView) {
             }
             "br" | "p" | "div" | "tr" | "li" | "h1" | "h2" | "h3" | "h4" | "h5" | "h6"
             | "table" | "blockquote" | "hr" | "ul" | "ol" | "center" => out.text.push('\n'),
-            "td" | "th" | "font" | "span" => out.text.push(' '),
+            "td" | "th" => out.text.push(' '),
+            // Inline tags (`font`, `span`, `b`, ...) do not break words, as
+            // a browser draws them: `Vi<font>ag</font>ra` reads `Viagra`.
             _ => {}
         }
     }
