@@ -152,12 +152,30 @@ pub fn extract_owned(
     form_fields: Option<&[String]>,
 ) -> Result<TextView, ExtractError> {
     match kind {
-        BodyKind::Plain { charset } => Ok(TextView {
-            text: text::decode_charset_owned(body, charset.as_deref()),
-            charsets: charset.as_deref().map_or(0, text::charset_family),
-            ..TextView::default()
-        }),
+        BodyKind::Plain { charset } => Ok(plain(
+            text::decode_charset_owned(body, charset.as_deref()),
+            charset.as_deref(),
+        )),
         _ => extract(kind, &body, json_pointers, form_fields),
+    }
+}
+
+/// The view of a text/plain body. Many apps parse a body as JSON whatever
+/// its Content-Type (Go's `json.NewDecoder(r.Body)`, Django's
+/// `json.loads(request.body)`, Starlette's `request.json()`): a text that
+/// is a JSON document with escapes (`\u0042UY`) also gives its strings
+/// unescaped, so the words the app reads are classified.
+fn plain(mut text: String, charset: Option<&str>) -> TextView {
+    let t = text.trim_start();
+    if (t.starts_with('{') || t.starts_with('[')) && memchr::memchr(b'\\', t.as_bytes()).is_some() {
+        if let Ok(v) = json_text(t.as_bytes(), None, false) {
+            push_line(&mut text, &v.text);
+        }
+    }
+    TextView {
+        text,
+        charsets: charset.map_or(0, text::charset_family),
+        ..TextView::default()
     }
 }
 
@@ -169,11 +187,10 @@ pub fn extract(
     form_fields: Option<&[String]>,
 ) -> Result<TextView, ExtractError> {
     match kind {
-        BodyKind::Plain { charset } => Ok(TextView {
-            text: text::decode_charset(body, charset.as_deref()),
-            charsets: charset.as_deref().map_or(0, text::charset_family),
-            ..TextView::default()
-        }),
+        BodyKind::Plain { charset } => Ok(plain(
+            text::decode_charset(body, charset.as_deref()),
+            charset.as_deref(),
+        )),
         BodyKind::Rfc822 => {
             let v = text::view(body);
             if v.cut {
@@ -181,23 +198,9 @@ pub fn extract(
             }
             Ok(v)
         }
-        BodyKind::Json => {
-            let v: serde_json::Value =
-                serde_json::from_slice(body).map_err(|e| ExtractError::Json(e.to_string()))?;
-            let mut out = String::new();
-            match json_pointers {
-                Some(ptrs) => {
-                    for p in ptrs {
-                        if let Some(x) = v.pointer(p) {
-                            strings(x, &mut out);
-                        }
-                    }
-                }
-                None => strings(&v, &mut out),
-            }
-            Ok(TextView::plain(&out))
-        }
+        BodyKind::Json => json_text(body, json_pointers, false),
         BodyKind::Form => {
+            let body = wide_sniff(body);
             let mut out = String::new();
             for pair in body.split(|&b| b == b'&') {
                 let (k, v) = match pair.iter().position(|&b| b == b'=') {
@@ -224,6 +227,32 @@ fn wanted(fields: Option<&[String]>, name: &str) -> bool {
     fields.is_none_or(|f| f.iter().any(|x| x == name))
 }
 
+/// A body in UTF-16 or UTF-32 (a byte-order mark, or the zeros of its
+/// first ASCII character, as RFC 4627 §3 and Python's
+/// `json.detect_encoding` find them), as UTF-8; a UTF-8 BOM is dropped.
+/// JSON and urlencoded bodies start with an ASCII character, so zeros
+/// among the first bytes are never UTF-8 text: Python reads such JSON
+/// (`json.loads(bytes)`), and Django decodes a form in the declared
+/// charset; sift read the bytes, and saw no word.
+fn wide_sniff(b: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    use std::borrow::Cow;
+    use text::Wide;
+    if let Some((w, n)) = text::bom(b) {
+        return match w {
+            Some(w) => Cow::Owned(text::decode_wide(&b[n..], w).into_bytes()),
+            None => Cow::Borrowed(&b[n..]),
+        };
+    }
+    let w = match b {
+        [0, 0, ..] => Wide::Utf32Be,
+        [0, _, ..] => Wide::Utf16Be,
+        [_, 0, 0, 0, ..] => Wide::Utf32Le,
+        [_, 0, ..] => Wide::Utf16Le,
+        _ => return Cow::Borrowed(b),
+    };
+    Cow::Owned(text::decode_wide(b, w).into_bytes())
+}
+
 /// [`extract`] of a JSON body that may be a prefix of the client's
 /// (`cut`: the body went on past `max_inspect_bytes`): a prefix that ends
 /// inside the document gives the strings it holds.
@@ -232,53 +261,84 @@ pub fn extract_json(
     json_pointers: Option<&[String]>,
     cut: bool,
 ) -> Result<TextView, ExtractError> {
-    match extract(&BodyKind::Json, body, json_pointers, None) {
-        Err(ExtractError::Json(_)) if cut => json_prefix(body, json_pointers),
-        r => r,
-    }
+    json_text(body, json_pointers, cut)
 }
 
-/// The wanted strings of a JSON prefix: per pointer in the configured
-/// order (document order within one), as for a whole document; without
-/// pointers, every string in document order.
-fn json_prefix(body: &[u8], json_pointers: Option<&[String]>) -> Result<TextView, ExtractError> {
+/// The wanted strings of a JSON body, per pointer in the configured order
+/// (document order within one); without pointers, every string in
+/// document order. Read by the streaming walker, as the app's parser
+/// reads the document: every value of a key given twice (JavaScript,
+/// Python and Go take the last, some Go libraries the first: both are
+/// read), lone surrogates as U+FFFD (Python and JavaScript accept them),
+/// `NaN` and `Infinity` (Python), nesting as deep as Go allows, and values
+/// after the first (Go's `json.Decoder` reads the first and leaves the
+/// rest). UTF-16 and UTF-32 bodies are decoded first ([`wide_sniff`]).
+/// A prefix (`cut`) gives the strings it holds, a cut-off one too.
+fn json_text(
+    body: &[u8],
+    json_pointers: Option<&[String]>,
+    cut: bool,
+) -> Result<TextView, ExtractError> {
+    /// Strings as UTF-8 bytes, one per line, per pointer.
     struct Lines {
-        per: Vec<String>,
-        cur: Vec<u8>,
-        which: Option<usize>,
+        per: Vec<Vec<u8>>,
+        /// The string being read: its pointer and where its line starts.
+        open: Option<(usize, usize)>,
     }
     impl super::json_stream::StrSink for Lines {
         fn bytes(&mut self, which: Option<usize>, b: &[u8]) {
-            self.which = which;
-            self.cur.extend_from_slice(b);
+            let w = which.unwrap_or(0);
+            if self.open.is_none() {
+                let buf = &mut self.per[w];
+                self.open = Some((w, buf.len()));
+                if !buf.is_empty() {
+                    buf.push(b'\n');
+                }
+            }
+            self.per[w].extend_from_slice(b);
         }
-        fn end(&mut self, which: Option<usize>) {
-            let s = String::from_utf8_lossy(&self.cur).into_owned();
-            self.cur.clear();
-            push_line(&mut self.per[which.unwrap_or(0)], &s);
+        fn end(&mut self, _: Option<usize>) {
+            if let Some((w, mark)) = self.open.take() {
+                // White space only: no line.
+                if self.per[w][mark..].trim_ascii().is_empty() {
+                    self.per[w].truncate(mark);
+                }
+            }
         }
     }
+    let body = wide_sniff(body);
     let n = json_pointers.map_or(1, <[String]>::len).max(1);
     let mut lines = Lines {
-        per: vec![String::new(); n],
-        cur: Vec::new(),
-        which: None,
+        per: vec![Vec::new(); n],
+        open: None,
     };
-    let mut w = super::json_stream::JsonStrings::new(json_pointers, false);
-    w.feed(body, &mut lines);
-    if w.failed() {
+    let mut w = super::json_stream::JsonStrings::new(json_pointers, false).sequence();
+    w.feed(&body, &mut lines);
+    if !cut {
+        // A top-level number or literal ends with the body.
+        w.feed(b" ", &mut lines);
+    }
+    // Not JSON from the start, or a whole body that ends inside its first
+    // value: unreadable. Junk after a whole value: the values before it
+    // are what the app reads (Go's decoder stops there).
+    if w.values() == 0 && (w.failed() || !cut) {
         return Err(ExtractError::Json("not JSON".into()));
     }
-    // The string the prefix cuts off counts too.
-    if !lines.cur.is_empty() {
-        let s = String::from_utf8_lossy(&lines.cur).into_owned();
-        push_line(&mut lines.per[lines.which.unwrap_or(0)], &s);
+    let mut out = Vec::new();
+    for p in lines.per.iter().filter(|p| !p.is_empty()) {
+        if !out.is_empty() {
+            out.push(b'\n');
+        }
+        out.extend_from_slice(p);
     }
-    let mut out = String::new();
-    for p in &lines.per {
-        push_line(&mut out, p);
-    }
-    Ok(TextView::plain(&out))
+    let text = match String::from_utf8(out) {
+        Ok(s) => s,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    };
+    Ok(TextView {
+        text,
+        ..TextView::default()
+    })
 }
 
 fn push_line(out: &mut String, s: &str) {
@@ -289,16 +349,6 @@ fn push_line(out: &mut String, s: &str) {
         out.push('\n');
     }
     out.push_str(s);
-}
-
-/// Every string value (keys are schema, not content).
-fn strings(v: &serde_json::Value, out: &mut String) {
-    match v {
-        serde_json::Value::String(s) => push_line(out, s),
-        serde_json::Value::Array(a) => a.iter().for_each(|x| strings(x, out)),
-        serde_json::Value::Object(o) => o.values().for_each(|x| strings(x, out)),
-        _ => {}
-    }
 }
 
 /// application/x-www-form-urlencoded decoding: `+` is a space, `%XX` a byte.
@@ -581,5 +631,87 @@ mod tests {
         let t = text("message/rfc822", msg, None, None);
         assert!(t.contains("Winner"), "{t:?}");
         assert!(t.contains("Claim your prize now"), "{t:?}");
+    }
+
+    #[test]
+    fn json_as_lenient_parsers_read_it() {
+        let p = vec!["/text".to_string()];
+        let ct = "application/json";
+        let dup = br#"{"text":"first","n":1,"text":"second"}"#;
+        assert_eq!(text(ct, dup, Some(&p), None), "first\nsecond");
+        assert_eq!(text(ct, dup, None, None), "first\nsecond");
+        assert_eq!(text(ct, br#"{"text":"\ud800x"}"#, None, None), "\u{fffd}x");
+        assert_eq!(
+            text(ct, br#"{"n":NaN,"text":"a"} junk"#, Some(&p), None),
+            "a"
+        );
+        assert_eq!(text(ct, br#""top""#, None, None), "top");
+        assert_eq!(text(ct, b"42", None, None), "");
+        let doc = r#"{"text":"caf\u00e9 ☕"}"#;
+        let le: Vec<u8> = doc.encode_utf16().flat_map(u16::to_le_bytes).collect();
+        let be: Vec<u8> = doc.encode_utf16().flat_map(u16::to_be_bytes).collect();
+        let be32: Vec<u8> = doc.chars().flat_map(|c| (c as u32).to_be_bytes()).collect();
+        let bom8 = [&b"\xEF\xBB\xBF"[..], doc.as_bytes()].concat();
+        for body in [le, be, be32, bom8] {
+            assert_eq!(text(ct, &body, Some(&p), None), "café ☕");
+        }
+        let k = body_kind(Some(ct)).unwrap();
+        for bad in [&b"{\"a\": nope}"[..], b"", b"{\"a\":\"b\"", b"x {}"] {
+            assert!(extract(&k, bad, None, None).is_err(), "{bad:?}");
+        }
+        // A prefix may end anywhere.
+        assert_eq!(
+            extract_json(b"{\"text\":\"ab", Some(&p), true)
+                .unwrap()
+                .text,
+            "ab"
+        );
+    }
+
+    #[test]
+    fn wide_charsets_and_json_in_plain_text() {
+        let le: Vec<u8> = "Win cash"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        assert_eq!(
+            text("text/plain; charset=utf-16le", &le, None, None),
+            "Win cash"
+        );
+        assert_eq!(
+            text("text/plain; charset=UTF-16", &le, None, None),
+            "Win cash"
+        );
+        assert_eq!(
+            text(
+                "text/plain; charset=utf-7",
+                b"+AFcAaQBu- cash a+-b",
+                None,
+                None
+            ),
+            "Win cash a+b"
+        );
+        let bom = [&[0xFF, 0xFE][..], &le].concat();
+        assert_eq!(
+            text("text/plain; charset=iso-8859-1", &bom, None, None),
+            "Win cash"
+        );
+        assert_eq!(
+            text("text/plain", br#"{"t":"W\u0069n"}"#, None, None),
+            "{\"t\":\"W\\u0069n\"}\nWin"
+        );
+        assert_eq!(
+            text("text/plain", b"{not \\json", None, None),
+            "{not \\json"
+        );
+        let form: Vec<u8> = "a=1&m=W%69n"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        let f = vec!["m".to_string()];
+        assert_eq!(
+            text("application/x-www-form-urlencoded", &form, None, Some(&f)),
+            "Win"
+        );
     }
 }

@@ -11,7 +11,10 @@
 //! stop the walk ([`JsonStrings::failed`]).
 
 /// Most nesting the walker follows; deeper input is treated as not JSON.
-const MAX_DEPTH: usize = 128;
+/// Go's encoding/json allows 10,000 levels and JavaScript's JSON.parse
+/// more, so a lower bound (serde_json's 128) would make a document the app
+/// reads "not JSON" to the filter. The path costs 32 bytes a level.
+const MAX_DEPTH: usize = 10_000;
 /// Object keys are kept up to this length for pointer matching (a longer
 /// key cannot match a configured pointer token of sane length).
 const MAX_KEY: usize = 1024;
@@ -73,6 +76,16 @@ pub struct JsonStrings {
     /// `\uXXXX` value being read, and a pending high surrogate.
     hex: u32,
     high: Option<u32>,
+    /// Read values after the first (a JSON text sequence, as Go's
+    /// `json.Decoder` reads a body value after value).
+    sequence: bool,
+    /// Top-level values read to their end.
+    values: usize,
+    /// The literal being read: its first bytes, its length, and whether
+    /// it is all number characters so far.
+    lit: [u8; 9],
+    lit_len: usize,
+    lit_num: bool,
 }
 
 impl JsonStrings {
@@ -100,7 +113,26 @@ impl JsonStrings {
             want: None,
             hex: 0,
             high: None,
+            sequence: false,
+            values: 0,
+            lit: [0; 9],
+            lit_len: 0,
+            lit_num: true,
         }
+    }
+
+    /// Read on past the first top-level value: what follows it (another
+    /// value, as Go's `json.Decoder` reads one after another, or junk) is
+    /// walked too, and junk fails the walk only from there on
+    /// ([`JsonStrings::values`] counts the values read whole before it).
+    pub fn sequence(mut self) -> JsonStrings {
+        self.sequence = true;
+        self
+    }
+
+    /// How many top-level values were read to their end.
+    pub fn values(&self) -> usize {
+        self.values
     }
 
     /// The input was not JSON (a prefix of JSON is fine).
@@ -139,6 +171,30 @@ impl JsonStrings {
             .map(Some)
     }
 
+    fn literal_byte(&mut self, b: u8) {
+        if self.lit_len < self.lit.len() {
+            self.lit[self.lit_len] = b;
+        }
+        self.lit_len += 1;
+        self.lit_num &= b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E');
+    }
+
+    /// A number (read leniently: its characters), `true`, `false`,
+    /// `null`, or Python's `NaN`, `Infinity`, `-Infinity`.
+    fn literal_ok(&self) -> bool {
+        if self.lit_num {
+            return self.lit[..self.lit_len.min(9)]
+                .iter()
+                .any(u8::is_ascii_digit)
+                || self.lit_len > 9;
+        }
+        self.lit_len <= 9
+            && matches!(
+                &self.lit[..self.lit_len],
+                b"true" | b"false" | b"null" | b"NaN" | b"Infinity" | b"-Infinity"
+            )
+    }
+
     fn fail(&mut self) {
         self.state = State::Failed;
     }
@@ -146,6 +202,7 @@ impl JsonStrings {
     /// A value ended: back to the container (or the document's end).
     fn value_done(&mut self) {
         self.state = if self.path.is_empty() {
+            self.values += 1;
             State::Done
         } else {
             State::After
@@ -183,6 +240,11 @@ impl JsonStrings {
         while i < chunk.len() {
             let b = chunk[i];
             match self.state {
+                State::Done if self.sequence && !b.is_ascii_whitespace() => {
+                    // The next value of a sequence: read in state Value.
+                    self.state = State::Value;
+                    continue;
+                }
                 State::Failed | State::Done => {
                     if self.state == State::Done && !b.is_ascii_whitespace() {
                         self.fail();
@@ -276,6 +338,10 @@ impl JsonStrings {
                 }
                 State::Literal => {
                     if matches!(b, b',' | b']' | b'}') || b.is_ascii_whitespace() {
+                        if !self.literal_ok() {
+                            self.fail();
+                            return;
+                        }
                         self.value_done();
                         continue; // the delimiter is read in the new state
                     }
@@ -283,6 +349,7 @@ impl JsonStrings {
                         self.fail();
                         return;
                     }
+                    self.literal_byte(b);
                 }
                 State::Value => match b {
                     _ if b.is_ascii_whitespace() => {}
@@ -311,8 +378,12 @@ impl JsonStrings {
                         self.path.pop();
                         self.value_done();
                     }
-                    b'-' | b'0'..=b'9' | b't' | b'f' | b'n' => {
+                    // `NaN`, `Infinity`: Python's json reads them.
+                    b'-' | b'0'..=b'9' | b't' | b'f' | b'n' | b'N' | b'I' => {
                         self.state = State::Literal;
+                        self.lit_len = 0;
+                        self.lit_num = true;
+                        self.literal_byte(b);
                     }
                     _ => {
                         self.fail();
@@ -445,7 +516,28 @@ mod tests {
             let (_, _, failed) = walk(junk, None, false, 2);
             assert!(failed, "{:?}", String::from_utf8_lossy(junk));
         }
+        for junk in [&b"{\"a\": nope}"[..], b"[tru]", b"[-]", b"[Infinit]"] {
+            let (_, _, failed) = walk(junk, None, false, 3);
+            assert!(failed, "{:?}", String::from_utf8_lossy(junk));
+        }
         let deep = "[".repeat(MAX_DEPTH + 1);
         assert!(walk(deep.as_bytes(), None, false, 64).2);
+    }
+
+    #[test]
+    fn python_literals_and_a_sequence_of_values() {
+        let doc = br#"[NaN, -Infinity, Infinity, 1e5, 12345678901234, "s"]"#;
+        let (c, complete, failed) = walk(doc, None, false, 2);
+        assert!(complete && !failed);
+        assert_eq!(c.0, [(None, "s".to_string())]);
+        // Values after the first: read in sequence mode, junk stops there.
+        let ptrs = vec!["/t".to_string()];
+        let mut w = JsonStrings::new(Some(&ptrs), false).sequence();
+        let mut c = Collect::default();
+        w.feed(br#"{"t":"a"} {"t":"b","t":"c"} x {"t":"d"}"#, &mut c);
+        assert_eq!(w.values(), 2);
+        assert!(w.failed());
+        let got: Vec<&str> = c.0.iter().map(|(_, s)| s.as_str()).collect();
+        assert_eq!(got, ["a", "b", "c"], "every value of a key given twice");
     }
 }
