@@ -1982,3 +1982,45 @@ async fn wide_charsets_and_json_in_plain_text_are_decoded() {
     assert_eq!(r.status(), 200, "{r:?}");
     assert_eq!(echoed(&r)["x-sift-spam-verdict"], "ham");
 }
+
+/// A form field named in `form_fields` is read under every name an app
+/// reads it by. Before, only the exact name was: `msg[]=` (an array of
+/// `msg` to PHP, Rails and Express), `my.msg` (PHP's `my_msg`) and
+/// `a=1;msg=` (field `msg` where `;` separates fields: Python before
+/// 3.9.2, Go before 1.17, Rack 1) went through unread, so unlabelled.
+#[tokio::test(flavor = "multi_thread")]
+async fn form_fields_are_read_under_every_name_apps_read() {
+    let up = mirror().await;
+    let sift = Sift::start(&config(
+        up.addr,
+        "    extract: { form_fields: [msg, my_msg] }",
+        "      - { filter: spam, mode: block }",
+        "",
+    ));
+    let (spam, ham) = clear_examples();
+    let v = pct(&spam);
+    let form = Some("application/x-www-form-urlencoded");
+    let mut passed = Vec::new();
+    for body in [
+        format!("msg[]={v}"),
+        format!("msg%5B%5D={v}"),
+        format!("msg[0]={v}"),
+        format!("my.msg={v}"),
+        format!("my+msg={v}"),
+        format!("a=1;msg={v}"),
+        format!("msg={}&msg={v}", pct(&ham)),
+    ] {
+        let r = post(&sift, form, &[], body.clone()).await;
+        if r.status() != 403 {
+            passed.push(format!("{body:.30}: {}", r.status()));
+        }
+    }
+    assert!(passed.is_empty(), "not blocked: {passed:#?}");
+    let mp =
+        format!("--b\r\nContent-Disposition: form-data; name=\"msg[]\"\r\n\r\n{spam}\r\n--b--\r\n");
+    let r = post(&sift, Some("multipart/form-data; boundary=b"), &[], mp).await;
+    assert_eq!(r.status(), 403, "{r:?}");
+    assert_eq!(up.requests.load(Ordering::Relaxed), 0);
+    let r = post(&sift, form, &[], format!("msg[]={}&other={v}", pct(&ham))).await;
+    assert_eq!(r.status(), 200, "{r:?}");
+}

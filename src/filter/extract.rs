@@ -216,6 +216,21 @@ pub fn extract(
                 if wanted(form_fields, &k) {
                     push_line(&mut out, &form_decode(v));
                 }
+                // `;` separated fields too, as older stacks read them
+                // (Python before 3.9.2, Go before 1.17, Rack 1): `a=1;msg=x`
+                // is field `a` to a current app and `msg` to those. Without
+                // a field list the value above already holds all of it.
+                if form_fields.is_some() && memchr::memchr(b';', pair).is_some() {
+                    for sub in pair.split(|&b| b == b';').skip(1) {
+                        let (k, v) = match sub.iter().position(|&b| b == b'=') {
+                            Some(i) => (&sub[..i], &sub[i + 1..]),
+                            None => (sub, &b""[..]),
+                        };
+                        if wanted(form_fields, &form_decode(k)) {
+                            push_line(&mut out, &form_decode(v));
+                        }
+                    }
+                }
             }
             Ok(TextView::plain(&out))
         }
@@ -223,8 +238,43 @@ pub fn extract(
     }
 }
 
+/// Whether a form field (urlencoded or multipart) of this name is read:
+/// every field without a list; else a listed name as the app reads it.
+/// PHP, Rails and Express (qs) read `msg[]=x`, `msg[0]=x` and
+/// `msg[a][b]=x` as field `msg` (an array or object of it), and PHP turns
+/// ` ` and `.` in a name, and a `[` without its `]`, into `_` (`my.msg`
+/// is `my_msg`).
 fn wanted(fields: Option<&[String]>, name: &str) -> bool {
-    fields.is_none_or(|f| f.iter().any(|x| x == name))
+    let Some(fields) = fields else { return true };
+    fields.iter().any(|f| {
+        name == f
+            || name
+                .strip_prefix(f.as_str())
+                .is_some_and(|r| r.starts_with('['))
+            || (f.contains('_')
+                && php_name(name).is_some_and(|n| n == *f || n.starts_with(&format!("{f}["))))
+    })
+}
+
+/// A field name as PHP registers it, if that differs from the name sent.
+fn php_name(name: &str) -> Option<String> {
+    let base_end = name.find('[').unwrap_or(name.len());
+    let open_only = base_end < name.len() && !name[base_end..].contains(']');
+    let base = name[..base_end].trim_start_matches(' ');
+    if !open_only && !base.contains([' ', '.']) && base.len() == base_end {
+        return None;
+    }
+    let mut n: String = base
+        .chars()
+        .map(|c| if c == ' ' || c == '.' { '_' } else { c })
+        .collect();
+    if open_only {
+        n.push('_');
+        n.push_str(&name[base_end + 1..]);
+    } else {
+        n.push_str(&name[base_end..]);
+    }
+    Some(n)
 }
 
 /// A body in UTF-16 or UTF-32 (a byte-order mark, or the zeros of its
@@ -713,5 +763,22 @@ mod tests {
             text("application/x-www-form-urlencoded", &form, None, Some(&f)),
             "Win"
         );
+    }
+
+    #[test]
+    fn form_names_as_apps_read_them() {
+        let f = vec!["msg".to_string(), "my_msg".to_string()];
+        let ct = "application/x-www-form-urlencoded";
+        for (body, want) in [
+            (&b"msg[]=a&msg%5B%5D=b&msg[x][y]=c"[..], "a\nb\nc"),
+            (b"my.msg=a&my+msg=b&my[msg=c&%20my.msg[]=d", "a\nb\nc\nd"),
+            (b"x=1;msg=a;y=2&msg=b", "a\nb"),
+            (b"msgx=a&ms=b&my_ms=c&msg_=d&my.msgx=e", ""),
+        ] {
+            assert_eq!(text(ct, body, None, Some(&f)), want, "{body:?}");
+        }
+        assert_eq!(php_name("a.b c[d.e]"), Some("a_b_c[d.e]".into()));
+        assert_eq!(php_name("a[b"), Some("a_b".into()));
+        assert_eq!(php_name("plain"), None);
     }
 }
