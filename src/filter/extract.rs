@@ -38,8 +38,10 @@ pub fn body_kind(content_type: Option<&str>) -> Option<BodyKind> {
         }),
         "message/rfc822" => Some(BodyKind::Rfc822),
         "application/x-www-form-urlencoded" => Some(BodyKind::Form),
+        // Any length: RFC 2046 says at most 70, but Go, busboy and
+        // Werkzeug read longer ones, so a cap would hide such a form.
         "multipart/form-data" => param("boundary")
-            .filter(|b| !b.is_empty() && b.len() <= 200)
+            .filter(|b| !b.is_empty())
             .map(|boundary| BodyKind::Multipart { boundary }),
         m if m == "application/json" || (m.starts_with("application/") && m.ends_with("+json")) => {
             Some(BodyKind::Json)
@@ -423,6 +425,20 @@ fn form_decode(s: &[u8]) -> String {
 }
 
 /// multipart/form-data (RFC 7578): the text of the wanted non-file fields.
+///
+/// Form parsers disagree on where a part starts and ends, so sift reads
+/// every part any of them could see, each to the farthest end any of them
+/// could give it:
+/// - a part starts at `--boundary` at the start of a line, whatever ends
+///   the line before (CRLF for busboy, also LF or CR for Werkzeug, PHP and
+///   Go) and whatever follows on its line (PHP matches a prefix), but
+///   never in the middle of a line (no parser splits there);
+/// - its headers end at the first empty line (LF or CRLF);
+/// - a wanted part's text runs to the next delimiter as the strictest
+///   parser has it: `--boundary` after the line break the body's first
+///   delimiter line ends with, followed by `--` or the end of its line;
+/// - a part is wanted if any of its names is (a Content-Disposition line
+///   given twice, `name` and RFC 2231 `name*=utf-8''msg`, which Go reads).
 fn multipart(
     body: &[u8],
     boundary: &str,
@@ -430,95 +446,208 @@ fn multipart(
 ) -> Result<TextView, ExtractError> {
     let delim = format!("--{boundary}");
     let d = delim.as_bytes();
-    let mut out = String::new();
-    let mut found = false;
-    let mut rest = body;
-    // Skip the preamble up to the first delimiter.
-    let Some(first) = find(rest, d) else {
+    let finder = memchr::memmem::Finder::new(d);
+    let mut starts = finder
+        .find_iter(body)
+        .filter(|&i| i == 0 || matches!(body[i - 1], b'\n' | b'\r'))
+        .peekable();
+    // The line break of the first delimiter line: CRLF, or LF alone.
+    let Some(&first) = starts.peek() else {
         return Err(ExtractError::Multipart);
     };
-    rest = &rest[first + d.len()..];
-    loop {
-        if rest.starts_with(b"--") {
-            break; // close delimiter
+    let first_eol = memchr::memchr(b'\n', &body[first..]).map(|i| first + i);
+    let crlf = first_eol.is_none_or(|e| e > 0 && body[e - 1] == b'\r');
+    let nl: &[u8] = if crlf { b"\r\n" } else { b"\n" };
+    let strict = {
+        let mut v = nl.to_vec();
+        v.extend_from_slice(d);
+        v
+    };
+    let strict = memchr::memmem::Finder::new(&strict);
+    let mut out = String::new();
+    // Each byte is read at most once, as a header or as text, so a body
+    // of many delimiters costs linear time and text: a delimiter inside
+    // the last part's delimiter line or headers (which end where that
+    // part's do, with a subset of its names) adds nothing, and a part's
+    // text that an earlier part's text covered is not read again.
+    let (mut skip_to, mut covered) = (0, 0);
+    for i in starts {
+        if i < skip_to {
+            continue;
         }
-        // The part runs to the next delimiter (or the end of a truncated body).
-        let end = find(rest, d).unwrap_or(rest.len());
-        let part = &rest[..end];
-        let part = part.strip_prefix(b"\r\n").unwrap_or(part);
-        let part = part.strip_suffix(b"\r\n").unwrap_or(part);
-        found = true;
-        let (head, content) = match find(part, b"\r\n\r\n") {
-            Some(i) => (&part[..i], &part[i + 4..]),
-            None => match find(part, b"\n\n") {
-                Some(i) => (&part[..i], &part[i + 2..]),
-                None => (part, &b""[..]),
-            },
+        let after = i + d.len();
+        if body[after..].starts_with(b"--") {
+            continue; // a close delimiter
+        }
+        // The part's headers start on the next line and end at the first
+        // empty line.
+        let Some(eol) = memchr::memchr(b'\n', &body[after..]) else {
+            break; // no line follows, here or after
         };
+        let head_start = after + eol + 1;
+        let mut p = head_start;
+        let content_start = loop {
+            let rest = &body[p..];
+            if rest.starts_with(b"\r\n") {
+                break Some(p + 2);
+            }
+            if rest.starts_with(b"\n") {
+                break Some(p + 1);
+            }
+            match memchr::memchr(b'\n', rest) {
+                Some(e) => p += e + 1,
+                None => break None,
+            }
+        };
+        let (head, content_start) = match content_start {
+            Some(c) => (&body[head_start..c], c),
+            None => (&body[head_start..], body.len()),
+        };
+        skip_to = content_start;
+        let part = Part::read(head);
+        let named = part.names.iter().any(|n| wanted(fields, n));
+        // Files are read only when a field list names them and they are text.
+        let text_file = part
+            .ctype
+            .as_deref()
+            .is_none_or(|c| c.to_ascii_lowercase().starts_with("text/"));
+        if !(named && (!part.is_file || (fields.is_some() && text_file))) {
+            continue;
+        }
+        // To the next delimiter as the strictest parser finds it.
+        let content_start = content_start.max(covered);
+        let mut from = content_start;
+        let end = loop {
+            match strict.find(&body[from..]) {
+                None => break body.len(),
+                Some(j) => {
+                    let at = from + j;
+                    let next = body.get(at + strict.needle().len()).copied();
+                    if matches!(next, None | Some(b'-' | b' ' | b'\t' | b'\r' | b'\n')) {
+                        break at;
+                    }
+                    from = at + 1;
+                }
+            }
+        };
+        let end = end.max(content_start);
+        covered = end;
+        let content = &body[content_start..end];
+        // RFC 7578 §4.7 deprecates Content-Transfer-Encoding in forms
+        // and many parsers ignore it: a part labelled base64 that is
+        // not base64 is read as the app reads it, as it is (decoded
+        // leniently it would be noise, and its text unseen).
+        let cte = part.cte.as_deref();
+        let base64 = cte.is_some_and(|c| c.trim().eq_ignore_ascii_case("base64"));
+        let decoded = if base64 && !looks_base64(content) {
+            content.to_vec()
+        } else {
+            text::decode_transfer(content, cte)
+        };
+        let charset = part
+            .ctype
+            .as_deref()
+            .and_then(|c| match body_kind(Some(c)) {
+                Some(BodyKind::Plain { charset }) => charset,
+                _ => None,
+            });
+        push_line(
+            &mut out,
+            &text::decode_charset(&decoded, charset.as_deref()),
+        );
+    }
+    Ok(TextView::plain(&out))
+}
+
+/// What a multipart part's headers say.
+#[derive(Debug, Default)]
+struct Part {
+    /// Every field name given (`name`, `name*`, `name*0`...).
+    names: Vec<String>,
+    /// Every Content-Disposition line names a file (one without a
+    /// `filename` makes it a field to the parser that reads that line).
+    is_file: bool,
+    ctype: Option<String>,
+    cte: Option<String>,
+}
+
+impl Part {
+    fn read(head: &[u8]) -> Part {
         let head = String::from_utf8_lossy(head);
-        let mut name = None;
-        let mut is_file = false;
-        let mut ctype: Option<String> = None;
-        let mut cte: Option<String> = None;
+        let mut part = Part::default();
+        let (mut lines, mut files) = (0, 0);
         for line in head.lines() {
             let Some((k, v)) = line.split_once(':') else {
                 continue;
             };
-            let k = k.trim().to_ascii_lowercase();
-            match k.as_str() {
-                "content-disposition" => {
-                    for p in v.split(';').skip(1) {
-                        if let Some((pk, pv)) = p.split_once('=') {
-                            let pv = pv.trim().trim_matches('"').to_string();
-                            match pk.trim().to_ascii_lowercase().as_str() {
-                                "name" => name = Some(pv),
-                                "filename" | "filename*" => is_file = true,
-                                _ => {}
-                            }
+            let k = k.trim();
+            if k.eq_ignore_ascii_case("content-disposition") {
+                lines += 1;
+                let mut file = false;
+                // RFC 2231 continuations: `name*0="m"; name*1*=utf-8''sg`.
+                let mut pieces: Vec<(u32, String)> = Vec::new();
+                for (pk, pv) in media_params(v) {
+                    let pk = pk.to_ascii_lowercase();
+                    if pk == "name" {
+                        part.names.push(pv.into_owned());
+                    } else if pk.starts_with("filename") {
+                        file = true;
+                    } else if let Some(rest) = pk.strip_prefix("name*") {
+                        let (num, ext) = match rest.strip_suffix('*') {
+                            Some(n) => (n, true),
+                            None => (rest, rest.is_empty()),
+                        };
+                        let v = if ext { rfc2231(&pv) } else { pv.into_owned() };
+                        match num.parse::<u32>() {
+                            Ok(n) if num.len() <= 3 => pieces.push((n, v)),
+                            _ if num.is_empty() => part.names.push(v),
+                            _ => {}
                         }
                     }
                 }
-                "content-type" => ctype = Some(v.trim().to_string()),
-                "content-transfer-encoding" => cte = Some(v.trim().to_string()),
-                _ => {}
+                if !pieces.is_empty() {
+                    pieces.sort_by_key(|(n, _)| *n);
+                    part.names
+                        .push(pieces.into_iter().map(|(_, v)| v).collect());
+                }
+                files += usize::from(file);
+            } else if k.eq_ignore_ascii_case("content-type") {
+                part.ctype = Some(v.trim().to_string());
+            } else if k.eq_ignore_ascii_case("content-transfer-encoding") {
+                part.cte = Some(v.trim().to_string());
             }
         }
-        let named = name.as_deref().is_some_and(|n| wanted(fields, n));
-        // Files are read only when a field list names them and they are text.
-        let text_file = ctype
-            .as_deref()
-            .is_none_or(|c| c.to_ascii_lowercase().starts_with("text/"));
-        if named && (!is_file || (fields.is_some() && text_file)) {
-            // RFC 7578 §4.7 deprecates Content-Transfer-Encoding in forms
-            // and many parsers ignore it: a part labelled base64 that is
-            // not base64 is read as the app reads it, as it is (decoded
-            // leniently it would be noise, and its text unseen).
-            let base64 = cte
-                .as_deref()
-                .is_some_and(|c| c.trim().eq_ignore_ascii_case("base64"));
-            let decoded = if base64 && !looks_base64(content) {
-                content.to_vec()
-            } else {
-                text::decode_transfer(content, cte.as_deref())
-            };
-            let charset = ctype.as_deref().and_then(|c| match body_kind(Some(c)) {
-                Some(BodyKind::Plain { charset }) => charset,
-                _ => None,
-            });
-            push_line(
-                &mut out,
-                &text::decode_charset(&decoded, charset.as_deref()),
-            );
-        }
-        if end >= rest.len() {
-            break;
-        }
-        rest = &rest[end + d.len()..];
+        part.is_file = lines > 0 && files == lines;
+        part
     }
-    if !found {
-        return Err(ExtractError::Multipart);
+}
+
+/// An RFC 2231 extended value, `charset'language'percent-encoded`.
+fn rfc2231(v: &str) -> String {
+    let mut it = v.splitn(3, '\'');
+    let (Some(_), Some(_), Some(enc)) = (it.next(), it.next(), it.next()) else {
+        return v.to_string();
+    };
+    let mut out = Vec::with_capacity(enc.len());
+    let b = enc.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match (
+            b[i],
+            b.get(i + 1).and_then(|&h| text::hex(h)),
+            b.get(i + 2).and_then(|&l| text::hex(l)),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push(h << 4 | l);
+                i += 3;
+            }
+            (c, ..) => {
+                out.push(c);
+                i += 1;
+            }
+        }
     }
-    Ok(TextView::plain(&out))
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Base64 text: the alphabet (standard or URL-safe) in lines (no spaces
@@ -539,13 +668,6 @@ fn looks_base64(b: &[u8]) -> bool {
         }
     }
     chars % 4 == 0
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() || hay.len() < needle.len() {
-        return None;
-    }
-    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 #[cfg(test)]
@@ -780,5 +902,68 @@ mod tests {
         assert_eq!(php_name("a.b c[d.e]"), Some("a_b_c[d.e]".into()));
         assert_eq!(php_name("a[b"), Some("a_b".into()));
         assert_eq!(php_name("plain"), None);
+    }
+
+    #[test]
+    fn multipart_parts_any_parser_sees() {
+        let ct = "multipart/form-data; boundary=b";
+        let f = vec!["msg".to_string()];
+        let cd = "Content-Disposition: form-data";
+        let cases = [
+            // Mid-line `--b` splits nothing; the field runs on.
+            (
+                format!("--b\r\n{cd}; name=msg\r\n\r\nx --b\r\ny\r\n--b--"),
+                "x --b\r\ny",
+            ),
+            // After a bare LF: a part to Werkzeug, text to busboy: the text holds
+            // the part, read once.
+            (
+                format!(
+                    "--b\r\n{cd}; name=\"msg\"\r\n\r\nx\n--b\r\n{cd}; name=msg\r\n\r\ny\r\n--b--"
+                ),
+                "x\n--b\r\nContent-Disposition: form-data; name=msg\r\n\r\ny",
+            ),
+            (
+                format!("--b\r\n{cd}; name=\"msg\"\n\nx\r\n\r\ny\r\n--b--"),
+                "x\r\n\r\ny",
+            ),
+            (
+                format!("--b\r\n{cd}; name=\"t\"; x=\"; name=msg\"\r\n\r\nno\r\n--b--"),
+                "",
+            ),
+            (
+                format!("--b\r\n{cd}; name=\"msg\"; x=\"; name=t\"\r\n\r\nyes\r\n--b--"),
+                "yes",
+            ),
+            (
+                format!("--b\r\n{cd}; NAME*=UTF-8''m%73g\r\n\r\nyes\r\n--b--"),
+                "yes",
+            ),
+            (
+                format!("--b\r\n{cd}; name*1=\"sg\"; name*0=\"m\"\r\n\r\nyes\r\n--b--"),
+                "yes",
+            ),
+            (format!("--b\n{cd}; name=msg\n\nlf\n--b--\n"), "lf"),
+            (
+                format!("--b\r\n{cd}; name=msg\r\n\r\nx\r\n--bb\r\ny\r\n--b--"),
+                "x\r\n--bb\r\ny",
+            ),
+        ];
+        for (body, want) in cases {
+            assert_eq!(text(ct, body.as_bytes(), None, Some(&f)), want, "{body:?}");
+        }
+        // A file line and a field line: a field to whoever reads the second.
+        let body = format!("--b\r\n{cd}; name=msg; filename=a\r\n{cd}; name=msg\r\n\r\nx\r\n--b--");
+        assert_eq!(text(ct, body.as_bytes(), None, Some(&f)), "x");
+        // Many delimiters and no end: each byte is read once.
+        let body = format!("--b\n{cd}; name=msg\n\n").repeat(4000);
+        let t = text(ct, body.as_bytes(), None, Some(&f));
+        assert!(t.len() <= body.len(), "{} > {}", t.len(), body.len());
+        let body = "\r--b".repeat(20_000);
+        assert_eq!(text(ct, body.as_bytes(), None, Some(&f)), "");
+        let long = "b".repeat(500);
+        let body = format!("--{long}\r\n{cd}; name=msg\r\n\r\nx\r\n--{long}--");
+        let ct = format!("multipart/form-data; boundary={long}");
+        assert_eq!(text(&ct, body.as_bytes(), None, Some(&f)), "x");
     }
 }
