@@ -2110,3 +2110,55 @@ async fn multipart_parts_are_read_as_any_form_parser_reads_them() {
     assert_eq!(r.body(), body.as_bytes());
     assert_eq!(echoed(&r)["x-sift-spam-verdict"], "ham");
 }
+
+/// A Content-Encoding that is no content coding at all (`foo`, `none`)
+/// is read as identity. Before, the body was skipped (reason `encoding`)
+/// and forwarded unclassified in block mode, while Flask, Django, Rails,
+/// PHP and Go apps, which do not decode request bodies, read the plain
+/// spam (Express answers 415 to such a body). Real codings sift does not
+/// decode (`zstd`) are still skipped, or refused with `on_unreadable`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_made_up_content_encoding_does_not_hide_a_plain_body() {
+    let up = mirror().await;
+    let sift = Sift::start(&config(
+        up.addr,
+        "",
+        "      - { filter: spam, mode: block }",
+        "",
+    ));
+    let (spam, ham) = clear_examples();
+    for ce in ["foo", "none", "identity, plain"] {
+        let r = post(
+            &sift,
+            Some("text/plain"),
+            &[("content-encoding", ce)],
+            spam.clone(),
+        )
+        .await;
+        assert_eq!(r.status(), 403, "{ce}: {r:?}");
+    }
+    assert_eq!(up.requests.load(Ordering::Relaxed), 0);
+    let r = post(
+        &sift,
+        Some("text/plain"),
+        &[("content-encoding", "foo")],
+        ham.clone(),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.body(), ham.as_bytes());
+    assert_eq!(echoed(&r)["content-encoding"], "foo", "forwarded as sent");
+    let r = post(
+        &sift,
+        Some("text/plain"),
+        &[("content-encoding", "zstd")],
+        spam,
+    )
+    .await;
+    assert_eq!(
+        r.status(),
+        200,
+        "zstd: skipped, forwarded (on_unreadable: forward)"
+    );
+    assert!(echoed(&r).get("x-sift-spam-verdict").is_none());
+}

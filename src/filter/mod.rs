@@ -364,6 +364,26 @@ impl<M> ModelSlot<M> {
     }
 }
 
+/// A content coding of the IANA registry (what an app or library might
+/// decode), or a `x-` name for one.
+fn is_content_coding(c: &str) -> bool {
+    matches!(
+        c,
+        "gzip"
+            | "x-gzip"
+            | "deflate"
+            | "br"
+            | "zstd"
+            | "compress"
+            | "x-compress"
+            | "aes128gcm"
+            | "dcb"
+            | "dcz"
+            | "exi"
+            | "pack200-gzip"
+    ) || c.starts_with("x-")
+}
+
 /// One body's inspection: Content-Encoding decoding, the inspect limit and
 /// the decompression cap around a filter's [`Inspector`].
 pub struct Inspection {
@@ -428,12 +448,16 @@ impl Inspection {
     ) -> Result<Inspection, Skip> {
         // Content-Encoding is a list (RFC 9110 §8.4; repeated headers are
         // joined with commas by the caller): `identity` entries are no-ops;
-        // more than one real coding is not decoded (a skip, counted).
+        // more than one real coding is not decoded (a skip, counted). A
+        // name that is no content coding at all (`foo`) is no-op too: no
+        // app decodes it (Express answers 415, and Flask, Django, Rails,
+        // PHP and Go read the bytes as sent), so skipping such a body
+        // would forward the plain text those apps read unclassified.
         let enc = content_encoding.unwrap_or_default().to_ascii_lowercase();
         let mut codings = enc
             .split(',')
             .map(str::trim)
-            .filter(|c| !c.is_empty() && *c != "identity");
+            .filter(|c| !c.is_empty() && *c != "identity" && is_content_coding(c));
         let enc = codings.next().unwrap_or_default();
         if codings.next().is_some() {
             return Err(Skip::Encoding);
@@ -787,8 +811,15 @@ mod tests {
         let u = usage(1 << 20, OnOversize::Reject);
         let r = run(Some("gzip"), b"this is not gzip at all", &u, 1 << 20);
         assert_eq!(r.unwrap_err(), Unclassified::Skip(Skip::DecodeError));
-        let r = Inspection::new(Box::new(Count(Vec::new())), Some("zstd"), &u, 1);
-        assert_eq!(r.err(), Some(Skip::Encoding));
+        for enc in ["zstd", "compress", "gzip, br", "gzip, gzip", "x-zstd"] {
+            let r = Inspection::new(Box::new(Count(Vec::new())), Some(enc), &u, 1);
+            assert_eq!(r.err(), Some(Skip::Encoding), "{enc}");
+        }
+        // Not a content coding: the bytes are read as sent, as apps do.
+        let v = run(Some("foo"), b"plain text", &u, 1 << 20).unwrap();
+        assert_eq!(v.detail["text"], "plain text");
+        let v = run(Some("foo, gzip"), &gzip(b"zipped"), &u, 1 << 20).unwrap();
+        assert_eq!(v.detail["text"], "zipped");
         let r = run(None, b"", &u, 0);
         assert_eq!(r.unwrap_err(), Unclassified::Skip(Skip::Empty));
     }
