@@ -2162,3 +2162,56 @@ async fn a_made_up_content_encoding_does_not_hide_a_plain_body() {
     );
     assert!(echoed(&r).get("x-sift-spam-verdict").is_none());
 }
+
+/// A body whose Content-Type sift did not read, or read as a form, is
+/// still classified when the app can read it as JSON or text. Go
+/// (`json.NewDecoder(r.Body)`) and Django (`json.loads(request.body)`)
+/// apps parse JSON whatever the type says, and Rails parses
+/// `text/x-json` and `application/jsonrequest` as JSON; before, such
+/// bodies typed `application/octet-stream`, `text/x-json`, a form or a
+/// multipart form (no part in it) were skipped or read as empty, and
+/// forwarded in block mode. Any `text/*` is text (`text/html` was
+/// skipped). A binary upload of another type is still skipped, unread.
+#[tokio::test(flavor = "multi_thread")]
+async fn bodies_apps_read_as_json_whatever_the_type_are_read() {
+    let up = mirror().await;
+    let sift = Sift::start(&config(
+        up.addr,
+        "    extract: { form_fields: [msg] }",
+        "      - { filter: spam, mode: block }",
+        "",
+    ));
+    let (spam, ham) = clear_examples();
+    let doc = format!(r#"{{"msg":{}}}"#, serde_json::to_string(&spam).unwrap());
+    let mut passed = Vec::new();
+    for (ct, body) in [
+        ("application/octet-stream", doc.clone()),
+        ("application/x-json", doc.clone()),
+        ("text/x-json", doc.clone()),
+        ("application/jsonrequest", doc.clone()),
+        ("application/x-www-form-urlencoded", doc.clone()),
+        ("multipart/form-data; boundary=b", doc.clone()),
+        ("text/html; charset=utf-8", format!("<p>{spam}</p>")),
+    ] {
+        let r = post(&sift, Some(ct), &[], body).await;
+        if r.status() != 403 {
+            passed.push(format!("{ct}: {}", r.status()));
+        }
+    }
+    assert!(passed.is_empty(), "not blocked: {passed:#?}");
+    assert_eq!(up.requests.load(Ordering::Relaxed), 0);
+    // Ham as JSON of another type is forwarded, with its verdict.
+    let h = format!(r#"{{"msg":{}}}"#, serde_json::to_string(&ham).unwrap());
+    let r = post(&sift, Some("application/octet-stream"), &[], h).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(echoed(&r)["x-sift-spam-verdict"], "ham");
+    // Not JSON: skipped as before, unread.
+    let r = post(&sift, Some("application/octet-stream"), &[], spam).await;
+    assert_eq!(r.status(), 200);
+    assert!(echoed(&r).get("x-sift-spam-verdict").is_none());
+    assert_eq!(
+        sift.metric(r#"sift_filter_skipped_total{filter="spam",reason="content_type"}"#)
+            .await,
+        Some(1.0)
+    );
+}

@@ -9,15 +9,27 @@ use crate::classify::text::{self, TextView};
 /// The body shapes sift reads.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BodyKind {
-    Plain { charset: Option<String> },
+    Plain {
+        charset: Option<String>,
+    },
     Json,
     Form,
-    Multipart { boundary: String },
+    Multipart {
+        boundary: String,
+    },
     Rfc822,
+    /// A type sift does not read as text (`application/octet-stream`,
+    /// `image/png`): read only if it is JSON, as apps that parse JSON
+    /// whatever the Content-Type says (Go's `json.NewDecoder(r.Body)`,
+    /// Django's `json.loads(request.body)`) read it; otherwise skipped
+    /// ([`ExtractError::NotText`]).
+    Other,
 }
 
-/// The kind of a body from its Content-Type (`None`: unsupported). A
-/// request without a Content-Type is read as text/plain.
+/// The kind of a body from its Content-Type (`None`: a type sift reads
+/// only if it is JSON, [`BodyKind::Other`]). A request without a
+/// Content-Type is read as text/plain, and so is any `text/*` (an app
+/// reading the body as text sees that text).
 pub fn body_kind(content_type: Option<&str>) -> Option<BodyKind> {
     let Some(ct) = content_type else {
         return Some(BodyKind::Plain { charset: None });
@@ -33,7 +45,12 @@ pub fn body_kind(content_type: Option<&str>) -> Option<BodyKind> {
             .map(|(_, v)| v.into_owned())
     };
     match mime.as_str() {
-        "text/plain" | "text/markdown" | "text/csv" => Some(BodyKind::Plain {
+        // JSON under older names: Rails parses `text/x-json` and
+        // `application/jsonrequest` as JSON.
+        "text/json" | "text/x-json" | "application/x-json" | "application/jsonrequest" => {
+            Some(BodyKind::Json)
+        }
+        m if m.starts_with("text/") => Some(BodyKind::Plain {
             charset: param("charset"),
         }),
         "message/rfc822" => Some(BodyKind::Rfc822),
@@ -143,6 +160,8 @@ pub enum ExtractError {
         text::MAX_PARTS
     )]
     MailLimits,
+    #[error("body of a type that is not text, and not JSON")]
+    NotText,
 }
 
 /// [`extract`] of a body the caller owns: a UTF-8 text/plain body becomes
@@ -201,9 +220,15 @@ pub fn extract(
             Ok(v)
         }
         BodyKind::Json => json_text(body, json_pointers, false),
+        BodyKind::Other => sniffed_json(body, json_pointers, false).ok_or(ExtractError::NotText),
         BodyKind::Form => {
             let body = wide_sniff(body);
             let mut out = String::new();
+            // A JSON document typed as a form: a Go or Django app that
+            // parses JSON whatever the type reads its strings.
+            if let Some(v) = sniffed_json(&body, json_pointers, false) {
+                push_line(&mut out, &v.text);
+            }
             for pair in body.split(|&b| b == b'&') {
                 let (k, v) = match pair.iter().position(|&b| b == b'=') {
                     Some(i) => (&pair[..i], &pair[i + 1..]),
@@ -303,6 +328,17 @@ fn wide_sniff(b: &[u8]) -> std::borrow::Cow<'_, [u8]> {
         _ => return Cow::Borrowed(b),
     };
     Cow::Owned(text::decode_wide(b, w).into_bytes())
+}
+
+/// The strings of a body that is a JSON document although its type says
+/// otherwise (it starts with `{` or `[`, after white space and any BOM).
+pub fn sniffed_json(body: &[u8], json_pointers: Option<&[String]>, cut: bool) -> Option<TextView> {
+    let b = wide_sniff(body);
+    let first = b.iter().find(|c| !c.is_ascii_whitespace())?;
+    if *first != b'{' && *first != b'[' {
+        return None;
+    }
+    json_text(&b, json_pointers, cut).ok()
 }
 
 /// [`extract`] of a JSON body that may be a prefix of the client's
@@ -453,7 +489,9 @@ fn multipart(
         .peekable();
     // The line break of the first delimiter line: CRLF, or LF alone.
     let Some(&first) = starts.peek() else {
-        return Err(ExtractError::Multipart);
+        // No part: a JSON document typed as a form is what an app that
+        // parses JSON whatever the type reads.
+        return sniffed_json(body, None, false).ok_or(ExtractError::Multipart);
     };
     let first_eol = memchr::memchr(b'\n', &body[first..]).map(|i| first + i);
     let crlf = first_eol.is_none_or(|e| e > 0 && body[e - 1] == b'\r');
@@ -692,6 +730,19 @@ mod tests {
             Some(BodyKind::Json)
         );
         assert_eq!(body_kind(Some("image/png")), None);
+        assert_eq!(
+            body_kind(Some("text/html; charset=utf-8")),
+            Some(BodyKind::Plain {
+                charset: Some("utf-8".into())
+            })
+        );
+        for ct in [
+            "text/x-json",
+            "application/jsonrequest",
+            "application/vnd.api+json",
+        ] {
+            assert_eq!(body_kind(Some(ct)), Some(BodyKind::Json), "{ct}");
+        }
         assert_eq!(body_kind(Some("multipart/form-data")), None, "no boundary");
         assert_eq!(body_kind(None), Some(BodyKind::Plain { charset: None }));
     }
