@@ -651,6 +651,12 @@ pub enum Wide {
     Utf32Le,
     Utf32Be,
     Utf7,
+    /// The EBCDIC Latin code pages (cp037, cp500, cp1140, ...): letters,
+    /// digits and common punctuation, which they share.
+    Ebcdic,
+    /// Python's `unicode_escape` and `raw_unicode_escape` codecs (which
+    /// Django applies to a form that declares them): `\u0041` is `A`.
+    UnicodeEscape,
 }
 
 /// The byte-order mark at the start of `b`: the encoding and its length
@@ -693,6 +699,40 @@ pub fn wide_charset(cs: &str, b: &[u8]) -> Option<Wide> {
         "utf32" | "ucs4" | "iso10646ucs4" if be32 => Wide::Utf32Be,
         "utf32" | "ucs4" | "iso10646ucs4" => Wide::Utf32Le,
         "utf7" | "unicode11utf7" | "csunicode11utf7" => Wide::Utf7,
+        "unicodeescape" | "rawunicodeescape" => Wide::UnicodeEscape,
+        _ if n.starts_with("ebcdic")
+            || matches!(
+                n.trim_start_matches("cs")
+                    .trim_start_matches("cp")
+                    .trim_start_matches("ibm")
+                    .trim_start_matches('0'),
+                "37" | "273"
+                    | "277"
+                    | "278"
+                    | "280"
+                    | "284"
+                    | "285"
+                    | "297"
+                    | "500"
+                    | "871"
+                    | "875"
+                    | "1026"
+                    | "1047"
+                    | "1140"
+                    | "1141"
+                    | "1142"
+                    | "1143"
+                    | "1144"
+                    | "1145"
+                    | "1146"
+                    | "1147"
+                    | "1148"
+                    | "1149"
+                    | "424"
+            ) && (n.starts_with("cp") || n.starts_with("ibm") || n.starts_with("csibm")) =>
+        {
+            Wide::Ebcdic
+        }
         _ => return None,
     })
 }
@@ -722,7 +762,117 @@ pub fn decode_wide(b: &[u8], w: Wide) -> String {
             })
             .collect(),
         Wide::Utf7 => decode_utf7(b),
+        Wide::Ebcdic => b.iter().map(|&c| ebcdic(c)).collect(),
+        Wide::UnicodeEscape => decode_unicode_escape(b),
     }
+}
+
+/// A byte of the EBCDIC Latin code pages: the characters they all share
+/// (letters, digits, space, line breaks, common punctuation); U+FFFD
+/// for the rest.
+fn ebcdic(c: u8) -> char {
+    let letters = |base: u8, first: u8| char::from(first + (c - base));
+    match c {
+        0x81..=0x89 => letters(0x81, b'a'),
+        0x91..=0x99 => letters(0x91, b'j'),
+        0xA2..=0xA9 => letters(0xA2, b's'),
+        0xC1..=0xC9 => letters(0xC1, b'A'),
+        0xD1..=0xD9 => letters(0xD1, b'J'),
+        0xE2..=0xE9 => letters(0xE2, b'S'),
+        0xF0..=0xF9 => letters(0xF0, b'0'),
+        0x40 => ' ',
+        0x05 => '\t',
+        0x0D => '\r',
+        0x15 | 0x25 => '\n',
+        0x4B => '.',
+        0x4C => '<',
+        0x4D => '(',
+        0x4E => '+',
+        0x50 => '&',
+        0x5C => '*',
+        0x5D => ')',
+        0x5E => ';',
+        0x60 => '-',
+        0x61 => '/',
+        0x6B => ',',
+        0x6C => '%',
+        0x6D => '_',
+        0x6E => '>',
+        0x6F => '?',
+        0x7A => ':',
+        0x7D => '\'',
+        0x7E => '=',
+        0x7F => '"',
+        0x4F | 0x5A => '!',
+        0x5B => '$',
+        0x7B => '#',
+        0x7C => '@',
+        _ => char::REPLACEMENT_CHARACTER,
+    }
+}
+
+/// Python's `unicode_escape`: bytes as latin-1 with backslash escapes
+/// (`\n`, `\xhh`, `\ooo`, `\uXXXX`, `\UXXXXXXXX`); an escape it cannot
+/// read is kept as is.
+fn decode_unicode_escape(b: &[u8]) -> String {
+    let mut out = String::with_capacity(b.len());
+    let mut i = 0;
+    let hex_at = |from: usize, n: usize| -> Option<u32> {
+        let digits = b.get(from..from + n)?;
+        digits
+            .iter()
+            .try_fold(0u32, |acc, &d| Some(acc << 4 | u32::from(hex(d)?)))
+    };
+    while i < b.len() {
+        if b[i] != b'\\' || i + 1 >= b.len() {
+            out.push(char::from(b[i]));
+            i += 1;
+            continue;
+        }
+        let e = b[i + 1];
+        let (c, len) = match e {
+            b'n' => (Some('\n'), 2),
+            b't' => (Some('\t'), 2),
+            b'r' => (Some('\r'), 2),
+            b'\\' | b'\'' | b'"' => (Some(char::from(e)), 2),
+            b'a' => (Some('\u{7}'), 2),
+            b'b' => (Some('\u{8}'), 2),
+            b'f' => (Some('\u{c}'), 2),
+            b'v' => (Some('\u{b}'), 2),
+            b'x' => (hex_at(i + 2, 2).and_then(char::from_u32), 4),
+            b'u' => (
+                hex_at(i + 2, 4).map(|u| char::from_u32(u).unwrap_or('\u{fffd}')),
+                6,
+            ),
+            b'U' => (
+                hex_at(i + 2, 8).map(|u| char::from_u32(u).unwrap_or('\u{fffd}')),
+                10,
+            ),
+            b'0'..=b'7' => {
+                let n = b[i + 1..]
+                    .iter()
+                    .take(3)
+                    .take_while(|d| (b'0'..=b'7').contains(d))
+                    .count();
+                let v = b[i + 1..i + 1 + n]
+                    .iter()
+                    .fold(0u32, |acc, &d| acc << 3 | u32::from(d - b'0'));
+                (char::from_u32(v), 1 + n)
+            }
+            _ => (None, 1),
+        };
+        match c {
+            Some(c) => {
+                out.push(c);
+                i += len;
+            }
+            None => {
+                out.push('\\');
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 /// UTF-7 (RFC 2152): `+` starts modified base64 of UTF-16 units, ended by

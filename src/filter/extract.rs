@@ -13,9 +13,15 @@ pub enum BodyKind {
         charset: Option<String>,
     },
     Json,
-    Form,
+    /// `charset`: the Content-Type's (Django decodes a form in it).
+    Form {
+        charset: Option<String>,
+    },
     Multipart {
         boundary: String,
+        /// The Content-Type's: the charset of parts that name none
+        /// (Django decodes fields in it).
+        charset: Option<String>,
     },
     Rfc822,
     /// A type sift does not read as text (`application/octet-stream`,
@@ -54,12 +60,19 @@ pub fn body_kind(content_type: Option<&str>) -> Option<BodyKind> {
             charset: param("charset"),
         }),
         "message/rfc822" => Some(BodyKind::Rfc822),
-        "application/x-www-form-urlencoded" => Some(BodyKind::Form),
+        "application/x-www-form-urlencoded" => Some(BodyKind::Form {
+            charset: param("charset"),
+        }),
         // Any length: RFC 2046 says at most 70, but Go, busboy and
         // Werkzeug read longer ones, so a cap would hide such a form.
-        "multipart/form-data" => param("boundary")
-            .filter(|b| !b.is_empty())
-            .map(|boundary| BodyKind::Multipart { boundary }),
+        "multipart/form-data" => {
+            param("boundary")
+                .filter(|b| !b.is_empty())
+                .map(|boundary| BodyKind::Multipart {
+                    boundary,
+                    charset: param("charset"),
+                })
+        }
         m if m == "application/json" || (m.starts_with("application/") && m.ends_with("+json")) => {
             Some(BodyKind::Json)
         }
@@ -221,8 +234,18 @@ pub fn extract(
         }
         BodyKind::Json => json_text(body, json_pointers, false),
         BodyKind::Other => sniffed_json(body, json_pointers, false).ok_or(ExtractError::NotText),
-        BodyKind::Form => {
-            let body = wide_sniff(body);
+        BodyKind::Form { charset } => {
+            // A charset in which `=` and `&` are not ASCII bytes (UTF-16,
+            // EBCDIC, ...): the body is decoded first, as Django does, and
+            // so are its percent-encoded bytes; else the bytes themselves.
+            let cs = charset
+                .as_deref()
+                .filter(|c| text::wide_charset(c, body).is_some());
+            let body = match cs.and_then(|c| text::wide_charset(c, body)) {
+                Some(w) => std::borrow::Cow::Owned(text::decode_wide(body, w).into_bytes()),
+                None => wide_sniff(body),
+            };
+            let form_decode = |s: &[u8]| form_decode(s, cs);
             let mut out = String::new();
             // A JSON document typed as a form: a Go or Django app that
             // parses JSON whatever the type reads its strings.
@@ -261,7 +284,9 @@ pub fn extract(
             }
             Ok(TextView::plain(&out))
         }
-        BodyKind::Multipart { boundary } => multipart(body, boundary, form_fields),
+        BodyKind::Multipart { boundary, charset } => {
+            multipart(body, boundary, charset.as_deref(), form_fields)
+        }
     }
 }
 
@@ -439,25 +464,45 @@ fn push_line(out: &mut String, s: &str) {
     out.push_str(s);
 }
 
-/// application/x-www-form-urlencoded decoding: `+` is a space, `%XX` a byte.
-fn form_decode(s: &[u8]) -> String {
+/// application/x-www-form-urlencoded decoding: `+` is a space, `%XX` a
+/// byte. The text is UTF-8; percent-encoded bytes are too, or with
+/// `wide`, a charset that is not ASCII-compatible, each run of them is
+/// decoded in it (as Python's `unquote(s, encoding)` in Django does).
+fn form_decode(s: &[u8], wide: Option<&str>) -> String {
     let mut out = Vec::with_capacity(s.len());
+    let mut run = Vec::new();
+    let flush = |run: &mut Vec<u8>, out: &mut Vec<u8>| {
+        if let (Some(cs), false) = (wide, run.is_empty()) {
+            out.extend_from_slice(text::decode_charset(run, Some(cs)).as_bytes());
+            run.clear();
+        }
+    };
     let mut i = 0;
     while i < s.len() {
-        match s[i] {
-            b'+' => out.push(b' '),
+        let byte = match s[i] {
             b'%' if i + 2 < s.len() => match (text::hex(s[i + 1]), text::hex(s[i + 2])) {
                 (Some(h), Some(l)) => {
-                    out.push(h << 4 | l);
-                    i += 2;
+                    i += 3;
+                    match wide {
+                        Some(_) => run.push(h << 4 | l),
+                        None => out.push(h << 4 | l),
+                    }
+                    continue;
                 }
-                _ => out.push(b'%'),
+                _ => b'%',
             },
-            b => out.push(b),
-        }
+            b'+' => b' ',
+            b => b,
+        };
+        flush(&mut run, &mut out);
+        out.push(byte);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    flush(&mut run, &mut out);
+    match String::from_utf8(out) {
+        Ok(s) => s,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    }
 }
 
 /// multipart/form-data (RFC 7578): the text of the wanted non-file fields.
@@ -478,6 +523,7 @@ fn form_decode(s: &[u8]) -> String {
 fn multipart(
     body: &[u8],
     boundary: &str,
+    body_charset: Option<&str>,
     fields: Option<&[String]>,
 ) -> Result<TextView, ExtractError> {
     let delim = format!("--{boundary}");
@@ -588,7 +634,8 @@ fn multipart(
             .and_then(|c| match body_kind(Some(c)) {
                 Some(BodyKind::Plain { charset }) => charset,
                 _ => None,
-            });
+            })
+            .or_else(|| body_charset.map(str::to_string));
         push_line(
             &mut out,
             &text::decode_charset(&decoded, charset.as_deref()),
@@ -783,7 +830,8 @@ mod tests {
         assert_eq!(
             body_kind(Some("multipart/form-data; boundary=\"x;y\"")),
             Some(BodyKind::Multipart {
-                boundary: "x;y".into()
+                boundary: "x;y".into(),
+                charset: None
             })
         );
     }
@@ -936,6 +984,33 @@ mod tests {
             text("application/x-www-form-urlencoded", &form, None, Some(&f)),
             "Win"
         );
+    }
+
+    #[test]
+    fn forms_in_their_declared_charset() {
+        let f = vec!["msg".to_string()];
+        let ct = |cs: &str| format!("application/x-www-form-urlencoded; charset={cs}");
+        // EBCDIC "msg=Win%40cash" (%40 is the EBCDIC space).
+        let ebc = b"\x94\xa2\x87\x7e\xe6\x89\x95\x6c\xf4\xf0\x83\x81\xa2\x88";
+        assert_eq!(text(&ct("cp500"), ebc, None, Some(&f)), "Win cash");
+        assert_eq!(
+            text(
+                &ct("unicode_escape"),
+                br"msg=W\u0069n+c\x61sh",
+                None,
+                Some(&f)
+            ),
+            "Win cash"
+        );
+        let le: Vec<u8> = "msg=W%69%00n"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        assert_eq!(text(&ct("UTF-16LE"), &le, None, Some(&f)), "Win");
+        assert_eq!(text(&ct("utf-8"), b"msg=caf%C3%A9", None, Some(&f)), "café");
+        let mp = b"--b\r\nContent-Disposition: form-data; name=msg\r\n\r\nW\0i\0n\0\r\n--b--";
+        let k = body_kind(Some("multipart/form-data; boundary=b; charset=utf-16le")).unwrap();
+        assert_eq!(extract(&k, mp, None, Some(&f)).unwrap().text, "Win");
     }
 
     #[test]

@@ -90,7 +90,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = extract::extract(&kind, body, names.as_deref(), names.as_deref());
         let _ = extract::extract(&kind, body, None, None);
         let _ = extract::extract_owned(&kind, body.to_vec(), names.as_deref(), names.as_deref());
-        if let BodyKind::Multipart { boundary } = &kind {
+        if let BodyKind::Multipart { boundary, .. } = &kind {
             assert!(!boundary.is_empty());
         }
     }
