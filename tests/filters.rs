@@ -2301,3 +2301,44 @@ async fn forms_are_read_in_their_declared_charset() {
     assert_eq!(r.status(), 200, "{r:?}");
     assert_eq!(echoed(&r)["x-sift-spam-verdict"], "ham");
 }
+
+/// A configured JSON pointer names a key as Go's encoding/json matches
+/// it to a struct field: ignoring case. Before, `/text` read only a key
+/// spelled `text`, so `{"TEXT": spam}` or `{"text": ham, "Text": spam}`
+/// (Go keeps the last of the keys that match) was forwarded while a Go
+/// app with a `json:"text"` field read the spam.
+#[tokio::test(flavor = "multi_thread")]
+async fn json_pointers_match_keys_as_go_does() {
+    let up = mirror().await;
+    let sift = Sift::start(&config(
+        up.addr,
+        "    extract: { json_pointers: [\"/text\"] }",
+        "      - { filter: spam, mode: block }",
+        "",
+    ));
+    let (spam, ham) = clear_examples();
+    let (s, h) = (
+        serde_json::to_string(&spam).unwrap(),
+        serde_json::to_string(&ham).unwrap(),
+    );
+    let mut passed = Vec::new();
+    for body in [
+        format!(r#"{{"TEXT":{s}}}"#),
+        format!(r#"{{"text":{h},"Text":{s}}}"#),
+    ] {
+        let r = post(&sift, Some("application/json"), &[], body.clone()).await;
+        if r.status() != 403 {
+            passed.push(format!("{body:.20}: {}", r.status()));
+        }
+    }
+    assert!(passed.is_empty(), "not blocked: {passed:#?}");
+    assert_eq!(up.requests.load(Ordering::Relaxed), 0);
+    let r = post(
+        &sift,
+        Some("application/json"),
+        &[],
+        format!(r#"{{"Text":{h},"other":{s}}}"#),
+    )
+    .await;
+    assert_eq!(r.status(), 200, "spam outside the pointer: {r:?}");
+}

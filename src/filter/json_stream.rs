@@ -19,6 +19,35 @@ const MAX_DEPTH: usize = 10_000;
 /// key cannot match a configured pointer token of sane length).
 const MAX_KEY: usize = 1024;
 
+/// Whether an object key matches a pointer token as Go's encoding/json
+/// matches a key to a struct field: exactly, else ignoring case with
+/// Unicode simple folding (`TEXT`, `Text` and `text` are one field to
+/// it, and the last one wins; `ſ` folds to `s`, the Kelvin sign to `k`).
+fn key_matches(key: &[u8], token: &[u8]) -> bool {
+    if key == token {
+        return true;
+    }
+    if key.is_ascii() && token.is_ascii() {
+        return key.eq_ignore_ascii_case(token);
+    }
+    let (Ok(k), Ok(t)) = (std::str::from_utf8(key), std::str::from_utf8(token)) else {
+        return false;
+    };
+    let fold = |c: char| match c {
+        'ſ' => 's',
+        '\u{212A}' => 'k',
+        '\u{212B}' => 'å',
+        c => {
+            let mut l = c.to_lowercase();
+            match (l.next(), l.next()) {
+                (Some(x), None) => x,
+                _ => c,
+            }
+        }
+    };
+    k.chars().map(fold).eq(t.chars().map(fold))
+}
+
 /// One step of the path to the current value.
 #[derive(Debug, Clone)]
 enum Seg {
@@ -158,7 +187,7 @@ impl JsonStrings {
                     p.len() <= self.path.len()
                 };
                 fits && p.iter().zip(&self.path).all(|(t, s)| match s {
-                    Seg::Key(k) => k == t,
+                    Seg::Key(k) => key_matches(k, t),
                     Seg::Index(i) => {
                         std::str::from_utf8(t)
                             .ok()
@@ -522,6 +551,27 @@ mod tests {
         }
         let deep = "[".repeat(MAX_DEPTH + 1);
         assert!(walk(deep.as_bytes(), None, false, 64).2);
+    }
+
+    #[test]
+    fn keys_match_pointers_as_go_matches_struct_fields() {
+        let doc = r#"{"TEXT": "a", "Text": "b", "texts": "no", "meſſage": "c", "\u212Aey": "d"}"#;
+        let (c, ..) = walk(
+            doc.as_bytes(),
+            Some(&["/text", "/message", "/key"]),
+            true,
+            3,
+        );
+        let got: Vec<(Option<usize>, &str)> = c.0.iter().map(|(w, s)| (*w, s.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (Some(0), "a"),
+                (Some(0), "b"),
+                (Some(1), "c"),
+                (Some(2), "d")
+            ]
+        );
     }
 
     #[test]
