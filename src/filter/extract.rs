@@ -661,7 +661,20 @@ impl Part {
         let head = String::from_utf8_lossy(head);
         let mut part = Part::default();
         let (mut lines, mut files) = (0, 0);
+        // A line starting with a space or tab continues the header before
+        // it (obs-fold): Go's textproto joins them, so a name on the next
+        // line is the part's name.
+        let mut logical: Vec<std::borrow::Cow<'_, str>> = Vec::new();
         for line in head.lines() {
+            if let (true, Some(last)) = (line.starts_with([' ', '\t']), logical.last_mut()) {
+                let l = last.to_mut();
+                l.push(' ');
+                l.push_str(line.trim_start());
+            } else {
+                logical.push(std::borrow::Cow::Borrowed(line));
+            }
+        }
+        for line in &logical {
             let Some((k, v)) = line.split_once(':') else {
                 continue;
             };
@@ -1070,6 +1083,10 @@ mod tests {
                 "yes",
             ),
             (format!("--b\n{cd}; name=msg\n\nlf\n--b--\n"), "lf"),
+            (
+                format!("--b\r\n{cd};\r\n\tname=\"msg\"\r\n\r\nfolded\r\n--b--"),
+                "folded",
+            ),
             (
                 format!("--b\r\n{cd}; name=msg\r\n\r\nx\r\n--bb\r\ny\r\n--b--"),
                 "x\r\n--bb\r\ny",
