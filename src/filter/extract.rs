@@ -12,6 +12,11 @@ pub enum BodyKind {
     Plain {
         charset: Option<String>,
     },
+    /// text/html: the text a browser shows (tags dropped, entities
+    /// decoded, links kept), as the mail view reads an HTML part.
+    Html {
+        charset: Option<String>,
+    },
     Json,
     /// `charset`: the Content-Type's (Django decodes a form in it).
     Form {
@@ -56,6 +61,9 @@ pub fn body_kind(content_type: Option<&str>) -> Option<BodyKind> {
         "text/json" | "text/x-json" | "application/x-json" | "application/jsonrequest" => {
             Some(BodyKind::Json)
         }
+        "text/html" | "application/xhtml+xml" => Some(BodyKind::Html {
+            charset: param("charset"),
+        }),
         m if m.starts_with("text/") => Some(BodyKind::Plain {
             charset: param("charset"),
         }),
@@ -230,6 +238,14 @@ pub fn extract(
             if v.cut {
                 return Err(ExtractError::MailLimits);
             }
+            Ok(v)
+        }
+        BodyKind::Html { charset } => {
+            let mut v = TextView {
+                charsets: charset.as_deref().map_or(0, text::charset_family),
+                ..TextView::default()
+            };
+            text::html_to_text(&text::decode_charset(body, charset.as_deref()), &mut v);
             Ok(v)
         }
         BodyKind::Json => json_text(body, json_pointers, false),
@@ -791,11 +807,18 @@ mod tests {
         );
         assert_eq!(body_kind(Some("image/png")), None);
         assert_eq!(
-            body_kind(Some("text/html; charset=utf-8")),
+            body_kind(Some("text/x-markdown; charset=utf-8")),
             Some(BodyKind::Plain {
                 charset: Some("utf-8".into())
             })
         );
+        let html = text(
+            "text/html",
+            b"<p>W&#105;n <b>c&#x61;sh</b><!-- x --></p>",
+            None,
+            None,
+        );
+        assert_eq!(html.split_whitespace().collect::<Vec<_>>(), ["Win", "cash"]);
         for ct in [
             "text/x-json",
             "application/jsonrequest",
