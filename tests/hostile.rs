@@ -167,6 +167,8 @@ fn mutated_bodies_never_panic_the_extractors() {
             charset: None,
         },
         BodyKind::Rfc822,
+        BodyKind::Html { charset: None },
+        BodyKind::Other,
         BodyKind::Plain {
             charset: Some("iso-8859-1".into()),
         },
