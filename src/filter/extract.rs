@@ -453,13 +453,19 @@ fn json_text(
     if w.values() == 0 && (w.failed() || !cut) {
         return Err(ExtractError::Json("not JSON".into()));
     }
-    let mut out = Vec::new();
-    for p in lines.per.iter().filter(|p| !p.is_empty()) {
-        if !out.is_empty() {
-            out.push(b'\n');
+    // One pointer, or none (the common case): its buffer is the text.
+    let out = if lines.per.len() == 1 {
+        lines.per.pop().unwrap_or_default()
+    } else {
+        let mut out = Vec::new();
+        for p in lines.per.iter().filter(|p| !p.is_empty()) {
+            if !out.is_empty() {
+                out.push(b'\n');
+            }
+            out.extend_from_slice(p);
         }
-        out.extend_from_slice(p);
-    }
+        out
+    };
     let text = match String::from_utf8(out) {
         Ok(s) => s,
         Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
