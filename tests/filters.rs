@@ -2032,8 +2032,10 @@ async fn form_fields_are_read_under_every_name_apps_read() {
 /// a part's headers at the first CRLF blank line (Werkzeug and Go end
 /// them at an LF one), cut Content-Disposition at every `;` (a quoted
 /// `"; name=x"` renamed the part), ignored RFC 2231 `name*=` (Go reads
-/// it) and a name on a folded header line (Go joins them), and skipped
-/// boundaries over 200 bytes (Go and busboy read them).
+/// it) and a name on a folded header line (Go joins them), took a part
+/// with an empty `filename=""` for a file (Go's ReadForm keeps it as a
+/// field value), and skipped boundaries over 200 bytes (Go and busboy
+/// read them).
 #[tokio::test(flavor = "multi_thread")]
 async fn multipart_parts_are_read_as_any_form_parser_reads_them() {
     let up = mirror().await;
@@ -2088,6 +2090,13 @@ async fn multipart_parts_are_read_as_any_form_parser_reads_them() {
         (
             "b".into(),
             format!("--b\r\n{cd};\r\n name=\"msg\"\r\n\r\n{spam}\r\n--b--\r\n"),
+        ),
+        (
+            "b".into(),
+            format!(
+                "--b\r\n{cd}; name=\"msg\"; filename=\"\"\r\n\
+                 Content-Type: application/octet-stream\r\n\r\n{spam}\r\n--b--\r\n"
+            ),
         ),
     ];
     let mut passed = Vec::new();

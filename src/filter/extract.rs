@@ -711,7 +711,9 @@ impl Part {
                     if pk == "name" {
                         part.names.push(pv.into_owned());
                     } else if pk.starts_with("filename") {
-                        file = true;
+                        // An empty file name is a field to Go, whose
+                        // ReadForm keeps such a part as a value.
+                        file |= !pv.trim().is_empty();
                     } else if let Some(rest) = pk.strip_prefix("name*") {
                         let (num, ext) = match rest.strip_suffix('*') {
                             Some(n) => (n, true),
@@ -1112,6 +1114,12 @@ mod tests {
                 "yes",
             ),
             (format!("--b\n{cd}; name=msg\n\nlf\n--b--\n"), "lf"),
+            (
+                format!(
+                    "--b\r\n{cd}; name=msg; filename=\"\"\r\nContent-Type: application/octet-stream\r\n\r\nv\r\n--b--"
+                ),
+                "v",
+            ),
             (
                 format!("--b\r\n{cd};\r\n\tname=\"msg\"\r\n\r\nfolded\r\n--b--"),
                 "folded",
