@@ -158,11 +158,17 @@ fn mutated_mail_never_panics_the_spam_path() {
 fn mutated_bodies_never_panic_the_extractors() {
     let kinds = [
         BodyKind::Json,
-        BodyKind::Form,
+        BodyKind::Form { charset: None },
+        BodyKind::Form {
+            charset: Some("utf-16".into()),
+        },
         BodyKind::Multipart {
             boundary: "b".into(),
+            charset: None,
         },
         BodyKind::Rfc822,
+        BodyKind::Html { charset: None },
+        BodyKind::Other,
         BodyKind::Plain {
             charset: Some("iso-8859-1".into()),
         },

@@ -642,12 +642,297 @@ fn decode_cp1252(bytes: &[u8]) -> String {
     s
 }
 
-/// Decode bytes in a declared charset. utf-8 and us-ascii: UTF-8 when valid,
-/// else windows-1252 (mislabelled 8-bit text is usually that). Latin-1
-/// family and windows-1252: windows-1252. Unknown: UTF-8 if valid, else
-/// byte-wise windows-1252.
+/// The Unicode encodings that are not ASCII-compatible, in which a
+/// classifier reading bytes would see no word at all (`B\0U\0Y\0`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wide {
+    Utf16Le,
+    Utf16Be,
+    Utf32Le,
+    Utf32Be,
+    Utf7,
+    /// The EBCDIC Latin code pages (cp037, cp500, cp1140, ...): letters,
+    /// digits and common punctuation, which they share.
+    Ebcdic,
+    /// Python's `unicode_escape` and `raw_unicode_escape` codecs (which
+    /// Django applies to a form that declares them): `\u0041` is `A`.
+    UnicodeEscape,
+}
+
+/// The byte-order mark at the start of `b`: the encoding and its length
+/// (a UTF-8 BOM is `None` with length 3). A BOM decides over a declared
+/// charset, as the WHATWG decode algorithm (and iconv-lite, Python's
+/// `utf-16`) has it.
+pub fn bom(b: &[u8]) -> Option<(Option<Wide>, usize)> {
+    match b {
+        [0xEF, 0xBB, 0xBF, ..] => Some((None, 3)),
+        [0xFF, 0xFE, 0, 0, ..] => Some((Some(Wide::Utf32Le), 4)),
+        [0, 0, 0xFE, 0xFF, ..] => Some((Some(Wide::Utf32Be), 4)),
+        [0xFF, 0xFE, ..] => Some((Some(Wide::Utf16Le), 2)),
+        [0xFE, 0xFF, ..] => Some((Some(Wide::Utf16Be), 2)),
+        _ => None,
+    }
+}
+
+/// A declared charset that is a wide encoding (`utf-16`, `UTF-16LE`,
+/// `ucs-2`, `utf-32be`, `utf-7`, ...). `utf-16` and `utf-32` without a
+/// BOM take their byte order from the zeros of the first character, LE
+/// when unsure (what iconv-lite and Windows send).
+pub fn wide_charset(cs: &str, b: &[u8]) -> Option<Wide> {
+    let n: String = cs
+        .trim()
+        .trim_matches('"')
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    let n = n.strip_prefix("x").unwrap_or(&n);
+    let be16 = b.len() >= 2 && b[0] == 0 && b[1] != 0;
+    let be32 = b.len() >= 4 && b[..3] == [0, 0, 0];
+    Some(match n {
+        "utf16le" | "ucs2le" | "unicodefffe" => Wide::Utf16Le,
+        "utf16be" | "ucs2be" | "unicodefeff" => Wide::Utf16Be,
+        "utf16" | "ucs2" | "unicode" | "csunicode" | "iso10646ucs2" if be16 => Wide::Utf16Be,
+        "utf16" | "ucs2" | "unicode" | "csunicode" | "iso10646ucs2" => Wide::Utf16Le,
+        "utf32le" | "ucs4le" => Wide::Utf32Le,
+        "utf32be" | "ucs4be" => Wide::Utf32Be,
+        "utf32" | "ucs4" | "iso10646ucs4" if be32 => Wide::Utf32Be,
+        "utf32" | "ucs4" | "iso10646ucs4" => Wide::Utf32Le,
+        "utf7" | "unicode11utf7" | "csunicode11utf7" => Wide::Utf7,
+        "unicodeescape" | "rawunicodeescape" => Wide::UnicodeEscape,
+        _ if n.starts_with("ebcdic")
+            || matches!(
+                n.trim_start_matches("cs")
+                    .trim_start_matches("cp")
+                    .trim_start_matches("ibm")
+                    .trim_start_matches('0'),
+                "37" | "273"
+                    | "277"
+                    | "278"
+                    | "280"
+                    | "284"
+                    | "285"
+                    | "297"
+                    | "500"
+                    | "871"
+                    | "875"
+                    | "1026"
+                    | "1047"
+                    | "1140"
+                    | "1141"
+                    | "1142"
+                    | "1143"
+                    | "1144"
+                    | "1145"
+                    | "1146"
+                    | "1147"
+                    | "1148"
+                    | "1149"
+                    | "424"
+            ) && (n.starts_with("cp") || n.starts_with("ibm") || n.starts_with("csibm")) =>
+        {
+            Wide::Ebcdic
+        }
+        _ => return None,
+    })
+}
+
+/// Decode a wide encoding (lone surrogates and bad units become U+FFFD).
+pub fn decode_wide(b: &[u8], w: Wide) -> String {
+    match w {
+        Wide::Utf16Le | Wide::Utf16Be => {
+            let units = b.chunks(2).map(|c| match (c, w) {
+                ([a, b], Wide::Utf16Le) => u16::from_le_bytes([*a, *b]),
+                ([a, b], _) => u16::from_be_bytes([*a, *b]),
+                _ => 0xFFFD,
+            });
+            char::decode_utf16(units)
+                .map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER))
+                .collect()
+        }
+        Wide::Utf32Le | Wide::Utf32Be => b
+            .chunks(4)
+            .map(|c| {
+                let u = match (c, w) {
+                    ([a, b, c, d], Wide::Utf32Le) => u32::from_le_bytes([*a, *b, *c, *d]),
+                    ([a, b, c, d], _) => u32::from_be_bytes([*a, *b, *c, *d]),
+                    _ => 0xFFFD,
+                };
+                char::from_u32(u).unwrap_or(char::REPLACEMENT_CHARACTER)
+            })
+            .collect(),
+        Wide::Utf7 => decode_utf7(b),
+        Wide::Ebcdic => b.iter().map(|&c| ebcdic(c)).collect(),
+        Wide::UnicodeEscape => decode_unicode_escape(b),
+    }
+}
+
+/// A byte of the EBCDIC Latin code pages: the characters they all share
+/// (letters, digits, space, line breaks, common punctuation); U+FFFD
+/// for the rest.
+fn ebcdic(c: u8) -> char {
+    let letters = |base: u8, first: u8| char::from(first + (c - base));
+    match c {
+        0x81..=0x89 => letters(0x81, b'a'),
+        0x91..=0x99 => letters(0x91, b'j'),
+        0xA2..=0xA9 => letters(0xA2, b's'),
+        0xC1..=0xC9 => letters(0xC1, b'A'),
+        0xD1..=0xD9 => letters(0xD1, b'J'),
+        0xE2..=0xE9 => letters(0xE2, b'S'),
+        0xF0..=0xF9 => letters(0xF0, b'0'),
+        0x40 => ' ',
+        0x05 => '\t',
+        0x0D => '\r',
+        0x15 | 0x25 => '\n',
+        0x4B => '.',
+        0x4C => '<',
+        0x4D => '(',
+        0x4E => '+',
+        0x50 => '&',
+        0x5C => '*',
+        0x5D => ')',
+        0x5E => ';',
+        0x60 => '-',
+        0x61 => '/',
+        0x6B => ',',
+        0x6C => '%',
+        0x6D => '_',
+        0x6E => '>',
+        0x6F => '?',
+        0x7A => ':',
+        0x7D => '\'',
+        0x7E => '=',
+        0x7F => '"',
+        0x4F | 0x5A => '!',
+        0x5B => '$',
+        0x7B => '#',
+        0x7C => '@',
+        _ => char::REPLACEMENT_CHARACTER,
+    }
+}
+
+/// Python's `unicode_escape`: bytes as latin-1 with backslash escapes
+/// (`\n`, `\xhh`, `\ooo`, `\uXXXX`, `\UXXXXXXXX`); an escape it cannot
+/// read is kept as is.
+fn decode_unicode_escape(b: &[u8]) -> String {
+    let mut out = String::with_capacity(b.len());
+    let mut i = 0;
+    let hex_at = |from: usize, n: usize| -> Option<u32> {
+        let digits = b.get(from..from + n)?;
+        digits
+            .iter()
+            .try_fold(0u32, |acc, &d| Some(acc << 4 | u32::from(hex(d)?)))
+    };
+    while i < b.len() {
+        if b[i] != b'\\' || i + 1 >= b.len() {
+            out.push(char::from(b[i]));
+            i += 1;
+            continue;
+        }
+        let e = b[i + 1];
+        let (c, len) = match e {
+            b'n' => (Some('\n'), 2),
+            b't' => (Some('\t'), 2),
+            b'r' => (Some('\r'), 2),
+            b'\\' | b'\'' | b'"' => (Some(char::from(e)), 2),
+            b'a' => (Some('\u{7}'), 2),
+            b'b' => (Some('\u{8}'), 2),
+            b'f' => (Some('\u{c}'), 2),
+            b'v' => (Some('\u{b}'), 2),
+            b'x' => (hex_at(i + 2, 2).and_then(char::from_u32), 4),
+            b'u' => (
+                hex_at(i + 2, 4).map(|u| char::from_u32(u).unwrap_or('\u{fffd}')),
+                6,
+            ),
+            b'U' => (
+                hex_at(i + 2, 8).map(|u| char::from_u32(u).unwrap_or('\u{fffd}')),
+                10,
+            ),
+            b'0'..=b'7' => {
+                let n = b[i + 1..]
+                    .iter()
+                    .take(3)
+                    .take_while(|d| (b'0'..=b'7').contains(d))
+                    .count();
+                let v = b[i + 1..i + 1 + n]
+                    .iter()
+                    .fold(0u32, |acc, &d| acc << 3 | u32::from(d - b'0'));
+                (char::from_u32(v), 1 + n)
+            }
+            _ => (None, 1),
+        };
+        match c {
+            Some(c) => {
+                out.push(c);
+                i += len;
+            }
+            None => {
+                out.push('\\');
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// UTF-7 (RFC 2152): `+` starts modified base64 of UTF-16 units, ended by
+/// `-` (dropped) or any byte outside the alphabet; `+-` is `+`.
+fn decode_utf7(b: &[u8]) -> String {
+    let mut out = String::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'+' {
+            out.push(if b[i].is_ascii() {
+                char::from(b[i])
+            } else {
+                char::REPLACEMENT_CHARACTER
+            });
+            i += 1;
+            continue;
+        }
+        i += 1;
+        if b.get(i) == Some(&b'-') {
+            out.push('+');
+            i += 1;
+            continue;
+        }
+        let (mut acc, mut bits, mut units) = (0u32, 0u32, Vec::new());
+        while let Some(v) = b
+            .get(i)
+            .and_then(|&c| b64_value(c).filter(|_| c != b'-' && c != b'_'))
+        {
+            acc = (acc << 6 | u32::from(v)) & 0xFF_FFFF;
+            bits += 6;
+            if bits >= 16 {
+                bits -= 16;
+                units.push((acc >> bits) as u16);
+            }
+            i += 1;
+        }
+        out.extend(char::decode_utf16(units).map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER)));
+        if b.get(i) == Some(&b'-') {
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Decode bytes in a declared charset. A byte-order mark decides first
+/// (UTF-8, UTF-16, UTF-32); UTF-16, UTF-32 and UTF-7 are decoded when
+/// declared. utf-8 and us-ascii: UTF-8 when valid, else windows-1252
+/// (mislabelled 8-bit text is usually that). Latin-1 family and
+/// windows-1252: windows-1252. Unknown: UTF-8 if valid, else byte-wise
+/// windows-1252 (ASCII stays ASCII in every ASCII-compatible charset).
 pub fn decode_charset(bytes: &[u8], charset: Option<&str>) -> String {
+    match bom(bytes) {
+        Some((Some(w), n)) => return decode_wide(&bytes[n..], w),
+        Some((None, n)) => return decode_charset(&bytes[n..], Some("utf-8")),
+        None => {}
+    }
     let cs = charset.unwrap_or("").trim().trim_matches('"');
+    if let Some(w) = wide_charset(cs, bytes) {
+        return decode_wide(bytes, w);
+    }
     let latin = matches!(
         cs,
         "iso-8859-1"
@@ -674,7 +959,8 @@ pub fn decode_charset(bytes: &[u8], charset: Option<&str>) -> String {
 /// is (no copy).
 pub fn decode_charset_owned(bytes: Vec<u8>, charset: Option<&str>) -> String {
     let cs = charset.unwrap_or("").trim().trim_matches('"');
-    if cs.is_empty() || cs.eq_ignore_ascii_case("utf-8") || cs.eq_ignore_ascii_case("utf8") {
+    let utf8 = cs.is_empty() || cs.eq_ignore_ascii_case("utf-8") || cs.eq_ignore_ascii_case("utf8");
+    if utf8 && bom(&bytes).is_none() {
         return String::from_utf8(bytes).unwrap_or_else(|e| decode_cp1252(e.as_bytes()));
     }
     decode_charset(&bytes, charset)

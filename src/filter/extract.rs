@@ -9,15 +9,38 @@ use crate::classify::text::{self, TextView};
 /// The body shapes sift reads.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BodyKind {
-    Plain { charset: Option<String> },
+    Plain {
+        charset: Option<String>,
+    },
+    /// text/html: the text a browser shows (tags dropped, entities
+    /// decoded, links kept), as the mail view reads an HTML part.
+    Html {
+        charset: Option<String>,
+    },
     Json,
-    Form,
-    Multipart { boundary: String },
+    /// `charset`: the Content-Type's (Django decodes a form in it).
+    Form {
+        charset: Option<String>,
+    },
+    Multipart {
+        boundary: String,
+        /// The Content-Type's: the charset of parts that name none
+        /// (Django decodes fields in it).
+        charset: Option<String>,
+    },
     Rfc822,
+    /// A type sift does not read as text (`application/octet-stream`,
+    /// `image/png`): read only if it is JSON, as apps that parse JSON
+    /// whatever the Content-Type says (Go's `json.NewDecoder(r.Body)`,
+    /// Django's `json.loads(request.body)`) read it; otherwise skipped
+    /// ([`ExtractError::NotText`]).
+    Other,
 }
 
-/// The kind of a body from its Content-Type (`None`: unsupported). A
-/// request without a Content-Type is read as text/plain.
+/// The kind of a body from its Content-Type (`None`: a type sift reads
+/// only if it is JSON, [`BodyKind::Other`]). A request without a
+/// Content-Type is read as text/plain, and so is any `text/*` (an app
+/// reading the body as text sees that text).
 pub fn body_kind(content_type: Option<&str>) -> Option<BodyKind> {
     let Some(ct) = content_type else {
         return Some(BodyKind::Plain { charset: None });
@@ -33,14 +56,31 @@ pub fn body_kind(content_type: Option<&str>) -> Option<BodyKind> {
             .map(|(_, v)| v.into_owned())
     };
     match mime.as_str() {
-        "text/plain" | "text/markdown" | "text/csv" => Some(BodyKind::Plain {
+        // JSON under older names: Rails parses `text/x-json` and
+        // `application/jsonrequest` as JSON.
+        "text/json" | "text/x-json" | "application/x-json" | "application/jsonrequest" => {
+            Some(BodyKind::Json)
+        }
+        "text/html" | "application/xhtml+xml" => Some(BodyKind::Html {
+            charset: param("charset"),
+        }),
+        m if m.starts_with("text/") => Some(BodyKind::Plain {
             charset: param("charset"),
         }),
         "message/rfc822" => Some(BodyKind::Rfc822),
-        "application/x-www-form-urlencoded" => Some(BodyKind::Form),
-        "multipart/form-data" => param("boundary")
-            .filter(|b| !b.is_empty() && b.len() <= 200)
-            .map(|boundary| BodyKind::Multipart { boundary }),
+        "application/x-www-form-urlencoded" => Some(BodyKind::Form {
+            charset: param("charset"),
+        }),
+        // Any length: RFC 2046 says at most 70, but Go, busboy and
+        // Werkzeug read longer ones, so a cap would hide such a form.
+        "multipart/form-data" => {
+            param("boundary")
+                .filter(|b| !b.is_empty())
+                .map(|boundary| BodyKind::Multipart {
+                    boundary,
+                    charset: param("charset"),
+                })
+        }
         m if m == "application/json" || (m.starts_with("application/") && m.ends_with("+json")) => {
             Some(BodyKind::Json)
         }
@@ -141,6 +181,8 @@ pub enum ExtractError {
         text::MAX_PARTS
     )]
     MailLimits,
+    #[error("body of a type that is not text, and not JSON")]
+    NotText,
 }
 
 /// [`extract`] of a body the caller owns: a UTF-8 text/plain body becomes
@@ -152,12 +194,30 @@ pub fn extract_owned(
     form_fields: Option<&[String]>,
 ) -> Result<TextView, ExtractError> {
     match kind {
-        BodyKind::Plain { charset } => Ok(TextView {
-            text: text::decode_charset_owned(body, charset.as_deref()),
-            charsets: charset.as_deref().map_or(0, text::charset_family),
-            ..TextView::default()
-        }),
+        BodyKind::Plain { charset } => Ok(plain(
+            text::decode_charset_owned(body, charset.as_deref()),
+            charset.as_deref(),
+        )),
         _ => extract(kind, &body, json_pointers, form_fields),
+    }
+}
+
+/// The view of a text/plain body. Many apps parse a body as JSON whatever
+/// its Content-Type (Go's `json.NewDecoder(r.Body)`, Django's
+/// `json.loads(request.body)`, Starlette's `request.json()`): a text that
+/// is a JSON document with escapes (`\u0042UY`) also gives its strings
+/// unescaped, so the words the app reads are classified.
+fn plain(mut text: String, charset: Option<&str>) -> TextView {
+    let t = text.trim_start();
+    if (t.starts_with('{') || t.starts_with('[')) && memchr::memchr(b'\\', t.as_bytes()).is_some() {
+        if let Ok(v) = json_text(t.as_bytes(), None, false) {
+            push_line(&mut text, &v.text);
+        }
+    }
+    TextView {
+        text,
+        charsets: charset.map_or(0, text::charset_family),
+        ..TextView::default()
     }
 }
 
@@ -169,11 +229,10 @@ pub fn extract(
     form_fields: Option<&[String]>,
 ) -> Result<TextView, ExtractError> {
     match kind {
-        BodyKind::Plain { charset } => Ok(TextView {
-            text: text::decode_charset(body, charset.as_deref()),
-            charsets: charset.as_deref().map_or(0, text::charset_family),
-            ..TextView::default()
-        }),
+        BodyKind::Plain { charset } => Ok(plain(
+            text::decode_charset(body, charset.as_deref()),
+            charset.as_deref(),
+        )),
         BodyKind::Rfc822 => {
             let v = text::view(body);
             if v.cut {
@@ -181,24 +240,34 @@ pub fn extract(
             }
             Ok(v)
         }
-        BodyKind::Json => {
-            let v: serde_json::Value =
-                serde_json::from_slice(body).map_err(|e| ExtractError::Json(e.to_string()))?;
-            let mut out = String::new();
-            match json_pointers {
-                Some(ptrs) => {
-                    for p in ptrs {
-                        if let Some(x) = v.pointer(p) {
-                            strings(x, &mut out);
-                        }
-                    }
-                }
-                None => strings(&v, &mut out),
-            }
-            Ok(TextView::plain(&out))
+        BodyKind::Html { charset } => {
+            let mut v = TextView {
+                charsets: charset.as_deref().map_or(0, text::charset_family),
+                ..TextView::default()
+            };
+            text::html_to_text(&text::decode_charset(body, charset.as_deref()), &mut v);
+            Ok(v)
         }
-        BodyKind::Form => {
+        BodyKind::Json => json_text(body, json_pointers, false),
+        BodyKind::Other => sniffed_json(body, json_pointers, false).ok_or(ExtractError::NotText),
+        BodyKind::Form { charset } => {
+            // A charset in which `=` and `&` are not ASCII bytes (UTF-16,
+            // EBCDIC, ...): the body is decoded first, as Django does, and
+            // so are its percent-encoded bytes; else the bytes themselves.
+            let cs = charset
+                .as_deref()
+                .filter(|c| text::wide_charset(c, body).is_some());
+            let body = match cs.and_then(|c| text::wide_charset(c, body)) {
+                Some(w) => std::borrow::Cow::Owned(text::decode_wide(body, w).into_bytes()),
+                None => wide_sniff(body),
+            };
+            let form_decode = |s: &[u8]| form_decode(s, cs);
             let mut out = String::new();
+            // A JSON document typed as a form: a Go or Django app that
+            // parses JSON whatever the type reads its strings.
+            if let Some(v) = sniffed_json(&body, json_pointers, false) {
+                push_line(&mut out, &v.text);
+            }
             for pair in body.split(|&b| b == b'&') {
                 let (k, v) = match pair.iter().position(|&b| b == b'=') {
                     Some(i) => (&pair[..i], &pair[i + 1..]),
@@ -213,15 +282,104 @@ pub fn extract(
                 if wanted(form_fields, &k) {
                     push_line(&mut out, &form_decode(v));
                 }
+                // `;` separated fields too, as older stacks read them
+                // (Python before 3.9.2, Go before 1.17, Rack 1): `a=1;msg=x`
+                // is field `a` to a current app and `msg` to those. Without
+                // a field list the value above already holds all of it.
+                if form_fields.is_some() && memchr::memchr(b';', pair).is_some() {
+                    for sub in pair.split(|&b| b == b';').skip(1) {
+                        let (k, v) = match sub.iter().position(|&b| b == b'=') {
+                            Some(i) => (&sub[..i], &sub[i + 1..]),
+                            None => (sub, &b""[..]),
+                        };
+                        if wanted(form_fields, &form_decode(k)) {
+                            push_line(&mut out, &form_decode(v));
+                        }
+                    }
+                }
             }
             Ok(TextView::plain(&out))
         }
-        BodyKind::Multipart { boundary } => multipart(body, boundary, form_fields),
+        BodyKind::Multipart { boundary, charset } => {
+            multipart(body, boundary, charset.as_deref(), form_fields)
+        }
     }
 }
 
+/// Whether a form field (urlencoded or multipart) of this name is read:
+/// every field without a list; else a listed name as the app reads it.
+/// PHP, Rails and Express (qs) read `msg[]=x`, `msg[0]=x` and
+/// `msg[a][b]=x` as field `msg` (an array or object of it), and PHP turns
+/// ` ` and `.` in a name, and a `[` without its `]`, into `_` (`my.msg`
+/// is `my_msg`).
 fn wanted(fields: Option<&[String]>, name: &str) -> bool {
-    fields.is_none_or(|f| f.iter().any(|x| x == name))
+    let Some(fields) = fields else { return true };
+    fields.iter().any(|f| {
+        name == f
+            || name
+                .strip_prefix(f.as_str())
+                .is_some_and(|r| r.starts_with('['))
+            || (f.contains('_')
+                && php_name(name).is_some_and(|n| n == *f || n.starts_with(&format!("{f}["))))
+    })
+}
+
+/// A field name as PHP registers it, if that differs from the name sent.
+fn php_name(name: &str) -> Option<String> {
+    let base_end = name.find('[').unwrap_or(name.len());
+    let open_only = base_end < name.len() && !name[base_end..].contains(']');
+    let base = name[..base_end].trim_start_matches(' ');
+    if !open_only && !base.contains([' ', '.']) && base.len() == base_end {
+        return None;
+    }
+    let mut n: String = base
+        .chars()
+        .map(|c| if c == ' ' || c == '.' { '_' } else { c })
+        .collect();
+    if open_only {
+        n.push('_');
+        n.push_str(&name[base_end + 1..]);
+    } else {
+        n.push_str(&name[base_end..]);
+    }
+    Some(n)
+}
+
+/// A body in UTF-16 or UTF-32 (a byte-order mark, or the zeros of its
+/// first ASCII character, as RFC 4627 §3 and Python's
+/// `json.detect_encoding` find them), as UTF-8; a UTF-8 BOM is dropped.
+/// JSON and urlencoded bodies start with an ASCII character, so zeros
+/// among the first bytes are never UTF-8 text: Python reads such JSON
+/// (`json.loads(bytes)`), and Django decodes a form in the declared
+/// charset; sift read the bytes, and saw no word.
+fn wide_sniff(b: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    use std::borrow::Cow;
+    use text::Wide;
+    if let Some((w, n)) = text::bom(b) {
+        return match w {
+            Some(w) => Cow::Owned(text::decode_wide(&b[n..], w).into_bytes()),
+            None => Cow::Borrowed(&b[n..]),
+        };
+    }
+    let w = match b {
+        [0, 0, ..] => Wide::Utf32Be,
+        [0, _, ..] => Wide::Utf16Be,
+        [_, 0, 0, 0, ..] => Wide::Utf32Le,
+        [_, 0, ..] => Wide::Utf16Le,
+        _ => return Cow::Borrowed(b),
+    };
+    Cow::Owned(text::decode_wide(b, w).into_bytes())
+}
+
+/// The strings of a body that is a JSON document although its type says
+/// otherwise (it starts with `{` or `[`, after white space and any BOM).
+pub fn sniffed_json(body: &[u8], json_pointers: Option<&[String]>, cut: bool) -> Option<TextView> {
+    let b = wide_sniff(body);
+    let first = b.iter().find(|c| !c.is_ascii_whitespace())?;
+    if *first != b'{' && *first != b'[' {
+        return None;
+    }
+    json_text(&b, json_pointers, cut).ok()
 }
 
 /// [`extract`] of a JSON body that may be a prefix of the client's
@@ -232,53 +390,90 @@ pub fn extract_json(
     json_pointers: Option<&[String]>,
     cut: bool,
 ) -> Result<TextView, ExtractError> {
-    match extract(&BodyKind::Json, body, json_pointers, None) {
-        Err(ExtractError::Json(_)) if cut => json_prefix(body, json_pointers),
-        r => r,
-    }
+    json_text(body, json_pointers, cut)
 }
 
-/// The wanted strings of a JSON prefix: per pointer in the configured
-/// order (document order within one), as for a whole document; without
-/// pointers, every string in document order.
-fn json_prefix(body: &[u8], json_pointers: Option<&[String]>) -> Result<TextView, ExtractError> {
+/// The wanted strings of a JSON body, per pointer in the configured order
+/// (document order within one); without pointers, every string in
+/// document order. Read by the streaming walker, as the app's parser
+/// reads the document: every value of a key given twice (JavaScript,
+/// Python and Go take the last, some Go libraries the first: both are
+/// read), lone surrogates as U+FFFD (Python and JavaScript accept them),
+/// `NaN` and `Infinity` (Python), nesting as deep as Go allows, and values
+/// after the first (Go's `json.Decoder` reads the first and leaves the
+/// rest). UTF-16 and UTF-32 bodies are decoded first ([`wide_sniff`]).
+/// A prefix (`cut`) gives the strings it holds, a cut-off one too.
+fn json_text(
+    body: &[u8],
+    json_pointers: Option<&[String]>,
+    cut: bool,
+) -> Result<TextView, ExtractError> {
+    /// Strings as UTF-8 bytes, one per line, per pointer.
     struct Lines {
-        per: Vec<String>,
-        cur: Vec<u8>,
-        which: Option<usize>,
+        per: Vec<Vec<u8>>,
+        /// The string being read: its pointer and where its line starts.
+        open: Option<(usize, usize)>,
     }
     impl super::json_stream::StrSink for Lines {
         fn bytes(&mut self, which: Option<usize>, b: &[u8]) {
-            self.which = which;
-            self.cur.extend_from_slice(b);
+            let w = which.unwrap_or(0);
+            if self.open.is_none() {
+                let buf = &mut self.per[w];
+                self.open = Some((w, buf.len()));
+                if !buf.is_empty() {
+                    buf.push(b'\n');
+                }
+            }
+            self.per[w].extend_from_slice(b);
         }
-        fn end(&mut self, which: Option<usize>) {
-            let s = String::from_utf8_lossy(&self.cur).into_owned();
-            self.cur.clear();
-            push_line(&mut self.per[which.unwrap_or(0)], &s);
+        fn end(&mut self, _: Option<usize>) {
+            if let Some((w, mark)) = self.open.take() {
+                // White space only: no line.
+                if self.per[w][mark..].trim_ascii().is_empty() {
+                    self.per[w].truncate(mark);
+                }
+            }
         }
     }
+    let body = wide_sniff(body);
     let n = json_pointers.map_or(1, <[String]>::len).max(1);
     let mut lines = Lines {
-        per: vec![String::new(); n],
-        cur: Vec::new(),
-        which: None,
+        per: vec![Vec::new(); n],
+        open: None,
     };
-    let mut w = super::json_stream::JsonStrings::new(json_pointers, false);
-    w.feed(body, &mut lines);
-    if w.failed() {
+    let mut w = super::json_stream::JsonStrings::new(json_pointers, false).sequence();
+    w.feed(&body, &mut lines);
+    if !cut {
+        // A top-level number or literal ends with the body.
+        w.feed(b" ", &mut lines);
+    }
+    // Not JSON from the start, or a whole body that ends inside its first
+    // value: unreadable. Junk after a whole value: the values before it
+    // are what the app reads (Go's decoder stops there).
+    if w.values() == 0 && (w.failed() || !cut) {
         return Err(ExtractError::Json("not JSON".into()));
     }
-    // The string the prefix cuts off counts too.
-    if !lines.cur.is_empty() {
-        let s = String::from_utf8_lossy(&lines.cur).into_owned();
-        push_line(&mut lines.per[lines.which.unwrap_or(0)], &s);
-    }
-    let mut out = String::new();
-    for p in &lines.per {
-        push_line(&mut out, p);
-    }
-    Ok(TextView::plain(&out))
+    // One pointer, or none (the common case): its buffer is the text.
+    let out = if lines.per.len() == 1 {
+        lines.per.pop().unwrap_or_default()
+    } else {
+        let mut out = Vec::new();
+        for p in lines.per.iter().filter(|p| !p.is_empty()) {
+            if !out.is_empty() {
+                out.push(b'\n');
+            }
+            out.extend_from_slice(p);
+        }
+        out
+    };
+    let text = match String::from_utf8(out) {
+        Ok(s) => s,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    };
+    Ok(TextView {
+        text,
+        ..TextView::default()
+    })
 }
 
 fn push_line(out: &mut String, s: &str) {
@@ -291,134 +486,290 @@ fn push_line(out: &mut String, s: &str) {
     out.push_str(s);
 }
 
-/// Every string value (keys are schema, not content).
-fn strings(v: &serde_json::Value, out: &mut String) {
-    match v {
-        serde_json::Value::String(s) => push_line(out, s),
-        serde_json::Value::Array(a) => a.iter().for_each(|x| strings(x, out)),
-        serde_json::Value::Object(o) => o.values().for_each(|x| strings(x, out)),
-        _ => {}
-    }
-}
-
-/// application/x-www-form-urlencoded decoding: `+` is a space, `%XX` a byte.
-fn form_decode(s: &[u8]) -> String {
+/// application/x-www-form-urlencoded decoding: `+` is a space, `%XX` a
+/// byte. The text is UTF-8; percent-encoded bytes are too, or with
+/// `wide`, a charset that is not ASCII-compatible, each run of them is
+/// decoded in it (as Python's `unquote(s, encoding)` in Django does).
+fn form_decode(s: &[u8], wide: Option<&str>) -> String {
     let mut out = Vec::with_capacity(s.len());
+    let mut run = Vec::new();
+    let flush = |run: &mut Vec<u8>, out: &mut Vec<u8>| {
+        if let (Some(cs), false) = (wide, run.is_empty()) {
+            out.extend_from_slice(text::decode_charset(run, Some(cs)).as_bytes());
+            run.clear();
+        }
+    };
     let mut i = 0;
     while i < s.len() {
-        match s[i] {
-            b'+' => out.push(b' '),
+        let byte = match s[i] {
             b'%' if i + 2 < s.len() => match (text::hex(s[i + 1]), text::hex(s[i + 2])) {
                 (Some(h), Some(l)) => {
-                    out.push(h << 4 | l);
-                    i += 2;
+                    i += 3;
+                    match wide {
+                        Some(_) => run.push(h << 4 | l),
+                        None => out.push(h << 4 | l),
+                    }
+                    continue;
                 }
-                _ => out.push(b'%'),
+                _ => b'%',
             },
-            b => out.push(b),
-        }
+            b'+' => b' ',
+            b => b,
+        };
+        flush(&mut run, &mut out);
+        out.push(byte);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    flush(&mut run, &mut out);
+    match String::from_utf8(out) {
+        Ok(s) => s,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    }
 }
 
 /// multipart/form-data (RFC 7578): the text of the wanted non-file fields.
+///
+/// Form parsers disagree on where a part starts and ends, so sift reads
+/// every part any of them could see, each to the farthest end any of them
+/// could give it:
+/// - a part starts at `--boundary` at the start of a line, whatever ends
+///   the line before (CRLF for busboy, also LF or CR for Werkzeug, PHP and
+///   Go) and whatever follows on its line (PHP matches a prefix), but
+///   never in the middle of a line (no parser splits there);
+/// - its headers end at the first empty line (LF or CRLF);
+/// - a wanted part's text runs to the next delimiter as the strictest
+///   parser has it: `--boundary` after the line break the body's first
+///   delimiter line ends with, followed by `--` or the end of its line;
+/// - a part is wanted if any of its names is (a Content-Disposition line
+///   given twice, `name` and RFC 2231 `name*=utf-8''msg`, which Go reads).
 fn multipart(
     body: &[u8],
     boundary: &str,
+    body_charset: Option<&str>,
     fields: Option<&[String]>,
 ) -> Result<TextView, ExtractError> {
     let delim = format!("--{boundary}");
     let d = delim.as_bytes();
-    let mut out = String::new();
-    let mut found = false;
-    let mut rest = body;
-    // Skip the preamble up to the first delimiter.
-    let Some(first) = find(rest, d) else {
-        return Err(ExtractError::Multipart);
+    let finder = memchr::memmem::Finder::new(d);
+    let mut starts = finder
+        .find_iter(body)
+        .filter(|&i| i == 0 || matches!(body[i - 1], b'\n' | b'\r'))
+        .peekable();
+    // The line break of the first delimiter line: CRLF, or LF alone.
+    let Some(&first) = starts.peek() else {
+        // No part: a JSON document typed as a form is what an app that
+        // parses JSON whatever the type reads.
+        return sniffed_json(body, None, false).ok_or(ExtractError::Multipart);
     };
-    rest = &rest[first + d.len()..];
-    loop {
-        if rest.starts_with(b"--") {
-            break; // close delimiter
+    let first_eol = memchr::memchr(b'\n', &body[first..]).map(|i| first + i);
+    let crlf = first_eol.is_none_or(|e| e > 0 && body[e - 1] == b'\r');
+    let nl: &[u8] = if crlf { b"\r\n" } else { b"\n" };
+    let strict = {
+        let mut v = nl.to_vec();
+        v.extend_from_slice(d);
+        v
+    };
+    let strict = memchr::memmem::Finder::new(&strict);
+    let mut out = String::new();
+    // Each byte is read at most once, as a header or as text, so a body
+    // of many delimiters costs linear time and text: a delimiter inside
+    // the last part's delimiter line or headers (which end where that
+    // part's do, with a subset of its names) adds nothing, and a part's
+    // text that an earlier part's text covered is not read again.
+    let (mut skip_to, mut covered) = (0, 0);
+    for i in starts {
+        if i < skip_to {
+            continue;
         }
-        // The part runs to the next delimiter (or the end of a truncated body).
-        let end = find(rest, d).unwrap_or(rest.len());
-        let part = &rest[..end];
-        let part = part.strip_prefix(b"\r\n").unwrap_or(part);
-        let part = part.strip_suffix(b"\r\n").unwrap_or(part);
-        found = true;
-        let (head, content) = match find(part, b"\r\n\r\n") {
-            Some(i) => (&part[..i], &part[i + 4..]),
-            None => match find(part, b"\n\n") {
-                Some(i) => (&part[..i], &part[i + 2..]),
-                None => (part, &b""[..]),
-            },
+        let after = i + d.len();
+        if body[after..].starts_with(b"--") {
+            continue; // a close delimiter
+        }
+        // The part's headers start on the next line and end at the first
+        // empty line.
+        let Some(eol) = memchr::memchr(b'\n', &body[after..]) else {
+            break; // no line follows, here or after
         };
+        let head_start = after + eol + 1;
+        let mut p = head_start;
+        let content_start = loop {
+            let rest = &body[p..];
+            if rest.starts_with(b"\r\n") {
+                break Some(p + 2);
+            }
+            if rest.starts_with(b"\n") {
+                break Some(p + 1);
+            }
+            match memchr::memchr(b'\n', rest) {
+                Some(e) => p += e + 1,
+                None => break None,
+            }
+        };
+        let (head, content_start) = match content_start {
+            Some(c) => (&body[head_start..c], c),
+            None => (&body[head_start..], body.len()),
+        };
+        skip_to = content_start;
+        let part = Part::read(head);
+        let named = part.names.iter().any(|n| wanted(fields, n));
+        // Files are read only when a field list names them and they are text.
+        let text_file = part
+            .ctype
+            .as_deref()
+            .is_none_or(|c| c.to_ascii_lowercase().starts_with("text/"));
+        if !(named && (!part.is_file || (fields.is_some() && text_file))) {
+            continue;
+        }
+        // To the next delimiter as the strictest parser finds it.
+        let content_start = content_start.max(covered);
+        let mut from = content_start;
+        let end = loop {
+            match strict.find(&body[from..]) {
+                None => break body.len(),
+                Some(j) => {
+                    let at = from + j;
+                    let next = body.get(at + strict.needle().len()).copied();
+                    if matches!(next, None | Some(b'-' | b' ' | b'\t' | b'\r' | b'\n')) {
+                        break at;
+                    }
+                    from = at + 1;
+                }
+            }
+        };
+        let end = end.max(content_start);
+        covered = end;
+        let content = &body[content_start..end];
+        // RFC 7578 §4.7 deprecates Content-Transfer-Encoding in forms
+        // and many parsers ignore it: a part labelled base64 that is
+        // not base64 is read as the app reads it, as it is (decoded
+        // leniently it would be noise, and its text unseen).
+        let cte = part.cte.as_deref();
+        let base64 = cte.is_some_and(|c| c.trim().eq_ignore_ascii_case("base64"));
+        let decoded = if base64 && !looks_base64(content) {
+            content.to_vec()
+        } else {
+            text::decode_transfer(content, cte)
+        };
+        let charset = part
+            .ctype
+            .as_deref()
+            .and_then(|c| match body_kind(Some(c)) {
+                Some(BodyKind::Plain { charset }) => charset,
+                _ => None,
+            })
+            .or_else(|| body_charset.map(str::to_string));
+        push_line(
+            &mut out,
+            &text::decode_charset(&decoded, charset.as_deref()),
+        );
+    }
+    Ok(TextView::plain(&out))
+}
+
+/// What a multipart part's headers say.
+#[derive(Debug, Default)]
+struct Part {
+    /// Every field name given (`name`, `name*`, `name*0`...).
+    names: Vec<String>,
+    /// Every Content-Disposition line names a file (one without a
+    /// `filename` makes it a field to the parser that reads that line).
+    is_file: bool,
+    ctype: Option<String>,
+    cte: Option<String>,
+}
+
+impl Part {
+    fn read(head: &[u8]) -> Part {
         let head = String::from_utf8_lossy(head);
-        let mut name = None;
-        let mut is_file = false;
-        let mut ctype: Option<String> = None;
-        let mut cte: Option<String> = None;
+        let mut part = Part::default();
+        let (mut lines, mut files) = (0, 0);
+        // A line starting with a space or tab continues the header before
+        // it (obs-fold): Go's textproto joins them, so a name on the next
+        // line is the part's name.
+        let mut logical: Vec<std::borrow::Cow<'_, str>> = Vec::new();
         for line in head.lines() {
+            if let (true, Some(last)) = (line.starts_with([' ', '\t']), logical.last_mut()) {
+                let l = last.to_mut();
+                l.push(' ');
+                l.push_str(line.trim_start());
+            } else {
+                logical.push(std::borrow::Cow::Borrowed(line));
+            }
+        }
+        for line in &logical {
             let Some((k, v)) = line.split_once(':') else {
                 continue;
             };
-            let k = k.trim().to_ascii_lowercase();
-            match k.as_str() {
-                "content-disposition" => {
-                    for p in v.split(';').skip(1) {
-                        if let Some((pk, pv)) = p.split_once('=') {
-                            let pv = pv.trim().trim_matches('"').to_string();
-                            match pk.trim().to_ascii_lowercase().as_str() {
-                                "name" => name = Some(pv),
-                                "filename" | "filename*" => is_file = true,
-                                _ => {}
-                            }
+            let k = k.trim();
+            if k.eq_ignore_ascii_case("content-disposition") {
+                lines += 1;
+                let mut file = false;
+                // RFC 2231 continuations: `name*0="m"; name*1*=utf-8''sg`.
+                let mut pieces: Vec<(u32, String)> = Vec::new();
+                for (pk, pv) in media_params(v) {
+                    let pk = pk.to_ascii_lowercase();
+                    if pk == "name" {
+                        part.names.push(pv.into_owned());
+                    } else if pk.starts_with("filename") {
+                        // An empty file name is a field to Go, whose
+                        // ReadForm keeps such a part as a value.
+                        file |= !pv.trim().is_empty();
+                    } else if let Some(rest) = pk.strip_prefix("name*") {
+                        let (num, ext) = match rest.strip_suffix('*') {
+                            Some(n) => (n, true),
+                            None => (rest, rest.is_empty()),
+                        };
+                        let v = if ext { rfc2231(&pv) } else { pv.into_owned() };
+                        match num.parse::<u32>() {
+                            Ok(n) if num.len() <= 3 => pieces.push((n, v)),
+                            _ if num.is_empty() => part.names.push(v),
+                            _ => {}
                         }
                     }
                 }
-                "content-type" => ctype = Some(v.trim().to_string()),
-                "content-transfer-encoding" => cte = Some(v.trim().to_string()),
-                _ => {}
+                if !pieces.is_empty() {
+                    pieces.sort_by_key(|(n, _)| *n);
+                    part.names
+                        .push(pieces.into_iter().map(|(_, v)| v).collect());
+                }
+                files += usize::from(file);
+            } else if k.eq_ignore_ascii_case("content-type") {
+                part.ctype = Some(v.trim().to_string());
+            } else if k.eq_ignore_ascii_case("content-transfer-encoding") {
+                part.cte = Some(v.trim().to_string());
             }
         }
-        let named = name.as_deref().is_some_and(|n| wanted(fields, n));
-        // Files are read only when a field list names them and they are text.
-        let text_file = ctype
-            .as_deref()
-            .is_none_or(|c| c.to_ascii_lowercase().starts_with("text/"));
-        if named && (!is_file || (fields.is_some() && text_file)) {
-            // RFC 7578 §4.7 deprecates Content-Transfer-Encoding in forms
-            // and many parsers ignore it: a part labelled base64 that is
-            // not base64 is read as the app reads it, as it is (decoded
-            // leniently it would be noise, and its text unseen).
-            let base64 = cte
-                .as_deref()
-                .is_some_and(|c| c.trim().eq_ignore_ascii_case("base64"));
-            let decoded = if base64 && !looks_base64(content) {
-                content.to_vec()
-            } else {
-                text::decode_transfer(content, cte.as_deref())
-            };
-            let charset = ctype.as_deref().and_then(|c| match body_kind(Some(c)) {
-                Some(BodyKind::Plain { charset }) => charset,
-                _ => None,
-            });
-            push_line(
-                &mut out,
-                &text::decode_charset(&decoded, charset.as_deref()),
-            );
-        }
-        if end >= rest.len() {
-            break;
-        }
-        rest = &rest[end + d.len()..];
+        part.is_file = lines > 0 && files == lines;
+        part
     }
-    if !found {
-        return Err(ExtractError::Multipart);
+}
+
+/// An RFC 2231 extended value, `charset'language'percent-encoded`.
+fn rfc2231(v: &str) -> String {
+    let mut it = v.splitn(3, '\'');
+    let (Some(_), Some(_), Some(enc)) = (it.next(), it.next(), it.next()) else {
+        return v.to_string();
+    };
+    let mut out = Vec::with_capacity(enc.len());
+    let b = enc.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match (
+            b[i],
+            b.get(i + 1).and_then(|&h| text::hex(h)),
+            b.get(i + 2).and_then(|&l| text::hex(l)),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push(h << 4 | l);
+                i += 3;
+            }
+            (c, ..) => {
+                out.push(c);
+                i += 1;
+            }
+        }
     }
-    Ok(TextView::plain(&out))
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Base64 text: the alphabet (standard or URL-safe) in lines (no spaces
@@ -439,13 +790,6 @@ fn looks_base64(b: &[u8]) -> bool {
         }
     }
     chars % 4 == 0
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() || hay.len() < needle.len() {
-        return None;
-    }
-    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 #[cfg(test)]
@@ -470,6 +814,26 @@ mod tests {
             Some(BodyKind::Json)
         );
         assert_eq!(body_kind(Some("image/png")), None);
+        assert_eq!(
+            body_kind(Some("text/x-markdown; charset=utf-8")),
+            Some(BodyKind::Plain {
+                charset: Some("utf-8".into())
+            })
+        );
+        let html = text(
+            "text/html",
+            b"<p>W&#105;n <b>c&#x61;sh</b><!-- x --></p>",
+            None,
+            None,
+        );
+        assert_eq!(html.split_whitespace().collect::<Vec<_>>(), ["Win", "cash"]);
+        for ct in [
+            "text/x-json",
+            "application/jsonrequest",
+            "application/vnd.api+json",
+        ] {
+            assert_eq!(body_kind(Some(ct)), Some(BodyKind::Json), "{ct}");
+        }
         assert_eq!(body_kind(Some("multipart/form-data")), None, "no boundary");
         assert_eq!(body_kind(None), Some(BodyKind::Plain { charset: None }));
     }
@@ -510,7 +874,8 @@ mod tests {
         assert_eq!(
             body_kind(Some("multipart/form-data; boundary=\"x;y\"")),
             Some(BodyKind::Multipart {
-                boundary: "x;y".into()
+                boundary: "x;y".into(),
+                charset: None
             })
         );
     }
@@ -581,5 +946,204 @@ mod tests {
         let t = text("message/rfc822", msg, None, None);
         assert!(t.contains("Winner"), "{t:?}");
         assert!(t.contains("Claim your prize now"), "{t:?}");
+    }
+
+    #[test]
+    fn json_as_lenient_parsers_read_it() {
+        let p = vec!["/text".to_string()];
+        let ct = "application/json";
+        let dup = br#"{"text":"first","n":1,"text":"second"}"#;
+        assert_eq!(text(ct, dup, Some(&p), None), "first\nsecond");
+        assert_eq!(text(ct, dup, None, None), "first\nsecond");
+        assert_eq!(text(ct, br#"{"text":"\ud800x"}"#, None, None), "\u{fffd}x");
+        assert_eq!(
+            text(ct, br#"{"n":NaN,"text":"a"} junk"#, Some(&p), None),
+            "a"
+        );
+        assert_eq!(text(ct, br#""top""#, None, None), "top");
+        assert_eq!(text(ct, b"42", None, None), "");
+        let doc = r#"{"text":"caf\u00e9 ☕"}"#;
+        let le: Vec<u8> = doc.encode_utf16().flat_map(u16::to_le_bytes).collect();
+        let be: Vec<u8> = doc.encode_utf16().flat_map(u16::to_be_bytes).collect();
+        let be32: Vec<u8> = doc.chars().flat_map(|c| (c as u32).to_be_bytes()).collect();
+        let bom8 = [&b"\xEF\xBB\xBF"[..], doc.as_bytes()].concat();
+        for body in [le, be, be32, bom8] {
+            assert_eq!(text(ct, &body, Some(&p), None), "café ☕");
+        }
+        let k = body_kind(Some(ct)).unwrap();
+        for bad in [&b"{\"a\": nope}"[..], b"", b"{\"a\":\"b\"", b"x {}"] {
+            assert!(extract(&k, bad, None, None).is_err(), "{bad:?}");
+        }
+        // A prefix may end anywhere.
+        assert_eq!(
+            extract_json(b"{\"text\":\"ab", Some(&p), true)
+                .unwrap()
+                .text,
+            "ab"
+        );
+    }
+
+    #[test]
+    fn wide_charsets_and_json_in_plain_text() {
+        let le: Vec<u8> = "Win cash"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        assert_eq!(
+            text("text/plain; charset=utf-16le", &le, None, None),
+            "Win cash"
+        );
+        assert_eq!(
+            text("text/plain; charset=UTF-16", &le, None, None),
+            "Win cash"
+        );
+        assert_eq!(
+            text(
+                "text/plain; charset=utf-7",
+                b"+AFcAaQBu- cash a+-b",
+                None,
+                None
+            ),
+            "Win cash a+b"
+        );
+        let bom = [&[0xFF, 0xFE][..], &le].concat();
+        assert_eq!(
+            text("text/plain; charset=iso-8859-1", &bom, None, None),
+            "Win cash"
+        );
+        assert_eq!(
+            text("text/plain", br#"{"t":"W\u0069n"}"#, None, None),
+            "{\"t\":\"W\\u0069n\"}\nWin"
+        );
+        assert_eq!(
+            text("text/plain", b"{not \\json", None, None),
+            "{not \\json"
+        );
+        let form: Vec<u8> = "a=1&m=W%69n"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        let f = vec!["m".to_string()];
+        assert_eq!(
+            text("application/x-www-form-urlencoded", &form, None, Some(&f)),
+            "Win"
+        );
+    }
+
+    #[test]
+    fn forms_in_their_declared_charset() {
+        let f = vec!["msg".to_string()];
+        let ct = |cs: &str| format!("application/x-www-form-urlencoded; charset={cs}");
+        // EBCDIC "msg=Win%40cash" (%40 is the EBCDIC space).
+        let ebc = b"\x94\xa2\x87\x7e\xe6\x89\x95\x6c\xf4\xf0\x83\x81\xa2\x88";
+        assert_eq!(text(&ct("cp500"), ebc, None, Some(&f)), "Win cash");
+        assert_eq!(
+            text(
+                &ct("unicode_escape"),
+                br"msg=W\u0069n+c\x61sh",
+                None,
+                Some(&f)
+            ),
+            "Win cash"
+        );
+        let le: Vec<u8> = "msg=W%69%00n"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        assert_eq!(text(&ct("UTF-16LE"), &le, None, Some(&f)), "Win");
+        assert_eq!(text(&ct("utf-8"), b"msg=caf%C3%A9", None, Some(&f)), "café");
+        let mp = b"--b\r\nContent-Disposition: form-data; name=msg\r\n\r\nW\0i\0n\0\r\n--b--";
+        let k = body_kind(Some("multipart/form-data; boundary=b; charset=utf-16le")).unwrap();
+        assert_eq!(extract(&k, mp, None, Some(&f)).unwrap().text, "Win");
+    }
+
+    #[test]
+    fn form_names_as_apps_read_them() {
+        let f = vec!["msg".to_string(), "my_msg".to_string()];
+        let ct = "application/x-www-form-urlencoded";
+        for (body, want) in [
+            (&b"msg[]=a&msg%5B%5D=b&msg[x][y]=c"[..], "a\nb\nc"),
+            (b"my.msg=a&my+msg=b&my[msg=c&%20my.msg[]=d", "a\nb\nc\nd"),
+            (b"x=1;msg=a;y=2&msg=b", "a\nb"),
+            (b"msgx=a&ms=b&my_ms=c&msg_=d&my.msgx=e", ""),
+        ] {
+            assert_eq!(text(ct, body, None, Some(&f)), want, "{body:?}");
+        }
+        assert_eq!(php_name("a.b c[d.e]"), Some("a_b_c[d.e]".into()));
+        assert_eq!(php_name("a[b"), Some("a_b".into()));
+        assert_eq!(php_name("plain"), None);
+    }
+
+    #[test]
+    fn multipart_parts_any_parser_sees() {
+        let ct = "multipart/form-data; boundary=b";
+        let f = vec!["msg".to_string()];
+        let cd = "Content-Disposition: form-data";
+        let cases = [
+            // Mid-line `--b` splits nothing; the field runs on.
+            (
+                format!("--b\r\n{cd}; name=msg\r\n\r\nx --b\r\ny\r\n--b--"),
+                "x --b\r\ny",
+            ),
+            // After a bare LF: a part to Werkzeug, text to busboy: the text holds
+            // the part, read once.
+            (
+                format!(
+                    "--b\r\n{cd}; name=\"msg\"\r\n\r\nx\n--b\r\n{cd}; name=msg\r\n\r\ny\r\n--b--"
+                ),
+                "x\n--b\r\nContent-Disposition: form-data; name=msg\r\n\r\ny",
+            ),
+            (
+                format!("--b\r\n{cd}; name=\"msg\"\n\nx\r\n\r\ny\r\n--b--"),
+                "x\r\n\r\ny",
+            ),
+            (
+                format!("--b\r\n{cd}; name=\"t\"; x=\"; name=msg\"\r\n\r\nno\r\n--b--"),
+                "",
+            ),
+            (
+                format!("--b\r\n{cd}; name=\"msg\"; x=\"; name=t\"\r\n\r\nyes\r\n--b--"),
+                "yes",
+            ),
+            (
+                format!("--b\r\n{cd}; NAME*=UTF-8''m%73g\r\n\r\nyes\r\n--b--"),
+                "yes",
+            ),
+            (
+                format!("--b\r\n{cd}; name*1=\"sg\"; name*0=\"m\"\r\n\r\nyes\r\n--b--"),
+                "yes",
+            ),
+            (format!("--b\n{cd}; name=msg\n\nlf\n--b--\n"), "lf"),
+            (
+                format!(
+                    "--b\r\n{cd}; name=msg; filename=\"\"\r\nContent-Type: application/octet-stream\r\n\r\nv\r\n--b--"
+                ),
+                "v",
+            ),
+            (
+                format!("--b\r\n{cd};\r\n\tname=\"msg\"\r\n\r\nfolded\r\n--b--"),
+                "folded",
+            ),
+            (
+                format!("--b\r\n{cd}; name=msg\r\n\r\nx\r\n--bb\r\ny\r\n--b--"),
+                "x\r\n--bb\r\ny",
+            ),
+        ];
+        for (body, want) in cases {
+            assert_eq!(text(ct, body.as_bytes(), None, Some(&f)), want, "{body:?}");
+        }
+        // A file line and a field line: a field to whoever reads the second.
+        let body = format!("--b\r\n{cd}; name=msg; filename=a\r\n{cd}; name=msg\r\n\r\nx\r\n--b--");
+        assert_eq!(text(ct, body.as_bytes(), None, Some(&f)), "x");
+        // Many delimiters and no end: each byte is read once.
+        let body = format!("--b\n{cd}; name=msg\n\n").repeat(4000);
+        let t = text(ct, body.as_bytes(), None, Some(&f));
+        assert!(t.len() <= body.len(), "{} > {}", t.len(), body.len());
+        let body = "\r--b".repeat(20_000);
+        assert_eq!(text(ct, body.as_bytes(), None, Some(&f)), "");
+        let long = "b".repeat(500);
+        let body = format!("--{long}\r\n{cd}; name=msg\r\n\r\nx\r\n--{long}--");
+        let ct = format!("multipart/form-data; boundary={long}");
+        assert_eq!(text(&ct, body.as_bytes(), None, Some(&f)), "x");
     }
 }

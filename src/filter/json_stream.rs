@@ -11,10 +11,42 @@
 //! stop the walk ([`JsonStrings::failed`]).
 
 /// Most nesting the walker follows; deeper input is treated as not JSON.
-const MAX_DEPTH: usize = 128;
+/// Go's encoding/json allows 10,000 levels and JavaScript's JSON.parse
+/// more, so a lower bound (serde_json's 128) would make a document the app
+/// reads "not JSON" to the filter. The path costs 32 bytes a level.
+const MAX_DEPTH: usize = 10_000;
 /// Object keys are kept up to this length for pointer matching (a longer
 /// key cannot match a configured pointer token of sane length).
 const MAX_KEY: usize = 1024;
+
+/// Whether an object key matches a pointer token as Go's encoding/json
+/// matches a key to a struct field: exactly, else ignoring case with
+/// Unicode simple folding (`TEXT`, `Text` and `text` are one field to
+/// it, and the last one wins; `ſ` folds to `s`, the Kelvin sign to `k`).
+fn key_matches(key: &[u8], token: &[u8]) -> bool {
+    if key == token {
+        return true;
+    }
+    if key.is_ascii() && token.is_ascii() {
+        return key.eq_ignore_ascii_case(token);
+    }
+    let (Ok(k), Ok(t)) = (std::str::from_utf8(key), std::str::from_utf8(token)) else {
+        return false;
+    };
+    let fold = |c: char| match c {
+        'ſ' => 's',
+        '\u{212A}' => 'k',
+        '\u{212B}' => 'å',
+        c => {
+            let mut l = c.to_lowercase();
+            match (l.next(), l.next()) {
+                (Some(x), None) => x,
+                _ => c,
+            }
+        }
+    };
+    k.chars().map(fold).eq(t.chars().map(fold))
+}
 
 /// One step of the path to the current value.
 #[derive(Debug, Clone)]
@@ -73,6 +105,16 @@ pub struct JsonStrings {
     /// `\uXXXX` value being read, and a pending high surrogate.
     hex: u32,
     high: Option<u32>,
+    /// Read values after the first (a JSON text sequence, as Go's
+    /// `json.Decoder` reads a body value after value).
+    sequence: bool,
+    /// Top-level values read to their end.
+    values: usize,
+    /// The literal being read: its first bytes, its length, and whether
+    /// it is all number characters so far.
+    lit: [u8; 9],
+    lit_len: usize,
+    lit_num: bool,
 }
 
 impl JsonStrings {
@@ -100,7 +142,26 @@ impl JsonStrings {
             want: None,
             hex: 0,
             high: None,
+            sequence: false,
+            values: 0,
+            lit: [0; 9],
+            lit_len: 0,
+            lit_num: true,
         }
+    }
+
+    /// Read on past the first top-level value: what follows it (another
+    /// value, as Go's `json.Decoder` reads one after another, or junk) is
+    /// walked too, and junk fails the walk only from there on
+    /// ([`JsonStrings::values`] counts the values read whole before it).
+    pub fn sequence(mut self) -> JsonStrings {
+        self.sequence = true;
+        self
+    }
+
+    /// How many top-level values were read to their end.
+    pub fn values(&self) -> usize {
+        self.values
     }
 
     /// The input was not JSON (a prefix of JSON is fine).
@@ -126,7 +187,7 @@ impl JsonStrings {
                     p.len() <= self.path.len()
                 };
                 fits && p.iter().zip(&self.path).all(|(t, s)| match s {
-                    Seg::Key(k) => k == t,
+                    Seg::Key(k) => key_matches(k, t),
                     Seg::Index(i) => {
                         std::str::from_utf8(t)
                             .ok()
@@ -139,6 +200,30 @@ impl JsonStrings {
             .map(Some)
     }
 
+    fn literal_byte(&mut self, b: u8) {
+        if self.lit_len < self.lit.len() {
+            self.lit[self.lit_len] = b;
+        }
+        self.lit_len += 1;
+        self.lit_num &= b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E');
+    }
+
+    /// A number (read leniently: its characters), `true`, `false`,
+    /// `null`, or Python's `NaN`, `Infinity`, `-Infinity`.
+    fn literal_ok(&self) -> bool {
+        if self.lit_num {
+            return self.lit[..self.lit_len.min(9)]
+                .iter()
+                .any(u8::is_ascii_digit)
+                || self.lit_len > 9;
+        }
+        self.lit_len <= 9
+            && matches!(
+                &self.lit[..self.lit_len],
+                b"true" | b"false" | b"null" | b"NaN" | b"Infinity" | b"-Infinity"
+            )
+    }
+
     fn fail(&mut self) {
         self.state = State::Failed;
     }
@@ -146,6 +231,7 @@ impl JsonStrings {
     /// A value ended: back to the container (or the document's end).
     fn value_done(&mut self) {
         self.state = if self.path.is_empty() {
+            self.values += 1;
             State::Done
         } else {
             State::After
@@ -183,6 +269,11 @@ impl JsonStrings {
         while i < chunk.len() {
             let b = chunk[i];
             match self.state {
+                State::Done if self.sequence && !b.is_ascii_whitespace() => {
+                    // The next value of a sequence: read in state Value.
+                    self.state = State::Value;
+                    continue;
+                }
                 State::Failed | State::Done => {
                     if self.state == State::Done && !b.is_ascii_whitespace() {
                         self.fail();
@@ -276,6 +367,10 @@ impl JsonStrings {
                 }
                 State::Literal => {
                     if matches!(b, b',' | b']' | b'}') || b.is_ascii_whitespace() {
+                        if !self.literal_ok() {
+                            self.fail();
+                            return;
+                        }
                         self.value_done();
                         continue; // the delimiter is read in the new state
                     }
@@ -283,6 +378,7 @@ impl JsonStrings {
                         self.fail();
                         return;
                     }
+                    self.literal_byte(b);
                 }
                 State::Value => match b {
                     _ if b.is_ascii_whitespace() => {}
@@ -311,8 +407,12 @@ impl JsonStrings {
                         self.path.pop();
                         self.value_done();
                     }
-                    b'-' | b'0'..=b'9' | b't' | b'f' | b'n' => {
+                    // `NaN`, `Infinity`: Python's json reads them.
+                    b'-' | b'0'..=b'9' | b't' | b'f' | b'n' | b'N' | b'I' => {
                         self.state = State::Literal;
+                        self.lit_len = 0;
+                        self.lit_num = true;
+                        self.literal_byte(b);
                     }
                     _ => {
                         self.fail();
@@ -445,7 +545,49 @@ mod tests {
             let (_, _, failed) = walk(junk, None, false, 2);
             assert!(failed, "{:?}", String::from_utf8_lossy(junk));
         }
+        for junk in [&b"{\"a\": nope}"[..], b"[tru]", b"[-]", b"[Infinit]"] {
+            let (_, _, failed) = walk(junk, None, false, 3);
+            assert!(failed, "{:?}", String::from_utf8_lossy(junk));
+        }
         let deep = "[".repeat(MAX_DEPTH + 1);
         assert!(walk(deep.as_bytes(), None, false, 64).2);
+    }
+
+    #[test]
+    fn keys_match_pointers_as_go_matches_struct_fields() {
+        let doc = r#"{"TEXT": "a", "Text": "b", "texts": "no", "meſſage": "c", "\u212Aey": "d"}"#;
+        let (c, ..) = walk(
+            doc.as_bytes(),
+            Some(&["/text", "/message", "/key"]),
+            true,
+            3,
+        );
+        let got: Vec<(Option<usize>, &str)> = c.0.iter().map(|(w, s)| (*w, s.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (Some(0), "a"),
+                (Some(0), "b"),
+                (Some(1), "c"),
+                (Some(2), "d")
+            ]
+        );
+    }
+
+    #[test]
+    fn python_literals_and_a_sequence_of_values() {
+        let doc = br#"[NaN, -Infinity, Infinity, 1e5, 12345678901234, "s"]"#;
+        let (c, complete, failed) = walk(doc, None, false, 2);
+        assert!(complete && !failed);
+        assert_eq!(c.0, [(None, "s".to_string())]);
+        // Values after the first: read in sequence mode, junk stops there.
+        let ptrs = vec!["/t".to_string()];
+        let mut w = JsonStrings::new(Some(&ptrs), false).sequence();
+        let mut c = Collect::default();
+        w.feed(br#"{"t":"a"} {"t":"b","t":"c"} x {"t":"d"}"#, &mut c);
+        assert_eq!(w.values(), 2);
+        assert!(w.failed());
+        let got: Vec<&str> = c.0.iter().map(|(_, s)| s.as_str()).collect();
+        assert_eq!(got, ["a", "b", "c"], "every value of a key given twice");
     }
 }

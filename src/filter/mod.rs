@@ -234,6 +234,13 @@ pub trait Inspector: Send {
     /// broken.
     fn cut(&mut self) {}
     fn finish(self: Box<Self>) -> Result<Verdict, Skip>;
+    /// A skip the inspector already knows it will answer, whatever else
+    /// the body holds (a body of a type it does not read, seen not to be
+    /// JSON): the body need not be held or read further, and its size
+    /// does not matter (no 413 for a binary upload it never reads).
+    fn settled(&self) -> Option<Skip> {
+        None
+    }
     /// Its memory stays bounded however much it is fed (a streaming
     /// scanner): with `on_oversize: spool` it reads the whole body.
     fn bounded(&self) -> bool {
@@ -364,6 +371,26 @@ impl<M> ModelSlot<M> {
     }
 }
 
+/// A content coding of the IANA registry (what an app or library might
+/// decode), or a `x-` name for one.
+fn is_content_coding(c: &str) -> bool {
+    matches!(
+        c,
+        "gzip"
+            | "x-gzip"
+            | "deflate"
+            | "br"
+            | "zstd"
+            | "compress"
+            | "x-compress"
+            | "aes128gcm"
+            | "dcb"
+            | "dcz"
+            | "exi"
+            | "pack200-gzip"
+    ) || c.starts_with("x-")
+}
+
 /// One body's inspection: Content-Encoding decoding, the inspect limit and
 /// the decompression cap around a filter's [`Inspector`].
 pub struct Inspection {
@@ -428,12 +455,16 @@ impl Inspection {
     ) -> Result<Inspection, Skip> {
         // Content-Encoding is a list (RFC 9110 §8.4; repeated headers are
         // joined with commas by the caller): `identity` entries are no-ops;
-        // more than one real coding is not decoded (a skip, counted).
+        // more than one real coding is not decoded (a skip, counted). A
+        // name that is no content coding at all (`foo`) is no-op too: no
+        // app decodes it (Express answers 415, and Flask, Django, Rails,
+        // PHP and Go read the bytes as sent), so skipping such a body
+        // would forward the plain text those apps read unclassified.
         let enc = content_encoding.unwrap_or_default().to_ascii_lowercase();
         let mut codings = enc
             .split(',')
             .map(str::trim)
-            .filter(|c| !c.is_empty() && *c != "identity");
+            .filter(|c| !c.is_empty() && *c != "identity" && is_content_coding(c));
         let enc = codings.next().unwrap_or_default();
         if codings.next().is_some() {
             return Err(Skip::Encoding);
@@ -544,6 +575,9 @@ impl Inspection {
                 None => return false,
             },
         };
+        if s.inner.as_ref().is_some_and(|i| i.settled().is_some()) {
+            return false;
+        }
         // Past the limit only the decompression cap still needs counting.
         !(s.oversize && s.cap == u64::MAX)
     }
@@ -579,6 +613,9 @@ impl Inspection {
         };
         if sink.capped {
             return Err(Unclassified::Decompression { limit: sink.cap });
+        }
+        if let Some(skip) = sink.inner.as_ref().and_then(|i| i.settled()) {
+            return Err(Unclassified::Skip(skip));
         }
         // A truncated prefix of a compressed body cannot finish cleanly.
         if failed || (finished.is_err() && !truncated) {
@@ -787,8 +824,15 @@ mod tests {
         let u = usage(1 << 20, OnOversize::Reject);
         let r = run(Some("gzip"), b"this is not gzip at all", &u, 1 << 20);
         assert_eq!(r.unwrap_err(), Unclassified::Skip(Skip::DecodeError));
-        let r = Inspection::new(Box::new(Count(Vec::new())), Some("zstd"), &u, 1);
-        assert_eq!(r.err(), Some(Skip::Encoding));
+        for enc in ["zstd", "compress", "gzip, br", "gzip, gzip", "x-zstd"] {
+            let r = Inspection::new(Box::new(Count(Vec::new())), Some(enc), &u, 1);
+            assert_eq!(r.err(), Some(Skip::Encoding), "{enc}");
+        }
+        // Not a content coding: the bytes are read as sent, as apps do.
+        let v = run(Some("foo"), b"plain text", &u, 1 << 20).unwrap();
+        assert_eq!(v.detail["text"], "plain text");
+        let v = run(Some("foo, gzip"), &gzip(b"zipped"), &u, 1 << 20).unwrap();
+        assert_eq!(v.detail["text"], "zipped");
         let r = run(None, b"", &u, 0);
         assert_eq!(r.unwrap_err(), Unclassified::Skip(Skip::Empty));
     }

@@ -164,7 +164,8 @@ impl Filter for SpamFilter {
     }
 
     fn inspector(&self, req: &RequestInfo) -> Result<Box<dyn Inspector>, Skip> {
-        let kind = extract::body_kind(req.content_type.as_deref()).ok_or(Skip::ContentType)?;
+        // A type sift does not read is still read if it is JSON.
+        let kind = extract::body_kind(req.content_type.as_deref()).unwrap_or(BodyKind::Other);
         Ok(Box::new(SpamInspector {
             model: self.slot.current(),
             headers: self.shared.clone(),
@@ -172,6 +173,7 @@ impl Filter for SpamFilter {
             kind,
             buf: Vec::new(),
             cut: false,
+            not_json: false,
         }))
     }
 
@@ -270,6 +272,8 @@ struct SpamInspector {
     buf: Vec<u8>,
     /// What was fed is a prefix of the body.
     cut: bool,
+    /// A body of another type that is not JSON: not kept.
+    not_json: bool,
 }
 
 impl Inspector for SpamInspector {
@@ -277,15 +281,42 @@ impl Inspector for SpamInspector {
         self.cut = true;
     }
 
+    fn settled(&self) -> Option<Skip> {
+        self.not_json.then_some(Skip::ContentType)
+    }
+
     fn feed(&mut self, chunk: &[u8]) {
+        // A body of another type is kept only while it may be JSON: a
+        // binary upload costs no copy.
+        if self.not_json {
+            return;
+        }
+        if self.kind == BodyKind::Other && self.buf.is_empty() {
+            // `{`, `[`, or the first byte of a BOM or of UTF-16/32.
+            match chunk.iter().find(|c| !c.is_ascii_whitespace()) {
+                None => return,
+                Some(b'{' | b'[' | 0 | 0xEF | 0xFE | 0xFF) => {}
+                Some(_) => {
+                    self.not_json = true;
+                    return;
+                }
+            }
+        }
         self.buf.extend_from_slice(chunk);
     }
 
     fn finish(self: Box<Self>) -> Result<Verdict, Skip> {
         let this = *self;
+        if this.not_json {
+            return Err(Skip::ContentType);
+        }
         let view = match this.kind {
             BodyKind::Json => {
                 extract::extract_json(&this.buf, this.spec.json_pointers.as_deref(), this.cut)
+            }
+            BodyKind::Other => {
+                extract::sniffed_json(&this.buf, this.spec.json_pointers.as_deref(), this.cut)
+                    .ok_or(extract::ExtractError::NotText)
             }
             _ => extract::extract_owned(
                 &this.kind,
@@ -294,7 +325,10 @@ impl Inspector for SpamInspector {
                 this.spec.form_fields.as_deref(),
             ),
         }
-        .map_err(|_| Skip::ExtractError)?;
+        .map_err(|e| match e {
+            extract::ExtractError::NotText => Skip::ContentType,
+            _ => Skip::ExtractError,
+        })?;
         if view.text.trim().is_empty() && view.links.is_empty() {
             return Err(Skip::Empty);
         }

@@ -90,8 +90,8 @@ fuzz_target!(|data: &[u8]| {
         let _ = extract::extract(&kind, body, names.as_deref(), names.as_deref());
         let _ = extract::extract(&kind, body, None, None);
         let _ = extract::extract_owned(&kind, body.to_vec(), names.as_deref(), names.as_deref());
-        if let BodyKind::Multipart { boundary } = &kind {
-            assert!(!boundary.is_empty() && boundary.len() <= 200);
+        if let BodyKind::Multipart { boundary, .. } = &kind {
+            assert!(!boundary.is_empty());
         }
     }
 
