@@ -811,7 +811,7 @@ impl Featurizer {
     /// The part of `text` worth folding: folding never lengthens, and at
     /// most 4 input bytes make one output byte, so 4 × `max_bytes` (cut
     /// at a char boundary) fills the featurized prefix.
-    fn fold_input<'a>(&self, text: &'a str) -> &'a str {
+    pub(crate) fn fold_input<'a>(&self, text: &'a str) -> &'a str {
         let mut end = text.len().min(4 * self.cfg.max_bytes as usize);
         while !text.is_char_boundary(end) {
             end -= 1;
@@ -2304,6 +2304,8 @@ mod tests {
             "URGENT! Claim your CASH prize now: call 09061701461 or txt WIN to 80086, £5/wk",
             "see http://Foo.COM:8080/x or  www.bar.org\n\n\nor https://user@1.2.3.4/ and HTTP://xn--pypal-4ve.com",
             "internationalization INTERNATIONALIZATION internationalizatiom abcdefgh abcdefghi",
+            // Unicode disguises (flag `unicode`) beside text that stays.
+            "f\u{200b}r\u{200b}e\u{200b}e ＦＲＥＥ 𝐅𝐑𝐄𝐄 раypal САSН a\u{a0}b Привет как дела café",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -2313,6 +2315,8 @@ mod tests {
         v.push(" ".repeat(70) + "x http://a.b/");
         // Past max_bytes, URLs at the end after whitespace runs.
         v.push("word   \n\t ".repeat(5000) + " http://bit.ly/abc www.paypal.secure.net");
+        // Past 4 × max_bytes of invisible characters, then words.
+        v.push("\u{200b}".repeat(50_000) + "free prize www.paypal.secure.net");
         v
     }
 

@@ -105,7 +105,16 @@ impl Featurizer {
     /// Emit every feature of `view` into `sink`.
     #[inline(always)]
     pub(super) fn ref_run<S: Sink>(&self, view: &TextView, sink: &mut S) {
-        let text = view.text.as_bytes();
+        // Folded always (no quick check first), so the check is tested too.
+        let folded;
+        let text = if self.cfg.flags & FLAG_UNICODE != 0 {
+            let mut s = String::new();
+            crate::classify::unicode::fold(self.fold_input(&view.text), &mut s);
+            folded = s;
+            folded.as_bytes()
+        } else {
+            view.text.as_bytes()
+        };
         let text = &text[..text.len().min(self.cfg.max_bytes as usize)];
         let mut stats = Stats::default();
         // Per-thread scratch buffers (reused: no allocation per message in
