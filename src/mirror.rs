@@ -236,13 +236,7 @@ async fn send(
         }
     };
     let code = resp.status().as_u16();
-    let observed = if code >= 500 {
-        Observed::Status5xx {
-            gateway: matches!(code, 502..=504),
-        }
-    } else {
-        Observed::Success
-    };
+    let observed = Observed::of_status(code);
     cluster.observe(index, observed, clock.now());
     // Read to the end (the connection can then serve again), keeping
     // nothing; the caller's timeout bounds it.

@@ -886,13 +886,7 @@ async fn proxy(
         let (outcome, retryable) = match result {
             Ok(Ok(resp)) => {
                 let code = resp.status().as_u16();
-                let observed = if code >= 500 {
-                    Observed::Status5xx {
-                        gateway: matches!(code, 502..=504),
-                    }
-                } else {
-                    Observed::Success
-                };
+                let observed = Observed::of_status(code);
                 cluster.observe(ep_index, observed, now);
                 let again = retry.is_some_and(|r| r.on_status.binary_search(&code).is_ok());
                 (Ok(resp), again)

@@ -50,6 +50,19 @@ pub enum Observed {
     LocalGatewayError,
 }
 
+impl Observed {
+    /// What a response with this status code counts as.
+    pub fn of_status(code: u16) -> Observed {
+        if code >= 500 {
+            Observed::Status5xx {
+                gateway: matches!(code, 502..=504),
+            }
+        } else {
+            Observed::Success
+        }
+    }
+}
+
 const WINDOW_BUCKETS: usize = 10;
 
 #[derive(Debug, Default)]
