@@ -407,11 +407,18 @@ async fn proxy(
     //     block and annotate filters read a held prefix of the body before
     //     anything is forwarded (shadow filters come with the body, below).
     // Built only when a filter can run: a bodiless request on a filtered
-    // route allocates nothing here.
-    let info = (route.answer.is_some()
-        || (!route.filters.is_empty() && !req.body().is_end_stream()))
-    .then(|| filter_request_info(&req, route, conn))
-    .transpose()?;
+    // route allocates nothing here, unless a filter reads query fields and
+    // the request has a query.
+    let bodiless = req.body().is_end_stream();
+    let query_read = bodiless
+        && req.uri().query().is_some()
+        && route
+            .filters
+            .iter()
+            .any(|f| !f.filter.spec().query_fields.is_empty());
+    let info = (route.answer.is_some() || (!route.filters.is_empty() && (!bodiless || query_read)))
+        .then(|| filter_request_info(&req, route, conn))
+        .transpose()?;
     if let (Some(f), Some(info)) = (&route.answer, &info) {
         // Boxed, like every await off the plain forwarding path: the
         // request future's size is its largest await state, and hyper
@@ -449,15 +456,16 @@ async fn proxy(
         .iter()
         .filter(|f| f.spec.usage.mode != crate::config::file::FilterMode::Shadow)
         .collect();
-    if let (false, Some(info)) = (held_filters.is_empty() || req.body().is_end_stream(), &info) {
+    if let (false, Some(info)) = (held_filters.is_empty() || (bodiless && !query_read), &info) {
         let cap = held_filters
             .iter()
             .map(|f| f.spec.usage.max_inspect_bytes)
             .max()
             .unwrap_or(0);
-        let spools = held_filters
-            .iter()
-            .any(|f| f.spec.usage.on_oversize == crate::config::file::OnOversize::Spool);
+        let spools = !bodiless
+            && held_filters
+                .iter()
+                .any(|f| f.spec.usage.on_oversize == crate::config::file::OnOversize::Spool);
         let r = if spools {
             Box::pin(crate::filter::chain::run_spooled(
                 pool,
@@ -710,10 +718,11 @@ async fn proxy(
             .filter(|f| f.spec.usage.mode == crate::config::file::FilterMode::Shadow)
             .map(|f| (f.filter.clone(), f.spec.usage.clone()))
             .collect();
-        let has_body = match &body {
-            Plan::Replay(b) => !b.is_empty(),
-            Plan::Stream(_) => true,
-        };
+        let has_body = query_read
+            || match &body {
+                Plan::Replay(b) => !b.is_empty(),
+                Plan::Stream(_) => true,
+            };
         if let (false, true) = (shadows.is_empty(), has_body) {
             let tx = crate::filter::chain::shadow(
                 pool.clone(),
@@ -1079,6 +1088,17 @@ fn filter_request_info(
         content_type,
         content_encoding,
         identity: conn.identity.as_ref().map(|i| i.id.clone()),
+        // Copied only for a filter that reads query fields.
+        query: req
+            .uri()
+            .query()
+            .filter(|_| {
+                route
+                    .filters
+                    .iter()
+                    .any(|f| !f.filter.spec().query_fields.is_empty())
+            })
+            .map(str::to_owned),
     })
 }
 

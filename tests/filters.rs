@@ -2540,3 +2540,164 @@ async fn binary_uploads_of_any_size_pass_a_block_filter() {
     let r = post(&sift, Some("application/octet-stream"), &[], json).await;
     assert_eq!(r.status(), 403);
 }
+
+/// `application/x-www-form-urlencoded` escaping for a query value.
+fn query_escape(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => out.push(b as char),
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// Text sent in the URL is classified too (PHP's `$_REQUEST`, Flask's
+/// `request.values`, Rails' `params` give an app query fields under the
+/// names of form fields): a GET without a body, a form whose query holds
+/// the spam, and a body sift does not read with the spam in its query.
+#[tokio::test(flavor = "multi_thread")]
+async fn query_fields_are_classified_with_or_without_a_body() {
+    let up = mirror().await;
+    let sift = Sift::start(&config(
+        up.addr,
+        "    extract: { form_fields: [comment] }",
+        "      - { filter: spam, mode: block }",
+        "",
+    ));
+    let (spam, ham) = clear_examples();
+    let get = |q: String| {
+        let url = sift.url(&format!("/submit?{q}"));
+        async move { send(Request::get(url).body(body::empty()).unwrap()).await }
+    };
+    // A GET with the spam in a listed field (also as PHP's `comment[]`):
+    // blocked, the app never sees it.
+    for name in ["comment", "comment%5B%5D", "comment[0]"] {
+        let r = get(format!("page=2&{name}={}", query_escape(&spam))).await;
+        assert_eq!(r.status(), 403, "{name}");
+    }
+    assert_eq!(up.requests.load(Ordering::Relaxed), 0);
+    // The ham in the field: forwarded with the verdict.
+    let r = get(format!("comment={}", query_escape(&ham))).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(echoed(&r)["x-sift-spam-verdict"], "ham");
+    // A query without the field, and no query: forwarded untouched, not a
+    // skip (nothing was there to read).
+    for q in ["page=2&sort=asc", ""] {
+        let r = get(q.to_string()).await;
+        assert_eq!(r.status(), 200, "{q}");
+        assert!(echoed(&r).get("x-sift-spam-verdict").is_none(), "{q}");
+    }
+    assert_eq!(
+        sift.metric(r#"sift_filter_skipped_total{filter="spam",reason="empty"}"#)
+            .await
+            .unwrap_or(0.0),
+        0.0
+    );
+    // A ham form whose query carries the spam under the same name.
+    let mut r = Request::post(sift.url(&format!("/submit?comment={}", query_escape(&spam))));
+    r = r.header("content-type", "application/x-www-form-urlencoded");
+    let form = format!("comment={}", query_escape(&ham));
+    let r = send(r.body(full(Bytes::from(form.clone()))).unwrap()).await;
+    assert_eq!(r.status(), 403, "the query's spam blocks the form");
+    // The same form with a ham query passes, body unchanged.
+    let mut r = Request::post(sift.url(&format!("/submit?comment={}", query_escape(&ham))));
+    r = r.header("content-type", "application/x-www-form-urlencoded");
+    let r = send(r.body(full(Bytes::from(form.clone()))).unwrap()).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.body().as_ref(), form.as_bytes());
+    // A body sift does not read (an image) with the spam in its query:
+    // blocked on the query, the body's skip counted.
+    let png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".repeat(100);
+    let mut r = Request::post(sift.url(&format!("/upload?comment={}", query_escape(&spam))));
+    r = r.header("content-type", "image/png");
+    let r = send(r.body(full(Bytes::from(png.clone()))).unwrap()).await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(
+        sift.metric(r#"sift_filter_skipped_total{filter="spam",reason="content_type"}"#)
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        sift.metric(r#"sift_filter_verdicts_total{filter="spam",route="inbox",verdict="spam"}"#)
+            .await,
+        Some(5.0)
+    );
+    assert_eq!(up.requests.load(Ordering::Relaxed), 4, "the ham ones");
+}
+
+/// `query_fields: []` turns the query off; an explicit list needs no form
+/// fields; `on_unreadable: reject` still refuses an unread body whose
+/// query was read; shadow mode classifies a GET's query off the path.
+#[tokio::test(flavor = "multi_thread")]
+async fn query_fields_options_and_modes() {
+    let up = mirror().await;
+    let (spam, ham) = clear_examples();
+    let spam_q = format!("q={}", query_escape(&spam));
+    // Off: the spam in the query passes unclassified.
+    let sift = Sift::start(&config(
+        up.addr,
+        "    extract: { form_fields: [q], query_fields: [] }",
+        "      - { filter: spam, mode: block }",
+        "",
+    ));
+    let r = send(
+        Request::get(sift.url(&format!("/s?{spam_q}")))
+            .body(body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    drop(sift);
+    // A query field alone, in annotate mode; a PNG with a ham query under
+    // `on_unreadable: reject` is refused for its body.
+    let sift = Sift::start(&config(
+        up.addr,
+        "    extract: { query_fields: [q] }\n    on_unreadable: reject",
+        "      - { filter: spam, mode: annotate }\n      - { filter: spam2, mode: block }",
+        "",
+    )
+    .replace(
+        "routes:",
+        "  - name: spam2\n    kind: spam\n    header_prefix: x-spam2\n    extract: { query_fields: [q] }\n    on_unreadable: reject\nroutes:",
+    ));
+    let r = send(
+        Request::get(sift.url(&format!("/s?q={}", query_escape(&ham))))
+            .body(body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(echoed(&r)["x-sift-spam-verdict"], "ham");
+    assert_eq!(echoed(&r)["x-spam2-verdict"], "ham");
+    let mut r = Request::post(sift.url(&format!("/s?q={}", query_escape(&ham))));
+    r = r.header("content-type", "image/png");
+    let r = send(r.body(full(Bytes::from_static(b"\x89PNG\r\n"))).unwrap()).await;
+    assert_eq!(r.status(), 415, "the body was not read");
+    drop(sift);
+    // Shadow: the GET goes through untouched, its verdict in the metrics.
+    let sift = Sift::start(&config(
+        up.addr,
+        "    extract: { query_fields: [q] }",
+        "      - { filter: spam, mode: shadow }",
+        "",
+    ));
+    let r = send(
+        Request::get(sift.url(&format!("/s?{spam_q}")))
+            .body(body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert!(echoed(&r).get("x-sift-spam-verdict").is_none());
+    let sample = r#"sift_filter_verdicts_total{filter="spam",route="inbox",verdict="spam"}"#;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            sift.metric(sample).await == Some(1.0)
+        })
+        .await,
+        "the shadow verdict on the query reaches the metrics"
+    );
+}

@@ -395,6 +395,13 @@ fn build_filters(fs: &[FilterFile], e: &mut Errs) -> Vec<FilterSpec> {
                  plain-text log, or the log in a JSON field named by extract.json_pointers)",
             );
         }
+        if cilog && f.extract.as_ref().is_some_and(|x| x.query_fields.is_some()) {
+            e.push(
+                format!("{p}.extract.query_fields"),
+                "option extract.query_fields has no effect on a cilog filter (it reads a \
+                 plain-text log, or the log in a JSON field named by extract.json_pointers)",
+            );
+        }
         let threshold = match f.threshold {
             Some(t) if !(t > 0.0 && t < 1.0) => {
                 e.push(
@@ -534,6 +541,19 @@ fn build_filters(fs: &[FilterFile], e: &mut Errs) -> Vec<FilterSpec> {
                 );
             }
         }
+        for (list, names) in [
+            ("form_fields", &x.form_fields),
+            ("query_fields", &x.query_fields),
+        ] {
+            for (j, n) in names.iter().flatten().enumerate() {
+                if n.is_empty() {
+                    e.push(
+                        format!("{p}.extract.{list}[{j}]"),
+                        "a field name is not empty",
+                    );
+                }
+            }
+        }
         let b = f.block.clone().unwrap_or_default();
         let block_status = match b.status {
             Some(s) if !(400..=599).contains(&s) => {
@@ -570,6 +590,10 @@ fn build_filters(fs: &[FilterFile], e: &mut Errs) -> Vec<FilterSpec> {
             usage,
             max_decompressed_bytes,
             json_pointers: x.json_pointers,
+            query_fields: x
+                .query_fields
+                .or_else(|| x.form_fields.clone())
+                .unwrap_or_default(),
             form_fields: x.form_fields,
             block_status,
             block_message: b
@@ -2106,9 +2130,18 @@ mod tests {
     #[test]
     fn options_a_cilog_filter_ignores_are_errors() {
         let errs = errors(&cfg(
-            "  - name: ci\n    kind: cilog\n    threshold: 0.5\n    extract: { form_fields: [log] }\n",
+            "  - name: ci\n    kind: cilog\n    threshold: 0.5\n    \
+             extract: { form_fields: [log], query_fields: [log] }\n",
             "      - { filter: ci }\n",
         ));
+        assert!(
+            has(
+                &errs,
+                "filters[0].extract.query_fields",
+                "option extract.query_fields has no effect on a cilog filter"
+            ),
+            "{errs:?}"
+        );
         assert!(
             has(
                 &errs,
@@ -2133,6 +2166,34 @@ mod tests {
             "      - { filter: ci, rules: [{ when: [unknown], reject: true }] }\n",
         ))
         .unwrap();
+        // Field names are not empty.
+        let errs = errors(&cfg(
+            "  - { name: spam, kind: spam, extract: { form_fields: [c, ''], query_fields: [''] } }\n",
+            "      - { filter: spam }\n",
+        ));
+        assert!(
+            has(
+                &errs,
+                "filters[0].extract.form_fields[1]",
+                "a field name is not empty"
+            ) && has(
+                &errs,
+                "filters[0].extract.query_fields[0]",
+                "a field name is not empty"
+            ),
+            "{errs:?}"
+        );
+        // query_fields defaults to form_fields; `[]` turns it off.
+        let c = load_str(&cfg(
+            "  - { name: a, kind: spam, extract: { form_fields: [c] } }\n  \
+             - { name: b, kind: spam, header_prefix: x-b, extract: { form_fields: [c], query_fields: [] } }\n  \
+             - { name: d, kind: spam, header_prefix: x-d, extract: { query_fields: [q] } }\n  \
+             - { name: e, kind: spam, header_prefix: x-e }\n",
+            "      - { filter: a }\n",
+        ))
+        .unwrap();
+        let q: Vec<&[String]> = c.filters.iter().map(|f| &f.query_fields[..]).collect();
+        assert_eq!(q, [&["c".to_string()][..], &[], &["q".to_string()], &[]]);
         // And spam still takes both.
         load_str(&cfg(
             "  - { name: spam, kind: spam, threshold: 0.5, extract: { form_fields: [c] } }\n",

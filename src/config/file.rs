@@ -219,6 +219,14 @@ pub struct ExtractFile {
     /// `curl -d 'text'` sends). Kinds spam and onnx (an error on cilog).
     #[serde(default)]
     pub form_fields: Option<Vec<String>>,
+    /// Query-string parameters whose values are classified with the body
+    /// (and without one: a GET is classified by them). PHP's `$_REQUEST`,
+    /// Flask's `request.values` and Rails' `params` give an app query and
+    /// body fields under one name, so text sent in the URL is read too.
+    /// Default: the `form_fields` list (none without it); `[]` reads no
+    /// query. Kinds spam and onnx (an error on cilog).
+    #[serde(default)]
+    pub query_fields: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]

@@ -69,6 +69,9 @@ pub struct FilterSpec {
     pub max_decompressed_bytes: u64,
     pub json_pointers: Option<Vec<String>>,
     pub form_fields: Option<Vec<String>>,
+    /// Query-string parameters classified with the body (resolved: the
+    /// configured list, else `form_fields`, else none).
+    pub query_fields: Vec<String>,
     pub block_status: u16,
     pub block_message: String,
     pub header_prefix: String,

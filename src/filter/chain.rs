@@ -109,6 +109,7 @@ pub async fn run_held(
     filters: &[&RouteFilter],
 ) -> Result<Decision, ProxyError> {
     let mut d = Decision::default();
+    let bodiless = held.complete && held.data.is_empty();
     for rf in filters {
         let f = &rf.filter;
         let name = f.spec().name.as_str();
@@ -131,6 +132,11 @@ pub async fn run_held(
         } else {
             pool_run(pool, run, rf, name, metrics).await?
         };
+        // A request without a body runs the filters for its query fields
+        // only: none of them named, nothing was inspected (not a skip).
+        if bodiless && matches!(result, Err(Unclassified::Skip(Skip::Empty))) {
+            continue;
+        }
         apply(&mut d, metrics, route, rf, result, took)?;
     }
     Ok(d)
@@ -164,6 +170,14 @@ fn apply(
             return Ok(());
         }
     };
+    // A verdict on the query fields of a request whose body was not read:
+    // the body's skip counts too, and `on_unreadable: reject` still
+    // refuses it.
+    if let Some(s) = v.unread {
+        metrics.skipped.with_label_values(&[name, s.as_str()]).inc();
+        d.summary.push(format!("{name}=skipped:{}", s.as_str()));
+        unreadable(name, &rf.spec.usage, s)?;
+    }
     metrics
         .verdicts
         .with_label_values(&[name, route, v.verdict])
@@ -712,6 +726,14 @@ where
         .with_label_values(&[name])
         .observe((busy + took).as_secs_f64());
     match result {
+        // An answer is on the body: a verdict on the query alone would
+        // answer for a body that was not read.
+        Ok(Verdict {
+            unread: Some(s), ..
+        }) => {
+            metrics.skipped.with_label_values(&[name, s.as_str()]).inc();
+            Err(unclassifiable(s))
+        }
         Ok(v) => {
             metrics
                 .verdicts
@@ -771,10 +793,12 @@ pub fn shadow(
         let mut batch = BytesMut::new();
         let mut busy = std::time::Duration::ZERO;
         let mut truncated = false;
+        let mut seen = 0usize;
         loop {
             let next = rx.recv().await;
             let end = next.is_none();
             if let Some(b) = next {
+                seen += b.len();
                 batch.extend_from_slice(&b);
             }
             if batch.len() >= BATCH || (end && !batch.is_empty()) {
@@ -849,6 +873,9 @@ pub fn shadow(
             fm.duration.with_label_values(&[&name]).observe(per);
             match r {
                 Ok(v) => {
+                    if let Some(s) = v.unread {
+                        fm.skipped.with_label_values(&[&name, s.as_str()]).inc();
+                    }
                     fm.verdicts
                         .with_label_values(&[name.as_str(), &*route, v.verdict])
                         .inc();
@@ -863,6 +890,8 @@ pub fn shadow(
                         "shadow verdict"
                     );
                 }
+                // No body, and none of the query fields it runs for.
+                Err(Unclassified::Skip(Skip::Empty)) if seen == 0 => {}
                 Err(Unclassified::Skip(s)) => {
                     fm.skipped.with_label_values(&[&name, s.as_str()]).inc();
                 }

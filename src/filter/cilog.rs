@@ -527,6 +527,7 @@ impl Inspector for CilogInspector {
             score: conf,
             detail,
             headers,
+            unread: None,
         })
     }
 }

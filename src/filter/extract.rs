@@ -268,42 +268,72 @@ pub fn extract(
             if let Some(v) = sniffed_json(&body, json_pointers, false) {
                 push_line(&mut out, &v.text);
             }
-            for pair in body.split(|&b| b == b'&') {
-                let (k, v) = match pair.iter().position(|&b| b == b'=') {
-                    Some(i) => (&pair[..i], &pair[i + 1..]),
-                    // No `=`: not a field but bare text, as `curl -d 'text'`
-                    // sends it (typed urlencoded by default). Read when every
-                    // field is read, so such a body is classified rather
-                    // than forwarded as empty.
-                    None if form_fields.is_none() => (&b""[..], pair),
-                    None => (pair, &b""[..]),
-                };
-                let k = form_decode(k);
-                if wanted(form_fields, &k) {
-                    push_line(&mut out, &form_decode(v));
-                }
-                // `;` separated fields too, as older stacks read them
-                // (Python before 3.9.2, Go before 1.17, Rack 1): `a=1;msg=x`
-                // is field `a` to a current app and `msg` to those. Without
-                // a field list the value above already holds all of it.
-                if form_fields.is_some() && memchr::memchr(b';', pair).is_some() {
-                    for sub in pair.split(|&b| b == b';').skip(1) {
-                        let (k, v) = match sub.iter().position(|&b| b == b'=') {
-                            Some(i) => (&sub[..i], &sub[i + 1..]),
-                            None => (sub, &b""[..]),
-                        };
-                        if wanted(form_fields, &form_decode(k)) {
-                            push_line(&mut out, &form_decode(v));
-                        }
-                    }
-                }
-            }
+            form_pairs(&body, form_fields, form_decode, &mut out);
             Ok(TextView::plain(&out))
         }
         BodyKind::Multipart { boundary, charset } => {
             multipart(body, boundary, charset.as_deref(), form_fields)
         }
     }
+}
+
+/// The values of an urlencoded string's fields (a form body or a query
+/// string): every field, or those `form_fields` lists, one per line.
+fn form_pairs(
+    body: &[u8],
+    form_fields: Option<&[String]>,
+    form_decode: impl Fn(&[u8]) -> String,
+    out: &mut String,
+) {
+    for pair in body.split(|&b| b == b'&') {
+        let (k, v) = match pair.iter().position(|&b| b == b'=') {
+            Some(i) => (&pair[..i], &pair[i + 1..]),
+            // No `=`: not a field but bare text, as `curl -d 'text'`
+            // sends it (typed urlencoded by default). Read when every
+            // field is read, so such a body is classified rather
+            // than forwarded as empty.
+            None if form_fields.is_none() => (&b""[..], pair),
+            None => (pair, &b""[..]),
+        };
+        let k = form_decode(k);
+        if wanted(form_fields, &k) {
+            push_line(out, &form_decode(v));
+        }
+        // `;` separated fields too, as older stacks read them
+        // (Python before 3.9.2, Go before 1.17, Rack 1): `a=1;msg=x`
+        // is field `a` to a current app and `msg` to those. Without
+        // a field list the value above already holds all of it.
+        if form_fields.is_some() && memchr::memchr(b';', pair).is_some() {
+            for sub in pair.split(|&b| b == b';').skip(1) {
+                let (k, v) = match sub.iter().position(|&b| b == b'=') {
+                    Some(i) => (&sub[..i], &sub[i + 1..]),
+                    None => (sub, &b""[..]),
+                };
+                if wanted(form_fields, &form_decode(k)) {
+                    push_line(out, &form_decode(v));
+                }
+            }
+        }
+    }
+}
+
+/// The text of the query-string fields named in `fields`, one value per
+/// line (empty if none occurs). Parsed as a form body is (`+` and
+/// percent decoding, `;` separators, names as PHP, Rails and Express read
+/// them), because PHP's `$_REQUEST`, Flask's `request.values` and Rails'
+/// `params` give an app its query fields and body fields under the same
+/// names.
+pub fn query_text(query: &str, fields: &[String]) -> String {
+    let mut out = String::new();
+    if !fields.is_empty() {
+        form_pairs(
+            query.as_bytes(),
+            Some(fields),
+            |s| form_decode(s, None),
+            &mut out,
+        );
+    }
+    out
 }
 
 /// Whether a form field (urlencoded or multipart) of this name is read:
@@ -1072,6 +1102,24 @@ mod tests {
         assert_eq!(php_name("a.b c[d.e]"), Some("a_b_c[d.e]".into()));
         assert_eq!(php_name("a[b"), Some("a_b".into()));
         assert_eq!(php_name("plain"), None);
+    }
+
+    #[test]
+    fn query_fields_as_apps_read_them() {
+        let f = vec!["q".to_string(), "my_msg".to_string()];
+        for (query, want) in [
+            ("q=win+a+prize%21&page=2", "win a prize!"),
+            ("page=2&sort=asc", ""),
+            ("", ""),
+            ("q", ""),
+            ("q[]=a&q%5B1%5D=b&my.msg=c&qq=d", "a\nb\nc"),
+            ("x=1;q=a&q=b", "a\nb"),
+            ("q=%E2%82%AC+%ZZ", "\u{20ac} %ZZ"),
+        ] {
+            assert_eq!(query_text(query, &f), want, "{query:?}");
+        }
+        // No list, nothing read (a query is read only for named fields).
+        assert_eq!(query_text("q=a", &[]), "");
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub struct RequestInfo {
     pub content_type: Option<String>,
     pub content_encoding: Option<String>,
     pub identity: Option<String>,
+    /// The raw query string (after `?`), if any.
+    pub query: Option<String>,
 }
 
 /// A filter's decision on one body.
@@ -57,6 +59,11 @@ pub struct Verdict {
     /// Request headers for the upstream (annotate and block modes).
     #[serde(skip)]
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The body was not read (why), and the verdict is on the request's
+    /// other text (its query fields): counted as a skip too, and refused
+    /// under `on_unreadable: reject` as an unread body is.
+    #[serde(skip)]
+    pub unread: Option<Skip>,
 }
 
 /// An f32 as the shortest decimal that reads back as it (0.931, not
@@ -234,6 +241,12 @@ pub trait Inspector: Send {
     /// broken.
     fn cut(&mut self) {}
     fn finish(self: Box<Self>) -> Result<Verdict, Skip>;
+    /// The body will not be read (`skip` says why: empty, not text,
+    /// broken, too long to read): a verdict on the request's other text
+    /// (query fields), or the skip.
+    fn finish_unread(self: Box<Self>, skip: Skip) -> Result<Verdict, Skip> {
+        Err(skip)
+    }
     /// A skip the inspector already knows it will answer, whatever else
     /// the body holds (a body of a type it does not read, seen not to be
     /// JSON): the body need not be held or read further, and its size
@@ -614,33 +627,35 @@ impl Inspection {
         if sink.capped {
             return Err(Unclassified::Decompression { limit: sink.cap });
         }
-        if let Some(skip) = sink.inner.as_ref().and_then(|i| i.settled()) {
-            return Err(Unclassified::Skip(skip));
-        }
-        // A truncated prefix of a compressed body cannot finish cleanly.
-        if failed || (finished.is_err() && !truncated) {
-            return Err(Unclassified::Skip(Skip::DecodeError));
-        }
-        if sink.total == 0 && !truncated {
-            return Err(Unclassified::Skip(Skip::Empty));
-        }
-        if sink.oversize || truncated {
-            match on_oversize {
-                OnOversize::Skip => return Err(Unclassified::Skip(Skip::Oversize)),
-                OnOversize::Reject => return Err(Unclassified::Oversize { limit: sink.limit }),
-                OnOversize::InspectPrefix | OnOversize::Spool => {}
-            }
-        }
         let cut = sink.oversize || truncated;
-        match sink.inner.take() {
-            Some(mut inner) => {
-                if cut {
-                    inner.cut();
-                }
-                inner.finish().map_err(Unclassified::Skip)
+        // Why the body is not read, if it is not; the inspector may still
+        // judge the request's other text.
+        let skip = if let Some(skip) = sink.inner.as_ref().and_then(|i| i.settled()) {
+            Some(skip)
+        } else if failed || (finished.is_err() && !truncated) {
+            // A truncated prefix of a compressed body cannot finish cleanly.
+            Some(Skip::DecodeError)
+        } else if sink.total == 0 && !truncated {
+            Some(Skip::Empty)
+        } else if cut {
+            match on_oversize {
+                OnOversize::Skip => Some(Skip::Oversize),
+                OnOversize::Reject => return Err(Unclassified::Oversize { limit: sink.limit }),
+                OnOversize::InspectPrefix | OnOversize::Spool => None,
             }
-            None => Err(Unclassified::Skip(Skip::Empty)),
+        } else {
+            None
+        };
+        let Some(mut inner) = sink.inner.take() else {
+            return Err(Unclassified::Skip(skip.unwrap_or(Skip::Empty)));
+        };
+        if let Some(skip) = skip {
+            return inner.finish_unread(skip).map_err(Unclassified::Skip);
         }
+        if cut {
+            inner.cut();
+        }
+        inner.finish().map_err(Unclassified::Skip)
     }
 }
 
@@ -667,6 +682,7 @@ mod tests {
                 score: self.0.len() as f32,
                 detail,
                 headers: Vec::new(),
+                unread: None,
             })
         }
     }

@@ -72,6 +72,7 @@ impl SpamFilter {
             threshold: spec.threshold,
             json_pointers: spec.json_pointers.clone(),
             form_fields: spec.form_fields.clone(),
+            query_fields: spec.query_fields.clone(),
         });
         let configured_seen = Mutex::new(configured_fingerprint(&spec));
         Ok(SpamFilter {
@@ -166,6 +167,10 @@ impl Filter for SpamFilter {
     fn inspector(&self, req: &RequestInfo) -> Result<Box<dyn Inspector>, Skip> {
         // A type sift does not read is still read if it is JSON.
         let kind = extract::body_kind(req.content_type.as_deref()).unwrap_or(BodyKind::Other);
+        let query = match (&req.query, self.inspect.query_fields.is_empty()) {
+            (Some(q), false) => extract::query_text(q, &self.inspect.query_fields),
+            _ => String::new(),
+        };
         Ok(Box::new(SpamInspector {
             model: self.slot.current(),
             headers: self.shared.clone(),
@@ -174,6 +179,7 @@ impl Filter for SpamFilter {
             buf: Vec::new(),
             cut: false,
             not_json: false,
+            query,
         }))
     }
 
@@ -262,6 +268,7 @@ struct InspectSpec {
     threshold: Option<f32>,
     json_pointers: Option<Vec<String>>,
     form_fields: Option<Vec<String>>,
+    query_fields: Vec<String>,
 }
 
 struct SpamInspector {
@@ -274,6 +281,9 @@ struct SpamInspector {
     cut: bool,
     /// A body of another type that is not JSON: not kept.
     not_json: bool,
+    /// The text of the request's query fields (`query_fields`), one value
+    /// per line; empty if none.
+    query: String,
 }
 
 impl Inspector for SpamInspector {
@@ -305,12 +315,17 @@ impl Inspector for SpamInspector {
         self.buf.extend_from_slice(chunk);
     }
 
-    fn finish(self: Box<Self>) -> Result<Verdict, Skip> {
+    fn finish_unread(self: Box<Self>, skip: Skip) -> Result<Verdict, Skip> {
         let this = *self;
+        this.query_only(skip)
+    }
+
+    fn finish(self: Box<Self>) -> Result<Verdict, Skip> {
+        let mut this = *self;
         if this.not_json {
-            return Err(Skip::ContentType);
+            return this.query_only(Skip::ContentType);
         }
-        let view = match this.kind {
+        let extracted = match this.kind {
             BodyKind::Json => {
                 extract::extract_json(&this.buf, this.spec.json_pointers.as_deref(), this.cut)
             }
@@ -320,19 +335,50 @@ impl Inspector for SpamInspector {
             }
             _ => extract::extract_owned(
                 &this.kind,
-                this.buf,
+                std::mem::take(&mut this.buf),
                 this.spec.json_pointers.as_deref(),
                 this.spec.form_fields.as_deref(),
             ),
-        }
-        .map_err(|e| match e {
-            extract::ExtractError::NotText => Skip::ContentType,
-            _ => Skip::ExtractError,
-        })?;
+        };
+        let mut view = match extracted {
+            Ok(v) => v,
+            Err(extract::ExtractError::NotText) => return this.query_only(Skip::ContentType),
+            Err(_) => return this.query_only(Skip::ExtractError),
+        };
         if view.text.trim().is_empty() && view.links.is_empty() {
-            return Err(Skip::Empty);
+            return this.query_only(Skip::Empty);
         }
-        let score = this.model.model.score(&view)?;
+        if !this.query.is_empty() {
+            // The query's text first, then the body's, one view.
+            let mut text = std::mem::take(&mut this.query);
+            text.push('\n');
+            text.push_str(&view.text);
+            view.text = text;
+        }
+        this.verdict(&view, None)
+    }
+}
+
+impl SpamInspector {
+    /// The body is not read (`skip`): the verdict on the query fields'
+    /// text, or the skip if there is none.
+    fn query_only(self, skip: Skip) -> Result<Verdict, Skip> {
+        if self.query.trim().is_empty() {
+            return Err(skip);
+        }
+        let view = crate::classify::text::TextView::plain(&self.query);
+        // An empty body is no loss; any other skip is counted beside the
+        // verdict (and refused under `on_unreadable: reject`).
+        self.verdict(&view, (skip != Skip::Empty).then_some(skip))
+    }
+
+    fn verdict(
+        &self,
+        view: &crate::classify::text::TextView,
+        unread: Option<Skip>,
+    ) -> Result<Verdict, Skip> {
+        let this = self;
+        let score = this.model.model.score(view)?;
         let spam = match this.spec.threshold {
             Some(t) => score.probability >= t,
             None => score.spam,
@@ -363,6 +409,7 @@ impl Inspector for SpamInspector {
             score: p,
             detail,
             headers,
+            unread,
         })
     }
 }
