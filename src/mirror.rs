@@ -107,6 +107,8 @@ pub struct Job {
     pub head: Arc<Head>,
     pub body: Source,
     pub max_body: u64,
+    /// `-shadow` appended to the host.
+    pub host_suffix: bool,
     pub clock: crate::clock::Clock,
     /// One of the mirror cluster's max_requests, held to the end.
     pub slot: RequestSlot,
@@ -152,8 +154,17 @@ impl Job {
                 }
             },
         };
-        let r =
-            tokio::time::timeout(timeout, send(&self.cluster, &self.head, body, self.clock)).await;
+        let r = tokio::time::timeout(
+            timeout,
+            send(
+                &self.cluster,
+                &self.head,
+                body,
+                self.clock,
+                self.host_suffix,
+            ),
+        )
+        .await;
         // The slot is free before the result shows in the metrics.
         drop(self.slot);
         match r {
@@ -177,6 +188,7 @@ async fn send(
     head: &Head,
     body: Bytes,
     clock: crate::clock::Clock,
+    host_suffix: bool,
 ) -> Result<(), Failure> {
     let now = clock.now();
     let (index, _ep_guard) = cluster.pick(now, None).ok_or(Failure::Failed)?;
@@ -191,7 +203,11 @@ async fn send(
         .get(header::HOST)
         .map(|h| h.as_bytes().to_vec())
         .unwrap_or_else(|| endpoint.authority.as_str().as_bytes().to_vec());
-    let shadow = shadow_host(&host);
+    let shadow = if host_suffix {
+        shadow_host(&host)
+    } else {
+        HeaderValue::from_bytes(&host).ok()
+    };
     let h2 = cluster.spec.protocol == UpstreamProtocol::Http2;
     let authority = match (h2, &shadow) {
         (true, Some(v)) => http::uri::Authority::try_from(v.as_bytes()).ok(),
@@ -431,6 +447,7 @@ pub fn start(
             head: h,
             body,
             max_body: m.spec.max_body,
+            host_suffix: m.spec.host_suffix,
             clock,
             slot,
         };
@@ -465,6 +482,7 @@ mod tests {
             cluster: "c".into(),
             per_million: p,
             max_body: 1,
+            host_suffix: true,
         };
         assert!(!m(0).sampled(0));
         assert!(m(1_000_000).sampled(u64::MAX));

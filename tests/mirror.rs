@@ -192,7 +192,7 @@ async fn mirror_gets_the_request_as_sent_upstream() {
     let cfg: serde_json::Value = serde_json::from_str(&cfg).unwrap();
     assert_eq!(
         cfg["config"]["routes"][0]["mirror"],
-        serde_json::json!([{"cluster": "shadow", "percent": 100.0, "max_body": "64KiB"}]),
+        serde_json::json!([{"cluster": "shadow", "percent": 100.0, "max_body": "64KiB", "host_suffix": true}]),
         "{cfg}"
     );
     // The access log says a copy was made.
@@ -296,6 +296,7 @@ fn sampled(id: &str, percent: u32) -> bool {
         cluster: String::new(),
         per_million: percent * 10_000,
         max_body: 0,
+        host_suffix: true,
     }
     .sampled(sift::proxy::stable_hash(id))
 }
@@ -497,4 +498,37 @@ clusters:
         *blog.lock().unwrap(),
         want("api.example.com-shadow:8443", "HTTP/2.0")
     );
+}
+
+/// `host_suffix: false`: the copy keeps the primary's Host (Envoy's
+/// `disable_shadow_host_suffix_append`), for a mirror that routes by host.
+#[tokio::test]
+async fn host_suffix_false_keeps_the_host() {
+    let (p, plog) = recorder("primary", Duration::ZERO).await;
+    let (s, slog) = recorder("shadow", Duration::ZERO).await;
+    let sift = Sift::start(&config(p.addr, s.addr, "host_suffix: false", ""));
+    let r = send(
+        Request::get(sift.url("/api/x"))
+            .header("x-request-id", "h-1")
+            .header("host", "api.example.com:8080")
+            .body(body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert!(wait_for(&slog, 1).await);
+    assert_eq!(seen(&slog)[0].host, "api.example.com:8080");
+    assert_eq!(seen(&plog)[0].host, "api.example.com:8080");
+    // The default appends the suffix to the same host.
+    let sift = Sift::start(&config(p.addr, s.addr, "percent: 100", ""));
+    send(
+        Request::get(sift.url("/api/x"))
+            .header("x-request-id", "h-2")
+            .header("host", "api.example.com:8080")
+            .body(body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert!(wait_for(&slog, 2).await);
+    assert_eq!(seen(&slog)[1].host, "api.example.com-shadow:8080");
 }

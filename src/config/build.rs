@@ -1133,6 +1133,7 @@ fn build_mirrors(
                 cluster: m.cluster.clone(),
                 per_million: (percent * 10_000.0).round() as u32,
                 max_body,
+                host_suffix: m.host_suffix.unwrap_or(true),
             });
         }
     }

@@ -705,6 +705,13 @@ pub struct MirrorFile {
     /// `skipped_too_large`): the mirror never gets a cut body.
     #[serde(default)]
     pub max_body: Option<Bytes>,
+    /// Append `-shadow` to the copy's host (default true, as Envoy does):
+    /// `api:8080` becomes `api-shadow:8080`, so the mirror's app and logs
+    /// can tell copies apart. false sends the primary's host unchanged
+    /// (Envoy's `disable_shadow_host_suffix_append`), for a mirror that
+    /// routes or checks by host name.
+    #[serde(default)]
+    pub host_suffix: Option<bool>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]

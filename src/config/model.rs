@@ -256,6 +256,8 @@ pub struct MirrorSpec {
     /// Largest body copied; a longer one is not mirrored.
     #[serde(serialize_with = "ser_bytes")]
     pub max_body: u64,
+    /// `-shadow` appended to the copy's host.
+    pub host_suffix: bool,
 }
 
 impl MirrorSpec {
