@@ -31,6 +31,7 @@ impl Inspector for Count {
             score: self.1 as f32,
             detail: Default::default(),
             headers: Vec::new(),
+            unread: None,
         })
     }
     fn bounded(&self) -> bool {
