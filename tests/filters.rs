@@ -2620,12 +2620,32 @@ async fn query_fields_are_classified_with_or_without_a_body() {
             .await,
         Some(1.0)
     );
+    // A body in an encoding sift cannot decode, spam in the query:
+    // blocked on the query, the body's skip counted (`encoding`); with a
+    // ham query it goes on, unread as before.
+    for (q, status) in [(&spam, 403), (&ham, 200)] {
+        let mut r = Request::post(sift.url(&format!("/z?comment={}", query_escape(q))));
+        r = r
+            .header("content-type", "text/plain")
+            .header("content-encoding", "zstd");
+        let r = send(
+            r.body(full(Bytes::from_static(b"\x28\xb5\x2f\xfd")))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(r.status(), status);
+    }
+    assert_eq!(
+        sift.metric(r#"sift_filter_skipped_total{filter="spam",reason="encoding"}"#)
+            .await,
+        Some(2.0)
+    );
     assert_eq!(
         sift.metric(r#"sift_filter_verdicts_total{filter="spam",route="inbox",verdict="spam"}"#)
             .await,
-        Some(5.0)
+        Some(6.0)
     );
-    assert_eq!(up.requests.load(Ordering::Relaxed), 4, "the ham ones");
+    assert_eq!(up.requests.load(Ordering::Relaxed), 5, "the ham ones");
 }
 
 /// `query_fields: []` turns the query off; an explicit list needs no form

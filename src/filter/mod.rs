@@ -247,6 +247,11 @@ pub trait Inspector: Send {
     fn finish_unread(self: Box<Self>, skip: Skip) -> Result<Verdict, Skip> {
         Err(skip)
     }
+    /// It has text to judge besides the body (query fields): a body it
+    /// cannot decode still leaves a verdict to give.
+    fn has_other_text(&self) -> bool {
+        false
+    }
     /// A skip the inspector already knows it will answer, whatever else
     /// the body holds (a body of a type it does not read, seen not to be
     /// JSON): the body need not be held or read further, and its size
@@ -410,6 +415,9 @@ pub struct Inspection {
     dec: Decoder,
     on_oversize: OnOversize,
     failed: bool,
+    /// The body will not be read (an encoding sift cannot decode), but
+    /// the inspector judges the request's other text at the end.
+    unread: Option<Skip>,
 }
 
 enum Decoder {
@@ -479,7 +487,9 @@ impl Inspection {
             .map(str::trim)
             .filter(|c| !c.is_empty() && *c != "identity" && is_content_coding(c));
         let enc = codings.next().unwrap_or_default();
-        if codings.next().is_some() {
+        let decodable = matches!(enc, "" | "gzip" | "x-gzip" | "deflate" | "br");
+        let unread = (codings.next().is_some() || !decodable).then_some(Skip::Encoding);
+        if unread.is_some() && !inner.has_other_text() {
             return Err(Skip::Encoding);
         }
         let identity = enc.is_empty();
@@ -498,7 +508,7 @@ impl Inspection {
             capped: false,
         };
         let dec = match enc {
-            _ if identity => Decoder::Identity(sink),
+            _ if identity || unread.is_some() => Decoder::Identity(sink),
             "gzip" | "x-gzip" => Decoder::Gzip(flate2::write::MultiGzDecoder::new(sink)),
             "deflate" => Decoder::DeflatePending(Some(sink), None),
             "br" => Decoder::Brotli(Box::new(brotli_decompressor::DecompressorWriter::new(
@@ -510,12 +520,13 @@ impl Inspection {
             dec,
             on_oversize: usage.on_oversize,
             failed: false,
+            unread,
         })
     }
 
     /// Feed wire bytes (still encoded).
     pub fn feed(&mut self, mut wire: &[u8]) {
-        if self.failed || wire.is_empty() {
+        if self.failed || self.unread.is_some() || wire.is_empty() {
             return;
         }
         if let Decoder::DeflatePending(_, held) = &mut self.dec {
@@ -574,7 +585,7 @@ impl Inspection {
 
     /// Whether feeding more bytes can change the outcome.
     pub fn wants_more(&self) -> bool {
-        if self.failed {
+        if self.failed || self.unread.is_some() {
             return false;
         }
         let s = match &self.dec {
@@ -608,6 +619,12 @@ impl Inspection {
 
     /// The verdict. `truncated`: the body went on past what was fed.
     pub fn finish(mut self, truncated: bool) -> Result<Verdict, Unclassified> {
+        if let Some(skip) = self.unread {
+            return match self.sink_mut().and_then(|s| s.inner.take()) {
+                Some(inner) => inner.finish_unread(skip).map_err(Unclassified::Skip),
+                None => Err(Unclassified::Skip(skip)),
+            };
+        }
         // A one-byte `deflate` body is raw deflate (and not a whole stream).
         self.settle_deflate(None);
         let finished = match &mut self.dec {

@@ -315,6 +315,10 @@ impl Inspector for SpamInspector {
         self.buf.extend_from_slice(chunk);
     }
 
+    fn has_other_text(&self) -> bool {
+        !self.query.trim().is_empty()
+    }
+
     fn finish_unread(self: Box<Self>, skip: Skip) -> Result<Verdict, Skip> {
         let this = *self;
         this.query_only(skip)
