@@ -381,9 +381,8 @@ impl SpamInspector {
         view: &crate::classify::text::TextView,
         unread: Option<Skip>,
     ) -> Result<Verdict, Skip> {
-        let this = self;
-        let score = this.model.model.score(view)?;
-        let spam = match this.spec.threshold {
+        let score = self.model.model.score(view)?;
+        let spam = match self.spec.threshold {
             Some(t) => score.probability >= t,
             None => score.spam,
         };
@@ -395,11 +394,11 @@ impl SpamInspector {
         let p_text = super::fixed4(p, &mut digits);
         let headers = vec![
             (
-                this.headers.score.clone(),
+                self.headers.score.clone(),
                 HeaderValue::from_bytes(p_text).unwrap_or(HeaderValue::from_static("0")),
             ),
             (
-                this.headers.verdict.clone(),
+                self.headers.verdict.clone(),
                 HeaderValue::from_static(verdict),
             ),
         ];
@@ -407,7 +406,7 @@ impl SpamInspector {
         let margin = (score.margin * 10_000.0).round() / 10_000.0;
         detail.insert("margin".into(), super::short_f64_4(margin).into());
         Ok(Verdict {
-            filter: this.spec.name.clone(),
+            filter: self.spec.name.clone(),
             verdict,
             flagged: spam,
             score: p,
