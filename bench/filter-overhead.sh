@@ -18,9 +18,17 @@
 #        SPAM_ONLY (unset; 1: skip the cilog part)
 #        MODEL_B (unset; a spam model file: each round also runs the
 #        annotate route with that model, e.g. one with a smaller table)
+#        MTLS (unset; 1: sift's listener terminates TLS and requires a client
+#        certificate, as the Kubernetes sidecar does; the spam part is driven
+#        by bench/tls_load.rs in keep-alive mode presenting the client
+#        certificate (CONNS connections, DURATION whole seconds) instead of
+#        wrk; the cilog part is skipped; the table adds how busy sift's core
+#        was: below 100 % the load side set the rate, read the CPU share)
+#        LOAD (with MTLS=1: a prebuilt tls_load binary; default: build it)
 #
-# Placement: sift (1 worker + 1 filter thread) on core 0; wrk and the backend
-# nginx on core 1. Everything runs on 127.0.0.1 and stops by itself.
+# Placement: sift (1 worker + 1 filter thread) on core 0; wrk (or tls_load)
+# and the backend nginx on core 1. Everything runs on 127.0.0.1 and stops by
+# itself.
 set -euo pipefail
 cd "$(git -C "$(dirname "$0")" rev-parse --show-toplevel)"
 SIFT=${1:-target/release/sift}
@@ -32,9 +40,21 @@ ACCESS_LOG=${ACCESS_LOG:-false}
 DATA=${SIFT_SHARED_DATA:-../shared/data}
 [ -x "$SIFT" ] || { echo "no sift binary at $SIFT (cargo build --release)" >&2; exit 1; }
 . bench/common.sh
-need_tools nginx wrk curl
-
-scratch
+if [ -n "${MTLS:-}" ]; then
+  need_tools nginx curl openssl
+  SECS=${DURATION%s}
+  [[ $SECS =~ ^[0-9]+$ ]] || { echo "MTLS=1 needs DURATION in whole seconds (e.g. 10s), not $DURATION" >&2; exit 1; }
+  LOAD=${LOAD:-$(bench_bin tls_load)}
+  [ -x "$LOAD" ] || { echo "cannot build bench/tls_load.rs" >&2; exit 1; }
+  SPAM_ONLY=1
+  bench_setup # scratch + CA, server and client certificates (ECDSA P-256)
+  # As in sift_conf (bench/common.sh): no resumption; the load is keep-alive,
+  # so only the connections' first handshakes are full ones anyway.
+  TLS="tls: { certificates: [ { cert: \"$d/server.pem\", key: \"$d/server.key\" } ], session_resumption: { tickets: false, cache_size: 0 }, client_auth: { mode: require, ca: \"$d/ca.pem\" } }"
+else
+  need_tools nginx wrk curl
+  scratch
+fi
 BE=$(port); P=$(port); A=$(port)
 backend_conf "$BE" "client_max_body_size 64m;"
 taskset -c 1 nginx -c "$d/backend.conf" -p "$d" & pids+=($!)
@@ -78,6 +98,7 @@ filter_pool: { threads: 1 }
 listeners:
   - name: bench
     address: "127.0.0.1:$P"
+$( [ -n "${MTLS:-}" ] && echo "    $TLS" )
 filters:
   - { name: spam, kind: spam }
 $( [ -n "${MODEL_B:-}" ] && echo "  - { name: spamb, kind: spam, model: \"$MODEL_B\" }" )
@@ -96,6 +117,34 @@ for _ in $(seq 100); do curl -fs "http://127.0.0.1:$A/readyz" >/dev/null 2>&1 &&
 curl -fs "http://127.0.0.1:$A/readyz" >/dev/null || { cat "$d/sift.log" >&2; exit 1; }
 
 LAST_RPS=0
+if [ -n "${MTLS:-}" ]; then
+# Refuses a client without a certificate (else the mode is not mTLS): the
+# same POST to the no-filter route, which succeeds with the certificate.
+if taskset -c 1 env TLS_LOAD_BODY="$d/body.txt" TLS_LOAD_PATH=/off "$LOAD" keepalive "127.0.0.1:$P" 1 1 "$d/ca.pem" |
+  awk '{exit !($2 == 0 && $5 > 0)}'; then :; else
+  echo "sift's listener accepted a client without a certificate" >&2; exit 1
+fi
+run() { # $1 label, $2 path, $3 conns: tls_load keep-alive with the client certificate
+  local load=(taskset -c 1 env TLS_LOAD_BODY="$d/body.txt" TLS_LOAD_PATH="$2"
+    "$LOAD" keepalive "127.0.0.1:$P")
+  local cert=("$d/ca.pem" "$d/client.pem" "$d/client.key")
+  "${load[@]}" 2 "$3" "${cert[@]}" >/dev/null
+  local c0 c1 u0 u1 t0 t1 out; c0=$(cpu_ticks); u0=$(user_ticks); t0=$(date +%s.%N)
+  out=$("${load[@]}" "$SECS" "$3" "${cert[@]}")
+  c1=$(cpu_ticks); u1=$(user_ticks); t1=$(date +%s.%N)
+  local rps p50 p99 errs reqs
+  read -r _ rps p50 p99 errs <<< "$out"
+  # tls_load prints the rate over its measured SECS; requests = rate x SECS.
+  reqs=$(python3 -c "print($rps * $SECS)")
+  LAST_CPU=$(python3 -c "print(round(($c1 - $c0) / $(getconf CLK_TCK) * 1e6 / $reqs, 1))")
+  local usr; usr=$(python3 -c "print(round(($u1 - $u0) / $(getconf CLK_TCK) * 1e6 / $reqs, 1))")
+  # How busy sift's core was over the whole tls_load run (100 %: sift is the
+  # limit, and the req/s share is its CPU share).
+  local busy; busy=$(python3 -c "print(round(($c1 - $c0) / $(getconf CLK_TCK) / ($t1 - $t0) * 100))")
+  echo "| $1 | $rps | ${p50}ms | ${p99}ms | $errs | $LAST_CPU | $usr | $busy % |"
+  LAST_RPS=$rps; LAST_P99=${p99}ms
+}
+else
 run() { # $1 label, $2 lua, $3 conns
   taskset -c 1 wrk -t1 -c"$3" -d2s -s "$2" "http://127.0.0.1:$P/" >/dev/null
   local c0 c1 u0 u1 out; c0=$(cpu_ticks); u0=$(user_ticks)
@@ -116,6 +165,7 @@ run() { # $1 label, $2 lua, $3 conns
   echo "| $1 | $rps | $p50 | $p99 | $non2xx | $LAST_CPU | $usr |"
   LAST_RPS=$rps; LAST_P99=$p99
 }
+fi
 cpu_ticks() { # sift's utime + stime, in clock ticks
   awk '{print $14 + $15}' "/proc/$SP/stat"
 }
@@ -125,23 +175,34 @@ user_ticks() { # sift's utime alone
 ms() { # wrk latency (e.g. 1.23ms, 850.00us, 1.2s) -> ms
   python3 -c "import sys,re;v=sys.argv[1];m=re.match(r'([0-9.]+)(us|ms|s)',v);n=float(m[1]);print({'us':n/1000,'ms':n,'s':n*1000}[m[2]])" "$1"
 }
+if [ -n "${MTLS:-}" ]; then
+echo "filter overhead, mTLS: $(date -u) | nproc $(nproc) | sift: 1 worker + 1 filter thread on core 0, TLS listener with a required client certificate (ECDSA P-256); tls_load + backend nginx on core 1 | access log: $ACCESS_LOG"
+echo
+echo "spam filter, annotate mode, 2 KB real SMS text bodies, bench/tls_load.rs keepalive, $CONNS connections, ${SECS}s, client certificate:"
+echo
+echo "| run | req/s | p50 | p99 | errors (non-2xx or failed) | sift CPU µs/req | of which user | sift core busy |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+else
 echo "filter overhead: $(date -u) | nproc $(nproc) | sift: 1 worker + 1 filter thread on core 0; wrk -t1 + backend nginx on core 1 | access log: $ACCESS_LOG"
 echo
 echo "spam filter, annotate mode, 2 KB real SMS text bodies, wrk -c$CONNS -d$DURATION:"
 echo
 echo "| run | req/s | p50 | p99 | non-2xx | sift CPU µs/req | of which user |"
 echo "|---|---:|---:|---:|---:|---:|---:|"
+fi
+# The spam part's requests: wrk scripts, or the paths tls_load posts to.
+if [ -n "${MTLS:-}" ]; then OFF=/off SPAM=/spam SPAMB=/spamb; else OFF=$d/off.lua SPAM=$d/spam.lua SPAMB=$d/spamb.lua; fi
 ratios=()
 cpus=()
 ratios_b=()
 cpus_b=()
 for r in $(seq "$ROUNDS"); do
-  run "round $r: no filter" "$d/off.lua" "$CONNS"; off=$LAST_RPS; coff=$LAST_CPU
-  run "round $r: spam annotate" "$d/spam.lua" "$CONNS"; on=$LAST_RPS; con=$LAST_CPU
+  run "round $r: no filter" "$OFF" "$CONNS"; off=$LAST_RPS; coff=$LAST_CPU
+  run "round $r: spam annotate" "$SPAM" "$CONNS"; on=$LAST_RPS; con=$LAST_CPU
   ratios+=("$(python3 -c "print(round($on / $off * 100, 1))")")
   cpus+=("$(python3 -c "print(round($coff / $con * 100, 1))")")
   if [ -n "${MODEL_B:-}" ]; then
-    run "round $r: spam annotate, MODEL_B" "$d/spamb.lua" "$CONNS"
+    run "round $r: spam annotate, MODEL_B" "$SPAMB" "$CONNS"
     ratios_b+=("$(python3 -c "print(round($LAST_RPS / $off * 100, 1))")")
     cpus_b+=("$(python3 -c "print(round($coff / $LAST_CPU * 100, 1))")")
   fi

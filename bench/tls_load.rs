@@ -16,12 +16,19 @@
 //! again and `TLS_LOAD_END` runs before any connection closes. The printed
 //! figures cover the measured part only, so in keepalive mode no handshake
 //! falls inside it.
+//!
+//! Requests are bodiless GETs to `/` unless env `TLS_LOAD_BODY=FILE` is set:
+//! then every request is a POST whose body is the file's bytes, with
+//! `content-type: text/plain` and a Content-Length (bench/filter-overhead.sh
+//! with `MTLS=1`). `TLS_LOAD_PATH=/path` sets the request path (default `/`).
+//! Either way an answer counts as a request only if its status is 2xx and its
+//! body arrives whole; anything else counts as an error.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -53,7 +60,43 @@ fn config(ca: &str, cert: Option<&str>, key: Option<&str>) -> Arc<rustls::Client
     Arc::new(cfg)
 }
 
-type Sender = hyper::client::conn::http1::SendRequest<Empty<bytes::Bytes>>;
+type Sender = hyper::client::conn::http1::SendRequest<Full<bytes::Bytes>>;
+
+/// What every request carries: its path and, if any, its body (then a POST).
+struct Target {
+    path: String,
+    body: Option<bytes::Bytes>,
+}
+
+impl Target {
+    fn from_env() -> Target {
+        let path = std::env::var("TLS_LOAD_PATH").unwrap_or_else(|_| "/".to_string());
+        let body = std::env::var("TLS_LOAD_BODY").ok().map(|f| {
+            bytes::Bytes::from(std::fs::read(&f).unwrap_or_else(|e| {
+                eprintln!("tls_load: TLS_LOAD_BODY {f}: {e}");
+                std::process::exit(2);
+            }))
+        });
+        Target { path, body }
+    }
+
+    fn request(&self) -> http::Request<Full<bytes::Bytes>> {
+        let b = http::Request::builder()
+            .uri(self.path.as_str())
+            .header("host", "localhost");
+        match &self.body {
+            // An empty Full sends no body and no Content-Length, as the
+            // Empty body did before the option existed.
+            None => b.method("GET").body(Full::new(bytes::Bytes::new())),
+            Some(body) => b
+                .method("POST")
+                .header("content-type", "text/plain")
+                .header("content-length", body.len())
+                .body(Full::new(body.clone())),
+        }
+        .expect("request")
+    }
+}
 
 async fn connect(addr: &str, cfg: Arc<rustls::ClientConfig>) -> Option<Sender> {
     let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
@@ -69,12 +112,8 @@ async fn connect(addr: &str, cfg: Arc<rustls::ClientConfig>) -> Option<Sender> {
     Some(send)
 }
 
-async fn one(send: &mut Sender) -> bool {
-    let req = http::Request::get("/")
-        .header("host", "localhost")
-        .body(Empty::new())
-        .expect("request");
-    match send.send_request(req).await {
+async fn one(send: &mut Sender, target: &Target) -> bool {
+    match send.send_request(target.request()).await {
         Ok(r) => r.status().is_success() && r.into_body().collect().await.is_ok(),
         Err(_) => false,
     }
@@ -123,6 +162,7 @@ fn main() {
         a.get(5).map(String::as_str),
         a.get(6).map(String::as_str),
     );
+    let target = Arc::new(Target::from_env());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -149,6 +189,7 @@ fn main() {
                 mode.clone(),
             );
             let (pause, busy, epoch) = (pause.clone(), busy.clone(), epoch.clone());
+            let target = target.clone();
             tasks.push(tokio::spawn(async move {
                 let mut local = Vec::new();
                 let mut seen = 0;
@@ -170,7 +211,7 @@ fn main() {
                         keep = connect(&addr, cfg.clone()).await;
                     }
                     let good = match keep.as_mut() {
-                        Some(s) => one(s).await,
+                        Some(s) => one(s, &target).await,
                         None => false,
                     };
                     if good {
