@@ -1715,10 +1715,13 @@ fn request_host(req: &Request<Lingering>) -> Result<std::borrow::Cow<'_, str>, P
 }
 
 /// The path with percent-encoded unreserved characters decoded (`%61` is
-/// `a`, RFC 3986 §6.2.2.2) and runs of `/` merged (nginx's merge_slashes),
-/// or `None` when it has neither. Apps (and Python's http.server) read
-/// `/%61dmin` and `//admin` as `/admin`: routing on another form would let
-/// them step around the `/admin` route. `%2F` and other escapes stay.
+/// `a`, RFC 3986 §6.2.2.2), `\\` made `/` and runs of `/` merged (nginx's
+/// merge_slashes), or `None` when it has none of them. Apps (and Python's
+/// http.server) read `/%61dmin` and `//admin` as `/admin`, and WHATWG URL
+/// parsers (Node's `URL`, browsers), ASP.NET and Envoy's normalize_path
+/// read `/admin\\x` as `/admin/x`: routing on another form would let them
+/// step around the `/admin` route. `%2F` and other escapes stay. A raw
+/// `\\` is no path character in RFC 3986, and a browser never sends one.
 ///
 /// A `%` not followed by two hex digits is refused (400, as nginx does):
 /// RFC 3986 has no such path, and decoding around it would make new
@@ -1728,8 +1731,8 @@ fn request_host(req: &Request<Lingering>) -> Result<std::borrow::Cow<'_, str>, P
 /// its own normal form: routed and sent upstream as the app reads it.
 ///
 /// Escaped slashes (`%2F`, `%5C`) follow the listener's `escaped_slashes`:
-/// kept as sent, refused (400), or decoded like the unreserved ones (a
-/// decoded `/` merges with its neighbours too).
+/// kept as sent, refused (400), or decoded to `/` (both: `%5C` as a raw
+/// `\\` is), merged with the slashes beside them.
 fn normalize_path(path: &str, slashes: EscapedSlashes) -> Result<Option<String>, ProxyError> {
     let b = path.as_bytes();
     let escape_at = |i: usize| -> Option<u8> {
@@ -1741,6 +1744,7 @@ fn normalize_path(path: &str, slashes: EscapedSlashes) -> Result<Option<String>,
     let decoded = |c: u8| {
         c.is_ascii_alphanumeric() || b"-._~".contains(&c) || (unescape && (c == b'/' || c == b'\\'))
     };
+    let backslash = memchr::memchr(b'\\', b).is_some();
     let mut escapes = false;
     for i in memchr::memchr_iter(b'%', b) {
         match escape_at(i) {
@@ -1751,27 +1755,32 @@ fn normalize_path(path: &str, slashes: EscapedSlashes) -> Result<Option<String>,
             Some(c) => escapes |= decoded(c),
         }
     }
-    if !escapes && memchr::memmem::find(b, b"//").is_none() {
+    if !escapes && !backslash && memchr::memmem::find(b, b"//").is_none() {
         return Ok(None);
     }
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' {
-            // A valid escape (checked above): decoded if unreserved, else
-            // kept with its two digits.
-            match escape_at(i) {
-                Some(b'/') if unescape && out.last() == Some(&b'/') => {}
-                Some(c) if decoded(c) => out.push(c),
-                _ => out.extend_from_slice(&b[i..(i + 3).min(b.len())]),
-            }
-            i += 3;
-            continue;
+        // A valid escape (checked above): decoded if unreserved (or a
+        // slash to unescape, which is `/` either way), else kept with its
+        // two digits.
+        let (c, len) = match b[i] {
+            b'%' => match escape_at(i) {
+                Some(b'/' | b'\\') if unescape => (b'/', 3),
+                Some(c) if decoded(c) => (c, 3),
+                _ => {
+                    out.extend_from_slice(&b[i..(i + 3).min(b.len())]);
+                    i += 3;
+                    continue;
+                }
+            },
+            b'\\' => (b'/', 1),
+            c => (c, 1),
+        };
+        if !(c == b'/' && out.last() == Some(&b'/')) {
+            out.push(c);
         }
-        if !(b[i] == b'/' && out.last() == Some(&b'/')) {
-            out.push(b[i]);
-        }
-        i += 1;
+        i += len;
     }
     Ok(String::from_utf8(out).ok())
 }
@@ -2125,7 +2134,18 @@ mod tests {
         let unescape = |p: &str| normalize_path(p, EscapedSlashes::Unescape);
         assert_eq!(unescape("/admin%2Fx").unwrap().as_deref(), Some("/admin/x"));
         assert_eq!(unescape("/%2F%2fadmin").unwrap().as_deref(), Some("/admin"));
-        assert_eq!(unescape("/a%5Cb").unwrap().as_deref(), Some("/a\\b"));
+        assert_eq!(unescape("/a%5Cb").unwrap().as_deref(), Some("/a/b"));
+        assert_eq!(unescape("/a%5C/%5c\\b").unwrap().as_deref(), Some("/a/b"));
+        // A raw backslash is a slash in every mode; escaped, only unescaped.
+        assert_eq!(keep("/admin\\x").unwrap().as_deref(), Some("/admin/x"));
+        assert_eq!(keep("\\\\admin/\\").unwrap().as_deref(), Some("/admin/"));
+        assert_eq!(keep("/a%5C\\b").unwrap().as_deref(), Some("/a%5C/b"));
+        assert_eq!(
+            normalize_path("/admin\\x", EscapedSlashes::Reject)
+                .unwrap()
+                .as_deref(),
+            Some("/admin/x")
+        );
         assert!(normalize_path("/a%2fb", EscapedSlashes::Reject).is_err());
     }
 

@@ -1220,7 +1220,10 @@ async fn escaped_slashes_keep_reject_or_unescape() {
                     "{mode}: {raw}"
                 );
                 let raw = get("/%2F%2fadmin%5Cx").await;
-                assert!(raw.contains(r#""uri":"/admin\\x""#), "{mode}: {raw}");
+                assert!(
+                    raw.contains(r#""name":"a""#) && raw.contains(r#""uri":"/admin/x""#),
+                    "{mode}: {raw}"
+                );
             }
         }
         let raw = get("/x/..%2Fadmin").await;
@@ -1228,6 +1231,50 @@ async fn escaped_slashes_keep_reject_or_unescape() {
         // Other escapes are untouched in every mode.
         let raw = get("/b%20c").await;
         assert!(raw.contains(r#""uri":"/b%20c""#), "{mode}: {raw}");
+    }
+}
+
+/// A backslash is a slash: WHATWG URL parsers (Node's `URL`, browsers),
+/// ASP.NET and Envoy's normalize_path read `/admin\x` as `/admin/x`.
+/// Routed as sent, it stepped around the `/admin` route onto the
+/// catch-all, raw in every mode and as `%5C` on an `unescape` listener
+/// (which decoded it to `\`): found by the `http_head` fuzz target. A raw
+/// `\` is now `/` before routing and upstream (merged with its
+/// neighbours); `%5C` is `/` where escaped slashes are unescaped, and kept
+/// (`keep`) or refused (`reject`) as `%2F` is.
+#[tokio::test(flavor = "multi_thread")]
+async fn backslashes_are_slashes_before_routing() {
+    for mode in ["keep", "reject", "unescape"] {
+        let extra = format!(", escaped_slashes: {mode}");
+        let (_a, _b, sift) = admin_and_catch_all("{ path: { prefix: /admin } }", &extra).await;
+        let get = |path: &'static str| get_raw(sift.addr(), path);
+        for (path, upstream) in [
+            ("/admin\\x", "/admin/x"),
+            ("/\\admin", "/admin"),
+            ("/\\admin\\\\x/", "/admin/x/"),
+        ] {
+            let raw = get(path).await;
+            assert!(raw.starts_with("HTTP/1.1 200"), "{mode} {path}: {raw}");
+            assert!(
+                raw.contains(r#""name":"a""#) && raw.contains(&format!(r#""uri":"{upstream}""#)),
+                "{mode} {path}: {raw}"
+            );
+        }
+        let raw = get("/admin%5Cx").await;
+        match mode {
+            "keep" => assert!(
+                raw.contains(r#""name":"b""#) && raw.contains(r#""uri":"/admin%5Cx""#),
+                "{mode}: {raw}"
+            ),
+            "reject" => assert!(raw.starts_with("HTTP/1.1 400"), "{mode}: {raw}"),
+            _ => assert!(
+                raw.contains(r#""name":"a""#) && raw.contains(r#""uri":"/admin/x""#),
+                "{mode}: {raw}"
+            ),
+        }
+        // Dot segments behind a backslash are still refused.
+        let raw = get("/x\\..\\admin").await;
+        assert!(raw.starts_with("HTTP/1.1 400"), "{mode}: {raw}");
     }
 }
 

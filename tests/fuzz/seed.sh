@@ -8,6 +8,7 @@
 #   CI logs          ../shared/data/cilogs/logs/
 #   models           filters/spam/model.bin, filters/cilog/model.bin
 #   configs          config/*.yaml and the ```yaml blocks of README.md and docs/*.md
+#   request heads    written here (http_head: byte 0 picks the listener)
 #
 # Idempotent; a target's corpus is rebuilt from scratch only with --clean.
 set -euo pipefail
@@ -17,7 +18,7 @@ OUT=tests/fuzz/corpus
 SHARED=${SIFT_SHARED_DATA:-../shared/data}
 DATA=${SIFT_DATA_DIR:-target/data}
 [[ ${1:-} == --clean ]] && rm -rf "$OUT"
-mkdir -p "$OUT"/{mail_view,extract,cilog,models,decode,config}
+mkdir -p "$OUT"/{mail_view,extract,cilog,models,decode,config,http_head}
 
 if [[ ! -d $DATA/spam-assassin ]]; then
     filters/spam/fetch-data.sh
@@ -115,7 +116,56 @@ for p in ["README.md"] + sorted(glob.glob("docs/*.md")) + sorted(glob.glob("filt
     text = open(p, encoding="utf-8").read()
     for block in re.findall(r"```ya?ml\n(.*?)```", text, re.S):
         put("config", block.encode())
+
+# http_head: byte 0 picks the listener (escaped_slashes keep, reject,
+# unescape); the rest is sent as is. Heads for every route of the
+# target's config, with the tricks the proxy normalises or refuses.
+heads = [
+    b"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"HEAD /healthz HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET /admin HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET /%61dmin/x HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET //admin//x HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET /x/..%2Fadmin HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET /x/%2e%2e/admin HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET /admin%2Fx HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET /a%5Cb%2f%2F/c%zz HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET /%7e%41%2D%5f%2e HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET /p;x/..;y/admin HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET http://api.example.com:8080/v1/x?y=1 HTTP/1.1\r\nHost: other.example\r\n\r\n",
+    b"GET /v1/users HTTP/1.1\r\nHost: API.Example.COM.:443\r\n\r\n",
+    b"PUT /v1 HTTP/1.1\r\nHost: eu.api.example.com\r\nContent-Length: 2\r\n\r\nhi",
+    b"DELETE /v1/x HTTP/1.1\r\nHost: api.example.com\r\n\r\n",
+    b"GET /v1 HTTP/1.1\r\nHost: [::1]:80\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: old.example.com\r\n\r\n",
+    b"GET /old/a/b?c=d HTTP/1.1\r\nHost: www.example.com:8080\r\n\r\n",
+    b"GET /old/x HTTP/1.0\r\n\r\n",
+    b"GET /g HTTP/1.1\r\nHost: a\r\nx-tenant: gold\r\n\r\n",
+    b"GET /g HTTP/1.1\r\nHost: a\r\nx-tenant: gold\r\nX-Tenant: silver\r\n\r\n",
+    b"GET /docs HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET /docs/a/b?x HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET /docsx HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET /contact?q=URGENT+you+have+WON+a+FREE+prize+txt+CLAIM&msg[]=x HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"POST /contact HTTP/1.1\r\nHost: a\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 40\r\napp-spam-score: 0\r\n\r\nmsg=Hello+there%2C+see+you+at+lunch&a=b",
+    b"GET /limited HTTP/1.1\r\nHost: a\r\nx-user: u1\r\nx-user: u2\r\n\r\n",
+    b"GET /c HTTP/1.1\r\nHost: a\r\nx-user: 42\r\nx-sift-canary: always\r\nx-sift-x: 1\r\nx_forwarded_for: 1.2.3.4\r\n\r\n",
+    b"GET /c HTTP/1.1\r\nHost: a\r\nx-sift-canary: always\r\nx-sift-canary: never\r\n\r\n",
+    b"GET /c HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 10.0.0.1, 10.0.0.2\r\nX-Forwarded-For: 10.0.0.3\r\n\r\n",
+    b"GET /c HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, x-foo, te\r\nx-foo: 1\r\nKeep-Alive: 5\r\nTE: trailers, gzip\r\nProxy-Connection: x\r\n\r\n",
+    b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a.example:80@b.example\r\n\r\n",
+    b"GET /?a=%zz&b HTTP/1.1\r\nHost: a..b\r\n\r\n",
+    b"POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+    b"POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    b"GET /c HTTP/1.1\r\nHost: a\r\n\r\nGET /admin HTTP/1.1\r\nHost: a\r\n\r\n",
+]
+for i, h in enumerate(heads):
+    for sel in range(3):
+        put("http_head", bytes([sel]) + h)
 PY
-for t in mail_view extract cilog models decode config; do
+for t in mail_view extract cilog models decode config http_head; do
     echo "seed: $OUT/$t: $(find "$OUT/$t" -type f | wc -l) files"
 done
