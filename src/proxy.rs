@@ -25,7 +25,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::body::{self, Body, BodyState, Limited, Lingering, OnDone};
-use crate::config::file::{EscapedSlashes, UpstreamProtocol, XffMode};
+use crate::config::file::{EscapedSlashes, PathParameters, UpstreamProtocol, XffMode};
 use crate::config::model::ListenerSpec;
 use crate::error::{ErrorKind, ProxyError};
 use crate::metrics::{Metrics, code_class};
@@ -320,7 +320,12 @@ async fn proxy(
     }
     check_head_size(&req, listener)?;
     // One form of each path for routes, policies and the upstream alike.
-    if let Some(p) = normalize_path(req.uri().path(), listener.escaped_slashes)? {
+    let normal = normalize_path(req.uri().path(), listener.escaped_slashes)?;
+    let stripped = path_parameters(
+        normal.as_deref().unwrap_or(req.uri().path()),
+        listener.path_parameters,
+    )?;
+    if let Some(p) = stripped.or(normal) {
         let pq = match req.uri().query() {
             Some(q) => format!("{p}?{q}"),
             None => p,
@@ -1714,6 +1719,39 @@ fn request_host(req: &Request<Lingering>) -> Result<std::borrow::Cow<'_, str>, P
     })
 }
 
+/// The listener's `path_parameters` on a normalised path: `;` kept, refused
+/// (400), or each segment's `;...` removed (`None`: nothing to change).
+/// Servlet containers (Tomcat, Jetty) drop path parameters before mapping
+/// a request, so they serve `/admin` for `/admin;x` and `/admin;x/y` for
+/// `/admin/y`, while a router that keeps the `;` sends those to another
+/// route than `/admin`'s.
+fn path_parameters(path: &str, mode: PathParameters) -> Result<Option<String>, ProxyError> {
+    if mode == PathParameters::Keep || memchr::memchr(b';', path.as_bytes()).is_none() {
+        return Ok(None);
+    }
+    if mode == PathParameters::Reject {
+        return Err(ProxyError::Malformed("path parameter (';') in path"));
+    }
+    // `;` to the next `/` goes; a segment that was all parameters leaves
+    // no empty one behind (`/a/;x/b` is `/a/b`, as merged slashes are).
+    let mut out = String::with_capacity(path.len());
+    let mut skipping = false;
+    for c in path.chars() {
+        match c {
+            ';' => skipping = true,
+            '/' => {
+                skipping = false;
+                if !out.ends_with('/') {
+                    out.push('/');
+                }
+            }
+            _ if skipping => {}
+            c => out.push(c),
+        }
+    }
+    Ok(Some(out))
+}
+
 /// The path with percent-encoded unreserved characters decoded (`%61` is
 /// `a`, RFC 3986 §6.2.2.2), `\\` made `/` and runs of `/` merged (nginx's
 /// merge_slashes), or `None` when it has none of them. Apps (and Python's
@@ -2147,6 +2185,29 @@ mod tests {
             Some("/admin/x")
         );
         assert!(normalize_path("/a%2fb", EscapedSlashes::Reject).is_err());
+    }
+
+    #[test]
+    fn path_parameters_kept_refused_or_stripped() {
+        let strip = |p: &str| path_parameters(p, PathParameters::Strip).unwrap();
+        for (path, want) in [
+            ("/admin;jsessionid=1", "/admin"),
+            ("/admin;x/y", "/admin/y"),
+            ("/a;b/c;d;e/f", "/a/c/f"),
+            ("/a/;x/b", "/a/b"),
+            ("/;x", "/"),
+            ("/a/b;x/", "/a/b/"),
+            ("/api/..;/admin", "/api/../admin"),
+        ] {
+            assert_eq!(strip(path).as_deref(), Some(want), "{path}");
+        }
+        assert_eq!(strip("/plain/path"), None);
+        assert_eq!(path_parameters("/a;b", PathParameters::Keep).unwrap(), None);
+        assert!(path_parameters("/a;b", PathParameters::Reject).is_err());
+        assert_eq!(
+            path_parameters("/a/b", PathParameters::Reject).unwrap(),
+            None
+        );
     }
 
     #[test]

@@ -1234,6 +1234,58 @@ async fn escaped_slashes_keep_reject_or_unescape() {
     }
 }
 
+/// Path parameters: servlet containers (Tomcat, Jetty) drop a segment's
+/// `;...`, so they serve `/admin` for `/admin;jsessionid=1` while sift
+/// (like Envoy and nginx) routes it as another path. `path_parameters`:
+/// `keep` routes it as sent (the catch-all), `reject` answers 400, `strip`
+/// routes and forwards `/admin`.
+#[tokio::test(flavor = "multi_thread")]
+async fn path_parameters_keep_reject_or_strip() {
+    for mode in ["keep", "reject", "strip"] {
+        let extra = format!(", path_parameters: {mode}");
+        let (_a, _b, sift) = admin_and_catch_all("{ path: { prefix: /admin } }", &extra).await;
+        let get = |path: &'static str| get_raw(sift.addr(), path);
+        for (path, stripped) in [
+            ("/admin;jsessionid=1", "/admin"),
+            ("/admin;x/y;z", "/admin/y"),
+            ("/x/;p/admin", "/x/admin"),
+        ] {
+            let raw = get(path).await;
+            match mode {
+                "keep" => assert!(
+                    raw.contains(r#""name":"b""#) && raw.contains(&format!(r#""uri":"{path}""#)),
+                    "{mode} {path}: {raw}"
+                ),
+                "reject" => {
+                    assert!(raw.starts_with("HTTP/1.1 400"), "{mode} {path}: {raw}");
+                    assert!(raw.contains("path parameter"), "{mode} {path}: {raw}");
+                }
+                _ => {
+                    let name = if stripped.starts_with("/admin") {
+                        "a"
+                    } else {
+                        "b"
+                    };
+                    assert!(
+                        raw.contains(&format!(r#""name":"{name}""#))
+                            && raw.contains(&format!(r#""uri":"{stripped}""#)),
+                        "{mode} {path}: {raw}"
+                    );
+                }
+            }
+        }
+        // Dots behind a parameter are refused in every mode; a `;` in the
+        // query is not a path parameter.
+        let raw = get("/api/..;/admin").await;
+        assert!(raw.starts_with("HTTP/1.1 400"), "{mode}: {raw}");
+        let raw = get("/admin?a=1;b=2").await;
+        assert!(
+            raw.contains(r#""name":"a""#) && raw.contains(r#""uri":"/admin?a=1;b=2""#),
+            "{mode}: {raw}"
+        );
+    }
+}
+
 /// A backslash is a slash: WHATWG URL parsers (Node's `URL`, browsers),
 /// ASP.NET and Envoy's normalize_path read `/admin\x` as `/admin/x`.
 /// Routed as sent, it stepped around the `/admin` route onto the

@@ -240,6 +240,7 @@ fn build_listeners(ls: &[ListenerFile], routes: &[RouteSpec], e: &mut Errs) -> V
                     .and_then(|f| f.trusted_hops)
                     .unwrap_or(0),
                 escaped_slashes: l.escaped_slashes.unwrap_or_default(),
+                path_parameters: l.path_parameters.unwrap_or_default(),
                 rate_limits: build_rate_limits(
                     l.rate_limits.as_deref(),
                     &format!("{p}.rate_limits"),

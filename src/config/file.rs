@@ -375,11 +375,33 @@ pub struct ListenerFile {
     #[serde(default)]
     pub tls: Option<ListenerTlsFile>,
     /// Escaped slashes (`%2F`, `%5C`) in request paths: `keep` (default:
-    /// routed and forwarded as sent), `reject` (400) or `unescape` (decoded
-    /// to `/` and `\` before routing and forwarded so). Envoy's
+    /// routed and forwarded as sent), `reject` (400) or `unescape` (both
+    /// decoded to `/` before routing and forwarded so). Envoy's
     /// `path_with_escaped_slashes_action`.
     #[serde(default)]
     pub escaped_slashes: Option<EscapedSlashes>,
+    /// Path parameters (`;` in a path segment, `/admin;jsessionid=1`):
+    /// `keep` (default: an ordinary character, as Envoy and nginx read it;
+    /// `/admin;x` is not under `/admin`), `reject` (400) or `strip` (each
+    /// segment's `;...` removed before routing and forwarded so, as servlet
+    /// containers such as Tomcat read the path). Use `reject` or `strip` in
+    /// front of a Java servlet app, which serves `/admin` for `/admin;x`.
+    #[serde(default)]
+    pub path_parameters: Option<PathParameters>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PathParameters {
+    /// `;` is an ordinary path character: routed and forwarded as sent.
+    #[default]
+    Keep,
+    /// 400 `malformed-request` for a path with a `;`.
+    Reject,
+    /// Each segment's `;` and what follows it up to the next `/` removed
+    /// before routing, and forwarded so: the route and the app read
+    /// `/admin` for `/admin;jsessionid=1`.
+    Strip,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]

@@ -173,6 +173,7 @@ pub struct ListenerSpec {
     pub rate_limits: Vec<RateLimitSpec>,
     pub tls: Option<crate::tls::ListenerTlsSpec>,
     pub escaped_slashes: super::file::EscapedSlashes,
+    pub path_parameters: super::file::PathParameters,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
