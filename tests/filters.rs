@@ -2541,6 +2541,11 @@ async fn binary_uploads_of_any_size_pass_a_block_filter() {
     assert_eq!(r.status(), 403);
 }
 
+/// A bodiless GET of `path` (with its query).
+async fn get_path(sift: &Sift, path: &str) -> http::Response<Bytes> {
+    send(Request::get(sift.url(path)).body(body::empty()).unwrap()).await
+}
+
 /// `application/x-www-form-urlencoded` escaping for a query value.
 fn query_escape(s: &str) -> String {
     let mut out = String::new();
@@ -2569,8 +2574,8 @@ async fn query_fields_are_classified_with_or_without_a_body() {
     ));
     let (spam, ham) = clear_examples();
     let get = |q: String| {
-        let url = sift.url(&format!("/submit?{q}"));
-        async move { send(Request::get(url).body(body::empty()).unwrap()).await }
+        let sift = &sift;
+        async move { get_path(sift, &format!("/submit?{q}")).await }
     };
     // A GET with the spam in a listed field (also as PHP's `comment[]`):
     // blocked, the app never sees it.
@@ -2663,12 +2668,7 @@ async fn query_fields_options_and_modes() {
         "      - { filter: spam, mode: block }",
         "",
     ));
-    let r = send(
-        Request::get(sift.url(&format!("/s?{spam_q}")))
-            .body(body::empty())
-            .unwrap(),
-    )
-    .await;
+    let r = get_path(&sift, &format!("/s?{spam_q}")).await;
     assert_eq!(r.status(), 200);
     drop(sift);
     // A query field alone, in annotate mode; a PNG with a ham query under
@@ -2683,12 +2683,7 @@ async fn query_fields_options_and_modes() {
         "routes:",
         "  - name: spam2\n    kind: spam\n    header_prefix: x-spam2\n    extract: { query_fields: [q] }\n    on_unreadable: reject\nroutes:",
     ));
-    let r = send(
-        Request::get(sift.url(&format!("/s?q={}", query_escape(&ham))))
-            .body(body::empty())
-            .unwrap(),
-    )
-    .await;
+    let r = get_path(&sift, &format!("/s?q={}", query_escape(&ham))).await;
     assert_eq!(r.status(), 200);
     assert_eq!(echoed(&r)["x-sift-spam-verdict"], "ham");
     assert_eq!(echoed(&r)["x-spam2-verdict"], "ham");
@@ -2704,12 +2699,7 @@ async fn query_fields_options_and_modes() {
         "      - { filter: spam, mode: shadow }",
         "",
     ));
-    let r = send(
-        Request::get(sift.url(&format!("/s?{spam_q}")))
-            .body(body::empty())
-            .unwrap(),
-    )
-    .await;
+    let r = get_path(&sift, &format!("/s?{spam_q}")).await;
     assert_eq!(r.status(), 200);
     assert!(echoed(&r).get("x-sift-spam-verdict").is_none());
     let sample = r#"sift_filter_verdicts_total{filter="spam",route="inbox",verdict="spam"}"#;

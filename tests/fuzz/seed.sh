@@ -118,7 +118,7 @@ for p in ["README.md"] + sorted(glob.glob("docs/*.md")) + sorted(glob.glob("filt
         put("config", block.encode())
 
 # http_head: byte 0 picks the listener (escaped_slashes keep, reject,
-# unescape); the rest is sent as is. Heads for every route of the
+# unescape; path_parameters keep, reject, strip); the rest is sent as is. Heads for every route of the
 # target's config, with the tricks the proxy normalises or refuses.
 heads = [
     b"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n",
@@ -133,6 +133,8 @@ heads = [
     b"GET /a%5Cb%2f%2F/c%zz HTTP/1.1\r\nHost: a\r\n\r\n",
     b"GET /%7e%41%2D%5f%2e HTTP/1.1\r\nHost: a\r\n\r\n",
     b"GET /p;x/..;y/admin HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET /admin;jsessionid=1 HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET /x/;p/admin;q/y HTTP/1.1\r\nHost: a\r\n\r\n",
     b"GET http://api.example.com:8080/v1/x?y=1 HTTP/1.1\r\nHost: other.example\r\n\r\n",
     b"GET /v1/users HTTP/1.1\r\nHost: API.Example.COM.:443\r\n\r\n",
     b"PUT /v1 HTTP/1.1\r\nHost: eu.api.example.com\r\nContent-Length: 2\r\n\r\nhi",

@@ -1,7 +1,7 @@
 //! The request head through the whole proxy, in process: sift's own serving
 //! code (`listener::serve` → `proxy::handle`) on three plain HTTP/1.1
 //! listeners on 127.0.0.1 port 0 (`escaped_slashes` keep, reject and
-//! unescape), a real loopback upstream that records what reaches it, and
+//! unescape, with `path_parameters` keep, reject and strip), a real loopback upstream that records what reaches it, and
 //! a config whose routes use host matches (exact, wildcard), path prefix
 //! and exact, methods, a header condition, a rewrite, two redirects, direct
 //! responses, rate limits keyed on headers, a canary split (sticky header,
@@ -66,11 +66,19 @@ static ENV: OnceLock<Env> = OnceLock::new();
 
 fn config(up: SocketAddr) -> String {
     let listener = |name: &str| {
+        // Path parameters: kept where escaped slashes are kept, refused
+        // where they are refused, stripped where they are decoded.
+        let pp = match name {
+            "keep" => "keep",
+            "reject" => "reject",
+            _ => "strip",
+        };
         format!(
             r#"  - name: {name}
     address: "127.0.0.1:0"
     protocol: h1
     escaped_slashes: {name}
+    path_parameters: {pp}
     forwarded: {{ x_forwarded_for: append, trusted_hops: 1 }}
     limits: {{ header_read_timeout: 2s, idle_timeout: 5s, max_header_bytes: 8KiB, max_headers: 64 }}
     rate_limits:
@@ -461,6 +469,11 @@ fn check_upstream(r: &Record, mode: &str) {
     for seg in decode(path, true).split(['/', '\\']) {
         let seg = seg.split(';').next().unwrap_or_default();
         assert!(seg != "." && seg != "..", "dot segment upstream: {}", ctx());
+    }
+    // Where `;` parameters are refused or stripped, none reaches the app,
+    // and a servlet container's reading (parameters dropped) is checked.
+    if mode != "keep" {
+        assert!(!path.contains(';'), "path parameter upstream: {}", ctx());
     }
     let app = app_view(path, mode != "keep");
     assert!(
