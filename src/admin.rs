@@ -44,6 +44,7 @@ sift admin endpoints:
   GET  /readyz                     readiness: 503 while starting or draining
   GET  /metrics                    Prometheus text format
   GET  /config                     the running config (secrets redacted) and its generation
+  GET  /clusters                   clusters and endpoints: health, ejection, requests in flight
   POST /reload                     re-read the config file; a bad one is rejected, the old one keeps serving
   GET  /canary                     canary weights, rollout state and per-version stats
   PUT  /canary/ROUTE               set weights: {\"weights\":{\"stable\":90,\"canary\":10}}
@@ -52,6 +53,48 @@ sift admin endpoints:
   GET  /filters                    the filters and their models
   POST /filters/NAME/learn         JSONL of {\"text\",\"label\"} (spam) or {\"log\",\"label\"} (cilog) examples
 ";
+
+/// `GET /clusters`: every cluster's endpoints as the balancer sees them
+/// (Envoy's `/clusters`), sorted by name.
+fn clusters_view(snap: &crate::snapshot::Snapshot, now: u64) -> Value {
+    let mut names: Vec<&String> = snap.clusters.keys().collect();
+    names.sort();
+    let clusters: Vec<Value> = names
+        .into_iter()
+        .filter_map(|n| snap.clusters.get(n))
+        .map(|c| {
+            let health = c.health.as_ref();
+            let endpoints: Vec<Value> = c
+                .endpoints
+                .iter()
+                .enumerate()
+                .map(|(i, e)| {
+                    let mut v = json!({
+                        "address": e.endpoint.authority.as_str(),
+                        "ejected": c.outlier.as_ref().is_some_and(|o| !o.available(i, now)),
+                        "requests_in_flight": e.inflight.load(std::sync::atomic::Ordering::Relaxed),
+                        "idle_connections": c.idle_connections(i),
+                    });
+                    if let Some(h) = health {
+                        v["healthy"] = json!(h.healthy(i));
+                        v["checked"] = json!(h.checked(i));
+                        v["last_failure"] = json!(h.last_failure(i));
+                    }
+                    v
+                })
+                .collect();
+            let mut v = json!({ "name": c.name(), "endpoints": endpoints });
+            if let Some(h) = health {
+                v["health_check"] = json!({
+                    "healthy": h.healthy_count(),
+                    "panic": h.panic(),
+                });
+            }
+            v
+        })
+        .collect();
+    json!({ "generation": snap.generation, "clusters": clusters })
+}
 
 async fn route(
     req: Request<Incoming>,
@@ -118,6 +161,10 @@ async fn route(
             );
             r
         }
+        (&Method::GET, "/clusters") => {
+            let snap = shared.snapshot.load();
+            json_response(StatusCode::OK, clusters_view(&snap, shared.clock.now()))
+        }
         (&Method::GET, "/config") => {
             let snap = shared.snapshot.load();
             let mut cfg = serde_json::to_value(&*snap.config).unwrap_or(Value::Null);
@@ -154,7 +201,7 @@ async fn route(
                 Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "reload task failed\n"),
             }
         }
-        (_, "/" | "/healthz" | "/readyz" | "/metrics" | "/config" | "/reload") => {
+        (_, "/" | "/healthz" | "/readyz" | "/metrics" | "/config" | "/clusters" | "/reload") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
         _ => text(StatusCode::NOT_FOUND, &format!("not found\n{INDEX}")),

@@ -168,6 +168,7 @@ fn spawn_admin_thread(
                         return;
                     }
                 };
+                shared.snapshot.load().start_background();
                 tokio::spawn(reloader.clone().watch());
                 tokio::spawn(crate::reload::on_sighup(reloader.clone(), hup));
                 tokio::spawn(crate::admin::canary_controller(shared.clone()));

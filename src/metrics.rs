@@ -28,6 +28,9 @@ pub struct Metrics {
     pub circuit_overflow: IntCounterVec,
     pub outlier_ejections: IntCounterVec,
     pub endpoints_ejected: IntGaugeVec,
+    pub health_checks: IntCounterVec,
+    pub endpoints_healthy: IntGaugeVec,
+    pub lb_panic: IntCounterVec,
     pub retries: IntCounterVec,
     pub inflight: IntGaugeVec,
     pub canary_weight: IntGaugeVec,
@@ -291,6 +294,30 @@ impl Metrics {
             &["cluster"],
         )
         .expect("valid metric");
+        let health_checks = IntCounterVec::new(
+            Opts::new(
+                "sift_health_checks_total",
+                "Active health probes by cluster and outcome (success, unexpected_status, timeout, connect_failure, protocol_error).",
+            ),
+            &["cluster", "outcome"],
+        )
+        .expect("valid metric");
+        let endpoints_healthy = IntGaugeVec::new(
+            Opts::new(
+                "sift_endpoints_healthy",
+                "Endpoints passing active health checks, by cluster (clusters with health_check only).",
+            ),
+            &["cluster"],
+        )
+        .expect("valid metric");
+        let lb_panic = IntCounterVec::new(
+            Opts::new(
+                "sift_lb_panic_total",
+                "Requests balanced over all endpoints because fewer than panic_threshold percent were healthy, by cluster.",
+            ),
+            &["cluster"],
+        )
+        .expect("valid metric");
         let retries = IntCounterVec::new(
             Opts::new(
                 "sift_retries_total",
@@ -398,6 +425,9 @@ impl Metrics {
             Box::new(circuit_overflow.clone()),
             Box::new(outlier_ejections.clone()),
             Box::new(endpoints_ejected.clone()),
+            Box::new(health_checks.clone()),
+            Box::new(endpoints_healthy.clone()),
+            Box::new(lb_panic.clone()),
             Box::new(retries.clone()),
             Box::new(inflight.clone()),
         ] {
@@ -447,6 +477,9 @@ impl Metrics {
             circuit_overflow,
             outlier_ejections,
             endpoints_ejected,
+            health_checks,
+            endpoints_healthy,
+            lb_panic,
             retries,
             inflight,
             canary_weight,

@@ -120,6 +120,7 @@ impl Reloader {
         )
         .map_err(|e| config::with_lines(&text, e))?;
         let generation = snap.generation;
+        snap.start_background();
         self.shared.snapshot.store(Arc::new(snap));
         Ok(Outcome::Applied { generation })
     }

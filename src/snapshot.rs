@@ -185,6 +185,16 @@ impl Route {
 }
 
 impl Snapshot {
+    /// Start the clusters' background work (health probes) on the current
+    /// runtime, for clusters that have none running (a cluster kept across
+    /// a reload keeps its task). The admin thread calls it at start and
+    /// after each reload, so probes never run on the proxy's workers.
+    pub fn start_background(&self) {
+        for c in self.clusters.values() {
+            c.start();
+        }
+    }
+
     /// Build a snapshot, re-using the clusters (and so their connection
     /// pools) of `prev` whose spec did not change.
     pub fn build(

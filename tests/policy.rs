@@ -743,3 +743,301 @@ async fn rate_limit_keys_on_a_headers_lines_joined() {
     );
     assert_eq!(raw_status(&sift, "x-tenant: a,b\r\n").await, 429);
 }
+
+/// An upstream named `name` whose `/healthz` answers the status held in the
+/// returned cell (and sleeps `health_delay` first); other paths answer 200
+/// with the name. Probes are counted, and the last probe's Host,
+/// User-Agent and path are kept.
+struct Checked {
+    up: Upstream,
+    health: Arc<std::sync::atomic::AtomicU16>,
+    probes: Arc<AtomicUsize>,
+    last_probe: Arc<std::sync::Mutex<Option<(String, String)>>>,
+}
+
+async fn checked_upstream(name: &'static str, health_delay: Duration) -> Checked {
+    let health = Arc::new(std::sync::atomic::AtomicU16::new(200));
+    let probes = Arc::new(AtomicUsize::new(0));
+    let last_probe = Arc::new(std::sync::Mutex::new(None));
+    let (h, p, l) = (health.clone(), probes.clone(), last_probe.clone());
+    let up = Upstream::start(move |req: Request<hyper::body::Incoming>| {
+        let (h, p, l) = (h.clone(), p.clone(), l.clone());
+        async move {
+            if req.uri().path() != "/healthz" {
+                return text_response(200, name);
+            }
+            p.fetch_add(1, Ordering::SeqCst);
+            let hv = |n: http::header::HeaderName| {
+                req.headers()
+                    .get(n)
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                    .unwrap_or_default()
+            };
+            *l.lock().unwrap() = Some((hv(http::header::HOST), hv(http::header::USER_AGENT)));
+            tokio::time::sleep(health_delay).await;
+            let mut r = text_response(200, "health");
+            *r.status_mut() = http::StatusCode::from_u16(h.load(Ordering::SeqCst)).unwrap();
+            r
+        }
+    })
+    .await;
+    Checked {
+        up,
+        health,
+        probes,
+        last_probe,
+    }
+}
+
+/// The bodies of `n` GETs of `path` (or `status:CODE:ERROR` for non-200).
+async fn answers(sift: &Sift, path: &str, n: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let r = get(sift, path, &[]).await;
+        out.push(if r.status() == 200 {
+            String::from_utf8_lossy(r.body()).into_owned()
+        } else {
+            let e = r
+                .headers()
+                .get("x-sift-error")
+                .map(|v| v.to_str().unwrap_or("").to_string())
+                .unwrap_or_default();
+            format!("status:{}:{e}", r.status().as_u16())
+        });
+    }
+    out
+}
+
+async fn clusters_json(sift: &Sift) -> serde_json::Value {
+    let (status, text) = get_text(&sift.admin_url("/clusters")).await;
+    assert_eq!(status, 200, "{text}");
+    serde_json::from_str(&text).expect("JSON")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_checks_take_failing_endpoints_out_and_back() {
+    let a = checked_upstream("a", Duration::ZERO).await;
+    let b = checked_upstream("b", Duration::ZERO).await;
+    let sift = Sift::start(&config(
+        &format!(
+            r#"  - name: app
+    endpoints: ["{}", "{}"]
+    health_check:
+      path: /healthz
+      interval: 100ms
+      timeout: 500ms
+      unhealthy_threshold: 2
+      healthy_threshold: 2
+      panic_threshold: 0"#,
+            a.up.addr, b.up.addr
+        ),
+        "  - { name: api, cluster: app }",
+    ));
+    let probed = sift_probed(&sift, "app", "success", 2.0).await;
+    assert!(probed, "both endpoints probed");
+    let mut got = answers(&sift, "/x", 4).await;
+    got.sort();
+    assert_eq!(got, ["a", "a", "b", "b"], "both serve while healthy");
+    // The probe: GET /healthz with the endpoint as Host, on its own.
+    let (host, ua) = a.last_probe.lock().unwrap().clone().expect("probed");
+    assert_eq!(host, a.up.addr.to_string());
+    assert_eq!(ua, "sift-health-check");
+
+    // a fails its probes: out after two in a row, while b serves all.
+    a.health.store(503, Ordering::SeqCst);
+    let out = eventually(Duration::from_secs(5), || async {
+        sift.metric(r#"sift_endpoints_healthy{cluster="app"}"#)
+            .await
+            == Some(1.0)
+    })
+    .await;
+    assert!(out, "a marked unhealthy");
+    assert_eq!(answers(&sift, "/x", 10).await, vec!["b"; 10]);
+    assert!(
+        sift.metric(r#"sift_health_checks_total{cluster="app",outcome="unexpected_status"}"#)
+            .await
+            .unwrap_or(0.0)
+            >= 2.0
+    );
+    let v = clusters_json(&sift).await;
+    let app = &v["clusters"][0];
+    assert_eq!(app["name"], "app");
+    assert_eq!(app["health_check"]["healthy"], 1);
+    assert_eq!(app["health_check"]["panic"], false);
+    let ep_a = &app["endpoints"][0];
+    assert_eq!(ep_a["address"], a.up.addr.to_string());
+    assert_eq!(ep_a["healthy"], false);
+    assert_eq!(ep_a["last_failure"], "status 503");
+    assert_eq!(app["endpoints"][1]["healthy"], true);
+    assert!(
+        sift.log_lines()
+            .iter()
+            .any(|l| l.contains("endpoint marked unhealthy by health check")
+                && l.contains(&a.up.addr.to_string())),
+        "the transition is logged"
+    );
+    // Requests to the app never reached a while it was out.
+    let before = a.up.requests.load(Ordering::SeqCst) - a.probes.load(Ordering::SeqCst);
+    answers(&sift, "/x", 6).await;
+    let after = a.up.requests.load(Ordering::SeqCst) - a.probes.load(Ordering::SeqCst);
+    assert!(
+        after <= before + 1,
+        "a got traffic while unhealthy ({before} → {after})"
+    );
+
+    // a recovers: back after two passes.
+    a.health.store(200, Ordering::SeqCst);
+    let back = eventually(Duration::from_secs(5), || async {
+        sift.metric(r#"sift_endpoints_healthy{cluster="app"}"#)
+            .await
+            == Some(2.0)
+    })
+    .await;
+    assert!(back, "a healthy again");
+    let mut got = answers(&sift, "/x", 4).await;
+    got.sort();
+    assert_eq!(got, ["a", "a", "b", "b"]);
+
+    // Both fail, panic_threshold 0: no endpoint, 503 no-healthy-endpoint.
+    a.health.store(500, Ordering::SeqCst);
+    b.health.store(404, Ordering::SeqCst);
+    let none = eventually(Duration::from_secs(5), || async {
+        sift.metric(r#"sift_endpoints_healthy{cluster="app"}"#)
+            .await
+            == Some(0.0)
+    })
+    .await;
+    assert!(none, "both unhealthy");
+    assert_eq!(
+        answers(&sift, "/x", 2).await,
+        vec!["status:503:no-healthy-endpoint"; 2]
+    );
+    assert_eq!(
+        sift.metric(r#"sift_lb_panic_total{cluster="app"}"#).await,
+        Some(0.0)
+    );
+}
+
+/// `sift_health_checks_total{cluster,outcome}` reaches `at_least`.
+async fn sift_probed(sift: &Sift, cluster: &str, outcome: &str, at_least: f64) -> bool {
+    let sample = format!(r#"sift_health_checks_total{{cluster="{cluster}",outcome="{outcome}"}}"#);
+    eventually(Duration::from_secs(5), || async {
+        sift.metric(&sample).await.unwrap_or(0.0) >= at_least
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_check_panic_tcp_timeout_and_reload() {
+    // p: its one endpoint fails the probe but serves: in panic (default
+    // 50 %), requests still go to it. t: a TCP probe finds the refused
+    // endpoint. h: the probe hangs past its timeout.
+    let p = checked_upstream("p", Duration::ZERO).await;
+    p.health.store(500, Ordering::SeqCst);
+    let t = checked_upstream("t", Duration::ZERO).await;
+    let h = checked_upstream("h", Duration::from_secs(10)).await;
+    let dead = refused();
+    let clusters = format!(
+        r#"  - name: p
+    endpoints: ["{p}"]
+    health_check: {{ path: /healthz, interval: 100ms, healthy_threshold: 1 }}
+  - name: t
+    endpoints: ["{dead}", "{t}"]
+    health_check: {{ kind: tcp, interval: 100ms, panic_threshold: 0 }}
+  - name: h
+    endpoints: ["{h}"]
+    health_check: {{ path: /healthz, interval: 100ms, timeout: 200ms, panic_threshold: 0 }}"#,
+        p = p.up.addr,
+        t = t.up.addr,
+        h = h.up.addr,
+    );
+    let routes = r#"  - { name: p, match: { path: { prefix: /p } }, cluster: p }
+  - { name: t, match: { path: { prefix: /t } }, cluster: t }
+  - { name: h, match: { path: { prefix: /h } }, cluster: h }"#;
+    let sift = Sift::start(&config(&clusters, routes));
+    assert!(sift_probed(&sift, "p", "unexpected_status", 1.0).await);
+    assert!(sift_probed(&sift, "t", "connect_failure", 1.0).await);
+    assert!(sift_probed(&sift, "h", "timeout", 1.0).await);
+    assert_eq!(
+        answers(&sift, "/p", 3).await,
+        vec!["p"; 3],
+        "panic: still served"
+    );
+    assert!(
+        sift.metric(r#"sift_lb_panic_total{cluster="p"}"#)
+            .await
+            .unwrap_or(0.0)
+            >= 3.0
+    );
+    assert_eq!(
+        clusters_json(&sift).await["clusters"][1]["health_check"]["panic"],
+        true
+    );
+    assert_eq!(
+        answers(&sift, "/t", 6).await,
+        vec!["t"; 6],
+        "refused one is out"
+    );
+    assert_eq!(
+        sift.metric(r#"sift_endpoints_healthy{cluster="t"}"#).await,
+        Some(1.0)
+    );
+    // A TCP probe sends no request.
+    assert_eq!(t.probes.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        answers(&sift, "/h", 1).await,
+        vec!["status:503:no-healthy-endpoint"]
+    );
+    let v = clusters_json(&sift).await;
+    let h_json = v["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "h")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        h_json["endpoints"][0]["last_failure"],
+        "no answer within the timeout"
+    );
+
+    // A reload that drops cluster t stops its probes; p, unchanged, keeps
+    // its state (still unhealthy: no first-probe grace again).
+    let clusters = format!(
+        r#"  - name: p
+    endpoints: ["{p}"]
+    health_check: {{ path: /healthz, interval: 100ms, healthy_threshold: 1 }}"#,
+        p = p.up.addr,
+    );
+    let routes = r#"  - { name: p, match: { path: { prefix: /p } }, cluster: p }"#;
+    let conns_before = t.up.connections.load(Ordering::SeqCst);
+    sift.write_config(&config(&clusters, routes));
+    let reloaded = eventually(Duration::from_secs(5), || async {
+        clusters_json(&sift).await["clusters"]
+            .as_array()
+            .map(Vec::len)
+            == Some(1)
+    })
+    .await;
+    assert!(reloaded);
+    assert_eq!(
+        sift.metric(r#"sift_endpoints_healthy{cluster="p"}"#).await,
+        Some(0.0)
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let settled = t.up.connections.load(Ordering::SeqCst);
+    assert!(settled >= conns_before);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        t.up.connections.load(Ordering::SeqCst),
+        settled,
+        "no probes to a removed cluster"
+    );
+    // p recovers with one pass (healthy_threshold 1).
+    p.health.store(200, Ordering::SeqCst);
+    let back = eventually(Duration::from_secs(5), || async {
+        sift.metric(r#"sift_endpoints_healthy{cluster="p"}"#).await == Some(1.0)
+    })
+    .await;
+    assert!(back);
+}

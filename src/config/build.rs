@@ -13,6 +13,7 @@ use super::units::{Bytes, Dur};
 use crate::policy::outlier::{FailureRateSpec, OutlierSpec};
 use crate::policy::ratelimit::{KeyPart, Override, RateLimitSpec};
 use crate::policy::retry::{BudgetSpec, RetrySpec};
+use crate::upstream::health::{HealthKind, HealthSpec};
 
 /// Headers a route may not set or remove: they frame the message or belong to sift.
 const RESERVED_HEADERS: &[&str] = &[
@@ -1490,6 +1491,10 @@ fn build_clusters(cs: &[ClusterFile], e: &mut Errs) -> Vec<ClusterSpec> {
                 .outlier_detection
                 .as_ref()
                 .map(|o| build_outlier(o, &format!("{p}.outlier_detection"), e)),
+            health_check: c
+                .health_check
+                .as_ref()
+                .map(|h| build_health(h, &format!("{p}.health_check"), e)),
             retry_budget: build_budget(c.retry_budget.as_ref(), &format!("{p}.retry_budget"), e),
             tls: c.tls.as_ref().map(|t| {
                 if t.cert.is_some() != t.key.is_some() {
@@ -1776,6 +1781,96 @@ fn build_outlier(o: &OutlierFile, p: &str, e: &mut Errs) -> OutlierSpec {
         )),
         max_ejection_percent: pct.min(100),
         failure_rate,
+    }
+}
+
+fn build_health(h: &HealthCheckFile, p: &str, e: &mut Errs) -> HealthSpec {
+    let kind = match h.kind.unwrap_or_default() {
+        HealthKindFile::Http => HealthKind::Http,
+        HealthKindFile::Tcp => HealthKind::Tcp,
+    };
+    if kind == HealthKind::Tcp {
+        for (key, set) in [
+            ("path", h.path.is_some()),
+            ("host", h.host.is_some()),
+            ("expected_statuses", h.expected_statuses.is_some()),
+        ] {
+            if set {
+                e.push(
+                    format!("{p}.{key}"),
+                    "is for kind: http (a tcp probe only connects)",
+                );
+            }
+        }
+    }
+    let path = h.path.clone().unwrap_or_else(|| "/".into());
+    if !path.starts_with('/') || path.parse::<http::uri::PathAndQuery>().is_err() {
+        e.push(
+            format!("{p}.path"),
+            format!("{path:?} is not a path (e.g. \"/healthz\")"),
+        );
+    }
+    if let Some(host) = &h.host
+        && host.parse::<http::uri::Authority>().is_err()
+    {
+        e.push(
+            format!("{p}.host"),
+            format!("{host:?} is not a host[:port]"),
+        );
+    }
+    let threshold = |v: Option<u32>, d: u32, key: &str, e: &mut Errs| match v {
+        Some(0) => {
+            e.push(format!("{p}.{key}"), "must be at least 1");
+            d
+        }
+        Some(n) => n,
+        None => d,
+    };
+    let mut expected = Vec::new();
+    for (i, item) in h.expected_statuses.iter().flatten().enumerate() {
+        let range = match item {
+            StatusItem::Code(c) => Some((*c, *c)),
+            StatusItem::Range(r) => match r.trim().split_once('-') {
+                Some((a, b)) => a.trim().parse().ok().zip(b.trim().parse().ok()),
+                None => r.trim().parse().ok().map(|c| (c, c)),
+            },
+        };
+        match range {
+            Some((lo, hi)) if (100..=599).contains(&lo) && (lo..=599).contains(&hi) => {
+                expected.push((lo, hi))
+            }
+            _ => e.push(
+                format!("{p}.expected_statuses[{i}]"),
+                "is not a status code (100-599) or a range such as \"200-299\"",
+            ),
+        }
+    }
+    if h.expected_statuses.as_ref().is_some_and(Vec::is_empty) {
+        e.push(
+            format!("{p}.expected_statuses"),
+            "is empty: no probe could pass",
+        );
+    }
+    if expected.is_empty() {
+        expected.push((200, 399));
+    }
+    let panic = h.panic_threshold.unwrap_or(50);
+    if panic > 100 {
+        e.push(
+            format!("{p}.panic_threshold"),
+            format!("{panic} is more than 100"),
+        );
+    }
+    HealthSpec {
+        kind,
+        path,
+        host: h.host.clone(),
+        interval: positive(h.interval, Dur::secs(5), &format!("{p}.interval"), e).0,
+        timeout: positive(h.timeout, Dur::secs(1), &format!("{p}.timeout"), e).0,
+        unhealthy_threshold: threshold(h.unhealthy_threshold, 3, "unhealthy_threshold", e),
+        healthy_threshold: threshold(h.healthy_threshold, 2, "healthy_threshold", e),
+        expected_statuses: expected,
+        panic_threshold: panic.min(100),
     }
 }
 

@@ -1001,6 +1001,10 @@ pub struct ClusterFile {
     /// Passive health: eject endpoints that fail.
     #[serde(default)]
     pub outlier_detection: Option<OutlierFile>,
+    /// Active health: probe every endpoint on a timer; unhealthy ones get
+    /// no requests.
+    #[serde(default)]
+    pub health_check: Option<HealthCheckFile>,
     /// Retries in flight may not exceed this share of active requests.
     #[serde(default)]
     pub retry_budget: Option<RetryBudgetFile>,
@@ -1051,6 +1055,57 @@ pub struct OutlierFile {
     /// Optional failure-rate breaker over a sliding window.
     #[serde(default)]
     pub failure_rate: Option<FailureRateFile>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckFile {
+    /// http (default): GET `path`, passing on an expected status; tcp: a
+    /// connect (and the TLS handshake when the cluster has tls).
+    #[serde(default)]
+    pub kind: Option<HealthKindFile>,
+    /// Path (and query) of the HTTP probe (default /).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Host header of the HTTP probe (default: the endpoint's host:port).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Time between two probes of an endpoint (default 5s).
+    #[serde(default)]
+    pub interval: Option<Dur>,
+    /// A probe without an answer in this time fails (default 1s).
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+    /// Failures in a row that make a healthy endpoint unhealthy (default 3).
+    #[serde(default)]
+    pub unhealthy_threshold: Option<u32>,
+    /// Passes in a row that make an unhealthy endpoint healthy (default 2).
+    #[serde(default)]
+    pub healthy_threshold: Option<u32>,
+    /// Statuses that pass: codes (200) or inclusive ranges ("200-399", the
+    /// default, as Kubernetes probes).
+    #[serde(default)]
+    pub expected_statuses: Option<Vec<StatusItem>>,
+    /// Below this percent of healthy endpoints, balance over all of them
+    /// (Envoy's healthy panic threshold; default 50; 0 = never).
+    #[serde(default)]
+    pub panic_threshold: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthKindFile {
+    #[default]
+    Http,
+    Tcp,
+}
+
+/// A status code or an inclusive range such as "200-299".
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum StatusItem {
+    Code(u16),
+    Range(String),
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]

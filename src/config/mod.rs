@@ -349,4 +349,61 @@ clusters:
             "{got:?}"
         );
     }
+
+    #[test]
+    fn health_check_options_are_checked() {
+        let base = |hc: &str| {
+            format!(
+                "listeners:\n  - {{ name: l, address: \"127.0.0.1:0\" }}\nroutes:\n  - {{ name: r, cluster: c }}\nclusters:\n  - name: c\n    endpoints: [\"127.0.0.1:1\"]\n    health_check: {hc}\n"
+            )
+        };
+        let c = load_str(&base("{}")).expect("defaults are valid");
+        let h = c.clusters[0].health_check.clone().expect("health_check");
+        assert_eq!(h.kind, crate::upstream::health::HealthKind::Http);
+        assert_eq!(h.path, "/");
+        assert_eq!(h.interval, std::time::Duration::from_secs(5));
+        assert_eq!(h.timeout, std::time::Duration::from_secs(1));
+        assert_eq!((h.unhealthy_threshold, h.healthy_threshold), (3, 2));
+        assert_eq!(h.expected_statuses, vec![(200, 399)]);
+        assert_eq!(h.panic_threshold, 50);
+        let c = load_str(&base(
+            "{ path: \"/healthz?full=1\", host: \"app.local\", expected_statuses: [200, \"204-299\", \"301\"], panic_threshold: 0 }",
+        ))
+        .expect("valid");
+        let h = c.clusters[0].health_check.clone().expect("health_check");
+        assert_eq!(
+            h.expected_statuses,
+            vec![(200, 200), (204, 299), (301, 301)]
+        );
+        assert_eq!(h.host.as_deref(), Some("app.local"));
+        for (hc, path) in [
+            ("{ path: healthz }", "path"),
+            ("{ path: \"/a b\" }", "path"),
+            ("{ host: \"a b\" }", "host"),
+            ("{ kind: tcp, path: /x }", "path"),
+            (
+                "{ kind: tcp, expected_statuses: [200] }",
+                "expected_statuses",
+            ),
+            ("{ unhealthy_threshold: 0 }", "unhealthy_threshold"),
+            ("{ healthy_threshold: 0 }", "healthy_threshold"),
+            ("{ interval: 0s }", "interval"),
+            ("{ timeout: 0s }", "timeout"),
+            ("{ expected_statuses: [] }", "expected_statuses"),
+            ("{ expected_statuses: [700] }", "expected_statuses[0]"),
+            (
+                "{ expected_statuses: [\"300-200\"] }",
+                "expected_statuses[0]",
+            ),
+            ("{ expected_statuses: [\"2xx\"] }", "expected_statuses[0]"),
+            ("{ panic_threshold: 101 }", "panic_threshold"),
+        ] {
+            let errs = load_str(&base(hc)).expect_err(hc).0;
+            let want = format!("clusters[0].health_check.{path}");
+            assert!(
+                errs.iter().any(|e| e.path == want),
+                "{hc}: want {want}, got {errs:?}"
+            );
+        }
+    }
 }

@@ -442,6 +442,7 @@ pub struct ClusterSpec {
     pub max_idle_per_endpoint: usize,
     pub breakers: Breakers,
     pub outlier: Option<OutlierSpec>,
+    pub health_check: Option<crate::upstream::health::HealthSpec>,
     /// None: the budget is disabled and `breakers.max_retries` caps retries.
     pub retry_budget: Option<BudgetSpec>,
     pub tls: Option<crate::tls::UpstreamTlsSpec>,

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use http::Request;
 use rustls::pki_types::ServerName;
 
-use prometheus::{IntCounter, IntGauge};
+use prometheus::{IntCounter, IntCounterVec, IntGauge};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::body::Body;
@@ -21,7 +21,9 @@ use crate::metrics::Metrics;
 use crate::policy::outlier::{Observed, Outlier};
 use crate::policy::retry::{Budget, RetryPermit};
 
+pub mod health;
 pub mod pool;
+pub use health::Health;
 pub use pool::{Pool, PoolConfig, SendError};
 
 pub struct EndpointState {
@@ -45,12 +47,18 @@ pub struct ClusterMetrics {
     pub non_idempotent: IntCounter,
     pub no_endpoint: IntCounter,
     pub connect_errors: IntCounter,
+    /// `sift_health_checks_total`, labelled per probe outcome.
+    pub health_checks: IntCounterVec,
+    pub healthy: IntGauge,
+    pub panic: IntCounter,
 }
 
 pub struct Cluster {
     pub spec: ClusterSpec,
     pub endpoints: Vec<EndpointState>,
     pub outlier: Option<Outlier>,
+    /// Active health checks (`health_check`).
+    pub health: Option<Health>,
     pub budget: Budget,
     pub metrics: ClusterMetrics,
     pool: Arc<Pool>,
@@ -158,17 +166,28 @@ impl Cluster {
             non_idempotent: retries("non_idempotent"),
             no_endpoint: retries("no_endpoint"),
             connect_errors: m.upstream_connect_errors.with_label_values(&[n]),
+            health_checks: m.health_checks.clone(),
+            healthy: m.endpoints_healthy.with_label_values(&[n]),
+            panic: m.lb_panic.with_label_values(&[n]),
         };
         let outlier = spec
             .outlier
             .clone()
             .map(|o| Outlier::new(o, endpoints.len()));
+        let health = spec
+            .health_check
+            .clone()
+            .map(|h| Health::new(h, endpoints.len()));
+        if health.is_some() {
+            metrics.healthy.set(endpoints.len() as i64);
+        }
         let conn_slots = (spec.protocol == UpstreamProtocol::Http1)
             .then(|| Arc::new(Semaphore::new(spec.breakers.max_connections)));
         Ok(Arc::new(Cluster {
             spec,
             endpoints,
             outlier,
+            health,
             budget: Budget::default(),
             metrics,
             pool,
@@ -268,22 +287,34 @@ impl Cluster {
         }
     }
 
-    /// Some endpoint is not ejected at `now` (a retry has somewhere to go).
+    /// Some endpoint could take a request at `now` (a retry has somewhere
+    /// to go): healthy (or the cluster in panic) and not ejected.
     pub fn any_available(&self, now: u64) -> bool {
         let n = self.endpoints.len();
-        n > 0
-            && self
-                .outlier
-                .as_ref()
-                .is_none_or(|o| (0..n).any(|i| o.available(i, now)))
+        let panic = self.health.as_ref().is_some_and(Health::panic);
+        (0..n).any(|i| self.eligible(i, now, panic))
+    }
+
+    /// Endpoint `i` passes active health checks (unless `panic`) and is not
+    /// ejected by outlier detection at `now`.
+    #[inline]
+    fn eligible(&self, i: usize, now: u64, panic: bool) -> bool {
+        (panic || self.health.as_ref().is_none_or(|h| h.healthy(i)))
+            && self.outlier.as_ref().is_none_or(|o| o.available(i, now))
+    }
+
+    /// Start background work (health probes); idempotent, and a no-op
+    /// outside a Tokio runtime.
+    pub fn start(self: &Arc<Self>) {
+        health::start(self);
     }
 
     pub fn name(&self) -> &str {
         &self.spec.name
     }
 
-    /// Choose an endpoint by the cluster's LB policy among those not
-    /// ejected at `now`, avoiding `avoid` (a retry's previous endpoint) when
+    /// Choose an endpoint by the cluster's LB policy among those eligible
+    /// at `now` (healthy or in panic, and not ejected), avoiding `avoid` (a retry's previous endpoint) when
     /// another one is available.
     pub fn pick(
         self: &Arc<Self>,
@@ -294,7 +325,11 @@ impl Cluster {
         if n == 0 {
             return None;
         }
-        let up = |i: usize| self.outlier.as_ref().is_none_or(|o| o.available(i, now));
+        let panic = self.health.as_ref().is_some_and(Health::panic);
+        if panic {
+            self.metrics.panic.inc();
+        }
+        let up = |i: usize| self.eligible(i, now, panic);
         let others_up = avoid.is_some_and(|a| (0..n).any(|i| i != a && up(i)));
         let healthy = |i: usize| up(i) && !(others_up && Some(i) == avoid);
         let index = match self.spec.lb {

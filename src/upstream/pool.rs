@@ -256,6 +256,31 @@ impl Pool {
         Ok(resp.map(crate::body::boxed))
     }
 
+    /// A health probe: connect (TCP, and TLS when the cluster has it), then
+    /// close. Not pooled.
+    pub async fn probe_connect(&self, endpoint: &Endpoint) -> Result<(), SendError> {
+        self.connect_io(endpoint).await.map(drop)
+    }
+
+    /// A health probe: `req` on a fresh connection (not pooled, closed after
+    /// the answer's head); the answer's status.
+    pub async fn probe_request(
+        &self,
+        endpoint: &Endpoint,
+        req: Request<Body>,
+    ) -> Result<http::StatusCode, SendError> {
+        match self.cfg.protocol {
+            UpstreamProtocol::Http1 => {
+                let mut send = self.connect_h1(endpoint).await?;
+                Ok(send.send_request(req).await?.status())
+            }
+            UpstreamProtocol::Http2 => {
+                let mut send = self.connect_h2(endpoint).await?;
+                Ok(send.send_request(req).await?.status())
+            }
+        }
+    }
+
     async fn connect_io(&self, endpoint: &Endpoint) -> Result<Io, SendError> {
         let addr = (endpoint.host.as_str(), endpoint.port);
         let tcp = match tokio::time::timeout(
