@@ -349,7 +349,14 @@ async fn proxy(
 
     // 3. Route.
     let route = snap
-        .route_for(listener, &host, path, req.method(), req.headers())
+        .route_for(
+            listener,
+            &host,
+            path,
+            req.uri().query(),
+            req.method(),
+            req.headers(),
+        )
         .ok_or(ProxyError::NoRoute)?;
     if let Some(log) = &mut out.log {
         log.route = Some(Arc::from(route.spec.name.as_str()));

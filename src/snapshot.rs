@@ -10,7 +10,9 @@ use http::{HeaderMap, Method};
 use prometheus::{Histogram, IntCounter, IntGauge};
 
 use crate::config::Config;
-use crate::config::model::{HeaderRule, HostMatch, ListenerSpec, PathMatch, RouteSpec};
+use crate::config::model::{
+    HeaderRule, HostMatch, ListenerSpec, PathMatch, QueryMatch, QueryRule, RouteSpec,
+};
 use crate::metrics::Metrics;
 use crate::policy::ratelimit::{Limiter, RateLimitSpec};
 use crate::upstream::Cluster;
@@ -145,7 +147,14 @@ impl Route {
         self.backends.iter().find(|b| x < b.cumulative_weight)
     }
 
-    fn matches(&self, host: &str, path: &str, method: &Method, headers: &HeaderMap) -> bool {
+    fn matches(
+        &self,
+        host: &str,
+        path: &str,
+        query: Option<&str>,
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> bool {
         let m = &self.spec.matches;
         if !m.hosts.is_empty()
             && !m.hosts.iter().any(|h| match h {
@@ -163,6 +172,7 @@ impl Route {
                         || path.len() == p.len()
                         || path.as_bytes().get(p.len()) == Some(&b'/'))
             }
+            PathMatch::Regex(re) => re.is_match(path.as_bytes()),
         };
         if !path_ok {
             return false;
@@ -179,9 +189,75 @@ impl Route {
                 HeaderRule::Present(want) => v.is_some() == *want,
                 HeaderRule::Exact(e) => v.is_some_and(|v| *v == *e.as_bytes()),
                 HeaderRule::Prefix(p) => v.is_some_and(|v| v.starts_with(p.as_bytes())),
+                HeaderRule::Regex(re) => v.is_some_and(|v| re.is_match(&v)),
             }
-        })
+        }) && m.query.iter().all(|q| query_matches(q, query))
     }
+}
+
+/// A query condition holds when **any** occurrence of the parameter
+/// satisfies it (`present: false`: when none occurs). Names and values are
+/// compared percent-decoded with `+` as a space, as apps read them; pairs
+/// are split on `&` only (as Envoy, Gateway API and current app stacks do).
+/// Envoy matches the first occurrence only; an app may read the last
+/// (PHP, Express's last string) or all of them, so `?debug=0&debug=1`
+/// could route past a route meant for `debug=1` while the app acts on it.
+/// "Any" makes a route on a value catch every request in which an app
+/// could see that value.
+fn query_matches(q: &QueryMatch, query: Option<&str>) -> bool {
+    let mut found = false;
+    for pair in query.unwrap_or("").split('&') {
+        if pair.is_empty() {
+            continue;
+        }
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if *query_decode(k) != *q.name.as_bytes() {
+            continue;
+        }
+        found = true;
+        let v = query_decode(v);
+        let hit = match &q.rule {
+            QueryRule::Present(want) => return *want,
+            QueryRule::Exact(e) => *v == *e.as_bytes(),
+            QueryRule::Prefix(p) => v.starts_with(p.as_bytes()),
+            QueryRule::Regex(re) => re.is_match(&v),
+        };
+        if hit {
+            return true;
+        }
+    }
+    matches!(q.rule, QueryRule::Present(false)) && !found
+}
+
+/// Percent-decode a query name or value, `+` as a space; a `%` that starts
+/// no escape stays as it is (as browsers and most app stacks read it).
+fn query_decode(s: &str) -> std::borrow::Cow<'_, [u8]> {
+    let b = s.as_bytes();
+    if !b.iter().any(|&c| c == b'%' || c == b'+') {
+        return std::borrow::Cow::Borrowed(b);
+    }
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                if let (Some(h), Some(l)) = (
+                    b.get(i + 1).copied().and_then(hex),
+                    b.get(i + 2).copied().and_then(hex),
+                ) {
+                    out.push(h << 4 | l);
+                    i += 3;
+                    continue;
+                }
+                out.push(b'%');
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 impl Snapshot {
@@ -459,6 +535,7 @@ impl Snapshot {
         listener: &ListenerSpec,
         host: &str,
         path: &str,
+        query: Option<&str>,
         method: &Method,
         headers: &HeaderMap,
     ) -> Option<&Route> {
@@ -466,6 +543,35 @@ impl Snapshot {
             .route_indices
             .iter()
             .filter_map(|&i| self.routes.get(i))
-            .find(|r| r.matches(host, path, method, headers))
+            .find(|r| r.matches(host, path, query, method, headers))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_decoded_as_apps_read_them() {
+        assert_eq!(&*query_decode("plain"), b"plain");
+        assert_eq!(&*query_decode("a+b%20c"), b"a b c");
+        assert_eq!(&*query_decode("%41%4a%zz%4"), b"AJ%zz%4");
+        assert_eq!(&*query_decode("%ff%00"), b"\xff\x00");
+        let q = |rule| QueryMatch {
+            name: "a b".into(),
+            rule,
+        };
+        let exact = q(QueryRule::Exact("1".into()));
+        assert!(query_matches(&exact, Some("a+b=1")));
+        assert!(query_matches(&exact, Some("x=2&a%20b=0&&a+b=1")));
+        assert!(!query_matches(&exact, Some("a+b=10")));
+        assert!(!query_matches(&exact, None));
+        let absent = q(QueryRule::Present(false));
+        assert!(query_matches(&absent, None));
+        assert!(query_matches(&absent, Some("ab=1")));
+        assert!(!query_matches(&absent, Some("a+b")));
+        let present = q(QueryRule::Present(true));
+        assert!(query_matches(&present, Some("z&a%20b")));
+        assert!(!query_matches(&present, Some("")));
     }
 }

@@ -1748,3 +1748,124 @@ clusters:
     // Only the forwarded requests reached the app.
     assert_eq!(up.requests.load(std::sync::atomic::Ordering::Relaxed), 5);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn routes_on_regex_paths_header_patterns_and_query_parameters() {
+    let a = Upstream::echo("a").await;
+    let b = Upstream::echo("b").await;
+    let c = Upstream::echo("c").await;
+    let d = Upstream::echo("d").await;
+    let cfg = format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+routes:
+  - name: deny-debug
+    match: {{ query: [ {{ name: debug, exact: "1" }} ] }}
+    direct_response: {{ status: 403, body: "no debug" }}
+  - name: users
+    match: {{ path: {{ regex: "/users/[0-9]+(/profile)?" }} }}
+    cluster: a
+  - name: beta
+    match: {{ query: [ {{ name: version, regex: "v[2-9]" }}, {{ name: legacy, present: false }} ] }}
+    cluster: b
+  - name: mobile
+    match: {{ headers: [ {{ name: user-agent, regex: ".*(Android|iPhone).*" }} ], query: [ {{ name: q, prefix: "hello w" }} ] }}
+    cluster: c
+  - name: rest
+    cluster: d
+clusters:
+  - {{ name: a, endpoints: ["{}"] }}
+  - {{ name: b, endpoints: ["{}"] }}
+  - {{ name: c, endpoints: ["{}"] }}
+  - {{ name: d, endpoints: ["{}"] }}
+"#,
+        a.addr, b.addr, c.addr, d.addr
+    );
+    let sift = Sift::start(&cfg);
+    let go = |path: &str, ua: &str| {
+        let r = Request::get(sift.url(path)).header("user-agent", ua);
+        send(r.body(body::empty()).unwrap())
+    };
+    let name = |r: http::Response<Bytes>| {
+        if r.status() == 200 {
+            json(r.body())["name"].as_str().unwrap().to_string()
+        } else {
+            r.status().as_u16().to_string()
+        }
+    };
+    let cases: &[(&str, &str, &str)] = &[
+        // The regex matches the whole (normalised) path, not a part.
+        ("/users/42", "curl", "a"),
+        ("/users/42/profile", "curl", "a"),
+        ("/users/42/profile/x", "curl", "d"),
+        ("/api/users/42", "curl", "d"),
+        ("/users/abc", "curl", "d"),
+        ("//users/%34%32", "curl", "a"),
+        // Query conditions: all must hold; values percent-decoded.
+        ("/x?version=v3", "curl", "b"),
+        ("/x?version=v%33", "curl", "b"),
+        ("/x?version=v1", "curl", "d"),
+        ("/x?version=v3&legacy", "curl", "d"),
+        ("/x?version=v3&legacy=0", "curl", "d"),
+        ("/x?version=v33", "curl", "d"),
+        // Any occurrence may satisfy a condition.
+        ("/x?version=v1&version=v2", "curl", "b"),
+        // A header pattern and a query prefix, with + read as a space.
+        ("/x?q=hello+world", "Mozilla/5.0 (Linux; Android 14)", "c"),
+        ("/x?q=hello%20w", "Mozilla/5.0 (iPhone)", "c"),
+        ("/x?q=hello+world", "curl", "d"),
+        ("/x?q=hi", "Mozilla/5.0 (Android)", "d"),
+        // A value an app would read on any of the parameter's lines
+        // reaches the deny route, whatever its position or encoding.
+        ("/users/1?debug=1", "curl", "403"),
+        ("/users/1?debug=0&debug=1", "curl", "403"),
+        ("/users/1?%64ebug=%31", "curl", "403"),
+        ("/users/1?debug=10", "curl", "a"),
+        ("/users/1?xdebug=1", "curl", "a"),
+    ];
+    for (path, ua, want) in cases {
+        assert_eq!(name(go(path, ua).await), *want, "{path} ({ua})");
+    }
+    // The upstream gets the query as sent.
+    let r = go("/x?version=v%33&a=%2F", "curl").await;
+    assert_eq!(json(r.body())["uri"], "/x?version=v%33&a=%2F");
+
+    // Bad patterns are config errors with their path; the old config
+    // keeps serving.
+    for (bad, path) in [
+        (
+            "match: { path: { regex: \"(\" } }",
+            "routes[0].match.path.regex",
+        ),
+        (
+            "match: { headers: [ { name: x-a, regex: \"[z-a]\" } ] }",
+            "routes[0].match.headers[0].regex",
+        ),
+        (
+            "match: { query: [ { name: a, exact: b, present: true } ] }",
+            "routes[0].match.query[0]",
+        ),
+        (
+            "match: { query: [ { name: \"\", present: true } ] }",
+            "routes[0].match.query[0].name",
+        ),
+        (
+            "match: { path: { regex: \"/a.*\" } }\n    rewrite: { prefix: /b }",
+            "routes[0].match.path",
+        ),
+        (
+            "match: { path: { regex: \"a{1000}{1000}\" } }",
+            "routes[0].match.path.regex",
+        ),
+    ] {
+        let text = format!(
+            "listeners: [{{ name: main, address: \"127.0.0.1:0\" }}]\nroutes:\n  - name: r\n    {bad}\n    cluster: a\nclusters:\n  - {{ name: a, endpoints: [\"127.0.0.1:1\"] }}\n"
+        );
+        let errs = sift::config::load_str(&text).expect_err(bad).0;
+        assert!(
+            errs.iter().any(|e| e.path == path),
+            "{bad}: want {path}, got {errs:?}"
+        );
+    }
+}

@@ -908,6 +908,14 @@ fn build_routes(
                 "only a forwarding route (cluster/clusters) rewrites paths; a redirect has its own `prefix`",
             );
         }
+        if matches!(matches.path, PathMatch::Regex(_))
+            && (r.rewrite.is_some() || r.redirect.as_ref().is_some_and(|rd| rd.prefix.is_some()))
+        {
+            e.push(
+                format!("{p}.match.path"),
+                "a `regex` path match has no matched prefix to replace: `rewrite` and a redirect's `prefix` need an `exact` or `prefix` match",
+            );
+        }
         let rewrite_prefix = r.rewrite.as_ref().and_then(|rw| {
             check_path_literal(&rw.prefix, &format!("{p}.rewrite.prefix"), e)
                 .then(|| rw.prefix.clone())
@@ -1327,6 +1335,13 @@ fn build_match(m: Option<&MatchFile>, p: &str, e: &mut Errs) -> MatchSpec {
         }
         Some(PathMatchFile::Exact(s)) => PathMatch::Exact(s.clone()),
         Some(PathMatchFile::Prefix(s)) => PathMatch::Prefix(s.clone()),
+        Some(PathMatchFile::Regex(s)) => match Pattern::new(s) {
+            Ok(re) => PathMatch::Regex(re),
+            Err(m) => {
+                e.push(format!("{p}.path.regex"), m);
+                PathMatch::default()
+            }
+        },
     };
     let mut methods = Vec::new();
     for (i, name) in m.methods.iter().flatten().enumerate() {
@@ -1352,12 +1367,22 @@ fn build_match(m: Option<&MatchFile>, p: &str, e: &mut Errs) -> MatchSpec {
                 continue;
             }
         };
-        let rule = match (&h.exact, &h.prefix, h.present) {
-            (Some(v), None, None) => HeaderRule::Exact(v.clone()),
-            (None, Some(v), None) => HeaderRule::Prefix(v.clone()),
-            (None, None, Some(b)) => HeaderRule::Present(b),
+        let rule = match (&h.exact, &h.prefix, h.present, &h.regex) {
+            (Some(v), None, None, None) => HeaderRule::Exact(v.clone()),
+            (None, Some(v), None, None) => HeaderRule::Prefix(v.clone()),
+            (None, None, Some(b), None) => HeaderRule::Present(b),
+            (None, None, None, Some(r)) => match Pattern::new(r) {
+                Ok(re) => HeaderRule::Regex(re),
+                Err(m) => {
+                    e.push(format!("{hp}.regex"), m);
+                    continue;
+                }
+            },
             _ => {
-                e.push(&hp, "give exactly one of `exact`, `prefix`, `present`");
+                e.push(
+                    &hp,
+                    "give exactly one of `exact`, `prefix`, `regex`, `present`",
+                );
                 continue;
             }
         };
@@ -1381,11 +1406,43 @@ fn build_match(m: Option<&MatchFile>, p: &str, e: &mut Errs) -> MatchSpec {
         }
         headers.push(HeaderMatch { name, rule });
     }
+    let mut query = Vec::new();
+    for (i, q) in m.query.iter().flatten().enumerate() {
+        let qp = format!("{p}.query[{i}]");
+        if q.name.is_empty() {
+            e.push(format!("{qp}.name"), "is empty");
+            continue;
+        }
+        let rule = match (&q.exact, &q.prefix, &q.regex, q.present) {
+            (Some(v), None, None, None) => QueryRule::Exact(v.clone()),
+            (None, Some(v), None, None) => QueryRule::Prefix(v.clone()),
+            (None, None, Some(r), None) => match Pattern::new(r) {
+                Ok(re) => QueryRule::Regex(re),
+                Err(m) => {
+                    e.push(format!("{qp}.regex"), m);
+                    continue;
+                }
+            },
+            (None, None, None, Some(b)) => QueryRule::Present(b),
+            _ => {
+                e.push(
+                    &qp,
+                    "give exactly one of `exact`, `prefix`, `regex`, `present`",
+                );
+                continue;
+            }
+        };
+        query.push(QueryMatch {
+            name: q.name.clone(),
+            rule,
+        });
+    }
     MatchSpec {
         hosts,
         path,
         methods,
         headers,
+        query,
     }
 }
 

@@ -891,6 +891,9 @@ pub struct MatchFile {
     /// Header conditions; all must hold.
     #[serde(default)]
     pub headers: Option<Vec<HeaderMatchFile>>,
+    /// Query parameter conditions; all must hold.
+    #[serde(default)]
+    pub query: Option<Vec<QueryMatchFile>>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
@@ -901,6 +904,9 @@ pub enum PathMatchFile {
     /// The path starts with this, on a segment boundary: `/api` matches
     /// `/api` and `/api/x`, not `/apix`. A prefix ending in `/` is a plain prefix.
     Prefix(String),
+    /// The whole path (without query) matches this regular expression
+    /// (Rust `regex` syntax, RE2's family: linear time, no look-around).
+    Regex(String),
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
@@ -915,6 +921,28 @@ pub struct HeaderMatchFile {
     #[serde(default)]
     pub prefix: Option<String>,
     /// true: the header is there (any value); false: it is absent.
+    #[serde(default)]
+    pub present: Option<bool>,
+    /// The whole value matches this regular expression.
+    #[serde(default)]
+    pub regex: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueryMatchFile {
+    /// Parameter name (case-sensitive, compared percent-decoded).
+    pub name: String,
+    /// A value equals this (percent-decoded, `+` read as a space).
+    #[serde(default)]
+    pub exact: Option<String>,
+    /// A value starts with this.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// A whole value matches this regular expression.
+    #[serde(default)]
+    pub regex: Option<String>,
+    /// true: the parameter is there (any value, or none); false: it is absent.
     #[serde(default)]
     pub present: Option<bool>,
 }

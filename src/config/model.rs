@@ -309,6 +309,8 @@ pub fn rewrite_prefix(m: &PathMatch, path: &str, new_prefix: &str) -> String {
     let (matched, slash) = match m {
         PathMatch::Exact(e) => (e.len().min(path.len()), false),
         PathMatch::Prefix(p) => (p.len().min(path.len()), p.ends_with('/')),
+        // Refused at config load (a regex match has no matched prefix).
+        PathMatch::Regex(_) => (0, false),
     };
     let rest = path.get(matched..).unwrap_or("");
     let base = new_prefix.trim_end_matches('/');
@@ -361,6 +363,69 @@ pub struct MatchSpec {
     #[serde(serialize_with = "ser_methods")]
     pub methods: Vec<Method>,
     pub headers: Vec<HeaderMatch>,
+    pub query: Vec<QueryMatch>,
+}
+
+/// A compiled regular expression that must match a whole value; equal
+/// (for reload reuse) when its source is.
+#[derive(Clone, Debug)]
+pub struct Pattern {
+    pub source: String,
+    pub re: regex::bytes::Regex,
+}
+
+/// Most bytes a compiled pattern may take (Envoy bounds RE2 program size
+/// the same way): a config error past it, never a slow match.
+pub const PATTERN_SIZE_LIMIT: usize = 1 << 20;
+
+impl Pattern {
+    pub fn new(source: &str) -> Result<Pattern, String> {
+        regex::bytes::RegexBuilder::new(&format!("^(?:{source})$"))
+            .size_limit(PATTERN_SIZE_LIMIT)
+            .build()
+            .map(|re| Pattern {
+                source: source.to_string(),
+                re,
+            })
+            .map_err(|e| match e {
+                regex::Error::CompiledTooBig(n) => {
+                    format!("{source:?}: the compiled pattern is over {n} bytes")
+                }
+                e => format!("{source:?} is not a regular expression: {e}"),
+            })
+    }
+
+    #[inline]
+    pub fn is_match(&self, v: &[u8]) -> bool {
+        self.re.is_match(v)
+    }
+}
+
+impl PartialEq for Pattern {
+    fn eq(&self, o: &Pattern) -> bool {
+        self.source == o.source
+    }
+}
+
+impl Serialize for Pattern {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.source)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct QueryMatch {
+    pub name: String,
+    pub rule: QueryRule,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueryRule {
+    Exact(String),
+    Prefix(String),
+    Regex(Pattern),
+    Present(bool),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -376,6 +441,7 @@ pub enum HostMatch {
 pub enum PathMatch {
     Exact(String),
     Prefix(String),
+    Regex(Pattern),
 }
 
 impl Default for PathMatch {
@@ -397,6 +463,7 @@ pub enum HeaderRule {
     Exact(String),
     Prefix(String),
     Present(bool),
+    Regex(Pattern),
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
