@@ -429,7 +429,109 @@ enum Decoder {
     /// `deflate` before its first two bytes: zlib-wrapped (RFC 9110) or
     /// raw. The first byte is held here when it comes alone.
     DeflatePending(Option<Sink>, Option<u8>),
-    Brotli(Box<brotli_decompressor::DecompressorWriter<Sink>>),
+    Brotli(Box<Brotli>),
+}
+
+/// A `br` body, decoded by driving brotli-decompressor's state machine
+/// ([`brotli_decompressor::BrotliDecompressStream`]) into the sink.
+///
+/// The outcome depends on the bytes only, never on how they are split
+/// into chunks (a client or proxy may send any framing):
+/// - every wire byte given is decoded and checked, also once the sink has
+///   all the inspector reads (`max_inspect_bytes`: the sink then only
+///   stops handing bytes on). Decoding stops at the first error, at the
+///   decompression cap, or at the stream's end; bytes after the end are an
+///   error, as are bytes the decoder would leave unread.
+/// - brotli-decompressor 6.4 rejects a meta-block whose commands write
+///   more than its header declares (RFC 7932 §9.3) wherever that falls.
+///   4.x checked it only when it happened to hand on output with the input
+///   used up right there, so such a body (found by the `decode` fuzz
+///   target) failed fed byte by byte and decoded fed at once.
+struct Brotli {
+    state: brotli_decompressor::BrotliState<
+        brotli_decompressor::StandardAlloc,
+        brotli_decompressor::StandardAlloc,
+        brotli_decompressor::StandardAlloc,
+    >,
+    /// Decoded bytes on their way to the sink (a fixed size).
+    out: Box<[u8]>,
+    total_out: usize,
+    /// The stream ended (`Some(true)`) or broke (`Some(false)`).
+    stopped: Option<bool>,
+    sink: Sink,
+}
+
+impl Brotli {
+    fn new(sink: Sink) -> Brotli {
+        use brotli_decompressor::StandardAlloc;
+        Brotli {
+            state: brotli_decompressor::BrotliState::new(
+                StandardAlloc::default(),
+                StandardAlloc::default(),
+                StandardAlloc::default(),
+            ),
+            out: vec![0; 8192].into_boxed_slice(),
+            total_out: 0,
+            stopped: None,
+            sink,
+        }
+    }
+
+    /// Decode `wire` into the sink; empty: the body ended, and the stream
+    /// must have ended too.
+    fn write(&mut self, wire: &[u8]) -> std::io::Result<()> {
+        use brotli_decompressor::BrotliResult;
+        let bad = |why: &str| Err(std::io::Error::new(std::io::ErrorKind::InvalidData, why));
+        match self.stopped {
+            Some(true) if wire.is_empty() => return Ok(()),
+            Some(true) => return bad("bytes after the end of the brotli stream"),
+            Some(false) => return bad("broken brotli stream"),
+            None => {}
+        }
+        // Stopped unless the loop below finds it may go on.
+        self.stopped = Some(false);
+        let (mut avail_in, mut in_off) = (wire.len(), 0);
+        loop {
+            let (mut avail_out, mut out_off) = (self.out.len(), 0);
+            let r = brotli_decompressor::BrotliDecompressStream(
+                &mut avail_in,
+                &mut in_off,
+                wire,
+                &mut avail_out,
+                &mut out_off,
+                &mut self.out,
+                &mut self.total_out,
+                &mut self.state,
+            );
+            let Some(decoded) = self.out.get(..out_off) else {
+                return bad("brotli decoder overran its buffer");
+            };
+            self.sink.write_all(decoded)?;
+            match r {
+                // The buffer was full: hand on more (the cap bounds it).
+                BrotliResult::NeedsMoreOutput if out_off > 0 => {}
+                BrotliResult::NeedsMoreInput if wire.is_empty() => {
+                    return bad("brotli stream cut short");
+                }
+                // The decoder holds a partial read itself: all of `wire`
+                // is taken.
+                BrotliResult::NeedsMoreInput if avail_in == 0 => {
+                    self.stopped = None;
+                    return Ok(());
+                }
+                BrotliResult::ResultSuccess if avail_in == 0 => {
+                    self.stopped = Some(true);
+                    return Ok(());
+                }
+                BrotliResult::ResultSuccess => {
+                    return bad("bytes after the end of the brotli stream");
+                }
+                // A failure, or more output wanted with none given (no
+                // progress: never loop on it).
+                _ => return bad("corrupt brotli stream"),
+            }
+        }
+    }
 }
 
 struct Sink {
@@ -511,9 +613,7 @@ impl Inspection {
             _ if identity || unread.is_some() => Decoder::Identity(sink),
             "gzip" | "x-gzip" => Decoder::Gzip(flate2::write::MultiGzDecoder::new(sink)),
             "deflate" => Decoder::DeflatePending(Some(sink), None),
-            "br" => Decoder::Brotli(Box::new(brotli_decompressor::DecompressorWriter::new(
-                sink, 8192,
-            ))),
+            "br" => Decoder::Brotli(Box::new(Brotli::new(sink))),
             _ => return Err(Skip::Encoding),
         };
         Ok(Inspection {
@@ -548,7 +648,7 @@ impl Inspection {
             Decoder::Gzip(d) => d.write_all(wire),
             Decoder::Zlib(d) => d.write_all(wire),
             Decoder::Deflate(d) => d.write_all(wire),
-            Decoder::Brotli(d) => d.write_all(wire),
+            Decoder::Brotli(d) => d.write(wire),
             Decoder::DeflatePending(..) => Ok(()),
         };
         if r.is_err() {
@@ -593,7 +693,7 @@ impl Inspection {
             Decoder::Gzip(d) => d.get_ref(),
             Decoder::Zlib(d) => d.get_ref(),
             Decoder::Deflate(d) => d.get_ref(),
-            Decoder::Brotli(d) => d.get_ref(),
+            Decoder::Brotli(d) => &d.sink,
             Decoder::DeflatePending(s, _) => match s {
                 Some(s) => s,
                 None => return false,
@@ -612,7 +712,7 @@ impl Inspection {
             Decoder::Gzip(d) => d.get_mut(),
             Decoder::Zlib(d) => d.get_mut(),
             Decoder::Deflate(d) => d.get_mut(),
-            Decoder::Brotli(d) => d.get_mut(),
+            Decoder::Brotli(d) => &mut d.sink,
             Decoder::DeflatePending(s, _) => s.as_mut()?,
         })
     }
@@ -632,9 +732,9 @@ impl Inspection {
             Decoder::Gzip(d) => d.try_finish(),
             Decoder::Zlib(d) => d.try_finish(),
             Decoder::Deflate(d) => d.try_finish(),
-            // `close`, not `flush`: it hands on what the decoder still
-            // holds, and fails on a stream that did not end.
-            Decoder::Brotli(d) => d.close(),
+            // Hands on what the decoder still holds, and fails on a
+            // stream that did not end.
+            Decoder::Brotli(d) => d.write(&[]),
         };
         let failed = self.failed;
         let on_oversize = self.on_oversize;
@@ -828,6 +928,109 @@ mod tests {
     }
 
     #[test]
+    fn corrupt_brotli_fails_whatever_the_chunking() {
+        // Found by the `decode` fuzz target: a brotli body whose first
+        // meta-block's commands write more than the length its header
+        // declares (RFC 7932 §9.3: invalid). brotli-decompressor 4 checked
+        // that only when it happened to flush with input exhausted right
+        // there: fed byte by byte it failed, fed at once it decoded 27
+        // bytes, so a prefix was classified (or 413 / skipped) instead.
+        let wire: &[u8] = &[
+            0x00, 0x00, 0x00, 0x6e, 0x64, 0x20, 0x20, 0x52, 0x6f, 0x73, 0x45, 0x20, 0x61, 0x6e,
+            0x64, 0x20, 0x6d, 0x61, 0x79, 0x20, 0x6e, 0x13, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x37, 0x00, 0x00, 0x00,
+            0xff, 0xff, 0xff, 0xff, 0xff,
+        ];
+        for on_oversize in [
+            OnOversize::InspectPrefix,
+            OnOversize::Skip,
+            OnOversize::Reject,
+        ] {
+            for (limit, cap) in [(16, 4096), (1 << 20, 1 << 20)] {
+                let u = usage(limit, on_oversize);
+                for truncated in [true, false] {
+                    for step in [1, 2, 3, 5, 7, 16, wire.len()] {
+                        let mut i =
+                            Inspection::new(Box::new(Count(Vec::new())), Some("br"), &u, cap)
+                                .unwrap();
+                        for c in wire.chunks(step) {
+                            i.feed(c);
+                        }
+                        let r = i.finish(truncated);
+                        assert!(
+                            matches!(r, Err(Unclassified::Skip(Skip::DecodeError))),
+                            "{on_oversize:?} limit {limit} truncated {truncated} \
+                             chunks of {step}: {:?}",
+                            r.map(|v| v.score)
+                        );
+                    }
+                }
+            }
+        }
+
+        // Variants of it, garbled past their first 3 to 16 bytes (with
+        // brotli-decompressor 4, 1 in 11 to 1 in 2 of them split so, by how
+        // much is kept): whatever each gives, it gives in every chunking.
+        let u = usage(16, OnOversize::InspectPrefix);
+        let outcome = |wire: &[u8], step: usize, truncated: bool| {
+            let mut i = Inspection::new(Box::new(Count(Vec::new())), Some("br"), &u, 4096).unwrap();
+            for c in wire.chunks(step) {
+                i.feed(c);
+            }
+            // How much of a prefix decodes may differ; the outcome may not.
+            i.finish(truncated).map(|_| ())
+        };
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..300 {
+            let mut wire = wire.to_vec();
+            let keep = 3 + (rnd() % 14) as usize;
+            for b in wire.iter_mut().skip(keep) {
+                if rnd() % 4 == 0 {
+                    *b = rnd() as u8;
+                }
+            }
+            for truncated in [true, false] {
+                let whole = outcome(&wire, wire.len(), truncated);
+                for step in [1, 2, 3, 7] {
+                    assert_eq!(
+                        outcome(&wire, step, truncated),
+                        whole,
+                        "{wire:02x?} (truncated {truncated}) in chunks of {step}"
+                    );
+                }
+            }
+        }
+
+        // Bytes after the stream's end: broken too, however they come.
+        let mut tail = Vec::new();
+        {
+            let mut w = brotli::CompressorWriter::new(&mut tail, 4096, 5, 22);
+            w.write_all(b"a whole stream").unwrap();
+        }
+        tail.extend_from_slice(b"and more");
+        let u = usage(1 << 20, OnOversize::InspectPrefix);
+        for step in [1, 3, tail.len()] {
+            let mut i =
+                Inspection::new(Box::new(Count(Vec::new())), Some("br"), &u, 1 << 20).unwrap();
+            for c in tail.chunks(step) {
+                i.feed(c);
+            }
+            let r = i.finish(false).map(|v| v.score);
+            assert_eq!(
+                r,
+                Err(Unclassified::Skip(Skip::DecodeError)),
+                "chunks of {step}"
+            );
+        }
+    }
+
+    #[test]
     fn a_zip_bomb_hits_the_cap_not_memory() {
         let bomb = gzip(&vec![0u8; 50 << 20]);
         assert!(bomb.len() < 100 << 10, "50 MiB of zeros compresses small");
@@ -837,6 +1040,21 @@ mod tests {
             r.unwrap_err(),
             Unclassified::Decompression { limit: 1 << 20 }
         );
+        let mut bomb = Vec::new();
+        {
+            let mut w = brotli::CompressorWriter::new(&mut bomb, 4096, 5, 22);
+            w.write_all(&vec![0u8; 8 << 20]).unwrap();
+        }
+        assert!(bomb.len() < 10 << 10, "8 MiB of zeros compresses small");
+        for step in [bomb.len(), 7] {
+            let mut i =
+                Inspection::new(Box::new(Count(Vec::new())), Some("br"), &u, 1 << 20).unwrap();
+            for c in bomb.chunks(step) {
+                i.feed(c);
+            }
+            let r = i.finish(false).map(|v| v.score);
+            assert_eq!(r, Err(Unclassified::Decompression { limit: 1 << 20 }));
+        }
     }
 
     #[test]
