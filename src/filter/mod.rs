@@ -442,6 +442,8 @@ enum Decoder {
 ///   stops handing bytes on). Decoding stops at the first error, at the
 ///   decompression cap, or at the stream's end; bytes after the end are an
 ///   error, as are bytes the decoder would leave unread.
+/// - large-window streams (not RFC 7932, never HTTP's `br`) are refused,
+///   as the C decoder does by default (`new_strict`).
 /// - brotli-decompressor 6.4 rejects a meta-block whose commands write
 ///   more than its header declares (RFC 7932 §9.3) wherever that falls.
 ///   4.x checked it only when it happened to hand on output with the input
@@ -465,7 +467,7 @@ impl Brotli {
     fn new(sink: Sink) -> Brotli {
         use brotli_decompressor::StandardAlloc;
         Brotli {
-            state: brotli_decompressor::BrotliState::new(
+            state: brotli_decompressor::BrotliState::new_strict(
                 StandardAlloc::default(),
                 StandardAlloc::default(),
                 StandardAlloc::default(),
@@ -925,6 +927,40 @@ mod tests {
             let v = feed(cut, step, true).unwrap();
             assert!(v.score > 0.0 && v.score < text.len() as f32);
         }
+    }
+
+    #[test]
+    fn large_window_brotli_is_refused() {
+        // RFC 7932 brotli (what `Content-Encoding: br` is) has windows of
+        // at most 16 MiB; the large-window extension is not HTTP's, and
+        // the C decoder refuses it by default. brotli-decompressor accepts
+        // it unless asked not to, and reserved up to 1 GiB for it.
+        let text = b"a large-window stream is not HTTP brotli ".repeat(50);
+        let compress = |large: bool| {
+            let params = brotli::enc::BrotliEncoderParams {
+                large_window: large,
+                lgwin: if large { 26 } else { 22 },
+                ..Default::default()
+            };
+            let mut out = Vec::new();
+            brotli::BrotliCompress(&mut &text[..], &mut out, &params).unwrap();
+            out
+        };
+        let u = usage(1 << 20, OnOversize::InspectPrefix);
+        let run = |wire: &[u8]| {
+            let mut i =
+                Inspection::new(Box::new(Count(Vec::new())), Some("br"), &u, 1 << 20).unwrap();
+            i.feed(wire);
+            i.finish(false)
+        };
+        let v = run(&compress(false)).expect("standard brotli decodes");
+        assert_eq!(v.score as usize, text.len());
+        let r = run(&compress(true));
+        assert!(
+            matches!(r, Err(Unclassified::Skip(Skip::DecodeError))),
+            "{:?}",
+            r.map(|v| v.score)
+        );
     }
 
     #[test]
