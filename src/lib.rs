@@ -27,6 +27,7 @@ pub mod cilog;
 pub mod classify;
 pub mod clock;
 pub mod config;
+pub mod cors;
 pub mod demo;
 pub mod drain;
 pub mod error;

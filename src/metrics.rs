@@ -31,6 +31,7 @@ pub struct Metrics {
     pub health_checks: IntCounterVec,
     pub endpoints_healthy: IntGaugeVec,
     pub lb_panic: IntCounterVec,
+    pub cors: IntCounterVec,
     pub retries: IntCounterVec,
     pub inflight: IntGaugeVec,
     pub canary_weight: IntGaugeVec,
@@ -318,6 +319,14 @@ impl Metrics {
             &["cluster"],
         )
         .expect("valid metric");
+        let cors = IntCounterVec::new(
+            Opts::new(
+                "sift_cors_requests_total",
+                "Requests with an Origin on routes with a cors policy, by route and result (preflight: answered by sift; allowed: answer decorated; denied: origin not allowed, left as is).",
+            ),
+            &["route", "result"],
+        )
+        .expect("valid metric");
         let retries = IntCounterVec::new(
             Opts::new(
                 "sift_retries_total",
@@ -428,6 +437,7 @@ impl Metrics {
             Box::new(health_checks.clone()),
             Box::new(endpoints_healthy.clone()),
             Box::new(lb_panic.clone()),
+            Box::new(cors.clone()),
             Box::new(retries.clone()),
             Box::new(inflight.clone()),
         ] {
@@ -480,6 +490,7 @@ impl Metrics {
             health_checks,
             endpoints_healthy,
             lb_panic,
+            cors,
             retries,
             inflight,
             canary_weight,

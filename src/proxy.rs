@@ -94,6 +94,8 @@ struct Outcome {
     /// The cluster's read_timeout for the response body (None: sift's own
     /// answer, no upstream).
     read_timeout: Option<std::time::Duration>,
+    /// The allowed `Origin` of a CORS request: its answer is decorated.
+    cors_origin: Option<HeaderValue>,
 }
 
 struct LogFields {
@@ -243,9 +245,10 @@ pub async fn handle(
         route_index: None,
         finished: false,
         read_timeout: None,
+        cors_origin: None,
     };
     let mut request_id = None;
-    let resp = match proxy(
+    let mut resp = match proxy(
         &snap,
         &shared.clock,
         &shared.filter_pool,
@@ -281,6 +284,16 @@ pub async fn handle(
             resp
         }
     };
+    // CORS: the answer to an allowed origin, whoever made it (the app, or
+    // sift: a 429 a browser app can read is one it can back off on).
+    if let Some(origin) = out.cors_origin.take()
+        && let Some(c) = out
+            .route_index
+            .and_then(|i| snap.routes.get(i))
+            .and_then(|r| r.spec.cors.as_ref())
+    {
+        c.actual(resp.headers_mut(), &origin);
+    }
     out.status = resp.status().as_u16();
     let (parts, b) = resp.into_parts();
     Response::from_parts(parts, body::boxed(body::Observed::new(b, out)))
@@ -362,6 +375,37 @@ async fn proxy(
         log.route = Some(Arc::from(route.spec.name.as_str()));
     }
     out.route_index = Some(route.index);
+
+    // 3b. CORS: a preflight from an allowed origin is sift's to answer,
+    //     before admission (Envoy's cors filter runs before its router).
+    if let Some(c) = &route.spec.cors {
+        let verdict = c.check(req.method(), req.headers());
+        let result = match &verdict {
+            crate::cors::Cors::None => None,
+            crate::cors::Cors::Denied => Some("denied"),
+            crate::cors::Cors::Preflight(_) => Some("preflight"),
+            crate::cors::Cors::Actual(_) => Some("allowed"),
+        };
+        if let Some(result) = result {
+            out.metrics
+                .cors
+                .with_label_values(&[route.spec.name.as_str(), result])
+                .inc();
+        }
+        match verdict {
+            crate::cors::Cors::Preflight(origin) => {
+                let mut resp = Response::new(body::empty());
+                *resp.status_mut() = http::StatusCode::NO_CONTENT;
+                *resp.headers_mut() = c.preflight(&origin, req.headers());
+                let h = resp.headers_mut();
+                route.spec.response_headers.apply(h);
+                h.insert(X_REQUEST_ID.clone(), request_id);
+                return Ok(resp);
+            }
+            crate::cors::Cors::Actual(origin) => out.cors_origin = Some(origin),
+            crate::cors::Cors::None | crate::cors::Cors::Denied => {}
+        }
+    }
 
     // 4. Admission: identity authorization, the route's concurrency limit,
     //    then rate limits (the listener's, then the route's).

@@ -1869,3 +1869,198 @@ clusters:
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cors_preflights_are_answered_and_allowed_origins_decorated() {
+    // The app sets its own (too wide) CORS header: the route's policy
+    // replaces it for allowed origins.
+    let app = Upstream::start(|req: Request<hyper::body::Incoming>| async move {
+        let mut r = text_response(200, "app");
+        r.headers_mut()
+            .insert("access-control-allow-origin", "*".parse().unwrap());
+        r.headers_mut()
+            .insert("x-method", req.method().as_str().parse().unwrap());
+        r
+    })
+    .await;
+    let cfg = format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+routes:
+  - name: api
+    match: {{ path: {{ prefix: /api }} }}
+    cluster: app
+    cors:
+      allow_origins: ["https://app.example.com", "https://*.example.org"]
+      allow_methods: [GET, post, DELETE]
+      allow_headers: [content-type, authorization]
+      expose_headers: [x-request-id]
+      max_age: 10m
+      allow_credentials: true
+    rate_limits:
+      - {{ name: tiny, requests_per_unit: 3, unit: hour }}
+  - name: public
+    cluster: app
+    cors: {{ allow_origins: ["*"], allow_headers: ["*"] }}
+clusters:
+  - {{ name: app, endpoints: ["{}"] }}
+"#,
+        app.addr
+    );
+    let sift = Sift::start(&cfg);
+    let go = |method: &str, path: &str, headers: &[(&str, &str)]| {
+        let mut r = Request::builder().method(method).uri(sift.url(path));
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        send(r.body(body::empty()).unwrap())
+    };
+    let origin = ("origin", "https://app.example.com");
+    let acrm = ("access-control-request-method", "DELETE");
+
+    // A preflight from an allowed origin: answered by sift, never the app,
+    // and not charged to the rate limit.
+    let before = app.requests.load(std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..5 {
+        let r = go("OPTIONS", "/api/items/1", &[origin, acrm]).await;
+        assert_eq!(r.status(), 204);
+        let h = r.headers();
+        assert_eq!(h["access-control-allow-origin"], "https://app.example.com");
+        assert_eq!(h["access-control-allow-credentials"], "true");
+        assert_eq!(h["access-control-allow-methods"], "GET, POST, DELETE");
+        assert_eq!(
+            h["access-control-allow-headers"],
+            "content-type, authorization"
+        );
+        assert_eq!(h["access-control-max-age"], "600");
+        assert!(h.contains_key("x-request-id"));
+    }
+    assert_eq!(
+        app.requests.load(std::sync::atomic::Ordering::SeqCst),
+        before
+    );
+
+    // The request itself: the app's answer, with the policy's headers.
+    let r = go(
+        "GET",
+        "/api/items",
+        &[("origin", "https://a.b.example.org")],
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let h = r.headers();
+    assert_eq!(h["access-control-allow-origin"], "https://a.b.example.org");
+    assert_eq!(h["access-control-allow-credentials"], "true");
+    assert_eq!(h["access-control-expose-headers"], "x-request-id");
+    assert_eq!(h["vary"], "origin");
+
+    // Another origin: left as it is; its preflight goes to the app.
+    let r = go(
+        "OPTIONS",
+        "/api/items/1",
+        &[("origin", "https://evil.test"), acrm],
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-method"], "OPTIONS");
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "*",
+        "the app's own"
+    );
+    assert!(
+        r.headers()
+            .get("access-control-allow-credentials")
+            .is_none()
+    );
+    // No Origin: not a CORS request.
+    let r = go("GET", "/api/items", &[]).await;
+    assert_eq!(r.headers()["access-control-allow-origin"], "*");
+    assert!(r.headers().get("vary").is_none());
+
+    // sift's own answers carry the headers too: the rate limit's 429.
+    let r = go("GET", "/api/items", &[origin]).await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    assert_eq!(r.headers()["access-control-expose-headers"], "x-request-id");
+
+    // "*" without credentials: ACAO "*", requested headers echoed.
+    let r = go(
+        "OPTIONS",
+        "/other",
+        &[
+            ("origin", "http://localhost:5173"),
+            ("access-control-request-method", "PUT"),
+            ("access-control-request-headers", "x-custom, content-type"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(r.headers()["access-control-allow-origin"], "*");
+    assert_eq!(
+        r.headers()["access-control-allow-headers"],
+        "x-custom, content-type"
+    );
+    assert_eq!(
+        r.headers()["access-control-allow-methods"],
+        "GET, HEAD, POST"
+    );
+    assert!(
+        r.headers()
+            .get("access-control-allow-credentials")
+            .is_none()
+    );
+
+    assert_eq!(
+        sift.metric(r#"sift_cors_requests_total{route="api",result="preflight"}"#)
+            .await,
+        Some(5.0)
+    );
+    assert_eq!(
+        sift.metric(r#"sift_cors_requests_total{route="api",result="denied"}"#)
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        sift.metric(r#"sift_cors_requests_total{route="api",result="allowed"}"#)
+            .await,
+        Some(2.0)
+    );
+
+    for (bad, path) in [
+        ("{ allow_origins: [] }", "routes[0].cors.allow_origins"),
+        (
+            "{ allow_origins: [app.example.com] }",
+            "routes[0].cors.allow_origins[0]",
+        ),
+        (
+            "{ allow_origins: [\"*\"], allow_credentials: true }",
+            "routes[0].cors.allow_credentials",
+        ),
+        (
+            "{ allow_origins: [\"*\"], allow_methods: [\"GE T\"] }",
+            "routes[0].cors.allow_methods[0]",
+        ),
+        (
+            "{ allow_origins: [\"*\"], allow_headers: [\"*\", x-a] }",
+            "routes[0].cors.allow_headers",
+        ),
+        (
+            "{ allow_origins: [\"*\"], expose_headers: [\"a b\"] }",
+            "routes[0].cors.expose_headers[0]",
+        ),
+    ] {
+        let text = format!(
+            "listeners: [{{ name: main, address: \"127.0.0.1:0\" }}]\nroutes:\n  - name: r\n    cluster: a\n    cors: {bad}\nclusters:\n  - {{ name: a, endpoints: [\"127.0.0.1:1\"] }}\n"
+        );
+        let errs = sift::config::load_str(&text).expect_err(bad).0;
+        assert!(
+            errs.iter().any(|e| e.path == path),
+            "{bad}: want {path}, got {errs:?}"
+        );
+    }
+}

@@ -1031,6 +1031,10 @@ fn build_routes(
                 &format!("{p}.response_headers"),
                 e,
             ),
+            cors: r
+                .cors
+                .as_ref()
+                .map(|c| build_cors(c, &format!("{p}.cors"), e)),
             rate_limits: build_rate_limits(
                 r.rate_limits.as_deref(),
                 &format!("{p}.rate_limits"),
@@ -1838,6 +1842,82 @@ fn build_outlier(o: &OutlierFile, p: &str, e: &mut Errs) -> OutlierSpec {
         )),
         max_ejection_percent: pct.min(100),
         failure_rate,
+    }
+}
+
+fn build_cors(c: &CorsFile, p: &str, e: &mut Errs) -> crate::cors::CorsSpec {
+    use crate::cors::OriginMatch;
+    let mut allow_origins = Vec::new();
+    for (i, o) in c.allow_origins.iter().enumerate() {
+        match OriginMatch::parse(o) {
+            Ok(m) => allow_origins.push(m),
+            Err(m) => e.push(format!("{p}.allow_origins[{i}]"), m),
+        }
+    }
+    if c.allow_origins.is_empty() {
+        e.push(
+            format!("{p}.allow_origins"),
+            "is empty: name the origins (or \"*\")",
+        );
+    }
+    let credentials = c.allow_credentials.unwrap_or(false);
+    if credentials && allow_origins.contains(&OriginMatch::Any) {
+        e.push(
+            format!("{p}.allow_credentials"),
+            "with allow_origins \"*\" any web site could read answers made with its visitors' cookies: name the origins",
+        );
+    }
+    let mut methods = Vec::new();
+    for (i, m) in c
+        .allow_methods
+        .clone()
+        .unwrap_or_else(|| vec!["GET".into(), "HEAD".into(), "POST".into()])
+        .iter()
+        .enumerate()
+    {
+        match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+            Ok(m) => methods.push(m.as_str().to_string()),
+            Err(_) => e.push(
+                format!("{p}.allow_methods[{i}]"),
+                format!("{m:?} is not an HTTP method"),
+            ),
+        }
+    }
+    let names = |list: &Option<Vec<String>>, key: &str, e: &mut Errs| -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, n) in list.iter().flatten().enumerate() {
+            match HeaderName::from_bytes(n.as_bytes()) {
+                Ok(h) => out.push(h.as_str().to_string()),
+                Err(_) => e.push(
+                    format!("{p}.{key}[{i}]"),
+                    format!("{n:?} is not a header name"),
+                ),
+            }
+        }
+        out
+    };
+    let allow_headers = if c
+        .allow_headers
+        .as_ref()
+        .is_some_and(|h| h.iter().any(|n| n == "*"))
+    {
+        if c.allow_headers.as_ref().is_some_and(|h| h.len() > 1) {
+            e.push(
+                format!("{p}.allow_headers"),
+                "\"*\" allows every header: give it alone",
+            );
+        }
+        None
+    } else {
+        Some(names(&c.allow_headers, "allow_headers", e).join(", "))
+    };
+    crate::cors::CorsSpec {
+        allow_origins,
+        allow_methods: methods.join(", "),
+        allow_headers,
+        expose_headers: names(&c.expose_headers, "expose_headers", e).join(", "),
+        max_age: c.max_age.map(|d| d.0.as_secs()),
+        allow_credentials: credentials,
     }
 }
 

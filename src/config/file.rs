@@ -670,6 +670,10 @@ pub struct RouteFile {
     /// Header changes on the response sent to the client.
     #[serde(default)]
     pub response_headers: Option<HeaderOpsFile>,
+    /// Cross-origin requests from browsers (CORS): preflights answered by
+    /// sift, answers to allowed origins decorated.
+    #[serde(default)]
+    pub cors: Option<CorsFile>,
     /// Token-bucket rate limits for this route.
     #[serde(default)]
     pub rate_limits: Option<Vec<RateLimitFile>>,
@@ -710,6 +714,33 @@ pub struct RouteFile {
     /// request_mirror_policies). Only on a forwarding route.
     #[serde(default)]
     pub mirror: Option<Vec<MirrorFile>>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CorsFile {
+    /// Origins allowed: "https://app.example.com", "https://*.example.com"
+    /// (any subdomain), "http://localhost:3000", or "*" (any). Required.
+    #[serde(default)]
+    pub allow_origins: Vec<String>,
+    /// Methods a preflight allows (default GET, HEAD, POST).
+    #[serde(default)]
+    pub allow_methods: Option<Vec<String>>,
+    /// Request headers a preflight allows (default none beyond the
+    /// CORS-safelisted ones); ["*"]: whatever the preflight asks for.
+    #[serde(default)]
+    pub allow_headers: Option<Vec<String>>,
+    /// Response headers a page's script may read (default none beyond the
+    /// safelisted ones).
+    #[serde(default)]
+    pub expose_headers: Option<Vec<String>>,
+    /// How long a browser may cache a preflight answer (default: not sent).
+    #[serde(default)]
+    pub max_age: Option<Dur>,
+    /// Let pages send cookies and read the answers (default false; not
+    /// with "*").
+    #[serde(default)]
+    pub allow_credentials: Option<bool>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]

@@ -211,6 +211,7 @@ pub struct RouteSpec {
     pub max_request_body: Bytes,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
+    pub cors: Option<crate::cors::CorsSpec>,
     pub rate_limits: Vec<RateLimitSpec>,
     pub max_inflight: Option<usize>,
     pub retries: Option<RetrySpec>,
