@@ -26,6 +26,7 @@ pub mod canary;
 pub mod cilog;
 pub mod classify;
 pub mod clock;
+pub mod compress;
 pub mod config;
 pub mod cors;
 pub mod demo;

@@ -32,6 +32,8 @@ pub struct Metrics {
     pub endpoints_healthy: IntGaugeVec,
     pub lb_panic: IntCounterVec,
     pub cors: IntCounterVec,
+    pub compression: IntCounterVec,
+    pub compression_bytes: IntCounterVec,
     pub retries: IntCounterVec,
     pub inflight: IntGaugeVec,
     pub canary_weight: IntGaugeVec,
@@ -327,6 +329,22 @@ impl Metrics {
             &["route", "result"],
         )
         .expect("valid metric");
+        let compression = IntCounterVec::new(
+            Opts::new(
+                "sift_compression_total",
+                "Answers on routes with compression, by route and result (compressed, not_accepted, too_small, content_type, already_encoded, no_transform, no_body).",
+            ),
+            &["route", "result"],
+        )
+        .expect("valid metric");
+        let compression_bytes = IntCounterVec::new(
+            Opts::new(
+                "sift_compression_bytes_total",
+                "Bytes of compressed answers before (uncompressed) and after (compressed) gzip, by route.",
+            ),
+            &["route", "stage"],
+        )
+        .expect("valid metric");
         let retries = IntCounterVec::new(
             Opts::new(
                 "sift_retries_total",
@@ -438,6 +456,8 @@ impl Metrics {
             Box::new(endpoints_healthy.clone()),
             Box::new(lb_panic.clone()),
             Box::new(cors.clone()),
+            Box::new(compression.clone()),
+            Box::new(compression_bytes.clone()),
             Box::new(retries.clone()),
             Box::new(inflight.clone()),
         ] {
@@ -491,6 +511,8 @@ impl Metrics {
             endpoints_healthy,
             lb_panic,
             cors,
+            compression,
+            compression_bytes,
             retries,
             inflight,
             canary_weight,

@@ -407,6 +407,15 @@ async fn proxy(
         }
     }
 
+    // Whether the answer may be gzip-compressed, read before the request
+    // goes upstream.
+    let gzip = route.spec.compression.as_ref().map(|_| {
+        (
+            crate::compress::accepts_gzip(req.headers()),
+            req.method() == Method::HEAD,
+        )
+    });
+
     // 4. Admission: identity authorization, the route's concurrency limit,
     //    then rate limits (the listener's, then the route's).
     if let Some(allowed) = &route.spec.allowed_identities {
@@ -1082,6 +1091,32 @@ async fn proxy(
             HeaderValue::from_str(&cluster.spec.name),
         ) {
             parts.headers.insert(n, v);
+        }
+    }
+    let mut b = b;
+    if let (Some(c), Some((accepts, head))) = (&route.spec.compression, gzip) {
+        let result = crate::compress::decide(c, accepts, head, parts.status, &parts.headers);
+        let name = route.spec.name.as_str();
+        out.metrics
+            .compression
+            .with_label_values(&[name, result])
+            .inc();
+        if matches!(result, "compressed" | "not_accepted") {
+            crate::compress::vary_accept_encoding(&mut parts.headers);
+        }
+        if result == "compressed" {
+            crate::compress::compressed_head(&mut parts.headers);
+            let bytes = |stage: &str| {
+                out.metrics
+                    .compression_bytes
+                    .with_label_values(&[name, stage])
+            };
+            b = body::boxed(crate::compress::Gzip::new(
+                b,
+                c.level,
+                bytes("uncompressed"),
+                bytes("compressed"),
+            ));
         }
     }
     Ok(Response::from_parts(parts, b))

@@ -2064,3 +2064,187 @@ clusters:
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gzip_compresses_what_it_should_and_streams() {
+    use std::io::Read;
+    let big: String = (0..400)
+        .map(|i| format!("{{\"id\":{i},\"name\":\"item {i}\"}},"))
+        .collect();
+    let big = Arc::new(big);
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (b2, r2) = (big.clone(), release.clone());
+    let app = Upstream::start(move |req: Request<hyper::body::Incoming>| {
+        let (big, release) = (b2.clone(), r2.clone());
+        async move {
+            let typed = |ct: &'static str, body: body::Body| {
+                let mut r = http::Response::new(body);
+                r.headers_mut().insert("content-type", ct.parse().unwrap());
+                r
+            };
+            match req.uri().path() {
+                "/json" => {
+                    let mut r = typed("application/json", full(big.to_string()));
+                    r.headers_mut().insert("etag", "\"v1\"".parse().unwrap());
+                    r.headers_mut()
+                        .insert("content-length", big.len().to_string().parse().unwrap());
+                    r
+                }
+                "/small" => typed("text/plain", full("short")),
+                "/png" => typed("image/png", full(big.to_string())),
+                "/no-transform" => {
+                    let mut r = typed("text/html", full(big.to_string()));
+                    r.headers_mut()
+                        .insert("cache-control", "no-transform".parse().unwrap());
+                    r
+                }
+                "/stream" => {
+                    let (tx, body) = channel_body(4);
+                    tokio::spawn(async move {
+                        let _ = tx.send(Bytes::from_static(b"first event\n")).await;
+                        // The rest waits until the client has read the
+                        // first piece: it must arrive uncompressed-able
+                        // before the answer ends.
+                        release.notified().await;
+                        let _ = tx.send(Bytes::from_static(b"second event\n")).await;
+                    });
+                    typed("text/plain", body)
+                }
+                _ => text_response(404, "no"),
+            }
+        }
+    })
+    .await;
+    let cfg = format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+routes:
+  - name: web
+    cluster: app
+    compression: {{ min_bytes: 100B }}
+clusters:
+  - {{ name: app, endpoints: ["{}"] }}
+"#,
+        app.addr
+    );
+    let sift = Sift::start(&cfg);
+    let go = |path: &str, method: &str, ae: Option<&str>| {
+        let mut r = Request::builder().method(method).uri(sift.url(path));
+        if let Some(ae) = ae {
+            r = r.header("accept-encoding", ae);
+        }
+        send(r.body(body::empty()).unwrap())
+    };
+    let gunzip = |b: &[u8]| {
+        let mut s = String::new();
+        flate2::read::GzDecoder::new(b)
+            .read_to_string(&mut s)
+            .expect("a whole gzip stream");
+        s
+    };
+
+    let r = go("/json", "GET", Some("br, gzip;q=0.8")).await;
+    assert_eq!(r.status(), 200);
+    let h = r.headers();
+    assert_eq!(h["content-encoding"], "gzip");
+    assert!(h.get("content-length").is_none());
+    assert_eq!(h["vary"], "accept-encoding");
+    assert_eq!(h["etag"], "W/\"v1\"");
+    assert!(
+        r.body().len() * 5 < big.len(),
+        "{} of {}",
+        r.body().len(),
+        big.len()
+    );
+    assert_eq!(gunzip(r.body()), *big);
+
+    // Not accepted (or refused with q=0): as sent, but Vary all the same.
+    for ae in [None, Some("gzip;q=0"), Some("br")] {
+        let r = go("/json", "GET", ae).await;
+        assert!(r.headers().get("content-encoding").is_none(), "{ae:?}");
+        assert_eq!(r.headers()["vary"], "accept-encoding");
+        assert_eq!(r.headers()["etag"], "\"v1\"");
+        assert_eq!(r.body().len(), big.len());
+    }
+    // HEAD, other types, small answers, no-transform: as sent.
+    let r = go("/json", "HEAD", Some("gzip")).await;
+    assert!(r.headers().get("content-encoding").is_none());
+    assert_eq!(r.headers()["content-length"], big.len().to_string());
+    for path in ["/png", "/small", "/no-transform"] {
+        let r = go(path, "GET", Some("gzip")).await;
+        assert!(r.headers().get("content-encoding").is_none(), "{path}");
+    }
+    // The app's 404 of 2 bytes is below min_bytes.
+    let r = go("/nothing", "GET", Some("gzip")).await;
+    assert_eq!(r.status(), 404);
+    assert!(r.headers().get("content-encoding").is_none());
+
+    // A streamed answer: the first piece arrives, decodable, before the
+    // answer ends.
+    let req = Request::get(sift.url("/stream"))
+        .header("accept-encoding", "gzip")
+        .body(body::empty())
+        .unwrap();
+    let resp = http1_client().request(req).await.unwrap();
+    assert_eq!(resp.headers()["content-encoding"], "gzip");
+    let mut body = resp.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .expect("the first piece is not held back")
+        .unwrap()
+        .unwrap()
+        .into_data()
+        .unwrap();
+    let mut dec = flate2::write::GzDecoder::new(Vec::new());
+    std::io::Write::write_all(&mut dec, &first).unwrap();
+    std::io::Write::flush(&mut dec).unwrap();
+    assert_eq!(dec.get_ref().as_slice(), b"first event\n");
+    release.notify_one();
+    let mut wire = first.to_vec();
+    wire.extend_from_slice(&body.collect().await.unwrap().to_bytes());
+    assert_eq!(gunzip(&wire), "first event\nsecond event\n");
+
+    assert_eq!(
+        sift.metric(r#"sift_compression_total{route="web",result="compressed"}"#)
+            .await,
+        Some(2.0)
+    );
+    assert_eq!(
+        sift.metric(r#"sift_compression_total{route="web",result="not_accepted"}"#)
+            .await,
+        Some(3.0)
+    );
+    let bytes_in = sift
+        .metric(r#"sift_compression_bytes_total{route="web",stage="uncompressed"}"#)
+        .await
+        .unwrap();
+    assert_eq!(bytes_in as usize, big.len() + 25);
+
+    for (bad, path) in [
+        ("{ level: 0 }", "routes[0].compression.level"),
+        (
+            "{ content_types: [] }",
+            "routes[0].compression.content_types",
+        ),
+        (
+            "{ content_types: [\"text/html; charset=utf-8\"] }",
+            "routes[0].compression.content_types[0]",
+        ),
+    ] {
+        let text = format!(
+            "listeners: [{{ name: main, address: \"127.0.0.1:0\" }}]\nroutes:\n  - name: r\n    cluster: a\n    compression: {bad}\nclusters:\n  - {{ name: a, endpoints: [\"127.0.0.1:1\"] }}\n"
+        );
+        let errs = sift::config::load_str(&text).expect_err(bad).0;
+        assert!(
+            errs.iter().any(|e| e.path == path),
+            "{bad}: want {path}, got {errs:?}"
+        );
+    }
+    let local = "listeners: [{ name: main, address: \"127.0.0.1:0\" }]\nroutes:\n  - name: r\n    direct_response: { status: 200 }\n    compression: {}\n";
+    let errs = sift::config::load_str(local).unwrap_err().0;
+    assert!(
+        errs.iter().any(|e| e.path == "routes[0].compression"),
+        "{errs:?}"
+    );
+}

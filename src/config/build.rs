@@ -1035,6 +1035,15 @@ fn build_routes(
                 .cors
                 .as_ref()
                 .map(|c| build_cors(c, &format!("{p}.cors"), e)),
+            compression: r.compression.as_ref().map(|c| {
+                if local.is_some() {
+                    e.push(
+                        format!("{p}.compression"),
+                        "compresses a cluster's answers: this route has no cluster",
+                    );
+                }
+                build_compression(c, &format!("{p}.compression"), e)
+            }),
             rate_limits: build_rate_limits(
                 r.rate_limits.as_deref(),
                 &format!("{p}.rate_limits"),
@@ -1842,6 +1851,53 @@ fn build_outlier(o: &OutlierFile, p: &str, e: &mut Errs) -> OutlierSpec {
         )),
         max_ejection_percent: pct.min(100),
         failure_rate,
+    }
+}
+
+fn build_compression(
+    c: &CompressionFile,
+    p: &str,
+    e: &mut Errs,
+) -> crate::compress::CompressionSpec {
+    let level = c.level.unwrap_or(6);
+    if !(1..=9).contains(&level) {
+        e.push(format!("{p}.level"), format!("{level} is not within 1..=9"));
+    }
+    let mut content_types = Vec::new();
+    match &c.content_types {
+        None => content_types.extend(crate::compress::DEFAULT_TYPES.iter().map(|t| t.to_string())),
+        Some(list) => {
+            if list.is_empty() {
+                e.push(
+                    format!("{p}.content_types"),
+                    "is empty: nothing would be compressed",
+                );
+            }
+            for (i, t) in list.iter().enumerate() {
+                let t = t.trim().to_ascii_lowercase();
+                let ok = t.split_once('/').is_some_and(|(a, b)| {
+                    let token = |s: &str| {
+                        !s.is_empty()
+                            && s.bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+                    };
+                    token(a) && token(b)
+                });
+                if ok {
+                    content_types.push(t);
+                } else {
+                    e.push(
+                        format!("{p}.content_types[{i}]"),
+                        format!("{t:?} is not a media type (type/subtype, no parameters)"),
+                    );
+                }
+            }
+        }
+    }
+    crate::compress::CompressionSpec {
+        min_bytes: c.min_bytes.map_or(256, |b| b.0),
+        content_types,
+        level: level.clamp(1, 9),
     }
 }
 

@@ -670,6 +670,9 @@ pub struct RouteFile {
     /// Header changes on the response sent to the client.
     #[serde(default)]
     pub response_headers: Option<HeaderOpsFile>,
+    /// gzip-compress the cluster's answers for clients that accept it.
+    #[serde(default)]
+    pub compression: Option<CompressionFile>,
     /// Cross-origin requests from browsers (CORS): preflights answered by
     /// sift, answers to allowed origins decorated.
     #[serde(default)]
@@ -714,6 +717,23 @@ pub struct RouteFile {
     /// request_mirror_policies). Only on a forwarding route.
     #[serde(default)]
     pub mirror: Option<Vec<MirrorFile>>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompressionFile {
+    /// Answers whose Content-Length is below this are sent as they are
+    /// (default 256B).
+    #[serde(default)]
+    pub min_bytes: Option<Bytes>,
+    /// Media types compressed (default: text/html, text/plain, text/css,
+    /// text/xml, text/javascript, application/json, application/javascript,
+    /// application/xml, application/xhtml+xml, image/svg+xml).
+    #[serde(default)]
+    pub content_types: Option<Vec<String>>,
+    /// zlib level, 1 (fastest) to 9 (smallest); default 6.
+    #[serde(default)]
+    pub level: Option<u32>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]

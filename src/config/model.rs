@@ -212,6 +212,7 @@ pub struct RouteSpec {
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
     pub cors: Option<crate::cors::CorsSpec>,
+    pub compression: Option<crate::compress::CompressionSpec>,
     pub rate_limits: Vec<RateLimitSpec>,
     pub max_inflight: Option<usize>,
     pub retries: Option<RetrySpec>,
