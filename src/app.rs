@@ -169,6 +169,9 @@ fn spawn_admin_thread(
                     }
                 };
                 shared.snapshot.load().start_background();
+                if let Some(t) = &shared.tracer {
+                    t.start();
+                }
                 tokio::spawn(reloader.clone().watch());
                 tokio::spawn(crate::reload::on_sighup(reloader.clone(), hup));
                 tokio::spawn(crate::admin::canary_controller(shared.clone()));

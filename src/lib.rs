@@ -44,4 +44,5 @@ pub mod reload;
 pub mod snapshot;
 pub mod state;
 pub mod tls;
+pub mod trace;
 pub mod upstream;

@@ -32,6 +32,7 @@ pub struct Metrics {
     pub endpoints_healthy: IntGaugeVec,
     pub lb_panic: IntCounterVec,
     pub cors: IntCounterVec,
+    pub trace_spans: IntCounterVec,
     pub compression: IntCounterVec,
     pub compression_bytes: IntCounterVec,
     pub retries: IntCounterVec,
@@ -329,6 +330,14 @@ impl Metrics {
             &["route", "result"],
         )
         .expect("valid metric");
+        let trace_spans = IntCounterVec::new(
+            Opts::new(
+                "sift_trace_spans_total",
+                "Sampled spans by result: exported (the collector took them), failed (the export failed), dropped (the queue was full).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
         let compression = IntCounterVec::new(
             Opts::new(
                 "sift_compression_total",
@@ -456,6 +465,7 @@ impl Metrics {
             Box::new(endpoints_healthy.clone()),
             Box::new(lb_panic.clone()),
             Box::new(cors.clone()),
+            Box::new(trace_spans.clone()),
             Box::new(compression.clone()),
             Box::new(compression_bytes.clone()),
             Box::new(retries.clone()),
@@ -511,6 +521,7 @@ impl Metrics {
             endpoints_healthy,
             lb_panic,
             cors,
+            trace_spans,
             compression,
             compression_bytes,
             retries,

@@ -96,6 +96,8 @@ struct Outcome {
     read_timeout: Option<std::time::Duration>,
     /// The allowed `Origin` of a CORS request: its answer is decorated.
     cors_origin: Option<HeaderValue>,
+    /// Set when `tracing` is configured.
+    trace: Option<Box<Trace>>,
 }
 
 struct LogFields {
@@ -112,6 +114,15 @@ struct LogFields {
     filters: Option<String>,
     /// Mirror copies started for the request.
     mirrored: u32,
+    /// Write the access log line (the fields also feed a sampled span).
+    access: bool,
+}
+
+/// A request's trace context and where its span goes.
+struct Trace {
+    ctx: crate::trace::TraceCtx,
+    exporter: Arc<crate::trace::Exporter>,
+    start_unix_nanos: u64,
 }
 
 impl OnDone for Outcome {
@@ -142,6 +153,73 @@ impl Drop for Outcome {
 const CLIENT_CLOSED: u16 = 499;
 
 impl Outcome {
+    /// The request's span, from what the access log knows.
+    fn span(
+        &self,
+        t: &Trace,
+        log: &LogFields,
+        route: &str,
+        cluster: &str,
+        elapsed: std::time::Duration,
+        completed: bool,
+    ) -> crate::trace::Span {
+        use serde_json::json;
+        let mut attributes = vec![
+            ("http.request.method", json!(log.method.as_str())),
+            ("url.path", json!(log.path)),
+            ("server.address", json!(log.host)),
+            ("client.address", json!(log.remote.ip().to_string())),
+            (
+                "network.protocol.version",
+                json!(match log.version {
+                    Version::HTTP_2 => "2",
+                    Version::HTTP_10 => "1.0",
+                    _ => "1.1",
+                }),
+            ),
+            ("http.response.status_code", json!(self.status)),
+            ("sift.listener", json!(&*self.listener)),
+            ("sift.route", json!(route)),
+            ("sift.cluster", json!(cluster)),
+            (
+                "sift.request_id",
+                json!(String::from_utf8_lossy(log.request_id.as_bytes())),
+            ),
+        ];
+        if let Some(e) = &log.endpoint {
+            attributes.push(("sift.endpoint", json!(e)));
+        }
+        if let Some(f) = &log.filters {
+            attributes.push(("sift.filters", json!(f)));
+        }
+        if let Some((kind, _)) = &self.error {
+            attributes.push(("sift.error", json!(kind.as_str())));
+        }
+        // OpenTelemetry's HTTP server rule: 5xx is an error, 4xx is the
+        // client's; a body cut short is one too.
+        let error = if self.status >= 500 {
+            Some(
+                self.error
+                    .as_ref()
+                    .map_or_else(|| format!("status {}", self.status), |(_, d)| d.clone()),
+            )
+        } else if !completed {
+            Some("the response body did not complete".to_string())
+        } else {
+            None
+        };
+        crate::trace::Span {
+            ctx: t.ctx,
+            name: format!("{} {route}", log.method),
+            start_unix_nanos: t.start_unix_nanos,
+            end_unix_nanos: t
+                .start_unix_nanos
+                .saturating_add(elapsed.as_nanos().min(u64::MAX as u128) as u64),
+            attributes,
+            error,
+        }
+    }
+
     fn finish(&mut self, bytes: u64, completed: bool) {
         if self.finished {
             return;
@@ -171,9 +249,18 @@ impl Outcome {
             .or(self.stats.as_ref().map(|s| &*s.route))
             .unwrap_or("none");
         let cluster = self.stats.as_ref().map_or("none", |s| &*s.cluster);
+        let trace_id = self.trace.as_ref().map(|t| t.ctx.trace_id_hex());
+        if let Some(t) = self.trace.take().filter(|t| t.ctx.sampled) {
+            t.exporter
+                .send(self.span(&t, log, route, cluster, elapsed, completed));
+        }
+        if !log.access {
+            return;
+        }
         tracing::info!(
             target: "sift::access",
             request_id = %String::from_utf8_lossy(log.request_id.as_bytes()),
+            trace_id = trace_id.as_deref().unwrap_or("-"),
             listener = %self.listener,
             remote = %log.remote,
             method = %log.method,
@@ -210,7 +297,19 @@ pub async fn handle(
     let req = req.map(|b| Lingering::new(b, version));
     let snap = shared.snapshot.load_full();
     shared.metrics.active_requests.inc();
-    let log = snap.config.log.access_log.then(|| {
+    let trace = match (&shared.tracer, &snap.config.tracing) {
+        (Some(exporter), Some(t)) => Some(Box::new(Trace {
+            ctx: crate::trace::TraceCtx::start(req.headers(), t.sampling),
+            exporter: exporter.clone(),
+            start_unix_nanos: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos().min(u64::MAX as u128) as u64),
+        })),
+        _ => None,
+    };
+    let access = snap.config.log.access_log;
+    let sampled = trace.as_ref().is_some_and(|t| t.ctx.sampled);
+    let log = (access || sampled).then(|| {
         Box::new(LogFields {
             remote: conn.remote,
             method: req.method().clone(),
@@ -223,6 +322,7 @@ pub async fn handle(
             identity: conn.identity.as_ref().map(|i| i.id.clone()),
             filters: None,
             mirrored: 0,
+            access,
         })
     });
     // Inline in the request future (whose allocation the connection reuses)
@@ -246,6 +346,7 @@ pub async fn handle(
         finished: false,
         read_timeout: None,
         cors_origin: None,
+        trace,
     };
     let mut request_id = None;
     let mut resp = match proxy(
@@ -663,6 +764,10 @@ async fn proxy(
         }
     }
     forwarded_headers(h, listener, conn, &original_authority, &seen);
+    // Tracing on: the upstream's parent is sift's span (tracestate passes).
+    if let Some(t) = &out.trace {
+        h.insert(crate::trace::TRACEPARENT.clone(), t.ctx.traceparent());
+    }
     // Only sift vouches for a client certificate: a client's XFCC never passes.
     if seen.xfcc {
         h.remove(&XFCC);

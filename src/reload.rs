@@ -194,6 +194,19 @@ fn restart_only_changes(old: &Config, new: &Config) -> Result<(), ConfigErrors> 
             message: "filter_pool changed: this needs a restart".into(),
         });
     }
+    let exporter = |c: &Config| {
+        c.tracing.as_ref().map(|t| {
+            let (a, p, s, q, b, f) = t.exporter_key();
+            (a.to_string(), p.to_string(), s.to_string(), q, b, f)
+        })
+    };
+    if exporter(old) != exporter(new) {
+        errs.push(ConfigError {
+            path: "tracing".into(),
+            line: None,
+            message: "tracing (other than sampling) changed, or was added or removed: this needs a restart".into(),
+        });
+    }
     if old.workers != new.workers {
         errs.push(ConfigError {
             path: "workers".into(),

@@ -20,6 +20,8 @@ pub struct Shared {
     pub clock: crate::clock::Clock,
     /// The threads that run body filters (sized at start).
     pub filter_pool: Arc<crate::filter::pool::Pool>,
+    /// The span exporter when `tracing` is configured (built at start).
+    pub tracer: Option<Arc<crate::trace::Exporter>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -36,8 +38,14 @@ impl Shared {
         });
         let filter_pool =
             crate::filter::pool::Pool::new(threads, fp.queue, metrics.filters.pool_queued.clone());
+        let tracer = snapshot
+            .config
+            .tracing
+            .clone()
+            .map(|t| Arc::new(crate::trace::Exporter::new(t, metrics.trace_spans.clone())));
         Arc::new(Shared {
             filter_pool,
+            tracer,
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
             ready: AtomicBool::new(false),

@@ -2248,3 +2248,220 @@ clusters:
         "{errs:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn traces_join_the_callers_and_spans_reach_the_collector() {
+    // The collector: OTLP/HTTP JSON, kept as received.
+    let got = Arc::new(std::sync::Mutex::new(Vec::<serde_json::Value>::new()));
+    let g = got.clone();
+    let collector = Upstream::start(move |req: Request<hyper::body::Incoming>| {
+        let g = g.clone();
+        async move {
+            assert_eq!(req.uri().path(), "/v1/traces");
+            assert_eq!(req.headers()["content-type"], "application/json");
+            let b = req.into_body().collect().await.unwrap().to_bytes();
+            let v: serde_json::Value = serde_json::from_slice(&b).expect("OTLP JSON");
+            g.lock().unwrap().push(v);
+            text_response(200, "{}")
+        }
+    })
+    .await;
+    let app = Upstream::echo("app").await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let cfg = |sampling: &str, endpoint: &str| {
+        format!(
+            r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+tracing: {{ endpoint: "{endpoint}", service_name: edge, sampling: {sampling}, flush_interval: 50ms }}
+listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+routes:
+  - {{ name: broken, match: {{ path: {{ prefix: /broken }} }}, cluster: dead }}
+  - {{ name: api, cluster: app }}
+clusters:
+  - {{ name: app, endpoints: ["{}"] }}
+  - {{ name: dead, endpoints: ["{dead}"] }}
+"#,
+            app.addr
+        )
+    };
+    let endpoint = format!("http://{}", collector.addr);
+    let sift = Sift::start(&cfg("1.0", &endpoint));
+    let go = |path: &str, tp: Option<&str>| {
+        let mut r = Request::get(sift.url(path));
+        if let Some(tp) = tp {
+            r = r.header("traceparent", tp).header("tracestate", "vendor=x");
+        }
+        send(r.body(body::empty()).unwrap())
+    };
+    let spans = |got: &Arc<std::sync::Mutex<Vec<serde_json::Value>>>| {
+        let mut out = Vec::new();
+        for doc in got.lock().unwrap().iter() {
+            let rs = &doc["resourceSpans"][0];
+            assert_eq!(
+                rs["resource"]["attributes"][0]["value"]["stringValue"],
+                "edge"
+            );
+            for s in rs["scopeSpans"][0]["spans"].as_array().unwrap() {
+                out.push(s.clone());
+            }
+        }
+        out
+    };
+    let attr = |s: &serde_json::Value, k: &str| {
+        s["attributes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["key"] == k)
+            .map(|a| a["value"].clone())
+    };
+
+    // Sampled by the caller: sift's span is the caller's child, and the
+    // app's parent.
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let r = go(
+        "/a",
+        Some(&format!("00-{caller_trace}-00f067aa0ba902b7-01")),
+    )
+    .await;
+    let seen = json(r.body());
+    let up_tp = seen["headers"]["traceparent"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(up_tp.starts_with(&format!("00-{caller_trace}-")), "{up_tp}");
+    assert!(up_tp.ends_with("-01"));
+    let sift_span = up_tp[36..52].to_string();
+    assert_ne!(sift_span, "00f067aa0ba902b7");
+    assert_eq!(seen["headers"]["tracestate"][0], "vendor=x");
+    // Not sampled by the caller: propagated, not exported.
+    let unsampled = "11111111111111111111111111111111";
+    let r = go("/b", Some(&format!("00-{unsampled}-00f067aa0ba902b7-00"))).await;
+    let tp = json(r.body())["headers"]["traceparent"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        tp.starts_with(&format!("00-{unsampled}-")) && tp.ends_with("-00"),
+        "{tp}"
+    );
+    // No traceparent (or a broken one): a new trace, sampled at 1.0.
+    let r = go("/c", Some("00-zz-broken-01")).await;
+    let tp = json(r.body())["headers"]["traceparent"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let new_trace = tp[3..35].to_string();
+    assert_ne!(new_trace, caller_trace);
+    // An error answer.
+    assert_eq!(go("/broken", None).await.status(), 502);
+
+    let all = eventually(Duration::from_secs(5), || async { spans(&got).len() >= 3 }).await;
+    assert!(all, "spans exported: {:?}", spans(&got));
+    let spans_now = spans(&got);
+    assert_eq!(spans_now.len(), 3, "the unsampled one is not exported");
+    let a = spans_now
+        .iter()
+        .find(|s| s["traceId"] == caller_trace)
+        .expect("the caller's trace");
+    assert_eq!(a["spanId"], sift_span.as_str());
+    assert_eq!(a["parentSpanId"], "00f067aa0ba902b7");
+    assert_eq!(a["name"], "GET api");
+    assert_eq!(a["kind"], 2);
+    assert_eq!(
+        attr(a, "http.response.status_code").unwrap()["intValue"],
+        "200"
+    );
+    assert_eq!(attr(a, "url.path").unwrap()["stringValue"], "/a");
+    assert_eq!(attr(a, "sift.cluster").unwrap()["stringValue"], "app");
+    assert_eq!(a["status"]["code"], 0);
+    let start: u64 = a["startTimeUnixNano"].as_str().unwrap().parse().unwrap();
+    let end: u64 = a["endTimeUnixNano"].as_str().unwrap().parse().unwrap();
+    assert!(end >= start && start > 1_700_000_000_000_000_000);
+    let c = spans_now
+        .iter()
+        .find(|s| s["traceId"] == new_trace.as_str())
+        .expect("the new trace");
+    assert!(c.get("parentSpanId").is_none(), "a root span");
+    let broken = spans_now
+        .iter()
+        .find(|s| s["name"] == "GET broken")
+        .expect("the error's span");
+    assert_eq!(broken["status"]["code"], 2);
+    assert_eq!(
+        attr(broken, "sift.error").unwrap()["stringValue"],
+        "upstream-connect-failure"
+    );
+    assert_eq!(
+        sift.metric(r#"sift_trace_spans_total{result="exported"}"#)
+            .await,
+        Some(3.0)
+    );
+    // The access log carries the trace id.
+    let logged = eventually(Duration::from_secs(2), || async {
+        sift.log_lines()
+            .iter()
+            .any(|l| l.contains("\"access\"") && l.contains(caller_trace))
+    })
+    .await;
+    assert!(logged, "access log with trace_id");
+
+    // sampling reloads: 0 makes new traces unsampled (still propagated).
+    sift.write_config(&cfg("0", &endpoint));
+    assert_eq!(post_text(&sift.admin_url("/reload")).await.0, 200);
+    let r = go("/d", None).await;
+    let tp = json(r.body())["headers"]["traceparent"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(tp.ends_with("-00"), "{tp}");
+    // The collector's address needs a restart: the reload is refused.
+    sift.write_config(&cfg("0", "http://127.0.0.1:9/v1/traces"));
+    let (status, body) = post_text(&sift.admin_url("/reload")).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("tracing"), "{body}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(spans(&got).len(), 3);
+
+    // A collector that is down: spans counted as failed, requests fine.
+    let down = Sift::start(&cfg("1.0", &format!("http://{dead}")));
+    assert_eq!(
+        send(Request::get(down.url("/x")).body(body::empty()).unwrap())
+            .await
+            .status(),
+        200
+    );
+    let failed = eventually(Duration::from_secs(5), || async {
+        down.metric(r#"sift_trace_spans_total{result="failed"}"#)
+            .await
+            .unwrap_or(0.0)
+            >= 1.0
+    })
+    .await;
+    assert!(failed);
+
+    for (bad, path) in [
+        ("{ endpoint: \"https://c:4318\" }", "tracing.endpoint"),
+        ("{ endpoint: \"c:4318\" }", "tracing.endpoint"),
+        (
+            "{ endpoint: \"http://c:4318\", sampling: 2 }",
+            "tracing.sampling",
+        ),
+        (
+            "{ endpoint: \"http://c:4318\", batch_size: 0 }",
+            "tracing.batch_size",
+        ),
+    ] {
+        let text = format!(
+            "tracing: {bad}\nlisteners: [{{ name: main, address: \"127.0.0.1:0\" }}]\nroutes:\n  - {{ name: r, cluster: a }}\nclusters:\n  - {{ name: a, endpoints: [\"127.0.0.1:1\"] }}\n"
+        );
+        let errs = sift::config::load_str(&text).expect_err(bad).0;
+        assert!(
+            errs.iter().any(|e| e.path == path),
+            "{bad}: want {path}, got {errs:?}"
+        );
+    }
+}

@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
 
@@ -91,6 +92,7 @@ pub fn build(f: &FileConfig) -> Result<Config, Vec<ConfigError>> {
         queue: fp.queue.unwrap_or(1024).min(1 << 20),
     };
     let listeners = build_listeners(&f.listeners, &routes, &mut e);
+    let tracing = f.tracing.as_ref().map(|t| build_tracing(t, &mut e));
 
     if let Some(admin) = &admin {
         for (i, l) in listeners.iter().enumerate() {
@@ -119,8 +121,82 @@ pub fn build(f: &FileConfig) -> Result<Config, Vec<ConfigError>> {
             clusters,
             filters,
             filter_pool,
+            tracing,
         }),
         _ => Err(e.0),
+    }
+}
+
+fn build_tracing(t: &TracingFile, e: &mut Errs) -> crate::trace::TracingSpec {
+    let (authority, path) = match t.endpoint.parse::<http::Uri>() {
+        Ok(u) if u.scheme_str() == Some("http") && u.authority().is_some() => {
+            let path = match u.path_and_query().map(|p| p.as_str()) {
+                None | Some("") | Some("/") => "/v1/traces".to_string(),
+                Some(p) => p.to_string(),
+            };
+            let a = u
+                .authority()
+                .map(|a| a.as_str().to_string())
+                .unwrap_or_default();
+            let a = if u.port_u16().is_some() {
+                a
+            } else {
+                format!("{a}:80")
+            };
+            (a, path)
+        }
+        Ok(u) if u.scheme_str() == Some("https") => {
+            e.push(
+                "tracing.endpoint",
+                "https is not supported: send to a collector on the node or in the pod over http",
+            );
+            (String::new(), String::new())
+        }
+        _ => {
+            e.push(
+                "tracing.endpoint",
+                format!(
+                    "{:?} is not an http URL (e.g. \"http://127.0.0.1:4318/v1/traces\")",
+                    t.endpoint
+                ),
+            );
+            (String::new(), String::new())
+        }
+    };
+    let sampling = t.sampling.unwrap_or(1.0);
+    if !(0.0..=1.0).contains(&sampling) {
+        e.push(
+            "tracing.sampling",
+            format!("{sampling} is not within 0..=1"),
+        );
+    }
+    let positive = |v: Option<usize>, d: usize, key: &str, e: &mut Errs| match v {
+        Some(0) => {
+            e.push(format!("tracing.{key}"), "must be at least 1");
+            d
+        }
+        Some(n) => n.min(1 << 20),
+        None => d,
+    };
+    let service_name = t.service_name.clone().unwrap_or_else(|| "sift".into());
+    if service_name.is_empty() {
+        e.push("tracing.service_name", "is empty");
+    }
+    crate::trace::TracingSpec {
+        authority,
+        path,
+        service_name,
+        sampling: sampling.clamp(0.0, 1.0),
+        max_queue: positive(t.max_queue, 2048, "max_queue", e),
+        batch_size: positive(t.batch_size, 512, "batch_size", e),
+        flush_interval: match t.flush_interval {
+            Some(d) if d.0.is_zero() => {
+                e.push("tracing.flush_interval", "must be greater than 0");
+                Duration::from_secs(1)
+            }
+            Some(d) => d.0,
+            None => Duration::from_secs(1),
+        },
     }
 }
 

@@ -43,6 +43,34 @@ pub struct FileConfig {
     /// The threads that run filters, off the network threads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter_pool: Option<FilterPoolFile>,
+    /// Distributed tracing: W3C traceparent in and out, spans to an
+    /// OpenTelemetry collector (OTLP/HTTP JSON).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<TracingFile>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TracingFile {
+    /// The collector's OTLP/HTTP traces URL, plain http (e.g.
+    /// http://127.0.0.1:4318/v1/traces; the path defaults to /v1/traces).
+    pub endpoint: String,
+    /// service.name of the spans (default sift).
+    #[serde(default)]
+    pub service_name: Option<String>,
+    /// Share of new traces sampled, 0 to 1 (default 1); a caller's
+    /// traceparent decision is kept. Reloads; the rest needs a restart.
+    #[serde(default)]
+    pub sampling: Option<f64>,
+    /// Spans waiting for export; more are dropped (default 2048).
+    #[serde(default)]
+    pub max_queue: Option<usize>,
+    /// Most spans per export request (default 512).
+    #[serde(default)]
+    pub batch_size: Option<usize>,
+    /// Longest wait before a partial batch is sent (default 1s).
+    #[serde(default)]
+    pub flush_interval: Option<Dur>,
 }
 
 /// The bounded pool that runs classifiers (restart to change it).

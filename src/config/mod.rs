@@ -145,11 +145,12 @@ pub fn parse(text: &str) -> Result<(FileConfig, Node), ConfigErrors> {
             "clusters" => out.clusters = many(value, k, &mut errs),
             "filters" => out.filters = many(value, k, &mut errs),
             "filter_pool" => out.filter_pool = Some(one(value, k, &mut errs)),
+            "tracing" => out.tracing = Some(one(value, k, &mut errs)),
             _ => errs.push(ConfigError {
                 path: k.to_string(),
                 line,
                 message: format!(
-                    "unknown key {k:?}; expected one of workers, log, admin, reload, shutdown, listeners, routes, clusters, filters, filter_pool"
+                    "unknown key {k:?}; expected one of workers, log, admin, reload, shutdown, listeners, routes, clusters, filters, filter_pool, tracing"
                 ),
             }),
         }

@@ -30,6 +30,7 @@ pub struct Config {
     pub clusters: Vec<ClusterSpec>,
     pub filters: Vec<FilterSpec>,
     pub filter_pool: FilterPoolSpec,
+    pub tracing: Option<crate::trace::TracingSpec>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -1,0 +1,442 @@
+//! Distributed tracing: W3C Trace Context in, one span per request out to
+//! an OpenTelemetry collector (OTLP over HTTP, JSON encoding), as Envoy and
+//! linkerd2-proxy do for a mesh hop.
+//!
+//! - A request's `traceparent` (version 00, or a later version read as 00
+//!   as the spec says) makes sift's span a child of the caller's, and the
+//!   caller's sampled flag is kept (parent-based sampling); a request
+//!   without a valid one starts a new trace, sampled at `sampling`.
+//! - The upstream gets `traceparent` naming sift's span as its parent (the
+//!   app's spans hang under sift's); `tracestate` passes untouched. An
+//!   unsampled request is propagated all the same (flag 00).
+//! - Sampled spans go through a bounded queue to one exporter task that
+//!   posts batches; a full queue drops spans (counted), never the request.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::HeaderValue;
+use http::header::HeaderMap;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::body::Body;
+
+pub static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TracingSpec {
+    /// host:port of the collector (plain HTTP).
+    pub authority: String,
+    /// Request path (default /v1/traces).
+    pub path: String,
+    pub service_name: String,
+    /// Share of new traces sampled, 0 to 1.
+    pub sampling: f64,
+    pub max_queue: usize,
+    pub batch_size: usize,
+    #[serde(serialize_with = "ser_dur")]
+    pub flush_interval: Duration,
+}
+
+fn ser_dur<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{}ms", d.as_millis()))
+}
+
+impl TracingSpec {
+    /// The settings the exporter is built from (a change needs a restart;
+    /// `sampling` is read per request and reloads).
+    pub fn exporter_key(&self) -> (&str, &str, &str, usize, usize, Duration) {
+        (
+            &self.authority,
+            &self.path,
+            &self.service_name,
+            self.max_queue,
+            self.batch_size,
+            self.flush_interval,
+        )
+    }
+}
+
+/// One request's place in a trace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceCtx {
+    pub trace_id: [u8; 16],
+    /// sift's span.
+    pub span_id: [u8; 8],
+    /// The caller's span, from its traceparent.
+    pub parent: Option<[u8; 8]>,
+    pub sampled: bool,
+}
+
+fn nonzero_u64() -> u64 {
+    loop {
+        let v = fastrand::u64(..);
+        if v != 0 {
+            return v;
+        }
+    }
+}
+
+impl TraceCtx {
+    /// The context of a request with these headers.
+    pub fn start(h: &HeaderMap, sampling: f64) -> TraceCtx {
+        let span_id = nonzero_u64().to_be_bytes();
+        // Exactly one traceparent line; several are invalid (spec §3.2).
+        let mut lines = h.get_all(&TRACEPARENT).iter();
+        let parsed = match (lines.next(), lines.next()) {
+            (Some(v), None) => parse_traceparent(v.as_bytes()),
+            _ => None,
+        };
+        match parsed {
+            Some((trace_id, parent, flags)) => TraceCtx {
+                trace_id,
+                span_id,
+                parent: Some(parent),
+                sampled: flags & 1 == 1,
+            },
+            None => {
+                let mut trace_id = [0u8; 16];
+                trace_id[..8].copy_from_slice(&nonzero_u64().to_be_bytes());
+                trace_id[8..].copy_from_slice(&fastrand::u64(..).to_be_bytes());
+                TraceCtx {
+                    trace_id,
+                    span_id,
+                    parent: None,
+                    sampled: sampling >= 1.0 || fastrand::f64() < sampling,
+                }
+            }
+        }
+    }
+
+    /// `traceparent` for the upstream: sift's span as the parent.
+    pub fn traceparent(&self) -> HeaderValue {
+        let s = format!(
+            "00-{}-{}-{}",
+            hex(&self.trace_id),
+            hex(&self.span_id),
+            if self.sampled { "01" } else { "00" }
+        );
+        HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    }
+
+    pub fn trace_id_hex(&self) -> String {
+        hex(&self.trace_id)
+    }
+}
+
+pub fn hex(b: &[u8]) -> String {
+    const D: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(b.len() * 2);
+    for &x in b {
+        s.push(D[(x >> 4) as usize] as char);
+        s.push(D[(x & 15) as usize] as char);
+    }
+    s
+}
+
+fn unhex<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
+    if s.len() != N * 2 {
+        return None;
+    }
+    let d = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    let mut out = [0u8; N];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = d(s[2 * i])? << 4 | d(s[2 * i + 1])?;
+    }
+    Some(out)
+}
+
+/// `version-traceid-parentid-flags` (W3C Trace Context §3.2): lower-case
+/// hex only, all-zero ids invalid, version ff invalid; a version above 00
+/// is read as 00 when its first four fields are well formed.
+pub fn parse_traceparent(v: &[u8]) -> Option<([u8; 16], [u8; 8], u8)> {
+    let v = v.trim_ascii();
+    if v.len() < 55 {
+        return None;
+    }
+    let version = unhex::<1>(&v[0..2])?[0];
+    if version == 0xff
+        || (version == 0 && v.len() != 55)
+        || (version > 0 && v.len() > 55 && v[55] != b'-')
+    {
+        return None;
+    }
+    if v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
+        return None;
+    }
+    let trace = unhex::<16>(&v[3..35])?;
+    let parent = unhex::<8>(&v[36..52])?;
+    let flags = unhex::<1>(&v[53..55])?[0];
+    if trace == [0; 16] || parent == [0; 8] {
+        return None;
+    }
+    Some((trace, parent, flags))
+}
+
+/// A finished span.
+pub struct Span {
+    pub ctx: TraceCtx,
+    pub name: String,
+    pub start_unix_nanos: u64,
+    pub end_unix_nanos: u64,
+    pub attributes: Vec<(&'static str, Value)>,
+    /// Set for answers that are errors (5xx): the message.
+    pub error: Option<String>,
+}
+
+/// The queue to the exporter task.
+pub struct Exporter {
+    tx: tokio::sync::mpsc::Sender<Span>,
+    rx: Mutex<Option<tokio::sync::mpsc::Receiver<Span>>>,
+    pub spec: TracingSpec,
+    spans: prometheus::IntCounterVec,
+}
+
+impl Exporter {
+    pub fn new(spec: TracingSpec, spans: prometheus::IntCounterVec) -> Exporter {
+        let (tx, rx) = tokio::sync::mpsc::channel(spec.max_queue.max(1));
+        Exporter {
+            tx,
+            rx: Mutex::new(Some(rx)),
+            spec,
+            spans,
+        }
+    }
+
+    /// Queue a sampled span; dropped (and counted) when the queue is full.
+    pub fn send(&self, span: Span) {
+        if self.tx.try_send(span).is_err() {
+            self.spans.with_label_values(&["dropped"]).inc();
+        }
+    }
+
+    /// Start the exporter task on the current runtime (once).
+    pub fn start(self: &std::sync::Arc<Self>) {
+        let Some(rx) = self.rx.lock().ok().and_then(|mut r| r.take()) else {
+            return;
+        };
+        let me = self.clone();
+        tokio::spawn(async move { me.run(rx).await });
+    }
+
+    async fn run(&self, mut rx: tokio::sync::mpsc::Receiver<Span>) {
+        let mut batch = Vec::with_capacity(self.spec.batch_size);
+        while let Some(first) = rx.recv().await {
+            batch.push(first);
+            let deadline = tokio::time::sleep(self.spec.flush_interval);
+            tokio::pin!(deadline);
+            while batch.len() < self.spec.batch_size {
+                tokio::select! {
+                    s = rx.recv() => match s {
+                        Some(s) => batch.push(s),
+                        None => break,
+                    },
+                    _ = &mut deadline => break,
+                }
+            }
+            let n = batch.len() as u64;
+            let body = encode(&batch, &self.spec.service_name);
+            batch.clear();
+            match tokio::time::timeout(Duration::from_secs(10), self.post(body)).await {
+                Ok(Ok(())) => self.spans.with_label_values(&["exported"]).inc_by(n),
+                Ok(Err(e)) => {
+                    self.spans.with_label_values(&["failed"]).inc_by(n);
+                    tracing::warn!(collector = %self.spec.authority, error = %e, spans = n, "trace export failed");
+                }
+                Err(_) => {
+                    self.spans.with_label_values(&["failed"]).inc_by(n);
+                    tracing::warn!(collector = %self.spec.authority, spans = n, "trace export timed out");
+                }
+            }
+        }
+    }
+
+    async fn post(&self, body: Vec<u8>) -> Result<(), String> {
+        let tcp = tokio::net::TcpStream::connect(self.spec.authority.as_str())
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let req = http::Request::post(self.spec.path.as_str())
+            .header(http::header::HOST, self.spec.authority.as_str())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::USER_AGENT, "sift-otlp")
+            .body::<Body>(crate::body::full(Bytes::from(body)))
+            .map_err(|e| e.to_string())?;
+        let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("collector answered {}", resp.status()))
+        }
+    }
+}
+
+/// OTLP/JSON `ExportTraceServiceRequest` (ids as hex, times as strings).
+pub fn encode(spans: &[Span], service: &str) -> Vec<u8> {
+    let spans: Vec<Value> = spans
+        .iter()
+        .map(|s| {
+            let mut v = json!({
+                "traceId": hex(&s.ctx.trace_id),
+                "spanId": hex(&s.ctx.span_id),
+                "name": s.name,
+                "kind": 2,
+                "startTimeUnixNano": s.start_unix_nanos.to_string(),
+                "endTimeUnixNano": s.end_unix_nanos.to_string(),
+                "attributes": s.attributes.iter().map(|(k, v)| json!({
+                    "key": k,
+                    "value": match v {
+                        Value::Number(n) if n.is_i64() || n.is_u64() => json!({"intValue": n.to_string()}),
+                        Value::Bool(b) => json!({"boolValue": b}),
+                        Value::String(s) => json!({"stringValue": s}),
+                        other => json!({"stringValue": other.to_string()}),
+                    },
+                })).collect::<Vec<_>>(),
+                "status": match &s.error {
+                    Some(m) => json!({"code": 2, "message": m}),
+                    None => json!({"code": 0}),
+                },
+            });
+            if let Some(p) = s.ctx.parent {
+                v["parentSpanId"] = json!(hex(&p));
+            }
+            v
+        })
+        .collect();
+    let doc = json!({
+        "resourceSpans": [{
+            "resource": { "attributes": [
+                {"key": "service.name", "value": {"stringValue": service}},
+                {"key": "service.version", "value": {"stringValue": env!("CARGO_PKG_VERSION")}},
+            ]},
+            "scopeSpans": [{
+                "scope": {"name": "sift", "version": env!("CARGO_PKG_VERSION")},
+                "spans": spans,
+            }],
+        }],
+    });
+    serde_json::to_vec(&doc).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_parsing_follows_the_spec() {
+        let good = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let (t, p, f) = parse_traceparent(good).unwrap();
+        assert_eq!(hex(&t), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(hex(&p), "00f067aa0ba902b7");
+        assert_eq!(f, 1);
+        for bad in [
+            &b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"[..],
+            b"00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            b"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            b"00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            b"",
+        ] {
+            assert!(
+                parse_traceparent(bad).is_none(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // A later version: read as 00, with more fields after a dash.
+        assert!(
+            parse_traceparent(b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-what")
+                .is_some()
+        );
+        assert!(
+            parse_traceparent(b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00x")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn contexts_keep_the_callers_trace_and_decision() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            &TRACEPARENT,
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"),
+        );
+        let c = TraceCtx::start(&h, 1.0);
+        assert_eq!(c.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            c.parent.map(|p| hex(&p)).as_deref(),
+            Some("00f067aa0ba902b7")
+        );
+        assert!(!c.sampled, "the caller's decision, not the local ratio");
+        let tp = c.traceparent();
+        let tp = tp.to_str().unwrap();
+        assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(tp.ends_with("-00"));
+        assert_ne!(&tp[36..52], "00f067aa0ba902b7", "sift's own span id");
+        // Two lines: invalid, a new trace.
+        h.append(
+            &TRACEPARENT,
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        );
+        let c = TraceCtx::start(&h, 0.0);
+        assert_ne!(c.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert!(c.parent.is_none());
+        assert!(!c.sampled);
+        assert!(TraceCtx::start(&HeaderMap::new(), 1.0).sampled);
+        // The ratio holds roughly for new traces.
+        let n = (0..4000)
+            .filter(|_| TraceCtx::start(&HeaderMap::new(), 0.25).sampled)
+            .count();
+        assert!((800..1200).contains(&n), "{n}");
+    }
+
+    #[test]
+    fn otlp_json_shape() {
+        let ctx = TraceCtx {
+            trace_id: [1; 16],
+            span_id: [2; 8],
+            parent: Some([3; 8]),
+            sampled: true,
+        };
+        let s = Span {
+            ctx,
+            name: "GET api".into(),
+            start_unix_nanos: 10,
+            end_unix_nanos: 20,
+            attributes: vec![
+                ("http.response.status_code", json!(503)),
+                ("url.path", json!("/x")),
+            ],
+            error: Some("no healthy endpoint".into()),
+        };
+        let v: Value = serde_json::from_slice(&encode(&[s], "edge")).unwrap();
+        let rs = &v["resourceSpans"][0];
+        assert_eq!(
+            rs["resource"]["attributes"][0]["value"]["stringValue"],
+            "edge"
+        );
+        let sp = &rs["scopeSpans"][0]["spans"][0];
+        assert_eq!(sp["traceId"], "01010101010101010101010101010101");
+        assert_eq!(sp["spanId"], "0202020202020202");
+        assert_eq!(sp["parentSpanId"], "0303030303030303");
+        assert_eq!(sp["kind"], 2);
+        assert_eq!(sp["startTimeUnixNano"], "10");
+        assert_eq!(sp["attributes"][0]["value"]["intValue"], "503");
+        assert_eq!(sp["attributes"][1]["value"]["stringValue"], "/x");
+        assert_eq!(sp["status"]["code"], 2);
+    }
+}
