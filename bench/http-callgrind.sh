@@ -10,6 +10,8 @@
 #        CT (the POST's Content-Type; default text/plain)
 #        ROUTE_EXTRA (YAML appended to the route, e.g. a filter list)
 #        FILTERS (YAML of a top-level filters: list)
+#        TOP (YAML lines added at the top level, e.g. a tracing: map;
+#        @BE@ in it becomes the backend nginx port, which answers 200)
 #        KEEP (a directory: the callgrind dumps are copied there, named
 #        after the binary and the request count, for callgrind_annotate)
 #
@@ -37,6 +39,7 @@ count() { # sift binary, requests -> instructions
     echo "admin: { address: \"127.0.0.1:$a\" }"
     echo "listeners: [ { name: main, address: \"127.0.0.1:$p\" } ]"
     [ -z "${FILTERS:-}" ] || echo "filters: $FILTERS"
+    [ -z "${TOP:-}" ] || echo "${TOP//@BE@/$BE}"
     echo "routes: [ { name: all, cluster: backend ${ROUTE_EXTRA:-} } ]"
     echo "clusters: [ { name: backend, endpoints: [\"127.0.0.1:$BE\"] } ]"
   } > "$d/sift.yaml"

@@ -163,37 +163,38 @@ impl Outcome {
         elapsed: std::time::Duration,
         completed: bool,
     ) -> crate::trace::Span {
-        use serde_json::json;
-        let mut attributes = vec![
-            ("http.request.method", json!(log.method.as_str())),
-            ("url.path", json!(log.path)),
-            ("server.address", json!(log.host)),
-            ("client.address", json!(log.remote.ip().to_string())),
+        use crate::trace::Attr;
+        let mut attributes: Vec<(&'static str, Attr)> = Vec::with_capacity(14);
+        attributes.extend([
+            ("http.request.method", Attr::from(log.method.as_str())),
+            ("url.path", Attr::from(log.path.as_str())),
+            ("server.address", Attr::from(log.host.as_str())),
+            ("client.address", Attr::from(log.remote.ip().to_string())),
             (
                 "network.protocol.version",
-                json!(match log.version {
+                Attr::from(match log.version {
                     Version::HTTP_2 => "2",
                     Version::HTTP_10 => "1.0",
                     _ => "1.1",
                 }),
             ),
-            ("http.response.status_code", json!(self.status)),
-            ("sift.listener", json!(&*self.listener)),
-            ("sift.route", json!(route)),
-            ("sift.cluster", json!(cluster)),
+            ("http.response.status_code", Attr::from(self.status)),
+            ("sift.listener", Attr::from(&*self.listener)),
+            ("sift.route", Attr::from(route)),
+            ("sift.cluster", Attr::from(cluster)),
             (
                 "sift.request_id",
-                json!(String::from_utf8_lossy(log.request_id.as_bytes())),
+                Attr::from(String::from_utf8_lossy(log.request_id.as_bytes()).into_owned()),
             ),
-        ];
+        ]);
         if let Some(e) = &log.endpoint {
-            attributes.push(("sift.endpoint", json!(e)));
+            attributes.push(("sift.endpoint", Attr::from(e.as_str())));
         }
         if let Some(f) = &log.filters {
-            attributes.push(("sift.filters", json!(f)));
+            attributes.push(("sift.filters", Attr::from(f.as_str())));
         }
         if let Some((kind, _)) = &self.error {
-            attributes.push(("sift.error", json!(kind.as_str())));
+            attributes.push(("sift.error", Attr::from(kind.as_str())));
         }
         // OpenTelemetry's HTTP server rule: 5xx is an error, 4xx is the
         // client's; a body cut short is one too.

@@ -19,7 +19,6 @@ use bytes::Bytes;
 use http::HeaderValue;
 use http::header::HeaderMap;
 use serde::Serialize;
-use serde_json::{Value, json};
 
 use crate::body::Body;
 
@@ -112,13 +111,14 @@ impl TraceCtx {
 
     /// `traceparent` for the upstream: sift's span as the parent.
     pub fn traceparent(&self) -> HeaderValue {
-        let s = format!(
-            "00-{}-{}-{}",
-            hex(&self.trace_id),
-            hex(&self.span_id),
-            if self.sampled { "01" } else { "00" }
-        );
-        HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("-"))
+        let mut s = String::with_capacity(55);
+        s.push_str("00-");
+        push_hex(&mut s, &self.trace_id);
+        s.push('-');
+        push_hex(&mut s, &self.span_id);
+        s.push_str(if self.sampled { "-01" } else { "-00" });
+        HeaderValue::from_maybe_shared(Bytes::from(s))
+            .unwrap_or_else(|_| HeaderValue::from_static("-"))
     }
 
     pub fn trace_id_hex(&self) -> String {
@@ -127,12 +127,8 @@ impl TraceCtx {
 }
 
 pub fn hex(b: &[u8]) -> String {
-    const D: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(b.len() * 2);
-    for &x in b {
-        s.push(D[(x >> 4) as usize] as char);
-        s.push(D[(x & 15) as usize] as char);
-    }
+    push_hex(&mut s, b);
     s
 }
 
@@ -179,13 +175,38 @@ pub fn parse_traceparent(v: &[u8]) -> Option<([u8; 16], [u8; 8], u8)> {
     Some((trace, parent, flags))
 }
 
+/// An attribute's value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Attr {
+    Str(String),
+    Int(i64),
+}
+
+impl From<&str> for Attr {
+    fn from(s: &str) -> Attr {
+        Attr::Str(s.to_string())
+    }
+}
+
+impl From<String> for Attr {
+    fn from(s: String) -> Attr {
+        Attr::Str(s)
+    }
+}
+
+impl From<u16> for Attr {
+    fn from(n: u16) -> Attr {
+        Attr::Int(i64::from(n))
+    }
+}
+
 /// A finished span.
 pub struct Span {
     pub ctx: TraceCtx,
     pub name: String,
     pub start_unix_nanos: u64,
     pub end_unix_nanos: u64,
-    pub attributes: Vec<(&'static str, Value)>,
+    pub attributes: Vec<(&'static str, Attr)>,
     /// Set for answers that are errors (5xx): the message.
     pub error: Option<String>,
 }
@@ -283,51 +304,109 @@ impl Exporter {
     }
 }
 
-/// OTLP/JSON `ExportTraceServiceRequest` (ids as hex, times as strings).
-pub fn encode(spans: &[Span], service: &str) -> Vec<u8> {
-    let spans: Vec<Value> = spans
-        .iter()
-        .map(|s| {
-            let mut v = json!({
-                "traceId": hex(&s.ctx.trace_id),
-                "spanId": hex(&s.ctx.span_id),
-                "name": s.name,
-                "kind": 2,
-                "startTimeUnixNano": s.start_unix_nanos.to_string(),
-                "endTimeUnixNano": s.end_unix_nanos.to_string(),
-                "attributes": s.attributes.iter().map(|(k, v)| json!({
-                    "key": k,
-                    "value": match v {
-                        Value::Number(n) if n.is_i64() || n.is_u64() => json!({"intValue": n.to_string()}),
-                        Value::Bool(b) => json!({"boolValue": b}),
-                        Value::String(s) => json!({"stringValue": s}),
-                        other => json!({"stringValue": other.to_string()}),
-                    },
-                })).collect::<Vec<_>>(),
-                "status": match &s.error {
-                    Some(m) => json!({"code": 2, "message": m}),
-                    None => json!({"code": 0}),
-                },
-            });
-            if let Some(p) = s.ctx.parent {
-                v["parentSpanId"] = json!(hex(&p));
+/// A JSON string literal of `s`: runs that need no escape are copied
+/// whole.
+fn json_str(o: &mut String, s: &str) {
+    o.push('"');
+    let b = s.as_bytes();
+    let mut from = 0;
+    for (i, &c) in b.iter().enumerate() {
+        if c == b'"' || c == b'\\' || c < 0x20 {
+            // Escapes are ASCII: `from..i` is on char boundaries.
+            o.push_str(&s[from..i]);
+            match c {
+                b'"' => o.push_str("\\\""),
+                b'\\' => o.push_str("\\\\"),
+                c => {
+                    use std::fmt::Write;
+                    let _ = write!(o, "\\u{:04x}", c);
+                }
             }
-            v
-        })
-        .collect();
-    let doc = json!({
-        "resourceSpans": [{
-            "resource": { "attributes": [
-                {"key": "service.name", "value": {"stringValue": service}},
-                {"key": "service.version", "value": {"stringValue": env!("CARGO_PKG_VERSION")}},
-            ]},
-            "scopeSpans": [{
-                "scope": {"name": "sift", "version": env!("CARGO_PKG_VERSION")},
-                "spans": spans,
-            }],
-        }],
-    });
-    serde_json::to_vec(&doc).unwrap_or_default()
+            from = i + 1;
+        }
+    }
+    o.push_str(&s[from..]);
+    o.push('"');
+}
+
+/// Append `b` as lower-case hex.
+fn push_hex(o: &mut String, b: &[u8]) {
+    const D: &[u8; 16] = b"0123456789abcdef";
+    for &x in b {
+        o.push(D[(x >> 4) as usize] as char);
+        o.push(D[(x & 15) as usize] as char);
+    }
+}
+
+fn json_attr(o: &mut String, key: &str, v: &Attr) {
+    o.push_str("{\"key\":");
+    json_str(o, key);
+    match v {
+        Attr::Str(s) => {
+            o.push_str(",\"value\":{\"stringValue\":");
+            json_str(o, s);
+            o.push_str("}}");
+        }
+        Attr::Int(n) => {
+            use std::fmt::Write;
+            let _ = write!(o, ",\"value\":{{\"intValue\":\"{n}\"}}}}");
+        }
+    }
+}
+
+/// OTLP/JSON `ExportTraceServiceRequest` (ids as hex, times as strings),
+/// written straight into one buffer.
+pub fn encode(spans: &[Span], service: &str) -> Vec<u8> {
+    let version = env!("CARGO_PKG_VERSION");
+    let mut o = String::with_capacity(256 + spans.len() * 768);
+    o.push_str("{\"resourceSpans\":[{\"resource\":{\"attributes\":[");
+    json_attr(&mut o, "service.name", &Attr::from(service));
+    o.push(',');
+    json_attr(&mut o, "service.version", &Attr::from(version));
+    o.push_str("]},\"scopeSpans\":[{\"scope\":{\"name\":\"sift\",\"version\":");
+    json_str(&mut o, version);
+    o.push_str("},\"spans\":[");
+    for (i, s) in spans.iter().enumerate() {
+        if i > 0 {
+            o.push(',');
+        }
+        o.push_str("{\"traceId\":\"");
+        push_hex(&mut o, &s.ctx.trace_id);
+        o.push_str("\",\"spanId\":\"");
+        push_hex(&mut o, &s.ctx.span_id);
+        if let Some(p) = s.ctx.parent {
+            o.push_str("\",\"parentSpanId\":\"");
+            push_hex(&mut o, &p);
+        }
+        o.push_str("\",\"name\":");
+        json_str(&mut o, &s.name);
+        {
+            use std::fmt::Write;
+            let _ = write!(
+                o,
+                ",\"kind\":2,\"startTimeUnixNano\":\"{}\",\"endTimeUnixNano\":\"{}\",\"attributes\":[",
+                s.start_unix_nanos, s.end_unix_nanos
+            );
+        }
+        for (j, (k, v)) in s.attributes.iter().enumerate() {
+            if j > 0 {
+                o.push(',');
+            }
+            json_attr(&mut o, k, v);
+        }
+        o.push_str("],\"status\":");
+        match &s.error {
+            Some(m) => {
+                o.push_str("{\"code\":2,\"message\":");
+                json_str(&mut o, m);
+                o.push('}');
+            }
+            None => o.push_str("{\"code\":0}"),
+        }
+        o.push('}');
+    }
+    o.push_str("]}]}]}");
+    o.into_bytes()
 }
 
 #[cfg(test)]
@@ -418,12 +497,12 @@ mod tests {
             start_unix_nanos: 10,
             end_unix_nanos: 20,
             attributes: vec![
-                ("http.response.status_code", json!(503)),
-                ("url.path", json!("/x")),
+                ("http.response.status_code", Attr::Int(503)),
+                ("url.path", Attr::from("/x\"\\\u{1}")),
             ],
             error: Some("no healthy endpoint".into()),
         };
-        let v: Value = serde_json::from_slice(&encode(&[s], "edge")).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&encode(&[s], "edge")).unwrap();
         let rs = &v["resourceSpans"][0];
         assert_eq!(
             rs["resource"]["attributes"][0]["value"]["stringValue"],
@@ -436,7 +515,9 @@ mod tests {
         assert_eq!(sp["kind"], 2);
         assert_eq!(sp["startTimeUnixNano"], "10");
         assert_eq!(sp["attributes"][0]["value"]["intValue"], "503");
-        assert_eq!(sp["attributes"][1]["value"]["stringValue"], "/x");
+        assert_eq!(sp["attributes"][1]["value"]["stringValue"], "/x\"\\\u{1}");
+        assert_eq!(sp["name"], "GET api");
+        assert_eq!(sp["status"]["message"], "no healthy endpoint");
         assert_eq!(sp["status"]["code"], 2);
     }
 }
