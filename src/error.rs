@@ -217,35 +217,30 @@ impl ProxyError {
 
     /// The response the client sees. The body names the cause in words a
     /// client can act on; internal detail (endpoint addresses) stays in logs.
-    pub fn to_response(&self) -> Response<Body> {
-        let kind = self.kind();
-        if let ProxyError::FilterBlocked {
-            filter,
-            verdict,
-            status,
-            message,
-            score,
-        } = self
-        {
-            let body = serde_json::json!({
-                "error": kind.as_str(),
-                "message": message,
-                "filter": filter,
-                "verdict": verdict,
-                "score": crate::filter::short_f64(*score),
-            });
-            let mut resp = Response::new(body::full(Bytes::from(format!("{body}\n"))));
-            *resp.status_mut() = StatusCode::from_u16(*status).unwrap_or(StatusCode::FORBIDDEN);
-            let h = resp.headers_mut();
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            h.insert("x-sift-error", HeaderValue::from_static(kind.as_str()));
+    /// The answer to a gRPC request (`grpc`: its Content-Type is
+    /// `application/grpc[+…]`) is a gRPC status, as Envoy's local replies:
+    /// HTTP 200 with `grpc-status` (mapped from the HTTP status by gRPC's
+    /// table) and `grpc-message`, no body; headers such as `x-sift-error`,
+    /// `Retry-After` and `RateLimit` stay. A gRPC client would otherwise
+    /// see only "unexpected HTTP status" and lose the reason.
+    pub fn to_response_for(&self, grpc: bool) -> Response<Body> {
+        let resp = self.to_response();
+        if !grpc {
             return resp;
         }
-        let status = kind.status();
-        let detail = match self {
+        let message = match self {
+            ProxyError::FilterBlocked {
+                message, verdict, ..
+            } => format!("{message} (verdict {verdict})"),
+            e => e.detail(),
+        };
+        grpc_reply(resp, &message)
+    }
+
+    /// What the answer says, without internals (addresses, causes): the
+    /// text body's, and a gRPC answer's `grpc-message`.
+    pub fn detail(&self) -> String {
+        match self {
             ProxyError::Malformed(why) => format!("malformed request: {why}"),
             ProxyError::NotImplemented(what) => format!("not implemented: {what}"),
             ProxyError::HeadersTooLarge { .. } => "request headers too large".into(),
@@ -275,7 +270,38 @@ impl ProxyError {
             }
             ProxyError::Spool(_) => "request body could not be buffered".into(),
             ProxyError::Internal(_) => "internal error".into(),
-        };
+        }
+    }
+
+    pub fn to_response(&self) -> Response<Body> {
+        let kind = self.kind();
+        if let ProxyError::FilterBlocked {
+            filter,
+            verdict,
+            status,
+            message,
+            score,
+        } = self
+        {
+            let body = serde_json::json!({
+                "error": kind.as_str(),
+                "message": message,
+                "filter": filter,
+                "verdict": verdict,
+                "score": crate::filter::short_f64(*score),
+            });
+            let mut resp = Response::new(body::full(Bytes::from(format!("{body}\n"))));
+            *resp.status_mut() = StatusCode::from_u16(*status).unwrap_or(StatusCode::FORBIDDEN);
+            let h = resp.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            h.insert("x-sift-error", HeaderValue::from_static(kind.as_str()));
+            return resp;
+        }
+        let status = kind.status();
+        let detail = self.detail();
         let text = format!("{} {detail}\n", status.as_u16());
         let mut resp = Response::new(body::full(Bytes::from(text)));
         *resp.status_mut() = status;
@@ -295,6 +321,59 @@ impl ProxyError {
         }
         resp
     }
+}
+
+/// gRPC's HTTP-to-status table (doc/http-grpc-status-mapping.md, as Envoy).
+pub fn grpc_status(http: StatusCode) -> u8 {
+    match http.as_u16() {
+        400 => 13,                   // INTERNAL
+        401 => 16,                   // UNAUTHENTICATED
+        403 => 7,                    // PERMISSION_DENIED
+        404 => 12,                   // UNIMPLEMENTED
+        429 | 502 | 503 | 504 => 14, // UNAVAILABLE
+        _ => 2,                      // UNKNOWN
+    }
+}
+
+/// The request is gRPC (not gRPC-Web, whose answers carry trailers in the
+/// body): `application/grpc`, `application/grpc+proto`, ...
+pub fn is_grpc(h: &http::HeaderMap) -> bool {
+    h.get(header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        v.len() >= 16
+            && v[..16].eq_ignore_ascii_case(b"application/grpc")
+            && matches!(v.get(16), None | Some(b'+') | Some(b';'))
+    })
+}
+
+/// `grpc-message` value: percent-encoded outside printable ASCII and `%`
+/// (gRPC's PROTOCOL-HTTP2 spec).
+fn grpc_message(m: &str) -> HeaderValue {
+    let mut out = String::with_capacity(m.len());
+    for &b in m.trim_end().as_bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    HeaderValue::from_str(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// Turn a local answer into a gRPC trailers-only reply.
+fn grpc_reply(resp: Response<Body>, message: &str) -> Response<Body> {
+    let (mut parts, _) = resp.into_parts();
+    let code = grpc_status(parts.status);
+    parts.status = StatusCode::OK;
+    let h = &mut parts.headers;
+    h.remove(header::CONTENT_LENGTH);
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", HeaderValue::from(u16::from(code)));
+    h.insert("grpc-message", grpc_message(message));
+    Response::from_parts(parts, body::empty())
 }
 
 /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers)
@@ -318,4 +397,53 @@ pub fn ratelimit_headers(
         (http::HeaderName::from_static("ratelimit-policy"), pol),
         (http::HeaderName::from_static("ratelimit"), cur),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_requests_are_told_in_grpc_status() {
+        let ct = |v: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_str(v).unwrap());
+            is_grpc(&h)
+        };
+        assert!(ct("application/grpc"));
+        assert!(ct("application/grpc+proto"));
+        assert!(ct("Application/GRPC;charset=utf-8"));
+        assert!(!ct("application/grpc-web"));
+        assert!(!ct("application/grpc-web+proto"));
+        assert!(!ct("application/json"));
+        assert!(!is_grpc(&http::HeaderMap::new()));
+        for (http, grpc) in [
+            (400, 13),
+            (401, 16),
+            (403, 7),
+            (404, 12),
+            (429, 14),
+            (502, 14),
+            (503, 14),
+            (504, 14),
+            (413, 2),
+            (500, 2),
+        ] {
+            assert_eq!(
+                grpc_status(StatusCode::from_u16(http).unwrap()),
+                grpc,
+                "{http}"
+            );
+        }
+        assert_eq!(grpc_message("50% off ünd\n"), "50%25 off %C3%BCnd");
+        let r = ProxyError::NoRoute.to_response_for(true);
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["grpc-status"], "12");
+        assert_eq!(r.headers()["grpc-message"], "no route for this request");
+        assert_eq!(r.headers()["x-sift-error"], "no-route");
+        assert_eq!(r.headers()["content-type"], "application/grpc");
+        assert!(http_body::Body::is_end_stream(r.body()));
+        let plain = ProxyError::NoRoute.to_response_for(false);
+        assert_eq!(plain.status(), 404);
+    }
 }

@@ -298,6 +298,7 @@ pub async fn handle(
     let req = req.map(|b| Lingering::new(b, version));
     let snap = shared.snapshot.load_full();
     shared.metrics.active_requests.inc();
+    let grpc = crate::error::is_grpc(req.headers());
     let trace = match (&shared.tracer, &snap.config.tracing) {
         (Some(exporter), Some(t)) => Some(Box::new(Trace {
             ctx: crate::trace::TraceCtx::start(req.headers(), t.sampling),
@@ -370,7 +371,7 @@ pub async fn handle(
                 .with_label_values(&[kind.as_str()])
                 .inc();
             tracing::debug!(error = %e, "request failed");
-            let mut resp = e.to_response();
+            let mut resp = e.to_response_for(grpc);
             // The route's response headers (an edge route's HSTS, CSP, ...)
             // go on sift's answers for it too, as Envoy's local replies
             // get them; x-sift-error stays what sift says.

@@ -2465,3 +2465,54 @@ clusters:
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_callers_get_sifts_errors_as_grpc_status() {
+    let cfg = r#"log: { format: json }
+admin: { address: "127.0.0.1:0" }
+listeners: [{ name: main, address: "127.0.0.1:0" }]
+routes:
+  - name: svc
+    match: { path: { prefix: /pkg.Svc } }
+    cluster: empty
+    rate_limits:
+      - { name: tiny, requests_per_unit: 1, unit: hour }
+clusters:
+  - { name: empty, endpoints: [] }
+"#;
+    let sift = Sift::start(cfg);
+    let call = |path: &str, ct: &str| {
+        let req = Request::post(sift.url(path))
+            .header("content-type", ct)
+            .header("te", "trailers")
+            .body(full(Bytes::from_static(b"\0\0\0\0\0")))
+            .unwrap();
+        let client = http2_client();
+        async move {
+            let r = client.request(req).await.expect("h2 request");
+            let (parts, b) = r.into_parts();
+            (parts, b.collect().await.unwrap().to_bytes())
+        }
+    };
+    // No endpoint: 503 → UNAVAILABLE, in a trailers-only answer.
+    let (p, b) = call("/pkg.Svc/Get", "application/grpc").await;
+    assert_eq!(p.status, 200);
+    assert_eq!(p.headers["content-type"], "application/grpc");
+    assert_eq!(p.headers["grpc-status"], "14");
+    assert_eq!(p.headers["grpc-message"], "no healthy upstream");
+    assert_eq!(p.headers["x-sift-error"], "no-healthy-endpoint");
+    assert!(b.is_empty());
+    // The rate limit: UNAVAILABLE, with Retry-After kept.
+    let (p, _) = call("/pkg.Svc/Get", "application/grpc+proto").await;
+    assert_eq!(p.headers["grpc-status"], "14");
+    assert_eq!(p.headers["grpc-message"], "rate limit tiny exceeded");
+    assert!(p.headers.contains_key("retry-after"));
+    // No route: UNIMPLEMENTED.
+    let (p, _) = call("/other.Svc/Get", "application/grpc").await;
+    assert_eq!(p.headers["grpc-status"], "12");
+    // Not gRPC (gRPC-Web too): the plain HTTP error.
+    let (p, b) = call("/other.Svc/Get", "application/grpc-web").await;
+    assert_eq!(p.status, 404);
+    assert!(p.headers.get("grpc-status").is_none());
+    assert!(String::from_utf8_lossy(&b).starts_with("404 "));
+}
