@@ -45,6 +45,11 @@ pub enum ProxyError {
     },
     #[error("identity {identity:?} may not use route {route:?}")]
     IdentityDenied { route: String, identity: String },
+    #[error("route {route:?} needs a JWT: {reason}")]
+    Jwt {
+        route: String,
+        reason: crate::jwt::JwtError,
+    },
     #[error("route {route:?} is at max_inflight ({limit})")]
     Overloaded { route: String, limit: usize },
     #[error("cluster {cluster:?} circuit breaker open: max {threshold} reached")]
@@ -96,6 +101,8 @@ pub enum ErrorKind {
     Overloaded,
     CircuitOpen,
     IdentityDenied,
+    JwtMissing,
+    JwtInvalid,
     FilterBlocked,
     FilterOverloaded,
     InspectTooLarge,
@@ -107,7 +114,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 22] = [
+    pub const ALL: [ErrorKind; 24] = [
         ErrorKind::MalformedRequest,
         ErrorKind::NotImplemented,
         ErrorKind::HeadersTooLarge,
@@ -122,6 +129,8 @@ impl ErrorKind {
         ErrorKind::Overloaded,
         ErrorKind::CircuitOpen,
         ErrorKind::IdentityDenied,
+        ErrorKind::JwtMissing,
+        ErrorKind::JwtInvalid,
         ErrorKind::FilterBlocked,
         ErrorKind::FilterOverloaded,
         ErrorKind::InspectTooLarge,
@@ -148,6 +157,8 @@ impl ErrorKind {
             ErrorKind::Overloaded => "overloaded",
             ErrorKind::CircuitOpen => "circuit-open",
             ErrorKind::IdentityDenied => "identity-denied",
+            ErrorKind::JwtMissing => "jwt-missing",
+            ErrorKind::JwtInvalid => "jwt-invalid",
             ErrorKind::FilterBlocked => "filter-blocked",
             ErrorKind::FilterOverloaded => "filter-overloaded",
             ErrorKind::InspectTooLarge => "inspect-too-large",
@@ -178,6 +189,7 @@ impl ErrorKind {
             ErrorKind::Unclassifiable => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::IdentityDenied => StatusCode::FORBIDDEN,
+            ErrorKind::JwtMissing | ErrorKind::JwtInvalid => StatusCode::UNAUTHORIZED,
             ErrorKind::UpstreamConnectFailure | ErrorKind::UpstreamReset => StatusCode::BAD_GATEWAY,
             ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::SpoolFailed | ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -202,6 +214,11 @@ impl ProxyError {
             ProxyError::Overloaded { .. } => ErrorKind::Overloaded,
             ProxyError::CircuitOpen { .. } => ErrorKind::CircuitOpen,
             ProxyError::IdentityDenied { .. } => ErrorKind::IdentityDenied,
+            ProxyError::Jwt {
+                reason: crate::jwt::JwtError::Missing,
+                ..
+            } => ErrorKind::JwtMissing,
+            ProxyError::Jwt { .. } => ErrorKind::JwtInvalid,
             ProxyError::FilterBlocked { .. } => ErrorKind::FilterBlocked,
             ProxyError::FilterOverloaded { .. } => ErrorKind::FilterOverloaded,
             ProxyError::InspectTooLarge { .. } => ErrorKind::InspectTooLarge,
@@ -257,6 +274,7 @@ impl ProxyError {
             ProxyError::Overloaded { .. } => "overloaded, retry later".into(),
             ProxyError::CircuitOpen { .. } => "upstream circuit open, retry later".into(),
             ProxyError::IdentityDenied { .. } => "caller identity not allowed on this route".into(),
+            ProxyError::Jwt { reason, .. } => format!("unauthorized: {reason}"),
             ProxyError::FilterBlocked { message, .. } => message.clone(),
             ProxyError::FilterOverloaded { .. } => "request filter overloaded, retry later".into(),
             ProxyError::InspectTooLarge { limit, .. } => {
@@ -311,6 +329,18 @@ impl ProxyError {
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         h.insert("x-sift-error", HeaderValue::from_static(kind.as_str()));
+        // RFC 6750 §3: the challenge, with the reason for a bad token.
+        if let ProxyError::Jwt { reason, .. } = self {
+            let v = match reason {
+                crate::jwt::JwtError::Missing => "Bearer realm=\"sift\"".to_string(),
+                r => format!(
+                    "Bearer realm=\"sift\", error=\"invalid_token\", error_description=\"{r}\""
+                ),
+            };
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                h.insert(header::WWW_AUTHENTICATE, v);
+            }
+        }
         if let ProxyError::RateLimited { policy, decision } = self {
             for (k, v) in ratelimit_headers(policy, decision) {
                 h.insert(k, v);

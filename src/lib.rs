@@ -34,6 +34,7 @@ pub mod drain;
 pub mod error;
 pub mod field;
 pub mod filter;
+pub mod jwt;
 pub mod listener;
 pub mod logging;
 pub mod metrics;

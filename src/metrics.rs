@@ -33,6 +33,7 @@ pub struct Metrics {
     pub lb_panic: IntCounterVec,
     pub cors: IntCounterVec,
     pub trace_spans: IntCounterVec,
+    pub jwt: IntCounterVec,
     pub compression: IntCounterVec,
     pub compression_bytes: IntCounterVec,
     pub retries: IntCounterVec,
@@ -330,6 +331,14 @@ impl Metrics {
             &["route", "result"],
         )
         .expect("valid metric");
+        let jwt = IntCounterVec::new(
+            Opts::new(
+                "sift_jwt_total",
+                "JWT checks on routes with jwt, by route and result (ok, missing, invalid, allowed_missing).",
+            ),
+            &["route", "result"],
+        )
+        .expect("valid metric");
         let trace_spans = IntCounterVec::new(
             Opts::new(
                 "sift_trace_spans_total",
@@ -466,6 +475,7 @@ impl Metrics {
             Box::new(lb_panic.clone()),
             Box::new(cors.clone()),
             Box::new(trace_spans.clone()),
+            Box::new(jwt.clone()),
             Box::new(compression.clone()),
             Box::new(compression_bytes.clone()),
             Box::new(retries.clone()),
@@ -522,6 +532,7 @@ impl Metrics {
             lb_panic,
             cors,
             trace_spans,
+            jwt,
             compression,
             compression_bytes,
             retries,

@@ -536,6 +536,16 @@ async fn proxy(
             });
         }
     }
+    // The JWT check edits the request's headers: `host` (borrowed from
+    // them) is read again after it, only on such routes.
+    let host = match &route.spec.jwt {
+        None => host,
+        Some(j) => {
+            drop(host);
+            jwt_admission(j, route, &mut req, out)?;
+            request_host(&req)?
+        }
+    };
     let slot = route
         .inflight
         .enter(route.spec.max_inflight)
@@ -1227,6 +1237,65 @@ async fn proxy(
         }
     }
     Ok(Response::from_parts(parts, b))
+}
+
+/// A route's JWT requirement: counted, and a refused token is an error.
+fn jwt_admission(
+    j: &crate::jwt::RouteJwtSpec,
+    route: &crate::snapshot::Route,
+    req: &mut Request<Lingering>,
+    out: &Outcome,
+) -> Result<(), ProxyError> {
+    let result = jwt_check(j, req.headers_mut());
+    let label = match &result {
+        Ok(true) => "ok",
+        Ok(false) => "allowed_missing",
+        Err(crate::jwt::JwtError::Missing) => "missing",
+        Err(_) => "invalid",
+    };
+    out.metrics
+        .jwt
+        .with_label_values(&[route.spec.name.as_str(), label])
+        .inc();
+    result.map(|_| ()).map_err(|reason| ProxyError::Jwt {
+        route: route.spec.name.clone(),
+        reason,
+    })
+}
+
+/// Check a route's JWT requirement on the request's headers, and set the
+/// claim headers; `Ok(false)`: no token and `allow_missing`.
+fn jwt_check(
+    j: &crate::jwt::RouteJwtSpec,
+    h: &mut http::HeaderMap,
+) -> Result<bool, crate::jwt::JwtError> {
+    let p = &j.provider;
+    // Claim headers only ever come from a verified token.
+    for (_, name) in &p.claims_to_headers {
+        h.remove(name.as_str());
+    }
+    let token = match crate::jwt::bearer(h)? {
+        Some(t) => t,
+        None if j.allow_missing => return Ok(false),
+        None => return Err(crate::jwt::JwtError::Missing),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let claims = crate::jwt::verify(p, token, now)?;
+    for (claim, name) in &p.claims_to_headers {
+        let value = claims
+            .get(claim)
+            .and_then(crate::jwt::claim_header)
+            .and_then(|v| HeaderValue::from_str(&v).ok());
+        if let (Some(v), Ok(n)) = (value, HeaderName::from_bytes(name.as_bytes())) {
+            h.insert(n, v);
+        }
+    }
+    if !p.forward {
+        h.remove(header::AUTHORIZATION);
+    }
+    Ok(true)
 }
 
 /// What the filters know of a request.

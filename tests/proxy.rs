@@ -2516,3 +2516,179 @@ clusters:
     assert!(p.headers.get("grpc-status").is_none());
     assert!(String::from_utf8_lossy(&b).starts_with("404 "));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jwt_routes_admit_verified_tokens_and_send_their_claims() {
+    use ring::rand::SystemRandom;
+    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+    use sift::jwt::b64url_encode as b64;
+    let rng = SystemRandom::new();
+    let key = |rng: &SystemRandom| {
+        let pk8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, rng).unwrap();
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pk8.as_ref(), rng).unwrap()
+    };
+    let issuer_key = key(&rng);
+    let other_key = key(&rng);
+    let pt = issuer_key.public_key().as_ref();
+    let jwks = format!(
+        r#"{{"keys":[{{"kty":"EC","crv":"P-256","kid":"k1","use":"sig","x":"{}","y":"{}"}}]}}"#,
+        b64(&pt[1..33]),
+        b64(&pt[33..65])
+    );
+    let dir = TempDir::new();
+    let jwks_path = dir.path("jwks.json");
+    std::fs::write(&jwks_path, &jwks).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let token = |k: &EcdsaKeyPair, sub: &str, exp: u64| {
+        let claims = format!(
+            r#"{{"iss":"https://auth.example.com","aud":"api","sub":"{sub}","groups":["a","b"],"exp":{exp}}}"#
+        );
+        let msg = format!(
+            "{}.{}",
+            b64(br#"{"alg":"ES256","kid":"k1","typ":"JWT"}"#),
+            b64(claims.as_bytes())
+        );
+        let sig = k.sign(&SystemRandom::new(), msg.as_bytes()).unwrap();
+        format!("Bearer {msg}.{}", b64(sig.as_ref()))
+    };
+    let app = Upstream::echo("app").await;
+    let cfg = format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+jwt_providers:
+  - name: corp
+    issuer: https://auth.example.com
+    audiences: [api]
+    jwks_file: {}
+    claims_to_headers:
+      - {{ claim: sub, header: x-user }}
+      - {{ claim: groups, header: x-groups }}
+routes:
+  - name: public
+    match: {{ path: {{ prefix: /public }} }}
+    cluster: app
+    jwt: {{ provider: corp, allow_missing: true }}
+  - name: api
+    cluster: app
+    jwt: {{ provider: corp }}
+    rate_limits:
+      - {{ name: per-user, requests_per_unit: 2, unit: hour, key: [header:x-user] }}
+clusters:
+  - {{ name: app, endpoints: ["{}"] }}
+"#,
+        jwks_path.display(),
+        app.addr
+    );
+    let sift = Sift::start(&cfg);
+    let go = |path: &str, auth: Option<String>, spoof: bool| {
+        let mut r = Request::get(sift.url(path));
+        if let Some(a) = auth {
+            r = r.header("authorization", a);
+        }
+        if spoof {
+            r = r.header("x-user", "root");
+        }
+        send(r.body(body::empty()).unwrap())
+    };
+    let before = app.requests.load(std::sync::atomic::Ordering::SeqCst);
+    let r = go("/x", None, false).await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["x-sift-error"], "jwt-missing");
+    assert_eq!(r.headers()["www-authenticate"], "Bearer realm=\"sift\"");
+    for (auth, why) in [
+        (token(&issuer_key, "alice", now - 120), "token expired"),
+        (token(&other_key, "alice", now + 600), "bad signature"),
+        ("Bearer not.a.jwt".to_string(), "malformed token"),
+    ] {
+        let r = go("/x", Some(auth), false).await;
+        assert_eq!(r.status(), 401, "{why}");
+        assert_eq!(r.headers()["x-sift-error"], "jwt-invalid");
+        let challenge = r.headers()["www-authenticate"].to_str().unwrap();
+        assert!(
+            challenge.contains("error=\"invalid_token\"") && challenge.contains(why),
+            "{challenge}"
+        );
+    }
+    assert_eq!(
+        app.requests.load(std::sync::atomic::Ordering::SeqCst),
+        before,
+        "none reached the app"
+    );
+
+    // A good token: the claims go upstream, a client's own x-user does not,
+    // and the token stays at the edge.
+    let alice = token(&issuer_key, "alice", now + 600);
+    let r = go("/x", Some(alice.clone()), true).await;
+    assert_eq!(r.status(), 200);
+    let seen = json(r.body());
+    assert_eq!(seen["headers"]["x-user"], serde_json::json!(["alice"]));
+    assert_eq!(seen["headers"]["x-groups"], serde_json::json!(["a,b"]));
+    assert!(seen["headers"].get("authorization").is_none());
+    // The rate limit keys on the verified claim: alice's second request is
+    // her last, bob still has his.
+    assert_eq!(go("/x", Some(alice.clone()), true).await.status(), 200);
+    assert_eq!(go("/x", Some(alice.clone()), false).await.status(), 429);
+    let bob = token(&issuer_key, "bob", now + 600);
+    assert_eq!(go("/x", Some(bob), true).await.status(), 200);
+
+    // allow_missing: no token passes without claims; a bad one does not.
+    let r = go("/public", None, true).await;
+    assert_eq!(r.status(), 200);
+    assert!(
+        json(r.body())["headers"].get("x-user").is_none(),
+        "the spoofed header is gone"
+    );
+    assert_eq!(
+        go("/public", Some(token(&other_key, "eve", now + 600)), false)
+            .await
+            .status(),
+        401
+    );
+    for (route, result, n) in [
+        ("api", "ok", 4.0),
+        ("api", "missing", 1.0),
+        ("api", "invalid", 3.0),
+        ("public", "allowed_missing", 1.0),
+        ("public", "invalid", 1.0),
+    ] {
+        let sample = format!(r#"sift_jwt_total{{route="{route}",result="{result}"}}"#);
+        assert_eq!(sift.metric(&sample).await, Some(n), "{sample}");
+    }
+
+    let text = format!(
+        "listeners: [{{ name: main, address: \"127.0.0.1:0\" }}]\njwt_providers: [ {{ name: corp, issuer: x, jwks: '{jwks}' }} ]\nroutes:\n  - name: r\n    cluster: a\n    jwt: {{ provider: nope }}\nclusters:\n  - {{ name: a, endpoints: [\"127.0.0.1:1\"] }}\n"
+    );
+    let errs = sift::config::load_str(&text).unwrap_err().0;
+    assert!(
+        errs.iter().any(|e| e.path == "routes[0].jwt.provider"),
+        "{errs:?}"
+    );
+    for (provider, path) in [
+        ("{ name: p, issuer: x }", "jwt_providers[0]"),
+        (
+            "{ name: p, issuer: x, jwks: '{\"keys\":[]}' }",
+            "jwt_providers[0].jwks",
+        ),
+        (
+            "{ name: p, issuer: x, jwks_file: /nonexistent/jwks.json }",
+            "jwt_providers[0].jwks_file",
+        ),
+        (
+            "{ name: p, issuer: x, jwks: '{\"keys\":[]}', claims_to_headers: [ { claim: sub, header: x-sift-user } ] }",
+            "jwt_providers[0].claims_to_headers[0].header",
+        ),
+    ] {
+        let text = format!(
+            "listeners: [{{ name: main, address: \"127.0.0.1:0\" }}]\njwt_providers: [ {provider} ]\nroutes: []\n"
+        );
+        let errs = sift::config::load_str(&text).expect_err(provider).0;
+        assert!(
+            errs.iter().any(|e| e.path == path),
+            "{provider}: want {path}, got {errs:?}"
+        );
+    }
+}

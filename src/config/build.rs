@@ -75,7 +75,15 @@ pub fn build(f: &FileConfig) -> Result<Config, Vec<ConfigError>> {
     let clusters = build_clusters(&f.clusters, &mut e);
     let cluster_names: HashSet<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
     let filters = build_filters(&f.filters, &mut e);
-    let routes = build_routes(&f.routes, &cluster_names, &f.clusters, &filters, &mut e);
+    let jwt_providers = build_jwt_providers(&f.jwt_providers, &mut e);
+    let routes = build_routes(
+        &f.routes,
+        &cluster_names,
+        &f.clusters,
+        &filters,
+        &jwt_providers,
+        &mut e,
+    );
     let fp = f.filter_pool.clone().unwrap_or_default();
     let filter_pool = FilterPoolSpec {
         threads: match fp.threads {
@@ -929,6 +937,7 @@ fn build_routes(
     clusters: &HashSet<&str>,
     cluster_files: &[ClusterFile],
     filters: &[FilterSpec],
+    jwt_providers: &[crate::jwt::JwtProviderSpec],
     e: &mut Errs,
 ) -> Vec<RouteSpec> {
     let mut names = HashSet::new();
@@ -1111,6 +1120,21 @@ fn build_routes(
                 .cors
                 .as_ref()
                 .map(|c| build_cors(c, &format!("{p}.cors"), e)),
+            jwt: r.jwt.as_ref().and_then(|j| {
+                match jwt_providers.iter().find(|pr| pr.name == j.provider) {
+                    Some(pr) => Some(crate::jwt::RouteJwtSpec {
+                        provider: pr.clone(),
+                        allow_missing: j.allow_missing.unwrap_or(false),
+                    }),
+                    None => {
+                        e.push(
+                            format!("{p}.jwt.provider"),
+                            format!("{:?} is not in jwt_providers", j.provider),
+                        );
+                        None
+                    }
+                }
+            }),
             compression: r.compression.as_ref().map(|c| {
                 if local.is_some() {
                     e.push(
@@ -1928,6 +1952,80 @@ fn build_outlier(o: &OutlierFile, p: &str, e: &mut Errs) -> OutlierSpec {
         max_ejection_percent: pct.min(100),
         failure_rate,
     }
+}
+
+fn build_jwt_providers(ps: &[JwtProviderFile], e: &mut Errs) -> Vec<crate::jwt::JwtProviderSpec> {
+    let mut names = HashSet::new();
+    let mut out = Vec::new();
+    for (i, pf) in ps.iter().enumerate() {
+        let p = format!("jwt_providers[{i}]");
+        check_name(
+            &pf.name,
+            &format!("{p}.name"),
+            &mut names,
+            "jwt provider",
+            e,
+        );
+        if pf.issuer.is_empty() {
+            e.push(format!("{p}.issuer"), "is empty");
+        }
+        let (source, text) = match (&pf.jwks_file, &pf.jwks) {
+            (Some(f), None) => match std::fs::read_to_string(f) {
+                Ok(t) => (f.clone(), Some(t)),
+                Err(err) => {
+                    e.push(
+                        format!("{p}.jwks_file"),
+                        format!("cannot read {f:?}: {err}"),
+                    );
+                    (f.clone(), None)
+                }
+            },
+            (None, Some(t)) => ("inline".to_string(), Some(t.clone())),
+            _ => {
+                e.push(&p, "give exactly one of `jwks_file` and `jwks`");
+                (String::new(), None)
+            }
+        };
+        let keys = match text.map(|t| crate::jwt::parse_jwks(&t)) {
+            Some(Ok(k)) => k,
+            Some(Err(m)) => {
+                let key = if pf.jwks_file.is_some() {
+                    "jwks_file"
+                } else {
+                    "jwks"
+                };
+                e.push(format!("{p}.{key}"), format!("not a usable JWKS: {m}"));
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
+        let mut claims_to_headers = Vec::new();
+        for (j, c) in pf.claims_to_headers.iter().flatten().enumerate() {
+            match HeaderName::from_bytes(c.header.as_bytes()) {
+                Ok(h) if !h.as_str().starts_with("x-sift-") && !h.as_str().contains('_') => {
+                    claims_to_headers.push((c.claim.clone(), h.as_str().to_string()))
+                }
+                _ => e.push(
+                    format!("{p}.claims_to_headers[{j}].header"),
+                    format!(
+                        "{:?} is not a header name sift can send (no x-sift- prefix, no '_')",
+                        c.header
+                    ),
+                ),
+            }
+        }
+        out.push(crate::jwt::JwtProviderSpec {
+            name: pf.name.clone(),
+            issuer: pf.issuer.clone(),
+            audiences: pf.audiences.clone().unwrap_or_default(),
+            jwks_source: source,
+            keys,
+            clock_skew_secs: pf.clock_skew.map_or(60, |d| d.0.as_secs()),
+            forward: pf.forward.unwrap_or(false),
+            claims_to_headers,
+        });
+    }
+    out
 }
 
 fn build_compression(

@@ -47,6 +47,55 @@ pub struct FileConfig {
     /// OpenTelemetry collector (OTLP/HTTP JSON).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<TracingFile>,
+    /// Issuers of JSON Web Tokens that routes may require (`routes[].jwt`).
+    #[serde(default)]
+    pub jwt_providers: Vec<JwtProviderFile>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JwtProviderFile {
+    /// Unique name, used by routes.
+    pub name: String,
+    /// The `iss` claim tokens must carry.
+    pub issuer: String,
+    /// Accepted `aud` values (default: any audience).
+    #[serde(default)]
+    pub audiences: Option<Vec<String>>,
+    /// A JWKS file (JSON Web Key Set); read at start and on each reload.
+    #[serde(default)]
+    pub jwks_file: Option<String>,
+    /// The JWKS itself, as a JSON string (instead of jwks_file).
+    #[serde(default)]
+    pub jwks: Option<String>,
+    /// Allowed clock difference for exp and nbf (default 60s).
+    #[serde(default)]
+    pub clock_skew: Option<Dur>,
+    /// Keep the Authorization header for the upstream (default false).
+    #[serde(default)]
+    pub forward: Option<bool>,
+    /// Claims sent upstream as headers, e.g. {claim: sub, header: x-user}.
+    #[serde(default)]
+    pub claims_to_headers: Option<Vec<ClaimHeaderFile>>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimHeaderFile {
+    /// A top-level claim of the token.
+    pub claim: String,
+    /// The request header it is sent in.
+    pub header: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteJwtFile {
+    /// A name from jwt_providers.
+    pub provider: String,
+    /// Let requests without a token through (a bad token is still 401).
+    #[serde(default)]
+    pub allow_missing: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
@@ -701,6 +750,9 @@ pub struct RouteFile {
     /// gzip-compress the cluster's answers for clients that accept it.
     #[serde(default)]
     pub compression: Option<CompressionFile>,
+    /// Require a JSON Web Token from a jwt_providers entry (401 otherwise).
+    #[serde(default)]
+    pub jwt: Option<RouteJwtFile>,
     /// Cross-origin requests from browsers (CORS): preflights answered by
     /// sift, answers to allowed origins decorated.
     #[serde(default)]

@@ -214,6 +214,7 @@ pub struct RouteSpec {
     pub response_headers: HeaderOps,
     pub cors: Option<crate::cors::CorsSpec>,
     pub compression: Option<crate::compress::CompressionSpec>,
+    pub jwt: Option<crate::jwt::RouteJwtSpec>,
     pub rate_limits: Vec<RateLimitSpec>,
     pub max_inflight: Option<usize>,
     pub retries: Option<RetrySpec>,
