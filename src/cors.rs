@@ -189,6 +189,11 @@ impl CorsSpec {
                 header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
                 HeaderValue::from_static("true"),
             );
+        } else {
+            // The policy allows no credentials: the app's own
+            // `Access-Control-Allow-Credentials: true` would grant them
+            // with the origin echoed, and makes an invalid answer with `*`.
+            h.remove(header::ACCESS_CONTROL_ALLOW_CREDENTIALS);
         }
     }
 
@@ -329,6 +334,50 @@ mod tests {
         }
         assert_eq!(OriginMatch::parse("*"), Ok(OriginMatch::Any));
         assert!(OriginMatch::parse("http://[::1]:8080").is_ok());
+    }
+
+    #[test]
+    fn the_apps_credentials_do_not_outlive_a_policy_without_them() {
+        // Found by the http_head fuzz target: an app answering with its own
+        // `Access-Control-Allow-Credentials: true` on a route whose policy
+        // allows any origin got `*` with credentials (an answer the Fetch
+        // standard refuses), and on a route with listed origins, the
+        // echoed origin with credentials the policy does not allow.
+        let app = || {
+            let mut h = HeaderMap::new();
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                HeaderValue::from_static("https://app.example.com"),
+            );
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+            h
+        };
+        let origin = HeaderValue::from_static("https://app.example.com");
+        for (s, acao) in [
+            (spec(&["*"], false), "*"),
+            (
+                spec(&["https://app.example.com"], false),
+                "https://app.example.com",
+            ),
+        ] {
+            let mut out = app();
+            s.actual(&mut out, &origin);
+            assert_eq!(out["access-control-allow-origin"], acao);
+            assert!(out.get("access-control-allow-credentials").is_none());
+        }
+        // With credentials allowed, the policy's own "true" stays.
+        let mut out = app();
+        spec(&["https://app.example.com"], true).actual(&mut out, &origin);
+        assert_eq!(out["access-control-allow-credentials"], "true");
+        assert_eq!(
+            out.get_all("access-control-allow-credentials")
+                .iter()
+                .count(),
+            1
+        );
     }
 
     #[test]

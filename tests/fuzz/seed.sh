@@ -163,6 +163,27 @@ heads = [
     b"POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
     b"POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
     b"GET /c HTTP/1.1\r\nHost: a\r\n\r\nGET /admin HTTP/1.1\r\nHost: a\r\n\r\n",
+    # Regex path and header, query conditions, CORS, compression.
+    b"GET /items/42/reviews HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET /items/%34%32 HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET /x HTTP/1.1\r\nHost: a\r\nx-client: v3.14\r\n\r\n",
+    b"GET /x HTTP/1.1\r\nHost: a\r\nx-client: v3.1\r\nx-client: v4.2\r\n\r\n",
+    b"GET /search?q=sift+proxy&lang=en-GB HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET /search?page&mode=full+text HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET /search?page=2&mode=full%20text&nocache HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET /search?q=sift&lang=fr&debug=0&debug=1 HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET /search/x?d%65bug=%31 HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"OPTIONS /cors/x HTTP/1.1\r\nHost: a\r\nOrigin: https://app.example.com\r\nAccess-Control-Request-Method: PUT\r\nAccess-Control-Request-Headers: content-type\r\n\r\n",
+    b"OPTIONS /cors HTTP/1.1\r\nHost: a\r\nOrigin: https://a.b.example.org\r\nAccess-Control-Request-Method: POST\r\n\r\n",
+    b"OPTIONS /cors HTTP/1.1\r\nHost: a\r\nOrigin: https://evil.example.com\r\nAccess-Control-Request-Method: POST\r\n\r\n",
+    b"GET /cors/me HTTP/1.1\r\nHost: a\r\nOrigin: https://app.example.com\r\nx-app-cors: star\r\n\r\n",
+    b"OPTIONS /pub/a HTTP/1.1\r\nHost: a\r\nOrigin: http://x.test\r\nAccess-Control-Request-Method: DELETE\r\nAccess-Control-Request-Headers: x-a, x-b\r\n\r\n",
+    b"GET /pub/a?n=40 HTTP/1.1\r\nHost: a\r\nOrigin: http://x.test\r\nAccept-Encoding: gzip\r\nx-app-cors: cred\r\n\r\n",
+    b"GET /gz/page?n=300 HTTP/1.1\r\nHost: a\r\nAccept-Encoding: gzip, br\r\nx-up-etag: 1\r\nx-up-piece: 7\r\n\r\n",
+    b"GET /gz/a HTTP/1.1\r\nHost: a\r\nAccept-Encoding: gzip;q=0, *\r\nx-up-cl: 1\r\n\r\n",
+    b"GET /gz/b?n=2 HTTP/1.1\r\nHost: a\r\nAccept-Encoding: *\r\nx-up-type: image/png\r\n\r\n",
+    b"HEAD /gz/c HTTP/1.1\r\nHost: a\r\nAccept-Encoding: gzip\r\n\r\n",
+    b"GET /gz/d?n=100 HTTP/1.1\r\nHost: a\r\nAccept-Encoding: gzip\r\nx-up-piece: 100\r\n\r\n",
 ]
 for i, h in enumerate(heads):
     for sel in range(3):

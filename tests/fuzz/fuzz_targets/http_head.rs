@@ -5,8 +5,11 @@
 //! a config whose routes use host matches (exact, wildcard), path prefix
 //! and exact, methods, a header condition, a rewrite, two redirects, direct
 //! responses, rate limits keyed on headers, a canary split (sticky header,
-//! override header) and a spam filter in block mode reading a form field
-//! and query fields.
+//! override header), a spam filter in block mode reading a form field
+//! and query fields, a regex path, a header regex, query conditions (exact,
+//! prefix, regex, present true/false; a 403 on `debug=1`), two CORS
+//! policies (origins with credentials; `*` echoing headers) and gzip
+//! compression (the upstream answers HTML on those routes, see `answer`).
 //!
 //! Input: byte 0 picks the listener; the rest is written as is on a fresh
 //! connection (with a blank line appended when it has none, so that most
@@ -21,8 +24,16 @@
 //!   slash unless the listener keeps them), nothing an app would read as
 //!   under `/admin` (answered by sift), no `x-sift-*`, underscore or
 //!   hop-by-hop header, one Host, X-Forwarded-For ending with the peer;
-//!   per route (sift sets `x-route`): the host, header and path the route
-//!   matched, and filter verdict headers only from sift;
+//!   per route (sift sets `x-route`): the host, header, path and query the
+//!   route matched, and filter verdict headers only from sift; no
+//!   `debug=1` (any occurrence, decoded) under `/search`; no preflight from
+//!   an allowed origin;
+//! - the answer the upstream made (`x-up-seq`): gzip only on a compressing
+//!   route, for a client that asked, not for HEAD, without Content-Length,
+//!   with `Vary: accept-encoding` and a weak ETag, decoding to exactly what
+//!   the upstream sent (else the body is what it sent); a plain `gzip` GET
+//!   there is compressed; an allowed origin gets the policy's ACAO (and
+//!   ACAC, Vary, ACEH); no answer has ACAO `*` with credentials;
 //! - every 512 inputs a well-formed GET still gets its 200 and the accept
 //!   loops still run.
 #![no_main]
@@ -34,18 +45,21 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A request as the upstream received it.
+/// A request as the upstream received it, and what it answered.
 #[derive(Debug)]
 struct Record {
     method: String,
     target: String,
     headers: Vec<(String, Vec<u8>)>,
+    /// Its `x-up-seq` answer header.
+    seq: u64,
+    /// The body it answered (before any compression by sift).
+    sent: Vec<u8>,
 }
 
 type Records = Arc<Mutex<Vec<Record>>>;
@@ -102,6 +116,9 @@ routes:
   - name: deny-admin
     match: {{ path: {{ prefix: /admin }} }}
     direct_response: {{ status: 403, body: "no\n" }}
+  - name: deny-debug
+    match: {{ path: {{ prefix: /search }}, query: [ {{ name: debug, exact: "1" }} ] }}
+    direct_response: {{ status: 403, body: "no debug\n" }}
   - name: health
     match: {{ path: {{ exact: /healthz }}, methods: [GET, HEAD] }}
     direct_response: {{ status: 200, body: "ok\n" }}
@@ -138,6 +155,44 @@ routes:
     rate_limits:
       - {{ name: lim, requests_per_unit: 20, unit: second, key: [header:x-user] }}
     request_headers: {{ set: {{ x-route: limited }} }}
+  - name: re-item
+    match: {{ path: {{ regex: '/items/[0-9]+(/[a-z]+)?' }} }}
+    cluster: app
+    request_headers: {{ set: {{ x-route: re-item }} }}
+  - name: hdr-re
+    match: {{ headers: [ {{ name: x-client, regex: 'v[2-9]\.[0-9]{{1,3}}' }} ] }}
+    cluster: app
+    request_headers: {{ set: {{ x-route: hdr-re }} }}
+  - name: q-search
+    match: {{ path: {{ prefix: /search }}, query: [ {{ name: q, prefix: sift }}, {{ name: lang, regex: '[a-z]{{2}}(-[A-Z]{{2}})?' }} ] }}
+    cluster: app
+    request_headers: {{ set: {{ x-route: q-search }} }}
+  - name: q-flag
+    match: {{ path: {{ prefix: /search }}, query: [ {{ name: page, present: true }}, {{ name: nocache, present: false }}, {{ name: mode, exact: "full text" }} ] }}
+    cluster: app
+    request_headers: {{ set: {{ x-route: q-flag }} }}
+  - name: cors-app
+    match: {{ path: {{ prefix: /cors }} }}
+    cluster: app
+    cors:
+      allow_origins: ["https://app.example.com", "https://*.example.org"]
+      allow_methods: [GET, POST, PUT]
+      allow_headers: [content-type, x-client]
+      expose_headers: [x-request-id]
+      max_age: 10m
+      allow_credentials: true
+    request_headers: {{ set: {{ x-route: cors-app }} }}
+  - name: cors-any
+    match: {{ path: {{ prefix: /pub }} }}
+    cluster: app
+    cors: {{ allow_origins: ["*"], allow_headers: ["*"] }}
+    compression: {{ min_bytes: 1B, level: 1 }}
+    request_headers: {{ set: {{ x-route: cors-any }} }}
+  - name: gz
+    match: {{ path: {{ prefix: /gz }} }}
+    cluster: app
+    compression: {{ min_bytes: 1B }}
+    request_headers: {{ set: {{ x-route: gz }} }}
   - name: default
     clusters:
       - {{ name: app, weight: 80 }}
@@ -158,20 +213,127 @@ clusters:
     )
 }
 
-/// The upstream: records each request, answers 200 "up".
+/// An answer body in pieces (several frames: sift's gzip flushes each).
+struct Pieces(std::collections::VecDeque<Bytes>);
+
+impl hyper::body::Body for Pieces {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
+
+fn header<'a>(req: &'a hyper::Request<hyper::body::Incoming>, name: &str) -> Option<&'a [u8]> {
+    req.headers().get(name).map(|v| v.as_bytes())
+}
+
+/// What the upstream answers: "up", or on the routes that compress
+/// (`x-route` gz, cors-any) some HTML made from the request: its target
+/// repeated `n` times (`?n=`, up to 4000; default 8), in pieces of `x-up-piece`
+/// bytes (default 1000). `x-up-cl: 1` sends a Content-Length, `x-up-etag: 1` a
+/// strong ETag, `x-up-type` another Content-Type; on the CORS routes,
+/// `x-app-cors` makes the app send its own CORS headers (`star`: ACAO `*`,
+/// `cred`: ACAC true, `echo`: the Origin; never `*` with credentials).
+fn answer(
+    req: &hyper::Request<hyper::body::Incoming>,
+    seq: u64,
+) -> (hyper::Response<Pieces>, Vec<u8>) {
+    let route = header(req, "x-route").unwrap_or_default();
+    let html = route == b"gz" || route == b"cors-any";
+    let body: Vec<u8> = if html {
+        let target = req.uri().to_string();
+        let n = req
+            .uri()
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .find_map(|p| p.strip_prefix("n="))
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or(8)
+            .min(4000);
+        let mut b = b"<!doctype html><html><body><ul>\n".to_vec();
+        for i in 0..n {
+            b.extend_from_slice(format!("<li id=\"{i}\">{target} #{seq}</li>\n").as_bytes());
+        }
+        b.extend_from_slice(b"</ul></body></html>\n");
+        b
+    } else {
+        b"up".to_vec()
+    };
+    let piece = header(req, "x-up-piece")
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(1000)
+        .max(1);
+    let pieces = body.chunks(piece).map(Bytes::copy_from_slice).collect();
+    let mut resp = hyper::Response::new(Pieces(pieces));
+    let h = resp.headers_mut();
+    h.insert("x-up-seq", seq.into());
+    if html {
+        // Visible ASCII only: the target reads answer heads as UTF-8.
+        let ct = req
+            .headers()
+            .get("x-up-type")
+            .filter(|v| v.to_str().is_ok())
+            .cloned()
+            .unwrap_or(hyper::header::HeaderValue::from_static(
+                "text/html; charset=utf-8",
+            ));
+        h.insert("content-type", ct);
+    }
+    if header(req, "x-up-cl") == Some(b"1") {
+        h.insert("content-length", body.len().into());
+    }
+    if header(req, "x-up-etag") == Some(b"1") {
+        h.insert("etag", hyper::header::HeaderValue::from_static("\"v1\""));
+    }
+    if route.starts_with(b"cors-") {
+        match header(req, "x-app-cors") {
+            Some(b"star") => {
+                h.insert(
+                    "access-control-allow-origin",
+                    hyper::header::HeaderValue::from_static("*"),
+                );
+            }
+            Some(b"cred") => {
+                h.insert(
+                    "access-control-allow-credentials",
+                    hyper::header::HeaderValue::from_static("true"),
+                );
+            }
+            Some(b"echo") => {
+                if let Some(o) = req.headers().get("origin").filter(|o| o.to_str().is_ok()) {
+                    h.insert("access-control-allow-origin", o.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+    (resp, body)
+}
+
+/// The upstream: records each request and what it answered (see `answer`).
 async fn upstream(records: Records) -> SocketAddr {
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind upstream");
     let addr = tcp.local_addr().expect("upstream address");
+    let seqs = Arc::new(AtomicU64::new(0));
     tokio::spawn(async move {
         loop {
             let Ok((s, _)) = tcp.accept().await else {
                 continue;
             };
             let records = records.clone();
+            let seqs = seqs.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let seq = seqs.fetch_add(1, Ordering::Relaxed);
+                    let (resp, sent) = answer(&req, seq);
                     let r = Record {
                         method: req.method().to_string(),
                         target: req.uri().to_string(),
@@ -180,13 +342,11 @@ async fn upstream(records: Records) -> SocketAddr {
                             .iter()
                             .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
                             .collect(),
+                        seq,
+                        sent,
                     };
                     records.lock().unwrap().push(r);
-                    async move {
-                        Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(
-                            b"up",
-                        ))))
-                    }
+                    async move { Ok::<_, Infallible>(resp) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(s), svc)
@@ -258,9 +418,19 @@ struct Head {
     status: u16,
     headers: Vec<(String, String)>,
     len: usize,
+    /// The body (de-chunked) once whole, when delimited by Content-Length
+    /// or chunked.
+    body: Option<Vec<u8>>,
 }
 
 impl Head {
+    fn all(&self, name: &str) -> impl Iterator<Item = &str> {
+        self.headers
+            .iter()
+            .filter(move |(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     fn get(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -299,6 +469,7 @@ fn parse_head(b: &[u8]) -> Option<Head> {
         status: code.parse().unwrap_or(0),
         headers,
         len: end + 4,
+        body: None,
     })
 }
 
@@ -307,7 +478,7 @@ fn parse_head(b: &[u8]) -> Option<Head> {
 fn whole_response(b: &[u8], head_req: bool) -> Option<Head> {
     let mut at = 0;
     loop {
-        let h = parse_head(&b[at..])?;
+        let mut h = parse_head(&b[at..])?;
         if (100..200).contains(&h.status) && h.status != 101 {
             at += h.len;
             continue;
@@ -317,17 +488,51 @@ fn whole_response(b: &[u8], head_req: bool) -> Option<Head> {
             true
         } else if let Some(cl) = h.get("content-length") {
             let n: usize = cl.parse().expect("bad Content-Length in a response");
+            if body.len() >= n {
+                h.body = Some(body[..n].to_vec());
+            }
             body.len() >= n
         } else if h
             .get("transfer-encoding")
             .is_some_and(|t| t.eq_ignore_ascii_case("chunked"))
         {
-            body.ends_with(b"0\r\n\r\n")
+            h.body = dechunk(body);
+            h.body.is_some()
         } else {
             // Read to the end of the connection.
             false
         };
         return done.then_some(h);
+    }
+}
+
+/// A chunked body: `Some(decoded)` once its last chunk and trailers are in;
+/// a panic when it is not chunked coding.
+fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let eol = memchr::memmem::find(b, b"\r\n")?;
+        let line = String::from_utf8_lossy(&b[..eol]);
+        let size = line.split(';').next().unwrap_or("").trim();
+        let n = usize::from_str_radix(size, 16)
+            .unwrap_or_else(|_| panic!("bad chunk size line {line:?}"));
+        b = &b[eol + 2..];
+        if n == 0 {
+            // Trailers, then a blank line.
+            loop {
+                let eol = memchr::memmem::find(b, b"\r\n")?;
+                if eol == 0 {
+                    return Some(out);
+                }
+                b = &b[eol + 2..];
+            }
+        }
+        if b.len() < n + 2 {
+            return None;
+        }
+        out.extend_from_slice(&b[..n]);
+        assert_eq!(&b[n..n + 2], b"\r\n", "chunk data not followed by CRLF");
+        b = &b[n + 2..];
     }
 }
 
@@ -429,6 +634,252 @@ fn count(r: &Record, name: &str) -> usize {
     r.headers.iter().filter(|(k, _)| k == name).count()
 }
 
+/// `%XX` decoded and `+` as a space, as apps read query names and values.
+fn qdecode(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        match s[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < s.len() => match (hexval(s[i + 1]), hexval(s[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h * 16 + l);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    out
+}
+
+/// The query's (name, value) pairs, decoded; split on `&` only.
+fn query_pairs(target: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let Some((_, q)) = target.split_once('?') else {
+        return Vec::new();
+    };
+    q.as_bytes()
+        .split(|&c| c == b'&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.iter().position(|&c| c == b'=') {
+            Some(i) => (qdecode(&p[..i]), qdecode(&p[i + 1..])),
+            None => (qdecode(p), Vec::new()),
+        })
+        .collect()
+}
+
+fn values<'a>(pairs: &'a [(Vec<u8>, Vec<u8>)], name: &'a str) -> impl Iterator<Item = &'a [u8]> {
+    pairs
+        .iter()
+        .filter(move |(k, _)| k == name.as_bytes())
+        .map(|(_, v)| v.as_slice())
+}
+
+/// `/items/[0-9]+(/[a-z]+)?`, whole.
+fn item_path(p: &str) -> bool {
+    let Some(rest) = p.strip_prefix("/items/") else {
+        return false;
+    };
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    let tail = &rest[digits..];
+    digits > 0
+        && (tail.is_empty()
+            || tail
+                .strip_prefix('/')
+                .is_some_and(|t| !t.is_empty() && t.bytes().all(|c| c.is_ascii_lowercase())))
+}
+
+/// `v[2-9]\.[0-9]{1,3}`, whole.
+fn client_version(v: &[u8]) -> bool {
+    v.len() >= 4
+        && v.len() <= 6
+        && v[0] == b'v'
+        && (b'2'..=b'9').contains(&v[1])
+        && v[2] == b'.'
+        && v[3..].iter().all(u8::is_ascii_digit)
+}
+
+/// `[a-z]{2}(-[A-Z]{2})?`, whole.
+fn lang(v: &[u8]) -> bool {
+    let low = |c: &u8| c.is_ascii_lowercase();
+    let up = |c: &u8| c.is_ascii_uppercase();
+    (v.len() == 2 && v.iter().all(low))
+        || (v.len() == 5 && v[..2].iter().all(low) && v[2] == b'-' && v[3..].iter().all(up))
+}
+
+/// An Origin the `cors-app` route allows, read strictly (so never one it
+/// refuses): `https://app.example.com`, or `https://<labels>.example.org`.
+fn app_origin_allowed(o: &[u8]) -> bool {
+    let o = o.to_ascii_lowercase();
+    if o == b"https://app.example.com" {
+        return true;
+    }
+    o.strip_prefix(b"https://")
+        .and_then(|h| h.strip_suffix(b".example.org"))
+        .is_some_and(|sub| {
+            !sub.is_empty()
+                && sub
+                    .iter()
+                    .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'.')
+        })
+}
+
+/// The one Origin of a request, and whether the route's policy allows it
+/// (read strictly: `None` when sift might read it otherwise).
+fn origin_allowed(r: &Record, route: &[u8]) -> Option<(Vec<u8>, bool)> {
+    if count(r, "origin") != 1 {
+        return None;
+    }
+    let o = joined(r, "origin")?;
+    let visible = !o.is_empty() && o.iter().all(|&c| (0x21..0x7f).contains(&c));
+    match route {
+        b"cors-any" => visible.then(|| (o.clone(), true)),
+        b"cors-app" => visible.then(|| {
+            let ok = app_origin_allowed(&o);
+            (o.clone(), ok)
+        }),
+        _ => None,
+    }
+}
+
+/// Checks of the first answer against the request the upstream got for
+/// it (`x-up-seq`): compression and CORS.
+fn check_answer(h: &Head, records: &[Record], head_req: bool, ctx: &dyn Fn() -> String) {
+    let acao: Vec<&str> = h.all("access-control-allow-origin").collect();
+    assert!(acao.len() <= 1, "several ACAO lines: {}", ctx());
+    let cred = h
+        .all("access-control-allow-credentials")
+        .any(|v| v.eq_ignore_ascii_case("true"));
+    assert!(
+        !(cred && acao.first() == Some(&"*")),
+        "Access-Control-Allow-Origin * with credentials: {}",
+        ctx()
+    );
+    let gz = h
+        .all("content-encoding")
+        .any(|v| v.to_ascii_lowercase().contains("gzip"));
+    let Some(seq) = h.get("x-up-seq") else {
+        assert!(!gz, "sift's own answer gzip-encoded: {}", ctx());
+        return;
+    };
+    let seq: u64 = seq.parse().expect("x-up-seq");
+    let Some(r) = records.iter().find(|r| r.seq == seq) else {
+        return;
+    };
+    let route = joined(r, "x-route").unwrap_or_default();
+    let ae: Vec<String> = r
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "accept-encoding")
+        .map(|(_, v)| String::from_utf8_lossy(v).to_ascii_lowercase())
+        .collect();
+    let vary = h
+        .all("vary")
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .collect::<Vec<_>>();
+    let compressing = route == b"gz" || route == b"cors-any";
+    if gz {
+        assert!(
+            compressing,
+            "gzip on a route without compression: {}",
+            ctx()
+        );
+        assert!(
+            !head_req && r.method != "HEAD",
+            "gzip answer to HEAD: {}",
+            ctx()
+        );
+        assert!(
+            ae.iter().any(|v| v.contains("gzip") || v.contains('*')),
+            "gzip for a client that did not ask for it: {}",
+            ctx()
+        );
+        assert!(
+            h.get("content-length").is_none(),
+            "gzip answer with a Content-Length: {}",
+            ctx()
+        );
+        assert!(
+            vary.iter().any(|t| t == "accept-encoding"),
+            "gzip answer without Vary: accept-encoding: {}",
+            ctx()
+        );
+        if let Some(tag) = h.get("etag") {
+            assert!(tag.starts_with("W/"), "strong ETag on gzip: {}", ctx());
+        }
+        if let Some(b) = &h.body {
+            let mut out = Vec::new();
+            let mut d = flate2::read::GzDecoder::new(&b[..]);
+            if let Err(e) = std::io::Read::read_to_end(&mut d, &mut out) {
+                panic!("gzip answer does not decode ({e}): {}", ctx());
+            }
+            assert!(
+                d.into_inner().is_empty(),
+                "bytes after the gzip member: {}",
+                ctx()
+            );
+            assert!(
+                out == r.sent,
+                "gzip answer decodes to {} bytes, not the {} the upstream sent: {}",
+                out.len(),
+                r.sent.len(),
+                ctx()
+            );
+        }
+    } else {
+        if let (Some(b), false) = (&h.body, head_req) {
+            assert!(
+                *b == r.sent,
+                "answer body is not what the upstream sent: {}",
+                ctx()
+            );
+        }
+        // A plain GET whose one Accept-Encoding is "gzip", of an HTML
+        // answer on a compressing route: compressed.
+        assert!(
+            !(compressing
+                && r.method == "GET"
+                && !head_req
+                && ae == ["gzip"]
+                && count(r, "x-up-type") == 0),
+            "not compressed: {}",
+            ctx()
+        );
+    }
+    // An allowed origin's answer carries the policy.
+    if let Some((o, true)) = origin_allowed(r, &route) {
+        let want = if route == b"cors-any" {
+            "*".to_owned()
+        } else {
+            String::from_utf8_lossy(&o).into_owned()
+        };
+        assert_eq!(
+            acao.first().copied(),
+            Some(want.as_str()),
+            "ACAO for an allowed origin: {}",
+            ctx()
+        );
+        if route == b"cors-app" {
+            assert!(cred, "no ACAC on a credentials route: {}", ctx());
+            assert!(
+                vary.iter().any(|t| t == "origin"),
+                "echoed origin without Vary: origin: {}",
+                ctx()
+            );
+            assert_eq!(
+                h.get("access-control-expose-headers"),
+                Some("x-request-id"),
+                "ACEH: {}",
+                ctx()
+            );
+        }
+    }
+}
+
 fn check_upstream(r: &Record, mode: &str) {
     let ctx = || format!("{r:?} (listener {mode})");
     let path = r.target.split('?').next().unwrap_or_default();
@@ -481,6 +932,16 @@ fn check_upstream(r: &Record, mode: &str) {
         "an /admin path reached the upstream: {}",
         ctx()
     );
+    // The deny-debug route: no `debug=1` under /search, whichever
+    // occurrence, however escaped.
+    let pairs = query_pairs(&r.target);
+    if app == "/search" || app.starts_with("/search/") {
+        assert!(
+            !values(&pairs, "debug").any(|v| v == b"1"),
+            "debug=1 reached the upstream under /search: {}",
+            ctx()
+        );
+    }
     for (k, v) in &r.headers {
         assert!(!k.contains('_'), "underscore header upstream: {}", ctx());
         assert!(
@@ -580,7 +1041,38 @@ fn check_upstream(r: &Record, mode: &str) {
                 );
             }
         }
-        b"limited" | b"default" => {}
+        b"re-item" => assert!(item_path(path), "route re-item for path: {}", ctx()),
+        b"hdr-re" => assert!(
+            joined(r, "x-client").is_some_and(|v| client_version(&v)),
+            "route hdr-re for x-client: {}",
+            ctx()
+        ),
+        b"q-search" => assert!(
+            path.starts_with("/search")
+                && values(&pairs, "q").any(|v| v.starts_with(b"sift"))
+                && values(&pairs, "lang").any(lang),
+            "route q-search for query: {}",
+            ctx()
+        ),
+        b"q-flag" => assert!(
+            path.starts_with("/search")
+                && values(&pairs, "page").next().is_some()
+                && values(&pairs, "nocache").next().is_none()
+                && values(&pairs, "mode").any(|v| v == b"full text"),
+            "route q-flag for query: {}",
+            ctx()
+        ),
+        b"cors-app" | b"cors-any" => {
+            // A preflight from an allowed origin is sift's to answer.
+            if r.method == "OPTIONS" && count(r, "access-control-request-method") > 0 {
+                assert!(
+                    !origin_allowed(r, &route).is_some_and(|(_, ok)| ok),
+                    "an allowed preflight reached the upstream: {}",
+                    ctx()
+                );
+            }
+        }
+        b"gz" | b"limited" | b"default" => {}
         _ => panic!("unknown route: {}", ctx()),
     }
 }
@@ -632,6 +1124,16 @@ fuzz_target!(|data: &[u8]| {
     let records = std::mem::take(&mut *env.records.lock().unwrap());
     for r in &records {
         check_upstream(r, mode);
+    }
+    if let Some(h) = &head {
+        let ctx = || {
+            format!(
+                "request {:?} (listener {mode}) answered {:?}",
+                String::from_utf8_lossy(&req),
+                String::from_utf8_lossy(&bytes[..bytes.len().min(600)])
+            )
+        };
+        check_answer(h, &records, head_req, &ctx);
     }
     for t in &env.serving {
         assert!(!t.is_finished(), "an accept loop ended");

@@ -1,0 +1,225 @@
+#!/usr/bin/env bash
+# gzip speed: sift vs nginx as proxies in front of the same nginx backend
+# serving one ~16 KB JSON answer (generated here, deterministic), all on
+# 127.0.0.1, in one invocation. Runs interleave ROUNDS times (noise on a
+# 2-core machine is larger than most effects), each with its proxy started
+# afresh:
+#
+#   sift          sift, no compression
+#   sift gzip 6   sift, routes[].compression {level: 6, content_types: [application/json]}
+#   nginx         nginx proxy, gzip off
+#   nginx gzip 6  nginx proxy, gzip on; gzip_comp_level 6; gzip_types application/json;
+#                 gzip_proxied any;
+#
+# Every client (wrk) sends Accept-Encoding: gzip, also to the proxies that do
+# not compress (the backend never compresses). Per run: req/s, p50/p99, the
+# proxy's CPU time (user + system, all threads / processes) per request from
+# /proc, and the bytes per answer (wrk's read bytes / requests). Before the
+# rounds, each proxy's answer is fetched with curl and checked: gzip where
+# expected, decoding (python's gzip) to the backend's file byte for byte.
+#
+#   bench/compression.sh [SIFT_BIN]   env: DURATION (10s) CONNS (50) ROUNDS (3) WARMUP (2s)
+#
+# sift and the proxy nginx on core 0, wrk and the backend nginx on core 1.
+# Everything stops by itself; servers are killed at exit.
+set -euo pipefail
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+cd "$(git -C "$(dirname "$0")" rev-parse --show-toplevel)"
+SIFT=${1:-target/release/sift}
+DURATION=${DURATION:-10s}
+CONNS=${CONNS:-50}
+ROUNDS=${ROUNDS:-3}
+WARMUP=${WARMUP:-2s}
+[ -x "$SIFT" ] || { echo "no sift binary at $SIFT (cargo build --release)" >&2; exit 1; }
+. bench/common.sh
+need_tools nginx wrk curl
+
+scratch
+BE=$(port); P=$(port); A=$(port)
+mkdir -p "$d/www" "$d/nx"
+chmod 755 "$d/www" "$d/nx"
+
+# The answer: ~16 KB of JSON shaped like an API's list page (users with
+# nested objects, numbers, booleans, ISO dates, free text), seeded.
+python3 - "$d/www/data.json" <<'PY'
+import json, random, sys
+rnd = random.Random(20261206)
+first = ["Ada", "Grace", "Linus", "Ken", "Barbara", "Edsger", "Donald", "Frances", "Tim", "Radia",
+         "Margaret", "John", "Sophie", "Niklaus", "Leslie", "Anita"]
+last = ["Lovelace", "Hopper", "Torvalds", "Thompson", "Liskov", "Dijkstra", "Knuth", "Allen",
+        "Berners-Lee", "Perlman", "Hamilton", "Backus", "Wilson", "Wirth", "Lamport", "Borg"]
+cities = ["Lisbon", "Oslo", "Kyoto", "Austin", "Nairobi", "Lyon", "Porto Alegre", "Tallinn"]
+tags = ["admin", "beta", "billing", "eu", "us", "mobile", "trial", "vip", "support", "api"]
+words = ("the quick brown fox jumps over a lazy dog while the proxy streams compressed "
+         "answers to clients that asked for them and keeps the rest as it is").split()
+items = []
+doc = {}
+i = 0
+while True:
+    f, l = rnd.choice(first), rnd.choice(last)
+    items.append({
+        "id": 100000 + i * 7 + rnd.randrange(7),
+        "name": f"{f} {l}",
+        "email": f"{f.lower()}.{l.lower()}{rnd.randrange(100)}@example.com",
+        "active": rnd.random() < 0.8,
+        "score": round(rnd.uniform(0, 100), 2),
+        "created_at": f"2026-{rnd.randrange(1, 13):02d}-{rnd.randrange(1, 29):02d}T{rnd.randrange(24):02d}:{rnd.randrange(60):02d}:{rnd.randrange(60):02d}Z",
+        "tags": rnd.sample(tags, rnd.randrange(1, 4)),
+        "address": {"city": rnd.choice(cities), "zip": f"{rnd.randrange(10000, 99999)}"},
+        "bio": " ".join(rnd.choice(words) for _ in range(rnd.randrange(6, 16))),
+    })
+    i += 1
+    doc = {"page": 1, "per_page": len(items), "total": 1234, "items": items}
+    if len(json.dumps(doc, indent=1)) >= 16384:
+        items.pop()
+        doc["per_page"] = len(items)
+        break
+open(sys.argv[1], "w").write(json.dumps(doc, indent=1) + "\n")
+PY
+chmod 644 "$d/www/data.json"
+SIZE=$(stat -c %s "$d/www/data.json")
+
+cat > "$d/backend.conf" <<NGX
+worker_processes 1; daemon off; pid $d/be.pid; error_log $d/be.err;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000; gzip off;
+  types { application/json json; }
+  client_body_temp_path $d/cb; proxy_temp_path $d/pt; fastcgi_temp_path $d/ft; uwsgi_temp_path $d/ut; scgi_temp_path $d/st;
+  server { listen 127.0.0.1:$BE; root $d/www; } }
+NGX
+taskset -c 1 nginx -c "$d/backend.conf" -p "$d" & pids+=($!)
+
+nginx_conf() { # $1 file, $2 extra http-level directives
+  cat > "$1" <<NGX
+worker_processes 1; daemon off; pid $d/nx/nx.pid; error_log $d/nx/nx.err;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000; $2
+  client_body_temp_path $d/nx/cb; proxy_temp_path $d/nx/pt; fastcgi_temp_path $d/nx/ft; uwsgi_temp_path $d/nx/ut; scgi_temp_path $d/nx/st;
+  upstream be { server 127.0.0.1:$BE; keepalive 64; }
+  server { listen 127.0.0.1:$P; location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+NGX
+}
+nginx_conf "$d/nginx.conf" "gzip off;"
+nginx_conf "$d/nginx-gzip.conf" "gzip on; gzip_comp_level 6; gzip_types application/json; gzip_proxied any;"
+
+sift_conf() { # $1 file, $2 route extras
+  cat > "$1" <<YAML
+workers: 1
+log: { format: json, level: warn, access_log: false }
+admin: { address: "127.0.0.1:$A" }
+listeners:
+  - { name: bench, address: "127.0.0.1:$P" }
+routes:
+  - name: all
+    cluster: backend
+$2
+clusters:
+  - { name: backend, endpoints: ["127.0.0.1:$BE"] }
+YAML
+}
+sift_conf "$d/sift.yaml" ""
+sift_conf "$d/sift-gzip.yaml" "    compression: { level: 6, content_types: [application/json] }"
+
+URL="http://127.0.0.1:$P/data.json"
+SP=""
+start() { # $1 kind (sift | nginx), $2 config
+  if [ "$1" = sift ]; then
+    taskset -c 0 "$SIFT" run --config "$2" > "$d/sift.log" 2>&1 & SP=$!
+  else
+    taskset -c 0 nginx -c "$2" -p "$d/nx" > "$d/nx/out.log" 2>&1 & SP=$!
+  fi
+  pids+=("$SP")
+  for _ in $(seq 100); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$URL" 2>/dev/null)" = 200 ] && return 0
+    sleep 0.1
+  done
+  echo "$1 did not answer 200 on $URL" >&2; cat "$d/sift.log" "$d/nx/nx.err" 2>/dev/null >&2; exit 1
+}
+stop() {
+  local kids; kids=$(pgrep -P "$SP" || true)
+  kill "$SP" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 "$SP" 2>/dev/null || break; sleep 0.1; done
+  # shellcheck disable=SC2086
+  kill -9 "$SP" $kids 2>/dev/null || true
+  wait "$SP" 2>/dev/null || true
+}
+ticks() { # utime + stime of the proxy and its children (nginx's worker)
+  local t=0 p
+  for p in "$SP" $(pgrep -P "$SP" || true); do
+    t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+  done
+  echo "$t"
+}
+
+# Each proxy's answer, checked once: encoding, size, decodes to the file.
+check() { # $1 label, $2 kind, $3 config, $4 want gzip (1/0)
+  start "$2" "$3"
+  curl -s -H 'Accept-Encoding: gzip' -D "$d/h" -o "$d/body" "$URL"
+  curl -s --compressed -o "$d/plain" "$URL"
+  stop
+  python3 - "$1" "$4" "$d/h" "$d/body" "$d/plain" "$d/www/data.json" <<'PY'
+import gzip, sys
+label, want, h, body, plain, orig = sys.argv[1:]
+orig = open(orig, "rb").read()
+heads = open(h, "rb").read().decode("latin-1").lower()
+body = open(body, "rb").read()
+enc = "content-encoding: gzip" in heads
+if enc != (want == "1"):
+    sys.exit(f"{label}: Content-Encoding gzip is {enc}, expected {want == '1'}")
+data = gzip.decompress(body) if enc else body
+if data != orig:
+    sys.exit(f"{label}: the answer does not decode to the backend's {len(orig)} bytes")
+if open(plain, "rb").read() != orig:
+    sys.exit(f"{label}: curl --compressed did not get the backend's bytes")
+print(f"| {label} | {'gzip' if enc else 'identity'} | {len(body)} | {len(orig) / len(body):.2f} | yes |")
+PY
+}
+
+echo "gzip compression: $(date -u) | commit $(git rev-parse --short HEAD) | nproc $(nproc) | load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "$(nginx -v 2>&1) | $(wrk -v 2>&1 | head -1) | sift: $("$SIFT" --version 2>/dev/null | head -1)"
+echo "answer: $SIZE bytes of JSON (application/json, backend nginx, gzip off); wrk -t1 -c$CONNS -d$DURATION --latency -H 'Accept-Encoding: gzip' after a ${WARMUP} warmup; proxy on core 0, wrk + backend on core 1"
+echo
+echo "| proxy | Content-Encoding | answer bytes | ratio | decodes to the original |"
+echo "|---|---|---:|---:|---|"
+check "sift" sift "$d/sift.yaml" 0
+check "sift gzip 6" sift "$d/sift-gzip.yaml" 1
+check "nginx" nginx "$d/nginx.conf" 0
+check "nginx gzip 6" nginx "$d/nginx-gzip.conf" 1
+
+run() { # $1 label, $2 kind, $3 config
+  start "$2" "$3"
+  taskset -c 1 wrk -t1 -c"$CONNS" -d"$WARMUP" -H 'Accept-Encoding: gzip' "$URL" > /dev/null
+  local c0 c1 out; c0=$(ticks)
+  out=$(timeout -k 5 120 taskset -c 1 wrk -t1 -c"$CONNS" -d"$DURATION" --latency -H 'Accept-Encoding: gzip' "$URL")
+  c1=$(ticks)
+  stop
+  local rps p50 p99 reqs bytes bad cpu per
+  rps=$(echo "$out" | awk '/Requests\/sec/{print $2}')
+  p50=$(echo "$out" | awk '$1=="50%"{print $2}')
+  p99=$(echo "$out" | awk '$1=="99%"{print $2}')
+  read -r reqs bytes < <(echo "$out" | awk '/requests in/{v=$5; u=v; gsub(/[0-9.]/, "", u); sub(/[A-Za-z]+$/, "", v); m=(u=="KB"?1024:u=="MB"?1048576:u=="GB"?1073741824:1); printf "%s %.0f\n", $1, v*m}')
+  bad=$(echo "$out" | awk '/Non-2xx/{n+=$NF} /Socket errors/{gsub(/,/, ""); n+=$4+$6+$8+$10} END{print n+0}')
+  cpu=$(python3 -c "print(round(($c1 - $c0) / $(getconf CLK_TCK) * 1e6 / $reqs, 1))")
+  per=$(python3 -c "print(round($bytes / $reqs))")
+  echo "| $1 | $rps | $p50 | $p99 | $bad | $cpu | $per |"
+  LAST_RPS=$rps; LAST_CPU=$cpu
+}
+
+echo
+echo "| run | req/s | p50 | p99 | errors | proxy CPU µs/req | bytes read per answer (wrk, with head) |"
+echo "|---|---:|---:|---:|---:|---:|---:|"
+declare -A rps cpu
+for r in $(seq "$ROUNDS"); do
+  for v in "sift:sift:$d/sift.yaml" "sift gzip 6:sift:$d/sift-gzip.yaml" \
+           "nginx:nginx:$d/nginx.conf" "nginx gzip 6:nginx:$d/nginx-gzip.conf"; do
+    IFS=: read -r label kind conf <<< "$v"
+    run "round $r: $label" "$kind" "$conf"
+    rps[$label]="${rps[$label]:-} $LAST_RPS"; cpu[$label]="${cpu[$label]:-} $LAST_CPU"
+  done
+done
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
+echo
+for label in "sift" "sift gzip 6" "nginx" "nginx gzip 6"; do
+  # shellcheck disable=SC2086
+  echo "$label: median req/s $(median ${rps[$label]}), median proxy CPU $(median ${cpu[$label]}) µs/req"
+done
