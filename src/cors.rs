@@ -91,6 +91,15 @@ impl OriginMatch {
                 let Some((host, p)) = host_port(rest) else {
                     return false;
                 };
+                // An origin is scheme://host[:port]: a path, userinfo or
+                // other bytes (`https://evil.test/.example.org`,
+                // `https://x@a.example.org`) make it no subdomain.
+                if !host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+                {
+                    return false;
+                }
                 s == scheme
                     && p == *port
                     && host.len() > suffix.len()
@@ -303,6 +312,9 @@ mod tests {
         );
         assert!(!allowed("https://a.example.org:444"));
         assert!(!allowed("https://aexample.org"));
+        assert!(!allowed("https://evil.test/.example.org"));
+        assert!(!allowed("https://x@a.example.org"));
+        assert!(!allowed("https://a b.example.org"));
         assert!(allowed("http://localhost:3000"));
         assert!(!allowed("http://localhost:3001"));
         assert!(!allowed("null"));
