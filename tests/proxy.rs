@@ -1859,14 +1859,7 @@ clusters:
             "routes[0].match.path.regex",
         ),
     ] {
-        let text = format!(
-            "listeners: [{{ name: main, address: \"127.0.0.1:0\" }}]\nroutes:\n  - name: r\n    {bad}\n    cluster: a\nclusters:\n  - {{ name: a, endpoints: [\"127.0.0.1:1\"] }}\n"
-        );
-        let errs = sift::config::load_str(&text).expect_err(bad).0;
-        assert!(
-            errs.iter().any(|e| e.path == path),
-            "{bad}: want {path}, got {errs:?}"
-        );
+        refused_at(&one_route_config("", bad), path);
     }
 }
 
@@ -2054,14 +2047,7 @@ clusters:
             "routes[0].cors.expose_headers[0]",
         ),
     ] {
-        let text = format!(
-            "listeners: [{{ name: main, address: \"127.0.0.1:0\" }}]\nroutes:\n  - name: r\n    cluster: a\n    cors: {bad}\nclusters:\n  - {{ name: a, endpoints: [\"127.0.0.1:1\"] }}\n"
-        );
-        let errs = sift::config::load_str(&text).expect_err(bad).0;
-        assert!(
-            errs.iter().any(|e| e.path == path),
-            "{bad}: want {path}, got {errs:?}"
-        );
+        refused_at(&one_route_config("", &format!("cors: {bad}")), path);
     }
 }
 
@@ -2232,20 +2218,11 @@ clusters:
             "routes[0].compression.content_types[0]",
         ),
     ] {
-        let text = format!(
-            "listeners: [{{ name: main, address: \"127.0.0.1:0\" }}]\nroutes:\n  - name: r\n    cluster: a\n    compression: {bad}\nclusters:\n  - {{ name: a, endpoints: [\"127.0.0.1:1\"] }}\n"
-        );
-        let errs = sift::config::load_str(&text).expect_err(bad).0;
-        assert!(
-            errs.iter().any(|e| e.path == path),
-            "{bad}: want {path}, got {errs:?}"
-        );
+        refused_at(&one_route_config("", &format!("compression: {bad}")), path);
     }
-    let local = "listeners: [{ name: main, address: \"127.0.0.1:0\" }]\nroutes:\n  - name: r\n    direct_response: { status: 200 }\n    compression: {}\n";
-    let errs = sift::config::load_str(local).unwrap_err().0;
-    assert!(
-        errs.iter().any(|e| e.path == "routes[0].compression"),
-        "{errs:?}"
+    refused_at(
+        "listeners: [{ name: main, address: \"127.0.0.1:0\" }]\nroutes:\n  - name: r\n    direct_response: { status: 200 }\n    compression: {}\n",
+        "routes[0].compression",
     );
 }
 
@@ -2455,14 +2432,7 @@ clusters:
             "tracing.batch_size",
         ),
     ] {
-        let text = format!(
-            "tracing: {bad}\nlisteners: [{{ name: main, address: \"127.0.0.1:0\" }}]\nroutes:\n  - {{ name: r, cluster: a }}\nclusters:\n  - {{ name: a, endpoints: [\"127.0.0.1:1\"] }}\n"
-        );
-        let errs = sift::config::load_str(&text).expect_err(bad).0;
-        assert!(
-            errs.iter().any(|e| e.path == path),
-            "{bad}: want {path}, got {errs:?}"
-        );
+        refused_at(&one_route_config(&format!("tracing: {bad}\n"), ""), path);
     }
 }
 
@@ -2659,13 +2629,12 @@ clusters:
         assert_eq!(sift.metric(&sample).await, Some(n), "{sample}");
     }
 
-    let text = format!(
-        "listeners: [{{ name: main, address: \"127.0.0.1:0\" }}]\njwt_providers: [ {{ name: corp, issuer: x, jwks: '{jwks}' }} ]\nroutes:\n  - name: r\n    cluster: a\n    jwt: {{ provider: nope }}\nclusters:\n  - {{ name: a, endpoints: [\"127.0.0.1:1\"] }}\n"
-    );
-    let errs = sift::config::load_str(&text).unwrap_err().0;
-    assert!(
-        errs.iter().any(|e| e.path == "routes[0].jwt.provider"),
-        "{errs:?}"
+    refused_at(
+        &one_route_config(
+            &format!("jwt_providers: [ {{ name: corp, issuer: x, jwks: '{jwks}' }} ]\n"),
+            "jwt: { provider: nope }",
+        ),
+        "routes[0].jwt.provider",
     );
     for (provider, path) in [
         ("{ name: p, issuer: x }", "jwt_providers[0]"),
@@ -2682,13 +2651,26 @@ clusters:
             "jwt_providers[0].claims_to_headers[0].header",
         ),
     ] {
-        let text = format!(
-            "listeners: [{{ name: main, address: \"127.0.0.1:0\" }}]\njwt_providers: [ {provider} ]\nroutes: []\n"
-        );
-        let errs = sift::config::load_str(&text).expect_err(provider).0;
-        assert!(
-            errs.iter().any(|e| e.path == path),
-            "{provider}: want {path}, got {errs:?}"
+        refused_at(
+            &one_route_config(&format!("jwt_providers: [ {provider} ]\n"), ""),
+            path,
         );
     }
+}
+
+/// A config of one listener and one route `r` to cluster `a`, with `top`
+/// (whole lines) before it and `route` (one line of the route's keys).
+fn one_route_config(top: &str, route: &str) -> String {
+    format!(
+        "{top}listeners: [{{ name: main, address: \"127.0.0.1:0\" }}]\nroutes:\n  - name: r\n    cluster: a\n    {route}\nclusters:\n  - {{ name: a, endpoints: [\"127.0.0.1:1\"] }}\n"
+    )
+}
+
+/// `text` is refused with an error at `path`.
+fn refused_at(text: &str, path: &str) {
+    let errs = sift::config::load_str(text).expect_err(text).0;
+    assert!(
+        errs.iter().any(|e| e.path == path),
+        "want {path}, got {errs:?} for\n{text}"
+    );
 }
