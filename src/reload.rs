@@ -104,7 +104,8 @@ impl Reloader {
     fn try_reload(&self) -> Result<Outcome, ConfigErrors> {
         let text = self.source.read()?;
         let current = self.shared.snapshot.load();
-        if *current.source == *text {
+        // Same text, and every JWKS file still holds the keys in force.
+        if *current.source == *text && !jwks_changed(&current.config) {
             return Ok(Outcome::Unchanged);
         }
         let config = config::load_str(&text)?;
@@ -133,6 +134,13 @@ impl Reloader {
             return;
         };
         let mut last = fingerprint(path);
+        let jwks = |s: &crate::snapshot::Snapshot| {
+            jwks_files(&s.config)
+                .iter()
+                .map(|p| fingerprint(std::path::Path::new(p)))
+                .collect::<Vec<_>>()
+        };
+        let mut last_jwks = jwks(&self.shared.snapshot.load());
         // The file may have changed between the first load and this task's
         // start: then its text differs from what the snapshot was built from.
         let differs =
@@ -151,11 +159,21 @@ impl Reloader {
                 continue;
             }
             let now = fingerprint(path);
-            if now != last {
-                last = now;
+            let now_jwks = jwks(&self.shared.snapshot.load());
+            let trigger = if now != last {
+                Some("file")
+            } else if now_jwks != last_jwks {
+                // A rotated key set: rebuilt with the same config text.
+                Some("jwks")
+            } else {
+                None
+            };
+            last = now;
+            if let Some(trigger) = trigger {
                 let this = self.clone();
                 // Reading and building run off the async workers.
-                let _ = tokio::task::spawn_blocking(move || this.reload("file")).await;
+                let _ = tokio::task::spawn_blocking(move || this.reload(trigger)).await;
+                last_jwks = jwks(&self.shared.snapshot.load());
             }
         }
     }
@@ -230,6 +248,33 @@ fn restart_only_changes(old: &Config, new: &Config) -> Result<(), ConfigErrors> 
 }
 
 type Fingerprint = Option<(PathBuf, u64, u64, Option<SystemTime>)>;
+
+/// The JWKS files the routes of `c` read their keys from.
+fn jwks_files(c: &Config) -> Vec<String> {
+    let mut out: Vec<String> = c
+        .routes
+        .iter()
+        .filter_map(|r| r.jwt.as_ref())
+        .filter(|j| j.provider.jwks_source != "inline")
+        .map(|j| j.provider.jwks_source.clone())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Some JWKS file no longer holds the keys in force: other keys, or none
+/// readable (then the rebuild fails with the file's error, and the running
+/// keys keep serving).
+fn jwks_changed(c: &Config) -> bool {
+    c.routes.iter().filter_map(|r| r.jwt.as_ref()).any(|j| {
+        j.provider.jwks_source != "inline"
+            && std::fs::read_to_string(&j.provider.jwks_source)
+                .ok()
+                .and_then(|t| crate::jwt::parse_jwks(&t).ok())
+                .is_none_or(|keys| keys != j.provider.keys)
+    })
+}
 
 fn fingerprint(path: &std::path::Path) -> Fingerprint {
     use std::os::unix::fs::MetadataExt;

@@ -2674,3 +2674,86 @@ fn refused_at(text: &str, path: &str) {
         "want {path}, got {errs:?} for\n{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotated_jwks_file_is_picked_up_and_a_broken_one_refused() {
+    use ring::rand::SystemRandom;
+    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+    use sift::jwt::b64url_encode as b64;
+    let rng = SystemRandom::new();
+    let key = || {
+        let pk8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pk8.as_ref(), &rng).unwrap()
+    };
+    let (old, new) = (key(), key());
+    let jwk = |k: &EcdsaKeyPair, kid: &str| {
+        let pt = k.public_key().as_ref();
+        format!(
+            r#"{{"kty":"EC","crv":"P-256","kid":"{kid}","x":"{}","y":"{}"}}"#,
+            b64(&pt[1..33]),
+            b64(&pt[33..65])
+        )
+    };
+    let token = |k: &EcdsaKeyPair, kid: &str| {
+        let msg = format!(
+            "{}.{}",
+            b64(format!(r#"{{"alg":"ES256","kid":"{kid}"}}"#).as_bytes()),
+            b64(br#"{"iss":"https://auth.example.com","sub":"u"}"#)
+        );
+        let sig = k.sign(&SystemRandom::new(), msg.as_bytes()).unwrap();
+        format!("Bearer {msg}.{}", b64(sig.as_ref()))
+    };
+    let dir = TempDir::new();
+    let jwks_path = dir.path("jwks.json");
+    std::fs::write(&jwks_path, format!(r#"{{"keys":[{}]}}"#, jwk(&old, "old"))).unwrap();
+    let app = Upstream::echo("app").await;
+    let cfg = format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+reload: {{ interval: 100ms }}
+listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+jwt_providers:
+  - {{ name: corp, issuer: https://auth.example.com, jwks_file: {} }}
+routes:
+  - {{ name: api, cluster: app, jwt: {{ provider: corp }} }}
+clusters:
+  - {{ name: app, endpoints: ["{}"] }}
+"#,
+        jwks_path.display(),
+        app.addr
+    );
+    let sift = Sift::start(&cfg);
+    let status = |auth: String| {
+        let r = Request::get(sift.url("/")).header("authorization", auth);
+        async move { send(r.body(body::empty()).unwrap()).await.status().as_u16() }
+    };
+    assert_eq!(status(token(&old, "old")).await, 200);
+    assert_eq!(status(token(&new, "new")).await, 401);
+    // Rotation: the new key is published beside the old one; the config
+    // file is not touched.
+    std::fs::write(
+        &jwks_path,
+        format!(r#"{{"keys":[{},{}]}}"#, jwk(&old, "old"), jwk(&new, "new")),
+    )
+    .unwrap();
+    let rotated = eventually(Duration::from_secs(5), || async {
+        status(token(&new, "new")).await == 200
+    })
+    .await;
+    assert!(rotated, "the new key is in force without a config change");
+    assert_eq!(status(token(&old, "old")).await, 200);
+    // A broken file: refused like a bad config, the keys in force stay.
+    std::fs::write(&jwks_path, "{ not json").unwrap();
+    let rejected = eventually(Duration::from_secs(5), || async {
+        sift.metric(r#"sift_config_reloads_total{result="failure"}"#)
+            .await
+            .unwrap_or(0.0)
+            >= 1.0
+    })
+    .await;
+    assert!(rejected, "the broken JWKS is reported");
+    assert_eq!(status(token(&new, "new")).await, 200);
+    let (code, body) = post_text(&sift.admin_url("/reload")).await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("jwks_file"), "{body}");
+}
