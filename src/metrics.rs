@@ -302,7 +302,7 @@ impl Metrics {
         let health_checks = IntCounterVec::new(
             Opts::new(
                 "sift_health_checks_total",
-                "Active health probes by cluster and outcome (success, unexpected_status, timeout, connect_failure, protocol_error).",
+                "Active health probes by cluster and outcome (success, unexpected_status, timeout, connect_failure, protocol_error, not_serving).",
             ),
             &["cluster", "outcome"],
         )

@@ -1041,3 +1041,101 @@ async fn health_check_panic_tcp_timeout_and_reload() {
     .await;
     assert!(back);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_health_checks_read_the_serving_status() {
+    use http_body_util::BodyExt;
+    // A gRPC server (h2c) answering grpc.health.v1.Health/Check with the
+    // status held in the cell (1 SERVING, 2 NOT_SERVING), and the service
+    // name each probe asked about.
+    let status = Arc::new(std::sync::atomic::AtomicU8::new(1));
+    let asked = Arc::new(std::sync::Mutex::new(Vec::<Vec<u8>>::new()));
+    let (s, a) = (status.clone(), asked.clone());
+    let server = Upstream::start(move |req: Request<hyper::body::Incoming>| {
+        let (s, a) = (s.clone(), a.clone());
+        async move {
+            if req.uri().path() != "/grpc.health.v1.Health/Check" {
+                return text_response(200, "app");
+            }
+            assert_eq!(req.headers()["content-type"], "application/grpc");
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            // 5-byte frame head, then field 1 (service), if any.
+            a.lock()
+                .unwrap()
+                .push(body.get(7..).unwrap_or_default().to_vec());
+            let msg = [0u8, 0, 0, 0, 2, 0x08, s.load(Ordering::SeqCst)];
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", "0".parse().unwrap());
+            let b = http_body_util::Full::new(Bytes::copy_from_slice(&msg))
+                .map_err(|never| match never {})
+                .with_trailers(async move { Some(Ok(trailers)) });
+            let mut r = http::Response::new(body::boxed(b));
+            r.headers_mut()
+                .insert("content-type", "application/grpc".parse().unwrap());
+            r
+        }
+    })
+    .await;
+    let sift = Sift::start(&config(
+        &format!(
+            r#"  - name: svc
+    endpoints: ["{}"]
+    protocol: http2
+    health_check: {{ kind: grpc, service: pkg.Orders, interval: 100ms, unhealthy_threshold: 2, healthy_threshold: 1, panic_threshold: 0 }}"#,
+            server.addr
+        ),
+        "  - { name: api, cluster: svc }",
+    ));
+    let serving = |n: f64| {
+        let sift = &sift;
+        async move {
+            eventually(Duration::from_secs(5), || async {
+                sift.metric(r#"sift_endpoints_healthy{cluster="svc"}"#)
+                    .await
+                    == Some(n)
+            })
+            .await
+        }
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            sift.metric(r#"sift_health_checks_total{cluster="svc",outcome="success"}"#)
+                .await
+                .unwrap_or(0.0)
+                >= 1.0
+        })
+        .await
+    );
+    assert_eq!(asked.lock().unwrap()[0], b"pkg.Orders");
+    assert_eq!(get(&sift, "/", &[]).await.status(), 200);
+    status.store(2, Ordering::SeqCst);
+    assert!(serving(0.0).await, "NOT_SERVING takes it out");
+    let r = get(&sift, "/", &[]).await;
+    assert_eq!(r.status(), 503);
+    assert!(
+        sift.metric(r#"sift_health_checks_total{cluster="svc",outcome="not_serving"}"#)
+            .await
+            .unwrap_or(0.0)
+            >= 2.0
+    );
+    let (_, clusters) = get_text(&sift.admin_url("/clusters")).await;
+    assert!(clusters.contains("gRPC: status NOT_SERVING"), "{clusters}");
+    status.store(1, Ordering::SeqCst);
+    assert!(serving(1.0).await, "SERVING brings it back");
+    assert_eq!(get(&sift, "/", &[]).await.status(), 200);
+
+    // grpc needs an http2 cluster; http options do not belong to it.
+    for (hc, path) in [
+        ("{ kind: grpc }", "clusters[0].health_check.kind"),
+        (
+            "{ kind: http, service: x }",
+            "clusters[0].health_check.service",
+        ),
+    ] {
+        let text = format!(
+            "listeners: [{{ name: l, address: \"127.0.0.1:0\" }}]\nroutes: []\nclusters:\n  - {{ name: c, endpoints: [\"127.0.0.1:1\"], health_check: {hc} }}\n"
+        );
+        let errs = sift::config::load_str(&text).expect_err(hc).0;
+        assert!(errs.iter().any(|e| e.path == path), "{hc}: {errs:?}");
+    }
+}

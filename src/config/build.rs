@@ -1661,10 +1661,18 @@ fn build_clusters(cs: &[ClusterFile], e: &mut Errs) -> Vec<ClusterSpec> {
                 .outlier_detection
                 .as_ref()
                 .map(|o| build_outlier(o, &format!("{p}.outlier_detection"), e)),
-            health_check: c
-                .health_check
-                .as_ref()
-                .map(|h| build_health(h, &format!("{p}.health_check"), e)),
+            health_check: c.health_check.as_ref().map(|h| {
+                let spec = build_health(h, &format!("{p}.health_check"), e);
+                if spec.kind == crate::upstream::health::HealthKind::Grpc
+                    && c.protocol.unwrap_or_default() != UpstreamProtocol::Http2
+                {
+                    e.push(
+                        format!("{p}.health_check.kind"),
+                        "grpc probes need the cluster's protocol: http2",
+                    );
+                }
+                spec
+            }),
             retry_budget: build_budget(c.retry_budget.as_ref(), &format!("{p}.retry_budget"), e),
             tls: c.tls.as_ref().map(|t| {
                 if t.cert.is_some() != t.key.is_some() {
@@ -2155,7 +2163,24 @@ fn build_health(h: &HealthCheckFile, p: &str, e: &mut Errs) -> HealthSpec {
     let kind = match h.kind.unwrap_or_default() {
         HealthKindFile::Http => HealthKind::Http,
         HealthKindFile::Tcp => HealthKind::Tcp,
+        HealthKindFile::Grpc => HealthKind::Grpc,
     };
+    if kind != HealthKind::Grpc && h.service.is_some() {
+        e.push(format!("{p}.service"), "is for kind: grpc");
+    }
+    if kind == HealthKind::Grpc {
+        for (key, set) in [
+            ("path", h.path.is_some()),
+            ("expected_statuses", h.expected_statuses.is_some()),
+        ] {
+            if set {
+                e.push(
+                    format!("{p}.{key}"),
+                    "is for kind: http (a grpc probe calls grpc.health.v1.Health/Check)",
+                );
+            }
+        }
+    }
     if kind == HealthKind::Tcp {
         for (key, set) in [
             ("path", h.path.is_some()),
@@ -2232,6 +2257,7 @@ fn build_health(h: &HealthCheckFile, p: &str, e: &mut Errs) -> HealthSpec {
         kind,
         path,
         host: h.host.clone(),
+        service: h.service.clone().unwrap_or_default(),
         interval: positive(h.interval, Dur::secs(5), &format!("{p}.interval"), e).0,
         timeout: positive(h.timeout, Dur::secs(1), &format!("{p}.timeout"), e).0,
         unhealthy_threshold: threshold(h.unhealthy_threshold, 3, "unhealthy_threshold", e),

@@ -1229,6 +1229,9 @@ pub struct HealthCheckFile {
     /// Host header of the HTTP probe (default: the endpoint's host:port).
     #[serde(default)]
     pub host: Option<String>,
+    /// kind grpc: the service to ask about (default "": the server).
+    #[serde(default)]
+    pub service: Option<String>,
     /// Time between two probes of an endpoint (default 5s).
     #[serde(default)]
     pub interval: Option<Dur>,
@@ -1257,6 +1260,7 @@ pub enum HealthKindFile {
     #[default]
     Http,
     Tcp,
+    Grpc,
 }
 
 /// A status code or an inclusive range such as "200-299".

@@ -40,6 +40,8 @@ use crate::config::file::UpstreamProtocol;
 pub enum HealthKind {
     Http,
     Tcp,
+    /// grpc.health.v1.Health/Check (clusters with protocol http2).
+    Grpc,
 }
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -49,6 +51,8 @@ pub struct HealthSpec {
     pub path: String,
     /// Host header (HTTP/2 :authority) of the probe; `None`: the endpoint.
     pub host: Option<String>,
+    /// The service named in a gRPC probe ("" = the server as a whole).
+    pub service: String,
     #[serde(serialize_with = "ser_dur")]
     pub interval: Duration,
     #[serde(serialize_with = "ser_dur")]
@@ -76,6 +80,8 @@ pub enum Failure {
     Status(u16),
     /// The connection failed during the exchange.
     Protocol(String),
+    /// A gRPC probe's answer: not SERVING, or a gRPC error.
+    Grpc(String),
 }
 
 impl Failure {
@@ -86,6 +92,7 @@ impl Failure {
             Failure::Timeout => "timeout",
             Failure::Status(_) => "unexpected_status",
             Failure::Protocol(_) => "protocol_error",
+            Failure::Grpc(_) => "not_serving",
         }
     }
 }
@@ -97,6 +104,7 @@ impl std::fmt::Display for Failure {
             Failure::Timeout => f.write_str("no answer within the timeout"),
             Failure::Status(s) => write!(f, "status {s}"),
             Failure::Protocol(e) => write!(f, "{e}"),
+            Failure::Grpc(e) => write!(f, "gRPC: {e}"),
         }
     }
 }
@@ -299,6 +307,15 @@ async fn probe(cluster: &Cluster, i: usize) -> Result<(), Failure> {
     let exchange = async {
         match h.spec.kind {
             HealthKind::Tcp => cluster.pool.probe_connect(endpoint).await.map_err(failure),
+            HealthKind::Grpc => {
+                let req = grpc_request(&h.spec, cluster, i)?;
+                let resp = cluster
+                    .pool
+                    .probe_exchange(endpoint, req)
+                    .await
+                    .map_err(failure)?;
+                grpc_verdict(resp).await
+            }
             HealthKind::Http => {
                 let req = probe_request(&h.spec, cluster, i)?;
                 let status = cluster
@@ -318,6 +335,124 @@ async fn probe(cluster: &Cluster, i: usize) -> Result<(), Failure> {
         Ok(r) => r,
         Err(_) => Err(Failure::Timeout),
     }
+}
+
+/// `grpc.health.v1.Health/Check` with `HealthCheckRequest{service}`.
+fn grpc_request(
+    spec: &HealthSpec,
+    cluster: &Cluster,
+    i: usize,
+) -> Result<Request<crate::body::Body>, Failure> {
+    let authority = cluster.endpoints[i].endpoint.authority.as_str();
+    let host = spec.host.as_deref().unwrap_or(authority);
+    let scheme = if cluster.spec.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    // The message: field 1 (service), length-delimited, when not empty;
+    // framed as gRPC (uncompressed flag, 4-byte big-endian length).
+    let mut msg = Vec::new();
+    if !spec.service.is_empty() {
+        msg.push(0x0a);
+        let mut n = spec.service.len();
+        while n >= 0x80 {
+            msg.push((n as u8 & 0x7f) | 0x80);
+            n >>= 7;
+        }
+        msg.push(n as u8);
+        msg.extend_from_slice(spec.service.as_bytes());
+    }
+    let mut frame = Vec::with_capacity(5 + msg.len());
+    frame.push(0);
+    frame.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&msg);
+    Request::post(format!("{scheme}://{host}/grpc.health.v1.Health/Check"))
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .header(http::header::TE, "trailers")
+        .header(http::header::USER_AGENT, "sift-health-check")
+        .body(crate::body::full(bytes::Bytes::from(frame)))
+        .map_err(|e| Failure::Protocol(format!("probe request: {e}")))
+}
+
+/// SERVING (status 1) with grpc-status 0 passes; anything else fails.
+async fn grpc_verdict(resp: http::Response<hyper::body::Incoming>) -> Result<(), Failure> {
+    use http_body_util::BodyExt;
+    if resp.status() != StatusCode::OK {
+        return Err(Failure::Status(resp.status().as_u16()));
+    }
+    // A trailers-only answer carries grpc-status in its head.
+    let head_status = resp.headers().get("grpc-status").cloned();
+    let collected = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| Failure::Protocol(e.to_string()))?;
+    let trailers = collected.trailers().cloned();
+    let status = trailers
+        .as_ref()
+        .and_then(|t| t.get("grpc-status").cloned())
+        .or(head_status);
+    match status.as_ref().map(|v| v.as_bytes()) {
+        Some(b"0") => {}
+        Some(s) => {
+            return Err(Failure::Grpc(format!(
+                "grpc-status {}",
+                String::from_utf8_lossy(s)
+            )));
+        }
+        None => return Err(Failure::Grpc("no grpc-status".into())),
+    }
+    let body = collected.to_bytes();
+    match grpc_serving_status(&body) {
+        Some(1) => Ok(()),
+        Some(0) => Err(Failure::Grpc("status UNKNOWN".into())),
+        Some(2) => Err(Failure::Grpc("status NOT_SERVING".into())),
+        Some(3) => Err(Failure::Grpc("status SERVICE_UNKNOWN".into())),
+        Some(n) => Err(Failure::Grpc(format!("status {n}"))),
+        None => Err(Failure::Grpc("unreadable HealthCheckResponse".into())),
+    }
+}
+
+/// `HealthCheckResponse.status` (field 1, varint) from one gRPC frame;
+/// an empty message is status 0 (proto3 default).
+fn grpc_serving_status(body: &[u8]) -> Option<u64> {
+    let (&flag, rest) = body.split_first()?;
+    if flag != 0 || rest.len() < 4 {
+        return None;
+    }
+    let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+    let mut msg = rest.get(4..4 + len)?;
+    let varint = |m: &mut &[u8]| -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&b, r) = m.split_first()?;
+            *m = r;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    };
+    let mut status = 0;
+    while !msg.is_empty() {
+        let key = varint(&mut msg)?;
+        match (key >> 3, key & 7) {
+            (1, 0) => status = varint(&mut msg)?,
+            (_, 0) => {
+                varint(&mut msg)?;
+            }
+            (_, 2) => {
+                let n = varint(&mut msg)? as usize;
+                msg = msg.get(n..)?;
+            }
+            (_, 5) => msg = msg.get(4..)?,
+            (_, 1) => msg = msg.get(8..)?,
+            _ => return None,
+        }
+    }
+    Some(status)
 }
 
 fn failure(e: SendError) -> Failure {
@@ -370,6 +505,7 @@ mod tests {
             kind: HealthKind::Http,
             path: "/healthz".into(),
             host: None,
+            service: String::new(),
             interval: Duration::from_secs(1),
             timeout: Duration::from_secs(1),
             unhealthy_threshold: unhealthy,
@@ -439,6 +575,28 @@ mod tests {
         all.record(0, &fail());
         assert!(all.panic(), "100: any unhealthy endpoint");
         assert!(!Health::new(spec(1, 1, 50), 0).panic(), "no endpoints");
+    }
+
+    #[test]
+    fn grpc_health_answers_are_read() {
+        let frame = |msg: &[u8]| {
+            let mut f = vec![0];
+            f.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+            f.extend_from_slice(msg);
+            f
+        };
+        assert_eq!(grpc_serving_status(&frame(&[0x08, 0x01])), Some(1));
+        assert_eq!(grpc_serving_status(&frame(&[0x08, 0x02])), Some(2));
+        assert_eq!(grpc_serving_status(&frame(&[])), Some(0));
+        // Unknown fields are skipped.
+        assert_eq!(
+            grpc_serving_status(&frame(&[0x12, 0x02, b'h', b'i', 0x08, 0x01])),
+            Some(1)
+        );
+        assert_eq!(grpc_serving_status(&[]), None);
+        assert_eq!(grpc_serving_status(&[1, 0, 0, 0, 0]), None, "compressed");
+        assert_eq!(grpc_serving_status(&frame(&[0x08])), None, "cut short");
+        assert_eq!(grpc_serving_status(&[0, 0, 0, 0, 9, 0x08]), None);
     }
 
     #[test]

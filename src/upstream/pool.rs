@@ -269,14 +269,24 @@ impl Pool {
         endpoint: &Endpoint,
         req: Request<Body>,
     ) -> Result<http::StatusCode, SendError> {
+        Ok(self.probe_exchange(endpoint, req).await?.status())
+    }
+
+    /// A health probe on a fresh connection: the whole answer (its body
+    /// is the caller's to read, or to drop).
+    pub async fn probe_exchange(
+        &self,
+        endpoint: &Endpoint,
+        req: Request<Body>,
+    ) -> Result<http::Response<Incoming>, SendError> {
         match self.cfg.protocol {
             UpstreamProtocol::Http1 => {
                 let mut send = self.connect_h1(endpoint).await?;
-                Ok(send.send_request(req).await?.status())
+                Ok(send.send_request(req).await?)
             }
             UpstreamProtocol::Http2 => {
                 let mut send = self.connect_h2(endpoint).await?;
-                Ok(send.send_request(req).await?.status())
+                Ok(send.send_request(req).await?)
             }
         }
     }
