@@ -32,6 +32,7 @@ pub mod cors;
 pub mod demo;
 pub mod drain;
 pub mod error;
+pub mod extauth;
 pub mod field;
 pub mod filter;
 pub mod jwt;

@@ -65,6 +65,7 @@ pub async fn serve(tcp: TcpListener, name: Arc<str>, shared: Arc<Shared>, drain:
         let protocols = Protocols::for_listener(spec);
         let tls = snap.listener_tls.get(index).cloned().flatten();
         let handshake_timeout = spec.limits.header_read_timeout.0;
+        let envoy = spec.serve == crate::config::file::Serve::Envoy;
         drop(snap);
         accepted.inc();
         active.inc();
@@ -85,6 +86,7 @@ pub async fn serve(tcp: TcpListener, name: Arc<str>, shared: Arc<Shared>, drain:
                 tls: false,
                 identity: None,
                 xfcc: None,
+                envoy,
                 slot: Some(Box::new(slot)),
             };
             let Some(tls) = tls else {

@@ -34,6 +34,7 @@ pub struct Metrics {
     pub cors: IntCounterVec,
     pub trace_spans: IntCounterVec,
     pub jwt: IntCounterVec,
+    pub envoy_checks: IntCounterVec,
     pub compression: IntCounterVec,
     pub compression_bytes: IntCounterVec,
     pub retries: IntCounterVec,
@@ -339,6 +340,14 @@ impl Metrics {
             &["route", "result"],
         )
         .expect("valid metric");
+        let envoy_checks = IntCounterVec::new(
+            Opts::new(
+                "sift_envoy_checks_total",
+                "Calls from Envoy on serve: envoy listeners, by listener, api (ext_authz_grpc, ext_authz_http, ext_proc) and decision (allowed, denied, error).",
+            ),
+            &["listener", "api", "decision"],
+        )
+        .expect("valid metric");
         let trace_spans = IntCounterVec::new(
             Opts::new(
                 "sift_trace_spans_total",
@@ -476,6 +485,7 @@ impl Metrics {
             Box::new(cors.clone()),
             Box::new(trace_spans.clone()),
             Box::new(jwt.clone()),
+            Box::new(envoy_checks.clone()),
             Box::new(compression.clone()),
             Box::new(compression_bytes.clone()),
             Box::new(retries.clone()),
@@ -533,6 +543,7 @@ impl Metrics {
             cors,
             trace_spans,
             jwt,
+            envoy_checks,
             compression,
             compression_bytes,
             retries,

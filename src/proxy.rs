@@ -47,6 +47,8 @@ pub struct ConnInfo {
     pub identity: Option<crate::tls::Identity>,
     /// XFCC value for the upstream, computed once per connection.
     pub xfcc: Option<HeaderValue>,
+    /// The listener serves Envoy's ext_authz / ext_proc calls.
+    pub envoy: bool,
     /// Released when the connection and any tunnel made from it are gone.
     pub slot: Option<Box<dyn Send + Sync>>,
 }
@@ -293,6 +295,9 @@ pub async fn handle(
     req: Request<Incoming>,
     conn_guard: Option<crate::listener::InflightGuard>,
 ) -> Response<Body> {
+    if conn.envoy {
+        return Box::pin(crate::extauth::handle(shared, conn, req)).await;
+    }
     let start = Instant::now();
     let version = req.version();
     let req = req.map(|b| Lingering::new(b, version));
@@ -364,23 +369,9 @@ pub async fn handle(
     {
         Ok(resp) => resp,
         Err(e) => {
-            let kind = e.kind();
-            shared
-                .metrics
-                .errors
-                .with_label_values(&[kind.as_str()])
-                .inc();
-            tracing::debug!(error = %e, "request failed");
-            let mut resp = e.to_response_for(grpc);
-            // The route's response headers (an edge route's HSTS, CSP, ...)
-            // go on sift's answers for it too, as Envoy's local replies
-            // get them; x-sift-error stays what sift says.
-            if let Some(r) = out.route_index.and_then(|i| snap.routes.get(i)) {
-                let h = resp.headers_mut();
-                r.spec.response_headers.apply(h);
-                h.insert("x-sift-error", HeaderValue::from_static(kind.as_str()));
-            }
-            out.error = Some((kind, e.to_string()));
+            let route = out.route_index.and_then(|i| snap.routes.get(i));
+            let mut resp = error_answer(&e, grpc, route, &shared.metrics);
+            out.error = Some((e.kind(), e.to_string()));
             if let Some(id) = request_id {
                 resp.headers_mut().insert(X_REQUEST_ID.clone(), id);
             }
@@ -542,7 +533,7 @@ async fn proxy(
         None => host,
         Some(j) => {
             drop(host);
-            jwt_admission(j, route, &mut req, out)?;
+            jwt_admission(j, route, req.headers_mut(), &out.metrics)?;
             request_host(&req)?
         }
     };
@@ -1239,21 +1230,42 @@ async fn proxy(
     Ok(Response::from_parts(parts, b))
 }
 
+/// sift's answer for an error (counted): the one error map, then the
+/// route's response headers (an edge route's HSTS, CSP, ...), as Envoy's
+/// local replies get them; x-sift-error stays what sift says.
+pub(crate) fn error_answer(
+    e: &ProxyError,
+    grpc: bool,
+    route: Option<&crate::snapshot::Route>,
+    metrics: &Metrics,
+) -> Response<Body> {
+    let kind = e.kind();
+    metrics.errors.with_label_values(&[kind.as_str()]).inc();
+    tracing::debug!(error = %e, "request failed");
+    let mut resp = e.to_response_for(grpc);
+    if let Some(r) = route {
+        let h = resp.headers_mut();
+        r.spec.response_headers.apply(h);
+        h.insert("x-sift-error", HeaderValue::from_static(kind.as_str()));
+    }
+    resp
+}
+
 /// A route's JWT requirement: counted, and a refused token is an error.
-fn jwt_admission(
+pub(crate) fn jwt_admission(
     j: &crate::jwt::RouteJwtSpec,
     route: &crate::snapshot::Route,
-    req: &mut Request<Lingering>,
-    out: &Outcome,
+    headers: &mut HeaderMap,
+    metrics: &Metrics,
 ) -> Result<(), ProxyError> {
-    let result = jwt_check(j, req.headers_mut());
+    let result = jwt_check(j, headers);
     let label = match &result {
         Ok(true) => "ok",
         Ok(false) => "allowed_missing",
         Err(crate::jwt::JwtError::Missing) => "missing",
         Err(_) => "invalid",
     };
-    out.metrics
+    metrics
         .jwt
         .with_label_values(&[route.spec.name.as_str(), label])
         .inc();
@@ -1299,8 +1311,8 @@ fn jwt_check(
 }
 
 /// What the filters know of a request.
-fn filter_request_info(
-    req: &Request<Lingering>,
+pub(crate) fn filter_request_info<B>(
+    req: &Request<B>,
     route: &crate::snapshot::Route,
     conn: &ConnInfo,
 ) -> Result<crate::filter::RequestInfo, ProxyError> {
@@ -1493,12 +1505,12 @@ enum Plan {
 /// policy that fired. Returns the headers for an allowed response (the most
 /// restrictive policy that asks for them). The allowed path allocates
 /// nothing: descriptor parts are hashed in place.
-fn rate_limit(
+pub(crate) fn rate_limit<B>(
     snap: &Snapshot,
     listener: &ListenerSpec,
     conn: &ConnInfo,
     route: &crate::snapshot::Route,
-    req: &Request<Lingering>,
+    req: &Request<B>,
     now: u64,
 ) -> Result<Option<[(HeaderName, HeaderValue); 2]>, ProxyError> {
     let listener_limits = snap
@@ -1570,11 +1582,11 @@ fn needs_client_ip(a: &[Arc<crate::snapshot::Limit>], b: &[Arc<crate::snapshot::
 
 /// The bucket key of a request for a policy, hashed from its descriptor
 /// parts; `None` when a part is missing (the policy then does not apply).
-fn descriptor_key(
+fn descriptor_key<B>(
     limit: &crate::snapshot::Limit,
     conn: &ConnInfo,
     route: &crate::snapshot::Route,
-    req: &Request<Lingering>,
+    req: &Request<B>,
     client_ip: &[u8],
 ) -> Option<u64> {
     let parts = &limit.limiter.spec.key;
@@ -1759,7 +1771,7 @@ impl Seen {
 }
 
 /// Only sift sets `x-sift-*` headers: drop any a client sent.
-fn strip_sift_headers(h: &mut HeaderMap) {
+pub(crate) fn strip_sift_headers(h: &mut HeaderMap) {
     if h.keys().any(|k| k.as_str().starts_with("x-sift-")) {
         remove_sift_headers(h);
     }
@@ -1817,9 +1829,9 @@ fn check_head_size(req: &Request<Lingering>, l: &ListenerSpec) -> Result<(), Pro
 /// Lower-cased host without port, from the URI authority (HTTP/2,
 /// absolute-form) or the Host header. HTTP/1.1 without Host is malformed.
 /// The answer of a `redirect` or `direct_response` route.
-fn local_answer(
+pub(crate) fn local_answer<B>(
     spec: &crate::config::model::RouteSpec,
-    req: &Request<Lingering>,
+    req: &Request<B>,
     host: &str,
     tls: bool,
 ) -> Result<Response<Body>, ProxyError> {
@@ -1888,7 +1900,7 @@ fn local_answer(
 
 /// The port the request named (URI authority, else Host), if any. Called
 /// after `request_host` has checked its form.
-fn request_port(req: &Request<Lingering>) -> Option<u16> {
+fn request_port<B>(req: &Request<B>) -> Option<u16> {
     let raw = match req.uri().authority() {
         Some(a) => a.as_str(),
         None => req.headers().get(header::HOST)?.to_str().ok()?,
@@ -1900,7 +1912,7 @@ fn request_port(req: &Request<Lingering>) -> Option<u16> {
     after_name.rsplit_once(':')?.1.parse().ok()
 }
 
-fn request_host(req: &Request<Lingering>) -> Result<std::borrow::Cow<'_, str>, ProxyError> {
+pub(crate) fn request_host<B>(req: &Request<B>) -> Result<std::borrow::Cow<'_, str>, ProxyError> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let header_host = hosts.next();
     if hosts.next().is_some() {
@@ -2091,7 +2103,7 @@ fn normalize_path(path: &str, slashes: EscapedSlashes) -> Result<Option<String>,
 /// `%5C`): an app that decodes the path before resolving dot segments
 /// (Python's http.server; nginx too) reads `/x/..%2Fadmin` as `/admin`.
 /// A segment's `;` parameters do not hide its dots (`..;x`, Tomcat).
-fn has_dot_segments(path: &str) -> bool {
+pub(crate) fn has_dot_segments(path: &str) -> bool {
     let b = path.as_bytes();
     // Most paths have neither '.' nor '%': one vectorised scan says so.
     if memchr::memchr2(b'.', b'%', b).is_none() {

@@ -186,7 +186,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Result<(), ConfigErrors> 
     let ident = |c: &Config| {
         c.listeners
             .iter()
-            .map(|l| (l.name.clone(), l.address, l.protocol))
+            .map(|l| (l.name.clone(), l.address, l.protocol, l.serve))
             .collect::<Vec<_>>()
     };
     if ident(old) != ident(new) {
@@ -194,7 +194,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Result<(), ConfigErrors> 
             path: "listeners".into(),
             line: None,
             message:
-                "listener names, addresses, protocols or their order changed: these need a restart"
+                "listener names, addresses, protocols, `serve` or their order changed: these need a restart"
                     .into(),
         });
     }

@@ -378,6 +378,21 @@ pub struct Identity {
     pub hash: String,
 }
 
+/// A SPIFFE ID's trust domain and Kubernetes namespace (`spiffe://td/ns/N/...`).
+fn spiffe_parts(id: &str) -> (Option<String>, Option<String>) {
+    match id.strip_prefix("spiffe://") {
+        Some(rest) => {
+            let (td, path) = rest.split_once('/').unwrap_or((rest, ""));
+            let ns = path
+                .strip_prefix("ns/")
+                .map(|p| p.split('/').next().unwrap_or("").to_owned())
+                .filter(|n| !n.is_empty());
+            (Some(td.to_owned()), ns)
+        }
+        None => (None, None),
+    }
+}
+
 impl Identity {
     pub fn from_der(der: &[u8]) -> Option<Identity> {
         let info = CertInfo::parse(der)?;
@@ -396,17 +411,7 @@ impl Identity {
             .or(info.dns.iter().find(plain))
             .or(info.cn.as_ref().filter(plain))
             .cloned()?;
-        let (trust_domain, namespace) = match id.strip_prefix("spiffe://") {
-            Some(rest) => {
-                let (td, path) = rest.split_once('/').unwrap_or((rest, ""));
-                let ns = path
-                    .strip_prefix("ns/")
-                    .map(|p| p.split('/').next().unwrap_or("").to_owned())
-                    .filter(|n| !n.is_empty());
-                (Some(td.to_owned()), ns)
-            }
-            None => (None, None),
-        };
+        let (trust_domain, namespace) = spiffe_parts(&id);
         let digest = ring::digest::digest(&ring::digest::SHA256, der);
         let hash = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
         Some(Identity {
@@ -416,6 +421,25 @@ impl Identity {
             uris: info.uris,
             dns: info.dns,
             hash,
+        })
+    }
+
+    /// The identity a trusted peer (Envoy's ext_authz and ext_proc
+    /// calls) names for its client: a SPIFFE ID or other URI SAN, else a
+    /// DNS name or CN; no certificate, so no hash. `None` for an empty name.
+    pub fn from_principal(id: &str) -> Option<Identity> {
+        if id.is_empty() {
+            return None;
+        }
+        let (trust_domain, namespace) = spiffe_parts(id);
+        let uri = id.contains("://");
+        Some(Identity {
+            id: id.to_owned(),
+            trust_domain,
+            namespace,
+            uris: if uri { vec![id.to_owned()] } else { Vec::new() },
+            dns: if uri { Vec::new() } else { vec![id.to_owned()] },
+            hash: String::new(),
         })
     }
 

@@ -16,7 +16,10 @@ fn every_example_config_is_valid() {
         }
     }
     checked.sort();
-    assert_eq!(checked, ["dev.yaml", "edge.yaml", "sidecar.yaml"]);
+    assert_eq!(
+        checked,
+        ["dev.yaml", "edge.yaml", "istio.yaml", "sidecar.yaml"]
+    );
 }
 
 #[test]

@@ -266,6 +266,45 @@ fn build_listeners(ls: &[ListenerFile], routes: &[RouteSpec], e: &mut Errs) -> V
         .map(|(i, r)| (r.name.as_str(), i))
         .collect();
     let mut out = Vec::new();
+    // A route with no action (no cluster, answer, redirect or direct
+    // response) admits requests for Envoy to forward: a proxy listener has
+    // nothing to do with them, and a route no listener serves is a typo.
+    let forwards = |r: &RouteSpec| {
+        !r.backends.is_empty()
+            || r.answer.is_some()
+            || r.redirect.is_some()
+            || r.direct_response.is_some()
+    };
+    let serves = |l: &ListenerFile, name: &str| {
+        l.routes
+            .as_ref()
+            .is_none_or(|rs| rs.iter().any(|n| n == name))
+    };
+    for (k, r) in routes.iter().enumerate() {
+        if forwards(r) {
+            continue;
+        }
+        let proxy = ls
+            .iter()
+            .find(|l| l.serve.unwrap_or_default() == Serve::Proxy && serves(l, &r.name));
+        let envoy = ls
+            .iter()
+            .any(|l| l.serve == Some(Serve::Envoy) && serves(l, &r.name));
+        match proxy {
+            Some(l) => e.push(
+                format!("routes[{k}]"),
+                format!(
+                    "needs `cluster` or `clusters` (or one of `answer`, `redirect`, `direct_response`): listener {:?} forwards its requests (only a `serve: envoy` listener's routes may have none)",
+                    l.name
+                ),
+            ),
+            None if !envoy => e.push(
+                format!("routes[{k}]"),
+                "needs `cluster` or `clusters` (or one of `answer`, `redirect`, `direct_response`)",
+            ),
+            None => {}
+        }
+    }
     for (i, l) in ls.iter().enumerate() {
         let p = format!("listeners[{i}]");
         check_name(&l.name, &format!("{p}.name"), &mut names, "listener", e);
@@ -311,6 +350,7 @@ fn build_listeners(ls: &[ListenerFile], routes: &[RouteSpec], e: &mut Errs) -> V
                 name: l.name.clone(),
                 address,
                 protocol: l.protocol.unwrap_or_default(),
+                serve: l.serve.unwrap_or_default(),
                 route_indices,
                 routes: l.routes.clone(),
                 limits,
@@ -1079,13 +1119,9 @@ fn build_routes(
                 e.push(&p, "has both `cluster` and `clusters`: give exactly one");
                 Vec::new()
             }
-            (None, None) => {
-                e.push(
-                    &p,
-                    "needs `cluster` or `clusters` (or one of `answer`, `redirect`, `direct_response`)",
-                );
-                Vec::new()
-            }
+            // Only `serve: envoy` listeners may serve it: Envoy forwards
+            // (checked with the listeners).
+            (None, None) => Vec::new(),
         };
         let timeout = r
             .timeout

@@ -435,6 +435,12 @@ pub struct ListenerFile {
     /// h1, h2 or auto (default).
     #[serde(default)]
     pub protocol: Option<DownstreamProtocol>,
+    /// What this listener serves: `proxy` (default: requests forwarded to
+    /// the routes' clusters) or `envoy` (Envoy's ext_authz over gRPC and
+    /// HTTP, and ext_proc: the same routes' policies and filters decide,
+    /// Envoy forwards). Restart-only.
+    #[serde(default)]
+    pub serve: Option<Serve>,
     /// Route names this listener serves, in order. Default: every route.
     #[serde(default)]
     pub routes: Option<Vec<String>>,
@@ -465,6 +471,19 @@ pub struct ListenerFile {
     /// front of a Java servlet app, which serves `/admin` for `/admin;x`.
     #[serde(default)]
     pub path_parameters: Option<PathParameters>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Serve {
+    /// Forward requests to the routes' clusters.
+    #[default]
+    Proxy,
+    /// Answer Envoy's external authorization (`envoy.service.auth.v3`
+    /// over gRPC, and its HTTP variant) and external processing
+    /// (`envoy.service.ext_proc.v3`) calls with the routes' admission and
+    /// filters; Envoy forwards the request.
+    Envoy,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]

@@ -162,6 +162,7 @@ pub struct ListenerSpec {
     pub name: String,
     pub address: SocketAddr,
     pub protocol: DownstreamProtocol,
+    pub serve: super::file::Serve,
     /// Indices into [`Config::routes`], in match order.
     #[serde(skip)]
     pub route_indices: Vec<usize>,

@@ -1,0 +1,700 @@
+//! The Istio mode end to end: a real sift process with a `serve: envoy`
+//! listener, called as Envoy calls it, over real gRPC (tonic clients of
+//! Envoy's own protos, from envoy-types) and plain HTTP on loopback; the
+//! shipped spam model judging real SMS texts (../shared/data, in place).
+
+mod support;
+
+use std::collections::HashMap;
+
+use envoy_types::pb::envoy::config::core::v3::{
+    Address, HeaderMap as PbHeaderMap, HeaderValue as PbHeaderValue, SocketAddress, address,
+    socket_address::PortSpecifier,
+};
+use envoy_types::pb::envoy::service::auth::v3::{
+    AttributeContext, CheckRequest, CheckResponse, attribute_context,
+    authorization_client::AuthorizationClient, check_response::HttpResponse,
+};
+use envoy_types::pb::envoy::service::ext_proc::v3::{
+    HttpBody, HttpHeaders, ProcessingRequest, ProcessingResponse,
+    external_processor_client::ExternalProcessorClient, processing_request::Request as In,
+    processing_response::Response as Out,
+};
+use support::*;
+
+/// A spam and a ham text from the SMS Spam Collection that the shipped
+/// model gets right with a margin.
+fn examples() -> (String, String) {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/data/spam/sms/SMSSpamCollection"
+    );
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let mut spam = None;
+    let mut ham = None;
+    for line in text.lines() {
+        let Some((label, t)) = line.split_once('\t') else {
+            continue;
+        };
+        if t.len() < 80 {
+            continue;
+        }
+        match label {
+            "spam" if spam.is_none() && t.contains("prize") && t.contains("claim") => {
+                spam = Some(t.to_string())
+            }
+            "ham" if ham.is_none() && t.contains("tomorrow") && !t.contains("free") => {
+                ham = Some(t.to_string())
+            }
+            _ => {}
+        }
+    }
+    (spam.expect("a spam text"), ham.expect("a ham text"))
+}
+
+const CONFIG: &str = r#"log: { format: json, access_log: true }
+admin: { address: "127.0.0.1:0" }
+listeners:
+  - name: authz
+    address: "127.0.0.1:0"
+    serve: envoy
+    forwarded: { trusted_hops: 0 }
+filters:
+  - { name: spam, kind: spam }
+routes:
+  - name: inbox
+    match: { path: { prefix: /submit } }
+    filters: [ { filter: spam, mode: block, max_inspect_bytes: 4KiB, on_oversize: reject } ]
+  - name: notes
+    match: { path: { prefix: /notes } }
+    filters: [ { filter: spam, mode: annotate } ]
+    rate_limits:
+      - { name: per-ip, requests_per_unit: 3, unit: minute, key: [client_ip], response_headers: true }
+  - name: admin
+    match: { path: { prefix: /admin } }
+    allowed_identities: [ { namespace: td.example/ops } ]
+  - name: moved
+    match: { path: { exact: /old } }
+    redirect: { path: /new, code: 308 }
+  - name: classify
+    match: { path: { exact: /classify } }
+    answer: spam
+  - name: rest
+"#;
+
+fn check(
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+    peer: Option<(&str, &str)>,
+) -> CheckRequest {
+    let mut h: HashMap<String, String> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    h.insert(":authority".into(), "app.example".into());
+    h.insert(":method".into(), method.into());
+    h.insert(":path".into(), path.into());
+    if !body.is_empty() {
+        h.insert("content-length".into(), body.len().to_string());
+    }
+    let source = peer.map(|(ip, principal)| attribute_context::Peer {
+        address: Some(Address {
+            address: Some(address::Address::SocketAddress(SocketAddress {
+                address: ip.into(),
+                port_specifier: Some(PortSpecifier::PortValue(40000)),
+                ..Default::default()
+            })),
+        }),
+        principal: principal.into(),
+        ..Default::default()
+    });
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            source,
+            request: Some(attribute_context::Request {
+                http: Some(attribute_context::HttpRequest {
+                    method: method.into(),
+                    path: path.into(),
+                    host: "app.example".into(),
+                    headers: h,
+                    size: body.len() as i64,
+                    raw_body: body.as_bytes().to_vec(),
+                    protocol: "HTTP/1.1".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+/// Allowed: (headers set, headers removed, response headers added).
+type Ok3 = (
+    HashMap<String, String>,
+    Vec<String>,
+    HashMap<String, String>,
+);
+
+fn allowed(r: &CheckResponse) -> Ok3 {
+    assert_eq!(r.status.as_ref().map(|s| s.code), Some(0), "{r:?}");
+    let Some(HttpResponse::OkResponse(ok)) = &r.http_response else {
+        panic!("not an OK response: {r:?}");
+    };
+    let hv = |v: &[envoy_types::pb::envoy::config::core::v3::HeaderValueOption]| {
+        v.iter()
+            .filter_map(|o| o.header.as_ref())
+            .map(|h| (h.key.clone(), h.value.clone()))
+            .collect::<HashMap<_, _>>()
+    };
+    (
+        hv(&ok.headers),
+        ok.headers_to_remove.clone(),
+        hv(&ok.response_headers_to_add),
+    )
+}
+
+/// Denied: (HTTP status, headers, body).
+fn denied(r: &CheckResponse) -> (u32, HashMap<String, String>, String) {
+    assert_eq!(r.status.as_ref().map(|s| s.code), Some(7), "{r:?}");
+    let Some(HttpResponse::DeniedResponse(d)) = &r.http_response else {
+        panic!("not a denial: {r:?}");
+    };
+    let headers = d
+        .headers
+        .iter()
+        .filter_map(|o| o.header.as_ref())
+        .map(|h| (h.key.clone(), h.value.clone()))
+        .collect();
+    (
+        d.status.as_ref().map_or(0, |s| s.code as u32),
+        headers,
+        d.body.clone(),
+    )
+}
+
+async fn authz_client(sift: &Sift) -> AuthorizationClient<tonic::transport::Channel> {
+    let url = format!("http://{}", sift.listeners["authz"]);
+    AuthorizationClient::connect(url).await.expect("connect")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ext_authz_grpc_runs_the_routes_admission_and_filters() {
+    let (spam, ham) = examples();
+    let sift = Sift::start(CONFIG);
+    let mut c = authz_client(&sift).await;
+    let ask = |req: CheckRequest| {
+        let mut c = c.clone();
+        async move { c.check(req).await.expect("check answered").into_inner() }
+    };
+
+    // Block mode: spam stopped with the filter's answer, ham admitted.
+    let r = ask(check(
+        "POST",
+        "/submit",
+        &[("content-type", "text/plain")],
+        &spam,
+        None,
+    ))
+    .await;
+    let (status, headers, body) = denied(&r);
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(
+        headers.get("x-sift-error").map(String::as_str),
+        Some("filter-blocked")
+    );
+    assert!(body.contains("spam"), "{body}");
+    let r = ask(check(
+        "POST",
+        "/submit",
+        &[("content-type", "text/plain")],
+        &ham,
+        None,
+    ))
+    .await;
+    let (set, _, _) = allowed(&r);
+    assert_eq!(
+        set.get("x-sift-spam-verdict").map(String::as_str),
+        Some("ham"),
+        "{set:?}"
+    );
+    let meta = format!("{:?}", r.dynamic_metadata);
+    assert!(
+        meta.contains("inbox") && meta.contains("spam=ham"),
+        "{meta}"
+    );
+
+    // A prefix of a body longer than the filter reads, sent partial by
+    // Envoy: on_oversize: reject answers 413.
+    let long = spam.repeat(80);
+    let mut req = check(
+        "POST",
+        "/submit",
+        &[("content-type", "text/plain")],
+        &long[..8192],
+        None,
+    );
+    if let Some(h) = req
+        .attributes
+        .as_mut()
+        .and_then(|a| a.request.as_mut())
+        .and_then(|r| r.http.as_mut())
+    {
+        h.headers
+            .insert("content-length".into(), long.len().to_string());
+        h.headers
+            .insert("x-envoy-auth-partial-body".into(), "true".into());
+        h.size = long.len() as i64;
+    }
+    let (status, headers, _) = denied(&ask(req).await);
+    assert_eq!(status, 413);
+    assert_eq!(
+        headers.get("x-sift-error").map(String::as_str),
+        Some("inspect-too-large")
+    );
+
+    // Annotate mode: the verdict headers for the upstream; a client's own
+    // x-sift-* and underscored names are removed, a spoofed verdict
+    // replaced; the rate limit's headers go to the client.
+    let spoof = [
+        ("content-type", "text/plain"),
+        ("x-sift-spam-verdict", "ham"),
+        ("x-sift-cluster", "vip"),
+        ("x_user", "admin"),
+    ];
+    let peer = Some(("198.51.100.7", ""));
+    let r = ask(check("POST", "/notes/1", &spoof, &spam, peer)).await;
+    let (set, removed, resp) = allowed(&r);
+    assert_eq!(
+        set.get("x-sift-spam-verdict").map(String::as_str),
+        Some("spam"),
+        "{set:?}"
+    );
+    assert!(set.contains_key("x-sift-spam-score"), "{set:?}");
+    assert!(
+        removed.contains(&"x-sift-cluster".to_string()),
+        "{removed:?}"
+    );
+    assert!(removed.contains(&"x_user".to_string()), "{removed:?}");
+    assert!(
+        !removed.contains(&"x-sift-spam-verdict".to_string()),
+        "set, not removed: {removed:?}"
+    );
+    assert_eq!(
+        resp.get("ratelimit-policy").map(String::as_str),
+        Some(r#""per-ip";q=3;w=60"#)
+    );
+    // The client IP is Envoy's source address: two more pass, the fourth
+    // gets 429 with Retry-After; another client is not limited.
+    for _ in 0..2 {
+        allowed(&ask(check("GET", "/notes/1", &[], "", peer)).await);
+    }
+    let (status, headers, _) = denied(&ask(check("GET", "/notes/1", &[], "", peer)).await);
+    assert_eq!(status, 429);
+    assert!(headers.contains_key("retry-after"), "{headers:?}");
+    allowed(
+        &ask(check(
+            "GET",
+            "/notes/1",
+            &[],
+            "",
+            Some(("198.51.100.8", "")),
+        ))
+        .await,
+    );
+
+    // Identity: the principal Envoy names for its client.
+    let (status, headers, _) = denied(&ask(check("GET", "/admin", &[], "", None)).await);
+    assert_eq!(status, 403);
+    assert_eq!(
+        headers.get("x-sift-error").map(String::as_str),
+        Some("identity-denied")
+    );
+    let web = Some(("10.0.0.1", "spiffe://td.example/ns/web/sa/app"));
+    denied(&ask(check("GET", "/admin", &[], "", web)).await);
+    let ops = Some(("10.0.0.2", "spiffe://td.example/ns/ops/sa/tool"));
+    allowed(&ask(check("GET", "/admin", &[], "", ops)).await);
+
+    // Local answers: a redirect, and an answer route's verdict as JSON.
+    let (status, headers, _) = denied(&ask(check("GET", "/old?x=1", &[], "", None)).await);
+    assert_eq!(status, 308);
+    assert_eq!(
+        headers.get("location").map(String::as_str),
+        Some("http://app.example/new?x=1")
+    );
+    let (status, _, body) = denied(
+        &ask(check(
+            "POST",
+            "/classify",
+            &[("content-type", "text/plain")],
+            &spam,
+            None,
+        ))
+        .await,
+    );
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON verdict");
+    assert_eq!(v["verdict"], "spam", "{v}");
+
+    // A route without an action admits; bad input is refused.
+    allowed(&ask(check("GET", "/anything", &[], "", None)).await);
+    let (status, _, _) = denied(&ask(check("GET", "/a/../admin", &[], "", None)).await);
+    assert_eq!(status, 400);
+    let err = c
+        .check(CheckRequest::default())
+        .await
+        .expect_err("a check without a request is an error");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+
+    // Counted.
+    let m = |d: &str| {
+        format!(
+            r#"sift_envoy_checks_total{{listener="authz",api="ext_authz_grpc",decision="{d}"}}"#
+        )
+    };
+    assert_eq!(sift.metric(&m("allowed")).await, Some(7.0));
+    assert_eq!(sift.metric(&m("denied")).await, Some(8.0));
+    assert_eq!(sift.metric(&m("error")).await, Some(1.0));
+    // One access-log line per call, with the route, decision and verdict.
+    let logged = sift.log_lines();
+    let line = logged
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| {
+            v["message"] == "envoy_check" && v["route"] == "inbox" && v["decision"] == "denied"
+        })
+        .expect("an access-log line for the blocked check");
+    assert_eq!(line["status"], 403, "{line}");
+    assert_eq!(line["error"], "filter-blocked", "{line}");
+    assert_eq!(line["api"], "ext_authz_grpc", "{line}");
+    assert_eq!(
+        sift.metric(r#"sift_filter_verdicts_total{filter="spam",route="inbox",verdict="spam"}"#)
+            .await,
+        Some(1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ext_authz_http_answers_200_with_headers_or_the_denial() {
+    let (spam, ham) = examples();
+    let sift = Sift::start(CONFIG);
+    let url = |p: &str| format!("http://{}{p}", sift.listeners["authz"]);
+    let post = |path: &str, body: &str, extra: &[(&str, &str)]| {
+        let mut b = http::Request::post(url(path))
+            .header("host", "app.example")
+            .header("content-type", "text/plain");
+        for (k, v) in extra {
+            b = b.header(*k, *v);
+        }
+        b.body(full(body.to_string())).unwrap()
+    };
+    let r = send(post("/submit", &spam, &[])).await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(r.headers()["x-sift-error"], "filter-blocked");
+    let r = send(post("/submit", &ham, &[])).await;
+    assert_eq!(r.status(), 200);
+    let r = send(post("/notes/2", &spam, &[("x-sift-cluster", "vip")])).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-sift-spam-verdict"], "spam");
+    assert_eq!(
+        r.headers()["x-envoy-auth-headers-to-remove"],
+        "x-sift-cluster"
+    );
+    assert_eq!(r.headers()["ratelimit-policy"], r#""per-ip";q=3;w=60"#);
+    // Identity from the XFCC Envoy forwards.
+    let get = |path: &str, xfcc: Option<&str>| {
+        let mut b = http::Request::get(url(path)).header("host", "app.example");
+        if let Some(x) = xfcc {
+            b = b.header("x-forwarded-client-cert", x);
+        }
+        b.body(full("")).unwrap()
+    };
+    assert_eq!(send(get("/admin", None)).await.status(), 403);
+    let ops = "By=spiffe://td.example/ns/app/sa/app;URI=spiffe://td.example/ns/ops/sa/tool";
+    assert_eq!(send(get("/admin", Some(ops))).await.status(), 200);
+    assert_eq!(
+        sift.metric(
+            r#"sift_envoy_checks_total{listener="authz",api="ext_authz_http",decision="allowed"}"#
+        )
+        .await,
+        Some(3.0)
+    );
+}
+
+fn headers_msg(method: &str, path: &str, extra: &[(&str, &str)], eos: bool) -> ProcessingRequest {
+    let mut hs = vec![
+        (":method", method),
+        (":path", path),
+        (":authority", "app.example"),
+    ];
+    hs.extend_from_slice(extra);
+    ProcessingRequest {
+        request: Some(In::RequestHeaders(HttpHeaders {
+            headers: Some(PbHeaderMap {
+                headers: hs
+                    .iter()
+                    .map(|(k, v)| PbHeaderValue {
+                        key: k.to_string(),
+                        raw_value: v.as_bytes().to_vec(),
+                        ..Default::default()
+                    })
+                    .collect(),
+            }),
+            end_of_stream: eos,
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+fn body_msg(b: &str) -> ProcessingRequest {
+    ProcessingRequest {
+        request: Some(In::RequestBody(HttpBody {
+            body: b.as_bytes().to_vec(),
+            end_of_stream: true,
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+fn response_headers_msg() -> ProcessingRequest {
+    ProcessingRequest {
+        request: Some(In::ResponseHeaders(HttpHeaders {
+            headers: Some(PbHeaderMap {
+                headers: vec![PbHeaderValue {
+                    key: ":status".into(),
+                    raw_value: b"200".to_vec(),
+                    ..Default::default()
+                }],
+            }),
+            end_of_stream: true,
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+/// One ext_proc exchange: sends `msgs` one at a time, each after the
+/// answer to the one before; returns the answers.
+async fn exchange(sift: &Sift, msgs: Vec<ProcessingRequest>) -> Vec<ProcessingResponse> {
+    let url = format!("http://{}", sift.listeners["authz"]);
+    let mut c = ExternalProcessorClient::connect(url)
+        .await
+        .expect("connect");
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let mut answers = c
+        .process(tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        ))
+        .await
+        .expect("stream opened")
+        .into_inner();
+    let mut out = Vec::new();
+    for m in msgs {
+        tx.send(m).await.expect("send");
+        match answers.message().await.expect("an answer") {
+            Some(a) => {
+                let end = matches!(a.response, Some(Out::ImmediateResponse(_)));
+                out.push(a);
+                if end {
+                    break;
+                }
+            }
+            None => break,
+        }
+    }
+    out
+}
+
+fn set_headers(
+    m: &Option<envoy_types::pb::envoy::service::ext_proc::v3::HeaderMutation>,
+) -> HashMap<String, String> {
+    m.iter()
+        .flat_map(|m| m.set_headers.iter())
+        .filter_map(|o| o.header.as_ref())
+        .map(|h| (h.key.clone(), h.value.clone()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ext_proc_judges_the_buffered_body_and_decorates_the_response() {
+    let (spam, ham) = examples();
+    let sift = Sift::start(CONFIG);
+    let len = |s: &str| s.len().to_string();
+
+    // Block: the headers go on (asking for the body buffered), the spam
+    // body is answered with an immediate 403.
+    let l = len(&spam);
+    let a = exchange(
+        &sift,
+        vec![
+            headers_msg(
+                "POST",
+                "/submit",
+                &[("content-type", "text/plain"), ("content-length", &l)],
+                false,
+            ),
+            body_msg(&spam),
+        ],
+    )
+    .await;
+    assert_eq!(a.len(), 2, "{a:?}");
+    assert!(
+        matches!(a[0].response, Some(Out::RequestHeaders(_))),
+        "{a:?}"
+    );
+    assert_eq!(
+        a[0].mode_override.as_ref().map(|m| m.request_body_mode),
+        Some(2),
+        "BUFFERED"
+    );
+    let Some(Out::ImmediateResponse(im)) = &a[1].response else {
+        panic!("spam not stopped: {a:?}");
+    };
+    assert_eq!(im.status.as_ref().map(|s| s.code), Some(403));
+    assert_eq!(
+        set_headers(&im.headers)
+            .get("x-sift-error")
+            .map(String::as_str),
+        Some("filter-blocked")
+    );
+
+    // Ham goes on.
+    let l = len(&ham);
+    let a = exchange(
+        &sift,
+        vec![
+            headers_msg(
+                "POST",
+                "/submit",
+                &[("content-type", "text/plain"), ("content-length", &l)],
+                false,
+            ),
+            body_msg(&ham),
+            response_headers_msg(),
+        ],
+    )
+    .await;
+    assert_eq!(a.len(), 3, "{a:?}");
+    assert!(matches!(a[1].response, Some(Out::RequestBody(_))), "{a:?}");
+    assert!(
+        matches!(a[2].response, Some(Out::ResponseHeaders(_))),
+        "{a:?}"
+    );
+
+    // Annotate: the verdict headers ride on the body's answer; the rate
+    // limit's headers on the response's.
+    let l = len(&spam);
+    let a = exchange(
+        &sift,
+        vec![
+            headers_msg(
+                "POST",
+                "/notes/9",
+                &[
+                    ("content-type", "text/plain"),
+                    ("content-length", &l),
+                    ("x-sift-spam-verdict", "ham"),
+                ],
+                false,
+            ),
+            body_msg(&spam),
+            response_headers_msg(),
+        ],
+    )
+    .await;
+    assert_eq!(a.len(), 3, "{a:?}");
+    let Some(Out::RequestBody(b)) = &a[1].response else {
+        panic!("{a:?}");
+    };
+    let m = b.response.as_ref().and_then(|c| c.header_mutation.clone());
+    assert_eq!(
+        set_headers(&m)
+            .get("x-sift-spam-verdict")
+            .map(String::as_str),
+        Some("spam"),
+        "{m:?}"
+    );
+    let Some(Out::ResponseHeaders(h)) = &a[2].response else {
+        panic!("{a:?}");
+    };
+    let m = h.response.as_ref().and_then(|c| c.header_mutation.clone());
+    assert!(set_headers(&m).contains_key("ratelimit-policy"), "{m:?}");
+
+    // The client's identity from Envoy's request attributes.
+    let a = exchange(&sift, vec![headers_msg("GET", "/admin", &[], true)]).await;
+    let Some(Out::ImmediateResponse(im)) = &a[0].response else {
+        panic!("{a:?}");
+    };
+    assert_eq!(im.status.as_ref().map(|s| s.code), Some(403));
+    let mut m = headers_msg("GET", "/admin", &[], true);
+    let field = |v: &str| envoy_types::pb::google::protobuf::Value {
+        kind: Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(
+            v.into(),
+        )),
+    };
+    m.attributes.insert(
+        "envoy.filters.http.ext_proc".into(),
+        envoy_types::pb::google::protobuf::Struct {
+            fields: [
+                ("source.address".to_string(), field("198.51.100.30:4444")),
+                (
+                    "connection.uri_san_peer_certificate".to_string(),
+                    field("spiffe://td.example/ns/ops/sa/tool"),
+                ),
+            ]
+            .into_iter()
+            .collect(),
+        },
+    );
+    let a = exchange(&sift, vec![m]).await;
+    assert!(
+        matches!(a[0].response, Some(Out::RequestHeaders(_))),
+        "{a:?}"
+    );
+
+    // A head-only denial: the redirect answers at once.
+    let a = exchange(&sift, vec![headers_msg("GET", "/old", &[], true)]).await;
+    let Some(Out::ImmediateResponse(im)) = &a[0].response else {
+        panic!("{a:?}");
+    };
+    assert_eq!(im.status.as_ref().map(|s| s.code), Some(308));
+    assert_eq!(
+        sift.metric(
+            r#"sift_envoy_checks_total{listener="authz",api="ext_proc",decision="denied"}"#
+        )
+        .await,
+        Some(3.0)
+    );
+}
+
+#[test]
+fn routes_without_an_action_are_for_envoy_listeners_only() {
+    let proxy = r#"admin: { address: "127.0.0.1:0" }
+listeners:
+  - { name: main, address: "127.0.0.1:0" }
+routes:
+  - { name: rest }
+"#;
+    let err = Sift::try_start(proxy).err().expect("refused");
+    assert!(
+        err.contains("routes[0]") && err.contains("listener \"main\" forwards its requests"),
+        "{err}"
+    );
+    // The same route on an envoy listener only, beside a proxy listener
+    // with its own routes: accepted.
+    let mixed = r#"log: { format: json }
+admin: { address: "127.0.0.1:0" }
+listeners:
+  - { name: main, address: "127.0.0.1:0", routes: [page] }
+  - { name: authz, address: "127.0.0.1:0", serve: envoy, routes: [rest] }
+routes:
+  - { name: page, direct_response: { status: 200, body: hi } }
+  - { name: rest }
+"#;
+    let sift = Sift::start(mixed);
+    assert!(sift.listeners.contains_key("authz"));
+}
