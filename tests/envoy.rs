@@ -698,3 +698,180 @@ routes:
     let sift = Sift::start(mixed);
     assert!(sift.listeners.contains_key("authz"));
 }
+
+/// Sends every message at once, then reads `n` answers (streamed bodies:
+/// sift holds the answers to body pieces back until it has judged them).
+async fn exchange_all(
+    sift: &Sift,
+    msgs: Vec<ProcessingRequest>,
+    n: usize,
+) -> Vec<ProcessingResponse> {
+    let url = format!("http://{}", sift.listeners["authz"]);
+    let mut c = ExternalProcessorClient::connect(url)
+        .await
+        .expect("connect");
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    for m in msgs {
+        tx.send(m).await.expect("send");
+    }
+    let mut answers = c
+        .process(tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        ))
+        .await
+        .expect("stream opened")
+        .into_inner();
+    let mut out = Vec::new();
+    while out.len() < n {
+        match answers.message().await {
+            Ok(Some(a)) => out.push(a),
+            _ => break,
+        }
+    }
+    drop(tx);
+    out
+}
+
+fn chunk(b: &str, eos: bool) -> ProcessingRequest {
+    ProcessingRequest {
+        request: Some(In::RequestBody(HttpBody {
+            body: b.as_bytes().to_vec(),
+            end_of_stream: eos,
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ext_proc_holds_streamed_pieces_until_the_verdict() {
+    let (spam, ham) = examples();
+    let sift = Sift::start(CONFIG);
+    // Envoy in STREAMED mode: the body in three pieces. sift answers none
+    // of them before the last; then the first answer carries the verdict
+    // headers and the others continue.
+    let text = format!("{ham}\n{spam}");
+    let third = text.len() / 3;
+    let (a, rest) = text.split_at(third);
+    let (b, c) = rest.split_at(third);
+    let l = text.len().to_string();
+    let msgs = vec![
+        headers_msg(
+            "POST",
+            "/notes/s",
+            &[("content-type", "text/plain"), ("content-length", &l)],
+            false,
+        ),
+        chunk(a, false),
+        chunk(b, false),
+        chunk(c, true),
+    ];
+    let got = exchange_all(&sift, msgs, 4).await;
+    assert_eq!(got.len(), 4, "{got:?}");
+    let bodies: Vec<_> = got[1..]
+        .iter()
+        .map(|r| match &r.response {
+            Some(Out::RequestBody(b)) => {
+                b.response.as_ref().and_then(|c| c.header_mutation.clone())
+            }
+            other => panic!("not a body answer: {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        set_headers(&bodies[0])
+            .get("x-sift-spam-verdict")
+            .map(String::as_str),
+        Some("spam"),
+        "the verdict on the whole text: {bodies:?}"
+    );
+    assert!(bodies[1].is_none() && bodies[2].is_none(), "{bodies:?}");
+
+    // In block mode the same pieces end in an immediate 403.
+    let msgs = vec![
+        headers_msg(
+            "POST",
+            "/submit",
+            &[("content-type", "text/plain"), ("content-length", &l)],
+            false,
+        ),
+        chunk(a, false),
+        chunk(b, false),
+        chunk(c, true),
+    ];
+    let got = exchange_all(&sift, msgs, 2).await;
+    let Some(Out::ImmediateResponse(im)) = &got[1].response else {
+        panic!("{got:?}");
+    };
+    assert_eq!(im.status.as_ref().map(|s| s.code), Some(403));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_calls_get_grpc_errors_and_sift_keeps_serving() {
+    let sift = Sift::start(CONFIG);
+    let mut c = authz_client(&sift).await;
+    let with_http = |f: &dyn Fn(&mut attribute_context::HttpRequest)| {
+        let mut r = check("GET", "/x", &[], "", None);
+        if let Some(h) = r
+            .attributes
+            .as_mut()
+            .and_then(|a| a.request.as_mut())
+            .and_then(|r| r.http.as_mut())
+        {
+            f(h);
+        }
+        r
+    };
+    for (why, req) in [
+        ("bad method", with_http(&|h| h.method = "GE T".into())),
+        (
+            "bad header value",
+            with_http(&|h| {
+                h.headers.insert("x-a".into(), "a\nb".into());
+            }),
+        ),
+        (
+            "bad header name",
+            with_http(&|h| {
+                h.headers.insert("bad name".into(), "v".into());
+            }),
+        ),
+        ("bad path", with_http(&|h| h.path = "/a b".into())),
+    ] {
+        let err = c.check(req).await.expect_err(why);
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{why}: {err:?}");
+    }
+    // Bytes that are no CheckRequest at all, in a gRPC frame.
+    let garbage: &[u8] = &[0, 0, 0, 0, 6, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
+    let req = http::Request::post(format!(
+        "http://{}/envoy.service.auth.v3.Authorization/Check",
+        sift.listeners["authz"]
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(full(garbage.to_vec()))
+    .unwrap();
+    let resp = http2_client().request(req).await.expect("an answer");
+    let (parts, body) = resp.into_parts();
+    let collected = http_body_util::BodyExt::collect(body).await.expect("body");
+    let status = parts
+        .headers
+        .get("grpc-status")
+        .or_else(|| collected.trailers().and_then(|t| t.get("grpc-status")))
+        .map(|v| v.to_str().unwrap().to_owned());
+    assert!(status.as_deref().is_some_and(|s| s != "0"), "{parts:?}");
+    // ext_proc: a stream that does not start with the request headers.
+    let got = exchange_all(&sift, vec![chunk("x", true)], 1).await;
+    assert!(got.is_empty(), "{got:?}");
+    // Still serving.
+    allowed(
+        &c.check(check("GET", "/anything", &[], "", None))
+            .await
+            .expect("check")
+            .into_inner(),
+    );
+    assert_eq!(
+        sift.metric(r#"sift_envoy_checks_total{listener="authz",api="ext_proc",decision="error"}"#)
+            .await,
+        Some(1.0)
+    );
+}

@@ -1,0 +1,186 @@
+//! bench/istio.sh's two helpers for the Istio mode, in one binary:
+//!
+//!   authz_load floor LISTEN
+//!       The floor: an ext_authz gRPC server on tonic (the stack sift's
+//!       Envoy servers are built on) that admits every check without
+//!       looking at it.
+//!   authz_load load ADDR SECONDS CONCURRENCY PATH [BODY_FILE]
+//!       Envoy's side: `Authorization/Check` calls over one HTTP/2
+//!       connection, CONCURRENCY in flight, for SECONDS; each carries the
+//!       client request POST PATH with BODY_FILE as `raw_body` (Envoy's
+//!       `with_request_body` + `pack_as_bytes`). Prints one line:
+//!       `checks_per_s p50_us p99_us errors denied`.
+//!
+//! Not a product and not used by sift; built with
+//! `cargo bench --bench authz_load --no-run`.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
+    Authorization, AuthorizationServer,
+};
+use envoy_types::pb::envoy::service::auth::v3::{
+    AttributeContext, CheckRequest, CheckResponse, OkHttpResponse, attribute_context,
+    check_response::HttpResponse,
+};
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+
+struct Floor;
+
+#[tonic::async_trait]
+impl Authorization for Floor {
+    async fn check(
+        &self,
+        _: tonic::Request<CheckRequest>,
+    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        Ok(tonic::Response::new(CheckResponse {
+            status: Some(RpcStatus::default()),
+            http_response: Some(HttpResponse::OkResponse(OkHttpResponse::default())),
+            dynamic_metadata: None,
+        }))
+    }
+}
+
+fn check_request(path: &str, body: &[u8]) -> CheckRequest {
+    let mut headers = HashMap::new();
+    for (k, v) in [
+        (":authority", "app.example"),
+        (":method", "POST"),
+        (":path", path),
+        ("content-type", "text/plain"),
+        ("user-agent", "bench"),
+        ("x-request-id", "0b1c6a4e-8a8e-4b7e-9d39-4bb7a1a0b7f2"),
+    ] {
+        headers.insert(k.to_string(), v.to_string());
+    }
+    headers.insert("content-length".into(), body.len().to_string());
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(attribute_context::Request {
+                http: Some(attribute_context::HttpRequest {
+                    method: "POST".into(),
+                    path: path.into(),
+                    host: "app.example".into(),
+                    headers,
+                    size: body.len() as i64,
+                    raw_body: body.to_vec(),
+                    protocol: "HTTP/1.1".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    match args.get(1).map(String::as_str) {
+        Some("floor") => {
+            let addr: std::net::SocketAddr = args[2].parse().expect("LISTEN address");
+            rt.block_on(floor(addr));
+        }
+        Some("load") => {
+            let addr = args[2].clone();
+            let secs: u64 = args[3].parse().expect("SECONDS");
+            let conc: usize = args[4].parse().expect("CONCURRENCY");
+            let path = args[5].clone();
+            let body = args
+                .get(6)
+                .map(|f| std::fs::read(f).expect("BODY_FILE"))
+                .unwrap_or_default();
+            rt.block_on(load(addr, secs, conc, path, body));
+        }
+        _ => {
+            eprintln!(
+                "usage: authz_load floor LISTEN | load ADDR SECONDS CONCURRENCY PATH [BODY_FILE]"
+            );
+            std::process::exit(2);
+        }
+    }
+}
+
+/// The floor server: tonic's generated service on a hyper HTTP/2
+/// connection per client (prior knowledge), as sift serves it.
+async fn floor(addr: std::net::SocketAddr) {
+    use tonic::codegen::Service;
+    let tcp = tokio::net::TcpListener::bind(addr).await.expect("bind");
+    let svc = AuthorizationServer::new(Floor);
+    loop {
+        let Ok((stream, _)) = tcp.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let svc = svc.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let mut s = svc.clone();
+                async move { s.call(req).await }
+            });
+            let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .max_concurrent_streams(1000)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn load(addr: String, secs: u64, conc: usize, path: String, body: Vec<u8>) {
+    let client = AuthorizationClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect");
+    let req = check_request(&path, &body);
+    let end = Instant::now() + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for _ in 0..conc {
+        let mut c = client.clone();
+        let req = req.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(1 << 16);
+            let (mut errors, mut denied) = (0u64, 0u64);
+            while Instant::now() < end {
+                let t = Instant::now();
+                match c.check(req.clone()).await {
+                    Ok(r) => {
+                        if r.get_ref().status.as_ref().is_some_and(|s| s.code != 0) {
+                            denied += 1;
+                        }
+                        lat.push(t.elapsed().as_micros() as u64);
+                    }
+                    Err(_) => errors += 1,
+                }
+            }
+            (lat, errors, denied)
+        }));
+    }
+    let mut all = Vec::new();
+    let (mut errors, mut denied) = (0, 0);
+    for t in tasks {
+        let (l, e, d) = t.await.expect("task");
+        all.extend(l);
+        errors += e;
+        denied += d;
+    }
+    all.sort_unstable();
+    let q = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    println!(
+        "{:.0} {} {} {} {}",
+        all.len() as f64 / secs as f64,
+        q(0.50),
+        q(0.99),
+        errors,
+        denied
+    );
+}
