@@ -101,3 +101,20 @@ sift_conf() {
     echo "clusters: [ { name: backend, endpoints: [\"127.0.0.1:$BE\"] } ]"
   } > "$1"
 }
+
+# 2 KB of real SMS text from the SMS Spam Collection at $1: spam and ham
+# lines alternating, cut at 2048 bytes, on stdout.
+sms_body() {
+  python3 - "$1" <<'PY'
+import sys
+lines = [l.split("\t", 1) for l in open(sys.argv[1], encoding="utf-8", errors="replace")]
+spam = [t.strip() for k, t in lines if k == "spam"]
+ham = [t.strip() for k, t in lines if k == "ham"]
+out = []
+i = 0
+while sum(len(x) + 1 for x in out) < 2048:
+    out.append(spam[i] if i % 2 else ham[i])
+    i += 1
+sys.stdout.write("\n".join(out)[:2048])
+PY
+}

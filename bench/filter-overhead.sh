@@ -60,18 +60,7 @@ backend_conf "$BE" "client_max_body_size 64m;"
 taskset -c 1 nginx -c "$d/backend.conf" -p "$d" & pids+=($!)
 
 # 2 KB of real SMS text: spam and ham lines alternating, cut at 2048 bytes.
-python3 - "$DATA/spam/sms/SMSSpamCollection" > "$d/body.txt" <<'PY'
-import sys
-lines = [l.split("\t", 1) for l in open(sys.argv[1], encoding="utf-8", errors="replace")]
-spam = [t.strip() for k, t in lines if k == "spam"]
-ham = [t.strip() for k, t in lines if k == "ham"]
-out = []
-i = 0
-while sum(len(x) + 1 for x in out) < 2048:
-    out.append(spam[i] if i % 2 else ham[i])
-    i += 1
-sys.stdout.write("\n".join(out)[:2048])
-PY
+sms_body "$DATA/spam/sms/SMSSpamCollection" > "$d/body.txt"
 # A real CI log close to 1 MB (the largest below 1.2 MB in the set).
 LOG=$(find "$DATA/cilogs/logs" -name '*.log' -size -1200k -size +800k 2>/dev/null | sort | head -1 || true)
 

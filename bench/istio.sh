@@ -28,18 +28,7 @@ LOAD=${LOAD:-$(bench_bin authz_load)}
 [ -x "$LOAD" ] || { echo "cannot build bench/authz_load.rs" >&2; exit 1; }
 scratch
 
-python3 - "$DATA/spam/sms/SMSSpamCollection" > "$d/body.txt" <<'PY'
-import sys
-lines = [l.split("\t", 1) for l in open(sys.argv[1], encoding="utf-8", errors="replace")]
-spam = [t.strip() for k, t in lines if k == "spam"]
-ham = [t.strip() for k, t in lines if k == "ham"]
-out = []
-i = 0
-while sum(len(x) + 1 for x in out) < 2048:
-    out.append(spam[i] if i % 2 else ham[i])
-    i += 1
-sys.stdout.write("\n".join(out)[:2048])
-PY
+sms_body "$DATA/spam/sms/SMSSpamCollection" > "$d/body.txt"
 
 F=$(port); S=$(port); A=$(port)
 cat > "$d/sift.yaml" <<YAML

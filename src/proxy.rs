@@ -472,33 +472,16 @@ async fn proxy(
 
     // 3b. CORS: a preflight from an allowed origin is sift's to answer,
     //     before admission (Envoy's cors filter runs before its router).
-    if let Some(c) = &route.spec.cors {
-        let verdict = c.check(req.method(), req.headers());
-        let result = match &verdict {
-            crate::cors::Cors::None => None,
-            crate::cors::Cors::Denied => Some("denied"),
-            crate::cors::Cors::Preflight(_) => Some("preflight"),
-            crate::cors::Cors::Actual(_) => Some("allowed"),
-        };
-        if let Some(result) = result {
-            out.metrics
-                .cors
-                .with_label_values(&[route.spec.name.as_str(), result])
-                .inc();
+    match cors_step(route, req.method(), req.headers(), &out.metrics) {
+        CorsStep::Preflight(headers) => {
+            let mut resp = Response::new(body::empty());
+            *resp.status_mut() = http::StatusCode::NO_CONTENT;
+            *resp.headers_mut() = headers;
+            resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
+            return Ok(resp);
         }
-        match verdict {
-            crate::cors::Cors::Preflight(origin) => {
-                let mut resp = Response::new(body::empty());
-                *resp.status_mut() = http::StatusCode::NO_CONTENT;
-                *resp.headers_mut() = c.preflight(&origin, req.headers());
-                let h = resp.headers_mut();
-                route.spec.response_headers.apply(h);
-                h.insert(X_REQUEST_ID.clone(), request_id);
-                return Ok(resp);
-            }
-            crate::cors::Cors::Actual(origin) => out.cors_origin = Some(origin),
-            crate::cors::Cors::None | crate::cors::Cors::Denied => {}
-        }
+        CorsStep::Actual(origin) => out.cors_origin = Some(origin),
+        CorsStep::Nothing => {}
     }
 
     // Whether the answer may be gzip-compressed, read before the request
@@ -512,21 +495,7 @@ async fn proxy(
 
     // 4. Admission: identity authorization, the route's concurrency limit,
     //    then rate limits (the listener's, then the route's).
-    if let Some(allowed) = &route.spec.allowed_identities {
-        let ok = conn
-            .identity
-            .as_ref()
-            .is_some_and(|id| allowed.iter().any(|m| m.matches(id)));
-        if !ok {
-            return Err(ProxyError::IdentityDenied {
-                route: route.spec.name.clone(),
-                identity: conn
-                    .identity
-                    .as_ref()
-                    .map_or("(none)".into(), |i| i.id.clone()),
-            });
-        }
-    }
+    identity_admission(route, conn)?;
     // The JWT check edits the request's headers: `host` (borrowed from
     // them) is read again after it, only on such routes.
     let host = match &route.spec.jwt {
@@ -1228,6 +1197,73 @@ async fn proxy(
         }
     }
     Ok(Response::from_parts(parts, b))
+}
+
+/// What a route's CORS policy makes of a request (counted).
+pub(crate) enum CorsStep {
+    /// A preflight from an allowed origin: sift answers 204 with these
+    /// headers (the route's response headers applied).
+    Preflight(HeaderMap),
+    /// An allowed origin: its answer gets the CORS headers.
+    Actual(HeaderValue),
+    Nothing,
+}
+
+pub(crate) fn cors_step(
+    route: &crate::snapshot::Route,
+    method: &Method,
+    headers: &HeaderMap,
+    metrics: &Metrics,
+) -> CorsStep {
+    let Some(c) = &route.spec.cors else {
+        return CorsStep::Nothing;
+    };
+    let verdict = c.check(method, headers);
+    let result = match &verdict {
+        crate::cors::Cors::None => None,
+        crate::cors::Cors::Denied => Some("denied"),
+        crate::cors::Cors::Preflight(_) => Some("preflight"),
+        crate::cors::Cors::Actual(_) => Some("allowed"),
+    };
+    if let Some(result) = result {
+        metrics
+            .cors
+            .with_label_values(&[route.spec.name.as_str(), result])
+            .inc();
+    }
+    match verdict {
+        crate::cors::Cors::Preflight(origin) => {
+            let mut h = c.preflight(&origin, headers);
+            route.spec.response_headers.apply(&mut h);
+            CorsStep::Preflight(h)
+        }
+        crate::cors::Cors::Actual(origin) => CorsStep::Actual(origin),
+        crate::cors::Cors::None | crate::cors::Cors::Denied => CorsStep::Nothing,
+    }
+}
+
+/// A route's `allowed_identities` against the caller's identity.
+pub(crate) fn identity_admission(
+    route: &crate::snapshot::Route,
+    conn: &ConnInfo,
+) -> Result<(), ProxyError> {
+    let Some(allowed) = &route.spec.allowed_identities else {
+        return Ok(());
+    };
+    if conn
+        .identity
+        .as_ref()
+        .is_some_and(|id| allowed.iter().any(|m| m.matches(id)))
+    {
+        return Ok(());
+    }
+    Err(ProxyError::IdentityDenied {
+        route: route.spec.name.clone(),
+        identity: conn
+            .identity
+            .as_ref()
+            .map_or("(none)".into(), |i| i.id.clone()),
+    })
 }
 
 /// sift's answer for an error (counted): the one error map, then the

@@ -68,6 +68,7 @@ routes:
   - name: notes
     match: { path: { prefix: /notes } }
     filters: [ { filter: spam, mode: annotate } ]
+    cors: { allow_origins: ["https://web.example"], allow_methods: [GET, POST] }
     rate_limits:
       - { name: per-ip, requests_per_unit: 3, unit: minute, key: [client_ip], response_headers: true }
   - name: admin
@@ -403,6 +404,26 @@ async fn ext_authz_http_answers_200_with_headers_or_the_denial() {
         "x-sift-cluster"
     );
     assert_eq!(r.headers()["ratelimit-policy"], r#""per-ip";q=3;w=60"#);
+    // CORS: a preflight from an allowed origin is answered by sift; the
+    // answer to an allowed origin's request gets its headers.
+    let preflight = http::Request::options(url("/notes/3"))
+        .header("host", "app.example")
+        .header("origin", "https://web.example")
+        .header("access-control-request-method", "POST")
+        .body(full(""))
+        .unwrap();
+    let r = send(preflight).await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://web.example"
+    );
+    let r = send(post("/notes/4", &ham, &[("origin", "https://web.example")])).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://web.example"
+    );
     // Identity from the XFCC Envoy forwards.
     let get = |path: &str, xfcc: Option<&str>| {
         let mut b = http::Request::get(url(path)).header("host", "app.example");
@@ -419,7 +440,7 @@ async fn ext_authz_http_answers_200_with_headers_or_the_denial() {
             r#"sift_envoy_checks_total{listener="authz",api="ext_authz_http",decision="allowed"}"#
         )
         .await,
-        Some(3.0)
+        Some(4.0)
     );
 }
 
@@ -755,18 +776,20 @@ async fn ext_proc_holds_streamed_pieces_until_the_verdict() {
     let (a, rest) = text.split_at(third);
     let (b, c) = rest.split_at(third);
     let l = text.len().to_string();
-    let msgs = vec![
-        headers_msg(
-            "POST",
-            "/notes/s",
-            &[("content-type", "text/plain"), ("content-length", &l)],
-            false,
-        ),
-        chunk(a, false),
-        chunk(b, false),
-        chunk(c, true),
-    ];
-    let got = exchange_all(&sift, msgs, 4).await;
+    let pieces = |path: &str| {
+        vec![
+            headers_msg(
+                "POST",
+                path,
+                &[("content-type", "text/plain"), ("content-length", &l)],
+                false,
+            ),
+            chunk(a, false),
+            chunk(b, false),
+            chunk(c, true),
+        ]
+    };
+    let got = exchange_all(&sift, pieces("/notes/s"), 4).await;
     assert_eq!(got.len(), 4, "{got:?}");
     let bodies: Vec<_> = got[1..]
         .iter()
@@ -787,18 +810,7 @@ async fn ext_proc_holds_streamed_pieces_until_the_verdict() {
     assert!(bodies[1].is_none() && bodies[2].is_none(), "{bodies:?}");
 
     // In block mode the same pieces end in an immediate 403.
-    let msgs = vec![
-        headers_msg(
-            "POST",
-            "/submit",
-            &[("content-type", "text/plain"), ("content-length", &l)],
-            false,
-        ),
-        chunk(a, false),
-        chunk(b, false),
-        chunk(c, true),
-    ];
-    let got = exchange_all(&sift, msgs, 2).await;
+    let got = exchange_all(&sift, pieces("/submit"), 2).await;
     let Some(Out::ImmediateResponse(im)) = &got[1].response else {
         panic!("{got:?}");
     };

@@ -170,49 +170,19 @@ fn head<'s>(
     // CORS: a preflight from an allowed origin is answered (Envoy sends
     // sift's 204); an allowed origin's answer is decorated.
     let mut cors_origin = None;
-    if let Some(c) = &route.spec.cors {
-        let verdict = c.check(req.method(), req.headers());
-        let result = match &verdict {
-            crate::cors::Cors::None => None,
-            crate::cors::Cors::Denied => Some("denied"),
-            crate::cors::Cors::Preflight(_) => Some("preflight"),
-            crate::cors::Cors::Actual(_) => Some("allowed"),
-        };
-        if let Some(result) = result {
-            metrics
-                .cors
-                .with_label_values(&[route.spec.name.as_str(), result])
-                .inc();
+    match crate::proxy::cors_step(route, req.method(), req.headers(), metrics) {
+        crate::proxy::CorsStep::Preflight(headers) => {
+            let mut resp = Response::new(Bytes::new());
+            *resp.status_mut() = http::StatusCode::NO_CONTENT;
+            *resp.headers_mut() = headers;
+            return Err(Stop::Answer(Box::new(resp)));
         }
-        match verdict {
-            crate::cors::Cors::Preflight(origin) => {
-                let mut resp = Response::new(Bytes::new());
-                *resp.status_mut() = http::StatusCode::NO_CONTENT;
-                *resp.headers_mut() = c.preflight(&origin, req.headers());
-                route.spec.response_headers.apply(resp.headers_mut());
-                return Err(Stop::Answer(Box::new(resp)));
-            }
-            crate::cors::Cors::Actual(origin) => cors_origin = Some(origin),
-            crate::cors::Cors::None | crate::cors::Cors::Denied => {}
-        }
+        crate::proxy::CorsStep::Actual(origin) => cors_origin = Some(origin),
+        crate::proxy::CorsStep::Nothing => {}
     }
 
     // Admission, in the proxy's order.
-    if let Some(ids) = &route.spec.allowed_identities {
-        let ok = conn
-            .identity
-            .as_ref()
-            .is_some_and(|id| ids.iter().any(|m| m.matches(id)));
-        if !ok {
-            return Err(Stop::Error(ProxyError::IdentityDenied {
-                route: route.spec.name.clone(),
-                identity: conn
-                    .identity
-                    .as_ref()
-                    .map_or("(none)".into(), |i| i.id.clone()),
-            }));
-        }
-    }
+    crate::proxy::identity_admission(route, conn)?;
     if let Some(j) = &route.spec.jwt {
         let before = req.headers().clone();
         crate::proxy::jwt_admission(j, route, req.headers_mut(), metrics)?;
