@@ -427,24 +427,7 @@ async fn proxy(
     }
     check_head_size(&req, listener)?;
     // One form of each path for routes, policies and the upstream alike.
-    let normal = normalize_path(req.uri().path(), listener.escaped_slashes)?;
-    let stripped = path_parameters(
-        normal.as_deref().unwrap_or(req.uri().path()),
-        listener.path_parameters,
-    )?;
-    if let Some(p) = stripped.or(normal) {
-        let pq = match req.uri().query() {
-            Some(q) => format!("{p}?{q}"),
-            None => p,
-        };
-        let mut parts = req.uri().clone().into_parts();
-        parts.path_and_query = Some(
-            http::uri::PathAndQuery::try_from(pq)
-                .map_err(|_| ProxyError::Malformed("path is not a valid URI path"))?,
-        );
-        *req.uri_mut() = Uri::from_parts(parts)
-            .map_err(|_| ProxyError::Malformed("path is not a valid URI path"))?;
-    }
+    normal_form(&mut req, listener)?;
     let host = request_host(&req)?;
     if let Some(log) = &mut out.log {
         log.host = host.to_string();
@@ -1197,6 +1180,34 @@ async fn proxy(
         }
     }
     Ok(Response::from_parts(parts, b))
+}
+
+/// The request's path in sift's one form (the listener's
+/// `escaped_slashes` and `path_parameters`; unreserved escapes decoded,
+/// slashes merged), written back into its URI.
+pub(crate) fn normal_form<B>(
+    req: &mut Request<B>,
+    listener: &ListenerSpec,
+) -> Result<(), ProxyError> {
+    let normal = normalize_path(req.uri().path(), listener.escaped_slashes)?;
+    let stripped = path_parameters(
+        normal.as_deref().unwrap_or(req.uri().path()),
+        listener.path_parameters,
+    )?;
+    if let Some(p) = stripped.or(normal) {
+        let pq = match req.uri().query() {
+            Some(q) => format!("{p}?{q}"),
+            None => p,
+        };
+        let mut parts = req.uri().clone().into_parts();
+        parts.path_and_query = Some(
+            http::uri::PathAndQuery::try_from(pq)
+                .map_err(|_| ProxyError::Malformed("path is not a valid URI path"))?,
+        );
+        *req.uri_mut() = Uri::from_parts(parts)
+            .map_err(|_| ProxyError::Malformed("path is not a valid URI path"))?;
+    }
+    Ok(())
 }
 
 /// What a route's CORS policy makes of a request (counted).

@@ -58,6 +58,7 @@ listeners:
   - name: authz
     address: "127.0.0.1:0"
     serve: envoy
+    path_parameters: strip
     forwarded: { trusted_hops: 0 }
 filters:
   - { name: spam, kind: spam }
@@ -313,6 +314,13 @@ async fn ext_authz_grpc_runs_the_routes_admission_and_filters() {
         headers.get("x-sift-error").map(String::as_str),
         Some("identity-denied")
     );
+    // Routed on the path as a servlet app reads it (path_parameters:
+    // strip): /admin;x is /admin.
+    let (_, headers, _) = denied(&ask(check("GET", "/admin;jsessionid=1/x", &[], "", None)).await);
+    assert_eq!(
+        headers.get("x-sift-error").map(String::as_str),
+        Some("identity-denied")
+    );
     let web = Some(("10.0.0.1", "spiffe://td.example/ns/web/sa/app"));
     denied(&ask(check("GET", "/admin", &[], "", web)).await);
     let ops = Some(("10.0.0.2", "spiffe://td.example/ns/ops/sa/tool"));
@@ -356,7 +364,7 @@ async fn ext_authz_grpc_runs_the_routes_admission_and_filters() {
         )
     };
     assert_eq!(sift.metric(&m("allowed")).await, Some(7.0));
-    assert_eq!(sift.metric(&m("denied")).await, Some(8.0));
+    assert_eq!(sift.metric(&m("denied")).await, Some(9.0));
     assert_eq!(sift.metric(&m("error")).await, Some(1.0));
     // One access-log line per call, with the route, decision and verdict.
     let logged = sift.log_lines();

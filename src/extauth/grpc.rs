@@ -68,78 +68,87 @@ impl Authorization for Checker {
         &self,
         request: tonic::Request<CheckRequest>,
     ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
-        let api = "ext_authz_grpc";
-        let start = std::time::Instant::now();
-        let count = |decision: &str| {
-            self.shared
-                .metrics
-                .envoy_checks
-                .with_label_values(&[&*self.conn.listener, api, decision])
-                .inc();
-        };
-        let attrs = request.into_inner().attributes.unwrap_or_default();
-        let Some(http) = attrs.request.and_then(|r| r.http) else {
-            count("error");
-            return Err(tonic::Status::invalid_argument(
-                "CheckRequest has no attributes.request.http",
-            ));
-        };
-        let source = attrs.source.unwrap_or_default();
-        let conn = super::client_conn(
-            &self.conn,
-            source.address.as_ref().and_then(socket_addr),
-            &source.principal,
-        );
-        let head = match request_head(
-            &http.method,
-            &http.path,
-            &http.host,
-            &http.headers,
-            &http.header_map,
-        ) {
-            Ok(r) => r,
-            Err(why) => {
-                count("error");
-                return Err(tonic::Status::invalid_argument(why));
-            }
-        };
-        let mut req = head;
-        let partial = req
-            .headers_mut()
-            .remove("x-envoy-auth-partial-body")
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
-        let body = if http.raw_body.is_empty() {
-            Bytes::from(http.body.into_bytes())
-        } else {
-            Bytes::from(http.raw_body)
-        };
-        let complete = !partial && whole_body(req.headers(), http.size, body.len());
-        let grpc = crate::error::is_grpc(req.headers());
-        let snap = self.shared.snapshot.load_full();
-        let result = match super::admit_head(&self.shared, &snap, &conn, &mut req, grpc) {
-            Ok(head) => super::admit_body(&self.shared, head, body, complete, grpc).await,
-            Err(d) => Err(d),
-        };
-        super::log_check(
-            &self.shared,
-            api,
-            &conn,
-            &req,
-            result.as_ref().map_err(|d| &**d),
-            start,
-        );
-        let resp = match result {
-            Ok(a) => {
-                count("allowed");
-                allowed_response(a)
-            }
-            Err(d) => {
-                count("denied");
-                denied_response(*d)
-            }
-        };
-        Ok(tonic::Response::new(resp))
+        check(&self.shared, &self.conn, request.into_inner())
+            .await
+            .map(tonic::Response::new)
     }
+}
+
+/// Answer one check from Envoy arriving on the envoy listener `conn`.
+pub async fn check(
+    shared: &Shared,
+    listener: &ConnInfo,
+    request: CheckRequest,
+) -> Result<CheckResponse, tonic::Status> {
+    let api = "ext_authz_grpc";
+    let start = std::time::Instant::now();
+    let count = |decision: &str| {
+        shared
+            .metrics
+            .envoy_checks
+            .with_label_values(&[&*listener.listener, api, decision])
+            .inc();
+    };
+    let attrs = request.attributes.unwrap_or_default();
+    let Some(http) = attrs.request.and_then(|r| r.http) else {
+        count("error");
+        return Err(tonic::Status::invalid_argument(
+            "CheckRequest has no attributes.request.http",
+        ));
+    };
+    let source = attrs.source.unwrap_or_default();
+    let conn = super::client_conn(
+        listener,
+        source.address.as_ref().and_then(socket_addr),
+        &source.principal,
+    );
+    let mut req = match request_head(
+        &http.method,
+        &http.path,
+        &http.host,
+        &http.headers,
+        &http.header_map,
+    ) {
+        Ok(r) => r,
+        Err(why) => {
+            count("error");
+            return Err(tonic::Status::invalid_argument(why));
+        }
+    };
+    let partial = req
+        .headers_mut()
+        .remove("x-envoy-auth-partial-body")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
+    let body = if http.raw_body.is_empty() {
+        Bytes::from(http.body.into_bytes())
+    } else {
+        Bytes::from(http.raw_body)
+    };
+    let complete = !partial && whole_body(req.headers(), http.size, body.len());
+    let grpc = crate::error::is_grpc(req.headers());
+    let snap = shared.snapshot.load_full();
+    let result = match super::admit_head(shared, &snap, &conn, &mut req, grpc) {
+        Ok(head) => super::admit_body(shared, head, body, complete, grpc).await,
+        Err(d) => Err(d),
+    };
+    super::log_check(
+        shared,
+        api,
+        &conn,
+        &req,
+        result.as_ref().map_err(|d| &**d),
+        start,
+    );
+    Ok(match result {
+        Ok(a) => {
+            count("allowed");
+            allowed_response(a)
+        }
+        Err(d) => {
+            count("denied");
+            denied_response(*d)
+        }
+    })
 }
 
 /// The client request's head from Envoy's attributes: method, path (with

@@ -148,6 +148,11 @@ fn head<'s>(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-")
         .to_owned();
+    // Routed on the path as the app reads it: the listener's
+    // `escaped_slashes` and `path_parameters` (reject: 400; unescape,
+    // strip: the route sees the decoded or stripped path). Envoy forwards
+    // the path as it was: only sift's routing view changes.
+    crate::proxy::normal_form(req, listener)?;
     let host = crate::proxy::request_host(req)?.into_owned();
     let path = req.uri().path();
     if crate::proxy::has_dot_segments(path) {

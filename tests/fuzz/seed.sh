@@ -9,6 +9,7 @@
 #   models           filters/spam/model.bin, filters/cilog/model.bin
 #   configs          config/*.yaml and the ```yaml blocks of README.md and docs/*.md
 #   request heads    written here (http_head: byte 0 picks the listener)
+#   Envoy checks     written here (envoy_check: text form, SMS bodies)
 #
 # Idempotent; a target's corpus is rebuilt from scratch only with --clean.
 set -euo pipefail
@@ -18,7 +19,7 @@ OUT=tests/fuzz/corpus
 SHARED=${SIFT_SHARED_DATA:-../shared/data}
 DATA=${SIFT_DATA_DIR:-target/data}
 [[ ${1:-} == --clean ]] && rm -rf "$OUT"
-mkdir -p "$OUT"/{mail_view,extract,cilog,models,decode,config,http_head}
+mkdir -p "$OUT"/{mail_view,extract,cilog,models,decode,config,http_head,envoy_check}
 
 if [[ ! -d $DATA/spam-assassin ]]; then
     filters/spam/fetch-data.sh
@@ -188,7 +189,37 @@ heads = [
 for i, h in enumerate(heads):
     for sel in range(3):
         put("http_head", bytes([sel]) + h)
+
+# envoy_check, text form (byte 0 odd): method, path, headers, blank
+# line, body; bit 1 partial body, bit 2 an ops principal. Every route of
+# the target's config, bodies from real SMS texts.
+texts = [t.strip() for t in sms[:40]]
+checks = [
+    (b"POST", b"/submit", [b"content-type: text/plain"]),
+    (b"POST", b"/submit/form", [b"content-type: application/x-www-form-urlencoded"]),
+    (b"POST", b"/strict", [b"content-type: application/json"]),
+    (b"POST", b"/notes/7?q=hello", [b"content-type: text/plain", b"x-tenant: t1", b"x-sift-spam-verdict: ham", b"x_user: admin"]),
+    (b"OPTIONS", b"/notes/1", [b"origin: https://web.example", b"access-control-request-method: POST"]),
+    (b"GET", b"/notes/2", [b"origin: https://web.example", b"x-tenant: a", b"x-tenant: b"]),
+    (b"GET", b"/admin/x", []),
+    (b"GET", b"/old?x=1", []),
+    (b"POST", b"/classify", [b"x-mode: verdict", b"content-type: text/plain"]),
+    (b"GET", b"/a/../admin", []),
+    (b"GET", b"/", [b"x-sift-cluster: vip"]),
+]
+for i, (m, p, hs) in enumerate(checks):
+    body = b""
+    if m == b"POST":
+        t = texts[i % len(texts)]
+        if b"form" in p:
+            body = b"message=" + t.replace(b" ", b"+")
+        elif b"strict" in p:
+            body = b'{"text": "' + t.replace(b'"', b"") + b'"}'
+        else:
+            body = t
+    for flags in (1, 3, 5, 7):
+        put("envoy_check", bytes([flags]) + m + b"\n" + p + b"\n" + b"\n".join(hs) + b"\n\n" + body)
 PY
-for t in mail_view extract cilog models decode config http_head; do
+for t in mail_view extract cilog models decode config http_head envoy_check; do
     echo "seed: $OUT/$t: $(find "$OUT/$t" -type f | wc -l) files"
 done
