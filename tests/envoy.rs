@@ -856,6 +856,11 @@ async fn malformed_calls_get_grpc_errors_and_sift_keeps_serving() {
             }),
         ),
         ("bad path", with_http(&|h| h.path = "/a b".into())),
+        (
+            "not origin form",
+            with_http(&|h| h.path = "#/../admin".into()),
+        ),
+        ("a fragment", with_http(&|h| h.path = "/x#/../admin".into())),
     ] {
         let err = c.check(req).await.expect_err(why);
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{why}: {err:?}");

@@ -165,6 +165,11 @@ pub(super) fn request_head(
     *req.method_mut() =
         Method::from_bytes(method.as_bytes()).map_err(|_| format!("bad method {method:?}"))?;
     let path = if path.is_empty() { "/" } else { path };
+    // Envoy sends origin-form targets (or `*`): anything else, or a
+    // fragment the URI parser would drop, is not a request Envoy forwards.
+    if !(path.starts_with('/') || path == "*") || path.contains('#') {
+        return Err(format!("bad path {path:?}"));
+    }
     *req.uri_mut() = http::uri::PathAndQuery::try_from(path)
         .map_err(|_| format!("bad path {path:?}"))?
         .as_str()
