@@ -44,14 +44,78 @@ pub struct JwtProviderSpec {
     pub name: String,
     pub issuer: String,
     pub audiences: Vec<String>,
-    /// Where the keys came from (a file path, or `inline`).
+    /// Where the keys came from (a file path, `inline`, or the URI of a
+    /// remote JWKS).
     pub jwks_source: String,
     #[serde(skip)]
     pub keys: Vec<Jwk>,
+    /// Keys fetched from a URI (`remote_jwks`), instead of `keys`.
+    #[serde(skip)]
+    pub remote: Option<std::sync::Arc<RemoteJwks>>,
     pub clock_skew_secs: u64,
     pub forward: bool,
     /// (claim, header) pairs.
     pub claims_to_headers: Vec<(String, String)>,
+}
+
+/// A JWKS fetched from a URI through a cluster and refreshed (Envoy's
+/// `remote_jwks`). One per (uri, cluster, refresh, timeout): a reload that
+/// keeps them keeps the cell, its keys and its fetch task
+/// (`Snapshot::build`, `jwks::start`).
+pub struct RemoteJwks {
+    pub uri: http::Uri,
+    pub cluster: String,
+    pub refresh: std::time::Duration,
+    pub timeout: std::time::Duration,
+    /// The keys of the last good fetch (none before the first).
+    pub keys: arc_swap::ArcSwap<Vec<Jwk>>,
+    /// The fetch task runs.
+    pub started: std::sync::atomic::AtomicBool,
+    /// The cluster the fetches go through, set from the current snapshot.
+    pub via: std::sync::Mutex<std::sync::Weak<crate::upstream::Cluster>>,
+}
+
+impl RemoteJwks {
+    pub fn new(
+        uri: http::Uri,
+        cluster: String,
+        refresh: std::time::Duration,
+        timeout: std::time::Duration,
+    ) -> RemoteJwks {
+        RemoteJwks {
+            uri,
+            cluster,
+            refresh,
+            timeout,
+            keys: arc_swap::ArcSwap::from_pointee(Vec::new()),
+            started: std::sync::atomic::AtomicBool::new(false),
+            via: std::sync::Mutex::new(std::sync::Weak::new()),
+        }
+    }
+
+    /// Same source and schedule (the keys are state, not config).
+    pub fn same(&self, o: &RemoteJwks) -> bool {
+        self.uri == o.uri
+            && self.cluster == o.cluster
+            && self.refresh == o.refresh
+            && self.timeout == o.timeout
+    }
+}
+
+impl PartialEq for RemoteJwks {
+    fn eq(&self, o: &RemoteJwks) -> bool {
+        self.same(o)
+    }
+}
+
+impl std::fmt::Debug for RemoteJwks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteJwks")
+            .field("uri", &self.uri)
+            .field("cluster", &self.cluster)
+            .field("keys", &self.keys.load().len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A route's JWT requirement.
@@ -86,6 +150,8 @@ pub enum JwtError {
     Issuer,
     #[error("audience not allowed")]
     Audience,
+    #[error("the issuer's keys are not fetched yet")]
+    KeysUnavailable,
 }
 
 mod base64_url {
@@ -273,9 +339,20 @@ pub fn verify(p: &JwtProviderSpec, token: &str, now: u64) -> Result<Map<String, 
     let kid = header.get("kid").and_then(Value::as_str);
     let sig = b64::decode(s64).ok_or(JwtError::Malformed("bad signature encoding"))?;
     let msg = &token.as_bytes()[..h64.len() + 1 + c64.len()];
+    let fetched;
+    let keys: &[Jwk] = match &p.remote {
+        Some(r) => {
+            fetched = r.keys.load_full();
+            if fetched.is_empty() {
+                return Err(JwtError::KeysUnavailable);
+            }
+            &fetched
+        }
+        None => &p.keys,
+    };
     let mut tried = false;
     let mut ok = false;
-    for k in &p.keys {
+    for k in keys {
         if kid.is_some() && k.kid.as_deref() != kid {
             continue;
         }
@@ -364,6 +441,7 @@ mod tests {
             audiences: vec!["api".into()],
             jwks_source: "inline".into(),
             keys,
+            remote: None,
             clock_skew_secs: 60,
             forward: false,
             claims_to_headers: vec![],

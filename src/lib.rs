@@ -35,6 +35,7 @@ pub mod error;
 pub mod extauth;
 pub mod field;
 pub mod filter;
+pub mod jwks;
 pub mod jwt;
 pub mod listener;
 pub mod logging;

@@ -35,6 +35,7 @@ pub struct Metrics {
     pub trace_spans: IntCounterVec,
     pub jwt: IntCounterVec,
     pub envoy_checks: IntCounterVec,
+    pub jwks_fetches: IntCounterVec,
     pub compression: IntCounterVec,
     pub compression_bytes: IntCounterVec,
     pub retries: IntCounterVec,
@@ -348,6 +349,14 @@ impl Metrics {
             &["listener", "api", "decision"],
         )
         .expect("valid metric");
+        let jwks_fetches = IntCounterVec::new(
+            Opts::new(
+                "sift_jwks_fetches_total",
+                "Fetches of remote JWKS (jwt_providers[].remote_jwks), by provider and result (ok, failed).",
+            ),
+            &["provider", "result"],
+        )
+        .expect("valid metric");
         let trace_spans = IntCounterVec::new(
             Opts::new(
                 "sift_trace_spans_total",
@@ -486,6 +495,7 @@ impl Metrics {
             Box::new(trace_spans.clone()),
             Box::new(jwt.clone()),
             Box::new(envoy_checks.clone()),
+            Box::new(jwks_fetches.clone()),
             Box::new(compression.clone()),
             Box::new(compression_bytes.clone()),
             Box::new(retries.clone()),
@@ -544,6 +554,7 @@ impl Metrics {
             trace_spans,
             jwt,
             envoy_checks,
+            jwks_fetches,
             compression,
             compression_bytes,
             retries,

@@ -255,7 +255,7 @@ fn jwks_files(c: &Config) -> Vec<String> {
         .routes
         .iter()
         .filter_map(|r| r.jwt.as_ref())
-        .filter(|j| j.provider.jwks_source != "inline")
+        .filter(|j| j.provider.jwks_source != "inline" && j.provider.remote.is_none())
         .map(|j| j.provider.jwks_source.clone())
         .collect();
     out.sort();
@@ -269,6 +269,7 @@ fn jwks_files(c: &Config) -> Vec<String> {
 fn jwks_changed(c: &Config) -> bool {
     c.routes.iter().filter_map(|r| r.jwt.as_ref()).any(|j| {
         j.provider.jwks_source != "inline"
+            && j.provider.remote.is_none()
             && std::fs::read_to_string(&j.provider.jwks_source)
                 .ok()
                 .and_then(|t| crate::jwt::parse_jwks(&t).ok())

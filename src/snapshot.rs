@@ -31,6 +31,8 @@ pub struct Snapshot {
     pub filters: HashMap<String, Arc<dyn crate::filter::Filter>>,
     /// Monotonic generation, 1 for the first config.
     pub generation: u64,
+    /// `sift_jwks_fetches_total`, for the remote key sets' fetch tasks.
+    pub jwks_fetches: prometheus::IntCounterVec,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -269,6 +271,31 @@ impl Snapshot {
         for c in self.clusters.values() {
             c.start();
         }
+        for (provider, cell) in self.remote_jwks() {
+            if let (Ok(mut via), Some(c)) = (cell.via.lock(), self.clusters.get(&cell.cluster)) {
+                *via = Arc::downgrade(c);
+            }
+            crate::jwks::start(&cell, &provider, self.jwks_fetches.clone());
+        }
+    }
+
+    /// The remote key sets the routes use, each once, with a provider name.
+    pub fn remote_jwks(&self) -> Vec<(String, Arc<crate::jwt::RemoteJwks>)> {
+        let mut out: Vec<(String, Arc<crate::jwt::RemoteJwks>)> = Vec::new();
+        for r in &self.routes {
+            if let Some(cell) = r.spec.jwt.as_ref().and_then(|j| j.provider.remote.as_ref()) {
+                if !out.iter().any(|(_, c)| Arc::ptr_eq(c, cell)) {
+                    out.push((
+                        r.spec
+                            .jwt
+                            .as_ref()
+                            .map_or(String::new(), |j| j.provider.name.clone()),
+                        cell.clone(),
+                    ));
+                }
+            }
+        }
+        out
     }
 
     /// Build a snapshot, re-using the clusters (and so their connection
@@ -281,6 +308,19 @@ impl Snapshot {
         now: u64,
     ) -> Result<Snapshot, Vec<crate::config::ConfigError>> {
         let mut errors = Vec::new();
+        // A remote key set the previous snapshot fetched is kept (its keys
+        // and its fetch task) while its source and schedule are unchanged.
+        let mut config = config;
+        if let Some(p) = prev {
+            let old = p.remote_jwks();
+            for r in &mut config.routes {
+                if let Some(cell) = r.jwt.as_mut().and_then(|j| j.provider.remote.as_mut()) {
+                    if let Some((_, o)) = old.iter().find(|(_, o)| o.same(cell)) {
+                        *cell = o.clone();
+                    }
+                }
+            }
+        }
         let err = |path: String, e: crate::tls::TlsError| crate::config::ConfigError {
             path,
             line: None,
@@ -517,6 +557,7 @@ impl Snapshot {
             listener_tls,
             filters,
             generation: prev.map_or(1, |p| p.generation + 1),
+            jwks_fetches: metrics.jwks_fetches.clone(),
         })
     }
 

@@ -2650,6 +2650,26 @@ clusters:
             "{ name: p, issuer: x, jwks: '{\"keys\":[]}', claims_to_headers: [ { claim: sub, header: x-sift-user } ] }",
             "jwt_providers[0].claims_to_headers[0].header",
         ),
+        (
+            "{ name: p, issuer: x, remote_jwks: { uri: 'ftp://idp/keys', cluster: a } }",
+            "jwt_providers[0].remote_jwks.uri",
+        ),
+        (
+            "{ name: p, issuer: x, remote_jwks: { uri: '/keys', cluster: a } }",
+            "jwt_providers[0].remote_jwks.uri",
+        ),
+        (
+            "{ name: p, issuer: x, remote_jwks: { uri: 'https://idp/keys', cluster: nope } }",
+            "jwt_providers[0].remote_jwks.cluster",
+        ),
+        (
+            "{ name: p, issuer: x, remote_jwks: { uri: 'https://idp/keys', cluster: a, refresh: 0s } }",
+            "jwt_providers[0].remote_jwks.refresh",
+        ),
+        (
+            "{ name: p, issuer: x, jwks_file: /x, remote_jwks: { uri: 'https://idp/keys', cluster: a } }",
+            "jwt_providers[0]",
+        ),
     ] {
         refused_at(
             &one_route_config(&format!("jwt_providers: [ {provider} ]\n"), ""),
@@ -2756,4 +2776,165 @@ clusters:
     let (code, body) = post_text(&sift.admin_url("/reload")).await;
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("jwks_file"), "{body}");
+}
+
+/// `remote_jwks`: the key set fetched from an identity provider (a real
+/// loopback server) through a cluster, refreshed, rotated, a bad answer
+/// never replacing good keys, and the keys kept across a reload.
+#[tokio::test(flavor = "multi_thread")]
+async fn remote_jwks_is_fetched_refreshed_and_kept_across_reloads() {
+    use ring::rand::SystemRandom;
+    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+    use sift::jwt::b64url_encode as b64;
+    use std::sync::{Arc, Mutex};
+    let rng = SystemRandom::new();
+    let key = || {
+        let pk8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pk8.as_ref(), &rng).unwrap()
+    };
+    let (k1, k2) = (key(), key());
+    let jwks = |k: &EcdsaKeyPair, kid: &str| {
+        let pt = k.public_key().as_ref();
+        format!(
+            r#"{{"keys":[{{"kty":"EC","crv":"P-256","kid":"{kid}","x":"{}","y":"{}"}}]}}"#,
+            b64(&pt[1..33]),
+            b64(&pt[33..65])
+        )
+    };
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let token = |k: &EcdsaKeyPair, kid: &str| {
+        let claims = format!(r#"{{"iss":"https://idp.example","sub":"u1","exp":{exp}}}"#);
+        let msg = format!(
+            "{}.{}",
+            b64(format!(r#"{{"alg":"ES256","kid":"{kid}"}}"#).as_bytes()),
+            b64(claims.as_bytes())
+        );
+        let sig = k.sign(&SystemRandom::new(), msg.as_bytes()).unwrap();
+        format!("Bearer {msg}.{}", b64(sig.as_ref()))
+    };
+    // The identity provider: answers what `serve` holds (status, body) and
+    // records the Host and path it was asked for.
+    type Serve = Arc<Mutex<(u16, String, Vec<String>)>>;
+    let serve: Serve = Arc::new(Mutex::new((503, String::new(), Vec::new())));
+    let idp = {
+        let serve = serve.clone();
+        Upstream::start(move |req: Request<hyper::body::Incoming>| {
+            let serve = serve.clone();
+            async move {
+                let mut s = serve.lock().unwrap();
+                let host = req
+                    .headers()
+                    .get("host")
+                    .map_or("", |h| h.to_str().unwrap_or(""));
+                let asked = format!("{host}{}", req.uri().path());
+                s.2.push(asked);
+                let mut r = http::Response::new(full(s.1.clone()));
+                *r.status_mut() = http::StatusCode::from_u16(s.0).unwrap();
+                r
+            }
+        })
+        .await
+    };
+    let app = Upstream::echo("app").await;
+    let cfg = |extra: &str| {
+        format!(
+            r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+reload: {{ interval: 100ms }}
+listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+jwt_providers:
+  - name: idp
+    issuer: https://idp.example
+    remote_jwks: {{ uri: "http://idp.example/.well-known/jwks.json", cluster: idp, refresh: 300ms, timeout: 1s }}
+routes:
+{extra}  - name: api
+    cluster: app
+    jwt: {{ provider: idp }}
+clusters:
+  - {{ name: app, endpoints: ["{}"] }}
+  - {{ name: idp, endpoints: ["{}"] }}
+"#,
+            app.addr, idp.addr
+        )
+    };
+    let sift = Sift::start(&cfg(""));
+    let call = |auth: String| {
+        let req = Request::get(sift.url("/x"))
+            .header("authorization", auth)
+            .body(full(""))
+            .unwrap();
+        async move { send(req).await.status().as_u16() }
+    };
+    // The provider fails at first: no keys, every token 401.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            sift.metric(r#"sift_jwks_fetches_total{provider="idp",result="failed"}"#)
+                .await
+                .is_some_and(|n| n >= 1.0)
+        })
+        .await
+    );
+    assert_eq!(call(token(&k1, "k1")).await, 401);
+    // It comes up: the keys are fetched (retried within `refresh`).
+    serve.lock().unwrap().0 = 200;
+    serve.lock().unwrap().1 = jwks(&k1, "k1");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            call(token(&k1, "k1")).await == 200
+        })
+        .await,
+        "the fetched key admits its tokens"
+    );
+    assert!(
+        serve
+            .lock()
+            .unwrap()
+            .2
+            .iter()
+            .all(|a| a == "idp.example/.well-known/jwks.json"),
+        "{:?}",
+        serve.lock().unwrap().2
+    );
+    // Rotation: the provider now has only k2.
+    serve.lock().unwrap().1 = jwks(&k2, "k2");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            call(token(&k2, "k2")).await == 200
+        })
+        .await,
+        "the rotated key is taken"
+    );
+    assert_eq!(call(token(&k1, "k1")).await, 401, "the old key is gone");
+    // A broken answer keeps the keys in force.
+    let failed = || async {
+        sift.metric(r#"sift_jwks_fetches_total{provider="idp",result="failed"}"#)
+            .await
+            .unwrap_or(0.0)
+    };
+    let before = failed().await;
+    serve.lock().unwrap().1 = r#"{"keys": "#.into();
+    assert!(eventually(Duration::from_secs(5), || async { failed().await > before }).await);
+    assert_eq!(call(token(&k2, "k2")).await, 200);
+    // The provider goes down and the config is reloaded: the key set is the
+    // same source, so its keys (and task) are kept; tokens still pass.
+    serve.lock().unwrap().0 = 500;
+    sift.write_config(&cfg(
+        "  - { name: health, match: { path: { exact: /healthz } }, direct_response: { status: 200 } }\n",
+    ));
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            get_text(&sift.url("/healthz")).await.0 == 200
+        })
+        .await,
+        "the reload is in force"
+    );
+    assert_eq!(
+        call(token(&k2, "k2")).await,
+        200,
+        "keys kept across the reload"
+    );
 }

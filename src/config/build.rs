@@ -75,7 +75,8 @@ pub fn build(f: &FileConfig) -> Result<Config, Vec<ConfigError>> {
     let clusters = build_clusters(&f.clusters, &mut e);
     let cluster_names: HashSet<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
     let filters = build_filters(&f.filters, &mut e);
-    let jwt_providers = build_jwt_providers(&f.jwt_providers, &mut e);
+    let cluster_file_names: HashSet<&str> = f.clusters.iter().map(|c| c.name.as_str()).collect();
+    let jwt_providers = build_jwt_providers(&f.jwt_providers, &cluster_file_names, &mut e);
     let routes = build_routes(
         &f.routes,
         &cluster_names,
@@ -1998,7 +1999,11 @@ fn build_outlier(o: &OutlierFile, p: &str, e: &mut Errs) -> OutlierSpec {
     }
 }
 
-fn build_jwt_providers(ps: &[JwtProviderFile], e: &mut Errs) -> Vec<crate::jwt::JwtProviderSpec> {
+fn build_jwt_providers(
+    ps: &[JwtProviderFile],
+    clusters: &HashSet<&str>,
+    e: &mut Errs,
+) -> Vec<crate::jwt::JwtProviderSpec> {
     let mut names = HashSet::new();
     let mut out = Vec::new();
     for (i, pf) in ps.iter().enumerate() {
@@ -2013,7 +2018,54 @@ fn build_jwt_providers(ps: &[JwtProviderFile], e: &mut Errs) -> Vec<crate::jwt::
         if pf.issuer.is_empty() {
             e.push(format!("{p}.issuer"), "is empty");
         }
+        let remote = pf.remote_jwks.as_ref().and_then(|r| {
+            let at = format!("{p}.remote_jwks");
+            let uri = match r.uri.parse::<http::Uri>() {
+                Ok(u)
+                    if matches!(u.scheme_str(), Some("http" | "https"))
+                        && u.host().is_some_and(|h| !h.is_empty()) =>
+                {
+                    Some(u)
+                }
+                _ => {
+                    e.push(
+                        format!("{at}.uri"),
+                        format!("{:?} is not an http:// or https:// URI with a host", r.uri),
+                    );
+                    None
+                }
+            };
+            if !clusters.contains(r.cluster.as_str()) {
+                e.push(
+                    format!("{at}.cluster"),
+                    format!("no cluster is named {:?}", r.cluster),
+                );
+            }
+            let refresh = positive(r.refresh, Dur::secs(600), &format!("{at}.refresh"), e);
+            let timeout = positive(r.timeout, Dur::secs(5), &format!("{at}.timeout"), e);
+            uri.map(|u| {
+                std::sync::Arc::new(crate::jwt::RemoteJwks::new(
+                    u,
+                    r.cluster.clone(),
+                    refresh.0,
+                    timeout.0,
+                ))
+            })
+        });
         let (source, text) = match (&pf.jwks_file, &pf.jwks) {
+            (None, None) if pf.remote_jwks.is_some() => (
+                pf.remote_jwks
+                    .as_ref()
+                    .map_or(String::new(), |r| r.uri.clone()),
+                None,
+            ),
+            (Some(_), _) | (_, Some(_)) if pf.remote_jwks.is_some() => {
+                e.push(
+                    &p,
+                    "give exactly one of `jwks_file`, `jwks` and `remote_jwks`",
+                );
+                (String::new(), None)
+            }
             (Some(f), None) => match std::fs::read_to_string(f) {
                 Ok(t) => (f.clone(), Some(t)),
                 Err(err) => {
@@ -2026,7 +2078,10 @@ fn build_jwt_providers(ps: &[JwtProviderFile], e: &mut Errs) -> Vec<crate::jwt::
             },
             (None, Some(t)) => ("inline".to_string(), Some(t.clone())),
             _ => {
-                e.push(&p, "give exactly one of `jwks_file` and `jwks`");
+                e.push(
+                    &p,
+                    "give exactly one of `jwks_file`, `jwks` and `remote_jwks`",
+                );
                 (String::new(), None)
             }
         };
@@ -2064,6 +2119,7 @@ fn build_jwt_providers(ps: &[JwtProviderFile], e: &mut Errs) -> Vec<crate::jwt::
             audiences: pf.audiences.clone().unwrap_or_default(),
             jwks_source: source,
             keys,
+            remote,
             clock_skew_secs: pf.clock_skew.map_or(60, |d| d.0.as_secs()),
             forward: pf.forward.unwrap_or(false),
             claims_to_headers,

@@ -68,6 +68,10 @@ pub struct JwtProviderFile {
     /// The JWKS itself, as a JSON string (instead of jwks_file).
     #[serde(default)]
     pub jwks: Option<String>,
+    /// Fetch the JWKS from a URI through a cluster, and refresh it
+    /// (Envoy's remote_jwks; instead of jwks_file or jwks).
+    #[serde(default)]
+    pub remote_jwks: Option<RemoteJwksFile>,
     /// Allowed clock difference for exp and nbf (default 60s).
     #[serde(default)]
     pub clock_skew: Option<Dur>,
@@ -77,6 +81,26 @@ pub struct JwtProviderFile {
     /// Claims sent upstream as headers, e.g. {claim: sub, header: x-user}.
     #[serde(default)]
     pub claims_to_headers: Option<Vec<ClaimHeaderFile>>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteJwksFile {
+    /// The JWKS's URI, http:// or https:// (the identity provider's
+    /// jwks_uri).
+    pub uri: String,
+    /// The cluster the fetches go through (its endpoints, TLS and
+    /// connect timeout); the URI's host is sent as Host and SNI is the
+    /// cluster's.
+    pub cluster: String,
+    /// Time between fetches after a good one (default 10m, Envoy's
+    /// cache_duration). A failed fetch is retried after 1s, doubling up
+    /// to this.
+    #[serde(default)]
+    pub refresh: Option<Dur>,
+    /// Time a fetch may take (default 5s).
+    #[serde(default)]
+    pub timeout: Option<Dur>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]

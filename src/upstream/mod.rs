@@ -303,6 +303,17 @@ impl Cluster {
             && self.outlier.as_ref().is_none_or(|o| o.available(i, now))
     }
 
+    /// One request of sift's own (a remote JWKS fetch) to `endpoint` on a
+    /// fresh connection over the cluster's protocol and TLS, outside its
+    /// pool, breakers and outlier detection.
+    pub async fn exchange_fresh(
+        &self,
+        endpoint: &Endpoint,
+        req: http::Request<crate::body::Body>,
+    ) -> Result<http::Response<hyper::body::Incoming>, pool::SendError> {
+        self.pool.probe_exchange(endpoint, req).await
+    }
+
     /// Start background work (health probes); idempotent, and a no-op
     /// outside a Tokio runtime.
     pub fn start(self: &Arc<Self>) {
