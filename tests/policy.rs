@@ -1139,3 +1139,53 @@ async fn grpc_health_checks_read_the_serving_status() {
         assert!(errs.iter().any(|e| e.path == path), "{hc}: {errs:?}");
     }
 }
+
+/// Outlier detection ejects an endpoint that answers 5xx for 60 s; its
+/// passing active health checks return it at once (Envoy's
+/// `successful_active_health_check_uneject_host`, on by default).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_passing_health_check_returns_an_ejected_endpoint() {
+    let up = |name: &'static str| {
+        Upstream::start(move |req: Request<hyper::body::Incoming>| async move {
+            if req.uri().path() == "/boom" && name == "a" {
+                text_response(500, "boom")
+            } else {
+                text_response(200, name)
+            }
+        })
+    };
+    let (a, b) = (up("a").await, up("b").await);
+    let sift = Sift::start(&config(
+        &format!(
+            r#"  - name: app
+    endpoints: ["{}", "{}"]
+    outlier_detection: {{ consecutive_5xx: 1, base_ejection_time: 60s, max_ejection_percent: 50 }}
+    health_check: {{ path: /healthz, interval: 300ms, timeout: 1s }}"#,
+            a.addr, b.addr
+        ),
+        "  - { name: api, cluster: app }",
+    ));
+    assert!(sift_probed(&sift, "app", "success", 2.0).await);
+    // a's 500 ejects it (round robin reaches it within two requests).
+    let ejected = eventually(Duration::from_secs(5), || async {
+        get(&sift, "/boom", &[]).await;
+        sift.metric(r#"sift_outlier_ejections_total{cluster="app"}"#)
+            .await
+            .unwrap_or(0.0)
+            >= 1.0
+    })
+    .await;
+    assert!(ejected, "a ejected by outlier detection");
+    // Within a few probe intervals (not 60 s) a serves again.
+    let back = eventually(Duration::from_secs(5), || async {
+        answers(&sift, "/x", 4).await.iter().any(|x| x == "a")
+    })
+    .await;
+    assert!(back, "a returned by its passing health checks");
+    assert!(
+        sift.log_lines()
+            .iter()
+            .any(|l| l.contains("ejected endpoint returned by a passing health check")),
+        "logged"
+    );
+}

@@ -76,6 +76,8 @@ struct State {
     probation: bool,
     successes_since_return: u32,
     ejected_until: u64,
+    /// Returned before `ejected_until` by a passing active health check.
+    returned_early: bool,
     /// Failure-rate window: (bucket start, total, failures).
     window: [(u64, u32, u32); WINDOW_BUCKETS],
 }
@@ -119,6 +121,24 @@ impl Outlier {
             .count()
     }
 
+    /// A passing active health check returns an ejected endpoint to
+    /// service at once (Envoy's `successful_active_health_check_uneject_host`,
+    /// on by default): on probation, its ejection count kept, so a new
+    /// failure ejects it again for longer. True when it was ejected (or its
+    /// ejection had ended with no request since).
+    pub fn uneject(&self, i: usize) -> bool {
+        let (Some(cell), Some(until)) = (self.state.get(i), self.until.get(i)) else {
+            return false;
+        };
+        let mut s = cell.lock().unwrap_or_else(|p| p.into_inner());
+        if s.ejected_until == 0 || s.returned_early {
+            return false;
+        }
+        s.returned_early = true;
+        until.store(0, Ordering::Relaxed);
+        true
+    }
+
     /// Record an outcome; true when it ejected the endpoint.
     pub fn record(&self, i: usize, what: Observed, now: u64) -> bool {
         let Some(cell) = self.state.get(i) else {
@@ -126,14 +146,19 @@ impl Outlier {
         };
         let spec = &self.spec;
         let mut s = cell.lock().unwrap_or_else(|p| p.into_inner());
-        if s.ejected_until > now {
+        if s.ejected_until > now && !s.returned_early {
             // Still ejected (a request that was already in flight): ignore.
             return false;
         }
         if s.ejected_until != 0 {
             // Back from an ejection: on probation; healthy time counts from
             // the moment it came back.
-            s.last_decay = s.ejected_until;
+            s.last_decay = if s.returned_early {
+                now
+            } else {
+                s.ejected_until
+            };
+            s.returned_early = false;
             s.ejected_until = 0;
             s.probation = true;
             s.successes_since_return = 0;
@@ -264,6 +289,26 @@ mod tests {
         assert_eq!(o.ejected(0), 1);
         assert!(!o.available(0, 30 * S - 1));
         assert!(o.available(0, 30 * S), "back after base_ejection_time");
+    }
+
+    #[test]
+    fn a_passing_health_check_returns_an_ejected_endpoint_on_probation() {
+        let o = Outlier::new(spec(), 4);
+        assert!(!o.uneject(0), "never ejected");
+        for _ in 0..5 {
+            o.record(0, ERR, 0);
+        }
+        assert!(!o.available(0, S));
+        assert!(o.uneject(0));
+        assert!(!o.uneject(0), "once");
+        assert!(o.available(0, S), "back at once, not after 30 s");
+        assert_eq!(o.ejected(S), 0);
+        // Successes keep it in; on probation one failure ejects it again,
+        // for twice the base time (its ejection count was kept).
+        assert!(!o.record(0, Observed::Success, 2 * S));
+        assert!(o.record(0, ERR, 3 * S), "on probation");
+        assert!(!o.available(0, 3 * S + 59 * S));
+        assert!(o.available(0, 3 * S + 60 * S));
     }
 
     #[test]

@@ -275,6 +275,15 @@ async fn round(cluster: &Arc<Cluster>) {
             .with_label_values(&[cluster.name(), outcome])
             .inc();
         let endpoint = &cluster.endpoints[i].endpoint.authority;
+        // A passing probe returns an endpoint outlier detection ejected
+        // (Envoy's successful_active_health_check_uneject_host).
+        if result.is_ok() && cluster.outlier.as_ref().is_some_and(|o| o.uneject(i)) {
+            tracing::info!(
+                cluster = %cluster.name(),
+                endpoint = %endpoint,
+                "ejected endpoint returned by a passing health check"
+            );
+        }
         match h.record(i, &result) {
             Some(Transition::Unhealthy) => {
                 let reason = result.err().map(|f| f.to_string()).unwrap_or_default();
