@@ -432,6 +432,15 @@ async fn ext_authz_http_answers_200_with_headers_or_the_denial() {
         r.headers()["access-control-allow-origin"],
         "https://web.example"
     );
+    // ... sift's own refusals too (the rate limit's third and fourth).
+    let r = send(post("/notes/5", &ham, &[("origin", "https://web.example")])).await;
+    assert_eq!(r.status(), 200);
+    let r = send(post("/notes/6", &ham, &[("origin", "https://web.example")])).await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://web.example"
+    );
     // Identity from the XFCC Envoy forwards.
     let get = |path: &str, xfcc: Option<&str>| {
         let mut b = http::Request::get(url(path)).header("host", "app.example");
@@ -448,7 +457,7 @@ async fn ext_authz_http_answers_200_with_headers_or_the_denial() {
             r#"sift_envoy_checks_total{listener="authz",api="ext_authz_http",decision="allowed"}"#
         )
         .await,
-        Some(4.0)
+        Some(5.0)
     );
 }
 

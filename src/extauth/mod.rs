@@ -116,8 +116,17 @@ pub fn admit_head<'s>(
     grpc_caller: bool,
 ) -> Result<Head<'s>, Box<Denied>> {
     let mut route = None;
-    let r = head(shared, snap, conn, req, &mut route);
-    r.map_err(|e| deny(shared, e, grpc_caller, route))
+    let mut origin = None;
+    let r = head(shared, snap, conn, req, &mut route, &mut origin);
+    r.map_err(|e| {
+        let mut d = deny(shared, e, grpc_caller, route);
+        // A refusal an allowed origin's page can read (429, 401), as the
+        // proxy decorates its own answers.
+        if let (Some(o), Some(c)) = (&origin, route.and_then(|r| r.spec.cors.as_ref())) {
+            c.actual(d.response.headers_mut(), o);
+        }
+        d
+    })
 }
 
 fn head<'s>(
@@ -126,6 +135,7 @@ fn head<'s>(
     conn: &ConnInfo,
     req: &mut Request<()>,
     matched: &mut Option<&'s Route>,
+    origin: &mut Option<HeaderValue>,
 ) -> Result<Head<'s>, Stop> {
     let listener = snap
         .listener(conn.listener_index)
@@ -182,7 +192,10 @@ fn head<'s>(
             *resp.headers_mut() = headers;
             return Err(Stop::Answer(Box::new(resp)));
         }
-        crate::proxy::CorsStep::Actual(origin) => cors_origin = Some(origin),
+        crate::proxy::CorsStep::Actual(o) => {
+            *origin = Some(o.clone());
+            cors_origin = Some(o);
+        }
         crate::proxy::CorsStep::Nothing => {}
     }
 
