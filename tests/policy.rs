@@ -1160,7 +1160,7 @@ async fn a_passing_health_check_returns_an_ejected_endpoint() {
             r#"  - name: app
     endpoints: ["{}", "{}"]
     outlier_detection: {{ consecutive_5xx: 1, base_ejection_time: 60s, max_ejection_percent: 50 }}
-    health_check: {{ path: /healthz, interval: 300ms, timeout: 1s }}"#,
+    health_check: {{ path: /healthz, interval: 300ms, jitter: 100ms, timeout: 1s }}"#,
             a.addr, b.addr
         ),
         "  - { name: api, cluster: app }",

@@ -2351,6 +2351,7 @@ fn build_health(h: &HealthCheckFile, p: &str, e: &mut Errs) -> HealthSpec {
         host: h.host.clone(),
         service: h.service.clone().unwrap_or_default(),
         interval: positive(h.interval, Dur::secs(5), &format!("{p}.interval"), e).0,
+        jitter: h.jitter.map_or(Duration::ZERO, |d| d.0),
         timeout: positive(h.timeout, Dur::secs(1), &format!("{p}.timeout"), e).0,
         unhealthy_threshold: threshold(h.unhealthy_threshold, 3, "unhealthy_threshold", e),
         healthy_threshold: threshold(h.healthy_threshold, 2, "healthy_threshold", e),

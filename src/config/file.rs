@@ -1278,6 +1278,11 @@ pub struct HealthCheckFile {
     /// Time between two probes of an endpoint (default 5s).
     #[serde(default)]
     pub interval: Option<Dur>,
+    /// A random extra wait of up to this before each round of probes, and
+    /// before the first (Envoy's interval_jitter and initial_jitter), so
+    /// that many proxies do not probe in step (default 0s).
+    #[serde(default)]
+    pub jitter: Option<Dur>,
     /// A probe without an answer in this time fails (default 1s).
     #[serde(default)]
     pub timeout: Option<Dur>,

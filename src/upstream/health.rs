@@ -56,6 +56,8 @@ pub struct HealthSpec {
     #[serde(serialize_with = "ser_dur")]
     pub interval: Duration,
     #[serde(serialize_with = "ser_dur")]
+    pub jitter: Duration,
+    #[serde(serialize_with = "ser_dur")]
     pub timeout: Duration,
     pub unhealthy_threshold: u32,
     pub healthy_threshold: u32,
@@ -236,11 +238,19 @@ pub fn start(cluster: &Arc<Cluster>) {
         return;
     };
     let weak = Arc::downgrade(cluster);
-    let every = h.spec.interval;
-    rt.spawn(run(weak, every));
+    let (every, jitter) = (h.spec.interval, h.spec.jitter);
+    rt.spawn(run(weak, every, jitter));
 }
 
-async fn run(weak: Weak<Cluster>, every: Duration) {
+/// `base` plus a share `r` (0..1) of `jitter`.
+fn jittered(base: Duration, jitter: Duration, r: f64) -> Duration {
+    base + jitter.mul_f64(r.clamp(0.0, 1.0))
+}
+
+async fn run(weak: Weak<Cluster>, every: Duration, jitter: Duration) {
+    if !jitter.is_zero() {
+        tokio::time::sleep(jittered(Duration::ZERO, jitter, fastrand::f64())).await;
+    }
     loop {
         {
             let Some(cluster) = weak.upgrade() else {
@@ -248,7 +258,7 @@ async fn run(weak: Weak<Cluster>, every: Duration) {
             };
             round(&cluster).await;
         }
-        tokio::time::sleep(every).await;
+        tokio::time::sleep(jittered(every, jitter, fastrand::f64())).await;
     }
 }
 
@@ -516,12 +526,23 @@ mod tests {
             host: None,
             service: String::new(),
             interval: Duration::from_secs(1),
+            jitter: Duration::ZERO,
             timeout: Duration::from_secs(1),
             unhealthy_threshold: unhealthy,
             healthy_threshold: healthy,
             expected_statuses: vec![(200, 399)],
             panic_threshold: panic,
         }
+    }
+
+    #[test]
+    fn jitter_adds_up_to_its_length() {
+        let (b, j) = (Duration::from_secs(5), Duration::from_millis(500));
+        assert_eq!(jittered(b, j, 0.0), b);
+        assert_eq!(jittered(b, j, 1.0), b + j);
+        assert_eq!(jittered(b, j, 0.5), b + Duration::from_millis(250));
+        assert_eq!(jittered(b, j, 7.0), b + j, "clamped");
+        assert_eq!(jittered(b, Duration::ZERO, 0.9), b);
     }
 
     const OK: Result<(), Failure> = Ok(());
