@@ -54,6 +54,8 @@ pub struct JwtProviderSpec {
     pub remote: Option<std::sync::Arc<RemoteJwks>>,
     pub clock_skew_secs: u64,
     pub forward: bool,
+    /// Where tokens are looked for (default: `Authorization: Bearer`).
+    pub locations: Vec<TokenLocation>,
     /// (claim, header) pairs.
     pub claims_to_headers: Vec<(String, String)>,
 }
@@ -118,6 +120,30 @@ impl std::fmt::Debug for RemoteJwks {
     }
 }
 
+/// Where a request may carry its token (Envoy's `from_headers`,
+/// `from_cookies`, `from_params`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenLocation {
+    /// A header, its value after `prefix` (matched without regard to
+    /// case; empty: the whole value).
+    Header { name: String, prefix: String },
+    /// A cookie of the Cookie header.
+    Cookie(String),
+    /// A query parameter (percent-decoded).
+    Param(String),
+}
+
+impl TokenLocation {
+    /// `Authorization: Bearer <token>`.
+    pub fn bearer() -> TokenLocation {
+        TokenLocation::Header {
+            name: "authorization".into(),
+            prefix: "Bearer ".into(),
+        }
+    }
+}
+
 /// A route's JWT requirement.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct RouteJwtSpec {
@@ -132,7 +158,7 @@ pub struct RouteJwtSpec {
 pub enum JwtError {
     #[error("no bearer token")]
     Missing,
-    #[error("more than one Authorization header")]
+    #[error("more than one token")]
     Ambiguous,
     #[error("malformed token: {0}")]
     Malformed(&'static str),
@@ -257,23 +283,77 @@ pub fn parse_jwks(text: &str) -> Result<Vec<Jwk>, String> {
     Ok(out)
 }
 
-/// The bearer token of a request: `Ok(None)` when there is none.
-pub fn bearer(h: &http::HeaderMap) -> Result<Option<&str>, JwtError> {
-    let mut lines = h.get_all(http::header::AUTHORIZATION).iter();
-    let Some(v) = lines.next() else {
-        return Ok(None);
+/// A token found, and the header it came in (none for a cookie or a
+/// query parameter).
+pub type Found<'a> = (std::borrow::Cow<'a, str>, Option<String>);
+
+/// The token a request carries at `locations`, and the header it came in
+/// (for `forward: false`): `Ok(None)` when there is none. Two different
+/// tokens (in two places, or two lines of one header) are refused: which
+/// one the app reads is not sift's to guess.
+pub fn find_token<'a>(
+    locations: &[TokenLocation],
+    h: &'a http::HeaderMap,
+    query: Option<&'a str>,
+) -> Result<Option<Found<'a>>, JwtError> {
+    use std::borrow::Cow;
+    let mut found: Option<(Cow<'a, str>, Option<String>)> = None;
+    let mut put = |t: Cow<'a, str>, header: Option<&str>| -> Result<(), JwtError> {
+        match &found {
+            Some((f, _)) if *f != t => Err(JwtError::Ambiguous),
+            Some(_) => Ok(()),
+            None => {
+                found = Some((t, header.map(str::to_owned)));
+                Ok(())
+            }
+        }
     };
-    if lines.next().is_some() {
-        return Err(JwtError::Ambiguous);
+    for loc in locations {
+        match loc {
+            TokenLocation::Header { name, prefix } => {
+                for v in h.get_all(name.as_str()) {
+                    let v = v
+                        .to_str()
+                        .map_err(|_| JwtError::Malformed("not ASCII"))?
+                        .trim();
+                    let token = if prefix.is_empty() {
+                        Some(v)
+                    } else {
+                        v.get(..prefix.len())
+                            .filter(|p| p.eq_ignore_ascii_case(prefix))
+                            .and_then(|_| v.get(prefix.len()..))
+                            .map(str::trim)
+                    };
+                    if let Some(t) = token.filter(|t| !t.is_empty()) {
+                        put(Cow::Borrowed(t), Some(name))?;
+                    }
+                }
+            }
+            TokenLocation::Cookie(name) => {
+                for v in h.get_all(http::header::COOKIE) {
+                    let Ok(v) = v.to_str() else { continue };
+                    for kv in v.split(';') {
+                        if let Some((k, t)) = kv.trim().split_once('=') {
+                            let t = t.trim_matches('"');
+                            if k == name && !t.is_empty() {
+                                put(Cow::Borrowed(t), None)?;
+                            }
+                        }
+                    }
+                }
+            }
+            TokenLocation::Param(name) => {
+                for kv in query.unwrap_or("").split('&') {
+                    let (k, t) = kv.split_once('=').unwrap_or((kv, ""));
+                    if *crate::snapshot::query_decode(k) == *name.as_bytes() && !t.is_empty() {
+                        let t = crate::snapshot::query_decode(t);
+                        put(Cow::Owned(String::from_utf8_lossy(&t).into_owned()), None)?;
+                    }
+                }
+            }
+        }
     }
-    let v = v.to_str().map_err(|_| JwtError::Malformed("not ASCII"))?;
-    let Some((scheme, token)) = v.trim().split_once(' ') else {
-        return Ok(None);
-    };
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Ok(None);
-    }
-    Ok(Some(token.trim()))
+    Ok(found)
 }
 
 /// How a token's `alg` is checked with a key of this type.
@@ -444,6 +524,7 @@ mod tests {
             remote: None,
             clock_skew_secs: 60,
             forward: false,
+            locations: vec![TokenLocation::bearer()],
             claims_to_headers: vec![],
         }
     }
@@ -581,13 +662,46 @@ mod tests {
         assert!(parse_jwks(r#"{"keys":[{"kty":"EC","crv":"P-256","x":"AA","y":"AA"}]}"#).is_err());
         assert!(parse_jwks(r#"{"keys":[{"kty":"RSA","n":"AQAB"}]}"#).is_err());
         let mut h = http::HeaderMap::new();
+        let bearer = |h: &http::HeaderMap| {
+            find_token(&[TokenLocation::bearer()], h, None).map(|t| t.map(|(t, _)| t.into_owned()))
+        };
         assert_eq!(bearer(&h), Ok(None));
         h.insert("authorization", "Basic abc".parse().unwrap());
         assert_eq!(bearer(&h), Ok(None));
         h.insert("authorization", "bearer  tok ".parse().unwrap());
-        assert_eq!(bearer(&h), Ok(Some("tok")));
+        assert_eq!(bearer(&h), Ok(Some("tok".into())));
         h.append("authorization", "Bearer other".parse().unwrap());
         assert_eq!(bearer(&h), Err(JwtError::Ambiguous));
+        h.remove("authorization");
+        // Other places: a header without a prefix, a cookie, a parameter;
+        // the same token twice is one token, two different ones refused.
+        let places = [
+            TokenLocation::Header {
+                name: "x-jwt".into(),
+                prefix: String::new(),
+            },
+            TokenLocation::Cookie("session".into()),
+            TokenLocation::Param("access_token".into()),
+        ];
+        let find = |h: &http::HeaderMap, q: Option<&str>| {
+            find_token(&places, h, q).map(|t| t.map(|(t, from)| (t.into_owned(), from)))
+        };
+        assert_eq!(find(&h, Some("a=b")), Ok(None));
+        assert_eq!(
+            find(&h, Some("a=b&access%5Ftoken=t%2E1")),
+            Ok(Some(("t.1".into(), None)))
+        );
+        h.insert("cookie", "a=1; session=t.1; b=2".parse().unwrap());
+        assert_eq!(
+            find(&h, Some("access_token=t.1")),
+            Ok(Some(("t.1".into(), None)))
+        );
+        assert_eq!(find(&h, Some("access_token=t.2")), Err(JwtError::Ambiguous));
+        h.insert("x-jwt", "t.1".parse().unwrap());
+        assert_eq!(
+            find(&h, None),
+            Ok(Some(("t.1".into(), Some("x-jwt".into()))))
+        );
         assert_eq!(
             claim_header(&serde_json::json!(["a", "b"])).as_deref(),
             Some("a,b")

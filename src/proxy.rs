@@ -485,7 +485,9 @@ async fn proxy(
         None => host,
         Some(j) => {
             drop(host);
-            jwt_admission(j, route, req.headers_mut(), &out.metrics)?;
+            // The URI's parts are shared bytes: the clone does not copy.
+            let uri = req.uri().clone();
+            jwt_admission(j, route, req.headers_mut(), uri.query(), &out.metrics)?;
             request_host(&req)?
         }
     };
@@ -1303,9 +1305,10 @@ pub(crate) fn jwt_admission(
     j: &crate::jwt::RouteJwtSpec,
     route: &crate::snapshot::Route,
     headers: &mut HeaderMap,
+    query: Option<&str>,
     metrics: &Metrics,
 ) -> Result<(), ProxyError> {
-    let result = jwt_check(j, headers);
+    let result = jwt_check(j, headers, query);
     let label = match &result {
         Ok(true) => "ok",
         Ok(false) => "allowed_missing",
@@ -1327,21 +1330,22 @@ pub(crate) fn jwt_admission(
 fn jwt_check(
     j: &crate::jwt::RouteJwtSpec,
     h: &mut http::HeaderMap,
+    query: Option<&str>,
 ) -> Result<bool, crate::jwt::JwtError> {
     let p = &j.provider;
     // Claim headers only ever come from a verified token.
     for (_, name) in &p.claims_to_headers {
         h.remove(name.as_str());
     }
-    let token = match crate::jwt::bearer(h)? {
-        Some(t) => t,
+    let (token, from_header) = match crate::jwt::find_token(&p.locations, h, query)? {
+        Some((t, from)) => (t.into_owned(), from),
         None if j.allow_missing => return Ok(false),
         None => return Err(crate::jwt::JwtError::Missing),
     };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let claims = crate::jwt::verify(p, token, now)?;
+    let claims = crate::jwt::verify(p, &token, now)?;
     for (claim, name) in &p.claims_to_headers {
         let value = claims
             .get(claim)
@@ -1351,8 +1355,10 @@ fn jwt_check(
             h.insert(n, v);
         }
     }
-    if !p.forward {
-        h.remove(header::AUTHORIZATION);
+    // forward: false: the header the token came in goes (a cookie or a
+    // query parameter stays: the app may need the rest of it).
+    if let (false, Some(name)) = (p.forward, from_header) {
+        h.remove(name.as_str());
     }
     Ok(true)
 }

@@ -233,7 +233,7 @@ fn query_matches(q: &QueryMatch, query: Option<&str>) -> bool {
 
 /// Percent-decode a query name or value, `+` as a space; a `%` that starts
 /// no escape stays as it is (as browsers and most app stacks read it).
-fn query_decode(s: &str) -> std::borrow::Cow<'_, [u8]> {
+pub(crate) fn query_decode(s: &str) -> std::borrow::Cow<'_, [u8]> {
     let b = s.as_bytes();
     if !b.iter().any(|&c| c == b'%' || c == b'+') {
         return std::borrow::Cow::Borrowed(b);

@@ -2670,6 +2670,18 @@ clusters:
             "{ name: p, issuer: x, jwks_file: /x, remote_jwks: { uri: 'https://idp/keys', cluster: a } }",
             "jwt_providers[0]",
         ),
+        (
+            "{ name: p, issuer: x, jwks: '{\"keys\":[]}', from_headers: [ { name: 'bad name' } ] }",
+            "jwt_providers[0].from_headers[0].name",
+        ),
+        (
+            "{ name: p, issuer: x, remote_jwks: { uri: 'https://idp/keys', cluster: a }, from_cookies: [] }",
+            "jwt_providers[0]",
+        ),
+        (
+            "{ name: p, issuer: x, remote_jwks: { uri: 'https://idp/keys', cluster: a }, from_cookies: ['a;b'] }",
+            "jwt_providers[0].from_cookies[0]",
+        ),
     ] {
         refused_at(
             &one_route_config(&format!("jwt_providers: [ {provider} ]\n"), ""),
@@ -2937,4 +2949,95 @@ clusters:
         200,
         "keys kept across the reload"
     );
+}
+
+/// `from_headers`, `from_cookies`, `from_params`: the token where the
+/// provider says it is, and only there; `forward: false` drops the header
+/// it came in.
+#[tokio::test(flavor = "multi_thread")]
+async fn jwt_tokens_from_a_header_a_cookie_or_a_parameter() {
+    use ring::rand::SystemRandom;
+    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+    use sift::jwt::b64url_encode as b64;
+    let rng = SystemRandom::new();
+    let pk8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    let k = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pk8.as_ref(), &rng).unwrap();
+    let pt = k.public_key().as_ref();
+    let jwks = format!(
+        r#"{{"keys":[{{"kty":"EC","crv":"P-256","x":"{}","y":"{}"}}]}}"#,
+        b64(&pt[1..33]),
+        b64(&pt[33..65])
+    );
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let msg = format!(
+        "{}.{}",
+        b64(br#"{"alg":"ES256"}"#),
+        b64(format!(r#"{{"iss":"https://idp.example","sub":"u7","exp":{exp}}}"#).as_bytes())
+    );
+    let sig = k.sign(&rng, msg.as_bytes()).unwrap();
+    let token = format!("{msg}.{}", b64(sig.as_ref()));
+    let app = Upstream::echo("app").await;
+    let sift = Sift::start(&format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+jwt_providers:
+  - name: idp
+    issuer: https://idp.example
+    jwks: '{jwks}'
+    from_headers: [ {{ name: x-jwt-assertion }} ]
+    from_cookies: [ session ]
+    from_params: [ access_token ]
+    claims_to_headers: [ {{ claim: sub, header: x-user }} ]
+routes:
+  - name: api
+    cluster: app
+    jwt: {{ provider: idp }}
+clusters:
+  - {{ name: app, endpoints: ["{}"] }}
+"#,
+        app.addr
+    ));
+    let call = |path: String, headers: Vec<(&'static str, String)>| {
+        let mut r = Request::get(sift.url(&path));
+        for (k, v) in headers {
+            r = r.header(k, v);
+        }
+        send(r.body(full("")).unwrap())
+    };
+    // In the header: admitted, the header not forwarded (forward: false).
+    let r = call("/a".into(), vec![("x-jwt-assertion", token.clone())]).await;
+    assert_eq!(r.status(), 200);
+    let seen: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
+    assert_eq!(seen["headers"]["x-user"][0], "u7", "{seen}");
+    assert!(seen["headers"].get("x-jwt-assertion").is_none(), "{seen}");
+    // In a cookie, in a parameter: admitted.
+    let r = call(
+        "/b".into(),
+        vec![("cookie", format!("theme=dark; session={token}"))],
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let r = call(format!("/c?x=1&access_token={token}"), vec![]).await;
+    assert_eq!(r.status(), 200);
+    // Authorization: Bearer is not a place this provider reads: missing.
+    let r = call(
+        "/d".into(),
+        vec![("authorization", format!("Bearer {token}"))],
+    )
+    .await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["x-sift-error"], "jwt-missing");
+    // Two different tokens in two places: refused.
+    let r = call(
+        "/e?access_token=a.b.c".into(),
+        vec![("cookie", format!("session={token}"))],
+    )
+    .await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["x-sift-error"], "jwt-invalid");
 }

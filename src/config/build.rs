@@ -2113,6 +2113,44 @@ fn build_jwt_providers(
                 ),
             }
         }
+        let mut locations = Vec::new();
+        for (j, fh) in pf.from_headers.iter().flatten().enumerate() {
+            match HeaderName::from_bytes(fh.name.as_bytes()) {
+                Ok(h) => locations.push(crate::jwt::TokenLocation::Header {
+                    name: h.as_str().to_string(),
+                    prefix: fh.value_prefix.clone().unwrap_or_default(),
+                }),
+                Err(_) => e.push(
+                    format!("{p}.from_headers[{j}].name"),
+                    format!("{:?} is not a header name", fh.name),
+                ),
+            }
+        }
+        for (j, c) in pf.from_cookies.iter().flatten().enumerate() {
+            if c.is_empty() || c.contains([';', '=', ' ', ',']) {
+                e.push(
+                    format!("{p}.from_cookies[{j}]"),
+                    format!("{c:?} is not a cookie name"),
+                );
+            } else {
+                locations.push(crate::jwt::TokenLocation::Cookie(c.clone()));
+            }
+        }
+        for (j, q) in pf.from_params.iter().flatten().enumerate() {
+            if q.is_empty() {
+                e.push(format!("{p}.from_params[{j}]"), "is empty");
+            } else {
+                locations.push(crate::jwt::TokenLocation::Param(q.clone()));
+            }
+        }
+        if pf.from_headers.is_none() && pf.from_cookies.is_none() && pf.from_params.is_none() {
+            locations.push(crate::jwt::TokenLocation::bearer());
+        } else if locations.is_empty() {
+            e.push(
+                &p,
+                "from_headers, from_cookies and from_params name no place for the token",
+            );
+        }
         out.push(crate::jwt::JwtProviderSpec {
             name: pf.name.clone(),
             issuer: pf.issuer.clone(),
@@ -2122,6 +2160,7 @@ fn build_jwt_providers(
             remote,
             clock_skew_secs: pf.clock_skew.map_or(60, |d| d.0.as_secs()),
             forward: pf.forward.unwrap_or(false),
+            locations,
             claims_to_headers,
         });
     }

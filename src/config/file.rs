@@ -81,6 +81,28 @@ pub struct JwtProviderFile {
     /// Claims sent upstream as headers, e.g. {claim: sub, header: x-user}.
     #[serde(default)]
     pub claims_to_headers: Option<Vec<ClaimHeaderFile>>,
+    /// Headers that carry the token, e.g. {name: x-goog-iap-jwt-assertion}
+    /// or {name: authorization, value_prefix: "Bearer "}. With none of
+    /// from_headers, from_cookies and from_params: Authorization: Bearer.
+    #[serde(default)]
+    pub from_headers: Option<Vec<FromHeaderFile>>,
+    /// Cookies that carry the token.
+    #[serde(default)]
+    pub from_cookies: Option<Vec<String>>,
+    /// Query parameters that carry the token (e.g. access_token).
+    #[serde(default)]
+    pub from_params: Option<Vec<String>>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FromHeaderFile {
+    /// The header's name.
+    pub name: String,
+    /// What comes before the token in the value (matched without regard
+    /// to case), e.g. "Bearer "; default: the whole value is the token.
+    #[serde(default)]
+    pub value_prefix: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]

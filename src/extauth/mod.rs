@@ -203,7 +203,8 @@ fn head<'s>(
     crate::proxy::identity_admission(route, conn)?;
     if let Some(j) = &route.spec.jwt {
         let before = req.headers().clone();
-        crate::proxy::jwt_admission(j, route, req.headers_mut(), metrics)?;
+        let uri = req.uri().clone();
+        crate::proxy::jwt_admission(j, route, req.headers_mut(), uri.query(), metrics)?;
         // What the check changed: claim headers set, spoofed ones and
         // (forward: false) the token removed.
         for (name, v) in req.headers() {
