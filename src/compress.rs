@@ -1,8 +1,11 @@
-//! gzip compression of upstream answers per route, with Envoy's meaning
-//! (its `compressor` filter) and nginx's (`gzip on`):
+//! gzip and brotli compression of upstream answers per route, with Envoy's
+//! meaning (its `compressor` filter, gzip and brotli libraries) and
+//! nginx's (`gzip on`):
 //!
-//! - only when the client accepts gzip (`Accept-Encoding`, q-values read:
-//!   `gzip;q=0` refuses it, `*` accepts it unless gzip is refused);
+//! - only in a coding the client accepts (`Accept-Encoding`, q-values
+//!   read: `gzip;q=0` refuses it, `*` accepts what is not named); among
+//!   the route's `algorithms`, the one with the highest q, ties going to
+//!   the route's order;
 //! - only answers whose Content-Type is in the route's list, that carry no
 //!   Content-Encoding, no `Cache-Control: no-transform`, are not 204, 206
 //!   or 304, answer no HEAD, and are not known to be shorter than
@@ -51,6 +54,75 @@ pub struct CompressionSpec {
     pub content_types: Vec<String>,
     /// zlib level, 1 (fastest) to 9 (smallest).
     pub level: u32,
+    /// Codings offered, in order of preference.
+    pub algorithms: Vec<Coding>,
+    /// Brotli quality, 0..=11.
+    pub brotli_quality: u32,
+}
+
+/// A content coding sift compresses with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Coding {
+    Gzip,
+    Br,
+}
+
+impl Coding {
+    pub fn token(self) -> &'static str {
+        match self {
+            Coding::Gzip => "gzip",
+            Coding::Br => "br",
+        }
+    }
+}
+
+/// The coding to answer in: among `offered`, the one the client accepts
+/// with the highest q (RFC 9110 §12.5.3; `x-gzip` is gzip; `*` stands for
+/// codings not named), ties to `offered`'s order; `None` when it accepts
+/// none of them.
+pub fn choose(h: &HeaderMap, offered: &[Coding]) -> Option<Coding> {
+    let mut named: [Option<f32>; 2] = [None, None];
+    let mut any = None;
+    for v in h.get_all(header::ACCEPT_ENCODING) {
+        let Ok(v) = v.to_str() else { continue };
+        for item in v.split(',') {
+            let mut parts = item.split(';');
+            let coding = parts.next().unwrap_or("").trim();
+            let q = parts
+                .filter_map(|p| {
+                    let (k, v) = p.split_once('=')?;
+                    k.trim()
+                        .eq_ignore_ascii_case("q")
+                        .then(|| v.trim().parse::<f32>().unwrap_or(0.0))
+                })
+                .next_back()
+                .unwrap_or(1.0);
+            if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
+                named[0] = Some(q);
+            } else if coding.eq_ignore_ascii_case("br") {
+                named[1] = Some(q);
+            } else if coding == "*" {
+                any = Some(q);
+            }
+        }
+    }
+    let q = |c: Coding| {
+        named[match c {
+            Coding::Gzip => 0,
+            Coding::Br => 1,
+        }]
+        .or(any)
+        .unwrap_or(0.0)
+    };
+    let mut best: Option<(Coding, f32)> = None;
+    for &c in offered {
+        let cq = q(c);
+        if cq > 0.0 && best.is_none_or(|(_, bq)| cq > bq) {
+            best = Some((c, cq));
+        }
+    }
+    best.map(|(c, _)| c)
 }
 
 /// Why an answer was not compressed (the `result` label), or `compressed`.
@@ -105,39 +177,13 @@ pub fn decide(
     "compressed"
 }
 
-/// The client accepts gzip (RFC 9110 §12.5.3): `gzip` or `x-gzip` with
-/// q > 0, or `*` with q > 0 when gzip is not named.
-pub fn accepts_gzip(h: &HeaderMap) -> bool {
-    let mut gzip = None;
-    let mut any = None;
-    for v in h.get_all(header::ACCEPT_ENCODING) {
-        let Ok(v) = v.to_str() else { continue };
-        for item in v.split(',') {
-            let mut parts = item.split(';');
-            let coding = parts.next().unwrap_or("").trim();
-            let q = parts
-                .filter_map(|p| {
-                    let (k, v) = p.split_once('=')?;
-                    k.trim()
-                        .eq_ignore_ascii_case("q")
-                        .then(|| v.trim().parse::<f32>().unwrap_or(0.0))
-                })
-                .next_back()
-                .unwrap_or(1.0);
-            if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
-                gzip = Some(q > 0.0);
-            } else if coding == "*" {
-                any = Some(q > 0.0);
-            }
-        }
-    }
-    gzip.or(any).unwrap_or(false)
-}
-
-/// Rewrite the answer's head for a gzip body.
-pub fn compressed_head(h: &mut HeaderMap) {
+/// Rewrite the answer's head for a body in `coding`.
+pub fn compressed_head(h: &mut HeaderMap, coding: Coding) {
     h.remove(header::CONTENT_LENGTH);
-    h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    h.insert(
+        header::CONTENT_ENCODING,
+        HeaderValue::from_static(coding.token()),
+    );
     if let Some(tag) = h.get(header::ETAG)
         && !tag.as_bytes().starts_with(b"W/")
     {
@@ -162,26 +208,77 @@ pub fn vary_accept_encoding(h: &mut HeaderMap) {
     }
 }
 
+/// A streaming encoder into a buffer the body drains.
+enum Encoder {
+    Gzip(Box<flate2::write::GzEncoder<Vec<u8>>>),
+    Br(Box<brotli::CompressorWriter<Vec<u8>>>),
+}
+
+impl Encoder {
+    fn write_flush(&mut self, data: &[u8]) -> std::io::Result<()> {
+        match self {
+            Encoder::Gzip(e) => {
+                e.write_all(data)?;
+                e.flush()
+            }
+            Encoder::Br(e) => {
+                e.write_all(data)?;
+                e.flush()
+            }
+        }
+    }
+
+    fn take(&mut self) -> Vec<u8> {
+        match self {
+            Encoder::Gzip(e) => std::mem::take(e.get_mut()),
+            Encoder::Br(e) => std::mem::take(e.get_mut()),
+        }
+    }
+
+    fn finish(self) -> std::io::Result<Vec<u8>> {
+        match self {
+            Encoder::Gzip(e) => (*e).finish(),
+            Encoder::Br(e) => Ok(e.into_inner()),
+        }
+    }
+}
+
 pin_project_lite::pin_project! {
-    /// An upstream body, gzip-compressed as it streams.
-    pub struct Gzip {
+    /// An upstream body, compressed as it streams.
+    pub struct Compressed {
         #[pin]
         inner: Body,
-        enc: Option<flate2::write::GzEncoder<Vec<u8>>>,
+        enc: Option<Encoder>,
         trailers: Option<HeaderMap>,
         bytes_in: IntCounter,
         bytes_out: IntCounter,
     }
 }
 
-impl Gzip {
-    pub fn new(inner: Body, level: u32, bytes_in: IntCounter, bytes_out: IntCounter) -> Gzip {
-        Gzip {
-            inner,
-            enc: Some(flate2::write::GzEncoder::new(
+impl Compressed {
+    pub fn new(
+        inner: Body,
+        coding: Coding,
+        spec: &CompressionSpec,
+        bytes_in: IntCounter,
+        bytes_out: IntCounter,
+    ) -> Compressed {
+        let enc = match coding {
+            Coding::Gzip => Encoder::Gzip(Box::new(flate2::write::GzEncoder::new(
                 Vec::new(),
-                flate2::Compression::new(level.clamp(1, 9)),
-            )),
+                flate2::Compression::new(spec.level.clamp(1, 9)),
+            ))),
+            // A 4 MiB window (lgwin 22, the library's default).
+            Coding::Br => Encoder::Br(Box::new(brotli::CompressorWriter::new(
+                Vec::new(),
+                4096,
+                spec.brotli_quality.min(11),
+                22,
+            ))),
+        };
+        Compressed {
+            inner,
+            enc: Some(enc),
             trailers: None,
             bytes_in,
             bytes_out,
@@ -189,7 +286,7 @@ impl Gzip {
     }
 }
 
-impl http_body::Body for Gzip {
+impl http_body::Body for Compressed {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -207,9 +304,8 @@ impl http_body::Body for Gzip {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {
                         this.bytes_in.inc_by(data.len() as u64);
-                        enc.write_all(&data)?;
                         // A sync flush: what came is sent now.
-                        enc.flush()?;
+                        enc.write_flush(&data)?;
                         false
                     }
                     Err(frame) => {
@@ -227,7 +323,7 @@ impl http_body::Body for Gzip {
                 let Some(enc) = this.enc.take() else { continue };
                 enc.finish()?
             } else {
-                std::mem::take(enc.get_mut())
+                enc.take()
             };
             if out.is_empty() {
                 continue;
@@ -249,6 +345,10 @@ impl http_body::Body for Gzip {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn accepts_gzip(h: &HeaderMap) -> bool {
+        choose(h, &[Coding::Gzip]).is_some()
+    }
     use http_body_util::BodyExt;
     use std::io::Read;
 
@@ -257,6 +357,8 @@ mod tests {
             min_bytes: 256,
             content_types: DEFAULT_TYPES.iter().map(|s| s.to_string()).collect(),
             level: 6,
+            algorithms: vec![Coding::Gzip, Coding::Br],
+            brotli_quality: 4,
         }
     }
 
@@ -347,12 +449,12 @@ mod tests {
     #[test]
     fn head_rewrite_and_vary() {
         let mut h = headers(&[("content-length", "9000"), ("etag", "\"abc\"")]);
-        compressed_head(&mut h);
+        compressed_head(&mut h, Coding::Gzip);
         assert!(h.get("content-length").is_none());
         assert_eq!(h["content-encoding"], "gzip");
         assert_eq!(h["etag"], "W/\"abc\"");
         let mut weak = headers(&[("etag", "W/\"x\"")]);
-        compressed_head(&mut weak);
+        compressed_head(&mut weak, Coding::Gzip);
         assert_eq!(weak["etag"], "W/\"x\"");
         let mut v = headers(&[("vary", "Origin")]);
         vary_accept_encoding(&mut v);
@@ -370,7 +472,7 @@ mod tests {
         let inner = crate::body::boxed(Frames(rx));
         let c = prometheus::IntCounter::new("a", "a").unwrap();
         let d = prometheus::IntCounter::new("b", "b").unwrap();
-        let mut g = Gzip::new(inner, 6, c.clone(), d.clone());
+        let mut g = Compressed::new(inner, Coding::Gzip, &spec(), c.clone(), d.clone());
         tx.send(Ok(Frame::data(Bytes::from_static(b"first piece\n"))))
             .await
             .unwrap();
@@ -405,6 +507,60 @@ mod tests {
         assert_eq!(c.get(), 100_012);
         assert_eq!(d.get(), wire.len() as u64);
         assert!(wire.len() < 1000, "{}", wire.len());
+    }
+
+    #[test]
+    fn the_coding_is_the_clients_best_among_the_offered() {
+        use Coding::{Br, Gzip};
+        let ae = |v: &str| headers(&[("accept-encoding", v)]);
+        for (v, offered, want) in [
+            ("gzip, br", &[Gzip, Br][..], Some(Gzip)),
+            ("gzip, br", &[Br, Gzip][..], Some(Br)),
+            ("br;q=1, gzip;q=0.5", &[Gzip, Br][..], Some(Br)),
+            ("gzip", &[Br][..], None),
+            ("*", &[Br][..], Some(Br)),
+            ("br;q=0, *", &[Br, Gzip][..], Some(Gzip)),
+            ("BR", &[Gzip, Br][..], Some(Br)),
+            ("identity", &[Gzip, Br][..], None),
+        ] {
+            assert_eq!(choose(&ae(v), offered), want, "{v:?} {offered:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn brotli_streams_and_decodes_to_the_pieces() {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let inner = crate::body::boxed(Frames(rx));
+        let reg = prometheus::IntCounter::new("a", "a").unwrap();
+        let reg2 = prometheus::IntCounter::new("b", "b").unwrap();
+        let mut g = Compressed::new(inner, Coding::Br, &spec(), reg.clone(), reg2.clone());
+        tx.send(Ok(Frame::data(Bytes::from_static(b"first piece\n"))))
+            .await
+            .unwrap();
+        // The first piece decodes before the stream ends (a brotli flush).
+        let f = g.frame().await.unwrap().unwrap().into_data().unwrap();
+        let mut part = Vec::new();
+        let mut r = brotli_decompressor::Decompressor::new(&f[..], 4096);
+        let _ = r.read_to_end(&mut part);
+        assert_eq!(part, b"first piece\n");
+        tx.send(Ok(Frame::data(Bytes::from(vec![b'y'; 50_000]))))
+            .await
+            .unwrap();
+        drop(tx);
+        let mut wire = f.to_vec();
+        while let Some(fr) = g.frame().await {
+            if let Ok(d) = fr.unwrap().into_data() {
+                wire.extend_from_slice(&d);
+            }
+        }
+        let mut text = Vec::new();
+        brotli_decompressor::Decompressor::new(&wire[..], 4096)
+            .read_to_end(&mut text)
+            .unwrap();
+        assert_eq!(text.len(), 12 + 50_000);
+        assert!(text.starts_with(b"first piece\n"));
+        assert_eq!(reg.get(), 50_012);
+        assert!(wire.len() < 500, "{}", wire.len());
     }
 
     /// A body fed frame by frame through a channel.

@@ -467,11 +467,11 @@ async fn proxy(
         CorsStep::Nothing => {}
     }
 
-    // Whether the answer may be gzip-compressed, read before the request
+    // The coding the answer may be compressed in, read before the request
     // goes upstream.
-    let gzip = route.spec.compression.as_ref().map(|_| {
+    let gzip = route.spec.compression.as_ref().map(|c| {
         (
-            crate::compress::accepts_gzip(req.headers()),
+            crate::compress::choose(req.headers(), &c.algorithms),
             req.method() == Method::HEAD,
         )
     });
@@ -1156,8 +1156,9 @@ async fn proxy(
         }
     }
     let mut b = b;
-    if let (Some(c), Some((accepts, head))) = (&route.spec.compression, gzip) {
-        let result = crate::compress::decide(c, accepts, head, parts.status, &parts.headers);
+    if let (Some(c), Some((coding, head))) = (&route.spec.compression, gzip) {
+        let result =
+            crate::compress::decide(c, coding.is_some(), head, parts.status, &parts.headers);
         let name = route.spec.name.as_str();
         out.metrics
             .compression
@@ -1166,16 +1167,17 @@ async fn proxy(
         if matches!(result, "compressed" | "not_accepted") {
             crate::compress::vary_accept_encoding(&mut parts.headers);
         }
-        if result == "compressed" {
-            crate::compress::compressed_head(&mut parts.headers);
+        if let (Some(coding), "compressed") = (coding, result) {
+            crate::compress::compressed_head(&mut parts.headers, coding);
             let bytes = |stage: &str| {
                 out.metrics
                     .compression_bytes
                     .with_label_values(&[name, stage])
             };
-            b = body::boxed(crate::compress::Gzip::new(
+            b = body::boxed(crate::compress::Compressed::new(
                 b,
-                c.level,
+                coding,
+                c,
                 bytes("uncompressed"),
                 bytes("compressed"),
             ));

@@ -2226,6 +2226,86 @@ clusters:
     );
 }
 
+/// `algorithms: [br, gzip]`: brotli for clients that take it, gzip for
+/// the others, the client's q-values first and the route's order on ties.
+#[tokio::test(flavor = "multi_thread")]
+async fn brotli_for_clients_that_accept_it() {
+    use std::io::Read;
+    let big: String = (0..300).map(|i| format!("<li>item {i}</li>")).collect();
+    let b2 = Arc::new(big.clone());
+    let app = Upstream::start(move |_req: Request<hyper::body::Incoming>| {
+        let big = b2.clone();
+        async move {
+            let mut r = http::Response::new(full(big.to_string()));
+            r.headers_mut()
+                .insert("content-type", "text/html".parse().unwrap());
+            r
+        }
+    })
+    .await;
+    let sift = Sift::start(&format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+routes:
+  - name: web
+    cluster: app
+    compression: {{ algorithms: [br, gzip], brotli_quality: 5 }}
+clusters:
+  - {{ name: app, endpoints: ["{}"] }}
+"#,
+        app.addr
+    ));
+    let go = |ae: &'static str| {
+        send(
+            Request::get(sift.url("/"))
+                .header("accept-encoding", ae)
+                .body(body::empty())
+                .unwrap(),
+        )
+    };
+    for (ae, want) in [
+        ("gzip, deflate, br", "br"),
+        ("gzip", "gzip"),
+        ("br;q=0.5, gzip", "gzip"),
+        ("br", "br"),
+    ] {
+        let r = go(ae).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-encoding"], want, "{ae}");
+        assert_eq!(r.headers()["vary"], "accept-encoding");
+        let mut text = String::new();
+        if want == "br" {
+            brotli::Decompressor::new(&r.body()[..], 4096)
+                .read_to_string(&mut text)
+                .expect("a whole brotli stream");
+        } else {
+            flate2::read::GzDecoder::new(&r.body()[..])
+                .read_to_string(&mut text)
+                .expect("a whole gzip stream");
+        }
+        assert_eq!(text, big, "{ae}");
+        assert!(r.body().len() < big.len() / 4, "{ae}: {}", r.body().len());
+    }
+    for (bad, path) in [
+        (
+            "{ algorithms: [zstd] }",
+            "routes[0].compression.algorithms[0]",
+        ),
+        ("{ algorithms: [] }", "routes[0].compression.algorithms"),
+        (
+            "{ algorithms: [br, br] }",
+            "routes[0].compression.algorithms[1]",
+        ),
+        (
+            "{ brotli_quality: 12 }",
+            "routes[0].compression.brotli_quality",
+        ),
+    ] {
+        refused_at(&one_route_config("", &format!("compression: {bad}")), path);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn traces_join_the_callers_and_spans_reach_the_collector() {
     // The collector: OTLP/HTTP JSON, kept as received.

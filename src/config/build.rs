@@ -2207,10 +2207,53 @@ fn build_compression(
             }
         }
     }
+    let mut algorithms = Vec::new();
+    for (i, a) in c
+        .algorithms
+        .clone()
+        .unwrap_or_else(|| vec!["gzip".into()])
+        .iter()
+        .enumerate()
+    {
+        let coding = match a.as_str() {
+            "gzip" => crate::compress::Coding::Gzip,
+            "br" => crate::compress::Coding::Br,
+            other => {
+                e.push(
+                    format!("{p}.algorithms[{i}]"),
+                    format!("{other:?} is not gzip or br"),
+                );
+                continue;
+            }
+        };
+        if algorithms.contains(&coding) {
+            e.push(
+                format!("{p}.algorithms[{i}]"),
+                format!("{a:?} is listed twice"),
+            );
+        } else {
+            algorithms.push(coding);
+        }
+    }
+    if c.algorithms.as_ref().is_some_and(Vec::is_empty) {
+        e.push(
+            format!("{p}.algorithms"),
+            "is empty: nothing would be compressed",
+        );
+    }
+    let brotli_quality = c.brotli_quality.unwrap_or(4);
+    if brotli_quality > 11 {
+        e.push(
+            format!("{p}.brotli_quality"),
+            format!("{brotli_quality} is not within 0..=11"),
+        );
+    }
     crate::compress::CompressionSpec {
         min_bytes: c.min_bytes.map_or(256, |b| b.0),
         content_types,
         level: level.clamp(1, 9),
+        algorithms,
+        brotli_quality: brotli_quality.min(11),
     }
 }
 

@@ -879,6 +879,13 @@ pub struct CompressionFile {
     /// zlib level, 1 (fastest) to 9 (smallest); default 6.
     #[serde(default)]
     pub level: Option<u32>,
+    /// Codings offered, in sift's order of preference when the client
+    /// accepts several equally: `gzip`, `br` (default [gzip]).
+    #[serde(default)]
+    pub algorithms: Option<Vec<String>>,
+    /// Brotli quality, 0 (fastest) to 11 (smallest); default 4.
+    #[serde(default)]
+    pub brotli_quality: Option<u32>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
