@@ -19,6 +19,13 @@
 # expected, decoding (python's gzip) to the backend's file byte for byte.
 #
 #   bench/compression.sh [SIFT_BIN]   env: DURATION (10s) CONNS (50) ROUNDS (3) WARMUP (2s)
+#                                     CODING (gzip | br) LEVEL (gzip 6, br 4)
+#
+# CODING=br: brotli instead, sift's compression {algorithms: [br],
+# brotli_quality: LEVEL} against nginx with Debian's brotli filter module
+# (libnginx-mod-http-brotli-filter, installed when missing; brotli on;
+# brotli_comp_level LEVEL), clients sending Accept-Encoding: br; answers
+# checked by curl --compressed (curl decodes br).
 #
 # sift and the proxy nginx on core 0, wrk and the backend nginx on core 1.
 # Everything stops by itself; servers are killed at exit.
@@ -30,9 +37,19 @@ DURATION=${DURATION:-10s}
 CONNS=${CONNS:-50}
 ROUNDS=${ROUNDS:-3}
 WARMUP=${WARMUP:-2s}
+CODING=${CODING:-gzip}
+case "$CODING" in
+  gzip) LEVEL=${LEVEL:-6} ;;
+  br) LEVEL=${LEVEL:-4} ;;
+  *) echo "CODING is gzip or br" >&2; exit 1 ;;
+esac
+BR_MOD=/usr/lib/nginx/modules/ngx_http_brotli_filter_module.so
 [ -x "$SIFT" ] || { echo "no sift binary at $SIFT (cargo build --release)" >&2; exit 1; }
 . bench/common.sh
 need_tools nginx wrk curl
+if [ "$CODING" = br ] && [ ! -f "$BR_MOD" ]; then
+  apt-get update -qq && apt-get install -y -qq libnginx-mod-http-brotli-filter >/dev/null
+fi
 
 scratch
 BE=$(port); P=$(port); A=$(port)
@@ -89,8 +106,9 @@ http { access_log off; keepalive_requests 1000000; gzip off;
 NGX
 taskset -c 1 nginx -c "$d/backend.conf" -p "$d" & pids+=($!)
 
-nginx_conf() { # $1 file, $2 extra http-level directives
+nginx_conf() { # $1 file, $2 extra http-level directives, $3 main-level ones
   cat > "$1" <<NGX
+${3:-}
 worker_processes 1; daemon off; pid $d/nx/nx.pid; error_log $d/nx/nx.err;
 events { worker_connections 4096; }
 http { access_log off; keepalive_requests 1000000; $2
@@ -100,7 +118,11 @@ http { access_log off; keepalive_requests 1000000; $2
 NGX
 }
 nginx_conf "$d/nginx.conf" "gzip off;"
-nginx_conf "$d/nginx-gzip.conf" "gzip on; gzip_comp_level 6; gzip_types application/json; gzip_proxied any;"
+if [ "$CODING" = br ]; then
+  nginx_conf "$d/nginx-c.conf" "brotli on; brotli_comp_level $LEVEL; brotli_types application/json;" "load_module $BR_MOD;"
+else
+  nginx_conf "$d/nginx-c.conf" "gzip on; gzip_comp_level $LEVEL; gzip_types application/json; gzip_proxied any;"
+fi
 
 sift_conf() { # $1 file, $2 route extras
   cat > "$1" <<YAML
@@ -118,7 +140,12 @@ clusters:
 YAML
 }
 sift_conf "$d/sift.yaml" ""
-sift_conf "$d/sift-gzip.yaml" "    compression: { level: 6, content_types: [application/json] }"
+if [ "$CODING" = br ]; then
+  sift_conf "$d/sift-c.yaml" "    compression: { algorithms: [br], brotli_quality: $LEVEL, content_types: [application/json] }"
+else
+  sift_conf "$d/sift-c.yaml" "    compression: { level: $LEVEL, content_types: [application/json] }"
+fi
+AE="Accept-Encoding: $CODING"
 
 URL="http://127.0.0.1:$P/data.json"
 SP=""
@@ -152,45 +179,47 @@ ticks() { # utime + stime of the proxy and its children (nginx's worker)
 }
 
 # Each proxy's answer, checked once: encoding, size, decodes to the file.
-check() { # $1 label, $2 kind, $3 config, $4 want gzip (1/0)
+check() { # $1 label, $2 kind, $3 config, $4 want the coding (1/0)
   start "$2" "$3"
-  curl -s -H 'Accept-Encoding: gzip' -D "$d/h" -o "$d/body" "$URL"
-  curl -s --compressed -o "$d/plain" "$URL"
+  curl -s -H "$AE" -D "$d/h" -o "$d/body" "$URL"
+  curl -s --compressed -H "$AE" -o "$d/plain" "$URL"
   stop
-  python3 - "$1" "$4" "$d/h" "$d/body" "$d/plain" "$d/www/data.json" <<'PY'
+  python3 - "$1" "$4" "$d/h" "$d/body" "$d/plain" "$d/www/data.json" "$CODING" <<'PY'
 import gzip, sys
-label, want, h, body, plain, orig = sys.argv[1:]
+label, want, h, body, plain, orig, coding = sys.argv[1:]
 orig = open(orig, "rb").read()
 heads = open(h, "rb").read().decode("latin-1").lower()
 body = open(body, "rb").read()
-enc = "content-encoding: gzip" in heads
+enc = f"content-encoding: {coding}" in heads
 if enc != (want == "1"):
-    sys.exit(f"{label}: Content-Encoding gzip is {enc}, expected {want == '1'}")
-data = gzip.decompress(body) if enc else body
-if data != orig:
+    sys.exit(f"{label}: Content-Encoding {coding} is {enc}, expected {want == '1'}")
+# gzip is decoded here too; br only by curl (no brotli in Python's stdlib).
+if coding == "gzip" and (gzip.decompress(body) if enc else body) != orig:
     sys.exit(f"{label}: the answer does not decode to the backend's {len(orig)} bytes")
+if not enc and body != orig:
+    sys.exit(f"{label}: the plain answer is not the backend's {len(orig)} bytes")
 if open(plain, "rb").read() != orig:
     sys.exit(f"{label}: curl --compressed did not get the backend's bytes")
-print(f"| {label} | {'gzip' if enc else 'identity'} | {len(body)} | {len(orig) / len(body):.2f} | yes |")
+print(f"| {label} | {coding if enc else 'identity'} | {len(body)} | {len(orig) / len(body):.2f} | yes |")
 PY
 }
 
-echo "gzip compression: $(date -u) | commit $(git rev-parse --short HEAD) | nproc $(nproc) | load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "$CODING compression: $(date -u) | commit $(git rev-parse --short HEAD) | nproc $(nproc) | load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "$(nginx -v 2>&1) | $(wrk -v 2>&1 | head -1) | sift: $("$SIFT" --version 2>/dev/null | head -1)"
-echo "answer: $SIZE bytes of JSON (application/json, backend nginx, gzip off); wrk -t1 -c$CONNS -d$DURATION --latency -H 'Accept-Encoding: gzip' after a ${WARMUP} warmup; proxy on core 0, wrk + backend on core 1"
+echo "answer: $SIZE bytes of JSON (application/json, backend nginx, gzip off); wrk -t1 -c$CONNS -d$DURATION --latency -H '$AE' after a ${WARMUP} warmup; proxy on core 0, wrk + backend on core 1"
 echo
 echo "| proxy | Content-Encoding | answer bytes | ratio | decodes to the original |"
 echo "|---|---|---:|---:|---|"
 check "sift" sift "$d/sift.yaml" 0
-check "sift gzip 6" sift "$d/sift-gzip.yaml" 1
+check "sift $CODING $LEVEL" sift "$d/sift-c.yaml" 1
 check "nginx" nginx "$d/nginx.conf" 0
-check "nginx gzip 6" nginx "$d/nginx-gzip.conf" 1
+check "nginx $CODING $LEVEL" nginx "$d/nginx-c.conf" 1
 
 run() { # $1 label, $2 kind, $3 config
   start "$2" "$3"
-  taskset -c 1 wrk -t1 -c"$CONNS" -d"$WARMUP" -H 'Accept-Encoding: gzip' "$URL" > /dev/null
+  taskset -c 1 wrk -t1 -c"$CONNS" -d"$WARMUP" -H "$AE" "$URL" > /dev/null
   local c0 c1 out; c0=$(ticks)
-  out=$(timeout -k 5 120 taskset -c 1 wrk -t1 -c"$CONNS" -d"$DURATION" --latency -H 'Accept-Encoding: gzip' "$URL")
+  out=$(timeout -k 5 120 taskset -c 1 wrk -t1 -c"$CONNS" -d"$DURATION" --latency -H "$AE" "$URL")
   c1=$(ticks)
   stop
   local rps p50 p99 reqs bytes bad cpu per
@@ -210,8 +239,8 @@ echo "| run | req/s | p50 | p99 | errors | proxy CPU µs/req | bytes read per an
 echo "|---|---:|---:|---:|---:|---:|---:|"
 declare -A rps cpu
 for r in $(seq "$ROUNDS"); do
-  for v in "sift:sift:$d/sift.yaml" "sift gzip 6:sift:$d/sift-gzip.yaml" \
-           "nginx:nginx:$d/nginx.conf" "nginx gzip 6:nginx:$d/nginx-gzip.conf"; do
+  for v in "sift:sift:$d/sift.yaml" "sift $CODING $LEVEL:sift:$d/sift-c.yaml" \
+           "nginx:nginx:$d/nginx.conf" "nginx $CODING $LEVEL:nginx:$d/nginx-c.conf"; do
     IFS=: read -r label kind conf <<< "$v"
     run "round $r: $label" "$kind" "$conf"
     rps[$label]="${rps[$label]:-} $LAST_RPS"; cpu[$label]="${cpu[$label]:-} $LAST_CPU"
@@ -219,7 +248,7 @@ for r in $(seq "$ROUNDS"); do
 done
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 echo
-for label in "sift" "sift gzip 6" "nginx" "nginx gzip 6"; do
+for label in "sift" "sift $CODING $LEVEL" "nginx" "nginx $CODING $LEVEL"; do
   # shellcheck disable=SC2086
   echo "$label: median req/s $(median ${rps[$label]}), median proxy CPU $(median ${cpu[$label]}) µs/req"
 done

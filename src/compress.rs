@@ -268,12 +268,14 @@ impl Compressed {
                 Vec::new(),
                 flate2::Compression::new(spec.level.clamp(1, 9)),
             ))),
-            // A 4 MiB window (lgwin 22, the library's default).
+            // A 512 KiB window (lgwin 19), nginx's brotli_window default:
+            // answers are rarely longer, and the encoder's tables are
+            // sized by it for every answer.
             Coding::Br => Encoder::Br(Box::new(brotli::CompressorWriter::new(
                 Vec::new(),
                 4096,
                 spec.brotli_quality.min(11),
-                22,
+                19,
             ))),
         };
         Compressed {
