@@ -2789,31 +2789,12 @@ fn refused_at(text: &str, path: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rotated_jwks_file_is_picked_up_and_a_broken_one_refused() {
-    use ring::rand::SystemRandom;
-    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
-    use sift::jwt::b64url_encode as b64;
-    let rng = SystemRandom::new();
-    let key = || {
-        let pk8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pk8.as_ref(), &rng).unwrap()
-    };
-    let (old, new) = (key(), key());
-    let jwk = |k: &EcdsaKeyPair, kid: &str| {
-        let pt = k.public_key().as_ref();
-        format!(
-            r#"{{"kty":"EC","crv":"P-256","kid":"{kid}","x":"{}","y":"{}"}}"#,
-            b64(&pt[1..33]),
-            b64(&pt[33..65])
-        )
-    };
+    use ring::signature::EcdsaKeyPair;
+    let (old, new) = (es256_key(), es256_key());
+    let jwk = ec_jwk;
     let token = |k: &EcdsaKeyPair, kid: &str| {
-        let msg = format!(
-            "{}.{}",
-            b64(format!(r#"{{"alg":"ES256","kid":"{kid}"}}"#).as_bytes()),
-            b64(br#"{"iss":"https://auth.example.com","sub":"u"}"#)
-        );
-        let sig = k.sign(&SystemRandom::new(), msg.as_bytes()).unwrap();
-        format!("Bearer {msg}.{}", b64(sig.as_ref()))
+        let claims = r#"{"iss":"https://auth.example.com","sub":"u"}"#;
+        format!("Bearer {}", es256_jwt(k, kid, claims))
     };
     let dir = TempDir::new();
     let jwks_path = dir.path("jwks.json");
@@ -2875,24 +2856,10 @@ clusters:
 /// never replacing good keys, and the keys kept across a reload.
 #[tokio::test(flavor = "multi_thread")]
 async fn remote_jwks_is_fetched_refreshed_and_kept_across_reloads() {
-    use ring::rand::SystemRandom;
-    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
-    use sift::jwt::b64url_encode as b64;
+    use ring::signature::EcdsaKeyPair;
     use std::sync::{Arc, Mutex};
-    let rng = SystemRandom::new();
-    let key = || {
-        let pk8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pk8.as_ref(), &rng).unwrap()
-    };
-    let (k1, k2) = (key(), key());
-    let jwks = |k: &EcdsaKeyPair, kid: &str| {
-        let pt = k.public_key().as_ref();
-        format!(
-            r#"{{"keys":[{{"kty":"EC","crv":"P-256","kid":"{kid}","x":"{}","y":"{}"}}]}}"#,
-            b64(&pt[1..33]),
-            b64(&pt[33..65])
-        )
-    };
+    let (k1, k2) = (es256_key(), es256_key());
+    let jwks = |k: &EcdsaKeyPair, kid: &str| format!(r#"{{"keys":[{}]}}"#, ec_jwk(k, kid));
     let exp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -2900,13 +2867,7 @@ async fn remote_jwks_is_fetched_refreshed_and_kept_across_reloads() {
         + 3600;
     let token = |k: &EcdsaKeyPair, kid: &str| {
         let claims = format!(r#"{{"iss":"https://idp.example","sub":"u1","exp":{exp}}}"#);
-        let msg = format!(
-            "{}.{}",
-            b64(format!(r#"{{"alg":"ES256","kid":"{kid}"}}"#).as_bytes()),
-            b64(claims.as_bytes())
-        );
-        let sig = k.sign(&SystemRandom::new(), msg.as_bytes()).unwrap();
-        format!("Bearer {msg}.{}", b64(sig.as_ref()))
+        format!("Bearer {}", es256_jwt(k, kid, &claims))
     };
     // The identity provider: answers what `serve` holds (status, body) and
     // records the Host and path it was asked for.
@@ -3036,30 +2997,15 @@ clusters:
 /// it came in.
 #[tokio::test(flavor = "multi_thread")]
 async fn jwt_tokens_from_a_header_a_cookie_or_a_parameter() {
-    use ring::rand::SystemRandom;
-    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
-    use sift::jwt::b64url_encode as b64;
-    let rng = SystemRandom::new();
-    let pk8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-    let k = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pk8.as_ref(), &rng).unwrap();
-    let pt = k.public_key().as_ref();
-    let jwks = format!(
-        r#"{{"keys":[{{"kty":"EC","crv":"P-256","x":"{}","y":"{}"}}]}}"#,
-        b64(&pt[1..33]),
-        b64(&pt[33..65])
-    );
+    let k = es256_key();
+    let jwks = format!(r#"{{"keys":[{}]}}"#, ec_jwk(&k, ""));
     let exp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
         + 600;
-    let msg = format!(
-        "{}.{}",
-        b64(br#"{"alg":"ES256"}"#),
-        b64(format!(r#"{{"iss":"https://idp.example","sub":"u7","exp":{exp}}}"#).as_bytes())
-    );
-    let sig = k.sign(&rng, msg.as_bytes()).unwrap();
-    let token = format!("{msg}.{}", b64(sig.as_ref()));
+    let claims = format!(r#"{{"iss":"https://idp.example","sub":"u7","exp":{exp}}}"#);
+    let token = es256_jwt(&k, "", &claims);
     let app = Upstream::echo("app").await;
     let sift = Sift::start(&format!(
         r#"log: {{ format: json }}
@@ -3120,4 +3066,45 @@ clusters:
     .await;
     assert_eq!(r.status(), 401);
     assert_eq!(r.headers()["x-sift-error"], "jwt-invalid");
+}
+
+/// A fresh ES256 (P-256) signing key.
+fn es256_key() -> ring::signature::EcdsaKeyPair {
+    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+    let rng = ring::rand::SystemRandom::new();
+    let pk8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pk8.as_ref(), &rng).unwrap()
+}
+
+/// The key's public JWK (`kid` when not empty).
+fn ec_jwk(k: &ring::signature::EcdsaKeyPair, kid: &str) -> String {
+    use ring::signature::KeyPair;
+    use sift::jwt::b64url_encode as b64;
+    let pt = k.public_key().as_ref();
+    let kid = if kid.is_empty() {
+        String::new()
+    } else {
+        format!(r#""kid":"{kid}","#)
+    };
+    format!(
+        r#"{{"kty":"EC","crv":"P-256",{kid}"x":"{}","y":"{}"}}"#,
+        b64(&pt[1..33]),
+        b64(&pt[33..65])
+    )
+}
+
+/// A compact ES256 JWT of `claims` (JSON), `kid` in its header when not
+/// empty.
+fn es256_jwt(k: &ring::signature::EcdsaKeyPair, kid: &str, claims: &str) -> String {
+    use sift::jwt::b64url_encode as b64;
+    let header = if kid.is_empty() {
+        r#"{"alg":"ES256"}"#.to_string()
+    } else {
+        format!(r#"{{"alg":"ES256","kid":"{kid}"}}"#)
+    };
+    let msg = format!("{}.{}", b64(header.as_bytes()), b64(claims.as_bytes()));
+    let sig = k
+        .sign(&ring::rand::SystemRandom::new(), msg.as_bytes())
+        .unwrap();
+    format!("{msg}.{}", b64(sig.as_ref()))
 }
