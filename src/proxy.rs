@@ -432,22 +432,9 @@ async fn proxy(
     if let Some(log) = &mut out.log {
         log.host = host.to_string();
     }
-    let path = req.uri().path();
-    if has_dot_segments(path) {
-        return Err(ProxyError::Malformed("path has '.' or '..' segments"));
-    }
 
     // 3. Route.
-    let route = snap
-        .route_for(
-            listener,
-            &host,
-            path,
-            req.uri().query(),
-            req.method(),
-            req.headers(),
-        )
-        .ok_or(ProxyError::NoRoute)?;
+    let route = route_request(snap, listener, &host, &req)?;
     if let Some(log) = &mut out.log {
         log.route = Some(Arc::from(route.spec.name.as_str()));
     }
@@ -1184,6 +1171,29 @@ async fn proxy(
         }
     }
     Ok(Response::from_parts(parts, b))
+}
+
+/// The route of a request in its one form (a path with dot segments is
+/// refused first), or 404 `no-route`.
+pub(crate) fn route_request<'s, B>(
+    snap: &'s Snapshot,
+    listener: &ListenerSpec,
+    host: &str,
+    req: &Request<B>,
+) -> Result<&'s crate::snapshot::Route, ProxyError> {
+    let path = req.uri().path();
+    if has_dot_segments(path) {
+        return Err(ProxyError::Malformed("path has '.' or '..' segments"));
+    }
+    snap.route_for(
+        listener,
+        host,
+        path,
+        req.uri().query(),
+        req.method(),
+        req.headers(),
+    )
+    .ok_or(ProxyError::NoRoute)
 }
 
 /// The request's path in sift's one form (the listener's
@@ -2158,7 +2168,7 @@ fn normalize_path(path: &str, slashes: EscapedSlashes) -> Result<Option<String>,
 /// `%5C`): an app that decodes the path before resolving dot segments
 /// (Python's http.server; nginx too) reads `/x/..%2Fadmin` as `/admin`.
 /// A segment's `;` parameters do not hide its dots (`..;x`, Tomcat).
-pub(crate) fn has_dot_segments(path: &str) -> bool {
+fn has_dot_segments(path: &str) -> bool {
     let b = path.as_bytes();
     // Most paths have neither '.' nor '%': one vectorised scan says so.
     if memchr::memchr2(b'.', b'%', b).is_none() {

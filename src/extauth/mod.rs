@@ -164,20 +164,7 @@ fn head<'s>(
     // the path as it was: only sift's routing view changes.
     crate::proxy::normal_form(req, listener)?;
     let host = crate::proxy::request_host(req)?.into_owned();
-    let path = req.uri().path();
-    if crate::proxy::has_dot_segments(path) {
-        return Err(ProxyError::Malformed("path has '.' or '..' segments").into());
-    }
-    let route = snap
-        .route_for(
-            listener,
-            &host,
-            path,
-            req.uri().query(),
-            req.method(),
-            req.headers(),
-        )
-        .ok_or(ProxyError::NoRoute)?;
+    let route = crate::proxy::route_request(snap, listener, &host, req)?;
     *matched = Some(route);
     let metrics = &shared.metrics;
     allowed.route = route.spec.name.clone();
