@@ -5,11 +5,16 @@
 //!       Envoy servers are built on) that admits every check without
 //!       looking at it.
 //!   authz_load load ADDR SECONDS CONCURRENCY PATH [BODY_FILE]
+//!   authz_load proc ADDR SECONDS CONCURRENCY PATH [BODY_FILE]
 //!       Envoy's side: `Authorization/Check` calls over one HTTP/2
 //!       connection, CONCURRENCY in flight, for SECONDS; each carries the
 //!       client request POST PATH with BODY_FILE as `raw_body` (Envoy's
 //!       `with_request_body` + `pack_as_bytes`). Prints one line:
 //!       `checks_per_s p50_us p99_us errors denied`.
+//!       `proc`: the same through ext_proc instead, one stream per request:
+//!       request headers, the body (one buffered message), response
+//!       headers, each sent after the answer to the one before (the floor
+//!       answers ext_proc too, continuing every message).
 //!
 //! Not a product and not used by sift; built with
 //! `cargo bench --bench authz_load --no-run`.
@@ -17,6 +22,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use envoy_types::pb::envoy::config::core::v3::{
+    HeaderMap as PbHeaderMap, HeaderValue as PbHeaderValue,
+};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
     Authorization, AuthorizationServer,
@@ -25,9 +33,55 @@ use envoy_types::pb::envoy::service::auth::v3::{
     AttributeContext, CheckRequest, CheckResponse, OkHttpResponse, attribute_context,
     check_response::HttpResponse,
 };
+use envoy_types::pb::envoy::service::ext_proc::v3::{
+    BodyResponse, HeadersResponse, HttpBody, HttpHeaders, ProcessingRequest, ProcessingResponse,
+    external_processor_client::ExternalProcessorClient,
+    external_processor_server::{ExternalProcessor, ExternalProcessorServer},
+    processing_request::Request as In,
+    processing_response::Response as Out,
+};
 use envoy_types::pb::google::rpc::Status as RpcStatus;
+use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 
 struct Floor;
+
+struct FloorProc;
+
+type ProcReply = Result<ProcessingResponse, tonic::Status>;
+
+#[tonic::async_trait]
+impl ExternalProcessor for FloorProc {
+    type ProcessStream = ReceiverStream<ProcReply>;
+
+    async fn process(
+        &self,
+        request: tonic::Request<tonic::Streaming<ProcessingRequest>>,
+    ) -> Result<tonic::Response<Self::ProcessStream>, tonic::Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            while let Ok(Some(m)) = inbound.message().await {
+                let out = match m.request {
+                    Some(In::RequestHeaders(_)) => Out::RequestHeaders(HeadersResponse::default()),
+                    Some(In::RequestBody(_)) => Out::RequestBody(BodyResponse::default()),
+                    Some(In::ResponseHeaders(_)) => {
+                        Out::ResponseHeaders(HeadersResponse::default())
+                    }
+                    Some(In::ResponseBody(_)) => Out::ResponseBody(BodyResponse::default()),
+                    _ => continue,
+                };
+                let reply = ProcessingResponse {
+                    response: Some(out),
+                    ..Default::default()
+                };
+                if tx.send(Ok(reply)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(tonic::Response::new(ReceiverStream::new(rx)))
+    }
+}
 
 #[tonic::async_trait]
 impl Authorization for Floor {
@@ -99,9 +153,20 @@ fn main() {
                 .unwrap_or_default();
             rt.block_on(load(addr, secs, conc, path, body));
         }
+        Some("proc") => {
+            let addr = args[2].clone();
+            let secs: u64 = args[3].parse().expect("SECONDS");
+            let conc: usize = args[4].parse().expect("CONCURRENCY");
+            let path = args[5].clone();
+            let body = args
+                .get(6)
+                .map(|f| std::fs::read(f).expect("BODY_FILE"))
+                .unwrap_or_default();
+            rt.block_on(proc_load(addr, secs, conc, path, body));
+        }
         _ => {
             eprintln!(
-                "usage: authz_load floor LISTEN | load ADDR SECONDS CONCURRENCY PATH [BODY_FILE]"
+                "usage: authz_load floor LISTEN | load|proc ADDR SECONDS CONCURRENCY PATH [BODY_FILE]"
             );
             std::process::exit(2);
         }
@@ -114,17 +179,25 @@ async fn floor(addr: std::net::SocketAddr) {
     use tonic::codegen::Service;
     let tcp = tokio::net::TcpListener::bind(addr).await.expect("bind");
     let svc = AuthorizationServer::new(Floor);
+    let proc = ExternalProcessorServer::new(FloorProc);
     loop {
         let Ok((stream, _)) = tcp.accept().await else {
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let svc = svc.clone();
+        let (svc, proc) = (svc.clone(), proc.clone());
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let mut s = svc.clone();
-                async move { s.call(req).await }
-            });
+            let service =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let (mut s, mut p) = (svc.clone(), proc.clone());
+                    async move {
+                        if req.uri().path().starts_with("/envoy.service.ext_proc.v3.") {
+                            p.call(req).await
+                        } else {
+                            s.call(req).await
+                        }
+                    }
+                });
             let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
                 .max_concurrent_streams(1000)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
@@ -156,6 +229,130 @@ async fn load(addr: String, secs: u64, conc: usize, path: String, body: Vec<u8>)
                         lat.push(t.elapsed().as_micros() as u64);
                     }
                     Err(_) => errors += 1,
+                }
+            }
+            (lat, errors, denied)
+        }));
+    }
+    let mut all = Vec::new();
+    let (mut errors, mut denied) = (0, 0);
+    for t in tasks {
+        let (l, e, d) = t.await.expect("task");
+        all.extend(l);
+        errors += e;
+        denied += d;
+    }
+    all.sort_unstable();
+    let q = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    println!(
+        "{:.0} {} {} {} {}",
+        all.len() as f64 / secs as f64,
+        q(0.50),
+        q(0.99),
+        errors,
+        denied
+    );
+}
+
+fn proc_headers(path: &str, body_len: usize) -> ProcessingRequest {
+    let hv = |k: &str, v: &str| PbHeaderValue {
+        key: k.into(),
+        raw_value: v.as_bytes().to_vec(),
+        ..Default::default()
+    };
+    let len = body_len.to_string();
+    ProcessingRequest {
+        request: Some(In::RequestHeaders(HttpHeaders {
+            headers: Some(PbHeaderMap {
+                headers: vec![
+                    hv(":method", "POST"),
+                    hv(":path", path),
+                    hv(":authority", "app.example"),
+                    hv("content-type", "text/plain"),
+                    hv("content-length", &len),
+                    hv("x-request-id", "0b1c6a4e-8a8e-4b7e-9d39-4bb7a1a0b7f2"),
+                ],
+            }),
+            end_of_stream: body_len == 0,
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+async fn proc_load(addr: String, secs: u64, conc: usize, path: String, body: Vec<u8>) {
+    let client = ExternalProcessorClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect");
+    let end = Instant::now() + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for _ in 0..conc {
+        let mut c = client.clone();
+        let (path, body) = (path.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(1 << 16);
+            let (mut errors, mut denied) = (0u64, 0u64);
+            while Instant::now() < end {
+                let t = Instant::now();
+                let (tx, rx) = tokio::sync::mpsc::channel(4);
+                let mut msgs = vec![proc_headers(&path, body.len())];
+                if !body.is_empty() {
+                    msgs.push(ProcessingRequest {
+                        request: Some(In::RequestBody(HttpBody {
+                            body: body.clone(),
+                            end_of_stream: true,
+                            ..Default::default()
+                        })),
+                        ..Default::default()
+                    });
+                }
+                msgs.push(ProcessingRequest {
+                    request: Some(In::ResponseHeaders(HttpHeaders {
+                        headers: Some(PbHeaderMap {
+                            headers: vec![PbHeaderValue {
+                                key: ":status".into(),
+                                raw_value: b"200".to_vec(),
+                                ..Default::default()
+                            }],
+                        }),
+                        end_of_stream: true,
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                });
+                let Ok(resp) = c.process(ReceiverStream::new(rx)).await else {
+                    errors += 1;
+                    continue;
+                };
+                let mut answers = resp.into_inner();
+                let mut ok = true;
+                for m in msgs {
+                    if tx.send(m).await.is_err() {
+                        ok = false;
+                        break;
+                    }
+                    match answers.message().await {
+                        Ok(Some(a)) => {
+                            if matches!(a.response, Some(Out::ImmediateResponse(_))) {
+                                denied += 1;
+                                break;
+                            }
+                        }
+                        _ => {
+                            ok = false;
+                            break;
+                        }
+                    }
+                }
+                drop(tx);
+                if ok {
+                    lat.push(t.elapsed().as_micros() as u64);
+                } else {
+                    errors += 1;
                 }
             }
             (lat, errors, denied)

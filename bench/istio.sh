@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The Istio mode: Envoy's ext_authz gRPC calls (Authorization/Check over one
-# HTTP/2 connection, as Envoy multiplexes them) answered by
+# HTTP/2 connection, as Envoy multiplexes them), and ext_proc streams (one per
+# request: headers, buffered body, response headers), answered by
 #   - floor: an always-allow tonic server (bench/authz_load.rs), the stack's
 #     ceiling with no logic;
 #   - sift, a route with no filter (route match, hygiene, the answer);
@@ -52,11 +53,11 @@ done
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss() { awk '/VmRSS/{printf "%.1f", $2/1024}' "/proc/$1/status"; }
-run() { # $1 label, $2 pid, $3 port, $4 path, $5 body file or ""
-  local c0 c1 r
-  taskset -c 1 "$LOAD" load "127.0.0.1:$3" 1 "$CONC" "$4" $5 >/dev/null
+run() { # $1 label, $2 pid, $3 port, $4 path, $5 body file or "", $6 load|proc
+  local c0 c1 r mode=${6:-load}
+  taskset -c 1 "$LOAD" "$mode" "127.0.0.1:$3" 1 "$CONC" "$4" $5 >/dev/null
   c0=$(cpu_ticks "$2")
-  r=$(taskset -c 1 "$LOAD" load "127.0.0.1:$3" "$DURATION" "$CONC" "$4" $5)
+  r=$(taskset -c 1 "$LOAD" "$mode" "127.0.0.1:$3" "$DURATION" "$CONC" "$4" $5)
   c1=$(cpu_ticks "$2")
   read -r rate p50 p99 err denied <<<"$r"
   local us
@@ -65,11 +66,14 @@ run() { # $1 label, $2 pid, $3 port, $4 path, $5 body file or ""
 }
 
 echo "$(date -u +%FT%TZ) $(git rev-parse --short HEAD) DURATION=$DURATION ROUNDS=$ROUNDS CONC=$CONC body=$(wc -c < "$d/body.txt") B"
-echo "| server | checks/s | p50 / p99 µs | server CPU µs/check | errors | denied | RSS MB |"
+echo "| server | checks (streams) /s | p50 / p99 µs | server CPU µs/check | errors | denied | RSS MB |"
 echo "|---|---|---|---|---|---|---|"
 for r in $(seq "$ROUNDS"); do
   run "floor (always allow)" "$FPID" "$F" /plain "$d/body.txt"
   run "sift, no filter" "$SPID" "$S" /plain "$d/body.txt"
   run "sift, spam annotate" "$SPID" "$S" /annotate "$d/body.txt"
   run "sift, spam block" "$SPID" "$S" /block "$d/body.txt"
+  run "ext_proc: floor (continue all)" "$FPID" "$F" /plain "$d/body.txt" proc
+  run "ext_proc: sift, spam annotate" "$SPID" "$S" /annotate "$d/body.txt" proc
+  run "ext_proc: sift, spam block" "$SPID" "$S" /block "$d/body.txt" proc
 done
