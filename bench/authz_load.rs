@@ -234,28 +234,7 @@ async fn load(addr: String, secs: u64, conc: usize, path: String, body: Vec<u8>)
             (lat, errors, denied)
         }));
     }
-    let mut all = Vec::new();
-    let (mut errors, mut denied) = (0, 0);
-    for t in tasks {
-        let (l, e, d) = t.await.expect("task");
-        all.extend(l);
-        errors += e;
-        denied += d;
-    }
-    all.sort_unstable();
-    let q = |p: f64| {
-        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0)
-    };
-    println!(
-        "{:.0} {} {} {} {}",
-        all.len() as f64 / secs as f64,
-        q(0.50),
-        q(0.99),
-        errors,
-        denied
-    );
+    report(tasks, secs).await;
 }
 
 fn proc_headers(path: &str, body_len: usize) -> ProcessingRequest {
@@ -358,6 +337,12 @@ async fn proc_load(addr: String, secs: u64, conc: usize, path: String, body: Vec
             (lat, errors, denied)
         }));
     }
+    report(tasks, secs).await;
+}
+
+/// Each task's (latencies µs, errors, denied) → one line:
+/// `per_s p50_us p99_us errors denied`.
+async fn report(tasks: Vec<tokio::task::JoinHandle<(Vec<u64>, u64, u64)>>, secs: u64) {
     let mut all = Vec::new();
     let (mut errors, mut denied) = (0, 0);
     for t in tasks {

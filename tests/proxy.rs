@@ -2570,15 +2570,10 @@ clusters:
 #[tokio::test(flavor = "multi_thread")]
 async fn jwt_routes_admit_verified_tokens_and_send_their_claims() {
     use ring::rand::SystemRandom;
-    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+    use ring::signature::{EcdsaKeyPair, KeyPair};
     use sift::jwt::b64url_encode as b64;
-    let rng = SystemRandom::new();
-    let key = |rng: &SystemRandom| {
-        let pk8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, rng).unwrap();
-        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pk8.as_ref(), rng).unwrap()
-    };
-    let issuer_key = key(&rng);
-    let other_key = key(&rng);
+    let issuer_key = es256_key();
+    let other_key = es256_key();
     let pt = issuer_key.public_key().as_ref();
     let jwks = format!(
         r#"{{"keys":[{{"kty":"EC","crv":"P-256","kid":"k1","use":"sig","x":"{}","y":"{}"}}]}}"#,
