@@ -34,6 +34,7 @@ pub enum Sticky {
     Cookie(String),
     Identity,
     ClientIp,
+    QueryParameter(String),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

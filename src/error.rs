@@ -78,6 +78,8 @@ pub enum ProxyError {
         filter: String,
         reason: &'static str,
     },
+    #[error("fault injection aborted the request with {status}")]
+    FaultAbort { status: u16 },
     #[error("cannot spool the request body: {0}")]
     Spool(String),
     #[error("internal error: {0}")]
@@ -110,11 +112,12 @@ pub enum ErrorKind {
     UnsupportedMediaType,
     Unclassifiable,
     SpoolFailed,
+    FaultAbort,
     Internal,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 24] = [
+    pub const ALL: [ErrorKind; 25] = [
         ErrorKind::MalformedRequest,
         ErrorKind::NotImplemented,
         ErrorKind::HeadersTooLarge,
@@ -138,6 +141,7 @@ impl ErrorKind {
         ErrorKind::UnsupportedMediaType,
         ErrorKind::Unclassifiable,
         ErrorKind::SpoolFailed,
+        ErrorKind::FaultAbort,
         ErrorKind::Internal,
     ];
 
@@ -166,6 +170,7 @@ impl ErrorKind {
             ErrorKind::UnsupportedMediaType => "unsupported-media-type",
             ErrorKind::Unclassifiable => "unclassifiable",
             ErrorKind::SpoolFailed => "spool-failed",
+            ErrorKind::FaultAbort => "fault-abort",
             ErrorKind::Internal => "internal",
         }
     }
@@ -193,6 +198,8 @@ impl ErrorKind {
             ErrorKind::UpstreamConnectFailure | ErrorKind::UpstreamReset => StatusCode::BAD_GATEWAY,
             ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::SpoolFailed | ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            // The configured status is the answer's (`to_response`).
+            ErrorKind::FaultAbort => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -228,6 +235,7 @@ impl ProxyError {
                 _ => ErrorKind::Unclassifiable,
             },
             ProxyError::Spool(_) => ErrorKind::SpoolFailed,
+            ProxyError::FaultAbort { .. } => ErrorKind::FaultAbort,
             ProxyError::Internal(_) => ErrorKind::Internal,
         }
     }
@@ -287,6 +295,7 @@ impl ProxyError {
                 format!("body cannot be classified ({reason})")
             }
             ProxyError::Spool(_) => "request body could not be buffered".into(),
+            ProxyError::FaultAbort { .. } => "fault filter abort".into(),
             ProxyError::Internal(_) => "internal error".into(),
         }
     }
@@ -318,7 +327,12 @@ impl ProxyError {
             h.insert("x-sift-error", HeaderValue::from_static(kind.as_str()));
             return resp;
         }
-        let status = kind.status();
+        let status = match self {
+            ProxyError::FaultAbort { status } => {
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+            }
+            _ => kind.status(),
+        };
         let detail = self.detail();
         let text = format!("{} {detail}\n", status.as_u16());
         let mut resp = Response::new(body::full(Bytes::from(text)));

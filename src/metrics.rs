@@ -24,6 +24,7 @@ pub struct Metrics {
     pub config_last_reload_success: IntGauge,
     pub upgrades: IntCounterVec,
     pub mirror_requests: IntCounterVec,
+    pub faults: IntCounterVec,
     pub ratelimit_decisions: IntCounterVec,
     pub circuit_overflow: IntCounterVec,
     pub outlier_ejections: IntCounterVec,
@@ -267,6 +268,14 @@ impl Metrics {
                 "Mirrored (shadow) request copies by route, mirror cluster and result: sent (the mirror answered, any status), failed (connect error, reset, timeout, no endpoint), aborted (the client's body failed or was cut off before it ended), skipped_too_large (body over max_body), dropped_overload (the mirror cluster's circuit breaker was full).",
             ),
             &["route", "cluster", "result"],
+        )
+        .expect("valid metric");
+        let faults = IntCounterVec::new(
+            Opts::new(
+                "sift_faults_injected_total",
+                "Faults injected by a route's `fault` section, by route and kind (delay, abort).",
+            ),
+            &["route", "kind"],
         )
         .expect("valid metric");
         let ratelimit_decisions = IntCounterVec::new(
@@ -517,6 +526,7 @@ impl Metrics {
             Box::new(config_last_reload_success.clone()),
             Box::new(upgrades.clone()),
             Box::new(mirror_requests.clone()),
+            Box::new(faults.clone()),
         ] {
             registry.register(m).expect("metric names are unique");
         }
@@ -543,6 +553,7 @@ impl Metrics {
             config_last_reload_success,
             upgrades,
             mirror_requests,
+            faults,
             ratelimit_decisions,
             circuit_overflow,
             outlier_ejections,

@@ -191,7 +191,7 @@ async fn send(
     host_suffix: bool,
 ) -> Result<(), Failure> {
     let now = clock.now();
-    let (index, _ep_guard) = cluster.pick(now, None).ok_or(Failure::Failed)?;
+    let (index, _ep_guard) = cluster.pick(now, None, None).ok_or(Failure::Failed)?;
     let endpoint = &cluster.endpoints[index].endpoint;
     let _conn_slot = cluster.conn_slot().await.map_err(|e| match e {
         crate::error::ProxyError::CircuitOpen { .. } => Failure::Overload,

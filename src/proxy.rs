@@ -116,6 +116,8 @@ struct LogFields {
     filters: Option<String>,
     /// Mirror copies started for the request.
     mirrored: u32,
+    /// Faults injected: "delay", "abort" or "delay,abort".
+    fault: Option<&'static str>,
     /// Write the access log line (the fields also feed a sampled span).
     access: bool,
 }
@@ -277,6 +279,7 @@ impl Outcome {
             identity = log.identity.as_deref().unwrap_or("-"),
             filters = log.filters.as_deref().unwrap_or("-"),
             mirrored = log.mirrored,
+            fault = log.fault.unwrap_or("-"),
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             bytes_sent = bytes,
             completed,
@@ -329,6 +332,7 @@ pub async fn handle(
             identity: conn.identity.as_ref().map(|i| i.id.clone()),
             filters: None,
             mirrored: 0,
+            fault: None,
             access,
         })
     });
@@ -505,6 +509,47 @@ async fn proxy(
         return Ok(resp);
     }
 
+    // 4c. Fault injection (Envoy's fault filter, before its router): a
+    //     delay first, then an abort answers instead of the upstream. The
+    //     route's timeout starts after a delay.
+    let mut delayed = false;
+    if let Some(f) = &route.spec.fault {
+        let faults = |kind: &str| {
+            out.metrics
+                .faults
+                .with_label_values(&[route.spec.name.as_str(), kind])
+                .inc()
+        };
+        if let Some(d) = f
+            .delay
+            .as_ref()
+            .filter(|d| crate::config::model::in_share(d.per_million, fastrand::u32(..1_000_000)))
+        {
+            faults("delay");
+            tokio::time::sleep(d.fixed.0).await;
+            now = clock.now();
+            delayed = true;
+        }
+        let abort = f
+            .abort
+            .as_ref()
+            .filter(|a| crate::config::model::in_share(a.per_million, fastrand::u32(..1_000_000)));
+        if abort.is_some() {
+            faults("abort");
+        }
+        if let Some(log) = &mut out.log {
+            log.fault = match (delayed, abort.is_some()) {
+                (true, true) => Some("delay,abort"),
+                (true, false) => Some("delay"),
+                (false, true) => Some("abort"),
+                (false, false) => None,
+            };
+        }
+        if let Some(a) = abort {
+            return Err(ProxyError::FaultAbort { status: a.status });
+        }
+    }
+
     // 5. Body limit, up front when the length is declared.
     let limit = route.spec.max_request_body.0;
     transfer_codings(req.headers())?;
@@ -647,6 +692,11 @@ async fn proxy(
         cluster: format!("(route {} has no cluster with weight)", route.spec.name),
     })?;
     let cluster = &backend.cluster;
+    let lb_key = if cluster.hashes() && !route.spec.hash_policy.is_empty() {
+        policy_hash(&route.spec.hash_policy, listener, conn, &req)
+    } else {
+        None
+    };
     out.read_timeout = Some(cluster.spec.read_timeout.0);
     out.stats = Some(backend.stats.clone());
     out.cluster_slot = Some(cluster.request_slot()?);
@@ -912,7 +962,7 @@ async fn proxy(
     // its start, unless its body was awaited above (held for filters or
     // collected for retries). Deadlines are absolute: no attempt reads the
     // clock to know what time is left.
-    let ready = if body_awaited {
+    let ready = if body_awaited || delayed {
         Instant::now()
     } else {
         out.start
@@ -925,7 +975,7 @@ async fn proxy(
     let mut resp = loop {
         let (ep_index, ep_guard) =
             cluster
-                .pick(now, previous)
+                .pick(now, previous, lb_key)
                 .ok_or_else(|| ProxyError::NoHealthyEndpoint {
                     cluster: cluster.spec.name.clone(),
                 })?;
@@ -1456,7 +1506,6 @@ fn canary_backend<'r>(
     req: &Request<Lingering>,
     forced: Option<Forced>,
 ) -> Option<&'r crate::snapshot::Backend> {
-    use crate::canary::Sticky;
     let spec = &c.spec;
     if let Some(o) = &spec.override_header {
         let allowed = o.identities.is_empty()
@@ -1477,23 +1526,67 @@ fn canary_backend<'r>(
             }
         }
     }
-    let key: Option<String> = match &spec.sticky {
-        None => None,
-        Some(Sticky::Identity) => conn.identity.as_ref().map(|i| i.id.clone()),
-        // Several lines are one key, joined by "," (as route conditions).
-        Some(Sticky::Header(h)) => crate::field::joined(req.headers(), h.as_str())
+    let key = spec
+        .sticky
+        .as_ref()
+        .and_then(|k| key_hash(k, listener, conn, req));
+    let weights = c.weights();
+    let i = crate::canary::pick(&weights, spec.canary, key)?;
+    route.backends.get(i)
+}
+
+/// The hash of the request value `k` names (a canary's sticky key, a
+/// `hash_policy` entry), the same in every sift process; `None` when the
+/// request has no such value. A header's lines are one value, joined by
+/// "," (as route conditions read them), and only printable ones count.
+fn key_hash(
+    k: &crate::canary::Sticky,
+    listener: &ListenerSpec,
+    conn: &ConnInfo,
+    req: &Request<Lingering>,
+) -> Option<u64> {
+    use crate::canary::Sticky;
+    match k {
+        Sticky::Identity => conn.identity.as_ref().map(|i| stable_hash(&i.id)),
+        Sticky::Header(h) => crate::field::joined(req.headers(), h.as_str())
             .filter(|v| v.iter().all(|b| *b == b'\t' || (b' '..=b'~').contains(b)))
-            .and_then(|v| String::from_utf8(v.into_owned()).ok()),
-        Some(Sticky::Cookie(name)) => cookie(req.headers(), name),
-        Some(Sticky::ClientIp) => Some(trusted_client_ip(
+            .map(|v| stable_hash_bytes(&v)),
+        Sticky::Cookie(name) => cookie(req.headers(), name).map(|v| stable_hash(&v)),
+        Sticky::ClientIp => Some(stable_hash(&trusted_client_ip(
             listener.trusted_hops,
             req.headers(),
             conn.remote,
-        )),
-    };
-    let weights = c.weights();
-    let i = crate::canary::pick(&weights, spec.canary, key.as_deref().map(stable_hash))?;
-    route.backends.get(i)
+        ))),
+        Sticky::QueryParameter(name) => req
+            .uri()
+            .query()?
+            .split('&')
+            .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| stable_hash(v)),
+    }
+}
+
+/// A ring_hash or maglev cluster's key for this request: the hashes of
+/// the route's `hash_policy` entries that give one, combined in order as
+/// Envoy does (rotate left by one, xor), up to the first `terminal` entry
+/// that gives one; `None` (a random endpoint) when none gives one.
+fn policy_hash(
+    policy: &[crate::config::model::HashPolicy],
+    listener: &ListenerSpec,
+    conn: &ConnInfo,
+    req: &Request<Lingering>,
+) -> Option<u64> {
+    let mut out: Option<u64> = None;
+    for p in policy {
+        if let Some(h) = key_hash(&p.key, listener, conn, req) {
+            out = Some(out.map_or(h, |x| x.rotate_left(1) ^ h));
+            if p.terminal {
+                break;
+            }
+        }
+    }
+    out
 }
 
 /// A canary override header's word. Its lines are read joined by ","

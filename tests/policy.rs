@@ -1189,3 +1189,267 @@ async fn a_passing_health_check_returns_an_ejected_endpoint() {
         "logged"
     );
 }
+
+/// The endpoint that answered each of `users` (by `x-user`), as a map.
+async fn owners_by_user(sift: &Sift, users: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for u in users {
+        let r = get(sift, "/x", &[("x-user", u)]).await;
+        assert_eq!(r.status(), 200, "{u}");
+        out.push(String::from_utf8_lossy(r.body()).into_owned());
+    }
+    out
+}
+
+/// `lb: maglev` with a header `hash_policy`: a user stays on one endpoint,
+/// users spread over all three; when one endpoint fails its health checks
+/// only its users move, and they come back with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn maglev_keeps_users_on_their_endpoint_and_moves_only_lost_ones() {
+    let a = checked_upstream("a", Duration::ZERO).await;
+    let b = checked_upstream("b", Duration::ZERO).await;
+    let c = checked_upstream("c", Duration::ZERO).await;
+    let sift = Sift::start(&config(
+        &format!(
+            r#"  - name: app
+    lb: maglev
+    endpoints: ["{}", "{}", "{}"]
+    health_check: {{ path: /healthz, interval: 200ms, unhealthy_threshold: 1, healthy_threshold: 1, panic_threshold: 0 }}"#,
+            a.up.addr, b.up.addr, c.up.addr
+        ),
+        "  - { name: api, cluster: app, hash_policy: [ { header: x-user } ] }",
+    ));
+    let users: Vec<String> = (0..40).map(|i| format!("user-{i}")).collect();
+    let first = owners_by_user(&sift, &users).await;
+    assert_eq!(
+        owners_by_user(&sift, &users).await,
+        first,
+        "same user, same endpoint"
+    );
+    for name in ["a", "b", "c"] {
+        let n = first.iter().filter(|o| *o == name).count();
+        assert!(n >= 4, "{name} has {n} of 40 users: {first:?}");
+    }
+    // b fails its probes: b's users move to a or c, nobody else moves.
+    b.health.store(503, Ordering::SeqCst);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            sift.metric(r#"sift_endpoints_healthy{cluster="app"}"#)
+                .await
+                == Some(2.0)
+        })
+        .await
+    );
+    let during = owners_by_user(&sift, &users).await;
+    for ((u, before), now) in users.iter().zip(&first).zip(&during) {
+        if before == "b" {
+            assert_ne!(now, "b", "{u} moved off the failed endpoint");
+        } else {
+            assert_eq!(now, before, "{u} was not on b and stays");
+        }
+    }
+    let moved: std::collections::HashSet<&String> = users
+        .iter()
+        .zip(&first)
+        .zip(&during)
+        .filter(|((_, b), _)| *b == "b")
+        .map(|(_, n)| n)
+        .collect();
+    assert!(!moved.is_empty());
+    // b passes again: every user is back where it was.
+    b.health.store(200, Ordering::SeqCst);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            sift.metric(r#"sift_endpoints_healthy{cluster="app"}"#)
+                .await
+                == Some(3.0)
+        })
+        .await
+    );
+    assert_eq!(owners_by_user(&sift, &users).await, first);
+}
+
+/// `lb: ring_hash` with a terminal cookie entry before a query parameter:
+/// the cookie alone decides when present, the parameter otherwise; a
+/// request with neither goes to a random endpoint.
+#[tokio::test(flavor = "multi_thread")]
+async fn ring_hash_reads_cookie_then_query_parameter_else_random() {
+    let ups = [
+        checked_upstream("a", Duration::ZERO).await,
+        checked_upstream("b", Duration::ZERO).await,
+        checked_upstream("c", Duration::ZERO).await,
+    ];
+    let sift = Sift::start(&config(
+        &format!(
+            r#"  - name: app
+    lb: ring_hash
+    endpoints: ["{}", "{}", "{}"]"#,
+            ups[0].up.addr, ups[1].up.addr, ups[2].up.addr
+        ),
+        r#"  - name: api
+    cluster: app
+    hash_policy:
+      - { cookie: session, terminal: true }
+      - { query_parameter: tenant }"#,
+    ));
+    let body = |r: http::Response<Bytes>| String::from_utf8_lossy(r.body()).into_owned();
+    // One session: the same endpoint whatever the tenant parameter says.
+    let with_cookie: Vec<String> = {
+        let mut v = Vec::new();
+        for t in 0..12 {
+            let path = format!("/x?tenant=t{t}");
+            v.push(body(
+                get(&sift, &path, &[("cookie", "a=1; session=s-42")]).await,
+            ));
+        }
+        v
+    };
+    assert!(
+        with_cookie.iter().all(|x| *x == with_cookie[0]),
+        "{with_cookie:?}"
+    );
+    // Tenants without a cookie: each tenant sticks, tenants spread.
+    let mut seen = std::collections::HashSet::new();
+    for t in 0..24 {
+        let path = format!("/x?page=2&tenant=t{t}");
+        let first = body(get(&sift, &path, &[]).await);
+        for _ in 0..3 {
+            assert_eq!(body(get(&sift, &path, &[]).await), first, "tenant t{t}");
+        }
+        seen.insert(first);
+    }
+    assert_eq!(seen.len(), 3, "tenants spread over the endpoints: {seen:?}");
+    // Neither: random, so 60 requests reach more than one endpoint.
+    let random: std::collections::HashSet<String> = {
+        let mut s = std::collections::HashSet::new();
+        for _ in 0..60 {
+            s.insert(body(get(&sift, "/x", &[]).await));
+        }
+        s
+    };
+    assert!(random.len() >= 2, "{random:?}");
+}
+
+/// Fault injection: an abort answers with its status and never reaches
+/// the upstream; a share aborts about that share; a delay holds the
+/// request and the route's timeout starts after it; both counted and
+/// logged.
+#[tokio::test(flavor = "multi_thread")]
+async fn faults_abort_and_delay_requests() {
+    let up = checked_upstream("app", Duration::ZERO).await;
+    let sift = Sift::start(&config(
+        &format!("  - name: app\n    endpoints: [\"{}\"]", up.up.addr),
+        r#"  - name: abort
+    match: { path: { prefix: /abort } }
+    cluster: app
+    fault: { abort: { status: 418 } }
+  - name: half
+    match: { path: { prefix: /half } }
+    cluster: app
+    fault: { abort: { status: 503, percent: 50 } }
+  - name: slow
+    match: { path: { prefix: /slow } }
+    cluster: app
+    timeout: 200ms
+    fault: { delay: { fixed: 400ms } }"#,
+    ));
+    let before = up.up.requests.load(Ordering::SeqCst);
+    let r = get(&sift, "/abort", &[]).await;
+    assert_eq!(r.status(), 418);
+    assert_eq!(r.headers()["x-sift-error"], "fault-abort");
+    assert!(r.headers().contains_key("x-request-id"));
+    assert_eq!(
+        up.up.requests.load(Ordering::SeqCst),
+        before,
+        "never forwarded"
+    );
+    let mut aborted = 0;
+    for _ in 0..200 {
+        match get(&sift, "/half", &[]).await.status().as_u16() {
+            503 => aborted += 1,
+            200 => {}
+            s => panic!("status {s}"),
+        }
+    }
+    // Binomial(200, 0.5): 100 ± 7; 60..=140 is beyond 5 standard deviations.
+    assert!((60..=140).contains(&aborted), "{aborted} of 200 aborted");
+    let t = std::time::Instant::now();
+    let r = get(&sift, "/slow", &[]).await;
+    assert_eq!(
+        r.status(),
+        200,
+        "the 200ms route timeout starts after the 400ms delay"
+    );
+    assert!(t.elapsed() >= Duration::from_millis(400));
+    let m = |route: &str, kind: &str| {
+        format!(r#"sift_faults_injected_total{{kind="{kind}",route="{route}"}}"#)
+    };
+    assert_eq!(sift.metric(&m("abort", "abort")).await, Some(1.0));
+    assert_eq!(sift.metric(&m("half", "abort")).await, Some(aborted as f64));
+    assert_eq!(sift.metric(&m("slow", "delay")).await, Some(1.0));
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            let lines = sift.log_lines();
+            lines
+                .iter()
+                .any(|l| l.contains(r#""fault":"abort""#) && l.contains("/abort"))
+                && lines
+                    .iter()
+                    .any(|l| l.contains(r#""fault":"delay""#) && l.contains("/slow"))
+        })
+        .await,
+        "access log names the faults"
+    );
+}
+
+/// Bad `fault` and `hash_policy` sections are refused with their path.
+#[test]
+fn bad_fault_and_hash_policy_sections_are_refused() {
+    let up = refused();
+    for (route, path, words) in [
+        (
+            "{ name: r, cluster: app, fault: { abort: { status: 700 } } }",
+            "routes[0].fault.abort.status",
+            "between 200 and 599",
+        ),
+        (
+            "{ name: r, cluster: app, fault: { delay: { fixed: 1s, percent: 150 } } }",
+            "routes[0].fault.delay.percent",
+            "between 0 and 100",
+        ),
+        (
+            "{ name: r, cluster: app, fault: { delay: { fixed: 0s } } }",
+            "routes[0].fault.delay.fixed",
+            "more than 0",
+        ),
+        (
+            "{ name: r, cluster: app, fault: {} }",
+            "routes[0].fault",
+            "delay, abort",
+        ),
+        (
+            "{ name: r, direct_response: { status: 200 }, fault: { abort: { status: 500 } } }",
+            "routes[0].fault",
+            "answers itself",
+        ),
+        (
+            "{ name: r, cluster: app, hash_policy: [ { header: x-a, cookie: b } ] }",
+            "routes[0].hash_policy[0]",
+            "exactly one",
+        ),
+        (
+            "{ name: r, cluster: app, hash_policy: [ { header: x-a }, { header: \"bad name\" } ] }",
+            "routes[0].hash_policy[1].header",
+            "not a header name",
+        ),
+    ] {
+        let cfg = config(
+            &format!("  - {{ name: app, lb: maglev, endpoints: [\"{up}\"] }}"),
+            &format!("  - {route}"),
+        );
+        let err = Sift::try_start(&cfg)
+            .err()
+            .unwrap_or_else(|| panic!("{route} accepted"));
+        assert!(err.contains(path) && err.contains(words), "{route}: {err}");
+    }
+}

@@ -1216,6 +1216,15 @@ fn build_routes(
             redirect,
             direct_response,
             mirror: build_mirrors(r, &p, local, cluster_files, e),
+            hash_policy: build_hash_policy(
+                r.hash_policy.as_deref(),
+                &format!("{p}.hash_policy"),
+                e,
+            ),
+            fault: r
+                .fault
+                .as_ref()
+                .and_then(|f| build_fault(f, &format!("{p}.fault"), local, e)),
         });
         if let Some(last) = out.last_mut() {
             last.verdict_headers = route_verdict_headers(&last.filters, filters);
@@ -2460,13 +2469,138 @@ fn build_budget(b: Option<&RetryBudgetFile>, p: &str, e: &mut Errs) -> Option<Bu
     })
 }
 
+/// The request value a canary's `sticky` or a `hash_policy` entry reads:
+/// exactly one of its sources.
+fn request_key(
+    header: &Option<String>,
+    cookie: &Option<String>,
+    query: &Option<String>,
+    identity: Option<bool>,
+    client_ip: Option<bool>,
+    p: &str,
+    e: &mut Errs,
+) -> Option<crate::canary::Sticky> {
+    use crate::canary::Sticky;
+    let key = match (header, cookie, query, identity, client_ip) {
+        (Some(h), None, None, None, None) => Sticky::Header(h.to_ascii_lowercase()),
+        (None, Some(k), None, None, None) => Sticky::Cookie(k.clone()),
+        (None, None, Some(q), None, None) => Sticky::QueryParameter(q.clone()),
+        (None, None, None, Some(true), None) => Sticky::Identity,
+        (None, None, None, None, Some(true)) => Sticky::ClientIp,
+        _ => {
+            e.push(
+                p.to_string(),
+                "give exactly one of header, cookie, query_parameter, identity: true, client_ip: true",
+            );
+            return None;
+        }
+    };
+    match &key {
+        Sticky::Header(h) if HeaderName::from_bytes(h.as_bytes()).is_err() => {
+            e.push(format!("{p}.header"), format!("{h:?} is not a header name"));
+            None
+        }
+        Sticky::Cookie(k) | Sticky::QueryParameter(k) if k.is_empty() => {
+            e.push(p.to_string(), "an empty name");
+            None
+        }
+        _ => Some(key),
+    }
+}
+
+/// A route's `hash_policy` entries, in order.
+fn build_hash_policy(
+    hs: Option<&[crate::config::file::HashPolicyFile]>,
+    p: &str,
+    e: &mut Errs,
+) -> Vec<crate::config::model::HashPolicy> {
+    hs.unwrap_or_default()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, h)| {
+            let key = request_key(
+                &h.header,
+                &h.cookie,
+                &h.query_parameter,
+                h.identity,
+                h.client_ip,
+                &format!("{p}[{i}]"),
+                e,
+            )?;
+            Some(crate::config::model::HashPolicy {
+                key,
+                terminal: h.terminal.unwrap_or(false),
+            })
+        })
+        .collect()
+}
+
+/// A share in percent (0 to 100, default 100) as millionths.
+fn per_million(percent: Option<f64>, p: &str, e: &mut Errs) -> u32 {
+    let percent = percent.unwrap_or(100.0);
+    if !(percent.is_finite() && (0.0..=100.0).contains(&percent)) {
+        e.push(p.to_string(), format!("{percent} is not between 0 and 100"));
+        return 0;
+    }
+    (percent * 10_000.0).round() as u32
+}
+
+/// A route's fault injection; only a forwarding route has one (a local
+/// answer sends nothing upstream to delay or replace).
+fn build_fault(
+    f: &crate::config::file::FaultFile,
+    p: &str,
+    local: Option<&str>,
+    e: &mut Errs,
+) -> Option<crate::config::model::FaultSpec> {
+    use crate::config::model::{FaultAbort, FaultDelay, FaultSpec};
+    if let Some(a) = local {
+        e.push(
+            p.to_string(),
+            format!(
+                "a route with `{a}` answers itself: there is no upstream request to delay or abort"
+            ),
+        );
+        return None;
+    }
+    if f.delay.is_none() && f.abort.is_none() {
+        e.push(p.to_string(), "give delay, abort or both");
+        return None;
+    }
+    let delay = f.delay.as_ref().map(|d| {
+        if d.fixed.0.is_zero() || d.fixed.0 > std::time::Duration::from_secs(3600) {
+            e.push(
+                format!("{p}.delay.fixed"),
+                format!("{} is not more than 0 and at most 1h", d.fixed),
+            );
+        }
+        FaultDelay {
+            fixed: d.fixed,
+            per_million: per_million(d.percent, &format!("{p}.delay.percent"), e),
+        }
+    });
+    let abort = f.abort.as_ref().map(|a| {
+        if !(200..=599).contains(&a.status) {
+            e.push(
+                format!("{p}.abort.status"),
+                format!("{} is not between 200 and 599", a.status),
+            );
+        }
+        FaultAbort {
+            status: a.status,
+            per_million: per_million(a.percent, &format!("{p}.abort.percent"), e),
+        }
+    });
+    Some(FaultSpec { delay, abort })
+}
+
 fn build_canary(
     c: &CanaryFile,
     clusters: Option<&[WeightedClusterFile]>,
     p: &str,
     e: &mut Errs,
 ) -> Option<crate::canary::CanarySpec> {
-    use crate::canary::{CanarySpec, OverrideSpec, RolloutSpec, Sticky};
+    use crate::canary::{CanarySpec, OverrideSpec, RolloutSpec};
     let Some(ws) = clusters else {
         e.push(
             p,
@@ -2489,30 +2623,17 @@ fn build_canary(
     if c.stable == c.canary {
         e.push(format!("{p}.canary"), "stable and canary must differ");
     }
-    let sticky = match &c.sticky {
-        None => None,
-        Some(sf) => match (&sf.header, &sf.cookie, sf.identity, sf.client_ip) {
-            (Some(h), None, None, None) => Some(Sticky::Header(h.to_ascii_lowercase())),
-            (None, Some(k), None, None) => Some(Sticky::Cookie(k.clone())),
-            (None, None, Some(true), None) => Some(Sticky::Identity),
-            (None, None, None, Some(true)) => Some(Sticky::ClientIp),
-            _ => {
-                e.push(
-                    format!("{p}.sticky"),
-                    "give exactly one of header, cookie, identity: true, client_ip: true",
-                );
-                None
-            }
-        },
-    };
-    if let Some(Sticky::Header(h)) = &sticky {
-        if HeaderName::from_bytes(h.as_bytes()).is_err() {
-            e.push(
-                format!("{p}.sticky.header"),
-                format!("{h:?} is not a header name"),
-            );
-        }
-    }
+    let sticky = c.sticky.as_ref().and_then(|sf| {
+        request_key(
+            &sf.header,
+            &sf.cookie,
+            &sf.query_parameter,
+            sf.identity,
+            sf.client_ip,
+            &format!("{p}.sticky"),
+            e,
+        )
+    });
     let override_header = c.override_header.as_ref().map(|o| OverrideSpec {
         header: o
             .header

@@ -862,6 +862,71 @@ pub struct RouteFile {
     /// request_mirror_policies). Only on a forwarding route.
     #[serde(default)]
     pub mirror: Option<Vec<MirrorFile>>,
+    /// What a ring_hash or maglev cluster hashes to pick the endpoint
+    /// (Envoy's route hash_policy): the keys of the entries that give one,
+    /// combined in order; none: a random endpoint.
+    #[serde(default)]
+    pub hash_policy: Option<Vec<HashPolicyFile>>,
+    /// Fault injection (Envoy's fault filter, Istio's HTTPFaultInjection):
+    /// delay or abort a share of the route's requests before they go
+    /// upstream.
+    #[serde(default)]
+    pub fault: Option<FaultFile>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HashPolicyFile {
+    /// Hash this request header's value (its lines joined by ",").
+    #[serde(default)]
+    pub header: Option<String>,
+    /// Hash this cookie's value.
+    #[serde(default)]
+    pub cookie: Option<String>,
+    /// Hash this query parameter's value (as sent, not decoded).
+    #[serde(default)]
+    pub query_parameter: Option<String>,
+    /// Hash the mTLS identity.
+    #[serde(default)]
+    pub identity: Option<bool>,
+    /// Hash the client IP (trusted X-Forwarded-For hops apply).
+    #[serde(default)]
+    pub client_ip: Option<bool>,
+    /// When this entry gives a key, ignore the entries after it (default false).
+    #[serde(default)]
+    pub terminal: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FaultFile {
+    /// Wait before sending a share of the requests upstream.
+    #[serde(default)]
+    pub delay: Option<FaultDelayFile>,
+    /// Answer a share of the requests with this status instead of
+    /// forwarding them.
+    #[serde(default)]
+    pub abort: Option<FaultAbortFile>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FaultDelayFile {
+    /// How long (more than 0, at most 1h).
+    pub fixed: Dur,
+    /// Share of requests delayed, 0 to 100 (default 100).
+    #[serde(default)]
+    pub percent: Option<f64>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FaultAbortFile {
+    /// Status of the answer, 200 to 599.
+    pub status: u16,
+    /// Share of requests aborted, 0 to 100 (default 100).
+    #[serde(default)]
+    pub percent: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
@@ -1023,6 +1088,9 @@ pub struct StickyFile {
     /// Hash the client IP (trusted X-Forwarded-For hops apply).
     #[serde(default)]
     pub client_ip: Option<bool>,
+    /// Hash this query parameter's value (as sent, not decoded).
+    #[serde(default)]
+    pub query_parameter: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
@@ -1181,6 +1249,13 @@ pub enum LbPolicy {
     RoundRobin,
     /// Power of two random choices, the one with fewer requests in flight.
     LeastRequest,
+    /// Consistent hashing on a ring (Envoy's ring_hash, ketama): the
+    /// route's `hash_policy` key picks the endpoint; an endpoint's removal
+    /// moves only its own keys.
+    RingHash,
+    /// Consistent hashing with a Maglev lookup table (65,537 entries):
+    /// spreads keys more evenly than the ring.
+    Maglev,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
@@ -1202,7 +1277,8 @@ pub struct ClusterFile {
     /// connection. An empty list is allowed: requests then get 503.
     #[serde(default)]
     pub endpoints: Vec<String>,
-    /// round_robin (default) or least_request.
+    /// round_robin (default), least_request, ring_hash or maglev (the last
+    /// two hash the route's `hash_policy` key).
     #[serde(default)]
     pub lb: Option<LbPolicy>,
     /// http1 (default) or http2.

@@ -233,6 +233,10 @@ pub struct RouteSpec {
     pub direct_response: Option<DirectResponseSpec>,
     /// Clusters that get a copy of a share of the requests.
     pub mirror: Vec<MirrorSpec>,
+    /// What a ring_hash or maglev cluster hashes (empty: random endpoint).
+    pub hash_policy: Vec<HashPolicy>,
+    /// Delays and aborts injected before forwarding.
+    pub fault: Option<FaultSpec>,
     /// Verdict header names of this route's filters that only sift may set:
     /// a client's are removed before the request goes upstream, whether or
     /// not a filter gives a verdict. `x-sift-*` names are left out (every
@@ -276,6 +280,41 @@ impl MirrorSpec {
     pub fn sampled(&self, h: u64) -> bool {
         self.per_million >= 1_000_000 || (h % 1_000_000) < u64::from(self.per_million)
     }
+}
+
+/// One entry of a route's `hash_policy`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HashPolicy {
+    pub key: crate::canary::Sticky,
+    /// When this entry gives a key, the entries after it are not read.
+    pub terminal: bool,
+}
+
+/// A route's fault injection.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FaultSpec {
+    pub delay: Option<FaultDelay>,
+    pub abort: Option<FaultAbort>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FaultDelay {
+    pub fixed: Dur,
+    #[serde(rename = "percent", serialize_with = "ser_per_million")]
+    pub per_million: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FaultAbort {
+    pub status: u16,
+    #[serde(rename = "percent", serialize_with = "ser_per_million")]
+    pub per_million: u32,
+}
+
+/// Whether a request drawn at `r` (uniform in 0..1_000_000) falls in a
+/// share of `per_million`.
+pub fn in_share(per_million: u32, r: u32) -> bool {
+    per_million >= 1_000_000 || r < per_million
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -21,6 +21,7 @@ use crate::metrics::Metrics;
 use crate::policy::outlier::{Observed, Outlier};
 use crate::policy::retry::{Budget, RetryPermit};
 
+pub mod hash;
 pub mod health;
 pub mod pool;
 pub use health::Health;
@@ -63,6 +64,8 @@ pub struct Cluster {
     pub metrics: ClusterMetrics,
     pool: Arc<Pool>,
     rr: AtomicUsize,
+    /// ring_hash and maglev: the key → endpoint table.
+    table: Option<hash::Table>,
     /// Requests in flight (max_requests; the retry budget's "active").
     requests: Arc<AtomicUsize>,
     /// HTTP/1.1: one permit per upstream connection in use (max_connections).
@@ -183,7 +186,13 @@ impl Cluster {
         }
         let conn_slots = (spec.protocol == UpstreamProtocol::Http1)
             .then(|| Arc::new(Semaphore::new(spec.breakers.max_connections)));
+        let table = match spec.lb {
+            LbPolicy::RingHash => Some(hash::Table::ring(&spec.endpoints)),
+            LbPolicy::Maglev => Some(hash::Table::maglev(&spec.endpoints)),
+            LbPolicy::RoundRobin | LbPolicy::LeastRequest => None,
+        };
         Ok(Arc::new(Cluster {
+            table,
             spec,
             endpoints,
             outlier,
@@ -324,13 +333,20 @@ impl Cluster {
         &self.spec.name
     }
 
+    /// Whether the LB policy hashes a request key (ring_hash, maglev).
+    pub fn hashes(&self) -> bool {
+        self.table.is_some()
+    }
+
     /// Choose an endpoint by the cluster's LB policy among those eligible
     /// at `now` (healthy or in panic, and not ejected), avoiding `avoid` (a retry's previous endpoint) when
-    /// another one is available.
+    /// another one is available. `key` is the request's hash for
+    /// ring_hash and maglev (without one they pick at random, as Envoy).
     pub fn pick(
         self: &Arc<Self>,
         now: u64,
         avoid: Option<usize>,
+        key: Option<u64>,
     ) -> Option<(usize, InflightGuard)> {
         let n = self.endpoints.len();
         if n == 0 {
@@ -344,6 +360,13 @@ impl Cluster {
         let others_up = avoid.is_some_and(|a| (0..n).any(|i| i != a && up(i)));
         let healthy = |i: usize| up(i) && !(others_up && Some(i) == avoid);
         let index = match self.spec.lb {
+            LbPolicy::RingHash | LbPolicy::Maglev => match (key, &self.table) {
+                (Some(h), Some(t)) => t.pick(h, n, healthy)?,
+                _ => {
+                    let start = fastrand::usize(..n);
+                    (0..n).map(|k| (start + k) % n).find(|&i| healthy(i))?
+                }
+            },
             LbPolicy::RoundRobin => {
                 let start = self.rr.fetch_add(1, Ordering::Relaxed);
                 (0..n).map(|k| (start + k) % n).find(|&i| healthy(i))?
