@@ -78,6 +78,8 @@ pub enum ProxyError {
         filter: String,
         reason: &'static str,
     },
+    #[error("global rate limit {policy:?} could not be checked: {reason}")]
+    RateLimitUnavailable { policy: String, reason: String },
     #[error("fault injection aborted the request with {status}")]
     FaultAbort { status: u16 },
     #[error("cannot spool the request body: {0}")]
@@ -113,11 +115,12 @@ pub enum ErrorKind {
     Unclassifiable,
     SpoolFailed,
     FaultAbort,
+    RateLimitUnavailable,
     Internal,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 25] = [
+    pub const ALL: [ErrorKind; 26] = [
         ErrorKind::MalformedRequest,
         ErrorKind::NotImplemented,
         ErrorKind::HeadersTooLarge,
@@ -142,6 +145,7 @@ impl ErrorKind {
         ErrorKind::Unclassifiable,
         ErrorKind::SpoolFailed,
         ErrorKind::FaultAbort,
+        ErrorKind::RateLimitUnavailable,
         ErrorKind::Internal,
     ];
 
@@ -171,6 +175,7 @@ impl ErrorKind {
             ErrorKind::Unclassifiable => "unclassifiable",
             ErrorKind::SpoolFailed => "spool-failed",
             ErrorKind::FaultAbort => "fault-abort",
+            ErrorKind::RateLimitUnavailable => "ratelimit-unavailable",
             ErrorKind::Internal => "internal",
         }
     }
@@ -185,7 +190,8 @@ impl ErrorKind {
             ErrorKind::NoHealthyEndpoint
             | ErrorKind::Overloaded
             | ErrorKind::CircuitOpen
-            | ErrorKind::FilterOverloaded => StatusCode::SERVICE_UNAVAILABLE,
+            | ErrorKind::FilterOverloaded
+            | ErrorKind::RateLimitUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::FilterBlocked => StatusCode::FORBIDDEN,
             ErrorKind::InspectTooLarge | ErrorKind::DecompressionLimit => {
                 StatusCode::PAYLOAD_TOO_LARGE
@@ -236,6 +242,7 @@ impl ProxyError {
             },
             ProxyError::Spool(_) => ErrorKind::SpoolFailed,
             ProxyError::FaultAbort { .. } => ErrorKind::FaultAbort,
+            ProxyError::RateLimitUnavailable { .. } => ErrorKind::RateLimitUnavailable,
             ProxyError::Internal(_) => ErrorKind::Internal,
         }
     }
@@ -296,6 +303,9 @@ impl ProxyError {
             }
             ProxyError::Spool(_) => "request body could not be buffered".into(),
             ProxyError::FaultAbort { .. } => "fault filter abort".into(),
+            ProxyError::RateLimitUnavailable { .. } => {
+                "rate limit service unavailable, retry later".into()
+            }
             ProxyError::Internal(_) => "internal error".into(),
         }
     }

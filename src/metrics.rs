@@ -25,6 +25,7 @@ pub struct Metrics {
     pub upgrades: IntCounterVec,
     pub mirror_requests: IntCounterVec,
     pub faults: IntCounterVec,
+    pub ratelimit_redis_errors: IntCounterVec,
     pub ratelimit_decisions: IntCounterVec,
     pub circuit_overflow: IntCounterVec,
     pub outlier_ejections: IntCounterVec,
@@ -268,6 +269,14 @@ impl Metrics {
                 "Mirrored (shadow) request copies by route, mirror cluster and result: sent (the mirror answered, any status), failed (connect error, reset, timeout, no endpoint), aborted (the client's body failed or was cut off before it ended), skipped_too_large (body over max_body), dropped_overload (the mirror cluster's circuit breaker was full).",
             ),
             &["route", "cluster", "result"],
+        )
+        .expect("valid metric");
+        let ratelimit_redis_errors = IntCounterVec::new(
+            Opts::new(
+                "sift_ratelimit_redis_errors_total",
+                "Global rate-limit checks Redis did not answer, by reason (timeout, connection, server_error, protocol) and the action failure_mode took (allowed, denied).",
+            ),
+            &["reason", "action"],
         )
         .expect("valid metric");
         let faults = IntCounterVec::new(
@@ -527,6 +536,7 @@ impl Metrics {
             Box::new(upgrades.clone()),
             Box::new(mirror_requests.clone()),
             Box::new(faults.clone()),
+            Box::new(ratelimit_redis_errors.clone()),
         ] {
             registry.register(m).expect("metric names are unique");
         }
@@ -554,6 +564,7 @@ impl Metrics {
             upgrades,
             mirror_requests,
             faults,
+            ratelimit_redis_errors,
             ratelimit_decisions,
             circuit_overflow,
             outlier_ejections,

@@ -493,7 +493,8 @@ async fn proxy(
     // One clock read serves admission and the first attempt: the request's
     // start (policies take time as a parameter).
     let mut now = clock.at(out.start);
-    let ratelimit_headers = rate_limit(snap, listener, conn, route, &req, now)?;
+    let admitted = rate_limit(snap, listener, conn, route, &req, now)?;
+    let ratelimit_headers = rate_limit_global(snap, route, admitted).await?;
 
     // 4b. Routes that answer themselves, after admission (Envoy's router
     //     answers redirects and direct responses after its rate limits).
@@ -1658,25 +1659,42 @@ enum Plan {
     Stream(Option<Body>),
 }
 
-/// Apply the listener's and the route's rate limits. A request rejected by
-/// one policy gets back the tokens the others took, and the 429 names the
-/// policy that fired. Returns the headers for an allowed response (the most
-/// restrictive policy that asks for them). The allowed path allocates
-/// nothing: descriptor parts are hashed in place.
-pub(crate) fn rate_limit<B>(
-    snap: &Snapshot,
+/// What the local rate limits decided for an admitted request, and the
+/// global ones still to ask Redis (see [`rate_limit_global`]).
+pub(crate) struct Admitted<'s> {
+    /// The most restrictive policy that asks for headers on allowed answers.
+    best: Option<(&'s str, crate::policy::ratelimit::Decision)>,
+    /// Global policies that apply, with their bucket keys.
+    globals: Vec<(&'s Arc<crate::snapshot::Limit>, u64)>,
+    /// Local tokens taken (kept only when a global policy may refuse).
+    taken: Vec<(&'s Arc<crate::snapshot::Limit>, u64)>,
+}
+
+/// Apply the listener's and the route's local rate limits. A request
+/// rejected by one policy gets back the tokens the others took, and the 429
+/// names the policy that fired. Global policies are only keyed here (the
+/// request's descriptor parts read); [`rate_limit_global`] asks Redis. The
+/// allowed path of local policies allocates nothing: descriptor parts are
+/// hashed in place.
+pub(crate) fn rate_limit<'s, B>(
+    snap: &'s Snapshot,
     listener: &ListenerSpec,
     conn: &ConnInfo,
-    route: &crate::snapshot::Route,
+    route: &'s crate::snapshot::Route,
     req: &Request<B>,
     now: u64,
-) -> Result<Option<[(HeaderName, HeaderValue); 2]>, ProxyError> {
+) -> Result<Admitted<'s>, ProxyError> {
+    let mut out = Admitted {
+        best: None,
+        globals: Vec::new(),
+        taken: Vec::new(),
+    };
     let listener_limits = snap
         .listener_limits
         .get(conn.listener_index)
         .map_or(&[][..], |v| v.as_slice());
     if listener_limits.is_empty() && route.limits.is_empty() {
-        return Ok(None);
+        return Ok(out);
     }
     let mut ip_buf = IpBuf::new();
     let client_ip: &[u8] = if needs_client_ip(listener_limits, &route.limits) {
@@ -1689,21 +1707,28 @@ pub(crate) fn rate_limit<B>(
     } else {
         &[]
     };
-    let mut best: Option<(&str, crate::policy::ratelimit::Decision)> = None;
     let all = || listener_limits.iter().chain(route.limits.iter());
+    let has_global = all().any(|l| l.redis_key.is_some());
     for (n, limit) in all().enumerate() {
         let spec = &limit.limiter.spec;
         let Some(key) = descriptor_key(limit, conn, route, req, client_ip) else {
             continue;
         };
+        if limit.redis_key.is_some() {
+            out.globals.push((limit, key));
+            continue;
+        }
         let d = limit.limiter.check(key, now);
         let counters = limit.counters.get(route.index);
         if d.allowed {
             if let Some(c) = counters {
                 c[0].inc();
             }
-            if spec.response_headers && best.is_none_or(|(_, b)| d.remaining < b.remaining) {
-                best = Some((spec.name.as_str(), d));
+            if spec.response_headers && out.best.is_none_or(|(_, b)| d.remaining < b.remaining) {
+                out.best = Some((spec.name.as_str(), d));
+            }
+            if has_global && !spec.shadow {
+                out.taken.push((limit, key));
             }
         } else if spec.shadow {
             if let Some(c) = counters {
@@ -1714,9 +1739,9 @@ pub(crate) fn rate_limit<B>(
             if let Some(c) = counters {
                 c[1].inc();
             }
-            // Give back what the policies before this one took.
+            // Give back what the local policies before this one took.
             for earlier in all().take(n) {
-                if earlier.limiter.spec.shadow {
+                if earlier.limiter.spec.shadow || earlier.redis_key.is_some() {
                     continue;
                 }
                 if let Some(k) = descriptor_key(earlier, conn, route, req, client_ip) {
@@ -1727,6 +1752,97 @@ pub(crate) fn rate_limit<B>(
                 policy: spec.name.clone(),
                 decision: d,
             });
+        }
+    }
+    Ok(out)
+}
+
+/// Ask Redis for the global policies [`rate_limit`] keyed, in order, after
+/// every local one passed. A refusal gives back the tokens the local and
+/// the earlier global policies took. When Redis cannot answer in time,
+/// `redis.failure_mode` decides: `allow` lets the policy pass, `deny`
+/// answers 503 `ratelimit-unavailable`; both counted. Returns the headers
+/// for an allowed response.
+pub(crate) async fn rate_limit_global(
+    snap: &Snapshot,
+    route: &crate::snapshot::Route,
+    a: Admitted<'_>,
+) -> Result<Option<[(HeaderName, HeaderValue); 2]>, ProxyError> {
+    use crate::policy::ratelimit::Decision;
+    let mut best = a.best;
+    if let (false, Some(redis)) = (a.globals.is_empty(), &snap.redis) {
+        let mut given: Vec<(String, f64)> = Vec::new();
+        let refused = |given: Vec<(String, f64)>| async move {
+            for (limit, key) in &a.taken {
+                limit.limiter.refund(*key);
+            }
+            for (k, interval) in given {
+                if let Err(e) = redis.give(&k, interval).await {
+                    tracing::debug!(error = %e, "could not give a global rate-limit token back");
+                }
+            }
+        };
+        for (limit, key) in &a.globals {
+            let spec = &limit.limiter.spec;
+            let (interval, burst, quota, window) = limit.limiter.bucket_of(*key);
+            let rkey = format!("{}{key:016x}", limit.redis_key.as_deref().unwrap_or(""));
+            let counters = limit.counters.get(route.index);
+            let taken = match redis.take(&rkey, interval, burst).await {
+                Ok(t) => t,
+                Err(e) => {
+                    let deny = redis.spec.failure_mode == crate::config::file::FailureMode::Deny;
+                    snap.redis_errors
+                        .with_label_values(&[e.reason(), if deny { "denied" } else { "allowed" }])
+                        .inc();
+                    tracing::debug!(policy = %spec.name, error = %e, "global rate limit: redis did not answer");
+                    if deny {
+                        refused(given).await;
+                        return Err(ProxyError::RateLimitUnavailable {
+                            policy: spec.name.clone(),
+                            reason: e.to_string(),
+                        });
+                    }
+                    continue;
+                }
+            };
+            let secs = |us: u64| us.div_ceil(1_000_000);
+            let d = Decision {
+                allowed: taken.allowed,
+                remaining: taken.remaining,
+                retry_after: if taken.allowed {
+                    0
+                } else {
+                    secs(taken.retry_after_us).max(1)
+                },
+                reset: secs(taken.reset_us),
+                quota,
+                window,
+            };
+            if d.allowed {
+                if let Some(c) = counters {
+                    c[0].inc();
+                }
+                if spec.response_headers && best.is_none_or(|(_, b)| d.remaining < b.remaining) {
+                    best = Some((spec.name.as_str(), d));
+                }
+                if !spec.shadow {
+                    given.push((rkey, interval));
+                }
+            } else if spec.shadow {
+                if let Some(c) = counters {
+                    c[2].inc();
+                }
+                tracing::info!(policy = %spec.name, route = %route.spec.name, "rate limit would reject (shadow mode)");
+            } else {
+                if let Some(c) = counters {
+                    c[1].inc();
+                }
+                refused(given).await;
+                return Err(ProxyError::RateLimited {
+                    policy: spec.name.clone(),
+                    decision: d,
+                });
+            }
         }
     }
     Ok(best.map(|(name, d)| crate::error::ratelimit_headers(name, &d)))

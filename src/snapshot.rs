@@ -33,6 +33,11 @@ pub struct Snapshot {
     pub generation: u64,
     /// `sift_jwks_fetches_total`, for the remote key sets' fetch tasks.
     pub jwks_fetches: prometheus::IntCounterVec,
+    /// The Redis of `global` rate limits (kept across reloads while its
+    /// spec is unchanged, with its connections).
+    pub redis: Option<Arc<crate::policy::redis::Redis>>,
+    /// `sift_ratelimit_redis_errors_total`.
+    pub redis_errors: prometheus::IntCounterVec,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -77,6 +82,9 @@ pub struct RouteFilter {
 pub struct Limit {
     pub limiter: Arc<Limiter>,
     pub counters: Vec<[IntCounter; 3]>,
+    /// A global policy's Redis key prefix: `{key_prefix}:{scope}:{policy}:`
+    /// (the bucket key in hex follows).
+    pub redis_key: Option<String>,
 }
 
 pub struct RouteInflight {
@@ -406,6 +414,7 @@ impl Snapshot {
                 .find(|l| l.limiter.spec == *spec)
                 .map(|l| l.limiter.clone())
         };
+        let redis_prefix = config.redis.as_ref().map(|r| r.key_prefix.clone());
         let make_limit = |scope: &str, spec: &RateLimitSpec| -> Arc<Limit> {
             let limiter =
                 prev_limiter(scope, spec).unwrap_or_else(|| Arc::new(Limiter::new(spec.clone())));
@@ -419,7 +428,22 @@ impl Snapshot {
                     })
                 })
                 .collect();
-            Arc::new(Limit { limiter, counters })
+            let redis_key = spec
+                .global
+                .then_some(redis_prefix.as_ref())
+                .flatten()
+                .map(|p| {
+                    let scope = match scope.strip_prefix("listener:") {
+                        Some(l) => format!("listener:{l}"),
+                        None => format!("route:{scope}"),
+                    };
+                    format!("{p}:{scope}:{}:", spec.name)
+                });
+            Arc::new(Limit {
+                limiter,
+                counters,
+                redis_key,
+            })
         };
         let listener_limits = config
             .listeners
@@ -548,7 +572,15 @@ impl Snapshot {
                 }
             })
             .collect();
+        let redis = config.redis.as_ref().map(|spec| {
+            prev.and_then(|p| p.redis.as_ref())
+                .filter(|r| r.spec == *spec)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(crate::policy::redis::Redis::new(spec.clone())))
+        });
         Ok(Snapshot {
+            redis,
+            redis_errors: metrics.ratelimit_redis_errors.clone(),
             config: Arc::new(config),
             source,
             routes,

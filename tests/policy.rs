@@ -1453,3 +1453,204 @@ fn bad_fault_and_hash_policy_sections_are_refused() {
         assert!(err.contains(path) && err.contains(words), "{route}: {err}");
     }
 }
+
+/// A real redis-server on a loopback port, stopped on drop.
+struct RedisServer {
+    addr: SocketAddr,
+    child: std::process::Child,
+}
+
+impl RedisServer {
+    fn start() -> RedisServer {
+        let port = refused().port();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian's redis-server package; tests/run.sh installs it)");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        RedisServer { addr, child }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn global_config(redis: SocketAddr, up: SocketAddr, failure_mode: &str) -> String {
+    format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+redis: {{ address: "{redis}", timeout: 200ms, failure_mode: {failure_mode} }}
+listeners:
+  - name: main
+    address: "127.0.0.1:0"
+routes:
+  - name: api
+    cluster: app
+    rate_limits:
+      - name: per-tenant
+        requests_per_unit: 5
+        unit: minute
+        key: ["header:x-tenant"]
+        global: true
+        response_headers: true
+        overrides: [ {{ value: gold, requests_per_unit: 8 }} ]
+clusters:
+  - name: app
+    endpoints: ["{up}"]
+"#
+    )
+}
+
+async fn tenant_get(sift: &Sift, tenant: &str) -> http::Response<Bytes> {
+    get(sift, "/x", &[("x-tenant", tenant)]).await
+}
+
+/// Two sift replicas share one global quota in a real Redis: 5 per minute
+/// per tenant in all, whichever replica a request reaches; other tenants
+/// and overrides have their own; the 429 says when to come back.
+#[tokio::test(flavor = "multi_thread")]
+async fn global_rate_limits_are_shared_by_replicas_through_redis() {
+    let redis = RedisServer::start();
+    let up = checked_upstream("app", Duration::ZERO).await;
+    let cfg = global_config(redis.addr, up.up.addr, "allow");
+    let (one, two) = (Sift::start(&cfg), Sift::start(&cfg));
+    let mut allowed = 0;
+    for i in 0..12 {
+        let sift = if i % 2 == 0 { &one } else { &two };
+        let r = tenant_get(sift, "acme").await;
+        match r.status().as_u16() {
+            200 => {
+                allowed += 1;
+                assert_eq!(r.headers()["ratelimit-policy"], "\"per-tenant\";q=5;w=60");
+                let left = format!("\"per-tenant\";r={};", 5 - allowed);
+                let rl = r.headers()["ratelimit"].to_str().unwrap();
+                assert!(rl.starts_with(&left), "{rl} after {allowed}");
+            }
+            429 => {
+                assert_eq!(r.headers()["x-sift-error"], "rate-limited");
+                let after: u64 = r.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!((1..=12).contains(&after), "one token per 12 s: {after}");
+            }
+            s => panic!("status {s}"),
+        }
+    }
+    assert_eq!(allowed, 5, "5 per minute across both replicas");
+    for sift in [&one, &two] {
+        assert_eq!(tenant_get(sift, "acme").await.status(), 429);
+    }
+    // Another tenant has its own bucket; an override its own quota.
+    assert_eq!(tenant_get(&two, "other").await.status(), 200);
+    let gold = {
+        let mut n = 0;
+        for i in 0..12 {
+            let sift = if i % 2 == 0 { &one } else { &two };
+            if tenant_get(sift, "gold").await.status() == 200 {
+                n += 1;
+            }
+        }
+        n
+    };
+    assert_eq!(gold, 8);
+    let denied = one
+        .metric(r#"sift_ratelimit_decisions_total{decision="denied",policy="per-tenant",route="api"}"#)
+        .await
+        .unwrap_or(0.0)
+        + two
+            .metric(r#"sift_ratelimit_decisions_total{decision="denied",policy="per-tenant",route="api"}"#)
+            .await
+            .unwrap_or(0.0);
+    assert_eq!(denied, (7 + 2 + 4) as f64);
+}
+
+/// Redis gone: `failure_mode: allow` lets requests through and counts it;
+/// `deny` answers 503 ratelimit-unavailable. Redis back: limits apply
+/// again on the same sift (its connections are re-opened).
+#[tokio::test(flavor = "multi_thread")]
+async fn global_rate_limits_follow_failure_mode_when_redis_is_down() {
+    let mut redis = RedisServer::start();
+    let addr = redis.addr;
+    let up = checked_upstream("app", Duration::ZERO).await;
+    let open = Sift::start(&global_config(addr, up.up.addr, "allow"));
+    let closed = Sift::start(&global_config(addr, up.up.addr, "deny"));
+    assert_eq!(tenant_get(&open, "t").await.status(), 200);
+    assert_eq!(tenant_get(&closed, "t").await.status(), 200);
+    let _ = redis.child.kill();
+    let _ = redis.child.wait();
+    for _ in 0..8 {
+        assert_eq!(tenant_get(&open, "t").await.status(), 200, "fail open");
+        let r = tenant_get(&closed, "t").await;
+        assert_eq!(r.status(), 503, "fail closed");
+        assert_eq!(r.headers()["x-sift-error"], "ratelimit-unavailable");
+    }
+    let errors = |action: &str| {
+        format!(r#"sift_ratelimit_redis_errors_total{{action="{action}",reason="connection"}}"#)
+    };
+    assert_eq!(open.metric(&errors("allowed")).await, Some(8.0));
+    assert_eq!(closed.metric(&errors("denied")).await, Some(8.0));
+    // A new redis-server on the same port: counting starts again.
+    let _again = {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &addr.port().to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(std::time::Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        RedisServer { addr, child }
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..7 {
+        statuses.push(tenant_get(&closed, "t").await.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429]);
+}
+
+/// A global limit needs the top-level `redis`.
+#[test]
+fn a_global_limit_without_redis_is_refused() {
+    let cfg = config(
+        &format!("  - {{ name: app, endpoints: [\"{}\"] }}", refused()),
+        "  - { name: r, cluster: app, rate_limits: [ { name: g, requests_per_unit: 1, unit: second, global: true } ] }",
+    );
+    let err = Sift::try_start(&cfg).err().expect("refused");
+    assert!(
+        err.contains("routes[0].rate_limits[0].global") && err.contains("no top-level `redis`"),
+        "{err}"
+    );
+}

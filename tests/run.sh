@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 # sift process they use is started by the tests themselves on 127.0.0.1:0.
 # TLS tests generate RSA keys with openssl (Debian's openssl package).
 command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl; }
+# Global rate limits count in a real Redis: the tests start their own
+# redis-server on a loopback port (Debian's package; its service is not used).
+command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
 # The classifier tests read the shared data in place from ../shared/data,
 # next to the checkout. A clone made elsewhere (git clone . /tmp/x) has no
 # ../shared: link it to the data next to the repository it was cloned from.

@@ -102,6 +102,26 @@ pub fn build(f: &FileConfig) -> Result<Config, Vec<ConfigError>> {
     };
     let listeners = build_listeners(&f.listeners, &routes, &mut e);
     let tracing = f.tracing.as_ref().map(|t| build_tracing(t, &mut e));
+    let redis = f.redis.as_ref().map(|r| build_redis(r, &mut e));
+    if redis.is_none() {
+        let global = |scope: String, ls: &[RateLimitSpec], e: &mut Errs| {
+            for (j, l) in ls.iter().enumerate().filter(|(_, l)| l.global) {
+                e.push(
+                    format!("{scope}.rate_limits[{j}].global"),
+                    format!(
+                        "rate limit {:?} is global but there is no top-level `redis` to count in",
+                        l.name
+                    ),
+                );
+            }
+        };
+        for (i, l) in listeners.iter().enumerate() {
+            global(format!("listeners[{i}]"), &l.rate_limits, &mut e);
+        }
+        for (i, r) in routes.iter().enumerate() {
+            global(format!("routes[{i}]"), &r.rate_limits, &mut e);
+        }
+    }
 
     if let Some(admin) = &admin {
         for (i, l) in listeners.iter().enumerate() {
@@ -131,8 +151,52 @@ pub fn build(f: &FileConfig) -> Result<Config, Vec<ConfigError>> {
             filters,
             filter_pool,
             tracing,
+            redis,
         }),
         _ => Err(e.0),
+    }
+}
+
+fn build_redis(
+    r: &crate::config::file::RedisFile,
+    e: &mut Errs,
+) -> crate::policy::redis::RedisSpec {
+    if parse_endpoint(&r.address).is_err() {
+        e.push(
+            "redis.address",
+            format!(
+                "{:?} is not host:port (e.g. \"redis.default.svc:6379\")",
+                r.address
+            ),
+        );
+    }
+    let timeout = positive(r.timeout, Dur::millis(50), "redis.timeout", e);
+    let max_connections = match r.max_connections {
+        Some(0) => {
+            e.push("redis.max_connections", "must be at least 1");
+            1
+        }
+        Some(n) => n.min(1024),
+        None => 16,
+    };
+    let key_prefix = r.key_prefix.clone().unwrap_or_else(|| "sift".into());
+    if key_prefix.is_empty() || key_prefix.bytes().any(|b| !b.is_ascii_graphic()) {
+        e.push(
+            "redis.key_prefix",
+            "must be visible ASCII characters, at least one",
+        );
+    }
+    if r.username.is_some() && r.password.is_none() {
+        e.push("redis.username", "needs a password");
+    }
+    crate::policy::redis::RedisSpec {
+        address: r.address.clone(),
+        timeout,
+        failure_mode: r.failure_mode.unwrap_or_default(),
+        key_prefix,
+        max_connections,
+        username: r.username.clone(),
+        password: r.password.clone(),
     }
 }
 
@@ -1865,6 +1929,7 @@ fn build_rate_limits(rs: Option<&[RateLimitFile]>, p: &str, e: &mut Errs) -> Vec
             shadow: r.shadow.unwrap_or(false),
             response_headers: r.response_headers.unwrap_or(false),
             max_keys: max_keys.clamp(1, 10_000_000),
+            global: r.global.unwrap_or(false),
         });
     }
     out

@@ -50,6 +50,46 @@ pub struct FileConfig {
     /// Issuers of JSON Web Tokens that routes may require (`routes[].jwt`).
     #[serde(default)]
     pub jwt_providers: Vec<JwtProviderFile>,
+    /// The Redis that `global` rate limits count in, shared by every sift
+    /// replica that names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisFile>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedisFile {
+    /// host:port of the Redis server (plain TCP).
+    pub address: String,
+    /// Longest wait for one answer, connecting included (default 50ms).
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+    /// What a request gets when Redis cannot answer in time: allow
+    /// (default, as Envoy's failure_mode_deny: false) or deny (503).
+    #[serde(default)]
+    pub failure_mode: Option<FailureMode>,
+    /// Prefix of every key sift writes (default "sift").
+    #[serde(default)]
+    pub key_prefix: Option<String>,
+    /// Most connections open at once (default 16).
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// ACL user name (Redis 6+; default: the default user).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password for AUTH (default: none).
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureMode {
+    /// Let the request through (counted).
+    #[default]
+    Allow,
+    /// Answer 503 ratelimit-unavailable.
+    Deny,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
@@ -739,6 +779,10 @@ pub struct RateLimitFile {
     /// Most buckets kept in memory (default 100000); idle ones are evicted first.
     #[serde(default)]
     pub max_keys: Option<usize>,
+    /// Count in the top-level `redis`, shared by all sift replicas, instead
+    /// of in this process (default false).
+    #[serde(default)]
+    pub global: Option<bool>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]

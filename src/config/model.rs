@@ -31,6 +31,7 @@ pub struct Config {
     pub filters: Vec<FilterSpec>,
     pub filter_pool: FilterPoolSpec,
     pub tracing: Option<crate::trace::TracingSpec>,
+    pub redis: Option<crate::policy::redis::RedisSpec>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

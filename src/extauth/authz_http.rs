@@ -46,7 +46,7 @@ pub async fn serve(
     let client = super::client_conn(&conn, None, &principal);
     let grpc = crate::error::is_grpc(head_req.headers());
     let snap = shared.snapshot.load_full();
-    let result = match super::admit_head(&shared, &snap, &client, &mut head_req, grpc) {
+    let result = match super::admit_head(&shared, &snap, &client, &mut head_req, grpc).await {
         Ok(head) => {
             // The body, as far as a filter reads it (an answer route's
             // filter reads it all, up to the route's limit).

@@ -127,7 +127,7 @@ pub async fn check(
     let complete = !partial && whole_body(req.headers(), http.size, body.len());
     let grpc = crate::error::is_grpc(req.headers());
     let snap = shared.snapshot.load_full();
-    let result = match super::admit_head(shared, &snap, &conn, &mut req, grpc) {
+    let result = match super::admit_head(shared, &snap, &conn, &mut req, grpc).await {
         Ok(head) => super::admit_body(shared, head, body, complete, grpc).await,
         Err(d) => Err(d),
     };

@@ -108,7 +108,7 @@ pub fn client_conn(conn: &ConnInfo, remote: Option<SocketAddr>, principal: &str)
 /// headers, Host included; its headers are edited as the proxy would edit
 /// them (x-sift-* and underscored names removed, JWT claims set), and the
 /// edits are recorded in [`Allowed`].
-pub fn admit_head<'s>(
+pub async fn admit_head<'s>(
     shared: &Shared,
     snap: &'s Snapshot,
     conn: &ConnInfo,
@@ -117,7 +117,7 @@ pub fn admit_head<'s>(
 ) -> Result<Head<'s>, Box<Denied>> {
     let mut route = None;
     let mut origin = None;
-    let r = head(shared, snap, conn, req, &mut route, &mut origin);
+    let r = head(shared, snap, conn, req, &mut route, &mut origin).await;
     r.map_err(|e| {
         let mut d = deny(shared, e, grpc_caller, route);
         // A refusal an allowed origin's page can read (429, 401), as the
@@ -129,7 +129,7 @@ pub fn admit_head<'s>(
     })
 }
 
-fn head<'s>(
+async fn head<'s>(
     shared: &Shared,
     snap: &'s Snapshot,
     conn: &ConnInfo,
@@ -211,7 +211,8 @@ fn head<'s>(
         }
     }
     let now = shared.clock.now();
-    if let Some(hs) = crate::proxy::rate_limit(snap, listener, conn, route, req, now)? {
+    let admitted = crate::proxy::rate_limit(snap, listener, conn, route, req, now)?;
+    if let Some(hs) = crate::proxy::rate_limit_global(snap, route, admitted).await? {
         allowed.response.extend(hs);
     }
 

@@ -196,7 +196,7 @@ async fn run(
     let client = super::client_conn(conn, remote, &principal);
     let grpc = crate::error::is_grpc(req.headers());
     let snap = shared.snapshot.load_full();
-    let head = match super::admit_head(shared, &snap, &client, &mut req, grpc) {
+    let head = match super::admit_head(shared, &snap, &client, &mut req, grpc).await {
         Ok(h) => h,
         Err(d) => {
             count("denied");

@@ -4,4 +4,5 @@
 
 pub mod outlier;
 pub mod ratelimit;
+pub mod redis;
 pub mod retry;

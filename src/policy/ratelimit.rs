@@ -31,6 +31,8 @@ pub struct RateLimitSpec {
     /// Add `RateLimit` / `RateLimit-Policy` to allowed responses too.
     pub response_headers: bool,
     pub max_keys: usize,
+    /// Counted in Redis (shared by replicas), not in this process.
+    pub global: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -107,7 +109,7 @@ pub struct Limiter {
     pub spec: RateLimitSpec,
     quota: Quota,
     overrides: HashMap<u64, Quota>,
-    hasher: RandomState,
+    hasher: KeyHasher,
     shards: Box<[Mutex<Shard>]>,
     cap_per_shard: usize,
 }
@@ -131,7 +133,13 @@ fn quota(requests_per_unit: u64, unit_secs: u64, burst: u64) -> Quota {
 
 impl Limiter {
     pub fn new(spec: RateLimitSpec) -> Self {
-        let hasher = RandomState::new();
+        // A global policy's keys name Redis keys that every replica must
+        // compute alike: a fixed hash. A local one is seeded per process.
+        let hasher = if spec.global {
+            KeyHasher::Stable
+        } else {
+            KeyHasher::Random(RandomState::new())
+        };
         let q = quota(spec.requests_per_unit, spec.unit_secs, spec.burst);
         let mut overrides = HashMap::new();
         for o in &spec.overrides {
@@ -159,7 +167,7 @@ impl Limiter {
     /// without building the string (SipHash is a stream: writing the parts
     /// and separators one by one equals writing the joined bytes).
     pub fn key_of_parts<'a>(&self, parts: impl Iterator<Item = &'a [u8]>) -> u64 {
-        let mut h = self.hasher.build_hasher();
+        let mut h = self.hasher.start();
         for (i, p) in parts.enumerate() {
             if i > 0 {
                 h.write(b"|");
@@ -167,6 +175,13 @@ impl Limiter {
             h.write(p);
         }
         h.finish()
+    }
+
+    /// The token interval (µs) and burst of `key`'s bucket, with the quota
+    /// and window for headers (a global policy's bucket lives in Redis).
+    pub fn bucket_of(&self, key: u64) -> (f64, u64, u64, u64) {
+        let q = self.overrides.get(&key).copied().unwrap_or(self.quota);
+        (1.0 / (q.rate * 1000.0), q.burst as u64, q.q, q.w)
     }
 
     /// Take one token for `key` at `now`.
@@ -268,10 +283,61 @@ fn evict(map: &mut Shard, now: u64, q: Quota) {
     }
 }
 
-fn hash_str(h: &RandomState, s: &str) -> u64 {
-    let mut hasher = h.build_hasher();
+fn hash_str(h: &KeyHasher, s: &str) -> u64 {
+    let mut hasher = h.start();
     hasher.write(s.as_bytes());
     hasher.finish()
+}
+
+/// How descriptor values become bucket keys.
+enum KeyHasher {
+    /// SipHash with a per-process seed (local buckets: keys an attacker
+    /// cannot aim at one shard).
+    Random(RandomState),
+    /// FNV-1a 64 with a splitmix64 finish, the same in every process
+    /// (global policies: the key names a Redis key).
+    Stable,
+}
+
+enum AnyHasher {
+    Sip(std::hash::DefaultHasher),
+    Fnv(u64),
+}
+
+impl KeyHasher {
+    fn start(&self) -> AnyHasher {
+        match self {
+            KeyHasher::Random(r) => AnyHasher::Sip(r.build_hasher()),
+            KeyHasher::Stable => AnyHasher::Fnv(0xcbf2_9ce4_8422_2325),
+        }
+    }
+}
+
+impl Hasher for AnyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        match self {
+            AnyHasher::Sip(h) => h.write(bytes),
+            AnyHasher::Fnv(h) => {
+                for &b in bytes {
+                    *h ^= u64::from(b);
+                    *h = h.wrapping_mul(0x0000_0100_0000_01b3);
+                }
+            }
+        }
+    }
+    fn finish(&self) -> u64 {
+        match self {
+            AnyHasher::Sip(h) => h.finish(),
+            AnyHasher::Fnv(h) => {
+                let mut z = *h;
+                z ^= z >> 30;
+                z = z.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z ^= z >> 27;
+                z = z.wrapping_mul(0x94d0_49bb_1331_11eb);
+                z ^ (z >> 31)
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -291,6 +357,7 @@ mod tests {
             shadow: false,
             response_headers: false,
             max_keys: 1000,
+            global: false,
         }
     }
 

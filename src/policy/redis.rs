@@ -1,0 +1,452 @@
+//! Global rate limits counted in Redis, so every sift replica in front of
+//! an app shares one quota (what Envoy's global rate limit service does
+//! with Redis behind it).
+//!
+//! - One round trip per policy and request: `EVALSHA` of a script that
+//!   runs the generic cell rate algorithm (GCRA) on one key, on Redis's own
+//!   clock (`TIME`), so the replicas' clocks do not matter and a policy is
+//!   the same token bucket as a local one (rate, burst), with its
+//!   remaining tokens and times for the RateLimit headers. The key holds
+//!   one number (the theoretical arrival time) and expires once the bucket
+//!   would be full again: idle keys cost Redis nothing.
+//! - A small client of RESP2 over TCP (the few commands used here), a pool
+//!   of at most `max_connections` connections, each request bounded by
+//!   `timeout` from asking for a connection to the answer. A failed or
+//!   late exchange drops its connection; the caller applies
+//!   `failure_mode`.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+
+use crate::config::file::FailureMode;
+use crate::config::units::Dur;
+
+/// The validated `redis` section.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RedisSpec {
+    pub address: String,
+    pub timeout: Dur,
+    pub failure_mode: FailureMode,
+    pub key_prefix: String,
+    pub max_connections: usize,
+    pub username: Option<String>,
+    #[serde(serialize_with = "redacted")]
+    pub password: Option<String>,
+}
+
+fn redacted<S: serde::Serializer>(p: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match p {
+        Some(_) => s.serialize_str("(set)"),
+        None => s.serialize_none(),
+    }
+}
+
+/// Take a token: GCRA on KEYS[1] with ARGV[1] µs per token and a burst of
+/// ARGV[2]. Answers {allowed, remaining, µs until allowed, µs until full}.
+const TAKE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if tat < now then tat = now end
+local new_tat = tat + interval
+local allow_at = new_tat - burst * interval
+if now < allow_at then
+  return {0, 0, math.ceil(allow_at - now), math.ceil(tat - now)}
+end
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
+return {1, math.floor((now - allow_at) / interval), 0, math.ceil(new_tat - now)}
+";
+
+/// Give a token back (a later policy refused the request).
+const GIVE: &str = r"
+local tat = tonumber(redis.call('GET', KEYS[1]))
+if not tat then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local back = tat - tonumber(ARGV[1])
+if back <= now then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], string.format('%.0f', back), 'PX', math.ceil((back - now) / 1000) + 1000)
+end
+return 1
+";
+
+/// Why an exchange with Redis failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisError {
+    #[error("no answer from redis within {0:?}")]
+    Timeout(Duration),
+    #[error("redis connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("redis answered an error: {0}")]
+    Server(String),
+    #[error("redis protocol: {0}")]
+    Protocol(&'static str),
+}
+
+impl RedisError {
+    /// Bounded label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RedisError::Timeout(_) => "timeout",
+            RedisError::Io(_) => "connection",
+            RedisError::Server(_) => "server_error",
+            RedisError::Protocol(_) => "protocol",
+        }
+    }
+}
+
+/// A RESP2 reply.
+#[derive(Debug, PartialEq)]
+pub enum Reply {
+    Status(String),
+    Error(String),
+    Int(i64),
+    Bulk(Option<Vec<u8>>),
+    Array(Option<Vec<Reply>>),
+}
+
+/// Largest bulk string or array accepted from the server.
+const MAX_BULK: usize = 1 << 20;
+const MAX_ARRAY: usize = 1024;
+
+/// Parse one reply from the front of `b`: `Ok(None)` when more bytes are
+/// needed, else the reply and the bytes it took.
+pub fn parse(b: &[u8]) -> Result<Option<(Reply, usize)>, RedisError> {
+    parse_at(b, 0)
+}
+
+fn parse_at(b: &[u8], depth: usize) -> Result<Option<(Reply, usize)>, RedisError> {
+    if depth > 4 {
+        return Err(RedisError::Protocol("replies nested too deep"));
+    }
+    let Some(end) = b.windows(2).position(|w| w == b"\r\n") else {
+        if b.len() > 64 * 1024 {
+            return Err(RedisError::Protocol("line too long"));
+        }
+        return Ok(None);
+    };
+    let Some((&kind, rest)) = b[..end].split_first() else {
+        return Err(RedisError::Protocol("empty line"));
+    };
+    let line = std::str::from_utf8(rest).map_err(|_| RedisError::Protocol("line not UTF-8"))?;
+    let int = || {
+        line.parse::<i64>()
+            .map_err(|_| RedisError::Protocol("bad integer"))
+    };
+    let head = end + 2;
+    Ok(Some(match kind {
+        b'+' => (Reply::Status(line.to_string()), head),
+        b'-' => (Reply::Error(line.to_string()), head),
+        b':' => (Reply::Int(int()?), head),
+        b'$' => {
+            let n = int()?;
+            if n < 0 {
+                return Ok(Some((Reply::Bulk(None), head)));
+            }
+            let n = n as usize;
+            if n > MAX_BULK {
+                return Err(RedisError::Protocol("bulk string too long"));
+            }
+            if b.len() < head + n + 2 {
+                return Ok(None);
+            }
+            if &b[head + n..head + n + 2] != b"\r\n" {
+                return Err(RedisError::Protocol("bulk string not ended by CRLF"));
+            }
+            (Reply::Bulk(Some(b[head..head + n].to_vec())), head + n + 2)
+        }
+        b'*' => {
+            let n = int()?;
+            if n < 0 {
+                return Ok(Some((Reply::Array(None), head)));
+            }
+            let n = n as usize;
+            if n > MAX_ARRAY {
+                return Err(RedisError::Protocol("array too long"));
+            }
+            let mut at = head;
+            let mut items = Vec::with_capacity(n);
+            for _ in 0..n {
+                match parse_at(&b[at..], depth + 1)? {
+                    Some((r, used)) => {
+                        items.push(r);
+                        at += used;
+                    }
+                    None => return Ok(None),
+                }
+            }
+            (Reply::Array(Some(items)), at)
+        }
+        _ => return Err(RedisError::Protocol("unknown reply type")),
+    }))
+}
+
+/// A command as RESP: an array of bulk strings.
+fn encode(out: &mut Vec<u8>, args: &[&[u8]]) {
+    out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+struct Conn {
+    stream: TcpStream,
+    buf: BytesMut,
+    /// SHA1s of TAKE and GIVE, loaded on this connection's server.
+    take: String,
+    give: String,
+}
+
+impl Conn {
+    async fn call(&mut self, args: &[&[u8]]) -> Result<Reply, RedisError> {
+        let mut out = Vec::with_capacity(64);
+        encode(&mut out, args);
+        self.stream.write_all(&out).await?;
+        loop {
+            if let Some((r, used)) = parse(&self.buf)? {
+                self.buf.advance(used);
+                return match r {
+                    Reply::Error(e) => Err(RedisError::Server(e)),
+                    r => Ok(r),
+                };
+            }
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return Err(RedisError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+        }
+    }
+
+    async fn open(spec: &RedisSpec) -> Result<Conn, RedisError> {
+        let stream = TcpStream::connect(spec.address.as_str()).await?;
+        stream.set_nodelay(true)?;
+        let mut c = Conn {
+            stream,
+            buf: BytesMut::with_capacity(256),
+            take: String::new(),
+            give: String::new(),
+        };
+        if let Some(p) = &spec.password {
+            match &spec.username {
+                Some(u) => c.call(&[b"AUTH", u.as_bytes(), p.as_bytes()]).await?,
+                None => c.call(&[b"AUTH", p.as_bytes()]).await?,
+            };
+        }
+        c.take = c.load(TAKE).await?;
+        c.give = c.load(GIVE).await?;
+        Ok(c)
+    }
+
+    async fn load(&mut self, script: &str) -> Result<String, RedisError> {
+        match self.call(&[b"SCRIPT", b"LOAD", script.as_bytes()]).await? {
+            Reply::Bulk(Some(sha)) => {
+                String::from_utf8(sha).map_err(|_| RedisError::Protocol("script SHA not UTF-8"))
+            }
+            _ => Err(RedisError::Protocol("SCRIPT LOAD did not answer a SHA")),
+        }
+    }
+
+    /// EVALSHA, loading the script again if the server lost it (restart).
+    async fn eval(&mut self, give: bool, key: &str, args: [&str; 2]) -> Result<Reply, RedisError> {
+        let (sha, script) = if give {
+            (self.give.clone(), GIVE)
+        } else {
+            (self.take.clone(), TAKE)
+        };
+        let call = [
+            b"EVALSHA".as_slice(),
+            sha.as_bytes(),
+            b"1",
+            key.as_bytes(),
+            args[0].as_bytes(),
+            args[1].as_bytes(),
+        ];
+        match self.call(&call).await {
+            Err(RedisError::Server(e)) if e.starts_with("NOSCRIPT") => {
+                let sha = self.load(script).await?;
+                if give {
+                    self.give = sha.clone();
+                } else {
+                    self.take = sha.clone();
+                }
+                let call = [
+                    b"EVALSHA".as_slice(),
+                    sha.as_bytes(),
+                    b"1",
+                    key.as_bytes(),
+                    args[0].as_bytes(),
+                    args[1].as_bytes(),
+                ];
+                self.call(&call).await
+            }
+            r => r,
+        }
+    }
+}
+
+/// What Redis decided for one request and policy.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Taken {
+    pub allowed: bool,
+    pub remaining: u64,
+    /// µs until a request would be allowed (0 when allowed).
+    pub retry_after_us: u64,
+    /// µs until the bucket is full again.
+    pub reset_us: u64,
+}
+
+/// The shared client (kept across reloads while its spec is unchanged).
+pub struct Redis {
+    pub spec: RedisSpec,
+    idle: Mutex<Vec<Conn>>,
+    slots: Semaphore,
+}
+
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redis")
+            .field("address", &self.spec.address)
+            .finish()
+    }
+}
+
+impl Redis {
+    pub fn new(spec: RedisSpec) -> Redis {
+        Redis {
+            slots: Semaphore::new(spec.max_connections),
+            idle: Mutex::new(Vec::new()),
+            spec,
+        }
+    }
+
+    /// Run one script on a pooled connection, within `timeout` (waiting
+    /// for a connection slot and connecting included).
+    async fn run(&self, give: bool, key: &str, args: [&str; 2]) -> Result<Reply, RedisError> {
+        let t = self.spec.timeout.0;
+        let work = async {
+            let _slot = self
+                .slots
+                .acquire()
+                .await
+                .map_err(|_| RedisError::Protocol("client closed"))?;
+            let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let mut conn = match pooled {
+                Some(c) => c,
+                None => Conn::open(&self.spec).await?,
+            };
+            let r = conn.eval(give, key, args).await;
+            // A connection is reused only after a whole exchange; on an
+            // error or a timeout (this future dropped) it is closed.
+            if r.is_ok() {
+                self.idle
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(conn);
+            }
+            r
+        };
+        tokio::time::timeout(t, work)
+            .await
+            .map_err(|_| RedisError::Timeout(t))?
+    }
+
+    /// Take a token from `key`'s bucket: `interval_us` per token, `burst`.
+    pub async fn take(&self, key: &str, interval_us: f64, burst: u64) -> Result<Taken, RedisError> {
+        let (i, b) = (format!("{interval_us:.3}"), burst.to_string());
+        let r = self.run(false, key, [&i, &b]).await?;
+        let Reply::Array(Some(items)) = r else {
+            return Err(RedisError::Protocol("the script did not answer an array"));
+        };
+        let n: Vec<i64> = items
+            .iter()
+            .map(|x| match x {
+                Reply::Int(v) => Ok(*v),
+                _ => Err(RedisError::Protocol("the script answered a non-integer")),
+            })
+            .collect::<Result<_, _>>()?;
+        let [allowed, remaining, retry, reset] = n[..] else {
+            return Err(RedisError::Protocol("the script answered the wrong length"));
+        };
+        Ok(Taken {
+            allowed: allowed == 1,
+            remaining: remaining.max(0) as u64,
+            retry_after_us: retry.max(0) as u64,
+            reset_us: reset.max(0) as u64,
+        })
+    }
+
+    /// Give back the token `take` took from `key`.
+    pub async fn give(&self, key: &str, interval_us: f64) -> Result<(), RedisError> {
+        let i = format!("{interval_us:.3}");
+        self.run(true, key, [&i, "0"]).await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_what_redis_answers_and_waits_for_the_rest() {
+        let all = b"*4\r\n:1\r\n:41\r\n:0\r\n:60000000\r\n";
+        let (r, used) = parse(all).unwrap().unwrap();
+        assert_eq!(used, all.len());
+        assert_eq!(
+            r,
+            Reply::Array(Some(vec![
+                Reply::Int(1),
+                Reply::Int(41),
+                Reply::Int(0),
+                Reply::Int(60_000_000)
+            ]))
+        );
+        for cut in 0..all.len() {
+            assert!(parse(&all[..cut]).unwrap().is_none(), "cut at {cut}");
+        }
+        let (r, _) = parse(b"$40\r\n0123456789012345678901234567890123456789\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(matches!(r, Reply::Bulk(Some(v)) if v.len() == 40));
+        assert_eq!(
+            parse(b"-NOSCRIPT No matching script\r\n")
+                .unwrap()
+                .unwrap()
+                .0,
+            Reply::Error("NOSCRIPT No matching script".into())
+        );
+        assert_eq!(parse(b"$-1\r\n").unwrap().unwrap().0, Reply::Bulk(None));
+    }
+
+    #[test]
+    fn refuses_hostile_replies() {
+        for bad in [
+            &b"?what\r\n"[..],
+            b"$99999999999\r\n",
+            b"*99999\r\n",
+            b":12x\r\n",
+            b"$3\r\nabcXY",
+            b"*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n",
+        ] {
+            assert!(parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        assert!(parse(&vec![b'+'; 70 * 1024]).is_err(), "endless line");
+    }
+
+    #[test]
+    fn encodes_commands_as_bulk_arrays() {
+        let mut out = Vec::new();
+        encode(&mut out, &[b"GET", b"k"]);
+        assert_eq!(out, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n");
+    }
+}
