@@ -43,6 +43,8 @@ pub enum ProxyError {
         policy: String,
         decision: crate::policy::ratelimit::Decision,
     },
+    #[error("client address {ip} may not use route {route:?}")]
+    SourceDenied { route: String, ip: String },
     #[error("identity {identity:?} may not use route {route:?}")]
     IdentityDenied { route: String, identity: String },
     #[error("route {route:?} needs a JWT: {reason}")]
@@ -105,6 +107,7 @@ pub enum ErrorKind {
     Overloaded,
     CircuitOpen,
     IdentityDenied,
+    SourceDenied,
     JwtMissing,
     JwtInvalid,
     FilterBlocked,
@@ -120,7 +123,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 26] = [
+    pub const ALL: [ErrorKind; 27] = [
         ErrorKind::MalformedRequest,
         ErrorKind::NotImplemented,
         ErrorKind::HeadersTooLarge,
@@ -135,6 +138,7 @@ impl ErrorKind {
         ErrorKind::Overloaded,
         ErrorKind::CircuitOpen,
         ErrorKind::IdentityDenied,
+        ErrorKind::SourceDenied,
         ErrorKind::JwtMissing,
         ErrorKind::JwtInvalid,
         ErrorKind::FilterBlocked,
@@ -165,6 +169,7 @@ impl ErrorKind {
             ErrorKind::Overloaded => "overloaded",
             ErrorKind::CircuitOpen => "circuit-open",
             ErrorKind::IdentityDenied => "identity-denied",
+            ErrorKind::SourceDenied => "source-denied",
             ErrorKind::JwtMissing => "jwt-missing",
             ErrorKind::JwtInvalid => "jwt-invalid",
             ErrorKind::FilterBlocked => "filter-blocked",
@@ -199,7 +204,7 @@ impl ErrorKind {
             ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorKind::Unclassifiable => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            ErrorKind::IdentityDenied => StatusCode::FORBIDDEN,
+            ErrorKind::IdentityDenied | ErrorKind::SourceDenied => StatusCode::FORBIDDEN,
             ErrorKind::JwtMissing | ErrorKind::JwtInvalid => StatusCode::UNAUTHORIZED,
             ErrorKind::UpstreamConnectFailure | ErrorKind::UpstreamReset => StatusCode::BAD_GATEWAY,
             ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -227,6 +232,7 @@ impl ProxyError {
             ProxyError::Overloaded { .. } => ErrorKind::Overloaded,
             ProxyError::CircuitOpen { .. } => ErrorKind::CircuitOpen,
             ProxyError::IdentityDenied { .. } => ErrorKind::IdentityDenied,
+            ProxyError::SourceDenied { .. } => ErrorKind::SourceDenied,
             ProxyError::Jwt {
                 reason: crate::jwt::JwtError::Missing,
                 ..
@@ -289,6 +295,7 @@ impl ProxyError {
             ProxyError::Overloaded { .. } => "overloaded, retry later".into(),
             ProxyError::CircuitOpen { .. } => "upstream circuit open, retry later".into(),
             ProxyError::IdentityDenied { .. } => "caller identity not allowed on this route".into(),
+            ProxyError::SourceDenied { .. } => "client address not allowed on this route".into(),
             ProxyError::Jwt { reason, .. } => format!("unauthorized: {reason}"),
             ProxyError::FilterBlocked { message, .. } => message.clone(),
             ProxyError::FilterOverloaded { .. } => "request filter overloaded, retry later".into(),

@@ -469,7 +469,7 @@ async fn proxy(
 
     // 4. Admission: identity authorization, the route's concurrency limit,
     //    then rate limits (the listener's, then the route's).
-    identity_admission(route, conn)?;
+    identity_admission(route, listener, conn, req.headers())?;
     // The JWT check edits the request's headers: `host` (borrowed from
     // them) is read again after it, only on such routes.
     let host = match &route.spec.jwt {
@@ -1321,8 +1321,26 @@ pub(crate) fn cors_step(
 /// A route's `allowed_identities` against the caller's identity.
 pub(crate) fn identity_admission(
     route: &crate::snapshot::Route,
+    listener: &ListenerSpec,
     conn: &ConnInfo,
+    headers: &HeaderMap,
 ) -> Result<(), ProxyError> {
+    if let Some(s) = &route.spec.source_ips {
+        let ip = match s.address {
+            crate::config::file::SourceAddress::Peer => conn.remote.ip().to_string(),
+            crate::config::file::SourceAddress::ClientIp => {
+                trusted_client_ip(listener.trusted_hops, headers, conn.remote)
+            }
+        };
+        // A forwarded address that is no IP (a trusted proxy wrote
+        // garbage) is in no range: denied where only ranges are allowed.
+        if !s.admits(ip.parse().ok()) {
+            return Err(ProxyError::SourceDenied {
+                route: route.spec.name.clone(),
+                ip,
+            });
+        }
+    }
     let Some(allowed) = &route.spec.allowed_identities else {
         return Ok(());
     };

@@ -1654,3 +1654,81 @@ fn a_global_limit_without_redis_is_refused() {
         "{err}"
     );
 }
+
+/// `source_ips`: allow and deny ranges on the client IP (trusted
+/// X-Forwarded-For hops applied) or on the TCP peer.
+#[tokio::test(flavor = "multi_thread")]
+async fn source_ips_allow_and_deny_client_addresses() {
+    let up = checked_upstream("app", Duration::ZERO).await;
+    let sift = Sift::start(&config(
+        &format!("  - name: app\n    endpoints: [\"{}\"]", up.up.addr),
+        r#"  - name: internal
+    match: { path: { prefix: /internal } }
+    cluster: app
+    source_ips: { allow: [10.0.0.0/8, "2001:db8::/32"] }
+  - name: peer
+    match: { path: { prefix: /peer } }
+    cluster: app
+    source_ips: { allow: [127.0.0.0/8], address: peer }
+  - name: open
+    cluster: app
+    source_ips: { deny: [192.0.2.0/24] }"#,
+    ));
+    let status = |path: &'static str, xff: Option<&'static str>| {
+        let sift = &sift;
+        async move {
+            let h: Vec<(&str, &str)> = xff.map(|x| ("x-forwarded-for", x)).into_iter().collect();
+            let r = get(sift, path, &h).await;
+            let e = r
+                .headers()
+                .get("x-sift-error")
+                .map(|v| v.to_str().unwrap().to_string());
+            (r.status().as_u16(), e)
+        }
+    };
+    let denied = (403, Some("source-denied".to_string()));
+    assert_eq!(status("/internal", Some("10.1.2.3")).await, (200, None));
+    assert_eq!(status("/internal", Some("2001:db8::7")).await, (200, None));
+    assert_eq!(status("/internal", Some("192.0.2.1")).await, denied);
+    assert_eq!(
+        status("/internal", None).await,
+        denied,
+        "the peer 127.0.0.1"
+    );
+    assert_eq!(status("/internal", Some("not-an-ip")).await, denied);
+    assert_eq!(status("/peer", Some("192.0.2.1")).await, (200, None));
+    assert_eq!(status("/x", Some("192.0.2.9")).await, denied);
+    assert_eq!(status("/x", Some("198.51.100.1")).await, (200, None));
+    assert_eq!(status("/x", None).await, (200, None));
+    assert_eq!(
+        sift.metric(r#"sift_errors_total{kind="source-denied"}"#)
+            .await,
+        Some(4.0)
+    );
+    for (route, path, words) in [
+        (
+            "{ name: r, cluster: app, source_ips: { allow: [10.0.0.1/8] } }",
+            "routes[0].source_ips.allow[0]",
+            "bits set past its prefix",
+        ),
+        (
+            "{ name: r, cluster: app, source_ips: { deny: [nope] } }",
+            "routes[0].source_ips.deny[0]",
+            "not an IP address",
+        ),
+        (
+            "{ name: r, cluster: app, source_ips: {} }",
+            "routes[0].source_ips",
+            "allow, deny",
+        ),
+    ] {
+        let cfg = config(
+            &format!("  - {{ name: app, endpoints: [\"{}\"] }}", up.up.addr),
+            &format!("  - {route}"),
+        );
+        let err = Sift::try_start(&cfg)
+            .err()
+            .unwrap_or_else(|| panic!("{route} accepted"));
+        assert!(err.contains(path) && err.contains(words), "{route}: {err}");
+    }
+}

@@ -1273,6 +1273,10 @@ fn build_routes(
                     })
                     .collect()
             }),
+            source_ips: r
+                .source_ips
+                .as_ref()
+                .map(|s| build_source_ips(s, &format!("{p}.source_ips"), e)),
             verdict_headers: Vec::new(),
             filters: build_route_filters(r, &p, filters, cluster_files, e),
             answer,
@@ -2570,6 +2574,35 @@ fn request_key(
             None
         }
         _ => Some(key),
+    }
+}
+
+/// A route's `source_ips`: address ranges to allow and deny.
+fn build_source_ips(
+    s: &crate::config::file::SourceIpsFile,
+    p: &str,
+    e: &mut Errs,
+) -> crate::config::model::SourceIps {
+    let list = |v: &Option<Vec<String>>, key: &str, e: &mut Errs| {
+        v.iter()
+            .flatten()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                c.parse()
+                    .map_err(|m: String| e.push(format!("{p}.{key}[{i}]"), m))
+                    .ok()
+            })
+            .collect::<Vec<_>>()
+    };
+    let allow = list(&s.allow, "allow", e);
+    let deny = list(&s.deny, "deny", e);
+    if s.allow.as_ref().is_none_or(Vec::is_empty) && s.deny.as_ref().is_none_or(Vec::is_empty) {
+        e.push(p.to_string(), "give allow, deny or both");
+    }
+    crate::config::model::SourceIps {
+        allow,
+        deny,
+        address: s.address.unwrap_or_default(),
     }
 }
 

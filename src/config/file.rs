@@ -882,6 +882,10 @@ pub struct RouteFile {
     /// identity-denied otherwise). Default: anyone.
     #[serde(default)]
     pub allowed_identities: Option<Vec<IdentityMatchFile>>,
+    /// Which client addresses may use this route (nginx's allow/deny,
+    /// Envoy's RBAC on remote_ip): 403 source-denied otherwise.
+    #[serde(default)]
+    pub source_ips: Option<SourceIpsFile>,
     /// Body filters, in order (see `filters`).
     #[serde(default)]
     pub filters: Option<Vec<RouteFilterFile>>,
@@ -916,6 +920,32 @@ pub struct RouteFile {
     /// upstream.
     #[serde(default)]
     pub fault: Option<FaultFile>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SourceIpsFile {
+    /// Only these addresses or CIDR ranges (`10.0.0.0/8`, `192.0.2.7`,
+    /// `2001:db8::/32`); default: any.
+    #[serde(default)]
+    pub allow: Option<Vec<String>>,
+    /// Never these (checked first).
+    #[serde(default)]
+    pub deny: Option<Vec<String>>,
+    /// Which address: client_ip (default: trusted X-Forwarded-For hops
+    /// apply, Envoy's remote_ip) or peer (the TCP peer, direct_remote_ip).
+    #[serde(default)]
+    pub address: Option<SourceAddress>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceAddress {
+    /// The client IP after the listener's trusted X-Forwarded-For hops.
+    #[default]
+    ClientIp,
+    /// The TCP peer's address.
+    Peer,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]

@@ -223,6 +223,8 @@ pub struct RouteSpec {
     pub canary: Option<crate::canary::CanarySpec>,
     /// None: anyone; Some: only matching identities.
     pub allowed_identities: Option<Vec<IdentityMatch>>,
+    /// Client address allow and deny lists.
+    pub source_ips: Option<SourceIps>,
     pub filters: Vec<RouteFilterSpec>,
     /// Answer with this filter's verdict (no upstream; `backends` is empty).
     pub answer: Option<String>,
@@ -280,6 +282,158 @@ impl MirrorSpec {
     /// Whether a request whose id hashes to `h` is mirrored.
     pub fn sampled(&self, h: u64) -> bool {
         self.per_million >= 1_000_000 || (h % 1_000_000) < u64::from(self.per_million)
+    }
+}
+
+/// A route's `source_ips`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SourceIps {
+    pub allow: Vec<Cidr>,
+    pub deny: Vec<Cidr>,
+    pub address: crate::config::file::SourceAddress,
+}
+
+impl SourceIps {
+    /// Whether `ip` may use the route: in no deny range, and in an allow
+    /// range when there are any.
+    pub fn admits(&self, ip: Option<std::net::IpAddr>) -> bool {
+        match ip {
+            Some(ip) => {
+                !self.deny.iter().any(|c| c.contains(ip))
+                    && (self.allow.is_empty() || self.allow.iter().any(|c| c.contains(ip)))
+            }
+            None => self.allow.is_empty(),
+        }
+    }
+}
+
+/// An address range: `10.0.0.0/8`, `2001:db8::/32`, or one address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    pub net: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl Serialize for Cidr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}/{}", self.net, self.prefix))
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+    fn from_str(v: &str) -> Result<Cidr, String> {
+        use std::net::IpAddr;
+        let (a, p) = match v.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (v, None),
+        };
+        let net: IpAddr = a
+            .parse()
+            .map_err(|_| format!("{v:?} is not an IP address or CIDR range"))?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{v:?}: prefix length must be 0..={max}"))?,
+        };
+        let c = Cidr { net, prefix };
+        if !c.contains(net) || c.masked() != net {
+            return Err(format!(
+                "{v:?} has bits set past its prefix (did you mean {}/{prefix}?)",
+                c.masked()
+            ));
+        }
+        Ok(c)
+    }
+}
+
+impl Cidr {
+    fn masked(&self) -> std::net::IpAddr {
+        use std::net::IpAddr;
+        match self.net {
+            IpAddr::V4(a) => {
+                let m = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                IpAddr::V4((u32::from(a) & m).into())
+            }
+            IpAddr::V6(a) => {
+                let m = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                IpAddr::V6((u128::from(a) & m).into())
+            }
+        }
+    }
+
+    /// Whether `ip` is in the range; an IPv4-mapped IPv6 address
+    /// (`::ffff:10.0.0.1`) is read as its IPv4 address.
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.net, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let m = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(n) & m == u32::from(a) & m
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let m = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(n) & m == u128::from(a) & m
+            }
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod cidr_tests {
+    use super::*;
+
+    #[test]
+    fn ranges_match_their_addresses_only() {
+        let c: Cidr = "10.0.0.0/8".parse().unwrap();
+        assert!(c.contains("10.255.1.2".parse().unwrap()));
+        assert!(c.contains("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(!c.contains("11.0.0.1".parse().unwrap()));
+        assert!(!c.contains("::1".parse().unwrap()));
+        let one: Cidr = "192.0.2.7".parse().unwrap();
+        assert!(one.contains("192.0.2.7".parse().unwrap()));
+        assert!(!one.contains("192.0.2.8".parse().unwrap()));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("203.0.113.9".parse().unwrap()));
+        let v6: Cidr = "2001:db8::/32".parse().unwrap();
+        assert!(v6.contains("2001:db8:ffff::1".parse().unwrap()));
+        assert!(!v6.contains("2001:db9::1".parse().unwrap()));
+        for bad in [
+            "10.0.0.1/8",
+            "10.0.0.0/33",
+            "nope",
+            "10.0.0.0/x",
+            "::/129",
+            "",
+        ] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+        let s = SourceIps {
+            allow: vec!["10.0.0.0/8".parse().unwrap()],
+            deny: vec!["10.9.0.0/16".parse().unwrap()],
+            address: crate::config::file::SourceAddress::ClientIp,
+        };
+        assert!(s.admits(Some("10.1.0.1".parse().unwrap())));
+        assert!(!s.admits(Some("10.9.0.1".parse().unwrap())));
+        assert!(!s.admits(Some("192.0.2.1".parse().unwrap())));
+        assert!(!s.admits(None));
     }
 }
 

@@ -187,7 +187,7 @@ async fn head<'s>(
     }
 
     // Admission, in the proxy's order.
-    crate::proxy::identity_admission(route, conn)?;
+    crate::proxy::identity_admission(route, listener, conn, req.headers())?;
     if let Some(j) = &route.spec.jwt {
         let before = req.headers().clone();
         let uri = req.uri().clone();
