@@ -43,6 +43,7 @@ pub mod metrics;
 pub mod mirror;
 pub mod policy;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod reload;
 pub mod snapshot;
 pub mod state;

@@ -22,6 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 
 use crate::config::file::DownstreamProtocol;
+use crate::config::file::ProxyProtocolMode;
 use crate::config::model::ListenerSpec;
 use crate::drain::{Drain, Watch};
 use crate::proxy::{self, ConnInfo};
@@ -66,6 +67,7 @@ pub async fn serve(tcp: TcpListener, name: Arc<str>, shared: Arc<Shared>, drain:
         let tls = snap.listener_tls.get(index).cloned().flatten();
         let handshake_timeout = spec.limits.header_read_timeout.0;
         let envoy = spec.serve == crate::config::file::Serve::Envoy;
+        let proxy_protocol = spec.proxy_protocol;
         drop(snap);
         accepted.inc();
         active.inc();
@@ -77,6 +79,24 @@ pub async fn serve(tcp: TcpListener, name: Arc<str>, shared: Arc<Shared>, drain:
         };
         let (shared, watch, name) = (shared.clone(), drain.watch(), name.clone());
         tokio::spawn(async move {
+            let mut stream = stream;
+            let mut remote = remote;
+            if proxy_protocol != ProxyProtocolMode::Off {
+                let optional = proxy_protocol == ProxyProtocolMode::Optional;
+                match crate::proxy_protocol::read(&mut stream, optional, handshake_timeout).await {
+                    Ok(Some(crate::proxy_protocol::Header::Proxied { src, .. })) => remote = src,
+                    Ok(_) => {}
+                    Err(e) => {
+                        shared
+                            .metrics
+                            .downstream_protocol_errors
+                            .with_label_values(&[&name])
+                            .inc();
+                        tracing::debug!(listener = %name, %remote, error = %e, "PROXY protocol header refused");
+                        return;
+                    }
+                }
+            }
             let mut conn = ConnInfo {
                 listener: name.clone(),
                 listener_index: index,

@@ -3103,3 +3103,102 @@ fn es256_jwt(k: &ring::signature::EcdsaKeyPair, kid: &str, claims: &str) -> Stri
         .unwrap();
     format!("{msg}.{}", b64(sig.as_ref()))
 }
+
+fn proxy_protocol_config(up: std::net::SocketAddr, mode: &str) -> String {
+    format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners:
+  - name: main
+    address: "127.0.0.1:0"
+    proxy_protocol: {mode}
+routes:
+  - name: default
+    cluster: app
+    rate_limits: [ {{ name: per-ip, requests_per_unit: 1, unit: minute }} ]
+clusters:
+  - name: app
+    endpoints: ["{up}"]
+"#
+    )
+}
+
+const GET_CLOSE: &[u8] = b"GET /x HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n";
+
+/// The X-Forwarded-For value the echo upstream got, from a raw answer.
+fn xff_of(answer: &str) -> Option<String> {
+    let body = answer.split("\r\n\r\n").nth(1)?;
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    Some(v["headers"]["x-forwarded-for"][0].as_str()?.to_string())
+}
+
+/// `proxy_protocol: required`: the client a v1 or v2 header names is the
+/// connection's client (X-Forwarded-For, rate limits per IP, access log);
+/// a connection without a header, or with a broken one, is closed.
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_protocol_headers_name_the_client() {
+    let up = Upstream::echo("app").await;
+    let sift = Sift::start(&proxy_protocol_config(up.addr, "required"));
+    let v1 = [
+        b"PROXY TCP4 203.0.113.7 10.0.0.1 56324 80\r\n".as_slice(),
+        GET_CLOSE,
+    ]
+    .concat();
+    let a = raw_exchange(sift.addr(), &v1).await;
+    assert!(a.starts_with("HTTP/1.1 200"), "{a}");
+    assert_eq!(xff_of(&a).as_deref(), Some("203.0.113.7"));
+    // The rate limit is per client IP: the same client again is limited,
+    // another one (v2, binary) is not.
+    let again = raw_exchange(sift.addr(), &v1).await;
+    assert!(again.starts_with("HTTP/1.1 429"), "{again}");
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+    v2.extend_from_slice(&[198, 51, 100, 9, 10, 0, 0, 1, 0x1f, 0x90, 0, 80]);
+    v2.extend_from_slice(GET_CLOSE);
+    let b = raw_exchange(sift.addr(), &v2).await;
+    assert!(b.starts_with("HTTP/1.1 200"), "{b}");
+    assert_eq!(xff_of(&b).as_deref(), Some("198.51.100.9"));
+    // A LOCAL header (the balancer's health check) keeps the peer.
+    let mut local = b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00".to_vec();
+    local.extend_from_slice(GET_CLOSE);
+    let c = raw_exchange(sift.addr(), &local).await;
+    assert_eq!(xff_of(&c).as_deref(), Some("127.0.0.1"), "{c}");
+    // No header, a broken one: closed without an answer.
+    assert_eq!(raw_exchange(sift.addr(), GET_CLOSE).await, "");
+    let broken = [
+        b"PROXY TCP4 1.2.3.4 5.6.7.8 99999 80\r\n".as_slice(),
+        GET_CLOSE,
+    ]
+    .concat();
+    assert_eq!(raw_exchange(sift.addr(), &broken).await, "");
+    assert_eq!(
+        sift.metric(r#"sift_downstream_protocol_errors_total{listener="main"}"#)
+            .await,
+        Some(2.0)
+    );
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            sift.log_lines()
+                .iter()
+                .any(|l| l.contains(r#""remote":"203.0.113.7:56324""#))
+        })
+        .await,
+        "the access log names the client"
+    );
+}
+
+/// `proxy_protocol: optional`: a connection with a header and one without
+/// both work (a balancer moving to the PROXY protocol, or direct clients).
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_protocol_optional_takes_both() {
+    let up = Upstream::echo("app").await;
+    let sift = Sift::start(&proxy_protocol_config(up.addr, "optional"));
+    let v1 = [
+        b"PROXY TCP6 2001:db8::7 ::1 4000 80\r\n".as_slice(),
+        GET_CLOSE,
+    ]
+    .concat();
+    let a = raw_exchange(sift.addr(), &v1).await;
+    assert_eq!(xff_of(&a).as_deref(), Some("2001:db8::7"), "{a}");
+    let b = raw_exchange(sift.addr(), GET_CLOSE).await;
+    assert_eq!(xff_of(&b).as_deref(), Some("127.0.0.1"), "{b}");
+}

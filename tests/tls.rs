@@ -174,7 +174,23 @@ async fn tls_get(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Result<TlsResponse, String> {
-    let tcp = tokio::net::TcpStream::connect(addr)
+    tls_get_after(addr, b"", sni, cfg, path, headers).await
+}
+
+/// [`tls_get`] with `preamble` written on the TCP connection before the
+/// handshake (a PROXY protocol header).
+async fn tls_get_after(
+    addr: std::net::SocketAddr,
+    preamble: &[u8],
+    sni: &str,
+    cfg: Arc<rustls::ClientConfig>,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<TlsResponse, String> {
+    let mut tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::io::AsyncWriteExt::write_all(&mut tcp, preamble)
         .await
         .map_err(|e| e.to_string())?;
     let connector = tokio_rustls::TlsConnector::from(cfg);
@@ -1225,4 +1241,48 @@ clusters:
         err.contains(":10: clusters[0].tls: cannot read /nonexistent/ca.pem"),
         "{err}"
     );
+}
+
+/// A TCP load balancer in front of an mTLS listener (AWS NLB with TLS
+/// passthrough and the PROXY protocol): the v2 header comes before the
+/// ClientHello; the handshake, the identity and the client address all
+/// hold.
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_protocol_header_before_an_mtls_handshake() {
+    let s = setup();
+    let up = Upstream::echo("app").await;
+    let cfg = tls_config(&s, "require", up.addr, "")
+        .replace("    tls:\n", "    proxy_protocol: required\n    tls:\n");
+    let sift = Sift::start(&cfg);
+    let client = frontend(&s.ca);
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+    v2.extend_from_slice(&[203, 0, 113, 50, 10, 0, 0, 1, 0x30, 0x39, 1, 0xbb]);
+    let r = tls_get_after(
+        sift.addr(),
+        &v2,
+        "localhost",
+        client_config(&s.ca.pem, Some(&client), &["http/1.1"]),
+        "/x",
+        &[],
+    )
+    .await
+    .expect("handshake after the PROXY header");
+    assert_eq!(r.status, 200);
+    let v = echo_json(&r);
+    assert_eq!(v["headers"]["x-forwarded-for"][0], "203.0.113.50");
+    let xfcc = v["headers"]["x-forwarded-client-cert"][0].as_str().unwrap();
+    assert!(
+        xfcc.contains("spiffe://prod.example/ns/web/sa/frontend"),
+        "{xfcc}"
+    );
+    // The same client without the header: closed before any handshake.
+    let e = tls_get(
+        sift.addr(),
+        "localhost",
+        client_config(&s.ca.pem, Some(&client), &["http/1.1"]),
+        "/x",
+        &[],
+    )
+    .await;
+    assert!(e.is_err(), "{:?}", e.map(|r| r.status));
 }

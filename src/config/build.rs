@@ -416,6 +416,7 @@ fn build_listeners(ls: &[ListenerFile], routes: &[RouteSpec], e: &mut Errs) -> V
                 address,
                 protocol: l.protocol.unwrap_or_default(),
                 serve: l.serve.unwrap_or_default(),
+                proxy_protocol: l.proxy_protocol.unwrap_or_default(),
                 route_indices,
                 routes: l.routes.clone(),
                 limits,

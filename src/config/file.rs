@@ -511,6 +511,18 @@ pub enum DownstreamProtocol {
     Auto,
 }
 
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ProxyProtocolMode {
+    /// No header is read (default).
+    #[default]
+    Off,
+    /// Every connection starts with a header, or is closed.
+    Required,
+    /// A connection may start with a header.
+    Optional,
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerFile {
@@ -527,6 +539,13 @@ pub struct ListenerFile {
     /// Envoy forwards). Restart-only.
     #[serde(default)]
     pub serve: Option<Serve>,
+    /// Read a PROXY protocol header (v1 or v2) before anything else on
+    /// each connection and take its source address as the client's:
+    /// `off` (default), `required` (a connection without one is closed)
+    /// or `optional`. Only for a listener that nothing but the load
+    /// balancer can reach.
+    #[serde(default)]
+    pub proxy_protocol: Option<ProxyProtocolMode>,
     /// Route names this listener serves, in order. Default: every route.
     #[serde(default)]
     pub routes: Option<Vec<String>>,

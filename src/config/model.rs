@@ -164,6 +164,7 @@ pub struct ListenerSpec {
     pub address: SocketAddr,
     pub protocol: DownstreamProtocol,
     pub serve: super::file::Serve,
+    pub proxy_protocol: super::file::ProxyProtocolMode,
     /// Indices into [`Config::routes`], in match order.
     #[serde(skip)]
     pub route_indices: Vec<usize>,
