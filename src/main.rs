@@ -142,6 +142,9 @@ fn check(path: &std::path::Path) -> ExitCode {
                 errs.push(error(format!("clusters[{i}].tls"), &e));
             }
         }
+        if let Some(Err(e)) = c.redis.clone().map(sift::policy::redis::Redis::new) {
+            errs.push(error("redis.tls".into(), &e));
+        }
         for (i, f) in c.filters.iter().enumerate() {
             if let Err(e) = sift::filter::build(f) {
                 errs.push(error(format!("filters[{i}].model"), &e));

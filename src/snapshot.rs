@@ -572,12 +572,25 @@ impl Snapshot {
                 }
             })
             .collect();
-        let redis = config.redis.as_ref().map(|spec| {
-            prev.and_then(|p| p.redis.as_ref())
+        let redis = match config.redis.as_ref().map(|spec| {
+            match prev
+                .and_then(|p| p.redis.as_ref())
                 .filter(|r| r.spec == *spec)
-                .cloned()
-                .unwrap_or_else(|| Arc::new(crate::policy::redis::Redis::new(spec.clone())))
-        });
+            {
+                Some(r) => Ok(r.clone()),
+                None => crate::policy::redis::Redis::new(spec.clone()).map(Arc::new),
+            }
+        }) {
+            None => None,
+            Some(Ok(r)) => Some(r),
+            Some(Err(e)) => {
+                return Err(vec![crate::config::ConfigError {
+                    path: "redis.tls".into(),
+                    line: None,
+                    message: e.to_string(),
+                }]);
+            }
+        };
         Ok(Snapshot {
             redis,
             redis_errors: metrics.ratelimit_redis_errors.clone(),

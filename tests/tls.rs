@@ -1286,3 +1286,112 @@ async fn proxy_protocol_header_before_an_mtls_handshake() {
     .await;
     assert!(e.is_err(), "{:?}", e.map(|r| r.status));
 }
+
+/// Global rate limits over TLS to Redis (its `tls-port`, client
+/// certificates required, as ElastiCache in-transit encryption with AUTH
+/// would be): counted there; a sift that does not trust Redis's CA cannot
+/// reach it and fails closed.
+#[tokio::test(flavor = "multi_thread")]
+async fn global_rate_limits_reach_redis_over_mtls() {
+    let s = setup();
+    let redis_leaf = leaf(
+        &s.ca,
+        &["localhost"],
+        None,
+        "redis",
+        true,
+        false,
+        Alg::Ecdsa,
+    );
+    let client = leaf(&s.ca, &[], None, "sift", false, false, Alg::Ecdsa);
+    let rcert = write(&s.dir, "redis.pem", &redis_leaf.cert);
+    let rkey = write(&s.dir, "redis.key", &redis_leaf.key);
+    let ccert = write(&s.dir, "client.pem", &client.cert);
+    let ckey = write(&s.dir, "client.key", &client.key);
+    let other = write(&s.dir, "other.pem", &s.other_ca.pem);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut redis = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args([
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--tls-auth-clients",
+            "yes",
+        ])
+        .arg("--tls-cert-file")
+        .arg(&rcert)
+        .arg("--tls-key-file")
+        .arg(&rkey)
+        .arg("--tls-ca-cert-file")
+        .arg(s.dir.path("ca.pem"))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server (tests/run.sh installs it)");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "redis-server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let up = Upstream::echo("app").await;
+    let cfg = |ca: &std::path::Path| {
+        format!(
+            r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+redis:
+  address: "127.0.0.1:{port}"
+  failure_mode: deny
+  timeout: 2s
+  tls: {{ ca: "{}", cert: "{}", key: "{}", server_name: localhost }}
+listeners:
+  - name: main
+    address: "127.0.0.1:0"
+routes:
+  - name: api
+    cluster: app
+    rate_limits: [ {{ name: g, requests_per_unit: 2, unit: minute, key: [method], global: true }} ]
+clusters:
+  - {{ name: app, endpoints: ["{}"] }}
+"#,
+            ca.display(),
+            ccert.display(),
+            ckey.display(),
+            up.addr
+        )
+    };
+    let sift = Sift::start(&cfg(&s.dir.path("ca.pem")));
+    let mut codes = Vec::new();
+    for _ in 0..3 {
+        codes.push(get_text(&sift.url("/x")).await.0);
+    }
+    assert_eq!(codes, [200, 200, 429]);
+    let wrong = Sift::start(&cfg(&other));
+    let r = send(Request::get(wrong.url("/x")).body(body::empty()).unwrap()).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["x-sift-error"], "ratelimit-unavailable");
+    // A CA file that cannot be read is a config error, named.
+    let err = Sift::try_start(&cfg(std::path::Path::new("/nonexistent/ca.pem")))
+        .err()
+        .expect("refused");
+    assert!(
+        err.contains("redis.tls") && err.contains("/nonexistent/ca.pem"),
+        "{err}"
+    );
+    let _ = redis.kill();
+    let _ = redis.wait();
+}

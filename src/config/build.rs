@@ -189,7 +189,19 @@ fn build_redis(
     if r.username.is_some() && r.password.is_none() {
         e.push("redis.username", "needs a password");
     }
+    let tls = r.tls.as_ref().map(|t| {
+        if t.cert.is_some() != t.key.is_some() {
+            e.push("redis.tls", "give both cert and key, or neither");
+        }
+        crate::tls::UpstreamTlsSpec {
+            ca: t.ca.clone().into(),
+            server_name: t.server_name.clone(),
+            cert: t.cert.clone().map(Into::into),
+            key: t.key.clone().map(Into::into),
+        }
+    });
     crate::policy::redis::RedisSpec {
+        tls,
         address: r.address.clone(),
         timeout,
         failure_mode: r.failure_mode.unwrap_or_default(),

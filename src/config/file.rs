@@ -80,6 +80,11 @@ pub struct RedisFile {
     /// Password for AUTH (default: none).
     #[serde(default)]
     pub password: Option<String>,
+    /// TLS to Redis (ElastiCache in-transit encryption, Redis `tls-port`):
+    /// `ca`, `server_name` (default: the address's host), and `cert` +
+    /// `key` for Redis's `tls-auth-clients`.
+    #[serde(default)]
+    pub tls: Option<UpstreamTlsFile>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]

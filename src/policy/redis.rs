@@ -38,6 +38,7 @@ pub struct RedisSpec {
     pub username: Option<String>,
     #[serde(serialize_with = "redacted")]
     pub password: Option<String>,
+    pub tls: Option<crate::tls::UpstreamTlsSpec>,
 }
 
 fn redacted<S: serde::Serializer>(p: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
@@ -201,8 +202,36 @@ fn encode(out: &mut Vec<u8>, args: &[&[u8]]) {
     }
 }
 
+/// Plain TCP or TLS to Redis.
+enum Stream {
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    async fn write_all(&mut self, b: &[u8]) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.write_all(b).await,
+            Stream::Tls(s) => s.write_all(b).await,
+        }
+    }
+
+    async fn read_buf(&mut self, b: &mut BytesMut) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read_buf(b).await,
+            Stream::Tls(s) => s.read_buf(b).await,
+        }
+    }
+}
+
+/// The TLS connector and the name Redis's certificate must carry.
+struct Tls {
+    connector: tokio_rustls::TlsConnector,
+    name: rustls::pki_types::ServerName<'static>,
+}
+
 struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     buf: BytesMut,
     /// SHA1s of TAKE and GIVE, loaded on this connection's server.
     take: String,
@@ -228,9 +257,13 @@ impl Conn {
         }
     }
 
-    async fn open(spec: &RedisSpec) -> Result<Conn, RedisError> {
-        let stream = TcpStream::connect(spec.address.as_str()).await?;
-        stream.set_nodelay(true)?;
+    async fn open(spec: &RedisSpec, tls: Option<&Tls>) -> Result<Conn, RedisError> {
+        let tcp = TcpStream::connect(spec.address.as_str()).await?;
+        tcp.set_nodelay(true)?;
+        let stream = match tls {
+            None => Stream::Tcp(tcp),
+            Some(t) => Stream::Tls(Box::new(t.connector.connect(t.name.clone(), tcp).await?)),
+        };
         let mut c = Conn {
             stream,
             buf: BytesMut::with_capacity(256),
@@ -309,6 +342,7 @@ pub struct Taken {
 /// The shared client (kept across reloads while its spec is unchanged).
 pub struct Redis {
     pub spec: RedisSpec,
+    tls: Option<Tls>,
     idle: Mutex<Vec<Conn>>,
     slots: Semaphore,
 }
@@ -322,12 +356,35 @@ impl std::fmt::Debug for Redis {
 }
 
 impl Redis {
-    pub fn new(spec: RedisSpec) -> Redis {
-        Redis {
+    /// The client; its TLS files are read here (a bad file is a config
+    /// error, the old client keeps serving).
+    pub fn new(spec: RedisSpec) -> Result<Redis, crate::tls::TlsError> {
+        let tls = match &spec.tls {
+            None => None,
+            Some(t) => {
+                let cfg = crate::tls::client_config(t)?;
+                let host = t.server_name.clone().unwrap_or_else(|| {
+                    spec.address
+                        .rsplit_once(':')
+                        .map_or(spec.address.as_str(), |(h, _)| h)
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .to_string()
+                });
+                let name = rustls::pki_types::ServerName::try_from(host)
+                    .map_err(|e| crate::tls::TlsError::Config(format!("server_name: {e}")))?;
+                Some(Tls {
+                    connector: tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg)),
+                    name,
+                })
+            }
+        };
+        Ok(Redis {
             slots: Semaphore::new(spec.max_connections),
             idle: Mutex::new(Vec::new()),
+            tls,
             spec,
-        }
+        })
     }
 
     /// Run one script on a pooled connection, within `timeout` (waiting
@@ -343,7 +400,7 @@ impl Redis {
             let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
             let mut conn = match pooled {
                 Some(c) => c,
-                None => Conn::open(&self.spec).await?,
+                None => Conn::open(&self.spec, self.tls.as_ref()).await?,
             };
             let r = conn.eval(give, key, args).await;
             // A connection is reused only after a whole exchange; on an
