@@ -19,7 +19,7 @@ OUT=tests/fuzz/corpus
 SHARED=${SIFT_SHARED_DATA:-../shared/data}
 DATA=${SIFT_DATA_DIR:-target/data}
 [[ ${1:-} == --clean ]] && rm -rf "$OUT"
-mkdir -p "$OUT"/{mail_view,extract,cilog,models,decode,config,http_head,envoy_check}
+mkdir -p "$OUT"/{mail_view,extract,cilog,models,decode,config,http_head,envoy_check,wire}
 
 if [[ ! -d $DATA/spam-assassin ]]; then
     filters/spam/fetch-data.sh
@@ -219,7 +219,31 @@ for i, (m, p, hs) in enumerate(checks):
             body = t
     for flags in (1, 3, 5, 7):
         put("envoy_check", bytes([flags]) + m + b"\n" + p + b"\n" + b"\n".join(hs) + b"\n\n" + body)
+
+# wire: PROXY protocol headers (byte 0 even) and Redis replies (odd), as
+# load balancers and Redis send them, each followed by the next bytes.
+import struct
+pp = [
+    b"PROXY TCP4 203.0.113.7 10.0.0.1 56324 443\r\nGET / HTTP/1.1\r\n",
+    b"PROXY TCP6 2001:db8::7 ::1 4000 80\r\n\x16\x03\x01",
+    b"PROXY UNKNOWN\r\n",
+    b"\r\n\r\n\0\r\nQUIT\n\x21\x11" + struct.pack(">H", 18) + bytes([203, 0, 113, 7, 10, 0, 0, 1]) + struct.pack(">HH", 56324, 443) + b"\xea\x00\x03vpc" + b"\x16\x03\x01",
+    b"\r\n\r\n\0\r\nQUIT\n\x21\x21" + struct.pack(">H", 36) + bytes(range(32)) + struct.pack(">HH", 1, 2),
+    b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00GET /",
+]
+resp = [
+    b"*4\r\n:1\r\n:41\r\n:0\r\n:60000000\r\n",
+    b"$40\r\n" + b"a" * 40 + b"\r\n",
+    b"-NOSCRIPT No matching script. Please use EVAL.\r\n",
+    b"+OK\r\n",
+    b"$-1\r\n",
+    b"*2\r\n*1\r\n:1\r\n$3\r\nabc\r\n",
+]
+for h in pp:
+    put("wire", b"\x00" + h)
+for r in resp:
+    put("wire", b"\x01" + r)
 PY
-for t in mail_view extract cilog models decode config http_head envoy_check; do
+for t in mail_view extract cilog models decode config http_head envoy_check wire; do
     echo "seed: $OUT/$t: $(find "$OUT/$t" -type f | wc -l) files"
 done
