@@ -1732,3 +1732,114 @@ async fn source_ips_allow_and_deny_client_addresses() {
         assert!(err.contains(path) && err.contains(words), "{route}: {err}");
     }
 }
+
+fn one_lane_config(redis: SocketAddr, up: SocketAddr, extra: &str) -> String {
+    format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+redis: {{ address: "{redis}", max_connections: 1, timeout: 300ms, {extra} }}
+listeners:
+  - name: main
+    address: "127.0.0.1:0"
+routes:
+  - name: api
+    cluster: app
+    rate_limits:
+      - {{ name: per-tenant, requests_per_unit: 1, unit: minute, key: ["header:x-tenant"], global: true }}
+clusters:
+  - name: app
+    endpoints: ["{up}"]
+"#
+    )
+}
+
+/// One pipelined connection carries 150 requests at once: each gets its
+/// own answer (tenants 0..49 ask twice and get one 200 and one 429 each,
+/// tenants 50..99 ask once and get 200).
+#[tokio::test(flavor = "multi_thread")]
+async fn pipelined_redis_answers_reach_their_own_requests() {
+    let redis = RedisServer::start();
+    let up = checked_upstream("app", Duration::ZERO).await;
+    let sift = Sift::start(&one_lane_config(
+        redis.addr,
+        up.up.addr,
+        "failure_mode: deny",
+    ));
+    let mut tasks = Vec::new();
+    for t in 0..100 {
+        for _ in 0..(if t < 50 { 2 } else { 1 }) {
+            let url = sift.url("/x");
+            tasks.push((
+                t,
+                tokio::spawn(async move {
+                    let r = send(
+                        Request::get(url)
+                            .header("x-tenant", format!("t{t}"))
+                            .body(body::empty())
+                            .unwrap(),
+                    )
+                    .await;
+                    r.status().as_u16()
+                }),
+            ));
+        }
+    }
+    let mut per: std::collections::BTreeMap<u32, Vec<u16>> = Default::default();
+    for (t, h) in tasks {
+        per.entry(t).or_default().push(h.await.unwrap());
+    }
+    for (t, mut codes) in per {
+        codes.sort_unstable();
+        let want: &[u16] = if t < 50 { &[200, 429] } else { &[200] };
+        assert_eq!(codes, want, "tenant t{t}");
+    }
+}
+
+/// A Redis that accepts and never answers: each check gives up after
+/// `timeout`, then `failure_mode` decides, and the counter says timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_redis_times_out_into_the_failure_mode() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let _hold = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            conns.push(s);
+        }
+    });
+    let up = checked_upstream("app", Duration::ZERO).await;
+    let deny = Sift::start(&one_lane_config(addr, up.up.addr, "failure_mode: deny"));
+    let allow = Sift::start(&one_lane_config(addr, up.up.addr, "failure_mode: allow"));
+    let t = std::time::Instant::now();
+    let r = send(
+        Request::get(deny.url("/x"))
+            .header("x-tenant", "a")
+            .body(body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status(), 503);
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "waited the timeout"
+    );
+    let r = send(
+        Request::get(allow.url("/x"))
+            .header("x-tenant", "a")
+            .body(body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        deny.metric(r#"sift_ratelimit_redis_errors_total{action="denied",reason="timeout"}"#)
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        allow
+            .metric(r#"sift_ratelimit_redis_errors_total{action="allowed",reason="timeout"}"#)
+            .await,
+        Some(1.0)
+    );
+}

@@ -15,14 +15,16 @@
 //!   late exchange drops its connection; the caller applies
 //!   `failure_mode`.
 
-use std::sync::Mutex;
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::config::file::FailureMode;
 use crate::config::units::Dur;
@@ -230,101 +232,208 @@ struct Tls {
     name: rustls::pki_types::ServerName<'static>,
 }
 
-struct Conn {
-    stream: Stream,
-    buf: BytesMut,
-    /// SHA1s of TAKE and GIVE, loaded on this connection's server.
-    take: String,
-    give: String,
+/// One command waiting for its reply on a lane.
+struct Job {
+    cmd: Vec<u8>,
+    reply: oneshot::Sender<Result<Reply, RedisError>>,
 }
 
-impl Conn {
-    async fn call(&mut self, args: &[&[u8]]) -> Result<Reply, RedisError> {
-        let mut out = Vec::with_capacity(64);
-        encode(&mut out, args);
-        self.stream.write_all(&out).await?;
-        loop {
-            if let Some((r, used)) = parse(&self.buf)? {
-                self.buf.advance(used);
-                return match r {
-                    Reply::Error(e) => Err(RedisError::Server(e)),
-                    r => Ok(r),
-                };
-            }
-            if self.stream.read_buf(&mut self.buf).await? == 0 {
-                return Err(RedisError::Io(std::io::ErrorKind::UnexpectedEof.into()));
-            }
-        }
-    }
+/// What the lanes share.
+struct Inner {
+    spec: RedisSpec,
+    tls: Option<Tls>,
+}
 
-    async fn open(spec: &RedisSpec, tls: Option<&Tls>) -> Result<Conn, RedisError> {
-        let tcp = TcpStream::connect(spec.address.as_str()).await?;
-        tcp.set_nodelay(true)?;
-        let stream = match tls {
-            None => Stream::Tcp(tcp),
-            Some(t) => Stream::Tls(Box::new(t.connector.connect(t.name.clone(), tcp).await?)),
-        };
-        let mut c = Conn {
-            stream,
-            buf: BytesMut::with_capacity(256),
-            take: String::new(),
-            give: String::new(),
-        };
-        if let Some(p) = &spec.password {
-            match &spec.username {
-                Some(u) => c.call(&[b"AUTH", u.as_bytes(), p.as_bytes()]).await?,
-                None => c.call(&[b"AUTH", p.as_bytes()]).await?,
-            };
-        }
-        c.take = c.load(TAKE).await?;
-        c.give = c.load(GIVE).await?;
-        Ok(c)
+/// Open a connection: connect (TLS if configured), AUTH, and make sure
+/// the server has both scripts (`SCRIPT LOAD`; their SHA1s must be ours).
+async fn open(inner: &Inner) -> Result<(Stream, BytesMut), RedisError> {
+    let spec = &inner.spec;
+    let tcp = TcpStream::connect(spec.address.as_str()).await?;
+    tcp.set_nodelay(true)?;
+    let mut stream = match &inner.tls {
+        None => Stream::Tcp(tcp),
+        Some(t) => Stream::Tls(Box::new(t.connector.connect(t.name.clone(), tcp).await?)),
+    };
+    let mut buf = BytesMut::with_capacity(4096);
+    let call = |args: Vec<&[u8]>| {
+        let mut out = Vec::new();
+        encode(&mut out, &args);
+        out
+    };
+    let mut setup = Vec::new();
+    if let Some(p) = &spec.password {
+        setup.push(match &spec.username {
+            Some(u) => call(vec![b"AUTH", u.as_bytes(), p.as_bytes()]),
+            None => call(vec![b"AUTH", p.as_bytes()]),
+        });
     }
-
-    async fn load(&mut self, script: &str) -> Result<String, RedisError> {
-        match self.call(&[b"SCRIPT", b"LOAD", script.as_bytes()]).await? {
-            Reply::Bulk(Some(sha)) => {
-                String::from_utf8(sha).map_err(|_| RedisError::Protocol("script SHA not UTF-8"))
+    setup.push(call(vec![b"SCRIPT", b"LOAD", TAKE.as_bytes()]));
+    setup.push(call(vec![b"SCRIPT", b"LOAD", GIVE.as_bytes()]));
+    stream.write_all(&setup.concat()).await?;
+    let mut replies = Vec::new();
+    while replies.len() < setup.len() {
+        match parse(&buf)? {
+            Some((r, used)) => {
+                buf.advance(used);
+                replies.push(r);
             }
-            _ => Err(RedisError::Protocol("SCRIPT LOAD did not answer a SHA")),
-        }
-    }
-
-    /// EVALSHA, loading the script again if the server lost it (restart).
-    async fn eval(&mut self, give: bool, key: &str, args: [&str; 2]) -> Result<Reply, RedisError> {
-        let (sha, script) = if give {
-            (self.give.clone(), GIVE)
-        } else {
-            (self.take.clone(), TAKE)
-        };
-        let call = [
-            b"EVALSHA".as_slice(),
-            sha.as_bytes(),
-            b"1",
-            key.as_bytes(),
-            args[0].as_bytes(),
-            args[1].as_bytes(),
-        ];
-        match self.call(&call).await {
-            Err(RedisError::Server(e)) if e.starts_with("NOSCRIPT") => {
-                let sha = self.load(script).await?;
-                if give {
-                    self.give = sha.clone();
-                } else {
-                    self.take = sha.clone();
+            None => {
+                if stream.read_buf(&mut buf).await? == 0 {
+                    return Err(RedisError::Io(std::io::ErrorKind::UnexpectedEof.into()));
                 }
-                let call = [
-                    b"EVALSHA".as_slice(),
-                    sha.as_bytes(),
-                    b"1",
-                    key.as_bytes(),
-                    args[0].as_bytes(),
-                    args[1].as_bytes(),
-                ];
-                self.call(&call).await
             }
-            r => r,
         }
+    }
+    let shas = [sha1_hex(TAKE), sha1_hex(GIVE)];
+    for (i, r) in replies.into_iter().enumerate() {
+        match r {
+            Reply::Error(e) => return Err(RedisError::Server(e)),
+            Reply::Bulk(Some(sha))
+                if i + 2 >= setup.len() && sha != shas[i + 2 - setup.len()].as_bytes() =>
+            {
+                return Err(RedisError::Protocol("SCRIPT LOAD answered another SHA1"));
+            }
+            _ => {}
+        }
+    }
+    Ok((stream, buf))
+}
+
+fn sha1_hex(s: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, s.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Most commands written in one go.
+const BATCH: usize = 256;
+
+/// A lane: one connection that carries many requests at once (pipelined:
+/// commands are written as they come, several per write, and the replies,
+/// which Redis sends in order, are matched to the oldest waiting command).
+/// Connected on first use and again after a failure; a connection whose
+/// oldest command has waited longer than `timeout` is closed (a hung
+/// Redis), failing what waits on it.
+async fn lane(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Job>) {
+    let timeout = inner.spec.timeout.0;
+    let mut conn: Option<(Stream, BytesMut)> = None;
+    let mut waiting: VecDeque<(Job, Instant)> = VecDeque::new();
+    let mut out = Vec::new();
+    // The client still exists (it may send more).
+    let mut open_rx = true;
+    loop {
+        // Nothing in flight: wait for work (the lane ends with its client).
+        if waiting.is_empty() {
+            let job = if open_rx { rx.recv().await } else { None };
+            let Some(job) = job else { return };
+            waiting.push_back((job, Instant::now()));
+        }
+        if conn.is_none() {
+            match tokio::time::timeout(timeout, open(&inner)).await {
+                Ok(Ok(c)) => conn = Some(c),
+                Ok(Err(e)) => {
+                    fail(&mut waiting, &mut rx, || clone_err(&e));
+                    continue;
+                }
+                Err(_) => {
+                    fail(&mut waiting, &mut rx, || RedisError::Timeout(timeout));
+                    continue;
+                }
+            }
+        }
+        let Some((stream, buf)) = conn.as_mut() else {
+            continue;
+        };
+        // Write every command not written yet, with whatever else queued.
+        let unsent = waiting.iter().filter(|(j, _)| !j.cmd.is_empty()).count();
+        if unsent > 0 {
+            out.clear();
+            for (j, _) in waiting.iter_mut() {
+                out.append(&mut j.cmd);
+            }
+            while waiting.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(mut j) => {
+                        out.append(&mut j.cmd);
+                        waiting.push_back((j, Instant::now()));
+                    }
+                    Err(_) => break,
+                }
+            }
+            let e = match tokio::time::timeout(timeout, stream.write_all(&out)).await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(RedisError::Io(e)),
+                Err(_) => Some(RedisError::Timeout(timeout)),
+            };
+            if let Some(e) = e {
+                conn = None;
+                fail(&mut waiting, &mut rx, || clone_err(&e));
+                continue;
+            }
+        }
+        let oldest = waiting.front().map_or_else(Instant::now, |(_, t)| *t);
+        let deadline = tokio::time::Instant::from_std(oldest + timeout);
+        tokio::select! {
+            job = rx.recv(), if open_rx && waiting.len() < BATCH => match job {
+                Some(j) => waiting.push_back((j, Instant::now())),
+                None => open_rx = false,
+            },
+            r = stream.read_buf(buf) => {
+                let ok = match r {
+                    Ok(0) => Err(RedisError::Io(std::io::ErrorKind::UnexpectedEof.into())),
+                    Ok(_) => deliver(buf, &mut waiting),
+                    Err(e) => Err(RedisError::Io(e)),
+                };
+                if let Err(e) = ok {
+                    conn = None;
+                    fail(&mut waiting, &mut rx, || clone_err(&e));
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                conn = None;
+                fail(&mut waiting, &mut rx, || RedisError::Timeout(timeout));
+            }
+        }
+    }
+}
+
+/// Hand each complete reply in `buf` to the oldest waiting command.
+fn deliver(buf: &mut BytesMut, waiting: &mut VecDeque<(Job, Instant)>) -> Result<(), RedisError> {
+    while let Some((r, used)) = parse(buf)? {
+        buf.advance(used);
+        let Some((job, _)) = waiting.pop_front() else {
+            return Err(RedisError::Protocol("a reply nobody asked for"));
+        };
+        let _ = job.reply.send(match r {
+            Reply::Error(e) => Err(RedisError::Server(e)),
+            r => Ok(r),
+        });
+    }
+    Ok(())
+}
+
+/// Fail what waits on a lane and what is queued for it.
+fn fail(
+    waiting: &mut VecDeque<(Job, Instant)>,
+    rx: &mut mpsc::UnboundedReceiver<Job>,
+    e: impl Fn() -> RedisError,
+) {
+    for (j, _) in waiting.drain(..) {
+        let _ = j.reply.send(Err(e()));
+    }
+    while let Ok(j) = rx.try_recv() {
+        let _ = j.reply.send(Err(e()));
+    }
+}
+
+fn clone_err(e: &RedisError) -> RedisError {
+    match e {
+        RedisError::Timeout(d) => RedisError::Timeout(*d),
+        RedisError::Io(e) => RedisError::Io(std::io::Error::new(e.kind(), e.to_string())),
+        RedisError::Server(s) => RedisError::Server(s.clone()),
+        RedisError::Protocol(p) => RedisError::Protocol(p),
     }
 }
 
@@ -339,12 +448,15 @@ pub struct Taken {
     pub reset_us: u64,
 }
 
-/// The shared client (kept across reloads while its spec is unchanged).
+/// The shared client (kept across reloads while its spec is unchanged):
+/// `max_connections` lanes, each one pipelined connection, requests
+/// spread over them in turn.
 pub struct Redis {
     pub spec: RedisSpec,
-    tls: Option<Tls>,
-    idle: Mutex<Vec<Conn>>,
-    slots: Semaphore,
+    inner: Arc<Inner>,
+    lanes: Vec<OnceLock<mpsc::UnboundedSender<Job>>>,
+    next: AtomicUsize,
+    shas: [String; 2],
 }
 
 impl std::fmt::Debug for Redis {
@@ -357,7 +469,7 @@ impl std::fmt::Debug for Redis {
 
 impl Redis {
     /// The client; its TLS files are read here (a bad file is a config
-    /// error, the old client keeps serving).
+    /// error, the old client keeps serving). Lanes connect on first use.
     pub fn new(spec: RedisSpec) -> Result<Redis, crate::tls::TlsError> {
         let tls = match &spec.tls {
             None => None,
@@ -374,54 +486,72 @@ impl Redis {
                 let name = rustls::pki_types::ServerName::try_from(host)
                     .map_err(|e| crate::tls::TlsError::Config(format!("server_name: {e}")))?;
                 Some(Tls {
-                    connector: tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg)),
+                    connector: tokio_rustls::TlsConnector::from(Arc::new(cfg)),
                     name,
                 })
             }
         };
         Ok(Redis {
-            slots: Semaphore::new(spec.max_connections),
-            idle: Mutex::new(Vec::new()),
-            tls,
+            lanes: (0..spec.max_connections).map(|_| OnceLock::new()).collect(),
+            next: AtomicUsize::new(0),
+            shas: [sha1_hex(TAKE), sha1_hex(GIVE)],
+            inner: Arc::new(Inner {
+                spec: spec.clone(),
+                tls,
+            }),
             spec,
         })
     }
 
-    /// Run one script on a pooled connection, within `timeout` (waiting
-    /// for a connection slot and connecting included).
-    async fn run(&self, give: bool, key: &str, args: [&str; 2]) -> Result<Reply, RedisError> {
+    /// Send one command on the next lane and wait for its reply, within
+    /// `timeout` from now.
+    async fn call(&self, args: &[&[u8]]) -> Result<Reply, RedisError> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
+        let tx = self.lanes[i].get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(lane(self.inner.clone(), rx));
+            tx
+        });
+        let mut cmd = Vec::with_capacity(128);
+        encode(&mut cmd, args);
+        let (reply, rx) = oneshot::channel();
+        tx.send(Job { cmd, reply })
+            .map_err(|_| RedisError::Protocol("client closed"))?;
         let t = self.spec.timeout.0;
-        let work = async {
-            let _slot = self
-                .slots
-                .acquire()
-                .await
-                .map_err(|_| RedisError::Protocol("client closed"))?;
-            let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-            let mut conn = match pooled {
-                Some(c) => c,
-                None => Conn::open(&self.spec, self.tls.as_ref()).await?,
-            };
-            let r = conn.eval(give, key, args).await;
-            // A connection is reused only after a whole exchange; on an
-            // error or a timeout (this future dropped) it is closed.
-            if r.is_ok() {
-                self.idle
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(conn);
-            }
-            r
-        };
-        tokio::time::timeout(t, work)
+        match tokio::time::timeout(t, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(RedisError::Protocol("client closed")),
+            Err(_) => Err(RedisError::Timeout(t)),
+        }
+    }
+
+    /// EVALSHA of script `which` (0 take, 1 give), or EVAL if the server
+    /// lost it (SCRIPT FLUSH) since the lane connected.
+    async fn run(&self, which: usize, key: &str, args: [&str; 2]) -> Result<Reply, RedisError> {
+        let sha = self.shas[which].as_bytes();
+        let rest = [
+            b"1".as_slice(),
+            key.as_bytes(),
+            args[0].as_bytes(),
+            args[1].as_bytes(),
+        ];
+        match self
+            .call(&[&[b"EVALSHA".as_slice(), sha][..], &rest].concat())
             .await
-            .map_err(|_| RedisError::Timeout(t))?
+        {
+            Err(RedisError::Server(e)) if e.starts_with("NOSCRIPT") => {
+                let script = if which == 0 { TAKE } else { GIVE };
+                self.call(&[&[b"EVAL".as_slice(), script.as_bytes()][..], &rest].concat())
+                    .await
+            }
+            r => r,
+        }
     }
 
     /// Take a token from `key`'s bucket: `interval_us` per token, `burst`.
     pub async fn take(&self, key: &str, interval_us: f64, burst: u64) -> Result<Taken, RedisError> {
         let (i, b) = (format!("{interval_us:.3}"), burst.to_string());
-        let r = self.run(false, key, [&i, &b]).await?;
+        let r = self.run(0, key, [&i, &b]).await?;
         let Reply::Array(Some(items)) = r else {
             return Err(RedisError::Protocol("the script did not answer an array"));
         };
@@ -446,7 +576,7 @@ impl Redis {
     /// Give back the token `take` took from `key`.
     pub async fn give(&self, key: &str, interval_us: f64) -> Result<(), RedisError> {
         let i = format!("{interval_us:.3}");
-        self.run(true, key, [&i, "0"]).await.map(|_| ())
+        self.run(1, key, [&i, "0"]).await.map(|_| ())
     }
 }
 
