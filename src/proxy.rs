@@ -714,6 +714,13 @@ async fn proxy(
         ));
     }
     let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    // What request header templates read of the client's request, before
+    // sift edits its headers (X-Forwarded-For gains the peer below).
+    let ops = &route.spec.request_headers;
+    let templated = !(ops.set_templates.is_empty() && ops.add_templates.is_empty());
+    let template_ip =
+        templated.then(|| trusted_client_ip(listener.trusted_hops, req.headers(), conn.remote));
+    let downstream_version = req.version();
     let (mut parts, incoming) = req.into_parts();
     let mut uri = std::mem::take(&mut parts.uri).into_parts();
     let original_authority = uri.authority.take();
@@ -774,7 +781,20 @@ async fn proxy(
     // A client's headers named like this route's verdict headers (a
     // header_prefix outside x-sift-) never reach the upstream.
     route.spec.strip_verdict_headers(h);
-    route.spec.request_headers.apply(h);
+    if let Some(client_ip) = &template_ip {
+        let ctx = crate::config::model::TemplateCtx {
+            client_ip,
+            peer: conn.remote,
+            identity: conn.identity.as_ref().map(|i| i.id.as_str()),
+            protocol: downstream_version,
+            route: &route.spec.name,
+            cluster: &cluster.spec.name,
+            start: std::time::SystemTime::now() - out.start.elapsed(),
+        };
+        ops.apply_with(h, &ctx);
+    } else {
+        ops.apply(h);
+    }
     // Verdict headers: only sift sets x-sift-* (the client's were removed).
     for (k, v) in decision.headers {
         h.insert(k, v);

@@ -3202,3 +3202,84 @@ async fn proxy_protocol_optional_takes_both() {
     let b = raw_exchange(sift.addr(), GET_CLOSE).await;
     assert_eq!(xff_of(&b).as_deref(), Some("127.0.0.1"), "{b}");
 }
+
+/// Request header values with Envoy's `%VARIABLES%` (nginx's
+/// `proxy_set_header X-Real-IP $remote_addr`): filled per request, left
+/// out when empty; `%%` is a `%`; response headers stay literal.
+#[tokio::test(flavor = "multi_thread")]
+async fn request_header_templates_fill_in_per_request() {
+    let up = Upstream::echo("app").await;
+    let cfg = format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners:
+  - name: main
+    address: "127.0.0.1:0"
+    forwarded: {{ trusted_hops: 1 }}
+routes:
+  - name: api
+    cluster: app
+    request_headers:
+      set:
+        x-real-ip: "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"
+        x-peer: "%DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT%"
+        x-request-start: "t=%START_TIME(%s.%3f)%"
+        x-tenant-copy: "%REQ(X-Tenant)%"
+        x-share: "100%%"
+      add:
+        x-via: "sift %PROTOCOL% %ROUTE_NAME% %UPSTREAM_CLUSTER%"
+    response_headers:
+      set: {{ x-literal: "%NOT_A_VARIABLE%" }}
+clusters:
+  - name: app
+    endpoints: ["{}"]
+"#,
+        up.addr
+    );
+    let sift = Sift::start(&cfg);
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let get = |tenant: Option<&'static str>| {
+        let url = sift.url("/x");
+        async move {
+            let mut r = Request::get(url).header("x-forwarded-for", "198.51.100.4");
+            if let Some(t) = tenant {
+                r = r.header("x-tenant", t);
+            }
+            send(r.body(body::empty()).unwrap()).await
+        }
+    };
+    let r = get(Some("acme")).await;
+    assert_eq!(r.headers()["x-literal"], "%NOT_A_VARIABLE%");
+    let v: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
+    let h = &v["headers"];
+    assert_eq!(
+        h["x-real-ip"][0], "198.51.100.4",
+        "the trusted hop's client"
+    );
+    assert_eq!(h["x-peer"][0], "127.0.0.1");
+    assert_eq!(h["x-tenant-copy"][0], "acme");
+    assert_eq!(h["x-share"][0], "100%");
+    assert_eq!(h["x-via"][0], "sift HTTP/1.1 api app");
+    let t: f64 = h["x-request-start"][0].as_str().unwrap()[2..]
+        .parse()
+        .unwrap();
+    assert!(t >= before.floor() && t < before + 60.0, "{t} vs {before}");
+    let r = get(None).await;
+    let v: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
+    assert!(
+        v["headers"].get("x-tenant-copy").is_none(),
+        "empty: left out"
+    );
+    // An unknown variable, or a lone '%', in request headers is refused.
+    for (bad, words) in [("%NOPE%", "unknown variable %NOPE%"), ("50%", "not closed")] {
+        let c = cfg.replace("\"%REQ(X-Tenant)%\"", &format!("\"{bad}\""));
+        let err = Sift::try_start(&c).err().expect("refused");
+        assert!(
+            err.contains("routes[0].request_headers.set.x-tenant-copy") && err.contains(words),
+            "{err}"
+        );
+    }
+}

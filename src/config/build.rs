@@ -1223,11 +1223,13 @@ fn build_routes(
             request_headers: build_ops(
                 r.request_headers.as_ref(),
                 &format!("{p}.request_headers"),
+                true,
                 e,
             ),
             response_headers: build_ops(
                 r.response_headers.as_ref(),
                 &format!("{p}.response_headers"),
+                false,
                 e,
             ),
             cors: r
@@ -1686,7 +1688,9 @@ fn build_match(m: Option<&MatchFile>, p: &str, e: &mut Errs) -> MatchSpec {
     }
 }
 
-fn build_ops(o: Option<&HeaderOpsFile>, p: &str, e: &mut Errs) -> HeaderOps {
+/// A route's header changes. `templates`: values may name `%VARIABLES%`
+/// (request headers; `%%` is a `%`); else every value is literal.
+fn build_ops(o: Option<&HeaderOpsFile>, p: &str, templates: bool, e: &mut Errs) -> HeaderOps {
     let Some(o) = o else {
         return HeaderOps::default();
     };
@@ -1703,30 +1707,57 @@ fn build_ops(o: Option<&HeaderOpsFile>, p: &str, e: &mut Errs) -> HeaderOps {
             }
         }
     };
-    let pairs =
-        |m: &Option<std::collections::BTreeMap<String, String>>, what: &str, e: &mut Errs| {
-            let mut v = Vec::new();
-            for (k, val) in m.iter().flatten() {
-                let path = format!("{p}.{what}.{k}");
-                let Some(n) = name(k, path.clone(), e) else {
-                    continue;
-                };
-                match HeaderValue::from_str(val) {
-                    Ok(hv) => v.push((n, hv)),
-                    Err(_) => e.push(path, format!("{val:?} is not a valid header value")),
+    type Pairs = (
+        Vec<(HeaderName, HeaderValue)>,
+        Vec<(HeaderName, HeaderTemplate)>,
+    );
+    let pairs = |m: &Option<std::collections::BTreeMap<String, String>>,
+                 what: &str,
+                 e: &mut Errs|
+     -> Pairs {
+        let (mut v, mut t) = (Vec::new(), Vec::new());
+        for (k, val) in m.iter().flatten() {
+            let path = format!("{p}.{what}.{k}");
+            let Some(n) = name(k, path.clone(), e) else {
+                continue;
+            };
+            let literal = if templates {
+                match HeaderTemplate::parse(val) {
+                    Ok(Some(tp)) => {
+                        t.push((n, tp));
+                        continue;
+                    }
+                    Ok(None) => val.replace("%%", "%"),
+                    Err(m) => {
+                        e.push(path, m);
+                        continue;
+                    }
                 }
+            } else {
+                val.clone()
+            };
+            match HeaderValue::from_str(&literal) {
+                Ok(hv) => v.push((n, hv)),
+                Err(_) => e.push(path, format!("{val:?} is not a valid header value")),
             }
-            v
-        };
-    let set = pairs(&o.set, "set", e);
-    let add = pairs(&o.add, "add", e);
+        }
+        (v, t)
+    };
+    let (set, set_templates) = pairs(&o.set, "set", e);
+    let (add, add_templates) = pairs(&o.add, "add", e);
     let mut remove = Vec::new();
     for (i, r) in o.remove.iter().flatten().enumerate() {
         if let Some(n) = name(r, format!("{p}.remove[{i}]"), e) {
             remove.push(n);
         }
     }
-    HeaderOps { set, add, remove }
+    HeaderOps {
+        set,
+        add,
+        remove,
+        set_templates,
+        add_templates,
+    }
 }
 
 fn build_clusters(cs: &[ClusterFile], e: &mut Errs) -> Vec<ClusterSpec> {

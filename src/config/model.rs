@@ -674,11 +674,27 @@ pub struct HeaderOps {
     pub add: Vec<(HeaderName, HeaderValue)>,
     #[serde(serialize_with = "ser_names")]
     pub remove: Vec<HeaderName>,
+    /// `set` values with `%VARIABLES%` (request headers only).
+    #[serde(
+        skip_serializing_if = "Vec::is_empty",
+        serialize_with = "ser_templates"
+    )]
+    pub set_templates: Vec<(HeaderName, HeaderTemplate)>,
+    /// `add` values with `%VARIABLES%` (request headers only).
+    #[serde(
+        skip_serializing_if = "Vec::is_empty",
+        serialize_with = "ser_templates"
+    )]
+    pub add_templates: Vec<(HeaderName, HeaderTemplate)>,
 }
 
 impl HeaderOps {
     pub fn is_empty(&self) -> bool {
-        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+        self.set.is_empty()
+            && self.add.is_empty()
+            && self.remove.is_empty()
+            && self.set_templates.is_empty()
+            && self.add_templates.is_empty()
     }
 
     /// Apply remove, then set, then add.
@@ -692,6 +708,324 @@ impl HeaderOps {
         for (name, value) in &self.add {
             headers.append(name.clone(), value.clone());
         }
+    }
+
+    /// [`apply`](Self::apply), with the templates' values filled from
+    /// `ctx` and from `headers` as they were before any change (`%REQ%`).
+    /// A value that comes out empty or not a header value is left out (as
+    /// Envoy does without `keep_empty_value`).
+    pub fn apply_with(&self, headers: &mut http::HeaderMap, ctx: &TemplateCtx<'_>) {
+        if self.set_templates.is_empty() && self.add_templates.is_empty() {
+            return self.apply(headers);
+        }
+        let fill = |ts: &[(HeaderName, HeaderTemplate)], headers: &http::HeaderMap| {
+            ts.iter()
+                .filter_map(|(n, t)| Some((n.clone(), t.render(headers, ctx)?)))
+                .collect::<Vec<_>>()
+        };
+        let set = fill(&self.set_templates, headers);
+        let add = fill(&self.add_templates, headers);
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value) in self.set.iter().cloned().chain(set) {
+            headers.insert(name, value);
+        }
+        for (name, value) in self.add.iter().cloned().chain(add) {
+            headers.append(name, value);
+        }
+    }
+}
+
+/// What a request header template can name.
+pub struct TemplateCtx<'a> {
+    /// The client address (trusted X-Forwarded-For hops, PROXY protocol).
+    pub client_ip: &'a str,
+    /// The TCP peer (after the PROXY protocol).
+    pub peer: std::net::SocketAddr,
+    pub identity: Option<&'a str>,
+    pub protocol: http::Version,
+    pub route: &'a str,
+    pub cluster: &'a str,
+    /// When the request arrived.
+    pub start: std::time::SystemTime,
+}
+
+/// A header value with `%VARIABLE%`s (Envoy's header formatter names).
+#[derive(Clone, Debug, PartialEq)]
+pub struct HeaderTemplate {
+    pub text: String,
+    parts: Vec<TemplatePart>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum TemplatePart {
+    Lit(String),
+    ClientIp,
+    PeerIp,
+    PeerAddr,
+    PeerUriSan,
+    Req(HeaderName),
+    Protocol,
+    Route,
+    Cluster,
+    Hostname,
+    /// RFC 3339 with milliseconds; `%s`; `%s.%3f`; `%s%3f`.
+    StartTime(u8),
+}
+
+/// The variables a request header template may use, for error messages.
+pub const TEMPLATE_VARIABLES: &str = "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT, DOWNSTREAM_DIRECT_REMOTE_ADDRESS, DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT, DOWNSTREAM_PEER_URI_SAN, REQ(name), PROTOCOL, ROUTE_NAME, UPSTREAM_CLUSTER, HOSTNAME, START_TIME, START_TIME(%s), START_TIME(%s.%3f), START_TIME(%s%3f)";
+
+impl HeaderTemplate {
+    /// Parse a value: `None` when it has no variable (a literal value;
+    /// `%%` is a `%`), else the template or what is wrong with it.
+    pub fn parse(v: &str) -> Result<Option<HeaderTemplate>, String> {
+        if !v.contains('%') {
+            return Ok(None);
+        }
+        let mut parts = Vec::new();
+        let mut lit = String::new();
+        let mut rest = v;
+        let mut vars = 0;
+        while let Some(i) = rest.find('%') {
+            lit.push_str(&rest[..i]);
+            rest = &rest[i + 1..];
+            if let Some(r) = rest.strip_prefix('%') {
+                lit.push('%');
+                rest = r;
+                continue;
+            }
+            // The variable ends at the next '%' outside parentheses.
+            let mut depth = 0usize;
+            let end = rest
+                .char_indices()
+                .find(|&(_, c)| {
+                    match c {
+                        '(' => depth += 1,
+                        ')' => depth = depth.saturating_sub(1),
+                        '%' if depth == 0 => return true,
+                        _ => {}
+                    }
+                    false
+                })
+                .map(|(j, _)| j)
+                .ok_or_else(|| {
+                    format!("{v:?}: a '%' opens a variable that is not closed (write %% for a '%')")
+                })?;
+            let name = &rest[..end];
+            rest = &rest[end + 1..];
+            let part = match name {
+                "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => TemplatePart::ClientIp,
+                "DOWNSTREAM_DIRECT_REMOTE_ADDRESS" => TemplatePart::PeerAddr,
+                "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT" => TemplatePart::PeerIp,
+                "DOWNSTREAM_PEER_URI_SAN" => TemplatePart::PeerUriSan,
+                "PROTOCOL" => TemplatePart::Protocol,
+                "ROUTE_NAME" => TemplatePart::Route,
+                "UPSTREAM_CLUSTER" => TemplatePart::Cluster,
+                "HOSTNAME" => TemplatePart::Hostname,
+                "START_TIME" => TemplatePart::StartTime(0),
+                "START_TIME(%s)" => TemplatePart::StartTime(1),
+                "START_TIME(%s.%3f)" => TemplatePart::StartTime(2),
+                "START_TIME(%s%3f)" => TemplatePart::StartTime(3),
+                n if n.starts_with("REQ(") && n.ends_with(')') => {
+                    let h = &n[4..n.len() - 1];
+                    TemplatePart::Req(
+                        HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
+                            .map_err(|_| format!("{v:?}: {h:?} is not a header name"))?,
+                    )
+                }
+                n => {
+                    return Err(format!(
+                        "{v:?}: unknown variable %{n}% (known: {TEMPLATE_VARIABLES}; write %% for a '%')"
+                    ));
+                }
+            };
+            if !lit.is_empty() {
+                parts.push(TemplatePart::Lit(std::mem::take(&mut lit)));
+            }
+            parts.push(part);
+            vars += 1;
+        }
+        lit.push_str(rest);
+        if !lit.is_empty() {
+            parts.push(TemplatePart::Lit(lit));
+        }
+        if vars == 0 {
+            // Only %% escapes: a literal value.
+            return Ok(None);
+        }
+        Ok(Some(HeaderTemplate {
+            text: v.to_string(),
+            parts,
+        }))
+    }
+
+    /// The value for one request; `None` when it comes out empty or is
+    /// not a header value.
+    pub fn render(&self, headers: &http::HeaderMap, ctx: &TemplateCtx<'_>) -> Option<HeaderValue> {
+        let mut out: Vec<u8> = Vec::with_capacity(64);
+        for p in &self.parts {
+            match p {
+                TemplatePart::Lit(s) => out.extend_from_slice(s.as_bytes()),
+                TemplatePart::ClientIp => out.extend_from_slice(ctx.client_ip.as_bytes()),
+                TemplatePart::PeerIp => out.extend_from_slice(ctx.peer.ip().to_string().as_bytes()),
+                TemplatePart::PeerAddr => out.extend_from_slice(ctx.peer.to_string().as_bytes()),
+                TemplatePart::PeerUriSan => {
+                    out.extend_from_slice(ctx.identity.unwrap_or("").as_bytes())
+                }
+                TemplatePart::Req(h) => {
+                    if let Some(v) = crate::field::joined(headers, h) {
+                        out.extend_from_slice(&v);
+                    }
+                }
+                TemplatePart::Protocol => out.extend_from_slice(
+                    match ctx.protocol {
+                        http::Version::HTTP_10 => "HTTP/1.0",
+                        http::Version::HTTP_11 => "HTTP/1.1",
+                        http::Version::HTTP_2 => "HTTP/2",
+                        _ => "HTTP",
+                    }
+                    .as_bytes(),
+                ),
+                TemplatePart::Route => out.extend_from_slice(ctx.route.as_bytes()),
+                TemplatePart::Cluster => out.extend_from_slice(ctx.cluster.as_bytes()),
+                TemplatePart::Hostname => out.extend_from_slice(hostname().as_bytes()),
+                TemplatePart::StartTime(f) => {
+                    let d = ctx
+                        .start
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default();
+                    let (secs, ms) = (d.as_secs(), d.subsec_millis());
+                    let t = match f {
+                        1 => secs.to_string(),
+                        2 => format!("{secs}.{ms:03}"),
+                        3 => format!("{secs}{ms:03}"),
+                        _ => rfc3339_ms(secs, ms),
+                    };
+                    out.extend_from_slice(t.as_bytes());
+                }
+            }
+        }
+        if out.is_empty() {
+            return None;
+        }
+        HeaderValue::from_bytes(&out).ok()
+    }
+}
+
+/// This host's name (a pod's name in Kubernetes), read once.
+fn hostname() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        std::env::var("HOSTNAME")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .or_else(|| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .ok()
+                    .map(|h| h.trim().to_string())
+            })
+            .unwrap_or_default()
+    })
+}
+
+/// `2026-12-06T15:43:22.123Z` (UTC; days from the civil-from-days
+/// algorithm, H. Hinnant).
+fn rfc3339_ms(secs: u64, ms: u32) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn ser_templates<S: Serializer>(
+    p: &[(HeaderName, HeaderTemplate)],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let mut map = s.serialize_map(Some(p.len()))?;
+    for (k, v) in p {
+        map.serialize_entry(k.as_str(), &v.text)?;
+    }
+    map.end()
+}
+
+#[cfg(test)]
+mod template_tests {
+    use super::*;
+
+    fn ctx() -> TemplateCtx<'static> {
+        TemplateCtx {
+            client_ip: "203.0.113.7",
+            peer: "10.0.0.9:41000".parse().unwrap(),
+            identity: Some("spiffe://prod.example/ns/web/sa/frontend"),
+            protocol: http::Version::HTTP_2,
+            route: "api",
+            cluster: "app",
+            start: std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_765_035_802_123),
+        }
+    }
+
+    fn render(t: &str, h: &http::HeaderMap) -> Option<String> {
+        HeaderTemplate::parse(t)
+            .unwrap()
+            .unwrap()
+            .render(h, &ctx())
+            .map(|v| v.to_str().unwrap().to_string())
+    }
+
+    #[test]
+    fn variables_fill_in_and_literals_stay() {
+        let mut h = http::HeaderMap::new();
+        h.append("x-tenant", "a".parse().unwrap());
+        h.append("x-tenant", "b".parse().unwrap());
+        assert_eq!(
+            render("%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%", &h).unwrap(),
+            "203.0.113.7"
+        );
+        assert_eq!(
+            render("%DOWNSTREAM_DIRECT_REMOTE_ADDRESS%", &h).unwrap(),
+            "10.0.0.9:41000"
+        );
+        assert_eq!(
+            render("t=%START_TIME(%s.%3f)%", &h).unwrap(),
+            "t=1765035802.123"
+        );
+        assert_eq!(render("%START_TIME(%s%3f)%", &h).unwrap(), "1765035802123");
+        assert_eq!(
+            render("%START_TIME%", &h).unwrap(),
+            "2025-12-06T15:43:22.123Z"
+        );
+        assert_eq!(
+            render("%REQ(X-Tenant)%|%ROUTE_NAME%|%UPSTREAM_CLUSTER%", &h).unwrap(),
+            "a,b|api|app"
+        );
+        assert_eq!(render("100%% %PROTOCOL%", &h).unwrap(), "100% HTTP/2");
+        assert_eq!(
+            render("%DOWNSTREAM_PEER_URI_SAN%", &h).unwrap(),
+            "spiffe://prod.example/ns/web/sa/frontend"
+        );
+        assert_eq!(render("%REQ(x-none)%", &h), None, "empty: left out");
+        assert_eq!(HeaderTemplate::parse("plain").unwrap(), None);
+        assert_eq!(HeaderTemplate::parse("100%%").unwrap(), None);
+        for bad in ["%NOPE%", "50%", "%REQ(bad name)%", "%START_TIME(%Y)%"] {
+            assert!(HeaderTemplate::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(rfc3339_ms(951_782_400, 0), "2000-02-29T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(0, 5), "1970-01-01T00:00:00.005Z");
     }
 }
 
