@@ -1082,7 +1082,7 @@ async fn proxy(
                 let code = resp.status().as_u16();
                 let observed = Observed::of_status(code);
                 cluster.observe(ep_index, observed, now);
-                let again = retry.is_some_and(|r| r.on_status.binary_search(&code).is_ok());
+                let again = retry.is_some_and(|r| r.retries_answer(code, resp.headers()));
                 (Ok(resp), again)
             }
             Ok(Err(e)) => match body_state(&state) {

@@ -1843,3 +1843,82 @@ async fn a_silent_redis_times_out_into_the_failure_mode() {
         Some(1.0)
     );
 }
+
+/// gRPC retry conditions: a trailers-only answer whose `grpc-status` the
+/// route names (`unavailable`) is retried on another try; one it does not
+/// name passes through. gRPC calls are POSTs: `non_idempotent: true`.
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_status_answers_are_retried_when_named() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let up = Upstream::start(move |req: Request<hyper::body::Incoming>| {
+        let c = c.clone();
+        async move {
+            let n = c.fetch_add(1, Ordering::SeqCst);
+            let status = if req.uri().path().ends_with("/Internal") {
+                "13"
+            } else if n % 2 == 0 {
+                "14"
+            } else {
+                "0"
+            };
+            let mut r = text_response(200, "");
+            r.headers_mut()
+                .insert("content-type", "application/grpc".parse().unwrap());
+            r.headers_mut()
+                .insert("grpc-status", status.parse().unwrap());
+            r
+        }
+    })
+    .await;
+    let sift = Sift::start(&config(
+        &format!(
+            "  - {{ name: app, protocol: http2, endpoints: [\"{}\"] }}",
+            up.addr
+        ),
+        r#"  - name: grpc
+    cluster: app
+    retries: { attempts: 2, on: [unavailable, resource-exhausted], non_idempotent: true, backoff_base: 1ms }"#,
+    ));
+    let call = |method: &'static str| {
+        let url = sift.url(&format!("/pkg.Svc/{method}"));
+        async move {
+            let req = Request::post(url)
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(body::empty())
+                .unwrap();
+            let r = http2_client().request(req).await.unwrap();
+            r.headers()
+                .get("grpc-status")
+                .map(|v| v.to_str().unwrap().to_string())
+        }
+    };
+    assert_eq!(
+        call("Get").await.as_deref(),
+        Some("0"),
+        "14 retried, then OK"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        call("Internal").await.as_deref(),
+        Some("13"),
+        "not named: passed on"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        sift.metric(r#"sift_retries_total{cluster="app",outcome="retried"}"#)
+            .await,
+        Some(1.0)
+    );
+    let err = Sift::try_start(&config(
+        &format!("  - {{ name: app, endpoints: [\"{}\"] }}", up.addr),
+        "  - { name: r, cluster: app, retries: { on: [unavaliable] } }",
+    ))
+    .err()
+    .expect("a misspelt condition is refused");
+    assert!(
+        err.contains("routes[0].retries.on[0]") && err.contains("gRPC condition"),
+        "{err}"
+    );
+}

@@ -1997,6 +1997,7 @@ fn build_retries(r: &RetryFile, p: &str, e: &mut Errs) -> RetrySpec {
         on_reset: false,
         on_timeout: false,
         on_status: Vec::new(),
+        on_grpc: 0,
         per_try_timeout: r
             .per_try_timeout
             .map(|d| positive(Some(d), d, &format!("{p}.per_try_timeout"), e).0),
@@ -2031,11 +2032,18 @@ fn build_retries(r: &RetryFile, p: &str, e: &mut Errs) -> RetrySpec {
             "timeout" => spec.on_timeout = true,
             "5xx" => spec.on_status.extend(500..=599),
             "gateway-error" => spec.on_status.extend([502, 503, 504]),
+            g if crate::policy::retry::GRPC_CONDITIONS.iter().any(|(n, _)| *n == g) => {
+                for (n, c) in crate::policy::retry::GRPC_CONDITIONS {
+                    if n == g {
+                        spec.on_grpc |= 1 << c;
+                    }
+                }
+            }
             code => match code.parse::<u16>() {
                 Ok(c) if (100..=599).contains(&c) => spec.on_status.push(c),
                 _ => e.push(
                     format!("{p}.on[{i}]"),
-                    format!("{code:?} is not connect-failure, reset, timeout, 5xx, gateway-error or a status code"),
+                    format!("{code:?} is not connect-failure, reset, timeout, 5xx, gateway-error, a status code, or a gRPC condition (cancelled, deadline-exceeded, internal, resource-exhausted, unavailable)"),
                 ),
             },
         }

@@ -16,6 +16,11 @@ pub struct RetrySpec {
     pub on_timeout: bool,
     /// Response statuses that are retried (e.g. 503).
     pub on_status: Vec<u16>,
+    /// gRPC status codes (bit per code) retried when a response head
+    /// carries them (a trailers-only gRPC answer): Envoy's retry_on
+    /// cancelled, deadline-exceeded, internal, resource-exhausted,
+    /// unavailable.
+    pub on_grpc: u32,
     pub per_try_timeout: Option<Duration>,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
@@ -26,6 +31,31 @@ pub struct RetrySpec {
     /// after they reached an upstream. Off: only a failed connect (the
     /// request never left sift) retries them, as nginx does.
     pub non_idempotent: bool,
+}
+
+/// The gRPC conditions of `retries.on` and their status codes.
+pub const GRPC_CONDITIONS: [(&str, u32); 5] = [
+    ("cancelled", 1),
+    ("deadline-exceeded", 4),
+    ("resource-exhausted", 8),
+    ("internal", 13),
+    ("unavailable", 14),
+];
+
+impl RetrySpec {
+    /// Whether an answer with this head is retried by status: its HTTP
+    /// status, or the `grpc-status` of a trailers-only gRPC answer.
+    pub fn retries_answer(&self, status: u16, headers: &http::HeaderMap) -> bool {
+        if self.on_status.binary_search(&status).is_ok() {
+            return true;
+        }
+        self.on_grpc != 0
+            && headers
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u32>().ok())
+                .is_some_and(|c| c < 32 && self.on_grpc & (1 << c) != 0)
+    }
 }
 
 /// Methods RFC 9110 §9.2.2 defines as idempotent; any other method
@@ -108,6 +138,7 @@ mod tests {
             on_reset: true,
             on_timeout: true,
             on_status: vec![503],
+            on_grpc: 0,
             per_try_timeout: None,
             backoff_base: Duration::from_millis(25),
             backoff_max: Duration::from_millis(250),
