@@ -214,6 +214,8 @@ pub fn hint_after(len: u64, rest: Option<SizeHint>) -> SizeHint {
 /// `completed` is false when the body failed or was dropped early.
 pub trait OnDone: Send + 'static {
     fn done(self, bytes: u64, completed: bool);
+    /// The body's trailers went by (e.g. a gRPC answer's `grpc-status`).
+    fn trailers(&mut self, _trailers: &http::HeaderMap) {}
     /// Longest wait for the body's next frame (None: no limit).
     fn read_timeout(&self) -> Option<std::time::Duration> {
         None
@@ -285,6 +287,8 @@ where
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
                     *this.bytes += d.len() as u64;
+                } else if let (Some(t), Some(h)) = (frame.trailers_ref(), this.hook.as_mut()) {
+                    h.trailers(t);
                 }
                 if let (Some(t), Some(d)) = (this.timer.as_mut(), *this.read_timeout) {
                     t.as_mut().reset(tokio::time::Instant::now() + d);

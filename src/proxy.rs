@@ -77,6 +77,8 @@ struct Outcome {
     listener_index: usize,
     stats: Option<Arc<BackendStats>>,
     status: u16,
+    /// The answer's `grpc-status` (in its head, or its trailers).
+    grpc_status: Option<u8>,
     error: Option<(ErrorKind, String)>,
     /// Filled only when access logging is on.
     log: Option<Box<LogFields>>,
@@ -136,6 +138,45 @@ impl OnDone for Outcome {
 
     fn read_timeout(&self) -> Option<std::time::Duration> {
         self.read_timeout
+    }
+
+    fn trailers(&mut self, t: &HeaderMap) {
+        if let Some(c) = grpc_status(t) {
+            self.grpc_status = Some(c);
+        }
+    }
+}
+
+/// A `grpc-status` header's code (0..=16 are gRPC's; others kept as sent).
+fn grpc_status(h: &HeaderMap) -> Option<u8> {
+    h.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+/// A gRPC status as the access log writes it.
+fn grpc_label(code: u8) -> &'static str {
+    const CODES: [&str; 17] = [
+        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+    ];
+    CODES.get(usize::from(code)).copied().unwrap_or("other")
+}
+
+/// The HTTP status a gRPC status stands for (gRPC's own mapping, as Envoy
+/// and Linkerd read it): a failed call counts as the error it is in
+/// canary analysis although its HTTP status is 200.
+fn grpc_as_http(code: u8) -> u16 {
+    match code {
+        0 => 200,
+        1 => 499,
+        3 | 9 | 11 => 400,
+        4 => 504,
+        5 => 404,
+        6 | 10 => 409,
+        7 => 403,
+        8 => 429,
+        12 => 501,
+        14 => 503,
+        16 => 401,
+        _ => 500,
     }
 }
 
@@ -236,7 +277,12 @@ impl Outcome {
                 stats.count(self.listener_index, self.status);
                 stats.duration.observe(elapsed.as_secs_f64());
                 if let Some(w) = &stats.window {
-                    w.record(self.status, elapsed.as_secs_f64());
+                    // A gRPC call counts by its grpc-status.
+                    let s = match self.grpc_status {
+                        Some(c) if self.status == 200 => grpc_as_http(c),
+                        _ => self.status,
+                    };
+                    w.record(s, elapsed.as_secs_f64());
                 }
             }
             None => {
@@ -280,6 +326,7 @@ impl Outcome {
             filters = log.filters.as_deref().unwrap_or("-"),
             mirrored = log.mirrored,
             fault = log.fault.unwrap_or("-"),
+            grpc_status = self.grpc_status.map_or("-", grpc_label),
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             bytes_sent = bytes,
             completed,
@@ -345,6 +392,7 @@ pub async fn handle(
         listener_index: conn.listener_index,
         stats: None,
         status: 0,
+        grpc_status: None,
         error: None,
         log,
         endpoint_guard: None,
@@ -393,6 +441,7 @@ pub async fn handle(
         c.actual(resp.headers_mut(), &origin);
     }
     out.status = resp.status().as_u16();
+    out.grpc_status = grpc_status(resp.headers());
     let (parts, b) = resp.into_parts();
     Response::from_parts(parts, body::boxed(body::Observed::new(b, out)))
 }

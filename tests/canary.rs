@@ -656,3 +656,89 @@ async fn a_sticky_header_on_several_lines_is_its_joined_value() {
         assert_eq!(raw_version_with(&sift, &lines).await, want, "{u} {v}");
     }
 }
+
+/// One gRPC message then trailers, with no size hint.
+struct GrpcBody(Option<bytes::Bytes>, Option<http::HeaderMap>);
+
+impl http_body::Body for GrpcBody {
+    type Data = bytes::Bytes;
+    type Error = sift::body::BoxError;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        let f = match (self.0.take(), self.1.take()) {
+            (Some(d), t) => {
+                self.1 = t;
+                Some(Ok(hyper::body::Frame::data(d)))
+            }
+            (None, Some(t)) => Some(Ok(hyper::body::Frame::trailers(t))),
+            (None, None) => None,
+        };
+        std::task::Poll::Ready(f)
+    }
+}
+
+/// A gRPC upstream over h2c: every answer is HTTP 200 with a body and
+/// `grpc-status` in its trailers; every `fail_every`-th is 14 UNAVAILABLE.
+async fn grpc_version(fail_every: usize) -> Upstream {
+    let n = Arc::new(AtomicUsize::new(0));
+    Upstream::start(move |_req: Request<hyper::body::Incoming>| {
+        let n = n.clone();
+        async move {
+            let k = n.fetch_add(1, Ordering::SeqCst) + 1;
+            let code = if fail_every > 0 && k % fail_every == 0 {
+                "14"
+            } else {
+                "0"
+            };
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", code.parse().unwrap());
+            // No length, as gRPC servers answer: a message, then trailers.
+            let b = GrpcBody(
+                Some(bytes::Bytes::from_static(b"\0\0\0\0\0")),
+                Some(trailers),
+            );
+            let mut r = http::Response::new(body::boxed(b));
+            r.headers_mut()
+                .insert("content-type", "application/grpc".parse().unwrap());
+            r
+        }
+    })
+    .await
+}
+
+/// A gRPC canary whose calls fail in their trailers (HTTP 200,
+/// `grpc-status: 14`, as gRPC servers answer) is rolled back: the
+/// analysis counts a call by its gRPC status, as Linkerd does.
+#[tokio::test(flavor = "multi_thread")]
+async fn rollout_rolls_back_a_grpc_canary_failing_in_trailers() {
+    let (s, c) = (grpc_version(0).await, grpc_version(10).await);
+    let cfg = config(
+        s.addr,
+        c.addr,
+        (100, 0),
+        &rollout(", latency_tolerance: 25ms"),
+    )
+    .replace(
+        "{ name: stable, endpoints",
+        "{ name: stable, protocol: http2, endpoints",
+    )
+    .replace(
+        "{ name: canary, endpoints",
+        "{ name: canary, protocol: http2, endpoints",
+    );
+    let sift = Sift::start(&cfg);
+    let v = run_rollout(&sift).await;
+    assert_eq!(v["rollout"]["state"], "rolled_back", "{v}");
+    assert_eq!(v["weights"]["canary"], 0);
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            sift.log_lines()
+                .iter()
+                .any(|l| l.contains(r#""grpc_status":"14""#))
+        })
+        .await,
+        "the access log has the call's gRPC status"
+    );
+}
