@@ -122,6 +122,8 @@ struct LogFields {
     fault: Option<&'static str>,
     /// Write the access log line (the fields also feed a sampled span).
     access: bool,
+    /// Which lines are written (`log.access_log_filter`).
+    filter: Option<Arc<crate::config::model::AccessLogFilter>>,
 }
 
 /// A request's trace context and where its span goes.
@@ -308,6 +310,11 @@ impl Outcome {
         if !log.access {
             return;
         }
+        if let Some(f) = &log.filter
+            && !f.keeps(&log.path, self.status, elapsed, fastrand::u32(..1_000_000))
+        {
+            return;
+        }
         tracing::info!(
             target: "sift::access",
             request_id = %String::from_utf8_lossy(log.request_id.as_bytes()),
@@ -381,6 +388,7 @@ pub async fn handle(
             mirrored: 0,
             fault: None,
             access,
+            filter: snap.config.log.access_log_filter.clone(),
         })
     });
     // Inline in the request future (whose allocation the connection reuses)

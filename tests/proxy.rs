@@ -3283,3 +3283,87 @@ clusters:
         );
     }
 }
+
+/// `log.access_log_filter`: skipped paths never logged, errors and slow
+/// requests always, a sample of the rest; changed by a reload.
+#[tokio::test(flavor = "multi_thread")]
+async fn access_log_filter_keeps_errors_slow_requests_and_a_sample() {
+    let up = Upstream::start(|req: Request<hyper::body::Incoming>| async move {
+        match req.uri().path() {
+            "/boom" => text_response(500, "boom"),
+            "/slow" => {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                text_response(200, "slow")
+            }
+            _ => text_response(200, "ok"),
+        }
+    })
+    .await;
+    let cfg = |sample: &str| {
+        format!(
+            r#"log: {{ format: json, access_log_filter: {{ sample: {sample}, min_status: 500, slower_than: 100ms, skip_paths: [/healthz] }} }}
+admin: {{ address: "127.0.0.1:0" }}
+reload: {{ interval: 100ms }}
+listeners:
+  - name: main
+    address: "127.0.0.1:0"
+routes:
+  - name: all
+    cluster: app
+clusters:
+  - name: app
+    endpoints: ["{}"]
+"#,
+            up.addr
+        )
+    };
+    let sift = Sift::start(&cfg("0.5"));
+    for _ in 0..200 {
+        get_text(&sift.url("/x")).await;
+    }
+    for _ in 0..5 {
+        get_text(&sift.url("/healthz")).await;
+        get_text(&sift.url("/boom")).await;
+    }
+    get_text(&sift.url("/slow")).await;
+    let count = |path: &'static str| {
+        let sift = &sift;
+        move || {
+            sift.log_lines()
+                .iter()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|v| v["message"] == "access" && v["path"] == path)
+                .count()
+        }
+    };
+    assert!(
+        eventually(Duration::from_secs(3), || async { count("/slow")() == 1 }).await,
+        "a slow request is always logged"
+    );
+    assert_eq!(count("/boom")(), 5, "every 500");
+    assert_eq!(count("/healthz")(), 0, "skipped");
+    // Binomial(200, 0.5): 100 ± 7; 60..=140 is beyond 5 standard deviations.
+    let sampled = count("/x")();
+    assert!((60..=140).contains(&sampled), "{sampled} of 200 sampled");
+    // A reload to sample 0: ordinary requests are no longer logged.
+    sift.write_config(&cfg("0"));
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            sift.metric(r#"sift_config_reloads_total{result="success"}"#)
+                .await
+                .unwrap_or(0.0)
+                >= 1.0
+        })
+        .await
+    );
+    for _ in 0..50 {
+        get_text(&sift.url("/x")).await;
+    }
+    get_text(&sift.url("/boom")).await;
+    assert!(eventually(Duration::from_secs(3), || async { count("/boom")() == 6 }).await);
+    assert_eq!(
+        count("/x")(),
+        sampled,
+        "no ordinary request logged after the reload"
+    );
+}

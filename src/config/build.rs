@@ -308,10 +308,40 @@ fn build_log(l: Option<&LogFile>, e: &mut Errs) -> LogConfig {
             format!("{level:?} is not one of error, warn, info, debug, trace"),
         );
     }
+    let access_log_filter = l.access_log_filter.as_ref().map(|f| {
+        let sample = f.sample.unwrap_or(1.0);
+        if !(sample.is_finite() && (0.0..=1.0).contains(&sample)) {
+            e.push(
+                "log.access_log_filter.sample",
+                format!("{sample} is not within 0..=1"),
+            );
+        }
+        if let Some(m) = f.min_status.filter(|m| !(100..=599).contains(m)) {
+            e.push(
+                "log.access_log_filter.min_status",
+                format!("{m} is not between 100 and 599"),
+            );
+        }
+        for (i, p) in f.skip_paths.iter().flatten().enumerate() {
+            if !p.starts_with('/') {
+                e.push(
+                    format!("log.access_log_filter.skip_paths[{i}]"),
+                    format!("{p:?} does not start with '/'"),
+                );
+            }
+        }
+        std::sync::Arc::new(crate::config::model::AccessLogFilter {
+            per_million: (sample.clamp(0.0, 1.0) * 1_000_000.0).round() as u32,
+            min_status: f.min_status,
+            slower_than: f.slower_than,
+            skip_paths: f.skip_paths.clone().unwrap_or_default(),
+        })
+    });
     LogConfig {
         format: l.format.unwrap_or_default(),
         level,
         access_log: l.access_log.unwrap_or(true),
+        access_log_filter,
     }
 }
 

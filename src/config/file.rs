@@ -471,6 +471,27 @@ pub struct LogFile {
     /// Emit one access-log line per request (default true).
     #[serde(default)]
     pub access_log: Option<bool>,
+    /// Which requests get an access-log line (default: all): errors and
+    /// slow ones always, a sample of the rest, none for skipped paths.
+    #[serde(default)]
+    pub access_log_filter: Option<AccessLogFilterFile>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogFilterFile {
+    /// Share of ordinary requests logged, 0 to 1 (default 1).
+    #[serde(default)]
+    pub sample: Option<f64>,
+    /// Always log answers with at least this status (e.g. 500, or 400).
+    #[serde(default)]
+    pub min_status: Option<u16>,
+    /// Always log requests that took at least this long.
+    #[serde(default)]
+    pub slower_than: Option<Dur>,
+    /// Never log requests to these exact paths (health checks, probes).
+    #[serde(default)]
+    pub skip_paths: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]

@@ -139,6 +139,44 @@ pub struct LogConfig {
     pub format: LogFormat,
     pub level: String,
     pub access_log: bool,
+    #[serde(serialize_with = "ser_arc_filter")]
+    pub access_log_filter: Option<std::sync::Arc<AccessLogFilter>>,
+}
+
+fn ser_arc_filter<S: Serializer>(
+    f: &Option<std::sync::Arc<AccessLogFilter>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    f.as_deref().serialize(s)
+}
+
+/// Which requests get an access-log line.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AccessLogFilter {
+    /// Share of ordinary requests logged, in millionths.
+    #[serde(rename = "sample", serialize_with = "ser_share")]
+    pub per_million: u32,
+    pub min_status: Option<u16>,
+    pub slower_than: Option<Dur>,
+    pub skip_paths: Vec<String>,
+}
+
+impl AccessLogFilter {
+    /// Whether a request gets its line: never on a skipped path; always
+    /// when its status or duration says so; else when drawn (`draw`
+    /// uniform in 0..1_000_000).
+    pub fn keeps(&self, path: &str, status: u16, elapsed: std::time::Duration, draw: u32) -> bool {
+        if self.skip_paths.iter().any(|p| p == path) {
+            return false;
+        }
+        self.min_status.is_some_and(|m| status >= m)
+            || self.slower_than.is_some_and(|d| elapsed >= d.0)
+            || in_share(self.per_million, draw)
+    }
+}
+
+fn ser_share<S: Serializer>(p: &u32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(f64::from(*p) / 1_000_000.0)
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
