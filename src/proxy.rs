@@ -1814,39 +1814,28 @@ pub(crate) fn rate_limit<'s, B>(
             continue;
         }
         let d = limit.limiter.check(key, now);
-        let counters = limit.counters.get(route.index);
-        if d.allowed {
-            if let Some(c) = counters {
-                c[0].inc();
-            }
-            if spec.response_headers && out.best.is_none_or(|(_, b)| d.remaining < b.remaining) {
-                out.best = Some((spec.name.as_str(), d));
-            }
-            if has_global && !spec.shadow {
-                out.taken.push((limit, key));
-            }
-        } else if spec.shadow {
-            if let Some(c) = counters {
-                c[2].inc();
-            }
-            tracing::info!(policy = %spec.name, route = %route.spec.name, "rate limit would reject (shadow mode)");
-        } else {
-            if let Some(c) = counters {
-                c[1].inc();
-            }
-            // Give back what the local policies before this one took.
-            for earlier in all().take(n) {
-                if earlier.limiter.spec.shadow || earlier.redis_key.is_some() {
-                    continue;
-                }
-                if let Some(k) = descriptor_key(earlier, conn, route, req, client_ip) {
-                    earlier.limiter.refund(k);
+        match tally(limit, route, d, &mut out.best) {
+            Tally::Allowed => {
+                if has_global && !spec.shadow {
+                    out.taken.push((limit, key));
                 }
             }
-            return Err(ProxyError::RateLimited {
-                policy: spec.name.clone(),
-                decision: d,
-            });
+            Tally::ShadowDenied => {}
+            Tally::Denied => {
+                // Give back what the local policies before this one took.
+                for earlier in all().take(n) {
+                    if earlier.limiter.spec.shadow || earlier.redis_key.is_some() {
+                        continue;
+                    }
+                    if let Some(k) = descriptor_key(earlier, conn, route, req, client_ip) {
+                        earlier.limiter.refund(k);
+                    }
+                }
+                return Err(ProxyError::RateLimited {
+                    policy: spec.name.clone(),
+                    decision: d,
+                });
+            }
         }
     }
     Ok(out)
@@ -1881,7 +1870,6 @@ pub(crate) async fn rate_limit_global(
             let spec = &limit.limiter.spec;
             let (interval, burst, quota, window) = limit.limiter.bucket_of(*key);
             let rkey = format!("{}{key:016x}", limit.redis_key.as_deref().unwrap_or(""));
-            let counters = limit.counters.get(route.index);
             let taken = match redis.take(&rkey, interval, burst).await {
                 Ok(t) => t,
                 Err(e) => {
@@ -1913,34 +1901,60 @@ pub(crate) async fn rate_limit_global(
                 quota,
                 window,
             };
-            if d.allowed {
-                if let Some(c) = counters {
-                    c[0].inc();
+            match tally(limit, route, d, &mut best) {
+                Tally::Allowed => {
+                    if !spec.shadow {
+                        given.push((rkey, interval));
+                    }
                 }
-                if spec.response_headers && best.is_none_or(|(_, b)| d.remaining < b.remaining) {
-                    best = Some((spec.name.as_str(), d));
+                Tally::ShadowDenied => {}
+                Tally::Denied => {
+                    refused(given).await;
+                    return Err(ProxyError::RateLimited {
+                        policy: spec.name.clone(),
+                        decision: d,
+                    });
                 }
-                if !spec.shadow {
-                    given.push((rkey, interval));
-                }
-            } else if spec.shadow {
-                if let Some(c) = counters {
-                    c[2].inc();
-                }
-                tracing::info!(policy = %spec.name, route = %route.spec.name, "rate limit would reject (shadow mode)");
-            } else {
-                if let Some(c) = counters {
-                    c[1].inc();
-                }
-                refused(given).await;
-                return Err(ProxyError::RateLimited {
-                    policy: spec.name.clone(),
-                    decision: d,
-                });
             }
         }
     }
     Ok(best.map(|(name, d)| crate::error::ratelimit_headers(name, &d)))
+}
+
+/// What a rate-limit decision means for the request.
+enum Tally {
+    Allowed,
+    /// Over the limit, but the policy only counts (shadow mode).
+    ShadowDenied,
+    Denied,
+}
+
+/// Count a policy's decision on the route (allowed, denied, shadow_denied;
+/// a shadow denial is logged) and keep, in `best`, the policy with the
+/// fewest tokens left among those that want headers on allowed answers.
+fn tally<'s>(
+    limit: &'s crate::snapshot::Limit,
+    route: &crate::snapshot::Route,
+    d: crate::policy::ratelimit::Decision,
+    best: &mut Option<(&'s str, crate::policy::ratelimit::Decision)>,
+) -> Tally {
+    let spec = &limit.limiter.spec;
+    let counters = limit.counters.get(route.index);
+    let (i, t) = if d.allowed {
+        if spec.response_headers && best.is_none_or(|(_, b)| d.remaining < b.remaining) {
+            *best = Some((spec.name.as_str(), d));
+        }
+        (0, Tally::Allowed)
+    } else if spec.shadow {
+        tracing::info!(policy = %spec.name, route = %route.spec.name, "rate limit would reject (shadow mode)");
+        (2, Tally::ShadowDenied)
+    } else {
+        (1, Tally::Denied)
+    };
+    if let Some(c) = counters {
+        c[i].inc();
+    }
+    t
 }
 
 fn needs_client_ip(a: &[Arc<crate::snapshot::Limit>], b: &[Arc<crate::snapshot::Limit>]) -> bool {
