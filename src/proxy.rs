@@ -449,7 +449,10 @@ pub async fn handle(
         c.actual(resp.headers_mut(), &origin);
     }
     out.status = resp.status().as_u16();
-    out.grpc_status = grpc_status(resp.headers());
+    // Only a gRPC call has a gRPC status (no lookup on other answers).
+    if grpc {
+        out.grpc_status = grpc_status(resp.headers());
+    }
     let (parts, b) = resp.into_parts();
     Response::from_parts(parts, body::boxed(body::Observed::new(b, out)))
 }
@@ -551,7 +554,12 @@ async fn proxy(
     // start (policies take time as a parameter).
     let mut now = clock.at(out.start);
     let admitted = rate_limit(snap, listener, conn, route, &req, now)?;
-    let ratelimit_headers = rate_limit_global(snap, route, admitted).await?;
+    // Redis is asked only when a global policy applies.
+    let ratelimit_headers = if admitted.globals.is_empty() {
+        admitted.headers()
+    } else {
+        rate_limit_global(snap, route, admitted).await?
+    };
 
     // 4b. Routes that answer themselves, after admission (Envoy's router
     //     answers redirects and direct responses after its rate limits).
@@ -1763,6 +1771,15 @@ pub(crate) struct Admitted<'s> {
     globals: Vec<(&'s Arc<crate::snapshot::Limit>, u64)>,
     /// Local tokens taken (kept only when a global policy may refuse).
     taken: Vec<(&'s Arc<crate::snapshot::Limit>, u64)>,
+}
+
+impl Admitted<'_> {
+    /// The RateLimit headers for an allowed answer, when no global policy
+    /// is left to ask.
+    pub(crate) fn headers(&self) -> Option<[(HeaderName, HeaderValue); 2]> {
+        self.best
+            .map(|(name, d)| crate::error::ratelimit_headers(name, &d))
+    }
 }
 
 /// Apply the listener's and the route's local rate limits. A request
