@@ -79,6 +79,11 @@ struct Outcome {
     status: u16,
     /// The answer's `grpc-status` (in its head, or its trailers).
     grpc_status: Option<u8>,
+    /// The request is a gRPC call.
+    grpc: bool,
+    /// A gRPC call answered 200 without a status in its head: outlier
+    /// detection learns its outcome from the trailers, when it ends.
+    observe_at_end: Option<crate::clock::Clock>,
     error: Option<(ErrorKind, String)>,
     /// Filled only when access logging is on.
     log: Option<Box<LogFields>>,
@@ -274,6 +279,13 @@ impl Outcome {
         }
         self.finished = true;
         let elapsed = self.start.elapsed();
+        if let (Some(clock), Some(g)) = (self.observe_at_end, &self.endpoint_guard) {
+            // A call with no status at all (cut off, or no gRPC answer)
+            // tells outlier detection nothing.
+            if let Some(c) = self.grpc_status {
+                g.observe(Observed::of_status(grpc_as_http(c)), clock.now());
+            }
+        }
         match &self.stats {
             Some(stats) => {
                 stats.count(self.listener_index, self.status);
@@ -401,6 +413,8 @@ pub async fn handle(
         stats: None,
         status: 0,
         grpc_status: None,
+        grpc,
+        observe_at_end: None,
         error: None,
         log,
         endpoint_guard: None,
@@ -1145,8 +1159,17 @@ async fn proxy(
         let (outcome, retryable) = match result {
             Ok(Ok(resp)) => {
                 let code = resp.status().as_u16();
-                let observed = Observed::of_status(code);
-                cluster.observe(ep_index, observed, now);
+                // A gRPC call's outcome is its grpc-status: in the head
+                // (a trailers-only error) or, for a 200, in the trailers
+                // (observed when the answer ends).
+                let head_grpc = out.grpc.then(|| grpc_status(resp.headers())).flatten();
+                if out.grpc && code == 200 && head_grpc.is_none() {
+                    out.observe_at_end = Some(*clock);
+                } else {
+                    out.observe_at_end = None;
+                    let effective = head_grpc.filter(|_| code == 200).map_or(code, grpc_as_http);
+                    cluster.observe(ep_index, Observed::of_status(effective), now);
+                }
                 let again = retry.is_some_and(|r| r.retries_answer(code, resp.headers()));
                 (Ok(resp), again)
             }

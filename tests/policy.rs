@@ -1922,3 +1922,98 @@ async fn grpc_status_answers_are_retried_when_named() {
         "{err}"
     );
 }
+
+/// One gRPC message then trailers, with no size hint (as gRPC servers
+/// answer).
+struct GrpcBody(Option<Bytes>, Option<http::HeaderMap>);
+
+impl http_body::Body for GrpcBody {
+    type Data = Bytes;
+    type Error = sift::body::BoxError;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        let f = match (self.0.take(), self.1.take()) {
+            (Some(d), t) => {
+                self.1 = t;
+                Some(Ok(hyper::body::Frame::data(d)))
+            }
+            (None, Some(t)) => Some(Ok(hyper::body::Frame::trailers(t))),
+            (None, None) => None,
+        };
+        std::task::Poll::Ready(f)
+    }
+}
+
+/// Outlier detection reads a gRPC call's status: an endpoint whose calls
+/// fail UNAVAILABLE in their trailers (HTTP 200) is ejected, as Linkerd's
+/// failure accrual treats gRPC failures.
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_failures_in_trailers_eject_the_endpoint() {
+    let grpc = |code: &'static str| {
+        Upstream::start(move |_req: Request<hyper::body::Incoming>| async move {
+            let mut t = http::HeaderMap::new();
+            t.insert("grpc-status", code.parse().unwrap());
+            let mut r = http::Response::new(body::boxed(GrpcBody(
+                Some(Bytes::from_static(b"\0\0\0\0\0")),
+                Some(t),
+            )));
+            r.headers_mut()
+                .insert("content-type", "application/grpc".parse().unwrap());
+            r
+        })
+    };
+    let (bad, good) = (grpc("14").await, grpc("0").await);
+    let sift = Sift::start(&config(
+        &format!(
+            r#"  - name: app
+    protocol: http2
+    endpoints: ["{}", "{}"]
+    outlier_detection: {{ consecutive_5xx: 2, base_ejection_time: 60s, max_ejection_percent: 50 }}"#,
+            bad.addr, good.addr
+        ),
+        "  - { name: grpc, cluster: app }",
+    ));
+    let call = || {
+        let url = sift.url("/pkg.Svc/Get");
+        async move {
+            let req = Request::post(url)
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(body::empty())
+                .unwrap();
+            let r = http2_client().request(req).await.unwrap();
+            let (_, b) = r.into_parts();
+            let c = http_body_util::BodyExt::collect(b).await.unwrap();
+            c.trailers()
+                .and_then(|t| t.get("grpc-status"))
+                .map(|v| v.to_str().unwrap().to_string())
+        }
+    };
+    let mut codes = Vec::new();
+    for _ in 0..8 {
+        codes.push(call().await);
+    }
+    assert!(
+        codes.iter().any(|c| c.as_deref() == Some("14")),
+        "{codes:?}"
+    );
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            sift.metric(r#"sift_outlier_ejections_total{cluster="app"}"#)
+                .await
+                .unwrap_or(0.0)
+                >= 1.0
+        })
+        .await,
+        "the failing endpoint is ejected"
+    );
+    for _ in 0..10 {
+        assert_eq!(
+            call().await.as_deref(),
+            Some("0"),
+            "only the good endpoint now"
+        );
+    }
+}

@@ -99,6 +99,14 @@ pub struct InflightGuard {
     index: usize,
 }
 
+impl InflightGuard {
+    /// Feed the endpoint's outlier detection (an outcome known only once
+    /// the answer ended: a gRPC call's trailers).
+    pub fn observe(&self, what: Observed, now: u64) {
+        self.cluster.observe(self.index, what, now);
+    }
+}
+
 impl Drop for InflightGuard {
     fn drop(&mut self) {
         self.cluster.endpoints[self.index]
