@@ -2017,3 +2017,40 @@ async fn grpc_failures_in_trailers_eject_the_endpoint() {
         );
     }
 }
+
+/// Weighted endpoints: round robin gives each its weight's share of every
+/// cycle (3 and 1: exactly 30 and 10 of 40), interleaved; a weight out of
+/// range is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn weighted_endpoints_share_round_robin_by_weight() {
+    let a = checked_upstream("a", Duration::ZERO).await;
+    let b = checked_upstream("b", Duration::ZERO).await;
+    let sift = Sift::start(&config(
+        &format!(
+            "  - {{ name: app, endpoints: [ {{ address: \"{}\", weight: 3 }}, \"{}\" ] }}",
+            a.up.addr, b.up.addr
+        ),
+        "  - { name: api, cluster: app }",
+    ));
+    let got = answers(&sift, "/x", 40).await;
+    assert_eq!(got.iter().filter(|x| *x == "a").count(), 30, "{got:?}");
+    assert_eq!(got.iter().filter(|x| *x == "b").count(), 10, "{got:?}");
+    // Interleaved: never more than three a's in a row.
+    assert!(
+        !got.windows(4).any(|w| w.iter().all(|x| x == "a")),
+        "{got:?}"
+    );
+    let err = Sift::try_start(&config(
+        &format!(
+            "  - {{ name: app, endpoints: [ {{ address: \"{}\", weight: 0 }} ] }}",
+            a.up.addr
+        ),
+        "  - { name: api, cluster: app }",
+    ))
+    .err()
+    .expect("weight 0 refused");
+    assert!(
+        err.contains("clusters[0].endpoints[0].weight") && err.contains("between 1 and 1000"),
+        "{err}"
+    );
+}

@@ -1799,9 +1799,23 @@ fn build_clusters(cs: &[ClusterFile], e: &mut Errs) -> Vec<ClusterSpec> {
         // A cluster may have no endpoints (a placeholder, or all taken out
         // of service): its requests get 503 no-healthy-endpoint, as in Envoy.
         let mut endpoints = Vec::new();
+        let mut weights = Vec::new();
         for (j, ep) in c.endpoints.iter().enumerate() {
-            match parse_endpoint(ep) {
-                Ok(x) => endpoints.push(x),
+            let (addr, weight) = match ep {
+                EndpointFile::Address(a) => (a, 1),
+                EndpointFile::Weighted(w) => (&w.address, w.weight.unwrap_or(1)),
+            };
+            if !(1..=1000).contains(&weight) {
+                e.push(
+                    format!("{p}.endpoints[{j}].weight"),
+                    format!("{weight} is not between 1 and 1000"),
+                );
+            }
+            match parse_endpoint(addr) {
+                Ok(x) => {
+                    endpoints.push(x);
+                    weights.push(weight.clamp(1, 1000));
+                }
                 Err(m) => e.push(format!("{p}.endpoints[{j}]"), m),
             }
         }
@@ -1813,6 +1827,7 @@ fn build_clusters(cs: &[ClusterFile], e: &mut Errs) -> Vec<ClusterSpec> {
         out.push(ClusterSpec {
             name: c.name.clone(),
             endpoints,
+            weights,
             lb: c.lb.unwrap_or_default(),
             protocol: c.protocol.unwrap_or_default(),
             connect_timeout: positive(

@@ -1387,15 +1387,61 @@ pub enum UpstreamProtocol {
     Http2,
 }
 
+/// An endpoint: `host:port`, or `{address: host:port, weight: N}`.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum EndpointFile {
+    Address(String),
+    Weighted(WeightedEndpointFile),
+}
+
+// By hand, not `untagged`: serde's untagged enums buffer the value and lose
+// the YAML reader's typing, so `weight: 3` would not read as a number.
+impl<'de> Deserialize<'de> for EndpointFile {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = EndpointFile;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("host:port, or {address: host:port, weight: N}")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<EndpointFile, E> {
+                Ok(EndpointFile::Address(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                m: A,
+            ) -> Result<EndpointFile, A::Error> {
+                WeightedEndpointFile::deserialize(serde::de::value::MapAccessDeserializer::new(m))
+                    .map(EndpointFile::Weighted)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedEndpointFile {
+    /// host:port.
+    pub address: String,
+    /// Share of the cluster's requests relative to the other endpoints
+    /// (1 to 1000; default 1), as Envoy's load_balancing_weight and
+    /// nginx's `server ... weight=N`.
+    #[serde(default)]
+    pub weight: Option<u32>,
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterFile {
     /// Unique name, used in routes, metrics and logs.
     pub name: String,
-    /// Endpoints as host:port. DNS names are resolved again for every new
-    /// connection. An empty list is allowed: requests then get 503.
+    /// Endpoints as host:port, or {address, weight}. DNS names are
+    /// resolved again for every new connection. An empty list is allowed:
+    /// requests then get 503.
     #[serde(default)]
-    pub endpoints: Vec<String>,
+    pub endpoints: Vec<EndpointFile>,
     /// round_robin (default), least_request, ring_hash or maglev (the last
     /// two hash the route's `hash_policy` key).
     #[serde(default)]

@@ -1071,6 +1071,8 @@ mod template_tests {
 pub struct ClusterSpec {
     pub name: String,
     pub endpoints: Vec<Endpoint>,
+    /// Each endpoint's weight (1..=1000), in the order of `endpoints`.
+    pub weights: Vec<u32>,
     pub lb: LbPolicy,
     pub protocol: UpstreamProtocol,
     pub connect_timeout: Dur,

@@ -44,16 +44,22 @@ impl Table {
     /// A ring with at least 1,024 points, the same number per endpoint
     /// (ketama's layout: point j of an endpoint is the hash of
     /// `authority_j`).
-    pub fn ring(endpoints: &[Endpoint]) -> Table {
+    pub fn ring(endpoints: &[Endpoint], weights: &[u32]) -> Table {
         let n = endpoints.len();
         if n == 0 {
             return Table::Ring(Vec::new());
         }
-        let per = RING_MIN.div_ceil(n).max(16).min((RING_MAX / n).max(1));
-        let mut points = Vec::with_capacity(n * per);
+        // Points per unit of weight: at least 1,024 in all, at most 2^20.
+        let w = |i: usize| weights.get(i).copied().unwrap_or(1).max(1) as usize;
+        let total: usize = (0..n).map(w).sum();
+        let per = RING_MIN
+            .div_ceil(total)
+            .max(16)
+            .min((RING_MAX / total).max(1));
+        let mut points = Vec::with_capacity(total * per);
         for (i, e) in endpoints.iter().enumerate() {
             let a = e.authority.as_str();
-            for j in 0..per {
+            for j in 0..per * w(i) {
                 points.push((hash(&format!("{a}_{j}")), i as u32));
             }
         }
@@ -73,7 +79,9 @@ impl Table {
     /// Maglev's lookup table (Eisenbud et al., NSDI 2016): each endpoint
     /// walks its own permutation of the slots, taking turns, until every
     /// slot has an endpoint; each gets within one slot of M / n.
-    pub fn maglev(endpoints: &[Endpoint]) -> Table {
+    /// With weights, an endpoint takes as many turns per round as its
+    /// weight, so it owns slots in proportion.
+    pub fn maglev(endpoints: &[Endpoint], weights: &[u32]) -> Table {
         let n = endpoints.len();
         let m = MAGLEV_SIZE as u64;
         if n == 0 {
@@ -102,17 +110,19 @@ impl Table {
         let mut filled = 0;
         'fill: loop {
             for &i in &order {
-                let (offset, skip) = perm[i];
-                let mut c = ((offset + next[i] * skip) % m) as usize;
-                while slots[c] != u32::MAX {
+                for _ in 0..weights.get(i).copied().unwrap_or(1).max(1) {
+                    let (offset, skip) = perm[i];
+                    let mut c = ((offset + next[i] * skip) % m) as usize;
+                    while slots[c] != u32::MAX {
+                        next[i] += 1;
+                        c = ((offset + next[i] * skip) % m) as usize;
+                    }
+                    slots[c] = i as u32;
                     next[i] += 1;
-                    c = ((offset + next[i] * skip) % m) as usize;
-                }
-                slots[c] = i as u32;
-                next[i] += 1;
-                filled += 1;
-                if filled == MAGLEV_SIZE {
-                    break 'fill;
+                    filled += 1;
+                    if filled == MAGLEV_SIZE {
+                        break 'fill;
+                    }
                 }
             }
         }
@@ -174,7 +184,7 @@ mod tests {
 
     /// Each endpoint gets a fair share of the keys, and taking one out of
     /// service moves its keys only, spread over the others.
-    fn check(build: fn(&[Endpoint]) -> Table, tolerance: f64) {
+    fn check(build: impl Fn(&[Endpoint]) -> Table, tolerance: f64) {
         let n = 5;
         let e = eps(n);
         let t = build(&e);
@@ -210,14 +220,14 @@ mod tests {
 
     #[test]
     fn ring_spreads_keys_and_moves_only_the_lost_endpoints() {
-        check(Table::ring, 0.25);
+        check(|e| Table::ring(e, &[]), 0.25);
     }
 
     #[test]
     fn maglev_spreads_keys_evenly_and_moves_only_the_lost_endpoints() {
-        check(Table::maglev, 0.05);
+        check(|e| Table::maglev(e, &[]), 0.05);
         // Slots per endpoint within one of M / n.
-        let Table::Maglev(slots) = Table::maglev(&eps(7)) else {
+        let Table::Maglev(slots) = Table::maglev(&eps(7), &[]) else {
             unreachable!()
         };
         let mut c = [0usize; 7];
@@ -233,7 +243,9 @@ mod tests {
         let e = eps(4);
         let mut r = e.clone();
         r.reverse();
-        for build in [Table::ring as fn(&[Endpoint]) -> Table, Table::maglev] {
+        for build in [(|e| Table::ring(e, &[])) as fn(&[Endpoint]) -> Table, |e| {
+            Table::maglev(e, &[])
+        }] {
             let (a, b) = (build(&e), build(&r));
             for k in 0..2000u64 {
                 let h = hash(&format!("k{k}"));
@@ -245,13 +257,30 @@ mod tests {
     }
 
     #[test]
+    fn weights_give_proportional_shares() {
+        let e = eps(3);
+        let w = [1, 2, 5];
+        for (t, tol) in [(Table::maglev(&e, &w), 0.03), (Table::ring(&e, &w), 0.25)] {
+            let o = owners(&t, 3, 40_000, |_| true);
+            for (i, &wi) in w.iter().enumerate() {
+                let share = o.iter().filter(|&&x| x == i).count() as f64 / 40_000.0;
+                let want = f64::from(wi) / 8.0;
+                assert!(
+                    (share - want).abs() / want < tol,
+                    "endpoint {i}: {share} vs {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn nothing_eligible_is_none_and_empty_tables_pick_nothing() {
         let e = eps(3);
-        for t in [Table::ring(&e), Table::maglev(&e)] {
+        for t in [Table::ring(&e, &[]), Table::maglev(&e, &[])] {
             assert_eq!(t.pick(42, 3, |_| false), None);
             assert_eq!(t.pick(42, 3, |i| i == 1), Some(1));
         }
-        assert_eq!(Table::ring(&[]).pick(1, 0, |_| true), None);
-        assert_eq!(Table::maglev(&[]).pick(1, 0, |_| true), None);
+        assert_eq!(Table::ring(&[], &[]).pick(1, 0, |_| true), None);
+        assert_eq!(Table::maglev(&[], &[]).pick(1, 0, |_| true), None);
     }
 }

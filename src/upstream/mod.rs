@@ -66,6 +66,11 @@ pub struct Cluster {
     rr: AtomicUsize,
     /// ring_hash and maglev: the key → endpoint table.
     table: Option<hash::Table>,
+    /// round_robin with unequal weights: the order of one cycle (smooth
+    /// weighted round robin, as nginx interleaves), walked by `rr`.
+    schedule: Option<Vec<u32>>,
+    /// Endpoint weights when they differ (least_request divides by them).
+    weights: Option<Vec<u32>>,
     /// Requests in flight (max_requests; the retry budget's "active").
     requests: Arc<AtomicUsize>,
     /// HTTP/1.1: one permit per upstream connection in use (max_connections).
@@ -113,6 +118,43 @@ impl Drop for InflightGuard {
             .inflight
             .fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// One cycle of smooth weighted round robin (nginx's algorithm): each
+/// step every endpoint gains its weight, the one with the most goes and
+/// loses the total. Weights 5, 1, 1 give a a b a c a a, not a a a a a b c.
+/// Weights are scaled down (keeping each at least 1) so a cycle has at
+/// most 65,536 steps.
+fn smooth_schedule(weights: &[u32]) -> Vec<u32> {
+    let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
+    let cap = 1u64 << 16;
+    let w: Vec<i64> = weights
+        .iter()
+        .map(|&x| {
+            let x = u64::from(x);
+            (if total > cap {
+                (x * cap / total).max(1)
+            } else {
+                x
+            }) as i64
+        })
+        .collect();
+    let total: i64 = w.iter().sum();
+    let mut current = vec![0i64; w.len()];
+    let mut out = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        for (c, x) in current.iter_mut().zip(&w) {
+            *c += x;
+        }
+        let (best, _) = current
+            .iter()
+            .enumerate()
+            .max_by_key(|&(i, c)| (*c, std::cmp::Reverse(i)))
+            .unwrap_or((0, &0));
+        current[best] -= total;
+        out.push(best as u32);
+    }
+    out
 }
 
 /// A cluster's TLS connector and SNI name, from its files (`None`: plain).
@@ -195,12 +237,18 @@ impl Cluster {
         let conn_slots = (spec.protocol == UpstreamProtocol::Http1)
             .then(|| Arc::new(Semaphore::new(spec.breakers.max_connections)));
         let table = match spec.lb {
-            LbPolicy::RingHash => Some(hash::Table::ring(&spec.endpoints)),
-            LbPolicy::Maglev => Some(hash::Table::maglev(&spec.endpoints)),
+            LbPolicy::RingHash => Some(hash::Table::ring(&spec.endpoints, &spec.weights)),
+            LbPolicy::Maglev => Some(hash::Table::maglev(&spec.endpoints, &spec.weights)),
             LbPolicy::RoundRobin | LbPolicy::LeastRequest => None,
         };
+        let weighted = spec.weights.windows(2).any(|w| w[0] != w[1]);
+        let schedule =
+            (weighted && spec.lb == LbPolicy::RoundRobin).then(|| smooth_schedule(&spec.weights));
+        let weights = weighted.then(|| spec.weights.clone());
         Ok(Arc::new(Cluster {
             table,
+            schedule,
+            weights,
             spec,
             endpoints,
             outlier,
@@ -377,10 +425,19 @@ impl Cluster {
             },
             LbPolicy::RoundRobin => {
                 let start = self.rr.fetch_add(1, Ordering::Relaxed);
-                (0..n).map(|k| (start + k) % n).find(|&i| healthy(i))?
+                match &self.schedule {
+                    None => (0..n).map(|k| (start + k) % n).find(|&i| healthy(i))?,
+                    Some(s) => (0..s.len())
+                        .map(|k| s[(start + k) % s.len()] as usize)
+                        .find(|&i| healthy(i))?,
+                }
             }
             LbPolicy::LeastRequest => {
-                let load = |i: usize| self.endpoints[i].inflight.load(Ordering::Relaxed);
+                let inflight = |i: usize| self.endpoints[i].inflight.load(Ordering::Relaxed);
+                // Requests in flight per unit of weight (Envoy's weighted
+                // least request), compared without division.
+                let w = |i: usize| self.weights.as_ref().map_or(1, |w| w[i] as usize);
+                let lighter = |a: usize, b: usize| inflight(a) * w(b) < inflight(b) * w(a);
                 if n == 1 {
                     if !healthy(0) {
                         return None;
@@ -394,7 +451,7 @@ impl Cluster {
                     }
                     match (healthy(a), healthy(b)) {
                         (true, true) => {
-                            if load(b) < load(a) {
+                            if lighter(b, a) {
                                 b
                             } else {
                                 a
@@ -402,9 +459,9 @@ impl Cluster {
                         }
                         (true, false) => a,
                         (false, true) => b,
-                        (false, false) => {
-                            (0..n).filter(|&i| healthy(i)).min_by_key(|&i| load(i))?
-                        }
+                        (false, false) => (0..n)
+                            .filter(|&i| healthy(i))
+                            .reduce(|x, y| if lighter(y, x) { y } else { x })?,
                     }
                 }
             }
@@ -435,5 +492,22 @@ impl Cluster {
     /// Idle HTTP/1.1 connections kept for endpoint `index`.
     pub fn idle_connections(&self, index: usize) -> usize {
         self.pool.idle(index)
+    }
+}
+
+#[cfg(test)]
+mod weight_tests {
+    use super::smooth_schedule;
+
+    #[test]
+    fn smooth_weighted_round_robin_interleaves() {
+        assert_eq!(smooth_schedule(&[5, 1, 1]), [0, 0, 1, 0, 2, 0, 0]);
+        assert_eq!(smooth_schedule(&[3, 1]), [0, 0, 1, 0]);
+        let big = smooth_schedule(&[1000; 100]);
+        assert!(big.len() <= 1 << 16 && big.len() >= 100);
+        for i in 0..100u32 {
+            let n = big.iter().filter(|&&x| x == i).count();
+            assert_eq!(n, big.len() / 100, "equal weights, equal turns");
+        }
     }
 }
