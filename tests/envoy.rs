@@ -909,3 +909,82 @@ async fn malformed_calls_get_grpc_errors_and_sift_keeps_serving() {
         Some(1.0)
     );
 }
+
+/// The Istio mode shares the proxy's admission: a global rate limit
+/// counted in a real Redis across two sift replicas Envoy might call, and
+/// `source_ips` on Envoy's source address.
+#[tokio::test(flavor = "multi_thread")]
+async fn ext_authz_applies_global_limits_and_source_ips() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut redis = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server (tests/run.sh installs it)");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "redis-server did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let cfg = format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+redis: {{ address: "127.0.0.1:{port}" }}
+listeners:
+  - {{ name: authz, address: "127.0.0.1:0", serve: envoy }}
+routes:
+  - name: api
+    source_ips: {{ deny: [192.0.2.0/24] }}
+    rate_limits: [ {{ name: shared, requests_per_unit: 2, unit: minute, key: [client_ip], global: true }} ]
+"#
+    );
+    let (one, two) = (Sift::start(&cfg), Sift::start(&cfg));
+    let (mut c1, mut c2) = (authz_client(&one).await, authz_client(&two).await);
+    let peer = Some(("198.51.100.7", ""));
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        let c = if i % 2 == 0 { &mut c1 } else { &mut c2 };
+        let r = c
+            .check(check("GET", "/x", &[], "", peer))
+            .await
+            .unwrap()
+            .into_inner();
+        statuses.push(if r.status.as_ref().map(|s| s.code) == Some(0) {
+            200
+        } else {
+            denied(&r).0
+        });
+    }
+    assert_eq!(
+        statuses,
+        [200, 200, 429, 429],
+        "2 per minute across both replicas"
+    );
+    let r = c1
+        .check(check("GET", "/x", &[], "", Some(("192.0.2.9", ""))))
+        .await
+        .unwrap()
+        .into_inner();
+    let (status, headers, _) = denied(&r);
+    assert_eq!(status, 403);
+    assert_eq!(
+        headers.get("x-sift-error").map(String::as_str),
+        Some("source-denied")
+    );
+    let _ = redis.kill();
+    let _ = redis.wait();
+}
