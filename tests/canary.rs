@@ -657,28 +657,6 @@ async fn a_sticky_header_on_several_lines_is_its_joined_value() {
     }
 }
 
-/// One gRPC message then trailers, with no size hint.
-struct GrpcBody(Option<bytes::Bytes>, Option<http::HeaderMap>);
-
-impl http_body::Body for GrpcBody {
-    type Data = bytes::Bytes;
-    type Error = sift::body::BoxError;
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
-        let f = match (self.0.take(), self.1.take()) {
-            (Some(d), t) => {
-                self.1 = t;
-                Some(Ok(hyper::body::Frame::data(d)))
-            }
-            (None, Some(t)) => Some(Ok(hyper::body::Frame::trailers(t))),
-            (None, None) => None,
-        };
-        std::task::Poll::Ready(f)
-    }
-}
-
 /// A gRPC upstream over h2c: every answer is HTTP 200 with a body and
 /// `grpc-status` in its trailers; every `fail_every`-th is 14 UNAVAILABLE.
 async fn grpc_version(fail_every: usize) -> Upstream {
@@ -692,17 +670,7 @@ async fn grpc_version(fail_every: usize) -> Upstream {
             } else {
                 "0"
             };
-            let mut trailers = http::HeaderMap::new();
-            trailers.insert("grpc-status", code.parse().unwrap());
-            // No length, as gRPC servers answer: a message, then trailers.
-            let b = GrpcBody(
-                Some(bytes::Bytes::from_static(b"\0\0\0\0\0")),
-                Some(trailers),
-            );
-            let mut r = http::Response::new(body::boxed(b));
-            r.headers_mut()
-                .insert("content-type", "application/grpc".parse().unwrap());
-            r
+            grpc_answer(code)
         }
     })
     .await

@@ -915,31 +915,8 @@ async fn malformed_calls_get_grpc_errors_and_sift_keeps_serving() {
 /// `source_ips` on Envoy's source address.
 #[tokio::test(flavor = "multi_thread")]
 async fn ext_authz_applies_global_limits_and_source_ips() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut redis = std::process::Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-        ])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("redis-server (tests/run.sh installs it)");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "redis-server did not start"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let redis = RedisServer::start();
+    let port = redis.addr.port();
     let cfg = format!(
         r#"log: {{ format: json }}
 admin: {{ address: "127.0.0.1:0" }}
@@ -985,6 +962,4 @@ routes:
         headers.get("x-sift-error").map(String::as_str),
         Some("source-denied")
     );
-    let _ = redis.kill();
-    let _ = redis.wait();
 }

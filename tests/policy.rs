@@ -1454,49 +1454,6 @@ fn bad_fault_and_hash_policy_sections_are_refused() {
     }
 }
 
-/// A real redis-server on a loopback port, stopped on drop.
-struct RedisServer {
-    addr: SocketAddr,
-    child: std::process::Child,
-}
-
-impl RedisServer {
-    fn start() -> RedisServer {
-        let port = refused().port();
-        let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server (Debian's redis-server package; tests/run.sh installs it)");
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        RedisServer { addr, child }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn global_config(redis: SocketAddr, up: SocketAddr, failure_mode: &str) -> String {
     format!(
         r#"log: {{ format: json }}
@@ -1600,8 +1557,7 @@ async fn global_rate_limits_follow_failure_mode_when_redis_is_down() {
     let closed = Sift::start(&global_config(addr, up.up.addr, "deny"));
     assert_eq!(tenant_get(&open, "t").await.status(), 200);
     assert_eq!(tenant_get(&closed, "t").await.status(), 200);
-    let _ = redis.child.kill();
-    let _ = redis.child.wait();
+    redis.stop();
     for _ in 0..8 {
         assert_eq!(tenant_get(&open, "t").await.status(), 200, "fail open");
         let r = tenant_get(&closed, "t").await;
@@ -1614,26 +1570,7 @@ async fn global_rate_limits_follow_failure_mode_when_redis_is_down() {
     assert_eq!(open.metric(&errors("allowed")).await, Some(8.0));
     assert_eq!(closed.metric(&errors("denied")).await, Some(8.0));
     // A new redis-server on the same port: counting starts again.
-    let _again = {
-        let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &addr.port().to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(std::time::Instant::now() < deadline);
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        RedisServer { addr, child }
-    };
+    let _again = RedisServer::spawn(addr.port(), &["--port", &addr.port().to_string()]);
     let mut statuses = Vec::new();
     for _ in 0..7 {
         statuses.push(tenant_get(&closed, "t").await.status().as_u16());
@@ -1923,46 +1860,15 @@ async fn grpc_status_answers_are_retried_when_named() {
     );
 }
 
-/// One gRPC message then trailers, with no size hint (as gRPC servers
-/// answer).
-struct GrpcBody(Option<Bytes>, Option<http::HeaderMap>);
-
-impl http_body::Body for GrpcBody {
-    type Data = Bytes;
-    type Error = sift::body::BoxError;
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
-        let f = match (self.0.take(), self.1.take()) {
-            (Some(d), t) => {
-                self.1 = t;
-                Some(Ok(hyper::body::Frame::data(d)))
-            }
-            (None, Some(t)) => Some(Ok(hyper::body::Frame::trailers(t))),
-            (None, None) => None,
-        };
-        std::task::Poll::Ready(f)
-    }
-}
-
 /// Outlier detection reads a gRPC call's status: an endpoint whose calls
 /// fail UNAVAILABLE in their trailers (HTTP 200) is ejected, as Linkerd's
 /// failure accrual treats gRPC failures.
 #[tokio::test(flavor = "multi_thread")]
 async fn grpc_failures_in_trailers_eject_the_endpoint() {
     let grpc = |code: &'static str| {
-        Upstream::start(move |_req: Request<hyper::body::Incoming>| async move {
-            let mut t = http::HeaderMap::new();
-            t.insert("grpc-status", code.parse().unwrap());
-            let mut r = http::Response::new(body::boxed(GrpcBody(
-                Some(Bytes::from_static(b"\0\0\0\0\0")),
-                Some(t),
-            )));
-            r.headers_mut()
-                .insert("content-type", "application/grpc".parse().unwrap());
-            r
-        })
+        Upstream::start(
+            move |_req: Request<hyper::body::Incoming>| async move { grpc_answer(code) },
+        )
     };
     let (bad, good) = (grpc("14").await, grpc("0").await);
     let sift = Sift::start(&config(

@@ -1309,45 +1309,26 @@ async fn global_rate_limits_reach_redis_over_mtls() {
     let ccert = write(&s.dir, "client.pem", &client.cert);
     let ckey = write(&s.dir, "client.key", &client.key);
     let other = write(&s.dir, "other.pem", &s.other_ca.pem);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut redis = std::process::Command::new("redis-server")
-        .args([
-            "--port",
-            "0",
-            "--tls-port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-        ])
-        .args([
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--tls-auth-clients",
-            "yes",
-        ])
-        .arg("--tls-cert-file")
-        .arg(&rcert)
-        .arg("--tls-key-file")
-        .arg(&rkey)
-        .arg("--tls-ca-cert-file")
-        .arg(s.dir.path("ca.pem"))
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("redis-server (tests/run.sh installs it)");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "redis-server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let port = free_port();
+    let tls_port = port.to_string();
+    let ca_file = s.dir.path("ca.pem");
+    let _redis = RedisServer::spawn(
+        port,
+        &[
+            std::ffi::OsStr::new("--port"),
+            "0".as_ref(),
+            "--tls-port".as_ref(),
+            tls_port.as_ref(),
+            "--tls-auth-clients".as_ref(),
+            "yes".as_ref(),
+            "--tls-cert-file".as_ref(),
+            rcert.as_os_str(),
+            "--tls-key-file".as_ref(),
+            rkey.as_os_str(),
+            "--tls-ca-cert-file".as_ref(),
+            ca_file.as_os_str(),
+        ],
+    );
     let up = Upstream::echo("app").await;
     let cfg = |ca: &std::path::Path| {
         format!(
@@ -1392,6 +1373,4 @@ clusters:
         err.contains("redis.tls") && err.contains("/nonexistent/ca.pem"),
         "{err}"
     );
-    let _ = redis.kill();
-    let _ = redis.wait();
 }

@@ -576,3 +576,93 @@ pub fn files_below(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
         }
     }
 }
+
+/// A real redis-server (Debian's package; tests/run.sh installs it) on
+/// 127.0.0.1, stopped on drop.
+pub struct RedisServer {
+    pub addr: SocketAddr,
+    pub child: Child,
+}
+
+impl RedisServer {
+    /// Plain TCP on a free port.
+    pub fn start() -> RedisServer {
+        let port = free_port();
+        RedisServer::spawn(port, &["--port", &port.to_string()])
+    }
+
+    /// On `port` (which `args` must name: `--port` or `--tls-port`), no
+    /// persistence; returns once the port accepts connections.
+    pub fn spawn<S: AsRef<std::ffi::OsStr>>(port: u16, args: &[S]) -> RedisServer {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(args)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian's redis-server package; tests/run.sh installs it)");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        RedisServer { addr, child }
+    }
+
+    /// Stop it now (the port can be used again).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (nothing listens on it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A gRPC answer's body: one message, then trailers, with no size hint
+/// (as gRPC servers send it).
+pub struct GrpcBody(pub Option<Bytes>, pub Option<http::HeaderMap>);
+
+impl http_body::Body for GrpcBody {
+    type Data = Bytes;
+    type Error = sift::body::BoxError;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        let f = match (self.0.take(), self.1.take()) {
+            (Some(d), t) => {
+                self.1 = t;
+                Some(Ok(hyper::body::Frame::data(d)))
+            }
+            (None, Some(t)) => Some(Ok(hyper::body::Frame::trailers(t))),
+            (None, None) => None,
+        };
+        std::task::Poll::Ready(f)
+    }
+}
+
+/// A gRPC answer with `grpc-status: code` in its trailers.
+pub fn grpc_answer(code: &str) -> Response<Body> {
+    let mut t = http::HeaderMap::new();
+    t.insert("grpc-status", code.parse().unwrap());
+    let mut r = Response::new(body::boxed(GrpcBody(
+        Some(Bytes::from_static(b"\0\0\0\0\0")),
+        Some(t),
+    )));
+    r.headers_mut()
+        .insert("content-type", "application/grpc".parse().unwrap());
+    r
+}
