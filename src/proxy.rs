@@ -796,9 +796,10 @@ async fn proxy(
     // What request header templates read of the client's request, before
     // sift edits its headers (X-Forwarded-For gains the peer below).
     let ops = &route.spec.request_headers;
-    let templated = !(ops.set_templates.is_empty() && ops.add_templates.is_empty());
-    let template_ip =
-        templated.then(|| trusted_client_ip(listener.trusted_hops, req.headers(), conn.remote));
+    let templated = ops.templated();
+    let resp_templated = route.spec.response_headers.templated();
+    let template_ip = (templated || resp_templated)
+        .then(|| trusted_client_ip(listener.trusted_hops, req.headers(), conn.remote));
     let downstream_version = req.version();
     let (mut parts, incoming) = req.into_parts();
     let mut uri = std::mem::take(&mut parts.uri).into_parts();
@@ -860,19 +861,12 @@ async fn proxy(
     // A client's headers named like this route's verdict headers (a
     // header_prefix outside x-sift-) never reach the upstream.
     route.spec.strip_verdict_headers(h);
-    if let Some(client_ip) = &template_ip {
-        let ctx = crate::config::model::TemplateCtx {
-            client_ip,
-            peer: conn.remote,
-            identity: conn.identity.as_ref().map(|i| i.id.as_str()),
-            protocol: downstream_version,
-            route: &route.spec.name,
-            cluster: &cluster.spec.name,
-            start: std::time::SystemTime::now() - out.start.elapsed(),
-        };
-        ops.apply_with(h, &ctx);
-    } else {
-        ops.apply(h);
+    match &template_ip {
+        Some(client_ip) if templated => {
+            let ctx = template_ctx(client_ip, conn, downstream_version, route, cluster, out);
+            ops.apply_with(h, &ctx);
+        }
+        _ => ops.apply(h),
     }
     // Verdict headers: only sift sets x-sift-* (the client's were removed).
     for (k, v) in decision.headers {
@@ -1071,6 +1065,7 @@ async fn proxy(
     let deadline_at = tokio::time::Instant::from_std(deadline);
     let mut attempt = 0u32;
     let mut previous = None;
+    let mut last_ep;
     let mut began = ready;
     let mut resp = loop {
         let (ep_index, ep_guard) =
@@ -1080,6 +1075,7 @@ async fn proxy(
                     cluster: cluster.spec.name.clone(),
                 })?;
         let endpoint = &cluster.endpoints[ep_index].endpoint;
+        last_ep = ep_index;
         if let Some(log) = &mut out.log {
             log.endpoint = Some(endpoint.authority.to_string());
         }
@@ -1265,7 +1261,16 @@ async fn proxy(
         }
         let (mut parts, b) = resp.into_parts();
         strip_sift_headers(&mut parts.headers);
-        route.spec.response_headers.apply(&mut parts.headers);
+        answer_headers(
+            &mut parts,
+            route,
+            cluster,
+            last_ep,
+            template_ip.as_deref(),
+            conn,
+            downstream_version,
+            out,
+        );
         parts.headers.insert(X_REQUEST_ID.clone(), request_id);
         return Ok(Response::from_parts(parts, b));
     }
@@ -1282,7 +1287,16 @@ async fn proxy(
         remove_sift_headers(&mut parts.headers);
     }
     strip_hop_by_hop_present(&mut parts.headers, hop_bits);
-    route.spec.response_headers.apply(&mut parts.headers);
+    answer_headers(
+        &mut parts,
+        route,
+        cluster,
+        last_ep,
+        template_ip.as_deref(),
+        conn,
+        downstream_version,
+        out,
+    );
     parts.headers.insert(X_REQUEST_ID.clone(), request_id);
     if let Some(hs) = ratelimit_headers {
         for (k, v) in hs {
@@ -1959,6 +1973,56 @@ pub(crate) async fn rate_limit_global(
         }
     }
     Ok(best.map(|(name, d)| crate::error::ratelimit_headers(name, &d)))
+}
+
+/// What request and response header templates can name of a request.
+fn template_ctx<'a>(
+    client_ip: &'a str,
+    conn: &'a ConnInfo,
+    protocol: Version,
+    route: &'a crate::snapshot::Route,
+    cluster: &'a crate::upstream::Cluster,
+    out: &Outcome,
+) -> crate::config::model::TemplateCtx<'a> {
+    crate::config::model::TemplateCtx {
+        client_ip,
+        peer: conn.remote,
+        identity: conn.identity.as_ref().map(|i| i.id.as_str()),
+        protocol,
+        route: &route.spec.name,
+        cluster: &cluster.spec.name,
+        start: std::time::SystemTime::now() - out.start.elapsed(),
+        upstream_host: "",
+        status: 0,
+    }
+}
+
+/// The route's response header changes on an upstream's answer, its
+/// `%VARIABLES%` filled (the endpoint that answered, its status).
+#[allow(clippy::too_many_arguments)]
+fn answer_headers(
+    parts: &mut http::response::Parts,
+    route: &crate::snapshot::Route,
+    cluster: &crate::upstream::Cluster,
+    endpoint: usize,
+    client_ip: Option<&str>,
+    conn: &ConnInfo,
+    protocol: Version,
+    out: &Outcome,
+) {
+    let ops = &route.spec.response_headers;
+    match client_ip {
+        Some(ip) if ops.templated() => {
+            let mut ctx = template_ctx(ip, conn, protocol, route, cluster, out);
+            ctx.upstream_host = cluster
+                .endpoints
+                .get(endpoint)
+                .map_or("", |e| e.endpoint.authority.as_str());
+            ctx.status = parts.status.as_u16();
+            ops.apply_with(&mut parts.headers, &ctx);
+        }
+        _ => ops.apply(&mut parts.headers),
+    }
 }
 
 /// What a rate-limit decision means for the request.

@@ -3203,9 +3203,9 @@ async fn proxy_protocol_optional_takes_both() {
     assert_eq!(xff_of(&b).as_deref(), Some("127.0.0.1"), "{b}");
 }
 
-/// Request header values with Envoy's `%VARIABLES%` (nginx's
-/// `proxy_set_header X-Real-IP $remote_addr`): filled per request, left
-/// out when empty; `%%` is a `%`; response headers stay literal.
+/// Header values with Envoy's `%VARIABLES%` (nginx's `proxy_set_header
+/// X-Real-IP $remote_addr`): filled per request, left out when empty;
+/// `%%` is a `%`; response headers name the endpoint and status.
 #[tokio::test(flavor = "multi_thread")]
 async fn request_header_templates_fill_in_per_request() {
     let up = Upstream::echo("app").await;
@@ -3229,7 +3229,9 @@ routes:
       add:
         x-via: "sift %PROTOCOL% %ROUTE_NAME% %UPSTREAM_CLUSTER%"
     response_headers:
-      set: {{ x-literal: "%NOT_A_VARIABLE%" }}
+      set:
+        x-served-by: "%UPSTREAM_HOST% %RESPONSE_CODE% %ROUTE_NAME%"
+        x-pct: "100%%"
 clusters:
   - name: app
     endpoints: ["{}"]
@@ -3252,7 +3254,11 @@ clusters:
         }
     };
     let r = get(Some("acme")).await;
-    assert_eq!(r.headers()["x-literal"], "%NOT_A_VARIABLE%");
+    assert_eq!(
+        r.headers()["x-served-by"].to_str().unwrap(),
+        format!("{} 200 api", up.addr)
+    );
+    assert_eq!(r.headers()["x-pct"], "100%");
     let v: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
     let h = &v["headers"];
     assert_eq!(
@@ -3274,7 +3280,11 @@ clusters:
         "empty: left out"
     );
     // An unknown variable, or a lone '%', in request headers is refused.
-    for (bad, words) in [("%NOPE%", "unknown variable %NOPE%"), ("50%", "not closed")] {
+    for (bad, words) in [
+        ("%NOPE%", "unknown variable %NOPE%"),
+        ("50%", "not closed"),
+        ("%UPSTREAM_HOST%", "only for response headers"),
+    ] {
         let c = cfg.replace("\"%REQ(X-Tenant)%\"", &format!("\"{bad}\""));
         let err = Sift::try_start(&c).err().expect("refused");
         assert!(

@@ -1253,13 +1253,13 @@ fn build_routes(
             request_headers: build_ops(
                 r.request_headers.as_ref(),
                 &format!("{p}.request_headers"),
-                true,
+                false,
                 e,
             ),
             response_headers: build_ops(
                 r.response_headers.as_ref(),
                 &format!("{p}.response_headers"),
-                false,
+                true,
                 e,
             ),
             cors: r
@@ -1718,9 +1718,9 @@ fn build_match(m: Option<&MatchFile>, p: &str, e: &mut Errs) -> MatchSpec {
     }
 }
 
-/// A route's header changes. `templates`: values may name `%VARIABLES%`
-/// (request headers; `%%` is a `%`); else every value is literal.
-fn build_ops(o: Option<&HeaderOpsFile>, p: &str, templates: bool, e: &mut Errs) -> HeaderOps {
+/// A route's header changes; values may name `%VARIABLES%` (`%%` is a
+/// `%`). `response`: the response's (other variables are at hand).
+fn build_ops(o: Option<&HeaderOpsFile>, p: &str, response: bool, e: &mut Errs) -> HeaderOps {
     let Some(o) = o else {
         return HeaderOps::default();
     };
@@ -1751,20 +1751,16 @@ fn build_ops(o: Option<&HeaderOpsFile>, p: &str, templates: bool, e: &mut Errs) 
             let Some(n) = name(k, path.clone(), e) else {
                 continue;
             };
-            let literal = if templates {
-                match HeaderTemplate::parse(val) {
-                    Ok(Some(tp)) => {
-                        t.push((n, tp));
-                        continue;
-                    }
-                    Ok(None) => val.replace("%%", "%"),
-                    Err(m) => {
-                        e.push(path, m);
-                        continue;
-                    }
+            let literal = match HeaderTemplate::parse(val, response) {
+                Ok(Some(tp)) => {
+                    t.push((n, tp));
+                    continue;
                 }
-            } else {
-                val.clone()
+                Ok(None) => val.replace("%%", "%"),
+                Err(m) => {
+                    e.push(path, m);
+                    continue;
+                }
             };
             match HeaderValue::from_str(&literal) {
                 Ok(hv) => v.push((n, hv)),

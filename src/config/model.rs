@@ -735,7 +735,13 @@ impl HeaderOps {
             && self.add_templates.is_empty()
     }
 
-    /// Apply remove, then set, then add.
+    /// Some value names `%VARIABLES%`.
+    pub fn templated(&self) -> bool {
+        !(self.set_templates.is_empty() && self.add_templates.is_empty())
+    }
+
+    /// Apply remove, then set, then add (templated values are left out:
+    /// see [`apply_with`](Self::apply_with)).
     pub fn apply(&self, headers: &mut http::HeaderMap) {
         for name in &self.remove {
             headers.remove(name);
@@ -787,6 +793,9 @@ pub struct TemplateCtx<'a> {
     pub cluster: &'a str,
     /// When the request arrived.
     pub start: std::time::SystemTime,
+    /// Response headers: the endpoint that answered, and its status.
+    pub upstream_host: &'a str,
+    pub status: u16,
 }
 
 /// A header value with `%VARIABLE%`s (Envoy's header formatter names).
@@ -810,15 +819,19 @@ enum TemplatePart {
     Hostname,
     /// RFC 3339 with milliseconds; `%s`; `%s.%3f`; `%s%3f`.
     StartTime(u8),
+    UpstreamHost,
+    ResponseCode,
 }
 
 /// The variables a request header template may use, for error messages.
-pub const TEMPLATE_VARIABLES: &str = "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT, DOWNSTREAM_DIRECT_REMOTE_ADDRESS, DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT, DOWNSTREAM_PEER_URI_SAN, REQ(name), PROTOCOL, ROUTE_NAME, UPSTREAM_CLUSTER, HOSTNAME, START_TIME, START_TIME(%s), START_TIME(%s.%3f), START_TIME(%s%3f)";
+pub const TEMPLATE_VARIABLES: &str = "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT, DOWNSTREAM_DIRECT_REMOTE_ADDRESS, DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT, DOWNSTREAM_PEER_URI_SAN, REQ(name) (request headers), PROTOCOL, ROUTE_NAME, UPSTREAM_CLUSTER, UPSTREAM_HOST and RESPONSE_CODE (response headers), HOSTNAME, START_TIME, START_TIME(%s), START_TIME(%s.%3f), START_TIME(%s%3f)";
 
 impl HeaderTemplate {
     /// Parse a value: `None` when it has no variable (a literal value;
     /// `%%` is a `%`), else the template or what is wrong with it.
-    pub fn parse(v: &str) -> Result<Option<HeaderTemplate>, String> {
+    /// `response`: a response header's value (`REQ` is not at hand there;
+    /// `UPSTREAM_HOST` and `RESPONSE_CODE` are only there).
+    pub fn parse(v: &str, response: bool) -> Result<Option<HeaderTemplate>, String> {
         if !v.contains('%') {
             return Ok(None);
         }
@@ -866,6 +879,18 @@ impl HeaderTemplate {
                 "START_TIME(%s)" => TemplatePart::StartTime(1),
                 "START_TIME(%s.%3f)" => TemplatePart::StartTime(2),
                 "START_TIME(%s%3f)" => TemplatePart::StartTime(3),
+                "UPSTREAM_HOST" | "RESPONSE_CODE" if !response => {
+                    return Err(format!(
+                        "{v:?}: %{name}% is known only for response headers"
+                    ));
+                }
+                "UPSTREAM_HOST" => TemplatePart::UpstreamHost,
+                "RESPONSE_CODE" => TemplatePart::ResponseCode,
+                n if n.starts_with("REQ(") && n.ends_with(')') && response => {
+                    return Err(format!(
+                        "{v:?}: %{n}% reads the request's headers: only in request_headers"
+                    ));
+                }
                 n if n.starts_with("REQ(") && n.ends_with(')') => {
                     let h = &n[4..n.len() - 1];
                     TemplatePart::Req(
@@ -929,6 +954,10 @@ impl HeaderTemplate {
                 TemplatePart::Route => out.extend_from_slice(ctx.route.as_bytes()),
                 TemplatePart::Cluster => out.extend_from_slice(ctx.cluster.as_bytes()),
                 TemplatePart::Hostname => out.extend_from_slice(hostname().as_bytes()),
+                TemplatePart::UpstreamHost => out.extend_from_slice(ctx.upstream_host.as_bytes()),
+                TemplatePart::ResponseCode => {
+                    out.extend_from_slice(ctx.status.to_string().as_bytes())
+                }
                 TemplatePart::StartTime(f) => {
                     let d = ctx
                         .start
@@ -1014,11 +1043,13 @@ mod template_tests {
             route: "api",
             cluster: "app",
             start: std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_765_035_802_123),
+            upstream_host: "10.0.0.7:8080",
+            status: 503,
         }
     }
 
     fn render(t: &str, h: &http::HeaderMap) -> Option<String> {
-        HeaderTemplate::parse(t)
+        HeaderTemplate::parse(t, false)
             .unwrap()
             .unwrap()
             .render(h, &ctx())
@@ -1057,11 +1088,27 @@ mod template_tests {
             "spiffe://prod.example/ns/web/sa/frontend"
         );
         assert_eq!(render("%REQ(x-none)%", &h), None, "empty: left out");
-        assert_eq!(HeaderTemplate::parse("plain").unwrap(), None);
-        assert_eq!(HeaderTemplate::parse("100%%").unwrap(), None);
-        for bad in ["%NOPE%", "50%", "%REQ(bad name)%", "%START_TIME(%Y)%"] {
-            assert!(HeaderTemplate::parse(bad).is_err(), "{bad}");
+        assert_eq!(HeaderTemplate::parse("plain", false).unwrap(), None);
+        assert_eq!(HeaderTemplate::parse("100%%", true).unwrap(), None);
+        for bad in [
+            "%NOPE%",
+            "50%",
+            "%REQ(bad name)%",
+            "%START_TIME(%Y)%",
+            "%UPSTREAM_HOST%",
+        ] {
+            assert!(HeaderTemplate::parse(bad, false).is_err(), "{bad}");
         }
+        assert!(
+            HeaderTemplate::parse("%REQ(x)%", true).is_err(),
+            "no REQ on responses"
+        );
+        let r = HeaderTemplate::parse("%UPSTREAM_HOST% %RESPONSE_CODE%", true)
+            .unwrap()
+            .unwrap()
+            .render(&h, &ctx())
+            .unwrap();
+        assert_eq!(r, "10.0.0.7:8080 503");
         assert_eq!(rfc3339_ms(951_782_400, 0), "2000-02-29T00:00:00.000Z");
         assert_eq!(rfc3339_ms(0, 5), "1970-01-01T00:00:00.005Z");
     }
