@@ -30,6 +30,14 @@ clusters:
     )
 }
 
+/// A config of `clusters` and `routes` is refused, naming `path` and `words`.
+fn refused_with(clusters: &str, routes: &str, path: &str, words: &str) {
+    let err = Sift::try_start(&config(clusters, routes))
+        .err()
+        .unwrap_or_else(|| panic!("accepted: {routes}"));
+    assert!(err.contains(path) && err.contains(words), "{routes}: {err}");
+}
+
 async fn get(sift: &Sift, path: &str, headers: &[(&str, &str)]) -> http::Response<Bytes> {
     let mut r = Request::get(sift.url(path));
     for (k, v) in headers {
@@ -1443,14 +1451,12 @@ fn bad_fault_and_hash_policy_sections_are_refused() {
             "not a header name",
         ),
     ] {
-        let cfg = config(
+        refused_with(
             &format!("  - {{ name: app, lb: maglev, endpoints: [\"{up}\"] }}"),
             &format!("  - {route}"),
+            path,
+            words,
         );
-        let err = Sift::try_start(&cfg)
-            .err()
-            .unwrap_or_else(|| panic!("{route} accepted"));
-        assert!(err.contains(path) && err.contains(words), "{route}: {err}");
     }
 }
 
@@ -1581,14 +1587,11 @@ async fn global_rate_limits_follow_failure_mode_when_redis_is_down() {
 /// A global limit needs the top-level `redis`.
 #[test]
 fn a_global_limit_without_redis_is_refused() {
-    let cfg = config(
+    refused_with(
         &format!("  - {{ name: app, endpoints: [\"{}\"] }}", refused()),
         "  - { name: r, cluster: app, rate_limits: [ { name: g, requests_per_unit: 1, unit: second, global: true } ] }",
-    );
-    let err = Sift::try_start(&cfg).err().expect("refused");
-    assert!(
-        err.contains("routes[0].rate_limits[0].global") && err.contains("no top-level `redis`"),
-        "{err}"
+        "routes[0].rate_limits[0].global",
+        "no top-level `redis`",
     );
 }
 
@@ -1659,14 +1662,12 @@ async fn source_ips_allow_and_deny_client_addresses() {
             "allow, deny",
         ),
     ] {
-        let cfg = config(
+        refused_with(
             &format!("  - {{ name: app, endpoints: [\"{}\"] }}", up.up.addr),
             &format!("  - {route}"),
+            path,
+            words,
         );
-        let err = Sift::try_start(&cfg)
-            .err()
-            .unwrap_or_else(|| panic!("{route} accepted"));
-        assert!(err.contains(path) && err.contains(words), "{route}: {err}");
     }
 }
 
@@ -1848,15 +1849,11 @@ async fn grpc_status_answers_are_retried_when_named() {
             .await,
         Some(1.0)
     );
-    let err = Sift::try_start(&config(
+    refused_with(
         &format!("  - {{ name: app, endpoints: [\"{}\"] }}", up.addr),
         "  - { name: r, cluster: app, retries: { on: [unavaliable] } }",
-    ))
-    .err()
-    .expect("a misspelt condition is refused");
-    assert!(
-        err.contains("routes[0].retries.on[0]") && err.contains("gRPC condition"),
-        "{err}"
+        "routes[0].retries.on[0]",
+        "gRPC condition",
     );
 }
 
@@ -1946,17 +1943,13 @@ async fn weighted_endpoints_share_round_robin_by_weight() {
         !got.windows(4).any(|w| w.iter().all(|x| x == "a")),
         "{got:?}"
     );
-    let err = Sift::try_start(&config(
+    refused_with(
         &format!(
             "  - {{ name: app, endpoints: [ {{ address: \"{}\", weight: 0 }} ] }}",
             a.up.addr
         ),
         "  - { name: api, cluster: app }",
-    ))
-    .err()
-    .expect("weight 0 refused");
-    assert!(
-        err.contains("clusters[0].endpoints[0].weight") && err.contains("between 1 and 1000"),
-        "{err}"
+        "clusters[0].endpoints[0].weight",
+        "between 1 and 1000",
     );
 }

@@ -1394,14 +1394,9 @@ fn build_mirrors(
             );
             ok = false;
         }
-        let percent = m.percent.unwrap_or(100.0);
-        if !(percent.is_finite() && (0.0..=100.0).contains(&percent)) {
-            e.push(
-                format!("{mp}.percent"),
-                format!("{percent} is not between 0 and 100"),
-            );
-            ok = false;
-        }
+        let errors = e.0.len();
+        let per_million = per_million(m.percent, &format!("{mp}.percent"), e);
+        ok &= e.0.len() == errors;
         let max_body = m.max_body.map_or(MirrorSpec::DEFAULT_MAX_BODY, |b| b.0);
         if max_body > MirrorSpec::MAX_MAX_BODY {
             e.push(
@@ -1413,7 +1408,7 @@ fn build_mirrors(
         if ok {
             out.push(MirrorSpec {
                 cluster: m.cluster.clone(),
-                per_million: (percent * 10_000.0).round() as u32,
+                per_million,
                 max_body,
                 host_suffix: m.host_suffix.unwrap_or(true),
             });
