@@ -70,11 +70,14 @@ fn clusters_view(snap: &crate::snapshot::Snapshot, now: u64) -> Value {
                 .enumerate()
                 .map(|(i, e)| {
                     let mut v = json!({
-                        "address": e.endpoint.authority.as_str(),
+                        "address": e.endpoint.id(),
                         "ejected": c.outlier.as_ref().is_some_and(|o| !o.available(i, now)),
                         "requests_in_flight": e.inflight.load(std::sync::atomic::Ordering::Relaxed),
                         "idle_connections": c.idle_connections(i),
                     });
+                    if e.endpoint.addr.is_some() {
+                        v["hostname"] = json!(e.endpoint.authority.as_str());
+                    }
                     if let Some(h) = health {
                         v["healthy"] = json!(h.healthy(i));
                         v["checked"] = json!(h.checked(i));

@@ -173,6 +173,7 @@ fn spawn_admin_thread(
                     t.start();
                 }
                 tokio::spawn(reloader.clone().watch());
+                tokio::spawn(crate::dns::refresh_loop(shared.clone(), reloader.clone()));
                 tokio::spawn(crate::reload::on_sighup(reloader.clone(), hup));
                 tokio::spawn(crate::admin::canary_controller(shared.clone()));
                 tokio::spawn(crate::admin::tls_watcher(shared.clone()));

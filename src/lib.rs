@@ -30,6 +30,7 @@ pub mod compress;
 pub mod config;
 pub mod cors;
 pub mod demo;
+pub mod dns;
 pub mod drain;
 pub mod error;
 pub mod extauth;

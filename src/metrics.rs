@@ -32,6 +32,10 @@ pub struct Metrics {
     pub endpoints_ejected: IntGaugeVec,
     pub health_checks: IntCounterVec,
     pub endpoints_healthy: IntGaugeVec,
+    /// `sift_cluster_endpoints{cluster}`.
+    pub cluster_endpoints: IntGaugeVec,
+    /// `sift_dns_resolutions_total{cluster,result}`.
+    pub dns_resolutions: IntCounterVec,
     pub lb_panic: IntCounterVec,
     pub cors: IntCounterVec,
     pub trace_spans: IntCounterVec,
@@ -335,6 +339,22 @@ impl Metrics {
             &["cluster"],
         )
         .expect("valid metric");
+        let cluster_endpoints = IntGaugeVec::new(
+            Opts::new(
+                "sift_cluster_endpoints",
+                "Endpoints of each cluster (a strict_dns cluster: the addresses its names resolve to now).",
+            ),
+            &["cluster"],
+        )
+        .expect("valid metric");
+        let dns_resolutions = IntCounterVec::new(
+            Opts::new(
+                "sift_dns_resolutions_total",
+                "Periodic DNS lookups of strict_dns clusters' names, by cluster and result (changed, unchanged, failure: the last addresses are kept).",
+            ),
+            &["cluster", "result"],
+        )
+        .expect("valid metric");
         let lb_panic = IntCounterVec::new(
             Opts::new(
                 "sift_lb_panic_total",
@@ -508,6 +528,8 @@ impl Metrics {
             Box::new(endpoints_ejected.clone()),
             Box::new(health_checks.clone()),
             Box::new(endpoints_healthy.clone()),
+            Box::new(cluster_endpoints.clone()),
+            Box::new(dns_resolutions.clone()),
             Box::new(lb_panic.clone()),
             Box::new(cors.clone()),
             Box::new(trace_spans.clone()),
@@ -571,6 +593,8 @@ impl Metrics {
             endpoints_ejected,
             health_checks,
             endpoints_healthy,
+            cluster_endpoints,
+            dns_resolutions,
             lb_panic,
             cors,
             trace_spans,

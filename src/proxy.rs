@@ -1077,7 +1077,7 @@ async fn proxy(
         let endpoint = &cluster.endpoints[ep_index].endpoint;
         last_ep = ep_index;
         if let Some(log) = &mut out.log {
-            log.endpoint = Some(endpoint.authority.to_string());
+            log.endpoint = Some(endpoint.id().into_owned());
         }
         let try_deadline = match retry.and_then(|r| r.per_try_timeout) {
             Some(t) => {
@@ -1178,7 +1178,7 @@ async fn proxy(
                     connect_failed = true;
                     let err = ProxyError::UpstreamConnect {
                         cluster: cluster.spec.name.clone(),
-                        endpoint: endpoint.authority.to_string(),
+                        endpoint: endpoint.id().into_owned(),
                         reason: error_chain(&e),
                     };
                     (Err(err), retry.is_some_and(|r| r.on_connect_failure))
@@ -2013,11 +2013,9 @@ fn answer_headers(
     let ops = &route.spec.response_headers;
     match client_ip {
         Some(ip) if ops.templated() => {
+            let host = cluster.endpoints.get(endpoint).map(|e| e.endpoint.id());
             let mut ctx = template_ctx(ip, conn, protocol, route, cluster, out);
-            ctx.upstream_host = cluster
-                .endpoints
-                .get(endpoint)
-                .map_or("", |e| e.endpoint.authority.as_str());
+            ctx.upstream_host = host.as_deref().unwrap_or("");
             ctx.status = parts.status.as_u16();
             ops.apply_with(&mut parts.headers, &ctx);
         }

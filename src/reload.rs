@@ -126,6 +126,34 @@ impl Reloader {
         Ok(Outcome::Applied { generation })
     }
 
+    /// Build the snapshot again from the config in force, for a change
+    /// outside the config text (a strict_dns name's addresses): clusters
+    /// whose endpoints did not change are kept as they are.
+    pub fn rebuild(&self, trigger: &'static str) {
+        let _serial = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.shared.snapshot.load_full();
+        let now = self.shared.clock.now();
+        match Snapshot::build(
+            (*current.config).clone(),
+            current.source.clone(),
+            Some(&current),
+            &self.shared.metrics,
+            now,
+        ) {
+            Ok(snap) => {
+                let generation = snap.generation;
+                snap.start_background();
+                self.shared.snapshot.store(Arc::new(snap));
+                tracing::info!(trigger, generation, "endpoints changed; snapshot rebuilt");
+            }
+            Err(errs) => {
+                for e in &errs {
+                    tracing::error!(trigger, error = %e, "snapshot rebuild failed; the previous one keeps serving");
+                }
+            }
+        }
+    }
+
     /// Poll the config file every `reload.interval` and reload when its
     /// identity (resolved path, inode, size, mtime) changes. Runs until the
     /// process ends; a no-op for inline sources or `reload.watch: false`.

@@ -38,6 +38,9 @@ pub struct Snapshot {
     pub redis: Option<Arc<crate::policy::redis::Redis>>,
     /// `sift_ratelimit_redis_errors_total`.
     pub redis_errors: prometheus::IntCounterVec,
+    /// What the `strict_dns` clusters' names resolved to (kept across
+    /// reloads while the top-level `dns` is unchanged).
+    pub dns: Arc<crate::dns::Cache>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -329,6 +332,13 @@ impl Snapshot {
                 }
             }
         }
+        // strict_dns clusters: their endpoints are what their names
+        // resolve to (names never seen are looked up now).
+        let dns = prev
+            .map(|p| p.dns.clone())
+            .filter(|c| c.resolver == config.dns)
+            .unwrap_or_else(|| Arc::new(crate::dns::Cache::new(config.dns.clone())));
+        crate::dns::expand(&mut config.clusters, &dns);
         let err = |path: String, e: crate::tls::TlsError| crate::config::ConfigError {
             path,
             line: None,
@@ -340,10 +350,17 @@ impl Snapshot {
                 .and_then(|p| p.clusters.get(&spec.name))
                 .filter(|c| c.spec == *spec)
                 .cloned();
-            match reused
-                .map(Ok)
-                .unwrap_or_else(|| Cluster::new(spec.clone(), metrics))
-            {
+            let built = reused.map(Ok).unwrap_or_else(|| {
+                let c = Cluster::new(spec.clone(), metrics)?;
+                // A changed cluster keeps what it knew of the endpoints it
+                // still has (health, ejections): a DNS refresh or a reload
+                // that adds one endpoint does not make the others new.
+                if let Some(old) = prev.and_then(|p| p.clusters.get(&spec.name)) {
+                    c.carry_state(old, now);
+                }
+                Ok(c)
+            });
+            match built {
                 Ok(c) => {
                     clusters.insert(spec.name.clone(), c);
                 }
@@ -603,6 +620,7 @@ impl Snapshot {
             filters,
             generation: prev.map_or(1, |p| p.generation + 1),
             jwks_fetches: metrics.jwks_fetches.clone(),
+            dns,
         })
     }
 

@@ -72,7 +72,8 @@ pub fn build(f: &FileConfig) -> Result<Config, Vec<ConfigError>> {
         drain_timeout: s.drain_timeout.unwrap_or(Dur::secs(30)),
     };
 
-    let clusters = build_clusters(&f.clusters, &mut e);
+    let dns = build_dns(f.dns.as_ref(), &mut e);
+    let clusters = build_clusters(&f.clusters, &dns, &mut e);
     let cluster_names: HashSet<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
     let filters = build_filters(&f.filters, &mut e);
     let cluster_file_names: HashSet<&str> = f.clusters.iter().map(|c| c.name.as_str()).collect();
@@ -152,8 +153,33 @@ pub fn build(f: &FileConfig) -> Result<Config, Vec<ConfigError>> {
             filter_pool,
             tracing,
             redis,
+            dns,
         }),
         _ => Err(e.0),
+    }
+}
+
+fn build_dns(d: Option<&DnsFile>, e: &mut Errs) -> crate::dns::ResolverSpec {
+    let Some(d) = d else {
+        return crate::dns::ResolverSpec::default();
+    };
+    let mut servers = Vec::new();
+    for (i, r) in d.resolvers.iter().enumerate() {
+        let parsed = r.parse::<SocketAddr>().or_else(|_| {
+            r.parse::<std::net::IpAddr>()
+                .map(|ip| SocketAddr::new(ip, 53))
+        });
+        match parsed {
+            Ok(a) if a.port() != 0 => servers.push(a),
+            _ => e.push(
+                format!("dns.resolvers[{i}]"),
+                format!("{r:?} is not an IP address with an optional port (e.g. \"10.96.0.10\", \"127.0.0.1:5353\")"),
+            ),
+        }
+    }
+    crate::dns::ResolverSpec {
+        servers,
+        timeout: positive(d.timeout, Dur::secs(2), "dns.timeout", e),
     }
 }
 
@@ -1781,7 +1807,11 @@ fn build_ops(o: Option<&HeaderOpsFile>, p: &str, response: bool, e: &mut Errs) -
     }
 }
 
-fn build_clusters(cs: &[ClusterFile], e: &mut Errs) -> Vec<ClusterSpec> {
+fn build_clusters(
+    cs: &[ClusterFile],
+    dns: &crate::dns::ResolverSpec,
+    e: &mut Errs,
+) -> Vec<ClusterSpec> {
     let mut names = HashSet::new();
     let mut out = Vec::new();
     for (i, c) in cs.iter().enumerate() {
@@ -1810,6 +1840,44 @@ fn build_clusters(cs: &[ClusterFile], e: &mut Errs) -> Vec<ClusterSpec> {
                 Err(m) => e.push(format!("{p}.endpoints[{j}]"), m),
             }
         }
+        let discovery = c.discovery.unwrap_or_default();
+        if discovery == Discovery::Static {
+            for (j, ep) in endpoints.iter().enumerate() {
+                if ep.host.parse::<std::net::IpAddr>().is_err() {
+                    e.push(
+                        format!("{p}.endpoints[{j}]"),
+                        format!(
+                            "{:?} is a name; a static cluster takes IP addresses (or use discovery: strict_dns)",
+                            ep.authority.as_str()
+                        ),
+                    );
+                }
+            }
+        }
+        if discovery != Discovery::StrictDns {
+            for (k, set) in [
+                ("dns_refresh_rate", c.dns_refresh_rate.is_some()),
+                ("dns_lookup_family", c.dns_lookup_family.is_some()),
+            ] {
+                if set {
+                    e.push(format!("{p}.{k}"), "only applies to discovery: strict_dns");
+                }
+            }
+        }
+        let strict_dns = (discovery == Discovery::StrictDns).then(|| crate::dns::StrictDns {
+            names: endpoints
+                .iter()
+                .cloned()
+                .zip(weights.iter().copied())
+                .collect(),
+            refresh: positive(
+                c.dns_refresh_rate,
+                Dur::secs(5),
+                &format!("{p}.dns_refresh_rate"),
+                e,
+            ),
+            family: c.dns_lookup_family.unwrap_or_default(),
+        });
         let max_idle = c
             .pool
             .as_ref()
@@ -1879,6 +1947,8 @@ fn build_clusters(cs: &[ClusterFile], e: &mut Errs) -> Vec<ClusterSpec> {
                     key: t.key.clone().map(Into::into),
                 }
             }),
+            strict_dns,
+            resolver: dns.clone(),
         });
     }
     out
@@ -1897,6 +1967,7 @@ pub fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
             host: sa.ip().to_string(),
             port: sa.port(),
             authority,
+            addr: None,
         });
     }
     let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
@@ -1914,6 +1985,7 @@ pub fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
         host: host.to_ascii_lowercase(),
         port,
         authority,
+        addr: None,
     })
 }
 

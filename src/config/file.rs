@@ -54,6 +54,9 @@ pub struct FileConfig {
     /// replica that names it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis: Option<RedisFile>,
+    /// How cluster endpoints' DNS names are looked up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsFile>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
@@ -1360,6 +1363,50 @@ pub struct HeaderOpsFile {
     pub remove: Option<Vec<String>>,
 }
 
+/// How a cluster's endpoints are found (Envoy's cluster `type`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Discovery {
+    /// IP addresses only.
+    Static,
+    /// One endpoint per configured name, resolved for each new connection.
+    #[default]
+    LogicalDns,
+    /// Every address of every name is an endpoint, refreshed periodically.
+    StrictDns,
+}
+
+/// Which addresses a DNS name gives (Envoy's `dns_lookup_family`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DnsFamily {
+    /// IPv6 addresses if the name has any, else IPv4.
+    #[default]
+    Auto,
+    V4Only,
+    V6Only,
+    /// IPv4 addresses if the name has any, else IPv6.
+    V4Preferred,
+    /// Both.
+    All,
+}
+
+/// The top-level `dns`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DnsFile {
+    /// DNS servers (ip or ip:port, port 53 by default) sift asks itself,
+    /// in order, over UDP (TCP for truncated answers), with no search
+    /// list: give fully qualified names. Default: none, the system's
+    /// resolver (getaddrinfo: /etc/hosts, resolv.conf with its search
+    /// domains).
+    #[serde(default)]
+    pub resolvers: Vec<String>,
+    /// Longest wait for one server's answer (default 2s).
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LbPolicy {
@@ -1442,6 +1489,20 @@ pub struct ClusterFile {
     /// requests then get 503.
     #[serde(default)]
     pub endpoints: Vec<EndpointFile>,
+    /// How DNS names among the endpoints become endpoints: logical_dns
+    /// (default: one endpoint per name, resolved for each new connection),
+    /// strict_dns (every address a name resolves to is an endpoint of its
+    /// own, looked up again every `dns_refresh_rate`; a Kubernetes headless
+    /// Service's pods) or static (IP addresses only).
+    #[serde(default)]
+    pub discovery: Option<Discovery>,
+    /// strict_dns: how often the names are looked up again (default 5s).
+    #[serde(default)]
+    pub dns_refresh_rate: Option<Dur>,
+    /// strict_dns: which addresses a name gives: auto (default: IPv6 if it
+    /// has any, else IPv4), v4_only, v6_only, v4_preferred or all.
+    #[serde(default)]
+    pub dns_lookup_family: Option<DnsFamily>,
     /// round_robin (default), least_request, ring_hash or maglev (the last
     /// two hash the route's `hash_policy` key).
     #[serde(default)]

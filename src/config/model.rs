@@ -32,6 +32,8 @@ pub struct Config {
     pub filter_pool: FilterPoolSpec,
     pub tracing: Option<crate::trace::TracingSpec>,
     pub redis: Option<crate::policy::redis::RedisSpec>,
+    /// The top-level `dns`.
+    pub dns: crate::dns::ResolverSpec,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -1134,6 +1136,11 @@ pub struct ClusterSpec {
     /// None: the budget is disabled and `breakers.max_retries` caps retries.
     pub retry_budget: Option<BudgetSpec>,
     pub tls: Option<crate::tls::UpstreamTlsSpec>,
+    /// `discovery: strict_dns`: the configured names (`endpoints` holds
+    /// what they resolve to).
+    pub strict_dns: Option<crate::dns::StrictDns>,
+    /// How names are looked up (the top-level `dns`).
+    pub resolver: crate::dns::ResolverSpec,
 }
 
 /// Envoy's circuit-breaker thresholds (defaults 1024/1024/1024/3).
@@ -1163,11 +1170,24 @@ pub struct Endpoint {
     pub port: u16,
     /// `host:port` as an authority, ready for request URIs.
     pub authority: http::uri::Authority,
+    /// The address a `strict_dns` name resolved to (`host` stays the name).
+    pub addr: Option<SocketAddr>,
+}
+
+impl Endpoint {
+    /// What tells this endpoint apart: its resolved address, else its
+    /// authority (hash tables, logs, the admin view, state across reloads).
+    pub fn id(&self) -> std::borrow::Cow<'_, str> {
+        match self.addr {
+            Some(a) => std::borrow::Cow::Owned(a.to_string()),
+            None => std::borrow::Cow::Borrowed(self.authority.as_str()),
+        }
+    }
 }
 
 impl Serialize for Endpoint {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.authority.as_str())
+        s.serialize_str(&self.id())
     }
 }
 

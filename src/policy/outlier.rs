@@ -65,7 +65,7 @@ impl Observed {
 
 const WINDOW_BUCKETS: usize = 10;
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct State {
     consecutive_5xx: u32,
     consecutive_gateway: u32,
@@ -104,6 +104,20 @@ impl Outlier {
                 .map(|_| Mutex::new(State::default()))
                 .collect(),
         }
+    }
+
+    /// Endpoint `i` takes over the ejection state of `old`'s endpoint `j`
+    /// (the same address in the previous snapshot's cluster).
+    pub fn carry(&self, i: usize, old: &Outlier, j: usize) {
+        let (Some(until), Some(cell)) = (self.until.get(i), self.state.get(i)) else {
+            return;
+        };
+        let (Some(old_until), Some(old_cell)) = (old.until.get(j), old.state.get(j)) else {
+            return;
+        };
+        until.store(old_until.load(Ordering::Relaxed), Ordering::Relaxed);
+        let s = old_cell.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        *cell.lock().unwrap_or_else(|p| p.into_inner()) = s;
     }
 
     /// May endpoint `i` take traffic at `now`?

@@ -58,7 +58,7 @@ impl Table {
             .min((RING_MAX / total).max(1));
         let mut points = Vec::with_capacity(total * per);
         for (i, e) in endpoints.iter().enumerate() {
-            let a = e.authority.as_str();
+            let a = e.id();
             for j in 0..per * w(i) {
                 points.push((hash(&format!("{a}_{j}")), i as u32));
             }
@@ -68,9 +68,8 @@ impl Table {
         points.sort_unstable_by(|x, y| {
             x.0.cmp(&y.0).then_with(|| {
                 endpoints[x.1 as usize]
-                    .authority
-                    .as_str()
-                    .cmp(endpoints[y.1 as usize].authority.as_str())
+                    .id()
+                    .cmp(&endpoints[y.1 as usize].id())
             })
         });
         Table::Ring(points)
@@ -90,16 +89,11 @@ impl Table {
         // Endpoints take their turns in authority order, so the table does
         // not depend on the order they were listed in.
         let mut order: Vec<usize> = (0..n).collect();
-        order.sort_by(|&a, &b| {
-            endpoints[a]
-                .authority
-                .as_str()
-                .cmp(endpoints[b].authority.as_str())
-        });
+        order.sort_by(|&a, &b| endpoints[a].id().cmp(&endpoints[b].id()));
         let perm: Vec<(u64, u64)> = endpoints
             .iter()
             .map(|e| {
-                let a = e.authority.as_str();
+                let a = e.id();
                 let offset = hash(&format!("{a}#offset")) % m;
                 let skip = hash(&format!("{a}#skip")) % (m - 1) + 1;
                 (offset, skip)
@@ -171,6 +165,7 @@ mod tests {
                     authority: format!("{host}:8080").parse().unwrap(),
                     host,
                     port: 8080,
+                    addr: None,
                 }
             })
             .collect()

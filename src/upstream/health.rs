@@ -155,6 +155,27 @@ impl Health {
             .is_some_and(|e| !e.unhealthy.load(Ordering::Relaxed))
     }
 
+    /// Endpoint `i` takes over what `old` knew of its endpoint `j` (the
+    /// same address in the previous snapshot's cluster).
+    pub fn carry(&self, i: usize, old: &Health, j: usize) {
+        let (Some(to), Some(from)) = (self.endpoints.get(i), old.endpoints.get(j)) else {
+            return;
+        };
+        let unhealthy = from.unhealthy.load(Ordering::Relaxed);
+        if unhealthy && !to.unhealthy.swap(true, Ordering::Relaxed) {
+            self.healthy.fetch_sub(1, Ordering::Relaxed);
+        }
+        to.checked
+            .store(from.checked.load(Ordering::Relaxed), Ordering::Relaxed);
+        to.passes
+            .store(from.passes.load(Ordering::Relaxed), Ordering::Relaxed);
+        to.failures
+            .store(from.failures.load(Ordering::Relaxed), Ordering::Relaxed);
+        if let (Ok(mut t), Ok(f)) = (to.last_failure.lock(), from.last_failure.lock()) {
+            t.clone_from(&f);
+        }
+    }
+
     /// Endpoints healthy now.
     pub fn healthy_count(&self) -> usize {
         self.healthy.load(Ordering::Relaxed)
@@ -284,7 +305,7 @@ async fn round(cluster: &Arc<Cluster>) {
             .health_checks
             .with_label_values(&[cluster.name(), outcome])
             .inc();
-        let endpoint = &cluster.endpoints[i].endpoint.authority;
+        let endpoint = cluster.endpoints[i].endpoint.id();
         // A passing probe returns an endpoint outlier detection ejected
         // (Envoy's successful_active_health_check_uneject_host).
         if result.is_ok() && cluster.outlier.as_ref().is_some_and(|o| o.uneject(i)) {

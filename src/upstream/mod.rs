@@ -191,6 +191,7 @@ impl Cluster {
                 idle_timeout: spec.idle_timeout.0,
                 max_idle_per_endpoint: spec.max_idle_per_endpoint,
                 tls,
+                resolver: (!spec.resolver.servers.is_empty()).then(|| spec.resolver.clone()),
             },
             spec.endpoints.len(),
         );
@@ -234,6 +235,9 @@ impl Cluster {
         if health.is_some() {
             metrics.healthy.set(endpoints.len() as i64);
         }
+        m.cluster_endpoints
+            .with_label_values(&[n])
+            .set(endpoints.len() as i64);
         let conn_slots = (spec.protocol == UpstreamProtocol::Http1)
             .then(|| Arc::new(Semaphore::new(spec.breakers.max_connections)));
         let table = match spec.lb {
@@ -261,6 +265,37 @@ impl Cluster {
             conn_slots,
             pending: AtomicUsize::new(0),
         }))
+    }
+
+    /// Take over what `old` (this cluster in the previous snapshot) knew
+    /// of the endpoints both have, matched by address: active health and
+    /// outlier ejections, when their settings did not change.
+    pub fn carry_state(&self, old: &Cluster, now: u64) {
+        let index: std::collections::HashMap<std::borrow::Cow<'_, str>, usize> = old
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(j, e)| (e.endpoint.id(), j))
+            .collect();
+        for (i, e) in self.endpoints.iter().enumerate() {
+            let Some(&j) = index.get(&e.endpoint.id()) else {
+                continue;
+            };
+            if let (Some(h), Some(o)) = (&self.health, &old.health) {
+                if h.spec == o.spec {
+                    h.carry(i, o, j);
+                }
+            }
+            if let (Some(x), Some(o)) = (&self.outlier, &old.outlier) {
+                if x.spec == o.spec {
+                    x.carry(i, o, j);
+                }
+            }
+        }
+        if let Some(h) = &self.health {
+            self.metrics.healthy.set(h.healthy_count() as i64);
+        }
+        self.refresh_gauges(now);
     }
 
     /// Enter the cluster: 503 circuit-open past max_requests.
@@ -338,7 +373,7 @@ impl Cluster {
             self.metrics.ejected.set(o.ejected(now) as i64);
             tracing::warn!(
                 cluster = %self.spec.name,
-                endpoint = %self.endpoints[index].endpoint.authority,
+                endpoint = %self.endpoints[index].endpoint.id(),
                 outcome = ?what,
                 "endpoint ejected by outlier detection"
             );

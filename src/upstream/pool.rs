@@ -55,6 +55,9 @@ pub struct PoolConfig {
     pub max_idle_per_endpoint: usize,
     /// With TLS: the client config (ALPN set here) and the SNI override.
     pub tls: Option<(tokio_rustls::TlsConnector, Option<ServerName<'static>>)>,
+    /// The top-level `dns.resolvers`, when set: names are looked up there
+    /// instead of by the system's resolver.
+    pub resolver: Option<crate::dns::ResolverSpec>,
 }
 
 struct Idle {
@@ -292,13 +295,27 @@ impl Pool {
     }
 
     async fn connect_io(&self, endpoint: &Endpoint) -> Result<Io, SendError> {
-        let addr = (endpoint.host.as_str(), endpoint.port);
-        let tcp = match tokio::time::timeout(
-            self.cfg.connect_timeout,
-            tokio::net::TcpStream::connect(addr),
-        )
-        .await
-        {
+        let connect = async {
+            if let Some(a) = endpoint.addr {
+                return tokio::net::TcpStream::connect(a).await;
+            }
+            match &self.cfg.resolver {
+                // logical_dns with the top-level `dns.resolvers`: the
+                // name's first address (IPv4 first).
+                Some(r) if endpoint.host.parse::<std::net::IpAddr>().is_err() => {
+                    let family = crate::config::file::DnsFamily::V4Preferred;
+                    let ips = crate::dns::resolve(r, &endpoint.host, family)
+                        .await
+                        .map_err(|e| std::io::Error::other(format!("DNS: {e}")))?;
+                    let ip = ips.first().copied().ok_or_else(|| {
+                        std::io::Error::other(format!("DNS: {} has no address", endpoint.host))
+                    })?;
+                    tokio::net::TcpStream::connect((ip, endpoint.port)).await
+                }
+                _ => tokio::net::TcpStream::connect((endpoint.host.as_str(), endpoint.port)).await,
+            }
+        };
+        let tcp = match tokio::time::timeout(self.cfg.connect_timeout, connect).await {
             Ok(Ok(t)) => t,
             Ok(Err(e)) => return Err(SendError::Connect(e.to_string())),
             Err(_) => {

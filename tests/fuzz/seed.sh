@@ -220,8 +220,9 @@ for i, (m, p, hs) in enumerate(checks):
     for flags in (1, 3, 5, 7):
         put("envoy_check", bytes([flags]) + m + b"\n" + p + b"\n" + b"\n".join(hs) + b"\n\n" + body)
 
-# wire: PROXY protocol headers (byte 0 even) and Redis replies (odd), as
-# load balancers and Redis send them, each followed by the next bytes.
+# wire: PROXY protocol headers (byte 0 = 0) and Redis replies (1), as
+# load balancers and Redis send them, each followed by the next bytes; DNS
+# answers (2: A records, 5: AAAA) as servers send them.
 import struct
 pp = [
     b"PROXY TCP4 203.0.113.7 10.0.0.1 56324 443\r\nGET / HTTP/1.1\r\n",
@@ -243,6 +244,25 @@ for h in pp:
     put("wire", b"\x00" + h)
 for r in resp:
     put("wire", b"\x01" + r)
+
+def dns(qname, qtype, rcode, records, cname=None, flags=0x8180):
+    m = struct.pack(">HHHHHH", 0xBEEF, flags | rcode, 1, len(records) + (1 if cname else 0), 0, 0)
+    m += b"".join(bytes([len(l)]) + l.encode() for l in qname.split(".")) + b"\0"
+    m += struct.pack(">HH", qtype, 1)
+    if cname:
+        target = b"".join(bytes([len(l)]) + l.encode() for l in cname.split(".")) + b"\0"
+        m += b"\xc0\x0c" + struct.pack(">HHIH", 5, 1, 30, len(target)) + target
+    for rtype, addr in records:
+        m += b"\xc0\x0c" + struct.pack(">HHIH", rtype, 1, 5, len(addr)) + addr
+    return m
+
+four = lambda *o: bytes(o)
+put("wire", b"\x02" + dns("app.ns.svc.cluster.local", 1, 0, [(1, four(10, 0, 0, i)) for i in range(1, 6)]))
+put("wire", b"\x02" + dns("web.example", 1, 0, [(1, four(192, 0, 2, 1))], cname="edge.example.net"))
+put("wire", b"\x02" + dns("gone.example", 1, 3, []))
+put("wire", b"\x02" + dns("big.example", 1, 0, [], flags=0x8380))
+put("wire", b"\x05" + dns("app.example", 28, 0, [(28, bytes(15) + b"\x01"), (28, bytes(range(16)))]))
+put("wire", b"\x05" + dns("app.example", 28, 2, []))
 PY
 for t in mail_view extract cilog models decode config http_head envoy_check wire; do
     echo "seed: $OUT/$t: $(find "$OUT/$t" -type f | wc -l) files"

@@ -300,7 +300,17 @@ impl Upstream {
         F: Fn(Request<Incoming>) -> Fut + Send + Sync + Clone + 'static,
         Fut: Future<Output = Response<Body>> + Send + 'static,
     {
-        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Upstream::start_at("127.0.0.1:0".parse().unwrap(), handler).await
+    }
+
+    /// [`Upstream::start`] on a given address (127.0.0.2:PORT: every
+    /// 127/8 address is loopback on Linux).
+    pub async fn start_at<F, Fut>(at: SocketAddr, handler: F) -> Upstream
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + Clone + 'static,
+        Fut: Future<Output = Response<Body>> + Send + 'static,
+    {
+        let tcp = tokio::net::TcpListener::bind(at).await.unwrap();
         let addr = tcp.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(AtomicUsize::new(0));
@@ -334,7 +344,12 @@ impl Upstream {
 
     /// Answers with its name, the request line and headers as JSON.
     pub async fn echo(name: &'static str) -> Upstream {
-        Upstream::start(move |req: Request<Incoming>| async move {
+        Upstream::echo_at(name, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// [`Upstream::echo`] on a given address.
+    pub async fn echo_at(name: &'static str, at: SocketAddr) -> Upstream {
+        Upstream::start_at(at, move |req: Request<Incoming>| async move {
             let mut headers = serde_json::Map::new();
             for (k, v) in req.headers() {
                 headers
@@ -665,4 +680,103 @@ pub fn grpc_answer(code: &str) -> Response<Body> {
     r.headers_mut()
         .insert("content-type", "application/grpc".parse().unwrap());
     r
+}
+
+/// A DNS server on 127.0.0.1 (UDP) that answers A queries from a table
+/// the test changes: a name not in it gets NXDOMAIN, an AAAA query no
+/// records, and nothing at all while `silent` is set.
+pub struct DnsServer {
+    pub addr: SocketAddr,
+    pub records: Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<std::net::Ipv4Addr>>>>,
+    pub silent: Arc<std::sync::atomic::AtomicBool>,
+    pub queries: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl DnsServer {
+    pub async fn start() -> DnsServer {
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = sock.local_addr().unwrap();
+        let records: Arc<
+            std::sync::Mutex<std::collections::HashMap<String, Vec<std::net::Ipv4Addr>>>,
+        > = Arc::default();
+        let silent = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let queries = Arc::new(AtomicUsize::new(0));
+        let (r, s, q) = (records.clone(), silent.clone(), queries.clone());
+        let task = tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            loop {
+                let Ok((n, from)) = sock.recv_from(&mut buf).await else {
+                    continue;
+                };
+                q.fetch_add(1, Ordering::Relaxed);
+                if s.load(Ordering::Relaxed) {
+                    continue;
+                }
+                let Some(answer) = dns_answer(&buf[..n], &r.lock().unwrap()) else {
+                    continue;
+                };
+                let _ = sock.send_to(&answer, from).await;
+            }
+        });
+        DnsServer {
+            addr,
+            records,
+            silent,
+            queries,
+            task,
+        }
+    }
+
+    pub fn set(&self, name: &str, addrs: &[&str]) {
+        let v = addrs.iter().map(|a| a.parse().unwrap()).collect();
+        self.records.lock().unwrap().insert(name.to_string(), v);
+    }
+
+    pub fn remove(&self, name: &str) {
+        self.records.lock().unwrap().remove(name);
+    }
+}
+
+fn dns_answer(
+    q: &[u8],
+    records: &std::collections::HashMap<String, Vec<std::net::Ipv4Addr>>,
+) -> Option<Vec<u8>> {
+    let mut at = 12;
+    let mut labels = Vec::new();
+    loop {
+        let len = usize::from(*q.get(at)?);
+        at += 1;
+        if len == 0 {
+            break;
+        }
+        labels.push(String::from_utf8_lossy(q.get(at..at + len)?).to_lowercase());
+        at += len;
+    }
+    let qtype = u16::from_be_bytes([*q.get(at)?, *q.get(at + 1)?]);
+    let question_end = at + 4;
+    let name = labels.join(".");
+    let found = records.get(&name);
+    let addrs: &[std::net::Ipv4Addr] = match (found, qtype) {
+        (Some(a), 1) => a,
+        _ => &[],
+    };
+    let mut m = Vec::new();
+    m.extend_from_slice(q.get(..2)?);
+    m.extend_from_slice(&[0x81, if found.is_some() { 0x80 } else { 0x83 }]);
+    m.extend_from_slice(&[0, 1]);
+    m.extend_from_slice(&(addrs.len() as u16).to_be_bytes());
+    m.extend_from_slice(&[0, 0, 0, 0]);
+    m.extend_from_slice(q.get(12..question_end)?);
+    for a in addrs {
+        m.extend_from_slice(&[0xC0, 12, 0, 1, 0, 1, 0, 0, 0, 1, 0, 4]);
+        m.extend_from_slice(&a.octets());
+    }
+    Some(m)
 }
