@@ -249,9 +249,13 @@ pin_project_lite::pin_project! {
             let this = this.project();
             if let Some(h) = this.hook.take() {
                 // A body hyper never polled because it was already empty
-                // (a 204, a HEAD) completed normally.
-                let completed = this.inner.as_ref().get_ref().is_end_stream();
-                h.done(*this.bytes, completed);
+                // (a 204, a HEAD) completed normally. So did a sized body
+                // whose every byte went out and only its trailers were left
+                // (an HTTP/1.1 client of a Content-Length answer cannot take
+                // them, and hyper stops reading at the length).
+                let inner = this.inner.as_ref().get_ref();
+                let sent_all = *this.bytes > 0 && inner.size_hint().exact() == Some(0);
+                h.done(*this.bytes, inner.is_end_stream() || sent_all);
             }
         }
     }

@@ -3377,3 +3377,42 @@ clusters:
         "no ordinary request logged after the reload"
     );
 }
+
+/// An HTTP/2 upstream answers with Content-Length and trailers; an
+/// HTTP/1.1 client gets the body by its length (HTTP/1.1 carries trailers
+/// only in chunked bodies), so hyper never asks for the trailers. The
+/// answer reached the client whole: the access log says `completed: true`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sized_http2_answer_with_trailers_completes_for_an_http1_client() {
+    let up = Upstream::start(|_req: Request<hyper::body::Incoming>| async move {
+        let mut t = http::HeaderMap::new();
+        t.insert("x-checksum", "abc".parse().unwrap());
+        let mut r = http::Response::new(sift::body::boxed(GrpcBody(
+            Some(bytes::Bytes::from_static(b"hello")),
+            Some(t),
+        )));
+        r.headers_mut()
+            .insert(http::header::CONTENT_LENGTH, "5".parse().unwrap());
+        r
+    })
+    .await;
+    let yaml = simple_config(up.addr, "").replace(
+        &format!("    endpoints: [\"{}\"]\n", up.addr),
+        &format!("    endpoints: [\"{}\"]\n    protocol: http2\n", up.addr),
+    );
+    assert!(yaml.contains("http2"), "{yaml}");
+    let sift = Sift::start(&yaml);
+    let (status, body) = get_text(&sift.url("/")).await;
+    assert_eq!((status, body.as_str()), (200, "hello"));
+    let line = || {
+        sift.log_lines().into_iter().find_map(|l| {
+            serde_json::from_str::<serde_json::Value>(&l)
+                .ok()
+                .filter(|v| v["message"] == "access")
+        })
+    };
+    assert!(eventually(Duration::from_secs(5), || async { line().is_some() }).await);
+    let line = line().unwrap();
+    assert_eq!(line["completed"], true, "{line}");
+    assert_eq!(line["bytes_sent"], 5, "{line}");
+}
