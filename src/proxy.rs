@@ -772,10 +772,10 @@ async fn proxy(
         cluster: format!("(route {} has no cluster with weight)", route.spec.name),
     })?;
     let cluster = &backend.cluster;
-    let lb_key = if cluster.hashes() && !route.spec.hash_policy.is_empty() {
+    let (lb_key, set_cookie) = if cluster.hashes() && !route.spec.hash_policy.is_empty() {
         policy_hash(&route.spec.hash_policy, listener, conn, &req)
     } else {
-        None
+        (None, None)
     };
     out.read_timeout = Some(cluster.spec.read_timeout.0);
     out.stats = Some(backend.stats.clone());
@@ -1272,6 +1272,9 @@ async fn proxy(
             out,
         );
         parts.headers.insert(X_REQUEST_ID.clone(), request_id);
+        if let Some(c) = set_cookie {
+            parts.headers.append(header::SET_COOKIE, c);
+        }
         return Ok(Response::from_parts(parts, b));
     }
     let (mut parts, b) = resp.into_parts();
@@ -1298,6 +1301,9 @@ async fn proxy(
         out,
     );
     parts.headers.insert(X_REQUEST_ID.clone(), request_id);
+    if let Some(c) = set_cookie {
+        parts.headers.append(header::SET_COOKIE, c);
+    }
     if let Some(hs) = ratelimit_headers {
         for (k, v) in hs {
             parts.headers.insert(k, v);
@@ -1712,22 +1718,45 @@ fn key_hash(
 /// the route's `hash_policy` entries that give one, combined in order as
 /// Envoy does (rotate left by one, xor), up to the first `terminal` entry
 /// that gives one; `None` (a random endpoint) when none gives one.
+///
+/// A `cookie` entry with `ttl` whose cookie the request lacks makes one
+/// (16 random hex digits), hashes it, and returns its `Set-Cookie` for the
+/// answer (HttpOnly; Secure on TLS connections).
 fn policy_hash(
     policy: &[crate::config::model::HashPolicy],
     listener: &ListenerSpec,
     conn: &ConnInfo,
     req: &Request<Lingering>,
-) -> Option<u64> {
+) -> (Option<u64>, Option<HeaderValue>) {
     let mut out: Option<u64> = None;
+    let mut set_cookie = None;
     for p in policy {
-        if let Some(h) = key_hash(&p.key, listener, conn, req) {
+        let mut h = key_hash(&p.key, listener, conn, req);
+        if let (None, Some(g), crate::canary::Sticky::Cookie(name)) = (h, &p.generate, &p.key) {
+            let value = format!("{:016x}", fastrand::u64(..));
+            h = Some(stable_hash(&value));
+            let mut c = format!("{name}={value}");
+            if !g.ttl.0.is_zero() {
+                c.push_str(&format!("; Max-Age={}", g.ttl.0.as_secs().max(1)));
+            }
+            if let Some(path) = &g.path {
+                c.push_str("; Path=");
+                c.push_str(path);
+            }
+            c.push_str("; HttpOnly");
+            if conn.tls {
+                c.push_str("; Secure");
+            }
+            set_cookie = HeaderValue::from_str(&c).ok();
+        }
+        if let Some(h) = h {
             out = Some(out.map_or(h, |x| x.rotate_left(1) ^ h));
             if p.terminal {
                 break;
             }
         }
     }
-    out
+    (out, set_cookie)
 }
 
 /// A canary override header's word. Its lines are read joined by ","

@@ -150,3 +150,25 @@ clusters:
         );
     }
 }
+
+/// A `hash_policy` entry's `ttl` and `path` make a missing cookie: they
+/// need `cookie` (and `path` needs `ttl`), and the path must be one a
+/// Set-Cookie can carry.
+#[test]
+fn hash_policy_cookie_making_is_checked() {
+    let err = |entry: &str| {
+        let cfg = format!(
+            "listeners: [{{ name: main, address: \"127.0.0.1:0\" }}]\nroutes:\n  - {{ name: r, cluster: c, hash_policy: [{entry}] }}\nclusters:\n  - {{ name: c, lb: maglev, endpoints: [\"127.0.0.1:1\"] }}\n"
+        );
+        sift::config::load_str(&cfg)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    assert!(err("{ cookie: s, ttl: 1h, path: / }").is_empty());
+    assert!(err("{ cookie: s, ttl: 0s }").is_empty());
+    assert!(err("{ header: x-user, ttl: 1h }").contains("they need `cookie`"));
+    assert!(err("{ cookie: s, path: / }").contains("it needs `ttl`"));
+    assert!(err("{ cookie: s, ttl: 1h, path: \"/a;b\" }").contains("is not a cookie path"));
+    assert!(err("{ cookie: s, ttl: 1h, path: api }").contains("is not a cookie path"));
+}

@@ -1338,6 +1338,59 @@ async fn ring_hash_reads_cookie_then_query_parameter_else_random() {
     assert!(random.len() >= 2, "{random:?}");
 }
 
+/// A `cookie` entry with `ttl`: a client without the cookie gets one made
+/// for it (Set-Cookie with Max-Age, Path, HttpOnly) and, sending it back,
+/// stays on the endpoint its first request went to; clients spread; a
+/// client that has the cookie gets no new one.
+#[tokio::test(flavor = "multi_thread")]
+async fn maglev_makes_the_session_cookie_a_client_lacks() {
+    let ups = [
+        checked_upstream("a", Duration::ZERO).await,
+        checked_upstream("b", Duration::ZERO).await,
+        checked_upstream("c", Duration::ZERO).await,
+    ];
+    let sift = Sift::start(&config(
+        &format!(
+            r#"  - name: app
+    lb: maglev
+    endpoints: ["{}", "{}", "{}"]"#,
+            ups[0].up.addr, ups[1].up.addr, ups[2].up.addr
+        ),
+        r#"  - name: api
+    cluster: app
+    hash_policy:
+      - { cookie: sticky, ttl: 1h, path: /, terminal: true }"#,
+    ));
+    let body = |r: &http::Response<Bytes>| String::from_utf8_lossy(r.body()).into_owned();
+    let mut owners = std::collections::HashSet::new();
+    let mut values = std::collections::HashSet::new();
+    for client in 0..30 {
+        let first = get(&sift, "/x", &[]).await;
+        assert_eq!(first.status(), 200);
+        let set: Vec<&str> = first
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(set.len(), 1, "{set:?}");
+        let (pair, attrs) = set[0].split_once("; ").unwrap();
+        assert_eq!(attrs, "Max-Age=3600; Path=/; HttpOnly", "{}", set[0]);
+        let value = pair.strip_prefix("sticky=").unwrap();
+        assert_eq!(value.len(), 16, "{pair}");
+        assert!(values.insert(value.to_string()), "cookie values repeat");
+        let owner = body(&first);
+        let cookie = format!("theme=dark; {pair}");
+        for _ in 0..4 {
+            let r = get(&sift, "/x", &[("cookie", &cookie)]).await;
+            assert_eq!(body(&r), owner, "client {client} moved");
+            assert!(!r.headers().contains_key("set-cookie"), "a second cookie");
+        }
+        owners.insert(owner);
+    }
+    assert_eq!(owners.len(), 3, "clients spread: {owners:?}");
+}
+
 /// Fault injection: an abort answers with its status and never reaches
 /// the upstream; a share aborts about that share; a delay holds the
 /// request and the route's timeout starts after it; both counted and

@@ -2785,9 +2785,34 @@ fn build_hash_policy(
                 &format!("{p}[{i}]"),
                 e,
             )?;
+            let hp = format!("{p}[{i}]");
+            if h.cookie.is_none() && (h.ttl.is_some() || h.path.is_some()) {
+                e.push(
+                    format!("{hp}.ttl"),
+                    "ttl and path make a missing cookie: they need `cookie`",
+                );
+            }
+            if h.path.is_some() && h.ttl.is_none() {
+                e.push(format!("{hp}.path"), "path is the made cookie's: it needs `ttl`");
+            }
+            if let Some(path) = &h.path {
+                if !path.starts_with('/') || path.bytes().any(|b| b == b';' || !(0x21..0x7f).contains(&b)) {
+                    e.push(
+                        format!("{hp}.path"),
+                        format!("{path:?} is not a cookie path (starts with /, printable, no ';' or spaces)"),
+                    );
+                }
+            }
             Some(crate::config::model::HashPolicy {
                 key,
                 terminal: h.terminal.unwrap_or(false),
+                generate: h
+                    .ttl
+                    .filter(|_| h.cookie.is_some())
+                    .map(|ttl| crate::config::model::CookieGen {
+                        ttl,
+                        path: h.path.clone(),
+                    }),
             })
         })
         .collect()

@@ -1017,6 +1017,16 @@ pub struct HashPolicyFile {
     /// When this entry gives a key, ignore the entries after it (default false).
     #[serde(default)]
     pub terminal: Option<bool>,
+    /// With `cookie`: when the request has no such cookie, sift makes one
+    /// (a random value), hashes it, and sets it on the answer with this
+    /// Max-Age (0s: a session cookie), so the client's next requests go to
+    /// the same endpoint (Envoy's cookie `ttl`).
+    #[serde(default)]
+    pub ttl: Option<Dur>,
+    /// With `ttl`: the made cookie's Path (default none: the browser's
+    /// default, the request path's directory).
+    #[serde(default)]
+    pub path: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]

@@ -484,6 +484,16 @@ pub struct HashPolicy {
     pub key: crate::canary::Sticky,
     /// When this entry gives a key, the entries after it are not read.
     pub terminal: bool,
+    /// A `cookie` entry with `ttl`: make the cookie when it is missing.
+    pub generate: Option<CookieGen>,
+}
+
+/// How a `hash_policy` cookie that the request lacks is made.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CookieGen {
+    /// Max-Age; zero: a session cookie.
+    pub ttl: Dur,
+    pub path: Option<String>,
 }
 
 /// A route's fault injection.
