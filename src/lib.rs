@@ -48,6 +48,7 @@ pub mod proxy_protocol;
 pub mod reload;
 pub mod snapshot;
 pub mod state;
+pub mod tcp;
 pub mod tls;
 pub mod trace;
 pub mod upstream;

@@ -68,6 +68,7 @@ pub async fn serve(tcp: TcpListener, name: Arc<str>, shared: Arc<Shared>, drain:
         let handshake_timeout = spec.limits.header_read_timeout.0;
         let envoy = spec.serve == crate::config::file::Serve::Envoy;
         let proxy_protocol = spec.proxy_protocol;
+        let tcp = spec.tcp.clone();
         drop(snap);
         accepted.inc();
         active.inc();
@@ -110,6 +111,10 @@ pub async fn serve(tcp: TcpListener, name: Arc<str>, shared: Arc<Shared>, drain:
                 slot: Some(Box::new(slot)),
             };
             let Some(tls) = tls else {
+                if let Some(t) = tcp {
+                    crate::tcp::serve(stream, conn, t, shared).await;
+                    return;
+                }
                 let proto = match protocols.mode {
                     DownstreamProtocol::Auto => {
                         let mut w = watch.clone();
@@ -168,6 +173,10 @@ pub async fn serve(tcp: TcpListener, name: Arc<str>, shared: Arc<Shared>, drain:
                 .as_ref()
                 .and_then(|i| http::HeaderValue::from_str(&i.xfcc(loaded.own_uri.as_deref())).ok());
             conn.identity = identity;
+            if let Some(t) = tcp {
+                crate::tcp::serve(stream, conn, t, shared).await;
+                return;
+            }
             // HTTP/2 over TLS is negotiated by ALPN (RFC 9113 §3.2); a
             // client that offers no ALPN speaks the listener's protocol, and
             // HTTP/1.1 on an `auto` listener.

@@ -36,6 +36,10 @@ pub struct Metrics {
     pub cluster_endpoints: IntGaugeVec,
     /// `sift_dns_resolutions_total{cluster,result}`.
     pub dns_resolutions: IntCounterVec,
+    /// `sift_tcp_connections_total{listener,cluster,result}`.
+    pub tcp_connections: IntCounterVec,
+    /// `sift_tcp_bytes_total{listener,direction}`.
+    pub tcp_bytes: IntCounterVec,
     pub lb_panic: IntCounterVec,
     pub cors: IntCounterVec,
     pub trace_spans: IntCounterVec,
@@ -355,6 +359,22 @@ impl Metrics {
             &["cluster", "result"],
         )
         .expect("valid metric");
+        let tcp_connections = IntCounterVec::new(
+            Opts::new(
+                "sift_tcp_connections_total",
+                "Connections of serve: tcp listeners, by listener, cluster and how they ended: closed, idle_timeout, error, connect_failure, no_endpoint, overflow, identity_denied.",
+            ),
+            &["listener", "cluster", "result"],
+        )
+        .expect("valid metric");
+        let tcp_bytes = IntCounterVec::new(
+            Opts::new(
+                "sift_tcp_bytes_total",
+                "Bytes relayed by serve: tcp listeners: received (from clients, sent upstream) and sent (to clients).",
+            ),
+            &["listener", "direction"],
+        )
+        .expect("valid metric");
         let lb_panic = IntCounterVec::new(
             Opts::new(
                 "sift_lb_panic_total",
@@ -530,6 +550,8 @@ impl Metrics {
             Box::new(endpoints_healthy.clone()),
             Box::new(cluster_endpoints.clone()),
             Box::new(dns_resolutions.clone()),
+            Box::new(tcp_connections.clone()),
+            Box::new(tcp_bytes.clone()),
             Box::new(lb_panic.clone()),
             Box::new(cors.clone()),
             Box::new(trace_spans.clone()),
@@ -595,6 +617,8 @@ impl Metrics {
             endpoints_healthy,
             cluster_endpoints,
             dns_resolutions,
+            tcp_connections,
+            tcp_bytes,
             lb_panic,
             cors,
             trace_spans,

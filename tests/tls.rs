@@ -1374,3 +1374,90 @@ clusters:
         "{err}"
     );
 }
+
+/// `serve: tcp` behind mTLS (the sidecar in front of a database): the
+/// mesh's client certificate is checked against `allowed_identities`, a
+/// client that offers its own ALPN (PostgreSQL's) still connects, and the
+/// bytes reach the server in the clear.
+#[tokio::test(flavor = "multi_thread")]
+async fn tcp_listener_terminates_mtls_and_checks_identities() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = setup();
+    let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let db = server.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = server.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 64];
+                if let Ok(n) = c.read(&mut buf).await {
+                    let _ = c.write_all(b"db:").await;
+                    let _ = c.write_all(&buf[..n]).await;
+                }
+            });
+        }
+    });
+    let cfg = format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners:
+  - name: db
+    address: "127.0.0.1:0"
+    serve: tcp
+    tcp:
+      cluster: pg
+      allowed_identities: [ {{ exact: "spiffe://prod.example/ns/web/sa/frontend" }} ]
+    tls:
+      certificates:
+        - {{ cert: "{}", key: "{}" }}
+      client_auth: {{ mode: require, ca: "{}" }}
+clusters:
+  - {{ name: pg, endpoints: ["{db}"] }}
+"#,
+        s.server_cert.display(),
+        s.server_key.display(),
+        s.dir.path("ca.pem").display()
+    );
+    let sift = Sift::start(&cfg);
+    let talk = |client: Leaf| {
+        let cfg = client_config(&s.ca.pem, Some(&client), &["postgresql"]);
+        let addr = sift.addr();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let mut tls = tokio_rustls::TlsConnector::from(cfg)
+                .connect(name, tcp)
+                .await
+                .expect("handshake");
+            assert_eq!(tls.get_ref().1.alpn_protocol(), None);
+            tls.write_all(b"SELECT 1").await.unwrap();
+            let mut got = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut got)).await;
+            String::from_utf8_lossy(&got).into_owned()
+        }
+    };
+    assert_eq!(talk(frontend(&s.ca)).await, "db:SELECT 1");
+    let other = leaf(
+        &s.ca,
+        &[],
+        Some("spiffe://prod.example/ns/web/sa/crawler"),
+        "crawler",
+        false,
+        false,
+        Alg::Ecdsa,
+    );
+    assert_eq!(
+        talk(other).await,
+        "",
+        "a caller not allowed reaches nothing"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            sift.metric(
+                r#"sift_tcp_connections_total{cluster="pg",listener="db",result="identity_denied"}"#,
+            )
+            .await
+                == Some(1.0)
+        })
+        .await
+    );
+}

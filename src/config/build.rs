@@ -101,7 +101,7 @@ pub fn build(f: &FileConfig) -> Result<Config, Vec<ConfigError>> {
         },
         queue: fp.queue.unwrap_or(1024).min(1 << 20),
     };
-    let listeners = build_listeners(&f.listeners, &routes, &mut e);
+    let listeners = build_listeners(&f.listeners, &routes, &clusters, &mut e);
     let tracing = f.tracing.as_ref().map(|t| build_tracing(t, &mut e));
     let redis = f.redis.as_ref().map(|r| build_redis(r, &mut e));
     if redis.is_none() {
@@ -387,7 +387,12 @@ fn build_admin(a: Option<&AdminFile>, e: &mut Errs) -> Option<AdminConfig> {
     }
 }
 
-fn build_listeners(ls: &[ListenerFile], routes: &[RouteSpec], e: &mut Errs) -> Vec<ListenerSpec> {
+fn build_listeners(
+    ls: &[ListenerFile],
+    routes: &[RouteSpec],
+    clusters: &[ClusterSpec],
+    e: &mut Errs,
+) -> Vec<ListenerSpec> {
     if ls.is_empty() {
         e.push("listeners", "at least one listener is needed");
     }
@@ -478,6 +483,8 @@ fn build_listeners(ls: &[ListenerFile], routes: &[RouteSpec], e: &mut Errs) -> V
             }
         };
         let limits = build_limits(l.limits.as_ref(), &format!("{p}.limits"), e);
+        let serve = l.serve.unwrap_or_default();
+        let tcp = build_tcp(l, serve, clusters, &p, e);
         if let Some(address) = address {
             out.push(ListenerSpec {
                 name: l.name.clone(),
@@ -506,12 +513,104 @@ fn build_listeners(ls: &[ListenerFile], routes: &[RouteSpec], e: &mut Errs) -> V
                     e,
                 ),
                 tls: l.tls.as_ref().map(|t| {
-                    build_listener_tls(t, l.protocol.unwrap_or_default(), &format!("{p}.tls"), e)
+                    let mut spec = build_listener_tls(
+                        t,
+                        l.protocol.unwrap_or_default(),
+                        &format!("{p}.tls"),
+                        e,
+                    );
+                    if serve == Serve::Tcp {
+                        // Not HTTP: no ALPN, so a client that offers its
+                        // own (PostgreSQL's "postgresql") still connects.
+                        spec.alpn.clear();
+                    }
+                    spec
                 }),
+                tcp,
             });
         }
     }
     out
+}
+
+/// A `serve: tcp` listener's `tcp`; HTTP-only keys on such a listener
+/// would be silently unused, so they are errors.
+fn build_tcp(
+    l: &ListenerFile,
+    serve: Serve,
+    clusters: &[ClusterSpec],
+    p: &str,
+    e: &mut Errs,
+) -> Option<TcpProxySpec> {
+    if serve != Serve::Tcp {
+        if l.tcp.is_some() {
+            e.push(
+                format!("{p}.tcp"),
+                "only a `serve: tcp` listener forwards connections",
+            );
+        }
+        return None;
+    }
+    for (key, set) in [
+        ("protocol", l.protocol.is_some()),
+        ("routes", l.routes.is_some()),
+        ("rate_limits", l.rate_limits.is_some()),
+        ("forwarded", l.forwarded.is_some()),
+        ("escaped_slashes", l.escaped_slashes.is_some()),
+        ("path_parameters", l.path_parameters.is_some()),
+    ] {
+        if set {
+            e.push(
+                format!("{p}.{key}"),
+                "is HTTP; a `serve: tcp` listener forwards bytes without reading them",
+            );
+        }
+    }
+    let Some(t) = &l.tcp else {
+        e.push(
+            format!("{p}.tcp"),
+            "`serve: tcp` needs `tcp: {cluster: NAME}`",
+        );
+        return None;
+    };
+    if !clusters.iter().any(|c| c.name == t.cluster) {
+        e.push(
+            format!("{p}.tcp.cluster"),
+            format!("no cluster is named {:?}", t.cluster),
+        );
+    }
+    if t.allowed_identities.as_ref().is_some_and(|a| !a.is_empty()) && l.tls.is_none() {
+        e.push(
+            format!("{p}.tcp.allowed_identities"),
+            "identities come from client certificates: the listener needs `tls` with `client_auth`",
+        );
+    }
+    let connect_attempts = t.connect_attempts.unwrap_or(1);
+    if !(1..=5).contains(&connect_attempts) {
+        e.push(
+            format!("{p}.tcp.connect_attempts"),
+            format!("{connect_attempts} is not between 1 and 5"),
+        );
+    }
+    Some(TcpProxySpec {
+        cluster: t.cluster.clone(),
+        idle_timeout: positive(
+            t.idle_timeout,
+            Dur::secs(3600),
+            &format!("{p}.tcp.idle_timeout"),
+            e,
+        ),
+        connect_attempts: connect_attempts.clamp(1, 5),
+        allowed_identities: t
+            .allowed_identities
+            .iter()
+            .flatten()
+            .enumerate()
+            .filter_map(|(j, m)| {
+                build_identity_match(m, &format!("{p}.tcp.allowed_identities[{j}]"), e)
+            })
+            .collect(),
+    })
 }
 
 fn build_limits(l: Option<&LimitsFile>, p: &str, e: &mut Errs) -> Limits {

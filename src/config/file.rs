@@ -575,6 +575,9 @@ pub struct ListenerFile {
     /// balancer can reach.
     #[serde(default)]
     pub proxy_protocol: Option<ProxyProtocolMode>,
+    /// `serve: tcp`: where each connection's bytes go.
+    #[serde(default)]
+    pub tcp: Option<TcpProxyFile>,
     /// Route names this listener serves, in order. Default: every route.
     #[serde(default)]
     pub routes: Option<Vec<String>>,
@@ -618,6 +621,33 @@ pub enum Serve {
     /// (`envoy.service.ext_proc.v3`) calls with the routes' admission and
     /// filters; Envoy forwards the request.
     Envoy,
+    /// Forward each connection's bytes, unparsed, to the cluster named in
+    /// `tcp` (Envoy's tcp_proxy, Linkerd's opaque ports): databases,
+    /// message queues, any protocol. TLS and mTLS are terminated first
+    /// when the listener has `tls`.
+    Tcp,
+}
+
+/// A `serve: tcp` listener's forwarding.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TcpProxyFile {
+    /// The cluster whose endpoints take the connections (its lb,
+    /// health checks, outlier detection, max_requests and tls apply;
+    /// ring_hash and maglev hash the client's IP).
+    pub cluster: String,
+    /// A connection with no byte either way for this long is closed
+    /// (default 1h, as Envoy's tcp_proxy).
+    #[serde(default)]
+    pub idle_timeout: Option<Dur>,
+    /// Endpoints tried before giving up on a connection whose connects
+    /// fail (default 1, at most 5; Envoy's max_connect_attempts).
+    #[serde(default)]
+    pub connect_attempts: Option<u32>,
+    /// Only callers with these mTLS identities may connect (the
+    /// connection is closed otherwise). Default: anyone.
+    #[serde(default)]
+    pub allowed_identities: Option<Vec<IdentityMatchFile>>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]

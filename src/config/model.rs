@@ -218,6 +218,8 @@ pub struct ListenerSpec {
     pub tls: Option<crate::tls::ListenerTlsSpec>,
     pub escaped_slashes: super::file::EscapedSlashes,
     pub path_parameters: super::file::PathParameters,
+    /// `serve: tcp`: where the connections go.
+    pub tcp: Option<TcpProxySpec>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -1171,6 +1173,16 @@ impl Default for Breakers {
             max_retries: 3,
         }
     }
+}
+
+/// A `serve: tcp` listener's forwarding.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TcpProxySpec {
+    pub cluster: String,
+    pub idle_timeout: Dur,
+    pub connect_attempts: u32,
+    /// Empty: anyone.
+    pub allowed_identities: Vec<IdentityMatch>,
 }
 
 /// One upstream endpoint, `host:port` (an IP literal or a DNS name).

@@ -267,6 +267,21 @@ impl Cluster {
         }))
     }
 
+    /// A plain (or the cluster's TLS) connection to endpoint `index`, for
+    /// the TCP proxy; counted in the cluster's connect errors.
+    pub async fn connect_raw(&self, index: usize) -> Result<pool::Io, SendError> {
+        let e = &self
+            .endpoints
+            .get(index)
+            .ok_or_else(|| SendError::Connect(format!("no endpoint {index}")))?
+            .endpoint;
+        let r = self.pool.connect_io(e).await;
+        if r.is_err() {
+            self.metrics.connect_errors.inc();
+        }
+        r
+    }
+
     /// Take over what `old` (this cluster in the previous snapshot) knew
     /// of the endpoints both have, matched by address: active health and
     /// outlier ejections, when their settings did not change.

@@ -294,7 +294,7 @@ impl Pool {
         }
     }
 
-    async fn connect_io(&self, endpoint: &Endpoint) -> Result<Io, SendError> {
+    pub async fn connect_io(&self, endpoint: &Endpoint) -> Result<Io, SendError> {
         let connect = async {
             if let Some(a) = endpoint.addr {
                 return tokio::net::TcpStream::connect(a).await;
@@ -443,7 +443,8 @@ impl http_body::Body for Returning {
 }
 
 /// A plain or TLS upstream stream.
-enum Io {
+/// A connection to an endpoint, TLS or not (the TCP proxy relays over it).
+pub enum Io {
     Plain(tokio::net::TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
 }
