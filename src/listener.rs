@@ -199,6 +199,9 @@ struct Protocols {
     /// HTTP/1.1: how long a started request head may take.
     header_read_timeout: Duration,
     idle_timeout: Duration,
+    max_requests: Option<u64>,
+    max_duration: Option<Duration>,
+    drain_timeout: Duration,
 }
 
 impl Protocols {
@@ -223,6 +226,9 @@ impl Protocols {
             mode: spec.protocol,
             header_read_timeout: spec.limits.header_read_timeout.0,
             idle_timeout: spec.limits.idle_timeout.0,
+            max_requests: spec.limits.max_requests_per_connection,
+            max_duration: spec.limits.max_connection_duration.map(|d| d.0),
+            drain_timeout: spec.limits.drain_timeout.0,
         }
     }
 
@@ -293,7 +299,7 @@ const IDLE_TICKS: u32 = 4;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Close {
     /// Draining or idle: finish what is in flight, then close.
-    Graceful,
+    Graceful(&'static str),
     /// A request head started and did not complete in time (slowloris):
     /// closed at once, without a response.
     HeadTimeout,
@@ -301,8 +307,9 @@ enum Close {
 
 /// A connection's watcher, in a task of its own so that the connection's
 /// hot path never polls it. It resolves `close`:
-/// - `Graceful` when draining begins, or once the connection has had no
-///   request in flight and none started for `idle_timeout`;
+/// - `Graceful` when draining begins, once the connection has had no
+///   request in flight and none started for `idle_timeout`, or once it is
+///   `max_duration` old;
 /// - `HeadTimeout` (HTTP/1.1 only, `head_timeout` set) when bytes of a new
 ///   request have arrived but no request has started for `head_timeout`.
 ///
@@ -315,9 +322,14 @@ async fn watch_conn(
     activity: Arc<Activity>,
     idle_timeout: Duration,
     head_timeout: Option<Duration>,
+    max_duration: Option<Duration>,
     close: tokio::sync::oneshot::Sender<Close>,
 ) {
-    let shortest = head_timeout.map_or(idle_timeout, |h| h.min(idle_timeout));
+    let born = std::time::Instant::now();
+    let shortest = [head_timeout, max_duration]
+        .into_iter()
+        .flatten()
+        .fold(idle_timeout, Duration::min);
     let tick = (shortest / IDLE_TICKS).max(Duration::from_millis(1));
     // What the connection had done at the last sample with activity.
     let (mut started_seen, mut bytes_seen) = (0u64, 0u64);
@@ -325,8 +337,11 @@ async fn watch_conn(
     let (mut quiet, mut head_wait) = (Duration::ZERO, Duration::ZERO);
     let why = loop {
         tokio::select! {
-            _ = watch.signaled() => break Close::Graceful,
+            _ = watch.signaled() => break Close::Graceful("drain"),
             _ = tokio::time::sleep(tick) => {}
+        }
+        if max_duration.is_some_and(|d| born.elapsed() >= d) {
+            break Close::Graceful("max_duration");
         }
         let started = activity.started.load(Ordering::Relaxed);
         let bytes = activity.bytes_read.load(Ordering::Relaxed);
@@ -348,7 +363,7 @@ async fn watch_conn(
             break Close::HeadTimeout;
         }
         if quiet > idle_timeout {
-            break Close::Graceful;
+            break Close::Graceful("idle_timeout");
         }
     };
     let _ = close.send(why);
@@ -546,11 +561,17 @@ async fn serve_io<I>(
         activity: activity.clone(),
     });
     let slot = FutureSlot::new();
+    // Told when the connection's request cap is reached.
+    let capped = Arc::new(tokio::sync::Notify::new());
     let svc = {
         let (shared, conn, activity) = (shared.clone(), conn.clone(), activity.clone());
+        let (capped, max) = (capped.clone(), protocols.max_requests);
         service_fn(move |req| {
             activity.inflight.fetch_add(1, Ordering::Relaxed);
-            activity.started.fetch_add(1, Ordering::Relaxed);
+            let n = activity.started.fetch_add(1, Ordering::Relaxed) + 1;
+            if max == Some(n) {
+                capped.notify_one();
+            }
             // Dropped when the response body ends, not at the response head.
             let guard = InflightGuard(activity.clone());
             slot.place(|| proxy::handle(shared.clone(), conn.clone(), req, Some(guard)))
@@ -583,9 +604,19 @@ async fn serve_io<I>(
             activity,
             protocols.idle_timeout,
             h1.then_some(protocols.header_read_timeout),
+            protocols.max_duration,
             close_tx,
         ))))
     };
+    let closed = |reason: &str| {
+        shared
+            .metrics
+            .connections_closed
+            .with_label_values(&[&conn.listener, reason])
+            .inc();
+    };
+    // Closing on sift's own limit: what is in flight gets drain_timeout.
+    let mut cut: Option<Pin<Box<tokio::time::Sleep>>> = None;
     let count_error = || {
         shared
             .metrics
@@ -609,14 +640,34 @@ async fn serve_io<I>(
                 break;
             }
             why = &mut close_rx, if !closing => {
-                if why == Ok(Close::HeadTimeout) {
-                    // Slowloris: no response, the connection is dropped.
-                    count_error();
-                    tracing::debug!(listener = %conn.listener, remote = %conn.remote, "request head read timed out");
-                    break;
+                let reason = match why {
+                    Ok(Close::HeadTimeout) => {
+                        // Slowloris: no response, the connection is dropped.
+                        count_error();
+                        closed("head_timeout");
+                        tracing::debug!(listener = %conn.listener, remote = %conn.remote, "request head read timed out");
+                        break;
+                    }
+                    Ok(Close::Graceful(reason)) => reason,
+                    Err(_) => "drain",
+                };
+                closed(reason);
+                if reason == "max_duration" {
+                    cut = Some(Box::pin(tokio::time::sleep(protocols.drain_timeout)));
                 }
                 graceful(connection.as_mut());
                 closing = true;
+            }
+            _ = capped.notified(), if !closing => {
+                closed("max_requests");
+                cut = Some(Box::pin(tokio::time::sleep(protocols.drain_timeout)));
+                graceful(connection.as_mut());
+                closing = true;
+            }
+            _ = async { if let Some(c) = cut.as_mut() { c.as_mut().await } }, if cut.is_some() => {
+                closed("drain_timeout");
+                tracing::debug!(listener = %conn.listener, remote = %conn.remote, "requests still in flight after drain_timeout: connection cut");
+                break;
             }
         }
     }

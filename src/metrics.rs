@@ -40,6 +40,8 @@ pub struct Metrics {
     pub tcp_connections: IntCounterVec,
     /// `sift_tcp_bytes_total{listener,direction}`.
     pub tcp_bytes: IntCounterVec,
+    /// `sift_connections_closed_total{listener,reason}`.
+    pub connections_closed: IntCounterVec,
     pub lb_panic: IntCounterVec,
     pub cors: IntCounterVec,
     pub trace_spans: IntCounterVec,
@@ -375,6 +377,14 @@ impl Metrics {
             &["listener", "direction"],
         )
         .expect("valid metric");
+        let connections_closed = IntCounterVec::new(
+            Opts::new(
+                "sift_connections_closed_total",
+                "HTTP connections sift closed, by listener and reason: idle_timeout, drain (shutdown), max_requests, max_duration (graceful), drain_timeout (cut with requests in flight), head_timeout. Connections the client closed are not counted.",
+            ),
+            &["listener", "reason"],
+        )
+        .expect("valid metric");
         let lb_panic = IntCounterVec::new(
             Opts::new(
                 "sift_lb_panic_total",
@@ -552,6 +562,7 @@ impl Metrics {
             Box::new(dns_resolutions.clone()),
             Box::new(tcp_connections.clone()),
             Box::new(tcp_bytes.clone()),
+            Box::new(connections_closed.clone()),
             Box::new(lb_panic.clone()),
             Box::new(cors.clone()),
             Box::new(trace_spans.clone()),
@@ -619,6 +630,7 @@ impl Metrics {
             dns_resolutions,
             tcp_connections,
             tcp_bytes,
+            connections_closed,
             lb_panic,
             cors,
             trace_spans,

@@ -639,3 +639,163 @@ async fn admin_endpoints_answer_and_list_themselves() {
         "{body}"
     );
 }
+
+fn limits_config(up: std::net::SocketAddr, listener_extra: &str) -> String {
+    let cfg = simple_config(up, "").replace(
+        "    address: \"127.0.0.1:0\"\n",
+        &format!("    address: \"127.0.0.1:0\"\n{listener_extra}"),
+    );
+    assert!(cfg.contains(listener_extra), "{cfg}");
+    cfg
+}
+
+/// `max_requests_per_connection` on HTTP/1.1: the Nth answer says
+/// `Connection: close` and the connection ends after it; on HTTP/2 the
+/// server sends GOAWAY after the Nth stream and the client's connection
+/// ends. Counted by reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn max_requests_per_connection_closes_gracefully() {
+    let up = Upstream::echo("a").await;
+    let sift = Sift::start(&limits_config(
+        up.addr,
+        "    limits: { max_requests_per_connection: 3 }\n",
+    ));
+    let mut s = tokio::net::TcpStream::connect(sift.addr()).await.unwrap();
+    for i in 1..=3 {
+        s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let r = read_response(&mut s).await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        let close = r.to_ascii_lowercase().contains("\r\nconnection: close\r\n");
+        assert_eq!(close, i == 3, "answer {i}: {r}");
+    }
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+        .await
+        .expect("closed after the 3rd answer");
+    assert!(matches!(n, Ok(0) | Err(_)), "{rest:?}");
+
+    // HTTP/2 with prior knowledge, one connection.
+    let tcp = tokio::net::TcpStream::connect(sift.addr()).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    for _ in 0..3 {
+        let r = send
+            .send_request(
+                Request::get(format!("http://{}/", sift.addr()))
+                    .body(body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    // GOAWAY: the connection ends without the client closing it.
+    tokio::time::timeout(Duration::from_secs(5), conn)
+        .await
+        .expect("the server ended the HTTP/2 connection")
+        .unwrap()
+        .ok();
+    assert_eq!(
+        sift.metric(r#"sift_connections_closed_total{listener="main",reason="max_requests"}"#)
+            .await,
+        Some(2.0)
+    );
+}
+
+/// `max_connection_duration`: a busy keep-alive connection is closed
+/// gracefully once it is that old (its last answer says
+/// `Connection: close`); a streaming answer still running then is cut
+/// after `drain_timeout`.
+#[tokio::test(flavor = "multi_thread")]
+async fn max_connection_duration_closes_then_cuts_after_drain_timeout() {
+    let up = Upstream::start(|req: Request<hyper::body::Incoming>| async move {
+        if req.uri().path() == "/stream" {
+            // A chunk every 100 ms for 10 s.
+            let (tx, b) = channel_body(4);
+            tokio::spawn(async move {
+                for _ in 0..100 {
+                    if tx.send(bytes::Bytes::from_static(b"tick\n")).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            });
+            http::Response::new(b)
+        } else {
+            text_response(200, "ok")
+        }
+    })
+    .await;
+    let sift = Sift::start(&limits_config(
+        up.addr,
+        "    limits: { max_connection_duration: 400ms, drain_timeout: 500ms }\n",
+    ));
+    let mut s = tokio::net::TcpStream::connect(sift.addr()).await.unwrap();
+    let t = Instant::now();
+    let mut served = 0;
+    loop {
+        // Closed between two requests (idle at that moment): the write may
+        // still succeed, and the read then finds the end of the stream.
+        let _ = s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await;
+        let mut first = [0u8; 1];
+        match tokio::time::timeout(Duration::from_secs(5), s.peek(&mut first)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(_)) => {}
+            Err(_) => panic!("no answer"),
+        }
+        let r = read_response(&mut s).await;
+        served += 1;
+        if r.to_ascii_lowercase().contains("\r\nconnection: close\r\n") {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "never closed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served >= 4, "closed too early: {served} answers");
+    assert!(
+        t.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        t.elapsed()
+    );
+
+    // A stream outlives the connection's age: cut drain_timeout later.
+    let mut s = tokio::net::TcpStream::connect(sift.addr()).await.unwrap();
+    let t = Instant::now();
+    s.write_all(b"GET /stream HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(8), s.read_to_end(&mut got)).await;
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.contains("tick"), "{text}");
+    assert!(
+        !text.ends_with("0\r\n\r\n"),
+        "the cut stream must not look complete"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            sift.metric(r#"sift_connections_closed_total{listener="main",reason="drain_timeout"}"#)
+                .await
+                == Some(1.0)
+        })
+        .await
+    );
+    assert!(
+        sift.metric(r#"sift_connections_closed_total{listener="main",reason="max_duration"}"#)
+            .await
+            .unwrap_or(0.0)
+            >= 2.0
+    );
+}

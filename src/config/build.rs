@@ -671,6 +671,25 @@ fn build_limits(l: Option<&LimitsFile>, p: &str, e: &mut Errs) -> Limits {
         ),
         max_connections,
         max_concurrent_streams,
+        max_requests_per_connection: match l.max_requests_per_connection {
+            Some(0) => {
+                e.push(
+                    format!("{p}.max_requests_per_connection"),
+                    "must be at least 1",
+                );
+                None
+            }
+            n => n,
+        },
+        max_connection_duration: l
+            .max_connection_duration
+            .map(|d| positive(Some(d), d, &format!("{p}.max_connection_duration"), e)),
+        drain_timeout: positive(
+            l.drain_timeout,
+            d.drain_timeout,
+            &format!("{p}.drain_timeout"),
+            e,
+        ),
     }
 }
 

@@ -792,6 +792,22 @@ pub struct LimitsFile {
     /// Most concurrent HTTP/2 streams per connection (default 100).
     #[serde(default)]
     pub max_concurrent_streams: Option<u32>,
+    /// Close a connection gracefully after this many requests (HTTP/1.1:
+    /// `Connection: close` on the last answer; HTTP/2: GOAWAY). Default:
+    /// no limit (Envoy's max_requests_per_connection, nginx's
+    /// keepalive_requests).
+    #[serde(default)]
+    pub max_requests_per_connection: Option<u64>,
+    /// Close a connection gracefully once it is this old, so long-lived
+    /// clients spread again over replicas that scaled out. Default: no
+    /// limit (Envoy's max_connection_duration, nginx's keepalive_time).
+    #[serde(default)]
+    pub max_connection_duration: Option<Dur>,
+    /// After sift asks a connection to close (the two limits above), how
+    /// long its requests in flight may still run before it is cut
+    /// (default 5s, as Envoy's drain_timeout).
+    #[serde(default)]
+    pub drain_timeout: Option<Dur>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]

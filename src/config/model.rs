@@ -230,6 +230,9 @@ pub struct Limits {
     pub idle_timeout: Dur,
     pub max_connections: usize,
     pub max_concurrent_streams: u32,
+    pub max_requests_per_connection: Option<u64>,
+    pub max_connection_duration: Option<Dur>,
+    pub drain_timeout: Dur,
 }
 
 impl Default for Limits {
@@ -241,6 +244,9 @@ impl Default for Limits {
             idle_timeout: Dur::secs(60),
             max_connections: 10_000,
             max_concurrent_streams: 100,
+            max_requests_per_connection: None,
+            max_connection_duration: None,
+            drain_timeout: Dur::secs(5),
         }
     }
 }
