@@ -112,7 +112,17 @@ pub async fn serve(tcp: TcpListener, name: Arc<str>, shared: Arc<Shared>, drain:
             };
             let Some(tls) = tls else {
                 if let Some(t) = tcp {
-                    crate::tcp::serve(stream, conn, t, shared).await;
+                    // Routes by server name: read the ClientHello's SNI
+                    // (passthrough, the bytes stay in the socket).
+                    let sni = if t.routes.is_empty() {
+                        None
+                    } else {
+                        tokio::time::timeout(handshake_timeout, crate::tcp::peek_sni(&stream))
+                            .await
+                            .ok()
+                            .flatten()
+                    };
+                    crate::tcp::serve(stream, conn, t, sni, shared).await;
                     return;
                 }
                 let proto = match protocols.mode {
@@ -174,7 +184,8 @@ pub async fn serve(tcp: TcpListener, name: Arc<str>, shared: Arc<Shared>, drain:
                 .and_then(|i| http::HeaderValue::from_str(&i.xfcc(loaded.own_uri.as_deref())).ok());
             conn.identity = identity;
             if let Some(t) = tcp {
-                crate::tcp::serve(stream, conn, t, shared).await;
+                let sni = session.server_name().map(str::to_ascii_lowercase);
+                crate::tcp::serve(stream, conn, t, sni, shared).await;
                 return;
             }
             // HTTP/2 over TLS is negotiated by ALPN (RFC 9113 §3.2); a

@@ -163,6 +163,17 @@ fn root_store(path: &Path) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
+/// Does server name `sni` (lower-case) match `pattern`: the same name, or
+/// for `*.suffix` any name of one more label in front of `suffix`.
+pub fn server_name_matches(pattern: &str, sni: &str) -> bool {
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => sni
+            .split_once('.')
+            .is_some_and(|(first, rest)| !first.is_empty() && rest == suffix),
+        None => pattern == sni,
+    }
+}
+
 /// Chooses the certificate by SNI; the first unnamed (or first) one is the default.
 #[derive(Debug)]
 struct SniResolver {
@@ -175,11 +186,7 @@ impl ResolvesServerCert for SniResolver {
         if let Some(sni) = hello.server_name() {
             let sni = sni.to_ascii_lowercase();
             for (name, ck) in &self.named {
-                let hit = match name.strip_prefix("*.") {
-                    Some(suffix) => sni.split_once('.').is_some_and(|(_, rest)| rest == suffix),
-                    None => *name == sni,
-                };
-                if hit {
+                if server_name_matches(name, &sni) {
                     return Some(ck.clone());
                 }
             }

@@ -229,6 +229,25 @@ fn tcp_listener_settings_are_checked() {
     };
     assert!(err("serve: tcp, tcp: { cluster: pg }").is_empty());
     assert!(err("serve: tcp").contains("needs `tcp: {cluster: NAME}`"));
+    assert!(err("serve: tcp, tcp: {}").contains("needs `cluster`, `routes`, or both"));
+    assert!(
+        err(
+            "serve: tcp, tcp: { routes: [ { server_names: [\"*.a.test\", b.test], cluster: pg } ] }"
+        )
+        .is_empty()
+    );
+    assert!(
+        err("serve: tcp, tcp: { routes: [ { server_names: [\"a b\"], cluster: pg } ] }")
+            .contains("is not a server name")
+    );
+    assert!(
+        err("serve: tcp, tcp: { routes: [ { server_names: [], cluster: pg } ] }")
+            .contains("needs at least one name")
+    );
+    assert!(
+        err("serve: tcp, tcp: { routes: [ { server_names: [a.test], cluster: nope } ] }")
+            .contains("tcp.routes[0].cluster")
+    );
     assert!(err("serve: tcp, tcp: { cluster: nope }").contains("no cluster is named \"nope\""));
     assert!(err("tcp: { cluster: pg }").contains("only a `serve: tcp` listener"));
     assert!(

@@ -1461,3 +1461,104 @@ clusters:
         .await
     );
 }
+
+/// A TLS server (its own certificate for `name`, issued by `ca`) that
+/// writes `name` to each client after the handshake.
+async fn tls_backend(ca: &Ca, name: &'static str) -> std::net::SocketAddr {
+    use tokio::io::AsyncWriteExt;
+    let l = leaf(ca, &[name], None, name, true, false, Alg::Ecdsa);
+    let chain: Vec<_> = CertificateDer::pem_slice_iter(l.cert.as_bytes())
+        .map(|c| c.unwrap())
+        .collect();
+    let key = PrivateKeyDer::from_pem_slice(l.key.as_bytes()).unwrap();
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = tcp.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(mut t) = acceptor.accept(s).await {
+                    let _ = t.write_all(name.as_bytes()).await;
+                    let _ = t.shutdown().await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// TLS passthrough: a `serve: tcp` listener without `tls` routes each
+/// connection by the SNI of its ClientHello, read without consuming it,
+/// so the client's handshake completes with the backend's own
+/// certificate; a name no route takes, with no default, is closed.
+#[tokio::test(flavor = "multi_thread")]
+async fn tcp_listener_routes_tls_passthrough_by_sni() {
+    use tokio::io::AsyncReadExt;
+    let s = setup();
+    let api = tls_backend(&s.ca, "api.test").await;
+    let shop = tls_backend(&s.ca, "shop.apps.test").await;
+    let cfg = format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners:
+  - name: passthrough
+    address: "127.0.0.1:0"
+    serve: tcp
+    tcp:
+      routes:
+        - {{ server_names: [api.test], cluster: api }}
+        - {{ server_names: ["*.apps.test"], cluster: apps }}
+clusters:
+  - {{ name: api, endpoints: ["{api}"] }}
+  - {{ name: apps, endpoints: ["{shop}"] }}
+"#
+    );
+    let sift = Sift::start(&cfg);
+    let talk = |name: &'static str| {
+        let cfg = client_config(&s.ca.pem, None, &[]);
+        let addr = sift.addr();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let server = ServerName::try_from(name).unwrap();
+            let mut tls = tokio_rustls::TlsConnector::from(cfg)
+                .connect(server, tcp)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut got = String::new();
+            let _ = tls.read_to_string(&mut got).await;
+            Ok::<String, String>(got)
+        }
+    };
+    // The certificate each client checked is the backend's: sift holds none.
+    assert_eq!(talk("api.test").await.unwrap(), "api.test");
+    assert_eq!(talk("shop.apps.test").await.unwrap(), "shop.apps.test");
+    assert!(talk("other.test").await.is_err(), "no route, no default");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            sift.metric(
+                r#"sift_tcp_connections_total{cluster="none",listener="passthrough",result="no_route"}"#,
+            )
+            .await
+                == Some(1.0)
+        })
+        .await
+    );
+    let apps_line = || {
+        sift.log_lines()
+            .into_iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
+            .find(|v| v["message"] == "tcp" && v["cluster"] == "apps")
+    };
+    assert!(eventually(Duration::from_secs(5), || async { apps_line().is_some() }).await);
+    let line = apps_line().unwrap();
+    assert_eq!(line["server_name"], "shop.apps.test", "{line}");
+}

@@ -573,11 +573,45 @@ fn build_tcp(
         );
         return None;
     };
-    if !clusters.iter().any(|c| c.name == t.cluster) {
-        e.push(
-            format!("{p}.tcp.cluster"),
-            format!("no cluster is named {:?}", t.cluster),
-        );
+    let known = |name: &str, at: String, e: &mut Errs| {
+        if !clusters.iter().any(|c| c.name == name) {
+            e.push(at, format!("no cluster is named {name:?}"));
+        }
+    };
+    if let Some(c) = &t.cluster {
+        known(c, format!("{p}.tcp.cluster"), e);
+    }
+    let mut routes = Vec::new();
+    for (j, r) in t.routes.iter().flatten().enumerate() {
+        let rp = format!("{p}.tcp.routes[{j}]");
+        known(&r.cluster, format!("{rp}.cluster"), e);
+        if r.server_names.is_empty() {
+            e.push(format!("{rp}.server_names"), "needs at least one name");
+        }
+        for (k, n) in r.server_names.iter().enumerate() {
+            let bare = n.strip_prefix("*.").unwrap_or(n);
+            let ok = !bare.is_empty()
+                && bare.len() <= 253
+                && bare.split('.').all(|l| {
+                    !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                });
+            if !ok {
+                e.push(
+                    format!("{rp}.server_names[{k}]"),
+                    format!("{n:?} is not a server name (api.example.com, or *.example.com)"),
+                );
+            }
+        }
+        routes.push((
+            r.server_names
+                .iter()
+                .map(|n| n.to_ascii_lowercase())
+                .collect(),
+            r.cluster.clone(),
+        ));
+    }
+    if t.cluster.is_none() && routes.is_empty() {
+        e.push(format!("{p}.tcp"), "needs `cluster`, `routes`, or both");
     }
     if t.allowed_identities.as_ref().is_some_and(|a| !a.is_empty()) && l.tls.is_none() {
         e.push(
@@ -594,6 +628,7 @@ fn build_tcp(
     }
     Some(TcpProxySpec {
         cluster: t.cluster.clone(),
+        routes,
         idle_timeout: positive(
             t.idle_timeout,
             Dur::secs(3600),

@@ -628,14 +628,33 @@ pub enum Serve {
     Tcp,
 }
 
+/// One `tcp.routes` entry.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TcpRouteFile {
+    /// Server names (`api.example.com`, or `*.example.com` for one more
+    /// label), matched without case.
+    pub server_names: Vec<String>,
+    /// Where those connections go.
+    pub cluster: String,
+}
+
 /// A `serve: tcp` listener's forwarding.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TcpProxyFile {
     /// The cluster whose endpoints take the connections (its lb,
     /// health checks, outlier detection, max_requests and tls apply;
-    /// ring_hash and maglev hash the client's IP).
-    pub cluster: String,
+    /// ring_hash and maglev hash the client's IP). With `routes`: the
+    /// cluster of connections no route takes (optional).
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// Route TLS connections by the server name (SNI) the client asks
+    /// for, in order: read from the ClientHello without decrypting (TLS
+    /// passthrough: the bytes go on untouched), or from the handshake when
+    /// the listener terminates `tls`.
+    #[serde(default)]
+    pub routes: Option<Vec<TcpRouteFile>>,
     /// A connection with no byte either way for this long is closed
     /// (default 1h, as Envoy's tcp_proxy).
     #[serde(default)]

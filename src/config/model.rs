@@ -1184,11 +1184,27 @@ impl Default for Breakers {
 /// A `serve: tcp` listener's forwarding.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TcpProxySpec {
-    pub cluster: String,
+    /// The default cluster (every connection's, without `routes`).
+    pub cluster: Option<String>,
+    /// (server names, lower-case; cluster), in order.
+    pub routes: Vec<(Vec<String>, String)>,
     pub idle_timeout: Dur,
     pub connect_attempts: u32,
     /// Empty: anyone.
     pub allowed_identities: Vec<IdentityMatch>,
+}
+
+impl TcpProxySpec {
+    /// The cluster for a connection that asked for `sni`.
+    pub fn cluster_for(&self, sni: Option<&str>) -> Option<&str> {
+        sni.and_then(|n| {
+            self.routes
+                .iter()
+                .find(|(names, _)| names.iter().any(|p| crate::tls::server_name_matches(p, n)))
+                .map(|(_, c)| c.as_str())
+        })
+        .or(self.cluster.as_deref())
+    }
 }
 
 /// One upstream endpoint, `host:port` (an IP literal or a DNS name).

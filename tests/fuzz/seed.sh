@@ -222,7 +222,8 @@ for i, (m, p, hs) in enumerate(checks):
 
 # wire: PROXY protocol headers (byte 0 = 0) and Redis replies (1), as
 # load balancers and Redis send them, each followed by the next bytes; DNS
-# answers (2: A records, 5: AAAA) as servers send them.
+# answers (2: A records, 6: AAAA) as servers send them; TLS ClientHellos (3)
+# as Python's ssl module writes them, whole and split over two records.
 import struct
 pp = [
     b"PROXY TCP4 203.0.113.7 10.0.0.1 56324 443\r\nGET / HTTP/1.1\r\n",
@@ -261,8 +262,25 @@ put("wire", b"\x02" + dns("app.ns.svc.cluster.local", 1, 0, [(1, four(10, 0, 0, 
 put("wire", b"\x02" + dns("web.example", 1, 0, [(1, four(192, 0, 2, 1))], cname="edge.example.net"))
 put("wire", b"\x02" + dns("gone.example", 1, 3, []))
 put("wire", b"\x02" + dns("big.example", 1, 0, [], flags=0x8380))
-put("wire", b"\x05" + dns("app.example", 28, 0, [(28, bytes(15) + b"\x01"), (28, bytes(range(16)))]))
-put("wire", b"\x05" + dns("app.example", 28, 2, []))
+put("wire", b"\x06" + dns("app.example", 28, 0, [(28, bytes(15) + b"\x01"), (28, bytes(range(16)))]))
+put("wire", b"\x06" + dns("app.example", 28, 2, []))
+
+import ssl
+for host in ["api.example.com", "shop.apps.example", None]:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    conn = ctx.wrap_bio(incoming, outgoing, server_hostname=host)
+    try:
+        conn.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    hello = outgoing.read()
+    put("wire", b"\x03" + hello)
+    body = hello[5:]
+    split = b"".join(b"\x16\x03\x01" + struct.pack(">H", len(p)) + p for p in (body[:40], body[40:]))
+    put("wire", b"\x03" + split)
 PY
 for t in mail_view extract cilog models decode config http_head envoy_check wire; do
     echo "seed: $OUT/$t: $(find "$OUT/$t" -type f | wc -l) files"
