@@ -317,6 +317,97 @@ impl ProxyError {
         }
     }
 
+    /// [`ProxyError::to_response_for`], then shaped by the config's
+    /// `local_replies` (not for gRPC calls, whose answer is a status):
+    /// the first mapper for this error or status gives its status,
+    /// Content-Type and body; otherwise `format: json` gives a JSON body.
+    /// Headers (x-sift-error, Retry-After, RateLimit) stay.
+    pub fn local_reply(
+        &self,
+        grpc: bool,
+        replies: &crate::config::model::LocalReplies,
+        request_id: Option<&HeaderValue>,
+    ) -> Response<Body> {
+        let resp = self.to_response_for(grpc);
+        if grpc {
+            return resp;
+        }
+        let kind = self.kind().as_str();
+        let status = resp.status().as_u16();
+        let mapper = replies.mappers.iter().find(|m| {
+            (m.errors.is_empty() || m.errors.iter().any(|k| k == kind))
+                && (m.statuses.is_empty() || m.statuses.contains(&status))
+        });
+        let json = replies.format == crate::config::file::ReplyFormat::Json;
+        if mapper.is_none() && !json {
+            return resp;
+        }
+        let (mut parts, body) = resp.into_parts();
+        let message = self.detail();
+        let id = request_id.map_or(String::new(), |v| {
+            String::from_utf8_lossy(v.as_bytes()).into_owned()
+        });
+        if let Some(s) = mapper
+            .and_then(|m| m.status)
+            .and_then(|s| StatusCode::from_u16(s).ok())
+        {
+            parts.status = s;
+        }
+        let code = parts.status.as_u16();
+        let template = mapper.and_then(|m| m.body.as_deref());
+        let content_type = mapper.and_then(|m| m.content_type.clone());
+        let new_body = match template {
+            Some(t) => {
+                let ct = content_type.as_ref().map_or(String::new(), |v| {
+                    String::from_utf8_lossy(v.as_bytes()).to_ascii_lowercase()
+                });
+                let esc: fn(&str) -> String = if ct.contains("json") {
+                    |v| {
+                        let s = serde_json::Value::from(v).to_string();
+                        s[1..s.len() - 1].to_string()
+                    }
+                } else if ct.contains("html") || ct.contains("xml") {
+                    html_escape
+                } else {
+                    str::to_string
+                };
+                Some(
+                    t.replace("%RESPONSE_CODE%", &code.to_string())
+                        .replace("%ERROR%", &esc(kind))
+                        .replace("%MESSAGE%", &esc(&message))
+                        .replace("%REQUEST_ID%", &esc(&id)),
+                )
+            }
+            // A filter's block answer is JSON already.
+            None if json && !matches!(self, ProxyError::FilterBlocked { .. }) => Some(format!(
+                "{}\n",
+                serde_json::json!({
+                    "error": kind,
+                    "status": code,
+                    "message": message,
+                    "request_id": id,
+                })
+            )),
+            None => None,
+        };
+        let Some(text) = new_body else {
+            if let Some(ct) = content_type {
+                parts.headers.insert(header::CONTENT_TYPE, ct);
+            }
+            return Response::from_parts(parts, body);
+        };
+        let ct = content_type.unwrap_or_else(|| {
+            HeaderValue::from_static(if template.is_some() {
+                "text/plain; charset=utf-8"
+            } else {
+                "application/json"
+            })
+        });
+        parts.headers.insert(header::CONTENT_TYPE, ct);
+        parts.headers.remove(header::CONTENT_LENGTH);
+        Response::from_parts(parts, body::full(Bytes::from(text)))
+    }
+
     pub fn to_response(&self) -> Response<Body> {
         let kind = self.kind();
         if let ProxyError::FilterBlocked {
@@ -458,6 +549,22 @@ pub fn ratelimit_headers(
         (http::HeaderName::from_static("ratelimit-policy"), pol),
         (http::HeaderName::from_static("ratelimit"), cur),
     ]
+}
+
+/// `s` with HTML's five special characters escaped.
+fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -444,7 +444,14 @@ pub async fn handle(
         Ok(resp) => resp,
         Err(e) => {
             let route = out.route_index.and_then(|i| snap.routes.get(i));
-            let mut resp = error_answer(&e, grpc, route, &shared.metrics);
+            let mut resp = error_answer(
+                &e,
+                grpc,
+                route,
+                &shared.metrics,
+                &snap.config.local_replies,
+                request_id.as_ref(),
+            );
             out.error = Some((e.kind(), e.to_string()));
             if let Some(id) = request_id {
                 resp.headers_mut().insert(X_REQUEST_ID.clone(), id);
@@ -1496,11 +1503,13 @@ pub(crate) fn error_answer(
     grpc: bool,
     route: Option<&crate::snapshot::Route>,
     metrics: &Metrics,
+    replies: &crate::config::model::LocalReplies,
+    request_id: Option<&HeaderValue>,
 ) -> Response<Body> {
     let kind = e.kind();
     metrics.errors.with_label_values(&[kind.as_str()]).inc();
     tracing::debug!(error = %e, "request failed");
-    let mut resp = e.to_response_for(grpc);
+    let mut resp = e.local_reply(grpc, replies, request_id);
     if let Some(r) = route {
         let h = resp.headers_mut();
         r.spec.response_headers.apply(h);

@@ -172,3 +172,36 @@ fn hash_policy_cookie_making_is_checked() {
     assert!(err("{ cookie: s, ttl: 1h, path: \"/a;b\" }").contains("is not a cookie path"));
     assert!(err("{ cookie: s, ttl: 1h, path: api }").contains("is not a cookie path"));
 }
+
+#[test]
+fn local_replies_are_checked() {
+    let err = |lr: &str| {
+        let cfg = format!(
+            "listeners: [{{ name: main, address: \"127.0.0.1:0\" }}]\nlocal_replies: {lr}\n"
+        );
+        sift::config::load_str(&cfg)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    assert!(err("{ format: json }").is_empty());
+    assert!(err("{ mappers: [ { errors: [no-route], body: x } ] }").is_empty());
+    assert!(err("{ mappers: [ { body: x } ] }").contains("needs `errors` or `statuses`"));
+    assert!(
+        err("{ mappers: [ { errors: [nope], body: x } ] }").contains("is not an error sift gives")
+    );
+    assert!(err("{ mappers: [ { statuses: [99], body: x } ] }").contains("is not a status"));
+    assert!(err("{ mappers: [ { statuses: [503] } ] }").contains("changes nothing"));
+    assert!(
+        err("{ mappers: [ { statuses: [503], body: x, body_file: /etc/hostname } ] }")
+            .contains("not both")
+    );
+    assert!(
+        err("{ mappers: [ { statuses: [503], body_file: /nonexistent/page.html } ] }")
+            .contains("cannot read /nonexistent/page.html")
+    );
+    assert!(
+        err("{ mappers: [ { statuses: [503], body: x, content_type: html } ] }")
+            .contains("is not a media type")
+    );
+}

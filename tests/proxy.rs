@@ -3416,3 +3416,104 @@ async fn a_sized_http2_answer_with_trailers_completes_for_an_http1_client() {
     assert_eq!(line["completed"], true, "{line}");
     assert_eq!(line["bytes_sent"], 5, "{line}");
 }
+
+/// `local_replies`: sift's own answers in JSON, and bodies of the
+/// operator's own by error or status (an HTML page from a file, a JSON
+/// template), with the request id and message filled and escaped;
+/// headers such as x-sift-error stay; gRPC calls keep their status form.
+#[tokio::test(flavor = "multi_thread")]
+async fn local_replies_reshape_sift_s_own_answers() {
+    let dir = TempDir::new();
+    let page = dir.path("404.html");
+    std::fs::write(
+        &page,
+        "<html><h1>%RESPONSE_CODE%: nothing here</h1><p>%MESSAGE%</p><!-- %REQUEST_ID% --></html>",
+    )
+    .unwrap();
+    let up = Upstream::echo("app").await;
+    let cfg = format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+local_replies:
+  format: json
+  mappers:
+    - errors: [no-route]
+      body_file: "{}"
+      content_type: text/html; charset=utf-8
+    - statuses: [503]
+      status: 502
+      body: '{{"code": %RESPONSE_CODE%, "why": "%MESSAGE%", "kind": "%ERROR%"}}'
+      content_type: application/json
+listeners:
+  - name: main
+    address: "127.0.0.1:0"
+routes:
+  - name: app
+    match: {{ path: {{ prefix: /app }} }}
+    cluster: app
+    max_request_body: 10
+  - name: empty
+    match: {{ path: {{ prefix: /empty }} }}
+    cluster: empty
+clusters:
+  - {{ name: app, endpoints: ["{}"] }}
+  - {{ name: empty, endpoints: [] }}
+"#,
+        page.display(),
+        up.addr
+    );
+    let sift = Sift::start(&cfg);
+    // No route: the HTML page.
+    let r = send(Request::get(sift.url("/nowhere")).body(full("")).unwrap()).await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.headers()["content-type"], "text/html; charset=utf-8");
+    assert_eq!(r.headers()["x-sift-error"], "no-route");
+    let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let body = String::from_utf8_lossy(r.body()).into_owned();
+    assert_eq!(
+        body,
+        format!(
+            "<html><h1>404: nothing here</h1><p>no route for this request</p><!-- {id} --></html>"
+        )
+    );
+    // 503 no healthy upstream, rewritten to 502 with the JSON template.
+    let r = send(Request::get(sift.url("/empty")).body(full("")).unwrap()).await;
+    assert_eq!(r.status(), 502);
+    assert_eq!(r.headers()["x-sift-error"], "no-healthy-endpoint");
+    let v: serde_json::Value = serde_json::from_slice(r.body()).expect("valid JSON");
+    assert_eq!(
+        v,
+        serde_json::json!({"code": 502, "why": "no healthy upstream", "kind": "no-healthy-endpoint"})
+    );
+    // No mapper: the JSON format.
+    let r = send(
+        Request::post(sift.url("/app"))
+            .body(full("0123456789abcdef"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status(), 413);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let v: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
+    assert_eq!(v["error"], "body-too-large");
+    assert_eq!(v["status"], 413);
+    assert_eq!(
+        v["request_id"],
+        r.headers()["x-request-id"].to_str().unwrap()
+    );
+    assert!(
+        v["message"].as_str().unwrap().contains("limit 10 bytes"),
+        "{v}"
+    );
+    // A gRPC call still gets a gRPC status, not a page.
+    let r = send(
+        Request::post(sift.url("/nowhere"))
+            .header("content-type", "application/grpc")
+            .body(full(""))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["grpc-status"], "12");
+    assert!(r.body().is_empty());
+}

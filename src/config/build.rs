@@ -73,6 +73,7 @@ pub fn build(f: &FileConfig) -> Result<Config, Vec<ConfigError>> {
     };
 
     let dns = build_dns(f.dns.as_ref(), &mut e);
+    let local_replies = build_local_replies(f.local_replies.as_ref(), &mut e);
     let clusters = build_clusters(&f.clusters, &dns, &mut e);
     let cluster_names: HashSet<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
     let filters = build_filters(&f.filters, &mut e);
@@ -154,8 +155,103 @@ pub fn build(f: &FileConfig) -> Result<Config, Vec<ConfigError>> {
             tracing,
             redis,
             dns,
+            local_replies,
         }),
         _ => Err(e.0),
+    }
+}
+
+fn build_local_replies(l: Option<&LocalRepliesFile>, e: &mut Errs) -> LocalReplies {
+    let Some(l) = l else {
+        return LocalReplies::default();
+    };
+    let kinds: Vec<&str> = crate::error::ErrorKind::ALL
+        .iter()
+        .map(|k| k.as_str())
+        .collect();
+    let mut mappers = Vec::new();
+    for (i, m) in l.mappers.iter().enumerate() {
+        let p = format!("local_replies.mappers[{i}]");
+        if m.errors.is_empty() && m.statuses.is_empty() {
+            e.push(
+                &p,
+                "needs `errors` or `statuses` to say which answers it changes",
+            );
+        }
+        for (j, k) in m.errors.iter().enumerate() {
+            if !kinds.contains(&k.as_str()) {
+                e.push(
+                    format!("{p}.errors[{j}]"),
+                    format!(
+                        "{k:?} is not an error sift gives; one of {}",
+                        kinds.join(", ")
+                    ),
+                );
+            }
+        }
+        for (j, s) in m.statuses.iter().chain(m.status.iter()).enumerate() {
+            if !(200..=599).contains(s) {
+                e.push(
+                    format!("{p}.statuses[{j}]"),
+                    format!("{s} is not a status 200..=599"),
+                );
+            }
+        }
+        let body = match (&m.body, &m.body_file) {
+            (Some(_), Some(_)) => {
+                e.push(&p, "give `body` or `body_file`, not both");
+                None
+            }
+            (Some(b), None) => Some(b.clone()),
+            (None, Some(f)) => match std::fs::metadata(f) {
+                Ok(md) if md.len() > 1 << 20 => {
+                    e.push(
+                        format!("{p}.body_file"),
+                        format!("{f} is larger than 1 MiB"),
+                    );
+                    None
+                }
+                Ok(_) => match std::fs::read_to_string(f) {
+                    Ok(t) => Some(t),
+                    Err(err) => {
+                        e.push(format!("{p}.body_file"), format!("cannot read {f}: {err}"));
+                        None
+                    }
+                },
+                Err(err) => {
+                    e.push(format!("{p}.body_file"), format!("cannot read {f}: {err}"));
+                    None
+                }
+            },
+            (None, None) => None,
+        };
+        let content_type = match &m.content_type {
+            Some(c) => match HeaderValue::from_str(c) {
+                Ok(v) if c.contains('/') => Some(v),
+                _ => {
+                    e.push(
+                        format!("{p}.content_type"),
+                        format!("{c:?} is not a media type"),
+                    );
+                    None
+                }
+            },
+            None => None,
+        };
+        if body.is_none() && m.status.is_none() && content_type.is_none() {
+            e.push(&p, "changes nothing: give `body`, `body_file` or `status`");
+        }
+        mappers.push(ReplyMapper {
+            errors: m.errors.clone(),
+            statuses: m.statuses.clone(),
+            status: m.status,
+            body,
+            content_type,
+        });
+    }
+    LocalReplies {
+        format: l.format.unwrap_or_default(),
+        mappers,
     }
 }
 

@@ -57,6 +57,58 @@ pub struct FileConfig {
     /// How cluster endpoints' DNS names are looked up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsFile>,
+    /// The answers sift itself gives (errors: 404 no-route, 503, 429,
+    /// ...): their format, and bodies of your own per error or status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_replies: Option<LocalRepliesFile>,
+}
+
+/// The top-level `local_replies` (Envoy's local_reply_config, nginx's
+/// error_page).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LocalRepliesFile {
+    /// `text` (default: `STATUS message`, text/plain) or `json`
+    /// (`{"error", "status", "message", "request_id"}`).
+    #[serde(default)]
+    pub format: Option<ReplyFormat>,
+    /// Bodies of your own, by error or status; the first that matches
+    /// applies.
+    #[serde(default)]
+    pub mappers: Vec<ReplyMapperFile>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplyFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// One `local_replies.mappers` entry.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplyMapperFile {
+    /// `x-sift-error` kinds this applies to (e.g. no-healthy-endpoint).
+    #[serde(default)]
+    pub errors: Vec<String>,
+    /// Statuses of sift's answers this applies to (e.g. 502, 503, 504).
+    #[serde(default)]
+    pub statuses: Vec<u16>,
+    /// Answer with this status instead.
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// The body, with %RESPONSE_CODE%, %ERROR%, %MESSAGE% and %REQUEST_ID%
+    /// filled (escaped for HTML or JSON content types).
+    #[serde(default)]
+    pub body: Option<String>,
+    /// The body from a file (read at load, at most 1 MiB).
+    #[serde(default)]
+    pub body_file: Option<String>,
+    /// The body's Content-Type (default text/plain; charset=utf-8).
+    #[serde(default)]
+    pub content_type: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]

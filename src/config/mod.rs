@@ -149,11 +149,12 @@ pub fn parse(text: &str) -> Result<(FileConfig, Node), ConfigErrors> {
             "jwt_providers" => out.jwt_providers = many(value, k, &mut errs),
             "redis" => out.redis = Some(one(value, k, &mut errs)),
             "dns" => out.dns = Some(one(value, k, &mut errs)),
+            "local_replies" => out.local_replies = Some(one(value, k, &mut errs)),
             _ => errs.push(ConfigError {
                 path: k.to_string(),
                 line,
                 message: format!(
-                    "unknown key {k:?}; expected one of workers, log, admin, reload, shutdown, listeners, routes, clusters, filters, filter_pool, tracing, jwt_providers, redis, dns"
+                    "unknown key {k:?}; expected one of workers, log, admin, reload, shutdown, listeners, routes, clusters, filters, filter_pool, tracing, jwt_providers, redis, dns, local_replies"
                 ),
             }),
         }

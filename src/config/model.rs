@@ -34,6 +34,35 @@ pub struct Config {
     pub redis: Option<crate::policy::redis::RedisSpec>,
     /// The top-level `dns`.
     pub dns: crate::dns::ResolverSpec,
+    /// The top-level `local_replies`.
+    pub local_replies: LocalReplies,
+}
+
+/// How sift's own answers look.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct LocalReplies {
+    pub format: super::file::ReplyFormat,
+    pub mappers: Vec<ReplyMapper>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ReplyMapper {
+    /// Error kinds (empty: any).
+    pub errors: Vec<String>,
+    /// Statuses (empty: any).
+    pub statuses: Vec<u16>,
+    pub status: Option<u16>,
+    /// The body template (from `body`, or `body_file`'s text).
+    pub body: Option<String>,
+    #[serde(serialize_with = "ser_opt_value")]
+    pub content_type: Option<HeaderValue>,
+}
+
+fn ser_opt_value<S: Serializer>(v: &Option<HeaderValue>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.serialize_some(&String::from_utf8_lossy(v.as_bytes())),
+        None => s.serialize_none(),
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -414,7 +414,15 @@ fn deny(shared: &Shared, stop: Stop, grpc: bool, route: Option<&Route>) -> Box<D
     let (kind, resp) = match stop {
         Stop::Answer(r) => (None, *r),
         Stop::Error(e) => {
-            let resp = crate::proxy::error_answer(&e, grpc, route, &shared.metrics);
+            let snap = shared.snapshot.load();
+            let resp = crate::proxy::error_answer(
+                &e,
+                grpc,
+                route,
+                &shared.metrics,
+                &snap.config.local_replies,
+                None,
+            );
             let (parts, body) = resp.into_parts();
             // sift's error bodies are whole in memory: collecting them
             // does not wait.
