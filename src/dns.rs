@@ -476,47 +476,67 @@ pub async fn refresh_loop(
 ) {
     let mut due: HashMap<String, tokio::time::Instant> = HashMap::new();
     loop {
-        let snap = shared.snapshot.load_full();
+        // What is due, read from the snapshot in force, which is then let
+        // go: an old snapshot kept alive (through a lookup or a sleep)
+        // would keep its clusters, and their health probes, running after
+        // a reload removed them.
         let now = tokio::time::Instant::now();
         let mut next = now + Duration::from_secs(1);
-        let mut changed = false;
-        let mut seen = Vec::new();
-        for c in &snap.config.clusters {
-            let Some(d) = &c.strict_dns else { continue };
-            seen.push(c.name.clone());
-            let cache = &snap.dns;
-            // First seen: resolved while the snapshot was built, unless
-            // that failed.
-            let when = due.entry(c.name.clone()).or_insert_with(|| {
-                let failed = d.names.iter().any(|(e, _)| {
-                    is_name(e) && !matches!(cache.get(&e.host, d.family), Some(Known::Addrs(_)))
+        let mut work: Vec<(String, Vec<String>, DnsFamily, Duration)> = Vec::new();
+        let cache = {
+            let snap = shared.snapshot.load_full();
+            let mut seen = Vec::new();
+            for c in &snap.config.clusters {
+                let Some(d) = &c.strict_dns else { continue };
+                seen.push(c.name.clone());
+                // First seen: resolved while the snapshot was built, unless
+                // that failed.
+                let when = *due.entry(c.name.clone()).or_insert_with(|| {
+                    let failed = d.names.iter().any(|(e, _)| {
+                        is_name(e)
+                            && !matches!(snap.dns.get(&e.host, d.family), Some(Known::Addrs(_)))
+                    });
+                    if failed { now } else { now + d.refresh.0 }
                 });
-                if failed { now } else { now + d.refresh.0 }
-            });
-            if *when <= now {
-                for (e, _) in d.names.iter().filter(|(e, _)| is_name(e)) {
-                    let got = resolve(&cache.resolver, &e.host, d.family).await;
-                    let moved = cache.record(&e.host, d.family, &got);
-                    let result = match &got {
-                        Err(err) => {
-                            tracing::warn!(cluster = %c.name, name = %e.host, error = %err, "DNS refresh failed; keeping the last addresses");
-                            "failure"
-                        }
-                        Ok(_) if moved => "changed",
-                        Ok(_) => "unchanged",
-                    };
-                    shared
-                        .metrics
-                        .dns_resolutions
-                        .with_label_values(&[c.name.as_str(), result])
-                        .inc();
-                    changed |= moved;
+                if when <= now {
+                    let names = d
+                        .names
+                        .iter()
+                        .filter(|(e, _)| is_name(e))
+                        .map(|(e, _)| e.host.clone())
+                        .collect();
+                    work.push((c.name.clone(), names, d.family, d.refresh.0));
+                } else {
+                    next = next.min(when);
                 }
-                *when = tokio::time::Instant::now() + d.refresh.0;
             }
-            next = next.min(*when);
+            due.retain(|k, _| seen.contains(k));
+            snap.dns.clone()
+        };
+        let mut changed = false;
+        for (cluster, names, family, refresh) in work {
+            for name in &names {
+                let got = resolve(&cache.resolver, name, family).await;
+                let moved = cache.record(name, family, &got);
+                let result = match &got {
+                    Err(err) => {
+                        tracing::warn!(cluster = %cluster, name = %name, error = %err, "DNS refresh failed; keeping the last addresses");
+                        "failure"
+                    }
+                    Ok(_) if moved => "changed",
+                    Ok(_) => "unchanged",
+                };
+                shared
+                    .metrics
+                    .dns_resolutions
+                    .with_label_values(&[cluster.as_str(), result])
+                    .inc();
+                changed |= moved;
+            }
+            let when = tokio::time::Instant::now() + refresh;
+            due.insert(cluster, when);
+            next = next.min(when);
         }
-        due.retain(|k, _| seen.contains(k));
         if changed {
             reloader.rebuild("dns");
         }
