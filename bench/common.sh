@@ -118,3 +118,9 @@ while sum(len(x) + 1 for x in out) < 2048:
 sys.stdout.write("\n".join(out)[:2048])
 PY
 }
+
+# Resident memory of processes $@ together, in MB (one decimal).
+rss_mb() { local t=0 p; for p in "$@"; do t=$((t + $(awk '/VmRSS/{print $2}' "/proc/$p/status" 2>/dev/null || echo 0))); done; echo "scale=1; $t/1024" | bc; }
+
+# CPU time (user + system) of processes $@ together, in clock ticks.
+cpu_ticks_of() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; echo "$t"; }

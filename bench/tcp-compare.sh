@@ -76,18 +76,16 @@ taskset -c 0 haproxy -f "$d/haproxy.cfg" -db > "$d/haproxy.log" 2>&1 & hp=$!; pi
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$SA/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
 sleep 1
 
-rss() { local t=0; for p in "$@"; do t=$((t + $(awk '/VmRSS/{print $2}' "/proc/$p/status" 2>/dev/null || echo 0))); done; echo "scale=1; $t/1024" | bc; }
-cpu_ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; echo "$t"; }
 ticks_ms() { python3 -c "print(f'{($2 - $1) * 1000 / $(getconf CLK_TCK):.0f}')"; }
 measure() { # $1 label, $2 pids, $3 port
   local c0 c1 c2 bulk rr
   taskset -c 1 "$LOAD" rr "127.0.0.1:$3" 1 "$CONNS_RR" >/dev/null
-  c0=$(cpu_ticks $2)
+  c0=$(cpu_ticks_of $2)
   bulk=$(taskset -c 1 "$LOAD" bulk "127.0.0.1:$3" "$DURATION" "$CONNS_BULK")
-  c1=$(cpu_ticks $2)
+  c1=$(cpu_ticks_of $2)
   rr=$(taskset -c 1 "$LOAD" rr "127.0.0.1:$3" "$DURATION" "$CONNS_RR")
-  c2=$(cpu_ticks $2)
-  python3 - "$1" "$bulk" "$rr" "$(ticks_ms "$c0" "$c1")" "$(ticks_ms "$c1" "$c2")" "$(rss $2)" <<'PY'
+  c2=$(cpu_ticks_of $2)
+  python3 - "$1" "$bulk" "$rr" "$(ticks_ms "$c0" "$c1")" "$(ticks_ms "$c1" "$c2")" "$(rss_mb $2)" <<'PY'
 import sys
 label, bulk, rr, bulk_ms, rr_ms, rss = sys.argv[1:]
 b = dict(kv.split("=") for kv in bulk.split()[1:])

@@ -38,22 +38,20 @@ ST=$(port); SM=$(port); SA=$(port); NT=$(port); NM=$(port); FT=$(port); FM=$(por
 sift_conf "$d/sift.yaml" "$SA" "$ST" "$SM"
 nginx_proxy_conf "$d/nginx.conf" "worker_processes 1" "$NT" "$NM"
 
-rss() { local t=0; for p in "$@"; do t=$((t + $(awk '/VmRSS/{print $2}' "/proc/$p/status" 2>/dev/null || echo 0))); done; echo "scale=1; $t/1024" | bc; }
-cpu_ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; echo "$t"; }
 # CPU time the proxy spent per request (user + system, from /proc, 10 ms ticks).
 cpu_us() { python3 -c "print(f'{($2 - $1) * 1e6 / $(getconf CLK_TCK) / max(1, $3 * $DURATION):.1f}')"; }
 measure() { # $1 proxy label, $2 pids, $3 tls port, $4 mtls port
   local label=$1 tport=$3 mport=$4 c0 c1 c2
   local client=("$d/client.pem" "$d/client.key")
   taskset -c 1 "$LOAD" keepalive "127.0.0.1:$tport" 2 "$CONNS" "$d/ca.pem" >/dev/null
-  c0=$(cpu_ticks $2)
+  c0=$(cpu_ticks_of $2)
   read -r _ ka50 p50 p99 e1 < <(taskset -c 1 "$LOAD" keepalive "127.0.0.1:$tport" "$DURATION" "$CONNS" "$d/ca.pem")
-  c1=$(cpu_ticks $2)
+  c1=$(cpu_ticks_of $2)
   read -r _ mka m50 m99 e2 < <(taskset -c 1 "$LOAD" keepalive "127.0.0.1:$mport" "$DURATION" "$CONNS" "$d/ca.pem" "${client[@]}")
-  c2=$(cpu_ticks $2)
+  c2=$(cpu_ticks_of $2)
   read -r _ hs _ _ e3 < <(taskset -c 1 "$LOAD" handshake "127.0.0.1:$tport" "$DURATION" "$HS_CONNS" "$d/ca.pem")
   read -r _ mhs _ _ e4 < <(taskset -c 1 "$LOAD" handshake "127.0.0.1:$mport" "$DURATION" "$HS_CONNS" "$d/ca.pem" "${client[@]}")
-  echo "| $label | $ka50 | $p50 / $p99 | $(cpu_us "$c0" "$c1" "$ka50") | $mka | $m50 / $m99 | $(cpu_us "$c1" "$c2" "$mka") | $hs | $mhs | $((e1+e2+e3+e4)) | $(rss $2) |"
+  echo "| $label | $ka50 | $p50 / $p99 | $(cpu_us "$c0" "$c1" "$ka50") | $mka | $m50 / $m99 | $(cpu_us "$c1" "$c2" "$mka") | $hs | $mhs | $((e1+e2+e3+e4)) | $(rss_mb $2) |"
 }
 
 # All three run at once, each on core 0 (only the one under load works), and

@@ -412,17 +412,41 @@ async fn sniff_h2(tcp: &tokio::net::TcpStream) -> bool {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// A connection's byte stream, counting what is read (for the watcher's
-    /// header read timeout).
-    struct Counted<I> {
-        #[pin]
-        inner: I,
-        activity: Arc<Activity>,
+/// Where a [`Counted`] stream adds the bytes read from it.
+pub(crate) trait ReadCounter {
+    fn add(&self, n: u64);
+}
+
+impl ReadCounter for Arc<Activity> {
+    fn add(&self, n: u64) {
+        self.bytes_read.fetch_add(n, Ordering::Relaxed);
     }
 }
 
-impl<I: AsyncRead> AsyncRead for Counted<I> {
+impl ReadCounter for Arc<AtomicU64> {
+    fn add(&self, n: u64) {
+        self.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A byte stream that counts what is read from it: a connection's for
+    /// the watcher's header read timeout, the TCP proxy's for its idle
+    /// timeout and byte counts.
+    pub(crate) struct Counted<I, C> {
+        #[pin]
+        inner: I,
+        counter: C,
+    }
+}
+
+impl<I, C> Counted<I, C> {
+    pub(crate) fn new(inner: I, counter: C) -> Self {
+        Counted { inner, counter }
+    }
+}
+
+impl<I: AsyncRead, C: ReadCounter> AsyncRead for Counted<I, C> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -433,15 +457,13 @@ impl<I: AsyncRead> AsyncRead for Counted<I> {
         let r = this.inner.poll_read(cx, buf);
         let n = buf.filled().len().saturating_sub(before);
         if n > 0 {
-            this.activity
-                .bytes_read
-                .fetch_add(n as u64, Ordering::Relaxed);
+            this.counter.add(n as u64);
         }
         r
     }
 }
 
-impl<I: AsyncWrite> AsyncWrite for Counted<I> {
+impl<I: AsyncWrite, C> AsyncWrite for Counted<I, C> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -567,10 +589,7 @@ async fn serve_io<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity::default());
-    let io = TokioIo::new(Counted {
-        inner: io,
-        activity: activity.clone(),
-    });
+    let io = TokioIo::new(Counted::new(io, activity.clone()));
     let slot = FutureSlot::new();
     // Told when the connection's request cap is reached.
     let capped = Arc::new(tokio::sync::Notify::new());

@@ -8,60 +8,17 @@
 //! sides close or nothing moves for `idle_timeout`. One access-log line per
 //! connection.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::config::model::TcpProxySpec;
+use crate::listener::Counted;
 use crate::policy::outlier::Observed;
 use crate::proxy::ConnInfo;
 use crate::state::Shared;
-
-pin_project_lite::pin_project! {
-    /// A stream that counts the bytes read from it.
-    struct Counted<S> {
-        #[pin]
-        inner: S,
-        read: Arc<AtomicU64>,
-    }
-}
-
-impl<S: AsyncRead> AsyncRead for Counted<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.project();
-        let before = buf.filled().len();
-        let r = this.inner.poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = r {
-            let n = (buf.filled().len() - before) as u64;
-            this.read.fetch_add(n, Ordering::Relaxed);
-        }
-        r
-    }
-}
-
-impl<S: AsyncWrite> AsyncWrite for Counted<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        self.project().inner.poll_write(cx, buf)
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.project().inner.poll_flush(cx)
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.project().inner.poll_shutdown(cx)
-    }
-}
 
 /// How a connection ended, and where it went.
 struct Ended<'a> {
@@ -334,14 +291,8 @@ pub async fn serve<S>(
 
     let received = Arc::new(AtomicU64::new(0));
     let sent = Arc::new(AtomicU64::new(0));
-    let mut down = Counted {
-        inner: down,
-        read: received.clone(),
-    };
-    let mut up = Counted {
-        inner: io,
-        read: sent.clone(),
-    };
+    let mut down = Counted::new(down, received.clone());
+    let mut up = Counted::new(io, sent.clone());
     let idle = spec.idle_timeout.0;
     let tick = (idle / 4).clamp(Duration::from_millis(5), Duration::from_secs(5));
     let bytes_in = shared
