@@ -12,6 +12,8 @@
 #                                       CONNS_BULK (4), CONNS_RR (16),
 #                                       LOAD (a prebuilt tcp_load binary)
 #
+# nginx gets `proxy_half_close on` (the load half-closes its connections
+# and reads the rest of the echo; nginx's default closes both sides).
 # nginx's stream module (Debian libnginx-mod-stream) and haproxy are
 # installed with apt-get when missing. Loopback only; stops by itself.
 set -euo pipefail
@@ -54,7 +56,7 @@ cat > "$d/nginx.conf" <<NGX
 load_module $STREAM_SO;
 worker_processes 1; daemon off; pid $d/nx.pid; error_log $d/nx.err;
 events { worker_connections 4096; }
-stream { server { listen 127.0.0.1:$NP; proxy_pass 127.0.0.1:$BE; } }
+stream { server { listen 127.0.0.1:$NP; proxy_pass 127.0.0.1:$BE; proxy_half_close on; } }
 NGX
 cat > "$d/haproxy.cfg" <<HAP
 global

@@ -306,7 +306,9 @@ pub async fn serve<S>(
     let mut counted = (0u64, 0u64);
     let mut quiet_since = Instant::now();
     let (result, detail) = {
-        let copy = tokio::io::copy_bidirectional(&mut down, &mut up);
+        // 16 KiB each way, as nginx's proxy_buffer_size (tokio's default
+        // is 8 KiB: twice the reads and writes per MiB).
+        let copy = tokio::io::copy_bidirectional_with_sizes(&mut down, &mut up, 16 << 10, 16 << 10);
         tokio::pin!(copy);
         loop {
             tokio::select! {
