@@ -56,6 +56,11 @@ pub struct StrictDns {
     pub names: Vec<(Endpoint, u32)>,
     pub refresh: Dur,
     pub family: DnsFamily,
+    /// Look again when the records' TTL runs out (at least 1 s apart)
+    /// instead of every `refresh`.
+    pub respect_ttl: bool,
+    /// How soon to look again after a failed lookup.
+    pub failure_refresh: Dur,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -101,8 +106,9 @@ pub fn query(id: u16, name: &str, qtype: u16) -> Result<Vec<u8>, DnsError> {
 /// What one answer says.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Answer {
-    /// The addresses of the asked type (empty: the name has none of it).
-    Addrs(Vec<IpAddr>),
+    /// The addresses of the asked type (empty: the name has none of it),
+    /// and the smallest TTL of their records (seconds).
+    Addrs(Vec<IpAddr>, Option<u32>),
     /// NXDOMAIN: the name does not exist.
     NoName,
     /// The answer did not fit a UDP datagram: ask again over TCP.
@@ -160,10 +166,12 @@ pub fn parse_answer(m: &[u8], id: u16, qtype: u16) -> Result<Answer, DnsError> {
         at = skip_name(m, at)? + 4;
     }
     let mut out = Vec::new();
+    let mut ttl: Option<u32> = None;
     for _ in 0..an {
         at = skip_name(m, at)?;
         let rtype = u16_at(m, at)?;
         let class = u16_at(m, at + 2)?;
+        let record_ttl = u32::from(u16_at(m, at + 4)?) << 16 | u32::from(u16_at(m, at + 6)?);
         let len = usize::from(u16_at(m, at + 8)?);
         let data = m
             .get(at + 10..at + 10 + len)
@@ -172,6 +180,7 @@ pub fn parse_answer(m: &[u8], id: u16, qtype: u16) -> Result<Answer, DnsError> {
         if class != 1 || rtype != qtype {
             continue;
         }
+        ttl = Some(ttl.map_or(record_ttl, |t| t.min(record_ttl)));
         match (rtype, data.len()) {
             (TYPE_A, 4) => out.push(IpAddr::from([data[0], data[1], data[2], data[3]])),
             (TYPE_AAAA, 16) => {
@@ -182,7 +191,7 @@ pub fn parse_answer(m: &[u8], id: u16, qtype: u16) -> Result<Answer, DnsError> {
             _ => return Err(DnsError::Malformed("address of the wrong length")),
         }
     }
-    Ok(Answer::Addrs(out))
+    Ok(Answer::Addrs(out, ttl))
 }
 
 async fn exchange(server: SocketAddr, q: &[u8]) -> Result<Vec<u8>, DnsError> {
@@ -263,12 +272,29 @@ pub async fn resolve(
     name: &str,
     family: DnsFamily,
 ) -> Result<Vec<IpAddr>, DnsError> {
+    resolve_ttl(spec, name, family).await.map(|(a, _)| a)
+}
+
+/// [`resolve`], and the smallest TTL of the records that gave the
+/// addresses (`None` from the system's resolver, which does not say).
+pub async fn resolve_ttl(
+    spec: &ResolverSpec,
+    name: &str,
+    family: DnsFamily,
+) -> Result<(Vec<IpAddr>, Option<u32>), DnsError> {
+    let ttl = std::sync::Mutex::new(None::<u32>);
     let mut out = if spec.servers.is_empty() {
         system(spec, name, family).await?
     } else {
+        let ttl = &ttl;
         let get = |qtype| async move {
             match ask(spec, name, qtype).await? {
-                Answer::Addrs(a) => Ok(a),
+                Answer::Addrs(a, t) => {
+                    if let (Some(t), Ok(mut min)) = (t, ttl.lock()) {
+                        *min = Some(min.map_or(t, |m| m.min(t)));
+                    }
+                    Ok(a)
+                }
                 Answer::NoName | Answer::Truncated => Ok(Vec::new()),
             }
         };
@@ -300,7 +326,8 @@ pub async fn resolve(
     };
     out.sort_unstable();
     out.dedup();
-    Ok(out)
+    let ttl = ttl.into_inner().unwrap_or_else(|p| p.into_inner());
+    Ok((out, ttl))
 }
 
 async fn system(
@@ -482,7 +509,7 @@ pub async fn refresh_loop(
         // a reload removed them.
         let now = tokio::time::Instant::now();
         let mut next = now + Duration::from_secs(1);
-        let mut work: Vec<(String, Vec<String>, DnsFamily, Duration)> = Vec::new();
+        let mut work: Vec<(String, Vec<String>, StrictDns)> = Vec::new();
         let cache = {
             let snap = shared.snapshot.load_full();
             let mut seen = Vec::new();
@@ -505,7 +532,7 @@ pub async fn refresh_loop(
                         .filter(|(e, _)| is_name(e))
                         .map(|(e, _)| e.host.clone())
                         .collect();
-                    work.push((c.name.clone(), names, d.family, d.refresh.0));
+                    work.push((c.name.clone(), names, d.clone()));
                 } else {
                     next = next.min(when);
                 }
@@ -514,9 +541,18 @@ pub async fn refresh_loop(
             snap.dns.clone()
         };
         let mut changed = false;
-        for (cluster, names, family, refresh) in work {
+        for (cluster, names, d) in work {
+            let family = d.family;
+            let mut wait = d.refresh.0;
+            let mut failed = false;
+            let mut ttl: Option<u32> = None;
             for name in &names {
-                let got = resolve(&cache.resolver, name, family).await;
+                let got = resolve_ttl(&cache.resolver, name, family).await;
+                if let Ok((_, Some(t))) = &got {
+                    ttl = Some(ttl.map_or(*t, |m| m.min(*t)));
+                }
+                failed |= got.is_err();
+                let got = got.map(|(a, _)| a);
                 let moved = cache.record(name, family, &got);
                 let result = match &got {
                     Err(err) => {
@@ -533,7 +569,12 @@ pub async fn refresh_loop(
                     .inc();
                 changed |= moved;
             }
-            let when = tokio::time::Instant::now() + refresh;
+            if failed {
+                wait = d.failure_refresh.0;
+            } else if let (true, Some(t)) = (d.respect_ttl, ttl) {
+                wait = Duration::from_secs(u64::from(t).max(1));
+            }
+            let when = tokio::time::Instant::now() + wait;
             due.insert(cluster, when);
             next = next.min(when);
         }
@@ -582,11 +623,20 @@ mod tests {
         let m = answer(&q, 0, &[[10, 0, 0, 1], [10, 0, 0, 2]]);
         assert_eq!(
             parse_answer(&m, 7, TYPE_A).unwrap(),
-            Answer::Addrs(vec![
-                "10.0.0.1".parse().unwrap(),
-                "10.0.0.2".parse().unwrap()
-            ])
+            Answer::Addrs(
+                vec!["10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap()],
+                Some(60)
+            )
         );
+        // The smallest TTL of the records asked for.
+        let mut short = m.clone();
+        let last_ttl = short.len() - 4 - 2 - 1;
+        short[last_ttl] = 7;
+        short[last_ttl - 1] = 0;
+        assert!(matches!(
+            parse_answer(&short, 7, TYPE_A),
+            Ok(Answer::Addrs(_, Some(7)))
+        ));
         assert_eq!(
             parse_answer(&m, 8, TYPE_A),
             Err(DnsError::Malformed("another query's id"))

@@ -154,6 +154,76 @@ async fn strict_dns_balances_every_address_and_follows_the_name() {
     drop((a, b, c));
 }
 
+/// `respect_dns_ttl`: with a refresh rate of an hour, the records' 1 s TTL
+/// decides when the name is looked up again; `dns_failure_refresh_rate`:
+/// a name whose first lookups failed is retried that soon, not an hour
+/// later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttls_and_failures_set_when_names_are_looked_up_again() {
+    let a = Upstream::echo_at("a", "127.0.0.1:0".parse().unwrap()).await;
+    let port = a.addr.port();
+    let b = Upstream::echo_at("b", format!("127.0.0.2:{port}").parse().unwrap()).await;
+    let dns = DnsServer::start().await;
+    dns.set("app.test", &["127.0.0.1"]);
+    dns.set("late.test", &["127.0.0.2"]);
+    dns.silent.store(true, std::sync::atomic::Ordering::Relaxed);
+    let cfg = format!(
+        r#"log: {{ format: json, level: info }}
+admin: {{ address: "127.0.0.1:0" }}
+dns: {{ resolvers: ["{}"], timeout: 200ms }}
+listeners:
+  - name: main
+    address: "127.0.0.1:0"
+routes:
+  - {{ name: late, match: {{ path: {{ prefix: /late }} }}, cluster: late }}
+  - {{ name: app, cluster: app }}
+clusters:
+  - name: app
+    discovery: strict_dns
+    dns_refresh_rate: 1h
+    dns_failure_refresh_rate: 200ms
+    respect_dns_ttl: true
+    endpoints: ["app.test:{port}"]
+  - name: late
+    discovery: strict_dns
+    dns_refresh_rate: 1h
+    dns_failure_refresh_rate: 200ms
+    endpoints: ["late.test:{port}"]
+"#,
+        dns.addr
+    );
+    let sift = Sift::start(&cfg);
+    // Both names failed at start (the server was silent): no endpoints.
+    assert_eq!(
+        sift.metric("sift_cluster_endpoints{cluster=\"late\"}")
+            .await,
+        Some(0.0)
+    );
+    dns.silent
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            sift.metric("sift_cluster_endpoints{cluster=\"late\"}")
+                .await
+                == Some(1.0)
+                && sift.metric("sift_cluster_endpoints{cluster=\"app\"}").await == Some(1.0)
+        })
+        .await,
+        "retried after dns_failure_refresh_rate, not the hour"
+    );
+    assert_eq!(names_of(&sift, 2).await, HashMap::from([("a".into(), 2)]));
+    // The TTL (1 s), not the hour, brings the change.
+    dns.set("app.test", &["127.0.0.2"]);
+    assert!(
+        eventually(Duration::from_secs(6), || async {
+            names_of(&sift, 1).await.contains_key("b")
+        })
+        .await,
+        "the record's TTL decided the next lookup"
+    );
+    drop((a, b));
+}
+
 #[tokio::test]
 async fn strict_dns_with_the_system_resolver() {
     let a = Upstream::echo("a").await;
@@ -361,6 +431,20 @@ fn discovery_settings_are_checked() {
             "dns: { resolvers: [\"dns.local\"] }\n"
         )
         .contains("dns.resolvers[0]")
+    );
+    assert!(
+        err(
+            "    discovery: strict_dns\n    respect_dns_ttl: true\n    endpoints: [\"app.svc:80\"]\n",
+            ""
+        )
+        .contains("does not give TTLs")
+    );
+    assert!(
+        err(
+            "    respect_dns_ttl: true\n    endpoints: [\"app.svc:80\"]\n",
+            ""
+        )
+        .contains("only applies to discovery: strict_dns")
     );
     assert!(
         err(

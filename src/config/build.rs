@@ -2107,25 +2107,47 @@ fn build_clusters(
             for (k, set) in [
                 ("dns_refresh_rate", c.dns_refresh_rate.is_some()),
                 ("dns_lookup_family", c.dns_lookup_family.is_some()),
+                ("respect_dns_ttl", c.respect_dns_ttl.is_some()),
+                (
+                    "dns_failure_refresh_rate",
+                    c.dns_failure_refresh_rate.is_some(),
+                ),
             ] {
                 if set {
                     e.push(format!("{p}.{k}"), "only applies to discovery: strict_dns");
                 }
             }
         }
-        let strict_dns = (discovery == Discovery::StrictDns).then(|| crate::dns::StrictDns {
-            names: endpoints
-                .iter()
-                .cloned()
-                .zip(weights.iter().copied())
-                .collect(),
-            refresh: positive(
+        let respect_ttl = c.respect_dns_ttl.unwrap_or(false);
+        if respect_ttl && dns.servers.is_empty() {
+            e.push(
+                format!("{p}.respect_dns_ttl"),
+                "needs the top-level `dns.resolvers`: the system's resolver does not give TTLs",
+            );
+        }
+        let strict_dns = (discovery == Discovery::StrictDns).then(|| {
+            let refresh = positive(
                 c.dns_refresh_rate,
                 Dur::secs(5),
                 &format!("{p}.dns_refresh_rate"),
                 e,
-            ),
-            family: c.dns_lookup_family.unwrap_or_default(),
+            );
+            crate::dns::StrictDns {
+                names: endpoints
+                    .iter()
+                    .cloned()
+                    .zip(weights.iter().copied())
+                    .collect(),
+                refresh,
+                family: c.dns_lookup_family.unwrap_or_default(),
+                respect_ttl,
+                failure_refresh: positive(
+                    c.dns_failure_refresh_rate,
+                    refresh,
+                    &format!("{p}.dns_failure_refresh_rate"),
+                    e,
+                ),
+            }
         });
         let max_idle = c
             .pool

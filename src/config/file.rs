@@ -1630,6 +1630,15 @@ pub struct ClusterFile {
     /// has any, else IPv4), v4_only, v6_only, v4_preferred or all.
     #[serde(default)]
     pub dns_lookup_family: Option<DnsFamily>,
+    /// strict_dns with `dns.resolvers`: look again when the records' TTL
+    /// runs out (at least 1 s apart) instead of every dns_refresh_rate
+    /// (default false).
+    #[serde(default)]
+    pub respect_dns_ttl: Option<bool>,
+    /// strict_dns: how soon to look again after a failed lookup (default:
+    /// dns_refresh_rate).
+    #[serde(default)]
+    pub dns_failure_refresh_rate: Option<Dur>,
     /// round_robin (default), least_request, ring_hash or maglev (the last
     /// two hash the route's `hash_policy` key).
     #[serde(default)]

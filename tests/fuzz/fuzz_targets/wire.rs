@@ -40,7 +40,7 @@ fuzz_target!(|data: &[u8]| {
         };
         let qtype = if (pick / 4) % 2 == 0 { sift::dns::TYPE_A } else { sift::dns::TYPE_AAAA };
         let got = sift::dns::parse_answer(b, id, qtype);
-        if let Ok(sift::dns::Answer::Addrs(a)) = &got {
+        if let Ok(sift::dns::Answer::Addrs(a, _)) = &got {
             assert!(a.len() * 14 <= b.len(), "{} addresses from {} bytes", a.len(), b.len());
             let mut more = b.to_vec();
             more.extend_from_slice(b"\0\0\xc0\x0c trailing");
