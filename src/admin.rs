@@ -41,7 +41,9 @@ pub async fn serve(tcp: tokio::net::TcpListener, shared: Arc<Shared>, reloader: 
 pub const INDEX: &str = "\
 sift admin endpoints:
   GET  /healthz                    liveness: 200 ok
-  GET  /readyz                     readiness: 503 while starting or draining
+  GET  /readyz                     readiness: 503 while starting, draining or set to fail
+  POST /healthcheck/fail           make /readyz fail while sift keeps serving (before maintenance)
+  POST /healthcheck/ok             undo /healthcheck/fail
   GET  /metrics                    Prometheus text format
   GET  /config                     the running config (secrets redacted) and its generation
   GET  /clusters                   clusters and endpoints: health, ejection, requests in flight
@@ -117,6 +119,11 @@ async fn route(
         (&Method::GET, "/readyz") => {
             if shared.draining.load(Ordering::Acquire) {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else if shared.failing.load(Ordering::Acquire) {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "failing: set by POST /healthcheck/fail (POST /healthcheck/ok undoes it)\n",
+                )
             } else if shared.is_ready() {
                 text(StatusCode::OK, "ready\n")
             } else {
@@ -204,9 +211,21 @@ async fn route(
                 Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "reload task failed\n"),
             }
         }
-        (_, "/" | "/healthz" | "/readyz" | "/metrics" | "/config" | "/clusters" | "/reload") => {
-            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        (&Method::POST, "/healthcheck/fail") => {
+            shared.failing.store(true, Ordering::Release);
+            tracing::warn!("readiness set to fail by POST /healthcheck/fail; still serving");
+            text(StatusCode::OK, "readiness now fails; still serving\n")
         }
+        (&Method::POST, "/healthcheck/ok") => {
+            shared.failing.store(false, Ordering::Release);
+            tracing::info!("readiness restored by POST /healthcheck/ok");
+            text(StatusCode::OK, "readiness restored\n")
+        }
+        (
+            _,
+            "/" | "/healthz" | "/readyz" | "/metrics" | "/config" | "/clusters" | "/reload"
+            | "/healthcheck/fail" | "/healthcheck/ok",
+        ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         _ => text(StatusCode::NOT_FOUND, &format!("not found\n{INDEX}")),
     }
 }

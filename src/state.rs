@@ -16,6 +16,9 @@ pub struct Shared {
     pub ready: AtomicBool,
     /// Shutdown has begun: /readyz fails, listeners close, connections drain.
     pub draining: AtomicBool,
+    /// Set by `POST /healthcheck/fail` (Envoy's): /readyz fails while sift
+    /// keeps serving, so a load balancer takes it out of rotation first.
+    pub failing: AtomicBool,
     /// The one clock every time-dependent policy reads.
     pub clock: crate::clock::Clock,
     /// The threads that run body filters (sized at start).
@@ -50,11 +53,14 @@ impl Shared {
             metrics,
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            failing: AtomicBool::new(false),
             clock,
         })
     }
 
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire)
+        self.ready.load(Ordering::Acquire)
+            && !self.draining.load(Ordering::Acquire)
+            && !self.failing.load(Ordering::Acquire)
     }
 }

@@ -799,3 +799,23 @@ async fn max_connection_duration_closes_then_cuts_after_drain_timeout() {
             >= 2.0
     );
 }
+
+/// `POST /healthcheck/fail` makes /readyz fail while requests are still
+/// served (a load balancer drains sift before maintenance); `/ok` undoes it.
+#[tokio::test(flavor = "multi_thread")]
+async fn healthcheck_fail_takes_readiness_down_but_keeps_serving() {
+    let up = Upstream::echo("app").await;
+    let sift = Sift::start(&simple_config(up.addr, ""));
+    assert_eq!(get_text(&sift.admin_url("/readyz")).await.0, 200);
+    assert_eq!(post_text(&sift.admin_url("/healthcheck/fail")).await.0, 200);
+    let (status, body) = get_text(&sift.admin_url("/readyz")).await;
+    assert_eq!(status, 503);
+    assert!(body.starts_with("failing"), "{body}");
+    assert_eq!(get_text(&sift.url("/")).await.0, 200, "still serving");
+    assert_eq!(get_text(&sift.admin_url("/healthcheck/fail")).await.0, 405);
+    assert_eq!(post_text(&sift.admin_url("/healthcheck/ok")).await.0, 200);
+    assert_eq!(
+        get_text(&sift.admin_url("/readyz")).await,
+        (200, "ready\n".to_string())
+    );
+}
