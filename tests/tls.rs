@@ -1465,6 +1465,12 @@ clusters:
 /// A TLS server (its own certificate for `name`, issued by `ca`) that
 /// writes `name` to each client after the handshake.
 async fn tls_backend(ca: &Ca, name: &'static str) -> std::net::SocketAddr {
+    tls_backend_alpn(ca, name, &[]).await
+}
+
+/// [`tls_backend`] that requires one of `alpn` when the client offers any
+/// (as PostgreSQL's direct TLS does with `postgresql`).
+async fn tls_backend_alpn(ca: &Ca, name: &'static str, alpn: &[&str]) -> std::net::SocketAddr {
     use tokio::io::AsyncWriteExt;
     let l = leaf(ca, &[name], None, name, true, false, Alg::Ecdsa);
     let chain: Vec<_> = CertificateDer::pem_slice_iter(l.cert.as_bytes())
@@ -1479,6 +1485,8 @@ async fn tls_backend(ca: &Ca, name: &'static str) -> std::net::SocketAddr {
     .with_no_client_auth()
     .with_single_cert(chain, key)
     .unwrap();
+    let mut cfg = cfg;
+    cfg.alpn_protocols = alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = tcp.local_addr().unwrap();
@@ -1561,4 +1569,34 @@ clusters:
     assert!(eventually(Duration::from_secs(5), || async { apps_line().is_some() }).await);
     let line = apps_line().unwrap();
     assert_eq!(line["server_name"], "shop.apps.test", "{line}");
+}
+
+/// A TCP listener whose cluster originates TLS: sift offers no ALPN on
+/// those connections (they are not HTTP), so a server that refuses an ALPN
+/// it does not know (here one that speaks only `postgresql`) still accepts.
+#[tokio::test(flavor = "multi_thread")]
+async fn tcp_listener_originates_tls_without_alpn() {
+    use tokio::io::AsyncReadExt;
+    let s = setup();
+    let db = tls_backend_alpn(&s.ca, "db.test", &["postgresql"]).await;
+    let cfg = format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners:
+  - name: db
+    address: "127.0.0.1:0"
+    serve: tcp
+    tcp: {{ cluster: pg }}
+clusters:
+  - name: pg
+    endpoints: ["{db}"]
+    tls: {{ ca: "{}", server_name: db.test }}
+"#,
+        s.dir.path("ca.pem").display()
+    );
+    let sift = Sift::start(&cfg);
+    let mut c = tokio::net::TcpStream::connect(sift.addr()).await.unwrap();
+    let mut got = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_string(&mut got)).await;
+    assert_eq!(got, "db.test", "the TLS server behind sift answered");
 }

@@ -184,6 +184,11 @@ pub fn tls_connector(
 impl Cluster {
     pub fn new(spec: ClusterSpec, m: &Metrics) -> Result<Arc<Self>, crate::tls::TlsError> {
         let tls = tls_connector(&spec)?;
+        let tls_raw = tls.as_ref().map(|(c, _)| {
+            let mut cfg = (**c.config()).clone();
+            cfg.alpn_protocols.clear();
+            tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        });
         let pool = Pool::new(
             PoolConfig {
                 protocol: spec.protocol,
@@ -192,6 +197,7 @@ impl Cluster {
                 max_idle_per_endpoint: spec.max_idle_per_endpoint,
                 tls,
                 resolver: (!spec.resolver.servers.is_empty()).then(|| spec.resolver.clone()),
+                tls_raw,
             },
             spec.endpoints.len(),
         );
@@ -275,7 +281,7 @@ impl Cluster {
             .get(index)
             .ok_or_else(|| SendError::Connect(format!("no endpoint {index}")))?
             .endpoint;
-        let r = self.pool.connect_io(e).await;
+        let r = self.pool.connect_io(e, true).await;
         if r.is_err() {
             self.metrics.connect_errors.inc();
         }

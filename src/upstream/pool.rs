@@ -58,6 +58,10 @@ pub struct PoolConfig {
     /// The top-level `dns.resolvers`, when set: names are looked up there
     /// instead of by the system's resolver.
     pub resolver: Option<crate::dns::ResolverSpec>,
+    /// The same TLS client without ALPN, for the TCP proxy's connections
+    /// (they are not HTTP: a server that checks ALPN, such as PostgreSQL's
+    /// direct TLS, would refuse `http/1.1`).
+    pub tls_raw: Option<tokio_rustls::TlsConnector>,
 }
 
 struct Idle {
@@ -262,7 +266,7 @@ impl Pool {
     /// A health probe: connect (TCP, and TLS when the cluster has it), then
     /// close. Not pooled.
     pub async fn probe_connect(&self, endpoint: &Endpoint) -> Result<(), SendError> {
-        self.connect_io(endpoint).await.map(drop)
+        self.connect_io(endpoint, false).await.map(drop)
     }
 
     /// A health probe: `req` on a fresh connection (not pooled, closed after
@@ -294,7 +298,9 @@ impl Pool {
         }
     }
 
-    pub async fn connect_io(&self, endpoint: &Endpoint) -> Result<Io, SendError> {
+    /// A connection to `endpoint`: TCP, then the cluster's TLS (offering
+    /// its protocol by ALPN, or no ALPN at all when `raw`).
+    pub async fn connect_io(&self, endpoint: &Endpoint, raw: bool) -> Result<Io, SendError> {
         let connect = async {
             if let Some(a) = endpoint.addr {
                 return tokio::net::TcpStream::connect(a).await;
@@ -329,6 +335,10 @@ impl Pool {
         let Some((tls, sni)) = &self.cfg.tls else {
             return Ok(Io::Plain(tcp));
         };
+        let tls = match (&self.cfg.tls_raw, raw) {
+            (Some(r), true) => r,
+            _ => tls,
+        };
         let name = match sni {
             Some(n) => n.clone(),
             None => ServerName::try_from(endpoint.host.clone())
@@ -345,7 +355,7 @@ impl Pool {
     }
 
     async fn connect_h1(&self, endpoint: &Endpoint) -> Result<http1::SendRequest<Body>, SendError> {
-        let io = self.connect_io(endpoint).await?;
+        let io = self.connect_io(endpoint, false).await?;
         let (send, conn) = http1::Builder::new()
             .handshake(TokioIo::new(io))
             .await
@@ -359,7 +369,7 @@ impl Pool {
     }
 
     async fn connect_h2(&self, endpoint: &Endpoint) -> Result<http2::SendRequest<Body>, SendError> {
-        let io = self.connect_io(endpoint).await?;
+        let io = self.connect_io(endpoint, false).await?;
         let (send, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(TokioIo::new(io))
