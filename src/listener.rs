@@ -688,7 +688,7 @@ async fn serve_io<I>(
                 graceful(connection.as_mut());
                 closing = true;
             }
-            _ = capped.notified(), if !closing => {
+            _ = capped.notified(), if !closing && protocols.max_requests.is_some() => {
                 closed("max_requests");
                 cut = Some(Box::pin(tokio::time::sleep(protocols.drain_timeout)));
                 graceful(connection.as_mut());
