@@ -1277,11 +1277,9 @@ async fn proxy(
             conn,
             downstream_version,
             out,
+            request_id,
+            set_cookie,
         );
-        parts.headers.insert(X_REQUEST_ID.clone(), request_id);
-        if let Some(c) = set_cookie {
-            parts.headers.append(header::SET_COOKIE, c);
-        }
         return Ok(Response::from_parts(parts, b));
     }
     let (mut parts, b) = resp.into_parts();
@@ -1306,11 +1304,9 @@ async fn proxy(
         conn,
         downstream_version,
         out,
+        request_id,
+        set_cookie,
     );
-    parts.headers.insert(X_REQUEST_ID.clone(), request_id);
-    if let Some(c) = set_cookie {
-        parts.headers.append(header::SET_COOKIE, c);
-    }
     if let Some(hs) = ratelimit_headers {
         for (k, v) in hs {
             parts.headers.insert(k, v);
@@ -2036,7 +2032,8 @@ fn template_ctx<'a>(
 }
 
 /// The route's response header changes on an upstream's answer, its
-/// `%VARIABLES%` filled (the endpoint that answered, its status).
+/// `%VARIABLES%` filled (the endpoint that answered, its status), then
+/// sift's own: the request id and a made hash-policy cookie.
 #[allow(clippy::too_many_arguments)]
 fn answer_headers(
     parts: &mut http::response::Parts,
@@ -2047,6 +2044,8 @@ fn answer_headers(
     conn: &ConnInfo,
     protocol: Version,
     out: &Outcome,
+    request_id: HeaderValue,
+    set_cookie: Option<HeaderValue>,
 ) {
     let ops = &route.spec.response_headers;
     match client_ip {
@@ -2058,6 +2057,10 @@ fn answer_headers(
             ops.apply_with(&mut parts.headers, &ctx);
         }
         _ => ops.apply(&mut parts.headers),
+    }
+    parts.headers.insert(X_REQUEST_ID.clone(), request_id);
+    if let Some(c) = set_cookie {
+        parts.headers.append(header::SET_COOKIE, c);
     }
 }
 
