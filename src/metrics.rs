@@ -27,6 +27,8 @@ pub struct Metrics {
     pub faults: IntCounterVec,
     pub ratelimit_redis_errors: IntCounterVec,
     pub ratelimit_decisions: IntCounterVec,
+    /// `sift_rls_decisions_total{domain,limit,decision}`.
+    pub rls_decisions: IntCounterVec,
     pub circuit_overflow: IntCounterVec,
     pub outlier_ejections: IntCounterVec,
     pub endpoints_ejected: IntGaugeVec,
@@ -305,6 +307,14 @@ impl Metrics {
             &["route", "policy", "decision"],
         )
         .expect("valid metric");
+        let rls_decisions = IntCounterVec::new(
+            Opts::new(
+                "sift_rls_decisions_total",
+                "Rate limit service (Envoy's ShouldRateLimit) decisions by domain, configured limit (its descriptor path, or (request) for limits the request carried) and decision (ok, over_limit, shadow_over_limit).",
+            ),
+            &["domain", "limit", "decision"],
+        )
+        .expect("valid metric");
         let circuit_overflow = IntCounterVec::new(
             Opts::new(
                 "sift_circuit_overflow_total",
@@ -553,6 +563,7 @@ impl Metrics {
         }
         for m in [
             Box::new(ratelimit_decisions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(rls_decisions.clone()),
             Box::new(circuit_overflow.clone()),
             Box::new(outlier_ejections.clone()),
             Box::new(endpoints_ejected.clone()),
@@ -621,6 +632,7 @@ impl Metrics {
             faults,
             ratelimit_redis_errors,
             ratelimit_decisions,
+            rls_decisions,
             circuit_overflow,
             outlier_ejections,
             endpoints_ejected,

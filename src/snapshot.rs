@@ -41,6 +41,9 @@ pub struct Snapshot {
     /// What the `strict_dns` clusters' names resolved to (kept across
     /// reloads while the top-level `dns` is unchanged).
     pub dns: Arc<crate::dns::Cache>,
+    /// The rate limit service Envoy calls (its buckets kept across
+    /// reloads per unchanged limit).
+    pub rls: Option<Arc<crate::policy::rls::Service>>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -608,7 +611,19 @@ impl Snapshot {
                 }]);
             }
         };
+        let rls = config.rate_limit_service.as_ref().map(|spec| {
+            let old = prev.and_then(|p| p.rls.as_ref());
+            match old.filter(|o| o.spec == *spec) {
+                Some(o) => o.clone(),
+                None => Arc::new(crate::policy::rls::Service::new(
+                    spec.clone(),
+                    old.map(|o| &**o),
+                    &metrics.rls_decisions,
+                )),
+            }
+        });
         Ok(Snapshot {
+            rls,
             redis,
             redis_errors: metrics.ratelimit_redis_errors.clone(),
             config: Arc::new(config),

@@ -963,3 +963,416 @@ routes:
         Some("source-denied")
     );
 }
+
+// ---- The rate limit service (envoy.service.ratelimit.v3) ----
+
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::{
+    RateLimitDescriptor, rate_limit_descriptor::Entry as RlEntry,
+    rate_limit_descriptor::RateLimitOverride,
+};
+use envoy_types::pb::envoy::service::ratelimit::v3::{
+    RateLimitRequest, RateLimitResponse, rate_limit_response::Code,
+    rate_limit_response::rate_limit::Unit, rate_limit_service_client::RateLimitServiceClient,
+};
+
+async fn rls_client(sift: &Sift) -> RateLimitServiceClient<tonic::transport::Channel> {
+    let url = format!("http://{}", sift.listeners["authz"]);
+    RateLimitServiceClient::connect(url).await.expect("connect")
+}
+
+fn descriptor(entries: &[(&str, &str)]) -> RateLimitDescriptor {
+    RateLimitDescriptor {
+        entries: entries
+            .iter()
+            .map(|(k, v)| RlEntry {
+                key: k.to_string(),
+                value: v.to_string(),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn rl(domain: &str, ds: Vec<RateLimitDescriptor>) -> RateLimitRequest {
+    RateLimitRequest {
+        domain: domain.into(),
+        descriptors: ds,
+        hits_addend: 0,
+    }
+}
+
+fn headers_of(r: &RateLimitResponse) -> HashMap<String, String> {
+    r.response_headers_to_add
+        .iter()
+        .map(|h| (h.key.clone(), h.value.clone()))
+        .collect()
+}
+
+const RLS_CONFIG: &str = r#"log: { format: json, access_log: true }
+admin: { address: "127.0.0.1:0" }
+listeners:
+  - { name: authz, address: "127.0.0.1:0", serve: envoy }
+rate_limit_service:
+  domains:
+    - domain: edge
+      descriptors:
+        - key: remote_address
+          rate_limit: { unit: minute, requests_per_unit: 2 }
+        - key: tenant
+          value: gold
+          rate_limit: { name: gold, unit: minute, requests_per_unit: 10 }
+          descriptors:
+            - key: path
+              rate_limit: { unit: MINUTE, requests_per_unit: 1 }
+        - key: tenant
+          rate_limit: { unit: hour, requests_per_unit: 100 }
+        - key: plan
+          value: premium
+          rate_limit: { name: premium, unit: second, requests_per_unit: 1000, replaces: [ { name: per-user } ] }
+        - key: user
+          rate_limit: { name: per-user, unit: minute, requests_per_unit: 1 }
+        - key: trial
+          shadow_mode: true
+          rate_limit: { unit: minute, requests_per_unit: 1 }
+        - key: internal
+          rate_limit: { unlimited: true }
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_limit_service_answers_envoys_should_rate_limit() {
+    let sift = Sift::start(RLS_CONFIG);
+    let mut c = rls_client(&sift).await;
+    let mut ask = async |r: RateLimitRequest| c.should_rate_limit(r).await.map(|r| r.into_inner());
+
+    // A bucket per remote address, 2 per minute.
+    let ip = |a: &str| rl("edge", vec![descriptor(&[("remote_address", a)])]);
+    for left in [1, 0] {
+        let r = ask(ip("10.0.0.1")).await.unwrap();
+        assert_eq!(r.overall_code, Code::Ok as i32);
+        let s = &r.statuses[0];
+        assert_eq!(s.code, Code::Ok as i32);
+        assert_eq!(s.limit_remaining, left);
+        let l = s.current_limit.as_ref().unwrap();
+        assert_eq!((l.requests_per_unit, l.unit), (2, Unit::Minute as i32));
+        assert_eq!(l.name, "edge.remote_address");
+        assert!(
+            r.response_headers_to_add.is_empty(),
+            "allowed: no headers by default"
+        );
+    }
+    let r = ask(ip("10.0.0.1")).await.unwrap();
+    assert_eq!(r.overall_code, Code::OverLimit as i32);
+    assert_eq!(r.statuses[0].code, Code::OverLimit as i32);
+    let wait = r.statuses[0].duration_until_reset.unwrap().seconds;
+    assert!((1..=30).contains(&wait), "a token every 30 s: {wait}");
+    let h = headers_of(&r);
+    assert_eq!(h.get("retry-after"), Some(&wait.to_string()));
+    assert_eq!(
+        h.get("ratelimit-policy").map(String::as_str),
+        Some("\"edge.remote_address\";q=2;w=60")
+    );
+    assert_eq!(
+        h.get("x-sift-error").map(String::as_str),
+        Some("rate-limited")
+    );
+    assert!(!h.contains_key("content-length"));
+    assert_eq!(
+        String::from_utf8_lossy(&r.raw_body),
+        "429 rate limit edge.remote_address exceeded\n"
+    );
+    let r = ask(ip("10.0.0.2")).await.unwrap();
+    assert_eq!(
+        r.overall_code,
+        Code::Ok as i32,
+        "another address, another bucket"
+    );
+
+    // Exact value, its nested level, and the any-value node.
+    let r = ask(rl(
+        "edge",
+        vec![
+            descriptor(&[("tenant", "gold")]),
+            descriptor(&[("tenant", "gold"), ("path", "/a")]),
+            descriptor(&[("tenant", "silver")]),
+            descriptor(&[("unknown", "x")]),
+        ],
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.overall_code, Code::Ok as i32);
+    let names: Vec<Option<&str>> = r
+        .statuses
+        .iter()
+        .map(|s| s.current_limit.as_ref().map(|l| l.name.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            Some("gold"),
+            Some("edge.tenant_gold.path"),
+            Some("edge.tenant"),
+            None
+        ]
+    );
+    assert_eq!(r.statuses[0].limit_remaining, 9);
+
+    // One descriptor over its limit: the request is, and the others' tokens
+    // go back (gold stays at 9 left).
+    let r = ask(rl(
+        "edge",
+        vec![
+            descriptor(&[("tenant", "gold")]),
+            descriptor(&[("tenant", "gold"), ("path", "/a")]),
+        ],
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.overall_code, Code::OverLimit as i32);
+    assert_eq!(
+        r.statuses.iter().map(|s| s.code).collect::<Vec<_>>(),
+        [Code::Ok as i32, Code::OverLimit as i32]
+    );
+    assert_eq!(r.statuses[0].limit_remaining, 9, "given back");
+    assert_eq!(
+        headers_of(&r).get("ratelimit-policy").map(String::as_str),
+        Some("\"edge.tenant_gold.path\";q=1;w=60"),
+        "the 429 names the limit that fired"
+    );
+    let r = ask(rl("edge", vec![descriptor(&[("tenant", "gold")])]))
+        .await
+        .unwrap();
+    assert_eq!(r.statuses[0].limit_remaining, 8);
+
+    // hits_addend: 5 tokens of gold's 8, then 5 more do not fit.
+    let mut five = rl("edge", vec![descriptor(&[("tenant", "gold")])]);
+    five.hits_addend = 5;
+    let r = ask(five.clone()).await.unwrap();
+    assert_eq!(
+        (r.overall_code, r.statuses[0].limit_remaining),
+        (Code::Ok as i32, 3)
+    );
+    let r = ask(five).await.unwrap();
+    assert_eq!(
+        (r.overall_code, r.statuses[0].limit_remaining),
+        (Code::OverLimit as i32, 3)
+    );
+
+    // replaces: premium users are not held to per-user.
+    let user = |plan: Option<&str>| {
+        let mut ds = vec![descriptor(&[("user", "ann")])];
+        if let Some(p) = plan {
+            ds.push(descriptor(&[("plan", p)]));
+        }
+        rl("edge", ds)
+    };
+    assert_eq!(ask(user(None)).await.unwrap().overall_code, Code::Ok as i32);
+    assert_eq!(
+        ask(user(None)).await.unwrap().overall_code,
+        Code::OverLimit as i32
+    );
+    let r = ask(user(Some("premium"))).await.unwrap();
+    assert_eq!(r.overall_code, Code::Ok as i32, "per-user replaced");
+    assert!(r.statuses[0].current_limit.is_none());
+
+    // Shadow mode: over the limit, but OK; unlimited; unknown domain.
+    let trial = || rl("edge", vec![descriptor(&[("trial", "t1")])]);
+    assert_eq!(ask(trial()).await.unwrap().overall_code, Code::Ok as i32);
+    let r = ask(trial()).await.unwrap();
+    assert_eq!(r.overall_code, Code::Ok as i32);
+    assert_eq!(r.statuses[0].code, Code::Ok as i32);
+    let r = ask(rl("edge", vec![descriptor(&[("internal", "job")])]))
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.overall_code, r.statuses[0].limit_remaining),
+        (Code::Ok as i32, u32::MAX)
+    );
+    let r = ask(rl(
+        "nope",
+        vec![descriptor(&[("remote_address", "10.0.0.1")])],
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.overall_code, Code::Ok as i32, "unknown domain: no limits");
+
+    // A limit the request carries (Envoy's descriptor `limit` override).
+    let mut d = descriptor(&[("remote_address", "10.9.9.9")]);
+    d.limit = Some(RateLimitOverride {
+        requests_per_unit: 1,
+        unit: Unit::Hour as i32,
+    });
+    let given = rl("edge", vec![d]);
+    let r = ask(given.clone()).await.unwrap();
+    assert_eq!(r.overall_code, Code::Ok as i32);
+    let l = r.statuses[0].current_limit.clone().unwrap();
+    assert_eq!((l.requests_per_unit, l.unit), (1, Unit::Hour as i32));
+    assert_eq!(
+        ask(given).await.unwrap().overall_code,
+        Code::OverLimit as i32
+    );
+
+    // Calls sift cannot read.
+    let e = ask(rl("", vec![descriptor(&[("k", "v")])]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    let e = ask(rl("edge", vec![])).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    let mut d = descriptor(&[("k", "v")]);
+    d.limit = Some(RateLimitOverride {
+        requests_per_unit: 1,
+        unit: 99,
+    });
+    let e = ask(rl("edge", vec![d])).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("unknown unit"), "{}", e.message());
+
+    assert_eq!(
+        sift.metric(r#"sift_rls_decisions_total{domain="edge",limit="edge.remote_address",decision="over_limit"}"#)
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        sift.metric(r#"sift_rls_decisions_total{domain="edge",limit="edge.trial",decision="shadow_over_limit"}"#)
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        sift.metric(
+            r#"sift_envoy_checks_total{listener="authz",api="ratelimit",decision="error"}"#
+        )
+        .await,
+        Some(3.0)
+    );
+    assert!(
+        sift.log_lines()
+            .iter()
+            .any(|l| l.contains("envoy_ratelimit") && l.contains("remote_address=10.0.0.1")),
+        "an access-log line per call"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_limit_service_reloads_keep_buckets_and_bad_ones_keep_serving() {
+    let sift = Sift::start(RLS_CONFIG);
+    let mut c = rls_client(&sift).await;
+    let ip = || rl("edge", vec![descriptor(&[("remote_address", "10.0.0.1")])]);
+    for _ in 0..2 {
+        c.should_rate_limit(ip()).await.unwrap();
+    }
+    // Another limit changes; remote_address's buckets stay spent.
+    sift.write_config(&RLS_CONFIG.replace("requests_per_unit: 1000", "requests_per_unit: 500"));
+    assert_eq!(post_text(&sift.admin_url("/reload")).await.0, 200);
+    let r = c.should_rate_limit(ip()).await.unwrap().into_inner();
+    assert_eq!(r.overall_code, Code::OverLimit as i32, "bucket kept");
+    // A broken tree is refused; the old one keeps answering.
+    sift.write_config(&RLS_CONFIG.replace("name: per-user }", "name: per-usr }"));
+    let (status, body) = post_text(&sift.admin_url("/reload")).await;
+    assert_ne!(status, 200);
+    assert!(
+        body.contains("no limit of domain")
+            && body.contains("per-usr")
+            && body.contains("replaces[0]"),
+        "{body}"
+    );
+    let r = c
+        .should_rate_limit(rl(
+            "edge",
+            vec![descriptor(&[("remote_address", "10.0.0.3")])],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.statuses[0]
+            .current_limit
+            .as_ref()
+            .unwrap()
+            .requests_per_unit,
+        2
+    );
+    // The limit raised: a new bucket.
+    sift.write_config(&RLS_CONFIG.replace(
+        "rate_limit: { unit: minute, requests_per_unit: 2 }",
+        "rate_limit: { unit: minute, requests_per_unit: 3 }",
+    ));
+    assert_eq!(post_text(&sift.admin_url("/reload")).await.0, 200);
+    let r = c.should_rate_limit(ip()).await.unwrap().into_inner();
+    assert_eq!(
+        (r.overall_code, r.statuses[0].limit_remaining),
+        (Code::Ok as i32, 2)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_limit_service_counts_in_redis_across_replicas() {
+    let mut redis = RedisServer::start();
+    let port = redis.addr.port();
+    let cfg = format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+redis: {{ address: "127.0.0.1:{port}", timeout: 200ms }}
+listeners:
+  - {{ name: authz, address: "127.0.0.1:0", serve: envoy }}
+rate_limit_service:
+  store: redis
+  response_headers: true
+  domains:
+    - domain: edge
+      descriptors:
+        - key: remote_address
+          rate_limit: {{ unit: minute, requests_per_unit: 3 }}
+        - key: tenant
+          rate_limit: {{ unit: minute, requests_per_unit: 10 }}
+"#
+    );
+    let (one, two) = (Sift::start(&cfg), Sift::start(&cfg));
+    let (mut c1, mut c2) = (rls_client(&one).await, rls_client(&two).await);
+    let ip = |a: &str| rl("edge", vec![descriptor(&[("remote_address", a)])]);
+    let mut codes = Vec::new();
+    for i in 0..5 {
+        let c = if i % 2 == 0 { &mut c1 } else { &mut c2 };
+        let r = c
+            .should_rate_limit(ip("10.0.0.1"))
+            .await
+            .unwrap()
+            .into_inner();
+        codes.push(r.overall_code);
+        if i == 0 {
+            let h = headers_of(&r);
+            let v = h.get("ratelimit").cloned().unwrap_or_default();
+            assert!(v.starts_with("\"edge.remote_address\";r=2;t="), "{h:?}");
+        }
+    }
+    let (ok, over) = (Code::Ok as i32, Code::OverLimit as i32);
+    assert_eq!(
+        codes,
+        [ok, ok, ok, over, over],
+        "3 per minute across both replicas"
+    );
+    // Over on one descriptor: the other's token is given back in Redis.
+    let both = rl(
+        "edge",
+        vec![
+            descriptor(&[("tenant", "t")]),
+            descriptor(&[("remote_address", "10.0.0.1")]),
+        ],
+    );
+    let r = c1.should_rate_limit(both).await.unwrap().into_inner();
+    assert_eq!(r.overall_code, over);
+    assert_eq!(r.statuses[0].limit_remaining, 10, "given back");
+    let r = c2
+        .should_rate_limit(rl("edge", vec![descriptor(&[("tenant", "t")])]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.statuses[0].limit_remaining, 9,
+        "the refused call took nothing"
+    );
+    // Redis gone: an error for Envoy (its failure_mode_deny decides).
+    redis.stop();
+    let e = c1.should_rate_limit(ip("10.0.0.5")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    assert!(e.message().starts_with("redis:"), "{}", e.message());
+}

@@ -125,6 +125,21 @@ pub fn build(f: &FileConfig) -> Result<Config, Vec<ConfigError>> {
         }
     }
 
+    let rate_limit_service = f
+        .rate_limit_service
+        .as_ref()
+        .map(|r| build_rls(r, redis.is_some(), &mut e));
+    if rate_limit_service.is_some()
+        && !listeners
+            .iter()
+            .any(|l| l.serve == crate::config::file::Serve::Envoy)
+    {
+        e.push(
+            "rate_limit_service",
+            "it is served on `serve: envoy` listeners, and there is none",
+        );
+    }
+
     if let Some(admin) = &admin {
         for (i, l) in listeners.iter().enumerate() {
             let same_port = l.address.port() == admin.address.port() && l.address.port() != 0;
@@ -156,6 +171,7 @@ pub fn build(f: &FileConfig) -> Result<Config, Vec<ConfigError>> {
             redis,
             dns,
             local_replies,
+            rate_limit_service,
         }),
         _ => Err(e.0),
     }
@@ -277,6 +293,170 @@ fn build_dns(d: Option<&DnsFile>, e: &mut Errs) -> crate::dns::ResolverSpec {
         servers,
         timeout: positive(d.timeout, Dur::secs(2), "dns.timeout", e),
     }
+}
+
+/// The top-level `rate_limit_service`.
+fn build_rls(
+    f: &crate::config::file::RateLimitServiceFile,
+    has_redis: bool,
+    e: &mut Errs,
+) -> crate::policy::rls::RlsSpec {
+    use crate::config::file::RlsStore;
+    use crate::policy::rls::{DomainSpec, RlsSpec};
+    let store = f.store.unwrap_or_default();
+    if store == RlsStore::Redis && !has_redis {
+        e.push(
+            "rate_limit_service.store",
+            "redis, but there is no top-level `redis` to count in",
+        );
+    }
+    let max_keys = f.max_keys.unwrap_or(100_000);
+    if !(1..=10_000_000).contains(&max_keys) {
+        e.push("rate_limit_service.max_keys", "must be 1..=10000000");
+    }
+    let mut seen = HashSet::new();
+    let mut domains = Vec::new();
+    for (i, d) in f.domains.iter().enumerate() {
+        let p = format!("rate_limit_service.domains[{i}]");
+        if d.domain.is_empty() {
+            e.push(format!("{p}.domain"), "must not be empty");
+        } else if !seen.insert(d.domain.clone()) {
+            e.push(
+                format!("{p}.domain"),
+                format!("domain {:?} is given twice", d.domain),
+            );
+        }
+        let mut names = HashSet::new();
+        let mut replaces = Vec::new();
+        let descriptors = build_rls_nodes(&d.descriptors, &p, 1, &mut names, &mut replaces, e);
+        for (path, name) in replaces {
+            if !names.contains(&name) {
+                e.push(
+                    path,
+                    format!("no limit of domain {:?} is named {name:?}", d.domain),
+                );
+            }
+        }
+        domains.push(DomainSpec {
+            domain: d.domain.clone(),
+            descriptors,
+        });
+    }
+    RlsSpec {
+        store,
+        response_headers: f.response_headers.unwrap_or(false),
+        max_keys: max_keys.clamp(1, 10_000_000),
+        domains,
+    }
+}
+
+fn build_rls_nodes(
+    nodes: &[crate::config::file::RlsDescriptorFile],
+    p: &str,
+    depth: usize,
+    names: &mut HashSet<String>,
+    replaces: &mut Vec<(String, String)>,
+    e: &mut Errs,
+) -> Vec<crate::policy::rls::NodeSpec> {
+    use crate::policy::rls::{LimitSpec, NodeSpec};
+    if depth > 16 {
+        e.push(p, "descriptors nest more than 16 levels deep");
+        return Vec::new();
+    }
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let np = format!("{p}.descriptors[{i}]");
+        if n.key.is_empty() {
+            e.push(format!("{np}.key"), "must not be empty");
+        }
+        if n.value.as_deref() == Some("") {
+            e.push(
+                format!("{np}.value"),
+                "must not be empty (leave it out to match any value)",
+            );
+        }
+        if !seen.insert((n.key.clone(), n.value.clone())) {
+            e.push(
+                np.clone(),
+                format!(
+                    "another descriptor at this level has key {:?} and {}",
+                    n.key,
+                    n.value
+                        .as_ref()
+                        .map_or("no value".to_string(), |v| format!("value {v:?}"))
+                ),
+            );
+        }
+        let rate_limit = n.rate_limit.as_ref().map(|l| {
+            let lp = format!("{np}.rate_limit");
+            let unlimited = l.unlimited.unwrap_or(false);
+            if let Some(name) = &l.name {
+                let ok = !name.is_empty()
+                    && name.len() <= 128
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+                if !ok {
+                    e.push(
+                        format!("{lp}.name"),
+                        format!("{name:?} must be 1-128 visible ASCII characters, no '\"' or '\\'"),
+                    );
+                }
+                names.insert(name.clone());
+            }
+            for (j, r) in l.replaces.iter().enumerate() {
+                if Some(&r.name) == l.name.as_ref() {
+                    e.push(
+                        format!("{lp}.replaces[{j}]"),
+                        "a limit cannot replace itself",
+                    );
+                } else {
+                    replaces.push((format!("{lp}.replaces[{j}]"), r.name.clone()));
+                }
+            }
+            if unlimited {
+                if l.unit.is_some() || l.requests_per_unit.is_some() || l.burst.is_some() {
+                    e.push(
+                        lp.clone(),
+                        "unlimited takes no unit, requests_per_unit or burst",
+                    );
+                }
+            } else {
+                if l.unit.is_none() {
+                    e.push(format!("{lp}.unit"), "is required (or unlimited: true)");
+                }
+                match l.requests_per_unit {
+                    None => e.push(
+                        format!("{lp}.requests_per_unit"),
+                        "is required (or unlimited: true)",
+                    ),
+                    Some(0) => e.push(format!("{lp}.requests_per_unit"), "must be at least 1"),
+                    _ => {}
+                }
+                if l.burst == Some(0) {
+                    e.push(format!("{lp}.burst"), "must be at least 1");
+                }
+            }
+            let rpu = l.requests_per_unit.unwrap_or(1).max(1);
+            LimitSpec {
+                name: l.name.clone(),
+                requests_per_unit: rpu,
+                unit: l.unit.unwrap_or(crate::config::file::RlsUnit::Second),
+                burst: l.burst.unwrap_or(rpu).max(1),
+                unlimited,
+                replaces: l.replaces.iter().map(|r| r.name.clone()).collect(),
+            }
+        });
+        out.push(NodeSpec {
+            key: n.key.clone(),
+            value: n.value.clone(),
+            rate_limit,
+            shadow_mode: n.shadow_mode.unwrap_or(false),
+            descriptors: build_rls_nodes(&n.descriptors, &np, depth + 1, names, replaces, e),
+        });
+    }
+    out
 }
 
 fn build_redis(
@@ -3402,6 +3582,126 @@ mod tests {
     fn has(errs: &[ConfigError], path: &str, needle: &str) -> bool {
         errs.iter()
             .any(|e| e.path == path && e.message.contains(needle))
+    }
+
+    #[test]
+    fn rate_limit_service_trees_are_checked() {
+        let base = r#"admin: { address: "127.0.0.1:0" }
+listeners: [ { name: a, address: "127.0.0.1:0", serve: envoy } ]
+"#;
+        let errs = errors(&format!(
+            r#"{base}rate_limit_service:
+  store: redis
+  max_keys: 0
+  domains:
+    - domain: edge
+      descriptors:
+        - key: k
+          rate_limit: {{ unit: second }}
+        - key: k
+          rate_limit: {{ requests_per_unit: 0, unit: minute, burst: 0 }}
+        - key: u
+          value: ""
+          rate_limit: {{ unlimited: true, unit: second }}
+        - key: ""
+          rate_limit: {{ name: "a\"b", requests_per_unit: 1, unit: day, replaces: [ {{ name: ghost }}, {{ name: "a\"b" }} ] }}
+    - domain: edge
+"#
+        ));
+        let d = "rate_limit_service.domains[0].descriptors";
+        assert!(
+            has(&errs, "rate_limit_service.store", "no top-level `redis`"),
+            "{errs:?}"
+        );
+        assert!(
+            has(&errs, "rate_limit_service.max_keys", "1..=10000000"),
+            "{errs:?}"
+        );
+        assert!(
+            has(
+                &errs,
+                &format!("{d}[0].rate_limit.requests_per_unit"),
+                "is required"
+            ),
+            "{errs:?}"
+        );
+        assert!(
+            has(&errs, &format!("{d}[1]"), "key \"k\" and no value"),
+            "{errs:?}"
+        );
+        assert!(
+            has(
+                &errs,
+                &format!("{d}[1].rate_limit.requests_per_unit"),
+                "at least 1"
+            ),
+            "{errs:?}"
+        );
+        assert!(
+            has(&errs, &format!("{d}[1].rate_limit.burst"), "at least 1"),
+            "{errs:?}"
+        );
+        assert!(
+            has(&errs, &format!("{d}[2].value"), "must not be empty"),
+            "{errs:?}"
+        );
+        assert!(
+            has(
+                &errs,
+                &format!("{d}[2].rate_limit"),
+                "unlimited takes no unit"
+            ),
+            "{errs:?}"
+        );
+        assert!(
+            has(&errs, &format!("{d}[3].key"), "must not be empty"),
+            "{errs:?}"
+        );
+        assert!(
+            has(&errs, &format!("{d}[3].rate_limit.name"), "visible ASCII"),
+            "{errs:?}"
+        );
+        assert!(
+            has(
+                &errs,
+                &format!("{d}[3].rate_limit.replaces[0]"),
+                "named \"ghost\""
+            ),
+            "{errs:?}"
+        );
+        assert!(
+            has(
+                &errs,
+                &format!("{d}[3].rate_limit.replaces[1]"),
+                "cannot replace itself"
+            ),
+            "{errs:?}"
+        );
+        assert!(
+            has(&errs, "rate_limit_service.domains[1].domain", "given twice"),
+            "{errs:?}"
+        );
+        // Unknown keys (envoyproxy/ratelimit's detailed_metric is not one).
+        let errs = errors(&format!(
+            "{base}rate_limit_service: {{ domains: [ {{ domain: d, descriptors: [ {{ key: k, detailed_metric: true }} ] }} ] }}\n"
+        ));
+        assert!(
+            errs.iter().any(|e| e.message.contains("detailed_metric")),
+            "{errs:?}"
+        );
+        // Served only on envoy listeners.
+        let errs = errors(
+            r#"admin: { address: "127.0.0.1:0" }
+listeners: [ { name: a, address: "127.0.0.1:0" } ]
+rate_limit_service: { domains: [ { domain: d } ] }
+"#,
+        );
+        assert!(has(&errs, "rate_limit_service", "serve: envoy"), "{errs:?}");
+        // A good tree, upper-case units as envoyproxy/ratelimit writes them.
+        let errs = errors(&format!(
+            "{base}rate_limit_service: {{ domains: [ {{ domain: d, descriptors: [ {{ key: k, rate_limit: {{ unit: SECOND, requests_per_unit: 5 }} }} ] }} ] }}\n"
+        ));
+        assert!(errs.is_empty(), "{errs:?}");
     }
 
     /// Client headers with '_' in their names never reach routing.

@@ -61,6 +61,149 @@ pub struct FileConfig {
     /// ...): their format, and bodies of your own per error or status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_replies: Option<LocalRepliesFile>,
+    /// Envoy's global rate limit service (`envoy.service.ratelimit.v3`)
+    /// on `serve: envoy` listeners: domains of descriptor limits in
+    /// envoyproxy/ratelimit's config shape.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_service: Option<RateLimitServiceFile>,
+}
+
+/// The top-level `rate_limit_service`: sift answers Envoy's
+/// `RateLimitService/ShouldRateLimit` (the `envoy.filters.http.ratelimit`
+/// filter's calls) as envoyproxy/ratelimit does, with token buckets.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitServiceFile {
+    /// Where buckets are counted: `local` (this process, default) or
+    /// `redis` (the top-level `redis`, shared by every replica).
+    #[serde(default)]
+    pub store: Option<RlsStore>,
+    /// Add RateLimit-Policy / RateLimit for the client to allowed answers
+    /// too (default false: only to OVER_LIMIT answers).
+    #[serde(default)]
+    pub response_headers: Option<bool>,
+    /// Local store: most buckets kept per limit (default 100000).
+    #[serde(default)]
+    pub max_keys: Option<usize>,
+    /// One entry per domain: `{domain, descriptors}`, the shape of one
+    /// envoyproxy/ratelimit config file.
+    #[serde(default)]
+    pub domains: Vec<RlsDomainFile>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RlsStore {
+    #[default]
+    Local,
+    Redis,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RlsDomainFile {
+    /// The `domain` of Envoy's rate limit filter.
+    pub domain: String,
+    #[serde(default)]
+    pub descriptors: Vec<RlsDescriptorFile>,
+}
+
+/// One level of a descriptor tree: matches a request descriptor's entry
+/// by `key` and `value` (no value: any value, a bucket per value; a value
+/// ending in `*`: any value with that prefix, a bucket per value).
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RlsDescriptorFile {
+    pub key: String,
+    #[serde(default)]
+    pub value: Option<String>,
+    /// The limit for descriptors that end at this level.
+    #[serde(default)]
+    pub rate_limit: Option<RlsLimitFile>,
+    /// Count and report, never answer OVER_LIMIT (default false).
+    #[serde(default)]
+    pub shadow_mode: Option<bool>,
+    /// The next entries of the descriptor.
+    #[serde(default)]
+    pub descriptors: Vec<RlsDescriptorFile>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RlsLimitFile {
+    /// The limit's name: in headers, metrics, logs and `replaces`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Tokens added per `unit` (required unless `unlimited`).
+    #[serde(default)]
+    pub requests_per_unit: Option<u64>,
+    /// second, minute, hour, day, week, month (30 days) or year (365 days).
+    #[serde(default)]
+    pub unit: Option<RlsUnit>,
+    /// Bucket size (default: requests_per_unit).
+    #[serde(default)]
+    pub burst: Option<u64>,
+    /// Never limit descriptors that end here (default false).
+    #[serde(default)]
+    pub unlimited: Option<bool>,
+    /// Limits (by name) this one replaces when both match one request.
+    #[serde(default)]
+    pub replaces: Vec<RlsReplacesFile>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RlsReplacesFile {
+    pub name: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RlsUnit {
+    #[serde(alias = "SECOND")]
+    Second,
+    #[serde(alias = "MINUTE")]
+    Minute,
+    #[serde(alias = "HOUR")]
+    Hour,
+    #[serde(alias = "DAY")]
+    Day,
+    #[serde(alias = "WEEK")]
+    Week,
+    #[serde(alias = "MONTH")]
+    Month,
+    #[serde(alias = "YEAR")]
+    Year,
+}
+
+impl JsonSchema for RlsUnit {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "RlsUnit".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "enum": ["second", "minute", "hour", "day", "week", "month", "year",
+                     "SECOND", "MINUTE", "HOUR", "DAY", "WEEK", "MONTH", "YEAR"],
+            "description": "second, minute, hour, day, week, month (30 days) or year (365 days); lower or upper case."
+        })
+    }
+}
+
+impl RlsUnit {
+    /// The unit in seconds (a month is 30 days, a year 365, as in
+    /// envoyproxy/ratelimit).
+    pub fn secs(self) -> u64 {
+        match self {
+            RlsUnit::Second => 1,
+            RlsUnit::Minute => 60,
+            RlsUnit::Hour => 3600,
+            RlsUnit::Day => 86_400,
+            RlsUnit::Week => 7 * 86_400,
+            RlsUnit::Month => 30 * 86_400,
+            RlsUnit::Year => 365 * 86_400,
+        }
+    }
 }
 
 /// The top-level `local_replies` (Envoy's local_reply_config, nginx's

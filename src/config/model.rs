@@ -36,6 +36,8 @@ pub struct Config {
     pub dns: crate::dns::ResolverSpec,
     /// The top-level `local_replies`.
     pub local_replies: LocalReplies,
+    /// The top-level `rate_limit_service`.
+    pub rate_limit_service: Option<crate::policy::rls::RlsSpec>,
 }
 
 /// How sift's own answers look.

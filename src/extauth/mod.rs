@@ -10,6 +10,7 @@
 pub mod authz_http;
 pub mod grpc;
 pub mod proc;
+pub mod rls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -440,7 +441,7 @@ fn deny(shared: &Shared, stop: Stop, grpc: bool, route: Option<&Route>) -> Box<D
 }
 
 /// The bytes of a body that is already complete (sift's own answers).
-fn ready_bytes(body: crate::body::Body) -> Bytes {
+pub(super) fn ready_bytes(body: crate::body::Body) -> Bytes {
     let mut fut = std::pin::pin!(body.collect());
     let waker = std::task::Waker::noop();
     let mut cx = std::task::Context::from_waker(waker);
@@ -500,7 +501,7 @@ pub fn is_envoy(snap: &Snapshot, index: usize) -> bool {
 }
 
 /// Serve one request on a `serve: envoy` listener: gRPC calls to the
-/// Authorization or ExternalProcessor services, anything else an HTTP
+/// Authorization, ExternalProcessor or RateLimitService services, anything else an HTTP
 /// ext_authz check.
 pub async fn handle(
     shared: Arc<Shared>,
@@ -512,6 +513,8 @@ pub async fn handle(
         grpc::serve(shared, conn, req).await
     } else if path.starts_with("/envoy.service.ext_proc.v3.ExternalProcessor/") {
         proc::serve(shared, conn, req).await
+    } else if path.starts_with("/envoy.service.ratelimit.v3.RateLimitService/") {
+        rls::serve(shared, conn, req).await
     } else {
         authz_http::serve(shared, conn, req).await
     }

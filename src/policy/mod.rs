@@ -6,3 +6,4 @@ pub mod outlier;
 pub mod ratelimit;
 pub mod redis;
 pub mod retry;
+pub mod rls;

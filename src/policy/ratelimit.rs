@@ -187,6 +187,22 @@ impl Limiter {
     /// Take one token for `key` at `now`.
     pub fn check(&self, key: u64, now: u64) -> Decision {
         let q = self.overrides.get(&key).copied().unwrap_or(self.quota);
+        self.take(key, 1, now, q)
+    }
+
+    /// Take `hits` tokens for `key` at `now` (0: only look, allowed while
+    /// a token is left), from a bucket of `custom` (requests per unit, unit
+    /// in seconds) instead of the policy's own quota when given. All or
+    /// nothing: a denied request takes no token.
+    pub fn check_n(&self, key: u64, hits: u64, now: u64, custom: Option<(u64, u64)>) -> Decision {
+        let q = match custom {
+            Some((rpu, unit)) => quota(rpu.max(1), unit.max(1), rpu.max(1)),
+            None => self.overrides.get(&key).copied().unwrap_or(self.quota),
+        };
+        self.take(key, hits, now, q)
+    }
+
+    fn take(&self, key: u64, hits: u64, now: u64, q: Quota) -> Decision {
         let shard = &self.shards[(key as usize) % SHARDS];
         let mut map = shard.lock().unwrap_or_else(|p| p.into_inner());
         let bucket = match map.get_mut(&key) {
@@ -204,9 +220,10 @@ impl Limiter {
         let elapsed = now.saturating_sub(bucket.last) as f64;
         bucket.tokens = (bucket.tokens + elapsed * q.rate).min(q.burst);
         bucket.last = bucket.last.max(now);
-        let allowed = bucket.tokens >= 1.0;
+        let need = hits.max(1) as f64;
+        let allowed = bucket.tokens >= need;
         if allowed {
-            bucket.tokens -= 1.0;
+            bucket.tokens -= hits as f64;
         }
         let secs = |tokens_needed: f64| -> u64 {
             if tokens_needed <= 0.0 {
@@ -221,7 +238,8 @@ impl Limiter {
             retry_after: if allowed {
                 0
             } else {
-                secs(1.0 - bucket.tokens).max(1)
+                // More than the bucket holds never fits: say when it is full.
+                secs(need.min(q.burst) - bucket.tokens).max(1)
             },
             reset: secs(q.burst - bucket.tokens),
             quota: q.q,
@@ -232,11 +250,19 @@ impl Limiter {
     /// Give back a token taken by [`check`](Self::check) for a request that
     /// another policy then rejected (so overlapping policies do not all pay).
     pub fn refund(&self, key: u64) {
-        let q = self.overrides.get(&key).copied().unwrap_or(self.quota);
+        self.refund_n(key, 1, None);
+    }
+
+    /// Give back `hits` tokens taken by [`check_n`](Self::check_n).
+    pub fn refund_n(&self, key: u64, hits: u64, custom: Option<(u64, u64)>) {
+        let q = match custom {
+            Some((rpu, unit)) => quota(rpu.max(1), unit.max(1), rpu.max(1)),
+            None => self.overrides.get(&key).copied().unwrap_or(self.quota),
+        };
         let shard = &self.shards[(key as usize) % SHARDS];
         let mut map = shard.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(b) = map.get_mut(&key) {
-            b.tokens = (b.tokens + 1.0).min(q.burst);
+            b.tokens = (b.tokens + hits as f64).min(q.burst);
         }
     }
 

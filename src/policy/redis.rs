@@ -50,22 +50,27 @@ fn redacted<S: serde::Serializer>(p: &Option<String>, s: S) -> Result<S::Ok, S::
     }
 }
 
-/// Take a token: GCRA on KEYS[1] with ARGV[1] µs per token and a burst of
-/// ARGV[2]. Answers {allowed, remaining, µs until allowed, µs until full}.
+/// Take tokens: GCRA on KEYS[1] with ARGV[1] µs per token, a burst of
+/// ARGV[2], ARGV[3] tokens (0: only look, allowed while one is left).
+/// Answers {allowed, remaining, µs until allowed, µs until full}.
 const TAKE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
+local n = tonumber(ARGV[3])
 local tat = tonumber(redis.call('GET', KEYS[1])) or now
 if tat < now then tat = now end
-local new_tat = tat + interval
-local allow_at = new_tat - burst * interval
-if now < allow_at then
-  return {0, 0, math.ceil(allow_at - now), math.ceil(tat - now)}
+local need = math.min(math.max(n, 1), burst)
+local allow_at = tat + need * interval - burst * interval
+if now < allow_at or n > burst then
+  return {0, math.max(0, math.floor((now - (tat - burst * interval)) / interval)), math.ceil(math.max(allow_at - now, 1)), math.ceil(tat - now)}
 end
-redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
-return {1, math.floor((now - allow_at) / interval), 0, math.ceil(new_tat - now)}
+local new_tat = tat + n * interval
+if n > 0 then
+  redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
+end
+return {1, math.floor((now - (new_tat - burst * interval)) / interval), 0, math.ceil(new_tat - now)}
 ";
 
 /// Give a token back (a later policy refused the request).
@@ -527,13 +532,14 @@ impl Redis {
 
     /// EVALSHA of script `which` (0 take, 1 give), or EVAL if the server
     /// lost it (SCRIPT FLUSH) since the lane connected.
-    async fn run(&self, which: usize, key: &str, args: [&str; 2]) -> Result<Reply, RedisError> {
+    async fn run(&self, which: usize, key: &str, args: [&str; 3]) -> Result<Reply, RedisError> {
         let sha = self.shas[which].as_bytes();
         let rest = [
             b"1".as_slice(),
             key.as_bytes(),
             args[0].as_bytes(),
             args[1].as_bytes(),
+            args[2].as_bytes(),
         ];
         match self
             .call(&[&[b"EVALSHA".as_slice(), sha][..], &rest].concat())
@@ -550,8 +556,23 @@ impl Redis {
 
     /// Take a token from `key`'s bucket: `interval_us` per token, `burst`.
     pub async fn take(&self, key: &str, interval_us: f64, burst: u64) -> Result<Taken, RedisError> {
-        let (i, b) = (format!("{interval_us:.3}"), burst.to_string());
-        let r = self.run(0, key, [&i, &b]).await?;
+        self.take_n(key, interval_us, burst, 1).await
+    }
+
+    /// Take `hits` tokens from `key`'s bucket (0: only look), all or none.
+    pub async fn take_n(
+        &self,
+        key: &str,
+        interval_us: f64,
+        burst: u64,
+        hits: u64,
+    ) -> Result<Taken, RedisError> {
+        let (i, b, n) = (
+            format!("{interval_us:.3}"),
+            burst.to_string(),
+            hits.to_string(),
+        );
+        let r = self.run(0, key, [&i, &b, &n]).await?;
         let Reply::Array(Some(items)) = r else {
             return Err(RedisError::Protocol("the script did not answer an array"));
         };
@@ -576,7 +597,7 @@ impl Redis {
     /// Give back the token `take` took from `key`.
     pub async fn give(&self, key: &str, interval_us: f64) -> Result<(), RedisError> {
         let i = format!("{interval_us:.3}");
-        self.run(1, key, [&i, "0"]).await.map(|_| ())
+        self.run(1, key, [&i, "0", "0"]).await.map(|_| ())
     }
 }
 
