@@ -15,6 +15,12 @@
 //!       request headers, the body (one buffered message), response
 //!       headers, each sent after the answer to the one before (the floor
 //!       answers ext_proc too, continuing every message).
+//!   authz_load rls ADDR SECONDS CONCURRENCY KEYS
+//!       `RateLimitService/ShouldRateLimit` calls of domain `bench`, each
+//!       with two descriptors as Envoy's route actions make them:
+//!       `remote_address` (one of KEYS addresses, in turn) and
+//!       `generic_key=api`. `denied` counts OVER_LIMIT answers (the floor
+//!       answers OK to every call).
 //!
 //! Not a product and not used by sift; built with
 //! `cargo bench --bench authz_load --no-run`.
@@ -24,6 +30,9 @@ use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::core::v3::{
     HeaderMap as PbHeaderMap, HeaderValue as PbHeaderValue,
+};
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::{
+    RateLimitDescriptor, rate_limit_descriptor::Entry as RlEntry,
 };
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
@@ -39,6 +48,12 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
     external_processor_server::{ExternalProcessor, ExternalProcessorServer},
     processing_request::Request as In,
     processing_response::Response as Out,
+};
+use envoy_types::pb::envoy::service::ratelimit::v3::{
+    RateLimitRequest, RateLimitResponse,
+    rate_limit_response::Code,
+    rate_limit_service_client::RateLimitServiceClient,
+    rate_limit_service_server::{RateLimitService, RateLimitServiceServer},
 };
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
@@ -93,6 +108,20 @@ impl Authorization for Floor {
             status: Some(RpcStatus::default()),
             http_response: Some(HttpResponse::OkResponse(OkHttpResponse::default())),
             dynamic_metadata: None,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl RateLimitService for Floor {
+    async fn should_rate_limit(
+        &self,
+        r: tonic::Request<RateLimitRequest>,
+    ) -> Result<tonic::Response<RateLimitResponse>, tonic::Status> {
+        Ok(tonic::Response::new(RateLimitResponse {
+            overall_code: Code::Ok as i32,
+            statuses: vec![Default::default(); r.get_ref().descriptors.len()],
+            ..Default::default()
         }))
     }
 }
@@ -164,9 +193,16 @@ fn main() {
                 .unwrap_or_default();
             rt.block_on(proc_load(addr, secs, conc, path, body));
         }
+        Some("rls") => {
+            let addr = args[2].clone();
+            let secs: u64 = args[3].parse().expect("SECONDS");
+            let conc: usize = args[4].parse().expect("CONCURRENCY");
+            let keys: usize = args[5].parse().expect("KEYS");
+            rt.block_on(rls_load(addr, secs, conc, keys.max(1)));
+        }
         _ => {
             eprintln!(
-                "usage: authz_load floor LISTEN | load|proc ADDR SECONDS CONCURRENCY PATH [BODY_FILE]"
+                "usage: authz_load floor LISTEN | load|proc ADDR SECONDS CONCURRENCY PATH [BODY_FILE] | rls ADDR SECONDS CONCURRENCY KEYS"
             );
             std::process::exit(2);
         }
@@ -180,19 +216,22 @@ async fn floor(addr: std::net::SocketAddr) {
     let tcp = tokio::net::TcpListener::bind(addr).await.expect("bind");
     let svc = AuthorizationServer::new(Floor);
     let proc = ExternalProcessorServer::new(FloorProc);
+    let rls = RateLimitServiceServer::new(Floor);
     loop {
         let Ok((stream, _)) = tcp.accept().await else {
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (svc, proc) = (svc.clone(), proc.clone());
+        let (svc, proc, rls) = (svc.clone(), proc.clone(), rls.clone());
         tokio::spawn(async move {
             let service =
                 hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let (mut s, mut p) = (svc.clone(), proc.clone());
+                    let (mut s, mut p, mut r) = (svc.clone(), proc.clone(), rls.clone());
                     async move {
                         if req.uri().path().starts_with("/envoy.service.ext_proc.v3.") {
                             p.call(req).await
+                        } else if req.uri().path().starts_with("/envoy.service.ratelimit.v3.") {
+                            r.call(req).await
                         } else {
                             s.call(req).await
                         }
@@ -224,6 +263,63 @@ async fn load(addr: String, secs: u64, conc: usize, path: String, body: Vec<u8>)
                 match c.check(req.clone()).await {
                     Ok(r) => {
                         if r.get_ref().status.as_ref().is_some_and(|s| s.code != 0) {
+                            denied += 1;
+                        }
+                        lat.push(t.elapsed().as_micros() as u64);
+                    }
+                    Err(_) => errors += 1,
+                }
+            }
+            (lat, errors, denied)
+        }));
+    }
+    report(tasks, secs).await;
+}
+
+async fn rls_load(addr: String, secs: u64, conc: usize, keys: usize) {
+    let client = RateLimitServiceClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect");
+    let end = Instant::now() + Duration::from_secs(secs);
+    let entry = |k: &str, v: &str| RlEntry {
+        key: k.into(),
+        value: v.into(),
+    };
+    let reqs: Vec<RateLimitRequest> = (0..keys)
+        .map(|i| RateLimitRequest {
+            domain: "bench".into(),
+            descriptors: vec![
+                RateLimitDescriptor {
+                    entries: vec![entry(
+                        "remote_address",
+                        &format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255),
+                    )],
+                    ..Default::default()
+                },
+                RateLimitDescriptor {
+                    entries: vec![entry("generic_key", "api")],
+                    ..Default::default()
+                },
+            ],
+            hits_addend: 0,
+        })
+        .collect();
+    let reqs = std::sync::Arc::new(reqs);
+    let mut tasks = Vec::new();
+    for t in 0..conc {
+        let mut c = client.clone();
+        let reqs = reqs.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(1 << 16);
+            let (mut errors, mut denied) = (0u64, 0u64);
+            let mut i = t;
+            while Instant::now() < end {
+                let req = reqs[i % reqs.len()].clone();
+                i += conc;
+                let t = Instant::now();
+                match c.should_rate_limit(req).await {
+                    Ok(r) => {
+                        if r.get_ref().overall_code == Code::OverLimit as i32 {
                             denied += 1;
                         }
                         lat.push(t.elapsed().as_micros() as u64);
