@@ -84,6 +84,20 @@ pub enum ProxyError {
     RateLimitUnavailable { policy: String, reason: String },
     #[error("fault injection aborted the request with {status}")]
     FaultAbort { status: u16 },
+    #[error("external auth of route {route:?} answered {status}")]
+    AuthDenied {
+        route: String,
+        status: u16,
+        /// The service's headers the client gets.
+        headers: Vec<(http::HeaderName, HeaderValue)>,
+        body: Bytes,
+    },
+    #[error("external auth of route {route:?} did not answer: {reason}")]
+    AuthUnavailable {
+        route: String,
+        status: u16,
+        reason: String,
+    },
     #[error("cannot spool the request body: {0}")]
     Spool(String),
     #[error("internal error: {0}")]
@@ -119,11 +133,13 @@ pub enum ErrorKind {
     SpoolFailed,
     FaultAbort,
     RateLimitUnavailable,
+    AuthDenied,
+    AuthUnavailable,
     Internal,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 27] = [
+    pub const ALL: [ErrorKind; 29] = [
         ErrorKind::MalformedRequest,
         ErrorKind::NotImplemented,
         ErrorKind::HeadersTooLarge,
@@ -150,6 +166,8 @@ impl ErrorKind {
         ErrorKind::SpoolFailed,
         ErrorKind::FaultAbort,
         ErrorKind::RateLimitUnavailable,
+        ErrorKind::AuthDenied,
+        ErrorKind::AuthUnavailable,
         ErrorKind::Internal,
     ];
 
@@ -181,6 +199,8 @@ impl ErrorKind {
             ErrorKind::SpoolFailed => "spool-failed",
             ErrorKind::FaultAbort => "fault-abort",
             ErrorKind::RateLimitUnavailable => "ratelimit-unavailable",
+            ErrorKind::AuthDenied => "auth-denied",
+            ErrorKind::AuthUnavailable => "auth-unavailable",
             ErrorKind::Internal => "internal",
         }
     }
@@ -211,6 +231,10 @@ impl ErrorKind {
             ErrorKind::SpoolFailed | ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             // The configured status is the answer's (`to_response`).
             ErrorKind::FaultAbort => StatusCode::SERVICE_UNAVAILABLE,
+            // The service's status (`to_response`).
+            ErrorKind::AuthDenied => StatusCode::FORBIDDEN,
+            // `status_on_error` (`to_response`).
+            ErrorKind::AuthUnavailable => StatusCode::FORBIDDEN,
         }
     }
 }
@@ -249,6 +273,8 @@ impl ProxyError {
             ProxyError::Spool(_) => ErrorKind::SpoolFailed,
             ProxyError::FaultAbort { .. } => ErrorKind::FaultAbort,
             ProxyError::RateLimitUnavailable { .. } => ErrorKind::RateLimitUnavailable,
+            ProxyError::AuthDenied { .. } => ErrorKind::AuthDenied,
+            ProxyError::AuthUnavailable { .. } => ErrorKind::AuthUnavailable,
             ProxyError::Internal(_) => ErrorKind::Internal,
         }
     }
@@ -313,6 +339,8 @@ impl ProxyError {
             ProxyError::RateLimitUnavailable { .. } => {
                 "rate limit service unavailable, retry later".into()
             }
+            ProxyError::AuthDenied { .. } => "denied by the authorization service".into(),
+            ProxyError::AuthUnavailable { .. } => "authorization service unavailable".into(),
             ProxyError::Internal(_) => "internal error".into(),
         }
     }
@@ -379,15 +407,22 @@ impl ProxyError {
                 )
             }
             // A filter's block answer is JSON already.
-            None if json && !matches!(self, ProxyError::FilterBlocked { .. }) => Some(format!(
-                "{}\n",
-                serde_json::json!({
-                    "error": kind,
-                    "status": code,
-                    "message": message,
-                    "request_id": id,
-                })
-            )),
+            None if json
+                && !matches!(
+                    self,
+                    ProxyError::FilterBlocked { .. } | ProxyError::AuthDenied { .. }
+                ) =>
+            {
+                Some(format!(
+                    "{}\n",
+                    serde_json::json!({
+                        "error": kind,
+                        "status": code,
+                        "message": message,
+                        "request_id": id,
+                    })
+                ))
+            }
             None => None,
         };
         let Some(text) = new_body else {
@@ -410,6 +445,23 @@ impl ProxyError {
 
     pub fn to_response(&self) -> Response<Body> {
         let kind = self.kind();
+        // The authorization service's own answer, relayed.
+        if let ProxyError::AuthDenied {
+            status,
+            headers,
+            body,
+            ..
+        } = self
+        {
+            let mut resp = Response::new(body::full(body.clone()));
+            *resp.status_mut() = StatusCode::from_u16(*status).unwrap_or(StatusCode::FORBIDDEN);
+            let h = resp.headers_mut();
+            for (k, v) in headers {
+                h.append(k.clone(), v.clone());
+            }
+            h.insert("x-sift-error", HeaderValue::from_static(kind.as_str()));
+            return resp;
+        }
         if let ProxyError::FilterBlocked {
             filter,
             verdict,
@@ -438,6 +490,9 @@ impl ProxyError {
         let status = match self {
             ProxyError::FaultAbort { status } => {
                 StatusCode::from_u16(*status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+            }
+            ProxyError::AuthUnavailable { status, .. } => {
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::FORBIDDEN)
             }
             _ => kind.status(),
         };

@@ -34,6 +34,7 @@ pub mod dns;
 pub mod drain;
 pub mod error;
 pub mod extauth;
+pub mod external_auth;
 pub mod field;
 pub mod filter;
 pub mod jwks;

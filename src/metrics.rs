@@ -29,6 +29,8 @@ pub struct Metrics {
     pub ratelimit_decisions: IntCounterVec,
     /// `sift_rls_decisions_total{domain,limit,decision}`.
     pub rls_decisions: IntCounterVec,
+    /// `sift_external_auth_total{route,result}`.
+    pub external_auth: IntCounterVec,
     pub circuit_overflow: IntCounterVec,
     pub outlier_ejections: IntCounterVec,
     pub endpoints_ejected: IntGaugeVec,
@@ -315,6 +317,14 @@ impl Metrics {
             &["domain", "limit", "decision"],
         )
         .expect("valid metric");
+        let external_auth = IntCounterVec::new(
+            Opts::new(
+                "sift_external_auth_total",
+                "Checks with a route's external authorization service by route and result (allowed, denied, error_allowed: no answer and failure_mode_allow, error_denied: no answer, status_on_error).",
+            ),
+            &["route", "result"],
+        )
+        .expect("valid metric");
         let circuit_overflow = IntCounterVec::new(
             Opts::new(
                 "sift_circuit_overflow_total",
@@ -564,6 +574,7 @@ impl Metrics {
         for m in [
             Box::new(ratelimit_decisions.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(rls_decisions.clone()),
+            Box::new(external_auth.clone()),
             Box::new(circuit_overflow.clone()),
             Box::new(outlier_ejections.clone()),
             Box::new(endpoints_ejected.clone()),
@@ -633,6 +644,7 @@ impl Metrics {
             ratelimit_redis_errors,
             ratelimit_decisions,
             rls_decisions,
+            external_auth,
             circuit_overflow,
             outlier_ejections,
             endpoints_ejected,

@@ -582,6 +582,56 @@ async fn proxy(
         rate_limit_global(snap, route, admitted).await?
     };
 
+    // 4a. External authorization (nginx auth_request, Envoy's HTTP
+    //     ext_authz), after the local checks: a request they refuse costs
+    //     the service nothing. Its answer may set request headers, so the
+    //     borrowed host is read again after it.
+    let mut auth_client_headers = Vec::new();
+    let host = match (&route.spec.external_auth, &route.auth) {
+        (Some(spec), Some((cluster, counters))) => {
+            // As the client wrote it (with its port), already checked.
+            let client_host = match req.uri().authority() {
+                Some(a) => a.as_str().to_string(),
+                None => req
+                    .headers()
+                    .get(header::HOST)
+                    .and_then(|v| v.to_str().ok())
+                    .map_or_else(|| host.to_string(), str::to_string),
+            };
+            drop(host);
+            let ip = trusted_client_ip(listener.trusted_hops, req.headers(), conn.remote);
+            let client = crate::external_auth::Client {
+                method: req.method(),
+                uri: req.uri(),
+                host: &client_host,
+                tls: conn.tls,
+                ip: &ip,
+                headers: req.headers(),
+            };
+            let (outcome, r) = Box::pin(crate::external_auth::check(
+                spec,
+                cluster,
+                &client,
+                &request_id,
+                *clock,
+                &route.spec.name,
+            ))
+            .await;
+            counters[outcome as usize].inc();
+            let allowed = r?;
+            let h = req.headers_mut();
+            for n in &spec.upstream_headers {
+                h.remove(n);
+            }
+            for (k, v) in allowed.upstream {
+                h.append(k, v);
+            }
+            auth_client_headers = allowed.client;
+            request_host(&req)?
+        }
+        _ => host,
+    };
+
     // 4b. Routes that answer themselves, after admission (Envoy's router
     //     answers redirects and direct responses after its rate limits).
     //     The request body is not read.
@@ -592,6 +642,9 @@ async fn proxy(
         h.insert(X_REQUEST_ID.clone(), request_id);
         for (k, v) in ratelimit_headers.into_iter().flatten() {
             h.insert(k, v);
+        }
+        for (k, v) in auth_client_headers {
+            h.append(k, v);
         }
         return Ok(resp);
     }
@@ -1311,6 +1364,9 @@ async fn proxy(
         for (k, v) in hs {
             parts.headers.insert(k, v);
         }
+    }
+    for (k, v) in auth_client_headers {
+        parts.headers.append(k, v);
     }
     if let Some(name) = route
         .canary

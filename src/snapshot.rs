@@ -75,6 +75,9 @@ pub struct Route {
     pub answer: Option<Arc<dyn crate::filter::Filter>>,
     /// Clusters that get a copy of a share of the requests.
     pub mirrors: Vec<crate::mirror::Mirror>,
+    /// The external authorization service's cluster and the route's
+    /// `sift_external_auth_total` counters (by `Outcome::ALL`).
+    pub auth: Option<(Arc<crate::upstream::Cluster>, [IntCounter; 4])>,
 }
 
 /// A filter as one route uses it.
@@ -568,6 +571,17 @@ impl Snapshot {
                     .iter()
                     .map(|l| make_limit(&spec.name, l))
                     .collect();
+                let auth = spec.external_auth.as_ref().and_then(|a| {
+                    let cluster = clusters.get(&a.cluster)?.clone();
+                    Some((
+                        cluster,
+                        crate::external_auth::Outcome::ALL.map(|o| {
+                            metrics
+                                .external_auth
+                                .with_label_values(&[spec.name.as_str(), o.as_str()])
+                        }),
+                    ))
+                });
                 let inflight = prev
                     .and_then(|p| p.routes.iter().find(|r| r.spec.name == spec.name))
                     .map(|r| r.inflight.clone())
@@ -589,6 +603,7 @@ impl Snapshot {
                     rule_backends,
                     answer,
                     mirrors,
+                    auth,
                 }
             })
             .collect();

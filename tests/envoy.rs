@@ -1227,6 +1227,33 @@ async fn rate_limit_service_answers_envoys_should_rate_limit() {
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("unknown unit"), "{}", e.message());
 
+    // Bytes that are no RateLimitRequest, in a gRPC frame: an error status.
+    let garbage: &[u8] = &[0, 0, 0, 0, 6, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
+    let req = http::Request::post(format!(
+        "http://{}/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit",
+        sift.listeners["authz"]
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(full(garbage.to_vec()))
+    .unwrap();
+    let resp = http2_client().request(req).await.expect("an answer");
+    let (parts, body) = resp.into_parts();
+    let collected = http_body_util::BodyExt::collect(body).await.expect("body");
+    let status = parts
+        .headers
+        .get("grpc-status")
+        .or_else(|| collected.trailers().and_then(|t| t.get("grpc-status")))
+        .map(|v| v.to_str().unwrap().to_owned());
+    assert!(status.as_deref().is_some_and(|s| s != "0"), "{parts:?}");
+    // A flood of descriptors and long values in one call: one status each.
+    let long = "v".repeat(200);
+    let many: Vec<RateLimitDescriptor> = (0..3000)
+        .map(|i| descriptor(&[("tenant", &format!("{long}{i}")), ("x", "y")]))
+        .collect();
+    let r = ask(rl("edge", many)).await.unwrap();
+    assert_eq!((r.overall_code, r.statuses.len()), (Code::Ok as i32, 3000));
+
     assert_eq!(
         sift.metric(r#"sift_rls_decisions_total{domain="edge",limit="edge.remote_address",decision="over_limit"}"#)
             .await,

@@ -2006,3 +2006,164 @@ async fn weighted_endpoints_share_round_robin_by_weight() {
         "between 1 and 1000",
     );
 }
+
+/// `external_auth`: an authorization service on loopback decides; its 2xx
+/// lets the request through with the headers it grants, anything else is
+/// the client's answer; no answer is `status_on_error` or, with
+/// `failure_mode_allow`, a pass.
+#[tokio::test(flavor = "multi_thread")]
+async fn external_auth_admits_on_2xx_and_relays_denials() {
+    let seen: Arc<std::sync::Mutex<Vec<http::request::Parts>>> = Arc::default();
+    let log = seen.clone();
+    let auth = Upstream::start(move |req: Request<hyper::body::Incoming>| {
+        let log = log.clone();
+        async move {
+            let (parts, _) = req.into_parts();
+            let token = parts
+                .headers
+                .get("authorization")
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default();
+            log.lock().unwrap().push(parts);
+            match token.as_str() {
+                "Bearer good" => http::Response::builder()
+                    .status(200)
+                    .header("x-auth-user", "ann")
+                    .header("set-cookie", "session=1; HttpOnly")
+                    .header("x-internal", "not for anyone")
+                    .body(full("ok"))
+                    .unwrap(),
+                "Bearer slow" => {
+                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                    text_response(200, "late")
+                }
+                "Bearer login" => http::Response::builder()
+                    .status(302)
+                    .header("location", "https://login.example/start")
+                    .body(full(""))
+                    .unwrap(),
+                _ => http::Response::builder()
+                    .status(401)
+                    .header("www-authenticate", "Bearer realm=\"app\"")
+                    .header("content-type", "text/plain")
+                    .body(full("who are you?\n"))
+                    .unwrap(),
+            }
+        }
+    })
+    .await;
+    let app = Upstream::echo("app").await;
+    let dead = free_port();
+    let cfg = config(
+        &format!(
+            r#"  - {{ name: app, endpoints: ["{}"] }}
+  - {{ name: auth, endpoints: ["{}"] }}
+  - {{ name: gone, endpoints: ["127.0.0.1:{dead}"] }}"#,
+            app.addr, auth.addr
+        ),
+        r#"  - name: guarded
+    match: { path: { prefix: /app } }
+    cluster: app
+    external_auth:
+      cluster: auth
+      path: /verify
+      timeout: 300ms
+      upstream_headers: [x-auth-user]
+      client_headers_on_success: [set-cookie]
+  - name: closed
+    match: { path: { prefix: /closed } }
+    cluster: app
+    external_auth: { cluster: gone, status_on_error: 503 }
+  - name: open
+    match: { path: { prefix: /open } }
+    cluster: app
+    external_auth: { cluster: gone, failure_mode_allow: true }"#,
+    );
+    let sift = Sift::start(&cfg);
+    let ask = |path: &str, token: Option<&str>, forged: bool| {
+        let mut b = Request::post(sift.url(path)).header("x-forwarded-for", "203.0.113.9");
+        if let Some(t) = token {
+            b = b.header("authorization", format!("Bearer {t}"));
+        }
+        if forged {
+            b = b.header("x-auth-user", "root");
+        }
+        b.body(full("payload")).unwrap()
+    };
+
+    // Admitted: the app gets the granted header (not the forged one), the
+    // client the granted cookie and nothing else of the service's.
+    let r = send(ask("/app/x?q=1", Some("good"), true)).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["set-cookie"], "session=1; HttpOnly");
+    assert!(r.headers().get("x-internal").is_none());
+    let v: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
+    assert_eq!(v["name"], "app");
+    assert_eq!(v["headers"]["x-auth-user"], serde_json::json!(["ann"]));
+    assert_eq!(v["body_len"], 7, "the body still reaches the app");
+    // What the service was asked.
+    {
+        let seen = seen.lock().unwrap();
+        let p = seen.last().unwrap();
+        assert_eq!(p.method, http::Method::GET);
+        assert_eq!(p.uri.path(), "/verify");
+        let h = |n: &str| p.headers.get(n).map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(h("authorization").as_deref(), Some("Bearer good"));
+        assert_eq!(h("x-forwarded-method").as_deref(), Some("POST"));
+        assert_eq!(h("x-forwarded-uri").as_deref(), Some("/app/x?q=1"));
+        assert_eq!(h("x-forwarded-proto").as_deref(), Some("http"));
+        assert_eq!(h("x-forwarded-for").as_deref(), Some("203.0.113.9"));
+        let fh = h("x-forwarded-host");
+        assert_eq!(
+            fh,
+            Some(sift.addr().to_string()),
+            "the Host as the client sent it"
+        );
+        assert!(h("x-request-id").is_some());
+        assert!(p.headers.get("content-length").is_none_or(|v| v == "0"));
+    }
+
+    // Denied: the service's status, headers and body; the app never sees it.
+    let before = app.requests.load(Ordering::Relaxed);
+    let r = send(ask("/app/x", None, false)).await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer realm=\"app\"");
+    assert_eq!(r.headers()["x-sift-error"], "auth-denied");
+    assert_eq!(&r.body()[..], b"who are you?\n");
+    let r = send(ask("/app/x", Some("login"), false)).await;
+    assert_eq!(r.status(), 302);
+    assert_eq!(r.headers()["location"], "https://login.example/start");
+    // No answer in time: status_on_error's default 403.
+    let r = send(ask("/app/x", Some("slow"), false)).await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(r.headers()["x-sift-error"], "auth-unavailable");
+    assert_eq!(
+        app.requests.load(Ordering::Relaxed),
+        before,
+        "none reached the app"
+    );
+
+    // A service that is not there: 503 (closed) or a pass (open).
+    let r = send(ask("/closed", Some("good"), false)).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["x-sift-error"], "auth-unavailable");
+    let r = send(ask("/open", Some("good"), false)).await;
+    assert_eq!(r.status(), 200);
+
+    for (route, result, n) in [
+        ("guarded", "allowed", 1.0),
+        ("guarded", "denied", 2.0),
+        ("guarded", "error_denied", 1.0),
+        ("closed", "error_denied", 1.0),
+        ("open", "error_allowed", 1.0),
+    ] {
+        assert_eq!(
+            sift.metric(&format!(
+                r#"sift_external_auth_total{{route="{route}",result="{result}"}}"#
+            ))
+            .await,
+            Some(n),
+            "{route} {result}"
+        );
+    }
+}

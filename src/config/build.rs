@@ -1784,6 +1784,9 @@ fn build_routes(
             redirect,
             direct_response,
             mirror: build_mirrors(r, &p, local, cluster_files, e),
+            external_auth: r.external_auth.as_ref().and_then(|a| {
+                build_external_auth(a, &format!("{p}.external_auth"), cluster_files, e)
+            }),
             hash_policy: build_hash_policy(
                 r.hash_policy.as_deref(),
                 &format!("{p}.hash_policy"),
@@ -1799,6 +1802,110 @@ fn build_routes(
         }
     }
     out
+}
+
+/// A route's `external_auth`.
+fn build_external_auth(
+    a: &crate::config::file::ExternalAuthFile,
+    p: &str,
+    cluster_files: &[ClusterFile],
+    e: &mut Errs,
+) -> Option<crate::external_auth::ExternalAuthSpec> {
+    let before = e.len();
+    if !cluster_files.iter().any(|f| f.name == a.cluster) {
+        let mut known: Vec<&str> = cluster_files.iter().map(|c| c.name.as_str()).collect();
+        known.sort_unstable();
+        e.push(
+            format!("{p}.cluster"),
+            format!(
+                "no cluster is named {:?} (clusters: {})",
+                a.cluster,
+                known.join(", ")
+            ),
+        );
+    }
+    if let Some(path) = &a.path {
+        let ok = path.starts_with('/')
+            && !path.contains('#')
+            && http::uri::PathAndQuery::try_from(path.as_str()).is_ok();
+        if !ok {
+            e.push(
+                format!("{p}.path"),
+                format!("{path:?} is not a path (and query) starting with '/'"),
+            );
+        }
+    }
+    let method = match a.method.as_deref() {
+        None => Some(Method::GET),
+        Some("original") => None,
+        Some(m) => match Method::from_bytes(m.as_bytes()) {
+            Ok(m) if m.as_str().bytes().all(|b| b.is_ascii_uppercase()) => Some(m),
+            _ => {
+                e.push(
+                    format!("{p}.method"),
+                    format!("{m:?} is not an upper-case method (GET, POST, ...) or `original`"),
+                );
+                None
+            }
+        },
+    };
+    let names = |list: &[String], what: &str, e: &mut Errs| -> Vec<HeaderName> {
+        let mut out = Vec::new();
+        for (i, n) in list.iter().enumerate() {
+            match HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes()) {
+                Ok(h) => out.push(h),
+                Err(_) => e.push(
+                    format!("{p}.{what}[{i}]"),
+                    format!("{n:?} is not a header name"),
+                ),
+            }
+        }
+        out
+    };
+    let request_headers = a
+        .request_headers
+        .as_ref()
+        .map(|l| names(l, "request_headers", e));
+    let upstream_headers = names(&a.upstream_headers, "upstream_headers", e);
+    for (i, h) in upstream_headers.iter().enumerate() {
+        if h.as_str().starts_with("x-sift-")
+            || matches!(
+                h.as_str(),
+                "host" | "content-length" | "transfer-encoding" | "connection"
+            )
+        {
+            e.push(
+                format!("{p}.upstream_headers[{i}]"),
+                format!("{:?} is sift's or the connection's to set", h.as_str()),
+            );
+        }
+    }
+    let client_headers = a
+        .client_headers
+        .as_ref()
+        .map(|l| names(l, "client_headers", e));
+    let client_headers_on_success =
+        names(&a.client_headers_on_success, "client_headers_on_success", e);
+    let status_on_error = a.status_on_error.unwrap_or(403);
+    if !(200..=599).contains(&status_on_error) {
+        e.push(format!("{p}.status_on_error"), "must be 200..=599");
+    }
+    let timeout = positive(a.timeout, Dur::millis(200), &format!("{p}.timeout"), e);
+    if e.len() > before {
+        return None;
+    }
+    Some(crate::external_auth::ExternalAuthSpec {
+        cluster: a.cluster.clone(),
+        path: a.path.clone(),
+        method,
+        timeout,
+        request_headers,
+        upstream_headers,
+        client_headers,
+        client_headers_on_success,
+        failure_mode_allow: a.failure_mode_allow.unwrap_or(false),
+        status_on_error,
+    })
 }
 
 /// A route's mirrors: each names a cluster, a share and a body limit;
@@ -3582,6 +3689,77 @@ mod tests {
     fn has(errs: &[ConfigError], path: &str, needle: &str) -> bool {
         errs.iter()
             .any(|e| e.path == path && e.message.contains(needle))
+    }
+
+    #[test]
+    fn external_auth_is_checked() {
+        let errs = errors(
+            r#"admin: { address: "127.0.0.1:0" }
+listeners: [ { name: a, address: "127.0.0.1:0" } ]
+clusters: [ { name: app, endpoints: ["127.0.0.1:1"] } ]
+routes:
+  - name: r
+    cluster: app
+    external_auth:
+      cluster: nope
+      path: "verify"
+      method: "get me"
+      timeout: 0s
+      request_headers: ["bad name"]
+      upstream_headers: [x-sift-user, host]
+      status_on_error: 700
+"#,
+        );
+        let p = "routes[0].external_auth";
+        assert!(
+            has(
+                &errs,
+                &format!("{p}.cluster"),
+                "no cluster is named \"nope\""
+            ),
+            "{errs:?}"
+        );
+        assert!(
+            has(&errs, &format!("{p}.path"), "starting with '/'"),
+            "{errs:?}"
+        );
+        assert!(
+            has(&errs, &format!("{p}.method"), "upper-case method"),
+            "{errs:?}"
+        );
+        assert!(
+            has(&errs, &format!("{p}.timeout"), "greater than 0"),
+            "{errs:?}"
+        );
+        assert!(
+            has(
+                &errs,
+                &format!("{p}.request_headers[0]"),
+                "not a header name"
+            ),
+            "{errs:?}"
+        );
+        assert!(
+            has(&errs, &format!("{p}.upstream_headers[0]"), "sift's"),
+            "{errs:?}"
+        );
+        assert!(
+            has(&errs, &format!("{p}.upstream_headers[1]"), "sift's"),
+            "{errs:?}"
+        );
+        assert!(
+            has(&errs, &format!("{p}.status_on_error"), "200..=599"),
+            "{errs:?}"
+        );
+        let ok = errors(
+            r#"admin: { address: "127.0.0.1:0" }
+listeners: [ { name: a, address: "127.0.0.1:0" } ]
+clusters: [ { name: app, endpoints: ["127.0.0.1:1"] }, { name: auth, endpoints: ["127.0.0.1:2"] } ]
+routes:
+  - { name: r, cluster: app, external_auth: { cluster: auth, path: "/oauth2/auth?rd=1", method: original, upstream_headers: [X-Auth-Request-User] } }
+"#,
+        );
+        assert!(ok.is_empty(), "{ok:?}");
     }
 
     #[test]

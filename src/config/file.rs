@@ -68,6 +68,49 @@ pub struct FileConfig {
     pub rate_limit_service: Option<RateLimitServiceFile>,
 }
 
+/// A route's `external_auth`.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalAuthFile {
+    /// The cluster of the authorization service.
+    pub cluster: String,
+    /// Path (and query) of the check, e.g. /oauth2/auth (default: the
+    /// client's path and query).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Method of the check: a method, or `original` for the client's
+    /// (default GET).
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Longest wait for the whole answer (default 200ms).
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+    /// Client headers sent with the check (default: all but hop-by-hop
+    /// ones). X-Forwarded-Method, -Proto, -Host, -Uri, -For and
+    /// X-Request-Id are always sent.
+    #[serde(default)]
+    pub request_headers: Option<Vec<String>>,
+    /// Headers of a 2xx answer set on the upstream request (the client's
+    /// own values of these names are removed first).
+    #[serde(default)]
+    pub upstream_headers: Vec<String>,
+    /// Headers of a denial the client gets (default: all but hop-by-hop
+    /// ones).
+    #[serde(default)]
+    pub client_headers: Option<Vec<String>>,
+    /// Headers of a 2xx answer added to the client's response (e.g.
+    /// set-cookie).
+    #[serde(default)]
+    pub client_headers_on_success: Vec<String>,
+    /// Forward when the service does not answer (default false).
+    #[serde(default)]
+    pub failure_mode_allow: Option<bool>,
+    /// The client's status when the service does not answer and
+    /// failure_mode_allow is false (default 403).
+    #[serde(default)]
+    pub status_on_error: Option<u16>,
+}
+
 /// The top-level `rate_limit_service`: sift answers Envoy's
 /// `RateLimitService/ShouldRateLimit` (the `envoy.filters.http.ratelimit`
 /// filter's calls) as envoyproxy/ratelimit does, with token buckets.
@@ -1218,6 +1261,11 @@ pub struct RouteFile {
     /// request_mirror_policies). Only on a forwarding route.
     #[serde(default)]
     pub mirror: Option<Vec<MirrorFile>>,
+    /// Ask an authorization service before forwarding (nginx
+    /// auth_request, Traefik forwardAuth, Envoy's HTTP ext_authz): a 2xx
+    /// answer lets the request through, any other is the client's answer.
+    #[serde(default)]
+    pub external_auth: Option<ExternalAuthFile>,
     /// What a ring_hash or maglev cluster hashes to pick the endpoint
     /// (Envoy's route hash_policy): the keys of the entries that give one,
     /// combined in order; none: a random endpoint.

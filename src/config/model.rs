@@ -316,6 +316,8 @@ pub struct RouteSpec {
     pub direct_response: Option<DirectResponseSpec>,
     /// Clusters that get a copy of a share of the requests.
     pub mirror: Vec<MirrorSpec>,
+    /// The authorization service asked before forwarding.
+    pub external_auth: Option<crate::external_auth::ExternalAuthSpec>,
     /// What a ring_hash or maglev cluster hashes (empty: random endpoint).
     pub hash_policy: Vec<HashPolicy>,
     /// Delays and aborts injected before forwarding.
