@@ -1351,6 +1351,9 @@ rate_limit_service:
           rate_limit: {{ unit: minute, requests_per_unit: 3 }}
         - key: tenant
           rate_limit: {{ unit: minute, requests_per_unit: 10 }}
+        - key: trial
+          shadow_mode: true
+          rate_limit: {{ unit: minute, requests_per_unit: 1 }}
 "#
     );
     let (one, two) = (Sift::start(&cfg), Sift::start(&cfg));

@@ -209,7 +209,9 @@ pub async fn should_rate_limit(
     Ok(respond(snap, svc, &req.domain, &matches, decisions).await)
 }
 
-/// Each match's decision, from this process's buckets or from Redis. On a
+/// Each match's decision, and whether its tokens were taken, from this
+/// process's buckets or from Redis (one script per call for all its
+/// buckets, all or nothing: up to `TAKE_ALL_MAX` buckets a script). On a
 /// Redis error, what was taken is given back and the error goes to Envoy
 /// (its `failure_mode_deny` decides).
 async fn decide(
@@ -218,10 +220,20 @@ async fn decide(
     svc: &Service,
     domain: &str,
     matches: &[Matched],
-) -> Result<Vec<Option<Decision>>, tonic::Status> {
+) -> Result<Vec<(Option<Decision>, bool)>, tonic::Status> {
+    let hits_of = |m: &Matched| match m {
+        Matched::Limit { hits, .. } | Matched::Given { hits, .. } => *hits,
+        _ => 0,
+    };
     if svc.spec.store == RlsStore::Local {
         let now = shared.clock.now();
-        return Ok(matches.iter().map(|m| svc.check_local(m, now)).collect());
+        return Ok(matches
+            .iter()
+            .map(|m| {
+                let d = svc.check_local(m, now);
+                (d, d.is_some_and(|d| d.allowed) && hits_of(m) > 0)
+            })
+            .collect());
     }
     let (Some(redis), Some(prefix)) = (
         snap.redis.as_deref(),
@@ -229,44 +241,53 @@ async fn decide(
     ) else {
         return Err(tonic::Status::internal("no redis"));
     };
-    let mut out = Vec::with_capacity(matches.len());
-    let mut taken: Vec<(String, f64)> = Vec::new();
-    for m in matches {
-        let Some((key, interval, burst, quota, window)) = svc.redis_bucket(prefix, domain, m)
-        else {
-            out.push(None);
-            continue;
-        };
-        let hits = match m {
-            Matched::Limit { hits, .. } | Matched::Given { hits, .. } => *hits,
-            _ => 1,
-        };
-        match redis.take_n(&key, interval, burst, hits).await {
-            Ok(t) => {
-                if t.allowed && hits > 0 {
-                    taken.push((key, interval * hits as f64));
+    let mut out: Vec<(Option<Decision>, bool)> = vec![(None, false); matches.len()];
+    // (match index, quota, window) of each bucket asked, in order.
+    let mut asked = Vec::new();
+    let mut items = Vec::new();
+    for (i, m) in matches.iter().enumerate() {
+        if let Some((key, interval, burst, quota, window)) = svc.redis_bucket(prefix, domain, m) {
+            let shadow = matches!(m, Matched::Limit { limit, .. } if limit.shadow);
+            asked.push((i, quota, window, interval));
+            items.push((key, interval, burst, hits_of(m), shadow));
+        }
+    }
+    let mut done = 0;
+    for chunk in items.chunks(crate::policy::redis::TAKE_ALL_MAX) {
+        match redis.take_all(chunk).await {
+            Ok(got) => {
+                for (k, (t, taken)) in got.into_iter().enumerate() {
+                    let (i, quota, window, _) = asked[done + k];
+                    let secs = |us: u64| us.div_ceil(1_000_000);
+                    out[i] = (
+                        Some(Decision {
+                            allowed: t.allowed,
+                            remaining: t.remaining,
+                            retry_after: if t.allowed {
+                                0
+                            } else {
+                                secs(t.retry_after_us).max(1)
+                            },
+                            reset: secs(t.reset_us),
+                            quota,
+                            window,
+                        }),
+                        taken,
+                    );
                 }
-                let secs = |us: u64| us.div_ceil(1_000_000);
-                out.push(Some(Decision {
-                    allowed: t.allowed,
-                    remaining: t.remaining,
-                    retry_after: if t.allowed {
-                        0
-                    } else {
-                        secs(t.retry_after_us).max(1)
-                    },
-                    reset: secs(t.reset_us),
-                    quota,
-                    window,
-                }));
+                done += chunk.len();
             }
             Err(e) => {
                 snap.redis_errors
                     .with_label_values(&[e.reason(), "error"])
                     .inc();
-                for (k, interval) in taken {
-                    if let Err(e) = redis.give(&k, interval).await {
-                        tracing::debug!(error = %e, "could not give a rate-limit token back");
+                // Give back what the earlier scripts of this call took.
+                for (k, item) in items[..done].iter().enumerate() {
+                    let (i, _, _, interval) = asked[k];
+                    if out[i].1 {
+                        if let Err(e) = redis.give(&item.0, interval * item.3 as f64).await {
+                            tracing::debug!(error = %e, "could not give a rate-limit token back");
+                        }
                     }
                 }
                 return Err(tonic::Status::unavailable(format!("redis: {e}")));
@@ -285,17 +306,17 @@ async fn respond(
     svc: &Service,
     domain: &str,
     matches: &[Matched],
-    decisions: Vec<Option<Decision>>,
+    decisions: Vec<(Option<Decision>, bool)>,
 ) -> RateLimitResponse {
     let shadow = |m: &Matched| matches!(m, Matched::Limit { limit, .. } if limit.shadow);
     let over = matches
         .iter()
         .zip(&decisions)
-        .position(|(m, d)| d.is_some_and(|d| !d.allowed) && !shadow(m));
+        .position(|(m, (d, _))| d.is_some_and(|d| !d.allowed) && !shadow(m));
     let mut statuses = Vec::with_capacity(matches.len());
     let mut tightest: Option<(String, Decision)> = None;
-    for (m, d) in matches.iter().zip(&decisions) {
-        let Some(mut d) = *d else {
+    for (m, &(d, taken)) in matches.iter().zip(&decisions) {
+        let Some(mut d) = d else {
             statuses.push(DescriptorStatus {
                 code: Code::Ok as i32,
                 limit_remaining: if matches!(m, Matched::Unlimited) {
@@ -313,7 +334,7 @@ async fn respond(
             (false, true) => 2,
         };
         svc.count(domain, m, outcome);
-        if over.is_some() && d.allowed {
+        if over.is_some() && taken {
             // Refused elsewhere: this descriptor's tokens go back.
             let hits = match m {
                 Matched::Limit { hits, .. } | Matched::Given { hits, .. } => *hits,
@@ -372,7 +393,7 @@ async fn respond(
         ..Default::default()
     };
     if let Some(i) = over {
-        let (name, decision) = match (limit_of(domain, &matches[i]), decisions[i]) {
+        let (name, decision) = match (limit_of(domain, &matches[i]), decisions[i].0) {
             (Some((n, _)), Some(d)) => (n, d),
             _ => return resp,
         };

@@ -73,6 +73,69 @@ end
 return {1, math.floor((now - (new_tat - burst * interval)) / interval), 0, math.ceil(new_tat - now)}
 ";
 
+/// Take tokens from several buckets at once, all or nothing: for key i,
+/// ARGV[4i-3..4i] are µs per token, burst, tokens (0: only look) and 1 if
+/// the bucket is in shadow mode (its refusal refuses nothing). If a
+/// bucket not in shadow mode refuses, nothing is taken from any. A key
+/// given twice sees the first take. Answers, per key, {allowed, remaining,
+/// µs until allowed, µs until full, taken}, flat.
+const TAKE_ALL: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local out = {}
+local cur = {}
+local writes = {}
+local refused = false
+for i, key in ipairs(KEYS) do
+  local interval = tonumber(ARGV[4 * i - 3])
+  local burst = tonumber(ARGV[4 * i - 2])
+  local n = tonumber(ARGV[4 * i - 1])
+  local shadow = ARGV[4 * i] == '1'
+  local tat = cur[key] or tonumber(redis.call('GET', key)) or now
+  if tat < now then tat = now end
+  local need = math.min(math.max(n, 1), burst)
+  local allow_at = tat + need * interval - burst * interval
+  local b = 5 * i - 4
+  if now < allow_at or n > burst then
+    if not shadow then refused = true end
+    out[b] = 0
+    out[b + 1] = math.max(0, math.floor((now - (tat - burst * interval)) / interval))
+    out[b + 2] = math.ceil(math.max(allow_at - now, 1))
+    out[b + 3] = math.ceil(tat - now)
+    out[b + 4] = 0
+  else
+    local new_tat = tat + n * interval
+    cur[key] = new_tat
+    out[b] = 1
+    out[b + 1] = math.floor((now - (new_tat - burst * interval)) / interval)
+    out[b + 2] = 0
+    out[b + 3] = math.ceil(new_tat - now)
+    out[b + 4] = 0
+    if n > 0 then writes[#writes + 1] = {key, b, n} end
+  end
+end
+if not refused then
+  for _, w in ipairs(writes) do
+    local tat = cur[w[1]]
+    redis.call('SET', w[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
+    out[w[2] + 4] = 1
+  end
+else
+  -- Nothing taken: an admitted bucket reports what it has.
+  for _, w in ipairs(writes) do
+    out[w[2] + 1] = out[w[2] + 1] + w[3]
+  end
+end
+return out
+";
+
+/// The scripts, by index: take, give, take_all.
+const SCRIPTS: [&str; 3] = [TAKE, GIVE, TAKE_ALL];
+
+/// Most buckets in one [`Redis::take_all`] (5 integers each in a reply of
+/// at most MAX_ARRAY).
+pub const TAKE_ALL_MAX: usize = MAX_ARRAY / 5;
+
 /// Give a token back (a later policy refused the request).
 const GIVE: &str = r"
 local tat = tonumber(redis.call('GET', KEYS[1]))
@@ -272,8 +335,9 @@ async fn open(inner: &Inner) -> Result<(Stream, BytesMut), RedisError> {
             None => call(vec![b"AUTH", p.as_bytes()]),
         });
     }
-    setup.push(call(vec![b"SCRIPT", b"LOAD", TAKE.as_bytes()]));
-    setup.push(call(vec![b"SCRIPT", b"LOAD", GIVE.as_bytes()]));
+    for script in SCRIPTS {
+        setup.push(call(vec![b"SCRIPT", b"LOAD", script.as_bytes()]));
+    }
     stream.write_all(&setup.concat()).await?;
     let mut replies = Vec::new();
     while replies.len() < setup.len() {
@@ -289,13 +353,12 @@ async fn open(inner: &Inner) -> Result<(Stream, BytesMut), RedisError> {
             }
         }
     }
-    let shas = [sha1_hex(TAKE), sha1_hex(GIVE)];
+    let shas = SCRIPTS.map(sha1_hex);
+    let first = setup.len() - SCRIPTS.len();
     for (i, r) in replies.into_iter().enumerate() {
         match r {
             Reply::Error(e) => return Err(RedisError::Server(e)),
-            Reply::Bulk(Some(sha))
-                if i + 2 >= setup.len() && sha != shas[i + 2 - setup.len()].as_bytes() =>
-            {
+            Reply::Bulk(Some(sha)) if i >= first && sha != shas[i - first].as_bytes() => {
                 return Err(RedisError::Protocol("SCRIPT LOAD answered another SHA1"));
             }
             _ => {}
@@ -461,7 +524,7 @@ pub struct Redis {
     inner: Arc<Inner>,
     lanes: Vec<OnceLock<mpsc::UnboundedSender<Job>>>,
     next: AtomicUsize,
-    shas: [String; 2],
+    shas: [String; 3],
 }
 
 impl std::fmt::Debug for Redis {
@@ -499,7 +562,7 @@ impl Redis {
         Ok(Redis {
             lanes: (0..spec.max_connections).map(|_| OnceLock::new()).collect(),
             next: AtomicUsize::new(0),
-            shas: [sha1_hex(TAKE), sha1_hex(GIVE)],
+            shas: SCRIPTS.map(sha1_hex),
             inner: Arc::new(Inner {
                 spec: spec.clone(),
                 tls,
@@ -533,25 +596,91 @@ impl Redis {
     /// EVALSHA of script `which` (0 take, 1 give), or EVAL if the server
     /// lost it (SCRIPT FLUSH) since the lane connected.
     async fn run(&self, which: usize, key: &str, args: [&str; 3]) -> Result<Reply, RedisError> {
+        self.run_keys(which, &[key.as_bytes()], &args.map(str::as_bytes))
+            .await
+    }
+
+    /// EVALSHA of script `which` on `keys` with `args`, or EVAL if the
+    /// server lost it.
+    async fn run_keys(
+        &self,
+        which: usize,
+        keys: &[&[u8]],
+        args: &[&[u8]],
+    ) -> Result<Reply, RedisError> {
         let sha = self.shas[which].as_bytes();
-        let rest = [
-            b"1".as_slice(),
-            key.as_bytes(),
-            args[0].as_bytes(),
-            args[1].as_bytes(),
-            args[2].as_bytes(),
-        ];
+        let n = keys.len().to_string();
+        let mut rest: Vec<&[u8]> = Vec::with_capacity(1 + keys.len() + args.len());
+        rest.push(n.as_bytes());
+        rest.extend_from_slice(keys);
+        rest.extend_from_slice(args);
         match self
             .call(&[&[b"EVALSHA".as_slice(), sha][..], &rest].concat())
             .await
         {
             Err(RedisError::Server(e)) if e.starts_with("NOSCRIPT") => {
-                let script = if which == 0 { TAKE } else { GIVE };
-                self.call(&[&[b"EVAL".as_slice(), script.as_bytes()][..], &rest].concat())
+                self.call(&[&[b"EVAL".as_slice(), SCRIPTS[which].as_bytes()][..], &rest].concat())
                     .await
             }
             r => r,
         }
+    }
+
+    /// Take from several buckets at once, all or nothing (a refusal by a
+    /// bucket not in shadow mode takes nothing from any): per bucket its
+    /// key, µs per token, burst, tokens and shadow mode. At most
+    /// [`TAKE_ALL_MAX`] buckets. Answers each bucket's decision and
+    /// whether its tokens were taken.
+    pub async fn take_all(
+        &self,
+        items: &[(String, f64, u64, u64, bool)],
+    ) -> Result<Vec<(Taken, bool)>, RedisError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        if items.len() > TAKE_ALL_MAX {
+            return Err(RedisError::Protocol("too many buckets in one call"));
+        }
+        let args: Vec<String> = items
+            .iter()
+            .flat_map(|(_, interval, burst, hits, shadow)| {
+                [
+                    format!("{interval:.3}"),
+                    burst.to_string(),
+                    hits.to_string(),
+                    if *shadow { "1" } else { "0" }.to_string(),
+                ]
+            })
+            .collect();
+        let keys: Vec<&[u8]> = items.iter().map(|i| i.0.as_bytes()).collect();
+        let argv: Vec<&[u8]> = args.iter().map(String::as_bytes).collect();
+        let r = self.run_keys(2, &keys, &argv).await?;
+        let Reply::Array(Some(v)) = r else {
+            return Err(RedisError::Protocol("the script did not answer an array"));
+        };
+        if v.len() != 5 * items.len() {
+            return Err(RedisError::Protocol("the script answered the wrong length"));
+        }
+        let n: Vec<i64> = v
+            .iter()
+            .map(|x| match x {
+                Reply::Int(v) => Ok(*v),
+                _ => Err(RedisError::Protocol("the script answered a non-integer")),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(n.chunks(5)
+            .map(|c| {
+                (
+                    Taken {
+                        allowed: c[0] == 1,
+                        remaining: c[1].max(0) as u64,
+                        retry_after_us: c[2].max(0) as u64,
+                        reset_us: c[3].max(0) as u64,
+                    },
+                    c[4] == 1,
+                )
+            })
+            .collect())
     }
 
     /// Take a token from `key`'s bucket: `interval_us` per token, `burst`.
