@@ -38,6 +38,10 @@ pub const MAX_DENIAL_BODY: usize = 64 * 1024;
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ExternalAuthSpec {
     pub cluster: String,
+    /// `http` (a plain request) or `grpc` (Envoy's Authorization/Check).
+    pub protocol: AuthProtocol,
+    /// gRPC: `attributes.context_extensions` of every check.
+    pub context_extensions: std::collections::BTreeMap<String, String>,
     /// Fixed path and query of the check; None: the client's.
     pub path: Option<String>,
     /// None: the client's method.
@@ -56,6 +60,20 @@ pub struct ExternalAuthSpec {
     pub client_headers_on_success: Vec<HeaderName>,
     pub failure_mode_allow: bool,
     pub status_on_error: u16,
+}
+
+/// How the service is asked.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthProtocol {
+    /// A request without a body; 2xx allows (nginx, Traefik, oauth2-proxy).
+    #[default]
+    Http,
+    /// `envoy.service.auth.v3.Authorization/Check` over HTTP/2 (OPA's
+    /// Envoy plugin, Istio-style authorization servers).
+    Grpc,
 }
 
 fn ser_method<S: serde::Serializer>(m: &Option<Method>, s: S) -> Result<S::Ok, S::Error> {
@@ -83,8 +101,21 @@ fn ser_opt_names<S: serde::Serializer>(
 /// the client's response.
 #[derive(Debug, Default)]
 pub struct Allowed {
-    pub upstream: Vec<(HeaderName, HeaderValue)>,
+    /// Set on the upstream request; `true`: appended instead of replacing.
+    pub upstream: Vec<(HeaderName, HeaderValue, bool)>,
+    /// Removed from the upstream request (gRPC `headers_to_remove`).
+    pub remove: Vec<HeaderName>,
     pub client: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// What the service said.
+enum Answer {
+    Allow(Allowed),
+    Deny {
+        status: u16,
+        headers: Vec<(HeaderName, HeaderValue)>,
+        body: Bytes,
+    },
 }
 
 /// Headers never copied between the client, the service and the app.
@@ -107,6 +138,11 @@ fn framing(name: &HeaderName) -> bool {
 
 /// What the client asked, for the `X-Forwarded-*` headers of the check.
 pub struct Client<'a> {
+    /// The client's address as rate limits read it, and the peer's port.
+    pub addr: std::net::SocketAddr,
+    /// The mTLS identity (SPIFFE ID), if any.
+    pub identity: Option<&'a str>,
+    pub version: Version,
     pub method: &'a Method,
     pub uri: &'a Uri,
     pub host: &'a str,
@@ -174,36 +210,32 @@ pub async fn check(
     clock: crate::clock::Clock,
     route: &str,
 ) -> (Outcome, Result<Allowed, ProxyError>) {
-    let r = tokio::time::timeout(
-        spec.timeout.0,
-        exchange(spec, cluster, client, request_id, clock),
-    )
-    .await
-    .unwrap_or(Err(Failed::Timeout));
-    match r {
-        Ok((status, headers, body)) if (200..300).contains(&status) => {
-            let mut a = Allowed::default();
-            for n in &spec.upstream_headers {
-                for v in headers.get_all(n) {
-                    a.upstream.push((n.clone(), v.clone()));
-                }
-            }
-            for n in &spec.client_headers_on_success {
-                for v in headers.get_all(n) {
-                    a.client.push((n.clone(), v.clone()));
-                }
-            }
-            drop(body);
-            (Outcome::Allowed, Ok(a))
+    let asked = async {
+        match spec.protocol {
+            AuthProtocol::Http => exchange(spec, cluster, client, request_id, clock)
+                .await
+                .map(|(status, headers, body)| http_answer(spec, status, &headers, body)),
+            AuthProtocol::Grpc => exchange_grpc(spec, cluster, client, request_id, clock).await,
         }
-        Ok((status, headers, body)) => {
-            let mut keep = Vec::new();
-            for (n, v) in &headers {
-                let listed = spec.client_headers.as_ref().is_none_or(|l| l.contains(n));
-                if listed && !framing(n) && !n.as_str().starts_with("x-sift-") {
-                    keep.push((n.clone(), v.clone()));
-                }
-            }
+    };
+    let r = tokio::time::timeout(spec.timeout.0, asked)
+        .await
+        .unwrap_or(Err(Failed::Timeout));
+    match r {
+        Ok(Answer::Allow(a)) => (Outcome::Allowed, Ok(a)),
+        Ok(Answer::Deny {
+            status,
+            headers,
+            body,
+        }) => {
+            let keep = headers
+                .into_iter()
+                .filter(|(n, _)| {
+                    spec.client_headers.as_ref().is_none_or(|l| l.contains(n))
+                        && !framing(n)
+                        && !n.as_str().starts_with("x-sift-")
+                })
+                .collect();
             (
                 Outcome::Denied,
                 Err(ProxyError::AuthDenied {
@@ -230,6 +262,32 @@ pub async fn check(
             }
         }
     }
+}
+
+/// An HTTP service's answer: 2xx allows with the listed headers.
+fn http_answer(spec: &ExternalAuthSpec, status: u16, headers: &HeaderMap, body: Bytes) -> Answer {
+    if !(200..300).contains(&status) {
+        return Answer::Deny {
+            status,
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect(),
+            body,
+        };
+    }
+    let mut a = Allowed::default();
+    for n in &spec.upstream_headers {
+        for (i, v) in headers.get_all(n).iter().enumerate() {
+            a.upstream.push((n.clone(), v.clone(), i > 0));
+        }
+    }
+    for n in &spec.client_headers_on_success {
+        for v in headers.get_all(n) {
+            a.client.push((n.clone(), v.clone()));
+        }
+    }
+    Answer::Allow(a)
 }
 
 /// Send the check and read its answer (the body up to MAX_DENIAL_BODY).
@@ -328,4 +386,228 @@ async fn exchange(
         }
     }
     Ok((status, parts.headers, buf.freeze()))
+}
+
+/// One endpoint of the cluster as a tonic transport: requests go through
+/// the cluster's pool (HTTP/2, TLS as configured).
+#[derive(Clone)]
+struct Endpoint {
+    cluster: Arc<Cluster>,
+    index: usize,
+}
+
+impl tonic::codegen::Service<Request<tonic::body::Body>> for Endpoint {
+    type Response = http::Response<crate::body::Body>;
+    type Error = crate::upstream::SendError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<tonic::body::Body>) -> Self::Future {
+        let (mut parts, body) = req.into_parts();
+        let endpoint = &self.cluster.endpoints[self.index].endpoint;
+        let uri = Uri::builder()
+            .scheme(if self.cluster.spec.tls.is_some() {
+                http::uri::Scheme::HTTPS
+            } else {
+                http::uri::Scheme::HTTP
+            })
+            .authority(endpoint.authority.clone())
+            .path_and_query(
+                parts
+                    .uri
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .to_string(),
+            )
+            .build();
+        let (cluster, index) = (self.cluster.clone(), self.index);
+        Box::pin(async move {
+            parts.uri = uri.map_err(|e| crate::upstream::SendError::Connect(e.to_string()))?;
+            parts.version = Version::HTTP_2;
+            let req = Request::from_parts(parts, crate::body::boxed(body));
+            cluster.send(index, req).await
+        })
+    }
+}
+
+/// `Authorization/Check` to one endpoint of the cluster.
+async fn exchange_grpc(
+    spec: &ExternalAuthSpec,
+    cluster: &Arc<Cluster>,
+    client: &Client<'_>,
+    request_id: &HeaderValue,
+    clock: crate::clock::Clock,
+) -> Result<Answer, Failed> {
+    use envoy_types::pb::envoy::config::core::v3::{
+        Address, SocketAddress, address, socket_address,
+    };
+    use envoy_types::pb::envoy::service::auth::v3::{
+        AttributeContext, CheckRequest, attribute_context,
+        authorization_client::AuthorizationClient, check_response::HttpResponse,
+    };
+    let (index, _guard) = cluster
+        .pick(clock.now(), None, None)
+        .ok_or(Failed::NoEndpoint)?;
+    let _slot = cluster.request_slot().map_err(|_| Failed::Overload)?;
+    let mut headers = std::collections::HashMap::new();
+    for (n, v) in client.headers {
+        let listed = spec.request_headers.as_ref().is_none_or(|l| l.contains(n));
+        if listed && !framing(n) {
+            let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+            headers
+                .entry(n.as_str().to_string())
+                .and_modify(|old: &mut String| {
+                    old.push(',');
+                    old.push_str(&v);
+                })
+                .or_insert(v);
+        }
+    }
+    let path = client.uri.path_and_query().map_or("/", |p| p.as_str());
+    headers.insert(":authority".into(), client.host.to_string());
+    headers.insert(":method".into(), client.method.as_str().to_string());
+    headers.insert(":path".into(), path.to_string());
+    let request_id = String::from_utf8_lossy(request_id.as_bytes()).into_owned();
+    headers.insert("x-request-id".into(), request_id.clone());
+    let size = client
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i64>().ok())
+        .unwrap_or(-1);
+    let source = attribute_context::Peer {
+        address: Some(Address {
+            address: Some(address::Address::SocketAddress(SocketAddress {
+                address: client.addr.ip().to_string(),
+                port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(
+                    client.addr.port(),
+                ))),
+                ..Default::default()
+            })),
+        }),
+        principal: client.identity.unwrap_or_default().to_string(),
+        ..Default::default()
+    };
+    let check = CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(source),
+            request: Some(attribute_context::Request {
+                http: Some(attribute_context::HttpRequest {
+                    id: request_id,
+                    method: client.method.as_str().to_string(),
+                    headers,
+                    path: path.to_string(),
+                    host: client.host.to_string(),
+                    scheme: if client.tls { "https" } else { "http" }.to_string(),
+                    protocol: match client.version {
+                        Version::HTTP_2 => "HTTP/2",
+                        Version::HTTP_10 => "HTTP/1.0",
+                        _ => "HTTP/1.1",
+                    }
+                    .to_string(),
+                    size,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            context_extensions: spec
+                .context_extensions
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            ..Default::default()
+        }),
+    };
+    let mut grpc = AuthorizationClient::new(Endpoint {
+        cluster: cluster.clone(),
+        index,
+    })
+    .max_decoding_message_size(1 << 20);
+    let resp = match grpc.check(check).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => {
+            cluster.observe(index, Observed::LocalGatewayError, clock.now());
+            return Err(Failed::Send(format!(
+                "gRPC {:?}: {}",
+                status.code(),
+                status.message()
+            )));
+        }
+    };
+    cluster.observe(index, Observed::of_status(200), clock.now());
+    let code = resp.status.as_ref().map_or(0, |s| s.code);
+    let pb = |h: &envoy_types::pb::envoy::config::core::v3::HeaderValueOption| {
+        let hv = h.header.as_ref()?;
+        let name = HeaderName::from_bytes(hv.key.to_ascii_lowercase().as_bytes()).ok()?;
+        let raw = if hv.raw_value.is_empty() {
+            hv.value.as_bytes()
+        } else {
+            hv.raw_value.as_slice()
+        };
+        let value = HeaderValue::from_bytes(raw).ok()?;
+        Some((name, value))
+    };
+    match (code, resp.http_response) {
+        (0, ok) => {
+            let mut a = Allowed::default();
+            if let Some(HttpResponse::OkResponse(ok)) = ok {
+                for h in &ok.headers {
+                    if let Some((n, v)) = pb(h) {
+                        if framing(&n) || n.as_str().starts_with("x-sift-") {
+                            continue;
+                        }
+                        // The deprecated `append: true` appends; else the
+                        // action: ADD_IF_ABSENT adds a header the request
+                        // lacks, the rest replace (in this message a
+                        // header replaces by default).
+                        #[allow(deprecated)]
+                        let append = h.append.as_ref().is_some_and(|b| b.value);
+                        if h.append_action == 1 && client.headers.contains_key(&n) {
+                            continue;
+                        }
+                        a.upstream.push((n, v, append));
+                    }
+                }
+                for n in &ok.headers_to_remove {
+                    if let Ok(n) = HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes()) {
+                        if !framing(&n) && !n.as_str().starts_with(':') {
+                            a.remove.push(n);
+                        }
+                    }
+                }
+                for h in &ok.response_headers_to_add {
+                    if let Some((n, v)) = pb(h) {
+                        if !framing(&n) {
+                            a.client.push((n, v));
+                        }
+                    }
+                }
+            }
+            Ok(Answer::Allow(a))
+        }
+        (_, Some(HttpResponse::DeniedResponse(d))) => Ok(Answer::Deny {
+            status: d
+                .status
+                .map(|s| s.code)
+                .and_then(|c| u16::try_from(c).ok())
+                .filter(|c| (200..=599).contains(c))
+                .unwrap_or(403),
+            headers: d.headers.iter().filter_map(pb).collect(),
+            body: Bytes::from(d.body),
+        }),
+        // A refusal without an answer of its own: 403, as Envoy.
+        (_, _) => Ok(Answer::Deny {
+            status: 403,
+            headers: Vec::new(),
+            body: Bytes::new(),
+        }),
+    }
 }

@@ -601,6 +601,9 @@ async fn proxy(
             drop(host);
             let ip = trusted_client_ip(listener.trusted_hops, req.headers(), conn.remote);
             let client = crate::external_auth::Client {
+                addr: SocketAddr::new(ip.parse().unwrap_or(conn.remote.ip()), conn.remote.port()),
+                identity: conn.identity.as_ref().map(|i| i.id.as_str()),
+                version: req.version(),
                 method: req.method(),
                 uri: req.uri(),
                 host: &client_host,
@@ -620,11 +623,15 @@ async fn proxy(
             counters[outcome as usize].inc();
             let allowed = r?;
             let h = req.headers_mut();
-            for n in &spec.upstream_headers {
+            for n in spec.upstream_headers.iter().chain(&allowed.remove) {
                 h.remove(n);
             }
-            for (k, v) in allowed.upstream {
-                h.append(k, v);
+            for (k, v, append) in allowed.upstream {
+                if append {
+                    h.append(k, v);
+                } else {
+                    h.insert(k, v);
+                }
             }
             auth_client_headers = allowed.client;
             request_host(&req)?

@@ -2167,3 +2167,194 @@ async fn external_auth_admits_on_2xx_and_relays_denials() {
         );
     }
 }
+
+mod grpc_auth {
+    use envoy_types::pb::envoy::config::core::v3::{HeaderValue as PbHv, HeaderValueOption};
+    use envoy_types::pb::envoy::service::auth::v3::{
+        CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse,
+        authorization_server::{Authorization, AuthorizationServer},
+        check_response::HttpResponse,
+    };
+    use envoy_types::pb::envoy::r#type::v3::HttpStatus;
+    use envoy_types::pb::google::rpc::Status as RpcStatus;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    pub struct Opa {
+        pub seen: Arc<Mutex<Vec<CheckRequest>>>,
+    }
+
+    fn hv(k: &str, v: &str) -> HeaderValueOption {
+        HeaderValueOption {
+            header: Some(PbHv {
+                key: k.into(),
+                value: v.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[tonic::async_trait]
+    impl Authorization for Opa {
+        async fn check(
+            &self,
+            r: tonic::Request<CheckRequest>,
+        ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+            let r = r.into_inner();
+            self.seen.lock().unwrap().push(r.clone());
+            let http = r
+                .attributes
+                .and_then(|a| a.request)
+                .and_then(|r| r.http)
+                .unwrap_or_default();
+            let token = http
+                .headers
+                .get("authorization")
+                .cloned()
+                .unwrap_or_default();
+            let resp = match token.as_str() {
+                "Bearer good" => CheckResponse {
+                    status: Some(RpcStatus::default()),
+                    http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+                        headers: vec![hv("x-auth-user", "ann")],
+                        headers_to_remove: vec!["x-drop".into()],
+                        response_headers_to_add: vec![hv("x-auth-note", "checked")],
+                        ..Default::default()
+                    })),
+                    dynamic_metadata: None,
+                },
+                "Bearer no" => CheckResponse {
+                    status: Some(RpcStatus {
+                        code: 7,
+                        ..Default::default()
+                    }),
+                    http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+                        status: Some(HttpStatus { code: 401 }),
+                        headers: vec![hv("www-authenticate", "Bearer")],
+                        body: "no entry\n".into(),
+                    })),
+                    dynamic_metadata: None,
+                },
+                "Bearer broken" => return Err(tonic::Status::internal("policy failed")),
+                _ => CheckResponse {
+                    status: Some(RpcStatus {
+                        code: 7,
+                        ..Default::default()
+                    }),
+                    http_response: None,
+                    dynamic_metadata: None,
+                },
+            };
+            Ok(tonic::Response::new(resp))
+        }
+    }
+
+    /// The service on a hyper HTTP/2 server on 127.0.0.1:0.
+    pub async fn start(opa: Opa) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+        use tonic::codegen::Service;
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let svc = AuthorizationServer::new(opa);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = tcp.accept().await else {
+                    continue;
+                };
+                let svc = svc.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |req: http::Request<hyper::body::Incoming>| {
+                            let mut s = svc.clone();
+                            async move { s.call(req).await }
+                        },
+                    );
+                    let _ = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+                });
+            }
+        });
+        (addr, task)
+    }
+}
+
+/// `external_auth` with `protocol: grpc`: Envoy's Authorization/Check
+/// asked of a gRPC service on loopback (as OPA's Envoy plugin serves it).
+#[tokio::test(flavor = "multi_thread")]
+async fn external_auth_over_grpc_speaks_envoys_check() {
+    let opa = grpc_auth::Opa::default();
+    let (auth_addr, _task) = grpc_auth::start(opa.clone()).await;
+    let app = Upstream::echo("app").await;
+    let cfg = config(
+        &format!(
+            r#"  - {{ name: app, endpoints: ["{}"] }}
+  - {{ name: opa, endpoints: ["{auth_addr}"], protocol: http2 }}"#,
+            app.addr
+        ),
+        r#"  - name: guarded
+    cluster: app
+    external_auth:
+      cluster: opa
+      protocol: grpc
+      context_extensions: { app: inbox }
+      upstream_headers: [x-auth-user]"#,
+    );
+    let sift = Sift::start(&cfg);
+    let ask = |token: &str| {
+        Request::get(sift.url("/mail?box=1"))
+            .header("authorization", format!("Bearer {token}"))
+            .header("x-forwarded-for", "198.51.100.4")
+            .header("x-auth-user", "root")
+            .header("x-drop", "secret")
+            .body(full(""))
+            .unwrap()
+    };
+    let r = send(ask("good")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-auth-note"], "checked");
+    let v: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
+    assert_eq!(v["headers"]["x-auth-user"], serde_json::json!(["ann"]));
+    assert!(v["headers"].get("x-drop").is_none(), "headers_to_remove");
+    {
+        let seen = opa.seen.lock().unwrap();
+        let a = seen.last().unwrap().attributes.clone().unwrap();
+        assert_eq!(
+            a.context_extensions.get("app").map(String::as_str),
+            Some("inbox")
+        );
+        let http = a.request.unwrap().http.unwrap();
+        assert_eq!(
+            (http.method.as_str(), http.path.as_str()),
+            ("GET", "/mail?box=1")
+        );
+        assert_eq!(
+            http.headers.get(":path").map(String::as_str),
+            Some("/mail?box=1")
+        );
+        assert_eq!(http.scheme, "http");
+        let src = a.source.unwrap().address.unwrap().address.unwrap();
+        let envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(sa) = src
+        else {
+            panic!("not a socket address")
+        };
+        assert_eq!(sa.address, "198.51.100.4");
+    }
+    let r = send(ask("no")).await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    assert_eq!(r.headers()["x-sift-error"], "auth-denied");
+    assert_eq!(&r.body()[..], b"no entry\n");
+    let r = send(ask("other")).await;
+    assert_eq!(r.status(), 403, "a refusal without an answer: 403");
+    let r = send(ask("broken")).await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(r.headers()["x-sift-error"], "auth-unavailable");
+    assert_eq!(
+        app.requests.load(Ordering::Relaxed),
+        1,
+        "only the allowed one"
+    );
+}

@@ -1812,6 +1812,28 @@ fn build_external_auth(
     e: &mut Errs,
 ) -> Option<crate::external_auth::ExternalAuthSpec> {
     let before = e.len();
+    let protocol = a.protocol.unwrap_or_default();
+    if protocol == crate::external_auth::AuthProtocol::Grpc {
+        if cluster_files
+            .iter()
+            .any(|f| f.name == a.cluster && f.protocol != Some(UpstreamProtocol::Http2))
+        {
+            e.push(
+                format!("{p}.protocol"),
+                format!("grpc needs cluster {:?} to be `protocol: http2`", a.cluster),
+            );
+        }
+        for (set, key) in [(a.path.is_some(), "path"), (a.method.is_some(), "method")] {
+            if set {
+                e.push(
+                    format!("{p}.{key}"),
+                    "is for protocol http (a grpc check is Authorization/Check)",
+                );
+            }
+        }
+    } else if !a.context_extensions.is_empty() {
+        e.push(format!("{p}.context_extensions"), "is for protocol grpc");
+    }
     if !cluster_files.iter().any(|f| f.name == a.cluster) {
         let mut known: Vec<&str> = cluster_files.iter().map(|c| c.name.as_str()).collect();
         known.sort_unstable();
@@ -1896,6 +1918,8 @@ fn build_external_auth(
     }
     Some(crate::external_auth::ExternalAuthSpec {
         cluster: a.cluster.clone(),
+        protocol,
+        context_extensions: a.context_extensions.clone(),
         path: a.path.clone(),
         method,
         timeout,
@@ -3749,6 +3773,31 @@ routes:
         );
         assert!(
             has(&errs, &format!("{p}.status_on_error"), "200..=599"),
+            "{errs:?}"
+        );
+        let errs = errors(
+            r#"admin: { address: "127.0.0.1:0" }
+listeners: [ { name: a, address: "127.0.0.1:0" } ]
+clusters: [ { name: app, endpoints: ["127.0.0.1:1"] }, { name: auth, endpoints: ["127.0.0.1:2"] } ]
+routes:
+  - { name: g, cluster: app, external_auth: { cluster: auth, protocol: grpc, path: /x } }
+  - { name: h, cluster: app, external_auth: { cluster: auth, context_extensions: { a: b } } }
+"#,
+        );
+        assert!(
+            has(&errs, "routes[0].external_auth.protocol", "protocol: http2"),
+            "{errs:?}"
+        );
+        assert!(
+            has(&errs, "routes[0].external_auth.path", "for protocol http"),
+            "{errs:?}"
+        );
+        assert!(
+            has(
+                &errs,
+                "routes[1].external_auth.context_extensions",
+                "for protocol grpc"
+            ),
             "{errs:?}"
         );
         let ok = errors(

@@ -74,6 +74,15 @@ pub struct FileConfig {
 pub struct ExternalAuthFile {
     /// The cluster of the authorization service.
     pub cluster: String,
+    /// `http` (default: a request without a body, 2xx allows) or `grpc`
+    /// (Envoy's Authorization/Check, e.g. OPA's Envoy plugin; the cluster
+    /// must be `protocol: http2`).
+    #[serde(default)]
+    pub protocol: Option<crate::external_auth::AuthProtocol>,
+    /// gRPC: `attributes.context_extensions` of every check (Envoy's
+    /// per-route check_settings), e.g. for a policy to tell routes apart.
+    #[serde(default)]
+    pub context_extensions: BTreeMap<String, String>,
     /// Path (and query) of the check, e.g. /oauth2/auth (default: the
     /// client's path and query).
     #[serde(default)]
