@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-/// Monotonic nanoseconds since the clock was made.
+/// Monotonic nanoseconds since the process's first clock was made.
 #[derive(Clone, Copy, Debug)]
 pub struct Clock {
     start: Instant,
@@ -15,10 +15,14 @@ impl Default for Clock {
     }
 }
 
+/// The process's one epoch: every [`Clock`] reads from it, so readings
+/// taken by different parts (the data path, health probes) compare.
+static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
 impl Clock {
     pub fn new() -> Self {
         Clock {
-            start: Instant::now(),
+            start: *EPOCH.get_or_init(Instant::now),
         }
     }
 

@@ -2358,3 +2358,44 @@ async fn external_auth_over_grpc_speaks_envoys_check() {
         "only the allowed one"
     );
 }
+
+/// `slow_start`: an endpoint a reload adds gets a small share at first,
+/// the endpoints the cluster had keep theirs.
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_start_ramps_an_endpoint_a_reload_adds() {
+    let (a, b, c) = (
+        Upstream::echo("a").await,
+        Upstream::echo("b").await,
+        Upstream::echo("c").await,
+    );
+    let cfg = |eps: &str| {
+        config(
+            &format!(
+                "  - {{ name: app, endpoints: [{eps}], slow_start: {{ window: 10m, min_weight_percent: 10 }} }}"
+            ),
+            "  - { name: r, cluster: app }",
+        )
+    };
+    let two = format!("\"{}\", \"{}\"", a.addr, b.addr);
+    let three = format!("{two}, \"{}\"", c.addr);
+    let sift = Sift::start(&cfg(&two));
+    sift.write_config(&cfg(&three));
+    assert_eq!(post_text(&sift.admin_url("/reload")).await.0, 200);
+    let mut counts = std::collections::HashMap::new();
+    for _ in 0..300 {
+        let (status, body) = get_text(&sift.url("/")).await;
+        assert_eq!(status, 200);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        *counts
+            .entry(v["name"].as_str().unwrap().to_string())
+            .or_insert(0) += 1;
+    }
+    let n = |k: &str| counts.get(k).copied().unwrap_or(0);
+    // Without slow start c would get about 100 of 300; at 10 % of a full
+    // endpoint's share it gets about 15.
+    assert!(n("c") > 0 && n("c") < 50, "{counts:?}");
+    assert!(
+        n("a") > 100 && n("b") > 100,
+        "the old endpoints are not ramping: {counts:?}"
+    );
+}

@@ -2517,6 +2517,33 @@ fn build_clusters(
                 }
                 spec
             }),
+            slow_start: c.slow_start.as_ref().map(|ss| {
+                let sp = format!("{p}.slow_start");
+                if matches!(c.lb, Some(crate::config::file::LbPolicy::RingHash | crate::config::file::LbPolicy::Maglev)) {
+                    e.push(
+                        sp.clone(),
+                        "is for lb round_robin and least_request (a hash LB keeps keys on their endpoint)",
+                    );
+                }
+                let window = positive(Some(ss.window), Dur::secs(1), &format!("{sp}.window"), e);
+                let aggression = ss.aggression.unwrap_or(1.0);
+                if !(aggression.is_finite() && aggression > 0.0) {
+                    e.push(format!("{sp}.aggression"), "must be a number above 0");
+                }
+                let min = ss.min_weight_percent.unwrap_or(10.0);
+                if !(0.0..=100.0).contains(&min) {
+                    e.push(format!("{sp}.min_weight_percent"), "must be 0..=100");
+                }
+                crate::config::model::SlowStartSpec {
+                    window,
+                    aggression: if aggression > 0.0 && aggression.is_finite() {
+                        aggression
+                    } else {
+                        1.0
+                    },
+                    min_weight: (min / 100.0).clamp(0.0, 1.0),
+                }
+            }),
             retry_budget: build_budget(c.retry_budget.as_ref(), &format!("{p}.retry_budget"), e),
             tls: c.tls.as_ref().map(|t| {
                 if t.cert.is_some() != t.key.is_some() {
@@ -3713,6 +3740,31 @@ mod tests {
     fn has(errs: &[ConfigError], path: &str, needle: &str) -> bool {
         errs.iter()
             .any(|e| e.path == path && e.message.contains(needle))
+    }
+
+    #[test]
+    fn slow_start_is_checked() {
+        let errs = errors(
+            r#"admin: { address: "127.0.0.1:0" }
+listeners: [ { name: a, address: "127.0.0.1:0" } ]
+clusters:
+  - { name: h, lb: maglev, endpoints: ["127.0.0.1:1"], slow_start: { window: 0s, aggression: 0, min_weight_percent: 101 } }
+"#,
+        );
+        let p = "clusters[0].slow_start";
+        assert!(has(&errs, p, "round_robin and least_request"), "{errs:?}");
+        assert!(
+            has(&errs, &format!("{p}.window"), "greater than 0"),
+            "{errs:?}"
+        );
+        assert!(
+            has(&errs, &format!("{p}.aggression"), "above 0"),
+            "{errs:?}"
+        );
+        assert!(
+            has(&errs, &format!("{p}.min_weight_percent"), "0..=100"),
+            "{errs:?}"
+        );
     }
 
     #[test]

@@ -68,6 +68,22 @@ pub struct FileConfig {
     pub rate_limit_service: Option<RateLimitServiceFile>,
 }
 
+/// A cluster's `slow_start`.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SlowStartFile {
+    /// How long an endpoint ramps up (required).
+    pub window: Dur,
+    /// The ramp's curve: the share grows as (elapsed/window)^(1/aggression)
+    /// (default 1.0, linear; larger starts faster).
+    #[serde(default)]
+    pub aggression: Option<f64>,
+    /// The least share a ramping endpoint gets, in percent of a full one
+    /// (default 10).
+    #[serde(default)]
+    pub min_weight_percent: Option<f64>,
+}
+
 /// A route's `external_auth`.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -1874,6 +1890,11 @@ pub struct ClusterFile {
     /// no requests.
     #[serde(default)]
     pub health_check: Option<HealthCheckFile>,
+    /// Ramp up the share of an endpoint that joined the cluster (a reload,
+    /// a DNS refresh) or passed its health checks again (Envoy's
+    /// slow_start_config); round_robin and least_request only.
+    #[serde(default)]
+    pub slow_start: Option<SlowStartFile>,
     /// Retries in flight may not exceed this share of active requests.
     #[serde(default)]
     pub retry_budget: Option<RetryBudgetFile>,

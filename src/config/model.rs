@@ -1184,6 +1184,8 @@ pub struct ClusterSpec {
     pub breakers: Breakers,
     pub outlier: Option<OutlierSpec>,
     pub health_check: Option<crate::upstream::health::HealthSpec>,
+    /// Ramp-up of joining and recovering endpoints.
+    pub slow_start: Option<SlowStartSpec>,
     /// None: the budget is disabled and `breakers.max_retries` caps retries.
     pub retry_budget: Option<BudgetSpec>,
     pub tls: Option<crate::tls::UpstreamTlsSpec>,
@@ -1192,6 +1194,28 @@ pub struct ClusterSpec {
     pub strict_dns: Option<crate::dns::StrictDns>,
     /// How names are looked up (the top-level `dns`).
     pub resolver: crate::dns::ResolverSpec,
+}
+
+/// Envoy's `slow_start_config`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SlowStartSpec {
+    pub window: Dur,
+    pub aggression: f64,
+    /// 0..=1 (configured in percent).
+    pub min_weight: f64,
+}
+
+impl SlowStartSpec {
+    /// The share (0..=1) of a full endpoint that one `elapsed` ns into its
+    /// ramp gets: max(min_weight, (elapsed / window)^(1 / aggression)).
+    pub fn factor(&self, elapsed: u64) -> f64 {
+        let window = self.window.0.as_nanos() as f64;
+        if window <= 0.0 || elapsed as f64 >= window {
+            return 1.0;
+        }
+        let t = elapsed as f64 / window;
+        t.powf(1.0 / self.aggression).max(self.min_weight).min(1.0)
+    }
 }
 
 /// Envoy's circuit-breaker thresholds (defaults 1024/1024/1024/3).

@@ -326,6 +326,13 @@ async fn round(cluster: &Arc<Cluster>) {
                 );
             }
             Some(Transition::Healthy) => {
+                // Back from unhealthy: ramp up again (slow_start).
+                if cluster.spec.slow_start.is_some() {
+                    let now = crate::clock::Clock::new().now();
+                    cluster.endpoints[i]
+                        .warming_since
+                        .store(now.max(1), std::sync::atomic::Ordering::Relaxed);
+                }
                 tracing::info!(
                     cluster = %cluster.name(),
                     endpoint = %endpoint,

@@ -5,7 +5,7 @@
 //! spec is unchanged, so its pool and in-flight counters survive a reload.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use http::Request;
 use rustls::pki_types::ServerName;
@@ -31,6 +31,9 @@ pub struct EndpointState {
     pub endpoint: Endpoint,
     /// Requests in flight to this endpoint (least-request LB).
     pub inflight: AtomicUsize,
+    /// slow_start: when (clock ns, at least 1) the endpoint joined the
+    /// cluster or passed its health checks again; 0: not ramping.
+    pub warming_since: AtomicU64,
 }
 
 /// Metric handles of one cluster, resolved once.
@@ -207,6 +210,7 @@ impl Cluster {
             .map(|e| EndpointState {
                 endpoint: e.clone(),
                 inflight: AtomicUsize::new(0),
+                warming_since: AtomicU64::new(0),
             })
             .collect();
         let n = spec.name.as_str();
@@ -300,8 +304,14 @@ impl Cluster {
             .collect();
         for (i, e) in self.endpoints.iter().enumerate() {
             let Some(&j) = index.get(&e.endpoint.id()) else {
+                // A new endpoint ramps up (slow_start).
+                if self.spec.slow_start.is_some() {
+                    e.warming_since.store(now.max(1), Ordering::Relaxed);
+                }
                 continue;
             };
+            let was = old.endpoints[j].warming_since.load(Ordering::Relaxed);
+            e.warming_since.store(was, Ordering::Relaxed);
             if let (Some(h), Some(o)) = (&self.health, &old.health) {
                 if h.spec == o.spec {
                     h.carry(i, o, j);
@@ -471,7 +481,51 @@ impl Cluster {
         let up = |i: usize| self.eligible(i, now, panic);
         let others_up = avoid.is_some_and(|a| (0..n).any(|i| i != a && up(i)));
         let healthy = |i: usize| up(i) && !(others_up && Some(i) == avoid);
-        let index = match self.spec.lb {
+        // slow_start: a ramping endpoint is taken with the probability of
+        // its share, else the LB picks again (at most 4 picks).
+        let mut tries = if self.spec.slow_start.is_some() { 4 } else { 1 };
+        let index = loop {
+            tries -= 1;
+            let i = self.pick_once(key, &healthy)?;
+            if tries == 0 || self.accept(i, now) {
+                break i;
+            }
+        };
+        self.endpoints[index]
+            .inflight
+            .fetch_add(1, Ordering::Relaxed);
+        Some((
+            index,
+            InflightGuard {
+                cluster: self.clone(),
+                index,
+            },
+        ))
+    }
+
+    /// Whether a pick of endpoint `i` stands under slow_start: always for
+    /// an endpoint not ramping; else with the probability of its share.
+    fn accept(&self, i: usize, now: u64) -> bool {
+        let Some(ss) = &self.spec.slow_start else {
+            return true;
+        };
+        let since = self.endpoints[i].warming_since.load(Ordering::Relaxed);
+        if since == 0 {
+            return true;
+        }
+        let f = ss.factor(now.saturating_sub(since));
+        if f >= 1.0 {
+            // Ramped: stop looking (a store race only ends it early).
+            self.endpoints[i].warming_since.store(0, Ordering::Relaxed);
+            return true;
+        }
+        fastrand::f64() < f
+    }
+
+    /// One pick by the LB policy among the endpoints `healthy` admits.
+    fn pick_once(&self, key: Option<u64>, healthy: &dyn Fn(usize) -> bool) -> Option<usize> {
+        let n = self.endpoints.len();
+        Some(match self.spec.lb {
             LbPolicy::RingHash | LbPolicy::Maglev => match (key, &self.table) {
                 (Some(h), Some(t)) => t.pick(h, n, healthy)?,
                 _ => {
@@ -521,17 +575,7 @@ impl Cluster {
                     }
                 }
             }
-        };
-        self.endpoints[index]
-            .inflight
-            .fetch_add(1, Ordering::Relaxed);
-        Some((
-            index,
-            InflightGuard {
-                cluster: self.clone(),
-                index,
-            },
-        ))
+        })
     }
 
     /// Send a request to endpoint `index`; its URI already names the
@@ -565,5 +609,75 @@ mod weight_tests {
             let n = big.iter().filter(|&&x| x == i).count();
             assert_eq!(n, big.len() / 100, "equal weights, equal turns");
         }
+    }
+}
+
+#[cfg(test)]
+mod slow_start_tests {
+    use std::sync::atomic::Ordering;
+
+    fn cluster(lb: &str) -> std::sync::Arc<super::Cluster> {
+        let cfg = crate::config::load_str(&format!(
+            r#"admin: {{ address: "127.0.0.1:0" }}
+listeners: [ {{ name: a, address: "127.0.0.1:0" }} ]
+clusters:
+  - name: c
+    lb: {lb}
+    endpoints: ["127.0.0.1:1", "127.0.0.1:2"]
+    slow_start: {{ window: 100s, aggression: 1.0, min_weight_percent: 10 }}
+"#
+        ))
+        .expect("config");
+        super::Cluster::new(cfg.clusters[0].clone(), &crate::metrics::Metrics::new())
+            .expect("cluster")
+    }
+
+    /// The share of endpoint 1 (ramping since t = 1) over many picks at `now`.
+    fn share(c: &std::sync::Arc<super::Cluster>, now: u64) -> f64 {
+        c.endpoints[1].warming_since.store(1, Ordering::Relaxed);
+        let n = 20_000;
+        let ones = (0..n)
+            .filter(|_| c.pick(now, None, None).expect("an endpoint").0 == 1)
+            .count();
+        ones as f64 / n as f64
+    }
+
+    #[test]
+    fn a_joining_endpoint_ramps_up_over_the_window() {
+        const S: u64 = 1_000_000_000;
+        for lb in ["round_robin", "least_request"] {
+            let c = cluster(lb);
+            let at_start = share(&c, 1);
+            let quarter = share(&c, 1 + 25 * S);
+            let three_quarters = share(&c, 1 + 75 * S);
+            let after = share(&c, 1 + 100 * S);
+            // Factors 0.1, 0.25, 0.75, 1: shares rise with them, an even
+            // split once the window is over.
+            assert!(at_start < 0.15, "{lb}: {at_start}");
+            assert!(
+                at_start < quarter && quarter < three_quarters,
+                "{lb}: {quarter} {three_quarters}"
+            );
+            assert!((0.15..0.35).contains(&quarter), "{lb}: {quarter}");
+            assert!((0.45..0.55).contains(&after), "{lb}: {after}");
+            assert_eq!(
+                c.endpoints[1].warming_since.load(Ordering::Relaxed),
+                0,
+                "{lb}: ramped"
+            );
+        }
+    }
+
+    #[test]
+    fn the_factor_follows_envoys_curve() {
+        let s = crate::config::model::SlowStartSpec {
+            window: crate::config::units::Dur::secs(10),
+            aggression: 2.0,
+            min_weight: 0.1,
+        };
+        const S: u64 = 1_000_000_000;
+        assert!((s.factor(0) - 0.1).abs() < 1e-9, "the floor");
+        assert!((s.factor(25 * S / 10) - 0.5).abs() < 1e-9, "(0.25)^(1/2)");
+        assert_eq!(s.factor(10 * S), 1.0);
     }
 }
