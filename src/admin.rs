@@ -85,6 +85,16 @@ fn clusters_view(snap: &crate::snapshot::Snapshot, now: u64) -> Value {
                         v["checked"] = json!(h.checked(i));
                         v["last_failure"] = json!(h.last_failure(i));
                     }
+                    // slow_start: the share of a full endpoint it gets now.
+                    if let Some(ss) = &c.spec.slow_start {
+                        let since = e.warming_since.load(std::sync::atomic::Ordering::Relaxed);
+                        let f = if since == 0 {
+                            1.0
+                        } else {
+                            ss.factor(now.saturating_sub(since))
+                        };
+                        v["slow_start_factor"] = json!((f * 1000.0).round() / 1000.0);
+                    }
                     v
                 })
                 .collect();

@@ -2398,4 +2398,16 @@ async fn slow_start_ramps_an_endpoint_a_reload_adds() {
         n("a") > 100 && n("b") > 100,
         "the old endpoints are not ramping: {counts:?}"
     );
+    // The admin view shows each endpoint's share factor.
+    let v: serde_json::Value =
+        serde_json::from_str(&get_text(&sift.admin_url("/clusters")).await.1).unwrap();
+    let factors: Vec<f64> = v["clusters"][0]["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["slow_start_factor"].as_f64().unwrap())
+        .collect();
+    assert_eq!(factors.len(), 3);
+    assert_eq!((factors[0], factors[1]), (1.0, 1.0));
+    assert!((0.1..0.2).contains(&factors[2]), "{factors:?}");
 }
