@@ -43,6 +43,14 @@ pub enum ProxyError {
         policy: String,
         decision: crate::policy::ratelimit::Decision,
     },
+    /// Over a limit of the route's `external_rate_limit` service.
+    #[error("rate limit service: {policy:?} exceeded; retry in {} s", decision.retry_after)]
+    RateLimitedRemote {
+        policy: String,
+        decision: crate::policy::ratelimit::Decision,
+        /// The service's `response_headers_to_add`.
+        headers: Vec<(http::HeaderName, HeaderValue)>,
+    },
     #[error("client address {ip} may not use route {route:?}")]
     SourceDenied { route: String, ip: String },
     #[error("identity {identity:?} may not use route {route:?}")]
@@ -252,7 +260,9 @@ impl ProxyError {
             ProxyError::UpstreamTimeout(_) => ErrorKind::UpstreamTimeout,
             ProxyError::UpstreamReset(_) => ErrorKind::UpstreamReset,
             ProxyError::ClientBody(_) => ErrorKind::ClientBodyError,
-            ProxyError::RateLimited { .. } => ErrorKind::RateLimited,
+            ProxyError::RateLimited { .. } | ProxyError::RateLimitedRemote { .. } => {
+                ErrorKind::RateLimited
+            }
             ProxyError::Overloaded { .. } => ErrorKind::Overloaded,
             ProxyError::CircuitOpen { .. } => ErrorKind::CircuitOpen,
             ProxyError::IdentityDenied { .. } => ErrorKind::IdentityDenied,
@@ -317,7 +327,10 @@ impl ProxyError {
             ProxyError::UpstreamTimeout(_) => "upstream timed out".into(),
             ProxyError::UpstreamReset(_) => "upstream reset the connection".into(),
             ProxyError::ClientBody(_) => "request body could not be read".into(),
-            ProxyError::RateLimited { policy, .. } => format!("rate limit {policy} exceeded"),
+            ProxyError::RateLimited { policy, .. }
+            | ProxyError::RateLimitedRemote { policy, .. } => {
+                format!("rate limit {policy} exceeded")
+            }
             ProxyError::Overloaded { .. } => "overloaded, retry later".into(),
             ProxyError::CircuitOpen { .. } => "upstream circuit open, retry later".into(),
             ProxyError::IdentityDenied { .. } => "caller identity not allowed on this route".into(),
@@ -518,12 +531,25 @@ impl ProxyError {
                 h.insert(header::WWW_AUTHENTICATE, v);
             }
         }
-        if let ProxyError::RateLimited { policy, decision } = self {
+        if let ProxyError::RateLimited { policy, decision }
+        | ProxyError::RateLimitedRemote {
+            policy, decision, ..
+        } = self
+        {
             for (k, v) in ratelimit_headers(policy, decision) {
                 h.insert(k, v);
             }
             if let Ok(v) = HeaderValue::from_str(&decision.retry_after.to_string()) {
                 h.insert(header::RETRY_AFTER, v);
+            }
+        }
+        // The service's own headers for the client (not its framing or
+        // sift's own error headers: the body is sift's).
+        if let ProxyError::RateLimitedRemote { headers, .. } = self {
+            for (k, v) in headers {
+                if k != header::CONTENT_TYPE && k.as_str() != "x-sift-error" {
+                    h.insert(k.clone(), v.clone());
+                }
             }
         }
         resp

@@ -388,56 +388,6 @@ async fn exchange(
     Ok((status, parts.headers, buf.freeze()))
 }
 
-/// One endpoint of the cluster as a tonic transport: requests go through
-/// the cluster's pool (HTTP/2, TLS as configured).
-#[derive(Clone)]
-struct Endpoint {
-    cluster: Arc<Cluster>,
-    index: usize,
-}
-
-impl tonic::codegen::Service<Request<tonic::body::Body>> for Endpoint {
-    type Response = http::Response<crate::body::Body>;
-    type Error = crate::upstream::SendError;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
-    >;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<tonic::body::Body>) -> Self::Future {
-        let (mut parts, body) = req.into_parts();
-        let endpoint = &self.cluster.endpoints[self.index].endpoint;
-        let uri = Uri::builder()
-            .scheme(if self.cluster.spec.tls.is_some() {
-                http::uri::Scheme::HTTPS
-            } else {
-                http::uri::Scheme::HTTP
-            })
-            .authority(endpoint.authority.clone())
-            .path_and_query(
-                parts
-                    .uri
-                    .path_and_query()
-                    .map_or("/", |p| p.as_str())
-                    .to_string(),
-            )
-            .build();
-        let (cluster, index) = (self.cluster.clone(), self.index);
-        Box::pin(async move {
-            parts.uri = uri.map_err(|e| crate::upstream::SendError::Connect(e.to_string()))?;
-            parts.version = Version::HTTP_2;
-            let req = Request::from_parts(parts, crate::body::boxed(body));
-            cluster.send(index, req).await
-        })
-    }
-}
-
 /// `Authorization/Check` to one endpoint of the cluster.
 async fn exchange_grpc(
     spec: &ExternalAuthSpec,
@@ -526,7 +476,7 @@ async fn exchange_grpc(
             ..Default::default()
         }),
     };
-    let mut grpc = AuthorizationClient::new(Endpoint {
+    let mut grpc = AuthorizationClient::new(crate::upstream::GrpcEndpoint {
         cluster: cluster.clone(),
         index,
     })

@@ -47,6 +47,7 @@ pub mod policy;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod reload;
+pub mod rls_client;
 pub mod snapshot;
 pub mod state;
 pub mod tcp;

@@ -31,6 +31,8 @@ pub struct Metrics {
     pub rls_decisions: IntCounterVec,
     /// `sift_external_auth_total{route,result}`.
     pub external_auth: IntCounterVec,
+    /// `sift_external_ratelimit_total{route,result}`.
+    pub external_ratelimit: IntCounterVec,
     pub circuit_overflow: IntCounterVec,
     pub outlier_ejections: IntCounterVec,
     pub endpoints_ejected: IntGaugeVec,
@@ -325,6 +327,14 @@ impl Metrics {
             &["route", "result"],
         )
         .expect("valid metric");
+        let external_ratelimit = IntCounterVec::new(
+            Opts::new(
+                "sift_external_ratelimit_total",
+                "Calls to a route's external rate limit service by route and result (ok, over_limit, error_allowed: no answer, let through; error_denied: no answer, failure_mode_deny).",
+            ),
+            &["route", "result"],
+        )
+        .expect("valid metric");
         let circuit_overflow = IntCounterVec::new(
             Opts::new(
                 "sift_circuit_overflow_total",
@@ -575,6 +585,7 @@ impl Metrics {
             Box::new(ratelimit_decisions.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(rls_decisions.clone()),
             Box::new(external_auth.clone()),
+            Box::new(external_ratelimit.clone()),
             Box::new(circuit_overflow.clone()),
             Box::new(outlier_ejections.clone()),
             Box::new(endpoints_ejected.clone()),
@@ -645,6 +656,7 @@ impl Metrics {
             ratelimit_decisions,
             rls_decisions,
             external_auth,
+            external_ratelimit,
             circuit_overflow,
             outlier_ejections,
             endpoints_ejected,

@@ -553,7 +553,7 @@ async fn proxy(
     identity_admission(route, listener, conn, req.headers())?;
     // The JWT check edits the request's headers: `host` (borrowed from
     // them) is read again after it, only on such routes.
-    let host = match &route.spec.jwt {
+    let mut host = match &route.spec.jwt {
         None => host,
         Some(j) => {
             drop(host);
@@ -582,7 +582,52 @@ async fn proxy(
         rate_limit_global(snap, route, admitted).await?
     };
 
-    // 4a. External authorization (nginx auth_request, Envoy's HTTP
+    // 4a. The route's external rate limit service (Envoy's ratelimit
+    //     filter), after sift's own limits.
+    let mut remote_limit_headers = Vec::new();
+    if let (Some(spec), Some((cluster, counters))) =
+        (&route.spec.external_rate_limit, &route.remote_limit)
+    {
+        let ip = trusted_client_ip(listener.trusted_hops, req.headers(), conn.remote);
+        let descriptors = crate::rls_client::descriptors(
+            spec,
+            &crate::rls_client::Client {
+                ip: &ip,
+                headers: req.headers(),
+                method: req.method(),
+                path: req.uri().path_and_query().map_or("/", |p| p.as_str()),
+                host: &host,
+                cluster: route
+                    .backends
+                    .first()
+                    .map_or("", |b| b.cluster.spec.name.as_str()),
+                identity: conn.identity.as_ref().map(|i| i.id.as_str()),
+            },
+        );
+        if !descriptors.is_empty() {
+            let (outcome, r) = Box::pin(crate::rls_client::check(
+                spec,
+                cluster,
+                descriptors,
+                *clock,
+                &route.spec.name,
+            ))
+            .await;
+            counters[outcome as usize].inc();
+            let allowed = r?;
+            remote_limit_headers = allowed.response;
+            if !allowed.request.is_empty() {
+                let add = allowed.request;
+                drop(host);
+                for (k, v) in add {
+                    req.headers_mut().insert(k, v);
+                }
+                host = request_host(&req)?;
+            }
+        }
+    }
+
+    // 4a'. External authorization (nginx auth_request, Envoy's HTTP
     //     ext_authz), after the local checks: a request they refuse costs
     //     the service nothing. Its answer may set request headers, so the
     //     borrowed host is read again after it.
@@ -652,6 +697,9 @@ async fn proxy(
         }
         for (k, v) in auth_client_headers {
             h.append(k, v);
+        }
+        for (k, v) in remote_limit_headers {
+            h.insert(k, v);
         }
         return Ok(resp);
     }
@@ -1374,6 +1422,9 @@ async fn proxy(
     }
     for (k, v) in auth_client_headers {
         parts.headers.append(k, v);
+    }
+    for (k, v) in remote_limit_headers {
+        parts.headers.insert(k, v);
     }
     if let Some(name) = route
         .canary

@@ -78,6 +78,9 @@ pub struct Route {
     /// The external authorization service's cluster and the route's
     /// `sift_external_auth_total` counters (by `Outcome::ALL`).
     pub auth: Option<(Arc<crate::upstream::Cluster>, [IntCounter; 4])>,
+    /// The external rate limit service's cluster and the route's
+    /// `sift_external_ratelimit_total` counters (by `Outcome::ALL`).
+    pub remote_limit: Option<(Arc<crate::upstream::Cluster>, [IntCounter; 4])>,
 }
 
 /// A filter as one route uses it.
@@ -571,6 +574,17 @@ impl Snapshot {
                     .iter()
                     .map(|l| make_limit(&spec.name, l))
                     .collect();
+                let remote_limit = spec.external_rate_limit.as_ref().and_then(|a| {
+                    let cluster = clusters.get(&a.cluster)?.clone();
+                    Some((
+                        cluster,
+                        crate::rls_client::Outcome::ALL.map(|o| {
+                            metrics
+                                .external_ratelimit
+                                .with_label_values(&[spec.name.as_str(), o.as_str()])
+                        }),
+                    ))
+                });
                 let auth = spec.external_auth.as_ref().and_then(|a| {
                     let cluster = clusters.get(&a.cluster)?.clone();
                     Some((
@@ -604,6 +618,7 @@ impl Snapshot {
                     answer,
                     mirrors,
                     auth,
+                    remote_limit,
                 }
             })
             .collect();

@@ -1406,3 +1406,132 @@ rate_limit_service:
     assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
     assert!(e.message().starts_with("redis:"), "{}", e.message());
 }
+
+/// A proxy route's `external_rate_limit` asks a rate limit service (here
+/// a second sift with `rate_limit_service`, as a central one would be)
+/// with descriptors made from the request, as Envoy's ratelimit filter.
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_routes_ask_an_external_rate_limit_service() {
+    let rls = Sift::start(
+        r#"log: { format: json }
+admin: { address: "127.0.0.1:0" }
+listeners:
+  - { name: authz, address: "127.0.0.1:0", serve: envoy }
+rate_limit_service:
+  response_headers: true
+  domains:
+    - domain: gateway
+      descriptors:
+        - key: remote_address
+          rate_limit: { name: per-ip, unit: minute, requests_per_unit: 2 }
+        - key: generic_key
+          value: api
+          descriptors:
+            - key: tenant
+              rate_limit: { name: per-tenant, unit: minute, requests_per_unit: 1 }
+"#,
+    );
+    let app = Upstream::echo("app").await;
+    let dead = free_port();
+    let cfg = format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners:
+  - {{ name: main, address: "127.0.0.1:0", forwarded: {{ trusted_hops: 1 }} }}
+routes:
+  - name: api
+    match: {{ path: {{ prefix: /api }} }}
+    cluster: app
+    external_rate_limit:
+      cluster: rls
+      domain: gateway
+      timeout: 500ms
+      descriptors:
+        - [ {{ remote_address: {{}} }} ]
+        - [ {{ generic_key: {{ descriptor_value: api }} }}, {{ request_headers: {{ header_name: x-tenant, descriptor_key: tenant }} }} ]
+  - name: open
+    match: {{ path: {{ prefix: /open }} }}
+    cluster: app
+    external_rate_limit: {{ cluster: gone, domain: gateway, descriptors: [ [ {{ remote_address: {{}} }} ] ] }}
+  - name: closed
+    cluster: app
+    external_rate_limit: {{ cluster: gone, domain: gateway, failure_mode_deny: true, descriptors: [ [ {{ remote_address: {{}} }} ] ] }}
+clusters:
+  - {{ name: app, endpoints: ["{}"] }}
+  - {{ name: rls, endpoints: ["{}"], protocol: http2 }}
+  - {{ name: gone, endpoints: ["127.0.0.1:{dead}"], protocol: http2 }}
+"#,
+        app.addr, rls.listeners["authz"]
+    );
+    let sift = Sift::start(&cfg);
+    let get = |path: &str, ip: &str, tenant: Option<&str>| {
+        let mut b = http::Request::get(sift.url(path)).header("x-forwarded-for", ip);
+        if let Some(t) = tenant {
+            b = b.header("x-tenant", t);
+        }
+        b.body(full("")).unwrap()
+    };
+    // No tenant: only the remote_address descriptor; 2 per minute.
+    let r = send(get("/api/x", "198.51.100.1", None)).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["ratelimit"],
+        "\"per-ip\";r=1;t=30",
+        "the service's RateLimit header reaches the client"
+    );
+    assert_eq!(
+        send(get("/api/x", "198.51.100.1", None)).await.status(),
+        200
+    );
+    let r = send(get("/api/x", "198.51.100.1", None)).await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["x-sift-error"], "rate-limited");
+    assert_eq!(r.headers()["ratelimit-policy"], "\"per-ip\";q=2;w=60");
+    let wait: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=30).contains(&wait), "{wait}");
+    assert_eq!(
+        String::from_utf8_lossy(r.body()),
+        "429 rate limit per-ip exceeded\n"
+    );
+    // With a tenant: both descriptors; the tenant's 1 per minute fires.
+    assert_eq!(
+        send(get("/api/x", "198.51.100.2", Some("t1")))
+            .await
+            .status(),
+        200
+    );
+    let r = send(get("/api/x", "198.51.100.2", Some("t1"))).await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["ratelimit-policy"], "\"per-tenant\";q=1;w=60");
+    assert_eq!(
+        send(get("/api/x", "198.51.100.2", Some("t2")))
+            .await
+            .status(),
+        200
+    );
+    // The service gone: through (default), or 503 with failure_mode_deny.
+    assert_eq!(send(get("/open", "198.51.100.3", None)).await.status(), 200);
+    let r = send(get("/other", "198.51.100.3", None)).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["x-sift-error"], "ratelimit-unavailable");
+    for (route, result, n) in [
+        ("api", "ok", 4.0),
+        ("api", "over_limit", 2.0),
+        ("open", "error_allowed", 1.0),
+        ("closed", "error_denied", 1.0),
+    ] {
+        assert_eq!(
+            sift.metric(&format!(
+                r#"sift_external_ratelimit_total{{route="{route}",result="{result}"}}"#
+            ))
+            .await,
+            Some(n),
+            "{route} {result}"
+        );
+    }
+    assert_eq!(app.requests.load(std::sync::atomic::Ordering::Relaxed), 5);
+}

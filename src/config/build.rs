@@ -1787,6 +1787,9 @@ fn build_routes(
             external_auth: r.external_auth.as_ref().and_then(|a| {
                 build_external_auth(a, &format!("{p}.external_auth"), cluster_files, e)
             }),
+            external_rate_limit: r.external_rate_limit.as_ref().and_then(|a| {
+                build_external_rate_limit(a, &format!("{p}.external_rate_limit"), cluster_files, e)
+            }),
             hash_policy: build_hash_policy(
                 r.hash_policy.as_deref(),
                 &format!("{p}.hash_policy"),
@@ -1802,6 +1805,115 @@ fn build_routes(
         }
     }
     out
+}
+
+/// A route's `external_rate_limit`.
+fn build_external_rate_limit(
+    a: &crate::config::file::ExternalRateLimitFile,
+    p: &str,
+    cluster_files: &[ClusterFile],
+    e: &mut Errs,
+) -> Option<crate::rls_client::ExternalRateLimitSpec> {
+    use crate::config::file::RlActionFile;
+    use crate::rls_client::Action;
+    let before = e.len();
+    match cluster_files.iter().find(|f| f.name == a.cluster) {
+        None => {
+            let mut known: Vec<&str> = cluster_files.iter().map(|c| c.name.as_str()).collect();
+            known.sort_unstable();
+            e.push(
+                format!("{p}.cluster"),
+                format!(
+                    "no cluster is named {:?} (clusters: {})",
+                    a.cluster,
+                    known.join(", ")
+                ),
+            );
+        }
+        Some(f) if f.protocol != Some(UpstreamProtocol::Http2) => e.push(
+            format!("{p}.cluster"),
+            format!(
+                "cluster {:?} must be `protocol: http2` (the service speaks gRPC)",
+                a.cluster
+            ),
+        ),
+        Some(_) => {}
+    }
+    if a.domain.is_empty() {
+        e.push(format!("{p}.domain"), "must not be empty");
+    }
+    if a.descriptors.is_empty() {
+        e.push(format!("{p}.descriptors"), "needs at least one descriptor");
+    }
+    let mut descriptors = Vec::new();
+    for (i, d) in a.descriptors.iter().enumerate() {
+        let dp = format!("{p}.descriptors[{i}]");
+        if d.is_empty() {
+            e.push(dp.clone(), "needs at least one action");
+        }
+        let mut actions = Vec::new();
+        for (j, act) in d.iter().enumerate() {
+            let ap = format!("{dp}[{j}]");
+            actions.push(match act {
+                RlActionFile::RemoteAddress {} => Action::RemoteAddress,
+                RlActionFile::DestinationCluster {} => Action::DestinationCluster,
+                RlActionFile::GenericKey {
+                    descriptor_value,
+                    descriptor_key,
+                } => Action::GenericKey {
+                    key: descriptor_key.clone().unwrap_or_else(|| "generic_key".into()),
+                    value: descriptor_value.clone(),
+                },
+                RlActionFile::Identity { descriptor_key } => Action::Identity {
+                    key: descriptor_key.clone().unwrap_or_else(|| "identity".into()),
+                },
+                RlActionFile::RequestHeaders {
+                    header_name,
+                    descriptor_key,
+                    skip_if_absent,
+                } => {
+                    let lower = header_name.to_ascii_lowercase();
+                    let pseudo = matches!(lower.as_str(), ":path" | ":method" | ":authority");
+                    let name = if pseudo {
+                        Some(HeaderName::from_static("x-pseudo"))
+                    } else {
+                        HeaderName::from_bytes(lower.as_bytes()).ok()
+                    };
+                    let Some(name) = name else {
+                        e.push(
+                            format!("{ap}.request_headers.header_name"),
+                            format!("{header_name:?} is not a header name (or :path, :method, :authority)"),
+                        );
+                        continue;
+                    };
+                    if descriptor_key.is_empty() {
+                        e.push(
+                            format!("{ap}.request_headers.descriptor_key"),
+                            "must not be empty",
+                        );
+                    }
+                    Action::RequestHeader {
+                        name,
+                        pseudo: if pseudo { lower } else { String::new() },
+                        key: descriptor_key.clone(),
+                        skip_if_absent: skip_if_absent.unwrap_or(false),
+                    }
+                }
+            });
+        }
+        descriptors.push(actions);
+    }
+    let timeout = positive(a.timeout, Dur::millis(20), &format!("{p}.timeout"), e);
+    if e.len() > before {
+        return None;
+    }
+    Some(crate::rls_client::ExternalRateLimitSpec {
+        cluster: a.cluster.clone(),
+        domain: a.domain.clone(),
+        descriptors,
+        timeout,
+        failure_mode_deny: a.failure_mode_deny.unwrap_or(false),
+    })
 }
 
 /// A route's `external_auth`.
@@ -3740,6 +3852,67 @@ mod tests {
     fn has(errs: &[ConfigError], path: &str, needle: &str) -> bool {
         errs.iter()
             .any(|e| e.path == path && e.message.contains(needle))
+    }
+
+    #[test]
+    fn external_rate_limit_is_checked() {
+        let errs = errors(
+            r#"admin: { address: "127.0.0.1:0" }
+listeners: [ { name: a, address: "127.0.0.1:0" } ]
+clusters: [ { name: app, endpoints: ["127.0.0.1:1"] } ]
+routes:
+  - name: r
+    cluster: app
+    external_rate_limit:
+      cluster: app
+      domain: ""
+      timeout: 0s
+      descriptors:
+        - []
+        - [ { request_headers: { header_name: "bad name", descriptor_key: "" } } ]
+"#,
+        );
+        let p = "routes[0].external_rate_limit";
+        assert!(
+            has(&errs, &format!("{p}.cluster"), "protocol: http2"),
+            "{errs:?}"
+        );
+        assert!(
+            has(&errs, &format!("{p}.domain"), "must not be empty"),
+            "{errs:?}"
+        );
+        assert!(
+            has(&errs, &format!("{p}.timeout"), "greater than 0"),
+            "{errs:?}"
+        );
+        assert!(
+            has(&errs, &format!("{p}.descriptors[0]"), "at least one action"),
+            "{errs:?}"
+        );
+        assert!(
+            has(
+                &errs,
+                &format!("{p}.descriptors[1][0].request_headers.header_name"),
+                "not a header name"
+            ),
+            "{errs:?}"
+        );
+        let ok = errors(
+            r#"admin: { address: "127.0.0.1:0" }
+listeners: [ { name: a, address: "127.0.0.1:0" } ]
+clusters: [ { name: app, endpoints: ["127.0.0.1:1"] }, { name: rls, endpoints: ["127.0.0.1:2"], protocol: http2 } ]
+routes:
+  - name: r
+    cluster: app
+    external_rate_limit:
+      cluster: rls
+      domain: d
+      descriptors:
+        - [ { remote_address: {} }, { destination_cluster: {} } ]
+        - [ { request_headers: { header_name: ":path", descriptor_key: path, skip_if_absent: true } }, { identity: {} } ]
+"#,
+        );
+        assert!(ok.is_empty(), "{ok:?}");
     }
 
     #[test]

@@ -68,6 +68,56 @@ pub struct FileConfig {
     pub rate_limit_service: Option<RateLimitServiceFile>,
 }
 
+/// A route's `external_rate_limit`.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalRateLimitFile {
+    /// The service's cluster (`protocol: http2`).
+    pub cluster: String,
+    /// The `domain` of every call.
+    pub domain: String,
+    /// Descriptors, each a list of actions that make its entries.
+    pub descriptors: Vec<Vec<RlActionFile>>,
+    /// Longest wait for the answer (default 20ms, as Envoy).
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+    /// No answer: refuse with 503 instead of letting the request through
+    /// (default false).
+    #[serde(default)]
+    pub failure_mode_deny: Option<bool>,
+}
+
+/// One action of a descriptor (Envoy's route `rate_limits[].actions[]`).
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum RlActionFile {
+    /// `remote_address`: the client address (as rate limits read it).
+    RemoteAddress {},
+    /// `generic_key` (or `descriptor_key`): a fixed value.
+    GenericKey {
+        descriptor_value: String,
+        #[serde(default)]
+        descriptor_key: Option<String>,
+    },
+    /// `descriptor_key`: a request header's value (`:path`, `:method`,
+    /// `:authority` too); a request without it sends no such descriptor
+    /// unless `skip_if_absent` (then the entry is left out).
+    RequestHeaders {
+        header_name: String,
+        descriptor_key: String,
+        #[serde(default)]
+        skip_if_absent: Option<bool>,
+    },
+    /// `destination_cluster`: the cluster the route sends to.
+    DestinationCluster {},
+    /// sift's own: the caller's mTLS identity (`descriptor_key`, default
+    /// `identity`); without one, no such descriptor.
+    Identity {
+        #[serde(default)]
+        descriptor_key: Option<String>,
+    },
+}
+
 /// A cluster's `slow_start`.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -1291,6 +1341,12 @@ pub struct RouteFile {
     /// answer lets the request through, any other is the client's answer.
     #[serde(default)]
     pub external_auth: Option<ExternalAuthFile>,
+    /// Ask a rate limit service that speaks Envoy's
+    /// RateLimitService/ShouldRateLimit (envoyproxy/ratelimit, or sift's
+    /// own `rate_limit_service`) before forwarding, with descriptors made
+    /// as Envoy's route rate_limits actions make them.
+    #[serde(default)]
+    pub external_rate_limit: Option<ExternalRateLimitFile>,
     /// What a ring_hash or maglev cluster hashes to pick the endpoint
     /// (Envoy's route hash_policy): the keys of the entries that give one,
     /// combined in order; none: a random endpoint.

@@ -595,6 +595,56 @@ impl Cluster {
     }
 }
 
+/// One endpoint of the cluster as a tonic transport: requests go through
+/// the cluster's pool (HTTP/2, TLS as configured).
+#[derive(Clone)]
+pub struct GrpcEndpoint {
+    pub cluster: Arc<Cluster>,
+    pub index: usize,
+}
+
+impl tonic::codegen::Service<Request<tonic::body::Body>> for GrpcEndpoint {
+    type Response = http::Response<crate::body::Body>;
+    type Error = SendError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<tonic::body::Body>) -> Self::Future {
+        let (mut parts, body) = req.into_parts();
+        let endpoint = &self.cluster.endpoints[self.index].endpoint;
+        let uri = http::Uri::builder()
+            .scheme(if self.cluster.spec.tls.is_some() {
+                http::uri::Scheme::HTTPS
+            } else {
+                http::uri::Scheme::HTTP
+            })
+            .authority(endpoint.authority.clone())
+            .path_and_query(
+                parts
+                    .uri
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .to_string(),
+            )
+            .build();
+        let (cluster, index) = (self.cluster.clone(), self.index);
+        Box::pin(async move {
+            parts.uri = uri.map_err(|e| SendError::Connect(e.to_string()))?;
+            parts.version = http::Version::HTTP_2;
+            let req = Request::from_parts(parts, crate::body::boxed(body));
+            cluster.send(index, req).await
+        })
+    }
+}
+
 #[cfg(test)]
 mod weight_tests {
     use super::smooth_schedule;
