@@ -2411,3 +2411,35 @@ async fn slow_start_ramps_an_endpoint_a_reload_adds() {
     assert_eq!((factors[0], factors[1]), (1.0, 1.0));
     assert!((0.1..0.2).contains(&factors[2]), "{factors:?}");
 }
+
+/// A reload that changes a cluster (an endpoint added) keeps the idle
+/// connections to the endpoints it still has: no new connection to them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_changed_cluster_keeps_its_idle_connections() {
+    let (a, b) = (Upstream::echo("a").await, Upstream::echo("b").await);
+    let cfg = |eps: &str| {
+        config(
+            &format!("  - {{ name: app, endpoints: [{eps}] }}"),
+            "  - { name: r, cluster: app }",
+        )
+    };
+    let sift = Sift::start(&cfg(&format!("\"{}\"", a.addr)));
+    for _ in 0..3 {
+        assert_eq!(get_text(&sift.url("/")).await.0, 200);
+    }
+    assert_eq!(a.connections.load(Ordering::Relaxed), 1, "keep-alive");
+    sift.write_config(&cfg(&format!("\"{}\", \"{}\"", a.addr, b.addr)));
+    assert_eq!(post_text(&sift.admin_url("/reload")).await.0, 200);
+    for _ in 0..6 {
+        assert_eq!(get_text(&sift.url("/")).await.0, 200);
+    }
+    assert!(
+        b.requests.load(Ordering::Relaxed) > 0,
+        "the new endpoint serves"
+    );
+    assert_eq!(
+        a.connections.load(Ordering::Relaxed),
+        1,
+        "a's idle connection went over to the rebuilt cluster"
+    );
+}

@@ -296,6 +296,12 @@ impl Cluster {
     /// of the endpoints both have, matched by address: active health and
     /// outlier ejections, when their settings did not change.
     pub fn carry_state(&self, old: &Cluster, now: u64) {
+        let (a, b) = (&self.spec, &old.spec);
+        let same_transport = a.protocol == b.protocol
+            && a.tls == b.tls
+            && a.resolver == b.resolver
+            && a.connect_timeout == b.connect_timeout
+            && a.idle_timeout == b.idle_timeout;
         let index: std::collections::HashMap<std::borrow::Cow<'_, str>, usize> = old
             .endpoints
             .iter()
@@ -312,6 +318,11 @@ impl Cluster {
             };
             let was = old.endpoints[j].warming_since.load(Ordering::Relaxed);
             e.warming_since.store(was, Ordering::Relaxed);
+            // Warm connections stay when the way to the endpoints is the
+            // same (a DNS refresh, a reload of other settings).
+            if same_transport {
+                self.pool.adopt(i, &old.pool, j);
+            }
             if let (Some(h), Some(o)) = (&self.health, &old.health) {
                 if h.spec == o.spec {
                     h.carry(i, o, j);

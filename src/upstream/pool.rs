@@ -200,6 +200,41 @@ impl Pool {
         self.start_sweeper();
     }
 
+    /// Take over `old`'s idle connections to its endpoint `j` as this
+    /// pool's endpoint `i` (the same address, the same transport): a
+    /// rebuilt cluster keeps its warm connections. Returns how many.
+    pub fn adopt(self: &Arc<Self>, i: usize, old: &Pool, j: usize) -> usize {
+        let (Some(to), Some(from)) = (self.slots.get(i), old.slots.get(j)) else {
+            return 0;
+        };
+        let (Ok(mut to), Ok(mut from)) = (to.lock(), from.lock()) else {
+            return 0;
+        };
+        let now = Instant::now();
+        prune(&mut from.idle, now, self.cfg.idle_timeout);
+        let mut n = 0;
+        while let Some(c) = from.idle.pop_back() {
+            if to.idle.len() >= self.cfg.max_idle_per_endpoint {
+                break;
+            }
+            if !c.send.is_closed() {
+                to.idle.push_front(c);
+                n += 1;
+            }
+        }
+        if to.h2.is_none() {
+            if let Some(h2) = from.h2.clone().filter(|h| !h.is_closed()) {
+                to.h2 = Some(h2);
+                n += 1;
+            }
+        }
+        drop((to, from));
+        if n > 0 {
+            self.start_sweeper();
+        }
+        n
+    }
+
     /// Close idle connections past `idle_timeout` even when no request
     /// comes to do it: a task per pool, ending with the pool.
     fn start_sweeper(self: &Arc<Self>) {
