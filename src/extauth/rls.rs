@@ -63,23 +63,38 @@ impl RateLimitService for Limits {
             .with_label_values(&[&*self.conn.listener, "ratelimit", decision])
             .inc();
         if snap.config.log.access_log {
-            let descriptors: Vec<String> = req
+            // At most 16 descriptors of 8 entries, values cut at 128
+            // bytes: a line stays small whatever the call holds.
+            let cut = |v: &str| -> String {
+                let mut end = v.len().min(128);
+                while !v.is_char_boundary(end) {
+                    end -= 1;
+                }
+                v[..end].to_string()
+            };
+            let mut descriptors: Vec<String> = req
                 .descriptors
                 .iter()
+                .take(16)
                 .map(|d| {
                     d.entries
                         .iter()
-                        .map(|e| format!("{}={}", e.key, e.value))
+                        .take(8)
+                        .map(|e| format!("{}={}", cut(&e.key), cut(&e.value)))
                         .collect::<Vec<_>>()
                         .join(",")
                 })
                 .collect();
+            if req.descriptors.len() > 16 {
+                descriptors.push(format!("(+{} more)", req.descriptors.len() - 16));
+            }
             let over: Vec<&str> = match &result {
                 Ok(r) => r
                     .statuses
                     .iter()
                     .filter(|s| s.code == Code::OverLimit as i32)
                     .filter_map(|s| s.current_limit.as_ref().map(|l| l.name.as_str()))
+                    .take(16)
                     .collect(),
                 Err(_) => Vec::new(),
             };
