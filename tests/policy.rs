@@ -2037,6 +2037,10 @@ async fn external_auth_admits_on_2xx_and_relays_denials() {
                     tokio::time::sleep(Duration::from_millis(1500)).await;
                     text_response(200, "late")
                 }
+                "Bearer huge" => http::Response::builder()
+                    .status(401)
+                    .body(full(vec![b'x'; 100 * 1024]))
+                    .unwrap(),
                 "Bearer login" => http::Response::builder()
                     .status(302)
                     .header("location", "https://login.example/start")
@@ -2133,6 +2137,10 @@ async fn external_auth_admits_on_2xx_and_relays_denials() {
     let r = send(ask("/app/x", Some("login"), false)).await;
     assert_eq!(r.status(), 302);
     assert_eq!(r.headers()["location"], "https://login.example/start");
+    // A denial body past 64 KiB is not relayed cut short: no answer.
+    let r = send(ask("/app/x", Some("huge"), false)).await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(r.headers()["x-sift-error"], "auth-unavailable");
     // No answer in time: status_on_error's default 403.
     let r = send(ask("/app/x", Some("slow"), false)).await;
     assert_eq!(r.status(), 403);
@@ -2153,7 +2161,7 @@ async fn external_auth_admits_on_2xx_and_relays_denials() {
     for (route, result, n) in [
         ("guarded", "allowed", 1.0),
         ("guarded", "denied", 2.0),
-        ("guarded", "error_denied", 1.0),
+        ("guarded", "error_denied", 2.0),
         ("closed", "error_denied", 1.0),
         ("open", "error_allowed", 1.0),
     ] {
