@@ -359,18 +359,11 @@ async fn exchange(
         Version::HTTP_11
     };
     *req.headers_mut() = headers;
-    let resp = match cluster.send(index, req).await {
-        Ok(r) => r,
-        Err(e) => {
-            if matches!(e, crate::upstream::SendError::Connect(_)) {
-                cluster.metrics.connect_errors.inc();
-            }
-            cluster.observe(index, Observed::LocalGatewayError, clock.now());
-            return Err(Failed::Send(e.to_string()));
-        }
-    };
+    let resp = cluster
+        .exchange(index, req, clock)
+        .await
+        .map_err(|e| Failed::Send(e.to_string()))?;
     let status = resp.status().as_u16();
-    cluster.observe(index, Observed::of_status(status), clock.now());
     let (parts, mut body) = resp.into_parts();
     let keep = !(200..300).contains(&status);
     let mut buf = bytes::BytesMut::new();

@@ -31,7 +31,6 @@ use tokio::sync::oneshot;
 use crate::config::file::UpstreamProtocol;
 use crate::config::model::MirrorSpec;
 use crate::metrics::Metrics;
-use crate::policy::outlier::Observed;
 use crate::upstream::{Cluster, RequestSlot};
 
 /// A route's mirror at run time.
@@ -241,19 +240,10 @@ async fn send(
         Version::HTTP_11
     };
     *req.headers_mut() = headers;
-    let resp = match cluster.send(index, req).await {
-        Ok(r) => r,
-        Err(e) => {
-            if matches!(e, crate::upstream::SendError::Connect(_)) {
-                cluster.metrics.connect_errors.inc();
-            }
-            cluster.observe(index, Observed::LocalGatewayError, clock.now());
-            return Err(Failure::Failed);
-        }
-    };
-    let code = resp.status().as_u16();
-    let observed = Observed::of_status(code);
-    cluster.observe(index, observed, clock.now());
+    let resp = cluster
+        .exchange(index, req, clock)
+        .await
+        .map_err(|_| Failure::Failed)?;
     // Read to the end (the connection can then serve again), keeping
     // nothing; the caller's timeout bounds it.
     let mut b = resp.into_body();

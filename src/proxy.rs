@@ -2054,7 +2054,6 @@ pub(crate) async fn rate_limit_global(
     route: &crate::snapshot::Route,
     a: Admitted<'_>,
 ) -> Result<Option<[(HeaderName, HeaderValue); 2]>, ProxyError> {
-    use crate::policy::ratelimit::Decision;
     let mut best = a.best;
     if let (false, Some(redis)) = (a.globals.is_empty(), &snap.redis) {
         let mut given: Vec<(String, f64)> = Vec::new();
@@ -2090,19 +2089,7 @@ pub(crate) async fn rate_limit_global(
                     continue;
                 }
             };
-            let secs = |us: u64| us.div_ceil(1_000_000);
-            let d = Decision {
-                allowed: taken.allowed,
-                remaining: taken.remaining,
-                retry_after: if taken.allowed {
-                    0
-                } else {
-                    secs(taken.retry_after_us).max(1)
-                },
-                reset: secs(taken.reset_us),
-                quota,
-                window,
-            };
+            let d = taken.decision(quota, window);
             match tally(limit, route, d, &mut best) {
                 Tally::Allowed => {
                     if !spec.shadow {

@@ -177,6 +177,25 @@ fn denied(r: &CheckResponse) -> (u32, HashMap<String, String>, String) {
     )
 }
 
+/// A gRPC frame of bytes that decode to no message, POSTed to `method`
+/// on the envoy listener: the answer's grpc-status.
+async fn garbage_call(sift: &Sift, method: &str) -> Option<String> {
+    let garbage: &[u8] = &[0, 0, 0, 0, 6, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
+    let req = http::Request::post(format!("http://{}/{method}", sift.listeners["authz"]))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(full(garbage.to_vec()))
+        .unwrap();
+    let resp = http2_client().request(req).await.expect("an answer");
+    let (parts, body) = resp.into_parts();
+    let collected = http_body_util::BodyExt::collect(body).await.expect("body");
+    parts
+        .headers
+        .get("grpc-status")
+        .or_else(|| collected.trailers().and_then(|t| t.get("grpc-status")))
+        .map(|v| v.to_str().unwrap().to_owned())
+}
+
 async fn authz_client(sift: &Sift) -> AuthorizationClient<tonic::transport::Channel> {
     let url = format!("http://{}", sift.listeners["authz"]);
     AuthorizationClient::connect(url).await.expect("connect")
@@ -875,24 +894,8 @@ async fn malformed_calls_get_grpc_errors_and_sift_keeps_serving() {
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{why}: {err:?}");
     }
     // Bytes that are no CheckRequest at all, in a gRPC frame.
-    let garbage: &[u8] = &[0, 0, 0, 0, 6, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
-    let req = http::Request::post(format!(
-        "http://{}/envoy.service.auth.v3.Authorization/Check",
-        sift.listeners["authz"]
-    ))
-    .header("content-type", "application/grpc")
-    .header("te", "trailers")
-    .body(full(garbage.to_vec()))
-    .unwrap();
-    let resp = http2_client().request(req).await.expect("an answer");
-    let (parts, body) = resp.into_parts();
-    let collected = http_body_util::BodyExt::collect(body).await.expect("body");
-    let status = parts
-        .headers
-        .get("grpc-status")
-        .or_else(|| collected.trailers().and_then(|t| t.get("grpc-status")))
-        .map(|v| v.to_str().unwrap().to_owned());
-    assert!(status.as_deref().is_some_and(|s| s != "0"), "{parts:?}");
+    let status = garbage_call(&sift, "envoy.service.auth.v3.Authorization/Check").await;
+    assert!(status.as_deref().is_some_and(|s| s != "0"), "{status:?}");
     // ext_proc: a stream that does not start with the request headers.
     let got = exchange_all(&sift, vec![chunk("x", true)], 1).await;
     assert!(got.is_empty(), "{got:?}");
@@ -1228,24 +1231,12 @@ async fn rate_limit_service_answers_envoys_should_rate_limit() {
     assert!(e.message().contains("unknown unit"), "{}", e.message());
 
     // Bytes that are no RateLimitRequest, in a gRPC frame: an error status.
-    let garbage: &[u8] = &[0, 0, 0, 0, 6, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
-    let req = http::Request::post(format!(
-        "http://{}/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit",
-        sift.listeners["authz"]
-    ))
-    .header("content-type", "application/grpc")
-    .header("te", "trailers")
-    .body(full(garbage.to_vec()))
-    .unwrap();
-    let resp = http2_client().request(req).await.expect("an answer");
-    let (parts, body) = resp.into_parts();
-    let collected = http_body_util::BodyExt::collect(body).await.expect("body");
-    let status = parts
-        .headers
-        .get("grpc-status")
-        .or_else(|| collected.trailers().and_then(|t| t.get("grpc-status")))
-        .map(|v| v.to_str().unwrap().to_owned());
-    assert!(status.as_deref().is_some_and(|s| s != "0"), "{parts:?}");
+    let status = garbage_call(
+        &sift,
+        "envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit",
+    )
+    .await;
+    assert!(status.as_deref().is_some_and(|s| s != "0"), "{status:?}");
     // A flood of descriptors and long values in one call: one status each.
     let long = "v".repeat(200);
     let many: Vec<RateLimitDescriptor> = (0..3000)

@@ -273,22 +273,7 @@ async fn decide(
             Ok(got) => {
                 for (k, (t, taken)) in got.into_iter().enumerate() {
                     let (i, quota, window, _) = asked[done + k];
-                    let secs = |us: u64| us.div_ceil(1_000_000);
-                    out[i] = (
-                        Some(Decision {
-                            allowed: t.allowed,
-                            remaining: t.remaining,
-                            retry_after: if t.allowed {
-                                0
-                            } else {
-                                secs(t.retry_after_us).max(1)
-                            },
-                            reset: secs(t.reset_us),
-                            quota,
-                            window,
-                        }),
-                        taken,
-                    );
+                    out[i] = (Some(t.decision(quota, window)), taken);
                 }
                 done += chunk.len();
             }

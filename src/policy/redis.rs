@@ -516,6 +516,26 @@ pub struct Taken {
     pub reset_us: u64,
 }
 
+impl Taken {
+    /// The decision in whole seconds, with the bucket's quota and window
+    /// for the RateLimit headers.
+    pub fn decision(&self, quota: u64, window: u64) -> crate::policy::ratelimit::Decision {
+        let secs = |us: u64| us.div_ceil(1_000_000);
+        crate::policy::ratelimit::Decision {
+            allowed: self.allowed,
+            remaining: self.remaining,
+            retry_after: if self.allowed {
+                0
+            } else {
+                secs(self.retry_after_us).max(1)
+            },
+            reset: secs(self.reset_us),
+            quota,
+            window,
+        }
+    }
+}
+
 /// The shared client (kept across reloads while its spec is unchanged):
 /// `max_connections` lanes, each one pipelined connection, requests
 /// spread over them in turn.

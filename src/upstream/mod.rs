@@ -600,6 +600,30 @@ impl Cluster {
         self.pool.send(index, endpoint, req).await
     }
 
+    /// [`send`](Self::send) for sift's own requests (mirrors, checks): a
+    /// failure counts as a connect error and a local gateway error of the
+    /// endpoint, the answer's status feeds its outlier detection.
+    pub async fn exchange(
+        &self,
+        index: usize,
+        req: Request<Body>,
+        clock: crate::clock::Clock,
+    ) -> Result<http::Response<Body>, SendError> {
+        match self.send(index, req).await {
+            Ok(r) => {
+                self.observe(index, Observed::of_status(r.status().as_u16()), clock.now());
+                Ok(r)
+            }
+            Err(e) => {
+                if matches!(e, SendError::Connect(_)) {
+                    self.metrics.connect_errors.inc();
+                }
+                self.observe(index, Observed::LocalGatewayError, clock.now());
+                Err(e)
+            }
+        }
+    }
+
     /// Idle HTTP/1.1 connections kept for endpoint `index`.
     pub fn idle_connections(&self, index: usize) -> usize {
         self.pool.idle(index)
