@@ -10,6 +10,7 @@
 #   configs          config/*.yaml and the ```yaml blocks of README.md and docs/*.md
 #   request heads    written here (http_head: byte 0 picks the listener)
 #   Envoy checks     written here (envoy_check: text form, SMS bodies)
+#   RLS calls        written here (rls: text form, the tree's keys and values)
 #
 # Idempotent; a target's corpus is rebuilt from scratch only with --clean.
 set -euo pipefail
@@ -19,7 +20,7 @@ OUT=tests/fuzz/corpus
 SHARED=${SIFT_SHARED_DATA:-../shared/data}
 DATA=${SIFT_DATA_DIR:-target/data}
 [[ ${1:-} == --clean ]] && rm -rf "$OUT"
-mkdir -p "$OUT"/{mail_view,extract,cilog,models,decode,config,http_head,envoy_check,wire}
+mkdir -p "$OUT"/{mail_view,extract,cilog,models,decode,config,http_head,envoy_check,wire,rls}
 
 if [[ ! -d $DATA/spam-assassin ]]; then
     filters/spam/fetch-data.sh
@@ -220,6 +221,18 @@ for i, (m, p, hs) in enumerate(checks):
     for flags in (1, 3, 5, 7):
         put("envoy_check", bytes([flags]) + m + b"\n" + p + b"\n" + b"\n".join(hs) + b"\n\n" + body)
 
+# rls, text form (byte 0 odd): domain, descriptors as k=v pairs, the
+# tree's keys and values, some hits_addend and overrides.
+calls = [
+    "d\na=10.0.0.1", "d\na=10.0.0.1\na=10.0.0.1\na=10.0.0.1\na=10.0.0.1",
+    "d\nt=gold\nt=gold,p=/x\nt=gold,p=/x", "d\nt=trial\nt=trial\nt=trial",
+    "d\nt=silver\na=1.2.3.4", "d\nu=job\nt=x,y=z", "d\n+5\nt=gold\nt=gold",
+    "d\n!2\na=9.9.9.9\n!2\na=9.9.9.9\n!2\na=9.9.9.9", "e\nx=1,y=z\nx=2,y=z\nx=1,y=z",
+    "nope\na=1", "\na=1", "d",
+]
+for c in calls:
+    put("rls", b"\x01" + c.encode())
+
 # wire: PROXY protocol headers (byte 0 = 0) and Redis replies (1), as
 # load balancers and Redis send them, each followed by the next bytes; DNS
 # answers (2: A records, 6: AAAA) as servers send them; TLS ClientHellos (3)
@@ -282,6 +295,6 @@ for host in ["api.example.com", "shop.apps.example", None]:
     split = b"".join(b"\x16\x03\x01" + struct.pack(">H", len(p)) + p for p in (body[:40], body[40:]))
     put("wire", b"\x03" + split)
 PY
-for t in mail_view extract cilog models decode config http_head envoy_check wire; do
+for t in mail_view extract cilog models decode config http_head envoy_check wire rls; do
     echo "seed: $OUT/$t: $(find "$OUT/$t" -type f | wc -l) files"
 done
