@@ -48,16 +48,14 @@ pub struct ExternalAuthSpec {
     #[serde(serialize_with = "ser_method")]
     pub method: Option<Method>,
     pub timeout: Dur,
+    /// HTTP: the check's path is this prefix and the client's path.
+    pub path_prefix: Option<String>,
     /// None: every client header (but hop-by-hop and framing ones).
-    #[serde(serialize_with = "ser_opt_names")]
-    pub request_headers: Option<Vec<HeaderName>>,
-    #[serde(serialize_with = "ser_names")]
-    pub upstream_headers: Vec<HeaderName>,
+    pub request_headers: Option<Vec<NamePattern>>,
+    pub upstream_headers: Vec<NamePattern>,
     /// None: every header of the denial (but hop-by-hop and framing ones).
-    #[serde(serialize_with = "ser_opt_names")]
-    pub client_headers: Option<Vec<HeaderName>>,
-    #[serde(serialize_with = "ser_names")]
-    pub client_headers_on_success: Vec<HeaderName>,
+    pub client_headers: Option<Vec<NamePattern>>,
+    pub client_headers_on_success: Vec<NamePattern>,
     pub failure_mode_allow: bool,
     pub status_on_error: u16,
 }
@@ -83,18 +81,34 @@ fn ser_method<S: serde::Serializer>(m: &Option<Method>, s: S) -> Result<S::Ok, S
     }
 }
 
-fn ser_names<S: serde::Serializer>(n: &[HeaderName], s: S) -> Result<S::Ok, S::Error> {
-    s.collect_seq(n.iter().map(HeaderName::as_str))
+/// A header name in a list: exact, or every name with a prefix
+/// (`x-auth-request-*`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NamePattern {
+    Exact(HeaderName),
+    Prefix(String),
 }
 
-fn ser_opt_names<S: serde::Serializer>(
-    n: &Option<Vec<HeaderName>>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    match n {
-        Some(n) => s.collect_seq(n.iter().map(HeaderName::as_str)),
-        None => s.serialize_str("all"),
+impl NamePattern {
+    pub fn matches(&self, n: &HeaderName) -> bool {
+        match self {
+            NamePattern::Exact(e) => e == n,
+            NamePattern::Prefix(p) => n.as_str().starts_with(p.as_str()),
+        }
     }
+}
+
+impl Serialize for NamePattern {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            NamePattern::Exact(e) => s.serialize_str(e.as_str()),
+            NamePattern::Prefix(p) => s.serialize_str(&format!("{p}*")),
+        }
+    }
+}
+
+fn listed(list: &[NamePattern], n: &HeaderName) -> bool {
+    list.iter().any(|p| p.matches(n))
 }
 
 /// What a 2xx answer adds: headers for the upstream request, headers for
@@ -231,7 +245,7 @@ pub async fn check(
             let keep = headers
                 .into_iter()
                 .filter(|(n, _)| {
-                    spec.client_headers.as_ref().is_none_or(|l| l.contains(n))
+                    spec.client_headers.as_ref().is_none_or(|l| listed(l, n))
                         && !framing(n)
                         && !n.as_str().starts_with("x-sift-")
                 })
@@ -277,13 +291,13 @@ fn http_answer(spec: &ExternalAuthSpec, status: u16, headers: &HeaderMap, body: 
         };
     }
     let mut a = Allowed::default();
-    for n in &spec.upstream_headers {
-        for (i, v) in headers.get_all(n).iter().enumerate() {
-            a.upstream.push((n.clone(), v.clone(), i > 0));
+    for (n, v) in headers {
+        if listed(&spec.upstream_headers, n) && !framing(n) && !n.as_str().starts_with("x-sift-") {
+            // A name's first value replaces, the next ones append.
+            let again = a.upstream.iter().any(|(m, _, _)| m == n);
+            a.upstream.push((n.clone(), v.clone(), again));
         }
-    }
-    for n in &spec.client_headers_on_success {
-        for v in headers.get_all(n) {
+        if listed(&spec.client_headers_on_success, n) && !framing(n) {
             a.client.push((n.clone(), v.clone()));
         }
     }
@@ -306,8 +320,8 @@ async fn exchange(
     let endpoint = &cluster.endpoints[index].endpoint;
     let mut headers = HeaderMap::new();
     for (n, v) in client.headers {
-        let listed = spec.request_headers.as_ref().is_none_or(|l| l.contains(n));
-        if listed && !framing(n) && !n.as_str().starts_with("x-forwarded-") {
+        let send = spec.request_headers.as_ref().is_none_or(|l| listed(l, n));
+        if send && !framing(n) && !n.as_str().starts_with("x-forwarded-") {
             headers.append(n.clone(), v.clone());
         }
     }
@@ -336,9 +350,15 @@ async fn exchange(
             headers.insert(header::HOST, v);
         }
     }
-    let path = match &spec.path {
-        Some(p) => p.as_str(),
-        None => client.uri.path_and_query().map_or("/", |p| p.as_str()),
+    let client_path = client.uri.path_and_query().map_or("/", |p| p.as_str());
+    let prefixed;
+    let path = match (&spec.path, &spec.path_prefix) {
+        (Some(p), _) => p.as_str(),
+        (None, Some(pre)) => {
+            prefixed = format!("{}{client_path}", pre.trim_end_matches('/'));
+            prefixed.as_str()
+        }
+        (None, None) => client_path,
     };
     let uri = Uri::builder()
         .scheme(if cluster.spec.tls.is_some() {
@@ -402,8 +422,8 @@ async fn exchange_grpc(
     let _slot = cluster.request_slot().map_err(|_| Failed::Overload)?;
     let mut headers = std::collections::HashMap::new();
     for (n, v) in client.headers {
-        let listed = spec.request_headers.as_ref().is_none_or(|l| l.contains(n));
-        if listed && !framing(n) {
+        let send = spec.request_headers.as_ref().is_none_or(|l| listed(l, n));
+        if send && !framing(n) {
             let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
             headers
                 .entry(n.as_str().to_string())

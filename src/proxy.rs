@@ -668,7 +668,13 @@ async fn proxy(
             counters[outcome as usize].inc();
             let allowed = r?;
             let h = req.headers_mut();
-            for n in spec.upstream_headers.iter().chain(&allowed.remove) {
+            let drop: Vec<HeaderName> = h
+                .keys()
+                .filter(|n| spec.upstream_headers.iter().any(|p| p.matches(n)))
+                .cloned()
+                .chain(allowed.remove)
+                .collect();
+            for n in drop {
                 h.remove(n);
             }
             for (k, v, append) in allowed.upstream {

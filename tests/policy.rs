@@ -2029,6 +2029,8 @@ async fn external_auth_admits_on_2xx_and_relays_denials() {
                 "Bearer good" => http::Response::builder()
                     .status(200)
                     .header("x-auth-user", "ann")
+                    .header("x-auth-request-user", "ann")
+                    .header("x-auth-request-email", "ann@example.com")
                     .header("set-cookie", "session=1; HttpOnly")
                     .header("x-internal", "not for anyone")
                     .body(full("ok"))
@@ -2074,6 +2076,13 @@ async fn external_auth_admits_on_2xx_and_relays_denials() {
       timeout: 300ms
       upstream_headers: [x-auth-user]
       client_headers_on_success: [set-cookie]
+  - name: prefixed
+    match: { path: { prefix: /pre } }
+    cluster: app
+    external_auth:
+      cluster: auth
+      path_prefix: /check
+      upstream_headers: ["x-auth-request-*"]
   - name: closed
     match: { path: { prefix: /closed } }
     cluster: app
@@ -2126,6 +2135,42 @@ async fn external_auth_admits_on_2xx_and_relays_denials() {
         assert!(h("x-request-id").is_some());
         assert!(p.headers.get("content-length").is_none_or(|v| v == "0"));
     }
+
+    // A prefix pattern and a path prefix: every x-auth-request-* of the
+    // answer, none of the client's; the check's path is /check + the path.
+    let mut req = ask("/pre/y?z=2", Some("good"), false);
+    req.headers_mut()
+        .insert("x-auth-request-groups", "admins".parse().unwrap());
+    let r = send(req).await;
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
+    assert_eq!(
+        v["headers"]["x-auth-request-user"],
+        serde_json::json!(["ann"])
+    );
+    assert_eq!(
+        v["headers"]["x-auth-request-email"],
+        serde_json::json!(["ann@example.com"])
+    );
+    assert!(
+        v["headers"].get("x-auth-request-groups").is_none(),
+        "forged: dropped"
+    );
+    assert!(
+        v["headers"].get("x-auth-user").is_none(),
+        "not in the pattern"
+    );
+    assert_eq!(
+        seen.lock()
+            .unwrap()
+            .last()
+            .unwrap()
+            .uri
+            .path_and_query()
+            .unwrap()
+            .as_str(),
+        "/check/pre/y?z=2"
+    );
 
     // Denied: the service's status, headers and body; the app never sees it.
     let before = app.requests.load(Ordering::Relaxed);

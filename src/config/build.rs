@@ -1958,6 +1958,26 @@ fn build_external_auth(
             ),
         );
     }
+    if let Some(pre) = &a.path_prefix {
+        if a.path.is_some() {
+            e.push(
+                format!("{p}.path_prefix"),
+                "give path or path_prefix, not both",
+            );
+        }
+        let ok = pre.starts_with('/')
+            && !pre.contains(['?', '#'])
+            && http::uri::PathAndQuery::try_from(pre.as_str()).is_ok();
+        if !ok {
+            e.push(
+                format!("{p}.path_prefix"),
+                format!("{pre:?} is not a path starting with '/' (no query)"),
+            );
+        }
+        if protocol == crate::external_auth::AuthProtocol::Grpc {
+            e.push(format!("{p}.path_prefix"), "is for protocol http");
+        }
+    }
     if let Some(path) = &a.path {
         let ok = path.starts_with('/')
             && !path.contains('#')
@@ -1983,15 +2003,27 @@ fn build_external_auth(
             }
         },
     };
-    let names = |list: &[String], what: &str, e: &mut Errs| -> Vec<HeaderName> {
+    use crate::external_auth::NamePattern;
+    // A header name, or a prefix ending in `*` (`x-auth-request-*`).
+    let names = |list: &[String], what: &str, e: &mut Errs| -> Vec<NamePattern> {
         let mut out = Vec::new();
         for (i, n) in list.iter().enumerate() {
-            match HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes()) {
-                Ok(h) => out.push(h),
-                Err(_) => e.push(
+            let lower = n.to_ascii_lowercase();
+            match lower.strip_suffix('*') {
+                Some(pre) if !pre.is_empty() && HeaderName::from_bytes(pre.as_bytes()).is_ok() => {
+                    out.push(NamePattern::Prefix(pre.to_string()))
+                }
+                Some(_) => e.push(
                     format!("{p}.{what}[{i}]"),
-                    format!("{n:?} is not a header name"),
+                    format!("{n:?}: a prefix pattern needs a header-name prefix before '*'"),
                 ),
+                None => match HeaderName::from_bytes(lower.as_bytes()) {
+                    Ok(h) => out.push(NamePattern::Exact(h)),
+                    Err(_) => e.push(
+                        format!("{p}.{what}[{i}]"),
+                        format!("{n:?} is not a header name"),
+                    ),
+                },
             }
         }
         out
@@ -2002,15 +2034,29 @@ fn build_external_auth(
         .map(|l| names(l, "request_headers", e));
     let upstream_headers = names(&a.upstream_headers, "upstream_headers", e);
     for (i, h) in upstream_headers.iter().enumerate() {
-        if h.as_str().starts_with("x-sift-")
-            || matches!(
-                h.as_str(),
-                "host" | "content-length" | "transfer-encoding" | "connection"
-            )
-        {
+        let bad = match h {
+            NamePattern::Exact(h) => {
+                h.as_str().starts_with("x-sift-")
+                    || matches!(
+                        h.as_str(),
+                        "host" | "content-length" | "transfer-encoding" | "connection"
+                    )
+            }
+            // A prefix that covers sift's own headers or a connection one.
+            NamePattern::Prefix(pre) => [
+                "x-sift-",
+                "host",
+                "content-length",
+                "transfer-encoding",
+                "connection",
+            ]
+            .iter()
+            .any(|n| n.starts_with(pre.as_str()) || pre.starts_with("x-sift-")),
+        };
+        if bad {
             e.push(
                 format!("{p}.upstream_headers[{i}]"),
-                format!("{:?} is sift's or the connection's to set", h.as_str()),
+                "names sift's own headers or the connection's (x-sift-*, host, content-length, transfer-encoding, connection)",
             );
         }
     }
@@ -2033,6 +2079,7 @@ fn build_external_auth(
         protocol,
         context_extensions: a.context_extensions.clone(),
         path: a.path.clone(),
+        path_prefix: a.path_prefix.clone(),
         method,
         timeout,
         request_headers,
@@ -3989,15 +4036,46 @@ routes:
             "{errs:?}"
         );
         assert!(
-            has(&errs, &format!("{p}.upstream_headers[0]"), "sift's"),
+            has(&errs, &format!("{p}.upstream_headers[0]"), "sift's own"),
             "{errs:?}"
         );
         assert!(
-            has(&errs, &format!("{p}.upstream_headers[1]"), "sift's"),
+            has(&errs, &format!("{p}.upstream_headers[1]"), "sift's own"),
             "{errs:?}"
         );
         assert!(
             has(&errs, &format!("{p}.status_on_error"), "200..=599"),
+            "{errs:?}"
+        );
+        let errs = errors(
+            r#"admin: { address: "127.0.0.1:0" }
+listeners: [ { name: a, address: "127.0.0.1:0" } ]
+clusters: [ { name: app, endpoints: ["127.0.0.1:1"] }, { name: auth, endpoints: ["127.0.0.1:2"] } ]
+routes:
+  - { name: p, cluster: app, external_auth: { cluster: auth, path: /a, path_prefix: "/b?x", upstream_headers: ["x-*", "*", "x-auth-*"] } }
+"#,
+        );
+        let p = "routes[0].external_auth";
+        assert!(
+            has(&errs, &format!("{p}.path_prefix"), "not both"),
+            "{errs:?}"
+        );
+        assert!(
+            has(&errs, &format!("{p}.path_prefix"), "no query"),
+            "{errs:?}"
+        );
+        assert!(
+            has(&errs, &format!("{p}.upstream_headers[0]"), "sift's own"),
+            "{errs:?}"
+        );
+        assert!(
+            has(&errs, &format!("{p}.upstream_headers[1]"), "before '*'"),
+            "{errs:?}"
+        );
+        assert!(
+            !errs
+                .iter()
+                .any(|e| e.path == format!("{p}.upstream_headers[2]")),
             "{errs:?}"
         );
         let errs = errors(

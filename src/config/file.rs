@@ -153,6 +153,10 @@ pub struct ExternalAuthFile {
     /// client's path and query).
     #[serde(default)]
     pub path: Option<String>,
+    /// Path of the check: this prefix, then the client's path and query
+    /// (Envoy's http_service path_prefix). Not with `path`.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
     /// Method of the check: a method, or `original` for the client's
     /// (default GET).
     #[serde(default)]
@@ -161,12 +165,13 @@ pub struct ExternalAuthFile {
     #[serde(default)]
     pub timeout: Option<Dur>,
     /// Client headers sent with the check (default: all but hop-by-hop
-    /// ones). X-Forwarded-Method, -Proto, -Host, -Uri, -For and
-    /// X-Request-Id are always sent.
+    /// ones); a name ending in `*` is a prefix. X-Forwarded-Method,
+    /// -Proto, -Host, -Uri, -For and X-Request-Id are always sent.
     #[serde(default)]
     pub request_headers: Option<Vec<String>>,
     /// Headers of a 2xx answer set on the upstream request (the client's
-    /// own values of these names are removed first).
+    /// own values of these names are removed first); a name ending in `*`
+    /// is a prefix (`x-auth-request-*`).
     #[serde(default)]
     pub upstream_headers: Vec<String>,
     /// Headers of a denial the client gets (default: all but hop-by-hop
