@@ -18,7 +18,6 @@ use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response};
-use tonic::codegen::Service;
 
 use super::{Allowed, Denied};
 use crate::proxy::ConnInfo;
@@ -40,13 +39,10 @@ pub async fn serve(
     req: Request<hyper::body::Incoming>,
 ) -> Response<crate::body::Body> {
     let max = max_message(&shared);
-    let mut svc = AuthorizationServer::new(Checker { shared, conn })
+    let svc = AuthorizationServer::new(Checker { shared, conn })
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    match svc.call(req).await {
-        Ok(resp) => resp.map(crate::body::boxed),
-        Err(never) => match never {},
-    }
+    super::call_grpc(svc, req).await
 }
 
 /// The largest message a call may carry: the largest route body limit,

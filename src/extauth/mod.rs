@@ -494,6 +494,27 @@ pub fn log_check(
     );
 }
 
+/// One call to a tonic-generated gRPC service (whose errors cannot
+/// happen: a failed call is a gRPC status in the response).
+async fn call_grpc<S, B>(
+    mut svc: S,
+    req: Request<hyper::body::Incoming>,
+) -> Response<crate::body::Body>
+where
+    S: tonic::codegen::Service<
+            Request<hyper::body::Incoming>,
+            Response = Response<B>,
+            Error = std::convert::Infallible,
+        >,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<crate::body::BoxError>,
+{
+    match svc.call(req).await {
+        Ok(resp) => resp.map(crate::body::boxed),
+        Err(never) => match never {},
+    }
+}
+
 /// Whether the listener at `index` serves Envoy.
 pub fn is_envoy(snap: &Snapshot, index: usize) -> bool {
     snap.listener(index)

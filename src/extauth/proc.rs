@@ -23,7 +23,6 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use http::{Request, Response};
 use tokio::sync::mpsc;
-use tonic::codegen::Service;
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 
 use super::grpc::{header_map_from, pb_header, request_head, whole_body};
@@ -43,13 +42,10 @@ pub async fn serve(
     req: Request<hyper::body::Incoming>,
 ) -> Response<crate::body::Body> {
     let max = super::grpc::max_message(&shared);
-    let mut svc = ExternalProcessorServer::new(Processor { shared, conn })
+    let svc = ExternalProcessorServer::new(Processor { shared, conn })
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    match svc.call(req).await {
-        Ok(resp) => resp.map(crate::body::boxed),
-        Err(never) => match never {},
-    }
+    super::call_grpc(svc, req).await
 }
 
 type Reply = Result<ProcessingResponse, tonic::Status>;

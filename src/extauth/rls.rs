@@ -13,7 +13,6 @@ use envoy_types::pb::envoy::service::ratelimit::v3::{
 };
 use envoy_types::pb::google::protobuf::Duration as PbDuration;
 use http::{Request, Response};
-use tonic::codegen::Service as _;
 
 use crate::config::file::{RlsStore, RlsUnit};
 use crate::policy::ratelimit::Decision;
@@ -33,13 +32,10 @@ pub async fn serve(
     conn: Arc<ConnInfo>,
     req: Request<hyper::body::Incoming>,
 ) -> Response<crate::body::Body> {
-    let mut svc = RateLimitServiceServer::new(Limits { shared, conn })
+    let svc = RateLimitServiceServer::new(Limits { shared, conn })
         .max_decoding_message_size(1 << 20)
         .max_encoding_message_size(1 << 20);
-    match svc.call(req).await {
-        Ok(resp) => resp.map(crate::body::boxed),
-        Err(never) => match never {},
-    }
+    super::call_grpc(svc, req).await
 }
 
 #[tonic::async_trait]
