@@ -18,7 +18,12 @@ use crate::state::Shared;
 
 pub async fn serve(tcp: tokio::net::TcpListener, shared: Arc<Shared>, reloader: Arc<Reloader>) {
     loop {
-        let Ok((stream, _)) = tcp.accept().await else {
+        let accepted = tokio::select! {
+            a = tcp.accept() => a,
+            // A successor serves the admin API on this same socket now.
+            () = shared.until_handed_over() => return,
+        };
+        let Ok((stream, _)) = accepted else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };

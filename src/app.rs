@@ -11,25 +11,35 @@ use crate::metrics::Metrics;
 use crate::reload::{Reloader, Source};
 use crate::snapshot::Snapshot;
 use crate::state::Shared;
-use crate::{admin, demo, listener, logging};
+use crate::{admin, demo, listener, logging, upgrade};
 
 #[derive(Debug)]
 pub struct Options {
     pub source: Source,
     /// Also start the demo's echo upstreams and print what to try.
     pub demo: bool,
+    /// Take the listening sockets over from the sift serving the config's
+    /// `upgrade.socket` (a binary upgrade), instead of binding them.
+    pub upgrade: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("{0}")]
     Config(ConfigErrors),
-    #[error("cannot bind {what} on {addr}: {source} (is another process using that port?)")]
+    #[error("cannot bind {what} on {addr}: {source} (is another process using that port?{hint})")]
     Bind {
         what: String,
         addr: SocketAddr,
         source: std::io::Error,
+        hint: &'static str,
     },
+    #[error("{0}")]
+    Upgrade(#[from] upgrade::UpgradeError),
+    #[error(
+        "--upgrade needs a top-level `upgrade.socket` in the config: the running sift's socket"
+    )]
+    UpgradeNotConfigured,
     #[error("cannot start: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -66,32 +76,106 @@ async fn serve(opts: Options, text: Arc<str>, config: config::Config) -> Result<
     }
     let metrics = Arc::new(Metrics::new());
 
+    // A binary upgrade: the running sift's listening sockets, when it has
+    // them; otherwise this process binds its own, the upgrade socket first
+    // (a live sift behind it is an error: use --upgrade).
+    let upgrade_path = config.upgrade.as_ref().map(|u| u.socket.clone());
+    let mut successor = match (&upgrade_path, opts.upgrade) {
+        (None, true) => return Err(AppError::UpgradeNotConfigured),
+        (Some(path), true) => match upgrade::connect(path)? {
+            Some(s) => {
+                tracing::info!(predecessor = s.pid, path = %path.display(), "upgrade: received the running sift's listening sockets");
+                Some(s)
+            }
+            None => {
+                tracing::warn!(path = %path.display(), "upgrade: no sift serves the upgrade socket; binding the listeners");
+                None
+            }
+        },
+        _ => None,
+    };
+    let mut upgrade_listener = match (&upgrade_path, &successor) {
+        (Some(path), None) => Some(upgrade::bind(path)?),
+        _ => None,
+    };
+    let hint = if upgrade_path.is_some() && !opts.upgrade {
+        " to replace a running sift, start this one with --upgrade"
+    } else {
+        ""
+    };
+    let handable = Arc::new(upgrade::Sockets::default());
+
     let mut bound = Vec::new();
     for l in &config.listeners {
-        let tcp = tokio::net::TcpListener::bind(l.address)
-            .await
-            .map_err(|source| AppError::Bind {
-                what: format!("listener {:?}", l.name),
-                addr: l.address,
-                source,
-            })?;
+        let inherited = successor
+            .as_mut()
+            .and_then(|s| s.socket(Some(&l.name), l.address));
+        let taken = inherited.is_some();
+        let tcp = match inherited {
+            Some((_, fd)) => {
+                let std = std::net::TcpListener::from(fd);
+                std.set_nonblocking(true)?;
+                tokio::net::TcpListener::from_std(std)?
+            }
+            None => tokio::net::TcpListener::bind(l.address)
+                .await
+                .map_err(|source| AppError::Bind {
+                    what: format!("listener {:?}", l.name),
+                    addr: l.address,
+                    source,
+                    hint,
+                })?,
+        };
         let address = tcp.local_addr()?;
-        tracing::info!(listener = %l.name, %address, "listener bound");
+        tracing::info!(listener = %l.name, %address, inherited = taken, "listener bound");
+        if upgrade_path.is_some() {
+            let info = upgrade::SocketInfo {
+                listener: Some(l.name.clone()),
+                configured: l.address,
+                local: address,
+            };
+            handable.add(info, &tcp)?;
+        }
         bound.push((Arc::<str>::from(l.name.as_str()), tcp));
     }
-    let admin_tcp =
-        std::net::TcpListener::bind(config.admin.address).map_err(|source| AppError::Bind {
-            what: "admin".into(),
-            addr: config.admin.address,
-            source,
-        })?;
+    let admin_tcp = match successor
+        .as_mut()
+        .and_then(|s| s.socket(None, config.admin.address))
+    {
+        Some((_, fd)) => std::net::TcpListener::from(fd),
+        None => {
+            std::net::TcpListener::bind(config.admin.address).map_err(|source| AppError::Bind {
+                what: "admin".into(),
+                addr: config.admin.address,
+                source,
+                hint,
+            })?
+        }
+    };
     admin_tcp.set_nonblocking(true)?;
-    tracing::info!(address = %admin_tcp.local_addr()?, "admin bound");
+    let admin_address = admin_tcp.local_addr()?;
+    tracing::info!(address = %admin_address, "admin bound");
+    if upgrade_path.is_some() {
+        let info = upgrade::SocketInfo {
+            listener: None,
+            configured: config.admin.address,
+            local: admin_address,
+        };
+        handable.add(info, &admin_tcp)?;
+    }
+    if let Some(s) = &successor {
+        for address in s.unused() {
+            tracing::info!(%address, "upgrade: a socket of the running sift that this config does not use; it closes when that sift exits");
+        }
+    }
 
     let clock = crate::clock::Clock::new();
     let snapshot = Snapshot::build(config, text.clone(), None, &metrics, clock.now())
         .map_err(|e| AppError::Config(config::with_lines(&text, e)))?;
     let shared = Shared::new(snapshot, metrics, clock);
+    if let Some(s) = &successor {
+        take_canary_state(&shared, &s.canary);
+    }
     shared.metrics.config_last_reload_success.set(unix_now());
     let reloader = Arc::new(Reloader::new(opts.source, shared.clone()));
     spawn_admin_thread(admin_tcp, shared.clone(), reloader)?;
@@ -101,6 +185,28 @@ async fn serve(opts: Options, text: Arc<str>, config: config::Config) -> Result<
         tokio::spawn(listener::serve(tcp, name, shared.clone(), drain.clone()));
     }
     shared.ready.store(true, Ordering::Release);
+    if let (Some(s), Some(path)) = (successor.take(), &upgrade_path) {
+        // This process serves now: the predecessor may stop.
+        match tokio::task::spawn_blocking(move || s.take_over()).await {
+            Ok(Ok(pid)) => {
+                tracing::info!(
+                    predecessor = pid,
+                    "upgrade: took over; the predecessor drains"
+                )
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "upgrade: the predecessor did not confirm"),
+            Err(e) => tracing::warn!(error = %e, "upgrade: the take-over task failed"),
+        }
+        upgrade_listener = Some(upgrade::bind(path)?);
+    }
+    if let (Some(l), Some(path)) = (upgrade_listener, &upgrade_path) {
+        tokio::spawn(upgrade::serve(
+            l,
+            path.clone(),
+            handable.clone(),
+            shared.clone(),
+        ));
+    }
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "sift ready");
     if opts.demo {
         // A hint for the person at the terminal: a closed stdout must not
@@ -109,21 +215,34 @@ async fn serve(opts: Options, text: Arc<str>, config: config::Config) -> Result<
     }
 
     let mut signals = Signals::new()?;
-    let which = signals.next().await;
+    let which = tokio::select! {
+        s = signals.next() => Some(s),
+        () = shared.until_handed_over() => None,
+    };
     shared.draining.store(true, Ordering::Release);
     let (delay, timeout) = {
         let s = shared.snapshot.load();
         (s.config.shutdown.delay.0, s.config.shutdown.drain_timeout.0)
     };
-    tracing::info!(
-        signal = which,
-        ?delay,
-        ?timeout,
-        "shutting down: not ready, draining"
-    );
-    tokio::select! {
-        _ = tokio::time::sleep(delay) => {}
-        s = signals.next() => tracing::warn!(signal = s, "another signal: skipping the shutdown delay"),
+    if let Some(which) = which {
+        // A stopping sift hands nothing over: its sockets close with it.
+        drop(handable.take_all());
+        if let Some(path) = &upgrade_path {
+            let _ = std::fs::remove_file(path);
+        }
+        tracing::info!(
+            signal = which,
+            ?delay,
+            ?timeout,
+            "shutting down: not ready, draining"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            s = signals.next() => tracing::warn!(signal = s, "another signal: skipping the shutdown delay"),
+        }
+    } else {
+        // The successor accepts on the same sockets: no delay is needed.
+        tracing::info!(?timeout, "handed over to the successor: draining");
     }
     let left = tokio::select! {
         left = drain.drain(timeout) => left,
@@ -201,6 +320,30 @@ impl Signals {
         tokio::select! {
             _ = self.term.recv() => "SIGTERM",
             _ = self.int.recv() => "SIGINT",
+        }
+    }
+}
+
+/// A predecessor's canary state (weights, rollout phase) for the routes
+/// that have the same backends, file weights and canary spec here.
+fn take_canary_state(shared: &Shared, handoffs: &[crate::canary::Handoff]) {
+    let snapshot = shared.snapshot.load();
+    let now = shared.clock.now();
+    for h in handoffs {
+        let route = snapshot.routes.iter().find(|r| r.spec.name == h.route);
+        let Some((route, state)) = route.and_then(|r| Some((r, r.canary.as_ref()?))) else {
+            continue;
+        };
+        let backends: Vec<String> = route
+            .spec
+            .backends
+            .iter()
+            .map(|b| b.cluster.clone())
+            .collect();
+        if state.take_over(h, &backends, now) {
+            tracing::info!(route = %h.route, weights = ?h.weights, "upgrade: canary state taken over");
+        } else {
+            tracing::info!(route = %h.route, "upgrade: the route's canary changed; its state starts anew");
         }
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The validated canary section of a route.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -233,9 +233,71 @@ pub fn analyze(
     Verdict::Pass
 }
 
+/// A [`Verdict`] read back (from a predecessor's hand-over).
+#[derive(Deserialize)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+enum VerdictWire {
+    Wait {
+        stable_requests: u64,
+        canary_requests: u64,
+        needed: u64,
+    },
+    Pass,
+    Fail {
+        metric: String,
+        canary: f64,
+        stable: f64,
+        limit: f64,
+    },
+}
+
+impl<'de> Deserialize<'de> for Verdict {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Verdict, D::Error> {
+        VerdictWire::deserialize(d).map(Verdict::from)
+    }
+}
+
+impl From<VerdictWire> for Verdict {
+    fn from(v: VerdictWire) -> Verdict {
+        match v {
+            VerdictWire::Wait {
+                stable_requests,
+                canary_requests,
+                needed,
+            } => Verdict::Wait {
+                stable_requests,
+                canary_requests,
+                needed,
+            },
+            VerdictWire::Pass => Verdict::Pass,
+            // The names [`analyze`] and the admin rollback give.
+            VerdictWire::Fail {
+                metric,
+                canary,
+                stable,
+                limit,
+            } => Verdict::Fail {
+                metric: [
+                    "5xx_rate_percent",
+                    "success_rate_percent",
+                    "p95_ms",
+                    "p99_ms",
+                    "manual",
+                ]
+                .into_iter()
+                .find(|m| *m == metric)
+                .unwrap_or("other"),
+                canary,
+                stable,
+                limit,
+            },
+        }
+    }
+}
+
 // ---------------------------------------------------------------- state
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum Phase {
     Idle,
@@ -254,8 +316,49 @@ pub enum Phase {
     },
 }
 
+impl Phase {
+    /// The phase with every time `t` replaced by `f(t)`: a hand-over sends
+    /// ages (`now - t`) and the successor turns them back into its own
+    /// clock's readings (each process's clock has its own epoch).
+    fn map_times(&self, f: impl Fn(u64) -> u64) -> Phase {
+        match self.clone() {
+            Phase::Idle => Phase::Idle,
+            Phase::Running {
+                step,
+                weight,
+                started_at,
+                step_started_at,
+            } => Phase::Running {
+                step,
+                weight,
+                started_at: f(started_at),
+                step_started_at: f(step_started_at),
+            },
+            Phase::Promoted { at } => Phase::Promoted { at: f(at) },
+            Phase::RolledBack { at, reason } => Phase::RolledBack { at: f(at), reason },
+        }
+    }
+}
+
+/// A route's canary state as a binary upgrade hands it to the successor
+/// process: run-time weights and the rollout's phase, its times as ages.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Handoff {
+    pub route: String,
+    /// The route's backends (cluster names) and file weights: the state is
+    /// taken only by a route with the same ones and the same canary spec.
+    pub backends: Vec<String>,
+    pub file_weights: Vec<u32>,
+    pub spec: serde_json::Value,
+    pub weights: Vec<u32>,
+    pub source: WeightSource,
+    /// Times are nanoseconds before the hand-over.
+    pub phase: Phase,
+    pub last_verdict: Option<Verdict>,
+}
+
 /// Where the current weights came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WeightSource {
     File,
@@ -445,6 +548,46 @@ impl CanaryState {
             last_verdict: inner.last_verdict.clone(),
             stats: self.windows.iter().map(|w| w.stats()).collect(),
         }
+    }
+
+    /// This state for a successor process ([`Handoff`]); `now` is this
+    /// process's clock.
+    pub fn hand_off(&self, route: &str, backends: Vec<String>, now: u64) -> Handoff {
+        let inner = self.lock();
+        Handoff {
+            route: route.to_string(),
+            backends,
+            file_weights: self.file_weights.clone(),
+            spec: serde_json::to_value(&self.spec).unwrap_or_default(),
+            weights: self.weights().to_vec(),
+            source: inner.source,
+            phase: inner.phase.map_times(|t| now.saturating_sub(t)),
+            last_verdict: inner.last_verdict.clone(),
+        }
+    }
+
+    /// Take a predecessor's state, when it is for this route's backends,
+    /// file weights and canary spec; `now` is this process's clock. The
+    /// analysis windows start empty.
+    pub fn take_over(&self, h: &Handoff, backends: &[String], now: u64) -> bool {
+        let spec = serde_json::to_value(&self.spec).unwrap_or_default();
+        if h.backends != backends
+            || h.file_weights != self.file_weights
+            || h.spec != spec
+            || h.weights.len() != self.file_weights.len()
+            || h.weights.iter().all(|w| *w == 0)
+        {
+            return false;
+        }
+        for w in &self.windows {
+            w.reset();
+        }
+        let mut inner = self.lock();
+        inner.phase = h.phase.map_times(|age| now.saturating_sub(age));
+        inner.source = h.source;
+        inner.last_verdict = h.last_verdict.clone();
+        self.weights.store(Arc::new(h.weights.clone()));
+        true
     }
 
     pub fn step_index(&self) -> i64 {

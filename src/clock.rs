@@ -26,6 +26,19 @@ impl Clock {
         }
     }
 
+    /// Start this process's epoch `reading` nanoseconds ago, so that this
+    /// clock reads what a predecessor's clock read just now: on a binary
+    /// upgrade the rollout times it hands over keep their meaning (both
+    /// read the system's one monotonic clock). False when a clock was
+    /// already made, or the system has not been up that long.
+    pub fn adopt(reading: u64) -> bool {
+        let Some(epoch) = Instant::now().checked_sub(std::time::Duration::from_nanos(reading))
+        else {
+            return false;
+        };
+        EPOCH.set(epoch).is_ok()
+    }
+
     pub fn now(&self) -> u64 {
         self.at(Instant::now())
     }

@@ -53,4 +53,5 @@ pub mod state;
 pub mod tcp;
 pub mod tls;
 pub mod trace;
+pub mod upgrade;
 pub mod upstream;

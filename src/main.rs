@@ -36,6 +36,11 @@ enum Cmd {
     Run {
         #[arg(short, long)]
         config: Option<PathBuf>,
+        /// Take the listening sockets over from the sift serving the
+        /// config's `upgrade.socket` (a binary upgrade without a refused
+        /// connection); it then drains and exits.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a config file; print every error with its YAML path and line
     /// (exit code 2 on errors).
@@ -73,7 +78,7 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Run { config } => {
+        Cmd::Run { config, upgrade } => {
             let source = match config {
                 Some(p) => Source::File(p),
                 None => Source::Inline(Arc::from(config::DEV_DEFAULT)),
@@ -81,11 +86,13 @@ fn main() -> ExitCode {
             serve(Options {
                 source,
                 demo: false,
+                upgrade,
             })
         }
         Cmd::Demo => serve(Options {
             source: Source::Inline(Arc::from(sift::demo::CONFIG)),
             demo: true,
+            upgrade: false,
         }),
         Cmd::Check { config } => check(&config),
         Cmd::Schema => match sift::classify::cli::out(config::json_schema()) {

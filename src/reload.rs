@@ -253,6 +253,13 @@ fn restart_only_changes(old: &Config, new: &Config) -> Result<(), ConfigErrors> 
             message: "tracing (other than sampling) changed, or was added or removed: this needs a restart".into(),
         });
     }
+    if old.upgrade != new.upgrade {
+        errs.push(ConfigError {
+            path: "upgrade".into(),
+            line: None,
+            message: "upgrade changed, or was added or removed: this needs a restart (or a `sift run --upgrade`)".into(),
+        });
+    }
     if old.workers != new.workers {
         errs.push(ConfigError {
             path: "workers".into(),

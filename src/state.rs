@@ -25,6 +25,10 @@ pub struct Shared {
     pub filter_pool: Arc<crate::filter::pool::Pool>,
     /// The span exporter when `tracing` is configured (built at start).
     pub tracer: Option<Arc<crate::trace::Exporter>>,
+    /// Set once a successor took the listening sockets over (binary
+    /// upgrade): the listeners and the admin API stop accepting, the
+    /// connections drain, the process exits.
+    pub handed_over: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -55,7 +59,19 @@ impl Shared {
             draining: AtomicBool::new(false),
             failing: AtomicBool::new(false),
             clock,
+            handed_over: tokio::sync::watch::Sender::new(false),
         })
+    }
+
+    /// A successor serves on the listening sockets now ([`Shared::handed_over`]).
+    pub fn hand_over(&self) {
+        self.draining.store(true, Ordering::Release);
+        self.handed_over.send_replace(true);
+    }
+
+    /// Resolves once a successor took over.
+    pub async fn until_handed_over(&self) {
+        let _ = self.handed_over.subscribe().wait_for(|h| *h).await;
     }
 
     pub fn is_ready(&self) -> bool {

@@ -205,3 +205,26 @@ fn local_replies_are_checked() {
             .contains("is not a media type")
     );
 }
+
+#[test]
+fn the_upgrade_section_is_checked() {
+    let err = |up: &str| {
+        let cfg =
+            format!("listeners: [{{ name: main, address: \"127.0.0.1:0\" }}]\nupgrade: {up}\n");
+        sift::config::load_str(&cfg)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    assert!(err("{ socket: /run/sift/upgrade.sock }").is_empty());
+    assert!(err("{}").contains("upgrade.socket: a path is required"));
+    let long = format!("{{ socket: /{} }}", "x".repeat(120));
+    assert!(
+        err(&long).contains("longer than a Unix socket path may be"),
+        "{}",
+        err(&long)
+    );
+    assert!(
+        err("{ socket: /a, expose: all }").contains("Unknown field `expose`, expected `socket`")
+    );
+}

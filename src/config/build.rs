@@ -73,6 +73,26 @@ pub fn build(f: &FileConfig) -> Result<Config, Vec<ConfigError>> {
     };
 
     let dns = build_dns(f.dns.as_ref(), &mut e);
+    let upgrade = f.upgrade.as_ref().and_then(|u| match u.socket.as_deref() {
+        None | Some("") => {
+            e.push("upgrade.socket", "a path is required");
+            None
+        }
+        // sockaddr_un holds 108 bytes with the terminating NUL.
+        Some(p) if p.len() > 107 => {
+            e.push(
+                "upgrade.socket",
+                format!(
+                    "{} bytes is longer than a Unix socket path may be (107)",
+                    p.len()
+                ),
+            );
+            None
+        }
+        Some(p) => Some(UpgradeConfig {
+            socket: std::path::PathBuf::from(p),
+        }),
+    });
     let local_replies = build_local_replies(f.local_replies.as_ref(), &mut e);
     let clusters = build_clusters(&f.clusters, &dns, &mut e);
     let cluster_names: HashSet<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
@@ -172,6 +192,7 @@ pub fn build(f: &FileConfig) -> Result<Config, Vec<ConfigError>> {
             dns,
             local_replies,
             rate_limit_service,
+            upgrade,
         }),
         _ => Err(e.0),
     }

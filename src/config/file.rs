@@ -66,6 +66,21 @@ pub struct FileConfig {
     /// envoyproxy/ratelimit's config shape.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit_service: Option<RateLimitServiceFile>,
+    /// Binary upgrades without a refused connection: the Unix socket a
+    /// running sift hands its listening sockets over on to a successor
+    /// started with `sift run --upgrade`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<UpgradeFile>,
+}
+
+/// The top-level `upgrade`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeFile {
+    /// Path of the Unix socket (required), e.g. /run/sift/upgrade.sock.
+    /// Created mode 0600; only processes of sift's own user are served.
+    #[serde(default)]
+    pub socket: Option<String>,
 }
 
 /// A route's `external_rate_limit`.

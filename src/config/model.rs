@@ -38,6 +38,14 @@ pub struct Config {
     pub local_replies: LocalReplies,
     /// The top-level `rate_limit_service`.
     pub rate_limit_service: Option<crate::policy::rls::RlsSpec>,
+    /// The top-level `upgrade`.
+    pub upgrade: Option<UpgradeConfig>,
+}
+
+/// Where a running sift hands its listening sockets to a successor.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct UpgradeConfig {
+    pub socket: std::path::PathBuf,
 }
 
 /// How sift's own answers look.

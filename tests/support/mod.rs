@@ -79,9 +79,15 @@ impl Sift {
     }
 
     pub fn start_at(dir: TempDir, config_path: PathBuf) -> Result<Sift, String> {
+        Self::start_with(dir, config_path, &[])
+    }
+
+    /// [`Sift::start_at`] with more arguments to `sift run`.
+    pub fn start_with(dir: TempDir, config_path: PathBuf, args: &[&str]) -> Result<Sift, String> {
         let mut child = Command::new(sift_bin())
             .args(["run", "--config"])
             .arg(&config_path)
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
