@@ -82,6 +82,14 @@ fn clusters_view(snap: &crate::snapshot::Snapshot, now: u64) -> Value {
                         "requests_in_flight": e.inflight.load(std::sync::atomic::Ordering::Relaxed),
                         "idle_connections": c.idle_connections(i),
                     });
+                    if let Some(&p) = c
+                        .spec
+                        .priorities
+                        .get(i)
+                        .filter(|_| c.spec.priorities.iter().any(|&p| p != 0))
+                    {
+                        v["priority"] = json!(p);
+                    }
                     if e.endpoint.addr.is_some() {
                         v["hostname"] = json!(e.endpoint.authority.as_str());
                     }
@@ -109,6 +117,15 @@ fn clusters_view(snap: &crate::snapshot::Snapshot, now: u64) -> Value {
                     "healthy": h.healthy_count(),
                     "panic": h.panic(),
                 });
+            }
+            let (panic, shares) = c.priority_shares(now);
+            if !shares.is_empty() {
+                let load: serde_json::Map<String, serde_json::Value> = shares
+                    .iter()
+                    .map(|(p, s)| (p.to_string(), json!((s * 10.0).round() / 10.0)))
+                    .collect();
+                v["priority_load"] = json!(load);
+                v["priority_panic"] = json!(panic);
             }
             v
         })

@@ -53,7 +53,7 @@ impl Default for ResolverSpec {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct StrictDns {
     /// Each configured endpoint with its weight, unresolved.
-    pub names: Vec<(Endpoint, u32)>,
+    pub names: Vec<(Endpoint, u32, u8)>,
     pub refresh: Dur,
     pub family: DnsFamily,
     /// Look again when the records' TTL runs out (at least 1 s apart)
@@ -438,7 +438,7 @@ pub fn expand(clusters: &mut [ClusterSpec], cache: &Cache) {
     let mut missing: Vec<(String, DnsFamily)> = Vec::new();
     for c in clusters.iter() {
         let Some(d) = &c.strict_dns else { continue };
-        for (e, _) in &d.names {
+        for (e, _, _) in &d.names {
             let key = (e.host.clone(), d.family);
             if is_name(e) && cache.get(&key.0, key.1).is_none() && !missing.contains(&key) {
                 missing.push(key);
@@ -474,10 +474,12 @@ pub fn expand(clusters: &mut [ClusterSpec], cache: &Cache) {
         let Some(d) = &c.strict_dns else { continue };
         let mut endpoints = Vec::new();
         let mut weights = Vec::new();
-        for (e, w) in &d.names {
+        let mut priorities = Vec::new();
+        for (e, w, p) in &d.names {
             if !is_name(e) {
                 endpoints.push(e.clone());
                 weights.push(*w);
+                priorities.push(*p);
                 continue;
             }
             if let Some(Known::Addrs(addrs)) = cache.get(&e.host, d.family) {
@@ -486,11 +488,13 @@ pub fn expand(clusters: &mut [ClusterSpec], cache: &Cache) {
                     x.addr = Some(SocketAddr::new(ip, e.port));
                     endpoints.push(x);
                     weights.push(*w);
+                    priorities.push(*p);
                 }
             }
         }
         c.endpoints = endpoints;
         c.weights = weights;
+        c.priorities = priorities;
     }
 }
 
@@ -519,7 +523,7 @@ pub async fn refresh_loop(
                 // First seen: resolved while the snapshot was built, unless
                 // that failed.
                 let when = *due.entry(c.name.clone()).or_insert_with(|| {
-                    let failed = d.names.iter().any(|(e, _)| {
+                    let failed = d.names.iter().any(|(e, _, _)| {
                         is_name(e)
                             && !matches!(snap.dns.get(&e.host, d.family), Some(Known::Addrs(_)))
                     });
@@ -529,8 +533,8 @@ pub async fn refresh_loop(
                     let names = d
                         .names
                         .iter()
-                        .filter(|(e, _)| is_name(e))
-                        .map(|(e, _)| e.host.clone())
+                        .filter(|(e, _, _)| is_name(e))
+                        .map(|(e, _, _)| e.host.clone())
                         .collect();
                     work.push((c.name.clone(), names, d.clone()));
                 } else {

@@ -38,6 +38,8 @@ pub struct Metrics {
     pub endpoints_ejected: IntGaugeVec,
     pub health_checks: IntCounterVec,
     pub endpoints_healthy: IntGaugeVec,
+    /// Share of requests (percent) each priority level of a cluster takes.
+    pub cluster_priority_load: prometheus::GaugeVec,
     /// `sift_cluster_endpoints{cluster}`.
     pub cluster_endpoints: IntGaugeVec,
     /// `sift_dns_resolutions_total{cluster,result}`.
@@ -375,6 +377,14 @@ impl Metrics {
             &["cluster"],
         )
         .expect("valid metric");
+        let cluster_priority_load = prometheus::GaugeVec::new(
+            Opts::new(
+                "sift_cluster_priority_load",
+                "Share of requests (percent) each priority level of a cluster takes now (clusters whose endpoints have priorities; read at scrape time).",
+            ),
+            &["cluster", "priority"],
+        )
+        .expect("valid metric");
         let cluster_endpoints = IntGaugeVec::new(
             Opts::new(
                 "sift_cluster_endpoints",
@@ -591,6 +601,7 @@ impl Metrics {
             Box::new(endpoints_ejected.clone()),
             Box::new(health_checks.clone()),
             Box::new(endpoints_healthy.clone()),
+            Box::new(cluster_priority_load.clone()),
             Box::new(cluster_endpoints.clone()),
             Box::new(dns_resolutions.clone()),
             Box::new(tcp_connections.clone()),
@@ -662,6 +673,7 @@ impl Metrics {
             endpoints_ejected,
             health_checks,
             endpoints_healthy,
+            cluster_priority_load,
             cluster_endpoints,
             dns_resolutions,
             tcp_connections,

@@ -2496,3 +2496,107 @@ async fn a_changed_cluster_keeps_its_idle_connections() {
         "a's idle connection went over to the rebuilt cluster"
     );
 }
+
+/// Endpoint priorities (Envoy's priority levels): level 0 serves while
+/// healthy enough, its load spills to level 1 as it fails health checks
+/// (× 1.4 overprovisioning), and comes back when it recovers.
+#[tokio::test(flavor = "multi_thread")]
+async fn priority_levels_fail_over_by_health_and_come_back() {
+    let a = checked_upstream("a", Duration::ZERO).await;
+    let b = checked_upstream("b", Duration::ZERO).await;
+    let backup = checked_upstream("backup", Duration::ZERO).await;
+    let sift = Sift::start(&config(
+        &format!(
+            r#"  - name: app
+    endpoints:
+      - "{}"
+      - "{}"
+      - {{ address: "{}", priority: 1 }}
+    health_check: {{ path: /healthz, interval: 100ms, timeout: 500ms, unhealthy_threshold: 1, healthy_threshold: 1 }}"#,
+            a.up.addr, b.up.addr, backup.up.addr
+        ),
+        "  - { name: api, cluster: app }",
+    ));
+    assert!(sift_probed(&sift, "app", "success", 3.0).await);
+    let tally = |got: Vec<String>| {
+        let mut m = std::collections::BTreeMap::new();
+        for g in got {
+            *m.entry(g).or_insert(0usize) += 1;
+        }
+        m
+    };
+    let got = tally(answers(&sift, "/x", 40).await);
+    assert_eq!(got.get("backup"), None, "level 0 healthy: {got:?}");
+    assert_eq!(got.get("a"), Some(&20), "{got:?}");
+    let v = clusters_json(&sift).await;
+    assert_eq!(v["clusters"][0]["priority_load"]["0"], 100.0, "{v}");
+    assert_eq!(v["clusters"][0]["endpoints"][2]["priority"], 1, "{v}");
+
+    // a fails: level 0 is 50 % healthy, 70 % of the load; 30 % spills.
+    a.health.store(503, Ordering::SeqCst);
+    let spilled = eventually(Duration::from_secs(5), || async {
+        sift.metric(r#"sift_cluster_priority_load{cluster="app",priority="1"}"#)
+            .await
+            == Some(30.0)
+    })
+    .await;
+    assert!(spilled, "{:?}", clusters_json(&sift).await);
+    let got = tally(answers(&sift, "/x", 400).await);
+    let to_backup = *got.get("backup").unwrap_or(&0);
+    assert!((80..=160).contains(&to_backup), "about 120 of 400: {got:?}");
+    assert_eq!(got.get("a"), None, "{got:?}");
+    assert_eq!(got.values().sum::<usize>(), 400, "{got:?}");
+
+    // b fails too: everything to the backup.
+    b.health.store(503, Ordering::SeqCst);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            sift.metric(r#"sift_cluster_priority_load{cluster="app",priority="1"}"#)
+                .await
+                == Some(100.0)
+        })
+        .await
+    );
+    assert_eq!(answers(&sift, "/x", 20).await, vec!["backup"; 20]);
+    assert_eq!(
+        sift.metric(r#"sift_lb_panic_total{cluster="app"}"#).await,
+        Some(0.0),
+        "1 of 3 endpoints healthy is failover, not panic"
+    );
+
+    // Both recover: level 0 takes everything again.
+    a.health.store(200, Ordering::SeqCst);
+    b.health.store(200, Ordering::SeqCst);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            sift.metric(r#"sift_cluster_priority_load{cluster="app",priority="0"}"#)
+                .await
+                == Some(100.0)
+        })
+        .await
+    );
+    let got = tally(answers(&sift, "/x", 20).await);
+    assert_eq!(got.get("backup"), None, "{got:?}");
+}
+
+#[test]
+fn priorities_are_checked() {
+    refused_with(
+        r#"  - { name: app, endpoints: [ { address: "127.0.0.1:1", priority: 128 } ] }"#,
+        "  - { name: api, cluster: app }",
+        "clusters[0].endpoints[0].priority",
+        "128 is not between 0 and 127",
+    );
+    refused_with(
+        r#"  - { name: app, endpoints: ["127.0.0.1:1"], overprovisioning_factor: 140 }"#,
+        "  - { name: api, cluster: app }",
+        "clusters[0].overprovisioning_factor",
+        "only applies when endpoints have priorities",
+    );
+    refused_with(
+        r#"  - { name: app, endpoints: ["127.0.0.1:1", { address: "127.0.0.1:2", priority: 1 }], overprovisioning_factor: 90 }"#,
+        "  - { name: api, cluster: app }",
+        "clusters[0].overprovisioning_factor",
+        "90 is not between 100 and 1000",
+    );
+}

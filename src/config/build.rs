@@ -2561,10 +2561,13 @@ fn build_clusters(
         // of service): its requests get 503 no-healthy-endpoint, as in Envoy.
         let mut endpoints = Vec::new();
         let mut weights = Vec::new();
+        let mut priorities = Vec::new();
         for (j, ep) in c.endpoints.iter().enumerate() {
-            let (addr, weight) = match ep {
-                EndpointFile::Address(a) => (a, 1),
-                EndpointFile::Weighted(w) => (&w.address, w.weight.unwrap_or(1)),
+            let (addr, weight, priority) = match ep {
+                EndpointFile::Address(a) => (a, 1, 0),
+                EndpointFile::Weighted(w) => {
+                    (&w.address, w.weight.unwrap_or(1), w.priority.unwrap_or(0))
+                }
             };
             if !(1..=1000).contains(&weight) {
                 e.push(
@@ -2572,10 +2575,17 @@ fn build_clusters(
                     format!("{weight} is not between 1 and 1000"),
                 );
             }
+            if priority > 127 {
+                e.push(
+                    format!("{p}.endpoints[{j}].priority"),
+                    format!("{priority} is not between 0 and 127"),
+                );
+            }
             match parse_endpoint(addr) {
                 Ok(x) => {
                     endpoints.push(x);
                     weights.push(weight.clamp(1, 1000));
+                    priorities.push(priority.min(127) as u8);
                 }
                 Err(m) => e.push(format!("{p}.endpoints[{j}]"), m),
             }
@@ -2628,6 +2638,8 @@ fn build_clusters(
                     .iter()
                     .cloned()
                     .zip(weights.iter().copied())
+                    .zip(priorities.iter().copied())
+                    .map(|((e, w), p)| (e, w, p))
                     .collect(),
                 refresh,
                 family: c.dns_lookup_family.unwrap_or_default(),
@@ -2645,10 +2657,27 @@ fn build_clusters(
             .as_ref()
             .and_then(|p| p.max_idle_per_endpoint)
             .unwrap_or(128);
+        let overprovisioning = c.overprovisioning_factor.unwrap_or(140);
+        if !(100..=1000).contains(&overprovisioning) {
+            e.push(
+                format!("{p}.overprovisioning_factor"),
+                format!(
+                    "{overprovisioning} is not between 100 and 1000 (percent; Envoy's 1.4 is 140)"
+                ),
+            );
+        }
+        if c.overprovisioning_factor.is_some() && priorities.iter().all(|&x| x == 0) {
+            e.push(
+                format!("{p}.overprovisioning_factor"),
+                "only applies when endpoints have priorities (`{address, priority}`)",
+            );
+        }
         out.push(ClusterSpec {
             name: c.name.clone(),
             endpoints,
             weights,
+            priorities,
+            overprovisioning: overprovisioning.clamp(100, 1000),
             lb: c.lb.unwrap_or_default(),
             protocol: c.protocol.unwrap_or_default(),
             connect_timeout: positive(

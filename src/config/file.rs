@@ -1853,7 +1853,7 @@ pub enum UpstreamProtocol {
     Http2,
 }
 
-/// An endpoint: `host:port`, or `{address: host:port, weight: N}`.
+/// An endpoint: `host:port`, or `{address: host:port, weight: N, priority: P}`.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
 #[serde(untagged)]
 pub enum EndpointFile {
@@ -1869,7 +1869,7 @@ impl<'de> Deserialize<'de> for EndpointFile {
         impl<'de> serde::de::Visitor<'de> for V {
             type Value = EndpointFile;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("host:port, or {address: host:port, weight: N}")
+                f.write_str("host:port, or {address: host:port, weight: N, priority: P}")
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<EndpointFile, E> {
                 Ok(EndpointFile::Address(v.to_string()))
@@ -1896,6 +1896,11 @@ pub struct WeightedEndpointFile {
     /// nginx's `server ... weight=N`.
     #[serde(default)]
     pub weight: Option<u32>,
+    /// Priority level (0 to 127; default 0, the highest), as Envoy's
+    /// endpoint `priority`: requests go to level 0 while enough of it is
+    /// healthy, and spill to the next levels as it is not (failover).
+    #[serde(default)]
+    pub priority: Option<u32>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
@@ -1971,6 +1976,11 @@ pub struct ClusterFile {
     /// slow_start_config); round_robin and least_request only.
     #[serde(default)]
     pub slow_start: Option<SlowStartFile>,
+    /// With endpoint priorities: a level counts as fully healthy while its
+    /// healthy share times this factor (percent; default 140, Envoy's 1.4)
+    /// is at least 100 %; below, its load spills to the next level.
+    #[serde(default)]
+    pub overprovisioning_factor: Option<u32>,
     /// Retries in flight may not exceed this share of active requests.
     #[serde(default)]
     pub retry_budget: Option<RetryBudgetFile>,

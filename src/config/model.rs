@@ -1183,6 +1183,12 @@ pub struct ClusterSpec {
     pub endpoints: Vec<Endpoint>,
     /// Each endpoint's weight (1..=1000), in the order of `endpoints`.
     pub weights: Vec<u32>,
+    /// Each endpoint's priority level (0..=127, 0 the highest), in the
+    /// order of `endpoints`.
+    pub priorities: Vec<u8>,
+    /// Percent (Envoy's overprovisioning factor × 100): a priority level's
+    /// health is its healthy share × this, at most 100.
+    pub overprovisioning: u32,
     pub lb: LbPolicy,
     pub protocol: UpstreamProtocol,
     pub connect_timeout: Dur,

@@ -55,6 +55,7 @@ pub struct ClusterMetrics {
     pub health_checks: IntCounterVec,
     pub healthy: IntGauge,
     pub panic: IntCounter,
+    pub priority_load: prometheus::GaugeVec,
 }
 
 pub struct Cluster {
@@ -74,11 +75,139 @@ pub struct Cluster {
     schedule: Option<Vec<u32>>,
     /// Endpoint weights when they differ (least_request divides by them).
     weights: Option<Vec<u32>>,
+    /// Priority levels, when endpoints have more than one.
+    levels: Option<Levels>,
     /// Requests in flight (max_requests; the retry budget's "active").
     requests: Arc<AtomicUsize>,
     /// HTTP/1.1: one permit per upstream connection in use (max_connections).
     conn_slots: Option<Arc<Semaphore>>,
     pending: AtomicUsize,
+}
+
+/// Endpoints an LB pick chooses among: all of a cluster's, or one
+/// priority level's (indices local to the group).
+struct Group<'a> {
+    n: usize,
+    schedule: Option<&'a [u32]>,
+    table: Option<&'a hash::Table>,
+    /// A group index's endpoint index in the cluster.
+    global: &'a dyn Fn(usize) -> usize,
+}
+
+/// A cluster's endpoints by priority level (Envoy's priorities).
+struct Levels {
+    /// Each endpoint's level, dense (0..count) in the order of the
+    /// configured priorities.
+    of: Vec<usize>,
+    /// The configured priority of each dense level.
+    priority: Vec<u8>,
+    /// Endpoints per level.
+    size: Vec<usize>,
+    /// Each level's endpoints (cluster indices), and its own smooth
+    /// weighted round-robin schedule and hash table (level indices).
+    members: Vec<Vec<usize>>,
+    schedules: Vec<Option<Vec<u32>>>,
+    tables: Vec<Option<hash::Table>>,
+}
+
+impl Levels {
+    fn new(spec: &ClusterSpec) -> Option<Levels> {
+        let priorities = &spec.priorities;
+        let mut distinct: Vec<u8> = priorities.to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        if distinct.len() < 2 {
+            return None;
+        }
+        let of: Vec<usize> = priorities
+            .iter()
+            .map(|p| distinct.binary_search(p).unwrap_or(0))
+            .collect();
+        let mut members = vec![Vec::new(); distinct.len()];
+        for (i, &l) in of.iter().enumerate() {
+            members[l].push(i);
+        }
+        let size = members.iter().map(Vec::len).collect();
+        let pick = |m: &[usize]| -> (Vec<Endpoint>, Vec<u32>) {
+            m.iter()
+                .map(|&i| {
+                    (
+                        spec.endpoints[i].clone(),
+                        spec.weights.get(i).copied().unwrap_or(1),
+                    )
+                })
+                .unzip()
+        };
+        let schedules = members
+            .iter()
+            .map(|m| {
+                let (_, w) = pick(m);
+                (spec.lb == LbPolicy::RoundRobin && w.windows(2).any(|x| x[0] != x[1]))
+                    .then(|| smooth_schedule(&w))
+            })
+            .collect();
+        let tables = members
+            .iter()
+            .map(|m| {
+                let (e, w) = pick(m);
+                match spec.lb {
+                    LbPolicy::RingHash => Some(hash::Table::ring(&e, &w)),
+                    LbPolicy::Maglev => Some(hash::Table::maglev(&e, &w)),
+                    LbPolicy::RoundRobin | LbPolicy::LeastRequest => None,
+                }
+            })
+            .collect();
+        Some(Levels {
+            of,
+            priority: distinct,
+            size,
+            members,
+            schedules,
+            tables,
+        })
+    }
+}
+
+/// Envoy's priority load: each level's share of requests (percent, sums
+/// to 100) from its healthy and total endpoint counts. A level's health is
+/// `min(100, floor(healthy% × overprovisioning / 100))`; the levels take
+/// load in order up to their health, and when the health of all levels
+/// sums below 100 the loads are scaled to 100. `None`: that normalized
+/// total health is below `panic_threshold` (the cluster is in panic).
+pub fn priority_load(
+    counts: &[(usize, usize)],
+    overprovisioning: u32,
+    panic_threshold: u32,
+) -> Option<Vec<f64>> {
+    let health: Vec<u64> = counts
+        .iter()
+        .map(|&(healthy, total)| {
+            if total == 0 {
+                0
+            } else {
+                (healthy as u64 * 100 * u64::from(overprovisioning) / (total as u64 * 100)).min(100)
+            }
+        })
+        .collect();
+    let total: u64 = health.iter().sum::<u64>().min(100);
+    if total < u64::from(panic_threshold) {
+        return None;
+    }
+    if total == 0 {
+        // Nothing healthy and panic off (threshold 0): no level takes load.
+        return Some(vec![0.0; health.len()]);
+    }
+    let mut left = 100.0;
+    Some(
+        health
+            .iter()
+            .map(|&h| {
+                let load = (h as f64 * 100.0 / total as f64).min(left);
+                left -= load;
+                load
+            })
+            .collect(),
+    )
 }
 
 /// Held for the life of one request to the cluster (max_requests).
@@ -233,6 +362,7 @@ impl Cluster {
             health_checks: m.health_checks.clone(),
             healthy: m.endpoints_healthy.with_label_values(&[n]),
             panic: m.lb_panic.with_label_values(&[n]),
+            priority_load: m.cluster_priority_load.clone(),
         };
         let outlier = spec
             .outlier
@@ -259,7 +389,9 @@ impl Cluster {
         let schedule =
             (weighted && spec.lb == LbPolicy::RoundRobin).then(|| smooth_schedule(&spec.weights));
         let weights = weighted.then(|| spec.weights.clone());
+        let levels = Levels::new(&spec);
         Ok(Arc::new(Cluster {
+            levels,
             table,
             schedule,
             weights,
@@ -422,10 +554,17 @@ impl Cluster {
         }
     }
 
-    /// Refresh the ejected-endpoints gauge (at scrape time).
+    /// Refresh the ejected-endpoints and priority-load gauges (at scrape
+    /// time).
     pub fn refresh_gauges(&self, now: u64) {
         if let Some(o) = &self.outlier {
             self.metrics.ejected.set(o.ejected(now) as i64);
+        }
+        for (p, share) in self.priority_shares(now).1 {
+            self.metrics
+                .priority_load
+                .with_label_values(&[self.name(), &p.to_string()])
+                .set(share);
         }
     }
 
@@ -485,11 +624,40 @@ impl Cluster {
         if n == 0 {
             return None;
         }
-        let panic = self.health.as_ref().is_some_and(Health::panic);
+        // With priority levels, the level comes first (by the priority
+        // load; a hash key picks it deterministically), then the LB policy
+        // within it; panic is the levels' normalized health below the
+        // threshold, and then every endpoint takes requests.
+        let (panic, level) = match &self.levels {
+            None => (self.health.as_ref().is_some_and(Health::panic), None),
+            Some(levels) => match self.priority_loads(levels, now) {
+                None => (true, None),
+                Some(loads) => {
+                    let r = match key {
+                        Some(h) => (h >> 11) as f64 / (1u64 << 53) as f64 * 100.0,
+                        None => fastrand::f64() * 100.0,
+                    };
+                    let mut acc = 0.0;
+                    let last = loads.iter().rposition(|&l| l > 0.0).unwrap_or(0);
+                    let level = loads
+                        .iter()
+                        .position(|&l| {
+                            acc += l;
+                            l > 0.0 && r < acc
+                        })
+                        .unwrap_or(last);
+                    (false, Some(level))
+                }
+            },
+        };
         if panic {
             self.metrics.panic.inc();
         }
-        let up = |i: usize| self.eligible(i, now, panic);
+        let in_level = |i: usize| match (level, &self.levels) {
+            (Some(l), Some(levels)) => levels.of[i] == l,
+            _ => true,
+        };
+        let up = |i: usize| in_level(i) && self.eligible(i, now, panic);
         let others_up = avoid.is_some_and(|a| (0..n).any(|i| i != a && up(i)));
         let healthy = |i: usize| up(i) && !(others_up && Some(i) == avoid);
         // slow_start: a ramping endpoint is taken with the probability of
@@ -497,7 +665,7 @@ impl Cluster {
         let mut tries = if self.spec.slow_start.is_some() { 4 } else { 1 };
         let index = loop {
             tries -= 1;
-            let i = self.pick_once(key, &healthy)?;
+            let i = self.pick_once(key, &healthy, level)?;
             if tries == 0 || self.accept(i, now) {
                 break i;
             }
@@ -512,6 +680,48 @@ impl Cluster {
                 index,
             },
         ))
+    }
+
+    /// The priority load of `levels` at `now` (None: panic): health from
+    /// active health checks and outlier ejections.
+    fn priority_loads(&self, levels: &Levels, now: u64) -> Option<Vec<f64>> {
+        let mut counts: Vec<(usize, usize)> = levels.size.iter().map(|&s| (0, s)).collect();
+        for (i, &l) in levels.of.iter().enumerate() {
+            if self.eligible(i, now, false) {
+                counts[l].0 += 1;
+            }
+        }
+        let threshold = self
+            .spec
+            .health_check
+            .as_ref()
+            .map_or(50, |h| h.panic_threshold);
+        priority_load(&counts, self.spec.overprovisioning, threshold)
+    }
+
+    /// Each priority level's configured priority and share of requests
+    /// (percent) at `now`, and whether the cluster is in panic (then every
+    /// endpoint takes requests: a level's share is its share of the
+    /// endpoints). Empty without levels.
+    pub fn priority_shares(&self, now: u64) -> (bool, Vec<(u8, f64)>) {
+        let Some(levels) = &self.levels else {
+            return (false, Vec::new());
+        };
+        let n = self.endpoints.len().max(1) as f64;
+        let loads = self.priority_loads(levels, now);
+        let shares = levels
+            .priority
+            .iter()
+            .enumerate()
+            .map(|(l, &p)| {
+                let share = match &loads {
+                    Some(x) => x[l],
+                    None => levels.size[l] as f64 * 100.0 / n,
+                };
+                (p, share)
+            })
+            .collect();
+        (loads.is_none(), shares)
     }
 
     /// Whether a pick of endpoint `i` stands under slow_start: always for
@@ -533,11 +743,49 @@ impl Cluster {
         fastrand::f64() < f
     }
 
-    /// One pick by the LB policy among the endpoints `healthy` admits.
-    fn pick_once(&self, key: Option<u64>, healthy: &dyn Fn(usize) -> bool) -> Option<usize> {
-        let n = self.endpoints.len();
+    /// One pick by the LB policy among the endpoints `healthy` admits: of
+    /// priority level `level` when the cluster has levels (each level has
+    /// its own round-robin schedule and hash table), else of all.
+    fn pick_once(
+        &self,
+        key: Option<u64>,
+        healthy: &dyn Fn(usize) -> bool,
+        level: Option<usize>,
+    ) -> Option<usize> {
+        if let (Some(l), Some(levels)) = (level, &self.levels) {
+            let members = &levels.members[l];
+            let group = Group {
+                n: members.len(),
+                schedule: levels.schedules[l].as_deref(),
+                table: levels.tables[l].as_ref(),
+                global: &|k| members[k],
+            };
+            return self
+                .pick_in(&group, key, &|k| healthy(members[k]))
+                .map(|k| members[k]);
+        }
+        let group = Group {
+            n: self.endpoints.len(),
+            schedule: self.schedule.as_deref(),
+            table: self.table.as_ref(),
+            global: &|k| k,
+        };
+        self.pick_in(&group, key, healthy)
+    }
+
+    /// [`Cluster::pick_once`] within `g`; indices are `g`'s own.
+    fn pick_in(
+        &self,
+        g: &Group,
+        key: Option<u64>,
+        healthy: &dyn Fn(usize) -> bool,
+    ) -> Option<usize> {
+        let n = g.n;
+        if n == 0 {
+            return None;
+        }
         Some(match self.spec.lb {
-            LbPolicy::RingHash | LbPolicy::Maglev => match (key, &self.table) {
+            LbPolicy::RingHash | LbPolicy::Maglev => match (key, g.table) {
                 (Some(h), Some(t)) => t.pick(h, n, healthy)?,
                 _ => {
                     let start = fastrand::usize(..n);
@@ -546,7 +794,7 @@ impl Cluster {
             },
             LbPolicy::RoundRobin => {
                 let start = self.rr.fetch_add(1, Ordering::Relaxed);
-                match &self.schedule {
+                match g.schedule {
                     None => (0..n).map(|k| (start + k) % n).find(|&i| healthy(i))?,
                     Some(s) => (0..s.len())
                         .map(|k| s[(start + k) % s.len()] as usize)
@@ -554,10 +802,18 @@ impl Cluster {
                 }
             }
             LbPolicy::LeastRequest => {
-                let inflight = |i: usize| self.endpoints[i].inflight.load(Ordering::Relaxed);
+                let inflight = |i: usize| {
+                    self.endpoints[(g.global)(i)]
+                        .inflight
+                        .load(Ordering::Relaxed)
+                };
                 // Requests in flight per unit of weight (Envoy's weighted
                 // least request), compared without division.
-                let w = |i: usize| self.weights.as_ref().map_or(1, |w| w[i] as usize);
+                let w = |i: usize| {
+                    self.weights
+                        .as_ref()
+                        .map_or(1, |w| w[(g.global)(i)] as usize)
+                };
                 let lighter = |a: usize, b: usize| inflight(a) * w(b) < inflight(b) * w(a);
                 if n == 1 {
                     if !healthy(0) {
@@ -764,5 +1020,127 @@ clusters:
         assert!((s.factor(0) - 0.1).abs() < 1e-9, "the floor");
         assert!((s.factor(25 * S / 10) - 0.5).abs() < 1e-9, "(0.25)^(1/2)");
         assert_eq!(s.factor(10 * S), 1.0);
+    }
+}
+
+#[cfg(test)]
+mod priority_tests {
+    use super::health::Failure;
+    use super::priority_load;
+
+    fn loads(counts: &[(usize, usize)]) -> Vec<i64> {
+        priority_load(counts, 140, 0)
+            .expect("not in panic")
+            .iter()
+            .map(|l| l.round() as i64)
+            .collect()
+    }
+
+    /// Envoy's tables (docs: load balancing, priority levels), as healthy
+    /// endpoints out of 100 per level.
+    #[test]
+    fn the_priority_load_follows_envoys_tables() {
+        let two = |p0: usize, p1: usize| loads(&[(p0, 100), (p1, 100)]);
+        assert_eq!(two(100, 100), [100, 0]);
+        assert_eq!(two(72, 100), [100, 0]);
+        assert_eq!(two(71, 100), [99, 1]);
+        assert_eq!(two(50, 100), [70, 30]);
+        assert_eq!(two(25, 100), [35, 65]);
+        assert_eq!(two(0, 100), [0, 100]);
+        assert_eq!(two(71, 71), [99, 1]);
+        assert_eq!(two(50, 50), [70, 30]);
+        assert_eq!(two(25, 25), [50, 50]);
+        let three = |a: usize, b: usize, c: usize| loads(&[(a, 100), (b, 100), (c, 100)]);
+        assert_eq!(three(100, 100, 100), [100, 0, 0]);
+        assert_eq!(three(71, 71, 100), [99, 1, 0]);
+        assert_eq!(three(25, 100, 100), [35, 65, 0]);
+        assert_eq!(three(25, 25, 100), [35, 35, 30]);
+        // Envoy's table rounds this row to 36, 36, 28 (integer percents);
+        // the loads here are not rounded: 35.7, 35.7, 28.6.
+        let r = priority_load(&[(25, 100), (25, 100), (20, 100)], 140, 0).unwrap();
+        for (got, want) in r.iter().zip([36.0, 36.0, 28.0]) {
+            assert!((got - want).abs() < 1.0, "{r:?}");
+        }
+        // Envoy's normalization example: health {20, 30} gives {40, 60}.
+        let n = priority_load(&[(20, 140), (30, 140)], 140, 0).unwrap();
+        assert_eq!(
+            n.iter().map(|l| l.round() as i64).collect::<Vec<_>>(),
+            [40, 60]
+        );
+        // Panic: the normalized total health below the threshold.
+        assert!(priority_load(&[(10, 100), (20, 100)], 140, 50).is_none());
+        assert!(priority_load(&[(20, 100), (20, 100)], 140, 50).is_some());
+        assert!(
+            priority_load(&[(0, 3), (0, 1)], 140, 50).is_none(),
+            "nothing healthy"
+        );
+        assert_eq!(
+            priority_load(&[(0, 3), (0, 1)], 140, 0),
+            Some(vec![0.0, 0.0]),
+            "panic_threshold 0: no panic, no load"
+        );
+    }
+
+    fn cluster() -> std::sync::Arc<super::Cluster> {
+        let cfg = crate::config::load_str(
+            r#"admin: { address: "127.0.0.1:0" }
+listeners: [ { name: a, address: "127.0.0.1:0" } ]
+clusters:
+  - name: c
+    endpoints:
+      - "127.0.0.1:1"
+      - "127.0.0.1:2"
+      - "127.0.0.1:3"
+      - "127.0.0.1:4"
+      - { address: "127.0.0.1:5", priority: 1 }
+      - { address: "127.0.0.1:6", priority: 2 }
+    health_check: { kind: tcp, interval: 1h }
+"#,
+        )
+        .expect("config");
+        super::Cluster::new(cfg.clusters[0].clone(), &crate::metrics::Metrics::new())
+            .expect("cluster")
+    }
+
+    fn counts(c: &std::sync::Arc<super::Cluster>) -> [usize; 6] {
+        let mut n = [0; 6];
+        for _ in 0..20_000 {
+            n[c.pick(0, None, None).expect("an endpoint").0] += 1;
+        }
+        n
+    }
+
+    #[test]
+    fn requests_fail_over_level_by_level() {
+        let c = cluster();
+        let h = c.health.as_ref().unwrap();
+        let down = |i: usize| {
+            h.record(i, &Err(Failure::Timeout));
+        };
+        let n = counts(&c);
+        assert_eq!(n[4] + n[5], 0, "all on level 0 while it is healthy: {n:?}");
+        assert!(n[..4].iter().all(|&x| x > 4000), "{n:?}");
+        down(0);
+        let n = counts(&c);
+        assert_eq!(n[4] + n[5], 0, "75 % healthy x 1.4 > 100: {n:?}");
+        down(1);
+        // Level 0 at 50 %: 70 % of requests, 30 % to level 1.
+        let n = counts(&c);
+        let p1 = n[4] as f64 / 20_000.0;
+        assert!((0.27..0.33).contains(&p1), "{n:?}");
+        assert_eq!(n[0] + n[1] + n[5], 0, "{n:?}");
+        assert!(!c.priority_shares(0).0);
+        down(2);
+        down(3);
+        let n = counts(&c);
+        assert_eq!(n[4], 20_000, "level 0 down: all on level 1: {n:?}");
+        down(4);
+        let n = counts(&c);
+        assert_eq!(n[5], 20_000, "then level 2: {n:?}");
+        // Everything down: panic, every endpoint takes requests.
+        down(5);
+        let n = counts(&c);
+        assert!(n.iter().all(|&x| x > 2000), "panic spreads over all: {n:?}");
+        assert!(c.priority_shares(0).0);
     }
 }
