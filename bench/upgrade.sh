@@ -77,7 +77,8 @@ up() { # wait until port $1 answers 200
 }
 
 n=0
-sift_start() { # $1: extra args; waits for "sift ready", prints ms taken
+MS=-
+sift_start() { # $1: extra args; waits for "sift ready"; sets SPID and MS (ms taken)
   n=$((n + 1))
   local t0 log="$d/sift.$n.log"
   t0=$(date +%s%N)
@@ -85,28 +86,29 @@ sift_start() { # $1: extra args; waits for "sift ready", prints ms taken
   SPID=$!
   for _ in $(seq 400); do grep -q '"sift ready"' "$log" && break; sleep 0.01; done
   grep -q '"sift ready"' "$log" || { echo "sift did not start: $(cat "$log")" >&2; return 1; }
-  echo $(( ($(date +%s%N) - t0) / 1000000 ))
+  MS=$(( ($(date +%s%N) - t0) / 1000000 ))
 }
 
-replace() { # $1 proxy kind
+replace() { # $1 proxy kind; sets MS
+  MS=-
   case $1 in
     sift-upgrade) sift_start --upgrade ;;
     sift-restart)
       kill -TERM "$SPID"; while kill -0 "$SPID" 2>/dev/null; do sleep 0.01; done
       sift_start "" ;;
-    nginx) nginx -c "$d/nginx.conf" -s reload; echo - ;;
-    haproxy) kill -USR2 "$(head -1 "$d/ha.pid")"; echo - ;;
+    nginx) nginx -c "$d/nginx.conf" -s reload ;;
+    haproxy) kill -USR2 "$(head -1 "$d/ha.pid")" ;;
   esac
 }
 
 run() { # $1 label, $2 kind, $3 port, $4 "close" | "keepalive"
-  local hdr=() out times=() t
+  local hdr=() out times=()
   [ "$4" = close ] && hdr=(-H 'Connection: close')
   wrk -t1 -c"$CONNS" -d"$DURATION" "${hdr[@]}" "http://127.0.0.1:$3/" > "$d/wrk.out" &
   local w=$!
   sleep 1
   for _ in $(seq "$UPGRADES"); do
-    t=$(replace "$2"); times+=("$t")
+    replace "$2"; times+=("$MS")
     sleep 1
   done
   wait "$w"
@@ -123,7 +125,7 @@ echo "| proxy | connections | replacements | requests | socket errors | non-2xx 
 echo "|---|---|---|---|---|---|---|"
 nginx -c "$d/nginx.conf" & pids+=($!)
 haproxy -W -f "$d/haproxy.cfg" > "$d/ha.log" 2>&1 & pids+=($!)
-sift_start "" > /dev/null
+sift_start ""
 up "$NX"; up "$HA"; up "$SF"
 for mode in close keepalive; do
   run "sift, --upgrade" sift-upgrade "$SF" "$mode"

@@ -51,7 +51,7 @@ impl BodyState {
     pub fn get(&self) -> u8 {
         self.0.load(Ordering::Acquire)
     }
-    fn set(&self, v: u8) {
+    pub fn set(&self, v: u8) {
         self.0.store(v, Ordering::Release);
     }
 }

@@ -37,6 +37,7 @@ pub mod extauth;
 pub mod external_auth;
 pub mod field;
 pub mod filter;
+pub mod grpc_web;
 pub mod jwks;
 pub mod jwt;
 pub mod listener;

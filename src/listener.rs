@@ -306,6 +306,28 @@ impl Drop for InflightGuard {
 /// Samples of a connection's activity per timeout.
 const IDLE_TICKS: u32 = 4;
 
+/// When draining begins (shutdown, or a successor took the sockets over),
+/// an HTTP/1.1 connection with no request in flight stays open this long
+/// for one: closing it at once would fail a request the client has just
+/// sent (a connection accepted a moment before, or a keep-alive race). A
+/// request that starts in that time is answered with `Connection: close`.
+const DRAIN_GRACE: Duration = Duration::from_secs(1);
+
+/// Wait, after draining began, until a request is in flight on the
+/// connection or has started since, or `grace` passed.
+async fn drain_grace(activity: &Activity, grace: Duration) {
+    let started = activity.started.load(Ordering::Relaxed);
+    let step = Duration::from_millis(5);
+    let mut waited = Duration::ZERO;
+    while activity.inflight.load(Ordering::Relaxed) == 0
+        && activity.started.load(Ordering::Relaxed) == started
+        && waited < grace
+    {
+        tokio::time::sleep(step).await;
+        waited += step;
+    }
+}
+
 /// How the watcher ends a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Close {
@@ -334,6 +356,7 @@ async fn watch_conn(
     idle_timeout: Duration,
     head_timeout: Option<Duration>,
     max_duration: Option<Duration>,
+    grace: Option<Duration>,
     close: tokio::sync::oneshot::Sender<Close>,
 ) {
     let born = std::time::Instant::now();
@@ -348,7 +371,12 @@ async fn watch_conn(
     let (mut quiet, mut head_wait) = (Duration::ZERO, Duration::ZERO);
     let why = loop {
         tokio::select! {
-            _ = watch.signaled() => break Close::Graceful("drain"),
+            _ = watch.signaled() => {
+                if let Some(g) = grace {
+                    drain_grace(&activity, g).await;
+                }
+                break Close::Graceful("drain");
+            }
             _ = tokio::time::sleep(tick) => {}
         }
         if max_duration.is_some_and(|d| born.elapsed() >= d) {
@@ -624,7 +652,9 @@ async fn serve_io<I>(
     };
     let mut closing = false;
     let (close_tx, mut close_rx) = tokio::sync::oneshot::channel();
-    let _watcher = if watch.is_signaled() {
+    // HTTP/2 learns of a drain by GOAWAY, which names the last stream
+    // served: no grace needed. HTTP/1.1 gets [`DRAIN_GRACE`] in the watcher.
+    let _watcher = if watch.is_signaled() && !h1 {
         graceful(connection.as_mut());
         closing = true;
         None
@@ -635,6 +665,7 @@ async fn serve_io<I>(
             protocols.idle_timeout,
             h1.then_some(protocols.header_read_timeout),
             protocols.max_duration,
+            h1.then_some(DRAIN_GRACE),
             close_tx,
         ))))
     };

@@ -81,6 +81,8 @@ struct Outcome {
     grpc_status: Option<u8>,
     /// The request is a gRPC call.
     grpc: bool,
+    /// A gRPC-Web call translated to gRPC: its answer is translated back.
+    grpc_web: Option<crate::grpc_web::Mode>,
     /// A gRPC call answered 200 without a status in its head: outlier
     /// detection learns its outcome from the trailers, when it ends.
     observe_at_end: Option<crate::clock::Clock>,
@@ -414,6 +416,7 @@ pub async fn handle(
         status: 0,
         grpc_status: None,
         grpc,
+        grpc_web: None,
         observe_at_end: None,
         error: None,
         log,
@@ -446,7 +449,7 @@ pub async fn handle(
             let route = out.route_index.and_then(|i| snap.routes.get(i));
             let mut resp = error_answer(
                 &e,
-                grpc,
+                grpc || out.grpc_web.is_some(),
                 route,
                 &shared.metrics,
                 &snap.config.local_replies,
@@ -471,11 +474,22 @@ pub async fn handle(
     }
     out.status = resp.status().as_u16();
     // Only a gRPC call has a gRPC status (no lookup on other answers).
-    if grpc {
+    if grpc || out.grpc_web.is_some() {
         out.grpc_status = grpc_status(resp.headers());
     }
-    let (parts, b) = resp.into_parts();
-    Response::from_parts(parts, body::boxed(body::Observed::new(b, out)))
+    let web = out.grpc_web;
+    let (mut parts, b) = resp.into_parts();
+    let b = body::Observed::new(b, out);
+    // A gRPC answer to a gRPC-Web call: its content type, and its trailers
+    // as the body's last frame (the Observed body inside still sees them).
+    if let Some(mode) = web
+        && let Some(ct) = crate::grpc_web::response_content_type(&parts.headers, mode)
+    {
+        parts.headers.insert(header::CONTENT_TYPE, ct);
+        parts.headers.remove(header::CONTENT_LENGTH);
+        return Response::from_parts(parts, body::boxed(crate::grpc_web::Encode::new(b, mode)));
+    }
+    Response::from_parts(parts, body::boxed(b))
 }
 
 async fn proxy(
@@ -922,6 +936,11 @@ async fn proxy(
     let template_ip = (templated || resp_templated)
         .then(|| trusted_client_ip(listener.trusted_hops, req.headers(), conn.remote));
     let downstream_version = req.version();
+    let web = route
+        .spec
+        .grpc_web
+        .then(|| crate::grpc_web::request(req.headers()))
+        .flatten();
     let (mut parts, incoming) = req.into_parts();
     let mut uri = std::mem::take(&mut parts.uri).into_parts();
     let original_authority = uri.authority.take();
@@ -992,6 +1011,17 @@ async fn proxy(
     // Verdict headers: only sift sets x-sift-* (the client's were removed).
     for (k, v) in decision.headers {
         h.insert(k, v);
+    }
+    // gRPC-Web: the call goes upstream as gRPC (its answer comes back as
+    // gRPC-Web: `handle`).
+    if let Some((mode, content_type)) = &web {
+        h.insert(header::CONTENT_TYPE, content_type.clone());
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        if *mode == crate::grpc_web::Mode::Text {
+            h.remove(header::CONTENT_LENGTH);
+        }
+        out.grpc_web = Some(*mode);
+        out.grpc = true;
     }
     // An HTTP/2 upstream gets the request's host as :authority (RFC 9113
     // §8.3.1), not the endpoint's address, and no Host header beside it;
@@ -1088,6 +1118,26 @@ async fn proxy(
             shared_state(&mut state),
         ))))
     };
+
+    // A gRPC-Web text body is base64: decoded as it streams.
+    if let Some((crate::grpc_web::Mode::Text, _)) = &web {
+        body = match body {
+            Plan::Replay(b) => {
+                let mut d = crate::grpc_web::TextDecoder::default();
+                let mut out = bytes::BytesMut::new();
+                d.feed(&b, &mut out)
+                    .and_then(|()| d.finish())
+                    .map_err(|e| ProxyError::ClientBody(e.to_string()))?;
+                Plan::Replay(out.freeze())
+            }
+            Plan::Stream(b) => {
+                let state = shared_state(&mut state);
+                Plan::Stream(
+                    b.map(|inner| body::boxed(crate::grpc_web::DecodeText::new(inner, state))),
+                )
+            }
+        };
+    }
 
     // Shadow filters get a copy of the body as it goes; never in its way.
     if let Some(info) = info {

@@ -2600,3 +2600,182 @@ fn priorities_are_checked() {
         "90 is not between 100 and 1000",
     );
 }
+
+/// gRPC-Web (Envoy's grpc_web filter): a browser-style call (HTTP/1.1,
+/// `application/grpc-web+proto` and `-text`) to a real tonic gRPC service
+/// behind an http2 cluster; answers come back with the trailers as the
+/// body's last frame.
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_web_calls_reach_a_grpc_service_and_come_back() {
+    use envoy_types::pb::envoy::service::auth::v3::{
+        AttributeContext, CheckRequest, CheckResponse, attribute_context::HttpRequest,
+        attribute_context::Request as AttrRequest, check_response::HttpResponse,
+    };
+    use prost::Message;
+    let opa = grpc_auth::Opa::default();
+    let (auth_addr, _task) = grpc_auth::start(opa.clone()).await;
+    let cfg = config(
+        &format!(
+            r#"  - {{ name: authz, endpoints: ["{auth_addr}"], protocol: http2 }}
+  - {{ name: nowhere, endpoints: [], protocol: http2 }}"#
+        ),
+        r#"  - { name: web, match: { path: { prefix: /envoy.service.auth.v3.Authorization/ } }, cluster: authz, grpc_web: true }
+  - { name: down, match: { path: { prefix: /down/ } }, cluster: nowhere, grpc_web: true }"#,
+    );
+    let sift = Sift::start(&cfg);
+    let request = |token: &str| {
+        let mut http = HttpRequest::default();
+        http.headers.insert("authorization".into(), token.into());
+        let msg = CheckRequest {
+            attributes: Some(AttributeContext {
+                request: Some(AttrRequest {
+                    http: Some(http),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        }
+        .encode_to_vec();
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&msg);
+        frame
+    };
+    let b64 = |b: &[u8]| {
+        // Standard base64 (the test's own, to check sift's against).
+        const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut s = String::new();
+        for c in b.chunks(3) {
+            let n = c.len();
+            let x = (u32::from(c[0]) << 16)
+                | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+                | u32::from(*c.get(2).unwrap_or(&0));
+            for k in 0..4 {
+                s.push(if k <= n {
+                    A[((x >> (18 - 6 * k)) & 63) as usize] as char
+                } else {
+                    '='
+                });
+            }
+        }
+        s
+    };
+    let unb64 = |s: &[u8]| {
+        let v = |c: u8| match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            _ => 63,
+        };
+        let mut out = Vec::new();
+        for g in s.chunks(4) {
+            let pad = g.iter().filter(|&&c| c == b'=').count();
+            let x = g.iter().fold(0u32, |a, &c| {
+                (a << 6) | if c == b'=' { 0 } else { u32::from(v(c)) }
+            });
+            let bytes = [(x >> 16) as u8, (x >> 8) as u8, x as u8];
+            out.extend_from_slice(&bytes[..3 - pad]);
+        }
+        out
+    };
+    let base = sift.url("");
+    let call = |path: &'static str, ct: &'static str, body: Vec<u8>| {
+        let url = format!("{base}{path}");
+        async move {
+            let r = Request::post(url)
+                .header("content-type", ct)
+                .header("x-grpc-web", "1")
+                .body(full(body))
+                .unwrap();
+            send(r).await
+        }
+    };
+    /// The frames of a gRPC-Web body: (flag, payload).
+    fn frames(mut b: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        while b.len() >= 5 {
+            let len = u32::from_be_bytes([b[1], b[2], b[3], b[4]]) as usize;
+            out.push((b[0], b[5..5 + len].to_vec()));
+            b = &b[5 + len..];
+        }
+        assert!(b.is_empty(), "a partial frame");
+        out
+    }
+    let path = "/envoy.service.auth.v3.Authorization/Check";
+
+    // Binary: a message frame, then the trailers frame.
+    let r = call(path, "application/grpc-web+proto", request("Bearer good")).await;
+    assert_eq!(r.status(), 200);
+    // tonic answers `application/grpc`: its gRPC-Web form.
+    assert_eq!(r.headers()["content-type"], "application/grpc-web");
+    let f = frames(r.body());
+    assert_eq!(f.len(), 2, "{f:?}");
+    assert_eq!(f[0].0, 0);
+    let answer = CheckResponse::decode(&f[0].1[..]).unwrap();
+    match answer.http_response {
+        Some(HttpResponse::OkResponse(ok)) => {
+            assert_eq!(ok.headers[0].header.as_ref().unwrap().key, "x-auth-user")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(f[1].0, 0x80);
+    let trailers = String::from_utf8(f[1].1.clone()).unwrap();
+    assert!(trailers.contains("grpc-status: 0\r\n"), "{trailers:?}");
+    // The service saw a gRPC call with the client's token.
+    let seen = opa.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+
+    // Text: base64 both ways (the request's message sent in two padded
+    // pieces, as clients that encode per message do).
+    let raw = request("Bearer good");
+    let (a, b) = raw.split_at(4);
+    let text = format!("{}{}", b64(a), b64(b));
+    let r = call(path, "application/grpc-web-text", text.into_bytes()).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/grpc-web-text");
+    let f = frames(&unb64(r.body()));
+    assert_eq!(f.len(), 2, "{f:?}");
+    assert!(CheckResponse::decode(&f[0].1[..]).is_ok());
+    assert!(String::from_utf8_lossy(&f[1].1).contains("grpc-status: 0"));
+
+    // The service fails the call: gRPC's trailers-only answer, its status
+    // in the head, nothing in the body.
+    let r = call(path, "application/grpc-web+proto", request("Bearer broken")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["grpc-status"], "13");
+    assert_eq!(r.headers()["content-type"], "application/grpc-web");
+    assert!(r.body().is_empty(), "{:?}", r.body());
+
+    // sift's own error (no endpoint) as a gRPC status a gRPC-Web client reads.
+    let r = call(
+        "/down/x",
+        "application/grpc-web+proto",
+        request("Bearer good"),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["grpc-status"], "14");
+    assert_eq!(r.headers()["content-type"], "application/grpc-web");
+
+    // Text that is not base64: the client's fault, nothing reaches the service.
+    let before = opa.seen.lock().unwrap().len();
+    let r = call(path, "application/grpc-web-text", b"not base64!".to_vec()).await;
+    assert_eq!(r.headers()["x-sift-error"], "client-body-error");
+    assert_eq!(r.headers()["grpc-status"], "13");
+    assert_eq!(opa.seen.lock().unwrap().len(), before);
+
+    // The access log has the call's gRPC status.
+    let lines = sift.log_lines().join("\n");
+    assert!(lines.contains(r#""grpc_status":"0""#), "{lines}");
+}
+
+#[test]
+fn grpc_web_needs_an_http2_cluster() {
+    refused_with(
+        r#"  - { name: app, endpoints: ["127.0.0.1:1"] }"#,
+        "  - { name: api, cluster: app, grpc_web: true }",
+        "routes[0].grpc_web",
+        "must be `protocol: http2`",
+    );
+}

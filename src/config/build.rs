@@ -1710,6 +1710,33 @@ fn build_routes(
         let timeout = r
             .timeout
             .map(|t| positive(Some(t), t, &format!("{p}.timeout"), e));
+        let grpc_web = {
+            let on = r.grpc_web.unwrap_or(false);
+            if on && local.is_some() {
+                e.push(
+                    format!("{p}.grpc_web"),
+                    "translates calls for a cluster: this route has no cluster",
+                );
+            }
+            if on {
+                for b in &backends {
+                    let h2 = cluster_files
+                        .iter()
+                        .find(|f| f.name == b.cluster)
+                        .is_none_or(|f| f.protocol == Some(UpstreamProtocol::Http2));
+                    if !h2 {
+                        e.push(
+                            format!("{p}.grpc_web"),
+                            format!(
+                                "cluster {:?} must be `protocol: http2` (gRPC-Web calls go to it as gRPC)",
+                                b.cluster
+                            ),
+                        );
+                    }
+                }
+            }
+            on
+        };
         out.push(RouteSpec {
             name: r.name.clone(),
             matches,
@@ -1811,6 +1838,7 @@ fn build_routes(
             external_rate_limit: r.external_rate_limit.as_ref().and_then(|a| {
                 build_external_rate_limit(a, &format!("{p}.external_rate_limit"), cluster_files, e)
             }),
+            grpc_web,
             hash_policy: build_hash_policy(
                 r.hash_policy.as_deref(),
                 &format!("{p}.hash_policy"),

@@ -1367,6 +1367,11 @@ pub struct RouteFile {
     /// as Envoy's route rate_limits actions make them.
     #[serde(default)]
     pub external_rate_limit: Option<ExternalRateLimitFile>,
+    /// Translate gRPC-Web calls (browsers; `application/grpc-web` and
+    /// `-text`) to gRPC for the route's `protocol: http2` clusters and the
+    /// answers back, as Envoy's grpc_web filter (default false).
+    #[serde(default)]
+    pub grpc_web: Option<bool>,
     /// What a ring_hash or maglev cluster hashes to pick the endpoint
     /// (Envoy's route hash_policy): the keys of the entries that give one,
     /// combined in order; none: a random endpoint.

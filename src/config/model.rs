@@ -328,6 +328,8 @@ pub struct RouteSpec {
     pub external_auth: Option<crate::external_auth::ExternalAuthSpec>,
     /// The rate limit service asked before forwarding.
     pub external_rate_limit: Option<crate::rls_client::ExternalRateLimitSpec>,
+    /// gRPC-Web calls become gRPC upstream ([`crate::grpc_web`]).
+    pub grpc_web: bool,
     /// What a ring_hash or maglev cluster hashes (empty: random endpoint).
     pub hash_policy: Vec<HashPolicy>,
     /// Delays and aborts injected before forwarding.
