@@ -292,6 +292,8 @@ struct Activity {
     inflight: AtomicUsize,
     started: AtomicU64,
     bytes_read: AtomicU64,
+    /// Draining began: HTTP/1.1 answers say `Connection: close`.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 /// A request in flight on its connection; dropped when the response body
@@ -307,22 +309,26 @@ impl Drop for InflightGuard {
 const IDLE_TICKS: u32 = 4;
 
 /// When draining begins (shutdown, or a successor took the sockets over),
-/// an HTTP/1.1 connection with no request in flight stays open this long
-/// for one: closing it at once would fail a request the client has just
-/// sent (a connection accepted a moment before, or a keep-alive race). A
-/// request that starts in that time is answered with `Connection: close`.
+/// every HTTP/1.1 answer from then on says `Connection: close`, and a
+/// connection is closed only once it has given one, or has had nothing in
+/// flight for this long: closing an idle connection at once would fail a
+/// request the client has just sent on it (a connection accepted a moment
+/// before, or a keep-alive connection it reuses), and closing after an
+/// answer that did not say `close` would fail the client's next one.
 const DRAIN_GRACE: Duration = Duration::from_secs(1);
 
-/// Wait, after draining began, until a request is in flight on the
-/// connection or has started since, or `grace` passed.
+/// Wait, after draining began, until a request started since has been
+/// answered (with `Connection: close`), or `grace` passed with nothing in
+/// flight.
 async fn drain_grace(activity: &Activity, grace: Duration) {
     let started = activity.started.load(Ordering::Relaxed);
     let step = Duration::from_millis(5);
     let mut waited = Duration::ZERO;
-    while activity.inflight.load(Ordering::Relaxed) == 0
-        && activity.started.load(Ordering::Relaxed) == started
-        && waited < grace
-    {
+    loop {
+        let idle = activity.inflight.load(Ordering::Relaxed) == 0;
+        if idle && (activity.started.load(Ordering::Relaxed) != started || waited >= grace) {
+            return;
+        }
         tokio::time::sleep(step).await;
         waited += step;
     }
@@ -372,6 +378,7 @@ async fn watch_conn(
     let why = loop {
         tokio::select! {
             _ = watch.signaled() => {
+                activity.draining.store(true, Ordering::Relaxed);
                 if let Some(g) = grace {
                     drain_grace(&activity, g).await;
                 }
@@ -617,6 +624,7 @@ async fn serve_io<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity::default());
+    let h1 = proto != DownstreamProtocol::H2;
     let io = TokioIo::new(Counted::new(io, activity.clone()));
     let slot = FutureSlot::new();
     // Told when the connection's request cap is reached.
@@ -632,10 +640,21 @@ async fn serve_io<I>(
             }
             // Dropped when the response body ends, not at the response head.
             let guard = InflightGuard(activity.clone());
-            slot.place(|| proxy::handle(shared.clone(), conn.clone(), req, Some(guard)))
+            let (shared, conn, activity) = (shared.clone(), conn.clone(), activity.clone());
+            slot.place(|| async move {
+                let mut r = proxy::handle(shared, conn, req, Some(guard)).await;
+                // Draining: an HTTP/1.1 client must not reuse the connection.
+                if h1
+                    && activity.draining.load(Ordering::Relaxed)
+                    && r.status() != http::StatusCode::SWITCHING_PROTOCOLS
+                {
+                    r.headers_mut()
+                        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                r
+            })
         })
     };
-    let h1 = proto != DownstreamProtocol::H2;
     let connection = if h1 {
         Conn::H1 {
             c: protocols.h1.serve_connection(io, svc).with_upgrades(),

@@ -331,6 +331,65 @@ async fn sigterm_drains_an_inflight_slow_request_then_exits_0() {
     assert!(tokio::net::TcpStream::connect(sift.addr()).await.is_err());
 }
 
+/// Draining does not fail a request a client sends on a connection at that
+/// moment: an idle HTTP/1.1 keep-alive connection stays open for the grace,
+/// its next request is answered with `Connection: close`, then it closes;
+/// an answer made after the drain began says close too.
+#[tokio::test(flavor = "multi_thread")]
+async fn draining_answers_the_next_request_on_a_keep_alive_connection_with_close() {
+    let up = Upstream::start(|req: Request<hyper::body::Incoming>| async move {
+        if req.uri().path() == "/slow" {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+        text_response(200, "done")
+    })
+    .await;
+    let cfg = simple_config(up.addr, "").replace(
+        "clusters:",
+        "shutdown: { delay: 0s, drain_timeout: 10s }\nclusters:",
+    );
+    let mut sift = Sift::start(&cfg);
+    let req = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n");
+    // Two keep-alive connections: one idle, one with a request in flight.
+    let mut idle = tokio::net::TcpStream::connect(sift.addr()).await.unwrap();
+    idle.write_all(req("/").as_bytes()).await.unwrap();
+    let first = read_response(&mut idle).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    assert!(
+        !first.to_ascii_lowercase().contains("connection: close"),
+        "{first}"
+    );
+    let mut busy = tokio::net::TcpStream::connect(sift.addr()).await.unwrap();
+    busy.write_all(req("/slow").as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    sift.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The idle connection's next request, sent after the drain began.
+    idle.write_all(req("/").as_bytes()).await.unwrap();
+    let second = read_response(&mut idle).await;
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    assert!(
+        second.to_ascii_lowercase().contains("connection: close"),
+        "{second}"
+    );
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(3), idle.read_to_end(&mut rest)).await;
+    assert!(matches!(n, Ok(Ok(0))), "closed after the answer: {n:?}");
+    // The busy one's answer was made after the drain began: it completes,
+    // saying close, and the connection closes after it.
+    let slow = read_response(&mut busy).await;
+    assert!(slow.starts_with("HTTP/1.1 200"), "{slow}");
+    assert!(
+        slow.to_ascii_lowercase().contains("connection: close"),
+        "{slow}"
+    );
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(3), busy.read_to_end(&mut rest)).await;
+    assert!(matches!(n, Ok(Ok(0))), "closed after the answer: {n:?}");
+    let code = tokio::task::block_in_place(|| sift.wait_exit(Duration::from_secs(10)));
+    assert_eq!(code.and_then(|c| c.code()), Some(0));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn limits_header_timeout_idle_timeout_and_max_connections() {
     let up = Upstream::echo("a").await;
