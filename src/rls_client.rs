@@ -37,6 +37,8 @@ pub struct ExternalRateLimitSpec {
     pub descriptors: Vec<Vec<Action>>,
     pub timeout: Dur,
     pub failure_mode_deny: bool,
+    /// Tokens a request takes (0: the service's default, 1).
+    pub hits_addend: u32,
 }
 
 /// How one descriptor entry is made.
@@ -61,6 +63,53 @@ pub enum Action {
     Identity {
         key: String,
     },
+    MaskedRemoteAddress {
+        v4: u8,
+        v6: u8,
+    },
+    HeaderValueMatch {
+        key: String,
+        value: String,
+        expect_match: bool,
+        headers: Vec<crate::config::model::HeaderMatch>,
+    },
+    QueryParameter {
+        name: String,
+        key: String,
+        skip_if_absent: bool,
+    },
+}
+
+/// `ip` masked to its first `v4` (IPv4) or `v6` (IPv6) bits, as Envoy's
+/// `masked_remote_address` writes it: `10.1.0.0/16`.
+pub fn masked(ip: std::net::IpAddr, v4: u8, v6: u8) -> String {
+    match ip {
+        std::net::IpAddr::V4(a) => {
+            let bits = u32::from(a);
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(v4.min(32)))
+                .unwrap_or(0);
+            format!("{}/{}", std::net::Ipv4Addr::from(bits & mask), v4.min(32))
+        }
+        std::net::IpAddr::V6(a) => {
+            let bits = u128::from(a);
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(v6.min(128)))
+                .unwrap_or(0);
+            format!("{}/{}", std::net::Ipv6Addr::from(bits & mask), v6.min(128))
+        }
+    }
+}
+
+/// The first value of query parameter `name` in `path` (after its `?`),
+/// percent-decoded with `+` as a space.
+fn query_value(path: &str, name: &str) -> Option<String> {
+    let (_, query) = path.split_once('?')?;
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (*crate::snapshot::query_decode(k) == *name.as_bytes())
+            .then(|| String::from_utf8_lossy(&crate::snapshot::query_decode(v)).into_owned())
+    })
 }
 
 fn ser_name<S: serde::Serializer>(n: &HeaderName, s: S) -> Result<S::Ok, S::Error> {
@@ -120,6 +169,30 @@ pub fn descriptors(spec: &ExternalRateLimitSpec, c: &Client<'_>) -> Vec<RateLimi
                 Action::DestinationCluster => entries.push(entry("destination_cluster", c.cluster)),
                 Action::Identity { key } => match c.identity {
                     Some(id) => entries.push(entry(key, id)),
+                    None => continue 'descriptor,
+                },
+                Action::MaskedRemoteAddress { v4, v6 } => match c.ip.parse() {
+                    Ok(ip) => entries.push(entry("masked_remote_address", &masked(ip, *v4, *v6))),
+                    Err(_) => continue 'descriptor,
+                },
+                Action::HeaderValueMatch {
+                    key,
+                    value,
+                    expect_match,
+                    headers,
+                } => {
+                    if crate::snapshot::headers_match(headers, c.headers) != *expect_match {
+                        continue 'descriptor;
+                    }
+                    entries.push(entry(key, value));
+                }
+                Action::QueryParameter {
+                    name,
+                    key,
+                    skip_if_absent,
+                } => match query_value(c.path, name) {
+                    Some(v) => entries.push(entry(key, &v)),
+                    None if *skip_if_absent => {}
                     None => continue 'descriptor,
                 },
             }
@@ -225,7 +298,7 @@ pub async fn check(
             .should_rate_limit(RateLimitRequest {
                 domain: spec.domain.clone(),
                 descriptors,
-                hits_addend: 0,
+                hits_addend: spec.hits_addend,
             })
             .await;
         match r {
@@ -317,4 +390,28 @@ pub async fn check(
             response: pb_headers(&resp.response_headers_to_add),
         }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn masks_follow_envoys_form() {
+        let m = |ip: &str, v4, v6| super::masked(ip.parse().unwrap(), v4, v6);
+        assert_eq!(m("10.1.2.3", 16, 128), "10.1.0.0/16");
+        assert_eq!(m("10.1.2.3", 32, 128), "10.1.2.3/32");
+        assert_eq!(m("10.1.2.3", 0, 128), "0.0.0.0/0");
+        assert_eq!(m("2001:db8:1:2::7", 32, 48), "2001:db8:1::/48");
+        assert_eq!(m("2001:db8:1:2::7", 32, 32), "2001:db8::/32");
+        assert_eq!(m("2001:db8:1:2::7", 32, 0), "::/0");
+        assert_eq!(
+            super::query_value("/a?x=1&key=a%2Fb+c", "key").as_deref(),
+            Some("a/b c")
+        );
+        assert_eq!(
+            super::query_value("/a?key=1&key=2", "key").as_deref(),
+            Some("1")
+        );
+        assert_eq!(super::query_value("/a?keys=1", "key"), None);
+        assert_eq!(super::query_value("/a", "key"), None);
+    }
 }

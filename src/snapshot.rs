@@ -202,19 +202,23 @@ impl Route {
         if !m.methods.is_empty() && !m.methods.contains(method) {
             return false;
         }
-        // Several lines of a name are matched as one value, joined by ","
-        // (Envoy since CVE-2020-25017): the first line alone may not be
-        // what the upstream reads.
-        m.headers.iter().all(|hm| {
-            let v = crate::field::joined(headers, &hm.name);
-            match &hm.rule {
-                HeaderRule::Present(want) => v.is_some() == *want,
-                HeaderRule::Exact(e) => v.is_some_and(|v| *v == *e.as_bytes()),
-                HeaderRule::Prefix(p) => v.is_some_and(|v| v.starts_with(p.as_bytes())),
-                HeaderRule::Regex(re) => v.is_some_and(|v| re.is_match(&v)),
-            }
-        }) && m.query.iter().all(|q| query_matches(q, query))
+        headers_match(&m.headers, headers) && m.query.iter().all(|q| query_matches(q, query))
     }
+}
+
+/// Every condition of `hms` holds for `headers`. Several lines of a name
+/// are matched as one value, joined by "," (Envoy since CVE-2020-25017):
+/// the first line alone may not be what the upstream reads.
+pub fn headers_match(hms: &[crate::config::model::HeaderMatch], headers: &HeaderMap) -> bool {
+    hms.iter().all(|hm| {
+        let v = crate::field::joined(headers, &hm.name);
+        match &hm.rule {
+            HeaderRule::Present(want) => v.is_some() == *want,
+            HeaderRule::Exact(e) => v.is_some_and(|v| *v == *e.as_bytes()),
+            HeaderRule::Prefix(p) => v.is_some_and(|v| v.starts_with(p.as_bytes())),
+            HeaderRule::Regex(re) => v.is_some_and(|v| re.is_match(&v)),
+        }
+    })
 }
 
 /// A query condition holds when **any** occurrence of the parameter

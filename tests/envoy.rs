@@ -1526,3 +1526,112 @@ clusters:
     }
     assert_eq!(app.requests.load(std::sync::atomic::Ordering::Relaxed), 5);
 }
+
+/// The other Envoy route actions (`masked_remote_address`,
+/// `header_value_match`, `query_parameters`) and `hits_addend`, against a
+/// second sift as the rate limit service.
+#[tokio::test(flavor = "multi_thread")]
+async fn external_rate_limit_masks_matches_headers_reads_query_and_adds_hits() {
+    let rls = Sift::start(
+        r#"log: { format: json }
+admin: { address: "127.0.0.1:0" }
+listeners:
+  - { name: authz, address: "127.0.0.1:0", serve: envoy }
+rate_limit_service:
+  domains:
+    - domain: edge
+      descriptors:
+        - key: masked_remote_address
+          rate_limit: { name: per-subnet, unit: minute, requests_per_unit: 2 }
+        - key: header_match
+          value: curl
+          rate_limit: { name: scripts, unit: minute, requests_per_unit: 1 }
+        - key: api_key
+          rate_limit: { name: per-key, unit: minute, requests_per_unit: 1 }
+        - key: generic_key
+          value: heavy
+          rate_limit: { name: heavy, unit: minute, requests_per_unit: 3 }
+"#,
+    );
+    let app = Upstream::echo("app").await;
+    let cfg = format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners:
+  - {{ name: main, address: "127.0.0.1:0", forwarded: {{ trusted_hops: 1 }} }}
+routes:
+  - name: subnet
+    match: {{ path: {{ prefix: /subnet }} }}
+    cluster: app
+    external_rate_limit:
+      cluster: rls
+      domain: edge
+      timeout: 500ms
+      descriptors: [ [ {{ masked_remote_address: {{ v4_prefix_mask_len: 24 }} }} ] ]
+  - name: ua
+    match: {{ path: {{ prefix: /ua }} }}
+    cluster: app
+    external_rate_limit:
+      cluster: rls
+      domain: edge
+      timeout: 500ms
+      descriptors:
+        - [ {{ header_value_match: {{ descriptor_value: curl, headers: [ {{ name: user-agent, prefix: curl/ }} ] }} }} ]
+  - name: key
+    match: {{ path: {{ prefix: /key }} }}
+    cluster: app
+    external_rate_limit:
+      cluster: rls
+      domain: edge
+      timeout: 500ms
+      descriptors:
+        - [ {{ query_parameters: {{ query_parameter_name: key, descriptor_key: api_key }} }} ]
+  - name: heavy
+    match: {{ path: {{ prefix: /heavy }} }}
+    cluster: app
+    external_rate_limit:
+      cluster: rls
+      domain: edge
+      timeout: 500ms
+      hits_addend: 2
+      descriptors: [ [ {{ generic_key: {{ descriptor_value: heavy }} }} ] ]
+clusters:
+  - {{ name: app, endpoints: ["{}"] }}
+  - {{ name: rls, endpoints: ["{}"], protocol: http2 }}
+"#,
+        app.addr, rls.listeners["authz"]
+    );
+    let sift = Sift::start(&cfg);
+    let get = |path: &str, ip: &str, ua: &str| {
+        http::Request::get(sift.url(path))
+            .header("x-forwarded-for", ip)
+            .header("user-agent", ua)
+            .body(full(""))
+            .unwrap()
+    };
+    let status = |path: &'static str, ip: &'static str, ua: &'static str| {
+        let r = get(path, ip, ua);
+        async move { send(r).await.status().as_u16() }
+    };
+    // One bucket per /24: .5 and .9 share it, another /24 has its own.
+    assert_eq!(status("/subnet", "203.0.113.5", "a").await, 200);
+    assert_eq!(status("/subnet", "203.0.113.9", "a").await, 200);
+    assert_eq!(status("/subnet", "203.0.113.200", "a").await, 429);
+    assert_eq!(status("/subnet", "203.0.114.1", "a").await, 200);
+    // curl/ user agents share one request a minute; others send no
+    // descriptor at all, so nothing limits them.
+    assert_eq!(status("/ua", "192.0.2.1", "curl/8.5").await, 200);
+    assert_eq!(status("/ua", "192.0.2.2", "curl/7.1").await, 429);
+    for _ in 0..3 {
+        assert_eq!(status("/ua", "192.0.2.3", "Mozilla/5.0").await, 200);
+    }
+    // A bucket per decoded API key; without the parameter, no descriptor.
+    assert_eq!(status("/key?key=a%20b", "192.0.2.4", "x").await, 200);
+    assert_eq!(status("/key?x=1&key=a+b", "192.0.2.4", "x").await, 429);
+    assert_eq!(status("/key?key=c", "192.0.2.4", "x").await, 200);
+    assert_eq!(status("/key", "192.0.2.4", "x").await, 200);
+    assert_eq!(status("/key", "192.0.2.4", "x").await, 200);
+    // hits_addend 2 against 3 a minute: the second request would need 4.
+    assert_eq!(status("/heavy", "192.0.2.5", "x").await, 200);
+    assert_eq!(status("/heavy", "192.0.2.5", "x").await, 429);
+}

@@ -1916,6 +1916,69 @@ fn build_external_rate_limit(
                 RlActionFile::Identity { descriptor_key } => Action::Identity {
                     key: descriptor_key.clone().unwrap_or_else(|| "identity".into()),
                 },
+                RlActionFile::MaskedRemoteAddress {
+                    v4_prefix_mask_len,
+                    v6_prefix_mask_len,
+                } => {
+                    let v4 = v4_prefix_mask_len.unwrap_or(32);
+                    let v6 = v6_prefix_mask_len.unwrap_or(128);
+                    if v4 > 32 {
+                        e.push(
+                            format!("{ap}.masked_remote_address.v4_prefix_mask_len"),
+                            format!("{v4} is more than 32"),
+                        );
+                    }
+                    if v6 > 128 {
+                        e.push(
+                            format!("{ap}.masked_remote_address.v6_prefix_mask_len"),
+                            format!("{v6} is more than 128"),
+                        );
+                    }
+                    Action::MaskedRemoteAddress {
+                        v4: v4.min(32) as u8,
+                        v6: v6.min(128) as u8,
+                    }
+                }
+                RlActionFile::HeaderValueMatch {
+                    descriptor_key,
+                    descriptor_value,
+                    expect_match,
+                    headers,
+                } => {
+                    if headers.is_empty() {
+                        e.push(
+                            format!("{ap}.header_value_match.headers"),
+                            "needs at least one header condition",
+                        );
+                    }
+                    Action::HeaderValueMatch {
+                        key: descriptor_key.clone().unwrap_or_else(|| "header_match".into()),
+                        value: descriptor_value.clone(),
+                        expect_match: expect_match.unwrap_or(true),
+                        headers: build_header_matches(
+                            headers,
+                            &format!("{ap}.header_value_match"),
+                            e,
+                        ),
+                    }
+                }
+                RlActionFile::QueryParameters {
+                    query_parameter_name,
+                    descriptor_key,
+                    skip_if_absent,
+                } => {
+                    if query_parameter_name.is_empty() || descriptor_key.is_empty() {
+                        e.push(
+                            format!("{ap}.query_parameters"),
+                            "`query_parameter_name` and `descriptor_key` must not be empty",
+                        );
+                    }
+                    Action::QueryParameter {
+                        name: query_parameter_name.clone(),
+                        key: descriptor_key.clone(),
+                        skip_if_absent: skip_if_absent.unwrap_or(false),
+                    }
+                }
                 RlActionFile::RequestHeaders {
                     header_name,
                     descriptor_key,
@@ -1962,6 +2025,7 @@ fn build_external_rate_limit(
         descriptors,
         timeout,
         failure_mode_deny: a.failure_mode_deny.unwrap_or(false),
+        hits_addend: a.hits_addend.unwrap_or(0),
     })
 }
 
@@ -2361,6 +2425,64 @@ fn build_direct_response(
     })
 }
 
+/// Header conditions (`match.headers`, a rate limit action's
+/// `header_value_match.headers`) at `{p}.headers[i]`.
+fn build_header_matches(list: &[HeaderMatchFile], p: &str, e: &mut Errs) -> Vec<HeaderMatch> {
+    let mut headers = Vec::new();
+    for (i, h) in list.iter().enumerate() {
+        let hp = format!("{p}.headers[{i}]");
+        let name = match HeaderName::from_bytes(h.name.as_bytes()) {
+            Ok(n) => n,
+            Err(_) => {
+                e.push(
+                    format!("{hp}.name"),
+                    format!("{:?} is not a header name", h.name),
+                );
+                continue;
+            }
+        };
+        let rule = match (&h.exact, &h.prefix, h.present, &h.regex) {
+            (Some(v), None, None, None) => HeaderRule::Exact(v.clone()),
+            (None, Some(v), None, None) => HeaderRule::Prefix(v.clone()),
+            (None, None, Some(b), None) => HeaderRule::Present(b),
+            (None, None, None, Some(r)) => match Pattern::new(r) {
+                Ok(re) => HeaderRule::Regex(re),
+                Err(m) => {
+                    e.push(format!("{hp}.regex"), m);
+                    continue;
+                }
+            },
+            _ => {
+                e.push(
+                    &hp,
+                    "give exactly one of `exact`, `prefix`, `regex`, `present`",
+                );
+                continue;
+            }
+        };
+        if name.as_str().starts_with("x-sift-") && rule != HeaderRule::Present(false) {
+            e.push(
+                format!("{hp}.name"),
+                format!(
+                    "{:?}: x-sift-* headers are removed from client requests before routing, so this condition never holds",
+                    h.name
+                ),
+            );
+        }
+        if name.as_str().contains('_') && rule != HeaderRule::Present(false) {
+            e.push(
+                format!("{hp}.name"),
+                format!(
+                    "{:?}: headers with '_' in their names are removed from client requests before routing, so this condition never holds",
+                    h.name
+                ),
+            );
+        }
+        headers.push(HeaderMatch { name, rule });
+    }
+    headers
+}
+
 fn build_match(m: Option<&MatchFile>, p: &str, e: &mut Errs) -> MatchSpec {
     let Some(m) = m else {
         return MatchSpec::default();
@@ -2415,58 +2537,7 @@ fn build_match(m: Option<&MatchFile>, p: &str, e: &mut Errs) -> MatchSpec {
             ),
         }
     }
-    let mut headers = Vec::new();
-    for (i, h) in m.headers.iter().flatten().enumerate() {
-        let hp = format!("{p}.headers[{i}]");
-        let name = match HeaderName::from_bytes(h.name.as_bytes()) {
-            Ok(n) => n,
-            Err(_) => {
-                e.push(
-                    format!("{hp}.name"),
-                    format!("{:?} is not a header name", h.name),
-                );
-                continue;
-            }
-        };
-        let rule = match (&h.exact, &h.prefix, h.present, &h.regex) {
-            (Some(v), None, None, None) => HeaderRule::Exact(v.clone()),
-            (None, Some(v), None, None) => HeaderRule::Prefix(v.clone()),
-            (None, None, Some(b), None) => HeaderRule::Present(b),
-            (None, None, None, Some(r)) => match Pattern::new(r) {
-                Ok(re) => HeaderRule::Regex(re),
-                Err(m) => {
-                    e.push(format!("{hp}.regex"), m);
-                    continue;
-                }
-            },
-            _ => {
-                e.push(
-                    &hp,
-                    "give exactly one of `exact`, `prefix`, `regex`, `present`",
-                );
-                continue;
-            }
-        };
-        if name.as_str().starts_with("x-sift-") && rule != HeaderRule::Present(false) {
-            e.push(
-                format!("{hp}.name"),
-                format!(
-                    "{:?}: x-sift-* headers are removed from client requests before routing, so this condition never holds",
-                    h.name
-                ),
-            );
-        }
-        if name.as_str().contains('_') && rule != HeaderRule::Present(false) {
-            e.push(
-                format!("{hp}.name"),
-                format!(
-                    "{:?}: headers with '_' in their names are removed from client requests before routing, so this condition never holds",
-                    h.name
-                ),
-            );
-        }
-        headers.push(HeaderMatch { name, rule });
-    }
+    let headers = build_header_matches(m.headers.as_deref().unwrap_or_default(), p, e);
     let mut query = Vec::new();
     for (i, q) in m.query.iter().flatten().enumerate() {
         let qp = format!("{p}.query[{i}]");

@@ -100,6 +100,9 @@ pub struct ExternalRateLimitFile {
     /// (default false).
     #[serde(default)]
     pub failure_mode_deny: Option<bool>,
+    /// Tokens each request takes (Envoy's `hits_addend`; default 1).
+    #[serde(default)]
+    pub hits_addend: Option<u32>,
 }
 
 /// One action of a descriptor (Envoy's route `rate_limits[].actions[]`).
@@ -130,6 +133,37 @@ pub enum RlActionFile {
     Identity {
         #[serde(default)]
         descriptor_key: Option<String>,
+    },
+    /// `masked_remote_address`: the client address masked to a prefix
+    /// (`10.1.0.0/16`), key `masked_remote_address`.
+    MaskedRemoteAddress {
+        /// IPv4 prefix length (0 to 32; default 32).
+        #[serde(default)]
+        v4_prefix_mask_len: Option<u32>,
+        /// IPv6 prefix length (0 to 128; default 128).
+        #[serde(default)]
+        v6_prefix_mask_len: Option<u32>,
+    },
+    /// `header_value_match`: `descriptor_value` (key `descriptor_key`,
+    /// default `header_match`) when the request's headers match all of
+    /// `headers` (or, with `expect_match: false`, when they do not);
+    /// otherwise no such descriptor.
+    HeaderValueMatch {
+        #[serde(default)]
+        descriptor_key: Option<String>,
+        descriptor_value: String,
+        #[serde(default)]
+        expect_match: Option<bool>,
+        headers: Vec<HeaderMatchFile>,
+    },
+    /// `query_parameters`: a query parameter's value (its first
+    /// occurrence, percent-decoded) under `descriptor_key`; a request
+    /// without it sends no such descriptor unless `skip_if_absent`.
+    QueryParameters {
+        query_parameter_name: String,
+        descriptor_key: String,
+        #[serde(default)]
+        skip_if_absent: Option<bool>,
     },
 }
 
