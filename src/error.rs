@@ -100,6 +100,13 @@ pub enum ProxyError {
         headers: Vec<(http::HeaderName, HeaderValue)>,
         body: Bytes,
     },
+    #[error("route {route:?} needs Basic credentials: {}", if *missing { "none given" } else { "not valid" })]
+    BasicAuth {
+        route: String,
+        missing: bool,
+        /// `Basic realm="…", charset="UTF-8"`.
+        challenge: HeaderValue,
+    },
     #[error("external auth of route {route:?} did not answer: {reason}")]
     AuthUnavailable {
         route: String,
@@ -143,11 +150,13 @@ pub enum ErrorKind {
     RateLimitUnavailable,
     AuthDenied,
     AuthUnavailable,
+    BasicAuthMissing,
+    BasicAuthInvalid,
     Internal,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 29] = [
+    pub const ALL: [ErrorKind; 31] = [
         ErrorKind::MalformedRequest,
         ErrorKind::NotImplemented,
         ErrorKind::HeadersTooLarge,
@@ -176,6 +185,8 @@ impl ErrorKind {
         ErrorKind::RateLimitUnavailable,
         ErrorKind::AuthDenied,
         ErrorKind::AuthUnavailable,
+        ErrorKind::BasicAuthMissing,
+        ErrorKind::BasicAuthInvalid,
         ErrorKind::Internal,
     ];
 
@@ -196,6 +207,8 @@ impl ErrorKind {
             ErrorKind::CircuitOpen => "circuit-open",
             ErrorKind::IdentityDenied => "identity-denied",
             ErrorKind::SourceDenied => "source-denied",
+            ErrorKind::BasicAuthMissing => "basic-auth-missing",
+            ErrorKind::BasicAuthInvalid => "basic-auth-invalid",
             ErrorKind::JwtMissing => "jwt-missing",
             ErrorKind::JwtInvalid => "jwt-invalid",
             ErrorKind::FilterBlocked => "filter-blocked",
@@ -233,7 +246,10 @@ impl ErrorKind {
             ErrorKind::Unclassifiable => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::IdentityDenied | ErrorKind::SourceDenied => StatusCode::FORBIDDEN,
-            ErrorKind::JwtMissing | ErrorKind::JwtInvalid => StatusCode::UNAUTHORIZED,
+            ErrorKind::JwtMissing
+            | ErrorKind::JwtInvalid
+            | ErrorKind::BasicAuthMissing
+            | ErrorKind::BasicAuthInvalid => StatusCode::UNAUTHORIZED,
             ErrorKind::UpstreamConnectFailure | ErrorKind::UpstreamReset => StatusCode::BAD_GATEWAY,
             ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::SpoolFailed | ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -272,6 +288,8 @@ impl ProxyError {
                 ..
             } => ErrorKind::JwtMissing,
             ProxyError::Jwt { .. } => ErrorKind::JwtInvalid,
+            ProxyError::BasicAuth { missing: true, .. } => ErrorKind::BasicAuthMissing,
+            ProxyError::BasicAuth { .. } => ErrorKind::BasicAuthInvalid,
             ProxyError::FilterBlocked { .. } => ErrorKind::FilterBlocked,
             ProxyError::FilterOverloaded { .. } => ErrorKind::FilterOverloaded,
             ProxyError::InspectTooLarge { .. } => ErrorKind::InspectTooLarge,
@@ -336,6 +354,10 @@ impl ProxyError {
             ProxyError::IdentityDenied { .. } => "caller identity not allowed on this route".into(),
             ProxyError::SourceDenied { .. } => "client address not allowed on this route".into(),
             ProxyError::Jwt { reason, .. } => format!("unauthorized: {reason}"),
+            ProxyError::BasicAuth { missing: true, .. } => {
+                "unauthorized: credentials required".into()
+            }
+            ProxyError::BasicAuth { .. } => "unauthorized: wrong user name or password".into(),
             ProxyError::FilterBlocked { message, .. } => message.clone(),
             ProxyError::FilterOverloaded { .. } => "request filter overloaded, retry later".into(),
             ProxyError::InspectTooLarge { limit, .. } => {
@@ -520,6 +542,9 @@ impl ProxyError {
         );
         h.insert("x-sift-error", HeaderValue::from_static(kind.as_str()));
         // RFC 6750 §3: the challenge, with the reason for a bad token.
+        if let ProxyError::BasicAuth { challenge, .. } = self {
+            h.insert(header::WWW_AUTHENTICATE, challenge.clone());
+        }
         if let ProxyError::Jwt { reason, .. } = self {
             let v = match reason {
                 crate::jwt::JwtError::Missing => "Bearer realm=\"sift\"".to_string(),

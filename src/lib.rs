@@ -21,6 +21,7 @@ macro_rules! say {
 
 pub mod admin;
 pub mod app;
+pub mod basic_auth;
 pub mod body;
 pub mod canary;
 pub mod cilog;

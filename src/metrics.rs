@@ -54,6 +54,7 @@ pub struct Metrics {
     pub cors: IntCounterVec,
     pub trace_spans: IntCounterVec,
     pub jwt: IntCounterVec,
+    pub basic_auth: IntCounterVec,
     pub envoy_checks: IntCounterVec,
     pub jwks_fetches: IntCounterVec,
     pub compression: IntCounterVec,
@@ -449,6 +450,14 @@ impl Metrics {
             &["route", "result"],
         )
         .expect("valid metric");
+        let basic_auth = IntCounterVec::new(
+            Opts::new(
+                "sift_basic_auth_total",
+                "Basic authentication checks on routes with basic_auth, by route and result (ok, missing, invalid).",
+            ),
+            &["route", "result"],
+        )
+        .expect("valid metric");
         let envoy_checks = IntCounterVec::new(
             Opts::new(
                 "sift_envoy_checks_total",
@@ -611,6 +620,7 @@ impl Metrics {
             Box::new(cors.clone()),
             Box::new(trace_spans.clone()),
             Box::new(jwt.clone()),
+            Box::new(basic_auth.clone()),
             Box::new(envoy_checks.clone()),
             Box::new(jwks_fetches.clone()),
             Box::new(compression.clone()),
@@ -683,6 +693,7 @@ impl Metrics {
             cors,
             trace_spans,
             jwt,
+            basic_auth,
             envoy_checks,
             jwks_fetches,
             compression,

@@ -565,8 +565,16 @@ async fn proxy(
     // 4. Admission: identity authorization, the route's concurrency limit,
     //    then rate limits (the listener's, then the route's).
     identity_admission(route, listener, conn, req.headers())?;
-    // The JWT check edits the request's headers: `host` (borrowed from
-    // them) is read again after it, only on such routes.
+    // The Basic and JWT checks edit the request's headers: `host`
+    // (borrowed from them) is read again after them, only on such routes.
+    let host = match &route.spec.basic_auth {
+        None => host,
+        Some(b) => {
+            drop(host);
+            basic_auth_admission(b, route, req.headers_mut(), &out.metrics)?;
+            request_host(&req)?
+        }
+    };
     let mut host = match &route.spec.jwt {
         None => host,
         Some(j) => {
@@ -1682,6 +1690,51 @@ pub(crate) fn error_answer(
         h.insert("x-sift-error", HeaderValue::from_static(kind.as_str()));
     }
     resp
+}
+
+/// A route's Basic authentication: counted; refused credentials are an
+/// error (401 with the challenge). On success the user name may go
+/// upstream in a header (the client's copy removed first) and the
+/// `Authorization` header may be removed.
+pub(crate) fn basic_auth_admission(
+    b: &crate::config::model::BasicAuthSpec,
+    route: &crate::snapshot::Route,
+    headers: &mut HeaderMap,
+    metrics: &Metrics,
+) -> Result<(), ProxyError> {
+    use crate::basic_auth::Credentials;
+    let (result, user) = match crate::basic_auth::credentials(headers) {
+        Credentials::Missing => ("missing", None),
+        Credentials::Malformed => ("invalid", None),
+        Credentials::Given { user, password } => {
+            if b.users.verify(&user, &password) {
+                ("ok", Some(user))
+            } else {
+                ("invalid", None)
+            }
+        }
+    };
+    metrics
+        .basic_auth
+        .with_label_values(&[route.spec.name.as_str(), result])
+        .inc();
+    let Some(user) = user else {
+        return Err(ProxyError::BasicAuth {
+            route: route.spec.name.clone(),
+            missing: result == "missing",
+            challenge: b.challenge.clone(),
+        });
+    };
+    if let Some(name) = &b.forward_username_header {
+        headers.remove(name);
+        if let Ok(v) = HeaderValue::from_str(&user) {
+            headers.insert(name.clone(), v);
+        }
+    }
+    if b.strip_authorization {
+        headers.remove(header::AUTHORIZATION);
+    }
+    Ok(())
 }
 
 /// A route's JWT requirement: counted, and a refused token is an error.

@@ -191,8 +191,9 @@ impl Reloader {
             let trigger = if now != last {
                 Some("file")
             } else if now_jwks != last_jwks {
-                // A rotated key set: rebuilt with the same config text.
-                Some("jwks")
+                // A rotated key set or a changed htpasswd file: rebuilt
+                // with the same config text.
+                Some("watched_file")
             } else {
                 None
             };
@@ -284,7 +285,8 @@ fn restart_only_changes(old: &Config, new: &Config) -> Result<(), ConfigErrors> 
 
 type Fingerprint = Option<(PathBuf, u64, u64, Option<SystemTime>)>;
 
-/// The JWKS files the routes of `c` read their keys from.
+/// The files the routes of `c` read at load besides the config: JWKS
+/// files and `basic_auth` htpasswd files (a change reloads).
 fn jwks_files(c: &Config) -> Vec<String> {
     let mut out: Vec<String> = c
         .routes
@@ -292,24 +294,41 @@ fn jwks_files(c: &Config) -> Vec<String> {
         .filter_map(|r| r.jwt.as_ref())
         .filter(|j| j.provider.jwks_source != "inline" && j.provider.remote.is_none())
         .map(|j| j.provider.jwks_source.clone())
+        .chain(
+            c.routes
+                .iter()
+                .filter_map(|r| r.basic_auth.as_ref()?.users_file.clone()),
+        )
         .collect();
     out.sort();
     out.dedup();
     out
 }
 
-/// Some JWKS file no longer holds the keys in force: other keys, or none
-/// readable (then the rebuild fails with the file's error, and the running
-/// keys keep serving).
+/// Some JWKS file no longer holds the keys in force, or some `basic_auth`
+/// file the users in force: other contents, or none readable (then the
+/// rebuild fails with the file's error, and the running ones keep serving).
 fn jwks_changed(c: &Config) -> bool {
-    c.routes.iter().filter_map(|r| r.jwt.as_ref()).any(|j| {
+    let keys = c.routes.iter().filter_map(|r| r.jwt.as_ref()).any(|j| {
         j.provider.jwks_source != "inline"
             && j.provider.remote.is_none()
             && std::fs::read_to_string(&j.provider.jwks_source)
                 .ok()
                 .and_then(|t| crate::jwt::parse_jwks(&t).ok())
                 .is_none_or(|keys| keys != j.provider.keys)
-    })
+    });
+    keys || c
+        .routes
+        .iter()
+        .filter_map(|r| r.basic_auth.as_ref())
+        .any(|b| {
+            b.users_file.as_ref().is_some_and(|f| {
+                std::fs::read_to_string(f)
+                    .ok()
+                    .and_then(|t| crate::basic_auth::Users::parse(&t).ok())
+                    .is_none_or(|u| u != b.users)
+            })
+        })
 }
 
 fn fingerprint(path: &std::path::Path) -> Fingerprint {

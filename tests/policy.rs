@@ -2779,3 +2779,138 @@ fn grpc_web_needs_an_http2_cluster() {
         "must be `protocol: http2`",
     );
 }
+
+/// `basic_auth` (nginx's auth_basic, Envoy's basic_auth): users from an
+/// htpasswd file ($apr1$ as `htpasswd` writes by default, {SHA}), the 401
+/// challenge, the user name sent upstream, the password kept from the app,
+/// and the file watched.
+#[tokio::test(flavor = "multi_thread")]
+async fn basic_auth_checks_htpasswd_users_and_reloads_the_file() {
+    let app = Upstream::echo("app").await;
+    let dir = TempDir::new();
+    let file = dir.path("htpasswd");
+    // `openssl passwd -apr1 -salt r31..... myPassword`; {SHA} of "secret".
+    std::fs::write(
+        &file,
+        "ann:$apr1$r31.....$HqJZimcKQFAMYayBlzkrA/\nbob:{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=\n",
+    )
+    .unwrap();
+    let cfg = config(
+        &format!(r#"  - {{ name: app, endpoints: ["{}"] }}"#, app.addr),
+        &format!(
+            r#"  - name: admin
+    cluster: app
+    basic_auth: {{ users_file: "{}", realm: admin area, forward_username_header: x-user, strip_authorization: true }}"#,
+            file.display()
+        ),
+    )
+    .replace("log: { format: json }", "log: { format: json }\nreload: { interval: 100ms }");
+    let sift = Sift::start(&cfg);
+    let call = |auth: Option<&str>| {
+        let mut b = Request::get(sift.url("/x")).header("x-user", "forged");
+        if let Some(a) = auth {
+            b = b.header("authorization", a);
+        }
+        send(b.body(full("")).unwrap())
+    };
+    let basic = |user: &str, pass: &str| {
+        // The test's own base64 of "user:pass".
+        const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let b = format!("{user}:{pass}").into_bytes();
+        let mut s = String::from("Basic ");
+        for c in b.chunks(3) {
+            let x = (u32::from(c[0]) << 16)
+                | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+                | u32::from(*c.get(2).unwrap_or(&0));
+            for k in 0..4 {
+                s.push(if k <= c.len() {
+                    A[((x >> (18 - 6 * k)) & 63) as usize] as char
+                } else {
+                    '='
+                });
+            }
+        }
+        s
+    };
+    let r = call(None).await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["x-sift-error"], "basic-auth-missing");
+    assert_eq!(
+        r.headers()["www-authenticate"],
+        "Basic realm=\"admin area\", charset=\"UTF-8\""
+    );
+    let r = call(Some(&basic("ann", "wrong"))).await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["x-sift-error"], "basic-auth-invalid");
+    assert_eq!(
+        call(Some(&basic("nobody", "myPassword"))).await.status(),
+        401
+    );
+    assert_eq!(call(Some("Bearer x")).await.status(), 401);
+    assert_eq!(
+        app.requests.load(Ordering::SeqCst),
+        0,
+        "nothing reached the app"
+    );
+    for (user, pass) in [("ann", "myPassword"), ("bob", "secret")] {
+        let r = call(Some(&basic(user, pass))).await;
+        assert_eq!(r.status(), 200, "{user}");
+        let v: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
+        assert_eq!(v["headers"]["x-user"], serde_json::json!([user]), "{v}");
+        assert!(v["headers"].get("authorization").is_none(), "{v}");
+    }
+    // The hashes never show in /config.
+    let (_, cfg_text) = get_text(&sift.admin_url("/config")).await;
+    assert!(cfg_text.contains("2 user(s) [redacted]"), "{cfg_text}");
+    assert!(!cfg_text.contains("HqJZ"), "{cfg_text}");
+    // A user added to the file: the watcher reloads.
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text.push_str("cy:{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=\n");
+    std::fs::write(&file, text).unwrap();
+    let cy = basic("cy", "secret");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            call(Some(&cy)).await.status() == 200
+        })
+        .await,
+        "the new user works after the file changed"
+    );
+    let count = |result: &'static str| {
+        let m = format!(r#"sift_basic_auth_total{{route="admin",result="{result}"}}"#);
+        let sift = &sift;
+        async move { sift.metric(&m).await.unwrap_or(0.0) }
+    };
+    assert_eq!(count("ok").await, 3.0);
+    assert_eq!(count("missing").await, 1.0);
+    // Three refused above, and cy's tries before the reload.
+    assert!(count("invalid").await >= 3.0);
+}
+
+#[test]
+fn basic_auth_is_checked() {
+    let app = r#"  - { name: app, endpoints: ["127.0.0.1:1"] }"#;
+    refused_with(
+        app,
+        "  - { name: a, cluster: app, basic_auth: { users: [\"ann:{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=\"], users_file: /x } }",
+        "routes[0].basic_auth",
+        "exactly one of `users` and `users_file`",
+    );
+    refused_with(
+        app,
+        "  - { name: a, cluster: app, basic_auth: { users: [\"ann:$2y$05$abcdefghijklmnopqrstuvwxyz012345678901234567890123\"] } }",
+        "routes[0].basic_auth.users",
+        "bcrypt",
+    );
+    refused_with(
+        app,
+        "  - { name: a, cluster: app, basic_auth: { users_file: /nonexistent/htpasswd } }",
+        "routes[0].basic_auth.users_file",
+        "cannot read",
+    );
+    refused_with(
+        app,
+        "  - { name: a, cluster: app, basic_auth: { users: [\"ann:{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=\"], realm: 'a\"b' } }",
+        "routes[0].basic_auth.realm",
+        "printable characters",
+    );
+}

@@ -1784,6 +1784,10 @@ fn build_routes(
                     }
                 }
             }),
+            basic_auth: r
+                .basic_auth
+                .as_ref()
+                .and_then(|b| build_basic_auth(b, &format!("{p}.basic_auth"), e)),
             compression: r.compression.as_ref().map(|c| {
                 if local.is_some() {
                     e.push(
@@ -2026,6 +2030,72 @@ fn build_external_rate_limit(
         timeout,
         failure_mode_deny: a.failure_mode_deny.unwrap_or(false),
         hits_addend: a.hits_addend.unwrap_or(0),
+    })
+}
+
+/// A route's `basic_auth`: the users parsed (a file read now), the
+/// challenge made.
+fn build_basic_auth(b: &BasicAuthFile, p: &str, e: &mut Errs) -> Option<BasicAuthSpec> {
+    let text = match (&b.users, &b.users_file) {
+        (Some(u), None) => u.join("\n"),
+        (None, Some(f)) => match std::fs::read_to_string(f) {
+            Ok(t) => t,
+            Err(err) => {
+                e.push(
+                    format!("{p}.users_file"),
+                    format!("cannot read {f:?}: {err}"),
+                );
+                return None;
+            }
+        },
+        _ => {
+            e.push(p, "give exactly one of `users` and `users_file`");
+            return None;
+        }
+    };
+    let users = match crate::basic_auth::Users::parse(&text) {
+        Ok(u) => u,
+        Err(m) => {
+            let at = if b.users.is_some() {
+                "users"
+            } else {
+                "users_file"
+            };
+            e.push(format!("{p}.{at}"), m);
+            return None;
+        }
+    };
+    let realm = b.realm.clone().unwrap_or_else(|| "sift".into());
+    let challenge =
+        match HeaderValue::from_str(&format!("Basic realm=\"{}\", charset=\"UTF-8\"", realm)) {
+            Ok(v) if !realm.contains('"') && !realm.contains('\\') => v,
+            _ => {
+                e.push(
+                    format!("{p}.realm"),
+                    format!("{realm:?}: printable characters other than '\"' and '\\' only"),
+                );
+                return None;
+            }
+        };
+    let forward_username_header = match &b.forward_username_header {
+        None => None,
+        Some(n) => match HeaderName::from_bytes(n.as_bytes()) {
+            Ok(h) if !h.as_str().starts_with("x-sift-") => Some(h),
+            _ => {
+                e.push(
+                    format!("{p}.forward_username_header"),
+                    format!("{n:?} is not a header name sift may set"),
+                );
+                return None;
+            }
+        },
+    };
+    Some(BasicAuthSpec {
+        users,
+        users_file: b.users_file.clone(),
+        challenge,
+        forward_username_header,
+        strip_authorization: b.strip_authorization.unwrap_or(false),
     })
 }
 

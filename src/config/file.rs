@@ -83,6 +83,31 @@ pub struct UpgradeFile {
     pub socket: Option<String>,
 }
 
+/// A route's `basic_auth`.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuthFile {
+    /// `name:hash` lines as `htpasswd` writes them ($apr1$, {SHA},
+    /// {SSHA}); exactly one of `users` and `users_file`.
+    #[serde(default)]
+    pub users: Option<Vec<String>>,
+    /// An htpasswd file, read at load and on every reload (and watched:
+    /// a change reloads).
+    #[serde(default)]
+    pub users_file: Option<String>,
+    /// The realm of the `WWW-Authenticate` challenge (default "sift").
+    #[serde(default)]
+    pub realm: Option<String>,
+    /// Send the authenticated user's name upstream in this header (a
+    /// client's own copy is removed first).
+    #[serde(default)]
+    pub forward_username_header: Option<String>,
+    /// Remove the client's `Authorization` header before forwarding
+    /// (default false: the app gets it, as with nginx and Envoy).
+    #[serde(default)]
+    pub strip_authorization: Option<bool>,
+}
+
 /// A route's `external_rate_limit`.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -1342,6 +1367,10 @@ pub struct RouteFile {
     /// Require a JSON Web Token from a jwt_providers entry (401 otherwise).
     #[serde(default)]
     pub jwt: Option<RouteJwtFile>,
+    /// HTTP Basic authentication (nginx's auth_basic, Envoy's basic_auth):
+    /// users in htpasswd's format, inline or from a file.
+    #[serde(default)]
+    pub basic_auth: Option<BasicAuthFile>,
     /// Cross-origin requests from browsers (CORS): preflights answered by
     /// sift, answers to allowed origins decorated.
     #[serde(default)]

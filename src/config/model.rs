@@ -42,6 +42,37 @@ pub struct Config {
     pub upgrade: Option<UpgradeConfig>,
 }
 
+/// A route's validated `basic_auth`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BasicAuthSpec {
+    #[serde(serialize_with = "ser_users")]
+    pub users: crate::basic_auth::Users,
+    /// The htpasswd file, when the users come from one.
+    pub users_file: Option<String>,
+    /// `Basic realm="…", charset="UTF-8"`.
+    #[serde(serialize_with = "ser_value")]
+    pub challenge: HeaderValue,
+    #[serde(serialize_with = "ser_opt_name")]
+    pub forward_username_header: Option<HeaderName>,
+    pub strip_authorization: bool,
+}
+
+/// Users are shown by count, never their hashes (`GET /config`).
+fn ser_users<S: Serializer>(u: &crate::basic_auth::Users, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{} user(s) [redacted]", u.len()))
+}
+
+fn ser_value<S: Serializer>(v: &HeaderValue, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&String::from_utf8_lossy(v.as_bytes()))
+}
+
+fn ser_opt_name<S: Serializer>(v: &Option<HeaderName>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(n) => s.serialize_str(n.as_str()),
+        None => s.serialize_none(),
+    }
+}
+
 /// Where a running sift hands its listening sockets to a successor.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct UpgradeConfig {
@@ -305,6 +336,8 @@ pub struct RouteSpec {
     pub cors: Option<crate::cors::CorsSpec>,
     pub compression: Option<crate::compress::CompressionSpec>,
     pub jwt: Option<crate::jwt::RouteJwtSpec>,
+    /// HTTP Basic authentication of the route.
+    pub basic_auth: Option<BasicAuthSpec>,
     pub rate_limits: Vec<RateLimitSpec>,
     pub max_inflight: Option<usize>,
     pub retries: Option<RetrySpec>,

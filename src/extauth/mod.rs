@@ -189,10 +189,15 @@ async fn head<'s>(
 
     // Admission, in the proxy's order.
     crate::proxy::identity_admission(route, listener, conn, req.headers())?;
-    if let Some(j) = &route.spec.jwt {
+    if route.spec.jwt.is_some() || route.spec.basic_auth.is_some() {
         let before = req.headers().clone();
         let uri = req.uri().clone();
-        crate::proxy::jwt_admission(j, route, req.headers_mut(), uri.query(), metrics)?;
+        if let Some(b) = &route.spec.basic_auth {
+            crate::proxy::basic_auth_admission(b, route, req.headers_mut(), metrics)?;
+        }
+        if let Some(j) = &route.spec.jwt {
+            crate::proxy::jwt_admission(j, route, req.headers_mut(), uri.query(), metrics)?;
+        }
         // What the check changed: claim headers set, spoofed ones and
         // (forward: false) the token removed.
         for (name, v) in req.headers() {
