@@ -1635,3 +1635,41 @@ clusters:
     assert_eq!(status("/heavy", "192.0.2.5", "x").await, 200);
     assert_eq!(status("/heavy", "192.0.2.5", "x").await, 429);
 }
+
+/// `basic_auth` on a route served to Envoy: the HTTP check refuses with
+/// the Basic challenge, or admits with the user's name for the upstream.
+#[tokio::test(flavor = "multi_thread")]
+async fn ext_authz_applies_basic_auth() {
+    let sift = Sift::start(
+        r#"log: { format: json }
+admin: { address: "127.0.0.1:0" }
+listeners:
+  - { name: authz, address: "127.0.0.1:0", serve: envoy }
+routes:
+  - name: tools
+    basic_auth: { users: ["bob:{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ="], forward_username_header: x-user }
+"#,
+    );
+    let check = |auth: Option<&'static str>| {
+        let mut b = http::Request::get(format!("http://{}/x", sift.listeners["authz"]))
+            .header("host", "tools.example");
+        if let Some(a) = auth {
+            b = b.header("authorization", a);
+        }
+        send(b.body(full("")).unwrap())
+    };
+    let r = check(None).await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["x-sift-error"], "basic-auth-missing");
+    assert_eq!(
+        r.headers()["www-authenticate"],
+        "Basic realm=\"sift\", charset=\"UTF-8\""
+    );
+    // base64("bob:secret") and base64("bob:nope").
+    let r = check(Some("Basic Ym9iOm5vcGU=")).await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["x-sift-error"], "basic-auth-invalid");
+    let r = check(Some("Basic Ym9iOnNlY3JldA==")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-user"], "bob");
+}
