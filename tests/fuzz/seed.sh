@@ -20,7 +20,7 @@ OUT=tests/fuzz/corpus
 SHARED=${SIFT_SHARED_DATA:-../shared/data}
 DATA=${SIFT_DATA_DIR:-target/data}
 [[ ${1:-} == --clean ]] && rm -rf "$OUT"
-mkdir -p "$OUT"/{mail_view,extract,cilog,models,decode,config,http_head,envoy_check,wire,rls}
+mkdir -p "$OUT"/{mail_view,extract,cilog,models,decode,config,http_head,envoy_check,wire,rls,web_auth}
 
 if [[ ! -d $DATA/spam-assassin ]]; then
     filters/spam/fetch-data.sh
@@ -233,6 +233,17 @@ calls = [
 for c in calls:
     put("rls", b"\x01" + c.encode())
 
+# web_auth: base64 text as gRPC-Web clients send it (padded per message),
+# bytes to encode, htpasswd files as htpasswd and openssl write them, and
+# Authorization headers.
+for data in (b"AAAABQo=AAAAAQ==", b"Zm9vYmFy", b"Zg==Zm8=\r\nZm9v", b"\x00\x00\x00\x00\x05hello"):
+    put("web_auth", b"\x00\x03" + data)
+for f in (b"ann:$apr1$r31.....$HqJZimcKQFAMYayBlzkrA/\nbob:{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=\x00myPassword",
+          b"# users\ncy:{SSHA}uJDd0BIdJ9Z7yDCZNWdgYeb33+cBAgME\n\x00secret"):
+    put("web_auth", b"\x01\x01" + f)
+for h in (b"Basic YW5uOnBhOnNz", b"basic Ym9iOnNlY3JldA==", b"Bearer x"):
+    put("web_auth", b"\x02\x01" + h)
+
 # wire: PROXY protocol headers (byte 0 = 0) and Redis replies (1), as
 # load balancers and Redis send them, each followed by the next bytes; DNS
 # answers (2: A records, 6: AAAA) as servers send them; TLS ClientHellos (3)
@@ -295,6 +306,6 @@ for host in ["api.example.com", "shop.apps.example", None]:
     split = b"".join(b"\x16\x03\x01" + struct.pack(">H", len(p)) + p for p in (body[:40], body[40:]))
     put("wire", b"\x03" + split)
 PY
-for t in mail_view extract cilog models decode config http_head envoy_check wire rls; do
+for t in mail_view extract cilog models decode config http_head envoy_check wire rls web_auth; do
     echo "seed: $OUT/$t: $(find "$OUT/$t" -type f | wc -l) files"
 done
