@@ -68,6 +68,22 @@ pub enum UpgradeError {
     Protocol { path: PathBuf, message: String },
 }
 
+/// An I/O error on the upgrade socket at `path`.
+fn io_error(path: &Path) -> impl Fn(std::io::Error) -> UpgradeError + Copy + '_ {
+    move |source| UpgradeError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A protocol error on the upgrade socket at `path`.
+fn protocol_error(path: &Path) -> impl Fn(String) -> UpgradeError + Copy + '_ {
+    move |message| UpgradeError::Protocol {
+        path: path.to_path_buf(),
+        message,
+    }
+}
+
 /// What a listening socket is, in an offer (the sockets follow in order).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SocketInfo {
@@ -150,10 +166,7 @@ impl Sockets {
 /// Bind the upgrade socket at `path` (mode 0600). A file left by a process
 /// that is gone is replaced; one a live sift serves is an error.
 pub fn bind(path: &Path) -> Result<UnixListener, UpgradeError> {
-    let io = |source| UpgradeError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io = io_error(path);
     if std::fs::symlink_metadata(path).is_ok() {
         match UnixStream::connect(path) {
             Ok(_) => return Err(UpgradeError::InUse(path.to_path_buf())),
@@ -228,14 +241,8 @@ fn hand_over(
     sockets: &Sockets,
     shared: &Shared,
 ) -> Result<u32, UpgradeError> {
-    let protocol = |message: String| UpgradeError::Protocol {
-        path: path.to_path_buf(),
-        message,
-    };
-    let io = |source| UpgradeError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let protocol = protocol_error(path);
+    let io = io_error(path);
     stream.set_nonblocking(false).map_err(io)?;
     let peer = rustix::net::sockopt::socket_peercred(&stream).map_err(|e| io(e.into()))?;
     if peer.uid != rustix::process::geteuid() {
@@ -372,14 +379,8 @@ pub struct Successor {
 /// Ask the sift serving `path` for its sockets. `Ok(None)`: no sift serves
 /// there (no file, or nobody listening): bind as on a first start.
 pub fn connect(path: &Path) -> Result<Option<Successor>, UpgradeError> {
-    let protocol = |message: String| UpgradeError::Protocol {
-        path: path.to_path_buf(),
-        message,
-    };
-    let io = |source| UpgradeError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let protocol = protocol_error(path);
+    let io = io_error(path);
     let stream = match UnixStream::connect(path) {
         Ok(s) => s,
         Err(e)
@@ -507,14 +508,8 @@ impl Successor {
     /// and drains. Returns its pid once it let go of the upgrade socket.
     pub fn take_over(self) -> Result<u32, UpgradeError> {
         let path = self.path.clone();
-        let protocol = |message: String| UpgradeError::Protocol {
-            path: path.clone(),
-            message,
-        };
-        let io = |source| UpgradeError::Io {
-            path: path.clone(),
-            source,
-        };
+        let protocol = protocol_error(&path);
+        let io = io_error(&path);
         drop(self.sockets);
         write_line(&self.stream, &TakeOver { take_over: true }).map_err(io)?;
         let done: Done = read_line(&mut BufReader::new(&self.stream)).map_err(protocol)?;

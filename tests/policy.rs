@@ -2641,25 +2641,7 @@ async fn grpc_web_calls_reach_a_grpc_service_and_come_back() {
         frame.extend_from_slice(&msg);
         frame
     };
-    let b64 = |b: &[u8]| {
-        // Standard base64 (the test's own, to check sift's against).
-        const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let mut s = String::new();
-        for c in b.chunks(3) {
-            let n = c.len();
-            let x = (u32::from(c[0]) << 16)
-                | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-                | u32::from(*c.get(2).unwrap_or(&0));
-            for k in 0..4 {
-                s.push(if k <= n {
-                    A[((x >> (18 - 6 * k)) & 63) as usize] as char
-                } else {
-                    '='
-                });
-            }
-        }
-        s
-    };
+    let b64 = base64;
     let unb64 = |s: &[u8]| {
         let v = |c: u8| match c {
             b'A'..=b'Z' => c - b'A',
@@ -2813,25 +2795,8 @@ async fn basic_auth_checks_htpasswd_users_and_reloads_the_file() {
         }
         send(b.body(full("")).unwrap())
     };
-    let basic = |user: &str, pass: &str| {
-        // The test's own base64 of "user:pass".
-        const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let b = format!("{user}:{pass}").into_bytes();
-        let mut s = String::from("Basic ");
-        for c in b.chunks(3) {
-            let x = (u32::from(c[0]) << 16)
-                | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-                | u32::from(*c.get(2).unwrap_or(&0));
-            for k in 0..4 {
-                s.push(if k <= c.len() {
-                    A[((x >> (18 - 6 * k)) & 63) as usize] as char
-                } else {
-                    '='
-                });
-            }
-        }
-        s
-    };
+    let basic =
+        |user: &str, pass: &str| format!("Basic {}", base64(format!("{user}:{pass}").as_bytes()));
     let r = call(None).await;
     assert_eq!(r.status(), 401);
     assert_eq!(r.headers()["x-sift-error"], "basic-auth-missing");
