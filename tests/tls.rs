@@ -1600,3 +1600,82 @@ clusters:
     let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_string(&mut got)).await;
     assert_eq!(got, "db.test", "the TLS server behind sift answered");
 }
+
+/// A binary upgrade hands an mTLS listener over: TLS handshakes with client
+/// certificates go on through the switch without a failure, and the new
+/// process verifies clients and passes their identity as the old one did.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upgrade_hands_an_mtls_listener_over() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let s = setup();
+    let up = Upstream::echo("app").await;
+    let socket = s.dir.path("upgrade.sock");
+    let cfg = tls_config(&s, "require", up.addr, "").replace(
+        "reload: { interval: 200ms }",
+        &format!(
+            "reload: {{ interval: 200ms }}\nupgrade: {{ socket: \"{}\" }}",
+            socket.display()
+        ),
+    );
+    let mut old = Sift::start(&cfg);
+    let addr = old.addr();
+    let good = frontend(&s.ca);
+    let good_cfg = client_config(&s.ca.pem, Some(&good), &["http/1.1"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        let (stop, ok, failed, cfg) = (stop.clone(), ok.clone(), failed.clone(), good_cfg.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match tls_get(addr, "localhost", cfg.clone(), "/x", &[]).await {
+                    Ok(r) if r.status == 200 => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(r) => failed.lock().unwrap().push(format!("status {}", r.status)),
+                    Err(e) => failed.lock().unwrap().push(e),
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let dir = TempDir::new();
+    let path = dir.path("sift.yaml");
+    std::fs::write(&path, &cfg).unwrap();
+    let new = Sift::start_with(dir, path, &["--upgrade"]).unwrap();
+    assert_eq!(new.addr(), addr);
+    let exited = tokio::task::block_in_place(|| old.wait_exit(Duration::from_secs(10)));
+    assert!(exited.is_some_and(|s| s.success()), "{exited:?}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let failed = failed.lock().unwrap().clone();
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(
+        ok.load(Ordering::Relaxed) > 10,
+        "{}",
+        ok.load(Ordering::Relaxed)
+    );
+    // The new process verifies clients and passes their identity.
+    let r = tls_get(addr, "localhost", good_cfg, "/x", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let xfcc = echo_json(&r)["headers"]["x-forwarded-client-cert"][0]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        xfcc.ends_with(";URI=spiffe://prod.example/ns/web/sa/frontend"),
+        "{xfcc}"
+    );
+    let anonymous = client_config(&s.ca.pem, None, &["http/1.1"]);
+    assert!(
+        tls_get(addr, "localhost", anonymous, "/x", &[])
+            .await
+            .is_err()
+    );
+}
