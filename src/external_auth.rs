@@ -58,6 +58,16 @@ pub struct ExternalAuthSpec {
     pub client_headers_on_success: Vec<NamePattern>,
     pub failure_mode_allow: bool,
     pub status_on_error: u16,
+    /// Send the client's body with the check (Envoy's with_request_body).
+    pub with_body: Option<WithBody>,
+}
+
+/// An `external_auth`'s `with_request_body`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct WithBody {
+    pub max_request_bytes: u64,
+    pub allow_partial_message: bool,
+    pub pack_as_bytes: bool,
 }
 
 /// How the service is asked.
@@ -163,6 +173,9 @@ pub struct Client<'a> {
     pub tls: bool,
     pub ip: &'a str,
     pub headers: &'a HeaderMap,
+    /// With `with_request_body`: the body sent (at most
+    /// `max_request_bytes`) and whether it is only a part of it.
+    pub body: Option<(Bytes, bool)>,
 }
 
 /// Why a check got no answer to decide on.
@@ -370,7 +383,17 @@ async fn exchange(
         .path_and_query(path)
         .build()
         .map_err(|e| Failed::Send(format!("bad check URI: {e}")))?;
-    let mut req = Request::new(crate::body::empty());
+    let mut req = Request::new(match &client.body {
+        Some((b, _)) => crate::body::full(b.clone()),
+        None => crate::body::empty(),
+    });
+    if let Some((b, partial)) = &client.body {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(b.len()));
+        headers.insert(
+            HeaderName::from_static("x-envoy-auth-partial-body"),
+            HeaderValue::from_static(if *partial { "true" } else { "false" }),
+        );
+    }
     *req.method_mut() = spec.method.clone().unwrap_or_else(|| client.method.clone());
     *req.uri_mut() = uri;
     *req.version_mut() = if h2 {
@@ -477,6 +500,20 @@ async fn exchange_grpc(
                     }
                     .to_string(),
                     size,
+                    body: match (
+                        &client.body,
+                        spec.with_body.as_ref().is_some_and(|w| w.pack_as_bytes),
+                    ) {
+                        (Some((b, _)), false) => String::from_utf8_lossy(b).into_owned(),
+                        _ => String::new(),
+                    },
+                    raw_body: match (
+                        &client.body,
+                        spec.with_body.as_ref().is_some_and(|w| w.pack_as_bytes),
+                    ) {
+                        (Some((b, _)), true) => b.to_vec(),
+                        _ => Vec::new(),
+                    },
                     ..Default::default()
                 }),
                 ..Default::default()

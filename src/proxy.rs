@@ -654,6 +654,41 @@ async fn proxy(
     //     the service nothing. Its answer may set request headers, so the
     //     borrowed host is read again after it.
     let mut auth_client_headers = Vec::new();
+    // With `with_request_body` the body is held before the check (up to
+    // the largest of its limit and the route's block/annotate filters',
+    // which then read the same held bytes).
+    let mut held_early = None;
+    let mut auth_body = None;
+    if let Some(w) = route
+        .spec
+        .external_auth
+        .as_ref()
+        .and_then(|a| a.with_body.as_ref())
+    {
+        let cap = route
+            .filters
+            .iter()
+            .filter(|f| f.spec.usage.mode != crate::config::file::FilterMode::Shadow)
+            .map(|f| f.spec.usage.max_inspect_bytes)
+            .fold(w.max_request_bytes, u64::max);
+        drop(host);
+        let h = Box::pin(crate::filter::chain::hold(
+            req.body_mut(),
+            cap,
+            route.spec.max_request_body.0,
+        ))
+        .await?;
+        let partial = !h.complete || h.data.len() as u64 > w.max_request_bytes;
+        if partial && !w.allow_partial_message {
+            return Err(ProxyError::BodyTooLarge {
+                limit: w.max_request_bytes,
+            });
+        }
+        let n = h.data.len().min(w.max_request_bytes as usize);
+        auth_body = Some((h.data.slice(..n), partial));
+        held_early = Some(h);
+        host = request_host(&req)?;
+    }
     let host = match (&route.spec.external_auth, &route.auth) {
         (Some(spec), Some((cluster, counters))) => {
             // As the client wrote it (with its port), already checked.
@@ -677,6 +712,7 @@ async fn proxy(
                 tls: conn.tls,
                 ip: &ip,
                 headers: req.headers(),
+                body: auth_body,
             };
             let (outcome, r) = Box::pin(crate::external_auth::check(
                 spec,
@@ -825,9 +861,9 @@ async fn proxy(
         route.spec.response_headers.apply(h);
         return Ok(resp);
     }
-    let mut held = None;
+    let mut body_awaited = held_early.is_some();
+    let mut held = held_early;
     let mut spilled = None;
-    let mut body_awaited = false;
     let mut decision = crate::filter::chain::Decision::default();
     let held_filters: Vec<&crate::snapshot::RouteFilter> = route
         .filters
@@ -860,7 +896,12 @@ async fn proxy(
                 d
             })
         } else {
-            match Box::pin(crate::filter::chain::hold(req.body_mut(), cap, limit)).await {
+            let h = match held.take() {
+                // Held already for the external auth check.
+                Some(h) => Ok(h),
+                None => Box::pin(crate::filter::chain::hold(req.body_mut(), cap, limit)).await,
+            };
+            match h {
                 Ok(h) => {
                     let r = Box::pin(crate::filter::chain::run_held(
                         pool,

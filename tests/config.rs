@@ -228,3 +228,31 @@ fn the_upgrade_section_is_checked() {
         err("{ socket: /a, expose: all }").contains("Unknown field `expose`, expected `socket`")
     );
 }
+
+#[test]
+fn external_auth_with_request_body_is_checked() {
+    let err = |auth: &str, filters: &str| {
+        let cfg = format!(
+            "listeners: [{{ name: main, address: \"127.0.0.1:0\" }}]\nfilters: [ {{ name: spam, kind: spam }} ]\nroutes:\n  - {{ name: r, cluster: c, external_auth: {{ cluster: a, {auth} }}{filters} }}\nclusters:\n  - {{ name: c, endpoints: [\"127.0.0.1:1\"] }}\n  - {{ name: a, endpoints: [\"127.0.0.1:2\"] }}\n"
+        );
+        sift::config::load_str(&cfg)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    assert!(err("with_request_body: { max_request_bytes: 8KiB }", "").is_empty());
+    assert!(
+        err("with_request_body: { max_request_bytes: 0B }", "")
+            .contains("must be between 1 byte and 16MiB")
+    );
+    assert!(
+        err("with_request_body: { max_request_bytes: 32MiB }", "")
+            .contains("must be between 1 byte and 16MiB")
+    );
+    let spool = ", filters: [ { filter: spam, mode: block, on_oversize: spool } ]";
+    assert!(
+        err("with_request_body: { max_request_bytes: 8KiB }", spool)
+            .contains("not with a filter that spools")
+    );
+    assert!(err("", spool).is_empty(), "spooling alone is fine");
+}

@@ -2879,3 +2879,100 @@ fn basic_auth_is_checked() {
         "printable characters",
     );
 }
+
+/// `external_auth.with_request_body` (Envoy's): the service sees the body
+/// (HTTP: as the check's body, with `x-envoy-auth-partial-body`; gRPC: as
+/// `body` or `raw_body`), the app still gets all of it; a body over the
+/// limit is a 413 unless partial messages are allowed.
+#[tokio::test(flavor = "multi_thread")]
+async fn external_auth_sends_the_body_when_asked() {
+    let seen: Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+    let s2 = seen.clone();
+    let auth = Upstream::start(move |req: Request<hyper::body::Incoming>| {
+        let seen = s2.clone();
+        async move {
+            let partial = req
+                .headers()
+                .get("x-envoy-auth-partial-body")
+                .map(|v| v.to_str().unwrap_or("").to_string())
+                .unwrap_or_default();
+            let body = http_body_util::BodyExt::collect(req.into_body())
+                .await
+                .unwrap()
+                .to_bytes()
+                .to_vec();
+            let ok = body.starts_with(b"ok");
+            seen.lock().unwrap().push((partial, body));
+            text_response(if ok { 200 } else { 403 }, "checked")
+        }
+    })
+    .await;
+    let opa = grpc_auth::Opa::default();
+    let (opa_addr, _task) = grpc_auth::start(opa.clone()).await;
+    let app = Upstream::echo("app").await;
+    let cfg = config(
+        &format!(
+            r#"  - {{ name: app, endpoints: ["{}"] }}
+  - {{ name: auth, endpoints: ["{}"] }}
+  - {{ name: opa, endpoints: ["{opa_addr}"], protocol: http2 }}"#,
+            app.addr, auth.addr
+        ),
+        r#"  - name: whole
+    match: { path: { prefix: /whole } }
+    cluster: app
+    external_auth: { cluster: auth, path: /check, method: POST, with_request_body: { max_request_bytes: 1KiB } }
+  - name: part
+    match: { path: { prefix: /part } }
+    cluster: app
+    external_auth: { cluster: auth, path: /check, method: POST, with_request_body: { max_request_bytes: 16B, allow_partial_message: true } }
+  - name: grpc
+    match: { path: { prefix: /grpc } }
+    cluster: app
+    external_auth: { cluster: opa, protocol: grpc, with_request_body: { max_request_bytes: 1KiB, pack_as_bytes: true } }"#,
+    );
+    let sift = Sift::start(&cfg);
+    let post = |path: &str, body: Vec<u8>| {
+        Request::post(sift.url(path))
+            .header("authorization", "Bearer good")
+            .body(full(body))
+            .unwrap()
+    };
+    let body_len = |r: &http::Response<bytes::Bytes>| {
+        serde_json::from_slice::<serde_json::Value>(r.body()).unwrap()["body_len"].clone()
+    };
+    // The whole body to the service, then to the app.
+    let r = send(post("/whole", b"ok: hello".to_vec())).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(body_len(&r), 9);
+    assert_eq!(
+        seen.lock().unwrap().last().cloned(),
+        Some(("false".to_string(), b"ok: hello".to_vec()))
+    );
+    // The service decides on the body.
+    let r = send(post("/whole", b"no: hello".to_vec())).await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(r.headers()["x-sift-error"], "auth-denied");
+    // Over the limit without partial messages: 413, the service not asked.
+    let asked = seen.lock().unwrap().len();
+    let r = send(post("/whole", [b"ok".to_vec(), vec![b'x'; 2000]].concat())).await;
+    assert_eq!(r.status(), 413);
+    assert_eq!(r.headers()["x-sift-error"], "body-too-large");
+    assert_eq!(seen.lock().unwrap().len(), asked);
+    // Partial: the first 16 bytes to the service, all 100 to the app.
+    let big = [b"ok".to_vec(), vec![b'y'; 98]].concat();
+    let r = send(post("/part", big.clone())).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(body_len(&r), 100);
+    assert_eq!(
+        seen.lock().unwrap().last().cloned(),
+        Some(("true".to_string(), big[..16].to_vec()))
+    );
+    // gRPC: raw_body (pack_as_bytes) in the CheckRequest.
+    let r = send(post("/grpc", b"\x00\x01binary".to_vec())).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(body_len(&r), 8);
+    let http = opa.seen.lock().unwrap().last().cloned().unwrap();
+    let http = http.attributes.unwrap().request.unwrap().http.unwrap();
+    assert_eq!(http.raw_body, b"\x00\x01binary".to_vec());
+    assert!(http.body.is_empty());
+}

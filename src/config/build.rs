@@ -1855,6 +1855,21 @@ fn build_routes(
         });
         if let Some(last) = out.last_mut() {
             last.verdict_headers = route_verdict_headers(&last.filters, filters);
+            let with_body = last
+                .external_auth
+                .as_ref()
+                .is_some_and(|a| a.with_body.is_some());
+            if with_body
+                && last
+                    .filters
+                    .iter()
+                    .any(|f| f.usage.on_oversize == OnOversize::Spool)
+            {
+                e.push(
+                    format!("{p}.external_auth.with_request_body"),
+                    "not with a filter that spools (`on_oversize: spool`): the check reads the body first",
+                );
+            }
         }
     }
     out
@@ -2249,6 +2264,14 @@ fn build_external_auth(
         .map(|l| names(l, "client_headers", e));
     let client_headers_on_success =
         names(&a.client_headers_on_success, "client_headers_on_success", e);
+    if let Some(w) = &a.with_request_body {
+        if w.max_request_bytes.0 == 0 || w.max_request_bytes.0 > 16 << 20 {
+            e.push(
+                format!("{p}.with_request_body.max_request_bytes"),
+                "must be between 1 byte and 16MiB",
+            );
+        }
+    }
     let status_on_error = a.status_on_error.unwrap_or(403);
     if !(200..=599).contains(&status_on_error) {
         e.push(format!("{p}.status_on_error"), "must be 200..=599");
@@ -2271,6 +2294,14 @@ fn build_external_auth(
         client_headers_on_success,
         failure_mode_allow: a.failure_mode_allow.unwrap_or(false),
         status_on_error,
+        with_body: a
+            .with_request_body
+            .as_ref()
+            .map(|w| crate::external_auth::WithBody {
+                max_request_bytes: w.max_request_bytes.0.min(16 << 20),
+                allow_partial_message: w.allow_partial_message.unwrap_or(false),
+                pack_as_bytes: w.pack_as_bytes.unwrap_or(false),
+            }),
     })
 }
 

@@ -263,6 +263,25 @@ pub struct ExternalAuthFile {
     /// failure_mode_allow is false (default 403).
     #[serde(default)]
     pub status_on_error: Option<u16>,
+    /// Send the client's body with the check (Envoy's with_request_body):
+    /// the body is held up to `max_request_bytes` before the check.
+    #[serde(default)]
+    pub with_request_body: Option<WithRequestBodyFile>,
+}
+
+/// An `external_auth`'s `with_request_body`.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WithRequestBodyFile {
+    /// Most body bytes sent (required; at most 16MiB).
+    pub max_request_bytes: crate::config::units::Bytes,
+    /// A longer body: its first `max_request_bytes` are sent (and
+    /// `x-envoy-auth-partial-body: true`), instead of a 413 (default false).
+    #[serde(default)]
+    pub allow_partial_message: Option<bool>,
+    /// gRPC: the body as `raw_body` bytes, not `body` text (default false).
+    #[serde(default)]
+    pub pack_as_bytes: Option<bool>,
 }
 
 /// The top-level `rate_limit_service`: sift answers Envoy's
