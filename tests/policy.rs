@@ -2886,7 +2886,9 @@ fn basic_auth_is_checked() {
 /// limit is a 413 unless partial messages are allowed.
 #[tokio::test(flavor = "multi_thread")]
 async fn external_auth_sends_the_body_when_asked() {
-    let seen: Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+    // What the service got: the partial-body header and the body.
+    type Seen = Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+    let seen: Seen = Arc::default();
     let s2 = seen.clone();
     let auth = Upstream::start(move |req: Request<hyper::body::Incoming>| {
         let seen = s2.clone();
