@@ -538,6 +538,14 @@ async fn proxy(
         log.route = Some(Arc::from(route.spec.name.as_str()));
     }
     out.route_index = Some(route.index);
+    // A gRPC-Web call on a translating route: from here on sift's own
+    // answers are gRPC answers (in the gRPC-Web form: `handle`).
+    if route.spec.grpc_web
+        && let Some((mode, _)) = crate::grpc_web::request(req.headers())
+    {
+        out.grpc_web = Some(mode);
+        out.grpc = true;
+    }
 
     // 3b. CORS: a preflight from an allowed origin is sift's to answer,
     //     before admission (Envoy's cors filter runs before its router).
@@ -1069,8 +1077,6 @@ async fn proxy(
         if *mode == crate::grpc_web::Mode::Text {
             h.remove(header::CONTENT_LENGTH);
         }
-        out.grpc_web = Some(*mode);
-        out.grpc = true;
     }
     // An HTTP/2 upstream gets the request's host as :authority (RFC 9113
     // §8.3.1), not the endpoint's address, and no Host header beside it;

@@ -2620,7 +2620,8 @@ async fn grpc_web_calls_reach_a_grpc_service_and_come_back() {
   - {{ name: nowhere, endpoints: [], protocol: http2 }}"#
         ),
         r#"  - { name: web, match: { path: { prefix: /envoy.service.auth.v3.Authorization/ } }, cluster: authz, grpc_web: true }
-  - { name: down, match: { path: { prefix: /down/ } }, cluster: nowhere, grpc_web: true }"#,
+  - { name: down, match: { path: { prefix: /down/ } }, cluster: nowhere, grpc_web: true }
+  - { name: limited, match: { path: { prefix: /limited/ } }, cluster: authz, grpc_web: true, rate_limits: [ { name: once, requests_per_unit: 1, unit: minute } ] }"#,
     );
     let sift = Sift::start(&cfg);
     let request = |token: &str| {
@@ -2737,6 +2738,25 @@ async fn grpc_web_calls_reach_a_grpc_service_and_come_back() {
     )
     .await;
     assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["grpc-status"], "14");
+    assert_eq!(r.headers()["content-type"], "application/grpc-web");
+
+    // An answer sift gives before forwarding (a rate limit) is a gRPC
+    // answer too.
+    let _ = call(
+        "/limited/x",
+        "application/grpc-web+proto",
+        request("Bearer good"),
+    )
+    .await;
+    let r = call(
+        "/limited/x",
+        "application/grpc-web+proto",
+        request("Bearer good"),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-sift-error"], "rate-limited");
     assert_eq!(r.headers()["grpc-status"], "14");
     assert_eq!(r.headers()["content-type"], "application/grpc-web");
 
