@@ -255,4 +255,10 @@ fn external_auth_with_request_body_is_checked() {
             .contains("not with a filter that spools")
     );
     assert!(err("", spool).is_empty(), "spooling alone is fine");
+    let answer = "listeners: [{ name: main, address: \"127.0.0.1:0\" }]\nfilters: [ { name: spam, kind: spam } ]\nroutes:\n  - { name: r, answer: spam, external_auth: { cluster: a, with_request_body: { max_request_bytes: 1KiB } } }\nclusters:\n  - { name: a, endpoints: [\"127.0.0.1:2\"] }\n";
+    let e = sift::config::load_str(answer)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("not on an `answer` route"), "{e}");
 }

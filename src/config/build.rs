@@ -1870,6 +1870,12 @@ fn build_routes(
                     "not with a filter that spools (`on_oversize: spool`): the check reads the body first",
                 );
             }
+            if with_body && local == Some("answer") {
+                e.push(
+                    format!("{p}.external_auth.with_request_body"),
+                    "not on an `answer` route: its filter reads the body itself",
+                );
+            }
         }
     }
     out
