@@ -181,6 +181,16 @@ async fn route(
                         .set((not_after - unix) as f64);
                 }
             }
+            for (name, c) in &snap.clusters {
+                let Some((_, until)) = c.tls().and_then(|t| t.current().client_cert) else {
+                    continue;
+                };
+                shared
+                    .metrics
+                    .upstream_tls_cert_expiry
+                    .with_label_values(&[name.as_str()])
+                    .set((until - unix) as f64);
+            }
             for r in &snap.routes {
                 let Some(c) = &r.canary else { continue };
                 for (b, w) in r.spec.backends.iter().zip(c.weights().iter()) {
@@ -429,10 +439,11 @@ async fn canary(req: Request<Incoming>, path: &str, shared: &Shared) -> Response
     }
 }
 
-/// Watch every TLS listener's certificate, key, CA and CRL files (at the
-/// config's reload interval) and rotate them in place: new handshakes use
-/// the new material, open connections continue; a broken file is rejected,
-/// logged and counted, and the old material keeps serving.
+/// Watch every TLS listener's certificate, key, CA and CRL files, and every
+/// cluster's CA, client certificate and key (at the config's reload
+/// interval), and rotate them in place: new handshakes use the new
+/// material, open connections continue; a broken file is rejected, logged
+/// and counted, and the old material keeps serving.
 pub async fn tls_watcher(shared: Arc<Shared>) {
     loop {
         let interval = shared.snapshot.load().config.reload.interval.0;
@@ -451,6 +462,25 @@ pub async fn tls_watcher(shared: Arc<Shared>) {
                 Some(Err(e)) => {
                     metrics.tls_reloads.with_label_values(&[&name, "failure"]).inc();
                     tracing::error!(listener = %name, error = %e, "new TLS material rejected; the previous certificate keeps serving");
+                }
+            })
+            .await;
+        }
+        for (name, c) in &snap.clusters {
+            let Some(tls) = c.tls().cloned() else {
+                continue;
+            };
+            let name = name.clone();
+            let metrics = shared.metrics.clone();
+            let _ = tokio::task::spawn_blocking(move || match tls.rotate_if_changed() {
+                None => {}
+                Some(Ok(())) => {
+                    metrics.upstream_tls_reloads.with_label_values(&[&name, "success"]).inc();
+                    tracing::info!(cluster = %name, "upstream TLS material rotated");
+                }
+                Some(Err(e)) => {
+                    metrics.upstream_tls_reloads.with_label_values(&[&name, "failure"]).inc();
+                    tracing::error!(cluster = %name, error = %e, "new upstream TLS material rejected; the previous material keeps serving");
                 }
             })
             .await;

@@ -70,6 +70,8 @@ pub struct Metrics {
     pub tls_resumed_handshakes: IntCounterVec,
     pub tls_cert_expiry: prometheus::GaugeVec,
     pub tls_reloads: IntCounterVec,
+    pub upstream_tls_cert_expiry: prometheus::GaugeVec,
+    pub upstream_tls_reloads: IntCounterVec,
     pub filters: FilterMetrics,
 }
 
@@ -583,8 +585,26 @@ impl Metrics {
             &["listener", "result"],
         )
         .expect("valid metric");
+        let upstream_tls_cert_expiry = prometheus::GaugeVec::new(
+            Opts::new(
+                "sift_upstream_tls_cert_expiry_seconds",
+                "Seconds until a cluster's client certificate expires (negative: expired), refreshed at scrape.",
+            ),
+            &["cluster"],
+        )
+        .expect("valid metric");
+        let upstream_tls_reloads = IntCounterVec::new(
+            Opts::new(
+                "sift_upstream_tls_reloads_total",
+                "A cluster's CA / client certificate / key file changes by result (success, failure: the old material keeps serving).",
+            ),
+            &["cluster", "result"],
+        )
+        .expect("valid metric");
         for m in [
-            Box::new(tls_handshakes.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(upstream_tls_cert_expiry.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(upstream_tls_reloads.clone()),
+            Box::new(tls_handshakes.clone()),
             Box::new(tls_handshake_failures.clone()),
             Box::new(tls_resumed_handshakes.clone()),
             Box::new(tls_cert_expiry.clone()),
@@ -709,6 +729,8 @@ impl Metrics {
             tls_resumed_handshakes,
             tls_cert_expiry,
             tls_reloads,
+            upstream_tls_cert_expiry,
+            upstream_tls_reloads,
         }
     }
 

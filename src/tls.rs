@@ -66,6 +66,10 @@ pub struct UpstreamTlsSpec {
     pub server_name: Option<String>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    /// When not empty: the upstream certificate must carry one of these
+    /// SANs (URI exactly, DNS case-insensitively) instead of the server
+    /// name (Istio's `subjectAltNames`).
+    pub subject_alt_names: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -583,10 +587,20 @@ impl ListenerTls {
 /// A client config for an upstream cluster.
 pub fn client_config(spec: &UpstreamTlsSpec) -> Result<rustls::ClientConfig, TlsError> {
     let roots = root_store(&spec.ca)?;
-    let builder = rustls::ClientConfig::builder_with_provider(provider())
+    let versions = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_root_certificates(roots);
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let builder = if spec.subject_alt_names.is_empty() {
+        versions.with_root_certificates(roots)
+    } else {
+        versions
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(SanVerifier {
+                roots: Arc::new(roots),
+                names: spec.subject_alt_names.clone(),
+                algs: provider().signature_verification_algorithms,
+            }))
+    };
     match (&spec.cert, &spec.key) {
         (Some(c), Some(k)) => {
             let chain = load_certs(c)?;
@@ -602,6 +616,209 @@ pub fn client_config(spec: &UpstreamTlsSpec) -> Result<rustls::ClientConfig, Tls
         _ => Err(TlsError::Config(
             "give both cert and key, or neither".into(),
         )),
+    }
+}
+
+/// An upstream TLS client (a cluster's): read again when its CA, client
+/// certificate or key file changes, as a listener's material is. New
+/// connections use the new material; open and pooled ones keep theirs.
+pub struct UpstreamTls {
+    pub spec: UpstreamTlsSpec,
+    /// SNI and checked name from `server_name` (else the endpoint host).
+    pub sni: Option<rustls::pki_types::ServerName<'static>>,
+    alpn: Vec<Vec<u8>>,
+    current: ArcSwap<UpstreamTlsLoaded>,
+    /// The files' state last read, and when a rejected client certificate
+    /// that was not valid yet becomes valid.
+    seen: Mutex<(Fingerprint, Option<i64>)>,
+}
+
+/// One reading of an upstream TLS client's files.
+pub struct UpstreamTlsLoaded {
+    /// With the cluster's ALPN.
+    pub connector: tokio_rustls::TlsConnector,
+    /// Without ALPN (the TCP proxy's connections are not HTTP).
+    pub raw: tokio_rustls::TlsConnector,
+    /// The client certificate's validity (not before, not after; Unix s).
+    pub client_cert: Option<(i64, i64)>,
+}
+
+impl UpstreamTls {
+    pub fn new(spec: UpstreamTlsSpec, alpn: Vec<Vec<u8>>) -> Result<Arc<Self>, TlsError> {
+        let sni = match &spec.server_name {
+            Some(n) => Some(
+                rustls::pki_types::ServerName::try_from(n.clone())
+                    .map_err(|e| TlsError::Config(format!("server_name: {e}")))?,
+            ),
+            None => None,
+        };
+        let seen = fingerprint(&Self::paths(&spec));
+        let loaded = Self::load(&spec, &alpn)?;
+        Ok(Arc::new(UpstreamTls {
+            spec,
+            sni,
+            alpn,
+            current: ArcSwap::from_pointee(loaded),
+            seen: Mutex::new((seen, None)),
+        }))
+    }
+
+    fn paths(spec: &UpstreamTlsSpec) -> Vec<&Path> {
+        [Some(&spec.ca), spec.cert.as_ref(), spec.key.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(PathBuf::as_path)
+            .collect()
+    }
+
+    fn load(spec: &UpstreamTlsSpec, alpn: &[Vec<u8>]) -> Result<UpstreamTlsLoaded, TlsError> {
+        let raw = client_config(spec)?;
+        let mut http = raw.clone();
+        http.alpn_protocols = alpn.to_vec();
+        let client_cert = match &spec.cert {
+            Some(c) => load_certs(c)?
+                .first()
+                .and_then(|d| CertInfo::parse(d.as_ref()))
+                .map(|i| (i.not_before, i.not_after)),
+            None => None,
+        };
+        Ok(UpstreamTlsLoaded {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(http)),
+            raw: tokio_rustls::TlsConnector::from(Arc::new(raw)),
+            client_cert,
+        })
+    }
+
+    pub fn current(&self) -> Arc<UpstreamTlsLoaded> {
+        self.current.load_full()
+    }
+
+    /// Read the files again when any changed (symlink swaps included).
+    /// `None`: no change; `Some(Err)`: rejected, the old material serves.
+    /// A client certificate outside its validity is rejected too (every
+    /// upstream would refuse it); one not valid yet is read again once it
+    /// is.
+    pub fn rotate_if_changed(&self) -> Option<Result<(), TlsError>> {
+        let files = fingerprint(&Self::paths(&self.spec));
+        let now = unix_now();
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let due = seen.1.is_some_and(|t| t <= now);
+        if seen.0 == files && !due {
+            return None;
+        }
+        *seen = (files, None);
+        drop(seen);
+        let loaded = match Self::load(&self.spec, &self.alpn) {
+            Ok(l) => l,
+            Err(e) => return Some(Err(e)),
+        };
+        if let (Some((from, until)), Some(path)) = (loaded.client_cert, &self.spec.cert) {
+            let label = path.display().to_string();
+            if until < now {
+                return Some(Err(TlsError::Expired {
+                    label,
+                    until: show_time(until),
+                }));
+            }
+            if from > now {
+                self.seen.lock().unwrap_or_else(|p| p.into_inner()).1 = Some(from);
+                return Some(Err(TlsError::NotYetValid {
+                    label,
+                    from: show_time(from),
+                }));
+            }
+        }
+        self.current.store(Arc::new(loaded));
+        Some(Ok(()))
+    }
+}
+
+/// Verifies an upstream's certificate chain against the CA as rustls'
+/// own verifier does, then its subject alternative names against a list,
+/// in place of the server name: how Istio's DestinationRule
+/// `subjectAltNames` and Envoy's `match_typed_subject_alt_names` check a
+/// mesh peer whose certificate names a workload (a SPIFFE ID), not a host.
+#[derive(Debug)]
+struct SanVerifier {
+    roots: Arc<RootCertStore>,
+    names: Vec<String>,
+    algs: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+/// The upstream certificate's SANs are none of `subject_alt_names`.
+#[derive(thiserror::Error)]
+#[error("the certificate's SANs {presented:?} match none of subject_alt_names {expected:?}")]
+struct SanMismatch {
+    presented: Vec<String>,
+    expected: Vec<String>,
+}
+
+/// rustls shows the reason of a certificate error by `Debug`: the message.
+impl std::fmt::Debug for SanMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+/// Does a certificate with these SANs carry one of `names`: a URI SAN
+/// exactly, a DNS SAN ignoring ASCII case (as the names are compared).
+pub fn san_matches(names: &[String], info: &CertInfo) -> bool {
+    names.iter().any(|n| {
+        info.uris.iter().any(|u| u == n) || info.dns.iter().any(|d| d.eq_ignore_ascii_case(n))
+    })
+}
+
+impl rustls::client::danger::ServerCertVerifier for SanVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &self.roots,
+            intermediates,
+            now,
+            self.algs.all,
+        )?;
+        let info = CertInfo::parse(end_entity.as_ref()).ok_or(
+            rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding),
+        )?;
+        if san_matches(&self.names, &info) {
+            return Ok(rustls::client::danger::ServerCertVerified::assertion());
+        }
+        Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::Other(rustls::OtherError(Arc::new(SanMismatch {
+                presented: info.uris.into_iter().chain(info.dns).collect(),
+                expected: self.names.clone(),
+            }))),
+        ))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.algs.supported_schemes()
     }
 }
 

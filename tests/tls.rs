@@ -1679,3 +1679,274 @@ async fn an_upgrade_hands_an_mtls_listener_over() {
             .is_err()
     );
 }
+
+/// An HTTPS upstream with `cert`/`key` (PEM files under `dir`), asking for
+/// an optional client certificate from `client_ca`: it answers each
+/// request with the client certificate's CN (`anonymous` without one) and
+/// `connection: close`, so every request is a new handshake.
+async fn https_upstream(
+    dir: &TempDir,
+    tag: &str,
+    server: &Leaf,
+    client_ca: &str,
+) -> std::net::SocketAddr {
+    let spec = sift::tls::ListenerTlsSpec {
+        certificates: vec![sift::tls::CertSpec {
+            cert: write(dir, &format!("{tag}-up.pem"), &server.cert),
+            key: write(dir, &format!("{tag}-up.key"), &server.key),
+            server_names: vec![],
+        }],
+        mode: sift::tls::MtlsMode::Optional,
+        ca: Some(write(dir, &format!("{tag}-up-clients.pem"), client_ca)),
+        crls: vec![],
+        alpn: vec!["http/1.1".into()],
+        tickets: false,
+        session_cache: 0,
+    };
+    let cfg = sift::tls::server_config(&spec).unwrap().config;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+        while let Ok((tcp, _)) = l.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let cn = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|d| sift::tls::CertInfo::parse(d.as_ref()))
+                    .and_then(|i| i.cn)
+                    .unwrap_or_else(|| "anonymous".into());
+                let svc = hyper::service::service_fn(move |_req| {
+                    let cn = cn.clone();
+                    async move {
+                        let mut r = http::Response::new(full(cn));
+                        r.headers_mut()
+                            .insert("connection", http::HeaderValue::from_static("close"));
+                        Ok::<_, std::convert::Infallible>(r)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// `subject_alt_names` checks the upstream's workload identity (a SPIFFE
+/// ID in its URI SAN) instead of a host name, as Istio's DestinationRule
+/// `subjectAltNames` does: the right ID passes whatever the server name,
+/// another ID fails, and the chain is still checked (the right ID from
+/// another CA fails). Without the list the server name is checked as
+/// before.
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_subject_alt_names_check_the_workload() {
+    let s = setup();
+    let api_id = "spiffe://prod.example/ns/api/sa/api";
+    let api = leaf(&s.ca, &[], Some(api_id), "api", true, false, Alg::Ecdsa);
+    let up = https_upstream(&s.dir, "api", &api, &s.ca.pem).await;
+    // The same workload ID, from a CA sift does not trust.
+    let rogue = leaf(
+        &s.other_ca,
+        &[],
+        Some(api_id),
+        "rogue",
+        true,
+        false,
+        Alg::Ecdsa,
+    );
+    let rogue_up = https_upstream(&s.dir, "rogue", &rogue, &s.ca.pem).await;
+    let ca = s.dir.path("ca.pem");
+    let cfg = format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+routes:
+  - {{ name: right, match: {{ path: {{ prefix: /right }} }}, cluster: right }}
+  - {{ name: dns, match: {{ path: {{ prefix: /dns }} }}, cluster: dns }}
+  - {{ name: wrong, match: {{ path: {{ prefix: /wrong }} }}, cluster: wrong }}
+  - {{ name: rogue, match: {{ path: {{ prefix: /rogue }} }}, cluster: rogue }}
+  - {{ name: byname, cluster: byname }}
+clusters:
+  - name: right
+    endpoints: ["{up}"]
+    tls: {{ ca: "{ca}", server_name: api.internal, subject_alt_names: ["spiffe://prod.example/ns/web/sa/web", "{api_id}"] }}
+  - name: dns
+    endpoints: ["{up}"]
+    tls: {{ ca: "{ca}", subject_alt_names: ["api.internal"] }}
+  - name: wrong
+    endpoints: ["{up}"]
+    tls: {{ ca: "{ca}", subject_alt_names: ["spiffe://prod.example/ns/api/sa/other"] }}
+  - name: rogue
+    endpoints: ["{rogue_up}"]
+    tls: {{ ca: "{ca}", subject_alt_names: ["{api_id}"] }}
+  - name: byname
+    endpoints: ["{up}"]
+    tls: {{ ca: "{ca}", server_name: api.internal }}
+"#,
+        ca = ca.display(),
+    );
+    let sift = Sift::start(&cfg);
+    let (status, body) = get_text(&sift.url("/right")).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "anonymous"),
+        "the listed SPIFFE ID passes"
+    );
+    for path in ["/dns", "/wrong", "/rogue", "/byname"] {
+        let r = send(Request::get(sift.url(path)).body(body::empty()).unwrap()).await;
+        assert_eq!(r.status(), 502, "{path}");
+        assert_eq!(
+            r.headers()["x-sift-error"],
+            "upstream-connect-failure",
+            "{path}"
+        );
+    }
+    let logs = sift.log_lines().join("\n");
+    assert!(
+        logs.contains(
+            "match none of subject_alt_names [\\\"spiffe://prod.example/ns/api/sa/other\\\"]"
+        ),
+        "the mismatch is named in the log: {logs}"
+    );
+    // A bad list is a config error, not a certificate that passes.
+    let bad = cfg.replace(
+        r#"subject_alt_names: ["api.internal"]"#,
+        r#"subject_alt_names: ["api internal"]"#,
+    );
+    let path = write(&s.dir, "bad.yaml", &bad);
+    let out = std::process::Command::new(sift_bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("clusters[1].tls.subject_alt_names[0]") && err.contains("is not a SAN"),
+        "{err}"
+    );
+}
+
+/// A cluster's client certificate and CA bundle rotate from their files
+/// while sift runs, as a listener's do: new connections use the new
+/// material, a broken file is rejected and counted while the old material
+/// keeps serving, and the client certificate's expiry is a metric.
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_client_certificates_and_cas_rotate() {
+    let s = setup();
+    let server = leaf(&s.ca, &["localhost"], None, "up", true, false, Alg::Ecdsa);
+    let up = https_upstream(&s.dir, "up", &server, &s.ca.pem).await;
+    // An upstream whose certificate comes from the other CA.
+    let other = leaf(
+        &s.other_ca,
+        &["localhost"],
+        None,
+        "other",
+        true,
+        false,
+        Alg::Ecdsa,
+    );
+    let other_up = https_upstream(&s.dir, "other", &other, &s.ca.pem).await;
+    let v1 = leaf(&s.ca, &[], None, "client-v1", false, false, Alg::Ecdsa);
+    let cert = write(&s.dir, "client.pem", &v1.cert);
+    let key = write(&s.dir, "client.key", &v1.key);
+    let bundle = write(&s.dir, "bundle.pem", &s.ca.pem);
+    let cfg = format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+reload: {{ interval: 100ms }}
+listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+routes:
+  - {{ name: other, match: {{ path: {{ prefix: /other }} }}, cluster: other }}
+  - {{ name: mtls, cluster: mtls }}
+clusters:
+  - name: mtls
+    endpoints: ["{up}"]
+    tls: {{ ca: "{ca}", server_name: localhost, cert: "{cert}", key: "{key}" }}
+  - name: other
+    endpoints: ["{other_up}"]
+    tls: {{ ca: "{bundle}", server_name: localhost }}
+"#,
+        ca = s.dir.path("ca.pem").display(),
+        cert = cert.display(),
+        key = key.display(),
+        bundle = bundle.display(),
+    );
+    let sift = Sift::start(&cfg);
+    assert_eq!(get_text(&sift.url("/")).await, (200, "client-v1".into()));
+    assert_eq!(
+        get_text(&sift.url("/other")).await.0,
+        502,
+        "not trusted yet"
+    );
+    let metrics = || async { get_text(&sift.admin_url("/metrics")).await.1 };
+    let expiry = metric_value(
+        &metrics().await,
+        r#"sift_upstream_tls_cert_expiry_seconds{cluster="mtls"}"#,
+    )
+    .unwrap();
+    assert!(expiry > 86400.0, "{expiry}");
+
+    // Rotate the client certificate and key: written beside, renamed over.
+    let v2 = leaf(&s.ca, &[], None, "client-v2", false, false, Alg::Ecdsa);
+    let tmp_c = write(&s.dir, "client.pem.new", &v2.cert);
+    let tmp_k = write(&s.dir, "client.key.new", &v2.key);
+    std::fs::rename(&tmp_k, &key).unwrap();
+    std::fs::rename(&tmp_c, &cert).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            get_text(&sift.url("/")).await == (200, "client-v2".into())
+        })
+        .await,
+        "the new client certificate is presented"
+    );
+    let m = metrics().await;
+    assert!(
+        metric_value(
+            &m,
+            r#"sift_upstream_tls_reloads_total{cluster="mtls",result="success"}"#
+        )
+        .unwrap()
+            >= 1.0,
+        "{m}"
+    );
+
+    // A broken key is rejected; client-v2 keeps being presented.
+    std::fs::write(&key, "not a key").unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            metric_value(
+                &metrics().await,
+                r#"sift_upstream_tls_reloads_total{cluster="mtls",result="failure"}"#,
+            )
+            .is_some_and(|v| v >= 1.0)
+        })
+        .await
+    );
+    for _ in 0..5 {
+        assert_eq!(get_text(&sift.url("/")).await, (200, "client-v2".into()));
+    }
+    let logs = sift.log_lines().join("\n");
+    assert!(
+        logs.contains("new upstream TLS material rejected") && logs.contains("client.key"),
+        "{logs}"
+    );
+
+    // The other cluster's CA bundle gains the other CA: now trusted.
+    std::fs::write(&bundle, format!("{}{}", s.ca.pem, s.other_ca.pem)).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            get_text(&sift.url("/other")).await == (200, "anonymous".into())
+        })
+        .await,
+        "the rotated CA bundle is used"
+    );
+}

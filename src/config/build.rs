@@ -512,17 +512,10 @@ fn build_redis(
     if r.username.is_some() && r.password.is_none() {
         e.push("redis.username", "needs a password");
     }
-    let tls = r.tls.as_ref().map(|t| {
-        if t.cert.is_some() != t.key.is_some() {
-            e.push("redis.tls", "give both cert and key, or neither");
-        }
-        crate::tls::UpstreamTlsSpec {
-            ca: t.ca.clone().into(),
-            server_name: t.server_name.clone(),
-            cert: t.cert.clone().map(Into::into),
-            key: t.key.clone().map(Into::into),
-        }
-    });
+    let tls = r
+        .tls
+        .as_ref()
+        .map(|t| build_upstream_tls(t, "redis.tls", e));
     crate::policy::redis::RedisSpec {
         tls,
         address: r.address.clone(),
@@ -2960,22 +2953,48 @@ fn build_clusters(
                 }
             }),
             retry_budget: build_budget(c.retry_budget.as_ref(), &format!("{p}.retry_budget"), e),
-            tls: c.tls.as_ref().map(|t| {
-                if t.cert.is_some() != t.key.is_some() {
-                    e.push(format!("{p}.tls"), "give both cert and key, or neither");
-                }
-                crate::tls::UpstreamTlsSpec {
-                    ca: t.ca.clone().into(),
-                    server_name: t.server_name.clone(),
-                    cert: t.cert.clone().map(Into::into),
-                    key: t.key.clone().map(Into::into),
-                }
-            }),
+            tls: c.tls
+                .as_ref()
+                .map(|t| build_upstream_tls(t, &format!("{p}.tls"), e)),
             strict_dns,
             resolver: dns.clone(),
         });
     }
     out
+}
+
+/// A cluster's or Redis's `tls` section.
+fn build_upstream_tls(t: &UpstreamTlsFile, p: &str, e: &mut Errs) -> crate::tls::UpstreamTlsSpec {
+    if t.cert.is_some() != t.key.is_some() {
+        e.push(p, "give both cert and key, or neither");
+    }
+    let names = t.subject_alt_names.clone().unwrap_or_default();
+    if t.subject_alt_names.is_some() && names.is_empty() {
+        e.push(
+            format!("{p}.subject_alt_names"),
+            "an empty list would accept no certificate: leave it out to check the server name",
+        );
+    }
+    if names.len() > 64 {
+        e.push(format!("{p}.subject_alt_names"), "at most 64 names");
+    }
+    for (i, n) in names.iter().enumerate() {
+        if n.is_empty() || n.len() > 1024 || n.bytes().any(|b| !b.is_ascii_graphic()) {
+            e.push(
+                format!("{p}.subject_alt_names[{i}]"),
+                format!(
+                    "{n:?} is not a SAN (a URI such as \"spiffe://cluster.local/ns/app/sa/api\" or a DNS name, printable ASCII without spaces, at most 1024 bytes)"
+                ),
+            );
+        }
+    }
+    crate::tls::UpstreamTlsSpec {
+        ca: t.ca.clone().into(),
+        server_name: t.server_name.clone(),
+        cert: t.cert.clone().map(Into::into),
+        key: t.key.clone().map(Into::into),
+        subject_alt_names: names,
+    }
 }
 
 /// `host:port`, `1.2.3.4:80` or `[::1]:80`.

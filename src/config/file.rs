@@ -1199,6 +1199,10 @@ pub struct UpstreamTlsFile {
     pub cert: Option<String>,
     #[serde(default)]
     pub key: Option<String>,
+    /// The upstream certificate must carry one of these SANs (URI, such as
+    /// a SPIFFE ID, or DNS), checked instead of the server name.
+    #[serde(default)]
+    pub subject_alt_names: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use http::Request;
-use rustls::pki_types::ServerName;
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -289,38 +288,24 @@ fn smooth_schedule(weights: &[u32]) -> Vec<u32> {
     out
 }
 
-/// A cluster's TLS connector and SNI name, from its files (`None`: plain).
-/// `sift check` calls it too, so a config it passes can start.
+/// A cluster's TLS client, from its files (`None`: plain). `sift check`
+/// calls it too, so a config it passes can start.
 pub fn tls_connector(
     spec: &ClusterSpec,
-) -> Result<Option<(tokio_rustls::TlsConnector, Option<ServerName<'static>>)>, crate::tls::TlsError>
-{
+) -> Result<Option<Arc<crate::tls::UpstreamTls>>, crate::tls::TlsError> {
     let Some(t) = &spec.tls else {
         return Ok(None);
     };
-    let mut cfg = crate::tls::client_config(t)?;
-    cfg.alpn_protocols = match spec.protocol {
+    let alpn = match spec.protocol {
         UpstreamProtocol::Http1 => vec![b"http/1.1".to_vec()],
         UpstreamProtocol::Http2 => vec![b"h2".to_vec()],
     };
-    let sni = match &t.server_name {
-        Some(n) => Some(
-            ServerName::try_from(n.clone())
-                .map_err(|e| crate::tls::TlsError::Config(format!("server_name: {e}")))?,
-        ),
-        None => None,
-    };
-    Ok(Some((tokio_rustls::TlsConnector::from(Arc::new(cfg)), sni)))
+    crate::tls::UpstreamTls::new(t.clone(), alpn).map(Some)
 }
 
 impl Cluster {
     pub fn new(spec: ClusterSpec, m: &Metrics) -> Result<Arc<Self>, crate::tls::TlsError> {
         let tls = tls_connector(&spec)?;
-        let tls_raw = tls.as_ref().map(|(c, _)| {
-            let mut cfg = (**c.config()).clone();
-            cfg.alpn_protocols.clear();
-            tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        });
         let pool = Pool::new(
             PoolConfig {
                 protocol: spec.protocol,
@@ -329,7 +314,6 @@ impl Cluster {
                 max_idle_per_endpoint: spec.max_idle_per_endpoint,
                 tls,
                 resolver: (!spec.resolver.servers.is_empty()).then(|| spec.resolver.clone()),
-                tls_raw,
             },
             spec.endpoints.len(),
         );
@@ -422,6 +406,11 @@ impl Cluster {
             self.metrics.connect_errors.inc();
         }
         r
+    }
+
+    /// The TLS client, when the cluster originates TLS.
+    pub fn tls(&self) -> Option<&Arc<crate::tls::UpstreamTls>> {
+        self.pool.tls()
     }
 
     /// Take over what `old` (this cluster in the previous snapshot) knew

@@ -53,15 +53,11 @@ pub struct PoolConfig {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_idle_per_endpoint: usize,
-    /// With TLS: the client config (ALPN set here) and the SNI override.
-    pub tls: Option<(tokio_rustls::TlsConnector, Option<ServerName<'static>>)>,
+    /// With TLS: the client (its files watched) and the SNI override.
+    pub tls: Option<Arc<crate::tls::UpstreamTls>>,
     /// The top-level `dns.resolvers`, when set: names are looked up there
     /// instead of by the system's resolver.
     pub resolver: Option<crate::dns::ResolverSpec>,
-    /// The same TLS client without ALPN, for the TCP proxy's connections
-    /// (they are not HTTP: a server that checks ALPN, such as PostgreSQL's
-    /// direct TLS, would refuse `http/1.1`).
-    pub tls_raw: Option<tokio_rustls::TlsConnector>,
 }
 
 struct Idle {
@@ -104,6 +100,11 @@ impl Pool {
                 .collect(),
             sweeper: AtomicBool::new(false),
         })
+    }
+
+    /// The TLS client, when the cluster originates TLS.
+    pub fn tls(&self) -> Option<&Arc<crate::tls::UpstreamTls>> {
+        self.cfg.tls.as_ref()
     }
 
     /// Idle HTTP/1.1 connections to endpoint `index` (for tests and the
@@ -367,14 +368,15 @@ impl Pool {
             }
         };
         let _ = tcp.set_nodelay(true);
-        let Some((tls, sni)) = &self.cfg.tls else {
+        let Some(client) = &self.cfg.tls else {
             return Ok(Io::Plain(tcp));
         };
-        let tls = match (&self.cfg.tls_raw, raw) {
-            (Some(r), true) => r,
-            _ => tls,
-        };
-        let name = match sni {
+        let loaded = client.current();
+        // The TCP proxy's connections are not HTTP: offered no ALPN (a
+        // server that checks it, such as PostgreSQL's direct TLS, would
+        // refuse `http/1.1`).
+        let tls = if raw { &loaded.raw } else { &loaded.connector };
+        let name = match &client.sni {
             Some(n) => n.clone(),
             None => ServerName::try_from(endpoint.host.clone())
                 .map_err(|e| SendError::Connect(format!("server name {}: {e}", endpoint.host)))?,
