@@ -1018,6 +1018,26 @@ async fn proxy(
         path_and_query = http::uri::PathAndQuery::try_from(pq)
             .map_err(|_| ProxyError::Internal("rewritten path is not a URI path".into()))?;
     }
+    if let Some(rx) = &route.spec.rewrite_regex {
+        let path = path_and_query.path();
+        let new = rx.apply(path);
+        if new != path {
+            // The substitution is checked at load to hold path characters
+            // only; the one thing a match can still break is the leading `/`.
+            if !new.starts_with('/') {
+                return Err(ProxyError::Internal(format!(
+                    "rewrite.regex turned {path:?} into {new:?}, which does not start with '/'"
+                )));
+            }
+            let mut pq = new.into_owned();
+            if let Some(q) = path_and_query.query() {
+                pq.push('?');
+                pq.push_str(q);
+            }
+            path_and_query = http::uri::PathAndQuery::try_from(pq)
+                .map_err(|_| ProxyError::Internal("rewritten path is not a URI path".into()))?;
+        }
+    }
     parts.version = match cluster.spec.protocol {
         UpstreamProtocol::Http1 => Version::HTTP_11,
         UpstreamProtocol::Http2 => Version::HTTP_2,
@@ -1043,6 +1063,10 @@ async fn proxy(
         }
     }
     forwarded_headers(h, listener, conn, &original_authority, &seen);
+    // Host rewrite (X-Forwarded-Host, set above, keeps the client's).
+    if let Some(crate::config::model::HostRewrite::Literal(v)) = &route.spec.rewrite_host {
+        h.insert(header::HOST, v.clone());
+    }
     // Tracing on: the upstream's parent is sift's span (tracestate passes).
     if let Some(t) = &out.trace {
         h.insert(crate::trace::TRACEPARENT.clone(), t.ctx.traceparent());
@@ -1301,6 +1325,13 @@ async fn proxy(
                     cluster: cluster.spec.name.clone(),
                 })?;
         let endpoint = &cluster.endpoints[ep_index].endpoint;
+        // auto_host: this endpoint's name for Host (:authority on HTTP/2).
+        let auto_host = matches!(
+            route.spec.rewrite_host,
+            Some(crate::config::model::HostRewrite::Auto)
+        )
+        .then(|| auto_host_authority(endpoint, cluster.spec.tls.is_some()))
+        .flatten();
         last_ep = ep_index;
         if let Some(log) = &mut out.log {
             log.endpoint = Some(endpoint.id().into_owned());
@@ -1323,11 +1354,12 @@ async fn proxy(
             } else {
                 http::uri::Scheme::HTTP
             });
-            u.authority = Some(
-                h2_authority
+            u.authority = Some(match (&auto_host, parts.version) {
+                (Some(a), Version::HTTP_2) => a.clone(),
+                _ => h2_authority
                     .clone()
                     .unwrap_or_else(|| endpoint.authority.clone()),
-            );
+            });
             u.path_and_query = Some(path_and_query.clone());
             u
         })
@@ -1363,6 +1395,11 @@ async fn proxy(
                 r
             }
         };
+        if let (Some(a), Version::HTTP_11) = (&auto_host, parts.version) {
+            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                upstream_req.headers_mut().insert(header::HOST, v);
+            }
+        }
         // HTTP/1.1 requires Host; an HTTP/1.0 client may have sent none:
         // then the endpoint's address, as nginx's proxy_pass does.
         if parts.version == Version::HTTP_11 && !upstream_req.headers().contains_key(header::HOST) {
@@ -3133,6 +3170,27 @@ fn forwarded_headers(
             h.insert(X_FORWARDED_HOST.clone(), v);
         }
     }
+}
+
+/// `rewrite.auto_host`: the endpoint's configured host (a DNS name stays
+/// the name, for `strict_dns` too), with its port unless it is the
+/// scheme's default, as a Host value (Envoy's `auto_host_rewrite`).
+fn auto_host_authority(
+    e: &crate::config::model::Endpoint,
+    tls: bool,
+) -> Option<http::uri::Authority> {
+    let default = if tls { 443 } else { 80 };
+    let host = if e.host.contains(':') {
+        format!("[{}]", e.host)
+    } else {
+        e.host.clone()
+    };
+    let s = if e.port == default {
+        host
+    } else {
+        format!("{host}:{}", e.port)
+    };
+    http::uri::Authority::try_from(s).ok()
 }
 
 #[cfg(test)]

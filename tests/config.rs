@@ -119,6 +119,39 @@ clusters:
         ("cluster: c, rewrite: { prefix: v1 }", "must start with '/'"),
         ("cluster: c, rewrite: { prefix: /a%2Fb }", "'%' escapes"),
         ("cluster: c, rewrite: { prefix: //a }", "'//'"),
+        ("cluster: c, rewrite: {}", "give `prefix` or `regex`"),
+        (
+            "cluster: c, rewrite: { prefix: /a, regex: { pattern: x, substitution: y } }",
+            "not both",
+        ),
+        (
+            "cluster: c, rewrite: { host: a.example, auto_host: true }",
+            "give `host` or `auto_host`, not both",
+        ),
+        (
+            "cluster: c, rewrite: { host: \"a b\" }",
+            "routes[0].rewrite.host",
+        ),
+        (
+            "cluster: c, rewrite: { host: \"user@a.example\" }",
+            "is not a host or host:port",
+        ),
+        (
+            "cluster: c, rewrite: { regex: { pattern: \"(\", substitution: /x } }",
+            "is not a regular expression",
+        ),
+        (
+            "cluster: c, rewrite: { regex: { pattern: \"^/v1/(.*)\", substitution: \"/v2/\\\\2\" } }",
+            "names group \\2, but",
+        ),
+        (
+            "cluster: c, rewrite: { regex: { pattern: a, substitution: \"/x?y\" } }",
+            "routes[0].rewrite.regex.substitution",
+        ),
+        (
+            "cluster: c, rewrite: { regex: { pattern: \"\", substitution: /x } }",
+            "an empty pattern",
+        ),
         (
             "rewrite: { prefix: /a }, direct_response: { status: 200 }",
             "routes[0].rewrite",
@@ -139,6 +172,8 @@ clusters:
     }
     for ok in [
         "cluster: c, rewrite: { prefix: / }",
+        "cluster: c, rewrite: { regex: { pattern: \"^/v1/([^/]+)/(.*)$\", substitution: \"/\\\\2/\\\\1\" }, host: \"api.internal:8443\" }",
+        "cluster: c, rewrite: { auto_host: true }",
         "redirect: { scheme: https }",
         "redirect: { host: new.example, port: 8443, prefix: /v2, code: 308, strip_query: true }",
         "direct_response: { status: 503, body: down for maintenance, content_type: text/html }",

@@ -1749,6 +1749,74 @@ clusters:
     assert_eq!(up.requests.load(std::sync::atomic::Ordering::Relaxed), 5);
 }
 
+/// `rewrite.regex` (Envoy's `regex_rewrite`, Istio's `uriRegexRewrite`)
+/// replaces every match in the path with `\N` capture references, query
+/// kept; `rewrite.host` sends a fixed Host (`:authority` to an HTTP/2
+/// cluster) and `rewrite.auto_host` the chosen endpoint's name, while
+/// X-Forwarded-Host keeps the client's.
+#[tokio::test(flavor = "multi_thread")]
+async fn regex_path_and_host_rewrites() {
+    let up = Upstream::echo("app").await;
+    let h2 = Upstream::echo("h2").await;
+    let port = up.addr.port();
+    let cfg = format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+routes:
+  - name: swap
+    match: {{ path: {{ regex: "/v1/[a-z]+/[0-9]+" }} }}
+    cluster: app
+    rewrite: {{ regex: {{ pattern: "^/v1/([a-z]+)/([0-9]+)$", substitution: "/\\2/\\1" }}, host: "api.internal:8443" }}
+  - name: every
+    match: {{ path: {{ prefix: /every }} }}
+    cluster: app
+    rewrite: {{ regex: {{ pattern: "o", substitution: "0" }} }}
+  - {{ name: auto, match: {{ path: {{ prefix: /auto }} }}, cluster: byname, rewrite: {{ auto_host: true }} }}
+  - {{ name: h2, match: {{ path: {{ prefix: /h2 }} }}, cluster: h2, rewrite: {{ host: grpc.internal }} }}
+clusters:
+  - {{ name: app, endpoints: ["{up}"] }}
+  - {{ name: byname, endpoints: ["localhost:{port}"] }}
+  - {{ name: h2, protocol: http2, endpoints: ["{h2}"] }}
+"#,
+        up = up.addr,
+        h2 = h2.addr,
+    );
+    let sift = Sift::start(&cfg);
+    let get = |path: &str| {
+        send(
+            Request::builder()
+                .uri(sift.url(path))
+                .header("host", "shop.example")
+                .body(body::empty())
+                .unwrap(),
+        )
+    };
+    let r = get("/v1/users/42?x=1").await;
+    assert_eq!(r.status(), 200);
+    let j = json(r.body());
+    assert_eq!(j["uri"], "/42/users?x=1");
+    assert_eq!(j["headers"]["host"][0], "api.internal:8443");
+    assert_eq!(j["headers"]["x-forwarded-host"][0], "shop.example");
+    // Every match is replaced; no match leaves the path alone.
+    let j = json(get("/every/foo?o=o").await.body());
+    assert_eq!(j["uri"], "/every/f00?o=o");
+    assert_eq!(j["headers"]["host"][0], "shop.example");
+    // auto_host: the endpoint's configured name and port.
+    let j = json(get("/auto/x").await.body());
+    assert_eq!(j["uri"], "/auto/x");
+    assert_eq!(j["headers"]["host"][0], format!("localhost:{port}"));
+    // HTTP/2: the rewritten host is the :authority.
+    let r = get("/h2/y").await;
+    assert_eq!(r.status(), 200);
+    let j = json(r.body());
+    assert_eq!(
+        (j["name"].as_str(), j["version"].as_str()),
+        (Some("h2"), Some("HTTP/2.0"))
+    );
+    assert_eq!(j["uri"], "http://grpc.internal/h2/y", "{j}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn routes_on_regex_paths_header_patterns_and_query_parameters() {
     let a = Upstream::echo("a").await;

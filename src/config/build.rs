@@ -1611,17 +1611,18 @@ fn build_routes(
             );
         }
         if matches!(matches.path, PathMatch::Regex(_))
-            && (r.rewrite.is_some() || r.redirect.as_ref().is_some_and(|rd| rd.prefix.is_some()))
+            && (r.rewrite.as_ref().is_some_and(|rw| rw.prefix.is_some())
+                || r.redirect.as_ref().is_some_and(|rd| rd.prefix.is_some()))
         {
             e.push(
                 format!("{p}.match.path"),
-                "a `regex` path match has no matched prefix to replace: `rewrite` and a redirect's `prefix` need an `exact` or `prefix` match",
+                "a `regex` path match has no matched prefix to replace: `rewrite.prefix` and a redirect's `prefix` need an `exact` or `prefix` match (`rewrite.regex` works with any)",
             );
         }
-        let rewrite_prefix = r.rewrite.as_ref().and_then(|rw| {
-            check_path_literal(&rw.prefix, &format!("{p}.rewrite.prefix"), e)
-                .then(|| rw.prefix.clone())
-        });
+        let (rewrite_prefix, rewrite_regex, rewrite_host) = match &r.rewrite {
+            Some(rw) => build_rewrite(rw, &format!("{p}.rewrite"), e),
+            None => (None, None, None),
+        };
         let redirect = r
             .redirect
             .as_ref()
@@ -1826,6 +1827,8 @@ fn build_routes(
             filters: build_route_filters(r, &p, filters, cluster_files, e),
             answer,
             rewrite_prefix,
+            rewrite_regex,
+            rewrite_host,
             redirect,
             direct_response,
             mirror: build_mirrors(r, &p, local, cluster_files, e),
@@ -2403,6 +2406,81 @@ fn check_path_literal(s: &str, p: &str, e: &mut Errs) -> bool {
         e.push(p, format!("{s:?} {why}"));
     }
     why.is_none()
+}
+
+/// A route's `rewrite`: path prefix or regex, and host.
+fn build_rewrite(
+    rw: &RewriteFile,
+    p: &str,
+    e: &mut Errs,
+) -> (Option<String>, Option<RegexRewrite>, Option<HostRewrite>) {
+    if rw.prefix.is_none() && rw.regex.is_none() && rw.host.is_none() && rw.auto_host != Some(true)
+    {
+        e.push(
+            p,
+            "give `prefix` or `regex` (the path), and/or `host` or `auto_host: true` (the Host)",
+        );
+    }
+    if rw.prefix.is_some() && rw.regex.is_some() {
+        e.push(p, "give `prefix` or `regex`, not both");
+    }
+    if rw.host.is_some() && rw.auto_host == Some(true) {
+        e.push(p, "give `host` or `auto_host`, not both");
+    }
+    let prefix = rw
+        .prefix
+        .as_ref()
+        .and_then(|x| check_path_literal(x, &format!("{p}.prefix"), e).then(|| x.clone()));
+    let regex = rw.regex.as_ref().and_then(|x| {
+        let q = format!("{p}.regex");
+        if x.pattern.is_empty() {
+            e.push(
+                format!("{q}.pattern"),
+                "an empty pattern matches everywhere: give one",
+            );
+            return None;
+        }
+        // Captures come from the normalised path; the substitution's own
+        // characters must be path characters too (no `%`, `?`, `#`).
+        if let Some(c) = x
+            .substitution
+            .chars()
+            .find(|&c| !(c.is_ascii_alphanumeric() || "-._~!$&'()*+,;=:@/\\".contains(c)))
+        {
+            e.push(
+                format!("{q}.substitution"),
+                format!("{:?}: {c:?} is not allowed in a URI path", x.substitution),
+            );
+            return None;
+        }
+        match RegexRewrite::new(&x.pattern, &x.substitution) {
+            Ok(r) => Some(r),
+            Err(m) => {
+                e.push(q, m);
+                None
+            }
+        }
+    });
+    let host = if rw.auto_host == Some(true) {
+        Some(HostRewrite::Auto)
+    } else {
+        rw.host.as_ref().and_then(|h| {
+            let ok = !h.is_empty()
+                && !h.contains('@')
+                && http::uri::Authority::try_from(h.as_str()).is_ok();
+            match (ok, HeaderValue::from_str(h)) {
+                (true, Ok(v)) => Some(HostRewrite::Literal(v)),
+                _ => {
+                    e.push(
+                        format!("{p}.host"),
+                        format!("{h:?} is not a host or host:port"),
+                    );
+                    None
+                }
+            }
+        })
+    };
+    (prefix, regex, host)
 }
 
 fn build_redirect(r: &RedirectFile, p: &str, e: &mut Errs) -> Option<RedirectSpec> {

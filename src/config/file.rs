@@ -1641,7 +1641,26 @@ pub struct MirrorFile {
 pub struct RewriteFile {
     /// What replaces the part of the path that the route's path match
     /// matched (the whole path for an `exact` match).
-    pub prefix: String,
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Every match of `pattern` in the path replaced by `substitution`
+    /// (`\1` names a capture group): Envoy's `regex_rewrite`.
+    #[serde(default)]
+    pub regex: Option<RegexRewriteFile>,
+    /// The Host (`:authority`) sent upstream (Envoy's `host_rewrite_literal`).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// The Host sent upstream is the chosen endpoint's name and port
+    /// (Envoy's `auto_host_rewrite`).
+    #[serde(default)]
+    pub auto_host: Option<bool>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegexRewriteFile {
+    pub pattern: String,
+    pub substitution: String,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]

@@ -351,6 +351,10 @@ pub struct RouteSpec {
     pub answer: Option<String>,
     /// Replaces the matched path prefix in the request sent upstream.
     pub rewrite_prefix: Option<String>,
+    /// Replaces every match of a pattern in the path sent upstream.
+    pub rewrite_regex: Option<RegexRewrite>,
+    /// The Host sent upstream.
+    pub rewrite_host: Option<HostRewrite>,
     /// Answer with a redirect (no upstream; `backends` is empty).
     pub redirect: Option<RedirectSpec>,
     /// Answer with a fixed response (no upstream; `backends` is empty).
@@ -700,6 +704,100 @@ pub struct MatchSpec {
     pub methods: Vec<Method>,
     pub headers: Vec<HeaderMatch>,
     pub query: Vec<QueryMatch>,
+}
+
+/// `rewrite.regex`: every match of `re` in the path replaced by the
+/// substitution (written with Envoy's `\N` capture references, kept here
+/// in the `regex` crate's `${N}` form); equal when both sources are.
+#[derive(Clone, Debug)]
+pub struct RegexRewrite {
+    pub pattern: String,
+    pub substitution: String,
+    pub re: regex::Regex,
+    pub expand: String,
+}
+
+impl PartialEq for RegexRewrite {
+    fn eq(&self, o: &RegexRewrite) -> bool {
+        self.pattern == o.pattern && self.substitution == o.substitution
+    }
+}
+
+impl Serialize for RegexRewrite {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("RegexRewrite", 2)?;
+        st.serialize_field("pattern", &self.pattern)?;
+        st.serialize_field("substitution", &self.substitution)?;
+        st.end()
+    }
+}
+
+impl RegexRewrite {
+    /// Compile `pattern` and translate `substitution` (`\N`: group N, `\\`:
+    /// a backslash; any other character as written).
+    pub fn new(pattern: &str, substitution: &str) -> Result<RegexRewrite, String> {
+        let re = regex::RegexBuilder::new(pattern)
+            .size_limit(PATTERN_SIZE_LIMIT)
+            .build()
+            .map_err(|e| match e {
+                regex::Error::CompiledTooBig(n) => {
+                    format!("{pattern:?}: the compiled pattern is over {n} bytes")
+                }
+                e => format!("{pattern:?} is not a regular expression: {e}"),
+            })?;
+        let mut expand = String::with_capacity(substitution.len());
+        let mut chars = substitution.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => match chars.next() {
+                    Some(d) if d.is_ascii_digit() => {
+                        let n = d.to_digit(10).unwrap_or(0) as usize;
+                        if n >= re.captures_len() {
+                            return Err(format!(
+                                "{substitution:?} names group \\{n}, but {pattern:?} has {} group(s)",
+                                re.captures_len() - 1
+                            ));
+                        }
+                        expand.push_str(&format!("${{{n}}}"));
+                    }
+                    Some('\\') => expand.push('\\'),
+                    _ => {
+                        return Err(format!(
+                            "{substitution:?}: a backslash is followed by a group number (\\1) or another backslash"
+                        ));
+                    }
+                },
+                '$' => expand.push_str("$$"),
+                c => expand.push(c),
+            }
+        }
+        Ok(RegexRewrite {
+            pattern: pattern.to_string(),
+            substitution: substitution.to_string(),
+            re,
+            expand,
+        })
+    }
+
+    /// The path with every match replaced.
+    pub fn apply<'a>(&self, path: &'a str) -> std::borrow::Cow<'a, str> {
+        self.re.replace_all(path, self.expand.as_str())
+    }
+}
+
+/// `rewrite.host` / `rewrite.auto_host`: the Host sent upstream.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostRewrite {
+    /// This value.
+    Literal(#[serde(serialize_with = "ser_header_value")] http::HeaderValue),
+    /// The chosen endpoint's host, with its port unless the scheme's default.
+    Auto,
+}
+
+fn ser_header_value<S: Serializer>(v: &http::HeaderValue, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(v.to_str().unwrap_or_default())
 }
 
 /// A compiled regular expression that must match a whole value; equal
