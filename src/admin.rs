@@ -57,6 +57,9 @@ sift admin endpoints:
   PUT  /canary/ROUTE               set weights: {\"weights\":{\"stable\":90,\"canary\":10}}
   POST /canary/ROUTE/rollout       start (or restart) the rollout at its first step
   POST /canary/ROUTE/rollback      canary weight to 0 % now
+  GET  /logging                    the log filter in force
+  POST /logging?level=LEVEL        set the log level (error, warn, info, debug, trace, off) now
+  POST /logging?filter=DIRECTIVES  set the log filter (RUST_LOG syntax: info,sift::proxy=debug)
   GET  /filters                    the filters and their models
   POST /filters/NAME/learn         JSONL of {\"text\",\"label\"} (spam) or {\"log\",\"label\"} (cilog) examples
 ";
@@ -253,6 +256,11 @@ async fn route(
                 Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "reload task failed\n"),
             }
         }
+        (&Method::GET, "/logging") => match crate::logging::current_filter() {
+            Some(f) => json_response(StatusCode::OK, json!({ "filter": f })),
+            None => text(StatusCode::NOT_FOUND, "sift did not install the logger\n"),
+        },
+        (&Method::POST, "/logging") => logging(req.uri().query()),
         (&Method::POST, "/healthcheck/fail") => {
             shared.failing.store(true, Ordering::Release);
             tracing::warn!("readiness set to fail by POST /healthcheck/fail; still serving");
@@ -266,9 +274,55 @@ async fn route(
         (
             _,
             "/" | "/healthz" | "/readyz" | "/metrics" | "/config" | "/clusters" | "/reload"
-            | "/healthcheck/fail" | "/healthcheck/ok",
+            | "/healthcheck/fail" | "/healthcheck/ok" | "/logging",
         ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         _ => text(StatusCode::NOT_FOUND, &format!("not found\n{INDEX}")),
+    }
+}
+
+/// `POST /logging?level=L` or `?filter=DIRECTIVES`: the log filter, now
+/// (Envoy's `/logging?level=`, linkerd2-proxy's `/proxy-log-level`). Not
+/// kept across a restart; a reload that changes `log.level` sets it again.
+fn logging(query: Option<&str>) -> Response<Body> {
+    const USAGE: &str = "use POST /logging?level=(error|warn|info|debug|trace|off) or POST /logging?filter=DIRECTIVES (RUST_LOG syntax)\n";
+    let mut want = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = String::from_utf8_lossy(&crate::snapshot::query_decode(v)).into_owned();
+        let filter = match k {
+            "level" => {
+                let l = v.to_ascii_lowercase();
+                if !["error", "warn", "info", "debug", "trace", "off"].contains(&l.as_str()) {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        &format!("{v:?} is not a level; {USAGE}"),
+                    );
+                }
+                crate::logging::level_filter(&l)
+            }
+            "filter" => v,
+            _ => return text(StatusCode::BAD_REQUEST, USAGE),
+        };
+        if want.replace(filter).is_some() {
+            return text(StatusCode::BAD_REQUEST, USAGE);
+        }
+    }
+    let Some(new) = want else {
+        return text(StatusCode::BAD_REQUEST, USAGE);
+    };
+    if new.len() > 4096 {
+        return text(StatusCode::BAD_REQUEST, "a filter is at most 4096 bytes\n");
+    }
+    let previous = crate::logging::current_filter();
+    match crate::logging::set_filter(&new) {
+        Ok(()) => {
+            tracing::warn!(filter = %new, previous = previous.as_deref().unwrap_or("-"), "log filter changed by the admin API");
+            json_response(
+                StatusCode::OK,
+                json!({ "filter": new, "previous": previous }),
+            )
+        }
+        Err(e) => text(StatusCode::BAD_REQUEST, &format!("{e}\n")),
     }
 }
 

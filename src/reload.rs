@@ -121,8 +121,13 @@ impl Reloader {
         )
         .map_err(|e| config::with_lines(&text, e))?;
         let generation = snap.generation;
+        let level = (snap.config.log.level != current.config.log.level)
+            .then(|| snap.config.log.level.clone());
         snap.start_background();
         self.shared.snapshot.store(Arc::new(snap));
+        if let Some(level) = level {
+            crate::logging::config_level_changed(&level);
+        }
         Ok(Outcome::Applied { generation })
     }
 
@@ -268,12 +273,13 @@ fn restart_only_changes(old: &Config, new: &Config) -> Result<(), ConfigErrors> 
             message: "workers changed: this needs a restart".into(),
         });
     }
-    // access_log is read per request and may change; format and level not.
-    if old.log.format != new.log.format || old.log.level != new.log.level {
+    // access_log is read per request and level is set in place; the
+    // format is the installed logger's.
+    if old.log.format != new.log.format {
         errs.push(ConfigError {
-            path: "log".into(),
+            path: "log.format".into(),
             line: None,
-            message: "log.format or log.level changed: these need a restart".into(),
+            message: "log.format changed: this needs a restart".into(),
         });
     }
     if errs.is_empty() {

@@ -878,3 +878,84 @@ async fn healthcheck_fail_takes_readiness_down_but_keeps_serving() {
         (200, "ready\n".to_string())
     );
 }
+
+/// `POST /logging` changes the log filter of a running sift (Envoy's
+/// `/logging?level=`): a debug line appears only after `level=debug`,
+/// access lines stop under `filter=warn`, bad levels and directives are
+/// refused with the filter unchanged, and a reload that changes
+/// `log.level` applies it (no restart), while `log.format` still needs one.
+#[tokio::test(flavor = "multi_thread")]
+async fn log_level_changes_at_run_time() {
+    let up = Upstream::echo("app").await;
+    let cfg = simple_config(up.addr, "");
+    let sift = Sift::start(&cfg);
+    let count = |msg: &str| {
+        sift.log_lines()
+            .iter()
+            .filter(|l| l.contains(&format!("\"message\":\"{msg}\"")))
+            .count()
+    };
+    let filter = || async {
+        let (status, body) = get_text(&sift.admin_url("/logging")).await;
+        assert_eq!(status, 200);
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["filter"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(filter().await, "info,hyper=warn,h2=warn");
+    // At info, an unchanged reload logs nothing at debug.
+    assert_eq!(post_text(&sift.admin_url("/reload")).await.0, 200);
+    let (status, body) = post_text(&sift.admin_url("/logging?level=DEBUG")).await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["filter"], "debug,hyper=warn,h2=warn");
+    assert_eq!(v["previous"], "info,hyper=warn,h2=warn");
+    assert_eq!(post_text(&sift.admin_url("/reload")).await.0, 200);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            count("config unchanged") == 1
+        })
+        .await,
+        "one debug line, from the second reload only"
+    );
+    // Access lines are INFO: a warn filter stops them.
+    let (status, body) =
+        post_text(&sift.admin_url("/logging?filter=warn%2Csift%3A%3Aapp%3Dinfo")).await;
+    assert_eq!(
+        (
+            status,
+            serde_json::from_str::<serde_json::Value>(&body).unwrap()["filter"].as_str()
+        ),
+        (200, Some("warn,sift::app=info"))
+    );
+    let before = count("access");
+    for _ in 0..3 {
+        assert_eq!(get_text(&sift.url("/")).await.0, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(count("access"), before, "no access line under warn");
+    // Refused: the filter stays.
+    for bad in [
+        "/logging?level=loud",
+        "/logging?filter=sift%3D%5B",
+        "/logging",
+        "/logging?x=1",
+    ] {
+        let (status, body) = post_text(&sift.admin_url(bad)).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    assert_eq!(filter().await, "warn,sift::app=info");
+    // A reload that changes log.level applies it.
+    let path = sift.config_path.clone();
+    let text = cfg.replace("level: info", "level: debug");
+    std::fs::write(&path, &text).unwrap();
+    let (status, body) = post_text(&sift.admin_url("/reload")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(filter().await, "debug,hyper=warn,h2=warn");
+    // The format still needs a restart.
+    std::fs::write(&path, text.replace("format: json", "format: text")).unwrap();
+    let (status, body) = post_text(&sift.admin_url("/reload")).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("log.format changed"), "{body}");
+}

@@ -88,6 +88,8 @@ impl Sift {
             .args(["run", "--config"])
             .arg(&config_path)
             .args(args)
+            // The config's log.level decides (RUST_LOG would replace it).
+            .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
