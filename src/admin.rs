@@ -195,6 +195,21 @@ async fn route(
                     .set((until - unix) as f64);
             }
             for r in &snap.routes {
+                let Some((a, _)) = &r.adaptive else { continue };
+                let name = r.spec.name.as_str();
+                let m = &shared.metrics;
+                m.adaptive_limit
+                    .with_label_values(&[name])
+                    .set(i64::from(a.limit()));
+                let secs = |d: Option<std::time::Duration>| d.map_or(0.0, |d| d.as_secs_f64());
+                m.adaptive_min_rtt
+                    .with_label_values(&[name])
+                    .set(secs(a.min_rtt()));
+                m.adaptive_sample_rtt
+                    .with_label_values(&[name])
+                    .set(secs(a.sample_rtt()));
+            }
+            for r in &snap.routes {
                 let Some(c) = &r.canary else { continue };
                 for (b, w) in r.spec.backends.iter().zip(c.weights().iter()) {
                     shared

@@ -62,6 +62,8 @@ pub enum ProxyError {
     },
     #[error("route {route:?} is at max_inflight ({limit})")]
     Overloaded { route: String, limit: usize },
+    #[error("route {route:?} is at its adaptive concurrency limit ({limit})")]
+    AdaptiveOverloaded { route: String, limit: u32 },
     #[error("cluster {cluster:?} circuit breaker open: max {threshold} reached")]
     CircuitOpen {
         cluster: String,
@@ -279,7 +281,9 @@ impl ProxyError {
             ProxyError::RateLimited { .. } | ProxyError::RateLimitedRemote { .. } => {
                 ErrorKind::RateLimited
             }
-            ProxyError::Overloaded { .. } => ErrorKind::Overloaded,
+            ProxyError::Overloaded { .. } | ProxyError::AdaptiveOverloaded { .. } => {
+                ErrorKind::Overloaded
+            }
             ProxyError::CircuitOpen { .. } => ErrorKind::CircuitOpen,
             ProxyError::IdentityDenied { .. } => ErrorKind::IdentityDenied,
             ProxyError::SourceDenied { .. } => ErrorKind::SourceDenied,
@@ -349,7 +353,9 @@ impl ProxyError {
             | ProxyError::RateLimitedRemote { policy, .. } => {
                 format!("rate limit {policy} exceeded")
             }
-            ProxyError::Overloaded { .. } => "overloaded, retry later".into(),
+            ProxyError::Overloaded { .. } | ProxyError::AdaptiveOverloaded { .. } => {
+                "overloaded, retry later".into()
+            }
             ProxyError::CircuitOpen { .. } => "upstream circuit open, retry later".into(),
             ProxyError::IdentityDenied { .. } => "caller identity not allowed on this route".into(),
             ProxyError::SourceDenied { .. } => "client address not allowed on this route".into(),

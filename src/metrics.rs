@@ -61,6 +61,10 @@ pub struct Metrics {
     pub compression_bytes: IntCounterVec,
     pub retries: IntCounterVec,
     pub inflight: IntGaugeVec,
+    pub adaptive_limit: IntGaugeVec,
+    pub adaptive_min_rtt: prometheus::GaugeVec,
+    pub adaptive_sample_rtt: prometheus::GaugeVec,
+    pub adaptive_blocked: IntCounterVec,
     pub canary_weight: IntGaugeVec,
     pub canary_rollout_step: IntGaugeVec,
     pub canary_rollbacks: IntCounterVec,
@@ -513,6 +517,38 @@ impl Metrics {
             &["route"],
         )
         .expect("valid metric");
+        let adaptive_limit = IntGaugeVec::new(
+            Opts::new(
+                "sift_adaptive_concurrency_limit",
+                "A route's adaptive concurrency limit now (refreshed at scrape).",
+            ),
+            &["route"],
+        )
+        .expect("valid metric");
+        let adaptive_min_rtt = prometheus::GaugeVec::new(
+            Opts::new(
+                "sift_adaptive_concurrency_min_rtt_seconds",
+                "A route's minimum RTT last measured by its adaptive concurrency controller (refreshed at scrape).",
+            ),
+            &["route"],
+        )
+        .expect("valid metric");
+        let adaptive_sample_rtt = prometheus::GaugeVec::new(
+            Opts::new(
+                "sift_adaptive_concurrency_sample_rtt_seconds",
+                "A route's RTT in the last window of its adaptive concurrency controller (refreshed at scrape).",
+            ),
+            &["route"],
+        )
+        .expect("valid metric");
+        let adaptive_blocked = IntCounterVec::new(
+            Opts::new(
+                "sift_adaptive_concurrency_blocked_total",
+                "Requests refused (503 overloaded) at a route's adaptive concurrency limit.",
+            ),
+            &["route"],
+        )
+        .expect("valid metric");
         let canary_weight = IntGaugeVec::new(
             Opts::new(
                 "sift_canary_weight",
@@ -614,6 +650,10 @@ impl Metrics {
         }
         for m in [
             Box::new(canary_weight.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(adaptive_limit.clone()),
+            Box::new(adaptive_min_rtt.clone()),
+            Box::new(adaptive_sample_rtt.clone()),
+            Box::new(adaptive_blocked.clone()),
             Box::new(canary_rollout_step.clone()),
             Box::new(canary_rollbacks.clone()),
             Box::new(canary_promotions.clone()),
@@ -720,6 +760,10 @@ impl Metrics {
             compression_bytes,
             retries,
             inflight,
+            adaptive_limit,
+            adaptive_min_rtt,
+            adaptive_sample_rtt,
+            adaptive_blocked,
             canary_weight,
             canary_rollout_step,
             canary_rollbacks,

@@ -94,6 +94,8 @@ struct Outcome {
     endpoint_guard: Option<crate::upstream::InflightGuard>,
     _conn_guard: Option<crate::listener::InflightGuard>,
     route_slot: Option<crate::snapshot::InflightSlot>,
+    /// The adaptive concurrency slot: its drop is a latency sample.
+    adaptive_slot: Option<crate::policy::adaptive::AdaptiveSlot>,
     cluster_slot: Option<crate::upstream::RequestSlot>,
     conn_slot: crate::upstream::ConnSlot,
     retry_permit: Option<crate::policy::retry::RetryPermit>,
@@ -423,6 +425,7 @@ pub async fn handle(
         endpoint_guard: None,
         _conn_guard: conn_guard,
         route_slot: None,
+        adaptive_slot: None,
         cluster_slot: None,
         conn_slot: None,
         retry_permit: None,
@@ -604,6 +607,7 @@ async fn proxy(
     // One clock read serves admission and the first attempt: the request's
     // start (policies take time as a parameter).
     let mut now = clock.at(out.start);
+
     let admitted = rate_limit(snap, listener, conn, route, &req, now)?;
     // Redis is asked only when a global policy applies.
     let ratelimit_headers = if admitted.globals.is_empty() {
@@ -1301,6 +1305,21 @@ async fn proxy(
     }
 
     // 8. Send, retrying what the route's policy allows within the budget.
+    //    The adaptive concurrency limit counts and times what goes
+    //    upstream: from here to the end of the answer's body.
+    //    (Upgraded tunnels are neither: they last as long as they are used.)
+    if let (Some((controller, blocked)), None) = (&route.adaptive, &upgrade) {
+        match controller.try_enter(clock.now(), *clock) {
+            Ok(slot) => out.adaptive_slot = Some(slot),
+            Err(limit) => {
+                blocked.inc();
+                return Err(ProxyError::AdaptiveOverloaded {
+                    route: route.spec.name.clone(),
+                    limit,
+                });
+            }
+        }
+    }
     let timeout = cluster.spec.timeout_for(&route.spec);
     // The route's timeout counts from when the request is ready to send:
     // its start, unless its body was awaited above (held for filters or

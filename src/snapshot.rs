@@ -64,6 +64,9 @@ pub struct Route {
     pub limits: Vec<Arc<Limit>>,
     /// Requests in flight on this route (kept across reloads by name).
     pub inflight: Arc<RouteInflight>,
+    /// The adaptive concurrency controller (kept across reloads while its
+    /// spec is unchanged) and its refusals' counter.
+    pub adaptive: Option<(Arc<crate::policy::adaptive::Adaptive>, IntCounter)>,
     /// Canary state (runtime weights, windows, rollout), kept across
     /// reloads while the route's file weights and canary spec are unchanged.
     pub canary: Option<Arc<crate::canary::CanaryState>>,
@@ -609,6 +612,21 @@ impl Snapshot {
                             gauge: metrics.inflight.with_label_values(&[spec.name.as_str()]),
                         })
                     });
+                let adaptive = spec.adaptive_concurrency.as_ref().map(|a| {
+                    let kept = prev
+                        .and_then(|p| p.routes.iter().find(|r| r.spec.name == spec.name))
+                        .and_then(|r| r.adaptive.as_ref())
+                        .filter(|(c, _)| c.spec == *a)
+                        .map(|(c, _)| c.clone());
+                    (
+                        kept.unwrap_or_else(|| {
+                            crate::policy::adaptive::Adaptive::new(a.clone(), now)
+                        }),
+                        metrics
+                            .adaptive_blocked
+                            .with_label_values(&[spec.name.as_str()]),
+                    )
+                });
                 Route {
                     spec: spec.clone(),
                     index,
@@ -616,6 +634,7 @@ impl Snapshot {
                     total_weight: cum,
                     limits,
                     inflight,
+                    adaptive,
                     canary,
                     filters: route_filters,
                     rule_backends,

@@ -121,6 +121,22 @@ clusters:
         ("cluster: c, rewrite: { prefix: //a }", "'//'"),
         ("cluster: c, rewrite: {}", "give `prefix` or `regex`"),
         (
+            "cluster: c, adaptive_concurrency: { sample_percentile: 101 }",
+            "routes[0].adaptive_concurrency.sample_percentile: 101 is not in 0..=100",
+        ),
+        (
+            "cluster: c, adaptive_concurrency: { min_concurrency: 0 }",
+            "routes[0].adaptive_concurrency.min_concurrency: must be at least 1",
+        ),
+        (
+            "cluster: c, adaptive_concurrency: { max_limit: 2 }",
+            "2 is not in min_concurrency (3)..=1000000",
+        ),
+        (
+            "cluster: c, adaptive_concurrency: { update_interval: 0s }",
+            "routes[0].adaptive_concurrency.update_interval",
+        ),
+        (
             "cluster: c, rewrite: { prefix: /a, regex: { pattern: x, substitution: y } }",
             "not both",
         ),
@@ -174,6 +190,8 @@ clusters:
         "cluster: c, rewrite: { prefix: / }",
         "cluster: c, rewrite: { regex: { pattern: \"^/v1/([^/]+)/(.*)$\", substitution: \"/\\\\2/\\\\1\" }, host: \"api.internal:8443\" }",
         "cluster: c, rewrite: { auto_host: true }",
+        "cluster: c, adaptive_concurrency: {}",
+        "cluster: c, adaptive_concurrency: { sample_percentile: 90, update_interval: 250ms, max_limit: 200, min_rtt_interval: 30s, min_rtt_requests: 20, jitter_percent: 15, min_concurrency: 5, buffer_percent: 40 }",
         "redirect: { scheme: https }",
         "redirect: { host: new.example, port: 8443, prefix: /v2, code: 308, strip_query: true }",
         "direct_response: { status: 503, body: down for maintenance, content_type: text/html }",

@@ -1803,6 +1803,10 @@ fn build_routes(
                 }
                 m => m,
             },
+            adaptive_concurrency: r
+                .adaptive_concurrency
+                .as_ref()
+                .and_then(|a| build_adaptive(a, &format!("{p}.adaptive_concurrency"), e)),
             retries: r
                 .retries
                 .as_ref()
@@ -3799,6 +3803,72 @@ fn build_health(h: &HealthCheckFile, p: &str, e: &mut Errs) -> HealthSpec {
         expected_statuses: expected,
         panic_threshold: panic.min(100),
     }
+}
+
+/// `routes[].adaptive_concurrency`, with Envoy's defaults.
+fn build_adaptive(
+    a: &AdaptiveConcurrencyFile,
+    p: &str,
+    e: &mut Errs,
+) -> Option<crate::policy::adaptive::AdaptiveSpec> {
+    let before = e.len();
+    let mut pct = |v: Option<f64>, default: f64, key: &str, lo: f64, hi: f64| {
+        let x = v.unwrap_or(default);
+        if !(lo..=hi).contains(&x) {
+            e.push(format!("{p}.{key}"), format!("{x} is not in {lo}..={hi}"));
+        }
+        x
+    };
+    let sample_percentile = pct(a.sample_percentile, 50.0, "sample_percentile", 0.0, 100.0);
+    let jitter_percent = pct(a.jitter_percent, 10.0, "jitter_percent", 0.0, 100.0);
+    let buffer_percent = pct(a.buffer_percent, 25.0, "buffer_percent", 0.0, 1000.0);
+    let update_interval = a
+        .update_interval
+        .map_or(Duration::from_millis(100), |d| d.0);
+    let min_rtt_interval = a.min_rtt_interval.map_or(Duration::from_secs(60), |d| d.0);
+    for (key, d, lo) in [
+        ("update_interval", update_interval, Duration::from_millis(1)),
+        (
+            "min_rtt_interval",
+            min_rtt_interval,
+            Duration::from_millis(10),
+        ),
+    ] {
+        if d < lo || d > Duration::from_secs(86_400) {
+            e.push(
+                format!("{p}.{key}"),
+                format!("{d:?} is not between {lo:?} and 1 day"),
+            );
+        }
+    }
+    let max_limit = a.max_limit.unwrap_or(1000);
+    let min_concurrency = a.min_concurrency.unwrap_or(3);
+    let min_rtt_requests = a.min_rtt_requests.unwrap_or(50);
+    if min_concurrency == 0 {
+        e.push(format!("{p}.min_concurrency"), "must be at least 1");
+    }
+    if max_limit < min_concurrency || max_limit > 1_000_000 {
+        e.push(
+            format!("{p}.max_limit"),
+            format!("{max_limit} is not in min_concurrency ({min_concurrency})..=1000000"),
+        );
+    }
+    if !(1..=100_000).contains(&min_rtt_requests) {
+        e.push(
+            format!("{p}.min_rtt_requests"),
+            format!("{min_rtt_requests} is not in 1..=100000"),
+        );
+    }
+    (e.len() == before).then_some(crate::policy::adaptive::AdaptiveSpec {
+        sample_percentile,
+        update_interval,
+        max_limit,
+        min_rtt_interval,
+        min_rtt_requests,
+        jitter_percent,
+        min_concurrency,
+        buffer_percent,
+    })
 }
 
 fn build_budget(b: Option<&RetryBudgetFile>, p: &str, e: &mut Errs) -> Option<BudgetSpec> {

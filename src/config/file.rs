@@ -1404,6 +1404,10 @@ pub struct RouteFile {
     /// Most requests in flight on this route; more get 503 overloaded.
     #[serde(default)]
     pub max_inflight: Option<usize>,
+    /// A concurrency limit that follows the route's latency (Envoy's
+    /// adaptive_concurrency): more get 503 overloaded.
+    #[serde(default)]
+    pub adaptive_concurrency: Option<AdaptiveConcurrencyFile>,
     /// Retry policy (default: no retries).
     #[serde(default)]
     pub retries: Option<RetryFile>,
@@ -1654,6 +1658,37 @@ pub struct RewriteFile {
     /// (Envoy's `auto_host_rewrite`).
     #[serde(default)]
     pub auto_host: Option<bool>,
+}
+
+/// `routes[].adaptive_concurrency` (Envoy's gradient controller; its
+/// names in the docs).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdaptiveConcurrencyFile {
+    /// Percentile of a window's latencies taken as its RTT (default 50).
+    #[serde(default)]
+    pub sample_percentile: Option<f64>,
+    /// How often the limit is recomputed (default 100ms).
+    #[serde(default)]
+    pub update_interval: Option<Dur>,
+    /// Highest limit (default 1000).
+    #[serde(default)]
+    pub max_limit: Option<u32>,
+    /// How often the minimum RTT is measured again (default 60s).
+    #[serde(default)]
+    pub min_rtt_interval: Option<Dur>,
+    /// Requests measured for the minimum RTT (default 50).
+    #[serde(default)]
+    pub min_rtt_requests: Option<u32>,
+    /// Random share added to min_rtt_interval, percent (default 10).
+    #[serde(default)]
+    pub jitter_percent: Option<f64>,
+    /// The limit while measuring, and the lowest (default 3).
+    #[serde(default)]
+    pub min_concurrency: Option<u32>,
+    /// Latency allowed over the minimum RTT, percent (default 25).
+    #[serde(default)]
+    pub buffer_percent: Option<f64>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]

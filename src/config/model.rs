@@ -340,6 +340,8 @@ pub struct RouteSpec {
     pub basic_auth: Option<BasicAuthSpec>,
     pub rate_limits: Vec<RateLimitSpec>,
     pub max_inflight: Option<usize>,
+    /// A concurrency limit that follows the route's latency.
+    pub adaptive_concurrency: Option<crate::policy::adaptive::AdaptiveSpec>,
     pub retries: Option<RetrySpec>,
     pub canary: Option<crate::canary::CanarySpec>,
     /// None: anyone; Some: only matching identities.
