@@ -535,11 +535,17 @@ pub async fn tls_watcher(shared: Arc<Shared>) {
             })
             .await;
         }
-        for (name, c) in &snap.clusters {
-            let Some(tls) = c.tls().cloned() else {
-                continue;
-            };
-            let name = name.clone();
+        // Redis's TLS under a label no cluster can have (names have no '/').
+        let redis = snap
+            .redis
+            .as_ref()
+            .and_then(|r| r.tls().cloned())
+            .map(|t| ("redis/".to_string(), t));
+        let clusters = snap
+            .clusters
+            .iter()
+            .filter_map(|(name, c)| Some((name.clone(), c.tls()?.clone())));
+        for (name, tls) in clusters.chain(redis) {
             let metrics = shared.metrics.clone();
             let _ = tokio::task::spawn_blocking(move || match tls.rotate_if_changed() {
                 None => {}

@@ -1365,6 +1365,22 @@ clusters:
     let r = send(Request::get(wrong.url("/x")).body(body::empty()).unwrap()).await;
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["x-sift-error"], "ratelimit-unavailable");
+    // redis.tls files are watched: once the CA file holds the right CA,
+    // Redis is reached, and its count (2 of 2 taken above) says 429.
+    std::fs::write(&other, &s.ca.pem).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            get_text(&wrong.url("/x")).await.0 == 429
+        })
+        .await,
+        "the rotated CA reaches Redis"
+    );
+    assert_eq!(
+        wrong
+            .metric(r#"sift_upstream_tls_reloads_total{cluster="redis/",result="success"}"#)
+            .await,
+        Some(1.0)
+    );
     // A CA file that cannot be read is a config error, named.
     let err = Sift::try_start(&cfg(std::path::Path::new("/nonexistent/ca.pem")))
         .err()

@@ -294,9 +294,10 @@ impl Stream {
     }
 }
 
-/// The TLS connector and the name Redis's certificate must carry.
+/// The TLS client (its files watched, as a cluster's) and the name
+/// Redis's certificate must carry.
 struct Tls {
-    connector: tokio_rustls::TlsConnector,
+    client: Arc<crate::tls::UpstreamTls>,
     name: rustls::pki_types::ServerName<'static>,
 }
 
@@ -320,7 +321,9 @@ async fn open(inner: &Inner) -> Result<(Stream, BytesMut), RedisError> {
     tcp.set_nodelay(true)?;
     let mut stream = match &inner.tls {
         None => Stream::Tcp(tcp),
-        Some(t) => Stream::Tls(Box::new(t.connector.connect(t.name.clone(), tcp).await?)),
+        Some(t) => Stream::Tls(Box::new(
+            t.client.current().raw.connect(t.name.clone(), tcp).await?,
+        )),
     };
     let mut buf = BytesMut::with_capacity(4096);
     let call = |args: Vec<&[u8]>| {
@@ -562,7 +565,7 @@ impl Redis {
         let tls = match &spec.tls {
             None => None,
             Some(t) => {
-                let cfg = crate::tls::client_config(t)?;
+                let client = crate::tls::UpstreamTls::new(t.clone(), Vec::new())?;
                 let host = t.server_name.clone().unwrap_or_else(|| {
                     spec.address
                         .rsplit_once(':')
@@ -573,10 +576,7 @@ impl Redis {
                 });
                 let name = rustls::pki_types::ServerName::try_from(host)
                     .map_err(|e| crate::tls::TlsError::Config(format!("server_name: {e}")))?;
-                Some(Tls {
-                    connector: tokio_rustls::TlsConnector::from(Arc::new(cfg)),
-                    name,
-                })
+                Some(Tls { client, name })
             }
         };
         Ok(Redis {
@@ -589,6 +589,12 @@ impl Redis {
             }),
             spec,
         })
+    }
+
+    /// The TLS client, when Redis is reached over TLS (its files are
+    /// watched with the listeners' and clusters').
+    pub fn tls(&self) -> Option<&Arc<crate::tls::UpstreamTls>> {
+        self.inner.tls.as_ref().map(|t| &t.client)
     }
 
     /// Send one command on the next lane and wait for its reply, within
