@@ -1478,10 +1478,21 @@ async fn proxy(
                 (Err(err), retry.is_some_and(|r| r.on_timeout))
             }
         };
+        // The wait a retried answer's Retry-After asks, when the route
+        // honours it.
+        let hinted = match (retry.and_then(|r| r.retry_after_max), &outcome) {
+            (Some(_), Ok(resp)) if retryable => {
+                crate::policy::retry::retry_after(resp.headers(), std::time::SystemTime::now())
+            }
+            _ => None,
+        };
         // Retry only what the policy names, with a replayable body, attempts
         // and time left, and a permit from the cluster's retry budget.
         let permit = match retry {
             Some(r) if retryable => {
+                let too_long = hinted.is_some_and(|w| {
+                    r.retry_after_max.is_some_and(|max| w > max) || Instant::now() + w >= deadline
+                });
                 if sent_is_final && !connect_failed {
                     cluster.metrics.non_idempotent.inc();
                     None
@@ -1495,6 +1506,12 @@ async fn proxy(
                     // This try got the last endpoint ejected: the client
                     // gets its answer, not a 503 that would hide it.
                     cluster.metrics.no_endpoint.inc();
+                    None
+                } else if too_long {
+                    // The upstream asked for a longer wait than allowed or
+                    // than the deadline leaves: its answer (and its
+                    // Retry-After) goes to the client.
+                    cluster.metrics.retry_after_too_long.inc();
                     None
                 } else {
                     cluster.retry_permit().map(|p| (r, p))
@@ -1515,7 +1532,8 @@ async fn proxy(
         attempt += 1;
         cluster.metrics.retried.inc();
         previous = Some(ep_index);
-        let pause = crate::policy::retry::backoff(r, attempt, fastrand::f64());
+        let pause =
+            hinted.unwrap_or_else(|| crate::policy::retry::backoff(r, attempt, fastrand::f64()));
         tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
         began = Instant::now();
         now = clock.at(began);

@@ -414,6 +414,75 @@ async fn adaptive_concurrency_follows_latency() {
     assert!(f_ok > q_ok, "{f_ok} > {q_ok}");
 }
 
+/// `retries.retry_after` (Envoy's `rate_limited_retry_back_off`): a
+/// retried 503 or 429 that says `Retry-After: N` is retried after N
+/// seconds, not after the jittered backoff; when N is over
+/// `max_interval` (or past the route's deadline) it is not retried at all
+/// and the client gets the answer with its Retry-After.
+#[tokio::test(flavor = "multi_thread")]
+async fn retries_wait_what_retry_after_asks() {
+    // The first request to each path gets 503 with its Retry-After (the
+    // path's last segment), later ones 200; the upstream keeps the time of
+    // each request.
+    let seen: Arc<std::sync::Mutex<Vec<(String, std::time::Instant)>>> = Arc::default();
+    let s2 = seen.clone();
+    let up = Upstream::start(move |req: Request<hyper::body::Incoming>| {
+        let seen = s2.clone();
+        async move {
+            let path = req.uri().path().to_string();
+            let first = {
+                let mut v = seen.lock().unwrap();
+                let first = !v.iter().any(|(p, _)| *p == path);
+                v.push((path.clone(), std::time::Instant::now()));
+                first
+            };
+            if first {
+                let mut r = text_response(503, "busy");
+                let after = path.rsplit('/').next().unwrap().to_string();
+                r.headers_mut()
+                    .insert("retry-after", after.parse().unwrap());
+                r
+            } else {
+                text_response(200, "ok")
+            }
+        }
+    })
+    .await;
+    let sift = Sift::start(&config(
+        &format!("  - {{ name: app, endpoints: [\"{}\"] }}", up.addr),
+        "  - { name: honour, match: { path: { prefix: /h } }, cluster: app, timeout: 10s, retries: { on: [\"503\"], retry_after: { max_interval: 3s } } }\n  - { name: plain, cluster: app, timeout: 10s, retries: { on: [\"503\"] } }",
+    ));
+    let gap = |path: &str| {
+        let v = seen.lock().unwrap();
+        let t: Vec<_> = v
+            .iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, t)| *t)
+            .collect();
+        (t.len(), t.get(1).map(|b| b.duration_since(t[0])))
+    };
+    // Retry-After: 1 → one retry, a second later.
+    assert_eq!(get(&sift, "/h/1", &[]).await.status(), 200);
+    let (n, g) = gap("/h/1");
+    assert_eq!(n, 2);
+    assert!(g.unwrap() >= Duration::from_millis(990), "{g:?}");
+    // Retry-After: 7 is over max_interval: not retried, the client gets it.
+    let r = get(&sift, "/h/7", &[]).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "7");
+    assert_eq!(gap("/h/7").0, 1);
+    assert_eq!(
+        sift.metric(r#"sift_retries_total{cluster="app",outcome="retry_after_too_long"}"#)
+            .await,
+        Some(1.0)
+    );
+    // Without `retry_after` the backoff (at most 250 ms) decides.
+    assert_eq!(get(&sift, "/p/1", &[]).await.status(), 200);
+    let (n, g) = gap("/p/1");
+    assert_eq!(n, 2);
+    assert!(g.unwrap() < Duration::from_millis(900), "{g:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn circuit_breaker_thresholds_overflow_to_503() {
     let up = slow_upstream().await;

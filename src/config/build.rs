@@ -3250,6 +3250,15 @@ fn build_retries(r: &RetryFile, p: &str, e: &mut Errs) -> RetrySpec {
         .0,
         buffer_limit: r.buffer_limit.unwrap_or(Bytes(64 * 1024)).0,
         non_idempotent: r.non_idempotent.unwrap_or(false),
+        retry_after_max: r.retry_after.as_ref().map(|a| {
+            positive(
+                a.max_interval,
+                Dur::secs(300),
+                &format!("{p}.retry_after.max_interval"),
+                e,
+            )
+            .0
+        }),
     };
     let on = r.on.clone().unwrap_or_else(|| {
         vec![

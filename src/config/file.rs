@@ -1355,6 +1355,19 @@ pub struct RetryFile {
     /// connect, as nginx does without `non_idempotent`).
     #[serde(default)]
     pub non_idempotent: Option<bool>,
+    /// Wait what a retried answer's `Retry-After` asks before the retry
+    /// (Envoy's rate_limited_retry_back_off); longer than `max_interval`
+    /// or past the route's deadline: no retry, the client gets the answer.
+    #[serde(default)]
+    pub retry_after: Option<RetryAfterFile>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryAfterFile {
+    /// Longest `Retry-After` waited for (default 300s, Envoy's).
+    #[serde(default)]
+    pub max_interval: Option<Dur>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]

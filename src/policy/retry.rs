@@ -31,6 +31,8 @@ pub struct RetrySpec {
     /// after they reached an upstream. Off: only a failed connect (the
     /// request never left sift) retries them, as nginx does.
     pub non_idempotent: bool,
+    /// Honour a retried answer's `Retry-After` up to this long.
+    pub retry_after_max: Option<Duration>,
 }
 
 /// The gRPC conditions of `retries.on` and their status codes.
@@ -84,6 +86,22 @@ pub fn backoff(spec: &RetrySpec, attempt: u32, unit: f64) -> Duration {
     cap.mul_f64(unit.clamp(0.0, 1.0))
 }
 
+/// How long an answer's `Retry-After` asks to wait (RFC 9110 §10.2.3):
+/// delay-seconds, or an HTTP-date compared with `now` (a date passed is
+/// 0). `None`: no header, or one that is neither.
+pub fn retry_after(headers: &http::HeaderMap, now: std::time::SystemTime) -> Option<Duration> {
+    let v = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if !v.is_empty() && v.len() <= 10 && v.bytes().all(|b| b.is_ascii_digit()) {
+        return v.parse().ok().map(Duration::from_secs);
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
 /// A cluster's retry budget: counts retries in flight.
 #[derive(Debug, Default)]
 pub struct Budget {
@@ -131,6 +149,31 @@ impl Budget {
 mod tests {
     use super::*;
 
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let h = |v: &str| {
+            let mut m = http::HeaderMap::new();
+            m.insert(http::header::RETRY_AFTER, v.parse().unwrap());
+            m
+        };
+        assert_eq!(retry_after(&h("3"), now), Some(Duration::from_secs(3)));
+        assert_eq!(retry_after(&h(" 0 "), now), Some(Duration::ZERO));
+        // 2023-11-14T22:13:20Z is `now`; 5 s later, and 5 s before.
+        assert_eq!(
+            retry_after(&h("Tue, 14 Nov 2023 22:13:25 GMT"), now),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(
+            retry_after(&h("Tue, 14 Nov 2023 22:13:15 GMT"), now),
+            Some(Duration::ZERO)
+        );
+        for bad in ["-1", "1.5", "soon", "99999999999", ""] {
+            assert_eq!(retry_after(&h(bad), now), None, "{bad:?}");
+        }
+        assert_eq!(retry_after(&http::HeaderMap::new(), now), None);
+    }
+
     fn spec() -> RetrySpec {
         RetrySpec {
             attempts: 3,
@@ -144,6 +187,7 @@ mod tests {
             backoff_max: Duration::from_millis(250),
             buffer_limit: 65536,
             non_idempotent: false,
+            retry_after_max: None,
         }
     }
 

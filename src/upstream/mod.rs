@@ -49,6 +49,7 @@ pub struct ClusterMetrics {
     pub not_replayable: IntCounter,
     pub non_idempotent: IntCounter,
     pub no_endpoint: IntCounter,
+    pub retry_after_too_long: IntCounter,
     pub connect_errors: IntCounter,
     /// `sift_health_checks_total`, labelled per probe outcome.
     pub health_checks: IntCounterVec,
@@ -342,6 +343,7 @@ impl Cluster {
             not_replayable: retries("not_replayable"),
             non_idempotent: retries("non_idempotent"),
             no_endpoint: retries("no_endpoint"),
+            retry_after_too_long: retries("retry_after_too_long"),
             connect_errors: m.upstream_connect_errors.with_label_values(&[n]),
             health_checks: m.health_checks.clone(),
             healthy: m.endpoints_healthy.with_label_values(&[n]),
