@@ -1336,14 +1336,19 @@ async fn proxy(
     let mut previous = None;
     let mut last_ep;
     let mut began = ready;
-    let mut resp = loop {
-        let (ep_index, ep_guard) =
+    // Hedging (Envoy's hedge_on_per_try_timeout): a try past its
+    // per-try timeout keeps running beside the next one; the first answer
+    // wins and the others are cancelled.
+    let hedge = retry.is_some_and(|r| r.hedge_on_per_try_timeout && r.per_try_timeout.is_some());
+    let mut outstanding: Vec<Outstanding<'_>> = Vec::new();
+    let mut resp = 'tries: loop {
+        let (mut ep_index, mut ep_guard) =
             cluster
                 .pick(now, previous, lb_key)
                 .ok_or_else(|| ProxyError::NoHealthyEndpoint {
                     cluster: cluster.spec.name.clone(),
                 })?;
-        let endpoint = &cluster.endpoints[ep_index].endpoint;
+        let mut endpoint = &cluster.endpoints[ep_index].endpoint;
         // auto_host: this endpoint's name for Host (:authority on HTTP/2).
         let auto_host = matches!(
             route.spec.rewrite_host,
@@ -1362,7 +1367,7 @@ async fn proxy(
             }
             None => deadline,
         };
-        let conn_slot = match tokio::time::timeout_at(deadline_at, cluster.conn_slot()).await {
+        let mut conn_slot = match tokio::time::timeout_at(deadline_at, cluster.conn_slot()).await {
             Ok(slot) => slot?,
             Err(_) => return Err(ProxyError::UpstreamTimeout(timeout)),
         };
@@ -1426,11 +1431,79 @@ async fn proxy(
                 upstream_req.headers_mut().insert(header::HOST, v);
             }
         }
-        let result = tokio::time::timeout_at(
-            tokio::time::Instant::from_std(try_deadline),
-            cluster.send(ep_index, upstream_req),
-        )
-        .await;
+        let try_at = tokio::time::Instant::from_std(try_deadline);
+        let result = if !hedge {
+            tokio::time::timeout_at(try_at, cluster.send(ep_index, upstream_req)).await
+        } else {
+            // Every try runs in `outstanding`; the first good answer wins.
+            // While another try may start, a try past its per-try timeout
+            // gets a companion; after that, the running ones have until the
+            // route's deadline, and a failed or retryable answer waits for
+            // the others still running (as Envoy does).
+            let r = retry.ok_or_else(|| ProxyError::Internal("hedging without retries".into()))?;
+            outstanding.push(Outstanding {
+                fut: Box::pin(cluster.send(ep_index, upstream_req)),
+                ep_index,
+                ep_guard,
+                conn_slot,
+                permit: out.retry_permit.take(),
+            });
+            let mut may_hedge =
+                attempt < r.attempts && matches!(body, Plan::Replay(_)) && !sent_is_final;
+            let mut fallback = None;
+            let won = loop {
+                let until = if may_hedge { try_at } else { deadline_at };
+                match tokio::time::timeout_at(until, race(&mut outstanding)).await {
+                    Ok((i, res)) => {
+                        let won = outstanding.swap_remove(i);
+                        let bad = match &res {
+                            Ok(a) => r.retries_answer(a.status().as_u16(), a.headers()),
+                            Err(_) => true,
+                        };
+                        if bad && !may_hedge && !outstanding.is_empty() {
+                            fallback = Some((won, res));
+                            continue;
+                        }
+                        break Some((won, res));
+                    }
+                    Err(_) if may_hedge => {
+                        let permit = (Instant::now() < deadline
+                            && cluster.any_available(clock.now()))
+                        .then(|| cluster.retry_permit())
+                        .flatten();
+                        match permit {
+                            Some(p) => {
+                                out.retry_permit = Some(p);
+                                attempt += 1;
+                                cluster.metrics.hedged.inc();
+                                previous = outstanding.last().map(|o| o.ep_index);
+                                began = Instant::now();
+                                now = clock.at(began);
+                                continue 'tries;
+                            }
+                            None => may_hedge = false,
+                        }
+                    }
+                    Err(_) => break fallback.take(),
+                }
+            };
+            let Some((won, res)) = won else {
+                return Err(ProxyError::UpstreamTimeout(timeout));
+            };
+            (ep_index, ep_guard, conn_slot) = (won.ep_index, won.ep_guard, won.conn_slot);
+            if won.permit.is_some() {
+                out.retry_permit = won.permit;
+            }
+            endpoint = &cluster.endpoints[ep_index].endpoint;
+            Ok(res)
+        };
+        if ep_index != last_ep {
+            // A hedged try won: the log names its endpoint.
+            last_ep = ep_index;
+            if let Some(log) = &mut out.log {
+                log.endpoint = Some(endpoint.id().into_owned());
+            }
+        }
         now = clock.now();
         // What happened, and whether the policy retries it.
         let mut connect_failed = false;
@@ -1538,6 +1611,10 @@ async fn proxy(
         began = Instant::now();
         now = clock.at(began);
     };
+
+    // Hedged tries still running lost: cancelled now, their connections
+    // and slots freed.
+    drop(outstanding);
 
     // 9. Response.
     if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
@@ -3207,6 +3284,47 @@ fn forwarded_headers(
             h.insert(X_FORWARDED_HOST.clone(), v);
         }
     }
+}
+
+/// One try of a request to the cluster, boxed so that a hedged try can
+/// keep running beside the next.
+type Attempt<'a> = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = Result<http::Response<Body>, crate::upstream::SendError>>
+            + Send
+            + 'a,
+    >,
+>;
+
+/// A hedged try still running, with what it holds.
+struct Outstanding<'a> {
+    fut: Attempt<'a>,
+    ep_index: usize,
+    ep_guard: crate::upstream::InflightGuard,
+    conn_slot: crate::upstream::ConnSlot,
+    permit: Option<crate::policy::retry::RetryPermit>,
+}
+
+/// The first of the running tries to answer, and its index.
+fn race<'a, 'b>(
+    tries: &'b mut [Outstanding<'a>],
+) -> impl std::future::Future<
+    Output = (
+        usize,
+        Result<http::Response<Body>, crate::upstream::SendError>,
+    ),
+> + 'b
+where
+    'a: 'b,
+{
+    std::future::poll_fn(move |cx| {
+        for (i, o) in tries.iter_mut().enumerate() {
+            if let std::task::Poll::Ready(r) = o.fut.as_mut().poll(cx) {
+                return std::task::Poll::Ready((i, r));
+            }
+        }
+        std::task::Poll::Pending
+    })
 }
 
 /// `rewrite.auto_host`: the endpoint's configured host (a DNS name stays

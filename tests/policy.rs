@@ -340,7 +340,9 @@ async fn queueing_upstream(base: Duration, queues: bool) -> (Upstream, Arc<Atomi
 async fn adaptive_concurrency_follows_latency() {
     let (queue, queue_peak) = queueing_upstream(Duration::from_millis(10), true).await;
     let (flat, _) = queueing_upstream(Duration::from_millis(20), false).await;
-    let adaptive = "adaptive_concurrency: { update_interval: 50ms, min_rtt_requests: 10, min_concurrency: 2, buffer_percent: 50, jitter_percent: 0 }";
+    // Windows longer than the upstream's latency: a new limit's latency
+    // shows within the window that follows it.
+    let adaptive = "adaptive_concurrency: { update_interval: 200ms, min_rtt_requests: 10, min_concurrency: 2, buffer_percent: 50, jitter_percent: 0 }";
     let sift = Sift::start(&config(
         &format!(
             "  - {{ name: queue, endpoints: [\"{}\"] }}\n  - {{ name: flat, endpoints: [\"{}\"] }}",
@@ -403,9 +405,10 @@ async fn adaptive_concurrency_follows_latency() {
         f64::from(q_shed)
     );
     // Without the limit the queueing upstream would hold all 24; the
-    // steady state seen here is 4 to 8 (min RTT about 30 ms at 2 in
-    // flight, 10 ms more per request in flight, 50 % buffer).
-    assert!(peak <= 14, "late peak {peak}");
+    // steady state is a few (min RTT about 20 ms at 2 in flight, 10 ms
+    // more per request in flight, 50 % buffer), higher when the host is
+    // busy (the minimum RTT measured then is longer).
+    assert!(peak <= 16, "late peak {peak}");
     assert!((2.0..=16.0).contains(&q_limit), "{q_limit}");
     assert!(v(r#"sift_adaptive_concurrency_min_rtt_seconds{route="q"}"#) > 0.0);
     assert!(v(r#"sift_adaptive_concurrency_sample_rtt_seconds{route="q"}"#) > 0.0);
@@ -481,6 +484,92 @@ async fn retries_wait_what_retry_after_asks() {
     let (n, g) = gap("/p/1");
     assert_eq!(n, 2);
     assert!(g.unwrap() < Duration::from_millis(900), "{g:?}");
+}
+
+/// `retries.hedge_on_per_try_timeout` (Envoy's hedging): a try past its
+/// per-try timeout is not cancelled; the next try runs beside it and the
+/// first answer wins. Here the first try answers at 300 ms, after its
+/// 100 ms per-try timeout, and the second would take 3 s: with hedging the
+/// client gets the first try's answer; without it the first try is cut at
+/// its per-try timeout (there the second answers at once).
+#[tokio::test(flavor = "multi_thread")]
+async fn hedged_tries_race_and_the_first_answer_wins() {
+    let counts: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>> = Arc::default();
+    let c2 = counts.clone();
+    let up = Upstream::start(move |req: Request<hyper::body::Incoming>| {
+        let counts = c2.clone();
+        async move {
+            let n = {
+                let mut m = counts.lock().unwrap();
+                let n = m.entry(req.uri().path().to_string()).or_insert(0);
+                *n += 1;
+                *n
+            };
+            // /p answers later tries at once, /h/fail with a 503 at once,
+            // the others after 3 s.
+            let path = req.uri().path().to_string();
+            if n > 1 && path == "/h/fail" {
+                return text_response(503, "busy");
+            }
+            let later = if path == "/p" { 20 } else { 3000 };
+            let (wait, name) = if n == 1 {
+                (300, "first")
+            } else {
+                (later, "later")
+            };
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            text_response(200, name)
+        }
+    })
+    .await;
+    let sift = Sift::start(&config(
+        &format!("  - {{ name: app, endpoints: [\"{}\"] }}", up.addr),
+        "  - { name: hedged, match: { path: { prefix: /h } }, cluster: app, timeout: 6s, retries: { attempts: 1, on: [timeout, \"503\"], per_try_timeout: 100ms, hedge_on_per_try_timeout: true } }\n  - { name: plain, cluster: app, timeout: 6s, retries: { attempts: 1, on: [timeout], per_try_timeout: 100ms } }",
+    ));
+    let (status, body) = get_text(&sift.url("/h")).await;
+    assert_eq!((status, body.as_str()), (200, "first"), "the first try won");
+    assert_eq!(
+        counts.lock().unwrap()["/h"],
+        2,
+        "a second try was sent beside it"
+    );
+    assert_eq!(
+        sift.metric(r#"sift_retries_total{cluster="app",outcome="hedged"}"#)
+            .await,
+        Some(1.0)
+    );
+    // The hedged try fails (a retryable 503) and no other may start: the
+    // first, still running, is waited for, and wins.
+    let (status, body) = get_text(&sift.url("/h/fail")).await;
+    assert_eq!((status, body.as_str()), (200, "first"));
+    assert_eq!(counts.lock().unwrap()["/h/fail"], 2);
+    // Without hedging the first try is cancelled at its per-try timeout.
+    let (status, body) = get_text(&sift.url("/p")).await;
+    assert_eq!((status, body.as_str()), (200, "later"));
+    assert_eq!(counts.lock().unwrap()["/p"], 2);
+    // A POST is not sent twice (not idempotent), but its try is not cut
+    // at the per-try timeout either: it has until the route's deadline.
+    let r = send(
+        Request::post(sift.url("/h/post"))
+            .body(body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (r.status().as_u16(), r.body().as_ref()),
+        (200, &b"first"[..])
+    );
+    assert_eq!(counts.lock().unwrap()["/h/post"], 1);
+    // Hedging needs a per-try timeout.
+    let bad = config(
+        &format!("  - {{ name: app, endpoints: [\"{}\"] }}", up.addr),
+        "  - { name: r, cluster: app, retries: { hedge_on_per_try_timeout: true } }",
+    );
+    let e = sift::config::load_str(&bad).unwrap_err().to_string();
+    assert!(
+        e.contains("hedge_on_per_try_timeout: needs per_try_timeout"),
+        "{e}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

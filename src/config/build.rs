@@ -3250,6 +3250,7 @@ fn build_retries(r: &RetryFile, p: &str, e: &mut Errs) -> RetrySpec {
         .0,
         buffer_limit: r.buffer_limit.unwrap_or(Bytes(64 * 1024)).0,
         non_idempotent: r.non_idempotent.unwrap_or(false),
+        hedge_on_per_try_timeout: r.hedge_on_per_try_timeout.unwrap_or(false),
         retry_after_max: r.retry_after.as_ref().map(|a| {
             positive(
                 a.max_interval,
@@ -3260,6 +3261,12 @@ fn build_retries(r: &RetryFile, p: &str, e: &mut Errs) -> RetrySpec {
             .0
         }),
     };
+    if spec.hedge_on_per_try_timeout && spec.per_try_timeout.is_none() {
+        e.push(
+            format!("{p}.hedge_on_per_try_timeout"),
+            "needs per_try_timeout (the time after which the next try starts beside the first)",
+        );
+    }
     let on = r.on.clone().unwrap_or_else(|| {
         vec![
             "connect-failure".into(),

@@ -1360,6 +1360,10 @@ pub struct RetryFile {
     /// or past the route's deadline: no retry, the client gets the answer.
     #[serde(default)]
     pub retry_after: Option<RetryAfterFile>,
+    /// A try past `per_try_timeout` is not cancelled: the next try starts
+    /// beside it and the first answer wins (Envoy's hedge_on_per_try_timeout).
+    #[serde(default)]
+    pub hedge_on_per_try_timeout: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]

@@ -33,6 +33,9 @@ pub struct RetrySpec {
     pub non_idempotent: bool,
     /// Honour a retried answer's `Retry-After` up to this long.
     pub retry_after_max: Option<Duration>,
+    /// A try past `per_try_timeout` keeps running beside the next one;
+    /// the first answer wins (Envoy's hedge_on_per_try_timeout).
+    pub hedge_on_per_try_timeout: bool,
 }
 
 /// The gRPC conditions of `retries.on` and their status codes.
@@ -188,6 +191,7 @@ mod tests {
             buffer_limit: 65536,
             non_idempotent: false,
             retry_after_max: None,
+            hedge_on_per_try_timeout: false,
         }
     }
 

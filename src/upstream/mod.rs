@@ -50,6 +50,7 @@ pub struct ClusterMetrics {
     pub non_idempotent: IntCounter,
     pub no_endpoint: IntCounter,
     pub retry_after_too_long: IntCounter,
+    pub hedged: IntCounter,
     pub connect_errors: IntCounter,
     /// `sift_health_checks_total`, labelled per probe outcome.
     pub health_checks: IntCounterVec,
@@ -344,6 +345,7 @@ impl Cluster {
             non_idempotent: retries("non_idempotent"),
             no_endpoint: retries("no_endpoint"),
             retry_after_too_long: retries("retry_after_too_long"),
+            hedged: retries("hedged"),
             connect_errors: m.upstream_connect_errors.with_label_values(&[n]),
             health_checks: m.health_checks.clone(),
             healthy: m.endpoints_healthy.with_label_values(&[n]),
