@@ -63,7 +63,8 @@ async fn run(weak: Weak<RemoteJwks>, provider: String, fetches: prometheus::IntC
     }
 }
 
-/// One fetch through the cluster's next endpoint.
+/// One fetch through the cluster's next endpoint: the JWKS, after the
+/// discovery document when the provider uses discovery.
 async fn fetch(cell: &RemoteJwks, turn: &AtomicUsize) -> Result<Vec<Jwk>, String> {
     let cluster = cell
         .via
@@ -76,37 +77,125 @@ async fn fetch(cell: &RemoteJwks, turn: &AtomicUsize) -> Result<Vec<Jwk>, String
         return Err(format!("cluster {:?} has no endpoints", cell.cluster));
     }
     let endpoint = &cluster.endpoints[turn.fetch_add(1, Ordering::Relaxed) % n].endpoint;
-    let host = cell.uri.authority().map_or("", |a| a.as_str());
-    let path = cell.uri.path_and_query().map_or("/", |p| p.as_str());
-    let target = match cluster.spec.protocol {
-        // HTTP/1.1: origin form and a Host header; HTTP/2: :authority.
-        crate::config::file::UpstreamProtocol::Http1 => path.to_string(),
-        crate::config::file::UpstreamProtocol::Http2 => cell.uri.to_string(),
-    };
-    let req = Request::get(target)
-        .header(header::HOST, host)
-        .header(header::ACCEPT, "application/json, application/jwk-set+json")
-        .header(header::USER_AGENT, "sift-jwks")
-        .body(crate::body::empty())
-        .map_err(|e| format!("request: {e}"))?;
     let exchange = async {
-        let resp = cluster
-            .exchange_fresh(endpoint, req)
-            .await
-            .map_err(|e| format!("{}: {e}", endpoint.authority))?;
-        if resp.status() != http::StatusCode::OK {
-            return Err(format!("status {}", resp.status().as_u16()));
-        }
-        let body = http_body_util::Limited::new(resp.into_body(), MAX_JWKS)
-            .collect()
-            .await
-            .map_err(|e| format!("body: {e}"))?
-            .to_bytes();
+        let jwks_uri = match &cell.discover {
+            None => cell.uri.clone(),
+            Some(issuer) => {
+                let doc = get(&cluster, endpoint, &cell.uri, "application/json").await?;
+                jwks_uri_of(&doc, issuer)
+                    .map_err(|e| format!("discovery document {}: {e}", cell.uri))?
+            }
+        };
+        let body = get(
+            &cluster,
+            endpoint,
+            &jwks_uri,
+            "application/json, application/jwk-set+json",
+        )
+        .await?;
         let text = std::str::from_utf8(&body).map_err(|_| "the JWKS is not UTF-8".to_string())?;
         crate::jwt::parse_jwks(text).map_err(|e| format!("not a usable JWKS: {e}"))
     };
     match tokio::time::timeout(cell.timeout, exchange).await {
         Ok(r) => r,
         Err(_) => Err(format!("no answer within {:?}", cell.timeout)),
+    }
+}
+
+/// GET `uri` (its host as Host) from `endpoint` of `cluster`: a 200's body,
+/// at most [`MAX_JWKS`] bytes.
+async fn get(
+    cluster: &crate::upstream::Cluster,
+    endpoint: &crate::config::model::Endpoint,
+    uri: &http::Uri,
+    accept: &'static str,
+) -> Result<bytes::Bytes, String> {
+    let host = uri.authority().map_or("", |a| a.as_str());
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let target = match cluster.spec.protocol {
+        // HTTP/1.1: origin form and a Host header; HTTP/2: :authority.
+        crate::config::file::UpstreamProtocol::Http1 => path.to_string(),
+        crate::config::file::UpstreamProtocol::Http2 => uri.to_string(),
+    };
+    let req = Request::get(target)
+        .header(header::HOST, host)
+        .header(header::ACCEPT, accept)
+        .header(header::USER_AGENT, "sift-jwks")
+        .body(crate::body::empty())
+        .map_err(|e| format!("request: {e}"))?;
+    let resp = cluster
+        .exchange_fresh(endpoint, req)
+        .await
+        .map_err(|e| format!("{}: {e}", endpoint.authority))?;
+    if resp.status() != http::StatusCode::OK {
+        return Err(format!("{uri}: status {}", resp.status().as_u16()));
+    }
+    Ok(http_body_util::Limited::new(resp.into_body(), MAX_JWKS)
+        .collect()
+        .await
+        .map_err(|e| format!("{uri}: body: {e}"))?
+        .to_bytes())
+}
+
+/// The `jwks_uri` of an OpenID Connect discovery document, which must name
+/// `issuer` (OpenID Connect Discovery 1.0 §4.3: a document for another
+/// issuer is refused) and an http:// or https:// URI with a host.
+pub fn jwks_uri_of(doc: &[u8], issuer: &str) -> Result<http::Uri, String> {
+    let v: serde_json::Value = serde_json::from_slice(doc).map_err(|e| format!("not JSON: {e}"))?;
+    match v.get("issuer").and_then(|i| i.as_str()) {
+        Some(i) if i == issuer => {}
+        Some(i) => return Err(format!("names issuer {i:?}, not {issuer:?}")),
+        None => return Err("has no issuer".into()),
+    }
+    let text = v
+        .get("jwks_uri")
+        .and_then(|u| u.as_str())
+        .ok_or("has no jwks_uri")?;
+    match text.parse::<http::Uri>() {
+        Ok(u)
+            if matches!(u.scheme_str(), Some("http" | "https"))
+                && u.host().is_some_and(|h| !h.is_empty()) =>
+        {
+            Ok(u)
+        }
+        _ => Err(format!(
+            "jwks_uri {text:?} is not an http:// or https:// URI with a host"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::jwks_uri_of;
+
+    #[test]
+    fn discovery_documents_name_their_issuer_and_jwks() {
+        let ok = br#"{"issuer":"https://idp.example","jwks_uri":"https://idp.example/keys","token_endpoint":"x"}"#;
+        assert_eq!(
+            jwks_uri_of(ok, "https://idp.example").unwrap(),
+            "https://idp.example/keys"
+        );
+        for (doc, issuer, why) in [
+            (&ok[..], "https://other.example", "names issuer"),
+            (
+                br#"{"jwks_uri":"https://idp.example/keys"}"#,
+                "https://idp.example",
+                "has no issuer",
+            ),
+            (
+                br#"{"issuer":"https://idp.example"}"#,
+                "https://idp.example",
+                "has no jwks_uri",
+            ),
+            (
+                br#"{"issuer":"https://idp.example","jwks_uri":"/keys"}"#,
+                "https://idp.example",
+                "is not an http",
+            ),
+            (b"<html>", "https://idp.example", "not JSON"),
+        ] {
+            let e = jwks_uri_of(doc, issuer).unwrap_err();
+            assert!(e.contains(why), "{e}");
+        }
     }
 }

@@ -65,7 +65,11 @@ pub struct JwtProviderSpec {
 /// keeps them keeps the cell, its keys and its fetch task
 /// (`Snapshot::build`, `jwks::start`).
 pub struct RemoteJwks {
+    /// The JWKS, or with `discover` the issuer's discovery document.
     pub uri: http::Uri,
+    /// OpenID Connect discovery: the issuer the document must name; the
+    /// JWKS is at its `jwks_uri`.
+    pub discover: Option<String>,
     pub cluster: String,
     pub refresh: std::time::Duration,
     pub timeout: std::time::Duration,
@@ -86,6 +90,7 @@ impl RemoteJwks {
     ) -> RemoteJwks {
         RemoteJwks {
             uri,
+            discover: None,
             cluster,
             refresh,
             timeout,
@@ -98,6 +103,7 @@ impl RemoteJwks {
     /// Same source and schedule (the keys are state, not config).
     pub fn same(&self, o: &RemoteJwks) -> bool {
         self.uri == o.uri
+            && self.discover == o.discover
             && self.cluster == o.cluster
             && self.refresh == o.refresh
             && self.timeout == o.timeout

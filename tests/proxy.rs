@@ -2802,6 +2802,18 @@ clusters:
             "jwt_providers[0].remote_jwks.uri",
         ),
         (
+            "{ name: p, issuer: x, remote_jwks: { cluster: a } }",
+            "jwt_providers[0].remote_jwks",
+        ),
+        (
+            "{ name: p, issuer: 'https://idp', remote_jwks: { uri: 'https://idp/keys', discovery: true, cluster: a } }",
+            "jwt_providers[0].remote_jwks",
+        ),
+        (
+            "{ name: p, issuer: not-a-url, remote_jwks: { discovery: true, cluster: a } }",
+            "jwt_providers[0].remote_jwks.discovery",
+        ),
+        (
             "{ name: p, issuer: x, remote_jwks: { uri: 'https://idp/keys', cluster: nope } }",
             "jwt_providers[0].remote_jwks.cluster",
         ),
@@ -3052,6 +3064,136 @@ clusters:
         call(token(&k2, "k2")).await,
         200,
         "keys kept across the reload"
+    );
+}
+
+/// `remote_jwks: { discovery: true }`: the key set's URI found by OpenID
+/// Connect discovery (the issuer's `/.well-known/openid-configuration`),
+/// both fetched through the cluster with their own Host and path; a
+/// document naming another issuer is refused and no key is taken.
+#[tokio::test(flavor = "multi_thread")]
+async fn remote_jwks_by_openid_discovery() {
+    use std::sync::{Arc, Mutex};
+    let key = es256_key();
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let claims = format!(r#"{{"iss":"https://idp.example/realms/a","sub":"u1","exp":{exp}}}"#);
+    let token = format!("Bearer {}", es256_jwt(&key, "k1", &claims));
+    // The provider's discovery document names this issuer (changed below).
+    let doc_issuer = Arc::new(Mutex::new("https://idp.example/realms/a".to_string()));
+    let asked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let jwks = format!(r#"{{"keys":[{}]}}"#, ec_jwk(&key, "k1"));
+    let idp = {
+        let (doc_issuer, asked) = (doc_issuer.clone(), asked.clone());
+        Upstream::start(move |req: Request<hyper::body::Incoming>| {
+            let (doc_issuer, asked, jwks) = (doc_issuer.clone(), asked.clone(), jwks.clone());
+            async move {
+                let host = req.headers().get("host").map_or("", |h| h.to_str().unwrap_or(""));
+                asked.lock().unwrap().push(format!("{host}{}", req.uri().path()));
+                match req.uri().path() {
+                    "/realms/a/.well-known/openid-configuration" => http::Response::new(full(format!(
+                        r#"{{"issuer":"{}","jwks_uri":"https://keys.idp.example/realms/a/certs","id_token_signing_alg_values_supported":["ES256"]}}"#,
+                        doc_issuer.lock().unwrap()
+                    ))),
+                    "/realms/a/certs" => http::Response::new(full(jwks)),
+                    _ => text_response(404, "no"),
+                }
+            }
+        })
+        .await
+    };
+    let app = Upstream::echo("app").await;
+    let cfg = format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+jwt_providers:
+  - name: idp
+    issuer: https://idp.example/realms/a/
+    remote_jwks: {{ discovery: true, cluster: idp, refresh: 300ms, timeout: 1s }}
+routes:
+  - {{ name: api, cluster: app, jwt: {{ provider: idp }} }}
+clusters:
+  - {{ name: app, endpoints: ["{}"] }}
+  - {{ name: idp, endpoints: ["{}"] }}
+"#,
+        app.addr, idp.addr
+    );
+    // The issuer in the config ends with '/': the document must name it
+    // as written, so serve that form.
+    *doc_issuer.lock().unwrap() = "https://idp.example/realms/a/".into();
+    let sift = Sift::start(&cfg);
+    let call = || {
+        let req = Request::get(sift.url("/x"))
+            .header("authorization", token.clone())
+            .body(full(""))
+            .unwrap();
+        async move { send(req).await.status().as_u16() }
+    };
+    // The token's iss has no trailing '/': it is another issuer, refused
+    // whatever the keys; first check that the keys came.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            sift.metric(r#"sift_jwks_fetches_total{provider="idp",result="ok"}"#)
+                .await
+                .is_some_and(|n| n >= 1.0)
+        })
+        .await,
+        "{:?}",
+        asked.lock().unwrap()
+    );
+    {
+        let a = asked.lock().unwrap();
+        assert_eq!(
+            a[0],
+            "idp.example/realms/a/.well-known/openid-configuration"
+        );
+        assert_eq!(a[1], "keys.idp.example/realms/a/certs");
+    }
+    assert_eq!(call().await, 401, "iss differs from the issuer by its '/'");
+    drop(sift);
+    // Same issuer, written without the '/': the token passes.
+    let cfg = cfg.replace(
+        "issuer: https://idp.example/realms/a/",
+        "issuer: https://idp.example/realms/a",
+    );
+    *doc_issuer.lock().unwrap() = "https://idp.example/realms/a".into();
+    let sift = Sift::start(&cfg);
+    let call = || {
+        let req = Request::get(sift.url("/x"))
+            .header("authorization", token.clone())
+            .body(full(""))
+            .unwrap();
+        async move { send(req).await.status().as_u16() }
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || async { call().await == 200 }).await,
+        "the discovered key admits its token"
+    );
+    drop(sift);
+    // A document for another issuer: no key is taken, the fetch fails.
+    *doc_issuer.lock().unwrap() = "https://evil.example/realms/a".into();
+    let sift = Sift::start(&cfg);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            sift.metric(r#"sift_jwks_fetches_total{provider="idp",result="failed"}"#)
+                .await
+                .is_some_and(|n| n >= 1.0)
+        })
+        .await
+    );
+    let req = Request::get(sift.url("/x"))
+        .header("authorization", token.clone())
+        .body(full(""))
+        .unwrap();
+    assert_eq!(send(req).await.status(), 401);
+    let logs = sift.log_lines().join("\n");
+    assert!(
+        logs.contains(r#"names issuer \"https://evil.example/realms/a\""#),
+        "{logs}"
     );
 }
 

@@ -3399,17 +3399,50 @@ fn build_jwt_providers(
         }
         let remote = pf.remote_jwks.as_ref().and_then(|r| {
             let at = format!("{p}.remote_jwks");
-            let uri = match r.uri.parse::<http::Uri>() {
+            let discovery = r.discovery == Some(true);
+            // With discovery, the issuer's discovery document.
+            let (text, key) = match (&r.uri, discovery) {
+                (Some(u), false) => (u.clone(), "uri"),
+                (None, true) => (
+                    format!(
+                        "{}/.well-known/openid-configuration",
+                        pf.issuer.trim_end_matches('/')
+                    ),
+                    "discovery",
+                ),
+                (Some(_), true) => {
+                    e.push(at.clone(), "give `uri` or `discovery: true`, not both");
+                    return None;
+                }
+                (None, false) => {
+                    e.push(
+                        at.clone(),
+                        "give `uri` (the JWKS's) or `discovery: true` (OpenID Connect discovery from the issuer)",
+                    );
+                    return None;
+                }
+            };
+            let uri = match text.parse::<http::Uri>() {
                 Ok(u)
                     if matches!(u.scheme_str(), Some("http" | "https"))
                         && u.host().is_some_and(|h| !h.is_empty()) =>
                 {
                     Some(u)
                 }
+                _ if discovery => {
+                    e.push(
+                        format!("{at}.discovery"),
+                        format!(
+                            "the issuer {:?} is not an http:// or https:// URL with a host, so it has no discovery document",
+                            pf.issuer
+                        ),
+                    );
+                    None
+                }
                 _ => {
                     e.push(
-                        format!("{at}.uri"),
-                        format!("{:?} is not an http:// or https:// URI with a host", r.uri),
+                        format!("{at}.{key}"),
+                        format!("{text:?} is not an http:// or https:// URI with a host"),
                     );
                     None
                 }
@@ -3423,19 +3456,14 @@ fn build_jwt_providers(
             let refresh = positive(r.refresh, Dur::secs(600), &format!("{at}.refresh"), e);
             let timeout = positive(r.timeout, Dur::secs(5), &format!("{at}.timeout"), e);
             uri.map(|u| {
-                std::sync::Arc::new(crate::jwt::RemoteJwks::new(
-                    u,
-                    r.cluster.clone(),
-                    refresh.0,
-                    timeout.0,
-                ))
+                let mut cell = crate::jwt::RemoteJwks::new(u, r.cluster.clone(), refresh.0, timeout.0);
+                cell.discover = discovery.then(|| pf.issuer.clone());
+                std::sync::Arc::new(cell)
             })
         });
         let (source, text) = match (&pf.jwks_file, &pf.jwks) {
             (None, None) if pf.remote_jwks.is_some() => (
-                pf.remote_jwks
-                    .as_ref()
-                    .map_or(String::new(), |r| r.uri.clone()),
+                remote.as_ref().map_or(String::new(), |r| r.uri.to_string()),
                 None,
             ),
             (Some(_), _) | (_, Some(_)) if pf.remote_jwks.is_some() => {

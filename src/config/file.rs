@@ -568,8 +568,14 @@ pub struct FromHeaderFile {
 #[serde(deny_unknown_fields)]
 pub struct RemoteJwksFile {
     /// The JWKS's URI, http:// or https:// (the identity provider's
-    /// jwks_uri).
-    pub uri: String,
+    /// jwks_uri). Exactly one of `uri` and `discovery: true`.
+    #[serde(default)]
+    pub uri: Option<String>,
+    /// Find the JWKS's URI by OpenID Connect discovery: the `jwks_uri` of
+    /// `{issuer}/.well-known/openid-configuration`, whose `issuer` must be
+    /// the provider's.
+    #[serde(default)]
+    pub discovery: Option<bool>,
     /// The cluster the fetches go through (its endpoints, TLS and
     /// connect timeout); the URI's host is sent as Host and SNI is the
     /// cluster's.
