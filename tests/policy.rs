@@ -311,16 +311,14 @@ async fn concurrency_limit_sheds_with_503_overloaded() {
 
 /// An upstream that takes `base` per request times the requests it has in
 /// flight (a server that queues), or `base` alone when `queues` is false;
-/// it keeps the most it ever had in flight.
+/// its count of requests in flight is shared.
 async fn queueing_upstream(base: Duration, queues: bool) -> (Upstream, Arc<AtomicUsize>) {
     let now = Arc::new(AtomicUsize::new(0));
-    let peak = Arc::new(AtomicUsize::new(0));
-    let p = peak.clone();
+    let n2 = now.clone();
     let up = Upstream::start(move |_req| {
-        let (now, peak) = (now.clone(), p.clone());
+        let now = n2.clone();
         async move {
             let n = now.fetch_add(1, Ordering::SeqCst) + 1;
-            peak.fetch_max(n, Ordering::SeqCst);
             let wait = if queues { base * n as u32 } else { base };
             tokio::time::sleep(wait).await;
             now.fetch_sub(1, Ordering::SeqCst);
@@ -328,17 +326,23 @@ async fn queueing_upstream(base: Duration, queues: bool) -> (Upstream, Arc<Atomi
         }
     })
     .await;
-    (up, peak)
+    (up, now)
+}
+
+/// The median of `v`.
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// `adaptive_concurrency` (Envoy's gradient controller): against an
 /// upstream whose latency grows with its load, the limit stays low and the
-/// surplus is refused with 503 `overloaded`, so the upstream never sees the
-/// clients' full concurrency; against one whose latency does not grow, the
-/// limit rises to let the load through.
+/// surplus is refused with 503 `overloaded`, so the upstream does not see
+/// the clients' full concurrency; against one whose latency does not grow,
+/// the limit rises to let the load through.
 #[tokio::test(flavor = "multi_thread")]
 async fn adaptive_concurrency_follows_latency() {
-    let (queue, queue_peak) = queueing_upstream(Duration::from_millis(10), true).await;
+    let (queue, queue_now) = queueing_upstream(Duration::from_millis(20), true).await;
     let (flat, _) = queueing_upstream(Duration::from_millis(20), false).await;
     // Windows longer than the upstream's latency: a new limit's latency
     // shows within the window that follows it.
@@ -352,7 +356,7 @@ async fn adaptive_concurrency_follows_latency() {
             "  - {{ name: q, match: {{ path: {{ prefix: /q }} }}, cluster: queue, {adaptive} }}\n  - {{ name: f, cluster: flat, {adaptive} }}"
         ),
     ));
-    // 24 clients, each sending one request after another for 2.5 s.
+    // 24 clients per route, each sending one request after another for 2.5 s.
     let load = |path: &'static str| {
         let url = sift.url(path);
         (0..24)
@@ -378,10 +382,21 @@ async fn adaptive_concurrency_follows_latency() {
             .collect::<Vec<_>>()
     };
     let (q, f) = (load("/q"), load("/f"));
-    // The first windows overshoot (the latency of a new limit shows one
-    // window later, as in Envoy); the steady state is what is bounded.
+    // The first windows overshoot (a new limit's latency shows once its
+    // requests end, as in Envoy); the rest is sampled: the upstream's
+    // requests in flight every 20 ms, the limit every 100 ms.
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    queue_peak.store(0, Ordering::SeqCst);
+    let (mut inflight, mut limits) = (Vec::new(), Vec::new());
+    for i in 0..60 {
+        inflight.push(queue_now.load(Ordering::SeqCst) as f64);
+        if i % 5 == 0 {
+            let m = get_text(&sift.admin_url("/metrics")).await.1;
+            limits.push(
+                metric_value(&m, r#"sift_adaptive_concurrency_limit{route="q"}"#).unwrap_or(-1.0),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let sum = |hs: Vec<tokio::task::JoinHandle<(u32, u32)>>| async move {
         let mut t = (0, 0);
         for h in hs {
@@ -393,23 +408,23 @@ async fn adaptive_concurrency_follows_latency() {
     let ((q_ok, q_shed), (f_ok, _)) = (sum(q).await, sum(f).await);
     let m = get_text(&sift.admin_url("/metrics")).await.1;
     let v = |s: &str| metric_value(&m, s).unwrap_or(-1.0);
-    let q_limit = v(r#"sift_adaptive_concurrency_limit{route="q"}"#);
     let f_limit = v(r#"sift_adaptive_concurrency_limit{route="f"}"#);
-    let peak = queue_peak.load(Ordering::SeqCst);
+    let (busy, limit) = (median(inflight), median(limits.clone()));
     eprintln!(
-        "queueing: ok {q_ok} shed {q_shed} limit {q_limit} late peak {peak}; flat: ok {f_ok} limit {f_limit}"
+        "queueing: ok {q_ok} shed {q_shed} median in flight {busy} median limit {limit} (limits {limits:?}); flat: ok {f_ok} limit {f_limit}"
     );
     assert!(q_ok > 0 && q_shed > 0);
     assert_eq!(
         v(r#"sift_adaptive_concurrency_blocked_total{route="q"}"#),
         f64::from(q_shed)
     );
-    // Without the limit the queueing upstream would hold all 24; the
-    // steady state is a few (min RTT about 20 ms at 2 in flight, 10 ms
-    // more per request in flight, 50 % buffer), higher when the host is
-    // busy (the minimum RTT measured then is longer).
-    assert!(peak <= 16, "late peak {peak}");
-    assert!((2.0..=16.0).contains(&q_limit), "{q_limit}");
+    // Without the limit the queueing upstream would hold all 24; with it,
+    // a few (min RTT about 40 ms at 2 in flight, 20 ms more per request in
+    // flight, 50 % buffer: 5 to 8 measured, also with three CPU hogs
+    // beside), more when the host is busy (the minimum RTT measured then
+    // is longer).
+    assert!(busy <= 12.0, "median in flight {busy}");
+    assert!((2.0..=16.0).contains(&limit), "median limit {limit}");
     assert!(v(r#"sift_adaptive_concurrency_min_rtt_seconds{route="q"}"#) > 0.0);
     assert!(v(r#"sift_adaptive_concurrency_sample_rtt_seconds{route="q"}"#) > 0.0);
     // The flat upstream's limit grew past the clients' concurrency.
