@@ -520,20 +520,8 @@ pub async fn tls_watcher(shared: Arc<Shared>) {
         let snap = shared.snapshot.load_full();
         for (l, tls) in snap.config.listeners.iter().zip(snap.listener_tls.iter()) {
             let Some(tls) = tls.clone() else { continue };
-            let name = l.name.clone();
-            let metrics = shared.metrics.clone();
-            let _ = tokio::task::spawn_blocking(move || match tls.rotate_if_changed() {
-                None => {}
-                Some(Ok(())) => {
-                    metrics.tls_reloads.with_label_values(&[&name, "success"]).inc();
-                    tracing::info!(listener = %name, "TLS material rotated");
-                }
-                Some(Err(e)) => {
-                    metrics.tls_reloads.with_label_values(&[&name, "failure"]).inc();
-                    tracing::error!(listener = %name, error = %e, "new TLS material rejected; the previous certificate keeps serving");
-                }
-            })
-            .await;
+            let counter = shared.metrics.tls_reloads.clone();
+            rotate_tls(move || tls.rotate_if_changed(), counter, &l.name, false).await;
         }
         // Redis's TLS under a label no cluster can have (names have no '/').
         let redis = snap
@@ -546,19 +534,32 @@ pub async fn tls_watcher(shared: Arc<Shared>) {
             .iter()
             .filter_map(|(name, c)| Some((name.clone(), c.tls()?.clone())));
         for (name, tls) in clusters.chain(redis) {
-            let metrics = shared.metrics.clone();
-            let _ = tokio::task::spawn_blocking(move || match tls.rotate_if_changed() {
-                None => {}
-                Some(Ok(())) => {
-                    metrics.upstream_tls_reloads.with_label_values(&[&name, "success"]).inc();
-                    tracing::info!(cluster = %name, "upstream TLS material rotated");
-                }
-                Some(Err(e)) => {
-                    metrics.upstream_tls_reloads.with_label_values(&[&name, "failure"]).inc();
-                    tracing::error!(cluster = %name, error = %e, "new upstream TLS material rejected; the previous material keeps serving");
-                }
-            })
-            .await;
+            let counter = shared.metrics.upstream_tls_reloads.clone();
+            rotate_tls(move || tls.rotate_if_changed(), counter, &name, true).await;
+        }
+    }
+}
+
+/// Run one rotation check off the async workers; count and log a change.
+async fn rotate_tls(
+    check: impl FnOnce() -> Option<Result<(), crate::tls::TlsError>> + Send + 'static,
+    counter: prometheus::IntCounterVec,
+    name: &str,
+    upstream: bool,
+) {
+    let Ok(Some(result)) = tokio::task::spawn_blocking(check).await else {
+        return;
+    };
+    let outcome = if result.is_ok() { "success" } else { "failure" };
+    counter.with_label_values(&[name, outcome]).inc();
+    match (result, upstream) {
+        (Ok(()), false) => tracing::info!(listener = %name, "TLS material rotated"),
+        (Ok(()), true) => tracing::info!(cluster = %name, "upstream TLS material rotated"),
+        (Err(e), false) => {
+            tracing::error!(listener = %name, error = %e, "new TLS material rejected; the previous certificate keeps serving")
+        }
+        (Err(e), true) => {
+            tracing::error!(cluster = %name, error = %e, "new upstream TLS material rejected; the previous material keeps serving")
         }
     }
 }

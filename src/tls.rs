@@ -307,11 +307,7 @@ impl Loaded {
     /// error, and for one not valid yet, when it will be.
     fn check_valid_at(&self, now: i64) -> Result<(), (TlsError, Option<i64>)> {
         if let Some((label, until)) = self.expiries.iter().find(|(_, t)| *t < now) {
-            let e = TlsError::Expired {
-                label: label.clone(),
-                until: show_time(*until),
-            };
-            return Err((e, None));
+            return check_validity(label, i64::MIN, *until, now);
         }
         match self
             .starts
@@ -319,13 +315,7 @@ impl Loaded {
             .filter(|(_, t)| *t > now)
             .max_by_key(|(_, t)| *t)
         {
-            Some((label, from)) => {
-                let e = TlsError::NotYetValid {
-                    label: label.clone(),
-                    from: show_time(*from),
-                };
-                Err((e, Some(*from)))
-            }
+            Some((label, from)) => check_validity(label, *from, i64::MAX, now),
             None => Ok(()),
         }
     }
@@ -521,19 +511,72 @@ use crate::filter::{Fingerprint, fingerprint};
 pub struct ListenerTls {
     pub spec: ListenerTlsSpec,
     current: ArcSwap<Loaded>,
-    /// The files' state last read, and when a rejected certificate that was
-    /// not valid yet becomes valid (then it is read again).
-    seen: Mutex<(Fingerprint, Option<i64>)>,
+    /// The files' state last read.
+    seen: Seen,
+}
+
+/// The state of a TLS config's files when last read, and when a rejected
+/// certificate that was not valid yet becomes valid (then they are read
+/// again).
+struct Seen(Mutex<(Fingerprint, Option<i64>)>);
+
+impl Seen {
+    fn new(paths: &[&Path]) -> Seen {
+        Seen(Mutex::new((fingerprint(paths), None)))
+    }
+
+    /// Whether the files changed, or a wait for validity ended, since the
+    /// last look (symlink swaps included); the new state is kept.
+    fn changed(&self, paths: &[&Path], now: i64) -> bool {
+        let files = fingerprint(paths);
+        let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let due = seen.1.is_some_and(|t| t <= now);
+        if seen.0 == files && !due {
+            return false;
+        }
+        *seen = (files, None);
+        true
+    }
+
+    /// Read the files again at `t` even if they do not change.
+    fn again_at(&self, t: i64) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).1 = Some(t);
+    }
+}
+
+/// A certificate valid from `from` until `until` is usable at `now`;
+/// otherwise the error, and for one not valid yet, when it will be.
+fn check_validity(
+    label: &str,
+    from: i64,
+    until: i64,
+    now: i64,
+) -> Result<(), (TlsError, Option<i64>)> {
+    if until < now {
+        let e = TlsError::Expired {
+            label: label.to_string(),
+            until: show_time(until),
+        };
+        return Err((e, None));
+    }
+    if from > now {
+        let e = TlsError::NotYetValid {
+            label: label.to_string(),
+            from: show_time(from),
+        };
+        return Err((e, Some(from)));
+    }
+    Ok(())
 }
 
 impl ListenerTls {
     pub fn new(spec: ListenerTlsSpec) -> Result<Arc<Self>, TlsError> {
-        let seen = fingerprint(&Self::paths(&spec));
+        let seen = Seen::new(&Self::paths(&spec));
         let loaded = server_config(&spec)?;
         Ok(Arc::new(ListenerTls {
             spec,
             current: ArcSwap::from_pointee(loaded),
-            seen: Mutex::new((seen, None)),
+            seen,
         }))
     }
 
@@ -559,23 +602,17 @@ impl ListenerTls {
     /// A certificate outside its validity is rejected too (it would fail
     /// every handshake); one not valid yet is read again once it is.
     pub fn rotate_if_changed(&self) -> Option<Result<(), TlsError>> {
-        let files = fingerprint(&Self::paths(&self.spec));
         let now = unix_now();
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        let due = seen.1.is_some_and(|t| t <= now);
-        if seen.0 == files && !due {
+        if !self.seen.changed(&Self::paths(&self.spec), now) {
             return None;
         }
-        *seen = (files, None);
-        drop(seen);
         let loaded = match server_config(&self.spec) {
             Ok(l) => l,
             Err(e) => return Some(Err(e)),
         };
         if let Err((e, valid_from)) = loaded.check_valid_at(now) {
-            if valid_from.is_some() {
-                let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-                seen.1 = valid_from;
+            if let Some(t) = valid_from {
+                self.seen.again_at(t);
             }
             return Some(Err(e));
         }
@@ -628,9 +665,8 @@ pub struct UpstreamTls {
     pub sni: Option<rustls::pki_types::ServerName<'static>>,
     alpn: Vec<Vec<u8>>,
     current: ArcSwap<UpstreamTlsLoaded>,
-    /// The files' state last read, and when a rejected client certificate
-    /// that was not valid yet becomes valid.
-    seen: Mutex<(Fingerprint, Option<i64>)>,
+    /// The files' state last read.
+    seen: Seen,
 }
 
 /// One reading of an upstream TLS client's files.
@@ -652,14 +688,14 @@ impl UpstreamTls {
             ),
             None => None,
         };
-        let seen = fingerprint(&Self::paths(&spec));
+        let seen = Seen::new(&Self::paths(&spec));
         let loaded = Self::load(&spec, &alpn)?;
         Ok(Arc::new(UpstreamTls {
             spec,
             sni,
             alpn,
             current: ArcSwap::from_pointee(loaded),
-            seen: Mutex::new((seen, None)),
+            seen,
         }))
     }
 
@@ -699,33 +735,22 @@ impl UpstreamTls {
     /// upstream would refuse it); one not valid yet is read again once it
     /// is.
     pub fn rotate_if_changed(&self) -> Option<Result<(), TlsError>> {
-        let files = fingerprint(&Self::paths(&self.spec));
         let now = unix_now();
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        let due = seen.1.is_some_and(|t| t <= now);
-        if seen.0 == files && !due {
+        if !self.seen.changed(&Self::paths(&self.spec), now) {
             return None;
         }
-        *seen = (files, None);
-        drop(seen);
         let loaded = match Self::load(&self.spec, &self.alpn) {
             Ok(l) => l,
             Err(e) => return Some(Err(e)),
         };
         if let (Some((from, until)), Some(path)) = (loaded.client_cert, &self.spec.cert) {
-            let label = path.display().to_string();
-            if until < now {
-                return Some(Err(TlsError::Expired {
-                    label,
-                    until: show_time(until),
-                }));
-            }
-            if from > now {
-                self.seen.lock().unwrap_or_else(|p| p.into_inner()).1 = Some(from);
-                return Some(Err(TlsError::NotYetValid {
-                    label,
-                    from: show_time(from),
-                }));
+            if let Err((e, valid_from)) =
+                check_validity(&path.display().to_string(), from, until, now)
+            {
+                if let Some(t) = valid_from {
+                    self.seen.again_at(t);
+                }
+                return Some(Err(e));
             }
         }
         self.current.store(Arc::new(loaded));

@@ -3126,25 +3126,9 @@ clusters:
     // as written, so serve that form.
     *doc_issuer.lock().unwrap() = "https://idp.example/realms/a/".into();
     let sift = Sift::start(&cfg);
-    let call = || {
-        let req = Request::get(sift.url("/x"))
-            .header("authorization", token.clone())
-            .body(full(""))
-            .unwrap();
-        async move { send(req).await.status().as_u16() }
-    };
     // The token's iss has no trailing '/': it is another issuer, refused
     // whatever the keys; first check that the keys came.
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            sift.metric(r#"sift_jwks_fetches_total{provider="idp",result="ok"}"#)
-                .await
-                .is_some_and(|n| n >= 1.0)
-        })
-        .await,
-        "{:?}",
-        asked.lock().unwrap()
-    );
+    assert!(fetched(&sift, "ok").await, "{:?}", asked.lock().unwrap());
     {
         let a = asked.lock().unwrap();
         assert_eq!(
@@ -3153,7 +3137,11 @@ clusters:
         );
         assert_eq!(a[1], "keys.idp.example/realms/a/certs");
     }
-    assert_eq!(call().await, 401, "iss differs from the issuer by its '/'");
+    assert_eq!(
+        bearer_status(&sift, &token).await,
+        401,
+        "iss differs from the issuer by its '/'"
+    );
     drop(sift);
     // Same issuer, written without the '/': the token passes.
     let cfg = cfg.replace(
@@ -3162,39 +3150,42 @@ clusters:
     );
     *doc_issuer.lock().unwrap() = "https://idp.example/realms/a".into();
     let sift = Sift::start(&cfg);
-    let call = || {
-        let req = Request::get(sift.url("/x"))
-            .header("authorization", token.clone())
-            .body(full(""))
-            .unwrap();
-        async move { send(req).await.status().as_u16() }
-    };
     assert!(
-        eventually(Duration::from_secs(5), || async { call().await == 200 }).await,
+        eventually(Duration::from_secs(5), || async {
+            bearer_status(&sift, &token).await == 200
+        })
+        .await,
         "the discovered key admits its token"
     );
     drop(sift);
     // A document for another issuer: no key is taken, the fetch fails.
     *doc_issuer.lock().unwrap() = "https://evil.example/realms/a".into();
     let sift = Sift::start(&cfg);
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            sift.metric(r#"sift_jwks_fetches_total{provider="idp",result="failed"}"#)
-                .await
-                .is_some_and(|n| n >= 1.0)
-        })
-        .await
-    );
-    let req = Request::get(sift.url("/x"))
-        .header("authorization", token.clone())
-        .body(full(""))
-        .unwrap();
-    assert_eq!(send(req).await.status(), 401);
+    assert!(fetched(&sift, "failed").await);
+    assert_eq!(bearer_status(&sift, &token).await, 401);
     let logs = sift.log_lines().join("\n");
     assert!(
         logs.contains(r#"names issuer \"https://evil.example/realms/a\""#),
         "{logs}"
     );
+}
+
+/// GET /x with `Authorization: <auth>`: the status.
+async fn bearer_status(sift: &Sift, auth: &str) -> u16 {
+    let req = Request::get(sift.url("/x"))
+        .header("authorization", auth)
+        .body(full(""))
+        .unwrap();
+    send(req).await.status().as_u16()
+}
+
+/// Whether provider `idp` counts a fetch with `result` within 5 s.
+async fn fetched(sift: &Sift, result: &str) -> bool {
+    let sample = format!(r#"sift_jwks_fetches_total{{provider="idp",result="{result}"}}"#);
+    eventually(Duration::from_secs(5), || async {
+        sift.metric(&sample).await.is_some_and(|n| n >= 1.0)
+    })
+    .await
 }
 
 /// `from_headers`, `from_cookies`, `from_params`: the token where the

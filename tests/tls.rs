@@ -661,8 +661,10 @@ async fn certificates_rotate_while_requests_run_and_broken_files_are_rejected() 
     );
 }
 
-/// An upstream that requires a client certificate and answers with its CN.
-async fn mtls_upstream(s: &Setup) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_mtls_origination() {
+    let s = setup();
+    // An upstream that requires a client certificate and answers its CN.
     let server = leaf(
         &s.ca,
         &["localhost"],
@@ -672,55 +674,14 @@ async fn mtls_upstream(s: &Setup) -> (std::net::SocketAddr, tokio::task::JoinHan
         false,
         Alg::Ecdsa,
     );
-    let ck = sift::tls::ListenerTlsSpec {
-        certificates: vec![sift::tls::CertSpec {
-            cert: write(&s.dir, "up.pem", &server.cert),
-            key: write(&s.dir, "up.key", &server.key),
-            server_names: vec![],
-        }],
-        mode: sift::tls::MtlsMode::Require,
-        ca: Some(s.dir.path("ca.pem")),
-        crls: vec![],
-        alpn: vec!["http/1.1".into()],
-        tickets: false,
-        session_cache: 0,
-    };
-    let cfg = sift::tls::server_config(&ck).unwrap().config;
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let t = tokio::spawn(async move {
-        let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-        while let Ok((tcp, _)) = l.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let cn = tls
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .and_then(|d| sift::tls::CertInfo::parse(d.as_ref()))
-                    .and_then(|i| i.cn)
-                    .unwrap_or_default();
-                let svc = hyper::service::service_fn(move |_req| {
-                    let cn = cn.clone();
-                    async move { Ok::<_, std::convert::Infallible>(http::Response::new(full(cn))) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .await;
-            });
-        }
-    });
-    (addr, t)
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn upstream_mtls_origination() {
-    let s = setup();
-    let (up, _t) = mtls_upstream(&s).await;
+    let up = https_upstream(
+        &s.dir,
+        "up",
+        &server,
+        &s.ca.pem,
+        sift::tls::MtlsMode::Require,
+    )
+    .await;
     let client = leaf(
         &s.ca,
         &[],
@@ -1696,15 +1657,16 @@ async fn an_upgrade_hands_an_mtls_listener_over() {
     );
 }
 
-/// An HTTPS upstream with `cert`/`key` (PEM files under `dir`), asking for
-/// an optional client certificate from `client_ca`: it answers each
-/// request with the client certificate's CN (`anonymous` without one) and
-/// `connection: close`, so every request is a new handshake.
+/// An HTTPS upstream with `server`'s certificate (PEM files under `dir`),
+/// asking for a client certificate from `client_ca` (`mode`): it answers
+/// each request with the client certificate's CN (`anonymous` without one)
+/// and `connection: close`, so every request is a new handshake.
 async fn https_upstream(
     dir: &TempDir,
     tag: &str,
     server: &Leaf,
     client_ca: &str,
+    mode: sift::tls::MtlsMode,
 ) -> std::net::SocketAddr {
     let spec = sift::tls::ListenerTlsSpec {
         certificates: vec![sift::tls::CertSpec {
@@ -1712,7 +1674,7 @@ async fn https_upstream(
             key: write(dir, &format!("{tag}-up.key"), &server.key),
             server_names: vec![],
         }],
-        mode: sift::tls::MtlsMode::Optional,
+        mode,
         ca: Some(write(dir, &format!("{tag}-up-clients.pem"), client_ca)),
         crls: vec![],
         alpn: vec!["http/1.1".into()],
@@ -1767,7 +1729,14 @@ async fn upstream_subject_alt_names_check_the_workload() {
     let s = setup();
     let api_id = "spiffe://prod.example/ns/api/sa/api";
     let api = leaf(&s.ca, &[], Some(api_id), "api", true, false, Alg::Ecdsa);
-    let up = https_upstream(&s.dir, "api", &api, &s.ca.pem).await;
+    let up = https_upstream(
+        &s.dir,
+        "api",
+        &api,
+        &s.ca.pem,
+        sift::tls::MtlsMode::Optional,
+    )
+    .await;
     // The same workload ID, from a CA sift does not trust.
     let rogue = leaf(
         &s.other_ca,
@@ -1778,7 +1747,14 @@ async fn upstream_subject_alt_names_check_the_workload() {
         false,
         Alg::Ecdsa,
     );
-    let rogue_up = https_upstream(&s.dir, "rogue", &rogue, &s.ca.pem).await;
+    let rogue_up = https_upstream(
+        &s.dir,
+        "rogue",
+        &rogue,
+        &s.ca.pem,
+        sift::tls::MtlsMode::Optional,
+    )
+    .await;
     let ca = s.dir.path("ca.pem");
     let cfg = format!(
         r#"log: {{ format: json }}
@@ -1859,7 +1835,14 @@ clusters:
 async fn upstream_client_certificates_and_cas_rotate() {
     let s = setup();
     let server = leaf(&s.ca, &["localhost"], None, "up", true, false, Alg::Ecdsa);
-    let up = https_upstream(&s.dir, "up", &server, &s.ca.pem).await;
+    let up = https_upstream(
+        &s.dir,
+        "up",
+        &server,
+        &s.ca.pem,
+        sift::tls::MtlsMode::Optional,
+    )
+    .await;
     // An upstream whose certificate comes from the other CA.
     let other = leaf(
         &s.other_ca,
@@ -1870,7 +1853,14 @@ async fn upstream_client_certificates_and_cas_rotate() {
         false,
         Alg::Ecdsa,
     );
-    let other_up = https_upstream(&s.dir, "other", &other, &s.ca.pem).await;
+    let other_up = https_upstream(
+        &s.dir,
+        "other",
+        &other,
+        &s.ca.pem,
+        sift::tls::MtlsMode::Optional,
+    )
+    .await;
     let v1 = leaf(&s.ca, &[], None, "client-v1", false, false, Alg::Ecdsa);
     let cert = write(&s.dir, "client.pem", &v1.cert);
     let key = write(&s.dir, "client.key", &v1.key);
