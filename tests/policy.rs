@@ -640,6 +640,75 @@ async fn circuit_breaker_thresholds_overflow_to_503() {
     }
 }
 
+/// `outlier_detection.success_rate` (Envoy's statistical detection): five
+/// endpoints, one answering 500 to every other request; once an interval
+/// has passed with enough requests, that one (success rate 50 % against a
+/// mean of 90 %) is ejected and the rest share the traffic. The
+/// consecutive-error detectors are off, so only the comparison can eject.
+#[tokio::test(flavor = "multi_thread")]
+async fn success_rate_outlier_detection_ejects_the_worst() {
+    let mut ups = Vec::new();
+    for _ in 0..4 {
+        ups.push(Upstream::echo("good").await);
+    }
+    let flip = Arc::new(AtomicUsize::new(0));
+    let f2 = flip.clone();
+    let bad = Upstream::start(move |_req: Request<hyper::body::Incoming>| {
+        let n = f2.fetch_add(1, Ordering::SeqCst);
+        async move { text_response(if n % 2 == 0 { 500 } else { 200 }, "flaky") }
+    })
+    .await;
+    let endpoints: Vec<String> = ups
+        .iter()
+        .chain(std::iter::once(&bad))
+        .map(|u| format!("\"{}\"", u.addr))
+        .collect();
+    let sift = Sift::start(&config(
+        &format!(
+            "  - name: app\n    endpoints: [{}]\n    outlier_detection: {{ consecutive_5xx: 0, consecutive_gateway_errors: 0, interval: 1s, max_ejection_percent: 20, success_rate: {{ minimum_hosts: 5, request_volume: 10 }} }}",
+            endpoints.join(", ")
+        ),
+        "  - { name: api, cluster: app }",
+    ));
+    // 1.5 s of requests: every endpoint gets well over 10 in the first
+    // interval; a request after its end evaluates it.
+    let end = std::time::Instant::now() + Duration::from_millis(1500);
+    while std::time::Instant::now() < end {
+        get(&sift, "/", &[]).await;
+    }
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            get(&sift, "/", &[]).await;
+            sift.metric(r#"sift_outlier_ejections_total{cluster="app"}"#)
+                .await
+                == Some(1.0)
+        })
+        .await,
+        "the flaky endpoint is ejected"
+    );
+    let before = flip.load(Ordering::SeqCst);
+    for _ in 0..50 {
+        assert_eq!(get(&sift, "/", &[]).await.status(), 200);
+    }
+    assert_eq!(flip.load(Ordering::SeqCst), before, "no request reached it");
+    assert!(
+        sift.log_lines()
+            .iter()
+            .any(|l| l.contains("success rate below the others'")),
+        "the ejection says why"
+    );
+    let bad = config(
+        "  - { name: app, endpoints: [\"127.0.0.1:1\"], outlier_detection: { success_rate: { minimum_hosts: 1, stdev_factor: -1 } } }",
+        "  - { name: api, cluster: app }",
+    );
+    let e = sift::config::load_str(&bad).unwrap_err().to_string();
+    assert!(
+        e.contains("clusters[0].outlier_detection.success_rate.minimum_hosts")
+            && e.contains("clusters[0].outlier_detection.success_rate.stdev_factor"),
+        "{e}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn outlier_detection_ejects_returns_and_ejects_again_faster() {
     let bad = status_upstream(500).await;

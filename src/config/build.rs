@@ -3375,6 +3375,27 @@ fn build_outlier(o: &OutlierFile, p: &str, e: &mut Errs) -> OutlierSpec {
         )),
         max_ejection_percent: pct.min(100),
         failure_rate,
+        success_rate: o.success_rate.as_ref().map(|sr| {
+            let factor = sr.stdev_factor.unwrap_or(1.9);
+            if !(0.0..=100.0).contains(&factor) {
+                e.push(
+                    format!("{p}.success_rate.stdev_factor"),
+                    format!("{factor} is not in 0..=100"),
+                );
+            }
+            let minimum_hosts = sr.minimum_hosts.unwrap_or(5);
+            if minimum_hosts < 2 {
+                e.push(
+                    format!("{p}.success_rate.minimum_hosts"),
+                    "at least 2: one endpoint has no others to be compared with",
+                );
+            }
+            crate::policy::outlier::SuccessRateSpec {
+                minimum_hosts,
+                request_volume: sr.request_volume.unwrap_or(100).max(1),
+                stdev_factor: factor.clamp(0.0, 100.0),
+            }
+        }),
     }
 }
 

@@ -2199,6 +2199,24 @@ pub struct OutlierFile {
     /// Optional failure-rate breaker over a sliding window.
     #[serde(default)]
     pub failure_rate: Option<FailureRateFile>,
+    /// Optional success-rate detection: endpoints compared every interval
+    /// (Envoy's success_rate_*).
+    #[serde(default)]
+    pub success_rate: Option<SuccessRateFile>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SuccessRateFile {
+    /// Fewest endpoints with enough requests for a verdict (default 5).
+    #[serde(default)]
+    pub minimum_hosts: Option<u32>,
+    /// Fewest requests in the interval for an endpoint to count (default 100).
+    #[serde(default)]
+    pub request_volume: Option<u32>,
+    /// Ejected below mean − this × standard deviation (default 1.9).
+    #[serde(default)]
+    pub stdev_factor: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]

@@ -29,6 +29,18 @@ pub struct OutlierSpec {
     pub max_ejection_time: u64,
     pub max_ejection_percent: u32,
     pub failure_rate: Option<FailureRateSpec>,
+    pub success_rate: Option<SuccessRateSpec>,
+}
+
+/// Envoy's success-rate outlier detection: every `interval`, the endpoints
+/// with at least `request_volume` requests in it are compared; when there
+/// are at least `minimum_hosts` of them, each whose success rate is below
+/// mean − `stdev_factor` × standard deviation is ejected.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct SuccessRateSpec {
+    pub minimum_hosts: u32,
+    pub request_volume: u32,
+    pub stdev_factor: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -80,6 +92,9 @@ struct State {
     returned_early: bool,
     /// Failure-rate window: (bucket start, total, failures).
     window: [(u64, u32, u32); WINDOW_BUCKETS],
+    /// Success-rate interval: requests and successes so far.
+    interval_total: u32,
+    interval_success: u32,
 }
 
 pub struct Outlier {
@@ -87,6 +102,8 @@ pub struct Outlier {
     /// Per endpoint: ejected until (ns); 0 = never ejected.
     until: Vec<AtomicU64>,
     state: Vec<Mutex<State>>,
+    /// When the success-rate interval ends (0: not started).
+    interval_end: AtomicU64,
 }
 
 impl std::fmt::Debug for Outlier {
@@ -103,6 +120,7 @@ impl Outlier {
             state: (0..endpoints)
                 .map(|_| Mutex::new(State::default()))
                 .collect(),
+            interval_end: AtomicU64::new(0),
         }
     }
 
@@ -188,6 +206,10 @@ impl Outlier {
             }
         }
         let failed = !matches!(what, Observed::Success);
+        if spec.success_rate.is_some() {
+            s.interval_total = s.interval_total.saturating_add(1);
+            s.interval_success = s.interval_success.saturating_add(u32::from(!failed));
+        }
         match what {
             Observed::Success => {
                 s.consecutive_5xx = 0;
@@ -226,7 +248,13 @@ impl Outlier {
         if !trip {
             return false;
         }
-        // Respect max_ejection_percent (at least one endpoint may go).
+        self.eject(i, &mut s, now)
+    }
+
+    /// Eject endpoint `i` (its state `s`) at `now`, unless
+    /// `max_ejection_percent` is reached (at least one endpoint may go).
+    fn eject(&self, i: usize, s: &mut State, now: u64) -> bool {
+        let spec = &self.spec;
         let n = self.until.len();
         let allowed = ((n as u64 * u64::from(spec.max_ejection_percent)) / 100).max(1) as usize;
         if self.ejected(now) >= allowed {
@@ -245,6 +273,69 @@ impl Outlier {
         self.until[i].store(s.ejected_until, Ordering::Relaxed);
         true
     }
+
+    /// Success-rate detection: when the interval that began with the first
+    /// request (or the last evaluation) has ended at `now`, compare the
+    /// endpoints and eject the outliers; the ones ejected. One caller per
+    /// interval evaluates (the others see the new end and return).
+    pub fn evaluate_success_rate(&self, now: u64) -> Vec<usize> {
+        let Some(sr) = &self.spec.success_rate else {
+            return Vec::new();
+        };
+        let end = self.interval_end.load(Ordering::Acquire);
+        if end != 0 && now < end {
+            return Vec::new();
+        }
+        let next = now.saturating_add(self.spec.interval.max(1));
+        if self
+            .interval_end
+            .compare_exchange(end, next, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+            || end == 0
+        {
+            // Another caller evaluates, or the first interval just began.
+            return Vec::new();
+        }
+        let mut rates = Vec::new();
+        for (i, cell) in self.state.iter().enumerate() {
+            let mut s = cell.lock().unwrap_or_else(|p| p.into_inner());
+            let (total, ok) = (s.interval_total, s.interval_success);
+            (s.interval_total, s.interval_success) = (0, 0);
+            if total >= sr.request_volume.max(1) && self.available(i, now) {
+                rates.push((i, f64::from(ok) / f64::from(total)));
+            }
+        }
+        let Some(threshold) = success_rate_threshold(&rates, sr) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, rate) in rates {
+            if rate < threshold {
+                let mut s = self.state[i].lock().unwrap_or_else(|p| p.into_inner());
+                if self.eject(i, &mut s, now) {
+                    out.push(i);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The success rate under which an endpoint is an outlier: mean −
+/// `stdev_factor` × (population) standard deviation of `rates`; `None`
+/// with fewer than `minimum_hosts` rates, or when they are all alike.
+fn success_rate_threshold(rates: &[(usize, f64)], sr: &SuccessRateSpec) -> Option<f64> {
+    if rates.is_empty() || rates.len() < sr.minimum_hosts as usize {
+        return None;
+    }
+    let n = rates.len() as f64;
+    let mean = rates.iter().map(|(_, r)| r).sum::<f64>() / n;
+    let var = rates.iter().map(|(_, r)| (r - mean).powi(2)).sum::<f64>() / n;
+    // All alike (to rounding): no outlier, whatever rounding says.
+    if var.sqrt() < 1e-9 {
+        return None;
+    }
+    Some(mean - sr.stdev_factor * var.sqrt())
 }
 
 /// Add an outcome to the sliding window; true when the failure rate over the
@@ -286,7 +377,54 @@ mod tests {
             max_ejection_time: 300 * S,
             max_ejection_percent: 50,
             failure_rate: None,
+            success_rate: None,
         }
+    }
+
+    #[test]
+    fn success_rate_ejects_the_outlier_after_an_interval() {
+        let mut sp = spec();
+        sp.consecutive_5xx = 0;
+        sp.consecutive_gateway_errors = 0;
+        sp.success_rate = Some(SuccessRateSpec {
+            minimum_hosts: 5,
+            request_volume: 10,
+            stdev_factor: 1.9,
+        });
+        let o = Outlier::new(sp, 6);
+        // Endpoints 0-3 succeed; 4 fails half of its requests; 5 has too
+        // few requests to count. The first request starts the interval.
+        assert!(o.evaluate_success_rate(0).is_empty());
+        for k in 0..20u64 {
+            for i in 0..4 {
+                o.record(i, Observed::Success, k);
+            }
+            o.record(4, if k % 2 == 0 { ERR } else { Observed::Success }, k);
+        }
+        o.record(5, ERR, 1);
+        assert!(
+            o.evaluate_success_rate(9 * S).is_empty(),
+            "the interval has not ended"
+        );
+        // mean 0.9, stdev 0.2: threshold 0.52 > 0.5.
+        assert_eq!(o.evaluate_success_rate(10 * S), vec![4]);
+        assert!(!o.available(4, 10 * S));
+        assert!(o.available(5, 10 * S));
+        // The counts started again: nothing more to eject.
+        assert!(o.evaluate_success_rate(20 * S).is_empty());
+        // Fewer hosts than minimum_hosts: no verdict however bad.
+        let rates = [(0, 1.0), (1, 0.0)];
+        let sr = SuccessRateSpec {
+            minimum_hosts: 3,
+            request_volume: 1,
+            stdev_factor: 1.9,
+        };
+        assert_eq!(success_rate_threshold(&rates, &sr), None);
+        // A uniform set has no outlier.
+        let same = [(0, 0.8), (1, 0.8), (2, 0.8)];
+        assert_eq!(success_rate_threshold(&same, &sr), None);
+        let t = success_rate_threshold(&[(0, 1.0), (1, 1.0), (2, 0.7)], &sr).unwrap();
+        assert!((t - (0.9 - 1.9 * 0.02f64.sqrt())).abs() < 1e-9, "{t}");
     }
 
     const ERR: Observed = Observed::Status5xx { gateway: false };

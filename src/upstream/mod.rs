@@ -536,15 +536,25 @@ impl Cluster {
     pub fn observe(&self, index: usize, what: Observed, now: u64) {
         let Some(o) = &self.outlier else { return };
         if o.record(index, what, now) {
-            self.metrics.ejections.inc();
-            self.metrics.ejected.set(o.ejected(now) as i64);
-            tracing::warn!(
-                cluster = %self.spec.name,
-                endpoint = %self.endpoints[index].endpoint.id(),
-                outcome = ?what,
-                "endpoint ejected by outlier detection"
-            );
+            self.ejected_log(index, &format!("{what:?}"), now);
         }
+        for i in o.evaluate_success_rate(now) {
+            self.ejected_log(i, "success rate below the others'", now);
+        }
+    }
+
+    /// Count and log an outlier ejection of endpoint `index`.
+    fn ejected_log(&self, index: usize, why: &str, now: u64) {
+        self.metrics.ejections.inc();
+        if let Some(o) = &self.outlier {
+            self.metrics.ejected.set(o.ejected(now) as i64);
+        }
+        tracing::warn!(
+            cluster = %self.spec.name,
+            endpoint = %self.endpoints[index].endpoint.id(),
+            outcome = why,
+            "endpoint ejected by outlier detection"
+        );
     }
 
     /// Refresh the ejected-endpoints and priority-load gauges (at scrape
