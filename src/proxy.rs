@@ -2426,6 +2426,7 @@ fn template_ctx<'a>(
     cluster: &'a crate::upstream::Cluster,
     out: &Outcome,
 ) -> crate::config::model::TemplateCtx<'a> {
+    let elapsed = out.start.elapsed();
     crate::config::model::TemplateCtx {
         client_ip,
         peer: conn.remote,
@@ -2433,9 +2434,10 @@ fn template_ctx<'a>(
         protocol,
         route: &route.spec.name,
         cluster: &cluster.spec.name,
-        start: std::time::SystemTime::now() - out.start.elapsed(),
+        start: std::time::SystemTime::now() - elapsed,
         upstream_host: "",
         status: 0,
+        elapsed,
     }
 }
 

@@ -3432,6 +3432,7 @@ routes:
     response_headers:
       set:
         x-served-by: "%UPSTREAM_HOST% %RESPONSE_CODE% %ROUTE_NAME%"
+        x-upstream-service-time: "%RESPONSE_DURATION%"
         x-pct: "100%%"
 clusters:
   - name: app
@@ -3454,11 +3455,21 @@ clusters:
             send(r.body(body::empty()).unwrap()).await
         }
     };
+    let sent = std::time::Instant::now();
     let r = get(Some("acme")).await;
+    let took = sent.elapsed().as_millis();
     assert_eq!(
         r.headers()["x-served-by"].to_str().unwrap(),
         format!("{} 200 api", up.addr)
     );
+    // Envoy's RESPONSE_DURATION: whole milliseconds to the answer's head,
+    // within what the client saw.
+    let ms: u128 = r.headers()["x-upstream-service-time"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(ms <= took, "{ms} ms within {took} ms");
     assert_eq!(r.headers()["x-pct"], "100%");
     let v: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
     let h = &v["headers"];
@@ -3485,6 +3496,7 @@ clusters:
         ("%NOPE%", "unknown variable %NOPE%"),
         ("50%", "not closed"),
         ("%UPSTREAM_HOST%", "only for response headers"),
+        ("%RESPONSE_DURATION%", "only for response headers"),
     ] {
         let c = cfg.replace("\"%REQ(X-Tenant)%\"", &format!("\"{bad}\""));
         let err = Sift::try_start(&c).err().expect("refused");

@@ -994,6 +994,9 @@ pub struct TemplateCtx<'a> {
     /// Response headers: the endpoint that answered, and its status.
     pub upstream_host: &'a str,
     pub status: u16,
+    /// Response headers: the time from the request's arrival to its answer's
+    /// head.
+    pub elapsed: std::time::Duration,
 }
 
 /// A header value with `%VARIABLE%`s (Envoy's header formatter names).
@@ -1019,10 +1022,12 @@ enum TemplatePart {
     StartTime(u8),
     UpstreamHost,
     ResponseCode,
+    /// Milliseconds from arrival to the answer's head.
+    ResponseDuration,
 }
 
 /// The variables a request header template may use, for error messages.
-pub const TEMPLATE_VARIABLES: &str = "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT, DOWNSTREAM_DIRECT_REMOTE_ADDRESS, DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT, DOWNSTREAM_PEER_URI_SAN, REQ(name) (request headers), PROTOCOL, ROUTE_NAME, UPSTREAM_CLUSTER, UPSTREAM_HOST and RESPONSE_CODE (response headers), HOSTNAME, START_TIME, START_TIME(%s), START_TIME(%s.%3f), START_TIME(%s%3f)";
+pub const TEMPLATE_VARIABLES: &str = "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT, DOWNSTREAM_DIRECT_REMOTE_ADDRESS, DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT, DOWNSTREAM_PEER_URI_SAN, REQ(name) (request headers), PROTOCOL, ROUTE_NAME, UPSTREAM_CLUSTER, UPSTREAM_HOST, RESPONSE_CODE and RESPONSE_DURATION (response headers), HOSTNAME, START_TIME, START_TIME(%s), START_TIME(%s.%3f), START_TIME(%s%3f)";
 
 impl HeaderTemplate {
     /// Parse a value: `None` when it has no variable (a literal value;
@@ -1077,13 +1082,14 @@ impl HeaderTemplate {
                 "START_TIME(%s)" => TemplatePart::StartTime(1),
                 "START_TIME(%s.%3f)" => TemplatePart::StartTime(2),
                 "START_TIME(%s%3f)" => TemplatePart::StartTime(3),
-                "UPSTREAM_HOST" | "RESPONSE_CODE" if !response => {
+                "UPSTREAM_HOST" | "RESPONSE_CODE" | "RESPONSE_DURATION" if !response => {
                     return Err(format!(
                         "{v:?}: %{name}% is known only for response headers"
                     ));
                 }
                 "UPSTREAM_HOST" => TemplatePart::UpstreamHost,
                 "RESPONSE_CODE" => TemplatePart::ResponseCode,
+                "RESPONSE_DURATION" => TemplatePart::ResponseDuration,
                 n if n.starts_with("REQ(") && n.ends_with(')') && response => {
                     return Err(format!(
                         "{v:?}: %{n}% reads the request's headers: only in request_headers"
@@ -1155,6 +1161,9 @@ impl HeaderTemplate {
                 TemplatePart::UpstreamHost => out.extend_from_slice(ctx.upstream_host.as_bytes()),
                 TemplatePart::ResponseCode => {
                     out.extend_from_slice(ctx.status.to_string().as_bytes())
+                }
+                TemplatePart::ResponseDuration => {
+                    out.extend_from_slice(ctx.elapsed.as_millis().to_string().as_bytes())
                 }
                 TemplatePart::StartTime(f) => {
                     let d = ctx
@@ -1243,6 +1252,7 @@ mod template_tests {
             start: std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_765_035_802_123),
             upstream_host: "10.0.0.7:8080",
             status: 503,
+            elapsed: std::time::Duration::from_micros(12_345),
         }
     }
 
@@ -1294,6 +1304,7 @@ mod template_tests {
             "%REQ(bad name)%",
             "%START_TIME(%Y)%",
             "%UPSTREAM_HOST%",
+            "%RESPONSE_DURATION%",
         ] {
             assert!(HeaderTemplate::parse(bad, false).is_err(), "{bad}");
         }
@@ -1301,12 +1312,12 @@ mod template_tests {
             HeaderTemplate::parse("%REQ(x)%", true).is_err(),
             "no REQ on responses"
         );
-        let r = HeaderTemplate::parse("%UPSTREAM_HOST% %RESPONSE_CODE%", true)
+        let r = HeaderTemplate::parse("%UPSTREAM_HOST% %RESPONSE_CODE% %RESPONSE_DURATION%", true)
             .unwrap()
             .unwrap()
             .render(&h, &ctx())
             .unwrap();
-        assert_eq!(r, "10.0.0.7:8080 503");
+        assert_eq!(r, "10.0.0.7:8080 503 12");
         assert_eq!(rfc3339_ms(951_782_400, 0), "2000-02-29T00:00:00.000Z");
         assert_eq!(rfc3339_ms(0, 5), "1970-01-01T00:00:00.005Z");
     }
