@@ -12,6 +12,8 @@
 #        FILTERS (YAML of a top-level filters: list)
 #        TOP (YAML lines added at the top level, e.g. a tracing: map;
 #        @BE@ in it becomes the backend nginx port, which answers 200)
+#        LOG (the log: map; default { format: json, level: warn,
+#        access_log: false }, so that writing lines is not counted)
 #        KEEP (a directory: the callgrind dumps are copied there, named
 #        after the binary and the request count, for callgrind_annotate)
 #
@@ -35,7 +37,7 @@ count() { # sift binary, requests -> instructions
   p=$(port); a=$(port)
   {
     echo "workers: 1"
-    echo "log: { format: json, level: warn, access_log: false }"
+    echo "log: ${LOG:-{ format: json, level: warn, access_log: false \}}"
     echo "admin: { address: \"127.0.0.1:$a\" }"
     echo "listeners: [ { name: main, address: \"127.0.0.1:$p\" } ]"
     [ -z "${FILTERS:-}" ] || echo "filters: $FILTERS"
