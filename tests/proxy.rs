@@ -3404,6 +3404,73 @@ async fn proxy_protocol_optional_takes_both() {
     assert_eq!(xff_of(&b).as_deref(), Some("127.0.0.1"), "{b}");
 }
 
+/// `pool.max_requests_per_connection` and `pool.max_connection_duration`
+/// (Envoy's): a kept-alive upstream connection is closed after N requests
+/// (HTTP/2: streams), or takes no new request once it is that old, so
+/// traffic to a Service address spreads over its pods again; without them
+/// one connection serves everything.
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_connections_are_recycled_by_count_and_age() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let (a, b, c, d) = (
+        Upstream::echo("a").await,
+        Upstream::echo("b").await,
+        Upstream::echo("c").await,
+        Upstream::echo("d").await,
+    );
+    let cfg = format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+routes:
+  - {{ name: a, match: {{ path: {{ prefix: /a }} }}, cluster: a }}
+  - {{ name: b, match: {{ path: {{ prefix: /b }} }}, cluster: b }}
+  - {{ name: c, match: {{ path: {{ prefix: /c }} }}, cluster: c }}
+  - {{ name: d, match: {{ path: {{ prefix: /d }} }}, cluster: d }}
+clusters:
+  - {{ name: a, endpoints: ["{}"], pool: {{ max_requests_per_connection: 3 }} }}
+  - {{ name: b, endpoints: ["{}"], protocol: http2, pool: {{ max_requests_per_connection: 3 }} }}
+  - {{ name: c, endpoints: ["{}"], pool: {{ max_connection_duration: 1s }} }}
+  - {{ name: d, endpoints: ["{}"] }}
+"#,
+        a.addr, b.addr, c.addr, d.addr
+    );
+    let sift = Sift::start(&cfg);
+    for path in ["/a", "/b", "/c", "/d"] {
+        for _ in 0..9 {
+            assert_eq!(get_text(&sift.url(path)).await.0, 200);
+        }
+    }
+    assert_eq!(
+        a.connections.load(SeqCst),
+        3,
+        "HTTP/1.1: 9 requests, 3 per connection"
+    );
+    assert_eq!(
+        b.connections.load(SeqCst),
+        3,
+        "HTTP/2: 9 streams, 3 per connection"
+    );
+    assert_eq!(c.connections.load(SeqCst), 1, "young enough for all 9");
+    assert_eq!(d.connections.load(SeqCst), 1, "no limit: one connection");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(get_text(&sift.url("/c")).await.0, 200);
+    assert_eq!(c.connections.load(SeqCst), 2, "too old: a new connection");
+    assert_eq!(get_text(&sift.url("/d")).await.0, 200);
+    assert_eq!(d.connections.load(SeqCst), 1);
+    let e = sift::config::load_str(&cfg.replace(
+        "pool: { max_connection_duration: 1s }",
+        "pool: { max_requests_per_connection: 0, max_connection_duration: 0s }",
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("clusters[2].pool.max_requests_per_connection")
+            && e.contains("clusters[2].pool.max_connection_duration"),
+        "{e}"
+    );
+}
+
 /// Header values with Envoy's `%VARIABLES%` (nginx's `proxy_set_header
 /// X-Real-IP $remote_addr`): filled per request, left out when empty;
 /// `%%` is a `%`; response headers name the endpoint and status.

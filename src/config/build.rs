@@ -2986,6 +2986,18 @@ fn build_clusters(
                 e,
             ),
             max_idle_per_endpoint: max_idle,
+            max_requests_per_connection: match c.pool.as_ref().and_then(|p| p.max_requests_per_connection) {
+                Some(0) => {
+                    e.push(format!("{p}.pool.max_requests_per_connection"), "must be at least 1");
+                    None
+                }
+                n => n,
+            },
+            max_connection_duration: c
+                .pool
+                .as_ref()
+                .and_then(|pf| pf.max_connection_duration)
+                .map(|d| positive(Some(d), d, &format!("{p}.pool.max_connection_duration"), e)),
             breakers: build_breakers(
                 c.circuit_breakers.as_ref(),
                 &format!("{p}.circuit_breakers"),

@@ -2312,4 +2312,12 @@ pub struct PoolFile {
     /// Most idle keep-alive connections kept per endpoint (default 128).
     #[serde(default)]
     pub max_idle_per_endpoint: Option<usize>,
+    /// Close a connection after this many requests (HTTP/2: streams);
+    /// Envoy's max_requests_per_connection (default none).
+    #[serde(default)]
+    pub max_requests_per_connection: Option<u32>,
+    /// Take no new request on a connection this old (default none);
+    /// Envoy's max_connection_duration.
+    #[serde(default)]
+    pub max_connection_duration: Option<Dur>,
 }

@@ -1343,6 +1343,10 @@ pub struct ClusterSpec {
     /// Longest wait for the next piece of a response body.
     pub read_timeout: Dur,
     pub max_idle_per_endpoint: usize,
+    /// Close a connection after this many requests.
+    pub max_requests_per_connection: Option<u32>,
+    /// Take no new request on a connection this old.
+    pub max_connection_duration: Option<Dur>,
     pub breakers: Breakers,
     pub outlier: Option<OutlierSpec>,
     pub health_check: Option<crate::upstream::health::HealthSpec>,

@@ -314,6 +314,8 @@ impl Cluster {
                 connect_timeout: spec.connect_timeout.0,
                 idle_timeout: spec.idle_timeout.0,
                 max_idle_per_endpoint: spec.max_idle_per_endpoint,
+                max_requests_per_connection: spec.max_requests_per_connection,
+                max_connection_duration: spec.max_connection_duration.map(|d| d.0),
                 tls,
                 resolver: (!spec.resolver.servers.is_empty()).then(|| spec.resolver.clone()),
             },

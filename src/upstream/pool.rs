@@ -58,19 +58,38 @@ pub struct PoolConfig {
     /// The top-level `dns.resolvers`, when set: names are looked up there
     /// instead of by the system's resolver.
     pub resolver: Option<crate::dns::ResolverSpec>,
+    /// Close a connection after this many requests (Envoy's
+    /// `max_requests_per_connection`).
+    pub max_requests_per_connection: Option<u32>,
+    /// Close a connection once it is this old (Envoy's
+    /// `max_connection_duration`): it takes no new request after.
+    pub max_connection_duration: Option<Duration>,
 }
 
 struct Idle {
     send: http1::SendRequest<Body>,
     since: Instant,
+    /// Requests sent on it so far, and when it was opened.
+    uses: u32,
+    born: Instant,
+}
+
+/// An HTTP/1.1 connection out of the pool, with its count and age.
+struct H1 {
+    send: http1::SendRequest<Body>,
+    uses: u32,
+    born: Instant,
 }
 
 #[derive(Default)]
 struct Slot {
     /// HTTP/1.1 idle connections, oldest first.
     idle: VecDeque<Idle>,
-    /// The HTTP/2 connection.
+    /// The HTTP/2 connection, the streams opened on it, and when it was
+    /// opened.
     h2: Option<http2::SendRequest<Body>>,
+    h2_uses: u32,
+    h2_born: Option<Instant>,
 }
 
 pub struct Pool {
@@ -141,17 +160,25 @@ impl Pool {
         }
         let mut req = req;
         loop {
-            let (mut send, reused) = match self.checkout(index).await {
-                Some(s) => (s, true),
+            let (mut conn, reused) = match self.checkout(index).await {
+                Some(c) => (c, true),
                 // Boxed: connecting (TCP, TLS) is a large, rare await state.
-                None => (Box::pin(self.connect_h1(endpoint)).await?, false),
+                None => (
+                    H1 {
+                        send: Box::pin(self.connect_h1(endpoint)).await?,
+                        uses: 0,
+                        born: Instant::now(),
+                    },
+                    false,
+                ),
             };
-            match send.try_send_request(req).await {
+            match conn.send.try_send_request(req).await {
                 Ok(resp) => {
+                    conn.uses += 1;
                     let (parts, body) = resp.into_parts();
                     let body = Returning {
                         inner: body,
-                        home: Some((Arc::downgrade(self), index, send)),
+                        home: Some((Arc::downgrade(self), index, conn)),
                     };
                     return Ok(http::Response::from_parts(parts, crate::body::boxed(body)));
                 }
@@ -166,26 +193,47 @@ impl Pool {
     }
 
     /// A ready idle connection to endpoint `index`, if any.
-    async fn checkout(&self, index: usize) -> Option<http1::SendRequest<Body>> {
+    async fn checkout(&self, index: usize) -> Option<H1> {
         loop {
             let idle = {
                 let mut slot = self.slots.get(index)?.lock().ok()?;
                 slot.idle.pop_back()?
             };
-            if idle.since.elapsed() >= self.cfg.idle_timeout || idle.send.is_closed() {
+            if idle.since.elapsed() >= self.cfg.idle_timeout
+                || idle.send.is_closed()
+                || self.worn(idle.uses, idle.born)
+            {
                 continue;
             }
             let mut send = idle.send;
             // Usually ready at once; a response that just ended may need the
             // connection task to run once more.
             if send.ready().await.is_ok() {
-                return Some(send);
+                return Some(H1 {
+                    send,
+                    uses: idle.uses,
+                    born: idle.born,
+                });
             }
         }
     }
 
-    fn checkin(self: &Arc<Self>, index: usize, send: http1::SendRequest<Body>) {
-        if send.is_closed() || self.cfg.max_idle_per_endpoint == 0 {
+    /// A connection that has served `max_requests_per_connection`, or is
+    /// `max_connection_duration` old, takes no new request.
+    fn worn(&self, uses: u32, born: Instant) -> bool {
+        self.cfg
+            .max_requests_per_connection
+            .is_some_and(|m| uses >= m)
+            || self
+                .cfg
+                .max_connection_duration
+                .is_some_and(|d| born.elapsed() >= d)
+    }
+
+    fn checkin(self: &Arc<Self>, index: usize, conn: H1) {
+        let H1 { send, uses, born } = conn;
+        // A worn connection is dropped here: hyper closes it.
+        if send.is_closed() || self.cfg.max_idle_per_endpoint == 0 || self.worn(uses, born) {
             return;
         }
         let now = Instant::now();
@@ -196,7 +244,12 @@ impl Pool {
         if slot.idle.len() >= self.cfg.max_idle_per_endpoint {
             slot.idle.pop_front();
         }
-        slot.idle.push_back(Idle { send, since: now });
+        slot.idle.push_back(Idle {
+            send,
+            since: now,
+            uses,
+            born,
+        });
         drop(slot);
         self.start_sweeper();
     }
@@ -226,6 +279,7 @@ impl Pool {
         if to.h2.is_none() {
             if let Some(h2) = from.h2.clone().filter(|h| !h.is_closed()) {
                 to.h2 = Some(h2);
+                (to.h2_uses, to.h2_born) = (from.h2_uses, from.h2_born);
                 n += 1;
             }
         }
@@ -268,12 +322,17 @@ impl Pool {
         endpoint: &Endpoint,
         req: Request<Body>,
     ) -> Result<http::Response<Body>, SendError> {
+        // The shared connection, counted; one past its limits is let go
+        // (its streams in flight finish, then hyper closes it).
         let cached = || {
-            self.slots
-                .get(index)
-                .and_then(|s| s.lock().ok())
-                .and_then(|s| s.h2.clone())
-                .filter(|s| !s.is_closed())
+            let mut slot = self.slots.get(index)?.lock().ok()?;
+            let born = slot.h2_born?;
+            if slot.h2.as_ref().is_none_or(|s| s.is_closed()) || self.worn(slot.h2_uses, born) {
+                slot.h2 = None;
+                return None;
+            }
+            slot.h2_uses += 1;
+            slot.h2.clone()
         };
         let mut send = match cached() {
             Some(s) => s,
@@ -288,6 +347,8 @@ impl Pool {
                         let s = Box::pin(self.connect_h2(endpoint)).await?;
                         if let Some(Ok(mut slot)) = self.slots.get(index).map(Mutex::lock) {
                             slot.h2 = Some(s.clone());
+                            slot.h2_uses = 1;
+                            slot.h2_born = Some(Instant::now());
                         }
                         s
                     }
@@ -438,7 +499,7 @@ pin_project_lite::pin_project! {
     struct Returning {
         #[pin]
         inner: Incoming,
-        home: Option<(Weak<Pool>, usize, http1::SendRequest<Body>)>,
+        home: Option<(Weak<Pool>, usize, H1)>,
     }
     impl PinnedDrop for Returning {
         // hyper stops polling a body that says it has ended (a known
@@ -452,10 +513,10 @@ pin_project_lite::pin_project! {
     }
 }
 
-fn give_back(home: &mut Option<(Weak<Pool>, usize, http1::SendRequest<Body>)>) {
-    if let Some((pool, index, send)) = home.take() {
+fn give_back(home: &mut Option<(Weak<Pool>, usize, H1)>) {
+    if let Some((pool, index, conn)) = home.take() {
         if let Some(pool) = pool.upgrade() {
-            pool.checkin(index, send);
+            pool.checkin(index, conn);
         }
     }
 }
