@@ -128,15 +128,22 @@ pub async fn serve(tcp: TcpListener, name: Arc<str>, shared: Arc<Shared>, drain:
                 let proto = match protocols.mode {
                     DownstreamProtocol::Auto => {
                         let mut w = watch.clone();
-                        let sniff = tokio::time::timeout(protocols.idle_timeout, sniff_h2(&stream));
+                        let sniff = sniff_h2(&stream);
+                        tokio::pin!(sniff);
+                        let silent = tokio::time::sleep(protocols.idle_timeout);
                         tokio::select! {
-                            r = sniff => match r {
-                                Ok(true) => DownstreamProtocol::H2,
-                                Ok(false) => DownstreamProtocol::H1,
-                                // Silent for idle_timeout: closed.
+                            h2 = &mut sniff => proto_of(h2),
+                            // Silent for idle_timeout: closed.
+                            _ = silent => return,
+                            // Draining began between accept and the first
+                            // bytes: the client may have sent its request
+                            // already (closing now would reset it), so it
+                            // gets the drain's grace to arrive, and is
+                            // answered with `Connection: close`.
+                            _ = w.signaled() => match tokio::time::timeout(DRAIN_GRACE, &mut sniff).await {
+                                Ok(h2) => proto_of(h2),
                                 Err(_) => return,
                             },
-                            _ = w.signaled() => return,
                         }
                     }
                     p => p,
@@ -425,6 +432,15 @@ impl Drop for AbortOnDrop {
 
 /// The HTTP/2 client preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The protocol a sniffed connection speaks.
+fn proto_of(h2: bool) -> DownstreamProtocol {
+    if h2 {
+        DownstreamProtocol::H2
+    } else {
+        DownstreamProtocol::H1
+    }
+}
 
 /// Prior-knowledge HTTP/2 on plain TCP: does the client's first data start
 /// with the HTTP/2 preface? It peeks, so nothing is consumed. A client that

@@ -334,6 +334,7 @@ async fn sigterm_drains_an_inflight_slow_request_then_exits_0() {
 /// Draining does not fail a request a client sends on a connection at that
 /// moment: an idle HTTP/1.1 keep-alive connection stays open for the grace,
 /// its next request is answered with `Connection: close`, then it closes;
+/// so is the first request of a connection accepted just before the drain;
 /// an answer made after the drain began says close too.
 #[tokio::test(flavor = "multi_thread")]
 async fn draining_answers_the_next_request_on_a_keep_alive_connection_with_close() {
@@ -361,9 +362,19 @@ async fn draining_answers_the_next_request_on_a_keep_alive_connection_with_close
     );
     let mut busy = tokio::net::TcpStream::connect(sift.addr()).await.unwrap();
     busy.write_all(req("/slow").as_bytes()).await.unwrap();
+    // A connection accepted before the drain whose first request comes
+    // after it began (sift had not yet seen a byte of it).
+    let mut fresh = tokio::net::TcpStream::connect(sift.addr()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     sift.signal("TERM");
     tokio::time::sleep(Duration::from_millis(200)).await;
+    fresh.write_all(req("/").as_bytes()).await.unwrap();
+    let answer = read_response(&mut fresh).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
     // The idle connection's next request, sent after the drain began.
     idle.write_all(req("/").as_bytes()).await.unwrap();
     let second = read_response(&mut idle).await;
