@@ -61,6 +61,8 @@ sift admin endpoints:
   POST /logging?level=LEVEL        set the log level (error, warn, info, debug, trace, off) now
   POST /logging?filter=DIRECTIVES  set the log filter (RUST_LOG syntax: info,sift::proxy=debug)
   GET  /filters                    the filters and their models
+  GET  /cache                      routes' caches: entries, bytes, limits
+  POST /cache/purge?route=R&prefix=/p  drop cached answers (every route, every path by default)
   POST /filters/NAME/learn         JSONL of {\"text\",\"label\"} (spam) or {\"log\",\"label\"} (cilog) examples
 ";
 
@@ -210,6 +212,14 @@ async fn route(
                     .set(secs(a.sample_rtt()));
             }
             for r in &snap.routes {
+                let Some(c) = &r.cache else { continue };
+                let (n, bytes) = c.usage();
+                let name = r.spec.name.as_str();
+                let m = &shared.metrics;
+                m.cache_entries.with_label_values(&[name]).set(n as i64);
+                m.cache_bytes.with_label_values(&[name]).set(bytes as i64);
+            }
+            for r in &snap.routes {
                 let Some(c) = &r.canary else { continue };
                 for (b, w) in r.spec.backends.iter().zip(c.weights().iter()) {
                     shared
@@ -271,6 +281,26 @@ async fn route(
                 Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "reload task failed\n"),
             }
         }
+        (&Method::GET, "/cache") => {
+            let snap = shared.snapshot.load();
+            let routes: Vec<Value> = snap
+                .routes
+                .iter()
+                .filter_map(|r| {
+                    let c = r.cache.as_ref()?;
+                    let (entries, bytes) = c.usage();
+                    Some(json!({
+                        "route": r.spec.name,
+                        "entries": entries,
+                        "bytes": bytes,
+                        "max_bytes": c.spec.max_bytes,
+                        "max_object_bytes": c.spec.max_object_bytes,
+                    }))
+                })
+                .collect();
+            json_response(StatusCode::OK, json!({ "routes": routes }))
+        }
+        (&Method::POST, "/cache/purge") => purge(req.uri().query(), shared),
         (&Method::GET, "/logging") => match crate::logging::current_filter() {
             Some(f) => json_response(StatusCode::OK, json!({ "filter": f })),
             None => text(StatusCode::NOT_FOUND, "sift did not install the logger\n"),
@@ -289,10 +319,66 @@ async fn route(
         (
             _,
             "/" | "/healthz" | "/readyz" | "/metrics" | "/config" | "/clusters" | "/reload"
-            | "/healthcheck/fail" | "/healthcheck/ok" | "/logging",
+            | "/healthcheck/fail" | "/healthcheck/ok" | "/logging" | "/cache" | "/cache/purge",
         ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         _ => text(StatusCode::NOT_FOUND, &format!("not found\n{INDEX}")),
     }
+}
+
+/// `POST /cache/purge?route=R&prefix=/p`: drop cached answers, of one
+/// route or all, under a path prefix or all (nginx's `proxy_cache_purge`).
+fn purge(query: Option<&str>, shared: &Shared) -> Response<Body> {
+    let (mut route, mut prefix) = (None, None);
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = String::from_utf8_lossy(&crate::snapshot::query_decode(v)).into_owned();
+        match k {
+            "route" => route = Some(v),
+            "prefix" if v.starts_with('/') => prefix = Some(v),
+            "prefix" => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    &format!("prefix {v:?} must start with /\n"),
+                );
+            }
+            _ => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    &format!("unknown parameter {k:?}: use route=NAME and prefix=/path\n"),
+                );
+            }
+        }
+    }
+    let snap = shared.snapshot.load();
+    let cached: Vec<&crate::snapshot::Route> =
+        snap.routes.iter().filter(|r| r.cache.is_some()).collect();
+    if let Some(name) = &route
+        && !cached.iter().any(|r| r.spec.name == *name)
+    {
+        let known: Vec<&str> = cached.iter().map(|r| r.spec.name.as_str()).collect();
+        return text(
+            StatusCode::NOT_FOUND,
+            &format!(
+                "no route {name:?} with a cache (routes with one: {})\n",
+                known.join(", ")
+            ),
+        );
+    }
+    let mut purged = 0;
+    for r in cached {
+        if route.as_ref().is_none_or(|n| *n == r.spec.name)
+            && let Some(c) = &r.cache
+        {
+            purged += c.purge(prefix.as_deref());
+        }
+    }
+    tracing::info!(
+        route = route.as_deref().unwrap_or("*"),
+        prefix = prefix.as_deref().unwrap_or("/"),
+        purged,
+        "cache purged"
+    );
+    json_response(StatusCode::OK, json!({ "purged": purged }))
 }
 
 /// `POST /logging?level=L` or `?filter=DIRECTIVES`: the log filter, now

@@ -65,6 +65,11 @@ pub struct Metrics {
     pub adaptive_min_rtt: prometheus::GaugeVec,
     pub adaptive_sample_rtt: prometheus::GaugeVec,
     pub adaptive_blocked: IntCounterVec,
+    pub cache_requests: IntCounterVec,
+    pub cache_stores: IntCounterVec,
+    pub cache_evictions: IntCounterVec,
+    pub cache_bytes: IntGaugeVec,
+    pub cache_entries: IntGaugeVec,
     pub canary_weight: IntGaugeVec,
     pub canary_rollout_step: IntGaugeVec,
     pub canary_rollbacks: IntCounterVec,
@@ -549,6 +554,46 @@ impl Metrics {
             &["route"],
         )
         .expect("valid metric");
+        let cache_requests = IntCounterVec::new(
+            Opts::new(
+                "sift_cache_requests_total",
+                "Requests on routes with a cache, by how the cache served them: hit, miss, expired, revalidated, stale, bypass.",
+            ),
+            &["route", "result"],
+        )
+        .expect("valid metric");
+        let cache_stores = IntCounterVec::new(
+            Opts::new(
+                "sift_cache_stores_total",
+                "Upstream answers to cacheable requests: stored, not_storable (HTTP forbids it or names no freshness), too_large.",
+            ),
+            &["route", "result"],
+        )
+        .expect("valid metric");
+        let cache_evictions = IntCounterVec::new(
+            Opts::new(
+                "sift_cache_evictions_total",
+                "Entries evicted to keep a route's cache within max_bytes.",
+            ),
+            &["route"],
+        )
+        .expect("valid metric");
+        let cache_bytes = IntGaugeVec::new(
+            Opts::new(
+                "sift_cache_bytes",
+                "Bytes a route's cache holds (refreshed at scrape).",
+            ),
+            &["route"],
+        )
+        .expect("valid metric");
+        let cache_entries = IntGaugeVec::new(
+            Opts::new(
+                "sift_cache_entries",
+                "Entries a route's cache holds (refreshed at scrape).",
+            ),
+            &["route"],
+        )
+        .expect("valid metric");
         let canary_weight = IntGaugeVec::new(
             Opts::new(
                 "sift_canary_weight",
@@ -654,6 +699,11 @@ impl Metrics {
             Box::new(adaptive_min_rtt.clone()),
             Box::new(adaptive_sample_rtt.clone()),
             Box::new(adaptive_blocked.clone()),
+            Box::new(cache_requests.clone()),
+            Box::new(cache_stores.clone()),
+            Box::new(cache_evictions.clone()),
+            Box::new(cache_bytes.clone()),
+            Box::new(cache_entries.clone()),
             Box::new(canary_rollout_step.clone()),
             Box::new(canary_rollbacks.clone()),
             Box::new(canary_promotions.clone()),
@@ -764,6 +814,11 @@ impl Metrics {
             adaptive_min_rtt,
             adaptive_sample_rtt,
             adaptive_blocked,
+            cache_requests,
+            cache_stores,
+            cache_evictions,
+            cache_bytes,
+            cache_entries,
             canary_weight,
             canary_rollout_step,
             canary_rollbacks,

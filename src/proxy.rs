@@ -54,6 +54,8 @@ pub struct ConnInfo {
 }
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// How a route's cache served the request (`HIT`, `MISS`, ...).
+static X_SIFT_CACHE: HeaderName = HeaderName::from_static("x-sift-cache");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -111,6 +113,8 @@ struct Outcome {
     cors_origin: Option<HeaderValue>,
     /// Set when `tracing` is configured.
     trace: Option<Box<Trace>>,
+    /// How the route's cache served the request (routes with `cache`).
+    cache: Option<crate::cache::Status>,
 }
 
 struct LogFields {
@@ -295,12 +299,18 @@ impl Outcome {
                 stats.count(self.listener_index, self.status);
                 stats.duration.observe(elapsed.as_secs_f64());
                 if let Some(w) = &stats.window {
-                    // A gRPC call counts by its grpc-status.
-                    let s = match self.grpc_status {
-                        Some(c) if self.status == 200 => grpc_as_http(c),
-                        _ => self.status,
+                    // A gRPC call counts by its grpc-status. A cache hit
+                    // tells nothing of the version; a stale answer stood in
+                    // for an upstream that failed.
+                    let s = match (self.grpc_status, self.cache) {
+                        (_, Some(crate::cache::Status::Hit)) => None,
+                        (_, Some(crate::cache::Status::Stale)) => Some(502),
+                        (Some(c), _) if self.status == 200 => Some(grpc_as_http(c)),
+                        _ => Some(self.status),
                     };
-                    w.record(s, elapsed.as_secs_f64());
+                    if let Some(s) = s {
+                        w.record(s, elapsed.as_secs_f64());
+                    }
                 }
             }
             None => {
@@ -349,6 +359,7 @@ impl Outcome {
             filters = log.filters.as_deref().unwrap_or("-"),
             mirrored = log.mirrored,
             fault = log.fault.unwrap_or("-"),
+            cache = self.cache.map_or("-", crate::cache::Status::as_str),
             grpc_status = self.grpc_status.map_or("-", grpc_label),
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             bytes_sent = bytes,
@@ -434,6 +445,7 @@ pub async fn handle(
         read_timeout: None,
         cors_origin: None,
         trace,
+        cache: None,
     };
     let mut request_id = None;
     let mut resp = match proxy(
@@ -975,6 +987,65 @@ async fn proxy(
     };
     out.read_timeout = Some(cluster.spec.read_timeout.0);
     out.stats = Some(backend.stats.clone());
+
+    // 6b. The route's cache: a fresh entry answers here, before the
+    //     cluster's circuit breaker and the upstream.
+    let mut fetch = None;
+    let mut invalidate = None;
+    if let Some(cache) = &route.cache {
+        use crate::cache::{Plan, Status};
+        let plain = bodiless && !req.headers().contains_key(header::UPGRADE);
+        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let host = request_host(&req)?;
+        let ask = crate::cache::Request {
+            method: req.method(),
+            headers: req.headers(),
+            host: &host,
+            path_and_query: pq,
+            cluster: &cluster.spec.name,
+            plain,
+        };
+        match Box::pin(cache.plan(&ask, || clock.now())).await {
+            Plan::Hit(entry, cond) => {
+                let head = req.method() == Method::HEAD;
+                let resp = crate::cache::respond(&entry, head, &cond, clock.now());
+                let template_ip =
+                    route.spec.response_headers.templated().then(|| {
+                        trusted_client_ip(listener.trusted_hops, req.headers(), conn.remote)
+                    });
+                cache.metrics.count(Status::Hit);
+                out.cache = Some(Status::Hit);
+                let (parts, b) = resp.into_parts();
+                return Ok(decorate(
+                    Decorate {
+                        route,
+                        cluster,
+                        endpoint: usize::MAX,
+                        template_ip: template_ip.as_deref(),
+                        conn,
+                        version: req.version(),
+                        request_id,
+                        set_cookie,
+                        ratelimit_headers,
+                        auth_client_headers,
+                        remote_limit_headers,
+                        gzip,
+                        cache: Some(Status::Hit),
+                    },
+                    out,
+                    parts,
+                    b,
+                ));
+            }
+            // Boxed: it waits in the request future across the upstream call.
+            Plan::Fetch(f) => fetch = Some(f),
+            Plan::Bypass { invalidate: i } => {
+                cache.metrics.count(Status::Bypass);
+                out.cache = Some(Status::Bypass);
+                invalidate = i;
+            }
+        }
+    }
     out.cluster_slot = Some(cluster.request_slot()?);
 
     // 7. Upstream request head (the endpoint is set per attempt).
@@ -1304,6 +1375,12 @@ async fn proxy(
         }
     }
 
+    // A stale entry's validators go upstream (the client's conditions are
+    // answered from the entry).
+    if let Some(f) = &mut fetch {
+        f.revalidate(&mut parts.headers);
+    }
+
     // 8. Send, retrying what the route's policy allows within the budget.
     //    The adaptive concurrency limit counts and times what goes
     //    upstream: from here to the end of the answer's body.
@@ -1321,6 +1398,8 @@ async fn proxy(
         }
     }
     let timeout = cluster.spec.timeout_for(&route.spec);
+    let downstream_head = parts.method == Method::HEAD;
+    let mut served_stale = false;
     // The route's timeout counts from when the request is ready to send:
     // its start, unless its body was awaited above (held for filters or
     // collected for retries). Deadlines are absolute: no attempt reads the
@@ -1595,6 +1674,20 @@ async fn proxy(
         let Some((r, permit)) = permit else {
             out.endpoint_guard = Some(ep_guard);
             out.conn_slot = conn_slot;
+            // A failed upstream, and a stale entry allowed to stand in.
+            let failed = match &outcome {
+                Ok(a) => matches!(a.status().as_u16(), 500 | 502 | 503 | 504),
+                Err(_) => true,
+            };
+            if let (true, Some(f), Some(cache)) = (failed, &fetch, &route.cache)
+                && let Some(e) = f.stale_for_error(cache, now)
+            {
+                if let Err(err) = &outcome {
+                    tracing::debug!(route = %route.spec.name, error = %err, "upstream failed: a stale cache entry answers");
+                }
+                served_stale = true;
+                break crate::cache::respond(e, downstream_head, &f.cond, now);
+            }
             break outcome?;
         };
         // Retry: free this attempt's resources, back off, go again.
@@ -1665,14 +1758,122 @@ async fn proxy(
         remove_sift_headers(&mut parts.headers);
     }
     strip_hop_by_hop_present(&mut parts.headers, hop_bits);
+    let mut b = b;
+    // The route's cache: what the answer was, what is stored.
+    let mut cache_status = out.cache;
+    if let Some(cache) = &route.cache {
+        use crate::cache::Status;
+        if let Some(uri) = invalidate.as_ref().filter(|_| parts.status.as_u16() < 400) {
+            cache.invalidate(uri);
+        }
+        if let Some(f) = fetch {
+            let now = clock.now();
+            let head = downstream_head;
+            let status = match &f.stale {
+                _ if served_stale => Status::Stale,
+                Some(old) if f.revalidating && parts.status == http::StatusCode::NOT_MODIFIED => {
+                    // Confirmed: the entry answers, refreshed by the 304
+                    // (or once more as it was, if it may no longer be kept).
+                    let e =
+                        cache.refresh(&f, old, &parts.headers, now, std::time::SystemTime::now());
+                    let r = crate::cache::respond(e.as_ref().unwrap_or(old), head, &f.cond, now);
+                    (parts, b) = r.into_parts();
+                    Status::Revalidated
+                }
+                stale => {
+                    let st = if stale.is_some() {
+                        Status::Expired
+                    } else {
+                        Status::Miss
+                    };
+                    if let Some(rec) = f.recorder(
+                        cache,
+                        parts.status,
+                        &parts.headers,
+                        now,
+                        std::time::SystemTime::now(),
+                    ) {
+                        b = body::boxed(crate::cache::Recorded::new(b, rec));
+                    }
+                    st
+                }
+            };
+            cache.metrics.count(status);
+            out.cache = Some(status);
+            cache_status = Some(status);
+        }
+    }
+    Ok(decorate(
+        Decorate {
+            route,
+            cluster,
+            endpoint: last_ep,
+            template_ip: template_ip.as_deref(),
+            conn,
+            version: downstream_version,
+            request_id,
+            set_cookie,
+            ratelimit_headers,
+            auth_client_headers,
+            remote_limit_headers,
+            gzip,
+            cache: cache_status,
+        },
+        out,
+        parts,
+        b,
+    ))
+}
+
+/// What sift adds to an answer it forwards or makes from the cache.
+struct Decorate<'a> {
+    route: &'a crate::snapshot::Route,
+    cluster: &'a crate::upstream::Cluster,
+    /// The endpoint that answered (`usize::MAX`: none, a cache hit).
+    endpoint: usize,
+    template_ip: Option<&'a str>,
+    conn: &'a ConnInfo,
+    version: Version,
+    request_id: HeaderValue,
+    set_cookie: Option<HeaderValue>,
+    ratelimit_headers: Option<[(HeaderName, HeaderValue); 2]>,
+    auth_client_headers: Vec<(HeaderName, HeaderValue)>,
+    remote_limit_headers: Vec<(HeaderName, HeaderValue)>,
+    gzip: Option<(Option<crate::compress::Coding>, bool)>,
+    cache: Option<crate::cache::Status>,
+}
+
+/// The route's response headers, sift's own (request id, rate limit,
+/// authorization, canary version, cache status), and compression.
+fn decorate(
+    d: Decorate<'_>,
+    out: &Outcome,
+    mut parts: http::response::Parts,
+    b: Body,
+) -> Response<Body> {
+    let Decorate {
+        route,
+        cluster,
+        endpoint,
+        template_ip,
+        conn,
+        version,
+        request_id,
+        set_cookie,
+        ratelimit_headers,
+        auth_client_headers,
+        remote_limit_headers,
+        gzip,
+        cache,
+    } = d;
     answer_headers(
         &mut parts,
         route,
         cluster,
-        last_ep,
-        template_ip.as_deref(),
+        endpoint,
+        template_ip,
         conn,
-        downstream_version,
+        version,
         out,
         request_id,
         set_cookie,
@@ -1687,6 +1888,9 @@ async fn proxy(
     }
     for (k, v) in remote_limit_headers {
         parts.headers.insert(k, v);
+    }
+    if let Some(s) = cache {
+        parts.headers.insert(X_SIFT_CACHE.clone(), s.header());
     }
     if let Some(name) = route
         .canary
@@ -1728,7 +1932,7 @@ async fn proxy(
             ));
         }
     }
-    Ok(Response::from_parts(parts, b))
+    Response::from_parts(parts, b)
 }
 
 /// The route of a request in its one form (a path with dot segments is

@@ -67,6 +67,9 @@ pub struct Route {
     /// The adaptive concurrency controller (kept across reloads while its
     /// spec is unchanged) and its refusals' counter.
     pub adaptive: Option<(Arc<crate::policy::adaptive::Adaptive>, IntCounter)>,
+    /// The route's HTTP cache (kept across reloads while its spec is
+    /// unchanged).
+    pub cache: Option<Arc<crate::cache::Cache>>,
     /// Canary state (runtime weights, windows, rollout), kept across
     /// reloads while the route's file weights and canary spec are unchanged.
     pub canary: Option<Arc<crate::canary::CanaryState>>,
@@ -627,6 +630,18 @@ impl Snapshot {
                             .with_label_values(&[spec.name.as_str()]),
                     )
                 });
+                let cache = spec.cache.as_ref().map(|c| {
+                    prev.and_then(|p| p.routes.iter().find(|r| r.spec.name == spec.name))
+                        .and_then(|r| r.cache.as_ref())
+                        .filter(|k| k.spec == *c)
+                        .cloned()
+                        .unwrap_or_else(|| {
+                            crate::cache::Cache::new(
+                                c.clone(),
+                                crate::cache::CacheMetrics::new(metrics, &spec.name),
+                            )
+                        })
+                });
                 Route {
                     spec: spec.clone(),
                     index,
@@ -635,6 +650,7 @@ impl Snapshot {
                     limits,
                     inflight,
                     adaptive,
+                    cache,
                     canary,
                     filters: route_filters,
                     rule_backends,

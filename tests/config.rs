@@ -182,6 +182,38 @@ clusters:
             "no upstream to retry",
         ),
         ("timeout: 1s", "needs `cluster` or `clusters`"),
+        (
+            "direct_response: { status: 200 }, cache: {}",
+            "routes[0].cache: keeps a cluster's answers: a route with `direct_response` has no cluster",
+        ),
+        (
+            "cluster: c, cache: { max_bytes: 1MiB, max_object_bytes: 2MiB }",
+            "routes[0].cache.max_object_bytes: 2097152 bytes is not between 1 and max_bytes",
+        ),
+        (
+            "cluster: c, cache: { max_bytes: 100 }",
+            "routes[0].cache.max_bytes: 100 bytes is not between 1KiB and 1TiB",
+        ),
+        (
+            "cluster: c, cache: { default_ttl: 0s }",
+            "routes[0].cache.default_ttl: must be more than 0s",
+        ),
+        (
+            "cluster: c, cache: { key_headers: [x-sift-canary] }",
+            "routes[0].cache.key_headers[0]: x-sift-* headers",
+        ),
+        (
+            "cluster: c, cache: { key_headers: [\"a b\"] }",
+            "routes[0].cache.key_headers[0]: \"a b\" is not a header name",
+        ),
+        (
+            "cluster: c, cache: { key_headers: [Accept, accept] }",
+            "is listed twice",
+        ),
+        (
+            "cluster: c, cache: { ttl: 5s }",
+            "routes[0].cache.ttl: Unknown field `ttl`",
+        ),
     ] {
         let e = err(route);
         assert!(e.contains(want), "{route}: want {want:?}, got {e:?}");
@@ -191,6 +223,8 @@ clusters:
         "cluster: c, rewrite: { regex: { pattern: \"^/v1/([^/]+)/(.*)$\", substitution: \"/\\\\2/\\\\1\" }, host: \"api.internal:8443\" }",
         "cluster: c, rewrite: { auto_host: true }",
         "cluster: c, adaptive_concurrency: {}",
+        "cluster: c, cache: {}",
+        "cluster: c, cache: { max_bytes: 256MiB, max_object_bytes: 8MiB, default_ttl: 10m, stale_if_error: 1h, key_headers: [accept-language], lock_timeout: 0s, ignore_client_cache_control: true }",
         "cluster: c, adaptive_concurrency: { sample_percentile: 90, update_interval: 250ms, max_limit: 200, min_rtt_interval: 30s, min_rtt_requests: 20, jitter_percent: 15, min_concurrency: 5, buffer_percent: 40 }",
         "redirect: { scheme: https }",
         "redirect: { host: new.example, port: 8443, prefix: /v2, code: 308, strip_query: true }",

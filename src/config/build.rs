@@ -1852,6 +1852,10 @@ fn build_routes(
                 .fault
                 .as_ref()
                 .and_then(|f| build_fault(f, &format!("{p}.fault"), local, e)),
+            cache: r
+                .cache
+                .as_ref()
+                .and_then(|c| build_cache(c, &format!("{p}.cache"), local, e)),
         });
         if let Some(last) = out.last_mut() {
             last.verdict_headers = route_verdict_headers(&last.filters, filters);
@@ -3880,6 +3884,88 @@ fn build_health(h: &HealthCheckFile, p: &str, e: &mut Errs) -> HealthSpec {
         expected_statuses: expected,
         panic_threshold: panic.min(100),
     }
+}
+
+/// `routes[].cache`, with its defaults.
+fn build_cache(
+    c: &crate::config::file::CacheFile,
+    p: &str,
+    local: Option<&str>,
+    e: &mut Errs,
+) -> Option<crate::cache::CacheSpec> {
+    let before = e.len();
+    if let Some(a) = local {
+        e.push(
+            p.to_string(),
+            format!("keeps a cluster's answers: a route with `{a}` has no cluster"),
+        );
+    }
+    let max_bytes = c.max_bytes.map_or(64 << 20, |b| b.0);
+    if !(1024..=(1u64 << 40)).contains(&max_bytes) {
+        e.push(
+            format!("{p}.max_bytes"),
+            format!("{max_bytes} bytes is not between 1KiB and 1TiB"),
+        );
+    }
+    let max_object_bytes = c.max_object_bytes.map_or((1 << 20).min(max_bytes), |b| b.0);
+    if max_object_bytes == 0 || max_object_bytes > max_bytes {
+        e.push(
+            format!("{p}.max_object_bytes"),
+            format!("{max_object_bytes} bytes is not between 1 and max_bytes ({max_bytes})"),
+        );
+    }
+    let day = Duration::from_secs(365 * 86_400);
+    let default_ttl = c.default_ttl.map(|d| d.0);
+    if default_ttl.is_some_and(|d| d.is_zero() || d > day) {
+        e.push(
+            format!("{p}.default_ttl"),
+            "must be more than 0s and at most 365 days (leave it out to keep only answers that name their freshness)",
+        );
+    }
+    let stale_if_error = c.stale_if_error.map_or(Duration::ZERO, |d| d.0);
+    let lock_timeout = c.lock_timeout.map_or(Duration::from_secs(5), |d| d.0);
+    for (key, d) in [
+        ("stale_if_error", stale_if_error),
+        ("lock_timeout", lock_timeout),
+    ] {
+        if d > day {
+            e.push(format!("{p}.{key}"), "must be at most 365 days");
+        }
+    }
+    let mut key_headers = Vec::new();
+    for (i, h) in c.key_headers.iter().flatten().enumerate() {
+        let lower = h.to_ascii_lowercase();
+        if http::HeaderName::from_bytes(lower.as_bytes()).is_err() {
+            e.push(
+                format!("{p}.key_headers[{i}]"),
+                format!("{h:?} is not a header name"),
+            );
+        } else if lower.starts_with("x-sift-") {
+            e.push(
+                format!("{p}.key_headers[{i}]"),
+                "x-sift-* headers are removed from client requests: they cannot key the cache",
+            );
+        } else if key_headers.contains(&lower) {
+            e.push(
+                format!("{p}.key_headers[{i}]"),
+                format!("{h:?} is listed twice"),
+            );
+        } else {
+            key_headers.push(lower);
+        }
+    }
+    if key_headers.len() > 16 {
+        e.push(format!("{p}.key_headers"), "at most 16 headers");
+    }
+    (e.len() == before).then_some(crate::cache::CacheSpec {
+        max_bytes,
+        max_object_bytes,
+        default_ttl,
+        stale_if_error,
+        key_headers,
+        lock_timeout,
+        ignore_client_cache_control: c.ignore_client_cache_control.unwrap_or(false),
+    })
 }
 
 /// `routes[].adaptive_concurrency`, with Envoy's defaults.

@@ -1495,6 +1495,40 @@ pub struct RouteFile {
     /// upstream.
     #[serde(default)]
     pub fault: Option<FaultFile>,
+    /// Keep the cluster's cacheable answers in memory and answer from
+    /// them (nginx's proxy_cache, Envoy's cache filter; RFC 9111).
+    #[serde(default)]
+    pub cache: Option<CacheFile>,
+}
+
+/// `routes[].cache`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CacheFile {
+    /// Memory for the route's entries (default 64MiB).
+    #[serde(default)]
+    pub max_bytes: Option<Bytes>,
+    /// Largest body kept (default 1MiB, at most max_bytes).
+    #[serde(default)]
+    pub max_object_bytes: Option<Bytes>,
+    /// Freshness of a cacheable answer that names none (default: such
+    /// answers are not kept).
+    #[serde(default)]
+    pub default_ttl: Option<Dur>,
+    /// How long past its expiry an entry answers when the upstream fails
+    /// (default 0s).
+    #[serde(default)]
+    pub stale_if_error: Option<Dur>,
+    /// Request headers whose values are part of the key.
+    #[serde(default)]
+    pub key_headers: Option<Vec<String>>,
+    /// How long a miss waits for another request's answer on the same key
+    /// (default 5s; 0s: no waiting).
+    #[serde(default)]
+    pub lock_timeout: Option<Dur>,
+    /// Do not read the client's Cache-Control and Pragma (default false).
+    #[serde(default)]
+    pub ignore_client_cache_control: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]

@@ -373,6 +373,8 @@ pub struct RouteSpec {
     pub hash_policy: Vec<HashPolicy>,
     /// Delays and aborts injected before forwarding.
     pub fault: Option<FaultSpec>,
+    /// The route's HTTP cache.
+    pub cache: Option<crate::cache::CacheSpec>,
     /// Verdict header names of this route's filters that only sift may set:
     /// a client's are removed before the request goes upstream, whether or
     /// not a filter gives a verdict. `x-sift-*` names are left out (every
