@@ -1,0 +1,233 @@
+#!/usr/bin/env bash
+# HTTP caching: sift vs nginx as caching proxies in front of the same nginx
+# backend serving one ~16 KB JSON answer that says it may be cached
+# (Cache-Control: max-age=3600, from nginx's `expires 1h`), all on
+# 127.0.0.1, in one invocation. Runs interleave ROUNDS times, each proxy
+# started afresh:
+#
+#   sift          sift, no cache
+#   sift cache    sift, routes[].cache: {} (in memory)
+#   nginx         nginx proxy, no cache
+#   nginx cache   nginx proxy_cache (keys_zone=c:10m, files under the run's
+#                 scratch directory: the page cache holds them), with
+#                 proxy_cache_lock on
+#
+# Per run: req/s, p50/p99, the proxy's CPU time (user + system, all threads
+# / processes) per request from /proc, the requests the backend saw during
+# the run (from its access log: 1 for a cache that works, one per request
+# without), and the proxy's resident memory at the end (VmRSS of the
+# process and its children). Before the rounds, each proxy's answer is
+# fetched twice with curl and checked: the backend's bytes, and the second
+# one a cache hit (x-sift-cache: HIT; nginx's X-Cache-Status: HIT) where a
+# cache is on.
+#
+#   bench/cache.sh [SIFT_BIN]   env: DURATION (10s) CONNS (50) ROUNDS (3) WARMUP (2s)
+#
+# sift and the proxy nginx on core 0, wrk and the backend nginx on core 1.
+# Everything stops by itself; servers are killed at exit.
+set -euo pipefail
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+cd "$(git -C "$(dirname "$0")" rev-parse --show-toplevel)"
+SIFT=${1:-target/release/sift}
+DURATION=${DURATION:-10s}
+CONNS=${CONNS:-50}
+ROUNDS=${ROUNDS:-3}
+WARMUP=${WARMUP:-2s}
+[ -x "$SIFT" ] || { echo "no sift binary at $SIFT (cargo build --release)" >&2; exit 1; }
+. bench/common.sh
+need_tools nginx wrk curl
+
+scratch
+BE=$(port); P=$(port); A=$(port)
+mkdir -p "$d/www" "$d/nx"
+chmod 755 "$d/www" "$d/nx"
+# The answer: ~16 KB of JSON shaped like an API's list page (users with
+# nested objects, numbers, booleans, ISO dates, free text), seeded.
+python3 - "$d/www/data.json" <<'PY'
+import json, random, sys
+rnd = random.Random(20261206)
+first = ["Ada", "Grace", "Linus", "Ken", "Barbara", "Edsger", "Donald", "Frances", "Tim", "Radia",
+         "Margaret", "John", "Sophie", "Niklaus", "Leslie", "Anita"]
+last = ["Lovelace", "Hopper", "Torvalds", "Thompson", "Liskov", "Dijkstra", "Knuth", "Allen",
+        "Berners-Lee", "Perlman", "Hamilton", "Backus", "Wilson", "Wirth", "Lamport", "Borg"]
+cities = ["Lisbon", "Oslo", "Kyoto", "Austin", "Nairobi", "Lyon", "Porto Alegre", "Tallinn"]
+tags = ["admin", "beta", "billing", "eu", "us", "mobile", "trial", "vip", "support", "api"]
+words = ("the quick brown fox jumps over a lazy dog while the proxy streams compressed "
+         "answers to clients that asked for them and keeps the rest as it is").split()
+items = []
+doc = {}
+i = 0
+while True:
+    f, l = rnd.choice(first), rnd.choice(last)
+    items.append({
+        "id": 100000 + i * 7 + rnd.randrange(7),
+        "name": f"{f} {l}",
+        "email": f"{f.lower()}.{l.lower()}{rnd.randrange(100)}@example.com",
+        "active": rnd.random() < 0.8,
+        "score": round(rnd.uniform(0, 100), 2),
+        "created_at": f"2026-{rnd.randrange(1, 13):02d}-{rnd.randrange(1, 29):02d}T{rnd.randrange(24):02d}:{rnd.randrange(60):02d}:{rnd.randrange(60):02d}Z",
+        "tags": rnd.sample(tags, rnd.randrange(1, 4)),
+        "address": {"city": rnd.choice(cities), "zip": f"{rnd.randrange(10000, 99999)}"},
+        "bio": " ".join(rnd.choice(words) for _ in range(rnd.randrange(6, 16))),
+    })
+    i += 1
+    doc = {"page": 1, "per_page": len(items), "total": 1234, "items": items}
+    if len(json.dumps(doc, indent=1)) >= 16384:
+        items.pop()
+        doc["per_page"] = len(items)
+        break
+open(sys.argv[1], "w").write(json.dumps(doc, indent=1) + "\n")
+PY
+chmod 644 "$d/www/data.json"
+SIZE=$(stat -c %s "$d/www/data.json")
+
+cat > "$d/backend.conf" <<NGX
+worker_processes 1; daemon off; pid $d/be.pid; error_log $d/be.err;
+events { worker_connections 4096; }
+http { access_log $d/be.access; keepalive_requests 1000000; gzip off;
+  types { application/json json; }
+  client_body_temp_path $d/cb; proxy_temp_path $d/pt; fastcgi_temp_path $d/ft; uwsgi_temp_path $d/ut; scgi_temp_path $d/st;
+  server { listen 127.0.0.1:$BE; root $d/www; expires 1h; } }
+NGX
+taskset -c 1 nginx -c "$d/backend.conf" -p "$d" & pids+=($!)
+
+nginx_conf() { # $1 file, $2 http-level directives, $3 location-level ones
+  cat > "$1" <<NGX
+worker_processes 1; daemon off; pid $d/nx/nx.pid; error_log $d/nx/nx.err;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000; $2
+  client_body_temp_path $d/nx/cb; proxy_temp_path $d/nx/pt; fastcgi_temp_path $d/nx/ft; uwsgi_temp_path $d/nx/ut; scgi_temp_path $d/nx/st;
+  upstream be { server 127.0.0.1:$BE; keepalive 64; }
+  server { listen 127.0.0.1:$P; location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; $3 } } }
+NGX
+}
+nginx_conf "$d/nginx.conf" "" ""
+nginx_conf "$d/nginx-c.conf" "proxy_cache_path $d/nx/cache levels=1:2 keys_zone=c:10m max_size=64m;" \
+  "proxy_cache c; proxy_cache_lock on; add_header X-Cache-Status \$upstream_cache_status;"
+
+sift_conf() { # $1 file, $2 route extras
+  cat > "$1" <<YAML
+workers: 1
+log: { format: json, level: warn, access_log: false }
+admin: { address: "127.0.0.1:$A" }
+listeners:
+  - { name: bench, address: "127.0.0.1:$P" }
+routes:
+  - name: all
+    cluster: backend
+$2
+clusters:
+  - { name: backend, endpoints: ["127.0.0.1:$BE"] }
+YAML
+}
+sift_conf "$d/sift.yaml" ""
+sift_conf "$d/sift-c.yaml" "    cache: {}"
+
+URL="http://127.0.0.1:$P/data.json"
+SP=""
+start() { # $1 kind (sift | nginx), $2 config
+  if [ "$1" = sift ]; then
+    taskset -c 0 "$SIFT" run --config "$2" > "$d/sift.log" 2>&1 & SP=$!
+  else
+    rm -rf "$d/nx/cache"
+    taskset -c 0 nginx -c "$2" -p "$d/nx" > "$d/nx/out.log" 2>&1 & SP=$!
+  fi
+  pids+=("$SP")
+  for _ in $(seq 100); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$URL" 2>/dev/null)" = 200 ] && return 0
+    sleep 0.1
+  done
+  echo "$1 did not answer 200 on $URL" >&2; cat "$d/sift.log" "$d/nx/nx.err" 2>/dev/null >&2; exit 1
+}
+stop() {
+  local kids; kids=$(pgrep -P "$SP" || true)
+  kill "$SP" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 "$SP" 2>/dev/null || break; sleep 0.1; done
+  # shellcheck disable=SC2086
+  kill -9 "$SP" $kids 2>/dev/null || true
+  wait "$SP" 2>/dev/null || true
+}
+ticks() { # utime + stime of the proxy and its children (nginx's worker)
+  local t=0 p
+  for p in "$SP" $(pgrep -P "$SP" || true); do
+    t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+  done
+  echo "$t"
+}
+rss() { # VmRSS in KiB of the proxy and its children
+  local t=0 p
+  for p in "$SP" $(pgrep -P "$SP" || true); do
+    t=$((t + $(awk '/VmRSS/{print $2}' "/proc/$p/status" 2>/dev/null || echo 0)))
+  done
+  echo "$t"
+}
+backend_requests() { wc -l < "$d/be.access"; }
+
+# Each proxy's answer, checked: the backend's bytes; the second a hit.
+check() { # $1 label, $2 kind, $3 config, $4 want a hit (1/0)
+  start "$2" "$3"
+  curl -s -o "$d/body1" "$URL"
+  curl -s -D "$d/h" -o "$d/body" "$URL"
+  stop
+  python3 - "$1" "$4" "$d/h" "$d/body1" "$d/body" "$d/www/data.json" <<'PY'
+import sys
+label, want, h, b1, b2, orig = sys.argv[1:]
+orig = open(orig, "rb").read()
+heads = open(h, "rb").read().decode("latin-1").lower()
+hit = "x-sift-cache: hit" in heads or "x-cache-status: hit" in heads
+if hit != (want == "1"):
+    sys.exit(f"{label}: second answer a cache hit is {hit}, expected {want == '1'}:\n{heads}")
+for b in (b1, b2):
+    if open(b, "rb").read() != orig:
+        sys.exit(f"{label}: an answer is not the backend's {len(orig)} bytes")
+print(f"| {label} | {'HIT' if hit else '-'} | {len(orig)} | yes |")
+PY
+}
+
+echo "cache: $(date -u) | commit $(git rev-parse --short HEAD) | nproc $(nproc) | load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "$(nginx -v 2>&1) | $(wrk -v 2>&1 | head -1) | sift: $("$SIFT" --version 2>/dev/null | head -1)"
+echo "answer: $SIZE bytes of JSON (backend nginx, Cache-Control: max-age=3600); wrk -t1 -c$CONNS -d$DURATION --latency after a ${WARMUP} warmup; proxy on core 0, wrk + backend on core 1"
+echo
+echo "| proxy | second answer | bytes | the backend's bytes |"
+echo "|---|---|---:|---|"
+check "sift" sift "$d/sift.yaml" 0
+check "sift cache" sift "$d/sift-c.yaml" 1
+check "nginx" nginx "$d/nginx.conf" 0
+check "nginx cache" nginx "$d/nginx-c.conf" 1
+
+run() { # $1 label, $2 kind, $3 config
+  start "$2" "$3"
+  taskset -c 1 wrk -t1 -c"$CONNS" -d"$WARMUP" "$URL" > /dev/null
+  local c0 c1 b0 b1 out mem; c0=$(ticks); b0=$(backend_requests)
+  out=$(timeout -k 5 120 taskset -c 1 wrk -t1 -c"$CONNS" -d"$DURATION" --latency "$URL")
+  c1=$(ticks); b1=$(backend_requests); mem=$(rss)
+  stop
+  local rps p50 p99 reqs bad cpu
+  rps=$(echo "$out" | awk '/Requests\/sec/{print $2}')
+  p50=$(echo "$out" | awk '$1=="50%"{print $2}')
+  p99=$(echo "$out" | awk '$1=="99%"{print $2}')
+  reqs=$(echo "$out" | awk '/requests in/{print $1}')
+  bad=$(echo "$out" | awk '/Non-2xx/{n+=$NF} /Socket errors/{gsub(/,/, ""); n+=$4+$6+$8+$10} END{print n+0}')
+  cpu=$(python3 -c "print(round(($c1 - $c0) / $(getconf CLK_TCK) * 1e6 / $reqs, 1))")
+  echo "| $1 | $rps | $p50 | $p99 | $bad | $cpu | $((b1 - b0)) | $((mem / 1024)) |"
+  LAST_RPS=$rps; LAST_CPU=$cpu
+}
+
+echo
+echo "| run | req/s | p50 | p99 | errors | proxy CPU µs/req | backend requests | proxy RSS MiB |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+declare -A rps cpu
+for r in $(seq "$ROUNDS"); do
+  for v in "sift:sift:$d/sift.yaml" "sift cache:sift:$d/sift-c.yaml" \
+           "nginx:nginx:$d/nginx.conf" "nginx cache:nginx:$d/nginx-c.conf"; do
+    IFS=: read -r label kind conf <<< "$v"
+    run "round $r: $label" "$kind" "$conf"
+    rps[$label]="${rps[$label]:-} $LAST_RPS"; cpu[$label]="${cpu[$label]:-} $LAST_CPU"
+  done
+done
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
+echo
+for label in "sift" "sift cache" "nginx" "nginx cache"; do
+  # shellcheck disable=SC2086
+  echo "$label: median req/s $(median ${rps[$label]}), median proxy CPU $(median ${cpu[$label]}) µs/req"
+done
