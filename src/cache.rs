@@ -419,8 +419,11 @@ pub fn respond(
     } else {
         *r.status_mut() = e.status;
         *r.headers_mut() = e.headers.clone();
-        r.headers_mut()
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(e.body.len()));
+        // A 204 has no Content-Length (RFC 9110 §8.6).
+        if e.status != StatusCode::NO_CONTENT {
+            r.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(e.body.len()));
+        }
         if !head && !e.body.is_empty() {
             *r.body_mut() = crate::body::full(e.body.clone());
         }
@@ -1238,6 +1241,12 @@ mod tests {
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(r.headers()["content-length"], "5");
         assert_eq!(r.headers()["age"], "3");
+        let mut empty = entry(HeaderMap::new());
+        empty.status = StatusCode::NO_CONTENT;
+        empty.body = Bytes::new();
+        let r = respond(&empty, false, &Conditional::default(), 0);
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        assert!(r.headers().get("content-length").is_none());
     }
 
     fn spec(max_bytes: u64) -> CacheSpec {

@@ -34,6 +34,12 @@ pub enum ProxyError {
     },
     #[error("upstream did not send a response head within {0:?}")]
     UpstreamTimeout(Duration),
+    /// A gRPC call's own deadline (`grpc-timeout`, honoured by the route's
+    /// `grpc_timeout`) passed before the upstream answered.
+    #[error(
+        "the call's deadline ({0:?}, from its grpc-timeout) passed before the upstream answered"
+    )]
+    DeadlineExceeded(Duration),
     #[error("upstream connection failed before a response: {0}")]
     UpstreamReset(String),
     #[error("client request body failed: {0}")]
@@ -132,6 +138,7 @@ pub enum ErrorKind {
     NoHealthyEndpoint,
     UpstreamConnectFailure,
     UpstreamTimeout,
+    DeadlineExceeded,
     UpstreamReset,
     ClientBodyError,
     RateLimited,
@@ -158,7 +165,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 31] = [
+    pub const ALL: [ErrorKind; 32] = [
         ErrorKind::MalformedRequest,
         ErrorKind::NotImplemented,
         ErrorKind::HeadersTooLarge,
@@ -167,6 +174,7 @@ impl ErrorKind {
         ErrorKind::NoHealthyEndpoint,
         ErrorKind::UpstreamConnectFailure,
         ErrorKind::UpstreamTimeout,
+        ErrorKind::DeadlineExceeded,
         ErrorKind::UpstreamReset,
         ErrorKind::ClientBodyError,
         ErrorKind::RateLimited,
@@ -202,6 +210,7 @@ impl ErrorKind {
             ErrorKind::NoHealthyEndpoint => "no-healthy-endpoint",
             ErrorKind::UpstreamConnectFailure => "upstream-connect-failure",
             ErrorKind::UpstreamTimeout => "upstream-timeout",
+            ErrorKind::DeadlineExceeded => "deadline-exceeded",
             ErrorKind::UpstreamReset => "upstream-reset",
             ErrorKind::ClientBodyError => "client-body-error",
             ErrorKind::RateLimited => "rate-limited",
@@ -253,7 +262,7 @@ impl ErrorKind {
             | ErrorKind::BasicAuthMissing
             | ErrorKind::BasicAuthInvalid => StatusCode::UNAUTHORIZED,
             ErrorKind::UpstreamConnectFailure | ErrorKind::UpstreamReset => StatusCode::BAD_GATEWAY,
-            ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::UpstreamTimeout | ErrorKind::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::SpoolFailed | ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             // The configured status is the answer's (`to_response`).
             ErrorKind::FaultAbort => StatusCode::SERVICE_UNAVAILABLE,
@@ -276,6 +285,7 @@ impl ProxyError {
             ProxyError::NoHealthyEndpoint { .. } => ErrorKind::NoHealthyEndpoint,
             ProxyError::UpstreamConnect { .. } => ErrorKind::UpstreamConnectFailure,
             ProxyError::UpstreamTimeout(_) => ErrorKind::UpstreamTimeout,
+            ProxyError::DeadlineExceeded(_) => ErrorKind::DeadlineExceeded,
             ProxyError::UpstreamReset(_) => ErrorKind::UpstreamReset,
             ProxyError::ClientBody(_) => ErrorKind::ClientBodyError,
             ProxyError::RateLimited { .. } | ProxyError::RateLimitedRemote { .. } => {
@@ -330,7 +340,13 @@ impl ProxyError {
             } => format!("{message} (verdict {verdict})"),
             e => e.detail(),
         };
-        grpc_reply(resp, &message)
+        // The call's own deadline is DEADLINE_EXCEEDED, not the table's
+        // UNAVAILABLE for a 504: the client must not retry it.
+        let code = match self {
+            ProxyError::DeadlineExceeded(_) => 4,
+            _ => grpc_status(resp.status()),
+        };
+        grpc_reply(resp, &message, code)
     }
 
     /// What the answer says, without internals (addresses, causes): the
@@ -347,6 +363,7 @@ impl ProxyError {
             ProxyError::NoHealthyEndpoint { .. } => "no healthy upstream".into(),
             ProxyError::UpstreamConnect { .. } => "upstream connection failed".into(),
             ProxyError::UpstreamTimeout(_) => "upstream timed out".into(),
+            ProxyError::DeadlineExceeded(_) => "deadline exceeded".into(),
             ProxyError::UpstreamReset(_) => "upstream reset the connection".into(),
             ProxyError::ClientBody(_) => "request body could not be read".into(),
             ProxyError::RateLimited { policy, .. }
@@ -625,9 +642,8 @@ fn grpc_message(m: &str) -> HeaderValue {
 }
 
 /// Turn a local answer into a gRPC trailers-only reply.
-fn grpc_reply(resp: Response<Body>, message: &str) -> Response<Body> {
+fn grpc_reply(resp: Response<Body>, message: &str, code: u8) -> Response<Body> {
     let (mut parts, _) = resp.into_parts();
-    let code = grpc_status(parts.status);
     parts.status = StatusCode::OK;
     let h = &mut parts.headers;
     h.remove(header::CONTENT_LENGTH);

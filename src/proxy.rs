@@ -54,6 +54,8 @@ pub struct ConnInfo {
 }
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// A gRPC call's deadline (gRPC over HTTP/2).
+static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 /// How a route's cache served the request (`HIT`, `MISS`, ...).
 static X_SIFT_CACHE: HeaderName = HeaderName::from_static("x-sift-cache");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -1398,6 +1400,23 @@ async fn proxy(
         }
     }
     let timeout = cluster.spec.timeout_for(&route.spec);
+    // A gRPC call's own deadline replaces the route's timeout on routes
+    // that honour it (capped by `max`, less `offset`).
+    let client_deadline = route
+        .spec
+        .grpc_timeout
+        .as_ref()
+        .filter(|_| out.grpc)
+        .and_then(|g| {
+            let t = parse_grpc_timeout(parts.headers.get(&GRPC_TIMEOUT)?)?;
+            Some(g.max.map_or(t, |m| t.min(m)).saturating_sub(g.offset))
+        });
+    let timeout = client_deadline.unwrap_or(timeout);
+    // A timeout is the call's deadline passing when it came from the call.
+    let timed_out = |t: std::time::Duration| match client_deadline {
+        Some(d) => ProxyError::DeadlineExceeded(d),
+        None => ProxyError::UpstreamTimeout(t),
+    };
     let downstream_head = parts.method == Method::HEAD;
     let mut served_stale = false;
     // The route's timeout counts from when the request is ready to send:
@@ -1448,7 +1467,7 @@ async fn proxy(
         };
         let mut conn_slot = match tokio::time::timeout_at(deadline_at, cluster.conn_slot()).await {
             Ok(slot) => slot?,
-            Err(_) => return Err(ProxyError::UpstreamTimeout(timeout)),
+            Err(_) => return Err(timed_out(timeout)),
         };
         let uri = Uri::from_parts({
             let mut u = http::uri::Parts::default();
@@ -1510,6 +1529,13 @@ async fn proxy(
                 upstream_req.headers_mut().insert(header::HOST, v);
             }
         }
+        // The upstream learns the time left (of this try, when shorter).
+        if client_deadline.is_some() {
+            upstream_req.headers_mut().insert(
+                GRPC_TIMEOUT.clone(),
+                format_grpc_timeout(try_deadline.saturating_duration_since(Instant::now())),
+            );
+        }
         let try_at = tokio::time::Instant::from_std(try_deadline);
         let result = if !hedge {
             tokio::time::timeout_at(try_at, cluster.send(ep_index, upstream_req)).await
@@ -1567,7 +1593,7 @@ async fn proxy(
                 }
             };
             let Some((won, res)) = won else {
-                return Err(ProxyError::UpstreamTimeout(timeout));
+                return Err(timed_out(timeout));
             };
             (ep_index, ep_guard, conn_slot) = (won.ep_index, won.ep_guard, won.conn_slot);
             if won.permit.is_some() {
@@ -1623,6 +1649,11 @@ async fn proxy(
                     (Err(err), retry.is_some_and(|r| r.on_reset))
                 }
             },
+            Err(_) if client_deadline.is_some() && try_deadline == deadline => {
+                // The call's own deadline passed: the caller's choice, not
+                // an upstream failure (outlier detection is not told).
+                (Err(timed_out(timeout)), false)
+            }
             Err(_) => {
                 cluster.observe(ep_index, Observed::LocalGatewayError, now);
                 let err =
@@ -1933,6 +1964,39 @@ fn decorate(
         }
     }
     Response::from_parts(parts, b)
+}
+
+/// A `grpc-timeout` value: 1 to 8 digits and a unit (`H`, `M`, `S`, `m`,
+/// `u`, `n`); anything else is no deadline.
+fn parse_grpc_timeout(v: &HeaderValue) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let b = v.as_bytes();
+    let (digits, unit) = b.split_at(b.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit[0] {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// The time left as `grpc-timeout`: milliseconds while they fit in 8
+/// digits, else seconds.
+fn format_grpc_timeout(d: std::time::Duration) -> HeaderValue {
+    let ms = d.as_millis();
+    let s = if ms < 100_000_000 {
+        format!("{ms}m")
+    } else {
+        format!("{}S", d.as_secs().min(99_999_999))
+    };
+    HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static("0m"))
 }
 
 /// The route of a request in its one form (a path with dot segments is
@@ -3556,6 +3620,25 @@ fn auto_host_authority(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn grpc_timeout_values() {
+        use std::time::Duration;
+        let p = |v: &str| super::parse_grpc_timeout(&http::HeaderValue::from_str(v).unwrap());
+        assert_eq!(p("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(p("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(p("3S"), Some(Duration::from_secs(3)));
+        assert_eq!(p("99999999m"), Some(Duration::from_millis(99_999_999)));
+        assert_eq!(p("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(p("0n"), Some(Duration::ZERO));
+        for bad in ["", "m", "123456789m", "5s", "1.5S", "-1S", " 1S", "1 S"] {
+            assert_eq!(p(bad), None, "{bad:?}");
+        }
+        let f = |d| super::format_grpc_timeout(d);
+        assert_eq!(f(Duration::from_micros(1500)), "1m");
+        assert_eq!(f(Duration::from_secs(30)), "30000m");
+        assert_eq!(f(Duration::from_secs(200_000)), "200000S");
+    }
+
     use super::*;
 
     #[test]

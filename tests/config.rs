@@ -214,6 +214,18 @@ clusters:
             "cluster: c, cache: { ttl: 5s }",
             "routes[0].cache.ttl: Unknown field `ttl`",
         ),
+        (
+            "cluster: c, grpc_timeout: { max: 1s, offset: 1s }",
+            "routes[0].grpc_timeout.offset: must be at most 1m and less than max",
+        ),
+        (
+            "cluster: c, grpc_timeout: { max: 0s }",
+            "routes[0].grpc_timeout.max: must be more than 0s",
+        ),
+        (
+            "redirect: { scheme: https }, grpc_timeout: {}",
+            "routes[0].grpc_timeout: bounds the wait for a cluster",
+        ),
     ] {
         let e = err(route);
         assert!(e.contains(want), "{route}: want {want:?}, got {e:?}");
@@ -224,6 +236,8 @@ clusters:
         "cluster: c, rewrite: { auto_host: true }",
         "cluster: c, adaptive_concurrency: {}",
         "cluster: c, cache: {}",
+        "cluster: c, grpc_timeout: {}",
+        "cluster: c, grpc_timeout: { max: 30s, offset: 10ms }",
         "cluster: c, cache: { max_bytes: 256MiB, max_object_bytes: 8MiB, default_ttl: 10m, stale_if_error: 1h, key_headers: [accept-language], lock_timeout: 0s, ignore_client_cache_control: true }",
         "cluster: c, adaptive_concurrency: { sample_percentile: 90, update_interval: 250ms, max_limit: 200, min_rtt_interval: 30s, min_rtt_requests: 20, jitter_percent: 15, min_concurrency: 5, buffer_percent: 40 }",
         "redirect: { scheme: https }",

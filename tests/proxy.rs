@@ -2635,6 +2635,110 @@ clusters:
     assert!(String::from_utf8_lossy(&b).starts_with("404 "));
 }
 
+/// `grpc_timeout`: a call's `grpc-timeout` is its deadline (capped by
+/// `max`, less `offset`), the upstream is told the time left, and a
+/// deadline that passes is DEADLINE_EXCEEDED; routes without it pass the
+/// header through and keep their own timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_calls_keep_their_own_deadline() {
+    let up = Upstream::start(|req: Request<hyper::body::Incoming>| async move {
+        let seen = req
+            .headers()
+            .get("grpc-timeout")
+            .map_or("-".to_string(), |v| v.to_str().unwrap().to_string());
+        if req.uri().path().ends_with("/Slow") {
+            tokio::time::sleep(Duration::from_millis(800)).await;
+        }
+        let mut r = grpc_answer("0");
+        r.headers_mut()
+            .insert("x-seen-timeout", seen.parse().unwrap());
+        r
+    })
+    .await;
+    let cfg = format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+routes:
+  - name: svc
+    match: {{ path: {{ prefix: /pkg.Svc }} }}
+    cluster: app
+    timeout: 30s
+    grpc_timeout: {{ max: 2s, offset: 50ms }}
+  - name: plain
+    cluster: app
+    timeout: 5s
+clusters:
+  - {{ name: app, protocol: http2, endpoints: ["{}"] }}
+"#,
+        up.addr
+    );
+    let sift = Sift::start(&cfg);
+    let call = |path: &str, timeout: Option<&str>| {
+        let mut b = Request::post(sift.url(path))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers");
+        if let Some(t) = timeout {
+            b = b.header("grpc-timeout", t);
+        }
+        let req = b.body(full(Bytes::from_static(b"\0\0\0\0\0"))).unwrap();
+        let client = http2_client();
+        async move {
+            let t = std::time::Instant::now();
+            let r = client.request(req).await.expect("h2 request");
+            let (parts, b) = r.into_parts();
+            let collected = b.collect().await.unwrap();
+            let trailers = collected.trailers().cloned().unwrap_or_default();
+            let status = parts
+                .headers
+                .get("grpc-status")
+                .or(trailers.get("grpc-status"))
+                .map(|v| v.to_str().unwrap().to_string());
+            (parts, status, t.elapsed())
+        }
+    };
+    let millis = |v: &str| v.strip_suffix('m').unwrap().parse::<u64>().unwrap();
+    // The upstream is told the deadline less the offset (and the time
+    // already spent).
+    let (p, status, _) = call("/pkg.Svc/Fast", Some("500m")).await;
+    assert_eq!(status.as_deref(), Some("0"));
+    let seen = millis(p.headers["x-seen-timeout"].to_str().unwrap());
+    assert!((400..=450).contains(&seen), "upstream saw {seen}m");
+    // A deadline that passes: DEADLINE_EXCEEDED, well before the route's
+    // 30s timeout.
+    let (p, status, took) = call("/pkg.Svc/Slow", Some("200m")).await;
+    assert_eq!(status.as_deref(), Some("4"), "{:?}", p.headers);
+    assert_eq!(p.headers["x-sift-error"], "deadline-exceeded");
+    assert!(took < Duration::from_millis(700), "{took:?}");
+    // A longer one is capped by max (2s - 50ms): the slow call fits.
+    let (p, status, _) = call("/pkg.Svc/Slow", Some("100S")).await;
+    assert_eq!(status.as_deref(), Some("0"));
+    let seen = millis(p.headers["x-seen-timeout"].to_str().unwrap());
+    assert!((1800..=1950).contains(&seen), "upstream saw {seen}m");
+    // No deadline, or one that is not a grpc-timeout: the route's timeout.
+    for t in [None, Some("abc"), Some("123456789m"), Some("5s")] {
+        let (p, status, _) = call("/pkg.Svc/Slow", t).await;
+        assert_eq!(status.as_deref(), Some("0"), "{t:?}");
+        let seen = p.headers["x-seen-timeout"].to_str().unwrap().to_string();
+        assert_eq!(seen, t.unwrap_or("-"), "passed through as sent");
+    }
+    // A route without grpc_timeout passes the header and keeps its own.
+    let (p, status, _) = call("/other.Svc/Slow", Some("200m")).await;
+    assert_eq!(status.as_deref(), Some("0"));
+    assert_eq!(p.headers["x-seen-timeout"], "200m");
+    assert_eq!(
+        sift.metric(r#"sift_errors_total{kind="deadline-exceeded"}"#)
+            .await,
+        Some(1.0)
+    );
+    // The call's own deadline is not the upstream's failure.
+    assert_eq!(
+        sift.metric(r#"sift_errors_total{kind="upstream-timeout"}"#)
+            .await,
+        Some(0.0)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn jwt_routes_admit_verified_tokens_and_send_their_claims() {
     use ring::rand::SystemRandom;

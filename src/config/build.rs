@@ -1856,6 +1856,31 @@ fn build_routes(
                 .cache
                 .as_ref()
                 .and_then(|c| build_cache(c, &format!("{p}.cache"), local, e)),
+            grpc_timeout: r.grpc_timeout.as_ref().and_then(|g| {
+                let gp = format!("{p}.grpc_timeout");
+                let before = e.len();
+                if let Some(a) = local {
+                    e.push(
+                        &gp,
+                        format!("bounds the wait for a cluster: a route with `{a}` has no cluster"),
+                    );
+                }
+                let max = g.max.map(|d| d.0);
+                let offset = g.offset.map_or(Duration::ZERO, |d| d.0);
+                if max.is_some_and(|m| m.is_zero() || m > Duration::from_secs(86_400)) {
+                    e.push(
+                        format!("{gp}.max"),
+                        "must be more than 0s and at most 1 day (leave it out for no cap)",
+                    );
+                }
+                if offset > Duration::from_secs(60) || max.is_some_and(|m| offset >= m) {
+                    e.push(
+                        format!("{gp}.offset"),
+                        "must be at most 1m and less than max",
+                    );
+                }
+                (e.len() == before).then_some(GrpcTimeoutSpec { max, offset })
+            }),
         });
         if let Some(last) = out.last_mut() {
             last.verdict_headers = route_verdict_headers(&last.filters, filters);

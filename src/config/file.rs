@@ -1434,6 +1434,10 @@ pub struct RouteFile {
     /// Retry policy (default: no retries).
     #[serde(default)]
     pub retries: Option<RetryFile>,
+    /// Honour a gRPC call's `grpc-timeout` as its deadline (Envoy's
+    /// max_stream_duration.grpc_timeout_header_max / _offset).
+    #[serde(default)]
+    pub grpc_timeout: Option<GrpcTimeoutFile>,
     /// Canary release of this route's `clusters` (stable + canary).
     #[serde(default)]
     pub canary: Option<CanaryFile>,
@@ -1499,6 +1503,19 @@ pub struct RouteFile {
     /// them (nginx's proxy_cache, Envoy's cache filter; RFC 9111).
     #[serde(default)]
     pub cache: Option<CacheFile>,
+}
+
+/// `routes[].grpc_timeout`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcTimeoutFile {
+    /// Longest deadline taken from a call (default: no cap).
+    #[serde(default)]
+    pub max: Option<Dur>,
+    /// Taken off the call's deadline, so that sift answers before the
+    /// client gives up (default 0s).
+    #[serde(default)]
+    pub offset: Option<Dur>,
 }
 
 /// `routes[].cache`.

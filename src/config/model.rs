@@ -321,6 +321,14 @@ impl Default for Limits {
     }
 }
 
+/// `routes[].grpc_timeout`: a gRPC call's `grpc-timeout` replaces the
+/// route's timeout, capped by `max`, less `offset`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct GrpcTimeoutSpec {
+    pub max: Option<Duration>,
+    pub offset: Duration,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct RouteSpec {
     pub name: String,
@@ -375,6 +383,8 @@ pub struct RouteSpec {
     pub fault: Option<FaultSpec>,
     /// The route's HTTP cache.
     pub cache: Option<crate::cache::CacheSpec>,
+    /// A gRPC call's `grpc-timeout` is its deadline.
+    pub grpc_timeout: Option<GrpcTimeoutSpec>,
     /// Verdict header names of this route's filters that only sift may set:
     /// a client's are removed before the request goes upstream, whether or
     /// not a filter gives a verdict. `x-sift-*` names are left out (every
