@@ -45,6 +45,9 @@ pub struct CacheSpec {
     pub default_ttl: Option<Duration>,
     /// How long past its expiry an entry answers when the upstream fails.
     pub stale_if_error: Duration,
+    /// How long past its expiry an entry answers while another request
+    /// revalidates it.
+    pub stale_while_revalidate: Duration,
     /// Request headers whose values are part of the key (lower case).
     pub key_headers: Vec<String>,
     /// How long a miss waits for another request's answer on the same key
@@ -71,16 +74,20 @@ pub enum Status {
     /// The request is not one the cache answers (method, body,
     /// `Authorization`, `Range`, `no-store`).
     Bypass,
+    /// A stale entry answered while another request revalidates it
+    /// (`stale_while_revalidate`).
+    Updating,
 }
 
 impl Status {
-    pub const ALL: [Status; 6] = [
+    pub const ALL: [Status; 7] = [
         Status::Hit,
         Status::Miss,
         Status::Expired,
         Status::Revalidated,
         Status::Stale,
         Status::Bypass,
+        Status::Updating,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -91,6 +98,7 @@ impl Status {
             Status::Revalidated => "revalidated",
             Status::Stale => "stale",
             Status::Bypass => "bypass",
+            Status::Updating => "updating",
         }
     }
 
@@ -103,6 +111,7 @@ impl Status {
             Status::Revalidated => "REVALIDATED",
             Status::Stale => "STALE",
             Status::Bypass => "BYPASS",
+            Status::Updating => "UPDATING",
         })
     }
 }
@@ -128,7 +137,7 @@ impl Store {
 
 /// A route cache's counters.
 pub struct CacheMetrics {
-    pub requests: [IntCounter; 6],
+    pub requests: [IntCounter; 7],
     pub stores: [IntCounter; 3],
     pub evictions: IntCounter,
 }
@@ -174,6 +183,9 @@ pub struct Entry {
     /// `must-revalidate` / `proxy-revalidate` / `s-maxage`: never served
     /// stale.
     must_revalidate: bool,
+    /// The answer's own `stale-while-revalidate` and `stale-if-error`
+    /// (RFC 5861), seconds.
+    own_stale: StaleWindows,
     size: u64,
     /// Used since the CLOCK hand last passed.
     referenced: AtomicBool,
@@ -189,8 +201,23 @@ impl Entry {
         self.initial_age + now.saturating_sub(self.stored_at) / NANOS_PER_SEC
     }
 
-    fn usable_stale(&self, now: u64, window: Duration) -> bool {
+    /// Within `window` (or the answer's own, if longer) past its expiry,
+    /// and allowed to be served stale at all.
+    fn usable_stale(&self, now: u64, window: Duration, own: Option<u64>) -> bool {
+        let window = own.map_or(window, |s| window.max(Duration::from_secs(s)));
         !self.must_revalidate && now < self.fresh_until.saturating_add(window.as_nanos() as u64)
+    }
+
+    fn usable_on_error(&self, now: u64, spec: &CacheSpec) -> bool {
+        self.usable_stale(now, spec.stale_if_error, self.own_stale.if_error)
+    }
+
+    fn usable_while_revalidating(&self, now: u64, spec: &CacheSpec) -> bool {
+        self.usable_stale(
+            now,
+            spec.stale_while_revalidate,
+            self.own_stale.while_revalidate,
+        )
     }
 
     fn validators(&self) -> (Option<&HeaderValue>, Option<&HeaderValue>) {
@@ -232,6 +259,14 @@ fn joined(h: &HeaderMap, name: impl http::header::AsHeaderName + Copy) -> Option
     out
 }
 
+/// An answer's own `stale-while-revalidate` and `stale-if-error`
+/// (RFC 5861), seconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StaleWindows {
+    pub while_revalidate: Option<u64>,
+    pub if_error: Option<u64>,
+}
+
 /// The directives of `Cache-Control` that matter here.
 #[derive(Debug, Default, PartialEq)]
 pub struct Directives {
@@ -241,6 +276,7 @@ pub struct Directives {
     pub must_revalidate: bool,
     pub max_age: Option<u64>,
     pub s_maxage: Option<u64>,
+    pub stale: StaleWindows,
 }
 
 impl Directives {
@@ -269,6 +305,8 @@ impl Directives {
                     "s-maxage" => {
                         d.s_maxage = Some(d.s_maxage.map_or(secs(), |m| m.min(secs())));
                     }
+                    "stale-while-revalidate" => d.stale.while_revalidate = Some(secs()),
+                    "stale-if-error" => d.stale.if_error = Some(secs()),
                     _ => {}
                 }
             }
@@ -472,8 +510,9 @@ pub enum Plan {
     /// Not the cache's: forwarded as is. An unsafe method's answer (other
     /// than an error) removes the entries of its URI (RFC 9111 §4.4).
     Bypass { invalidate: Option<UriKey> },
-    /// A fresh entry answers.
-    Hit(Arc<Entry>, Conditional),
+    /// A fresh entry answers (`Hit`), or a stale one while another
+    /// request revalidates it (`Updating`).
+    Hit(Arc<Entry>, Conditional, Status),
     /// Upstream; what comes back may be stored.
     Fetch(Box<Fetch>),
 }
@@ -612,8 +651,9 @@ impl Cache {
                 && e.is_fresh(t)
             {
                 e.referenced.store(true, Ordering::Relaxed);
-                return Plan::Hit(e.clone(), cond);
+                return Plan::Hit(e.clone(), cond, Status::Hit);
             }
+            let check = matches!(wish, ClientWish::Revalidate);
             let mut fetch = Fetch {
                 uri: uri.clone(),
                 cluster: Arc::from(req.cluster),
@@ -625,10 +665,13 @@ impl Cache {
                 revalidating: false,
                 leader: None,
             };
-            if fetch.stale.is_some() || self.spec.lock_timeout.is_zero() || waited {
+            // A client that asks for a check goes upstream itself.
+            if check || self.spec.lock_timeout.is_zero() || waited {
                 return Plan::Fetch(Box::new(fetch));
             }
-            // A miss: the first one fetches, the others wait for it.
+            // A miss or a stale entry: the first request fetches, the
+            // others wait for it, or, within stale_while_revalidate, are
+            // answered by the stale entry meanwhile.
             let key = format!("{uri}\u{0}{}\u{0}{keyed:?}", req.cluster);
             let rx = {
                 let mut g = self.lock();
@@ -648,6 +691,13 @@ impl Cache {
                     }
                 }
             };
+            if let Some(e) = fetch
+                .stale
+                .take_if(|e| e.usable_while_revalidating(t, &self.spec))
+            {
+                e.referenced.store(true, Ordering::Relaxed);
+                return Plan::Hit(e, cond, Status::Updating);
+            }
             let mut rx = rx;
             let _ = tokio::time::timeout(self.spec.lock_timeout, rx.changed()).await;
             waited = true;
@@ -668,7 +718,10 @@ impl Cache {
         let list = g.map.get(uri)?;
         let i = list.iter().position(|e| e.matches(cluster, keyed, req))?;
         let e = list[i].clone();
-        if !e.is_fresh(now) && !e.has_validator() && !e.usable_stale(now, self.spec.stale_if_error)
+        if !e.is_fresh(now)
+            && !e.has_validator()
+            && !e.usable_on_error(now, &self.spec)
+            && !e.usable_while_revalidating(now, &self.spec)
         {
             g.remove_at(uri, i);
             return None;
@@ -791,6 +844,7 @@ impl Cache {
         headers.remove(header::AGE);
         match freshness(old.status, &headers, self.spec.default_ttl, wall) {
             Ok((lifetime, must_revalidate)) => {
+                let own_stale = Directives::of(&headers).stale;
                 let e = Entry {
                     id: self.next_id(),
                     cluster: old.cluster.clone(),
@@ -804,6 +858,7 @@ impl Cache {
                     initial_age,
                     fresh_until: fresh_until(now, lifetime, initial_age),
                     must_revalidate,
+                    own_stale,
                     referenced: AtomicBool::new(true),
                 };
                 self.insert(e, f.uri.clone());
@@ -875,7 +930,7 @@ impl Fetch {
     pub fn stale_for_error(&self, cache: &Cache, now: u64) -> Option<&Arc<Entry>> {
         self.stale
             .as_ref()
-            .filter(|e| e.usable_stale(now, cache.spec.stale_if_error))
+            .filter(|e| e.usable_on_error(now, &cache.spec))
     }
 
     /// The upstream's answer head: a body recorder if it may be stored
@@ -948,6 +1003,7 @@ impl Fetch {
                 initial_age,
                 fresh_until: fresh_until(now, lifetime, initial_age),
                 must_revalidate,
+                own_stale: Directives::of(headers).stale,
                 head_size,
             }),
             buf: BytesMut::new(),
@@ -966,6 +1022,7 @@ struct Draft {
     initial_age: u64,
     fresh_until: u64,
     must_revalidate: bool,
+    own_stale: StaleWindows,
     head_size: u64,
 }
 
@@ -1016,6 +1073,7 @@ impl Recording {
             initial_age: d.initial_age,
             fresh_until: d.fresh_until,
             must_revalidate: d.must_revalidate,
+            own_stale: d.own_stale,
             referenced: AtomicBool::new(false),
         };
         if e.size > self.cache.spec.max_bytes {
@@ -1178,6 +1236,17 @@ mod tests {
             client_wish(&h(&[("pragma", "no-cache")])),
             ClientWish::Revalidate
         ));
+        let d = Directives::of(&h(&[(
+            "cache-control",
+            "max-age=5, stale-while-revalidate=30, stale-if-error=600",
+        )]));
+        assert_eq!(
+            d.stale,
+            StaleWindows {
+                while_revalidate: Some(30),
+                if_error: Some(600)
+            }
+        );
         // Pragma is read only without Cache-Control.
         assert!(matches!(
             client_wish(&h(&[
@@ -1201,6 +1270,7 @@ mod tests {
             initial_age: 3,
             fresh_until: 10 * NANOS_PER_SEC,
             must_revalidate: false,
+            own_stale: StaleWindows::default(),
             size: 100,
             referenced: AtomicBool::new(false),
         }
@@ -1255,6 +1325,7 @@ mod tests {
             max_object_bytes: max_bytes,
             default_ttl: None,
             stale_if_error: Duration::ZERO,
+            stale_while_revalidate: Duration::ZERO,
             key_headers: vec![],
             lock_timeout: Duration::ZERO,
             ignore_client_cache_control: false,

@@ -557,7 +557,7 @@ impl Metrics {
         let cache_requests = IntCounterVec::new(
             Opts::new(
                 "sift_cache_requests_total",
-                "Requests on routes with a cache, by how the cache served them: hit, miss, expired, revalidated, stale, bypass.",
+                "Requests on routes with a cache, by how the cache served them: hit, miss, expired, revalidated, stale, updating, bypass.",
             ),
             &["route", "result"],
         )

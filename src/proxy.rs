@@ -1008,15 +1008,15 @@ async fn proxy(
             plain,
         };
         match Box::pin(cache.plan(&ask, || clock.now())).await {
-            Plan::Hit(entry, cond) => {
+            Plan::Hit(entry, cond, status) => {
                 let head = req.method() == Method::HEAD;
                 let resp = crate::cache::respond(&entry, head, &cond, clock.now());
                 let template_ip =
                     route.spec.response_headers.templated().then(|| {
                         trusted_client_ip(listener.trusted_hops, req.headers(), conn.remote)
                     });
-                cache.metrics.count(Status::Hit);
-                out.cache = Some(Status::Hit);
+                cache.metrics.count(status);
+                out.cache = Some(status);
                 let (parts, b) = resp.into_parts();
                 return Ok(decorate(
                     Decorate {
@@ -1032,7 +1032,7 @@ async fn proxy(
                         auth_client_headers,
                         remote_limit_headers,
                         gzip,
-                        cache: Some(Status::Hit),
+                        cache: Some(status),
                     },
                     out,
                     parts,

@@ -87,6 +87,15 @@ async fn upstream(seen: Arc<Seen>) -> Upstream {
                         body,
                     )
                 }
+                "/slowcheck" => {
+                    // Fresh for 1s; a revalidation takes 500ms (then 304).
+                    let tag = ("etag", "\"slow-v1\"".to_string());
+                    if inm.is_some() {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        return answer(304, &[cc("max-age=1"), tag], "");
+                    }
+                    answer(200, &[cc("max-age=1"), tag], body)
+                }
                 "/private" => answer(200, &[cc("private, max-age=60")], body),
                 "/cookie" => answer(200, &[cc("max-age=60"), ("set-cookie", "s=1".into())], body),
                 p if p.starts_with("/none") => answer(200, &[], body),
@@ -507,4 +516,61 @@ async fn a_body_cut_short_is_not_stored() {
     let (_, c, body, _) = get(&url, &[]).await;
     assert_eq!((c.as_str(), body.as_str()), ("HIT", "1234567890"));
     assert_eq!(cut.load(Ordering::SeqCst), 2);
+}
+
+/// An expired entry being revalidated: other requests for it wait for
+/// the revalidation (one upstream request), or, within
+/// stale_while_revalidate, get the stale entry at once (UPDATING).
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_during_a_revalidation_wait_for_it_or_get_the_stale_entry() {
+    for (cache, others) in [
+        ("{}", "HIT"),
+        ("{ stale_while_revalidate: 30s }", "UPDATING"),
+    ] {
+        let seen = Arc::new(Seen::default());
+        let up = upstream(seen.clone()).await;
+        let sift = Sift::start(&config(up.addr, cache));
+        let url = sift.url("/slowcheck");
+        let (_, c, _, _) = get(&url, &[]).await;
+        assert_eq!(c, "MISS");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let first = {
+            let url = url.clone();
+            tokio::spawn(async move { get(&url, &[]).await })
+        };
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let t = std::time::Instant::now();
+        let rest: Vec<_> = (0..5)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move { get(&url, &[]).await })
+            })
+            .collect();
+        for r in rest {
+            let (s, c, body, _) = r.await.unwrap();
+            assert_eq!(
+                (s, c.as_str(), body.as_str()),
+                (200, others, "/slowcheck #1"),
+                "{cache}"
+            );
+        }
+        let waited = t.elapsed();
+        let (s, c, body, _) = first.await.unwrap();
+        assert_eq!(
+            (s, c.as_str(), body.as_str()),
+            (200, "REVALIDATED", "/slowcheck #1")
+        );
+        assert_eq!(seen.count("/slowcheck"), 2, "{cache}: one revalidation");
+        if others == "UPDATING" {
+            assert!(
+                waited < Duration::from_millis(300),
+                "{waited:?}: answered at once"
+            );
+        } else {
+            assert!(
+                waited >= Duration::from_millis(250),
+                "{waited:?}: waited for it"
+            );
+        }
+    }
 }

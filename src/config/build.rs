@@ -3948,9 +3948,11 @@ fn build_cache(
         );
     }
     let stale_if_error = c.stale_if_error.map_or(Duration::ZERO, |d| d.0);
+    let stale_while_revalidate = c.stale_while_revalidate.map_or(Duration::ZERO, |d| d.0);
     let lock_timeout = c.lock_timeout.map_or(Duration::from_secs(5), |d| d.0);
     for (key, d) in [
         ("stale_if_error", stale_if_error),
+        ("stale_while_revalidate", stale_while_revalidate),
         ("lock_timeout", lock_timeout),
     ] {
         if d > day {
@@ -3987,6 +3989,7 @@ fn build_cache(
         max_object_bytes,
         default_ttl,
         stale_if_error,
+        stale_while_revalidate,
         key_headers,
         lock_timeout,
         ignore_client_cache_control: c.ignore_client_cache_control.unwrap_or(false),

@@ -1536,6 +1536,10 @@ pub struct CacheFile {
     /// (default 0s).
     #[serde(default)]
     pub stale_if_error: Option<Dur>,
+    /// How long past its expiry an entry answers while another request
+    /// revalidates it (default 0s: they wait for it).
+    #[serde(default)]
+    pub stale_while_revalidate: Option<Dur>,
     /// Request headers whose values are part of the key.
     #[serde(default)]
     pub key_headers: Option<Vec<String>>,
