@@ -1006,7 +1006,8 @@ impl Fetch {
                 own_stale: Directives::of(headers).stale,
                 head_size,
             }),
-            buf: BytesMut::new(),
+            // The declared length, when there is one: no regrowth.
+            buf: BytesMut::with_capacity(declared.unwrap_or(0) as usize),
             _leader: self.leader.take(),
         })
     }
@@ -1057,9 +1058,22 @@ impl Recording {
         }
     }
 
+    /// The answer has no body (a 204, a redirect, a `Content-Length: 0`):
+    /// stored at once, as hyper never polls a body that has ended.
+    pub fn store_empty(mut self) {
+        self.end();
+    }
+
     fn end(&mut self) {
         let Some(d) = self.draft.take() else { return };
-        let body = std::mem::take(&mut self.buf).freeze();
+        let buf = std::mem::take(&mut self.buf);
+        // Kept at its length: a buffer that grew keeps spare capacity,
+        // which max_bytes would not see.
+        let body = if buf.capacity() > buf.len() + buf.len() / 8 {
+            Bytes::copy_from_slice(&buf)
+        } else {
+            buf.freeze()
+        };
         let e = Entry {
             id: self.cache.next_id(),
             cluster: d.cluster,

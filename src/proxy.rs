@@ -1824,7 +1824,11 @@ async fn proxy(
                         now,
                         std::time::SystemTime::now(),
                     ) {
-                        b = body::boxed(crate::cache::Recorded::new(b, rec));
+                        if b.is_end_stream() {
+                            rec.store_empty();
+                        } else {
+                            b = body::boxed(crate::cache::Recorded::new(b, rec));
+                        }
                     }
                     st
                 }
@@ -1876,6 +1880,9 @@ struct Decorate<'a> {
 
 /// The route's response headers, sift's own (request id, rate limit,
 /// authorization, canary version, cache status), and compression.
+/// Inlined: passed by value, its ~330 bytes would be copied twice per
+/// request (measured with bench/http-callgrind.sh).
+#[inline(always)]
 fn decorate(
     d: Decorate<'_>,
     out: &Outcome,

@@ -97,6 +97,12 @@ async fn upstream(seen: Arc<Seen>) -> Upstream {
                     answer(200, &[cc("max-age=1"), tag], body)
                 }
                 "/private" => answer(200, &[cc("private, max-age=60")], body),
+                "/empty" => answer(204, &[cc("max-age=60"), ("x-n", n.to_string())], ""),
+                "/moved" => answer(
+                    301,
+                    &[cc("max-age=60"), ("location", format!("/new?{n}"))],
+                    "",
+                ),
                 "/cookie" => answer(200, &[cc("max-age=60"), ("set-cookie", "s=1".into())], body),
                 p if p.starts_with("/none") => answer(200, &[], body),
                 "/vary" => {
@@ -261,6 +267,18 @@ async fn what_is_kept_and_what_answers_from_it() {
     assert_eq!((c.as_str(), body.as_str()), ("MISS", "/vary #2 fr"));
     let (_, c, body, _) = get(&url("/vary"), &[("accept-language", "en")]).await;
     assert_eq!((c.as_str(), body.as_str()), ("HIT", "/vary #1 en"));
+
+    // Answers without a body are kept too.
+    for (p, want) in [("/empty", 204), ("/moved", 301)] {
+        let (s, c, _, h1) = get(&url(p), &[]).await;
+        assert_eq!((s, c.as_str()), (want, "MISS"), "{p}");
+        let (s, c, body, h2) = get(&url(p), &[]).await;
+        assert_eq!((s, c.as_str(), body.as_str()), (want, "HIT", ""), "{p}");
+        for k in ["x-n", "location"] {
+            assert_eq!(h1.get(k), h2.get(k), "{p} {k}");
+        }
+        assert_eq!(seen.count(p), 1, "{p}");
+    }
 
     // Larger than max_object_bytes (1 MiB): streamed whole, not kept.
     for _ in 0..2 {
