@@ -152,6 +152,7 @@ routes:
       - {{ name: canary, weight: 10 }}
     rate_limits:
       - {{ name: t, requests_per_unit: 1000000, unit: second, key: [header:x-tenant, client_ip] }}
+    cache: {{ default_ttl: 60s, max_bytes: 1MiB, key_headers: [x-tenant] }}
 clusters:
   - name: app
     endpoints: ["{up}"]
