@@ -946,26 +946,31 @@ impl Fetch {
         if !self.store {
             return None;
         }
+        // A new answer that cannot be kept: the expired entry it replaces
+        // goes too (it is no longer what the upstream says), unless the
+        // upstream failed.
+        let not_kept = |why: Store| {
+            cache.metrics.store(why);
+            if let (Some(old), true) = (&self.stale, status.as_u16() < 500) {
+                cache.invalidate_variant(&self.uri, old);
+            }
+            None
+        };
         let (lifetime, must_revalidate) =
             match freshness(status, headers, cache.spec.default_ttl, wall) {
                 Ok(f) => f,
-                Err(_) => {
-                    cache.metrics.store(Store::NotStorable);
-                    return None;
-                }
+                Err(_) => return not_kept(Store::NotStorable),
             };
         let initial_age = age_header(headers);
         if lifetime.as_secs() <= initial_age && lifetime.subsec_nanos() == 0 {
-            cache.metrics.store(Store::NotStorable);
-            return None;
+            return not_kept(Store::NotStorable);
         }
         let declared = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > cache.spec.max_object_bytes) {
-            cache.metrics.store(Store::TooLarge);
-            return None;
+            return not_kept(Store::TooLarge);
         }
         let vary: Vec<(HeaderName, Option<String>)> = headers
             .get_all(header::VARY)

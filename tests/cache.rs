@@ -97,6 +97,11 @@ async fn upstream(seen: Arc<Seen>) -> Upstream {
                     answer(200, &[cc("max-age=1"), tag], body)
                 }
                 "/private" => answer(200, &[cc("private, max-age=60")], body),
+                // Cacheable for 1s at first, then private.
+                "/turns" if n == 1 => {
+                    answer(200, &[cc("max-age=1"), ("etag", "\"t1\"".into())], body)
+                }
+                "/turns" => answer(200, &[cc("private")], body),
                 "/empty" => answer(204, &[cc("max-age=60"), ("x-n", n.to_string())], ""),
                 "/moved" => answer(
                     301,
@@ -373,6 +378,17 @@ async fn stale_entries_are_revalidated_or_stand_in_for_a_failed_upstream() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let (s, c, _, _) = get(&url, &[]).await;
     assert_eq!((s, c.as_str()), (503, "EXPIRED"));
+
+    // An expired entry whose new answer may not be kept is dropped: it is
+    // no longer what the upstream says.
+    let url = sift.url("/turns");
+    let (_, c, _, _) = get(&url, &[]).await;
+    assert_eq!(c, "MISS");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (_, c, body, _) = get(&url, &[]).await;
+    assert_eq!((c.as_str(), body.as_str()), ("EXPIRED", "/turns #2"));
+    let (_, c, body, _) = get(&url, &[]).await;
+    assert_eq!((c.as_str(), body.as_str()), ("MISS", "/turns #3"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
