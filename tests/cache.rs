@@ -454,7 +454,10 @@ async fn memory_is_bounded_purge_and_reload() {
         route["bytes"].as_u64().unwrap(),
     );
     assert!(bytes <= 64 * 1024, "{bytes}");
-    assert!((10..=15).contains(&entries), "{entries} entries of ~5.8 KB counted");
+    assert!(
+        (10..=15).contains(&entries),
+        "{entries} entries of ~5.8 KB counted"
+    );
     let evicted = sift
         .metric(r#"sift_cache_evictions_total{route="default"}"#)
         .await
