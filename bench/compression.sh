@@ -56,43 +56,7 @@ BE=$(port); P=$(port); A=$(port)
 mkdir -p "$d/www" "$d/nx"
 chmod 755 "$d/www" "$d/nx"
 
-# The answer: ~16 KB of JSON shaped like an API's list page (users with
-# nested objects, numbers, booleans, ISO dates, free text), seeded.
-python3 - "$d/www/data.json" <<'PY'
-import json, random, sys
-rnd = random.Random(20261206)
-first = ["Ada", "Grace", "Linus", "Ken", "Barbara", "Edsger", "Donald", "Frances", "Tim", "Radia",
-         "Margaret", "John", "Sophie", "Niklaus", "Leslie", "Anita"]
-last = ["Lovelace", "Hopper", "Torvalds", "Thompson", "Liskov", "Dijkstra", "Knuth", "Allen",
-        "Berners-Lee", "Perlman", "Hamilton", "Backus", "Wilson", "Wirth", "Lamport", "Borg"]
-cities = ["Lisbon", "Oslo", "Kyoto", "Austin", "Nairobi", "Lyon", "Porto Alegre", "Tallinn"]
-tags = ["admin", "beta", "billing", "eu", "us", "mobile", "trial", "vip", "support", "api"]
-words = ("the quick brown fox jumps over a lazy dog while the proxy streams compressed "
-         "answers to clients that asked for them and keeps the rest as it is").split()
-items = []
-doc = {}
-i = 0
-while True:
-    f, l = rnd.choice(first), rnd.choice(last)
-    items.append({
-        "id": 100000 + i * 7 + rnd.randrange(7),
-        "name": f"{f} {l}",
-        "email": f"{f.lower()}.{l.lower()}{rnd.randrange(100)}@example.com",
-        "active": rnd.random() < 0.8,
-        "score": round(rnd.uniform(0, 100), 2),
-        "created_at": f"2026-{rnd.randrange(1, 13):02d}-{rnd.randrange(1, 29):02d}T{rnd.randrange(24):02d}:{rnd.randrange(60):02d}:{rnd.randrange(60):02d}Z",
-        "tags": rnd.sample(tags, rnd.randrange(1, 4)),
-        "address": {"city": rnd.choice(cities), "zip": f"{rnd.randrange(10000, 99999)}"},
-        "bio": " ".join(rnd.choice(words) for _ in range(rnd.randrange(6, 16))),
-    })
-    i += 1
-    doc = {"page": 1, "per_page": len(items), "total": 1234, "items": items}
-    if len(json.dumps(doc, indent=1)) >= 16384:
-        items.pop()
-        doc["per_page"] = len(items)
-        break
-open(sys.argv[1], "w").write(json.dumps(doc, indent=1) + "\n")
-PY
+api_json "$d/www/data.json"
 chmod 644 "$d/www/data.json"
 SIZE=$(stat -c %s "$d/www/data.json")
 
@@ -148,35 +112,9 @@ fi
 AE="Accept-Encoding: $CODING"
 
 URL="http://127.0.0.1:$P/data.json"
-SP=""
-start() { # $1 kind (sift | nginx), $2 config
-  if [ "$1" = sift ]; then
-    taskset -c 0 "$SIFT" run --config "$2" > "$d/sift.log" 2>&1 & SP=$!
-  else
-    taskset -c 0 nginx -c "$2" -p "$d/nx" > "$d/nx/out.log" 2>&1 & SP=$!
-  fi
-  pids+=("$SP")
-  for _ in $(seq 100); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$URL" 2>/dev/null)" = 200 ] && return 0
-    sleep 0.1
-  done
-  echo "$1 did not answer 200 on $URL" >&2; cat "$d/sift.log" "$d/nx/nx.err" 2>/dev/null >&2; exit 1
-}
-stop() {
-  local kids; kids=$(pgrep -P "$SP" || true)
-  kill "$SP" 2>/dev/null || true
-  for _ in $(seq 50); do kill -0 "$SP" 2>/dev/null || break; sleep 0.1; done
-  # shellcheck disable=SC2086
-  kill -9 "$SP" $kids 2>/dev/null || true
-  wait "$SP" 2>/dev/null || true
-}
-ticks() { # utime + stime of the proxy and its children (nginx's worker)
-  local t=0 p
-  for p in "$SP" $(pgrep -P "$SP" || true); do
-    t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
-  done
-  echo "$t"
-}
+start() { proxy_start "$@"; }
+stop() { proxy_stop; }
+ticks() { proxy_ticks; }
 
 # Each proxy's answer, checked once: encoding, size, decodes to the file.
 check() { # $1 label, $2 kind, $3 config, $4 want the coding (1/0)
