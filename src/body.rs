@@ -5,7 +5,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -39,20 +39,96 @@ where
 }
 
 /// What happened to a request body on its way upstream; read after a failed
-/// upstream call to tell a client fault from an upstream fault.
+/// upstream call to tell a client fault from an upstream fault, and by the
+/// route's timeout, which counts from the body's end.
 #[derive(Debug, Default)]
-pub struct BodyState(AtomicU8);
+pub struct BodyState {
+    state: AtomicU8,
+    /// The upstream's response head arrived: the client's body is the
+    /// upstream's business from then on (request_body_timeout stops).
+    answered: AtomicBool,
+    /// Nanoseconds after [`epoch`] of the body's last frame (0: none yet).
+    progress: AtomicU64,
+    /// Nanoseconds after [`epoch`] of the body's end (0: not ended).
+    ended: AtomicU64,
+}
 
 impl BodyState {
     pub const OK: u8 = 0;
     pub const TOO_LARGE: u8 = 1;
     pub const CLIENT_ERROR: u8 = 2;
+    pub const TIMED_OUT: u8 = 3;
 
     pub fn get(&self) -> u8 {
-        self.0.load(Ordering::Acquire)
+        self.state.load(Ordering::Acquire)
     }
     pub fn set(&self, v: u8) {
-        self.0.store(v, Ordering::Release);
+        self.state.store(v, Ordering::Release);
+    }
+    /// Set `v` unless a cause is already recorded (the first cause wins).
+    pub fn set_first(&self, v: u8) {
+        let _ = self
+            .state
+            .compare_exchange(Self::OK, v, Ordering::AcqRel, Ordering::Acquire);
+    }
+    pub fn set_answered(&self) {
+        self.answered.store(true, Ordering::Release);
+    }
+    pub fn answered(&self) -> bool {
+        self.answered.load(Ordering::Acquire)
+    }
+    fn moved(&self, end: bool) {
+        let t = since_epoch(tokio::time::Instant::now());
+        self.progress.store(t, Ordering::Release);
+        if end {
+            self.ended.store(t, Ordering::Release);
+        }
+    }
+    /// When the body's last frame went by, if any did.
+    pub fn last_progress(&self) -> Option<tokio::time::Instant> {
+        at_epoch(self.progress.load(Ordering::Acquire))
+    }
+    /// When the body ended, if it has.
+    pub fn ended_at(&self) -> Option<tokio::time::Instant> {
+        at_epoch(self.ended.load(Ordering::Acquire))
+    }
+}
+
+/// The process's reference instant for [`BodyState`]'s atomics.
+fn epoch() -> tokio::time::Instant {
+    static EPOCH: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(|| {
+        let now = tokio::time::Instant::now();
+        now.checked_sub(std::time::Duration::from_secs(1))
+            .unwrap_or(now)
+    })
+}
+
+fn since_epoch(t: tokio::time::Instant) -> u64 {
+    t.saturating_duration_since(epoch()).as_nanos().max(1) as u64
+}
+
+fn at_epoch(n: u64) -> Option<tokio::time::Instant> {
+    (n != 0).then(|| epoch() + std::time::Duration::from_nanos(n))
+}
+
+/// A client sent nothing of its request body for the listener's
+/// `request_body_timeout` before the upstream answered.
+#[derive(Debug, thiserror::Error)]
+#[error("request body: nothing received for {0} (request_body_timeout)")]
+pub struct BodyTimedOut(pub crate::config::units::Dur);
+
+impl BodyTimedOut {
+    /// The timeout behind `e`, if it or an error it wraps is one.
+    pub fn find(e: &(dyn std::error::Error + 'static)) -> Option<std::time::Duration> {
+        let mut cur = Some(e);
+        while let Some(e) = cur {
+            if let Some(t) = e.downcast_ref::<BodyTimedOut>() {
+                return Some(t.0.0);
+            }
+            cur = e.source();
+        }
+        None
     }
 }
 
@@ -67,10 +143,20 @@ pub struct TooLarge(pub u64);
 /// client, still sending, then reads the answer instead of a connection
 /// reset. Bounded: 30 s in all and 5 s without a frame. HTTP/2 needs no
 /// drain (the stream is reset, the connection goes on).
+///
+/// It also keeps the listener's `request_body_timeout`: once the body has
+/// kept sift waiting (Pending) that long without a frame, before the
+/// upstream answered, it fails with [`BodyTimedOut`] (nginx's
+/// `client_body_timeout`). The timer is armed only on a wait: a body that
+/// arrived with its head never has one.
 #[derive(Debug)]
 pub struct Lingering {
     inner: Option<hyper::body::Incoming>,
     h1: bool,
+    idle: Option<std::time::Duration>,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Shared with the upstream call: its answer stops the timeout.
+    state: Option<Arc<BodyState>>,
 }
 
 impl Lingering {
@@ -78,21 +164,69 @@ impl Lingering {
         Lingering {
             inner: Some(inner),
             h1: version <= http::Version::HTTP_11,
+            idle: None,
+            timer: None,
+            state: None,
         }
+    }
+
+    /// Fail the body once it waits this long for the client (None: never).
+    pub fn set_idle_timeout(&mut self, idle: Option<std::time::Duration>) {
+        self.idle = idle;
+    }
+
+    /// From now on the timeout stops once `state` says the upstream
+    /// answered.
+    pub fn watch(&mut self, state: Arc<BodyState>) {
+        self.state = Some(state);
     }
 }
 
 impl http_body::Body for Lingering {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.inner.as_mut() {
-            Some(b) => Pin::new(b).poll_frame(cx),
-            None => Poll::Ready(None),
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let Some(b) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(b).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(t), Some(d)) = (this.timer.as_mut(), this.idle) {
+                    t.as_mut().reset(tokio::time::Instant::now() + d);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                let Some(d) = this.idle else {
+                    return Poll::Pending;
+                };
+                let t = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(d)));
+                if t.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                if this.state.as_ref().is_some_and(|s| s.answered()) {
+                    // The upstream answered: a quiet client is its call
+                    // (a gRPC stream). The inner body's waker is set.
+                    this.idle = None;
+                    this.timer = None;
+                    return Poll::Pending;
+                }
+                // Nothing more is read: no lingering for a stalled client.
+                this.inner = None;
+                this.timer = None;
+                Poll::Ready(Some(Err(Box::new(BodyTimedOut(
+                    crate::config::units::Dur(d),
+                )))))
+            }
         }
     }
 
@@ -166,8 +300,8 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        match this.inner.poll_frame(cx) {
+        let mut this = self.project();
+        match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     *this.seen += data.len() as u64;
@@ -176,13 +310,24 @@ where
                         return Poll::Ready(Some(Err(Box::new(TooLarge(*this.limit)))));
                     }
                 }
+                this.state
+                    .moved(this.inner.is_end_stream() || frame.is_trailers());
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
-                this.state.set(BodyState::CLIENT_ERROR);
-                Poll::Ready(Some(Err(e.into())))
+                let e: BoxError = e.into();
+                this.state.set(if BodyTimedOut::find(&*e).is_some() {
+                    BodyState::TIMED_OUT
+                } else {
+                    BodyState::CLIENT_ERROR
+                });
+                Poll::Ready(Some(Err(e)))
             }
-            other => other.map_err(Into::into),
+            Poll::Ready(None) => {
+                this.state.moved(true);
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
         }
     }
 

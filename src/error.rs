@@ -44,6 +44,10 @@ pub enum ProxyError {
     UpstreamReset(String),
     #[error("client request body failed: {0}")]
     ClientBody(String),
+    /// The client sent nothing of its body for the listener's
+    /// `request_body_timeout` (nginx's client_body_timeout: 408).
+    #[error("client sent nothing of its request body for {0:?}")]
+    RequestBodyTimeout(Duration),
     #[error("rate limit {policy:?} exceeded; retry in {} s", decision.retry_after)]
     RateLimited {
         policy: String,
@@ -141,6 +145,7 @@ pub enum ErrorKind {
     DeadlineExceeded,
     UpstreamReset,
     ClientBodyError,
+    RequestBodyTimeout,
     RateLimited,
     Overloaded,
     CircuitOpen,
@@ -165,7 +170,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 32] = [
+    pub const ALL: [ErrorKind; 33] = [
         ErrorKind::MalformedRequest,
         ErrorKind::NotImplemented,
         ErrorKind::HeadersTooLarge,
@@ -177,6 +182,7 @@ impl ErrorKind {
         ErrorKind::DeadlineExceeded,
         ErrorKind::UpstreamReset,
         ErrorKind::ClientBodyError,
+        ErrorKind::RequestBodyTimeout,
         ErrorKind::RateLimited,
         ErrorKind::Overloaded,
         ErrorKind::CircuitOpen,
@@ -213,6 +219,7 @@ impl ErrorKind {
             ErrorKind::DeadlineExceeded => "deadline-exceeded",
             ErrorKind::UpstreamReset => "upstream-reset",
             ErrorKind::ClientBodyError => "client-body-error",
+            ErrorKind::RequestBodyTimeout => "request-body-timeout",
             ErrorKind::RateLimited => "rate-limited",
             ErrorKind::Overloaded => "overloaded",
             ErrorKind::CircuitOpen => "circuit-open",
@@ -241,6 +248,7 @@ impl ErrorKind {
         match self {
             ErrorKind::MalformedRequest | ErrorKind::ClientBodyError => StatusCode::BAD_REQUEST,
             ErrorKind::NotImplemented => StatusCode::NOT_IMPLEMENTED,
+            ErrorKind::RequestBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorKind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ErrorKind::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::NoRoute => StatusCode::NOT_FOUND,
@@ -275,6 +283,15 @@ impl ErrorKind {
 }
 
 impl ProxyError {
+    /// A failed client request body: its `request_body_timeout` (408) if
+    /// that is what failed it, else a client fault (400).
+    pub fn client_body(e: &(dyn std::error::Error + 'static)) -> ProxyError {
+        match crate::body::BodyTimedOut::find(e) {
+            Some(d) => ProxyError::RequestBodyTimeout(d),
+            None => ProxyError::ClientBody(e.to_string()),
+        }
+    }
+
     pub fn kind(&self) -> ErrorKind {
         match self {
             ProxyError::Malformed(_) => ErrorKind::MalformedRequest,
@@ -288,6 +305,7 @@ impl ProxyError {
             ProxyError::DeadlineExceeded(_) => ErrorKind::DeadlineExceeded,
             ProxyError::UpstreamReset(_) => ErrorKind::UpstreamReset,
             ProxyError::ClientBody(_) => ErrorKind::ClientBodyError,
+            ProxyError::RequestBodyTimeout(_) => ErrorKind::RequestBodyTimeout,
             ProxyError::RateLimited { .. } | ProxyError::RateLimitedRemote { .. } => {
                 ErrorKind::RateLimited
             }
@@ -366,6 +384,10 @@ impl ProxyError {
             ProxyError::DeadlineExceeded(_) => "deadline exceeded".into(),
             ProxyError::UpstreamReset(_) => "upstream reset the connection".into(),
             ProxyError::ClientBody(_) => "request body could not be read".into(),
+            ProxyError::RequestBodyTimeout(d) => format!(
+                "request body timed out (nothing received for {})",
+                crate::config::units::Dur(*d)
+            ),
             ProxyError::RateLimited { policy, .. }
             | ProxyError::RateLimitedRemote { policy, .. } => {
                 format!("rate limit {policy} exceeded")

@@ -250,7 +250,7 @@ where
                     if let Ok(data) = frame.into_data() {
                         let mut out = BytesMut::new();
                         if let Err(e) = this.decoder.feed(&data, &mut out) {
-                            this.state.set(crate::body::BodyState::CLIENT_ERROR);
+                            this.state.set_first(crate::body::BodyState::CLIENT_ERROR);
                             return Poll::Ready(Some(Err(Box::new(e))));
                         }
                         if !out.is_empty() {
@@ -262,7 +262,7 @@ where
                 None => {
                     *this.done = true;
                     if let Err(e) = this.decoder.finish() {
-                        this.state.set(crate::body::BodyState::CLIENT_ERROR);
+                        this.state.set_first(crate::body::BodyState::CLIENT_ERROR);
                         return Poll::Ready(Some(Err(Box::new(e))));
                     }
                     return Poll::Ready(None);

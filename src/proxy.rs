@@ -473,6 +473,12 @@ pub async fn handle(
                 request_id.as_ref(),
             );
             out.error = Some((e.kind(), e.to_string()));
+            // The rest of a stalled body is never read: the connection
+            // cannot carry another request.
+            if matches!(e, ProxyError::RequestBodyTimeout(_)) && version <= Version::HTTP_11 {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             if let Some(id) = request_id {
                 resp.headers_mut().insert(X_REQUEST_ID.clone(), id);
             }
@@ -521,6 +527,8 @@ async fn proxy(
     let listener = snap
         .listener(conn.listener_index)
         .ok_or_else(|| ProxyError::Internal(format!("listener {} has no config", conn.listener)))?;
+    req.body_mut()
+        .set_idle_timeout(listener.limits.request_body_timeout.map(|d| d.0));
 
     // 2. Request hygiene.
     let seen = Seen::scan(req.headers());
@@ -1075,7 +1083,7 @@ async fn proxy(
         .grpc_web
         .then(|| crate::grpc_web::request(req.headers()))
         .flatten();
-    let (mut parts, incoming) = req.into_parts();
+    let (mut parts, mut incoming) = req.into_parts();
     let mut uri = std::mem::take(&mut parts.uri).into_parts();
     let original_authority = uri.authority.take();
     let mut path_and_query = uri
@@ -1206,6 +1214,10 @@ async fn proxy(
     // Read only after a failed send, to tell a client fault from an upstream
     // one; a bodiless request never needs it (and allocates none).
     let mut state: Option<Arc<BodyState>> = None;
+    // The client's body timeout stops once the upstream answers.
+    if !incoming.is_end_stream() {
+        incoming.watch(shared_state(&mut state));
+    }
     let mut body = if let Some(s) = spilled {
         let replay = s.complete && s.file.is_none() && s.trailers.is_none() && s.tail.is_empty();
         if replay && s.head.len() <= 1 {
@@ -1263,7 +1275,7 @@ async fn proxy(
             Err(e) => {
                 return Err(match body_state(&state) {
                     BodyState::TOO_LARGE => ProxyError::BodyTooLarge { limit },
-                    _ => ProxyError::ClientBody(e.to_string()),
+                    _ => ProxyError::client_body(&*e),
                 });
             }
         }
@@ -1486,6 +1498,7 @@ async fn proxy(
             u
         })
         .map_err(|e| ProxyError::Internal(format!("upstream URI: {e}")))?;
+        let streamed = matches!(body, Plan::Stream(Some(_)));
         let mut upstream_req = match &mut body {
             Plan::Replay(b) => {
                 // An empty body boxes a zero-sized type: no allocation.
@@ -1538,7 +1551,20 @@ async fn proxy(
         }
         let try_at = tokio::time::Instant::from_std(try_deadline);
         let result = if !hedge {
-            tokio::time::timeout_at(try_at, cluster.send(ep_index, upstream_req)).await
+            match state.as_deref() {
+                // A body still streaming: the try's time counts from its
+                // end (a slow upload is not an upstream timeout); a
+                // call's own grpc-timeout is absolute all the same.
+                Some(st) if streamed && client_deadline.is_none() => {
+                    let stall = listener.limits.request_body_timeout.map(|d| d.0);
+                    let span = try_deadline.saturating_duration_since(began);
+                    let send = cluster.send(ep_index, upstream_req);
+                    send_streamed(send, try_at, span, st, stall).await
+                }
+                _ => tokio::time::timeout_at(try_at, cluster.send(ep_index, upstream_req))
+                    .await
+                    .map_err(|_| ()),
+            }
         } else {
             // Every try runs in `outstanding`; the first good answer wins.
             // While another try may start, a try past its per-try timeout
@@ -1614,6 +1640,9 @@ async fn proxy(
         let mut connect_failed = false;
         let (outcome, retryable) = match result {
             Ok(Ok(resp)) => {
+                if let Some(s) = &state {
+                    s.set_answered();
+                }
                 let code = resp.status().as_u16();
                 // A gRPC call's outcome is its grpc-status: in the head
                 // (a trailers-only error) or, for a 200, in the trailers
@@ -1632,6 +1661,14 @@ async fn proxy(
             Ok(Err(e)) => match body_state(&state) {
                 BodyState::TOO_LARGE => return Err(ProxyError::BodyTooLarge { limit }),
                 BodyState::CLIENT_ERROR => return Err(ProxyError::ClientBody(error_chain(&e))),
+                BodyState::TIMED_OUT => {
+                    return Err(ProxyError::RequestBodyTimeout(
+                        listener
+                            .limits
+                            .request_body_timeout
+                            .map_or(std::time::Duration::ZERO, |d| d.0),
+                    ));
+                }
                 _ if matches!(e, crate::upstream::SendError::Connect(_)) => {
                     cluster.metrics.connect_errors.inc();
                     cluster.observe(ep_index, Observed::LocalGatewayError, now);
@@ -2512,6 +2549,42 @@ pub fn stable_hash_bytes(s: &[u8]) -> u64 {
 }
 
 /// The request body's state, made when a body first needs it.
+/// Send a request whose body still streams from the client. The try's
+/// time (`span`) counts from the body's end, as Envoy's route timeout
+/// starts once the request is complete: an upload slower than the
+/// route's timeout is not an upstream timeout. While the body flows the
+/// wait goes on; a body that has not moved for `stall` (the listener's
+/// request_body_timeout, else `span`) while sift waits ends it: the
+/// upstream stopped reading (a client that stopped sending fails the
+/// body itself, with 408).
+async fn send_streamed<F: std::future::Future>(
+    send: F,
+    mut at: tokio::time::Instant,
+    span: std::time::Duration,
+    state: &BodyState,
+    stall: Option<std::time::Duration>,
+) -> Result<F::Output, ()> {
+    let started = tokio::time::Instant::now();
+    let stall = stall.unwrap_or(span);
+    let mut send = std::pin::pin!(send);
+    loop {
+        match tokio::time::timeout_at(at, &mut send).await {
+            Ok(r) => return Ok(r),
+            Err(_) => {
+                let now = tokio::time::Instant::now();
+                let due = match state.ended_at() {
+                    Some(end) => end + span,
+                    None => state.last_progress().unwrap_or(started).max(started) + stall,
+                };
+                if due <= now {
+                    return Err(());
+                }
+                at = due;
+            }
+        }
+    }
+}
+
 fn shared_state(s: &mut Option<Arc<BodyState>>) -> Arc<BodyState> {
     s.get_or_insert_with(Default::default).clone()
 }

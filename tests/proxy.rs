@@ -3901,3 +3901,255 @@ clusters:
     assert_eq!(r.headers()["grpc-status"], "12");
     assert!(r.body().is_empty());
 }
+
+/// Send a request head and the first bytes of its body, then stall:
+/// return the answer, how long it took and whether sift then closed.
+async fn stalled_body(addr: std::net::SocketAddr, path: &str) -> (String, Duration, bool) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: app\r\ncontent-type: text/plain\r\ncontent-length: 1000\r\n\r\nthe first forty bytes of a long message."
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let t0 = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let mut closed = false;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk)).await {
+            Ok(Ok(0)) => {
+                closed = true;
+                break;
+            }
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            _ => break,
+        }
+    }
+    (
+        String::from_utf8_lossy(&buf).into_owned(),
+        t0.elapsed(),
+        closed,
+    )
+}
+
+/// A client that stops sending its request body gets 408 once the
+/// listener's request_body_timeout passes (nginx's client_body_timeout),
+/// whether the body streams to the upstream, is held for a block filter,
+/// or is collected for retries; and sift closes the connection. Without
+/// the limit, a held body waited forever, and a streamed one ended as the
+/// upstream's fault (504 after the route's timeout).
+#[tokio::test(flavor = "multi_thread")]
+async fn stalled_request_bodies_get_408() {
+    let up = Upstream::echo("app").await;
+    let a = up.addr;
+    let sift = Sift::start(&format!(
+        r#"log: {{ format: json, level: info }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners:
+  - name: main
+    address: "127.0.0.1:0"
+    limits: {{ request_body_timeout: 400ms }}
+filters:
+  - name: spam
+    kind: spam
+routes:
+  - name: held
+    match: {{ path: {{ prefix: /held }} }}
+    cluster: app
+    filters: [ {{ filter: spam, mode: block }} ]
+  - name: retried
+    match: {{ path: {{ prefix: /retried }} }}
+    cluster: app
+    retries: {{ attempts: 2, non_idempotent: true }}
+  - name: streamed
+    timeout: 10s
+    cluster: app
+clusters:
+  - name: app
+    endpoints: ["{a}"]
+"#
+    ));
+    for path in ["/held", "/retried", "/streamed"] {
+        let (answer, took, closed) = stalled_body(sift.addr(), path).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 408"),
+            "{path}: {answer:?} after {took:?}"
+        );
+        assert!(
+            answer.contains("x-sift-error: request-body-timeout"),
+            "{answer}"
+        );
+        assert!(answer.contains("connection: close"), "{answer}");
+        assert!(
+            took >= Duration::from_millis(350) && took < Duration::from_secs(3),
+            "{path}: {took:?}"
+        );
+        assert!(closed, "{path}: the connection stays open");
+    }
+    // The held and collected bodies never reached the upstream; the
+    // streamed one did (its body then failed).
+    assert_eq!(up.requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(
+        sift.metric(r#"sift_errors_total{kind="request-body-timeout"}"#)
+            .await,
+        Some(3.0)
+    );
+    // A body that keeps coming is not cut, however long it takes.
+    let (tx, b) = channel_body(4);
+    let req = Request::post(sift.url("/held"))
+        .header("content-type", "text/plain")
+        .body(b)
+        .unwrap();
+    let feed = tokio::spawn(async move {
+        for _ in 0..6 {
+            tx.send(Bytes::from_static(b"hello there, ")).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let resp = send(req).await;
+    feed.await.unwrap();
+    assert_eq!(resp.status(), 200, "{:?}", resp.body());
+    assert_eq!(json(resp.body())["body_len"], 78);
+}
+
+/// The route's timeout counts from the end of a streamed request body, as
+/// Envoy's route timeout does: an upload slower than the timeout gets its
+/// answer (it was a 504 that blamed the upstream), an upstream that then
+/// does not answer still times out, and an upstream that stops reading
+/// the body is a 504 after request_body_timeout, not a hang.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_route_timeout_counts_from_the_end_of_the_body() {
+    let up = Upstream::start(|req: Request<hyper::body::Incoming>| async move {
+        let slow = req.uri().path() == "/silent";
+        let n = req.into_body().collect().await.map(|b| b.to_bytes().len());
+        if slow {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
+        json_response(200, &serde_json::json!({ "body_len": n.unwrap_or(0) }))
+    })
+    .await;
+    // An upstream that takes connections and never reads them.
+    let deaf = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let deaf_addr = deaf.local_addr().unwrap();
+    let _held = tokio::spawn(async move {
+        let mut kept = Vec::new();
+        while let Ok((s, _)) = deaf.accept().await {
+            kept.push(s);
+        }
+    });
+    let a = up.addr;
+    let sift = Sift::start(&format!(
+        r#"log: {{ format: json, level: info }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners:
+  - name: main
+    address: "127.0.0.1:0"
+    limits: {{ request_body_timeout: 700ms }}
+routes:
+  - name: deaf
+    match: {{ path: {{ prefix: /deaf }} }}
+    timeout: 300ms
+    max_request_body: 256MiB
+    cluster: deaf
+  - name: app
+    timeout: 300ms
+    cluster: app
+clusters:
+  - name: app
+    endpoints: ["{a}"]
+  - name: deaf
+    endpoints: ["{deaf_addr}"]
+"#
+    ));
+    let upload = |path: &'static str, chunks: usize, gap: Duration, size: usize| {
+        let url = sift.url(path);
+        async move {
+            let (tx, b) = channel_body(2);
+            let req = Request::post(url).body(b).unwrap();
+            let feed = tokio::spawn(async move {
+                for _ in 0..chunks {
+                    if tx.send(Bytes::from(vec![b'x'; size])).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(gap).await;
+                }
+            });
+            let t0 = std::time::Instant::now();
+            let resp = tokio::time::timeout(Duration::from_secs(20), send(req))
+                .await
+                .expect("an answer, not a hang");
+            feed.abort();
+            (resp, t0.elapsed())
+        }
+    };
+    // 8 chunks 150 ms apart: 1.2 s of upload against a 300 ms timeout.
+    let (resp, took) = upload("/upload", 8, Duration::from_millis(150), 1000).await;
+    assert_eq!(resp.status(), 200, "{:?} after {took:?}", resp.headers());
+    assert_eq!(json(resp.body())["body_len"], 8000);
+    assert!(took >= Duration::from_millis(1000), "{took:?}");
+    // The same upload to an upstream that never answers: 504 about 300 ms
+    // after the body's end.
+    let (resp, took) = upload("/silent", 8, Duration::from_millis(150), 1000).await;
+    assert_eq!(resp.status(), 504);
+    assert_eq!(resp.headers()["x-sift-error"], "upstream-timeout");
+    assert!(
+        took >= Duration::from_millis(1300) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    // 160 MiB as fast as it goes to an upstream that reads nothing: the
+    // socket buffers fill, the body stops moving, 504.
+    let (resp, took) = upload("/deaf", 160, Duration::ZERO, 1 << 20).await;
+    assert_eq!(resp.status(), 504, "{:?}", resp.headers());
+    assert_eq!(resp.headers()["x-sift-error"], "upstream-timeout");
+    assert!(took < Duration::from_secs(8), "{took:?}");
+}
+
+/// Once the upstream has answered, a client that goes quiet on its
+/// request stream (a bidirectional gRPC-like call over HTTP/2) is not cut
+/// by request_body_timeout: the stream is the upstream's business.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_quiet_client_stream_after_the_answer_is_not_cut() {
+    let up = Upstream::start(|req: Request<hyper::body::Incoming>| async move {
+        // Echo the request body as it comes, answering at once.
+        let mut r = http::Response::new(body::boxed(req.into_body()));
+        r.headers_mut()
+            .insert("content-type", "application/octet-stream".parse().unwrap());
+        r
+    })
+    .await;
+    let a = up.addr;
+    let sift = Sift::start(&format!(
+        r#"log: {{ format: json, level: info }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners:
+  - name: main
+    address: "127.0.0.1:0"
+    protocol: h2
+    limits: {{ request_body_timeout: 300ms }}
+routes:
+  - name: app
+    cluster: app
+clusters:
+  - name: app
+    protocol: http2
+    endpoints: ["{a}"]
+"#
+    ));
+    let (tx, b) = channel_body(4);
+    let req = Request::post(sift.url("/stream")).body(b).unwrap();
+    tx.send(Bytes::from_static(b"ping ")).await.unwrap();
+    let resp = http2_client().request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut rb = resp.into_body();
+    let first = rb.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&first[..], b"ping ");
+    // Quiet for three times the timeout, then more, then the end.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    tx.send(Bytes::from_static(b"pong")).await.unwrap();
+    drop(tx);
+    let rest = tokio::time::timeout(Duration::from_secs(5), rb.collect())
+        .await
+        .unwrap()
+        .unwrap()
+        .to_bytes();
+    assert_eq!(&rest[..], b"pong");
+}

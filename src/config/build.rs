@@ -988,6 +988,11 @@ fn build_limits(l: Option<&LimitsFile>, p: &str, e: &mut Errs) -> Limits {
             &format!("{p}.header_read_timeout"),
             e,
         ),
+        request_body_timeout: match l.request_body_timeout {
+            Some(t) if t.0.is_zero() => None,
+            Some(t) => Some(t),
+            None => d.request_body_timeout,
+        },
         idle_timeout: positive(
             l.idle_timeout,
             d.idle_timeout,

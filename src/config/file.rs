@@ -1223,6 +1223,12 @@ pub struct LimitsFile {
     /// Time a client has to send a complete request head (default 10s; slowloris guard).
     #[serde(default)]
     pub header_read_timeout: Option<Dur>,
+    /// Longest wait for the next piece of a request body before the
+    /// upstream has answered (default 60s, nginx's client_body_timeout;
+    /// `0s`: no limit). Over it: 408. The route's timeout counts from the
+    /// body's end.
+    #[serde(default)]
+    pub request_body_timeout: Option<Dur>,
     /// A connection with no request in flight and no bytes moving for this long is closed (default 60s).
     #[serde(default)]
     pub idle_timeout: Option<Dur>,

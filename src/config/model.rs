@@ -297,6 +297,8 @@ pub struct Limits {
     pub max_header_bytes: Bytes,
     pub max_headers: usize,
     pub header_read_timeout: Dur,
+    /// None: no limit (`0s`).
+    pub request_body_timeout: Option<Dur>,
     pub idle_timeout: Dur,
     pub max_connections: usize,
     pub max_concurrent_streams: u32,
@@ -311,6 +313,7 @@ impl Default for Limits {
             max_header_bytes: Bytes(64 * 1024),
             max_headers: 100,
             header_read_timeout: Dur::secs(10),
+            request_body_timeout: Some(Dur::secs(60)),
             idle_timeout: Dur::secs(60),
             max_connections: 10_000,
             max_concurrent_streams: 100,

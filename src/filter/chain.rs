@@ -39,7 +39,7 @@ pub struct Held {
 pub async fn hold<B>(body: &mut B, cap: u64, route_limit: u64) -> Result<Held, ProxyError>
 where
     B: HttpBody<Data = Bytes> + Unpin,
-    B::Error: std::fmt::Display,
+    B::Error: Into<crate::body::BoxError>,
 {
     // A body that arrives in one data frame (the common small body) is
     // held as that frame, without a copy; later frames are appended to
@@ -57,7 +57,7 @@ where
                 held.complete = true;
                 break;
             }
-            Some(Err(e)) => return Err(ProxyError::ClientBody(e.to_string())),
+            Some(Err(e)) => return Err(client_body(e)),
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(d) => {
                     if (len + d.len()) as u64 > route_limit {
@@ -87,6 +87,12 @@ where
         None => buf.freeze(),
     };
     Ok(held)
+}
+
+/// A failed read of the client's body (408 if it timed out, else 400).
+fn client_body(e: impl Into<crate::body::BoxError>) -> ProxyError {
+    let e: crate::body::BoxError = e.into();
+    ProxyError::client_body(&*e)
 }
 
 /// What the block and annotate filters decided for a forwarded request.
@@ -260,7 +266,7 @@ pub async fn run_spooled<B>(
 ) -> Result<(Decision, Spilled), ProxyError>
 where
     B: HttpBody<Data = Bytes> + Unpin,
-    B::Error: std::fmt::Display,
+    B::Error: Into<crate::body::BoxError>,
 {
     let mut out: Vec<Option<Outcome>> = filters.iter().map(|_| None).collect();
     // Filters that skipped at once (content type, encoding) lead the
@@ -300,7 +306,7 @@ where
     loop {
         let end = match body.frame().await {
             None => true,
-            Some(Err(e)) => return Err(ProxyError::ClientBody(e.to_string())),
+            Some(Err(e)) => return Err(client_body(e)),
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(d) => {
                     held.read += d.len() as u64;
@@ -633,7 +639,7 @@ pub async fn answer<B>(
 ) -> Result<Verdict, ProxyError>
 where
     B: HttpBody<Data = Bytes> + Unpin,
-    B::Error: std::fmt::Display,
+    B::Error: Into<crate::body::BoxError>,
 {
     let spec = filter.spec();
     let name = spec.name.as_str();
@@ -676,7 +682,7 @@ where
         let frame = body.frame().await;
         let end = match frame {
             None => true,
-            Some(Err(e)) => return Err(ProxyError::ClientBody(e.to_string())),
+            Some(Err(e)) => return Err(client_body(e)),
             Some(Ok(f)) => {
                 if let Ok(d) = f.into_data() {
                     total += d.len() as u64;
