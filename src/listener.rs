@@ -32,6 +32,7 @@ use http::HeaderValue;
 /// Accept connections on `tcp` until draining begins.
 pub async fn serve(tcp: TcpListener, name: Arc<str>, shared: Arc<Shared>, drain: Drain) {
     let open = Arc::new(AtomicUsize::new(0));
+    let per_client = Arc::new(PerClient::default());
     let mut watch = drain.watch();
     let metrics = shared.metrics.clone();
     let active = metrics.active_connections.with_label_values(&[&name]);
@@ -68,17 +69,20 @@ pub async fn serve(tcp: TcpListener, name: Arc<str>, shared: Arc<Shared>, drain:
         let handshake_timeout = spec.limits.header_read_timeout.0;
         let envoy = spec.serve == crate::config::file::Serve::Envoy;
         let proxy_protocol = spec.proxy_protocol;
+        let per_client_max = spec.limits.max_connections_per_client;
         let tcp = spec.tcp.clone();
         drop(snap);
         accepted.inc();
         active.inc();
         open.fetch_add(1, Ordering::Relaxed);
-        let slot = ConnSlot {
+        let mut slot = ConnSlot {
             open: open.clone(),
             active: active.clone(),
             _token: drain.conn_token(),
+            _client: None,
         };
         let (shared, watch, name) = (shared.clone(), drain.watch(), name.clone());
+        let per_client = per_client_max.map(|_| per_client.clone());
         tokio::spawn(async move {
             let mut stream = stream;
             let mut remote = remote;
@@ -94,6 +98,22 @@ pub async fn serve(tcp: TcpListener, name: Arc<str>, shared: Arc<Shared>, drain:
                             .with_label_values(&[&name])
                             .inc();
                         tracing::debug!(listener = %name, %remote, error = %e, "PROXY protocol header refused");
+                        return;
+                    }
+                }
+            }
+            // The client's own connections: counted once its address is
+            // known (after a PROXY protocol header).
+            if let (Some(map), Some(max)) = (&per_client, per_client_max) {
+                match map.take(remote.ip(), max) {
+                    Some(c) => slot._client = Some(c),
+                    None => {
+                        shared
+                            .metrics
+                            .listener_client_overflow
+                            .with_label_values(&[&name])
+                            .inc();
+                        tracing::debug!(listener = %name, %remote, "client at max_connections_per_client");
                         return;
                     }
                 }
@@ -282,6 +302,65 @@ struct ConnSlot {
     open: Arc<AtomicUsize>,
     active: prometheus::IntGauge,
     _token: crate::drain::ConnToken,
+    _client: Option<ClientSlot>,
+}
+
+/// Open connections per client on one listener (`max_connections_per_client`).
+/// An entry lives while its client has a connection open, so the map never
+/// holds more entries than the listener has connections.
+#[derive(Default)]
+struct PerClient(Mutex<std::collections::HashMap<std::net::IpAddr, u32>>);
+
+/// One open connection of a client; dropped with the connection.
+struct ClientSlot {
+    map: Arc<PerClient>,
+    key: std::net::IpAddr,
+}
+
+impl PerClient {
+    /// The client a connection from `ip` counts for: the IPv4 address
+    /// (also when written IPv4-mapped), or an IPv6 address's /64, the
+    /// block one host is usually given.
+    fn key(ip: std::net::IpAddr) -> std::net::IpAddr {
+        match ip.to_canonical() {
+            std::net::IpAddr::V6(v6) => {
+                let bits = u128::from(v6) & !((1u128 << 64) - 1);
+                std::net::IpAddr::V6(bits.into())
+            }
+            v4 => v4,
+        }
+    }
+
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr, max: u32) -> Option<ClientSlot> {
+        let key = PerClient::key(ip);
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(key).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot {
+            map: self.clone(),
+            key,
+        })
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut m = self.map.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.key);
+            }
+        }
+    }
 }
 
 impl Drop for ConnSlot {
@@ -794,4 +873,30 @@ fn is_benign(e: &(dyn std::error::Error + 'static)) -> bool {
         cur = err.source();
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clients_are_counted_per_address_and_ipv6_per_64() {
+        let map = Arc::new(PerClient::default());
+        let a = "10.0.0.1".parse().unwrap();
+        let mapped = "::ffff:10.0.0.1".parse().unwrap();
+        let b = "2001:db8:1:2::1".parse().unwrap();
+        let b_sibling = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other64 = "2001:db8:1:3::1".parse().unwrap();
+        let s1 = map.take(a, 2).unwrap();
+        let s2 = map.take(mapped, 2).unwrap();
+        assert!(map.take(a, 2).is_none(), "a third from 10.0.0.1");
+        let s3 = map.take(b, 1).unwrap();
+        assert!(map.take(b_sibling, 1).is_none(), "same /64");
+        let s4 = map.take(other64, 1).unwrap();
+        assert_eq!(map.len(), 3);
+        drop(s1);
+        let s5 = map.take(a, 2).unwrap();
+        drop((s2, s3, s4, s5));
+        assert_eq!(map.len(), 0, "no entry outlives its connections");
+    }
 }

@@ -18,6 +18,7 @@ pub struct Metrics {
     pub active_connections: IntGaugeVec,
     pub connections: IntCounterVec,
     pub listener_overflow: IntCounterVec,
+    pub listener_client_overflow: IntCounterVec,
     pub downstream_protocol_errors: IntCounterVec,
     pub active_requests: IntGauge,
     pub config_reloads: IntCounterVec,
@@ -255,6 +256,14 @@ impl Metrics {
             Opts::new(
                 "sift_listener_overflow_total",
                 "Connections closed at accept because the listener was at max_connections.",
+            ),
+            &["listener"],
+        )
+        .expect("valid metric");
+        let listener_client_overflow = IntCounterVec::new(
+            Opts::new(
+                "sift_listener_client_overflow_total",
+                "Connections closed at accept because their client was at max_connections_per_client.",
             ),
             &["listener"],
         )
@@ -748,6 +757,7 @@ impl Metrics {
             Box::new(active_connections.clone()),
             Box::new(connections.clone()),
             Box::new(listener_overflow.clone()),
+            Box::new(listener_client_overflow.clone()),
             Box::new(downstream_protocol_errors.clone()),
             Box::new(active_requests.clone()),
             Box::new(config_reloads.clone()),
@@ -776,6 +786,7 @@ impl Metrics {
             active_connections,
             connections,
             listener_overflow,
+            listener_client_overflow,
             downstream_protocol_errors,
             active_requests,
             config_reloads,

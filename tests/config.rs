@@ -363,3 +363,43 @@ fn external_auth_with_request_body_is_checked() {
         .unwrap_or_default();
     assert!(e.contains("not on an `answer` route"), "{e}");
 }
+
+/// Listener limits: `max_connections_per_client` is at least 1;
+/// `request_body_timeout` defaults to 60s and `0s` turns it off.
+#[test]
+fn listener_body_and_client_limits_are_checked() {
+    let cfg = |limits: &str| {
+        format!(
+            r#"listeners: [{{ name: main, address: "127.0.0.1:0", limits: {{ {limits} }} }}]
+routes: [{{ name: r, cluster: c }}]
+clusters: [{{ name: c, endpoints: ["127.0.0.1:1"] }}]
+"#
+        )
+    };
+    let err = sift::config::load_str(&cfg("max_connections_per_client: 0"))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("listeners[0].limits.max_connections_per_client: must be at least 1"),
+        "{err:?}"
+    );
+    let limits = |l: &str| {
+        sift::config::load_str(&cfg(l)).unwrap().listeners[0]
+            .limits
+            .clone()
+    };
+    assert_eq!(
+        limits("").request_body_timeout.map(|d| d.0),
+        Some(std::time::Duration::from_secs(60))
+    );
+    assert_eq!(
+        limits("request_body_timeout: 0s").request_body_timeout,
+        None
+    );
+    assert_eq!(
+        limits("request_body_timeout: 2m, max_connections_per_client: 8")
+            .max_connections_per_client,
+        Some(8)
+    );
+}

@@ -4153,3 +4153,58 @@ clusters:
         .to_bytes();
     assert_eq!(&rest[..], b"pong");
 }
+
+/// `max_connections_per_client` (nginx's `limit_conn` per IP): a client at
+/// its limit has further connections closed at accept, counted; other
+/// clients are not affected; a closed connection frees its place. The
+/// client is the PROXY protocol source when the listener reads one.
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_per_client_are_limited() {
+    let up = Upstream::echo("app").await;
+    let cfg = proxy_protocol_config(up.addr, "required").replace(
+        "    proxy_protocol: required\n",
+        "    proxy_protocol: required\n    limits: { max_connections_per_client: 2 }\n",
+    );
+    let cfg = cfg.replace(
+        "    rate_limits: [ { name: per-ip, requests_per_unit: 1, unit: minute } ]\n",
+        "",
+    );
+    let sift = Sift::start(&cfg);
+    // A keep-alive connection from `src` that got its answer, or None if
+    // sift closed it without one.
+    let open = |src: &'static str| {
+        let addr = sift.addr();
+        async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let head = format!(
+                "PROXY TCP4 {src} 10.0.0.1 56324 80\r\nGET /x HTTP/1.1\r\nHost: a.example\r\n\r\n"
+            );
+            let _ = s.write_all(head.as_bytes()).await;
+            let mut b = [0u8; 12];
+            match tokio::time::timeout(Duration::from_secs(3), s.read_exact(&mut b)).await {
+                Ok(Ok(_)) if &b == b"HTTP/1.1 200" => Some(s),
+                Ok(_) => None,
+                Err(_) => panic!("neither an answer nor a close from {src}"),
+            }
+        }
+    };
+    let first = open("203.0.113.7").await.expect("first connection");
+    let _second = open("203.0.113.7").await.expect("second connection");
+    assert!(open("203.0.113.7").await.is_none(), "a third is closed");
+    let _other = open("198.51.100.9").await.expect("another client");
+    assert_eq!(
+        sift.metric(r#"sift_listener_client_overflow_total{listener="main"}"#)
+            .await,
+        Some(1.0)
+    );
+    drop(first);
+    let mut again = None;
+    for _ in 0..40 {
+        again = open("203.0.113.7").await;
+        if again.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(again.is_some(), "a closed connection frees its place");
+}

@@ -1000,6 +1000,16 @@ fn build_limits(l: Option<&LimitsFile>, p: &str, e: &mut Errs) -> Limits {
             e,
         ),
         max_connections,
+        max_connections_per_client: match l.max_connections_per_client {
+            Some(0) => {
+                e.push(
+                    format!("{p}.max_connections_per_client"),
+                    "must be at least 1",
+                );
+                None
+            }
+            n => n,
+        },
         max_concurrent_streams,
         max_requests_per_connection: match l.max_requests_per_connection {
             Some(0) => {

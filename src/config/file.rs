@@ -1235,6 +1235,12 @@ pub struct LimitsFile {
     /// Most open connections on this listener (default 10000); more are closed at accept.
     #[serde(default)]
     pub max_connections: Option<usize>,
+    /// Most open connections from one client address on this listener
+    /// (default: no limit; nginx's `limit_conn` per IP). The address is the
+    /// TCP peer's, or the PROXY protocol source; IPv6 clients count per
+    /// /64. More are closed at accept.
+    #[serde(default)]
+    pub max_connections_per_client: Option<u32>,
     /// Most concurrent HTTP/2 streams per connection (default 100).
     #[serde(default)]
     pub max_concurrent_streams: Option<u32>,
