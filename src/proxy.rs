@@ -1002,6 +1002,7 @@ async fn proxy(
     //     cluster's circuit breaker and the upstream.
     let mut fetch = None;
     let mut invalidate = None;
+    let mut hit = None;
     if let Some(cache) = &route.cache {
         use crate::cache::{Plan, Status};
         let plain = bodiless && !req.headers().contains_key(header::UPGRADE);
@@ -1016,37 +1017,7 @@ async fn proxy(
             plain,
         };
         match Box::pin(cache.plan(&ask, || clock.now())).await {
-            Plan::Hit(entry, cond, status) => {
-                let head = req.method() == Method::HEAD;
-                let resp = crate::cache::respond(&entry, head, &cond, clock.now());
-                let template_ip =
-                    route.spec.response_headers.templated().then(|| {
-                        trusted_client_ip(listener.trusted_hops, req.headers(), conn.remote)
-                    });
-                cache.metrics.count(status);
-                out.cache = Some(status);
-                let (parts, b) = resp.into_parts();
-                return Ok(decorate(
-                    Decorate {
-                        route,
-                        cluster,
-                        endpoint: usize::MAX,
-                        template_ip: template_ip.as_deref(),
-                        conn,
-                        version: req.version(),
-                        request_id,
-                        set_cookie,
-                        ratelimit_headers,
-                        auth_client_headers,
-                        remote_limit_headers,
-                        gzip,
-                        cache: Some(status),
-                    },
-                    out,
-                    parts,
-                    b,
-                ));
-            }
+            Plan::Hit(entry, cond, status) => hit = Some((entry, cond, status)),
             // Boxed: it waits in the request future across the upstream call.
             Plan::Fetch(f) => fetch = Some(f),
             Plan::Bypass { invalidate: i } => {
@@ -1056,7 +1027,56 @@ async fn proxy(
             }
         }
     }
-    out.cluster_slot = Some(cluster.request_slot()?);
+    // The cluster's circuit breaker: when it is open, an expired entry
+    // allowed to stand in for errors answers instead (nginx's
+    // proxy_cache_use_stale covers "error" too, not only bad answers).
+    let slot = match hit {
+        Some(_) => None,
+        None => match cluster.request_slot() {
+            Ok(slot) => Some(slot),
+            Err(e) => match stale_entry(&fetch, route.cache.as_deref(), clock.now()) {
+                Some((entry, cond)) => {
+                    tracing::debug!(route = %route.spec.name, error = %e, "circuit open: a stale cache entry answers");
+                    hit = Some((entry, cond, crate::cache::Status::Stale));
+                    None
+                }
+                None => return Err(e),
+            },
+        },
+    };
+    if let (Some((entry, cond, status)), Some(cache)) = (hit, &route.cache) {
+        let head = req.method() == Method::HEAD;
+        let resp = crate::cache::respond(&entry, head, &cond, clock.now());
+        let template_ip = route
+            .spec
+            .response_headers
+            .templated()
+            .then(|| trusted_client_ip(listener.trusted_hops, req.headers(), conn.remote));
+        cache.metrics.count(status);
+        out.cache = Some(status);
+        let (parts, b) = resp.into_parts();
+        return Ok(decorate(
+            Decorate {
+                route,
+                cluster,
+                endpoint: usize::MAX,
+                template_ip: template_ip.as_deref(),
+                conn,
+                version: req.version(),
+                request_id,
+                set_cookie,
+                ratelimit_headers,
+                auth_client_headers,
+                remote_limit_headers,
+                gzip,
+                cache: Some(status),
+            },
+            out,
+            parts,
+            b,
+        ));
+    }
+    out.cluster_slot = slot;
 
     // 7. Upstream request head (the endpoint is set per attempt).
     let upgrade = (seen.hop & hop::CONNECTION != 0)
@@ -1452,12 +1472,19 @@ async fn proxy(
     let hedge = retry.is_some_and(|r| r.hedge_on_per_try_timeout && r.per_try_timeout.is_some());
     let mut outstanding: Vec<Outstanding<'_>> = Vec::new();
     let mut resp = 'tries: loop {
-        let (mut ep_index, mut ep_guard) =
-            cluster
-                .pick(now, previous, lb_key)
-                .ok_or_else(|| ProxyError::NoHealthyEndpoint {
-                    cluster: cluster.spec.name.clone(),
-                })?;
+        let Some((mut ep_index, mut ep_guard)) = cluster.pick(now, previous, lb_key) else {
+            let err = ProxyError::NoHealthyEndpoint {
+                cluster: cluster.spec.name.clone(),
+            };
+            // No endpoint to ask: an expired entry allowed to stand in
+            // for errors answers.
+            if let Some(r) = stale_answer(&fetch, route, now, downstream_head, &err) {
+                served_stale = true;
+                last_ep = usize::MAX;
+                break 'tries r;
+            }
+            return Err(err);
+        };
         let mut endpoint = &cluster.endpoints[ep_index].endpoint;
         // auto_host: this endpoint's name for Host (:authority on HTTP/2).
         let auto_host = matches!(
@@ -1477,9 +1504,20 @@ async fn proxy(
             }
             None => deadline,
         };
-        let mut conn_slot = match tokio::time::timeout_at(deadline_at, cluster.conn_slot()).await {
-            Ok(slot) => slot?,
-            Err(_) => return Err(timed_out(timeout)),
+        let waited = match tokio::time::timeout_at(deadline_at, cluster.conn_slot()).await {
+            Ok(slot) => slot,
+            Err(_) => Err(timed_out(timeout)),
+        };
+        let mut conn_slot = match waited {
+            Ok(slot) => slot,
+            Err(err) => {
+                if let Some(r) = stale_answer(&fetch, route, now, downstream_head, &err) {
+                    served_stale = true;
+                    last_ep = usize::MAX;
+                    break 'tries r;
+                }
+                return Err(err);
+            }
         };
         let uri = Uri::from_parts({
             let mut u = http::uri::Parts::default();
@@ -2549,6 +2587,32 @@ pub fn stable_hash_bytes(s: &[u8]) -> u64 {
 }
 
 /// The request body's state, made when a body first needs it.
+/// An expired entry of the route's cache that may stand in for an error
+/// (`stale_if_error`), with the request's conditions.
+fn stale_entry(
+    fetch: &Option<Box<crate::cache::Fetch>>,
+    cache: Option<&crate::cache::Cache>,
+    now: u64,
+) -> Option<(Arc<crate::cache::Entry>, crate::cache::Conditional)> {
+    let (f, cache) = (fetch.as_ref()?, cache?);
+    Some((f.stale_for_error(cache, now)?.clone(), f.cond.clone()))
+}
+
+/// The answer of [`stale_entry`] for a request sift could not send
+/// (`err`: no healthy endpoint, circuit open).
+fn stale_answer(
+    fetch: &Option<Box<crate::cache::Fetch>>,
+    route: &crate::snapshot::Route,
+    now: u64,
+    head: bool,
+    err: &ProxyError,
+) -> Option<Response<Body>> {
+    let f = fetch.as_ref()?;
+    let e = f.stale_for_error(route.cache.as_deref()?, now)?;
+    tracing::debug!(route = %route.spec.name, error = %err, "a stale cache entry answers");
+    Some(crate::cache::respond(e, head, &f.cond, now))
+}
+
 /// Send a request whose body still streams from the client. The try's
 /// time (`span`) counts from the body's end, as Envoy's route timeout
 /// starts once the request is complete: an upload slower than the

@@ -96,6 +96,8 @@ async fn upstream(seen: Arc<Seen>) -> Upstream {
                     }
                     answer(200, &[cc("max-age=1"), tag], body)
                 }
+                "/health" if seen.failing.load(Ordering::SeqCst) => answer(503, &[], "down"),
+                "/health" => answer(200, &[], "up"),
                 "/private" => answer(200, &[cc("private, max-age=60")], body),
                 // Cacheable for 1s at first, then private.
                 "/turns" if n == 1 => {
@@ -389,6 +391,84 @@ async fn stale_entries_are_revalidated_or_stand_in_for_a_failed_upstream() {
     assert_eq!((c.as_str(), body.as_str()), ("EXPIRED", "/turns #2"));
     let (_, c, body, _) = get(&url, &[]).await;
     assert_eq!((c.as_str(), body.as_str()), ("MISS", "/turns #3"));
+}
+
+/// An expired entry allowed to stand in for errors also answers when sift
+/// cannot ask the upstream at all: every endpoint failed its health
+/// checks (no-healthy-endpoint), or the cluster's circuit breaker is open
+/// (circuit-open). nginx's proxy_cache_use_stale counts both as "error".
+#[tokio::test(flavor = "multi_thread")]
+async fn stale_entries_stand_in_when_sift_cannot_ask_the_upstream() {
+    let seen = Arc::new(Seen::default());
+    let up = upstream(seen.clone()).await;
+    let cfg = config(up.addr, "{ stale_if_error: 30s }").replace(
+        &format!("    endpoints: [\"{}\"]\n", up.addr),
+        &format!(
+            "    endpoints: [\"{}\"]\n    health_check: {{ path: /health, interval: 100ms, unhealthy_threshold: 1, healthy_threshold: 1, panic_threshold: 0 }}\n",
+            up.addr
+        ),
+    );
+    assert!(cfg.contains("health_check"), "{cfg}");
+    let sift = Sift::start(&cfg);
+    let url = sift.url("/short");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            get(&url, &[]).await.1 == "MISS"
+        })
+        .await
+    );
+    seen.failing.store(true, Ordering::SeqCst);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            sift.metric(r#"sift_endpoints_healthy{cluster="app"}"#)
+                .await
+                == Some(0.0)
+        })
+        .await,
+        "the endpoint fails its checks"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let asked = seen.count("/short");
+    let (s, c, body, _) = get(&url, &[]).await;
+    assert_eq!((s, c.as_str(), body.as_str()), (200, "STALE", "/short #1"));
+    assert_eq!(seen.count("/short"), asked, "no endpoint was asked");
+    // A key with no entry gets sift's own error.
+    let (s, _, _, h) = get(&sift.url("/other"), &[]).await;
+    assert_eq!(s, 503);
+    assert_eq!(h["x-sift-error"], "no-healthy-endpoint");
+    drop(sift);
+
+    // The circuit breaker: one request at a time; while a slow one runs,
+    // an expired entry answers the next.
+    seen.failing.store(false, Ordering::SeqCst);
+    let cfg = config(up.addr, "{ stale_if_error: 30s }").replace(
+        &format!("    endpoints: [\"{}\"]\n", up.addr),
+        &format!(
+            "    endpoints: [\"{}\"]\n    circuit_breakers: {{ max_requests: 1 }}\n",
+            up.addr
+        ),
+    );
+    let sift = Sift::start(&cfg);
+    let url = sift.url("/short");
+    assert_eq!(get(&url, &[]).await.1, "MISS");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let slow_url = sift.url("/slow?circuit");
+    let slow = tokio::spawn(async move { get(&slow_url, &[]).await });
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            seen.count("/slow") == 1
+        })
+        .await,
+        "the slow request is in flight"
+    );
+    let asked = seen.count("/short");
+    let (s, c, body, _) = get(&url, &[]).await;
+    assert_eq!((s, c.as_str(), body.as_str()), (200, "STALE", "/short #2"));
+    assert_eq!(seen.count("/short"), asked);
+    assert_eq!(slow.await.unwrap().0, 200);
+    // Once the slow request is done the entry is revalidated as usual.
+    let (s, c, _, _) = get(&url, &[]).await;
+    assert_eq!((s, c.as_str()), (200, "REVALIDATED"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
