@@ -51,6 +51,8 @@ pub struct BodyState {
     progress: AtomicU64,
     /// Nanoseconds after [`epoch`] of the body's end (0: not ended).
     ended: AtomicU64,
+    /// Body bytes read from the client (the access log's bytes_received).
+    received: AtomicU64,
 }
 
 impl BodyState {
@@ -83,6 +85,10 @@ impl BodyState {
         if end {
             self.ended.store(t, Ordering::Release);
         }
+    }
+    /// Body bytes read from the client so far.
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
     }
     /// When the body's last frame went by, if any did.
     pub fn last_progress(&self) -> Option<tokio::time::Instant> {
@@ -155,30 +161,34 @@ pub struct Lingering {
     h1: bool,
     idle: Option<std::time::Duration>,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// Shared with the upstream call: its answer stops the timeout.
+    /// Shared with the upstream call (its answer stops the timeout) and
+    /// the access log.
     state: Option<Arc<BodyState>>,
 }
 
 impl Lingering {
     pub fn new(inner: hyper::body::Incoming, version: http::Version) -> Lingering {
+        use http_body::Body as _;
+        // Only a request with a body allocates its state.
+        let state = (!inner.is_end_stream()).then(Default::default);
         Lingering {
             inner: Some(inner),
             h1: version <= http::Version::HTTP_11,
             idle: None,
             timer: None,
-            state: None,
+            state,
         }
+    }
+
+    /// The body's state, shared with the upstream call and the access
+    /// log (None: the request has no body).
+    pub fn state(&self) -> Option<&Arc<BodyState>> {
+        self.state.as_ref()
     }
 
     /// Fail the body once it waits this long for the client (None: never).
     pub fn set_idle_timeout(&mut self, idle: Option<std::time::Duration>) {
         self.idle = idle;
-    }
-
-    /// From now on the timeout stops once `state` says the upstream
-    /// answered.
-    pub fn watch(&mut self, state: Arc<BodyState>) {
-        self.state = Some(state);
     }
 }
 
@@ -198,6 +208,9 @@ impl http_body::Body for Lingering {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(t), Some(d)) = (this.timer.as_mut(), this.idle) {
                     t.as_mut().reset(tokio::time::Instant::now() + d);
+                }
+                if let (Some(s), Some(d)) = (&this.state, frame.data_ref()) {
+                    s.received.fetch_add(d.len() as u64, Ordering::Relaxed);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }

@@ -77,6 +77,8 @@ impl std::fmt::Debug for ConnInfo {
 struct Outcome {
     metrics: Arc<Metrics>,
     start: Instant,
+    /// Nanoseconds from the answering try's send to its response head.
+    upstream_ns: Option<u64>,
     listener: Arc<str>,
     listener_index: usize,
     stats: Option<Arc<BackendStats>>,
@@ -139,6 +141,9 @@ struct LogFields {
     access: bool,
     /// Which lines are written (`log.access_log_filter`).
     filter: Option<Arc<crate::config::model::AccessLogFilter>>,
+    user_agent: Option<HeaderValue>,
+    /// The request body's state: its bytes received.
+    body: Option<Arc<BodyState>>,
 }
 
 /// A request's trace context and where its span goes.
@@ -364,7 +369,13 @@ impl Outcome {
             cache = self.cache.map_or("-", crate::cache::Status::as_str),
             grpc_status = self.grpc_status.map_or("-", grpc_label),
             duration_ms = elapsed.as_secs_f64() * 1000.0,
+            upstream_ms = self.upstream_ns.map(|n| n as f64 / 1e6),
+            bytes_received = log.body.as_ref().map_or(0, |b| b.received()),
             bytes_sent = bytes,
+            user_agent = log
+                .user_agent
+                .as_ref()
+                .map_or(Cow::Borrowed("-"), |v| String::from_utf8_lossy(v.as_bytes())).as_ref(),
             completed,
             error = self.error.as_ref().map_or("-", |(k, _)| k.as_str()),
             error_detail = self.error.as_ref().map_or("", |(_, d)| d.as_str()),
@@ -418,6 +429,8 @@ pub async fn handle(
             fault: None,
             access,
             filter: snap.config.log.access_log_filter.clone(),
+            user_agent: req.headers().get(header::USER_AGENT).cloned(),
+            body: req.body().state().cloned(),
         })
     });
     // Inline in the request future (whose allocation the connection reuses)
@@ -445,6 +458,7 @@ pub async fn handle(
         route_index: None,
         finished: false,
         read_timeout: None,
+        upstream_ns: None,
         cors_origin: None,
         trace,
         cache: None,
@@ -1103,7 +1117,7 @@ async fn proxy(
         .grpc_web
         .then(|| crate::grpc_web::request(req.headers()))
         .flatten();
-    let (mut parts, mut incoming) = req.into_parts();
+    let (mut parts, incoming) = req.into_parts();
     let mut uri = std::mem::take(&mut parts.uri).into_parts();
     let original_authority = uri.authority.take();
     let mut path_and_query = uri
@@ -1233,11 +1247,9 @@ async fn proxy(
         && !crate::policy::retry::idempotent(&parts.method);
     // Read only after a failed send, to tell a client fault from an upstream
     // one; a bodiless request never needs it (and allocates none).
-    let mut state: Option<Arc<BodyState>> = None;
-    // The client's body timeout stops once the upstream answers.
-    if !incoming.is_end_stream() {
-        incoming.watch(shared_state(&mut state));
-    }
+    // Shared with the client's body (its timeout stops once the upstream
+    // answers) and the access log; None for a request without a body.
+    let mut state: Option<Arc<BodyState>> = incoming.state().cloned();
     let mut body = if let Some(s) = spilled {
         let replay = s.complete && s.file.is_none() && s.trailers.is_none() && s.tail.is_empty();
         if replay && s.head.len() <= 1 {
@@ -1588,6 +1600,7 @@ async fn proxy(
             );
         }
         let try_at = tokio::time::Instant::from_std(try_deadline);
+        let sent = Instant::now();
         let result = if !hedge {
             match state.as_deref() {
                 // A body still streaming: the try's time counts from its
@@ -1681,6 +1694,7 @@ async fn proxy(
                 if let Some(s) = &state {
                     s.set_answered();
                 }
+                out.upstream_ns = Some(now.saturating_sub(clock.at(sent)));
                 let code = resp.status().as_u16();
                 // A gRPC call's outcome is its grpc-status: in the head
                 // (a trailers-only error) or, for a 200, in the trailers

@@ -4208,3 +4208,60 @@ async fn connections_per_client_are_limited() {
     }
     assert!(again.is_some(), "a closed connection frees its place");
 }
+
+/// The access log names the client's User-Agent, the request body's
+/// bytes received, and the upstream's own time to its response head
+/// (Envoy's upstream service time), absent when no upstream answered.
+#[tokio::test(flavor = "multi_thread")]
+async fn access_log_names_agent_body_bytes_and_upstream_time() {
+    let up = Upstream::start(|req: Request<hyper::body::Incoming>| async move {
+        if req.uri().path() == "/slow" {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        let n = req.into_body().collect().await.unwrap().to_bytes().len();
+        json_response(200, &serde_json::json!({ "body_len": n }))
+    })
+    .await;
+    let yaml = simple_config(up.addr, "    match: { path: { regex: \"/s.*\" } }\n");
+    let sift = Sift::start(&yaml);
+    let req = Request::post(sift.url("/slow"))
+        .header("user-agent", "probe/1.0")
+        .body(full(vec![b'x'; 1234]))
+        .unwrap();
+    assert_eq!(send(req).await.status(), 200);
+    let (tx, b) = channel_body(4);
+    let req = Request::post(sift.url("/stream")).body(b).unwrap();
+    let feed = tokio::spawn(async move {
+        for _ in 0..3 {
+            tx.send(Bytes::from(vec![b'y'; 1000])).await.unwrap();
+        }
+    });
+    assert_eq!(send(req).await.status(), 200);
+    feed.await.unwrap();
+    assert_eq!(get_text(&sift.url("/nothing-here")).await.0, 404);
+    let lines = || -> Vec<serde_json::Value> {
+        sift.log_lines()
+            .into_iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
+            .filter(|v| v["message"] == "access")
+            .collect()
+    };
+    assert!(eventually(Duration::from_secs(5), || async { lines().len() == 3 }).await);
+    let lines = lines();
+    let by_path = |p: &str| lines.iter().find(|l| l["path"] == p).unwrap().clone();
+    let slow = by_path("/slow");
+    assert_eq!(slow["user_agent"], "probe/1.0", "{slow}");
+    assert_eq!(slow["bytes_received"], 1234, "{slow}");
+    let upstream = slow["upstream_ms"].as_f64().expect("upstream_ms");
+    let total = slow["duration_ms"].as_f64().unwrap();
+    assert!(
+        upstream >= 150.0 && upstream <= total,
+        "{upstream} of {total}"
+    );
+    let stream = by_path("/stream");
+    assert_eq!(stream["bytes_received"], 3000, "{stream}");
+    assert_eq!(stream["user_agent"], "-", "{stream}");
+    let none = by_path("/nothing-here");
+    assert_eq!(none["bytes_received"], 0, "{none}");
+    assert!(none.get("upstream_ms").is_none(), "{none}");
+}
