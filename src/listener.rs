@@ -64,6 +64,11 @@ pub async fn serve(tcp: TcpListener, name: Arc<str>, shared: Arc<Shared>, drain:
             continue;
         }
         let _ = stream.set_nodelay(true);
+        if let Some(k) = &spec.tcp_keepalive
+            && let Err(e) = k.apply(&stream)
+        {
+            tracing::debug!(listener = %name, error = %e, "tcp_keepalive not set");
+        }
         let protocols = Protocols::for_listener(spec);
         let tls = snap.listener_tls.get(index).cloned().flatten();
         let handshake_timeout = spec.limits.header_read_timeout.0;

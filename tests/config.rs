@@ -403,3 +403,62 @@ clusters: [{{ name: c, endpoints: ["127.0.0.1:1"] }}]
         Some(8)
     );
 }
+
+/// `tcp_keepalive` takes whole seconds and Linux's probe bound;
+/// `http2_keepalive` needs an HTTP/2 cluster.
+#[test]
+fn keepalive_settings_are_checked() {
+    let cfg = |listener: &str, cluster: &str| {
+        format!(
+            r#"listeners: [{{ name: main, address: "127.0.0.1:0", {listener} }}]
+routes: [{{ name: r, cluster: c }}]
+clusters: [{{ name: c, endpoints: ["127.0.0.1:1"], {cluster} }}]
+"#
+        )
+    };
+    let err = |l: &str, c: &str| {
+        sift::config::load_str(&cfg(l, c))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    for (l, c, want) in [
+        (
+            "tcp_keepalive: { time: 500ms }",
+            "lb: round_robin",
+            "listeners[0].tcp_keepalive.time: 500ms is not a whole number of seconds",
+        ),
+        (
+            "tcp_keepalive: { probes: 0 }",
+            "lb: round_robin",
+            "listeners[0].tcp_keepalive.probes: 0 is not in 1..=127",
+        ),
+        (
+            "protocol: auto",
+            "tcp_keepalive: { interval: 1500ms }",
+            "clusters[0].tcp_keepalive.interval",
+        ),
+        (
+            "protocol: auto",
+            "http2_keepalive: { interval: 10s }",
+            "clusters[0].http2_keepalive: needs `protocol: http2`",
+        ),
+        (
+            "protocol: auto",
+            "protocol: http2, http2_keepalive: { interval: 10s, timeout: 0s }",
+            "clusters[0].http2_keepalive.timeout",
+        ),
+    ] {
+        let e = err(l, c);
+        assert!(e.contains(want), "{l} / {c}: {e:?}");
+    }
+    let ok = sift::config::load_str(&cfg(
+        "tcp_keepalive: { time: 60s, interval: 10s, probes: 3 }",
+        "protocol: http2, tcp_keepalive: {}, http2_keepalive: { interval: 30s }",
+    ))
+    .unwrap();
+    let k = ok.listeners[0].tcp_keepalive.unwrap();
+    assert_eq!((k.time.unwrap().0.as_secs(), k.probes), (60, Some(3)));
+    let h = ok.clusters[0].http2_keepalive.unwrap();
+    assert_eq!((h.interval.0.as_secs(), h.timeout.0.as_secs()), (30, 20));
+}

@@ -4265,3 +4265,178 @@ async fn access_log_names_agent_body_bytes_and_upstream_time() {
     assert_eq!(none["bytes_received"], 0, "{none}");
     assert!(none.get("upstream_ms").is_none(), "{none}");
 }
+
+/// The kernel's view of one TCP socket (from /proc/net/tcp): its timer
+/// kind (`tr`: 2 is keepalive) and the clock ticks until it fires.
+fn tcp_timer(local_port: u16, remote_port: u16) -> Option<(u32, u64)> {
+    let text = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let port = |field: &str| u16::from_str_radix(field.rsplit(':').next()?, 16).ok();
+    text.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if port(f[1])? != local_port || port(f[2])? != remote_port || f[3] != "01" {
+            return None;
+        }
+        let (tr, when) = f[5].split_once(':')?;
+        Some((
+            u32::from_str_radix(tr, 16).ok()?,
+            u64::from_str_radix(when, 16).ok()?,
+        ))
+    })
+}
+
+/// `tcp_keepalive` on a listener and on a cluster: the accepted socket
+/// and the upstream socket both run the kernel's keepalive timer, with the
+/// idle time configured (without it an idle socket has no timer).
+#[tokio::test(flavor = "multi_thread")]
+async fn tcp_keepalive_is_set_on_accepted_and_upstream_sockets() {
+    let up = Upstream::echo("app").await;
+    let cfg = simple_config(up.addr, "")
+        .replace(
+            "    address: \"127.0.0.1:0\"\n",
+            "    address: \"127.0.0.1:0\"\n    tcp_keepalive: { time: 7s, interval: 2s, probes: 3 }\n",
+        )
+        .replace(
+            &format!("    endpoints: [\"{}\"]\n", up.addr),
+            &format!(
+                "    endpoints: [\"{}\"]\n    tcp_keepalive: {{ time: 9s }}\n",
+                up.addr
+            ),
+        );
+    assert!(cfg.matches("tcp_keepalive").count() == 2, "{cfg}");
+    let sift = Sift::start(&cfg);
+    // A plain listener without it, for contrast: the admin port's socket.
+    let mut s = tokio::net::TcpStream::connect(sift.addr()).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut b = [0u8; 12];
+    s.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"HTTP/1.1 200");
+    let ticks = 100; // USER_HZ on Linux
+    let client_port = s.local_addr().unwrap().port();
+    let (tr, when) = tcp_timer(sift.addr().port(), client_port).expect("sift's accepted socket");
+    assert_eq!(tr, 2, "keepalive timer on the accepted socket");
+    assert!(when > 5 * ticks && when <= 7 * ticks, "{when} ticks");
+    // sift's upstream connection: the socket whose peer is the upstream.
+    let upstream_side = std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let rem = u16::from_str_radix(f[2].rsplit(':').next()?, 16).ok()?;
+            let loc = u16::from_str_radix(f[1].rsplit(':').next()?, 16).ok()?;
+            (rem == up.addr.port() && f[3] == "01").then_some(loc)
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(upstream_side.len(), 1, "{upstream_side:?}");
+    let (tr, when) = tcp_timer(upstream_side[0], up.addr.port()).unwrap();
+    assert_eq!(tr, 2, "keepalive timer on the upstream socket");
+    assert!(when > 7 * ticks && when <= 9 * ticks, "{when} ticks");
+    // The client's own socket has no keepalive: no timer while idle.
+    let (tr, _) = tcp_timer(client_port, sift.addr().port()).unwrap();
+    assert_eq!(tr, 0);
+}
+
+/// A TCP relay that can turn every connection it has into a black hole
+/// (bytes read and dropped, nothing closed): a peer gone without a FIN.
+struct Relay {
+    addr: std::net::SocketAddr,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
+    frozen_below: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Relay {
+    async fn start(to: std::net::SocketAddr) -> Relay {
+        use std::sync::atomic::Ordering::SeqCst;
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let frozen_below = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (c, f) = (connections.clone(), frozen_below.clone());
+        tokio::spawn(async move {
+            while let Ok((down, _)) = tcp.accept().await {
+                let id = c.fetch_add(1, SeqCst);
+                let Ok(up) = tokio::net::TcpStream::connect(to).await else {
+                    continue;
+                };
+                let (dr, dw) = down.into_split();
+                let (ur, uw) = up.into_split();
+                for (mut r, mut w) in [
+                    (
+                        Box::new(dr) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+                        Box::new(uw) as Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+                    ),
+                    (Box::new(ur) as _, Box::new(dw) as _),
+                ] {
+                    let f = f.clone();
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 16384];
+                        loop {
+                            let n = match r.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if id >= f.load(SeqCst) && w.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Relay {
+            addr,
+            connections,
+            frozen_below,
+        }
+    }
+}
+
+/// `http2_keepalive` on an HTTP/2 cluster: a pooled connection whose peer
+/// went silent (a black hole, no FIN) is found dead by an unanswered PING
+/// and closed, so the next request opens a new one instead of waiting on
+/// the dead one until its timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_keepalive_finds_a_dead_upstream_connection() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let up = Upstream::echo("app").await;
+    let relay = Relay::start(up.addr).await;
+    let cfg = |keepalive: &str| {
+        format!(
+            r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+routes: [{{ name: r, cluster: app, timeout: 3s }}]
+clusters:
+  - name: app
+    protocol: http2
+    endpoints: ["{}"]
+{keepalive}
+"#,
+            relay.addr
+        )
+    };
+    let sift = Sift::start(&cfg(
+        "    http2_keepalive: { interval: 200ms, timeout: 300ms }",
+    ));
+    assert_eq!(get_text(&sift.url("/a")).await.0, 200);
+    assert_eq!(relay.connections.load(SeqCst), 1);
+    relay.frozen_below.store(1, SeqCst);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let t0 = std::time::Instant::now();
+    let (status, _) = get_text(&sift.url("/b")).await;
+    assert_eq!(status, 200, "after {:?}", t0.elapsed());
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    assert_eq!(relay.connections.load(SeqCst), 2, "a new connection");
+    drop(sift);
+
+    // Without it the request waits on the dead connection: 504.
+    let n = relay.connections.load(SeqCst);
+    let sift = Sift::start(&cfg(""));
+    assert_eq!(get_text(&sift.url("/a")).await.0, 200);
+    relay.frozen_below.store(n + 1, SeqCst);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (status, _) = get_text(&sift.url("/b")).await;
+    assert_eq!(status, 504);
+}

@@ -817,10 +817,42 @@ fn build_listeners(
                     spec
                 }),
                 tcp,
+                tcp_keepalive: l
+                    .tcp_keepalive
+                    .as_ref()
+                    .map(|k| build_tcp_keepalive(k, &format!("{p}.tcp_keepalive"), e)),
             });
         }
     }
     out
+}
+
+/// `tcp_keepalive`: whole seconds (the socket options count seconds) of
+/// at least 1, and Linux's bound on probes.
+fn build_tcp_keepalive(k: &TcpKeepaliveFile, p: &str, e: &mut Errs) -> TcpKeepalive {
+    let secs = |d: Option<Dur>, key: &str, e: &mut Errs| {
+        let d = d?;
+        if d.0 < std::time::Duration::from_secs(1) || d.0.subsec_nanos() != 0 {
+            e.push(
+                format!("{p}.{key}"),
+                format!("{d} is not a whole number of seconds ≥ 1s"),
+            );
+            return None;
+        }
+        Some(d)
+    };
+    let probes = match k.probes {
+        Some(n) if !(1..=127).contains(&n) => {
+            e.push(format!("{p}.probes"), format!("{n} is not in 1..=127"));
+            None
+        }
+        n => n,
+    };
+    TcpKeepalive {
+        time: secs(k.time, "time", e),
+        interval: secs(k.interval, "interval", e),
+        probes,
+    }
 }
 
 /// A `serve: tcp` listener's `tcp`; HTTP-only keys on such a listener
@@ -3011,6 +3043,32 @@ fn build_clusters(
                 &format!("{p}.connect_timeout"),
                 e,
             ),
+            tcp_keepalive: c
+                .tcp_keepalive
+                .as_ref()
+                .map(|k| build_tcp_keepalive(k, &format!("{p}.tcp_keepalive"), e)),
+            http2_keepalive: c.http2_keepalive.as_ref().map(|k| {
+                if c.protocol.unwrap_or_default() != UpstreamProtocol::Http2 {
+                    e.push(
+                        format!("{p}.http2_keepalive"),
+                        "needs `protocol: http2` (HTTP/1.1 has no PING)",
+                    );
+                }
+                Http2Keepalive {
+                    interval: positive(
+                        Some(k.interval),
+                        k.interval,
+                        &format!("{p}.http2_keepalive.interval"),
+                        e,
+                    ),
+                    timeout: positive(
+                        k.timeout,
+                        Dur::secs(20),
+                        &format!("{p}.http2_keepalive.timeout"),
+                        e,
+                    ),
+                }
+            }),
             request_timeout: positive(
                 c.request_timeout,
                 Dur::secs(15),

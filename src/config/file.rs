@@ -995,6 +995,12 @@ pub struct ListenerFile {
     /// `serve: tcp`: where each connection's bytes go.
     #[serde(default)]
     pub tcp: Option<TcpProxyFile>,
+    /// TCP keepalive probes on accepted connections (default: off, the
+    /// OS's), so that a client gone without a FIN, or a middlebox's idle
+    /// timeout (an AWS NLB drops idle flows after 350 s), does not keep a
+    /// dead connection open. Envoy's `tcp_keepalive`, linkerd's 10 s.
+    #[serde(default)]
+    pub tcp_keepalive: Option<TcpKeepaliveFile>,
     /// Route names this listener serves, in order. Default: every route.
     #[serde(default)]
     pub routes: Option<Vec<String>>,
@@ -1260,6 +1266,35 @@ pub struct LimitsFile {
     /// (default 5s, as Envoy's drain_timeout).
     #[serde(default)]
     pub drain_timeout: Option<Dur>,
+}
+
+/// TCP keepalive (Envoy's `tcp_keepalive`): each key unset keeps the OS's
+/// value (Linux: 7200 s, 75 s, 9).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TcpKeepaliveFile {
+    /// Idle time before the first probe (whole seconds, at least 1s).
+    #[serde(default)]
+    pub time: Option<Dur>,
+    /// Time between unanswered probes (whole seconds, at least 1s).
+    #[serde(default)]
+    pub interval: Option<Dur>,
+    /// Unanswered probes before the connection is dropped (1..=127).
+    #[serde(default)]
+    pub probes: Option<u32>,
+}
+
+/// HTTP/2 PING keepalive on upstream connections (Envoy's
+/// `http2_protocol_options.connection_keepalive`).
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Http2KeepaliveFile {
+    /// Time between PINGs on a connection (required).
+    pub interval: Dur,
+    /// How long a PING may go unanswered before the connection is
+    /// closed (default 20s).
+    #[serde(default)]
+    pub timeout: Option<Dur>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
@@ -2181,6 +2216,14 @@ pub struct ClusterFile {
     /// Time allowed to open a TCP connection (default 1s). Over it: 502.
     #[serde(default)]
     pub connect_timeout: Option<Dur>,
+    /// TCP keepalive probes on upstream connections (default: off), so a
+    /// pooled connection to a vanished peer is found dead.
+    #[serde(default)]
+    pub tcp_keepalive: Option<TcpKeepaliveFile>,
+    /// `protocol: http2` only: PING each connection every `interval` and
+    /// close it when a PING goes unanswered for `timeout` (default: off).
+    #[serde(default)]
+    pub http2_keepalive: Option<Http2KeepaliveFile>,
     /// Default time to the response head for routes without a timeout (default 15s). Over it: 504.
     #[serde(default)]
     pub request_timeout: Option<Dur>,

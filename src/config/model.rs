@@ -290,6 +290,39 @@ pub struct ListenerSpec {
     pub path_parameters: super::file::PathParameters,
     /// `serve: tcp`: where the connections go.
     pub tcp: Option<TcpProxySpec>,
+    pub tcp_keepalive: Option<TcpKeepalive>,
+}
+
+/// TCP keepalive of a socket; None keeps the OS's value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct TcpKeepalive {
+    pub time: Option<Dur>,
+    pub interval: Option<Dur>,
+    pub probes: Option<u32>,
+}
+
+impl TcpKeepalive {
+    /// Turn keepalive on for `s` with these settings.
+    pub fn apply(&self, s: &tokio::net::TcpStream) -> std::io::Result<()> {
+        let mut k = socket2::TcpKeepalive::new();
+        if let Some(t) = self.time {
+            k = k.with_time(t.0);
+        }
+        if let Some(i) = self.interval {
+            k = k.with_interval(i.0);
+        }
+        if let Some(n) = self.probes {
+            k = k.with_retries(n);
+        }
+        socket2::SockRef::from(s).set_tcp_keepalive(&k)
+    }
+}
+
+/// HTTP/2 PING keepalive of an upstream connection.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Http2Keepalive {
+    pub interval: Dur,
+    pub timeout: Dur,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -1355,6 +1388,8 @@ pub struct ClusterSpec {
     pub lb: LbPolicy,
     pub protocol: UpstreamProtocol,
     pub connect_timeout: Dur,
+    pub tcp_keepalive: Option<TcpKeepalive>,
+    pub http2_keepalive: Option<Http2Keepalive>,
     pub request_timeout: Dur,
     pub idle_timeout: Dur,
     /// Longest wait for the next piece of a response body.

@@ -316,6 +316,8 @@ impl Cluster {
                 max_idle_per_endpoint: spec.max_idle_per_endpoint,
                 max_requests_per_connection: spec.max_requests_per_connection,
                 max_connection_duration: spec.max_connection_duration.map(|d| d.0),
+                tcp_keepalive: spec.tcp_keepalive,
+                http2_keepalive: spec.http2_keepalive,
                 tls,
                 resolver: (!spec.resolver.servers.is_empty()).then(|| spec.resolver.clone()),
             },

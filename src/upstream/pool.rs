@@ -64,6 +64,8 @@ pub struct PoolConfig {
     /// Close a connection once it is this old (Envoy's
     /// `max_connection_duration`): it takes no new request after.
     pub max_connection_duration: Option<Duration>,
+    pub tcp_keepalive: Option<crate::config::model::TcpKeepalive>,
+    pub http2_keepalive: Option<crate::config::model::Http2Keepalive>,
 }
 
 struct Idle {
@@ -429,6 +431,11 @@ impl Pool {
             }
         };
         let _ = tcp.set_nodelay(true);
+        if let Some(k) = &self.cfg.tcp_keepalive
+            && let Err(e) = k.apply(&tcp)
+        {
+            tracing::debug!(error = %e, "tcp_keepalive not set");
+        }
         let Some(client) = &self.cfg.tls else {
             return Ok(Io::Plain(tcp));
         };
@@ -468,8 +475,16 @@ impl Pool {
 
     async fn connect_h2(&self, endpoint: &Endpoint) -> Result<http2::SendRequest<Body>, SendError> {
         let io = self.connect_io(endpoint, false).await?;
-        let (send, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
+        let mut b = http2::Builder::new(TokioExecutor::new());
+        b.timer(TokioTimer::new());
+        if let Some(k) = &self.cfg.http2_keepalive {
+            // Idle pooled connections too: those are the ones found dead
+            // only by the next request otherwise.
+            b.keep_alive_interval(k.interval.0)
+                .keep_alive_timeout(k.timeout.0)
+                .keep_alive_while_idle(true);
+        }
+        let (send, conn) = b
             .handshake(TokioIo::new(io))
             .await
             .map_err(|e| SendError::Connect(e.to_string()))?;
