@@ -55,6 +55,9 @@ pub struct CacheSpec {
     pub lock_timeout: Duration,
     /// The client's `Cache-Control` / `Pragma` are not read.
     pub ignore_client_cache_control: bool,
+    /// Within stale_while_revalidate the revalidating request is answered
+    /// from the entry too; its upstream request runs in the background.
+    pub background_update: bool,
 }
 
 /// How a request fared with the cache: the `x-sift-cache` header, the
@@ -140,6 +143,8 @@ pub struct CacheMetrics {
     pub requests: [IntCounter; 7],
     pub stores: [IntCounter; 3],
     pub evictions: IntCounter,
+    /// Background updates: revalidated (304), replaced, failed.
+    pub refreshes: [IntCounter; 3],
 }
 
 impl CacheMetrics {
@@ -148,6 +153,8 @@ impl CacheMetrics {
             requests: Status::ALL.map(|s| m.cache_requests.with_label_values(&[route, s.as_str()])),
             stores: Store::ALL.map(|s| m.cache_stores.with_label_values(&[route, s.as_str()])),
             evictions: m.cache_evictions.with_label_values(&[route]),
+            refreshes: ["revalidated", "replaced", "failed"]
+                .map(|r| m.cache_refreshes.with_label_values(&[route, r])),
         }
     }
 
@@ -965,6 +972,18 @@ impl Fetch {
             .filter(|e| e.usable_on_error(now, &cache.spec))
     }
 
+    /// Answer from the stale entry now and revalidate in the background:
+    /// `background_update`, this request leads the revalidation, and the
+    /// entry is within stale_while_revalidate.
+    pub fn in_background(&self, cache: &Cache, now: u64) -> bool {
+        cache.spec.background_update
+            && self.leader.is_some()
+            && self
+                .stale
+                .as_ref()
+                .is_some_and(|e| e.usable_while_revalidating(now, &cache.spec))
+    }
+
     /// The upstream's answer head: a body recorder if it may be stored
     /// (counted in `sift_cache_stores_total` otherwise).
     pub fn recorder(
@@ -1399,6 +1418,7 @@ mod tests {
             key_headers: vec![],
             lock_timeout: Duration::ZERO,
             ignore_client_cache_control: false,
+            background_update: false,
         }
     }
 

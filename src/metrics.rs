@@ -69,6 +69,7 @@ pub struct Metrics {
     pub cache_requests: IntCounterVec,
     pub cache_stores: IntCounterVec,
     pub cache_evictions: IntCounterVec,
+    pub cache_refreshes: IntCounterVec,
     pub cache_bytes: IntGaugeVec,
     pub cache_entries: IntGaugeVec,
     pub canary_weight: IntGaugeVec,
@@ -579,6 +580,14 @@ impl Metrics {
             &["route", "result"],
         )
         .expect("valid metric");
+        let cache_refreshes = IntCounterVec::new(
+            Opts::new(
+                "sift_cache_refreshes_total",
+                "Background updates of expired entries (background_update): revalidated (304), replaced (a new answer), failed (no answer, or an error).",
+            ),
+            &["route", "result"],
+        )
+        .expect("valid metric");
         let cache_evictions = IntCounterVec::new(
             Opts::new(
                 "sift_cache_evictions_total",
@@ -711,6 +720,7 @@ impl Metrics {
             Box::new(cache_requests.clone()),
             Box::new(cache_stores.clone()),
             Box::new(cache_evictions.clone()),
+            Box::new(cache_refreshes.clone()),
             Box::new(cache_bytes.clone()),
             Box::new(cache_entries.clone()),
             Box::new(canary_rollout_step.clone()),
@@ -828,6 +838,7 @@ impl Metrics {
             cache_requests,
             cache_stores,
             cache_evictions,
+            cache_refreshes,
             cache_bytes,
             cache_entries,
             canary_weight,

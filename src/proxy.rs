@@ -1483,6 +1483,10 @@ async fn proxy(
     // wins and the others are cancelled.
     let hedge = retry.is_some_and(|r| r.hedge_on_per_try_timeout && r.per_try_timeout.is_some());
     let mut outstanding: Vec<Outstanding<'_>> = Vec::new();
+    let background = parts.method == Method::GET
+        && retry.is_none()
+        && upgrade.is_none()
+        && matches!(body, Plan::Replay(_));
     let mut resp = 'tries: loop {
         let Some((mut ep_index, mut ep_guard)) = cluster.pick(now, previous, lb_key) else {
             let err = ProxyError::NoHealthyEndpoint {
@@ -1600,7 +1604,33 @@ async fn proxy(
             );
         }
         let try_at = tokio::time::Instant::from_std(try_deadline);
-        let sent = Instant::now();
+        // background_update: the stale entry answers now; this try goes on
+        // in a task that refreshes the entry (and holds the key's lock, so
+        // others keep getting UPDATING meanwhile).
+        if let (Some(cache), true) = (&route.cache, background)
+            && let Some(f) = fetch.take_if(|f| f.in_background(cache, now))
+            && let Some(old) = f.stale.clone()
+        {
+            let answer = crate::cache::respond(&old, downstream_head, &f.cond, now);
+            cache.metrics.count(crate::cache::Status::Updating);
+            out.cache = Some(crate::cache::Status::Updating);
+            let guards = (ep_guard, conn_slot, out.cluster_slot.take());
+            tokio::spawn(refresh_in_background(
+                cache.clone(),
+                f,
+                cluster.clone(),
+                ep_index,
+                upstream_req,
+                try_at,
+                *clock,
+                guards,
+            ));
+            last_ep = usize::MAX;
+            break 'tries answer;
+        }
+        // Only the access log reads the upstream's time: no clock read
+        // without it.
+        let sent = out.log.is_some().then(Instant::now);
         let result = if !hedge {
             match state.as_deref() {
                 // A body still streaming: the try's time counts from its
@@ -1694,7 +1724,7 @@ async fn proxy(
                 if let Some(s) = &state {
                     s.set_answered();
                 }
-                out.upstream_ns = Some(now.saturating_sub(clock.at(sent)));
+                out.upstream_ns = sent.map(|t| now.saturating_sub(clock.at(t)));
                 let code = resp.status().as_u16();
                 // A gRPC call's outcome is its grpc-status: in the head
                 // (a trailers-only error) or, for a 200, in the trailers
@@ -2601,6 +2631,77 @@ pub fn stable_hash_bytes(s: &[u8]) -> u64 {
 }
 
 /// The request body's state, made when a body first needs it.
+/// `background_update`: send the revalidation of an expired entry whose
+/// stale copy already answered, and store what comes back (a 304 refreshes
+/// the entry, a new answer replaces it); a failure leaves the entry as it
+/// was. The endpoint's outcome feeds outlier detection as any try's does.
+/// `_guards` (endpoint, connection and request slots) are held until the
+/// answer is read; `f` holds the key's lock until then.
+#[allow(clippy::too_many_arguments)]
+async fn refresh_in_background<G: Send>(
+    cache: Arc<crate::cache::Cache>,
+    f: Box<crate::cache::Fetch>,
+    cluster: Arc<crate::upstream::Cluster>,
+    ep: usize,
+    req: Request<Body>,
+    until: tokio::time::Instant,
+    clock: crate::clock::Clock,
+    _guards: G,
+) {
+    let [revalidated, replaced, failed] = &cache.metrics.refreshes;
+    let resp = match tokio::time::timeout_at(until, cluster.send(ep, req)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            cluster.observe(ep, Observed::LocalGatewayError, clock.now());
+            tracing::debug!(cluster = %cluster.spec.name, error = %e, "background cache update failed");
+            failed.inc();
+            return;
+        }
+        Err(_) => {
+            cluster.observe(ep, Observed::LocalGatewayError, clock.now());
+            failed.inc();
+            return;
+        }
+    };
+    let now = clock.now();
+    cluster.observe(ep, Observed::of_status(resp.status().as_u16()), now);
+    let (mut parts, b) = resp.into_parts();
+    let bits = parts.headers.keys().fold(0, |bits, k| bits | hop::bit(k));
+    remove_sift_headers(&mut parts.headers);
+    strip_hop_by_hop_present(&mut parts.headers, bits);
+    let wall = std::time::SystemTime::now();
+    if let (Some(old), true) = (&f.stale, parts.status == http::StatusCode::NOT_MODIFIED) {
+        cache.refresh(&f, old, &parts.headers, now, wall);
+        revalidated.inc();
+        return;
+    }
+    let ok = parts.status.as_u16() < 500;
+    let Some(rec) = f.recorder(&cache, parts.status, &parts.headers, now, wall) else {
+        if ok { replaced } else { failed }.inc();
+        return;
+    };
+    if b.is_end_stream() {
+        rec.store_empty();
+        replaced.inc();
+        return;
+    }
+    // Read to the end (the recorder stores it there), each piece within
+    // the cluster's read_timeout.
+    let mut body = std::pin::pin!(crate::cache::Recorded::new(b, rec));
+    let read = cluster.spec.read_timeout.0;
+    loop {
+        match tokio::time::timeout(read, body.frame()).await {
+            Ok(Some(Ok(_))) => {}
+            Ok(None) => break,
+            Ok(Some(Err(_))) | Err(_) => {
+                failed.inc();
+                return;
+            }
+        }
+    }
+    replaced.inc();
+}
+
 /// An expired entry of the route's cache that may stand in for an error
 /// (`stale_if_error`), with the request's conditions.
 fn stale_entry(

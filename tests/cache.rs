@@ -471,6 +471,76 @@ async fn stale_entries_stand_in_when_sift_cannot_ask_the_upstream() {
     assert_eq!((s, c.as_str()), (200, "REVALIDATED"));
 }
 
+/// `background_update`: within stale_while_revalidate even the request
+/// that finds the entry expired is answered from it at once (UPDATING);
+/// the revalidation runs behind it and refreshes the entry (a 304), or
+/// fails and leaves it as it was.
+#[tokio::test(flavor = "multi_thread")]
+async fn background_updates_answer_at_once_and_refresh_behind() {
+    let seen = Arc::new(Seen::default());
+    let up = upstream(seen.clone()).await;
+    let sift = Sift::start(&config(
+        up.addr,
+        "{ stale_while_revalidate: 30s, background_update: true }",
+    ));
+    // Fresh for 1 s; a revalidation takes 500 ms (then 304).
+    let url = sift.url("/slowcheck");
+    assert_eq!(get(&url, &[]).await.1, "MISS");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let t0 = std::time::Instant::now();
+    let (s, c, body, _) = get(&url, &[]).await;
+    assert_eq!(
+        (s, c.as_str(), body.as_str()),
+        (200, "UPDATING", "/slowcheck #1")
+    );
+    assert!(
+        t0.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        t0.elapsed()
+    );
+    // Meanwhile others get the stale entry too, without another request.
+    let (_, c, _, _) = get(&url, &[]).await;
+    assert_eq!(c, "UPDATING");
+    let refreshed = r#"sift_cache_refreshes_total{result="revalidated",route="default"}"#;
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            sift.metric(refreshed).await == Some(1.0)
+        })
+        .await
+    );
+    assert_eq!(seen.count("/slowcheck"), 2, "one revalidation upstream");
+    assert_eq!(
+        seen.last_if_none_match.lock().unwrap().as_deref(),
+        Some("\"slow-v1\"")
+    );
+    // The 304 refreshed it: fresh again.
+    let (_, c, body, _) = get(&url, &[]).await;
+    assert_eq!((c.as_str(), body.as_str()), ("HIT", "/slowcheck #1"));
+
+    // A background update that fails leaves the entry as it was.
+    let url = sift.url("/short");
+    assert_eq!(get(&url, &[]).await.1, "MISS");
+    seen.failing.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (s, c, body, _) = get(&url, &[]).await;
+    assert_eq!(
+        (s, c.as_str(), body.as_str()),
+        (200, "UPDATING", "/short #1")
+    );
+    let failed = r#"sift_cache_refreshes_total{result="failed",route="default"}"#;
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            sift.metric(failed).await == Some(1.0)
+        })
+        .await
+    );
+    let (s, c, body, _) = get(&url, &[]).await;
+    assert_eq!(
+        (s, c.as_str(), body.as_str()),
+        (200, "UPDATING", "/short #1")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_misses_wait_for_one_fetch() {
     let seen = Arc::new(Seen::default());

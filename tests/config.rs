@@ -211,6 +211,10 @@ clusters:
             "is listed twice",
         ),
         (
+            "cluster: c, cache: { background_update: true }",
+            "routes[0].cache.background_update: needs stale_while_revalidate",
+        ),
+        (
             "cluster: c, cache: { ttl: 5s }",
             "routes[0].cache.ttl: Unknown field `ttl`",
         ),
@@ -238,7 +242,7 @@ clusters:
         "cluster: c, cache: {}",
         "cluster: c, grpc_timeout: {}",
         "cluster: c, grpc_timeout: { max: 30s, offset: 10ms }",
-        "cluster: c, cache: { max_bytes: 256MiB, max_object_bytes: 8MiB, default_ttl: 10m, stale_if_error: 1h, stale_while_revalidate: 30s, key_headers: [accept-language], lock_timeout: 0s, ignore_client_cache_control: true }",
+        "cluster: c, cache: { max_bytes: 256MiB, max_object_bytes: 8MiB, default_ttl: 10m, stale_if_error: 1h, stale_while_revalidate: 30s, key_headers: [accept-language], lock_timeout: 0s, ignore_client_cache_control: true, background_update: true }",
         "cluster: c, adaptive_concurrency: { sample_percentile: 90, update_interval: 250ms, max_limit: 200, min_rtt_interval: 30s, min_rtt_requests: 20, jitter_percent: 15, min_concurrency: 5, buffer_percent: 40 }",
         "redirect: { scheme: https }",
         "redirect: { host: new.example, port: 8443, prefix: /v2, code: 308, strip_query: true }",

@@ -4057,6 +4057,12 @@ fn build_cache(
     if key_headers.len() > 16 {
         e.push(format!("{p}.key_headers"), "at most 16 headers");
     }
+    if c.background_update == Some(true) && stale_while_revalidate.is_zero() {
+        e.push(
+            format!("{p}.background_update"),
+            "needs stale_while_revalidate: the stale entry is what answers meanwhile",
+        );
+    }
     (e.len() == before).then_some(crate::cache::CacheSpec {
         max_bytes,
         max_object_bytes,
@@ -4066,6 +4072,7 @@ fn build_cache(
         key_headers,
         lock_timeout,
         ignore_client_cache_control: c.ignore_client_cache_control.unwrap_or(false),
+        background_update: c.background_update.unwrap_or(false),
     })
 }
 

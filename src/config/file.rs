@@ -1587,6 +1587,12 @@ pub struct CacheFile {
     /// revalidates it (default 0s: they wait for it).
     #[serde(default)]
     pub stale_while_revalidate: Option<Dur>,
+    /// Within stale_while_revalidate, the request that finds an entry
+    /// expired is answered from it at once too, and the revalidation runs
+    /// in the background (nginx's proxy_cache_background_update; default
+    /// false: that request waits for it).
+    #[serde(default)]
+    pub background_update: Option<bool>,
     /// Request headers whose values are part of the key.
     #[serde(default)]
     pub key_headers: Option<Vec<String>>,
