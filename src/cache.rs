@@ -422,17 +422,107 @@ fn age_header(h: &HeaderMap) -> u64 {
 pub struct Conditional {
     if_none_match: Option<String>,
     if_modified_since: Option<SystemTime>,
+    /// `Range` (one header line), and `If-Range`.
+    range: Option<String>,
+    if_range: Option<String>,
+}
+
+/// What a `Range` asks of an entry's body (RFC 9110 §14).
+#[derive(Debug, PartialEq, Eq)]
+enum Ranged {
+    /// The whole body (no range, a range sift does not serve from the
+    /// cache, or If-Range no longer matching): a 200.
+    Whole,
+    /// Bytes `start..=end`: a 206.
+    Part(usize, usize),
+    /// A range past the end: a 416.
+    Unsatisfiable,
 }
 
 impl Conditional {
     pub fn of(h: &HeaderMap) -> Self {
+        let one = |n: &HeaderName| {
+            let mut all = h.get_all(n).iter();
+            match (all.next(), all.next()) {
+                (Some(v), None) => v.to_str().ok().map(str::to_owned),
+                _ => None,
+            }
+        };
         Conditional {
             if_none_match: joined(h, &header::IF_NONE_MATCH),
             if_modified_since: h
                 .get(header::IF_MODIFIED_SINCE)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| httpdate::parse_http_date(v).ok()),
+            range: one(&header::RANGE),
+            if_range: one(&header::IF_RANGE),
         }
+    }
+
+    /// The part of `e`'s body the request's `Range` asks for. One byte
+    /// range of a 200 answer is served (`bytes=a-b`, `a-`, `-n`); several
+    /// ranges, other units or a malformed value get the whole body, which
+    /// RFC 9110 §14.2 allows. An `If-Range` that does not match the entry
+    /// (a strong ETag compared strongly, or its exact Last-Modified) also
+    /// gets the whole body.
+    fn ranged(&self, e: &Entry) -> Ranged {
+        let Some(range) = self.range.as_deref() else {
+            return Ranged::Whole;
+        };
+        if e.status != StatusCode::OK {
+            return Ranged::Whole;
+        }
+        if let Some(cond) = self.if_range.as_deref().map(str::trim) {
+            let (etag, lm) = e.validators();
+            let same = if cond.starts_with('"') {
+                etag.and_then(|t| t.to_str().ok())
+                    .is_some_and(|t| t.trim() == cond)
+            } else if cond.starts_with("W/") {
+                false
+            } else {
+                match (
+                    httpdate::parse_http_date(cond),
+                    lm.and_then(|v| v.to_str().ok()),
+                ) {
+                    (Ok(at), Some(lm)) => httpdate::parse_http_date(lm).is_ok_and(|lm| lm == at),
+                    _ => false,
+                }
+            };
+            if !same {
+                return Ranged::Whole;
+            }
+        }
+        let Some((unit, spec)) = range.trim().split_once('=') else {
+            return Ranged::Whole;
+        };
+        if !unit.trim().eq_ignore_ascii_case("bytes") || spec.contains(',') {
+            return Ranged::Whole;
+        }
+        let Some((a, b)) = spec.trim().split_once('-') else {
+            return Ranged::Whole;
+        };
+        let num = |s: &str| {
+            let s = s.trim();
+            (!s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()))
+                .then(|| s.parse::<u64>().ok())
+                .flatten()
+        };
+        let len = e.body.len() as u64;
+        let (start, end) = match (num(a), num(b), a.trim().is_empty(), b.trim().is_empty()) {
+            (Some(a), Some(b), _, _) if a <= b => (a, b.min(len.saturating_sub(1))),
+            (Some(a), None, _, true) => (a, len.saturating_sub(1)),
+            (None, Some(n), true, _) => {
+                if n == 0 || len == 0 {
+                    return Ranged::Unsatisfiable;
+                }
+                (len.saturating_sub(n), len - 1)
+            }
+            _ => return Ranged::Whole,
+        };
+        if start >= len {
+            return Ranged::Unsatisfiable;
+        }
+        Ranged::Part(start as usize, end as usize)
     }
 
     /// Would the entry be answered 304 (RFC 9110 §13.2.2: If-None-Match
@@ -487,15 +577,44 @@ pub fn respond(
             }
         }
     } else {
-        *r.status_mut() = e.status;
-        *r.headers_mut() = e.headers.clone();
-        // A 204 has no Content-Length (RFC 9110 §8.6).
-        if e.status != StatusCode::NO_CONTENT {
-            r.headers_mut()
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(e.body.len()));
-        }
-        if !head && !e.body.is_empty() {
-            *r.body_mut() = crate::body::full(e.body.clone());
+        let ranged = if head { Ranged::Whole } else { cond.ranged(e) };
+        let len = e.body.len();
+        match ranged {
+            Ranged::Unsatisfiable => {
+                *r.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+                let h = r.headers_mut();
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                    h.insert(header::CONTENT_RANGE, v);
+                }
+                h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+            }
+            Ranged::Part(start, end) => {
+                *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+                *r.headers_mut() = e.headers.clone();
+                let h = r.headers_mut();
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{len}")) {
+                    h.insert(header::CONTENT_RANGE, v);
+                }
+                h.insert(header::CONTENT_LENGTH, HeaderValue::from(end + 1 - start));
+                *r.body_mut() = crate::body::full(e.body.slice(start..=end));
+            }
+            Ranged::Whole => {
+                *r.status_mut() = e.status;
+                *r.headers_mut() = e.headers.clone();
+                // A 204 has no Content-Length (RFC 9110 §8.6).
+                if e.status != StatusCode::NO_CONTENT {
+                    r.headers_mut()
+                        .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+                }
+                // What a cached 200 serves, it says (as nginx does).
+                if e.status == StatusCode::OK && !e.headers.contains_key(header::ACCEPT_RANGES) {
+                    r.headers_mut()
+                        .insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+                }
+                if !head && !e.body.is_empty() {
+                    *r.body_mut() = crate::body::full(e.body.clone());
+                }
+            }
         }
     }
     r.headers_mut()
@@ -663,7 +782,10 @@ impl Cache {
             };
         }
         let h = req.headers;
-        if !req.plain || h.contains_key(header::AUTHORIZATION) || h.contains_key(header::RANGE) {
+        // A Range request is answered from a fresh entry (206); otherwise
+        // it goes upstream as sent, and its partial answer is not kept.
+        let ranged = h.contains_key(header::RANGE) || h.contains_key(header::IF_RANGE);
+        if !req.plain || h.contains_key(header::AUTHORIZATION) || (ranged && !get) {
             return Plan::Bypass { invalidate: None };
         }
         let wish = if self.spec.ignore_client_cache_control {
@@ -690,6 +812,9 @@ impl Cache {
             {
                 e.referenced.store(true, Ordering::Relaxed);
                 return Plan::Hit(e.clone(), cond, Status::Hit);
+            }
+            if ranged {
+                return Plan::Bypass { invalidate: None };
             }
             let check = matches!(wish, ClientWish::Revalidate);
             let mut fetch = Fetch {
