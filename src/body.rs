@@ -118,19 +118,23 @@ fn at_epoch(n: u64) -> Option<tokio::time::Instant> {
     (n != 0).then(|| epoch() + std::time::Duration::from_nanos(n))
 }
 
-/// A client sent nothing of its request body for the listener's
-/// `request_body_timeout` before the upstream answered.
+/// A client's request body did not arrive in time, before the upstream
+/// answered: nothing for the listener's `request_body_timeout`, or not
+/// all of it within its `request_timeout` (`whole`).
 #[derive(Debug, thiserror::Error)]
-#[error("request body: nothing received for {0} (request_body_timeout)")]
-pub struct BodyTimedOut(pub crate::config::units::Dur);
+#[error("{}", if self.whole { format!("request not received within {} (request_timeout)", self.after) } else { format!("request body: nothing received for {} (request_body_timeout)", self.after) })]
+pub struct BodyTimedOut {
+    pub after: crate::config::units::Dur,
+    pub whole: bool,
+}
 
 impl BodyTimedOut {
     /// The timeout behind `e`, if it or an error it wraps is one.
-    pub fn find(e: &(dyn std::error::Error + 'static)) -> Option<std::time::Duration> {
+    pub fn find<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a BodyTimedOut> {
         let mut cur = Some(e);
         while let Some(e) = cur {
             if let Some(t) = e.downcast_ref::<BodyTimedOut>() {
-                return Some(t.0.0);
+                return Some(t);
             }
             cur = e.source();
         }
@@ -153,13 +157,16 @@ pub struct TooLarge(pub u64);
 /// It also keeps the listener's `request_body_timeout`: once the body has
 /// kept sift waiting (Pending) that long without a frame, before the
 /// upstream answered, it fails with [`BodyTimedOut`] (nginx's
-/// `client_body_timeout`). The timer is armed only on a wait: a body that
+/// `client_body_timeout`); and its `request_timeout`, the whole request's
+/// (Envoy's `request_timeout`). The timer is armed only on a wait: a body that
 /// arrived with its head never has one.
 #[derive(Debug)]
 pub struct Lingering {
     inner: Option<hyper::body::Incoming>,
     h1: bool,
     idle: Option<std::time::Duration>,
+    /// The whole request's deadline (`request_timeout`) and its length.
+    deadline: Option<(tokio::time::Instant, std::time::Duration)>,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Shared with the upstream call (its answer stops the timeout) and
     /// the access log.
@@ -175,6 +182,7 @@ impl Lingering {
             inner: Some(inner),
             h1: version <= http::Version::HTTP_11,
             idle: None,
+            deadline: None,
             timer: None,
             state,
         }
@@ -186,9 +194,26 @@ impl Lingering {
         self.state.as_ref()
     }
 
-    /// Fail the body once it waits this long for the client (None: never).
-    pub fn set_idle_timeout(&mut self, idle: Option<std::time::Duration>) {
+    /// Fail the body once it waits `idle` for the client, or once the
+    /// request is older than `whole` (from `start`, its arrival); None:
+    /// never.
+    pub fn set_timeouts(
+        &mut self,
+        idle: Option<std::time::Duration>,
+        whole: Option<std::time::Duration>,
+        start: std::time::Instant,
+    ) {
         self.idle = idle;
+        self.deadline = whole.map(|d| (tokio::time::Instant::from_std(start) + d, d));
+    }
+
+    /// When the timer fires next, from `now`.
+    fn due(&self, now: tokio::time::Instant) -> Option<tokio::time::Instant> {
+        let idle = self.idle.map(|d| now + d);
+        match (idle, self.deadline) {
+            (Some(i), Some((w, _))) => Some(i.min(w)),
+            (i, w) => i.or(w.map(|(w, _)| w)),
+        }
     }
 }
 
@@ -206,8 +231,11 @@ impl http_body::Body for Lingering {
         };
         match Pin::new(b).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(t), Some(d)) = (this.timer.as_mut(), this.idle) {
-                    t.as_mut().reset(tokio::time::Instant::now() + d);
+                if this.timer.is_some()
+                    && let Some(due) = this.due(tokio::time::Instant::now())
+                    && let Some(t) = this.timer.as_mut()
+                {
+                    t.as_mut().reset(due);
                 }
                 if let (Some(s), Some(d)) = (&this.state, frame.data_ref()) {
                     s.received.fetch_add(d.len() as u64, Ordering::Relaxed);
@@ -217,12 +245,15 @@ impl http_body::Body for Lingering {
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
-                let Some(d) = this.idle else {
+                if this.timer.is_none() {
+                    let Some(due) = this.due(tokio::time::Instant::now()) else {
+                        return Poll::Pending;
+                    };
+                    this.timer = Some(Box::pin(tokio::time::sleep_until(due)));
+                }
+                let Some(t) = this.timer.as_mut() else {
                     return Poll::Pending;
                 };
-                let t = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(d)));
                 if t.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
@@ -230,15 +261,26 @@ impl http_body::Body for Lingering {
                     // The upstream answered: a quiet client is its call
                     // (a gRPC stream). The inner body's waker is set.
                     this.idle = None;
+                    this.deadline = None;
                     this.timer = None;
                     return Poll::Pending;
                 }
+                let now = tokio::time::Instant::now();
+                let err = match (this.deadline, this.idle) {
+                    (Some((at, d)), _) if now >= at => BodyTimedOut {
+                        after: crate::config::units::Dur(d),
+                        whole: true,
+                    },
+                    (_, Some(d)) => BodyTimedOut {
+                        after: crate::config::units::Dur(d),
+                        whole: false,
+                    },
+                    _ => return Poll::Pending,
+                };
                 // Nothing more is read: no lingering for a stalled client.
                 this.inner = None;
                 this.timer = None;
-                Poll::Ready(Some(Err(Box::new(BodyTimedOut(
-                    crate::config::units::Dur(d),
-                )))))
+                Poll::Ready(Some(Err(Box::new(err))))
             }
         }
     }

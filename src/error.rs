@@ -45,9 +45,10 @@ pub enum ProxyError {
     #[error("client request body failed: {0}")]
     ClientBody(String),
     /// The client sent nothing of its body for the listener's
-    /// `request_body_timeout` (nginx's client_body_timeout: 408).
-    #[error("client sent nothing of its request body for {0:?}")]
-    RequestBodyTimeout(Duration),
+    /// `request_body_timeout` (nginx's client_body_timeout: 408), or not
+    /// all of the request within its `request_timeout` (`whole`).
+    #[error("{}", if *whole { format!("client did not send its whole request within {after:?}") } else { format!("client sent nothing of its request body for {after:?}") })]
+    RequestBodyTimeout { after: Duration, whole: bool },
     #[error("rate limit {policy:?} exceeded; retry in {} s", decision.retry_after)]
     RateLimited {
         policy: String,
@@ -287,7 +288,10 @@ impl ProxyError {
     /// that is what failed it, else a client fault (400).
     pub fn client_body(e: &(dyn std::error::Error + 'static)) -> ProxyError {
         match crate::body::BodyTimedOut::find(e) {
-            Some(d) => ProxyError::RequestBodyTimeout(d),
+            Some(t) => ProxyError::RequestBodyTimeout {
+                after: t.after.0,
+                whole: t.whole,
+            },
             None => ProxyError::ClientBody(e.to_string()),
         }
     }
@@ -305,7 +309,7 @@ impl ProxyError {
             ProxyError::DeadlineExceeded(_) => ErrorKind::DeadlineExceeded,
             ProxyError::UpstreamReset(_) => ErrorKind::UpstreamReset,
             ProxyError::ClientBody(_) => ErrorKind::ClientBodyError,
-            ProxyError::RequestBodyTimeout(_) => ErrorKind::RequestBodyTimeout,
+            ProxyError::RequestBodyTimeout { .. } => ErrorKind::RequestBodyTimeout,
             ProxyError::RateLimited { .. } | ProxyError::RateLimitedRemote { .. } => {
                 ErrorKind::RateLimited
             }
@@ -384,9 +388,16 @@ impl ProxyError {
             ProxyError::DeadlineExceeded(_) => "deadline exceeded".into(),
             ProxyError::UpstreamReset(_) => "upstream reset the connection".into(),
             ProxyError::ClientBody(_) => "request body could not be read".into(),
-            ProxyError::RequestBodyTimeout(d) => format!(
+            ProxyError::RequestBodyTimeout {
+                after,
+                whole: false,
+            } => format!(
                 "request body timed out (nothing received for {})",
-                crate::config::units::Dur(*d)
+                crate::config::units::Dur(*after)
+            ),
+            ProxyError::RequestBodyTimeout { after, whole: true } => format!(
+                "request timed out (not received within {})",
+                crate::config::units::Dur(*after)
             ),
             ProxyError::RateLimited { policy, .. }
             | ProxyError::RateLimitedRemote { policy, .. } => {

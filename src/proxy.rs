@@ -489,7 +489,7 @@ pub async fn handle(
             out.error = Some((e.kind(), e.to_string()));
             // The rest of a stalled body is never read: the connection
             // cannot carry another request.
-            if matches!(e, ProxyError::RequestBodyTimeout(_)) && version <= Version::HTTP_11 {
+            if matches!(e, ProxyError::RequestBodyTimeout { .. }) && version <= Version::HTTP_11 {
                 resp.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
@@ -541,8 +541,11 @@ async fn proxy(
     let listener = snap
         .listener(conn.listener_index)
         .ok_or_else(|| ProxyError::Internal(format!("listener {} has no config", conn.listener)))?;
-    req.body_mut()
-        .set_idle_timeout(listener.limits.request_body_timeout.map(|d| d.0));
+    req.body_mut().set_timeouts(
+        listener.limits.request_body_timeout.map(|d| d.0),
+        listener.limits.request_timeout.map(|d| d.0),
+        out.start,
+    );
 
     // 2. Request hygiene.
     let seen = Seen::scan(req.headers());
@@ -1744,12 +1747,22 @@ async fn proxy(
                 BodyState::TOO_LARGE => return Err(ProxyError::BodyTooLarge { limit }),
                 BodyState::CLIENT_ERROR => return Err(ProxyError::ClientBody(error_chain(&e))),
                 BodyState::TIMED_OUT => {
-                    return Err(ProxyError::RequestBodyTimeout(
-                        listener
-                            .limits
-                            .request_body_timeout
-                            .map_or(std::time::Duration::ZERO, |d| d.0),
-                    ));
+                    return Err(match crate::body::BodyTimedOut::find(&e) {
+                        Some(t) => ProxyError::RequestBodyTimeout {
+                            after: t.after.0,
+                            whole: t.whole,
+                        },
+                        // The cause is not in hyper's chain: the idle one,
+                        // unless only the whole-request limit is set.
+                        None => ProxyError::RequestBodyTimeout {
+                            after: listener
+                                .limits
+                                .request_body_timeout
+                                .or(listener.limits.request_timeout)
+                                .map_or(std::time::Duration::ZERO, |d| d.0),
+                            whole: listener.limits.request_body_timeout.is_none(),
+                        },
+                    });
                 }
                 _ if matches!(e, crate::upstream::SendError::Connect(_)) => {
                     cluster.metrics.connect_errors.inc();

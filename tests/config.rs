@@ -401,6 +401,19 @@ clusters: [{{ name: c, endpoints: ["127.0.0.1:1"] }}]
         limits("request_body_timeout: 0s").request_body_timeout,
         None
     );
+    assert_eq!(limits("").request_timeout, None);
+    assert_eq!(
+        limits("request_timeout: 5m").request_timeout.map(|d| d.0),
+        Some(std::time::Duration::from_secs(300))
+    );
+    let err = sift::config::load_str(&cfg("request_timeout: 0s"))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("listeners[0].limits.request_timeout"),
+        "{err:?}"
+    );
     assert_eq!(
         limits("request_body_timeout: 2m, max_connections_per_client: 8")
             .max_connections_per_client,

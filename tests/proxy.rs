@@ -4440,3 +4440,51 @@ clusters:
     let (status, _) = get_text(&sift.url("/b")).await;
     assert_eq!(status, 504);
 }
+
+/// `request_timeout` (Envoy's): the whole request must arrive in time. A
+/// body trickled a byte at a time, never quiet for request_body_timeout,
+/// is still cut: 408, with the connection closed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trickled_body_is_cut_by_request_timeout() {
+    let up = Upstream::echo("app").await;
+    let cfg = simple_config(up.addr, "    timeout: 10s\n").replace(
+        "    address: \"127.0.0.1:0\"\n",
+        "    address: \"127.0.0.1:0\"\n    limits: { request_body_timeout: 400ms, request_timeout: 900ms }\n",
+    );
+    let sift = Sift::start(&cfg);
+    let mut s = tokio::net::TcpStream::connect(sift.addr()).await.unwrap();
+    s.write_all(b"POST /t HTTP/1.1\r\nhost: a\r\ncontent-length: 1000\r\n\r\n")
+        .await
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let (mut r, mut w) = s.into_split();
+    let trickle = tokio::spawn(async move {
+        for _ in 0..100 {
+            if w.write_all(b"x").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), r.read_to_end(&mut buf)).await;
+    let took = t0.elapsed();
+    trickle.abort();
+    let answer = String::from_utf8_lossy(&buf);
+    assert!(
+        answer.starts_with("HTTP/1.1 408"),
+        "{answer:?} after {took:?}"
+    );
+    assert!(answer.contains("not received within 900ms"), "{answer}");
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    // A request that arrives in time is not affected.
+    let req = Request::post(sift.url("/ok"))
+        .body(full(vec![b'y'; 5000]))
+        .unwrap();
+    let resp = send(req).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(json(resp.body())["body_len"], 5000);
+}

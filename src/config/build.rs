@@ -1020,6 +1020,9 @@ fn build_limits(l: Option<&LimitsFile>, p: &str, e: &mut Errs) -> Limits {
             &format!("{p}.header_read_timeout"),
             e,
         ),
+        request_timeout: l
+            .request_timeout
+            .map(|d| positive(Some(d), d, &format!("{p}.request_timeout"), e)),
         request_body_timeout: match l.request_body_timeout {
             Some(t) if t.0.is_zero() => None,
             Some(t) => Some(t),

@@ -1235,6 +1235,12 @@ pub struct LimitsFile {
     /// body's end.
     #[serde(default)]
     pub request_body_timeout: Option<Dur>,
+    /// The whole request, head to the end of its body, must arrive within
+    /// this, unless the upstream answered first (Envoy's request_timeout;
+    /// default: none). Over it: 408. Closes what request_body_timeout
+    /// leaves open: a body trickled a byte at a time.
+    #[serde(default)]
+    pub request_timeout: Option<Dur>,
     /// A connection with no request in flight and no bytes moving for this long is closed (default 60s).
     #[serde(default)]
     pub idle_timeout: Option<Dur>,
