@@ -119,6 +119,13 @@ fn seeds() -> Vec<Vec<u8>> {
     .into_bytes();
     gz_req.extend_from_slice(&gz);
     seeds.push(gz_req);
+    // Ranges answered from the cache (the plain GET stores /r).
+    seeds.push(b"GET /r HTTP/1.1\r\nHost: a\r\n\r\n".to_vec());
+    seeds.push(b"GET /r HTTP/1.1\r\nHost: a\r\nRange: bytes=2-5\r\n\r\n".to_vec());
+    seeds.push(
+        b"GET /r HTTP/1.1\r\nHost: a\r\nRange: bytes=2-5\r\nIf-Range: \"x\"\r\n\r\n".to_vec(),
+    );
+    seeds.push(b"GET /r HTTP/1.1\r\nHost: a\r\nRange: bytes=-3, 4-\r\n\r\n".to_vec());
     seeds
 }
 
