@@ -130,6 +130,8 @@ pub async fn serve(tcp: TcpListener, name: Arc<str>, shared: Arc<Shared>, drain:
                 remote_ip: HeaderValue::try_from(remote.ip().to_string())
                     .unwrap_or(HeaderValue::from_static("unknown")),
                 tls: false,
+                tls_version: None,
+                sni: None,
                 identity: None,
                 xfcc: None,
                 envoy,
@@ -211,6 +213,14 @@ pub async fn serve(tcp: TcpListener, name: Arc<str>, shared: Arc<Shared>, drain:
                 m.tls_resumed_handshakes.with_label_values(&[&name]).inc();
             }
             conn.tls = true;
+            conn.tls_version = session.protocol_version().map(|v| match v {
+                rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+                rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
+                _ => "other",
+            });
+            conn.sni = session
+                .server_name()
+                .map(|n| Arc::from(n.to_ascii_lowercase()));
             conn.xfcc = identity
                 .as_ref()
                 .and_then(|i| http::HeaderValue::from_str(&i.xfcc(loaded.own_uri.as_deref())).ok());

@@ -43,6 +43,10 @@ pub struct ConnInfo {
     /// The peer's IP as a header value (X-Forwarded-For), made once.
     pub remote_ip: HeaderValue,
     pub tls: bool,
+    /// The TLS version negotiated (`TLSv1.3`, `TLSv1.2`) and the server
+    /// name the client asked for (SNI), for the access log.
+    pub tls_version: Option<&'static str>,
+    pub sni: Option<Arc<str>>,
     /// The verified client certificate's identity (mTLS).
     pub identity: Option<crate::tls::Identity>,
     /// XFCC value for the upstream, computed once per connection.
@@ -144,6 +148,8 @@ struct LogFields {
     user_agent: Option<HeaderValue>,
     /// The request body's state: its bytes received.
     body: Option<Arc<BodyState>>,
+    tls_version: Option<&'static str>,
+    sni: Option<Arc<str>>,
 }
 
 /// A request's trace context and where its span goes.
@@ -363,6 +369,8 @@ impl Outcome {
             cluster,
             endpoint = log.endpoint.as_deref().unwrap_or("-"),
             identity = log.identity.as_deref().unwrap_or("-"),
+            tls = log.tls_version.unwrap_or("-"),
+            sni = log.sni.as_deref().unwrap_or("-"),
             filters = log.filters.as_deref().unwrap_or("-"),
             mirrored = log.mirrored,
             fault = log.fault.unwrap_or("-"),
@@ -431,6 +439,8 @@ pub async fn handle(
             filter: snap.config.log.access_log_filter.clone(),
             user_agent: req.headers().get(header::USER_AGENT).cloned(),
             body: req.body().state().cloned(),
+            tls_version: conn.tls_version,
+            sni: conn.sni.clone(),
         })
     });
     // Inline in the request future (whose allocation the connection reuses)

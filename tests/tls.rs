@@ -399,12 +399,14 @@ async fn mtls_require_verifies_clients_and_passes_identity_as_xfcc() {
     assert_eq!(r.status, 200);
     assert!(
         eventually(Duration::from_secs(2), || async {
-            sift.log_lines()
-                .iter()
-                .any(|l| l.contains("\"identity\":\"legacy-client\""))
+            sift.log_lines().iter().any(|l| {
+                l.contains("\"identity\":\"legacy-client\"")
+                    && l.contains("\"tls\":\"TLSv1.3\"")
+                    && l.contains("\"sni\":\"localhost\"")
+            })
         })
         .await,
-        "the access log carries the identity"
+        "the access log carries the identity, TLS version and server name"
     );
     // Rejected handshakes, each counted by reason.
     let foreign = leaf(

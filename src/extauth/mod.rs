@@ -97,6 +97,8 @@ pub fn client_conn(conn: &ConnInfo, remote: Option<SocketAddr>, principal: &str)
         remote_ip: HeaderValue::from_str(&remote.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("-")),
         tls: identity.is_some(),
+        tls_version: None,
+        sni: None,
         identity,
         xfcc: None,
         envoy: true,

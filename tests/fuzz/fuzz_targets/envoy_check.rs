@@ -101,6 +101,8 @@ fn env() -> &'static Env {
             remote,
             remote_ip: http::HeaderValue::from_static("127.0.0.1"),
             tls: false,
+            tls_version: None,
+            sni: None,
             identity: None,
             xfcc: None,
             envoy: true,
