@@ -20,6 +20,7 @@
 #
 #   bench/slow-clients.sh [SIFT_BIN]
 #   env: SLOW (1000) TIMEOUT (2) HOLD (8) DURATION (5s) SIFT_BASE (unset)
+#        SLOW_PATH (/held/x; /x: sift streams the body to the backend)
 #
 # sift or nginx on core 0; wrk, the slow clients and the backend on core 1.
 set -euo pipefail
@@ -27,6 +28,7 @@ export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 cd "$(git -C "$(dirname "$0")" rev-parse --show-toplevel)"
 SIFT=${1:-target/release/sift}
 SLOW=${SLOW:-1000}
+SLOW_PATH=${SLOW_PATH:-/held/x}
 TIMEOUT=${TIMEOUT:-2}
 HOLD=${HOLD:-8}
 DURATION=${DURATION:-5s}
@@ -80,8 +82,8 @@ write_sift "$d/sift-base.yaml" "    limits: { max_connections: 20000 }"
 # client what came back within HOLD seconds and when.
 cat > "$d/slow.py" <<'PY'
 import asyncio, json, sys, time
-port, n, hold = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
-head = (b"POST /held/x HTTP/1.1\r\nHost: a\r\nContent-Type: text/plain\r\n"
+port, n, hold, path = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+head = (b"POST " + path.encode() + b" HTTP/1.1\r\nHost: a\r\nContent-Type: text/plain\r\n"
         b"Content-Length: 65536\r\n\r\n")
 part = b"a slow client sends some words and then nothing more. " * 300
 part = part[:16384]
@@ -120,7 +122,7 @@ PY
 URL="http://127.0.0.1:$P/"
 echo "slow-clients: $(date -u) | commit $(git rev-parse --short HEAD) | nproc $(nproc) | load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "$(nginx -v 2>&1) | $(wrk -v 2>&1 | head -1) | sift: $("$SIFT" --version 2>/dev/null | head -1)"
-echo "$SLOW slow clients (POST head + 16 KiB of 64 KiB, then nothing), body timeout ${TIMEOUT}s, watched for ${HOLD}s; wrk -t1 -c50 -d$DURATION GET / meanwhile; proxy on core 0, the rest on core 1"
+echo "$SLOW slow clients (POST $SLOW_PATH: head + 16 KiB of 64 KiB, then nothing), body timeout ${TIMEOUT}s, watched for ${HOLD}s; wrk -t1 -c50 -d$DURATION GET / meanwhile; proxy on core 0, the rest on core 1"
 echo
 echo "| proxy | 408 | closed, no answer | other answer | still open after ${HOLD}s | time to cut: median, max (s) | proxy RSS idle → 1 s into the attack (MiB) | GETs during the attack: req/s, p99 |"
 echo "|---|---:|---:|---:|---:|---|---|---|"
@@ -128,7 +130,7 @@ run() { # $1 label, $2 kind, $3 config, $4 binary
   local SIFT=${4:-$SIFT}
   proxy_start "$2" "$3"
   local idle; idle=$(rss_mb "$SP" $(pgrep -P "$SP" || true))
-  taskset -c 1 python3 "$d/slow.py" "$P" "$SLOW" "$HOLD" > "$d/slow.json" & local sp=$!
+  taskset -c 1 python3 "$d/slow.py" "$P" "$SLOW" "$HOLD" "$SLOW_PATH" > "$d/slow.json" & local sp=$!
   sleep 1
   local mem; mem=$(rss_mb "$SP" $(pgrep -P "$SP" || true))
   local out; out=$(timeout -k 5 60 taskset -c 1 wrk -t1 -c50 -d"$DURATION" --latency "$URL")
