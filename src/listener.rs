@@ -254,6 +254,7 @@ struct Protocols {
     idle_timeout: Duration,
     max_requests: Option<u64>,
     max_duration: Option<Duration>,
+    send_timeout: Option<Duration>,
     drain_timeout: Duration,
 }
 
@@ -281,6 +282,7 @@ impl Protocols {
             idle_timeout: spec.limits.idle_timeout.0,
             max_requests: spec.limits.max_requests_per_connection,
             max_duration: spec.limits.max_connection_duration.map(|d| d.0),
+            send_timeout: spec.limits.send_timeout.map(|d| d.0),
             drain_timeout: spec.limits.drain_timeout.0,
         }
     }
@@ -393,6 +395,10 @@ struct Activity {
     inflight: AtomicUsize,
     started: AtomicU64,
     bytes_read: AtomicU64,
+    /// Bytes written to the client, and whether the last write waited
+    /// (the client is not reading): the watcher's send timeout.
+    bytes_written: AtomicU64,
+    write_blocked: std::sync::atomic::AtomicBool,
     /// Draining began: HTTP/1.1 answers say `Connection: close`.
     draining: std::sync::atomic::AtomicBool,
 }
@@ -443,6 +449,9 @@ enum Close {
     /// A request head started and did not complete in time (slowloris):
     /// closed at once, without a response.
     HeadTimeout,
+    /// The client read nothing of what sift had to send for the send
+    /// timeout: closed at once.
+    SendTimeout,
 }
 
 /// A connection's watcher, in a task of its own so that the connection's
@@ -451,7 +460,10 @@ enum Close {
 ///   request in flight and none started for `idle_timeout`, or once it is
 ///   `max_duration` old;
 /// - `HeadTimeout` (HTTP/1.1 only, `head_timeout` set) when bytes of a new
-///   request have arrived but no request has started for `head_timeout`.
+///   request have arrived but no request has started for `head_timeout`;
+/// - `SendTimeout` (`send_timeout` set) when a write to the client has
+///   waited and nothing was written for `send_timeout` (nginx's
+///   `send_timeout`: a client that stopped reading its answer).
 ///
 /// It samples every quarter of the shorter timeout, so an idle connection
 /// closes between 1 and 1.25 × `idle_timeout` after its last response
@@ -463,11 +475,13 @@ async fn watch_conn(
     idle_timeout: Duration,
     head_timeout: Option<Duration>,
     max_duration: Option<Duration>,
+    send_timeout: Option<Duration>,
     grace: Option<Duration>,
     close: tokio::sync::oneshot::Sender<Close>,
 ) {
     let born = std::time::Instant::now();
-    let shortest = [head_timeout, max_duration]
+    let (mut written_seen, mut send_stall) = (0u64, Duration::ZERO);
+    let shortest = [head_timeout, max_duration, send_timeout]
         .into_iter()
         .flatten()
         .fold(idle_timeout, Duration::min);
@@ -489,6 +503,17 @@ async fn watch_conn(
         }
         if max_duration.is_some_and(|d| born.elapsed() >= d) {
             break Close::Graceful("max_duration");
+        }
+        if let Some(limit) = send_timeout {
+            let written = activity.bytes_written.load(Ordering::Relaxed);
+            if activity.write_blocked.load(Ordering::Relaxed) && written == written_seen {
+                send_stall += tick;
+                if send_stall > limit {
+                    break Close::SendTimeout;
+                }
+            } else {
+                (written_seen, send_stall) = (written, Duration::ZERO);
+            }
         }
         let started = activity.started.load(Ordering::Relaxed);
         let bytes = activity.bytes_read.load(Ordering::Relaxed);
@@ -557,14 +582,26 @@ async fn sniff_h2(tcp: &tokio::net::TcpStream) -> bool {
     }
 }
 
-/// Where a [`Counted`] stream adds the bytes read from it.
+/// Where a [`Counted`] stream adds the bytes read from it (and, for a
+/// connection's watcher, how its writes fare).
 pub(crate) trait ReadCounter {
     fn add(&self, n: u64);
+    /// `n` bytes were written.
+    fn wrote(&self, _n: u64) {}
+    /// A write or flush waited for the peer.
+    fn blocked(&self) {}
 }
 
 impl ReadCounter for Arc<Activity> {
     fn add(&self, n: u64) {
         self.bytes_read.fetch_add(n, Ordering::Relaxed);
+    }
+    fn wrote(&self, n: u64) {
+        self.bytes_written.fetch_add(n, Ordering::Relaxed);
+        self.write_blocked.store(false, Ordering::Relaxed);
+    }
+    fn blocked(&self) {
+        self.write_blocked.store(true, Ordering::Relaxed);
     }
 }
 
@@ -608,26 +645,43 @@ impl<I: AsyncRead, C: ReadCounter> AsyncRead for Counted<I, C> {
     }
 }
 
-impl<I: AsyncWrite, C> AsyncWrite for Counted<I, C> {
+/// Report a write's outcome to the counter.
+fn wrote<C: ReadCounter>(c: &C, r: Poll<std::io::Result<usize>>) -> Poll<std::io::Result<usize>> {
+    match &r {
+        Poll::Ready(Ok(n)) => c.wrote(*n as u64),
+        Poll::Pending => c.blocked(),
+        Poll::Ready(Err(_)) => {}
+    }
+    r
+}
+
+impl<I: AsyncWrite, C: ReadCounter> AsyncWrite for Counted<I, C> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        self.project().inner.poll_write(cx, buf)
+        let this = self.project();
+        wrote(this.counter, this.inner.poll_write(cx, buf))
     }
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        self.project().inner.poll_write_vectored(cx, bufs)
+        let this = self.project();
+        wrote(this.counter, this.inner.poll_write_vectored(cx, bufs))
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.project().inner.poll_flush(cx)
+        let this = self.project();
+        let r = this.inner.poll_flush(cx);
+        if r.is_pending() {
+            this.counter.blocked();
+        }
+        r
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         self.project().inner.poll_shutdown(cx)
@@ -794,6 +848,7 @@ async fn serve_io<I>(
             protocols.idle_timeout,
             h1.then_some(protocols.header_read_timeout),
             protocols.max_duration,
+            protocols.send_timeout,
             h1.then_some(DRAIN_GRACE),
             close_tx,
         ))))
@@ -836,6 +891,12 @@ async fn serve_io<I>(
                         count_error();
                         closed("head_timeout");
                         tracing::debug!(listener = %conn.listener, remote = %conn.remote, "request head read timed out");
+                        break;
+                    }
+                    Ok(Close::SendTimeout) => {
+                        // The client reads nothing: its answer is cut.
+                        closed("send_timeout");
+                        tracing::debug!(listener = %conn.listener, remote = %conn.remote, "client read nothing for send_timeout");
                         break;
                     }
                     Ok(Close::Graceful(reason)) => reason,

@@ -4488,3 +4488,49 @@ async fn a_trickled_body_is_cut_by_request_timeout() {
     assert_eq!(resp.status(), 200);
     assert_eq!(json(resp.body())["body_len"], 5000);
 }
+
+/// `send_timeout` (nginx's): a client that reads nothing of its answer
+/// while sift has bytes to send is cut after the limit, freeing its
+/// connection and the upstream's; before, it held both as long as it
+/// liked (the idle timeout counts only connections with nothing in
+/// flight).
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_that_read_nothing_are_cut_by_send_timeout() {
+    const SIZE: u64 = 256 << 20;
+    let up = Upstream::start(|_req: Request<hyper::body::Incoming>| async move {
+        http::Response::new(body::boxed(Generated { left: SIZE }))
+    })
+    .await;
+    let cfg = simple_config(up.addr, "").replace(
+        "    address: \"127.0.0.1:0\"\n",
+        "    address: \"127.0.0.1:0\"\n    limits: { send_timeout: 500ms }\n",
+    );
+    let sift = Sift::start(&cfg);
+    let mut s = tokio::net::TcpStream::connect(sift.addr()).await.unwrap();
+    s.write_all(b"GET /big HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    // Read nothing while sift fills the socket's buffers and waits.
+    let metric = r#"sift_connections_closed_total{listener="main",reason="send_timeout"}"#;
+    let t0 = std::time::Instant::now();
+    assert!(
+        eventually(Duration::from_secs(8), || async {
+            sift.metric(metric).await == Some(1.0)
+        })
+        .await,
+        "cut within 8 s"
+    );
+    let took = t0.elapsed();
+    assert!(took >= Duration::from_millis(500), "{took:?}");
+    // What the buffers held, then the end: far less than the answer.
+    let mut got = 0u64;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got += n as u64,
+            Err(_) => panic!("the connection was not closed ({got} bytes read)"),
+        }
+    }
+    assert!(got < SIZE / 2, "{got} of {SIZE} bytes");
+}

@@ -1023,6 +1023,11 @@ fn build_limits(l: Option<&LimitsFile>, p: &str, e: &mut Errs) -> Limits {
         request_timeout: l
             .request_timeout
             .map(|d| positive(Some(d), d, &format!("{p}.request_timeout"), e)),
+        send_timeout: match l.send_timeout {
+            Some(t) if t.0.is_zero() => None,
+            Some(t) => Some(t),
+            None => d.send_timeout,
+        },
         request_body_timeout: match l.request_body_timeout {
             Some(t) if t.0.is_zero() => None,
             Some(t) => Some(t),

@@ -1241,6 +1241,11 @@ pub struct LimitsFile {
     /// leaves open: a body trickled a byte at a time.
     #[serde(default)]
     pub request_timeout: Option<Dur>,
+    /// Longest time a client may read nothing of what sift has to send
+    /// it before its connection is closed (default 60s, nginx's
+    /// send_timeout; `0s`: no limit).
+    #[serde(default)]
+    pub send_timeout: Option<Dur>,
     /// A connection with no request in flight and no bytes moving for this long is closed (default 60s).
     #[serde(default)]
     pub idle_timeout: Option<Dur>,

@@ -334,6 +334,8 @@ pub struct Limits {
     pub request_body_timeout: Option<Dur>,
     /// None: no limit.
     pub request_timeout: Option<Dur>,
+    /// None: no limit (`0s`).
+    pub send_timeout: Option<Dur>,
     pub idle_timeout: Dur,
     pub max_connections: usize,
     pub max_connections_per_client: Option<u32>,
@@ -351,6 +353,7 @@ impl Default for Limits {
             header_read_timeout: Dur::secs(10),
             request_body_timeout: Some(Dur::secs(60)),
             request_timeout: None,
+            send_timeout: Some(Dur::secs(60)),
             idle_timeout: Dur::secs(60),
             max_connections: 10_000,
             max_connections_per_client: None,
