@@ -454,6 +454,14 @@ enum Close {
     SendTimeout,
 }
 
+/// What a connection's watcher enforces.
+struct WatchLimits {
+    idle_timeout: Duration,
+    head_timeout: Option<Duration>,
+    max_duration: Option<Duration>,
+    send_timeout: Option<Duration>,
+}
+
 /// A connection's watcher, in a task of its own so that the connection's
 /// hot path never polls it. It resolves `close`:
 /// - `Graceful` when draining begins, once the connection has had no
@@ -472,13 +480,16 @@ enum Close {
 async fn watch_conn(
     mut watch: Watch,
     activity: Arc<Activity>,
-    idle_timeout: Duration,
-    head_timeout: Option<Duration>,
-    max_duration: Option<Duration>,
-    send_timeout: Option<Duration>,
+    limits: WatchLimits,
     grace: Option<Duration>,
     close: tokio::sync::oneshot::Sender<Close>,
 ) {
+    let WatchLimits {
+        idle_timeout,
+        head_timeout,
+        max_duration,
+        send_timeout,
+    } = limits;
     let born = std::time::Instant::now();
     let (mut written_seen, mut send_stall) = (0u64, Duration::ZERO);
     let shortest = [head_timeout, max_duration, send_timeout]
@@ -845,10 +856,12 @@ async fn serve_io<I>(
         Some(AbortOnDrop(tokio::spawn(watch_conn(
             watch,
             activity,
-            protocols.idle_timeout,
-            h1.then_some(protocols.header_read_timeout),
-            protocols.max_duration,
-            protocols.send_timeout,
+            WatchLimits {
+                idle_timeout: protocols.idle_timeout,
+                head_timeout: h1.then_some(protocols.header_read_timeout),
+                max_duration: protocols.max_duration,
+                send_timeout: protocols.send_timeout,
+            },
             h1.then_some(DRAIN_GRACE),
             close_tx,
         ))))
