@@ -1627,7 +1627,14 @@ async fn proxy(
             let answer = crate::cache::respond(&old, downstream_head, &f.cond, now);
             cache.metrics.count(crate::cache::Status::Updating);
             out.cache = Some(crate::cache::Status::Updating);
-            let guards = (ep_guard, conn_slot, out.cluster_slot.take());
+            // The adaptive limit times the upstream's request, not the
+            // stale answer: its slot goes along.
+            let guards = (
+                ep_guard,
+                conn_slot,
+                out.cluster_slot.take(),
+                out.adaptive_slot.take(),
+            );
             tokio::spawn(refresh_in_background(
                 cache.clone(),
                 f,
