@@ -671,7 +671,12 @@ async fn proxy(
     if let (Some(spec), Some((cluster, counters))) =
         (&route.spec.external_rate_limit, &route.remote_limit)
     {
-        let ip = trusted_client_ip(listener.trusted_hops, req.headers(), conn.remote);
+        let ip = trusted_client_ip(
+            listener.trusted_hops,
+            &listener.trusted_cidrs,
+            req.headers(),
+            conn.remote,
+        );
         let descriptors = crate::rls_client::descriptors(
             spec,
             &crate::rls_client::Client {
@@ -762,7 +767,12 @@ async fn proxy(
                     .map_or_else(|| host.to_string(), str::to_string),
             };
             drop(host);
-            let ip = trusted_client_ip(listener.trusted_hops, req.headers(), conn.remote);
+            let ip = trusted_client_ip(
+                listener.trusted_hops,
+                &listener.trusted_cidrs,
+                req.headers(),
+                conn.remote,
+            );
             let client = crate::external_auth::Client {
                 addr: SocketAddr::new(ip.parse().unwrap_or(conn.remote.ip()), conn.remote.port()),
                 identity: conn.identity.as_ref().map(|i| i.id.as_str()),
@@ -1074,11 +1084,14 @@ async fn proxy(
     if let (Some((entry, cond, status)), Some(cache)) = (hit, &route.cache) {
         let head = req.method() == Method::HEAD;
         let resp = crate::cache::respond(&entry, head, &cond, clock.now());
-        let template_ip = route
-            .spec
-            .response_headers
-            .templated()
-            .then(|| trusted_client_ip(listener.trusted_hops, req.headers(), conn.remote));
+        let template_ip = route.spec.response_headers.templated().then(|| {
+            trusted_client_ip(
+                listener.trusted_hops,
+                &listener.trusted_cidrs,
+                req.headers(),
+                conn.remote,
+            )
+        });
         cache.metrics.count(status);
         out.cache = Some(status);
         let (parts, b) = resp.into_parts();
@@ -1122,8 +1135,14 @@ async fn proxy(
     let ops = &route.spec.request_headers;
     let templated = ops.templated();
     let resp_templated = route.spec.response_headers.templated();
-    let template_ip = (templated || resp_templated)
-        .then(|| trusted_client_ip(listener.trusted_hops, req.headers(), conn.remote));
+    let template_ip = (templated || resp_templated).then(|| {
+        trusted_client_ip(
+            listener.trusted_hops,
+            &listener.trusted_cidrs,
+            req.headers(),
+            conn.remote,
+        )
+    });
     let downstream_version = req.version();
     let web = route
         .spec
@@ -2259,9 +2278,12 @@ pub(crate) fn identity_admission(
     if let Some(s) = &route.spec.source_ips {
         let ip = match s.address {
             crate::config::file::SourceAddress::Peer => conn.remote.ip().to_string(),
-            crate::config::file::SourceAddress::ClientIp => {
-                trusted_client_ip(listener.trusted_hops, headers, conn.remote)
-            }
+            crate::config::file::SourceAddress::ClientIp => trusted_client_ip(
+                listener.trusted_hops,
+                &listener.trusted_cidrs,
+                headers,
+                conn.remote,
+            ),
         };
         // A forwarded address that is no IP (a trusted proxy wrote
         // garbage) is in no range: denied where only ranges are allowed.
@@ -2551,6 +2573,7 @@ fn key_hash(
         Sticky::Cookie(name) => cookie(req.headers(), name).map(|v| stable_hash(&v)),
         Sticky::ClientIp => Some(stable_hash(&trusted_client_ip(
             listener.trusted_hops,
+            &listener.trusted_cidrs,
             req.headers(),
             conn.remote,
         ))),
@@ -2861,6 +2884,7 @@ pub(crate) fn rate_limit<'s, B>(
     let client_ip: &[u8] = if needs_client_ip(listener_limits, &route.limits) {
         trusted_client_ip_bytes(
             listener.trusted_hops,
+            &listener.trusted_cidrs,
             req.headers(),
             conn.remote,
             &mut ip_buf,
@@ -3131,20 +3155,23 @@ impl IpBuf {
 /// (from the client's part of the chain) still counts.
 fn trusted_client_ip_bytes<'a>(
     hops: u32,
+    cidrs: &[crate::config::model::Cidr],
     h: &'a HeaderMap,
     peer: SocketAddr,
     buf: &'a mut IpBuf,
 ) -> &'a [u8] {
     use std::io::Write;
-    if hops > 0 {
-        let n = hops as usize;
-        let mut parts = h
-            .get_all(&X_FORWARDED_FOR)
+    let entries = || {
+        h.get_all(&X_FORWARDED_FOR)
             .iter()
             .rev()
             .flat_map(|v| v.as_bytes().rsplit(|b| *b == b','))
             .map(<[u8]>::trim_ascii)
-            .filter(|p| !p.is_empty());
+            .filter(|p| !p.is_empty())
+    };
+    if hops > 0 {
+        let n = hops as usize;
+        let mut parts = entries();
         let mut last = None;
         for i in 0..n {
             match parts.next() {
@@ -3156,6 +3183,41 @@ fn trusted_client_ip_bytes<'a>(
         if let Some(leftmost) = last {
             return leftmost;
         }
+    } else if !cidrs.is_empty() && cidrs.iter().any(|c| c.contains(peer.ip())) {
+        // nginx's set_real_ip_from with real_ip_recursive, Envoy's
+        // xff_trusted_cidrs: from the right, the first address that is not
+        // a trusted proxy's (written by the trusted proxy after it); all
+        // trusted: the leftmost.
+        let trusted = |p: &[u8]| {
+            std::str::from_utf8(p)
+                .ok()
+                .and_then(|s| {
+                    s.parse::<std::net::IpAddr>()
+                        .ok()
+                        .or_else(|| s.parse::<SocketAddr>().ok().map(|a| a.ip()))
+                })
+                .is_some_and(|ip| cidrs.iter().any(|c| c.contains(ip.to_canonical())))
+        };
+        let mut leftmost = None;
+        for p in entries() {
+            if !trusted(p) {
+                leftmost = Some(p);
+                break;
+            }
+            leftmost = Some(p);
+        }
+        if let Some(p) = leftmost {
+            // `IP:port` (some proxies write one): the address alone.
+            return match std::str::from_utf8(p).ok().map(str::parse::<SocketAddr>) {
+                Some(Ok(a)) => {
+                    let mut cur = std::io::Cursor::new(&mut buf.buf[..]);
+                    let _ = write!(cur, "{}", a.ip());
+                    buf.len = cur.position() as usize;
+                    &buf.buf[..buf.len]
+                }
+                _ => p,
+            };
+        }
     }
     let mut cur = std::io::Cursor::new(&mut buf.buf[..]);
     let _ = write!(cur, "{}", peer.ip());
@@ -3165,9 +3227,14 @@ fn trusted_client_ip_bytes<'a>(
 
 /// [`trusted_client_ip_bytes`] as a string (rate limits and sticky
 /// canaries read the same address).
-pub fn trusted_client_ip(hops: u32, h: &HeaderMap, peer: SocketAddr) -> String {
+pub fn trusted_client_ip(
+    hops: u32,
+    cidrs: &[crate::config::model::Cidr],
+    h: &HeaderMap,
+    peer: SocketAddr,
+) -> String {
     let mut buf = IpBuf::new();
-    String::from_utf8_lossy(trusted_client_ip_bytes(hops, h, peer, &mut buf)).into_owned()
+    String::from_utf8_lossy(trusted_client_ip_bytes(hops, cidrs, h, peer, &mut buf)).into_owned()
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -4140,6 +4207,54 @@ mod client_ip_tests {
     use super::*;
 
     #[test]
+    fn trusted_cidrs_skip_trusted_proxies_from_the_right() {
+        let cidrs: Vec<crate::config::model::Cidr> = vec![
+            "10.0.0.0/8".parse().unwrap(),
+            "2001:db8::/32".parse().unwrap(),
+        ];
+        let trusted_peer: SocketAddr = "10.0.0.9:5000".parse().unwrap();
+        let other_peer: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+        for (xff, peer, want) in [
+            (Some("203.0.113.1, 10.0.0.5"), trusted_peer, "203.0.113.1"),
+            (
+                Some("203.0.113.1, 198.51.100.7"),
+                trusted_peer,
+                "198.51.100.7",
+            ),
+            (
+                Some("203.0.113.1, 198.51.100.7, 10.1.1.1"),
+                trusted_peer,
+                "198.51.100.7",
+            ),
+            (Some("10.0.0.1, 10.0.0.2"), trusted_peer, "10.0.0.1"),
+            (
+                Some("203.0.113.1:5555, 10.0.0.5"),
+                trusted_peer,
+                "203.0.113.1",
+            ),
+            (
+                Some("[2001:db9::1]:443, 2001:db8::7"),
+                trusted_peer,
+                "2001:db9::1",
+            ),
+            (Some("unknown, 10.0.0.5"), trusted_peer, "unknown"),
+            (None, trusted_peer, "10.0.0.9"),
+            (Some("203.0.113.1, 10.0.0.5"), other_peer, "192.0.2.1"),
+        ] {
+            let mut h = HeaderMap::new();
+            if let Some(v) = xff {
+                h.insert("x-forwarded-for", HeaderValue::from_str(v).unwrap());
+            }
+            let mut b = IpBuf::new();
+            assert_eq!(
+                std::str::from_utf8(trusted_client_ip_bytes(0, &cidrs, &h, peer, &mut b)).unwrap(),
+                want,
+                "{xff:?} from {peer}"
+            );
+        }
+    }
+
+    #[test]
     fn trusted_hops_pick_from_the_right_without_allocating() {
         let peer: SocketAddr = "10.0.0.9:5000".parse().unwrap();
         let mut h = HeaderMap::new();
@@ -4155,17 +4270,20 @@ mod client_ip_tests {
         ] {
             let mut b = IpBuf::new();
             assert_eq!(
-                trusted_client_ip_bytes(hops, &h, peer, &mut b),
+                trusted_client_ip_bytes(hops, &[], &h, peer, &mut b),
                 want.as_bytes(),
                 "hops {hops}"
             );
-            assert_eq!(trusted_client_ip(hops, &h, peer), want);
+            assert_eq!(trusted_client_ip(hops, &[], &h, peer), want);
         }
         h.append("x-forwarded-for", HeaderValue::from_static("192.0.2.5"));
         let mut b = IpBuf::new();
-        assert_eq!(trusted_client_ip_bytes(1, &h, peer, &mut b), b"192.0.2.5");
         assert_eq!(
-            trusted_client_ip_bytes(2, &h, peer, &mut b),
+            trusted_client_ip_bytes(1, &[], &h, peer, &mut b),
+            b"192.0.2.5"
+        );
+        assert_eq!(
+            trusted_client_ip_bytes(2, &[], &h, peer, &mut b),
             b"198.51.100.7"
         );
         // A line with a byte that is not visible ASCII still counts, read
@@ -4175,10 +4293,13 @@ mod client_ip_tests {
             "x-forwarded-for",
             HeaderValue::from_bytes(b"evil\xff, 203.0.113.9").unwrap(),
         );
-        assert_eq!(trusted_client_ip_bytes(1, &h, peer, &mut b), b"203.0.113.9");
-        assert_eq!(trusted_client_ip(1, &h, peer), "203.0.113.9");
-        assert_eq!(trusted_client_ip(2, &h, peer), "evil\u{fffd}");
+        assert_eq!(
+            trusted_client_ip_bytes(1, &[], &h, peer, &mut b),
+            b"203.0.113.9"
+        );
+        assert_eq!(trusted_client_ip(1, &[], &h, peer), "203.0.113.9");
+        assert_eq!(trusted_client_ip(2, &[], &h, peer), "evil\u{fffd}");
         h.insert("x-forwarded-for", HeaderValue::from_static(" , "));
-        assert_eq!(trusted_client_ip(1, &h, peer), "10.0.0.9");
+        assert_eq!(trusted_client_ip(1, &[], &h, peer), "10.0.0.9");
     }
 }

@@ -421,6 +421,41 @@ clusters: [{{ name: c, endpoints: ["127.0.0.1:1"] }}]
     );
 }
 
+/// `forwarded.trusted_cidrs`: ranges, and not beside `trusted_hops`.
+#[test]
+fn trusted_cidrs_are_checked() {
+    let cfg = |fwd: &str| {
+        format!(
+            r#"listeners: [{{ name: main, address: "127.0.0.1:0", forwarded: {{ {fwd} }} }}]
+routes: [{{ name: r, cluster: c }}]
+clusters: [{{ name: c, endpoints: ["127.0.0.1:1"] }}]
+"#
+        )
+    };
+    let err = |f: &str| {
+        sift::config::load_str(&cfg(f))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    assert!(
+        err("trusted_hops: 1, trusted_cidrs: [10.0.0.0/8]").contains(
+            "listeners[0].forwarded.trusted_cidrs: give trusted_hops or trusted_cidrs, not both"
+        )
+    );
+    let e = err("trusted_cidrs: [10.0.0.1/8]");
+    assert!(
+        e.contains("listeners[0].forwarded.trusted_cidrs[0]")
+            && e.contains("bits set past its prefix"),
+        "{e}"
+    );
+    let ok = sift::config::load_str(&cfg(
+        "trusted_cidrs: [10.0.0.0/8, \"2001:db8::/32\", 192.0.2.7]",
+    ))
+    .unwrap();
+    assert_eq!(ok.listeners[0].trusted_cidrs.len(), 3);
+}
+
 /// `tcp_keepalive` takes whole seconds and Linux's probe bound;
 /// `http2_keepalive` needs an HTTP/2 cluster.
 #[test]

@@ -4534,3 +4534,55 @@ async fn clients_that_read_nothing_are_cut_by_send_timeout() {
     }
     assert!(got < SIZE / 2, "{got} of {SIZE} bytes");
 }
+
+/// `forwarded.trusted_cidrs` (nginx's set_real_ip_from with
+/// real_ip_recursive): behind proxies known by address, the client is the
+/// rightmost X-Forwarded-For entry that is not one of them, whatever the
+/// number of hops: rate limits and header templates read that address.
+#[tokio::test(flavor = "multi_thread")]
+async fn trusted_cidrs_name_the_client_behind_known_proxies() {
+    let up = Upstream::echo("app").await;
+    let cfg = format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners:
+  - name: main
+    address: "127.0.0.1:0"
+    forwarded: {{ trusted_cidrs: [127.0.0.0/8, 10.0.0.0/8] }}
+routes:
+  - name: default
+    cluster: app
+    request_headers: {{ set: {{ x-client: "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%" }} }}
+    rate_limits: [ {{ name: per-ip, requests_per_unit: 1, unit: minute }} ]
+clusters:
+  - name: app
+    endpoints: ["{}"]
+"#,
+        up.addr
+    );
+    let sift = Sift::start(&cfg);
+    let get = |xff: &'static str| {
+        let url = sift.url("/x");
+        async move {
+            let req = Request::get(url)
+                .header("x-forwarded-for", xff)
+                .body(full(Bytes::new()))
+                .unwrap();
+            send(req).await
+        }
+    };
+    // Two trusted hops (a CDN's edge and the load balancer) in front.
+    let r = get("203.0.113.9, 10.1.2.3, 10.4.5.6").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(json(r.body())["headers"]["x-client"][0], "203.0.113.9");
+    // One hop this time: the same client, so the same rate limit.
+    let r = get("203.0.113.9, 10.1.2.3").await;
+    assert_eq!(r.status(), 429);
+    // A client that forges entries left of its own address gains nothing.
+    let r = get("198.51.100.1, 203.0.113.9, 10.1.2.3").await;
+    assert_eq!(r.status(), 429);
+    // Another client is its own.
+    let r = get("198.51.100.77, 10.9.9.9").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(json(r.body())["headers"]["x-client"][0], "198.51.100.77");
+}

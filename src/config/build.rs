@@ -795,6 +795,7 @@ fn build_listeners(
                     .as_ref()
                     .and_then(|f| f.trusted_hops)
                     .unwrap_or(0),
+                trusted_cidrs: build_trusted_cidrs(l.forwarded.as_ref(), &p, e),
                 escaped_slashes: l.escaped_slashes.unwrap_or_default(),
                 path_parameters: l.path_parameters.unwrap_or_default(),
                 rate_limits: build_rate_limits(
@@ -822,6 +823,28 @@ fn build_listeners(
                     .as_ref()
                     .map(|k| build_tcp_keepalive(k, &format!("{p}.tcp_keepalive"), e)),
             });
+        }
+    }
+    out
+}
+
+/// `forwarded.trusted_cidrs`: address ranges, not with `trusted_hops`.
+fn build_trusted_cidrs(f: Option<&ForwardedFile>, p: &str, e: &mut Errs) -> Vec<Cidr> {
+    let Some(f) = f else { return Vec::new() };
+    let Some(list) = &f.trusted_cidrs else {
+        return Vec::new();
+    };
+    if f.trusted_hops.is_some_and(|h| h > 0) {
+        e.push(
+            format!("{p}.forwarded.trusted_cidrs"),
+            "give trusted_hops or trusted_cidrs, not both",
+        );
+    }
+    let mut out = Vec::new();
+    for (i, c) in list.iter().enumerate() {
+        match c.parse::<Cidr>() {
+            Ok(c) => out.push(c),
+            Err(why) => e.push(format!("{p}.forwarded.trusted_cidrs[{i}]"), why),
         }
     }
     out

@@ -1330,6 +1330,12 @@ pub struct ForwardedFile {
     /// the peer address.
     #[serde(default)]
     pub trusted_hops: Option<u32>,
+    /// Instead of a count: the addresses of trusted proxies (CIDR ranges,
+    /// `10.0.0.0/8`). When the peer is one, the client is the rightmost
+    /// X-Forwarded-For address that is not (nginx's set_real_ip_from with
+    /// real_ip_recursive, Envoy's xff_trusted_cidrs). Not with trusted_hops.
+    #[serde(default)]
+    pub trusted_cidrs: Option<Vec<String>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]

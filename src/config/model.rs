@@ -284,6 +284,8 @@ pub struct ListenerSpec {
     pub x_forwarded_for: XffMode,
     /// Trusted proxies appending to X-Forwarded-For (client IP for rate limits).
     pub trusted_hops: u32,
+    /// Trusted proxies by address (instead of trusted_hops).
+    pub trusted_cidrs: Vec<Cidr>,
     pub rate_limits: Vec<RateLimitSpec>,
     pub tls: Option<crate::tls::ListenerTlsSpec>,
     pub escaped_slashes: super::file::EscapedSlashes,
