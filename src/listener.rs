@@ -273,7 +273,8 @@ impl Protocols {
         h2.timer(TokioTimer::new())
             .max_concurrent_streams(spec.limits.max_concurrent_streams)
             .max_header_list_size((head * 2).min(u32::MAX as usize) as u32)
-            .keep_alive_interval(Some(Duration::from_secs(30)));
+            .keep_alive_interval(Some(spec.http2_keepalive.interval.0))
+            .keep_alive_timeout(spec.http2_keepalive.timeout.0);
         Protocols {
             h1,
             h2,

@@ -504,13 +504,17 @@ clusters: [{{ name: c, endpoints: ["127.0.0.1:1"], {cluster} }}]
         let e = err(l, c);
         assert!(e.contains(want), "{l} / {c}: {e:?}");
     }
+    let e = err("http2_keepalive: { interval: 0s }", "lb: round_robin");
+    assert!(e.contains("listeners[0].http2_keepalive.interval"), "{e:?}");
     let ok = sift::config::load_str(&cfg(
-        "tcp_keepalive: { time: 60s, interval: 10s, probes: 3 }",
+        "tcp_keepalive: { time: 60s, interval: 10s, probes: 3 }, http2_keepalive: { interval: 15s }",
         "protocol: http2, tcp_keepalive: {}, http2_keepalive: { interval: 30s }",
     ))
     .unwrap();
     let k = ok.listeners[0].tcp_keepalive.unwrap();
     assert_eq!((k.time.unwrap().0.as_secs(), k.probes), (60, Some(3)));
+    let l = ok.listeners[0].http2_keepalive;
+    assert_eq!((l.interval.0.as_secs(), l.timeout.0.as_secs()), (15, 20));
     let h = ok.clusters[0].http2_keepalive.unwrap();
     assert_eq!((h.interval.0.as_secs(), h.timeout.0.as_secs()), (30, 20));
 }

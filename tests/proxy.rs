@@ -4586,3 +4586,41 @@ clusters:
     assert_eq!(r.status(), 200);
     assert_eq!(json(r.body())["headers"]["x-client"][0], "198.51.100.77");
 }
+
+/// `listeners[].http2_keepalive`: an HTTP/2 client whose side went silent
+/// (a black hole, no FIN) is found dead by an unanswered PING and its
+/// connection closed; with the default (a PING every 30s) it stays open
+/// for the length of this test.
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_clients_that_vanish_are_found_by_ping() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let up = Upstream::echo("app").await;
+    let open = r#"sift_active_connections{listener="main"}"#;
+    for (keepalive, closed) in [
+        (
+            "    http2_keepalive: { interval: 200ms, timeout: 300ms }\n",
+            true,
+        ),
+        ("", false),
+    ] {
+        let cfg = simple_config(up.addr, "").replace(
+            "    address: \"127.0.0.1:0\"\n",
+            &format!("    address: \"127.0.0.1:0\"\n    protocol: h2\n{keepalive}"),
+        );
+        let sift = Sift::start(&cfg);
+        let relay = Relay::start(sift.addr()).await;
+        let client = http2_client();
+        let req = Request::get(format!("http://{}/a", relay.addr))
+            .body(full(Bytes::new()))
+            .unwrap();
+        assert_eq!(client.request(req).await.unwrap().status(), 200);
+        assert_eq!(sift.metric(open).await, Some(1.0));
+        relay.frozen_below.store(1, SeqCst);
+        let gone = eventually(Duration::from_secs(3), || async {
+            sift.metric(open).await == Some(0.0)
+        })
+        .await;
+        assert_eq!(gone, closed, "{keepalive:?}");
+        drop(client);
+    }
+}

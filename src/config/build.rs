@@ -822,6 +822,26 @@ fn build_listeners(
                     .tcp_keepalive
                     .as_ref()
                     .map(|k| build_tcp_keepalive(k, &format!("{p}.tcp_keepalive"), e)),
+                http2_keepalive: match &l.http2_keepalive {
+                    Some(k) => Http2Keepalive {
+                        interval: positive(
+                            Some(k.interval),
+                            k.interval,
+                            &format!("{p}.http2_keepalive.interval"),
+                            e,
+                        ),
+                        timeout: positive(
+                            k.timeout,
+                            Dur::secs(20),
+                            &format!("{p}.http2_keepalive.timeout"),
+                            e,
+                        ),
+                    },
+                    None => Http2Keepalive {
+                        interval: Dur::secs(30),
+                        timeout: Dur::secs(20),
+                    },
+                },
             });
         }
     }

@@ -1001,6 +1001,11 @@ pub struct ListenerFile {
     /// dead connection open. Envoy's `tcp_keepalive`, linkerd's 10 s.
     #[serde(default)]
     pub tcp_keepalive: Option<TcpKeepaliveFile>,
+    /// HTTP/2 PINGs to clients: every `interval`, the connection closed
+    /// when one goes unanswered for `timeout` (default 20s). Without the
+    /// map: every 30s, 20s.
+    #[serde(default)]
+    pub http2_keepalive: Option<Http2KeepaliveFile>,
     /// Route names this listener serves, in order. Default: every route.
     #[serde(default)]
     pub routes: Option<Vec<String>>,

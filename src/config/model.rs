@@ -293,6 +293,8 @@ pub struct ListenerSpec {
     /// `serve: tcp`: where the connections go.
     pub tcp: Option<TcpProxySpec>,
     pub tcp_keepalive: Option<TcpKeepalive>,
+    /// HTTP/2 PINGs to clients.
+    pub http2_keepalive: Http2Keepalive,
 }
 
 /// TCP keepalive of a socket; None keeps the OS's value.
