@@ -823,20 +823,7 @@ fn build_listeners(
                     .as_ref()
                     .map(|k| build_tcp_keepalive(k, &format!("{p}.tcp_keepalive"), e)),
                 http2_keepalive: match &l.http2_keepalive {
-                    Some(k) => Http2Keepalive {
-                        interval: positive(
-                            Some(k.interval),
-                            k.interval,
-                            &format!("{p}.http2_keepalive.interval"),
-                            e,
-                        ),
-                        timeout: positive(
-                            k.timeout,
-                            Dur::secs(20),
-                            &format!("{p}.http2_keepalive.timeout"),
-                            e,
-                        ),
-                    },
+                    Some(k) => build_http2_keepalive(k, &p, e),
                     None => Http2Keepalive {
                         interval: Dur::secs(30),
                         timeout: Dur::secs(20),
@@ -846,6 +833,25 @@ fn build_listeners(
         }
     }
     out
+}
+
+/// `http2_keepalive` of a listener or cluster at `p`: a positive interval,
+/// and a timeout (default 20s, hyper's).
+fn build_http2_keepalive(k: &Http2KeepaliveFile, p: &str, e: &mut Errs) -> Http2Keepalive {
+    Http2Keepalive {
+        interval: positive(
+            Some(k.interval),
+            k.interval,
+            &format!("{p}.http2_keepalive.interval"),
+            e,
+        ),
+        timeout: positive(
+            k.timeout,
+            Dur::secs(20),
+            &format!("{p}.http2_keepalive.timeout"),
+            e,
+        ),
+    }
 }
 
 /// `forwarded.trusted_cidrs`: address ranges, not with `trusted_hops`.
@@ -3105,20 +3111,7 @@ fn build_clusters(
                         "needs `protocol: http2` (HTTP/1.1 has no PING)",
                     );
                 }
-                Http2Keepalive {
-                    interval: positive(
-                        Some(k.interval),
-                        k.interval,
-                        &format!("{p}.http2_keepalive.interval"),
-                        e,
-                    ),
-                    timeout: positive(
-                        k.timeout,
-                        Dur::secs(20),
-                        &format!("{p}.http2_keepalive.timeout"),
-                        e,
-                    ),
-                }
+                build_http2_keepalive(k, &p, e)
             }),
             request_timeout: positive(
                 c.request_timeout,
