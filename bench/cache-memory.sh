@@ -38,19 +38,7 @@ http { access_log off; keepalive_requests 1000000;
 NGX
 taskset -c 1 nginx -c "$d/backend.conf" -p "$d" & pids+=($!)
 
-cat > "$d/sift.yaml" <<YAML
-workers: 1
-log: { format: json, level: warn, access_log: false }
-admin: { address: "127.0.0.1:$A" }
-listeners:
-  - { name: bench, address: "127.0.0.1:$P" }
-routes:
-  - name: all
-    cluster: backend
-    cache: { max_bytes: $MAX }
-clusters:
-  - { name: backend, endpoints: ["127.0.0.1:$BE"] }
-YAML
+plain_sift_conf "$d/sift.yaml" "    cache: { max_bytes: $MAX }"
 taskset -c 0 "$SIFT" run --config "$d/sift.yaml" > "$d/sift.log" 2>&1 & SP=$!
 pids+=("$SP")
 ok=0

@@ -69,23 +69,8 @@ nginx_conf "$d/nginx.conf" "" ""
 nginx_conf "$d/nginx-c.conf" "proxy_cache_path $d/nx/cache levels=1:2 keys_zone=c:10m max_size=64m;" \
   "proxy_cache c; proxy_cache_lock on; add_header X-Cache-Status \$upstream_cache_status;"
 
-sift_conf() { # $1 file, $2 route extras
-  cat > "$1" <<YAML
-workers: 1
-log: { format: json, level: warn, access_log: false }
-admin: { address: "127.0.0.1:$A" }
-listeners:
-  - { name: bench, address: "127.0.0.1:$P" }
-routes:
-  - name: all
-    cluster: backend
-$2
-clusters:
-  - { name: backend, endpoints: ["127.0.0.1:$BE"] }
-YAML
-}
-sift_conf "$d/sift.yaml" ""
-sift_conf "$d/sift-c.yaml" "    cache: {}"
+plain_sift_conf "$d/sift.yaml" ""
+plain_sift_conf "$d/sift-c.yaml" "    cache: {}"
 
 URL="http://127.0.0.1:$P/data.json"
 start() { # as proxy_start, with nginx's cache emptied first

@@ -102,6 +102,25 @@ sift_conf() {
   } > "$1"
 }
 
+# sift with one worker and one plain listener on port $P (admin on $A)
+# whose one route `all` goes to the backend on port $BE, with YAML lines
+# $2 added to the route (indented four spaces; may be empty): config in $1.
+plain_sift_conf() {
+  cat > "$1" <<YAML
+workers: 1
+log: { format: json, level: warn, access_log: false }
+admin: { address: "127.0.0.1:$A" }
+listeners:
+  - { name: bench, address: "127.0.0.1:$P" }
+routes:
+  - name: all
+    cluster: backend
+$2
+clusters:
+  - { name: backend, endpoints: ["127.0.0.1:$BE"] }
+YAML
+}
+
 # 2 KB of real SMS text from the SMS Spam Collection at $1: spam and ham
 # lines alternating, cut at 2048 bytes, on stdout.
 sms_body() {

@@ -88,26 +88,11 @@ else
   nginx_conf "$d/nginx-c.conf" "gzip on; gzip_comp_level $LEVEL; gzip_types application/json; gzip_proxied any;"
 fi
 
-sift_conf() { # $1 file, $2 route extras
-  cat > "$1" <<YAML
-workers: 1
-log: { format: json, level: warn, access_log: false }
-admin: { address: "127.0.0.1:$A" }
-listeners:
-  - { name: bench, address: "127.0.0.1:$P" }
-routes:
-  - name: all
-    cluster: backend
-$2
-clusters:
-  - { name: backend, endpoints: ["127.0.0.1:$BE"] }
-YAML
-}
-sift_conf "$d/sift.yaml" ""
+plain_sift_conf "$d/sift.yaml" ""
 if [ "$CODING" = br ]; then
-  sift_conf "$d/sift-c.yaml" "    compression: { algorithms: [br], brotli_quality: $LEVEL, content_types: [application/json] }"
+  plain_sift_conf "$d/sift-c.yaml" "    compression: { algorithms: [br], brotli_quality: $LEVEL, content_types: [application/json] }"
 else
-  sift_conf "$d/sift-c.yaml" "    compression: { level: $LEVEL, content_types: [application/json] }"
+  plain_sift_conf "$d/sift-c.yaml" "    compression: { level: $LEVEL, content_types: [application/json] }"
 fi
 AE="Accept-Encoding: $CODING"
 
