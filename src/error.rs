@@ -75,6 +75,8 @@ pub enum ProxyError {
     Overloaded { route: String, limit: usize },
     #[error("route {route:?} is at its adaptive concurrency limit ({limit})")]
     AdaptiveOverloaded { route: String, limit: u32 },
+    #[error("overload.max_buffered_bytes ({limit} bytes) reached: {what} could not hold the body")]
+    BuffersFull { what: &'static str, limit: u64 },
     #[error("cluster {cluster:?} circuit breaker open: max {threshold} reached")]
     CircuitOpen {
         cluster: String,
@@ -313,9 +315,9 @@ impl ProxyError {
             ProxyError::RateLimited { .. } | ProxyError::RateLimitedRemote { .. } => {
                 ErrorKind::RateLimited
             }
-            ProxyError::Overloaded { .. } | ProxyError::AdaptiveOverloaded { .. } => {
-                ErrorKind::Overloaded
-            }
+            ProxyError::Overloaded { .. }
+            | ProxyError::AdaptiveOverloaded { .. }
+            | ProxyError::BuffersFull { .. } => ErrorKind::Overloaded,
             ProxyError::CircuitOpen { .. } => ErrorKind::CircuitOpen,
             ProxyError::IdentityDenied { .. } => ErrorKind::IdentityDenied,
             ProxyError::SourceDenied { .. } => ErrorKind::SourceDenied,
@@ -403,9 +405,9 @@ impl ProxyError {
             | ProxyError::RateLimitedRemote { policy, .. } => {
                 format!("rate limit {policy} exceeded")
             }
-            ProxyError::Overloaded { .. } | ProxyError::AdaptiveOverloaded { .. } => {
-                "overloaded, retry later".into()
-            }
+            ProxyError::Overloaded { .. }
+            | ProxyError::AdaptiveOverloaded { .. }
+            | ProxyError::BuffersFull { .. } => "overloaded, retry later".into(),
             ProxyError::CircuitOpen { .. } => "upstream circuit open, retry later".into(),
             ProxyError::IdentityDenied { .. } => "caller identity not allowed on this route".into(),
             ProxyError::SourceDenied { .. } => "client address not allowed on this route".into(),

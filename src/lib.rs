@@ -23,6 +23,7 @@ pub mod admin;
 pub mod app;
 pub mod basic_auth;
 pub mod body;
+pub mod budget;
 pub mod cache;
 pub mod canary;
 pub mod cilog;

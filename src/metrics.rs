@@ -21,6 +21,10 @@ pub struct Metrics {
     pub listener_client_overflow: IntCounterVec,
     pub downstream_protocol_errors: IntCounterVec,
     pub active_requests: IntGauge,
+    /// `sift_buffered_request_bytes`.
+    pub buffered_request_bytes: IntGauge,
+    /// `sift_buffer_denied_total{use}`.
+    pub buffer_denied: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub config_last_reload_success: IntGauge,
     pub upgrades: IntCounterVec,
@@ -275,6 +279,19 @@ impl Metrics {
                 "Downstream connections that ended in an HTTP protocol error (unparseable request, header read timeout, oversized head answered by the HTTP codec), by listener.",
             ),
             &["listener"],
+        )
+        .expect("valid metric");
+        let buffered_request_bytes = IntGauge::new(
+            "sift_buffered_request_bytes",
+            "Request body bytes held in memory now (for filters, external authorization, retries and mirror copies), against overload.max_buffered_bytes.",
+        )
+        .expect("valid metric");
+        let buffer_denied = IntCounterVec::new(
+            Opts::new(
+                "sift_buffer_denied_total",
+                "Holds of a request body refused because overload.max_buffered_bytes was reached, by use: filter (the filters' on_overload decided), spool (written to disk sooner), external_auth (503 buffers-full), retry (streamed without replay), mirror (copy skipped).",
+            ),
+            &["use"],
         )
         .expect("valid metric");
         let active_requests = IntGauge::new(
@@ -770,6 +787,8 @@ impl Metrics {
             Box::new(listener_client_overflow.clone()),
             Box::new(downstream_protocol_errors.clone()),
             Box::new(active_requests.clone()),
+            Box::new(buffered_request_bytes.clone()),
+            Box::new(buffer_denied.clone()),
             Box::new(config_reloads.clone()),
             Box::new(config_last_reload_success.clone()),
             Box::new(upgrades.clone()),
@@ -799,6 +818,8 @@ impl Metrics {
             listener_client_overflow,
             downstream_protocol_errors,
             active_requests,
+            buffered_request_bytes,
+            buffer_denied,
             config_reloads,
             config_last_reload_success,
             upgrades,

@@ -111,6 +111,9 @@ pub struct Job {
     pub clock: crate::clock::Clock,
     /// One of the mirror cluster's max_requests, held to the end.
     pub slot: RequestSlot,
+    /// The copy's bytes in `overload.max_buffered_bytes`, shared by the
+    /// request's copies and given back when the last one ends.
+    pub held: Option<Arc<crate::budget::Reservation>>,
 }
 
 /// `host[:port]` with `-shadow` after the host name, as Envoy does
@@ -389,6 +392,11 @@ pub struct Started {
 /// Sample, check and start the mirrors of one request. `known` is the
 /// body when it is already whole, `declared` its Content-Length. The head
 /// is made once, and only when some mirror is sampled.
+///
+/// A copy taken from a streamed body is held in memory up to the largest
+/// `max_body` (or the declared length, if smaller): taken from `res`
+/// (`overload.max_buffered_bytes`); a mirror it cannot hold is skipped,
+/// counted as `dropped_overload`.
 pub fn start(
     mirrors: &[Mirror],
     request_hash: u64,
@@ -396,6 +404,7 @@ pub fn start(
     known: Option<&Bytes>,
     declared: Option<u64>,
     clock: crate::clock::Clock,
+    mut res: crate::budget::Reservation,
 ) -> Started {
     let mut started = Started {
         txs: Vec::new(),
@@ -404,6 +413,7 @@ pub fn start(
     };
     let mut head = Some(head);
     let mut shared: Option<Arc<Head>> = None;
+    let mut jobs = Vec::new();
     for m in mirrors {
         if !m.spec.sampled(request_hash) {
             continue;
@@ -412,6 +422,14 @@ pub fn start(
         if len.is_some_and(|l| l > m.spec.max_body) {
             m.counters.too_large.inc();
             continue;
+        }
+        if known.is_none() {
+            let need = declared.map_or(m.spec.max_body, |d| d.min(m.spec.max_body));
+            if !res.grow(need.saturating_sub(res.bytes())) {
+                res.budget().deny(crate::budget::Use::Mirror);
+                m.counters.overload.inc();
+                continue;
+            }
         }
         let Ok(slot) = m.cluster.request_slot() else {
             m.counters.overload.inc();
@@ -440,8 +458,16 @@ pub fn start(
             host_suffix: m.spec.host_suffix,
             clock,
             slot,
+            held: None,
         };
         started.count += 1;
+        jobs.push(job);
+    }
+    let held = (res.bytes() > 0).then(|| Arc::new(res));
+    for mut job in jobs {
+        if matches!(job.body, Source::Copy(_)) {
+            job.held = held.clone();
+        }
         tokio::spawn(job.run());
     }
     started

@@ -474,17 +474,7 @@ pub async fn handle(
         cache: None,
     };
     let mut request_id = None;
-    let mut resp = match proxy(
-        &snap,
-        &shared.clock,
-        &shared.filter_pool,
-        &conn,
-        req,
-        &mut out,
-        &mut request_id,
-    )
-    .await
-    {
+    let mut resp = match proxy(&snap, &shared, &conn, req, &mut out, &mut request_id).await {
         Ok(resp) => resp,
         Err(e) => {
             let route = out.route_index.and_then(|i| snap.routes.get(i));
@@ -541,13 +531,24 @@ pub async fn handle(
 
 async fn proxy(
     snap: &Snapshot,
-    clock: &crate::clock::Clock,
-    pool: &Arc<crate::filter::pool::Pool>,
+    shared: &Shared,
     conn: &Arc<ConnInfo>,
     mut req: Request<Lingering>,
     out: &mut Outcome,
     rid: &mut Option<HeaderValue>,
 ) -> Result<Response<Body>, ProxyError> {
+    let clock = &shared.clock;
+    let pool = &shared.filter_pool;
+    // The request body bytes this request holds in memory (filters,
+    // external authorization, retries), within overload.max_buffered_bytes
+    // across every request; given back when the answer's head is here.
+    // (Made at the first hold: a request that holds nothing pays nothing.)
+    let mut buffered: Option<crate::budget::Reservation> = None;
+    let budget = || {
+        shared
+            .budget
+            .reservation(snap.config.overload.max_buffered_bytes)
+    };
     let listener = snap
         .listener(conn.listener_index)
         .ok_or_else(|| ProxyError::Internal(format!("listener {} has no config", conn.listener)))?;
@@ -738,12 +739,21 @@ async fn proxy(
             .map(|f| f.spec.usage.max_inspect_bytes)
             .fold(w.max_request_bytes, u64::max);
         drop(host);
+        let res = buffered.get_or_insert_with(budget);
         let h = Box::pin(crate::filter::chain::hold(
             req.body_mut(),
             cap,
             route.spec.max_request_body.0,
+            res,
         ))
         .await?;
+        if h.starved {
+            shared.budget.deny(crate::budget::Use::ExternalAuth);
+            return Err(ProxyError::BuffersFull {
+                what: "external authorization",
+                limit: snap.config.overload.max_buffered_bytes.unwrap_or(u64::MAX),
+            });
+        }
         let partial = !h.complete || h.data.len() as u64 > w.max_request_bytes;
         if partial && !w.allow_partial_message {
             return Err(ProxyError::BodyTooLarge {
@@ -960,6 +970,7 @@ async fn proxy(
                 req.body_mut(),
                 &held_filters,
                 limit,
+                buffered.get_or_insert_with(budget),
             ))
             .await
             .map(|(d, s)| {
@@ -970,7 +981,16 @@ async fn proxy(
             let h = match held.take() {
                 // Held already for the external auth check.
                 Some(h) => Ok(h),
-                None => Box::pin(crate::filter::chain::hold(req.body_mut(), cap, limit)).await,
+                None => {
+                    let res = buffered.get_or_insert_with(budget);
+                    let h =
+                        Box::pin(crate::filter::chain::hold(req.body_mut(), cap, limit, res)).await;
+                    if h.as_ref().is_ok_and(|h| h.starved) {
+                        // The filters' on_overload decides (run_held).
+                        shared.budget.deny(crate::budget::Use::Filter);
+                    }
+                    h
+                }
             };
             match h {
                 Ok(h) => {
@@ -1323,7 +1343,19 @@ async fn proxy(
         }
     } else if incoming.is_end_stream() {
         Plan::Replay(bytes::Bytes::new())
-    } else if let Some(r) = retry.filter(|r| declared.is_some_and(|len| len <= r.buffer_limit)) {
+    } else if let Some(r) = retry.filter(|r| {
+        declared.is_some_and(|len| {
+            len <= r.buffer_limit && {
+                // Held for replay only within overload.max_buffered_bytes;
+                // else it streams (not replayable).
+                let ok = buffered.get_or_insert_with(budget).grow(len);
+                if !ok {
+                    shared.budget.deny(crate::budget::Use::Retry);
+                }
+                ok
+            }
+        })
+    }) {
         let collected = Box::pin(
             Limited::new(
                 incoming,
@@ -1435,6 +1467,7 @@ async fn proxy(
             known,
             declared,
             *clock,
+            budget(),
         );
         if !started.txs.is_empty() {
             if let Plan::Stream(b) = &mut body {

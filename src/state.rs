@@ -23,6 +23,9 @@ pub struct Shared {
     pub clock: crate::clock::Clock,
     /// The threads that run body filters (sized at start).
     pub filter_pool: Arc<crate::filter::pool::Pool>,
+    /// Request body bytes held in memory, across every request
+    /// (`overload.max_buffered_bytes`).
+    pub budget: Arc<crate::budget::Budget>,
     /// The span exporter when `tracing` is configured (built at start).
     pub tracer: Option<Arc<crate::trace::Exporter>>,
     /// Set once a successor took the listening sockets over (binary
@@ -50,8 +53,13 @@ impl Shared {
             .tracing
             .clone()
             .map(|t| Arc::new(crate::trace::Exporter::new(t, metrics.trace_spans.clone())));
+        let budget = crate::budget::Budget::new(
+            metrics.buffered_request_bytes.clone(),
+            metrics.buffer_denied.clone(),
+        );
         Arc::new(Shared {
             filter_pool,
+            budget,
             tracer,
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,

@@ -518,3 +518,53 @@ clusters: [{{ name: c, endpoints: ["127.0.0.1:1"], {cluster} }}]
     let h = ok.clusters[0].http2_keepalive.unwrap();
     assert_eq!((h.interval.0.as_secs(), h.timeout.0.as_secs()), (30, 20));
 }
+
+/// `overload.max_buffered_bytes`: `auto` (the default) resolves at load to
+/// a bound from the machine (half the cgroup's memory limit, else a
+/// quarter of its memory), a size is taken as given, `0` is no limit, and
+/// anything else is an error naming the key.
+#[test]
+fn overload_max_buffered_bytes_is_resolved_and_checked() {
+    let cfg = |top: &str| {
+        format!(
+            r#"{top}
+listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+routes: [{{ name: r, cluster: c }}]
+clusters: [{{ name: c, endpoints: ["127.0.0.1:1"] }}]
+"#
+        )
+    };
+    let limit = |top: &str| {
+        sift::config::load_str(&cfg(top))
+            .unwrap()
+            .overload
+            .max_buffered_bytes
+    };
+    let auto = sift::budget::auto_limit();
+    assert!(auto >= 1 << 20, "{auto}");
+    assert_eq!(limit(""), Some(auto));
+    assert_eq!(limit("overload: { max_buffered_bytes: auto }"), Some(auto));
+    assert_eq!(
+        limit("overload: { max_buffered_bytes: 256MiB }"),
+        Some(256 << 20)
+    );
+    assert_eq!(
+        limit("overload: { max_buffered_bytes: 65536 }"),
+        Some(65536)
+    );
+    assert_eq!(limit("overload: { max_buffered_bytes: 0 }"), None);
+    for (bad, want) in [
+        ("overload: { max_buffered_bytes: lots }", "or `auto`"),
+        ("overload: { max_buffered_bytes: -1 }", "negative"),
+        ("overload: { max_buffred_bytes: 1MiB }", "max_buffred_bytes"),
+    ] {
+        let err = sift::config::load_str(&cfg(bad))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("overload") && err.contains(want),
+            "{bad}: {err:?}"
+        );
+    }
+}

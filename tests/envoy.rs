@@ -1673,3 +1673,35 @@ routes:
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-user"], "bob");
 }
+
+/// An HTTP ext_authz check holds the body for the route's filters within
+/// `overload.max_buffered_bytes` like the proxy: past it the check
+/// answers 503 `overloaded` (Envoy relays it to the client), never an
+/// unread verdict; a body that fits is judged as usual.
+#[tokio::test(flavor = "multi_thread")]
+async fn ext_authz_http_holds_bodies_within_max_buffered_bytes() {
+    let (_, ham) = examples();
+    let sift = Sift::start(&format!(
+        "overload: {{ max_buffered_bytes: 1KiB }}\n{CONFIG}"
+    ));
+    let post = |body: String| {
+        http::Request::post(format!("http://{}/submit", sift.listeners["authz"]))
+            .header("host", "app.example")
+            .header("content-type", "text/plain")
+            .body(full(body))
+            .unwrap()
+    };
+    let r = send(post(ham.clone())).await;
+    assert_eq!(r.status(), 200);
+    let long = format!("{ham} ").repeat(2048 / ham.len() + 1);
+    assert!(long.len() > 2048 && long.len() < 4096, "{}", long.len());
+    let r = send(post(long)).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["x-sift-error"], "overloaded");
+    assert_eq!(
+        sift.metric(r#"sift_buffer_denied_total{use="filter"}"#)
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(sift.metric("sift_buffered_request_bytes").await, Some(0.0));
+}

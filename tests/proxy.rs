@@ -4624,3 +4624,167 @@ async fn http2_clients_that_vanish_are_found_by_ping() {
         drop(client);
     }
 }
+
+/// `overload.max_buffered_bytes` bounds the request body bytes sift holds
+/// in memory across every request (Envoy's overload manager has the same
+/// aim: a flood of large bodies must not end in the OOM killer). One slow
+/// upload held for a filter takes most of a 64 KiB budget; while it
+/// holds, each other way of holding a body gives way as documented, and
+/// no body is cut: a fail-closed filter answers 503, a fail-open one
+/// forwards the body whole unclassified, a spooling route writes to disk
+/// sooner and still classifies, a retryable body streams without replay,
+/// a mirror copy is skipped, an external check with the body is refused.
+/// Once the upload ends its bytes come back and holding works again.
+#[tokio::test(flavor = "multi_thread")]
+async fn held_bodies_stay_within_max_buffered_bytes() {
+    let up = Upstream::echo("app").await;
+    let a = up.addr;
+    let sift = Sift::start(&format!(
+        r#"log: {{ format: json, level: info }}
+admin: {{ address: "127.0.0.1:0" }}
+overload: {{ max_buffered_bytes: 64KiB }}
+listeners:
+  - name: main
+    address: "127.0.0.1:0"
+filters:
+  - name: spam
+    kind: spam
+routes:
+  - name: open
+    match: {{ path: {{ prefix: /open }} }}
+    cluster: app
+    filters: [ {{ filter: spam, mode: annotate, max_inspect_bytes: 48KiB, on_overload: fail_open }} ]
+  - name: closed
+    match: {{ path: {{ prefix: /closed }} }}
+    cluster: app
+    filters: [ {{ filter: spam, mode: block, max_inspect_bytes: 48KiB, on_overload: fail_closed }} ]
+  - name: spooled
+    match: {{ path: {{ prefix: /spooled }} }}
+    cluster: app
+    filters: [ {{ filter: spam, mode: annotate, max_inspect_bytes: 48KiB, on_oversize: spool }} ]
+  - name: retried
+    match: {{ path: {{ prefix: /retried }} }}
+    cluster: app
+    retries: {{ attempts: 2, non_idempotent: true }}
+  - name: authed
+    match: {{ path: {{ prefix: /authed }} }}
+    cluster: app
+    external_auth: {{ cluster: app, path: /check, method: POST, with_request_body: {{ max_request_bytes: 40KiB }} }}
+  - name: mirrored
+    match: {{ path: {{ prefix: /mirrored }} }}
+    cluster: app
+    mirror: [ {{ cluster: app }} ]
+clusters:
+  - name: app
+    endpoints: ["{a}"]
+"#
+    ));
+    let text = |n: usize| {
+        let mut t = b"hello there, ".repeat(n / 13 + 1);
+        t.truncate(n);
+        Bytes::from(t)
+    };
+    let post = |path: &str, body: Bytes| {
+        Request::post(sift.url(path))
+            .header("content-type", "text/plain")
+            .body(body::full(body))
+            .unwrap()
+    };
+    let buffered = || async { sift.metric("sift_buffered_request_bytes").await };
+    let sift = &sift;
+    let denied = |u: &str| {
+        let name = format!(r#"sift_buffer_denied_total{{use="{u}"}}"#);
+        async move { sift.metric(&name).await }
+    };
+
+    // Nothing held: a 30 KiB body is held and classified as usual.
+    let r = send(post("/closed", text(30 << 10))).await;
+    assert_eq!(r.status(), 200, "{:?}", r.body());
+    assert_eq!(buffered().await, Some(0.0));
+
+    // The hog: 40 KiB of a body held for a filter that wants 48 KiB.
+    let (tx, b) = channel_body(16);
+    let hog = Request::post(sift.url("/open"))
+        .header("content-type", "text/plain")
+        .body(b)
+        .unwrap();
+    let hog = tokio::spawn(send(hog));
+    for _ in 0..10 {
+        tx.send(text(4096)).await.unwrap();
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            buffered().await == Some(40960.0)
+        })
+        .await,
+        "held: {:?}",
+        buffered().await
+    );
+    let seen = || up.requests.load(std::sync::atomic::Ordering::SeqCst);
+    let before = seen();
+
+    // Block filter, fail_closed: 503, the upstream never sees it.
+    let r = send(post("/closed", text(30 << 10))).await;
+    assert_eq!(r.status(), 503, "{:?}", r.body());
+    assert_eq!(r.headers()["x-sift-error"], "filter-overloaded");
+    assert_eq!(seen(), before);
+    // Annotate filter, fail_open: forwarded whole, unclassified.
+    let r = send(post("/open", text(30 << 10))).await;
+    assert_eq!(r.status(), 200, "{:?}", r.body());
+    let v = json(r.body());
+    assert_eq!(v["body_len"], 30 << 10);
+    assert!(v["headers"].get("x-sift-spam-verdict").is_none(), "{v}");
+    assert_eq!(denied("filter").await, Some(2.0));
+    // Spooling filter: the rest goes to disk, the body is still classified.
+    let r = send(post("/spooled", text(30 << 10))).await;
+    assert_eq!(r.status(), 200, "{:?}", r.body());
+    let v = json(r.body());
+    assert_eq!(v["body_len"], 30 << 10);
+    assert_eq!(v["headers"]["x-sift-spam-verdict"][0], "ham", "{v}");
+    assert_eq!(denied("spool").await, Some(1.0));
+    // Retries: the body streams, not held for replay.
+    let r = send(post("/retried", text(30 << 10))).await;
+    assert_eq!(r.status(), 200, "{:?}", r.body());
+    assert_eq!(json(r.body())["body_len"], 30 << 10);
+    assert_eq!(denied("retry").await, Some(1.0));
+    // An external check that reads the body: 503, nothing forwarded.
+    let before = seen();
+    let r = send(post("/authed", text(30 << 10))).await;
+    assert_eq!(r.status(), 503, "{:?}", r.body());
+    assert_eq!(r.headers()["x-sift-error"], "overloaded");
+    assert_eq!(seen(), before);
+    assert_eq!(denied("external_auth").await, Some(1.0));
+    // A mirror copy of a streamed body is skipped; the primary is served.
+    let r = send(post("/mirrored", text(30 << 10))).await;
+    assert_eq!(r.status(), 200, "{:?}", r.body());
+    assert_eq!(json(r.body())["body_len"], 30 << 10);
+    assert_eq!(denied("mirror").await, Some(1.0));
+    assert_eq!(
+        sift.metric(r#"sift_mirror_requests_total{route="mirrored",cluster="app",result="dropped_overload"}"#)
+            .await,
+        Some(1.0)
+    );
+    // Still only the hog's bytes are held.
+    assert_eq!(buffered().await, Some(40960.0));
+
+    // The hog ends: forwarded whole and classified; its bytes come back.
+    tx.send(text(4096)).await.unwrap();
+    drop(tx);
+    let r = hog.await.unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.body());
+    let v = json(r.body());
+    assert_eq!(v["body_len"], 11 * 4096);
+    assert_eq!(v["headers"]["x-sift-spam-verdict"][0], "ham", "{v}");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            buffered().await == Some(0.0)
+        })
+        .await
+    );
+    for path in ["/closed", "/authed", "/retried"] {
+        let r = send(post(path, text(30 << 10))).await;
+        assert_eq!(r.status(), 200, "{path}: {:?}", r.body());
+    }
+    assert_eq!(denied("filter").await, Some(2.0));
+    assert_eq!(buffered().await, Some(0.0));
+}

@@ -122,6 +122,14 @@ pub fn build(f: &FileConfig) -> Result<Config, Vec<ConfigError>> {
         },
         queue: fp.queue.unwrap_or(1024).min(1 << 20),
     };
+    let overload = OverloadSpec {
+        max_buffered_bytes: match f.overload.as_ref().and_then(|o| o.max_buffered_bytes) {
+            None | Some(crate::config::file::BufferLimit::Auto) => {
+                Some(crate::budget::auto_limit())
+            }
+            Some(crate::config::file::BufferLimit::Size(b)) => (b.0 > 0).then_some(b.0),
+        },
+    };
     let listeners = build_listeners(&f.listeners, &routes, &clusters, &mut e);
     let tracing = f.tracing.as_ref().map(|t| build_tracing(t, &mut e));
     let redis = f.redis.as_ref().map(|r| build_redis(r, &mut e));
@@ -193,6 +201,7 @@ pub fn build(f: &FileConfig) -> Result<Config, Vec<ConfigError>> {
             local_replies,
             rate_limit_service,
             upgrade,
+            overload,
         }),
         _ => Err(e.0),
     }

@@ -71,6 +71,81 @@ pub struct FileConfig {
     /// started with `sift run --upgrade`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade: Option<UpgradeFile>,
+    /// Bounds on what a flood of requests may make sift hold in memory
+    /// (Envoy's overload manager).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overload: Option<OverloadFile>,
+}
+
+/// The top-level `overload`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OverloadFile {
+    /// Most request body bytes held in memory at once, across every
+    /// connection: for filters, external authorization with the body,
+    /// retries and mirror copies. `auto` (default): half the memory limit
+    /// of sift's cgroup, else a quarter of the machine's memory; `0`: no
+    /// limit.
+    #[serde(default)]
+    pub max_buffered_bytes: Option<BufferLimit>,
+}
+
+/// `auto` or a size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BufferLimit {
+    Auto,
+    Size(Bytes),
+}
+
+impl Serialize for BufferLimit {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            BufferLimit::Auto => s.serialize_str("auto"),
+            BufferLimit::Size(b) => b.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for BufferLimit {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = BufferLimit;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("`auto` or a size in bytes, e.g. \"256MiB\" (0: no limit)")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<BufferLimit, E> {
+                if v == "auto" {
+                    return Ok(BufferLimit::Auto);
+                }
+                super::units::parse_bytes(v)
+                    .map(|n| BufferLimit::Size(Bytes(n)))
+                    .map_err(|e| E::custom(format!("{e}, or `auto`")))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<BufferLimit, E> {
+                Ok(BufferLimit::Size(Bytes(v)))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<BufferLimit, E> {
+                u64::try_from(v)
+                    .map(|n| BufferLimit::Size(Bytes(n)))
+                    .map_err(|_| E::custom("a size cannot be negative"))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl JsonSchema for BufferLimit {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "BufferLimit".into()
+    }
+    fn json_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let size = g.subschema_for::<Bytes>();
+        schemars::json_schema!({
+            "anyOf": [ { "const": "auto" }, size ],
+            "description": "`auto` (half the cgroup memory limit, else a quarter of the machine's memory), or a size in bytes (0: no limit)."
+        })
+    }
 }
 
 /// The top-level `upgrade`.

@@ -152,11 +152,12 @@ pub fn parse(text: &str) -> Result<(FileConfig, Node), ConfigErrors> {
             "local_replies" => out.local_replies = Some(one(value, k, &mut errs)),
             "rate_limit_service" => out.rate_limit_service = Some(one(value, k, &mut errs)),
             "upgrade" => out.upgrade = Some(one(value, k, &mut errs)),
+            "overload" => out.overload = Some(one(value, k, &mut errs)),
             _ => errs.push(ConfigError {
                 path: k.to_string(),
                 line,
                 message: format!(
-                    "unknown key {k:?}; expected one of workers, log, admin, reload, shutdown, listeners, routes, clusters, filters, filter_pool, tracing, jwt_providers, redis, dns, local_replies, rate_limit_service, upgrade"
+                    "unknown key {k:?}; expected one of workers, log, admin, reload, shutdown, listeners, routes, clusters, filters, filter_pool, tracing, jwt_providers, redis, dns, local_replies, rate_limit_service, upgrade, overload"
                 ),
             }),
         }

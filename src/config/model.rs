@@ -40,6 +40,16 @@ pub struct Config {
     pub rate_limit_service: Option<crate::policy::rls::RlsSpec>,
     /// The top-level `upgrade`.
     pub upgrade: Option<UpgradeConfig>,
+    /// The top-level `overload`.
+    pub overload: OverloadSpec,
+}
+
+/// The top-level `overload`, resolved.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct OverloadSpec {
+    /// Held request body bytes at most (`auto` resolved at load); None:
+    /// no limit.
+    pub max_buffered_bytes: Option<u64>,
 }
 
 /// A route's validated `basic_auth`.

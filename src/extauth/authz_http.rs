@@ -12,6 +12,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
 
+use crate::error::ProxyError;
 use crate::proxy::ConnInfo;
 use crate::state::Shared;
 
@@ -56,15 +57,26 @@ pub async fn serve(
                 } else {
                     head.inspect_cap
                 };
-                match crate::filter::chain::hold(&mut body, cap, head.body_limit).await {
-                    Ok(h) => Ok((h.data, h.complete && !partial)),
+                let limit = snap.config.overload.max_buffered_bytes;
+                let mut res = shared.budget.reservation(limit);
+                match crate::filter::chain::hold(&mut body, cap, head.body_limit, &mut res).await {
+                    Ok(h) if h.starved => {
+                        shared.budget.deny(crate::budget::Use::Filter);
+                        let e = ProxyError::BuffersFull {
+                            what: "the filters",
+                            limit: limit.unwrap_or(u64::MAX),
+                        };
+                        Err(super::deny_error(&shared, e, grpc, head.route))
+                    }
+                    // Held to the end of the check.
+                    Ok(h) => Ok((h.data, h.complete && !partial, res)),
                     Err(e) => Err(super::deny_error(&shared, e, grpc, head.route)),
                 }
             } else {
-                Ok((Bytes::new(), true))
+                Ok((Bytes::new(), true, shared.budget.reservation(None)))
             };
             match data {
-                Ok((data, complete)) => {
+                Ok((data, complete, _held)) => {
                     super::admit_body(&shared, head, data, complete, grpc).await
                 }
                 Err(d) => Err(d),

@@ -370,6 +370,7 @@ async fn body_phase(
             data: body.clone(),
             complete,
             trailers: None,
+            starved: false,
         };
         let d = crate::filter::chain::run_held(
             &shared.filter_pool,

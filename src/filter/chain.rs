@@ -32,11 +32,20 @@ pub struct Held {
     /// The body ended within what was read.
     pub complete: bool,
     pub trailers: Option<HeaderMap>,
+    /// Holding stopped early: `overload.max_buffered_bytes` was reached
+    /// (what was read is here; the rest is still the client's stream).
+    pub starved: bool,
 }
 
 /// Read up to just past `cap` bytes of `body` (the whole body if it is no
-/// longer). `route_limit` is the route's max_request_body.
-pub async fn hold<B>(body: &mut B, cap: u64, route_limit: u64) -> Result<Held, ProxyError>
+/// longer), each byte held taken from `res` (when it has no more, holding
+/// stops: `starved`). `route_limit` is the route's max_request_body.
+pub async fn hold<B>(
+    body: &mut B,
+    cap: u64,
+    route_limit: u64,
+    res: &mut crate::budget::Reservation,
+) -> Result<Held, ProxyError>
 where
     B: HttpBody<Data = Bytes> + Unpin,
     B::Error: Into<crate::body::BoxError>,
@@ -63,6 +72,9 @@ where
                     if (len + d.len()) as u64 > route_limit {
                         return Err(ProxyError::BodyTooLarge { limit: route_limit });
                     }
+                    // The frame is read either way (it is kept and
+                    // forwarded); a starved hold reads no more.
+                    let starved = !res.grow(d.len() as u64);
                     if len == 0 && first.is_none() {
                         first = Some(d);
                     } else {
@@ -70,6 +82,10 @@ where
                             buf.extend_from_slice(&f);
                         }
                         buf.extend_from_slice(&d);
+                    }
+                    if starved {
+                        held.starved = true;
+                        break;
                     }
                 }
                 Err(frame) => {
@@ -122,6 +138,13 @@ pub async fn run_held(
         let Some(insp) = start(f.as_ref(), info, &rf.spec.usage, metrics, &mut d.summary)? else {
             continue;
         };
+        if held.starved {
+            // No memory left to hold the body (overload.max_buffered_bytes):
+            // as a saturated pool, the filter's on_overload decides.
+            let (result, took) = refused(rf, metrics)?;
+            apply(&mut d, metrics, route, rf, result, took)?;
+            continue;
+        }
         let data = held.data.clone();
         let truncated = !held.complete;
         let run = move || {
@@ -255,6 +278,11 @@ pub struct Spilled {
 /// A saturated pool is each filter's `on_overload`;
 /// when every filter is gone (fail-open), the body is forwarded as held so
 /// far plus the rest of the stream, unclassified.
+///
+/// The part held in memory is taken from `res`; when the budget
+/// (`overload.max_buffered_bytes`) has no more, the rest goes to the spool
+/// file at once.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_spooled<B>(
     pool: &Pool,
     metrics: &FilterMetrics,
@@ -263,6 +291,7 @@ pub async fn run_spooled<B>(
     body: &mut B,
     filters: &[&RouteFilter],
     route_limit: u64,
+    res: &mut crate::budget::Reservation,
 ) -> Result<(Decision, Spilled), ProxyError>
 where
     B: HttpBody<Data = Bytes> + Unpin,
@@ -286,7 +315,7 @@ where
         };
         return Ok((d, held));
     }
-    let cap = filters
+    let mut cap = filters
         .iter()
         .map(|f| f.spec.usage.max_inspect_bytes)
         .max()
@@ -315,7 +344,13 @@ where
                     }
                     batch_len += d.len();
                     batch.push(d.clone());
-                    let room = (cap - in_memory) as usize;
+                    let mut room = (cap - in_memory) as usize;
+                    if room > 0 && !res.grow(d.len().min(room) as u64) {
+                        // No memory left for it: spooled from here on.
+                        res.budget().deny(crate::budget::Use::Spool);
+                        cap = in_memory;
+                        room = 0;
+                    }
                     if d.len() <= room {
                         in_memory += d.len() as u64;
                         held.head.push(d);
