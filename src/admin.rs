@@ -49,6 +49,7 @@ sift admin endpoints:
   GET  /readyz                     readiness: 503 while starting, draining or set to fail
   POST /healthcheck/fail           make /readyz fail while sift keeps serving (before maintenance)
   POST /healthcheck/ok             undo /healthcheck/fail
+  POST /quitquitquit               stop as on SIGTERM: not ready, shutdown.delay, drain, exit 0 (also /shutdown)
   GET  /metrics                    Prometheus text format
   GET  /config                     the running config (secrets redacted) and its generation
   GET  /clusters                   clusters and endpoints: health, ejection, requests in flight
@@ -311,6 +312,14 @@ async fn route(
             tracing::warn!("readiness set to fail by POST /healthcheck/fail; still serving");
             text(StatusCode::OK, "readiness now fails; still serving\n")
         }
+        // Envoy's /quitquitquit, linkerd's /shutdown: stop as on SIGTERM
+        // (not ready, shutdown.delay, drain), e.g. when a Job's main
+        // container is done and its sidecar must end too.
+        (&Method::POST, "/quitquitquit" | "/shutdown") => {
+            tracing::warn!(path = %path, "stop asked for on the admin API");
+            shared.request_quit();
+            text(StatusCode::OK, "stopping: not ready, draining\n")
+        }
         (&Method::POST, "/healthcheck/ok") => {
             shared.failing.store(false, Ordering::Release);
             tracing::info!("readiness restored by POST /healthcheck/ok");
@@ -319,7 +328,8 @@ async fn route(
         (
             _,
             "/" | "/healthz" | "/readyz" | "/metrics" | "/config" | "/clusters" | "/reload"
-            | "/healthcheck/fail" | "/healthcheck/ok" | "/logging" | "/cache" | "/cache/purge",
+            | "/healthcheck/fail" | "/healthcheck/ok" | "/logging" | "/cache" | "/cache/purge"
+            | "/quitquitquit" | "/shutdown",
         ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         _ => text(StatusCode::NOT_FOUND, &format!("not found\n{INDEX}")),
     }

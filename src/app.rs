@@ -217,6 +217,7 @@ async fn serve(opts: Options, text: Arc<str>, config: config::Config) -> Result<
     let mut signals = Signals::new()?;
     let which = tokio::select! {
         s = signals.next() => Some(s),
+        () = shared.until_quit() => Some("POST /quitquitquit"),
         () = shared.until_handed_over() => None,
     };
     shared.draining.store(true, Ordering::Release);

@@ -32,6 +32,10 @@ pub struct Shared {
     /// upgrade): the listeners and the admin API stop accepting, the
     /// connections drain, the process exits.
     pub handed_over: tokio::sync::watch::Sender<bool>,
+    /// Set by `POST /quitquitquit` (Envoy's; linkerd's `/shutdown`): the
+    /// same graceful stop as SIGTERM, for a pod whose main container
+    /// ended (a Kubernetes Job with a sidecar).
+    pub quit: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -68,6 +72,7 @@ impl Shared {
             failing: AtomicBool::new(false),
             clock,
             handed_over: tokio::sync::watch::Sender::new(false),
+            quit: tokio::sync::watch::Sender::new(false),
         })
     }
 
@@ -75,6 +80,16 @@ impl Shared {
     pub fn hand_over(&self) {
         self.draining.store(true, Ordering::Release);
         self.handed_over.send_replace(true);
+    }
+
+    /// Ask for the graceful stop SIGTERM starts (`POST /quitquitquit`).
+    pub fn request_quit(&self) {
+        self.quit.send_replace(true);
+    }
+
+    /// Resolves once a stop was asked for on the admin API.
+    pub async fn until_quit(&self) {
+        let _ = self.quit.subscribe().wait_for(|q| *q).await;
     }
 
     /// Resolves once a successor took over.

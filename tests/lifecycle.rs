@@ -970,3 +970,45 @@ async fn log_level_changes_at_run_time() {
     assert_eq!(status, 400);
     assert!(body.contains("log.format changed"), "{body}");
 }
+
+/// `POST /quitquitquit` (Envoy's; `/shutdown` as linkerd's) stops sift as
+/// SIGTERM does: readiness fails at once, a request in flight finishes,
+/// then sift exits 0 with its listeners closed. This is how a Kubernetes
+/// Job's main container ends its sidecar. A GET does nothing (405).
+#[tokio::test(flavor = "multi_thread")]
+async fn quitquitquit_stops_like_sigterm() {
+    let up = Upstream::start(|req: Request<hyper::body::Incoming>| async move {
+        if req.uri().path() == "/slow" {
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+        }
+        text_response(200, "done")
+    })
+    .await;
+    let cfg = simple_config(up.addr, "").replace(
+        "clusters:",
+        "shutdown: { delay: 200ms, drain_timeout: 10s }\nclusters:",
+    );
+    for path in ["/quitquitquit", "/shutdown"] {
+        let mut sift = Sift::start(&cfg);
+        assert_eq!(get_text(&sift.admin_url(path)).await.0, 405);
+        assert_eq!(get_text(&sift.admin_url("/readyz")).await.0, 200);
+        let url = sift.url("/slow");
+        let inflight = tokio::spawn(async move { get_text(&url).await });
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let (status, body) = post_text(&sift.admin_url(path)).await;
+        assert_eq!(status, 200, "{body}");
+        let readyz = sift.admin_url("/readyz");
+        assert!(
+            eventually(Duration::from_secs(1), || async {
+                get_text(&readyz).await == (503, "draining\n".to_string())
+            })
+            .await
+        );
+        assert_eq!(inflight.await.unwrap(), (200, "done".to_string()));
+        let code = tokio::task::block_in_place(|| sift.wait_exit(Duration::from_secs(10)));
+        assert_eq!(code.and_then(|c| c.code()), Some(0), "{path}");
+        assert!(tokio::net::TcpStream::connect(sift.addr()).await.is_err());
+        let lines = sift.lines.lock().unwrap().join("\n");
+        assert!(lines.contains("stop asked for on the admin API"), "{lines}");
+    }
+}
