@@ -10,7 +10,7 @@
 //! cannot grow stops holding: the filters' `on_overload` decides (as for a
 //! saturated pool), a spooling route writes to disk sooner, a retryable
 //! body streams without replay, a mirror copy is skipped, an external
-//! authorization check with the body gets 503 `buffers-full`; each counted
+//! authorization check with the body gets 503 `overloaded`; each counted
 //! in `sift_buffer_denied_total{use}`.
 
 use std::sync::Arc;
@@ -43,6 +43,7 @@ pub enum Use {
     ExternalAuth,
     Retry,
     Mirror,
+    Buffering,
 }
 
 impl Use {
@@ -53,6 +54,7 @@ impl Use {
             Use::ExternalAuth => "external_auth",
             Use::Retry => "retry",
             Use::Mirror => "mirror",
+            Use::Buffering => "buffering",
         }
     }
 }

@@ -289,7 +289,7 @@ impl Metrics {
         let buffer_denied = IntCounterVec::new(
             Opts::new(
                 "sift_buffer_denied_total",
-                "Holds of a request body refused because overload.max_buffered_bytes was reached, by use: filter (the filters' on_overload decided), spool (written to disk sooner), external_auth (503 buffers-full), retry (streamed without replay), mirror (copy skipped).",
+                "Holds of a request body refused because overload.max_buffered_bytes was reached, by use: filter (the filters' on_overload decided), spool (written to disk sooner), external_auth (503 overloaded), retry (streamed without replay), mirror (copy skipped), buffering (request_buffering spooled sooner).",
             ),
             &["use"],
         )

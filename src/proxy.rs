@@ -1383,6 +1383,28 @@ async fn proxy(
         ))))
     };
 
+    // Request buffering: the whole body is read before an upstream is
+    // asked (nginx's proxy_request_buffering), in memory up to in_memory
+    // (within overload.max_buffered_bytes), the rest in a spool file.
+    if let (Some(rb), true) = (&route.spec.request_buffering, upgrade.is_none()) {
+        if let Plan::Stream(b) = &mut body {
+            if let Some(inner) = b.take() {
+                let res = buffered.get_or_insert_with(budget);
+                body = match Box::pin(buffer_whole(inner, rb, res)).await {
+                    Ok(p) => p,
+                    Err(BufferError::Body(e)) => {
+                        return Err(match body_state(&state) {
+                            BodyState::TOO_LARGE => ProxyError::BodyTooLarge { limit },
+                            _ => ProxyError::client_body(&*e),
+                        });
+                    }
+                    Err(BufferError::Spool(e)) => return Err(ProxyError::Spool(e.to_string())),
+                };
+                body_awaited = true;
+            }
+        }
+    }
+
     // A gRPC-Web text body is base64: decoded as it streams.
     if let Some((crate::grpc_web::Mode::Text, _)) = &web {
         body = match body {
@@ -2865,6 +2887,109 @@ enum Plan {
     Replay(bytes::Bytes),
     /// Streamed once.
     Stream(Option<Body>),
+}
+
+enum BufferError {
+    Body(crate::body::BoxError),
+    Spool(std::io::Error),
+}
+
+/// Spooled bytes are written in batches of this many, off the network
+/// threads.
+const SPOOL_BATCH: usize = 256 * 1024;
+
+/// Read all of `body` (`routes[].request_buffering`): up to `in_memory`
+/// bytes kept in memory (each taken from `res`; when the budget has no
+/// more, the rest goes to disk), the rest written to an unlinked spool
+/// file on tokio's blocking pool. A body held whole in memory comes back
+/// replayable (retries can send it again); one with a spool file or
+/// trailers streams from the memory part, the file and the trailers.
+async fn buffer_whole(
+    mut body: Body,
+    spec: &crate::config::model::RequestBufferingSpec,
+    res: &mut crate::budget::Reservation,
+) -> Result<Plan, BufferError> {
+    let mut head: Vec<bytes::Bytes> = Vec::new();
+    let mut in_memory = 0u64;
+    let mut to_disk = false;
+    let mut pending: Vec<bytes::Bytes> = Vec::new();
+    let mut pending_len = 0usize;
+    let mut file: Option<crate::filter::spool::SpoolFile> = None;
+    let mut trailers = None;
+    loop {
+        let end = match body.frame().await {
+            None => true,
+            Some(Err(e)) => return Err(BufferError::Body(e)),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(d) => {
+                    let n = d.len() as u64;
+                    if !to_disk && in_memory + n <= spec.in_memory.0 && res.grow(n) {
+                        in_memory += n;
+                        head.push(d);
+                    } else {
+                        if !to_disk && in_memory + n <= spec.in_memory.0 {
+                            // It would have fit: the budget said no.
+                            res.budget().deny(crate::budget::Use::Buffering);
+                        }
+                        to_disk = true;
+                        pending_len += d.len();
+                        pending.push(d);
+                    }
+                    false
+                }
+                Err(frame) => {
+                    if let Ok(t) = frame.into_trailers() {
+                        trailers = Some(t);
+                    }
+                    false
+                }
+            },
+        };
+        if pending_len >= SPOOL_BATCH || (end && pending_len > 0) {
+            let chunks = std::mem::take(&mut pending);
+            pending_len = 0;
+            let dir = spec.spool_dir.clone();
+            let f = file.take();
+            let written = tokio::task::spawn_blocking(move || {
+                let mut f = match f {
+                    Some(f) => f,
+                    None => crate::filter::spool::SpoolFile::create(&dir)?,
+                };
+                f.write(&chunks).map(|()| f)
+            })
+            .await
+            .map_err(|e| BufferError::Spool(std::io::Error::other(e.to_string())))?;
+            file = Some(written.map_err(BufferError::Spool)?);
+        }
+        if end {
+            break;
+        }
+    }
+    match (file, trailers) {
+        (None, None) if head.len() <= 1 => Ok(Plan::Replay(head.pop().unwrap_or_default())),
+        (None, None) => {
+            let mut b = bytes::BytesMut::with_capacity(in_memory as usize);
+            for c in &head {
+                b.extend_from_slice(c);
+            }
+            Ok(Plan::Replay(b.freeze()))
+        }
+        (file, trailers) => {
+            let reader = file
+                .map(crate::filter::spool::SpoolFile::into_reader)
+                .transpose()
+                .map_err(BufferError::Spool)?;
+            Ok(Plan::Stream(Some(body::boxed(
+                crate::filter::spool::Spooled::<Body>::new(
+                    head,
+                    reader,
+                    Vec::new(),
+                    trailers,
+                    None,
+                ),
+            ))))
+        }
+    }
 }
 
 /// What the local rate limits decided for an admitted request, and the

@@ -568,3 +568,46 @@ clusters: [{{ name: c, endpoints: ["127.0.0.1:1"] }}]
         );
     }
 }
+
+/// `routes[].request_buffering`: defaults, and refused where it cannot
+/// mean anything (no upstream, gRPC-Web streams) or points nowhere.
+#[test]
+fn request_buffering_is_checked() {
+    let cfg = |route: &str| {
+        format!(
+            r#"listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+routes: [{{ name: r, {route} }}]
+clusters: [{{ name: c, endpoints: ["127.0.0.1:1"], protocol: http2 }}]
+"#
+        )
+    };
+    let c = sift::config::load_str(&cfg("cluster: c, request_buffering: {}")).unwrap();
+    let rb = c.routes[0].request_buffering.clone().unwrap();
+    assert_eq!(rb.in_memory.0, 64 * 1024);
+    assert_eq!(rb.spool_dir, std::env::temp_dir());
+    for (route, want) in [
+        (
+            "direct_response: { status: 200 }, request_buffering: {}",
+            "routes[0].request_buffering: holds bodies for an upstream",
+        ),
+        (
+            "cluster: c, grpc_web: true, request_buffering: {}",
+            "routes[0].request_buffering: gRPC-Web calls stream",
+        ),
+        (
+            "cluster: c, request_buffering: { spool_dir: /nonexistent/spool }",
+            "routes[0].request_buffering.spool_dir: /nonexistent/spool is not a directory",
+        ),
+        (
+            "cluster: c, request_buffering: { in_memory: 2GiB }",
+            "routes[0].request_buffering.in_memory",
+        ),
+        ("cluster: c, request_buffering: { memory: 1MiB }", "memory"),
+    ] {
+        let err = sift::config::load_str(&cfg(route))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains(want), "{route}: {err:?}");
+    }
+}

@@ -4674,6 +4674,10 @@ routes:
     match: {{ path: {{ prefix: /mirrored }} }}
     cluster: app
     mirror: [ {{ cluster: app }} ]
+  - name: buffered
+    match: {{ path: {{ prefix: /buffered }} }}
+    cluster: app
+    request_buffering: {{ in_memory: 48KiB }}
 clusters:
   - name: app
     endpoints: ["{a}"]
@@ -4764,6 +4768,11 @@ clusters:
             .await,
         Some(1.0)
     );
+    // Request buffering: what would have stayed in memory goes to disk.
+    let r = send(post("/buffered", text(30 << 10))).await;
+    assert_eq!(r.status(), 200, "{:?}", r.body());
+    assert_eq!(json(r.body())["body_len"], 30 << 10);
+    assert_eq!(denied("buffering").await, Some(1.0));
     // Still only the hog's bytes are held.
     assert_eq!(buffered().await, Some(40960.0));
 
@@ -4787,4 +4796,129 @@ clusters:
     }
     assert_eq!(denied("filter").await, Some(2.0));
     assert_eq!(buffered().await, Some(0.0));
+}
+
+/// `routes[].request_buffering` (nginx's proxy_request_buffering, Envoy's
+/// buffer filter): the upstream is asked only once the whole body is
+/// here, so a slow upload ties up sift and not the app. Small bodies stay
+/// in memory and can be retried (a chunked body could not be before);
+/// larger ones wait in an unlinked spool file and arrive byte for byte;
+/// an oversized one is a 413 the app never sees.
+#[tokio::test(flavor = "multi_thread")]
+async fn request_buffering_reads_the_whole_body_before_the_upstream() {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Instant;
+    let arrived: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let tries = Arc::new(AtomicUsize::new(0));
+    let (a2, t2) = (arrived.clone(), tries.clone());
+    let up = Upstream::start(move |req: Request<hyper::body::Incoming>| {
+        let (arrived, tries) = (a2.clone(), t2.clone());
+        async move {
+            arrived.lock().unwrap().push(Instant::now());
+            let flaky = req.uri().path().starts_with("/flaky");
+            let b = req.into_body().collect().await.unwrap().to_bytes();
+            // The first try of /flaky fails after reading the body.
+            if flaky && tries.fetch_add(1, Ordering::SeqCst) == 0 {
+                return json_response(503, &serde_json::json!({}));
+            }
+            let sum: u64 = b
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| (i as u64 + 1) * x as u64)
+                .sum();
+            json_response(200, &serde_json::json!({ "len": b.len(), "sum": sum }))
+        }
+    })
+    .await;
+    let spool = TempDir::new();
+    let a = up.addr;
+    let sift = Sift::start(&format!(
+        r#"log: {{ format: json, level: info }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners: [ {{ name: main, address: "127.0.0.1:0" }} ]
+routes:
+  - name: buffered
+    match: {{ path: {{ prefix: /up }} }}
+    cluster: app
+    max_request_body: 1MiB
+    request_buffering: {{ in_memory: 64KiB, spool_dir: "{dir}" }}
+  - name: flaky
+    match: {{ path: {{ prefix: /flaky }} }}
+    cluster: app
+    retries: {{ attempts: 2, on: ["503"], non_idempotent: true, backoff_base: 1ms }}
+    request_buffering: {{}}
+  - name: streamed
+    cluster: app
+    retries: {{ attempts: 2, on: ["503"], non_idempotent: true, backoff_base: 1ms }}
+clusters:
+  - name: app
+    endpoints: ["{a}"]
+"#,
+        dir = spool.path("").display()
+    ));
+    let expect = |b: &[u8]| {
+        let sum: u64 = b
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| (i as u64 + 1) * x as u64)
+            .sum();
+        serde_json::json!({ "len": b.len(), "sum": sum })
+    };
+    let pattern = |n: usize| -> Vec<u8> { (0..n).map(|i| (i * 7 % 251) as u8).collect() };
+    // A slow chunked upload of 300 KiB in 6 pieces over about 600 ms: the
+    // upstream hears of it only after the last piece.
+    let data = pattern(300 << 10);
+    let (tx, b) = channel_body(2);
+    let req = Request::post(sift.url("/up/slow")).body(b).unwrap();
+    let call = tokio::spawn(send(req));
+    for piece in data.chunks(50 << 10) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        tx.send(Bytes::copy_from_slice(piece)).await.unwrap();
+    }
+    let last = Instant::now();
+    drop(tx);
+    let r = call.await.unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.body());
+    assert_eq!(json(r.body()), expect(&data));
+    let at = arrived.lock().unwrap()[0];
+    assert!(at >= last, "the upstream was asked {:?} early", last - at);
+    // The spool file was unlinked at once: nothing is left behind.
+    let left: Vec<_> = std::fs::read_dir(spool.path("")).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+    // Small and whole in memory: a chunked body can be retried.
+    let small = pattern(10 << 10);
+    let (tx, b) = channel_body(2);
+    tx.send(Bytes::from(small.clone())).await.unwrap();
+    drop(tx);
+    let r = send(Request::post(sift.url("/flaky")).body(b).unwrap()).await;
+    assert_eq!(r.status(), 200, "{:?}", r.body());
+    assert_eq!(json(r.body()), expect(&small));
+    assert_eq!(tries.load(Ordering::SeqCst), 2);
+    // Without buffering the same chunked body streams once: the 503 stands.
+    tries.store(0, Ordering::SeqCst);
+    let (tx, b) = channel_body(2);
+    tx.send(Bytes::from(small.clone())).await.unwrap();
+    drop(tx);
+    let r = send(
+        Request::post(sift.url("/flaky-unbuffered"))
+            .body(b)
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status(), 503);
+    // Over max_request_body: 413, and the upstream never heard of it.
+    let seen = arrived.lock().unwrap().len();
+    let (tx, b) = channel_body(2);
+    let call = tokio::spawn(send(Request::post(sift.url("/up/big")).body(b).unwrap()));
+    for piece in pattern(1200 << 10).chunks(100 << 10) {
+        if tx.send(Bytes::copy_from_slice(piece)).await.is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    let r = call.await.unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(arrived.lock().unwrap().len(), seen);
+    assert_eq!(sift.metric("sift_buffered_request_bytes").await, Some(0.0));
 }

@@ -1969,6 +1969,44 @@ fn build_routes(
                 .cache
                 .as_ref()
                 .and_then(|c| build_cache(c, &format!("{p}.cache"), local, e)),
+            request_buffering: r.request_buffering.as_ref().and_then(|b| {
+                let bp = format!("{p}.request_buffering");
+                if let Some(a) = local {
+                    e.push(
+                        &bp,
+                        format!("holds bodies for an upstream: a route with `{a}` has none"),
+                    );
+                    return None;
+                }
+                if r.grpc_web == Some(true) {
+                    e.push(
+                        &bp,
+                        "gRPC-Web calls stream; a buffered call would wait for its end",
+                    );
+                    return None;
+                }
+                let in_memory = b.in_memory.unwrap_or(Bytes(64 * 1024));
+                if in_memory.0 > 1 << 30 {
+                    e.push(
+                        format!("{bp}.in_memory"),
+                        format!("{} is more than 1GiB", in_memory.0),
+                    );
+                }
+                let spool_dir: std::path::PathBuf = b
+                    .spool_dir
+                    .as_ref()
+                    .map_or_else(std::env::temp_dir, Into::into);
+                if b.spool_dir.is_some() && !spool_dir.is_dir() {
+                    e.push(
+                        format!("{bp}.spool_dir"),
+                        format!("{} is not a directory", spool_dir.display()),
+                    );
+                }
+                Some(RequestBufferingSpec {
+                    in_memory,
+                    spool_dir,
+                })
+            }),
             grpc_timeout: r.grpc_timeout.as_ref().and_then(|g| {
                 let gp = format!("{p}.grpc_timeout");
                 let before = e.len();

@@ -1647,6 +1647,27 @@ pub struct RouteFile {
     /// them (nginx's proxy_cache, Envoy's cache filter; RFC 9111).
     #[serde(default)]
     pub cache: Option<CacheFile>,
+    /// Read the whole request body before the upstream is asked (nginx's
+    /// proxy_request_buffering, Envoy's buffer filter): slow uploads tie up
+    /// sift, not the app's workers.
+    #[serde(default)]
+    pub request_buffering: Option<RequestBufferingFile>,
+}
+
+/// `routes[].request_buffering`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequestBufferingFile {
+    /// Bytes kept in memory (default 64KiB, within
+    /// overload.max_buffered_bytes); the rest of the body waits in an
+    /// unlinked file in `spool_dir`. A body held whole in memory can be
+    /// retried.
+    #[serde(default)]
+    pub in_memory: Option<Bytes>,
+    /// Directory of the spool files (default: the system's temporary
+    /// directory, $TMPDIR or /tmp).
+    #[serde(default)]
+    pub spool_dir: Option<String>,
 }
 
 /// `routes[].grpc_timeout`.

@@ -44,6 +44,13 @@ pub struct Config {
     pub overload: OverloadSpec,
 }
 
+/// `routes[].request_buffering`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RequestBufferingSpec {
+    pub in_memory: Bytes,
+    pub spool_dir: std::path::PathBuf,
+}
+
 /// The top-level `overload`, resolved.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct OverloadSpec {
@@ -441,6 +448,8 @@ pub struct RouteSpec {
     pub fault: Option<FaultSpec>,
     /// The route's HTTP cache.
     pub cache: Option<crate::cache::CacheSpec>,
+    /// Read the whole body before going upstream.
+    pub request_buffering: Option<RequestBufferingSpec>,
     /// A gRPC call's `grpc-timeout` is its deadline.
     pub grpc_timeout: Option<GrpcTimeoutSpec>,
     /// Verdict header names of this route's filters that only sift may set:
