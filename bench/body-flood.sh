@@ -23,6 +23,11 @@
 #   env: FLOOD (300) SIZE (1024, KiB) LIMIT (32MiB) HOLD (6)
 #        ON_OVERLOAD (fail_closed)
 #
+# A fourth run floods a route without a filter that has
+# `request_buffering: { in_memory: 16KiB }` (nginx's client_body_buffer_size):
+# sift reads each body to its end before asking the backend, the rest of
+# it in a spool file, as nginx does.
+#
 # sift or nginx on core 0; the clients and the backend on core 1.
 set -euo pipefail
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
@@ -67,6 +72,11 @@ listeners:
 filters:
   - { name: spam, kind: spam, max_inspect_bytes: ${SIZE}KiB }
 routes:
+  - name: buffered
+    match: { path: { prefix: /buffered } }
+    cluster: backend
+    max_request_body: 64MiB
+    request_buffering: { in_memory: 16KiB, spool_dir: "$d" }
   - name: held
     match: { path: { prefix: /held } }
     cluster: backend
@@ -83,8 +93,8 @@ write_sift "$d/limited.yaml" "$LIMIT"
 
 cat > "$d/flood.py" <<'PY'
 import asyncio, json, sys
-port, n, hold, size = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]) * 1024
-head = (b"POST /held/upload HTTP/1.1\r\nHost: a\r\nContent-Type: text/plain\r\n"
+port, n, hold, size, path = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]) * 1024, sys.argv[5]
+head = (b"POST " + path.encode() + b" HTTP/1.1\r\nHost: a\r\nContent-Type: text/plain\r\n"
         b"Content-Length: " + str(size).encode() + b"\r\n\r\n")
 line = b"an upload of ordinary words that a filter has to read before it goes on. "
 body = (line * (size // len(line) + 1))[: size - 1024]
@@ -115,14 +125,14 @@ PY
 URL="http://127.0.0.1:$P/"
 echo "body-flood: $(date -u) | commit $(git rev-parse --short HEAD) | nproc $(nproc) | load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "$(nginx -v 2>&1) | sift: $("$SIFT" --version 2>/dev/null | head -1)"
-echo "$FLOOD clients, each POST /held/upload with Content-Length ${SIZE} KiB, all but the last KiB sent, then nothing; answers watched for ${HOLD}s; block filter (spam, max_inspect_bytes ${SIZE}KiB, on_overload $ON_OVERLOAD); proxy on core 0, clients and backend on core 1"
+echo "$FLOOD clients, each POST /held/upload (last row: /buffered/upload) with Content-Length ${SIZE} KiB, all but the last KiB sent, then nothing; answers watched for ${HOLD}s; block filter (spam, max_inspect_bytes ${SIZE}KiB, on_overload $ON_OVERLOAD); proxy on core 0, clients and backend on core 1"
 echo
 echo "| proxy | 503 | other answer | closed, no answer | no answer after ${HOLD}s (held) | RSS idle → 2 s into the flood → peak (MiB) | sift_buffered_request_bytes at 2 s (MiB) |"
 echo "|---|---:|---:|---:|---:|---|---:|"
-run() { # $1 label, $2 kind, $3 config
+run() { # $1 label, $2 kind, $3 config, $4 path (/held/upload)
   proxy_start "$2" "$3"
   local idle; idle=$(rss_mb "$SP" $(pgrep -P "$SP" || true))
-  taskset -c 1 python3 "$d/flood.py" "$P" "$FLOOD" "$HOLD" "$SIZE" > "$d/flood.json" & local fp=$!
+  taskset -c 1 python3 "$d/flood.py" "$P" "$FLOOD" "$HOLD" "$SIZE" "${4:-/held/upload}" > "$d/flood.json" & local fp=$!
   sleep 2
   local mem; mem=$(rss_mb "$SP" $(pgrep -P "$SP" || true))
   local held="-"
@@ -141,10 +151,13 @@ import json, sys
 label, f, idle, mem, peak, held = sys.argv[1:]
 res = json.load(open(f))
 count = lambda k: sum(1 for r in res if r == k)
-other = sum(1 for r in res if r not in ("503", "closed", "open"))
+from collections import Counter
+others = Counter(r for r in res if r not in ("503", "closed", "open"))
+other = ", ".join(f"{n} ({k})" for k, n in sorted(others.items())) or "0"
 print(f"| {label} | {count('503')} | {other} | {count('closed')} | {count('open')} | {idle} → {mem} → {peak} | {held} |")
 PY
 }
 run "sift, max_buffered_bytes: 0 (no limit)" sift "$d/unlimited.yaml"
 run "sift, max_buffered_bytes: $LIMIT" sift "$d/limited.yaml"
 run "nginx (request buffering to disk)" nginx "$d/nginx.conf"
+run "sift, no filter, request_buffering in_memory 16KiB" sift "$d/limited.yaml" /buffered/upload

@@ -255,3 +255,189 @@ async fn mutated_requests_never_panic_the_proxy() {
         "sift panicked on hostile input:\n{err}"
     );
 }
+
+/// HTTP/2 rapid reset (CVE-2023-44487): a client that opens streams and
+/// cancels them at once, as fast as it can, must not make sift burn its
+/// CPU or flood the upstream with requests nobody waits for. sift's HTTP/2
+/// server (the `h2` crate under hyper) counts streams the client resets
+/// and ends the connection with GOAWAY ENHANCE_YOUR_CALM; the upstream
+/// sees at most a few of the cancelled requests, and sift serves the next
+/// client as usual.
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_rapid_reset_ends_the_connection() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let seen = Arc::new(AtomicUsize::new(0));
+    let s2 = seen.clone();
+    let up = Upstream::start(move |_req: http::Request<hyper::body::Incoming>| {
+        let seen = s2.clone();
+        async move {
+            seen.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            support::text_response(200, "ok")
+        }
+    })
+    .await;
+    let sift = Sift::start(&format!(
+        r#"log: {{ format: json, level: info }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners: [ {{ name: main, address: "127.0.0.1:0" }} ]
+routes: [ {{ name: r, cluster: app }} ]
+clusters: [ {{ name: app, endpoints: ["{}"] }} ]
+"#,
+        up.addr
+    ));
+    let tcp = tokio::net::TcpStream::connect(sift.addr()).await.unwrap();
+    let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+    let conn_task = tokio::spawn(conn);
+    const TRIES: usize = 100_000;
+    let mut sent = 0;
+    let mut err = None;
+    for _ in 0..TRIES {
+        let req = http::Request::get(format!("http://{}/x", sift.addr()))
+            .body(())
+            .unwrap();
+        let ready = match client.ready().await {
+            Ok(c) => c,
+            Err(e) => {
+                err = Some(e);
+                break;
+            }
+        };
+        client = ready;
+        match client.send_request(req, true) {
+            // Dropping the response future resets the stream (CANCEL).
+            Ok((resp, _)) => {
+                drop(resp);
+                sent += 1;
+            }
+            Err(e) => {
+                err = Some(e);
+                break;
+            }
+        }
+    }
+    let err = err.expect("sift let 100,000 streams be opened and reset");
+    // The client sees the GOAWAY, or (when its next write comes first)
+    // the connection sift closed after it.
+    assert!(
+        err.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) || err.is_io(),
+        "{err} after {sent} streams"
+    );
+    // sift ended it as a protocol error (its side of the GOAWAY).
+    let errors = r#"sift_downstream_protocol_errors_total{listener="main"}"#;
+    assert!(
+        support::eventually(Duration::from_secs(5), || async {
+            sift.metric(errors).await == Some(1.0)
+        })
+        .await,
+        "{:?}",
+        sift.metric(errors).await
+    );
+    assert!(sent < TRIES / 10, "{sent} streams before the GOAWAY");
+    let conn = tokio::time::timeout(Duration::from_secs(5), conn_task)
+        .await
+        .expect("the connection ends")
+        .unwrap();
+    assert!(conn.is_err(), "{conn:?}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let upstream = seen.load(Ordering::SeqCst);
+    eprintln!("connection ended after {sent} streams; {upstream} reached the upstream");
+    assert!(
+        upstream * 100 < sent,
+        "{upstream} of {sent} reached the upstream"
+    );
+    // The next client is served.
+    let r = support::send(
+        http::Request::get(sift.url("/after"))
+            .body(sift::body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+}
+
+/// HTTP/2 CONTINUATION flood (the 2024 class of CVE-2024-27316): a client
+/// starts a header block and never ends it, sending CONTINUATION frames
+/// forever. sift must not keep decoding (or holding) them: the header
+/// list passes the listener's limit (twice `max_header_bytes`) within a
+/// few frames, and the connection is ended long before the client has
+/// sent 64 MiB; sift serves the next client as usual.
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_continuation_flood_ends_the_connection() {
+    let up = Upstream::echo("app").await;
+    let sift = Sift::start(&format!(
+        r#"log: {{ format: json, level: info }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners: [ {{ name: main, address: "127.0.0.1:0", protocol: h2 }} ]
+routes: [ {{ name: r, cluster: app }} ]
+clusters: [ {{ name: app, endpoints: ["{}"] }} ]
+"#,
+        up.addr
+    ));
+    let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+        let mut f = Vec::with_capacity(9 + payload.len());
+        f.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
+        f.push(kind);
+        f.push(flags);
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    };
+    let tcp = tokio::net::TcpStream::connect(sift.addr()).await.unwrap();
+    let (mut rd, mut wr) = tcp.into_split();
+    // Frame types the server sends back, read until the connection ends.
+    let reader = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 16384];
+        loop {
+            match rd.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            while buf.len() >= 9 {
+                let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
+                if buf.len() < 9 + len {
+                    break;
+                }
+                seen.push(buf[3]);
+                buf.drain(..9 + len);
+            }
+        }
+        seen
+    });
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x4, 0, 0, &[]));
+    // HEADERS without END_HEADERS: GET http://a/ (HPACK static entries
+    // and a literal :authority), END_STREAM.
+    out.extend(frame(0x1, 0x1, 1, b"\x82\x86\x84\x01\x01a"));
+    wr.write_all(&out).await.unwrap();
+    // Each CONTINUATION: 16 KiB of literal headers `a: b` (never indexed).
+    let block: Vec<u8> = b"\x10\x01a\x01b".repeat(16384 / 5);
+    let cont = frame(0x9, 0, 1, &block);
+    let mut written = 0usize;
+    let cap = 64 << 20;
+    while written < cap {
+        match tokio::time::timeout(Duration::from_secs(5), wr.write_all(&cont)).await {
+            Ok(Ok(())) => written += cont.len(),
+            Ok(Err(_)) => break,
+            Err(_) => panic!("sift stopped reading but kept the connection open"),
+        }
+    }
+    let seen = tokio::time::timeout(Duration::from_secs(5), reader)
+        .await
+        .expect("the connection ends")
+        .unwrap();
+    assert!(written < cap, "sift read 64 MiB of CONTINUATION frames");
+    assert!(seen.contains(&0x7), "no GOAWAY; frames seen: {seen:?}");
+    eprintln!("connection ended after {written} bytes of CONTINUATION frames; frames {seen:?}");
+    // The next client is served.
+    let tcp = tokio::net::TcpStream::connect(sift.addr()).await.unwrap();
+    let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{}/after", sift.addr()))
+        .body(())
+        .unwrap();
+    let (resp, _) = client.send_request(req, true).unwrap();
+    assert_eq!(resp.await.unwrap().status(), 200);
+}
