@@ -2896,7 +2896,7 @@ enum BufferError {
 
 /// Spooled bytes are written in batches of this many, off the network
 /// threads.
-const SPOOL_BATCH: usize = 256 * 1024;
+const SPOOL_BATCH: usize = 64 * 1024;
 
 /// Read all of `body` (`routes[].request_buffering`): up to `in_memory`
 /// bytes kept in memory (each taken from `res`; when the budget has no

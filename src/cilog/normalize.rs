@@ -436,11 +436,13 @@ fn strip_markers(out: &mut Vec<u8>) {
         out.clear();
         return;
     }
-    // GitHub Actions: "##[group]Title", "##[endgroup]", "##[error]msg", ...
+    // GitHub Actions: "##[group]Title", "##[endgroup]", "##[error]msg", ...;
+    // Azure Pipelines (the same syntax): "##[section]Starting: Task",
+    // "##[command]git fetch", "##[error]Bash exited with code '1'.".
     if s.starts_with(b"##[") {
         if let Some(end) = memchr::memchr(b']', s) {
             let cmd = &s[3..end];
-            if cmd == b"endgroup" {
+            if cmd == b"endgroup" || cmd == b"section" {
                 out.clear();
             } else {
                 out.drain(..end + 1);
@@ -649,6 +651,15 @@ mod tests {
         assert_eq!(norm("::endgroup::"), "");
         assert_eq!(norm("section_end:1700000000:build_script"), "");
         assert_eq!(norm("[Pipeline] sh"), "");
+        assert_eq!(
+            norm("2024-01-02T03:04:05.1234567Z ##[section]Starting: Bash"),
+            ""
+        );
+        assert_eq!(norm("##[command]npm test"), "npm test");
+        assert_eq!(
+            norm("\x1b_bk;t=1704164645000\x07npm ERR! 404"),
+            "npm ERR! 404"
+        );
     }
 
     #[test]

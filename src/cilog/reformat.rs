@@ -7,7 +7,7 @@
 //! chunk of the labelled data still points at the same lines.
 //!
 //! The labelled logs are all Travis CI; the filter will also see GitHub
-//! Actions, GitLab and Jenkins logs. `sift eval cilog --as FORMAT` scores
+//! Actions, GitLab, Jenkins, Azure Pipelines, Buildkite and CircleCI logs. `sift eval cilog --as FORMAT` scores
 //! the held-out logs in another format (training stays on the originals)
 //! to measure how much a verdict depends on the CI's framing rather than
 //! on what failed.
@@ -18,18 +18,23 @@ pub enum CiFormat {
     Github,
     Gitlab,
     Jenkins,
+    Azure,
+    Buildkite,
+    Circleci,
 }
 
 impl CiFormat {
-    pub const ALL: [CiFormat; 3] = [CiFormat::Github, CiFormat::Gitlab, CiFormat::Jenkins];
+    pub const ALL: [CiFormat; 6] = [
+        CiFormat::Github,
+        CiFormat::Gitlab,
+        CiFormat::Jenkins,
+        CiFormat::Azure,
+        CiFormat::Buildkite,
+        CiFormat::Circleci,
+    ];
 
     pub fn parse(s: &str) -> Option<CiFormat> {
-        match s {
-            "github" => Some(CiFormat::Github),
-            "gitlab" => Some(CiFormat::Gitlab),
-            "jenkins" => Some(CiFormat::Jenkins),
-            _ => None,
-        }
+        CiFormat::ALL.into_iter().find(|f| f.as_str() == s)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -37,6 +42,9 @@ impl CiFormat {
             CiFormat::Github => "github",
             CiFormat::Gitlab => "gitlab",
             CiFormat::Jenkins => "jenkins",
+            CiFormat::Azure => "azure",
+            CiFormat::Buildkite => "buildkite",
+            CiFormat::Circleci => "circleci",
         }
     }
 
@@ -48,6 +56,11 @@ impl CiFormat {
             CiFormat::Github => write!(out, "2024-01-02T03:{m:02}:{s:02}.{frac:03}0000Z "),
             CiFormat::Gitlab => write!(out, "2024-01-02T03:{m:02}:{s:02}.{frac:03}000Z 00O "),
             CiFormat::Jenkins => write!(out, "[2024-01-02T03:{m:02}:{s:02}.{frac:03}Z] "),
+            CiFormat::Azure => write!(out, "2024-01-02T03:{m:02}:{s:02}.{frac:03}1234Z "),
+            // Buildkite: an APC escape with the time in milliseconds.
+            CiFormat::Buildkite => write!(out, "\x1b_bk;t={}\x07", 1_704_164_645_000 + k),
+            // CircleCI's step output has no timestamps.
+            CiFormat::Circleci => Ok(()),
         };
     }
 }
@@ -96,6 +109,9 @@ fn rewrite(seg: &[u8], to: CiFormat, out: &mut Vec<u8>) {
             CiFormat::Github => put(b"##[endgroup]"),
             CiFormat::Gitlab => put(&[b"section_start:1704164645:", name].concat()),
             CiFormat::Jenkins => put(&[b"[Pipeline] { (", name, b")"].concat()),
+            CiFormat::Azure => put(&[b"##[section]Starting: ", name].concat()),
+            CiFormat::Buildkite => put(&[b"--- ", name].concat()),
+            CiFormat::Circleci => put(b"#!/bin/bash -eo pipefail"),
         }
     } else if let Some(name) = body
         .strip_prefix(b"travis_fold:end:")
@@ -105,12 +121,17 @@ fn rewrite(seg: &[u8], to: CiFormat, out: &mut Vec<u8>) {
             CiFormat::Github => put(b"##[endgroup]"),
             CiFormat::Gitlab => put(&[b"section_end:1704164646:", name].concat()),
             CiFormat::Jenkins => put(b"[Pipeline] }"),
+            CiFormat::Azure => put(&[b"##[section]Finishing: ", name].concat()),
+            CiFormat::Buildkite | CiFormat::Circleci => put(b""),
         }
     } else if let Some(cmd) = body.strip_prefix(b"$ ") {
         match to {
             CiFormat::Github => put(&[b"##[group]Run ", cmd].concat()),
             CiFormat::Gitlab => put(body),
             CiFormat::Jenkins => put(&[b"+ ", cmd].concat()),
+            CiFormat::Azure => put(&[b"##[command]", cmd].concat()),
+            CiFormat::Buildkite => put(body),
+            CiFormat::Circleci => put(cmd),
         }
     } else if let Some(code) = failed_step_code(body) {
         match to {
@@ -119,12 +140,20 @@ fn rewrite(seg: &[u8], to: CiFormat, out: &mut Vec<u8>) {
             }
             CiFormat::Gitlab => put(&[b"ERROR: Job failed: exit code ", code].concat()),
             CiFormat::Jenkins => put(&[b"ERROR: script returned exit code ", code].concat()),
+            CiFormat::Azure => put(&[b"##[error]Bash exited with code '", code, b"'."].concat()),
+            CiFormat::Buildkite => {
+                put(&["🚨 Error: The command exited with status ".as_bytes(), code].concat())
+            }
+            CiFormat::Circleci => put(&[b"Exited with code exit status ", code].concat()),
         }
     } else if body.starts_with(b"Done. Your build exited with ") {
         match to {
             CiFormat::Github => put(b"Cleaning up orphan processes"),
             CiFormat::Gitlab => put(b"Cleaning up project directory and file based variables"),
             CiFormat::Jenkins => put(b"Finished: FAILURE"),
+            CiFormat::Azure => put(b"##[section]Finishing: Job"),
+            CiFormat::Buildkite => put(b"^^^ +++"),
+            CiFormat::Circleci => put(b"CircleCI received exit code 1"),
         }
     } else {
         put(body);
@@ -192,7 +221,12 @@ mod tests {
         for to in CiFormat::ALL {
             let got = lines(&from_travis(TRAVIS, to));
             let numbers = |v: &[(u64, String)]| v.iter().map(|x| x.0).collect::<Vec<_>>();
-            assert_eq!(numbers(&got), numbers(&orig), "{to:?}: {got:?}");
+            // Azure's end-of-job line is a `##[section]` marker: empty.
+            let want = match to {
+                CiFormat::Azure => &orig[..4],
+                _ => &orig[..],
+            };
+            assert_eq!(numbers(&got), numbers(want), "{to:?}: {got:?}");
             let text: Vec<&str> = got.iter().map(|x| x.1.as_str()).collect();
             let (cmd, marker, done) = match to {
                 CiFormat::Github => (
@@ -210,12 +244,21 @@ mod tests {
                     "ERROR: script returned exit code 1",
                     "Finished: FAILURE",
                 ),
+                CiFormat::Azure => ("npm install", "Bash exited with code '1'.", ""),
+                CiFormat::Buildkite => (
+                    "$ npm install",
+                    "🚨 Error: The command exited with status 1",
+                    "^^^ +++",
+                ),
+                CiFormat::Circleci => (
+                    "npm install",
+                    "Exited with code exit status 1",
+                    "CircleCI received exit code 1",
+                ),
             };
-            assert_eq!(
-                text,
-                [cmd, "Downloading 100%", "npm ERR! code E404", marker, done],
-                "{to:?}"
-            );
+            let mut want = vec![cmd, "Downloading 100%", "npm ERR! code E404", marker, done];
+            want.retain(|l| !l.is_empty());
+            assert_eq!(text, want, "{to:?}");
         }
     }
 
