@@ -234,8 +234,9 @@ fn travis_format_and_progress() {
 }
 
 /// The same failure written by another CI gets the same verdict: every
-/// 4th real log (Travis CI), rewritten as GitHub Actions, GitLab and
-/// Jenkins would have written it (the CI's markers, step echoes and
+/// 4th real log (Travis CI), rewritten as GitHub Actions, GitLab,
+/// Jenkins, Azure Pipelines, Buildkite and CircleCI would have written it
+/// (the CI's markers, step echoes and
 /// timestamps; tool output and line numbers kept, `sift::cilog::reformat`).
 /// The shipped model has seen these logs (in Travis form), so this guards
 /// the framing, not the quality; `sift eval cilog --as all` gives the
@@ -263,10 +264,16 @@ fn other_ci_formats_keep_the_verdict() {
         let n = sample.len() as f64;
         let (c, l) = (class as f64 / n, line as f64 / n);
         eprintln!("{to:?}: class {c:.3} evidence line {l:.3} of {n} logs");
-        assert!(
-            c >= CLASS_SAME && l >= LINE_SAME,
-            "{to:?}: class {c:.3} line {l:.3}"
-        );
+        // CircleCI echoes a step's command bare (after the shell's
+        // shebang), so its framing differs most: 0.938 / 0.938 when
+        // this bound was set (2026-12-07; the model card has the
+        // cross-validated figures before and after sift read CircleCI's,
+        // Azure's and Buildkite's failed-step lines).
+        let (cs, ls) = match to {
+            CiFormat::Circleci => (0.93, 0.93),
+            _ => (CLASS_SAME, LINE_SAME),
+        };
+        assert!(c >= cs && l >= ls, "{to:?}: class {c:.3} line {l:.3}");
     }
 }
 

@@ -142,11 +142,12 @@ pub struct EvalCilog {
     #[arg(long)]
     pub chunk_oracle: bool,
     /// Also score the held-out logs as another CI system would have
-    /// written them (`github`, `gitlab`, `jenkins`, or `all`: the CI's own
-    /// lines and timestamps rewritten, tool output and line numbers kept;
+    /// written them (`github`, `gitlab`, `jenkins`, `azure`, `buildkite`,
+    /// `circleci`, or `all`: the CI's own lines and timestamps rewritten,
+    /// tool output and line numbers kept;
     /// training stays on the Travis originals). Prints the figures of each
     /// and how often the class and the evidence line stay the same.
-    #[arg(long = "as", value_name = "FORMAT", value_parser = ["github", "gitlab", "jenkins", "all"])]
+    #[arg(long = "as", value_name = "FORMAT", value_parser = ["github", "gitlab", "jenkins", "azure", "buildkite", "circleci", "all"])]
     pub as_format: Option<String>,
     /// Print one line per misclassified log.
     #[arg(long)]

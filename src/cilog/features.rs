@@ -379,14 +379,19 @@ pub fn features_into<S: FeatureSink>(s: &[u8], sink: &mut S) -> u32 {
 /// included). Those CIs do not name the failed command: the quotes stay
 /// empty. A tool's own "exited with N" is not the CI's framing.
 pub fn ci_framing(s: &[u8]) -> Option<&'static [u8]> {
-    const CI: [&[u8]; 5] = [
+    const CI: [&[u8]; 9] = [
         b"Process completed with exit code ",
         b"ERROR: Job failed: exit code ",
         b"Job failed: exit code ",
         b"ERROR: script returned exit code ",
         b"script returned exit code ",
+        // Azure Pipelines, Buildkite (with or without its emoji), CircleCI.
+        b"Bash exited with code '",
+        "🚨 Error: The command exited with status ".as_bytes(),
+        b"Error: The command exited with status ",
+        b"Exited with code exit status ",
     ];
-    (matches!(s.first(), Some(b'P' | b'E' | b'J' | b's'))
+    (matches!(s.first(), Some(b'P' | b'E' | b'J' | b's' | b'B' | 0xf0))
         && CI.iter().any(|p| s.starts_with(p))
         && is_fail_marker(s))
     .then_some(b"The command \"\" exited with 1.")
@@ -565,7 +570,9 @@ pub fn pos_bucket(after: u64) -> usize {
 /// A line that reports a failed build step with its exit code: Travis
 /// `The command "npm test" exited with 1.`, GitHub Actions `Process
 /// completed with exit code 1.`, GitLab `ERROR: Job failed: exit code 1`,
-/// Jenkins `script returned exit code 2`. Not Travis's final `Done. Your
+/// Jenkins `script returned exit code 2`, Azure Pipelines `Bash exited
+/// with code '1'.`, Buildkite `The command exited with status 1`,
+/// CircleCI `Exited with code exit status 1`. Not Travis's final `Done. Your
 /// build exited with 1.` (it follows the teardown).
 pub fn is_fail_marker(line: &[u8]) -> bool {
     static EXIT: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
@@ -573,11 +580,18 @@ pub fn is_fail_marker(line: &[u8]) -> bool {
     if line.len() < 11 || EXIT.find(line).is_none() || line.starts_with(b"Done. Your build") {
         return false;
     }
-    static PATS: std::sync::LazyLock<[memchr::memmem::Finder<'static>; 2]> =
+    static PATS: std::sync::LazyLock<[memchr::memmem::Finder<'static>; 5]> =
         std::sync::LazyLock::new(|| {
             [
                 memchr::memmem::Finder::new(b"exited with "),
                 memchr::memmem::Finder::new(b"exit code "),
+                // Azure Pipelines: `Bash exited with code '1'.`
+                memchr::memmem::Finder::new(b"exited with code '"),
+                // Buildkite: `The command exited with status 1`.
+                memchr::memmem::Finder::new(b"The command exited with status "),
+                // CircleCI: `Exited with code exit status 1` (not Go's
+                // own `exit status 1`).
+                memchr::memmem::Finder::new(b"Exited with code exit status "),
             ]
         });
     for pat in PATS.iter() {
@@ -1334,12 +1348,15 @@ pub fn sig_family_feature(fam: usize, slot: u32) -> u32 {
 
 /// A line that echoes the command of a build step: `$ cmd` (Travis, GitLab),
 /// `+ cmd` (shell `set -x`, Jenkins sh), `Run cmd` (GitHub Actions group
-/// header), `> cmd` (npm scripts).
+/// header), `> cmd` (npm scripts), `#!/bin/bash -eo pipefail` (CircleCI
+/// step start; Azure's `##[command]cmd` is normalised to `$ cmd`).
 pub fn is_command(line: &[u8]) -> bool {
     line.starts_with(b"$ ")
         || line.starts_with(b"+ ")
         || line.starts_with(b"Run ")
         || line.starts_with(b"> ")
+        // CircleCI starts each step's output with its shell's shebang.
+        || line.starts_with(b"#!/bin/")
 }
 
 #[cfg(test)]
@@ -1361,7 +1378,12 @@ mod tests {
             "Process completed with exit code 2.",
             "ERROR: Job failed: exit code 1",
             "ERROR: script returned exit code 127",
+            "Bash exited with code '1'.",
+            "🚨 Error: The command exited with status 1",
+            "Error: The command exited with status 2",
+            "Exited with code exit status 1",
         ] {
+            assert!(is_fail_marker(m.as_bytes()), "{m}");
             assert_eq!(feats(m), travis, "{m}");
             assert_eq!(
                 cue_counts(m.as_bytes()),
@@ -1373,6 +1395,10 @@ mod tests {
         assert_ne!(feats("The command \"npm run lint\" exited with 1."), travis);
         assert_eq!(ci_framing(b"ERROR: \"lint:js\" exited with 1."), None);
         assert_eq!(ci_framing(b"Process completed with exit code 0."), None);
+        // Go's own `exit status 1` (a failed test binary) is tool output.
+        assert!(!is_fail_marker(b"exit status 1"));
+        assert_eq!(ci_framing(b"exit status 1"), None);
+        assert!(!is_fail_marker(b"Exited with code exit status 0"));
     }
 
     #[test]

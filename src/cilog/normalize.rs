@@ -444,6 +444,10 @@ fn strip_markers(out: &mut Vec<u8>) {
             let cmd = &s[3..end];
             if cmd == b"endgroup" || cmd == b"section" {
                 out.clear();
+            } else if cmd == b"command" {
+                // The CI's echo of the command it runs: read as Travis's
+                // `$ cmd`, as the models learned it.
+                out.splice(..end + 1, *b"$ ");
             } else {
                 out.drain(..end + 1);
             }
@@ -655,7 +659,7 @@ mod tests {
             norm("2024-01-02T03:04:05.1234567Z ##[section]Starting: Bash"),
             ""
         );
-        assert_eq!(norm("##[command]npm test"), "npm test");
+        assert_eq!(norm("##[command]npm test"), "$ npm test");
         assert_eq!(
             norm("\x1b_bk;t=1704164645000\x07npm ERR! 404"),
             "npm ERR! 404"

@@ -153,7 +153,9 @@ fn rewrite(seg: &[u8], to: CiFormat, out: &mut Vec<u8>) {
             CiFormat::Jenkins => put(b"Finished: FAILURE"),
             CiFormat::Azure => put(b"##[section]Finishing: Job"),
             CiFormat::Buildkite => put(b"^^^ +++"),
-            CiFormat::Circleci => put(b"CircleCI received exit code 1"),
+            // CircleCI has no end-of-build line in a step's output (its
+            // "CircleCI received exit code N" follows the failed step).
+            CiFormat::Circleci => put(b""),
         }
     } else {
         put(body);
@@ -221,9 +223,10 @@ mod tests {
         for to in CiFormat::ALL {
             let got = lines(&from_travis(TRAVIS, to));
             let numbers = |v: &[(u64, String)]| v.iter().map(|x| x.0).collect::<Vec<_>>();
-            // Azure's end-of-job line is a `##[section]` marker: empty.
+            // Azure's end-of-job line is a `##[section]` marker, and
+            // CircleCI has none: empty.
             let want = match to {
-                CiFormat::Azure => &orig[..4],
+                CiFormat::Azure | CiFormat::Circleci => &orig[..4],
                 _ => &orig[..],
             };
             assert_eq!(numbers(&got), numbers(want), "{to:?}: {got:?}");
@@ -244,17 +247,13 @@ mod tests {
                     "ERROR: script returned exit code 1",
                     "Finished: FAILURE",
                 ),
-                CiFormat::Azure => ("npm install", "Bash exited with code '1'.", ""),
+                CiFormat::Azure => ("$ npm install", "Bash exited with code '1'.", ""),
                 CiFormat::Buildkite => (
                     "$ npm install",
                     "🚨 Error: The command exited with status 1",
                     "^^^ +++",
                 ),
-                CiFormat::Circleci => (
-                    "npm install",
-                    "Exited with code exit status 1",
-                    "CircleCI received exit code 1",
-                ),
+                CiFormat::Circleci => ("npm install", "Exited with code exit status 1", ""),
             };
             let mut want = vec![cmd, "Downloading 100%", "npm ERR! code E404", marker, done];
             want.retain(|l| !l.is_empty());
