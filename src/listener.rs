@@ -38,6 +38,7 @@ pub async fn serve(tcp: TcpListener, name: Arc<str>, shared: Arc<Shared>, drain:
     let active = metrics.active_connections.with_label_values(&[&name]);
     let accepted = metrics.connections.with_label_values(&[&name]);
     let overflow = metrics.listener_overflow.with_label_values(&[&name]);
+    let global_overflow = metrics.listener_global_overflow.with_label_values(&[&name]);
     loop {
         let (stream, remote) = tokio::select! {
             r = tcp.accept() => match r {
@@ -63,6 +64,13 @@ pub async fn serve(tcp: TcpListener, name: Arc<str>, shared: Arc<Shared>, drain:
             drop(stream);
             continue;
         }
+        if let Some(max) = snap.config.overload.max_connections
+            && shared.connections.load(Ordering::Relaxed) >= max
+        {
+            global_overflow.inc();
+            drop(stream);
+            continue;
+        }
         let _ = stream.set_nodelay(true);
         if let Some(k) = &spec.tcp_keepalive
             && let Err(e) = k.apply(&stream)
@@ -80,8 +88,10 @@ pub async fn serve(tcp: TcpListener, name: Arc<str>, shared: Arc<Shared>, drain:
         accepted.inc();
         active.inc();
         open.fetch_add(1, Ordering::Relaxed);
+        shared.connections.fetch_add(1, Ordering::Relaxed);
         let mut slot = ConnSlot {
             open: open.clone(),
+            total: shared.connections.clone(),
             active: active.clone(),
             _token: drain.conn_token(),
             _client: None,
@@ -318,6 +328,8 @@ fn codec_max_headers(max_headers: usize) -> usize {
 /// the connection ends, or when the last tunnel (upgrade) made from it ends.
 struct ConnSlot {
     open: Arc<AtomicUsize>,
+    /// Every listener's (`overload.max_connections`).
+    total: Arc<AtomicUsize>,
     active: prometheus::IntGauge,
     _token: crate::drain::ConnToken,
     _client: Option<ClientSlot>,
@@ -384,6 +396,7 @@ impl Drop for ClientSlot {
 impl Drop for ConnSlot {
     fn drop(&mut self) {
         self.open.fetch_sub(1, Ordering::Relaxed);
+        self.total.fetch_sub(1, Ordering::Relaxed);
         self.active.dec();
     }
 }

@@ -19,6 +19,8 @@ pub struct Metrics {
     pub connections: IntCounterVec,
     pub listener_overflow: IntCounterVec,
     pub listener_client_overflow: IntCounterVec,
+    /// `sift_listener_global_overflow_total{listener}`.
+    pub listener_global_overflow: IntCounterVec,
     pub downstream_protocol_errors: IntCounterVec,
     pub active_requests: IntGauge,
     /// `sift_buffered_request_bytes`.
@@ -269,6 +271,14 @@ impl Metrics {
             Opts::new(
                 "sift_listener_client_overflow_total",
                 "Connections closed at accept because their client was at max_connections_per_client.",
+            ),
+            &["listener"],
+        )
+        .expect("valid metric");
+        let listener_global_overflow = IntCounterVec::new(
+            Opts::new(
+                "sift_listener_global_overflow_total",
+                "Connections closed at accept because sift had overload.max_connections open across its listeners.",
             ),
             &["listener"],
         )
@@ -785,6 +795,7 @@ impl Metrics {
             Box::new(connections.clone()),
             Box::new(listener_overflow.clone()),
             Box::new(listener_client_overflow.clone()),
+            Box::new(listener_global_overflow.clone()),
             Box::new(downstream_protocol_errors.clone()),
             Box::new(active_requests.clone()),
             Box::new(buffered_request_bytes.clone()),
@@ -816,6 +827,7 @@ impl Metrics {
             connections,
             listener_overflow,
             listener_client_overflow,
+            listener_global_overflow,
             downstream_protocol_errors,
             active_requests,
             buffered_request_bytes,

@@ -26,6 +26,9 @@ pub struct Shared {
     /// Request body bytes held in memory, across every request
     /// (`overload.max_buffered_bytes`).
     pub budget: Arc<crate::budget::Budget>,
+    /// Open client connections across every listener
+    /// (`overload.max_connections`).
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
     /// The span exporter when `tracing` is configured (built at start).
     pub tracer: Option<Arc<crate::trace::Exporter>>,
     /// Set once a successor took the listening sockets over (binary
@@ -64,6 +67,7 @@ impl Shared {
         Arc::new(Shared {
             filter_pool,
             budget,
+            connections: Arc::default(),
             tracer,
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,

@@ -553,7 +553,20 @@ clusters: [{{ name: c, endpoints: ["127.0.0.1:1"] }}]
         Some(65536)
     );
     assert_eq!(limit("overload: { max_buffered_bytes: 0 }"), None);
+    let c = sift::config::load_str(&cfg("overload: { max_connections: 50000 }")).unwrap();
+    assert_eq!(c.overload.max_connections, Some(50000));
+    assert_eq!(
+        sift::config::load_str(&cfg(""))
+            .unwrap()
+            .overload
+            .max_connections,
+        None
+    );
     for (bad, want) in [
+        (
+            "overload: { max_connections: 0 }",
+            "overload.max_connections: must be at least 1",
+        ),
         ("overload: { max_buffered_bytes: lots }", "or `auto`"),
         ("overload: { max_buffered_bytes: -1 }", "negative"),
         ("overload: { max_buffred_bytes: 1MiB }", "max_buffred_bytes"),

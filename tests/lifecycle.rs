@@ -1012,3 +1012,70 @@ async fn quitquitquit_stops_like_sigterm() {
         assert!(lines.contains("stop asked for on the admin API"), "{lines}");
     }
 }
+
+/// `overload.max_connections` bounds open client connections across every
+/// listener (Envoy's global_downstream_max_connections): with 2 and two
+/// listeners, one connection open on each, a third on either is closed at
+/// accept and counted for its listener; once one closes, a new one is
+/// served. A reload that raises the bound takes effect at the next accept.
+#[tokio::test(flavor = "multi_thread")]
+async fn overload_max_connections_bounds_every_listener_together() {
+    let up = Upstream::echo("a").await;
+    let cfg = |max: usize| {
+        format!(
+            r#"log: {{ format: json, level: info }}
+admin: {{ address: "127.0.0.1:0" }}
+overload: {{ max_connections: {max} }}
+listeners:
+  - {{ name: one, address: "127.0.0.1:0" }}
+  - {{ name: two, address: "127.0.0.1:0" }}
+routes: [ {{ name: r, cluster: app }} ]
+clusters: [ {{ name: app, endpoints: ["{}"] }} ]
+"#,
+            up.addr
+        )
+    };
+    let sift = Sift::start(&cfg(2));
+    let (one, two) = (sift.listeners["one"], sift.listeners["two"]);
+    let open = |addr: std::net::SocketAddr| async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut b = [0u8; 12];
+        s.read_exact(&mut b).await.map(|_| (s, b))
+    };
+    let refused = |addr: std::net::SocketAddr| async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _ = s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await;
+        let mut b = Vec::new();
+        let n = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut b)).await;
+        matches!(n, Ok(Ok(0)) | Ok(Err(_)))
+    };
+    let (a, status) = open(one).await.unwrap();
+    assert_eq!(&status, b"HTTP/1.1 200");
+    let (b, status) = open(two).await.unwrap();
+    assert_eq!(&status, b"HTTP/1.1 200");
+    assert!(refused(one).await, "a third connection on `one` is served");
+    assert!(refused(two).await, "a third connection on `two` is served");
+    for l in ["one", "two"] {
+        let name = format!(r#"sift_listener_global_overflow_total{{listener="{l}"}}"#);
+        assert_eq!(sift.metric(&name).await, Some(1.0), "{l}");
+    }
+    // One closes: the next is served.
+    drop(a);
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            open(two).await.is_ok_and(|(_, s)| &s == b"HTTP/1.1 200")
+        })
+        .await
+    );
+    // A reload to 3 lets a third stay open beside the two.
+    std::fs::write(&sift.config_path, cfg(3)).unwrap();
+    assert_eq!(post_text(&sift.admin_url("/reload")).await.0, 200);
+    let (c, _) = open(one).await.unwrap();
+    let (d, status) = open(two).await.unwrap();
+    assert_eq!(&status, b"HTTP/1.1 200");
+    assert!(refused(one).await);
+    drop((b, c, d));
+}

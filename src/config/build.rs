@@ -129,6 +129,13 @@ pub fn build(f: &FileConfig) -> Result<Config, Vec<ConfigError>> {
             }
             Some(crate::config::file::BufferLimit::Size(b)) => (b.0 > 0).then_some(b.0),
         },
+        max_connections: match f.overload.as_ref().and_then(|o| o.max_connections) {
+            Some(0) => {
+                e.push("overload.max_connections", "must be at least 1");
+                None
+            }
+            n => n,
+        },
     };
     let listeners = build_listeners(&f.listeners, &routes, &clusters, &mut e);
     let tracing = f.tracing.as_ref().map(|t| build_tracing(t, &mut e));

@@ -88,6 +88,12 @@ pub struct OverloadFile {
     /// limit.
     #[serde(default)]
     pub max_buffered_bytes: Option<BufferLimit>,
+    /// Open client connections across every listener (Envoy's
+    /// global_downstream_max_connections); beyond it a new connection is
+    /// closed at accept. Default: no global bound (each listener's
+    /// max_connections still holds).
+    #[serde(default)]
+    pub max_connections: Option<usize>,
 }
 
 /// `auto` or a size.

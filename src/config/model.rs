@@ -57,6 +57,8 @@ pub struct OverloadSpec {
     /// Held request body bytes at most (`auto` resolved at load); None:
     /// no limit.
     pub max_buffered_bytes: Option<u64>,
+    /// Open client connections across every listener at most.
+    pub max_connections: Option<usize>,
 }
 
 /// A route's validated `basic_auth`.
