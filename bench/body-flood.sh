@@ -43,21 +43,7 @@ ON_OVERLOAD=${ON_OVERLOAD:-fail_closed}
 need_tools nginx curl
 ulimit -n 65536 2>/dev/null || true
 
-scratch
-BE=$(port); P=$(port); A=$(port)
-mkdir -p "$d/nx"
-backend_conf "$BE" "client_max_body_size 64m;"
-taskset -c 1 nginx -c "$d/backend.conf" -p "$d" & pids+=($!)
-
-cat > "$d/nginx.conf" <<NGX
-worker_processes 1; daemon off; pid $d/nx/nx.pid; error_log $d/nx/nx.err;
-events { worker_connections 8192; }
-http { access_log off; keepalive_requests 1000000; client_body_timeout 60s;
-  client_max_body_size 64m;
-  client_body_temp_path $d/nx/cb; proxy_temp_path $d/nx/pt; fastcgi_temp_path $d/nx/ft; uwsgi_temp_path $d/nx/ut; scgi_temp_path $d/nx/st;
-  upstream be { server 127.0.0.1:$BE; keepalive 64; }
-  server { listen 127.0.0.1:$P; location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
-NGX
+body_bench_setup 64m 60
 
 write_sift() { # $1 file, $2 max_buffered_bytes
   cat > "$1" <<YAML

@@ -69,6 +69,28 @@ bench_setup() {
 # $2 is the process line ("worker_processes 1" or "master_process off"),
 # $3 a TLS port and $4 an mTLS port (client certificate required); either
 # may be empty. No session cache or tickets: every handshake is full.
+# The body benchmarks' setup (slow-clients.sh, body-flood.sh): scratch dir,
+# ports BE (backend), P (proxy), A (sift admin), the backend nginx on core 1
+# taking bodies up to $1, and $d/nginx.conf: nginx as the proxy under test
+# on P with request buffering (its default), client_max_body_size $1 and
+# client_body_timeout $2 seconds. body_bench_setup MAX_BODY TIMEOUT_S
+body_bench_setup() {
+  scratch
+  BE=$(port); P=$(port); A=$(port)
+  mkdir -p "$d/nx"
+  backend_conf "$BE" "client_max_body_size $1;"
+  taskset -c 1 nginx -c "$d/backend.conf" -p "$d" & pids+=($!)
+  cat > "$d/nginx.conf" <<NGX
+worker_processes 1; daemon off; pid $d/nx/nx.pid; error_log $d/nx/nx.err;
+events { worker_connections 8192; }
+http { access_log off; keepalive_requests 1000000; client_body_timeout ${2}s;
+  client_max_body_size $1;
+  client_body_temp_path $d/nx/cb; proxy_temp_path $d/nx/pt; fastcgi_temp_path $d/nx/ft; uwsgi_temp_path $d/nx/ut; scgi_temp_path $d/nx/st;
+  upstream be { server 127.0.0.1:$BE; keepalive 64; }
+  server { listen 127.0.0.1:$P; location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+NGX
+}
+
 nginx_proxy_conf() {
   local loc='location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; }'
   {

@@ -37,21 +37,7 @@ DURATION=${DURATION:-5s}
 need_tools nginx wrk curl
 ulimit -n 65536 2>/dev/null || true
 
-scratch
-BE=$(port); P=$(port); A=$(port)
-mkdir -p "$d/nx"
-backend_conf "$BE" "client_max_body_size 1m;"
-taskset -c 1 nginx -c "$d/backend.conf" -p "$d" & pids+=($!)
-
-cat > "$d/nginx.conf" <<NGX
-worker_processes 1; daemon off; pid $d/nx/nx.pid; error_log $d/nx/nx.err;
-events { worker_connections 8192; }
-http { access_log off; keepalive_requests 1000000; client_body_timeout ${TIMEOUT}s;
-  client_max_body_size 1m;
-  client_body_temp_path $d/nx/cb; proxy_temp_path $d/nx/pt; fastcgi_temp_path $d/nx/ft; uwsgi_temp_path $d/nx/ut; scgi_temp_path $d/nx/st;
-  upstream be { server 127.0.0.1:$BE; keepalive 64; }
-  server { listen 127.0.0.1:$P; location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
-NGX
+body_bench_setup 1m ${TIMEOUT}
 
 write_sift() { # $1 file, $2 limits line
   cat > "$1" <<YAML
