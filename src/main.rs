@@ -166,12 +166,18 @@ fn check(path: &std::path::Path) -> ExitCode {
     });
     match loaded {
         Ok(c) => {
+            // `auto` is resolved from this machine: say what it came to.
+            let held = c.overload.max_buffered_bytes.map_or_else(
+                || "no limit".to_string(),
+                |b| format!("{:.1} MiB", b as f64 / 1048576.0),
+            );
             sift::say!(
-                "{}: ok ({} listener(s), {} route(s), {} cluster(s))",
+                "{}: ok ({} listener(s), {} route(s), {} cluster(s); request bodies held in memory: {})",
                 path.display(),
                 c.listeners.len(),
                 c.routes.len(),
-                c.clusters.len()
+                c.clusters.len(),
+                held
             );
             ExitCode::SUCCESS
         }

@@ -1079,3 +1079,40 @@ clusters: [ {{ name: app, endpoints: ["{}"] }} ]
     assert!(refused(one).await);
     drop((b, c, d));
 }
+
+/// `sift check` on a good config says what the held-body bound came to:
+/// the size given, `no limit` for 0, and `auto` resolved on this machine.
+#[test]
+fn check_reports_the_held_body_bound() {
+    let dir = TempDir::new();
+    let path = dir.path("ok.yaml");
+    let out = |overload: &str| {
+        std::fs::write(
+            &path,
+            format!(
+                "{overload}\nlisteners: [{{ name: main, address: \"127.0.0.1:0\" }}]\nroutes: [{{ name: r, cluster: c }}]\nclusters: [{{ name: c, endpoints: [\"127.0.0.1:1\"] }}]\n"
+            ),
+        )
+        .unwrap();
+        let o = std::process::Command::new(sift_bin())
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .expect("run sift");
+        assert_eq!(o.status.code(), Some(0));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let s = out("overload: { max_buffered_bytes: 256MiB }");
+    assert!(
+        s.contains("request bodies held in memory: 256.0 MiB"),
+        "{s}"
+    );
+    let s = out("overload: { max_buffered_bytes: 0 }");
+    assert!(s.contains("request bodies held in memory: no limit"), "{s}");
+    let auto = sift::budget::auto_limit() as f64 / 1048576.0;
+    let s = out("");
+    assert!(
+        s.contains(&format!("request bodies held in memory: {auto:.1} MiB")),
+        "{s}"
+    );
+}
