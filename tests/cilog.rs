@@ -138,6 +138,38 @@ fn oom_on_real_log_tails() {
     }
 }
 
+/// The job-timeout lines of CI systems the labelled logs do not come from,
+/// as those systems print them (Azure Pipelines: microsoft/azure-pipelines-
+/// agent#3842, microsoft/azure-pipelines-yaml#227; CircleCI: nspcc-dev/
+/// neo-go#2436; GitHub Actions, GitLab, Jenkins: their documented
+/// wordings), each appended in its CI's framing to a real log of the set:
+/// the verdict is `timeout`, its evidence the appended line.
+#[test]
+fn other_cis_timeouts_on_a_real_log() {
+    let data = all_data();
+    let m = model();
+    let base = &data.iter().find(|e| e.id == "L0526").expect("L0526").bytes;
+    let tails = [
+        "2024-01-02T03:04:05.1234567Z ##[error]The job running on agent Hosted Agent ran longer than the maximum time of 60 minutes. For more information, see https://go.microsoft.com/fwlink/?linkid=2077134\n",
+        "2024-01-02T03:04:05.1234567Z ##[error]The job exceeded the maximum allowed time of 01:00:00 and was stopped.\n",
+        "Too long with no output (exceeded 10m0s): context deadline exceeded\n",
+        "2024-01-02T03:04:05.1234567Z ##[error]The job running on runner GitHub Actions 2 has exceeded the maximum execution time of 360 minutes.\n",
+        "\x1b[31;1mERROR: Job failed: execution took longer than 1h0m0s seconds\n\x1b[0;m",
+        "[2024-01-02T03:04:05.123Z] Build timed out (after 10 minutes). Marking the build as failed.\n",
+    ];
+    for t in tails {
+        let mut log = base.clone();
+        if !log.ends_with(b"\n") {
+            log.push(b'\n');
+        }
+        let at = log.iter().filter(|&&b| b == b'\n').count() as u64 + 1;
+        log.extend_from_slice(t.as_bytes());
+        let v = m.classify(&log);
+        assert_eq!(v.class, Class::Timeout, "{t:?}: {v:?}");
+        assert_eq!(v.line, at, "{t:?}: {v:?}");
+    }
+}
+
 fn normalised(input: &[u8]) -> Vec<(u64, String)> {
     let mut sp = LineSplitter::new();
     let mut v = Vec::new();

@@ -41,6 +41,13 @@ const TIMEOUT_PHRASES: &[&str] = &[
     "execution took longer than",
     // Jenkins build-timeout plugin: "Build timed out (after 10 minutes). Marking the build as failed."
     "build timed out (after",
+    // Azure Pipelines: "##[error]The job running on agent Hosted Agent ran longer than the
+    // maximum time of 60 minutes. For more information, see https://go.microsoft.com/fwlink/?linkid=2077134",
+    // and its older "The job exceeded the maximum allowed time of 01:00:00 and was stopped."
+    "ran longer than the maximum time of",
+    "exceeded the maximum allowed time of",
+    // CircleCI's no-output timeout: "Too long with no output (exceeded 10m0s): context deadline exceeded".
+    "too long with no output (exceeded",
 ];
 
 /// Literal (lower-case) phrases of a test or command killed for time
@@ -182,6 +189,12 @@ mod tests {
             "The job running on runner GitHub Actions 2 has exceeded the maximum execution time of 360 minutes.",
             "ERROR: Job failed: execution took longer than 1h0m0s seconds",
             "Build timed out (after 10 minutes). Marking the build as failed.",
+            // As Azure Pipelines and CircleCI print them (quoted in their
+            // users' public issues: microsoft/azure-pipelines-agent#3842,
+            // microsoft/azure-pipelines-yaml#227, nspcc-dev/neo-go#2436).
+            "##[error]The job running on agent Hosted Agent ran longer than the maximum time of 60 minutes. For more information, see https://go.microsoft.com/fwlink/?linkid=2077134",
+            "The job exceeded the maximum allowed time of 01:00:00 and was stopped.",
+            "Too long with no output (exceeded 10m0s): context deadline exceeded",
         ] {
             assert_eq!(hit(s), Some(RuleHit::Timeout), "{s}");
         }
@@ -196,6 +209,8 @@ mod tests {
             "exit code 1",
             "1 test failed in 137 ms",
             "MyMemoryErrorHandler initialised",
+            "context deadline exceeded",
+            "Retrying: too long since the last output",
         ] {
             assert_eq!(hit(s), None, "{s}");
         }
