@@ -75,8 +75,13 @@ pub enum ProxyError {
     Overloaded { route: String, limit: usize },
     #[error("route {route:?} is at its adaptive concurrency limit ({limit})")]
     AdaptiveOverloaded { route: String, limit: u32 },
-    #[error("overload.max_buffered_bytes ({limit} bytes) reached: {what} could not hold the body")]
-    BuffersFull { what: &'static str, limit: u64 },
+    #[error("overload.{key} ({limit} bytes) reached: {what} could not hold the body")]
+    BuffersFull {
+        what: &'static str,
+        /// `max_buffered_bytes` (memory) or `max_spooled_bytes` (disk).
+        key: &'static str,
+        limit: u64,
+    },
     #[error("cluster {cluster:?} circuit breaker open: max {threshold} reached")]
     CircuitOpen {
         cluster: String,

@@ -27,6 +27,10 @@ pub struct Metrics {
     pub buffered_request_bytes: IntGauge,
     /// `sift_buffer_denied_total{use}`.
     pub buffer_denied: IntCounterVec,
+    /// `sift_spooled_request_bytes`.
+    pub spooled_request_bytes: IntGauge,
+    /// `sift_spool_denied_total{use}`.
+    pub spool_denied: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub config_last_reload_success: IntGauge,
     pub upgrades: IntCounterVec,
@@ -300,6 +304,19 @@ impl Metrics {
             Opts::new(
                 "sift_buffer_denied_total",
                 "Holds of a request body refused because overload.max_buffered_bytes was reached, by use: filter (the filters' on_overload decided), spool (written to disk sooner), external_auth (503 overloaded), retry (streamed without replay), mirror (copy skipped), buffering (request_buffering spooled sooner).",
+            ),
+            &["use"],
+        )
+        .expect("valid metric");
+        let spooled_request_bytes = IntGauge::new(
+            "sift_spooled_request_bytes",
+            "Request body bytes in spool files now (on_oversize: spool filters, request_buffering), against overload.max_spooled_bytes.",
+        )
+        .expect("valid metric");
+        let spool_denied = IntCounterVec::new(
+            Opts::new(
+                "sift_spool_denied_total",
+                "Spool writes refused because overload.max_spooled_bytes was reached, by use: filter (the filters' on_overload decided), buffering (503).",
             ),
             &["use"],
         )
@@ -800,6 +817,8 @@ impl Metrics {
             Box::new(active_requests.clone()),
             Box::new(buffered_request_bytes.clone()),
             Box::new(buffer_denied.clone()),
+            Box::new(spooled_request_bytes.clone()),
+            Box::new(spool_denied.clone()),
             Box::new(config_reloads.clone()),
             Box::new(config_last_reload_success.clone()),
             Box::new(upgrades.clone()),
@@ -832,6 +851,8 @@ impl Metrics {
             active_requests,
             buffered_request_bytes,
             buffer_denied,
+            spooled_request_bytes,
+            spool_denied,
             config_reloads,
             config_last_reload_success,
             upgrades,

@@ -549,6 +549,14 @@ async fn proxy(
             .budget
             .reservation(snap.config.overload.max_buffered_bytes)
     };
+    // The same for the bytes it writes to spool files
+    // (overload.max_spooled_bytes).
+    let mut spooled: Option<crate::budget::Reservation> = None;
+    let spool_budget = || {
+        shared
+            .spool_budget
+            .reservation(snap.config.overload.max_spooled_bytes)
+    };
     let listener = snap
         .listener(conn.listener_index)
         .ok_or_else(|| ProxyError::Internal(format!("listener {} has no config", conn.listener)))?;
@@ -751,6 +759,7 @@ async fn proxy(
             shared.budget.deny(crate::budget::Use::ExternalAuth);
             return Err(ProxyError::BuffersFull {
                 what: "external authorization",
+                key: "max_buffered_bytes",
                 limit: snap.config.overload.max_buffered_bytes.unwrap_or(u64::MAX),
             });
         }
@@ -971,6 +980,7 @@ async fn proxy(
                 &held_filters,
                 limit,
                 buffered.get_or_insert_with(budget),
+                spooled.get_or_insert_with(spool_budget),
             ))
             .await
             .map(|(d, s)| {
@@ -1390,8 +1400,16 @@ async fn proxy(
         if let Plan::Stream(b) = &mut body {
             if let Some(inner) = b.take() {
                 let res = buffered.get_or_insert_with(budget);
-                body = match Box::pin(buffer_whole(inner, rb, res)).await {
+                let disk = spooled.get_or_insert_with(spool_budget);
+                body = match Box::pin(buffer_whole(inner, rb, res, disk)).await {
                     Ok(p) => p,
+                    Err(BufferError::DiskFull) => {
+                        return Err(ProxyError::BuffersFull {
+                            what: "request buffering",
+                            key: "max_spooled_bytes",
+                            limit: snap.config.overload.max_spooled_bytes.unwrap_or(u64::MAX),
+                        });
+                    }
                     Err(BufferError::Body(e)) => {
                         return Err(match body_state(&state) {
                             BodyState::TOO_LARGE => ProxyError::BodyTooLarge { limit },
@@ -2892,6 +2910,8 @@ enum Plan {
 enum BufferError {
     Body(crate::body::BoxError),
     Spool(std::io::Error),
+    /// overload.max_spooled_bytes reached.
+    DiskFull,
 }
 
 /// Spooled bytes are written in batches of this many, off the network
@@ -2904,10 +2924,13 @@ const SPOOL_BATCH: usize = 64 * 1024;
 /// file on tokio's blocking pool. A body held whole in memory comes back
 /// replayable (retries can send it again); one with a spool file or
 /// trailers streams from the memory part, the file and the trailers.
+/// What is written to the file is taken from `disk` first
+/// (`overload.max_spooled_bytes`): without room, `DiskFull`.
 async fn buffer_whole(
     mut body: Body,
     spec: &crate::config::model::RequestBufferingSpec,
     res: &mut crate::budget::Reservation,
+    disk: &mut crate::budget::Reservation,
 ) -> Result<Plan, BufferError> {
     let mut head: Vec<bytes::Bytes> = Vec::new();
     let mut in_memory = 0u64;
@@ -2946,6 +2969,10 @@ async fn buffer_whole(
             },
         };
         if pending_len >= SPOOL_BATCH || (end && pending_len > 0) {
+            if !disk.grow(pending_len as u64) {
+                disk.budget().deny(crate::budget::Use::Buffering);
+                return Err(BufferError::DiskFull);
+            }
             let chunks = std::mem::take(&mut pending);
             pending_len = 0;
             let dir = spec.spool_dir.clone();

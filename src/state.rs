@@ -26,6 +26,8 @@ pub struct Shared {
     /// Request body bytes held in memory, across every request
     /// (`overload.max_buffered_bytes`).
     pub budget: Arc<crate::budget::Budget>,
+    /// Request body bytes in spool files (`overload.max_spooled_bytes`).
+    pub spool_budget: Arc<crate::budget::Budget>,
     /// Open client connections across every listener
     /// (`overload.max_connections`).
     pub connections: Arc<std::sync::atomic::AtomicUsize>,
@@ -64,9 +66,14 @@ impl Shared {
             metrics.buffered_request_bytes.clone(),
             metrics.buffer_denied.clone(),
         );
+        let spool_budget = crate::budget::Budget::new(
+            metrics.spooled_request_bytes.clone(),
+            metrics.spool_denied.clone(),
+        );
         Arc::new(Shared {
             filter_pool,
             budget,
+            spool_budget,
             connections: Arc::default(),
             tracer,
             snapshot: ArcSwap::from_pointee(snapshot),

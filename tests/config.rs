@@ -562,7 +562,20 @@ clusters: [{{ name: c, endpoints: ["127.0.0.1:1"] }}]
             .max_connections,
         None
     );
+    let c = sift::config::load_str(&cfg("overload: { max_spooled_bytes: 384MiB }")).unwrap();
+    assert_eq!(c.overload.max_spooled_bytes, Some(384 << 20));
+    assert_eq!(
+        sift::config::load_str(&cfg(""))
+            .unwrap()
+            .overload
+            .max_spooled_bytes,
+        None
+    );
     for (bad, want) in [
+        (
+            "overload: { max_spooled_bytes: 0 }",
+            "overload.max_spooled_bytes: must be more than 0",
+        ),
         (
             "overload: { max_connections: 0 }",
             "overload.max_connections: must be at least 1",

@@ -4922,3 +4922,83 @@ clusters:
     assert_eq!(arrived.lock().unwrap().len(), seen);
     assert_eq!(sift.metric("sift_buffered_request_bytes").await, Some(0.0));
 }
+
+/// `overload.max_spooled_bytes` bounds what spool files hold (the disk
+/// under a flood of uploads: in Kubernetes an emptyDir past its sizeLimit
+/// gets the pod evicted). With 100 KiB: request buffering that would need
+/// more answers 503 `overloaded` before any upstream contact, a spooling
+/// filter follows its on_overload (fail_open: the body forwarded whole,
+/// unclassified; fail_closed: 503), and bodies that fit are served; every
+/// byte comes back.
+#[tokio::test(flavor = "multi_thread")]
+async fn spool_files_stay_within_max_spooled_bytes() {
+    let up = Upstream::echo("app").await;
+    let a = up.addr;
+    let sift = Sift::start(&format!(
+        r#"log: {{ format: json, level: info }}
+admin: {{ address: "127.0.0.1:0" }}
+overload: {{ max_spooled_bytes: 100KiB }}
+listeners: [ {{ name: main, address: "127.0.0.1:0" }} ]
+filters:
+  - {{ name: spam, kind: spam }}
+routes:
+  - name: buffered
+    match: {{ path: {{ prefix: /buffered }} }}
+    cluster: app
+    request_buffering: {{ in_memory: 16KiB }}
+  - name: open
+    match: {{ path: {{ prefix: /open }} }}
+    cluster: app
+    filters: [ {{ filter: spam, mode: annotate, max_inspect_bytes: 16KiB, on_oversize: spool, on_overload: fail_open }} ]
+  - name: closed
+    match: {{ path: {{ prefix: /closed }} }}
+    cluster: app
+    filters: [ {{ filter: spam, mode: block, max_inspect_bytes: 16KiB, on_oversize: spool, on_overload: fail_closed }} ]
+clusters:
+  - name: app
+    endpoints: ["{a}"]
+"#
+    ));
+    let text = |n: usize| {
+        let mut t = b"hello there, ".repeat(n / 13 + 1);
+        t.truncate(n);
+        Bytes::from(t)
+    };
+    let post = |path: &str, body: Bytes| {
+        Request::post(sift.url(path))
+            .header("content-type", "text/plain")
+            .body(body::full(body))
+            .unwrap()
+    };
+    let seen = || up.requests.load(std::sync::atomic::Ordering::SeqCst);
+    // Fits: 16 KiB in memory, 44 KiB on disk.
+    let r = send(post("/buffered", text(60 << 10))).await;
+    assert_eq!(r.status(), 200, "{:?}", r.body());
+    assert_eq!(json(r.body())["body_len"], 60 << 10);
+    // Does not fit: 503, the upstream never asked.
+    let before = seen();
+    let r = send(post("/buffered", text(300 << 10))).await;
+    assert_eq!(r.status(), 503, "{:?}", r.body());
+    assert_eq!(r.headers()["x-sift-error"], "overloaded");
+    assert_eq!(seen(), before);
+    // A spooling filter, fail_open: forwarded whole, unclassified.
+    let r = send(post("/open", text(300 << 10))).await;
+    assert_eq!(r.status(), 200, "{:?}", r.body());
+    let v = json(r.body());
+    assert_eq!(v["body_len"], 300 << 10);
+    assert!(v["headers"].get("x-sift-spam-verdict").is_none(), "{v}");
+    // ... and one that fits is classified.
+    let r = send(post("/open", text(60 << 10))).await;
+    assert_eq!(json(r.body())["headers"]["x-sift-spam-verdict"][0], "ham");
+    // fail_closed: 503.
+    let before = seen();
+    let r = send(post("/closed", text(300 << 10))).await;
+    assert_eq!(r.status(), 503, "{:?}", r.body());
+    assert_eq!(r.headers()["x-sift-error"], "filter-overloaded");
+    assert_eq!(seen(), before);
+    for (u, n) in [("buffering", 1.0), ("filter", 2.0)] {
+        let name = format!(r#"sift_spool_denied_total{{use="{u}"}}"#);
+        assert_eq!(sift.metric(&name).await, Some(n), "{u}");
+    }
+    assert_eq!(sift.metric("sift_spooled_request_bytes").await, Some(0.0));
+}

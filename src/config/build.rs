@@ -136,6 +136,13 @@ pub fn build(f: &FileConfig) -> Result<Config, Vec<ConfigError>> {
             }
             n => n,
         },
+        max_spooled_bytes: match f.overload.as_ref().and_then(|o| o.max_spooled_bytes) {
+            Some(b) if b.0 == 0 => {
+                e.push("overload.max_spooled_bytes", "must be more than 0");
+                None
+            }
+            b => b.map(|b| b.0),
+        },
     };
     let listeners = build_listeners(&f.listeners, &routes, &clusters, &mut e);
     let tracing = f.tracing.as_ref().map(|t| build_tracing(t, &mut e));

@@ -94,6 +94,12 @@ pub struct OverloadFile {
     /// max_connections still holds).
     #[serde(default)]
     pub max_connections: Option<usize>,
+    /// Most request body bytes in spool files at once (on disk, in each
+    /// spool directory together): `on_oversize: spool` filters and
+    /// `request_buffering`. Beyond it a filter's on_overload decides and
+    /// request buffering answers 503. Default: no limit.
+    #[serde(default)]
+    pub max_spooled_bytes: Option<Bytes>,
 }
 
 /// `auto` or a size.

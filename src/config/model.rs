@@ -59,6 +59,8 @@ pub struct OverloadSpec {
     pub max_buffered_bytes: Option<u64>,
     /// Open client connections across every listener at most.
     pub max_connections: Option<usize>,
+    /// Request body bytes in spool files at most.
+    pub max_spooled_bytes: Option<u64>,
 }
 
 /// A route's validated `basic_auth`.

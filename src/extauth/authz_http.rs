@@ -64,6 +64,7 @@ pub async fn serve(
                         shared.budget.deny(crate::budget::Use::Filter);
                         let e = ProxyError::BuffersFull {
                             what: "the filters",
+                            key: "max_buffered_bytes",
                             limit: limit.unwrap_or(u64::MAX),
                         };
                         Err(super::deny_error(&shared, e, grpc, head.route))

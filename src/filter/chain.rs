@@ -281,7 +281,9 @@ pub struct Spilled {
 ///
 /// The part held in memory is taken from `res`; when the budget
 /// (`overload.max_buffered_bytes`) has no more, the rest goes to the spool
-/// file at once.
+/// file at once. What goes to the file is taken from `disk`
+/// (`overload.max_spooled_bytes`); when that has no more, the filters
+/// still running are refused as by a saturated pool (their `on_overload`).
 #[allow(clippy::too_many_arguments)]
 pub async fn run_spooled<B>(
     pool: &Pool,
@@ -292,6 +294,7 @@ pub async fn run_spooled<B>(
     filters: &[&RouteFilter],
     route_limit: u64,
     res: &mut crate::budget::Reservation,
+    disk: &mut crate::budget::Reservation,
 ) -> Result<(Decision, Spilled), ProxyError>
 where
     B: HttpBody<Data = Bytes> + Unpin,
@@ -394,6 +397,16 @@ where
             return Ok((d, held));
         }
         if batch_len >= BATCH || spill_len >= BATCH || (end && batch_len + spill_len > 0) {
+            if spill_len > 0 && !disk.grow(spill_len as u64) {
+                // No room on disk (overload.max_spooled_bytes): as a
+                // saturated pool. The spill stays in `held.tail`.
+                disk.budget().deny(crate::budget::Use::Filter);
+                overloaded(filters, metrics, &mut out)?;
+                held.complete = end;
+                let d = decide(filters, metrics, route, out, pre)?;
+                held.file = take_file(&file);
+                return Ok((d, held));
+            }
             let data = std::mem::take(&mut batch);
             // The spill stays in `held.tail` until it is on disk: a refused
             // job loses no byte.
