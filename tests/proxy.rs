@@ -4683,17 +4683,8 @@ clusters:
     endpoints: ["{a}"]
 "#
     ));
-    let text = |n: usize| {
-        let mut t = b"hello there, ".repeat(n / 13 + 1);
-        t.truncate(n);
-        Bytes::from(t)
-    };
-    let post = |path: &str, body: Bytes| {
-        Request::post(sift.url(path))
-            .header("content-type", "text/plain")
-            .body(body::full(body))
-            .unwrap()
-    };
+    let text = ham_text;
+    let post = |path: &str, body: Bytes| text_post(sift.url(path), body);
     let buffered = || async { sift.metric("sift_buffered_request_bytes").await };
     let sift = &sift;
     let denied = |u: &str| {
@@ -4959,17 +4950,8 @@ clusters:
     endpoints: ["{a}"]
 "#
     ));
-    let text = |n: usize| {
-        let mut t = b"hello there, ".repeat(n / 13 + 1);
-        t.truncate(n);
-        Bytes::from(t)
-    };
-    let post = |path: &str, body: Bytes| {
-        Request::post(sift.url(path))
-            .header("content-type", "text/plain")
-            .body(body::full(body))
-            .unwrap()
-    };
+    let text = ham_text;
+    let post = |path: &str, body: Bytes| text_post(sift.url(path), body);
     let seen = || up.requests.load(std::sync::atomic::Ordering::SeqCst);
     // Fits: 16 KiB in memory, 44 KiB on disk.
     let r = send(post("/buffered", text(60 << 10))).await;
@@ -5001,4 +4983,19 @@ clusters:
         assert_eq!(sift.metric(&name).await, Some(n), "{u}");
     }
     assert_eq!(sift.metric("sift_spooled_request_bytes").await, Some(0.0));
+}
+
+/// `n` bytes of plain words a spam filter reads as ham.
+fn ham_text(n: usize) -> Bytes {
+    let mut t = b"hello there, ".repeat(n / 13 + 1);
+    t.truncate(n);
+    Bytes::from(t)
+}
+
+/// A text/plain POST of `body` to `url`.
+fn text_post(url: String, body: Bytes) -> Request<body::Body> {
+    Request::post(url)
+        .header("content-type", "text/plain")
+        .body(body::full(body))
+        .unwrap()
 }
