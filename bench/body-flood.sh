@@ -109,7 +109,7 @@ asyncio.run(main())
 PY
 
 URL="http://127.0.0.1:$P/"
-echo "body-flood: $(date -u) | commit $(git rev-parse --short HEAD) | nproc $(nproc) | load average $(cut -d' ' -f1-3 /proc/loadavg)"
+bench_header "body-flood"
 echo "$(nginx -v 2>&1) | sift: $("$SIFT" --version 2>/dev/null | head -1)"
 echo "$FLOOD clients, each POST /held/upload (last row: /buffered/upload) with Content-Length ${SIZE} KiB, all but the last KiB sent, then nothing; answers watched for ${HOLD}s; block filter (spam, max_inspect_bytes ${SIZE}KiB, on_overload $ON_OVERLOAD); proxy on core 0, clients and backend on core 1"
 echo

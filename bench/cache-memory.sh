@@ -52,7 +52,7 @@ rss() { awk '/VmRSS/{print $2}' "/proc/$SP/status"; }
 view() { curl -s "http://127.0.0.1:$A/cache" | python3 -c 'import json,sys; r=json.load(sys.stdin)["routes"][0]; print(r["entries"], r["bytes"])'; }
 metric() { curl -s "http://127.0.0.1:$A/metrics" | awk -v m="$1" '$1==m{print $2}'; }
 
-echo "cache memory: $(date -u) | commit $(git rev-parse --short HEAD) | nproc $(nproc) | load average $(cut -d' ' -f1-3 /proc/loadavg)"
+bench_header "cache memory"
 echo "N=$N distinct paths of $SIZE-byte bodies (max-age=3600), cache max_bytes $MAX; sift on core 0, curl (one connection, /p/[0-$((N - 1))]) and nginx on core 1"
 echo
 echo "| step | sift VmRSS KiB | entries | bytes counted | evictions | hits |"

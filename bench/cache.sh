@@ -109,7 +109,7 @@ print(f"| {label} | {'HIT' if hit else '-'} | {len(orig)} | yes |")
 PY
 }
 
-echo "cache: $(date -u) | commit $(git rev-parse --short HEAD) | nproc $(nproc) | load average $(cut -d' ' -f1-3 /proc/loadavg)"
+bench_header "cache"
 echo "$(nginx -v 2>&1) | $(wrk -v 2>&1 | head -1) | sift: $("$SIFT" --version 2>/dev/null | head -1)"
 echo "answer: $SIZE bytes of JSON (backend nginx, Cache-Control: max-age=3600); wrk -t1 -c$CONNS -d$DURATION --latency after a ${WARMUP} warmup; proxy on core 0, wrk + backend on core 1"
 echo

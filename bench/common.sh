@@ -69,6 +69,12 @@ bench_setup() {
 # $2 is the process line ("worker_processes 1" or "master_process off"),
 # $3 a TLS port and $4 an mTLS port (client certificate required); either
 # may be empty. No session cache or tickets: every handshake is full.
+# A benchmark's first line: its name, the time, the commit, the machine's
+# CPUs and load. bench_header NAME
+bench_header() {
+  echo "$1: $(date -u) | commit $(git rev-parse --short HEAD) | nproc $(nproc) | load average $(cut -d' ' -f1-3 /proc/loadavg)"
+}
+
 # The body benchmarks' setup (slow-clients.sh, body-flood.sh): scratch dir,
 # ports BE (backend), P (proxy), A (sift admin), the backend nginx on core 1
 # taking bodies up to $1, and $d/nginx.conf: nginx as the proxy under test

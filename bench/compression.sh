@@ -127,7 +127,7 @@ print(f"| {label} | {coding if enc else 'identity'} | {len(body)} | {len(orig) /
 PY
 }
 
-echo "$CODING compression: $(date -u) | commit $(git rev-parse --short HEAD) | nproc $(nproc) | load average $(cut -d' ' -f1-3 /proc/loadavg)"
+bench_header "$CODING compression"
 echo "$(nginx -v 2>&1) | $(wrk -v 2>&1 | head -1) | sift: $("$SIFT" --version 2>/dev/null | head -1)"
 echo "answer: $SIZE bytes of JSON (application/json, backend nginx, gzip off); wrk -t1 -c$CONNS -d$DURATION --latency -H '$AE' after a ${WARMUP} warmup; proxy on core 0, wrk + backend on core 1"
 echo

@@ -106,7 +106,7 @@ asyncio.run(main())
 PY
 
 URL="http://127.0.0.1:$P/"
-echo "slow-clients: $(date -u) | commit $(git rev-parse --short HEAD) | nproc $(nproc) | load average $(cut -d' ' -f1-3 /proc/loadavg)"
+bench_header "slow-clients"
 echo "$(nginx -v 2>&1) | $(wrk -v 2>&1 | head -1) | sift: $("$SIFT" --version 2>/dev/null | head -1)"
 echo "$SLOW slow clients (POST $SLOW_PATH: head + 16 KiB of 64 KiB, then nothing), body timeout ${TIMEOUT}s, watched for ${HOLD}s; wrk -t1 -c50 -d$DURATION GET / meanwhile; proxy on core 0, the rest on core 1"
 echo

@@ -126,11 +126,7 @@ fn oom_on_real_log_tails() {
         "cc1plus: out of memory allocating 65536 bytes after a total of 2147483648 bytes\nmake: *** [all] Error 137\n",
     ];
     for t in tails {
-        let mut log = base.clone();
-        if !log.ends_with(b"\n") {
-            log.push(b'\n');
-        }
-        log.extend_from_slice(t.as_bytes());
+        let (log, _) = with_tail(base, t);
         let v = m.classify(&log);
         assert_eq!(v.class, Class::Oom, "{t:?}: {v:?}");
         assert!(v.line > n_base, "evidence in the appended tail: {v:?}");
@@ -158,16 +154,24 @@ fn other_cis_timeouts_on_a_real_log() {
         "[2024-01-02T03:04:05.123Z] Build timed out (after 10 minutes). Marking the build as failed.\n",
     ];
     for t in tails {
-        let mut log = base.clone();
-        if !log.ends_with(b"\n") {
-            log.push(b'\n');
-        }
-        let at = log.iter().filter(|&&b| b == b'\n').count() as u64 + 1;
-        log.extend_from_slice(t.as_bytes());
+        let (log, at) = with_tail(base, t);
         let v = m.classify(&log);
         assert_eq!(v.class, Class::Timeout, "{t:?}: {v:?}");
         assert_eq!(v.line, at, "{t:?}: {v:?}");
     }
+}
+
+/// `base` with `tail` appended on a line of its own, and the number of
+/// the tail's first line (counting `\n`s: the base logs used have no lone
+/// `\r` line ends).
+fn with_tail(base: &[u8], tail: &str) -> (Vec<u8>, u64) {
+    let mut log = base.to_vec();
+    if !log.ends_with(b"\n") {
+        log.push(b'\n');
+    }
+    let at = log.iter().filter(|&&b| b == b'\n').count() as u64 + 1;
+    log.extend_from_slice(tail.as_bytes());
+    (log, at)
 }
 
 fn normalised(input: &[u8]) -> Vec<(u64, String)> {

@@ -4720,15 +4720,9 @@ clusters:
 
     // Block filter, fail_closed: 503, the upstream never sees it.
     let r = send(post("/closed", text(30 << 10))).await;
-    assert_eq!(r.status(), 503, "{:?}", r.body());
-    assert_eq!(r.headers()["x-sift-error"], "filter-overloaded");
-    assert_eq!(seen(), before);
+    refused_unseen(&r, "filter-overloaded", seen() - before);
     // Annotate filter, fail_open: forwarded whole, unclassified.
-    let r = send(post("/open", text(30 << 10))).await;
-    assert_eq!(r.status(), 200, "{:?}", r.body());
-    let v = json(r.body());
-    assert_eq!(v["body_len"], 30 << 10);
-    assert!(v["headers"].get("x-sift-spam-verdict").is_none(), "{v}");
+    forwarded_unclassified(&send(post("/open", text(30 << 10))).await, 30 << 10);
     assert_eq!(denied("filter").await, Some(2.0));
     // Spooling filter: the rest goes to disk, the body is still classified.
     let r = send(post("/spooled", text(30 << 10))).await;
@@ -4960,24 +4954,16 @@ clusters:
     // Does not fit: 503, the upstream never asked.
     let before = seen();
     let r = send(post("/buffered", text(300 << 10))).await;
-    assert_eq!(r.status(), 503, "{:?}", r.body());
-    assert_eq!(r.headers()["x-sift-error"], "overloaded");
-    assert_eq!(seen(), before);
+    refused_unseen(&r, "overloaded", seen() - before);
     // A spooling filter, fail_open: forwarded whole, unclassified.
-    let r = send(post("/open", text(300 << 10))).await;
-    assert_eq!(r.status(), 200, "{:?}", r.body());
-    let v = json(r.body());
-    assert_eq!(v["body_len"], 300 << 10);
-    assert!(v["headers"].get("x-sift-spam-verdict").is_none(), "{v}");
+    forwarded_unclassified(&send(post("/open", text(300 << 10))).await, 300 << 10);
     // ... and one that fits is classified.
     let r = send(post("/open", text(60 << 10))).await;
     assert_eq!(json(r.body())["headers"]["x-sift-spam-verdict"][0], "ham");
     // fail_closed: 503.
     let before = seen();
     let r = send(post("/closed", text(300 << 10))).await;
-    assert_eq!(r.status(), 503, "{:?}", r.body());
-    assert_eq!(r.headers()["x-sift-error"], "filter-overloaded");
-    assert_eq!(seen(), before);
+    refused_unseen(&r, "filter-overloaded", seen() - before);
     for (u, n) in [("buffering", 1.0), ("filter", 2.0)] {
         let name = format!(r#"sift_spool_denied_total{{use="{u}"}}"#);
         assert_eq!(sift.metric(&name).await, Some(n), "{u}");
@@ -4998,4 +4984,21 @@ fn text_post(url: String, body: Bytes) -> Request<body::Body> {
         .header("content-type", "text/plain")
         .body(body::full(body))
         .unwrap()
+}
+
+/// A 503 of this `x-sift-error` kind, with `reached` requests having
+/// reached the upstream meanwhile (must be none).
+fn refused_unseen(r: &http::Response<Bytes>, kind: &str, reached: usize) {
+    assert_eq!(r.status(), 503, "{:?}", r.body());
+    assert_eq!(r.headers()["x-sift-error"], kind);
+    assert_eq!(reached, 0, "the upstream saw the refused request");
+}
+
+/// The echo upstream's answer to a body of `len` bytes forwarded whole,
+/// without a spam verdict.
+fn forwarded_unclassified(r: &http::Response<Bytes>, len: usize) {
+    assert_eq!(r.status(), 200, "{:?}", r.body());
+    let v = json(r.body());
+    assert_eq!(v["body_len"], len);
+    assert!(v["headers"].get("x-sift-spam-verdict").is_none(), "{v}");
 }
