@@ -1423,7 +1423,8 @@ rate_limit_service:
 "#,
     );
     let app = Upstream::echo("app").await;
-    let dead = free_port();
+    let refusing = refused_port();
+    let dead = refusing.addr.port();
     let cfg = format!(
         r#"log: {{ format: json }}
 admin: {{ address: "127.0.0.1:0" }}

@@ -234,10 +234,8 @@ async fn slow_or_dead_mirror_costs_the_client_nothing() {
     drop(sift);
 
     // A mirror on a closed port.
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let refusing = refused_port();
+    let closed = refusing.addr;
     let sift = Sift::start(&config(p.addr, closed, "percent: 100", ""));
     for _ in 0..2 {
         let t = Instant::now();

@@ -77,12 +77,9 @@ async fn resetting() -> (SocketAddr, tokio::task::JoinHandle<()>) {
     (addr, t)
 }
 
-/// A port nobody listens on: connections are refused.
+/// A port nobody listens on (for config checks that never connect).
 fn refused() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    refused_port().addr
 }
 
 /// Answers 503 to every request after `delay`, counting what reached it.
@@ -784,15 +781,11 @@ async fn retries_recover_from_refused_reset_and_hung_endpoints() {
         text_response(200, "late")
     })
     .await;
+    let refusing = refused_port();
     let sift = Sift::start(&config(
         &format!(
             "  - {{ name: refused, endpoints: [\"{}\", \"{}\"] }}\n  - {{ name: reset, endpoints: [\"{}\", \"{}\"] }}\n  - {{ name: hung, endpoints: [\"{}\", \"{}\"] }}",
-            refused(),
-            good.addr,
-            reset,
-            good.addr,
-            hung.addr,
-            good.addr
+            refusing.addr, good.addr, reset, good.addr, hung.addr, good.addr
         ),
         r#"  - name: refused
     match: { path: { prefix: /refused } }
@@ -1291,7 +1284,8 @@ async fn health_check_panic_tcp_timeout_and_reload() {
     p.health.store(500, Ordering::SeqCst);
     let t = checked_upstream("t", Duration::ZERO).await;
     let h = checked_upstream("h", Duration::from_secs(10)).await;
-    let dead = refused();
+    let refusing = refused_port();
+    let dead = refusing.addr;
     let clusters = format!(
         r#"  - name: p
     endpoints: ["{p}"]
@@ -2406,7 +2400,8 @@ async fn external_auth_admits_on_2xx_and_relays_denials() {
     })
     .await;
     let app = Upstream::echo("app").await;
-    let dead = free_port();
+    let refusing = refused_port();
+    let dead = refusing.addr.port();
     let cfg = config(
         &format!(
             r#"  - {{ name: app, endpoints: ["{}"] }}

@@ -111,11 +111,8 @@ async fn error_map_status_body_and_header() {
         text_response(200, "ok")
     })
     .await;
-    // A port that refuses connections: bind, note, close.
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let refusing = refused_port();
+    let closed = refusing.addr;
     let cfg = format!(
         r#"log: {{ format: json }}
 admin: {{ address: "127.0.0.1:0" }}
@@ -773,10 +770,8 @@ async fn upstream_pool_reuses_recovers_and_expires() {
 #[tokio::test(flavor = "multi_thread")]
 async fn early_answers_reach_a_client_still_uploading() {
     let up = Upstream::echo("app").await;
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let refusing = refused_port();
+    let closed = refusing.addr;
     let cfg = format!(
         r#"log: {{ format: json }}
 admin: {{ address: "127.0.0.1:0" }}
@@ -984,10 +979,8 @@ async fn http10_requests_without_host_get_one_upstream() {
 /// local replies. Responses before any route matched (404) have none.
 #[tokio::test(flavor = "multi_thread")]
 async fn route_response_headers_are_on_sift_answers_too() {
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let refusing = refused_port();
+    let closed = refusing.addr;
     let cfg = format!(
         r#"log: {{ format: json }}
 admin: {{ address: "127.0.0.1:0" }}
@@ -2392,10 +2385,8 @@ async fn traces_join_the_callers_and_spans_reach_the_collector() {
     })
     .await;
     let app = Upstream::echo("app").await;
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let refusing = refused_port();
+    let dead = refusing.addr;
     let cfg = |sampling: &str, endpoint: &str| {
         format!(
             r#"log: {{ format: json }}

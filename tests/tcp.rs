@@ -125,7 +125,8 @@ async fn bytes_go_both_ways_whole_and_half_closes_pass() {
 async fn connections_are_balanced_and_failed_connects_try_another_endpoint() {
     let (a, _ta) = tcp_echo("a").await;
     let (b, _tb) = tcp_echo("b").await;
-    let dead = format!("127.0.0.1:{}", free_port());
+    let refusing = refused_port();
+    let dead = refusing.addr.to_string();
     let sift = Sift::start(&config(
         &format!("\"{a}\", \"{dead}\", \"{b}\""),
         ", connect_attempts: 2",

@@ -808,3 +808,30 @@ pub fn base64(b: &[u8]) -> String {
     }
     s
 }
+
+/// A loopback port that refuses connections for as long as this value
+/// lives: the socket is bound (so no other test or ephemeral connect can
+/// take the port) but never listens, so a connect gets a reset at once.
+/// Binding a listener and dropping it leaves the port free for any
+/// parallel test to take, which turns "refused" into "accepted, then
+/// reset" now and then.
+pub struct RefusedPort {
+    _socket: socket2::Socket,
+    pub addr: SocketAddr,
+}
+
+pub fn refused_port() -> RefusedPort {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("address");
+    socket.bind(&any.into()).expect("bind");
+    let addr = socket
+        .local_addr()
+        .expect("local address")
+        .as_socket()
+        .expect("inet address");
+    RefusedPort {
+        _socket: socket,
+        addr,
+    }
+}
