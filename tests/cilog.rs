@@ -300,16 +300,14 @@ fn other_ci_formats_keep_the_verdict() {
         let n = sample.len() as f64;
         let (c, l) = (class as f64 / n, line as f64 / n);
         eprintln!("{to:?}: class {c:.3} evidence line {l:.3} of {n} logs");
-        // CircleCI echoes a step's command bare (after the shell's
-        // shebang), so its framing differs most: 0.938 / 0.938 when
-        // this bound was set (2026-12-07; the model card has the
-        // cross-validated figures before and after sift read CircleCI's,
-        // Azure's and Buildkite's failed-step lines).
-        let (cs, ls) = match to {
-            CiFormat::Circleci => (0.93, 0.93),
-            _ => (CLASS_SAME, LINE_SAME),
-        };
-        assert!(c >= cs && l >= ls, "{to:?}: class {c:.3} line {l:.3}");
+        // CircleCI echoes a step's command bare after the shell's
+        // shebang; read as Travis's `$ cmd` it agrees as the others do
+        // (0.975 / 0.963 when this bound was set, 2026-12-07; 0.938 /
+        // 0.938 before; the model card has the cross-validated figures).
+        assert!(
+            c >= CLASS_SAME && l >= LINE_SAME,
+            "{to:?}: class {c:.3} line {l:.3}"
+        );
     }
 }
 

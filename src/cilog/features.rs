@@ -1348,15 +1348,13 @@ pub fn sig_family_feature(fam: usize, slot: u32) -> u32 {
 
 /// A line that echoes the command of a build step: `$ cmd` (Travis, GitLab),
 /// `+ cmd` (shell `set -x`, Jenkins sh), `Run cmd` (GitHub Actions group
-/// header), `> cmd` (npm scripts), `#!/bin/bash -eo pipefail` (CircleCI
-/// step start; Azure's `##[command]cmd` is normalised to `$ cmd`).
+/// header), `> cmd` (npm scripts). Azure's `##[command]cmd` and CircleCI's
+/// command after its step's shebang are normalised to `$ cmd`.
 pub fn is_command(line: &[u8]) -> bool {
     line.starts_with(b"$ ")
         || line.starts_with(b"+ ")
         || line.starts_with(b"Run ")
         || line.starts_with(b"> ")
-        // CircleCI starts each step's output with its shell's shebang.
-        || line.starts_with(b"#!/bin/")
 }
 
 #[cfg(test)]

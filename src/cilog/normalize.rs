@@ -34,6 +34,9 @@ pub struct LineSplitter {
     after_cr: bool,
     /// Normalisation output buffer, reused.
     norm: Vec<u8>,
+    /// The last shown line was a shell's shebang (CircleCI's step start):
+    /// the next one is the step's command.
+    after_shebang: bool,
 }
 
 impl Default for LineSplitter {
@@ -51,6 +54,7 @@ impl LineSplitter {
             line_no: 1,
             after_cr: false,
             norm: Vec::with_capacity(256),
+            after_shebang: false,
         }
     }
 
@@ -95,9 +99,7 @@ impl LineSplitter {
                     let seg = &data[..i.min(MAX_LINE)];
                     if has_visible(seg) {
                         normalize_segment(seg, &mut self.norm);
-                        if !self.norm.is_empty() {
-                            emit(self.line_no, &self.norm);
-                        }
+                        self.show(self.line_no, emit);
                     }
                     self.after_cr = false;
                     self.line_no += 1;
@@ -156,13 +158,40 @@ impl LineSplitter {
     fn end_physical<F: FnMut(u64, &[u8])>(&mut self, emit: &mut F) {
         if self.shown_no != 0 {
             normalize_segment(&self.shown, &mut self.norm);
-            if !self.norm.is_empty() {
-                emit(self.shown_no, &self.norm);
-            }
+            self.show(self.shown_no, emit);
         }
         self.shown.clear();
         self.shown_no = 0;
     }
+
+    /// Emit the normalised line in `norm` (nothing if it is empty). CircleCI
+    /// starts each step's output with its shell and the shell's options as
+    /// a shebang (`#!/bin/bash -eo pipefail`) and then echoes the step's
+    /// command bare: that shebang is a step marker (dropped, as Travis's
+    /// fold markers are) and the line after it reads as Travis's `$ cmd`,
+    /// as the models learned a command echo. A shebang without options
+    /// (`#!/bin/bash`) is usually a script printed by the build, and stays.
+    fn show<F: FnMut(u64, &[u8])>(&mut self, no: u64, emit: &mut F) {
+        if self.norm.is_empty() {
+            return;
+        }
+        if is_step_shebang(&self.norm) {
+            self.after_shebang = true;
+            return;
+        }
+        if std::mem::take(&mut self.after_shebang)
+            && !crate::cilog::features::is_command(&self.norm)
+        {
+            self.norm.splice(..0, *b"$ ");
+        }
+        emit(no, &self.norm);
+    }
+}
+
+/// CircleCI's step start: `#!/path/to/shell -options`.
+fn is_step_shebang(line: &[u8]) -> bool {
+    line.starts_with(b"#!/")
+        && memchr::memchr(b' ', line).is_some_and(|i| line.get(i + 1) == Some(&b'-'))
 }
 
 /// Whether a segment has any byte outside escape sequences and whitespace.
@@ -488,6 +517,35 @@ mod tests {
         let mut o = Vec::new();
         normalize_segment(s.as_bytes(), &mut o);
         String::from_utf8(o).unwrap()
+    }
+
+    #[test]
+    fn circleci_step_start_reads_as_a_command_echo() {
+        let log = b"#!/bin/bash -eo pipefail\nnpm test\n> jest\nFAIL x.test.js\n\
+                    #!/bin/sh -e\n\n$ make\nok\n#!/bin/bash\nset -e\n";
+        let got = lines(log);
+        let want = [
+            (2, "$ npm test"),
+            (3, "> jest"),
+            (4, "FAIL x.test.js"),
+            // A command that already reads as one is kept as it is.
+            (7, "$ make"),
+            (8, "ok"),
+            // A printed script's shebang (no shell options) is text.
+            (9, "#!/bin/bash"),
+            (10, "set -e"),
+        ];
+        let want: Vec<(u64, String)> = want.iter().map(|(n, s)| (*n, s.to_string())).collect();
+        assert_eq!(got, want);
+        // The same whatever the chunking (the shebang state spans feeds).
+        let mut sp = LineSplitter::new();
+        let mut v = Vec::new();
+        let mut emit = |n: u64, s: &[u8]| v.push((n, String::from_utf8_lossy(s).into_owned()));
+        for b in log.chunks(1) {
+            sp.feed(b, &mut emit);
+        }
+        sp.finish(&mut emit);
+        assert_eq!(v, want);
     }
 
     #[test]

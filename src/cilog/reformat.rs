@@ -2,9 +2,12 @@
 //! CI's own lines (fold markers, step command echoes, the failed-step
 //! marker, the end-of-build line) rewritten into that system's forms, and
 //! that system's timestamp put before every physical line. The tool output
-//! in between is left byte for byte, and every line terminator (`\n`,
-//! `\r\n`, a lone `\r`) is kept, so a line keeps its number and the human
-//! chunk of the labelled data still points at the same lines.
+//! in between is left byte for byte, and every line ends where it ended
+//! (the terminators are kept, except that CircleCI's step start, which it
+//! prints on a line of its own, ends with `\n` where Travis's hidden marker
+//! ended with a lone `\r`: one line end either way), so a line keeps its
+//! number and the human chunk of the labelled data still points at the
+//! same lines.
 //!
 //! The labelled logs are all Travis CI; the filter will also see GitHub
 //! Actions, GitLab, Jenkins, Azure Pipelines, Buildkite and CircleCI logs. `sift eval cilog --as FORMAT` scores
@@ -83,18 +86,27 @@ pub fn from_travis(log: &[u8], to: CiFormat) -> Vec<u8> {
             to.stamp(physical, &mut out);
             physical += 1;
         }
-        rewrite(seg, to, &mut out);
-        out.extend_from_slice(&tail[..term]);
+        let step_start = rewrite(seg, to, &mut out);
+        // CircleCI prints a step's shebang on a line of its own: a Travis
+        // marker hidden by a lone `\r` (`travis_time:start:..\r$ cmd`)
+        // becomes a shown line (`\n` ends one line as `\r` does, so the
+        // line numbers stay).
+        let term_bytes: &[u8] = if step_start && term == 1 && tail[0] == b'\r' {
+            b"\n"
+        } else {
+            &tail[..term]
+        };
+        out.extend_from_slice(term_bytes);
         // A lone `\r` ends a line but not the physical line: no stamp.
-        line_start = tail.first() != Some(&b'\r') || term == 2;
+        line_start = term_bytes.first() != Some(&b'\r') || term == 2;
         rest = &tail[term..];
     }
     out
 }
 
 /// One `\r`/`\n`-free segment, rewritten when it is one of Travis's own
-/// lines, else copied.
-fn rewrite(seg: &[u8], to: CiFormat, out: &mut Vec<u8>) {
+/// lines, else copied. True when it became a CircleCI step start.
+fn rewrite(seg: &[u8], to: CiFormat, out: &mut Vec<u8>) -> bool {
     let ansi = leading_ansi(seg);
     let (pre, body) = seg.split_at(ansi);
     let mut put = |s: &[u8]| {
@@ -111,7 +123,10 @@ fn rewrite(seg: &[u8], to: CiFormat, out: &mut Vec<u8>) {
             CiFormat::Jenkins => put(&[b"[Pipeline] { (", name, b")"].concat()),
             CiFormat::Azure => put(&[b"##[section]Starting: ", name].concat()),
             CiFormat::Buildkite => put(&[b"--- ", name].concat()),
-            CiFormat::Circleci => put(b"#!/bin/bash -eo pipefail"),
+            CiFormat::Circleci => {
+                put(b"#!/bin/bash -eo pipefail");
+                return true;
+            }
         }
     } else if let Some(name) = body
         .strip_prefix(b"travis_fold:end:")
@@ -160,6 +175,7 @@ fn rewrite(seg: &[u8], to: CiFormat, out: &mut Vec<u8>) {
     } else {
         put(body);
     }
+    false
 }
 
 /// Bytes of ANSI CSI sequences (`ESC [ ... final`) at the start of `s`.
