@@ -86,7 +86,14 @@ pub fn from_travis(log: &[u8], to: CiFormat) -> Vec<u8> {
             to.stamp(physical, &mut out);
             physical += 1;
         }
+        let before = out.len();
         let step_start = rewrite(seg, to, &mut out);
+        if term == 0 && !seg.is_empty() && out.len() == before {
+            // The log's last line, unterminated, rewritten to nothing (a
+            // fold end, which Buildkite and CircleCI do not print): still
+            // a line, as it was.
+            out.push(b'\n');
+        }
         // CircleCI prints a step's shebang on a line of its own: a Travis
         // marker hidden by a lone `\r` (`travis_time:start:..\r$ cmd`)
         // becomes a shown line (`\n` ends one line as `\r` does, so the
@@ -269,7 +276,8 @@ mod tests {
                     "🚨 Error: The command exited with status 1",
                     "^^^ +++",
                 ),
-                CiFormat::Circleci => ("npm install", "Exited with code exit status 1", ""),
+                // The command after the step's shebang reads as `$ cmd`.
+                CiFormat::Circleci => ("$ npm install", "Exited with code exit status 1", ""),
             };
             let mut want = vec![cmd, "Downloading 100%", "npm ERR! code E404", marker, done];
             want.retain(|l| !l.is_empty());
@@ -291,6 +299,26 @@ mod tests {
         assert!(parts[2].ends_with("Z b"), "{s:?}");
         assert_eq!(parts[3], "c", "{s:?}");
         assert!(parts[4].ends_with("Z d"), "{s:?}");
+        // A log that ends in an unterminated marker that a format does not
+        // print (Buildkite's and CircleCI's fold end) or a step start keeps
+        // its line count (found by the `cilog` fuzz target).
+        let total = |log: &[u8]| {
+            let mut sp = LineSplitter::new();
+            let mut e = |_: u64, _: &[u8]| {};
+            sp.feed(log, &mut e);
+            sp.finish(&mut e);
+            sp.total_lines()
+        };
+        for log in [
+            &b"x\ntravis_fold:end:install"[..],
+            b"x\ntravis_fold:start:install",
+            b"x\ntravis_time:start:0c1d\r",
+            b"x\ntravis_time:start:0c1d\r\r\n$ make\r",
+        ] {
+            for to in CiFormat::ALL {
+                assert_eq!(total(&from_travis(log, to)), total(log), "{to:?} {log:?}");
+            }
+        }
         assert_eq!(failed_step_code(b"The command \"x\" exited with 0."), None);
         assert_eq!(
             failed_step_code(b"The command \"make\" exited with 2."),
