@@ -505,10 +505,17 @@ mod tests {
     use super::*;
 
     fn lines(input: &[u8]) -> Vec<(u64, String)> {
+        lines_in_chunks(input, input.len().max(1))
+    }
+
+    /// The lines of `input` fed `step` bytes at a time.
+    fn lines_in_chunks(input: &[u8], step: usize) -> Vec<(u64, String)> {
         let mut sp = LineSplitter::new();
         let mut v = Vec::new();
         let mut emit = |n: u64, s: &[u8]| v.push((n, String::from_utf8_lossy(s).into_owned()));
-        sp.feed(input, &mut emit);
+        for c in input.chunks(step) {
+            sp.feed(c, &mut emit);
+        }
         sp.finish(&mut emit);
         v
     }
@@ -538,14 +545,7 @@ mod tests {
         let want: Vec<(u64, String)> = want.iter().map(|(n, s)| (*n, s.to_string())).collect();
         assert_eq!(got, want);
         // The same whatever the chunking (the shebang state spans feeds).
-        let mut sp = LineSplitter::new();
-        let mut v = Vec::new();
-        let mut emit = |n: u64, s: &[u8]| v.push((n, String::from_utf8_lossy(s).into_owned()));
-        for b in log.chunks(1) {
-            sp.feed(b, &mut emit);
-        }
-        sp.finish(&mut emit);
-        assert_eq!(v, want);
+        assert_eq!(lines_in_chunks(log, 1), want);
     }
 
     #[test]
@@ -605,14 +605,7 @@ mod tests {
             "\x1b[31;1mé error\x1b[0m\r\ntravis_fold:start:x\r\x1b[0K$ make\r\nok ✓\n".as_bytes();
         let whole = lines(input);
         for step in 1..7 {
-            let mut sp = LineSplitter::new();
-            let mut v = Vec::new();
-            let mut emit = |n: u64, s: &[u8]| v.push((n, String::from_utf8_lossy(s).into_owned()));
-            for c in input.chunks(step) {
-                sp.feed(c, &mut emit);
-            }
-            sp.finish(&mut emit);
-            assert_eq!(v, whole, "step {step}");
+            assert_eq!(lines_in_chunks(input, step), whole, "step {step}");
         }
         assert_eq!(
             whole,
@@ -647,14 +640,7 @@ mod tests {
             }
         }
         let whole = lines(&input);
-        let mut sp = LineSplitter::new();
-        let mut v = Vec::new();
-        let mut emit = |n: u64, s: &[u8]| v.push((n, String::from_utf8_lossy(s).into_owned()));
-        for c in input.chunks(1) {
-            sp.feed(c, &mut emit);
-        }
-        sp.finish(&mut emit);
-        assert_eq!(v, whole);
+        assert_eq!(lines_in_chunks(&input, 1), whole);
         assert!(whole.len() > 150);
     }
 
