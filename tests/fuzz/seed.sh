@@ -152,6 +152,8 @@ heads = [
     b"GET /docsx HTTP/1.1\r\nHost: a\r\n\r\n",
     b"GET /contact?q=URGENT+you+have+WON+a+FREE+prize+txt+CLAIM&msg[]=x HTTP/1.1\r\nHost: a\r\n\r\n",
     b"POST /contact HTTP/1.1\r\nHost: a\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 40\r\napp-spam-score: 0\r\n\r\nmsg=Hello+there%2C+see+you+at+lunch&a=b",
+    b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\nhello world",
+    b"POST /upload/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n400\r\n" + b"z" * 1024 + b"\r\n0\r\n\r\n",
     b"GET /limited HTTP/1.1\r\nHost: a\r\nx-user: u1\r\nx-user: u2\r\n\r\n",
     b"GET /c HTTP/1.1\r\nHost: a\r\nx-user: 42\r\nx-sift-canary: always\r\nx-sift-x: 1\r\nx_forwarded_for: 1.2.3.4\r\n\r\n",
     b"GET /c HTTP/1.1\r\nHost: a\r\nx-sift-canary: always\r\nx-sift-canary: never\r\n\r\n",

@@ -9,7 +9,8 @@
 //! and query fields, a regex path, a header regex, query conditions (exact,
 //! prefix, regex, present true/false; a 403 on `debug=1`), two CORS
 //! policies (origins with credentials; `*` echoing headers) and gzip
-//! compression (the upstream answers HTML on those routes, see `answer`).
+//! compression (the upstream answers HTML on those routes, see `answer`),
+//! and request buffering (`/upload`: 1 KiB in memory, the rest spooled).
 //!
 //! Input: byte 0 picks the listener; the rest is written as is on a fresh
 //! connection (with a blank line appended when it has none, so that most
@@ -25,7 +26,8 @@
 //!   under `/admin` (answered by sift), no `x-sift-*`, underscore or
 //!   hop-by-hop header, one Host, X-Forwarded-For ending with the peer;
 //!   per route (sift sets `x-route`): the host, header, path and query the
-//!   route matched, and filter verdict headers only from sift; no
+//!   route matched, and filter verdict headers only from sift; on the
+//!   buffered route the body arrives whole with one Content-Length; no
 //!   `debug=1` (any occurrence, decoded) under `/search`; no preflight from
 //!   an allowed origin;
 //! - the answer the upstream made (`x-up-seq`): gzip only on a compressing
@@ -60,6 +62,9 @@ struct Record {
     seq: u64,
     /// The body it answered (before any compression by sift).
     sent: Vec<u8>,
+    /// On the `buffered` route: the request body's length as read, or the
+    /// read's error.
+    body: Option<Result<u64, String>>,
 }
 
 type Records = Arc<Mutex<Vec<Record>>>;
@@ -188,6 +193,12 @@ routes:
     cors: {{ allow_origins: ["*"], allow_headers: ["*"] }}
     compression: {{ min_bytes: 1B, level: 1 }}
     request_headers: {{ set: {{ x-route: cors-any }} }}
+  - name: buffered
+    match: {{ path: {{ prefix: /upload }} }}
+    cluster: app
+    max_request_body: 64KiB
+    request_buffering: {{ in_memory: 1KiB }}
+    request_headers: {{ set: {{ x-route: buffered }} }}
   - name: gz
     match: {{ path: {{ prefix: /gz }} }}
     cluster: app
@@ -334,7 +345,7 @@ async fn upstream(records: Records) -> SocketAddr {
                 let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let seq = seqs.fetch_add(1, Ordering::Relaxed);
                     let (resp, sent) = answer(&req, seq);
-                    let r = Record {
+                    let mut r = Record {
                         method: req.method().to_string(),
                         target: req.uri().to_string(),
                         headers: req
@@ -344,9 +355,21 @@ async fn upstream(records: Records) -> SocketAddr {
                             .collect(),
                         seq,
                         sent,
+                        body: None,
                     };
-                    records.lock().unwrap().push(r);
-                    async move { Ok::<_, Infallible>(resp) }
+                    let buffered = header(&req, "x-route") == Some(b"buffered");
+                    let records = records.clone();
+                    async move {
+                        if buffered {
+                            use http_body_util::BodyExt;
+                            r.body = Some(match req.into_body().collect().await {
+                                Ok(b) => Ok(b.to_bytes().len() as u64),
+                                Err(e) => Err(e.to_string()),
+                            });
+                        }
+                        records.lock().unwrap().push(r);
+                        Ok::<_, Infallible>(resp)
+                    }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(s), svc)
@@ -1017,6 +1040,36 @@ fn check_upstream(r: &Record, mode: &str) {
             assert!(
                 path == "/v1" || path.starts_with("/v1/"),
                 "route api for path: {}",
+                ctx()
+            );
+        }
+        b"buffered" => {
+            // request_buffering: the whole body was read before the
+            // upstream was asked, so it arrives whole, with its length
+            // (no Content-Length only for a request without a body).
+            let cl: Vec<&[u8]> = r
+                .headers
+                .iter()
+                .filter(|(k, _)| k == "content-length")
+                .map(|(_, v)| v.as_slice())
+                .collect();
+            assert!(
+                cl.len() <= 1 && !r.headers.iter().any(|(k, _)| k == "transfer-encoding"),
+                "buffered body not sent with its length: {}",
+                ctx()
+            );
+            let want = match cl.first() {
+                Some(v) => std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok()),
+                None => Some(0),
+            };
+            assert!(
+                want.is_some()
+                    && r.body
+                        .as_ref()
+                        .is_some_and(|b| b.as_ref().ok() == want.as_ref()),
+                "buffered body not whole upstream: {}",
                 ctx()
             );
         }
