@@ -1,6 +1,7 @@
 //! Metrics and the evaluation protocols of `sift eval spam`.
 
 use std::collections::HashSet;
+use std::path::Path;
 use std::time::Instant;
 
 use super::data::Corpus;
@@ -306,6 +307,28 @@ pub fn split_dedup(corpus: &Corpus, test_frac: f64, seed: u64) -> (Vec<usize>, V
     (train, test)
 }
 
+/// Appends one line `train_rows<TAB>test_rows` (comma-separated row
+/// numbers of the corpus, header line not counted) to `path`, so an outside
+/// baseline (filters/spam/baselines.py) can be run on the very same split.
+fn append_split(path: &Path, train: &[usize], test: &[usize]) {
+    use std::io::Write;
+    let join = |rows: &[usize]| {
+        rows.iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let line = format!("{}\t{}\n", join(train), join(test));
+    let res = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(line.as_bytes()));
+    if let Err(e) = res {
+        eprintln!("SIFT_EVAL_SPLITS: cannot write {}: {e}", path.display());
+    }
+}
+
 /// (c) SMS: stratified 80/20, test texts occurring in training dropped.
 ///
 /// `ds` holds the SMS texts as its first `corpus.len()` rows; `extra` rows
@@ -320,6 +343,9 @@ pub fn sms(
     extra: &[usize],
 ) -> (Metrics, usize) {
     let (mut train_rows, test_rows) = split_dedup(corpus, 0.2, opts.train.seed ^ 0x5e5);
+    if let Some(p) = std::env::var_os("SIFT_EVAL_SPLITS") {
+        append_split(Path::new(&p), &train_rows, &test_rows);
+    }
     train_rows.extend_from_slice(extra);
     let n = corpus.len();
     let model = train::train_model_calib(ds, &train_rows, fcfg, opts, "SMS 80%", &|r| r < n);
