@@ -298,6 +298,81 @@ async fn request_trailers_reach_the_upstream() {
     assert!(out.contains("hello"), "{out}");
 }
 
+/// The same on routes that hold the body before forwarding it: a filter
+/// in annotate or block mode (held in memory), a spooling filter, request
+/// buffering and retries. A held body is sent with its length when it has
+/// no trailers; with trailers it stays chunked, so they still arrive.
+#[tokio::test(flavor = "multi_thread")]
+async fn request_trailers_survive_a_held_body() {
+    let up = Upstream::start(|req: Request<hyper::body::Incoming>| async move {
+        let c = req.into_body().collect().await.unwrap();
+        let got = c
+            .trailers()
+            .and_then(|t| t.get("x-checksum"))
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_else(|| "none".into());
+        let mut r = http::Response::new(body::full(c.to_bytes()));
+        r.headers_mut()
+            .insert("x-got-trailer", got.parse().unwrap());
+        r
+    })
+    .await;
+    let a = up.addr;
+    let sift = Sift::start(&format!(
+        r#"log: {{ format: json, level: info }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners: [ {{ name: main, address: "127.0.0.1:0" }} ]
+filters:
+  - {{ name: spam, kind: spam }}
+routes:
+  - name: annotate
+    match: {{ path: {{ prefix: /annotate }} }}
+    cluster: app
+    filters: [ {{ filter: spam, mode: annotate }} ]
+  - name: block
+    match: {{ path: {{ prefix: /block }} }}
+    cluster: app
+    filters: [ {{ filter: spam, mode: block }} ]
+  - name: spool
+    match: {{ path: {{ prefix: /spool }} }}
+    cluster: app
+    filters: [ {{ filter: spam, mode: annotate, max_inspect_bytes: 4B, on_oversize: spool }} ]
+  - name: buffered
+    match: {{ path: {{ prefix: /buffered }} }}
+    cluster: app
+    request_buffering: {{ in_memory: 4B }}
+  - name: retried
+    match: {{ path: {{ prefix: /retried }} }}
+    cluster: app
+    retries: {{ attempts: 2, non_idempotent: true }}
+clusters:
+  - name: app
+    endpoints: ["{a}"]
+"#
+    ));
+    let mut lost = Vec::new();
+    for path in ["/annotate", "/block", "/spool", "/buffered", "/retried"] {
+        let out = raw_exchange(
+            sift.addr(),
+            format!(
+                "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+                 Content-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\
+                 Trailer: x-checksum\r\n\r\n5\r\nhello\r\n6\r\n there\r\n0\r\n\
+                 x-checksum: abc\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+        if !(out.starts_with("HTTP/1.1 200")
+            && out.contains("x-got-trailer: abc")
+            && out.contains("hello there"))
+        {
+            lost.push(format!("{path}: {out}"));
+        }
+    }
+    assert!(lost.is_empty(), "{lost:#?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn header_hygiene_forwarded_headers_and_request_id() {
     let up = Upstream::start(|_req: Request<hyper::body::Incoming>| async move {

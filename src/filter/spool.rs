@@ -229,7 +229,18 @@ where
     }
 
     fn size_hint(&self) -> SizeHint {
-        crate::body::hint_after(self.len, self.rest.as_ref().map(|r| r.size_hint()))
+        let h = crate::body::hint_after(self.len, self.rest.as_ref().map(|r| r.size_hint()));
+        match (&self.trailers, h.exact()) {
+            // Trailers still to send: no exact length, so an HTTP/1.1
+            // upstream gets the body chunked, the one framing that carries
+            // them (with a Content-Length they would be dropped).
+            (Some(_), Some(_)) => {
+                let mut open = SizeHint::new();
+                open.set_lower(h.lower());
+                open
+            }
+            _ => h,
+        }
     }
 }
 
