@@ -29,10 +29,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
-use envoy_types::pb::google::protobuf::value::Kind;
 use envoy_types::pb::envoy::service::auth::v3::{
     AttributeContext, CheckRequest, attribute_context, check_response::HttpResponse,
 };
+use envoy_types::pb::google::protobuf::value::Kind;
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 
@@ -213,9 +213,8 @@ fuzz_target!(|data: &[u8]| {
         .map(|s| s.principal.clone())
         .unwrap_or_default();
     let e = env();
-    let answer = e
-        .rt
-        .block_on(sift::extauth::grpc::check(&e.shared, &e.conn, req));
+    let answer =
+        e.rt.block_on(sift::extauth::grpc::check(&e.shared, &e.conn, req));
     let resp = match answer {
         Ok(r) => r,
         Err(s) => {
@@ -225,10 +224,22 @@ fuzz_target!(|data: &[u8]| {
     };
     let http = http.expect("a check without http is refused");
     let sent: Vec<String> = match &http.header_map {
-        Some(m) if !m.headers.is_empty() => m.headers.iter().map(|h| h.key.to_ascii_lowercase()).collect(),
-        _ => http.headers.keys().map(|k| k.to_ascii_lowercase()).collect(),
+        Some(m) if !m.headers.is_empty() => m
+            .headers
+            .iter()
+            .map(|h| h.key.to_ascii_lowercase())
+            .collect(),
+        _ => http
+            .headers
+            .keys()
+            .map(|k| k.to_ascii_lowercase())
+            .collect(),
     };
-    let path = if http.path.is_empty() { "/" } else { http.path.as_str() };
+    let path = if http.path.is_empty() {
+        "/"
+    } else {
+        http.path.as_str()
+    };
     match resp.http_response {
         Some(HttpResponse::OkResponse(ok)) => {
             assert_eq!(resp.status.as_ref().map(|s| s.code), Some(0));
@@ -288,7 +299,11 @@ fuzz_target!(|data: &[u8]| {
                 .filter_map(|h| h.header.as_ref())
                 .any(|h| h.key == "x-sift-error");
             let local = matches!(status, 200 | 204 | 308);
-            assert!(error || local, "status {status} without x-sift-error: {}", d.body);
+            assert!(
+                error || local,
+                "status {status} without x-sift-error: {}",
+                d.body
+            );
         }
         other => panic!("neither allowed nor denied: {other:?}"),
     }

@@ -10,7 +10,9 @@
 //! prefix, regex, present true/false; a 403 on `debug=1`), two CORS
 //! policies (origins with credentials; `*` echoing headers) and gzip
 //! compression (the upstream answers HTML on those routes, see `answer`),
-//! and request buffering (`/upload`: 1 KiB in memory, the rest spooled).
+//! request buffering (`/upload`: 1 KiB in memory, the rest spooled), and
+//! a spam filter in annotate mode with `on_oversize: spool` (`/spool`) under
+//! a tight `overload` (2 KiB of memory for held bodies, 4 KiB of spool).
 //!
 //! Input: byte 0 picks the listener; the rest is written as is on a fresh
 //! connection (with a blank line appended when it has none, so that most
@@ -27,7 +29,10 @@
 //!   hop-by-hop header, one Host, X-Forwarded-For ending with the peer;
 //!   per route (sift sets `x-route`): the host, header, path and query the
 //!   route matched, and filter verdict headers only from sift; on the
-//!   buffered route the body arrives whole with one Content-Length; no
+//!   buffered route the body arrives whole with one Content-Length (or
+//!   chunked, when it has trailers), on the spooling route whole (annotate
+//!   headers, when there, sift's own), on both exactly the bytes the client
+//!   sent when its first request is plainly framed (`first_body`); no
 //!   `debug=1` (any occurrence, decoded) under `/search`; no preflight from
 //!   an allowed origin;
 //! - the answer the upstream made (`x-up-seq`): gzip only on a compressing
@@ -83,6 +88,52 @@ struct Env {
 
 static ENV: OnceLock<Env> = OnceLock::new();
 
+/// Requests the upstream has begun and not yet recorded (a body it is
+/// still reading): the target waits for them before its checks, so a
+/// body sift cuts (answering the client 502 before the upstream's read
+/// fails) is still checked with its own input.
+static UNRECORDED: AtomicU64 = AtomicU64::new(0);
+
+/// A request being handled: one of `UNRECORDED` until dropped, when its
+/// record is pushed (also when hyper drops the request's future with its
+/// connection: a body then not read whole is recorded as cut).
+struct Pending {
+    record: Record,
+    records: Records,
+    reads_body: bool,
+}
+
+impl Pending {
+    fn new(record: Record, records: Records, reads_body: bool) -> Pending {
+        UNRECORDED.fetch_add(1, Ordering::SeqCst);
+        Pending {
+            record,
+            records,
+            reads_body,
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let mut r = Record {
+            method: std::mem::take(&mut self.record.method),
+            target: std::mem::take(&mut self.record.target),
+            headers: std::mem::take(&mut self.record.headers),
+            seq: self.record.seq,
+            sent: std::mem::take(&mut self.record.sent),
+            body: self.record.body.take(),
+        };
+        if self.reads_body && r.body.is_none() {
+            r.body = Some(Err(
+                "the request was dropped before its body was read".into()
+            ));
+        }
+        self.records.lock().unwrap().push(r);
+        UNRECORDED.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 fn config(up: SocketAddr) -> String {
     let listener = |name: &str| {
         // Path parameters: kept where escaped slashes are kept, refused
@@ -109,6 +160,7 @@ fn config(up: SocketAddr) -> String {
     format!(
         r#"log: {{ format: json, level: error, access_log: false }}
 admin: {{ address: "127.0.0.1:0" }}
+overload: {{ max_buffered_bytes: 2KiB, max_spooled_bytes: 4KiB }}
 listeners:
 {listeners}filters:
   - name: spam
@@ -117,6 +169,10 @@ listeners:
     max_decompressed_bytes: 64KiB
     extract: {{ form_fields: [msg], query_fields: [msg, q] }}
     header_prefix: app-spam
+  - name: spooler
+    kind: spam
+    max_inspect_bytes: 4KiB
+    header_prefix: app-spool
 routes:
   - name: deny-admin
     match: {{ path: {{ prefix: /admin }} }}
@@ -199,6 +255,12 @@ routes:
     max_request_body: 64KiB
     request_buffering: {{ in_memory: 1KiB }}
     request_headers: {{ set: {{ x-route: buffered }} }}
+  - name: spool
+    match: {{ path: {{ prefix: /spool }} }}
+    cluster: app
+    max_request_body: 64KiB
+    filters: [ {{ filter: spooler, mode: annotate, on_oversize: spool, on_overload: fail_open }} ]
+    request_headers: {{ set: {{ x-route: spool }} }}
   - name: gz
     match: {{ path: {{ prefix: /gz }} }}
     cluster: app
@@ -345,7 +407,7 @@ async fn upstream(records: Records) -> SocketAddr {
                 let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let seq = seqs.fetch_add(1, Ordering::Relaxed);
                     let (resp, sent) = answer(&req, seq);
-                    let mut r = Record {
+                    let r = Record {
                         method: req.method().to_string(),
                         target: req.uri().to_string(),
                         headers: req
@@ -357,17 +419,17 @@ async fn upstream(records: Records) -> SocketAddr {
                         sent,
                         body: None,
                     };
-                    let buffered = header(&req, "x-route") == Some(b"buffered");
-                    let records = records.clone();
+                    let buffered = matches!(header(&req, "x-route"), Some(b"buffered" | b"spool"));
+                    let mut pending = Pending::new(r, records.clone(), buffered);
                     async move {
                         if buffered {
                             use http_body_util::BodyExt;
-                            r.body = Some(match req.into_body().collect().await {
+                            pending.record.body = Some(match req.into_body().collect().await {
                                 Ok(b) => Ok(b.to_bytes().len() as u64),
                                 Err(e) => Err(e.to_string()),
                             });
                         }
-                        records.lock().unwrap().push(r);
+                        drop(pending);
                         Ok::<_, Infallible>(resp)
                     }
                 });
@@ -600,6 +662,73 @@ async fn exchange(addr: SocketAddr, req: &[u8], head_req: bool) -> (Option<Head>
     (h, buf)
 }
 
+/// The first request of the input, when it is plainly framed: the body
+/// length the client sent (Content-Length, one line of digits,
+/// or `Transfer-Encoding: chunked` with every chunk in the input; 0 with
+/// neither). None for anything a strict reader would doubt (bare LF, folded
+/// or odd header lines, both framings, a body cut short): no check then.
+fn first_body(req: &[u8]) -> Option<u64> {
+    let end = memchr::memmem::find(req, b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&req[..end]).ok()?;
+    let mut lines = head.split("\r\n");
+    lines.next()?;
+    let (mut cl, mut chunked) = (None, false);
+    for l in lines {
+        let (name, value) = l.split_once(':')?;
+        let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+        if name.is_empty() || !name.chars().all(token) || l.contains('\n') {
+            return None;
+        }
+        let value = value.trim_matches([' ', '\t']);
+        if name.eq_ignore_ascii_case("content-length") {
+            if cl.is_some() || value.is_empty() || !value.bytes().all(|c| c.is_ascii_digit()) {
+                return None;
+            }
+            cl = Some(value.parse::<u64>().ok()?);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            if chunked || !value.eq_ignore_ascii_case("chunked") {
+                return None;
+            }
+            chunked = true;
+        }
+    }
+    let mut b = &req[end + 4..];
+    let len = match (cl, chunked) {
+        (Some(_), true) => return None,
+        (Some(n), false) => (b.len() as u64 >= n).then_some(n)?,
+        (None, false) => 0,
+        (None, true) => {
+            let mut total = 0u64;
+            loop {
+                let eol = memchr::memmem::find(b, b"\r\n")?;
+                let size = std::str::from_utf8(&b[..eol]).ok()?;
+                if size.is_empty() || !size.bytes().all(|c| c.is_ascii_hexdigit()) {
+                    return None;
+                }
+                let n = usize::from_str_radix(size, 16).ok()?;
+                b = &b[eol + 2..];
+                if n == 0 {
+                    break;
+                }
+                if b.len() < n + 2 || &b[n..n + 2] != b"\r\n" {
+                    return None;
+                }
+                total += n as u64;
+                b = &b[n + 2..];
+            }
+            // Trailers: header lines, then a blank line.
+            loop {
+                let eol = memchr::memmem::find(b, b"\r\n")?;
+                if eol == 0 {
+                    break total;
+                }
+                b = &b[eol + 2..];
+            }
+        }
+    };
+    Some(len)
+}
+
 fn hexval(c: u8) -> Option<u8> {
     (c as char).to_digit(16).map(|d| d as u8)
 }
@@ -643,13 +772,17 @@ fn app_view(p: &str, slashes: bool) -> String {
     format!("/{}", segs.join("/"))
 }
 
-fn joined(r: &Record, name: &str) -> Option<Vec<u8>> {
-    let vals: Vec<&[u8]> = r
-        .headers
+/// Every value of header `name` the upstream received, in order.
+fn all<'a>(r: &'a Record, name: &str) -> Vec<&'a [u8]> {
+    r.headers
         .iter()
         .filter(|(k, _)| k == name)
         .map(|(_, v)| v.as_slice())
-        .collect();
+        .collect()
+}
+
+fn joined(r: &Record, name: &str) -> Option<Vec<u8>> {
+    let vals = all(r, name);
     (!vals.is_empty()).then(|| vals.join(&b","[..]))
 }
 
@@ -1046,32 +1179,59 @@ fn check_upstream(r: &Record, mode: &str) {
         b"buffered" => {
             // request_buffering: the whole body was read before the
             // upstream was asked, so it arrives whole, with its length
-            // (no Content-Length only for a request without a body).
-            let cl: Vec<&[u8]> = r
-                .headers
-                .iter()
-                .filter(|(k, _)| k == "content-length")
-                .map(|(_, v)| v.as_slice())
-                .collect();
+            // (no Content-Length only for a request without a body), or
+            // chunked when it has trailers (the framing that carries them).
+            let cl = all(r, "content-length");
+            let te = all(r, "transfer-encoding");
             assert!(
-                cl.len() <= 1 && !r.headers.iter().any(|(k, _)| k == "transfer-encoding"),
+                (cl.len() <= 1 && te.is_empty()) || (cl.is_empty() && te == [&b"chunked"[..]]),
                 "buffered body not sent with its length: {}",
                 ctx()
             );
+            let read = r.body.as_ref().and_then(|b| b.as_ref().ok().copied());
             let want = match cl.first() {
                 Some(v) => std::str::from_utf8(v)
                     .ok()
                     .and_then(|v| v.parse::<u64>().ok()),
-                None => Some(0),
+                None if te.is_empty() => Some(0),
+                None => read,
             };
             assert!(
-                want.is_some()
-                    && r.body
-                        .as_ref()
-                        .is_some_and(|b| b.as_ref().ok() == want.as_ref()),
+                want.is_some() && read == want,
                 "buffered body not whole upstream: {}",
                 ctx()
             );
+        }
+        b"spool" => {
+            // A spooling annotate filter (memory for it spent after 2 KiB,
+            // disk after 4 KiB more: then fail_open): however far it got,
+            // the body reaches the upstream whole, as the client framed it.
+            let cl = all(r, "content-length");
+            let read = r.body.as_ref().and_then(|b| b.as_ref().ok().copied());
+            assert!(read.is_some(), "spooled body cut upstream: {}", ctx());
+            assert!(cl.len() <= 1, "Content-Length lines upstream: {}", ctx());
+            if let Some(v) = cl.first() {
+                let n = std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok());
+                assert_eq!(n, read, "spooled body's length upstream: {}", ctx());
+            }
+            if let Some(s) = joined(r, "app-spool-score") {
+                // sift writes 4 decimals; a client's own value is removed.
+                let ok = s.len() == 6
+                    && s[1] == b'.'
+                    && std::str::from_utf8(&s)
+                        .ok()
+                        .and_then(|s| s.parse::<f64>().ok())
+                        .is_some_and(|x| (0.0..=1.0).contains(&x));
+                assert!(ok, "app-spool-score not sift's: {}", ctx());
+                let v = joined(r, "app-spool-verdict");
+                assert!(
+                    matches!(v.as_deref(), Some(b"spam" | b"ham")),
+                    "app-spool-verdict not sift's: {}",
+                    ctx()
+                );
+            }
         }
         b"docs" => assert!(
             path == "/static" || path.starts_with("/static/"),
@@ -1174,6 +1334,12 @@ fuzz_target!(|data: &[u8]| {
             );
         }
     }
+    env.rt.block_on(async {
+        let until = tokio::time::Instant::now() + Duration::from_secs(2);
+        while UNRECORDED.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
     let records = std::mem::take(&mut *env.records.lock().unwrap());
     for r in &records {
         check_upstream(r, mode);
@@ -1187,6 +1353,22 @@ fuzz_target!(|data: &[u8]| {
             )
         };
         check_answer(h, &records, head_req, &ctx);
+        // The routes whose upstream reads the body (`/upload`, `/spool`)
+        // forward every byte the client sent: the first request's body,
+        // when plainly framed, is what the upstream read for the answer
+        // it gave.
+        let seq = h.get("x-up-seq").and_then(|s| s.parse::<u64>().ok());
+        let first = records.iter().find(|r| Some(r.seq) == seq);
+        if let (Some(r), Some(sent)) = (first, first_body(&req)) {
+            if let Some(b) = &r.body {
+                assert_eq!(
+                    b.as_ref().ok(),
+                    Some(&sent),
+                    "body upstream not what the client sent: {}",
+                    ctx()
+                );
+            }
+        }
     }
     for t in &env.serving {
         assert!(!t.is_finished(), "an accept loop ended");

@@ -53,9 +53,17 @@ fuzz_target!(|input: &[u8]| {
     match which % 3 {
         0 => {
             let whole = decode_in(data, data.len().max(1));
-            assert_eq!(decode_in(data, chunk), whole, "chunking changed the decoding");
+            assert_eq!(
+                decode_in(data, chunk),
+                whole,
+                "chunking changed the decoding"
+            );
             let text = encode_in(data, chunk);
-            assert_eq!(text, encode_in(data, data.len().max(1)), "chunking changed the encoding");
+            assert_eq!(
+                text,
+                encode_in(data, data.len().max(1)),
+                "chunking changed the encoding"
+            );
             assert_eq!(text.len(), data.len().div_ceil(3) * 4);
             assert_eq!(decode_in(&text, chunk).as_deref(), Some(data), "round trip");
         }

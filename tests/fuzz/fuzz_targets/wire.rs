@@ -38,10 +38,19 @@ fuzz_target!(|data: &[u8]| {
         let Some(id) = b.get(..2).map(|x| u16::from_be_bytes([x[0], x[1]])) else {
             return;
         };
-        let qtype = if (pick / 4) % 2 == 0 { sift::dns::TYPE_A } else { sift::dns::TYPE_AAAA };
+        let qtype = if (pick / 4) % 2 == 0 {
+            sift::dns::TYPE_A
+        } else {
+            sift::dns::TYPE_AAAA
+        };
         let got = sift::dns::parse_answer(b, id, qtype);
         if let Ok(sift::dns::Answer::Addrs(a, _)) = &got {
-            assert!(a.len() * 14 <= b.len(), "{} addresses from {} bytes", a.len(), b.len());
+            assert!(
+                a.len() * 14 <= b.len(),
+                "{} addresses from {} bytes",
+                a.len(),
+                b.len()
+            );
             let mut more = b.to_vec();
             more.extend_from_slice(b"\0\0\xc0\x0c trailing");
             assert_eq!(sift::dns::parse_answer(&more, id, qtype), got);
@@ -52,7 +61,11 @@ fuzz_target!(|data: &[u8]| {
             assert!(used <= b.len());
             assert_eq!(sift::proxy_protocol::parse(&b[..used]), whole);
             for k in 0..used {
-                assert_eq!(sift::proxy_protocol::parse(&b[..k]), Ok(None), "prefix {k} of {used}");
+                assert_eq!(
+                    sift::proxy_protocol::parse(&b[..k]),
+                    Ok(None),
+                    "prefix {k} of {used}"
+                );
             }
         }
     } else if let Ok(Some((r, used))) = sift::policy::redis::parse(b) {
