@@ -1377,7 +1377,21 @@ async fn proxy(
         .await;
         body_awaited = true;
         match collected {
-            Ok(b) => Plan::Replay(b.to_bytes()),
+            Ok(b) => match b.trailers().cloned() {
+                None => Plan::Replay(b.to_bytes()),
+                // Trailers beside a Content-Length (an HTTP/2 client's):
+                // sent after the body, which is then not replayed (a
+                // replay has bytes only).
+                Some(t) => Plan::Stream(Some(body::boxed(
+                    crate::filter::spool::Spooled::<Body>::new(
+                        vec![b.to_bytes()],
+                        None,
+                        Vec::new(),
+                        Some(t),
+                        None,
+                    ),
+                ))),
+            },
             Err(e) => {
                 return Err(match body_state(&state) {
                     BodyState::TOO_LARGE => ProxyError::BodyTooLarge { limit },

@@ -356,6 +356,42 @@ clusters:
     assert!(lost.is_empty(), "{lost:#?}");
 }
 
+/// An HTTP/2 client's body with both a Content-Length and trailers, on a
+/// route whose retries hold such a body for replay, to an HTTP/2
+/// upstream: the trailers arrive (that body is sent once, not replayed).
+#[tokio::test(flavor = "multi_thread")]
+async fn h2_request_trailers_survive_a_retry_buffer() {
+    let up = trailer_echo().await;
+    let a = up.addr;
+    let sift = Sift::start(&format!(
+        r#"log: {{ format: json, level: info }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners: [ {{ name: main, address: "127.0.0.1:0" }} ]
+routes:
+  - name: retried
+    cluster: app
+    retries: {{ attempts: 2, non_idempotent: true }}
+clusters:
+  - {{ name: app, endpoints: ["{a}"], protocol: http2 }}
+"#
+    ));
+    let mut t = http::HeaderMap::new();
+    t.insert("x-checksum", "abc".parse().unwrap());
+    let req = Request::post(sift.url("/r"))
+        .header("content-length", "11")
+        .header("content-type", "text/plain")
+        .body(body::boxed(GrpcBody(
+            Some(Bytes::from_static(b"hello there")),
+            Some(t),
+        )))
+        .unwrap();
+    let r = http2_client().request(req).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-got-trailer"], "abc");
+    let b = r.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&b[..], b"hello there");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn header_hygiene_forwarded_headers_and_request_id() {
     let up = Upstream::start(|_req: Request<hyper::body::Incoming>| async move {
