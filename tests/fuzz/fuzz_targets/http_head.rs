@@ -98,38 +98,31 @@ static UNRECORDED: AtomicU64 = AtomicU64::new(0);
 /// record is pushed (also when hyper drops the request's future with its
 /// connection: a body then not read whole is recorded as cut).
 struct Pending {
-    record: Record,
+    record: Option<Record>,
     records: Records,
-    reads_body: bool,
 }
 
 impl Pending {
-    fn new(record: Record, records: Records, reads_body: bool) -> Pending {
+    /// A request whose body is to be read starts out recorded as cut.
+    fn new(mut record: Record, records: Records, reads_body: bool) -> Pending {
+        if reads_body {
+            record.body = Some(Err(
+                "the request was dropped before its body was read".into()
+            ));
+        }
         UNRECORDED.fetch_add(1, Ordering::SeqCst);
         Pending {
-            record,
+            record: Some(record),
             records,
-            reads_body,
         }
     }
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        let mut r = Record {
-            method: std::mem::take(&mut self.record.method),
-            target: std::mem::take(&mut self.record.target),
-            headers: std::mem::take(&mut self.record.headers),
-            seq: self.record.seq,
-            sent: std::mem::take(&mut self.record.sent),
-            body: self.record.body.take(),
-        };
-        if self.reads_body && r.body.is_none() {
-            r.body = Some(Err(
-                "the request was dropped before its body was read".into()
-            ));
+        if let Some(r) = self.record.take() {
+            self.records.lock().unwrap().push(r);
         }
-        self.records.lock().unwrap().push(r);
         UNRECORDED.fetch_sub(1, Ordering::SeqCst);
     }
 }
@@ -424,10 +417,13 @@ async fn upstream(records: Records) -> SocketAddr {
                     async move {
                         if buffered {
                             use http_body_util::BodyExt;
-                            pending.record.body = Some(match req.into_body().collect().await {
+                            let read = match req.into_body().collect().await {
                                 Ok(b) => Ok(b.to_bytes().len() as u64),
                                 Err(e) => Err(e.to_string()),
-                            });
+                            };
+                            if let Some(r) = pending.record.as_mut() {
+                                r.body = Some(read);
+                            }
                         }
                         drop(pending);
                         Ok::<_, Infallible>(resp)
