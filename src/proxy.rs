@@ -1312,7 +1312,13 @@ async fn proxy(
     // Shared with the client's body (its timeout stops once the upstream
     // answers) and the access log; None for a request without a body.
     let mut state: Option<Arc<BodyState>> = incoming.state().cloned();
+    // The names of trailers sift already holds (a body read whole before
+    // it is sent): an HTTP/1.1 upstream needs them declared.
+    let mut known_trailers: Vec<HeaderName> = Vec::new();
     let mut body = if let Some(s) = spilled {
+        if let Some(t) = &s.trailers {
+            known_trailers.extend(t.keys().cloned());
+        }
         let replay = s.complete && s.file.is_none() && s.trailers.is_none() && s.tail.is_empty();
         if replay && s.head.len() <= 1 {
             Plan::Replay(s.head.into_iter().next().unwrap_or_default())
@@ -1337,6 +1343,9 @@ async fn proxy(
             ))))
         }
     } else if let Some(h) = held {
+        if let Some(t) = &h.trailers {
+            known_trailers.extend(t.keys().cloned());
+        }
         if h.complete && h.trailers.is_none() {
             Plan::Replay(h.data)
         } else {
@@ -1382,15 +1391,16 @@ async fn proxy(
                 // Trailers beside a Content-Length (an HTTP/2 client's):
                 // sent after the body, which is then not replayed (a
                 // replay has bytes only).
-                Some(t) => Plan::Stream(Some(body::boxed(
+                Some(t) => Plan::Stream(Some(body::boxed({
+                    known_trailers.extend(t.keys().cloned());
                     crate::filter::spool::Spooled::<Body>::new(
                         vec![b.to_bytes()],
                         None,
                         Vec::new(),
                         Some(t),
                         None,
-                    ),
-                ))),
+                    )
+                }))),
             },
             Err(e) => {
                 return Err(match body_state(&state) {
@@ -1415,7 +1425,8 @@ async fn proxy(
             if let Some(inner) = b.take() {
                 let res = buffered.get_or_insert_with(budget);
                 let disk = spooled.get_or_insert_with(spool_budget);
-                body = match Box::pin(buffer_whole(inner, rb, res, disk)).await {
+                body = match Box::pin(buffer_whole(inner, rb, res, disk, &mut known_trailers)).await
+                {
                     Ok(p) => p,
                     Err(BufferError::DiskFull) => {
                         return Err(ProxyError::BuffersFull {
@@ -1538,6 +1549,10 @@ async fn proxy(
         if let Some(log) = &mut out.log {
             log.mirrored = started.count;
         }
+    }
+
+    if cluster.spec.protocol == UpstreamProtocol::Http1 && matches!(body, Plan::Stream(_)) {
+        h1_trailer_framing(&mut parts.headers, &known_trailers);
     }
 
     // A stale entry's validators go upstream (the client's conditions are
@@ -2945,6 +2960,7 @@ async fn buffer_whole(
     spec: &crate::config::model::RequestBufferingSpec,
     res: &mut crate::budget::Reservation,
     disk: &mut crate::budget::Reservation,
+    known_trailers: &mut Vec<HeaderName>,
 ) -> Result<Plan, BufferError> {
     let mut head: Vec<bytes::Bytes> = Vec::new();
     let mut in_memory = 0u64;
@@ -2976,6 +2992,7 @@ async fn buffer_whole(
                 }
                 Err(frame) => {
                     if let Ok(t) = frame.into_trailers() {
+                        known_trailers.extend(t.keys().cloned());
                         trailers = Some(t);
                     }
                     false
@@ -3928,6 +3945,37 @@ fn transfer_codings(h: &HeaderMap) -> Result<(), ProxyError> {
         ));
     }
     Ok(())
+}
+
+/// An HTTP/1.1 upstream gets a request's trailers only in a chunked body,
+/// and only the fields its `Trailer` header names (hyper's client sends no
+/// others; RFC 9110 §6.6.2 has a sender declare them). So, for a body that
+/// streams to such an upstream: trailers sift already holds (`known`, a
+/// body read whole before it is sent) are declared if the client did not;
+/// and a body with declared trailers beside a `Content-Length` (an HTTP/2
+/// client's) is sent chunked instead, or its trailers would have no room.
+/// Undeclared trailers of a body still streaming cannot be declared in
+/// time: hyper drops them (Envoy's HTTP/1 codec drops every request
+/// trailer unless `enable_trailers`).
+fn h1_trailer_framing(h: &mut HeaderMap, known: &[HeaderName]) {
+    for name in known {
+        let declared = h.get_all(header::TRAILER).iter().any(|v| {
+            v.as_bytes().split(|b| *b == b',').any(|n| {
+                n.trim_ascii()
+                    .eq_ignore_ascii_case(name.as_str().as_bytes())
+            })
+        });
+        if !declared {
+            h.append(header::TRAILER, HeaderValue::from(name.clone()));
+        }
+    }
+    if h.contains_key(header::TRAILER) && h.contains_key(header::CONTENT_LENGTH) {
+        h.remove(header::CONTENT_LENGTH);
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+    }
 }
 
 fn content_length(h: &HeaderMap) -> Result<Option<u64>, ProxyError> {

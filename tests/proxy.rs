@@ -392,6 +392,108 @@ clusters:
     assert_eq!(&b[..], b"hello there");
 }
 
+/// Request trailers reach an HTTP/1.1 upstream however the client sent
+/// them: an HTTP/2 client's body with a Content-Length and declared
+/// trailers goes chunked (a Content-Length body has no room for them), and
+/// undeclared trailers of a body sift reads whole before sending it (a
+/// filter, request buffering, a retry buffer) are declared for the client,
+/// since an HTTP/1.1 sender sends only the fields `Trailer` names.
+#[tokio::test(flavor = "multi_thread")]
+async fn request_trailers_reach_an_http1_upstream_however_sent() {
+    let up = trailer_echo().await;
+    let a = up.addr;
+    let sift = Sift::start(&format!(
+        r#"log: {{ format: json, level: info }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners: [ {{ name: main, address: "127.0.0.1:0" }} ]
+filters:
+  - {{ name: spam, kind: spam }}
+routes:
+  - name: annotate
+    match: {{ path: {{ prefix: /annotate }} }}
+    cluster: app
+    filters: [ {{ filter: spam, mode: annotate }} ]
+  - name: spool
+    match: {{ path: {{ prefix: /spool }} }}
+    cluster: app
+    filters: [ {{ filter: spam, mode: annotate, max_inspect_bytes: 4B, on_oversize: spool }} ]
+  - name: buffered
+    match: {{ path: {{ prefix: /buffered }} }}
+    cluster: app
+    request_buffering: {{ in_memory: 4B }}
+  - name: retried
+    match: {{ path: {{ prefix: /retried }} }}
+    cluster: app
+    retries: {{ attempts: 2, non_idempotent: true }}
+  - name: plain
+    cluster: app
+clusters:
+  - name: app
+    endpoints: ["{a}"]
+"#
+    ));
+    let mut lost = Vec::new();
+    // HTTP/2 client: (path, with a Content-Length, declared in `Trailer`).
+    for (path, length, declared) in [
+        ("/plain", true, true),
+        ("/annotate", true, true),
+        ("/annotate", true, false),
+        ("/annotate", false, false),
+        ("/spool", true, false),
+        ("/buffered", true, false),
+        ("/buffered", false, false),
+        ("/retried", true, false),
+    ] {
+        let mut t = http::HeaderMap::new();
+        t.insert("x-checksum", "abc".parse().unwrap());
+        let mut req = Request::post(sift.url(path)).header("content-type", "text/plain");
+        if length {
+            req = req.header("content-length", "11");
+        }
+        if declared {
+            req = req.header("trailer", "x-checksum");
+        }
+        let req = req
+            .body(body::boxed(GrpcBody(
+                Some(Bytes::from_static(b"hello there")),
+                Some(t),
+            )))
+            .unwrap();
+        let r = http2_client().request(req).await.unwrap();
+        let got = r
+            .headers()
+            .get("x-got-trailer")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let status = r.status();
+        let b = r.into_body().collect().await.unwrap().to_bytes();
+        if !(status == 200 && got.as_deref() == Some("abc") && &b[..] == b"hello there") {
+            lost.push(format!(
+                "h2 {path} length={length} declared={declared}: {status} {got:?} {b:?}"
+            ));
+        }
+    }
+    // HTTP/1.1 client, chunked, trailers not declared.
+    for path in ["/annotate", "/spool", "/buffered"] {
+        let out = raw_exchange(
+            sift.addr(),
+            format!(
+                "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+                 Content-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n\
+                 5\r\nhello\r\n6\r\n there\r\n0\r\nx-checksum: abc\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+        if !(out.starts_with("HTTP/1.1 200")
+            && out.contains("x-got-trailer: abc")
+            && out.contains("hello there"))
+        {
+            lost.push(format!("h1 {path}: {out}"));
+        }
+    }
+    assert!(lost.is_empty(), "{lost:#?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn header_hygiene_forwarded_headers_and_request_id() {
     let up = Upstream::start(|_req: Request<hyper::body::Incoming>| async move {
