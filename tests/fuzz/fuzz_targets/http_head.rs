@@ -10,9 +10,12 @@
 //! prefix, regex, present true/false; a 403 on `debug=1`), two CORS
 //! policies (origins with credentials; `*` echoing headers) and gzip
 //! compression (the upstream answers HTML on those routes, see `answer`),
-//! request buffering (`/upload`: 1 KiB in memory, the rest spooled), and
+//! request buffering (`/upload`: 1 KiB in memory, the rest spooled),
 //! a spam filter in annotate mode with `on_oversize: spool` (`/spool`) under
-//! a tight `overload` (2 KiB of memory for held bodies, 4 KiB of spool).
+//! a tight `overload` (2 KiB of memory for held bodies, 4 KiB of spool), and
+//! retries (`/retry`: bodies up to 1 KiB kept for replay; `x-up-fail: 1` or
+//! `early` makes the upstream fail each request's first try with a 503,
+//! after or before reading its body).
 //!
 //! Input: byte 0 picks the listener; the rest is written as is on a fresh
 //! connection (with a blank line appended when it has none, so that most
@@ -31,8 +34,13 @@
 //!   route matched, and filter verdict headers only from sift; on the
 //!   buffered route the body arrives whole with one Content-Length (or
 //!   chunked, when it has trailers), on the spooling route whole (annotate
-//!   headers, when there, sift's own), on both exactly the bytes the client
-//!   sent when its first request is plainly framed (`first_body`); no
+//!   headers, when there, sift's own), on the retry route with one
+//!   Content-Length equal to what was read or chunked; on all three exactly
+//!   the bytes the client sent when its first request is plainly framed
+//!   (`first_framing`), with its trailers (all but those no sender may
+//!   send): the declared ones everywhere, undeclared ones too on the
+//!   buffered route; a kept body's failed try is retried once, with the
+//!   same bytes, and the client gets the retry's answer; no
 //!   `debug=1` (any occurrence, decoded) under `/search`; no preflight from
 //!   an allowed origin;
 //! - the answer the upstream made (`x-up-seq`): gzip only on a compressing
@@ -67,9 +75,11 @@ struct Record {
     seq: u64,
     /// The body it answered (before any compression by sift).
     sent: Vec<u8>,
-    /// On the `buffered` route: the request body's length as read, or the
-    /// read's error.
+    /// On the routes that read the body (`buffered`, `spool`, `retry`):
+    /// the request body's length as read, or the read's error.
     body: Option<Result<u64, String>>,
+    /// The names of the request trailers it read there.
+    trailers: Vec<String>,
 }
 
 type Records = Arc<Mutex<Vec<Record>>>;
@@ -254,6 +264,12 @@ routes:
     max_request_body: 64KiB
     filters: [ {{ filter: spooler, mode: annotate, on_oversize: spool, on_overload: fail_open }} ]
     request_headers: {{ set: {{ x-route: spool }} }}
+  - name: retry
+    match: {{ path: {{ prefix: /retry }} }}
+    cluster: app
+    max_request_body: 64KiB
+    retries: {{ attempts: 2, non_idempotent: true, buffer_limit: 1KiB, backoff_base: 1ms, backoff_max: 2ms }}
+    request_headers: {{ set: {{ x-route: retry }} }}
   - name: gz
     match: {{ path: {{ prefix: /gz }} }}
     cluster: app
@@ -309,6 +325,12 @@ fn answer(
     seq: u64,
 ) -> (hyper::Response<Pieces>, Vec<u8>) {
     let route = header(req, "x-route").unwrap_or_default();
+    if fails(req) {
+        let mut resp = hyper::Response::new(Pieces([Bytes::from_static(b"try again")].into()));
+        *resp.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+        resp.headers_mut().insert("x-up-seq", seq.into());
+        return (resp, b"try again".to_vec());
+    }
     let html = route == b"gz" || route == b"cors-any";
     let body: Vec<u8> = if html {
         let target = req.uri().to_string();
@@ -382,6 +404,27 @@ fn answer(
     (resp, body)
 }
 
+/// The `x-request-id`s the retry route has answered 503 to (cleared per
+/// input).
+static FAILED: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+/// On the retry route, `x-up-fail: 1` (the body read first) or `early`
+/// (answered before reading it) makes the first try of each request
+/// (by its `x-request-id`) a 503, which sift retries when it kept the body.
+fn fails(req: &hyper::Request<hyper::body::Incoming>) -> bool {
+    if header(req, "x-route") != Some(b"retry") || header(req, "x-up-fail").is_none() {
+        return false;
+    }
+    let id = header(req, "x-request-id").unwrap_or_default().to_vec();
+    let mut failed = FAILED.lock().unwrap();
+    if failed.contains(&id) {
+        false
+    } else {
+        failed.push(id);
+        true
+    }
+}
+
 /// The upstream: records each request and what it answered (see `answer`).
 async fn upstream(records: Records) -> SocketAddr {
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -411,14 +454,27 @@ async fn upstream(records: Records) -> SocketAddr {
                         seq,
                         sent,
                         body: None,
+                        trailers: Vec::new(),
                     };
-                    let buffered = matches!(header(&req, "x-route"), Some(b"buffered" | b"spool"));
+                    // A try answered early is not read.
+                    let early = header(&req, "x-up-fail") == Some(b"early")
+                        && resp.status() == hyper::StatusCode::SERVICE_UNAVAILABLE;
+                    let buffered = !early
+                        && matches!(header(&req, "x-route"), Some(b"buffered" | b"spool" | b"retry"));
                     let mut pending = Pending::new(r, records.clone(), buffered);
                     async move {
                         if buffered {
                             use http_body_util::BodyExt;
                             let read = match req.into_body().collect().await {
-                                Ok(b) => Ok(b.to_bytes().len() as u64),
+                                Ok(b) => {
+                                    if let Some(r) = pending.record.as_mut() {
+                                        r.trailers = b
+                                            .trailers()
+                                            .map(|t| t.keys().map(|k| k.to_string()).collect())
+                                            .unwrap_or_default();
+                                    }
+                                    Ok(b.to_bytes().len() as u64)
+                                }
                                 Err(e) => Err(e.to_string()),
                             };
                             if let Some(r) = pending.record.as_mut() {
@@ -658,24 +714,65 @@ async fn exchange(addr: SocketAddr, req: &[u8], head_req: bool) -> (Option<Head>
     (h, buf)
 }
 
+/// The first request of the input, when it is plainly framed.
+struct Framing {
+    /// The body length the client sent.
+    len: u64,
+    /// Sent with a Content-Length (else chunked, or no body).
+    with_length: bool,
+    /// The names of its trailers (lower case).
+    trailers: Vec<String>,
+    /// The names its `Trailer` lines declare, read as hyper's client
+    /// reads them (a line that is not visible ASCII declares nothing).
+    declared: Vec<String>,
+}
+
+/// Fields no sender may put in trailers, which hyper never sends.
+const NOT_TRAILERS: [&str; 12] = [
+    "authorization",
+    "cache-control",
+    "content-encoding",
+    "content-length",
+    "content-range",
+    "content-type",
+    "host",
+    "max-forwards",
+    "set-cookie",
+    "trailer",
+    "transfer-encoding",
+    "te",
+];
+
 /// The first request of the input, when it is plainly framed: the body
 /// length the client sent (Content-Length, one line of digits,
 /// or `Transfer-Encoding: chunked` with every chunk in the input; 0 with
-/// neither). None for anything a strict reader would doubt (bare LF, folded
-/// or odd header lines, both framings, a body cut short): no check then.
-fn first_body(req: &[u8]) -> Option<u64> {
+/// neither), and its trailers. None for anything a strict reader would
+/// doubt (bare LF, folded or odd header or trailer lines, both framings, a
+/// body cut short): no check then.
+fn first_framing(req: &[u8]) -> Option<Framing> {
     let end = memchr::memmem::find(req, b"\r\n\r\n")?;
     let head = std::str::from_utf8(&req[..end]).ok()?;
     let mut lines = head.split("\r\n");
     lines.next()?;
     let (mut cl, mut chunked) = (None, false);
+    let mut declared = Vec::new();
+    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
     for l in lines {
         let (name, value) = l.split_once(':')?;
-        let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
         if name.is_empty() || !name.chars().all(token) || l.contains('\n') {
             return None;
         }
         let value = value.trim_matches([' ', '\t']);
+        if name.eq_ignore_ascii_case("trailer")
+            && value.bytes().all(|c| c == b'\t' || (b' '..=b'~').contains(&c))
+        {
+            declared.extend(
+                value
+                    .split(',')
+                    .map(|n| n.trim().to_ascii_lowercase())
+                    .filter(|n| !n.is_empty()),
+            );
+        }
         if name.eq_ignore_ascii_case("content-length") {
             if cl.is_some() || value.is_empty() || !value.bytes().all(|c| c.is_ascii_digit()) {
                 return None;
@@ -689,6 +786,7 @@ fn first_body(req: &[u8]) -> Option<u64> {
         }
     }
     let mut b = &req[end + 4..];
+    let mut trailers = Vec::new();
     let len = match (cl, chunked) {
         (Some(_), true) => return None,
         (Some(n), false) => (b.len() as u64 >= n).then_some(n)?,
@@ -718,11 +816,22 @@ fn first_body(req: &[u8]) -> Option<u64> {
                 if eol == 0 {
                     break total;
                 }
+                let line = std::str::from_utf8(&b[..eol]).ok()?;
+                let (name, _) = line.split_once(':')?;
+                if name.is_empty() || !name.chars().all(token) || line.contains('\n') {
+                    return None;
+                }
+                trailers.push(name.to_ascii_lowercase());
                 b = &b[eol + 2..];
             }
         }
     };
-    Some(len)
+    Some(Framing {
+        len,
+        with_length: cl.is_some(),
+        trailers,
+        declared,
+    })
 }
 
 fn hexval(c: u8) -> Option<u8> {
@@ -1032,6 +1141,53 @@ fn check_answer(h: &Head, records: &[Record], head_req: bool, ctx: &dyn Fn() -> 
     }
 }
 
+/// The client's trailers reach the upstream (all but the fields no sender
+/// may put there): every declared one, on each route that reads the body;
+/// undeclared ones too where sift holds the whole body before sending it
+/// (request buffering), since it then declares them itself.
+fn check_trailers(r: &Record, sent: &Framing, ctx: &dyn Fn() -> String) {
+    let route = joined(r, "x-route").unwrap_or_default();
+    if !matches!(r.body, Some(Ok(_))) {
+        return;
+    }
+    let all = route == b"buffered";
+    for t in &sent.trailers {
+        if NOT_TRAILERS.contains(&t.as_str()) || !(all || sent.declared.contains(t)) {
+            continue;
+        }
+        assert!(
+            r.trailers.contains(t),
+            "trailer {t:?} lost upstream (got {:?}): {}",
+            r.trailers,
+            ctx()
+        );
+    }
+}
+
+/// On the retry route: a try the upstream failed (503) is tried again when
+/// sift kept the body (a Content-Length up to buffer_limit, no trailers),
+/// with the same bytes; the answer the client got is the last try's.
+fn check_retried(r: &Record, records: &[Record], sent: &Framing, ctx: &dyn Fn() -> String) {
+    if joined(r, "x-route").as_deref() != Some(b"retry") {
+        return;
+    }
+    let id = joined(r, "x-request-id");
+    let tries: Vec<&Record> = records
+        .iter()
+        .filter(|o| joined(o, "x-request-id") == id && o.target == r.target)
+        .collect();
+    for o in &tries {
+        if let (Some(Ok(a)), Some(Ok(b))) = (&o.body, &r.body) {
+            assert_eq!(a, b, "a retry sent other bytes: {}", ctx());
+        }
+    }
+    let kept = sent.with_length && sent.len <= 1024 && sent.trailers.is_empty();
+    if kept && count(r, "x-up-fail") == 1 {
+        assert_eq!(tries.len(), 2, "a kept body's 503 not retried once: {}", ctx());
+        assert!(r.sent != b"try again", "answered the failed try: {}", ctx());
+    }
+}
+
 fn check_upstream(r: &Record, mode: &str) {
     let ctx = || format!("{r:?} (listener {mode})");
     let path = r.target.split('?').next().unwrap_or_default();
@@ -1198,6 +1354,23 @@ fn check_upstream(r: &Record, mode: &str) {
                 ctx()
             );
         }
+        b"retry" => {
+            // Kept for replay or streamed: with one Content-Length equal
+            // to what was read, or chunked.
+            let cl = all(r, "content-length");
+            let te = all(r, "transfer-encoding");
+            assert!(
+                (cl.len() <= 1 && te.is_empty()) || (cl.is_empty() && te == [&b"chunked"[..]]),
+                "retried route's framing upstream: {}",
+                ctx()
+            );
+            if let (Some(v), Some(Ok(n))) = (cl.first(), &r.body) {
+                let want = std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok());
+                assert_eq!(want, Some(*n), "retried body's length upstream: {}", ctx());
+            }
+        }
         b"spool" => {
             // A spooling annotate filter (memory for it spent after 2 KiB,
             // disk after 4 KiB more: then fail_open): however far it got,
@@ -1301,6 +1474,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let head_req = req.starts_with(b"HEAD ");
     env.records.lock().unwrap().clear();
+    FAILED.lock().unwrap().clear();
     let (head, bytes) = env
         .rt
         .block_on(exchange(env.sift[mode_index], &req, head_req));
@@ -1355,15 +1529,17 @@ fuzz_target!(|data: &[u8]| {
         // it gave.
         let seq = h.get("x-up-seq").and_then(|s| s.parse::<u64>().ok());
         let first = records.iter().find(|r| Some(r.seq) == seq);
-        if let (Some(r), Some(sent)) = (first, first_body(&req)) {
+        if let (Some(r), Some(sent)) = (first, first_framing(&req)) {
             if let Some(b) = &r.body {
                 assert_eq!(
                     b.as_ref().ok(),
-                    Some(&sent),
+                    Some(&sent.len),
                     "body upstream not what the client sent: {}",
                     ctx()
                 );
             }
+            check_trailers(r, &sent, &ctx);
+            check_retried(r, &records, &sent, &ctx);
         }
     }
     for t in &env.serving {
