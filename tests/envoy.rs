@@ -1675,6 +1675,70 @@ routes:
     assert_eq!(r.headers()["x-user"], "bob");
 }
 
+/// The gRPC checks hold the body Envoy sends for the route's filters
+/// within `overload.max_buffered_bytes`, as the HTTP check and the proxy
+/// do: past it, ext_authz denies with 503 `overloaded` and ext_proc answers
+/// an immediate 503 (Envoy relays either), never a verdict on a body not
+/// read; a body that fits is judged as usual, and nothing stays counted.
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_checks_hold_bodies_within_max_buffered_bytes() {
+    let (_, ham) = examples();
+    let sift = Sift::start(&format!(
+        "overload: {{ max_buffered_bytes: 1KiB }}\n{CONFIG}"
+    ));
+    let long = format!("{ham} ").repeat(2048 / ham.len() + 1);
+    assert!(long.len() > 2048 && long.len() < 4096, "{}", long.len());
+    let ct = [("content-type", "text/plain")];
+
+    let mut c = authz_client(&sift).await;
+    let r = c
+        .check(check("POST", "/notes/a", &ct, &ham, None))
+        .await
+        .expect("check answered")
+        .into_inner();
+    let (set, _, _) = allowed(&r);
+    assert_eq!(
+        set.get("x-sift-spam-verdict").map(String::as_str),
+        Some("ham")
+    );
+    let r = c
+        .check(check("POST", "/notes/a", &ct, &long, None))
+        .await
+        .expect("check answered")
+        .into_inner();
+    let (status, headers, _) = denied(&r);
+    assert_eq!(status, 503);
+    assert_eq!(
+        headers.get("x-sift-error").map(String::as_str),
+        Some("overloaded")
+    );
+
+    // ext_proc, Envoy in STREAMED mode: pieces past the limit.
+    let l = long.len().to_string();
+    let (a, b) = long.split_at(long.len() / 2);
+    let msgs = vec![
+        headers_msg(
+            "POST",
+            "/notes/b",
+            &[("content-type", "text/plain"), ("content-length", &l)],
+            false,
+        ),
+        chunk(a, false),
+        chunk(b, true),
+    ];
+    let got = exchange_all(&sift, msgs, 2).await;
+    let Some(Out::ImmediateResponse(im)) = &got[1].response else {
+        panic!("{got:?}");
+    };
+    assert_eq!(im.status.as_ref().map(|s| s.code), Some(503));
+    assert_eq!(
+        sift.metric(r#"sift_buffer_denied_total{use="filter"}"#)
+            .await,
+        Some(2.0)
+    );
+    assert_eq!(sift.metric("sift_buffered_request_bytes").await, Some(0.0));
+}
+
 /// An HTTP ext_authz check holds the body for the route's filters within
 /// `overload.max_buffered_bytes` like the proxy: past it the check
 /// answers 503 `overloaded` (Envoy relays it to the client), never an

@@ -124,6 +124,18 @@ pub async fn check(
     let grpc = crate::error::is_grpc(req.headers());
     let snap = shared.snapshot.load_full();
     let result = match super::admit_head(shared, &snap, &conn, &mut req, grpc).await {
+        // The body the filters read is held to the end of the check, within
+        // overload.max_buffered_bytes (without filters the check is quick).
+        Ok(head) if head.wants_body => {
+            let mut held = shared
+                .budget
+                .reservation(snap.config.overload.max_buffered_bytes);
+            if super::hold_body(shared, &mut held, body.len()) {
+                super::admit_body(shared, head, body, complete, grpc).await
+            } else {
+                Err(super::buffers_full(shared, grpc, head.route))
+            }
+        }
         Ok(head) => super::admit_body(shared, head, body, complete, grpc).await,
         Err(d) => Err(d),
     };

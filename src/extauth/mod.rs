@@ -413,6 +413,30 @@ async fn body_phase(
     Ok(allowed)
 }
 
+/// Count `n` bytes of a check's body, which the check holds until it
+/// ends, in `overload.max_buffered_bytes` like a body the proxy holds for
+/// its filters; false when it would pass the limit (counted as denied).
+pub fn hold_body(shared: &Shared, res: &mut crate::budget::Reservation, n: usize) -> bool {
+    let ok = res.grow(n as u64);
+    if !ok {
+        shared.budget.deny(crate::budget::Use::Filter);
+    }
+    ok
+}
+
+/// The denial for a check whose body would pass
+/// `overload.max_buffered_bytes`: 503 `overloaded`, which Envoy relays to
+/// the client (never a verdict on a body not read).
+pub fn buffers_full(shared: &Shared, grpc: bool, route: &Route) -> Box<Denied> {
+    let limit = shared.snapshot.load().config.overload.max_buffered_bytes;
+    let e = ProxyError::BuffersFull {
+        what: "the filters",
+        key: "max_buffered_bytes",
+        limit: limit.unwrap_or(u64::MAX),
+    };
+    deny_error(shared, e, grpc, route)
+}
+
 /// A denial for an error met outside the phases (reading the body).
 pub fn deny_error(shared: &Shared, e: ProxyError, grpc: bool, route: &Route) -> Box<Denied> {
     deny(shared, Stop::Error(e), grpc, Some(route))

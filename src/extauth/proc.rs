@@ -244,6 +244,10 @@ async fn run(
         .map_err(|_| tonic::Status::cancelled("Envoy closed the stream"))?;
         // Body pieces (one when buffered; several when streamed, their
         // answers held back until the verdict, as the proxy holds the body).
+        // Held to the verdict, within overload.max_buffered_bytes.
+        let mut held = shared
+            .budget
+            .reservation(snap.config.overload.max_buffered_bytes);
         let mut buf = BytesMut::new();
         let mut pending = 0usize;
         let mut complete = false;
@@ -254,6 +258,13 @@ async fn run(
             };
             match m.request {
                 Some(In::RequestBody(b)) => {
+                    if !super::hold_body(shared, &mut held, b.body.len()) {
+                        let d = super::buffers_full(shared, grpc, head.route);
+                        count("denied");
+                        super::log_check(shared, "ext_proc", &client, &req, Err(&d), start);
+                        send(immediate(*d)).await?;
+                        return Ok(());
+                    }
                     pending += 1;
                     buf.extend_from_slice(&b.body);
                     if b.end_of_stream {
