@@ -2047,6 +2047,11 @@ async fn proxy(
         return Ok(Response::from_parts(parts, b));
     }
     let (mut parts, b) = resp.into_parts();
+    // sift sends its own HTTP version, not the upstream's (RFC 9110 §6.2):
+    // an HTTP/1.0 app's answer goes to an HTTP/1.1 client as HTTP/1.1, so
+    // it stays kept alive and may be chunked (hyper answers an HTTP/1.0
+    // client in HTTP/1.0 all the same; HTTP/2 has no version line).
+    parts.version = Version::HTTP_11;
     // Only sift sets x-sift-*: an upstream cannot forge x-sift-error. One
     // pass over the names finds both kinds of header to remove.
     let (hop_bits, sift) = parts.headers.keys().fold((0, false), |(bits, sift), k| {

@@ -1169,6 +1169,76 @@ async fn http10_requests_without_host_get_one_upstream() {
     assert_eq!(v["headers"]["host"][0], echo.addr.to_string(), "{v}");
 }
 
+/// An HTTP/1.0 app's answers reach an HTTP/1.1 client as HTTP/1.1 (an
+/// intermediary sends its own version, RFC 9110 §6.2): the client's
+/// connection stays open for the next request, and an answer whose end
+/// the app marks by closing goes on chunked, not as a closing HTTP/1.0
+/// answer. An HTTP/1.0 client still gets HTTP/1.0.
+#[tokio::test(flavor = "multi_thread")]
+async fn http10_upstream_answers_go_out_as_http11() {
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = tcp.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                // `/close`: no length, the end is the close.
+                let answer: &[u8] = if buf.starts_with(b"GET /close") {
+                    b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end"
+                } else {
+                    b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+                };
+                let _ = s.write_all(answer).await;
+            });
+        }
+    });
+    let sift = Sift::start(&simple_config(addr, ""));
+    let mut s = tokio::net::TcpStream::connect(sift.addr()).await.unwrap();
+    let mut seen = Vec::new();
+    for path in ["/a", "/close", "/b"] {
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        // Read one answer: up to its end (the last chunk, or 2 bytes).
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        let done = |b: &[u8]| {
+            let text = String::from_utf8_lossy(b);
+            text.contains("\r\n0\r\n\r\n") || text.ends_with("\r\n\r\nhi")
+        };
+        while !done(&buf) {
+            match tokio::time::timeout(Duration::from_secs(3), s.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                other => panic!(
+                    "{path}: {other:?} after {:?}",
+                    String::from_utf8_lossy(&buf)
+                ),
+            }
+        }
+        seen.push(String::from_utf8_lossy(&buf).into_owned());
+    }
+    for (i, a) in seen.iter().enumerate() {
+        assert!(a.starts_with("HTTP/1.1 200 OK\r\n"), "{i}: {a}");
+        assert!(
+            !a.to_ascii_lowercase().contains("connection: close"),
+            "{i}: {a}"
+        );
+    }
+    assert!(seen[1].contains("until the end"), "{}", seen[1]);
+    let old = raw_exchange(sift.addr(), b"GET /a HTTP/1.0\r\nHost: x\r\n\r\n").await;
+    assert!(old.starts_with("HTTP/1.0 200 OK\r\n"), "{old}");
+}
+
 /// A route's `response_headers` (an edge route's HSTS, nosniff, CSP) are on
 /// every response of that route, also the ones sift makes itself (413,
 /// 502, 429, ...), as Envoy applies a route's response headers to its
