@@ -246,12 +246,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Result<(), ConfigErrors> 
             message: "filter_pool changed: this needs a restart".into(),
         });
     }
-    let exporter = |c: &Config| {
-        c.tracing.as_ref().map(|t| {
-            let (a, p, s, q, b, f) = t.exporter_key();
-            (a.to_string(), p.to_string(), s.to_string(), q, b, f)
-        })
-    };
+    let exporter = |c: &Config| c.tracing.as_ref().map(|t| t.exporter_key());
     if exporter(old) != exporter(new) {
         errs.push(ConfigError {
             path: "tracing".into(),

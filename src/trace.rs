@@ -1,6 +1,6 @@
 //! Distributed tracing: W3C Trace Context in, one span per request out to
-//! an OpenTelemetry collector (OTLP over HTTP, JSON encoding), as Envoy and
-//! linkerd2-proxy do for a mesh hop.
+//! an OpenTelemetry collector (OTLP over HTTP with JSON encoding, or over
+//! gRPC with protobuf), as Envoy and linkerd2-proxy do for a mesh hop.
 //!
 //! - A request's `traceparent` (version 00, or a later version read as 00
 //!   as the spec says) makes sift's span a child of the caller's, and the
@@ -24,12 +24,26 @@ use crate::body::Body;
 
 pub static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 
+/// How spans travel to the collector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OtlpProtocol {
+    /// OTLP/HTTP, JSON encoding: a POST to the path (port 4318).
+    Http,
+    /// OTLP/gRPC: `TraceService/Export` over HTTP/2 (port 4317), protobuf.
+    Grpc,
+}
+
+/// The gRPC method of OTLP trace export.
+pub const OTLP_GRPC_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TracingSpec {
     /// host:port of the collector (plain HTTP).
     pub authority: String,
-    /// Request path (default /v1/traces).
+    /// Request path (default /v1/traces; the gRPC method with `grpc`).
     pub path: String,
+    pub protocol: OtlpProtocol,
     pub service_name: String,
     /// Share of new traces sampled, 0 to 1.
     pub sampling: f64,
@@ -45,16 +59,12 @@ fn ser_dur<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> 
 
 impl TracingSpec {
     /// The settings the exporter is built from (a change needs a restart;
-    /// `sampling` is read per request and reloads).
-    pub fn exporter_key(&self) -> (&str, &str, &str, usize, usize, Duration) {
-        (
-            &self.authority,
-            &self.path,
-            &self.service_name,
-            self.max_queue,
-            self.batch_size,
-            self.flush_interval,
-        )
+    /// `sampling` is read per request and reloads): all but `sampling`.
+    pub fn exporter_key(&self) -> TracingSpec {
+        TracingSpec {
+            sampling: 0.0,
+            ..self.clone()
+        }
     }
 }
 
@@ -262,9 +272,12 @@ impl Exporter {
                 }
             }
             let n = batch.len() as u64;
-            let body = encode(&batch, &self.spec.service_name);
+            let body = match self.spec.protocol {
+                OtlpProtocol::Http => encode(&batch, &self.spec.service_name),
+                OtlpProtocol::Grpc => encode_protobuf(&batch, &self.spec.service_name),
+            };
             batch.clear();
-            match tokio::time::timeout(Duration::from_secs(10), self.post(body)).await {
+            match tokio::time::timeout(Duration::from_secs(10), self.export(body)).await {
                 Ok(Ok(())) => self.spans.with_label_values(&["exported"]).inc_by(n),
                 Ok(Err(e)) => {
                     self.spans.with_label_values(&["failed"]).inc_by(n);
@@ -275,6 +288,13 @@ impl Exporter {
                     tracing::warn!(collector = %self.spec.authority, spans = n, "trace export timed out");
                 }
             }
+        }
+    }
+
+    async fn export(&self, body: Vec<u8>) -> Result<(), String> {
+        match self.spec.protocol {
+            OtlpProtocol::Http => self.post(body).await,
+            OtlpProtocol::Grpc => grpc_export(&self.spec.authority, body).await,
         }
     }
 
@@ -302,6 +322,171 @@ impl Exporter {
             Err(format!("collector answered {}", resp.status()))
         }
     }
+}
+
+/// OTLP/gRPC: one `Export` call on a fresh HTTP/2 connection (prior
+/// knowledge, as gRPC over plain TCP is); done when the collector answers
+/// 200 with `grpc-status: 0` (in its head or its trailers).
+async fn grpc_export(authority: &str, message: Vec<u8>) -> Result<(), String> {
+    let tcp = tokio::net::TcpStream::connect(authority)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    // The gRPC frame: uncompressed, its length, the message.
+    let len = u32::try_from(message.len()).map_err(|_| "batch over 4 GiB".to_string())?;
+    let mut frame = Vec::with_capacity(5 + message.len());
+    frame.push(0);
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(&message);
+    let uri = http::Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query(OTLP_GRPC_PATH)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let req = http::Request::post(uri)
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .header(http::header::TE, "trailers")
+        .header(http::header::USER_AGENT, "sift-otlp")
+        .body::<Body>(crate::body::full(Bytes::from(frame)))
+        .map_err(|e| e.to_string())?;
+    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+    if !resp.status().is_success() {
+        return Err(format!("collector answered {}", resp.status()));
+    }
+    let head = resp.headers().get("grpc-status").cloned();
+    let head_msg = resp.headers().get("grpc-message").cloned();
+    use http_body_util::BodyExt;
+    let collected = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let trailers = collected.trailers();
+    let status = head.or_else(|| trailers.and_then(|t| t.get("grpc-status")).cloned());
+    let message = head_msg.or_else(|| trailers.and_then(|t| t.get("grpc-message")).cloned());
+    match status.as_ref().map(|v| v.as_bytes()) {
+        Some(b"0") => Ok(()),
+        Some(code) => Err(format!(
+            "collector answered grpc-status {} {}",
+            String::from_utf8_lossy(code),
+            message
+                .map(|m| String::from_utf8_lossy(m.as_bytes()).into_owned())
+                .unwrap_or_default()
+        )),
+        None => Err("collector answered without grpc-status".into()),
+    }
+}
+
+/// Protobuf wire format, written by hand for the few OTLP messages sift
+/// sends (field numbers from opentelemetry-proto's trace, common and
+/// resource protos, v1).
+mod pb {
+    /// A varint.
+    pub fn varint(o: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            o.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        o.push(v as u8);
+    }
+
+    /// A field key: number and wire type (0 varint, 1 fixed64, 2 bytes).
+    pub fn key(o: &mut Vec<u8>, field: u32, wire: u8) {
+        varint(o, (u64::from(field) << 3) | u64::from(wire));
+    }
+
+    pub fn bytes(o: &mut Vec<u8>, field: u32, b: &[u8]) {
+        key(o, field, 2);
+        varint(o, b.len() as u64);
+        o.extend_from_slice(b);
+    }
+
+    pub fn fixed64(o: &mut Vec<u8>, field: u32, v: u64) {
+        key(o, field, 1);
+        o.extend_from_slice(&v.to_le_bytes());
+    }
+
+    pub fn uint(o: &mut Vec<u8>, field: u32, v: u64) {
+        key(o, field, 0);
+        varint(o, v);
+    }
+
+    /// A nested message, written by `f` into a scratch buffer first (its
+    /// length goes before it).
+    pub fn message(o: &mut Vec<u8>, field: u32, f: impl FnOnce(&mut Vec<u8>)) {
+        let mut m = Vec::new();
+        f(&mut m);
+        bytes(o, field, &m);
+    }
+}
+
+/// A `KeyValue` (common.v1): key 1, value 2 (`AnyValue`: string 1, int 3).
+fn pb_attr(o: &mut Vec<u8>, field: u32, key: &str, v: &Attr) {
+    pb::message(o, field, |m| {
+        pb::bytes(m, 1, key.as_bytes());
+        pb::message(m, 2, |a| match v {
+            Attr::Str(s) => pb::bytes(a, 1, s.as_bytes()),
+            // int64, two's complement as a varint.
+            Attr::Int(n) => pb::uint(a, 3, *n as u64),
+        });
+    });
+}
+
+/// OTLP protobuf `ExportTraceServiceRequest` (collector.trace.v1): the same
+/// content as [`encode`]'s JSON.
+pub fn encode_protobuf(spans: &[Span], service: &str) -> Vec<u8> {
+    let version = env!("CARGO_PKG_VERSION");
+    let mut o = Vec::with_capacity(128 + spans.len() * 512);
+    // resource_spans = 1
+    pb::message(&mut o, 1, |rs| {
+        // resource = 1 { attributes = 1 }
+        pb::message(rs, 1, |r| {
+            pb_attr(r, 1, "service.name", &Attr::from(service));
+            pb_attr(r, 1, "service.version", &Attr::from(version));
+        });
+        // scope_spans = 2 { scope = 1 { name 1, version 2 }, spans = 2 }
+        pb::message(rs, 2, |ss| {
+            pb::message(ss, 1, |sc| {
+                pb::bytes(sc, 1, b"sift");
+                pb::bytes(sc, 2, version.as_bytes());
+            });
+            for s in spans {
+                pb::message(ss, 2, |m| {
+                    pb::bytes(m, 1, &s.ctx.trace_id);
+                    pb::bytes(m, 2, &s.ctx.span_id);
+                    if let Some(p) = s.ctx.parent {
+                        pb::bytes(m, 4, &p);
+                    }
+                    pb::bytes(m, 5, s.name.as_bytes());
+                    // kind = SPAN_KIND_SERVER
+                    pb::uint(m, 6, 2);
+                    pb::fixed64(m, 7, s.start_unix_nanos);
+                    pb::fixed64(m, 8, s.end_unix_nanos);
+                    for (k, v) in &s.attributes {
+                        pb_attr(m, 9, k, v);
+                    }
+                    // status = 15 { message 2, code 3 }: ERROR with a
+                    // message, else UNSET (nothing to write).
+                    if let Some(msg) = &s.error {
+                        pb::message(m, 15, |st| {
+                            pb::bytes(st, 2, msg.as_bytes());
+                            pb::uint(st, 3, 2);
+                        });
+                    }
+                });
+            }
+        });
+    });
+    o
 }
 
 /// A JSON string literal of `s`: runs that need no escape are copied

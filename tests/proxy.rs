@@ -2841,6 +2841,237 @@ clusters:
     }
 }
 
+/// The OTLP trace messages as a collector reads them, declared here from
+/// opentelemetry-proto's field numbers (collector/trace/v1,
+/// trace/v1, resource/v1; the common types are envoy-types' generated
+/// ones), independently of sift's hand-written encoder.
+mod otlp {
+    pub use envoy_types::pb::opentelemetry::proto::common::v1::{
+        InstrumentationScope, KeyValue, any_value,
+    };
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Export {
+        #[prost(message, repeated, tag = "1")]
+        pub resource_spans: Vec<ResourceSpans>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ResourceSpans {
+        #[prost(message, optional, tag = "1")]
+        pub resource: Option<Resource>,
+        #[prost(message, repeated, tag = "2")]
+        pub scope_spans: Vec<ScopeSpans>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Resource {
+        #[prost(message, repeated, tag = "1")]
+        pub attributes: Vec<KeyValue>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ScopeSpans {
+        #[prost(message, optional, tag = "1")]
+        pub scope: Option<InstrumentationScope>,
+        #[prost(message, repeated, tag = "2")]
+        pub spans: Vec<Span>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Span {
+        #[prost(bytes = "vec", tag = "1")]
+        pub trace_id: Vec<u8>,
+        #[prost(bytes = "vec", tag = "2")]
+        pub span_id: Vec<u8>,
+        #[prost(bytes = "vec", tag = "4")]
+        pub parent_span_id: Vec<u8>,
+        #[prost(string, tag = "5")]
+        pub name: String,
+        #[prost(int32, tag = "6")]
+        pub kind: i32,
+        #[prost(fixed64, tag = "7")]
+        pub start_time_unix_nano: u64,
+        #[prost(fixed64, tag = "8")]
+        pub end_time_unix_nano: u64,
+        #[prost(message, repeated, tag = "9")]
+        pub attributes: Vec<KeyValue>,
+        #[prost(message, optional, tag = "15")]
+        pub status: Option<Status>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Status {
+        #[prost(string, tag = "2")]
+        pub message: String,
+        #[prost(int32, tag = "3")]
+        pub code: i32,
+    }
+    /// The value of attribute `k`.
+    pub fn attr(kv: &[KeyValue], k: &str) -> Option<any_value::Value> {
+        kv.iter()
+            .find(|a| a.key == k)
+            .and_then(|a| a.value.clone()?.value)
+    }
+}
+
+/// `tracing.protocol: grpc`, the transport Envoy's and Istio's
+/// OpenTelemetry tracers use by default (port 4317): the spans reach a
+/// gRPC collector as protobuf `TraceService/Export` calls over HTTP/2, read
+/// here with prost; a collector that answers a non-zero `grpc-status`
+/// gets the batch counted as failed; a path in a gRPC endpoint is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn traces_reach_an_otlp_grpc_collector() {
+    use prost::Message;
+    let got = Arc::new(std::sync::Mutex::new(Vec::<otlp::Export>::new()));
+    let refuse = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (g, no) = (got.clone(), refuse.clone());
+    let collector = Upstream::start(move |req: Request<hyper::body::Incoming>| {
+        let (g, no) = (g.clone(), no.clone());
+        async move {
+            assert_eq!(req.version(), http::Version::HTTP_2);
+            assert_eq!(
+                req.uri().path(),
+                "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+            );
+            assert_eq!(req.headers()["content-type"], "application/grpc");
+            assert_eq!(req.headers()["te"], "trailers");
+            let b = req.into_body().collect().await.unwrap().to_bytes();
+            // One uncompressed gRPC frame.
+            assert_eq!(b[0], 0, "compressed flag");
+            let len = u32::from_be_bytes([b[1], b[2], b[3], b[4]]) as usize;
+            assert_eq!(len, b.len() - 5);
+            g.lock()
+                .unwrap()
+                .push(otlp::Export::decode(&b[5..]).expect("an ExportTraceServiceRequest"));
+            if no.load(std::sync::atomic::Ordering::SeqCst) {
+                grpc_answer("14")
+            } else {
+                grpc_answer("0")
+            }
+        }
+    })
+    .await;
+    let app = Upstream::echo("app").await;
+    let refusing = refused_port();
+    let dead = refusing.addr;
+    let sift = Sift::start(&format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+tracing: {{ endpoint: "http://{}", protocol: grpc, service_name: edge, flush_interval: 50ms }}
+listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+routes:
+  - {{ name: broken, match: {{ path: {{ prefix: /broken }} }}, cluster: dead }}
+  - {{ name: api, cluster: app }}
+clusters:
+  - {{ name: app, endpoints: ["{}"] }}
+  - {{ name: dead, endpoints: ["{dead}"] }}
+"#,
+        collector.addr, app.addr
+    ));
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let r = send(
+        Request::get(sift.url("/a"))
+            .header(
+                "traceparent",
+                format!("00-{caller_trace}-00f067aa0ba902b7-01"),
+            )
+            .body(body::empty())
+            .unwrap(),
+    )
+    .await;
+    let up_tp = json(r.body())["headers"]["traceparent"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sift_span = up_tp[36..52].to_string();
+    let broken = send(
+        Request::get(sift.url("/broken"))
+            .body(body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(broken.status(), 502);
+
+    let spans = |got: &Arc<std::sync::Mutex<Vec<otlp::Export>>>| {
+        let mut out = Vec::new();
+        for e in got.lock().unwrap().iter() {
+            let rs = &e.resource_spans[0];
+            let res = rs.resource.as_ref().expect("a resource");
+            assert_eq!(
+                otlp::attr(&res.attributes, "service.name"),
+                Some(otlp::any_value::Value::StringValue("edge".into()))
+            );
+            let ss = &rs.scope_spans[0];
+            assert_eq!(ss.scope.as_ref().map(|s| s.name.as_str()), Some("sift"));
+            out.extend(ss.spans.iter().cloned());
+        }
+        out
+    };
+    let both = eventually(Duration::from_secs(5), || async { spans(&got).len() >= 2 }).await;
+    assert!(both, "spans exported: {:?}", spans(&got));
+    let all = spans(&got);
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let a = all
+        .iter()
+        .find(|s| hex(&s.trace_id) == caller_trace)
+        .expect("the caller's trace");
+    assert_eq!(hex(&a.span_id), sift_span);
+    assert_eq!(hex(&a.parent_span_id), "00f067aa0ba902b7");
+    assert_eq!(a.name, "GET api");
+    assert_eq!(a.kind, 2, "SPAN_KIND_SERVER");
+    assert!(a.start_time_unix_nano > 1_700_000_000_000_000_000);
+    assert!(a.end_time_unix_nano >= a.start_time_unix_nano);
+    assert_eq!(
+        otlp::attr(&a.attributes, "http.response.status_code"),
+        Some(otlp::any_value::Value::IntValue(200))
+    );
+    assert_eq!(
+        otlp::attr(&a.attributes, "url.path"),
+        Some(otlp::any_value::Value::StringValue("/a".into()))
+    );
+    assert_eq!(a.status.as_ref().map_or(0, |s| s.code), 0, "UNSET");
+    let b = all
+        .iter()
+        .find(|s| s.name == "GET broken")
+        .expect("the error's span");
+    assert!(b.parent_span_id.is_empty(), "a root span");
+    let st = b.status.as_ref().expect("a status");
+    assert_eq!(st.code, 2, "ERROR");
+    assert!(!st.message.is_empty());
+    assert_eq!(
+        otlp::attr(&b.attributes, "sift.error"),
+        Some(otlp::any_value::Value::StringValue(
+            "upstream-connect-failure".into()
+        ))
+    );
+    assert_eq!(
+        sift.metric(r#"sift_trace_spans_total{result="exported"}"#)
+            .await,
+        Some(2.0)
+    );
+
+    // grpc-status 14 (UNAVAILABLE) in the answer's trailers: failed.
+    refuse.store(true, std::sync::atomic::Ordering::SeqCst);
+    send(Request::get(sift.url("/c")).body(body::empty()).unwrap()).await;
+    let failed = eventually(Duration::from_secs(5), || async {
+        sift.metric(r#"sift_trace_spans_total{result="failed"}"#)
+            .await
+            .unwrap_or(0.0)
+            >= 1.0
+    })
+    .await;
+    assert!(failed);
+    assert_eq!(spans(&got).len(), 3, "the failed batch did reach it");
+
+    for (bad, path) in [
+        (
+            "{ endpoint: \"http://c:4317/v1/traces\", protocol: grpc }",
+            "tracing.endpoint",
+        ),
+        (
+            "{ endpoint: \"http://c:4317\", protocol: thrift }",
+            "tracing.protocol",
+        ),
+    ] {
+        refused_at(&one_route_config(&format!("tracing: {bad}\n"), ""), path);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn grpc_callers_get_sifts_errors_as_grpc_status() {
     let cfg = r#"log: { format: json }

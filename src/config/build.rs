@@ -552,11 +552,29 @@ fn build_redis(
 }
 
 fn build_tracing(t: &TracingFile, e: &mut Errs) -> crate::trace::TracingSpec {
+    let protocol = match t.protocol {
+        Some(super::file::OtlpProtocolFile::Grpc) => crate::trace::OtlpProtocol::Grpc,
+        _ => crate::trace::OtlpProtocol::Http,
+    };
     let (authority, path) = match t.endpoint.parse::<http::Uri>() {
         Ok(u) if u.scheme_str() == Some("http") && u.authority().is_some() => {
-            let path = match u.path_and_query().map(|p| p.as_str()) {
-                None | Some("") | Some("/") => "/v1/traces".to_string(),
-                Some(p) => p.to_string(),
+            let path = match (u.path_and_query().map(|p| p.as_str()), protocol) {
+                (None | Some("") | Some("/"), crate::trace::OtlpProtocol::Http) => {
+                    "/v1/traces".to_string()
+                }
+                (Some(p), crate::trace::OtlpProtocol::Http) => p.to_string(),
+                (None | Some("") | Some("/"), crate::trace::OtlpProtocol::Grpc) => {
+                    crate::trace::OTLP_GRPC_PATH.to_string()
+                }
+                (Some(p), crate::trace::OtlpProtocol::Grpc) => {
+                    e.push(
+                        "tracing.endpoint",
+                        format!(
+                            "{p:?}: an OTLP/gRPC endpoint has no path (e.g. \"http://127.0.0.1:4317\"; the method is TraceService/Export)"
+                        ),
+                    );
+                    String::new()
+                }
             };
             let a = u
                 .authority()
@@ -609,6 +627,7 @@ fn build_tracing(t: &TracingFile, e: &mut Errs) -> crate::trace::TracingSpec {
     crate::trace::TracingSpec {
         authority,
         path,
+        protocol,
         service_name,
         sampling: sampling.clamp(0.0, 1.0),
         max_queue: positive(t.max_queue, 2048, "max_queue", e),

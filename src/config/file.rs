@@ -700,8 +700,13 @@ pub struct RouteJwtFile {
 #[serde(deny_unknown_fields)]
 pub struct TracingFile {
     /// The collector's OTLP/HTTP traces URL, plain http (e.g.
-    /// http://127.0.0.1:4318/v1/traces; the path defaults to /v1/traces).
+    /// http://127.0.0.1:4318/v1/traces; the path defaults to /v1/traces),
+    /// or with `protocol: grpc` its OTLP/gRPC address (http://127.0.0.1:4317,
+    /// no path).
     pub endpoint: String,
+    /// `http` (default: OTLP/HTTP, JSON) or `grpc` (OTLP/gRPC, protobuf).
+    #[serde(default)]
+    pub protocol: Option<OtlpProtocolFile>,
     /// service.name of the spans (default sift).
     #[serde(default)]
     pub service_name: Option<String>,
@@ -718,6 +723,14 @@ pub struct TracingFile {
     /// Longest wait before a partial batch is sent (default 1s).
     #[serde(default)]
     pub flush_interval: Option<Dur>,
+}
+
+/// How spans travel to the collector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OtlpProtocolFile {
+    Http,
+    Grpc,
 }
 
 /// The bounded pool that runs classifiers (restart to change it).
