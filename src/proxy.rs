@@ -2063,6 +2063,23 @@ async fn proxy(
     if sift {
         remove_sift_headers(&mut parts.headers);
     }
+    // A chunked answer's framing is hyper's to undo, and the client gets
+    // sift's own. A Content-Length beside it is not the body's length
+    // (RFC 9112 §6.3: Transfer-Encoding wins, and an intermediary removes
+    // the Content-Length): forwarded, it would cut the body or run it into
+    // the next answer. Any other transfer-coding (`gzip, chunked`, `gzip`)
+    // would reach the client still coded, without a word saying so: 502,
+    // as Envoy answers.
+    if hop_bits & hop::TRANSFER_ENCODING != 0 {
+        let chunked = crate::field::joined(&parts.headers, header::TRANSFER_ENCODING)
+            .is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        if !chunked {
+            return Err(ProxyError::UpstreamReset(
+                "the answer has a transfer-coding other than chunked".into(),
+            ));
+        }
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
     strip_hop_by_hop_present(&mut parts.headers, hop_bits);
     let mut b = b;
     // The route's cache: what the answer was, what is stored.

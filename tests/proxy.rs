@@ -1239,6 +1239,73 @@ async fn http10_upstream_answers_go_out_as_http11() {
     assert!(old.starts_with("HTTP/1.0 200 OK\r\n"), "{old}");
 }
 
+/// An upstream answer with both a Content-Length and `Transfer-Encoding:
+/// chunked` (RFC 9112 §6.3: the chunked framing wins, and an intermediary
+/// removes the Content-Length) reaches the client whole, without that
+/// length: forwarded, a smaller one cut the body silently and a larger one
+/// failed it. An answer with another transfer-coding is a 502, never
+/// passed on still coded.
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_framing_conflicts_never_reach_the_client() {
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = tcp.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = |te: &str, cl: &str| {
+                    format!(
+                        "HTTP/1.1 200 OK\r\nConnection: close\r\n{cl}Transfer-Encoding: {te}\r\n\r\n\
+                         5\r\nhello\r\n0\r\n\r\n"
+                    )
+                };
+                let answer = if buf.starts_with(b"GET /short") {
+                    head("chunked", "Content-Length: 2\r\n")
+                } else if buf.starts_with(b"GET /long") {
+                    head("chunked", "Content-Length: 40\r\n")
+                } else {
+                    head("gzip, chunked", "")
+                };
+                let _ = s.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    let sift = Sift::start(&simple_config(addr, ""));
+    for path in ["/short", "/long"] {
+        let out = raw_exchange(
+            sift.addr(),
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{path}: {out}");
+        assert!(
+            !out.to_ascii_lowercase().contains("content-length"),
+            "{path}: {out}"
+        );
+        assert!(
+            out.ends_with("\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
+            "{path}: {out}"
+        );
+    }
+    let out = raw_exchange(
+        sift.addr(),
+        b"GET /coded HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 502 "), "{out}");
+    assert!(out.contains("x-sift-error: upstream-reset"), "{out}");
+}
+
 /// A route's `response_headers` (an edge route's HSTS, nosniff, CSP) are on
 /// every response of that route, also the ones sift makes itself (413,
 /// 502, 429, ...), as Envoy applies a route's response headers to its
