@@ -405,7 +405,10 @@ pub async fn handle(
     }
     let start = Instant::now();
     let version = req.version();
-    let req = req.map(|b| Lingering::new(b, version));
+    let mut req = req.map(|b| Lingering::new(b, version));
+    if version == Version::HTTP_2 {
+        join_cookies(req.headers_mut());
+    }
     let snap = shared.snapshot.load_full();
     shared.metrics.active_requests.inc();
     let grpc = crate::error::is_grpc(req.headers());
@@ -2773,6 +2776,22 @@ impl Forced {
             b"never" => Some(Forced::Never),
             _ => None,
         }
+    }
+}
+
+/// An HTTP/2 client may send its cookies as several `cookie` fields (each
+/// compresses better alone; browsers do). RFC 9113 §8.2.3 has them joined
+/// with `; ` before they go to an HTTP/1.1 hop, and apps, auth services and
+/// rate-limit keys read one Cookie header: joined here, once, for every
+/// later reader (HTTP/2 upstreams take one field as well).
+fn join_cookies(h: &mut HeaderMap) {
+    let all = h.get_all(header::COOKIE);
+    if all.iter().nth(1).is_none() {
+        return;
+    }
+    let parts: Vec<&[u8]> = all.iter().map(|v| v.as_bytes()).collect();
+    if let Ok(v) = HeaderValue::from_bytes(&parts.join(&b"; "[..])) {
+        h.insert(header::COOKIE, v);
     }
 }
 

@@ -1306,6 +1306,31 @@ async fn upstream_framing_conflicts_never_reach_the_client() {
     assert!(out.contains("x-sift-error: upstream-reset"), "{out}");
 }
 
+/// An HTTP/2 client's cookies split over several `cookie` fields (as
+/// browsers send them) reach an HTTP/1.1 app as one Cookie header, joined
+/// with `; ` (RFC 9113 §8.2.3); an app reading one header saw only the
+/// first cookie before.
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_cookie_fields_reach_the_app_as_one_header() {
+    let echo = Upstream::echo("app").await;
+    let sift = Sift::start(&simple_config(echo.addr, ""));
+    let req = Request::get(sift.url("/c"))
+        .header("cookie", "session=abc")
+        .header("cookie", "theme=dark")
+        .header("cookie", "lang=en")
+        .body(body::empty())
+        .unwrap();
+    let r = http2_client().request(req).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let b = r.into_body().collect().await.unwrap().to_bytes();
+    let v = json(&b);
+    assert_eq!(
+        v["headers"]["cookie"],
+        serde_json::json!(["session=abc; theme=dark; lang=en"]),
+        "{v}"
+    );
+}
+
 /// A route's `response_headers` (an edge route's HSTS, nosniff, CSP) are on
 /// every response of that route, also the ones sift makes itself (413,
 /// 502, 429, ...), as Envoy applies a route's response headers to its
