@@ -2082,6 +2082,8 @@ async fn proxy(
             ));
         }
         parts.headers.remove(header::CONTENT_LENGTH);
+    } else {
+        single_content_length(&mut parts.headers);
     }
     strip_hop_by_hop_present(&mut parts.headers, hop_bits);
     let mut b = b;
@@ -4034,6 +4036,36 @@ fn h1_trailer_framing(h: &mut HeaderMap, known: &[HeaderName]) {
             header::TRANSFER_ENCODING,
             HeaderValue::from_static("chunked"),
         );
+    }
+}
+
+/// An answer's Content-Length given as a list (`2, 2`) or on several lines
+/// (hyper's client accepts them when every value is the same) becomes one
+/// value, as RFC 9110 §8.6 has a recipient do before forwarding: passed on,
+/// the list confused clients, and hyper's server sent nothing at all for
+/// a HEAD answer with two lines.
+fn single_content_length(h: &mut HeaderMap) {
+    let all = h.get_all(header::CONTENT_LENGTH);
+    let mut lines = all.iter();
+    let Some(first) = lines.next() else {
+        return;
+    };
+    if lines.next().is_none() && !first.as_bytes().contains(&b',') {
+        return;
+    }
+    let value = first
+        .as_bytes()
+        .split(|b| *b == b',')
+        .map(<[u8]>::trim_ascii)
+        .find(|v| !v.is_empty())
+        .and_then(|v| HeaderValue::from_bytes(v).ok());
+    match value {
+        Some(v) => {
+            h.insert(header::CONTENT_LENGTH, v);
+        }
+        None => {
+            h.remove(header::CONTENT_LENGTH);
+        }
     }
 }
 

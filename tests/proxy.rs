@@ -1244,7 +1244,9 @@ async fn http10_upstream_answers_go_out_as_http11() {
 /// removes the Content-Length) reaches the client whole, without that
 /// length: forwarded, a smaller one cut the body silently and a larger one
 /// failed it. An answer with another transfer-coding is a 502, never
-/// passed on still coded.
+/// passed on still coded. A Content-Length sent as a list (`2, 2`) or on
+/// two lines goes on as one value (RFC 9110 §8.6), also to HEAD, which
+/// got no answer at all with two lines.
 #[tokio::test(flavor = "multi_thread")]
 async fn upstream_framing_conflicts_never_reach_the_client() {
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1269,6 +1271,22 @@ async fn upstream_framing_conflicts_never_reach_the_client() {
                          5\r\nhello\r\n0\r\n\r\n"
                     )
                 };
+                let path = buf
+                    .split(|b| *b == b' ')
+                    .nth(1)
+                    .unwrap_or_default()
+                    .to_vec();
+                let lengths = match &path[..] {
+                    b"/list" => Some("Content-Length: 2, 2\r\n"),
+                    b"/two" => Some("Content-Length: 2\r\nContent-Length: 2\r\n"),
+                    _ => None,
+                };
+                if let Some(cl) = lengths {
+                    let body = if buf.starts_with(b"HEAD") { "" } else { "ok" };
+                    let a = format!("HTTP/1.1 200 OK\r\nConnection: close\r\n{cl}\r\n{body}");
+                    let _ = s.write_all(a.as_bytes()).await;
+                    return;
+                }
                 let answer = if buf.starts_with(b"GET /short") {
                     head("chunked", "Content-Length: 2\r\n")
                 } else if buf.starts_with(b"GET /long") {
@@ -1304,6 +1322,30 @@ async fn upstream_framing_conflicts_never_reach_the_client() {
     .await;
     assert!(out.starts_with("HTTP/1.1 502 "), "{out}");
     assert!(out.contains("x-sift-error: upstream-reset"), "{out}");
+    for method in ["GET", "HEAD"] {
+        for path in ["/list", "/two"] {
+            let out = raw_exchange(
+                sift.addr(),
+                format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await;
+            assert!(
+                out.starts_with("HTTP/1.1 200 OK\r\n"),
+                "{method} {path}: {out:?}"
+            );
+            let lines: Vec<&str> = out
+                .lines()
+                .filter(|l| l.to_ascii_lowercase().starts_with("content-length"))
+                .collect();
+            assert_eq!(lines, ["content-length: 2"], "{method} {path}: {out:?}");
+            let body = if method == "GET" { "ok" } else { "" };
+            assert!(
+                out.ends_with(&format!("\r\n\r\n{body}")),
+                "{method} {path}: {out:?}"
+            );
+        }
+    }
 }
 
 /// An HTTP/2 client's cookies split over several `cookie` fields (as
