@@ -293,15 +293,11 @@ async fn request_trailers_reach_the_upstream() {
     assert!(out.contains("hello"), "{out}");
 }
 
-/// The same on routes that hold the body before forwarding it: a filter
-/// in annotate or block mode (held in memory), a spooling filter, request
-/// buffering and retries. A held body is sent with its length when it has
-/// no trailers; with trailers it stays chunked, so they still arrive.
-#[tokio::test(flavor = "multi_thread")]
-async fn request_trailers_survive_a_held_body() {
-    let up = trailer_echo().await;
-    let a = up.addr;
-    let sift = Sift::start(&format!(
+/// Routes that hold the body before forwarding it (a filter in annotate
+/// or block mode, a spooling filter, request buffering, retries) and a
+/// plain one, to `a`.
+fn trailer_routes(a: std::net::SocketAddr) -> String {
+    format!(
         r#"log: {{ format: json, level: info }}
 admin: {{ address: "127.0.0.1:0" }}
 listeners: [ {{ name: main, address: "127.0.0.1:0" }} ]
@@ -328,30 +324,51 @@ routes:
     match: {{ path: {{ prefix: /retried }} }}
     cluster: app
     retries: {{ attempts: 2, non_idempotent: true }}
+  - name: plain
+    cluster: app
 clusters:
   - name: app
     endpoints: ["{a}"]
 "#
-    ));
+    )
+}
+
+/// A chunked HTTP/1.1 POST of `hello there` with an `x-checksum: abc`
+/// trailer, declared in `Trailer` or not, to `path` on a
+/// [`trailer_echo`] upstream: what went wrong, if anything.
+async fn h1_trailer_post(sift: &Sift, path: &str, declared: bool) -> Option<String> {
+    let trailer = if declared {
+        "Trailer: x-checksum\r\n"
+    } else {
+        ""
+    };
+    let out = raw_exchange(
+        sift.addr(),
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+             Content-Type: text/plain\r\nTransfer-Encoding: chunked\r\n{trailer}\r\n\
+             5\r\nhello\r\n6\r\n there\r\n0\r\nx-checksum: abc\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    let ok = out.starts_with("HTTP/1.1 200")
+        && out.contains("x-got-trailer: abc")
+        && out.contains("hello there");
+    (!ok).then(|| format!("h1 {path} declared={declared}: {out}"))
+}
+
+/// The same on routes that hold the body before forwarding it: a filter
+/// in annotate or block mode (held in memory), a spooling filter, request
+/// buffering and retries. A held body is sent with its length when it has
+/// no trailers; with trailers it stays chunked, so they still arrive.
+#[tokio::test(flavor = "multi_thread")]
+async fn request_trailers_survive_a_held_body() {
+    let up = trailer_echo().await;
+    let sift = Sift::start(&trailer_routes(up.addr));
     let mut lost = Vec::new();
     for path in ["/annotate", "/block", "/spool", "/buffered", "/retried"] {
-        let out = raw_exchange(
-            sift.addr(),
-            format!(
-                "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
-                 Content-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\
-                 Trailer: x-checksum\r\n\r\n5\r\nhello\r\n6\r\n there\r\n0\r\n\
-                 x-checksum: abc\r\n\r\n"
-            )
-            .as_bytes(),
-        )
-        .await;
-        if !(out.starts_with("HTTP/1.1 200")
-            && out.contains("x-got-trailer: abc")
-            && out.contains("hello there"))
-        {
-            lost.push(format!("{path}: {out}"));
-        }
+        lost.extend(h1_trailer_post(&sift, path, true).await);
     }
     assert!(lost.is_empty(), "{lost:#?}");
 }
@@ -401,37 +418,7 @@ clusters:
 #[tokio::test(flavor = "multi_thread")]
 async fn request_trailers_reach_an_http1_upstream_however_sent() {
     let up = trailer_echo().await;
-    let a = up.addr;
-    let sift = Sift::start(&format!(
-        r#"log: {{ format: json, level: info }}
-admin: {{ address: "127.0.0.1:0" }}
-listeners: [ {{ name: main, address: "127.0.0.1:0" }} ]
-filters:
-  - {{ name: spam, kind: spam }}
-routes:
-  - name: annotate
-    match: {{ path: {{ prefix: /annotate }} }}
-    cluster: app
-    filters: [ {{ filter: spam, mode: annotate }} ]
-  - name: spool
-    match: {{ path: {{ prefix: /spool }} }}
-    cluster: app
-    filters: [ {{ filter: spam, mode: annotate, max_inspect_bytes: 4B, on_oversize: spool }} ]
-  - name: buffered
-    match: {{ path: {{ prefix: /buffered }} }}
-    cluster: app
-    request_buffering: {{ in_memory: 4B }}
-  - name: retried
-    match: {{ path: {{ prefix: /retried }} }}
-    cluster: app
-    retries: {{ attempts: 2, non_idempotent: true }}
-  - name: plain
-    cluster: app
-clusters:
-  - name: app
-    endpoints: ["{a}"]
-"#
-    ));
+    let sift = Sift::start(&trailer_routes(up.addr));
     let mut lost = Vec::new();
     // HTTP/2 client: (path, with a Content-Length, declared in `Trailer`).
     for (path, length, declared) in [
@@ -474,22 +461,7 @@ clusters:
     }
     // HTTP/1.1 client, chunked, trailers not declared.
     for path in ["/annotate", "/spool", "/buffered"] {
-        let out = raw_exchange(
-            sift.addr(),
-            format!(
-                "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
-                 Content-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n\
-                 5\r\nhello\r\n6\r\n there\r\n0\r\nx-checksum: abc\r\n\r\n"
-            )
-            .as_bytes(),
-        )
-        .await;
-        if !(out.starts_with("HTTP/1.1 200")
-            && out.contains("x-got-trailer: abc")
-            && out.contains("hello there"))
-        {
-            lost.push(format!("h1 {path}: {out}"));
-        }
+        lost.extend(h1_trailer_post(&sift, path, false).await);
     }
     assert!(lost.is_empty(), "{lost:#?}");
 }
