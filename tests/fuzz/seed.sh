@@ -233,6 +233,11 @@ for i, (m, p, hs) in enumerate(checks):
             body = t
     for flags in (1, 3, 5, 7):
         put("envoy_check", bytes([flags]) + m + b"\n" + p + b"\n" + b"\n".join(hs) + b"\n\n" + body)
+# Bodies past the target's overload.max_buffered_bytes (1 KiB): 503 on
+# routes whose filters read them.
+long = b" ".join(texts)[:1500]
+for p in (b"/notes/3", b"/submit", b"/classify", b"/"):
+    put("envoy_check", bytes([1]) + b"POST\n" + p + b"\ncontent-type: text/plain\nx-mode: verdict\n\n" + long)
 
 # rls, text form (byte 0 odd): domain, descriptors as k=v pairs, the
 # tree's keys and values, some hits_addend and overrides.

@@ -3,7 +3,9 @@
 //! `Authorization/Check` call) on a config whose routes use the spam filter
 //! in block and annotate mode (a form field, JSON, query fields), an answer
 //! route, a rate limit on a header, an identity rule, a redirect, CORS, a
-//! header and a regex path match, and a catch-all route with no action.
+//! header and a regex path match, and a catch-all route with no action,
+//! under `overload.max_buffered_bytes: 1KiB` (a longer body the filters
+//! read is a 503 `overloaded`).
 //!
 //! Input: byte 0 even: the rest is a `CheckRequest` in protobuf (prost
 //! decodes it); odd: a request in a small text form, so that most inputs
@@ -23,7 +25,9 @@
 //!   reads as under `/admin` (`;` parameters stripped, `%2F`, `%5C` and
 //!   `\` read as `/`, unreserved escapes decoded, slashes merged; the
 //!   listener strips and unescapes) is admitted by no other route; no
-//!   admitted path has a dot segment.
+//!   admitted path has a dot segment;
+//! - a 503 `overloaded` only for a body over 1 KiB, and no byte stays
+//!   counted in the memory budget once a check has answered.
 #![no_main]
 
 use std::collections::HashMap;
@@ -39,6 +43,7 @@ use prost::Message;
 const CONFIG: &str = r#"
 log: { format: json, level: error, access_log: false }
 admin: { address: "127.0.0.1:0" }
+overload: { max_buffered_bytes: 1KiB }
 listeners:
   - { name: authz, address: "127.0.0.1:0", serve: envoy, escaped_slashes: unescape, path_parameters: strip }
 filters:
@@ -206,6 +211,9 @@ fuzz_target!(|data: &[u8]| {
         .as_ref()
         .and_then(|a| a.request.as_ref())
         .and_then(|r| r.http.clone());
+    let body_len = http
+        .as_ref()
+        .map_or(0, |h| h.raw_body.len().max(h.body.len()));
     let principal = req
         .attributes
         .as_ref()
@@ -215,6 +223,11 @@ fuzz_target!(|data: &[u8]| {
     let e = env();
     let answer =
         e.rt.block_on(sift::extauth::grpc::check(&e.shared, &e.conn, req));
+    assert_eq!(
+        e.shared.budget.used(),
+        0,
+        "bytes left counted after a check"
+    );
     let resp = match answer {
         Ok(r) => r,
         Err(s) => {
@@ -298,6 +311,15 @@ fuzz_target!(|data: &[u8]| {
                 .iter()
                 .filter_map(|h| h.header.as_ref())
                 .any(|h| h.key == "x-sift-error");
+            let overloaded = d
+                .headers
+                .iter()
+                .filter_map(|h| h.header.as_ref())
+                .any(|h| h.key == "x-sift-error" && h.value == "overloaded");
+            assert!(
+                !overloaded || (status == 503 && body_len > 1024),
+                "overloaded ({status}) for a {body_len}-byte body"
+            );
             let local = matches!(status, 200 | 204 | 308);
             assert!(
                 error || local,
