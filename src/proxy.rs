@@ -2015,7 +2015,15 @@ async fn proxy(
 
     // 9. Response.
     if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(down) = downstream_upgrade {
+        // A switch the client never asked for (RFC 9110 §15.2.2: only to a
+        // protocol its Upgrade named): relayed, the client would be told
+        // the protocol changed while nothing is tunnelled.
+        let Some(down) = downstream_upgrade else {
+            return Err(ProxyError::UpstreamReset(
+                "a 101 answer to a request that asked for no upgrade".into(),
+            ));
+        };
+        {
             let up = hyper::upgrade::on(&mut resp);
             out.metrics
                 .upgrades

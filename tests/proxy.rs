@@ -1345,6 +1345,47 @@ async fn http2_cookie_fields_reach_the_app_as_one_header() {
     );
 }
 
+/// An upstream that answers `101 Switching Protocols` to a request that
+/// asked for no upgrade (RFC 9110 §15.2.2 forbids it) gets a 502: relayed,
+/// the client was told the protocol had changed while nothing was
+/// tunnelled, and the connection then closed.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unsolicited_101_is_a_bad_gateway() {
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = tcp.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: other\r\n\
+                          Connection: upgrade\r\n\r\nraw bytes",
+                    )
+                    .await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            });
+        }
+    });
+    let sift = Sift::start(&simple_config(addr, ""));
+    let out = raw_exchange(
+        sift.addr(),
+        b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 502 "), "{out}");
+    assert!(out.contains("x-sift-error: upstream-reset"), "{out}");
+    let r = http2_client()
+        .request(Request::get(sift.url("/y")).body(body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+}
+
 /// A route's `response_headers` (an edge route's HSTS, nosniff, CSP) are on
 /// every response of that route, also the ones sift makes itself (413,
 /// 502, 429, ...), as Envoy applies a route's response headers to its
