@@ -1554,12 +1554,7 @@ async fn proxy(
         }
     }
 
-    // (A request with neither held trailers nor a Trailer header, nearly
-    // all, pays no header lookup here.)
-    if cluster.spec.protocol == UpstreamProtocol::Http1
-        && matches!(body, Plan::Stream(_))
-        && (seen.trailer || !known_trailers.is_empty())
-    {
+    if cluster.spec.protocol == UpstreamProtocol::Http1 && matches!(body, Plan::Stream(_)) {
         h1_trailer_framing(&mut parts.headers, &known_trailers);
     }
 
@@ -2069,20 +2064,13 @@ async fn proxy(
     // client in HTTP/1.0 all the same; HTTP/2 has no version line).
     parts.version = Version::HTTP_11;
     // Only sift sets x-sift-*: an upstream cannot forge x-sift-error. One
-    // pass over the fields finds both kinds of header to remove, and a
-    // Content-Length on several lines or as a list.
-    let (hop_bits, sift, cl_lines, cl_list) = parts.headers.iter().fold(
-        (0, false, 0u8, false),
-        |(bits, sift, lines, list), (k, v)| {
-            let cl = k == header::CONTENT_LENGTH;
-            (
-                bits | hop::bit(k),
-                sift || k.as_str().starts_with("x-sift-"),
-                lines.saturating_add(u8::from(cl)),
-                list || (cl && v.as_bytes().contains(&b',')),
-            )
-        },
-    );
+    // pass over the names finds both kinds of header to remove.
+    let (hop_bits, sift) = parts.headers.keys().fold((0, false), |(bits, sift), k| {
+        (
+            bits | hop::bit(k),
+            sift || k.as_str().starts_with("x-sift-"),
+        )
+    });
     if sift {
         remove_sift_headers(&mut parts.headers);
     }
@@ -2102,7 +2090,7 @@ async fn proxy(
             ));
         }
         parts.headers.remove(header::CONTENT_LENGTH);
-    } else if cl_lines > 1 || cl_list {
+    } else {
         single_content_length(&mut parts.headers);
     }
     strip_hop_by_hop_present(&mut parts.headers, hop_bits);
@@ -3576,8 +3564,6 @@ struct Seen {
     xfcc: bool,
     /// A name with `_` (dropped: see [`remove_underscored_headers`]).
     underscore: bool,
-    /// A `Trailer` header (see [`h1_trailer_framing`]).
-    trailer: bool,
 }
 
 impl Seen {
@@ -3587,10 +3573,6 @@ impl Seen {
             let bit = hop::bit(k);
             if bit != 0 {
                 s.hop |= bit;
-                continue;
-            }
-            if k == header::TRAILER {
-                s.trailer = true;
                 continue;
             }
             let n = k.as_str();
@@ -4071,9 +4053,14 @@ fn h1_trailer_framing(h: &mut HeaderMap, known: &[HeaderName]) {
 /// the list confused clients, and hyper's server sent nothing at all for
 /// a HEAD answer with two lines.
 fn single_content_length(h: &mut HeaderMap) {
-    let Some(first) = h.get(header::CONTENT_LENGTH) else {
+    let all = h.get_all(header::CONTENT_LENGTH);
+    let mut lines = all.iter();
+    let Some(first) = lines.next() else {
         return;
     };
+    if lines.next().is_none() && !first.as_bytes().contains(&b',') {
+        return;
+    }
     let value = first
         .as_bytes()
         .split(|b| *b == b',')
@@ -4509,7 +4496,7 @@ mod tests {
         h.insert("host", HeaderValue::from_static("a"));
         h.insert("x-other", HeaderValue::from_static("1"));
         let s = Seen::scan(&h);
-        assert!(!(s.request_id || s.canary || s.sift || s.xff || s.xfh || s.xfcc || s.trailer));
+        assert!(!(s.request_id || s.canary || s.sift || s.xff || s.xfh || s.xfcc));
         for n in [
             "x-request-id",
             "x-forwarded-for",
@@ -4519,9 +4506,8 @@ mod tests {
         ] {
             h.insert(n, HeaderValue::from_static("1"));
         }
-        h.insert("trailer", HeaderValue::from_static("x-sum"));
         let s = Seen::scan(&h);
-        assert!(s.request_id && s.canary && s.sift && s.xff && s.xfh && s.xfcc && s.trailer);
+        assert!(s.request_id && s.canary && s.sift && s.xff && s.xfh && s.xfcc);
         let mut h = HeaderMap::new();
         h.insert("x-sift-spam-score", HeaderValue::from_static("1"));
         let s = Seen::scan(&h);
