@@ -1141,13 +1141,10 @@ async fn http10_requests_without_host_get_one_upstream() {
     assert_eq!(v["headers"]["host"][0], echo.addr.to_string(), "{v}");
 }
 
-/// An HTTP/1.0 app's answers reach an HTTP/1.1 client as HTTP/1.1 (an
-/// intermediary sends its own version, RFC 9110 §6.2): the client's
-/// connection stays open for the next request, and an answer whose end
-/// the app marks by closing goes on chunked, not as a closing HTTP/1.0
-/// answer. An HTTP/1.0 client still gets HTTP/1.0.
-#[tokio::test(flavor = "multi_thread")]
-async fn http10_upstream_answers_go_out_as_http11() {
+/// An upstream on loopback that answers each connection's first request
+/// head with the raw bytes `answer` makes of it (framings hyper's server
+/// would never write), then closes the connection.
+async fn raw_answers(answer: fn(&[u8]) -> Vec<u8>) -> std::net::SocketAddr {
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = tcp.local_addr().unwrap();
     tokio::spawn(async move {
@@ -1164,16 +1161,29 @@ async fn http10_upstream_answers_go_out_as_http11() {
                         Ok(n) => buf.extend_from_slice(&chunk[..n]),
                     }
                 }
-                // `/close`: no length, the end is the close.
-                let answer: &[u8] = if buf.starts_with(b"GET /close") {
-                    b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end"
-                } else {
-                    b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nhi"
-                };
-                let _ = s.write_all(answer).await;
+                let _ = s.write_all(&answer(&buf)).await;
             });
         }
     });
+    addr
+}
+
+/// An HTTP/1.0 app's answers reach an HTTP/1.1 client as HTTP/1.1 (an
+/// intermediary sends its own version, RFC 9110 §6.2): the client's
+/// connection stays open for the next request, and an answer whose end
+/// the app marks by closing goes on chunked, not as a closing HTTP/1.0
+/// answer. An HTTP/1.0 client still gets HTTP/1.0.
+#[tokio::test(flavor = "multi_thread")]
+async fn http10_upstream_answers_go_out_as_http11() {
+    let addr = raw_answers(|head| {
+        // `/close`: no length, the end is the close.
+        if head.starts_with(b"GET /close") {
+            b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end".to_vec()
+        } else {
+            b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nhi".to_vec()
+        }
+    })
+    .await;
     let sift = Sift::start(&simple_config(addr, ""));
     let mut s = tokio::net::TcpStream::connect(sift.addr()).await.unwrap();
     let mut seen = Vec::new();
@@ -1221,55 +1231,37 @@ async fn http10_upstream_answers_go_out_as_http11() {
 /// got no answer at all with two lines.
 #[tokio::test(flavor = "multi_thread")]
 async fn upstream_framing_conflicts_never_reach_the_client() {
-    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = tcp.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = tcp.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 1024];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let head = |te: &str, cl: &str| {
-                    format!(
-                        "HTTP/1.1 200 OK\r\nConnection: close\r\n{cl}Transfer-Encoding: {te}\r\n\r\n\
-                         5\r\nhello\r\n0\r\n\r\n"
-                    )
-                };
-                let path = buf
-                    .split(|b| *b == b' ')
-                    .nth(1)
-                    .unwrap_or_default()
-                    .to_vec();
-                let lengths = match &path[..] {
-                    b"/list" => Some("Content-Length: 2, 2\r\n"),
-                    b"/two" => Some("Content-Length: 2\r\nContent-Length: 2\r\n"),
-                    _ => None,
-                };
-                if let Some(cl) = lengths {
-                    let body = if buf.starts_with(b"HEAD") { "" } else { "ok" };
-                    let a = format!("HTTP/1.1 200 OK\r\nConnection: close\r\n{cl}\r\n{body}");
-                    let _ = s.write_all(a.as_bytes()).await;
-                    return;
-                }
-                let answer = if buf.starts_with(b"GET /short") {
-                    head("chunked", "Content-Length: 2\r\n")
-                } else if buf.starts_with(b"GET /long") {
-                    head("chunked", "Content-Length: 40\r\n")
-                } else {
-                    head("gzip, chunked", "")
-                };
-                let _ = s.write_all(answer.as_bytes()).await;
-            });
+    let addr = raw_answers(|buf| {
+        let path = buf
+            .split(|b| *b == b' ')
+            .nth(1)
+            .unwrap_or_default()
+            .to_vec();
+        let lengths = match &path[..] {
+            b"/list" => Some("Content-Length: 2, 2\r\n"),
+            b"/two" => Some("Content-Length: 2\r\nContent-Length: 2\r\n"),
+            _ => None,
+        };
+        if let Some(cl) = lengths {
+            let body = if buf.starts_with(b"HEAD") { "" } else { "ok" };
+            return format!("HTTP/1.1 200 OK\r\nConnection: close\r\n{cl}\r\n{body}").into_bytes();
         }
-    });
+        let head = |te: &str, cl: &str| {
+            format!(
+                "HTTP/1.1 200 OK\r\nConnection: close\r\n{cl}Transfer-Encoding: {te}\r\n\r\n\
+                 5\r\nhello\r\n0\r\n\r\n"
+            )
+        };
+        let answer = if buf.starts_with(b"GET /short") {
+            head("chunked", "Content-Length: 2\r\n")
+        } else if buf.starts_with(b"GET /long") {
+            head("chunked", "Content-Length: 40\r\n")
+        } else {
+            head("gzip, chunked", "")
+        };
+        answer.into_bytes()
+    })
+    .await;
     let sift = Sift::start(&simple_config(addr, ""));
     for path in ["/short", "/long"] {
         let out = raw_exchange(
@@ -1351,26 +1343,11 @@ async fn http2_cookie_fields_reach_the_app_as_one_header() {
 /// tunnelled, and the connection then closed.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unsolicited_101_is_a_bad_gateway() {
-    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = tcp.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = tcp.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let _ = s.read(&mut buf).await;
-                let _ = s
-                    .write_all(
-                        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: other\r\n\
-                          Connection: upgrade\r\n\r\nraw bytes",
-                    )
-                    .await;
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            });
-        }
-    });
+    let addr = raw_answers(|_| {
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: other\r\nConnection: upgrade\r\n\r\nraw bytes"
+            .to_vec()
+    })
+    .await;
     let sift = Sift::start(&simple_config(addr, ""));
     let out = raw_exchange(
         sift.addr(),
