@@ -2023,24 +2023,21 @@ async fn proxy(
                 "a 101 answer to a request that asked for no upgrade".into(),
             ));
         };
-        {
-            let up = hyper::upgrade::on(&mut resp);
-            out.metrics
-                .upgrades
-                .with_label_values(&[route.spec.name.as_str()])
-                .inc();
-            let conn = conn.clone();
-            tokio::spawn(async move {
-                // Holding the connection keeps it counted (active
-                // connections, max_connections, drain) while the tunnel runs.
-                let _conn = conn;
-                let (Ok(d), Ok(u)) = (down.await, up.await) else {
-                    return;
-                };
-                let _ =
-                    tokio::io::copy_bidirectional(&mut TokioIo::new(d), &mut TokioIo::new(u)).await;
-            });
-        }
+        let up = hyper::upgrade::on(&mut resp);
+        out.metrics
+            .upgrades
+            .with_label_values(&[route.spec.name.as_str()])
+            .inc();
+        let held = conn.clone();
+        tokio::spawn(async move {
+            // Holding the connection keeps it counted (active
+            // connections, max_connections, drain) while the tunnel runs.
+            let _conn = held;
+            let (Ok(d), Ok(u)) = (down.await, up.await) else {
+                return;
+            };
+            let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(d), &mut TokioIo::new(u)).await;
+        });
         let (mut parts, b) = resp.into_parts();
         strip_sift_headers(&mut parts.headers);
         answer_headers(
