@@ -566,7 +566,7 @@ impl Metrics {
         let retries = IntCounterVec::new(
             Opts::new(
                 "sift_retries_total",
-                "Retry decisions by cluster and outcome (retried, budget_exhausted, attempts_exhausted, not_replayable, non_idempotent, no_endpoint, retry_after_too_long, hedged).",
+                "Retry decisions by cluster and outcome (retried, budget_exhausted, attempts_exhausted, not_replayable, non_idempotent, no_endpoint, retry_after_too_long, hedged, stale_connection).",
             ),
             &["cluster", "outcome"],
         )

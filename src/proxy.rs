@@ -1918,8 +1918,16 @@ async fn proxy(
                 }
                 _ => {
                     cluster.observe(ep_index, Observed::LocalGatewayError, now);
+                    // Refused unprocessed (HTTP/2 REFUSED_STREAM, or past a
+                    // GOAWAY): like a failed connect, any method may go
+                    // again.
+                    let refused = e.unprocessed();
+                    connect_failed = refused;
                     let err = ProxyError::UpstreamReset(error_chain(&e));
-                    (Err(err), retry.is_some_and(|r| r.on_reset))
+                    let again = |r: &crate::policy::retry::RetrySpec| {
+                        r.on_reset || (refused && r.on_refused_stream)
+                    };
+                    (Err(err), retry.is_some_and(again))
                 }
             },
             Err(_) if client_deadline.is_some() && try_deadline == deadline => {

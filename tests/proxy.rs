@@ -930,6 +930,271 @@ async fn upstream_pool_reuses_recovers_and_expires() {
     }
 }
 
+/// The keep-alive race: an app lets a kept-alive connection go (its
+/// keep-alive timeout, a restart) just as sift sends the next request on
+/// it, and the connection closes (or is reset) with no answer. A bodiless
+/// request with an idempotent method is sent once more on a new
+/// connection, as nginx and Go's client do; anything else gets the 502,
+/// since the app may have acted on it; a new connection that fails so is
+/// not tried again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reused_connection_closed_unanswered_is_sent_again() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    // Each connection answers its first request, then takes the second
+    // and drops the connection: closed (FIN) or reset (RST) by `reset`;
+    // `/never` is never answered at all.
+    async fn racing(reset: bool) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let seen = Arc::new(AtomicUsize::new(0));
+        let count = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = tcp.accept().await {
+                let count = count.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    for n in 0.. {
+                        let end = loop {
+                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break i + 4;
+                            }
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                        // Bodies (`Content-Length: 3` below) are read too.
+                        let len = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length: ")
+                                    .map(|v| v.trim().parse::<usize>().unwrap())
+                            })
+                            .unwrap_or(0);
+                        while buf.len() < end + len {
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                            }
+                        }
+                        buf.drain(..end + len);
+                        count.fetch_add(1, SeqCst);
+                        if n == 1 || head.contains(" /never ") {
+                            if reset {
+                                s.set_zero_linger().unwrap();
+                            }
+                            return;
+                        }
+                        let answer: &[u8] = if head.starts_with("HEAD ") {
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"
+                        } else {
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                        };
+                        let _ = s.write_all(answer).await;
+                    }
+                });
+            }
+        });
+        (addr, seen)
+    }
+    for reset in [false, true] {
+        let (addr, seen) = racing(reset).await;
+        let sift = Sift::start(&simple_config(addr, ""));
+        let call = |method: &'static str, path: &'static str, body: &'static str| {
+            let url = sift.url(path);
+            async move {
+                send(
+                    Request::builder()
+                        .method(method)
+                        .uri(url)
+                        .body(full(body))
+                        .unwrap(),
+                )
+                .await
+                .status()
+                .as_u16()
+            }
+        };
+        // The first request opens a connection; every later one meets the
+        // race on the connection the one before left, and is answered on
+        // a new connection, which the next one meets the race on.
+        let mut calls = 0;
+        for method in ["GET", "HEAD", "PUT", "DELETE", "OPTIONS", "GET"] {
+            for _ in 0..3 {
+                assert_eq!(call(method, "/a", "").await, 200, "{method}, reset {reset}");
+                calls += 1;
+            }
+        }
+        assert_eq!(seen.load(SeqCst), 1 + 2 * (calls - 1), "reset {reset}");
+        let resent = r#"sift_retries_total{cluster="app",outcome="stale_connection"}"#;
+        let resends = (calls - 1) as f64;
+        assert_eq!(sift.metric(resent).await, Some(resends), "reset {reset}");
+        // Not sent again: a POST, and a PUT with a body (the app may have
+        // acted on them): a 502. The next request opens a new connection.
+        for (method, body) in [("POST", ""), ("PUT", "abc")] {
+            let before = seen.load(SeqCst);
+            assert_eq!(
+                call(method, "/a", body).await,
+                502,
+                "{method} {body:?}, reset {reset}"
+            );
+            assert_eq!(
+                call(method, "/a", body).await,
+                200,
+                "{method} {body:?}, reset {reset}"
+            );
+            assert_eq!(seen.load(SeqCst), before + 2);
+        }
+        // Sent again once only: the new connection closing unanswered too
+        // is the answer, a 502.
+        let before = seen.load(SeqCst);
+        assert_eq!(call("GET", "/never", "").await, 502, "reset {reset}");
+        assert_eq!(seen.load(SeqCst), before + 2);
+        let resends = resends + 1.0;
+        assert_eq!(sift.metric(resent).await, Some(resends), "reset {reset}");
+    }
+}
+
+/// An HTTP/2 app that refuses a stream unprocessed (RFC 9113 §8.7: a
+/// GOAWAY whose last stream is below it, or `REFUSED_STREAM`) did not act
+/// on it: a route with retries sends it again whatever the method, a POST
+/// too (Envoy's and Istio's `refused-stream`), where a reset after the app
+/// took the request is not retried for a POST. Without retries the client
+/// gets the 502.
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_refused_streams_are_retried_whatever_the_method() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    // A raw HTTP/2 app: request 1 gets a GOAWAY with last stream 0, request
+    // 2 a REFUSED_STREAM reset, request 3 a reset with INTERNAL_ERROR
+    // (taken, then failed), and later ones a 200 (`:status` by HPACK's
+    // static index 8).
+    async fn refusing() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let seen = Arc::new(AtomicUsize::new(0));
+        let count = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = tcp.accept().await {
+                let count = count.clone();
+                tokio::spawn(async move {
+                    let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+                        let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+                        f.extend([kind, flags]);
+                        f.extend(stream.to_be_bytes());
+                        f.extend(payload);
+                        f
+                    };
+                    let mut out = frame(4, 0, 0, &[]);
+                    out.extend(frame(4, 1, 0, &[]));
+                    if s.write_all(&out).await.is_err() {
+                        return;
+                    }
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    let mut at = 24; // the client preface
+                    loop {
+                        while buf.len() < at + 9 {
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                            }
+                        }
+                        let len =
+                            u32::from_be_bytes([0, buf[at], buf[at + 1], buf[at + 2]]) as usize;
+                        let (kind, flags) = (buf[at + 3], buf[at + 4]);
+                        let stream = u32::from_be_bytes(buf[at + 5..at + 9].try_into().unwrap())
+                            & 0x7fff_ffff;
+                        at += 9 + len;
+                        // The answer goes when the request has ended.
+                        if !(kind == 0 || kind == 1) || flags & 1 == 0 {
+                            continue;
+                        }
+                        let reply = match count.fetch_add(1, SeqCst) {
+                            0 => frame(7, 0, 0, &[0, 0, 0, 0, 0, 0, 0, 0]),
+                            1 => frame(3, 0, stream, &7u32.to_be_bytes()),
+                            2 => frame(3, 0, stream, &2u32.to_be_bytes()),
+                            _ => frame(1, 5, stream, &[0x88]),
+                        };
+                        if s.write_all(&reply).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, seen)
+    }
+    let cfg = |addr: std::net::SocketAddr, retries: &str| {
+        format!(
+            r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners:
+  - name: main
+    address: "127.0.0.1:0"
+routes:
+  - {{ name: r, cluster: app{retries} }}
+clusters:
+  - {{ name: app, endpoints: ["{addr}"], protocol: http2 }}
+"#
+        )
+    };
+    let post = |sift: &Sift| {
+        let url = sift.url("/call");
+        async move {
+            let r = send(
+                Request::builder()
+                    .method("POST")
+                    .uri(url)
+                    .body(full("abc"))
+                    .unwrap(),
+            )
+            .await;
+            (
+                r.status().as_u16(),
+                r.headers().get("x-sift-error").cloned(),
+            )
+        }
+    };
+    // The default conditions (refused-stream among them): the GOAWAY and
+    // the REFUSED_STREAM are retried; the INTERNAL_ERROR reset, after the
+    // app took the POST, is not.
+    let (addr, seen) = refusing().await;
+    let sift = Sift::start(&cfg(addr, ", retries: { attempts: 4, backoff_base: 1ms }"));
+    let (code, err) = post(&sift).await;
+    assert_eq!(
+        (code, err.unwrap().to_str().unwrap()),
+        (502, "upstream-reset")
+    );
+    assert_eq!(seen.load(SeqCst), 3);
+    let retried = r#"sift_retries_total{cluster="app",outcome="retried"}"#;
+    assert_eq!(sift.metric(retried).await, Some(2.0));
+    let refused_post = r#"sift_retries_total{cluster="app",outcome="non_idempotent"}"#;
+    assert_eq!(sift.metric(refused_post).await, Some(1.0));
+    assert_eq!(post(&sift).await.0, 200);
+    drop(sift);
+    // `on: [reset]` alone retries a refused POST too: it never reached the
+    // app; `on: [gateway-error]` does not retry resets at all.
+    for (on, code, tries) in [("[reset]", 502, 3), ("[gateway-error]", 502, 1)] {
+        let (addr, seen) = refusing().await;
+        let retries = format!(", retries: {{ attempts: 4, backoff_base: 1ms, on: {on} }}");
+        let sift = Sift::start(&cfg(addr, &retries));
+        assert_eq!(post(&sift).await.0, code, "{on}");
+        assert_eq!(seen.load(SeqCst), tries, "{on}");
+    }
+    // No retries: the refusal is the client's 502.
+    let (addr, seen) = refusing().await;
+    let sift = Sift::start(&cfg(addr, ""));
+    let (code, err) = post(&sift).await;
+    assert_eq!(
+        (code, err.unwrap().to_str().unwrap()),
+        (502, "upstream-reset")
+    );
+    assert_eq!(seen.load(SeqCst), 1);
+}
+
 /// Answers given before the request body was read (404 no route, 413 over
 /// the route limit, 502 refused) reach a client that is still sending a
 /// 20 MB upload: sift drains the rest (lingering close) instead of
@@ -2901,11 +3166,14 @@ clusters:
         attr(broken, "sift.error").unwrap()["stringValue"],
         "upstream-connect-failure"
     );
-    assert_eq!(
+    // Counted when the collector's answer is read, after it has the batch.
+    let exported = eventually(Duration::from_secs(5), || async {
         sift.metric(r#"sift_trace_spans_total{result="exported"}"#)
-            .await,
-        Some(3.0)
-    );
+            .await
+            == Some(3.0)
+    })
+    .await;
+    assert!(exported, "three spans counted exported");
     // The access log carries the trace id.
     let logged = eventually(Duration::from_secs(2), || async {
         sift.log_lines()
@@ -3163,11 +3431,14 @@ clusters:
             "upstream-connect-failure".into()
         ))
     );
-    assert_eq!(
+    // Counted when the collector's answer is read, after it has the batch.
+    let exported = eventually(Duration::from_secs(5), || async {
         sift.metric(r#"sift_trace_spans_total{result="exported"}"#)
-            .await,
-        Some(2.0)
-    );
+            .await
+            == Some(2.0)
+    })
+    .await;
+    assert!(exported, "two spans counted exported");
 
     // grpc-status 14 (UNAVAILABLE) in the answer's trailers: failed.
     refuse.store(true, std::sync::atomic::Ordering::SeqCst);

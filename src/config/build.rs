@@ -3466,6 +3466,7 @@ fn build_retries(r: &RetryFile, p: &str, e: &mut Errs) -> RetrySpec {
         attempts: attempts.min(10),
         on_connect_failure: false,
         on_reset: false,
+        on_refused_stream: false,
         on_timeout: false,
         on_status: Vec::new(),
         on_grpc: 0,
@@ -3509,6 +3510,7 @@ fn build_retries(r: &RetryFile, p: &str, e: &mut Errs) -> RetrySpec {
         vec![
             "connect-failure".into(),
             "reset".into(),
+            "refused-stream".into(),
             "gateway-error".into(),
         ]
     });
@@ -3516,6 +3518,7 @@ fn build_retries(r: &RetryFile, p: &str, e: &mut Errs) -> RetrySpec {
         match cond.as_str() {
             "connect-failure" => spec.on_connect_failure = true,
             "reset" => spec.on_reset = true,
+            "refused-stream" => spec.on_refused_stream = true,
             "timeout" => spec.on_timeout = true,
             "5xx" => spec.on_status.extend(500..=599),
             "gateway-error" => spec.on_status.extend([502, 503, 504]),
@@ -3530,7 +3533,7 @@ fn build_retries(r: &RetryFile, p: &str, e: &mut Errs) -> RetrySpec {
                 Ok(c) if (100..=599).contains(&c) => spec.on_status.push(c),
                 _ => e.push(
                     format!("{p}.on[{i}]"),
-                    format!("{code:?} is not connect-failure, reset, timeout, 5xx, gateway-error, a status code, or a gRPC condition (cancelled, deadline-exceeded, internal, resource-exhausted, unavailable)"),
+                    format!("{code:?} is not connect-failure, reset, refused-stream, timeout, 5xx, gateway-error, a status code, or a gRPC condition (cancelled, deadline-exceeded, internal, resource-exhausted, unavailable)"),
                 ),
             },
         }

@@ -1505,9 +1505,9 @@ pub struct RetryFile {
     /// Retries after the first try (default 2 when `retries` is given).
     #[serde(default)]
     pub attempts: Option<u32>,
-    /// What is retried: connect-failure, reset, timeout, 5xx, gateway-error
-    /// (502/503/504), or status codes like "503" (default
-    /// [connect-failure, reset, gateway-error]).
+    /// What is retried: connect-failure, reset, refused-stream, timeout, 5xx,
+    /// gateway-error (502/503/504), or status codes like "503" (default
+    /// [connect-failure, reset, refused-stream, gateway-error]).
     #[serde(default)]
     pub on: Option<Vec<String>>,
     /// Timeout of each try (default: the route timeout).

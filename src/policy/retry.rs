@@ -13,6 +13,9 @@ pub struct RetrySpec {
     pub attempts: u32,
     pub on_connect_failure: bool,
     pub on_reset: bool,
+    /// An HTTP/2 upstream refused the stream unprocessed (Envoy's
+    /// `refused-stream`).
+    pub on_refused_stream: bool,
     pub on_timeout: bool,
     /// Response statuses that are retried (e.g. 503).
     pub on_status: Vec<u16>,
@@ -182,6 +185,7 @@ mod tests {
             attempts: 3,
             on_connect_failure: true,
             on_reset: true,
+            on_refused_stream: true,
             on_timeout: true,
             on_status: vec![503],
             on_grpc: 0,

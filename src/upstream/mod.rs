@@ -320,6 +320,10 @@ impl Cluster {
                 http2_keepalive: spec.http2_keepalive,
                 tls,
                 resolver: (!spec.resolver.servers.is_empty()).then(|| spec.resolver.clone()),
+                resent: Some(
+                    m.retries
+                        .with_label_values(&[spec.name.as_str(), "stale_connection"]),
+                ),
             },
             spec.endpoints.len(),
         );

@@ -47,6 +47,32 @@ pub enum SendError {
     Http(#[from] hyper::Error),
 }
 
+impl SendError {
+    /// The upstream took the request unprocessed (RFC 9113 §8.7): an
+    /// HTTP/2 stream reset with `REFUSED_STREAM`, or past the last stream
+    /// a graceful GOAWAY lets finish (h2 gives streams it let finish no
+    /// GOAWAY error; an error GOAWAY can also end those, so only
+    /// `NO_ERROR` counts). Safe to send again whatever the method.
+    pub fn unprocessed(&self) -> bool {
+        let SendError::Http(e) = self else {
+            return false;
+        };
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            if let Some(h2) = s.downcast_ref::<h2::Error>() {
+                return h2.is_remote()
+                    && match h2.reason() {
+                        Some(h2::Reason::REFUSED_STREAM) => h2.is_reset(),
+                        Some(h2::Reason::NO_ERROR) => h2.is_go_away(),
+                        _ => false,
+                    };
+            }
+            source = s.source();
+        }
+        false
+    }
+}
+
 /// Static settings of a cluster's pool.
 pub struct PoolConfig {
     pub protocol: UpstreamProtocol,
@@ -66,6 +92,9 @@ pub struct PoolConfig {
     pub max_connection_duration: Option<Duration>,
     pub tcp_keepalive: Option<crate::config::model::TcpKeepalive>,
     pub http2_keepalive: Option<crate::config::model::Http2Keepalive>,
+    /// Counts requests sent again after a reused connection closed
+    /// unanswered (`sift_retries_total{outcome="stale_connection"}`).
+    pub resent: Option<prometheus::IntCounter>,
 }
 
 struct Idle {
@@ -81,6 +110,71 @@ struct H1 {
     send: http1::SendRequest<Body>,
     uses: u32,
     born: Instant,
+}
+
+/// What it takes to send a request again: the head of a bodiless request
+/// with an idempotent method that asks for no upgrade.
+struct Resend {
+    method: http::Method,
+    uri: http::Uri,
+    version: http::Version,
+    headers: http::HeaderMap,
+}
+
+impl Resend {
+    fn of(req: &Request<Body>) -> Option<Resend> {
+        use http::Method;
+        use http_body::Body as _;
+        let idempotent = matches!(
+            *req.method(),
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::TRACE
+                | Method::PUT
+                | Method::DELETE
+        );
+        (idempotent
+            && req.body().is_end_stream()
+            && !req.headers().contains_key(http::header::UPGRADE))
+        .then(|| Resend {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+        })
+    }
+
+    fn request(self) -> Request<Body> {
+        let mut r = Request::new(crate::body::empty());
+        *r.method_mut() = self.method;
+        *r.uri_mut() = self.uri;
+        *r.version_mut() = self.version;
+        *r.headers_mut() = self.headers;
+        r
+    }
+}
+
+/// The connection ended (closed, reset, or its task gone) before an answer
+/// began: not a malformed answer, which is the upstream's to own.
+fn closed_unanswered(e: &hyper::Error) -> bool {
+    if e.is_incomplete_message() || e.is_canceled() {
+        return true;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            );
+        }
+        source = s.source();
+    }
+    false
 }
 
 #[derive(Default)]
@@ -161,8 +255,16 @@ impl Pool {
             *req.uri_mut() = http::Uri::from(pq);
         }
         let mut req = req;
+        // After a resend, only a new connection: the pooled ones may be as
+        // stale as the one that just failed.
+        let mut fresh = false;
         loop {
-            let (mut conn, reused) = match self.checkout(index).await {
+            let pooled = if fresh {
+                None
+            } else {
+                self.checkout(index).await
+            };
+            let (mut conn, reused) = match pooled {
                 Some(c) => (c, true),
                 // Boxed: connecting (TCP, TLS) is a large, rare await state.
                 None => (
@@ -174,6 +276,9 @@ impl Pool {
                     false,
                 ),
             };
+            // The head of a request that may go again if the reused
+            // connection closes before answering.
+            let again = if reused { Resend::of(&req) } else { None };
             match conn.send.try_send_request(req).await {
                 Ok(resp) => {
                     conn.uses += 1;
@@ -184,10 +289,24 @@ impl Pool {
                     };
                     return Ok(http::Response::from_parts(parts, crate::body::boxed(body)));
                 }
-                Err(mut e) => match e.take_message() {
+                Err(mut e) => match (e.take_message(), again) {
                     // Never written: a stale pooled connection. Go again on
                     // a new one (once: a fresh connection is not retried).
-                    Some(r) if reused => req = r,
+                    (Some(r), _) if reused => req = r,
+                    // Written, and the connection closed (or was reset)
+                    // before any answer: the server let it go as it came,
+                    // its keep-alive timeout or a restart racing the
+                    // request. A bodiless idempotent request goes once
+                    // more on a new connection (RFC 9110 §9.2.2), as nginx
+                    // does for a kept-alive connection and Go's client.
+                    (None, Some(r)) if closed_unanswered(e.error()) => {
+                        if let Some(c) = &self.cfg.resent {
+                            c.inc();
+                        }
+                        tracing::debug!(error = %e.error(), "reused upstream connection closed unanswered: sent again");
+                        req = r.request();
+                        fresh = true;
+                    }
                     _ => return Err(SendError::Http(e.into_error())),
                 },
             }
@@ -324,42 +443,66 @@ impl Pool {
         endpoint: &Endpoint,
         req: Request<Body>,
     ) -> Result<http::Response<Body>, SendError> {
-        // The shared connection, counted; one past its limits is let go
-        // (its streams in flight finish, then hyper closes it).
+        let mut send = self.shared_h2(index, endpoint, false).await?;
+        let req = match send.ready().await {
+            Ok(()) => match send.try_send_request(req).await {
+                Ok(resp) => return Ok(resp.map(crate::body::boxed)),
+                Err(mut e) => match e.take_message() {
+                    Some(r) => r,
+                    None => return Err(SendError::Http(e.into_error())),
+                },
+            },
+            // Closing (a GOAWAY, a lost peer) before it could take it.
+            Err(_) => req,
+        };
+        // Never sent: the shared connection went away first. Once more on
+        // a new one, as for a stale HTTP/1.1 connection.
+        let mut send = self.shared_h2(index, endpoint, true).await?;
+        send.ready().await?;
+        let resp = send.send_request(req).await?;
+        Ok(resp.map(crate::body::boxed))
+    }
+
+    /// Endpoint `index`'s shared HTTP/2 connection, counted; one past its
+    /// limits is let go (its streams in flight finish, then hyper closes
+    /// it). `fresh`: a new one in any case, replacing the shared one.
+    async fn shared_h2(
+        &self,
+        index: usize,
+        endpoint: &Endpoint,
+        fresh: bool,
+    ) -> Result<http2::SendRequest<Body>, SendError> {
         let cached = || {
             let mut slot = self.slots.get(index)?.lock().ok()?;
             let born = slot.h2_born?;
-            if slot.h2.as_ref().is_none_or(|s| s.is_closed()) || self.worn(slot.h2_uses, born) {
+            if fresh
+                || slot.h2.as_ref().is_none_or(|s| s.is_closed())
+                || self.worn(slot.h2_uses, born)
+            {
                 slot.h2 = None;
                 return None;
             }
             slot.h2_uses += 1;
             slot.h2.clone()
         };
-        let mut send = match cached() {
-            Some(s) => s,
-            None => {
-                let Some(gate) = self.h2_connect.get(index) else {
-                    return Err(SendError::Connect("no such endpoint".into()));
-                };
-                let _gate = gate.lock().await;
-                match cached() {
-                    Some(s) => s,
-                    None => {
-                        let s = Box::pin(self.connect_h2(endpoint)).await?;
-                        if let Some(Ok(mut slot)) = self.slots.get(index).map(Mutex::lock) {
-                            slot.h2 = Some(s.clone());
-                            slot.h2_uses = 1;
-                            slot.h2_born = Some(Instant::now());
-                        }
-                        s
-                    }
-                }
-            }
+        if let Some(s) = cached() {
+            return Ok(s);
+        }
+        let Some(gate) = self.h2_connect.get(index) else {
+            return Err(SendError::Connect("no such endpoint".into()));
         };
-        send.ready().await?;
-        let resp = send.send_request(req).await?;
-        Ok(resp.map(crate::body::boxed))
+        let _gate = gate.lock().await;
+        // Another request may have connected while this one waited.
+        if let Some(s) = (!fresh).then(cached).flatten() {
+            return Ok(s);
+        }
+        let s = Box::pin(self.connect_h2(endpoint)).await?;
+        if let Some(Ok(mut slot)) = self.slots.get(index).map(Mutex::lock) {
+            slot.h2 = Some(s.clone());
+            slot.h2_uses = 1;
+            slot.h2_born = Some(Instant::now());
+        }
+        Ok(s)
     }
 
     /// A health probe: connect (TCP, and TLS when the cluster has it), then
