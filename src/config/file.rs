@@ -1351,7 +1351,10 @@ pub struct LimitsFile {
     /// send_timeout; `0s`: no limit).
     #[serde(default)]
     pub send_timeout: Option<Dur>,
-    /// A connection with no request in flight and no bytes moving for this long is closed (default 60s).
+    /// A connection with no request in flight and no bytes moving for this
+    /// long is closed (default 75s, nginx's keepalive_timeout: longer than
+    /// the 60s a load balancer such as AWS's ALB keeps an idle connection
+    /// to sift, so the balancer, not sift, closes it first).
     #[serde(default)]
     pub idle_timeout: Option<Dur>,
     /// Most open connections on this listener (default 10000); more are closed at accept.

@@ -379,7 +379,7 @@ impl Default for Limits {
             request_body_timeout: Some(Dur::secs(60)),
             request_timeout: None,
             send_timeout: Some(Dur::secs(60)),
-            idle_timeout: Dur::secs(60),
+            idle_timeout: Dur::secs(75),
             max_connections: 10_000,
             max_connections_per_client: None,
             max_concurrent_streams: 100,
