@@ -943,14 +943,17 @@ async fn a_reused_connection_closed_unanswered_is_sent_again() {
     // Each connection answers its first request, then takes the second
     // and drops the connection: closed (FIN) or reset (RST) by `reset`;
     // `/never` is never answered at all.
-    async fn racing(reset: bool) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    type Heads = Arc<std::sync::Mutex<Vec<String>>>;
+    async fn racing(reset: bool) -> (std::net::SocketAddr, Arc<AtomicUsize>, Heads) {
         let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = tcp.local_addr().unwrap();
         let seen = Arc::new(AtomicUsize::new(0));
         let count = seen.clone();
+        let heads = Heads::default();
+        let kept = heads.clone();
         tokio::spawn(async move {
             while let Ok((mut s, _)) = tcp.accept().await {
-                let count = count.clone();
+                let (count, kept) = (count.clone(), kept.clone());
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 4096];
@@ -981,6 +984,7 @@ async fn a_reused_connection_closed_unanswered_is_sent_again() {
                             }
                         }
                         buf.drain(..end + len);
+                        kept.lock().unwrap().push(head.clone());
                         count.fetch_add(1, SeqCst);
                         if n == 1 || head.contains(" /never ") {
                             if reset {
@@ -998,10 +1002,10 @@ async fn a_reused_connection_closed_unanswered_is_sent_again() {
                 });
             }
         });
-        (addr, seen)
+        (addr, seen, heads)
     }
     for reset in [false, true] {
-        let (addr, seen) = racing(reset).await;
+        let (addr, seen, heads) = racing(reset).await;
         let sift = Sift::start(&simple_config(addr, ""));
         let call = |method: &'static str, path: &'static str, body: &'static str| {
             let url = sift.url(path);
@@ -1027,6 +1031,31 @@ async fn a_reused_connection_closed_unanswered_is_sent_again() {
                 assert_eq!(call(method, "/a", "").await, 200, "{method}, reset {reset}");
                 calls += 1;
             }
+        }
+        assert_eq!(seen.load(SeqCst), 1 + 2 * (calls - 1), "reset {reset}");
+        // The request goes again as it went the first time: every field,
+        // repeated ones too, in order.
+        let r = send(
+            Request::get(sift.url("/a?q=1"))
+                .header("x-multi", "a")
+                .header("x-one", "1")
+                .header("x-multi", "b")
+                .body(body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(r.status(), 200);
+        calls += 1;
+        {
+            let heads = heads.lock().unwrap();
+            let (first, again) = (&heads[heads.len() - 2], &heads[heads.len() - 1]);
+            assert_eq!(first, again, "reset {reset}");
+            assert!(first.starts_with("GET /a?q=1 HTTP/1.1\r\n"), "{first}");
+            assert!(first.contains("x-multi: a\r\nx-multi: b\r\n"), "{first}");
+            assert!(
+                first.contains("x-one: 1\r\n") && first.contains("x-request-id: "),
+                "{first}"
+            );
         }
         assert_eq!(seen.load(SeqCst), 1 + 2 * (calls - 1), "reset {reset}");
         let resent = r#"sift_retries_total{cluster="app",outcome="stale_connection"}"#;
