@@ -136,7 +136,7 @@ async fn serve(opts: Options, text: Arc<str>, config: config::Config) -> Result<
             };
             handable.add(info, &tcp)?;
         }
-        bound.push((Arc::<str>::from(l.name.as_str()), tcp));
+        bound.push((Arc::<str>::from(l.name.as_str()), l.address, tcp));
     }
     let admin_tcp = match successor
         .as_mut()
@@ -177,13 +177,19 @@ async fn serve(opts: Options, text: Arc<str>, config: config::Config) -> Result<
         take_canary_state(&shared, &s.canary);
     }
     shared.metrics.config_last_reload_success.set(unix_now());
-    let reloader = Arc::new(Reloader::new(opts.source, shared.clone()));
-    spawn_admin_thread(admin_tcp, shared.clone(), reloader)?;
-
     let drain = Drain::new();
-    for (name, tcp) in bound {
-        tokio::spawn(listener::serve(tcp, name, shared.clone(), drain.clone()));
+    let listeners = listener::Listeners::new(
+        tokio::runtime::Handle::current(),
+        drain.clone(),
+        shared.clone(),
+        upgrade_path.is_some().then(|| handable.clone()),
+    );
+    let reloader = Arc::new(Reloader::new(opts.source, shared.clone()));
+    reloader.set_listeners(listeners.clone());
+    for (name, configured, tcp) in bound {
+        listeners.start(name, configured, tcp.into_std()?)?;
     }
+    spawn_admin_thread(admin_tcp, shared.clone(), reloader)?;
     shared.ready.store(true, Ordering::Release);
     if let (Some(s), Some(path)) = (successor.take(), &upgrade_path) {
         // This process serves now: the predecessor may stop.

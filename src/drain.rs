@@ -34,6 +34,17 @@ impl Drop for ConnToken {
 #[derive(Clone, Debug)]
 pub struct Watch(watch::Receiver<bool>);
 
+/// Signals a [`Drain::child`] alone.
+#[derive(Debug)]
+pub struct Stop(Arc<Notify>);
+
+impl Stop {
+    pub fn stop(&self) {
+        // A permit: taken even if the forwarding task has not waited yet.
+        self.0.notify_one();
+    }
+}
+
 impl Watch {
     /// Resolves once draining has begun.
     pub async fn signaled(&mut self) {
@@ -65,6 +76,28 @@ impl Drain {
     pub fn conn_token(&self) -> ConnToken {
         self.conns.open.fetch_add(1, Ordering::AcqRel);
         ConnToken(self.conns.clone())
+    }
+
+    /// A drain for one listener: signaled with this one, or alone by the
+    /// returned [`Stop`] (a reload that removes the listener). Its
+    /// connections count in this one, which waits for them.
+    pub fn child(&self, rt: &tokio::runtime::Handle) -> (Stop, Drain) {
+        let tx = Arc::new(watch::channel(false).0);
+        let child = Drain {
+            tx: tx.clone(),
+            conns: self.conns.clone(),
+        };
+        let mut parent = self.watch();
+        let stop = Arc::new(Notify::new());
+        let told = stop.clone();
+        rt.spawn(async move {
+            tokio::select! {
+                () = parent.signaled() => {}
+                () = told.notified() => {}
+            }
+            let _ = tx.send(true);
+        });
+        (Stop(stop), child)
     }
 
     pub fn open_connections(&self) -> usize {

@@ -135,6 +135,8 @@ pub enum ProxyError {
     },
     #[error("cannot spool the request body: {0}")]
     Spool(String),
+    #[error("listener {0:?} was removed by a reload")]
+    ListenerRemoved(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -174,11 +176,12 @@ pub enum ErrorKind {
     AuthUnavailable,
     BasicAuthMissing,
     BasicAuthInvalid,
+    ListenerRemoved,
     Internal,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 33] = [
+    pub const ALL: [ErrorKind; 34] = [
         ErrorKind::MalformedRequest,
         ErrorKind::NotImplemented,
         ErrorKind::HeadersTooLarge,
@@ -211,6 +214,7 @@ impl ErrorKind {
         ErrorKind::AuthUnavailable,
         ErrorKind::BasicAuthMissing,
         ErrorKind::BasicAuthInvalid,
+        ErrorKind::ListenerRemoved,
         ErrorKind::Internal,
     ];
 
@@ -248,6 +252,7 @@ impl ErrorKind {
             ErrorKind::RateLimitUnavailable => "ratelimit-unavailable",
             ErrorKind::AuthDenied => "auth-denied",
             ErrorKind::AuthUnavailable => "auth-unavailable",
+            ErrorKind::ListenerRemoved => "listener-removed",
             ErrorKind::Internal => "internal",
         }
     }
@@ -264,7 +269,8 @@ impl ErrorKind {
             | ErrorKind::Overloaded
             | ErrorKind::CircuitOpen
             | ErrorKind::FilterOverloaded
-            | ErrorKind::RateLimitUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            | ErrorKind::RateLimitUnavailable
+            | ErrorKind::ListenerRemoved => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::FilterBlocked => StatusCode::FORBIDDEN,
             ErrorKind::InspectTooLarge | ErrorKind::DecompressionLimit => {
                 StatusCode::PAYLOAD_TOO_LARGE
@@ -346,6 +352,7 @@ impl ProxyError {
             ProxyError::RateLimitUnavailable { .. } => ErrorKind::RateLimitUnavailable,
             ProxyError::AuthDenied { .. } => ErrorKind::AuthDenied,
             ProxyError::AuthUnavailable { .. } => ErrorKind::AuthUnavailable,
+            ProxyError::ListenerRemoved(_) => ErrorKind::ListenerRemoved,
             ProxyError::Internal(_) => ErrorKind::Internal,
         }
     }
@@ -439,6 +446,7 @@ impl ProxyError {
             }
             ProxyError::AuthDenied { .. } => "denied by the authorization service".into(),
             ProxyError::AuthUnavailable { .. } => "authorization service unavailable".into(),
+            ProxyError::ListenerRemoved(_) => "listener removed, retry".into(),
             ProxyError::Internal(_) => "internal error".into(),
         }
     }

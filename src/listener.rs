@@ -29,6 +29,188 @@ use crate::proxy::{self, ConnInfo};
 use crate::state::Shared;
 use http::HeaderValue;
 
+/// The listeners' accept loops, by name: what a reload adds, keeps, moves
+/// or stops. A reload binds every new address before the new config is
+/// published (a bind that fails rejects the reload, and the old config
+/// keeps serving); then loops of listeners that are gone stop accepting
+/// and their connections close gracefully, as on a drain.
+pub struct Listeners {
+    rt: tokio::runtime::Handle,
+    drain: Drain,
+    shared: Arc<Shared>,
+    /// The sockets a `sift run --upgrade` can take over, when configured.
+    handable: Option<Arc<crate::upgrade::Sockets>>,
+    running: Mutex<Vec<Running>>,
+}
+
+struct Running {
+    name: Arc<str>,
+    configured: std::net::SocketAddr,
+    /// A duplicate of the listening socket, for a reload that gives its
+    /// address to a listener of another name.
+    socket: std::net::TcpListener,
+    stop: crate::drain::Stop,
+}
+
+/// What a reload does to the listeners, decided before it is published.
+pub struct Plan {
+    /// Sockets for listeners that are new, or whose name or address
+    /// changed: (name, configured address, socket).
+    start: Vec<(Arc<str>, std::net::SocketAddr, std::net::TcpListener)>,
+    /// Running listeners that the new config does not keep as they are.
+    stop: Vec<Arc<str>>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.start.is_empty() && self.stop.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Listeners {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listeners").finish()
+    }
+}
+
+impl Listeners {
+    pub fn new(
+        rt: tokio::runtime::Handle,
+        drain: Drain,
+        shared: Arc<Shared>,
+        handable: Option<Arc<crate::upgrade::Sockets>>,
+    ) -> Arc<Listeners> {
+        Arc::new(Listeners {
+            rt,
+            drain,
+            shared,
+            handable,
+            running: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Serve listener `name` on `socket` (bound, non-blocking).
+    pub fn start(
+        &self,
+        name: Arc<str>,
+        configured: std::net::SocketAddr,
+        socket: std::net::TcpListener,
+    ) -> std::io::Result<()> {
+        let dup = socket.try_clone()?;
+        let (stop, drain) = self.drain.child(&self.rt);
+        let shared = self.shared.clone();
+        let n = name.clone();
+        self.rt.spawn(async move {
+            match TcpListener::from_std(socket) {
+                Ok(tcp) => serve(tcp, n, shared, drain).await,
+                Err(e) => tracing::error!(listener = %n, error = %e, "listener not started"),
+            }
+        });
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Running {
+                name,
+                configured,
+                socket: dup,
+                stop,
+            });
+        Ok(())
+    }
+
+    /// Bind what `new` needs: a listener whose name and configured address
+    /// are both running is kept; one whose address another running
+    /// listener holds (a rename) takes a duplicate of that socket; any
+    /// other address is bound now. Errors name the listener.
+    pub fn prepare(
+        &self,
+        new: &crate::config::Config,
+    ) -> Result<Plan, Vec<crate::config::ConfigError>> {
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let mut plan = Plan {
+            start: Vec::new(),
+            stop: Vec::new(),
+        };
+        let mut errs = Vec::new();
+        let mut kept = vec![false; running.len()];
+        for (i, l) in new.listeners.iter().enumerate() {
+            let same = running
+                .iter()
+                .position(|r| *r.name == *l.name && r.configured == l.address);
+            if let Some(j) = same {
+                kept[j] = true;
+                continue;
+            }
+            // Port 0 asks for a new port: never another listener's.
+            let held = (l.address.port() != 0)
+                .then(|| running.iter().find(|r| r.configured == l.address))
+                .flatten();
+            let socket = match held {
+                Some(r) => r.socket.try_clone(),
+                None => std::net::TcpListener::bind(l.address)
+                    .and_then(|s| s.set_nonblocking(true).map(|()| s)),
+            };
+            match socket {
+                Ok(s) => plan.start.push((Arc::from(l.name.as_str()), l.address, s)),
+                Err(e) => errs.push(crate::config::ConfigError {
+                    path: format!("listeners[{i}].address"),
+                    line: None,
+                    message: format!(
+                        "cannot bind listener {:?} on {}: {e}; the running config keeps serving",
+                        l.name, l.address
+                    ),
+                }),
+            }
+        }
+        for (r, k) in running.iter().zip(&kept) {
+            if !k {
+                plan.stop.push(r.name.clone());
+            }
+        }
+        if errs.is_empty() { Ok(plan) } else { Err(errs) }
+    }
+
+    /// Carry out `plan` once the config it was made for is published.
+    pub fn apply(&self, plan: Plan) {
+        let mut stopped = Vec::new();
+        {
+            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            running.retain(|r| {
+                let go = plan.stop.contains(&r.name);
+                if go {
+                    r.stop.stop();
+                    stopped.push((r.name.clone(), r.configured));
+                }
+                !go
+            });
+        }
+        for (name, configured) in stopped {
+            if let Some(h) = &self.handable {
+                h.remove(&name);
+            }
+            tracing::info!(listener = %name, address = %configured, "listener removed by a reload: no longer accepting; its connections close gracefully");
+        }
+        for (name, configured, socket) in plan.start {
+            let local = socket.local_addr();
+            if let (Some(h), Ok(local)) = (&self.handable, &local) {
+                let info = crate::upgrade::SocketInfo {
+                    listener: Some(name.to_string()),
+                    configured,
+                    local: *local,
+                };
+                if let Err(e) = h.add(info, &socket) {
+                    tracing::warn!(listener = %name, error = %e, "upgrade: socket not offered");
+                }
+            }
+            let address = local.map_or_else(|_| configured.to_string(), |a| a.to_string());
+            match self.start(name.clone(), configured, socket) {
+                Ok(()) => tracing::info!(listener = %name, %address, "listener added by a reload"),
+                Err(e) => tracing::error!(listener = %name, error = %e, "listener not started"),
+            }
+        }
+    }
+}
+
 /// Accept connections on `tcp` until draining begins.
 pub async fn serve(tcp: TcpListener, name: Arc<str>, shared: Arc<Shared>, drain: Drain) {
     let open = Arc::new(AtomicUsize::new(0));

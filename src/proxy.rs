@@ -560,9 +560,10 @@ async fn proxy(
             .spool_budget
             .reservation(snap.config.overload.max_spooled_bytes)
     };
-    let listener = snap
-        .listener(conn.listener_index)
-        .ok_or_else(|| ProxyError::Internal(format!("listener {} has no config", conn.listener)))?;
+    let (listener_index, listener) = snap
+        .listener_at(conn.listener_index, &conn.listener)
+        .ok_or_else(|| ProxyError::ListenerRemoved(conn.listener.to_string()))?;
+    out.listener_index = listener_index;
     req.body_mut().set_timeouts(
         listener.limits.request_body_timeout.map(|d| d.0),
         listener.limits.request_timeout.map(|d| d.0),
@@ -3146,8 +3147,8 @@ pub(crate) fn rate_limit<'s, B>(
         taken: Vec::new(),
     };
     let listener_limits = snap
-        .listener_limits
-        .get(conn.listener_index)
+        .listener_at(conn.listener_index, &conn.listener)
+        .and_then(|(i, _)| snap.listener_limits.get(i))
         .map_or(&[][..], |v| v.as_slice());
     if listener_limits.is_empty() && route.limits.is_empty() {
         return Ok(out);

@@ -29,6 +29,10 @@ pub struct Reloader {
     source: Source,
     shared: Arc<Shared>,
     lock: Mutex<()>,
+    /// The running accept loops: a reload adds, moves and removes
+    /// listeners through them. Without them, listener changes need a
+    /// restart.
+    listeners: std::sync::OnceLock<Arc<crate::listener::Listeners>>,
 }
 
 impl std::fmt::Debug for Reloader {
@@ -60,7 +64,12 @@ impl Reloader {
             source,
             shared,
             lock: Mutex::new(()),
+            listeners: std::sync::OnceLock::new(),
         }
+    }
+
+    pub fn set_listeners(&self, l: Arc<crate::listener::Listeners>) {
+        let _ = self.listeners.set(l);
     }
 
     pub fn source(&self) -> &Source {
@@ -109,8 +118,19 @@ impl Reloader {
             return Ok(Outcome::Unchanged);
         }
         let config = config::load_str(&text)?;
-        restart_only_changes(&current.config, &config)
+        let listeners = self.listeners.get();
+        restart_only_changes(&current.config, &config, listeners.is_none())
             .map_err(|e| config::with_lines(&text, e.0))?;
+        // New addresses are bound before anything is published: a port in
+        // use rejects the reload (the sockets bound so far close with
+        // the plan).
+        let plan = match listeners {
+            Some(l) => Some(
+                l.prepare(&config)
+                    .map_err(|e| config::with_lines(&text, e))?,
+            ),
+            None => None,
+        };
         let now = self.shared.clock.now();
         let snap = Snapshot::build(
             config,
@@ -125,6 +145,11 @@ impl Reloader {
             .then(|| snap.config.log.level.clone());
         snap.start_background();
         self.shared.snapshot.store(Arc::new(snap));
+        if let (Some(l), Some(plan)) = (listeners, plan) {
+            if !plan.is_empty() {
+                l.apply(plan);
+            }
+        }
         if let Some(level) = level {
             crate::logging::config_level_changed(&level);
         }
@@ -215,7 +240,11 @@ impl Reloader {
 
 /// Changes that cannot take effect without a restart make the reload fail, so
 /// the running config and the file never silently disagree.
-fn restart_only_changes(old: &Config, new: &Config) -> Result<(), ConfigErrors> {
+fn restart_only_changes(
+    old: &Config,
+    new: &Config,
+    listeners_fixed: bool,
+) -> Result<(), ConfigErrors> {
     let mut errs = Vec::new();
     let ident = |c: &Config| {
         c.listeners
@@ -223,7 +252,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Result<(), ConfigErrors> 
             .map(|l| (l.name.clone(), l.address, l.protocol, l.serve))
             .collect::<Vec<_>>()
     };
-    if ident(old) != ident(new) {
+    if listeners_fixed && ident(old) != ident(new) {
         errs.push(ConfigError {
             path: "listeners".into(),
             line: None,

@@ -708,9 +708,24 @@ impl Snapshot {
         })
     }
 
-    /// The listener at `index` (listener order cannot change at reload).
+    /// The listener at `index`.
     pub fn listener(&self, index: usize) -> Option<&ListenerSpec> {
         self.config.listeners.get(index)
+    }
+
+    /// The listener named `name` and its index here: `hint` (its index
+    /// when the connection was accepted) unless a reload moved it; `None`
+    /// once a reload removed it.
+    pub fn listener_at(&self, hint: usize, name: &str) -> Option<(usize, &ListenerSpec)> {
+        match self.config.listeners.get(hint) {
+            Some(l) if l.name == name => Some((hint, l)),
+            _ => self
+                .config
+                .listeners
+                .iter()
+                .enumerate()
+                .find(|(_, l)| l.name == name),
+        }
     }
 
     pub fn listener_index(&self, name: &str) -> Option<usize> {

@@ -148,6 +148,15 @@ impl Sockets {
         Ok(())
     }
 
+    /// Stop offering listener `name`'s socket (a reload removed or moved
+    /// it).
+    pub fn remove(&self, name: &str) {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(i, _)| i.listener.as_deref() != Some(name));
+    }
+
     /// Every held socket, which this process then no longer offers.
     pub fn take_all(&self) -> Vec<(SocketInfo, OwnedFd)> {
         std::mem::take(&mut *self.held.lock().unwrap_or_else(|p| p.into_inner()))

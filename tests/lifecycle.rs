@@ -206,14 +206,13 @@ async fn sighup_reloads_and_bad_reload_keeps_old_config() {
     let r = send(Request::get(sift.url("/")).body(body::empty()).unwrap()).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-generation"], "two");
-    // Changing a listener address needs a restart: rejected, not half-applied.
+    // A restart-only change: rejected, not half-applied.
     sift.write_config(
-        &config_with_header(up.addr, "three")
-            .replace("127.0.0.1:0\"\nroutes", "127.0.0.1:1\"\nroutes"),
+        &config_with_header(up.addr, "three").replace("clusters:", "workers: 3\nclusters:"),
     );
     let (status, body) = post_text(&sift.admin_url("/reload")).await;
     assert_eq!(status, 400, "{body}");
-    assert!(body.contains("need a restart"), "{body}");
+    assert!(body.contains("needs a restart"), "{body}");
     let r = send(Request::get(sift.url("/")).body(body::empty()).unwrap()).await;
     assert_eq!(r.headers()["x-generation"], "two");
     assert_eq!(
@@ -221,6 +220,123 @@ async fn sighup_reloads_and_bad_reload_keeps_old_config() {
             .await,
         Some(2.0)
     );
+}
+
+/// Listeners added, renamed, moved and removed by a reload, as nginx's
+/// reload and Envoy's listener updates do: a new address is bound before
+/// the config is published (in use: the reload is rejected and nothing
+/// changes), a renamed listener keeps its socket, a removed one stops
+/// accepting and its open connections close after answering.
+#[tokio::test(flavor = "multi_thread")]
+async fn listeners_are_added_moved_and_removed_by_a_reload() {
+    let cfg = |listeners: &str| {
+        format!(
+            r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+reload: {{ watch: false }}
+listeners:
+{listeners}
+routes:
+  - {{ name: a, direct_response: {{ status: 200, body: "a" }} }}
+  - {{ name: b, direct_response: {{ status: 200, body: "b" }} }}
+"#
+        )
+    };
+    let reload = |sift: &Sift, text: String| {
+        sift.write_config(&text);
+        let url = sift.admin_url("/reload");
+        async move { post_text(&url).await }
+    };
+    let get = |port: u16| async move {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .ok()?;
+        let r = read_response(&mut s).await;
+        Some(r.rsplit("\r\n\r\n").next().unwrap_or_default().to_string())
+    };
+    let main_only = "  - { name: main, address: \"127.0.0.1:0\", routes: [a] }";
+    let sift = Sift::start(&cfg(main_only));
+    let main = sift.addr();
+    let mut kept = tokio::net::TcpStream::connect(main).await.unwrap();
+    let ask = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n";
+    kept.write_all(ask).await.unwrap();
+    assert!(read_response(&mut kept).await.ends_with("\r\n\r\na"));
+
+    // Added: a second listener on its own port, with its own routes.
+    let p1 = free_port();
+    let two = format!("{main_only}\n  - {{ name: two, address: \"127.0.0.1:{p1}\", routes: [b] }}");
+    let (code, body) = reload(&sift, cfg(&two)).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(get(p1).await.as_deref(), Some("b"));
+    // The kept listener and its open connection go on as before.
+    kept.write_all(ask).await.unwrap();
+    let r = read_response(&mut kept).await;
+    assert!(
+        r.ends_with("\r\n\r\na") && !r.to_ascii_lowercase().contains("connection: close"),
+        "{r}"
+    );
+
+    // A port in use: rejected, naming the listener; nothing changes.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = holder.local_addr().unwrap().port();
+    let three = format!("{two}\n  - {{ name: three, address: \"127.0.0.1:{busy}\", routes: [a] }}");
+    let (code, body) = reload(&sift, cfg(&three)).await;
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body.contains("cannot bind listener \\\"three\\\""),
+        "{body}"
+    );
+    assert!(body.contains("listeners[2].address"), "{body}");
+    assert_eq!(get(p1).await.as_deref(), Some("b"));
+    assert_eq!(get(main.port()).await.as_deref(), Some("a"));
+    let applied = r#"sift_config_reloads_total{result="success"}"#;
+    assert_eq!(sift.metric(applied).await, Some(1.0));
+
+    // Renamed on the same port (the socket carries over, no gap), moved
+    // to another port, and removed.
+    drop(holder);
+    let p2 = free_port();
+    let moved = format!(
+        "  - {{ name: deux, address: \"127.0.0.1:{p1}\", routes: [a] }}\n  - {{ name: three, address: \"127.0.0.1:{p2}\", routes: [b] }}"
+    );
+    let (code, body) = reload(&sift, cfg(&moved)).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        get(p1).await.as_deref(),
+        Some("a"),
+        "deux serves p1 with its routes"
+    );
+    assert_eq!(get(p2).await.as_deref(), Some("b"));
+    // main is gone: its port refuses, and its open connection's next
+    // request is answered 503 listener-removed, then the connection closes.
+    let refused = eventually(Duration::from_secs(3), || async {
+        tokio::net::TcpStream::connect(main).await.is_err()
+    })
+    .await;
+    assert!(refused, "the removed listener's port still accepts");
+    kept.write_all(ask).await.unwrap();
+    let r = read_response(&mut kept).await;
+    assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+    assert!(r.contains("x-sift-error: listener-removed"), "{r}");
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(3), kept.read_to_end(&mut rest)).await;
+    assert!(matches!(n, Ok(Ok(0))), "closed after the answer: {n:?}");
+    assert_eq!(sift.metric(applied).await, Some(2.0));
+
+    // Moved: the same name on another port; the old port closes.
+    let p3 = free_port();
+    let moved_again = format!(
+        "  - {{ name: deux, address: \"127.0.0.1:{p1}\", routes: [a] }}\n  - {{ name: three, address: \"127.0.0.1:{p3}\", routes: [b] }}"
+    );
+    let (code, body) = reload(&sift, cfg(&moved_again)).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(get(p3).await.as_deref(), Some("b"));
+    let closed = eventually(Duration::from_secs(3), || async { get(p2).await.is_none() }).await;
+    assert!(closed, "the moved listener's old port still serves");
+    assert_eq!(get(p1).await.as_deref(), Some("a"));
 }
 
 /// Run `sift CMD --config PATH`; (exit code, stderr).

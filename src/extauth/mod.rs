@@ -140,9 +140,9 @@ async fn head<'s>(
     matched: &mut Option<&'s Route>,
     origin: &mut Option<HeaderValue>,
 ) -> Result<Head<'s>, Stop> {
-    let listener = snap
-        .listener(conn.listener_index)
-        .ok_or_else(|| ProxyError::Internal(format!("listener {} has no config", conn.listener)))?;
+    let (_, listener) = snap
+        .listener_at(conn.listener_index, &conn.listener)
+        .ok_or_else(|| ProxyError::ListenerRemoved(conn.listener.to_string()))?;
     let mut allowed = Allowed::default();
     // Only sift sets x-sift-*, and names with `_` pass for ones it sets
     // (CGI-style apps): Envoy removes both, as the proxy does.
