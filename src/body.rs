@@ -367,6 +367,10 @@ where
                 }
                 this.state
                     .moved(this.inner.is_end_stream() || frame.is_trailers());
+                let mut frame = frame;
+                if let Some(t) = frame.trailers_mut() {
+                    crate::field::clean_trailers(t);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -486,13 +490,16 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
-        let r = this.inner.poll_frame(cx);
-        match &r {
+        let mut r = this.inner.poll_frame(cx);
+        match &mut r {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
                     *this.bytes += d.len() as u64;
-                } else if let (Some(t), Some(h)) = (frame.trailers_ref(), this.hook.as_mut()) {
-                    h.trailers(t);
+                } else if let Some(t) = frame.trailers_mut() {
+                    crate::field::clean_trailers(t);
+                    if let Some(h) = this.hook.as_mut() {
+                        h.trailers(t);
+                    }
                 }
                 if let (Some(t), Some(d)) = (this.timer.as_mut(), *this.read_timeout) {
                     t.as_mut().reset(tokio::time::Instant::now() + d);

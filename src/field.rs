@@ -36,6 +36,48 @@ pub fn joined<K: AsHeaderName>(h: &HeaderMap, name: K) -> Option<Cow<'_, [u8]>> 
     Some(Cow::Owned(v))
 }
 
+/// Fields no trailer may carry past sift, in either direction: sift's own
+/// `x-sift-*` (only sift sets them, as in the head), hop-by-hop fields,
+/// and those RFC 9110 §6.5.1 keeps out of trailers (framing, routing,
+/// authentication, caching: a server that merges trailers into its
+/// headers must not get a second `Content-Length` or `Host` from them).
+/// Envoy's HTTP/1 codec drops request trailers unless told otherwise;
+/// these are the ones that are never safe. Trailers are rare: this runs
+/// only when a body has them.
+pub fn clean_trailers(t: &mut HeaderMap) {
+    use http::header;
+    const NEVER: [header::HeaderName; 16] = [
+        header::AUTHORIZATION,
+        header::CACHE_CONTROL,
+        header::CONNECTION,
+        header::CONTENT_ENCODING,
+        header::CONTENT_LENGTH,
+        header::CONTENT_RANGE,
+        header::CONTENT_TYPE,
+        header::HOST,
+        header::MAX_FORWARDS,
+        header::PROXY_AUTHORIZATION,
+        header::SET_COOKIE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::TE,
+        header::UPGRADE,
+        header::COOKIE,
+    ];
+    let gone: Vec<header::HeaderName> = t
+        .keys()
+        .filter(|k| {
+            NEVER.contains(k)
+                || k.as_str().starts_with("x-sift-")
+                || matches!(k.as_str(), "keep-alive" | "proxy-connection")
+        })
+        .cloned()
+        .collect();
+    for k in gone {
+        t.remove(k);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1319,8 +1319,9 @@ async fn proxy(
     // The names of trailers sift already holds (a body read whole before
     // it is sent): an HTTP/1.1 upstream needs them declared.
     let mut known_trailers: Vec<HeaderName> = Vec::new();
-    let mut body = if let Some(s) = spilled {
-        if let Some(t) = &s.trailers {
+    let mut body = if let Some(mut s) = spilled {
+        if let Some(t) = &mut s.trailers {
+            crate::field::clean_trailers(t);
             known_trailers.extend(t.keys().cloned());
         }
         let replay = s.complete && s.file.is_none() && s.trailers.is_none() && s.tail.is_empty();
@@ -1346,8 +1347,9 @@ async fn proxy(
                 s.head, reader, s.tail, s.trailers, rest,
             ))))
         }
-    } else if let Some(h) = held {
-        if let Some(t) = &h.trailers {
+    } else if let Some(mut h) = held {
+        if let Some(t) = &mut h.trailers {
+            crate::field::clean_trailers(t);
             known_trailers.extend(t.keys().cloned());
         }
         if h.complete && h.trailers.is_none() {

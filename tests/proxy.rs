@@ -293,6 +293,88 @@ async fn request_trailers_reach_the_upstream() {
     assert!(out.contains("hello"), "{out}");
 }
 
+/// Trailers carry nothing sift or framing owns, either way: `x-sift-*`
+/// (a client could forge a verdict, an app an error), hop-by-hop fields,
+/// and those RFC 9110 §6.5.1 keeps out of trailers (`Content-Length`,
+/// `Host`, `Authorization`, ...), which an app that merges trailers into
+/// its headers would take as framing or routing. An HTTP/2 app gets
+/// every request trailer sift passes, so it shows what is left; on a
+/// streamed body and on one a filter held.
+#[tokio::test(flavor = "multi_thread")]
+async fn trailers_carry_nothing_sift_or_framing_owns() {
+    let up = Upstream::start(|req: Request<hyper::body::Incoming>| async move {
+        let c = req.into_body().collect().await.unwrap();
+        let mut names: Vec<String> = c
+            .trailers()
+            .map(|t| t.keys().map(|k| k.to_string()).collect())
+            .unwrap_or_default();
+        names.sort();
+        let mut t = http::HeaderMap::new();
+        t.insert("x-sift-error", "forged".parse().unwrap());
+        t.insert("content-length", "99".parse().unwrap());
+        t.insert("x-app-sum", "ok".parse().unwrap());
+        let mut r = http::Response::new(body::boxed(GrpcBody(Some(c.to_bytes()), Some(t))));
+        r.headers_mut()
+            .insert("x-trailer-names", names.join(",").parse().unwrap());
+        r
+    })
+    .await;
+    let cfg = format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners:
+  - name: main
+    address: "127.0.0.1:0"
+filters:
+  - {{ name: spam, kind: spam }}
+routes:
+  - name: held
+    match: {{ path: {{ prefix: /held }} }}
+    cluster: app
+    filters: [ {{ filter: spam, mode: annotate }} ]
+  - {{ name: plain, cluster: app }}
+clusters:
+  - {{ name: app, endpoints: ["{}"], protocol: http2 }}
+"#,
+        up.addr
+    );
+    let sift = Sift::start(&cfg);
+    for path in ["/plain", "/held"] {
+        let mut t = http::HeaderMap::new();
+        for (k, v) in [
+            ("x-checksum", "abc"),
+            ("x-sift-spam-verdict", "ham"),
+            ("content-length", "1"),
+            ("host", "evil.example"),
+            ("authorization", "Bearer forged"),
+        ] {
+            t.insert(k, v.parse().unwrap());
+        }
+        let req = Request::post(sift.url(path))
+            .header("content-type", "text/plain")
+            .body(body::boxed(GrpcBody(
+                Some(Bytes::from_static(b"hello")),
+                Some(t),
+            )))
+            .unwrap();
+        let resp = http2_client().request(req).await.unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        assert_eq!(resp.headers()["x-trailer-names"], "x-checksum", "{path}");
+        let c = resp.into_body().collect().await.unwrap();
+        let t = c.trailers().cloned().unwrap_or_default();
+        assert_eq!(
+            t.get("x-app-sum").map(|v| v.as_bytes()),
+            Some(&b"ok"[..]),
+            "{path}"
+        );
+        assert!(
+            t.get("x-sift-error").is_none() && t.get("content-length").is_none(),
+            "{path}: {t:?}"
+        );
+        assert_eq!(c.to_bytes(), "hello");
+    }
+}
+
 /// Routes that hold the body before forwarding it (a filter in annotate
 /// or block mode, a spooling filter, request buffering, retries) and a
 /// plain one, to `a`.
