@@ -1014,7 +1014,9 @@ async fn upstream_pool_reuses_recovers_and_expires() {
 
 /// The keep-alive race: an app lets a kept-alive connection go (its
 /// keep-alive timeout, a restart) just as sift sends the next request on
-/// it, and the connection closes (or is reset) with no answer. A bodiless
+/// it, and the connection closes (or is reset) with no answer. On a
+/// connection that sat idle (at least 1 ms, as any keep-alive timeout
+/// needs), a bodiless
 /// request with an idempotent method is sent once more on a new
 /// connection, as nginx and Go's client do; anything else gets the 502,
 /// since the app may have acted on it; a new connection that fails so is
@@ -1089,9 +1091,12 @@ async fn a_reused_connection_closed_unanswered_is_sent_again() {
     for reset in [false, true] {
         let (addr, seen, heads) = racing(reset).await;
         let sift = Sift::start(&simple_config(addr, ""));
+        // Each request comes after the connection sat idle a little: only
+        // then can an app's keep-alive timeout have closed it.
         let call = |method: &'static str, path: &'static str, body: &'static str| {
             let url = sift.url(path);
             async move {
+                tokio::time::sleep(Duration::from_millis(5)).await;
                 send(
                     Request::builder()
                         .method(method)
@@ -1117,6 +1122,7 @@ async fn a_reused_connection_closed_unanswered_is_sent_again() {
         assert_eq!(seen.load(SeqCst), 1 + 2 * (calls - 1), "reset {reset}");
         // The request goes again as it went the first time: every field,
         // repeated ones too, in order.
+        tokio::time::sleep(Duration::from_millis(5)).await;
         let r = send(
             Request::get(sift.url("/a?q=1"))
                 .header("x-multi", "a")

@@ -115,6 +115,11 @@ struct H1 {
     head: Vec<u8>,
 }
 
+/// A reused connection idle at least this long may have met the app's
+/// keep-alive timeout (no server closes idle connections sooner): its
+/// request's head is kept to go again.
+const RACE_IDLE: Duration = Duration::from_millis(1);
+
 /// A copy of the head of a request that may go again (a bodiless request
 /// with an idempotent method; an upgrade's GET too: the new connection
 /// answers it, and is the one upgraded), kept in the
@@ -287,8 +292,8 @@ impl Pool {
             } else {
                 self.checkout(index).await
             };
-            let (mut conn, reused) = match pooled {
-                Some(c) => (c, true),
+            let (mut conn, idle_for) = match pooled {
+                Some((c, idle_for)) => (c, Some(idle_for)),
                 // Boxed: connecting (TCP, TLS) is a large, rare await state.
                 None => (
                     H1 {
@@ -297,13 +302,18 @@ impl Pool {
                         born: Instant::now(),
                         head: Vec::new(),
                     },
-                    false,
+                    None,
                 ),
             };
+            let reused = idle_for.is_some();
             // The head of a request that may go again if the reused
-            // connection closes before answering.
-            let again = (reused && Head::keep(&req, &mut conn.head))
-                .then(|| (req.method().clone(), req.version()));
+            // connection closes before answering. Only a connection that
+            // sat idle can meet an app's keep-alive timeout: one reused
+            // within RACE_IDLE of its last answer (a busy one) is not
+            // copied for (that copy is most of this path's cost).
+            let again = (idle_for.is_some_and(|d| d >= RACE_IDLE)
+                && Head::keep(&req, &mut conn.head))
+            .then(|| (req.method().clone(), req.version()));
             match conn.send.try_send_request(req).await {
                 Ok(resp) => {
                     conn.uses += 1;
@@ -341,14 +351,16 @@ impl Pool {
         }
     }
 
-    /// A ready idle connection to endpoint `index`, if any.
-    async fn checkout(&self, index: usize) -> Option<H1> {
+    /// A ready idle connection to endpoint `index`, if any, and how long
+    /// it sat idle.
+    async fn checkout(&self, index: usize) -> Option<(H1, Duration)> {
         loop {
             let idle = {
                 let mut slot = self.slots.get(index)?.lock().ok()?;
                 slot.idle.pop_back()?
             };
-            if idle.since.elapsed() >= self.cfg.idle_timeout
+            let idle_for = idle.since.elapsed();
+            if idle_for >= self.cfg.idle_timeout
                 || idle.send.is_closed()
                 || self.worn(idle.uses, idle.born)
             {
@@ -358,12 +370,13 @@ impl Pool {
             // Usually ready at once; a response that just ended may need the
             // connection task to run once more.
             if send.ready().await.is_ok() {
-                return Some(H1 {
+                let conn = H1 {
                     send,
                     uses: idle.uses,
                     born: idle.born,
                     head: idle.head,
-                });
+                };
+                return Some((conn, idle_for));
             }
         }
     }
