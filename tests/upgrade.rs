@@ -239,6 +239,53 @@ async fn a_successor_that_fails_leaves_the_old_sift_serving() {
     assert_eq!(one_request(new.addr(), "/").await, Ok((200, "new".into())));
 }
 
+/// A listener a reload added is offered to a successor like the others:
+/// the new sift takes its socket over instead of failing to bind a port
+/// the old one holds; one a reload removed is not offered.
+#[tokio::test(flavor = "multi_thread")]
+async fn listeners_a_reload_added_are_handed_over() {
+    let up = Upstream::start(|_req| async { text_response(200, "ok") }).await;
+    let shared = TempDir::new();
+    let socket = shared.path("up.sock");
+    let gone = free_port();
+    let with = |tag: &str, ports: &[(&str, u16)]| {
+        let extra: String = ports
+            .iter()
+            .map(|(n, p)| format!("  - {{ name: {n}, address: \"127.0.0.1:{p}\" }}\n"))
+            .collect();
+        config(up.addr, &socket, tag, &extra)
+    };
+    let mut old = start(&shared, &with("old", &[("gone", gone)]), &[]).unwrap();
+    assert_eq!(
+        one_request(format!("127.0.0.1:{gone}").parse().unwrap(), "/").await,
+        Ok((200, "old".into()))
+    );
+    let added = free_port();
+    old.write_config(&with("old", &[("more", added)]));
+    let (code, body) = post_text(&old.admin_url("/reload")).await;
+    assert_eq!(code, 200, "{body}");
+    let at = |p: u16| -> std::net::SocketAddr { format!("127.0.0.1:{p}").parse().unwrap() };
+    assert_eq!(one_request(at(added), "/").await, Ok((200, "old".into())));
+    // The successor's config has `more` (and not `gone`): it inherits the
+    // socket, and `gone`'s port stays closed.
+    let new = start(&shared, &with("new", &[("more", added)]), &["--upgrade"]).unwrap();
+    assert!(old.wait_exit(Duration::from_secs(10)).is_some());
+    assert_eq!(one_request(at(added), "/").await, Ok((200, "new".into())));
+    assert_eq!(one_request(new.addr(), "/").await, Ok((200, "new".into())));
+    let lines = new.log_lines();
+    let bound = lines
+        .iter()
+        .find(|l| l.contains("listener bound") && l.contains("\"listener\":\"more\""));
+    assert!(
+        bound.is_some_and(|l| l.contains("\"inherited\":true")),
+        "{lines:?}"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(at(gone)).await.is_err(),
+        "gone's port"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_upgrade_socket_is_guarded_and_optional() {
     let up = Upstream::start(|_req| async { text_response(200, "ok") }).await;
