@@ -213,6 +213,7 @@ impl Listeners {
 
 /// Accept connections on `tcp` until draining begins.
 pub async fn serve(tcp: TcpListener, name: Arc<str>, shared: Arc<Shared>, drain: Drain) {
+    let local = tcp.local_addr().ok();
     let open = Arc::new(AtomicUsize::new(0));
     let per_client = Arc::new(PerClient::default());
     let mut watch = drain.watch();
@@ -235,7 +236,17 @@ pub async fn serve(tcp: TcpListener, name: Arc<str>, shared: Arc<Shared>, drain:
             _ = watch.signaled() => break,
         };
         let snap = shared.snapshot.load();
-        let Some(index) = snap.listener_index(&name) else {
+        // By name; a reload that just renamed this listener (its socket
+        // carried over, this loop about to stop) by address, so a client
+        // that connects meanwhile is served, not dropped.
+        let found = match snap.listener_index(&name) {
+            Some(i) => Some((i, name.clone())),
+            None => local.and_then(|a| {
+                let i = snap.config.listeners.iter().position(|l| l.address == a)?;
+                Some((i, Arc::from(snap.listener(i)?.name.as_str())))
+            }),
+        };
+        let Some((index, conn_name)) = found else {
             continue;
         };
         let Some(spec) = snap.listener(index) else {
@@ -316,7 +327,7 @@ pub async fn serve(tcp: TcpListener, name: Arc<str>, shared: Arc<Shared>, drain:
                 }
             }
             let mut conn = ConnInfo {
-                listener: name.clone(),
+                listener: conn_name,
                 listener_index: index,
                 remote,
                 remote_ip: HeaderValue::try_from(remote.ip().to_string())
