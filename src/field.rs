@@ -36,6 +36,27 @@ pub fn joined<K: AsHeaderName>(h: &HeaderMap, name: K) -> Option<Cow<'_, [u8]>> 
     Some(Cow::Owned(v))
 }
 
+/// Fields kept out of trailers (RFC 9110 §6.5.1: framing, routing,
+/// authentication, caching; and hop-by-hop ones).
+pub const NEVER_IN_TRAILERS: [http::header::HeaderName; 16] = [
+    http::header::AUTHORIZATION,
+    http::header::CACHE_CONTROL,
+    http::header::CONNECTION,
+    http::header::CONTENT_ENCODING,
+    http::header::CONTENT_LENGTH,
+    http::header::CONTENT_RANGE,
+    http::header::CONTENT_TYPE,
+    http::header::HOST,
+    http::header::MAX_FORWARDS,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::SET_COOKIE,
+    http::header::TRAILER,
+    http::header::TRANSFER_ENCODING,
+    http::header::TE,
+    http::header::UPGRADE,
+    http::header::COOKIE,
+];
+
 /// Fields no trailer may carry past sift, in either direction: sift's own
 /// `x-sift-*` (only sift sets them, as in the head), hop-by-hop fields,
 /// and those RFC 9110 §6.5.1 keeps out of trailers (framing, routing,
@@ -46,28 +67,10 @@ pub fn joined<K: AsHeaderName>(h: &HeaderMap, name: K) -> Option<Cow<'_, [u8]>> 
 /// only when a body has them.
 pub fn clean_trailers(t: &mut HeaderMap) {
     use http::header;
-    const NEVER: [header::HeaderName; 16] = [
-        header::AUTHORIZATION,
-        header::CACHE_CONTROL,
-        header::CONNECTION,
-        header::CONTENT_ENCODING,
-        header::CONTENT_LENGTH,
-        header::CONTENT_RANGE,
-        header::CONTENT_TYPE,
-        header::HOST,
-        header::MAX_FORWARDS,
-        header::PROXY_AUTHORIZATION,
-        header::SET_COOKIE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::TE,
-        header::UPGRADE,
-        header::COOKIE,
-    ];
     let gone: Vec<header::HeaderName> = t
         .keys()
         .filter(|k| {
-            NEVER.contains(k)
+            NEVER_IN_TRAILERS.contains(k)
                 || k.as_str().starts_with("x-sift-")
                 || matches!(k.as_str(), "keep-alive" | "proxy-connection")
         })

@@ -4017,23 +4017,12 @@ fn transfer_codings(h: &HeaderMap) -> Result<(), ProxyError> {
 /// time: hyper drops them (Envoy's HTTP/1 codec drops every request
 /// trailer unless `enable_trailers`).
 fn h1_trailer_framing(h: &mut HeaderMap, known: &[HeaderName]) {
-    // Fields no sender may put in trailers (RFC 9110 §6.5.1), which hyper
-    // never sends: not declared either.
-    const NEVER: [HeaderName; 12] = [
-        header::AUTHORIZATION,
-        header::CACHE_CONTROL,
-        header::CONTENT_ENCODING,
-        header::CONTENT_LENGTH,
-        header::CONTENT_RANGE,
-        header::CONTENT_TYPE,
-        header::HOST,
-        header::MAX_FORWARDS,
-        header::SET_COOKIE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::TE,
-    ];
-    for name in known.iter().filter(|n| !NEVER.contains(n)) {
+    // Fields no sender may put in trailers (RFC 9110 §6.5.1), which sift
+    // removes and hyper never sends: not declared either.
+    for name in known
+        .iter()
+        .filter(|n| !crate::field::NEVER_IN_TRAILERS.contains(n))
+    {
         // Read as hyper reads it: a line that is not visible ASCII
         // declares nothing.
         let declared = h.get_all(header::TRAILER).iter().any(|v| {
