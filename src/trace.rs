@@ -12,7 +12,7 @@
 //! - Sampled spans go through a bounded queue to one exporter task that
 //!   posts batches; a full queue drops spans (counted), never the request.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -39,8 +39,13 @@ pub const OTLP_GRPC_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceS
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TracingSpec {
-    /// host:port of the collector (plain HTTP).
+    /// host:port of the collector.
     pub authority: String,
+    /// TLS to the collector (an https endpoint).
+    pub tls: Option<crate::tls::UpstreamTlsSpec>,
+    /// Fields sent with every export (values redacted when shown).
+    #[serde(serialize_with = "ser_redacted")]
+    pub headers: Vec<(String, String)>,
     /// Request path (default /v1/traces; the gRPC method with `grpc`).
     pub path: String,
     pub protocol: OtlpProtocol,
@@ -51,6 +56,15 @@ pub struct TracingSpec {
     pub batch_size: usize,
     #[serde(serialize_with = "ser_dur")]
     pub flush_interval: Duration,
+}
+
+fn ser_redacted<S: serde::Serializer>(h: &[(String, String)], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut m = s.serialize_map(Some(h.len()))?;
+    for (k, _) in h {
+        m.serialize_entry(k, "[redacted]")?;
+    }
+    m.end()
 }
 
 fn ser_dur<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -227,17 +241,57 @@ pub struct Exporter {
     rx: Mutex<Option<tokio::sync::mpsc::Receiver<Span>>>,
     pub spec: TracingSpec,
     spans: prometheus::IntCounterVec,
+    /// Connections to the collector (kept alive between exports; TLS
+    /// when the endpoint is https), or why there are none.
+    link: Result<(Arc<crate::upstream::Pool>, crate::config::model::Endpoint), String>,
 }
 
 impl Exporter {
     pub fn new(spec: TracingSpec, spans: prometheus::IntCounterVec) -> Exporter {
         let (tx, rx) = tokio::sync::mpsc::channel(spec.max_queue.max(1));
+        let link = Self::link(&spec);
+        if let Err(e) = &link {
+            tracing::error!(error = %e, "trace exporter: no collector connection; spans will be counted failed");
+        }
         Exporter {
             tx,
             rx: Mutex::new(Some(rx)),
             spec,
             spans,
+            link,
         }
+    }
+
+    fn link(
+        spec: &TracingSpec,
+    ) -> Result<(Arc<crate::upstream::Pool>, crate::config::model::Endpoint), String> {
+        use crate::config::file::UpstreamProtocol;
+        let endpoint = crate::config::build::parse_endpoint(&spec.authority)?;
+        let (protocol, alpn) = match spec.protocol {
+            OtlpProtocol::Http => (UpstreamProtocol::Http1, b"http/1.1".to_vec()),
+            OtlpProtocol::Grpc => (UpstreamProtocol::Http2, b"h2".to_vec()),
+        };
+        let tls = match &spec.tls {
+            Some(t) => Some(
+                crate::tls::UpstreamTls::new(t.clone(), vec![alpn])
+                    .map_err(|e| format!("tracing.tls: {e}"))?,
+            ),
+            None => None,
+        };
+        let cfg = crate::upstream::PoolConfig {
+            protocol,
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+            max_idle_per_endpoint: 2,
+            tls,
+            resolver: None,
+            max_requests_per_connection: None,
+            max_connection_duration: None,
+            tcp_keepalive: None,
+            http2_keepalive: None,
+            resent: None,
+        };
+        Ok((crate::upstream::Pool::new(cfg, 1), endpoint))
     }
 
     /// Queue a sampled span; dropped (and counted) when the queue is full.
@@ -292,31 +346,53 @@ impl Exporter {
     }
 
     async fn export(&self, body: Vec<u8>) -> Result<(), String> {
-        match self.spec.protocol {
-            OtlpProtocol::Http => self.post(body).await,
-            OtlpProtocol::Grpc => grpc_export(&self.spec.authority, body).await,
-        }
-    }
-
-    async fn post(&self, body: Vec<u8>) -> Result<(), String> {
-        let tcp = tokio::net::TcpStream::connect(self.spec.authority.as_str())
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let (mut send, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-                .await
-                .map_err(|e| e.to_string())?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let req = http::Request::post(self.spec.path.as_str())
+        let (pool, endpoint) = match &self.link {
+            Ok(l) => l,
+            Err(e) => return Err(e.clone()),
+        };
+        let scheme = if self.spec.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let uri = format!("{scheme}://{}{}", self.spec.authority, self.spec.path);
+        let grpc = self.spec.protocol == OtlpProtocol::Grpc;
+        let mut req = http::Request::post(uri)
             .header(http::header::HOST, self.spec.authority.as_str())
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .header(http::header::USER_AGENT, "sift-otlp")
+            .header(http::header::USER_AGENT, "sift-otlp");
+        req = if grpc {
+            req.header(http::header::CONTENT_TYPE, "application/grpc")
+                .header(http::header::TE, "trailers")
+        } else {
+            req.header(http::header::CONTENT_TYPE, "application/json")
+        };
+        for (k, v) in &self.spec.headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let body = if grpc {
+            // The gRPC frame: uncompressed, its length, the message.
+            let len = u32::try_from(body.len()).map_err(|_| "batch over 4 GiB".to_string())?;
+            let mut frame = Vec::with_capacity(5 + body.len());
+            frame.push(0);
+            frame.extend_from_slice(&len.to_be_bytes());
+            frame.extend_from_slice(&body);
+            frame
+        } else {
+            body
+        };
+        let req = req
             .body::<Body>(crate::body::full(Bytes::from(body)))
             .map_err(|e| e.to_string())?;
-        let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
-        if resp.status().is_success() {
+        let resp = pool
+            .send(0, endpoint, req)
+            .await
+            .map_err(|e| e.to_string())?;
+        if grpc {
+            grpc_outcome(resp).await
+        } else if resp.status().is_success() {
+            // Read to its end: the connection goes back to the pool.
+            use http_body_util::BodyExt;
+            let _ = resp.into_body().collect().await;
             Ok(())
         } else {
             Err(format!("collector answered {}", resp.status()))
@@ -324,41 +400,9 @@ impl Exporter {
     }
 }
 
-/// OTLP/gRPC: one `Export` call on a fresh HTTP/2 connection (prior
-/// knowledge, as gRPC over plain TCP is); done when the collector answers
-/// 200 with `grpc-status: 0` (in its head or its trailers).
-async fn grpc_export(authority: &str, message: Vec<u8>) -> Result<(), String> {
-    let tcp = tokio::net::TcpStream::connect(authority)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let (mut send, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    // The gRPC frame: uncompressed, its length, the message.
-    let len = u32::try_from(message.len()).map_err(|_| "batch over 4 GiB".to_string())?;
-    let mut frame = Vec::with_capacity(5 + message.len());
-    frame.push(0);
-    frame.extend_from_slice(&len.to_be_bytes());
-    frame.extend_from_slice(&message);
-    let uri = http::Uri::builder()
-        .scheme("http")
-        .authority(authority)
-        .path_and_query(OTLP_GRPC_PATH)
-        .build()
-        .map_err(|e| e.to_string())?;
-    let req = http::Request::post(uri)
-        .header(http::header::CONTENT_TYPE, "application/grpc")
-        .header(http::header::TE, "trailers")
-        .header(http::header::USER_AGENT, "sift-otlp")
-        .body::<Body>(crate::body::full(Bytes::from(frame)))
-        .map_err(|e| e.to_string())?;
-    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+/// OTLP/gRPC: done when the collector answers 200 with `grpc-status: 0`
+/// (in its head or its trailers).
+async fn grpc_outcome(resp: http::Response<Body>) -> Result<(), String> {
     if !resp.status().is_success() {
         return Err(format!("collector answered {}", resp.status()));
     }

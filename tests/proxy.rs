@@ -3335,7 +3335,19 @@ clusters:
     assert!(failed);
 
     for (bad, path) in [
-        ("{ endpoint: \"https://c:4318\" }", "tracing.endpoint"),
+        ("{ endpoint: \"https://c:4318\" }", "tracing.tls"),
+        (
+            "{ endpoint: \"http://c:4318\", tls: { ca: /nonexistent/ca.pem } }",
+            "tracing.tls",
+        ),
+        (
+            "{ endpoint: \"http://c:4318\", headers: { content-type: x } }",
+            "tracing.headers.content-type",
+        ),
+        (
+            "{ endpoint: \"http://c:4318\", headers: { \"bad name\": x } }",
+            "tracing.headers.bad name",
+        ),
         ("{ endpoint: \"c:4318\" }", "tracing.endpoint"),
         (
             "{ endpoint: \"http://c:4318\", sampling: 2 }",

@@ -1958,3 +1958,139 @@ clusters:
         "the rotated CA bundle is used"
     );
 }
+
+/// Traces reach a collector over TLS (an `https` endpoint, its CA given),
+/// with the configured fields (a vendor's API key) on every export; the
+/// connection is kept for the next export; `/config` shows the fields'
+/// names, not their values. A collector whose certificate does not chain
+/// to the CA gets nothing: the spans are counted failed.
+#[tokio::test(flavor = "multi_thread")]
+async fn traces_reach_a_collector_over_tls_with_headers() {
+    let s = setup();
+    let server = leaf(
+        &s.ca,
+        &["collector.test"],
+        None,
+        "collector",
+        true,
+        false,
+        Alg::Ecdsa,
+    );
+    let spec = sift::tls::ListenerTlsSpec {
+        certificates: vec![sift::tls::CertSpec {
+            cert: write(&s.dir, "collector.pem", &server.cert),
+            key: write(&s.dir, "collector.key", &server.key),
+            server_names: vec![],
+        }],
+        mode: sift::tls::MtlsMode::Off,
+        ca: None,
+        crls: vec![],
+        alpn: vec!["http/1.1".into()],
+        tickets: false,
+        session_cache: 0,
+    };
+    let cfg = sift::tls::server_config(&spec).unwrap().config;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    // (path, x-honeycomb-team, body) of each export, and the connections.
+    let got = Arc::new(std::sync::Mutex::new(Vec::<(String, String, String)>::new()));
+    let conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (g, c) = (got.clone(), conns.clone());
+    tokio::spawn(async move {
+        let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+        while let Ok((tcp, _)) = l.accept().await {
+            let (acceptor, g) = (acceptor.clone(), g.clone());
+            c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let g = g.clone();
+                    async move {
+                        let path = req.uri().path().to_string();
+                        let key = req
+                            .headers()
+                            .get("x-honeycomb-team")
+                            .map(|v| v.to_str().unwrap().to_string())
+                            .unwrap_or_default();
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        g.lock().unwrap().push((
+                            path,
+                            key,
+                            String::from_utf8_lossy(&body).into_owned(),
+                        ));
+                        Ok::<_, std::convert::Infallible>(http::Response::new(full("{}")))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    let up = Upstream::start(|_req| async { text_response(200, "ok") }).await;
+    let config = |ca: &str| {
+        format!(
+            r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+tracing:
+  endpoint: "https://{addr}"
+  tls: {{ ca: "{ca}", server_name: collector.test }}
+  headers: {{ x-honeycomb-team: "s3cret-team" }}
+  flush_interval: 50ms
+listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+routes:
+  - {{ name: r, cluster: a }}
+clusters:
+  - {{ name: a, endpoints: ["{}"] }}
+"#,
+            up.addr
+        )
+    };
+    let sift = Sift::start(&config(&s.dir.path("ca.pem").display().to_string()));
+    for path in ["/one", "/two"] {
+        let (code, _) = get_text(&sift.url(path)).await;
+        assert_eq!(code, 200);
+        let n = if path == "/one" { 1 } else { 2 };
+        let arrived = eventually(Duration::from_secs(5), || async {
+            got.lock().unwrap().len() >= n
+        })
+        .await;
+        assert!(arrived, "export {n} reached the collector");
+    }
+    {
+        let got = got.lock().unwrap();
+        for (i, (path, key, body)) in got.iter().enumerate() {
+            assert_eq!(path, "/v1/traces");
+            assert_eq!(key, "s3cret-team");
+            let want = if i == 0 { "\"/one\"" } else { "\"/two\"" };
+            assert!(body.contains(want), "{body}");
+        }
+    }
+    assert_eq!(
+        conns.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the second export reused the connection"
+    );
+    let (_, shown) = get_text(&sift.admin_url("/config")).await;
+    assert!(!shown.contains("s3cret-team"), "{shown}");
+    assert!(shown.contains("x-honeycomb-team"), "{shown}");
+    drop(sift);
+
+    // A CA the collector's certificate does not chain to: nothing arrives.
+    let other = write(&s.dir, "other.pem", &s.other_ca.pem);
+    let before = got.lock().unwrap().len();
+    let sift = Sift::start(&config(&other.display().to_string()));
+    let (code, _) = get_text(&sift.url("/three")).await;
+    assert_eq!(code, 200);
+    let failed = eventually(Duration::from_secs(5), || async {
+        sift.metric(r#"sift_trace_spans_total{result="failed"}"#)
+            .await
+            .unwrap_or(0.0)
+            >= 1.0
+    })
+    .await;
+    assert!(failed, "the span is counted failed");
+    assert_eq!(got.lock().unwrap().len(), before);
+}

@@ -557,7 +557,21 @@ fn build_tracing(t: &TracingFile, e: &mut Errs) -> crate::trace::TracingSpec {
         _ => crate::trace::OtlpProtocol::Http,
     };
     let (authority, path) = match t.endpoint.parse::<http::Uri>() {
-        Ok(u) if u.scheme_str() == Some("http") && u.authority().is_some() => {
+        Ok(u)
+            if matches!(u.scheme_str(), Some("http") | Some("https"))
+                && u.authority().is_some() =>
+        {
+            let https = u.scheme_str() == Some("https");
+            if https != t.tls.is_some() {
+                e.push(
+                    "tracing.tls",
+                    if https {
+                        "an https endpoint needs `tls` (at least `ca`: the collector's CA, or the system bundle such as /etc/ssl/certs/ca-certificates.crt)"
+                    } else {
+                        "`tls` needs an https endpoint"
+                    },
+                );
+            }
             let path = match (u.path_and_query().map(|p| p.as_str()), protocol) {
                 (None | Some("") | Some("/"), crate::trace::OtlpProtocol::Http) => {
                     "/v1/traces".to_string()
@@ -580,25 +594,18 @@ fn build_tracing(t: &TracingFile, e: &mut Errs) -> crate::trace::TracingSpec {
                 .authority()
                 .map(|a| a.as_str().to_string())
                 .unwrap_or_default();
-            let a = if u.port_u16().is_some() {
-                a
-            } else {
-                format!("{a}:80")
+            let a = match (u.port_u16(), https) {
+                (Some(_), _) => a,
+                (None, false) => format!("{a}:80"),
+                (None, true) => format!("{a}:443"),
             };
             (a, path)
-        }
-        Ok(u) if u.scheme_str() == Some("https") => {
-            e.push(
-                "tracing.endpoint",
-                "https is not supported: send to a collector on the node or in the pod over http",
-            );
-            (String::new(), String::new())
         }
         _ => {
             e.push(
                 "tracing.endpoint",
                 format!(
-                    "{:?} is not an http URL (e.g. \"http://127.0.0.1:4318/v1/traces\")",
+                    "{:?} is not an http or https URL (e.g. \"http://127.0.0.1:4318/v1/traces\")",
                     t.endpoint
                 ),
             );
@@ -624,9 +631,50 @@ fn build_tracing(t: &TracingFile, e: &mut Errs) -> crate::trace::TracingSpec {
     if service_name.is_empty() {
         e.push("tracing.service_name", "is empty");
     }
+    let tls = t.tls.as_ref().map(|tls| {
+        let spec = build_upstream_tls(tls, "tracing.tls", e);
+        // The files are read now, so a config that passes can export.
+        if let Err(err) = crate::tls::UpstreamTls::new(spec.clone(), Vec::new()) {
+            e.push("tracing.tls", err.to_string());
+        }
+        spec
+    });
+    let mut headers = Vec::new();
+    for (k, v) in t.headers.iter().flatten() {
+        let p = format!("tracing.headers.{k}");
+        match (
+            http::HeaderName::from_bytes(k.as_bytes()),
+            http::HeaderValue::from_str(v),
+        ) {
+            (Ok(n), Ok(_)) => {
+                // The request's own framing and protocol fields are sift's.
+                let own = matches!(
+                    n.as_str(),
+                    "host"
+                        | "content-type"
+                        | "content-length"
+                        | "te"
+                        | "connection"
+                        | "transfer-encoding"
+                        | "upgrade"
+                        | "keep-alive"
+                ) || n.as_str().starts_with("grpc-")
+                    || n.as_str().starts_with(':');
+                if own {
+                    e.push(p, "is set by sift for the export request");
+                } else {
+                    headers.push((n.as_str().to_string(), v.clone()));
+                }
+            }
+            (Err(_), _) => e.push(p, "is not a header name"),
+            (_, Err(_)) => e.push(p, "is not a header value (visible ASCII and spaces)"),
+        }
+    }
     crate::trace::TracingSpec {
         authority,
         path,
+        tls,
+        headers,
         protocol,
         service_name,
         sampling: sampling.clamp(0.0, 1.0),

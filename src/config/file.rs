@@ -699,11 +699,21 @@ pub struct RouteJwtFile {
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TracingFile {
-    /// The collector's OTLP/HTTP traces URL, plain http (e.g.
+    /// The collector's OTLP/HTTP traces URL (e.g.
     /// http://127.0.0.1:4318/v1/traces; the path defaults to /v1/traces),
     /// or with `protocol: grpc` its OTLP/gRPC address (http://127.0.0.1:4317,
-    /// no path).
+    /// no path). `https://` needs `tls`.
     pub endpoint: String,
+    /// TLS to the collector (an `https://` endpoint): `ca` (the CAs its
+    /// certificate must chain to; a vendor's collector: the system bundle,
+    /// e.g. /etc/ssl/certs/ca-certificates.crt), optional `server_name`,
+    /// client `cert` and `key`, `subject_alt_names`, as a cluster's `tls`.
+    #[serde(default)]
+    pub tls: Option<UpstreamTlsFile>,
+    /// Fields sent with every export (gRPC metadata with `grpc`): a
+    /// vendor's API key, a tenant. Values are redacted in `/config`.
+    #[serde(default)]
+    pub headers: Option<std::collections::BTreeMap<String, String>>,
     /// `http` (default: OTLP/HTTP, JSON) or `grpc` (OTLP/gRPC, protobuf).
     #[serde(default)]
     pub protocol: Option<OtlpProtocolFile>,
@@ -1303,7 +1313,7 @@ pub enum IdentityMatchFile {
     Prefix(String),
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTlsFile {
     /// PEM bundle of the CAs the upstream's certificate must chain to.
