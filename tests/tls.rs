@@ -1670,20 +1670,7 @@ async fn https_upstream(
     client_ca: &str,
     mode: sift::tls::MtlsMode,
 ) -> std::net::SocketAddr {
-    let spec = sift::tls::ListenerTlsSpec {
-        certificates: vec![sift::tls::CertSpec {
-            cert: write(dir, &format!("{tag}-up.pem"), &server.cert),
-            key: write(dir, &format!("{tag}-up.key"), &server.key),
-            server_names: vec![],
-        }],
-        mode,
-        ca: Some(write(dir, &format!("{tag}-up-clients.pem"), client_ca)),
-        crls: vec![],
-        alpn: vec!["http/1.1".into()],
-        tickets: false,
-        session_cache: 0,
-    };
-    let cfg = sift::tls::server_config(&spec).unwrap().config;
+    let cfg = test_server_tls(dir, tag, server, mode, Some(client_ca));
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
@@ -1959,6 +1946,31 @@ clusters:
     );
 }
 
+/// A test server's TLS (HTTP/1.1 by ALPN): `server`'s certificate, and
+/// client certificates from `client_ca` as `mode` says.
+fn test_server_tls(
+    dir: &TempDir,
+    tag: &str,
+    server: &Leaf,
+    mode: sift::tls::MtlsMode,
+    client_ca: Option<&str>,
+) -> Arc<rustls::ServerConfig> {
+    let spec = sift::tls::ListenerTlsSpec {
+        certificates: vec![sift::tls::CertSpec {
+            cert: write(dir, &format!("{tag}-up.pem"), &server.cert),
+            key: write(dir, &format!("{tag}-up.key"), &server.key),
+            server_names: vec![],
+        }],
+        mode,
+        ca: client_ca.map(|c| write(dir, &format!("{tag}-up-clients.pem"), c)),
+        crls: vec![],
+        alpn: vec!["http/1.1".into()],
+        tickets: false,
+        session_cache: 0,
+    };
+    sift::tls::server_config(&spec).unwrap().config
+}
+
 /// Traces reach a collector over TLS (an `https` endpoint, its CA given),
 /// with the configured fields (a vendor's API key) on every export; the
 /// connection is kept for the next export; `/config` shows the fields'
@@ -1976,20 +1988,7 @@ async fn traces_reach_a_collector_over_tls_with_headers() {
         false,
         Alg::Ecdsa,
     );
-    let spec = sift::tls::ListenerTlsSpec {
-        certificates: vec![sift::tls::CertSpec {
-            cert: write(&s.dir, "collector.pem", &server.cert),
-            key: write(&s.dir, "collector.key", &server.key),
-            server_names: vec![],
-        }],
-        mode: sift::tls::MtlsMode::Off,
-        ca: None,
-        crls: vec![],
-        alpn: vec!["http/1.1".into()],
-        tickets: false,
-        session_cache: 0,
-    };
-    let cfg = sift::tls::server_config(&spec).unwrap().config;
+    let cfg = test_server_tls(&s.dir, "collector", &server, sift::tls::MtlsMode::Off, None);
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     // (path, x-honeycomb-team, body) of each export, and the connections.
