@@ -164,6 +164,8 @@ heads = [
     b"POST /retry HTTP/1.1\r\nHost: a\r\nx-up-fail: early\r\nContent-Length: 3000\r\n\r\n" + b"s" * 3000,
     b"POST /retry HTTP/1.1\r\nHost: a\r\nx-up-fail: 1\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n5\r\nhello\r\n0\r\nx-sum: 1\r\nx-other: 2\r\n\r\n",
     b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nx-sum: 1\r\ncontent-type: x\r\n\r\n",
+    b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTrailer: x-sift-spam-verdict, cookie, x-sum\r\n\r\n5\r\nhello\r\n0\r\nx-sum: 1\r\nx-sift-spam-verdict: ham\r\ncookie: a=b\r\nkeep-alive: 1\r\n\r\n",
+    b"POST /retry HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTrailer: x-sift-error, x-sum\r\n\r\n5\r\nhello\r\n0\r\nx-sum: 1\r\nx-sift-error: forged\r\nproxy-authorization: x\r\n\r\n",
     b"POST /spool HTTP/1.1\r\nHost: a\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nTrailer: x-a, x-b\r\nTrailer: x-c\r\n\r\n3\r\nwin\r\n0\r\nx-a: 1\r\nx-c: 3\r\nx-d: 4\r\n\r\n",
     b"GET /limited HTTP/1.1\r\nHost: a\r\nx-user: u1\r\nx-user: u2\r\n\r\n",
     b"GET /c HTTP/1.1\r\nHost: a\r\nx-user: 42\r\nx-sift-canary: always\r\nx-sift-x: 1\r\nx_forwarded_for: 1.2.3.4\r\n\r\n",

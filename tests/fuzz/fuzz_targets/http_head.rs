@@ -728,20 +728,15 @@ struct Framing {
 }
 
 /// Fields no sender may put in trailers, which hyper never sends.
-const NOT_TRAILERS: [&str; 12] = [
-    "authorization",
-    "cache-control",
-    "content-encoding",
-    "content-length",
-    "content-range",
-    "content-type",
-    "host",
-    "max-forwards",
-    "set-cookie",
-    "trailer",
-    "transfer-encoding",
-    "te",
-];
+/// Trailer fields sift removes in both directions (`field::clean_trailers`):
+/// those no sender may send, hop-by-hop ones, and its own `x-sift-*`.
+fn not_trailer(name: &str) -> bool {
+    sift::field::NEVER_IN_TRAILERS
+        .iter()
+        .any(|n| n.as_str() == name)
+        || name.starts_with("x-sift-")
+        || matches!(name, "keep-alive" | "proxy-connection")
+}
 
 /// The first request of the input, when it is plainly framed: the body
 /// length the client sent (Content-Length, one line of digits,
@@ -1151,8 +1146,15 @@ fn check_trailers(r: &Record, sent: &Framing, ctx: &dyn Fn() -> String) {
         return;
     }
     let all = route == b"buffered";
+    for t in &r.trailers {
+        assert!(
+            !not_trailer(t),
+            "trailer {t:?} reached the upstream: {}",
+            ctx()
+        );
+    }
     for t in &sent.trailers {
-        if NOT_TRAILERS.contains(&t.as_str()) || !(all || sent.declared.contains(t)) {
+        if not_trailer(t) || !(all || sent.declared.contains(t)) {
             continue;
         }
         assert!(
