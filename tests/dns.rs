@@ -105,12 +105,11 @@ async fn strict_dns_balances_every_address_and_follows_the_name() {
     // The server stops answering: lookups fail, the last address serves.
     dns.silent.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(
-        eventually(Duration::from_secs(10), || async {
-            sift.metric("sift_dns_resolutions_total{cluster=\"app\",result=\"failure\"}")
-                .await
-                .unwrap_or(0.0)
-                >= 2.0
-        })
+        sift.metric_reaches(
+            "sift_dns_resolutions_total{cluster=\"app\",result=\"failure\"}",
+            2.0,
+            Duration::from_secs(10)
+        )
         .await
     );
     assert_eq!(names_of(&sift, 5).await, HashMap::from([("b".into(), 5)]));

@@ -140,12 +140,11 @@ async fn configmap_symlink_swap_is_picked_up_by_the_watcher() {
     std::fs::remove_file(sift.dir.path("sift.yaml")).unwrap();
     std::fs::rename(&tmp, sift.dir.path("sift.yaml")).unwrap();
     assert!(
-        eventually(Duration::from_secs(5), || async {
-            sift.metric(r#"sift_config_reloads_total{result="failure"}"#)
-                .await
-                .unwrap_or(0.0)
-                >= 1.0
-        })
+        sift.metric_reaches(
+            r#"sift_config_reloads_total{result="failure"}"#,
+            1.0,
+            Duration::from_secs(5)
+        )
         .await
     );
     assert_eq!(name(&sift).await, "b", "the old config keeps serving");

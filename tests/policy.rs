@@ -1447,12 +1447,11 @@ async fn grpc_health_checks_read_the_serving_status() {
         }
     };
     assert!(
-        eventually(Duration::from_secs(5), || async {
-            sift.metric(r#"sift_health_checks_total{cluster="svc",outcome="success"}"#)
-                .await
-                .unwrap_or(0.0)
-                >= 1.0
-        })
+        sift.metric_reaches(
+            r#"sift_health_checks_total{cluster="svc",outcome="success"}"#,
+            1.0,
+            Duration::from_secs(5)
+        )
         .await
     );
     assert_eq!(asked.lock().unwrap()[0], b"pkg.Orders");
@@ -2307,12 +2306,11 @@ async fn grpc_failures_in_trailers_eject_the_endpoint() {
         "{codes:?}"
     );
     assert!(
-        eventually(Duration::from_secs(3), || async {
-            sift.metric(r#"sift_outlier_ejections_total{cluster="app"}"#)
-                .await
-                .unwrap_or(0.0)
-                >= 1.0
-        })
+        sift.metric_reaches(
+            r#"sift_outlier_ejections_total{cluster="app"}"#,
+            1.0,
+            Duration::from_secs(3)
+        )
         .await,
         "the failing endpoint is ejected"
     );

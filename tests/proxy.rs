@@ -218,12 +218,11 @@ clusters:
     let raw = raw_exchange(sift.addr(), b"NOT HTTP AT ALL\r\n\r\n").await;
     assert!(raw.starts_with("HTTP/1.1 400"), "{raw}");
     assert!(
-        eventually(Duration::from_secs(2), || async {
-            sift.metric(r#"sift_downstream_protocol_errors_total{listener="main"}"#)
-                .await
-                .unwrap_or(0.0)
-                >= 1.0
-        })
+        sift.metric_reaches(
+            r#"sift_downstream_protocol_errors_total{listener="main"}"#,
+            1.0,
+            Duration::from_secs(2)
+        )
         .await
     );
     for (kind, n) in [
@@ -3284,13 +3283,13 @@ clusters:
         "upstream-connect-failure"
     );
     // Counted when the collector's answer is read, after it has the batch.
-    let exported = eventually(Duration::from_secs(5), || async {
-        sift.metric(r#"sift_trace_spans_total{result="exported"}"#)
-            .await
-            == Some(3.0)
-    })
-    .await;
-    assert!(exported, "three spans counted exported");
+    let exported = r#"sift_trace_spans_total{result="exported"}"#;
+    assert!(
+        sift.metric_reaches(exported, 3.0, Duration::from_secs(5))
+            .await,
+        "three spans counted exported"
+    );
+    assert_eq!(sift.metric(exported).await, Some(3.0));
     // The access log carries the trace id.
     let logged = eventually(Duration::from_secs(2), || async {
         sift.log_lines()
@@ -3325,13 +3324,13 @@ clusters:
             .status(),
         200
     );
-    let failed = eventually(Duration::from_secs(5), || async {
-        down.metric(r#"sift_trace_spans_total{result="failed"}"#)
-            .await
-            .unwrap_or(0.0)
-            >= 1.0
-    })
-    .await;
+    let failed = down
+        .metric_reaches(
+            r#"sift_trace_spans_total{result="failed"}"#,
+            1.0,
+            Duration::from_secs(5),
+        )
+        .await;
     assert!(failed);
 
     for (bad, path) in [
@@ -3561,24 +3560,24 @@ clusters:
         ))
     );
     // Counted when the collector's answer is read, after it has the batch.
-    let exported = eventually(Duration::from_secs(5), || async {
-        sift.metric(r#"sift_trace_spans_total{result="exported"}"#)
-            .await
-            == Some(2.0)
-    })
-    .await;
-    assert!(exported, "two spans counted exported");
+    let exported = r#"sift_trace_spans_total{result="exported"}"#;
+    assert!(
+        sift.metric_reaches(exported, 2.0, Duration::from_secs(5))
+            .await,
+        "two spans counted exported"
+    );
+    assert_eq!(sift.metric(exported).await, Some(2.0));
 
     // grpc-status 14 (UNAVAILABLE) in the answer's trailers: failed.
     refuse.store(true, std::sync::atomic::Ordering::SeqCst);
     send(Request::get(sift.url("/c")).body(body::empty()).unwrap()).await;
-    let failed = eventually(Duration::from_secs(5), || async {
-        sift.metric(r#"sift_trace_spans_total{result="failed"}"#)
-            .await
-            .unwrap_or(0.0)
-            >= 1.0
-    })
-    .await;
+    let failed = sift
+        .metric_reaches(
+            r#"sift_trace_spans_total{result="failed"}"#,
+            1.0,
+            Duration::from_secs(5),
+        )
+        .await;
     assert!(failed);
     assert_eq!(spans(&got).len(), 3, "the failed batch did reach it");
 
@@ -4028,13 +4027,13 @@ clusters:
     assert_eq!(status(token(&old, "old")).await, 200);
     // A broken file: refused like a bad config, the keys in force stay.
     std::fs::write(&jwks_path, "{ not json").unwrap();
-    let rejected = eventually(Duration::from_secs(5), || async {
-        sift.metric(r#"sift_config_reloads_total{result="failure"}"#)
-            .await
-            .unwrap_or(0.0)
-            >= 1.0
-    })
-    .await;
+    let rejected = sift
+        .metric_reaches(
+            r#"sift_config_reloads_total{result="failure"}"#,
+            1.0,
+            Duration::from_secs(5),
+        )
+        .await;
     assert!(rejected, "the broken JWKS is reported");
     assert_eq!(status(token(&new, "new")).await, 200);
     let (code, body) = post_text(&sift.admin_url("/reload")).await;
@@ -4759,12 +4758,11 @@ clusters:
     // A reload to sample 0: ordinary requests are no longer logged.
     sift.write_config(&cfg("0"));
     assert!(
-        eventually(Duration::from_secs(5), || async {
-            sift.metric(r#"sift_config_reloads_total{result="success"}"#)
-                .await
-                .unwrap_or(0.0)
-                >= 1.0
-        })
+        sift.metric_reaches(
+            r#"sift_config_reloads_total{result="success"}"#,
+            1.0,
+            Duration::from_secs(5)
+        )
         .await
     );
     for _ in 0..50 {

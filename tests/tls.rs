@@ -630,12 +630,11 @@ async fn certificates_rotate_while_requests_run_and_broken_files_are_rejected() 
     .unwrap();
     std::fs::rename(s.dir.path("bad.pem"), &s.server_cert).unwrap();
     assert!(
-        eventually(Duration::from_secs(5), || async {
-            sift.metric(r#"sift_tls_reloads_total{listener="main",result="failure"}"#)
-                .await
-                .unwrap_or(0.0)
-                >= 1.0
-        })
+        sift.metric_reaches(
+            r#"sift_tls_reloads_total{listener="main",result="failure"}"#,
+            1.0,
+            Duration::from_secs(5)
+        )
         .await
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -2083,13 +2082,11 @@ clusters:
     let sift = Sift::start(&config(&other.display().to_string()));
     let (code, _) = get_text(&sift.url("/three")).await;
     assert_eq!(code, 200);
-    let failed = eventually(Duration::from_secs(5), || async {
-        sift.metric(r#"sift_trace_spans_total{result="failed"}"#)
-            .await
-            .unwrap_or(0.0)
-            >= 1.0
-    })
-    .await;
-    assert!(failed, "the span is counted failed");
+    let failed = r#"sift_trace_spans_total{result="failed"}"#;
+    assert!(
+        sift.metric_reaches(failed, 1.0, Duration::from_secs(5))
+            .await,
+        "the span is counted failed"
+    );
     assert_eq!(got.lock().unwrap().len(), before);
 }

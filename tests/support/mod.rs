@@ -214,6 +214,15 @@ impl Sift {
         let text = get_text(&self.admin_url("/metrics")).await.1;
         metric_value(&text, sample)
     }
+
+    /// Whether `sample` reaches `at_least` within `within` (a count sift
+    /// updates off the request path: an export, a fetch, a reload).
+    pub async fn metric_reaches(&self, sample: &str, at_least: f64, within: Duration) -> bool {
+        eventually(within, || async {
+            self.metric(sample).await.unwrap_or(0.0) >= at_least
+        })
+        .await
+    }
 }
 
 impl Drop for Sift {
