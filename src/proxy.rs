@@ -670,7 +670,7 @@ async fn proxy(
     // start (policies take time as a parameter).
     let mut now = clock.at(out.start);
 
-    let admitted = rate_limit(snap, listener, conn, route, &req, now)?;
+    let admitted = rate_limit(snap, (listener_index, listener), conn, route, &req, now)?;
     // Redis is asked only when a global policy applies.
     let ratelimit_headers = if admitted.globals.is_empty() {
         admitted.headers()
@@ -3137,7 +3137,7 @@ impl Admitted<'_> {
 /// hashed in place.
 pub(crate) fn rate_limit<'s, B>(
     snap: &'s Snapshot,
-    listener: &ListenerSpec,
+    (listener_index, listener): (usize, &ListenerSpec),
     conn: &ConnInfo,
     route: &'s crate::snapshot::Route,
     req: &Request<B>,
@@ -3149,8 +3149,8 @@ pub(crate) fn rate_limit<'s, B>(
         taken: Vec::new(),
     };
     let listener_limits = snap
-        .listener_at(conn.listener_index, &conn.listener)
-        .and_then(|(i, _)| snap.listener_limits.get(i))
+        .listener_limits
+        .get(listener_index)
         .map_or(&[][..], |v| v.as_slice());
     if listener_limits.is_empty() && route.limits.is_empty() {
         return Ok(out);

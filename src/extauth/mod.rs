@@ -140,7 +140,7 @@ async fn head<'s>(
     matched: &mut Option<&'s Route>,
     origin: &mut Option<HeaderValue>,
 ) -> Result<Head<'s>, Stop> {
-    let (_, listener) = snap
+    let (listener_index, listener) = snap
         .listener_at(conn.listener_index, &conn.listener)
         .ok_or_else(|| ProxyError::ListenerRemoved(conn.listener.to_string()))?;
     let mut allowed = Allowed::default();
@@ -219,7 +219,8 @@ async fn head<'s>(
         }
     }
     let now = shared.clock.now();
-    let admitted = crate::proxy::rate_limit(snap, listener, conn, route, req, now)?;
+    let admitted =
+        crate::proxy::rate_limit(snap, (listener_index, listener), conn, route, req, now)?;
     if let Some(hs) = crate::proxy::rate_limit_global(snap, route, admitted).await? {
         allowed.response.extend(hs);
     }
