@@ -156,6 +156,43 @@ pub fn certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> 
     Ok(ck)
 }
 
+/// Where the operating system keeps its CA bundle, in the order Go's
+/// crypto/x509 looks (Debian, Ubuntu, distroless, Arch; Fedora, RHEL;
+/// OpenSUSE; RHEL 7; Alpine).
+pub const SYSTEM_CA_FILES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+];
+
+/// The system's CA bundle for `ca: system`: `$SSL_CERT_FILE` when set (as
+/// OpenSSL and Go read it), else the first of [`SYSTEM_CA_FILES`] that
+/// exists.
+pub fn system_ca_bundle() -> Result<PathBuf, String> {
+    system_ca_bundle_from(std::env::var_os("SSL_CERT_FILE"), SYSTEM_CA_FILES)
+}
+
+fn system_ca_bundle_from(
+    env: Option<std::ffi::OsString>,
+    files: &[&str],
+) -> Result<PathBuf, String> {
+    if let Some(f) = env.filter(|f| !f.is_empty()) {
+        return Ok(PathBuf::from(f));
+    }
+    files
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            format!(
+                "no system CA bundle: SSL_CERT_FILE is not set and none of {} exists (install the ca-certificates package, set SSL_CERT_FILE, or give the bundle's path)",
+                files.join(", ")
+            )
+        })
+}
+
 fn root_store(path: &Path) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     for c in load_certs(path)? {
@@ -849,6 +886,33 @@ impl rustls::client::danger::ServerCertVerifier for SanVerifier {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn system_ca_bundle_is_ssl_cert_file_or_the_first_that_exists() {
+        let dir = std::env::temp_dir().join(format!("sift-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let second = dir.join("second.pem");
+        std::fs::write(&second, "x").unwrap();
+        let missing = dir.join("missing.pem");
+        let files = [missing.to_str().unwrap(), second.to_str().unwrap()];
+        assert_eq!(super::system_ca_bundle_from(None, &files).unwrap(), second);
+        assert_eq!(
+            super::system_ca_bundle_from(Some("/x/env.pem".into()), &files).unwrap(),
+            std::path::PathBuf::from("/x/env.pem"),
+            "SSL_CERT_FILE wins"
+        );
+        assert_eq!(
+            super::system_ca_bundle_from(Some("".into()), &files).unwrap(),
+            second,
+            "an empty SSL_CERT_FILE is unset"
+        );
+        let err = super::system_ca_bundle_from(None, &files[..1]).unwrap_err();
+        assert!(
+            err.contains("no system CA bundle") && err.contains("missing.pem"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     use super::*;
 
     #[test]

@@ -2090,3 +2090,76 @@ clusters:
     );
     assert_eq!(got.lock().unwrap().len(), before);
 }
+
+/// `ca: system` trusts the operating system's CA bundle, found where
+/// OpenSSL and Go find it: `$SSL_CERT_FILE` first (here a generated CA, so
+/// the test needs no public CA), else /etc/ssl/certs/ca-certificates.crt
+/// and the other usual files (unit-tested in src/tls.rs). A bundle that
+/// does not hold the upstream's CA fails the handshake, and one that
+/// cannot be read is a config error naming it.
+#[tokio::test(flavor = "multi_thread")]
+async fn system_ca_bundle_is_trusted_with_ca_system() {
+    let s = setup();
+    let server = leaf(&s.ca, &["localhost"], None, "up", true, false, Alg::Ecdsa);
+    let up = https_upstream(
+        &s.dir,
+        "sys",
+        &server,
+        &s.ca.pem,
+        sift::tls::MtlsMode::Optional,
+    )
+    .await;
+    let other = write(&s.dir, "other-ca.pem", &s.other_ca.pem);
+    let cfg = format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+routes: [{{ name: all, cluster: app }}]
+clusters:
+  - name: app
+    endpoints: ["{up}"]
+    tls: {{ ca: system, server_name: localhost }}
+"#
+    );
+    let start = |bundle: &std::path::Path| {
+        let dir = TempDir::new();
+        let path = dir.path("sift.yaml");
+        std::fs::write(&path, &cfg).unwrap();
+        Sift::start_env(dir, path, &[], &[("SSL_CERT_FILE", bundle.as_os_str())])
+            .expect("sift starts")
+    };
+    let trusted = start(&s.dir.path("ca.pem"));
+    let (status, body) = get_text(&trusted.url("/")).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "anonymous"),
+        "the bundle holds the CA"
+    );
+    drop(trusted);
+
+    let untrusted = start(&other);
+    let r = send(
+        Request::get(untrusted.url("/"))
+            .body(body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status(), 502, "a bundle without the upstream's CA");
+    assert_eq!(r.headers()["x-sift-error"], "upstream-connect-failure");
+    drop(untrusted);
+
+    let path = write(&s.dir, "sys.yaml", &cfg);
+    let missing = s.dir.path("no-such-bundle.pem");
+    let out = std::process::Command::new(sift_bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .env("SSL_CERT_FILE", &missing)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("clusters[0].tls") && err.contains("no-such-bundle.pem"),
+        "the unreadable bundle is named: {err}"
+    );
+}

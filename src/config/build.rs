@@ -566,7 +566,7 @@ fn build_tracing(t: &TracingFile, e: &mut Errs) -> crate::trace::TracingSpec {
                 e.push(
                     "tracing.tls",
                     if https {
-                        "an https endpoint needs `tls` (at least `ca`: the collector's CA, or the system bundle such as /etc/ssl/certs/ca-certificates.crt)"
+                        "an https endpoint needs `tls` (at least `ca`: the collector's CA, or `system` for the system's bundle)"
                     } else {
                         "`tls` needs an https endpoint"
                     },
@@ -3356,8 +3356,16 @@ fn build_upstream_tls(t: &UpstreamTlsFile, p: &str, e: &mut Errs) -> crate::tls:
             );
         }
     }
+    let ca = if t.ca == "system" {
+        crate::tls::system_ca_bundle().unwrap_or_else(|err| {
+            e.push(format!("{p}.ca"), err);
+            std::path::PathBuf::new()
+        })
+    } else {
+        t.ca.clone().into()
+    };
     crate::tls::UpstreamTlsSpec {
-        ca: t.ca.clone().into(),
+        ca,
         server_name: t.server_name.clone(),
         cert: t.cert.clone().map(Into::into),
         key: t.key.clone().map(Into::into),

@@ -705,8 +705,8 @@ pub struct TracingFile {
     /// no path). `https://` needs `tls`.
     pub endpoint: String,
     /// TLS to the collector (an `https://` endpoint): `ca` (the CAs its
-    /// certificate must chain to; a vendor's collector: the system bundle,
-    /// e.g. /etc/ssl/certs/ca-certificates.crt), optional `server_name`,
+    /// certificate must chain to; a vendor's collector: `system`, the
+    /// system's bundle), optional `server_name`,
     /// client `cert` and `key`, `subject_alt_names`, as a cluster's `tls`.
     #[serde(default)]
     pub tls: Option<UpstreamTlsFile>,
@@ -1316,7 +1316,9 @@ pub enum IdentityMatchFile {
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTlsFile {
-    /// PEM bundle of the CAs the upstream's certificate must chain to.
+    /// PEM bundle of the CAs the upstream's certificate must chain to, or
+    /// `system`: the operating system's bundle ($SSL_CERT_FILE, else
+    /// /etc/ssl/certs/ca-certificates.crt and the other usual places).
     pub ca: String,
     /// SNI and the name the upstream certificate must carry (default: the endpoint host).
     #[serde(default)]

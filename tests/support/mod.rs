@@ -84,10 +84,21 @@ impl Sift {
 
     /// [`Sift::start_at`] with more arguments to `sift run`.
     pub fn start_with(dir: TempDir, config_path: PathBuf, args: &[&str]) -> Result<Sift, String> {
+        Self::start_env(dir, config_path, args, &[])
+    }
+
+    /// [`Sift::start_with`] with environment variables for sift.
+    pub fn start_env(
+        dir: TempDir,
+        config_path: PathBuf,
+        args: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Result<Sift, String> {
         let mut child = Command::new(sift_bin())
             .args(["run", "--config"])
             .arg(&config_path)
             .args(args)
+            .envs(env.iter().copied())
             // The config's log.level decides (RUST_LOG would replace it).
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
