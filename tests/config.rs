@@ -22,6 +22,46 @@ fn every_example_config_is_valid() {
     );
 }
 
+/// The lines indented under the first line for which `starts` holds, with
+/// that indentation removed: a YAML block embedded in another file.
+fn embedded_block(text: &str, starts: impl Fn(&str) -> bool) -> String {
+    let mut lines = text.lines().skip_while(|l| !starts(l));
+    let head = lines.next().expect("the block's first line");
+    let outer = head.len() - head.trim_start().len();
+    let body: Vec<&str> = lines
+        .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() > outer)
+        .collect();
+    let indent = body
+        .iter()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.len() - l.trim_start().len())
+        .min()
+        .expect("a non-empty block");
+    body.iter()
+        .map(|l| l.get(indent..).unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The Helm chart's default `config` value and the sidecar ConfigMap in
+/// helm/sift/README.md are sift configs too: they must load.
+#[test]
+fn the_helm_chart_configs_are_valid() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("helm/sift");
+    let values = std::fs::read_to_string(root.join("values.yaml")).unwrap();
+    let config = embedded_block(&values, |l| l == "config:");
+    assert!(config.contains("listeners:"), "{config}");
+    let c = sift::config::load_str(&config).unwrap_or_else(|e| panic!("values.yaml config: {e}"));
+    assert_eq!(c.listeners.len(), 1);
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let sidecar = embedded_block(&readme, |l| l.trim() == "sift.yaml: |");
+    assert!(sidecar.contains("127.0.0.1:3000"), "{sidecar}");
+    sift::config::load_str(&sidecar).unwrap_or_else(|e| panic!("README sidecar config: {e}"));
+    // The extraction is not vacuous: a broken value fails.
+    let broken = config.replace("workers: 2", "workers: two");
+    assert!(sift::config::load_str(&broken).is_err());
+}
+
 #[test]
 fn the_demo_config_is_valid() {
     sift::config::load_str(sift::demo::CONFIG).expect("demo config");
