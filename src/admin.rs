@@ -61,6 +61,7 @@ sift admin endpoints:
   GET  /logging                    the log filter in force
   POST /logging?level=LEVEL        set the log level (error, warn, info, debug, trace, off) now
   POST /logging?filter=DIRECTIVES  set the log filter (RUST_LOG syntax: info,sift::proxy=debug)
+  POST /reopen_logs                reopen the access log file (after logrotate moved it; also SIGUSR1)
   GET  /filters                    the filters and their models
   GET  /cache                      routes' caches: entries, bytes, limits
   POST /cache/purge?route=R&prefix=/p  drop cached answers (every route, every path by default)
@@ -307,6 +308,23 @@ async fn route(
             None => text(StatusCode::NOT_FOUND, "sift did not install the logger\n"),
         },
         (&Method::POST, "/logging") => logging(req.uri().query()),
+        (&Method::POST, "/reopen_logs") => match crate::logging::reopen_access_log() {
+            Ok(Some(p)) => {
+                tracing::info!(path = %p.display(), trigger = "admin", "access log reopened");
+                json_response(
+                    StatusCode::OK,
+                    json!({ "reopened": p.display().to_string() }),
+                )
+            }
+            Ok(None) => json_response(
+                StatusCode::OK,
+                json!({ "reopened": null, "note": "access-log lines go to stdout: no file to reopen" }),
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, trigger = "admin", "access log not reopened; the old file stays in use");
+                json_response(StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": e }))
+            }
+        },
         (&Method::POST, "/healthcheck/fail") => {
             shared.failing.store(true, Ordering::Release);
             tracing::warn!("readiness set to fail by POST /healthcheck/fail; still serving");
@@ -329,7 +347,7 @@ async fn route(
             _,
             "/" | "/healthz" | "/readyz" | "/metrics" | "/config" | "/clusters" | "/reload"
             | "/healthcheck/fail" | "/healthcheck/ok" | "/logging" | "/cache" | "/cache/purge"
-            | "/quitquitquit" | "/shutdown",
+            | "/quitquitquit" | "/shutdown" | "/reopen_logs",
         ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         _ => text(StatusCode::NOT_FOUND, &format!("not found\n{INDEX}")),
     }

@@ -48,7 +48,8 @@ pub enum AppError {
 pub fn run(opts: Options) -> Result<(), AppError> {
     let text = opts.source.read().map_err(AppError::Config)?;
     let config = config::load_str(&text).map_err(AppError::Config)?;
-    let _log_guard = logging::init(&config.log);
+    let _log_guards =
+        logging::init(&config.log).map_err(|e| AppError::Io(std::io::Error::other(e)))?;
     let rt = match config.workers {
         Some(1) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -277,11 +278,16 @@ fn spawn_admin_thread(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    // SIGHUP's default action ends the process: the handler is installed
-    // before this returns, so a reload signal is never fatal once ready.
-    let hup = {
+    // SIGHUP's and SIGUSR1's default action ends the process: the handlers
+    // are installed before this returns, so a reload or reopen signal is
+    // never fatal once ready.
+    let (hup, usr1) = {
+        use tokio::signal::unix::{SignalKind, signal};
         let _ctx = rt.enter();
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?
+        (
+            signal(SignalKind::hangup())?,
+            signal(SignalKind::user_defined1())?,
+        )
     };
     std::thread::Builder::new()
         .name("sift-admin".into())
@@ -301,6 +307,7 @@ fn spawn_admin_thread(
                 tokio::spawn(reloader.clone().watch());
                 tokio::spawn(crate::dns::refresh_loop(shared.clone(), reloader.clone()));
                 tokio::spawn(crate::reload::on_sighup(reloader.clone(), hup));
+                tokio::spawn(crate::reload::on_sigusr1(usr1));
                 tokio::spawn(crate::admin::canary_controller(shared.clone()));
                 tokio::spawn(crate::admin::tls_watcher(shared.clone()));
                 tokio::spawn(crate::admin::filter_watcher(shared.clone()));

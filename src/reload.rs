@@ -141,6 +141,20 @@ impl Reloader {
         )
         .map_err(|e| config::with_lines(&text, e))?;
         let generation = snap.generation;
+        // Another access log file: opened before anything is published,
+        // so one that cannot be opened rejects the reload.
+        if let Some(p) = &snap.config.log.access_log_path {
+            crate::logging::move_access_log(p).map_err(|message| {
+                config::with_lines(
+                    &text,
+                    vec![ConfigError {
+                        path: "log.access_log_path".into(),
+                        line: None,
+                        message,
+                    }],
+                )
+            })?;
+        }
         let level = (snap.config.log.level != current.config.log.level)
             .then(|| snap.config.log.level.clone());
         snap.start_background();
@@ -299,6 +313,13 @@ fn restart_only_changes(
     }
     // access_log is read per request and level is set in place; the
     // format is the installed logger's.
+    if old.log.access_log_path.is_some() != new.log.access_log_path.is_some() {
+        errs.push(ConfigError {
+            path: "log.access_log_path".into(),
+            line: None,
+            message: "log.access_log_path was added or removed (access-log lines between stdout and a file): this needs a restart; another path is applied by a reload".into(),
+        });
+    }
     if old.log.format != new.log.format {
         errs.push(ConfigError {
             path: "log.format".into(),
@@ -376,6 +397,26 @@ fn unix_now() -> i64 {
 }
 
 /// Reload on SIGHUP until the process ends.
+/// SIGUSR1 reopens the access log file, as nginx's `reopen` signal does.
+pub async fn on_sigusr1(mut usr1: tokio::signal::unix::Signal) {
+    while usr1.recv().await.is_some() {
+        match crate::logging::reopen_access_log() {
+            Ok(Some(p)) => {
+                tracing::info!(path = %p.display(), trigger = "sigusr1", "access log reopened")
+            }
+            Ok(None) => tracing::info!(
+                trigger = "sigusr1",
+                "access-log lines go to stdout: no file to reopen"
+            ),
+            Err(e) => tracing::error!(
+                error = %e,
+                trigger = "sigusr1",
+                "access log not reopened; the old file stays in use"
+            ),
+        }
+    }
+}
+
 pub async fn on_sighup(reloader: Arc<Reloader>, mut hup: tokio::signal::unix::Signal) {
     while hup.recv().await.is_some() {
         let r = reloader.clone();

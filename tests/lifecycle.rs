@@ -1231,3 +1231,128 @@ fn check_reports_the_held_body_bound() {
         "{s}"
     );
 }
+
+/// Access-log lines in their own file (`log.access_log_path`), as nginx's
+/// `access_log` and Envoy's file access log write them: the other lines stay
+/// on stdout; after logrotate moves the file, SIGUSR1 (nginx's `reopen`) or
+/// `POST /reopen_logs` (Envoy's) opens a new one at the path; a reload may
+/// name another path (opened before the config is published: one that
+/// cannot be opened rejects the reload), but moving the lines between stdout
+/// and a file needs a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn access_log_file_is_reopened_after_rotation_and_moved_by_reload() {
+    let up = Upstream::echo("app").await;
+    let logs = TempDir::new();
+    let main = logs.path("access.log");
+    let with_path = |p: &std::path::Path| {
+        simple_config(up.addr, "").replace(
+            "log: { format: json, level: info }",
+            &format!(
+                "log: {{ format: json, level: info, access_log_path: \"{}\" }}\nreload: {{ watch: false }}",
+                p.display()
+            ),
+        )
+    };
+    let sift = Sift::start(&with_path(&main));
+    let get = |path: &'static str| {
+        let url = sift.url(path);
+        async move {
+            let r = send(Request::get(url).body(body::empty()).unwrap()).await;
+            assert_eq!(r.status(), 200, "{path}");
+        }
+    };
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+    let has = |p: std::path::PathBuf, needle: &'static str| async move {
+        eventually(Duration::from_secs(5), || {
+            let p = p.clone();
+            async move { std::fs::read_to_string(&p).is_ok_and(|t| t.contains(needle)) }
+        })
+        .await
+    };
+    get("/one").await;
+    assert!(
+        has(main.clone(), "\"path\":\"/one\"").await,
+        "{}",
+        read(&main)
+    );
+    let line = read(&main);
+    let v: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+    assert_eq!(v["target"], "sift::access", "{line}");
+    assert_eq!(v["status"], 200, "{line}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&main).unwrap().permissions().mode() & 0o777,
+        0o640
+    );
+    let stdout = sift.log_lines().join("\n");
+    assert!(
+        stdout.contains("sift ready") && !stdout.contains("sift::access"),
+        "only the other lines on stdout: {stdout}"
+    );
+
+    // logrotate: move the file; lines keep going to the moved file until
+    // SIGUSR1, then to a new file at the path.
+    let rotated = logs.path("access.log.1");
+    std::fs::rename(&main, &rotated).unwrap();
+    get("/two").await;
+    assert!(has(rotated.clone(), "\"path\":\"/two\"").await);
+    sift.signal("USR1");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            sift.log_lines()
+                .iter()
+                .any(|l| l.contains("access log reopened") && l.contains("sigusr1"))
+        })
+        .await
+    );
+    get("/three").await;
+    assert!(has(main.clone(), "\"path\":\"/three\"").await);
+    assert!(!read(&main).contains("/two") && !read(&rotated).contains("/three"));
+
+    // The same by the admin API.
+    std::fs::rename(&main, logs.path("access.log.2")).unwrap();
+    let (status, body) = post_text(&sift.admin_url("/reopen_logs")).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(&*main.to_string_lossy()), "{body}");
+    get("/four").await;
+    assert!(has(main.clone(), "\"path\":\"/four\"").await);
+
+    // A reload moves the lines to another file.
+    let other = logs.path("other.log");
+    sift.write_config(&with_path(&other));
+    let (status, body) = post_text(&sift.admin_url("/reload")).await;
+    assert_eq!(status, 200, "{body}");
+    get("/five").await;
+    assert!(has(other.clone(), "\"path\":\"/five\"").await);
+    assert!(!read(&main).contains("/five"));
+
+    // Rejected, the old file still written: a directory that does not
+    // exist, a file that cannot be opened, and back to stdout.
+    let missing = logs.path("no-such-dir/access.log");
+    let unopenable = std::path::PathBuf::from("/proc/sift-access.log");
+    for (cfg, says) in [
+        (with_path(&missing), "does not exist"),
+        (with_path(&unopenable), "cannot open the access log"),
+        (simple_config(up.addr, ""), "needs a restart"),
+    ] {
+        sift.write_config(&cfg);
+        let (status, body) = post_text(&sift.admin_url("/reload")).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(
+            body.contains("log.access_log_path") && body.contains(says),
+            "{says}: {body}"
+        );
+    }
+    get("/six").await;
+    assert!(has(other.clone(), "\"path\":\"/six\"").await);
+
+    // At start, a directory that does not exist is a config error.
+    let path = logs.path("bad.yaml");
+    std::fs::write(&path, with_path(&missing)).unwrap();
+    let (code, err) = sift_with_config("check", &path);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("log.access_log_path") && err.contains("does not exist"),
+        "{err}"
+    );
+}

@@ -743,10 +743,32 @@ fn build_log(l: Option<&LogFile>, e: &mut Errs) -> LogConfig {
             skip_paths: f.skip_paths.clone().unwrap_or_default(),
         })
     });
+    let access_log_path = l.access_log_path.as_ref().map(|p| {
+        let path = std::path::PathBuf::from(p);
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        if p.is_empty() || p.ends_with('/') {
+            e.push("log.access_log_path", format!("{p:?} is not a file path"));
+        } else if path.is_dir() {
+            e.push("log.access_log_path", format!("{p} is a directory"));
+        } else if !dir.is_dir() {
+            e.push(
+                "log.access_log_path",
+                format!(
+                    "the directory {} of {p} does not exist (sift does not create it)",
+                    dir.display()
+                ),
+            );
+        }
+        path
+    });
     LogConfig {
         format: l.format.unwrap_or_default(),
         level,
         access_log: l.access_log.unwrap_or(true),
+        access_log_path,
         access_log_filter,
     }
 }

@@ -1001,6 +1001,11 @@ pub struct LogFile {
     /// Emit one access-log line per request (default true).
     #[serde(default)]
     pub access_log: Option<bool>,
+    /// Write access-log lines to this file (appended; created mode 0640)
+    /// instead of stdout; the other lines stay on stdout. Reopened on
+    /// SIGUSR1 and `POST /reopen_logs` (after logrotate moved it).
+    #[serde(default)]
+    pub access_log_path: Option<String>,
     /// Which requests get an access-log line (default: all): errors and
     /// slow ones always, a sample of the rest, none for skipped paths.
     #[serde(default)]

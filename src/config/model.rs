@@ -232,6 +232,8 @@ pub struct LogConfig {
     pub format: LogFormat,
     pub level: String,
     pub access_log: bool,
+    /// Access-log lines to this file instead of stdout.
+    pub access_log_path: Option<std::path::PathBuf>,
     #[serde(serialize_with = "ser_arc_filter")]
     pub access_log_filter: Option<std::sync::Arc<AccessLogFilter>>,
 }
