@@ -127,8 +127,13 @@ struct Outcome {
 
 struct LogFields {
     remote: SocketAddr,
+    /// The client's address from trusted `X-Forwarded-For` hops (the
+    /// listener's `forwarded` trust); `None`: the peer's IP.
+    client_ip: Option<String>,
     method: Method,
     path: String,
+    /// The query as sent, secret-looking parameters' values redacted.
+    query: Option<String>,
     host: String,
     version: Version,
     request_id: HeaderValue,
@@ -150,6 +155,67 @@ struct LogFields {
     body: Option<Arc<BodyState>>,
     tls_version: Option<&'static str>,
     sni: Option<Arc<str>>,
+}
+
+impl LogFields {
+    /// The client's IP: from trusted forwarded hops, else the peer's.
+    fn client_ip(&self) -> String {
+        self.client_ip
+            .clone()
+            .unwrap_or_else(|| self.remote.ip().to_string())
+    }
+}
+
+/// A query for the access log and spans: each parameter as sent, but the
+/// value of one whose name looks secret (`access_token`, `api_key`,
+/// `X-Amz-Signature`, `password`, an OAuth `code`, ...) is `[redacted]`,
+/// as `/config` redacts secret-looking keys.
+fn redact_query(q: &str) -> String {
+    const CONTAINS: &[&str] = &[
+        "key",
+        "secret",
+        "password",
+        "passwd",
+        "token",
+        "auth",
+        "credential",
+        "signature",
+        "session",
+        "jwt",
+        "cookie",
+    ];
+    const EXACT: &[&str] = &["sig", "code", "pass", "pwd", "pw"];
+    let secret = |name: &str| {
+        let name = crate::snapshot::query_decode(name);
+        let name = String::from_utf8_lossy(&name).to_ascii_lowercase();
+        CONTAINS.iter().any(|w| name.contains(w)) || EXACT.contains(&name.as_str())
+    };
+    let mut out = String::with_capacity(q.len());
+    for (i, pair) in q.split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        match pair.split_once('=') {
+            Some((name, value)) if !value.is_empty() && secret(name) => {
+                out.push_str(name);
+                out.push_str("=[redacted]");
+            }
+            _ => out.push_str(pair),
+        }
+    }
+    out
+}
+
+/// [`LogFields::client_ip`] for the access log, written without a copy.
+struct ClientIp<'a>(&'a LogFields);
+
+impl std::fmt::Display for ClientIp<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0.client_ip {
+            Some(ip) => f.write_str(ip),
+            None => self.0.remote.ip().fmt(f),
+        }
+    }
 }
 
 /// A request's trace context and where its span goes.
@@ -237,12 +303,12 @@ impl Outcome {
         completed: bool,
     ) -> crate::trace::Span {
         use crate::trace::Attr;
-        let mut attributes: Vec<(&'static str, Attr)> = Vec::with_capacity(14);
+        let mut attributes: Vec<(&'static str, Attr)> = Vec::with_capacity(15);
         attributes.extend([
             ("http.request.method", Attr::from(log.method.as_str())),
             ("url.path", Attr::from(log.path.as_str())),
             ("server.address", Attr::from(log.host.as_str())),
-            ("client.address", Attr::from(log.remote.ip().to_string())),
+            ("client.address", Attr::from(log.client_ip())),
             (
                 "network.protocol.version",
                 Attr::from(match log.version {
@@ -260,6 +326,9 @@ impl Outcome {
                 Attr::from(String::from_utf8_lossy(log.request_id.as_bytes()).into_owned()),
             ),
         ]);
+        if let Some(q) = &log.query {
+            attributes.push(("url.query", Attr::from(q.as_str())));
+        }
         if let Some(e) = &log.endpoint {
             attributes.push(("sift.endpoint", Attr::from(e.as_str())));
         }
@@ -360,9 +429,11 @@ impl Outcome {
             trace_id = trace_id.as_deref().unwrap_or("-"),
             listener = %self.listener,
             remote = %log.remote,
+            client_ip = %ClientIp(log),
             method = %log.method,
             host = %log.host,
             path = %log.path,
+            query = log.query.as_deref().unwrap_or("-"),
             protocol = ?log.version,
             status = self.status,
             route,
@@ -427,8 +498,10 @@ pub async fn handle(
     let log = (access || sampled).then(|| {
         Box::new(LogFields {
             remote: conn.remote,
+            client_ip: None,
             method: req.method().clone(),
             path: req.uri().path().to_owned(),
+            query: req.uri().query().map(redact_query),
             host: String::new(),
             version: req.version(),
             request_id: HeaderValue::from_static("-"),
@@ -564,6 +637,18 @@ async fn proxy(
         .listener_at(conn.listener_index, &conn.listener)
         .ok_or_else(|| ProxyError::ListenerRemoved(conn.listener.to_string()))?;
     out.listener_index = listener_index;
+    // The client's own address, as the listener trusts forwarded hops,
+    // read before sift appends the peer to X-Forwarded-For.
+    if let Some(log) = &mut out.log
+        && (listener.trusted_hops > 0 || !listener.trusted_cidrs.is_empty())
+    {
+        log.client_ip = Some(trusted_client_ip(
+            listener.trusted_hops,
+            &listener.trusted_cidrs,
+            req.headers(),
+            conn.remote,
+        ));
+    }
     req.body_mut().set_timeouts(
         listener.limits.request_body_timeout.map(|d| d.0),
         listener.limits.request_timeout.map(|d| d.0),
@@ -4319,6 +4404,21 @@ fn auto_host_authority(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn queries_keep_parameters_but_not_secret_values() {
+        assert_eq!(
+            super::redact_query(
+                "a=1&access_token=abc&X-Amz-Signature=zz&code=c0de&page=2&api%5Fkey=k&flag&pw="
+            ),
+            "a=1&access_token=[redacted]&X-Amz-Signature=[redacted]&code=[redacted]&page=2&api%5Fkey=[redacted]&flag&pw="
+        );
+        assert_eq!(
+            super::redact_query("q=coupon+code&barcode=1"),
+            "q=coupon+code&barcode=1"
+        );
+        assert_eq!(super::redact_query(""), "");
+    }
+
     #[test]
     fn grpc_timeout_values() {
         use std::time::Duration;

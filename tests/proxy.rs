@@ -5253,7 +5253,12 @@ async fn access_log_names_agent_body_bytes_and_upstream_time() {
     });
     assert_eq!(send(req).await.status(), 200);
     feed.await.unwrap();
-    assert_eq!(get_text(&sift.url("/nothing-here")).await.0, 404);
+    assert_eq!(
+        get_text(&sift.url("/nothing-here?page=2&access_token=s3cret&q=a+b"))
+            .await
+            .0,
+        404
+    );
     let lines = || -> Vec<serde_json::Value> {
         sift.log_lines()
             .into_iter()
@@ -5278,6 +5283,14 @@ async fn access_log_names_agent_body_bytes_and_upstream_time() {
     assert_eq!(stream["user_agent"], "-", "{stream}");
     let none = by_path("/nothing-here");
     assert_eq!(none["bytes_received"], 0, "{none}");
+    // The query, as nginx's $request_uri and Envoy's path show it, but a
+    // secret-looking parameter's value redacted.
+    assert_eq!(
+        none["query"], "page=2&access_token=[redacted]&q=a+b",
+        "{none}"
+    );
+    assert_eq!(slow["query"], "-", "{slow}");
+    assert!(!sift.log_lines().join("\n").contains("s3cret"));
     assert!(none.get("upstream_ms").is_none(), "{none}");
 }
 
@@ -5600,6 +5613,39 @@ clusters:
     let r = get("198.51.100.77, 10.9.9.9").await;
     assert_eq!(r.status(), 200);
     assert_eq!(json(r.body())["headers"]["x-client"][0], "198.51.100.77");
+    // The access log names the same client in `client_ip` (nginx's realip
+    // $remote_addr, Envoy's %DOWNSTREAM_REMOTE_ADDRESS%) and the TCP peer
+    // in `remote`; a listener that trusts no hop logs the peer in both.
+    let clients = |sift: &Sift, n: usize| {
+        let read = || {
+            sift.log_lines()
+                .iter()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|v| v["message"] == "access")
+                .map(|v| {
+                    let remote = v["remote"].as_str().unwrap_or("").to_string();
+                    assert!(remote.starts_with("127.0.0.1:"), "{v}");
+                    v["client_ip"].as_str().unwrap_or("").to_string()
+                })
+                .collect::<Vec<_>>()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while read().len() < n && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        read()
+    };
+    assert_eq!(
+        clients(&sift, 4),
+        ["203.0.113.9", "203.0.113.9", "203.0.113.9", "198.51.100.77"]
+    );
+    let plain = Sift::start(&simple_config(up.addr, ""));
+    let req = Request::get(plain.url("/x"))
+        .header("x-forwarded-for", "203.0.113.9")
+        .body(full(Bytes::new()))
+        .unwrap();
+    assert_eq!(send(req).await.status(), 200);
+    assert_eq!(clients(&plain, 1), ["127.0.0.1"]);
 }
 
 /// `listeners[].http2_keepalive`: an HTTP/2 client whose side went silent
