@@ -29,18 +29,53 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// `sift run` without a config file: the dev default, changed by flags.
+#[derive(clap::Args)]
+struct DevArgs {
+    /// Without --config: listen here instead of 127.0.0.1:8080 (PORT,
+    /// :PORT, or IP:PORT; a bare port is on 127.0.0.1).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Without --config: forward to this instead of 127.0.0.1:3000 (PORT,
+    /// HOST:PORT, http://HOST[:PORT], or https://HOST[:PORT]: TLS checked
+    /// against the system's CAs, Host set to the upstream's).
+    #[arg(long, value_name = "UPSTREAM")]
+    upstream: Option<String>,
+    /// Without --config: the admin API here instead of 127.0.0.1:9901.
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<String>,
+    /// Without --config: a builtin filter on every request, `spam` or
+    /// `cilog`, in mode `annotate` (default), `block` or `shadow`
+    /// (`--filter spam:block`). Repeatable.
+    #[arg(long, value_name = "KIND[:MODE]")]
+    filter: Vec<String>,
+}
+
+impl DevArgs {
+    fn options(self) -> config::dev::DevOptions {
+        config::dev::DevOptions {
+            listen: self.listen,
+            upstream: self.upstream,
+            admin: self.admin,
+            filters: self.filter,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Run sift. Without --config: the embedded dev default (listen
     /// 127.0.0.1:8080, forward to 127.0.0.1:3000, admin 127.0.0.1:9901).
     Run {
-        #[arg(short, long)]
+        #[arg(short, long, conflicts_with_all = ["listen", "upstream", "admin", "filter"])]
         config: Option<PathBuf>,
         /// Take the listening sockets over from the sift serving the
         /// config's `upgrade.socket` (a binary upgrade without a refused
         /// connection); it then drains and exits.
         #[arg(long)]
         upgrade: bool,
+        #[command(flatten)]
+        dev: DevArgs,
     },
     /// Validate a config file; print every error with its YAML path and line
     /// (exit code 2 on errors).
@@ -52,8 +87,12 @@ enum Cmd {
     Demo,
     /// Print the JSON Schema of sift.yaml.
     Schema,
-    /// Print the embedded dev default config.
-    DefaultConfig,
+    /// Print the embedded dev default config (with the flags of `sift run`
+    /// without --config applied: a start for your own file).
+    DefaultConfig {
+        #[command(flatten)]
+        dev: DevArgs,
+    },
     /// Train a classifier model.
     Train {
         #[command(subcommand)]
@@ -78,10 +117,20 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Run { config, upgrade } => {
+        Cmd::Run {
+            config,
+            upgrade,
+            dev,
+        } => {
             let source = match config {
                 Some(p) => Source::File(p),
-                None => Source::Inline(Arc::from(config::DEV_DEFAULT)),
+                None => match config::dev::dev_config(&dev.options()) {
+                    Ok(text) => Source::Inline(Arc::from(text)),
+                    Err(e) => {
+                        eprintln!("sift: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
             };
             serve(Options {
                 source,
@@ -99,9 +148,15 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => sift::classify::cli::stdout_failed(e),
         },
-        Cmd::DefaultConfig => match sift::classify::cli::out(config::DEV_DEFAULT) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => sift::classify::cli::stdout_failed(e),
+        Cmd::DefaultConfig { dev } => match config::dev::dev_config(&dev.options()) {
+            Ok(text) => match sift::classify::cli::out(&text) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => sift::classify::cli::stdout_failed(e),
+            },
+            Err(e) => {
+                eprintln!("sift: {e}");
+                ExitCode::from(2)
+            }
         },
         Cmd::Train { what } => sift::classify::cli::run_train(what),
         Cmd::Eval { what } => sift::classify::cli::run_eval(what),

@@ -2711,3 +2711,50 @@ async fn query_fields_options_and_modes() {
         "the shadow verdict on the query reaches the metrics"
     );
 }
+
+/// `sift run` without a config file, as a local dev proxy (Caddy's
+/// `reverse-proxy --from --to`): `--listen`, `--upstream` and `--filter`
+/// change the embedded dev default; a spam text reaches the app annotated
+/// with the builtin model, or is refused with `--filter spam:block`.
+#[tokio::test(flavor = "multi_thread")]
+async fn sift_run_flags_make_a_dev_proxy_with_a_filter() {
+    let up = Upstream::echo("app").await;
+    let spam = "WINNER! Claim your £900 prize: call 09061701461 now";
+    let post = |url: String| {
+        Request::post(url)
+            .header("content-type", "text/plain")
+            .body(full(Bytes::from(spam)))
+            .unwrap()
+    };
+    let port = up.addr.port().to_string();
+    let dev = DevSift::start(&["--upstream", &port, "--filter", "spam"], &[]).await;
+    let r = send(post(dev.url("/comments"))).await;
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
+    assert_eq!(v["headers"]["x-sift-spam-verdict"][0], "spam", "{v}");
+    drop(dev);
+    let dev = DevSift::start(
+        &[
+            "--upstream",
+            &format!("http://{}", up.addr),
+            "--filter",
+            "spam:block",
+        ],
+        &[],
+    )
+    .await;
+    let r = send(post(dev.url("/comments"))).await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(r.headers()["x-sift-error"], "filter-blocked");
+    // A bad flag is named, exit 2, nothing started.
+    let out = std::process::Command::new(sift_bin())
+        .args(["run", "--upstream", "http://a/b"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--upstream \"http://a/b\""),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

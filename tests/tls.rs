@@ -2163,3 +2163,43 @@ clusters:
         "the unreadable bundle is named: {err}"
     );
 }
+
+/// `sift run --upstream https://HOST:PORT` (no config file): TLS to the
+/// upstream checked against the system's CA bundle (`ca: system`, here
+/// `$SSL_CERT_FILE`) and the certificate's name, the Host header set to
+/// the upstream's, as a dev proxy in front of a public API needs.
+#[tokio::test(flavor = "multi_thread")]
+async fn sift_run_upstream_https_uses_the_system_cas() {
+    let s = setup();
+    let server = leaf(&s.ca, &["localhost"], None, "up", true, false, Alg::Ecdsa);
+    let up = https_upstream(
+        &s.dir,
+        "dev",
+        &server,
+        &s.ca.pem,
+        sift::tls::MtlsMode::Optional,
+    )
+    .await;
+    let target = format!("https://localhost:{}", up.port());
+    let ca = s.dir.path("ca.pem");
+    let dev = DevSift::start(
+        &["--upstream", &target],
+        &[("SSL_CERT_FILE", ca.as_os_str())],
+    )
+    .await;
+    let (status, body) = get_text(&dev.url("/")).await;
+    assert_eq!((status, body.as_str()), (200, "anonymous"));
+    drop(dev);
+    let other = write(&s.dir, "other-ca.pem", &s.other_ca.pem);
+    let dev = DevSift::start(
+        &["--upstream", &target],
+        &[("SSL_CERT_FILE", other.as_os_str())],
+    )
+    .await;
+    let r = send(Request::get(dev.url("/")).body(body::empty()).unwrap()).await;
+    assert_eq!(
+        r.status(),
+        502,
+        "a CA the upstream's certificate does not chain to"
+    );
+}

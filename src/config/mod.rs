@@ -5,6 +5,7 @@
 //! YAML path and line, so `sift check` shows them all at once.
 
 pub mod build;
+pub mod dev;
 pub mod file;
 pub mod model;
 pub mod units;

@@ -855,3 +855,58 @@ pub fn refused_port() -> RefusedPort {
         addr,
     }
 }
+
+/// `sift run` without a config file (the dev default and its flags): free
+/// loopback ports for the listener and the admin API are picked here and
+/// passed as `--listen` and `--admin`; returns once `/readyz` answers 200.
+pub struct DevSift {
+    child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl DevSift {
+    pub async fn start(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> DevSift {
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+        };
+        let (addr, admin) = (free(), free());
+        let child = Command::new(sift_bin())
+            .arg("run")
+            .args(["--listen", &addr.to_string(), "--admin", &admin.to_string()])
+            .args(args)
+            .envs(env.iter().copied())
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn sift run");
+        let s = DevSift { child, addr, admin };
+        let ready = eventually(Duration::from_secs(20), || async {
+            let req = Request::get(format!("http://{admin}/readyz"))
+                .body(body::empty())
+                .unwrap();
+            matches!(
+                tokio::time::timeout(Duration::from_secs(1), http1_client().request(req)).await,
+                Ok(Ok(r)) if r.status() == 200
+            )
+        })
+        .await;
+        assert!(ready, "sift run {args:?} did not become ready");
+        s
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Drop for DevSift {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
