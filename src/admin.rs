@@ -23,7 +23,7 @@ pub async fn serve(tcp: tokio::net::TcpListener, shared: Arc<Shared>, reloader: 
             // A successor serves the admin API on this same socket now.
             () = shared.until_handed_over() => return,
         };
-        let Ok((stream, _)) = accepted else {
+        let Ok((stream, peer)) = accepted else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
@@ -31,7 +31,9 @@ pub async fn serve(tcp: tokio::net::TcpListener, shared: Arc<Shared>, reloader: 
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let (shared, reloader) = (shared.clone(), reloader.clone());
-                async move { Ok::<_, std::convert::Infallible>(route(req, &shared, &reloader).await) }
+                async move {
+                    Ok::<_, std::convert::Infallible>(route(req, peer, &shared, &reloader).await)
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -142,10 +144,38 @@ fn clusters_view(snap: &crate::snapshot::Snapshot, now: u64) -> Value {
 
 async fn route(
     req: Request<Incoming>,
+    peer: std::net::SocketAddr,
     shared: &Shared,
     reloader: &Arc<Reloader>,
 ) -> Response<Body> {
     let path = req.uri().path().to_string();
+    // Writes (reload, shutdown, weights, learning, purges) only from the
+    // peers admin.write_from names: loopback by default, so an admin
+    // address open to the pod network for probes and scrapes does not let
+    // every pod stop sift or move its traffic.
+    if !matches!(*req.method(), Method::GET | Method::HEAD)
+        && !shared
+            .snapshot
+            .load()
+            .config
+            .admin
+            .takes_writes_from(peer.ip())
+    {
+        tracing::warn!(
+            peer = %peer,
+            method = %req.method(),
+            path = %path,
+            "admin write refused: the peer is not in admin.write_from"
+        );
+        return text(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "{} {path} is taken only from the addresses in admin.write_from (default loopback); {} is not one\n",
+                req.method(),
+                peer.ip()
+            ),
+        );
+    }
     if path == "/canary" || path.starts_with("/canary/") {
         return canary(req, &path, shared).await;
     }

@@ -275,7 +275,7 @@ fn restart_only_changes(
                     .into(),
         });
     }
-    if old.admin != new.admin {
+    if old.admin.address != new.admin.address {
         errs.push(ConfigError {
             path: "admin.address".into(),
             line: None,

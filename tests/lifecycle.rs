@@ -1356,3 +1356,68 @@ async fn access_log_file_is_reopened_after_rotation_and_moved_by_reload() {
         "{err}"
     );
 }
+
+/// Admin writes (reload, shutdown, canary weights, learning, purges) are
+/// taken only from the peers `admin.write_from` names, loopback by
+/// default (as linkerd2-proxy takes /shutdown only from localhost): the
+/// chart opens the admin port to the pod network for probes and scrapes,
+/// and any pod there could otherwise stop sift. GETs stay open. Here the
+/// list leaves out loopback, so this test's own requests are refused; a
+/// reload (by signal) back to the default takes them again.
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_writes_are_taken_only_from_write_from() {
+    let up = Upstream::echo("app").await;
+    let base = simple_config(up.addr, "").replace(
+        "admin: { address: \"127.0.0.1:0\" }",
+        "admin: { address: \"127.0.0.1:0\", write_from: [10.0.0.0/8, \"2001:db8::/32\"] }",
+    );
+    let cfg = format!("{base}reload: {{ watch: false }}\n");
+    let sift = Sift::start(&cfg);
+    for path in [
+        "/reload",
+        "/quitquitquit",
+        "/healthcheck/fail",
+        "/cache/purge",
+    ] {
+        let (status, body) = post_text(&sift.admin_url(path)).await;
+        assert_eq!(status, 403, "{path}: {body}");
+        assert!(
+            body.contains("admin.write_from") && body.contains("127.0.0.1"),
+            "{body}"
+        );
+    }
+    assert_eq!(
+        get_text(&sift.admin_url("/readyz")).await.0,
+        200,
+        "still serving"
+    );
+    assert_eq!(get_text(&sift.admin_url("/config")).await.0, 200);
+    assert_eq!(get_text(&sift.url("/")).await.0, 200);
+    assert!(
+        sift.log_lines()
+            .iter()
+            .any(|l| l.contains("admin write refused") && l.contains("/quitquitquit"))
+    );
+    // The default (loopback) by a reload: hot.
+    sift.write_config(&format!(
+        "{}reload: {{ watch: false }}\n",
+        simple_config(up.addr, "")
+    ));
+    sift.signal("HUP");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            post_text(&sift.admin_url("/healthcheck/fail")).await.0 == 200
+        })
+        .await
+    );
+    assert_eq!(get_text(&sift.admin_url("/readyz")).await.0, 503);
+    // A range that is not one is a config error.
+    let path = sift.dir.path("bad.yaml");
+    std::fs::write(&path, base.replace("10.0.0.0/8", "10.0.0.1/8")).unwrap();
+    let (code, err) = sift_with_config("check", &path);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("admin.write_from[0]") && err.contains("bits set past its prefix"),
+        "{err}"
+    );
+}

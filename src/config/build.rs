@@ -777,8 +777,27 @@ fn build_admin(a: Option<&AdminFile>, e: &mut Errs) -> Option<AdminConfig> {
     let addr = a
         .and_then(|a| a.address.clone())
         .unwrap_or_else(|| "127.0.0.1:9901".into());
+    let write_from = match a.and_then(|a| a.write_from.as_ref()) {
+        None => ["127.0.0.0/8", "::1/128"]
+            .iter()
+            .filter_map(|c| c.parse::<Cidr>().ok())
+            .collect(),
+        Some(list) => {
+            let mut out = Vec::new();
+            for (i, c) in list.iter().enumerate() {
+                match c.parse::<Cidr>() {
+                    Ok(c) => out.push(c),
+                    Err(why) => e.push(format!("admin.write_from[{i}]"), why),
+                }
+            }
+            out
+        }
+    };
     match addr.parse::<SocketAddr>() {
-        Ok(address) => Some(AdminConfig { address }),
+        Ok(address) => Some(AdminConfig {
+            address,
+            write_from,
+        }),
         Err(_) => {
             e.push(
                 "admin.address",

@@ -1035,6 +1035,12 @@ pub struct AdminFile {
     /// Address of the admin listener. Default 127.0.0.1:9901.
     #[serde(default)]
     pub address: Option<String>,
+    /// Peers whose admin requests other than GET and HEAD (reload,
+    /// shutdown, canary weights, learning, purges) are taken: addresses or
+    /// CIDR ranges. Default loopback only (127.0.0.0/8, ::1), as
+    /// linkerd2-proxy takes /shutdown only from localhost; others get 403.
+    #[serde(default)]
+    pub write_from: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]

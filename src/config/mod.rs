@@ -300,6 +300,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn admin_writes_default_to_loopback() {
+        let c = load_str(DEV_DEFAULT).unwrap();
+        for ip in ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"] {
+            assert!(c.admin.takes_writes_from(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["10.1.2.3", "192.168.0.5", "::2", "fe80::1"] {
+            assert!(!c.admin.takes_writes_from(ip.parse().unwrap()), "{ip}");
+        }
+        let open = DEV_DEFAULT.replace(
+            "  address: 127.0.0.1:9901\n",
+            "  address: 127.0.0.1:9901\n  write_from: [0.0.0.0/0, \"::/0\"]\n",
+        );
+        let c = load_str(&open).unwrap();
+        assert!(c.admin.takes_writes_from("10.1.2.3".parse().unwrap()));
+        let none = DEV_DEFAULT.replace(
+            "  address: 127.0.0.1:9901\n",
+            "  address: 127.0.0.1:9901\n  write_from: []\n",
+        );
+        let c = load_str(&none).unwrap();
+        assert!(!c.admin.takes_writes_from("127.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
     fn dev_default_is_valid() {
         let c = load_str(DEV_DEFAULT).expect("embedded default must be valid");
         assert_eq!(c.listeners[0].address.to_string(), "127.0.0.1:8080");

@@ -277,6 +277,15 @@ fn ser_share<S: Serializer>(p: &u32, s: S) -> Result<S::Ok, S::Error> {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct AdminConfig {
     pub address: SocketAddr,
+    /// Peers whose writes (any method but GET and HEAD) are taken.
+    pub write_from: Vec<Cidr>,
+}
+
+impl AdminConfig {
+    /// Whether a request other than GET or HEAD from `peer` is taken.
+    pub fn takes_writes_from(&self, peer: std::net::IpAddr) -> bool {
+        self.write_from.iter().any(|c| c.contains(peer))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
