@@ -835,6 +835,25 @@ impl Metrics {
             config_reloads.with_label_values(&[r]);
         }
         let filters = FilterMetrics::new(&registry);
+        registry
+            .register(Box::new(ProcessCollector::new()))
+            .expect("metric names are unique");
+        // `sift_build_info{version} 1`, as linkerd2-proxy's
+        // `proxy_build_info`: which version each replica runs.
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "sift_build_info",
+                "Always 1; the label names the sift version running.",
+            ),
+            &["version"],
+        )
+        .expect("valid metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        registry
+            .register(Box::new(build_info))
+            .expect("metric names are unique");
         Metrics {
             filters,
             registry,
@@ -932,5 +951,213 @@ pub fn code_class(status: u16) -> &'static str {
         300..=399 => "3xx",
         400..=499 => "4xx",
         _ => "5xx",
+    }
+}
+
+/// The process metrics every Prometheus client library exports
+/// (`process_cpu_seconds_total`, `process_resident_memory_bytes`,
+/// `process_virtual_memory_bytes`, `process_open_fds`, `process_max_fds`,
+/// `process_threads`, `process_start_time_seconds`), as linkerd2-proxy
+/// does, read from /proc at each scrape. Where /proc cannot be read (a
+/// container without it) the ones it feeds are left out, never an error.
+pub struct ProcessCollector {
+    cpu: prometheus::Counter,
+    rss: IntGauge,
+    vsz: IntGauge,
+    open_fds: IntGauge,
+    max_fds: IntGauge,
+    threads: IntGauge,
+    start: prometheus::Gauge,
+    descs: Vec<prometheus::core::Desc>,
+    /// Seconds per clock tick and bytes per page.
+    tick: f64,
+    page: u64,
+    /// Boot time (Unix seconds, /proc/stat `btime`).
+    boot: Option<u64>,
+}
+
+/// What /proc/self/stat says: CPU ticks (user + system), threads, start
+/// (ticks after boot), virtual size (bytes), resident pages.
+#[derive(Debug, PartialEq)]
+struct Stat {
+    ticks: u64,
+    threads: i64,
+    start: u64,
+    vsize: u64,
+    rss_pages: i64,
+}
+
+/// Parse /proc/self/stat's line: fields after the command's `)` (the
+/// command itself may hold spaces and parentheses).
+fn parse_stat(line: &str) -> Option<Stat> {
+    let rest = &line[line.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // f[0] is field 3 (state): field n is f[n - 3].
+    let n = |i: usize| f.get(i - 3).and_then(|v| v.parse::<i64>().ok());
+    Some(Stat {
+        ticks: (n(14)? + n(15)?).max(0) as u64,
+        threads: n(20)?,
+        start: n(22)?.max(0) as u64,
+        vsize: n(23)?.max(0) as u64,
+        rss_pages: n(24)?,
+    })
+}
+
+impl ProcessCollector {
+    pub fn new() -> Self {
+        let cpu = prometheus::Counter::new(
+            "process_cpu_seconds_total",
+            "Total user and system CPU time spent in seconds.",
+        )
+        .expect("valid metric");
+        let gauge = |name: &str, help: &str| IntGauge::new(name, help).expect("valid metric");
+        let rss = gauge(
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes.",
+        );
+        let vsz = gauge(
+            "process_virtual_memory_bytes",
+            "Virtual memory size in bytes.",
+        );
+        let open_fds = gauge("process_open_fds", "Number of open file descriptors.");
+        let max_fds = gauge(
+            "process_max_fds",
+            "Maximum number of open file descriptors (the soft limit).",
+        );
+        let threads = gauge("process_threads", "Number of OS threads in the process.");
+        let start = prometheus::Gauge::new(
+            "process_start_time_seconds",
+            "Start time of the process since unix epoch in seconds.",
+        )
+        .expect("valid metric");
+        let mut descs = Vec::new();
+        for c in [
+            &cpu as &dyn prometheus::core::Collector,
+            &rss,
+            &vsz,
+            &open_fds,
+            &max_fds,
+            &threads,
+            &start,
+        ] {
+            descs.extend(c.desc().into_iter().cloned());
+        }
+        let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("btime "))
+                .and_then(|v| v.trim().parse().ok())
+        });
+        ProcessCollector {
+            cpu,
+            rss,
+            vsz,
+            open_fds,
+            max_fds,
+            threads,
+            start,
+            descs,
+            tick: 1.0 / rustix::param::clock_ticks_per_second().max(1) as f64,
+            page: rustix::param::page_size() as u64,
+            boot,
+        }
+    }
+}
+
+impl Default for ProcessCollector {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl prometheus::core::Collector for ProcessCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let mut out = Vec::new();
+        if let Some(s) = std::fs::read_to_string("/proc/self/stat")
+            .ok()
+            .and_then(|l| parse_stat(&l))
+        {
+            // A counter only goes up: add what was spent since the last scrape.
+            let total = s.ticks as f64 * self.tick;
+            let past = self.cpu.get();
+            if total > past {
+                self.cpu.inc_by(total - past);
+            }
+            out.extend(self.cpu.collect());
+            self.rss
+                .set(s.rss_pages.saturating_mul(self.page as i64).max(0));
+            out.extend(self.rss.collect());
+            self.vsz.set(s.vsize.min(i64::MAX as u64) as i64);
+            out.extend(self.vsz.collect());
+            self.threads.set(s.threads);
+            out.extend(self.threads.collect());
+            if let Some(boot) = self.boot {
+                self.start.set(boot as f64 + s.start as f64 * self.tick);
+                out.extend(self.start.collect());
+            }
+        }
+        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+            // The directory's own descriptor is one of them.
+            self.open_fds.set((dir.count() as i64 - 1).max(0));
+            out.extend(self.open_fds.collect());
+        }
+        if let Some(l) = rustix::process::getrlimit(rustix::process::Resource::Nofile).current {
+            self.max_fds.set(l.min(i64::MAX as u64) as i64);
+            out.extend(self.max_fds.collect());
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod process_tests {
+    use super::*;
+
+    #[test]
+    fn stat_lines_parse_past_the_command() {
+        let line = "4242 (sift (a) b) S 1 4242 4242 0 -1 4194560 900 0 0 0 150 50 0 0 20 0 7 0 123456 987654321 2500 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
+        assert_eq!(
+            parse_stat(line),
+            Some(Stat {
+                ticks: 200,
+                threads: 7,
+                start: 123456,
+                vsize: 987654321,
+                rss_pages: 2500,
+            })
+        );
+        assert_eq!(parse_stat("garbage"), None);
+        assert_eq!(parse_stat("1 (x) S 1 2"), None);
+    }
+
+    #[test]
+    fn the_process_is_measured() {
+        use prometheus::core::Collector;
+        let c = ProcessCollector::new();
+        let names: Vec<String> = c.collect().iter().map(|f| f.name().to_string()).collect();
+        for n in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_max_fds",
+            "process_threads",
+            "process_start_time_seconds",
+        ] {
+            assert!(names.iter().any(|x| x == n), "{n} in {names:?}");
+        }
+        assert!(c.rss.get() > 1 << 20, "a test binary holds more than 1 MiB");
+        assert!(c.threads.get() >= 1);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let start = c.start.get();
+        assert!(
+            start > now - 3600.0 && start <= now + 1.0,
+            "{start} vs {now}"
+        );
     }
 }

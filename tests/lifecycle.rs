@@ -814,6 +814,29 @@ async fn admin_endpoints_answer_and_list_themselves() {
         get_text(&sift.admin_url("/readyz")).await,
         (200, "ready\n".to_string())
     );
+    // The process metrics of every Prometheus client, and the version.
+    let rss = sift.metric("process_resident_memory_bytes").await.unwrap();
+    assert!(rss > 1e6, "{rss}");
+    assert!(sift.metric("process_open_fds").await.unwrap() >= 3.0);
+    assert!(sift.metric("process_threads").await.unwrap() >= 2.0);
+    assert!(sift.metric("process_cpu_seconds_total").await.is_some());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let started = sift.metric("process_start_time_seconds").await.unwrap();
+    assert!(
+        started > now - 600.0 && started <= now + 1.0,
+        "{started} {now}"
+    );
+    assert_eq!(
+        sift.metric(&format!(
+            "sift_build_info{{version=\"{}\"}}",
+            env!("CARGO_PKG_VERSION")
+        ))
+        .await,
+        Some(1.0)
+    );
     assert_eq!(post_text(&sift.admin_url("/healthz")).await.0, 405);
     assert_eq!(post_text(&sift.admin_url("/")).await.0, 405);
     assert_eq!(get_text(&sift.admin_url("/reload")).await.0, 405);
