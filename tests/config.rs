@@ -677,3 +677,56 @@ clusters: [{{ name: c, endpoints: ["127.0.0.1:1"], protocol: http2 }}]
         assert!(err.contains(want), "{route}: {err:?}");
     }
 }
+
+/// `${NAME}` in a config value is the environment variable NAME: a
+/// number from the environment is read as one (and checked as written),
+/// and an unset variable is a config error naming the path and line.
+/// What the values become on the request path: lifecycle.rs
+/// `environment_variables_reach_the_request_path`.
+#[test]
+fn environment_variables_fill_config_values() {
+    let dir = std::env::temp_dir().join(format!("sift-env-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("sift.yaml");
+    std::fs::write(
+        &path,
+        r#"workers: ${SIFT_TEST_WORKERS}
+listeners: [ { name: main, address: "127.0.0.1:${SIFT_TEST_PORT:-18080}" } ]
+routes:
+  - name: all
+    cluster: app
+    request_headers: { set: { x-api-key: "${SIFT_TEST_KEY}", x-literal: "$${SIFT_TEST_KEY}" } }
+clusters: [ { name: app, endpoints: ["127.0.0.1:3000"] } ]
+"#,
+    )
+    .unwrap();
+    let run = |vars: &[(&str, &str)]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sift"));
+        cmd.args(["check", "--config"]).arg(&path);
+        for k in ["SIFT_TEST_WORKERS", "SIFT_TEST_PORT", "SIFT_TEST_KEY"] {
+            cmd.env_remove(k);
+        }
+        cmd.envs(vars.iter().copied());
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, out) = run(&[("SIFT_TEST_WORKERS", "3"), ("SIFT_TEST_KEY", "k-123")]);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = run(&[("SIFT_TEST_KEY", "k-123")]);
+    assert_eq!(code, Some(2));
+    assert!(
+        out.contains("sift.yaml:1: workers: the environment variable SIFT_TEST_WORKERS is not set"),
+        "{out}"
+    );
+    let (code, out) = run(&[("SIFT_TEST_WORKERS", "many"), ("SIFT_TEST_KEY", "k")]);
+    assert_eq!(
+        code,
+        Some(2),
+        "a value from the environment is checked as written: {out}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

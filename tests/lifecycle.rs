@@ -1444,3 +1444,36 @@ async fn admin_writes_are_taken_only_from_write_from() {
         "{err}"
     );
 }
+
+/// `${NAME}` in config values (a Kubernetes Secret given to the pod as an
+/// environment variable need not be written into the ConfigMap): the app
+/// gets the header value from the environment, `${NAME:-default}` gives
+/// the default, `$${` a literal `${`, and `/config` redacts the value of
+/// a secret-looking header as it redacts any.
+#[tokio::test(flavor = "multi_thread")]
+async fn environment_variables_reach_the_request_path() {
+    let up = Upstream::echo("app").await;
+    let cfg = simple_config(
+        up.addr,
+        "    request_headers: { set: { x-api-key: \"${SIFT_T_KEY}\", x-tenant: \"${SIFT_T_TENANT:-acme}\", x-literal: \"$${SIFT_T_KEY}\" } }\n",
+    );
+    let dir = TempDir::new();
+    let path = dir.path("sift.yaml");
+    std::fs::write(&path, &cfg).unwrap();
+    let sift = Sift::start_env(
+        dir,
+        path,
+        &[],
+        &[("SIFT_T_KEY", std::ffi::OsStr::new("k-123"))],
+    )
+    .expect("sift starts");
+    let r = send(Request::get(sift.url("/")).body(body::empty()).unwrap()).await;
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
+    assert_eq!(v["headers"]["x-api-key"][0], "k-123", "{v}");
+    assert_eq!(v["headers"]["x-tenant"][0], "acme", "{v}");
+    assert_eq!(v["headers"]["x-literal"][0], "${SIFT_T_KEY}", "{v}");
+    let (_, config) = get_text(&sift.admin_url("/config")).await;
+    assert!(!config.contains("k-123"), "{config}");
+    assert!(config.contains("acme"), "{config}");
+}

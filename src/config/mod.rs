@@ -103,6 +103,112 @@ pub fn with_lines(text: &str, mut errs: Vec<ConfigError>) -> ConfigErrors {
     ConfigErrors(errs)
 }
 
+/// `${NAME}` and `${NAME:-default}` in `s` replaced by the environment
+/// variable NAME (the default when it is unset or empty; without a default
+/// an unset variable is an error, an empty one gives ""), and `$${` by a
+/// literal `${`; any other `$` is left as it is. `None`: nothing to replace.
+pub fn expand_env_str(
+    s: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<String>, String> {
+    if !s.contains("${") {
+        return Ok(None);
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        if let Some(after) = tail.strip_prefix("$${") {
+            out.push_str("${");
+            rest = after;
+            continue;
+        }
+        let Some(body) = tail.strip_prefix("${") else {
+            out.push('$');
+            rest = &tail[1..];
+            continue;
+        };
+        let end = body.find('}').ok_or_else(|| {
+            format!("{s:?}: `${{` without its `}}` (write `$${{` for a literal `${{`)")
+        })?;
+        let inner = &body[..end];
+        let (name, default) = match inner.split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (inner, None),
+        };
+        let valid = name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !valid {
+            return Err(format!(
+                "{s:?}: `${{{inner}}}` does not name an environment variable (letters, digits and _, not starting with a digit; `${{NAME:-default}}` for a default; `$${{` for a literal `${{`)"
+            ));
+        }
+        let value = env(name);
+        match (value, default) {
+            (Some(v), Some(d)) if v.is_empty() => out.push_str(d),
+            (Some(v), _) => out.push_str(&v),
+            (None, Some(d)) => out.push_str(d),
+            (None, None) => {
+                return Err(format!(
+                    "the environment variable {name} is not set (set it, or give a default: ${{{name}:-VALUE}})"
+                ));
+            }
+        }
+        rest = &body[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(Some(out))
+}
+
+/// Expand `${NAME}` in every scalar value (not in keys) of the tree, with
+/// an error naming the YAML path and line for each that cannot be.
+fn expand_env(
+    node: &mut Node,
+    path: &str,
+    errs: &mut Vec<ConfigError>,
+    env: &dyn Fn(&str) -> Option<String>,
+) {
+    match node {
+        Node::Scalar(s) => match expand_env_str(s.as_str(), env) {
+            Ok(None) => {}
+            Ok(Some(v)) => {
+                let coerce = s.may_coerce();
+                let mut new = marked_yaml::types::MarkedScalarNode::new(*s.span(), v);
+                new.set_coerce(coerce);
+                *s = new;
+            }
+            Err(message) => errs.push(ConfigError {
+                path: if path.is_empty() {
+                    "(root)".into()
+                } else {
+                    path.into()
+                },
+                line: s.span().start().map(|m| m.line()),
+                message,
+            }),
+        },
+        Node::Mapping(m) => {
+            for (k, v) in m.iter_mut() {
+                let p = if path.is_empty() {
+                    k.as_str().to_string()
+                } else {
+                    format!("{path}.{}", k.as_str())
+                };
+                expand_env(v, &p, errs, env);
+            }
+        }
+        Node::Sequence(q) => {
+            for (i, v) in q.iter_mut().enumerate() {
+                expand_env(v, &format!("{path}[{i}]"), errs, env);
+            }
+        }
+    }
+}
+
 /// Parse YAML text into the file shapes, collecting an error for every bad
 /// top-level key and every bad list element.
 pub fn parse(text: &str) -> Result<(FileConfig, Node), ConfigErrors> {
@@ -110,7 +216,7 @@ pub fn parse(text: &str) -> Result<(FileConfig, Node), ConfigErrors> {
         return Err(ConfigErrors::one("(file)", "the config is empty"));
     }
     let opts = LoaderOptions::default().error_on_duplicate_keys(true);
-    let root = marked_yaml::parse_yaml_with_options(0, text, opts).map_err(|e| {
+    let mut root = marked_yaml::parse_yaml_with_options(0, text, opts).map_err(|e| {
         let msg = e.to_string();
         let line = first_line_number(&msg);
         let msg = if msg.contains("anchor") || msg.contains("alias") {
@@ -124,6 +230,13 @@ pub fn parse(text: &str) -> Result<(FileConfig, Node), ConfigErrors> {
             message: msg,
         }])
     })?;
+    let mut env_errs = Vec::new();
+    expand_env(&mut root, "", &mut env_errs, &|name| {
+        std::env::var(name).ok()
+    });
+    if !env_errs.is_empty() {
+        return Err(ConfigErrors(env_errs));
+    }
     let Some(map) = root.as_mapping() else {
         return Err(ConfigErrors::one(
             "(root)",
@@ -298,6 +411,28 @@ pub fn json_schema() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn environment_variables_expand_in_values() {
+        let env = |n: &str| match n {
+            "KEY" => Some("s3cret".to_string()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        };
+        let x = |s: &str| expand_env_str(s, &env);
+        assert_eq!(x("plain $ and $1 and ^/a$"), Ok(None));
+        assert_eq!(x("Bearer ${KEY}"), Ok(Some("Bearer s3cret".into())));
+        assert_eq!(x("${KEY}${KEY}"), Ok(Some("s3crets3cret".into())));
+        assert_eq!(
+            x("${NOPE:-d}|${EMPTY:-e}|${EMPTY}|${KEY:-x}"),
+            Ok(Some("d|e||s3cret".into()))
+        );
+        assert_eq!(x("$${KEY} $$ $x"), Ok(Some("${KEY} $$ $x".into())));
+        assert!(x("${NOPE}").unwrap_err().contains("NOPE is not set"));
+        assert!(x("${KEY").unwrap_err().contains("without its"));
+        assert!(x("${1A}").unwrap_err().contains("does not name"));
+        assert!(x("${}").unwrap_err().contains("does not name"));
+    }
 
     #[test]
     fn admin_writes_default_to_loopback() {
