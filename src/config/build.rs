@@ -782,16 +782,7 @@ fn build_admin(a: Option<&AdminFile>, e: &mut Errs) -> Option<AdminConfig> {
             .iter()
             .filter_map(|c| c.parse::<Cidr>().ok())
             .collect(),
-        Some(list) => {
-            let mut out = Vec::new();
-            for (i, c) in list.iter().enumerate() {
-                match c.parse::<Cidr>() {
-                    Ok(c) => out.push(c),
-                    Err(why) => e.push(format!("admin.write_from[{i}]"), why),
-                }
-            }
-            out
-        }
+        Some(list) => cidr_list(list, "admin.write_from", e),
     };
     match addr.parse::<SocketAddr>() {
         Ok(address) => Some(AdminConfig {
@@ -997,11 +988,16 @@ fn build_trusted_cidrs(f: Option<&ForwardedFile>, p: &str, e: &mut Errs) -> Vec<
             "give trusted_hops or trusted_cidrs, not both",
         );
     }
+    cidr_list(list, &format!("{p}.forwarded.trusted_cidrs"), e)
+}
+
+/// A list of addresses or CIDR ranges, an error per bad entry at `p[i]`.
+fn cidr_list(list: &[String], p: &str, e: &mut Errs) -> Vec<Cidr> {
     let mut out = Vec::new();
     for (i, c) in list.iter().enumerate() {
         match c.parse::<Cidr>() {
             Ok(c) => out.push(c),
-            Err(why) => e.push(format!("{p}.forwarded.trusted_cidrs[{i}]"), why),
+            Err(why) => e.push(format!("{p}[{i}]"), why),
         }
     }
     out
