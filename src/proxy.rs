@@ -2125,6 +2125,16 @@ async fn proxy(
             .with_label_values(&[route.spec.name.as_str()])
             .inc();
         let held = conn.clone();
+        // A tunnel where nothing moves either way for the cluster's
+        // read_timeout is closed, as Envoy's stream idle timeout closes an
+        // idle WebSocket and nginx's proxy_read_timeout does: a peer that
+        // vanished does not hold a connection and its slot forever.
+        let idle = cluster.spec.read_timeout;
+        let closed = out
+            .metrics
+            .connections_closed
+            .with_label_values(&[&conn.listener, "upgrade_idle_timeout"]);
+        let route_name = route.spec.name.clone();
         tokio::spawn(async move {
             // Holding the connection keeps it counted (active
             // connections, max_connections, drain) while the tunnel runs.
@@ -2132,7 +2142,18 @@ async fn proxy(
             let (Ok(d), Ok(u)) = (down.await, up.await) else {
                 return;
             };
-            let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(d), &mut TokioIo::new(u)).await;
+            let r = crate::tcp::relay(TokioIo::new(d), TokioIo::new(u), idle, |_, _| {}).await;
+            if r.result == "idle_timeout" {
+                closed.inc();
+            }
+            tracing::debug!(
+                route = %route_name,
+                result = r.result,
+                detail = %r.detail,
+                received = r.received,
+                sent = r.sent,
+                "upgraded tunnel ended"
+            );
         });
         let (mut parts, b) = resp.into_parts();
         strip_sift_headers(&mut parts.headers);

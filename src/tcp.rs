@@ -289,12 +289,6 @@ pub async fn serve<S>(
     };
     let endpoint = cluster.endpoints[index].endpoint.id().into_owned();
 
-    let received = Arc::new(AtomicU64::new(0));
-    let sent = Arc::new(AtomicU64::new(0));
-    let mut down = Counted::new(down, received.clone());
-    let mut up = Counted::new(io, sent.clone());
-    let idle = spec.idle_timeout.0;
-    let tick = (idle / 4).clamp(Duration::from_millis(5), Duration::from_secs(5));
     let bytes_in = shared
         .metrics
         .tcp_bytes
@@ -303,6 +297,58 @@ pub async fn serve<S>(
         .metrics
         .tcp_bytes
         .with_label_values(&[&conn.listener, "sent"]);
+    let r = relay(down, io, spec.idle_timeout, |i, o| {
+        bytes_in.inc_by(i);
+        bytes_out.inc_by(o);
+    })
+    .await;
+    let (result, detail, total) = (r.result, r.detail, (r.received, r.sent));
+    finish(
+        &shared,
+        &conn,
+        start,
+        Ended {
+            cluster: cluster_name,
+            endpoint: Some(endpoint),
+            result,
+            detail,
+            received: total.0,
+            sent: total.1,
+        },
+        sni.as_deref(),
+    );
+}
+
+/// How a [`relay`] ended: `closed` (a side closed), `error`, or
+/// `idle_timeout`; with the bytes read from each side.
+pub(crate) struct Relayed {
+    pub result: &'static str,
+    pub detail: String,
+    /// Bytes read from the first side (the client) and from the second.
+    pub received: u64,
+    pub sent: u64,
+}
+
+/// Copy bytes both ways until a side closes, a copy fails, or nothing
+/// moves either way for `idle` (checked every quarter of it, 5 ms to 5 s);
+/// `grew(received, sent)` is told what was added since the last check, so
+/// byte counters move while a long tunnel runs. The TCP proxy's
+/// connections and upgraded HTTP tunnels (WebSocket) both run in this.
+pub(crate) async fn relay<D, U>(
+    down: D,
+    up: U,
+    idle: crate::config::units::Dur,
+    mut grew: impl FnMut(u64, u64),
+) -> Relayed
+where
+    D: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let received = Arc::new(AtomicU64::new(0));
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut down = Counted::new(down, received.clone());
+    let mut up = Counted::new(up, sent.clone());
+    let tick = (idle.0 / 4).clamp(Duration::from_millis(5), Duration::from_secs(5));
     let mut counted = (0u64, 0u64);
     let mut quiet_since = Instant::now();
     let (result, detail) = {
@@ -319,12 +365,11 @@ pub async fn serve<S>(
                 _ = tokio::time::sleep(tick) => {
                     let now = (received.load(Ordering::Relaxed), sent.load(Ordering::Relaxed));
                     if now == counted {
-                        if quiet_since.elapsed() >= idle {
-                            break ("idle_timeout", format!("nothing either way for {}", spec.idle_timeout));
+                        if quiet_since.elapsed() >= idle.0 {
+                            break ("idle_timeout", format!("nothing either way for {idle}"));
                         }
                     } else {
-                        bytes_in.inc_by(now.0 - counted.0);
-                        bytes_out.inc_by(now.1 - counted.1);
+                        grew(now.0 - counted.0, now.1 - counted.1);
                         counted = now;
                         quiet_since = Instant::now();
                     }
@@ -336,22 +381,13 @@ pub async fn serve<S>(
         received.load(Ordering::Relaxed),
         sent.load(Ordering::Relaxed),
     );
-    bytes_in.inc_by(total.0 - counted.0);
-    bytes_out.inc_by(total.1 - counted.1);
-    finish(
-        &shared,
-        &conn,
-        start,
-        Ended {
-            cluster: cluster_name,
-            endpoint: Some(endpoint),
-            result,
-            detail,
-            received: total.0,
-            sent: total.1,
-        },
-        sni.as_deref(),
-    );
+    grew(total.0 - counted.0, total.1 - counted.1);
+    Relayed {
+        result,
+        detail,
+        received: total.0,
+        sent: total.1,
+    }
 }
 
 #[cfg(test)]

@@ -828,6 +828,52 @@ async fn websocket_upgrade_is_tunnelled() {
         .await,
         "closing the tunnel frees the connection"
     );
+
+    // A tunnel where nothing moves either way for the cluster's
+    // read_timeout is closed (Envoy's stream idle timeout, nginx's
+    // proxy_read_timeout); one that keeps talking is not.
+    let cfg = simple_config(up.addr, "").replace(
+        &format!("    endpoints: [\"{}\"]\n", up.addr),
+        &format!(
+            "    endpoints: [\"{}\"]\n    read_timeout: 400ms\n",
+            up.addr
+        ),
+    );
+    assert!(cfg.contains("read_timeout: 400ms"), "{cfg}");
+    let sift = Sift::start(&cfg);
+    let (mut s, head) = websocket_request(&sift).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    let talking = std::time::Instant::now();
+    while talking.elapsed() < Duration::from_millis(1200) {
+        s.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 9];
+        tokio::time::timeout(Duration::from_secs(3), s.read_exact(&mut buf))
+            .await
+            .expect("an active tunnel stays open past read_timeout")
+            .unwrap();
+        assert_eq!(&buf, b"echo:ping");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let quiet = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("the idle tunnel is closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed, nothing sent");
+    assert!(
+        quiet.elapsed() >= Duration::from_millis(350),
+        "not before the timeout: {:?}",
+        quiet.elapsed()
+    );
+    assert!(
+        sift.metric_reaches(
+            r#"sift_connections_closed_total{listener="main",reason="upgrade_idle_timeout"}"#,
+            1.0,
+            Duration::from_secs(3)
+        )
+        .await
+    );
 }
 
 /// 200 MB up and 200 MB down through sift; its peak RSS stays under 64 MB.
