@@ -57,6 +57,8 @@ pub struct ListenerTlsSpec {
     pub tickets: bool,
     /// Stateful session cache entries (0: none).
     pub session_cache: usize,
+    /// Only TLS 1.3 (`min_version: TLSv1.3`); else 1.2 and 1.3.
+    pub tls13_only: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -281,8 +283,13 @@ pub fn server_config(spec: &ListenerTlsSpec) -> Result<Loaded, TlsError> {
         None => return Err(TlsError::Config("no certificate configured".into())),
     };
     let resolver = Arc::new(SniResolver { named, default });
+    let versions: &[&'static rustls::SupportedProtocolVersion] = if spec.tls13_only {
+        &[&rustls::version::TLS13]
+    } else {
+        &[&rustls::version::TLS13, &rustls::version::TLS12]
+    };
     let builder = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .with_protocol_versions(versions)
         .map_err(|e| TlsError::Config(e.to_string()))?;
     let mut config = match (spec.mode, &spec.ca) {
         (MtlsMode::Off, _) => builder.with_no_client_auth().with_cert_resolver(resolver),

@@ -1966,6 +1966,7 @@ fn test_server_tls(
         alpn: vec!["http/1.1".into()],
         tickets: false,
         session_cache: 0,
+        tls13_only: false,
     };
     sift::tls::server_config(&spec).unwrap().config
 }
@@ -2201,5 +2202,75 @@ async fn sift_run_upstream_https_uses_the_system_cas() {
         r.status(),
         502,
         "a CA the upstream's certificate does not chain to"
+    );
+}
+
+/// `tls.min_version: TLSv1.3` (nginx's `ssl_protocols TLSv1.3`, Envoy's
+/// `tls_minimum_protocol_version`): a client that offers only TLS 1.2 is
+/// refused in the handshake and counted; TLS 1.3 clients are served. The
+/// default serves both; an unknown version is a config error.
+#[tokio::test(flavor = "multi_thread")]
+async fn min_version_tls13_refuses_tls12_clients() {
+    let s = setup();
+    let up = Upstream::echo("app").await;
+    let client = leaf(&s.ca, &[], None, "client", false, false, Alg::Ecdsa);
+    let cfg = tls_config(&s, "optional", up.addr, "");
+    let strict = cfg.replace(
+        "      client_auth:",
+        "      min_version: TLSv1.3\n      client_auth:",
+    );
+    assert!(strict.contains("min_version"), "{strict}");
+    for (yaml, tls12_served) in [(&cfg, true), (&strict, false)] {
+        let sift = Sift::start(yaml);
+        let r = tls_get(
+            sift.addr(),
+            "localhost",
+            client_config(&s.ca.pem, None, &["http/1.1"]),
+            "/",
+            &[],
+        )
+        .await
+        .expect("a TLS 1.3 client is served");
+        assert_eq!(r.status, 200);
+        let old = tls_get(
+            sift.addr(),
+            "localhost",
+            client_config_tls12(&s.ca.pem, &client),
+            "/",
+            &[],
+        )
+        .await;
+        assert_eq!(old.is_ok(), tls12_served, "{:?}", old.err());
+        if !tls12_served {
+            assert!(
+                sift.metric_reaches(
+                    r#"sift_tls_handshake_failures_total{listener="main",reason="protocol"}"#,
+                    1.0,
+                    Duration::from_secs(3)
+                )
+                .await,
+                "the refused handshake is counted"
+            );
+        }
+    }
+    let bad = write(
+        &s.dir,
+        "bad.yaml",
+        &cfg.replace(
+            "      client_auth:",
+            "      min_version: TLSv1.1\n      client_auth:",
+        ),
+    );
+    let out = std::process::Command::new(sift_bin())
+        .args(["check", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("listeners[0].tls.min_version")
+            && err.contains("TLSv1.3"),
+        "{err}"
     );
 }

@@ -4753,7 +4753,19 @@ fn build_listener_tls(
             format!("at most {MAX_SESSION_CACHE}"),
         );
     }
+    let tls13_only = match t.min_version.as_deref() {
+        None | Some("TLSv1.2" | "1.2") => false,
+        Some("TLSv1.3" | "1.3") => true,
+        Some(v) => {
+            e.push(
+                format!("{p}.min_version"),
+                format!("{v:?} is not a version sift can require: TLSv1.2 (the default; nothing older is offered) or TLSv1.3"),
+            );
+            false
+        }
+    };
     ListenerTlsSpec {
+        tls13_only,
         tickets: resumption.tickets.unwrap_or(true),
         session_cache: session_cache.min(MAX_SESSION_CACHE),
         certificates,

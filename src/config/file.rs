@@ -1257,6 +1257,10 @@ pub struct ListenerTlsFile {
     /// TLS session resumption (abbreviated handshakes for returning clients).
     #[serde(default)]
     pub session_resumption: Option<SessionResumptionFile>,
+    /// Lowest TLS version accepted: `TLSv1.2` (default) or `TLSv1.3`
+    /// (nginx's `ssl_protocols`, Envoy's `tls_minimum_protocol_version`).
+    #[serde(default)]
+    pub min_version: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
