@@ -19,6 +19,7 @@ macro_rules! say {
     };
 }
 
+pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod basic_auth;

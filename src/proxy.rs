@@ -423,9 +423,62 @@ impl Outcome {
         {
             return;
         }
+        let request_id = String::from_utf8_lossy(log.request_id.as_bytes());
+        let user_agent = log.user_agent.as_ref().map_or(Cow::Borrowed("-"), |v| {
+            String::from_utf8_lossy(v.as_bytes())
+        });
+        let bytes_received = log.body.as_ref().map_or(0, |b| b.received());
+        let duration_ms = elapsed.as_secs_f64() * 1000.0;
+        let upstream_ms = self.upstream_ns.map(|n| n as f64 / 1e6);
+        let error = self.error.as_ref().map_or("-", |(k, _)| k.as_str());
+        let error_detail = self.error.as_ref().map_or("", |(_, d)| d.as_str());
+        if let Some(mut w) = crate::logging::access_json_writer() {
+            // The same fields, in the same order and shape, as the event
+            // below writes through tracing's JSON layer.
+            if tracing::enabled!(target: "sift::access", tracing::Level::INFO) {
+                crate::access_log::write(&mut w, |l| {
+                    l.str("request_id", &request_id)
+                        .str("trace_id", trace_id.as_deref().unwrap_or("-"))
+                        .str("listener", &self.listener)
+                        .display("remote", log.remote)
+                        .display("client_ip", ClientIp(log))
+                        .str("method", log.method.as_str())
+                        .str("host", &log.host)
+                        .str("path", &log.path)
+                        .str("query", log.query.as_deref().unwrap_or("-"))
+                        .display("protocol", format_args!("{:?}", log.version))
+                        .u64("status", u64::from(self.status))
+                        .str("route", route)
+                        .str("cluster", cluster)
+                        .str("endpoint", log.endpoint.as_deref().unwrap_or("-"))
+                        .str("identity", log.identity.as_deref().unwrap_or("-"))
+                        .str("tls", log.tls_version.unwrap_or("-"))
+                        .str("sni", log.sni.as_deref().unwrap_or("-"))
+                        .str("filters", log.filters.as_deref().unwrap_or("-"))
+                        .u64("mirrored", u64::from(log.mirrored))
+                        .str("fault", log.fault.unwrap_or("-"))
+                        .str(
+                            "cache",
+                            self.cache.map_or("-", crate::cache::Status::as_str),
+                        )
+                        .str("grpc_status", self.grpc_status.map_or("-", grpc_label))
+                        .f64("duration_ms", duration_ms);
+                    if let Some(u) = upstream_ms {
+                        l.f64("upstream_ms", u);
+                    }
+                    l.u64("bytes_received", bytes_received)
+                        .u64("bytes_sent", bytes)
+                        .str("user_agent", &user_agent)
+                        .bool("completed", completed)
+                        .str("error", error)
+                        .str("error_detail", error_detail);
+                });
+            }
+            return;
+        }
         tracing::info!(
             target: "sift::access",
-            request_id = %String::from_utf8_lossy(log.request_id.as_bytes()),
+            request_id = %request_id,
             trace_id = trace_id.as_deref().unwrap_or("-"),
             listener = %self.listener,
             remote = %log.remote,
@@ -447,17 +500,14 @@ impl Outcome {
             fault = log.fault.unwrap_or("-"),
             cache = self.cache.map_or("-", crate::cache::Status::as_str),
             grpc_status = self.grpc_status.map_or("-", grpc_label),
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            upstream_ms = self.upstream_ns.map(|n| n as f64 / 1e6),
-            bytes_received = log.body.as_ref().map_or(0, |b| b.received()),
+            duration_ms,
+            upstream_ms,
+            bytes_received,
             bytes_sent = bytes,
-            user_agent = log
-                .user_agent
-                .as_ref()
-                .map_or(Cow::Borrowed("-"), |v| String::from_utf8_lossy(v.as_bytes())).as_ref(),
+            user_agent = user_agent.as_ref(),
             completed,
-            error = self.error.as_ref().map_or("-", |(k, _)| k.as_str()),
-            error_detail = self.error.as_ref().map_or("", |(_, d)| d.as_str()),
+            error,
+            error_detail,
             "access"
         );
     }
