@@ -247,6 +247,18 @@ fn grpc_status(h: &HeaderMap) -> Option<u8> {
 }
 
 /// A gRPC status as the access log writes it.
+/// A version as its `Debug` writes it (`HTTP/1.1`), without formatting.
+fn version_str(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/?",
+    }
+}
+
 fn grpc_label(code: u8) -> &'static str {
     const CODES: [&str; 17] = [
         "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
@@ -446,7 +458,7 @@ impl Outcome {
                         .str("host", &log.host)
                         .str("path", &log.path)
                         .str("query", log.query.as_deref().unwrap_or("-"))
-                        .display("protocol", format_args!("{:?}", log.version))
+                        .str("protocol", version_str(log.version))
                         .u64("status", u64::from(self.status))
                         .str("route", route)
                         .str("cluster", cluster)
@@ -4475,6 +4487,20 @@ fn auto_host_authority(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn versions_read_as_their_debug_form() {
+        use http::Version;
+        for v in [
+            Version::HTTP_09,
+            Version::HTTP_10,
+            Version::HTTP_11,
+            Version::HTTP_2,
+            Version::HTTP_3,
+        ] {
+            assert_eq!(super::version_str(v), format!("{v:?}"));
+        }
+    }
+
     #[test]
     fn queries_keep_parameters_but_not_secret_values() {
         assert_eq!(
