@@ -24,14 +24,15 @@ thread_local! {
 }
 
 impl Line {
-    /// Start a line: timestamp (now), level and message.
-    fn start(buf: Vec<u8>, now: std::time::SystemTime) -> Self {
+    /// Start a line: timestamp (now), level and message (a plain word).
+    fn start(buf: Vec<u8>, now: std::time::SystemTime, message: &str) -> Self {
         let mut l = Line { buf };
         l.buf.clear();
         l.buf.extend_from_slice(b"{\"timestamp\":\"");
         rfc3339_micros(&mut l.buf, now);
         l.buf
-            .extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"access\"");
+            .extend_from_slice(b"\",\"level\":\"INFO\",\"message\":");
+        let _ = serde_json::to_writer(&mut l.buf, message);
         l
     }
 
@@ -93,12 +94,13 @@ impl Line {
     }
 }
 
-/// Build a line with `fill` and hand it to `w` (one write: the writer
-/// thread gets whole lines). The per-thread buffer is reused.
-pub fn write<W: Write>(w: &mut W, fill: impl FnOnce(&mut Line)) {
+/// Build a line (`message`: `access`, `envoy_check`) with `fill` and hand
+/// it to `w` (one write: the writer thread gets whole lines). The
+/// per-thread buffer is reused.
+pub fn write<W: Write>(w: &mut W, message: &str, fill: impl FnOnce(&mut Line)) {
     BUF.with(|b| {
         let buf = std::mem::take(&mut *b.borrow_mut());
-        let mut line = Line::start(buf, std::time::SystemTime::now());
+        let mut line = Line::start(buf, std::time::SystemTime::now(), message);
         fill(&mut line);
         line.finish();
         let _ = w.write_all(&line.buf);
@@ -181,7 +183,7 @@ mod tests {
     #[test]
     fn lines_are_json_with_tracing_s_shape() {
         let mut out = Vec::new();
-        write(&mut out, |l| {
+        write(&mut out, "access", |l| {
             l.str("request_id", "r-1")
                 .display(
                     "remote",

@@ -448,7 +448,7 @@ impl Outcome {
             // The same fields, in the same order and shape, as the event
             // below writes through tracing's JSON layer.
             if tracing::enabled!(target: "sift::access", tracing::Level::INFO) {
-                crate::access_log::write(&mut w, |l| {
+                crate::access_log::write(&mut w, "access", |l| {
                     l.str("request_id", &request_id)
                         .str("trace_id", trace_id.as_deref().unwrap_or("-"))
                         .str("listener", &self.listener)

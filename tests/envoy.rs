@@ -397,6 +397,41 @@ async fn ext_authz_grpc_runs_the_routes_admission_and_filters() {
     assert_eq!(line["status"], 403, "{line}");
     assert_eq!(line["error"], "filter-blocked", "{line}");
     assert_eq!(line["api"], "ext_authz_grpc", "{line}");
+    let mut keys: Vec<&str> = line
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "api",
+            "decision",
+            "duration_ms",
+            "error",
+            "filters",
+            "host",
+            "identity",
+            "level",
+            "listener",
+            "message",
+            "method",
+            "path",
+            "remote",
+            "request_id",
+            "route",
+            "status",
+            "target",
+            "timestamp"
+        ],
+        "{line}"
+    );
+    assert!(
+        line["duration_ms"].is_f64() && line["status"].is_u64(),
+        "{line}"
+    );
     assert_eq!(
         sift.metric(r#"sift_filter_verdicts_total{filter="spam",route="inbox",verdict="spam"}"#)
             .await,

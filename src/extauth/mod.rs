@@ -507,22 +507,62 @@ pub fn log_check(
             String::new(),
         ),
     };
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    let identity = client.identity.as_ref().map_or("-", |i| i.id.as_str());
+    let filters = if filters.is_empty() {
+        "-"
+    } else {
+        filters.as_str()
+    };
+    let duration_ms = start.elapsed().as_secs_f64() * 1000.0;
+    // A check per request in the Istio mode: written directly, as the
+    // proxy's access lines are (crate::access_log), in the same shape.
+    if let Some(mut w) = crate::logging::access_json_writer() {
+        if tracing::enabled!(target: "sift::access", tracing::Level::INFO) {
+            crate::access_log::write(&mut w, "envoy_check", |l| {
+                l.str("api", api)
+                    .str("request_id", request_id)
+                    .str("listener", &client.listener)
+                    .display("remote", client.remote)
+                    .str("method", req.method().as_str())
+                    .str("host", host)
+                    .str("path", req.uri().path())
+                    .str("decision", decision)
+                    .u64("status", u64::from(status))
+                    .str("route", route)
+                    .str("identity", identity)
+                    .str("filters", filters)
+                    .str("error", error)
+                    .f64("duration_ms", duration_ms);
+            });
+        }
+        return;
+    }
     tracing::info!(
         target: "sift::access",
         api,
-        request_id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-"),
+        request_id,
         listener = %client.listener,
         remote = %client.remote,
         method = %req.method(),
-        host = req.headers().get(http::header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("-"),
+        host,
         path = req.uri().path(),
         decision,
         status,
         route,
-        identity = client.identity.as_ref().map_or("-", |i| i.id.as_str()),
-        filters = if filters.is_empty() { "-" } else { filters.as_str() },
+        identity,
+        filters,
         error,
-        duration_ms = start.elapsed().as_secs_f64() * 1000.0,
+        duration_ms,
         "envoy_check"
     );
 }
