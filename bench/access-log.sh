@@ -2,7 +2,8 @@
 # The cost of the access log: sift with JSON access lines on (to stdout,
 # redirected to a file as a log collector would read them), binaries
 # alternated round by round, against nginx with its own access_log on for
-# reference. sift (one worker) and nginx (one worker) pinned to core 0; wrk
+# reference, and the last binary with access_log: false. sift (one
+# worker) and nginx (one worker) pinned to core 0; wrk
 # and the backend nginx on core 1. Per run: req/s, p99, and the proxy's CPU
 # time per request (user + system, from /proc).
 #
@@ -64,6 +65,8 @@ clusters: [ { name: backend, endpoints: ["127.0.0.1:$BE"] } ]
 YAML
     run "round $r: $bin" sift "$d/sift.yaml"
   done
+  # The last binary without access lines, for the cost of the log alone.
+  sed -i 's/access_log: true/access_log: false/' "$d/sift.yaml"
+  run "round $r: $SIFT, access_log: false" sift "$d/sift.yaml"
   run "round $r: nginx (access_log json)" nginx "$d/nx.conf"
 done
-echo "access lines written by the last sift run: $(grep -c '"access"' "$d/sift.log" || true)"

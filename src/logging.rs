@@ -54,10 +54,14 @@ fn writer<W: std::io::Write + Send + 'static>(
     tracing_appender::non_blocking::NonBlocking,
     tracing_appender::non_blocking::WorkerGuard,
 ) {
+    // The writer thread takes every line queued, then flushes: buffered,
+    // a burst of lines is one write(2), not one per line (stdout is
+    // line-buffered, the access file was not buffered at all), and a
+    // line never waits for more once the queue is empty.
     tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .buffered_lines_limit(8_192)
-        .finish(w)
+        .finish(std::io::BufWriter::with_capacity(64 << 10, w))
 }
 
 /// A formatting layer in `format` onto `w`.
