@@ -31,3 +31,12 @@ ORT_DYLIB_PATH="$(filters/spam/onnx/setup-runtime.sh)"
 export ORT_DYLIB_PATH
 
 cargo test --all-targets "$@"
+
+# The container image's runtime (helm/Dockerfile: distroless/cc, uid 65532,
+# no /proc) checked without a container engine: the binary just built, in
+# a chroot holding only what that image gives it. chroot needs root.
+if [ "$(id -u)" = 0 ] && command -v chroot >/dev/null && command -v readelf >/dev/null; then
+  bash helm/image-check.sh "${CARGO_TARGET_DIR:-target}/debug/sift"
+else
+  echo "tests/run.sh: helm/image-check.sh skipped (it needs root, chroot and readelf)"
+fi
