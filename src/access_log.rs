@@ -112,6 +112,85 @@ pub fn write<W: Write>(w: &mut W, message: &str, fill: impl FnOnce(&mut Line)) {
     });
 }
 
+/// One line of nginx's (and Apache's) combined log format, for the tools
+/// that read it (GoAccess, AWStats, log pipelines built for nginx):
+/// `CLIENT - - [08/Dec/2026:00:12:01 +0000] "GET /path?query HTTP/1.1" 200 512 "REFERER" "USER-AGENT"`.
+/// Strings are escaped as nginx escapes variables: `"`, `\` and bytes
+/// outside printable ASCII as `\xHH`. The user is always `-` (sift does
+/// not read a client's claimed Basic user into its log).
+#[allow(clippy::too_many_arguments)]
+pub fn write_combined<W: Write>(
+    w: &mut W,
+    client: impl std::fmt::Display,
+    method: &str,
+    path: &str,
+    query: Option<&str>,
+    protocol: &str,
+    status: u16,
+    bytes: u64,
+    referer: Option<&[u8]>,
+    user_agent: Option<&[u8]>,
+) {
+    BUF.with(|b| {
+        let mut buf = std::mem::take(&mut *b.borrow_mut());
+        buf.clear();
+        let _ = write!(buf, "{client} - - [");
+        common_log_time(&mut buf, std::time::SystemTime::now());
+        buf.extend_from_slice(b"] \"");
+        escaped(&mut buf, method.as_bytes());
+        buf.push(b' ');
+        escaped(&mut buf, path.as_bytes());
+        if let Some(q) = query {
+            buf.push(b'?');
+            escaped(&mut buf, q.as_bytes());
+        }
+        buf.push(b' ');
+        buf.extend_from_slice(protocol.as_bytes());
+        let _ = write!(buf, "\" {status} {bytes} \"");
+        escaped(&mut buf, referer.unwrap_or(b"-"));
+        buf.extend_from_slice(b"\" \"");
+        escaped(&mut buf, user_agent.unwrap_or(b"-"));
+        buf.extend_from_slice(b"\"\n");
+        let _ = w.write_all(&buf);
+        if buf.capacity() > 64 << 10 {
+            buf = Vec::with_capacity(1024);
+        }
+        *b.borrow_mut() = buf;
+    });
+}
+
+/// nginx's escaping of a logged variable.
+fn escaped(out: &mut Vec<u8>, v: &[u8]) {
+    for &b in v {
+        if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
+            let _ = write!(out, "\\x{b:02X}");
+        } else {
+            out.push(b);
+        }
+    }
+}
+
+/// `08/Dec/2026:00:12:01 +0000`: the common log format's time, in UTC.
+fn common_log_time(out: &mut Vec<u8>, t: std::time::SystemTime) {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    let _ = write!(
+        out,
+        "{d:02}/{}/{y:04}:{:02}:{:02}:{:02} +0000",
+        MONTHS[(m as usize).clamp(1, 12) - 1],
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    );
+}
+
 /// `2026-12-07T23:55:17.876511Z`: UTC, microseconds, as tracing-subscriber
 /// writes its timestamps.
 pub fn rfc3339_micros(out: &mut Vec<u8>, t: std::time::SystemTime) {
@@ -178,6 +257,42 @@ mod tests {
         assert_eq!(ts(1_709_251_199, 999_999), "2024-02-29T23:59:59.999999Z");
         assert_eq!(ts(1_796_687_717, 876_511), "2026-12-07T23:55:17.876511Z");
         assert_eq!(ts(4_102_444_800, 0), "2100-01-01T00:00:00.000000Z");
+    }
+
+    #[test]
+    fn combined_lines_are_nginx_s() {
+        let mut out = Vec::new();
+        write_combined(
+            &mut out,
+            "203.0.113.9",
+            "GET",
+            "/a b",
+            Some("q=1&token=[redacted]"),
+            "HTTP/1.1",
+            200,
+            512,
+            Some(b"https://ex.com/\"x\""),
+            Some("Mozilla/5.0 \u{e9}".as_bytes()),
+        );
+        let line = String::from_utf8(out).unwrap();
+        let (head, rest) = line.split_once(" [").unwrap();
+        assert_eq!(head, "203.0.113.9 - -");
+        let (time, rest) = rest.split_once("] ").unwrap();
+        assert_eq!(time.len(), "08/Dec/2026:00:12:01 +0000".len(), "{time}");
+        assert!(
+            time.ends_with(" +0000") && time.as_bytes()[2] == b'/',
+            "{time}"
+        );
+        assert_eq!(
+            rest,
+            "\"GET /a b?q=1&token=[redacted] HTTP/1.1\" 200 512 \"https://ex.com/\\x22x\\x22\" \"Mozilla/5.0 \\xC3\\xA9\"\n"
+        );
+        let mut t = Vec::new();
+        common_log_time(
+            &mut t,
+            UNIX_EPOCH + Duration::from_secs(951_782_400 + 3_723),
+        );
+        assert_eq!(String::from_utf8(t).unwrap(), "29/Feb/2000:01:02:03 +0000");
     }
 
     #[test]

@@ -101,6 +101,15 @@ pub const ACCESS_TARGET: &str = "sift::access";
 /// access lines are tracing events.
 static ACCESS_JSON: OnceLock<tracing_appender::non_blocking::NonBlocking> = OnceLock::new();
 
+/// The writer access-log lines go to whatever the format (stdout's, or
+/// the access file's): where `log.access_log_format: combined` lines go.
+static ACCESS_OUT: OnceLock<tracing_appender::non_blocking::NonBlocking> = OnceLock::new();
+
+/// See [`ACCESS_OUT`].
+pub fn access_writer() -> Option<tracing_appender::non_blocking::NonBlocking> {
+    ACCESS_OUT.get().cloned()
+}
+
 /// See [`ACCESS_JSON`].
 pub fn access_json_writer() -> Option<tracing_appender::non_blocking::NonBlocking> {
     ACCESS_JSON.get().cloned()
@@ -132,6 +141,7 @@ pub fn init(cfg: &LogConfig) -> Result<Guards, String> {
             if json {
                 let _ = ACCESS_JSON.set(w.clone());
             }
+            let _ = ACCESS_OUT.set(w.clone());
             (
                 fmt_layer(cfg.format, out, ansi)
                     .with_filter(filter_fn(|m| !is_access(m)))
@@ -148,6 +158,7 @@ pub fn init(cfg: &LogConfig) -> Result<Guards, String> {
             if json {
                 let _ = ACCESS_JSON.set(out.clone());
             }
+            let _ = ACCESS_OUT.set(out.clone());
             (fmt_layer(cfg.format, out, ansi), None, None)
         }
     };

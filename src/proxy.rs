@@ -148,6 +148,10 @@ struct LogFields {
     fault: Option<&'static str>,
     /// Write the access log line (the fields also feed a sampled span).
     access: bool,
+    /// In nginx's combined format (`log.access_log_format: combined`),
+    /// which needs the Referer (kept only then).
+    combined: bool,
+    referer: Option<HeaderValue>,
     /// Which lines are written (`log.access_log_filter`).
     filter: Option<Arc<crate::config::model::AccessLogFilter>>,
     user_agent: Option<HeaderValue>,
@@ -435,6 +439,25 @@ impl Outcome {
         {
             return;
         }
+        if log.combined {
+            if let Some(mut w) = crate::logging::access_writer()
+                && tracing::enabled!(target: "sift::access", tracing::Level::INFO)
+            {
+                crate::access_log::write_combined(
+                    &mut w,
+                    ClientIp(log),
+                    log.method.as_str(),
+                    &log.path,
+                    log.query.as_deref(),
+                    version_str(log.version),
+                    self.status,
+                    bytes,
+                    log.referer.as_ref().map(HeaderValue::as_bytes),
+                    log.user_agent.as_ref().map(HeaderValue::as_bytes),
+                );
+            }
+            return;
+        }
         let request_id = String::from_utf8_lossy(log.request_id.as_bytes());
         let user_agent = log.user_agent.as_ref().map_or(Cow::Borrowed("-"), |v| {
             String::from_utf8_lossy(v.as_bytes())
@@ -574,6 +597,12 @@ pub async fn handle(
             mirrored: 0,
             fault: None,
             access,
+            combined: snap.config.log.access_log_combined,
+            referer: if snap.config.log.access_log_combined {
+                req.headers().get(header::REFERER).cloned()
+            } else {
+                None
+            },
             filter: snap.config.log.access_log_filter.clone(),
             user_agent: req.headers().get(header::USER_AGENT).cloned(),
             body: req.body().state().cloned(),

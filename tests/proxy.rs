@@ -6109,3 +6109,65 @@ fn forwarded_unclassified(r: &http::Response<Bytes>, len: usize) {
     assert_eq!(v["body_len"], len);
     assert!(v["headers"].get("x-sift-spam-verdict").is_none(), "{v}");
 }
+
+/// `log.access_log_format: combined`: nginx's combined log format, for
+/// the tools and pipelines that read nginx's logs (the client as the
+/// listener trusts forwarded hops, the query with secret values redacted,
+/// nginx's `\xHH` escaping); the other log lines stay JSON.
+#[tokio::test(flavor = "multi_thread")]
+async fn access_log_in_nginx_combined_format() {
+    let up = Upstream::echo("app").await;
+    let cfg = simple_config(up.addr, "").replace(
+        "log: { format: json, level: info }",
+        "log: { format: json, level: info, access_log_format: combined }",
+    );
+    assert!(cfg.contains("combined"), "{cfg}");
+    let sift = Sift::start(&cfg);
+    let req = Request::get(sift.url("/x?q=1&access_token=s3cret"))
+        .header("referer", "https://ex.com/\"r\"")
+        .header("user-agent", "probe/1.0")
+        .body(full(Bytes::new()))
+        .unwrap();
+    assert_eq!(send(req).await.status(), 200);
+    assert_eq!(get_text(&sift.url("/y")).await.0, 200);
+    let lines = || {
+        sift.log_lines()
+            .into_iter()
+            .filter(|l| l.starts_with("127.0.0.1 - - ["))
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        eventually(Duration::from_secs(3), || async { lines().len() == 2 }).await,
+        "{:?}",
+        sift.log_lines()
+    );
+    let first = &lines()[0];
+    let rest = first.split_once("] ").expect("a time in brackets").1;
+    assert!(
+        rest.starts_with(r#""GET /x?q=1&access_token=[redacted] HTTP/1.1" 200 "#),
+        "{rest}"
+    );
+    assert!(
+        rest.ends_with(r#" "https://ex.com/\x22r\x22" "probe/1.0""#),
+        "{rest}"
+    );
+    let bytes: u64 = rest
+        .split(' ')
+        .nth(4)
+        .and_then(|b| b.parse().ok())
+        .unwrap_or_else(|| panic!("bytes sent in {rest}"));
+    assert!(bytes > 0, "{rest}");
+    assert!(
+        lines()[1].contains(r#""GET /y HTTP/1.1" 200 "#),
+        "{}",
+        lines()[1]
+    );
+    assert!(lines()[1].ends_with(r#" "-" "-""#), "{}", lines()[1]);
+    assert!(!sift.log_lines().join("\n").contains("s3cret"));
+    // The other lines are still JSON.
+    assert!(
+        sift.log_lines()
+            .iter()
+            .any(|l| l.contains("\"message\":\"sift ready\""))
+    );
+}

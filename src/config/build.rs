@@ -769,6 +769,8 @@ fn build_log(l: Option<&LogFile>, e: &mut Errs) -> LogConfig {
         level,
         access_log: l.access_log.unwrap_or(true),
         access_log_path,
+        access_log_combined: l.access_log_format
+            == Some(crate::config::file::AccessLogFormatFile::Combined),
         access_log_filter,
     }
 }

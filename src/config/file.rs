@@ -1001,6 +1001,10 @@ pub struct LogFile {
     /// Emit one access-log line per request (default true).
     #[serde(default)]
     pub access_log: Option<bool>,
+    /// `default` (a line in `format`) or `combined` (nginx's and Apache's
+    /// combined log format, for tools that read it).
+    #[serde(default)]
+    pub access_log_format: Option<AccessLogFormatFile>,
     /// Write access-log lines to this file (appended; created mode 0640)
     /// instead of stdout; the other lines stay on stdout. Reopened on
     /// SIGUSR1 and `POST /reopen_logs` (after logrotate moved it).
@@ -1010,6 +1014,17 @@ pub struct LogFile {
     /// slow ones always, a sample of the rest, none for skipped paths.
     #[serde(default)]
     pub access_log_filter: Option<AccessLogFilterFile>,
+}
+
+/// The shape of access-log lines.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessLogFormatFile {
+    /// A JSON object (or a text line with `log.format: text`).
+    #[default]
+    Default,
+    /// `CLIENT - - [TIME] "METHOD PATH PROTOCOL" STATUS BYTES "REFERER" "USER-AGENT"`.
+    Combined,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]

@@ -234,6 +234,8 @@ pub struct LogConfig {
     pub access_log: bool,
     /// Access-log lines to this file instead of stdout.
     pub access_log_path: Option<std::path::PathBuf>,
+    /// nginx's combined format instead of `format`'s line.
+    pub access_log_combined: bool,
     #[serde(serialize_with = "ser_arc_filter")]
     pub access_log_filter: Option<std::sync::Arc<AccessLogFilter>>,
 }
