@@ -94,25 +94,25 @@ fn is_access(m: &tracing::Metadata<'_>) -> bool {
 /// The target of access-log lines.
 pub const ACCESS_TARGET: &str = "sift::access";
 
-/// With `log.format: json`, the writer HTTP access-log lines go to
-/// (stdout's, or the access file's): [`crate::access_log`] writes each
-/// line there itself, in the JSON layer's shape, at a tenth of the cost of
-/// a tracing event. `None` (text format, or no logger installed by sift):
-/// access lines are tracing events.
-static ACCESS_JSON: OnceLock<tracing_appender::non_blocking::NonBlocking> = OnceLock::new();
+/// The writer access-log lines go to (stdout's, or the access file's),
+/// and whether the log format is JSON. [`crate::access_log`] writes JSON
+/// and combined lines there itself, at a fraction of a tracing event's
+/// cost; text-format lines stay tracing events. Unset when sift did not
+/// install the logger.
+static ACCESS_OUT: OnceLock<(tracing_appender::non_blocking::NonBlocking, bool)> = OnceLock::new();
 
-/// The writer access-log lines go to whatever the format (stdout's, or
-/// the access file's): where `log.access_log_format: combined` lines go.
-static ACCESS_OUT: OnceLock<tracing_appender::non_blocking::NonBlocking> = OnceLock::new();
-
-/// See [`ACCESS_OUT`].
+/// The access-log writer, whatever the format (combined lines).
 pub fn access_writer() -> Option<tracing_appender::non_blocking::NonBlocking> {
-    ACCESS_OUT.get().cloned()
+    ACCESS_OUT.get().map(|(w, _)| w.clone())
 }
 
-/// See [`ACCESS_JSON`].
+/// The access-log writer when the log format is JSON (JSON access lines
+/// are then written directly); `None` with the text format.
 pub fn access_json_writer() -> Option<tracing_appender::non_blocking::NonBlocking> {
-    ACCESS_JSON.get().cloned()
+    ACCESS_OUT
+        .get()
+        .filter(|(_, json)| *json)
+        .map(|(w, _)| w.clone())
 }
 
 /// Install the logger: every line on stdout, or, with
@@ -138,10 +138,7 @@ pub fn init(cfg: &LogConfig) -> Result<Guards, String> {
             let f = Arc::new(f);
             let _ = ACCESS.set(f.clone());
             let (w, g) = writer(AccessWriter(f));
-            if json {
-                let _ = ACCESS_JSON.set(w.clone());
-            }
-            let _ = ACCESS_OUT.set(w.clone());
+            let _ = ACCESS_OUT.set((w.clone(), json));
             (
                 fmt_layer(cfg.format, out, ansi)
                     .with_filter(filter_fn(|m| !is_access(m)))
@@ -155,10 +152,7 @@ pub fn init(cfg: &LogConfig) -> Result<Guards, String> {
             )
         }
         None => {
-            if json {
-                let _ = ACCESS_JSON.set(out.clone());
-            }
-            let _ = ACCESS_OUT.set(out.clone());
+            let _ = ACCESS_OUT.set((out.clone(), json));
             (fmt_layer(cfg.format, out, ansi), None, None)
         }
     };
