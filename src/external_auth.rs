@@ -329,7 +329,10 @@ async fn exchange(
         .pick(clock.now(), None, None)
         .ok_or(Failed::NoEndpoint)?;
     let _slot = cluster.request_slot().map_err(|_| Failed::Overload)?;
-    let _conn = cluster.conn_slot().await.map_err(|_| Failed::Overload)?;
+    let _conn = cluster
+        .conn_slot(cluster.spec.protocol == UpstreamProtocol::Http2)
+        .await
+        .map_err(|_| Failed::Overload)?;
     let endpoint = &cluster.endpoints[index].endpoint;
     let mut headers = HeaderMap::new();
     for (n, v) in client.headers {

@@ -114,7 +114,8 @@ async fn get(
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     let target = match cluster.spec.protocol {
         // HTTP/1.1: origin form and a Host header; HTTP/2: :authority.
-        crate::config::file::UpstreamProtocol::Http1 => path.to_string(),
+        crate::config::file::UpstreamProtocol::Http1
+        | crate::config::file::UpstreamProtocol::Client => path.to_string(),
         crate::config::file::UpstreamProtocol::Http2 => uri.to_string(),
     };
     let req = Request::get(target)

@@ -97,6 +97,9 @@ pub struct Head {
     pub path_and_query: http::uri::PathAndQuery,
     /// The headers as sent upstream, Host included when there was one.
     pub headers: HeaderMap,
+    /// The primary's upstream protocol (a `protocol: client` mirror
+    /// cluster takes it too).
+    pub version: Version,
 }
 
 /// One mirror copy, ready to run: [`Job::run`] in its own task.
@@ -195,7 +198,12 @@ async fn send(
     let now = clock.now();
     let (index, _ep_guard) = cluster.pick(now, None, None).ok_or(Failure::Failed)?;
     let endpoint = &cluster.endpoints[index].endpoint;
-    let _conn_slot = cluster.conn_slot().await.map_err(|e| match e {
+    let h2 = match cluster.spec.protocol {
+        UpstreamProtocol::Http2 => true,
+        UpstreamProtocol::Client => head.version == Version::HTTP_2,
+        UpstreamProtocol::Http1 => false,
+    };
+    let _conn_slot = cluster.conn_slot(h2).await.map_err(|e| match e {
         crate::error::ProxyError::CircuitOpen { .. } => Failure::Overload,
         _ => Failure::Failed,
     })?;
@@ -210,7 +218,6 @@ async fn send(
     } else {
         HeaderValue::from_bytes(&host).ok()
     };
-    let h2 = cluster.spec.protocol == UpstreamProtocol::Http2;
     let authority = match (h2, &shadow) {
         (true, Some(v)) => http::uri::Authority::try_from(v.as_bytes()).ok(),
         _ => None,

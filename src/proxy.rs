@@ -1402,7 +1402,13 @@ async fn proxy(
     parts.version = match cluster.spec.protocol {
         UpstreamProtocol::Http1 => Version::HTTP_11,
         UpstreamProtocol::Http2 => Version::HTTP_2,
+        // The client's protocol; an upgrade (HTTP/1.1 only) stays there.
+        UpstreamProtocol::Client if downstream_version == Version::HTTP_2 && upgrade.is_none() => {
+            Version::HTTP_2
+        }
+        UpstreamProtocol::Client => Version::HTTP_11,
     };
+    let upstream_h2 = parts.version == Version::HTTP_2;
     let h = &mut parts.headers;
     // The scan at the start saw which hop-by-hop headers there are (only
     // x-sift-* has been removed since).
@@ -1466,11 +1472,11 @@ async fn proxy(
     // An HTTP/2 upstream gets the request's host as :authority (RFC 9113
     // §8.3.1), not the endpoint's address, and no Host header beside it;
     // the connection goes to the endpoint all the same.
-    let h2_authority = match cluster.spec.protocol {
-        UpstreamProtocol::Http2 => h
-            .get(header::HOST)
-            .and_then(|v| http::uri::Authority::try_from(v.as_bytes()).ok()),
-        UpstreamProtocol::Http1 => None,
+    let h2_authority = if upstream_h2 {
+        h.get(header::HOST)
+            .and_then(|v| http::uri::Authority::try_from(v.as_bytes()).ok())
+    } else {
+        None
     };
     if h2_authority.is_some() {
         h.remove(header::HOST);
@@ -1709,6 +1715,7 @@ async fn proxy(
                     method: parts.method.clone(),
                     path_and_query: path_and_query.clone(),
                     headers,
+                    version: parts.version,
                 }
             },
             known,
@@ -1733,7 +1740,7 @@ async fn proxy(
         }
     }
 
-    if cluster.spec.protocol == UpstreamProtocol::Http1 && matches!(body, Plan::Stream(_)) {
+    if !upstream_h2 && matches!(body, Plan::Stream(_)) {
         h1_trailer_framing(&mut parts.headers, &known_trailers);
     }
 
@@ -1836,7 +1843,12 @@ async fn proxy(
             }
             None => deadline,
         };
-        let waited = match tokio::time::timeout_at(deadline_at, cluster.conn_slot()).await {
+        let waited = match tokio::time::timeout_at(
+            deadline_at,
+            cluster.conn_slot(parts.version == Version::HTTP_2),
+        )
+        .await
+        {
             Ok(slot) => slot,
             Err(_) => Err(timed_out(timeout)),
         };

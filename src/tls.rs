@@ -719,6 +719,9 @@ pub struct UpstreamTlsLoaded {
     pub connector: tokio_rustls::TlsConnector,
     /// Without ALPN (the TCP proxy's connections are not HTTP).
     pub raw: tokio_rustls::TlsConnector,
+    /// Offering `h2` alone: a `protocol: client` cluster's HTTP/2
+    /// requests (its HTTP/1.1 ones use `connector`).
+    pub h2: tokio_rustls::TlsConnector,
     /// The client certificate's validity (not before, not after; Unix s).
     pub client_cert: Option<(i64, i64)>,
 }
@@ -755,6 +758,8 @@ impl UpstreamTls {
         let raw = client_config(spec)?;
         let mut http = raw.clone();
         http.alpn_protocols = alpn.to_vec();
+        let mut h2 = raw.clone();
+        h2.alpn_protocols = vec![b"h2".to_vec()];
         let client_cert = match &spec.cert {
             Some(c) => load_certs(c)?
                 .first()
@@ -765,6 +770,7 @@ impl UpstreamTls {
         Ok(UpstreamTlsLoaded {
             connector: tokio_rustls::TlsConnector::from(Arc::new(http)),
             raw: tokio_rustls::TlsConnector::from(Arc::new(raw)),
+            h2: tokio_rustls::TlsConnector::from(Arc::new(h2)),
             client_cert,
         })
     }

@@ -374,6 +374,113 @@ clusters:
     }
 }
 
+/// An upstream that answers with the protocol and host each request
+/// came with (`x-version`, `x-host`: :authority on HTTP/2, else Host); a
+/// gRPC call also gets `grpc-status: 0` in trailers.
+async fn version_upstream() -> Upstream {
+    Upstream::start(|req: Request<hyper::body::Incoming>| async move {
+        let version = format!("{:?}", req.version());
+        let host = match req.uri().authority() {
+            Some(a) if req.version() == http::Version::HTTP_2 => a.to_string(),
+            _ => req
+                .headers()
+                .get("host")
+                .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+                .unwrap_or_default(),
+        };
+        let grpc = req
+            .headers()
+            .get("content-type")
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let _ = req.into_body().collect().await;
+        let mut r = if grpc {
+            grpc_answer("0")
+        } else {
+            text_response(200, "ok")
+        };
+        r.headers_mut()
+            .insert("x-version", version.parse().unwrap());
+        r.headers_mut().insert("x-host", host.parse().unwrap());
+        r
+    })
+    .await
+}
+
+/// `protocol: client` (Envoy's `use_downstream_protocol_config`, Istio's
+/// `useClientProtocol`): each request goes upstream in the protocol its
+/// client spoke, for an app that serves REST and gRPC on one port. An
+/// HTTP/1.1 request goes over HTTP/1.1 with its Host, an HTTP/2 one (a
+/// gRPC call too, its trailers back) over HTTP/2 with the host as
+/// :authority; each protocol keeps its own connection alive. An `http1`
+/// cluster sends HTTP/2 clients' requests over HTTP/1.1, as before.
+#[tokio::test(flavor = "multi_thread")]
+async fn client_protocol_clusters_follow_the_clients_protocol() {
+    let both = version_upstream().await;
+    let h1_only = version_upstream().await;
+    let cfg = format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+routes:
+  - {{ name: fixed, match: {{ path: {{ prefix: /fixed }} }}, cluster: h1 }}
+  - {{ name: follow, cluster: app }}
+clusters:
+  - {{ name: app, endpoints: ["{}"], protocol: client }}
+  - {{ name: h1, endpoints: ["{}"] }}
+"#,
+        both.addr, h1_only.addr
+    );
+    let sift = Sift::start(&cfg);
+    let host = sift.addr().to_string();
+    let (h1, h2) = (http1_client(), http2_client());
+    for round in 0..3 {
+        let r = h1
+            .request(Request::get(sift.url("/rest")).body(body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-version"], "HTTP/1.1", "round {round}");
+        assert_eq!(r.headers()["x-host"], host.as_str());
+        let _ = r.into_body().collect().await;
+
+        let r = h2
+            .request(Request::get(sift.url("/rest")).body(body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-version"], "HTTP/2.0", "round {round}");
+        assert_eq!(r.headers()["x-host"], host.as_str());
+        let _ = r.into_body().collect().await;
+
+        let call = Request::post(sift.url("/pkg.Svc/Call"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(body::full(Bytes::from_static(b"\0\0\0\0\0")))
+            .unwrap();
+        let r = h2.request(call).await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-version"], "HTTP/2.0");
+        let c = r.into_body().collect().await.unwrap();
+        let t = c.trailers().cloned().unwrap_or_default();
+        assert_eq!(t.get("grpc-status").map(|v| v.as_bytes()), Some(&b"0"[..]));
+    }
+    assert_eq!(
+        both.connections.load(std::sync::atomic::Ordering::Relaxed),
+        2,
+        "one kept-alive connection per protocol"
+    );
+    assert_eq!(both.requests.load(std::sync::atomic::Ordering::Relaxed), 9);
+    let r = h2
+        .request(
+            Request::get(sift.url("/fixed"))
+                .body(body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-version"], "HTTP/1.1", "an http1 cluster");
+}
+
 /// Routes that hold the body before forwarding it (a filter in annotate
 /// or block mode, a spooling filter, request buffering, retries) and a
 /// plain one, to `a`.

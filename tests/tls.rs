@@ -1706,6 +1706,80 @@ async fn https_upstream(
     addr
 }
 
+/// `protocol: client` over TLS: an HTTP/1.1 request's connection offers
+/// `http/1.1` by ALPN, an HTTP/2 request's `h2`, and each goes in its
+/// client's protocol to an upstream that speaks both (it answers with the
+/// version and the protocol ALPN chose).
+#[tokio::test(flavor = "multi_thread")]
+async fn client_protocol_cluster_offers_the_clients_protocol_by_alpn() {
+    let s = setup();
+    let api = leaf(
+        &s.ca,
+        &["api.internal"],
+        None,
+        "api",
+        true,
+        false,
+        Alg::Ecdsa,
+    );
+    let mut cfg = (*test_server_tls(&s.dir, "api", &api, sift::tls::MtlsMode::Off, None)).clone();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let alpn = tls
+                    .get_ref()
+                    .1
+                    .alpn_protocol()
+                    .map_or("none".to_string(), |a| {
+                        String::from_utf8_lossy(a).into_owned()
+                    });
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let body = format!("{:?} {alpn}", req.version());
+                    async move { Ok::<_, std::convert::Infallible>(http::Response::new(full(body))) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    let cfg = format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+routes: [{{ name: all, cluster: api }}]
+clusters:
+  - name: api
+    endpoints: ["{up}"]
+    protocol: client
+    tls: {{ ca: "{ca}", server_name: api.internal }}
+"#,
+        ca = s.dir.path("ca.pem").display(),
+    );
+    let sift = Sift::start(&cfg);
+    for (client, want) in [
+        (http1_client(), "HTTP/1.1 http/1.1"),
+        (http2_client(), "HTTP/2.0 h2"),
+        (http1_client(), "HTTP/1.1 http/1.1"),
+    ] {
+        let r = client
+            .request(Request::get(sift.url("/x")).body(body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let b = r.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(b, want);
+    }
+}
+
 /// `subject_alt_names` checks the upstream's workload identity (a SPIFFE
 /// ID in its URI SAN) instead of a host name, as Istio's DestinationRule
 /// `subjectAltNames` does: the right ID passes whatever the server name,

@@ -2315,6 +2315,10 @@ pub enum UpstreamProtocol {
     Http1,
     /// HTTP/2 with prior knowledge.
     Http2,
+    /// The client's protocol: HTTP/2 requests over HTTP/2, HTTP/1.x ones
+    /// over HTTP/1.1 (Envoy's `use_downstream_protocol_config`, Istio's
+    /// `useClientProtocol`), for an app that serves both on one port.
+    Client,
 }
 
 /// An endpoint: `host:port`, or `{address: host:port, weight: N, priority: P}`.

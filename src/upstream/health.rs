@@ -519,7 +519,7 @@ fn probe_request(
     let bad = |e: String| Failure::Protocol(format!("probe request: {e}"));
     let mut b = Request::get(match cluster.spec.protocol {
         // HTTP/1.1: origin form and a Host header.
-        UpstreamProtocol::Http1 => spec.path.clone(),
+        UpstreamProtocol::Http1 | UpstreamProtocol::Client => spec.path.clone(),
         // HTTP/2: the host goes in :authority.
         UpstreamProtocol::Http2 => format!(
             "{}://{host}{}",
@@ -532,7 +532,7 @@ fn probe_request(
         ),
     })
     .header(http::header::USER_AGENT, "sift-health-check");
-    if cluster.spec.protocol == UpstreamProtocol::Http1 {
+    if cluster.spec.protocol != UpstreamProtocol::Http2 {
         b = b
             .header(
                 http::header::HOST,

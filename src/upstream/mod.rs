@@ -299,7 +299,9 @@ pub fn tls_connector(
         return Ok(None);
     };
     let alpn = match spec.protocol {
-        UpstreamProtocol::Http1 => vec![b"http/1.1".to_vec()],
+        // `client`: HTTP/1.1 requests offer `http/1.1`; HTTP/2 ones connect
+        // with the loaded client's `h2` connector.
+        UpstreamProtocol::Http1 | UpstreamProtocol::Client => vec![b"http/1.1".to_vec()],
         UpstreamProtocol::Http2 => vec![b"h2".to_vec()],
     };
     crate::tls::UpstreamTls::new(t.clone(), alpn).map(Some)
@@ -374,7 +376,8 @@ impl Cluster {
         m.cluster_endpoints
             .with_label_values(&[n])
             .set(endpoints.len() as i64);
-        let conn_slots = (spec.protocol == UpstreamProtocol::Http1)
+        // HTTP/1.1 requests take a connection each (HTTP/2 ones share one).
+        let conn_slots = (spec.protocol != UpstreamProtocol::Http2)
             .then(|| Arc::new(Semaphore::new(spec.breakers.max_connections)));
         let table = match spec.lb {
             LbPolicy::RingHash => Some(hash::Table::ring(&spec.endpoints, &spec.weights)),
@@ -413,7 +416,7 @@ impl Cluster {
             .get(index)
             .ok_or_else(|| SendError::Connect(format!("no endpoint {index}")))?
             .endpoint;
-        let r = self.pool.connect_io(e, true).await;
+        let r = self.pool.connect_io(e, pool::Alpn::None).await;
         if r.is_err() {
             self.metrics.connect_errors.inc();
         }
@@ -489,9 +492,11 @@ impl Cluster {
     }
 
     /// HTTP/1.1: wait for a connection slot (counted as pending), or 503
-    /// circuit-open when max_pending_requests are already waiting.
-    pub async fn conn_slot(&self) -> Result<ConnSlot, ProxyError> {
-        let Some(sem) = &self.conn_slots else {
+    /// circuit-open when max_pending_requests are already waiting. `h2`:
+    /// the request goes over HTTP/2 (a `protocol: client` cluster), no
+    /// slot.
+    pub async fn conn_slot(&self, h2: bool) -> Result<ConnSlot, ProxyError> {
+        let Some(sem) = self.conn_slots.as_ref().filter(|_| !h2) else {
             return Ok(None);
         };
         if let Ok(p) = sem.clone().try_acquire_owned() {

@@ -269,6 +269,10 @@ impl Pool {
         match self.cfg.protocol {
             UpstreamProtocol::Http1 => self.send_h1(index, endpoint, req).await,
             UpstreamProtocol::Http2 => self.send_h2(index, endpoint, req).await,
+            UpstreamProtocol::Client if req.version() == http::Version::HTTP_2 => {
+                self.send_h2(index, endpoint, req).await
+            }
+            UpstreamProtocol::Client => self.send_h1(index, endpoint, req).await,
         }
     }
 
@@ -560,7 +564,7 @@ impl Pool {
     /// A health probe: connect (TCP, and TLS when the cluster has it), then
     /// close. Not pooled.
     pub async fn probe_connect(&self, endpoint: &Endpoint) -> Result<(), SendError> {
-        self.connect_io(endpoint, false).await.map(drop)
+        self.connect_io(endpoint, Alpn::Cluster).await.map(drop)
     }
 
     /// A health probe: `req` on a fresh connection (not pooled, closed after
@@ -581,7 +585,7 @@ impl Pool {
         req: Request<Body>,
     ) -> Result<http::Response<Incoming>, SendError> {
         match self.cfg.protocol {
-            UpstreamProtocol::Http1 => {
+            UpstreamProtocol::Http1 | UpstreamProtocol::Client => {
                 let mut send = self.connect_h1(endpoint).await?;
                 Ok(send.send_request(req).await?)
             }
@@ -593,8 +597,8 @@ impl Pool {
     }
 
     /// A connection to `endpoint`: TCP, then the cluster's TLS (offering
-    /// its protocol by ALPN, or no ALPN at all when `raw`).
-    pub async fn connect_io(&self, endpoint: &Endpoint, raw: bool) -> Result<Io, SendError> {
+    /// by ALPN what `alpn` says).
+    pub async fn connect_io(&self, endpoint: &Endpoint, alpn: Alpn) -> Result<Io, SendError> {
         let connect = async {
             if let Some(a) = endpoint.addr {
                 return tokio::net::TcpStream::connect(a).await;
@@ -635,10 +639,11 @@ impl Pool {
             return Ok(Io::Plain(tcp));
         };
         let loaded = client.current();
-        // The TCP proxy's connections are not HTTP: offered no ALPN (a
-        // server that checks it, such as PostgreSQL's direct TLS, would
-        // refuse `http/1.1`).
-        let tls = if raw { &loaded.raw } else { &loaded.connector };
+        let tls = match alpn {
+            Alpn::Cluster => &loaded.connector,
+            Alpn::None => &loaded.raw,
+            Alpn::H2 => &loaded.h2,
+        };
         let name = match &client.sni {
             Some(n) => n.clone(),
             None => ServerName::try_from(endpoint.host.clone())
@@ -655,7 +660,7 @@ impl Pool {
     }
 
     async fn connect_h1(&self, endpoint: &Endpoint) -> Result<http1::SendRequest<Body>, SendError> {
-        let io = self.connect_io(endpoint, false).await?;
+        let io = self.connect_io(endpoint, Alpn::Cluster).await?;
         let (send, conn) = http1::Builder::new()
             .handshake(TokioIo::new(io))
             .await
@@ -669,7 +674,7 @@ impl Pool {
     }
 
     async fn connect_h2(&self, endpoint: &Endpoint) -> Result<http2::SendRequest<Body>, SendError> {
-        let io = self.connect_io(endpoint, false).await?;
+        let io = self.connect_io(endpoint, Alpn::H2).await?;
         let mut b = http2::Builder::new(TokioExecutor::new());
         b.timer(TokioTimer::new());
         if let Some(k) = &self.cfg.http2_keepalive {
@@ -760,7 +765,20 @@ impl http_body::Body for Returning {
     }
 }
 
-/// A plain or TLS upstream stream.
+/// What a TLS connection to an endpoint offers by ALPN (nothing matters
+/// on plain TCP).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Alpn {
+    /// The cluster's protocol (`http/1.1` for `client`).
+    Cluster,
+    /// `h2` alone.
+    H2,
+    /// No ALPN: the TCP proxy's connections are not HTTP (a server that
+    /// checks it, such as PostgreSQL's direct TLS, would refuse
+    /// `http/1.1`).
+    None,
+}
+
 /// A connection to an endpoint, TLS or not (the TCP proxy relays over it).
 pub enum Io {
     Plain(tokio::net::TcpStream),
