@@ -2715,7 +2715,8 @@ async fn query_fields_options_and_modes() {
 /// `sift run` without a config file, as a local dev proxy (Caddy's
 /// `reverse-proxy --from --to`): `--listen`, `--upstream` and `--filter`
 /// change the embedded dev default; a spam text reaches the app annotated
-/// with the builtin model, or is refused with `--filter spam:block`.
+/// with the builtin model, or is refused with `--filter spam:block`; each
+/// request reaches the app in its client's protocol.
 #[tokio::test(flavor = "multi_thread")]
 async fn sift_run_flags_make_a_dev_proxy_with_a_filter() {
     let up = Upstream::echo("app").await;
@@ -2732,6 +2733,16 @@ async fn sift_run_flags_make_a_dev_proxy_with_a_filter() {
     assert_eq!(r.status(), 200);
     let v: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
     assert_eq!(v["headers"]["x-sift-spam-verdict"][0], "spam", "{v}");
+    assert_eq!(v["version"], "HTTP/1.1", "{v}");
+    // The dev default's cluster follows the client's protocol: an h2c
+    // client (a gRPC tool) reaches the app over HTTP/2.
+    let r = http2_client()
+        .request(Request::get(dev.url("/h2")).body(body::empty()).unwrap())
+        .await
+        .unwrap();
+    let b = r.into_body().collect().await.unwrap().to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+    assert_eq!(v["version"], "HTTP/2.0", "{v}");
     drop(dev);
     let dev = DevSift::start(
         &[
