@@ -75,7 +75,7 @@ impl OriginMatch {
         Ok(OriginMatch::Exact(lower))
     }
 
-    fn matches(&self, origin: &str) -> bool {
+    pub(crate) fn matches(&self, origin: &str) -> bool {
         match self {
             OriginMatch::Any => true,
             OriginMatch::Exact(e) => e.eq_ignore_ascii_case(origin),

@@ -66,6 +66,9 @@ pub enum ProxyError {
     SourceDenied { route: String, ip: String },
     #[error("identity {identity:?} may not use route {route:?}")]
     IdentityDenied { route: String, identity: String },
+    /// A state-changing request from another site's page (`csrf`).
+    #[error("cross-site request refused on route {route:?}: {reason}")]
+    CsrfDenied { route: String, reason: &'static str },
     #[error("route {route:?} needs a JWT: {reason}")]
     Jwt {
         route: String,
@@ -161,6 +164,7 @@ pub enum ErrorKind {
     CircuitOpen,
     IdentityDenied,
     SourceDenied,
+    CsrfDenied,
     JwtMissing,
     JwtInvalid,
     FilterBlocked,
@@ -181,7 +185,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 34] = [
+    pub const ALL: [ErrorKind; 35] = [
         ErrorKind::MalformedRequest,
         ErrorKind::NotImplemented,
         ErrorKind::HeadersTooLarge,
@@ -199,6 +203,7 @@ impl ErrorKind {
         ErrorKind::CircuitOpen,
         ErrorKind::IdentityDenied,
         ErrorKind::SourceDenied,
+        ErrorKind::CsrfDenied,
         ErrorKind::JwtMissing,
         ErrorKind::JwtInvalid,
         ErrorKind::FilterBlocked,
@@ -237,6 +242,7 @@ impl ErrorKind {
             ErrorKind::CircuitOpen => "circuit-open",
             ErrorKind::IdentityDenied => "identity-denied",
             ErrorKind::SourceDenied => "source-denied",
+            ErrorKind::CsrfDenied => "csrf-denied",
             ErrorKind::BasicAuthMissing => "basic-auth-missing",
             ErrorKind::BasicAuthInvalid => "basic-auth-invalid",
             ErrorKind::JwtMissing => "jwt-missing",
@@ -278,7 +284,9 @@ impl ErrorKind {
             ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorKind::Unclassifiable => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            ErrorKind::IdentityDenied | ErrorKind::SourceDenied => StatusCode::FORBIDDEN,
+            ErrorKind::IdentityDenied | ErrorKind::SourceDenied | ErrorKind::CsrfDenied => {
+                StatusCode::FORBIDDEN
+            }
             ErrorKind::JwtMissing
             | ErrorKind::JwtInvalid
             | ErrorKind::BasicAuthMissing
@@ -332,6 +340,7 @@ impl ProxyError {
             ProxyError::CircuitOpen { .. } => ErrorKind::CircuitOpen,
             ProxyError::IdentityDenied { .. } => ErrorKind::IdentityDenied,
             ProxyError::SourceDenied { .. } => ErrorKind::SourceDenied,
+            ProxyError::CsrfDenied { .. } => ErrorKind::CsrfDenied,
             ProxyError::Jwt {
                 reason: crate::jwt::JwtError::Missing,
                 ..
@@ -423,6 +432,9 @@ impl ProxyError {
             ProxyError::CircuitOpen { .. } => "upstream circuit open, retry later".into(),
             ProxyError::IdentityDenied { .. } => "caller identity not allowed on this route".into(),
             ProxyError::SourceDenied { .. } => "client address not allowed on this route".into(),
+            ProxyError::CsrfDenied { reason, .. } => {
+                format!("cross-site request refused ({reason})")
+            }
             ProxyError::Jwt { reason, .. } => format!("unauthorized: {reason}"),
             ProxyError::BasicAuth { missing: true, .. } => {
                 "unauthorized: credentials required".into()

@@ -33,6 +33,7 @@ pub mod clock;
 pub mod compress;
 pub mod config;
 pub mod cors;
+pub mod csrf;
 pub mod demo;
 pub mod dns;
 pub mod drain;

@@ -63,6 +63,8 @@ pub struct Metrics {
     pub connections_closed: IntCounterVec,
     pub lb_panic: IntCounterVec,
     pub cors: IntCounterVec,
+    /// `sift_csrf_requests_total{route,result}`.
+    pub csrf: IntCounterVec,
     pub trace_spans: IntCounterVec,
     pub jwt: IntCounterVec,
     pub basic_auth: IntCounterVec,
@@ -507,6 +509,14 @@ impl Metrics {
             &["route", "result"],
         )
         .expect("valid metric");
+        let csrf = IntCounterVec::new(
+            Opts::new(
+                "sift_csrf_requests_total",
+                "State-changing requests (not GET, HEAD or OPTIONS) on routes with a csrf policy, by route and result (same_origin, trusted, no_origin: passed; denied: refused with 403; shadow_denied: would be refused, let through in shadow mode).",
+            ),
+            &["route", "result"],
+        )
+        .expect("valid metric");
         let jwt = IntCounterVec::new(
             Opts::new(
                 "sift_jwt_total",
@@ -791,6 +801,7 @@ impl Metrics {
             Box::new(connections_closed.clone()),
             Box::new(lb_panic.clone()),
             Box::new(cors.clone()),
+            Box::new(csrf.clone()),
             Box::new(trace_spans.clone()),
             Box::new(jwt.clone()),
             Box::new(basic_auth.clone()),
@@ -895,6 +906,7 @@ impl Metrics {
             connections_closed,
             lb_panic,
             cors,
+            csrf,
             trace_spans,
             jwt,
             basic_auth,

@@ -801,6 +801,8 @@ async fn proxy(
         CorsStep::Actual(origin) => out.cors_origin = Some(origin),
         CorsStep::Nothing => {}
     }
+    // 3c. CSRF: a state-changing request from another site's page.
+    csrf_admission(route, &req, &out.metrics)?;
 
     // The coding the answer may be compressed in, read before the request
     // goes upstream.
@@ -2620,6 +2622,50 @@ pub(crate) fn cors_step(
         crate::cors::Cors::Actual(origin) => CorsStep::Actual(origin),
         crate::cors::Cors::None | crate::cors::Cors::Denied => CorsStep::Nothing,
     }
+}
+
+/// A route's `csrf` policy: counted; a refused request is an error (403
+/// `csrf-denied`), or in `shadow` mode only logged.
+pub(crate) fn csrf_admission<B>(
+    route: &crate::snapshot::Route,
+    req: &Request<B>,
+    metrics: &Metrics,
+) -> Result<(), ProxyError> {
+    let Some(c) = &route.spec.csrf else {
+        return Ok(());
+    };
+    // The authority as the client wrote it, port included (the routing
+    // host drops the port; another port is another origin).
+    let target = match req.uri().authority() {
+        Some(a) => a.as_str(),
+        None => req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or(""),
+    };
+    let verdict = c.check(req.method(), req.headers(), target);
+    if let Some(result) = verdict.label(c.enforce) {
+        metrics
+            .csrf
+            .with_label_values(&[route.spec.name.as_str(), result])
+            .inc();
+    }
+    let crate::csrf::Csrf::Denied(reason) = verdict else {
+        return Ok(());
+    };
+    if !c.enforce {
+        tracing::info!(
+            route = %route.spec.name,
+            reason,
+            "csrf (shadow): a cross-site request let through"
+        );
+        return Ok(());
+    }
+    Err(ProxyError::CsrfDenied {
+        route: route.spec.name.clone(),
+        reason,
+    })
 }
 
 /// A route's `allowed_identities` against the caller's identity.

@@ -2848,6 +2848,136 @@ clusters:
     }
 }
 
+/// `csrf` (Envoy's csrf filter, with Fetch metadata): a state-changing
+/// request a browser sent from another site's page is refused with 403
+/// `csrf-denied` and never reaches the app; the site's own pages, trusted
+/// origins, safe methods and clients that are no browser pass; `shadow`
+/// only counts; `require_origin` refuses requests with no source at all.
+#[tokio::test(flavor = "multi_thread")]
+async fn csrf_refuses_state_changing_requests_from_other_sites() {
+    let app =
+        Upstream::start(
+            |_req: Request<hyper::body::Incoming>| async move { text_response(200, "app") },
+        )
+        .await;
+    let cfg = format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+routes:
+  - name: shadow
+    match: {{ path: {{ prefix: /shadow }} }}
+    cluster: app
+    csrf: {{ mode: shadow }}
+  - name: strict
+    match: {{ path: {{ prefix: /strict }} }}
+    cluster: app
+    csrf: {{ require_origin: true }}
+  - name: app
+    cluster: app
+    csrf: {{ trusted_origins: ["https://admin.example", "https://*.partner.example"] }}
+clusters: [{{ name: app, endpoints: ["{}"] }}]
+"#,
+        app.addr
+    );
+    let sift = Sift::start(&cfg);
+    let own = format!("http://{}", sift.addr());
+    let call = |method: &str, path: &str, headers: &[(&str, &str)]| {
+        let mut b = Request::builder().method(method).uri(sift.url(path));
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let req = b.body(full("x=1")).unwrap();
+        async move {
+            let r = send(req).await;
+            (
+                r.status().as_u16(),
+                r.headers()
+                    .get("x-sift-error")
+                    .map(|v| v.to_str().unwrap().to_string()),
+            )
+        }
+    };
+    let ok = (200, None);
+    let denied = (403, Some("csrf-denied".to_string()));
+    let evil = [
+        ("origin", "https://evil.example"),
+        ("sec-fetch-site", "cross-site"),
+    ];
+    let served = |n| app.requests.load(std::sync::atomic::Ordering::Relaxed) - n;
+    let before = served(0);
+    assert_eq!(call("POST", "/form", &evil).await, denied);
+    assert_eq!(
+        call("DELETE", "/item", &[("origin", "https://evil.example")]).await,
+        denied,
+        "no fetch metadata: the origin is another site"
+    );
+    assert_eq!(
+        call("PUT", "/item", &[("referer", "https://evil.example/page")]).await,
+        denied,
+        "the Referer stands in for a missing Origin"
+    );
+    assert_eq!(call("POST", "/form", &[("origin", "null")]).await, denied);
+    assert_eq!(served(before), 0, "refused requests never reach the app");
+    assert_eq!(call("GET", "/form", &evil).await, ok, "a safe method");
+    assert_eq!(
+        call(
+            "POST",
+            "/form",
+            &[("sec-fetch-site", "same-origin"), ("origin", &own)]
+        )
+        .await,
+        ok
+    );
+    assert_eq!(call("POST", "/form", &[("origin", &own)]).await, ok);
+    assert_eq!(
+        call(
+            "POST",
+            "/form",
+            &[
+                ("origin", "https://admin.example"),
+                ("sec-fetch-site", "cross-site")
+            ]
+        )
+        .await,
+        ok,
+        "a trusted origin"
+    );
+    assert_eq!(
+        call(
+            "PATCH",
+            "/form",
+            &[("origin", "https://eu.partner.example")]
+        )
+        .await,
+        ok
+    );
+    assert_eq!(call("POST", "/form", &[]).await, ok, "not a browser");
+    assert_eq!(call("POST", "/shadow", &evil).await, ok, "shadow");
+    assert_eq!(call("POST", "/strict", &[]).await, denied, "require_origin");
+    assert_eq!(call("POST", "/strict", &[("origin", &own)]).await, ok);
+    for (route, result, n) in [
+        ("app", "denied", 4.0),
+        ("app", "same_origin", 2.0),
+        ("app", "trusted", 2.0),
+        ("app", "no_origin", 1.0),
+        ("shadow", "shadow_denied", 1.0),
+        ("strict", "denied", 1.0),
+        ("strict", "same_origin", 1.0),
+    ] {
+        let m = format!(r#"sift_csrf_requests_total{{result="{result}",route="{route}"}}"#);
+        assert_eq!(sift.metric(&m).await, Some(n), "{m}");
+    }
+    refused_at(
+        &one_route_config("", r#"csrf: { trusted_origins: ["*"] }"#),
+        "routes[0].csrf.trusted_origins[0]",
+    );
+    refused_at(
+        &one_route_config("", r#"csrf: { trusted_origins: ["evil"] }"#),
+        "routes[0].csrf.trusted_origins[0]",
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn cors_preflights_are_answered_and_allowed_origins_decorated() {
     // The app sets its own (too wide) CORS header: the route's policy

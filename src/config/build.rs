@@ -1996,6 +1996,10 @@ fn build_routes(
                 .cors
                 .as_ref()
                 .map(|c| build_cors(c, &format!("{p}.cors"), e)),
+            csrf: r
+                .csrf
+                .as_ref()
+                .map(|c| build_csrf(c, &format!("{p}.csrf"), e)),
             jwt: r.jwt.as_ref().and_then(|j| {
                 match jwt_providers.iter().find(|pr| pr.name == j.provider) {
                     Some(pr) => Some(crate::jwt::RouteJwtSpec {
@@ -4094,6 +4098,26 @@ fn build_cors(c: &CorsFile, p: &str, e: &mut Errs) -> crate::cors::CorsSpec {
         expose_headers: names(&c.expose_headers, "expose_headers", e).join(", "),
         max_age: c.max_age.map(|d| d.0.as_secs()),
         allow_credentials: credentials,
+    }
+}
+
+fn build_csrf(c: &CsrfFile, p: &str, e: &mut Errs) -> crate::csrf::CsrfSpec {
+    use crate::cors::OriginMatch;
+    let mut trusted_origins = Vec::new();
+    for (i, o) in c.trusted_origins.iter().enumerate() {
+        match OriginMatch::parse(o) {
+            Ok(OriginMatch::Any) => e.push(
+                format!("{p}.trusted_origins[{i}]"),
+                "\"*\" would trust every site: leave csrf out instead, or name the origins",
+            ),
+            Ok(m) => trusted_origins.push(m),
+            Err(m) => e.push(format!("{p}.trusted_origins[{i}]"), m),
+        }
+    }
+    crate::csrf::CsrfSpec {
+        enforce: c.mode.unwrap_or_default() == CsrfMode::Enforce,
+        trusted_origins,
+        require_origin: c.require_origin.unwrap_or(false),
     }
 }
 

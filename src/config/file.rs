@@ -1635,6 +1635,11 @@ pub struct RouteFile {
     /// sift, answers to allowed origins decorated.
     #[serde(default)]
     pub cors: Option<CorsFile>,
+    /// Cross-site request forgery protection (Envoy's csrf filter): a
+    /// state-changing request a browser sent from another site's page is
+    /// refused with 403 csrf-denied.
+    #[serde(default)]
+    pub csrf: Option<CsrfFile>,
     /// Token-bucket rate limits for this route.
     #[serde(default)]
     pub rate_limits: Option<Vec<RateLimitFile>>,
@@ -1933,6 +1938,34 @@ pub struct CorsFile {
     /// with "*").
     #[serde(default)]
     pub allow_credentials: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CsrfFile {
+    /// `enforce` (default): refused with 403 csrf-denied. `shadow`: let
+    /// through, counted (`result="shadow_denied"`) and logged, to see what
+    /// enforcing would refuse (Envoy's shadow_enabled).
+    #[serde(default)]
+    pub mode: Option<CsrfMode>,
+    /// Other sites whose pages may send state-changing requests (Envoy's
+    /// additional_origins): "https://admin.example.com",
+    /// "https://*.example.com" (any subdomain), "http://localhost:3000".
+    #[serde(default)]
+    pub trusted_origins: Vec<String>,
+    /// Also refuse state-changing requests with no Origin, Referer or
+    /// Sec-Fetch-Site (default false: API clients, services and scripts
+    /// send none; Envoy refuses them). For routes only browsers use.
+    #[serde(default)]
+    pub require_origin: Option<bool>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CsrfMode {
+    #[default]
+    Enforce,
+    Shadow,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]

@@ -424,6 +424,7 @@ pub struct RouteSpec {
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
     pub cors: Option<crate::cors::CorsSpec>,
+    pub csrf: Option<crate::csrf::CsrfSpec>,
     pub compression: Option<crate::compress::CompressionSpec>,
     pub jwt: Option<crate::jwt::RouteJwtSpec>,
     /// HTTP Basic authentication of the route.
