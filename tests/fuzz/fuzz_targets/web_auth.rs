@@ -11,9 +11,14 @@
 //!   checked against a password taken from the data.
 //! - 2: an `Authorization` header: read as Basic credentials, and a
 //!   user's `$apr1$` hash made with a salt from the data.
+//! - 3: a CSRF check (`csrf`): the data as lines, the first the method and
+//!   the target authority, the others `name: value` headers; checked by a
+//!   policy trusting one origin and one subdomain pattern.
 //!
 //! Beyond "no panic": the codec checks above; `Users::verify` of a user
-//! not in the file is false.
+//! not in the file is false; GET, HEAD and OPTIONS are never checked, a
+//! request with no Origin, Referer or Sec-Fetch-Site passes (refused only
+//! with `require_origin`), one from the trusted origin passes.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -50,7 +55,7 @@ fuzz_target!(|input: &[u8]| {
         return;
     };
     let chunk = usize::from(chunk % 17) + 1;
-    match which % 3 {
+    match which % 4 {
         0 => {
             let whole = decode_in(data, data.len().max(1));
             assert_eq!(
@@ -78,6 +83,52 @@ fuzz_target!(|input: &[u8]| {
                 }
                 let ghost = "\u{0}not-a-user";
                 assert!(!users.verify(ghost, password.as_bytes()));
+            }
+        }
+        3 => {
+            use sift::csrf::{Csrf, CsrfSpec};
+            let text = String::from_utf8_lossy(data);
+            let mut lines = text.split('\n');
+            let first = lines.next().unwrap_or("");
+            let (method, target) = first.split_once(' ').unwrap_or((first, ""));
+            let Ok(method) = http::Method::from_bytes(method.as_bytes()) else {
+                return;
+            };
+            let mut h = http::HeaderMap::new();
+            for l in lines {
+                let Some((n, v)) = l.split_once(':') else {
+                    continue;
+                };
+                if let (Ok(n), Ok(v)) = (
+                    http::HeaderName::from_bytes(n.trim().as_bytes()),
+                    http::HeaderValue::from_str(v.trim()),
+                ) {
+                    h.append(n, v);
+                }
+            }
+            let trusted = ["https://admin.example", "https://*.partner.example"]
+                .iter()
+                .map(|o| sift::cors::OriginMatch::parse(o).unwrap())
+                .collect();
+            let mut spec = CsrfSpec {
+                enforce: true,
+                trusted_origins: trusted,
+                require_origin: false,
+            };
+            let v = spec.check(&method, &h, target);
+            let bare = !["origin", "referer", "sec-fetch-site"]
+                .iter()
+                .any(|n| h.contains_key(*n));
+            if matches!(method, http::Method::GET | http::Method::HEAD | http::Method::OPTIONS) {
+                assert_eq!(v, Csrf::Safe);
+            } else if bare {
+                assert_eq!(v, Csrf::NoOrigin);
+                spec.require_origin = true;
+                assert!(matches!(spec.check(&method, &h, target), Csrf::Denied(_)));
+            } else if h.get_all("origin").iter().count() == 1
+                && h.get("origin").is_some_and(|o| o == "https://admin.example")
+            {
+                assert_eq!(v, Csrf::Trusted);
             }
         }
         _ => {
