@@ -55,26 +55,43 @@ pub enum Csrf {
     Denied(&'static str),
 }
 
+/// The `result` labels of `sift_csrf_requests_total`, in the order of
+/// [`Csrf::result`].
+pub const RESULTS: [&str; 5] = [
+    "same_origin",
+    "trusted",
+    "no_origin",
+    "denied",
+    "shadow_denied",
+];
+
+/// `Sec-Fetch-Site`, parsed once.
+const SEC_FETCH_SITE: header::HeaderName = header::HeaderName::from_static("sec-fetch-site");
+
 impl Csrf {
-    /// The `result` label of `sift_csrf_requests_total` (`None`: not
-    /// counted).
-    pub fn label(self, enforce: bool) -> Option<&'static str> {
+    /// Its index in [`RESULTS`] (`None`: not counted).
+    pub fn result(self, enforce: bool) -> Option<usize> {
         match self {
             Csrf::Safe => None,
-            Csrf::SameOrigin => Some("same_origin"),
-            Csrf::Trusted => Some("trusted"),
-            Csrf::NoOrigin => Some("no_origin"),
-            Csrf::Denied(_) if enforce => Some("denied"),
-            Csrf::Denied(_) => Some("shadow_denied"),
+            Csrf::SameOrigin => Some(0),
+            Csrf::Trusted => Some(1),
+            Csrf::NoOrigin => Some(2),
+            Csrf::Denied(_) if enforce => Some(3),
+            Csrf::Denied(_) => Some(4),
         }
     }
+}
+
+/// GET, HEAD and OPTIONS are never checked.
+pub fn safe(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
 impl CsrfSpec {
     /// Check a request by its method, headers and target authority
     /// (`:authority` or `Host`, `host[:port]`).
     pub fn check(&self, method: &Method, headers: &HeaderMap, host: &str) -> Csrf {
-        if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        if safe(method) {
             return Csrf::Safe;
         }
         let origin = source_origin(headers);
@@ -83,7 +100,7 @@ impl CsrfSpec {
         {
             return Csrf::Trusted;
         }
-        let fetch_site = headers.get("sec-fetch-site").map(|v| v.as_bytes());
+        let fetch_site = headers.get(&SEC_FETCH_SITE).map(|v| v.as_bytes());
         match fetch_site {
             Some(b"same-origin" | b"none") => return Csrf::SameOrigin,
             Some(b"cross-site") => return Csrf::Denied("Sec-Fetch-Site: cross-site"),

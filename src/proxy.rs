@@ -802,7 +802,7 @@ async fn proxy(
         CorsStep::Nothing => {}
     }
     // 3c. CSRF: a state-changing request from another site's page.
-    csrf_admission(route, &req, &out.metrics)?;
+    csrf_admission(route, &req)?;
 
     // The coding the answer may be compressed in, read before the request
     // goes upstream.
@@ -2629,11 +2629,13 @@ pub(crate) fn cors_step(
 pub(crate) fn csrf_admission<B>(
     route: &crate::snapshot::Route,
     req: &Request<B>,
-    metrics: &Metrics,
 ) -> Result<(), ProxyError> {
     let Some(c) = &route.spec.csrf else {
         return Ok(());
     };
+    if crate::csrf::safe(req.method()) {
+        return Ok(());
+    }
     // The authority as the client wrote it, port included (the routing
     // host drops the port; another port is another origin).
     let target = match req.uri().authority() {
@@ -2645,11 +2647,8 @@ pub(crate) fn csrf_admission<B>(
             .unwrap_or(""),
     };
     let verdict = c.check(req.method(), req.headers(), target);
-    if let Some(result) = verdict.label(c.enforce) {
-        metrics
-            .csrf
-            .with_label_values(&[route.spec.name.as_str(), result])
-            .inc();
+    if let (Some(i), Some(counters)) = (verdict.result(c.enforce), &route.csrf) {
+        counters[i].inc();
     }
     let crate::csrf::Csrf::Denied(reason) = verdict else {
         return Ok(());

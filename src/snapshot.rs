@@ -87,6 +87,9 @@ pub struct Route {
     /// The external rate limit service's cluster and the route's
     /// `sift_external_ratelimit_total` counters (by `Outcome::ALL`).
     pub remote_limit: Option<(Arc<crate::upstream::Cluster>, [IntCounter; 4])>,
+    /// The route's `sift_csrf_requests_total` counters (by
+    /// `csrf::RESULTS`), with a `csrf` policy.
+    pub csrf: Option<[IntCounter; 5]>,
 }
 
 /// A filter as one route uses it.
@@ -606,6 +609,10 @@ impl Snapshot {
                         }),
                     ))
                 });
+                let csrf = spec.csrf.as_ref().map(|_| {
+                    crate::csrf::RESULTS
+                        .map(|r| metrics.csrf.with_label_values(&[spec.name.as_str(), r]))
+                });
                 let inflight = prev
                     .and_then(|p| p.routes.iter().find(|r| r.spec.name == spec.name))
                     .map(|r| r.inflight.clone())
@@ -658,6 +665,7 @@ impl Snapshot {
                     mirrors,
                     auth,
                     remote_limit,
+                    csrf,
                 }
             })
             .collect();

@@ -190,7 +190,7 @@ async fn head<'s>(
     }
 
     // Admission, in the proxy's order.
-    crate::proxy::csrf_admission(route, req, metrics)?;
+    crate::proxy::csrf_admission(route, req)?;
     crate::proxy::identity_admission(route, listener, conn, req.headers())?;
     if route.spec.jwt.is_some() || route.spec.basic_auth.is_some() {
         let before = req.headers().clone();
