@@ -2851,8 +2851,9 @@ clusters:
 /// `csrf` (Envoy's csrf filter, with Fetch metadata): a state-changing
 /// request a browser sent from another site's page is refused with 403
 /// `csrf-denied` and never reaches the app; the site's own pages, trusted
-/// origins, safe methods and clients that are no browser pass; `shadow`
-/// only counts; `require_origin` refuses requests with no source at all.
+/// origins (and those the route's CORS policy names), safe methods and
+/// clients that are no browser pass; `shadow` only counts;
+/// `require_origin` refuses requests with no source at all.
 #[tokio::test(flavor = "multi_thread")]
 async fn csrf_refuses_state_changing_requests_from_other_sites() {
     let app =
@@ -2873,6 +2874,16 @@ routes:
     match: {{ path: {{ prefix: /strict }} }}
     cluster: app
     csrf: {{ require_origin: true }}
+  - name: api
+    match: {{ path: {{ prefix: /api }} }}
+    cluster: app
+    cors: {{ allow_origins: ["https://spa.example"], allow_credentials: true }}
+    csrf: {{}}
+  - name: open
+    match: {{ path: {{ prefix: /open }} }}
+    cluster: app
+    cors: {{ allow_origins: ["*"] }}
+    csrf: {{}}
   - name: app
     cluster: app
     csrf: {{ trusted_origins: ["https://admin.example", "https://*.partner.example"] }}
@@ -2956,6 +2967,14 @@ clusters: [{{ name: app, endpoints: ["{}"] }}]
     assert_eq!(call("POST", "/shadow", &evil).await, ok, "shadow");
     assert_eq!(call("POST", "/strict", &[]).await, denied, "require_origin");
     assert_eq!(call("POST", "/strict", &[("origin", &own)]).await, ok);
+    // The origins a route's CORS policy allows are trusted ("*" is not).
+    let spa = [
+        ("origin", "https://spa.example"),
+        ("sec-fetch-site", "cross-site"),
+    ];
+    assert_eq!(call("POST", "/api/orders", &spa).await, ok, "cors origin");
+    assert_eq!(call("POST", "/api/orders", &evil).await, denied);
+    assert_eq!(call("POST", "/open/x", &spa).await, denied, "cors \"*\"");
     for (route, result, n) in [
         ("app", "denied", 4.0),
         ("app", "same_origin", 2.0),
@@ -2964,6 +2983,9 @@ clusters: [{{ name: app, endpoints: ["{}"] }}]
         ("shadow", "shadow_denied", 1.0),
         ("strict", "denied", 1.0),
         ("strict", "same_origin", 1.0),
+        ("api", "trusted", 1.0),
+        ("api", "denied", 1.0),
+        ("open", "denied", 1.0),
     ] {
         let m = format!(r#"sift_csrf_requests_total{{result="{result}",route="{route}"}}"#);
         assert_eq!(sift.metric(&m).await, Some(n), "{m}");

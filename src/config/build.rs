@@ -1996,10 +1996,24 @@ fn build_routes(
                 .cors
                 .as_ref()
                 .map(|c| build_cors(c, &format!("{p}.cors"), e)),
-            csrf: r
-                .csrf
-                .as_ref()
-                .map(|c| build_csrf(c, &format!("{p}.csrf"), e)),
+            csrf: r.csrf.as_ref().map(|c| {
+                let mut spec = build_csrf(c, &format!("{p}.csrf"), e);
+                // The origins the route's CORS policy lets call it are
+                // trusted too: its pages' cross-origin requests are the
+                // ones CORS was written for ("*" is not: any site).
+                if let Some(cors) = &r.cors {
+                    for o in &cors.allow_origins {
+                        match crate::cors::OriginMatch::parse(o) {
+                            Ok(crate::cors::OriginMatch::Any) | Err(_) => {}
+                            Ok(m) if !spec.trusted_origins.contains(&m) => {
+                                spec.trusted_origins.push(m)
+                            }
+                            Ok(_) => {}
+                        }
+                    }
+                }
+                spec
+            }),
             jwt: r.jwt.as_ref().and_then(|j| {
                 match jwt_providers.iter().find(|pr| pr.name == j.provider) {
                     Some(pr) => Some(crate::jwt::RouteJwtSpec {
