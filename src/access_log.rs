@@ -9,7 +9,10 @@
 //! tracing-subscriber's JSON layer wrote (`{"timestamp":…,"level":"INFO",
 //! "message":"access",<fields>,"target":"sift::access"}`). The log filter
 //! still decides (`log.level`, `RUST_LOG`, `POST /logging`): the caller
-//! asks `tracing::enabled!` first. The text format keeps the tracing event.
+//! asks `tracing::enabled!` first. Every JSON access line is written so:
+//! the proxy's (`access`), the TCP proxy's (`tcp`) and the Istio mode's
+//! (`envoy_check`, `envoy_ratelimit`). The text format keeps the tracing
+//! events.
 
 use std::cell::RefCell;
 use std::io::Write;

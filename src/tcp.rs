@@ -38,6 +38,29 @@ fn finish(shared: &Shared, conn: &ConnInfo, start: Instant, e: Ended<'_>, sni: O
     if !shared.snapshot.load().config.log.access_log {
         return;
     }
+    let duration_ms = start.elapsed().as_secs_f64() * 1000.0;
+    let identity = conn.identity.as_ref().map_or("-", |i| i.id.as_str());
+    // Written directly in the JSON format, as the proxy's access lines
+    // are (crate::access_log), in the same shape as the event below.
+    if let Some(mut w) = crate::logging::access_json_writer() {
+        if tracing::enabled!(target: "sift::access", tracing::Level::INFO) {
+            crate::access_log::write(&mut w, "tcp", |l| {
+                l.str("listener", &conn.listener)
+                    .display("remote", conn.remote)
+                    .str("protocol", "tcp")
+                    .str("server_name", sni.unwrap_or("-"))
+                    .str("cluster", e.cluster)
+                    .str("endpoint", e.endpoint.as_deref().unwrap_or("-"))
+                    .str("identity", identity)
+                    .f64("duration_ms", duration_ms)
+                    .u64("bytes_received", e.received)
+                    .u64("bytes_sent", e.sent)
+                    .str("result", e.result)
+                    .str("error_detail", &e.detail);
+            });
+        }
+        return;
+    }
     tracing::info!(
         target: "sift::access",
         listener = %conn.listener,
@@ -46,8 +69,8 @@ fn finish(shared: &Shared, conn: &ConnInfo, start: Instant, e: Ended<'_>, sni: O
         server_name = sni.unwrap_or("-"),
         cluster = e.cluster,
         endpoint = e.endpoint.as_deref().unwrap_or("-"),
-        identity = conn.identity.as_ref().map_or("-", |i| i.id.as_str()),
-        duration_ms = start.elapsed().as_secs_f64() * 1000.0,
+        identity,
+        duration_ms,
         bytes_received = e.received,
         bytes_sent = e.sent,
         result = e.result,

@@ -94,19 +94,45 @@ impl RateLimitService for Limits {
                     .collect(),
                 Err(_) => Vec::new(),
             };
-            tracing::info!(
-                target: "sift::access",
-                api = "ratelimit",
-                listener = %self.conn.listener,
-                remote = %self.conn.remote,
-                domain = %req.domain,
-                descriptors = %descriptors.join(" "),
-                decision,
-                limits = if over.is_empty() { "-".to_string() } else { over.join(" ") },
-                error = result.as_ref().err().map_or("-".to_string(), |e| e.message().to_string()),
-                duration_ms = start.elapsed().as_secs_f64() * 1000.0,
-                "envoy_ratelimit"
-            );
+            let descriptors = descriptors.join(" ");
+            let limits = if over.is_empty() {
+                "-".to_string()
+            } else {
+                over.join(" ")
+            };
+            let error = result.as_ref().err().map_or("-", |e| e.message());
+            let duration_ms = start.elapsed().as_secs_f64() * 1000.0;
+            // Written directly in the JSON format, as the proxy's access
+            // lines are (crate::access_log), in the event's shape.
+            if let Some(mut w) = crate::logging::access_json_writer() {
+                if tracing::enabled!(target: "sift::access", tracing::Level::INFO) {
+                    crate::access_log::write(&mut w, "envoy_ratelimit", |l| {
+                        l.str("api", "ratelimit")
+                            .str("listener", &self.conn.listener)
+                            .display("remote", self.conn.remote)
+                            .str("domain", &req.domain)
+                            .str("descriptors", &descriptors)
+                            .str("decision", decision)
+                            .str("limits", &limits)
+                            .str("error", error)
+                            .f64("duration_ms", duration_ms);
+                    });
+                }
+            } else {
+                tracing::info!(
+                    target: "sift::access",
+                    api = "ratelimit",
+                    listener = %self.conn.listener,
+                    remote = %self.conn.remote,
+                    domain = %req.domain,
+                    descriptors = %descriptors,
+                    decision,
+                    limits,
+                    error,
+                    duration_ms,
+                    "envoy_ratelimit"
+                );
+            }
         }
         result.map(tonic::Response::new)
     }
