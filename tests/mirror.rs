@@ -498,6 +498,70 @@ clusters:
     );
 }
 
+/// A `protocol: client` mirror cluster gets each copy in the protocol the
+/// primary's request went in (the client's, on a `client` primary): an
+/// HTTP/2 client's copy over HTTP/2 with the shadow host as :authority,
+/// an HTTP/1.1 client's over HTTP/1.1 with it as Host.
+#[tokio::test(flavor = "multi_thread")]
+async fn client_protocol_mirrors_follow_the_primary() {
+    let (p, plog) = authority_recorder().await;
+    let (m, mlog) = authority_recorder().await;
+    let sift = Sift::start(&format!(
+        r#"log: {{ format: json }}
+admin: {{ address: "127.0.0.1:0" }}
+listeners: [{{ name: main, address: "127.0.0.1:0" }}]
+routes:
+  - name: api
+    cluster: primary
+    mirror: [{{ cluster: copy }}]
+clusters:
+  - {{ name: primary, protocol: client, endpoints: ["{}"] }}
+  - {{ name: copy, protocol: client, endpoints: ["{}"] }}
+"#,
+        p.addr, m.addr
+    ));
+    let get = || {
+        Request::get(sift.url("/x"))
+            .header("host", "api.example.com")
+            .body(body::empty())
+            .unwrap()
+    };
+    let r = http2_client().request(get()).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            mlog.lock().unwrap().len() == 1
+        })
+        .await
+    );
+    let r = http1_client().request(get()).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            mlog.lock().unwrap().len() == 2
+        })
+        .await
+    );
+    // The HTTP/2 client's authority is its URI's (:authority wins over a
+    // Host line), sift's address.
+    let port = sift.addr().port();
+    let pair = |a: &str, v: &str| (a.to_string(), v.to_string());
+    assert_eq!(
+        *plog.lock().unwrap(),
+        vec![
+            pair(&format!("127.0.0.1:{port}"), "HTTP/2.0"),
+            pair("api.example.com", "HTTP/1.1")
+        ]
+    );
+    assert_eq!(
+        *mlog.lock().unwrap(),
+        vec![
+            pair(&format!("127.0.0.1-shadow:{port}"), "HTTP/2.0"),
+            pair("api.example.com-shadow", "HTTP/1.1")
+        ]
+    );
+}
+
 /// `host_suffix: false`: the copy keeps the primary's Host (Envoy's
 /// `disable_shadow_host_suffix_append`), for a mirror that routes by host.
 #[tokio::test]
