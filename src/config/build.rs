@@ -1996,24 +1996,10 @@ fn build_routes(
                 .cors
                 .as_ref()
                 .map(|c| build_cors(c, &format!("{p}.cors"), e)),
-            csrf: r.csrf.as_ref().map(|c| {
-                let mut spec = build_csrf(c, &format!("{p}.csrf"), e);
-                // The origins the route's CORS policy lets call it are
-                // trusted too: its pages' cross-origin requests are the
-                // ones CORS was written for ("*" is not: any site).
-                if let Some(cors) = &r.cors {
-                    for o in &cors.allow_origins {
-                        match crate::cors::OriginMatch::parse(o) {
-                            Ok(crate::cors::OriginMatch::Any) | Err(_) => {}
-                            Ok(m) if !spec.trusted_origins.contains(&m) => {
-                                spec.trusted_origins.push(m)
-                            }
-                            Ok(_) => {}
-                        }
-                    }
-                }
-                spec
-            }),
+            csrf: r
+                .csrf
+                .as_ref()
+                .map(|c| build_csrf(c, &format!("{p}.csrf"), e)),
             jwt: r.jwt.as_ref().and_then(|j| {
                 match jwt_providers.iter().find(|pr| pr.name == j.provider) {
                     Some(pr) => Some(crate::jwt::RouteJwtSpec {
@@ -2172,6 +2158,16 @@ fn build_routes(
             }),
         });
         if let Some(last) = out.last_mut() {
+            // The origins the route's CORS policy lets call it are trusted
+            // by its csrf too: its pages' cross-origin requests are the
+            // ones CORS was written for ("*" is not: any site).
+            if let (Some(csrf), Some(cors)) = (&mut last.csrf, &last.cors) {
+                for m in &cors.allow_origins {
+                    if *m != crate::cors::OriginMatch::Any && !csrf.trusted_origins.contains(m) {
+                        csrf.trusted_origins.push(m.clone());
+                    }
+                }
+            }
             last.verdict_headers = route_verdict_headers(&last.filters, filters);
             let with_body = last
                 .external_auth
